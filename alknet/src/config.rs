@@ -1,0 +1,274 @@
+//! The TOML configuration file. Every key has a default, so an empty file (or none) is a
+//! working configuration; unknown keys are errors, so a typo is never silently ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use alknet_runtime::tls::{ClientAuth, TlsIdentity};
+use alknet_runtime::{
+    AlpnRegistry, ConfigIdentityProvider, EngineConfig, IdentityEntry, Limits, ProtocolHandler,
+    DEFAULT_LISTEN,
+};
+use serde::Deserialize;
+
+/// The configuration `alknet serve` runs with when given no file.
+pub const DEFAULT_CONFIG: &str = r#"# Alknet configuration. Every key is optional; these are the defaults.
+
+# UDP address of the QUIC endpoint. Loopback by default: set "[::]:4433" to serve the network.
+listen = "127.0.0.1:4433"
+# Worker threads, each with its own socket and QUIC endpoint; 0 = one per core.
+workers = 0
+# Pin worker i to core i.
+pin_workers = true
+# Server id carried in every connection ID (for a future QUIC-LB style balancer).
+server_id = 0
+# Where the generated certificate lives. Default: $ALKNET_DATA_DIR, else
+# $XDG_DATA_HOME/alknet, else ~/.local/share/alknet.
+# data_dir = "/var/lib/alknet"
+
+[tls]
+# PEM certificate chain and key. Without them a self-signed certificate is generated
+# in data_dir on first start and reused after.
+# cert = "/etc/alknet/cert.pem"
+# key = "/etc/alknet/key.pem"
+# Client certificates: "none", "optional" (anonymous allowed) or "required".
+client_auth = "optional"
+
+[handlers]
+# ALPNs served. Available: "alknet/echo".
+enabled = ["alknet/echo"]
+
+[limits]
+max_connections = 100000
+max_concurrent_bidi_streams = 256
+max_concurrent_uni_streams = 256
+idle_timeout_ms = 30000
+keep_alive_interval_ms = 0
+stream_receive_window = 1250000
+connection_receive_window = 10000000
+send_window = 10000000
+max_udp_payload_size = 1472
+datagram_receive_buffer = 1048576
+datagram_send_buffer = 1048576
+shutdown_timeout_ms = 10000
+inbox_capacity = 4096
+socket_buffer_size = 8388608
+
+# Identities for client certificates (by SHA-256 fingerprint) and tokens.
+# [[identities]]
+# name = "alice"
+# fingerprints = ["<64 hex digits>"]
+# tokens = []
+# scopes = ["echo"]
+"#;
+
+/// Errors in the configuration: always with the file name and, for syntax, the position.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config: unknown handler {name:?} in handlers.enabled (available: {available})")]
+    UnknownHandler { name: String, available: String },
+    #[error("config: tls.cert and tls.key must be given together")]
+    HalfTls,
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub workers: usize,
+    #[serde(default = "yes")]
+    pub pin_workers: bool,
+    #[serde(default)]
+    pub server_id: u16,
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub handlers: HandlersSection,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub identities: Vec<IdentityEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlersSection {
+    pub enabled: Vec<String>,
+}
+
+impl Default for HandlersSection {
+    fn default() -> Self {
+        Self {
+            enabled: vec![String::from_utf8_lossy(alknet_echo::ALPN).into_owned()],
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 4433)))
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl FileConfig {
+    /// Parses config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.limits
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(cfg)
+    }
+
+    /// Reads a config file, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => Self::parse(DEFAULT_CONFIG, "<default>"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Self::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    /// The data directory: the config's, else `$ALKNET_DATA_DIR`, else the XDG default.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        default_data_dir()
+    }
+
+    /// The handlers named in `handlers.enabled`.
+    pub fn registry(&self) -> Result<AlpnRegistry, ConfigError> {
+        let mut registry = AlpnRegistry::new();
+        for name in &self.handlers.enabled {
+            let handler: Arc<dyn ProtocolHandler> = match name.as_bytes() {
+                alknet_echo::ALPN => Arc::new(alknet_echo::EchoHandler),
+                _ => {
+                    return Err(ConfigError::UnknownHandler {
+                        name: name.clone(),
+                        available: available_handlers().join(", "),
+                    })
+                }
+            };
+            registry
+                .register(handler)
+                .map_err(|e| ConfigError::Invalid(format!("handlers.enabled: {e}")))?;
+        }
+        if registry.is_empty() {
+            return Err(ConfigError::Invalid("handlers.enabled is empty".into()));
+        }
+        Ok(registry)
+    }
+
+    pub fn identity_provider(&self) -> Result<ConfigIdentityProvider, ConfigError> {
+        ConfigIdentityProvider::new(&self.identities)
+            .map_err(|e| ConfigError::Invalid(format!("identities: {e}")))
+    }
+
+    /// The TLS identity: the configured PEM files, or the generated one in the data
+    /// directory (and whether it was generated just now).
+    pub fn tls_identity(&self) -> Result<(TlsIdentity, Option<PathBuf>), Box<dyn std::error::Error>> {
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(c), Some(k)) => Ok((TlsIdentity::from_pem_files(c, k)?, None)),
+            (None, None) => {
+                let dir = self.data_dir();
+                let (id, generated) = TlsIdentity::load_or_generate(&dir)?;
+                Ok((id, generated.then_some(dir)))
+            }
+            _ => Err(Box::new(ConfigError::HalfTls)),
+        }
+    }
+
+    pub fn engine(&self, tls: TlsIdentity) -> EngineConfig {
+        EngineConfig {
+            listen: self.listen,
+            workers: self.workers,
+            pin_workers: self.pin_workers,
+            server_id: self.server_id,
+            limits: self.limits.clone(),
+            tls,
+            client_auth: self.tls.client_auth,
+        }
+    }
+}
+
+pub fn available_handlers() -> Vec<String> {
+    vec![String::from_utf8_lossy(alknet_echo::ALPN).into_owned()]
+}
+
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ALKNET_DATA_DIR") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("alknet");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/share/alknet");
+    }
+    PathBuf::from(".alknet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_to_the_defaults() {
+        let cfg = FileConfig::load(None).expect("default config");
+        assert_eq!(cfg.limits, Limits::default());
+        assert_eq!(cfg.listen, default_listen());
+        assert_eq!(cfg.registry().expect("registry").len(), 1);
+        let empty = FileConfig::parse("", "<empty>").expect("empty config");
+        assert_eq!(empty.limits, Limits::default());
+        assert_eq!(empty.handlers.enabled, cfg.handlers.enabled);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = FileConfig::parse("listen = 5", "x.toml").expect_err("bad type");
+        assert!(e.to_string().contains("x.toml"), "{e}");
+        let e = FileConfig::parse("lisen = \"1.2.3.4:1\"", "x.toml").expect_err("typo");
+        assert!(e.to_string().contains("lisen"), "{e}");
+        let e = FileConfig::parse("[limits]\nmax_connections = 0", "x.toml").expect_err("zero");
+        assert!(e.to_string().contains("max_connections"), "{e}");
+        let cfg = FileConfig::parse("[handlers]\nenabled = [\"nope\"]", "x.toml").expect("parses");
+        let e = cfg.registry().expect_err("unknown handler");
+        assert!(e.to_string().contains("nope"), "{e}");
+        let cfg = FileConfig::parse("[tls]\ncert = \"/x\"", "x.toml").expect("parses");
+        assert!(cfg.tls_identity().is_err());
+    }
+}

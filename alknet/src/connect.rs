@@ -1,0 +1,182 @@
+//! `alknet connect`: one bidirectional stream piped to stdin/stdout.
+//!
+//! stdin and stdout are blocking, so each gets its own thread, joined to the monoio task
+//! by a bounded channel: a slow stdout stops reads from the stream (and so, by QUIC flow
+//! control, the server), and stdin is read no faster than the stream takes it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use alknet_runtime::rt::run_local;
+use alknet_runtime::tls::{client_crypto, ServerTrust, TlsIdentity};
+use alknet_runtime::{Bytes, ClientEndpoint, Fingerprint, Limits, VarInt};
+use clap::Args;
+
+/// Chunks read from stdin at once.
+const STDIN_CHUNK: usize = 64 * 1024;
+/// Chunks in flight between the stdio threads and the stream (each way).
+const PIPE_DEPTH: usize = 8;
+/// Keep-alive for connect sessions, so an idle interactive session outlives the idle
+/// timeout.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+/// After the session ends, how long to wait for the close to reach the server.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Args, Debug)]
+pub struct ConnectArgs {
+    /// ALPN of the service, e.g. alknet/echo or alknet/ssh
+    #[arg(long)]
+    alpn: String,
+    /// Trust only the server certificate with this SHA-256 fingerprint
+    #[arg(long, conflicts_with_all = ["insecure", "ca"])]
+    fingerprint: Option<Fingerprint>,
+    /// Trust any server certificate (the handshake is still encrypted, not authenticated)
+    #[arg(long, conflicts_with = "ca")]
+    insecure: bool,
+    /// Trust servers whose certificate chains to these PEM CA certificates
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Name to verify in the server certificate (default: the host part of HOST:PORT)
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Server address
+    #[arg(value_name = "HOST:PORT")]
+    target: String,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("alknet connect: {msg}");
+    ExitCode::FAILURE
+}
+
+pub fn run(args: ConnectArgs) -> ExitCode {
+    let remote: SocketAddr = match args.target.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => a,
+        Ok(None) => return fail(format!("{} resolves to no address", args.target)),
+        Err(e) => return fail(format!("{}: {e}", args.target)),
+    };
+    let host = args
+        .target
+        .rsplit_once(':')
+        .map_or(args.target.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let server_name = args.server_name.clone().unwrap_or(host);
+    let trust = if let Some(fp) = args.fingerprint {
+        ServerTrust::Fingerprint(fp)
+    } else if args.insecure {
+        ServerTrust::Insecure
+    } else if let Some(ca) = &args.ca {
+        match ServerTrust::roots_from_pem(ca) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        }
+    } else {
+        ServerTrust::WebPki
+    };
+    let identity = match (&args.cert, &args.key) {
+        (Some(c), Some(k)) => match TlsIdentity::from_pem_files(c, k) {
+            Ok(id) => Some(id),
+            Err(e) => return fail(e),
+        },
+        _ => None,
+    };
+    let crypto = match client_crypto(&trust, vec![args.alpn.clone().into_bytes()], identity.as_ref()) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+
+    let (stdin_tx, stdin_rx) = async_channel::bounded::<Bytes>(PIPE_DEPTH);
+    let (stdout_tx, stdout_rx) = async_channel::bounded::<Bytes>(PIPE_DEPTH);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; STDIN_CHUNK];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if stdin_tx.send_blocking(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let stdout_thread = std::thread::spawn(move || {
+        let mut stdout = std::io::stdout().lock();
+        while let Ok(chunk) = stdout_rx.recv_blocking() {
+            if stdout.write_all(&chunk).and_then(|_| stdout.flush()).is_err() {
+                break;
+            }
+        }
+    });
+
+    let outcome = run_local(|_| async move {
+        let local: SocketAddr = if remote.is_ipv6() {
+            "[::]:0".parse().map_err(|e| format!("{e}"))?
+        } else {
+            "0.0.0.0:0".parse().map_err(|e| format!("{e}"))?
+        };
+        let limits = Limits {
+            keep_alive_interval: KEEP_ALIVE,
+            ..Limits::default()
+        };
+        let endpoint = ClientEndpoint::bind(local, &limits).map_err(|e| format!("bind: {e}"))?;
+        let conn = endpoint
+            .connect(remote, &server_name, crypto)
+            .await
+            .map_err(|e| format!("{remote}: {e}"))?;
+        let stream = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = stream.split();
+        let upload = async move {
+            while let Ok(chunk) = stdin_rx.recv().await {
+                if send.write_chunk(chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = send.finish();
+            // keep the stream open until the data is acknowledged or the peer stops it
+            let _ = send.stopped().await;
+        };
+        alknet_runtime::rt::spawn_guarded("connect stdin", upload);
+        let mut result = Ok(());
+        loop {
+            match recv.read_chunk(STDIN_CHUNK).await {
+                Ok(Some(chunk)) => {
+                    if stdout_tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    result = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        drop(stdout_tx);
+        conn.close(VarInt::from_u32(0), b"");
+        drop(conn);
+        drop(recv);
+        monoio::select! {
+            _ = endpoint.wait_idle() => {}
+            _ = monoio::time::sleep(CLOSE_WAIT) => {}
+        }
+        result
+    });
+    let _ = stdout_thread.join();
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => fail(e),
+        Err(e) => fail(format!("runtime: {e}")),
+    }
+}

@@ -1,0 +1,195 @@
+//! `alknet`: serve QUIC on one UDP port with a protocol per ALPN, or connect to one.
+
+mod config;
+mod connect;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::FileConfig;
+
+#[derive(Parser)]
+#[command(name = "alknet", version, about = "One UDP port, QUIC, a service per ALPN")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (with no options: the embedded default config on 127.0.0.1:4433)
+    Serve {
+        /// TOML config file (see `alknet config`)
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override `listen`
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Override `workers` (0 = one per core)
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Override `data_dir`
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Open one bidirectional stream and pipe stdin/stdout through it (works as an OpenSSH
+    /// ProxyCommand)
+    Connect(connect::ConnectArgs),
+    /// Print the SHA-256 fingerprint of the server certificate (generating it if needed)
+    Fingerprint {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print the default configuration file
+    Config,
+}
+
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_env("ALKNET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            workers,
+            data_dir,
+        } => {
+            init_logging("info");
+            serve(config, listen, workers, data_dir)
+        }
+        Command::Connect(args) => {
+            init_logging("warn");
+            connect::run(args)
+        }
+        Command::Fingerprint { config, data_dir } => {
+            init_logging("warn");
+            let cfg = match load_config(config, data_dir) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match cfg.tls_identity() {
+                Ok((id, _)) => {
+                    println!("{}", id.fingerprint());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("alknet: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Config => {
+            print!("{}", config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Exit code for configuration errors (as sysexits' EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+fn load_config(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<FileConfig, ExitCode> {
+    match FileConfig::load(path.as_deref()) {
+        Ok(mut c) => {
+            if data_dir.is_some() {
+                c.data_dir = data_dir;
+            }
+            Ok(c)
+        }
+        Err(e) => {
+            eprintln!("alknet: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    workers: Option<usize>,
+    data_dir: Option<PathBuf>,
+) -> ExitCode {
+    let mut cfg = match load_config(config, data_dir) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if let Some(w) = workers {
+        cfg.workers = w;
+    }
+    let prepared = (|| -> Result<_, Box<dyn std::error::Error>> {
+        let registry = cfg.registry()?;
+        let provider = Arc::new(cfg.identity_provider()?);
+        let (tls, generated) = cfg.tls_identity()?;
+        Ok((registry, provider, tls, generated))
+    })();
+    let (registry, provider, tls, generated) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("alknet: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(dir) = generated {
+        tracing::info!("generated a self-signed certificate in {}", dir.display());
+    }
+    let alpns: Vec<String> = registry
+        .alpns()
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let server = match alknet_runtime::start(cfg.engine(tls), registry, provider) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("alknet: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let drivers: Vec<String> = server.drivers().iter().map(|d| d.to_string()).collect();
+    tracing::info!(
+        listen = %server.local_addr(),
+        workers = server.workers(),
+        drivers = %drivers.join(","),
+        alpns = %alpns.join(","),
+        "alknet serving"
+    );
+    tracing::info!("certificate fingerprint (sha256): {}", server.fingerprint());
+
+    let trigger = server.shutdown_trigger();
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                let mut seen = 0;
+                for sig in signals.forever() {
+                    seen += 1;
+                    if seen == 1 {
+                        tracing::info!(signal = sig, "shutting down gracefully (signal again to close now)");
+                        trigger.graceful();
+                    } else {
+                        tracing::info!(signal = sig, "closing all connections now");
+                        trigger.immediate();
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot install signal handlers: {e}"),
+    }
+    server.join();
+    tracing::info!("alknet stopped");
+    ExitCode::SUCCESS
+}

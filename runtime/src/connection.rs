@@ -1,0 +1,542 @@
+//! The handler-facing `Connection` and the state it shares with the worker's driver.
+//!
+//! Everything here is single-threaded: a connection lives on the worker that owns its CIDs,
+//! and its handler tasks run on that worker too, so state is `Rc<RefCell<…>>` and wakers,
+//! never a lock. A handler operation changes the quinn-proto state directly and marks the
+//! connection dirty; the driver then polls it for transmits, timers and events.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use alknet_proto::Fingerprint;
+use bytes::Bytes;
+use quinn_proto::{
+    ConnectionError, ConnectionHandle, ConnectionStats, Dir, Event, SendDatagramError, StreamEvent,
+    StreamId, VarInt,
+};
+use rustc_hash::FxHashMap;
+
+use crate::streams::{BiStream, RecvStream, SendStream};
+
+/// Why a DATAGRAM could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatagramError {
+    #[error("connection lost: {0}")]
+    ConnectionLost(#[from] ConnectionError),
+    #[error("the peer does not accept QUIC DATAGRAM frames")]
+    UnsupportedByPeer,
+    #[error("DATAGRAM support is disabled locally")]
+    Disabled,
+    #[error("datagram larger than the path allows (see max_datagram_size)")]
+    TooLarge,
+}
+
+impl From<SendDatagramError> for DatagramError {
+    fn from(e: SendDatagramError) -> Self {
+        match e {
+            SendDatagramError::UnsupportedByPeer => DatagramError::UnsupportedByPeer,
+            SendDatagramError::Disabled => DatagramError::Disabled,
+            // Blocked only comes back from a non-dropping send, which retries it.
+            SendDatagramError::TooLarge | SendDatagramError::Blocked(_) => DatagramError::TooLarge,
+        }
+    }
+}
+
+/// Wakes the worker's driver when a connection has work for it.
+#[derive(Default)]
+pub(crate) struct DriverNotify {
+    dirty: RefCell<Vec<Rc<ConnInner>>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl DriverNotify {
+    pub fn register(&self, waker: &Waker) {
+        let mut w = self.waker.borrow_mut();
+        if !w.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *w = Some(waker.clone());
+        }
+    }
+
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.borrow().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Takes the connections marked dirty since the last call.
+    pub fn take_dirty(&self, into: &mut Vec<Rc<ConnInner>>) {
+        std::mem::swap(&mut *self.dirty.borrow_mut(), into);
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.borrow().is_empty()
+    }
+}
+
+fn push_waker(list: &mut Vec<Waker>, waker: &Waker) {
+    if !list.iter().any(|w| w.will_wake(waker)) {
+        list.push(waker.clone());
+    }
+}
+
+fn wake_all(list: &mut Vec<Waker>) {
+    for w in list.drain(..) {
+        w.wake();
+    }
+}
+
+fn dir_index(dir: Dir) -> usize {
+    match dir {
+        Dir::Bi => 0,
+        Dir::Uni => 1,
+    }
+}
+
+/// quinn-proto state plus the tasks waiting on it.
+pub(crate) struct ConnState {
+    pub conn: quinn_proto::Connection,
+    pub error: Option<ConnectionError>,
+    pub connected: bool,
+    pub alpn: Option<Vec<u8>>,
+    pub peer_fingerprint: Option<Fingerprint>,
+    pub readers: FxHashMap<StreamId, Waker>,
+    pub writers: FxHashMap<StreamId, Waker>,
+    pub stopped: FxHashMap<StreamId, Waker>,
+    accept: [Vec<Waker>; 2],
+    open: [Vec<Waker>; 2],
+    datagram_recv: Vec<Waker>,
+    datagram_send: Vec<Waker>,
+    on_connected: Vec<Waker>,
+    on_closed: Vec<Waker>,
+}
+
+impl ConnState {
+    fn new(conn: quinn_proto::Connection) -> Self {
+        Self {
+            conn,
+            error: None,
+            connected: false,
+            alpn: None,
+            peer_fingerprint: None,
+            readers: FxHashMap::default(),
+            writers: FxHashMap::default(),
+            stopped: FxHashMap::default(),
+            accept: Default::default(),
+            open: Default::default(),
+            datagram_recv: Vec::new(),
+            datagram_send: Vec::new(),
+            on_connected: Vec::new(),
+            on_closed: Vec::new(),
+        }
+    }
+
+    /// Applies one application event; returns true when it is `Connected`.
+    pub fn dispatch(&mut self, event: Event) -> bool {
+        match event {
+            Event::HandshakeDataReady => {}
+            Event::Connected => {
+                self.connected = true;
+                self.read_handshake();
+                wake_all(&mut self.on_connected);
+                return true;
+            }
+            Event::ConnectionLost { reason } => self.terminate(reason),
+            Event::Stream(StreamEvent::Opened { dir }) => wake_all(&mut self.accept[dir_index(dir)]),
+            Event::Stream(StreamEvent::Available { dir }) => {
+                wake_all(&mut self.open[dir_index(dir)])
+            }
+            Event::Stream(StreamEvent::Readable { id }) => {
+                if let Some(w) = self.readers.remove(&id) {
+                    w.wake();
+                }
+            }
+            Event::Stream(StreamEvent::Writable { id }) => {
+                if let Some(w) = self.writers.remove(&id) {
+                    w.wake();
+                }
+            }
+            Event::Stream(StreamEvent::Finished { id }) => {
+                if let Some(w) = self.stopped.remove(&id) {
+                    w.wake();
+                }
+            }
+            Event::Stream(StreamEvent::Stopped { id, .. }) => {
+                if let Some(w) = self.writers.remove(&id) {
+                    w.wake();
+                }
+                if let Some(w) = self.stopped.remove(&id) {
+                    w.wake();
+                }
+            }
+            Event::DatagramReceived => wake_all(&mut self.datagram_recv),
+            Event::DatagramsUnblocked => wake_all(&mut self.datagram_send),
+        }
+        false
+    }
+
+    fn read_handshake(&mut self) {
+        let session = self.conn.crypto_session();
+        self.alpn = session
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn_proto::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| d.protocol);
+        self.peer_fingerprint = session
+            .peer_identity()
+            .and_then(|p| {
+                p.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|chain| chain.first().map(crate::tls::fingerprint_of));
+    }
+
+    /// Records why the connection ended and wakes every waiting task.
+    pub fn terminate(&mut self, reason: ConnectionError) {
+        if self.error.is_none() {
+            self.error = Some(reason);
+        }
+        for (_, w) in self.readers.drain() {
+            w.wake();
+        }
+        for (_, w) in self.writers.drain() {
+            w.wake();
+        }
+        for (_, w) in self.stopped.drain() {
+            w.wake();
+        }
+        for list in self.accept.iter_mut().chain(self.open.iter_mut()) {
+            wake_all(list);
+        }
+        wake_all(&mut self.datagram_recv);
+        wake_all(&mut self.datagram_send);
+        wake_all(&mut self.on_connected);
+        wake_all(&mut self.on_closed);
+    }
+}
+
+/// One connection as the worker sees it.
+pub(crate) struct ConnInner {
+    pub handle: ConnectionHandle,
+    pub worker: usize,
+    pub state: RefCell<ConnState>,
+    notify: Rc<DriverNotify>,
+    dirty: Cell<bool>,
+    /// Live `Connection`/stream handles; at zero the connection closes implicitly.
+    handles: Cell<usize>,
+    /// Earliest timer entry the driver has queued for this connection.
+    pub scheduled: Cell<Option<Instant>>,
+    /// quinn-proto's current `poll_timeout`.
+    pub deadline: Cell<Option<Instant>>,
+    /// Counted against `max_connections` (server side).
+    pub counted: bool,
+}
+
+impl ConnInner {
+    pub fn new(
+        handle: ConnectionHandle,
+        worker: usize,
+        conn: quinn_proto::Connection,
+        notify: Rc<DriverNotify>,
+        counted: bool,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            handle,
+            worker,
+            state: RefCell::new(ConnState::new(conn)),
+            notify,
+            dirty: Cell::new(false),
+            handles: Cell::new(0),
+            scheduled: Cell::new(None),
+            deadline: Cell::new(None),
+            counted,
+        })
+    }
+
+    /// Queues this connection for the driver (once) and wakes it.
+    pub fn wake_driver(self: &Rc<Self>) {
+        self.mark_dirty();
+        self.notify.wake();
+    }
+
+    /// Queues without waking: for the driver itself.
+    pub fn mark_dirty(self: &Rc<Self>) {
+        if !self.dirty.replace(true) {
+            self.notify.dirty.borrow_mut().push(self.clone());
+        }
+    }
+
+    pub fn clear_dirty(&self) {
+        self.dirty.set(false);
+    }
+
+    /// Closes the connection (if it is not closed yet) and wakes everyone.
+    pub fn close(self: &Rc<Self>, code: VarInt, reason: &[u8]) {
+        {
+            let mut st = self.state.borrow_mut();
+            if st.conn.is_closed() {
+                return;
+            }
+            st.conn
+                .close(Instant::now(), code, Bytes::copy_from_slice(reason));
+            st.terminate(ConnectionError::LocallyClosed);
+        }
+        self.wake_driver();
+    }
+}
+
+/// A counted reference: the connection closes (code 0) when the last one is dropped, as in
+/// quinn.
+pub(crate) struct ConnectionRef(pub Rc<ConnInner>);
+
+impl ConnectionRef {
+    pub fn new(inner: Rc<ConnInner>) -> Self {
+        inner.handles.set(inner.handles.get() + 1);
+        Self(inner)
+    }
+}
+
+impl Clone for ConnectionRef {
+    fn clone(&self) -> Self {
+        Self::new(self.0.clone())
+    }
+}
+
+impl Drop for ConnectionRef {
+    fn drop(&mut self) {
+        let n = self.0.handles.get() - 1;
+        self.0.handles.set(n);
+        if n == 0 {
+            self.0.close(VarInt::from_u32(crate::close_code::OK), b"");
+        }
+    }
+}
+
+impl std::ops::Deref for ConnectionRef {
+    type Target = ConnInner;
+    fn deref(&self) -> &ConnInner {
+        &self.0
+    }
+}
+
+/// A QUIC connection, as a handler (or a client) uses it. Cheap to clone; it closes with
+/// application code 0 when the last clone and the last of its streams are dropped.
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) inner: ConnectionRef,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("handle", &self.inner.handle)
+            .field("worker", &self.inner.worker)
+            .finish()
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(inner: Rc<ConnInner>) -> Self {
+        Self {
+            inner: ConnectionRef::new(inner),
+        }
+    }
+
+    /// Waits for the peer to open a bidirectional stream.
+    pub async fn accept_bi(&self) -> Result<BiStream, ConnectionError> {
+        let id = self.accept(Dir::Bi).await?;
+        Ok(BiStream {
+            send: SendStream::new(self.inner.clone(), id),
+            recv: RecvStream::new(self.inner.clone(), id),
+        })
+    }
+
+    /// Waits for the peer to open a unidirectional stream.
+    pub async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
+        let id = self.accept(Dir::Uni).await?;
+        Ok(RecvStream::new(self.inner.clone(), id))
+    }
+
+    /// Opens a bidirectional stream, waiting while the peer's stream limit is reached.
+    pub async fn open_bi(&self) -> Result<BiStream, ConnectionError> {
+        let id = self.open(Dir::Bi).await?;
+        Ok(BiStream {
+            send: SendStream::new(self.inner.clone(), id),
+            recv: RecvStream::new(self.inner.clone(), id),
+        })
+    }
+
+    /// Opens a unidirectional stream, waiting while the peer's stream limit is reached.
+    pub async fn open_uni(&self) -> Result<SendStream, ConnectionError> {
+        let id = self.open(Dir::Uni).await?;
+        Ok(SendStream::new(self.inner.clone(), id))
+    }
+
+    async fn accept(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
+        poll_fn(|cx| {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(id) = st.conn.streams().accept(dir) {
+                drop(st);
+                // accepting can let the connection raise the peer's stream limit
+                self.inner.0.wake_driver();
+                return Poll::Ready(Ok(id));
+            }
+            if let Some(e) = &st.error {
+                return Poll::Ready(Err(e.clone()));
+            }
+            push_waker(&mut st.accept[dir_index(dir)], cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    async fn open(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
+        poll_fn(|cx| {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(e) = &st.error {
+                return Poll::Ready(Err(e.clone()));
+            }
+            if let Some(id) = st.conn.streams().open(dir) {
+                return Poll::Ready(Ok(id));
+            }
+            push_waker(&mut st.open[dir_index(dir)], cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Sends an unreliable QUIC DATAGRAM. When the send buffer is full the oldest queued
+    /// datagram is dropped, as unreliable delivery allows.
+    pub fn send_datagram(&self, data: Bytes) -> Result<(), DatagramError> {
+        let res = {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(e) = &st.error {
+                return Err(DatagramError::ConnectionLost(e.clone()));
+            }
+            st.conn.datagrams().send(data, true)
+        };
+        res?;
+        self.inner.0.wake_driver();
+        Ok(())
+    }
+
+    /// Sends a DATAGRAM, waiting for buffer space instead of dropping older ones.
+    pub async fn send_datagram_wait(&self, data: Bytes) -> Result<(), DatagramError> {
+        let mut data = Some(data);
+        poll_fn(|cx| {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(e) = &st.error {
+                return Poll::Ready(Err(DatagramError::ConnectionLost(e.clone())));
+            }
+            let Some(d) = data.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            match st.conn.datagrams().send(d, false) {
+                Ok(()) => {
+                    drop(st);
+                    self.inner.0.wake_driver();
+                    Poll::Ready(Ok(()))
+                }
+                Err(SendDatagramError::Blocked(d)) => {
+                    data = Some(d);
+                    push_waker(&mut st.datagram_send, cx.waker());
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(e.into())),
+            }
+        })
+        .await
+    }
+
+    /// Waits for the next DATAGRAM from the peer.
+    pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
+        poll_fn(|cx| {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(d) = st.conn.datagrams().recv() {
+                return Poll::Ready(Ok(d));
+            }
+            if let Some(e) = &st.error {
+                return Poll::Ready(Err(e.clone()));
+            }
+            push_waker(&mut st.datagram_recv, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Largest DATAGRAM payload the path allows now (`None` if the peer does not take them).
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        self.inner.state.borrow_mut().conn.datagrams().max_size()
+    }
+
+    /// Waits for the handshake to complete (clients; a handler's connection already has).
+    pub async fn connected(&self) -> Result<(), ConnectionError> {
+        poll_fn(|cx| self.poll_connected(cx)).await
+    }
+
+    pub(crate) fn poll_connected(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        let mut st = self.inner.state.borrow_mut();
+        if st.connected {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(e) = &st.error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        push_waker(&mut st.on_connected, cx.waker());
+        Poll::Pending
+    }
+
+    /// Closes the connection now with an application error code and reason. Unsent stream
+    /// data is discarded: finish streams and wait for the peer first for a clean end.
+    pub fn close(&self, code: VarInt, reason: &[u8]) {
+        self.inner.0.close(code, reason);
+    }
+
+    /// Waits until the connection is closed, by either side, and says why.
+    pub async fn closed(&self) -> ConnectionError {
+        poll_fn(|cx| {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(e) = &st.error {
+                return Poll::Ready(e.clone());
+            }
+            push_waker(&mut st.on_closed, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn close_reason(&self) -> Option<ConnectionError> {
+        self.inner.state.borrow().error.clone()
+    }
+
+    /// The peer's current address (changes when the peer migrates).
+    pub fn remote_address(&self) -> SocketAddr {
+        self.inner.state.borrow().conn.remote_address()
+    }
+
+    /// The negotiated ALPN.
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        self.inner.state.borrow().alpn.clone()
+    }
+
+    /// SHA-256 of the peer's certificate, if it presented one.
+    pub fn peer_fingerprint(&self) -> Option<Fingerprint> {
+        self.inner.state.borrow().peer_fingerprint
+    }
+
+    /// Index of the worker that owns this connection.
+    pub fn worker(&self) -> usize {
+        self.inner.worker
+    }
+
+    pub fn rtt(&self) -> std::time::Duration {
+        self.inner.state.borrow().conn.rtt()
+    }
+
+    pub fn stats(&self) -> ConnectionStats {
+        self.inner.state.borrow().conn.stats()
+    }
+}

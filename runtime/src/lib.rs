@@ -1,0 +1,45 @@
+//! The Alknet engine: thread-per-core monoio workers, each driving its own sans-IO
+//! `quinn_proto::Endpoint` on its own SO_REUSEPORT socket, with connection IDs that name
+//! their worker, and ALPN routing of each connection to a protocol handler task.
+//!
+//! ```text
+//! datagram ─▶ worker socket (SO_REUSEPORT, recvmmsg+GRO)
+//!            └▶ CID names another worker? ─yes─▶ that worker's inbox
+//!            └▶ quinn_proto::Endpoint ─▶ Connection ─▶ handshake: ALPN ─▶ handler task
+//! ```
+//!
+//! This is the only crate that touches sockets.
+
+mod cid;
+mod client;
+mod connection;
+mod identity;
+mod inbox;
+mod limits;
+mod router;
+pub mod rt;
+mod server;
+mod socket;
+mod stats;
+mod streams;
+pub mod tls;
+mod worker;
+
+pub use cid::WorkerCidGenerator;
+pub use client::{ClientEndpoint, ConnectError};
+pub use connection::{Connection, DatagramError};
+pub use identity::{
+    AuthContext, ConfigIdentityProvider, Identity, IdentityConfigError, IdentityEntry,
+    IdentityProvider, NoIdentities,
+};
+pub use limits::*;
+pub use router::{close_code, AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError};
+pub use server::{resolve_workers, start, EngineConfig, ServerHandle, ShutdownTrigger, StartError, DEFAULT_LISTEN};
+pub use socket::BindError;
+pub use stats::WorkerStatsSnapshot;
+pub use streams::{BiStream, ReadError, ReadToEndError, RecvStream, SendStream, WriteError, STREAM_PANIC_CODE};
+pub use worker::{CLOSE_LINGER, MAX_GSO_SEGMENTS, RECV_BATCHES_PER_POLL, TRANSMITS_PER_CONNECTION};
+
+pub use alknet_proto::Fingerprint;
+pub use bytes::Bytes;
+pub use quinn_proto::{ConnectionError, ConnectionStats, StreamId, VarInt};

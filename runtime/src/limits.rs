@@ -1,0 +1,185 @@
+//! Every limit the engine enforces: a named default, a config key (the field name, under
+//! `[limits]` in the TOML config) and a line saying what it bounds.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `max_connections`: connections open at once across all workers. New connections past it
+/// are refused with CONNECTION_REFUSED during the handshake.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// `max_concurrent_bidi_streams`: bidirectional streams a peer may have open at once on one
+/// connection (QUIC `initial_max_streams_bidi`).
+pub const DEFAULT_MAX_CONCURRENT_BIDI_STREAMS: u32 = 256;
+/// `max_concurrent_uni_streams`: unidirectional streams a peer may have open at once.
+pub const DEFAULT_MAX_CONCURRENT_UNI_STREAMS: u32 = 256;
+/// `idle_timeout_ms`: a connection with no packets from the peer for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `keep_alive_interval_ms`: send a PING when nothing was sent for this long (0 = never).
+/// Off on servers by default: keeping a connection alive is the client's choice.
+pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::ZERO;
+/// `stream_receive_window`: bytes a peer may send on one stream before the reader consumes
+/// them. This is what makes a slow reader back-pressure its sender.
+pub const DEFAULT_STREAM_RECEIVE_WINDOW: u32 = 1_250_000;
+/// `connection_receive_window`: bytes a peer may have unconsumed across all streams of one
+/// connection.
+pub const DEFAULT_CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1_250_000;
+/// `send_window`: bytes of unacknowledged stream data we buffer per connection.
+pub const DEFAULT_SEND_WINDOW: u64 = 8 * 1_250_000;
+/// `max_udp_payload_size`: largest UDP payload we accept and advertise (1500-byte Ethernet
+/// MTU minus IPv4+UDP headers). Path MTU discovery never goes past it.
+pub const DEFAULT_MAX_UDP_PAYLOAD_SIZE: u16 = 1472;
+/// `datagram_receive_buffer`: bytes of unread QUIC DATAGRAM frames kept per connection;
+/// past it the oldest are dropped. 0 disables the DATAGRAM extension.
+pub const DEFAULT_DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;
+/// `datagram_send_buffer`: bytes of outgoing DATAGRAM frames queued per connection.
+pub const DEFAULT_DATAGRAM_SEND_BUFFER: usize = 1 << 20;
+/// `shutdown_timeout_ms`: on SIGINT/SIGTERM, how long open connections may keep working
+/// before they are closed with [`crate::close_code::SHUTDOWN`].
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// `inbox_capacity`: datagrams queued from other workers (migrated connections) per worker;
+/// past it they are dropped like any UDP loss and counted.
+pub const DEFAULT_INBOX_CAPACITY: usize = 4096;
+/// `socket_buffer_size`: SO_RCVBUF/SO_SNDBUF requested for each worker socket (the kernel
+/// caps it at net.core.rmem_max / wmem_max).
+pub const DEFAULT_SOCKET_BUFFER_SIZE: usize = 8 << 20;
+
+/// Limits of one server or client endpoint; see the constants above for each field.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_concurrent_bidi_streams: u32,
+    pub max_concurrent_uni_streams: u32,
+    #[serde(rename = "idle_timeout_ms", with = "millis")]
+    pub idle_timeout: Duration,
+    #[serde(rename = "keep_alive_interval_ms", with = "millis")]
+    pub keep_alive_interval: Duration,
+    pub stream_receive_window: u32,
+    pub connection_receive_window: u32,
+    pub send_window: u64,
+    pub max_udp_payload_size: u16,
+    pub datagram_receive_buffer: usize,
+    pub datagram_send_buffer: usize,
+    #[serde(rename = "shutdown_timeout_ms", with = "millis")]
+    pub shutdown_timeout: Duration,
+    pub inbox_capacity: usize,
+    pub socket_buffer_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_bidi_streams: DEFAULT_MAX_CONCURRENT_BIDI_STREAMS,
+            max_concurrent_uni_streams: DEFAULT_MAX_CONCURRENT_UNI_STREAMS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keep_alive_interval: DEFAULT_KEEP_ALIVE_INTERVAL,
+            stream_receive_window: DEFAULT_STREAM_RECEIVE_WINDOW,
+            connection_receive_window: DEFAULT_CONNECTION_RECEIVE_WINDOW,
+            send_window: DEFAULT_SEND_WINDOW,
+            max_udp_payload_size: DEFAULT_MAX_UDP_PAYLOAD_SIZE,
+            datagram_receive_buffer: DEFAULT_DATAGRAM_RECEIVE_BUFFER,
+            datagram_send_buffer: DEFAULT_DATAGRAM_SEND_BUFFER,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            inbox_capacity: DEFAULT_INBOX_CAPACITY,
+            socket_buffer_size: DEFAULT_SOCKET_BUFFER_SIZE,
+        }
+    }
+}
+
+/// Errors in a [`Limits`] value that TOML alone cannot rule out.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitsError {
+    #[error("limits.{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("limits.max_udp_payload_size must be between 1200 and 65527, got {0}")]
+    UdpPayload(u16),
+    #[error("limits.idle_timeout_ms is too large for QUIC (max 2^62 ms)")]
+    IdleTimeout,
+}
+
+impl Limits {
+    /// Checks what would otherwise fail deep inside quinn-proto or silently do nothing.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if self.max_connections == 0 {
+            return Err(LimitsError::Zero("max_connections"));
+        }
+        if self.stream_receive_window == 0 {
+            return Err(LimitsError::Zero("stream_receive_window"));
+        }
+        if self.connection_receive_window == 0 {
+            return Err(LimitsError::Zero("connection_receive_window"));
+        }
+        if self.send_window == 0 {
+            return Err(LimitsError::Zero("send_window"));
+        }
+        if self.inbox_capacity == 0 {
+            return Err(LimitsError::Zero("inbox_capacity"));
+        }
+        if !(1200..=65527).contains(&self.max_udp_payload_size) {
+            return Err(LimitsError::UdpPayload(self.max_udp_payload_size));
+        }
+        if quinn_proto::IdleTimeout::try_from(self.idle_timeout).is_err() {
+            return Err(LimitsError::IdleTimeout);
+        }
+        Ok(())
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_zero_and_out_of_range() {
+        let l = Limits {
+            max_connections: 0,
+            ..Limits::default()
+        };
+        assert_eq!(l.validate(), Err(LimitsError::Zero("max_connections")));
+        let l = Limits {
+            max_udp_payload_size: 100,
+            ..Limits::default()
+        };
+        assert_eq!(l.validate(), Err(LimitsError::UdpPayload(100)));
+    }
+}
+
+impl Limits {
+    /// The quinn-proto transport parameters these limits imply.
+    pub fn transport_config(&self) -> quinn_proto::TransportConfig {
+        use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, VarInt};
+        let mut t = quinn_proto::TransportConfig::default();
+        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
+            .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
+            .max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok())
+            .keep_alive_interval((!self.keep_alive_interval.is_zero()).then_some(self.keep_alive_interval))
+            .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
+            .receive_window(VarInt::from_u32(self.connection_receive_window))
+            .send_window(self.send_window)
+            .datagram_receive_buffer_size(
+                (self.datagram_receive_buffer > 0).then_some(self.datagram_receive_buffer),
+            )
+            .datagram_send_buffer_size(self.datagram_send_buffer);
+        let mut mtud = MtuDiscoveryConfig::default();
+        mtud.upper_bound(self.max_udp_payload_size);
+        t.mtu_discovery_config(Some(mtud));
+        t
+    }
+}

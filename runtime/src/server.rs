@@ -1,0 +1,309 @@
+//! Starting a server: one pinned thread per worker, each with its own SO_REUSEPORT socket,
+//! monoio runtime and `quinn_proto::Endpoint`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicUsize};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use alknet_proto::cid::{CidLayout, CidLayoutError, MAX_WORKERS};
+use alknet_proto::Fingerprint;
+use quinn_proto::{Endpoint, EndpointConfig};
+
+use crate::cid::WorkerCidGenerator;
+use crate::identity::IdentityProvider;
+use crate::inbox::Inbox;
+use crate::limits::{Limits, LimitsError};
+use crate::router::AlpnRegistry;
+use crate::rt::{run_local, DriverKind};
+use crate::socket::{bind_reuseport_group, BindError, UdpIo};
+use crate::stats::{WorkerStats, WorkerStatsSnapshot};
+use crate::tls::{server_crypto, ClientAuth, TlsError, TlsIdentity};
+use crate::worker::{Driver, Role, ServerShared, WorkerState, CLOSE_NOW, DRAINING};
+
+/// Default listen address: loopback only, so a first `alknet serve` with a generated
+/// certificate is not exposed to the network until the config says so.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
+
+/// What a server needs to start.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub listen: SocketAddr,
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// Pin worker `i` to core `i` (modulo the core count).
+    pub pin_workers: bool,
+    /// Carried in every connection ID, for a future cross-machine load balancer.
+    pub server_id: u16,
+    pub limits: Limits,
+    pub tls: TlsIdentity,
+    pub client_auth: ClientAuth,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("endpoint configuration: {0}")]
+    Endpoint(#[from] quinn_proto::ConfigError),
+    #[error("no protocol handlers are enabled")]
+    NoHandlers,
+    #[error(transparent)]
+    Workers(#[from] CidLayoutError),
+    #[error("worker {worker} failed to start: {message}")]
+    Worker { worker: usize, message: String },
+}
+
+/// Number of workers to run for a configured count (0 = available cores), capped at what
+/// a connection ID can name.
+pub fn resolve_workers(configured: usize) -> usize {
+    let n = if configured == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        configured
+    };
+    n.clamp(1, MAX_WORKERS)
+}
+
+/// A running server.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    fingerprint: Fingerprint,
+    drivers: Vec<DriverKind>,
+    shared: Arc<ServerShared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Starts graceful shutdown from another thread (a signal handler, a test).
+#[derive(Clone)]
+pub struct ShutdownTrigger(Arc<ServerShared>);
+
+impl ShutdownTrigger {
+    /// Stop accepting and let open connections drain up to `shutdown_timeout`.
+    pub fn graceful(&self) {
+        self.0.request_shutdown(DRAINING);
+    }
+
+    /// Close every connection now.
+    pub fn immediate(&self) {
+        self.0.request_shutdown(CLOSE_NOW);
+    }
+}
+
+/// Starts the workers and returns once every one of them is listening.
+pub fn start(
+    config: EngineConfig,
+    registry: AlpnRegistry,
+    provider: Arc<dyn IdentityProvider>,
+) -> Result<ServerHandle, StartError> {
+    config.limits.validate()?;
+    if registry.is_empty() {
+        return Err(StartError::NoHandlers);
+    }
+    let workers = resolve_workers(config.workers);
+    let layout = CidLayout::new(config.server_id, workers)?;
+    let crypto = server_crypto(&config.tls, registry.alpns(), config.client_auth)?;
+    let mut server_config = quinn_proto::ServerConfig::with_crypto(crypto);
+    server_config
+        .transport_config(Arc::new(config.limits.transport_config()))
+        .migration(true);
+    // One ServerConfig (and so one token key) and one reset key for all workers: a retry
+    // token or reset token minted by one worker is valid on every other.
+    let server_config = Arc::new(server_config);
+    let mut reset_key = [0u8; 64];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut reset_key);
+    let reset_key = Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key));
+    let mut base_endpoint = EndpointConfig::new(reset_key);
+    base_endpoint
+        .max_udp_payload_size(config.limits.max_udp_payload_size)?;
+
+    let sockets = bind_reuseport_group(config.listen, workers, config.limits.socket_buffer_size)?;
+    let local_addr = sockets[0]
+        .local_addr()
+        .map_err(|source| BindError::Io {
+            addr: config.listen,
+            source,
+        })?;
+
+    let shared = Arc::new(ServerShared {
+        registry,
+        provider,
+        layout,
+        inboxes: (0..workers)
+            .map(|_| Inbox::new(config.limits.inbox_capacity))
+            .collect(),
+        stats: (0..workers).map(|_| Arc::new(WorkerStats::default())).collect(),
+        shutdown: AtomicU8::new(0),
+        open_connections: AtomicUsize::new(0),
+        limits: config.limits.clone(),
+    });
+
+    let cores = if config.pin_workers {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<DriverKind, String>)>();
+    let mut threads = Vec::with_capacity(workers);
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let worker_shared = shared.clone();
+        let server_config = server_config.clone();
+        let mut endpoint_config = base_endpoint.clone();
+        let worker_id = u8::try_from(index).unwrap_or(u8::MAX);
+        endpoint_config.cid_generator(move || Box::new(WorkerCidGenerator::new(layout, worker_id)));
+        let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+        let ready_tx = ready_tx.clone();
+        let max_udp = config.limits.max_udp_payload_size;
+        let spawned = std::thread::Builder::new()
+            .name(format!("alknet-w{index}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(worker = index, "could not pin to core {}", core.id);
+                    }
+                }
+                let ran = run_local(|kind| async move {
+                    let io = match UdpIo::new(socket) {
+                        Ok(io) => io,
+                        Err(e) => {
+                            let _ = ready_tx.send((index, Err(e.to_string())));
+                            return;
+                        }
+                    };
+                    let endpoint = Endpoint::new(
+                        Arc::new(endpoint_config),
+                        Some(server_config),
+                        !io.may_fragment(),
+                        None,
+                    );
+                    let stats = worker_shared.stats[index].clone();
+                    let role = Role::Server(worker_shared);
+                    let state = WorkerState::new(index, role, endpoint, io, stats);
+                    tracing::info!(
+                        worker = index,
+                        core = core.map(|c| c.id),
+                        driver = %kind,
+                        gso_segments = state.io.borrow().max_gso_segments(),
+                        gro_segments = state.io.borrow().gro_segments(),
+                        "worker listening"
+                    );
+                    let _ = ready_tx.send((index, Ok(kind)));
+                    drop(ready_tx);
+                    Driver::new(state, max_udp).await;
+                    tracing::debug!(worker = index, "worker stopped");
+                });
+                if let Err(e) = ran {
+                    tracing::error!(worker = index, "runtime failed: {e}");
+                }
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                shared.request_shutdown(CLOSE_NOW);
+                return Err(StartError::Worker {
+                    worker: index,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    drop(ready_tx);
+
+    let mut drivers = vec![DriverKind::Legacy; workers];
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok((i, Ok(kind))) => drivers[i] = kind,
+            Ok((worker, Err(message))) => {
+                shared.request_shutdown(CLOSE_NOW);
+                return Err(StartError::Worker { worker, message });
+            }
+            Err(_) => {
+                shared.request_shutdown(CLOSE_NOW);
+                return Err(StartError::Worker {
+                    worker: usize::MAX,
+                    message: "a worker thread exited during start-up".into(),
+                });
+            }
+        }
+    }
+    Ok(ServerHandle {
+        local_addr,
+        fingerprint: config.tls.fingerprint(),
+        drivers,
+        shared,
+        threads,
+    })
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// SHA-256 of the server certificate.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The monoio driver each worker runs.
+    pub fn drivers(&self) -> &[DriverKind] {
+        &self.drivers
+    }
+
+    pub fn workers(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
+        ShutdownTrigger(self.shared.clone())
+    }
+
+    /// Stop accepting and let open connections drain (see `Limits::shutdown_timeout`).
+    pub fn shutdown(&self) {
+        self.shared.request_shutdown(DRAINING);
+    }
+
+    /// Counters of each worker.
+    pub fn stats(&self) -> Vec<WorkerStatsSnapshot> {
+        self.shared
+            .stats
+            .iter()
+            .zip(self.shared.inboxes.iter())
+            .map(|(s, i)| s.snapshot(i.dropped()))
+            .collect()
+    }
+
+    /// Connections open across all workers.
+    pub fn open_connections(&self) -> usize {
+        self.shared
+            .open_connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits for every worker to stop (after `shutdown`).
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    /// Dropping a handle that was not joined closes everything at once and waits.
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.shared.request_shutdown(CLOSE_NOW);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Worker sockets: a SO_REUSEPORT group bound to one address, and the per-worker IO wrapper.
+//!
+//! monoio 0.2's `UdpSocket` sends one datagram per operation and carries no control
+//! messages, so it cannot do UDP GSO/GRO or ECN. We keep monoio for the event loop and for
+//! readiness (`readable`/`writable`, a PollAdd on io_uring) and do the syscalls with
+//! `quinn-udp` on the same fd: `sendmsg` with `UDP_SEGMENT` (one syscall per GSO batch of
+//! up to 64 datagrams), `recvmmsg` with `UDP_GRO`, ECN and destination-address cmsgs.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Errors binding the worker sockets.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "UDP {0} is already in use by another process (an older alknet still running would \
+         silently share it through SO_REUSEPORT, so we refuse)"
+    )]
+    InUse(SocketAddr),
+    #[error("binding UDP {addr}: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+}
+
+fn new_socket(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<Socket> {
+    let domain = Domain::for_address(addr);
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        // [::] takes IPv4 too
+        s.set_only_v6(false)?;
+    }
+    s.set_reuse_port(reuse_port)?;
+    s.set_nonblocking(true)?;
+    if buffer > 0 {
+        // best effort: the kernel caps these at rmem_max/wmem_max
+        let _ = s.set_recv_buffer_size(buffer);
+        let _ = s.set_send_buffer_size(buffer);
+    }
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// Binds `count` sockets with SO_REUSEPORT on `addr` (all on the port the first one got, if
+/// `addr` has port 0).
+///
+/// A restarted process could silently join a reuseport group left by an older one (same
+/// user) and receive only part of the traffic. To catch that, a non-reuseport probe is
+/// bound first: it fails when anything already holds the port.
+pub fn bind_reuseport_group(
+    addr: SocketAddr,
+    count: usize,
+    buffer: usize,
+) -> Result<Vec<StdUdpSocket>, BindError> {
+    let io_err = |addr| move |source| BindError::Io { addr, source };
+    if addr.port() != 0 {
+        match new_socket(addr, false, 0) {
+            Ok(probe) => drop(probe),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(BindError::InUse(addr)),
+            Err(e) => return Err(BindError::Io { addr, source: e }),
+        }
+    }
+    let first = new_socket(addr, true, buffer).map_err(io_err(addr))?;
+    let bound = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| BindError::Io {
+            addr,
+            source: io::Error::other("bound socket has no address"),
+        })?;
+    let mut out = vec![StdUdpSocket::from(first)];
+    for _ in 1..count {
+        let s = new_socket(bound, true, buffer).map_err(io_err(bound))?;
+        out.push(s.into());
+    }
+    Ok(out)
+}
+
+/// A plain socket for a client endpoint (no reuseport group).
+pub fn bind_client(addr: SocketAddr, buffer: usize) -> io::Result<StdUdpSocket> {
+    new_socket(addr, false, buffer).map(Into::into)
+}
+
+/// One worker's socket: monoio for readiness, quinn-udp for batched syscalls.
+pub(crate) struct UdpIo {
+    socket: monoio::net::udp::UdpSocket,
+    state: UdpSocketState,
+    local: SocketAddr,
+}
+
+impl UdpIo {
+    /// Must run on the worker's thread, inside its monoio runtime.
+    pub fn new(std: StdUdpSocket) -> io::Result<Self> {
+        let local = std.local_addr()?;
+        let state = UdpSocketState::new((&std).into())?;
+        let socket = monoio::net::udp::UdpSocket::from_std(std)?;
+        Ok(Self {
+            socket,
+            state,
+            local,
+        })
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the fd is owned by `self.socket`, which outlives the returned borrow.
+        unsafe { BorrowedFd::borrow_raw(self.socket.as_raw_fd()) }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Receives up to `bufs.len()` GRO batches without blocking (`WouldBlock` when empty).
+    pub fn recv(
+        &self,
+        bufs: &mut [io::IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        let fd = self.fd();
+        self.state.recv(UdpSockRef::from(&fd), bufs, meta)
+    }
+
+    /// Sends one transmit (a GSO batch when `segment_size` is set). Only `WouldBlock` is
+    /// returned as an error: other send errors are logged by quinn-udp and treated as loss.
+    pub fn send(&self, t: &Transmit<'_>) -> io::Result<()> {
+        let fd = self.fd();
+        self.state.send(UdpSockRef::from(&fd), t)
+    }
+
+    pub fn max_gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    pub fn gro_segments(&self) -> usize {
+        self.state.gro_segments()
+    }
+
+    pub fn may_fragment(&self) -> bool {
+        self.state.may_fragment()
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        self.socket.readable(false).await
+    }
+
+    pub async fn writable(&self) -> io::Result<()> {
+        self.socket.writable(false).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_shares_one_port_and_refuses_a_foreign_holder() {
+        let group = bind_reuseport_group("127.0.0.1:0".parse().expect("addr"), 3, 0)
+            .expect("bind group");
+        let port = group[0].local_addr().expect("addr").port();
+        assert!(group
+            .iter()
+            .all(|s| s.local_addr().expect("addr").port() == port));
+        let again = bind_reuseport_group(SocketAddr::from(([127, 0, 0, 1], port)), 1, 0);
+        assert!(matches!(again, Err(BindError::InUse(_))), "{again:?}");
+    }
+}

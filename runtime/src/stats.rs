@@ -1,0 +1,67 @@
+//! Per-worker counters. Each worker writes only its own (cache-line aligned) block with
+//! relaxed atomics, so counting costs no cross-core traffic; readers sum snapshots.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! worker_stats {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Live counters of one worker.
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct WorkerStats {
+            $($(#[$doc])* pub(crate) $name: AtomicU64,)*
+        }
+
+        /// A copy of one worker's counters.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct WorkerStatsSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+            /// Datagrams other workers could not queue here (inbox full).
+            pub inbox_dropped: u64,
+        }
+
+        impl WorkerStats {
+            pub fn snapshot(&self, inbox_dropped: u64) -> WorkerStatsSnapshot {
+                WorkerStatsSnapshot {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                    inbox_dropped,
+                }
+            }
+        }
+
+        impl std::ops::Add for WorkerStatsSnapshot {
+            type Output = Self;
+            fn add(self, o: Self) -> Self {
+                Self { $($name: self.$name + o.$name,)* inbox_dropped: self.inbox_dropped + o.inbox_dropped }
+            }
+        }
+    };
+}
+
+worker_stats! {
+    /// UDP datagrams received from this worker's socket (GRO segments counted singly).
+    datagrams_received,
+    /// UDP datagrams sent (GSO segments counted singly).
+    datagrams_sent,
+    /// GSO batches handed to the kernel (send syscalls).
+    send_calls,
+    /// Datagrams received here for a connection another worker owns, and forwarded.
+    forwarded_out,
+    /// Datagrams other workers forwarded here.
+    forwarded_in,
+    /// Connections accepted.
+    connections_accepted,
+    /// Connections refused (limit reached or shutting down).
+    connections_refused,
+    /// Handlers that returned an error.
+    handler_errors,
+    /// Handlers that panicked.
+    handler_panics,
+}
+
+impl WorkerStats {
+    #[inline]
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

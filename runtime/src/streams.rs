@@ -1,0 +1,354 @@
+//! QUIC streams for handlers. Data moves as `bytes::Bytes`: received chunks are slices of
+//! the decrypted packet buffers, and written `Bytes` are queued without copying. Flow
+//! control is quinn-proto's: nothing here buffers beyond its windows, so a reader that
+//! stops reading stops the peer.
+
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use quinn_proto::{ClosedStream, ConnectionError, FinishError, StreamId, VarInt, Written};
+
+use crate::connection::ConnectionRef;
+
+/// Errors writing to a stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("the peer stopped the stream (error code {0})")]
+    Stopped(VarInt),
+    #[error("connection lost: {0}")]
+    ConnectionLost(#[from] ConnectionError),
+    #[error("the stream was already finished or reset")]
+    ClosedStream,
+}
+
+/// Errors reading from a stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("the peer reset the stream (error code {0})")]
+    Reset(VarInt),
+    #[error("connection lost: {0}")]
+    ConnectionLost(#[from] ConnectionError),
+    #[error("the stream was already stopped or fully read")]
+    ClosedStream,
+}
+
+/// Errors reading a whole stream into memory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadToEndError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("the stream is longer than the {0}-byte limit")]
+    TooLong(usize),
+}
+
+/// Application error code used when a stream is dropped while its task panics.
+pub const STREAM_PANIC_CODE: u32 = 0x1;
+
+/// The sending half of a stream.
+pub struct SendStream {
+    conn: ConnectionRef,
+    id: StreamId,
+    /// finish() or reset() was called: nothing to do on drop.
+    closed: bool,
+}
+
+impl SendStream {
+    pub(crate) fn new(conn: ConnectionRef, id: StreamId) -> Self {
+        Self {
+            conn,
+            id,
+            closed: false,
+        }
+    }
+
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    fn poll_with<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(&mut quinn_proto::SendStream<'_>) -> Result<R, quinn_proto::WriteError>,
+    ) -> Poll<Result<R, WriteError>> {
+        let mut st = self.conn.state.borrow_mut();
+        if let Some(e) = &st.error {
+            return Poll::Ready(Err(WriteError::ConnectionLost(e.clone())));
+        }
+        match f(&mut st.conn.send_stream(self.id)) {
+            Ok(r) => {
+                drop(st);
+                self.conn.0.wake_driver();
+                Poll::Ready(Ok(r))
+            }
+            Err(quinn_proto::WriteError::Blocked) => {
+                st.writers.insert(self.id, cx.waker().clone());
+                Poll::Pending
+            }
+            Err(quinn_proto::WriteError::Stopped(code)) => Poll::Ready(Err(WriteError::Stopped(code))),
+            Err(quinn_proto::WriteError::ClosedStream) => Poll::Ready(Err(WriteError::ClosedStream)),
+        }
+    }
+
+    /// Writes some of `data`, waiting for flow-control credit; returns how much.
+    pub async fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
+        poll_fn(|cx| self.poll_with(cx, |s| s.write(data))).await
+    }
+
+    /// Writes all of `data` (copying it once into the send buffer).
+    pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), WriteError> {
+        while !data.is_empty() {
+            let n = self.write(data).await?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Queues as many of `chunks` as flow control allows, without copying. Fully written
+    /// chunks are emptied; a partly written one is advanced past what was taken.
+    pub async fn write_chunks(&mut self, chunks: &mut [Bytes]) -> Result<Written, WriteError> {
+        poll_fn(|cx| self.poll_with(cx, |s| s.write_chunks(chunks))).await
+    }
+
+    /// Queues all of `chunks` without copying.
+    pub async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), WriteError> {
+        let mut i = 0;
+        while i < chunks.len() {
+            if chunks[i].is_empty() {
+                i += 1;
+                continue;
+            }
+            let written = self.write_chunks(&mut chunks[i..]).await?;
+            i += written.chunks;
+        }
+        Ok(())
+    }
+
+    /// Queues one chunk without copying.
+    pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), WriteError> {
+        self.write_all_chunks(&mut [chunk]).await
+    }
+
+    /// Ends the stream after what was written. Delivery is not awaited: see
+    /// [`SendStream::stopped`].
+    pub fn finish(&mut self) -> Result<(), ClosedStream> {
+        let res = self.conn.state.borrow_mut().conn.send_stream(self.id).finish();
+        self.closed = true;
+        self.conn.0.wake_driver();
+        match res {
+            Ok(()) => Ok(()),
+            Err(FinishError::Stopped(_)) => Ok(()),
+            Err(FinishError::ClosedStream) => Err(ClosedStream::default()),
+        }
+    }
+
+    /// Abandons the stream: unsent data is discarded and the peer sees `code`.
+    pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
+        let res = self.conn.state.borrow_mut().conn.send_stream(self.id).reset(code);
+        self.closed = true;
+        self.conn.0.wake_driver();
+        res
+    }
+
+    /// Waits until the peer has acknowledged everything up to `finish` (`Ok(None)`) or
+    /// stopped the stream (`Ok(Some(code))`).
+    pub async fn stopped(&mut self) -> Result<Option<VarInt>, ConnectionError> {
+        poll_fn(|cx| {
+            let mut st = self.conn.state.borrow_mut();
+            match st.conn.send_stream(self.id).stopped() {
+                Err(_) => Poll::Ready(Ok(None)),
+                Ok(Some(code)) => Poll::Ready(Ok(Some(code))),
+                Ok(None) => {
+                    if let Some(e) = &st.error {
+                        return Poll::Ready(Err(e.clone()));
+                    }
+                    st.stopped.insert(self.id, cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Relative priority among this connection's streams (higher is sent first).
+    pub fn set_priority(&mut self, priority: i32) -> Result<(), ClosedStream> {
+        self.conn
+            .state
+            .borrow_mut()
+            .conn
+            .send_stream(self.id)
+            .set_priority(priority)
+    }
+}
+
+impl Drop for SendStream {
+    /// Finishes the stream, as quinn does; resets it instead when dropped by a panic, so
+    /// the peer never mistakes a truncated stream for a complete one.
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        let mut st = self.conn.state.borrow_mut();
+        if st.error.is_some() {
+            return;
+        }
+        let mut s = st.conn.send_stream(self.id);
+        let changed = if std::thread::panicking() {
+            s.reset(VarInt::from_u32(STREAM_PANIC_CODE)).is_ok()
+        } else {
+            match s.finish() {
+                Ok(()) => true,
+                Err(FinishError::Stopped(code)) => s.reset(code).is_ok(),
+                Err(FinishError::ClosedStream) => false,
+            }
+        };
+        drop(st);
+        if changed {
+            self.conn.0.wake_driver();
+        }
+    }
+}
+
+/// The receiving half of a stream.
+pub struct RecvStream {
+    conn: ConnectionRef,
+    id: StreamId,
+    /// FIN seen, reset seen, or stop() called: nothing to do on drop.
+    done: bool,
+    reset: Option<VarInt>,
+}
+
+impl RecvStream {
+    pub(crate) fn new(conn: ConnectionRef, id: StreamId) -> Self {
+        Self {
+            conn,
+            id,
+            done: false,
+            reset: None,
+        }
+    }
+
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, ReadError>> {
+        if let Some(code) = self.reset {
+            return Poll::Ready(Err(ReadError::Reset(code)));
+        }
+        if self.done {
+            return Poll::Ready(Ok(None));
+        }
+        let mut guard = self.conn.state.borrow_mut();
+        let st = &mut *guard;
+        let mut recv = st.conn.recv_stream(self.id);
+        let mut chunks = match recv.read(true) {
+            Ok(c) => c,
+            Err(_) => return Poll::Ready(Err(ReadError::ClosedStream)),
+        };
+        let res = chunks.next(max);
+        let transmit = chunks.finalize().should_transmit();
+        let out = match res {
+            Ok(Some(chunk)) => Poll::Ready(Ok(Some(chunk.bytes))),
+            Ok(None) => {
+                self.done = true;
+                Poll::Ready(Ok(None))
+            }
+            Err(quinn_proto::ReadError::Reset(code)) => {
+                self.done = true;
+                self.reset = Some(code);
+                Poll::Ready(Err(ReadError::Reset(code)))
+            }
+            Err(quinn_proto::ReadError::Blocked) => match &st.error {
+                Some(e) => Poll::Ready(Err(ReadError::ConnectionLost(e.clone()))),
+                None => {
+                    st.readers.insert(self.id, cx.waker().clone());
+                    Poll::Pending
+                }
+            },
+        };
+        drop(guard);
+        if transmit {
+            // flow-control credit (MAX_STREAM_DATA) is due
+            self.conn.0.wake_driver();
+        }
+        out
+    }
+
+    /// The next chunk of at most `max` bytes, in order, without copying; `None` at the end.
+    pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, ReadError> {
+        poll_fn(|cx| self.poll_read_chunk(cx, max)).await
+    }
+
+    /// Reads into `buf`; `None` at the end of the stream.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        if buf.is_empty() {
+            return Ok(Some(0));
+        }
+        Ok(self.read_chunk(buf.len()).await?.map(|c| {
+            buf[..c.len()].copy_from_slice(&c);
+            c.len()
+        }))
+    }
+
+    /// Reads the whole stream, failing (and stopping the stream) past `limit` bytes.
+    pub async fn read_to_end(&mut self, limit: usize) -> Result<Vec<u8>, ReadToEndError> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.read_chunk(usize::MAX).await? {
+            if out.len() + chunk.len() > limit {
+                let _ = self.stop(VarInt::from_u32(0));
+                return Err(ReadToEndError::TooLong(limit));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Tells the peer to stop sending; unread data is discarded.
+    pub fn stop(&mut self, code: VarInt) -> Result<(), ClosedStream> {
+        self.done = true;
+        let res = self.conn.state.borrow_mut().conn.recv_stream(self.id).stop(code);
+        self.conn.0.wake_driver();
+        res
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let stopped = {
+            let mut st = self.conn.state.borrow_mut();
+            st.error.is_none()
+                && st
+                    .conn
+                    .recv_stream(self.id)
+                    .stop(VarInt::from_u32(0))
+                    .is_ok()
+        };
+        if stopped {
+            self.conn.0.wake_driver();
+        }
+    }
+}
+
+/// Both halves of a bidirectional stream.
+pub struct BiStream {
+    pub send: SendStream,
+    pub recv: RecvStream,
+}
+
+impl BiStream {
+    pub fn id(&self) -> StreamId {
+        self.send.id()
+    }
+
+    pub fn split(self) -> (SendStream, RecvStream) {
+        (self.send, self.recv)
+    }
+}

@@ -1,0 +1,449 @@
+//! TLS for QUIC with rustls: the server's certificate (from PEM files, or self-signed and
+//! kept in the data directory), optional client certificates, and how clients decide to
+//! trust a server (CA roots, a pinned fingerprint, or `--insecure`).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use alknet_proto::Fingerprint;
+use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+/// Errors building TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("{path}: no PEM certificate found")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: {message}")]
+    Pem { path: PathBuf, message: String },
+    #[error("generating a self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("TLS configuration is not usable for QUIC: {0}")]
+    Quic(String),
+}
+
+/// SHA-256 of a DER certificate.
+pub fn fingerprint_of(cert: &CertificateDer<'_>) -> Fingerprint {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    Fingerprint(out)
+}
+
+/// The crypto provider used everywhere (ring: fast AES-GCM, builds with a C compiler only).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct TlsIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for TlsIdentity {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// File names of the generated identity inside the data directory.
+pub const GENERATED_CERT_FILE: &str = "cert.pem";
+pub const GENERATED_KEY_FILE: &str = "key.pem";
+
+impl TlsIdentity {
+    /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let chain = read_certs(cert)?;
+        let key_pem = fs::read(key).map_err(|source| TlsError::Read {
+            path: key.into(),
+            source,
+        })?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
+            path: key.into(),
+            message: format!("no usable private key: {e}"),
+        })?;
+        Ok(Self { chain, key })
+    }
+
+    /// A new self-signed certificate for `localhost`, 127.0.0.1 and ::1 (and `names`).
+    pub fn generate_self_signed(names: &[String]) -> Result<Self, TlsError> {
+        let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        sans.extend(names.iter().cloned());
+        let ck = rcgen::generate_simple_self_signed(sans)?;
+        Ok(Self {
+            chain: vec![ck.cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into()),
+        })
+    }
+
+    /// The identity kept in `dir`, generated and written there (key mode 0600) on first use.
+    /// Returns whether it was generated now, so the caller can tell the user.
+    pub fn load_or_generate(dir: &Path) -> Result<(Self, bool), TlsError> {
+        let cert = dir.join(GENERATED_CERT_FILE);
+        let key = dir.join(GENERATED_KEY_FILE);
+        if cert.exists() && key.exists() {
+            return Ok((Self::from_pem_files(&cert, &key)?, false));
+        }
+        let generated = Self::generate_self_signed(&[])?;
+        let write_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TlsError::Write { path, source }
+        };
+        create_private_dir(dir).map_err(write_err(dir))?;
+        let cert_pem = pem_encode("CERTIFICATE", generated.chain[0].as_ref());
+        let key_pem = pem_encode("PRIVATE KEY", generated.key.secret_der());
+        write_private(&key, key_pem.as_bytes()).map_err(write_err(&key))?;
+        fs::write(&cert, cert_pem).map_err(write_err(&cert))?;
+        Ok((generated, true))
+    }
+
+    /// SHA-256 of the leaf certificate: what clients pin with `--fingerprint`.
+    pub fn fingerprint(&self) -> Fingerprint {
+        fingerprint_of(&self.chain[0])
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = fs::read(path).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate { path: path.into() });
+    }
+    Ok(chain)
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
+    for chunk in der.chunks(3) {
+        let n = chunk.len();
+        let v = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= n {
+                b64.push(B64[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+/// Whether the server asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Never ask.
+    None,
+    /// Ask; connections without one are anonymous (the default).
+    #[default]
+    Optional,
+    /// Refuse the handshake without a client certificate.
+    Required,
+}
+
+/// Server TLS configuration advertising exactly `alpns`. A client offering none of them
+/// fails the handshake with `no_application_protocol`.
+pub fn server_crypto(
+    identity: &TlsIdentity,
+    alpns: Vec<Vec<u8>>,
+    client_auth: ClientAuth,
+) -> Result<Arc<QuicServerConfig>, TlsError> {
+    let provider = crypto_provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Optional | ClientAuth::Required => {
+            builder.with_client_cert_verifier(Arc::new(AnyClientCert {
+                provider,
+                mandatory: client_auth == ClientAuth::Required,
+            }))
+        }
+    };
+    let mut cfg = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    cfg.alpn_protocols = alpns;
+    cfg.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok(Arc::new(quic))
+}
+
+/// How a client decides to trust the server it dials.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// The public web PKI (Mozilla's roots).
+    WebPki,
+    /// These CA certificates.
+    Roots(Vec<CertificateDer<'static>>),
+    /// Exactly the certificate with this SHA-256 fingerprint (self-hosted, self-signed).
+    Fingerprint(Fingerprint),
+    /// Any certificate. The handshake signature is still checked; only the certificate's
+    /// authenticity is not. For tests and first contact.
+    Insecure,
+}
+
+impl ServerTrust {
+    /// Reads CA certificates from a PEM file.
+    pub fn roots_from_pem(path: &Path) -> Result<Self, TlsError> {
+        Ok(Self::Roots(read_certs(path)?))
+    }
+}
+
+/// Client TLS configuration offering `alpns`, optionally presenting `identity`.
+pub fn client_crypto(
+    trust: &ServerTrust,
+    alpns: Vec<Vec<u8>>,
+    identity: Option<&TlsIdentity>,
+) -> Result<Arc<QuicClientConfig>, TlsError> {
+    let provider = crypto_provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let verifier: Arc<dyn ServerCertVerifier> = match trust {
+        ServerTrust::WebPki | ServerTrust::Roots(_) => {
+            let mut roots = rustls::RootCertStore::empty();
+            if let ServerTrust::Roots(certs) = trust {
+                for c in certs {
+                    roots.add(c.clone())?;
+                }
+            } else {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?
+        }
+        ServerTrust::Fingerprint(fp) => Arc::new(PinnedServerCert {
+            provider,
+            pinned: Some(*fp),
+        }),
+        ServerTrust::Insecure => Arc::new(PinnedServerCert {
+            provider,
+            pinned: None,
+        }),
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut cfg = match identity {
+        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpns;
+    let quic = QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok(Arc::new(quic))
+}
+
+/// Accepts any client certificate as proof of a key (its fingerprint becomes the peer's
+/// identity claim); authorization is the `IdentityProvider`'s job, not the CA's.
+#[derive(Debug)]
+struct AnyClientCert {
+    provider: Arc<CryptoProvider>,
+    mandatory: bool,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Trusts one pinned certificate (or, with `pinned: None`, any), still checking that the
+/// server holds the certificate's key.
+#[derive(Debug)]
+struct PinnedServerCert {
+    provider: Arc<CryptoProvider>,
+    pinned: Option<Fingerprint>,
+}
+
+impl ServerCertVerifier for PinnedServerCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.pinned {
+            None => Ok(ServerCertVerified::assertion()),
+            Some(fp) if fingerprint_of(end_entity) == fp => Ok(ServerCertVerified::assertion()),
+            Some(fp) => Err(rustls::Error::General(format!(
+                "server certificate fingerprint {} does not match the pinned {fp}",
+                fingerprint_of(end_entity)
+            ))),
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_identity_is_kept_and_reloaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("data");
+        let (first, generated) = TlsIdentity::load_or_generate(&sub).expect("generate");
+        assert!(generated);
+        let (second, generated) = TlsIdentity::load_or_generate(&sub).expect("reload");
+        assert!(!generated);
+        assert_eq!(first.fingerprint(), second.fingerprint());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(sub.join(GENERATED_KEY_FILE))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn pem_files_errors_are_clear() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = dir.path().join("c.pem");
+        fs::write(&cert, "not pem").expect("write");
+        let err = TlsIdentity::from_pem_files(&cert, &cert).expect_err("must fail");
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+        let err = TlsIdentity::from_pem_files(&dir.path().join("missing"), &cert)
+            .expect_err("must fail");
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn configs_build_for_quic() {
+        let id = TlsIdentity::generate_self_signed(&[]).expect("generate");
+        server_crypto(&id, vec![b"alknet/echo".to_vec()], ClientAuth::Optional).expect("server");
+        client_crypto(&ServerTrust::Fingerprint(id.fingerprint()), vec![], Some(&id))
+            .expect("client");
+        client_crypto(&ServerTrust::WebPki, vec![], None).expect("webpki client");
+    }
+}

@@ -1,0 +1,730 @@
+//! One worker: a socket, a `quinn_proto::Endpoint`, its connections, and the driver task
+//! that moves datagrams between them. All of it lives on one thread.
+//!
+//! The driver is a hand-written future (like quinn's `EndpointDriver`) so it can keep its
+//! readiness, timer and inbox registrations alive across polls instead of cancelling and
+//! resubmitting io_uring operations every time a handler wakes it. Each poll does a
+//! bounded amount of work and re-wakes itself if more is left, so handler tasks on the
+//! same thread get their turn.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use alknet_proto::cid::{CidLayout, Route};
+use bytes::BytesMut;
+use futures_util::FutureExt;
+use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, Incoming, VarInt};
+use quinn_udp::RecvMeta;
+
+use crate::connection::{ConnInner, Connection, DriverNotify};
+use crate::identity::{AuthContext, IdentityProvider};
+use crate::inbox::{Inbox, StrayDatagram};
+use crate::limits::Limits;
+use crate::router::{close_code, AlpnRegistry, LocalBoxFuture};
+use crate::rt::panic_message;
+use crate::socket::UdpIo;
+use crate::stats::WorkerStats;
+
+/// GRO batches read per readiness before the driver yields to handler tasks.
+pub const RECV_BATCHES_PER_POLL: usize = 16;
+/// GSO batches one connection may send per driver pass before others get a turn.
+pub const TRANSMITS_PER_CONNECTION: usize = 8;
+/// Most datagrams in one GSO batch (the kernel's limit is 64).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+/// After the drain timeout, how long closed connections get to deliver CONNECTION_CLOSE.
+pub const CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+/// Shutdown phases, shared by all workers of a server.
+pub(crate) const RUNNING: u8 = 0;
+pub(crate) const DRAINING: u8 = 1;
+pub(crate) const CLOSE_NOW: u8 = 2;
+
+/// What all workers of one server share (read-mostly; atomics only off the packet path).
+pub(crate) struct ServerShared {
+    pub registry: AlpnRegistry,
+    pub provider: Arc<dyn IdentityProvider>,
+    pub layout: CidLayout,
+    pub inboxes: Box<[Inbox]>,
+    pub stats: Box<[Arc<WorkerStats>]>,
+    pub shutdown: AtomicU8,
+    pub open_connections: AtomicUsize,
+    pub limits: Limits,
+}
+
+impl ServerShared {
+    pub fn request_shutdown(&self, phase: u8) {
+        self.shutdown.fetch_max(phase, Ordering::AcqRel);
+        for inbox in self.inboxes.iter() {
+            inbox.wake();
+        }
+    }
+}
+
+pub(crate) enum Role {
+    Server(Arc<ServerShared>),
+    Client,
+}
+
+/// State shared between the driver and the handles (connections, client endpoint) on
+/// this worker's thread.
+pub(crate) struct WorkerState {
+    pub index: usize,
+    pub role: Role,
+    pub endpoint: RefCell<Endpoint>,
+    conns: RefCell<Vec<Option<Rc<ConnInner>>>>,
+    live: Cell<usize>,
+    pub notify: Rc<DriverNotify>,
+    pub io: RefCell<Rc<UdpIo>>,
+    pub io_generation: Cell<u64>,
+    /// Client endpoint handles; the client driver ends when none are left and all
+    /// connections have drained.
+    pub handles: Cell<usize>,
+    idle_waiters: RefCell<Vec<Waker>>,
+    pub stats: Arc<WorkerStats>,
+}
+
+impl WorkerState {
+    pub fn new(index: usize, role: Role, endpoint: Endpoint, io: UdpIo, stats: Arc<WorkerStats>) -> Rc<Self> {
+        Rc::new(Self {
+            index,
+            role,
+            endpoint: RefCell::new(endpoint),
+            conns: RefCell::new(Vec::new()),
+            live: Cell::new(0),
+            notify: Rc::new(DriverNotify::default()),
+            io: RefCell::new(Rc::new(io)),
+            io_generation: Cell::new(0),
+            handles: Cell::new(0),
+            idle_waiters: RefCell::new(Vec::new()),
+            stats,
+        })
+    }
+
+    pub fn insert(&self, handle: ConnectionHandle, conn: quinn_proto::Connection, counted: bool) -> Rc<ConnInner> {
+        let inner = ConnInner::new(handle, self.index, conn, self.notify.clone(), counted);
+        let mut conns = self.conns.borrow_mut();
+        if conns.len() <= handle.0 {
+            conns.resize(handle.0 + 1, None);
+        }
+        conns[handle.0] = Some(inner.clone());
+        self.live.set(self.live.get() + 1);
+        inner
+    }
+
+    fn get(&self, handle: usize) -> Option<Rc<ConnInner>> {
+        self.conns.borrow().get(handle).and_then(Clone::clone)
+    }
+
+    fn remove(&self, inner: &ConnInner) {
+        let mut conns = self.conns.borrow_mut();
+        if let Some(slot) = conns.get_mut(inner.handle.0) {
+            if slot.as_ref().is_some_and(|c| std::ptr::eq(&**c, inner)) {
+                *slot = None;
+                self.live.set(self.live.get() - 1);
+                if inner.counted {
+                    if let Role::Server(s) = &self.role {
+                        s.open_connections.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if self.live.get() == 0 {
+            for w in self.idle_waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    fn all(&self) -> Vec<Rc<ConnInner>> {
+        self.conns.borrow().iter().flatten().cloned().collect()
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.get()
+    }
+
+    /// Registers `waker` to be woken when the last connection has drained.
+    pub fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.live.get() == 0 {
+            return Poll::Ready(());
+        }
+        self.idle_waiters.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+enum Phase {
+    Running,
+    Draining { until: Instant },
+    Closing { until: Instant },
+}
+
+/// The per-worker packet loop.
+pub(crate) struct Driver {
+    w: Rc<WorkerState>,
+    io: Rc<UdpIo>,
+    io_generation: u64,
+    readable: Option<LocalBoxFuture<'static, io::Result<()>>>,
+    recv_ready: bool,
+    writable: Option<LocalBoxFuture<'static, io::Result<()>>>,
+    /// A transmit the socket refused with EAGAIN; nothing else is sent until it goes.
+    blocked: Option<(quinn_proto::Transmit, Vec<u8>)>,
+    sleep: Option<Pin<Box<monoio::time::Sleep>>>,
+    sleep_at: Option<Instant>,
+    /// Connection timers: (deadline, handle), lazily invalidated against
+    /// `ConnInner::scheduled`.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    recv_buf: Box<[u8]>,
+    recv_slot: usize,
+    recv_meta: Box<[RecvMeta]>,
+    send_buf: Vec<u8>,
+    response_buf: Vec<u8>,
+    dirty: Vec<Rc<ConnInner>>,
+    phase: Phase,
+}
+
+impl Driver {
+    pub fn new(w: Rc<WorkerState>, max_udp_payload: u16) -> Self {
+        let io = w.io.borrow().clone();
+        // Each recvmmsg slot holds one GRO batch of up to gro_segments datagrams.
+        let recv_slot = usize::from(max_udp_payload) * io.gro_segments().max(1);
+        let recv_slot = recv_slot.min(u16::MAX as usize);
+        Self {
+            io_generation: w.io_generation.get(),
+            io,
+            w,
+            readable: None,
+            recv_ready: true,
+            writable: None,
+            blocked: None,
+            sleep: None,
+            sleep_at: None,
+            timers: BinaryHeap::new(),
+            recv_buf: vec![0u8; recv_slot * quinn_udp::BATCH_SIZE].into_boxed_slice(),
+            recv_slot,
+            recv_meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE].into_boxed_slice(),
+            send_buf: Vec::with_capacity(MAX_GSO_SEGMENTS * usize::from(max_udp_payload)),
+            response_buf: Vec::new(),
+            dirty: Vec::new(),
+            phase: Phase::Running,
+        }
+    }
+
+    fn refresh_socket(&mut self) {
+        let generation = self.w.io_generation.get();
+        if generation != self.io_generation {
+            self.io_generation = generation;
+            self.io = self.w.io.borrow().clone();
+            self.readable = None;
+            self.writable = None;
+            self.recv_ready = true;
+        }
+    }
+
+    /// Retries a transmit the kernel refused. Returns true while the socket is still full.
+    fn flush_blocked(&mut self, cx: &mut Context<'_>) -> bool {
+        while let Some((t, buf)) = self.blocked.take() {
+            match send(&self.io, &self.w.stats, &t, &buf) {
+                Ok(()) => {
+                    self.send_buf = buf;
+                    self.writable = None;
+                }
+                Err(_) => {
+                    self.blocked = Some((t, buf));
+                    let io = self.io.clone();
+                    let fut = self
+                        .writable
+                        .get_or_insert_with(|| Box::pin(async move { io.writable().await }));
+                    match fut.as_mut().poll(cx) {
+                        Poll::Ready(_) => {
+                            self.writable = None;
+                            continue;
+                        }
+                        Poll::Pending => return true,
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    fn drain_inbox(&mut self, now: Instant) -> bool {
+        let Role::Server(s) = &self.w.role else {
+            return false;
+        };
+        let s = s.clone();
+        let inbox = &s.inboxes[self.w.index];
+        let mut n = 0;
+        while let Some(d) = inbox.pop() {
+            n += 1;
+            self.handle_datagram(now, d.remote, d.local_ip, d.ecn, d.data);
+            if n == quinn_udp::BATCH_SIZE * RECV_BATCHES_PER_POLL {
+                WorkerStats::add(&self.w.stats.forwarded_in, n as u64);
+                return true;
+            }
+        }
+        WorkerStats::add(&self.w.stats.forwarded_in, n as u64);
+        false
+    }
+
+    /// Reads what the socket has, up to the per-poll budget. Returns true if more is left.
+    fn receive(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        if !self.recv_ready {
+            let io = self.io.clone();
+            let fut = self
+                .readable
+                .get_or_insert_with(|| Box::pin(async move { io.readable().await }));
+            match fut.as_mut().poll(cx) {
+                Poll::Ready(res) => {
+                    self.readable = None;
+                    if let Err(e) = res {
+                        tracing::warn!(worker = self.w.index, "waiting for readability: {e}");
+                    }
+                    self.recv_ready = true;
+                }
+                Poll::Pending => return false,
+            }
+        }
+        for _ in 0..RECV_BATCHES_PER_POLL {
+            let n = {
+                let mut chunks = self.recv_buf.chunks_mut(self.recv_slot);
+                let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or(&mut [])));
+                match self.io.recv(&mut slices, &mut self.recv_meta) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            tracing::debug!(worker = self.w.index, "recv: {e}");
+                        }
+                        self.recv_ready = false;
+                        // register for readiness now so the wake-up is not lost
+                        return self.receive(cx, now);
+                    }
+                }
+            };
+            for i in 0..n {
+                let meta = self.recv_meta[i];
+                let start = i * self.recv_slot;
+                let mut batch = BytesMut::from(&self.recv_buf[start..start + meta.len]);
+                let stride = meta.stride.max(1);
+                let ecn = meta.ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+                while !batch.is_empty() {
+                    let seg = batch.split_to(stride.min(batch.len()));
+                    WorkerStats::add(&self.w.stats.datagrams_received, 1);
+                    if self.forward_if_foreign(&seg, meta.addr, meta.dst_ip, ecn) {
+                        continue;
+                    }
+                    self.handle_datagram(now, meta.addr, meta.dst_ip, ecn, seg);
+                }
+            }
+        }
+        true
+    }
+
+    /// Hands a datagram whose CID names another worker to that worker.
+    fn forward_if_foreign(
+        &self,
+        seg: &BytesMut,
+        remote: std::net::SocketAddr,
+        local_ip: Option<std::net::IpAddr>,
+        ecn: Option<quinn_proto::EcnCodepoint>,
+    ) -> bool {
+        let Role::Server(s) = &self.w.role else {
+            return false;
+        };
+        match s.layout.route(seg) {
+            Route::Worker(owner) if usize::from(owner) != self.w.index => {
+                WorkerStats::add(&self.w.stats.forwarded_out, 1);
+                s.inboxes[usize::from(owner)].push(StrayDatagram {
+                    data: seg.clone(),
+                    remote,
+                    local_ip,
+                    ecn,
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        remote: std::net::SocketAddr,
+        local_ip: Option<std::net::IpAddr>,
+        ecn: Option<quinn_proto::EcnCodepoint>,
+        data: BytesMut,
+    ) {
+        self.response_buf.clear();
+        let event = self
+            .w
+            .endpoint
+            .borrow_mut()
+            .handle(now, remote, local_ip, ecn, data, &mut self.response_buf);
+        match event {
+            None => {}
+            Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                if let Some(c) = self.w.get(handle.0) {
+                    c.state.borrow_mut().conn.handle_event(event);
+                    c.mark_dirty();
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => self.on_incoming(now, incoming),
+            Some(DatagramEvent::Response(t)) => self.send_response(&t),
+        }
+    }
+
+    fn send_response(&mut self, t: &quinn_proto::Transmit) {
+        // Stateless responses are not retried: if the socket is full they are lost, as
+        // they could be on the wire.
+        let buf = std::mem::take(&mut self.response_buf);
+        let _ = send(&self.io, &self.w.stats, t, &buf);
+        self.response_buf = buf;
+    }
+
+    fn on_incoming(&mut self, now: Instant, incoming: Incoming) {
+        let Role::Server(s) = &self.w.role else {
+            self.w.endpoint.borrow_mut().ignore(incoming);
+            return;
+        };
+        let s = s.clone();
+        let accepting = matches!(self.phase, Phase::Running);
+        let below_limit = accepting
+            && s.open_connections.fetch_add(1, Ordering::Relaxed) < s.limits.max_connections;
+        if !below_limit {
+            if accepting {
+                s.open_connections.fetch_sub(1, Ordering::Relaxed);
+            }
+            WorkerStats::add(&self.w.stats.connections_refused, 1);
+            tracing::debug!(remote = %incoming.remote_address(), accepting, "refusing connection");
+            self.response_buf.clear();
+            let t = self.w.endpoint.borrow_mut().refuse(incoming, &mut self.response_buf);
+            self.send_response(&t);
+            return;
+        }
+        self.response_buf.clear();
+        let accepted = self
+            .w
+            .endpoint
+            .borrow_mut()
+            .accept(incoming, now, &mut self.response_buf, None);
+        match accepted {
+            Ok((handle, conn)) => {
+                WorkerStats::add(&self.w.stats.connections_accepted, 1);
+                let c = self.w.insert(handle, conn, true);
+                c.mark_dirty();
+            }
+            Err(e) => {
+                s.open_connections.fetch_sub(1, Ordering::Relaxed);
+                tracing::debug!("accept failed: {}", e.cause);
+                if let Some(t) = e.response {
+                    self.send_response(&t);
+                }
+            }
+        }
+    }
+
+    fn expire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, handle))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(c) = self.w.get(handle) else { continue };
+            if c.scheduled.get() != Some(at) {
+                continue; // superseded by an earlier entry
+            }
+            c.scheduled.set(None);
+            match c.deadline.get() {
+                Some(d) if d <= now => {
+                    c.state.borrow_mut().conn.handle_timeout(now);
+                    c.mark_dirty();
+                }
+                Some(d) => self.schedule(&c, d),
+                None => {}
+            }
+        }
+    }
+
+    fn schedule(&mut self, c: &ConnInner, at: Instant) {
+        if c.scheduled.get().is_none_or(|s| at < s) {
+            c.scheduled.set(Some(at));
+            self.timers.push(Reverse((at, c.handle.0)));
+        }
+    }
+
+    /// Drives every connection marked dirty. Returns true if any asked for another turn.
+    fn drive_dirty(&mut self, now: Instant) -> bool {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        self.w.notify.take_dirty(&mut dirty);
+        for c in dirty.drain(..) {
+            c.clear_dirty();
+            if self.blocked.is_some() {
+                // the socket is full: keep it queued until it drains
+                c.mark_dirty();
+                continue;
+            }
+            self.drive(now, &c);
+        }
+        self.dirty = dirty;
+        self.w.notify.has_dirty()
+    }
+
+    fn drive(&mut self, now: Instant, c: &Rc<ConnInner>) {
+        if self.w.get(c.handle.0).is_none_or(|x| !Rc::ptr_eq(&x, c)) {
+            return; // already drained and removed
+        }
+        let mut connected = false;
+        let drained;
+        {
+            let mut st = c.state.borrow_mut();
+            let st = &mut *st;
+            forward_endpoint_events(&self.w, c, &mut st.conn);
+            while let Some(event) = st.conn.poll() {
+                connected |= st.dispatch(event);
+            }
+            let max_segments = self.io.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
+            let mut sent = 0;
+            loop {
+                if sent == TRANSMITS_PER_CONNECTION {
+                    c.mark_dirty();
+                    break;
+                }
+                self.send_buf.clear();
+                let Some(t) = st.conn.poll_transmit(now, max_segments, &mut self.send_buf) else {
+                    break;
+                };
+                sent += 1;
+                if send(&self.io, &self.w.stats, &t, &self.send_buf).is_err() {
+                    let capacity = self.send_buf.capacity();
+                    let buf = std::mem::replace(&mut self.send_buf, Vec::with_capacity(capacity));
+                    self.blocked = Some((t, buf));
+                    c.mark_dirty();
+                    break;
+                }
+            }
+            forward_endpoint_events(&self.w, c, &mut st.conn);
+            let deadline = st.conn.poll_timeout();
+            c.deadline.set(deadline);
+            drained = st.conn.is_drained();
+            if let Some(d) = deadline {
+                if !drained {
+                    self.schedule(c, d);
+                }
+            }
+        }
+        if connected {
+            if let Role::Server(s) = &self.w.role {
+                start_handler(&self.w, s, c);
+            }
+        }
+        if drained {
+            self.w.remove(c);
+        }
+    }
+
+    /// Shutdown and exit conditions; `true` means the driver is done.
+    fn lifecycle(&mut self, now: Instant) -> bool {
+        match &self.w.role {
+            Role::Client => self.w.handles.get() == 0 && self.w.live() == 0,
+            Role::Server(s) => {
+                let requested = s.shutdown.load(Ordering::Acquire);
+                if let Phase::Running = self.phase {
+                    if requested == RUNNING {
+                        return false;
+                    }
+                    tracing::info!(
+                        worker = self.w.index,
+                        connections = self.w.live(),
+                        "shutting down: no new connections, draining open ones"
+                    );
+                    self.phase = Phase::Draining {
+                        until: now + s.limits.shutdown_timeout,
+                    };
+                }
+                if let Phase::Draining { until } = self.phase {
+                    if now >= until || requested == CLOSE_NOW {
+                        let open = self.w.all();
+                        if !open.is_empty() {
+                            tracing::info!(
+                                worker = self.w.index,
+                                connections = open.len(),
+                                "closing connections still open"
+                            );
+                        }
+                        for c in open {
+                            c.close(VarInt::from_u32(close_code::SHUTDOWN), b"server shutting down");
+                            self.drive(now, &c);
+                        }
+                        self.phase = Phase::Closing {
+                            until: now + CLOSE_LINGER,
+                        };
+                    }
+                }
+                match self.phase {
+                    Phase::Running => false,
+                    Phase::Draining { .. } => self.w.live() == 0,
+                    Phase::Closing { until } => self.w.live() == 0 || now >= until,
+                }
+            }
+        }
+    }
+
+    /// Arms the timer for the earliest deadline. Returns true if it has already passed.
+    fn arm_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut next = self.timers.peek().map(|Reverse((at, _))| *at);
+        if let Phase::Draining { until } | Phase::Closing { until } = self.phase {
+            next = Some(next.map_or(until, |n| n.min(until)));
+        }
+        let Some(at) = next else {
+            self.sleep = None;
+            self.sleep_at = None;
+            return false;
+        };
+        let deadline = monoio::time::Instant::from_std(at);
+        match &mut self.sleep {
+            Some(s) if self.sleep_at == Some(at) => {
+                return s.as_mut().poll(cx).is_ready();
+            }
+            Some(s) => s.as_mut().reset(deadline),
+            None => self.sleep = Some(Box::pin(monoio::time::sleep_until(deadline))),
+        }
+        self.sleep_at = Some(at);
+        self.sleep
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+    }
+
+    fn finish(&mut self) {
+        // break the Rc cycles between the dirty list and connections
+        let mut rest = Vec::new();
+        self.w.notify.take_dirty(&mut rest);
+        self.dirty.clear();
+        for c in self.w.all() {
+            c.state
+                .borrow_mut()
+                .terminate(quinn_proto::ConnectionError::LocallyClosed);
+            self.w.remove(&c);
+        }
+    }
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        this.w.notify.register(cx.waker());
+        if let Role::Server(s) = &this.w.role {
+            s.inboxes[this.w.index].register(cx.waker());
+        }
+        this.refresh_socket();
+        let now = Instant::now();
+        let socket_full = this.flush_blocked(cx);
+        let mut more = this.drain_inbox(now);
+        more |= this.receive(cx, now);
+        this.expire_timers(now);
+        if !socket_full {
+            more |= this.drive_dirty(now);
+        }
+        if this.lifecycle(now) {
+            this.finish();
+            return Poll::Ready(());
+        }
+        more |= this.arm_timer(cx);
+        if more {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+fn forward_endpoint_events(w: &WorkerState, c: &ConnInner, conn: &mut quinn_proto::Connection) {
+    while let Some(event) = conn.poll_endpoint_events() {
+        if let Some(reply) = w.endpoint.borrow_mut().handle_event(c.handle, event) {
+            conn.handle_event(reply);
+        }
+    }
+}
+
+/// Sends one transmit. `Err` only for EAGAIN (the caller keeps the transmit).
+fn send(io: &UdpIo, stats: &WorkerStats, t: &quinn_proto::Transmit, buf: &[u8]) -> io::Result<()> {
+    let transmit = quinn_udp::Transmit {
+        destination: t.destination,
+        ecn: t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+        contents: &buf[..t.size],
+        segment_size: t.segment_size,
+        src_ip: t.src_ip,
+    };
+    io.send(&transmit)?;
+    let segments = t.segment_size.map_or(1, |s| t.size.div_ceil(s));
+    WorkerStats::add(&stats.datagrams_sent, segments as u64);
+    WorkerStats::add(&stats.send_calls, 1);
+    Ok(())
+}
+
+/// Runs the handler for a connection whose handshake just completed, on this worker.
+fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) {
+    let (alpn, peer_fingerprint, remote) = {
+        let st = c.state.borrow();
+        (st.alpn.clone(), st.peer_fingerprint, st.conn.remote_address())
+    };
+    let Some(handler) = alpn.as_deref().and_then(|a| s.registry.lookup(a)).cloned() else {
+        tracing::warn!(%remote, "no handler for negotiated ALPN {:?}", alpn);
+        c.close(VarInt::from_u32(close_code::NO_HANDLER), b"no handler for this ALPN");
+        return;
+    };
+    let alpn = alpn.unwrap_or_default();
+    let identity = peer_fingerprint.and_then(|fp| s.provider.resolve_from_fingerprint(&fp));
+    let auth = AuthContext {
+        remote,
+        alpn,
+        peer_fingerprint,
+        identity,
+        provider: s.provider.clone(),
+    };
+    let conn = Connection::new(c.clone());
+    let stats = w.stats.clone();
+    let worker = w.index;
+    monoio::spawn(async move {
+        let alpn = String::from_utf8_lossy(handler.alpn()).into_owned();
+        tracing::debug!(worker, %remote, %alpn, "connection accepted");
+        let outcome = AssertUnwindSafe(handler.handle(conn.clone(), auth))
+            .catch_unwind()
+            .await;
+        match outcome {
+            Ok(Ok(())) => tracing::debug!(worker, %remote, %alpn, "handler finished"),
+            Ok(Err(e)) => {
+                WorkerStats::add(&stats.handler_errors, 1);
+                tracing::warn!(worker, %remote, %alpn, "handler error: {e}");
+                let reason = e.to_string();
+                conn.close(e.close_code(), truncate_reason(&reason).as_bytes());
+            }
+            Err(panic) => {
+                WorkerStats::add(&stats.handler_panics, 1);
+                tracing::error!(worker, %remote, %alpn, panic = %panic_message(&*panic), "handler panicked");
+                conn.close(VarInt::from_u32(close_code::HANDLER_PANIC), b"internal error");
+            }
+        }
+    });
+}
+
+/// Close reasons travel in one packet: keep them short, cut on a character boundary.
+fn truncate_reason(reason: &str) -> &str {
+    const MAX_REASON: usize = 256;
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
