@@ -2,12 +2,13 @@
 //! where io_uring is refused) and spawning tasks whose panics stay inside them.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::panic::AssertUnwindSafe;
-
-use futures_util::FutureExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// Which monoio driver a thread runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,14 +67,62 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+thread_local! {
+    static DROPPING_PANICKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True while the state of a task that panicked is being dropped. A panic unwinds only
+/// the poll's stack: what the future holds across awaits (streams, say) is dropped
+/// afterwards, when `std::thread::panicking()` is already false. Streams check this too,
+/// so a panicked task resets its streams instead of finishing them cleanly.
+pub fn dropping_panicked_task() -> bool {
+    std::thread::panicking() || DROPPING_PANICKED.with(Cell::get)
+}
+
+/// A future that turns a panic into an error, and drops the panicked future's state
+/// with [`dropping_panicked_task`] set.
+pub struct CatchPanic<F> {
+    inner: Option<Pin<Box<F>>>,
+}
+
+/// Runs `fut`, returning `Err(payload)` if it panics.
+pub fn catch_panic<F: Future>(fut: F) -> CatchPanic<F> {
+    CatchPanic {
+        inner: Some(Box::pin(fut)),
+    }
+}
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Pending; // polled after completion
+        };
+        match catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => {
+                self.inner = None;
+                Poll::Ready(Ok(v))
+            }
+            Err(payload) => {
+                DROPPING_PANICKED.with(|d| d.set(true));
+                self.inner = None;
+                DROPPING_PANICKED.with(|d| d.set(false));
+                Poll::Ready(Err(payload))
+            }
+        }
+    }
+}
+
 /// Spawns a task on this worker. A panic in it is logged and ends only that task (monoio
-/// itself would unwind through the whole worker).
+/// itself would unwind through the whole worker); its streams are reset.
 pub fn spawn_guarded<F>(what: &'static str, fut: F)
 where
     F: Future<Output = ()> + 'static,
 {
     monoio::spawn(async move {
-        if let Err(p) = AssertUnwindSafe(fut).catch_unwind().await {
+        if let Err(p) = catch_panic(fut).await {
             tracing::error!(task = what, panic = %panic_message(&*p), "task panicked");
         }
     });

@@ -193,7 +193,7 @@ impl Drop for SendStream {
             return;
         }
         let mut s = st.conn.send_stream(self.id);
-        let changed = if std::thread::panicking() {
+        let changed = if crate::rt::dropping_panicked_task() {
             s.reset(VarInt::from_u32(STREAM_PANIC_CODE)).is_ok()
         } else {
             match s.finish() {

@@ -12,7 +12,6 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -22,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use alknet_proto::cid::{CidLayout, Route};
 use bytes::BytesMut;
-use futures_util::FutureExt;
 use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, Incoming, VarInt};
 use quinn_udp::RecvMeta;
 
@@ -31,7 +29,7 @@ use crate::identity::{AuthContext, IdentityProvider};
 use crate::inbox::{Inbox, StrayDatagram};
 use crate::limits::Limits;
 use crate::router::{close_code, AlpnRegistry, LocalBoxFuture};
-use crate::rt::panic_message;
+use crate::rt::{catch_panic, panic_message};
 use crate::socket::UdpIo;
 use crate::stats::WorkerStats;
 
@@ -398,7 +396,10 @@ impl Driver {
             return;
         };
         let s = s.clone();
-        let accepting = matches!(self.phase, Phase::Running);
+        // the shared flag, not just our phase: shutdown may have been requested after this
+        // pass began
+        let accepting =
+            matches!(self.phase, Phase::Running) && s.shutdown.load(Ordering::Acquire) == RUNNING;
         let below_limit = accepting
             && s.open_connections.fetch_add(1, Ordering::Relaxed) < s.limits.max_connections;
         if !below_limit {
@@ -699,9 +700,7 @@ fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) 
     monoio::spawn(async move {
         let alpn = String::from_utf8_lossy(handler.alpn()).into_owned();
         tracing::debug!(worker, %remote, %alpn, "connection accepted");
-        let outcome = AssertUnwindSafe(handler.handle(conn.clone(), auth))
-            .catch_unwind()
-            .await;
+        let outcome = catch_panic(handler.handle(conn.clone(), auth)).await;
         match outcome {
             Ok(Ok(())) => tracing::debug!(worker, %remote, %alpn, "handler finished"),
             Ok(Err(e)) => {

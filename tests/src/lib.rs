@@ -1,0 +1,182 @@
+//! Shared helpers for Alknet's integration tests: an in-process server, a client runtime
+//! with a hard timeout, deterministic payloads, and the path of the `alknet` binary.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use alknet_runtime::rt::run_local;
+use alknet_runtime::tls::{client_crypto, ClientAuth, ServerTrust, TlsIdentity};
+use alknet_runtime::{
+    AlpnRegistry, ClientEndpoint, Connection, EngineConfig, IdentityProvider, Limits,
+    NoIdentities, ProtocolHandler, ServerHandle,
+};
+
+/// Every client scenario ends within this, or the test fails.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("ALKNET_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Options for [`start_server`].
+pub struct ServerOptions {
+    pub workers: usize,
+    pub limits: Limits,
+    pub handlers: Vec<Arc<dyn ProtocolHandler>>,
+    pub provider: Arc<dyn IdentityProvider>,
+    pub client_auth: ClientAuth,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            limits: Limits::default(),
+            handlers: vec![Arc::new(alknet_echo::EchoHandler)],
+            provider: Arc::new(NoIdentities),
+            client_auth: ClientAuth::Optional,
+        }
+    }
+}
+
+/// Starts an in-process server on 127.0.0.1 with an ephemeral port.
+pub fn start_server(opts: ServerOptions) -> ServerHandle {
+    init_logging();
+    let mut registry = AlpnRegistry::new();
+    for h in opts.handlers {
+        registry.register(h).expect("register handler");
+    }
+    let tls = TlsIdentity::generate_self_signed(&[]).expect("generate certificate");
+    let config = EngineConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        workers: opts.workers,
+        pin_workers: false,
+        server_id: 0,
+        limits: opts.limits,
+        tls,
+        client_auth: opts.client_auth,
+    };
+    alknet_runtime::start(config, registry, opts.provider).expect("start server")
+}
+
+/// Runs a client scenario on a fresh monoio runtime on this thread, failing the test if
+/// it takes longer than [`TEST_TIMEOUT`].
+pub fn run_client<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T>,
+{
+    init_logging();
+    run_local(|_| async move {
+        monoio::time::timeout(TEST_TIMEOUT, f())
+            .await
+            .expect("client scenario timed out")
+    })
+    .expect("client runtime")
+}
+
+/// A client endpoint on 127.0.0.1 with default limits.
+pub fn client_endpoint() -> ClientEndpoint {
+    ClientEndpoint::bind("127.0.0.1:0".parse().expect("addr"), &Limits::default()).expect("bind client")
+}
+
+/// Connects to `server` with `alpn`, pinning its certificate.
+pub async fn connect(
+    endpoint: &ClientEndpoint,
+    server: &ServerHandle,
+    alpn: &[u8],
+) -> Result<Connection, alknet_runtime::ConnectError> {
+    connect_addr(endpoint, server.local_addr(), server.fingerprint(), alpn).await
+}
+
+pub async fn connect_addr(
+    endpoint: &ClientEndpoint,
+    addr: SocketAddr,
+    fingerprint: alknet_proto::Fingerprint,
+    alpn: &[u8],
+) -> Result<Connection, alknet_runtime::ConnectError> {
+    let crypto = client_crypto(&ServerTrust::Fingerprint(fingerprint), vec![alpn.to_vec()], None)
+        .expect("client crypto");
+    endpoint.connect(addr, "localhost", crypto).await
+}
+
+/// Deterministic pseudo-random bytes for stream `seed`.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Sends `data` on a new bi stream and returns the SHA-256 of what comes back.
+pub async fn echo_roundtrip(conn: &Connection, data: Vec<u8>) -> [u8; 32] {
+    let stream = conn.open_bi().await.expect("open stream");
+    let (mut send, mut recv) = stream.split();
+    let writer = async move {
+        let mut chunks: Vec<bytes::Bytes> = bytes::Bytes::from(data)
+            .chunks(100_000)
+            .map(bytes::Bytes::copy_from_slice)
+            .collect();
+        send.write_all_chunks(&mut chunks).await.expect("write");
+        send.finish().expect("finish");
+    };
+    let reader = async move {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        while let Some(chunk) = recv.read_chunk(usize::MAX).await.expect("read") {
+            ctx.update(&chunk);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    };
+    let ((), digest) = join(writer, reader).await;
+    digest
+}
+
+/// Polls two futures concurrently on this thread.
+pub async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    monoio::join!(a, b)
+}
+
+/// Path of the `alknet` binary, built (once per process) if cargo is at hand.
+pub fn alknet_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/alknet
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory")
+        .to_path_buf();
+    let bin = dir.join("alknet");
+    BUILD.call_once(|| {
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            let status = std::process::Command::new(cargo)
+                .args(["build", "--quiet", "-p", "alknet", "--bin", "alknet"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p alknet failed");
+        }
+    });
+    assert!(bin.exists(), "{} missing: run `cargo build -p alknet` first", bin.display());
+    bin
+}
