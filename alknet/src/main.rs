@@ -52,8 +52,10 @@ enum Command {
 
 fn init_logging(default: &str) {
     let filter = EnvFilter::try_from_env("ALKNET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

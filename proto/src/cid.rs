@@ -15,8 +15,10 @@
 //!   by the server id.
 //! * `worker` is the index of the worker thread whose `quinn_proto::Endpoint` owns the
 //!   connection. A datagram that the kernel's SO_REUSEPORT hash delivers to another worker
-//!   (NAT rebinding, migration) is forwarded to this one instead of being answered with a
-//!   stateless reset.
+//!   (NAT rebinding, migration) is forwarded to this one. The other worker's endpoint does
+//!   not know the connection: it would drop the packets (our generator rejects CIDs naming
+//!   other workers) or, with a permissive generator, answer with a stateless reset; either
+//!   way the migrated connection would die. `runtime/tests/routing_pair.rs` shows both.
 //!
 //! The worker and server id are not secret: they identify a process and a thread, not a
 //! connection. Linkability between two CIDs of one connection comes only from the 37 random

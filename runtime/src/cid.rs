@@ -26,7 +26,9 @@ impl ConnectionIdGenerator for WorkerCidGenerator {
         ConnectionId::new(&self.layout.encode(self.worker, random))
     }
 
-    /// Lets the endpoint drop short-header garbage without a stateless reset.
+    /// Lets the endpoint drop short-header garbage without a stateless reset. CIDs naming
+    /// another worker never get here in the runtime (they are forwarded first); a CID naming
+    /// this worker but no live connection is answered with a stateless reset, as it should.
     fn validate(&self, cid: &ConnectionId) -> Result<(), InvalidCid> {
         match self.layout.decode(cid) {
             Some(w) if w == self.worker => Ok(()),

@@ -59,7 +59,11 @@ fn kernel_pick(src: SocketAddr) -> usize {
 /// the hash cannot silently turn a test into one that never leaves a single worker).
 fn client_addr(port: u16, worker: usize) -> SocketAddr {
     let addr = SocketAddr::new(IpAddr::V4(CLIENT_IP), port);
-    assert_eq!(kernel_pick(addr), worker, "{addr} should hash to worker {worker}");
+    assert_eq!(
+        kernel_pick(addr),
+        worker,
+        "{addr} should hash to worker {worker}"
+    );
     addr
 }
 
@@ -73,7 +77,9 @@ fn reply_to(request: &[u8]) -> Vec<u8> {
 
 /// `len` bytes of a pattern that makes reordering or loss visible in a comparison.
 fn payload(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// Whether the kernel-side routing applies the runtime's forwarding rule.
@@ -159,7 +165,8 @@ impl Outgoing {
             }
         }
         if !self.finished {
-            send.finish().expect("finishing a stream we have not finished yet");
+            send.finish()
+                .expect("finishing a stream we have not finished yet");
             self.finished = true;
         }
     }
@@ -383,7 +390,12 @@ impl Sim {
             .collect();
 
         let now = Instant::now();
-        let mut endpoint = Endpoint::new(Arc::new(EndpointConfig::default()), None, true, Some([0xc1; 32]));
+        let mut endpoint = Endpoint::new(
+            Arc::new(EndpointConfig::default()),
+            None,
+            true,
+            Some([0xc1; 32]),
+        );
         let crypto = client_crypto(&ServerTrust::Insecure, vec![ALPN.to_vec()], None)
             .expect("client TLS config");
         let (ch, conn) = endpoint
@@ -431,10 +443,14 @@ impl Sim {
         let worker = &mut self.workers[target];
         worker.handled += 1;
         let mut buf = Vec::new();
-        match worker
-            .endpoint
-            .handle(now, d.src, None, None, BytesMut::from(&d.data[..]), &mut buf)
-        {
+        match worker.endpoint.handle(
+            now,
+            d.src,
+            None,
+            None,
+            BytesMut::from(&d.data[..]),
+            &mut buf,
+        ) {
             None => worker.ignored += 1,
             Some(DatagramEvent::NewConnection(incoming)) => {
                 let mut response = Vec::new();
@@ -473,11 +489,14 @@ impl Sim {
             return;
         }
         let mut buf = Vec::new();
-        match self
-            .client
-            .endpoint
-            .handle(self.now, d.src, None, None, BytesMut::from(&d.data[..]), &mut buf)
-        {
+        match self.client.endpoint.handle(
+            self.now,
+            d.src,
+            None,
+            None,
+            BytesMut::from(&d.data[..]),
+            &mut buf,
+        ) {
             None => {}
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
                 assert_eq!(ch, self.client.ch, "the client has a single connection");
@@ -487,7 +506,9 @@ impl Sim {
                 let src = self.client.addr;
                 self.to_server.extend(split_transmit(&t, &buf, src));
             }
-            Some(DatagramEvent::NewConnection(_)) => panic!("client endpoint accepted a connection"),
+            Some(DatagramEvent::NewConnection(_)) => {
+                panic!("client endpoint accepted a connection")
+            }
         }
     }
 
@@ -498,17 +519,34 @@ impl Sim {
             for sc in &mut worker.conns {
                 fire_timer(now, &mut sc.conn);
                 sc.run_app();
-                drive_connection(now, &mut worker.endpoint, sc.ch, &mut sc.conn, SERVER_ADDR, &mut self.to_client);
+                drive_connection(
+                    now,
+                    &mut worker.endpoint,
+                    sc.ch,
+                    &mut sc.conn,
+                    SERVER_ADDR,
+                    &mut self.to_client,
+                );
             }
         }
         let c = &mut self.client;
         fire_timer(now, &mut c.conn);
         c.run_app();
         let before = self.to_server.len();
-        drive_connection(now, &mut c.endpoint, c.ch, &mut c.conn, c.addr, &mut self.to_server);
+        drive_connection(
+            now,
+            &mut c.endpoint,
+            c.ch,
+            &mut c.conn,
+            c.addr,
+            &mut self.to_server,
+        );
         for d in self.to_server.iter().skip(before) {
-            self.client_dcids
-                .push(destination_cid(&d.data).map(<[u8]>::to_vec).unwrap_or_default());
+            self.client_dcids.push(
+                destination_cid(&d.data)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default(),
+            );
         }
     }
 
@@ -546,11 +584,17 @@ impl Sim {
                 return;
             }
             let Some(next) = self.next_timeout() else {
-                panic!("{what}: stalled with no timer armed at +{:?}", self.now - self.start);
+                panic!(
+                    "{what}: stalled with no timer armed at +{:?}",
+                    self.now - self.start
+                );
             };
             self.now = self.now.max(next);
         }
-        panic!("{what}: not reached after {MAX_STEPS} steps (+{:?})", self.now - self.start);
+        panic!(
+            "{what}: not reached after {MAX_STEPS} steps (+{:?})",
+            self.now - self.start
+        );
     }
 
     /// Lets `d` of simulated time pass, firing every timer due in it.
@@ -572,8 +616,14 @@ impl Sim {
 
     fn handshake(&mut self) {
         self.run_until("handshake", |s| {
-            assert_eq!(s.client.lost, None, "client lost the connection during the handshake");
-            s.client.connected && s.workers.iter().any(|w| w.conns.iter().any(|c| c.connected))
+            assert_eq!(
+                s.client.lost, None,
+                "client lost the connection during the handshake"
+            );
+            s.client.connected
+                && s.workers
+                    .iter()
+                    .any(|w| w.conns.iter().any(|c| c.connected))
         });
     }
 
@@ -600,7 +650,11 @@ impl Sim {
             }
             s.client.replies[&id].1
         });
-        self.client.replies.remove(&id).expect("reply stream tracked").0
+        self.client
+            .replies
+            .remove(&id)
+            .expect("reply stream tracked")
+            .0
     }
 
     /// NAT rebinding: the same client endpoint and connection now appear from `addr`. The
@@ -631,10 +685,21 @@ fn handshake_lands_on_kernel_chosen_worker_and_cids_name_it() {
 
     // The Initial carried a client-chosen DCID, which names no worker: the kernel's choice
     // stands and the connection is created there.
-    let first = sim.client_dcids.first().expect("the client sent an Initial").clone();
-    assert_eq!(sim.layout.decode(&first), None, "client-chosen Initial DCID is not ours");
+    let first = sim
+        .client_dcids
+        .first()
+        .expect("the client sent an Initial")
+        .clone();
+    assert_eq!(
+        sim.layout.decode(&first),
+        None,
+        "client-chosen Initial DCID is not ours"
+    );
     let (worker, _) = sim.server_conn();
-    assert_eq!(worker, 1, "connection lives on the worker the kernel hashed the client to");
+    assert_eq!(
+        worker, 1,
+        "connection lives on the worker the kernel hashed the client to"
+    );
     assert_eq!(sim.workers[1].endpoint.open_connections(), 1);
     assert_eq!(sim.workers[0].endpoint.open_connections(), 0);
     assert_eq!(sim.workers[0].handled, 0, "worker 0 never saw a datagram");
@@ -644,11 +709,21 @@ fn handshake_lands_on_kernel_chosen_worker_and_cids_name_it() {
     let request = b"hello, worker one".to_vec();
     assert_eq!(sim.exchange(request.clone()), reply_to(&request));
     let used = &sim.client_dcids[after_handshake..];
-    assert!(!used.is_empty(), "the client sent datagrams after the handshake");
+    assert!(
+        !used.is_empty(),
+        "the client sent datagrams after the handshake"
+    );
     for dcid in used {
-        assert_eq!(sim.layout.decode(dcid), Some(1), "client DCID {dcid:02x?} names worker 1");
+        assert_eq!(
+            sim.layout.decode(dcid),
+            Some(1),
+            "client DCID {dcid:02x?} names worker 1"
+        );
     }
-    assert_eq!(sim.forwarded, [[0; WORKERS]; WORKERS], "nothing needed forwarding");
+    assert_eq!(
+        sim.forwarded, [[0; WORKERS]; WORKERS],
+        "nothing needed forwarding"
+    );
 }
 
 #[test]
@@ -669,19 +744,40 @@ fn migrated_client_is_forwarded_to_owner_and_survives() {
     // Large enough to span many packets (and GSO batches) in both directions, and for the
     // reply to exceed the 3x anti-amplification allowance of an unvalidated path.
     let second = payload(60_000, 2);
-    assert_eq!(sim.exchange(second.clone()), reply_to(&second), "data intact after rebinding");
+    assert_eq!(
+        sim.exchange(second.clone()),
+        reply_to(&second),
+        "data intact after rebinding"
+    );
 
-    assert!(sim.forwarded[1][0] > 0, "worker 1 forwarded the migrated datagrams to worker 0");
+    assert!(
+        sim.forwarded[1][0] > 0,
+        "worker 1 forwarded the migrated datagrams to worker 0"
+    );
     assert_eq!(sim.forwarded[0][1], 0);
     for dcid in &sim.client_dcids[dcids_before..] {
-        assert_eq!(sim.layout.decode(dcid), Some(0), "client still addresses worker 0");
+        assert_eq!(
+            sim.layout.decode(dcid),
+            Some(0),
+            "client still addresses worker 0"
+        );
     }
-    assert_eq!(sim.workers[1].responses, 0, "worker 1 never answered (no stateless reset)");
-    assert!(sim.workers[1].conns.is_empty(), "the connection did not move to worker 1");
+    assert_eq!(
+        sim.workers[1].responses, 0,
+        "worker 1 never answered (no stateless reset)"
+    );
+    assert!(
+        sim.workers[1].conns.is_empty(),
+        "the connection did not move to worker 1"
+    );
 
     let (worker, sc) = sim.server_conn();
     assert_eq!(worker, 0);
-    assert_eq!(sc.conn.remote_address(), new, "server migrated to the client's new address");
+    assert_eq!(
+        sc.conn.remote_address(),
+        new,
+        "server migrated to the client's new address"
+    );
     let stats = sc.conn.stats();
     assert!(
         stats.frame_tx.path_challenge > stats_before.frame_tx.path_challenge,
@@ -703,9 +799,16 @@ fn migrated_client_is_forwarded_to_owner_and_survives() {
     sim.run_for(Duration::from_secs(5));
     let third = payload(5_000, 3);
     assert_eq!(sim.exchange(third.clone()), reply_to(&third));
-    assert_eq!(sim.server_conn().1.conn.remote_address(), new, "new path stayed validated");
+    assert_eq!(
+        sim.server_conn().1.conn.remote_address(),
+        new,
+        "new path stayed validated"
+    );
 
-    assert_eq!(sim.client.lost, None, "client connection survived the rebinding");
+    assert_eq!(
+        sim.client.lost, None,
+        "client connection survived the rebinding"
+    );
     assert!(!sim.client.conn.is_closed(), "client connection is open");
     assert_eq!(sim.server_conn().1.lost, None, "server connection is open");
 }
@@ -724,7 +827,9 @@ fn without_forwarding_the_wrong_worker_resets_the_connection() {
 
     sim.rebind(new);
     sim.send_request(payload(2_000, 2));
-    sim.run_until("client sees the connection end", |s| s.client.lost.is_some());
+    sim.run_until("client sees the connection end", |s| {
+        s.client.lost.is_some()
+    });
 
     assert!(
         sim.workers[1].responses >= 1,
@@ -739,7 +844,11 @@ fn without_forwarding_the_wrong_worker_resets_the_connection() {
     assert!(sim.workers[1].conns.is_empty());
     let (worker, sc) = sim.server_conn();
     assert_eq!(worker, 0);
-    assert_eq!(sc.conn.remote_address(), old, "the owning worker never saw the new address");
+    assert_eq!(
+        sc.conn.remote_address(),
+        old,
+        "the owning worker never saw the new address"
+    );
 }
 
 #[test]
@@ -756,14 +865,26 @@ fn without_forwarding_the_runtime_generator_blackholes_the_migrated_client() {
 
     sim.rebind(new);
     sim.send_request(payload(2_000, 2));
-    sim.run_until("client sees the connection end", |s| s.client.lost.is_some());
+    sim.run_until("client sees the connection end", |s| {
+        s.client.lost.is_some()
+    });
 
     assert_eq!(sim.workers[1].responses, 0, "no stateless reset was sent");
-    assert!(sim.workers[1].ignored > 0, "worker 1 dropped the migrated packets");
-    assert_eq!(sim.workers[1].ignored, sim.workers[1].handled, "and nothing else reached it");
+    assert!(
+        sim.workers[1].ignored > 0,
+        "worker 1 dropped the migrated packets"
+    );
+    assert_eq!(
+        sim.workers[1].ignored, sim.workers[1].handled,
+        "and nothing else reached it"
+    );
     assert_eq!(sim.client.lost, Some(ConnectionError::TimedOut));
     let (worker, sc) = sim.server_conn();
     assert_eq!(worker, 0);
-    assert_eq!(sc.conn.remote_address(), old, "the owning worker never saw the new address");
+    assert_eq!(
+        sc.conn.remote_address(),
+        old,
+        "the owning worker never saw the new address"
+    );
     assert_eq!(sc.requests.len(), 1, "the second request never arrived");
 }

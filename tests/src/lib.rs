@@ -171,7 +171,7 @@ pub fn alknet_bin() -> PathBuf {
     BUILD.call_once(|| {
         if let Some(cargo) = std::env::var_os("CARGO") {
             let status = std::process::Command::new(cargo)
-                .args(["build", "--quiet", "-p", "alknet", "--bin", "alknet"])
+                .args(["build", "--quiet", "--workspace", "--bins"])
                 .status()
                 .expect("run cargo build");
             assert!(status.success(), "cargo build -p alknet failed");
