@@ -128,7 +128,9 @@ impl Default for HandlersSection {
 }
 
 fn default_listen() -> SocketAddr {
-    DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 4433)))
+    DEFAULT_LISTEN
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 4433)))
 }
 
 fn yes() -> bool {
@@ -200,7 +202,9 @@ impl FileConfig {
 
     /// The TLS identity: the configured PEM files, or the generated one in the data
     /// directory (and whether it was generated just now).
-    pub fn tls_identity(&self) -> Result<(TlsIdentity, Option<PathBuf>), Box<dyn std::error::Error>> {
+    pub fn tls_identity(
+        &self,
+    ) -> Result<(TlsIdentity, Option<PathBuf>), Box<dyn std::error::Error>> {
         match (&self.tls.cert, &self.tls.key) {
             (Some(c), Some(k)) => Ok((TlsIdentity::from_pem_files(c, k)?, None)),
             (None, None) => {

@@ -90,7 +90,11 @@ pub fn run(args: ConnectArgs) -> ExitCode {
         },
         _ => None,
     };
-    let crypto = match client_crypto(&trust, vec![args.alpn.clone().into_bytes()], identity.as_ref()) {
+    let crypto = match client_crypto(
+        &trust,
+        vec![args.alpn.clone().into_bytes()],
+        identity.as_ref(),
+    ) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -104,7 +108,10 @@ pub fn run(args: ConnectArgs) -> ExitCode {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if stdin_tx.send_blocking(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                    if stdin_tx
+                        .send_blocking(Bytes::copy_from_slice(&buf[..n]))
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -114,7 +121,11 @@ pub fn run(args: ConnectArgs) -> ExitCode {
     let stdout_thread = std::thread::spawn(move || {
         let mut stdout = std::io::stdout().lock();
         while let Ok(chunk) = stdout_rx.recv_blocking() {
-            if stdout.write_all(&chunk).and_then(|_| stdout.flush()).is_err() {
+            if stdout
+                .write_all(&chunk)
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
                 break;
             }
         }

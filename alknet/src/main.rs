@@ -13,7 +13,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config::FileConfig;
 
 #[derive(Parser)]
-#[command(name = "alknet", version, about = "One UDP port, QUIC, a service per ALPN")]
+#[command(
+    name = "alknet",
+    version,
+    about = "One UDP port, QUIC, a service per ALPN"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -173,14 +177,20 @@ fn serve(
     tracing::info!("certificate fingerprint (sha256): {}", server.fingerprint());
 
     let trigger = server.shutdown_trigger();
-    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
+    match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
         Ok(mut signals) => {
             std::thread::spawn(move || {
                 let mut seen = 0;
                 for sig in signals.forever() {
                     seen += 1;
                     if seen == 1 {
-                        tracing::info!(signal = sig, "shutting down gracefully (signal again to close now)");
+                        tracing::info!(
+                            signal = sig,
+                            "shutting down gracefully (signal again to close now)"
+                        );
                         trigger.graceful();
                     } else {
                         tracing::info!(signal = sig, "closing all connections now");

@@ -222,7 +222,10 @@ mod tests {
     #[test]
     fn worker_count_is_bounded() {
         assert_eq!(CidLayout::new(0, 0), Err(CidLayoutError::WorkerCount(0)));
-        assert_eq!(CidLayout::new(0, 257), Err(CidLayoutError::WorkerCount(257)));
+        assert_eq!(
+            CidLayout::new(0, 257),
+            Err(CidLayoutError::WorkerCount(257))
+        );
         assert!(CidLayout::new(0, 256).is_ok());
     }
 }

@@ -52,8 +52,12 @@ impl FromStr for Fingerprint {
         }
         let mut out = [0u8; 32];
         for (i, pair) in digits.chunks(2).enumerate() {
-            let hi = pair[0].to_digit(16).ok_or(FingerprintParseError::Digit(pair[0]))?;
-            let lo = pair[1].to_digit(16).ok_or(FingerprintParseError::Digit(pair[1]))?;
+            let hi = pair[0]
+                .to_digit(16)
+                .ok_or(FingerprintParseError::Digit(pair[0]))?;
+            let lo = pair[1]
+                .to_digit(16)
+                .ok_or(FingerprintParseError::Digit(pair[1]))?;
             out[i] = (hi * 16 + lo) as u8;
         }
         Ok(Fingerprint(out))
@@ -77,8 +81,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert_eq!("abc".parse::<Fingerprint>(), Err(FingerprintParseError::Length(3)));
+        assert_eq!(
+            "abc".parse::<Fingerprint>(),
+            Err(FingerprintParseError::Length(3))
+        );
         let bad = format!("{}zz", "0".repeat(62));
-        assert_eq!(bad.parse::<Fingerprint>(), Err(FingerprintParseError::Digit('z')));
+        assert_eq!(
+            bad.parse::<Fingerprint>(),
+            Err(FingerprintParseError::Digit('z'))
+        );
     }
 }

@@ -44,7 +44,13 @@ impl ClientEndpoint {
             .max_udp_payload_size(limits.max_udp_payload_size)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let endpoint = Endpoint::new(Arc::new(endpoint_config), None, !io.may_fragment(), None);
-        let w = WorkerState::new(0, Role::Client, endpoint, io, Arc::new(WorkerStats::default()));
+        let w = WorkerState::new(
+            0,
+            Role::Client,
+            endpoint,
+            io,
+            Arc::new(WorkerStats::default()),
+        );
         w.handles.set(1);
         monoio::spawn(Driver::new(w.clone(), limits.max_udp_payload_size));
         Ok(Self {

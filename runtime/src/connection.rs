@@ -145,7 +145,9 @@ impl ConnState {
                 return true;
             }
             Event::ConnectionLost { reason } => self.terminate(reason),
-            Event::Stream(StreamEvent::Opened { dir }) => wake_all(&mut self.accept[dir_index(dir)]),
+            Event::Stream(StreamEvent::Opened { dir }) => {
+                wake_all(&mut self.accept[dir_index(dir)])
+            }
             Event::Stream(StreamEvent::Available { dir }) => {
                 wake_all(&mut self.open[dir_index(dir)])
             }
@@ -182,7 +184,10 @@ impl ConnState {
         let session = self.conn.crypto_session();
         self.alpn = session
             .handshake_data()
-            .and_then(|d| d.downcast::<quinn_proto::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| {
+                d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                    .ok()
+            })
             .and_then(|d| d.protocol);
         self.peer_fingerprint = session
             .peer_identity()

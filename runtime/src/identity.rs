@@ -99,7 +99,10 @@ impl ConfigIdentityProvider {
             }
             for token in &e.tokens {
                 if let Some(prev) = this.by_token.insert(token.clone(), identity.clone()) {
-                    return Err(IdentityConfigError::DuplicateToken(prev.name, e.name.clone()));
+                    return Err(IdentityConfigError::DuplicateToken(
+                        prev.name,
+                        e.name.clone(),
+                    ));
                 }
             }
         }
@@ -162,11 +165,16 @@ mod tests {
         let fp = Fingerprint([7; 32]);
         let p = ConfigIdentityProvider::new(&[entry("alice", &fp.to_string(), "t1")])
             .expect("valid entries");
-        let id = p.resolve_from_fingerprint(&fp).expect("alice by fingerprint");
+        let id = p
+            .resolve_from_fingerprint(&fp)
+            .expect("alice by fingerprint");
         assert_eq!(id.name, "alice");
         assert!(id.has_scope("echo"));
         assert!(!id.has_scope("ech"));
-        assert_eq!(p.resolve_from_token("t1").map(|i| i.name), Some("alice".into()));
+        assert_eq!(
+            p.resolve_from_token("t1").map(|i| i.name),
+            Some("alice".into())
+        );
         assert_eq!(p.resolve_from_token("t2"), None);
         assert_eq!(p.resolve_from_fingerprint(&Fingerprint([8; 32])), None);
     }

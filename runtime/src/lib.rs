@@ -33,11 +33,17 @@ pub use identity::{
     IdentityProvider, NoIdentities,
 };
 pub use limits::*;
-pub use router::{close_code, AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError};
-pub use server::{resolve_workers, start, EngineConfig, ServerHandle, ShutdownTrigger, StartError, DEFAULT_LISTEN};
+pub use router::{
+    close_code, AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError,
+};
+pub use server::{
+    resolve_workers, start, EngineConfig, ServerHandle, ShutdownTrigger, StartError, DEFAULT_LISTEN,
+};
 pub use socket::BindError;
 pub use stats::WorkerStatsSnapshot;
-pub use streams::{BiStream, ReadError, ReadToEndError, RecvStream, SendStream, WriteError, STREAM_PANIC_CODE};
+pub use streams::{
+    BiStream, ReadError, ReadToEndError, RecvStream, SendStream, WriteError, STREAM_PANIC_CODE,
+};
 pub use worker::{CLOSE_LINGER, MAX_GSO_SEGMENTS, RECV_BATCHES_PER_POLL, TRANSMITS_PER_CONNECTION};
 
 pub use alknet_proto::Fingerprint;

@@ -137,6 +137,31 @@ mod millis {
     }
 }
 
+impl Limits {
+    /// The quinn-proto transport parameters these limits imply.
+    pub fn transport_config(&self) -> quinn_proto::TransportConfig {
+        use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, VarInt};
+        let mut t = quinn_proto::TransportConfig::default();
+        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
+            .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
+            .max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok())
+            .keep_alive_interval(
+                (!self.keep_alive_interval.is_zero()).then_some(self.keep_alive_interval),
+            )
+            .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
+            .receive_window(VarInt::from_u32(self.connection_receive_window))
+            .send_window(self.send_window)
+            .datagram_receive_buffer_size(
+                (self.datagram_receive_buffer > 0).then_some(self.datagram_receive_buffer),
+            )
+            .datagram_send_buffer_size(self.datagram_send_buffer);
+        let mut mtud = MtuDiscoveryConfig::default();
+        mtud.upper_bound(self.max_udp_payload_size);
+        t.mtu_discovery_config(Some(mtud));
+        t
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,28 +183,5 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(l.validate(), Err(LimitsError::UdpPayload(100)));
-    }
-}
-
-impl Limits {
-    /// The quinn-proto transport parameters these limits imply.
-    pub fn transport_config(&self) -> quinn_proto::TransportConfig {
-        use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, VarInt};
-        let mut t = quinn_proto::TransportConfig::default();
-        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
-            .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
-            .max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok())
-            .keep_alive_interval((!self.keep_alive_interval.is_zero()).then_some(self.keep_alive_interval))
-            .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
-            .receive_window(VarInt::from_u32(self.connection_receive_window))
-            .send_window(self.send_window)
-            .datagram_receive_buffer_size(
-                (self.datagram_receive_buffer > 0).then_some(self.datagram_receive_buffer),
-            )
-            .datagram_send_buffer_size(self.datagram_send_buffer);
-        let mut mtud = MtuDiscoveryConfig::default();
-        mtud.upper_bound(self.max_udp_payload_size);
-        t.mtu_discovery_config(Some(mtud));
-        t
     }
 }

@@ -68,7 +68,11 @@ pub trait ProtocolHandler: Send + Sync + 'static {
     /// The ALPN identifier, e.g. `b"alknet/echo"`.
     fn alpn(&self) -> &[u8];
     /// Serves one connection.
-    fn handle(&self, conn: Connection, auth: AuthContext) -> LocalBoxFuture<'_, Result<(), HandlerError>>;
+    fn handle(
+        &self,
+        conn: Connection,
+        auth: AuthContext,
+    ) -> LocalBoxFuture<'_, Result<(), HandlerError>>;
 }
 
 /// Errors building an [`AlpnRegistry`].
@@ -85,6 +89,18 @@ pub enum RegistryError {
 #[derive(Clone, Default)]
 pub struct AlpnRegistry {
     handlers: Vec<Arc<dyn ProtocolHandler>>,
+}
+
+impl std::fmt::Debug for AlpnRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.handlers
+                    .iter()
+                    .map(|h| String::from_utf8_lossy(h.alpn())),
+            )
+            .finish()
+    }
 }
 
 impl AlpnRegistry {
@@ -136,7 +152,11 @@ mod tests {
         fn alpn(&self) -> &[u8] {
             self.0
         }
-        fn handle(&self, _: Connection, _: AuthContext) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+        fn handle(
+            &self,
+            _: Connection,
+            _: AuthContext,
+        ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
             Box::pin(async { Ok(()) })
         }
     }
@@ -154,7 +174,10 @@ mod tests {
             r.register(Arc::new(Named(b"h3"))),
             Err(RegistryError::Duplicate("h3".into()))
         );
-        assert_eq!(r.register(Arc::new(Named(b""))), Err(RegistryError::Length(0)));
+        assert_eq!(
+            r.register(Arc::new(Named(b""))),
+            Err(RegistryError::Length(0))
+        );
         assert_eq!(r.len(), 2);
     }
 

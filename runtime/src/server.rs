@@ -119,16 +119,13 @@ pub fn start(
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut reset_key);
     let reset_key = Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key));
     let mut base_endpoint = EndpointConfig::new(reset_key);
-    base_endpoint
-        .max_udp_payload_size(config.limits.max_udp_payload_size)?;
+    base_endpoint.max_udp_payload_size(config.limits.max_udp_payload_size)?;
 
     let sockets = bind_reuseport_group(config.listen, workers, config.limits.socket_buffer_size)?;
-    let local_addr = sockets[0]
-        .local_addr()
-        .map_err(|source| BindError::Io {
-            addr: config.listen,
-            source,
-        })?;
+    let local_addr = sockets[0].local_addr().map_err(|source| BindError::Io {
+        addr: config.listen,
+        source,
+    })?;
 
     let shared = Arc::new(ServerShared {
         registry,
@@ -137,7 +134,9 @@ pub fn start(
         inboxes: (0..workers)
             .map(|_| Inbox::new(config.limits.inbox_capacity))
             .collect(),
-        stats: (0..workers).map(|_| Arc::new(WorkerStats::default())).collect(),
+        stats: (0..workers)
+            .map(|_| Arc::new(WorkerStats::default()))
+            .collect(),
         shutdown: AtomicU8::new(0),
         open_connections: AtomicUsize::new(0),
         limits: config.limits.clone(),

@@ -157,8 +157,8 @@ mod tests {
 
     #[test]
     fn group_shares_one_port_and_refuses_a_foreign_holder() {
-        let group = bind_reuseport_group("127.0.0.1:0".parse().expect("addr"), 3, 0)
-            .expect("bind group");
+        let group =
+            bind_reuseport_group("127.0.0.1:0".parse().expect("addr"), 3, 0).expect("bind group");
         let port = group[0].local_addr().expect("addr").port();
         assert!(group
             .iter()

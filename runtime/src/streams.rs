@@ -85,8 +85,12 @@ impl SendStream {
                 st.writers.insert(self.id, cx.waker().clone());
                 Poll::Pending
             }
-            Err(quinn_proto::WriteError::Stopped(code)) => Poll::Ready(Err(WriteError::Stopped(code))),
-            Err(quinn_proto::WriteError::ClosedStream) => Poll::Ready(Err(WriteError::ClosedStream)),
+            Err(quinn_proto::WriteError::Stopped(code)) => {
+                Poll::Ready(Err(WriteError::Stopped(code)))
+            }
+            Err(quinn_proto::WriteError::ClosedStream) => {
+                Poll::Ready(Err(WriteError::ClosedStream))
+            }
         }
     }
 
@@ -132,7 +136,13 @@ impl SendStream {
     /// Ends the stream after what was written. Delivery is not awaited: see
     /// [`SendStream::stopped`].
     pub fn finish(&mut self) -> Result<(), ClosedStream> {
-        let res = self.conn.state.borrow_mut().conn.send_stream(self.id).finish();
+        let res = self
+            .conn
+            .state
+            .borrow_mut()
+            .conn
+            .send_stream(self.id)
+            .finish();
         self.closed = true;
         self.conn.0.wake_driver();
         match res {
@@ -144,7 +154,13 @@ impl SendStream {
 
     /// Abandons the stream: unsent data is discarded and the peer sees `code`.
     pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
-        let res = self.conn.state.borrow_mut().conn.send_stream(self.id).reset(code);
+        let res = self
+            .conn
+            .state
+            .borrow_mut()
+            .conn
+            .send_stream(self.id)
+            .reset(code);
         self.closed = true;
         self.conn.0.wake_driver();
         res
@@ -311,7 +327,13 @@ impl RecvStream {
     /// Tells the peer to stop sending; unread data is discarded.
     pub fn stop(&mut self, code: VarInt) -> Result<(), ClosedStream> {
         self.done = true;
-        let res = self.conn.state.borrow_mut().conn.recv_stream(self.id).stop(code);
+        let res = self
+            .conn
+            .state
+            .borrow_mut()
+            .conn
+            .recv_stream(self.id)
+            .stop(code);
         self.conn.0.wake_driver();
         res
     }

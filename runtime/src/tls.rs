@@ -433,8 +433,8 @@ mod tests {
         fs::write(&cert, "not pem").expect("write");
         let err = TlsIdentity::from_pem_files(&cert, &cert).expect_err("must fail");
         assert!(err.to_string().contains("no PEM certificate"), "{err}");
-        let err = TlsIdentity::from_pem_files(&dir.path().join("missing"), &cert)
-            .expect_err("must fail");
+        let err =
+            TlsIdentity::from_pem_files(&dir.path().join("missing"), &cert).expect_err("must fail");
         assert!(err.to_string().contains("missing"), "{err}");
     }
 
@@ -442,8 +442,12 @@ mod tests {
     fn configs_build_for_quic() {
         let id = TlsIdentity::generate_self_signed(&[]).expect("generate");
         server_crypto(&id, vec![b"alknet/echo".to_vec()], ClientAuth::Optional).expect("server");
-        client_crypto(&ServerTrust::Fingerprint(id.fingerprint()), vec![], Some(&id))
-            .expect("client");
+        client_crypto(
+            &ServerTrust::Fingerprint(id.fingerprint()),
+            vec![],
+            Some(&id),
+        )
+        .expect("client");
         client_crypto(&ServerTrust::WebPki, vec![], None).expect("webpki client");
     }
 }

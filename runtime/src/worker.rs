@@ -92,7 +92,13 @@ pub(crate) struct WorkerState {
 }
 
 impl WorkerState {
-    pub fn new(index: usize, role: Role, endpoint: Endpoint, io: UdpIo, stats: Arc<WorkerStats>) -> Rc<Self> {
+    pub fn new(
+        index: usize,
+        role: Role,
+        endpoint: Endpoint,
+        io: UdpIo,
+        stats: Arc<WorkerStats>,
+    ) -> Rc<Self> {
         Rc::new(Self {
             index,
             role,
@@ -108,7 +114,12 @@ impl WorkerState {
         })
     }
 
-    pub fn insert(&self, handle: ConnectionHandle, conn: quinn_proto::Connection, counted: bool) -> Rc<ConnInner> {
+    pub fn insert(
+        &self,
+        handle: ConnectionHandle,
+        conn: quinn_proto::Connection,
+        counted: bool,
+    ) -> Rc<ConnInner> {
         let inner = ConnInner::new(handle, self.index, conn, self.notify.clone(), counted);
         let mut conns = self.conns.borrow_mut();
         if conns.len() <= handle.0 {
@@ -315,7 +326,9 @@ impl Driver {
                 let start = i * self.recv_slot;
                 let mut batch = BytesMut::from(&self.recv_buf[start..start + meta.len]);
                 let stride = meta.stride.max(1);
-                let ecn = meta.ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+                let ecn = meta
+                    .ecn
+                    .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
                 while !batch.is_empty() {
                     let seg = batch.split_to(stride.min(batch.len()));
                     WorkerStats::add(&self.w.stats.datagrams_received, 1);
@@ -364,11 +377,14 @@ impl Driver {
         data: BytesMut,
     ) {
         self.response_buf.clear();
-        let event = self
-            .w
-            .endpoint
-            .borrow_mut()
-            .handle(now, remote, local_ip, ecn, data, &mut self.response_buf);
+        let event = self.w.endpoint.borrow_mut().handle(
+            now,
+            remote,
+            local_ip,
+            ecn,
+            data,
+            &mut self.response_buf,
+        );
         match event {
             None => {}
             Some(DatagramEvent::ConnectionEvent(handle, event)) => {
@@ -409,16 +425,20 @@ impl Driver {
             WorkerStats::add(&self.w.stats.connections_refused, 1);
             tracing::debug!(remote = %incoming.remote_address(), accepting, "refusing connection");
             self.response_buf.clear();
-            let t = self.w.endpoint.borrow_mut().refuse(incoming, &mut self.response_buf);
+            let t = self
+                .w
+                .endpoint
+                .borrow_mut()
+                .refuse(incoming, &mut self.response_buf);
             self.send_response(&t);
             return;
         }
         self.response_buf.clear();
-        let accepted = self
-            .w
-            .endpoint
-            .borrow_mut()
-            .accept(incoming, now, &mut self.response_buf, None);
+        let accepted =
+            self.w
+                .endpoint
+                .borrow_mut()
+                .accept(incoming, now, &mut self.response_buf, None);
         match accepted {
             Ok((handle, conn)) => {
                 WorkerStats::add(&self.w.stats.connections_accepted, 1);
@@ -441,7 +461,9 @@ impl Driver {
                 break;
             }
             self.timers.pop();
-            let Some(c) = self.w.get(handle) else { continue };
+            let Some(c) = self.w.get(handle) else {
+                continue;
+            };
             if c.scheduled.get() != Some(at) {
                 continue; // superseded by an earlier entry
             }
@@ -564,7 +586,10 @@ impl Driver {
                             );
                         }
                         for c in open {
-                            c.close(VarInt::from_u32(close_code::SHUTDOWN), b"server shutting down");
+                            c.close(
+                                VarInt::from_u32(close_code::SHUTDOWN),
+                                b"server shutting down",
+                            );
                             self.drive(now, &c);
                         }
                         self.phase = Phase::Closing {
@@ -662,7 +687,9 @@ fn forward_endpoint_events(w: &WorkerState, c: &ConnInner, conn: &mut quinn_prot
 fn send(io: &UdpIo, stats: &WorkerStats, t: &quinn_proto::Transmit, buf: &[u8]) -> io::Result<()> {
     let transmit = quinn_udp::Transmit {
         destination: t.destination,
-        ecn: t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+        ecn: t
+            .ecn
+            .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
         contents: &buf[..t.size],
         segment_size: t.segment_size,
         src_ip: t.src_ip,
@@ -678,11 +705,18 @@ fn send(io: &UdpIo, stats: &WorkerStats, t: &quinn_proto::Transmit, buf: &[u8]) 
 fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) {
     let (alpn, peer_fingerprint, remote) = {
         let st = c.state.borrow();
-        (st.alpn.clone(), st.peer_fingerprint, st.conn.remote_address())
+        (
+            st.alpn.clone(),
+            st.peer_fingerprint,
+            st.conn.remote_address(),
+        )
     };
     let Some(handler) = alpn.as_deref().and_then(|a| s.registry.lookup(a)).cloned() else {
         tracing::warn!(%remote, "no handler for negotiated ALPN {:?}", alpn);
-        c.close(VarInt::from_u32(close_code::NO_HANDLER), b"no handler for this ALPN");
+        c.close(
+            VarInt::from_u32(close_code::NO_HANDLER),
+            b"no handler for this ALPN",
+        );
         return;
     };
     let alpn = alpn.unwrap_or_default();
@@ -712,7 +746,10 @@ fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) 
             Err(panic) => {
                 WorkerStats::add(&stats.handler_panics, 1);
                 tracing::error!(worker, %remote, %alpn, panic = %panic_message(&*panic), "handler panicked");
-                conn.close(VarInt::from_u32(close_code::HANDLER_PANIC), b"internal error");
+                conn.close(
+                    VarInt::from_u32(close_code::HANDLER_PANIC),
+                    b"internal error",
+                );
             }
         }
     });

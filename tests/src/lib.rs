@@ -10,8 +10,8 @@ use std::time::Duration;
 use alknet_runtime::rt::run_local;
 use alknet_runtime::tls::{client_crypto, ClientAuth, ServerTrust, TlsIdentity};
 use alknet_runtime::{
-    AlpnRegistry, ClientEndpoint, Connection, EngineConfig, IdentityProvider, Limits,
-    NoIdentities, ProtocolHandler, ServerHandle,
+    AlpnRegistry, ClientEndpoint, Connection, EngineConfig, IdentityProvider, Limits, NoIdentities,
+    ProtocolHandler, ServerHandle,
 };
 
 /// Every client scenario ends within this, or the test fails.
@@ -88,7 +88,8 @@ where
 
 /// A client endpoint on 127.0.0.1 with default limits.
 pub fn client_endpoint() -> ClientEndpoint {
-    ClientEndpoint::bind("127.0.0.1:0".parse().expect("addr"), &Limits::default()).expect("bind client")
+    ClientEndpoint::bind("127.0.0.1:0".parse().expect("addr"), &Limits::default())
+        .expect("bind client")
 }
 
 /// Connects to `server` with `alpn`, pinning its certificate.
@@ -106,8 +107,12 @@ pub async fn connect_addr(
     fingerprint: alknet_proto::Fingerprint,
     alpn: &[u8],
 ) -> Result<Connection, alknet_runtime::ConnectError> {
-    let crypto = client_crypto(&ServerTrust::Fingerprint(fingerprint), vec![alpn.to_vec()], None)
-        .expect("client crypto");
+    let crypto = client_crypto(
+        &ServerTrust::Fingerprint(fingerprint),
+        vec![alpn.to_vec()],
+        None,
+    )
+    .expect("client crypto");
     endpoint.connect(addr, "localhost", crypto).await
 }
 
@@ -177,6 +182,10 @@ pub fn alknet_bin() -> PathBuf {
             assert!(status.success(), "cargo build -p alknet failed");
         }
     });
-    assert!(bin.exists(), "{} missing: run `cargo build -p alknet` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p alknet` first",
+        bin.display()
+    );
     bin
 }

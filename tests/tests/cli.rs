@@ -32,7 +32,13 @@ fn serve() -> Server {
     let data_dir = tempfile::tempdir().expect("tempdir");
     let port = free_udp_port();
     let mut child = Command::new(alknet_bin())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--workers", "2"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--workers",
+            "2",
+        ])
         .env("ALKNET_DATA_DIR", data_dir.path())
         .env("ALKNET_LOG", "info")
         .stderr(Stdio::piped())
@@ -73,7 +79,10 @@ fn wait_for_log(server: &Server, needle: &str) -> Vec<String> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    panic!("server never logged {needle:?}; log so far:\n{}", seen.join("\n"));
+    panic!(
+        "server never logged {needle:?}; log so far:\n{}",
+        seen.join("\n")
+    );
 }
 
 fn fingerprint(server: &Server) -> String {
@@ -83,7 +92,10 @@ fn fingerprint(server: &Server) -> String {
         .output()
         .expect("alknet fingerprint");
     assert!(out.status.success());
-    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
 }
 
 fn connect_pipe(server: &Server, args: &[&str], input: &[u8]) -> std::process::Output {
@@ -129,14 +141,26 @@ fn default_server_echoes_through_connect_and_stops_on_sigterm() {
     assert_eq!(fp.len(), 64, "{fp}");
 
     let data = payload(42, 5 << 20);
-    let out = connect_pipe(&server, &["--alpn", "alknet/echo", "--fingerprint", &fp], &data);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = connect_pipe(
+        &server,
+        &["--alpn", "alknet/echo", "--fingerprint", &fp],
+        &data,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout.len(), data.len());
     assert_eq!(sha256(&out.stdout), sha256(&data));
 
     // a wrong pin is refused with a clear message
     let wrong = "00".repeat(32);
-    let out = connect_pipe(&server, &["--alpn", "alknet/echo", "--fingerprint", &wrong], b"x");
+    let out = connect_pipe(
+        &server,
+        &["--alpn", "alknet/echo", "--fingerprint", &wrong],
+        b"x",
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not match"), "{err}");
@@ -194,7 +218,10 @@ fn bad_config_exits_with_a_clear_error() {
         assert!(err.contains(needle), "case {i}: {err}");
     }
     // and the printed default config is itself valid
-    let out = Command::new(alknet_bin()).arg("config").output().expect("alknet config");
+    let out = Command::new(alknet_bin())
+        .arg("config")
+        .output()
+        .expect("alknet config");
     let path = dir.path().join("default.toml");
     std::fs::write(&path, &out.stdout).expect("write");
     let out = Command::new(alknet_bin())
@@ -203,5 +230,9 @@ fn bad_config_exits_with_a_clear_error() {
         .env("ALKNET_DATA_DIR", dir.path())
         .output()
         .expect("run alknet");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -6,7 +6,16 @@ use bytes::Bytes;
 
 /// Sizes chosen to cross every boundary that matters: empty, one byte, one packet,
 /// one GSO batch, the stream window (1.25 MB), and several MiB.
-const SIZES: [usize; 8] = [0, 1, 1199, 65_536, 1_250_001, 3 * 1024 * 1024 + 7, 777, 200_000];
+const SIZES: [usize; 8] = [
+    0,
+    1,
+    1199,
+    65_536,
+    1_250_001,
+    3 * 1024 * 1024 + 7,
+    777,
+    200_000,
+];
 
 fn many_streams(workers: usize) {
     let server = start_server(ServerOptions {
@@ -17,7 +26,11 @@ fn many_streams(workers: usize) {
         let endpoint = client_endpoint();
         let mut conns = Vec::new();
         for _ in 0..2 {
-            conns.push(connect(&endpoint, &server, alknet_echo::ALPN).await.expect("connect"));
+            conns.push(
+                connect(&endpoint, &server, alknet_echo::ALPN)
+                    .await
+                    .expect("connect"),
+            );
         }
         // 2 connections x 16 concurrent streams
         let mut tasks = Vec::new();
@@ -35,14 +48,23 @@ fn many_streams(workers: usize) {
         }
         for t in tasks {
             let (seed, len, want, got) = t.await;
-            assert_eq!(got, want, "stream {seed} ({len} bytes) echoed different bytes");
+            assert_eq!(
+                got, want,
+                "stream {seed} ({len} bytes) echoed different bytes"
+            );
         }
         for c in &conns {
-            assert!(c.close_reason().is_none(), "connection closed: {:?}", c.close_reason());
+            assert!(
+                c.close_reason().is_none(),
+                "connection closed: {:?}",
+                c.close_reason()
+            );
         }
     });
-    let stats: alknet_runtime::WorkerStatsSnapshot =
-        server.stats().into_iter().fold(Default::default(), |a, b| a + b);
+    let stats: alknet_runtime::WorkerStatsSnapshot = server
+        .stats()
+        .into_iter()
+        .fold(Default::default(), |a, b| a + b);
     assert_eq!(stats.connections_accepted, 2);
     assert_eq!(stats.handler_panics + stats.handler_errors, 0);
 }
@@ -62,7 +84,9 @@ fn uni_streams_and_datagrams_echo() {
     let server = start_server(ServerOptions::default());
     run_client(|| async {
         let endpoint = client_endpoint();
-        let conn = connect(&endpoint, &server, alknet_echo::ALPN).await.expect("connect");
+        let conn = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("connect");
 
         let data = payload(9, 300_000);
         let mut send = conn.open_uni().await.expect("open uni");
@@ -96,15 +120,18 @@ fn unknown_alpn_fails_the_handshake() {
         let err = connect(&endpoint, &server, b"alknet/no-such-service")
             .await
             .expect_err("handshake must fail");
-        let alknet_runtime::ConnectError::Handshake(alknet_runtime::ConnectionError::ConnectionClosed(close)) =
-            &err
+        let alknet_runtime::ConnectError::Handshake(
+            alknet_runtime::ConnectionError::ConnectionClosed(close),
+        ) = &err
         else {
             panic!("unexpected error: {err}");
         };
         // TLS alert no_application_protocol (120) as a QUIC CRYPTO_ERROR
         assert_eq!(u64::from(close.error_code), 0x100 + 120, "{err}");
         // the server still serves the ALPN it has
-        connect(&endpoint, &server, alknet_echo::ALPN).await.expect("known ALPN");
+        connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("known ALPN");
     });
 }
 

@@ -13,7 +13,9 @@ fn a_reader_that_stops_reading_stops_the_writer() {
     let server = start_server(ServerOptions::default());
     run_client(|| async {
         let endpoint = client_endpoint();
-        let conn = connect(&endpoint, &server, alknet_echo::ALPN).await.expect("connect");
+        let conn = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("connect");
         let (mut send, mut recv) = conn.open_bi().await.expect("open").split();
         let data = payload(11, 64 << 20);
         let mut written = 0;
@@ -21,12 +23,17 @@ fn a_reader_that_stops_reading_stops_the_writer() {
         // on our receive window and the server stops reading ours.
         while written < data.len() {
             let end = (written + 64 * 1024).min(data.len());
-            match monoio::time::timeout(Duration::from_millis(500), send.write(&data[written..end])).await {
+            match monoio::time::timeout(Duration::from_millis(500), send.write(&data[written..end]))
+                .await
+            {
                 Ok(n) => written += n.expect("write"),
                 Err(_) => break,
             }
         }
-        assert!(written < data.len(), "wrote all 64 MiB without the peer reading: no back-pressure");
+        assert!(
+            written < data.len(),
+            "wrote all 64 MiB without the peer reading: no back-pressure"
+        );
         // our receive window + the server's receive window + one chunk in the echo task
         let bound = 2 * window + 64 * 1024;
         assert!(written <= bound, "{written} bytes in flight, bound {bound}");

@@ -10,7 +10,9 @@ use alknet_tests::*;
 #[test]
 fn aioquic_client_interoperates_with_echo() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/aioquic_echo.py");
-    let probe = Command::new("python3").args(["-c", "import aioquic"]).output();
+    let probe = Command::new("python3")
+        .args(["-c", "import aioquic"])
+        .output();
     match probe {
         Ok(o) if o.status.success() => {}
         _ => panic!(
@@ -43,12 +45,17 @@ fn aioquic_client_interoperates_with_echo() {
     let out = child.wait_with_output().expect("output");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "aioquic interop failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "aioquic interop failed:\n{stdout}\n{stderr}"
+    );
     assert!(
         stdout.contains("aioquic interop: 5 passed, 0 failed"),
         "unexpected output:\n{stdout}"
     );
-    let stats: alknet_runtime::WorkerStatsSnapshot =
-        server.stats().into_iter().fold(Default::default(), |a, b| a + b);
+    let stats: alknet_runtime::WorkerStatsSnapshot = server
+        .stats()
+        .into_iter()
+        .fold(Default::default(), |a, b| a + b);
     assert_eq!(stats.handler_panics + stats.handler_errors, 0);
 }

@@ -16,7 +16,11 @@ impl ProtocolHandler for PanicsOnFirstStream {
     fn alpn(&self) -> &[u8] {
         b"test/panic"
     }
-    fn handle(&self, conn: Connection, _: AuthContext) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+    fn handle(
+        &self,
+        conn: Connection,
+        _: AuthContext,
+    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
         Box::pin(async move {
             let mut s = conn.accept_bi().await?;
             let _ = s.recv.read_chunk(16).await?;
@@ -31,7 +35,11 @@ impl ProtocolHandler for FailsWithProtocolError {
     fn alpn(&self) -> &[u8] {
         b"test/error"
     }
-    fn handle(&self, conn: Connection, _: AuthContext) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+    fn handle(
+        &self,
+        conn: Connection,
+        _: AuthContext,
+    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
         Box::pin(async move {
             let _ = conn.accept_bi().await?;
             Err(HandlerError::Protocol {
@@ -49,7 +57,11 @@ impl ProtocolHandler for PanicsPerStream {
     fn alpn(&self) -> &[u8] {
         b"test/stream-panic"
     }
-    fn handle(&self, conn: Connection, _: AuthContext) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+    fn handle(
+        &self,
+        conn: Connection,
+        _: AuthContext,
+    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
         Box::pin(async move {
             while let Ok(stream) = conn.accept_bi().await {
                 spawn_guarded("test stream", async move {
@@ -92,8 +104,12 @@ fn handler_panic_closes_only_its_connection() {
     let server = server();
     run_client(|| async {
         let endpoint = client_endpoint();
-        let echo = connect(&endpoint, &server, alknet_echo::ALPN).await.expect("echo");
-        let doomed = connect(&endpoint, &server, b"test/panic").await.expect("panic handler");
+        let echo = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("echo");
+        let doomed = connect(&endpoint, &server, b"test/panic")
+            .await
+            .expect("panic handler");
         let mut s = doomed.open_bi().await.expect("open");
         s.send.write_all(b"hello").await.expect("write");
         let (code, reason) = application_close(&doomed.closed().await);
@@ -102,7 +118,9 @@ fn handler_panic_closes_only_its_connection() {
         // the other connection, and new ones, are unaffected
         let data = payload(1, 100_000);
         assert_eq!(echo_roundtrip(&echo, data.clone()).await, sha256(&data));
-        let fresh = connect(&endpoint, &server, alknet_echo::ALPN).await.expect("new connection");
+        let fresh = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("new connection");
         assert_eq!(echo_roundtrip(&fresh, data.clone()).await, sha256(&data));
     });
     let panics: u64 = server.stats().iter().map(|s| s.handler_panics).sum();
@@ -114,12 +132,17 @@ fn handler_error_closes_with_its_code_and_reason() {
     let server = server();
     run_client(|| async {
         let endpoint = client_endpoint();
-        let conn = connect(&endpoint, &server, b"test/error").await.expect("connect");
+        let conn = connect(&endpoint, &server, b"test/error")
+            .await
+            .expect("connect");
         let mut s = conn.open_bi().await.expect("open");
         s.send.write_all(b"x").await.expect("write");
         let (code, reason) = application_close(&conn.closed().await);
         assert_eq!(code, 0x42);
-        assert_eq!(String::from_utf8_lossy(&reason), "protocol error 66: bad request");
+        assert_eq!(
+            String::from_utf8_lossy(&reason),
+            "protocol error 66: bad request"
+        );
     });
     let errors: u64 = server.stats().iter().map(|s| s.handler_errors).sum();
     assert_eq!(errors, 1);
@@ -130,21 +153,32 @@ fn stream_task_panic_resets_only_that_stream() {
     let server = server();
     run_client(|| async {
         let endpoint = client_endpoint();
-        let conn = connect(&endpoint, &server, b"test/stream-panic").await.expect("connect");
+        let conn = connect(&endpoint, &server, b"test/stream-panic")
+            .await
+            .expect("connect");
 
         let mut bad = conn.open_bi().await.expect("open");
         bad.send.write_all(b"panic please").await.expect("write");
         bad.send.finish().expect("finish");
-        let err = bad.recv.read_to_end(1024).await.expect_err("stream must be reset");
+        let err = bad
+            .recv
+            .read_to_end(1024)
+            .await
+            .expect_err("stream must be reset");
         assert_eq!(
             err,
-            alknet_runtime::ReadToEndError::Read(ReadError::Reset(VarInt::from_u32(STREAM_PANIC_CODE)))
+            alknet_runtime::ReadToEndError::Read(ReadError::Reset(VarInt::from_u32(
+                STREAM_PANIC_CODE
+            )))
         );
 
         let mut good = conn.open_bi().await.expect("open");
         good.send.write_all(b"still here").await.expect("write");
         good.send.finish().expect("finish");
-        assert_eq!(good.recv.read_to_end(1024).await.expect("reply"), b"still here");
+        assert_eq!(
+            good.recv.read_to_end(1024).await.expect("reply"),
+            b"still here"
+        );
         assert!(conn.close_reason().is_none());
     });
 }

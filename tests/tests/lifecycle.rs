@@ -39,7 +39,9 @@ fn graceful_shutdown_drains_an_in_flight_stream_and_refuses_new_connections() {
     let fp = server.fingerprint();
     run_client(|| async {
         let endpoint = client_endpoint();
-        let conn = connect(&endpoint, &server, alknet_echo::ALPN).await.expect("connect");
+        let conn = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("connect");
         let data = payload(5, 4 << 20);
         let want = sha256(&data);
         let (mut send, mut recv) = conn.open_bi().await.expect("open").split();
@@ -71,7 +73,11 @@ fn graceful_shutdown_drains_an_in_flight_stream_and_refuses_new_connections() {
     // the server stops as soon as its last connection is gone, long before the timeout
     let start = Instant::now();
     server.join();
-    assert!(start.elapsed() < Duration::from_secs(10), "drain took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "drain took {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -86,7 +92,9 @@ fn shutdown_timeout_closes_remaining_connections_with_the_shutdown_code() {
     let trigger = server.shutdown_trigger();
     run_client(|| async {
         let endpoint = client_endpoint();
-        let conn = connect(&endpoint, &server, alknet_echo::ALPN).await.expect("connect");
+        let conn = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("connect");
         trigger.graceful();
         match conn.closed().await {
             ConnectionError::ApplicationClosed(c) => {
@@ -111,8 +119,12 @@ fn connection_limit_refuses_the_excess_and_frees_slots() {
     });
     run_client(|| async {
         let endpoint = client_endpoint();
-        let a = connect(&endpoint, &server, alknet_echo::ALPN).await.expect("first");
-        let _b = connect(&endpoint, &server, alknet_echo::ALPN).await.expect("second");
+        let a = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("first");
+        let _b = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("second");
         let err = connect(&endpoint, &server, alknet_echo::ALPN)
             .await
             .expect_err("third is over the limit");
@@ -147,7 +159,9 @@ fn abandoned_peer_is_reaped_by_the_idle_timeout() {
     // dropped with the runtime, like a process that was killed.
     run_client(|| async {
         let endpoint = client_endpoint();
-        let conn = connect(&endpoint, &server, alknet_echo::ALPN).await.expect("connect");
+        let conn = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("connect");
         let data = payload(3, 10_000);
         assert_eq!(echo_roundtrip(&conn, data.clone()).await, sha256(&data));
         std::mem::forget(endpoint);
@@ -174,7 +188,12 @@ fn garbage_datagrams_are_dropped_and_service_continues() {
         vec![0x40],
         vec![0xc0, 0, 0, 0],
         // long header, unknown version: version negotiation
-        [&[0xc0u8, 0xde, 0xad, 0xbe, 0xef, 8][..], &[1; 8], &[0; 1200]].concat(),
+        [
+            &[0xc0u8, 0xde, 0xad, 0xbe, 0xef, 8][..],
+            &[1; 8],
+            &[0; 1200],
+        ]
+        .concat(),
         // short header with our CID format naming each worker: forwarded, then dropped
         [&[0x40u8][..], &layout.encode(1, [1; 5]), &[0xaa; 60]].concat(),
         [&[0x40u8][..], &layout.encode(0, [2; 5]), &[0xaa; 60]].concat(),
@@ -189,12 +208,16 @@ fn garbage_datagrams_are_dropped_and_service_continues() {
     }
     run_client(|| async {
         let endpoint = client_endpoint();
-        let conn = connect(&endpoint, &server, alknet_echo::ALPN).await.expect("connect");
+        let conn = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("connect");
         let data = payload(4, 50_000);
         assert_eq!(echo_roundtrip(&conn, data.clone()).await, sha256(&data));
     });
-    let stats: alknet_runtime::WorkerStatsSnapshot =
-        server.stats().into_iter().fold(Default::default(), |a, b| a + b);
+    let stats: alknet_runtime::WorkerStatsSnapshot = server
+        .stats()
+        .into_iter()
+        .fold(Default::default(), |a, b| a + b);
     assert!(stats.datagrams_received >= junk.len() as u64);
     assert_eq!(stats.connections_accepted, 1);
 }

@@ -11,7 +11,9 @@ fn rebind_and_echo(workers: usize) -> u64 {
     });
     run_client(|| async {
         let endpoint = client_endpoint();
-        let conn = connect(&endpoint, &server, alknet_echo::ALPN).await.expect("connect");
+        let conn = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("connect");
         let data = payload(1, 200_000);
         assert_eq!(echo_roundtrip(&conn, data.clone()).await, sha256(&data));
         let mut rebinds = 0;
@@ -19,7 +21,9 @@ fn rebind_and_echo(workers: usize) -> u64 {
         // rebinding was forwarded (bounded: 24 tries miss with probability 2^-24).
         for i in 0..24u64 {
             let before = endpoint.local_addr();
-            endpoint.rebind("127.0.0.1:0".parse().expect("addr")).expect("rebind");
+            endpoint
+                .rebind("127.0.0.1:0".parse().expect("addr"))
+                .expect("rebind");
             assert_ne!(before, endpoint.local_addr());
             rebinds += 1;
             let data = payload(100 + i, 100_000);
@@ -35,9 +39,14 @@ fn rebind_and_echo(workers: usize) -> u64 {
         }
         assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
     });
-    let stats: alknet_runtime::WorkerStatsSnapshot =
-        server.stats().into_iter().fold(Default::default(), |a, b| a + b);
-    assert_eq!(stats.forwarded_out, stats.forwarded_in + stats.inbox_dropped);
+    let stats: alknet_runtime::WorkerStatsSnapshot = server
+        .stats()
+        .into_iter()
+        .fold(Default::default(), |a, b| a + b);
+    assert_eq!(
+        stats.forwarded_out,
+        stats.forwarded_in + stats.inbox_dropped
+    );
     stats.forwarded_out
 }
 

@@ -22,7 +22,11 @@ impl ProtocolHandler for EchoHandler {
         ALPN
     }
 
-    fn handle(&self, conn: Connection, _auth: AuthContext) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+    fn handle(
+        &self,
+        conn: Connection,
+        _auth: AuthContext,
+    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
         Box::pin(async move {
             let uni = conn.clone();
             spawn_guarded("echo uni streams", async move {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of the project: unit, integration and real-client interop tests, builds
+# the benchmarks and the fuzz targets (with a short smoke run). Installs what a fresh
+# machine lacks. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real clients the suite drives (independent implementations, not ours).
+if ! python3 -c 'import aioquic' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+fi
+
+# The CLI tests run the real `alknet` binary.
+cargo build --workspace --bins --quiet
+
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast
+else
+    cargo test --workspace --no-fail-fast
+fi
+cargo test --workspace --doc --quiet
+cargo bench --workspace --no-run --quiet
+if [ -f fuzz/build.sh ]; then
+    bash fuzz/build.sh --smoke
+fi
