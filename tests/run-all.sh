@@ -18,6 +18,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --no-fail-fast
 fi
+# The same engine on monoio's legacy (epoll) driver, used where io_uring is refused.
+ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle
 cargo test --workspace --doc --quiet
 cargo bench --workspace --no-run --quiet
 if [ -f fuzz/build.sh ]; then

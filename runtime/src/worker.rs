@@ -288,23 +288,28 @@ impl Driver {
 
     /// Reads what the socket has, up to the per-poll budget. Returns true if more is left.
     fn receive(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
-        if !self.recv_ready {
-            let io = self.io.clone();
-            let fut = self
-                .readable
-                .get_or_insert_with(|| Box::pin(async move { io.readable().await }));
-            match fut.as_mut().poll(cx) {
-                Poll::Ready(res) => {
-                    self.readable = None;
-                    if let Err(e) = res {
-                        tracing::warn!(worker = self.w.index, "waiting for readability: {e}");
+        let mut budget = RECV_BATCHES_PER_POLL;
+        loop {
+            if !self.recv_ready {
+                let io = self.io.clone();
+                let fut = self
+                    .readable
+                    .get_or_insert_with(|| Box::pin(async move { io.readable().await }));
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(res) => {
+                        self.readable = None;
+                        if let Err(e) = res {
+                            tracing::warn!(worker = self.w.index, "waiting for readability: {e}");
+                        }
+                        self.recv_ready = true;
                     }
-                    self.recv_ready = true;
+                    Poll::Pending => return false,
                 }
-                Poll::Pending => return false,
             }
-        }
-        for _ in 0..RECV_BATCHES_PER_POLL {
+            if budget == 0 {
+                return true;
+            }
+            budget -= 1;
             let n = {
                 let mut chunks = self.recv_buf.chunks_mut(self.recv_slot);
                 let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
@@ -315,15 +320,16 @@ impl Driver {
                         if e.kind() != io::ErrorKind::WouldBlock {
                             tracing::debug!(worker = self.w.index, "recv: {e}");
                         }
+                        // drained: wait for readiness again (registered at the loop top)
                         self.recv_ready = false;
-                        // register for readiness now so the wake-up is not lost
-                        return self.receive(cx, now);
+                        continue;
                     }
                 }
             };
             for i in 0..n {
                 let meta = self.recv_meta[i];
                 let start = i * self.recv_slot;
+                // one allocation per GRO batch; each datagram is a zero-copy split of it
                 let mut batch = BytesMut::from(&self.recv_buf[start..start + meta.len]);
                 let stride = meta.stride.max(1);
                 let ecn = meta
@@ -332,39 +338,43 @@ impl Driver {
                 while !batch.is_empty() {
                     let seg = batch.split_to(stride.min(batch.len()));
                     WorkerStats::add(&self.w.stats.datagrams_received, 1);
-                    if self.forward_if_foreign(&seg, meta.addr, meta.dst_ip, ecn) {
-                        continue;
+                    match self.foreign_owner(&seg) {
+                        Some(owner) => self.forward(owner, seg, meta.addr, meta.dst_ip, ecn),
+                        None => self.handle_datagram(now, meta.addr, meta.dst_ip, ecn, seg),
                     }
-                    self.handle_datagram(now, meta.addr, meta.dst_ip, ecn, seg);
                 }
             }
         }
-        true
     }
 
-    /// Hands a datagram whose CID names another worker to that worker.
-    fn forward_if_foreign(
+    /// The worker that owns `datagram`, when its CID names a worker other than this one.
+    fn foreign_owner(&self, datagram: &[u8]) -> Option<usize> {
+        let Role::Server(s) = &self.w.role else {
+            return None;
+        };
+        match s.layout.route(datagram) {
+            Route::Worker(owner) if usize::from(owner) != self.w.index => Some(usize::from(owner)),
+            _ => None,
+        }
+    }
+
+    /// Hands a datagram to the worker that owns its connection (moved, not copied).
+    fn forward(
         &self,
-        seg: &BytesMut,
+        owner: usize,
+        data: BytesMut,
         remote: std::net::SocketAddr,
         local_ip: Option<std::net::IpAddr>,
         ecn: Option<quinn_proto::EcnCodepoint>,
-    ) -> bool {
-        let Role::Server(s) = &self.w.role else {
-            return false;
-        };
-        match s.layout.route(seg) {
-            Route::Worker(owner) if usize::from(owner) != self.w.index => {
-                WorkerStats::add(&self.w.stats.forwarded_out, 1);
-                s.inboxes[usize::from(owner)].push(StrayDatagram {
-                    data: seg.clone(),
-                    remote,
-                    local_ip,
-                    ecn,
-                });
-                true
-            }
-            _ => false,
+    ) {
+        if let Role::Server(s) = &self.w.role {
+            WorkerStats::add(&self.w.stats.forwarded_out, 1);
+            s.inboxes[owner].push(StrayDatagram {
+                data,
+                remote,
+                local_ip,
+                ecn,
+            });
         }
     }
 
