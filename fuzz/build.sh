@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Build the alknet-proto fuzz targets; with --smoke, also run each for 10 s.
+#
+# Works on a stable toolchain: cargo-fuzz passes nightly-only -Z flags
+# (sanitizer, coverage), which RUSTC_BOOTSTRAP=1 unlocks on stable rustc.
+# The default AddressSanitizer build works with stable 1.95.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+export RUSTC_BOOTSTRAP=1
+
+# 1. cargo-fuzz, only if missing.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+
+# 2. Build every target (ASan, release, debug assertions on).
+cargo fuzz build
+
+# 3. Smoke run: libFuzzer exits non-zero on a panic/crash, which fails the script.
+if [[ "${1:-}" == "--smoke" ]]; then
+    for target in $(cargo fuzz list); do
+        echo "== fuzzing $target for 10 s"
+        cargo fuzz run "$target" -- -max_total_time=10
+    done
+fi
