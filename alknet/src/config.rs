@@ -36,8 +36,8 @@ server_id = 0
 client_auth = "optional"
 
 [handlers]
-# ALPNs served. Available: "alknet/echo".
-enabled = ["alknet/echo"]
+# ALPNs served. Available: "alknet/echo", "perf" (quinn's perf tool protocol).
+enabled = ["alknet/echo", "perf"]
 
 [limits]
 max_connections = 100000
@@ -122,7 +122,7 @@ pub struct HandlersSection {
 impl Default for HandlersSection {
     fn default() -> Self {
         Self {
-            enabled: vec![String::from_utf8_lossy(alknet_echo::ALPN).into_owned()],
+            enabled: available_handlers(),
         }
     }
 }
@@ -178,6 +178,7 @@ impl FileConfig {
         for name in &self.handlers.enabled {
             let handler: Arc<dyn ProtocolHandler> = match name.as_bytes() {
                 alknet_echo::ALPN => Arc::new(alknet_echo::EchoHandler),
+                alknet_perf::ALPN => Arc::new(alknet_perf::PerfHandler),
                 _ => {
                     return Err(ConfigError::UnknownHandler {
                         name: name.clone(),
@@ -229,8 +230,12 @@ impl FileConfig {
     }
 }
 
+/// Every handler this binary can serve, in the default preference order.
 pub fn available_handlers() -> Vec<String> {
-    vec![String::from_utf8_lossy(alknet_echo::ALPN).into_owned()]
+    [alknet_echo::ALPN, alknet_perf::ALPN]
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -255,7 +260,7 @@ mod tests {
         let cfg = FileConfig::load(None).expect("default config");
         assert_eq!(cfg.limits, Limits::default());
         assert_eq!(cfg.listen, default_listen());
-        assert_eq!(cfg.registry().expect("registry").len(), 1);
+        assert_eq!(cfg.registry().expect("registry").len(), 2);
         let empty = FileConfig::parse("", "<empty>").expect("empty config");
         assert_eq!(empty.limits, Limits::default());
         assert_eq!(empty.handlers.enabled, cfg.handlers.enabled);
