@@ -81,7 +81,10 @@ fn parse_target(s: &str) -> Result<Target, String> {
         .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("{s:?} resolves to no address"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     Ok(Target { addr, host })
 }
 

@@ -44,7 +44,9 @@ pub use stats::WorkerStatsSnapshot;
 pub use streams::{
     BiStream, ReadError, ReadToEndError, RecvStream, SendStream, WriteError, STREAM_PANIC_CODE,
 };
-pub use worker::{CLOSE_LINGER, MAX_GSO_SEGMENTS, RECV_BATCHES_PER_POLL, TRANSMITS_PER_CONNECTION};
+pub use worker::{
+    CLOSE_LINGER, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RECV_BATCHES_PER_POLL, TRANSMITS_PER_CONNECTION,
+};
 
 pub use alknet_proto::Fingerprint;
 pub use bytes::Bytes;

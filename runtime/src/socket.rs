@@ -123,11 +123,11 @@ impl UdpIo {
         self.state.recv(UdpSockRef::from(&fd), bufs, meta)
     }
 
-    /// Sends one transmit (a GSO batch when `segment_size` is set). Only `WouldBlock` is
-    /// returned as an error: other send errors are logged by quinn-udp and treated as loss.
+    /// Sends one transmit (a GSO batch when `segment_size` is set), reporting every error
+    /// (quinn-udp's `send` would hide EMSGSIZE and others as success).
     pub fn send(&self, t: &Transmit<'_>) -> io::Result<()> {
         let fd = self.fd();
-        self.state.send(UdpSockRef::from(&fd), t)
+        self.state.try_send(UdpSockRef::from(&fd), t)
     }
 
     pub fn max_gso_segments(&self) -> usize {

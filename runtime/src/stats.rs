@@ -45,6 +45,9 @@ worker_stats! {
     datagrams_sent,
     /// GSO batches handed to the kernel (send syscalls).
     send_calls,
+    /// Sends the kernel refused (other than EAGAIN): EMSGSIZE from MTU probes is expected,
+    /// anything else is worth a look. Their packets count as lost.
+    send_errors,
     /// Datagrams received here for a connection another worker owns, and forwarded.
     forwarded_out,
     /// Datagrams other workers forwarded here.

@@ -39,6 +39,10 @@ pub const RECV_BATCHES_PER_POLL: usize = 16;
 pub const TRANSMITS_PER_CONNECTION: usize = 8;
 /// Most datagrams in one GSO batch (the kernel's limit is 64).
 pub const MAX_GSO_SEGMENTS: usize = 64;
+/// Most bytes in one GSO batch: a UDP send is one IP datagram to the kernel, at most 65535
+/// bytes including the 8-byte UDP and 20-byte IPv4 headers. A larger batch is refused with
+/// EMSGSIZE, which quinn-udp reports as success (it expects it only from MTU probes).
+pub const MAX_GSO_BYTES: usize = 65_535 - 8 - 20;
 /// After the drain timeout, how long closed connections get to deliver CONNECTION_CLOSE.
 pub const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
@@ -197,6 +201,8 @@ pub(crate) struct Driver {
     recv_slot: usize,
     recv_meta: Box<[RecvMeta]>,
     send_buf: Vec<u8>,
+    /// Datagrams per GSO batch that keep the batch within [`MAX_GSO_BYTES`].
+    segments_by_size: usize,
     response_buf: Vec<u8>,
     dirty: Vec<Rc<ConnInner>>,
     phase: Phase,
@@ -222,7 +228,8 @@ impl Driver {
             recv_buf: vec![0u8; recv_slot * quinn_udp::BATCH_SIZE].into_boxed_slice(),
             recv_slot,
             recv_meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE].into_boxed_slice(),
-            send_buf: Vec::with_capacity(MAX_GSO_SEGMENTS * usize::from(max_udp_payload)),
+            send_buf: Vec::with_capacity(MAX_GSO_BYTES),
+            segments_by_size: (MAX_GSO_BYTES / usize::from(max_udp_payload.max(1))).max(1),
             response_buf: Vec::new(),
             dirty: Vec::new(),
             phase: Phase::Running,
@@ -526,7 +533,12 @@ impl Driver {
             while let Some(event) = st.conn.poll() {
                 connected |= st.dispatch(event);
             }
-            let max_segments = self.io.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
+            let max_segments = self
+                .io
+                .max_gso_segments()
+                .min(MAX_GSO_SEGMENTS)
+                .min(self.segments_by_size)
+                .max(1);
             let mut sent = 0;
             loop {
                 if sent == TRANSMITS_PER_CONNECTION {

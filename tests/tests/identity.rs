@@ -18,14 +18,20 @@ impl ProtocolHandler for WhoAmI {
     fn alpn(&self) -> &[u8] {
         b"test/whoami"
     }
-    fn handle(&self, conn: Connection, auth: AuthContext) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+    fn handle(
+        &self,
+        conn: Connection,
+        auth: AuthContext,
+    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
         Box::pin(async move {
             assert_eq!(conn.peer_fingerprint(), auth.peer_fingerprint);
             assert_eq!(conn.alpn().as_deref(), Some(&b"test/whoami"[..]));
-            let fp = auth.peer_fingerprint.map_or("-".to_string(), |f| f.to_string());
-            let (name, scopes) = auth
-                .identity
-                .map_or(("-".to_string(), String::new()), |i| (i.name, i.scopes.join(",")));
+            let fp = auth
+                .peer_fingerprint
+                .map_or("-".to_string(), |f| f.to_string());
+            let (name, scopes) = auth.identity.map_or(("-".to_string(), String::new()), |i| {
+                (i.name, i.scopes.join(","))
+            });
             while let Ok(mut s) = conn.accept_bi().await {
                 s.send
                     .write_all(format!("{fp} {name} {scopes}").as_bytes())
@@ -84,7 +90,9 @@ fn client_certificates_resolve_to_identities() {
     run_client(|| async {
         let reply = ask(&server, Some(&alice)).await.expect("alice connects");
         assert_eq!(reply, format!("{} alice echo,whoami", alice.fingerprint()));
-        let reply = ask(&server, Some(&stranger)).await.expect("stranger connects");
+        let reply = ask(&server, Some(&stranger))
+            .await
+            .expect("stranger connects");
         assert_eq!(reply, format!("{} - ", stranger.fingerprint()));
         let reply = ask(&server, None).await.expect("anonymous connects");
         assert_eq!(reply, "- - ");
@@ -96,9 +104,14 @@ fn required_client_auth_refuses_clients_without_a_certificate() {
     let alice = TlsIdentity::generate_self_signed(&[]).expect("alice cert");
     let server = server(ClientAuth::Required, &alice);
     run_client(|| async {
-        let err = ask(&server, None).await.expect_err("no certificate, no connection");
+        let err = ask(&server, None)
+            .await
+            .expect_err("no certificate, no connection");
         // TLS alert certificate_required (116) as a QUIC CRYPTO_ERROR
-        assert!(err.contains("error 116") && err.contains("no certificates"), "{err}");
+        assert!(
+            err.contains("error 116") && err.contains("no certificates"),
+            "{err}"
+        );
         let reply = ask(&server, Some(&alice)).await.expect("alice connects");
         assert!(reply.ends_with("alice echo,whoami"), "{reply}");
     });

@@ -25,10 +25,22 @@ fn perf_answers_bi_and_uni_requests_like_quinn_perf() {
     });
     run_client(|| async {
         let endpoint = client_endpoint();
-        let conn = connect(&endpoint, &server, alknet_perf::ALPN).await.expect("connect");
-        for (download, upload) in [(0u64, 0usize), (1, 0), (5 << 20, 0), (64, 3 << 20), (1_000_001, 1)] {
+        let conn = connect(&endpoint, &server, alknet_perf::ALPN)
+            .await
+            .expect("connect");
+        for (download, upload) in [
+            (0u64, 0usize),
+            (1, 0),
+            (5 << 20, 0),
+            (64, 3 << 20),
+            (1_000_001, 1),
+        ] {
             let got = bi_request(&conn, download, upload).await;
-            assert_eq!(got.len() as u64, download, "download {download} upload {upload}");
+            assert_eq!(
+                got.len() as u64,
+                download,
+                "download {download} upload {upload}"
+            );
             assert!(got.iter().all(|b| *b == 42), "quinn-perf sends 42s");
         }
         // uni: request on a client uni stream, response on a new server uni stream
@@ -38,7 +50,10 @@ fn perf_answers_bi_and_uni_requests_like_quinn_perf() {
             .expect("uni request");
         send.finish().expect("finish");
         let mut recv = conn.accept_uni().await.expect("uni response");
-        assert_eq!(recv.read_to_end(1 << 20).await.expect("read").len(), 300_000);
+        assert_eq!(
+            recv.read_to_end(1 << 20).await.expect("read").len(),
+            300_000
+        );
 
         // a truncated request (fewer than 8 bytes) ends that request only
         let (mut send, mut recv) = conn.open_bi().await.expect("open").split();

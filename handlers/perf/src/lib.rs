@@ -32,7 +32,11 @@ impl ProtocolHandler for PerfHandler {
         ALPN
     }
 
-    fn handle(&self, conn: Connection, _auth: AuthContext) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+    fn handle(
+        &self,
+        conn: Connection,
+        _auth: AuthContext,
+    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
         Box::pin(async move {
             let uni = conn.clone();
             spawn_guarded("perf uni requests", async move {
@@ -65,12 +69,13 @@ async fn read_request(mut recv: RecvStream) -> Result<u64, HandlerError> {
     let mut header = [0u8; 8];
     let mut have = 0;
     while have < header.len() {
-        let chunk = recv.read_chunk(header.len() - have).await?.ok_or_else(|| {
-            HandlerError::Protocol {
-                code: 0u32.into(),
-                reason: format!("stream ended after {have} of 8 request bytes"),
-            }
-        })?;
+        let chunk =
+            recv.read_chunk(header.len() - have)
+                .await?
+                .ok_or_else(|| HandlerError::Protocol {
+                    code: 0u32.into(),
+                    reason: format!("stream ended after {have} of 8 request bytes"),
+                })?;
         header[have..have + chunk.len()].copy_from_slice(&chunk);
         have += chunk.len();
     }
