@@ -126,7 +126,7 @@ fn run_rr(args: &RrArgs) -> ExitCode {
     };
     let plan = rr::Plan::new(args, target, fingerprint);
     let outcome = rr::run(&plan);
-    let server_stats = server.as_ref().map(report::server_totals);
+    let server_stats = server.as_ref().map(|s| s.total_stats());
     let summary = report::Summary::new(&plan, &outcome, server_stats);
     if args.json {
         println!("{}", summary.json());

@@ -2,20 +2,12 @@
 
 use std::fmt::Write as _;
 
-use alknet_runtime::{ServerHandle, WorkerStatsSnapshot};
+use alknet_runtime::WorkerStatsSnapshot;
 
 use crate::rr::{Errors, Outcome, Plan};
 
 /// Latency quantiles reported, with their labels.
 const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
-
-/// Sum of every worker's counters.
-pub fn server_totals(server: &ServerHandle) -> WorkerStatsSnapshot {
-    server
-        .stats()
-        .into_iter()
-        .fold(WorkerStatsSnapshot::default(), |a, b| a + b)
-}
 
 /// Everything printed at the end of a run.
 pub struct Summary {

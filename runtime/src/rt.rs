@@ -127,3 +127,28 @@ where
         }
     });
 }
+
+/// Accepts every stream the peer opens on `conn` until the connection ends, running
+/// `on_bi`/`on_uni` for each as its own guarded task (a panic resets only that stream).
+/// Returns when the connection is closed, which is how most handlers end.
+pub async fn serve_streams<B, BF, U, UF>(
+    conn: &crate::Connection,
+    what: &'static str,
+    on_bi: B,
+    on_uni: U,
+) where
+    B: Fn(crate::BiStream) -> BF + 'static,
+    BF: Future<Output = ()> + 'static,
+    U: Fn(crate::RecvStream) -> UF + 'static,
+    UF: Future<Output = ()> + 'static,
+{
+    let uni = conn.clone();
+    spawn_guarded(what, async move {
+        while let Ok(recv) = uni.accept_uni().await {
+            spawn_guarded(what, on_uni(recv));
+        }
+    });
+    while let Ok(stream) = conn.accept_bi().await {
+        spawn_guarded(what, on_bi(stream));
+    }
+}

@@ -277,6 +277,13 @@ impl ServerHandle {
             .collect()
     }
 
+    /// Counters summed over all workers.
+    pub fn total_stats(&self) -> WorkerStatsSnapshot {
+        self.stats()
+            .into_iter()
+            .fold(WorkerStatsSnapshot::default(), |a, b| a + b)
+    }
+
     /// Connections open across all workers.
     pub fn open_connections(&self) -> usize {
         self.shared

@@ -2,7 +2,7 @@
 //! unidirectional stream on a new unidirectional stream, and every DATAGRAM as a
 //! DATAGRAM. Bytes move as received chunks, never copied.
 
-use alknet_runtime::rt::spawn_guarded;
+use alknet_runtime::rt::{serve_streams, spawn_guarded};
 use alknet_runtime::{
     AuthContext, BiStream, Connection, HandlerError, LocalBoxFuture, ProtocolHandler, RecvStream,
     SendStream,
@@ -28,17 +28,6 @@ impl ProtocolHandler for EchoHandler {
         _auth: AuthContext,
     ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
         Box::pin(async move {
-            let uni = conn.clone();
-            spawn_guarded("echo uni streams", async move {
-                while let Ok(recv) = uni.accept_uni().await {
-                    let conn = uni.clone();
-                    spawn_guarded("echo uni stream", async move {
-                        if let Ok(send) = conn.open_uni().await {
-                            log_stream_end(pump(recv, send).await);
-                        }
-                    });
-                }
-            });
             let dgram = conn.clone();
             spawn_guarded("echo datagrams", async move {
                 while let Ok(d) = dgram.read_datagram().await {
@@ -47,17 +36,23 @@ impl ProtocolHandler for EchoHandler {
                     }
                 }
             });
-            loop {
-                match conn.accept_bi().await {
-                    Ok(BiStream { send, recv }) => {
-                        spawn_guarded("echo bi stream", async move {
+            let opener = conn.clone();
+            serve_streams(
+                &conn,
+                "echo stream",
+                |BiStream { send, recv }| async move { log_stream_end(pump(recv, send).await) },
+                move |recv| {
+                    let conn = opener.clone();
+                    async move {
+                        if let Ok(send) = conn.open_uni().await {
                             log_stream_end(pump(recv, send).await);
-                        });
+                        }
                     }
-                    // the peer closing is how an echo session normally ends
-                    Err(_) => return Ok(()),
-                }
-            }
+                },
+            )
+            .await;
+            // the peer closing is how an echo session normally ends
+            Ok(())
         })
     }
 }

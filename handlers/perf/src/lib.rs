@@ -11,7 +11,7 @@
 //! Upload bytes are discarded as chunks without copying; the response is slices of one
 //! static buffer, so serving costs no allocation per byte.
 
-use alknet_runtime::rt::spawn_guarded;
+use alknet_runtime::rt::serve_streams;
 use alknet_runtime::{
     AuthContext, Connection, HandlerError, LocalBoxFuture, ProtocolHandler, ReadError, RecvStream,
     SendStream,
@@ -38,27 +38,26 @@ impl ProtocolHandler for PerfHandler {
         _auth: AuthContext,
     ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
         Box::pin(async move {
-            let uni = conn.clone();
-            spawn_guarded("perf uni requests", async move {
-                while let Ok(recv) = uni.accept_uni().await {
-                    let conn = uni.clone();
-                    spawn_guarded("perf uni request", async move {
+            let opener = conn.clone();
+            serve_streams(
+                &conn,
+                "perf request",
+                |stream| async move {
+                    let (send, recv) = stream.split();
+                    log_request(async { respond(read_request(recv).await?, send).await }.await);
+                },
+                move |recv| {
+                    let conn = opener.clone();
+                    async move {
                         let result = async {
                             let size = read_request(recv).await?;
-                            let send = conn.open_uni().await?;
-                            respond(size, send).await
+                            respond(size, conn.open_uni().await?).await
                         };
                         log_request(result.await);
-                    });
-                }
-            });
-            while let Ok(stream) = conn.accept_bi().await {
-                spawn_guarded("perf bi request", async move {
-                    let (send, recv) = stream.split();
-                    let result = async { respond(read_request(recv).await?, send).await };
-                    log_request(result.await);
-                });
-            }
+                    }
+                },
+            )
+            .await;
             Ok(())
         })
     }
