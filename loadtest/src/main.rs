@@ -1,20 +1,36 @@
-//! `alknet-loadtest`: drives an Alknet server with real QUIC clients and reports what it
-//! measured, nothing more. Each client thread runs its own monoio runtime and client
-//! endpoint, as a server worker does, so client and server scale the same way.
+//! `alknet-loadtest`: drives a QUIC server with real clients and reports what it measured,
+//! nothing more. Each client thread runs its own monoio runtime and client endpoint, as a
+//! server worker does. Servers run as child processes (`serve`), alknet or the quinn
+//! baseline, so both are measured the same way; `compare` alternates them.
 
+mod baseline;
+mod bulk;
+mod compare;
+mod handshake;
+mod harness;
+mod idle;
+mod probe;
 mod report;
 mod rr;
+mod server;
 
+use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use alknet_runtime::tls::{ClientAuth, TlsIdentity};
-use alknet_runtime::{AlpnRegistry, EngineConfig, Fingerprint, Limits, NoIdentities, ServerHandle};
-use clap::{Args, Parser, Subcommand};
+use alknet_runtime::Fingerprint;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::harness::{ClientPlan, Schedule, Target};
+use crate::report::Measurement;
+use crate::server::{Kind, ServerProc};
 
 #[derive(Debug, Parser)]
-#[command(name = "alknet-loadtest", about = "Load-test an Alknet server")]
+#[command(
+    name = "alknet-loadtest",
+    about = "Load-test a QUIC server (loopback only)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,77 +38,124 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Request/response against `alknet/echo`: each request is one bidirectional stream
-    /// carrying `--size` bytes each way.
-    Rr(RrArgs),
+    /// Request/response on alknet/echo: one stream per request, --size bytes each way
+    Rr(RunArgs),
+    /// One-way transfers with the perf protocol: --connections x 1 stream x --bytes
+    Bulk(RunArgs),
+    /// New connections per second: connect, one tiny exchange, close
+    Handshake(RunArgs),
+    /// Idle connections: server memory per connection
+    Idle(RunArgs),
+    /// Run a workload against alknet and the quinn baseline, alternating, and compare
+    Compare(CompareArgs),
+    /// Physical limits of this machine: loopback UDP and AES-128-GCM on one core
+    Probe(ProbeArgs),
+    /// (Child process) run a server until stdin closes
+    Serve {
+        #[arg(long, value_enum)]
+        kind: Kind,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
 }
 
-/// Options of the `rr` scenario. Every range is bounded so a typo cannot start a run that
-/// never ends or exhausts memory (`read_to_end` buffers each response).
-#[derive(Debug, Args)]
-pub struct RrArgs {
-    /// Server to load (HOST:PORT). Without it, an in-process server is started on
-    /// 127.0.0.1 with a fresh self-signed certificate.
-    #[arg(long, value_parser = parse_target, requires = "fingerprint")]
-    target: Option<Target>,
-    /// SHA-256 fingerprint (hex) of the --target server's certificate.
-    #[arg(long, requires = "target")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WorkloadKind {
+    Rr,
+    Bulk,
+    Handshake,
+    Idle,
+}
+
+/// Options shared by every workload (each uses the ones that apply to it).
+#[derive(Debug, Clone, Args)]
+struct RunArgs {
+    /// Server the harness starts: alknet or the quinn 0.11 + tokio baseline.
+    #[arg(long, value_enum, default_value_t = Kind::Alknet)]
+    target: Kind,
+    /// Load an already running server (HOST:PORT) instead of starting one.
+    #[arg(long, requires = "fingerprint")]
+    server: Option<String>,
+    /// SHA-256 fingerprint of --server's certificate.
+    #[arg(long, requires = "server")]
     fingerprint: Option<Fingerprint>,
-    /// Worker threads of the in-process server.
+    /// PID of --server, to report its CPU and memory.
+    #[arg(long, requires = "server")]
+    server_pid: Option<u32>,
+    /// Server worker threads (alknet workers, or tokio threads for quinn).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
-    server_workers: u16,
+    workers: u16,
     /// Client threads, each with its own runtime and endpoint.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     client_threads: u16,
-    /// Connections in total, spread evenly over the client threads.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// Connections (for handshake: concurrent connect loops).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=200_000))]
     connections: u32,
-    /// Requests in flight per connection. The server allows 256 concurrent bidirectional
-    /// streams per connection by default; past that, opening a stream waits.
+    /// rr: requests in flight per connection (the server allows 256 streams at once).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     streams: u32,
-    /// Request and response size in bytes.
+    /// rr: request and response size in bytes.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=16 << 20))]
     size: u32,
-    /// Seconds measured.
+    /// bulk: bytes each connection transfers.
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: u64,
+    /// bulk: which way the bytes go.
+    #[arg(long, value_enum, default_value_t = bulk::Direction::Download)]
+    direction: bulk::Direction,
+    /// handshake: resume TLS sessions.
+    #[arg(long)]
+    resumption: bool,
+    /// Seconds measured (bulk: the longest a transfer may take).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     duration: u64,
-    /// Seconds of load before measuring (connections, caches and windows warm up).
+    /// Seconds of load before measuring (idle: settling time before memory is read).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=600))]
     warmup: u64,
-    /// Print the summary as one JSON line.
+    /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
 }
 
-/// A resolved `--target`, keeping the host for the TLS server name.
-#[derive(Debug, Clone)]
-pub struct Target {
-    addr: SocketAddr,
-    host: String,
+#[derive(Debug, Args)]
+struct CompareArgs {
+    #[arg(long, value_enum)]
+    workload: WorkloadKind,
+    /// Rounds per server (A B A B …).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
-fn parse_target(s: &str) -> Result<Target, String> {
-    let (host, _port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
-    let addr = s
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{s:?} resolves to no address"))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    Ok(Target { addr, host })
+#[derive(Debug, Args)]
+struct ProbeArgs {
+    /// Datagram / packet size in bytes.
+    #[arg(long, default_value_t = 1200)]
+    payload: usize,
+    /// Seconds per probe.
+    #[arg(long, default_value_t = 2)]
+    seconds: u64,
 }
 
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Rr(args) => run_rr(&args),
+    let result = match cli.command {
+        Command::Rr(a) => run_one(WorkloadKind::Rr, &a),
+        Command::Bulk(a) => run_one(WorkloadKind::Bulk, &a),
+        Command::Handshake(a) => run_one(WorkloadKind::Handshake, &a),
+        Command::Idle(a) => run_one(WorkloadKind::Idle, &a),
+        Command::Compare(c) => run_compare(&c),
+        Command::Probe(p) => run_probe(&p),
+        Command::Serve { kind, workers } => server::serve(kind, workers),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("alknet-loadtest: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -102,60 +165,248 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
 
-fn run_rr(args: &RrArgs) -> ExitCode {
-    // The server lives until the clients are done, so its counters cover the whole run.
-    let server = match &args.target {
-        Some(_) => None,
-        None => Some(start_echo_server(usize::from(args.server_workers))),
-    };
-    let (target, fingerprint) = match (&args.target, &args.fingerprint, &server) {
-        (Some(t), Some(fp), _) => (t.clone(), *fp),
-        (None, _, Some(s)) => (
-            Target {
-                addr: s.local_addr(),
-                host: "localhost".into(),
-            },
-            s.fingerprint(),
-        ),
-        // clap's `requires` rules out --target without --fingerprint
-        _ => unreachable!("--target and --fingerprint come together"),
-    };
-    let plan = rr::Plan::new(args, target, fingerprint);
-    let outcome = rr::run(&plan);
-    let server_stats = server.as_ref().map(|s| s.total_stats());
-    let summary = report::Summary::new(&plan, &outcome, server_stats);
+fn run_one(workload: WorkloadKind, args: &RunArgs) -> Result<(), String> {
+    let m = measure(workload, args, args.target)?;
     if args.json {
-        println!("{}", summary.json());
+        println!("{}", m.json());
     } else {
-        print!("{}", summary.text());
+        print!("{}", m.text());
     }
-    // Dropping the handle closes what is left and joins the workers.
-    drop(server);
-    if summary.requests == 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    if m.tally.operations == 0 || m.tally.errors_total() > 0 {
+        return Err(format!(
+            "{} errors, {} operations",
+            m.tally.errors_total(),
+            m.tally.operations
+        ));
+    }
+    Ok(())
+}
+
+fn run_compare(c: &CompareArgs) -> Result<(), String> {
+    if c.run.server.is_some() {
+        return Err("compare starts both servers itself; --server does not apply".into());
+    }
+    let kinds = [Kind::Alknet, Kind::Quinn];
+    let mut results: Vec<(Kind, Vec<Measurement>)> =
+        kinds.iter().map(|k| (*k, Vec::new())).collect();
+    for round in 0..c.rounds {
+        for (kind, runs) in results.iter_mut() {
+            let m = measure(c.workload, &c.run, *kind)?;
+            eprintln!(
+                "round {}/{} {kind}: {:.1} {}",
+                round + 1,
+                c.rounds,
+                m.headline().0,
+                m.headline().1
+            );
+            if c.run.json {
+                println!("{}", m.json());
+            }
+            runs.push(m);
+        }
+    }
+    let unit = results[0].1.first().map_or("", |m| m.headline().1);
+    print!(
+        "{}",
+        compare::table(workload_name(c.workload), unit, &results)
+    );
+    Ok(())
+}
+
+fn workload_name(w: WorkloadKind) -> &'static str {
+    match w {
+        WorkloadKind::Rr => "rr",
+        WorkloadKind::Bulk => "bulk",
+        WorkloadKind::Handshake => "handshake",
+        WorkloadKind::Idle => "idle",
     }
 }
 
-/// An in-process `alknet/echo` server on 127.0.0.1, as the integration tests start one.
-fn start_echo_server(workers: usize) -> ServerHandle {
-    let mut registry = AlpnRegistry::new();
-    registry
-        .register(Arc::new(alknet_echo::EchoHandler))
-        .expect("register the echo handler");
-    let config = EngineConfig {
-        listen: "127.0.0.1:0".parse().expect("literal address"),
-        workers,
-        pin_workers: false,
-        server_id: 0,
-        limits: Limits::default(),
-        tls: TlsIdentity::generate_self_signed(&[]).expect("generate a certificate"),
-        client_auth: ClientAuth::Optional,
+/// Starts (or finds) the server, runs `workload` against it, and measures.
+fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measurement, String> {
+    let proc;
+    let (target, pid, label) = match (&args.server, args.fingerprint) {
+        (Some(s), Some(fp)) => (resolve(s, fp)?, args.server_pid, s.clone()),
+        _ => {
+            proc = ServerProc::spawn(kind, usize::from(args.workers))?;
+            let t = Target {
+                addr: proc.addr,
+                host: "localhost".into(),
+                fingerprint: proc.fingerprint,
+            };
+            (
+                t,
+                Some(proc.pid()),
+                format!("{kind} ({} workers)", args.workers),
+            )
+        }
     };
-    alknet_runtime::start(config, registry, Arc::new(NoIdentities)).expect("start the server")
+    let threads = usize::from(args.client_threads)
+        .min(args.connections as usize)
+        .max(1);
+    let connections = args.connections as usize;
+    let alpn = match workload {
+        WorkloadKind::Bulk => alknet_perf::ALPN.to_vec(),
+        _ => alknet_echo::ALPN.to_vec(),
+    };
+    let plan = ClientPlan {
+        target,
+        alpn,
+        threads,
+        warmup: Duration::from_secs(if workload == WorkloadKind::Bulk {
+            0
+        } else {
+            args.warmup
+        }),
+        duration: Duration::from_secs(args.duration),
+        resumption: args.resumption,
+        keep_alive: Duration::from_secs(5),
+    };
+    let rss_before = pid.and_then(server::rss_bytes);
+    let windowed = workload != WorkloadKind::Bulk;
+    let sample = |sched: Schedule| {
+        wait_with_progress(sched.measure_from, sched.measure_from, "warm-up");
+        let at_start = (
+            pid.and_then(server::cpu_seconds),
+            pid.and_then(server::rss_bytes),
+        );
+        if windowed {
+            wait_with_progress(sched.end, sched.measure_from, workload_name(workload));
+        }
+        (
+            at_start,
+            Instant::now().max(sched.measure_from),
+            sched.measure_from,
+        )
+    };
+    let (tally, ((cpu0, rss_window), _, measure_from)) = match workload {
+        WorkloadKind::Rr => harness::run(
+            &plan,
+            rr::Rr::new(
+                connections,
+                threads,
+                args.streams as usize,
+                args.size as usize,
+            ),
+            sample,
+        ),
+        WorkloadKind::Bulk => harness::run(
+            &plan,
+            bulk::Bulk::new(connections, threads, args.bytes, args.direction),
+            sample,
+        ),
+        WorkloadKind::Handshake => harness::run(
+            &plan,
+            handshake::Handshake::new(connections, threads),
+            sample,
+        ),
+        WorkloadKind::Idle => harness::run(&plan, idle::Idle::new(connections, threads), sample),
+    };
+    let cpu1 = pid.and_then(server::cpu_seconds);
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K");
+    }
+    let seconds = match workload {
+        // all transfers start together: the slowest one's time is the run's
+        WorkloadKind::Bulk => tally.latency.max() as f64 / 1e6,
+        _ => plan.duration.as_secs_f64(),
+    };
+    let server_window = Instant::now()
+        .saturating_duration_since(measure_from)
+        .as_secs_f64();
+    let server_cpu_s = match (cpu0, cpu1) {
+        // scaled to the headline window (the run ends a little after it, closing)
+        (Some(a), Some(b)) if server_window > 0.0 => Some((b - a) * seconds / server_window),
+        _ => None,
+    };
+    let rss_per_connection = match (workload, rss_before, rss_window) {
+        (WorkloadKind::Idle, Some(before), Some(after)) if tally.operations > 0 => {
+            Some((after as f64 - before as f64) / tally.operations as f64)
+        }
+        _ => None,
+    };
+    let description = match workload {
+        WorkloadKind::Rr => format!(
+            "{label}: {threads} client threads, {connections} conns x {} streams, {} B each way",
+            args.streams, args.size
+        ),
+        WorkloadKind::Bulk => format!(
+            "{label}: {threads} client threads, {connections} conns x {} B {:?}",
+            args.bytes, args.direction
+        ),
+        WorkloadKind::Handshake => format!(
+            "{label}: {threads} client threads, {connections} connect loops, resumption {}",
+            args.resumption
+        ),
+        WorkloadKind::Idle => format!("{label}: {connections} idle connections"),
+    };
+    Ok(Measurement {
+        workload: workload_name(workload),
+        description,
+        seconds,
+        tally,
+        server_cpu_s,
+        rss_per_connection,
+    })
+}
+
+/// Sleeps until `until`, drawing a progress line on stderr when it is a terminal.
+fn wait_with_progress(until: Instant, from: Instant, label: &str) {
+    let tty = std::io::stderr().is_terminal();
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        if tty {
+            let total = until.saturating_duration_since(from).as_secs_f64();
+            let done = now.saturating_duration_since(from).as_secs_f64();
+            eprint!("\r\x1b[2K{label} {done:.1}/{total:.1} s");
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(200)));
+    }
+}
+
+fn resolve(s: &str, fingerprint: Fingerprint) -> Result<Target, String> {
+    let (host, _) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    let addr: SocketAddr = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))?;
+    Ok(Target {
+        addr,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        fingerprint,
+    })
+}
+
+fn run_probe(p: &ProbeArgs) -> Result<(), String> {
+    let d = Duration::from_secs(p.seconds);
+    let gso = probe::udp_loopback_limit(p.payload, d).map_err(|e| e.to_string())?;
+    let plain = probe::udp_loopback_limit_unbatched(p.payload, d).map_err(|e| e.to_string())?;
+    let seal = probe::aes128gcm_seal_limit(p.payload, d);
+    println!(
+        "udp loopback, {} B, GSO x{} + GRO: {:.0} datagrams/s, {:.2} Gbit/s",
+        gso.payload, gso.segments_per_send, gso.datagrams_per_sec, gso.gbit_per_sec
+    );
+    println!(
+        "udp loopback, {} B, one datagram per send: {:.0} datagrams/s, {:.2} Gbit/s",
+        plain.payload, plain.datagrams_per_sec, plain.gbit_per_sec
+    );
+    println!(
+        "aes-128-gcm seal, {} B packets, one core: {:.0} packets/s, {:.2} Gbit/s",
+        seal.packet, seal.packets_per_sec, seal.gbit_per_sec
+    );
+    Ok(())
 }

@@ -1,187 +1,141 @@
-//! The run's summary, as text for people or one JSON line for scripts.
+//! What a run measured, as a text table for people or one JSON line for scripts.
 
 use std::fmt::Write as _;
 
-use alknet_runtime::WorkerStatsSnapshot;
-
-use crate::rr::{Errors, Outcome, Plan};
+use crate::harness::Tally;
 
 /// Latency quantiles reported, with their labels.
 const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
 
-/// Everything printed at the end of a run.
-pub struct Summary {
-    target: String,
-    in_process_workers: Option<u16>,
-    client_threads: usize,
-    connections: usize,
-    connected: u64,
-    streams: usize,
-    size: usize,
-    duration_s: f64,
-    warmup_s: f64,
-    /// Requests completed in the measured window.
-    pub requests: u64,
-    errors: Errors,
-    /// (label, µs) for each of [`QUANTILES`], then the maximum.
-    latency_us: Vec<(&'static str, u64)>,
-    server: Option<WorkerStatsSnapshot>,
-    client: WorkerStatsSnapshot,
-    first_connect_error: Option<String>,
+/// One run of one workload against one server.
+pub struct Measurement {
+    pub workload: &'static str,
+    /// Server kind or address, and the shape of the run.
+    pub description: String,
+    /// Seconds the headline rate is computed over.
+    pub seconds: f64,
+    pub tally: Tally,
+    /// Server CPU seconds over the measured window, when the server is our child.
+    pub server_cpu_s: Option<f64>,
+    /// Server resident memory growth per connection (idle), bytes.
+    pub rss_per_connection: Option<f64>,
 }
 
-impl Summary {
-    pub fn new(plan: &Plan, outcome: &Outcome, server: Option<WorkerStatsSnapshot>) -> Self {
-        let h = &outcome.latency;
-        let mut latency_us: Vec<_> = QUANTILES
-            .iter()
-            .map(|(label, q)| (*label, h.value_at_quantile(*q)))
-            .collect();
-        latency_us.push(("max", h.max()));
-        Self {
-            target: plan.target_addr().to_string(),
-            in_process_workers: plan.in_process_workers,
-            client_threads: plan.client_threads,
-            connections: plan.connections,
-            connected: outcome.connected,
-            streams: plan.streams,
-            size: plan.size,
-            duration_s: plan.duration.as_secs_f64(),
-            warmup_s: plan.warmup.as_secs_f64(),
-            requests: h.len(),
-            errors: outcome.errors,
-            latency_us,
-            server,
-            client: outcome.client,
-            first_connect_error: outcome.first_connect_error.clone(),
+impl Measurement {
+    /// The figure this workload is judged by, and its unit.
+    pub fn headline(&self) -> (f64, &'static str) {
+        let t = &self.tally;
+        match self.workload {
+            "bulk" => (
+                t.bytes as f64 * 8.0 / self.seconds.max(1e-9) / 1e9,
+                "Gbit/s",
+            ),
+            "handshake" => (t.operations as f64 / self.seconds, "handshakes/s"),
+            "idle" => (self.rss_per_connection.unwrap_or(f64::NAN), "bytes/conn"),
+            _ => (t.operations as f64 / self.seconds, "req/s"),
         }
     }
 
-    fn requests_per_sec(&self) -> f64 {
-        self.requests as f64 / self.duration_s
+    pub fn p99_us(&self) -> u64 {
+        self.tally.latency.value_at_quantile(0.99)
+    }
+
+    fn latency(&self) -> Vec<(&'static str, u64)> {
+        let h = &self.tally.latency;
+        let mut v: Vec<_> = QUANTILES
+            .iter()
+            .map(|(l, q)| (*l, h.value_at_quantile(*q)))
+            .collect();
+        v.push(("max", h.max()));
+        v
+    }
+
+    fn cpu_percent(&self, cpu_s: f64) -> f64 {
+        100.0 * cpu_s / self.seconds.max(1e-9)
     }
 
     pub fn text(&self) -> String {
         let mut s = String::new();
-        let server = match self.in_process_workers {
-            Some(w) => format!(" (in-process, {w} workers)"),
-            None => String::new(),
-        };
+        let (value, unit) = self.headline();
+        let t = &self.tally;
+        let _ = writeln!(s, "{} {}", self.workload, self.description);
+        let _ = writeln!(s, "  result      {value:.3} {unit}");
         let _ = writeln!(
             s,
-            "rr {}{server}: {} client threads, {}/{} connections x {} streams, {} B each way, \
-             {} s measured after {} s warm-up",
-            self.target,
-            self.client_threads,
-            self.connected,
-            self.connections,
-            self.streams,
-            self.size,
-            self.duration_s,
-            self.warmup_s,
+            "  operations  {} in {:.2} s, {} payload bytes, {} connections",
+            t.operations, self.seconds, t.bytes, t.connected
         );
+        let errors: Vec<String> = t.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(
             s,
-            "requests    {} ({:.1} req/s)",
-            self.requests,
-            self.requests_per_sec()
+            "  errors      {} ({})",
+            t.errors_total(),
+            errors.join(", ")
         );
-        let e = &self.errors;
-        let _ = writeln!(
-            s,
-            "errors      {} (connect {}, open {}, write {}, read {}, mismatch {}, timeout {})",
-            e.total(),
-            e.connect,
-            e.open,
-            e.write,
-            e.read,
-            e.mismatch,
-            e.timeout
-        );
-        if let Some(why) = &self.first_connect_error {
-            let _ = writeln!(s, "            first connect error: {why}");
+        if let Some(why) = &t.first_error {
+            let _ = writeln!(s, "              first: {why}");
         }
-        let lat: Vec<String> = self
-            .latency_us
-            .iter()
-            .map(|(l, v)| format!("{l} {v}"))
-            .collect();
-        let _ = writeln!(s, "latency us  {}", lat.join("  "));
-        if let Some(srv) = &self.server {
-            let _ = writeln!(
-                s,
-                "server      {} (whole run: handshakes and warm-up included)",
-                stats_text(srv)
-            );
+        if !t.latency.is_empty() {
+            let lat: Vec<String> = self
+                .latency()
+                .iter()
+                .map(|(l, v)| format!("{l} {v}"))
+                .collect();
+            let _ = writeln!(s, "  latency us  {}", lat.join("  "));
         }
-        let _ = writeln!(s, "client      {}", stats_text(&self.client));
+        let _ = write!(s, "  cpu         client {:.0}%", self.cpu_percent(t.cpu_s));
+        if let Some(c) = self.server_cpu_s {
+            let _ = write!(s, ", server {:.0}%", self.cpu_percent(c));
+        }
+        let _ = writeln!(s, " (100% = one core)");
+        let c = &t.client;
+        let _ = writeln!(
+            s,
+            "  client io   datagrams sent {} received {}, send calls {}",
+            c.datagrams_sent, c.datagrams_received, c.send_calls
+        );
         s
     }
 
-    /// One JSON object on one line. Every string is an address or a fixed label, except the
-    /// connect error, which is escaped.
     pub fn json(&self) -> String {
-        let e = &self.errors;
+        let (value, unit) = self.headline();
+        let t = &self.tally;
+        let errors: Vec<String> = t
+            .errors
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
         let latency: Vec<String> = self
-            .latency_us
+            .latency()
             .iter()
             .map(|(l, v)| format!("\"{l}\":{v}"))
             .collect();
-        let server = self.server.as_ref().map_or("null".into(), stats_json);
-        let workers = self
-            .in_process_workers
-            .map_or("null".into(), |w| w.to_string());
-        let connect_error = self
-            .first_connect_error
-            .as_deref()
-            .map_or("null".into(), json_string);
+        let server_cpu = self
+            .server_cpu_s
+            .map_or("null".into(), |c| format!("{:.1}", self.cpu_percent(c)));
+        let rss = self
+            .rss_per_connection
+            .map_or("null".into(), |r| format!("{r:.0}"));
         format!(
-            "{{\"scenario\":\"rr\",\"target\":\"{}\",\"in_process_workers\":{workers},\
-             \"client_threads\":{},\"connections\":{},\"connected\":{},\"streams\":{},\
-             \"size\":{},\"duration_s\":{},\"warmup_s\":{},\"requests\":{},\
-             \"requests_per_sec\":{:.1},\"errors\":{},\"errors_by_kind\":{{\"connect\":{},\
-             \"open\":{},\"write\":{},\"read\":{},\"mismatch\":{},\"timeout\":{}}},\
-             \"first_connect_error\":{connect_error},\"latency_us\":{{{}}},\"server\":{server},\
-             \"client\":{}}}",
-            self.target,
-            self.client_threads,
-            self.connections,
-            self.connected,
-            self.streams,
-            self.size,
-            self.duration_s,
-            self.warmup_s,
-            self.requests,
-            self.requests_per_sec(),
-            e.total(),
-            e.connect,
-            e.open,
-            e.write,
-            e.read,
-            e.mismatch,
-            e.timeout,
+            "{{\"workload\":\"{}\",\"description\":{},\"result\":{value:.3},\"unit\":\"{unit}\",\
+             \"operations\":{},\"seconds\":{:.3},\"bytes\":{},\"connections\":{},\"errors\":{{{}}},\
+             \"latency_us\":{{{}}},\"client_cpu_percent\":{:.1},\"server_cpu_percent\":{server_cpu},\
+             \"rss_per_connection\":{rss}}}",
+            self.workload,
+            json_string(&self.description),
+            t.operations,
+            self.seconds,
+            t.bytes,
+            t.connected,
+            errors.join(","),
             latency.join(","),
-            stats_json(&self.client),
+            self.cpu_percent(t.cpu_s),
         )
     }
 }
 
-fn stats_text(s: &WorkerStatsSnapshot) -> String {
-    format!(
-        "datagrams sent {}, received {}, send_calls {}",
-        s.datagrams_sent, s.datagrams_received, s.send_calls
-    )
-}
-
-fn stats_json(s: &WorkerStatsSnapshot) -> String {
-    format!(
-        "{{\"datagrams_sent\":{},\"datagrams_received\":{},\"send_calls\":{}}}",
-        s.datagrams_sent, s.datagrams_received, s.send_calls
-    )
-}
-
 /// A JSON string literal: quotes, backslashes and control characters escaped.
-fn json_string(s: &str) -> String {
+pub fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -196,4 +150,14 @@ fn json_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_string;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use alknet_proto::Fingerprint;
-use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+pub use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -249,6 +249,18 @@ pub fn client_crypto(
     alpns: Vec<Vec<u8>>,
     identity: Option<&TlsIdentity>,
 ) -> Result<Arc<QuicClientConfig>, TlsError> {
+    client_crypto_with_resumption(trust, alpns, identity, true)
+}
+
+/// [`client_crypto`], choosing whether sessions are resumed. Connections made with one
+/// returned config share its session cache, so with `resumption` the second handshake to a
+/// server is an abbreviated one.
+pub fn client_crypto_with_resumption(
+    trust: &ServerTrust,
+    alpns: Vec<Vec<u8>>,
+    identity: Option<&TlsIdentity>,
+    resumption: bool,
+) -> Result<Arc<QuicClientConfig>, TlsError> {
     let provider = crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -286,6 +298,9 @@ pub fn client_crypto(
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = alpns;
+    if !resumption {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
     let quic = QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
     Ok(Arc::new(quic))
 }

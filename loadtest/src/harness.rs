@@ -1,0 +1,332 @@
+//! What every workload shares: client threads (each with its own monoio runtime and client
+//! endpoint, as a server worker has), one measurement window for all of them, the tally
+//! of what they measured, and CPU accounting.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use alknet_runtime::rt::run_local;
+use alknet_runtime::tls::{client_crypto_with_resumption, QuicClientConfig, ServerTrust};
+use alknet_runtime::{
+    ClientEndpoint, Connection, Fingerprint, Limits, VarInt, WorkerStatsSnapshot,
+};
+use hdrhistogram::Histogram;
+
+/// A handshake slower than this counts as a failed connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connected thread waits for the others before giving up on the run.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for our CONNECTION_CLOSEs to go out at the end.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a waiting thread checks whether the run has started.
+const START_POLL: Duration = Duration::from_millis(1);
+/// Largest latency the histograms hold (µs); anything slower is clamped to it.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// Where the server is.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// TLS server name (the fingerprint is pinned, so it is not checked).
+    pub host: String,
+    pub fingerprint: Fingerprint,
+}
+
+/// When measuring starts and when everything stops. Set once by the main thread after
+/// every client thread is ready, so all threads measure the same window.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub measure_from: Instant,
+    pub end: Instant,
+}
+
+impl Schedule {
+    pub fn measuring(&self, t: Instant) -> bool {
+        t >= self.measure_from && t <= self.end
+    }
+}
+
+/// What one client thread (or, merged, the whole run) measured.
+pub struct Tally {
+    /// Latency in µs of each operation completed inside the window.
+    pub latency: Histogram<u64>,
+    /// Operations completed inside the window (requests, handshakes, transfers).
+    pub operations: u64,
+    /// Payload bytes moved by those operations.
+    pub bytes: u64,
+    /// Failures by kind ("connect", "open", "read", …).
+    pub errors: BTreeMap<&'static str, u64>,
+    pub connected: u64,
+    pub first_error: Option<String>,
+    /// CPU seconds the client threads spent inside the window.
+    pub cpu_s: f64,
+    pub client: WorkerStatsSnapshot,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("valid histogram bounds"),
+            operations: 0,
+            bytes: 0,
+            errors: BTreeMap::new(),
+            connected: 0,
+            first_error: None,
+            cpu_s: 0.0,
+            client: WorkerStatsSnapshot::default(),
+        }
+    }
+}
+
+impl Tally {
+    pub fn error(&mut self, kind: &'static str, why: impl FnOnce() -> String) {
+        *self.errors.entry(kind).or_default() += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(format!("{kind}: {}", why()));
+        }
+    }
+
+    pub fn record(&mut self, latency: Duration, bytes: u64) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency.saturating_record(us.max(1));
+        self.operations += 1;
+        self.bytes += bytes;
+    }
+
+    pub fn errors_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    pub fn merge(&mut self, o: Tally) {
+        self.latency
+            .add(&o.latency)
+            .expect("histograms share bounds");
+        self.operations += o.operations;
+        self.bytes += o.bytes;
+        for (k, v) in o.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        self.connected += o.connected;
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+        self.cpu_s += o.cpu_s;
+        self.client = self.client + o.client;
+    }
+}
+
+/// CPU time this thread has used.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The wildcard address of the target's family, so the kernel picks the route.
+pub fn unspecified_like(target: SocketAddr) -> SocketAddr {
+    match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
+}
+
+/// A client thread's view of the run, handed to the workload.
+pub struct ClientThread {
+    pub index: usize,
+    pub endpoint: ClientEndpoint,
+    pub target: Target,
+    pub crypto: Arc<QuicClientConfig>,
+}
+
+impl ClientThread {
+    /// Connects once; failures are tallied and return `None`.
+    pub async fn connect(&self, tally: &mut Tally) -> Option<Connection> {
+        let attempt =
+            self.endpoint
+                .connect(self.target.addr, &self.target.host, self.crypto.clone());
+        match monoio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(c)) => {
+                tally.connected += 1;
+                Some(c)
+            }
+            Ok(Err(e)) => {
+                tally.error("connect", || e.to_string());
+                None
+            }
+            Err(_) => {
+                tally.error("connect", || "handshake timed out".into());
+                None
+            }
+        }
+    }
+
+    /// Opens `n` connections concurrently (the endpoint's driver moves all handshakes).
+    pub async fn connect_many(&self, n: usize, tally: &mut Tally) -> Vec<Connection> {
+        let attempts: Vec<_> = (0..n)
+            .map(|_| {
+                let attempt =
+                    self.endpoint
+                        .connect(self.target.addr, &self.target.host, self.crypto.clone());
+                monoio::time::timeout(CONNECT_TIMEOUT, attempt)
+            })
+            .collect();
+        let mut conns = Vec::with_capacity(n);
+        for attempt in attempts {
+            match attempt.await {
+                Ok(Ok(c)) => conns.push(c),
+                Ok(Err(e)) => tally.error("connect", || e.to_string()),
+                Err(_) => tally.error("connect", || "handshake timed out".into()),
+            }
+        }
+        tally.connected += conns.len() as u64;
+        conns
+    }
+
+    /// Closes `conns` and waits (bounded) for the closes to reach the server.
+    pub async fn close_all(&self, conns: Vec<Connection>) {
+        for c in &conns {
+            c.close(VarInt::from_u32(0), b"load test done");
+        }
+        drop(conns);
+        let _ = monoio::time::timeout(CLOSE_TIMEOUT, self.endpoint.wait_idle()).await;
+    }
+}
+
+/// How the client side of a run is set up.
+#[derive(Debug, Clone)]
+pub struct ClientPlan {
+    pub target: Target,
+    pub alpn: Vec<u8>,
+    pub threads: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub resumption: bool,
+    pub keep_alive: Duration,
+}
+
+/// A workload's per-thread body: prepare (connect), signal readiness through `ready`, wait
+/// for the schedule with [`wait_for_start`], load, and return what it measured.
+pub trait Workload: Clone + Send + 'static {
+    fn run_thread(
+        self,
+        thread: ClientThread,
+        schedule: Arc<OnceLock<Schedule>>,
+        ready: mpsc::Sender<()>,
+    ) -> impl std::future::Future<Output = Tally>;
+}
+
+/// Runs `workload` on `plan.threads` client threads. `on_window` is called on the main
+/// thread with the schedule once it is set (to sample the server), and its result returned.
+pub fn run<W: Workload, S>(
+    plan: &ClientPlan,
+    workload: W,
+    on_window: impl FnOnce(Schedule) -> S,
+) -> (Tally, S) {
+    let schedule = Arc::new(OnceLock::new());
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let crypto = client_crypto_with_resumption(
+        &ServerTrust::Fingerprint(plan.target.fingerprint),
+        vec![plan.alpn.clone()],
+        None,
+        plan.resumption,
+    )
+    .expect("client TLS configuration");
+    let limits = Limits {
+        keep_alive_interval: plan.keep_alive,
+        ..Limits::default()
+    };
+    let threads: Vec<_> = (0..plan.threads)
+        .map(|index| {
+            let (workload, schedule, ready) =
+                (workload.clone(), schedule.clone(), ready_tx.clone());
+            let (target, crypto, limits) = (plan.target.clone(), crypto.clone(), limits.clone());
+            std::thread::Builder::new()
+                .name(format!("loadtest-c{index}"))
+                .spawn(move || {
+                    run_local(|_| async move {
+                        let endpoint =
+                            match ClientEndpoint::bind(unspecified_like(target.addr), &limits) {
+                                Ok(e) => e,
+                                Err(e) => {
+                                    let mut t = Tally::default();
+                                    t.error("connect", || format!("bind: {e}"));
+                                    return t;
+                                }
+                            };
+                        let thread = ClientThread {
+                            index,
+                            endpoint,
+                            target,
+                            crypto,
+                        };
+                        workload.run_thread(thread, schedule, ready).await
+                    })
+                    .unwrap_or_else(|e| {
+                        let mut t = Tally::default();
+                        t.error("runtime", || e.to_string());
+                        t
+                    })
+                })
+                .expect("spawn a client thread")
+        })
+        .collect();
+    drop(ready_tx);
+    // Every thread reports once it is ready (or drops its sender by dying).
+    let give_up = Instant::now() + CONNECT_TIMEOUT * 2;
+    for _ in 0..threads.len() {
+        if ready_rx
+            .recv_timeout(give_up.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
+            break;
+        }
+    }
+    let measure_from = Instant::now() + plan.warmup;
+    let sched = Schedule {
+        measure_from,
+        end: measure_from + plan.duration,
+    };
+    let _ = schedule.set(sched);
+    let sampled = on_window(sched);
+    let mut total = Tally::default();
+    for t in threads {
+        match t.join() {
+            Ok(o) => total.merge(o),
+            Err(_) => total.error("thread", || "a client thread panicked".into()),
+        }
+    }
+    (total, sampled)
+}
+
+/// Polls for the schedule the main thread sets once every thread is ready.
+pub async fn wait_for_start(schedule: &OnceLock<Schedule>) -> Option<Schedule> {
+    let give_up = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(s) = schedule.get() {
+            return Some(*s);
+        }
+        if Instant::now() >= give_up {
+            return None;
+        }
+        monoio::time::sleep(START_POLL).await;
+    }
+}
+
+/// Records this thread's CPU time over the window: spawn it when the schedule is known.
+pub async fn cpu_over_window(sched: Schedule) -> f64 {
+    monoio::time::sleep_until(monoio::time::Instant::from_std(sched.measure_from)).await;
+    let start = thread_cpu();
+    monoio::time::sleep_until(monoio::time::Instant::from_std(sched.end)).await;
+    (thread_cpu() - start).as_secs_f64()
+}
