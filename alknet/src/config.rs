@@ -23,6 +23,8 @@ workers = 0
 pin_workers = true
 # Server id carried in every connection ID (for a future QUIC-LB style balancer).
 server_id = 0
+# Let the kernel pick the worker from the QUIC connection ID (a reuseport BPF program).
+kernel_steering = true
 # Where the generated certificate lives. Default: $ALKNET_DATA_DIR, else
 # $XDG_DATA_HOME/alknet, else ~/.local/share/alknet.
 # data_dir = "/var/lib/alknet"
@@ -92,6 +94,8 @@ pub struct FileConfig {
     pub pin_workers: bool,
     #[serde(default)]
     pub server_id: u16,
+    #[serde(default = "yes")]
+    pub kernel_steering: bool,
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
     #[serde(default)]
@@ -226,6 +230,7 @@ impl FileConfig {
             limits: self.limits.clone(),
             tls,
             client_auth: self.tls.client_auth,
+            kernel_steering: self.kernel_steering,
         }
     }
 }

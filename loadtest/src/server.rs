@@ -163,6 +163,8 @@ pub fn serve(kind: Kind, workers: usize) -> Result<(), String> {
                 limits: Limits::default(),
                 tls: TlsIdentity::generate_self_signed(&[]).map_err(|e| e.to_string())?,
                 client_auth: ClientAuth::None,
+                // ALKNET_KERNEL_STEERING=0 measures the plain 4-tuple hash instead
+                kernel_steering: std::env::var("ALKNET_KERNEL_STEERING").map_or(true, |v| v != "0"),
             };
             let server = alknet_runtime::start(config, registry, Arc::new(NoIdentities))
                 .map_err(|e| e.to_string())?;

@@ -6,6 +6,7 @@
 
 pub mod cid;
 pub mod fingerprint;
+pub mod steering;
 
 pub use cid::{CidLayout, CidLayoutError, WorkerId, CID_LEN};
 pub use fingerprint::{Fingerprint, FingerprintParseError};

@@ -38,6 +38,11 @@ pub struct EngineConfig {
     pub limits: Limits,
     pub tls: TlsIdentity,
     pub client_auth: ClientAuth,
+    /// Let the kernel pick the worker from the connection ID (SO_ATTACH_REUSEPORT_CBPF):
+    /// connections spread over workers even from one client address, and migrated packets
+    /// reach their owner without a userspace hop. Without it (or where the kernel refuses
+    /// it) the kernel hashes the 4-tuple and stray datagrams are forwarded in userspace.
+    pub kernel_steering: bool,
 }
 
 /// Why a server could not start.
@@ -122,6 +127,16 @@ pub fn start(
     base_endpoint.max_udp_payload_size(config.limits.max_udp_payload_size)?;
 
     let sockets = bind_reuseport_group(config.listen, workers, config.limits.socket_buffer_size)?;
+    let steering = config.kernel_steering && workers > 1;
+    if steering {
+        let program = alknet_proto::steering::steering_program(&layout);
+        match crate::socket::attach_steering(&sockets[0], &program) {
+            Ok(()) => tracing::info!(workers, "kernel steers packets to workers by connection ID"),
+            Err(e) => tracing::warn!(
+                "kernel CID steering unavailable ({e}); using the 4-tuple hash and userspace forwarding"
+            ),
+        }
+    }
     let local_addr = sockets[0].local_addr().map_err(|source| BindError::Io {
         addr: config.listen,
         source,

@@ -79,6 +79,43 @@ pub fn bind_reuseport_group(
     Ok(out)
 }
 
+/// Attaches the CID steering program to the reuseport group of `socket` (all sockets of the
+/// group share it). Socket `i` of the group, in bind order, is worker `i`.
+pub fn attach_steering(
+    socket: &StdUdpSocket,
+    program: &[alknet_proto::steering::SockFilter],
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut filters: Vec<libc::sock_filter> = program
+        .iter()
+        .map(|f| libc::sock_filter {
+            code: f.code,
+            jt: f.jt,
+            jf: f.jf,
+            k: f.k,
+        })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filters.len()).map_err(|_| io::Error::other("BPF program too long"))?,
+        filter: filters.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `filters`, alive for the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            std::ptr::addr_of!(prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// A plain socket for a client endpoint (no reuseport group).
 pub fn bind_client(addr: SocketAddr, buffer: usize) -> io::Result<StdUdpSocket> {
     new_socket(addr, false, buffer).map(Into::into)

@@ -36,6 +36,7 @@ pub struct ServerOptions {
     pub handlers: Vec<Arc<dyn ProtocolHandler>>,
     pub provider: Arc<dyn IdentityProvider>,
     pub client_auth: ClientAuth,
+    pub kernel_steering: bool,
 }
 
 impl Default for ServerOptions {
@@ -46,6 +47,7 @@ impl Default for ServerOptions {
             handlers: vec![Arc::new(alknet_echo::EchoHandler)],
             provider: Arc::new(NoIdentities),
             client_auth: ClientAuth::Optional,
+            kernel_steering: true,
         }
     }
 }
@@ -66,6 +68,7 @@ pub fn start_server(opts: ServerOptions) -> ServerHandle {
         limits: opts.limits,
         tls,
         client_auth: opts.client_auth,
+        kernel_steering: opts.kernel_steering,
     };
     alknet_runtime::start(config, registry, opts.provider).expect("start server")
 }

@@ -1,12 +1,14 @@
 //! A client whose address changes mid-connection (NAT rebinding, migration) keeps its
-//! connection even when the kernel's SO_REUSEPORT hash now delivers its packets to
-//! another worker: the datagrams are forwarded to the worker named in the CID.
+//! connection. With kernel CID steering the kernel delivers its packets to the owning
+//! worker directly; without it the 4-tuple hash may pick another worker, which forwards
+//! the datagrams to the worker named in the CID.
 
 use alknet_tests::*;
 
-fn rebind_and_echo(workers: usize) -> u64 {
+fn rebind_and_echo(workers: usize, kernel_steering: bool) -> u64 {
     let server = start_server(ServerOptions {
         workers,
+        kernel_steering,
         ..Default::default()
     });
     run_client(|| async {
@@ -33,7 +35,7 @@ fn rebind_and_echo(workers: usize) -> u64 {
                 "echo after rebind {rebinds}"
             );
             let forwarded = server.total_stats().forwarded_out;
-            if workers == 1 || (forwarded > 0 && rebinds >= 3) {
+            if workers == 1 || kernel_steering && rebinds >= 8 || (forwarded > 0 && rebinds >= 3) {
                 break;
             }
         }
@@ -58,12 +60,58 @@ fn rebind_and_echo(workers: usize) -> u64 {
 }
 
 #[test]
-fn rebinding_client_survives_with_two_workers() {
-    let forwarded = rebind_and_echo(2);
+fn rebinding_client_survives_by_userspace_forwarding() {
+    let forwarded = rebind_and_echo(2, false);
     assert!(forwarded > 0, "no rebinding crossed workers");
 }
 
 #[test]
+fn rebinding_client_survives_by_kernel_steering_without_forwarding() {
+    // 8 rebindings: with the 4-tuple hash, all 8 would stay on the owner with p = 2^-8
+    assert_eq!(
+        rebind_and_echo(2, true),
+        0,
+        "the kernel should deliver to the owner"
+    );
+}
+
+#[test]
 fn rebinding_client_survives_with_one_worker() {
-    assert_eq!(rebind_and_echo(1), 0);
+    assert_eq!(rebind_and_echo(1, true), 0);
+}
+
+#[test]
+fn kernel_steering_spreads_connections_from_one_client_socket() {
+    let server = start_server(ServerOptions {
+        workers: 2,
+        ..Default::default()
+    });
+    run_client(|| async {
+        let endpoint = client_endpoint();
+        let mut conns = Vec::new();
+        for _ in 0..16 {
+            conns.push(
+                connect(&endpoint, &server, alknet_echo::ALPN)
+                    .await
+                    .expect("connect"),
+            );
+        }
+        // each connection lives on the worker its CIDs name, and all of them work
+        let data = payload(2, 1000);
+        for c in &conns {
+            assert_eq!(echo_roundtrip(c, data.clone()).await, sha256(&data));
+        }
+    });
+    let per_worker: Vec<u64> = server
+        .stats()
+        .iter()
+        .map(|s| s.connections_accepted)
+        .collect();
+    assert_eq!(per_worker.iter().sum::<u64>(), 16);
+    // all 16 on one worker: p = 2 * 2^-16 with the DCID hash; certain with the 4-tuple hash
+    assert!(
+        per_worker.iter().all(|n| *n > 0),
+        "connections per worker: {per_worker:?}"
+    );
+    assert_eq!(server.total_stats().forwarded_out, 0);
 }

@@ -1,0 +1,189 @@
+//! A small, fixed, deterministic workload whose instruction counts `callgrind-gate.sh` tracks.
+//!
+//! ```text
+//! alknet-workload handshake        # HANDSHAKES full handshakes, client and server
+//! alknet-workload datagrams        # DATAGRAMS request datagrams through the server path
+//! alknet-workload routing          # CID routing/encoding/minting and ALPN lookups
+//! alknet-workload write-identity DIR   # (re)generate the fixed certificate (see below)
+//! ```
+//!
+//! Each scenario does its setup first and then runs its measured part inside
+//! [`alknet_workload_measured`]; the gate runs callgrind with `--collect-atstart=no
+//! --toggle-collect=alknet_workload_measured`, so only that part is counted.
+//!
+//! What is fixed: the certificate (`benches/data/{cert,key}.pem`, generated once with
+//! `write-identity`, since generating one uses randomness), the endpoints' RNG seeds, the
+//! simulated clock, and every count below. What is not: TLS key shares, signature nonces and
+//! the random bytes of CIDs (`WorkerCidGenerator` uses `thread_rng`, as in production). They
+//! move the `handshake` count by up to ~0.04% run to run; `datagrams` moves by a couple of
+//! hundred instructions (glibc malloc state) and `routing` not at all. See the gate's header.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use alknet_benches::pair::{Load, Pair, PairConfig, WORKER};
+use alknet_proto::cid::{CidLayout, Route};
+use alknet_runtime::tls::TlsIdentity;
+use alknet_runtime::{
+    AlpnRegistry, AuthContext, Connection, HandlerError, LocalBoxFuture, ProtocolHandler,
+    WorkerCidGenerator,
+};
+use quinn_proto::ConnectionIdGenerator;
+
+/// Full handshakes in the `handshake` scenario.
+const HANDSHAKES: usize = 4;
+/// Request-sized (64-byte write) datagrams in the `datagrams` scenario.
+const DATAGRAMS: usize = 2000;
+const REQUEST_SIZE: usize = 64;
+/// Rounds of the `routing` scenario (each: two routes, an encode/decode, two ALPN lookups).
+const ROUTING_ROUNDS: u32 = 100_000;
+/// CIDs minted in the `routing` scenario.
+const CIDS_MINTED: usize = 10_000;
+
+const SCENARIOS: [&str; 3] = ["handshake", "datagrams", "routing"];
+
+/// Callgrind counts only what runs inside this function (`--toggle-collect`). Unmangled so
+/// the gate can name it; never inlined so it exists.
+#[no_mangle]
+#[inline(never)]
+fn alknet_workload_measured(f: &mut dyn FnMut()) {
+    f();
+}
+
+fn identity() -> TlsIdentity {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    TlsIdentity::from_pem_files(&dir.join("cert.pem"), &dir.join("key.pem"))
+        .expect("benches/data/cert.pem and key.pem (alknet-workload write-identity benches/data)")
+}
+
+fn handshake() {
+    let config = PairConfig::new(&identity());
+    let mut pairs = Vec::with_capacity(HANDSHAKES);
+    alknet_workload_measured(&mut || {
+        for _ in 0..HANDSHAKES {
+            let mut pair = Pair::new(&config);
+            pair.handshake();
+            pairs.push(pair);
+        }
+    });
+    assert!(pairs
+        .iter()
+        .all(|p| p.client.connected && p.server.connected));
+}
+
+fn datagrams() {
+    let config = PairConfig::new(&identity());
+    let mut pair = Pair::connected(&config);
+    let mut batch = pair.client_batch(DATAGRAMS, Load::Writes(REQUEST_SIZE));
+    let before = (pair.server.datagrams_to_conn, pair.server.bytes_read);
+    alknet_workload_measured(&mut || {
+        for d in batch.drain(..) {
+            pair.server.receive(d);
+        }
+    });
+    let s = &pair.server;
+    assert_eq!(s.foreign, 0);
+    assert_eq!(s.datagrams_to_conn - before.0, DATAGRAMS as u64);
+    assert_eq!(
+        s.bytes_read - before.1,
+        (DATAGRAMS * REQUEST_SIZE) as u64,
+        "the server read every request byte"
+    );
+}
+
+/// A handler that only has an ALPN.
+struct Named(&'static [u8]);
+
+impl ProtocolHandler for Named {
+    fn alpn(&self) -> &[u8] {
+        self.0
+    }
+
+    fn handle(
+        &self,
+        _conn: Connection,
+        _auth: AuthContext,
+    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The same seven ALPNs as the criterion bench `alpn_lookup_7`.
+const ALPNS: [&[u8]; 7] = [
+    b"alknet/echo",
+    b"h3",
+    b"alknet/ssh",
+    b"alknet/proxy",
+    b"doq",
+    b"alknet/files",
+    b"alknet/metrics",
+];
+
+fn routing() {
+    let layout = CidLayout::new(0x1234, 4).expect("valid layout");
+    let mut short = vec![0x40];
+    short.extend_from_slice(&layout.encode(1, [7; 5]));
+    short.resize(1200, 0xaa);
+    let mut initial = vec![0xc0, 0, 0, 0, 1, 16];
+    initial.extend_from_slice(&[0xee; 16]);
+    initial.resize(1200, 0);
+    let mut registry = AlpnRegistry::new();
+    for alpn in ALPNS {
+        registry
+            .register(Arc::new(Named(alpn)))
+            .expect("distinct ALPNs");
+    }
+    let last = ALPNS[ALPNS.len() - 1];
+    let miss: &[u8] = b"alknet/nope";
+    let mut generator = WorkerCidGenerator::new(layout, WORKER);
+
+    let mut routed = 0u32;
+    let mut decoded = 0u32;
+    let mut found = 0u32;
+    alknet_workload_measured(&mut || {
+        for i in 0..ROUTING_ROUNDS {
+            let l = black_box(&layout);
+            routed += u32::from(l.route(black_box(&short)) == Route::Worker(1));
+            routed += u32::from(l.route(black_box(&initial)) == Route::Local);
+            let [a, b, c, d] = i.to_le_bytes();
+            let cid = l.encode(black_box((i % 4) as u8), [a, b, c, d, 0x5a]);
+            decoded += u32::from(l.decode(black_box(&cid)).is_some());
+            found += u32::from(registry.lookup(black_box(last)).is_some());
+            found += u32::from(registry.lookup(black_box(miss)).is_some());
+        }
+        for _ in 0..CIDS_MINTED {
+            black_box(generator.generate_cid());
+        }
+    });
+    assert_eq!(routed, 2 * ROUTING_ROUNDS);
+    assert_eq!(decoded, ROUTING_ROUNDS);
+    assert_eq!(found, ROUTING_ROUNDS);
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["handshake"] => handshake(),
+        ["datagrams"] => datagrams(),
+        ["routing"] => routing(),
+        ["write-identity", dir] => match TlsIdentity::load_or_generate(Path::new(dir)) {
+            Ok((_, true)) => println!("wrote {dir}/cert.pem and {dir}/key.pem"),
+            Ok((_, false)) => println!("{dir} already holds an identity; left as is"),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        ["list"] => println!("{}", SCENARIOS.join("\n")),
+        _ => {
+            eprintln!(
+                "usage: alknet-workload {{{}|list|write-identity DIR}}",
+                SCENARIOS.join("|")
+            );
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
