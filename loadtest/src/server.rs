@@ -158,7 +158,9 @@ pub fn serve(kind: Kind, workers: usize) -> Result<(), String> {
             let config = EngineConfig {
                 listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
                 workers,
-                pin_workers: true,
+                // ALKNET_PIN_WORKERS=0: let the scheduler place workers (client and server
+                // share this machine's cores, unlike a production server)
+                pin_workers: std::env::var("ALKNET_PIN_WORKERS").map_or(true, |v| v != "0"),
                 server_id: 0,
                 limits: Limits::default(),
                 tls: TlsIdentity::generate_self_signed(&[]).map_err(|e| e.to_string())?,

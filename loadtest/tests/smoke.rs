@@ -1,0 +1,129 @@
+//! Smoke runs of every workload against both servers: a second or two, tiny sizes,
+//! asserting exact operation and byte counts and zero errors — never timings.
+
+use std::process::Command;
+
+fn loadtest(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_alknet-loadtest"))
+        .args(args)
+        .output()
+        .expect("run alknet-loadtest");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "alknet-loadtest {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The number after `"key":` in a one-line JSON summary.
+fn field(json: &str, key: &str) -> u64 {
+    let pat = format!("\"{key}\":");
+    let start = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("{key} missing in {json}"))
+        + pat.len();
+    let digits: String = json[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a count in {json}"))
+}
+
+fn run(workload: &str, target: &str, extra: &[&str]) -> String {
+    let mut args = vec![workload, "--target", target, "--warmup", "0", "--json"];
+    // bulk passes its own --duration (the longest a transfer may take)
+    if !extra.contains(&"--duration") {
+        args.extend_from_slice(&["--duration", "1"]);
+    }
+    args.extend_from_slice(extra);
+    let json = loadtest(&args);
+    assert!(json.contains("\"errors\":{}"), "errors in {json}");
+    json
+}
+
+#[test]
+fn rr_moves_exact_bytes_on_both_servers() {
+    for target in ["alknet", "quinn"] {
+        let json = run(
+            "rr",
+            target,
+            &["--connections", "2", "--streams", "4", "--size", "100"],
+        );
+        let ops = field(&json, "operations");
+        assert!(ops > 0, "{json}");
+        assert_eq!(field(&json, "bytes"), ops * 200, "{json}");
+        assert_eq!(field(&json, "connections"), 2);
+    }
+}
+
+#[test]
+fn bulk_moves_exact_bytes_both_ways_on_both_servers() {
+    for target in ["alknet", "quinn"] {
+        for direction in ["download", "upload"] {
+            let json = run(
+                "bulk",
+                target,
+                &[
+                    "--connections",
+                    "2",
+                    "--bytes",
+                    "3000001",
+                    "--direction",
+                    direction,
+                    "--duration",
+                    "30",
+                ],
+            );
+            assert_eq!(field(&json, "operations"), 2, "{json}");
+            assert_eq!(field(&json, "bytes"), 6_000_002, "{json}");
+        }
+    }
+}
+
+#[test]
+fn handshake_and_idle_complete_on_both_servers() {
+    for target in ["alknet", "quinn"] {
+        let json = run("handshake", target, &["--connections", "2"]);
+        let ops = field(&json, "operations");
+        assert!(ops > 0, "{json}");
+        // one 1-byte exchange per handshake
+        assert_eq!(field(&json, "bytes"), ops, "{json}");
+        assert_eq!(field(&json, "connections"), ops, "{json}");
+        let json = run("handshake", target, &["--connections", "2", "--resumption"]);
+        assert!(field(&json, "operations") > 0, "{json}");
+
+        let json = run("idle", target, &["--connections", "50"]);
+        assert_eq!(field(&json, "operations"), 50, "{json}");
+        assert!(json.contains("\"rss_per_connection\":"), "{json}");
+    }
+}
+
+#[test]
+fn compare_prints_a_ratio() {
+    let out = loadtest(&[
+        "compare",
+        "--workload",
+        "rr",
+        "--rounds",
+        "1",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--streams",
+        "2",
+    ]);
+    assert!(out.contains("ratio alknet/quinn"), "{out}");
+}
+
+#[test]
+fn probe_reports_all_three_limits() {
+    let out = loadtest(&["probe", "--seconds", "1"]);
+    for needle in ["GSO x", "one datagram per send", "aes-128-gcm"] {
+        assert!(out.contains(needle), "{needle} missing:\n{out}");
+    }
+}
