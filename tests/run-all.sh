@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test of the project: unit, integration and real-client interop tests, builds
-# the benchmarks and the fuzz targets (with a short smoke run). Installs what a fresh
-# machine lacks. `.ci/run` calls exactly this.
+# Runs every test of the project: unit, integration and real-client interop tests, the
+# load-test smoke runs, builds the benchmarks, runs the callgrind instruction-count gate,
+# and builds the fuzz targets (with a short smoke run). Installs what a fresh machine
+# lacks. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real clients the suite drives (independent implementations, not ours).
+if ! command -v valgrind >/dev/null; then
+    apt-get update -q && apt-get install -y -q valgrind
+fi
 if ! python3 -c 'import aioquic' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
@@ -22,6 +26,8 @@ fi
 ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle
 cargo test --workspace --doc --quiet
 cargo bench --workspace --no-run --quiet
+# Instruction-count regression gate (enforced on the machine kind of the baseline).
+bash benches/callgrind-gate.sh
 if [ -f fuzz/build.sh ]; then
     bash fuzz/build.sh --smoke
 fi
