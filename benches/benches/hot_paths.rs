@@ -3,13 +3,10 @@
 //! ALPN, and minting CIDs for quinn-proto.
 
 use std::hint::black_box;
-use std::sync::Arc;
 
+use alknet_benches::alpn::{registry, ALPNS};
 use alknet_proto::cid::{CidLayout, Route, CID_LEN};
-use alknet_runtime::{
-    AlpnRegistry, AuthContext, Connection, HandlerError, LocalBoxFuture, ProtocolHandler,
-    WorkerCidGenerator,
-};
+use alknet_runtime::WorkerCidGenerator;
 use criterion::{criterion_group, criterion_main, Criterion};
 use quinn_proto::ConnectionIdGenerator;
 
@@ -66,42 +63,6 @@ fn bench_encode_decode(c: &mut Criterion) {
             l.decode(black_box(&cid))
         })
     });
-}
-
-/// A handler that only has an ALPN: lookup never calls `handle`.
-struct Named(&'static [u8]);
-
-impl ProtocolHandler for Named {
-    fn alpn(&self) -> &[u8] {
-        self.0
-    }
-
-    fn handle(
-        &self,
-        _conn: Connection,
-        _auth: AuthContext,
-    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
-        Box::pin(async { Ok(()) })
-    }
-}
-
-/// Seven ALPNs of realistic lengths; the last one is the worst case for a linear scan.
-const ALPNS: [&[u8]; 7] = [
-    b"alknet/echo",
-    b"h3",
-    b"alknet/ssh",
-    b"alknet/proxy",
-    b"doq",
-    b"alknet/files",
-    b"alknet/metrics",
-];
-
-fn registry() -> AlpnRegistry {
-    let mut r = AlpnRegistry::new();
-    for alpn in ALPNS {
-        r.register(Arc::new(Named(alpn))).expect("distinct ALPNs");
-    }
-    r
 }
 
 fn bench_alpn_lookup(c: &mut Criterion) {

@@ -4,4 +4,5 @@
 //! `callgrind-gate.sh`) in `src/bin/`. Both drive the server's packet path through
 //! [`pair`], an in-memory server worker and client.
 
+pub mod alpn;
 pub mod pair;

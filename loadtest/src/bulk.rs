@@ -10,7 +10,7 @@ use std::time::Instant;
 use alknet_runtime::Connection;
 use bytes::Bytes;
 
-use crate::harness::{thread_cpu, wait_for_start, ClientThread, Schedule, Tally, Workload};
+use crate::harness::{thread_cpu, ClientThread, Schedule, Tally, Workload};
 use crate::rr::split;
 
 /// Upload data is slices of one buffer, written without copying.
@@ -48,9 +48,10 @@ impl Workload for Bulk {
     ) -> Tally {
         let mut tally = Tally::default();
         let n = self.connections.get(thread.index).copied().unwrap_or(0);
-        let conns = thread.connect_many(n, &mut tally).await;
-        let _ = ready.send(());
-        if let Some(sched) = wait_for_start(&schedule).await {
+        let (conns, start) = thread
+            .connect_then_start(n, &schedule, ready, &mut tally)
+            .await;
+        if let Some(sched) = start {
             // bulk measures until its transfers end, not over a fixed window
             monoio::time::sleep_until(monoio::time::Instant::from_std(sched.measure_from)).await;
             let cpu_start = thread_cpu();

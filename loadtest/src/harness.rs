@@ -193,6 +193,20 @@ impl ClientThread {
         conns
     }
 
+    /// The common prologue: open this thread's `n` connections, report ready, and wait for
+    /// the main thread's schedule (`None` if the run never starts).
+    pub async fn connect_then_start(
+        &self,
+        n: usize,
+        schedule: &OnceLock<Schedule>,
+        ready: mpsc::Sender<()>,
+        tally: &mut Tally,
+    ) -> (Vec<Connection>, Option<Schedule>) {
+        let conns = self.connect_many(n, tally).await;
+        let _ = ready.send(());
+        (conns, wait_for_start(schedule).await)
+    }
+
     /// Closes `conns` and waits (bounded) for the closes to reach the server.
     pub async fn close_all(&self, conns: Vec<Connection>) {
         for c in &conns {

@@ -4,7 +4,7 @@
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 
-use crate::harness::{wait_for_start, ClientThread, Schedule, Tally, Workload};
+use crate::harness::{ClientThread, Schedule, Tally, Workload};
 use crate::rr::split;
 
 #[derive(Debug, Clone)]
@@ -29,9 +29,10 @@ impl Workload for Idle {
     ) -> Tally {
         let mut tally = Tally::default();
         let n = self.connections.get(thread.index).copied().unwrap_or(0);
-        let conns = thread.connect_many(n, &mut tally).await;
-        let _ = ready.send(());
-        if let Some(sched) = wait_for_start(&schedule).await {
+        let (conns, start) = thread
+            .connect_then_start(n, &schedule, ready, &mut tally)
+            .await;
+        if let Some(sched) = start {
             // hold them, untouched, until the end of the window
             monoio::time::sleep_until(monoio::time::Instant::from_std(sched.end)).await;
             tally.operations = conns.iter().filter(|c| c.close_reason().is_none()).count() as u64;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use alknet_runtime::{Connection, ReadToEndError};
 use bytes::Bytes;
 
-use crate::harness::{cpu_over_window, wait_for_start, ClientThread, Schedule, Tally, Workload};
+use crate::harness::{cpu_over_window, ClientThread, Schedule, Tally, Workload};
 
 /// A request slower than this counts as an error (rather than stalling its loop).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,9 +54,10 @@ impl Workload for Rr {
     ) -> Tally {
         let mut tally = Tally::default();
         let n = self.connections.get(thread.index).copied().unwrap_or(0);
-        let conns = thread.connect_many(n, &mut tally).await;
-        let _ = ready.send(());
-        if let Some(sched) = wait_for_start(&schedule).await {
+        let (conns, start) = thread
+            .connect_then_start(n, &schedule, ready, &mut tally)
+            .await;
+        if let Some(sched) = start {
             let cpu = monoio::spawn(cpu_over_window(sched));
             let shared = Rc::new(RefCell::new(tally));
             let mut loops = Vec::new();

@@ -21,15 +21,12 @@
 use std::hint::black_box;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
+use alknet_benches::alpn::{self, ALPNS};
 use alknet_benches::pair::{Load, Pair, PairConfig, WORKER};
 use alknet_proto::cid::{CidLayout, Route};
 use alknet_runtime::tls::TlsIdentity;
-use alknet_runtime::{
-    AlpnRegistry, AuthContext, Connection, HandlerError, LocalBoxFuture, ProtocolHandler,
-    WorkerCidGenerator,
-};
+use alknet_runtime::WorkerCidGenerator;
 use quinn_proto::ConnectionIdGenerator;
 
 /// Full handshakes in the `handshake` scenario.
@@ -93,34 +90,6 @@ fn datagrams() {
     );
 }
 
-/// A handler that only has an ALPN.
-struct Named(&'static [u8]);
-
-impl ProtocolHandler for Named {
-    fn alpn(&self) -> &[u8] {
-        self.0
-    }
-
-    fn handle(
-        &self,
-        _conn: Connection,
-        _auth: AuthContext,
-    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
-        Box::pin(async { Ok(()) })
-    }
-}
-
-/// The same seven ALPNs as the criterion bench `alpn_lookup_7`.
-const ALPNS: [&[u8]; 7] = [
-    b"alknet/echo",
-    b"h3",
-    b"alknet/ssh",
-    b"alknet/proxy",
-    b"doq",
-    b"alknet/files",
-    b"alknet/metrics",
-];
-
 fn routing() {
     let layout = CidLayout::new(0x1234, 4).expect("valid layout");
     let mut short = vec![0x40];
@@ -129,12 +98,7 @@ fn routing() {
     let mut initial = vec![0xc0, 0, 0, 0, 1, 16];
     initial.extend_from_slice(&[0xee; 16]);
     initial.resize(1200, 0);
-    let mut registry = AlpnRegistry::new();
-    for alpn in ALPNS {
-        registry
-            .register(Arc::new(Named(alpn)))
-            .expect("distinct ALPNs");
-    }
+    let registry = alpn::registry();
     let last = ALPNS[ALPNS.len() - 1];
     let miss: &[u8] = b"alknet/nope";
     let mut generator = WorkerCidGenerator::new(layout, WORKER);
