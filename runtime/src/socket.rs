@@ -43,6 +43,25 @@ fn new_socket(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<S
     Ok(s)
 }
 
+/// Says so when the kernel granted smaller socket buffers than `socket_buffer_size` asked
+/// for (it caps them at net.core.rmem_max / wmem_max), since bursts beyond them are dropped.
+fn warn_if_buffers_capped(s: &Socket, requested: usize) {
+    if requested == 0 {
+        return;
+    }
+    // Linux reports twice the usable size it granted (it reserves half for bookkeeping)
+    let granted = |r: io::Result<usize>| r.map_or(0, |n| n / 2);
+    let (recv, send) = (granted(s.recv_buffer_size()), granted(s.send_buffer_size()));
+    if recv < requested || send < requested {
+        tracing::info!(
+            requested,
+            recv,
+            send,
+            "socket buffers capped by the kernel; raise net.core.rmem_max/wmem_max to get them"
+        );
+    }
+}
+
 /// Binds `count` sockets with SO_REUSEPORT on `addr` (all on the port the first one got, if
 /// `addr` has port 0).
 ///
@@ -63,6 +82,7 @@ pub fn bind_reuseport_group(
         }
     }
     let first = new_socket(addr, true, buffer).map_err(io_err(addr))?;
+    warn_if_buffers_capped(&first, buffer);
     let bound = first
         .local_addr()
         .ok()
