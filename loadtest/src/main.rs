@@ -269,8 +269,9 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
     };
     let rss_before = pid.and_then(server::rss_bytes);
     let windowed = workload != WorkloadKind::Bulk;
+    let warmup = plan.warmup;
     let sample = |sched: Schedule| {
-        wait_with_progress(sched.measure_from, sched.measure_from, "warm-up");
+        wait_with_progress(sched.measure_from, sched.measure_from - warmup, "warm-up");
         let at_start = (
             pid.and_then(server::cpu_seconds),
             pid.and_then(server::rss_bytes),
@@ -278,13 +279,9 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         if windowed {
             wait_with_progress(sched.end, sched.measure_from, workload_name(workload));
         }
-        (
-            at_start,
-            Instant::now().max(sched.measure_from),
-            sched.measure_from,
-        )
+        (at_start, sched.measure_from)
     };
-    let (tally, ((cpu0, rss_window), _, measure_from)) = match workload {
+    let (tally, ((cpu0, rss_window), measure_from)) = match workload {
         WorkloadKind::Rr => harness::run(
             &plan,
             rr::Rr::new(

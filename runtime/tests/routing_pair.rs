@@ -813,14 +813,13 @@ fn migrated_client_is_forwarded_to_owner_and_survives() {
     assert_eq!(sim.server_conn().1.lost, None, "server connection is open");
 }
 
-#[test]
-fn without_forwarding_the_wrong_worker_resets_the_connection() {
-    // Worker endpoints here use quinn-proto's permissive default `validate`, i.e. what a
-    // runtime without forwarding *and* without `WorkerCidGenerator::validate` would do. (With
-    // the runtime's generator the packet is dropped instead; see the next test.)
+/// Handshake and one exchange via worker 0, then the client moves to an address the
+/// kernel hashes to worker 1 and sends again, with forwarding off; runs until the client's
+/// connection ends. Returns the simulation and the client's old address.
+fn migrate_without_forwarding(validation: CidValidation) -> (Sim, SocketAddr) {
     let old = client_addr(40_000, 0);
     let new = client_addr(40_001, 1);
-    let mut sim = Sim::new(old, Forwarding::Off, CidValidation::AcceptAny);
+    let mut sim = Sim::new(old, Forwarding::Off, validation);
     sim.handshake();
     let first = payload(2_000, 1);
     assert_eq!(sim.exchange(first.clone()), reply_to(&first));
@@ -830,6 +829,15 @@ fn without_forwarding_the_wrong_worker_resets_the_connection() {
     sim.run_until("client sees the connection end", |s| {
         s.client.lost.is_some()
     });
+    (sim, old)
+}
+
+#[test]
+fn without_forwarding_the_wrong_worker_resets_the_connection() {
+    // Worker endpoints here use quinn-proto's permissive default `validate`, i.e. what a
+    // runtime without forwarding *and* without `WorkerCidGenerator::validate` would do. (With
+    // the runtime's generator the packet is dropped instead; see the next test.)
+    let (mut sim, old) = migrate_without_forwarding(CidValidation::AcceptAny);
 
     assert!(
         sim.workers[1].responses >= 1,
@@ -856,18 +864,7 @@ fn without_forwarding_the_runtime_generator_blackholes_the_migrated_client() {
     // The runtime's `WorkerCidGenerator::validate` rejects CIDs naming another worker, so
     // without forwarding worker 1 drops the migrated client's packets silently: no reset,
     // but the connection is cut off until it idles out.
-    let old = client_addr(40_000, 0);
-    let new = client_addr(40_001, 1);
-    let mut sim = Sim::new(old, Forwarding::Off, CidValidation::Runtime);
-    sim.handshake();
-    let first = payload(2_000, 1);
-    assert_eq!(sim.exchange(first.clone()), reply_to(&first));
-
-    sim.rebind(new);
-    sim.send_request(payload(2_000, 2));
-    sim.run_until("client sees the connection end", |s| {
-        s.client.lost.is_some()
-    });
+    let (mut sim, old) = migrate_without_forwarding(CidValidation::Runtime);
 
     assert_eq!(sim.workers[1].responses, 0, "no stateless reset was sent");
     assert!(
