@@ -5,7 +5,7 @@
 #
 # What it does
 #   1. cargo build --release -p alknet-benches --bin alknet-workload
-#   2. runs each scenario of that fixed workload (handshake, datagrams, routing) under
+#   2. runs each scenario of that fixed workload (handshake, datagrams, routing, framing) under
 #      valgrind --tool=callgrind, counting only the measured part of the scenario
 #      (--collect-atstart=no --toggle-collect=alknet_workload_measured; setup such as
 #      certificate loading and pre-generating client datagrams is not counted)
@@ -19,7 +19,7 @@
 #   benches/callgrind-gate.sh [--threshold PCT] [--update] [--out DIR] [SCENARIO...]
 #
 # Determinism (measured on the machine that wrote the baseline, runs of one binary)
-#   routing: identical counts run to run.
+#   routing, framing: identical counts run to run.
 #   datagrams: within ~250 instructions of 17M (0.002%); the difference is in glibc malloc
 #   (free-list state), not in quinn-proto.
 #   handshake: within ~0.04% (TLS key shares, signature nonces and CIDs are random).
@@ -49,7 +49,7 @@ baseline="$here/callgrind-baseline.txt"
 threshold=2
 update=0
 out="${TMPDIR:-/tmp}/alknet-callgrind"
-all_scenarios=(handshake datagrams routing)
+all_scenarios=(handshake datagrams routing framing)
 scenarios=()
 
 usage() {

@@ -4,6 +4,7 @@
 //! proportional to what a peer claims. Every parser a peer can reach has a fuzz target in
 //! `fuzz/`.
 
+pub mod call;
 pub mod cid;
 pub mod fingerprint;
 pub mod steering;

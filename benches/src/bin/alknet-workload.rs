@@ -4,6 +4,7 @@
 //! alknet-workload handshake        # HANDSHAKES full handshakes, client and server
 //! alknet-workload datagrams        # DATAGRAMS request datagrams through the server path
 //! alknet-workload routing          # CID routing/encoding/minting and ALPN lookups
+//! alknet-workload framing          # alknet/call frames: encode, split, decode
 //! alknet-workload write-identity DIR   # (re)generate the fixed certificate (see below)
 //! ```
 //!
@@ -17,6 +18,7 @@
 //! the random bytes of CIDs (`WorkerCidGenerator` uses `thread_rng`, as in production). They
 //! move the `handshake` count by up to ~0.04% run to run; `datagrams` moves by a couple of
 //! hundred instructions (glibc malloc state) and `routing` not at all. See the gate's header.
+//! `framing` is deterministic too (simd-json picks its SIMD code by CPU, like ring).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -24,10 +26,13 @@ use std::process::ExitCode;
 
 use alknet_benches::alpn::{self, ALPNS};
 use alknet_benches::pair::{Load, Pair, PairConfig, WORKER};
+use alknet_proto::call::{EventEnvelope, EventType, Frame, FrameDecoder, DEFAULT_MAX_FRAME_SIZE};
 use alknet_proto::cid::{CidLayout, Route};
 use alknet_runtime::tls::TlsIdentity;
 use alknet_runtime::WorkerCidGenerator;
+use bytes::BytesMut;
 use quinn_proto::ConnectionIdGenerator;
+use serde_json::json;
 
 /// Full handshakes in the `handshake` scenario.
 const HANDSHAKES: usize = 4;
@@ -39,7 +44,14 @@ const ROUTING_ROUNDS: u32 = 100_000;
 /// CIDs minted in the `routing` scenario.
 const CIDS_MINTED: usize = 10_000;
 
-const SCENARIOS: [&str; 3] = ["handshake", "datagrams", "routing"];
+/// `framing`: small (~64-byte payload) and large (~4 KiB payload) `call.requested` frames,
+/// encoded into one stream, then pushed through a `FrameDecoder` in QUIC-sized chunks and
+/// every body decoded.
+const FRAMES_SMALL: usize = 2000;
+const FRAMES_LARGE: usize = 100;
+const FRAMING_CHUNK: usize = 1200;
+
+const SCENARIOS: [&str; 4] = ["handshake", "datagrams", "routing", "framing"];
 
 /// Callgrind counts only what runs inside this function (`--toggle-collect`). Unmangled so
 /// the gate can name it; never inlined so it exists.
@@ -126,12 +138,67 @@ fn routing() {
     assert_eq!(found, ROUTING_ROUNDS);
 }
 
+/// A `call.requested` with `items` small objects in its arguments (0: a ~60-byte payload,
+/// 55: ~4 KiB); the same shape as the `framing` criterion bench.
+fn call_requested(i: usize, items: usize) -> EventEnvelope {
+    let list: Vec<_> = (0..items)
+        .map(|j| json!({"id": j, "name": format!("item-{j}"), "tags": ["a", "b"], "score": 0.5}))
+        .collect();
+    let mut payload = json!({"method": "kv.get", "args": {"key": "user:1234", "limit": 10}});
+    if items > 0 {
+        payload["args"]["items"] = json!(list);
+    }
+    EventEnvelope::new(
+        EventType::CallRequested,
+        Some(format!("req-{i:08}")),
+        payload,
+    )
+}
+
+fn framing() {
+    let envelopes: Vec<_> = (0..FRAMES_SMALL + FRAMES_LARGE)
+        .map(|i| call_requested(i, if i % 21 == 20 { 55 } else { 0 }))
+        .collect();
+    let mut stream = BytesMut::new();
+    let mut decoded = Vec::with_capacity(envelopes.len());
+    let mut frames = 0usize;
+    alknet_workload_measured(&mut || {
+        for env in &envelopes {
+            env.encode_into(&mut stream).expect("encode");
+        }
+        let stream = stream.split().freeze();
+        let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_SIZE);
+        for at in (0..stream.len()).step_by(FRAMING_CHUNK) {
+            decoder.push(stream.slice(at..stream.len().min(at + FRAMING_CHUNK)));
+            while let Some(frame) = decoder.next_frame() {
+                frames += 1;
+                if let Frame::Body(mut body) = frame {
+                    decoded.push(EventEnvelope::decode(&mut body).expect("decode"));
+                }
+            }
+        }
+    });
+    assert_eq!(frames, envelopes.len());
+    assert_eq!(
+        decoded, envelopes,
+        "every frame decoded back to what was encoded"
+    );
+    assert_eq!(
+        envelopes
+            .iter()
+            .filter(|e| e.payload["args"]["items"].is_array())
+            .count(),
+        FRAMES_LARGE
+    );
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["handshake"] => handshake(),
         ["datagrams"] => datagrams(),
         ["routing"] => routing(),
+        ["framing"] => framing(),
         ["write-identity", dir] => match TlsIdentity::load_or_generate(Path::new(dir)) {
             Ok((_, true)) => println!("wrote {dir}/cert.pem and {dir}/key.pem"),
             Ok((_, false)) => println!("{dir} already holds an identity; left as is"),
