@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use alknet_peers::SqlitePeerStore;
 use alknet_runtime::tls::{ClientAuth, TlsIdentity};
 use alknet_runtime::{
-    AlpnRegistry, ConfigIdentityProvider, EngineConfig, IdentityEntry, Limits, ProtocolHandler,
-    DEFAULT_LISTEN,
+    AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, EngineConfig, IdentityEntry,
+    IdentityProvider, Limits, ProtocolHandler, DEFAULT_LISTEN,
 };
 use serde::Deserialize;
 
@@ -56,6 +57,13 @@ datagram_send_buffer = 1048576
 shutdown_timeout_ms = 10000
 inbox_capacity = 4096
 socket_buffer_size = 8388608
+
+[identity]
+# The SQLite peer store managed with `alknet peer add|list|remove`, asked after the
+# [[identities]] below. Created (mode 0600) at start if missing.
+sqlite = true
+# Default: peers.db in data_dir.
+# peers_db = "/var/lib/alknet/peers.db"
 
 # Identities for client certificates (by SHA-256 fingerprint) and tokens.
 # [[identities]]
@@ -106,6 +114,29 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default)]
     pub identities: Vec<IdentityEntry>,
+    #[serde(default)]
+    pub identity: IdentitySection,
+}
+
+/// `[identity]`: the SQLite peer store (the `[[identities]]` list is the config adapter).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    /// The peer database; default `peers.db` in the data directory.
+    #[serde(default)]
+    pub peers_db: Option<PathBuf>,
+    /// Whether the server resolves identities from the peer database too.
+    #[serde(default = "yes")]
+    pub sqlite: bool,
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        Self {
+            peers_db: None,
+            sqlite: true,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,9 +231,28 @@ impl FileConfig {
         Ok(registry)
     }
 
-    pub fn identity_provider(&self) -> Result<ConfigIdentityProvider, ConfigError> {
-        ConfigIdentityProvider::new(&self.identities)
-            .map_err(|e| ConfigError::Invalid(format!("identities: {e}")))
+    /// The identity providers: `[[identities]]` first, then the peer database when
+    /// `identity.sqlite` is on (opened, and created if missing, now).
+    pub fn identity_provider(&self) -> Result<Arc<dyn IdentityProvider>, ConfigError> {
+        let from_config = ConfigIdentityProvider::new(&self.identities)
+            .map_err(|e| ConfigError::Invalid(format!("identities: {e}")))?;
+        if !self.identity.sqlite {
+            return Ok(Arc::new(from_config));
+        }
+        let store = SqlitePeerStore::open(self.peers_db())
+            .map_err(|e| ConfigError::Invalid(format!("identity: {e}")))?;
+        Ok(Arc::new(ChainedIdentityProvider::new(vec![
+            Arc::new(from_config),
+            Arc::new(store),
+        ])))
+    }
+
+    /// The peer database: `identity.peers_db`, else `peers.db` in the data directory.
+    pub fn peers_db(&self) -> PathBuf {
+        self.identity
+            .peers_db
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("peers.db"))
     }
 
     /// The TLS identity: the configured PEM files, or the generated one in the data
@@ -284,5 +334,61 @@ mod tests {
         assert!(e.to_string().contains("nope"), "{e}");
         let cfg = FileConfig::parse("[tls]\ncert = \"/x\"", "x.toml").expect("parses");
         assert!(cfg.tls_identity().is_err());
+    }
+
+    #[test]
+    fn identity_config_chains_the_peer_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let default = FileConfig::load(None).expect("default config");
+        assert!(default.identity.sqlite);
+        assert_eq!(default.identity.peers_db, None);
+
+        let text = format!(
+            "data_dir = {:?}\n[[identities]]\nname = \"alice\"\ntokens = [\"t1\", \"both\"]\n\
+             scopes = [\"echo\"]\n",
+            dir.path()
+        );
+        let cfg = FileConfig::parse(&text, "x.toml").expect("parses");
+        assert_eq!(cfg.peers_db(), dir.path().join("peers.db"));
+        let provider = cfg.identity_provider().expect("provider");
+        let store = SqlitePeerStore::open(dir.path().join("peers.db")).expect("created at start");
+        store
+            .add(&alknet_peers::NewPeer {
+                name: "bob".into(),
+                tokens: vec!["t2".into(), "both".into()],
+                scopes: vec!["call".into()],
+                ..Default::default()
+            })
+            .expect("add bob");
+        let name = |t: &str| provider.resolve_from_token(t).map(|i| i.name);
+        assert_eq!(name("t1").as_deref(), Some("alice"));
+        assert_eq!(
+            name("t2").as_deref(),
+            Some("bob"),
+            "added after start, seen"
+        );
+        assert_eq!(name("both").as_deref(), Some("alice"), "config file first");
+        assert_eq!(name("t3"), None);
+
+        let off = dir.path().join("off.db");
+        let text = format!("[identity]\nsqlite = false\npeers_db = {off:?}\n");
+        let cfg = FileConfig::parse(&text, "x.toml").expect("parses");
+        assert_eq!(cfg.peers_db(), off);
+        let provider = cfg.identity_provider().expect("provider");
+        assert_eq!(provider.resolve_from_token("t2"), None);
+        assert!(!off.exists());
+
+        let blocked = dir.path().join("peers.db").join("x.db");
+        let text = format!("[identity]\npeers_db = {blocked:?}\n");
+        let cfg = FileConfig::parse(&text, "x.toml").expect("parses");
+        let Err(e) = cfg.identity_provider() else {
+            panic!("{} opened", blocked.display());
+        };
+        assert!(
+            e.to_string().contains(&blocked.display().to_string()),
+            "{e}"
+        );
+        let e = FileConfig::parse("[identity]\nsqlit = true", "x.toml").expect_err("typo");
+        assert!(e.to_string().contains("sqlit"), "{e}");
     }
 }

@@ -2,10 +2,10 @@
 
 mod config;
 mod connect;
+mod peer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -52,6 +52,9 @@ enum Command {
     },
     /// Print the default configuration file
     Config,
+    /// Manage the peers of the SQLite identity store (names, certificate fingerprints,
+    /// tokens, scopes)
+    Peer(peer::PeerArgs),
 }
 
 fn init_logging(default: &str) {
@@ -101,6 +104,10 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULT_CONFIG);
             ExitCode::SUCCESS
         }
+        Command::Peer(args) => {
+            init_logging("warn");
+            peer::run(args)
+        }
     }
 }
 
@@ -140,7 +147,7 @@ fn serve(
     }
     let prepared = (|| -> Result<_, Box<dyn std::error::Error>> {
         let registry = cfg.registry()?;
-        let provider = Arc::new(cfg.identity_provider()?);
+        let provider = cfg.identity_provider()?;
         let (tls, generated) = cfg.tls_identity()?;
         Ok((registry, provider, tls, generated))
     })();

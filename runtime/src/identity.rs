@@ -197,3 +197,90 @@ mod tests {
         ));
     }
 }
+
+/// Several providers asked in order: the first that knows a credential wins. The `alknet`
+/// binary chains the config file's identities before the SQLite peer store.
+#[derive(Clone, Default)]
+pub struct ChainedIdentityProvider {
+    providers: Vec<Arc<dyn IdentityProvider>>,
+}
+
+impl ChainedIdentityProvider {
+    pub fn new(providers: Vec<Arc<dyn IdentityProvider>>) -> Self {
+        Self { providers }
+    }
+
+    /// Appends a provider, asked after those already in the chain.
+    pub fn push(&mut self, provider: Arc<dyn IdentityProvider>) {
+        self.providers.push(provider);
+    }
+
+    pub fn len(&self) -> usize {
+        self.providers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+    }
+}
+
+impl std::fmt::Debug for ChainedIdentityProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainedIdentityProvider")
+            .field("providers", &self.providers.len())
+            .finish()
+    }
+}
+
+impl IdentityProvider for ChainedIdentityProvider {
+    fn resolve_from_fingerprint(&self, fingerprint: &Fingerprint) -> Option<Identity> {
+        self.providers
+            .iter()
+            .find_map(|p| p.resolve_from_fingerprint(fingerprint))
+    }
+    fn resolve_from_token(&self, token: &str) -> Option<Identity> {
+        self.providers
+            .iter()
+            .find_map(|p| p.resolve_from_token(token))
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    fn provider(name: &str, fp: Fingerprint, token: &str) -> Arc<dyn IdentityProvider> {
+        Arc::new(
+            ConfigIdentityProvider::new(&[IdentityEntry {
+                name: name.into(),
+                fingerprints: vec![fp.to_string()],
+                tokens: vec![token.into()],
+                scopes: vec![name.into()],
+            }])
+            .expect("valid entry"),
+        )
+    }
+
+    #[test]
+    fn chained_identity_first_match_wins() {
+        let shared = Fingerprint([1; 32]);
+        let chain = ChainedIdentityProvider::new(vec![
+            Arc::new(NoIdentities),
+            provider("first", shared, "t-first"),
+            provider("second", shared, "t-second"),
+        ]);
+        assert_eq!(chain.len(), 3);
+        let id = chain.resolve_from_fingerprint(&shared).expect("known");
+        assert_eq!(id.name, "first");
+        assert_eq!(id.scopes, ["first"]);
+        assert_eq!(
+            chain.resolve_from_token("t-second").map(|i| i.name),
+            Some("second".into())
+        );
+        assert_eq!(chain.resolve_from_token("t-none"), None);
+        assert_eq!(chain.resolve_from_fingerprint(&Fingerprint([2; 32])), None);
+        let empty = ChainedIdentityProvider::default();
+        assert!(empty.is_empty());
+        assert_eq!(empty.resolve_from_fingerprint(&shared), None);
+    }
+}

@@ -29,8 +29,8 @@ pub use cid::WorkerCidGenerator;
 pub use client::{ClientEndpoint, ConnectError};
 pub use connection::{Connection, DatagramError};
 pub use identity::{
-    AuthContext, ConfigIdentityProvider, Identity, IdentityConfigError, IdentityEntry,
-    IdentityProvider, NoIdentities,
+    AuthContext, ChainedIdentityProvider, ConfigIdentityProvider, Identity, IdentityConfigError,
+    IdentityEntry, IdentityProvider, NoIdentities,
 };
 pub use limits::*;
 pub use router::{
