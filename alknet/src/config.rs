@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use alknet_call::{CallAdapter, CallLimits, NodeInfo};
 use alknet_peers::SqlitePeerStore;
+use alknet_runtime::resolve_workers;
 use alknet_runtime::tls::{ClientAuth, TlsIdentity};
 use alknet_runtime::{
     AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, EngineConfig, IdentityEntry,
@@ -39,8 +41,24 @@ kernel_steering = true
 client_auth = "optional"
 
 [handlers]
-# ALPNs served. Available: "alknet/echo", "perf" (quinn's perf tool protocol).
-enabled = ["alknet/echo", "perf"]
+# ALPNs served. Available: "alknet/echo", "perf" (quinn's perf tool protocol),
+# "alknet/call" (JSON operations; see README).
+enabled = ["alknet/echo", "perf", "alknet/call"]
+
+[call]
+# Largest frame body in bytes; bigger frames get INVALID_ARGUMENT (or close the stream).
+max_frame_size = 1048576
+# Deadline of requests that state none; requests may only ask for less (timeout_ms).
+default_timeout_ms = 30000
+# Requests running at once per connection; beyond it the server stops reading.
+max_in_flight_per_connection = 1024
+# How often requests stuck past their deadline are evicted.
+sweep_interval_ms = 10000
+# Events queued per subscriber before it is dropped as too slow.
+subscriber_queue = 256
+max_subscriptions_per_connection = 64
+# Response bytes queued per stream before operations wait for the peer to read.
+write_queue_bytes = 4194304
 
 [limits]
 max_connections = 100000
@@ -115,6 +133,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub identities: Vec<IdentityEntry>,
     #[serde(default)]
+    pub call: CallLimits,
+    #[serde(default)]
     pub identity: IdentitySection,
 }
 
@@ -182,6 +202,9 @@ impl FileConfig {
         cfg.limits
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.call
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(cfg)
     }
 
@@ -214,6 +237,7 @@ impl FileConfig {
             let handler: Arc<dyn ProtocolHandler> = match name.as_bytes() {
                 alknet_echo::ALPN => Arc::new(alknet_echo::EchoHandler),
                 alknet_perf::ALPN => Arc::new(alknet_perf::PerfHandler),
+                alknet_call::ALPN => Arc::new(self.call_adapter()?),
                 _ => {
                     return Err(ConfigError::UnknownHandler {
                         name: name.clone(),
@@ -255,6 +279,23 @@ impl FileConfig {
             .unwrap_or_else(|| self.data_dir().join("peers.db"))
     }
 
+    /// The `alknet/call` handler with the built-in operations and the `[call]` limits.
+    pub fn call_adapter(&self) -> Result<CallAdapter, ConfigError> {
+        let registry = alknet_call::default_registry()
+            .map_err(|e| ConfigError::Invalid(format!("call operations: {e}")))?;
+        let info = NodeInfo {
+            workers: resolve_workers(self.workers),
+            alpns: self.handlers.enabled.clone(),
+            ..NodeInfo::default()
+        };
+        Ok(CallAdapter::with_parts(
+            registry,
+            self.call.clone(),
+            info,
+            None,
+        ))
+    }
+
     /// The TLS identity: the configured PEM files, or the generated one in the data
     /// directory (and whether it was generated just now).
     pub fn tls_identity(
@@ -287,7 +328,7 @@ impl FileConfig {
 
 /// Every handler this binary can serve, in the default preference order.
 pub fn available_handlers() -> Vec<String> {
-    [alknet_echo::ALPN, alknet_perf::ALPN]
+    [alknet_echo::ALPN, alknet_perf::ALPN, alknet_call::ALPN]
         .iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect()
@@ -315,7 +356,8 @@ mod tests {
         let cfg = FileConfig::load(None).expect("default config");
         assert_eq!(cfg.limits, Limits::default());
         assert_eq!(cfg.listen, default_listen());
-        assert_eq!(cfg.registry().expect("registry").len(), 2);
+        assert_eq!(cfg.registry().expect("registry").len(), 3);
+        assert_eq!(cfg.call, CallLimits::default());
         let empty = FileConfig::parse("", "<empty>").expect("empty config");
         assert_eq!(empty.limits, Limits::default());
         assert_eq!(empty.handlers.enabled, cfg.handlers.enabled);
@@ -327,6 +369,8 @@ mod tests {
         assert!(e.to_string().contains("x.toml"), "{e}");
         let e = FileConfig::parse("lisen = \"1.2.3.4:1\"", "x.toml").expect_err("typo");
         assert!(e.to_string().contains("lisen"), "{e}");
+        let e = FileConfig::parse("[call]\nmax_frame_size = 0", "x.toml").expect_err("zero");
+        assert!(e.to_string().contains("call.max_frame_size"), "{e}");
         let e = FileConfig::parse("[limits]\nmax_connections = 0", "x.toml").expect_err("zero");
         assert!(e.to_string().contains("max_connections"), "{e}");
         let cfg = FileConfig::parse("[handlers]\nenabled = [\"nope\"]", "x.toml").expect("parses");

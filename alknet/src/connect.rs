@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use alknet_runtime::rt::run_local;
 use alknet_runtime::tls::{client_crypto, ServerTrust, TlsIdentity};
-use alknet_runtime::{Bytes, ClientEndpoint, Fingerprint, Limits, VarInt};
+use alknet_runtime::{Bytes, ClientEndpoint, Connection, Fingerprint, Limits, VarInt};
 use clap::Args;
 
 /// Chunks read from stdin at once.
@@ -29,6 +29,13 @@ pub struct ConnectArgs {
     /// ALPN of the service, e.g. alknet/echo or alknet/ssh
     #[arg(long)]
     alpn: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Which server to reach and how to trust it; shared by the client subcommands.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
     /// Trust only the server certificate with this SHA-256 fingerprint
     #[arg(long, conflicts_with_all = ["insecure", "ca"])]
     fingerprint: Option<Fingerprint>,
@@ -52,50 +59,89 @@ pub struct ConnectArgs {
     target: String,
 }
 
+/// A resolved server: address, name to verify and the client TLS config for one ALPN.
+pub struct Dial {
+    pub remote: SocketAddr,
+    pub server_name: String,
+    pub crypto: std::sync::Arc<alknet_runtime::tls::QuicClientConfig>,
+}
+
+impl ServerArgs {
+    /// Resolves the address and builds the TLS client config for `alpn`.
+    pub fn resolve(&self, alpn: &[u8]) -> Result<Dial, String> {
+        let remote: SocketAddr = match self.target.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => a,
+            Ok(None) => return Err(format!("{} resolves to no address", self.target)),
+            Err(e) => return Err(format!("{}: {e}", self.target)),
+        };
+        let host = self
+            .target
+            .rsplit_once(':')
+            .map_or(self.target.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let server_name = self.server_name.clone().unwrap_or(host);
+        let trust = if let Some(fp) = self.fingerprint {
+            ServerTrust::Fingerprint(fp)
+        } else if self.insecure {
+            ServerTrust::Insecure
+        } else if let Some(ca) = &self.ca {
+            ServerTrust::roots_from_pem(ca).map_err(|e| e.to_string())?
+        } else {
+            ServerTrust::WebPki
+        };
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                Some(TlsIdentity::from_pem_files(c, k).map_err(|e| e.to_string())?)
+            }
+            _ => None,
+        };
+        let crypto = client_crypto(&trust, vec![alpn.to_vec()], identity.as_ref())
+            .map_err(|e| e.to_string())?;
+        Ok(Dial {
+            remote,
+            server_name,
+            crypto,
+        })
+    }
+}
+
+impl Dial {
+    /// Binds a client endpoint of the right address family and connects.
+    pub async fn connect(self, limits: &Limits) -> Result<(ClientEndpoint, Connection), String> {
+        let local: SocketAddr = if self.remote.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let endpoint = ClientEndpoint::bind(local, limits).map_err(|e| format!("bind: {e}"))?;
+        let conn = endpoint
+            .connect(self.remote, &self.server_name, self.crypto)
+            .await
+            .map_err(|e| format!("{}: {e}", self.remote))?;
+        Ok((endpoint, conn))
+    }
+}
+
+/// After a session ends, waits (bounded) for the close to reach the server.
+pub async fn close_and_wait(endpoint: &ClientEndpoint, conn: Connection) {
+    conn.close(VarInt::from_u32(0), b"");
+    drop(conn);
+    monoio::select! {
+        _ = endpoint.wait_idle() => {}
+        _ = monoio::time::sleep(CLOSE_WAIT) => {}
+    }
+}
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("alknet connect: {msg}");
     ExitCode::FAILURE
 }
 
 pub fn run(args: ConnectArgs) -> ExitCode {
-    let remote: SocketAddr = match args.target.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(a)) => a,
-        Ok(None) => return fail(format!("{} resolves to no address", args.target)),
-        Err(e) => return fail(format!("{}: {e}", args.target)),
-    };
-    let host = args
-        .target
-        .rsplit_once(':')
-        .map_or(args.target.as_str(), |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let server_name = args.server_name.clone().unwrap_or(host);
-    let trust = if let Some(fp) = args.fingerprint {
-        ServerTrust::Fingerprint(fp)
-    } else if args.insecure {
-        ServerTrust::Insecure
-    } else if let Some(ca) = &args.ca {
-        match ServerTrust::roots_from_pem(ca) {
-            Ok(t) => t,
-            Err(e) => return fail(e),
-        }
-    } else {
-        ServerTrust::WebPki
-    };
-    let identity = match (&args.cert, &args.key) {
-        (Some(c), Some(k)) => match TlsIdentity::from_pem_files(c, k) {
-            Ok(id) => Some(id),
-            Err(e) => return fail(e),
-        },
-        _ => None,
-    };
-    let crypto = match client_crypto(
-        &trust,
-        vec![args.alpn.clone().into_bytes()],
-        identity.as_ref(),
-    ) {
-        Ok(c) => c,
+    let dial = match args.server.resolve(args.alpn.as_bytes()) {
+        Ok(d) => d,
         Err(e) => return fail(e),
     };
 
@@ -132,20 +178,11 @@ pub fn run(args: ConnectArgs) -> ExitCode {
     });
 
     let outcome = run_local(|_| async move {
-        let local: SocketAddr = if remote.is_ipv6() {
-            "[::]:0".parse().map_err(|e| format!("{e}"))?
-        } else {
-            "0.0.0.0:0".parse().map_err(|e| format!("{e}"))?
-        };
         let limits = Limits {
             keep_alive_interval: KEEP_ALIVE,
             ..Limits::default()
         };
-        let endpoint = ClientEndpoint::bind(local, &limits).map_err(|e| format!("bind: {e}"))?;
-        let conn = endpoint
-            .connect(remote, &server_name, crypto)
-            .await
-            .map_err(|e| format!("{remote}: {e}"))?;
+        let (endpoint, conn) = dial.connect(&limits).await?;
         let stream = conn.open_bi().await.map_err(|e| e.to_string())?;
         let (mut send, mut recv) = stream.split();
         let upload = async move {
@@ -175,13 +212,8 @@ pub fn run(args: ConnectArgs) -> ExitCode {
             }
         }
         drop(stdout_tx);
-        conn.close(VarInt::from_u32(0), b"");
-        drop(conn);
         drop(recv);
-        monoio::select! {
-            _ = endpoint.wait_idle() => {}
-            _ = monoio::time::sleep(CLOSE_WAIT) => {}
-        }
+        close_and_wait(&endpoint, conn).await;
         result
     });
     let _ = stdout_thread.join();

@@ -1,5 +1,6 @@
 //! `alknet`: serve QUIC on one UDP port with a protocol per ALPN, or connect to one.
 
+mod call;
 mod config;
 mod connect;
 mod peer;
@@ -43,6 +44,9 @@ enum Command {
     /// Open one bidirectional stream and pipe stdin/stdout through it (works as an OpenSSH
     /// ProxyCommand)
     Connect(connect::ConnectArgs),
+    /// Call an alknet/call operation and print its JSON result (errors: code on stderr,
+    /// exit status 2)
+    Call(call::CallArgs),
     /// Print the SHA-256 fingerprint of the server certificate (generating it if needed)
     Fingerprint {
         #[arg(long)]
@@ -82,6 +86,10 @@ fn main() -> ExitCode {
         Command::Connect(args) => {
             init_logging("warn");
             connect::run(args)
+        }
+        Command::Call(args) => {
+            init_logging("warn");
+            call::run(args)
         }
         Command::Fingerprint { config, data_dir } => {
             init_logging("warn");

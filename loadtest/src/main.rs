@@ -5,6 +5,7 @@
 
 mod baseline;
 mod bulk;
+mod call;
 mod compare;
 mod handshake;
 mod harness;
@@ -40,6 +41,9 @@ struct Cli {
 enum Command {
     /// Request/response on alknet/echo: one stream per request, --size bytes each way
     Rr(RunArgs),
+    /// Request/response through the alknet/call stack: the `echo` operation, --streams
+    /// calls in flight per connection on one call stream, a --size byte JSON string each way
+    Call(RunArgs),
     /// One-way transfers with the perf protocol: --connections x 1 stream x --bytes
     Bulk(RunArgs),
     /// New connections per second: connect, one tiny exchange, close
@@ -62,6 +66,7 @@ enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum WorkloadKind {
     Rr,
+    Call,
     Bulk,
     Handshake,
     Idle,
@@ -143,6 +148,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Rr(a) => run_one(WorkloadKind::Rr, &a),
+        Command::Call(a) => run_one(WorkloadKind::Call, &a),
         Command::Bulk(a) => run_one(WorkloadKind::Bulk, &a),
         Command::Handshake(a) => run_one(WorkloadKind::Handshake, &a),
         Command::Idle(a) => run_one(WorkloadKind::Idle, &a),
@@ -191,6 +197,13 @@ fn run_compare(c: &CompareArgs) -> Result<(), String> {
     if c.run.server.is_some() {
         return Err("compare starts both servers itself; --server does not apply".into());
     }
+    if c.workload == WorkloadKind::Call {
+        return Err(
+            "the quinn baseline does not serve alknet/call; run `call` and `rr` \
+                    against alknet to compare the call stack with plain streams"
+                .into(),
+        );
+    }
     let kinds = [Kind::Alknet, Kind::Quinn];
     let mut results: Vec<(Kind, Vec<Measurement>)> =
         kinds.iter().map(|k| (*k, Vec::new())).collect();
@@ -221,6 +234,7 @@ fn run_compare(c: &CompareArgs) -> Result<(), String> {
 fn workload_name(w: WorkloadKind) -> &'static str {
     match w {
         WorkloadKind::Rr => "rr",
+        WorkloadKind::Call => "call",
         WorkloadKind::Bulk => "bulk",
         WorkloadKind::Handshake => "handshake",
         WorkloadKind::Idle => "idle",
@@ -252,6 +266,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
     let connections = args.connections as usize;
     let alpn = match workload {
         WorkloadKind::Bulk => alknet_perf::ALPN.to_vec(),
+        WorkloadKind::Call => alknet_call::ALPN.to_vec(),
         _ => alknet_echo::ALPN.to_vec(),
     };
     let plan = ClientPlan {
@@ -285,6 +300,16 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         WorkloadKind::Rr => harness::run(
             &plan,
             rr::Rr::new(
+                connections,
+                threads,
+                args.streams as usize,
+                args.size as usize,
+            ),
+            sample,
+        ),
+        WorkloadKind::Call => harness::run(
+            &plan,
+            call::Call::new(
                 connections,
                 threads,
                 args.streams as usize,
@@ -330,6 +355,10 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
     let description = match workload {
         WorkloadKind::Rr => format!(
             "{label}: {threads} client threads, {connections} conns x {} streams, {} B each way",
+            args.streams, args.size
+        ),
+        WorkloadKind::Call => format!(
+            "{label}: {threads} client threads, {connections} conns x {} calls in flight, echo of {} B",
             args.streams, args.size
         ),
         WorkloadKind::Bulk => format!(

@@ -153,6 +153,11 @@ pub fn serve(kind: Kind, workers: usize) -> Result<(), String> {
                 .register(Arc::new(alknet_echo::EchoHandler))
                 .map_err(|e| e.to_string())?;
             registry
+                .register(Arc::new(alknet_call::CallAdapter::new(
+                    alknet_call::default_registry().map_err(|e| e.to_string())?,
+                )))
+                .map_err(|e| e.to_string())?;
+            registry
                 .register(Arc::new(alknet_perf::PerfHandler))
                 .map_err(|e| e.to_string())?;
             let config = EngineConfig {

@@ -127,3 +127,16 @@ fn probe_reports_all_three_limits() {
         assert!(out.contains(needle), "{needle} missing:\n{out}");
     }
 }
+
+#[test]
+fn call_moves_exact_bytes_through_the_call_stack() {
+    let json = run(
+        "call",
+        "alknet",
+        &["--connections", "2", "--streams", "8", "--size", "100"],
+    );
+    let ops = field(&json, "operations");
+    assert!(ops > 0, "{json}");
+    assert_eq!(field(&json, "bytes"), ops * 200, "{json}");
+    assert_eq!(field(&json, "connections"), 2);
+}

@@ -10,6 +10,7 @@
 //!
 //! This is the only crate that touches sockets.
 
+mod acl;
 mod cid;
 mod client;
 mod connection;
@@ -25,6 +26,7 @@ mod streams;
 pub mod tls;
 mod worker;
 
+pub use acl::{AccessControl, AccessDenied, Requirement};
 pub use cid::WorkerCidGenerator;
 pub use client::{ClientEndpoint, ConnectError};
 pub use connection::{Connection, DatagramError};

@@ -1,6 +1,10 @@
 //! Shared helpers for Alknet's integration tests: an in-process server, a client runtime
 //! with a hard timeout, deterministic payloads, and the path of the `alknet` binary.
 
+mod bin_server;
+
+pub use bin_server::{free_udp_port, wait_output, BinServer};
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
