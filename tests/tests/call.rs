@@ -676,3 +676,32 @@ fn ten_thousand_requests_on_one_stream_are_answered_exactly_once() {
         );
     });
 }
+
+#[test]
+fn a_peer_that_stops_reading_has_its_stuck_requests_swept() {
+    // Answers pile up unread until the stream window and the write queue are full; the
+    // request tasks then block writing past their deadline and the sweeper evicts them.
+    let f = fixture(CallLimits {
+        default_timeout_ms: 300,
+        sweep_interval_ms: 200,
+        write_queue_bytes: 1024,
+        ..CallLimits::default()
+    });
+    let big = "y".repeat(32 * 1024);
+    run_client(|| async {
+        let ep = client_endpoint();
+        let conn = connect(&ep, &f.server, ALPN).await.expect("connect");
+        let mut s = Raw::open(&conn).await;
+        for i in 0..200 {
+            s.request(&format!("big{i}"), "echo", json!(big)).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while f.node.stats.swept.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "nothing was swept");
+            monoio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // the connection still serves other streams
+        let c = CallClient::new(&conn).await.expect("stream");
+        assert_eq!(c.call("echo", json!("ok")).await.expect("echo"), json!("ok"));
+    });
+}
