@@ -7,6 +7,7 @@
 pub mod call;
 pub mod cid;
 pub mod fingerprint;
+pub mod socks5;
 pub mod steering;
 
 pub use cid::{CidLayout, CidLayoutError, WorkerId, CID_LEN};
