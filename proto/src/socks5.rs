@@ -314,7 +314,10 @@ mod tests {
         assert_eq!(e.reply(), Some(Reply::CommandNotSupported));
         let e = parse_request(&[5, 1, 0, 7]).expect_err("atyp");
         assert_eq!(e.reply(), Some(Reply::AddressTypeNotSupported));
-        assert_eq!(parse_request(&[5, 1, 0, 3, 0]), Err(Socks5Error::EmptyDomain));
+        assert_eq!(
+            parse_request(&[5, 1, 0, 3, 0]),
+            Err(Socks5Error::EmptyDomain)
+        );
         assert_eq!(
             parse_request(&[5, 1, 0, 3, 2, 0xff, 0xfe, 0, 80]),
             Err(Socks5Error::DomainNotUtf8)

@@ -702,6 +702,9 @@ fn a_peer_that_stops_reading_has_its_stuck_requests_swept() {
         }
         // the connection still serves other streams
         let c = CallClient::new(&conn).await.expect("stream");
-        assert_eq!(c.call("echo", json!("ok")).await.expect("echo"), json!("ok"));
+        assert_eq!(
+            c.call("echo", json!("ok")).await.expect("echo"),
+            json!("ok")
+        );
     });
 }
