@@ -96,6 +96,13 @@ fn dir_index(dir: Dir) -> usize {
     }
 }
 
+/// What applying an event did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Dispatched {
+    pub connected: bool,
+    pub woke_reader: bool,
+}
+
 /// quinn-proto state plus the tasks waiting on it.
 pub(crate) struct ConnState {
     pub conn: quinn_proto::Connection,
@@ -134,19 +141,26 @@ impl ConnState {
         }
     }
 
-    /// Applies one application event; returns true when it is `Connected`.
-    pub fn dispatch(&mut self, event: Event) -> bool {
+    /// Applies one application event; says whether it is `Connected` and whether it woke
+    /// a task that reads or accepts (one that is likely to write an answer at once).
+    pub fn dispatch(&mut self, event: Event) -> Dispatched {
+        let mut woke = false;
         match event {
             Event::HandshakeDataReady => {}
             Event::Connected => {
                 self.connected = true;
                 self.read_handshake();
                 wake_all(&mut self.on_connected);
-                return true;
+                return Dispatched {
+                    connected: true,
+                    woke_reader: true,
+                };
             }
             Event::ConnectionLost { reason } => self.terminate(reason),
             Event::Stream(StreamEvent::Opened { dir }) => {
-                wake_all(&mut self.accept[dir_index(dir)])
+                let list = &mut self.accept[dir_index(dir)];
+                woke = !list.is_empty();
+                wake_all(list)
             }
             Event::Stream(StreamEvent::Available { dir }) => {
                 wake_all(&mut self.open[dir_index(dir)])
@@ -154,6 +168,7 @@ impl ConnState {
             Event::Stream(StreamEvent::Readable { id }) => {
                 if let Some(w) = self.readers.remove(&id) {
                     w.wake();
+                    woke = true;
                 }
             }
             Event::Stream(StreamEvent::Writable { id }) => {
@@ -174,10 +189,16 @@ impl ConnState {
                     w.wake();
                 }
             }
-            Event::DatagramReceived => wake_all(&mut self.datagram_recv),
+            Event::DatagramReceived => {
+                woke = !self.datagram_recv.is_empty();
+                wake_all(&mut self.datagram_recv)
+            }
             Event::DatagramsUnblocked => wake_all(&mut self.datagram_send),
         }
-        false
+        Dispatched {
+            connected: false,
+            woke_reader: woke,
+        }
     }
 
     fn read_handshake(&mut self) {
@@ -229,6 +250,9 @@ pub(crate) struct ConnInner {
     pub state: RefCell<ConnState>,
     notify: Rc<DriverNotify>,
     dirty: Cell<bool>,
+    /// The driver held this connection's transmits back for one pass so the tasks it just
+    /// woke can answer in the same packets as the ACKs.
+    pub deferred: Cell<bool>,
     /// Live `Connection`/stream handles; at zero the connection closes implicitly.
     handles: Cell<usize>,
     /// Earliest timer entry the driver has queued for this connection.
@@ -253,6 +277,7 @@ impl ConnInner {
             state: RefCell::new(ConnState::new(conn)),
             notify,
             dirty: Cell::new(false),
+            deferred: Cell::new(false),
             handles: Cell::new(0),
             scheduled: Cell::new(None),
             deadline: Cell::new(None),

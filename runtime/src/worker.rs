@@ -525,13 +525,25 @@ impl Driver {
             return; // already drained and removed
         }
         let mut connected = false;
+        let mut woke_reader = false;
         let drained;
         {
             let mut st = c.state.borrow_mut();
             let st = &mut *st;
             forward_endpoint_events(&self.w, c, &mut st.conn);
             while let Some(event) = st.conn.poll() {
-                connected |= st.dispatch(event);
+                let d = st.dispatch(event);
+                connected |= d.connected;
+                woke_reader |= d.woke_reader;
+            }
+            // A task was woken to read: it usually answers at once. Sending now would put
+            // our ACKs in one packet and its answer in the next; give it this scheduling
+            // round first (the driver re-polls after the tasks it woke have run), then send
+            // both together. Deferred once: the next pass always sends.
+            let defer = woke_reader && !c.deferred.get() && st.error.is_none();
+            c.deferred.set(defer);
+            if defer {
+                c.mark_dirty();
             }
             let max_segments = self
                 .io
@@ -540,7 +552,7 @@ impl Driver {
                 .min(self.segments_by_size)
                 .max(1);
             let mut sent = 0;
-            loop {
+            while !defer {
                 if sent == TRANSMITS_PER_CONNECTION {
                     c.mark_dirty();
                     break;
