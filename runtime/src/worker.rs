@@ -24,7 +24,7 @@ use bytes::BytesMut;
 use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, Incoming, VarInt};
 use quinn_udp::RecvMeta;
 
-use crate::connection::{ConnInner, Connection, DriverNotify};
+use crate::connection::{ConnInner, ConnState, Connection, DriverNotify};
 use crate::identity::{AuthContext, IdentityProvider};
 use crate::inbox::{Inbox, StrayDatagram};
 use crate::limits::Limits;
@@ -545,30 +545,8 @@ impl Driver {
             if defer {
                 c.mark_dirty();
             }
-            let max_segments = self
-                .io
-                .max_gso_segments()
-                .min(MAX_GSO_SEGMENTS)
-                .min(self.segments_by_size)
-                .max(1);
-            let mut sent = 0;
-            while !defer {
-                if sent == TRANSMITS_PER_CONNECTION {
-                    c.mark_dirty();
-                    break;
-                }
-                self.send_buf.clear();
-                let Some(t) = st.conn.poll_transmit(now, max_segments, &mut self.send_buf) else {
-                    break;
-                };
-                sent += 1;
-                if send(&self.io, &self.w.stats, &t, &self.send_buf).is_err() {
-                    let capacity = self.send_buf.capacity();
-                    let buf = std::mem::replace(&mut self.send_buf, Vec::with_capacity(capacity));
-                    self.blocked = Some((t, buf));
-                    c.mark_dirty();
-                    break;
-                }
+            if !defer {
+                self.transmit(now, c, st);
             }
             forward_endpoint_events(&self.w, c, &mut st.conn);
             let deadline = st.conn.poll_timeout();
@@ -588,6 +566,31 @@ impl Driver {
         if drained {
             self.w.remove(c);
         }
+    }
+
+    /// Sends what `c` has to send, up to [`TRANSMITS_PER_CONNECTION`] GSO batches.
+    fn transmit(&mut self, now: Instant, c: &Rc<ConnInner>, st: &mut ConnState) {
+        let max_segments = self
+            .io
+            .max_gso_segments()
+            .min(MAX_GSO_SEGMENTS)
+            .min(self.segments_by_size)
+            .max(1);
+        for _ in 0..TRANSMITS_PER_CONNECTION {
+            self.send_buf.clear();
+            let Some(t) = st.conn.poll_transmit(now, max_segments, &mut self.send_buf) else {
+                return;
+            };
+            if send(&self.io, &self.w.stats, &t, &self.send_buf).is_err() {
+                let capacity = self.send_buf.capacity();
+                let buf = std::mem::replace(&mut self.send_buf, Vec::with_capacity(capacity));
+                self.blocked = Some((t, buf));
+                c.mark_dirty();
+                return;
+            }
+        }
+        // more may be left: another turn after the other connections
+        c.mark_dirty();
     }
 
     /// Shutdown and exit conditions; `true` means the driver is done.
