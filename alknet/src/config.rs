@@ -13,6 +13,7 @@ use alknet_runtime::{
     AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, EngineConfig, IdentityEntry,
     IdentityProvider, Limits, ProtocolHandler, DEFAULT_LISTEN,
 };
+use alknet_ssh::{SshAdapter, SshConfig};
 use serde::Deserialize;
 
 /// The configuration `alknet serve` runs with when given no file.
@@ -42,8 +43,9 @@ client_auth = "optional"
 
 [handlers]
 # ALPNs served. Available: "alknet/echo", "perf" (quinn's perf tool protocol),
-# "alknet/call" (JSON operations; see README).
-enabled = ["alknet/echo", "perf", "alknet/call"]
+# "alknet/call" (JSON operations; see README), "alknet/ssh" (SSH sessions for OpenSSH
+# through `alknet connect`; see README).
+enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh"]
 
 [call]
 # Largest frame body in bytes; bigger frames get INVALID_ARGUMENT (or close the stream).
@@ -59,6 +61,42 @@ subscriber_queue = 256
 max_subscriptions_per_connection = 64
 # Response bytes queued per stream before operations wait for the peer to read.
 write_queue_bytes = 4194304
+
+[ssh]
+# Shell running exec commands (SHELL -c CMD) and interactive sessions, as the server's user.
+shell = "/bin/sh"
+# OpenSSH private key; default: ssh_host_ed25519_key in data_dir, generated on first start.
+# host_key = "/etc/alknet/ssh_host_ed25519_key"
+# Extra keys, OpenSSH authorized_keys format: [scopes="ssh:exec,ssh:shell"] KEY NAME.
+# Keys are otherwise resolved by SHA-256 fingerprint through [[identities]] and the peers.
+# authorized_keys = "/etc/alknet/authorized_keys"
+# Environment variables clients may set: exact names, or a prefix ending in *.
+env_allow = ["LANG", "LC_*"]
+# Addresses ssh -R (tcpip-forward) may bind, as the client names them.
+forward_bind_allow = ["127.0.0.1", "::1", "localhost"]
+# Threads of the tokio runtime running SSH sessions; 0 = as many as workers.
+bridge_threads = 0
+# SSH sessions (QUIC streams) open at once per connection.
+max_sessions_per_connection = 32
+# Channels (commands, shells, forwarded connections) open at once per session.
+max_channels_per_session = 64
+# ssh -R listeners per session.
+max_forwards_per_session = 16
+# Failed authentications before a session is disconnected.
+max_auth_attempts = 6
+# A session must authenticate within this long of opening.
+auth_timeout_ms = 60000
+# Every failed authentication takes at least this long.
+auth_rejection_delay_ms = 1000
+# SSH channel window granted to clients, and the largest packet accepted.
+window_size = 2097152
+max_packet_size = 32768
+# Messages russh queues per channel for its pump.
+channel_queue = 64
+# Inbound bytes a channel may hold unconsumed before the client's window is throttled.
+channel_buffer = 1048576
+# How long an ssh -L (direct-tcpip) connection to its target may take.
+connect_timeout_ms = 10000
 
 [limits]
 max_connections = 100000
@@ -136,6 +174,8 @@ pub struct FileConfig {
     pub call: CallLimits,
     #[serde(default)]
     pub identity: IdentitySection,
+    #[serde(default)]
+    pub ssh: SshConfig,
 }
 
 /// `[identity]`: the SQLite peer store (the `[[identities]]` list is the config adapter).
@@ -205,6 +245,9 @@ impl FileConfig {
         cfg.call
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.ssh
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(cfg)
     }
 
@@ -238,6 +281,7 @@ impl FileConfig {
                 alknet_echo::ALPN => Arc::new(alknet_echo::EchoHandler),
                 alknet_perf::ALPN => Arc::new(alknet_perf::PerfHandler),
                 alknet_call::ALPN => Arc::new(self.call_adapter()?),
+                alknet_ssh::ALPN => Arc::new(self.ssh_adapter()?),
                 _ => {
                     return Err(ConfigError::UnknownHandler {
                         name: name.clone(),
@@ -296,6 +340,25 @@ impl FileConfig {
         ))
     }
 
+    /// The `alknet/ssh` handler: the `[ssh]` settings, the host key (generated in the
+    /// data directory on first start; its fingerprint is logged) and `authorized_keys`.
+    pub fn ssh_adapter(&self) -> Result<SshAdapter, ConfigError> {
+        let (adapter, generated) = SshAdapter::load(
+            self.ssh.clone(),
+            &self.data_dir(),
+            resolve_workers(self.workers),
+        )
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if generated {
+            tracing::info!("generated an SSH host key in {}", self.data_dir().display());
+        }
+        tracing::info!(
+            "ssh host key fingerprint: {}",
+            adapter.host_key_fingerprint()
+        );
+        Ok(adapter)
+    }
+
     /// The TLS identity: the configured PEM files, or the generated one in the data
     /// directory (and whether it was generated just now).
     pub fn tls_identity(
@@ -328,10 +391,15 @@ impl FileConfig {
 
 /// Every handler this binary can serve, in the default preference order.
 pub fn available_handlers() -> Vec<String> {
-    [alknet_echo::ALPN, alknet_perf::ALPN, alknet_call::ALPN]
-        .iter()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+    [
+        alknet_echo::ALPN,
+        alknet_perf::ALPN,
+        alknet_call::ALPN,
+        alknet_ssh::ALPN,
+    ]
+    .iter()
+    .map(|a| String::from_utf8_lossy(a).into_owned())
+    .collect()
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -356,7 +424,13 @@ mod tests {
         let cfg = FileConfig::load(None).expect("default config");
         assert_eq!(cfg.limits, Limits::default());
         assert_eq!(cfg.listen, default_listen());
-        assert_eq!(cfg.registry().expect("registry").len(), 3);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = cfg;
+        // the ssh handler keeps its host key in the data directory
+        cfg.data_dir = Some(dir.path().to_path_buf());
+        assert_eq!(cfg.registry().expect("registry").len(), 4);
+        assert!(dir.path().join(alknet_ssh::HOST_KEY_FILE).exists());
+        assert_eq!(cfg.ssh, SshConfig::default());
         assert_eq!(cfg.call, CallLimits::default());
         let empty = FileConfig::parse("", "<empty>").expect("empty config");
         assert_eq!(empty.limits, Limits::default());

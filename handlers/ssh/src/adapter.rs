@@ -1,0 +1,255 @@
+//! `SshAdapter`: the `ProtocolHandler` for `alknet/ssh`. Every bidirectional stream a
+//! client opens is one SSH-2 session: the stream is bridged to the tokio runtime and
+//! served there by `russh::server::run_stream`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alknet_runtime::{
+    AuthContext, Connection, HandlerError, IdentityProvider, LocalBoxFuture, ProtocolHandler,
+    VarInt,
+};
+use russh::keys::PrivateKey;
+use russh::{MethodKind, MethodSet, SshId};
+
+use crate::auth::{openssh_fingerprint, AuthorizedKeysError, AuthorizedKeysProvider};
+use crate::bridge::{pump_quic_stream, ByteStream, TokioBridge, STREAM_ABORT_CODE};
+use crate::config::{SshConfig, SshConfigError};
+use crate::hostkey::{load_host_key, load_or_generate_host_key, HostKeyError};
+use crate::session::SshSession;
+
+/// The ALPN this handler serves.
+pub const ALPN: &[u8] = b"alknet/ssh";
+
+/// After telling a client that failed to authenticate in time to go away, how long it has
+/// to close before its stream is reset.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+
+/// Errors building the adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error(transparent)]
+    Config(#[from] SshConfigError),
+    #[error(transparent)]
+    HostKey(#[from] HostKeyError),
+    #[error("ssh.authorized_keys: {0}")]
+    AuthorizedKeys(#[from] AuthorizedKeysError),
+}
+
+/// What every session of the adapter shares.
+pub(crate) struct Shared {
+    pub config: SshConfig,
+    pub russh: Arc<russh::server::Config>,
+    /// Asked after the engine's provider (the `authorized_keys` file).
+    pub extra_provider: Option<Arc<dyn IdentityProvider>>,
+    pub bridge_threads: usize,
+}
+
+/// The `alknet/ssh` handler.
+#[derive(Clone)]
+pub struct SshAdapter {
+    shared: Arc<Shared>,
+    host_fingerprint: String,
+}
+
+impl std::fmt::Debug for SshAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshAdapter")
+            .field("host_key", &self.host_fingerprint)
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl SshAdapter {
+    /// An adapter with this host key and `[ssh]` settings; `workers` (the QUIC worker
+    /// count) sizes the bridge runtime when `bridge_threads` is 0.
+    pub fn new(host_key: PrivateKey, config: SshConfig, workers: usize) -> Result<Self, SshError> {
+        config.validate()?;
+        let host_fingerprint = openssh_fingerprint(host_key.public_key());
+        let russh = russh::server::Config {
+            server_id: SshId::Standard(
+                format!("SSH-2.0-alknet_{}", env!("CARGO_PKG_VERSION")).into(),
+            ),
+            // public keys only: password and keyboard-interactive are never offered
+            methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+            auth_rejection_time: Duration::from_millis(config.auth_rejection_delay_ms),
+            // the first "none" probe reveals nothing; answer it at once
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keys: vec![host_key],
+            window_size: config.window_size,
+            maximum_packet_size: config.max_packet_size,
+            channel_buffer_size: config.channel_queue,
+            max_auth_attempts: config.max_auth_attempts,
+            // dead peers are found by QUIC's idle timeout; an idle shell is not dead, and
+            // the unauthenticated are bounded by auth_timeout_ms (see serve_session)
+            inactivity_timeout: None,
+            keepalive_interval: None,
+            ..Default::default()
+        };
+        let bridge_threads = if config.bridge_threads == 0 {
+            workers.max(1)
+        } else {
+            config.bridge_threads
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                russh: Arc::new(russh),
+                extra_provider: None,
+                bridge_threads,
+            }),
+            host_fingerprint,
+        })
+    }
+
+    /// As the binary builds it: the host key from `ssh.host_key`, else generated in
+    /// `data_dir` on first start; `ssh.authorized_keys` loaded. Also returns whether the
+    /// host key was generated now.
+    pub fn load(
+        config: SshConfig,
+        data_dir: &Path,
+        workers: usize,
+    ) -> Result<(Self, bool), SshError> {
+        config.validate()?;
+        let (key, generated) = match &config.host_key {
+            Some(path) => (load_host_key(path)?, false),
+            None => load_or_generate_host_key(data_dir)?,
+        };
+        let extra = match &config.authorized_keys {
+            Some(path) => Some(Arc::new(AuthorizedKeysProvider::load(path)?)),
+            None => None,
+        };
+        let mut adapter = Self::new(key, config, workers)?;
+        if let Some(p) = extra {
+            adapter = adapter.with_extra_provider(p);
+        }
+        Ok((adapter, generated))
+    }
+
+    /// Also resolves keys through `provider`, after the engine's (e.g. an
+    /// [`AuthorizedKeysProvider`]).
+    pub fn with_extra_provider(mut self, provider: Arc<dyn IdentityProvider>) -> Self {
+        let shared = Shared {
+            config: self.shared.config.clone(),
+            russh: self.shared.russh.clone(),
+            extra_provider: Some(provider),
+            bridge_threads: self.shared.bridge_threads,
+        };
+        self.shared = Arc::new(shared);
+        self
+    }
+
+    /// The host key's OpenSSH fingerprint (`SHA256:…`), as `ssh` shows it.
+    pub fn host_key_fingerprint(&self) -> &str {
+        &self.host_fingerprint
+    }
+
+    pub fn config(&self) -> &SshConfig {
+        &self.shared.config
+    }
+}
+
+/// Frees a connection's session slot when the session ends.
+struct SessionCount(Arc<AtomicUsize>);
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ProtocolHandler for SshAdapter {
+    fn alpn(&self) -> &[u8] {
+        ALPN
+    }
+
+    fn handle(
+        &self,
+        conn: Connection,
+        auth: AuthContext,
+    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let rt = TokioBridge::start(shared.bridge_threads)
+                .map_err(|e| HandlerError::Other(Box::new(e)))?;
+            let sessions = Arc::new(AtomicUsize::new(0));
+            let max = shared.config.max_sessions_per_connection;
+            while let Ok(stream) = conn.accept_bi().await {
+                if sessions.load(Ordering::Acquire) >= max {
+                    tracing::warn!(remote = %auth.remote, "ssh: session limit ({max}) reached; stream refused");
+                    let (mut send, mut recv) = stream.split();
+                    let _ = send.reset(VarInt::from_u32(STREAM_ABORT_CODE));
+                    let _ = recv.stop(VarInt::from_u32(STREAM_ABORT_CODE));
+                    continue;
+                }
+                sessions.fetch_add(1, Ordering::AcqRel);
+                let count = SessionCount(sessions.clone());
+                let bytes = pump_quic_stream(stream);
+                rt.spawn(serve_session(shared.clone(), bytes, auth.clone(), count));
+            }
+            // the peer closing the connection is how SSH over QUIC normally ends
+            Ok(())
+        })
+    }
+}
+
+/// Runs one SSH session on the bridge runtime. A session not authenticated within
+/// `auth_timeout_ms` of its stream opening is disconnected, then reset.
+async fn serve_session(
+    shared: Arc<Shared>,
+    stream: ByteStream,
+    auth: AuthContext,
+    _count: SessionCount,
+) {
+    let deadline = tokio::time::Instant::now() + shared.config.auth_timeout();
+    let closer = stream.closer();
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let handler = SshSession::new(
+        shared.clone(),
+        auth.remote,
+        auth.provider.clone(),
+        authenticated.clone(),
+    );
+    let started = tokio::time::timeout_at(
+        deadline,
+        russh::server::run_stream(shared.russh.clone(), stream, handler),
+    )
+    .await;
+    let running = match started {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(remote = %auth.remote, "ssh: handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(remote = %auth.remote, "ssh: no version exchange in time");
+            return;
+        }
+    };
+    let handle = running.handle();
+    let remote = auth.remote;
+    let watchdog = tokio::spawn(async move {
+        tokio::time::sleep_until(deadline).await;
+        if authenticated.load(Ordering::Acquire) {
+            return;
+        }
+        tracing::info!(remote = %remote, "ssh: not authenticated in time; disconnecting");
+        let _ = handle
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "authentication timeout".into(),
+                String::new(),
+            )
+            .await;
+        tokio::time::sleep(DISCONNECT_GRACE).await;
+        closer.abort();
+    });
+    match running.await {
+        Ok(()) => tracing::debug!(remote = %auth.remote, "ssh: session ended"),
+        Err(e) => tracing::debug!(remote = %auth.remote, "ssh: session ended: {e}"),
+    }
+    watchdog.abort();
+}

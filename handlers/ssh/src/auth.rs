@@ -1,0 +1,369 @@
+//! Public keys to identities: the SHA-256 fingerprint of a key (what OpenSSH prints as
+//! `SHA256:<base64>`, and what our config and peer store hold as 64 hex digits) is
+//! resolved through the engine's `IdentityProvider`; an `authorized_keys`-style file is
+//! one more provider.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use alknet_runtime::{Fingerprint, Identity, IdentityProvider};
+use russh::keys::{HashAlg, PublicKey};
+
+/// The SHA-256 of a public key's wire encoding: the digest OpenSSH shows, base64-encoded,
+/// as `SHA256:…` (`ssh-keygen -lf KEY`).
+pub fn key_fingerprint(key: &PublicKey) -> Fingerprint {
+    let fp = key.fingerprint(HashAlg::Sha256);
+    let mut out = [0u8; 32];
+    // a SHA-256 fingerprint is always 32 bytes; copy defensively all the same
+    let bytes = fp.as_bytes();
+    let n = bytes.len().min(32);
+    out[..n].copy_from_slice(&bytes[..n]);
+    Fingerprint(out)
+}
+
+/// The OpenSSH rendering of a key's fingerprint (`SHA256:…`), for logs and messages.
+pub fn openssh_fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Errors loading an `authorized_keys` file.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizedKeysError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin} line {line}: {reason}")]
+    Line {
+        origin: String,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// An `IdentityProvider` reading an OpenSSH `authorized_keys`-style file:
+///
+/// ```text
+/// # comments and blank lines are skipped
+/// scopes="ssh:exec,ssh:shell" ssh-ed25519 AAAAC3Nza… alice
+/// ssh-ed25519 AAAAC3Nza… bob          # no scopes: authenticates, may do nothing
+/// ```
+///
+/// The trailing comment names the identity (the key's `SHA256:…` fingerprint when there is
+/// none). `scopes="…"` is the only option understood: any other (`command=`, `from=`,
+/// `no-pty`, …) is an error rather than a restriction silently ignored. The file is read
+/// at start and again whenever its modification time or size changes; a file that no
+/// longer parses keeps the previous keys (and says so in the log).
+pub struct AuthorizedKeysProvider {
+    path: PathBuf,
+    state: Mutex<Loaded>,
+}
+
+/// What identifies a version of the file: its modification time and size.
+type Stamp = (SystemTime, u64);
+
+/// Keys by fingerprint.
+type Keys = HashMap<Fingerprint, Identity>;
+
+struct Loaded {
+    stamp: Option<Stamp>,
+    keys: Keys,
+}
+
+impl std::fmt::Debug for AuthorizedKeysProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorizedKeysProvider")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn stamp(path: &Path) -> Result<Stamp, std::io::Error> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.modified()?, meta.len()))
+}
+
+impl AuthorizedKeysProvider {
+    /// Loads `path`; errors name the file and, for syntax, the line.
+    pub fn load(path: impl Into<PathBuf>) -> Result<Self, AuthorizedKeysError> {
+        let path = path.into();
+        let (keys, st) = Self::read(&path)?;
+        Ok(Self {
+            path,
+            state: Mutex::new(Loaded {
+                stamp: Some(st),
+                keys,
+            }),
+        })
+    }
+
+    fn read(path: &Path) -> Result<(Keys, Stamp), AuthorizedKeysError> {
+        let read_err = |source| AuthorizedKeysError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let st = stamp(path).map_err(read_err)?;
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        Ok((
+            parse_authorized_keys(&text, &path.display().to_string())?,
+            st,
+        ))
+    }
+
+    /// Number of keys currently known.
+    pub fn len(&self) -> usize {
+        self.state.lock().map(|s| s.keys.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl IdentityProvider for AuthorizedKeysProvider {
+    fn resolve_from_fingerprint(&self, fingerprint: &Fingerprint) -> Option<Identity> {
+        let Ok(mut state) = self.state.lock() else {
+            return None;
+        };
+        let current = stamp(&self.path).ok();
+        if current != state.stamp {
+            match Self::read(&self.path) {
+                Ok((keys, st)) => {
+                    tracing::info!(path = %self.path.display(), keys = keys.len(), "authorized keys reloaded");
+                    state.keys = keys;
+                    state.stamp = Some(st);
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; keeping the previous authorized keys");
+                    // do not retry on every lookup until the file changes again
+                    state.stamp = current;
+                }
+            }
+        }
+        state.keys.get(fingerprint).cloned()
+    }
+
+    fn resolve_from_token(&self, _token: &str) -> Option<Identity> {
+        None
+    }
+}
+
+/// Parses `authorized_keys` text; `origin` names it in errors.
+pub fn parse_authorized_keys(text: &str, origin: &str) -> Result<Keys, AuthorizedKeysError> {
+    let mut keys = HashMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let err = |reason: String| AuthorizedKeysError::Line {
+            origin: origin.to_string(),
+            line: i + 1,
+            reason,
+        };
+        let (options, key_text) = split_options(line).map_err(err)?;
+        let scopes = match options {
+            None => Vec::new(),
+            Some(opts) => parse_scopes(opts).map_err(err)?,
+        };
+        let key = PublicKey::from_openssh(key_text).map_err(|e| err(format!("bad key: {e}")))?;
+        let fp = key_fingerprint(&key);
+        let comment = key.comment().as_str_lossy().trim().to_string();
+        let name = if comment.is_empty() {
+            openssh_fingerprint(&key)
+        } else {
+            comment
+        };
+        if keys.insert(fp, Identity { name, scopes }).is_some() {
+            return Err(err(format!(
+                "key {} is listed twice",
+                openssh_fingerprint(&key)
+            )));
+        }
+    }
+    Ok(keys)
+}
+
+/// Whether `word` is a key type rather than an options field.
+fn is_key_type(word: &str) -> bool {
+    ["ssh-", "ecdsa-", "sk-", "rsa-"]
+        .iter()
+        .any(|p| word.starts_with(p))
+}
+
+/// Splits a line into its options field (if any) and the `type base64 [comment]` rest.
+fn split_options(line: &str) -> Result<(Option<&str>, &str), String> {
+    let first = line.split_whitespace().next().unwrap_or("");
+    if is_key_type(first) {
+        return Ok((None, line));
+    }
+    // the options field ends at the first whitespace outside double quotes
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                return Ok((Some(&line[..i]), line[i..].trim_start()));
+            }
+            _ => {}
+        }
+    }
+    Err(if quoted {
+        "unterminated quote in options".into()
+    } else {
+        "no key after the options".into()
+    })
+}
+
+/// Parses an options field, of which only `scopes="a,b"` is understood.
+fn parse_scopes(options: &str) -> Result<Vec<String>, String> {
+    let mut scopes = None;
+    for opt in split_top_level_commas(options) {
+        let Some(value) = opt.strip_prefix("scopes=") else {
+            let name = opt.split('=').next().unwrap_or(opt);
+            return Err(format!(
+                "unsupported option {name:?} (only scopes=\"…\" is understood)"
+            ));
+        };
+        let inner = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .ok_or_else(|| "scopes must be double-quoted".to_string())?;
+        if scopes.is_some() {
+            return Err("scopes is given twice".into());
+        }
+        let list: Vec<String> = inner
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        if let Some(bad) = list
+            .iter()
+            .find(|s| s.chars().any(|c| c.is_whitespace() || c == '"'))
+        {
+            return Err(format!("bad scope {bad:?}"));
+        }
+        scopes = Some(list);
+    }
+    Ok(scopes.unwrap_or_default())
+}
+
+fn split_top_level_commas(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut quoted = false;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // ssh-keygen -t ed25519 (test keys, no private half anywhere)
+    const ALICE: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti";
+    const BOB: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKIMVm76XcC8S8vhRjsQm2Npe8cpTUHPveKkeXtnGFx4";
+
+    fn fp_of(key: &str) -> Fingerprint {
+        key_fingerprint(&PublicKey::from_openssh(key).expect("key"))
+    }
+
+    #[test]
+    fn fingerprint_is_the_openssh_sha256() {
+        let key = PublicKey::from_openssh(ALICE).expect("key");
+        let fp = key_fingerprint(&key);
+        // the same digest, two spellings: OpenSSH's base64 and our hex
+        let shown = openssh_fingerprint(&key);
+        let b64 = shown.strip_prefix("SHA256:").expect("prefix");
+        let mut digest = [0u8; 32];
+        let raw = ring::digest::digest(&ring::digest::SHA256, &key.to_bytes().expect("blob"));
+        digest.copy_from_slice(raw.as_ref());
+        assert_eq!(fp.0, digest, "sha256 of the key blob");
+        assert_eq!(b64.len(), 43, "unpadded base64 of 32 bytes");
+        // as `ssh-keygen -lf` prints it for BOB
+        assert_eq!(
+            openssh_fingerprint(&PublicKey::from_openssh(BOB).expect("key")),
+            "SHA256:qPehlU+Axcd28eIHyNpgRGlKkxC9D2XDlp+EzyT9k40"
+        );
+        assert_eq!(fp.to_string().len(), 64);
+        assert_eq!(fp.to_string().parse::<Fingerprint>(), Ok(fp));
+    }
+
+    #[test]
+    fn parses_scopes_comments_and_names() {
+        let text = format!(
+            "# team keys\n\n scopes=\"ssh:exec, ssh:shell\" {ALICE} alice@laptop \n{BOB}\n"
+        );
+        let keys = parse_authorized_keys(&text, "ak").expect("parses");
+        assert_eq!(keys.len(), 2);
+        let alice = &keys[&fp_of(ALICE)];
+        assert_eq!(alice.name, "alice@laptop");
+        assert_eq!(alice.scopes, ["ssh:exec", "ssh:shell"]);
+        let bob = &keys[&fp_of(BOB)];
+        assert!(bob.name.starts_with("SHA256:"), "{}", bob.name);
+        assert!(bob.scopes.is_empty(), "no scopes: default deny");
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            (format!("{ALICE}\nnot-a-key AAAA\n"), 2, "option"),
+            (format!("command=\"ls\" {ALICE}"), 1, "command"),
+            (format!("scopes=ssh:exec {ALICE}"), 1, "double-quoted"),
+            (format!("scopes=\"ssh:exec {ALICE}"), 1, "quote"),
+            ("ssh-ed25519 AAAAnotbase64!!".to_string(), 1, "bad key"),
+            (format!("{ALICE} a\n#\n{ALICE} b"), 3, "twice"),
+            (format!("scopes=\"a\",scopes=\"b\" {ALICE}"), 1, "twice"),
+        ];
+        for (text, line, needle) in cases {
+            let e = parse_authorized_keys(&text, "keys.txt").expect_err(&text);
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("keys.txt line {line}:")), "{msg}");
+            assert!(msg.contains(needle), "{msg}");
+        }
+    }
+
+    #[test]
+    fn provider_reloads_when_the_file_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("authorized_keys");
+        std::fs::write(&path, format!("scopes=\"ssh:exec\" {ALICE} alice\n")).expect("write");
+        let p = AuthorizedKeysProvider::load(&path).expect("load");
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            p.resolve_from_fingerprint(&fp_of(ALICE)).map(|i| i.name),
+            Some("alice".into())
+        );
+        assert_eq!(p.resolve_from_fingerprint(&fp_of(BOB)), None);
+        assert_eq!(p.resolve_from_token("anything"), None);
+        // a longer file: the size changes even within the mtime granularity
+        std::fs::write(&path, format!("{ALICE} alice\nscopes=\"x\" {BOB} bob\n")).expect("write");
+        assert_eq!(
+            p.resolve_from_fingerprint(&fp_of(BOB)).map(|i| i.scopes),
+            Some(vec!["x".to_string()])
+        );
+        // a broken file keeps the last good keys
+        std::fs::write(&path, "garbage garbage garbage garbage garbage\n").expect("write");
+        assert!(p.resolve_from_fingerprint(&fp_of(BOB)).is_some());
+        assert!(AuthorizedKeysProvider::load(dir.path().join("missing")).is_err());
+    }
+}

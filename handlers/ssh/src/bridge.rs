@@ -1,0 +1,506 @@
+//! The bridge between the monoio workers (QUIC) and a tokio runtime (russh).
+//!
+//! russh is written for tokio: it spawns with `tokio::spawn`, sleeps with `tokio::time`
+//! and reads and writes through `tokio::io::{AsyncRead, AsyncWrite}`. The engine's packet
+//! path runs on monoio workers and must never wait on tokio. So SSH sessions run on one
+//! shared, small tokio runtime ([`TokioBridge`], threads `alknet-ssh-N`), and bytes cross
+//! between the two through a [`ByteStream`]: a pair of bounded `async_channel`s of
+//! [`Bytes`], which wake tasks of either runtime (their wakers are thread-safe).
+//!
+//! ```text
+//!  monoio worker (owns the QUIC connection)        tokio bridge runtime (russh)
+//!  RecvStream ──read_chunk──▶ [bounded channel] ──▶ ByteStream: AsyncRead
+//!  SendStream ◀─write_chunk── [bounded channel] ◀── ByteStream: AsyncWrite
+//! ```
+//!
+//! * **Source-agnostic.** The tokio side sees only a [`ByteStream`]; what fills its other
+//!   end ([`StreamEnd`]) is the caller's business. [`pump_quic_stream`] does it for a QUIC
+//!   stream; a WebTransport stream or a TCP socket needs only another pump.
+//! * **Back-pressure.** Each direction holds at most [`BRIDGE_CHANNEL_DEPTH`] chunks (plus
+//!   one being handed over). A full channel stops the pump reading the QUIC stream, so QUIC
+//!   flow control reaches the peer; a full channel the other way makes russh's writes wait.
+//! * **Copies.** QUIC chunks travel as the `Bytes` slices of the decrypted packets, and go
+//!   to the `SendStream` as they came, without copying. The tokio side copies once each
+//!   way, because `AsyncRead`/`AsyncWrite` work on borrowed buffers.
+//! * **Ends.** FIN on the QUIC side is EOF on the tokio side, and `shutdown()` on the
+//!   tokio side finishes the QUIC stream. A reset arrives as a read error
+//!   (`ConnectionReset`); a `ByteStream` dropped without `shutdown()` resets the stream
+//!   (code [`STREAM_ABORT_CODE`]), so a peer never takes a truncated session for a whole
+//!   one.
+//! * **Cost.** One channel hop and, when the other side sleeps, one cross-thread wake-up
+//!   per chunk each way. The QUIC packet path itself never touches tokio.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::task::{ready, Context, Poll};
+
+use alknet_runtime::rt::spawn_guarded;
+use alknet_runtime::{BiStream, Bytes, Connection, ConnectionError, ReadError, VarInt};
+use async_channel::{Receiver, Sender, TrySendError, WeakReceiver, WeakSender};
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Chunks queued in each direction of a [`ByteStream`]. Small: it only has to cover the
+/// hand-over between the two runtimes; the windows that matter are QUIC's.
+pub const BRIDGE_CHANNEL_DEPTH: usize = 16;
+
+/// Largest chunk the QUIC pump takes from a stream at once.
+pub const BRIDGE_READ_CHUNK: usize = 64 * 1024;
+
+/// Application error code of a QUIC stream reset because its tokio side was dropped
+/// without `shutdown()` (the session failed) or stopped reading.
+pub const STREAM_ABORT_CODE: u32 = 0x1;
+
+/// The stream ended abortively (a QUIC reset, or the other side dropped without
+/// finishing), as opposed to a clean end of stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the stream was reset (error code {0})")]
+pub struct StreamAborted(pub u64);
+
+/// What travels through the bridge channels: data, or an abortive end. A clean end is the
+/// channel closing.
+pub type Chunk = Result<Bytes, StreamAborted>;
+
+type SendFuture = Pin<Box<dyn Future<Output = Result<(), ()>> + Send>>;
+
+/// The tokio side of a bridged byte stream: `AsyncRead + AsyncWrite + Unpin + Send`, what
+/// `russh::server::run_stream` and `russh::client::connect_stream` take.
+pub struct ByteStream {
+    rx: Pin<Box<Receiver<Chunk>>>,
+    /// `None` after `shutdown()`.
+    tx: Option<Sender<Chunk>>,
+    /// A chunk accepted by `poll_write` while the channel was full, being handed over.
+    sending: Option<SendFuture>,
+    /// The unread rest of the last chunk received.
+    leftover: Bytes,
+    /// The read side ended: cleanly (`None`) or abortively.
+    read_end: Option<Option<StreamAborted>>,
+}
+
+/// The other end of a [`ByteStream`], for whatever carries the bytes (a pump task).
+pub struct StreamEnd {
+    /// Chunks for the `ByteStream` to read. Drop it for EOF; send `Err` first to abort.
+    pub to_stream: Sender<Chunk>,
+    /// Chunks the `ByteStream` wrote. Closed without an `Err` after a clean `shutdown()`.
+    pub from_stream: Receiver<Chunk>,
+}
+
+impl std::fmt::Debug for ByteStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByteStream")
+            .field("shut_down", &self.tx.is_none())
+            .field("read_end", &self.read_end)
+            .finish()
+    }
+}
+
+impl ByteStream {
+    /// A new byte stream and its other end, each direction `depth` chunks deep.
+    pub fn pair(depth: usize) -> (ByteStream, StreamEnd) {
+        let (to_stream, rx) = async_channel::bounded(depth.max(1));
+        let (tx, from_stream) = async_channel::bounded(depth.max(1));
+        (
+            ByteStream {
+                rx: Box::pin(rx),
+                tx: Some(tx),
+                sending: None,
+                leftover: Bytes::new(),
+                read_end: None,
+            },
+            StreamEnd {
+                to_stream,
+                from_stream,
+            },
+        )
+    }
+
+    /// Two byte streams wired back to back (what one writes the other reads): an in-memory
+    /// transport for tests, and for serving SSH to an in-process client.
+    pub fn duplex(depth: usize) -> (ByteStream, ByteStream) {
+        let (a_tx, b_rx) = async_channel::bounded(depth.max(1));
+        let (b_tx, a_rx) = async_channel::bounded(depth.max(1));
+        let make = |tx, rx| ByteStream {
+            rx: Box::pin(rx),
+            tx: Some(tx),
+            sending: None,
+            leftover: Bytes::new(),
+            read_end: None,
+        };
+        (make(a_tx, a_rx), make(b_tx, b_rx))
+    }
+
+    /// A handle that ends this stream abortively from outside (a watchdog), without owning
+    /// it. It does not keep the stream open.
+    pub fn closer(&self) -> StreamCloser {
+        StreamCloser {
+            tx: self.tx.as_ref().map(Sender::downgrade),
+            rx: self.rx.downgrade(),
+        }
+    }
+
+    /// Drives the chunk being handed over, if any.
+    fn poll_sending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(fut) = self.sending.as_mut() {
+            let res = ready!(fut.as_mut().poll(cx));
+            self.sending = None;
+            if res.is_err() {
+                return Poll::Ready(Err(broken_pipe()));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn broken_pipe() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the bridged stream is closed")
+}
+
+impl AsyncRead for ByteStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.leftover.is_empty() {
+                let n = this.leftover.len().min(buf.remaining());
+                buf.put_slice(&this.leftover.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            match this.read_end {
+                Some(None) => return Poll::Ready(Ok(())),
+                Some(Some(aborted)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        aborted,
+                    )))
+                }
+                None => {}
+            }
+            match ready!(this.rx.as_mut().poll_next(cx)) {
+                Some(Ok(chunk)) => this.leftover = chunk,
+                Some(Err(aborted)) => this.read_end = Some(Some(aborted)),
+                None => this.read_end = Some(None),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ByteStream {
+    /// Accepts `buf` as one chunk. When the channel is full the chunk is still accepted,
+    /// and the next write (or flush) waits until it is handed over: at most one chunk
+    /// beyond the channel depth is buffered.
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_sending(cx))?;
+        let Some(tx) = self.tx.as_ref() else {
+            return Poll::Ready(Err(broken_pipe()));
+        };
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        match tx.try_send(Ok(Bytes::copy_from_slice(buf))) {
+            Ok(()) => Poll::Ready(Ok(buf.len())),
+            Err(TrySendError::Full(chunk)) => {
+                let tx = tx.clone();
+                self.sending = Some(Box::pin(
+                    async move { tx.send(chunk).await.map_err(|_| ()) },
+                ));
+                Poll::Ready(Ok(buf.len()))
+            }
+            Err(TrySendError::Closed(_)) => Poll::Ready(Err(broken_pipe())),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_sending(cx)
+    }
+
+    /// Flushes, then ends the stream cleanly (FIN on QUIC).
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_sending(cx))?;
+        // dropping the last sender closes the channel after the queued chunks
+        self.tx = None;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for ByteStream {
+    /// Without a `shutdown()` the stream did not end cleanly: say so, so the far side
+    /// resets instead of finishing.
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            // force_send makes room by dropping the oldest queued chunk: we abort anyway
+            let _ = tx.force_send(Err(StreamAborted(u64::from(STREAM_ABORT_CODE))));
+        }
+    }
+}
+
+/// Ends a [`ByteStream`] abortively: the far side sees a reset, the stream's own reads
+/// end and its writes fail. See [`ByteStream::closer`].
+#[derive(Debug, Clone)]
+pub struct StreamCloser {
+    tx: Option<WeakSender<Chunk>>,
+    rx: WeakReceiver<Chunk>,
+}
+
+impl StreamCloser {
+    pub fn abort(&self) {
+        if let Some(tx) = self.tx.as_ref().and_then(WeakSender::upgrade) {
+            let _ = tx.force_send(Err(StreamAborted(u64::from(STREAM_ABORT_CODE))));
+            tx.close();
+        }
+        if let Some(rx) = self.rx.upgrade() {
+            rx.close();
+        }
+    }
+}
+
+/// Pumps a QUIC bidirectional stream to and from a new [`ByteStream`], with two tasks on
+/// the current monoio worker. Must be called on a worker (inside a handler).
+pub fn pump_quic_stream(stream: BiStream) -> ByteStream {
+    let (bytes, end) = ByteStream::pair(BRIDGE_CHANNEL_DEPTH);
+    let StreamEnd {
+        to_stream,
+        from_stream,
+    } = end;
+    let (mut send, mut recv) = stream.split();
+    spawn_guarded("ssh bridge: quic to tokio", async move {
+        loop {
+            match recv.read_chunk(BRIDGE_READ_CHUNK).await {
+                Ok(Some(chunk)) => {
+                    if to_stream.send(Ok(chunk)).await.is_err() {
+                        // the session is gone: tell the peer to stop sending
+                        let _ = recv.stop(VarInt::from_u32(STREAM_ABORT_CODE));
+                        return;
+                    }
+                }
+                // FIN: dropping the sender is EOF on the tokio side
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!("ssh bridge: stream read ended: {e}");
+                    let code = match e {
+                        ReadError::Reset(code) => code.into_inner(),
+                        _ => u64::from(STREAM_ABORT_CODE),
+                    };
+                    let _ = to_stream.send(Err(StreamAborted(code))).await;
+                    return;
+                }
+            }
+        }
+    });
+    spawn_guarded("ssh bridge: tokio to quic", async move {
+        loop {
+            match from_stream.recv().await {
+                Ok(Ok(chunk)) => {
+                    if let Err(e) = send.write_chunk(chunk).await {
+                        // dropping `from_stream` makes the tokio side's writes fail
+                        tracing::debug!("ssh bridge: stream write ended: {e}");
+                        return;
+                    }
+                }
+                Ok(Err(aborted)) => {
+                    tracing::debug!("ssh bridge: {aborted}; resetting the stream");
+                    let _ = send.reset(VarInt::from_u32(STREAM_ABORT_CODE));
+                    return;
+                }
+                Err(_closed) => {
+                    let _ = send.finish();
+                    // keep the stream until the peer has it all (or stops it)
+                    let _ = send.stopped().await;
+                    return;
+                }
+            }
+        }
+    });
+    bytes
+}
+
+/// Client side: opens a bidirectional stream on `conn` (a connection of this monoio
+/// thread) and returns its tokio side, ready for `russh::client::connect_stream`.
+pub async fn open_bridged_stream(conn: &Connection) -> Result<ByteStream, ConnectionError> {
+    Ok(pump_quic_stream(conn.open_bi().await?))
+}
+
+/// Default number of bridge threads when nothing says otherwise.
+const DEFAULT_BRIDGE_THREADS: usize = 1;
+
+/// Most threads the bridge runtime may have.
+pub const MAX_BRIDGE_THREADS: usize = 256;
+
+static BRIDGE: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+/// The process-wide tokio runtime for SSH sessions: multi-threaded, started on first use,
+/// never stopped (its tasks end with their sessions).
+#[derive(Debug, Clone, Copy)]
+pub struct TokioBridge;
+
+impl TokioBridge {
+    /// The runtime's handle, starting it with `threads` threads (0 = 1) if this is the
+    /// first call in the process; later calls get the same runtime whatever they ask.
+    pub fn start(threads: usize) -> io::Result<tokio::runtime::Handle> {
+        if let Some(rt) = BRIDGE.get() {
+            return Ok(rt.handle().clone());
+        }
+        let threads = if threads == 0 {
+            DEFAULT_BRIDGE_THREADS
+        } else {
+            threads.min(MAX_BRIDGE_THREADS)
+        };
+        let next = AtomicUsize::new(0);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name_fn(move || format!("alknet-ssh-{}", next.fetch_add(1, Ordering::Relaxed)))
+            .enable_all()
+            .build()?;
+        // Two first callers at once: one runtime wins, the other is dropped unused.
+        let rt = BRIDGE.get_or_init(|| rt);
+        tracing::debug!(threads, "ssh bridge runtime started");
+        Ok(rt.handle().clone())
+    }
+
+    /// The runtime's handle if it was started.
+    pub fn handle() -> Option<tokio::runtime::Handle> {
+        BRIDGE.get().map(|rt| rt.handle().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn duplex_carries_bytes_and_eof() {
+        rt().block_on(async {
+            let (mut a, mut b) = ByteStream::duplex(2);
+            let writer = tokio::spawn(async move {
+                for i in 0..100u8 {
+                    a.write_all(&[i; 1000]).await.expect("write");
+                }
+                a.shutdown().await.expect("shutdown");
+            });
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).await.expect("read");
+            writer.await.expect("writer");
+            assert_eq!(got.len(), 100_000);
+            assert!(got
+                .chunks(1000)
+                .enumerate()
+                .all(|(i, c)| c.iter().all(|&x| x as usize == i)));
+        });
+    }
+
+    #[test]
+    fn drop_without_shutdown_is_an_abort() {
+        rt().block_on(async {
+            let (mut a, mut b) = ByteStream::duplex(4);
+            a.write_all(b"partial").await.expect("write");
+            drop(a);
+            let mut buf = Vec::new();
+            let e = b.read_to_end(&mut buf).await.expect_err("aborted");
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+            assert_eq!(buf, b"partial");
+            // and writing to a side whose peer is gone fails
+            assert_eq!(
+                b.write_all(b"x").await.expect_err("peer gone").kind(),
+                io::ErrorKind::BrokenPipe
+            );
+        });
+    }
+
+    #[test]
+    fn a_full_channel_holds_the_writer_back() {
+        rt().block_on(async {
+            let (mut stream, end) = ByteStream::pair(2);
+            // two chunks fill the channel, a third is accepted and parked
+            for _ in 0..3 {
+                stream.write_all(b"abc").await.expect("write");
+            }
+            let fourth = tokio::time::timeout(
+                std::time::Duration::from_millis(50),
+                stream.write_all(b"def"),
+            )
+            .await;
+            assert!(fourth.is_err(), "the fourth write must wait for the reader");
+            assert_eq!(
+                end.from_stream.recv().await.expect("chunk"),
+                Ok(Bytes::from_static(b"abc"))
+            );
+            let writer = tokio::spawn(async move {
+                stream.write_all(b"ghi").await.expect("room again");
+                stream.shutdown().await.expect("shutdown");
+            });
+            let mut rest = Vec::new();
+            while let Ok(chunk) = end.from_stream.recv().await {
+                rest.extend_from_slice(&chunk.expect("data"));
+            }
+            writer.await.expect("writer");
+            assert_eq!(rest, b"abcabcghi");
+        });
+    }
+
+    #[test]
+    fn a_closer_aborts_both_directions() {
+        rt().block_on(async {
+            let (mut stream, end) = ByteStream::pair(4);
+            let closer = stream.closer();
+            end.to_stream
+                .send(Ok(Bytes::from_static(b"hi")))
+                .await
+                .expect("send");
+            closer.abort();
+            // the far side sees the abort, and cannot send any more
+            assert_eq!(
+                end.from_stream.recv().await.expect("abort marker"),
+                Err(StreamAborted(u64::from(STREAM_ABORT_CODE)))
+            );
+            assert!(end.to_stream.send(Ok(Bytes::new())).await.is_err());
+            // the stream reads what was queued, then ends; writes fail
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.expect("read");
+            assert_eq!(got, b"hi");
+            assert!(stream.write_all(b"x").await.is_err());
+        });
+    }
+
+    #[test]
+    fn a_closer_does_not_keep_the_stream_open() {
+        rt().block_on(async {
+            let (mut stream, end) = ByteStream::pair(4);
+            let _closer = stream.closer();
+            stream.shutdown().await.expect("shutdown");
+            assert!(end.from_stream.recv().await.is_err(), "clean end seen");
+            drop(stream);
+            assert!(
+                end.to_stream.send(Ok(Bytes::new())).await.is_err(),
+                "reader gone"
+            );
+        });
+    }
+
+    #[test]
+    fn the_bridge_runtime_is_started_once() {
+        let a = TokioBridge::start(2).expect("start");
+        let b = TokioBridge::start(5).expect("again");
+        assert_eq!(a.id(), b.id());
+        let name = a
+            .block_on(a.spawn(async { std::thread::current().name().map(str::to_owned) }))
+            .expect("task");
+        assert!(name.is_some_and(|n| n.starts_with("alknet-ssh-")));
+    }
+}

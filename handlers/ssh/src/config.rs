@@ -1,0 +1,249 @@
+//! The `[ssh]` section of the config file: every limit is a named constant here with a key
+//! there.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Shell that runs `exec` commands (`SHELL -c CMD`) and interactive sessions.
+pub const DEFAULT_SHELL: &str = "/bin/sh";
+
+/// SSH sessions (= QUIC streams) open at once on one connection; more are reset. The QUIC
+/// stream limit (`limits.max_concurrent_bidi_streams`) applies too.
+pub const DEFAULT_MAX_SESSIONS_PER_CONNECTION: usize = 32;
+
+/// Channels (shells, commands, forwarded connections) open at once in one session; more
+/// are refused. OpenSSH's `MaxSessions` is 10; forwarding wants more.
+pub const DEFAULT_MAX_CHANNELS_PER_SESSION: usize = 64;
+
+/// Failed authentications before the session is disconnected (OpenSSH's `MaxAuthTries`).
+pub const DEFAULT_MAX_AUTH_ATTEMPTS: usize = 6;
+
+/// A session must have authenticated this long after its stream opened, or it is closed
+/// (OpenSSH's `LoginGraceTime`). Covers the version exchange too.
+pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 60_000;
+
+/// Every failed authentication takes at least this long, so timing does not tell which
+/// keys are known.
+pub const DEFAULT_AUTH_REJECTION_DELAY_MS: u64 = 1_000;
+
+/// The SSH channel window we grant peers (bytes they may send ahead). russh's default.
+pub const DEFAULT_WINDOW_SIZE: u32 = 2 * 1024 * 1024;
+
+/// Largest SSH packet payload we accept on a channel. russh's default.
+pub const DEFAULT_MAX_PACKET_SIZE: u32 = 32 * 1024;
+
+/// Messages russh queues per channel for its pump (which drains them at once; see `flow`).
+pub const DEFAULT_CHANNEL_QUEUE: usize = 64;
+
+/// Inbound bytes one channel may hold (taken from the client, not yet consumed by the
+/// command or socket) before the session's SSH window is throttled (see `flow`).
+pub const DEFAULT_CHANNEL_BUFFER: usize = 1024 * 1024;
+
+/// How long a `direct-tcpip` (ssh -L) connection to its target may take.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+
+/// Environment variables a client may set (`env` requests; `SendEnv` in OpenSSH).
+pub const DEFAULT_ENV_ALLOW: &[&str] = &["LANG", "LC_*"];
+
+/// `env` requests honoured per channel; more are refused.
+pub const MAX_ENV_PER_CHANNEL: usize = 64;
+
+/// Addresses `tcpip-forward` (ssh -R) may bind.
+pub const DEFAULT_FORWARD_BIND_ALLOW: &[&str] = &["127.0.0.1", "::1", "localhost"];
+
+/// `tcpip-forward` listeners one session may hold.
+pub const DEFAULT_MAX_FORWARDS_PER_SESSION: usize = 16;
+
+/// The `[ssh]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshConfig {
+    /// Shell for `exec` (`SHELL -c CMD`) and `shell` requests.
+    pub shell: PathBuf,
+    /// Host key (OpenSSH private key file). Default: `ssh_host_ed25519_key` in the data
+    /// directory, generated on first start.
+    pub host_key: Option<PathBuf>,
+    /// An OpenSSH `authorized_keys`-style file of extra identities (see
+    /// [`crate::AuthorizedKeysProvider`]), asked after the server's identity providers.
+    pub authorized_keys: Option<PathBuf>,
+    /// Names a client may set with `env` requests: exact names, or a prefix ending in `*`.
+    pub env_allow: Vec<String>,
+    /// Addresses `tcpip-forward` (ssh -R) may bind: exact strings as the client sends them.
+    pub forward_bind_allow: Vec<String>,
+    /// Threads of the tokio runtime running SSH sessions; 0 = as many as QUIC workers.
+    pub bridge_threads: usize,
+    pub max_sessions_per_connection: usize,
+    pub max_channels_per_session: usize,
+    pub max_forwards_per_session: usize,
+    pub max_auth_attempts: usize,
+    pub auth_timeout_ms: u64,
+    pub auth_rejection_delay_ms: u64,
+    pub window_size: u32,
+    pub max_packet_size: u32,
+    pub channel_queue: usize,
+    pub channel_buffer: usize,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            shell: PathBuf::from(DEFAULT_SHELL),
+            host_key: None,
+            authorized_keys: None,
+            env_allow: DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect(),
+            forward_bind_allow: DEFAULT_FORWARD_BIND_ALLOW
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            bridge_threads: 0,
+            max_sessions_per_connection: DEFAULT_MAX_SESSIONS_PER_CONNECTION,
+            max_channels_per_session: DEFAULT_MAX_CHANNELS_PER_SESSION,
+            max_forwards_per_session: DEFAULT_MAX_FORWARDS_PER_SESSION,
+            max_auth_attempts: DEFAULT_MAX_AUTH_ATTEMPTS,
+            auth_timeout_ms: DEFAULT_AUTH_TIMEOUT_MS,
+            auth_rejection_delay_ms: DEFAULT_AUTH_REJECTION_DELAY_MS,
+            window_size: DEFAULT_WINDOW_SIZE,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            channel_queue: DEFAULT_CHANNEL_QUEUE,
+            channel_buffer: DEFAULT_CHANNEL_BUFFER,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+        }
+    }
+}
+
+/// A `[ssh]` value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ssh.{key}: {reason}")]
+pub struct SshConfigError {
+    pub key: &'static str,
+    pub reason: &'static str,
+}
+
+impl SshConfig {
+    pub fn validate(&self) -> Result<(), SshConfigError> {
+        let positive = [
+            (
+                "max_sessions_per_connection",
+                self.max_sessions_per_connection as u64,
+            ),
+            (
+                "max_channels_per_session",
+                self.max_channels_per_session as u64,
+            ),
+            ("max_auth_attempts", self.max_auth_attempts as u64),
+            ("auth_timeout_ms", self.auth_timeout_ms),
+            ("window_size", u64::from(self.window_size)),
+            ("channel_queue", self.channel_queue as u64),
+            ("channel_buffer", self.channel_buffer as u64),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(SshConfigError {
+                    key,
+                    reason: "must be greater than 0",
+                });
+            }
+        }
+        // RFC 4253 §6.1: implementations must handle packets of 32768 bytes; much smaller
+        // ones make OpenSSH fail, much bigger ones only cost memory.
+        if !(1024..=256 * 1024).contains(&self.max_packet_size) {
+            return Err(SshConfigError {
+                key: "max_packet_size",
+                reason: "must be between 1024 and 262144",
+            });
+        }
+        if self.bridge_threads > crate::bridge::MAX_BRIDGE_THREADS {
+            return Err(SshConfigError {
+                key: "bridge_threads",
+                reason: "must be at most 256",
+            });
+        }
+        if !self.shell.is_absolute() {
+            return Err(SshConfigError {
+                key: "shell",
+                reason: "must be an absolute path",
+            });
+        }
+        if self.env_allow.iter().any(|p| p.is_empty() || p == "*") {
+            return Err(SshConfigError {
+                key: "env_allow",
+                reason: "patterns must be names or NAME_PREFIX*; \"*\" would allow LD_PRELOAD",
+            });
+        }
+        Ok(())
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Whether a client may set environment variable `name`.
+    pub fn env_allowed(&self, name: &str) -> bool {
+        env_allowed(&self.env_allow, name)
+    }
+
+    /// Whether `tcpip-forward` may bind `address` (as the client sent it).
+    pub fn bind_allowed(&self, address: &str) -> bool {
+        self.forward_bind_allow.iter().any(|a| a == address)
+    }
+}
+
+/// Matches `name` against allow-list patterns: an exact name, or a prefix followed by `*`.
+pub fn env_allowed(patterns: &[String], name: &str) -> bool {
+    !name.is_empty()
+        && patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => !prefix.is_empty() && name.starts_with(prefix),
+            None => p == name,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_allow_list_matches_names_and_prefixes() {
+        let cfg = SshConfig::default();
+        assert!(cfg.env_allowed("LANG"));
+        assert!(cfg.env_allowed("LC_ALL"));
+        assert!(cfg.env_allowed("LC_"));
+        assert!(!cfg.env_allowed("LANGUAGE"), "exact names are exact");
+        assert!(!cfg.env_allowed("LD_PRELOAD"));
+        assert!(!cfg.env_allowed("PATH"));
+        assert!(!cfg.env_allowed(""));
+        assert!(!env_allowed(&[], "LANG"));
+        assert!(!env_allowed(&["*".into()], "X"), "a bare * matches nothing");
+    }
+
+    #[test]
+    fn section_parses_and_validates() {
+        let cfg: SshConfig = toml::from_str("").expect("empty");
+        assert_eq!(cfg, SshConfig::default());
+        cfg.validate().expect("defaults are valid");
+        let cfg: SshConfig = toml::from_str(
+            "shell = \"/bin/bash\"\nenv_allow = [\"FOO\"]\nforward_bind_allow = [\"127.0.0.1\"]\n",
+        )
+        .expect("parses");
+        assert!(cfg.env_allowed("FOO") && !cfg.env_allowed("LANG"));
+        assert!(cfg.bind_allowed("127.0.0.1") && !cfg.bind_allowed("0.0.0.0"));
+        assert!(toml::from_str::<SshConfig>("shel = \"/bin/sh\"").is_err());
+        let bad = |text: &str, key: &str| {
+            let cfg: SshConfig = toml::from_str(text).expect("parses");
+            let e = cfg.validate().expect_err(text);
+            assert_eq!(e.key, key, "{e}");
+        };
+        bad("max_channels_per_session = 0", "max_channels_per_session");
+        bad("max_packet_size = 10", "max_packet_size");
+        bad("shell = \"sh\"", "shell");
+        bad("env_allow = [\"*\"]", "env_allow");
+        bad("bridge_threads = 1000", "bridge_threads");
+    }
+}

@@ -1,0 +1,65 @@
+//! `tcpip-forward` (ssh -R): listeners on allowed addresses whose connections go back to
+//! the client as `forwarded-tcpip` channels.
+
+use russh::server::Handle;
+use tokio::net::TcpListener;
+
+use crate::flow::SessionFlow;
+use crate::pumps::{splice_tcp, ChannelSlots};
+
+/// Binds a forward listener. `localhost` means the IPv4 loopback (one socket: a port-0
+/// request must name one port).
+pub async fn bind(address: &str, port: u16) -> std::io::Result<TcpListener> {
+    let host = match address {
+        "localhost" => "127.0.0.1",
+        a => a,
+    };
+    TcpListener::bind((host, port)).await
+}
+
+/// Accepts connections until aborted (cancel-tcpip-forward, or the session's end), each
+/// opening a `forwarded-tcpip` channel to the client named by the address and port the
+/// client asked for.
+pub async fn accept_loop(
+    listener: TcpListener,
+    address: String,
+    port: u32,
+    handle: Handle,
+    slots: ChannelSlots,
+    flow: SessionFlow,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning
+                tracing::warn!("ssh: forward listener {address}:{port}: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slot) = slots.try_acquire() else {
+            tracing::warn!("ssh: channel limit reached; forwarded connection from {peer} dropped");
+            continue;
+        };
+        let handle = handle.clone();
+        let address = address.clone();
+        let backlog = flow.backlog();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = tcp.set_nodelay(true);
+            match handle
+                .channel_open_forwarded_tcpip(
+                    address.clone(),
+                    port,
+                    peer.ip().to_string(),
+                    u32::from(peer.port()),
+                )
+                .await
+            {
+                Ok(channel) => splice_tcp(channel, tcp, backlog).await,
+                Err(e) => tracing::info!("ssh: forwarded-tcpip for {address}:{port}: {e}"),
+            }
+        });
+    }
+}

@@ -1,0 +1,143 @@
+//! The server's SSH host key: ed25519, generated on first start into the data directory in
+//! OpenSSH's private key format (mode 0600), and reused after.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::PrivateKey;
+
+/// File name of the generated host key in the data directory (OpenSSH's name for it).
+pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
+
+/// Errors loading or creating the host key.
+#[derive(Debug, thiserror::Error)]
+pub enum HostKeyError {
+    #[error("host key {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("host key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("generating a host key: {0}")]
+    Random(String),
+}
+
+/// Reads an OpenSSH private key file (unencrypted).
+pub fn load_host_key(path: &Path) -> Result<PrivateKey, HostKeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| HostKeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let key = PrivateKey::from_openssh(text.as_bytes()).map_err(|e| HostKeyError::Key {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if key.is_encrypted() {
+        return Err(HostKeyError::Key {
+            path: path.to_path_buf(),
+            reason: "the key is passphrase-protected; the server cannot use it".into(),
+        });
+    }
+    Ok(key)
+}
+
+/// The host key in `dir` ([`HOST_KEY_FILE`]), generated if missing; also whether it was
+/// generated now.
+pub fn load_or_generate_host_key(dir: &Path) -> Result<(PrivateKey, bool), HostKeyError> {
+    let path = dir.join(HOST_KEY_FILE);
+    if path.exists() {
+        return Ok((load_host_key(&path)?, false));
+    }
+    let io = |source| HostKeyError::Io {
+        path: path.clone(),
+        source,
+    };
+    create_private_dir(dir).map_err(io)?;
+    let key = generate_ed25519()?;
+    let text = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| HostKeyError::Key {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    // create_new: two servers starting at once must not overwrite each other's key
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(&path) {
+        Ok(mut f) => {
+            f.write_all(text.as_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            // the public half beside it, as OpenSSH does, for known_hosts entries
+            if let Ok(public) = key.public_key().to_openssh() {
+                let _ = std::fs::write(path.with_extension("pub"), format!("{public}\n"));
+            }
+            Ok((key, true))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok((load_host_key(&path)?, false))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// A fresh ed25519 key from the system's CSPRNG.
+pub fn generate_ed25519() -> Result<PrivateKey, HostKeyError> {
+    use ring::rand::SecureRandom;
+    let mut seed = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| HostKeyError::Random("the system random source failed".into()))?;
+    let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+    seed.fill(0);
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_once_then_reused_with_private_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let (key, generated) = load_or_generate_host_key(&data).expect("generate");
+        assert!(generated);
+        let path = data.join(HOST_KEY_FILE);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+        let (again, generated) = load_or_generate_host_key(&data).expect("reuse");
+        assert!(!generated);
+        assert_eq!(again.public_key(), key.public_key());
+        let public = std::fs::read_to_string(path.with_extension("pub")).expect("pub");
+        assert!(public.starts_with("ssh-ed25519 "));
+        assert!(crate::auth::openssh_fingerprint(key.public_key()).starts_with("SHA256:"));
+    }
+
+    #[test]
+    fn bad_key_files_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k");
+        std::fs::write(&path, "not a key").expect("write");
+        let e = load_host_key(&path).expect_err("garbage");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        assert!(load_host_key(&dir.path().join("missing")).is_err());
+    }
+}

@@ -1,0 +1,40 @@
+//! `alknet/ssh`: SSH-2 over QUIC. Each bidirectional stream of an `alknet/ssh` connection
+//! carries one SSH session served by `russh::server`, so the stock OpenSSH client works
+//! through `alknet connect` as its `ProxyCommand`.
+//!
+//! * [`bridge`]: the monoio ⇄ tokio byte pipe (russh needs tokio; the QUIC packet path
+//!   never touches it). Source-agnostic, and usable by clients too.
+//! * Authentication is by public key only: the key's SHA-256 fingerprint is resolved
+//!   through the engine's `IdentityProvider` (`[[identities]]`, the peer database), then
+//!   an optional `authorized_keys` file ([`AuthorizedKeysProvider`]). Password and
+//!   keyboard-interactive authentication are not offered.
+//! * Default deny: each channel type and request needs its scope ([`policy`]).
+//! * `exec`, `shell` (with or without a pty), `env` (allow-list), `signal`,
+//!   `window-change`, `direct-tcpip` (ssh -L) and `tcpip-forward` (ssh -R).
+
+mod adapter;
+mod auth;
+pub mod bridge;
+mod config;
+pub mod flow;
+mod forward;
+mod hostkey;
+pub mod policy;
+mod process;
+mod pumps;
+mod session;
+mod signals;
+
+pub use adapter::{SshAdapter, SshError, ALPN};
+pub use auth::{
+    key_fingerprint, openssh_fingerprint, parse_authorized_keys, AuthorizedKeysError,
+    AuthorizedKeysProvider,
+};
+pub use bridge::{open_bridged_stream, pump_quic_stream, ByteStream, StreamCloser, TokioBridge};
+pub use config::*;
+pub use hostkey::{
+    generate_ed25519, load_host_key, load_or_generate_host_key, HostKeyError, HOST_KEY_FILE,
+};
+pub use process::HANGUP_GRACE;
+pub use pumps::OUTPUT_CHUNK;
+pub use russh;

@@ -1,0 +1,579 @@
+//! One SSH session (one QUIC stream): the russh `Handler` that authenticates the peer's
+//! key through the identity providers and decides, scope by scope, what it may do.
+//!
+//! Callbacks run on the session's task in the bridge runtime and answer requests
+//! synchronously (russh tracks one pending reply per channel); the work itself (processes,
+//! pumps, forwarded connections) runs in tasks of its own.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use alknet_runtime::{Identity, IdentityProvider};
+use futures_util::FutureExt;
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf, Pty, Sig};
+use tokio::task::AbortHandle;
+
+use crate::adapter::Shared;
+use crate::auth::{key_fingerprint, openssh_fingerprint};
+use crate::config::MAX_ENV_PER_CHANNEL;
+use crate::flow::SessionFlow;
+use crate::policy::{authorize, SshAction};
+use crate::process::{Launch, PtyRequest, Running};
+use crate::pumps::{splice_tcp, ChannelSlot, ChannelSlots};
+
+/// A `session` channel: its settings until something runs in it, then the process.
+struct SessionChannel {
+    /// Until the process starts: the channel's halves (moved into the pumps then).
+    halves: Option<(ChannelReadHalf, ChannelWriteHalf<Msg>)>,
+    env: Vec<(String, String)>,
+    pty: Option<PtyRequest>,
+    running: Option<Running>,
+    _slot: ChannelSlot,
+}
+
+impl SessionChannel {
+    /// Discards what russh queued for the channel before its process started (requests
+    /// are answered here, data before a command has nowhere to go), so the queue never
+    /// fills and stalls the session.
+    fn drain(&mut self) {
+        if let Some((read, _)) = self.halves.as_mut() {
+            while let Some(Some(_)) = read.wait().now_or_never() {}
+        }
+    }
+}
+
+/// The russh handler of one session.
+pub(crate) struct SshSession {
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    provider: Arc<dyn IdentityProvider>,
+    identity: Option<Identity>,
+    /// Set once authenticated; the adapter's watchdog reads it.
+    authenticated: Arc<AtomicBool>,
+    slots: ChannelSlots,
+    /// Inbound flow control: russh's window target follows it (see `crate::flow`).
+    flow: SessionFlow,
+    channels: HashMap<ChannelId, SessionChannel>,
+    /// `tcpip-forward` listeners by (address as the client named it, bound port).
+    forwards: HashMap<(String, u32), AbortHandle>,
+}
+
+impl Drop for SshSession {
+    /// The session is over: its listeners close; its processes are hung up (by dropping
+    /// the channels).
+    fn drop(&mut self) {
+        for (_, listener) in self.forwards.drain() {
+            listener.abort();
+        }
+    }
+}
+
+impl SshSession {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        remote: SocketAddr,
+        provider: Arc<dyn IdentityProvider>,
+        authenticated: Arc<AtomicBool>,
+    ) -> Self {
+        let slots = ChannelSlots::new(shared.config.max_channels_per_session);
+        let flow = SessionFlow::new(shared.config.channel_buffer, shared.config.window_size);
+        Self {
+            shared,
+            remote,
+            provider,
+            identity: None,
+            authenticated,
+            slots,
+            flow,
+            channels: HashMap::new(),
+            forwards: HashMap::new(),
+        }
+    }
+
+    fn who(&self) -> &str {
+        self.identity.as_ref().map_or("-", |i| i.name.as_str())
+    }
+
+    /// The identity of a key: the engine's providers first, then `authorized_keys`.
+    fn resolve(&self, key: &russh::keys::PublicKey) -> Option<Identity> {
+        let fp = key_fingerprint(key);
+        self.provider.resolve_from_fingerprint(&fp).or_else(|| {
+            self.shared
+                .extra_provider
+                .as_ref()?
+                .resolve_from_fingerprint(&fp)
+        })
+    }
+
+    /// The ACL check, logged when it denies.
+    fn allowed(&self, action: SshAction) -> bool {
+        match authorize(self.identity.as_ref(), action) {
+            Ok(()) => true,
+            Err(denied) => {
+                tracing::warn!(remote = %self.remote, "ssh: denied: {denied}");
+                false
+            }
+        }
+    }
+
+    /// Starts a command (`Some`) or a shell (`None`) in channel `id`.
+    fn start(
+        &mut self,
+        id: ChannelId,
+        command: Option<&[u8]>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let action = if command.is_some() {
+            SshAction::Exec
+        } else {
+            SshAction::Shell
+        };
+        let allowed = self.allowed(action);
+        let identity = self.who().to_string();
+        let shell = self.shared.config.shell.clone();
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return session.channel_failure(id);
+        };
+        ch.drain();
+        if !allowed || ch.running.is_some() {
+            return session.channel_failure(id);
+        }
+        let Some((read, write)) = ch.halves.take() else {
+            return session.channel_failure(id);
+        };
+        let launch = Launch {
+            shell,
+            command: command.map(<[u8]>::to_vec),
+            env: std::mem::take(&mut ch.env),
+            pty: ch.pty.clone(),
+            identity: identity.clone(),
+        };
+        let backlog = self.flow.backlog();
+        match crate::process::start(launch, id, read, write, session.handle(), backlog) {
+            Ok(running) => {
+                tracing::info!(
+                    identity = %identity,
+                    remote = %self.remote,
+                    command = %command.map_or("(shell)".into(), String::from_utf8_lossy),
+                    pty = ch.pty.is_some(),
+                    "ssh: started"
+                );
+                ch.running = Some(running);
+                session.channel_success(id)
+            }
+            Err(e) => {
+                tracing::warn!(identity = %identity, "ssh: cannot start {:?}: {e}", self.shared.config.shell);
+                session.channel_failure(id)
+            }
+        }
+    }
+}
+
+impl russh::server::Handler for SshSession {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // spare the signature when the key is unknown anyway
+        Ok(match self.resolve(offer.public_key) {
+            Some(_) => Auth::Accept,
+            None => Auth::reject(),
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.resolve(key.public_key) {
+            Some(identity) => {
+                tracing::info!(
+                    identity = %identity.name,
+                    user,
+                    key = %openssh_fingerprint(key.public_key),
+                    remote = %self.remote,
+                    "ssh: authenticated"
+                );
+                self.identity = Some(identity);
+                Ok(Auth::Accept)
+            }
+            None => {
+                tracing::info!(
+                    key = %openssh_fingerprint(key.public_key),
+                    remote = %self.remote,
+                    "ssh: unknown key refused"
+                );
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    /// russh asks after each window adjustment what the next target is: the flow control
+    /// answers (a trickle while any channel's backlog is over `channel_buffer`).
+    fn adjust_window(&mut self, _channel: ChannelId, _current: u32) -> u32 {
+        self.flow.target_window()
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        self.authenticated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if !self.allowed(SshAction::OpenSession) {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        let Some(slot) = self.slots.try_acquire() else {
+            tracing::warn!(identity = %self.who(), "ssh: channel limit reached");
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
+        let id = channel.id();
+        self.channels.insert(
+            id,
+            SessionChannel {
+                halves: Some(channel.split()),
+                env: Vec::new(),
+                pty: None,
+                running: None,
+                _slot: slot,
+            },
+        );
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if !self.allowed(SshAction::ForwardLocal) {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        let Some(slot) = self.slots.try_acquire() else {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
+        let Ok(port) = u16::try_from(port) else {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        let target = (host.to_string(), port);
+        let backlog = self.flow.backlog();
+        let timeout = self.shared.config.connect_timeout();
+        let identity = self.who().to_string();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let connected =
+                tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await;
+            match connected {
+                Ok(Ok(tcp)) => {
+                    tracing::debug!(identity = %identity, "ssh: direct-tcpip to {}:{}", target.0, target.1);
+                    let _ = tcp.set_nodelay(true);
+                    reply.accept().await;
+                    splice_tcp(channel, tcp, backlog).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(identity = %identity, "ssh: direct-tcpip to {}:{}: {e}", target.0, target.1);
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+                Err(_) => {
+                    tracing::info!(identity = %identity, "ssh: direct-tcpip to {}:{} timed out", target.0, target.1);
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.drain();
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // a process still running is hung up
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // the data itself reaches the process through the channel's queue
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.drain();
+        }
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return session.channel_failure(channel);
+        };
+        ch.drain();
+        if ch.running.is_some() || ch.pty.is_some() {
+            return session.channel_failure(channel);
+        }
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        ch.pty = Some(PtyRequest {
+            // a hostile TERM cannot do much (it is one environment value), but keep it sane
+            term: term.chars().take(64).filter(|c| !c.is_control()).collect(),
+            cols: clamp(col_width),
+            rows: clamp(row_height),
+            pix_width: clamp(pix_width),
+            pix_height: clamp(pix_height),
+        });
+        session.channel_success(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let allowed = self.shared.config.env_allowed(name);
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return session.channel_failure(channel);
+        };
+        ch.drain();
+        if !allowed || ch.running.is_some() || ch.env.len() >= MAX_ENV_PER_CHANNEL {
+            tracing::debug!("ssh: env {name:?} refused");
+            return session.channel_failure(channel);
+        }
+        ch.env.retain(|(k, _)| k != name);
+        ch.env.push((name.to_string(), value.to_string()));
+        session.channel_success(channel)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start(channel, Some(data), session)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start(channel, None, session)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.drain();
+        }
+        tracing::info!(identity = %self.who(), "ssh: subsystem {name:?} refused (not served)");
+        session.channel_failure(channel)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.drain();
+        }
+        session.channel_failure(channel)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.drain();
+        }
+        Ok(false)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return session.channel_failure(channel);
+        };
+        ch.drain();
+        let (cols, rows, pw, ph) = (
+            clamp(col_width),
+            clamp(row_height),
+            clamp(pix_width),
+            clamp(pix_height),
+        );
+        let resized = match (&ch.running, &mut ch.pty) {
+            (Some(running), _) => running.resize(cols, rows, pw, ph),
+            // before the shell starts: the size it will start with
+            (None, Some(pty)) => {
+                (pty.cols, pty.rows, pty.pix_width, pty.pix_height) = (cols, rows, pw, ph);
+                true
+            }
+            (None, None) => false,
+        };
+        if resized {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        ch.drain();
+        match (&ch.running, crate::signals::to_posix(&signal)) {
+            (Some(running), Some(sig)) => {
+                if let Err(e) = running.signal(sig) {
+                    tracing::debug!("ssh: signal {signal:?}: {e}");
+                }
+            }
+            _ => tracing::debug!("ssh: signal {signal:?} not delivered"),
+        }
+        // `signal` requests never want a reply (RFC 4254 §6.9)
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if !self.allowed(SshAction::ForwardRemote) {
+            return Ok(false);
+        }
+        if !self.shared.config.bind_allowed(address) {
+            tracing::warn!(identity = %self.who(), "ssh: tcpip-forward on {address:?} refused (not in ssh.forward_bind_allow)");
+            return Ok(false);
+        }
+        if self.forwards.len() >= self.shared.config.max_forwards_per_session {
+            tracing::warn!(identity = %self.who(), "ssh: tcpip-forward limit reached");
+            return Ok(false);
+        }
+        let Ok(requested) = u16::try_from(*port) else {
+            return Ok(false);
+        };
+        let listener = match crate::forward::bind(address, requested).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::info!(identity = %self.who(), "ssh: tcpip-forward {address}:{requested}: {e}");
+                return Ok(false);
+            }
+        };
+        let bound = match listener.local_addr() {
+            Ok(a) => a.port(),
+            Err(_) => return Ok(false),
+        };
+        if requested == 0 {
+            *port = u32::from(bound);
+        }
+        let task = tokio::spawn(crate::forward::accept_loop(
+            listener,
+            address.to_string(),
+            u32::from(bound),
+            session.handle(),
+            self.slots.clone(),
+            self.flow.clone(),
+        ));
+        tracing::info!(identity = %self.who(), "ssh: forwarding {address}:{bound} to the client");
+        // OpenSSH cancels a port-0 forward by the port it was given
+        if let Some(old) = self
+            .forwards
+            .insert((address.to_string(), u32::from(bound)), task.abort_handle())
+        {
+            old.abort();
+        }
+        Ok(true)
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        match self.forwards.remove(&(address.to_string(), port)) {
+            Some(listener) => {
+                listener.abort();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
