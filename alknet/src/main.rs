@@ -4,6 +4,7 @@ mod call;
 mod config;
 mod connect;
 mod peer;
+mod socks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
     /// Call an alknet/call operation and print its JSON result (errors: code on stderr,
     /// exit status 2)
     Call(call::CallArgs),
+    /// Run a local SOCKS5 proxy whose connections leave from the server, over one
+    /// alknet/ssh session (each CONNECT is a direct-tcpip channel, as with ssh -D)
+    Socks(socks::SocksArgs),
     /// Print the SHA-256 fingerprint of the server certificate (generating it if needed)
     Fingerprint {
         #[arg(long)]
@@ -90,6 +94,10 @@ fn main() -> ExitCode {
         Command::Call(args) => {
             init_logging("warn");
             call::run(args)
+        }
+        Command::Socks(args) => {
+            init_logging("warn");
+            socks::run(args)
         }
         Command::Fingerprint { config, data_dir } => {
             init_logging("warn");

@@ -11,7 +11,7 @@ pub const SCOPE_SHELL: &str = "ssh:shell";
 pub const SCOPE_FORWARD_LOCAL: &str = "ssh:forward-local";
 /// `tcpip-forward` listeners and their `forwarded-tcpip` channels (ssh -R).
 pub const SCOPE_FORWARD_REMOTE: &str = "ssh:forward-remote";
-/// SOCKS5 through `alknet socks` (reserved; served later on top of `direct-tcpip`).
+/// SOCKS5 through `alknet socks`: `direct-tcpip` channels, like `ssh:forward-local`.
 pub const SCOPE_SOCKS: &str = "ssh:socks";
 /// The `sftp` subsystem (reserved; not served yet).
 pub const SCOPE_SFTP: &str = "ssh:sftp";
@@ -53,7 +53,14 @@ impl SshAction {
 }
 
 /// Grants `action` to `identity`, or says why not. Anonymous sessions get nothing.
+///
+/// `direct-tcpip` is granted by `ssh:socks` as well as `ssh:forward-local`: a SOCKS proxy
+/// (`alknet socks`, `ssh -D`) is a client-side front for exactly those channels, and the
+/// server cannot tell them apart on the wire.
 pub fn authorize(identity: Option<&Identity>, action: SshAction) -> Result<(), AccessDenied> {
+    if action == SshAction::ForwardLocal && identity.is_some_and(|i| i.has_scope(SCOPE_SOCKS)) {
+        return Ok(());
+    }
     let Some(scope) = action.scope() else {
         return match identity {
             Some(_) => Ok(()),
@@ -115,5 +122,14 @@ mod tests {
         // no wildcards
         assert!(authorize(Some(&id(&["ssh:*"])), SshAction::Exec).is_err());
         assert!(authorize(Some(&id(&["ssh"])), SshAction::Shell).is_err());
+    }
+
+    #[test]
+    fn socks_scope_grants_direct_tcpip_only() {
+        let socks = id(&[SCOPE_SOCKS]);
+        assert!(authorize(Some(&socks), SshAction::ForwardLocal).is_ok());
+        assert!(authorize(Some(&socks), SshAction::ForwardRemote).is_err());
+        assert!(authorize(Some(&socks), SshAction::Exec).is_err());
+        assert!(authorize(None, SshAction::ForwardLocal).is_err());
     }
 }

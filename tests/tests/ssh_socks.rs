@@ -1,0 +1,204 @@
+//! `alknet socks`: a local SOCKS5 proxy over one `alknet/ssh` session, driven by `curl
+//! --socks5-hostname` to a loopback HTTP server (Python's http.server), with keys added
+//! as peers through `alknet peer add` and the server's ACL deciding.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use alknet_tests::*;
+
+/// Kills the child when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn keygen(dir: &Path, name: &str) -> (String, String) {
+    let key = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen (install openssh-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SHA-256 of the public key blob, computed independently of the server's code
+    let fp = Command::new("python3")
+        .args([
+            "-c",
+            "import base64,hashlib,sys; print(hashlib.sha256(base64.b64decode(open(sys.argv[1]).read().split()[1])).hexdigest())",
+        ])
+        .arg(key.with_extension("pub"))
+        .output()
+        .expect("python3");
+    let fp = String::from_utf8(fp.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string();
+    assert_eq!(fp.len(), 64, "{fp}");
+    (key.display().to_string(), fp)
+}
+
+fn peer_add(server: &BinServer, name: &str, fp: &str, scope: &str) {
+    let out = Command::new(alknet_bin())
+        .args(["peer", "add", name, "--fingerprint", fp, "--scope", scope])
+        .env("ALKNET_DATA_DIR", server.data_dir.path())
+        .output()
+        .expect("alknet peer add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts `alknet socks` and waits until it listens; `Err(stderr)` if it exits first.
+fn socks(server: &BinServer, fp: &str, key: &str, port: u16) -> Result<Proc, String> {
+    let mut child = Command::new(alknet_bin())
+        .args(["socks", "--listen", &format!("127.0.0.1:{port}"), "-i", key])
+        .args(["--fingerprint", fp, &server.addr()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn alknet socks");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.contains("listening on") => return Ok(Proc(child)),
+            Ok(line) => seen.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = child.wait();
+                return Err(seen.join("\n"));
+            }
+        }
+    }
+    let _ = child.kill();
+    panic!("alknet socks did not start: {}", seen.join("\n"));
+}
+
+fn curl(socks_port: u16, url: &str) -> std::process::Output {
+    let child = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--socks5-hostname"])
+        .arg(format!("127.0.0.1:{socks_port}"))
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    wait_output(child, Duration::from_secs(30))
+}
+
+#[test]
+fn curl_through_alknet_socks_reaches_a_loopback_http_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let web = dir.path().join("www");
+    std::fs::create_dir(&web).expect("mkdir");
+    std::fs::write(web.join("hello.txt"), b"hello through socks\n").expect("write");
+    let big = payload(9, 3 << 20);
+    std::fs::write(web.join("big.bin"), &big).expect("write");
+    let http_port = free_tcp_port();
+    let _http = Proc(
+        Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+            .arg(&web)
+            .arg(http_port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server"),
+    );
+    let (allowed_key, allowed_fp) = keygen(dir.path(), "allowed");
+    let (denied_key, denied_fp) = keygen(dir.path(), "denied");
+    let (stranger_key, _) = keygen(dir.path(), "stranger");
+
+    let server = BinServer::start();
+    let fp = server.fingerprint();
+    peer_add(&server, "proxy-user", &allowed_fp, "ssh:socks");
+    peer_add(&server, "exec-only", &denied_fp, "ssh:exec");
+
+    // wait for the HTTP server
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+        assert!(Instant::now() < deadline, "http.server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let port = free_tcp_port();
+    let _proxy = socks(&server, &fp, &allowed_key, port).expect("alknet socks starts");
+    let out = curl(port, &format!("http://127.0.0.1:{http_port}/hello.txt"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hello through socks\n");
+    // the name is resolved at the far end (socks5-hostname)
+    let out = curl(port, &format!("http://localhost:{http_port}/big.bin"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&out.stdout), sha256(&big));
+    // several at once over the one session
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-sS", "--max-time", "20", "--socks5-hostname"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg(format!("http://127.0.0.1:{http_port}/big.bin"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("curl")
+        })
+        .collect();
+    for c in children {
+        let out = wait_output(c, Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(sha256(&out.stdout), sha256(&big));
+    }
+    // a closed port: the proxy answers with a SOCKS failure, curl reports it
+    let out = curl(port, &format!("http://127.0.0.1:{}/", free_tcp_port()));
+    assert!(!out.status.success());
+
+    // a key whose identity lacks ssh:socks / ssh:forward-local: its channels are refused
+    let port2 = free_tcp_port();
+    let _denied = socks(&server, &fp, &denied_key, port2).expect("authenticates");
+    let out = curl(port2, &format!("http://127.0.0.1:{http_port}/hello.txt"));
+    assert!(!out.status.success(), "denied identity got through");
+    assert!(out.stdout.is_empty());
+
+    // an unknown key does not get a session at all
+    let err = socks(&server, &fp, &stranger_key, free_tcp_port())
+        .err()
+        .expect("stranger refused");
+    assert!(err.contains("refused"), "{err}");
+}
