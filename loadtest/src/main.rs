@@ -14,6 +14,7 @@ mod probe;
 mod report;
 mod rr;
 mod server;
+mod ssh;
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -44,6 +45,12 @@ enum Command {
     /// Request/response through the alknet/call stack: the `echo` operation, --streams
     /// calls in flight per connection on one call stream, a --size byte JSON string each way
     Call(RunArgs),
+    /// SSH over alknet/ssh: each connection runs `head -c --bytes /dev/zero` in one
+    /// session and reads it all (a large `cat` through the SSH bridge)
+    SshCat(RunArgs),
+    /// SSH over alknet/ssh: each connection ping-pongs --size bytes through `cat` in one
+    /// session, for --duration
+    SshRr(RunArgs),
     /// One-way transfers with the perf protocol: --connections x 1 stream x --bytes
     Bulk(RunArgs),
     /// New connections per second: connect, one tiny exchange, close
@@ -67,6 +74,8 @@ enum Command {
 enum WorkloadKind {
     Rr,
     Call,
+    SshCat,
+    SshRr,
     Bulk,
     Handshake,
     Idle,
@@ -149,6 +158,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Rr(a) => run_one(WorkloadKind::Rr, &a),
         Command::Call(a) => run_one(WorkloadKind::Call, &a),
+        Command::SshCat(a) => run_one(WorkloadKind::SshCat, &a),
+        Command::SshRr(a) => run_one(WorkloadKind::SshRr, &a),
         Command::Bulk(a) => run_one(WorkloadKind::Bulk, &a),
         Command::Handshake(a) => run_one(WorkloadKind::Handshake, &a),
         Command::Idle(a) => run_one(WorkloadKind::Idle, &a),
@@ -197,6 +208,13 @@ fn run_compare(c: &CompareArgs) -> Result<(), String> {
     if c.run.server.is_some() {
         return Err("compare starts both servers itself; --server does not apply".into());
     }
+    if matches!(c.workload, WorkloadKind::SshCat | WorkloadKind::SshRr) {
+        return Err(
+            "the quinn baseline does not serve alknet/ssh; compare ssh-cat with bulk \
+                    and ssh-rr with rr against alknet"
+                .into(),
+        );
+    }
     if c.workload == WorkloadKind::Call {
         return Err(
             "the quinn baseline does not serve alknet/call; run `call` and `rr` \
@@ -235,6 +253,8 @@ fn workload_name(w: WorkloadKind) -> &'static str {
     match w {
         WorkloadKind::Rr => "rr",
         WorkloadKind::Call => "call",
+        WorkloadKind::SshCat => "ssh-cat",
+        WorkloadKind::SshRr => "ssh-rr",
         WorkloadKind::Bulk => "bulk",
         WorkloadKind::Handshake => "handshake",
         WorkloadKind::Idle => "idle",
@@ -267,13 +287,14 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
     let alpn = match workload {
         WorkloadKind::Bulk => alknet_perf::ALPN.to_vec(),
         WorkloadKind::Call => alknet_call::ALPN.to_vec(),
+        WorkloadKind::SshCat | WorkloadKind::SshRr => alknet_ssh::ALPN.to_vec(),
         _ => alknet_echo::ALPN.to_vec(),
     };
     let plan = ClientPlan {
         target,
         alpn,
         threads,
-        warmup: Duration::from_secs(if workload == WorkloadKind::Bulk {
+        warmup: Duration::from_secs(if is_transfer(workload) {
             0
         } else {
             args.warmup
@@ -283,7 +304,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         keep_alive: Duration::from_secs(5),
     };
     let rss_before = pid.and_then(server::rss_bytes);
-    let windowed = workload != WorkloadKind::Bulk;
+    let windowed = !is_transfer(workload);
     let warmup = plan.warmup;
     let sample = |sched: Schedule| {
         wait_with_progress(sched.measure_from, sched.measure_from - warmup, "warm-up");
@@ -317,6 +338,26 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             ),
             sample,
         ),
+        WorkloadKind::SshCat => harness::run(
+            &plan,
+            ssh::Ssh::new(
+                connections,
+                threads,
+                ssh::SshMode::Cat { bytes: args.bytes },
+            ),
+            sample,
+        ),
+        WorkloadKind::SshRr => harness::run(
+            &plan,
+            ssh::Ssh::new(
+                connections,
+                threads,
+                ssh::SshMode::Rr {
+                    size: args.size as usize,
+                },
+            ),
+            sample,
+        ),
         WorkloadKind::Bulk => harness::run(
             &plan,
             bulk::Bulk::new(connections, threads, args.bytes, args.direction),
@@ -335,7 +376,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
     }
     let seconds = match workload {
         // all transfers start together: the slowest one's time is the run's
-        WorkloadKind::Bulk => tally.latency.max() as f64 / 1e6,
+        WorkloadKind::Bulk | WorkloadKind::SshCat => tally.latency.max() as f64 / 1e6,
         _ => plan.duration.as_secs_f64(),
     };
     let server_window = Instant::now()
@@ -361,6 +402,14 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             "{label}: {threads} client threads, {connections} conns x {} calls in flight, echo of {} B",
             args.streams, args.size
         ),
+        WorkloadKind::SshCat => format!(
+            "{label}: {threads} client threads, {connections} SSH sessions x `head -c {}`",
+            args.bytes
+        ),
+        WorkloadKind::SshRr => format!(
+            "{label}: {threads} client threads, {connections} SSH sessions ping-ponging {} B through cat",
+            args.size
+        ),
         WorkloadKind::Bulk => format!(
             "{label}: {threads} client threads, {connections} conns x {} B {:?}",
             args.bytes, args.direction
@@ -379,6 +428,12 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         server_cpu_s,
         rss_per_connection,
     })
+}
+
+/// Workloads that move a fixed amount once (measured until the last transfer ends)
+/// rather than loading for a fixed window.
+fn is_transfer(w: WorkloadKind) -> bool {
+    matches!(w, WorkloadKind::Bulk | WorkloadKind::SshCat)
 }
 
 /// Sleeps until `until`, drawing a progress line on stderr when it is a terminal.

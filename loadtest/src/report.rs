@@ -26,7 +26,7 @@ impl Measurement {
     pub fn headline(&self) -> (f64, &'static str) {
         let t = &self.tally;
         match self.workload {
-            "bulk" => (
+            "bulk" | "ssh-cat" => (
                 t.bytes as f64 * 8.0 / self.seconds.max(1e-9) / 1e9,
                 "Gbit/s",
             ),

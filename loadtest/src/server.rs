@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alknet_runtime::tls::{ClientAuth, TlsIdentity};
-use alknet_runtime::{AlpnRegistry, EngineConfig, Fingerprint, Limits, NoIdentities};
+use alknet_runtime::{AlpnRegistry, EngineConfig, Fingerprint, Limits};
 
 /// How long a child server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -160,6 +160,29 @@ pub fn serve(kind: Kind, workers: usize) -> Result<(), String> {
             registry
                 .register(Arc::new(alknet_perf::PerfHandler))
                 .map_err(|e| e.to_string())?;
+            let host_key = alknet_ssh::generate_ed25519().map_err(|e| e.to_string())?;
+            registry
+                .register(Arc::new(
+                    alknet_ssh::SshAdapter::new(
+                        host_key,
+                        alknet_ssh::SshConfig::default(),
+                        workers,
+                    )
+                    .map_err(|e| e.to_string())?,
+                ))
+                .map_err(|e| e.to_string())?;
+            // the ssh workloads' fixed key may run commands (see ssh.rs)
+            let loadtest_key = crate::ssh::loadtest_key();
+            let provider =
+                alknet_runtime::ConfigIdentityProvider::new(&[alknet_runtime::IdentityEntry {
+                    name: "loadtest".into(),
+                    fingerprints: vec![
+                        alknet_ssh::key_fingerprint(loadtest_key.public_key()).to_string()
+                    ],
+                    tokens: vec![],
+                    scopes: vec!["ssh:exec".into()],
+                }])
+                .map_err(|e| e.to_string())?;
             let config = EngineConfig {
                 listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
                 workers,
@@ -173,7 +196,7 @@ pub fn serve(kind: Kind, workers: usize) -> Result<(), String> {
                 // ALKNET_KERNEL_STEERING=0 measures the plain 4-tuple hash instead
                 kernel_steering: std::env::var("ALKNET_KERNEL_STEERING").map_or(true, |v| v != "0"),
             };
-            let server = alknet_runtime::start(config, registry, Arc::new(NoIdentities))
+            let server = alknet_runtime::start(config, registry, Arc::new(provider))
                 .map_err(|e| e.to_string())?;
             println!("listening {}", server.local_addr());
             println!("fingerprint {}", server.fingerprint());

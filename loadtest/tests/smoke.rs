@@ -140,3 +140,25 @@ fn call_moves_exact_bytes_through_the_call_stack() {
     assert_eq!(field(&json, "bytes"), ops * 200, "{json}");
     assert_eq!(field(&json, "connections"), 2);
 }
+
+#[test]
+fn ssh_workloads_move_exact_bytes_through_the_bridge() {
+    let json = run(
+        "ssh-cat",
+        "alknet",
+        &[
+            "--connections",
+            "2",
+            "--bytes",
+            "3000000",
+            "--duration",
+            "20",
+        ],
+    );
+    assert_eq!(field(&json, "operations"), 2, "{json}");
+    assert_eq!(field(&json, "bytes"), 6_000_000, "{json}");
+    let json = run("ssh-rr", "alknet", &["--connections", "2", "--size", "100"]);
+    let ops = field(&json, "operations");
+    assert!(ops > 0, "{json}");
+    assert_eq!(field(&json, "bytes"), ops * 200, "{json}");
+}
