@@ -7,8 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real clients the suite drives (independent implementations, not ours).
-if ! command -v valgrind >/dev/null; then
-    apt-get update -q && apt-get install -y -q valgrind
+# valgrind: the instruction-count gate; openssh-client (ssh, ssh-keygen): the OpenSSH
+# tests of alknet/ssh; curl: the SOCKS5 test of `alknet socks`.
+missing=()
+command -v valgrind >/dev/null || missing+=(valgrind)
+command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -q && apt-get install -y -q "${missing[@]}"
 fi
 if ! python3 -c 'import aioquic' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
