@@ -32,16 +32,32 @@ pub fn free_udp_port() -> u16 {
 impl BinServer {
     /// `alknet serve` with no config file and 2 workers, waiting until it serves.
     pub fn start() -> Self {
+        Self::launch(None)
+    }
+
+    /// `alknet serve --config FILE` with `config` as the file's text (written into the
+    /// fresh data directory), 2 workers, waiting until it serves.
+    pub fn start_with_config(config: &str) -> Self {
+        Self::launch(Some(config))
+    }
+
+    fn launch(config: Option<&str>) -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let port = free_udp_port();
-        let mut child = Command::new(alknet_bin())
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--workers",
-                "2",
-            ])
+        let mut cmd = Command::new(alknet_bin());
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--workers",
+            "2",
+        ]);
+        if let Some(text) = config {
+            let path = data_dir.path().join("config.toml");
+            std::fs::write(&path, text).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd
             .env("ALKNET_DATA_DIR", data_dir.path())
             .env("ALKNET_LOG", "info")
             .stderr(Stdio::piped())

@@ -1,0 +1,250 @@
+//! Helpers for driving the real OpenSSH client against `alknet/ssh`: keys from
+//! `ssh-keygen`, and `ssh` commands whose ProxyCommand is `alknet connect`.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{alknet_bin, wait_output};
+
+/// Every `ssh` run ends within this, or the test fails.
+pub const SSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether the OpenSSH client tools are installed (`tests/run-all.sh` installs them).
+pub fn openssh_available() -> bool {
+    ["ssh", "ssh-keygen"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    })
+}
+
+/// An ed25519 key pair made by `ssh-keygen`.
+pub struct SshKey {
+    /// The private key file (mode 0600, as ssh requires).
+    pub path: PathBuf,
+    /// The `ssh-ed25519 AAAA… comment` line.
+    pub public: String,
+    /// SHA-256 of the key as 64 hex digits: what `alknet peer add --fingerprint` takes.
+    pub fingerprint_hex: String,
+}
+
+/// Generates a key named `name` in `dir`. Its fingerprint is taken from `ssh-keygen -l`
+/// (OpenSSH's own `SHA256:` base64) and turned into hex, so the hex our config and peer
+/// store hold is checked against OpenSSH, not computed by our code.
+pub fn ssh_keygen(dir: &Path, name: &str) -> SshKey {
+    let path = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    let public = std::fs::read_to_string(path.with_extension("pub"))
+        .expect("public key")
+        .trim()
+        .to_string();
+    let out = Command::new("ssh-keygen")
+        .args(["-l", "-E", "sha256", "-f"])
+        .arg(path.with_extension("pub"))
+        .output()
+        .expect("ssh-keygen -l");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let b64 = listing
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.strip_prefix("SHA256:"))
+        .unwrap_or_else(|| panic!("ssh-keygen -l printed {listing:?}"));
+    let digest = base64_decode(b64);
+    assert_eq!(digest.len(), 32, "{listing}");
+    let fingerprint_hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+    SshKey {
+        path,
+        public,
+        fingerprint_hex,
+    }
+}
+
+/// Standard base64 (padding optional), as OpenSSH prints fingerprints.
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let v = ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .unwrap_or_else(|| panic!("not base64: {text:?}")) as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// Where an `alknet/ssh` server listens and which certificate to pin.
+#[derive(Clone)]
+pub struct SshTarget {
+    pub addr: String,
+    /// The server certificate's SHA-256, hex.
+    pub tls_fingerprint: String,
+}
+
+impl SshTarget {
+    /// `ssh` to the target with `key` and nothing from the user's configuration: no
+    /// known_hosts, no agent, no other keys, batch mode (never a prompt).
+    pub fn ssh(&self, key: &SshKey) -> Command {
+        let proxy = format!(
+            "{} connect --alpn alknet/ssh --fingerprint {} {}",
+            alknet_bin().display(),
+            self.tls_fingerprint,
+            self.addr
+        );
+        let mut cmd = Command::new("ssh");
+        cmd.args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("-o")
+        .arg(format!("ProxyCommand={proxy}"))
+        .arg("-i")
+        .arg(&key.path);
+        cmd
+    }
+
+    /// Runs `ssh … user@alknet COMMAND` with `input` on stdin; bounded by [`SSH_TIMEOUT`].
+    pub fn run(&self, key: &SshKey, command: &str, input: &[u8]) -> Output {
+        let mut cmd = self.ssh(key);
+        cmd.args(["user@alknet", command]);
+        run_with_input(cmd, input)
+    }
+}
+
+/// Runs `cmd` feeding `input` from a thread (so a big input cannot deadlock against the
+/// output), bounded by [`SSH_TIMEOUT`].
+pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ssh");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = wait_output(child, SSH_TIMEOUT);
+    let _ = writer.join();
+    out
+}
+
+/// `alknet peer add NAME --fingerprint HEX --scope …` against a server's data directory.
+pub fn peer_add(data_dir: &Path, name: &str, fingerprint_hex: &str, scopes: &[&str]) {
+    let mut cmd = Command::new(alknet_bin());
+    cmd.args(["peer", "add", name, "--fingerprint", fingerprint_hex])
+        .env("ALKNET_DATA_DIR", data_dir);
+    for s in scopes {
+        cmd.args(["--scope", s]);
+    }
+    let out = cmd.output().expect("alknet peer add");
+    assert!(
+        out.status.success(),
+        "peer add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A loopback TCP echo server on a thread per connection; lives as long as the process.
+pub fn tcp_echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let Ok(mut reader) = conn.try_clone() else {
+                    return;
+                };
+                let mut writer = conn;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Connects to 127.0.0.1:`port`, retrying until `limit` (a forward being set up).
+pub fn connect_retry(port: u16, limit: Duration) -> TcpStream {
+    let deadline = Instant::now() + limit;
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("127.0.0.1:{port}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Sends `data` through `stream` and returns what comes back until EOF (the far end is an
+/// echo server): writes from a thread, reads here.
+pub fn echo_through(stream: TcpStream, data: &[u8]) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(SSH_TIMEOUT))
+        .expect("read timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let data = data.to_vec();
+    let sender = std::thread::spawn(move || {
+        writer.write_all(&data).expect("write through the forward");
+        writer
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+    });
+    let mut got = Vec::new();
+    let mut reader = stream;
+    std::io::Read::read_to_end(&mut reader, &mut got).expect("read through the forward");
+    sender.join().expect("sender");
+    got
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_decodes_openssh_fingerprints() {
+        assert_eq!(base64_decode("aGk="), b"hi");
+        assert_eq!(base64_decode("aGk"), b"hi");
+        assert_eq!(base64_decode("AAEC/w"), [0, 1, 2, 255]);
+    }
+}

@@ -1,0 +1,467 @@
+//! `alknet/ssh` with the real OpenSSH client: `ssh -o ProxyCommand='alknet connect --alpn
+//! alknet/ssh …'` against the real `alknet serve`, keys made by `ssh-keygen` and granted
+//! through `alknet peer add` or an `authorized_keys` file. `tests/run-all.sh` installs
+//! openssh-client and tmux when missing.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alknet_tests::ssh::*;
+use alknet_tests::*;
+
+/// Kills (and reaps) a long-running child such as `ssh -N -L …` when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn require_openssh() {
+    assert!(
+        openssh_available(),
+        "the OpenSSH client is required: apt-get install openssh-client (tests/run-all.sh does)"
+    );
+}
+
+fn target(server: &BinServer) -> SshTarget {
+    SshTarget {
+        addr: server.addr(),
+        tls_fingerprint: server.fingerprint(),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn hex(digest: [u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn exec_exit_status_stderr_and_stdin_with_a_peer_key() {
+    require_openssh();
+    let server = BinServer::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(keys.path(), "alice");
+    // the key's SHA-256 (hex) added as a peer of the SQLite store, as an admin would
+    peer_add(
+        server.data_dir.path(),
+        "alice",
+        &key.fingerprint_hex,
+        &["ssh:exec"],
+    );
+    let t = target(&server);
+
+    let out = t.run(&key, "echo hi; exit 3", b"");
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+
+    // stderr travels as extended data, separately from stdout
+    let out = t.run(&key, "echo out; echo oops >&2; echo $ALKNET_IDENTITY", b"");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\nalice\n");
+    assert_eq!(text(&out.stderr), "oops\n");
+
+    // 10 MiB of stdin, then EOF, through sha256sum
+    let data = payload(7, 10 << 20);
+    let out = t.run(&key, "sha256sum", &data);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{}  -\n", hex(sha256(&data))));
+
+    // and back out again through cat: input and output at once (a command that must
+    // write before it reads more, the case russh's own back-pressure deadlocks on)
+    let out = t.run(&key, "cat", &data);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), data.len());
+    assert_eq!(sha256(&out.stdout), sha256(&data));
+
+    // env requests: allowed names pass, others are refused
+    let mut cmd = t.ssh(&key);
+    cmd.args([
+        "-o",
+        "SetEnv=LANG=C.UTF-8 LD_PRELOAD=/x.so",
+        "user@alknet",
+        "echo \"$LANG ${LD_PRELOAD-unset}\"",
+    ]);
+    let out = run_with_input(cmd, b"");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "C.UTF-8 unset\n");
+
+    // a command killed by a signal ends the session too (exit-signal), without hanging
+    let out = t.run(&key, "kill -KILL $$", b"");
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn unknown_keys_and_missing_scopes_are_refused() {
+    require_openssh();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let exec_key = ssh_keygen(keys.path(), "listed-exec");
+    let shell_key = ssh_keygen(keys.path(), "listed-shell");
+    let peer_key = ssh_keygen(keys.path(), "peer-shell");
+    let stranger = ssh_keygen(keys.path(), "stranger");
+    let authorized = keys.path().join("authorized_keys");
+    std::fs::write(
+        &authorized,
+        format!(
+            "# test keys\nscopes=\"ssh:exec\" {}\nscopes=\"ssh:shell\" {}\n",
+            exec_key.public, shell_key.public
+        ),
+    )
+    .expect("write authorized_keys");
+    let server =
+        BinServer::start_with_config(&format!("[ssh]\nauthorized_keys = {authorized:?}\n"));
+    peer_add(
+        server.data_dir.path(),
+        "peer-shell",
+        &peer_key.fingerprint_hex,
+        &["ssh:shell", "ssh:forward-remote"],
+    );
+    let t = target(&server);
+
+    // a key from the authorized_keys file, named by its comment
+    let out = t.run(&exec_key, "echo $ALKNET_IDENTITY", b"");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "listed-exec\n");
+
+    // an unknown key: authentication fails
+    let out = t.run(&stranger, "echo should-not-run", b"");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(out.stdout.is_empty());
+    assert!(
+        text(&out.stderr).contains("Permission denied (publickey)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // authenticated, but without ssh:exec: the exec request is refused
+    for key in [&shell_key, &peer_key] {
+        let out = t.run(key, "echo should-not-run", b"");
+        assert_eq!(out.status.code(), Some(255));
+        assert!(out.stdout.is_empty());
+        assert!(
+            text(&out.stderr).contains("exec request failed"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
+    // without ssh:forward-local, a -L connection is refused (the listener is the
+    // client's; the channel open is what the server denies)
+    let echo = tcp_echo_server();
+    let local = free_tcp_port();
+    let mut cmd = t.ssh(&exec_key);
+    cmd.args([
+        "-N",
+        "-L",
+        &format!("127.0.0.1:{local}:127.0.0.1:{echo}"),
+        "user@alknet",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let _forward = Proc(cmd.spawn().expect("ssh -L"));
+    let mut conn = connect_retry(local, SSH_TIMEOUT);
+    conn.set_read_timeout(Some(SSH_TIMEOUT)).expect("timeout");
+    // the client closes the connection when the server refuses the channel
+    let _ = std::io::Write::write_all(&mut conn, b"denied");
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut conn, &mut got);
+    assert!(got.is_empty(), "a denied channel carries nothing");
+
+    // without ssh:forward-remote, -R fails (and with it, under ExitOnForwardFailure)
+    let mut cmd = t.ssh(&exec_key);
+    cmd.args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        &format!("127.0.0.1:{}:127.0.0.1:{echo}", free_tcp_port()),
+        "user@alknet",
+    ]);
+    let out = run_with_input(cmd, b"");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("forwarding failed"),
+        "{}",
+        text(&out.stderr)
+    );
+    // with the scope but on an address outside ssh.forward_bind_allow, it fails too
+    let mut cmd = t.ssh(&peer_key);
+    cmd.args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        &format!("0.0.0.0:{}:127.0.0.1:{echo}", free_tcp_port()),
+        "user@alknet",
+    ]);
+    let out = run_with_input(cmd, b"");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("forwarding failed"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn local_and_remote_forwarding_reach_a_loopback_echo_server() {
+    require_openssh();
+    let server = BinServer::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(keys.path(), "forwarder");
+    peer_add(
+        server.data_dir.path(),
+        "forwarder",
+        &key.fingerprint_hex,
+        &["ssh:forward-local", "ssh:forward-remote"],
+    );
+    let t = target(&server);
+    let echo = tcp_echo_server();
+    let data = payload(11, 3 << 20);
+
+    // ssh -L: the client listens, the server connects to the echo server
+    let local = free_tcp_port();
+    let mut cmd = t.ssh(&key);
+    cmd.args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        &format!("127.0.0.1:{local}:127.0.0.1:{echo}"),
+        "user@alknet",
+    ])
+    // the ProxyCommand outlives a killed ssh briefly: keep it off the test's output
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let _l = Proc(cmd.spawn().expect("ssh -L"));
+    for round in 0..3 {
+        let got = echo_through(connect_retry(local, SSH_TIMEOUT), &data);
+        assert_eq!(got.len(), data.len(), "round {round}");
+        assert_eq!(sha256(&got), sha256(&data), "round {round}");
+    }
+
+    // ssh -R: the server listens, the client connects to the echo server
+    let remote = free_tcp_port();
+    let mut cmd = t.ssh(&key);
+    cmd.args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        &format!("127.0.0.1:{remote}:127.0.0.1:{echo}"),
+        "user@alknet",
+    ])
+    // the ProxyCommand outlives a killed ssh briefly: keep it off the test's output
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut r = Proc(cmd.spawn().expect("ssh -R"));
+    for round in 0..3 {
+        let got = echo_through(connect_retry(remote, SSH_TIMEOUT), &data);
+        assert_eq!(got.len(), data.len(), "round {round}");
+        assert_eq!(sha256(&got), sha256(&data), "round {round}");
+    }
+    // the session's end closes its listener
+    let _ = r.0.kill();
+    let _ = r.0.wait();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while std::net::TcpStream::connect(("127.0.0.1", remote)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the -R listener outlived its session"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Quotes `arg` for /bin/sh.
+fn sh_quote(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', r"'\''"))
+}
+
+/// The screen of a tmux pane.
+fn capture(socket: &Path) -> String {
+    let out = Command::new("tmux")
+        .arg("-S")
+        .arg(socket)
+        .args(["capture-pane", "-p", "-t", "t"])
+        .output()
+        .expect("tmux capture-pane");
+    text(&out.stdout)
+}
+
+fn tmux(socket: &Path, args: &[&str]) {
+    let status = Command::new("tmux")
+        .arg("-S")
+        .arg(socket)
+        .args(args)
+        .status()
+        .expect("tmux");
+    assert!(status.success(), "tmux {args:?}");
+}
+
+/// Waits until the pane shows something `ok` accepts.
+fn wait_screen(socket: &Path, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + SSH_TIMEOUT;
+    loop {
+        let screen = capture(socket);
+        if ok(&screen) {
+            return screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} on the screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn pty_shell_in_tmux_shows_a_prompt_runs_commands_and_resizes() {
+    require_openssh();
+    assert!(
+        Command::new("tmux").arg("-V").output().is_ok(),
+        "tmux is required: apt-get install tmux (tests/run-all.sh does)"
+    );
+    let server = BinServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(dir.path(), "terminal");
+    peer_add(
+        server.data_dir.path(),
+        "terminal",
+        &key.fingerprint_hex,
+        &["ssh:shell"],
+    );
+    let t = target(&server);
+    // tmux runs a shell command line: a script holding the exact ssh invocation
+    let cmd = t.ssh(&key);
+    let mut line = vec![sh_quote(&cmd.get_program().to_string_lossy())];
+    line.extend(cmd.get_args().map(|a| sh_quote(&a.to_string_lossy())));
+    let status_file = dir.path().join("status");
+    let script = dir.path().join("session.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{} -tt user@alknet\necho $? > {}\n",
+            line.join(" "),
+            sh_quote(&status_file.to_string_lossy())
+        ),
+    )
+    .expect("write script");
+    let socket = dir.path().join("tmux.sock");
+    tmux(
+        &socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            &format!("sh {}", sh_quote(&script.to_string_lossy())),
+        ],
+    );
+    let result = std::panic::catch_unwind(|| {
+        // a login shell's prompt ("$ " or, as root, "# ")
+        wait_screen(&socket, "prompt", |s| {
+            s.lines()
+                .any(|l| l.trim_end().ends_with('$') || l.trim_end().ends_with('#'))
+        });
+        tmux(
+            &socket,
+            &[
+                "send-keys",
+                "-t",
+                "t",
+                "echo pty-$((6*7)); stty size; tty",
+                "Enter",
+            ],
+        );
+        let screen = wait_screen(&socket, "command output", |s| {
+            s.contains("pty-42") && s.contains("/dev/pts/")
+        });
+        assert!(screen.contains("30 100"), "pty-req size:\n{screen}");
+        // window-change reaches the pty
+        tmux(
+            &socket,
+            &["resize-window", "-t", "t", "-x", "120", "-y", "40"],
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        tmux(&socket, &["send-keys", "-t", "t", "stty size", "Enter"]);
+        wait_screen(&socket, "the new size", |s| s.contains("40 120"));
+        tmux(&socket, &["send-keys", "-t", "t", "exit 7", "Enter"]);
+        let deadline = Instant::now() + SSH_TIMEOUT;
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&status_file) {
+                assert_eq!(s.trim(), "7", "the shell's exit status");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the session did not end");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let _ = Command::new("tmux")
+        .arg("-S")
+        .arg(&socket)
+        .arg("kill-server")
+        .status();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
+
+#[test]
+fn ten_parallel_sessions_do_not_interfere() {
+    require_openssh();
+    let server = BinServer::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(keys.path(), "parallel");
+    peer_add(
+        server.data_dir.path(),
+        "parallel",
+        &key.fingerprint_hex,
+        &["ssh:exec"],
+    );
+    let t = target(&server);
+    let key = std::sync::Arc::new(key);
+    let sessions: Vec<_> = (0..10u64)
+        .map(|i| {
+            let (t, key) = (t.clone(), key.clone());
+            std::thread::spawn(move || {
+                let data = payload(100 + i, (1 << 20) + 1000 * i as usize);
+                let out = t.run(
+                    &key,
+                    &format!("printf 'session-%s\\n' {i}; sha256sum; exit $((20 + {i}))"),
+                    &data,
+                );
+                (i, data, out)
+            })
+        })
+        .collect();
+    for s in sessions {
+        let (i, data, out) = s.join().expect("session thread");
+        assert_eq!(
+            out.status.code(),
+            Some(20 + i as i32),
+            "session {i}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(
+            text(&out.stdout),
+            format!("session-{i}\n{}  -\n", hex(sha256(&data))),
+            "session {i}"
+        );
+    }
+}
