@@ -7,12 +7,12 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alknet_call::CallClient;
 use serde_json::Value;
 
-use crate::harness::{cpu_over_window, ClientThread, Schedule, Tally, Workload};
+use crate::harness::{closed_loop, cpu_over_window, ClientThread, Schedule, Tally, Workload};
 use crate::rr::split;
 
 /// A call slower than this counts as an error (rather than stalling its loop).
@@ -96,27 +96,18 @@ async fn call_loop(
     sched: Schedule,
     tally: Rc<RefCell<Tally>>,
 ) {
-    while Instant::now() < sched.end {
-        let started = Instant::now();
-        let deadline = (started + CALL_TIMEOUT).min(sched.end);
-        let res = monoio::time::timeout_at(
-            monoio::time::Instant::from_std(deadline),
-            client.call("echo", input.clone()),
-        )
-        .await;
-        let done = Instant::now();
-        if sched.measuring(done) {
-            let mut t = tally.borrow_mut();
-            match res {
-                Ok(Ok(out)) if out == input => t.record(done - started, 2 * size as u64),
-                Ok(Ok(_)) => t.error("mismatch", || "echo returned other JSON".into()),
-                Ok(Err(e)) => t.error("call", || e.to_string()),
-                Err(_) if deadline < sched.end => t.error("timeout", || "call timed out".into()),
-                Err(_) => {}
+    closed_loop(
+        sched,
+        tally,
+        CALL_TIMEOUT,
+        || client.connection().close_reason().is_some(),
+        || async {
+            match client.call("echo", input.clone()).await {
+                Ok(out) if out == input => Ok(2 * size as u64),
+                Ok(_) => Err(("mismatch", "echo returned other JSON".into())),
+                Err(e) => Err(("call", e.to_string())),
             }
-        }
-        if client.connection().close_reason().is_some() {
-            return;
-        }
-    }
+        },
+    )
+    .await
 }

@@ -344,3 +344,39 @@ pub async fn cpu_over_window(sched: Schedule) -> f64 {
     monoio::time::sleep_until(monoio::time::Instant::from_std(sched.end)).await;
     (thread_cpu() - start).as_secs_f64()
 }
+
+/// A closed-loop request slot: runs `op` back to back until the end of the run, recording
+/// each one that completes inside the measured window (`Ok(bytes)`) or fails
+/// (`Err((kind, why))`); a request still in flight at the end is neither. Stops early once
+/// `dead()` says the connection is gone: spinning on it would only inflate the error
+/// count and burn the CPU the other slots need.
+pub async fn closed_loop<F, Fut>(
+    sched: Schedule,
+    tally: std::rc::Rc<std::cell::RefCell<Tally>>,
+    timeout: Duration,
+    dead: impl Fn() -> bool,
+    mut op: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, (&'static str, String)>>,
+{
+    while Instant::now() < sched.end {
+        let started = Instant::now();
+        // never past the end
+        let deadline = (started + timeout).min(sched.end);
+        let res = monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), op()).await;
+        let done = Instant::now();
+        if sched.measuring(done) {
+            let mut t = tally.borrow_mut();
+            match res {
+                Ok(Ok(bytes)) => t.record(done - started, bytes),
+                Ok(Err((kind, why))) => t.error(kind, || why),
+                Err(_) if deadline < sched.end => t.error("timeout", || "timed out".into()),
+                Err(_) => {}
+            }
+        }
+        if dead() {
+            return;
+        }
+    }
+}

@@ -6,12 +6,12 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alknet_runtime::{Connection, ReadToEndError};
 use bytes::Bytes;
 
-use crate::harness::{cpu_over_window, ClientThread, Schedule, Tally, Workload};
+use crate::harness::{closed_loop, cpu_over_window, ClientThread, Schedule, Tally, Workload};
 
 /// A request slower than this counts as an error (rather than stalling its loop).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,31 +90,20 @@ async fn request_loop(
     sched: Schedule,
     tally: Rc<RefCell<Tally>>,
 ) {
-    while Instant::now() < sched.end {
-        let started = Instant::now();
-        // Never past the end: a request in flight then is neither success nor error.
-        let deadline = (started + REQUEST_TIMEOUT).min(sched.end);
-        let res = monoio::time::timeout_at(
-            monoio::time::Instant::from_std(deadline),
-            request(&conn, &payload),
-        )
-        .await;
-        let done = Instant::now();
-        if sched.measuring(done) {
-            let mut t = tally.borrow_mut();
-            match res {
-                Ok(Ok(())) => t.record(done - started, 2 * payload.len() as u64),
-                Ok(Err(kind)) => t.error(kind, || format!("request on {:?}", conn)),
-                Err(_) if deadline < sched.end => t.error("timeout", || "request timed out".into()),
-                Err(_) => {}
-            }
-        }
-        // A dead connection fails every further request at once; spinning on it would only
-        // inflate the error count and burn the CPU the other loops need.
-        if conn.close_reason().is_some() {
-            return;
-        }
-    }
+    let bytes = 2 * payload.len() as u64;
+    closed_loop(
+        sched,
+        tally,
+        REQUEST_TIMEOUT,
+        || conn.close_reason().is_some(),
+        || async {
+            request(&conn, &payload)
+                .await
+                .map(|()| bytes)
+                .map_err(|kind| (kind, format!("request on {conn:?}")))
+        },
+    )
+    .await
 }
 
 /// One request: a new stream carrying `payload`, echoed back whole. Writing and reading
