@@ -99,12 +99,14 @@ mod tests {
         for action in all {
             let scope = action.scope().expect("scoped");
             assert!(authorize(Some(&id(&[scope])), action).is_ok(), "{action:?}");
-            // every other scope, but not this one: denied
+            // every other scope, but not this one: denied (ssh:socks aside, which also
+            // grants direct-tcpip; see socks_scope_grants_direct_tcpip_only)
             let others: Vec<&str> = all
                 .iter()
                 .filter_map(|a| a.scope())
                 .filter(|s| *s != scope)
-                .chain([SCOPE_SOCKS, SCOPE_SFTP])
+                .chain([SCOPE_SFTP])
+                .chain((action != SshAction::ForwardLocal).then_some(SCOPE_SOCKS))
                 .collect();
             let e = authorize(Some(&id(&others)), action).expect_err("missing scope");
             assert!(e.to_string().contains(scope), "{e}");
