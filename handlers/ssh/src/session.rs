@@ -183,7 +183,14 @@ impl russh::server::Handler for SshSession {
         // spare the signature when the key is unknown anyway
         Ok(match self.resolve(offer.public_key) {
             Some(_) => Auth::Accept,
-            None => Auth::reject(),
+            None => {
+                tracing::info!(
+                    key = %openssh_fingerprint(offer.public_key),
+                    remote = %self.remote,
+                    "ssh: unknown key refused"
+                );
+                Auth::reject()
+            }
         })
     }
 
