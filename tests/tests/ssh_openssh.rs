@@ -92,6 +92,17 @@ fn exec_exit_status_stderr_and_stdin_with_a_peer_key() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "C.UTF-8 unset\n");
 
+    // exec with a pty (ssh -tt): the command sees a terminal
+    let mut cmd = t.ssh(&key);
+    cmd.args(["-tt", "user@alknet", "tty; exit 4"]);
+    let out = run_with_input(cmd, b"");
+    assert_eq!(out.status.code(), Some(4), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("/dev/pts/"),
+        "{}",
+        text(&out.stdout)
+    );
+
     // a command killed by a signal ends the session too (exit-signal), without hanging
     let out = t.run(&key, "kill -KILL $$", b"");
     assert_eq!(
@@ -343,6 +354,12 @@ fn pty_shell_in_tmux_shows_a_prompt_runs_commands_and_resizes() {
         &["ssh:shell"],
     );
     let t = target(&server);
+    // a shell without a pty reads its commands from stdin
+    let mut cmd = t.ssh(&key);
+    cmd.args(["-T", "user@alknet"]);
+    let out = run_with_input(cmd, b"echo from-stdin\nexit 5\n");
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from-stdin\n");
     // tmux runs a shell command line: a script holding the exact ssh invocation
     let cmd = t.ssh(&key);
     let mut line = vec![sh_quote(&cmd.get_program().to_string_lossy())];
