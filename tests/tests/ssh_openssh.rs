@@ -482,3 +482,42 @@ fn ten_parallel_sessions_do_not_interfere() {
         );
     }
 }
+
+#[test]
+fn a_vanished_client_hangs_its_command_up() {
+    require_openssh();
+    let server = BinServer::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(keys.path(), "leaver");
+    peer_add(
+        server.data_dir.path(),
+        "leaver",
+        &key.fingerprint_hex,
+        &["ssh:exec"],
+    );
+    let t = target(&server);
+    let mut cmd = t.ssh(&key);
+    cmd.args(["user@alknet", "echo $$; exec sleep 300"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut ssh = Proc(cmd.spawn().expect("ssh"));
+    let stdout = ssh.0.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+        .expect("the command's pid");
+    let pid: u32 = line.trim().parse().expect("a pid");
+    let proc_dir = format!("/proc/{pid}");
+    assert!(Path::new(&proc_dir).exists(), "sleep runs");
+    // the client goes away without a word: the session ends and the command is hung up
+    let _ = ssh.0.kill();
+    let _ = ssh.0.wait();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Path::new(&proc_dir).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the command outlived its session (pid {pid})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -9,6 +9,8 @@
 //!   an optional `authorized_keys` file ([`AuthorizedKeysProvider`]). Password and
 //!   keyboard-interactive authentication are not offered.
 //! * Default deny: each channel type and request needs its scope ([`policy`]).
+//! * Inbound flow control that russh lacks: a channel whose consumer is slow throttles the
+//!   client's window instead of stalling the session ([`flow`]).
 //! * `exec`, `shell` (with or without a pty), `env` (allow-list), `signal`,
 //!   `window-change`, `direct-tcpip` (ssh -L) and `tcpip-forward` (ssh -R).
 
