@@ -69,13 +69,15 @@ fn peer_add(server: &BinServer, name: &str, fp: &str, scope: &str) {
 
 /// Starts `alknet socks` and waits until it listens; `Err(stderr)` if it exits first.
 fn socks(server: &BinServer, fp: &str, key: &str, port: u16) -> Result<Proc, String> {
-    let mut child = Command::new(alknet_bin())
-        .args(["socks", "--listen", &format!("127.0.0.1:{port}"), "-i", key])
-        .args(["--fingerprint", fp, &server.addr()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn alknet socks");
-    let stderr = child.stderr.take().expect("stderr");
+    let mut proc = Proc(
+        Command::new(alknet_bin())
+            .args(["socks", "--listen", &format!("127.0.0.1:{port}"), "-i", key])
+            .args(["--fingerprint", fp, &server.addr()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn alknet socks"),
+    );
+    let stderr = proc.0.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -86,16 +88,13 @@ fn socks(server: &BinServer, fp: &str, key: &str, port: u16) -> Result<Proc, Str
     let mut seen = Vec::new();
     while Instant::now() < deadline {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if line.contains("listening on") => return Ok(Proc(child)),
+            Ok(line) if line.contains("listening on") => return Ok(proc),
             Ok(line) => seen.push(line),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = child.wait();
-                return Err(seen.join("\n"));
-            }
+            // stderr closed: the proxy exited (dropping `proc` reaps it)
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(seen.join("\n")),
         }
     }
-    let _ = child.kill();
     panic!("alknet socks did not start: {}", seen.join("\n"));
 }
 
