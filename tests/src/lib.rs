@@ -3,8 +3,10 @@
 
 mod bin_server;
 pub mod ssh;
+mod whoami;
 
 pub use bin_server::{free_udp_port, wait_output, BinServer};
+pub use whoami::{ask_whoami, require_aioquic, WhoAmI, WHOAMI_ALPN};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -161,6 +161,19 @@ pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Output {
 }
 
 /// `alknet peer add NAME --fingerprint HEX --scope …` against a server's data directory.
+/// The real server on its embedded default, and a fresh key named `name` added as a
+/// peer with `scopes`, as an admin would (`alknet peer add`). The tempdir holds the key.
+pub fn server_with_peer_key(
+    name: &str,
+    scopes: &[&str],
+) -> (crate::BinServer, tempfile::TempDir, SshKey) {
+    let server = crate::BinServer::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(keys.path(), name);
+    peer_add(server.data_dir.path(), name, &key.fingerprint_hex, scopes);
+    (server, keys, key)
+}
+
 pub fn peer_add(data_dir: &Path, name: &str, fingerprint_hex: &str, scopes: &[&str]) {
     let mut cmd = Command::new(alknet_bin());
     cmd.args(["peer", "add", name, "--fingerprint", fingerprint_hex])

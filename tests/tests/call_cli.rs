@@ -104,15 +104,7 @@ fn alknet_call_prints_results_and_error_codes() {
 #[test]
 fn aioquic_speaks_the_call_framing_by_hand() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/aioquic_call.py");
-    let probe = Command::new("python3")
-        .args(["-c", "import aioquic"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        _ => panic!(
-            "python3 with aioquic is required: pip install -r tests/interop/requirements.txt"
-        ),
-    }
+    require_aioquic();
     let server = BinServer::start();
     let child = Command::new("python3")
         .arg(script)

@@ -10,15 +10,7 @@ use alknet_tests::*;
 #[test]
 fn aioquic_client_interoperates_with_echo() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/aioquic_echo.py");
-    let probe = Command::new("python3")
-        .args(["-c", "import aioquic"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        _ => panic!(
-            "python3 with aioquic is required: pip install -r tests/interop/requirements.txt"
-        ),
-    }
+    require_aioquic();
     let server = start_server(ServerOptions {
         workers: 2,
         ..Default::default()

@@ -7,11 +7,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use alknet_peers::SqlitePeerStore;
-use alknet_runtime::tls::{client_crypto, ServerTrust, TlsIdentity};
-use alknet_runtime::{
-    AuthContext, Connection, Fingerprint, HandlerError, IdentityProvider, LocalBoxFuture,
-    ProtocolHandler,
-};
+use alknet_runtime::tls::TlsIdentity;
+use alknet_runtime::{Fingerprint, IdentityProvider};
 use alknet_tests::*;
 
 /// Runs `alknet peer ARGS` with `ALKNET_DATA_DIR=data_dir`.
@@ -236,52 +233,8 @@ fn peer_cli_database_path_resolution() {
     assert!(stderr(&o).contains("alknet.toml"), "{}", stderr(&o));
 }
 
-/// Answers each stream with "<fingerprint or -> <identity name or -> <scopes>".
-struct WhoAmI;
-
-impl ProtocolHandler for WhoAmI {
-    fn alpn(&self) -> &[u8] {
-        b"test/whoami"
-    }
-    fn handle(
-        &self,
-        conn: Connection,
-        auth: AuthContext,
-    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let fp = auth
-                .peer_fingerprint
-                .map_or("-".to_string(), |f| f.to_string());
-            let (name, scopes) = auth.identity.map_or(("-".to_string(), String::new()), |i| {
-                (i.name, i.scopes.join(","))
-            });
-            while let Ok(mut s) = conn.accept_bi().await {
-                s.send
-                    .write_all(format!("{fp} {name} {scopes}").as_bytes())
-                    .await?;
-                s.send.finish().ok();
-            }
-            Ok(())
-        })
-    }
-}
-
 async fn whoami(server: &alknet_runtime::ServerHandle, identity: &TlsIdentity) -> String {
-    let endpoint = client_endpoint();
-    let crypto = client_crypto(
-        &ServerTrust::Fingerprint(server.fingerprint()),
-        vec![b"test/whoami".to_vec()],
-        Some(identity),
-    )
-    .expect("client crypto");
-    let conn = endpoint
-        .connect(server.local_addr(), "localhost", crypto)
-        .await
-        .expect("connect");
-    let mut s = conn.open_bi().await.expect("open");
-    s.send.finish().expect("finish");
-    let reply = s.recv.read_to_end(1024).await.expect("read");
-    String::from_utf8(reply).expect("utf8")
+    ask_whoami(server, Some(identity)).await.expect("connect")
 }
 
 /// A server resolving through the peer database sees `alknet peer add` and `remove` made

@@ -45,16 +45,8 @@ fn hex(digest: [u8; 32]) -> String {
 #[test]
 fn exec_exit_status_stderr_and_stdin_with_a_peer_key() {
     require_openssh();
-    let server = BinServer::start();
-    let keys = tempfile::tempdir().expect("tempdir");
-    let key = ssh_keygen(keys.path(), "alice");
     // the key's SHA-256 (hex) added as a peer of the SQLite store, as an admin would
-    peer_add(
-        server.data_dir.path(),
-        "alice",
-        &key.fingerprint_hex,
-        &["ssh:exec"],
-    );
+    let (server, _keys, key) = server_with_peer_key("alice", &["ssh:exec"]);
     let t = target(&server);
 
     let out = t.run(&key, "echo hi; exit 3", b"");
@@ -228,15 +220,8 @@ fn unknown_keys_and_missing_scopes_are_refused() {
 #[test]
 fn local_and_remote_forwarding_reach_a_loopback_echo_server() {
     require_openssh();
-    let server = BinServer::start();
-    let keys = tempfile::tempdir().expect("tempdir");
-    let key = ssh_keygen(keys.path(), "forwarder");
-    peer_add(
-        server.data_dir.path(),
-        "forwarder",
-        &key.fingerprint_hex,
-        &["ssh:forward-local", "ssh:forward-remote"],
-    );
+    let (server, _keys, key) =
+        server_with_peer_key("forwarder", &["ssh:forward-local", "ssh:forward-remote"]);
     let t = target(&server);
     let echo = tcp_echo_server();
     let data = payload(11, 3 << 20);
@@ -344,15 +329,7 @@ fn pty_shell_in_tmux_shows_a_prompt_runs_commands_and_resizes() {
         Command::new("tmux").arg("-V").output().is_ok(),
         "tmux is required: apt-get install tmux (tests/run-all.sh does)"
     );
-    let server = BinServer::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = ssh_keygen(dir.path(), "terminal");
-    peer_add(
-        server.data_dir.path(),
-        "terminal",
-        &key.fingerprint_hex,
-        &["ssh:shell"],
-    );
+    let (server, dir, key) = server_with_peer_key("terminal", &["ssh:shell"]);
     let t = target(&server);
     // a shell without a pty reads its commands from stdin
     let mut cmd = t.ssh(&key);
@@ -442,15 +419,7 @@ fn pty_shell_in_tmux_shows_a_prompt_runs_commands_and_resizes() {
 #[test]
 fn ten_parallel_sessions_do_not_interfere() {
     require_openssh();
-    let server = BinServer::start();
-    let keys = tempfile::tempdir().expect("tempdir");
-    let key = ssh_keygen(keys.path(), "parallel");
-    peer_add(
-        server.data_dir.path(),
-        "parallel",
-        &key.fingerprint_hex,
-        &["ssh:exec"],
-    );
+    let (server, _keys, key) = server_with_peer_key("parallel", &["ssh:exec"]);
     let t = target(&server);
     let key = std::sync::Arc::new(key);
     let sessions: Vec<_> = (0..10u64)
@@ -486,15 +455,7 @@ fn ten_parallel_sessions_do_not_interfere() {
 #[test]
 fn a_vanished_client_hangs_its_command_up() {
     require_openssh();
-    let server = BinServer::start();
-    let keys = tempfile::tempdir().expect("tempdir");
-    let key = ssh_keygen(keys.path(), "leaver");
-    peer_add(
-        server.data_dir.path(),
-        "leaver",
-        &key.fingerprint_hex,
-        &["ssh:exec"],
-    );
+    let (server, _keys, key) = server_with_peer_key("leaver", &["ssh:exec"]);
     let t = target(&server);
     let mut cmd = t.ssh(&key);
     cmd.args(["user@alknet", "echo $$; exec sleep 300"])

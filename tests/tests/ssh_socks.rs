@@ -3,11 +3,11 @@
 //! as peers through `alknet peer add` and the server's ACL deciding.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use alknet_tests::ssh::{free_tcp_port, peer_add, ssh_keygen};
 use alknet_tests::*;
 
 /// Kills the child when dropped.
@@ -20,58 +20,12 @@ impl Drop for Proc {
     }
 }
 
-fn free_tcp_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn keygen(dir: &Path, name: &str) -> (String, String) {
-    let key = dir.join(name);
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key)
-        .output()
-        .expect("ssh-keygen (install openssh-client)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // SHA-256 of the public key blob, computed independently of the server's code
-    let fp = Command::new("python3")
-        .args([
-            "-c",
-            "import base64,hashlib,sys; print(hashlib.sha256(base64.b64decode(open(sys.argv[1]).read().split()[1])).hexdigest())",
-        ])
-        .arg(key.with_extension("pub"))
-        .output()
-        .expect("python3");
-    let fp = String::from_utf8(fp.stdout)
-        .expect("utf8")
-        .trim()
-        .to_string();
-    assert_eq!(fp.len(), 64, "{fp}");
-    (key.display().to_string(), fp)
-}
-
-fn peer_add(server: &BinServer, name: &str, fp: &str, scope: &str) {
-    let out = Command::new(alknet_bin())
-        .args(["peer", "add", name, "--fingerprint", fp, "--scope", scope])
-        .env("ALKNET_DATA_DIR", server.data_dir.path())
-        .output()
-        .expect("alknet peer add");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Starts `alknet socks` and waits until it listens; `Err(stderr)` if it exits first.
-fn socks(server: &BinServer, fp: &str, key: &str, port: u16) -> Result<Proc, String> {
+fn socks(server: &BinServer, fp: &str, key: &std::path::Path, port: u16) -> Result<Proc, String> {
     let mut proc = Proc(
         Command::new(alknet_bin())
-            .args(["socks", "--listen", &format!("127.0.0.1:{port}"), "-i", key])
+            .args(["socks", "--listen", &format!("127.0.0.1:{port}"), "-i"])
+            .arg(key)
             .args(["--fingerprint", fp, &server.addr()])
             .stderr(Stdio::piped())
             .spawn()
@@ -129,14 +83,15 @@ fn curl_through_alknet_socks_reaches_a_loopback_http_server() {
             .spawn()
             .expect("python3 -m http.server"),
     );
-    let (allowed_key, allowed_fp) = keygen(dir.path(), "allowed");
-    let (denied_key, denied_fp) = keygen(dir.path(), "denied");
-    let (stranger_key, _) = keygen(dir.path(), "stranger");
+    let allowed = ssh_keygen(dir.path(), "allowed");
+    let denied = ssh_keygen(dir.path(), "denied");
+    let stranger = ssh_keygen(dir.path(), "stranger");
 
     let server = BinServer::start();
     let fp = server.fingerprint();
-    peer_add(&server, "proxy-user", &allowed_fp, "ssh:socks");
-    peer_add(&server, "exec-only", &denied_fp, "ssh:exec");
+    let data = server.data_dir.path();
+    peer_add(data, "proxy-user", &allowed.fingerprint_hex, &["ssh:socks"]);
+    peer_add(data, "exec-only", &denied.fingerprint_hex, &["ssh:exec"]);
 
     // wait for the HTTP server
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -146,7 +101,7 @@ fn curl_through_alknet_socks_reaches_a_loopback_http_server() {
     }
 
     let port = free_tcp_port();
-    let _proxy = socks(&server, &fp, &allowed_key, port).expect("alknet socks starts");
+    let _proxy = socks(&server, &fp, &allowed.path, port).expect("alknet socks starts");
     let out = curl(port, &format!("http://127.0.0.1:{http_port}/hello.txt"));
     assert!(
         out.status.success(),
@@ -190,13 +145,13 @@ fn curl_through_alknet_socks_reaches_a_loopback_http_server() {
 
     // a key whose identity lacks ssh:socks / ssh:forward-local: its channels are refused
     let port2 = free_tcp_port();
-    let _denied = socks(&server, &fp, &denied_key, port2).expect("authenticates");
+    let _denied = socks(&server, &fp, &denied.path, port2).expect("authenticates");
     let out = curl(port2, &format!("http://127.0.0.1:{http_port}/hello.txt"));
     assert!(!out.status.success(), "denied identity got through");
     assert!(out.stdout.is_empty());
 
     // an unknown key does not get a session at all
-    let err = socks(&server, &fp, &stranger_key, free_tcp_port())
+    let err = socks(&server, &fp, &stranger.path, free_tcp_port())
         .err()
         .expect("stranger refused");
     assert!(err.contains("refused"), "{err}");
