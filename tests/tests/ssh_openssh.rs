@@ -217,6 +217,32 @@ fn unknown_keys_and_missing_scopes_are_refused() {
     );
 }
 
+/// `ssh -N FLAG 127.0.0.1:PORT:127.0.0.1:ECHO` (FLAG is -L or -R), killed when dropped.
+fn forward(t: &SshTarget, key: &SshKey, flag: &str, port: u16, echo: u16) -> Proc {
+    let mut cmd = t.ssh(key);
+    cmd.args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        flag,
+        &format!("127.0.0.1:{port}:127.0.0.1:{echo}"),
+        "user@alknet",
+    ])
+    // the ProxyCommand outlives a killed ssh briefly: keep it off the test's output
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    Proc(cmd.spawn().expect("ssh forwarding"))
+}
+
+/// Three round trips of `data` through the forwarded port, checked byte for byte.
+fn echo_rounds(port: u16, data: &[u8]) {
+    for round in 0..3 {
+        let got = echo_through(connect_retry(port, SSH_TIMEOUT), data);
+        assert_eq!(got.len(), data.len(), "round {round}");
+        assert_eq!(sha256(&got), sha256(data), "round {round}");
+    }
+}
+
 #[test]
 fn local_and_remote_forwarding_reach_a_loopback_echo_server() {
     require_openssh();
@@ -228,45 +254,13 @@ fn local_and_remote_forwarding_reach_a_loopback_echo_server() {
 
     // ssh -L: the client listens, the server connects to the echo server
     let local = free_tcp_port();
-    let mut cmd = t.ssh(&key);
-    cmd.args([
-        "-N",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-L",
-        &format!("127.0.0.1:{local}:127.0.0.1:{echo}"),
-        "user@alknet",
-    ])
-    // the ProxyCommand outlives a killed ssh briefly: keep it off the test's output
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let _l = Proc(cmd.spawn().expect("ssh -L"));
-    for round in 0..3 {
-        let got = echo_through(connect_retry(local, SSH_TIMEOUT), &data);
-        assert_eq!(got.len(), data.len(), "round {round}");
-        assert_eq!(sha256(&got), sha256(&data), "round {round}");
-    }
+    let _l = forward(&t, &key, "-L", local, echo);
+    echo_rounds(local, &data);
 
     // ssh -R: the server listens, the client connects to the echo server
     let remote = free_tcp_port();
-    let mut cmd = t.ssh(&key);
-    cmd.args([
-        "-N",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-R",
-        &format!("127.0.0.1:{remote}:127.0.0.1:{echo}"),
-        "user@alknet",
-    ])
-    // the ProxyCommand outlives a killed ssh briefly: keep it off the test's output
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let mut r = Proc(cmd.spawn().expect("ssh -R"));
-    for round in 0..3 {
-        let got = echo_through(connect_retry(remote, SSH_TIMEOUT), &data);
-        assert_eq!(got.len(), data.len(), "round {round}");
-        assert_eq!(sha256(&got), sha256(&data), "round {round}");
-    }
+    let mut r = forward(&t, &key, "-R", remote, echo);
+    echo_rounds(remote, &data);
     // the session's end closes its listener
     let _ = r.0.kill();
     let _ = r.0.wait();
