@@ -1,15 +1,29 @@
-//! The baseline Alknet is compared against: what a user would otherwise deploy, quinn 0.11 on
-//! a tokio multi-thread runtime, serving `alknet/echo` and `perf` exactly as Alknet's
-//! handlers (`handlers/echo`, `handlers/perf`) do.
+//! The baselines Alknet is compared against: quinn 0.11 on tokio, serving `alknet/echo` and
+//! `perf` exactly as Alknet's handlers (`handlers/echo`, `handlers/perf`) do.
 //!
-//! It is written the way quinn's documentation, examples and `perf` server are: one
-//! [`quinn::Endpoint`] on one UDP socket (GSO/GRO through quinn-udp), one task per
-//! connection and one per stream, zero-copy `read_chunk`/`write_chunk`. The TLS
-//! configuration, the certificate kind, the transport parameters
-//! ([`Limits::transport_config`]), the UDP payload limit and the socket buffers are Alknet's
-//! own, and quinn 0.11 runs on the same quinn-proto as Alknet, so a comparison isolates the
-//! engine: Alknet's monoio loop and endpoint per core against quinn's endpoint driven by
-//! tokio.
+//! [`Flavor::PerfServer`] is the strongest configuration we know of, and the one every
+//! comparison uses: it is what quinn's own benchmark tool, `quinn-perf server` (`perf/` in
+//! the quinn repository, 0.11.x branch and main), runs, setting by setting:
+//!
+//! * one tokio **current-thread** runtime (quinn-perf's `#[tokio::main(flavor =
+//!   "current_thread")]`): quinn drives its endpoint from one task anyway, and a second
+//!   runtime thread only adds cross-thread wake-ups (measured: the multi-thread baseline
+//!   spent 2.2x the CPU per request of quinn-perf server);
+//! * quinn's default [`TransportConfig`] with `initial_mtu` 1200 (quinn-perf's
+//!   `--initial-mtu` default) and [`EndpointConfig`] with `max_udp_payload_size` 1472
+//!   (its `--max-udp-payload-size` default);
+//! * 2 MiB socket send and receive buffers set through quinn-udp (its `--send-buffer-size`
+//!   and `--recv-buffer-size` defaults);
+//! * rustls with *ring*, TLS 1.3 only, AES-128-GCM preferred over AES-256-GCM and
+//!   ChaCha20-Poly1305 (its `PERF_CIPHER_SUITES`), no client authentication, a self-signed
+//!   ECDSA P-256 certificate from rcgen;
+//! * one task per connection running the uni and bi accept loops together (`try_join!`),
+//!   one task per stream, zero-copy `read_chunks`/`write_chunk` from a static 1 MiB
+//!   buffer.
+//!
+//! [`Flavor::MultiThread`] is the baseline this project used before: a multi-thread runtime
+//! with `threads` workers and Alknet's own [`Limits`] (transport parameters, socket
+//! buffers). It is kept only to show, in one run, how much weaker it is.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -24,7 +38,7 @@ use bytes::Bytes;
 use quinn::crypto::rustls::HandshakeData;
 use quinn::{
     Connection, ConnectionError, Endpoint, EndpointConfig, Incoming, ReadError, RecvStream,
-    SendStream, ServerConfig, TokioRuntime, VarInt, WriteError,
+    SendStream, ServerConfig, TokioRuntime, TransportConfig, VarInt, WriteError,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc::UnboundedSender;
@@ -39,10 +53,30 @@ const MAX_CHUNK: usize = 64 * 1024;
 /// Perf responses are slices of this buffer, as in quinn-perf and the Alknet perf handler.
 static RESPONSE: [u8; 1024 * 1024] = [42; 1024 * 1024];
 
-/// What to run: where, on how many tokio worker threads, with which limits.
+/// quinn-perf's `--initial-mtu` default.
+pub const PERF_INITIAL_MTU: u16 = 1200;
+/// quinn-perf's `--max-udp-payload-size` default.
+pub const PERF_MAX_UDP_PAYLOAD_SIZE: u16 = 1472;
+/// quinn-perf's `--send-buffer-size` and `--recv-buffer-size` defaults.
+pub const PERF_SOCKET_BUFFER_SIZE: usize = 2 << 20;
+/// Read slots per `read_chunks` call (quinn-perf drains with 32).
+const DRAIN_CHUNKS: usize = 32;
+
+/// How the baseline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// As `quinn-perf server`: current-thread runtime, quinn's transport defaults.
+    PerfServer,
+    /// The former baseline: a multi-thread runtime with `threads` workers, Alknet's limits.
+    MultiThread,
+}
+
+/// What to run: where, how, on how many tokio worker threads (multi-thread only), with
+/// which limits (multi-thread only; the perf-server flavor uses quinn-perf's settings).
 #[derive(Debug, Clone)]
 pub struct BaselineOptions {
     pub listen: SocketAddr,
+    pub flavor: Flavor,
     pub threads: usize,
     pub limits: Limits,
 }
@@ -66,23 +100,41 @@ pub fn run(opts: BaselineOptions) -> Result<(), String> {
         ClientAuth::None,
     )
     .map_err(|e| e.to_string())?;
+    let (transport, max_udp_payload, socket_buffer) = match opts.flavor {
+        Flavor::PerfServer => {
+            let mut t = TransportConfig::default();
+            t.initial_mtu(PERF_INITIAL_MTU);
+            (t, PERF_MAX_UDP_PAYLOAD_SIZE, PERF_SOCKET_BUFFER_SIZE)
+        }
+        Flavor::MultiThread => (
+            opts.limits.transport_config(),
+            opts.limits.max_udp_payload_size,
+            opts.limits.socket_buffer_size,
+        ),
+    };
     let mut server_config = ServerConfig::with_crypto(crypto);
     server_config
-        .transport_config(Arc::new(opts.limits.transport_config()))
+        .transport_config(Arc::new(transport))
         .migration(true);
     let mut endpoint_config = EndpointConfig::default();
     endpoint_config
-        .max_udp_payload_size(opts.limits.max_udp_payload_size)
-        .map_err(|e| format!("limits.max_udp_payload_size: {e}"))?;
-    let socket = bind_socket(opts.listen, opts.limits.socket_buffer_size)
+        .max_udp_payload_size(max_udp_payload)
+        .map_err(|e| format!("max_udp_payload_size: {e}"))?;
+    let socket = bind_socket(opts.listen, socket_buffer)
         .map_err(|e| format!("binding UDP {}: {e}", opts.listen))?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.threads)
-        .thread_name("quinn-baseline")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the tokio runtime: {e}"))?;
+    let runtime = match opts.flavor {
+        Flavor::PerfServer => tokio::runtime::Builder::new_current_thread(),
+        Flavor::MultiThread => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(opts.threads);
+            b
+        }
+    }
+    .thread_name("quinn-baseline")
+    .enable_all()
+    .build()
+    .map_err(|e| format!("starting the tokio runtime: {e}"))?;
     // Both ways to stop report here: a signal, or the end of stdin.
     let (stop_tx, mut stop) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let signals = SignalGuard::install(stop_tx.clone())
@@ -138,22 +190,21 @@ fn announce(local: SocketAddr, identity: &TlsIdentity) -> io::Result<()> {
     out.flush()
 }
 
-/// The server socket, set up as Alknet sets up its worker sockets (minus SO_REUSEPORT:
-/// quinn serves one endpoint from one socket).
+/// The server socket, set up as quinn-perf's `bind_socket` does: one socket (quinn serves
+/// one endpoint from one socket, so no SO_REUSEPORT), buffers through quinn-udp.
 fn bind_socket(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         // [::] takes IPv4 too
         socket.set_only_v6(false)?;
     }
-    // tokio's `UdpSocket::from_std` requires a non-blocking socket
-    socket.set_nonblocking(true)?;
-    if buffer > 0 {
-        // best effort: the kernel caps these at rmem_max/wmem_max
-        let _ = socket.set_recv_buffer_size(buffer);
-        let _ = socket.set_send_buffer_size(buffer);
-    }
     socket.bind(&addr.into())?;
+    if buffer > 0 {
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        // best effort: the kernel caps these at rmem_max/wmem_max (quinn-perf only warns)
+        let _ = state.set_send_buffer_size((&socket).into(), buffer);
+        let _ = state.set_recv_buffer_size((&socket).into(), buffer);
+    }
     Ok(socket.into())
 }
 
@@ -293,7 +344,8 @@ async fn read_request(mut recv: RecvStream) -> Result<u64, StreamError> {
         header[have..have + chunk.bytes.len()].copy_from_slice(&chunk.bytes);
         have += chunk.bytes.len();
     }
-    while recv.read_chunk(usize::MAX, true).await?.is_some() {}
+    let mut bufs: [Bytes; DRAIN_CHUNKS] = std::array::from_fn(|_| Bytes::new());
+    while recv.read_chunks(&mut bufs).await?.is_some() {}
     Ok(u64::from_be_bytes(header))
 }
 

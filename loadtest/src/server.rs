@@ -3,7 +3,7 @@
 //! certificate fingerprint the child prints, samples its CPU and memory from /proc, and
 //! stops it by closing its stdin.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -21,8 +21,12 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Kind {
     /// Alknet's engine (`alknet/echo` and `perf` handlers).
     Alknet,
-    /// quinn 0.11 + tokio multi-thread, serving the same protocols.
+    /// quinn 0.11 + tokio as `quinn-perf server` runs it (current-thread runtime, quinn's
+    /// transport defaults): the strongest baseline, the one comparisons use.
     Quinn,
+    /// The former baseline: quinn 0.11 on a tokio multi-thread runtime with `--workers`
+    /// threads and Alknet's limits. Weaker; kept to show the difference in one run.
+    QuinnMt,
 }
 
 impl std::fmt::Display for Kind {
@@ -30,15 +34,67 @@ impl std::fmt::Display for Kind {
         f.write_str(match self {
             Kind::Alknet => "alknet",
             Kind::Quinn => "quinn",
+            Kind::QuinnMt => "quinn-mt",
         })
     }
 }
 
+/// How long the parent waits for a `stats` answer.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A server child process.
 pub struct ServerProc {
     child: Child,
+    kind: Kind,
+    lines: std::sync::mpsc::Receiver<String>,
     pub addr: SocketAddr,
     pub fingerprint: Fingerprint,
+}
+
+/// The engine's own counters, summed over its workers (alknet only: the baseline has no
+/// equivalent). Read twice, at the start and the end of the measured window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    pub datagrams_received: u64,
+    pub datagrams_sent: u64,
+    pub send_calls: u64,
+    /// Datagrams a worker received for a connection another worker owns.
+    pub forwarded: u64,
+}
+
+impl EngineCounters {
+    /// The `stats …` line the alknet child prints.
+    fn line(&self) -> String {
+        format!(
+            "stats datagrams_received={} datagrams_sent={} send_calls={} forwarded={}",
+            self.datagrams_received, self.datagrams_sent, self.send_calls, self.forwarded
+        )
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let mut c = Self::default();
+        for pair in line.strip_prefix("stats ")?.split_whitespace() {
+            let (k, v) = pair.split_once('=')?;
+            let v: u64 = v.parse().ok()?;
+            match k {
+                "datagrams_received" => c.datagrams_received = v,
+                "datagrams_sent" => c.datagrams_sent = v,
+                "send_calls" => c.send_calls = v,
+                "forwarded" => c.forwarded = v,
+                _ => return None,
+            }
+        }
+        Some(c)
+    }
+
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            datagrams_received: self.datagrams_received - earlier.datagrams_received,
+            datagrams_sent: self.datagrams_sent - earlier.datagrams_sent,
+            send_calls: self.send_calls - earlier.send_calls,
+            forwarded: self.forwarded - earlier.forwarded,
+        }
+    }
 }
 
 impl ServerProc {
@@ -92,6 +148,8 @@ impl ServerProc {
         };
         Ok(Self {
             child,
+            kind,
+            lines: rx,
             addr,
             fingerprint,
         })
@@ -99,6 +157,26 @@ impl ServerProc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Asks the child for its engine counters (`None` for the baselines, which keep none).
+    pub fn counters(&mut self) -> Option<EngineCounters> {
+        if self.kind != Kind::Alknet {
+            return None;
+        }
+        let stdin = self.child.stdin.as_mut()?;
+        stdin.write_all(b"stats\n").ok()?;
+        stdin.flush().ok()?;
+        let give_up = Instant::now() + STATS_TIMEOUT;
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(give_up.saturating_duration_since(Instant::now()))
+                .ok()?;
+            if let Some(c) = EngineCounters::parse(&line) {
+                return Some(c);
+            }
+        }
     }
 }
 
@@ -130,6 +208,27 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     (ticks > 0.0).then(|| (utime + stime) / ticks)
 }
 
+/// Context switches (voluntary + involuntary) of all of a process's threads, from
+/// /proc/PID/task/*/status. Threads that exited before the call are not counted, so take
+/// differences only while the server's threads all live.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(total)
+}
+
 /// Resident memory of a process in bytes, from /proc/PID/status.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -142,8 +241,13 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 /// `fingerprint HEX` on stdout.
 pub fn serve(kind: Kind, workers: usize) -> Result<(), String> {
     match kind {
-        Kind::Quinn => crate::baseline::run(crate::baseline::BaselineOptions {
+        Kind::Quinn | Kind::QuinnMt => crate::baseline::run(crate::baseline::BaselineOptions {
             listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+            flavor: if kind == Kind::Quinn {
+                crate::baseline::Flavor::PerfServer
+            } else {
+                crate::baseline::Flavor::MultiThread
+            },
             threads: workers,
             limits: Limits::default(),
         }),
@@ -200,12 +304,41 @@ pub fn serve(kind: Kind, workers: usize) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             println!("listening {}", server.local_addr());
             println!("fingerprint {}", server.fingerprint());
-            // the parent stops us by closing our stdin
-            let mut sink = Vec::new();
-            let _ = std::io::stdin().read_to_end(&mut sink);
+            // the parent asks for counters with a `stats` line and stops us by closing stdin
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if line.trim() == "stats" {
+                    let t = server.total_stats();
+                    let c = EngineCounters {
+                        datagrams_received: t.datagrams_received,
+                        datagrams_sent: t.datagrams_sent,
+                        send_calls: t.send_calls,
+                        forwarded: t.forwarded_out,
+                    };
+                    println!("{}", c.line());
+                }
+            }
             server.shutdown_trigger().immediate();
             server.join();
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EngineCounters;
+
+    #[test]
+    fn counters_round_trip_through_their_line() {
+        let c = EngineCounters {
+            datagrams_received: 1,
+            datagrams_sent: 22,
+            send_calls: 333,
+            forwarded: 0,
+        };
+        assert_eq!(EngineCounters::parse(&c.line()), Some(c));
+        assert_eq!(EngineCounters::parse("stats bogus=1"), None);
+        assert_eq!(EngineCounters::parse("listening 1.2.3.4:5"), None);
     }
 }
