@@ -1,6 +1,7 @@
-//! `compare`: the same workload against alknet and the quinn baseline, each started fresh
-//! with the same worker/thread count, alternating A B A B so drift on a shared machine
-//! hits both alike; medians per server and the ratio alknet/quinn.
+//! `compare`: the same workload against alknet and the baselines, each started fresh with
+//! the same worker/thread count, alternating A B A B so drift on a shared machine hits
+//! all alike; medians per server and the ratios alknet/baseline of throughput, of
+//! efficiency (the headline per server CPU-second) and of p99 latency.
 
 use std::fmt::Write as _;
 
@@ -11,6 +12,8 @@ use crate::server::Kind;
 #[derive(Debug, Clone, Copy)]
 pub struct Medians {
     pub headline: f64,
+    /// Median of the headline per server CPU-second (NaN when not measured).
+    pub per_server_cpu: f64,
     pub p99_us: u64,
     pub errors: u64,
 }
@@ -29,6 +32,7 @@ pub fn medians(runs: &[Measurement]) -> Medians {
     p99.sort_unstable();
     Medians {
         headline: median_f64(runs.iter().map(|m| m.headline().0).collect()),
+        per_server_cpu: median_f64(runs.iter().filter_map(|m| m.per_server_cpu()).collect()),
         p99_us: p99.get(p99.len() / 2).copied().unwrap_or(0),
         errors: runs.iter().map(|m| m.tally.errors_total()).sum(),
     }
@@ -42,10 +46,15 @@ pub fn table(workload: &str, unit: &str, results: &[(Kind, Vec<Measurement>)]) -
         "compare {workload}: median of {} rounds",
         results.first().map_or(0, |r| r.1.len())
     );
+    let eff_unit = results
+        .first()
+        .and_then(|r| r.1.first())
+        .map_or("per server CPU-s", |m| m.per_server_cpu_unit());
+    let _ = writeln!(s, "  efficiency = {eff_unit}");
     let _ = writeln!(
         s,
-        "  {:<8} {:>16} {:>10} {:>8}  rounds",
-        "server", unit, "p99 us", "errors"
+        "  {:<9} {:>16} {:>14} {:>10} {:>8}  rounds",
+        "server", unit, "efficiency", "p99 us", "errors"
     );
     let mut by_kind = Vec::new();
     for (kind, runs) in results {
@@ -56,25 +65,35 @@ pub fn table(workload: &str, unit: &str, results: &[(Kind, Vec<Measurement>)]) -
             .collect();
         let _ = writeln!(
             s,
-            "  {:<8} {:>16.1} {:>10} {:>8}  [{}]",
+            "  {:<9} {:>16.1} {:>14.1} {:>10} {:>8}  [{}]",
             kind.to_string(),
             m.headline,
+            m.per_server_cpu,
             m.p99_us,
             m.errors,
             rounds.join(", ")
         );
         by_kind.push((*kind, m));
     }
-    let get = |k: Kind| by_kind.iter().find(|(kind, _)| *kind == k).map(|(_, m)| *m);
-    if let (Some(a), Some(q)) = (get(Kind::Alknet), get(Kind::Quinn)) {
-        let _ = writeln!(s, "  ratio alknet/quinn: {:.2}x", a.headline / q.headline);
-        if a.p99_us > 0 && q.p99_us > 0 {
-            let _ = writeln!(
-                s,
-                "  p99 alknet/quinn:   {:.2}x",
-                a.p99_us as f64 / q.p99_us as f64
-            );
-        }
+    let Some(a) = by_kind
+        .iter()
+        .find(|(kind, _)| *kind == Kind::Alknet)
+        .map(|(_, m)| *m)
+    else {
+        return s;
+    };
+    for (kind, q) in by_kind.iter().filter(|(kind, _)| *kind != Kind::Alknet) {
+        let _ = writeln!(
+            s,
+            "  ratio alknet/{kind}: throughput {:.2}x, efficiency {:.2}x, p99 {}",
+            a.headline / q.headline,
+            a.per_server_cpu / q.per_server_cpu,
+            if a.p99_us > 0 && q.p99_us > 0 {
+                format!("{:.2}x", a.p99_us as f64 / q.p99_us as f64)
+            } else {
+                "n/a".into()
+            }
+        );
     }
     s
 }

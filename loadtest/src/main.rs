@@ -10,6 +10,7 @@ mod compare;
 mod handshake;
 mod harness;
 mod idle;
+mod perf_rr;
 mod probe;
 mod report;
 mod rr;
@@ -51,7 +52,13 @@ enum Command {
     /// SSH over alknet/ssh: each connection ping-pongs --size bytes through `cat` in one
     /// session, for --duration
     SshRr(RunArgs),
+    /// Request/response with quinn-perf client's requests on the `perf` ALPN: per request a
+    /// new bidirectional stream carrying the 8-byte download size and --upload-size bytes,
+    /// then FIN; the response (--download-size bytes) is read to FIN. --streams requests in
+    /// flight per connection (quinn-perf's --bi-requests)
+    PerfRr(RunArgs),
     /// One-way transfers with the perf protocol: --connections x 1 stream x --bytes
+    #[command(visible_alias = "perf-bulk")]
     Bulk(RunArgs),
     /// New connections per second: connect, one tiny exchange, close
     Handshake(RunArgs),
@@ -73,6 +80,7 @@ enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum WorkloadKind {
     Rr,
+    PerfRr,
     Call,
     SshCat,
     SshRr,
@@ -111,6 +119,13 @@ struct RunArgs {
     /// rr: request and response size in bytes.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=16 << 20))]
     size: u32,
+    /// perf-rr: bytes each request uploads after its 8-byte header (quinn-perf's
+    /// --upload-size).
+    #[arg(long, default_value_t = 64)]
+    upload_size: u64,
+    /// perf-rr: bytes each request asks the server for (quinn-perf's --download-size).
+    #[arg(long, default_value_t = 64)]
+    download_size: u64,
     /// bulk: bytes each connection transfers.
     #[arg(long, default_value_t = 1 << 30)]
     bytes: u64,
@@ -135,6 +150,10 @@ struct RunArgs {
 struct CompareArgs {
     #[arg(long, value_enum)]
     workload: WorkloadKind,
+    /// Baselines to run beside alknet (repeat for several). `quinn` is quinn-perf
+    /// server's configuration, the strongest; `quinn-mt` the former, weaker one.
+    #[arg(long = "baseline", value_enum, default_values_t = [Kind::Quinn])]
+    baselines: Vec<Kind>,
     /// Rounds per server (A B A B …).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
@@ -157,6 +176,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Rr(a) => run_one(WorkloadKind::Rr, &a),
+        Command::PerfRr(a) => run_one(WorkloadKind::PerfRr, &a),
         Command::Call(a) => run_one(WorkloadKind::Call, &a),
         Command::SshCat(a) => run_one(WorkloadKind::SshCat, &a),
         Command::SshRr(a) => run_one(WorkloadKind::SshRr, &a),
@@ -222,7 +242,8 @@ fn run_compare(c: &CompareArgs) -> Result<(), String> {
                 .into(),
         );
     }
-    let kinds = [Kind::Alknet, Kind::Quinn];
+    let mut kinds = vec![Kind::Alknet];
+    kinds.extend(c.baselines.iter().filter(|k| **k != Kind::Alknet));
     let mut results: Vec<(Kind, Vec<Measurement>)> =
         kinds.iter().map(|k| (*k, Vec::new())).collect();
     for round in 0..c.rounds {
@@ -252,6 +273,7 @@ fn run_compare(c: &CompareArgs) -> Result<(), String> {
 fn workload_name(w: WorkloadKind) -> &'static str {
     match w {
         WorkloadKind::Rr => "rr",
+        WorkloadKind::PerfRr => "perf-rr",
         WorkloadKind::Call => "call",
         WorkloadKind::SshCat => "ssh-cat",
         WorkloadKind::SshRr => "ssh-rr",
@@ -263,11 +285,11 @@ fn workload_name(w: WorkloadKind) -> &'static str {
 
 /// Starts (or finds) the server, runs `workload` against it, and measures.
 fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measurement, String> {
-    let proc;
+    let mut proc = None;
     let (target, pid, label) = match (&args.server, args.fingerprint) {
         (Some(s), Some(fp)) => (resolve(s, fp)?, args.server_pid, s.clone()),
         _ => {
-            proc = ServerProc::spawn(kind, usize::from(args.workers))?;
+            let proc = proc.insert(ServerProc::spawn(kind, usize::from(args.workers))?);
             let t = Target {
                 addr: proc.addr,
                 host: "localhost".into(),
@@ -285,7 +307,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         .max(1);
     let connections = args.connections as usize;
     let alpn = match workload {
-        WorkloadKind::Bulk => alknet_perf::ALPN.to_vec(),
+        WorkloadKind::Bulk | WorkloadKind::PerfRr => alknet_perf::ALPN.to_vec(),
         WorkloadKind::Call => alknet_call::ALPN.to_vec(),
         WorkloadKind::SshCat | WorkloadKind::SshRr => alknet_ssh::ALPN.to_vec(),
         _ => alknet_echo::ALPN.to_vec(),
@@ -308,16 +330,15 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
     let warmup = plan.warmup;
     let sample = |sched: Schedule| {
         wait_with_progress(sched.measure_from, sched.measure_from - warmup, "warm-up");
-        let at_start = (
-            pid.and_then(server::cpu_seconds),
-            pid.and_then(server::rss_bytes),
-        );
-        if windowed {
+        let at_start = ServerSample::take(pid, proc.as_mut());
+        // a windowed run is sampled again at the window's end, before the clients close
+        let at_end = windowed.then(|| {
             wait_with_progress(sched.end, sched.measure_from, workload_name(workload));
-        }
-        (at_start, sched.measure_from)
+            ServerSample::take(pid, proc.as_mut())
+        });
+        (at_start, at_end)
     };
-    let (tally, ((cpu0, rss_window), measure_from)) = match workload {
+    let (tally, (start, end)) = match workload {
         WorkloadKind::Rr => harness::run(
             &plan,
             rr::Rr::new(
@@ -325,6 +346,17 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
                 threads,
                 args.streams as usize,
                 args.size as usize,
+            ),
+            sample,
+        ),
+        WorkloadKind::PerfRr => harness::run(
+            &plan,
+            perf_rr::PerfRr::new(
+                connections,
+                threads,
+                args.streams as usize,
+                args.upload_size,
+                args.download_size,
             ),
             sample,
         ),
@@ -370,7 +402,8 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         ),
         WorkloadKind::Idle => harness::run(&plan, idle::Idle::new(connections, threads), sample),
     };
-    let cpu1 = pid.and_then(server::cpu_seconds);
+    // a transfer is sampled once its last byte has moved
+    let end = end.unwrap_or_else(|| ServerSample::take(pid, proc.as_mut()));
     if std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
     }
@@ -379,15 +412,17 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         WorkloadKind::Bulk | WorkloadKind::SshCat => tally.latency.max() as f64 / 1e6,
         _ => plan.duration.as_secs_f64(),
     };
-    let server_window = Instant::now()
-        .saturating_duration_since(measure_from)
-        .as_secs_f64();
-    let server_cpu_s = match (cpu0, cpu1) {
-        // scaled to the headline window (the run ends a little after it, closing)
-        (Some(a), Some(b)) if server_window > 0.0 => Some((b - a) * seconds / server_window),
-        _ => None,
-    };
-    let rss_per_connection = match (workload, rss_before, rss_window) {
+    // the samples' interval, scaled to the headline's (they differ by the sampling latency)
+    let sampled = end.at.saturating_duration_since(start.at).as_secs_f64();
+    let scale = |a: f64, b: f64| (sampled > 0.0).then(|| (b - a) * seconds / sampled);
+    let server_cpu_s = start.cpu_s.zip(end.cpu_s).and_then(|(a, b)| scale(a, b));
+    let server_context_switches = start
+        .context_switches
+        .zip(end.context_switches)
+        .and_then(|(a, b)| scale(a as f64, b as f64))
+        .map(|v| v.round() as u64);
+    let server_io = start.counters.zip(end.counters).map(|(a, b)| b.since(&a));
+    let rss_per_connection = match (workload, rss_before, start.rss) {
         (WorkloadKind::Idle, Some(before), Some(after)) if tally.operations > 0 => {
             Some((after as f64 - before as f64) / tally.operations as f64)
         }
@@ -397,6 +432,10 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         WorkloadKind::Rr => format!(
             "{label}: {threads} client threads, {connections} conns x {} streams, {} B each way",
             args.streams, args.size
+        ),
+        WorkloadKind::PerfRr => format!(
+            "{label}: {threads} client threads, {connections} conns x {} bi requests, upload {} B, download {} B",
+            args.streams, args.upload_size, args.download_size
         ),
         WorkloadKind::Call => format!(
             "{label}: {threads} client threads, {connections} conns x {} calls in flight, echo of {} B",
@@ -426,8 +465,31 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         seconds,
         tally,
         server_cpu_s,
+        server_context_switches,
+        server_io,
         rss_per_connection,
     })
+}
+
+/// The server's counters at one instant (each `None` where it cannot be read).
+struct ServerSample {
+    at: Instant,
+    cpu_s: Option<f64>,
+    rss: Option<u64>,
+    context_switches: Option<u64>,
+    counters: Option<server::EngineCounters>,
+}
+
+impl ServerSample {
+    fn take(pid: Option<u32>, proc: Option<&mut ServerProc>) -> Self {
+        Self {
+            at: Instant::now(),
+            cpu_s: pid.and_then(server::cpu_seconds),
+            rss: pid.and_then(server::rss_bytes),
+            context_switches: pid.and_then(server::context_switches),
+            counters: proc.and_then(ServerProc::counters),
+        }
+    }
 }
 
 /// Workloads that move a fixed amount once (measured until the last transfer ends)

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::harness::Tally;
+use crate::server::EngineCounters;
 
 /// Latency quantiles reported, with their labels.
 const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
@@ -17,6 +18,10 @@ pub struct Measurement {
     pub tally: Tally,
     /// Server CPU seconds over the measured window, when the server is our child.
     pub server_cpu_s: Option<f64>,
+    /// Server context switches (all threads) over the window.
+    pub server_context_switches: Option<u64>,
+    /// The engine's datagram counters over the window (alknet only).
+    pub server_io: Option<EngineCounters>,
     /// Server resident memory growth per connection (idle), bytes.
     pub rss_per_connection: Option<f64>,
 }
@@ -34,6 +39,35 @@ impl Measurement {
             "idle" => (self.rss_per_connection.unwrap_or(f64::NAN), "bytes/conn"),
             _ => (t.operations as f64 / self.seconds, "req/s"),
         }
+    }
+
+    /// The headline per server CPU-second (requests, handshakes or Gbit per CPU-second):
+    /// on a box whose cores the client shares, the measure of the engine itself.
+    pub fn per_server_cpu(&self) -> Option<f64> {
+        let cpu = self.server_cpu_s.filter(|c| *c > 0.0)?;
+        match self.workload {
+            "idle" => None,
+            _ => Some(self.headline().0 * self.seconds / cpu),
+        }
+    }
+
+    /// The unit of [`Self::per_server_cpu`].
+    pub fn per_server_cpu_unit(&self) -> &'static str {
+        match self.workload {
+            "bulk" | "ssh-cat" => "Gbit per server CPU-s",
+            "handshake" => "handshakes per server CPU-s",
+            _ => "req per server CPU-s",
+        }
+    }
+
+    /// Server CPU microseconds per operation (request, handshake, transfer).
+    pub fn server_us_per_op(&self) -> Option<f64> {
+        let cpu = self.server_cpu_s?;
+        (self.tally.operations > 0).then(|| cpu * 1e6 / self.tally.operations as f64)
+    }
+
+    fn per_op(&self, n: u64) -> f64 {
+        n as f64 / self.tally.operations.max(1) as f64
     }
 
     pub fn p99_us(&self) -> u64 {
@@ -88,6 +122,30 @@ impl Measurement {
             let _ = write!(s, ", server {:.0}%", self.cpu_percent(c));
         }
         let _ = writeln!(s, " (100% = one core)");
+        if let (Some(e), Some(us)) = (self.per_server_cpu(), self.server_us_per_op()) {
+            let _ = writeln!(
+                s,
+                "  efficiency  {e:.3} {}, {us:.2} us server CPU per operation",
+                self.per_server_cpu_unit()
+            );
+        }
+        if let Some(cs) = self.server_context_switches {
+            let _ = writeln!(
+                s,
+                "  server      context switches {cs} ({:.4} per operation)",
+                self.per_op(cs)
+            );
+        }
+        if let Some(io) = &self.server_io {
+            let _ = writeln!(
+                s,
+                "  server io   per operation: datagrams received {:.3} sent {:.3}, send calls {:.3}; forwarded between workers {}",
+                self.per_op(io.datagrams_received),
+                self.per_op(io.datagrams_sent),
+                self.per_op(io.send_calls),
+                io.forwarded
+            );
+        }
         let c = &t.client;
         let _ = writeln!(
             s,
@@ -116,11 +174,16 @@ impl Measurement {
         let rss = self
             .rss_per_connection
             .map_or("null".into(), |r| format!("{r:.0}"));
+        let opt = |v: Option<f64>| v.map_or("null".into(), |v| format!("{v:.3}"));
+        let count = |v: Option<u64>| v.map_or("null".into(), |v| v.to_string());
+        let io = self.server_io;
         format!(
             "{{\"workload\":\"{}\",\"description\":{},\"result\":{value:.3},\"unit\":\"{unit}\",\
              \"operations\":{},\"seconds\":{:.3},\"bytes\":{},\"connections\":{},\"errors\":{{{}}},\
              \"latency_us\":{{{}}},\"client_cpu_percent\":{:.1},\"server_cpu_percent\":{server_cpu},\
-             \"rss_per_connection\":{rss}}}",
+             \"rss_per_connection\":{rss},\"per_server_cpu_s\":{},\"server_us_per_op\":{},\
+             \"server_context_switches\":{},\"server_datagrams_received\":{},\
+             \"server_datagrams_sent\":{},\"server_send_calls\":{},\"forwarded\":{}}}",
             self.workload,
             json_string(&self.description),
             t.operations,
@@ -130,6 +193,13 @@ impl Measurement {
             errors.join(","),
             latency.join(","),
             self.cpu_percent(t.cpu_s),
+            opt(self.per_server_cpu()),
+            opt(self.server_us_per_op()),
+            count(self.server_context_switches),
+            count(io.map(|c| c.datagrams_received)),
+            count(io.map(|c| c.datagrams_sent)),
+            count(io.map(|c| c.send_calls)),
+            count(io.map(|c| c.forwarded)),
         )
     }
 }

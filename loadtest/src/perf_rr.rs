@@ -1,0 +1,132 @@
+//! `perf-rr`: the requests of `quinn-perf client` (`perf/src/client.rs` in the quinn
+//! repository) on the `perf` ALPN, so the same bytes load Alknet's `perf` handler and the
+//! baseline's. Per request, as quinn-perf does it: a new bidirectional stream, the 8-byte
+//! big-endian download size, `upload` bytes written as chunks of one static buffer, FIN;
+//! when it uploaded anything, wait until the server has the whole upload (`stopped`, as
+//! quinn-perf waits); then read the response to FIN (not at all when it asked for none, as
+//! quinn-perf). `streams` such requests are kept in flight per connection (quinn-perf's
+//! `--bi-requests`).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use alknet_runtime::Connection;
+use bytes::Bytes;
+
+use crate::harness::{closed_loop, cpu_over_window, ClientThread, Schedule, Tally, Workload};
+use crate::rr::split;
+
+/// A request slower than this counts as an error (rather than stalling its slot).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upload bytes are slices of this buffer (quinn-perf's `DATA`), written without copying.
+static UPLOAD: [u8; 1024 * 1024] = [42; 1024 * 1024];
+
+#[derive(Debug, Clone)]
+pub struct PerfRr {
+    /// Connections of each client thread.
+    pub connections: Vec<usize>,
+    pub streams: usize,
+    pub upload: u64,
+    pub download: u64,
+}
+
+impl PerfRr {
+    pub fn new(
+        connections: usize,
+        threads: usize,
+        streams: usize,
+        upload: u64,
+        download: u64,
+    ) -> Self {
+        Self {
+            connections: split(connections, threads),
+            streams,
+            upload,
+            download,
+        }
+    }
+}
+
+impl Workload for PerfRr {
+    async fn run_thread(
+        self,
+        thread: ClientThread,
+        schedule: Arc<OnceLock<Schedule>>,
+        ready: mpsc::Sender<()>,
+    ) -> Tally {
+        let mut tally = Tally::default();
+        let n = self.connections.get(thread.index).copied().unwrap_or(0);
+        let (conns, start) = thread
+            .connect_then_start(n, &schedule, ready, &mut tally)
+            .await;
+        if let Some(sched) = start {
+            let cpu = monoio::spawn(cpu_over_window(sched));
+            let shared = Rc::new(RefCell::new(tally));
+            let mut slots = Vec::new();
+            for conn in &conns {
+                for _ in 0..self.streams {
+                    let (conn, tally) = (conn.clone(), shared.clone());
+                    let (upload, download) = (self.upload, self.download);
+                    slots.push(monoio::spawn(async move {
+                        closed_loop(
+                            sched,
+                            tally,
+                            REQUEST_TIMEOUT,
+                            || conn.close_reason().is_some(),
+                            || async {
+                                request(&conn, upload, download)
+                                    .await
+                                    .map(|()| upload + download)
+                                    .map_err(|kind| (kind, format!("perf request on {conn:?}")))
+                            },
+                        )
+                        .await
+                    }));
+                }
+            }
+            for s in slots {
+                s.await;
+            }
+            tally = shared.replace(Tally::default());
+            tally.cpu_s = cpu.await;
+        }
+        thread.close_all(conns).await;
+        tally.client = thread.endpoint.stats();
+        tally
+    }
+}
+
+/// One quinn-perf request (see the module comment).
+async fn request(conn: &Connection, upload: u64, download: u64) -> Result<(), &'static str> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|_| "open")?.split();
+    send.write_all(&download.to_be_bytes())
+        .await
+        .map_err(|_| "write")?;
+    let mut left = upload;
+    while left > 0 {
+        let n = left.min(UPLOAD.len() as u64) as usize;
+        send.write_chunk(Bytes::from_static(&UPLOAD[..n]))
+            .await
+            .map_err(|_| "write")?;
+        left -= n as u64;
+    }
+    send.finish().map_err(|_| "write")?;
+    if upload > 0 {
+        send.stopped().await.map_err(|_| "write")?;
+    }
+    if download == 0 {
+        return Ok(());
+    }
+    let mut got = 0u64;
+    while let Some(chunk) = recv.read_chunk(usize::MAX).await.map_err(|_| "read")? {
+        got += chunk.len() as u64;
+    }
+    if got == download {
+        Ok(())
+    } else {
+        Err("mismatch")
+    }
+}
