@@ -79,35 +79,39 @@ pub fn dropping_panicked_task() -> bool {
     std::thread::panicking() || DROPPING_PANICKED.with(Cell::get)
 }
 
-/// A future that turns a panic into an error, and drops the panicked future's state
-/// with [`dropping_panicked_task`] set.
-pub struct CatchPanic<F> {
-    inner: Option<Pin<Box<F>>>,
+pin_project_lite::pin_project! {
+    /// A future that turns a panic into an error, and drops the panicked future's state
+    /// with [`dropping_panicked_task`] set. The future is held in place, not boxed: every
+    /// handler task and every stream task is wrapped in one.
+    pub struct CatchPanic<F> {
+        #[pin]
+        inner: Option<F>,
+    }
 }
 
 /// Runs `fut`, returning `Err(payload)` if it panics.
 pub fn catch_panic<F: Future>(fut: F) -> CatchPanic<F> {
-    CatchPanic {
-        inner: Some(Box::pin(fut)),
-    }
+    CatchPanic { inner: Some(fut) }
 }
 
 impl<F: Future> Future for CatchPanic<F> {
     type Output = Result<F::Output, Box<dyn Any + Send>>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(inner) = self.inner.as_mut() else {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut inner = self.project().inner;
+        let Some(fut) = inner.as_mut().as_pin_mut() else {
             return Poll::Pending; // polled after completion
         };
-        match catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => {
-                self.inner = None;
+                inner.set(None);
                 Poll::Ready(Ok(v))
             }
             Err(payload) => {
                 DROPPING_PANICKED.with(|d| d.set(true));
-                self.inner = None;
+                // drops the panicked future's state in place
+                inner.set(None);
                 DROPPING_PANICKED.with(|d| d.set(false));
                 Poll::Ready(Err(payload))
             }

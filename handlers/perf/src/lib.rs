@@ -63,22 +63,23 @@ impl ProtocolHandler for PerfHandler {
     }
 }
 
-/// Reads the 8-byte download size, then drains the upload to FIN.
+/// Reads the 8-byte download size, then drains the upload to FIN. Chunks are taken whole
+/// (the header's bytes copied out of the first ones): a small request is one read, not
+/// one for the header and another for the rest.
 async fn read_request(mut recv: RecvStream) -> Result<u64, HandlerError> {
     let mut header = [0u8; 8];
     let mut have = 0;
-    while have < header.len() {
-        let chunk =
-            recv.read_chunk(header.len() - have)
-                .await?
-                .ok_or_else(|| HandlerError::Protocol {
-                    code: 0u32.into(),
-                    reason: format!("stream ended after {have} of 8 request bytes"),
-                })?;
-        header[have..have + chunk.len()].copy_from_slice(&chunk);
-        have += chunk.len();
+    while let Some(chunk) = recv.read_chunk(usize::MAX).await? {
+        let n = chunk.len().min(header.len() - have);
+        header[have..have + n].copy_from_slice(&chunk[..n]);
+        have += n;
     }
-    while recv.read_chunk(usize::MAX).await?.is_some() {}
+    if have < header.len() {
+        return Err(HandlerError::Protocol {
+            code: 0u32.into(),
+            reason: format!("stream ended after {have} of 8 request bytes"),
+        });
+    }
     Ok(u64::from_be_bytes(header))
 }
 
