@@ -23,8 +23,10 @@ pub const DEFAULT_CONFIG: &str = r#"# Alknet configuration. Every key is optiona
 listen = "127.0.0.1:4433"
 # Worker threads, each with its own socket and QUIC endpoint; 0 = one per core.
 workers = 0
-# Pin worker i to core i.
-pin_workers = true
+# Pin worker i to core i: true, false, or "auto" = pin only on what looks like a
+# dedicated machine (one worker per core and no other runnable thread at start-up);
+# pinning beside other busy processes makes a worker share its core while another idles.
+pin_workers = "auto"
 # Server id carried in every connection ID (for a future QUIC-LB style balancer).
 server_id = 0
 # Let the kernel pick the worker from the QUIC connection ID (a reuseport BPF program).
@@ -154,8 +156,8 @@ pub struct FileConfig {
     pub listen: SocketAddr,
     #[serde(default)]
     pub workers: usize,
-    #[serde(default = "yes")]
-    pub pin_workers: bool,
+    #[serde(default)]
+    pub pin_workers: alknet_runtime::PinWorkers,
     #[serde(default)]
     pub server_id: u16,
     #[serde(default = "yes")]

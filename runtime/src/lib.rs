@@ -17,6 +17,7 @@ mod connection;
 mod identity;
 mod inbox;
 mod limits;
+mod pinning;
 mod router;
 pub mod rt;
 mod server;
@@ -35,6 +36,7 @@ pub use identity::{
     IdentityEntry, IdentityProvider, NoIdentities,
 };
 pub use limits::*;
+pub use pinning::{others_runnable, PinDecision, PinWorkers};
 pub use router::{
     close_code, AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError,
 };

@@ -14,6 +14,7 @@ use crate::cid::WorkerCidGenerator;
 use crate::identity::IdentityProvider;
 use crate::inbox::Inbox;
 use crate::limits::{Limits, LimitsError};
+use crate::pinning::PinWorkers;
 use crate::router::AlpnRegistry;
 use crate::rt::{run_local, DriverKind};
 use crate::socket::{bind_reuseport_group, BindError, UdpIo};
@@ -31,8 +32,9 @@ pub struct EngineConfig {
     pub listen: SocketAddr,
     /// Worker threads; 0 means one per available core.
     pub workers: usize,
-    /// Pin worker `i` to core `i` (modulo the core count).
-    pub pin_workers: bool,
+    /// Pin worker `i` to core `i` (modulo the core count): always, never, or `Auto`
+    /// (only on what looks like a dedicated machine; see [`PinWorkers`]).
+    pub pin_workers: PinWorkers,
     /// Carried in every connection ID, for a future cross-machine load balancer.
     pub server_id: u16,
     pub limits: Limits,
@@ -157,11 +159,19 @@ pub fn start(
         limits: config.limits.clone(),
     });
 
-    let cores = if config.pin_workers {
-        core_affinity::get_core_ids().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let usable = core_affinity::get_core_ids().unwrap_or_default();
+    let pinning =
+        config
+            .pin_workers
+            .decide(workers, usable.len(), crate::pinning::others_runnable());
+    tracing::info!(
+        workers,
+        cores = usable.len(),
+        pinned = pinning.pins(),
+        "worker pinning: {}",
+        pinning.reason()
+    );
+    let cores = if pinning.pins() { usable } else { Vec::new() };
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<DriverKind, String>)>();
     let mut threads = Vec::with_capacity(workers);
     for (index, socket) in sockets.into_iter().enumerate() {

@@ -70,7 +70,7 @@ pub fn start_server(opts: ServerOptions) -> ServerHandle {
     let config = EngineConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         workers: opts.workers,
-        pin_workers: false,
+        pin_workers: alknet_runtime::PinWorkers::Always(false),
         server_id: 0,
         limits: opts.limits,
         tls,
