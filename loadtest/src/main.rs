@@ -12,6 +12,7 @@ mod harness;
 mod idle;
 mod perf_rr;
 mod probe;
+mod quinn_client;
 mod report;
 mod rr;
 mod server;
@@ -89,6 +90,12 @@ enum WorkloadKind {
     Idle,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClientKind {
+    Alknet,
+    Quinn,
+}
+
 /// Options shared by every workload (each uses the ones that apply to it).
 #[derive(Debug, Clone, Args)]
 struct RunArgs {
@@ -104,7 +111,11 @@ struct RunArgs {
     /// PID of --server, to report its CPU and memory.
     #[arg(long, requires = "server")]
     server_pid: Option<u32>,
-    /// Server worker threads (alknet workers, or tokio threads for quinn).
+    /// Client implementation: alknet's engine (monoio), or (perf-rr only) quinn + tokio as
+    /// `quinn-perf client` runs, to check a ratio with the peer's kind of client.
+    #[arg(long, value_enum, default_value_t = ClientKind::Alknet)]
+    client: ClientKind,
+    /// Server worker threads (alknet workers, or tokio threads for quinn-mt).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
     /// Client threads, each with its own runtime and endpoint.
@@ -208,6 +219,9 @@ fn init_logging() {
 }
 
 fn run_one(workload: WorkloadKind, args: &RunArgs) -> Result<(), String> {
+    if args.client == ClientKind::Quinn && workload != WorkloadKind::PerfRr {
+        return Err("--client quinn drives perf-rr only".into());
+    }
     let m = measure(workload, args, args.target)?;
     if args.json {
         println!("{}", m.json());
@@ -349,6 +363,18 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             ),
             sample,
         ),
+        WorkloadKind::PerfRr if args.client == ClientKind::Quinn => quinn_client::run(
+            quinn_client::QuinnPerfClient {
+                target: plan.target.clone(),
+                connections,
+                streams: args.streams as usize,
+                upload: args.upload_size,
+                download: args.download_size,
+                warmup: plan.warmup,
+                duration: plan.duration,
+            },
+            sample,
+        ),
         WorkloadKind::PerfRr => harness::run(
             &plan,
             perf_rr::PerfRr::new(
@@ -434,7 +460,8 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             args.streams, args.size
         ),
         WorkloadKind::PerfRr => format!(
-            "{label}: {threads} client threads, {connections} conns x {} bi requests, upload {} B, download {} B",
+            "{label}: {} client, {threads} client threads, {connections} conns x {} bi requests, upload {} B, download {} B",
+            if args.client == ClientKind::Quinn { "quinn-perf-like" } else { "alknet" },
             args.streams, args.upload_size, args.download_size
         ),
         WorkloadKind::Call => format!(

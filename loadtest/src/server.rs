@@ -290,9 +290,13 @@ pub fn serve(kind: Kind, workers: usize) -> Result<(), String> {
             let config = EngineConfig {
                 listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
                 workers,
-                // ALKNET_PIN_WORKERS=0: let the scheduler place workers (client and server
-                // share this machine's cores, unlike a production server)
-                pin_workers: std::env::var("ALKNET_PIN_WORKERS").map_or(true, |v| v != "0"),
+                // The load generator always shares this machine's cores, which is what
+                // pinning is wrong for (see PinWorkers): not pinned unless
+                // ALKNET_PIN_WORKERS says so (1, 0 or auto).
+                pin_workers: std::env::var("ALKNET_PIN_WORKERS")
+                    .ok()
+                    .and_then(|v| alknet_runtime::PinWorkers::parse(&v))
+                    .unwrap_or(alknet_runtime::PinWorkers::Always(false)),
                 server_id: 0,
                 limits: Limits::default(),
                 tls: TlsIdentity::generate_self_signed(&[]).map_err(|e| e.to_string())?,

@@ -61,6 +61,58 @@ fn rr_moves_exact_bytes_on_both_servers() {
 }
 
 #[test]
+fn perf_rr_moves_exact_bytes_on_every_server_with_both_clients() {
+    for target in ["alknet", "quinn", "quinn-mt"] {
+        for client in ["alknet", "quinn"] {
+            let json = run(
+                "perf-rr",
+                target,
+                &[
+                    "--client",
+                    client,
+                    "--connections",
+                    "2",
+                    "--streams",
+                    "4",
+                    "--upload-size",
+                    "100",
+                    "--download-size",
+                    "3000",
+                ],
+            );
+            let ops = field(&json, "operations");
+            assert!(ops > 0, "{target}/{client}: {json}");
+            assert_eq!(field(&json, "bytes"), ops * 3100, "{json}");
+            assert_eq!(field(&json, "connections"), 2, "{json}");
+            // the server's CPU is read from /proc: every report carries the efficiency
+            assert!(!json.contains("\"per_server_cpu_s\":null"), "{json}");
+        }
+    }
+    // upload only: the client waits for the server to have it all, reads nothing back
+    let json = run(
+        "perf-rr",
+        "alknet",
+        &["--upload-size", "5000", "--download-size", "0"],
+    );
+    let ops = field(&json, "operations");
+    assert!(ops > 0, "{json}");
+    assert_eq!(field(&json, "bytes"), ops * 5000, "{json}");
+}
+
+#[test]
+fn alknet_reports_its_datagram_counters_and_no_forwarding() {
+    let json = run(
+        "perf-rr",
+        "alknet",
+        &["--connections", "4", "--streams", "4"],
+    );
+    assert!(field(&json, "server_datagrams_received") > 0, "{json}");
+    assert!(field(&json, "server_datagrams_sent") > 0, "{json}");
+    // connections stay on the worker the kernel steered them to
+    assert_eq!(field(&json, "forwarded"), 0, "{json}");
+}
+
+#[test]
 fn bulk_moves_exact_bytes_both_ways_on_both_servers() {
     for target in ["alknet", "quinn"] {
         for direction in ["download", "upload"] {
@@ -116,8 +168,14 @@ fn compare_prints_a_ratio() {
         "0",
         "--streams",
         "2",
+        "--baseline",
+        "quinn",
+        "--baseline",
+        "quinn-mt",
     ]);
-    assert!(out.contains("ratio alknet/quinn"), "{out}");
+    assert!(out.contains("ratio alknet/quinn: throughput"), "{out}");
+    assert!(out.contains("ratio alknet/quinn-mt: throughput"), "{out}");
+    assert!(out.contains("efficiency"), "{out}");
 }
 
 #[test]

@@ -1,0 +1,244 @@
+//! `--client quinn`: the perf-rr load generated the way `quinn-perf client` generates it
+//! (`perf/src/client.rs` in the quinn repository), on quinn 0.11 and one tokio
+//! current-thread runtime: one endpoint on one socket (2 MiB buffers, quinn's transport
+//! defaults with `initial_mtu` 1200, `max_udp_payload_size` 1472), per connection a
+//! semaphore of `--streams` permits (its `--bi-requests`), and per request a spawned task
+//! that opens a bidirectional stream, writes the 8-byte download size and the upload as
+//! static chunks, finishes, waits for `stopped()` when it uploaded, and reads the response
+//! to FIN. It exists so that a ratio measured with our own client can be checked with the
+//! peer's kind of client: a server that only wins against a friendly client has not won.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::{ClientConfig, Endpoint, EndpointConfig, TokioRuntime, TransportConfig};
+
+use crate::baseline::{PERF_INITIAL_MTU, PERF_MAX_UDP_PAYLOAD_SIZE, PERF_SOCKET_BUFFER_SIZE};
+use crate::harness::{thread_cpu, unspecified_like, Schedule, Tally, Target, CONNECT_TIMEOUT};
+
+/// A request slower than this counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upload bytes are slices of this buffer (quinn-perf's `DATA`).
+static UPLOAD: [u8; 1024 * 1024] = [42; 1024 * 1024];
+
+/// What the quinn client runs.
+#[derive(Debug, Clone)]
+pub struct QuinnPerfClient {
+    pub target: Target,
+    pub connections: usize,
+    pub streams: usize,
+    pub upload: u64,
+    pub download: u64,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+/// Runs the client on its own thread; `on_window` runs on this thread once the schedule is
+/// set (as in [`crate::harness::run`]).
+pub fn run<S>(client: QuinnPerfClient, on_window: impl FnOnce(Schedule) -> S) -> (Tally, S) {
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (sched_tx, sched_rx) = mpsc::channel::<Schedule>();
+    let (warmup, duration) = (client.warmup, client.duration);
+    let thread = std::thread::Builder::new()
+        .name("loadtest-quinn".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let mut t = Tally::default();
+                    t.error("runtime", || e.to_string());
+                    return t;
+                }
+            };
+            tokio::task::LocalSet::new().block_on(&rt, drive(client, ready_tx, sched_rx))
+        })
+        .expect("spawn the quinn client thread");
+    // connected (or given up): start the clock
+    let _ = ready_rx.recv_timeout(CONNECT_TIMEOUT * 2);
+    let measure_from = Instant::now() + warmup;
+    let sched = Schedule {
+        measure_from,
+        end: measure_from + duration,
+    };
+    let _ = sched_tx.send(sched);
+    let sampled = on_window(sched);
+    let tally = thread.join().unwrap_or_else(|_| {
+        let mut t = Tally::default();
+        t.error("thread", || "the quinn client thread panicked".into());
+        t
+    });
+    (tally, sampled)
+}
+
+/// The client thread's body: connect, report ready, load until the schedule's end.
+async fn drive(
+    client: QuinnPerfClient,
+    ready: mpsc::Sender<()>,
+    sched: mpsc::Receiver<Schedule>,
+) -> Tally {
+    let mut tally = Tally::default();
+    let endpoint = match endpoint(&client.target) {
+        Ok(e) => e,
+        Err(e) => {
+            tally.error("connect", || e);
+            return tally;
+        }
+    };
+    let mut conns = Vec::new();
+    for _ in 0..client.connections {
+        let attempt = async {
+            endpoint
+                .connect(client.target.addr, &client.target.host)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(c)) => conns.push(c),
+            Ok(Err(e)) => tally.error("connect", || e),
+            Err(_) => tally.error("connect", || "handshake timed out".into()),
+        }
+    }
+    tally.connected = conns.len() as u64;
+    let _ = ready.send(());
+    // the main thread answers at once after `ready`; it is gone only if it gave up
+    let Ok(sched) = tokio::task::spawn_blocking(move || sched.recv()).await else {
+        return tally;
+    };
+    let Ok(sched) = sched else {
+        return tally;
+    };
+    let tally = Rc::new(RefCell::new(tally));
+    let mut drivers = Vec::new();
+    for conn in &conns {
+        drivers.push(tokio::task::spawn_local(drive_bi(
+            conn.clone(),
+            client.streams,
+            client.upload,
+            client.download,
+            sched,
+            tally.clone(),
+        )));
+    }
+    let end = tokio::time::Instant::from_std(sched.end);
+    tokio::time::sleep_until(tokio::time::Instant::from_std(sched.measure_from)).await;
+    let cpu_start = thread_cpu();
+    tokio::time::sleep_until(end).await;
+    let cpu_s = (thread_cpu() - cpu_start).as_secs_f64();
+    for d in drivers {
+        d.abort();
+    }
+    for c in &conns {
+        c.close(0u32.into(), b"done");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let mut t = tally.replace(Tally::default());
+    t.cpu_s = cpu_s;
+    t
+}
+
+/// quinn-perf client's endpoint: its socket, transport and crypto settings.
+fn endpoint(target: &Target) -> Result<Endpoint, String> {
+    let socket = std::net::UdpSocket::bind(unspecified_like(target.addr))
+        .map_err(|e| format!("bind: {e}"))?;
+    let state = quinn_udp::UdpSocketState::new((&socket).into()).map_err(|e| e.to_string())?;
+    let _ = state.set_send_buffer_size((&socket).into(), PERF_SOCKET_BUFFER_SIZE);
+    let _ = state.set_recv_buffer_size((&socket).into(), PERF_SOCKET_BUFFER_SIZE);
+    let mut endpoint_config = EndpointConfig::default();
+    endpoint_config
+        .max_udp_payload_size(PERF_MAX_UDP_PAYLOAD_SIZE)
+        .map_err(|e| e.to_string())?;
+    let mut endpoint = Endpoint::new(endpoint_config, None, socket, Arc::new(TokioRuntime))
+        .map_err(|e| format!("endpoint: {e}"))?;
+    let crypto = alknet_runtime::tls::client_crypto(
+        &alknet_runtime::tls::ServerTrust::Fingerprint(target.fingerprint),
+        vec![alknet_perf::ALPN.to_vec()],
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut transport = TransportConfig::default();
+    transport.initial_mtu(PERF_INITIAL_MTU);
+    let mut config = ClientConfig::new(crypto);
+    config.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// quinn-perf's `drive_bi`: keep `streams` requests in flight, a task each.
+async fn drive_bi(
+    conn: quinn::Connection,
+    streams: usize,
+    upload: u64,
+    download: u64,
+    sched: Schedule,
+    tally: Rc<RefCell<Tally>>,
+) {
+    let sem = Arc::new(tokio::sync::Semaphore::new(streams));
+    loop {
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((send, recv)) = conn.open_bi().await else {
+            return;
+        };
+        let tally = tally.clone();
+        tokio::task::spawn_local(async move {
+            let started = Instant::now();
+            let res =
+                tokio::time::timeout(REQUEST_TIMEOUT, request(send, recv, upload, download)).await;
+            let done = Instant::now();
+            if sched.measuring(done) {
+                let mut t = tally.borrow_mut();
+                match res {
+                    Ok(Ok(())) => t.record(done - started, upload + download),
+                    Ok(Err(kind)) => t.error(kind, || "quinn perf request".into()),
+                    Err(_) => t.error("timeout", || "timed out".into()),
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// quinn-perf's `request_bi`.
+async fn request(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut upload: u64,
+    download: u64,
+) -> Result<(), &'static str> {
+    send.write_all(&download.to_be_bytes())
+        .await
+        .map_err(|_| "write")?;
+    let uploaded = upload > 0;
+    while upload > 0 {
+        let n = upload.min(UPLOAD.len() as u64) as usize;
+        send.write_chunk(Bytes::from_static(&UPLOAD[..n]))
+            .await
+            .map_err(|_| "write")?;
+        upload -= n as u64;
+    }
+    send.finish().map_err(|_| "write")?;
+    if uploaded {
+        let _ = send.stopped().await;
+    }
+    if download == 0 {
+        return Ok(());
+    }
+    let mut bufs: [Bytes; 32] = std::array::from_fn(|_| Bytes::new());
+    let mut got = 0u64;
+    while let Some(n) = recv.read_chunks(&mut bufs).await.map_err(|_| "read")? {
+        got += bufs[..n].iter().map(|b| b.len() as u64).sum::<u64>();
+    }
+    if got == download {
+        Ok(())
+    } else {
+        Err("mismatch")
+    }
+}
