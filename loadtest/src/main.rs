@@ -85,6 +85,7 @@ enum WorkloadKind {
     Call,
     SshCat,
     SshRr,
+    #[value(alias = "perf-bulk")]
     Bulk,
     Handshake,
     Idle,
