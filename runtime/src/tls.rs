@@ -174,11 +174,30 @@ impl TlsIdentity {
             move |source| TlsError::Write { path, source }
         };
         create_private_dir(dir).map_err(write_err(dir))?;
-        let cert_pem = pem_encode("CERTIFICATE", generated.chain[0].as_ref());
-        let key_pem = pem_encode("PRIVATE KEY", generated.key.secret_der());
+        let cert_pem = generated.chain_pem();
+        let key_pem = generated.key_pem();
         write_private(&key, key_pem.as_bytes()).map_err(write_err(&key))?;
         fs::write(&cert, cert_pem).map_err(write_err(&cert))?;
         Ok((generated, true))
+    }
+
+    /// The certificate chain as PEM.
+    pub fn chain_pem(&self) -> String {
+        self.chain
+            .iter()
+            .map(|c| pem_encode("CERTIFICATE", c.as_ref()))
+            .collect()
+    }
+
+    /// The private key as PEM (PKCS#8 "PRIVATE KEY" for generated keys). A secret: write
+    /// it only to a file of mode 0600.
+    pub fn key_pem(&self) -> String {
+        let label = match &self.key {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            _ => "PRIVATE KEY",
+        };
+        pem_encode(label, self.key.secret_der())
     }
 
     /// SHA-256 of the leaf certificate: what clients pin with `--fingerprint`.
