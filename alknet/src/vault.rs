@@ -200,9 +200,8 @@ fn read_secret(
                  terminal: {e})"
             )
         };
-        let first = Zeroizing::new(
-            rpassword::prompt_password(format!("{what}: ")).map_err(no_tty)?,
-        );
+        let first =
+            Zeroizing::new(rpassword::prompt_password(format!("{what}: ")).map_err(no_tty)?);
         if confirm {
             let again = Zeroizing::new(
                 rpassword::prompt_password(format!("{what} (again): ")).map_err(no_tty)?,
@@ -278,8 +277,9 @@ fn write_new(path: &Path, data: &[u8], private: bool) -> CliResult<()> {
 fn read_input(input: Option<&Path>) -> CliResult<Vec<u8>> {
     let mut data = Vec::new();
     let res = match input {
-        Some(p) => std::fs::File::open(p)
-            .and_then(|f| f.take(MAX_MESSAGE_LEN + 1).read_to_end(&mut data)),
+        Some(p) => {
+            std::fs::File::open(p).and_then(|f| f.take(MAX_MESSAGE_LEN + 1).read_to_end(&mut data))
+        }
         None => std::io::stdin()
             .take(MAX_MESSAGE_LEN + 1)
             .read_to_end(&mut data),
@@ -451,7 +451,10 @@ fn run_command(args: &VaultArgs, path: &Path) -> CliResult<ExitCode> {
                 );
             }
         }
-        VaultCommand::Derive { name, path: explicit } => {
+        VaultCommand::Derive {
+            name,
+            path: explicit,
+        } => {
             let mut vault = args.open(path)?;
             let text = match (name, explicit) {
                 (_, Some(p)) => describe(None, &vault.derive_path(p))?,
@@ -494,7 +497,11 @@ fn run_command(args: &VaultArgs, path: &Path) -> CliResult<ExitCode> {
             let id = tls_identity_of(&vault.derive(&purpose))?;
             write_new(key, Zeroizing::new(id.key_pem()).as_bytes(), true)?;
             write_new(cert, id.chain_pem().as_bytes(), false)?;
-            eprintln!("alknet vault: wrote {} and {}", cert.display(), key.display());
+            eprintln!(
+                "alknet vault: wrote {} and {}",
+                cert.display(),
+                key.display()
+            );
             println!("{}", id.fingerprint());
         }
         VaultCommand::Sign { name, input } => {
@@ -509,11 +516,12 @@ fn run_command(args: &VaultArgs, path: &Path) -> CliResult<ExitCode> {
             signature,
             input,
         } => {
-            let signature: [u8; 64] = hex::decode_array(signature)
-                .ok_or("--signature is 128 hex digits (64 bytes)")?;
+            let signature: [u8; 64] =
+                hex::decode_array(signature).ok_or("--signature is 128 hex digits (64 bytes)")?;
             let public: [u8; 32] = match (public_key, name) {
-                (Some(hexkey), _) => hex::decode_array(hexkey)
-                    .ok_or("--public-key is 64 hex digits (32 bytes)")?,
+                (Some(hexkey), _) => {
+                    hex::decode_array(hexkey).ok_or("--public-key is 64 hex digits (32 bytes)")?
+                }
                 (None, Some(n)) => {
                     let purpose = KeyPurpose::from_name(n).map_err(|e| e.to_string())?;
                     *args.open(path)?.derive(&purpose).public_key()
@@ -531,9 +539,7 @@ fn run_command(args: &VaultArgs, path: &Path) -> CliResult<ExitCode> {
         VaultCommand::ShowMnemonic { yes } => {
             if !yes {
                 if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
-                    return Err(
-                        "not on a terminal: pass --yes to print the mnemonic anyway".into()
-                    );
+                    return Err("not on a terminal: pass --yes to print the mnemonic anyway".into());
                 }
                 eprint!("The mnemonic gives every key of this vault. Type \"show\" to print it: ");
                 let mut answer = String::new();

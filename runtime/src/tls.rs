@@ -561,8 +561,7 @@ mod tests {
         let random = TlsIdentity::generate_ed25519(&["node.example".into()]).expect("random");
         assert_ne!(random.fingerprint(), a.fingerprint());
         for id in [&a, &random] {
-            server_crypto(id, vec![b"alknet/echo".to_vec()], ClientAuth::Optional)
-                .expect("server");
+            server_crypto(id, vec![b"alknet/echo".to_vec()], ClientAuth::Optional).expect("server");
             client_crypto(&ServerTrust::Fingerprint(a.fingerprint()), vec![], Some(id))
                 .expect("client");
         }

@@ -92,7 +92,10 @@ fn vault_init_derive_restore_gives_the_same_keys() {
     assert_eq!(words.split(' ').count(), 12, "{words}");
     let file = a.join("vault");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&file).expect("vault").permissions().mode();
+    let mode = std::fs::metadata(&file)
+        .expect("vault")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     // the words are in the file only encrypted
     let bytes = std::fs::read(&file).expect("read");
@@ -109,7 +112,12 @@ fn vault_init_derive_restore_gives_the_same_keys() {
     let explicit = ok(vault(&a, &["derive", "--path", "m/44'/0'/0'"]));
 
     // another machine: the words on stdin, a fresh data directory
-    let out = ok(restore(&b, &format!("  {}\n", words.to_uppercase()), &[], &[]));
+    let out = ok(restore(
+        &b,
+        &format!("  {}\n", words.to_uppercase()),
+        &[],
+        &[],
+    ));
     assert!(text(&out.stderr).contains(&before[0]["tls_fingerprint"]));
     for (name, was) in names.iter().zip(&before) {
         assert_eq!(&derive(&b, name), was, "{name}");
@@ -131,9 +139,17 @@ fn vault_init_derive_restore_gives_the_same_keys() {
     let ssh_file = keys.join("alice");
     ok(vault(
         &b,
-        &["export-ssh", "alice", "--out", ssh_file.to_str().expect("utf8")],
+        &[
+            "export-ssh",
+            "alice",
+            "--out",
+            ssh_file.to_str().expect("utf8"),
+        ],
     ));
-    let mode = std::fs::metadata(&ssh_file).expect("key").permissions().mode();
+    let mode = std::fs::metadata(&ssh_file)
+        .expect("key")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     if openssh_available() {
         let key = SshKey::from_private_key_file(&ssh_file);
@@ -157,7 +173,12 @@ fn vault_init_derive_restore_gives_the_same_keys() {
     assert_eq!(id.fingerprint().to_string(), alice["tls_fingerprint"]);
 
     // sign on one machine, verify on the other and with the bare public key
-    let signed = ok(alknet_with(&a, &["vault", "sign", "alice"], b"message", &[]));
+    let signed = ok(alknet_with(
+        &a,
+        &["vault", "sign", "alice"],
+        b"message",
+        &[],
+    ));
     let sig = text(&signed.stdout).trim().to_string();
     assert_eq!(sig.len(), 128);
     let verify = |dir: &Path, args: &[&str], msg: &[u8]| {
@@ -165,13 +186,19 @@ fn vault_init_derive_restore_gives_the_same_keys() {
         all.extend_from_slice(args);
         alknet_with(dir, &all, msg, &[])
     };
-    assert_eq!(text(&ok(verify(&b, &["alice"], b"message")).stdout), "valid\n");
+    assert_eq!(
+        text(&ok(verify(&b, &["alice"], b"message")).stdout),
+        "valid\n"
+    );
     let pk = alice["public_key"].as_str();
     ok(verify(dir.path(), &["--public-key", pk], b"message"));
     let o = verify(&b, &["alice"], b"messagE");
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(text(&o.stdout), "invalid\n");
-    assert_eq!(verify(&b, &["bob@laptop"], b"message").status.code(), Some(1));
+    assert_eq!(
+        verify(&b, &["bob@laptop"], b"message").status.code(),
+        Some(1)
+    );
 
     // 24 words by default
     let c = dir.path().join("c");
@@ -222,7 +249,12 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     std::fs::write(&pw_file, format!("{PASSWORD}\n")).expect("write");
     ok(alknet_with(
         &a,
-        &["vault", "list", "--password-file", pw_file.to_str().expect("utf8")],
+        &[
+            "vault",
+            "list",
+            "--password-file",
+            pw_file.to_str().expect("utf8"),
+        ],
         b"",
         &wrong,
     ));
@@ -279,11 +311,11 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     // other refusals
     refused(vault(&a, &["init", "--words", "13"]), "12 or 24");
     refused(vault(&b, &["init", "--kdf-memory-mib", "1"]), "outside");
-    refused(vault(&a, &["derive", "not a name"]), "invalid identity name");
     refused(
-        vault(&a, &["derive", "--path", "m/44'/0"]),
-        "only hardened",
+        vault(&a, &["derive", "not a name"]),
+        "invalid identity name",
     );
+    refused(vault(&a, &["derive", "--path", "m/44'/0"]), "only hardened");
     refused(
         alknet_with(
             &a,
@@ -349,7 +381,12 @@ fn node_served_from_a_restored_vault_keeps_its_identity() {
     let alice_file = keys.join("alice");
     ok(vault(
         &a,
-        &["export-ssh", "alice", "-o", alice_file.to_str().expect("utf8")],
+        &[
+            "export-ssh",
+            "alice",
+            "-o",
+            alice_file.to_str().expect("utf8"),
+        ],
     ));
     let alice_key = SshKey::from_private_key_file(&alice_file);
     // what an admin wrote into the first node's files
@@ -405,7 +442,12 @@ fn node_served_from_a_restored_vault_keeps_its_identity() {
     let carol_file = keys.join("carol");
     ok(vault(
         &b,
-        &["export-ssh", "carol", "-o", carol_file.to_str().expect("utf8")],
+        &[
+            "export-ssh",
+            "carol",
+            "-o",
+            carol_file.to_str().expect("utf8"),
+        ],
     ));
     let carol_key = SshKey::from_private_key_file(&carol_file);
     assert_eq!(carol_key.fingerprint_hex, carol["ssh_fingerprint_hex"]);
@@ -436,7 +478,13 @@ fn vault_config_conflicts_and_a_wrong_password_stop_serve() {
         std::fs::write(&path, config).expect("write");
         alknet_with(
             dir.path(),
-            &["serve", "--config", path.to_str().expect("utf8"), "--listen", "127.0.0.1:0"],
+            &[
+                "serve",
+                "--config",
+                path.to_str().expect("utf8"),
+                "--listen",
+                "127.0.0.1:0",
+            ],
             b"",
             &[],
         )
@@ -444,20 +492,32 @@ fn vault_config_conflicts_and_a_wrong_password_stop_serve() {
     let vault_file = a.join("vault");
     let o = serve(&vault_config(&vault_file, &bad_password, ""));
     assert_eq!(o.status.code(), Some(78), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("wrong password"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("wrong password"),
+        "{}",
+        text(&o.stderr)
+    );
     let o = serve(&vault_config(
         &vault_file,
         &bad_password,
         "[tls]\ncert = \"/c\"\nkey = \"/k\"\n",
     ));
     assert_eq!(o.status.code(), Some(78));
-    assert!(text(&o.stderr).contains("remove tls.cert"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("remove tls.cert"),
+        "{}",
+        text(&o.stderr)
+    );
     let o = serve(&vault_config(
         &vault_file,
         &bad_password,
         "[ssh]\nhost_key = \"/k\"\n",
     ));
-    assert!(text(&o.stderr).contains("ssh.host_key"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("ssh.host_key"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 /// `export-tls` gives `alknet connect --cert/--key` the identity whose fingerprint

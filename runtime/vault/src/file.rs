@@ -118,7 +118,9 @@ impl Default for KdfParams {
 pub enum FormatError {
     #[error("not a vault file (no ALKVAULT magic)")]
     NotAVault,
-    #[error("vault format version {0} is not supported (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "vault format version {0} is not supported (this build reads version {FORMAT_VERSION})"
+    )]
     UnsupportedVersion(u16),
     #[error("the file is truncated")]
     Truncated,

@@ -267,13 +267,8 @@ pub fn stretch_password(
     let argon = argon2::Argon2::new(
         argon2::Algorithm::Argon2id,
         argon2::Version::V0x13,
-        argon2::Params::new(
-            params.memory_kib,
-            params.iterations,
-            params.lanes,
-            Some(32),
-        )
-        .map_err(|e| VaultError::Kdf(e.to_string()))?,
+        argon2::Params::new(params.memory_kib, params.iterations, params.lanes, Some(32))
+            .map_err(|e| VaultError::Kdf(e.to_string()))?,
     );
     let mut key = Zeroizing::new([0u8; 32]);
     argon
@@ -527,7 +522,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut v = new_vault(dir.path(), "");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(v.path()).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(v.path())
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(v.mnemonic_words().expect("words").as_str(), WORDS);
         assert!(!v.bip39_passphrase_used());
@@ -546,7 +544,10 @@ mod tests {
             again.identities()[0].path,
             KeyPurpose::Client("alice".into()).path()
         );
-        assert_eq!(again.derive(&KeyPurpose::NodeTls).public_key(), tls.public_key());
+        assert_eq!(
+            again.derive(&KeyPurpose::NodeTls).public_key(),
+            tls.public_key()
+        );
         assert_eq!(again.kdf_params(), TEST_PARAMS);
         // no temporary file left behind
         let names: Vec<_> = std::fs::read_dir(dir.path())
@@ -671,16 +672,32 @@ mod tests {
         assert_eq!(std::fs::read(&p).expect("read"), b"one");
         write_atomically(&p, b"two", true).expect("replace");
         assert_eq!(std::fs::read(&p).expect("read"), b"two");
-        assert_eq!(std::fs::read_dir(p.parent().expect("dir")).expect("ls").count(), 1);
+        assert_eq!(
+            std::fs::read_dir(p.parent().expect("dir"))
+                .expect("ls")
+                .count(),
+            1
+        );
     }
 
     #[test]
     fn identity_names_follow_the_peer_rules() {
         assert!(valid_identity_name("alice@laptop.home-1_x"));
-        for bad in ["", "a b", "é", "node-tls", "ssh-host", "pkarr", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a b",
+            "é",
+            "node-tls",
+            "ssh-host",
+            "pkarr",
+            &"x".repeat(65),
+        ] {
             assert!(!valid_identity_name(bad), "{bad:?}");
         }
-        assert_eq!(KeyPurpose::from_name("ssh-host").expect("reserved"), KeyPurpose::SshHost);
+        assert_eq!(
+            KeyPurpose::from_name("ssh-host").expect("reserved"),
+            KeyPurpose::SshHost
+        );
         assert_eq!(
             KeyPurpose::Client("alice".into()).path(),
             KeyPurpose::from_name("alice").expect("client").path()

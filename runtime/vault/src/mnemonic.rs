@@ -103,7 +103,9 @@ mod tests {
         let twenty_four = generate_mnemonic(WordCount::TwentyFour).expect("24");
         assert_eq!(twenty_four.word_count(), 24);
         assert_ne!(
-            generate_mnemonic(WordCount::Twelve).expect("12").to_string(),
+            generate_mnemonic(WordCount::Twelve)
+                .expect("12")
+                .to_string(),
             twelve.to_string()
         );
         assert_eq!(WordCount::from_words(18), None);

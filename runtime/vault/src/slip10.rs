@@ -190,8 +190,8 @@ pub struct SeedLengthError(pub usize);
 
 /// HMAC-SHA512 of the concatenated `parts`. The caller zeroizes the result.
 fn hmac_sha512(key: &[u8], parts: &[&[u8]]) -> [u8; 64] {
-    let mut mac = <Hmac<Sha512> as KeyInit>::new_from_slice(key)
-        .expect("HMAC accepts keys of any length");
+    let mut mac =
+        <Hmac<Sha512> as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
     for part in parts {
         mac.update(part);
     }
@@ -229,7 +229,11 @@ mod tests {
             // the file writes hardened indices as "0H", as the SLIP does
             let path: DerivationPath = fields[0].parse().expect("path");
             let key = ExtendedKey::derive(&seed, &path).expect("derive");
-            assert_eq!(hex::encode(key.chain_code()), fields[2], "chain code {line}");
+            assert_eq!(
+                hex::encode(key.chain_code()),
+                fields[2],
+                "chain code {line}"
+            );
             assert_eq!(hex::encode(key.private_key()), fields[3], "private {line}");
             // SLIP-0010 writes Ed25519 public keys with a leading 00 byte
             assert_eq!(
@@ -249,7 +253,10 @@ mod tests {
         let p: DerivationPath = "m/44'/0h/2147483647H".parse().expect("parse");
         assert_eq!(p.indices(), [44, 0, 2147483647]);
         assert_eq!(p.to_string(), "m/44'/0'/2147483647'");
-        assert_eq!("m".parse::<DerivationPath>().expect("m").indices(), [] as [u32; 0]);
+        assert_eq!(
+            "m".parse::<DerivationPath>().expect("m").indices(),
+            [] as [u32; 0]
+        );
         assert_eq!("44'".parse::<DerivationPath>(), Err(PathError::NoMaster));
         assert!(matches!(
             "m/44".parse::<DerivationPath>(),
