@@ -337,7 +337,7 @@ impl<'a> Reader<'a> {
 pub fn decode_body(bytes: &[u8]) -> Result<Body, String> {
     let mut r = Reader { bytes, at: 0 };
     let entropy_len = r.u8()? as usize;
-    if !(16..=32).contains(&entropy_len) || entropy_len % 4 != 0 {
+    if !(16..=32).contains(&entropy_len) || !entropy_len.is_multiple_of(4) {
         return Err(format!("entropy of {entropy_len} bytes"));
     }
     let entropy = Zeroizing::new(r.take(entropy_len)?.to_vec());
