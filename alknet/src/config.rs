@@ -532,6 +532,29 @@ mod tests {
     }
 
     #[test]
+    fn vault_section_conflicts_with_other_key_sources() {
+        let cfg = FileConfig::parse("[vault]\nfile = \"/v\"\n", "x.toml").expect("parses");
+        assert_eq!(cfg.vault.file.as_deref(), Some(Path::new("/v")));
+        // not unlocked yet: asking for the keys is an error, not a generated certificate
+        let e = cfg.tls_identity().expect_err("locked");
+        assert!(e.to_string().contains("not unlocked"), "{e}");
+        let e = FileConfig::parse(
+            "[vault]\nfile = \"/v\"\n[tls]\ncert = \"/c\"\nkey = \"/k\"\n",
+            "x.toml",
+        )
+        .expect_err("tls conflict");
+        assert!(e.to_string().contains("tls.cert"), "{e}");
+        let e = FileConfig::parse(
+            "[vault]\nfile = \"/v\"\n[ssh]\nhost_key = \"/k\"\n",
+            "x.toml",
+        )
+        .expect_err("ssh conflict");
+        assert!(e.to_string().contains("ssh.host_key"), "{e}");
+        let e = FileConfig::parse("[vault]\nfiel = \"/v\"\n", "x.toml").expect_err("typo");
+        assert!(e.to_string().contains("fiel"), "{e}");
+    }
+
+    #[test]
     fn identity_config_chains_the_peer_database() {
         let dir = tempfile::tempdir().expect("tempdir");
         let default = FileConfig::load(None).expect("default config");
