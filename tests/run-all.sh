@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 # Real clients the suite drives (independent implementations, not ours).
 # valgrind: the instruction-count gate; openssh-client (ssh, ssh-keygen): the OpenSSH
-# tests of alknet/ssh; tmux: their pty session; curl: the SOCKS5 test of `alknet socks`.
+# tests of alknet/ssh and of `alknet vault export-ssh`; tmux: their pty session; curl: the
+# SOCKS5 test of `alknet socks`.
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || missing+=(openssh-client)

@@ -16,6 +16,8 @@ use alknet_runtime::{
 use alknet_ssh::{SshAdapter, SshConfig};
 use serde::Deserialize;
 
+use crate::vault::NodeKeys;
+
 /// The configuration `alknet serve` runs with when given no file.
 pub const DEFAULT_CONFIG: &str = r#"# Alknet configuration. Every key is optional; these are the defaults.
 
@@ -100,6 +102,14 @@ channel_buffer = 1048576
 # How long an ssh -L (direct-tcpip) connection to its target may take.
 connect_timeout_ms = 10000
 
+[vault]
+# A key vault (`alknet vault init|restore`): with `file` set, the TLS certificate (a
+# self-signed Ed25519 one, the same on every machine restored from the same words) and
+# the SSH host key come from the vault instead of tls.cert/key, ssh.host_key or the data
+# directory. The password: password_file, else $ALKNET_VAULT_PASSWORD, else a prompt.
+# file = "/var/lib/alknet/vault"
+# password_file = "/etc/alknet/vault-password"
+
 [limits]
 max_connections = 100000
 max_concurrent_bidi_streams = 256
@@ -145,6 +155,10 @@ pub enum ConfigError {
     UnknownHandler { name: String, available: String },
     #[error("config: tls.cert and tls.key must be given together")]
     HalfTls,
+    #[error("config: [vault] file is set, so the {0} comes from the vault; remove {1}")]
+    VaultConflict(&'static str, &'static str),
+    #[error("vault: {0}")]
+    Vault(String),
     #[error("config: {0}")]
     Invalid(String),
 }
@@ -178,6 +192,21 @@ pub struct FileConfig {
     pub identity: IdentitySection,
     #[serde(default)]
     pub ssh: SshConfig,
+    #[serde(default)]
+    pub vault: VaultSection,
+    /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
+    #[serde(skip)]
+    pub vault_keys: Option<NodeKeys>,
+}
+
+/// `[vault]`: serve the node keys from a key vault.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSection {
+    /// The vault file; unset, the vault is not used by `serve`.
+    pub file: Option<PathBuf>,
+    /// A file holding the vault password (else $ALKNET_VAULT_PASSWORD, else a prompt).
+    pub password_file: Option<PathBuf>,
 }
 
 /// `[identity]`: the SQLite peer store (the `[[identities]]` list is the config adapter).
@@ -250,6 +279,17 @@ impl FileConfig {
         cfg.ssh
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if cfg.vault.file.is_some() {
+            if cfg.tls.cert.is_some() || cfg.tls.key.is_some() {
+                return Err(ConfigError::VaultConflict(
+                    "TLS certificate",
+                    "tls.cert and tls.key",
+                ));
+            }
+            if cfg.ssh.host_key.is_some() {
+                return Err(ConfigError::VaultConflict("SSH host key", "ssh.host_key"));
+            }
+        }
         Ok(cfg)
     }
 
@@ -342,9 +382,40 @@ impl FileConfig {
         ))
     }
 
-    /// The `alknet/ssh` handler: the `[ssh]` settings, the host key (generated in the
-    /// data directory on first start; its fingerprint is logged) and `authorized_keys`.
+    /// With `[vault] file` set: unlocks the vault (asking for the password as
+    /// [`crate::vault::read_vault_password`] does) and keeps the node's TLS identity and
+    /// SSH host key for [`Self::tls_identity`] and [`Self::ssh_adapter`]. Without, nothing.
+    pub fn unlock_vault(&mut self) -> Result<(), ConfigError> {
+        let Some(file) = &self.vault.file else {
+            return Ok(());
+        };
+        let keys = crate::vault::node_keys(file, self.vault.password_file.as_deref())
+            .map_err(ConfigError::Vault)?;
+        tracing::info!("node keys from the vault {}", file.display());
+        self.vault_keys = Some(keys);
+        Ok(())
+    }
+
+    /// The `alknet/ssh` handler: the `[ssh]` settings, the host key (from the vault, or
+    /// generated in the data directory on first start; its fingerprint is logged) and
+    /// `authorized_keys`.
     pub fn ssh_adapter(&self) -> Result<SshAdapter, ConfigError> {
+        if self.vault.file.is_some() {
+            let keys = self.vault_keys.as_ref().ok_or(ConfigError::Vault(
+                "the vault was not unlocked before the SSH handler was built".into(),
+            ))?;
+            let adapter = SshAdapter::load_with_host_key(
+                self.ssh.clone(),
+                keys.ssh_host.clone(),
+                resolve_workers(self.workers),
+            )
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            tracing::info!(
+                "ssh host key fingerprint: {}",
+                adapter.host_key_fingerprint()
+            );
+            return Ok(adapter);
+        }
         let (adapter, generated) = SshAdapter::load(
             self.ssh.clone(),
             &self.data_dir(),
@@ -366,6 +437,12 @@ impl FileConfig {
     pub fn tls_identity(
         &self,
     ) -> Result<(TlsIdentity, Option<PathBuf>), Box<dyn std::error::Error>> {
+        if self.vault.file.is_some() {
+            let keys = self.vault_keys.as_ref().ok_or(ConfigError::Vault(
+                "the vault was not unlocked before the TLS identity was asked for".into(),
+            ))?;
+            return Ok((keys.tls.clone(), None));
+        }
         match (&self.tls.cert, &self.tls.key) {
             (Some(c), Some(k)) => Ok((TlsIdentity::from_pem_files(c, k)?, None)),
             (None, None) => {
@@ -454,6 +531,29 @@ mod tests {
         assert!(e.to_string().contains("nope"), "{e}");
         let cfg = FileConfig::parse("[tls]\ncert = \"/x\"", "x.toml").expect("parses");
         assert!(cfg.tls_identity().is_err());
+    }
+
+    #[test]
+    fn vault_section_conflicts_with_other_key_sources() {
+        let cfg = FileConfig::parse("[vault]\nfile = \"/v\"\n", "x.toml").expect("parses");
+        assert_eq!(cfg.vault.file.as_deref(), Some(Path::new("/v")));
+        // not unlocked yet: asking for the keys is an error, not a generated certificate
+        let e = cfg.tls_identity().expect_err("locked");
+        assert!(e.to_string().contains("not unlocked"), "{e}");
+        let e = FileConfig::parse(
+            "[vault]\nfile = \"/v\"\n[tls]\ncert = \"/c\"\nkey = \"/k\"\n",
+            "x.toml",
+        )
+        .expect_err("tls conflict");
+        assert!(e.to_string().contains("tls.cert"), "{e}");
+        let e = FileConfig::parse(
+            "[vault]\nfile = \"/v\"\n[ssh]\nhost_key = \"/k\"\n",
+            "x.toml",
+        )
+        .expect_err("ssh conflict");
+        assert!(e.to_string().contains("ssh.host_key"), "{e}");
+        let e = FileConfig::parse("[vault]\nfiel = \"/v\"\n", "x.toml").expect_err("typo");
+        assert!(e.to_string().contains("fiel"), "{e}");
     }
 
     #[test]

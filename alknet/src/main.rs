@@ -5,6 +5,7 @@ mod config;
 mod connect;
 mod peer;
 mod socks;
+mod vault;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,12 @@ enum Command {
     /// Manage the peers of the SQLite identity store (names, certificate fingerprints,
     /// tokens, scopes)
     Peer(peer::PeerArgs),
+    /// The key vault: one BIP39 mnemonic for the node's TLS and SSH host keys and named
+    /// client identities (init, restore, list, derive, export-ssh, export-tls, sign,
+    /// verify, show-mnemonic)
+    Vault(vault::VaultArgs),
+    /// Make a standalone Ed25519 key (OpenSSH and/or TLS), without a vault
+    Keygen(vault::KeygenArgs),
 }
 
 fn init_logging(default: &str) {
@@ -101,10 +108,14 @@ fn main() -> ExitCode {
         }
         Command::Fingerprint { config, data_dir } => {
             init_logging("warn");
-            let cfg = match load_config(config, data_dir) {
+            let mut cfg = match load_config(config, data_dir) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if let Err(e) = cfg.unlock_vault() {
+                eprintln!("alknet: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             match cfg.tls_identity() {
                 Ok((id, _)) => {
                     println!("{}", id.fingerprint());
@@ -123,6 +134,14 @@ fn main() -> ExitCode {
         Command::Peer(args) => {
             init_logging("warn");
             peer::run(args)
+        }
+        Command::Vault(args) => {
+            init_logging("warn");
+            vault::run(args)
+        }
+        Command::Keygen(args) => {
+            init_logging("warn");
+            vault::keygen(args)
         }
     }
 }
@@ -162,6 +181,8 @@ fn serve(
         cfg.workers = w;
     }
     let prepared = (|| -> Result<_, Box<dyn std::error::Error>> {
+        // first: the handlers and the TLS identity take their keys from it
+        cfg.unlock_vault()?;
         let registry = cfg.registry()?;
         let provider = cfg.identity_provider()?;
         let (tls, generated) = cfg.tls_identity()?;

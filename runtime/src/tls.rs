@@ -97,13 +97,67 @@ impl TlsIdentity {
 
     /// A new self-signed certificate for `localhost`, 127.0.0.1 and ::1 (and `names`).
     pub fn generate_self_signed(names: &[String]) -> Result<Self, TlsError> {
-        let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-        sans.extend(names.iter().cloned());
-        let ck = rcgen::generate_simple_self_signed(sans)?;
+        let ck = rcgen::generate_simple_self_signed(default_names(names))?;
         Ok(Self {
             chain: vec![ck.cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into()),
         })
+    }
+
+    /// A self-signed certificate (for `localhost`, 127.0.0.1, ::1 and `names`) for the
+    /// Ed25519 key whose 32-byte private key (RFC 8032 secret) is `private_key`.
+    ///
+    /// Deterministic: the validity period and serial number are fixed (the serial is
+    /// derived from the public key) and Ed25519 signatures are, so the same key and names
+    /// give the same certificate, hence the same fingerprint, on any machine. That is
+    /// what lets a node restored from its vault keep its pinned fingerprint. Browsers
+    /// (WebTransport) need P-256 instead; rustls and alknet's clients accept Ed25519.
+    pub fn from_ed25519_private_key(
+        private_key: &[u8; 32],
+        names: &[String],
+    ) -> Result<Self, TlsError> {
+        let mut pkcs8 = Vec::with_capacity(ED25519_PKCS8_PREFIX.len() + 32);
+        pkcs8.extend_from_slice(&ED25519_PKCS8_PREFIX);
+        pkcs8.extend_from_slice(private_key);
+        let key_der = rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8);
+        let key_pair =
+            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&key_der, &rcgen::PKCS_ED25519)?;
+        let mut params = rcgen::CertificateParams::new(default_names(names))?;
+        params.not_before = rcgen::date_time_ymd(
+            ED25519_CERT_NOT_BEFORE.0,
+            ED25519_CERT_NOT_BEFORE.1,
+            ED25519_CERT_NOT_BEFORE.2,
+        );
+        params.not_after = rcgen::date_time_ymd(
+            ED25519_CERT_NOT_AFTER.0,
+            ED25519_CERT_NOT_AFTER.1,
+            ED25519_CERT_NOT_AFTER.2,
+        );
+        let public = key_pair.public_key_raw();
+        let digest = ring::digest::digest(&ring::digest::SHA256, public);
+        let mut serial = [0u8; 16];
+        serial.copy_from_slice(&digest.as_ref()[..16]);
+        serial[0] &= 0x7f; // a positive INTEGER
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let cert = params.self_signed(&key_pair)?;
+        Ok(Self {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(key_der),
+        })
+    }
+
+    /// A new random Ed25519 key with a self-signed certificate for `localhost`,
+    /// 127.0.0.1, ::1 and `names`: the Ed25519 counterpart of
+    /// [`Self::generate_self_signed`] (ECDSA P-256), e.g. to compare handshake cost.
+    pub fn generate_ed25519(names: &[String]) -> Result<Self, TlsError> {
+        use ring::rand::SecureRandom;
+        let mut private_key = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut private_key)
+            .map_err(|_| TlsError::Quic("the system random source failed".into()))?;
+        let identity = Self::from_ed25519_private_key(&private_key, names);
+        private_key.fill(0);
+        identity
     }
 
     /// The identity kept in `dir`, generated and written there (key mode 0600) on first use.
@@ -120,17 +174,54 @@ impl TlsIdentity {
             move |source| TlsError::Write { path, source }
         };
         create_private_dir(dir).map_err(write_err(dir))?;
-        let cert_pem = pem_encode("CERTIFICATE", generated.chain[0].as_ref());
-        let key_pem = pem_encode("PRIVATE KEY", generated.key.secret_der());
+        let cert_pem = generated.chain_pem();
+        let key_pem = generated.key_pem();
         write_private(&key, key_pem.as_bytes()).map_err(write_err(&key))?;
         fs::write(&cert, cert_pem).map_err(write_err(&cert))?;
         Ok((generated, true))
+    }
+
+    /// The certificate chain as PEM.
+    pub fn chain_pem(&self) -> String {
+        self.chain
+            .iter()
+            .map(|c| pem_encode("CERTIFICATE", c.as_ref()))
+            .collect()
+    }
+
+    /// The private key as PEM (PKCS#8 "PRIVATE KEY" for generated keys). A secret: write
+    /// it only to a file of mode 0600.
+    pub fn key_pem(&self) -> String {
+        let label = match &self.key {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            _ => "PRIVATE KEY",
+        };
+        pem_encode(label, self.key.secret_der())
     }
 
     /// SHA-256 of the leaf certificate: what clients pin with `--fingerprint`.
     pub fn fingerprint(&self) -> Fingerprint {
         fingerprint_of(&self.chain[0])
     }
+}
+
+/// The DER prefix of an Ed25519 private key in PKCS#8 v1 (RFC 8410, section 7): the
+/// 32-byte private key follows it.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// Validity of certificates made from an Ed25519 key (year, month, day): fixed, so the
+/// certificate, and its fingerprint, depend on the key alone. The span is rcgen's default.
+pub const ED25519_CERT_NOT_BEFORE: (i32, u8, u8) = (1975, 1, 1);
+pub const ED25519_CERT_NOT_AFTER: (i32, u8, u8) = (4096, 1, 1);
+
+/// The names of a generated certificate: loopback, then `extra`.
+fn default_names(extra: &[String]) -> Vec<String> {
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    sans.extend(extra.iter().cloned());
+    sans
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -456,5 +547,23 @@ mod tests {
         )
         .expect("client");
         client_crypto(&ServerTrust::WebPki, vec![], None).expect("webpki client");
+    }
+
+    #[test]
+    fn ed25519_identities_are_deterministic_and_usable() {
+        let key = [7u8; 32];
+        let a = TlsIdentity::from_ed25519_private_key(&key, &[]).expect("ed25519");
+        let b = TlsIdentity::from_ed25519_private_key(&key, &[]).expect("again");
+        assert_eq!(a.chain, b.chain, "same key, same certificate");
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        let other = TlsIdentity::from_ed25519_private_key(&[8u8; 32], &[]).expect("other");
+        assert_ne!(a.fingerprint(), other.fingerprint());
+        let random = TlsIdentity::generate_ed25519(&["node.example".into()]).expect("random");
+        assert_ne!(random.fingerprint(), a.fingerprint());
+        for id in [&a, &random] {
+            server_crypto(id, vec![b"alknet/echo".to_vec()], ClientAuth::Optional).expect("server");
+            client_crypto(&ServerTrust::Fingerprint(a.fingerprint()), vec![], Some(id))
+                .expect("client");
+        }
     }
 }

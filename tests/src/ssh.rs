@@ -34,9 +34,8 @@ pub struct SshKey {
     pub fingerprint_hex: String,
 }
 
-/// Generates a key named `name` in `dir`. Its fingerprint is taken from `ssh-keygen -l`
-/// (OpenSSH's own `SHA256:` base64) and turned into hex, so the hex our config and peer
-/// store hold is checked against OpenSSH, not computed by our code.
+/// Generates a key named `name` in `dir` (see [`SshKey::from_private_key_file`] for how
+/// its public line and fingerprint are obtained).
 pub fn ssh_keygen(dir: &Path, name: &str) -> SshKey {
     let path = dir.join(name);
     let out = Command::new("ssh-keygen")
@@ -45,28 +44,42 @@ pub fn ssh_keygen(dir: &Path, name: &str) -> SshKey {
         .output()
         .expect("run ssh-keygen");
     assert!(out.status.success(), "ssh-keygen: {out:?}");
-    let public = std::fs::read_to_string(path.with_extension("pub"))
-        .expect("public key")
-        .trim()
-        .to_string();
-    let out = Command::new("ssh-keygen")
-        .args(["-l", "-E", "sha256", "-f"])
-        .arg(path.with_extension("pub"))
-        .output()
-        .expect("ssh-keygen -l");
-    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
-    let b64 = listing
-        .split_whitespace()
-        .nth(1)
-        .and_then(|f| f.strip_prefix("SHA256:"))
-        .unwrap_or_else(|| panic!("ssh-keygen -l printed {listing:?}"));
-    let digest = base64_decode(b64);
-    assert_eq!(digest.len(), 32, "{listing}");
-    let fingerprint_hex = digest.iter().map(|b| format!("{b:02x}")).collect();
-    SshKey {
-        path,
-        public,
-        fingerprint_hex,
+    SshKey::from_private_key_file(&path)
+}
+
+impl SshKey {
+    /// An existing unencrypted private key file, e.g. one made by `alknet vault
+    /// export-ssh`. Its public line comes from `ssh-keygen -y` and its fingerprint from
+    /// `ssh-keygen -l` (OpenSSH's own `SHA256:` base64, turned into hex), so what our
+    /// config and peer store hold is checked against OpenSSH, not computed by our code.
+    pub fn from_private_key_file(path: &Path) -> SshKey {
+        let out = Command::new("ssh-keygen")
+            .args(["-y", "-f"])
+            .arg(path)
+            .output()
+            .expect("ssh-keygen -y");
+        assert!(out.status.success(), "ssh-keygen -y: {out:?}");
+        let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // on a private key file, ssh-keygen -l reads the key (or FILE.pub beside it)
+        let out = Command::new("ssh-keygen")
+            .args(["-l", "-E", "sha256", "-f"])
+            .arg(path)
+            .output()
+            .expect("ssh-keygen -l");
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        let b64 = listing
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.strip_prefix("SHA256:"))
+            .unwrap_or_else(|| panic!("ssh-keygen -l printed {listing:?}"));
+        let digest = base64_decode(b64);
+        assert_eq!(digest.len(), 32, "{listing}");
+        let fingerprint_hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+        SshKey {
+            path: path.to_path_buf(),
+            public,
+            fingerprint_hex,
+        }
     }
 }
 
@@ -103,6 +116,16 @@ impl SshTarget {
     /// `ssh` to the target with `key` and nothing from the user's configuration: no
     /// known_hosts, no agent, no other keys, batch mode (never a prompt).
     pub fn ssh(&self, key: &SshKey) -> Command {
+        self.ssh_checking_host(key, None)
+    }
+
+    /// As [`Self::ssh`], but the host key must be the one in `known_hosts` (whose
+    /// entry names the host `alknet`, as the commands here do).
+    pub fn ssh_with_known_hosts(&self, key: &SshKey, known_hosts: &Path) -> Command {
+        self.ssh_checking_host(key, Some(known_hosts))
+    }
+
+    fn ssh_checking_host(&self, key: &SshKey, known_hosts: Option<&Path>) -> Command {
         let proxy = format!(
             "{} connect --alpn alknet/ssh --fingerprint {} {}",
             alknet_bin().display(),
@@ -110,15 +133,16 @@ impl SshTarget {
             self.addr
         );
         let mut cmd = Command::new("ssh");
+        let (strict, known) = match known_hosts {
+            Some(file) => ("yes", file.display().to_string()),
+            None => ("no", "/dev/null".to_string()),
+        };
+        cmd.args(["-F", "/dev/null", "-o", "BatchMode=yes"])
+            .arg("-o")
+            .arg(format!("StrictHostKeyChecking={strict}"))
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={known}"));
         cmd.args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
             "-o",
             "IdentitiesOnly=yes",
             "-o",

@@ -118,15 +118,25 @@ impl SshAdapter {
             Some(path) => (load_host_key(path)?, false),
             None => load_or_generate_host_key(data_dir)?,
         };
+        Ok((Self::load_with_host_key(config, key, workers)?, generated))
+    }
+
+    /// As [`Self::load`], with a host key the caller already holds (e.g. derived from
+    /// the key vault) instead of `ssh.host_key` or the data directory's.
+    pub fn load_with_host_key(
+        config: SshConfig,
+        host_key: PrivateKey,
+        workers: usize,
+    ) -> Result<Self, SshError> {
         let extra = match &config.authorized_keys {
             Some(path) => Some(Arc::new(AuthorizedKeysProvider::load(path)?)),
             None => None,
         };
-        let mut adapter = Self::new(key, config, workers)?;
+        let mut adapter = Self::new(host_key, config, workers)?;
         if let Some(p) = extra {
             adapter = adapter.with_extra_provider(p);
         }
-        Ok((adapter, generated))
+        Ok(adapter)
     }
 
     /// Also resolves keys through `provider`, after the engine's (e.g. an
