@@ -24,6 +24,8 @@ echo "== handshake, 16 loops, 1 client thread"
 $L compare --workload handshake --rounds $R --duration 3 --connections 16 2>/dev/null
 echo "== handshake, 16 loops, 2 client threads"
 $L compare --workload handshake --rounds $R --duration 3 --connections 16 --client-threads 2 2>/dev/null
+echo "== handshake, 16 loops, 2 client threads, Ed25519 certificate (a node served from the vault)"
+$L compare --workload handshake --rounds $R --duration 3 --connections 16 --client-threads 2 --tls-key ed25519 2>/dev/null
 echo "== handshake + resumption, 2 client threads"
 $L compare --workload handshake --rounds $R --duration 3 --connections 16 --client-threads 2 --resumption 2>/dev/null
 echo "== idle 5000 connections: server memory per connection"

@@ -79,6 +79,8 @@ pub struct BaselineOptions {
     pub flavor: Flavor,
     pub threads: usize,
     pub limits: Limits,
+    /// The certificate and key (ECDSA P-256 as quinn-perf generates, unless the run says).
+    pub identity: TlsIdentity,
 }
 
 /// Runs until SIGINT/SIGTERM or until stdin is closed (so a parent process can stop it by
@@ -93,7 +95,7 @@ pub fn run(opts: BaselineOptions) -> Result<(), String> {
     if opts.threads == 0 {
         return Err("the baseline needs at least one worker thread".into());
     }
-    let identity = TlsIdentity::generate_self_signed(&[]).map_err(|e| e.to_string())?;
+    let identity = opts.identity.clone();
     let crypto = server_crypto(
         &identity,
         vec![ECHO_ALPN.to_vec(), PERF_ALPN.to_vec()],

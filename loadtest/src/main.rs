@@ -75,6 +75,8 @@ enum Command {
         kind: Kind,
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        #[arg(long, value_enum, default_value_t)]
+        tls_key: server::KeyType,
     },
 }
 
@@ -112,6 +114,9 @@ struct RunArgs {
     /// PID of --server, to report its CPU and memory.
     #[arg(long, requires = "server")]
     server_pid: Option<u32>,
+    /// Key type of the server certificate the harness generates (both servers).
+    #[arg(long, value_enum, default_value_t)]
+    tls_key: server::KeyType,
     /// Client implementation: alknet's engine (monoio), or (perf-rr only) quinn + tokio as
     /// `quinn-perf client` runs, to check a ratio with the peer's kind of client.
     #[arg(long, value_enum, default_value_t = ClientKind::Alknet)]
@@ -197,7 +202,11 @@ fn main() -> ExitCode {
         Command::Idle(a) => run_one(WorkloadKind::Idle, &a),
         Command::Compare(c) => run_compare(&c),
         Command::Probe(p) => run_probe(&p),
-        Command::Serve { kind, workers } => server::serve(kind, workers),
+        Command::Serve {
+            kind,
+            workers,
+            tls_key,
+        } => server::serve(kind, workers, tls_key),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -304,7 +313,11 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
     let (target, pid, label) = match (&args.server, args.fingerprint) {
         (Some(s), Some(fp)) => (resolve(s, fp)?, args.server_pid, s.clone()),
         _ => {
-            let proc = proc.insert(ServerProc::spawn(kind, usize::from(args.workers))?);
+            let proc = proc.insert(ServerProc::spawn(
+                kind,
+                usize::from(args.workers),
+                args.tls_key,
+            )?);
             let t = Target {
                 addr: proc.addr,
                 host: "localhost".into(),
@@ -482,8 +495,8 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             args.bytes, args.direction
         ),
         WorkloadKind::Handshake => format!(
-            "{label}: {threads} client threads, {connections} connect loops, resumption {}",
-            args.resumption
+            "{label}: {threads} client threads, {connections} connect loops, resumption {}, {:?} certificate",
+            args.resumption, args.tls_key
         ),
         WorkloadKind::Idle => format!("{label}: {connections} idle connections"),
     };

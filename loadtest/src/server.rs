@@ -42,6 +42,33 @@ impl std::fmt::Display for Kind {
 /// How long the parent waits for a `stats` answer.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The server certificate's key type (both servers take the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum KeyType {
+    /// ECDSA P-256 (rcgen's default, quinn-perf's and `alknet serve`'s generated one).
+    #[default]
+    EcdsaP256,
+    /// Ed25519 (what a node served from the key vault presents).
+    Ed25519,
+}
+
+impl KeyType {
+    fn name(self) -> &'static str {
+        match self {
+            KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::Ed25519 => "ed25519",
+        }
+    }
+
+    pub fn generate(self) -> Result<TlsIdentity, String> {
+        match self {
+            KeyType::EcdsaP256 => TlsIdentity::generate_self_signed(&[]),
+            KeyType::Ed25519 => TlsIdentity::generate_ed25519(&[]),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
 /// A server child process.
 pub struct ServerProc {
     child: Child,
@@ -99,7 +126,7 @@ impl EngineCounters {
 
 impl ServerProc {
     /// Starts `kind` with `workers` threads on 127.0.0.1 (ephemeral port).
-    pub fn spawn(kind: Kind, workers: usize) -> Result<Self, String> {
+    pub fn spawn(kind: Kind, workers: usize, key: KeyType) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
         let mut child = Command::new(exe)
             .args([
@@ -108,6 +135,8 @@ impl ServerProc {
                 &kind.to_string(),
                 "--workers",
                 &workers.to_string(),
+                "--tls-key",
+                key.name(),
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -239,7 +268,7 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 
 /// The child side: run a server until stdin closes, after printing `listening ADDR` and
 /// `fingerprint HEX` on stdout.
-pub fn serve(kind: Kind, workers: usize) -> Result<(), String> {
+pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
     match kind {
         Kind::Quinn | Kind::QuinnMt => crate::baseline::run(crate::baseline::BaselineOptions {
             listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
@@ -250,6 +279,7 @@ pub fn serve(kind: Kind, workers: usize) -> Result<(), String> {
             },
             threads: workers,
             limits: Limits::default(),
+            identity: key.generate()?,
         }),
         Kind::Alknet => {
             let mut registry = AlpnRegistry::new();
@@ -299,7 +329,7 @@ pub fn serve(kind: Kind, workers: usize) -> Result<(), String> {
                     .unwrap_or(alknet_runtime::PinWorkers::Always(false)),
                 server_id: 0,
                 limits: Limits::default(),
-                tls: TlsIdentity::generate_self_signed(&[]).map_err(|e| e.to_string())?,
+                tls: key.generate()?,
                 client_auth: ClientAuth::None,
                 // ALKNET_KERNEL_STEERING=0 measures the plain 4-tuple hash instead
                 kernel_steering: std::env::var("ALKNET_KERNEL_STEERING").map_or(true, |v| v != "0"),

@@ -147,6 +147,14 @@ fn handshake_and_idle_complete_on_both_servers() {
         assert_eq!(field(&json, "connections"), ops, "{json}");
         let json = run("handshake", target, &["--connections", "2", "--resumption"]);
         assert!(field(&json, "operations") > 0, "{json}");
+        // the vault's certificate kind
+        let json = run(
+            "handshake",
+            target,
+            &["--connections", "2", "--tls-key", "ed25519"],
+        );
+        assert!(field(&json, "operations") > 0, "{json}");
+        assert!(json.contains("Ed25519 certificate"), "{json}");
 
         let json = run("idle", target, &["--connections", "50"]);
         assert_eq!(field(&json, "operations"), 50, "{json}");
