@@ -14,6 +14,13 @@ echo "== perf-rr 64 B x 64 bi requests, 1 conn (alknet client)"
 $L compare --workload perf-rr --rounds $R --duration 5 --connections 1 --streams 64 --baseline quinn --baseline quinn-mt 2>/dev/null
 echo "== perf-rr 64 B x 64 bi requests, 1 conn (quinn-perf-like client: quinn + tokio current-thread)"
 $L compare --workload perf-rr --client quinn --rounds $R --duration 5 --connections 1 --streams 64 2>/dev/null
+echo "== perf-rr 64 B x 64, 1 conn, --split-cores: server alone on CPU 0, client on CPU 1 (both clients)"
+$L compare --workload perf-rr --split-cores --rounds $R --duration 5 --connections 1 --streams 64 2>/dev/null
+$L compare --workload perf-rr --split-cores --client quinn --rounds $R --duration 5 --connections 1 --streams 64 2>/dev/null
+echo "== perf-rr --split-cores on monoio's legacy (epoll) driver, alknet only"
+for i in $(seq $R); do
+    ALKNET_DRIVER=legacy $L perf-rr --split-cores --connections 1 --streams 64 --duration 5 2>/dev/null | grep -E "result|efficiency|context"
+done
 echo "== rr 32 conns x 8 streams, 2 client threads"
 $L compare --workload rr --rounds $R --duration 5 --connections 32 --streams 8 --client-threads 2 --baseline quinn --baseline quinn-mt 2>/dev/null
 echo "== perf-bulk 1 GiB download, 1 stream"
@@ -22,6 +29,8 @@ echo "== perf-bulk 1 GiB upload, 1 stream"
 $L compare --workload perf-bulk --rounds $R --bytes 1073741824 --direction upload 2>/dev/null
 echo "== handshake, 16 loops, 1 client thread"
 $L compare --workload handshake --rounds $R --duration 3 --connections 16 2>/dev/null
+echo "== handshake, 16 loops, 1 client thread, --split-cores"
+$L compare --workload handshake --split-cores --rounds $R --duration 3 --connections 16 2>/dev/null
 echo "== handshake, 16 loops, 2 client threads"
 $L compare --workload handshake --rounds $R --duration 3 --connections 16 --client-threads 2 2>/dev/null
 echo "== handshake, 16 loops, 2 client threads, Ed25519 certificate (a node served from the vault)"

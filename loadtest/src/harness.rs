@@ -227,6 +227,8 @@ pub struct ClientPlan {
     pub duration: Duration,
     pub resumption: bool,
     pub keep_alive: Duration,
+    /// CPUs the client threads are restricted to (`--split-cores`), or anywhere.
+    pub cpus: Option<Vec<usize>>,
 }
 
 /// A workload's per-thread body: prepare (connect), signal readiness through `ready`, wait
@@ -265,9 +267,17 @@ pub fn run<W: Workload, S>(
             let (workload, schedule, ready) =
                 (workload.clone(), schedule.clone(), ready_tx.clone());
             let (target, crypto, limits) = (plan.target.clone(), crypto.clone(), limits.clone());
+            let cpus = plan.cpus.clone();
             std::thread::Builder::new()
                 .name(format!("loadtest-c{index}"))
                 .spawn(move || {
+                    if let Some(cpus) = &cpus {
+                        if let Err(e) = crate::cores::restrict_current(cpus) {
+                            let mut t = Tally::default();
+                            t.error("affinity", || e.to_string());
+                            return t;
+                        }
+                    }
                     run_local(|_| async move {
                         let endpoint =
                             match ClientEndpoint::bind(unspecified_like(target.addr), &limits) {

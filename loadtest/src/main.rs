@@ -7,6 +7,7 @@ mod baseline;
 mod bulk;
 mod call;
 mod compare;
+mod cores;
 mod handshake;
 mod harness;
 mod idle;
@@ -158,6 +159,11 @@ struct RunArgs {
     /// Seconds of load before measuring (idle: settling time before memory is read).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=600))]
     warmup: u64,
+    /// Run the server on the first half of the CPUs and the client threads on the other
+    /// half (the same for every server kind), so where the scheduler would have placed
+    /// them does not decide the result.
+    #[arg(long)]
+    split_cores: bool,
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
@@ -309,15 +315,31 @@ fn workload_name(w: WorkloadKind) -> &'static str {
 
 /// Starts (or finds) the server, runs `workload` against it, and measures.
 fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measurement, String> {
+    let split = if args.split_cores {
+        let cpus = cores::allowed().map_err(|e| format!("reading CPU affinity: {e}"))?;
+        Some(cores::split(&cpus).ok_or("--split-cores needs at least two CPUs")?)
+    } else {
+        None
+    };
     let mut proc = None;
     let (target, pid, label) = match (&args.server, args.fingerprint) {
         (Some(s), Some(fp)) => (resolve(s, fp)?, args.server_pid, s.clone()),
         _ => {
-            let proc = proc.insert(ServerProc::spawn(
-                kind,
-                usize::from(args.workers),
-                args.tls_key,
-            )?);
+            let spawn = || ServerProc::spawn(kind, usize::from(args.workers), args.tls_key);
+            let spawned = match &split {
+                // a child inherits the affinity of the thread that forks it
+                Some((server_cpus, _)) => std::thread::scope(|s| {
+                    s.spawn(|| {
+                        cores::restrict_current(server_cpus)
+                            .map_err(|e| format!("restricting the server's CPUs: {e}"))?;
+                        spawn()
+                    })
+                    .join()
+                    .unwrap_or_else(|_| Err("server spawner panicked".into()))
+                }),
+                None => spawn(),
+            };
+            let proc = proc.insert(spawned?);
             let t = Target {
                 addr: proc.addr,
                 host: "localhost".into(),
@@ -352,6 +374,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         duration: Duration::from_secs(args.duration),
         resumption: args.resumption,
         keep_alive: Duration::from_secs(5),
+        cpus: split.as_ref().map(|(_, client)| client.clone()),
     };
     let rss_before = pid.and_then(server::rss_bytes);
     let windowed = !is_transfer(workload);
@@ -386,6 +409,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
                 download: args.download_size,
                 warmup: plan.warmup,
                 duration: plan.duration,
+                cpus: plan.cpus.clone(),
             },
             sample,
         ),
@@ -467,6 +491,11 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             Some((after as f64 - before as f64) / tally.operations as f64)
         }
         _ => None,
+    };
+    let label = if split.is_some() {
+        format!("{label}, cores split")
+    } else {
+        label
     };
     let description = match workload {
         WorkloadKind::Rr => format!(

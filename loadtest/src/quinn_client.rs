@@ -34,6 +34,8 @@ pub struct QuinnPerfClient {
     pub download: u64,
     pub warmup: Duration,
     pub duration: Duration,
+    /// CPUs the client thread is restricted to (`--split-cores`), or anywhere.
+    pub cpus: Option<Vec<usize>>,
 }
 
 /// Runs the client on its own thread; `on_window` runs on this thread once the schedule is
@@ -45,6 +47,13 @@ pub fn run<S>(client: QuinnPerfClient, on_window: impl FnOnce(Schedule) -> S) ->
     let thread = std::thread::Builder::new()
         .name("loadtest-quinn".into())
         .spawn(move || {
+            if let Some(cpus) = &client.cpus {
+                if let Err(e) = crate::cores::restrict_current(cpus) {
+                    let mut t = Tally::default();
+                    t.error("affinity", || e.to_string());
+                    return t;
+                }
+            }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -100,6 +100,23 @@ fn perf_rr_moves_exact_bytes_on_every_server_with_both_clients() {
 }
 
 #[test]
+fn split_cores_runs_both_servers_and_clients() {
+    for target in ["alknet", "quinn"] {
+        for client in ["alknet", "quinn"] {
+            let json = run(
+                "perf-rr",
+                target,
+                &["--split-cores", "--client", client, "--streams", "4"],
+            );
+            let ops = field(&json, "operations");
+            assert!(ops > 0, "{json}");
+            assert_eq!(field(&json, "bytes"), ops * 128, "{json}");
+            assert!(json.contains("cores split"), "{json}");
+        }
+    }
+}
+
+#[test]
 fn alknet_reports_its_datagram_counters_and_no_forwarding() {
     let json = run(
         "perf-rr",
