@@ -390,3 +390,61 @@ pub async fn closed_loop<F, Fut>(
         }
     }
 }
+
+/// The body the request/response workloads share: open this thread's `n` connections, run
+/// `slots` closed-loop request slots ([`closed_loop`]) on each until the end of the window,
+/// then close. `request` makes one request on a connection: `Ok(payload bytes)` or
+/// `Err(kind)` (the error's detail names the connection).
+pub async fn run_request_slots<F, Fut>(
+    thread: ClientThread,
+    n: usize,
+    slots: usize,
+    schedule: Arc<OnceLock<Schedule>>,
+    ready: mpsc::Sender<()>,
+    timeout: Duration,
+    request: F,
+) -> Tally
+where
+    F: Fn(Connection) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = Result<u64, &'static str>> + 'static,
+{
+    let mut tally = Tally::default();
+    let (conns, start) = thread
+        .connect_then_start(n, &schedule, ready, &mut tally)
+        .await;
+    if let Some(sched) = start {
+        let cpu = monoio::spawn(cpu_over_window(sched));
+        let shared = std::rc::Rc::new(std::cell::RefCell::new(tally));
+        let mut loops = Vec::new();
+        for conn in &conns {
+            for _ in 0..slots {
+                let (conn, tally, request) = (conn.clone(), shared.clone(), request.clone());
+                loops.push(monoio::spawn(async move {
+                    closed_loop(
+                        sched,
+                        tally,
+                        timeout,
+                        || conn.close_reason().is_some(),
+                        || {
+                            let done = request(conn.clone());
+                            let conn = &conn;
+                            async move {
+                                done.await
+                                    .map_err(|kind| (kind, format!("request on {conn:?}")))
+                            }
+                        },
+                    )
+                    .await
+                }));
+            }
+        }
+        for l in loops {
+            l.await;
+        }
+        tally = shared.replace(Tally::default());
+        tally.cpu_s = cpu.await;
+    }
+    thread.close_all(conns).await;
+    tally.client = thread.endpoint.stats();
+    tally
+}

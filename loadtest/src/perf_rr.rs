@@ -7,8 +7,6 @@
 //! quinn-perf). `streams` such requests are kept in flight per connection (quinn-perf's
 //! `--bi-requests`).
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -16,7 +14,7 @@ use std::time::Duration;
 use alknet_runtime::Connection;
 use bytes::Bytes;
 
-use crate::harness::{closed_loop, cpu_over_window, ClientThread, Schedule, Tally, Workload};
+use crate::harness::{run_request_slots, ClientThread, Schedule, Tally, Workload};
 use crate::rr::split;
 
 /// A request slower than this counts as an error (rather than stalling its slot).
@@ -57,45 +55,22 @@ impl Workload for PerfRr {
         schedule: Arc<OnceLock<Schedule>>,
         ready: mpsc::Sender<()>,
     ) -> Tally {
-        let mut tally = Tally::default();
         let n = self.connections.get(thread.index).copied().unwrap_or(0);
-        let (conns, start) = thread
-            .connect_then_start(n, &schedule, ready, &mut tally)
-            .await;
-        if let Some(sched) = start {
-            let cpu = monoio::spawn(cpu_over_window(sched));
-            let shared = Rc::new(RefCell::new(tally));
-            let mut slots = Vec::new();
-            for conn in &conns {
-                for _ in 0..self.streams {
-                    let (conn, tally) = (conn.clone(), shared.clone());
-                    let (upload, download) = (self.upload, self.download);
-                    slots.push(monoio::spawn(async move {
-                        closed_loop(
-                            sched,
-                            tally,
-                            REQUEST_TIMEOUT,
-                            || conn.close_reason().is_some(),
-                            || async {
-                                request(&conn, upload, download)
-                                    .await
-                                    .map(|()| upload + download)
-                                    .map_err(|kind| (kind, format!("perf request on {conn:?}")))
-                            },
-                        )
-                        .await
-                    }));
-                }
-            }
-            for s in slots {
-                s.await;
-            }
-            tally = shared.replace(Tally::default());
-            tally.cpu_s = cpu.await;
-        }
-        thread.close_all(conns).await;
-        tally.client = thread.endpoint.stats();
-        tally
+        let (upload, download) = (self.upload, self.download);
+        run_request_slots(
+            thread,
+            n,
+            self.streams,
+            schedule,
+            ready,
+            REQUEST_TIMEOUT,
+            move |conn| async move {
+                request(&conn, upload, download)
+                    .await
+                    .map(|()| upload + download)
+            },
+        )
+        .await
     }
 }
 

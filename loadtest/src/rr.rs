@@ -2,8 +2,6 @@
 //! new bidirectional stream per request, sending `size` bytes, finishing, and reading the
 //! whole echo back (one stream per request, as quinn's perf tool does).
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,7 +9,7 @@ use std::time::Duration;
 use alknet_runtime::{Connection, ReadToEndError};
 use bytes::Bytes;
 
-use crate::harness::{closed_loop, cpu_over_window, ClientThread, Schedule, Tally, Workload};
+use crate::harness::{run_request_slots, ClientThread, Schedule, Tally, Workload};
 
 /// A request slower than this counts as an error (rather than stalling its loop).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,58 +50,23 @@ impl Workload for Rr {
         schedule: Arc<OnceLock<Schedule>>,
         ready: mpsc::Sender<()>,
     ) -> Tally {
-        let mut tally = Tally::default();
         let n = self.connections.get(thread.index).copied().unwrap_or(0);
-        let (conns, start) = thread
-            .connect_then_start(n, &schedule, ready, &mut tally)
-            .await;
-        if let Some(sched) = start {
-            let cpu = monoio::spawn(cpu_over_window(sched));
-            let shared = Rc::new(RefCell::new(tally));
-            let mut loops = Vec::new();
-            for conn in &conns {
-                for _ in 0..self.streams {
-                    loops.push(monoio::spawn(request_loop(
-                        conn.clone(),
-                        self.payload.clone(),
-                        sched,
-                        shared.clone(),
-                    )));
-                }
-            }
-            for l in loops {
-                l.await;
-            }
-            tally = shared.replace(Tally::default());
-            tally.cpu_s = cpu.await;
-        }
-        thread.close_all(conns).await;
-        tally.client = thread.endpoint.stats();
-        tally
+        let payload = self.payload;
+        let bytes = 2 * payload.len() as u64;
+        run_request_slots(
+            thread,
+            n,
+            self.streams,
+            schedule,
+            ready,
+            REQUEST_TIMEOUT,
+            move |conn| {
+                let payload = payload.clone();
+                async move { request(&conn, &payload).await.map(|()| bytes) }
+            },
+        )
+        .await
     }
-}
-
-/// One in-flight slot: issues requests back to back until the end of the run.
-async fn request_loop(
-    conn: Connection,
-    payload: Bytes,
-    sched: Schedule,
-    tally: Rc<RefCell<Tally>>,
-) {
-    let bytes = 2 * payload.len() as u64;
-    closed_loop(
-        sched,
-        tally,
-        REQUEST_TIMEOUT,
-        || conn.close_reason().is_some(),
-        || async {
-            request(&conn, &payload)
-                .await
-                .map(|()| bytes)
-                .map_err(|kind| (kind, format!("request on {conn:?}")))
-        },
-    )
-    .await
 }
 
 /// One request: a new stream carrying `payload`, echoed back whole. Writing and reading
