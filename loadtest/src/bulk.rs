@@ -10,7 +10,7 @@ use std::time::Instant;
 use alknet_runtime::Connection;
 use bytes::Bytes;
 
-use crate::harness::{thread_cpu, ClientThread, Schedule, Tally, Workload};
+use crate::harness::{drain_expecting, thread_cpu, ClientThread, Schedule, Tally, Workload};
 use crate::rr::split;
 
 /// Upload data is slices of one buffer, written without copying.
@@ -106,17 +106,7 @@ async fn transfer(
             }
             send.finish().map_err(|_| "write")
         };
-        let reader = async {
-            let mut got = 0u64;
-            while let Some(chunk) = recv.read_chunk(usize::MAX).await.map_err(|_| "read")? {
-                got += chunk.len() as u64;
-            }
-            if got == download {
-                Ok(())
-            } else {
-                Err("mismatch")
-            }
-        };
+        let reader = drain_expecting(&mut recv, download);
         let (w, r) = monoio::join!(writer, reader);
         w.and(r)
     };

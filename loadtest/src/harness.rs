@@ -448,3 +448,21 @@ where
     tally.client = thread.endpoint.stats();
     tally
 }
+
+/// Reads `recv` to its end without copying and checks it carried exactly `expected` bytes
+/// (the perf protocol's response): `Err("read")` if the stream failed, `Err("mismatch")`
+/// if it was longer or shorter.
+pub async fn drain_expecting(
+    recv: &mut alknet_runtime::RecvStream,
+    expected: u64,
+) -> Result<(), &'static str> {
+    let mut got = 0u64;
+    while let Some(chunk) = recv.read_chunk(usize::MAX).await.map_err(|_| "read")? {
+        got += chunk.len() as u64;
+    }
+    if got == expected {
+        Ok(())
+    } else {
+        Err("mismatch")
+    }
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 use alknet_runtime::Connection;
 use bytes::Bytes;
 
-use crate::harness::{run_request_slots, ClientThread, Schedule, Tally, Workload};
+use crate::harness::{drain_expecting, run_request_slots, ClientThread, Schedule, Tally, Workload};
 use crate::rr::split;
 
 /// A request slower than this counts as an error (rather than stalling its slot).
@@ -95,13 +95,5 @@ async fn request(conn: &Connection, upload: u64, download: u64) -> Result<(), &'
     if download == 0 {
         return Ok(());
     }
-    let mut got = 0u64;
-    while let Some(chunk) = recv.read_chunk(usize::MAX).await.map_err(|_| "read")? {
-        got += chunk.len() as u64;
-    }
-    if got == download {
-        Ok(())
-    } else {
-        Err("mismatch")
-    }
+    drain_expecting(&mut recv, download).await
 }
