@@ -10,11 +10,10 @@ use std::time::Instant;
 use alknet_runtime::Connection;
 use bytes::Bytes;
 
-use crate::harness::{drain_expecting, thread_cpu, ClientThread, Schedule, Tally, Workload};
+use crate::harness::{
+    drain_expecting, thread_cpu, write_upload, ClientThread, Schedule, Tally, Workload,
+};
 use crate::rr::split;
-
-/// Upload data is slices of one buffer, written without copying.
-static UPLOAD: [u8; 1024 * 1024] = [7; 1024 * 1024];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Direction {
@@ -95,14 +94,7 @@ async fn transfer(
             .map_err(|_| "write")?;
         let writer = async {
             if direction == Direction::Upload {
-                let mut left = bytes;
-                while left > 0 {
-                    let n = left.min(UPLOAD.len() as u64) as usize;
-                    send.write_chunk(Bytes::from_static(&UPLOAD[..n]))
-                        .await
-                        .map_err(|_| "write")?;
-                    left -= n as u64;
-                }
+                write_upload(&mut send, bytes).await?;
             }
             send.finish().map_err(|_| "write")
         };

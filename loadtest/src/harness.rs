@@ -271,12 +271,8 @@ pub fn run<W: Workload, S>(
             std::thread::Builder::new()
                 .name(format!("loadtest-c{index}"))
                 .spawn(move || {
-                    if let Some(cpus) = &cpus {
-                        if let Err(e) = crate::cores::restrict_current(cpus) {
-                            let mut t = Tally::default();
-                            t.error("affinity", || e.to_string());
-                            return t;
-                        }
+                    if let Some(t) = restrict_client_thread(cpus.as_deref()) {
+                        return t;
                     }
                     run_local(|_| async move {
                         let endpoint =
@@ -465,4 +461,39 @@ pub async fn drain_expecting(
     } else {
         Err("mismatch")
     }
+}
+
+/// Upload bytes of every workload are slices of this buffer (quinn-perf's `DATA`: 42s),
+/// written without copying.
+pub static UPLOAD: [u8; 1024 * 1024] = [42; 1024 * 1024];
+
+/// The `UPLOAD` slices that make up `bytes` bytes, in order.
+pub fn upload_chunks(mut bytes: u64) -> impl Iterator<Item = bytes::Bytes> {
+    std::iter::from_fn(move || {
+        (bytes > 0).then(|| {
+            let n = bytes.min(UPLOAD.len() as u64) as usize;
+            bytes -= n as u64;
+            bytes::Bytes::from_static(&UPLOAD[..n])
+        })
+    })
+}
+
+/// Writes `bytes` upload bytes to `send` as `UPLOAD` slices.
+pub async fn write_upload(
+    send: &mut alknet_runtime::SendStream,
+    bytes: u64,
+) -> Result<(), &'static str> {
+    for chunk in upload_chunks(bytes) {
+        send.write_chunk(chunk).await.map_err(|_| "write")?;
+    }
+    Ok(())
+}
+
+/// Restricts a client thread to `cpus` (`--split-cores`). `Some` is the tally the thread
+/// returns instead of running when that fails.
+pub fn restrict_client_thread(cpus: Option<&[usize]>) -> Option<Tally> {
+    let e = cpus.map(crate::cores::restrict_current)?.err()?;
+    let mut t = Tally::default();
+    t.error("affinity", || e.to_string());
+    Some(t)
 }

@@ -12,15 +12,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use alknet_runtime::Connection;
-use bytes::Bytes;
 
-use crate::harness::{drain_expecting, run_request_slots, ClientThread, Schedule, Tally, Workload};
+use crate::harness::{
+    drain_expecting, run_request_slots, write_upload, ClientThread, Schedule, Tally, Workload,
+};
 use crate::rr::split;
 
 /// A request slower than this counts as an error (rather than stalling its slot).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upload bytes are slices of this buffer (quinn-perf's `DATA`), written without copying.
-static UPLOAD: [u8; 1024 * 1024] = [42; 1024 * 1024];
 
 #[derive(Debug, Clone)]
 pub struct PerfRr {
@@ -80,14 +79,7 @@ async fn request(conn: &Connection, upload: u64, download: u64) -> Result<(), &'
     send.write_all(&download.to_be_bytes())
         .await
         .map_err(|_| "write")?;
-    let mut left = upload;
-    while left > 0 {
-        let n = left.min(UPLOAD.len() as u64) as usize;
-        send.write_chunk(Bytes::from_static(&UPLOAD[..n]))
-            .await
-            .map_err(|_| "write")?;
-        left -= n as u64;
-    }
+    write_upload(&mut send, upload).await?;
     send.finish().map_err(|_| "write")?;
     if upload > 0 {
         send.stopped().await.map_err(|_| "write")?;

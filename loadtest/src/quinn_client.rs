@@ -17,12 +17,13 @@ use bytes::Bytes;
 use quinn::{ClientConfig, Endpoint, EndpointConfig, TokioRuntime, TransportConfig};
 
 use crate::baseline::{PERF_INITIAL_MTU, PERF_MAX_UDP_PAYLOAD_SIZE, PERF_SOCKET_BUFFER_SIZE};
-use crate::harness::{thread_cpu, unspecified_like, Schedule, Tally, Target, CONNECT_TIMEOUT};
+use crate::harness::{
+    restrict_client_thread, thread_cpu, unspecified_like, upload_chunks, Schedule, Tally, Target,
+    CONNECT_TIMEOUT,
+};
 
 /// A request slower than this counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upload bytes are slices of this buffer (quinn-perf's `DATA`).
-static UPLOAD: [u8; 1024 * 1024] = [42; 1024 * 1024];
 
 /// What the quinn client runs.
 #[derive(Debug, Clone)]
@@ -47,12 +48,8 @@ pub fn run<S>(client: QuinnPerfClient, on_window: impl FnOnce(Schedule) -> S) ->
     let thread = std::thread::Builder::new()
         .name("loadtest-quinn".into())
         .spawn(move || {
-            if let Some(cpus) = &client.cpus {
-                if let Err(e) = crate::cores::restrict_current(cpus) {
-                    let mut t = Tally::default();
-                    t.error("affinity", || e.to_string());
-                    return t;
-                }
+            if let Some(t) = restrict_client_thread(client.cpus.as_deref()) {
+                return t;
             }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -219,22 +216,17 @@ async fn drive_bi(
 async fn request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    mut upload: u64,
+    upload: u64,
     download: u64,
 ) -> Result<(), &'static str> {
     send.write_all(&download.to_be_bytes())
         .await
         .map_err(|_| "write")?;
-    let uploaded = upload > 0;
-    while upload > 0 {
-        let n = upload.min(UPLOAD.len() as u64) as usize;
-        send.write_chunk(Bytes::from_static(&UPLOAD[..n]))
-            .await
-            .map_err(|_| "write")?;
-        upload -= n as u64;
+    for chunk in upload_chunks(upload) {
+        send.write_chunk(chunk).await.map_err(|_| "write")?;
     }
     send.finish().map_err(|_| "write")?;
-    if uploaded {
+    if upload > 0 {
         let _ = send.stopped().await;
     }
     if download == 0 {
