@@ -35,6 +35,12 @@ use crate::stats::WorkerStats;
 
 /// GRO batches read per readiness before the driver yields to handler tasks.
 pub const RECV_BATCHES_PER_POLL: usize = 16;
+/// Fewest `recvmmsg` slots (each one GRO batch) a receive offers the kernel. The slot count
+/// adapts between this and quinn-udp's `BATCH_SIZE`: it doubles when a receive fills every
+/// slot and halves when one fills less than a quarter. Each offered slot costs a message
+/// header prepared in user space whether the kernel fills it or not; at request/response
+/// rates one or two datagrams wait per wake-up, while a busy hub fills all of them.
+pub const MIN_RECV_SLOTS: usize = 4;
 /// GSO batches one connection may send per driver pass before others get a turn.
 pub const TRANSMITS_PER_CONNECTION: usize = 8;
 /// Most datagrams in one GSO batch (the kernel's limit is 64).
@@ -199,6 +205,8 @@ pub(crate) struct Driver {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     recv_buf: Box<[u8]>,
     recv_slot: usize,
+    /// Slots offered to the next receive (see [`MIN_RECV_SLOTS`]).
+    recv_slots: usize,
     recv_meta: Box<[RecvMeta]>,
     send_buf: Vec<u8>,
     /// Datagrams per GSO batch that keep the batch within [`MAX_GSO_BYTES`].
@@ -227,6 +235,7 @@ impl Driver {
             timers: BinaryHeap::new(),
             recv_buf: vec![0u8; recv_slot * quinn_udp::BATCH_SIZE].into_boxed_slice(),
             recv_slot,
+            recv_slots: quinn_udp::BATCH_SIZE,
             recv_meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE].into_boxed_slice(),
             send_buf: Vec::with_capacity(MAX_GSO_BYTES),
             segments_by_size: (MAX_GSO_BYTES / usize::from(max_udp_payload.max(1))).max(1),
@@ -317,11 +326,12 @@ impl Driver {
                 return true;
             }
             budget -= 1;
+            let slots = self.recv_slots;
             let n = {
-                let mut chunks = self.recv_buf.chunks_mut(self.recv_slot);
+                let mut chunks = self.recv_buf.chunks_mut(self.recv_slot).take(slots);
                 let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
                     std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or(&mut [])));
-                match self.io.recv(&mut slices, &mut self.recv_meta) {
+                match self.io.recv(&mut slices[..slots], &mut self.recv_meta[..slots]) {
                     Ok(n) => n,
                     Err(e) => {
                         if e.kind() != io::ErrorKind::WouldBlock {
@@ -333,6 +343,7 @@ impl Driver {
                     }
                 }
             };
+            self.recv_slots = next_recv_slots(slots, n);
             for i in 0..n {
                 let meta = self.recv_meta[i];
                 let start = i * self.recv_slot;
@@ -712,6 +723,17 @@ impl Future for Driver {
     }
 }
 
+/// The slot count for the next receive after one that offered `slots` and got `filled`.
+fn next_recv_slots(slots: usize, filled: usize) -> usize {
+    if filled >= slots {
+        (slots * 2).min(quinn_udp::BATCH_SIZE)
+    } else if filled * 4 < slots {
+        (slots / 2).max(MIN_RECV_SLOTS.min(quinn_udp::BATCH_SIZE))
+    } else {
+        slots
+    }
+}
+
 fn forward_endpoint_events(w: &WorkerState, c: &ConnInner, conn: &mut quinn_proto::Connection) {
     while let Some(event) = conn.poll_endpoint_events() {
         if let Some(reply) = w.endpoint.borrow_mut().handle_event(c.handle, event) {
@@ -800,4 +822,29 @@ fn truncate_reason(reason: &str) -> &str {
         end -= 1;
     }
     &reason[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receive_slots_grow_when_full_and_shrink_when_mostly_empty() {
+        let max = quinn_udp::BATCH_SIZE;
+        // light load: one datagram per wake-up shrinks the offer to the floor
+        let mut slots = max;
+        for _ in 0..10 {
+            slots = next_recv_slots(slots, 1);
+        }
+        assert_eq!(slots, MIN_RECV_SLOTS.min(max));
+        // a burst that fills every slot doubles it back, never past the batch size
+        for _ in 0..10 {
+            slots = next_recv_slots(slots, slots);
+        }
+        assert_eq!(slots, max);
+        // half-filled receives keep the count as it is
+        assert_eq!(next_recv_slots(16, 8), 16);
+        assert_eq!(next_recv_slots(16, 4), 16);
+        assert_eq!(next_recv_slots(16, 3), 8);
+    }
 }
