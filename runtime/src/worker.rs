@@ -14,12 +14,14 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use alknet_proto::cid::{CidLayout, Route};
+use alknet_proto::Fingerprint;
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, Incoming, VarInt};
 use quinn_udp::RecvMeta;
@@ -28,6 +30,7 @@ use crate::connection::{ConnInner, ConnState, Connection, DriverNotify};
 use crate::identity::{AuthContext, IdentityProvider};
 use crate::inbox::{Inbox, StrayDatagram};
 use crate::limits::Limits;
+use crate::reload::LiveIdentityProvider;
 use crate::router::{close_code, AlpnRegistry, LocalBoxFuture};
 use crate::rt::{catch_panic, panic_message};
 use crate::socket::UdpIo;
@@ -60,7 +63,14 @@ pub(crate) const CLOSE_NOW: u8 = 2;
 /// What all workers of one server share (read-mostly; atomics only off the packet path).
 pub(crate) struct ServerShared {
     pub registry: AlpnRegistry,
-    pub provider: Arc<dyn IdentityProvider>,
+    /// Live: replaced by [`crate::ConfigReloadHandle::set_identity_provider`]; handlers get
+    /// this one, so a token resolved on an open connection sees the new identities too.
+    pub provider: Arc<LiveIdentityProvider>,
+    /// Live: the TLS/QUIC server config new handshakes use. Workers compare
+    /// `tls_generation` (one atomic load per driver poll) and install a new config into
+    /// their endpoint when it moved; open connections keep the config they started with.
+    pub tls: ArcSwap<ServerTls>,
+    pub tls_generation: AtomicU64,
     pub layout: CidLayout,
     pub inboxes: Box<[Inbox]>,
     pub stats: Box<[Arc<WorkerStats>]>,
@@ -76,6 +86,12 @@ impl ServerShared {
             inbox.wake();
         }
     }
+}
+
+/// The server config new handshakes use, and its certificate's fingerprint.
+pub(crate) struct ServerTls {
+    pub config: Arc<quinn_proto::ServerConfig>,
+    pub fingerprint: Fingerprint,
 }
 
 pub(crate) enum Role {
@@ -214,6 +230,8 @@ pub(crate) struct Driver {
     response_buf: Vec<u8>,
     dirty: Vec<Rc<ConnInner>>,
     phase: Phase,
+    /// The [`ServerShared::tls_generation`] this worker's endpoint has installed.
+    tls_generation: u64,
 }
 
 impl Driver {
@@ -242,6 +260,25 @@ impl Driver {
             response_buf: Vec::new(),
             dirty: Vec::new(),
             phase: Phase::Running,
+            tls_generation: 0,
+        }
+    }
+
+    /// Installs a server config published since the last poll (a certificate reload).
+    fn refresh_tls(&mut self) {
+        let Role::Server(s) = &self.w.role else {
+            return;
+        };
+        let generation = s.tls_generation.load(Ordering::Acquire);
+        if generation != self.tls_generation {
+            self.tls_generation = generation;
+            let config = s.tls.load().config.clone();
+            self.w.endpoint.borrow_mut().set_server_config(Some(config));
+            tracing::debug!(
+                worker = self.w.index,
+                generation,
+                "new TLS config installed"
+            );
         }
     }
 
@@ -331,7 +368,10 @@ impl Driver {
                 let mut chunks = self.recv_buf.chunks_mut(self.recv_slot).take(slots);
                 let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
                     std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or(&mut [])));
-                match self.io.recv(&mut slices[..slots], &mut self.recv_meta[..slots]) {
+                match self
+                    .io
+                    .recv(&mut slices[..slots], &mut self.recv_meta[..slots])
+                {
                     Ok(n) => n,
                     Err(e) => {
                         if e.kind() != io::ErrorKind::WouldBlock {
@@ -703,6 +743,7 @@ impl Future for Driver {
             s.inboxes[this.w.index].register(cx.waker());
         }
         this.refresh_socket();
+        this.refresh_tls();
         let now = Instant::now();
         let socket_full = this.flush_blocked(cx);
         let mut more = this.drain_inbox(now);
@@ -780,12 +821,13 @@ fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) 
     };
     let alpn = alpn.unwrap_or_default();
     let identity = peer_fingerprint.and_then(|fp| s.provider.resolve_from_fingerprint(&fp));
+    let provider: Arc<dyn IdentityProvider> = s.provider.clone();
     let auth = AuthContext {
         remote,
         alpn,
         peer_fingerprint,
         identity,
-        provider: s.provider.clone(),
+        provider,
     };
     let conn = Connection::new(c.clone());
     let stats = w.stats.clone();
