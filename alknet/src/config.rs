@@ -194,6 +194,10 @@ pub struct FileConfig {
     pub ssh: SshConfig,
     #[serde(default)]
     pub vault: VaultSection,
+    /// Where `node.reload` sends its requests (set by `alknet serve` before the call
+    /// handler is built; without it the operation is not offered).
+    #[serde(skip)]
+    pub reload_requests: Option<crate::reload::ReloadSender>,
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
@@ -367,8 +371,13 @@ impl FileConfig {
 
     /// The `alknet/call` handler with the built-in operations and the `[call]` limits.
     pub fn call_adapter(&self) -> Result<CallAdapter, ConfigError> {
-        let registry = alknet_call::default_registry()
+        let mut registry = alknet_call::default_registry()
             .map_err(|e| ConfigError::Invalid(format!("call operations: {e}")))?;
+        if let Some(requests) = &self.reload_requests {
+            registry
+                .register(crate::reload::reload_operation(requests.clone()))
+                .map_err(|e| ConfigError::Invalid(format!("call operations: {e}")))?;
+        }
         let info = NodeInfo {
             workers: resolve_workers(self.workers),
             alpns: self.handlers.enabled.clone(),
