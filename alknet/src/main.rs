@@ -6,6 +6,7 @@ mod connect;
 mod peer;
 mod reload;
 mod socks;
+mod systemd;
 mod vault;
 
 use std::path::PathBuf;
@@ -233,6 +234,11 @@ fn serve(
         "alknet serving"
     );
     tracing::info!("certificate fingerprint (sha256): {}", server.fingerprint());
+    systemd::notify(&format!(
+        "READY=1\nSTATUS=serving on {} with {} workers",
+        server.local_addr(),
+        server.workers()
+    ));
 
     match reload::Reloader::new(source, server.reload_handle()) {
         Ok(reloader) => reloader.spawn(reload_rx),
@@ -266,6 +272,7 @@ fn serve(
                 for sig in signals.forever() {
                     seen += 1;
                     if seen == 1 {
+                        systemd::notify("STOPPING=1");
                         tracing::info!(
                             signal = sig,
                             "shutting down gracefully (signal again to close now)"

@@ -134,7 +134,9 @@ impl Reloader {
             .name("alknet-reload".into())
             .spawn(move || {
                 for request in requests {
+                    crate::systemd::notify("RELOADING=1");
                     let outcome = self.reload();
+                    crate::systemd::notify("READY=1");
                     match &outcome {
                         Ok(c) if c.is_empty() => tracing::info!("reload: nothing changed"),
                         Ok(c) => tracing::info!("reloaded: {}", c.join("; ")),
