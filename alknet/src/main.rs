@@ -234,11 +234,6 @@ fn serve(
         "alknet serving"
     );
     tracing::info!("certificate fingerprint (sha256): {}", server.fingerprint());
-    systemd::notify(&format!(
-        "READY=1\nSTATUS=serving on {} with {} workers",
-        server.local_addr(),
-        server.workers()
-    ));
 
     match reload::Reloader::new(source, server.reload_handle()) {
         Ok(reloader) => reloader.spawn(reload_rx),
@@ -287,6 +282,12 @@ fn serve(
         }
         Err(e) => tracing::warn!("cannot install signal handlers: {e}"),
     }
+    // Ready only now: a SIGHUP sent on READY=1 must find its handler installed.
+    systemd::notify(&format!(
+        "READY=1\nSTATUS=serving on {} with {} workers",
+        server.local_addr(),
+        server.workers()
+    ));
     server.join();
     tracing::info!("alknet stopped");
     ExitCode::SUCCESS
