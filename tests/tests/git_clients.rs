@@ -369,11 +369,13 @@ fn ext_transport_with_alknet_connect() {
     let key = tmp.path().join("key.pem");
     let out = run({
         let mut c = std::process::Command::new(&alknet);
-        c.args(["keygen", "--tls-cert", s(&cert), "--tls-key", s(&key)]);
+        c.args(["keygen", "--tls-cert", s(&cert), "--tls-key", s(&key)])
+            .stdout(std::process::Stdio::piped());
         c
     });
     assert!(out.status.success());
-    let fp = String::from_utf8_lossy(&out.stdout)
+    let printed = [out.stdout, out.stderr].concat();
+    let fp = String::from_utf8_lossy(&printed)
         .split_whitespace()
         .nth(1)
         .expect("fingerprint")
