@@ -5,7 +5,8 @@
 //! (`git-upload-pack /team/repo.git\0host=example\0`, optionally `\0version=2\0` and an
 //! `alknet-token=` parameter), then the ordinary git conversation follows.
 //!
-//! * [`request`]: the sans-IO request-line decoder (hostile peer, bounded memory).
+//! * [`request`] (in `alknet-proto`, beside the other wire formats): the sans-IO
+//!   request-line decoder (hostile peer, bounded memory; fuzzed).
 //! * [`repo`]: repository paths confined under `[git] root` (no `..`, no absolute paths,
 //!   no symlinks leading out), and creating bare repositories.
 //! * [`access`]: default-deny scopes (`git:read`, `git:write`, `git:read:<path>`,
@@ -23,7 +24,7 @@ mod config;
 mod handler;
 pub mod process;
 pub mod repo;
-pub mod request;
+pub use alknet_proto::git_request as request;
 
 pub use config::*;
 pub use handler::{GitError, GitHandler, ALPN};

@@ -67,8 +67,8 @@ impl Service {
 #[derive(Clone, PartialEq, Eq)]
 pub struct GitRequest {
     pub service: Service,
-    /// The repository path as sent (`/team/repo.git`); see [`crate::repo`] for what is
-    /// accepted.
+    /// The repository path as sent (`/team/repo.git`); `alknet-git`'s `repo` module
+    /// says what is accepted.
     pub path: String,
     /// The `host=` parameter, if sent (informational; virtual hosting is not served).
     pub host: Option<String>,
