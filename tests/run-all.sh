@@ -9,12 +9,14 @@ cd "$(dirname "$0")/.."
 # Real clients the suite drives (independent implementations, not ours).
 # valgrind: the instruction-count gate; openssh-client (ssh, ssh-keygen): the OpenSSH
 # tests of alknet/ssh and of `alknet vault export-ssh`; tmux: their pty session; curl: the
-# SOCKS5 test of `alknet socks`.
+# SOCKS5 test of `alknet socks`; git: the clone/fetch/push tests of alknet/git (and its
+# git backend runs the installed git).
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v tmux >/dev/null || missing+=(tmux)
 command -v curl >/dev/null || missing+=(curl)
+command -v git >/dev/null || missing+=(git)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q "${missing[@]}"
 fi
