@@ -115,3 +115,93 @@ fn bad_requests_get_err_and_the_connection_stays() {
         .expect("git fsck");
     assert!(fsck.status.success());
 }
+
+/// Entries of `objects/` that are a push's quarantine (`tmp_objdir-incoming-*`).
+fn quarantines(repo: &std::path::Path) -> usize {
+    std::fs::read_dir(repo.join("objects"))
+        .expect("objects")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().contains("incoming"))
+        })
+        .count()
+}
+
+#[test]
+fn a_push_reset_mid_pack_leaves_the_repository_as_it_was() {
+    if require_git().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("git");
+    let repo = alknet_git::repo::create_bare(&root, "p.git", "main").expect("repo");
+    let provider = alknet_runtime::ConfigIdentityProvider::new(&[alknet_runtime::IdentityEntry {
+        name: "writer".into(),
+        fingerprints: vec![],
+        tokens: vec!["w".into()],
+        scopes: vec!["git:write".into()],
+    }])
+    .expect("provider");
+    let handler = GitHandler::new(GitConfig::default(), &root).expect("handler");
+    let server = start_server(ServerOptions {
+        handlers: vec![Arc::new(handler)],
+        provider: Arc::new(provider),
+        ..ServerOptions::default()
+    });
+    let dir_path = repo.dir.clone();
+    run_client(|| async move {
+        let endpoint = client_endpoint();
+        let conn = connect(&endpoint, &server, alknet_git::ALPN)
+            .await
+            .expect("connect");
+        let (mut send, mut recv) = conn.open_bi().await.expect("open").split();
+        let request = encode_request(Service::ReceivePack, "/p.git", None, None, Some("w"));
+        send.write_chunk(Bytes::from(request)).await.expect("write");
+        // the ref advertisement ends with a flush
+        let mut advert = Vec::new();
+        while !advert.ends_with(b"0000") {
+            let chunk = recv
+                .read_chunk(64 * 1024)
+                .await
+                .expect("read")
+                .expect("data");
+            advert.extend_from_slice(&chunk);
+        }
+        assert!(String::from_utf8_lossy(&advert).contains("report-status"));
+        // one ref update, then a pack that announces 1000 objects and stops after its header
+        let zero = "0".repeat(40);
+        let new = "a".repeat(40);
+        let mut push =
+            encode_pkt_line(format!("{zero} {new} refs/heads/x\0report-status\n").as_bytes());
+        push.extend_from_slice(b"0000PACK\0\0\0\x02\0\0\x03\xe8");
+        send.write_chunk(Bytes::from(push)).await.expect("write");
+        // receive-pack is now waiting inside its quarantine
+        let mut waited = 0;
+        while quarantines(&dir_path) == 0 {
+            assert!(waited < 100, "no quarantine directory appeared");
+            monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        send.reset(alknet_runtime::VarInt::from_u32(7))
+            .expect("reset");
+        // git is told to stop and removes its quarantine itself
+        let mut waited = 0;
+        while quarantines(&dir_path) > 0 {
+            assert!(waited < 100, "the quarantine directory stayed");
+            monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert!(conn.close_reason().is_none(), "the connection stays");
+    });
+    assert!(!repo.dir.join("refs/heads/x").exists());
+    let packs = std::fs::read_dir(repo.dir.join("objects/pack"))
+        .expect("pack dir")
+        .count();
+    assert_eq!(packs, 0, "no objects left behind");
+    let fsck = std::process::Command::new("git")
+        .args(["fsck", "--full"])
+        .current_dir(&repo.dir)
+        .output()
+        .expect("git fsck");
+    assert!(fsck.status.success());
+}

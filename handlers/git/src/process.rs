@@ -13,8 +13,10 @@
 //! ```
 //!
 //! Back-pressure is the socket buffer's and QUIC's: a pump waits on a full side before it
-//! reads more from the other. When the peer resets or stops the stream, or the connection
-//! is lost, the child is killed. Spawning itself (fork/exec) is a short synchronous call.
+//! reads more from the other. When the peer resets its side of the stream, or the
+//! connection is lost, git's stdin ends, as when a TCP client goes away: git fails the
+//! command and removes a push's quarantine itself. If it has not exited `exit_grace`
+//! later, or when the peer stops reading, its process group gets SIGTERM, then SIGKILL. Spawning itself (fork/exec) is a short synchronous call.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -173,7 +175,12 @@ impl Spawned {
                         let _ = wr.shutdown().await;
                         return Ok(());
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        // end of input: git fails the command as on a dropped TCP
+                        // connection and cleans up after itself (a push's quarantine)
+                        let _ = wr.shutdown().await;
+                        return Err(e);
+                    }
                 }
             }
         };
@@ -212,7 +219,15 @@ impl Spawned {
             let mut aborted = false;
             let mut upload_done = false;
             let mut stderr_text = None;
+            // after an abort, how long git has to notice its input ended and exit
+            let mut deadline = None;
             let child_done = loop {
+                let grace_over = async {
+                    match deadline {
+                        Some(d) => monoio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 monoio::select! {
                     d = &mut download => break d,
                     u = &mut upload, if !upload_done => {
@@ -220,15 +235,19 @@ impl Spawned {
                         if let Err(e) = u {
                             tracing::debug!("git: stream read ended: {e}");
                             aborted = true;
-                            let _ = child.get().kill();
+                            deadline = Some(monoio::time::Instant::now() + exit_grace);
                         }
                     }
                     t = &mut stderr, if stderr_text.is_none() => stderr_text = Some(t),
+                    _ = grace_over => {
+                        terminate(child.get());
+                        deadline = None;
+                    }
                 }
             };
             if !child_done {
                 aborted = true;
-                let _ = child.get().kill();
+                terminate(child.get());
             }
             let stderr_text = match stderr_text {
                 Some(t) => t,
@@ -271,6 +290,21 @@ async fn read_bounded(mut sock: monoio::net::UnixStream, limit: usize) -> String
         }
     }
     String::from_utf8_lossy(&kept).trim_end().to_string()
+}
+
+/// Asks the child to stop with SIGTERM: git's handlers then remove a push's quarantine
+/// directory before it exits (SIGKILL would leave it behind). [`reap`] kills what does
+/// not exit within the grace period.
+fn terminate(child: &Child) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: kill(2) on the process group of a child we spawned as its leader
+    // (`process_group(0)`) and have not reaped yet, so the id cannot have been reused.
+    // The group: receive-pack's index-pack must stop too.
+    unsafe {
+        libc::kill(-pid, libc::SIGTERM);
+    }
 }
 
 /// Waits (without blocking the worker) for the child to exit; kills it after `grace`.
