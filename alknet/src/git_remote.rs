@@ -251,7 +251,6 @@ pub fn main() -> ExitCode {
             requested_version(service),
             token.as_deref(),
         );
-        drop(stdout);
         return match pipe_stdio(
             dial,
             Some(Bytes::from(request)),

@@ -175,6 +175,73 @@ fn push_branches_tags_deletions_and_force() {
     assert!(!on_server.iter().any(|r| r.ends_with("refs/tags/light")));
     assert!(on_server.iter().any(|r| r.ends_with("refs/tags/v2")));
 
+    // --atomic: one stale ref fails the whole push, nothing changes
+    git_ok(&src, &["branch", "side", "main"]);
+    push(&["side"]);
+    let before = refs(&server_repo);
+    git_ok(&src, &["branch", "-f", "side", "main~3"]);
+    std::fs::write(src.join("atomic.txt"), "a\n").expect("write");
+    git_ok(&src, &["add", "."]);
+    git_ok(&src, &["commit", "--quiet", "-m", "atomic"]);
+    let err = srv.git_err(
+        &src,
+        Some(WRITER_TOKEN),
+        &["push", "--atomic", &url, "main", "side"],
+    );
+    assert!(err.contains("atomic") || err.contains("rejected"), "{err}");
+    assert_eq!(
+        refs(&server_repo),
+        before,
+        "the fast-forward of main went nowhere"
+    );
+    push(&["main"]);
+
+    // two concurrent pushes to the same branch: exactly one wins
+    let racers: Vec<_> = (0..2)
+        .map(|i| {
+            let dir = tmp.path().join(format!("racer{i}"));
+            srv.git_ok(
+                tmp.path(),
+                Some(READER_TOKEN),
+                &["clone", "--quiet", &url, s(&dir)],
+            );
+            std::fs::write(dir.join(format!("race{i}.txt")), "r\n").expect("write");
+            git_ok(&dir, &["add", "."]);
+            git_ok(&dir, &["commit", "--quiet", "-m", &format!("racer {i}")]);
+            dir
+        })
+        .collect();
+    let children: Vec<_> = racers
+        .iter()
+        .map(|dir| {
+            srv.git(dir, Some(WRITER_TOKEN), &["push", "origin", "main"])
+                .spawn()
+                .expect("spawn push")
+        })
+        .collect();
+    let outcomes: Vec<_> = children
+        .into_iter()
+        .map(|c| alknet_tests::wait_output(c, alknet_tests::git::GIT_TIMEOUT))
+        .collect();
+    let won: Vec<bool> = outcomes.iter().map(|o| o.status.success()).collect();
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{outcomes:?}");
+    let loser = outcomes
+        .iter()
+        .find(|o| !o.status.success())
+        .expect("a loser");
+    let why = String::from_utf8_lossy(&loser.stderr);
+    assert!(why.contains("rejected") || why.contains("lock"), "{why}");
+    let winner = &racers[won.iter().position(|w| *w).expect("a winner")];
+    assert_eq!(
+        git_ok(&server_repo, &["rev-parse", "main"]),
+        git_ok(winner, &["rev-parse", "main"])
+    );
+    srv.git_ok(
+        &src,
+        Some(READER_TOKEN),
+        &["pull", "--quiet", "--ff-only", &url, "main"],
+    );
+
     // a non-fast-forward update is refused, even forced, and nothing changes
     let before = refs(&server_repo);
     git_ok(&src, &["reset", "--quiet", "--hard", "main~2"]);
