@@ -76,6 +76,26 @@ fn clone_and_fetch_over_v2_and_v0() {
             git_ok(&src, &["rev-parse", "v1"])
         );
     }
+    // shallow clone (served by git upload-pack's shallow/deepen)
+    let shallow = tmp.path().join("shallow");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &[
+            "clone",
+            "--quiet",
+            "--depth",
+            "1",
+            &srv.url("app.git"),
+            s(&shallow),
+        ],
+    );
+    assert_eq!(
+        git_ok(&shallow, &["rev-list", "--count", "HEAD"]).trim(),
+        "1"
+    );
+    git_ok(&shallow, &["fsck", "--full"]);
+
     // the version really differs on the wire
     let traced = run({
         let mut c = srv.git(
