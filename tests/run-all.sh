@@ -33,7 +33,7 @@ else
     cargo test --workspace --no-fail-fast
 fi
 # The same engine on monoio's legacy (epoll) driver, used where io_uring is refused.
-ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle
+ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle --test git_wire
 cargo test --workspace --doc --quiet
 cargo bench --workspace --no-run --quiet
 # Instruction-count regression gate (enforced on the machine kind of the baseline).

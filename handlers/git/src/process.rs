@@ -130,6 +130,10 @@ pub fn spawn(cmd: &GitCommand) -> io::Result<Spawned> {
         // `command` drops here, closing our copies of the child's ends: EOF works
     };
     let child = ChildGuard(Some(child));
+    // monoio's epoll driver needs non-blocking fds (from_std does not set it): a blocking
+    // read there would stall the whole worker
+    ours.set_nonblocking(true)?;
+    err_ours.set_nonblocking(true)?;
     Ok(Spawned {
         child,
         sock: monoio::net::UnixStream::from_std(ours)?,
