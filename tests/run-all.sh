@@ -9,12 +9,14 @@ cd "$(dirname "$0")/.."
 # Real clients the suite drives (independent implementations, not ours).
 # valgrind: the instruction-count gate; openssh-client (ssh, ssh-keygen): the OpenSSH
 # tests of alknet/ssh and of `alknet vault export-ssh`; tmux: their pty session; curl: the
-# SOCKS5 test of `alknet socks`.
+# SOCKS5 test of `alknet socks`; git: the clone/fetch/push tests of alknet/git (and its
+# git backend runs the installed git).
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v tmux >/dev/null || missing+=(tmux)
 command -v curl >/dev/null || missing+=(curl)
+command -v git >/dev/null || missing+=(git)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q "${missing[@]}"
 fi
@@ -31,7 +33,7 @@ else
     cargo test --workspace --no-fail-fast
 fi
 # The same engine on monoio's legacy (epoll) driver, used where io_uring is refused.
-ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle
+ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle --test git_wire
 cargo test --workspace --doc --quiet
 cargo bench --workspace --no-run --quiet
 # Instruction-count regression gate (enforced on the machine kind of the baseline).

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use alknet_call::{CallAdapter, CallLimits, NodeInfo};
+use alknet_git::{GitConfig, GitHandler};
 use alknet_peers::SqlitePeerStore;
 use alknet_runtime::resolve_workers;
 use alknet_runtime::tls::{ClientAuth, TlsIdentity};
@@ -48,8 +49,9 @@ client_auth = "optional"
 [handlers]
 # ALPNs served. Available: "alknet/echo", "perf" (quinn's perf tool protocol),
 # "alknet/call" (JSON operations; see README), "alknet/ssh" (SSH sessions for OpenSSH
-# through `alknet connect`; see README).
-enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh"]
+# through `alknet connect`; see README), "alknet/git" (git clone/fetch/push through
+# git-remote-alknet; see README).
+enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh", "alknet/git"]
 
 [call]
 # Largest frame body in bytes; bigger frames get INVALID_ARGUMENT (or close the stream).
@@ -101,6 +103,32 @@ channel_queue = 64
 channel_buffer = 1048576
 # How long an ssh -L (direct-tcpip) connection to its target may take.
 connect_timeout_ms = 10000
+
+[git]
+# Bare repositories served by alknet/git, addressed by their path below this directory.
+# Default: git/ in data_dir.
+# root = "/srv/git"
+# "git": the installed `git upload-pack` / `git receive-pack`, one process per command.
+backend = "git"
+git_program = "git"
+# Access is by scope (git:read, git:write, git:read:<path>, git:write:<path>, with
+# <path>/* for a subtree, git:create); these repositories anyone may clone and fetch.
+public_read = []
+# Accept pushes that are not fast-forwards (git push --force) to branches.
+allow_force_push = false
+# Where HEAD points in repositories created by push (git:create) or `alknet git init`.
+default_branch = "main"
+# A stream must send its request line within this long.
+request_timeout_ms = 10000
+# Longest request line (bytes).
+max_request_line = 8192
+# git commands (streams) at once per connection, and git processes across the server.
+max_commands_per_connection = 8
+max_processes = 64
+# Bytes of a failed git process's stderr kept for the log.
+stderr_log_limit = 4096
+# After a stream ends, how long git has to exit before it is killed.
+exit_grace_ms = 5000
 
 [vault]
 # A key vault (`alknet vault init|restore`): with `file` set, the TLS certificate (a
@@ -194,6 +222,8 @@ pub struct FileConfig {
     pub ssh: SshConfig,
     #[serde(default)]
     pub vault: VaultSection,
+    #[serde(default)]
+    pub git: GitConfig,
     /// Where `node.reload` sends its requests (set by `alknet serve` before the call
     /// handler is built; without it the operation is not offered).
     #[serde(skip)]
@@ -283,6 +313,9 @@ impl FileConfig {
         cfg.ssh
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.git
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if cfg.vault.file.is_some() {
             if cfg.tls.cert.is_some() || cfg.tls.key.is_some() {
                 return Err(ConfigError::VaultConflict(
@@ -328,6 +361,7 @@ impl FileConfig {
                 alknet_perf::ALPN => Arc::new(alknet_perf::PerfHandler),
                 alknet_call::ALPN => Arc::new(self.call_adapter()?),
                 alknet_ssh::ALPN => Arc::new(self.ssh_adapter()?),
+                alknet_git::ALPN => Arc::new(self.git_handler()?),
                 _ => {
                     return Err(ConfigError::UnknownHandler {
                         name: name.clone(),
@@ -389,6 +423,17 @@ impl FileConfig {
             info,
             None,
         ))
+    }
+
+    /// The repository root of `alknet/git`: `git.root`, else `git/` in the data directory.
+    pub fn git_root(&self) -> PathBuf {
+        self.git.root_in(&self.data_dir())
+    }
+
+    /// The `alknet/git` handler (the repository root is created if missing).
+    pub fn git_handler(&self) -> Result<GitHandler, ConfigError> {
+        GitHandler::new(self.git.clone(), &self.git_root())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     /// With `[vault] file` set: unlocks the vault (asking for the password as
@@ -484,6 +529,7 @@ pub fn available_handlers() -> Vec<String> {
         alknet_perf::ALPN,
         alknet_call::ALPN,
         alknet_ssh::ALPN,
+        alknet_git::ALPN,
     ]
     .iter()
     .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -516,8 +562,10 @@ mod tests {
         let mut cfg = cfg;
         // the ssh handler keeps its host key in the data directory
         cfg.data_dir = Some(dir.path().to_path_buf());
-        assert_eq!(cfg.registry().expect("registry").len(), 4);
+        assert_eq!(cfg.registry().expect("registry").len(), 5);
         assert!(dir.path().join(alknet_ssh::HOST_KEY_FILE).exists());
+        assert!(dir.path().join("git").is_dir(), "the git root is created");
+        assert_eq!(cfg.git, GitConfig::default());
         assert_eq!(cfg.ssh, SshConfig::default());
         assert_eq!(cfg.call, CallLimits::default());
         let empty = FileConfig::parse("", "<empty>").expect("empty config");

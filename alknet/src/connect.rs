@@ -38,25 +38,25 @@ pub struct ConnectArgs {
 pub struct ServerArgs {
     /// Trust only the server certificate with this SHA-256 fingerprint
     #[arg(long, conflicts_with_all = ["insecure", "ca"])]
-    fingerprint: Option<Fingerprint>,
+    pub fingerprint: Option<Fingerprint>,
     /// Trust any server certificate (the handshake is still encrypted, not authenticated)
     #[arg(long, conflicts_with = "ca")]
-    insecure: bool,
+    pub insecure: bool,
     /// Trust servers whose certificate chains to these PEM CA certificates
     #[arg(long)]
-    ca: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
     /// Client certificate (PEM) to present
     #[arg(long, requires = "key")]
-    cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
     /// Private key (PEM) of --cert
     #[arg(long, requires = "cert")]
-    key: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     /// Name to verify in the server certificate (default: the host part of HOST:PORT)
     #[arg(long)]
-    server_name: Option<String>,
+    pub server_name: Option<String>,
     /// Server address
     #[arg(value_name = "HOST:PORT")]
-    target: String,
+    pub target: String,
 }
 
 /// A resolved server: address, name to verify and the client TLS config for one ALPN.
@@ -144,7 +144,21 @@ pub fn run(args: ConnectArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
+    match pipe_stdio(dial, None, None) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
 
+/// Connects, opens one bidirectional stream and pipes stdin and stdout through it until
+/// both ends are done. `preamble` is written on the stream first; `greeting` goes to
+/// stdout once the stream is open, before anything read from it (what a git remote
+/// helper answers `connect` with).
+pub fn pipe_stdio(
+    dial: Dial,
+    preamble: Option<Bytes>,
+    greeting: Option<Bytes>,
+) -> Result<(), String> {
     let (stdin_tx, stdin_rx) = async_channel::bounded::<Bytes>(PIPE_DEPTH);
     let (stdout_tx, stdout_rx) = async_channel::bounded::<Bytes>(PIPE_DEPTH);
     std::thread::spawn(move || {
@@ -185,6 +199,12 @@ pub fn run(args: ConnectArgs) -> ExitCode {
         let (endpoint, conn) = dial.connect(&limits).await?;
         let stream = conn.open_bi().await.map_err(|e| e.to_string())?;
         let (mut send, mut recv) = stream.split();
+        if let Some(p) = preamble {
+            send.write_chunk(p).await.map_err(|e| e.to_string())?;
+        }
+        if let Some(g) = greeting {
+            stdout_tx.send(g).await.map_err(|e| e.to_string())?;
+        }
         let upload = async move {
             while let Ok(chunk) = stdin_rx.recv().await {
                 if send.write_chunk(chunk).await.is_err() {
@@ -218,8 +238,7 @@ pub fn run(args: ConnectArgs) -> ExitCode {
     });
     let _ = stdout_thread.join();
     match outcome {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => fail(e),
-        Err(e) => fail(format!("runtime: {e}")),
+        Ok(r) => r,
+        Err(e) => Err(format!("runtime: {e}")),
     }
 }

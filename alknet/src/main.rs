@@ -3,6 +3,7 @@
 mod call;
 mod config;
 mod connect;
+mod git;
 mod peer;
 mod reload;
 mod socks;
@@ -75,6 +76,9 @@ enum Command {
     Vault(vault::VaultArgs),
     /// Make a standalone Ed25519 key (OpenSSH and/or TLS), without a vault
     Keygen(vault::KeygenArgs),
+    /// alknet/git repositories: `alknet git init PATH` creates a bare repository under
+    /// [git] root
+    Git(git::GitArgs),
 }
 
 fn init_logging(default: &str) {
@@ -151,6 +155,10 @@ fn main() -> ExitCode {
         Command::Keygen(args) => {
             init_logging("warn");
             vault::keygen(args)
+        }
+        Command::Git(args) => {
+            init_logging("warn");
+            git::run(args)
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod call;
 pub mod cid;
 pub mod fingerprint;
+pub mod git_request;
 pub mod socks5;
 pub mod steering;
 

@@ -1,0 +1,284 @@
+//! `git-remote-alknet`: the git remote helper for `alknet://HOST:PORT/path/repo.git` URLs
+//! (`Documentation/gitremote-helpers.adoc`). It answers `capabilities` with `connect`;
+//! on `connect git-upload-pack` (or `git-receive-pack`) it opens an `alknet/git` stream,
+//! sends the git-daemon-style request line, answers git with an empty line and then
+//! pipes git's stdin and stdout through the stream, so git speaks its ordinary protocol
+//! to the server: v2 for fetches unless `protocol.version` says otherwise, v0 for pushes
+//! (git takes the version from the server's first line).
+//!
+//! Trust and identity, each from the environment, else the remote's git config
+//! (`remote.<name>.alknetFingerprint`, …), else `alknet.*`:
+//!
+//! | environment | git config | meaning |
+//! | --- | --- | --- |
+//! | `ALKNET_FINGERPRINT` | `alknet.fingerprint` | SHA-256 of the server certificate |
+//! | | `alknet.insecure` | trust any server certificate |
+//! | | `alknet.ca` | PEM CA certificates to trust |
+//! | | `alknet.cert`, `alknet.key` | client certificate and key (PEM) |
+//! | `ALKNET_TOKEN` | `alknet.token` | bearer token, sent in the request line |
+//!
+//! With none of the trust settings, the server certificate must chain to the web PKI.
+
+use std::io::{BufRead, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use alknet_git::{encode_request, Service, ALPN};
+use alknet_runtime::{Bytes, Fingerprint};
+
+use crate::connect::{pipe_stdio, ServerArgs};
+
+/// The URL scheme git maps to this helper.
+const SCHEME: &str = "alknet://";
+
+/// Port of `alknet://HOST/…` URLs without one (the server's default).
+const DEFAULT_PORT: u16 = 4433;
+
+/// Longest command line accepted from git.
+const MAX_COMMAND_LINE: usize = 4096;
+
+/// An `alknet://` URL: where to connect and which repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlknetUrl {
+    /// `HOST:PORT` (IPv6 hosts in brackets).
+    pub target: String,
+    /// The host alone, for the request line's `host=`.
+    pub host: String,
+    /// The repository path, starting with `/`.
+    pub path: String,
+}
+
+/// Parses `alknet://HOST[:PORT]/path`.
+pub fn parse_url(url: &str) -> Result<AlknetUrl, String> {
+    let rest = url
+        .strip_prefix(SCHEME)
+        .ok_or_else(|| format!("{url}: not an {SCHEME} URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => return Err(format!("{url}: no repository path")),
+    };
+    if path.len() < 2 {
+        return Err(format!("{url}: no repository path"));
+    }
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("{url}: expected HOST:PORT (no user part)"));
+    }
+    let (host, has_port) = if let Some(stripped) = authority.strip_prefix('[') {
+        let end = stripped
+            .find(']')
+            .ok_or_else(|| format!("{url}: unclosed '['"))?;
+        let after = &stripped[end + 1..];
+        (stripped[..end].to_string(), after.starts_with(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, _)) => (h.to_string(), true),
+            None => (authority.to_string(), false),
+        }
+    };
+    let target = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{DEFAULT_PORT}")
+    };
+    Ok(AlknetUrl {
+        target,
+        host,
+        path: path.to_string(),
+    })
+}
+
+/// One setting: the environment variable, else `remote.<remote>.alknet<Key>`, else
+/// `alknet.<key>`.
+struct Settings {
+    remote: Option<String>,
+}
+
+impl Settings {
+    fn git_config(key: &str, bool_type: bool) -> Option<String> {
+        let mut cmd = std::process::Command::new("git");
+        cmd.arg("config");
+        if bool_type {
+            cmd.arg("--type=bool");
+        }
+        let out = cmd.arg("--get").arg(key).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!v.is_empty()).then_some(v)
+    }
+
+    fn get(&self, env: Option<&str>, key: &str, bool_type: bool) -> Option<String> {
+        if let Some(v) = env
+            .and_then(|e| std::env::var(e).ok())
+            .filter(|v| !v.is_empty())
+        {
+            return Some(v);
+        }
+        if let Some(remote) = &self.remote {
+            let mut camel = String::from("alknet");
+            let mut chars = key.chars();
+            if let Some(c) = chars.next() {
+                camel.push(c.to_ascii_uppercase());
+                camel.extend(chars);
+            }
+            if let Some(v) = Self::git_config(&format!("remote.{remote}.{camel}"), bool_type) {
+                return Some(v);
+            }
+        }
+        Self::git_config(&format!("alknet.{key}"), bool_type)
+    }
+}
+
+fn server_args(url: &AlknetUrl, settings: &Settings) -> Result<ServerArgs, String> {
+    let fingerprint = settings
+        .get(Some("ALKNET_FINGERPRINT"), "fingerprint", false)
+        .map(|f| {
+            f.parse::<Fingerprint>()
+                .map_err(|e| format!("alknet.fingerprint: {e}"))
+        })
+        .transpose()?;
+    let insecure =
+        fingerprint.is_none() && settings.get(None, "insecure", true).as_deref() == Some("true");
+    let path = |key: &str| settings.get(None, key, false).map(PathBuf::from);
+    let (cert, key) = (path("cert"), path("key"));
+    if cert.is_some() != key.is_some() {
+        return Err("alknet.cert and alknet.key must be set together".into());
+    }
+    Ok(ServerArgs {
+        fingerprint,
+        insecure,
+        ca: if fingerprint.is_none() && !insecure {
+            path("ca")
+        } else {
+            None
+        },
+        cert,
+        key,
+        server_name: None,
+        target: url.target.clone(),
+    })
+}
+
+/// The protocol version to ask the server for. git tells remote helpers nothing about it
+/// (no `GIT_PROTOCOL` for them), so the helper reads `protocol.version` as git does
+/// (`-c protocol.version=0` reaches it through the environment); unset means 2, git's
+/// default since 2.26.
+fn requested_version(service: Service) -> Option<u8> {
+    let configured = std::env::var("GIT_PROTOCOL")
+        .ok()
+        .and_then(|p| {
+            p.split(':')
+                .find_map(|kv| kv.strip_prefix("version=").map(str::to_string))
+        })
+        .or_else(|| Settings::git_config("protocol.version", false));
+    match (configured.as_deref().unwrap_or("2"), service) {
+        // git pushes with v0/v1 only; v2 is for fetches
+        ("2", Service::UploadPack) => Some(2),
+        ("1", _) => Some(1),
+        _ => None,
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("git-remote-alknet: {msg}");
+    ExitCode::FAILURE
+}
+
+/// The helper's `main`: `git-remote-alknet REMOTE [URL]`.
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let (remote, url) = match args.as_slice() {
+        [_, remote, url] => (remote.clone(), url.clone()),
+        [_, remote] => (remote.clone(), remote.clone()),
+        _ => return fail("usage: git-remote-alknet REMOTE [URL] (run by git)"),
+    };
+    let url = match parse_url(&url) {
+        Ok(u) => u,
+        Err(e) => return fail(e),
+    };
+    // git passes the URL as the remote's name when there is no named remote
+    let settings = Settings {
+        remote: (!remote.contains("://")).then_some(remote),
+    };
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match stdin
+            .lock()
+            .take(MAX_COMMAND_LINE as u64)
+            .read_line(&mut line)
+        {
+            Ok(0) => return ExitCode::SUCCESS,
+            Ok(_) => {}
+            Err(e) => return fail(format!("reading commands: {e}")),
+        }
+        let command = line.trim_end_matches('\n');
+        if command.is_empty() {
+            return ExitCode::SUCCESS;
+        }
+        if command == "capabilities" {
+            if stdout
+                .write_all(b"connect\n\n")
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
+                return ExitCode::FAILURE;
+            }
+            continue;
+        }
+        let Some(service) = command.strip_prefix("connect ") else {
+            return fail(format!("unsupported command {command:?}"));
+        };
+        let Some(service) = Service::from_name(service.as_bytes()) else {
+            return fail(format!("unsupported service {service:?}"));
+        };
+        let server = match server_args(&url, &settings) {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        let dial = match server.resolve(ALPN) {
+            Ok(d) => d,
+            Err(e) => return fail(e),
+        };
+        let token = settings.get(Some("ALKNET_TOKEN"), "token", false);
+        let request = encode_request(
+            service,
+            &url.path,
+            Some(&url.host),
+            requested_version(service),
+            token.as_deref(),
+        );
+        return match pipe_stdio(
+            dial,
+            Some(Bytes::from(request)),
+            Some(Bytes::from_static(b"\n")),
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("alknet://127.0.0.1:4500/team/app.git").expect("ok");
+        assert_eq!(u.target, "127.0.0.1:4500");
+        assert_eq!(u.host, "127.0.0.1");
+        assert_eq!(u.path, "/team/app.git");
+        let u = parse_url("alknet://[::1]:4500/a.git").expect("ok");
+        assert_eq!((u.target.as_str(), u.host.as_str()), ("[::1]:4500", "::1"));
+        let u = parse_url("alknet://example.org/a.git").expect("ok");
+        assert_eq!(u.target, "example.org:4433");
+        assert!(parse_url("alknet://h:1").is_err());
+        assert!(parse_url("alknet://h:1/").is_err());
+        assert!(parse_url("alknet://u@h:1/a").is_err());
+        assert!(parse_url("git://h/a").is_err());
+    }
+}

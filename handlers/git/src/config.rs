@@ -1,0 +1,174 @@
+//! The `[git]` section of the config file: every limit is a named constant here with a key
+//! there.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The program run for the `git` backend (looked up on `PATH`).
+pub const DEFAULT_GIT_PROGRAM: &str = "git";
+
+/// Branch `HEAD` points at in repositories created by push or `alknet git init`.
+pub const DEFAULT_BRANCH: &str = "main";
+
+/// A stream must have sent its whole request line this long after it opened, or it gets
+/// `ERR` and is closed (git-daemon has `--init-timeout` for the same purpose).
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+/// git commands (streams) running at once on one connection; more get `ERR`. The QUIC
+/// stream limit (`limits.max_concurrent_bidi_streams`) applies too.
+pub const DEFAULT_MAX_COMMANDS_PER_CONNECTION: usize = 8;
+
+/// `git` processes running at once across the whole server (`git` backend); more
+/// requests get `ERR` (git-daemon's `--max-connections`).
+pub const DEFAULT_MAX_PROCESSES: usize = 64;
+
+/// Bytes of a `git` process's stderr kept for the log when it fails.
+pub const DEFAULT_STDERR_LOG_LIMIT: usize = 4096;
+
+/// After the stream is done, how long a `git` process has to exit before it is killed.
+pub const DEFAULT_EXIT_GRACE_MS: u64 = 5_000;
+
+/// What serves the git conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GitBackend {
+    /// The installed `git upload-pack` / `git receive-pack`, one process per command, as
+    /// git-daemon runs them. (A native gix backend is planned; it is not built yet.)
+    #[default]
+    Git,
+}
+
+/// The `[git]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitConfig {
+    /// Directory holding the bare repositories; default `git/` in the data directory.
+    pub root: Option<PathBuf>,
+    pub backend: GitBackend,
+    /// The `git` executable of the `git` backend.
+    pub git_program: PathBuf,
+    /// Repositories anyone may clone and fetch, anonymous peers included: paths,
+    /// `prefix/*` or `*` (see [`crate::access`]).
+    pub public_read: Vec<String>,
+    /// Allow pushes that are not fast-forwards (`git push --force`) to branches.
+    pub allow_force_push: bool,
+    /// Where `HEAD` of a new repository points.
+    pub default_branch: String,
+    pub request_timeout_ms: u64,
+    /// Longest request pkt-line, bytes (prefix included).
+    pub max_request_line: usize,
+    pub max_commands_per_connection: usize,
+    pub max_processes: usize,
+    pub stderr_log_limit: usize,
+    pub exit_grace_ms: u64,
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        Self {
+            root: None,
+            backend: GitBackend::Git,
+            git_program: PathBuf::from(DEFAULT_GIT_PROGRAM),
+            public_read: Vec::new(),
+            allow_force_push: false,
+            default_branch: DEFAULT_BRANCH.to_string(),
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            max_request_line: crate::request::MAX_REQUEST_LINE,
+            max_commands_per_connection: DEFAULT_MAX_COMMANDS_PER_CONNECTION,
+            max_processes: DEFAULT_MAX_PROCESSES,
+            stderr_log_limit: DEFAULT_STDERR_LOG_LIMIT,
+            exit_grace_ms: DEFAULT_EXIT_GRACE_MS,
+        }
+    }
+}
+
+/// A `[git]` value out of range.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("git.{key}: {problem}")]
+pub struct GitConfigError {
+    pub key: &'static str,
+    pub problem: String,
+}
+
+impl GitConfig {
+    pub fn validate(&self) -> Result<(), GitConfigError> {
+        let positive = [
+            ("request_timeout_ms", self.request_timeout_ms as usize),
+            (
+                "max_commands_per_connection",
+                self.max_commands_per_connection,
+            ),
+            ("max_processes", self.max_processes),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(GitConfigError {
+                    key,
+                    problem: "must be at least 1".into(),
+                });
+            }
+        }
+        if !(64..=crate::request::MAX_PKT_PAYLOAD + 4).contains(&self.max_request_line) {
+            return Err(GitConfigError {
+                key: "max_request_line",
+                problem: format!("must be 64 to {}", crate::request::MAX_PKT_PAYLOAD + 4),
+            });
+        }
+        if crate::repo::create_bare_branch_ok(&self.default_branch).is_err() {
+            return Err(GitConfigError {
+                key: "default_branch",
+                problem: format!("{:?} is not a plain branch name", self.default_branch),
+            });
+        }
+        for p in &self.public_read {
+            if p.is_empty() {
+                return Err(GitConfigError {
+                    key: "public_read",
+                    problem: "an empty pattern".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn exit_grace(&self) -> Duration {
+        Duration::from_millis(self.exit_grace_ms)
+    }
+
+    /// The repository root: `root`, else `git/` in `data_dir`.
+    pub fn root_in(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.root.clone().unwrap_or_else(|| data_dir.join("git"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_typos_fail() {
+        let c: GitConfig = toml::from_str("").expect("empty");
+        assert_eq!(c, GitConfig::default());
+        c.validate().expect("defaults valid");
+        let c: GitConfig =
+            toml::from_str("public_read = [\"pub/*\"]\nallow_force_push = true\nbackend = \"git\"")
+                .expect("parses");
+        assert!(c.allow_force_push);
+        assert!(toml::from_str::<GitConfig>("rot = \"/x\"").is_err());
+        assert!(toml::from_str::<GitConfig>("backend = \"cgit\"").is_err());
+        let c: GitConfig = toml::from_str("max_processes = 0").expect("parses");
+        assert_eq!(c.validate().expect_err("zero").key, "max_processes");
+        let c: GitConfig = toml::from_str("default_branch = \"a..b\"").expect("parses");
+        assert_eq!(c.validate().expect_err("bad").key, "default_branch");
+        assert_eq!(
+            GitConfig::default().root_in(std::path::Path::new("/d")),
+            PathBuf::from("/d/git")
+        );
+    }
+}

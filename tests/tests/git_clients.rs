@@ -1,0 +1,526 @@
+//! `alknet/git` with the stock `git` client: clone, fetch and push through
+//! `git-remote-alknet` (`alknet://` URLs) and through `ext::alknet connect …`, against
+//! the real `alknet serve` (git backend), protocol v2 and v0, and the access rules.
+
+use std::path::Path;
+
+use alknet_tests::git::{
+    count_objects, generate_repo, git_ok, refs, require_git, run, GitServer, ONE_REPO_TOKEN,
+    READER_TOKEN, WRITER_TOKEN,
+};
+
+/// Commits of the generated repository: enough history for real packs and deltas, small
+/// enough that the git tests stay well under a minute.
+const COMMITS: usize = 300;
+const FILES: usize = 60;
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The generated repository, pushed to `repo` on `srv` by the writer (which creates it).
+fn seeded(srv: &GitServer, tmp: &Path, repo: &str) -> std::path::PathBuf {
+    let src = tmp.join("src");
+    generate_repo(&src, COMMITS, FILES, 7);
+    srv.git_ok(
+        &src,
+        Some(WRITER_TOKEN),
+        &["push", "--quiet", &srv.url(repo), "main", "v1"],
+    );
+    src
+}
+
+#[test]
+fn clone_and_fetch_over_v2_and_v0() {
+    if require_git().is_none() {
+        return;
+    }
+    let srv = GitServer::start("");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = seeded(&srv, tmp.path(), "app.git");
+    // the server's repository got exactly what was pushed
+    let server_repo = srv.root().join("app.git");
+    assert_eq!(refs(&server_repo), refs(&src));
+
+    for (name, version) in [("v2", "2"), ("v0", "0")] {
+        let dst = tmp.path().join(name);
+        let out = run(srv.git(
+            tmp.path(),
+            Some(READER_TOKEN),
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "clone",
+                "--quiet",
+                &srv.url("app.git"),
+                s(&dst),
+            ],
+        ));
+        assert!(
+            out.status.success(),
+            "clone {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        git_ok(&dst, &["fsck", "--full", "--strict"]);
+        assert_eq!(
+            git_ok(&dst, &["rev-parse", "HEAD"]),
+            git_ok(&src, &["rev-parse", "main"]),
+            "{name}"
+        );
+        assert_eq!(
+            git_ok(&dst, &["rev-list", "--count", "HEAD"]).trim(),
+            COMMITS.to_string()
+        );
+        assert_eq!(
+            git_ok(&dst, &["rev-parse", "v1"]),
+            git_ok(&src, &["rev-parse", "v1"])
+        );
+    }
+    // shallow clone (served by git upload-pack's shallow/deepen)
+    let shallow = tmp.path().join("shallow");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &[
+            "clone",
+            "--quiet",
+            "--depth",
+            "1",
+            &srv.url("app.git"),
+            s(&shallow),
+        ],
+    );
+    assert_eq!(
+        git_ok(&shallow, &["rev-list", "--count", "HEAD"]).trim(),
+        "1"
+    );
+    git_ok(&shallow, &["fsck", "--full"]);
+
+    // the version really differs on the wire
+    let traced = run({
+        let mut c = srv.git(
+            tmp.path(),
+            Some(READER_TOKEN),
+            &["ls-remote", &srv.url("app.git")],
+        );
+        c.env("GIT_TRACE_PACKET", "1");
+        c
+    });
+    assert!(String::from_utf8_lossy(&traced.stderr).contains("< version 2"));
+    let traced = run({
+        let mut c = srv.git(
+            tmp.path(),
+            Some(READER_TOKEN),
+            &["-c", "protocol.version=0", "ls-remote", &srv.url("app.git")],
+        );
+        c.env("GIT_TRACE_PACKET", "1");
+        c
+    });
+    let trace = String::from_utf8_lossy(&traced.stderr);
+    assert!(!trace.contains("version 2") && trace.contains("multi_ack"));
+
+    // new commits on the server side: a fetch transfers only those
+    let clone = tmp.path().join("v2");
+    git_ok(&clone, &["gc", "--quiet"]);
+    assert_eq!(count_objects(&clone, "count"), 0);
+    let packs = count_objects(&clone, "packs");
+    for i in 0..3 {
+        std::fs::write(src.join(format!("new{i}.txt")), format!("new {i}\n")).expect("write");
+        git_ok(&src, &["add", "."]);
+        git_ok(&src, &["commit", "--quiet", "-m", &format!("new {i}")]);
+    }
+    srv.git_ok(
+        &src,
+        Some(WRITER_TOKEN),
+        &["push", "--quiet", &srv.url("app.git"), "main"],
+    );
+    srv.git_ok(&clone, Some(READER_TOKEN), &["fetch", "--quiet", "origin"]);
+    assert_eq!(
+        git_ok(&clone, &["rev-parse", "origin/main"]),
+        git_ok(&src, &["rev-parse", "main"])
+    );
+    // 3 commits, 3 trees, 3 blobs: unpacked loose (below transfer.unpackLimit)
+    assert_eq!(count_objects(&clone, "count"), 9, "only the new objects");
+    assert_eq!(count_objects(&clone, "packs"), packs);
+    git_ok(&clone, &["fsck", "--full"]);
+    // a fetch with nothing new transfers nothing
+    srv.git_ok(&clone, Some(READER_TOKEN), &["fetch", "--quiet", "origin"]);
+    assert_eq!(count_objects(&clone, "count"), 9);
+
+    // trust and token from git config instead of the environment
+    let mut cmd = alknet_tests::git::git_cmd(tmp.path());
+    cmd.args([
+        "-c",
+        &format!("alknet.fingerprint={}", srv.fingerprint),
+        "-c",
+        &format!("alknet.token={READER_TOKEN}"),
+        "ls-remote",
+        &srv.url("app.git"),
+    ]);
+    let listed = alknet_tests::git::run_ok(cmd);
+    assert!(listed.contains("refs/tags/v1"), "{listed}");
+    // a wrong fingerprint fails the handshake
+    let mut cmd = alknet_tests::git::git_cmd(tmp.path());
+    cmd.env("ALKNET_FINGERPRINT", "00".repeat(32))
+        .env("ALKNET_TOKEN", READER_TOKEN)
+        .args(["ls-remote", &srv.url("app.git")]);
+    assert!(!run(cmd).status.success());
+}
+
+#[test]
+fn push_branches_tags_deletions_and_force() {
+    if require_git().is_none() {
+        return;
+    }
+    let srv = GitServer::start("");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = seeded(&srv, tmp.path(), "team/app.git");
+    let url = srv.url("team/app.git");
+    let server_repo = srv.root().join("team/app.git");
+    let push = |args: &[&str]| {
+        let mut a = vec!["push", "--quiet", url.as_str()];
+        a.extend_from_slice(args);
+        srv.git_ok(&src, Some(WRITER_TOKEN), &a);
+    };
+    // a new branch, a lightweight and an annotated tag
+    git_ok(&src, &["branch", "feature", "main~5"]);
+    git_ok(&src, &["tag", "light", "main~1"]);
+    git_ok(&src, &["tag", "-a", "-m", "release", "v2", "main"]);
+    push(&["feature", "light", "v2"]);
+    assert_eq!(refs(&server_repo), refs(&src));
+    // deletion
+    push(&[":refs/heads/feature", ":refs/tags/light"]);
+    let on_server = refs(&server_repo);
+    assert!(!on_server.iter().any(|r| r.ends_with("refs/heads/feature")));
+    assert!(!on_server.iter().any(|r| r.ends_with("refs/tags/light")));
+    assert!(on_server.iter().any(|r| r.ends_with("refs/tags/v2")));
+
+    // --atomic: one stale ref fails the whole push, nothing changes
+    git_ok(&src, &["branch", "side", "main"]);
+    push(&["side"]);
+    let before = refs(&server_repo);
+    git_ok(&src, &["branch", "-f", "side", "main~3"]);
+    std::fs::write(src.join("atomic.txt"), "a\n").expect("write");
+    git_ok(&src, &["add", "."]);
+    git_ok(&src, &["commit", "--quiet", "-m", "atomic"]);
+    let err = srv.git_err(
+        &src,
+        Some(WRITER_TOKEN),
+        &["push", "--atomic", &url, "main", "side"],
+    );
+    assert!(err.contains("atomic") || err.contains("rejected"), "{err}");
+    assert_eq!(
+        refs(&server_repo),
+        before,
+        "the fast-forward of main went nowhere"
+    );
+    push(&["main"]);
+
+    // two concurrent pushes to the same branch: exactly one wins
+    let racers: Vec<_> = (0..2)
+        .map(|i| {
+            let dir = tmp.path().join(format!("racer{i}"));
+            srv.git_ok(
+                tmp.path(),
+                Some(READER_TOKEN),
+                &["clone", "--quiet", &url, s(&dir)],
+            );
+            std::fs::write(dir.join(format!("race{i}.txt")), "r\n").expect("write");
+            git_ok(&dir, &["add", "."]);
+            git_ok(&dir, &["commit", "--quiet", "-m", &format!("racer {i}")]);
+            dir
+        })
+        .collect();
+    let children: Vec<_> = racers
+        .iter()
+        .map(|dir| {
+            srv.git(dir, Some(WRITER_TOKEN), &["push", "origin", "main"])
+                .spawn()
+                .expect("spawn push")
+        })
+        .collect();
+    let outcomes: Vec<_> = children
+        .into_iter()
+        .map(|c| alknet_tests::wait_output(c, alknet_tests::git::GIT_TIMEOUT))
+        .collect();
+    let won: Vec<bool> = outcomes.iter().map(|o| o.status.success()).collect();
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{outcomes:?}");
+    let loser = outcomes
+        .iter()
+        .find(|o| !o.status.success())
+        .expect("a loser");
+    let why = String::from_utf8_lossy(&loser.stderr);
+    assert!(why.contains("rejected") || why.contains("lock"), "{why}");
+    let winner = &racers[won.iter().position(|w| *w).expect("a winner")];
+    assert_eq!(
+        git_ok(&server_repo, &["rev-parse", "main"]),
+        git_ok(winner, &["rev-parse", "main"])
+    );
+    srv.git_ok(
+        &src,
+        Some(READER_TOKEN),
+        &["pull", "--quiet", "--ff-only", &url, "main"],
+    );
+
+    // a non-fast-forward update is refused, even forced, and nothing changes
+    let before = refs(&server_repo);
+    git_ok(&src, &["reset", "--quiet", "--hard", "main~2"]);
+    std::fs::write(src.join("diverge.txt"), "x\n").expect("write");
+    git_ok(&src, &["add", "."]);
+    git_ok(&src, &["commit", "--quiet", "-m", "diverge"]);
+    let err = srv.git_err(&src, Some(WRITER_TOKEN), &["push", &url, "main"]);
+    assert!(
+        err.contains("non-fast-forward") || err.contains("rejected"),
+        "{err}"
+    );
+    let err = srv.git_err(&src, Some(WRITER_TOKEN), &["push", "--force", &url, "main"]);
+    assert!(err.contains("non-fast-forward"), "{err}");
+    assert_eq!(refs(&server_repo), before);
+    git_ok(&server_repo, &["fsck", "--full"]);
+
+    // with [git] allow_force_push a forced push goes through
+    drop(srv);
+    let srv = GitServer::start("allow_force_push = true");
+    let url = srv.url("forced.git");
+    srv.git_ok(&src, Some(WRITER_TOKEN), &["push", "--quiet", &url, "main"]);
+    git_ok(&src, &["reset", "--quiet", "--hard", "main~1"]);
+    std::fs::write(src.join("diverge2.txt"), "y\n").expect("write");
+    git_ok(&src, &["add", "."]);
+    git_ok(&src, &["commit", "--quiet", "-m", "diverge again"]);
+    srv.git_err(&src, Some(WRITER_TOKEN), &["push", &url, "main"]);
+    srv.git_ok(
+        &src,
+        Some(WRITER_TOKEN),
+        &["push", "--quiet", "--force", &url, "main"],
+    );
+    assert_eq!(
+        git_ok(&srv.root().join("forced.git"), &["rev-parse", "main"]),
+        git_ok(&src, &["rev-parse", "main"])
+    );
+}
+
+#[test]
+fn access_rules_unknown_repositories_and_escapes() {
+    if require_git().is_none() {
+        return;
+    }
+    let srv = GitServer::start("");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = seeded(&srv, tmp.path(), "one.git");
+    srv.git_ok(
+        &src,
+        Some(WRITER_TOKEN),
+        &["push", "--quiet", &srv.url("two.git"), "main"],
+    );
+    srv.git_ok(
+        &src,
+        Some(WRITER_TOKEN),
+        &["push", "--quiet", &srv.url("pub/open.git"), "main"],
+    );
+    let clone = |token: Option<&str>, repo: &str, dst: &str| {
+        srv.git(
+            tmp.path(),
+            token,
+            &["clone", "--quiet", &srv.url(repo), s(&tmp.path().join(dst))],
+        )
+    };
+    // anonymous: only pub/*
+    assert!(run(clone(None, "pub/open.git", "anon-pub"))
+        .status
+        .success());
+    let out = run(clone(None, "one.git", "anon-one"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("authentication required"),
+        "{err}"
+    );
+    // a per-path scope covers its repository only
+    assert!(run(clone(Some(ONE_REPO_TOKEN), "one.git", "one-one"))
+        .status
+        .success());
+    let out = run(clone(Some(ONE_REPO_TOKEN), "two.git", "one-two"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("lacks scope"),
+        "{err}"
+    );
+    // an unknown token is refused, not taken for anonymous
+    let out = run(clone(Some("tok-nobody"), "pub/open.git", "bad-token"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not recognized"),
+        "{err}"
+    );
+    // a read-only identity cannot push, nor create
+    let reader_clone = tmp.path().join("reader");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &["clone", "--quiet", &srv.url("two.git"), s(&reader_clone)],
+    );
+    std::fs::write(reader_clone.join("r.txt"), "r\n").expect("write");
+    git_ok(&reader_clone, &["add", "."]);
+    git_ok(&reader_clone, &["commit", "--quiet", "-m", "r"]);
+    let before = refs(&srv.root().join("two.git"));
+    let err = srv.git_err(
+        &reader_clone,
+        Some(READER_TOKEN),
+        &["push", "origin", "main"],
+    );
+    assert!(err.contains("lacks scope \"git:write:two.git\""), "{err}");
+    assert_eq!(refs(&srv.root().join("two.git")), before);
+    let err = srv.git_err(
+        &reader_clone,
+        Some(READER_TOKEN),
+        &["push", &srv.url("made-by-reader.git"), "main"],
+    );
+    assert!(err.contains("lacks scope"), "{err}");
+    assert!(!srv.root().join("made-by-reader.git").exists());
+    // unknown repository
+    let out = run(clone(Some(READER_TOKEN), "nope.git", "nope"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("repository not found"),
+        "{err}"
+    );
+    // escapes: .., absolute paths, a symlink leading out of the root
+    let outside = tmp.path().join("outside.git");
+    git_ok(tmp.path(), &["init", "--quiet", "--bare", s(&outside)]);
+    std::os::unix::fs::symlink(&outside, srv.root().join("link.git")).expect("symlink");
+    for (repo, expect) in [
+        ("../outside.git", "'..' is not allowed"),
+        ("pub/../../outside.git", "'..' is not allowed"),
+        ("/etc", "absolute paths"),
+        ("link.git", "outside the repository root"),
+    ] {
+        let out = run(clone(Some(READER_TOKEN), repo, "escape"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{repo}: {err}"
+        );
+    }
+    // pushes cannot create through an escape either
+    let err = srv.git_err(
+        &src,
+        Some(WRITER_TOKEN),
+        &["push", &srv.url("../evil.git"), "main"],
+    );
+    assert!(err.contains("'..' is not allowed"), "{err}");
+    assert!(!srv
+        .root()
+        .parent()
+        .expect("parent")
+        .join("evil.git")
+        .exists());
+}
+
+#[test]
+fn ext_transport_with_alknet_connect() {
+    if require_git().is_none() {
+        return;
+    }
+    let srv = GitServer::start("");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = seeded(&srv, tmp.path(), "pub/ext.git");
+    let alknet = alknet_tests::alknet_bin();
+    let ext = |extra: &str, repo: &str| {
+        format!(
+            "ext::{} connect --alpn alknet/git --fingerprint {} {extra}{} %G/{repo}",
+            alknet.display(),
+            srv.fingerprint,
+            srv.server.addr()
+        )
+    };
+    // anonymous clone of a public repository
+    let dst = tmp.path().join("ext-clone");
+    srv.git_ok(
+        tmp.path(),
+        None,
+        &[
+            "-c",
+            "protocol.ext.allow=always",
+            "clone",
+            "--quiet",
+            &ext("", "pub/ext.git"),
+            s(&dst),
+        ],
+    );
+    git_ok(&dst, &["fsck", "--full"]);
+    assert_eq!(
+        git_ok(&dst, &["rev-parse", "HEAD"]),
+        git_ok(&src, &["rev-parse", "main"])
+    );
+    // a push with a client certificate whose fingerprint is a writer identity
+    let cert = tmp.path().join("cert.pem");
+    let key = tmp.path().join("key.pem");
+    let out = run({
+        let mut c = std::process::Command::new(&alknet);
+        c.args(["keygen", "--tls-cert", s(&cert), "--tls-key", s(&key)])
+            .stdout(std::process::Stdio::piped());
+        c
+    });
+    assert!(out.status.success());
+    let printed = [out.stdout, out.stderr].concat();
+    let fp = String::from_utf8_lossy(&printed)
+        .split_whitespace()
+        .nth(1)
+        .expect("fingerprint")
+        .to_string();
+    drop(srv);
+    let srv = GitServer::start(&format!(
+        "[[identities]]\nname = \"cert-writer\"\nfingerprints = [\"{fp}\"]\nscopes = [\"git:write\", \"git:create\"]\n"
+    ));
+    let ext = |extra: &str, repo: &str| {
+        format!(
+            "ext::{} connect --alpn alknet/git --fingerprint {} {extra}{} %G/{repo}",
+            alknet.display(),
+            srv.fingerprint,
+            srv.server.addr()
+        )
+    };
+    let with_cert = format!("--cert {} --key {} ", s(&cert), s(&key));
+    srv.git_ok(
+        &src,
+        None,
+        &[
+            "-c",
+            "protocol.ext.allow=always",
+            "push",
+            "--quiet",
+            &ext(&with_cert, "by-cert.git"),
+            "main",
+        ],
+    );
+    assert_eq!(
+        git_ok(&srv.root().join("by-cert.git"), &["rev-parse", "main"]),
+        git_ok(&src, &["rev-parse", "main"])
+    );
+    // and the same certificate through git-remote-alknet's git config
+    let dst = tmp.path().join("cfg-clone");
+    srv.git_ok(
+        tmp.path(),
+        None,
+        &[
+            "-c",
+            &format!("alknet.cert={}", s(&cert)),
+            "-c",
+            &format!("alknet.key={}", s(&key)),
+            "clone",
+            "--quiet",
+            &srv.url("by-cert.git"),
+            s(&dst),
+        ],
+    );
+    // without it the same clone is anonymous, and refused
+    let err = srv.git_err(
+        tmp.path(),
+        None,
+        &[
+            "clone",
+            &srv.url("by-cert.git"),
+            s(&tmp.path().join("anon")),
+        ],
+    );
+    assert!(err.contains("authentication required"), "{err}");
+}

@@ -1,0 +1,207 @@
+//! `alknet/git` on the wire, with a raw QUIC client: a malformed, refused or stalled
+//! request line gets an `ERR` pkt-line and its stream ends, while the connection stays
+//! and serves the next stream.
+
+use std::sync::Arc;
+
+use alknet_git::{encode_pkt_line, encode_request, GitConfig, GitHandler, Service};
+use alknet_runtime::{Bytes, Connection};
+use alknet_tests::git::require_git;
+use alknet_tests::{client_endpoint, connect, run_client, start_server, ServerOptions};
+
+/// Sends `bytes` on a new stream (finishing it if `fin`) and returns all the server said.
+async fn exchange(conn: &Connection, bytes: &[u8], fin: bool) -> Vec<u8> {
+    let (mut send, mut recv) = conn.open_bi().await.expect("open").split();
+    send.write_chunk(Bytes::copy_from_slice(bytes))
+        .await
+        .expect("write");
+    if fin {
+        send.finish().expect("finish");
+    }
+    let mut got = Vec::new();
+    while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024).await {
+        got.extend_from_slice(&chunk);
+    }
+    got
+}
+
+fn assert_err(reply: &[u8], needle: &str) {
+    let text = String::from_utf8_lossy(reply);
+    assert!(
+        text.len() > 8 && &text[4..8] == "ERR ",
+        "not an ERR line: {text:?}"
+    );
+    let len = usize::from_str_radix(&text[..4], 16).expect("pkt-line length");
+    assert_eq!(len, reply.len(), "exactly one pkt-line: {text:?}");
+    assert!(text.contains(needle), "{needle:?} not in {text:?}");
+}
+
+#[test]
+fn bad_requests_get_err_and_the_connection_stays() {
+    if require_git().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("git");
+    alknet_git::repo::create_bare(&root, "r.git", "main").expect("repo");
+    let config = GitConfig {
+        public_read: vec!["*".into()],
+        request_timeout_ms: 300,
+        ..GitConfig::default()
+    };
+    let handler = GitHandler::new(config, &root).expect("handler");
+    let server = start_server(ServerOptions {
+        handlers: vec![Arc::new(handler)],
+        ..ServerOptions::default()
+    });
+    run_client(|| async move {
+        let endpoint = client_endpoint();
+        let conn = connect(&endpoint, &server, alknet_git::ALPN)
+            .await
+            .expect("connect");
+        let request = |path: &str| encode_request(Service::UploadPack, path, None, Some(2), None);
+        let cases: Vec<(Vec<u8>, bool, &str)> = vec![
+            (b"zzzz".to_vec(), true, "invalid pkt-line"),
+            (b"0000".to_vec(), true, "flush"),
+            (b"fff0".to_vec(), false, "too long"),
+            (b"0020git-upload".to_vec(), true, "ended inside"),
+            (b"0010".to_vec(), false, "no request line in time"),
+            (
+                encode_pkt_line(b"git-upload-archive /r.git\0"),
+                true,
+                "unsupported service",
+            ),
+            (encode_pkt_line(b"sh -c id\0"), true, "unsupported service"),
+            (request("/../etc"), true, "'..' is not allowed"),
+            (request("//etc/passwd"), true, "absolute paths"),
+            (request("/nope.git"), true, "repository not found"),
+            (
+                encode_request(Service::ReceivePack, "/r.git", None, None, None),
+                true,
+                "authentication required",
+            ),
+            (
+                encode_request(Service::UploadPack, "/r.git", None, None, Some("x")),
+                true,
+                "not recognized",
+            ),
+        ];
+        for (bytes, fin, needle) in cases {
+            let reply = exchange(&conn, &bytes, fin).await;
+            assert_err(&reply, needle);
+        }
+        // the same connection still serves a good request: v2 capabilities, then the
+        // client's flush ends the command
+        let mut good = request("/r.git");
+        good.extend_from_slice(b"0000");
+        let reply = exchange(&conn, &good, true).await;
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("000eversion 2\n"), "{text:?}");
+        assert!(text.contains("ls-refs"), "{text:?}");
+        // and v0: the ref advertisement of an empty repository
+        let v0 = encode_request(Service::UploadPack, "/r", None, None, None);
+        let mut v0 = v0;
+        v0.extend_from_slice(b"0000");
+        let reply = exchange(&conn, &v0, true).await;
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.contains("capabilities^{}"), "{text:?}");
+        assert!(conn.close_reason().is_none(), "the connection stays");
+    });
+    // and the repository is untouched
+    let fsck = std::process::Command::new("git")
+        .args(["fsck", "--full"])
+        .current_dir(root.join("r.git"))
+        .output()
+        .expect("git fsck");
+    assert!(fsck.status.success());
+}
+
+/// Entries of `objects/` that are a push's quarantine (`tmp_objdir-incoming-*`).
+fn quarantines(repo: &std::path::Path) -> usize {
+    std::fs::read_dir(repo.join("objects"))
+        .expect("objects")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().contains("incoming"))
+        })
+        .count()
+}
+
+#[test]
+fn a_push_reset_mid_pack_leaves_the_repository_as_it_was() {
+    if require_git().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("git");
+    let repo = alknet_git::repo::create_bare(&root, "p.git", "main").expect("repo");
+    let provider = alknet_runtime::ConfigIdentityProvider::new(&[alknet_runtime::IdentityEntry {
+        name: "writer".into(),
+        fingerprints: vec![],
+        tokens: vec!["w".into()],
+        scopes: vec!["git:write".into()],
+    }])
+    .expect("provider");
+    let handler = GitHandler::new(GitConfig::default(), &root).expect("handler");
+    let server = start_server(ServerOptions {
+        handlers: vec![Arc::new(handler)],
+        provider: Arc::new(provider),
+        ..ServerOptions::default()
+    });
+    let dir_path = repo.dir.clone();
+    run_client(|| async move {
+        let endpoint = client_endpoint();
+        let conn = connect(&endpoint, &server, alknet_git::ALPN)
+            .await
+            .expect("connect");
+        let (mut send, mut recv) = conn.open_bi().await.expect("open").split();
+        let request = encode_request(Service::ReceivePack, "/p.git", None, None, Some("w"));
+        send.write_chunk(Bytes::from(request)).await.expect("write");
+        // the ref advertisement ends with a flush
+        let mut advert = Vec::new();
+        while !advert.ends_with(b"0000") {
+            let chunk = recv
+                .read_chunk(64 * 1024)
+                .await
+                .expect("read")
+                .expect("data");
+            advert.extend_from_slice(&chunk);
+        }
+        assert!(String::from_utf8_lossy(&advert).contains("report-status"));
+        // one ref update, then a pack that announces 1000 objects and stops after its header
+        let zero = "0".repeat(40);
+        let new = "a".repeat(40);
+        let mut push =
+            encode_pkt_line(format!("{zero} {new} refs/heads/x\0report-status\n").as_bytes());
+        push.extend_from_slice(b"0000PACK\0\0\0\x02\0\0\x03\xe8");
+        send.write_chunk(Bytes::from(push)).await.expect("write");
+        // receive-pack is now waiting inside its quarantine
+        let mut waited = 0;
+        while quarantines(&dir_path) == 0 {
+            assert!(waited < 100, "no quarantine directory appeared");
+            monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        send.reset(alknet_runtime::VarInt::from_u32(7))
+            .expect("reset");
+        // git is told to stop and removes its quarantine itself
+        let mut waited = 0;
+        while quarantines(&dir_path) > 0 {
+            assert!(waited < 100, "the quarantine directory stayed");
+            monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert!(conn.close_reason().is_none(), "the connection stays");
+    });
+    assert!(!repo.dir.join("refs/heads/x").exists());
+    let packs = std::fs::read_dir(repo.dir.join("objects/pack"))
+        .expect("pack dir")
+        .count();
+    assert_eq!(packs, 0, "no objects left behind");
+    let fsck = std::process::Command::new("git")
+        .args(["fsck", "--full"])
+        .current_dir(&repo.dir)
+        .output()
+        .expect("git fsck");
+    assert!(fsck.status.success());
+}
