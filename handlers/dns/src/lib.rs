@@ -1,0 +1,27 @@
+//! DNS for Alknet: authoritative zones from RFC 1035 zone files, answered over
+//! `doq` (DNS over QUIC, RFC 9250) and `alknet/dns` (many queries pipelined on one QUIC
+//! stream, DNS-over-TCP style) on the engine's workers.
+//!
+//! ```text
+//! zone files ─▶ Zone ─▶ Catalog (ArcSwap, reloaded whole) ─┐
+//! QUIC stream ─▶ framing (2-byte length) ─▶ responder::parse/answer ─▶ framed answer
+//! ```
+//!
+//! Query handling ([`responder`]) is sans-IO and deterministic; the handlers ([`doq`],
+//! [`pipeline`]) only move framed messages between streams and it.
+
+mod catalog;
+pub mod doq;
+pub mod framing;
+mod limits;
+pub mod pipeline;
+mod reload;
+pub mod responder;
+mod zone;
+
+pub use catalog::{shared, Catalog, SharedCatalog};
+pub use doq::{DoqHandler, DOQ_ALPN};
+pub use limits::*;
+pub use pipeline::{PipelineHandler, PIPELINE_ALPN};
+pub use reload::{load_catalog, ZoneReloader};
+pub use zone::{Outcome, Zone, ZoneAnswer, ZoneError};

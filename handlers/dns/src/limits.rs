@@ -1,0 +1,132 @@
+//! The `[dns]` configuration section and every limit the DNS handlers enforce: a named
+//! default, a config key (the field name under `[dns]`) and a line saying what it bounds.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The largest DNS message on a stream: the 2-byte length prefix of RFC 9250 §4.2 and
+/// RFC 1035 §4.2.2 cannot say more. A protocol constant, not a setting.
+pub const MAX_MESSAGE_SIZE: usize = u16::MAX as usize;
+
+/// CNAMEs followed inside a zone for one answer; a longer chain (or a loop) is answered
+/// with the records found so far. A protocol-safety constant (BIND uses 16 too).
+pub const MAX_CNAME_CHAIN: usize = 16;
+
+/// `max_queries_per_connection`: DoQ queries (streams) a connection may have in progress
+/// at once (not yet answered, or answered but not yet closed by the client). Past it, new
+/// streams are refused with DOQ_EXCESSIVE_LOAD (RFC 9250 §4.3). QUIC's stream credit
+/// (`limits.max_concurrent_bidi_streams`) bounds it too.
+pub const DEFAULT_MAX_QUERIES_PER_CONNECTION: usize = 128;
+
+/// `query_timeout_ms`: how long a client has, from opening a stream, to send a whole DoQ
+/// query; a stream past it is abandoned with DOQ_REQUEST_CANCELLED. On `alknet/dns`, a
+/// message started must be completed within it too (the stream may idle between messages).
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `reload_interval_ms`: how often zone files are checked for changes (size, mtime,
+/// inode); a changed file is parsed again and swapped in whole, or logged and kept out if
+/// it fails. 0 = never reload.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// One `[[dns.zones]]` entry: an authoritative zone from an RFC 1035 zone file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// The zone apex, e.g. "example.com." (a missing final dot is added).
+    pub origin: String,
+    /// The zone file; relative `$INCLUDE`s resolve against its directory.
+    pub file: PathBuf,
+}
+
+/// `[dns]`: zones and limits of the `doq` and `alknet/dns` handlers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    pub zones: Vec<ZoneConfig>,
+    pub max_queries_per_connection: usize,
+    #[serde(rename = "query_timeout_ms", with = "millis")]
+    pub query_timeout: Duration,
+    #[serde(rename = "reload_interval_ms", with = "millis")]
+    pub reload_interval: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            zones: Vec::new(),
+            max_queries_per_connection: DEFAULT_MAX_QUERIES_PER_CONNECTION,
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
+            reload_interval: DEFAULT_RELOAD_INTERVAL,
+        }
+    }
+}
+
+/// Errors in a [`DnsConfig`] that TOML alone cannot rule out.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DnsConfigError {
+    #[error("dns.{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("dns.zones: origin {0:?} is listed twice")]
+    DuplicateZone(String),
+}
+
+impl DnsConfig {
+    pub fn validate(&self) -> Result<(), DnsConfigError> {
+        if self.max_queries_per_connection == 0 {
+            return Err(DnsConfigError::Zero("max_queries_per_connection"));
+        }
+        if self.query_timeout.is_zero() {
+            return Err(DnsConfigError::Zero("query_timeout_ms"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for z in &self.zones {
+            let key = z.origin.trim_end_matches('.').to_ascii_lowercase();
+            if !seen.insert(key) {
+                return Err(DnsConfigError::DuplicateZone(z.origin.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_zero_is_refused() {
+        assert_eq!(DnsConfig::default().validate(), Ok(()));
+        let c = DnsConfig {
+            max_queries_per_connection: 0,
+            ..DnsConfig::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(DnsConfigError::Zero("max_queries_per_connection"))
+        );
+        let zone = |o: &str| ZoneConfig {
+            origin: o.into(),
+            file: "z".into(),
+        };
+        let c = DnsConfig {
+            zones: vec![zone("Example.com"), zone("example.com.")],
+            ..DnsConfig::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(DnsConfigError::DuplicateZone(_))
+        ));
+    }
+}
