@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use alknet_call::{CallAdapter, CallLimits, NodeInfo};
+use alknet_dns::{DnsConfig, DoqHandler, PipelineHandler, SharedCatalog, ZoneReloader};
 use alknet_peers::SqlitePeerStore;
 use alknet_runtime::resolve_workers;
 use alknet_runtime::tls::{ClientAuth, TlsIdentity};
@@ -48,7 +49,8 @@ client_auth = "optional"
 [handlers]
 # ALPNs served. Available: "alknet/echo", "perf" (quinn's perf tool protocol),
 # "alknet/call" (JSON operations; see README), "alknet/ssh" (SSH sessions for OpenSSH
-# through `alknet connect`; see README).
+# through `alknet connect`; see README), "doq" (DNS over QUIC, RFC 9250) and "alknet/dns"
+# (pipelined DNS over QUIC), which answer for the [[dns.zones]] below (not on by default).
 enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh"]
 
 [call]
@@ -101,6 +103,19 @@ channel_queue = 64
 channel_buffer = 1048576
 # How long an ssh -L (direct-tcpip) connection to its target may take.
 connect_timeout_ms = 10000
+
+[dns]
+# DoQ queries (streams) in progress at once per connection; past it DOQ_EXCESSIVE_LOAD.
+max_queries_per_connection = 128
+# A query (DoQ), or a message begun (alknet/dns), must arrive whole within this long.
+query_timeout_ms = 10000
+# How often zone files are checked for changes and reloaded (0 = never). A zone that
+# fails to parse keeps its previous version; the error and its line are logged.
+reload_interval_ms = 2000
+# Authoritative zones from RFC 1035 zone files; names outside them are REFUSED.
+# [[dns.zones]]
+# origin = "example.com."
+# file = "/etc/alknet/example.com.zone"
 
 [vault]
 # A key vault (`alknet vault init|restore`): with `file` set, the TLS certificate (a
@@ -194,6 +209,8 @@ pub struct FileConfig {
     pub ssh: SshConfig,
     #[serde(default)]
     pub vault: VaultSection,
+    #[serde(default)]
+    pub dns: DnsConfig,
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
@@ -248,7 +265,7 @@ pub struct HandlersSection {
 impl Default for HandlersSection {
     fn default() -> Self {
         Self {
-            enabled: available_handlers(),
+            enabled: default_handlers(),
         }
     }
 }
@@ -277,6 +294,9 @@ impl FileConfig {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         cfg.ssh
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.dns
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if cfg.vault.file.is_some() {
@@ -318,12 +338,22 @@ impl FileConfig {
     /// The handlers named in `handlers.enabled`.
     pub fn registry(&self) -> Result<AlpnRegistry, ConfigError> {
         let mut registry = AlpnRegistry::new();
+        // one catalog for both DNS handlers, loaded only when one is enabled
+        let mut dns = None;
         for name in &self.handlers.enabled {
             let handler: Arc<dyn ProtocolHandler> = match name.as_bytes() {
                 alknet_echo::ALPN => Arc::new(alknet_echo::EchoHandler),
                 alknet_perf::ALPN => Arc::new(alknet_perf::PerfHandler),
                 alknet_call::ALPN => Arc::new(self.call_adapter()?),
                 alknet_ssh::ALPN => Arc::new(self.ssh_adapter()?),
+                alknet_dns::DOQ_ALPN => {
+                    let (catalog, config) = self.dns_parts(&mut dns)?;
+                    Arc::new(DoqHandler::new(catalog, config))
+                }
+                alknet_dns::PIPELINE_ALPN => {
+                    let (catalog, config) = self.dns_parts(&mut dns)?;
+                    Arc::new(PipelineHandler::new(catalog, config))
+                }
                 _ => {
                     return Err(ConfigError::UnknownHandler {
                         name: name.clone(),
@@ -339,6 +369,32 @@ impl FileConfig {
             return Err(ConfigError::Invalid("handlers.enabled is empty".into()));
         }
         Ok(registry)
+    }
+
+    /// The DNS catalog and settings, made once (in `slot`) for both DNS handlers.
+    fn dns_parts(
+        &self,
+        slot: &mut Option<(SharedCatalog, Arc<DnsConfig>)>,
+    ) -> Result<(SharedCatalog, Arc<DnsConfig>), ConfigError> {
+        if let Some(parts) = slot {
+            return Ok(parts.clone());
+        }
+        let parts = (self.dns_catalog()?, Arc::new(self.dns.clone()));
+        *slot = Some(parts.clone());
+        Ok(parts)
+    }
+
+    /// The `[[dns.zones]]`, loaded now (a zone that fails refuses the start, naming its
+    /// file and line), and a thread reloading them as their files change; it ends when
+    /// the handlers holding the catalog are dropped.
+    pub fn dns_catalog(&self) -> Result<SharedCatalog, ConfigError> {
+        let catalog = alknet_dns::load_catalog(&self.dns)
+            .map_err(|e| ConfigError::Invalid(format!("dns: {e}")))?;
+        let catalog = alknet_dns::shared(catalog);
+        if let Some(reloader) = ZoneReloader::start(&self.dns, catalog.clone()) {
+            reloader.detach();
+        }
+        Ok(catalog)
     }
 
     /// The identity providers: `[[identities]]` first, then the peer database when
@@ -475,10 +531,22 @@ pub fn available_handlers() -> Vec<String> {
         alknet_perf::ALPN,
         alknet_call::ALPN,
         alknet_ssh::ALPN,
+        alknet_dns::DOQ_ALPN,
+        alknet_dns::PIPELINE_ALPN,
     ]
     .iter()
     .map(|a| String::from_utf8_lossy(a).into_owned())
     .collect()
+}
+
+/// The handlers served when `handlers.enabled` is not given: all but DNS, which answers
+/// only for configured zones and so is turned on with them.
+pub fn default_handlers() -> Vec<String> {
+    let dns = [alknet_dns::DOQ_ALPN, alknet_dns::PIPELINE_ALPN];
+    available_handlers()
+        .into_iter()
+        .filter(|h| !dns.contains(&h.as_bytes()))
+        .collect()
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -531,6 +599,45 @@ mod tests {
         assert!(e.to_string().contains("nope"), "{e}");
         let cfg = FileConfig::parse("[tls]\ncert = \"/x\"", "x.toml").expect("parses");
         assert!(cfg.tls_identity().is_err());
+    }
+
+    #[test]
+    fn dns_section_builds_both_handlers_on_one_catalog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let zone = dir.path().join("example.com.zone");
+        std::fs::write(
+            &zone,
+            "$TTL 60\n@ IN SOA ns hm 1 2 3 4 5\nwww IN A 192.0.2.1\n",
+        )
+        .expect("write zone");
+        let text = format!(
+            "[handlers]\nenabled = [\"doq\", \"alknet/dns\"]\n[dns]\nquery_timeout_ms = 500\n\
+             [[dns.zones]]\norigin = \"example.com\"\nfile = {zone:?}\n"
+        );
+        let cfg = FileConfig::parse(&text, "x.toml").expect("parses");
+        assert_eq!(cfg.dns.zones.len(), 1);
+        assert_eq!(cfg.dns.query_timeout, std::time::Duration::from_millis(500));
+        let registry = cfg.registry().expect("registry");
+        assert_eq!(
+            registry.alpns(),
+            vec![b"doq".to_vec(), b"alknet/dns".to_vec()]
+        );
+        // not served unless asked for
+        let default = FileConfig::load(None).expect("default");
+        assert!(!default.handlers.enabled.iter().any(|h| h == "doq"));
+        // a broken zone refuses the start, naming the file and line
+        std::fs::write(&zone, "$TTL 60\n@ IN SOA ns hm 1 2 3 4 5\nwww IN A nope\n")
+            .expect("write zone");
+        let e = cfg.registry().expect_err("broken zone");
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let e =
+            FileConfig::parse("[dns]\nmax_queries_per_connection = 0", "x.toml").expect_err("zero");
+        assert!(
+            e.to_string().contains("dns.max_queries_per_connection"),
+            "{e}"
+        );
+        let e = FileConfig::parse("[dns]\nzone = []", "x.toml").expect_err("typo");
+        assert!(e.to_string().contains("zone"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -52,7 +52,8 @@ fn stamp(path: &PathBuf) -> Option<Stamp> {
     })
 }
 
-/// The reload thread; stops when dropped.
+/// The reload thread; stops when dropped (or, once detached, when the catalog is gone).
+#[derive(Debug)]
 pub struct ZoneReloader {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -72,12 +73,23 @@ impl ZoneReloader {
         let stamps = zones.iter().map(|z| stamp(&z.file)).collect();
         let thread = std::thread::Builder::new()
             .name("dns-zone-reload".into())
-            .spawn(move || watch(zones, stamps, catalog, interval, &flag))
+            .spawn({
+                let catalog = Arc::downgrade(&catalog);
+                move || watch(zones, stamps, catalog, interval, &flag)
+            })
             .ok()?;
         Some(Self {
             stop,
             thread: Some(thread),
         })
+    }
+}
+
+impl ZoneReloader {
+    /// Lets the thread run on its own: it ends once every handle to the catalog is dropped.
+    pub fn detach(mut self) {
+        self.thread.take();
+        self.stop = Arc::new(AtomicBool::new(false));
     }
 }
 
@@ -94,7 +106,7 @@ impl Drop for ZoneReloader {
 fn watch(
     zones: Vec<ZoneConfig>,
     mut stamps: Vec<Option<Stamp>>,
-    catalog: SharedCatalog,
+    catalog: Weak<arc_swap::ArcSwap<Catalog>>,
     interval: Duration,
     stop: &AtomicBool,
 ) {
@@ -103,6 +115,9 @@ fn watch(
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        let Some(catalog) = catalog.upgrade() else {
+            break; // the server is gone
+        };
         for (z, seen) in zones.iter().zip(stamps.iter_mut()) {
             let now = stamp(&z.file);
             if now == *seen {
