@@ -18,7 +18,8 @@ command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q "${missing[@]}"
 fi
-if ! python3 -c 'import aioquic' 2>/dev/null; then
+# aioquic: raw QUIC and HTTP/3 interop; dnspython[doq]: the DoQ client of the DNS tests.
+if ! python3 -c 'import aioquic, dns.quic' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
 
