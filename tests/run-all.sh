@@ -9,12 +9,14 @@ cd "$(dirname "$0")/.."
 # Real clients the suite drives (independent implementations, not ours).
 # valgrind: the instruction-count gate; openssh-client (ssh, ssh-keygen): the OpenSSH
 # tests of alknet/ssh and of `alknet vault export-ssh`; tmux: their pty session; curl: the
-# SOCKS5 test of `alknet socks`.
+# SOCKS5 test of `alknet socks`; bind9-dnsutils (dig): the classic DNS tests.
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v tmux >/dev/null || missing+=(tmux)
 command -v curl >/dev/null || missing+=(curl)
+# dig: the classic DNS (UDP/TCP) tests.
+command -v dig >/dev/null || missing+=(bind9-dnsutils)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q "${missing[@]}"
 fi

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use alknet_call::{CallAdapter, CallLimits, NodeInfo};
-use alknet_dns::{DnsConfig, DoqHandler, PipelineHandler, SharedCatalog, ZoneReloader};
+use alknet_dns::{
+    ClassicAddrs, DnsConfig, DoqHandler, PipelineHandler, SharedCatalog, ZoneReloader,
+};
 use alknet_peers::SqlitePeerStore;
 use alknet_runtime::resolve_workers;
 use alknet_runtime::tls::{ClientAuth, TlsIdentity};
@@ -112,6 +114,15 @@ query_timeout_ms = 10000
 # How often zone files are checked for changes and reloaded (0 = never). A zone that
 # fails to parse keeps its previous version; the error and its line are logged.
 reload_interval_ms = 2000
+# Classic DNS over UDP and TCP (pipelined), off unless set; same zones.
+# udp_listen = "127.0.0.1:5353"
+# tcp_listen = "127.0.0.1:5353"
+# Largest UDP answer for EDNS0 clients (512 without EDNS0); bigger ones are truncated (TC).
+udp_payload_size = 1232
+# A TCP connection with no query for this long is closed.
+tcp_idle_timeout_ms = 10000
+# TCP connections open at once; past it new ones are closed.
+max_tcp_connections = 1024
 # Authoritative zones from RFC 1035 zone files; names outside them are REFUSED.
 # [[dns.zones]]
 # origin = "example.com."
@@ -211,6 +222,9 @@ pub struct FileConfig {
     pub vault: VaultSection,
     #[serde(default)]
     pub dns: DnsConfig,
+    /// The DNS catalog, made once for the DNS handlers and the classic listener.
+    #[serde(skip)]
+    dns_parts: std::cell::OnceCell<(SharedCatalog, Arc<DnsConfig>)>,
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
@@ -339,7 +353,6 @@ impl FileConfig {
     pub fn registry(&self) -> Result<AlpnRegistry, ConfigError> {
         let mut registry = AlpnRegistry::new();
         // one catalog for both DNS handlers, loaded only when one is enabled
-        let mut dns = None;
         for name in &self.handlers.enabled {
             let handler: Arc<dyn ProtocolHandler> = match name.as_bytes() {
                 alknet_echo::ALPN => Arc::new(alknet_echo::EchoHandler),
@@ -347,11 +360,11 @@ impl FileConfig {
                 alknet_call::ALPN => Arc::new(self.call_adapter()?),
                 alknet_ssh::ALPN => Arc::new(self.ssh_adapter()?),
                 alknet_dns::DOQ_ALPN => {
-                    let (catalog, config) = self.dns_parts(&mut dns)?;
+                    let (catalog, config) = self.dns_parts()?;
                     Arc::new(DoqHandler::new(catalog, config))
                 }
                 alknet_dns::PIPELINE_ALPN => {
-                    let (catalog, config) = self.dns_parts(&mut dns)?;
+                    let (catalog, config) = self.dns_parts()?;
                     Arc::new(PipelineHandler::new(catalog, config))
                 }
                 _ => {
@@ -371,17 +384,26 @@ impl FileConfig {
         Ok(registry)
     }
 
-    /// The DNS catalog and settings, made once (in `slot`) for both DNS handlers.
-    fn dns_parts(
-        &self,
-        slot: &mut Option<(SharedCatalog, Arc<DnsConfig>)>,
-    ) -> Result<(SharedCatalog, Arc<DnsConfig>), ConfigError> {
-        if let Some(parts) = slot {
+    /// The DNS catalog and settings, made once for both DNS handlers and the classic
+    /// listener.
+    fn dns_parts(&self) -> Result<(SharedCatalog, Arc<DnsConfig>), ConfigError> {
+        if let Some(parts) = self.dns_parts.get() {
             return Ok(parts.clone());
         }
         let parts = (self.dns_catalog()?, Arc::new(self.dns.clone()));
-        *slot = Some(parts.clone());
-        Ok(parts)
+        Ok(self.dns_parts.get_or_init(|| parts).clone())
+    }
+
+    /// Classic DNS on `[dns] udp_listen` / `tcp_listen`, when set: bound now, served by
+    /// as many threads as workers, from the same catalog as `doq` and `alknet/dns`.
+    pub fn start_dns_classic(&self) -> Result<Option<ClassicAddrs>, ConfigError> {
+        if self.dns.udp_listen.is_none() && self.dns.tcp_listen.is_none() {
+            return Ok(None);
+        }
+        let (catalog, config) = self.dns_parts()?;
+        let addrs = alknet_dns::start_classic(&config, catalog, resolve_workers(self.workers))
+            .map_err(|e| ConfigError::Invalid(format!("dns classic listener: {e}")))?;
+        Ok(Some(addrs))
     }
 
     /// The `[[dns.zones]]`, loaded now (a zone that fails refuses the start, naming its
@@ -628,6 +650,7 @@ mod tests {
         // a broken zone refuses the start, naming the file and line
         std::fs::write(&zone, "$TTL 60\n@ IN SOA ns hm 1 2 3 4 5\nwww IN A nope\n")
             .expect("write zone");
+        let cfg = FileConfig::parse(&text, "x.toml").expect("parses");
         let e = cfg.registry().expect_err("broken zone");
         assert!(e.to_string().contains("line 3"), "{e}");
         let e =

@@ -184,6 +184,9 @@ fn serve(
         // first: the handlers and the TLS identity take their keys from it
         cfg.unlock_vault()?;
         let registry = cfg.registry()?;
+        if let Some(dns) = cfg.start_dns_classic()? {
+            tracing::info!(udp = ?dns.udp, tcp = ?dns.tcp, "classic dns listening");
+        }
         let provider = cfg.identity_provider()?;
         let (tls, generated) = cfg.tls_identity()?;
         Ok((registry, provider, tls, generated))

@@ -11,6 +11,7 @@
 //! [`pipeline`]) only move framed messages between streams and it.
 
 mod catalog;
+pub mod classic;
 pub mod doq;
 pub mod framing;
 mod limits;
@@ -20,6 +21,7 @@ pub mod responder;
 mod zone;
 
 pub use catalog::{shared, Catalog, SharedCatalog};
+pub use classic::{start_classic, ClassicAddrs};
 pub use doq::{DoqHandler, DOQ_ALPN};
 pub use limits::*;
 pub use pipeline::{PipelineHandler, PIPELINE_ALPN};

@@ -1,6 +1,7 @@
 //! The `[dns]` configuration section and every limit the DNS handlers enforce: a named
 //! default, a config key (the field name under `[dns]`) and a line saying what it bounds.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +31,19 @@ pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// it fails. 0 = never reload.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
+/// `udp_payload_size`: the largest answer sent over classic UDP to a client that asks for
+/// more with EDNS0 (512 bytes without EDNS0, RFC 1035); bigger answers are truncated (TC)
+/// so the client retries over TCP. 1232 avoids IP fragmentation (DNS Flag Day 2020).
+pub const DEFAULT_UDP_PAYLOAD_SIZE: u16 = 1232;
+
+/// `tcp_idle_timeout_ms`: a classic TCP connection with no complete query for this long
+/// is closed (RFC 7766 §6.2.3 suggests seconds, not minutes).
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `max_tcp_connections`: classic TCP connections open at once across the listener
+/// threads; past it new ones are closed at once.
+pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 1024;
+
 /// One `[[dns.zones]]` entry: an authoritative zone from an RFC 1035 zone file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +64,14 @@ pub struct DnsConfig {
     pub query_timeout: Duration,
     #[serde(rename = "reload_interval_ms", with = "millis")]
     pub reload_interval: Duration,
+    /// Classic DNS over UDP on this address (off unless set), e.g. "127.0.0.1:5353".
+    pub udp_listen: Option<SocketAddr>,
+    /// Classic DNS over TCP (pipelined, RFC 7766) on this address (off unless set).
+    pub tcp_listen: Option<SocketAddr>,
+    pub udp_payload_size: u16,
+    #[serde(rename = "tcp_idle_timeout_ms", with = "millis")]
+    pub tcp_idle_timeout: Duration,
+    pub max_tcp_connections: usize,
 }
 
 impl Default for DnsConfig {
@@ -59,6 +81,11 @@ impl Default for DnsConfig {
             max_queries_per_connection: DEFAULT_MAX_QUERIES_PER_CONNECTION,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
+            udp_listen: None,
+            tcp_listen: None,
+            udp_payload_size: DEFAULT_UDP_PAYLOAD_SIZE,
+            tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
+            max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
         }
     }
 }
@@ -68,6 +95,8 @@ impl Default for DnsConfig {
 pub enum DnsConfigError {
     #[error("dns.{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("dns.udp_payload_size must be at least 512, got {0}")]
+    UdpPayload(u16),
     #[error("dns.zones: origin {0:?} is listed twice")]
     DuplicateZone(String),
 }
@@ -79,6 +108,15 @@ impl DnsConfig {
         }
         if self.query_timeout.is_zero() {
             return Err(DnsConfigError::Zero("query_timeout_ms"));
+        }
+        if self.udp_payload_size < 512 {
+            return Err(DnsConfigError::UdpPayload(self.udp_payload_size));
+        }
+        if self.tcp_idle_timeout.is_zero() {
+            return Err(DnsConfigError::Zero("tcp_idle_timeout_ms"));
+        }
+        if self.max_tcp_connections == 0 {
+            return Err(DnsConfigError::Zero("max_tcp_connections"));
         }
         let mut seen = std::collections::HashSet::new();
         for z in &self.zones {

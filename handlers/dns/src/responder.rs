@@ -135,6 +135,24 @@ fn header_only(resp: &Message, rcode: ResponseCode) -> Vec<u8> {
     m.to_vec().unwrap_or_default()
 }
 
+/// The largest answer a UDP client may get (RFC 6891 §6.2.5): its EDNS0 payload size, at
+/// most ours, at least 512; 512 without EDNS0.
+pub fn udp_limit(query: &Message, ours: u16) -> usize {
+    match &query.edns {
+        Some(e) => usize::from(e.max_payload().clamp(512, ours.max(512))),
+        None => 512,
+    }
+}
+
+/// Answers one UDP datagram, truncating to what the client can take over UDP.
+pub fn respond_udp(catalog: &Catalog, bytes: &[u8], ours: u16) -> Option<Vec<u8>> {
+    match parse(bytes) {
+        Parsed::Query(q) => Some(answer(catalog, &q, udp_limit(&q, ours))),
+        Parsed::Malformed(h) => Some(formerr(&h)),
+        Parsed::Ignore => None,
+    }
+}
+
 /// Answers one message: `None` when there is nothing to send back.
 pub fn respond(catalog: &Catalog, bytes: &[u8], max_size: usize) -> Option<Vec<u8>> {
     match parse(bytes) {
@@ -283,5 +301,16 @@ mod tests {
         assert_eq!(r.id, 0x1234);
         assert!(r.answers.is_empty());
         assert_eq!(r.queries.len(), 1);
+        // over UDP: 512 without EDNS0, the client's EDNS0 size up to ours with it
+        let udp = respond_udp(&catalog(), &bytes, 1232).expect("answer");
+        assert!(Message::from_vec(&udp).expect("decode").truncation);
+        let mut q = q;
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096);
+        q.set_edns(edns);
+        assert_eq!(udp_limit(&q, 1232), 1232);
+        let udp = respond_udp(&catalog(), &q.to_vec().expect("encode"), 1232).expect("answer");
+        let r = Message::from_vec(&udp).expect("decode");
+        assert!(!r.truncation && r.answers.len() == 3);
     }
 }
