@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use alknet_call::{CallAdapter, CallLimits, NodeInfo};
 use alknet_dns::{
-    ClassicAddrs, DnsConfig, DoqHandler, PipelineHandler, SharedCatalog, ZoneReloader,
+    ClassicAddrs, DnsConfig, DoqHandler, Forwarder, PipelineHandler, SharedCatalog, ZoneReloader,
 };
 use alknet_peers::SqlitePeerStore;
 use alknet_runtime::resolve_workers;
@@ -123,6 +123,15 @@ udp_payload_size = 1232
 tcp_idle_timeout_ms = 10000
 # TCP connections open at once; past it new ones are closed.
 max_tcp_connections = 1024
+# Forwarding cache for names outside the zones: upstream resolvers (UDP, TCP when
+# truncated). Empty = no forwarding. Recursion is only for identities with scope
+# "dns:recursion" or sources in recursion_allow (no open resolver by default).
+upstreams = []
+recursion_allow = []
+# How long one upstream may take before the next is tried (SERVFAIL when none answers).
+forward_timeout_ms = 2000
+# Answers kept by the forwarding cache (by TTL; negative answers per RFC 2308).
+cache_entries = 10000
 # Authoritative zones from RFC 1035 zone files; names outside them are REFUSED.
 # [[dns.zones]]
 # origin = "example.com."
@@ -224,11 +233,15 @@ pub struct FileConfig {
     pub dns: DnsConfig,
     /// The DNS catalog, made once for the DNS handlers and the classic listener.
     #[serde(skip)]
-    dns_parts: std::cell::OnceCell<(SharedCatalog, Arc<DnsConfig>)>,
+    dns_parts: std::cell::OnceCell<DnsParts>,
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
 }
+
+/// What the DNS handlers and the classic listener share: the catalog, the settings, the
+/// forwarding cache (when upstreams are configured).
+type DnsParts = (SharedCatalog, Arc<DnsConfig>, Option<Arc<Forwarder>>);
 
 /// `[vault]`: serve the node keys from a key vault.
 #[derive(Debug, Default, Deserialize)]
@@ -360,12 +373,12 @@ impl FileConfig {
                 alknet_call::ALPN => Arc::new(self.call_adapter()?),
                 alknet_ssh::ALPN => Arc::new(self.ssh_adapter()?),
                 alknet_dns::DOQ_ALPN => {
-                    let (catalog, config) = self.dns_parts()?;
-                    Arc::new(DoqHandler::new(catalog, config))
+                    let (catalog, config, forwarder) = self.dns_parts()?;
+                    Arc::new(DoqHandler::new(catalog, config).with_forwarder(forwarder))
                 }
                 alknet_dns::PIPELINE_ALPN => {
-                    let (catalog, config) = self.dns_parts()?;
-                    Arc::new(PipelineHandler::new(catalog, config))
+                    let (catalog, config, forwarder) = self.dns_parts()?;
+                    Arc::new(PipelineHandler::new(catalog, config).with_forwarder(forwarder))
                 }
                 _ => {
                     return Err(ConfigError::UnknownHandler {
@@ -386,11 +399,15 @@ impl FileConfig {
 
     /// The DNS catalog and settings, made once for both DNS handlers and the classic
     /// listener.
-    fn dns_parts(&self) -> Result<(SharedCatalog, Arc<DnsConfig>), ConfigError> {
+    fn dns_parts(&self) -> Result<DnsParts, ConfigError> {
         if let Some(parts) = self.dns_parts.get() {
             return Ok(parts.clone());
         }
-        let parts = (self.dns_catalog()?, Arc::new(self.dns.clone()));
+        let parts = (
+            self.dns_catalog()?,
+            Arc::new(self.dns.clone()),
+            Forwarder::from_config(&self.dns).map(Arc::new),
+        );
         Ok(self.dns_parts.get_or_init(|| parts).clone())
     }
 
@@ -400,8 +417,9 @@ impl FileConfig {
         if self.dns.udp_listen.is_none() && self.dns.tcp_listen.is_none() {
             return Ok(None);
         }
-        let (catalog, config) = self.dns_parts()?;
-        let addrs = alknet_dns::start_classic(&config, catalog, resolve_workers(self.workers))
+        let (catalog, config, forwarder) = self.dns_parts()?;
+        let threads = resolve_workers(self.workers);
+        let addrs = alknet_dns::start_classic(&config, catalog, forwarder, threads)
             .map_err(|e| ConfigError::Invalid(format!("dns classic listener: {e}")))?;
         Ok(Some(addrs))
     }

@@ -17,9 +17,10 @@ use bytes::Bytes;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
 use crate::catalog::SharedCatalog;
+use crate::forward::Forwarder;
 use crate::framing::{frame, FrameDecoder};
 use crate::limits::{DnsConfig, MAX_MESSAGE_SIZE};
-use crate::responder;
+use crate::responder::{self, Asker, Parsed};
 
 /// Bytes read from a TCP connection at once.
 const TCP_READ: usize = 16 * 1024;
@@ -36,6 +37,7 @@ pub struct ClassicAddrs {
 pub fn start_classic(
     config: &DnsConfig,
     catalog: SharedCatalog,
+    forwarder: Option<Arc<Forwarder>>,
     threads: usize,
 ) -> io::Result<ClassicAddrs> {
     let threads = threads.max(1);
@@ -70,6 +72,7 @@ pub fn start_classic(
         let catalog = catalog.clone();
         let config = config.clone();
         let open_tcp = open_tcp.clone();
+        let forwarder = forwarder.clone();
         std::thread::Builder::new()
             .name(format!("dns-classic-{i}"))
             .spawn(move || {
@@ -78,13 +81,16 @@ pub fn start_classic(
                         match monoio::net::TcpListener::from_std(tcp) {
                             Ok(l) => {
                                 let (catalog, config) = (catalog.clone(), config.clone());
-                                monoio::spawn(serve_tcp(l, catalog, config, open_tcp));
+                                let forwarder = forwarder.clone();
+                                monoio::spawn(serve_tcp(l, catalog, forwarder, config, open_tcp));
                             }
                             Err(e) => tracing::error!("dns tcp listener: {e}"),
                         }
                     }
                     match udp.map(monoio::net::udp::UdpSocket::from_std) {
-                        Some(Ok(s)) => serve_udp(s, catalog, config.udp_payload_size).await,
+                        Some(Ok(s)) => {
+                            serve_udp(s, catalog, forwarder, config.udp_payload_size).await
+                        }
                         Some(Err(e)) => tracing::error!("dns udp socket: {e}"),
                         None => std::future::pending().await,
                     }
@@ -114,9 +120,16 @@ fn local(s: &socket2::Socket) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("not an IP socket"))
 }
 
-/// One datagram at a time: answer, send, next. A query that cannot be answered (no header,
-/// or a response) is dropped.
-async fn serve_udp(socket: monoio::net::udp::UdpSocket, catalog: SharedCatalog, payload: u16) {
+/// One datagram at a time: answer, send, next; a forwarded query runs as its own task so
+/// the socket keeps being read. A query that cannot be answered (no header, or a response)
+/// is dropped.
+async fn serve_udp(
+    socket: monoio::net::udp::UdpSocket,
+    catalog: SharedCatalog,
+    forwarder: Option<Arc<Forwarder>>,
+    payload: u16,
+) {
+    let socket = Rc::new(socket);
     let mut buf = vec![0u8; MAX_MESSAGE_SIZE];
     loop {
         let (res, b) = socket.recv_from(buf).await;
@@ -124,19 +137,40 @@ async fn serve_udp(socket: monoio::net::udp::UdpSocket, catalog: SharedCatalog, 
         let Ok((n, peer)) = res else {
             continue;
         };
-        let Some(reply) = responder::respond_udp(&catalog.load(), &buf[..n], payload) else {
-            continue;
+        let reply = match responder::parse(&buf[..n]) {
+            Parsed::Query(q) => {
+                let limit = responder::udp_limit(&q, payload);
+                let forward = forwarder.as_ref().filter(|f| {
+                    f.allows(peer.ip(), false) && responder::forwardable(&catalog.load(), &q)
+                });
+                if let Some(f) = forward {
+                    let (f, socket) = (f.clone(), socket.clone());
+                    monoio::spawn(async move {
+                        let reply = f.answer(&q, limit).await;
+                        send_udp(&socket, reply, peer).await;
+                    });
+                    continue;
+                }
+                responder::answer(&catalog.load(), &q, limit)
+            }
+            Parsed::Malformed(h) => responder::formerr(&h),
+            Parsed::Ignore => continue,
         };
-        let (res, _) = socket.send_to(reply, peer).await;
-        if let Err(e) = res {
-            tracing::debug!(%peer, "dns udp send: {e}");
-        }
+        send_udp(&socket, reply, peer).await;
+    }
+}
+
+async fn send_udp(socket: &monoio::net::udp::UdpSocket, reply: Vec<u8>, peer: SocketAddr) {
+    let (res, _) = socket.send_to(reply, peer).await;
+    if let Err(e) = res {
+        tracing::debug!(%peer, "dns udp send: {e}");
     }
 }
 
 async fn serve_tcp(
     listener: monoio::net::TcpListener,
     catalog: SharedCatalog,
+    forwarder: Option<Arc<Forwarder>>,
     config: DnsConfig,
     open: Arc<AtomicUsize>,
 ) {
@@ -151,8 +185,14 @@ async fn serve_tcp(
             continue;
         }
         let (catalog, config, open) = (catalog.clone(), config.clone(), open.clone());
+        let forwarder = forwarder.clone();
+        let asker = Asker {
+            source: peer.ip(),
+            may_recurse: false,
+        };
         monoio::spawn(async move {
-            if let Err(e) = serve_tcp_connection(stream, &catalog, &config).await {
+            let fwd = forwarder.as_deref();
+            if let Err(e) = serve_tcp_connection(stream, &catalog, fwd, asker, &config).await {
                 tracing::debug!(%peer, "dns tcp connection: {e}");
             }
             open.fetch_sub(1, Ordering::Relaxed);
@@ -160,11 +200,14 @@ async fn serve_tcp(
     }
 }
 
-/// Pipelined queries on one TCP connection, answered in order, until the client closes,
-/// sends something unanswerable, or idles past `tcp_idle_timeout_ms`.
+/// Pipelined queries on one TCP connection, answered in order (a forwarded query holds
+/// the ones behind it), until the client closes, sends something unanswerable, or idles
+/// past `tcp_idle_timeout_ms`.
 async fn serve_tcp_connection(
     mut stream: monoio::net::TcpStream,
     catalog: &SharedCatalog,
+    forwarder: Option<&Forwarder>,
+    asker: Asker,
     config: &DnsConfig,
 ) -> io::Result<()> {
     let mut decoder = FrameDecoder::new();
@@ -182,17 +225,19 @@ async fn serve_tcp_connection(
         }
         decoder.push(&buf[..n]);
         let mut out = Vec::new();
-        let cat = catalog.load();
         while let Some(message) = decoder.next_message() {
-            let Some(reply) = responder::respond(&cat, &message, MAX_MESSAGE_SIZE) else {
-                return Err(io::Error::other("not a DNS query"));
+            let reply = match responder::parse(&message) {
+                Parsed::Query(q) => {
+                    responder::answer_query(catalog, forwarder, &q, MAX_MESSAGE_SIZE, asker).await
+                }
+                Parsed::Malformed(h) => responder::formerr(&h),
+                Parsed::Ignore => return Err(io::Error::other("not a DNS query")),
             };
             if let Some([len, body]) = frame(Bytes::from(reply)) {
                 out.extend_from_slice(&len);
                 out.extend_from_slice(&body);
             }
         }
-        drop(cat);
         if !out.is_empty() {
             let (res, _) = stream.write_all(out).await;
             res?;

@@ -28,9 +28,10 @@ use hickory_proto::op::Message;
 use hickory_proto::rr::rdata::opt::EdnsCode;
 
 use crate::catalog::SharedCatalog;
+use crate::forward::Forwarder;
 use crate::framing::{frame, FrameDecoder, LENGTH_PREFIX};
 use crate::limits::{DnsConfig, MAX_MESSAGE_SIZE};
-use crate::responder::{self, Parsed};
+use crate::responder::{self, Asker, Parsed};
 
 /// The ALPN of DNS over QUIC (RFC 9250 §4.1.1).
 pub const DOQ_ALPN: &[u8] = b"doq";
@@ -60,13 +61,38 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct DoqHandler {
     catalog: SharedCatalog,
     config: Arc<DnsConfig>,
+    forwarder: Option<Arc<Forwarder>>,
 }
 
 impl DoqHandler {
     pub fn new(catalog: SharedCatalog, config: Arc<DnsConfig>) -> Self {
-        Self { catalog, config }
+        Self {
+            catalog,
+            config,
+            forwarder: None,
+        }
+    }
+
+    /// Answers names outside the zones through `forwarder` for clients allowed to recurse.
+    pub fn with_forwarder(mut self, forwarder: Option<Arc<Forwarder>>) -> Self {
+        self.forwarder = forwarder;
+        self
     }
 }
+
+/// The recursion decision's inputs for a connection.
+pub(crate) fn asker(conn: &Connection, auth: &AuthContext) -> Asker {
+    Asker {
+        source: conn.remote_address().ip(),
+        may_recurse: auth
+            .identity
+            .as_ref()
+            .is_some_and(|i| i.has_scope(RECURSION_SCOPE)),
+    }
+}
+
+/// The identity scope that allows recursion through the forwarding cache.
+pub const RECURSION_SCOPE: &str = "dns:recursion";
 
 impl ProtocolHandler for DoqHandler {
     fn alpn(&self) -> &[u8] {
@@ -76,10 +102,11 @@ impl ProtocolHandler for DoqHandler {
     fn handle(
         &self,
         conn: Connection,
-        _auth: AuthContext,
+        auth: AuthContext,
     ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
         let this = self.clone();
         Box::pin(async move {
+            let asker = asker(&conn, &auth);
             let uni = conn.clone();
             spawn_guarded("doq uni streams", async move {
                 // DoQ uses no unidirectional streams: refuse any without failing the rest
@@ -98,6 +125,8 @@ impl ProtocolHandler for DoqHandler {
                 let query = Query {
                     conn: conn.clone(),
                     catalog: this.catalog.clone(),
+                    forwarder: this.forwarder.clone(),
+                    asker,
                     timeout: this.config.query_timeout,
                 };
                 spawn_guarded("doq query", async move {
@@ -142,6 +171,8 @@ enum QueryError {
 struct Query {
     conn: Connection,
     catalog: SharedCatalog,
+    forwarder: Option<Arc<Forwarder>>,
+    asker: Asker,
     timeout: Duration,
 }
 
@@ -178,7 +209,14 @@ impl Query {
                 if has_tcp_keepalive(&q) {
                     return Err(QueryError::Protocol("edns-tcp-keepalive in a DoQ query"));
                 }
-                responder::answer(&self.catalog.load(), &q, MAX_MESSAGE_SIZE)
+                responder::answer_query(
+                    &self.catalog,
+                    self.forwarder.as_deref(),
+                    &q,
+                    MAX_MESSAGE_SIZE,
+                    self.asker,
+                )
+                .await
             }
             Parsed::Malformed(header) => responder::formerr(&header),
             Parsed::Ignore => return Err(QueryError::Protocol("not a DNS query")),

@@ -13,6 +13,7 @@
 mod catalog;
 pub mod classic;
 pub mod doq;
+pub mod forward;
 pub mod framing;
 mod limits;
 pub mod pipeline;
@@ -23,6 +24,7 @@ mod zone;
 pub use catalog::{shared, Catalog, SharedCatalog};
 pub use classic::{start_classic, ClassicAddrs};
 pub use doq::{DoqHandler, DOQ_ALPN};
+pub use forward::Forwarder;
 pub use limits::*;
 pub use pipeline::{PipelineHandler, PIPELINE_ALPN};
 pub use reload::{load_catalog, ZoneReloader};

@@ -44,6 +44,14 @@ pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// threads; past it new ones are closed at once.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 1024;
 
+/// `forward_timeout_ms`: how long one upstream may take to answer a forwarded query before
+/// the next is tried (the client gets SERVFAIL when none answers).
+pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `cache_entries`: answers the forwarding cache keeps (one per name and type, across all
+/// threads); the least useful are evicted past it.
+pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
+
 /// One `[[dns.zones]]` entry: an authoritative zone from an RFC 1035 zone file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +80,14 @@ pub struct DnsConfig {
     #[serde(rename = "tcp_idle_timeout_ms", with = "millis")]
     pub tcp_idle_timeout: Duration,
     pub max_tcp_connections: usize,
+    /// Upstream resolvers for names outside the zones (UDP, TCP on truncation); empty =
+    /// no forwarding (REFUSED).
+    pub upstreams: Vec<SocketAddr>,
+    /// Sources allowed to recurse without the `dns:recursion` scope ("127.0.0.0/8", "::1").
+    pub recursion_allow: Vec<crate::forward::Network>,
+    #[serde(rename = "forward_timeout_ms", with = "millis")]
+    pub forward_timeout: Duration,
+    pub cache_entries: usize,
 }
 
 impl Default for DnsConfig {
@@ -86,6 +102,10 @@ impl Default for DnsConfig {
             udp_payload_size: DEFAULT_UDP_PAYLOAD_SIZE,
             tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
             max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
+            upstreams: Vec::new(),
+            recursion_allow: Vec::new(),
+            forward_timeout: DEFAULT_FORWARD_TIMEOUT,
+            cache_entries: DEFAULT_CACHE_ENTRIES,
         }
     }
 }
@@ -114,6 +134,12 @@ impl DnsConfig {
         }
         if self.tcp_idle_timeout.is_zero() {
             return Err(DnsConfigError::Zero("tcp_idle_timeout_ms"));
+        }
+        if self.forward_timeout.is_zero() {
+            return Err(DnsConfigError::Zero("forward_timeout_ms"));
+        }
+        if self.cache_entries == 0 {
+            return Err(DnsConfigError::Zero("cache_entries"));
         }
         if self.max_tcp_connections == 0 {
             return Err(DnsConfigError::Zero("max_tcp_connections"));

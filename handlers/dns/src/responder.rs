@@ -109,7 +109,7 @@ fn fill(catalog: &Catalog, query: &Message, resp: &mut Message) -> ResponseCode 
 
 /// Encodes `resp`; past `max_size`, the truncated form (RFC 2181 §9: TC, no partial
 /// RRsets; this sends the question and OPT only, as most servers do).
-fn encode(resp: &Message, max_size: usize) -> Vec<u8> {
+pub(crate) fn encode(resp: &Message, max_size: usize) -> Vec<u8> {
     match resp.to_vec() {
         Ok(bytes) if bytes.len() <= max_size => bytes,
         Ok(_) => {
@@ -151,6 +151,49 @@ pub fn respond_udp(catalog: &Catalog, bytes: &[u8], ours: u16) -> Option<Vec<u8>
         Parsed::Malformed(h) => Some(formerr(&h)),
         Parsed::Ignore => None,
     }
+}
+
+/// Whether `query` is a well-formed recursive question (RD, one IN question, no zone
+/// transfer) for a name outside every local zone: one the forwarding cache may take.
+pub fn forwardable(catalog: &Catalog, query: &Message) -> bool {
+    query.op_code == OpCode::Query
+        && query.recursion_desired
+        && query.edns.as_ref().is_none_or(|e| e.version() == 0)
+        && query.queries.len() == 1
+        && query.answers.is_empty()
+        && query.authorities.is_empty()
+        && !query.truncation
+        && query.queries[0].query_class == DNSClass::IN
+        && !matches!(
+            query.queries[0].query_type,
+            RecordType::OPT | RecordType::AXFR | RecordType::IXFR
+        )
+        && catalog.find(&query.queries[0].name).is_none()
+}
+
+/// Who is asking, for the recursion decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Asker {
+    pub source: std::net::IpAddr,
+    /// The identity has the `dns:recursion` scope.
+    pub may_recurse: bool,
+}
+
+/// Answers a parsed query: from the zones, or — for a name outside them, from a client
+/// allowed to recurse, with forwarding configured — from the forwarding cache.
+pub async fn answer_query(
+    catalog: &crate::SharedCatalog,
+    forwarder: Option<&crate::forward::Forwarder>,
+    query: &Message,
+    max_size: usize,
+    asker: Asker,
+) -> Vec<u8> {
+    if let Some(f) = forwarder {
+        if f.allows(asker.source, asker.may_recurse) && forwardable(&catalog.load(), query) {
+            return f.answer(query, max_size).await;
+        }
+    }
+    answer(&catalog.load(), query, max_size)
 }
 
 /// Answers one message: `None` when there is nothing to send back.
