@@ -1,7 +1,7 @@
 //! Classic DNS (`[dns] udp_listen`, `tcp_listen`) on the real `alknet serve` binary, asked
 //! by BIND's `dig` (Debian `bind9-dnsutils`, installed by tests/run-all.sh): answers over
 //! UDP and TCP, truncation with TC and dig's retry over TCP, pipelined TCP queries on one
-//! connection, and the REFUSED/NOTIMP rules.
+//! connection, and the REFUSED/NOTIMP rules; response rate limiting on UDP.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -134,4 +134,48 @@ fn dig_over_udp_and_tcp() {
     assert!(axfr.contains("Transfer failed"), "{axfr}");
     let notify = dig_udp.run(&["+opcode=notify", "example.com", "SOA"]);
     assert!(notify.contains("status: NOTIMP"), "{notify}");
+}
+
+#[test]
+fn udp_answers_are_rate_limited_per_source() {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use std::str::FromStr;
+
+    let port = free_port_pair();
+    let _server = BinServer::start_with_config(&format!(
+        "workers = 1\n[handlers]\nenabled = [\"doq\"]\n\
+         [dns]\nudp_listen = \"127.0.0.1:{port}\"\nrrl_responses_per_second = 5\nrrl_slip = 2\n\
+         [[dns.zones]]\norigin = \"example.com\"\nfile = {ZONE:?}\n"
+    ));
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    for id in 0..20u16 {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_str("host.example.com.").expect("name"),
+            RecordType::A,
+        ));
+        sock.send_to(&m.to_vec().expect("encode"), ("127.0.0.1", port))
+            .expect("send");
+    }
+    let (mut full, mut truncated) = (0, 0);
+    let mut buf = [0u8; 2048];
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        let m = Message::from_vec(&buf[..n]).expect("decode");
+        if m.truncation {
+            assert!(m.answers.is_empty());
+            truncated += 1;
+        } else {
+            full += 1;
+        }
+    }
+    // a burst of 5 (plus what refills while the 20 go out), then every 2nd slips as TC
+    assert!((5..=7).contains(&full), "{full} full answers");
+    assert!(
+        (5..=8).contains(&truncated),
+        "{truncated} truncated answers"
+    );
+    assert!(full + truncated < 20, "the rest were dropped");
 }

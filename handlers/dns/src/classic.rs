@@ -2,7 +2,8 @@
 //! retries over TCP) and TCP (length-prefixed, pipelined, RFC 7766) on `[dns] udp_listen`
 //! and `tcp_listen`, both off by default.
 //!
-//! Like the QUIC side, each listener thread runs its own monoio loop with its own
+//! UDP answers pass response rate limiting ([`crate::rrl`]) against reflection. Like the
+//! QUIC side, each listener thread runs its own monoio loop with its own
 //! SO_REUSEPORT socket on the same address, so the kernel spreads clients over them with
 //! no shared queue. These threads are the DNS listener's own, started beside the engine's
 //! workers (the engine has no hook to run extra sockets on its workers).
@@ -21,6 +22,7 @@ use crate::forward::Forwarder;
 use crate::framing::{frame, FrameDecoder};
 use crate::limits::{DnsConfig, MAX_MESSAGE_SIZE};
 use crate::responder::{self, Asker, Parsed};
+use crate::rrl::{RateLimiter, Verdict};
 
 /// Bytes read from a TCP connection at once.
 const TCP_READ: usize = 16 * 1024;
@@ -88,9 +90,7 @@ pub fn start_classic(
                         }
                     }
                     match udp.map(monoio::net::udp::UdpSocket::from_std) {
-                        Some(Ok(s)) => {
-                            serve_udp(s, catalog, forwarder, config.udp_payload_size).await
-                        }
+                        Some(Ok(s)) => serve_udp(s, catalog, forwarder, &config).await,
                         Some(Err(e)) => tracing::error!("dns udp socket: {e}"),
                         None => std::future::pending().await,
                     }
@@ -127,8 +127,14 @@ async fn serve_udp(
     socket: monoio::net::udp::UdpSocket,
     catalog: SharedCatalog,
     forwarder: Option<Arc<Forwarder>>,
-    payload: u16,
+    config: &DnsConfig,
 ) {
+    let payload = config.udp_payload_size;
+    let mut rrl = RateLimiter::new(
+        config.rrl_responses_per_second,
+        config.rrl_slip,
+        config.rrl_table_size,
+    );
     let socket = Rc::new(socket);
     let mut buf = vec![0u8; MAX_MESSAGE_SIZE];
     loop {
@@ -139,6 +145,14 @@ async fn serve_udp(
         };
         let reply = match responder::parse(&buf[..n]) {
             Parsed::Query(q) => {
+                match rrl.check(peer.ip(), std::time::Instant::now()) {
+                    Verdict::Send => {}
+                    Verdict::Slip => {
+                        send_udp(&socket, responder::truncated(&q), peer).await;
+                        continue;
+                    }
+                    Verdict::Drop => continue,
+                }
                 let limit = responder::udp_limit(&q, payload);
                 let forward = forwarder.as_ref().filter(|f| {
                     f.allows(peer.ip(), false) && responder::forwardable(&catalog.load(), &q)

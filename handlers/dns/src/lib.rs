@@ -19,6 +19,7 @@ mod limits;
 pub mod pipeline;
 mod reload;
 pub mod responder;
+pub mod rrl;
 mod zone;
 
 pub use catalog::{shared, Catalog, SharedCatalog};

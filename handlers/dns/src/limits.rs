@@ -52,6 +52,17 @@ pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// threads); the least useful are evicted past it.
 pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 
+/// `rrl_responses_per_second`: classic UDP answers a second to one source prefix (IPv4
+/// /24, IPv6 /56) before response rate limiting drops or slips them (0 = off).
+pub const DEFAULT_RRL_RESPONSES_PER_SECOND: u32 = 100;
+
+/// `rrl_slip`: past the rate, every Nth answer is sent truncated (TC) so a real client
+/// retries over TCP; the rest are dropped (0 = drop all).
+pub const DEFAULT_RRL_SLIP: u32 = 2;
+
+/// `rrl_table_size`: source prefixes tracked per listener thread.
+pub const DEFAULT_RRL_TABLE_SIZE: usize = 65_536;
+
 /// One `[[dns.zones]]` entry: an authoritative zone from an RFC 1035 zone file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +99,9 @@ pub struct DnsConfig {
     #[serde(rename = "forward_timeout_ms", with = "millis")]
     pub forward_timeout: Duration,
     pub cache_entries: usize,
+    pub rrl_responses_per_second: u32,
+    pub rrl_slip: u32,
+    pub rrl_table_size: usize,
 }
 
 impl Default for DnsConfig {
@@ -106,6 +120,9 @@ impl Default for DnsConfig {
             recursion_allow: Vec::new(),
             forward_timeout: DEFAULT_FORWARD_TIMEOUT,
             cache_entries: DEFAULT_CACHE_ENTRIES,
+            rrl_responses_per_second: DEFAULT_RRL_RESPONSES_PER_SECOND,
+            rrl_slip: DEFAULT_RRL_SLIP,
+            rrl_table_size: DEFAULT_RRL_TABLE_SIZE,
         }
     }
 }

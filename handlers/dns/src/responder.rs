@@ -127,6 +127,21 @@ pub(crate) fn encode(resp: &Message, max_size: usize) -> Vec<u8> {
     }
 }
 
+/// The truncated form of the answer to `query` (TC, question only): what response rate
+/// limiting sends instead of a full answer.
+pub fn truncated(query: &Message) -> Vec<u8> {
+    let mut resp = Message::response(query.id, query.op_code);
+    resp.metadata = Metadata::response_from_request(&query.metadata);
+    resp.metadata.truncation = true;
+    if let Some(q) = query.queries.first() {
+        resp.add_query(q.clone());
+    }
+    encode(&resp, MAX_UDP_SLIP)
+}
+
+/// A slipped answer is never larger than this (a question of the longest name fits).
+const MAX_UDP_SLIP: usize = 512;
+
 /// A bare 12-byte header: what is left when nothing else can be encoded.
 fn header_only(resp: &Message, rcode: ResponseCode) -> Vec<u8> {
     let mut m = Message::response(resp.id, resp.op_code);
