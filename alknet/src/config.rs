@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use alknet_call::{CallAdapter, CallLimits, NodeInfo};
 use alknet_dns::{
-    ClassicAddrs, DnsConfig, DoqHandler, Forwarder, PipelineHandler, SharedCatalog, ZoneReloader,
+    ClassicAddrs, DnsConfig, DoqHandler, Forwarder, PipelineHandler, PkarrStore, SharedCatalog,
+    ZoneReloader,
 };
 use alknet_peers::SqlitePeerStore;
 use alknet_runtime::resolve_workers;
@@ -132,6 +133,11 @@ recursion_allow = []
 forward_timeout_ms = 2000
 # Answers kept by the forwarding cache (by TTL; negative answers per RFC 2308).
 cache_entries = 10000
+# pkarr names: records published by Ed25519 keys under <z-base32 key>. with the
+# alknet/call operation dns.publish (signed packets; newest timestamp wins), kept in SQLite.
+pkarr = false
+# Default: pkarr.db in data_dir.
+# pkarr_db = "/var/lib/alknet/pkarr.db"
 # Authoritative zones from RFC 1035 zone files; names outside them are REFUSED.
 # [[dns.zones]]
 # origin = "example.com."
@@ -234,6 +240,9 @@ pub struct FileConfig {
     /// The DNS catalog, made once for the DNS handlers and the classic listener.
     #[serde(skip)]
     dns_parts: std::cell::OnceCell<DnsParts>,
+    /// The pkarr store, opened once for the catalog and the `dns.publish` operation.
+    #[serde(skip)]
+    pkarr: std::cell::OnceCell<Option<Arc<PkarrStore>>>,
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
@@ -397,6 +406,28 @@ impl FileConfig {
         Ok(registry)
     }
 
+    /// The pkarr store (`[dns] pkarr = true`): `dns.pkarr_db`, else `pkarr.db` in the data
+    /// directory; opened, or created, once.
+    pub fn pkarr_store(&self) -> Result<Option<Arc<PkarrStore>>, ConfigError> {
+        if let Some(store) = self.pkarr.get() {
+            return Ok(store.clone());
+        }
+        let store = if self.dns.pkarr {
+            let path = self
+                .dns
+                .pkarr_db
+                .clone()
+                .unwrap_or_else(|| self.data_dir().join("pkarr.db"));
+            let store = PkarrStore::open(&path).map_err(|e| {
+                ConfigError::Invalid(format!("dns.pkarr_db {}: {e}", path.display()))
+            })?;
+            Some(Arc::new(store))
+        } else {
+            None
+        };
+        Ok(self.pkarr.get_or_init(|| store).clone())
+    }
+
     /// The DNS catalog and settings, made once for both DNS handlers and the classic
     /// listener.
     fn dns_parts(&self) -> Result<DnsParts, ConfigError> {
@@ -428,8 +459,11 @@ impl FileConfig {
     /// file and line), and a thread reloading them as their files change; it ends when
     /// the handlers holding the catalog are dropped.
     pub fn dns_catalog(&self) -> Result<SharedCatalog, ConfigError> {
-        let catalog = alknet_dns::load_catalog(&self.dns)
+        let mut catalog = alknet_dns::load_catalog(&self.dns)
             .map_err(|e| ConfigError::Invalid(format!("dns: {e}")))?;
+        if let Some(store) = self.pkarr_store()? {
+            catalog.set_pkarr(store);
+        }
         let catalog = alknet_dns::shared(catalog);
         if let Some(reloader) = ZoneReloader::start(&self.dns, catalog.clone()) {
             reloader.detach();
@@ -463,8 +497,13 @@ impl FileConfig {
 
     /// The `alknet/call` handler with the built-in operations and the `[call]` limits.
     pub fn call_adapter(&self) -> Result<CallAdapter, ConfigError> {
-        let registry = alknet_call::default_registry()
+        let mut registry = alknet_call::default_registry()
             .map_err(|e| ConfigError::Invalid(format!("call operations: {e}")))?;
+        if let Some(store) = self.pkarr_store()? {
+            registry
+                .register(dns_publish_operation(store))
+                .map_err(|e| ConfigError::Invalid(format!("call operations: {e}")))?;
+        }
         let info = NodeInfo {
             workers: resolve_workers(self.workers),
             alpns: self.handlers.enabled.clone(),
@@ -562,6 +601,30 @@ impl FileConfig {
             kernel_steering: self.kernel_steering,
         }
     }
+}
+
+/// `dns.publish`: stores a pkarr signed packet, `{"key": "<z-base32>", "payload":
+/// "<base64 relay payload>"}` → `{"key", "timestamp"}`. Public, as pkarr relays are: the
+/// signature is the authorization. Stale or forged packets get INVALID_ARGUMENT.
+fn dns_publish_operation(store: Arc<PkarrStore>) -> alknet_call::Operation {
+    use alknet_call::CallError;
+    alknet_call::Operation::unary("dns.publish", move |_, input| {
+        let store = store.clone();
+        async move {
+            let key = input["key"]
+                .as_str()
+                .ok_or_else(|| CallError::invalid_argument("key: a z-base32 public key"))?;
+            let payload = input["payload"]
+                .as_str()
+                .ok_or_else(|| CallError::invalid_argument("payload: the base64 relay payload"))?;
+            let timestamp = store
+                .publish_base64(key, payload)
+                .map_err(|e| CallError::invalid_argument(e.to_string()))?;
+            Ok(serde_json::json!({"key": key, "timestamp": timestamp}))
+        }
+    })
+    .public()
+    .describe("Publish a pkarr signed packet (signature ‖ timestamp ‖ DNS packet) served over DNS")
 }
 
 /// Every handler this binary can serve, in the default preference order.

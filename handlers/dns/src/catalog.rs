@@ -7,7 +7,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name};
 
-use crate::zone::Zone;
+use crate::pkarr::PkarrStore;
+use crate::zone::{Zone, ZoneAnswer};
 
 /// A set of zones by origin.
 #[derive(Debug, Default, Clone)]
@@ -15,6 +16,8 @@ pub struct Catalog {
     zones: HashMap<LowerName, Arc<Zone>>,
     /// Labels of the longest origin: names are never cut longer than this to search.
     max_labels: u8,
+    /// Names published under Ed25519 keys, answered when no zone holds the name.
+    pkarr: Option<Arc<PkarrStore>>,
 }
 
 impl Catalog {
@@ -30,6 +33,20 @@ impl Catalog {
     pub fn insert(&mut self, zone: Arc<Zone>) {
         self.max_labels = self.max_labels.max(zone.origin().num_labels());
         self.zones.insert(zone.origin().clone(), zone);
+    }
+
+    /// Serves pkarr names from `store` too.
+    pub fn set_pkarr(&mut self, store: Arc<PkarrStore>) {
+        self.pkarr = Some(store);
+    }
+
+    /// The answer from a stored pkarr packet, when `name` is under a key this node has.
+    pub fn pkarr_lookup(
+        &self,
+        name: &Name,
+        qtype: hickory_proto::rr::RecordType,
+    ) -> Option<ZoneAnswer> {
+        self.pkarr.as_ref()?.lookup(name, qtype)
     }
 
     pub fn get(&self, origin: &LowerName) -> Option<&Arc<Zone>> {

@@ -102,6 +102,10 @@ pub struct DnsConfig {
     pub rrl_responses_per_second: u32,
     pub rrl_slip: u32,
     pub rrl_table_size: usize,
+    /// Serve pkarr names (signed packets published with the `dns.publish` call operation).
+    pub pkarr: bool,
+    /// The pkarr SQLite database; default `pkarr.db` in the data directory.
+    pub pkarr_db: Option<PathBuf>,
 }
 
 impl Default for DnsConfig {
@@ -123,6 +127,8 @@ impl Default for DnsConfig {
             rrl_responses_per_second: DEFAULT_RRL_RESPONSES_PER_SECOND,
             rrl_slip: DEFAULT_RRL_SLIP,
             rrl_table_size: DEFAULT_RRL_TABLE_SIZE,
+            pkarr: false,
+            pkarr_db: None,
         }
     }
 }

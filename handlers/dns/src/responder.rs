@@ -10,7 +10,8 @@
 //! - QDCOUNT ≠ 1, answer or authority records in a query, TC set, or QTYPE OPT → FORMERR;
 //! - EDNS version > 0 → BADVERS (RFC 6891 §6.1.3);
 //! - class other than IN (or ANY), zone transfers (AXFR/IXFR), and names outside every
-//!   local zone → REFUSED: this server does not recurse (RA is never set).
+//!   local zone (or pkarr key this node has) → REFUSED, unless the forwarding cache takes
+//!   the name (see [`crate::forward`]).
 
 use hickory_proto::op::{Edns, Header, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, RecordType};
@@ -92,10 +93,13 @@ fn fill(catalog: &Catalog, query: &Message, resp: &mut Message) -> ResponseCode 
     if !matches!(q.query_class, DNSClass::IN | DNSClass::ANY) {
         return ResponseCode::Refused;
     }
-    let Some(zone) = catalog.find(&q.name) else {
-        return ResponseCode::Refused;
+    let found = match catalog.find(&q.name) {
+        Some(zone) => zone.lookup(&q.name, q.query_type),
+        None => match catalog.pkarr_lookup(&q.name, q.query_type) {
+            Some(found) => found,
+            None => return ResponseCode::Refused,
+        },
     };
-    let found = zone.lookup(&q.name, q.query_type);
     // AA covers the owner of the question (RFC 1035 §4.1.1): a bare referral is not ours
     resp.metadata.authoritative = found.outcome != Outcome::Referral || !found.answers.is_empty();
     resp.insert_answers(found.answers);
@@ -184,6 +188,9 @@ pub fn forwardable(catalog: &Catalog, query: &Message) -> bool {
             RecordType::OPT | RecordType::AXFR | RecordType::IXFR
         )
         && catalog.find(&query.queries[0].name).is_none()
+        && catalog
+            .pkarr_lookup(&query.queries[0].name, query.queries[0].query_type)
+            .is_none()
 }
 
 /// Who is asking, for the recursion decision.
