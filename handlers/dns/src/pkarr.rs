@@ -154,7 +154,7 @@ impl PkarrStore {
 
     /// The key a name falls under (its last label), if it is a pkarr key at all.
     pub fn key_of(name: &Name) -> Option<String> {
-        let last = name.iter().last()?;
+        let last = name.iter().next_back()?;
         let label = std::str::from_utf8(last).ok()?.to_ascii_lowercase();
         pkarr::PublicKey::try_from(label.as_str()).ok()?;
         Some(label)

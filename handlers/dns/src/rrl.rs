@@ -73,7 +73,7 @@ impl RateLimiter {
             return Verdict::Send;
         }
         b.over = b.over.wrapping_add(1);
-        if self.slip > 0 && b.over % self.slip == 0 {
+        if self.slip > 0 && b.over.is_multiple_of(self.slip) {
             Verdict::Slip
         } else {
             Verdict::Drop
