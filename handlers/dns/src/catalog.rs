@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name};
 
+#[cfg(feature = "pkarr")]
 use crate::pkarr::PkarrStore;
 use crate::zone::{Zone, ZoneAnswer};
 
@@ -17,6 +18,7 @@ pub struct Catalog {
     /// Labels of the longest origin: names are never cut longer than this to search.
     max_labels: u8,
     /// Names published under Ed25519 keys, answered when no zone holds the name.
+    #[cfg(feature = "pkarr")]
     pkarr: Option<Arc<PkarrStore>>,
 }
 
@@ -36,6 +38,7 @@ impl Catalog {
     }
 
     /// Serves pkarr names from `store` too.
+    #[cfg(feature = "pkarr")]
     pub fn set_pkarr(&mut self, store: Arc<PkarrStore>) {
         self.pkarr = Some(store);
     }
@@ -46,7 +49,13 @@ impl Catalog {
         name: &Name,
         qtype: hickory_proto::rr::RecordType,
     ) -> Option<ZoneAnswer> {
-        self.pkarr.as_ref()?.lookup(name, qtype)
+        #[cfg(feature = "pkarr")]
+        return self.pkarr.as_ref()?.lookup(name, qtype);
+        #[cfg(not(feature = "pkarr"))]
+        {
+            let _ = (name, qtype);
+            None
+        }
     }
 
     pub fn get(&self, origin: &LowerName) -> Option<&Arc<Zone>> {

@@ -17,6 +17,7 @@ pub mod forward;
 pub mod framing;
 mod limits;
 pub mod pipeline;
+#[cfg(feature = "pkarr")]
 pub mod pkarr;
 mod reload;
 pub mod responder;
@@ -29,6 +30,7 @@ pub use doq::{DoqHandler, DOQ_ALPN};
 pub use forward::Forwarder;
 pub use limits::*;
 pub use pipeline::{PipelineHandler, PIPELINE_ALPN};
+#[cfg(feature = "pkarr")]
 pub use pkarr::{PkarrStore, PublishError};
 pub use reload::{load_catalog, ZoneReloader};
 pub use zone::{Outcome, Zone, ZoneAnswer, ZoneError};
