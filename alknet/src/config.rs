@@ -138,6 +138,9 @@ cache_entries = 10000
 pkarr = false
 # Default: pkarr.db in data_dir.
 # pkarr_db = "/var/lib/alknet/pkarr.db"
+# With pkarr: publish this node (address, port, certificate fingerprint) under its own key
+# (pkarr_node_key in data_dir, made on first start) at start.
+pkarr_publish_self = true
 # Authoritative zones from RFC 1035 zone files; names outside them are REFUSED.
 # [[dns.zones]]
 # origin = "example.com."
@@ -426,6 +429,28 @@ impl FileConfig {
             None
         };
         Ok(self.pkarr.get_or_init(|| store).clone())
+    }
+
+    /// With `dns.pkarr` and `dns.pkarr_publish_self`: publishes this node (its address, its
+    /// port, its certificate fingerprint) under its own key, and returns the name.
+    pub fn publish_node_name(
+        &self,
+        addr: SocketAddr,
+        fingerprint: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        let Some(store) = self.pkarr_store()? else {
+            return Ok(None);
+        };
+        if !self.dns.pkarr_publish_self {
+            return Ok(None);
+        }
+        let invalid = |e: alknet_dns::PublishError| ConfigError::Invalid(format!("pkarr: {e}"));
+        let keypair = alknet_dns::pkarr::node_keypair(&self.data_dir().join("pkarr_node_key"))
+            .map_err(invalid)?;
+        let name = store
+            .publish_node(&keypair, addr, fingerprint)
+            .map_err(invalid)?;
+        Ok(Some(name))
     }
 
     /// The DNS catalog and settings, made once for both DNS handlers and the classic

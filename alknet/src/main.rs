@@ -222,6 +222,11 @@ fn serve(
         "alknet serving"
     );
     tracing::info!("certificate fingerprint (sha256): {}", server.fingerprint());
+    match cfg.publish_node_name(server.local_addr(), &server.fingerprint().to_string()) {
+        Ok(Some(name)) => tracing::info!("pkarr node name: {name}"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e}"),
+    }
 
     let trigger = server.shutdown_trigger();
     match signal_hook::iterator::Signals::new([

@@ -1,6 +1,7 @@
 //! pkarr names on the real binary: a signed packet made with the `pkarr` crate is published
 //! with `alknet call … dns.publish` and resolved through DoQ (dnspython) and classic UDP
 //! (`dig`); a stale or forged packet is refused and changes nothing; a newer one replaces it.
+//! The node publishes its own address, port and certificate fingerprint under its own key.
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -68,6 +69,18 @@ fn pkarr_packets_publish_and_resolve() {
          [dns]\npkarr = true\nudp_listen = \"127.0.0.1:{port}\"\n"
     ));
     let fp = server.fingerprint();
+    // the node published itself under its own key at start
+    let log = server.wait_for_log("pkarr node name: ");
+    let node = log
+        .last()
+        .and_then(|l| l.rsplit("pkarr node name: ").next())
+        .expect("node name")
+        .trim()
+        .to_string();
+    assert_eq!(dig_short(port, &node, "A"), "127.0.0.1");
+    let txt = dig_short(port, &format!("_alknet.{node}"), "TXT");
+    assert_eq!(txt, format!("\"port={} fp={fp}\"", server.port));
+
     let kp = pkarr::Keypair::random();
     let key = kp.public_key().to_z32();
     let name = format!("_foo.{key}");

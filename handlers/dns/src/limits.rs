@@ -106,6 +106,9 @@ pub struct DnsConfig {
     pub pkarr: bool,
     /// The pkarr SQLite database; default `pkarr.db` in the data directory.
     pub pkarr_db: Option<PathBuf>,
+    /// With `pkarr`, publish this node (address, port, certificate fingerprint) under its
+    /// own key (`pkarr_node_key` in the data directory) at start.
+    pub pkarr_publish_self: bool,
 }
 
 impl Default for DnsConfig {
@@ -129,6 +132,7 @@ impl Default for DnsConfig {
             rrl_table_size: DEFAULT_RRL_TABLE_SIZE,
             pkarr: false,
             pkarr_db: None,
+            pkarr_publish_self: true,
         }
     }
 }

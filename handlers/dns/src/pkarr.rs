@@ -206,6 +206,66 @@ impl PkarrStore {
     }
 }
 
+/// The node's own pkarr key, kept as a hex secret in `path` (mode 0600), made on first use.
+/// (A key from the vault would make the name survive a reinstall; this one lives and dies
+/// with the data directory.)
+pub fn node_keypair(path: &Path) -> Result<pkarr::Keypair, PublishError> {
+    if path.exists() {
+        return pkarr::Keypair::from_secret_key_file(path)
+            .map_err(|e| PublishError::Storage(format!("{}: {e}", path.display())));
+    }
+    let kp = pkarr::Keypair::random();
+    let hex: String = kp.secret_key().iter().map(|b| format!("{b:02x}")).collect();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let write = |mut f: std::fs::File| std::io::Write::write_all(&mut f, hex.as_bytes());
+    opts.open(path)
+        .and_then(write)
+        .map_err(|e| PublishError::Storage(format!("{}: {e}", path.display())))?;
+    Ok(kp)
+}
+
+impl PkarrStore {
+    /// Publishes this node under `keypair`: its address at the apex (unless it listens on
+    /// an unspecified address) and `_alknet` TXT "port=… fp=…" (the UDP port and the TLS
+    /// certificate's SHA-256, for pinning). Returns the node's name (the z-base32 key).
+    pub fn publish_node(
+        &self,
+        keypair: &pkarr::Keypair,
+        addr: std::net::SocketAddr,
+        fingerprint: &str,
+    ) -> Result<String, PublishError> {
+        let invalid = |e: String| PublishError::Invalid(e);
+        let mut builder = pkarr::SignedPacket::builder();
+        if !addr.ip().is_unspecified() {
+            builder = builder.address(
+                ".".try_into().map_err(|e| invalid(format!("{e}")))?,
+                addr.ip(),
+                NODE_TTL,
+            );
+        }
+        let text = format!("port={} fp={fingerprint}", addr.port());
+        let packet = builder
+            .txt(
+                "_alknet".try_into().map_err(|e| invalid(format!("{e}")))?,
+                text.as_str()
+                    .try_into()
+                    .map_err(|e| invalid(format!("{e}")))?,
+                NODE_TTL,
+            )
+            .sign(keypair)
+            .map_err(|e| invalid(e.to_string()))?;
+        let key = keypair.public_key().to_z32();
+        self.publish(&key, &packet.to_relay_payload())?;
+        Ok(key)
+    }
+}
+
+/// TTL of the node's own records.
+const NODE_TTL: u32 = 300;
+
 /// Checks a relay payload against `key` and reads its records.
 fn verify(key: &str, payload: &[u8]) -> Result<Stored, PublishError> {
     if payload.len() > MAX_RELAY_PAYLOAD {
@@ -302,6 +362,25 @@ mod tests {
         let store = PkarrStore::open(&db).expect("reopen");
         let a = store.lookup(&name, RecordType::A).expect("our key");
         assert_eq!(a.answers[0].data.to_string(), "192.0.2.2");
+        // the node's own name: a key made once and reused, its address and fingerprint
+        let key_file = dir.path().join("node_key");
+        let node = node_keypair(&key_file).expect("node key");
+        assert_eq!(
+            node_keypair(&key_file).expect("again").public_key(),
+            node.public_key()
+        );
+        let z32 = store
+            .publish_node(&node, "127.0.0.1:4433".parse().expect("addr"), "ab12")
+            .expect("publish node");
+        let apex = Name::from_str(&format!("{z32}.")).expect("name");
+        let a = store.lookup(&apex, RecordType::A).expect("node");
+        assert_eq!(a.answers[0].data.to_string(), "127.0.0.1");
+        let txt_name = Name::from_str(&format!("_alknet.{z32}.")).expect("name");
+        let txt = store.lookup(&txt_name, RecordType::TXT).expect("node");
+        assert!(txt.answers[0]
+            .data
+            .to_string()
+            .contains("port=4433 fp=ab12"));
         // names under no known key are not ours
         let other_name =
             Name::from_str(&format!("x.{}.", other.public_key().to_z32())).expect("name");
