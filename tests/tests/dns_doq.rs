@@ -4,7 +4,8 @@
 //!   zone file edit that the running server picks up;
 //! - the handlers on an in-process engine with our own client, for what a stock client
 //!   cannot be made to do: too many queries at once, a query that never completes, a
-//!   cancelled query, thousands of pipelined queries.
+//!   cancelled query, thousands of pipelined queries, recursion only with the
+//!   `dns:recursion` scope.
 //!
 //! `.ci/run` installs dnspython and aioquic (tests/interop/requirements.txt).
 
@@ -262,5 +263,84 @@ fn alknet_dns_pipelines_thousands_of_queries_on_one_stream() {
             Err(alknet_runtime::ReadToEndError::Read(ReadError::Reset(_)))
         ));
         assert!(conn.close_reason().is_none());
+    });
+}
+
+#[test]
+fn doq_recursion_needs_the_dns_recursion_scope() {
+    use alknet_runtime::tls::{client_crypto, ServerTrust, TlsIdentity};
+    use alknet_runtime::{ConfigIdentityProvider, IdentityEntry};
+
+    // the upstream: this crate's classic UDP listener holding the zone as example.org
+    let zone = Zone::load("example.org.", ZONE.as_ref()).expect("zone");
+    let upstream_config = DnsConfig {
+        udp_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..DnsConfig::default()
+    };
+    let upstream = alknet_dns::start_classic(
+        &upstream_config,
+        shared(Catalog::new([Arc::new(zone)])),
+        None,
+        1,
+    )
+    .expect("upstream")
+    .udp
+    .expect("udp address");
+
+    let alice = TlsIdentity::generate_self_signed(&[]).expect("alice cert");
+    let provider = ConfigIdentityProvider::new(&[IdentityEntry {
+        name: "alice".into(),
+        fingerprints: vec![alice.fingerprint().to_string()],
+        tokens: vec![],
+        scopes: vec![alknet_dns::doq::RECURSION_SCOPE.into()],
+    }])
+    .expect("identities");
+    let config = DnsConfig {
+        upstreams: vec![upstream],
+        ..DnsConfig::default()
+    };
+    let forwarder = alknet_dns::Forwarder::from_config(&config).map(Arc::new);
+    let handler = DoqHandler::new(example_catalog(), Arc::new(config)).with_forwarder(forwarder);
+    let server = start_server(ServerOptions {
+        handlers: vec![Arc::new(handler)],
+        provider: Arc::new(provider),
+        ..Default::default()
+    });
+    run_client(|| async {
+        let ep = client_endpoint();
+        let as_alice = client_crypto(
+            &ServerTrust::Fingerprint(server.fingerprint()),
+            vec![DOQ_ALPN.to_vec()],
+            Some(&alice),
+        )
+        .expect("crypto");
+        let conn = ep
+            .connect(server.local_addr(), "localhost", as_alice)
+            .await
+            .expect("alice connects");
+        let mut q = Message::new(0, MessageType::Query, OpCode::Query);
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(
+            Name::from_str("host.example.org.").expect("name"),
+            RecordType::A,
+        ));
+        let ask = |conn: Connection, q: Message| async move {
+            let (mut send, mut recv) = conn.open_bi().await.expect("open").split();
+            let wire = q.to_vec().expect("encode");
+            let mut framed = (wire.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&wire);
+            send.write_all(&framed).await.expect("write");
+            send.finish().expect("finish");
+            let mut answers = split_answers(&recv.read_to_end(70_000).await.expect("read"));
+            answers.remove(0)
+        };
+        let forwarded = ask(conn.clone(), q.clone()).await;
+        assert_eq!(a_records(&forwarded), vec!["192.0.2.80"]);
+        assert!(forwarded.recursion_available && !forwarded.authoritative);
+        // the same question without the scope: no open resolver
+        let anonymous = connect(&ep, &server, DOQ_ALPN).await.expect("connect");
+        let refused = ask(anonymous, q).await;
+        assert_eq!(refused.response_code, ResponseCode::Refused);
+        assert!(refused.answers.is_empty());
     });
 }
