@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use alknet_call::{CallAdapter, CallLimits, NodeInfo};
 use alknet_dns::{
-    ClassicAddrs, DnsConfig, DoqHandler, Forwarder, PipelineHandler, PkarrStore, SharedCatalog,
+    ClassicAddrs, DnsConfig, DnsState, DoqHandler, PipelineHandler, PkarrStore, SharedCatalog,
     ZoneReloader,
 };
 use alknet_peers::SqlitePeerStore;
@@ -242,7 +242,7 @@ pub struct FileConfig {
     pub dns: DnsConfig,
     /// The DNS catalog, made once for the DNS handlers and the classic listener.
     #[serde(skip)]
-    dns_parts: std::cell::OnceCell<DnsParts>,
+    dns_state: std::cell::OnceCell<DnsState>,
     /// The pkarr store, opened once for the catalog and the `dns.publish` operation.
     #[serde(skip)]
     pkarr: std::cell::OnceCell<Option<Arc<PkarrStore>>>,
@@ -250,10 +250,6 @@ pub struct FileConfig {
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
 }
-
-/// What the DNS handlers and the classic listener share: the catalog, the settings, the
-/// forwarding cache (when upstreams are configured).
-type DnsParts = (SharedCatalog, Arc<DnsConfig>, Option<Arc<Forwarder>>);
 
 /// `[vault]`: serve the node keys from a key vault.
 #[derive(Debug, Default, Deserialize)]
@@ -384,14 +380,8 @@ impl FileConfig {
                 alknet_perf::ALPN => Arc::new(alknet_perf::PerfHandler),
                 alknet_call::ALPN => Arc::new(self.call_adapter()?),
                 alknet_ssh::ALPN => Arc::new(self.ssh_adapter()?),
-                alknet_dns::DOQ_ALPN => {
-                    let (catalog, config, forwarder) = self.dns_parts()?;
-                    Arc::new(DoqHandler::new(catalog, config).with_forwarder(forwarder))
-                }
-                alknet_dns::PIPELINE_ALPN => {
-                    let (catalog, config, forwarder) = self.dns_parts()?;
-                    Arc::new(PipelineHandler::new(catalog, config).with_forwarder(forwarder))
-                }
+                alknet_dns::DOQ_ALPN => Arc::new(DoqHandler::new(self.dns_state()?)),
+                alknet_dns::PIPELINE_ALPN => Arc::new(PipelineHandler::new(self.dns_state()?)),
                 _ => {
                     return Err(ConfigError::UnknownHandler {
                         name: name.clone(),
@@ -453,18 +443,14 @@ impl FileConfig {
         Ok(Some(name))
     }
 
-    /// The DNS catalog and settings, made once for both DNS handlers and the classic
-    /// listener.
-    fn dns_parts(&self) -> Result<DnsParts, ConfigError> {
-        if let Some(parts) = self.dns_parts.get() {
-            return Ok(parts.clone());
+    /// The DNS catalog, settings and forwarding cache, made once for both DNS handlers and
+    /// the classic listener.
+    fn dns_state(&self) -> Result<DnsState, ConfigError> {
+        if let Some(state) = self.dns_state.get() {
+            return Ok(state.clone());
         }
-        let parts = (
-            self.dns_catalog()?,
-            Arc::new(self.dns.clone()),
-            Forwarder::from_config(&self.dns).map(Arc::new),
-        );
-        Ok(self.dns_parts.get_or_init(|| parts).clone())
+        let state = DnsState::new(self.dns_catalog()?, self.dns.clone());
+        Ok(self.dns_state.get_or_init(|| state).clone())
     }
 
     /// Classic DNS on `[dns] udp_listen` / `tcp_listen`, when set: bound now, served by
@@ -473,9 +459,8 @@ impl FileConfig {
         if self.dns.udp_listen.is_none() && self.dns.tcp_listen.is_none() {
             return Ok(None);
         }
-        let (catalog, config, forwarder) = self.dns_parts()?;
         let threads = resolve_workers(self.workers);
-        let addrs = alknet_dns::start_classic(&config, catalog, forwarder, threads)
+        let addrs = alknet_dns::start_classic(&self.dns_state()?, threads)
             .map_err(|e| ConfigError::Invalid(format!("dns classic listener: {e}")))?;
         Ok(Some(addrs))
     }

@@ -3,56 +3,12 @@
 //! UDP and TCP, truncation with TC and dig's retry over TCP, pipelined TCP queries on one
 //! connection, and the REFUSED/NOTIMP rules; response rate limiting on UDP.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use alknet_tests::dns::{dig, dig_short, free_port_pair};
 use alknet_tests::*;
 
 const ZONE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/example.com.zone");
-
-/// A port free for both UDP and TCP, so dig's retry over TCP finds the server.
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
-}
-
-struct Dig {
-    port: u16,
-}
-
-impl Dig {
-    fn run(&self, args: &[&str]) -> String {
-        let child = Command::new("dig")
-            .args([
-                "@127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "+time=5",
-                "+tries=1",
-            ])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run dig (apt-get install bind9-dnsutils)");
-        let out = wait_output(child, Duration::from_secs(30));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "dig {args:?}:\n{text}");
-        text
-    }
-
-    fn short(&self, args: &[&str]) -> Vec<String> {
-        let mut a = vec!["+short"];
-        a.extend_from_slice(args);
-        self.run(&a).lines().map(str::to_string).collect()
-    }
-}
 
 #[test]
 fn dig_over_udp_and_tcp() {
@@ -63,76 +19,83 @@ fn dig_over_udp_and_tcp() {
          [dns]\nudp_listen = \"127.0.0.1:{port}\"\ntcp_listen = \"127.0.0.1:{port}\"\n\
          [[dns.zones]]\norigin = \"example.com\"\nfile = {ZONE:?}\n"
     ));
-    let dig_udp = Dig { port };
-    let dig_tcp = Dig { port };
 
-    assert_eq!(dig_udp.short(&["host.example.com", "A"]), ["192.0.2.80"]);
+    assert_eq!(dig_short(port, &["host.example.com", "A"]), ["192.0.2.80"]);
     assert_eq!(
-        dig_tcp.short(&["+tcp", "host.example.com", "AAAA"]),
+        dig_short(port, &["+tcp", "host.example.com", "AAAA"]),
         ["2001:db8::80"]
     );
     assert_eq!(
-        dig_udp.short(&["www.example.com", "A"]),
+        dig_short(port, &["www.example.com", "A"]),
         ["web.example.com.", "host.example.com.", "192.0.2.80"]
     );
     assert_eq!(
-        dig_udp.short(&["_sip._tcp.example.com", "SRV"]),
+        dig_short(port, &["_sip._tcp.example.com", "SRV"]),
         ["10 60 5060 host.example.com."]
     );
     assert_eq!(
-        dig_udp.short(&["a.b.wild.example.com", "A"]),
+        dig_short(port, &["a.b.wild.example.com", "A"]),
         ["192.0.2.99"]
     );
 
-    let nx = dig_udp.run(&["nope.example.com", "A"]);
+    let nx = dig(port, &["nope.example.com", "A"]);
     assert!(
         nx.contains("status: NXDOMAIN") && nx.contains(" aa"),
         "{nx}"
     );
     assert!(nx.contains("AUTHORITY: 1") && nx.contains("SOA"), "{nx}");
-    let nodata = dig_tcp.run(&["+tcp", "host.example.com", "MX"]);
+    let nodata = dig(port, &["+tcp", "host.example.com", "MX"]);
     assert!(
         nodata.contains("status: NOERROR") && nodata.contains("ANSWER: 0"),
         "{nodata}"
     );
 
     // over 512 bytes without EDNS0: truncated, and dig (told to ignore TC) shows it
-    let tc = dig_udp.run(&["+ignore", "+noedns", "big.example.com", "TXT"]);
+    let tc = dig(port, &["+ignore", "+noedns", "big.example.com", "TXT"]);
     assert!(tc.contains(" tc") && tc.contains("ANSWER: 0"), "{tc}");
     // past our 1232-byte EDNS0 limit even when the client takes 4096
-    let tc = dig_udp.run(&["+ignore", "+bufsize=4096", "big.example.com", "TXT"]);
+    let tc = dig(
+        port,
+        &["+ignore", "+bufsize=4096", "big.example.com", "TXT"],
+    );
     assert!(tc.contains(" tc"), "{tc}");
     // without +ignore, dig retries over TCP on the same port and gets all of it
-    let retried = dig_udp.run(&["big.example.com", "TXT"]);
+    let retried = dig(port, &["big.example.com", "TXT"]);
     assert!(
         retried.contains("Truncated, retrying in TCP mode"),
         "{retried}"
     );
     assert!(retried.contains("ANSWER: 8"), "{retried}");
-    assert_eq!(dig_tcp.short(&["+tcp", "big.example.com", "TXT"]).len(), 8);
+    assert_eq!(
+        dig_short(port, &["+tcp", "big.example.com", "TXT"]).len(),
+        8
+    );
 
     // several queries pipelined on one TCP connection
-    let many = dig_tcp.run(&[
-        "+tcp",
-        "+keepopen",
-        "+short",
-        "host.example.com",
-        "A",
-        "mail.example.com",
-        "A",
-        "ns1.example.com",
-        "A",
-    ]);
+    let many = dig(
+        port,
+        &[
+            "+tcp",
+            "+keepopen",
+            "+short",
+            "host.example.com",
+            "A",
+            "mail.example.com",
+            "A",
+            "ns1.example.com",
+            "A",
+        ],
+    );
     let lines: Vec<&str> = many.lines().collect();
     assert_eq!(lines, ["192.0.2.80", "192.0.2.25", "192.0.2.53"], "{many}");
 
-    let refused = dig_udp.run(&["example.org", "A"]);
+    let refused = dig(port, &["example.org", "A"]);
     assert!(refused.contains("status: REFUSED"), "{refused}");
-    let chaos = dig_udp.run(&["version.bind", "CH", "TXT"]);
+    let chaos = dig(port, &["version.bind", "CH", "TXT"]);
     assert!(chaos.contains("status: REFUSED"), "{chaos}");
-    let axfr = dig_tcp.run(&["example.com", "AXFR"]);
+    let axfr = dig(port, &["example.com", "AXFR"]);
     assert!(axfr.contains("Transfer failed"), "{axfr}");
-    let notify = dig_udp.run(&["+opcode=notify", "example.com", "SOA"]);
+    let notify = dig(port, &["+opcode=notify", "example.com", "SOA"]);
     assert!(notify.contains("status: NOTIMP"), "{notify}");
 }
 

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alknet_dns::{
-    shared, Catalog, DnsConfig, DoqHandler, PipelineHandler, SharedCatalog, Zone, DOQ_ALPN,
-    PIPELINE_ALPN,
+    shared, Catalog, DnsConfig, DnsState, DoqHandler, PipelineHandler, SharedCatalog, Zone,
+    DOQ_ALPN, PIPELINE_ALPN,
 };
 use alknet_runtime::{Connection, ReadError, VarInt};
 use alknet_tests::*;
@@ -74,12 +74,11 @@ fn example_catalog() -> SharedCatalog {
 }
 
 fn dns_server(config: DnsConfig) -> alknet_runtime::ServerHandle {
-    let catalog = example_catalog();
-    let config = Arc::new(config);
+    let dns = DnsState::new(example_catalog(), config);
     start_server(ServerOptions {
         handlers: vec![
-            Arc::new(DoqHandler::new(catalog.clone(), config.clone())),
-            Arc::new(PipelineHandler::new(catalog, config)),
+            Arc::new(DoqHandler::new(dns.clone())),
+            Arc::new(PipelineHandler::new(dns)),
         ],
         ..Default::default()
     })
@@ -277,15 +276,11 @@ fn doq_recursion_needs_the_dns_recursion_scope() {
         udp_listen: Some("127.0.0.1:0".parse().expect("addr")),
         ..DnsConfig::default()
     };
-    let upstream = alknet_dns::start_classic(
-        &upstream_config,
-        shared(Catalog::new([Arc::new(zone)])),
-        None,
-        1,
-    )
-    .expect("upstream")
-    .udp
-    .expect("udp address");
+    let upstream_dns = DnsState::new(shared(Catalog::new([Arc::new(zone)])), upstream_config);
+    let upstream = alknet_dns::start_classic(&upstream_dns, 1)
+        .expect("upstream")
+        .udp
+        .expect("udp address");
 
     let alice = TlsIdentity::generate_self_signed(&[]).expect("alice cert");
     let provider = ConfigIdentityProvider::new(&[IdentityEntry {
@@ -299,8 +294,7 @@ fn doq_recursion_needs_the_dns_recursion_scope() {
         upstreams: vec![upstream],
         ..DnsConfig::default()
     };
-    let forwarder = alknet_dns::Forwarder::from_config(&config).map(Arc::new);
-    let handler = DoqHandler::new(example_catalog(), Arc::new(config)).with_forwarder(forwarder);
+    let handler = DoqHandler::new(DnsState::new(example_catalog(), config));
     let server = start_server(ServerOptions {
         handlers: vec![Arc::new(handler)],
         provider: Arc::new(provider),

@@ -5,36 +5,12 @@
 //! name never seen then gets SERVFAIL; a truncated upstream answer is fetched again over
 //! TCP; a source outside `recursion_allow` is REFUSED.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
+use alknet_tests::dns::{dig, free_port_pair};
 use alknet_tests::*;
 
 const ZONE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/example.com.zone");
-
-/// A port free for both UDP and TCP.
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
-}
-
-fn dig(port: u16, args: &[&str]) -> String {
-    let child = Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=5", "+tries=1"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run dig (apt-get install bind9-dnsutils)");
-    let out = wait_output(child, Duration::from_secs(30));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn serve_zone(origin: &str, port: u16, extra: &str) -> BinServer {
     BinServer::start_with_config(&format!(

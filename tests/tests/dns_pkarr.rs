@@ -6,18 +6,8 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use alknet_tests::dns::{dig, dig_short, free_port_pair};
 use alknet_tests::*;
-
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
-}
 
 fn signed(kp: &pkarr::Keypair, ts: u64, addr: [u8; 4]) -> Vec<u8> {
     pkarr::SignedPacket::builder()
@@ -50,15 +40,8 @@ fn publish(server: &BinServer, fp: &str, key: &str, payload: &[u8]) -> Output {
     wait_output(child, Duration::from_secs(30))
 }
 
-fn dig_short(port: u16, name: &str, qtype: &str) -> String {
-    let child = Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=5", "+tries=1"])
-        .args(["+short", name, qtype])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("dig");
-    let out = wait_output(child, Duration::from_secs(30));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+fn dig_one(port: u16, name: &str, qtype: &str) -> String {
+    dig_short(port, &[name, qtype]).join("\n")
 }
 
 #[test]
@@ -77,8 +60,8 @@ fn pkarr_packets_publish_and_resolve() {
         .expect("node name")
         .trim()
         .to_string();
-    assert_eq!(dig_short(port, &node, "A"), "127.0.0.1");
-    let txt = dig_short(port, &format!("_alknet.{node}"), "TXT");
+    assert_eq!(dig_one(port, &node, "A"), "127.0.0.1");
+    let txt = dig_one(port, &format!("_alknet.{node}"), "TXT");
     assert_eq!(txt, format!("\"port={} fp={fp}\"", server.port));
 
     let kp = pkarr::Keypair::random();
@@ -94,8 +77,8 @@ fn pkarr_packets_publish_and_resolve() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["timestamp"], 1_000_000);
 
-    assert_eq!(dig_short(port, &name, "A"), "192.0.2.44");
-    assert_eq!(dig_short(port, &key, "TXT"), "\"alknet\"");
+    assert_eq!(dig_one(port, &name, "A"), "192.0.2.44");
+    assert_eq!(dig_one(port, &key, "TXT"), "\"alknet\"");
     let py = Command::new("python3")
         .args([
             "-c",
@@ -129,7 +112,7 @@ fn pkarr_packets_publish_and_resolve() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid signed packet"), "{err}");
-    assert_eq!(dig_short(port, &name, "A"), "192.0.2.44");
+    assert_eq!(dig_one(port, &name, "A"), "192.0.2.44");
 
     // a newer packet replaces it
     let out = publish(&server, &fp, &key, &signed(&kp, 3_000_000, [192, 0, 2, 3]));
@@ -138,17 +121,10 @@ fn pkarr_packets_publish_and_resolve() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(dig_short(port, &name, "A"), "192.0.2.3");
+    assert_eq!(dig_one(port, &name, "A"), "192.0.2.3");
 
     // a key nobody published here is not ours
     let other = pkarr::Keypair::random().public_key().to_z32();
-    let child = Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=5", "+tries=1"])
-        .args([&format!("_foo.{other}"), "A"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("dig");
-    let out =
-        String::from_utf8_lossy(&wait_output(child, Duration::from_secs(30)).stdout).into_owned();
+    let out = dig(port, &[&format!("_foo.{other}"), "A"]);
     assert!(out.contains("status: REFUSED"), "{out}");
 }

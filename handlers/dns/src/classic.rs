@@ -23,6 +23,7 @@ use crate::framing::{frame, FrameDecoder};
 use crate::limits::{DnsConfig, MAX_MESSAGE_SIZE};
 use crate::responder::{self, Asker, Parsed};
 use crate::rrl::{RateLimiter, Verdict};
+use crate::DnsState;
 
 /// Bytes read from a TCP connection at once.
 const TCP_READ: usize = 16 * 1024;
@@ -36,12 +37,8 @@ pub struct ClassicAddrs {
 
 /// Binds `udp_listen`/`tcp_listen` now (errors surface at start) with `threads` sockets
 /// each, and serves them from as many threads, which run for the life of the process.
-pub fn start_classic(
-    config: &DnsConfig,
-    catalog: SharedCatalog,
-    forwarder: Option<Arc<Forwarder>>,
-    threads: usize,
-) -> io::Result<ClassicAddrs> {
+pub fn start_classic(dns: &DnsState, threads: usize) -> io::Result<ClassicAddrs> {
+    let (config, catalog, forwarder) = (&*dns.config, &dns.catalog, &dns.forwarder);
     let threads = threads.max(1);
     let mut addrs = ClassicAddrs::default();
     let mut udp = Vec::new();

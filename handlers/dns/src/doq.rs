@@ -30,8 +30,9 @@ use hickory_proto::rr::rdata::opt::EdnsCode;
 use crate::catalog::SharedCatalog;
 use crate::forward::Forwarder;
 use crate::framing::{frame, FrameDecoder, LENGTH_PREFIX};
-use crate::limits::{DnsConfig, MAX_MESSAGE_SIZE};
+use crate::limits::MAX_MESSAGE_SIZE;
 use crate::responder::{self, Asker, Parsed};
+use crate::DnsState;
 
 /// The ALPN of DNS over QUIC (RFC 9250 §4.1.1).
 pub const DOQ_ALPN: &[u8] = b"doq";
@@ -59,24 +60,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Serves `doq` connections from a shared catalog.
 #[derive(Clone)]
 pub struct DoqHandler {
-    catalog: SharedCatalog,
-    config: Arc<DnsConfig>,
-    forwarder: Option<Arc<Forwarder>>,
+    dns: DnsState,
 }
 
 impl DoqHandler {
-    pub fn new(catalog: SharedCatalog, config: Arc<DnsConfig>) -> Self {
-        Self {
-            catalog,
-            config,
-            forwarder: None,
-        }
-    }
-
-    /// Answers names outside the zones through `forwarder` for clients allowed to recurse.
-    pub fn with_forwarder(mut self, forwarder: Option<Arc<Forwarder>>) -> Self {
-        self.forwarder = forwarder;
-        self
+    pub fn new(dns: DnsState) -> Self {
+        Self { dns }
     }
 }
 
@@ -116,7 +105,7 @@ impl ProtocolHandler for DoqHandler {
             });
             let in_progress = Rc::new(Cell::new(0usize));
             while let Ok(BiStream { mut send, mut recv }) = conn.accept_bi().await {
-                if in_progress.get() >= this.config.max_queries_per_connection {
+                if in_progress.get() >= this.dns.config.max_queries_per_connection {
                     let _ = send.reset(VarInt::from_u32(DOQ_EXCESSIVE_LOAD));
                     let _ = recv.stop(VarInt::from_u32(DOQ_EXCESSIVE_LOAD));
                     continue;
@@ -124,10 +113,10 @@ impl ProtocolHandler for DoqHandler {
                 let guard = InProgress::enter(&in_progress);
                 let query = Query {
                     conn: conn.clone(),
-                    catalog: this.catalog.clone(),
-                    forwarder: this.forwarder.clone(),
+                    catalog: this.dns.catalog.clone(),
+                    forwarder: this.dns.forwarder.clone(),
                     asker,
-                    timeout: this.config.query_timeout,
+                    timeout: this.dns.config.query_timeout,
                 };
                 spawn_guarded("doq query", async move {
                     query.serve(send, recv).await;

@@ -34,3 +34,25 @@ pub use pipeline::{PipelineHandler, PIPELINE_ALPN};
 pub use pkarr::{PkarrStore, PublishError};
 pub use reload::{load_catalog, ZoneReloader};
 pub use zone::{Outcome, Zone, ZoneAnswer, ZoneError};
+
+use std::sync::Arc;
+
+/// What every DNS transport answers from: the zones (and pkarr names), the settings, and
+/// the forwarding cache when `upstreams` are configured. Cheap to clone; one per server.
+#[derive(Clone, Debug)]
+pub struct DnsState {
+    pub catalog: SharedCatalog,
+    pub config: Arc<DnsConfig>,
+    pub forwarder: Option<Arc<Forwarder>>,
+}
+
+impl DnsState {
+    pub fn new(catalog: SharedCatalog, config: DnsConfig) -> Self {
+        let forwarder = Forwarder::from_config(&config).map(Arc::new);
+        Self {
+            catalog,
+            config: Arc::new(config),
+            forwarder,
+        }
+    }
+}

@@ -23,12 +23,12 @@ use alknet_runtime::{
     RecvStream, SendStream, VarInt,
 };
 
-use crate::catalog::SharedCatalog;
 use crate::doq::error_code::{DOQ_PROTOCOL_ERROR, DOQ_REQUEST_CANCELLED};
 use crate::forward::Forwarder;
 use crate::framing::{frame, FrameDecoder};
-use crate::limits::{DnsConfig, MAX_MESSAGE_SIZE};
+use crate::limits::MAX_MESSAGE_SIZE;
 use crate::responder::{self, Asker, Parsed};
+use crate::DnsState;
 
 /// The ALPN of pipelined DNS over QUIC.
 pub const PIPELINE_ALPN: &[u8] = b"alknet/dns";
@@ -39,24 +39,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Serves `alknet/dns` connections from a shared catalog.
 #[derive(Clone)]
 pub struct PipelineHandler {
-    catalog: SharedCatalog,
-    config: Arc<DnsConfig>,
-    forwarder: Option<Arc<Forwarder>>,
+    dns: DnsState,
 }
 
 impl PipelineHandler {
-    pub fn new(catalog: SharedCatalog, config: Arc<DnsConfig>) -> Self {
-        Self {
-            catalog,
-            config,
-            forwarder: None,
-        }
-    }
-
-    /// Answers names outside the zones through `forwarder` for clients allowed to recurse.
-    pub fn with_forwarder(mut self, forwarder: Option<Arc<Forwarder>>) -> Self {
-        self.forwarder = forwarder;
-        self
+    pub fn new(dns: DnsState) -> Self {
+        Self { dns }
     }
 }
 
@@ -122,8 +110,11 @@ impl PipelineHandler {
         let forwarding = Rc::new(Cell::new(0usize));
         loop {
             let read = if decoder.pending() > 0 {
-                match monoio::time::timeout(self.config.query_timeout, recv.read_chunk(READ_CHUNK))
-                    .await
+                match monoio::time::timeout(
+                    self.dns.config.query_timeout,
+                    recv.read_chunk(READ_CHUNK),
+                )
+                .await
                 {
                     Ok(r) => r,
                     Err(_) => return Some(DOQ_REQUEST_CANCELLED),
@@ -143,14 +134,14 @@ impl PipelineHandler {
                 let reply = match responder::parse(&message) {
                     Parsed::Query(q) => {
                         if let Some(f) = self.forward_target(&q, asker) {
-                            if forwarding.get() < self.config.max_queries_per_connection {
+                            if forwarding.get() < self.dns.config.max_queries_per_connection {
                                 self.spawn_forward(f, q, tx.clone(), forwarding.clone());
                                 continue;
                             }
                             // at the limit: this one waits, and so does the stream
                             f.answer(&q, MAX_MESSAGE_SIZE).await
                         } else {
-                            responder::answer(&self.catalog.load(), &q, MAX_MESSAGE_SIZE)
+                            responder::answer(&self.dns.catalog.load(), &q, MAX_MESSAGE_SIZE)
                         }
                     }
                     Parsed::Malformed(header) => responder::formerr(&header),
@@ -171,9 +162,9 @@ impl PipelineHandler {
         q: &hickory_proto::op::Message,
         asker: Asker,
     ) -> Option<Arc<Forwarder>> {
-        let f = self.forwarder.as_ref()?;
+        let f = self.dns.forwarder.as_ref()?;
         (f.allows(asker.source, asker.may_recurse)
-            && responder::forwardable(&self.catalog.load(), q))
+            && responder::forwardable(&self.dns.catalog.load(), q))
         .then(|| f.clone())
     }
 
