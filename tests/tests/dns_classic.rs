@@ -108,7 +108,7 @@ fn udp_answers_are_rate_limited_per_source() {
     let port = free_port_pair();
     let _server = BinServer::start_with_config(&format!(
         "workers = 1\n[handlers]\nenabled = [\"doq\"]\n\
-         [dns]\nudp_listen = \"127.0.0.1:{port}\"\nrrl_responses_per_second = 5\nrrl_slip = 2\n\
+         [dns]\nudp_listen = \"127.0.0.1:{port}\"\nrrl_responses_per_second = 1\nrrl_slip = 2\n\
          [[dns.zones]]\norigin = \"example.com\"\nfile = {ZONE:?}\n"
     ));
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -134,10 +134,10 @@ fn udp_answers_are_rate_limited_per_source() {
             full += 1;
         }
     }
-    // a burst of 5 (plus what refills while the 20 go out), then every 2nd slips as TC
-    assert!((5..=7).contains(&full), "{full} full answers");
+    // a burst of 1 (2 if the server stalls a second mid-burst), then every 2nd slips as TC
+    assert!((1..=2).contains(&full), "{full} full answers");
     assert!(
-        (5..=8).contains(&truncated),
+        (8..=10).contains(&truncated),
         "{truncated} truncated answers"
     );
     assert!(full + truncated < 20, "the rest were dropped");
