@@ -4,7 +4,8 @@ here wrote.
 
 dnspython's DoQ client (`dns.query.quic`) asks for the records of the zone the Rust test
 wrote (tests/tests/dns_doq.rs); aioquic, driven by hand, breaks RFC 9250 (message ID not
-0, two queries on one stream, FIN inside a message) and expects the connection closed
+0, two queries on one stream, FIN inside a message, edns-tcp-keepalive) and expects the
+connection closed
 with DOQ_PROTOCOL_ERROR, and pipelines queries with random IDs on one `alknet/dns` stream.
 Exit status 0 only when every check passes.
 """
@@ -16,6 +17,7 @@ import ssl
 import struct
 import sys
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.query
@@ -148,8 +150,9 @@ class RawClient(QuicConnectionProtocol):
         await asyncio.wait_for(loop(), CHECK_TIMEOUT)
 
 
-def framed(name, rdtype, qid):
-    q = dns.message.make_query(name, rdtype)
+def framed(name, rdtype, qid, options=None):
+    q = dns.message.make_query(name, rdtype, use_edns=0 if options else None,
+                               options=options)
     q.id = qid
     wire = q.to_wire()
     return struct.pack(">H", len(wire)) + wire
@@ -195,6 +198,10 @@ async def raw_checks(args):
     checks += 1
     await expect_protocol_error(args, "FIN inside a message",
                                 [(framed("host.example.com.", "A", 0)[:10], True)])
+    checks += 1
+    keepalive = [dns.edns.GenericOption(dns.edns.OptionType.KEEPALIVE, b"")]
+    await expect_protocol_error(args, "edns-tcp-keepalive in a query",
+                                [(framed("host.example.com.", "A", 0, keepalive), True)])
     checks += 1
 
     # alknet/dns: many queries with any IDs pipelined on one stream

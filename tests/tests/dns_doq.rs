@@ -120,7 +120,7 @@ fn dnspython_and_aioquic_against_the_binary() {
         "dnspython interop failed:\n{stdout}\n{stderr}"
     );
     assert!(
-        stdout.contains("dnspython doq: 19 passed, 0 failed"),
+        stdout.contains("dnspython doq: 20 passed, 0 failed"),
         "unexpected output:\n{stdout}"
     );
 
