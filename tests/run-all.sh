@@ -39,6 +39,8 @@ cargo test --workspace --doc --quiet
 cargo bench --workspace --no-run --quiet
 # Instruction-count regression gate (enforced on the machine kind of the baseline).
 bash benches/callgrind-gate.sh
+# The README's quick start, run as written (builds the release binary).
+bash tests/readme-quickstart.sh
 if [ -f fuzz/build.sh ]; then
     bash fuzz/build.sh --smoke
 fi

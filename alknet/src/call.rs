@@ -48,7 +48,48 @@ fn print(v: &Value, pretty: bool) {
     println!("{}", text.unwrap_or_else(|_| v.to_string()));
 }
 
+/// `alknet reload`: asks a running node to re-read its config file (`node.reload`, scope
+/// `node:admin`) and prints what changed, one line each.
+#[derive(Args, Debug)]
+pub struct ReloadArgs {
+    /// Run the call as the identity of this token (it needs scope node:admin)
+    #[arg(long, env = "ALKNET_TOKEN")]
+    token: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+pub fn reload(args: ReloadArgs) -> ExitCode {
+    let call = CallArgs {
+        token: args.token,
+        timeout_ms: None,
+        stream: false,
+        pretty: false,
+        server: args.server,
+        operation: "node.reload".into(),
+        input: None,
+    };
+    execute(call, |v| {
+        let changed: Vec<&str> = v["changed"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if changed.is_empty() {
+            println!("reloaded: nothing changed");
+        }
+        for c in changed {
+            println!("reloaded: {c}");
+        }
+    })
+}
+
 pub fn run(args: CallArgs) -> ExitCode {
+    let pretty = args.pretty;
+    execute(args, |v| print(v, pretty))
+}
+
+/// Makes the call `args` names, handing each result value to `show`.
+fn execute(args: CallArgs, show: impl Fn(&Value)) -> ExitCode {
     let input: Value = match args.input.as_deref().map(serde_json::from_str).transpose() {
         Ok(v) => v.unwrap_or(Value::Null),
         Err(e) => {
@@ -76,7 +117,7 @@ pub fn run(args: CallArgs) -> ExitCode {
             match client.call_stream(&args.operation, input).await {
                 Ok(mut items) => loop {
                     match items.next().await {
-                        Some(Ok(v)) => print(&v, args.pretty),
+                        Some(Ok(v)) => show(&v),
                         Some(Err(e)) => break Err(e),
                         None => break Ok(()),
                     }
@@ -87,7 +128,7 @@ pub fn run(args: CallArgs) -> ExitCode {
             client
                 .call_with(&args.operation, input, &opts)
                 .await
-                .map(|v| print(&v, args.pretty))
+                .map(|v| show(&v))
         };
         drop(client);
         close_and_wait(&endpoint, conn).await;

@@ -246,6 +246,10 @@ pub struct FileConfig {
     /// The pkarr store, opened once for the catalog and the `dns.publish` operation.
     #[serde(skip)]
     pkarr: std::cell::OnceCell<Option<Arc<PkarrStore>>>,
+    /// Where `node.reload` sends its requests (set by `alknet serve` before the call
+    /// handler is built; without it the operation is not offered).
+    #[serde(skip)]
+    pub reload_requests: Option<crate::reload::ReloadSender>,
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
@@ -512,6 +516,11 @@ impl FileConfig {
         if let Some(store) = self.pkarr_store()? {
             registry
                 .register(dns_publish_operation(store))
+                .map_err(|e| ConfigError::Invalid(format!("call operations: {e}")))?;
+        }
+        if let Some(requests) = &self.reload_requests {
+            registry
+                .register(crate::reload::reload_operation(requests.clone()))
                 .map_err(|e| ConfigError::Invalid(format!("call operations: {e}")))?;
         }
         let info = NodeInfo {

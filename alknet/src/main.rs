@@ -4,7 +4,9 @@ mod call;
 mod config;
 mod connect;
 mod peer;
+mod reload;
 mod socks;
+mod systemd;
 mod vault;
 
 use std::path::PathBuf;
@@ -52,6 +54,9 @@ enum Command {
     /// Run a local SOCKS5 proxy whose connections leave from the server, over one
     /// alknet/ssh session (each CONNECT is a direct-tcpip channel, as with ssh -D)
     Socks(socks::SocksArgs),
+    /// Ask a running node to re-read its config file and apply what can change live
+    /// (certificate, client-auth policy, identities); prints what changed (needs node:admin)
+    Reload(call::ReloadArgs),
     /// Print the SHA-256 fingerprint of the server certificate (generating it if needed)
     Fingerprint {
         #[arg(long)]
@@ -101,6 +106,10 @@ fn main() -> ExitCode {
         Command::Call(args) => {
             init_logging("warn");
             call::run(args)
+        }
+        Command::Reload(args) => {
+            init_logging("warn");
+            call::reload(args)
         }
         Command::Socks(args) => {
             init_logging("warn");
@@ -170,10 +179,16 @@ fn serve(
     workers: Option<usize>,
     data_dir: Option<PathBuf>,
 ) -> ExitCode {
+    let source = reload::ConfigSource {
+        path: config.clone(),
+        data_dir: data_dir.clone(),
+    };
     let mut cfg = match load_config(config, data_dir) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let (reload_tx, reload_rx) = std::sync::mpsc::channel();
+    cfg.reload_requests = Some(reload_tx.clone());
     if let Some(l) = listen {
         cfg.listen = l;
     }
@@ -228,6 +243,27 @@ fn serve(
         Err(e) => tracing::warn!("{e}"),
     }
 
+    match reload::Reloader::new(source, server.reload_handle()) {
+        Ok(reloader) => reloader.spawn(reload_rx),
+        Err(e) => tracing::warn!("live reload unavailable: {e}"),
+    }
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                for _ in signals.forever() {
+                    tracing::info!("SIGHUP: reloading the config");
+                    if reload_tx
+                        .send(reload::ReloadRequest { reply: None })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot install the SIGHUP handler: {e}"),
+    }
+
     let trigger = server.shutdown_trigger();
     match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -239,6 +275,7 @@ fn serve(
                 for sig in signals.forever() {
                     seen += 1;
                     if seen == 1 {
+                        systemd::notify("STOPPING=1");
                         tracing::info!(
                             signal = sig,
                             "shutting down gracefully (signal again to close now)"
@@ -253,6 +290,12 @@ fn serve(
         }
         Err(e) => tracing::warn!("cannot install signal handlers: {e}"),
     }
+    // Ready only now: a SIGHUP sent on READY=1 must find its handler installed.
+    systemd::notify(&format!(
+        "READY=1\nSTATUS=serving on {} with {} workers",
+        server.local_addr(),
+        server.workers()
+    ));
     server.join();
     tracing::info!("alknet stopped");
     ExitCode::SUCCESS

@@ -6,3 +6,4 @@
 
 pub mod alpn;
 pub mod pair;
+pub mod valgrind;

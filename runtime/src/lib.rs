@@ -18,6 +18,7 @@ mod identity;
 mod inbox;
 mod limits;
 mod pinning;
+mod reload;
 mod router;
 pub mod rt;
 mod server;
@@ -37,6 +38,7 @@ pub use identity::{
 };
 pub use limits::*;
 pub use pinning::{others_runnable, PinDecision, PinWorkers};
+pub use reload::ConfigReloadHandle;
 pub use router::{
     close_code, AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError,
 };

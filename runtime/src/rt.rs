@@ -125,11 +125,38 @@ pub fn spawn_guarded<F>(what: &'static str, fut: F)
 where
     F: Future<Output = ()> + 'static,
 {
-    monoio::spawn(async move {
-        if let Err(p) = catch_panic(fut).await {
-            tracing::error!(task = what, panic = %panic_message(&*p), "task panicked");
-        }
+    // A named future rather than an `async` block around `catch_panic(fut)`: the block
+    // would move `fut` once more (a copy of the whole future) on its first poll, on every
+    // stream task.
+    monoio::spawn(Guarded {
+        inner: catch_panic(fut),
+        what,
     });
+}
+
+pin_project_lite::pin_project! {
+    /// The task [`spawn_guarded`] runs: `inner`, with a panic logged as `what`'s.
+    struct Guarded<F> {
+        #[pin]
+        inner: CatchPanic<F>,
+        what: &'static str,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Guarded<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        match this.inner.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(Err(p)) => {
+                tracing::error!(task = *this.what, panic = %panic_message(&*p), "task panicked");
+                Poll::Ready(())
+            }
+        }
+    }
 }
 
 /// Accepts every stream the peer opens on `conn` until the connection ends, running

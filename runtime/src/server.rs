@@ -2,7 +2,9 @@
 //! monoio runtime and `quinn_proto::Endpoint`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize};
+
+use arc_swap::ArcSwap;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
@@ -15,12 +17,13 @@ use crate::identity::IdentityProvider;
 use crate::inbox::Inbox;
 use crate::limits::{Limits, LimitsError};
 use crate::pinning::PinWorkers;
+use crate::reload::{ConfigReloadHandle, LiveIdentityProvider};
 use crate::router::AlpnRegistry;
 use crate::rt::{run_local, DriverKind};
 use crate::socket::{bind_reuseport_group, BindError, UdpIo};
 use crate::stats::{WorkerStats, WorkerStatsSnapshot};
 use crate::tls::{server_crypto, ClientAuth, TlsError, TlsIdentity};
-use crate::worker::{Driver, Role, ServerShared, WorkerState, CLOSE_NOW, DRAINING};
+use crate::worker::{Driver, Role, ServerShared, ServerTls, WorkerState, CLOSE_NOW, DRAINING};
 
 /// Default listen address: loopback only, so a first `alknet serve` with a generated
 /// certificate is not exposed to the network until the config says so.
@@ -66,6 +69,22 @@ pub enum StartError {
     Worker { worker: usize, message: String },
 }
 
+/// The QUIC server config for `tls`: the same for every worker, and rebuilt this way by a
+/// TLS reload.
+pub(crate) fn build_server_config(
+    tls: &TlsIdentity,
+    alpns: Vec<Vec<u8>>,
+    client_auth: ClientAuth,
+    limits: &Limits,
+) -> Result<Arc<quinn_proto::ServerConfig>, TlsError> {
+    let crypto = server_crypto(tls, alpns, client_auth)?;
+    let mut server_config = quinn_proto::ServerConfig::with_crypto(crypto);
+    server_config
+        .transport_config(Arc::new(limits.transport_config()))
+        .migration(true);
+    Ok(Arc::new(server_config))
+}
+
 /// Number of workers to run for a configured count (0 = available cores), capped at what
 /// a connection ID can name.
 pub fn resolve_workers(configured: usize) -> usize {
@@ -80,7 +99,6 @@ pub fn resolve_workers(configured: usize) -> usize {
 /// A running server.
 pub struct ServerHandle {
     local_addr: SocketAddr,
-    fingerprint: Fingerprint,
     drivers: Vec<DriverKind>,
     shared: Arc<ServerShared>,
     threads: Vec<JoinHandle<()>>,
@@ -114,14 +132,14 @@ pub fn start(
     }
     let workers = resolve_workers(config.workers);
     let layout = CidLayout::new(config.server_id, workers)?;
-    let crypto = server_crypto(&config.tls, registry.alpns(), config.client_auth)?;
-    let mut server_config = quinn_proto::ServerConfig::with_crypto(crypto);
-    server_config
-        .transport_config(Arc::new(config.limits.transport_config()))
-        .migration(true);
     // One ServerConfig (and so one token key) and one reset key for all workers: a retry
     // token or reset token minted by one worker is valid on every other.
-    let server_config = Arc::new(server_config);
+    let server_config = build_server_config(
+        &config.tls,
+        registry.alpns(),
+        config.client_auth,
+        &config.limits,
+    )?;
     let mut reset_key = [0u8; 64];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut reset_key);
     let reset_key = Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key));
@@ -146,7 +164,12 @@ pub fn start(
 
     let shared = Arc::new(ServerShared {
         registry,
-        provider,
+        provider: Arc::new(LiveIdentityProvider::new(provider)),
+        tls: ArcSwap::from_pointee(ServerTls {
+            config: server_config.clone(),
+            fingerprint: config.tls.fingerprint(),
+        }),
+        tls_generation: AtomicU64::new(0),
         layout,
         inboxes: (0..workers)
             .map(|_| Inbox::new(config.limits.inbox_capacity))
@@ -257,7 +280,6 @@ pub fn start(
     }
     Ok(ServerHandle {
         local_addr,
-        fingerprint: config.tls.fingerprint(),
         drivers,
         shared,
         threads,
@@ -269,9 +291,15 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// SHA-256 of the server certificate.
+    /// SHA-256 of the certificate new handshakes get (it changes with a TLS reload).
     pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint
+        self.shared.tls.load().fingerprint
+    }
+
+    /// What changes the running server's configuration; it can be sent to another thread
+    /// (a signal handler, the `node.reload` operation).
+    pub fn reload_handle(&self) -> ConfigReloadHandle {
+        ConfigReloadHandle::new(self.shared.clone())
     }
 
     /// The monoio driver each worker runs.

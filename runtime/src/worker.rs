@@ -14,12 +14,14 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use alknet_proto::cid::{CidLayout, Route};
+use alknet_proto::Fingerprint;
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, Incoming, VarInt};
 use quinn_udp::RecvMeta;
@@ -28,6 +30,7 @@ use crate::connection::{ConnInner, ConnState, Connection, DriverNotify};
 use crate::identity::{AuthContext, IdentityProvider};
 use crate::inbox::{Inbox, StrayDatagram};
 use crate::limits::Limits;
+use crate::reload::LiveIdentityProvider;
 use crate::router::{close_code, AlpnRegistry, LocalBoxFuture};
 use crate::rt::{catch_panic, panic_message};
 use crate::socket::UdpIo;
@@ -35,6 +38,12 @@ use crate::stats::WorkerStats;
 
 /// GRO batches read per readiness before the driver yields to handler tasks.
 pub const RECV_BATCHES_PER_POLL: usize = 16;
+/// Fewest `recvmmsg` slots (each one GRO batch) a receive offers the kernel. The slot count
+/// adapts between this and quinn-udp's `BATCH_SIZE`: it doubles when a receive fills every
+/// slot and halves when one fills less than a quarter. Each offered slot costs a message
+/// header prepared in user space whether the kernel fills it or not; at request/response
+/// rates one or two datagrams wait per wake-up, while a busy hub fills all of them.
+pub const MIN_RECV_SLOTS: usize = 4;
 /// GSO batches one connection may send per driver pass before others get a turn.
 pub const TRANSMITS_PER_CONNECTION: usize = 8;
 /// Most datagrams in one GSO batch (the kernel's limit is 64).
@@ -54,7 +63,14 @@ pub(crate) const CLOSE_NOW: u8 = 2;
 /// What all workers of one server share (read-mostly; atomics only off the packet path).
 pub(crate) struct ServerShared {
     pub registry: AlpnRegistry,
-    pub provider: Arc<dyn IdentityProvider>,
+    /// Live: replaced by [`crate::ConfigReloadHandle::set_identity_provider`]; handlers get
+    /// this one, so a token resolved on an open connection sees the new identities too.
+    pub provider: Arc<LiveIdentityProvider>,
+    /// Live: the TLS/QUIC server config new handshakes use. Workers compare
+    /// `tls_generation` (one atomic load per driver poll) and install a new config into
+    /// their endpoint when it moved; open connections keep the config they started with.
+    pub tls: ArcSwap<ServerTls>,
+    pub tls_generation: AtomicU64,
     pub layout: CidLayout,
     pub inboxes: Box<[Inbox]>,
     pub stats: Box<[Arc<WorkerStats>]>,
@@ -70,6 +86,12 @@ impl ServerShared {
             inbox.wake();
         }
     }
+}
+
+/// The server config new handshakes use, and its certificate's fingerprint.
+pub(crate) struct ServerTls {
+    pub config: Arc<quinn_proto::ServerConfig>,
+    pub fingerprint: Fingerprint,
 }
 
 pub(crate) enum Role {
@@ -199,6 +221,8 @@ pub(crate) struct Driver {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     recv_buf: Box<[u8]>,
     recv_slot: usize,
+    /// Slots offered to the next receive (see [`MIN_RECV_SLOTS`]).
+    recv_slots: usize,
     recv_meta: Box<[RecvMeta]>,
     send_buf: Vec<u8>,
     /// Datagrams per GSO batch that keep the batch within [`MAX_GSO_BYTES`].
@@ -206,6 +230,8 @@ pub(crate) struct Driver {
     response_buf: Vec<u8>,
     dirty: Vec<Rc<ConnInner>>,
     phase: Phase,
+    /// The [`ServerShared::tls_generation`] this worker's endpoint has installed.
+    tls_generation: u64,
 }
 
 impl Driver {
@@ -227,12 +253,32 @@ impl Driver {
             timers: BinaryHeap::new(),
             recv_buf: vec![0u8; recv_slot * quinn_udp::BATCH_SIZE].into_boxed_slice(),
             recv_slot,
+            recv_slots: quinn_udp::BATCH_SIZE,
             recv_meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE].into_boxed_slice(),
             send_buf: Vec::with_capacity(MAX_GSO_BYTES),
             segments_by_size: (MAX_GSO_BYTES / usize::from(max_udp_payload.max(1))).max(1),
             response_buf: Vec::new(),
             dirty: Vec::new(),
             phase: Phase::Running,
+            tls_generation: 0,
+        }
+    }
+
+    /// Installs a server config published since the last poll (a certificate reload).
+    fn refresh_tls(&mut self) {
+        let Role::Server(s) = &self.w.role else {
+            return;
+        };
+        let generation = s.tls_generation.load(Ordering::Acquire);
+        if generation != self.tls_generation {
+            self.tls_generation = generation;
+            let config = s.tls.load().config.clone();
+            self.w.endpoint.borrow_mut().set_server_config(Some(config));
+            tracing::debug!(
+                worker = self.w.index,
+                generation,
+                "new TLS config installed"
+            );
         }
     }
 
@@ -317,11 +363,15 @@ impl Driver {
                 return true;
             }
             budget -= 1;
+            let slots = self.recv_slots;
             let n = {
-                let mut chunks = self.recv_buf.chunks_mut(self.recv_slot);
+                let mut chunks = self.recv_buf.chunks_mut(self.recv_slot).take(slots);
                 let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
                     std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or(&mut [])));
-                match self.io.recv(&mut slices, &mut self.recv_meta) {
+                match self
+                    .io
+                    .recv(&mut slices[..slots], &mut self.recv_meta[..slots])
+                {
                     Ok(n) => n,
                     Err(e) => {
                         if e.kind() != io::ErrorKind::WouldBlock {
@@ -333,6 +383,7 @@ impl Driver {
                     }
                 }
             };
+            self.recv_slots = next_recv_slots(slots, n);
             for i in 0..n {
                 let meta = self.recv_meta[i];
                 let start = i * self.recv_slot;
@@ -692,6 +743,7 @@ impl Future for Driver {
             s.inboxes[this.w.index].register(cx.waker());
         }
         this.refresh_socket();
+        this.refresh_tls();
         let now = Instant::now();
         let socket_full = this.flush_blocked(cx);
         let mut more = this.drain_inbox(now);
@@ -709,6 +761,17 @@ impl Future for Driver {
             cx.waker().wake_by_ref();
         }
         Poll::Pending
+    }
+}
+
+/// The slot count for the next receive after one that offered `slots` and got `filled`.
+fn next_recv_slots(slots: usize, filled: usize) -> usize {
+    if filled >= slots {
+        (slots * 2).min(quinn_udp::BATCH_SIZE)
+    } else if filled * 4 < slots {
+        (slots / 2).max(MIN_RECV_SLOTS.min(quinn_udp::BATCH_SIZE))
+    } else {
+        slots
     }
 }
 
@@ -758,12 +821,13 @@ fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) 
     };
     let alpn = alpn.unwrap_or_default();
     let identity = peer_fingerprint.and_then(|fp| s.provider.resolve_from_fingerprint(&fp));
+    let provider: Arc<dyn IdentityProvider> = s.provider.clone();
     let auth = AuthContext {
         remote,
         alpn,
         peer_fingerprint,
         identity,
-        provider: s.provider.clone(),
+        provider,
     };
     let conn = Connection::new(c.clone());
     let stats = w.stats.clone();
@@ -800,4 +864,29 @@ fn truncate_reason(reason: &str) -> &str {
         end -= 1;
     }
     &reason[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receive_slots_grow_when_full_and_shrink_when_mostly_empty() {
+        let max = quinn_udp::BATCH_SIZE;
+        // light load: one datagram per wake-up shrinks the offer to the floor
+        let mut slots = max;
+        for _ in 0..10 {
+            slots = next_recv_slots(slots, 1);
+        }
+        assert_eq!(slots, MIN_RECV_SLOTS.min(max));
+        // a burst that fills every slot doubles it back, never past the batch size
+        for _ in 0..10 {
+            slots = next_recv_slots(slots, slots);
+        }
+        assert_eq!(slots, max);
+        // half-filled receives keep the count as it is
+        assert_eq!(next_recv_slots(16, 8), 16);
+        assert_eq!(next_recv_slots(16, 4), 16);
+        assert_eq!(next_recv_slots(16, 3), 8);
+    }
 }

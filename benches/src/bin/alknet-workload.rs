@@ -5,12 +5,16 @@
 //! alknet-workload datagrams        # DATAGRAMS request datagrams through the server path
 //! alknet-workload routing          # CID routing/encoding/minting and ALPN lookups
 //! alknet-workload framing          # alknet/call frames: encode, split, decode
+//! alknet-workload streams          # perf requests through a real worker thread and runtime
 //! alknet-workload write-identity DIR   # (re)generate the fixed certificate (see below)
 //! ```
 //!
 //! Each scenario does its setup first and then runs its measured part inside
 //! [`alknet_workload_measured`]; the gate runs callgrind with `--collect-atstart=no
-//! --toggle-collect=alknet_workload_measured`, so only that part is counted.
+//! --toggle-collect=alknet_workload_measured`, so only that part is counted. `streams` runs
+//! two threads (the server's worker and this one), and collection toggles per thread, so it
+//! brackets its measured part with callgrind's start/stop-instrumentation requests instead
+//! (global; the gate runs it with `--instr-atstart=no`).
 //!
 //! What is fixed: the certificate (`benches/data/{cert,key}.pem`, generated once with
 //! `write-identity`, since generating one uses randomness), the endpoints' RNG seeds, the
@@ -23,14 +27,20 @@
 use std::hint::black_box;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use alknet_benches::alpn::{self, ALPNS};
 use alknet_benches::pair::{Load, Pair, PairConfig, WORKER};
+use alknet_benches::valgrind;
 use alknet_proto::call::{EventEnvelope, EventType, Frame, FrameDecoder, DEFAULT_MAX_FRAME_SIZE};
 use alknet_proto::cid::{CidLayout, Route};
-use alknet_runtime::tls::TlsIdentity;
-use alknet_runtime::WorkerCidGenerator;
-use bytes::BytesMut;
+use alknet_runtime::rt::{run_local, DRIVER_ENV};
+use alknet_runtime::tls::{client_crypto, ClientAuth, ServerTrust, TlsIdentity};
+use alknet_runtime::{
+    AlpnRegistry, ClientEndpoint, Connection, EngineConfig, Limits, NoIdentities, PinWorkers,
+    VarInt, WorkerCidGenerator,
+};
+use bytes::{Bytes, BytesMut};
 use quinn_proto::ConnectionIdGenerator;
 use serde_json::json;
 
@@ -51,7 +61,16 @@ const FRAMES_SMALL: usize = 2000;
 const FRAMES_LARGE: usize = 100;
 const FRAMING_CHUNK: usize = 1200;
 
-const SCENARIOS: [&str; 4] = ["handshake", "datagrams", "routing", "framing"];
+/// `streams`: rounds of perf requests (quinn-perf's wire format: 8-byte download size,
+/// upload bytes, FIN), each round opening [`STREAMS_PER_ROUND`] bidirectional streams at
+/// once and then reading every answer; warm-up rounds first, not counted.
+const STREAM_ROUNDS: usize = 1000;
+const STREAMS_PER_ROUND: usize = 4;
+const STREAM_WARMUP_ROUNDS: usize = 20;
+/// Upload and download bytes of each request (perf-rr's 64 B).
+const STREAM_REQUEST_SIZE: usize = 64;
+
+const SCENARIOS: [&str; 5] = ["handshake", "datagrams", "routing", "framing", "streams"];
 
 /// Callgrind counts only what runs inside this function (`--toggle-collect`). Unmangled so
 /// the gate can name it; never inlined so it exists.
@@ -192,6 +211,115 @@ fn framing() {
     );
 }
 
+/// The stream/task path end to end, which the other scenarios (quinn-proto driven directly
+/// through [`Pair`]) do not reach: a real server (one worker thread, its socket, driver,
+/// `ConnInner` and stream wakers, the perf handler's task per stream) and a client endpoint
+/// of the same runtime on this thread, over loopback UDP. Both sides are counted, user space
+/// only: the kernel's share (syscalls, wake-ups) is not in callgrind's count.
+///
+/// On monoio's legacy (epoll) driver: valgrind does not see work the kernel does for
+/// io_uring, and its counts must not depend on whether this machine allows io_uring. With
+/// one request round at a time the packet exchange is the same from run to run; what can
+/// vary is when a timer (delayed ACK, loss detection) fires against the slowed-down clock.
+fn streams() {
+    // Before any thread starts; the worker and this thread both read it.
+    std::env::set_var(DRIVER_ENV, "legacy");
+    let mut registry = AlpnRegistry::new();
+    registry
+        .register(Arc::new(alknet_perf::PerfHandler))
+        .expect("register perf");
+    let tls = identity();
+    let fingerprint = tls.fingerprint();
+    let config = EngineConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        workers: 1,
+        pin_workers: PinWorkers::Always(false),
+        server_id: 0,
+        limits: Limits::default(),
+        tls,
+        client_auth: ClientAuth::Optional,
+        kernel_steering: false,
+    };
+    let server = alknet_runtime::start(config, registry, Arc::new(NoIdentities)).expect("start");
+    let addr = server.local_addr();
+    let handle = &server;
+    let received = run_local(|_| async move {
+        let endpoint =
+            ClientEndpoint::bind("127.0.0.1:0".parse().expect("addr"), &Limits::default())
+                .expect("bind client");
+        let crypto = client_crypto(
+            &ServerTrust::Fingerprint(fingerprint),
+            vec![alknet_perf::ALPN.to_vec()],
+            None,
+        )
+        .expect("client crypto");
+        let conn = endpoint
+            .connect(addr, "localhost", crypto)
+            .await
+            .expect("connect");
+        for _ in 0..STREAM_WARMUP_ROUNDS {
+            perf_round(&conn).await;
+        }
+        let before = (endpoint.stats(), handle.total_stats());
+        valgrind::start_instrumentation();
+        let mut received = 0;
+        for _ in 0..STREAM_ROUNDS {
+            received += perf_round(&conn).await;
+        }
+        valgrind::stop_instrumentation();
+        let after = (endpoint.stats(), handle.total_stats());
+        conn.close(VarInt::from_u32(0), b"done");
+        endpoint.wait_idle().await;
+        // What callgrind does not count: the kernel's work, in datagrams and send syscalls
+        // per request (a reading, not gated: it moves with timers like the count does).
+        let requests = (STREAM_ROUNDS * STREAMS_PER_ROUND) as f64;
+        for (side, b, a) in [("client", before.0, after.0), ("server", before.1, after.1)] {
+            println!(
+                "{side}: {:.2} datagrams received, {:.2} sent in {:.2} send calls per request",
+                (a.datagrams_received - b.datagrams_received) as f64 / requests,
+                (a.datagrams_sent - b.datagrams_sent) as f64 / requests,
+                (a.send_calls - b.send_calls) as f64 / requests,
+            );
+        }
+        received
+    })
+    .expect("client runtime");
+    server.shutdown();
+    server.join();
+    assert_eq!(
+        received,
+        STREAM_ROUNDS * STREAMS_PER_ROUND * STREAM_REQUEST_SIZE,
+        "every response byte arrived"
+    );
+}
+
+/// One round: [`STREAMS_PER_ROUND`] requests sent, then every response read to FIN.
+/// Returns the response bytes.
+async fn perf_round(conn: &Connection) -> usize {
+    static UPLOAD: [u8; STREAM_REQUEST_SIZE] = [7; STREAM_REQUEST_SIZE];
+    let header = Bytes::copy_from_slice(&(STREAM_REQUEST_SIZE as u64).to_be_bytes());
+    let mut readers = Vec::with_capacity(STREAMS_PER_ROUND);
+    for _ in 0..STREAMS_PER_ROUND {
+        let (mut send, recv) = conn.open_bi().await.expect("open").split();
+        send.write_all_chunks(&mut [header.clone(), Bytes::from_static(&UPLOAD)])
+            .await
+            .expect("request");
+        send.finish().expect("finish");
+        readers.push(recv);
+    }
+    let mut received = 0;
+    for mut recv in readers {
+        while let Some(chunk) = recv.read_chunk(usize::MAX).await.expect("response") {
+            assert!(
+                chunk.iter().all(|b| *b == 42),
+                "quinn-perf's response bytes"
+            );
+            received += chunk.len();
+        }
+    }
+    received
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
@@ -199,6 +327,7 @@ fn main() -> ExitCode {
         ["datagrams"] => datagrams(),
         ["routing"] => routing(),
         ["framing"] => framing(),
+        ["streams"] => streams(),
         ["write-identity", dir] => match TlsIdentity::load_or_generate(Path::new(dir)) {
             Ok((_, true)) => println!("wrote {dir}/cert.pem and {dir}/key.pem"),
             Ok((_, false)) => println!("{dir} already holds an identity; left as is"),

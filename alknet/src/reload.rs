@@ -1,0 +1,211 @@
+//! Live reload for `alknet serve`: SIGHUP and the `node.reload` call operation re-read the
+//! node's own config file and apply what can change without a restart.
+//!
+//! Reloaded: the TLS certificate and key (`[tls]`, or the generated one in the data
+//! directory), the client-certificate policy, `[[identities]]` and `[identity]`. New
+//! handshakes get the new certificate; open connections keep theirs; token and fingerprint
+//! lookups see the new identities at once. A reload that changes any other section is
+//! refused as a whole, naming the sections: `listen` and `workers` always need a restart,
+//! the others are not live-reloadable yet. A reload that fails anywhere (syntax, an
+//! unreadable key, a certificate that does not match its key) changes nothing.
+//!
+//! One thread applies reloads one at a time, whoever asked. The operation takes no path: the
+//! node re-reads the file it was started with, so an admin token cannot make it read
+//! another file.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use alknet_call::{CallError, Operation, ADMIN_SCOPE};
+use alknet_runtime::ConfigReloadHandle;
+use serde_json::json;
+
+use crate::config::{FileConfig, DEFAULT_CONFIG};
+
+/// Top-level config keys a reload may change.
+const RELOADABLE: [&str; 3] = ["tls", "identities", "identity"];
+
+/// What a reload did (one line per change), or why it did nothing.
+pub type ReloadOutcome = Result<Vec<String>, String>;
+
+/// A request to reload; `reply` gets the outcome (none for SIGHUP: it is logged).
+pub struct ReloadRequest {
+    pub reply: Option<async_channel::Sender<ReloadOutcome>>,
+}
+
+pub type ReloadSender = mpsc::Sender<ReloadRequest>;
+
+/// Where the running config came from, to read it again.
+pub struct ConfigSource {
+    pub path: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    fn read(&self) -> Result<(toml::Table, FileConfig), String> {
+        let (text, origin) = match &self.path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?,
+                p.display().to_string(),
+            ),
+            None => (DEFAULT_CONFIG.to_string(), "<default>".to_string()),
+        };
+        let mut cfg = FileConfig::parse(&text, &origin).map_err(|e| e.to_string())?;
+        if self.data_dir.is_some() {
+            cfg.data_dir = self.data_dir.clone();
+        }
+        let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{origin}: {e}"))?;
+        Ok((table, cfg))
+    }
+}
+
+/// Applies reloads to one running server.
+pub struct Reloader {
+    source: ConfigSource,
+    running: toml::Table,
+    handle: ConfigReloadHandle,
+}
+
+impl Reloader {
+    /// `running` is the config the server started with, as read from `source`.
+    pub fn new(source: ConfigSource, handle: ConfigReloadHandle) -> Result<Self, String> {
+        let (running, _) = source.read()?;
+        Ok(Self {
+            source,
+            running,
+            handle,
+        })
+    }
+
+    /// Re-reads the config and applies it, or changes nothing and says why.
+    pub fn reload(&mut self) -> ReloadOutcome {
+        let (table, cfg) = self.source.read()?;
+        let fixed = changed_sections(&self.running, &table)
+            .into_iter()
+            .filter(|k| !RELOADABLE.contains(&k.as_str()))
+            .collect::<Vec<_>>();
+        if !fixed.is_empty() {
+            return Err(format!(
+                "not reloaded: {} changed, which needs a restart (listen and workers always \
+                 do; the other sections are not live-reloadable yet); nothing was changed",
+                fixed.join(", ")
+            ));
+        }
+        let mut changes = Vec::new();
+        // Build everything before changing anything.
+        let tls = if cfg.vault.file.is_some() {
+            None // the vault's key: it changes only with the vault, which needs a restart
+        } else {
+            Some(cfg.tls_identity().map_err(|e| format!("TLS: {e}"))?.0)
+        };
+        let provider = cfg.identity_provider().map_err(|e| e.to_string())?;
+        let old_tls = self.running.get("tls");
+        if let Some(tls) = tls {
+            let before = self.handle.fingerprint();
+            let policy_changed = old_tls.and_then(|t| t.get("client_auth"))
+                != table.get("tls").and_then(|t| t.get("client_auth"));
+            if tls.fingerprint() != before || policy_changed {
+                let after = self
+                    .handle
+                    .reload_tls(&tls, cfg.tls.client_auth)
+                    .map_err(|e| format!("TLS: {e}; the old certificate stays"))?;
+                if after != before {
+                    changes.push(format!("certificate {before} -> {after}"));
+                }
+                if policy_changed {
+                    changes.push(format!("client_auth -> {:?}", cfg.tls.client_auth));
+                }
+            }
+        }
+        self.handle.set_identity_provider(provider);
+        if ["identities", "identity"]
+            .iter()
+            .any(|k| self.running.get(*k) != table.get(*k))
+        {
+            changes.push(format!("identities ({} configured)", cfg.identities.len()));
+        }
+        self.running = table;
+        Ok(changes)
+    }
+
+    /// Serves reload requests on a thread of its own until every sender is gone.
+    pub fn spawn(mut self, requests: mpsc::Receiver<ReloadRequest>) {
+        std::thread::Builder::new()
+            .name("alknet-reload".into())
+            .spawn(move || {
+                for request in requests {
+                    crate::systemd::notify("RELOADING=1");
+                    let outcome = self.reload();
+                    crate::systemd::notify("READY=1");
+                    match &outcome {
+                        Ok(c) if c.is_empty() => tracing::info!("reload: nothing changed"),
+                        Ok(c) => tracing::info!("reloaded: {}", c.join("; ")),
+                        Err(e) => tracing::warn!("reload refused: {e}"),
+                    }
+                    if let Some(reply) = request.reply {
+                        let _ = reply.send_blocking(outcome);
+                    }
+                }
+            })
+            .map(drop)
+            .unwrap_or_else(|e| tracing::error!("cannot start the reload thread: {e}"));
+    }
+}
+
+/// Top-level keys whose values differ between `a` and `b`.
+fn changed_sections(a: &toml::Table, b: &toml::Table) -> Vec<String> {
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// `node.reload` (scope `node:admin`): reloads the node's config file and answers what
+/// changed; refusals come back as FAILED_PRECONDITION-like `INVALID_ARGUMENT` with the
+/// reason.
+pub fn reload_operation(requests: ReloadSender) -> Operation {
+    Operation::unary("node.reload", move |_, _| {
+        let requests = requests.clone();
+        async move {
+            let (reply, answer) = async_channel::bounded(1);
+            requests
+                .send(ReloadRequest { reply: Some(reply) })
+                .map_err(|_| CallError::unavailable("reload is not running"))?;
+            match answer.recv().await {
+                Ok(Ok(changed)) => Ok(json!({ "changed": changed })),
+                Ok(Err(reason)) => Err(CallError::invalid_argument(reason)),
+                Err(_) => Err(CallError::internal("the reload thread ended")),
+            }
+        }
+    })
+    .scopes([ADMIN_SCOPE])
+    .describe(
+        "Re-reads the node's config file and applies what can change live; answers what changed",
+    )
+    .output_schema(json!({
+        "type": "object",
+        "required": ["changed"],
+        "properties": {"changed": {"type": "array", "items": {"type": "string"}}}
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_sections_names_what_differs() {
+        let a: toml::Table =
+            toml::from_str("listen = \"127.0.0.1:1\"\n[tls]\nclient_auth = \"optional\"\n")
+                .expect("a");
+        let b: toml::Table = toml::from_str(
+            "listen = \"127.0.0.1:2\"\n[tls]\nclient_auth = \"required\"\nworkers = 3\n",
+        )
+        .expect("b");
+        assert_eq!(changed_sections(&a, &b), vec!["listen", "tls"]);
+        assert!(changed_sections(&a, &a).is_empty());
+    }
+}

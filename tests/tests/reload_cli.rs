@@ -1,0 +1,149 @@
+//! Live reload of the real `alknet serve`: SIGHUP and `alknet reload` rotate the
+//! certificate, add identities, and refuse what they cannot apply, changing nothing.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use alknet_runtime::tls::TlsIdentity;
+use alknet_tests::*;
+
+const CONFIG: &str = r#"
+[[identities]]
+name = "ops"
+tokens = ["admin-token"]
+scopes = ["node:admin"]
+"#;
+
+fn alknet(args: &[&str]) -> Output {
+    let child = Command::new(alknet_bin())
+        .args(args)
+        .env_remove("ALKNET_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn alknet");
+    wait_output(child, Duration::from_secs(30))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn reload(server: &BinServer, fp: &str, token: &str) -> Output {
+    alknet(&[
+        "reload",
+        "--token",
+        token,
+        "--fingerprint",
+        fp,
+        &server.addr(),
+    ])
+}
+
+/// Writes a new generated certificate where the server keeps its own; returns its
+/// fingerprint.
+fn replace_certificate(server: &BinServer) -> String {
+    let next = TlsIdentity::generate_self_signed(&[]).expect("generate");
+    let dir = server.data_dir.path();
+    std::fs::write(dir.join("cert.pem"), next.chain_pem()).expect("cert");
+    std::fs::write(dir.join("key.pem"), next.key_pem()).expect("key");
+    next.fingerprint().to_string()
+}
+
+#[test]
+fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
+    let server = BinServer::start_with_config(CONFIG);
+    let first = server.fingerprint();
+    let addr = server.addr();
+    let config_path = server.data_dir.path().join("config.toml");
+
+    // SIGHUP: a new certificate for new handshakes
+    let second = replace_certificate(&server);
+    // SAFETY: kill(2) on the child this test started
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    let log = server.wait_for_log("reloaded: certificate");
+    assert!(log.last().expect("line").contains(&second), "{log:?}");
+    let out = alknet(&["call", "--fingerprint", &second, &addr, "node.health"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = alknet(&["call", "--fingerprint", &first, &addr, "node.health"]);
+    assert!(
+        !out.status.success(),
+        "the old certificate is no longer served"
+    );
+
+    // alknet reload: nothing to do; a stranger's token is refused
+    let out = reload(&server, &second, "admin-token");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "reloaded: nothing changed");
+    let out = reload(&server, &second, "nobody");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    // a broken certificate file: refused with the reason, the old certificate stays
+    std::fs::write(server.data_dir.path().join("cert.pem"), "not a certificate").expect("w");
+    let out = reload(&server, &second, "admin-token");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("TLS"), "{}", text(&out.stderr));
+    let out = alknet(&["call", "--fingerprint", &second, &addr, "node.health"]);
+    assert!(out.status.success(), "still served: {}", text(&out.stderr));
+
+    // a certificate and a new identity in one reload
+    let third = replace_certificate(&server);
+    std::fs::write(
+        &config_path,
+        format!("{CONFIG}\n[[identities]]\nname = \"ci\"\ntokens = [\"ci-token\"]\nscopes = [\"node:admin\"]\n"),
+    )
+    .expect("config");
+    let out = reload(&server, &second, "admin-token");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(&format!("certificate {second} -> {third}")),
+        "{said}"
+    );
+    assert!(said.contains("identities (2 configured)"), "{said}");
+    let out = alknet(&[
+        "call",
+        "--token",
+        "ci-token",
+        "--fingerprint",
+        &third,
+        &addr,
+        "node.stats",
+    ]);
+    assert!(
+        out.status.success(),
+        "the new identity is known: {}",
+        text(&out.stderr)
+    );
+
+    // what needs a restart is refused as a whole, and says so
+    std::fs::write(&config_path, format!("workers = 1\n{CONFIG}")).expect("config");
+    let out = reload(&server, &third, "admin-token");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("workers") && err.contains("restart"), "{err}");
+    let out = alknet(&[
+        "call",
+        "--token",
+        "ci-token",
+        "--fingerprint",
+        &third,
+        &addr,
+        "node.stats",
+    ]);
+    assert!(
+        out.status.success(),
+        "the refused reload changed nothing: {}",
+        text(&out.stderr)
+    );
+
+    // a config that does not parse: refused with the parser's message
+    std::fs::write(&config_path, "this is = = not toml").expect("config");
+    let out = reload(&server, &third, "admin-token");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("config.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+}
