@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use alknet_call::{CallAdapter, CallLimits, NodeInfo};
+use alknet_dns::{
+    ClassicAddrs, DnsConfig, DnsState, DoqHandler, PipelineHandler, PkarrStore, SharedCatalog,
+    ZoneReloader,
+};
 use alknet_git::{GitConfig, GitHandler};
 use alknet_peers::SqlitePeerStore;
 use alknet_runtime::resolve_workers;
@@ -50,7 +54,8 @@ client_auth = "optional"
 # ALPNs served. Available: "alknet/echo", "perf" (quinn's perf tool protocol),
 # "alknet/call" (JSON operations; see README), "alknet/ssh" (SSH sessions for OpenSSH
 # through `alknet connect`; see README), "alknet/git" (git clone/fetch/push through
-# git-remote-alknet; see README).
+# git-remote-alknet; see README), "doq" (DNS over QUIC, RFC 9250) and "alknet/dns"
+# (pipelined DNS over QUIC), which answer for the [[dns.zones]] below (not on by default).
 enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh", "alknet/git"]
 
 [call]
@@ -129,6 +134,44 @@ max_processes = 64
 stderr_log_limit = 4096
 # After a stream ends, how long git has to exit before it is killed.
 exit_grace_ms = 5000
+[dns]
+# DoQ queries (streams) in progress at once per connection; past it DOQ_EXCESSIVE_LOAD.
+max_queries_per_connection = 128
+# A query (DoQ), or a message begun (alknet/dns), must arrive whole within this long.
+query_timeout_ms = 10000
+# How often zone files are checked for changes and reloaded (0 = never). A zone that
+# fails to parse keeps its previous version; the error and its line are logged.
+reload_interval_ms = 2000
+# Classic DNS over UDP and TCP (pipelined), off unless set; same zones.
+# udp_listen = "127.0.0.1:5353"
+# tcp_listen = "127.0.0.1:5353"
+# Largest UDP answer for EDNS0 clients (512 without EDNS0); bigger ones are truncated (TC).
+udp_payload_size = 1232
+# A TCP connection with no query for this long is closed.
+tcp_idle_timeout_ms = 10000
+# TCP connections open at once; past it new ones are closed.
+max_tcp_connections = 1024
+# Forwarding cache for names outside the zones: upstream resolvers (UDP, TCP when
+# truncated). Empty = no forwarding. Recursion is only for identities with scope
+# "dns:recursion" or sources in recursion_allow (no open resolver by default).
+upstreams = []
+recursion_allow = []
+# How long one upstream may take before the next is tried (SERVFAIL when none answers).
+forward_timeout_ms = 2000
+# Answers kept by the forwarding cache (by TTL; negative answers per RFC 2308).
+cache_entries = 10000
+# pkarr names: records published by Ed25519 keys under <z-base32 key>. with the
+# alknet/call operation dns.publish (signed packets; newest timestamp wins), kept in SQLite.
+pkarr = false
+# Default: pkarr.db in data_dir.
+# pkarr_db = "/var/lib/alknet/pkarr.db"
+# With pkarr: publish this node (address, port, certificate fingerprint) under its own key
+# (pkarr_node_key in data_dir, made on first start) at start.
+pkarr_publish_self = true
+# Authoritative zones from RFC 1035 zone files; names outside them are REFUSED.
+# [[dns.zones]]
+# origin = "example.com."
+# file = "/etc/alknet/example.com.zone"
 
 [vault]
 # A key vault (`alknet vault init|restore`): with `file` set, the TLS certificate (a
@@ -224,6 +267,14 @@ pub struct FileConfig {
     pub vault: VaultSection,
     #[serde(default)]
     pub git: GitConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// The DNS catalog, made once for the DNS handlers and the classic listener.
+    #[serde(skip)]
+    dns_state: std::cell::OnceCell<DnsState>,
+    /// The pkarr store, opened once for the catalog and the `dns.publish` operation.
+    #[serde(skip)]
+    pkarr: std::cell::OnceCell<Option<Arc<PkarrStore>>>,
     /// Where `node.reload` sends its requests (set by `alknet serve` before the call
     /// handler is built; without it the operation is not offered).
     #[serde(skip)]
@@ -282,7 +333,7 @@ pub struct HandlersSection {
 impl Default for HandlersSection {
     fn default() -> Self {
         Self {
-            enabled: available_handlers(),
+            enabled: default_handlers(),
         }
     }
 }
@@ -314,6 +365,9 @@ impl FileConfig {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         cfg.git
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.dns
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if cfg.vault.file.is_some() {
@@ -355,6 +409,7 @@ impl FileConfig {
     /// The handlers named in `handlers.enabled`.
     pub fn registry(&self) -> Result<AlpnRegistry, ConfigError> {
         let mut registry = AlpnRegistry::new();
+        // one catalog for both DNS handlers, loaded only when one is enabled
         for name in &self.handlers.enabled {
             let handler: Arc<dyn ProtocolHandler> = match name.as_bytes() {
                 alknet_echo::ALPN => Arc::new(alknet_echo::EchoHandler),
@@ -362,6 +417,8 @@ impl FileConfig {
                 alknet_call::ALPN => Arc::new(self.call_adapter()?),
                 alknet_ssh::ALPN => Arc::new(self.ssh_adapter()?),
                 alknet_git::ALPN => Arc::new(self.git_handler()?),
+                alknet_dns::DOQ_ALPN => Arc::new(DoqHandler::new(self.dns_state()?)),
+                alknet_dns::PIPELINE_ALPN => Arc::new(PipelineHandler::new(self.dns_state()?)),
                 _ => {
                     return Err(ConfigError::UnknownHandler {
                         name: name.clone(),
@@ -377,6 +434,88 @@ impl FileConfig {
             return Err(ConfigError::Invalid("handlers.enabled is empty".into()));
         }
         Ok(registry)
+    }
+
+    /// The pkarr store (`[dns] pkarr = true`): `dns.pkarr_db`, else `pkarr.db` in the data
+    /// directory; opened, or created, once.
+    pub fn pkarr_store(&self) -> Result<Option<Arc<PkarrStore>>, ConfigError> {
+        if let Some(store) = self.pkarr.get() {
+            return Ok(store.clone());
+        }
+        let store = if self.dns.pkarr {
+            let path = self
+                .dns
+                .pkarr_db
+                .clone()
+                .unwrap_or_else(|| self.data_dir().join("pkarr.db"));
+            let store = PkarrStore::open(&path).map_err(|e| {
+                ConfigError::Invalid(format!("dns.pkarr_db {}: {e}", path.display()))
+            })?;
+            Some(Arc::new(store))
+        } else {
+            None
+        };
+        Ok(self.pkarr.get_or_init(|| store).clone())
+    }
+
+    /// With `dns.pkarr` and `dns.pkarr_publish_self`: publishes this node (its address, its
+    /// port, its certificate fingerprint) under its own key, and returns the name.
+    pub fn publish_node_name(
+        &self,
+        addr: SocketAddr,
+        fingerprint: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        let Some(store) = self.pkarr_store()? else {
+            return Ok(None);
+        };
+        if !self.dns.pkarr_publish_self {
+            return Ok(None);
+        }
+        let invalid = |e: alknet_dns::PublishError| ConfigError::Invalid(format!("pkarr: {e}"));
+        let keypair = alknet_dns::pkarr::node_keypair(&self.data_dir().join("pkarr_node_key"))
+            .map_err(invalid)?;
+        let name = store
+            .publish_node(&keypair, addr, fingerprint)
+            .map_err(invalid)?;
+        Ok(Some(name))
+    }
+
+    /// The DNS catalog, settings and forwarding cache, made once for both DNS handlers and
+    /// the classic listener.
+    fn dns_state(&self) -> Result<DnsState, ConfigError> {
+        if let Some(state) = self.dns_state.get() {
+            return Ok(state.clone());
+        }
+        let state = DnsState::new(self.dns_catalog()?, self.dns.clone());
+        Ok(self.dns_state.get_or_init(|| state).clone())
+    }
+
+    /// Classic DNS on `[dns] udp_listen` / `tcp_listen`, when set: bound now, served by
+    /// as many threads as workers, from the same catalog as `doq` and `alknet/dns`.
+    pub fn start_dns_classic(&self) -> Result<Option<ClassicAddrs>, ConfigError> {
+        if self.dns.udp_listen.is_none() && self.dns.tcp_listen.is_none() {
+            return Ok(None);
+        }
+        let threads = resolve_workers(self.workers);
+        let addrs = alknet_dns::start_classic(&self.dns_state()?, threads)
+            .map_err(|e| ConfigError::Invalid(format!("dns classic listener: {e}")))?;
+        Ok(Some(addrs))
+    }
+
+    /// The `[[dns.zones]]`, loaded now (a zone that fails refuses the start, naming its
+    /// file and line), and a thread reloading them as their files change; it ends when
+    /// the handlers holding the catalog are dropped.
+    pub fn dns_catalog(&self) -> Result<SharedCatalog, ConfigError> {
+        let mut catalog = alknet_dns::load_catalog(&self.dns)
+            .map_err(|e| ConfigError::Invalid(format!("dns: {e}")))?;
+        if let Some(store) = self.pkarr_store()? {
+            catalog.set_pkarr(store);
+        }
+        let catalog = alknet_dns::shared(catalog);
+        if let Some(reloader) = ZoneReloader::start(&self.dns, catalog.clone()) {
+            reloader.detach();
+        }
+        Ok(catalog)
     }
 
     /// The identity providers: `[[identities]]` first, then the peer database when
@@ -407,6 +546,11 @@ impl FileConfig {
     pub fn call_adapter(&self) -> Result<CallAdapter, ConfigError> {
         let mut registry = alknet_call::default_registry()
             .map_err(|e| ConfigError::Invalid(format!("call operations: {e}")))?;
+        if let Some(store) = self.pkarr_store()? {
+            registry
+                .register(dns_publish_operation(store))
+                .map_err(|e| ConfigError::Invalid(format!("call operations: {e}")))?;
+        }
         if let Some(requests) = &self.reload_requests {
             registry
                 .register(crate::reload::reload_operation(requests.clone()))
@@ -522,6 +666,30 @@ impl FileConfig {
     }
 }
 
+/// `dns.publish`: stores a pkarr signed packet, `{"key": "<z-base32>", "payload":
+/// "<base64 relay payload>"}` → `{"key", "timestamp"}`. Public, as pkarr relays are: the
+/// signature is the authorization. Stale or forged packets get INVALID_ARGUMENT.
+fn dns_publish_operation(store: Arc<PkarrStore>) -> alknet_call::Operation {
+    use alknet_call::CallError;
+    alknet_call::Operation::unary("dns.publish", move |_, input| {
+        let store = store.clone();
+        async move {
+            let key = input["key"]
+                .as_str()
+                .ok_or_else(|| CallError::invalid_argument("key: a z-base32 public key"))?;
+            let payload = input["payload"]
+                .as_str()
+                .ok_or_else(|| CallError::invalid_argument("payload: the base64 relay payload"))?;
+            let timestamp = store
+                .publish_base64(key, payload)
+                .map_err(|e| CallError::invalid_argument(e.to_string()))?;
+            Ok(serde_json::json!({"key": key, "timestamp": timestamp}))
+        }
+    })
+    .public()
+    .describe("Publish a pkarr signed packet (signature ‖ timestamp ‖ DNS packet) served over DNS")
+}
+
 /// Every handler this binary can serve, in the default preference order.
 pub fn available_handlers() -> Vec<String> {
     [
@@ -530,10 +698,22 @@ pub fn available_handlers() -> Vec<String> {
         alknet_call::ALPN,
         alknet_ssh::ALPN,
         alknet_git::ALPN,
+        alknet_dns::DOQ_ALPN,
+        alknet_dns::PIPELINE_ALPN,
     ]
     .iter()
     .map(|a| String::from_utf8_lossy(a).into_owned())
     .collect()
+}
+
+/// The handlers served when `handlers.enabled` is not given: all but DNS, which answers
+/// only for configured zones and so is turned on with them.
+pub fn default_handlers() -> Vec<String> {
+    let dns = [alknet_dns::DOQ_ALPN, alknet_dns::PIPELINE_ALPN];
+    available_handlers()
+        .into_iter()
+        .filter(|h| !dns.contains(&h.as_bytes()))
+        .collect()
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -588,6 +768,46 @@ mod tests {
         assert!(e.to_string().contains("nope"), "{e}");
         let cfg = FileConfig::parse("[tls]\ncert = \"/x\"", "x.toml").expect("parses");
         assert!(cfg.tls_identity().is_err());
+    }
+
+    #[test]
+    fn dns_section_builds_both_handlers_on_one_catalog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let zone = dir.path().join("example.com.zone");
+        std::fs::write(
+            &zone,
+            "$TTL 60\n@ IN SOA ns hm 1 2 3 4 5\nwww IN A 192.0.2.1\n",
+        )
+        .expect("write zone");
+        let text = format!(
+            "[handlers]\nenabled = [\"doq\", \"alknet/dns\"]\n[dns]\nquery_timeout_ms = 500\n\
+             [[dns.zones]]\norigin = \"example.com\"\nfile = {zone:?}\n"
+        );
+        let cfg = FileConfig::parse(&text, "x.toml").expect("parses");
+        assert_eq!(cfg.dns.zones.len(), 1);
+        assert_eq!(cfg.dns.query_timeout, std::time::Duration::from_millis(500));
+        let registry = cfg.registry().expect("registry");
+        assert_eq!(
+            registry.alpns(),
+            vec![b"doq".to_vec(), b"alknet/dns".to_vec()]
+        );
+        // not served unless asked for
+        let default = FileConfig::load(None).expect("default");
+        assert!(!default.handlers.enabled.iter().any(|h| h == "doq"));
+        // a broken zone refuses the start, naming the file and line
+        std::fs::write(&zone, "$TTL 60\n@ IN SOA ns hm 1 2 3 4 5\nwww IN A nope\n")
+            .expect("write zone");
+        let cfg = FileConfig::parse(&text, "x.toml").expect("parses");
+        let e = cfg.registry().expect_err("broken zone");
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let e =
+            FileConfig::parse("[dns]\nmax_queries_per_connection = 0", "x.toml").expect_err("zero");
+        assert!(
+            e.to_string().contains("dns.max_queries_per_connection"),
+            "{e}"
+        );
+        let e = FileConfig::parse("[dns]\nzone = []", "x.toml").expect_err("typo");
+        assert!(e.to_string().contains("zone"), "{e}");
     }
 
     #[test]

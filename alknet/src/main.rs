@@ -207,6 +207,9 @@ fn serve(
         // first: the handlers and the TLS identity take their keys from it
         cfg.unlock_vault()?;
         let registry = cfg.registry()?;
+        if let Some(dns) = cfg.start_dns_classic()? {
+            tracing::info!(udp = ?dns.udp, tcp = ?dns.tcp, "classic dns listening");
+        }
         let provider = cfg.identity_provider()?;
         let (tls, generated) = cfg.tls_identity()?;
         Ok((registry, provider, tls, generated))
@@ -242,6 +245,11 @@ fn serve(
         "alknet serving"
     );
     tracing::info!("certificate fingerprint (sha256): {}", server.fingerprint());
+    match cfg.publish_node_name(server.local_addr(), &server.fingerprint().to_string()) {
+        Ok(Some(name)) => tracing::info!("pkarr node name: {name}"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e}"),
+    }
 
     match reload::Reloader::new(source, server.reload_handle()) {
         Ok(reloader) => reloader.spawn(reload_rx),

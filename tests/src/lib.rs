@@ -2,6 +2,7 @@
 //! with a hard timeout, deterministic payloads, and the path of the `alknet` binary.
 
 mod bin_server;
+pub mod dns;
 pub mod git;
 pub mod ssh;
 mod whoami;

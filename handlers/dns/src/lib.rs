@@ -1,0 +1,58 @@
+//! DNS for Alknet: authoritative zones from RFC 1035 zone files, answered over
+//! `doq` (DNS over QUIC, RFC 9250) and `alknet/dns` (many queries pipelined on one QUIC
+//! stream, DNS-over-TCP style) on the engine's workers.
+//!
+//! ```text
+//! zone files ─▶ Zone ─▶ Catalog (ArcSwap, reloaded whole) ─┐
+//! QUIC stream ─▶ framing (2-byte length) ─▶ responder::parse/answer ─▶ framed answer
+//! ```
+//!
+//! Query handling ([`responder`]) is sans-IO and deterministic; the handlers ([`doq`],
+//! [`pipeline`]) only move framed messages between streams and it.
+
+mod catalog;
+pub mod classic;
+pub mod doq;
+pub mod forward;
+pub mod framing;
+mod limits;
+pub mod pipeline;
+#[cfg(feature = "pkarr")]
+pub mod pkarr;
+mod reload;
+pub mod responder;
+pub mod rrl;
+mod zone;
+
+pub use catalog::{shared, Catalog, SharedCatalog};
+pub use classic::{start_classic, ClassicAddrs};
+pub use doq::{DoqHandler, DOQ_ALPN};
+pub use forward::Forwarder;
+pub use limits::*;
+pub use pipeline::{PipelineHandler, PIPELINE_ALPN};
+#[cfg(feature = "pkarr")]
+pub use pkarr::{PkarrStore, PublishError};
+pub use reload::{load_catalog, ZoneReloader};
+pub use zone::{Outcome, Zone, ZoneAnswer, ZoneError};
+
+use std::sync::Arc;
+
+/// What every DNS transport answers from: the zones (and pkarr names), the settings, and
+/// the forwarding cache when `upstreams` are configured. Cheap to clone; one per server.
+#[derive(Clone, Debug)]
+pub struct DnsState {
+    pub catalog: SharedCatalog,
+    pub config: Arc<DnsConfig>,
+    pub forwarder: Option<Arc<Forwarder>>,
+}
+
+impl DnsState {
+    pub fn new(catalog: SharedCatalog, config: DnsConfig) -> Self {
+        let forwarder = Forwarder::from_config(&config).map(Arc::new);
+        Self {
+            catalog,
+            config: Arc::new(config),
+            forwarder,
+        }
+    }
+}

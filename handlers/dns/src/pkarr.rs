@@ -1,0 +1,395 @@
+//! pkarr names: DNS records published by an Ed25519 key under `<z-base32 key>.`, in
+//! pkarr's signed-packet format (64-byte signature ‖ 8-byte big-endian µs timestamp ‖ DNS
+//! packet ≤ 1000 bytes, signed over the BEP44 encoding; verified with the `pkarr` crate's
+//! `SignedPacket`). Kept in SQLite (the newest timestamp wins; an older one is refused, as a
+//! relay answers 409) and in memory for lookups, which never touch the database.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::Message;
+use hickory_proto::rr::{LowerName, Name, Record, RecordType};
+
+use crate::zone::{Outcome, ZoneAnswer};
+
+/// The relay payload's largest size: signature, timestamp and a 1000-byte packet.
+pub const MAX_RELAY_PAYLOAD: usize = 64 + 8 + 1000;
+
+/// Why a packet was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("not a pkarr public key (52 z-base32 characters): {0}")]
+    Key(String),
+    #[error("payload of {0} bytes is over the {MAX_RELAY_PAYLOAD}-byte limit")]
+    TooLarge(usize),
+    #[error("payload is not base64")]
+    Encoding,
+    #[error("invalid signed packet: {0}")]
+    Invalid(String),
+    #[error("stale: timestamp {got} is not newer than the stored {have}")]
+    Stale { have: u64, got: u64 },
+    #[error("pkarr store: {0}")]
+    Storage(String),
+}
+
+#[derive(Debug)]
+struct Stored {
+    timestamp: u64,
+    records: Vec<Record>,
+}
+
+/// The signed packets this node serves, by key.
+pub struct PkarrStore {
+    db: Mutex<rusqlite::Connection>,
+    packets: ArcSwap<HashMap<String, Arc<Stored>>>,
+}
+
+impl std::fmt::Debug for PkarrStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PkarrStore")
+            .field("keys", &self.packets.load().len())
+            .finish()
+    }
+}
+
+fn storage(e: rusqlite::Error) -> PublishError {
+    PublishError::Storage(e.to_string())
+}
+
+impl PkarrStore {
+    /// Opens (creating) the database at `path` and loads every packet in it; a row that no
+    /// longer verifies is skipped with a warning.
+    pub fn open(path: &Path) -> Result<Self, PublishError> {
+        let db = rusqlite::Connection::open(path).map_err(storage)?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS pkarr_packets (
+                 key TEXT PRIMARY KEY,
+                 timestamp INTEGER NOT NULL,
+                 payload BLOB NOT NULL
+             )",
+        )
+        .map_err(storage)?;
+        let mut packets = HashMap::new();
+        {
+            let mut stmt = db
+                .prepare("SELECT key, payload FROM pkarr_packets")
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(storage)?;
+            for row in rows {
+                let (key, payload) = row.map_err(storage)?;
+                match verify(&key, &payload) {
+                    Ok(stored) => {
+                        packets.insert(key, Arc::new(stored));
+                    }
+                    Err(e) => tracing::warn!(%key, "pkarr packet in the store skipped: {e}"),
+                }
+            }
+        }
+        Ok(Self {
+            db: Mutex::new(db),
+            packets: ArcSwap::from_pointee(packets),
+        })
+    }
+
+    /// Stores a relay payload for `key` (z-base32) if it verifies and is newer than what
+    /// is stored; returns its timestamp. Republishing the same packet is accepted.
+    pub fn publish(&self, key: &str, payload: &[u8]) -> Result<u64, PublishError> {
+        let key = key.trim_end_matches('.').to_ascii_lowercase();
+        let stored = verify(&key, payload)?;
+        let timestamp = stored.timestamp;
+        let db = self
+            .db
+            .lock()
+            .map_err(|_| PublishError::Storage("poisoned".into()))?;
+        let have: Option<(u64, Vec<u8>)> = db
+            .query_row(
+                "SELECT timestamp, payload FROM pkarr_packets WHERE key = ?1",
+                [&key],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(storage(e)),
+            })?;
+        if let Some((have, bytes)) = have {
+            if have == timestamp && bytes == payload {
+                return Ok(timestamp);
+            }
+            if have >= timestamp {
+                return Err(PublishError::Stale {
+                    have,
+                    got: timestamp,
+                });
+            }
+        }
+        db.execute(
+            "INSERT INTO pkarr_packets (key, timestamp, payload) VALUES (?1, ?2, ?3)
+             ON CONFLICT(key) DO UPDATE SET timestamp = ?2, payload = ?3",
+            rusqlite::params![key, timestamp as i64, payload],
+        )
+        .map_err(storage)?;
+        let stored = Arc::new(stored);
+        self.packets.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.insert(key.clone(), stored.clone());
+            next
+        });
+        Ok(timestamp)
+    }
+
+    /// [`Self::publish`] with the payload in standard base64 (as the call operation takes).
+    pub fn publish_base64(&self, key: &str, payload: &str) -> Result<u64, PublishError> {
+        let bytes = data_encoding::BASE64
+            .decode(payload.as_bytes())
+            .map_err(|_| PublishError::Encoding)?;
+        self.publish(key, &bytes)
+    }
+
+    /// The key a name falls under (its last label), if it is a pkarr key at all.
+    pub fn key_of(name: &Name) -> Option<String> {
+        let last = name.iter().next_back()?;
+        let label = std::str::from_utf8(last).ok()?.to_ascii_lowercase();
+        pkarr::PublicKey::try_from(label.as_str()).ok()?;
+        Some(label)
+    }
+
+    /// Answers `qname`/`qtype` from the stored packet of its key: `None` when the name is
+    /// not under a key this node has. Exact names (and a CNAME there) only; no SOA exists,
+    /// so negative answers carry no authority.
+    pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Option<ZoneAnswer> {
+        let key = Self::key_of(qname)?;
+        let packets = self.packets.load();
+        let stored = packets.get(&key)?;
+        let lower = LowerName::new(qname);
+        let mut out = ZoneAnswer {
+            outcome: Outcome::Answer,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            additionals: Vec::new(),
+        };
+        let at_name: Vec<&Record> = stored
+            .records
+            .iter()
+            .filter(|r| LowerName::new(&r.name) == lower)
+            .collect();
+        out.answers = at_name
+            .iter()
+            .filter(|r| qtype == RecordType::ANY || r.record_type() == qtype)
+            .map(|r| (*r).clone())
+            .collect();
+        if out.answers.is_empty() {
+            out.answers = at_name
+                .iter()
+                .filter(|r| r.record_type() == RecordType::CNAME)
+                .map(|r| (*r).clone())
+                .collect();
+        }
+        if out.answers.is_empty() {
+            let below = stored
+                .records
+                .iter()
+                .any(|r| lower.zone_of(&LowerName::new(&r.name)));
+            out.outcome = if below {
+                Outcome::NoData
+            } else {
+                Outcome::NxDomain
+            };
+        }
+        Some(out)
+    }
+}
+
+/// The node's own pkarr key, kept as a hex secret in `path` (mode 0600), made on first use.
+/// (A key from the vault would make the name survive a reinstall; this one lives and dies
+/// with the data directory.)
+pub fn node_keypair(path: &Path) -> Result<pkarr::Keypair, PublishError> {
+    if path.exists() {
+        return pkarr::Keypair::from_secret_key_file(path)
+            .map_err(|e| PublishError::Storage(format!("{}: {e}", path.display())));
+    }
+    let kp = pkarr::Keypair::random();
+    let hex: String = kp.secret_key().iter().map(|b| format!("{b:02x}")).collect();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let write = |mut f: std::fs::File| std::io::Write::write_all(&mut f, hex.as_bytes());
+    opts.open(path)
+        .and_then(write)
+        .map_err(|e| PublishError::Storage(format!("{}: {e}", path.display())))?;
+    Ok(kp)
+}
+
+impl PkarrStore {
+    /// Publishes this node under `keypair`: its address at the apex (unless it listens on
+    /// an unspecified address) and `_alknet` TXT "port=… fp=…" (the UDP port and the TLS
+    /// certificate's SHA-256, for pinning). Returns the node's name (the z-base32 key).
+    pub fn publish_node(
+        &self,
+        keypair: &pkarr::Keypair,
+        addr: std::net::SocketAddr,
+        fingerprint: &str,
+    ) -> Result<String, PublishError> {
+        let invalid = |e: String| PublishError::Invalid(e);
+        let mut builder = pkarr::SignedPacket::builder();
+        if !addr.ip().is_unspecified() {
+            builder = builder.address(
+                ".".try_into().map_err(|e| invalid(format!("{e}")))?,
+                addr.ip(),
+                NODE_TTL,
+            );
+        }
+        let text = format!("port={} fp={fingerprint}", addr.port());
+        let packet = builder
+            .txt(
+                "_alknet".try_into().map_err(|e| invalid(format!("{e}")))?,
+                text.as_str()
+                    .try_into()
+                    .map_err(|e| invalid(format!("{e}")))?,
+                NODE_TTL,
+            )
+            .sign(keypair)
+            .map_err(|e| invalid(e.to_string()))?;
+        let key = keypair.public_key().to_z32();
+        self.publish(&key, &packet.to_relay_payload())?;
+        Ok(key)
+    }
+}
+
+/// TTL of the node's own records.
+const NODE_TTL: u32 = 300;
+
+/// Checks a relay payload against `key` and reads its records.
+fn verify(key: &str, payload: &[u8]) -> Result<Stored, PublishError> {
+    if payload.len() > MAX_RELAY_PAYLOAD {
+        return Err(PublishError::TooLarge(payload.len()));
+    }
+    let public_key =
+        pkarr::PublicKey::try_from(key).map_err(|_| PublishError::Key(key.to_string()))?;
+    let signed = pkarr::SignedPacket::from_relay_payload(
+        &public_key,
+        &bytes::Bytes::copy_from_slice(payload),
+    )
+    .map_err(|e| PublishError::Invalid(e.to_string()))?;
+    let packet = Message::from_vec(&signed.encoded_packet())
+        .map_err(|e| PublishError::Invalid(format!("DNS packet: {e}")))?;
+    Ok(Stored {
+        timestamp: signed.timestamp().as_u64(),
+        records: packet.answers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    fn packet(keypair: &pkarr::Keypair, ts: u64, addr: [u8; 4]) -> Vec<u8> {
+        pkarr::SignedPacket::builder()
+            .a("_foo".try_into().expect("name"), addr.into(), 300)
+            .txt(
+                ".".try_into().expect("name"),
+                "hello".try_into().expect("txt"),
+                300,
+            )
+            .timestamp(ts.into())
+            .sign(keypair)
+            .expect("sign")
+            .to_relay_payload()
+            .to_vec()
+    }
+
+    #[test]
+    fn publishes_resolves_and_refuses_stale_or_forged_packets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("pkarr.db");
+        let store = PkarrStore::open(&db).expect("open");
+        let kp = pkarr::Keypair::random();
+        let key = kp.public_key().to_z32();
+        store
+            .publish(&key, &packet(&kp, 1_000_000, [192, 0, 2, 1]))
+            .expect("publish");
+        let name = Name::from_str(&format!("_foo.{key}.")).expect("name");
+        let a = store.lookup(&name, RecordType::A).expect("our key");
+        assert_eq!(a.outcome, Outcome::Answer);
+        assert_eq!(a.answers.len(), 1);
+        let apex = Name::from_str(&format!("{key}.")).expect("name");
+        let txt = store.lookup(&apex, RecordType::TXT).expect("our key");
+        assert_eq!(txt.answers.len(), 1);
+        let nodata = store.lookup(&name, RecordType::AAAA).expect("our key");
+        assert_eq!(nodata.outcome, Outcome::NoData);
+        let nx = Name::from_str(&format!("_bar.{key}.")).expect("name");
+        assert_eq!(
+            store.lookup(&nx, RecordType::A).expect("our key").outcome,
+            Outcome::NxDomain
+        );
+        // an older packet is refused, a newer one replaces it
+        let e = store
+            .publish(&key, &packet(&kp, 999_999, [192, 0, 2, 9]))
+            .expect_err("stale");
+        assert!(matches!(e, PublishError::Stale { .. }), "{e}");
+        store
+            .publish(&key, &packet(&kp, 1_000_000, [192, 0, 2, 1]))
+            .expect("the same packet again");
+        store
+            .publish(&key, &packet(&kp, 2_000_000, [192, 0, 2, 2]))
+            .expect("newer");
+        // forged: a flipped signature byte, or another key's packet
+        let mut forged = packet(&kp, 3_000_000, [192, 0, 2, 3]);
+        forged[0] ^= 1;
+        assert!(matches!(
+            store.publish(&key, &forged),
+            Err(PublishError::Invalid(_))
+        ));
+        let other = pkarr::Keypair::random();
+        assert!(store
+            .publish(&key, &packet(&other, 4_000_000, [192, 0, 2, 4]))
+            .is_err());
+        assert!(matches!(
+            store.publish("not-a-key", &packet(&kp, 5, [1, 1, 1, 1])),
+            Err(PublishError::Key(_))
+        ));
+        // kept across a restart, newest version
+        drop(store);
+        let store = PkarrStore::open(&db).expect("reopen");
+        let a = store.lookup(&name, RecordType::A).expect("our key");
+        assert_eq!(a.answers[0].data.to_string(), "192.0.2.2");
+        // the node's own name: a key made once and reused, its address and fingerprint
+        let key_file = dir.path().join("node_key");
+        let node = node_keypair(&key_file).expect("node key");
+        assert_eq!(
+            node_keypair(&key_file).expect("again").public_key(),
+            node.public_key()
+        );
+        let z32 = store
+            .publish_node(&node, "127.0.0.1:4433".parse().expect("addr"), "ab12")
+            .expect("publish node");
+        let apex = Name::from_str(&format!("{z32}.")).expect("name");
+        let a = store.lookup(&apex, RecordType::A).expect("node");
+        assert_eq!(a.answers[0].data.to_string(), "127.0.0.1");
+        let txt_name = Name::from_str(&format!("_alknet.{z32}.")).expect("name");
+        let txt = store.lookup(&txt_name, RecordType::TXT).expect("node");
+        assert!(txt.answers[0]
+            .data
+            .to_string()
+            .contains("port=4433 fp=ab12"));
+        // names under no known key are not ours
+        let other_name =
+            Name::from_str(&format!("x.{}.", other.public_key().to_z32())).expect("name");
+        assert!(store.lookup(&other_name, RecordType::A).is_none());
+        assert!(store
+            .lookup(
+                &Name::from_str("example.com.").expect("name"),
+                RecordType::A
+            )
+            .is_none());
+    }
+}

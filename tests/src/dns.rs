@@ -1,0 +1,42 @@
+//! Helpers of the DNS tests: a port free for UDP and TCP alike, and BIND's `dig` (Debian
+//! `bind9-dnsutils`, installed by tests/run-all.sh) bounded in time.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::wait_output;
+
+/// A loopback port free for both UDP and TCP, so a classic DNS listener can take both
+/// (and dig's retry over TCP after a truncated UDP answer finds it).
+pub fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
+}
+
+/// `dig @127.0.0.1 -p PORT ARGS…` (5 s, one try); its whole output.
+pub fn dig(port: u16, args: &[&str]) -> String {
+    let child = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=5", "+tries=1"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dig (apt-get install bind9-dnsutils)");
+    let out = wait_output(child, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "dig {args:?}:\n{text}");
+    text
+}
+
+/// `dig +short …`: the answer lines.
+pub fn dig_short(port: u16, args: &[&str]) -> Vec<String> {
+    let mut a = vec!["+short"];
+    a.extend_from_slice(args);
+    dig(port, &a).lines().map(str::to_string).collect()
+}

@@ -1,0 +1,96 @@
+//! The forwarding cache on the real binary: a front `alknet serve` (zone example.com,
+//! upstream = a second `alknet serve` holding example.org on classic UDP/TCP) asked by
+//! `dig` and by dnspython's DoQ client. Forwarded answers carry RA and not AA; answers
+//! (negative ones too, RFC 2308) are served from the cache once the upstream is gone; a
+//! name never seen then gets SERVFAIL; a truncated upstream answer is fetched again over
+//! TCP; a source outside `recursion_allow` is REFUSED.
+
+use std::process::Command;
+
+use alknet_tests::dns::{dig, free_port_pair};
+use alknet_tests::*;
+
+const ZONE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/example.com.zone");
+
+fn serve_zone(origin: &str, port: u16, extra: &str) -> BinServer {
+    BinServer::start_with_config(&format!(
+        "[handlers]\nenabled = [\"doq\", \"alknet/dns\"]\n\
+         [dns]\nudp_listen = \"127.0.0.1:{port}\"\ntcp_listen = \"127.0.0.1:{port}\"\n{extra}\n\
+         [[dns.zones]]\norigin = \"{origin}\"\nfile = {ZONE:?}\n"
+    ))
+}
+
+#[test]
+fn forwarding_cache_through_the_binary() {
+    let up_port = free_port_pair();
+    let upstream = serve_zone("example.org", up_port, "");
+    let port = free_port_pair();
+    let front = serve_zone(
+        "example.com",
+        port,
+        &format!(
+            "upstreams = [\"127.0.0.1:{up_port}\"]\nrecursion_allow = [\"127.0.0.0/8\"]\n\
+             forward_timeout_ms = 300"
+        ),
+    );
+
+    // forwarded: recursion available, not authoritative
+    let a = dig(port, &["host.example.org", "A"]);
+    assert!(
+        a.contains("status: NOERROR") && a.contains("192.0.2.80"),
+        "{a}"
+    );
+    assert!(a.contains(" ra") && !a.contains(" aa"), "{a}");
+    // local zone: authoritative as before
+    let local = dig(port, &["host.example.com", "A"]);
+    assert!(
+        local.contains(" aa") && local.contains("192.0.2.80"),
+        "{local}"
+    );
+    // negative answers come back with the upstream's SOA
+    let nx = dig(port, &["+tcp", "nope.example.org", "A"]);
+    assert!(
+        nx.contains("status: NXDOMAIN") && nx.contains("SOA"),
+        "{nx}"
+    );
+    // the upstream truncates this over UDP: the forwarder asks again over TCP
+    let big = dig(port, &["+tcp", "big.example.org", "TXT"]);
+    assert!(big.contains("ANSWER: 8"), "{big}");
+    // dnspython over DoQ, forwarded too
+    let py = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, dns.message, dns.query\n\
+             r = dns.query.quic(dns.message.make_query('mail.example.org', 'A'), '127.0.0.1',\n\
+                 port=int(sys.argv[1]), verify=False, timeout=10)\n\
+             print(r.answer[0][0].to_text())",
+            &front.port.to_string(),
+        ])
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&py.stdout).trim(),
+        "192.0.2.25",
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    // the upstream goes away: what was cached still answers, the rest is SERVFAIL
+    drop(upstream); // killed and reaped
+    let cached = dig(port, &["host.example.org", "A"]);
+    assert!(cached.contains("192.0.2.80"), "{cached}");
+    let cached_nx = dig(port, &["nope.example.org", "A"]);
+    assert!(cached_nx.contains("status: NXDOMAIN"), "{cached_nx}");
+    let gone = dig(port, &["web.example.org", "A"]);
+    assert!(gone.contains("status: SERVFAIL"), "{gone}");
+
+    // a source outside recursion_allow is refused
+    let closed_port = free_port_pair();
+    let _closed = serve_zone(
+        "example.com",
+        closed_port,
+        &format!("upstreams = [\"127.0.0.1:{up_port}\"]\nrecursion_allow = [\"10.0.0.0/8\"]"),
+    );
+    let refused = dig(closed_port, &["host.example.org", "A"]);
+    assert!(refused.contains("status: REFUSED"), "{refused}");
+}
