@@ -10,8 +10,8 @@ use alknet_peers::SqlitePeerStore;
 use alknet_runtime::resolve_workers;
 use alknet_runtime::tls::{ClientAuth, TlsIdentity};
 use alknet_runtime::{
-    AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, EngineConfig, IdentityEntry,
-    IdentityProvider, Limits, ProtocolHandler, DEFAULT_LISTEN,
+    AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, EngineConfig, HandshakePolicy,
+    IdentityEntry, IdentityProvider, Limits, ProtocolHandler, DEFAULT_LISTEN,
 };
 use alknet_ssh::{SshAdapter, SshConfig};
 use serde::Deserialize;
@@ -48,8 +48,31 @@ client_auth = "optional"
 [handlers]
 # ALPNs served. Available: "alknet/echo", "perf" (quinn's perf tool protocol),
 # "alknet/call" (JSON operations; see README), "alknet/ssh" (SSH sessions for OpenSSH
-# through `alknet connect`; see README).
+# through `alknet connect`; see README), "hq-interop" (HTTP/0.9 file serving of the QUIC
+# interop runner; off by default, needs [hq] root).
 enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh"]
+
+[quic]
+# Retry (address validation before any state is kept): "never", "always", or "auto" =
+# only once a worker has retry_auto_threshold handshakes in flight from unvalidated
+# addresses.
+retry = "auto"
+retry_auto_threshold = 256
+# Resumable TLS sessions kept (single-use tickets); 0 = no resumption.
+session_cache = 4096
+# Accept 0-RTT data from resuming clients. Handlers still see it only once the handshake
+# has completed, so a replayed 0-RTT flight never reaches one (see README).
+zero_rtt = false
+# TLS 1.3 suites offered; empty = TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384,
+# TLS13_CHACHA20_POLY1305_SHA256.
+cipher_suites = []
+
+[hq]
+# Directory served by "hq-interop" (GET /path -> the file; nothing outside it).
+# root = "/srv/www"
+# Bytes read from a file and queued per step; longest request line accepted.
+chunk_size = 262144
+max_request_bytes = 4096
 
 [call]
 # Largest frame body in bytes; bigger frames get INVALID_ARGUMENT (or close the stream).
@@ -198,6 +221,10 @@ pub struct FileConfig {
     /// handler is built; without it the operation is not offered).
     #[serde(skip)]
     pub reload_requests: Option<crate::reload::ReloadSender>,
+    #[serde(default)]
+    pub quic: HandshakePolicy,
+    #[serde(default)]
+    pub hq: alknet_hq::HqConfig,
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
@@ -252,7 +279,7 @@ pub struct HandlersSection {
 impl Default for HandlersSection {
     fn default() -> Self {
         Self {
-            enabled: available_handlers(),
+            enabled: default_handlers(),
         }
     }
 }
@@ -281,6 +308,9 @@ impl FileConfig {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         cfg.ssh
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.quic
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if cfg.vault.file.is_some() {
@@ -328,6 +358,10 @@ impl FileConfig {
                 alknet_perf::ALPN => Arc::new(alknet_perf::PerfHandler),
                 alknet_call::ALPN => Arc::new(self.call_adapter()?),
                 alknet_ssh::ALPN => Arc::new(self.ssh_adapter()?),
+                alknet_hq::ALPN => Arc::new(
+                    alknet_hq::HqHandler::new(&self.hq)
+                        .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+                ),
                 _ => {
                     return Err(ConfigError::UnknownHandler {
                         name: name.clone(),
@@ -473,12 +507,21 @@ impl FileConfig {
             tls,
             client_auth: self.tls.client_auth,
             kernel_steering: self.kernel_steering,
+            handshake: self.quic.clone(),
         }
     }
 }
 
-/// Every handler this binary can serve, in the default preference order.
+/// Every handler this binary can serve.
 pub fn available_handlers() -> Vec<String> {
+    let mut all = default_handlers();
+    all.push(String::from_utf8_lossy(alknet_hq::ALPN).into_owned());
+    all
+}
+
+/// The handlers enabled when the config names none, in the default preference order
+/// (`hq-interop` serves files to anyone: only when asked for).
+pub fn default_handlers() -> Vec<String> {
     [
         alknet_echo::ALPN,
         alknet_perf::ALPN,

@@ -14,6 +14,7 @@ mod acl;
 mod cid;
 mod client;
 mod connection;
+mod handshake;
 mod identity;
 mod inbox;
 mod limits;
@@ -32,6 +33,10 @@ pub use acl::{AccessControl, AccessDenied, Requirement};
 pub use cid::WorkerCidGenerator;
 pub use client::{ClientEndpoint, ConnectError};
 pub use connection::{Connection, DatagramError};
+pub use handshake::{
+    CipherSuiteName, HandshakePolicy, HandshakePolicyError, RetryMode,
+    DEFAULT_RETRY_AUTO_THRESHOLD, DEFAULT_SESSION_CACHE,
+};
 pub use identity::{
     AuthContext, ChainedIdentityProvider, ConfigIdentityProvider, Identity, IdentityConfigError,
     IdentityEntry, IdentityProvider, NoIdentities,

@@ -13,6 +13,7 @@ use alknet_proto::Fingerprint;
 use quinn_proto::{Endpoint, EndpointConfig};
 
 use crate::cid::WorkerCidGenerator;
+use crate::handshake::{HandshakePolicy, HandshakePolicyError};
 use crate::identity::IdentityProvider;
 use crate::inbox::Inbox;
 use crate::limits::{Limits, LimitsError};
@@ -22,7 +23,7 @@ use crate::router::AlpnRegistry;
 use crate::rt::{run_local, DriverKind};
 use crate::socket::{bind_reuseport_group, BindError, UdpIo};
 use crate::stats::{WorkerStats, WorkerStatsSnapshot};
-use crate::tls::{server_crypto, ClientAuth, TlsError, TlsIdentity};
+use crate::tls::{server_crypto_with_policy, ClientAuth, TlsError, TlsIdentity};
 use crate::worker::{Driver, Role, ServerShared, ServerTls, WorkerState, CLOSE_NOW, DRAINING};
 
 /// Default listen address: loopback only, so a first `alknet serve` with a generated
@@ -48,6 +49,8 @@ pub struct EngineConfig {
     /// reach their owner without a userspace hop. Without it (or where the kernel refuses
     /// it) the kernel hashes the 4-tuple and stray datagrams are forwarded in userspace.
     pub kernel_steering: bool,
+    /// Retry, resumption, 0-RTT and cipher suites (the `[quic]` section).
+    pub handshake: HandshakePolicy,
 }
 
 /// Why a server could not start.
@@ -57,6 +60,8 @@ pub enum StartError {
     Limits(#[from] LimitsError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Handshake(#[from] HandshakePolicyError),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("endpoint configuration: {0}")]
@@ -76,8 +81,9 @@ pub(crate) fn build_server_config(
     alpns: Vec<Vec<u8>>,
     client_auth: ClientAuth,
     limits: &Limits,
+    handshake: &HandshakePolicy,
 ) -> Result<Arc<quinn_proto::ServerConfig>, TlsError> {
-    let crypto = server_crypto(tls, alpns, client_auth)?;
+    let crypto = server_crypto_with_policy(tls, alpns, client_auth, handshake)?;
     let mut server_config = quinn_proto::ServerConfig::with_crypto(crypto);
     server_config
         .transport_config(Arc::new(limits.transport_config()))
@@ -127,6 +133,7 @@ pub fn start(
     provider: Arc<dyn IdentityProvider>,
 ) -> Result<ServerHandle, StartError> {
     config.limits.validate()?;
+    config.handshake.validate()?;
     if registry.is_empty() {
         return Err(StartError::NoHandlers);
     }
@@ -139,6 +146,7 @@ pub fn start(
         registry.alpns(),
         config.client_auth,
         &config.limits,
+        &config.handshake,
     )?;
     let mut reset_key = [0u8; 64];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut reset_key);
@@ -180,6 +188,7 @@ pub fn start(
         shutdown: AtomicU8::new(0),
         open_connections: AtomicUsize::new(0),
         limits: config.limits.clone(),
+        handshake: config.handshake.clone(),
     });
 
     let usable = core_affinity::get_core_ids().unwrap_or_default();

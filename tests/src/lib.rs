@@ -76,6 +76,7 @@ pub fn start_server(opts: ServerOptions) -> ServerHandle {
         tls,
         client_auth: opts.client_auth,
         kernel_steering: opts.kernel_steering,
+        handshake: alknet_runtime::HandshakePolicy::default(),
     };
     alknet_runtime::start(config, registry, opts.provider).expect("start server")
 }
