@@ -28,9 +28,19 @@ from aioquic.tls import CipherSuite
 
 ALPN = "hq-interop"
 
-# Key phase bit of every short-header (1-RTT) packet aioquic decrypts: 0 and 1 counts.
+# Key phase bit of every short-header (1-RTT) packet aioquic decrypts: 0 and 1 counts;
+# and the order in which phase 1 was first sent and first received (who updated first).
 KEY_PHASES = [0, 0]
+FIRST_PHASE1 = {"sent": None, "received": None}
+_SEQ = [0]
 _decrypt = quic_crypto.CryptoPair.decrypt_packet
+_encrypt = quic_crypto.CryptoPair.encrypt_packet
+
+
+def _note_phase1(direction: str) -> None:
+    _SEQ[0] += 1
+    if FIRST_PHASE1[direction] is None:
+        FIRST_PHASE1[direction] = _SEQ[0]
 
 
 def _recording_decrypt(self, packet, encrypted_offset, expected_packet_number):
@@ -38,11 +48,23 @@ def _recording_decrypt(self, packet, encrypted_offset, expected_packet_number):
         self, packet, encrypted_offset, expected_packet_number
     )
     if not plain_header[0] & 0x80:
-        KEY_PHASES[(plain_header[0] & 0x04) >> 2] += 1
+        phase = (plain_header[0] & 0x04) >> 2
+        KEY_PHASES[phase] += 1
+        if phase:
+            _note_phase1("received")
     return plain_header, payload, packet_number
 
 
+def _recording_encrypt(self, plain_header, plain_payload, packet_number):
+    protected = _encrypt(self, plain_header, plain_payload, packet_number)
+    # the key phase bit is set by then (a requested update applies in encrypt_packet)
+    if not plain_header[0] & 0x80 and self.send.key_phase:
+        _note_phase1("sent")
+    return protected
+
+
 quic_crypto.CryptoPair.decrypt_packet = _recording_decrypt
+quic_crypto.CryptoPair.encrypt_packet = _recording_encrypt
 
 
 class HqClient(QuicConnectionProtocol):
@@ -64,11 +86,13 @@ class HqClient(QuicConnectionProtocol):
             buf.extend(event.data)
             if event.end_stream and not fut.done():
                 fut.set_result(bytes(buf))
-        elif isinstance(event, events.StreamReset) and event.stream_id in self._pending:
+            return  # ours: the base class would open an asyncio stream pair for it
+        if isinstance(event, events.StreamReset) and event.stream_id in self._pending:
             _, fut = self._pending[event.stream_id]
             if not fut.done():
                 fut.set_exception(RuntimeError(f"stream reset, code 0x{event.error_code:x}"))
-        elif isinstance(event, events.ConnectionTerminated):
+            return
+        if isinstance(event, events.ConnectionTerminated):
             for _, fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(
@@ -144,8 +168,14 @@ async def fetch(args) -> dict:
     start = time.monotonic()
     try:
         if args.mode == "multiconnect":
-            for f in files:
-                await one_connection(args, [f], out, logger)
+            for i, f in enumerate(files):
+                try:
+                    await one_connection(args, [f], out, logger)
+                except Exception as e:
+                    raise RuntimeError(
+                        f"connection {i + 1} of {len(files)} after {time.monotonic() - start:.1f}s: "
+                        f"{type(e).__name__}: {e}"
+                    ) from e
         elif args.mode in ("resumption", "zerortt"):
             tickets = []
             await one_connection(args, files[:1], out, logger, tickets=tickets)
@@ -177,6 +207,7 @@ async def fetch(args) -> dict:
     out["files"] = results
     out["bytes"] = sum(os.path.getsize(os.path.join(args.www, f)) for f in files)
     out["key_phases"] = KEY_PHASES
+    out["first_phase1"] = FIRST_PHASE1
     qlog = logger.to_dict()
     with open(args.qlog, "w") as fh:
         json.dump(qlog, fh)
@@ -236,8 +267,13 @@ def check(case: str, c: dict, r: dict) -> str:
         if any(x["cipher_suite"] != int(CipherSuite.CHACHA20_POLY1305_SHA256) for x in conns):
             return f"failed (cipher suites {[x['cipher_suite'] for x in conns]})"
     if case == "keyupdate":
-        if c["key_phases"][1] == 0:
+        first = c["first_phase1"]
+        if first["sent"] is None:
+            return "failed (the client never sent in key phase 1)"
+        if first["received"] is None or c["key_phases"][1] == 0:
             return f"failed (no packet from the server in key phase 1: {c['key_phases']})"
+        if first["received"] < first["sent"]:
+            return "failed (the server updated first: the client's update was not what was tested)"
     if case in ("handshakeloss", "handshakecorruption") and len(conns) != n:
         return f"failed ({len(conns)} handshakes for {n} files)"
     if case in ("transferloss", "handshakeloss") and (ts["dropped_loss"] + tc["dropped_loss"]) == 0:

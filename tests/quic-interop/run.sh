@@ -68,6 +68,10 @@ big_cert() {
         -addext "subjectAltName=$sans" -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
 }
 
+rss() { # resident memory of a process in KiB (0 if gone)
+    awk '/^VmRSS:/ {print $2; found=1} END {if (!found) print 0}' "/proc/$1/status" 2>/dev/null || echo 0
+}
+
 stop_server() {
     if [ -n "$server_pid" ]; then
         kill -INT "$server_pid" 2>/dev/null
@@ -163,6 +167,8 @@ EOF
         stop_server
         return
     fi
+    local rss_before rss_after
+    rss_before=$(rss "$server_pid")
     "$NETSIM" --listen "$lhost:$rport" --server "$lhost:$sport" --seed "$SEED" \
         --report "$dir/relay.json" --max-seconds $((CASE_TIMEOUT + 10)) "${net[@]}" \
         2>"$dir/relay.log" &
@@ -172,6 +178,9 @@ EOF
         --out "$dir/client.json" --qlog "$dir/client.qlog" --mode "$mode" \
         --timeout "$CASE_TIMEOUT" "${client[@]}" >"$dir/client.log" 2>&1
     stop_relay
+    # the connections drain (closed, then three PTOs) before the server's memory is read
+    sleep "${RSS_SETTLE:-1}"
+    rss_after=$(rss "$server_pid")
     stop_server
     if [ ! -s "$dir/client.json" ]; then
         verdict="failed (client crashed: $(tail -n1 "$dir/client.log"))"
@@ -180,6 +189,16 @@ EOF
     else
         verdict=$(python3 "$here/hq_client.py" check "$case" "$dir/client.json" "$dir/relay.json" 2>&1 | tail -n1)
     fi
+    # bad network, nothing kept: after the loss cases the server's memory is back within
+    # 10 % of what it was before the case's traffic
+    case "$case" in
+    *loss | *corruption | blackhole)
+        if [[ "$verdict" == passed* ]] && [ "$rss_after" -gt $((rss_before * 11 / 10)) ]; then
+            verdict="failed (server RSS ${rss_before} KiB before, ${rss_after} KiB after: over 10 % more)"
+        fi
+        ;;
+    esac
+    echo "rss_before_kib=$rss_before rss_after_kib=$rss_after" >"$dir/rss.txt"
     if grep -q "panicked" "$dir/server.log"; then
         verdict="failed (server panicked: $(grep -m1 panicked "$dir/server.log")); client: $verdict"
     fi

@@ -124,10 +124,13 @@ macro_rules! impl_json {
     };
 }
 
-/// Amplification bookkeeping of one client (RFC 9000, section 8.1): bytes each way before
-/// a client Handshake packet reached the server.
+/// Per-client record: datagrams each way (received by the relay), and the amplification
+/// bookkeeping (RFC 9000, section 8.1): bytes each way before a client Handshake packet
+/// reached the server.
 #[derive(Debug, Default, Clone, Copy)]
 struct Amplification {
+    from_client: u64,
+    from_server: u64,
     client_bytes: u64,
     server_bytes: u64,
     validated: bool,
@@ -521,7 +524,9 @@ impl Sim {
             .iter()
             .map(|(c, a)| {
                 format!(
-                    "{{\"client\":\"{c}\",\"client_bytes\":{},\"server_bytes\":{},\"validated\":{},\"worst_ratio\":{:.3}}}",
+                    "{{\"client\":\"{c}\",\"from_client\":{},\"from_server\":{},\"client_bytes\":{},\"server_bytes\":{},\"validated\":{},\"worst_ratio\":{:.3}}}",
+                    a.from_client,
+                    a.from_server,
                     a.client_bytes,
                     a.server_bytes,
                     a.validated,
@@ -663,6 +668,7 @@ fn run(args: Args) -> Result<(), String> {
                         }
                     }
                 }
+                sim.amplification.entry(from).or_default().from_client += 1;
                 sim.admit(true, data, ecn, from, now);
             }
         }
@@ -679,6 +685,7 @@ fn run(args: Args) -> Result<(), String> {
                     continue;
                 }
                 let amp = sim.amplification.entry(*c).or_default();
+                amp.from_server += 1;
                 if !amp.validated {
                     amp.server_bytes += data.len() as u64;
                     let ratio = amp.server_bytes * 1000 / amp.client_bytes.max(1);
