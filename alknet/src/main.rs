@@ -280,7 +280,7 @@ fn serve(
         }
         Err(e) => tracing::warn!("cannot install signal handlers: {e}"),
     }
-    server.join();
-    tracing::info!("alknet stopped");
+    let totals = server.join();
+    tracing::info!("alknet stopped; counters: {totals:?}");
     ExitCode::SUCCESS
 }

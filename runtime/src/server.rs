@@ -353,13 +353,15 @@ impl ServerHandle {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Waits for every worker to stop (after `shutdown`).
-    pub fn join(mut self) {
+    /// Waits for every worker to stop (after `shutdown`); returns the final counters
+    /// summed over all workers.
+    pub fn join(mut self) -> WorkerStatsSnapshot {
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("a worker thread panicked");
             }
         }
+        self.total_stats()
     }
 }
 

@@ -121,7 +121,7 @@ run_case() {
     ipv6) host=::1; files=(1 102400) ;;
     rebind-port) net+=(--rebind-port-every-ms 800); files=(1 2097152) ;;
     rebind-addr) net+=(--rebind-addr-at-ms 600); files=(1 2097152) ;;
-    ecn) files=(1 102400) ;;
+    ecn) files=(1 102400); net+=(--ect0-to-server) ;;
     goodput) files=(1 5242880) ;;
     *) verdict="failed (unknown case)"; return ;;
     esac
@@ -199,6 +199,16 @@ EOF
         ;;
     esac
     echo "rss_before_kib=$rss_before rss_after_kib=$rss_after" >"$dir/rss.txt"
+    # the server's own counters (logged at exit) must agree with what the relay saw
+    if [[ "$verdict" != failed* ]]; then
+        local counters
+        counters=$(grep -o "counters: WorkerStatsSnapshot.*" "$dir/server.log" | tail -n1)
+        if [ -z "$counters" ]; then
+            verdict="failed (the server logged no counters at exit)"
+        else
+            verdict=$(python3 "$here/hq_client.py" check-server "$case" "$dir/relay.json" "$counters" "$verdict")
+        fi
+    fi
     if grep -q "panicked" "$dir/server.log"; then
         verdict="failed (server panicked: $(grep -m1 panicked "$dir/server.log")); client: $verdict"
     fi

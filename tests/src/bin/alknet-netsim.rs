@@ -70,6 +70,10 @@ struct Args {
     rebind_addr_at_ms: Option<u64>,
     #[arg(long, default_value = "127.0.0.2")]
     rebind_addr: IpAddr,
+    /// Mark the client's unmarked datagrams ECT(0) on their way to the server (an
+    /// ECN-capable path for a client that does not mark, to see the server count marks).
+    #[arg(long)]
+    ect0_to_server: bool,
     /// The JSON report file.
     #[arg(long)]
     report: PathBuf,
@@ -669,6 +673,10 @@ fn run(args: Args) -> Result<(), String> {
                     }
                 }
                 sim.amplification.entry(from).or_default().from_client += 1;
+                let ecn = match ecn {
+                    None if sim.args.ect0_to_server => Some(quinn_udp::EcnCodepoint::Ect0),
+                    other => other,
+                };
                 sim.admit(true, data, ecn, from, now);
             }
         }
