@@ -355,7 +355,7 @@ mod tests {
         assert!(matches!(parse_request(b"GET /a/../../x"), Request::Bad(_)));
         assert!(matches!(
             parse_request(b"GET //etc/passwd"),
-            Request::Get(_)
+            Request::Bad(_)
         ));
         assert!(matches!(parse_request(b"GET /"), Request::Bad(_)));
         assert!(matches!(parse_request(b"POST /a"), Request::Bad(_)));
