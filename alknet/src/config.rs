@@ -508,6 +508,8 @@ impl FileConfig {
             client_auth: self.tls.client_auth,
             kernel_steering: self.kernel_steering,
             handshake: self.quic.clone(),
+            // a debugging switch, as in the QUIC interop runner's images
+            qlog_dir: std::env::var_os("QLOGDIR").map(PathBuf::from),
         }
     }
 }

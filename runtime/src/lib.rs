@@ -19,6 +19,7 @@ mod identity;
 mod inbox;
 mod limits;
 mod pinning;
+mod qlog;
 mod reload;
 mod router;
 pub mod rt;

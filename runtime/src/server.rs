@@ -18,6 +18,7 @@ use crate::identity::IdentityProvider;
 use crate::inbox::Inbox;
 use crate::limits::{Limits, LimitsError};
 use crate::pinning::PinWorkers;
+use crate::qlog::QlogDir;
 use crate::reload::{ConfigReloadHandle, LiveIdentityProvider};
 use crate::router::AlpnRegistry;
 use crate::rt::{run_local, DriverKind};
@@ -51,6 +52,9 @@ pub struct EngineConfig {
     pub kernel_steering: bool,
     /// Retry, resumption, 0-RTT and cipher suites (the `[quic]` section).
     pub handshake: HandshakePolicy,
+    /// Write a qlog trace of every connection into this directory (debugging; see
+    /// `qlog.rs`). `alknet serve` takes it from `$QLOGDIR`.
+    pub qlog_dir: Option<std::path::PathBuf>,
 }
 
 /// Why a server could not start.
@@ -189,6 +193,10 @@ pub fn start(
         open_connections: AtomicUsize::new(0),
         limits: config.limits.clone(),
         handshake: config.handshake.clone(),
+        qlog: config
+            .qlog_dir
+            .clone()
+            .map(|dir| QlogDir::new(dir, config.limits.clone())),
     });
 
     let usable = core_affinity::get_core_ids().unwrap_or_default();

@@ -31,6 +31,7 @@ use crate::handshake::HandshakePolicy;
 use crate::identity::{AuthContext, IdentityProvider};
 use crate::inbox::{Inbox, StrayDatagram};
 use crate::limits::Limits;
+use crate::qlog::QlogDir;
 use crate::reload::LiveIdentityProvider;
 use crate::router::{close_code, AlpnRegistry, LocalBoxFuture};
 use crate::rt::{catch_panic, panic_message};
@@ -79,6 +80,8 @@ pub(crate) struct ServerShared {
     pub open_connections: AtomicUsize,
     pub limits: Limits,
     pub handshake: HandshakePolicy,
+    /// Per-connection qlog traces, when a directory is configured.
+    pub qlog: Option<QlogDir>,
 }
 
 impl ServerShared {
@@ -540,11 +543,15 @@ impl Driver {
             return;
         }
         self.response_buf.clear();
+        let traced = s
+            .qlog
+            .as_ref()
+            .and_then(|q| q.server_config(&incoming, self.w.index, &s.tls.load().config));
         let accepted =
             self.w
                 .endpoint
                 .borrow_mut()
-                .accept(incoming, now, &mut self.response_buf, None);
+                .accept(incoming, now, &mut self.response_buf, traced);
         match accepted {
             Ok((handle, conn)) => {
                 WorkerStats::add(&self.w.stats.connections_accepted, 1);

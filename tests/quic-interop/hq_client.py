@@ -233,7 +233,27 @@ async def fetch(args) -> dict:
 # --- checks: what the interop runner checks, from the client's record and the relay's ---
 
 
-def check(case: str, c: dict, r: dict) -> str:
+def server_qlog(qlog_dir: str) -> dict:
+    """Counts in the server's per-connection traces (QLOGDIR, quinn-proto's qlog):
+    traces, packets received by type, packets lost."""
+    out = {"traces": 0, "received": {}, "lost": 0}
+    for name in sorted(os.listdir(qlog_dir)):
+        out["traces"] += 1
+        with open(os.path.join(qlog_dir, name)) as fh:
+            for line in fh:
+                try:
+                    ev = json.loads(line.strip().lstrip("\x1e"))
+                except ValueError:
+                    continue
+                if ev.get("name") == "transport:packet_received":
+                    t = ev["data"]["header"].get("packet_type")
+                    out["received"][t] = out["received"].get(t, 0) + 1
+                elif ev.get("name") == "recovery:packet_lost":
+                    out["lost"] += 1
+    return out
+
+
+def check(case: str, c: dict, r: dict, sq: dict) -> str:
     if c.get("error"):
         return f"failed (client: {c['error']})"
     bad = {f: v for f, v in c["files"].items() if v != "ok"}
@@ -244,6 +264,8 @@ def check(case: str, c: dict, r: dict) -> str:
         return f"failed ({'; '.join(c['probes'])})"
     ts, tc = r["to_server"], r["to_client"]
     conns = c["connections"]
+    if sq["traces"] < len(conns):
+        return f"failed ({sq['traces']} server qlog traces for {len(conns)} connections)"
     n = len(c["files"])
     if case == "handshake" and tc["retry"] != 0:
         return "failed (server sent Retry)"
@@ -264,6 +286,8 @@ def check(case: str, c: dict, r: dict) -> str:
             return "failed (server rejected 0-RTT)"
         if ts["zero_rtt"] == 0 or c["sent_packet_types"].get("0RTT", 0) == 0:
             return "failed (no 0-RTT packets on the wire)"
+        if sq["received"].get("0RTT", 0) == 0:
+            return "failed (the server's qlog shows no 0-RTT packet received)"
     if case == "chacha20":
         if any(x["cipher_suite"] != int(CipherSuite.CHACHA20_POLY1305_SHA256) for x in conns):
             return f"failed (cipher suites {[x['cipher_suite'] for x in conns]})"
@@ -279,6 +303,8 @@ def check(case: str, c: dict, r: dict) -> str:
         return f"failed ({len(conns)} handshakes for {n} files)"
     if case in ("transferloss", "handshakeloss") and (ts["dropped_loss"] + tc["dropped_loss"]) == 0:
         return "failed (the relay lost nothing: the case tested nothing)"
+    if case == "transferloss" and tc["dropped_loss"] > 0 and sq["lost"] == 0:
+        return f"failed (the relay dropped {tc['dropped_loss']} server datagrams; the server's qlog declares none lost)"
     if case in ("transfercorruption", "handshakecorruption") and (ts["corrupted"] + tc["corrupted"]) == 0:
         return "failed (the relay corrupted nothing)"
     if case == "blackhole" and (ts["dropped_blackhole"] + tc["dropped_blackhole"]) == 0:
@@ -367,6 +393,7 @@ def main() -> int:
     c.add_argument("case")
     c.add_argument("client")
     c.add_argument("relay")
+    c.add_argument("qlogdir")
     cs = sub.add_parser("check-server")
     cs.add_argument("case")
     cs.add_argument("relay")
@@ -386,7 +413,7 @@ def main() -> int:
         return 0
     client = json.load(open(args.client))
     relay = json.load(open(args.relay))
-    print(check(args.case, client, relay))
+    print(check(args.case, client, relay, server_qlog(args.qlogdir)))
     return 0
 
 

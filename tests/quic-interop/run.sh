@@ -154,7 +154,8 @@ sqlite = false
 $quic
 $tls
 EOF
-    ALKNET_LOG="${ALKNET_LOG:-info}" "$ALKNET" serve --config "$dir/server.toml" >"$dir/server.log" 2>&1 &
+    mkdir -p "$dir/qlog"
+    QLOGDIR="$dir/qlog" ALKNET_LOG="${ALKNET_LOG:-info}" "$ALKNET" serve --config "$dir/server.toml" >"$dir/server.log" 2>&1 &
     server_pid=$!
     local up=""
     for _ in $(seq 100); do
@@ -187,7 +188,7 @@ EOF
     elif [ ! -s "$dir/relay.json" ]; then
         verdict="failed (no relay report: $(tail -n1 "$dir/relay.log"))"
     else
-        verdict=$(python3 "$here/hq_client.py" check "$case" "$dir/client.json" "$dir/relay.json" 2>&1 | tail -n1)
+        verdict=$(python3 "$here/hq_client.py" check "$case" "$dir/client.json" "$dir/relay.json" "$dir/qlog" 2>&1 | tail -n1)
     fi
     # bad network, nothing kept: after the loss cases the server's memory is back within
     # 10 % of what it was before the case's traffic

@@ -77,6 +77,7 @@ pub fn start_server(opts: ServerOptions) -> ServerHandle {
         client_auth: opts.client_auth,
         kernel_steering: opts.kernel_steering,
         handshake: alknet_runtime::HandshakePolicy::default(),
+        qlog_dir: None,
     };
     alknet_runtime::start(config, registry, opts.provider).expect("start server")
 }
