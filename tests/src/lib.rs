@@ -44,6 +44,7 @@ pub struct ServerOptions {
     pub provider: Arc<dyn IdentityProvider>,
     pub client_auth: ClientAuth,
     pub kernel_steering: bool,
+    pub handshake: alknet_runtime::HandshakePolicy,
 }
 
 impl Default for ServerOptions {
@@ -55,6 +56,7 @@ impl Default for ServerOptions {
             provider: Arc::new(NoIdentities),
             client_auth: ClientAuth::Optional,
             kernel_steering: true,
+            handshake: alknet_runtime::HandshakePolicy::default(),
         }
     }
 }
@@ -76,7 +78,7 @@ pub fn start_server(opts: ServerOptions) -> ServerHandle {
         tls,
         client_auth: opts.client_auth,
         kernel_steering: opts.kernel_steering,
-        handshake: alknet_runtime::HandshakePolicy::default(),
+        handshake: opts.handshake,
         qlog_dir: None,
     };
     alknet_runtime::start(config, registry, opts.provider).expect("start server")
