@@ -20,6 +20,7 @@ mod inbox;
 mod limits;
 mod pinning;
 mod qlog;
+pub use qlog::QLOG_SUPPORTED;
 mod reload;
 mod router;
 pub mod rt;

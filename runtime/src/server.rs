@@ -196,6 +196,11 @@ pub fn start(
         qlog: config
             .qlog_dir
             .clone()
+            .inspect(|_| {
+                if !crate::qlog::QLOG_SUPPORTED {
+                    tracing::warn!("a qlog directory is set, but this build has no qlog support (cargo feature \"qlog\"): no traces");
+                }
+            })
             .map(|dir| QlogDir::new(dir, config.limits.clone())),
     });
 

@@ -30,6 +30,13 @@ ALL_CASES=(handshake transfer multiplexing longrtt chacha20 retry resumption zer
 if [ ! -x "$ALKNET" ] || [ ! -x "$NETSIM" ]; then
     (cd "$root" && cargo build --quiet -p alknet -p alknet-tests --bins) || exit 2
 fi
+# INTEROP_QLOG=1: a server built with the qlog feature (in its own target directory, as
+# the feature changes serde_json for the whole build), so the cases also check the
+# server's own traces
+if [ -n "${INTEROP_QLOG:-}" ] && [ -z "${ALKNET_BIN:-}" ]; then
+    ALKNET="$root/target/interop-qlog/debug/alknet"
+    (cd "$root" && CARGO_TARGET_DIR="$root/target/interop-qlog" cargo build --quiet -p alknet --features qlog) || exit 2
+fi
 python3 -c 'import aioquic' 2>/dev/null || {
     echo "aioquic is missing: python3 -m pip install -r tests/interop/requirements.txt" >&2
     exit 2
@@ -44,7 +51,9 @@ cleanup() {
     [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
-echo "quic-interop: seed $SEED, workers $WORKERS, kernel steering $STEERING, logs in $work"
+qlog_checks=off
+[ -n "${INTEROP_QLOG:-}" ] && qlog_checks=on
+echo "quic-interop: seed $SEED, workers $WORKERS, kernel steering $STEERING, server qlog checks $qlog_checks, logs in $work"
 
 free_port() { # a UDP port free on $1
     python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"
@@ -188,7 +197,7 @@ EOF
     elif [ ! -s "$dir/relay.json" ]; then
         verdict="failed (no relay report: $(tail -n1 "$dir/relay.log"))"
     else
-        verdict=$(python3 "$here/hq_client.py" check "$case" "$dir/client.json" "$dir/relay.json" "$dir/qlog" 2>&1 | tail -n1)
+        verdict=$(python3 "$here/hq_client.py" check "$case" "$dir/client.json" "$dir/relay.json" "$dir/qlog" "$qlog_checks" 2>&1 | tail -n1)
     fi
     # bad network, nothing kept: after the loss cases the server's memory is back within
     # 10 % of what it was before the case's traffic
