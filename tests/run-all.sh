@@ -19,6 +19,8 @@ command -v curl >/dev/null || missing+=(curl)
 command -v git >/dev/null || missing+=(git)
 # dig: the classic DNS (UDP/TCP) tests.
 command -v dig >/dev/null || missing+=(bind9-dnsutils)
+# openssl: the big certificate of the QUIC interop case amplificationlimit
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q "${missing[@]}"
 fi
@@ -37,6 +39,13 @@ else
 fi
 # The same engine on monoio's legacy (epoll) driver, used where io_uring is refused.
 ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle --test git_wire
+# The QUIC interop runner's server cases: aioquic through the seeded bad-network relay
+# alknet-netsim: every case with 2 workers (~2.5 minutes), then the cases where per-core
+# routing can go wrong with 1 worker and with userspace forwarding instead of kernel
+# steering (see README, "QUIC interop cases").
+bash tests/quic-interop/run.sh
+WORKERS=1 bash tests/quic-interop/run.sh handshake retry zerortt rebind-port rebind-addr
+STEERING=0 bash tests/quic-interop/run.sh retry resumption rebind-port rebind-addr
 cargo test --workspace --doc --quiet
 cargo bench --workspace --no-run --quiet
 # Instruction-count regression gate (enforced on the machine kind of the baseline).

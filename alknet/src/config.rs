@@ -15,8 +15,8 @@ use alknet_peers::SqlitePeerStore;
 use alknet_runtime::resolve_workers;
 use alknet_runtime::tls::{ClientAuth, TlsIdentity};
 use alknet_runtime::{
-    AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, EngineConfig, IdentityEntry,
-    IdentityProvider, Limits, ProtocolHandler, DEFAULT_LISTEN,
+    AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, EngineConfig, HandshakePolicy,
+    IdentityEntry, IdentityProvider, Limits, ProtocolHandler, DEFAULT_LISTEN,
 };
 use alknet_ssh::{SshAdapter, SshConfig};
 use serde::Deserialize;
@@ -55,8 +55,32 @@ client_auth = "optional"
 # "alknet/call" (JSON operations; see README), "alknet/ssh" (SSH sessions for OpenSSH
 # through `alknet connect`; see README), "alknet/git" (git clone/fetch/push through
 # git-remote-alknet; see README), "doq" (DNS over QUIC, RFC 9250) and "alknet/dns"
-# (pipelined DNS over QUIC), which answer for the [[dns.zones]] below (not on by default).
+# (pipelined DNS over QUIC), which answer for the [[dns.zones]] below (not on by default),
+# "hq-interop" (HTTP/0.9 file serving of the QUIC interop runner; off by default, needs
+# [hq] root).
 enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh", "alknet/git"]
+
+[quic]
+# Retry (address validation before any state is kept): "never", "always", or "auto" =
+# only once a worker has retry_auto_threshold handshakes in flight from unvalidated
+# addresses.
+retry = "auto"
+retry_auto_threshold = 256
+# Resumable TLS sessions kept (single-use tickets); 0 = no resumption.
+session_cache = 4096
+# Accept 0-RTT data from resuming clients. Handlers still see it only once the handshake
+# has completed, so a replayed 0-RTT flight never reaches one (see README).
+zero_rtt = false
+# TLS 1.3 suites offered; empty = TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384,
+# TLS13_CHACHA20_POLY1305_SHA256.
+cipher_suites = []
+
+[hq]
+# Directory served by "hq-interop" (GET /path -> the file; nothing outside it).
+# root = "/srv/www"
+# Bytes read from a file and queued per step; longest request line accepted.
+chunk_size = 262144
+max_request_bytes = 4096
 
 [call]
 # Largest frame body in bytes; bigger frames get INVALID_ARGUMENT (or close the stream).
@@ -279,6 +303,10 @@ pub struct FileConfig {
     /// handler is built; without it the operation is not offered).
     #[serde(skip)]
     pub reload_requests: Option<crate::reload::ReloadSender>,
+    #[serde(default)]
+    pub quic: HandshakePolicy,
+    #[serde(default)]
+    pub hq: alknet_hq::HqConfig,
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
@@ -370,6 +398,9 @@ impl FileConfig {
         cfg.dns
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.quic
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if cfg.vault.file.is_some() {
             if cfg.tls.cert.is_some() || cfg.tls.key.is_some() {
                 return Err(ConfigError::VaultConflict(
@@ -419,6 +450,10 @@ impl FileConfig {
                 alknet_git::ALPN => Arc::new(self.git_handler()?),
                 alknet_dns::DOQ_ALPN => Arc::new(DoqHandler::new(self.dns_state()?)),
                 alknet_dns::PIPELINE_ALPN => Arc::new(PipelineHandler::new(self.dns_state()?)),
+                alknet_hq::ALPN => Arc::new(
+                    alknet_hq::HqHandler::new(&self.hq)
+                        .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+                ),
                 _ => {
                     return Err(ConfigError::UnknownHandler {
                         name: name.clone(),
@@ -662,6 +697,9 @@ impl FileConfig {
             tls,
             client_auth: self.tls.client_auth,
             kernel_steering: self.kernel_steering,
+            handshake: self.quic.clone(),
+            // a debugging switch, as in the QUIC interop runner's images
+            qlog_dir: std::env::var_os("QLOGDIR").map(PathBuf::from),
         }
     }
 }
@@ -700,6 +738,7 @@ pub fn available_handlers() -> Vec<String> {
         alknet_git::ALPN,
         alknet_dns::DOQ_ALPN,
         alknet_dns::PIPELINE_ALPN,
+        alknet_hq::ALPN,
     ]
     .iter()
     .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -707,12 +746,17 @@ pub fn available_handlers() -> Vec<String> {
 }
 
 /// The handlers served when `handlers.enabled` is not given: all but DNS, which answers
-/// only for configured zones and so is turned on with them.
+/// only for configured zones and so is turned on with them, and `hq-interop`, which serves
+/// files to anyone and so only when asked for.
 pub fn default_handlers() -> Vec<String> {
-    let dns = [alknet_dns::DOQ_ALPN, alknet_dns::PIPELINE_ALPN];
+    let opt_in = [
+        alknet_dns::DOQ_ALPN,
+        alknet_dns::PIPELINE_ALPN,
+        alknet_hq::ALPN,
+    ];
     available_handlers()
         .into_iter()
-        .filter(|h| !dns.contains(&h.as_bytes()))
+        .filter(|h| !opt_in.contains(&h.as_bytes()))
         .collect()
 }
 

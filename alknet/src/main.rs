@@ -304,7 +304,7 @@ fn serve(
         server.local_addr(),
         server.workers()
     ));
-    server.join();
-    tracing::info!("alknet stopped");
+    let totals = server.join();
+    tracing::info!("alknet stopped; counters: {totals:?}");
     ExitCode::SUCCESS
 }

@@ -333,6 +333,8 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
                 client_auth: ClientAuth::None,
                 // ALKNET_KERNEL_STEERING=0 measures the plain 4-tuple hash instead
                 kernel_steering: std::env::var("ALKNET_KERNEL_STEERING").map_or(true, |v| v != "0"),
+                handshake: alknet_runtime::HandshakePolicy::default(),
+                qlog_dir: None,
             };
             let server = alknet_runtime::start(config, registry, Arc::new(provider))
                 .map_err(|e| e.to_string())?;

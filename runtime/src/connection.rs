@@ -261,6 +261,8 @@ pub(crate) struct ConnInner {
     pub deadline: Cell<Option<Instant>>,
     /// Counted against `max_connections` (server side).
     pub counted: bool,
+    /// Counted in the worker's unvalidated handshakes in flight (the Retry policy's load).
+    pub unvalidated: Cell<bool>,
 }
 
 impl ConnInner {
@@ -282,6 +284,7 @@ impl ConnInner {
             scheduled: Cell::new(None),
             deadline: Cell::new(None),
             counted,
+            unvalidated: Cell::new(false),
         })
     }
 

@@ -14,10 +14,13 @@ mod acl;
 mod cid;
 mod client;
 mod connection;
+mod handshake;
 mod identity;
 mod inbox;
 mod limits;
 mod pinning;
+mod qlog;
+pub use qlog::QLOG_SUPPORTED;
 mod reload;
 mod router;
 pub mod rt;
@@ -32,6 +35,10 @@ pub use acl::{AccessControl, AccessDenied, Requirement};
 pub use cid::WorkerCidGenerator;
 pub use client::{ClientEndpoint, ConnectError};
 pub use connection::{Connection, DatagramError};
+pub use handshake::{
+    CipherSuiteName, HandshakePolicy, HandshakePolicyError, RetryMode,
+    DEFAULT_RETRY_AUTO_THRESHOLD, DEFAULT_SESSION_CACHE,
+};
 pub use identity::{
     AuthContext, ChainedIdentityProvider, ConfigIdentityProvider, Identity, IdentityConfigError,
     IdentityEntry, IdentityProvider, NoIdentities,

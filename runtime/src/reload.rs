@@ -34,7 +34,14 @@ impl ConfigReloadHandle {
         client_auth: ClientAuth,
     ) -> Result<Fingerprint, TlsError> {
         let s = &self.0;
-        let config = build_server_config(tls, s.registry.alpns(), client_auth, &s.limits)?;
+        // the same [quic] policy: a reload changes the certificate, not Retry, 0-RTT or suites
+        let config = build_server_config(
+            tls,
+            s.registry.alpns(),
+            client_auth,
+            &s.limits,
+            &s.handshake,
+        )?;
         let fingerprint = tls.fingerprint();
         s.tls.store(Arc::new(ServerTls {
             config,

@@ -13,16 +13,18 @@ use alknet_proto::Fingerprint;
 use quinn_proto::{Endpoint, EndpointConfig};
 
 use crate::cid::WorkerCidGenerator;
+use crate::handshake::{HandshakePolicy, HandshakePolicyError};
 use crate::identity::IdentityProvider;
 use crate::inbox::Inbox;
 use crate::limits::{Limits, LimitsError};
 use crate::pinning::PinWorkers;
+use crate::qlog::QlogDir;
 use crate::reload::{ConfigReloadHandle, LiveIdentityProvider};
 use crate::router::AlpnRegistry;
 use crate::rt::{run_local, DriverKind};
 use crate::socket::{bind_reuseport_group, BindError, UdpIo};
 use crate::stats::{WorkerStats, WorkerStatsSnapshot};
-use crate::tls::{server_crypto, ClientAuth, TlsError, TlsIdentity};
+use crate::tls::{server_crypto_with_policy, ClientAuth, TlsError, TlsIdentity};
 use crate::worker::{Driver, Role, ServerShared, ServerTls, WorkerState, CLOSE_NOW, DRAINING};
 
 /// Default listen address: loopback only, so a first `alknet serve` with a generated
@@ -48,6 +50,11 @@ pub struct EngineConfig {
     /// reach their owner without a userspace hop. Without it (or where the kernel refuses
     /// it) the kernel hashes the 4-tuple and stray datagrams are forwarded in userspace.
     pub kernel_steering: bool,
+    /// Retry, resumption, 0-RTT and cipher suites (the `[quic]` section).
+    pub handshake: HandshakePolicy,
+    /// Write a qlog trace of every connection into this directory (debugging; see
+    /// `qlog.rs`). `alknet serve` takes it from `$QLOGDIR`.
+    pub qlog_dir: Option<std::path::PathBuf>,
 }
 
 /// Why a server could not start.
@@ -57,6 +64,8 @@ pub enum StartError {
     Limits(#[from] LimitsError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Handshake(#[from] HandshakePolicyError),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("endpoint configuration: {0}")]
@@ -76,8 +85,9 @@ pub(crate) fn build_server_config(
     alpns: Vec<Vec<u8>>,
     client_auth: ClientAuth,
     limits: &Limits,
+    handshake: &HandshakePolicy,
 ) -> Result<Arc<quinn_proto::ServerConfig>, TlsError> {
-    let crypto = server_crypto(tls, alpns, client_auth)?;
+    let crypto = server_crypto_with_policy(tls, alpns, client_auth, handshake)?;
     let mut server_config = quinn_proto::ServerConfig::with_crypto(crypto);
     server_config
         .transport_config(Arc::new(limits.transport_config()))
@@ -127,6 +137,7 @@ pub fn start(
     provider: Arc<dyn IdentityProvider>,
 ) -> Result<ServerHandle, StartError> {
     config.limits.validate()?;
+    config.handshake.validate()?;
     if registry.is_empty() {
         return Err(StartError::NoHandlers);
     }
@@ -139,6 +150,7 @@ pub fn start(
         registry.alpns(),
         config.client_auth,
         &config.limits,
+        &config.handshake,
     )?;
     let mut reset_key = [0u8; 64];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut reset_key);
@@ -180,6 +192,16 @@ pub fn start(
         shutdown: AtomicU8::new(0),
         open_connections: AtomicUsize::new(0),
         limits: config.limits.clone(),
+        handshake: config.handshake.clone(),
+        qlog: config
+            .qlog_dir
+            .clone()
+            .inspect(|_| {
+                if !crate::qlog::QLOG_SUPPORTED {
+                    tracing::warn!("a qlog directory is set, but this build has no qlog support (cargo feature \"qlog\"): no traces");
+                }
+            })
+            .map(|dir| QlogDir::new(dir, config.limits.clone())),
     });
 
     let usable = core_affinity::get_core_ids().unwrap_or_default();
@@ -344,13 +366,15 @@ impl ServerHandle {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Waits for every worker to stop (after `shutdown`).
-    pub fn join(mut self) {
+    /// Waits for every worker to stop (after `shutdown`); returns the final counters
+    /// summed over all workers.
+    pub fn join(mut self) -> WorkerStatsSnapshot {
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("a worker thread panicked");
             }
         }
+        self.total_stats()
     }
 }
 

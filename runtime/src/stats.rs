@@ -60,6 +60,16 @@ worker_stats! {
     handler_errors,
     /// Handlers that panicked.
     handler_panics,
+    /// Retry packets sent (`[quic] retry`).
+    retries_sent,
+    /// Datagrams received with the ECN codepoint ECT(0), ECT(1) or CE (from the IP
+    /// header, via IP_RECVTOS / IPV6_RECVTCLASS).
+    ecn_ect0_received,
+    ecn_ect1_received,
+    ecn_ce_received,
+    /// Datagrams sent with an ECN codepoint (quinn-proto marks ECT(0) while the path's ECN
+    /// validation holds, and stops when the peer's ACKs show it being bleached).
+    ecn_marked_sent,
 }
 
 impl WorkerStats {

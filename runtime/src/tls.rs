@@ -306,7 +306,22 @@ pub fn server_crypto(
     alpns: Vec<Vec<u8>>,
     client_auth: ClientAuth,
 ) -> Result<Arc<QuicServerConfig>, TlsError> {
-    let provider = crypto_provider();
+    server_crypto_with_policy(
+        identity,
+        alpns,
+        client_auth,
+        &crate::handshake::HandshakePolicy::default(),
+    )
+}
+
+/// [`server_crypto`] with the cipher suites, session resumption and 0-RTT of `policy`.
+pub fn server_crypto_with_policy(
+    identity: &TlsIdentity,
+    alpns: Vec<Vec<u8>>,
+    client_auth: ClientAuth,
+    policy: &crate::handshake::HandshakePolicy,
+) -> Result<Arc<QuicServerConfig>, TlsError> {
+    let provider = policy.provider(crypto_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = match client_auth {
@@ -320,8 +335,12 @@ pub fn server_crypto(
     };
     let mut cfg = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     cfg.alpn_protocols = alpns;
-    cfg.max_early_data_size = 0;
-    let quic = QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
+    policy.apply(&mut cfg);
+    // Initial packets use AES-128-GCM even when the handshake may not (chacha20-only)
+    let initial = crate::handshake::initial_suite()
+        .ok_or_else(|| TlsError::Quic("no AES-128-GCM suite for QUIC Initial packets".into()))?;
+    let quic = QuicServerConfig::with_initial(Arc::new(cfg), initial)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
     Ok(Arc::new(quic))
 }
 

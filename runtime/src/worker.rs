@@ -27,9 +27,11 @@ use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, Incoming, VarInt};
 use quinn_udp::RecvMeta;
 
 use crate::connection::{ConnInner, ConnState, Connection, DriverNotify};
+use crate::handshake::HandshakePolicy;
 use crate::identity::{AuthContext, IdentityProvider};
 use crate::inbox::{Inbox, StrayDatagram};
 use crate::limits::Limits;
+use crate::qlog::QlogDir;
 use crate::reload::LiveIdentityProvider;
 use crate::router::{close_code, AlpnRegistry, LocalBoxFuture};
 use crate::rt::{catch_panic, panic_message};
@@ -77,6 +79,9 @@ pub(crate) struct ServerShared {
     pub shutdown: AtomicU8,
     pub open_connections: AtomicUsize,
     pub limits: Limits,
+    pub handshake: HandshakePolicy,
+    /// Per-connection qlog traces, when a directory is configured.
+    pub qlog: Option<QlogDir>,
 }
 
 impl ServerShared {
@@ -115,6 +120,8 @@ pub(crate) struct WorkerState {
     pub handles: Cell<usize>,
     idle_waiters: RefCell<Vec<Waker>>,
     pub stats: Arc<WorkerStats>,
+    /// Handshakes in flight from addresses not validated yet (the `retry = "auto"` load).
+    unvalidated: Cell<usize>,
 }
 
 impl WorkerState {
@@ -137,6 +144,7 @@ impl WorkerState {
             handles: Cell::new(0),
             idle_waiters: RefCell::new(Vec::new()),
             stats,
+            unvalidated: Cell::new(0),
         })
     }
 
@@ -165,6 +173,7 @@ impl WorkerState {
         if let Some(slot) = conns.get_mut(inner.handle.0) {
             if slot.as_ref().is_some_and(|c| std::ptr::eq(&**c, inner)) {
                 *slot = None;
+                self.handshake_done(inner);
                 self.live.set(self.live.get() - 1);
                 if inner.counted {
                     if let Role::Server(s) = &self.role {
@@ -177,6 +186,14 @@ impl WorkerState {
             for w in self.idle_waiters.borrow_mut().drain(..) {
                 w.wake();
             }
+        }
+    }
+
+    /// The connection's handshake completed or it ended: no longer unvalidated load.
+    fn handshake_done(&self, inner: &ConnInner) {
+        if inner.unvalidated.replace(false) {
+            self.unvalidated
+                .set(self.unvalidated.get().saturating_sub(1));
         }
     }
 
@@ -393,6 +410,9 @@ impl Driver {
                 let ecn = meta
                     .ecn
                     .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+                if let Some(e) = ecn {
+                    count_ecn(&self.w.stats, e, meta.len.div_ceil(stride) as u64);
+                }
                 while !batch.is_empty() {
                     let seg = batch.split_to(stride.min(batch.len()));
                     WorkerStats::add(&self.w.stats.datagrams_received, 1);
@@ -484,6 +504,27 @@ impl Driver {
         // pass began
         let accepting =
             matches!(self.phase, Phase::Running) && s.shutdown.load(Ordering::Acquire) == RUNNING;
+        if accepting
+            && !incoming.remote_address_validated()
+            && s.handshake.should_retry(self.w.unvalidated.get())
+        {
+            self.response_buf.clear();
+            let retried = self
+                .w
+                .endpoint
+                .borrow_mut()
+                .retry(incoming, &mut self.response_buf);
+            match retried {
+                Ok(t) => {
+                    WorkerStats::add(&self.w.stats.retries_sent, 1);
+                    self.send_response(&t);
+                }
+                // only when the address was validated, which was ruled out above
+                Err(e) => self.w.endpoint.borrow_mut().ignore(e.into_incoming()),
+            }
+            return;
+        }
+        let validated = incoming.remote_address_validated();
         let below_limit = accepting
             && s.open_connections.fetch_add(1, Ordering::Relaxed) < s.limits.max_connections;
         if !below_limit {
@@ -502,15 +543,23 @@ impl Driver {
             return;
         }
         self.response_buf.clear();
+        let traced = s
+            .qlog
+            .as_ref()
+            .and_then(|q| q.server_config(&incoming, self.w.index, &s.tls.load().config));
         let accepted =
             self.w
                 .endpoint
                 .borrow_mut()
-                .accept(incoming, now, &mut self.response_buf, None);
+                .accept(incoming, now, &mut self.response_buf, traced);
         match accepted {
             Ok((handle, conn)) => {
                 WorkerStats::add(&self.w.stats.connections_accepted, 1);
                 let c = self.w.insert(handle, conn, true);
+                if !validated {
+                    c.unvalidated.set(true);
+                    self.w.unvalidated.set(self.w.unvalidated.get() + 1);
+                }
                 c.mark_dirty();
             }
             Err(e) => {
@@ -610,6 +659,7 @@ impl Driver {
             }
         }
         if connected {
+            self.w.handshake_done(c);
             if let Role::Server(s) = &self.w.role {
                 start_handler(&self.w, s, c);
             }
@@ -797,8 +847,21 @@ fn send(io: &UdpIo, stats: &WorkerStats, t: &quinn_proto::Transmit, buf: &[u8]) 
     io.send(&transmit)?;
     let segments = t.segment_size.map_or(1, |s| t.size.div_ceil(s));
     WorkerStats::add(&stats.datagrams_sent, segments as u64);
+    if t.ecn.is_some() {
+        WorkerStats::add(&stats.ecn_marked_sent, segments as u64);
+    }
     WorkerStats::add(&stats.send_calls, 1);
     Ok(())
+}
+
+/// Counts `n` datagrams received with ECN codepoint `e`.
+fn count_ecn(stats: &WorkerStats, e: quinn_proto::EcnCodepoint, n: u64) {
+    let counter = match e {
+        quinn_proto::EcnCodepoint::Ect0 => &stats.ecn_ect0_received,
+        quinn_proto::EcnCodepoint::Ect1 => &stats.ecn_ect1_received,
+        quinn_proto::EcnCodepoint::Ce => &stats.ecn_ce_received,
+    };
+    WorkerStats::add(counter, n);
 }
 
 /// Runs the handler for a connection whose handshake just completed, on this worker.

@@ -46,6 +46,7 @@ pub struct ServerOptions {
     pub provider: Arc<dyn IdentityProvider>,
     pub client_auth: ClientAuth,
     pub kernel_steering: bool,
+    pub handshake: alknet_runtime::HandshakePolicy,
 }
 
 impl Default for ServerOptions {
@@ -57,6 +58,7 @@ impl Default for ServerOptions {
             provider: Arc::new(NoIdentities),
             client_auth: ClientAuth::Optional,
             kernel_steering: true,
+            handshake: alknet_runtime::HandshakePolicy::default(),
         }
     }
 }
@@ -78,6 +80,8 @@ pub fn start_server(opts: ServerOptions) -> ServerHandle {
         tls,
         client_auth: opts.client_auth,
         kernel_steering: opts.kernel_steering,
+        handshake: opts.handshake,
+        qlog_dir: None,
     };
     alknet_runtime::start(config, registry, opts.provider).expect("start server")
 }

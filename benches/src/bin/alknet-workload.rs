@@ -239,6 +239,8 @@ fn streams() {
         tls,
         client_auth: ClientAuth::Optional,
         kernel_steering: false,
+        handshake: alknet_runtime::HandshakePolicy::default(),
+        qlog_dir: None,
     };
     let server = alknet_runtime::start(config, registry, Arc::new(NoIdentities)).expect("start");
     let addr = server.local_addr();

@@ -1,0 +1,193 @@
+//! Handshake policy of a server, the `[quic]` config section: when to send Retry, session
+//! resumption, 0-RTT, and which TLS cipher suites to offer. Read once at start; the packet
+//! path only consults [`HandshakePolicy::should_retry`] (two integer compares).
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use serde::Deserialize;
+
+/// `retry_auto_threshold` default: with `retry = "auto"`, a worker answers new connections
+/// with Retry once this many of its handshakes are in flight from addresses it has not
+/// validated. A flood of spoofed Initials then costs the server one stateless packet each
+/// instead of a connection's state and a certificate flight (amplification).
+pub const DEFAULT_RETRY_AUTO_THRESHOLD: usize = 256;
+/// `session_cache` default: resumable TLS sessions kept (shared by all workers). Tickets
+/// are single-use entries of this cache (stateful), so a 0-RTT flight cannot be accepted
+/// twice by this server.
+pub const DEFAULT_SESSION_CACHE: usize = 4096;
+
+/// When the server asks a client to prove its address with a Retry before keeping any
+/// state for it (RFC 9000, section 8.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryMode {
+    /// Never: one round trip less for every client.
+    Never,
+    /// Every connection from an unvalidated address.
+    Always,
+    /// Only under handshake load (see [`DEFAULT_RETRY_AUTO_THRESHOLD`]).
+    #[default]
+    Auto,
+}
+
+/// A TLS 1.3 cipher suite by its IANA name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum CipherSuiteName {
+    #[serde(rename = "TLS13_AES_128_GCM_SHA256")]
+    Aes128Gcm,
+    #[serde(rename = "TLS13_AES_256_GCM_SHA384")]
+    Aes256Gcm,
+    #[serde(rename = "TLS13_CHACHA20_POLY1305_SHA256")]
+    ChaCha20Poly1305,
+}
+
+impl CipherSuiteName {
+    fn suite(self) -> rustls::SupportedCipherSuite {
+        use rustls::crypto::ring::cipher_suite as cs;
+        match self {
+            Self::Aes128Gcm => cs::TLS13_AES_128_GCM_SHA256,
+            Self::Aes256Gcm => cs::TLS13_AES_256_GCM_SHA384,
+            Self::ChaCha20Poly1305 => cs::TLS13_CHACHA20_POLY1305_SHA256,
+        }
+    }
+}
+
+/// `[quic]`: the handshake policy. Every field has a default (see the constants above).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandshakePolicy {
+    /// `retry`: "never", "always" or "auto".
+    pub retry: RetryMode,
+    /// `retry_auto_threshold`: unvalidated handshakes in flight per worker before "auto"
+    /// sends Retry.
+    pub retry_auto_threshold: usize,
+    /// `session_cache`: resumable sessions kept; 0 turns resumption (and 0-RTT) off.
+    pub session_cache: usize,
+    /// `zero_rtt`: accept 0-RTT data from resuming clients. Off by default. The engine
+    /// starts a connection's handler only when the handshake is complete (the client's
+    /// Finished verified), so 0-RTT data reaches no handler before the client is proven
+    /// live: a replayed 0-RTT flight is never acted on. The client still gains its round
+    /// trip (the request is in flight with the handshake). See the README for the ALPNs
+    /// whose requests are idempotent anyway (hq-interop, alknet/echo).
+    pub zero_rtt: bool,
+    /// `cipher_suites`: the TLS 1.3 suites offered, in preference order; empty = all of
+    /// AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305. (QUIC Initial packets always use
+    /// AES-128-GCM, RFC 9001 section 5.2, whatever is chosen here.)
+    pub cipher_suites: Vec<CipherSuiteName>,
+}
+
+impl Default for HandshakePolicy {
+    fn default() -> Self {
+        Self {
+            retry: RetryMode::default(),
+            retry_auto_threshold: DEFAULT_RETRY_AUTO_THRESHOLD,
+            session_cache: DEFAULT_SESSION_CACHE,
+            zero_rtt: false,
+            cipher_suites: Vec::new(),
+        }
+    }
+}
+
+/// Errors in a [`HandshakePolicy`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HandshakePolicyError {
+    #[error("quic.zero_rtt needs session resumption (quic.session_cache > 0)")]
+    ZeroRttWithoutResumption,
+}
+
+impl HandshakePolicy {
+    pub fn validate(&self) -> Result<(), HandshakePolicyError> {
+        if self.zero_rtt && self.session_cache == 0 {
+            return Err(HandshakePolicyError::ZeroRttWithoutResumption);
+        }
+        Ok(())
+    }
+
+    /// Whether a new connection from an address not yet validated gets a Retry, given how
+    /// many unvalidated handshakes this worker has in flight.
+    #[inline]
+    pub fn should_retry(&self, unvalidated_in_flight: usize) -> bool {
+        match self.retry {
+            RetryMode::Never => false,
+            RetryMode::Always => true,
+            RetryMode::Auto => unvalidated_in_flight >= self.retry_auto_threshold,
+        }
+    }
+
+    /// The crypto provider restricted to the configured cipher suites.
+    pub(crate) fn provider(&self, base: Arc<CryptoProvider>) -> Arc<CryptoProvider> {
+        if self.cipher_suites.is_empty() {
+            return base;
+        }
+        let mut p = (*base).clone();
+        p.cipher_suites = self.cipher_suites.iter().map(|c| c.suite()).collect();
+        Arc::new(p)
+    }
+
+    /// Applies resumption and 0-RTT to a server config.
+    pub(crate) fn apply(&self, cfg: &mut rustls::ServerConfig) {
+        if self.session_cache == 0 {
+            cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            cfg.send_tls13_tickets = 0;
+        } else {
+            cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(self.session_cache);
+        }
+        // QUIC allows only 0 or u32::MAX (RFC 9001, section 4.6.1)
+        cfg.max_early_data_size = if self.zero_rtt { u32::MAX } else { 0 };
+    }
+}
+
+/// The Initial-packet suite QUIC requires (AES-128-GCM), from ring, whatever the
+/// negotiated suites are.
+pub(crate) fn initial_suite() -> Option<rustls::quic::Suite> {
+    rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .and_then(|s| s.quic_suite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_modes_decide_as_documented() {
+        let mut p = HandshakePolicy::default();
+        assert_eq!(p.retry, RetryMode::Auto);
+        assert!(!p.should_retry(DEFAULT_RETRY_AUTO_THRESHOLD - 1));
+        assert!(p.should_retry(DEFAULT_RETRY_AUTO_THRESHOLD));
+        p.retry = RetryMode::Always;
+        assert!(p.should_retry(0));
+        p.retry = RetryMode::Never;
+        assert!(!p.should_retry(usize::MAX));
+    }
+
+    #[test]
+    fn parses_and_validates() {
+        let p: HandshakePolicy = toml::from_str(
+            "retry = \"always\"\nzero_rtt = true\ncipher_suites = [\"TLS13_CHACHA20_POLY1305_SHA256\"]",
+        )
+        .expect("parses");
+        assert_eq!(p.retry, RetryMode::Always);
+        assert_eq!(p.cipher_suites, vec![CipherSuiteName::ChaCha20Poly1305]);
+        assert_eq!(p.validate(), Ok(()));
+        let p = HandshakePolicy {
+            zero_rtt: true,
+            session_cache: 0,
+            ..HandshakePolicy::default()
+        };
+        assert_eq!(
+            p.validate(),
+            Err(HandshakePolicyError::ZeroRttWithoutResumption)
+        );
+        assert!(toml::from_str::<HandshakePolicy>("retry = \"sometimes\"").is_err());
+        assert!(toml::from_str::<HandshakePolicy>("cipher_suites = [\"RC4\"]").is_err());
+        let only = HandshakePolicy {
+            cipher_suites: vec![CipherSuiteName::ChaCha20Poly1305],
+            ..HandshakePolicy::default()
+        }
+        .provider(crate::tls::crypto_provider());
+        assert_eq!(only.cipher_suites.len(), 1);
+        assert!(initial_suite().is_some());
+    }
+}
