@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 
 # Real clients the suite drives (independent implementations, not ours).
 # valgrind: the instruction-count gate; openssh-client (ssh, ssh-keygen): the OpenSSH
-# tests of alknet/ssh and of `alknet vault export-ssh`; tmux: their pty session; curl: the
+# tests of alknet/ssh, of `alknet vault export-ssh` and (sftp) of SFTP both ways; tmux: their pty session; curl: the
 # SOCKS5 test of `alknet socks`.
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
-command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v ssh >/dev/null && command -v ssh-keygen >/dev/null && command -v sftp >/dev/null \
+    || missing+=(openssh-client)
 command -v tmux >/dev/null || missing+=(tmux)
 command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then

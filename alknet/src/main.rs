@@ -4,6 +4,7 @@ mod call;
 mod config;
 mod connect;
 mod peer;
+mod sftp;
 mod socks;
 mod vault;
 

@@ -32,6 +32,10 @@ pub const DEFAULT_MAX_OUTSTANDING: usize = 128;
 /// drain. Bounds memory per session: about this plus one packet.
 pub const DEFAULT_MAX_BYTES_IN_FLIGHT: usize = 16 * 1024 * 1024;
 
+/// SFTP sessions (= QUIC streams) open at once on one `alknet/sftp` connection; more
+/// are reset. The QUIC stream limit applies too.
+pub const DEFAULT_MAX_SESSIONS_PER_CONNECTION: usize = 16;
+
 /// Entries per `SSH_FXP_NAME` reply to `READDIR`.
 pub const READDIR_BATCH: usize = 128;
 
@@ -47,6 +51,7 @@ pub struct SftpConfig {
     pub max_read: u32,
     pub max_outstanding: usize,
     pub max_bytes_in_flight: usize,
+    pub max_sessions_per_connection: usize,
 }
 
 impl Default for SftpConfig {
@@ -58,6 +63,7 @@ impl Default for SftpConfig {
             max_read: DEFAULT_MAX_READ,
             max_outstanding: DEFAULT_MAX_OUTSTANDING,
             max_bytes_in_flight: DEFAULT_MAX_BYTES_IN_FLIGHT,
+            max_sessions_per_connection: DEFAULT_MAX_SESSIONS_PER_CONNECTION,
         }
     }
 }
@@ -75,6 +81,9 @@ impl SftpConfig {
         let err = |key, why| Err(SftpConfigError { key, why });
         if self.max_handles == 0 {
             return err("max_handles", "must be at least 1");
+        }
+        if self.max_sessions_per_connection == 0 {
+            return err("max_sessions_per_connection", "must be at least 1");
         }
         if self.max_outstanding == 0 {
             return err("max_outstanding", "must be at least 1");
