@@ -243,10 +243,14 @@ impl ProtocolHandler for SshAdapter {
 /// `auth_timeout_ms` of its stream opening is disconnected, then reset.
 async fn serve_session(
     shared: Arc<Shared>,
-    stream: ByteStream,
+    mut stream: ByteStream,
     auth: AuthContext,
     _count: SessionCount,
 ) {
+    // a peer that ended its side cleanly (a probe that sent its banner, a client giving
+    // up) gets what was already written, then FIN: russh ends such a session with an
+    // error, and a reset would make QUIC discard our banner unread
+    stream.finish_after_peer_end();
     let deadline = tokio::time::Instant::now() + shared.config.auth_timeout();
     let closer = stream.closer();
     let authenticated = Arc::new(AtomicBool::new(false));
