@@ -57,17 +57,26 @@ pub fn decode_request(frame: Bytes) -> Decoded {
     } else {
         0
     };
+    let is_request = (3..=20).contains(&kind) || kind == 200;
+    if !is_request {
+        // replies, INIT again, unknown types: never decoded
+        let msg = format!("packet type {kind} is not a request");
+        return Decoded::Reply(encode(Packet::status(
+            id,
+            StatusCode::OpUnsupported,
+            &msg,
+            "en",
+        )));
+    }
     let mut body = frame;
     match Packet::try_from(&mut body) {
         Ok(p) => Decoded::Request(p),
-        Err(e) => {
-            let code = if (3..=20).contains(&kind) || kind == 200 {
-                StatusCode::BadMessage
-            } else {
-                StatusCode::OpUnsupported
-            };
-            Decoded::Reply(encode(Packet::status(id, code, &e.to_string(), "en")))
-        }
+        Err(e) => Decoded::Reply(encode(Packet::status(
+            id,
+            StatusCode::BadMessage,
+            &e.to_string(),
+            "en",
+        ))),
     }
 }
 
