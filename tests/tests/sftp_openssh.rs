@@ -18,6 +18,10 @@ const SFTP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Size of the file sent both ways (the 100 MiB figure is the load test's).
 const BIG: usize = 20 << 20;
 
+/// Files in the tree sent recursively both ways (1 000 belongs to the load test: OpenSSH
+/// handles them one by one, and each costs a few round trips).
+const TREE_FILES: usize = 200;
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -117,6 +121,56 @@ fn transfers_and_commands(run: &dyn Fn(&str) -> Output, local: &Path, home: &Pat
         sha256(&std::fs::read(local.join("big.back")).expect("downloaded")),
         sha256(&data)
     );
+
+    // resume: transfers cut short (as a killed one leaves them), then reput / reget
+    let cut = |path: &Path, len: usize| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open");
+        f.set_len(len as u64).expect("truncate");
+    };
+    cut(&home.join("big"), BIG / 2);
+    cut(&local.join("big.back"), BIG / 3);
+    ok(run("reput big /big\nreget /big big.back\n"));
+    assert_eq!(
+        sha256(&std::fs::read(home.join("big")).expect("resumed up")),
+        sha256(&data)
+    );
+    assert_eq!(
+        sha256(&std::fs::read(local.join("big.back")).expect("resumed down")),
+        sha256(&data)
+    );
+
+    // a tree of TREE_FILES small files, recursively both ways
+    let tree = local.join("tree");
+    for i in 0..TREE_FILES {
+        let dir = tree.join(format!("d{}", i % 10));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(format!("f{i}")), payload(i as u64, 1024 + i)).expect("write");
+    }
+    ok(run("put -R tree /tree\nget -R /tree tree.back\n"));
+    for i in 0..TREE_FILES {
+        let rel = format!("d{}/f{i}", i % 10);
+        let want = payload(i as u64, 1024 + i);
+        assert_eq!(
+            std::fs::read(home.join("tree").join(&rel)).expect("uploaded"),
+            want,
+            "{rel}"
+        );
+        assert_eq!(
+            std::fs::read(local.join("tree.back").join(&rel)).expect("downloaded"),
+            want,
+            "{rel}"
+        );
+    }
+    let mut cleanup = String::from("rm /tree/d*/*\n");
+    for i in 0..10 {
+        cleanup.push_str(&format!("rmdir /tree/d{i}\n"));
+    }
+    cleanup.push_str("rmdir /tree\n");
+    ok(run(&cleanup));
+    assert!(!home.join("tree").exists());
 
     let listing = ok(run(
         "mkdir /d\nrename /big /d/moved\nln -s /d/moved /d/link\nchmod 640 /d/moved\nls -l /d\ndf /\nrmdir /d-none\n"
