@@ -19,7 +19,7 @@ command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q "${missing[@]}"
 fi
-if ! python3 -c 'import aioquic' 2>/dev/null; then
+if ! python3 -c 'import aioquic, paramiko' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
 

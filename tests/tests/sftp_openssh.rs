@@ -374,3 +374,58 @@ fn sftp_straight_onto_alknet_sftp() {
         assert!(!root.join(name).exists());
     }
 }
+
+/// paramiko's `SFTPClient`, a second independent client, through the subsystem
+/// (`tests/interop/paramiko_sftp.py` does the calls; the disk is checked here).
+#[test]
+fn paramiko_through_the_sftp_subsystem() {
+    require_openssh();
+    let have = Command::new("python3")
+        .args(["-c", "import paramiko"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        have,
+        "paramiko is required: pip install -r tests/interop/requirements.txt (tests/run-all.sh does)"
+    );
+    let server = BinServer::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let local = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(keys.path(), "pat");
+    peer_add(
+        server.data_dir.path(),
+        "pat",
+        &key.fingerprint_hex,
+        &["ssh:sftp", "sftp:read", "sftp:write"],
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/paramiko_sftp.py");
+    let child = Command::new("python3")
+        .arg(script)
+        .arg(alknet_bin())
+        .arg(server.fingerprint())
+        .arg(server.addr())
+        .arg(&key.path)
+        .arg(local.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let out = wait_output(child, SFTP_TIMEOUT);
+    assert!(
+        out.status.success() && text(&out.stdout).trim() == "ok",
+        "paramiko: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let root = sftp_root(&server);
+    let home = root.join("pat");
+    assert_eq!(
+        std::fs::read(home.join("pm-out")).expect("renamed inside"),
+        b"hello world"
+    );
+    assert!(!root.join("pm-out").exists() && !server.data_dir.path().join("pm-out").exists());
+    assert!(!home.join("pm-dir").exists());
+    assert!(std::fs::symlink_metadata(home.join("pm-up"))
+        .expect("link")
+        .is_symlink());
+}

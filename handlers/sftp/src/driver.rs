@@ -1,7 +1,8 @@
 //! The IO driver of one SFTP session over any tokio byte stream: reads requests, runs up
 //! to `max_outstanding` of them at once on blocking threads (ordered per handle by the
 //! [`Sequencer`]), and writes each reply as soon as it is ready (SFTP matches replies by
-//! id, so completion order is fine). Unlike `russh_sftp::server::run`, which awaits each
+//! id), except that replies on one handle keep their requests' order (see
+//! [`ReplyOrder`]). Unlike `russh_sftp::server::run`, which awaits each
 //! request before reading the next, this keeps a pipelining client (OpenSSH keeps 64
 //! requests in flight) busy.
 //!
@@ -9,6 +10,7 @@
 //! was read, and reading stops while `max_outstanding` requests or `max_bytes_in_flight`
 //! bytes of request and reply data are in flight.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -100,9 +102,58 @@ fn cost(frame: &Bytes, max_read: u32) -> usize {
 type Running = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 struct Done {
-    handle: Option<String>,
+    /// The handle and the request's place in its reply order.
+    handle: Option<(String, u64)>,
     cost: usize,
     reply: Bytes,
+}
+
+/// Replies on one handle go out in request order: the spec allows any order, but clients
+/// rely on it (paramiko's pipelined writes wait for each reply in turn and lose those
+/// that come early). Execution still overlaps; a reply that completes early waits here.
+#[derive(Default)]
+struct ReplyOrder {
+    next: u64,
+    lanes: HashMap<String, VecDeque<(u64, Option<(Bytes, usize)>)>>,
+}
+
+impl ReplyOrder {
+    /// Reserves the next place on `handle`.
+    fn reserve(&mut self, handle: &str) -> u64 {
+        let seq = self.next;
+        self.next += 1;
+        self.lanes
+            .entry(handle.to_string())
+            .or_default()
+            .push_back((seq, None));
+        seq
+    }
+
+    /// Fills place `seq` on `handle`; returns the replies (and their costs) now due.
+    fn complete(
+        &mut self,
+        handle: &str,
+        seq: u64,
+        reply: Bytes,
+        cost: usize,
+    ) -> Vec<(Bytes, usize)> {
+        let mut due = Vec::new();
+        let Some(lane) = self.lanes.get_mut(handle) else {
+            return vec![(reply, cost)];
+        };
+        if let Some(slot) = lane.iter_mut().find(|(s, _)| *s == seq) {
+            slot.1 = Some((reply, cost));
+        }
+        while lane.front().is_some_and(|(_, r)| r.is_some()) {
+            if let Some((_, Some(r))) = lane.pop_front() {
+                due.push(r);
+            }
+        }
+        if lane.is_empty() {
+            self.lanes.remove(handle);
+        }
+        due
+    }
 }
 
 /// Serves one session until the client ends its side and every request is answered
@@ -134,12 +185,13 @@ where
     writer.write_all(&version_reply()).await?;
     writer.flush().await?;
 
-    let mut sequencer: Sequencer<(Packet, usize)> = Sequencer::default();
+    let mut sequencer: Sequencer<(Packet, usize, u64)> = Sequencer::default();
+    let mut order = ReplyOrder::default();
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     let mut outstanding = 0usize;
     let mut in_flight = 0usize;
     let mut eof = false;
-    let start = |packet: Packet, cost: usize, handle: Option<String>| -> Running {
+    let start = |packet: Packet, cost: usize, handle: Option<(String, u64)>| -> Running {
         let server = server.clone();
         Box::pin(async move {
             let id = packet.get_request_id();
@@ -177,8 +229,11 @@ where
                     match plan.handle {
                         None => running.push(start(packet, c, None)),
                         Some((h, access)) => {
-                            if let Some((p, c)) = sequencer.arrive(&h, access, (packet, c)) {
-                                running.push(start(p, c, Some(h)));
+                            let seq = order.reserve(&h);
+                            if let Some((p, c, seq)) =
+                                sequencer.arrive(&h, access, (packet, c, seq))
+                            {
+                                running.push(start(p, c, Some((h, seq))));
                             }
                         }
                     }
@@ -198,13 +253,19 @@ where
                     batch.push(more);
                 }
                 for done in batch {
-                    writer.write_all(&done.reply).await?;
-                    outstanding -= 1;
-                    in_flight -= done.cost;
-                    if let Some(h) = done.handle {
-                        for (p, c) in sequencer.finish(&h) {
-                            running.push(start(p, c, Some(h.clone())));
+                    let due = match done.handle {
+                        None => vec![(done.reply, done.cost)],
+                        Some((h, seq)) => {
+                            for (p, c, seq) in sequencer.finish(&h) {
+                                running.push(start(p, c, Some((h.clone(), seq))));
+                            }
+                            order.complete(&h, seq, done.reply, done.cost)
                         }
+                    };
+                    for (reply, cost) in due {
+                        writer.write_all(&reply).await?;
+                        outstanding -= 1;
+                        in_flight -= cost;
                     }
                 }
                 writer.flush().await?;

@@ -98,6 +98,7 @@ async fn pipelined_requests_are_all_answered_then_the_session_ends_cleanly() {
             }
             Packet::Status(s) => {
                 assert_eq!(s.status_code, StatusCode::Ok, "{s:?}");
+                assert_eq!(s.id, 10 + seen, "write replies in request order");
                 seen += 1;
             }
             other => panic!("{other:?}"),
@@ -135,9 +136,13 @@ async fn pipelined_requests_are_all_answered_then_the_session_ends_cleanly() {
         .await
         .unwrap();
     }
+    let mut last = 0;
     while !want.is_empty() {
         match reply(&mut c).await {
             Packet::Data(d) => {
+                // one handle: replies in request order (paramiko relies on it)
+                assert!(d.id > last, "reply {} after {last}", d.id);
+                last = d.id;
                 let off = want.remove(&d.id).expect("one reply per id");
                 assert_eq!(d.data, &content[off..(off + chunk).min(content.len())]);
             }
@@ -213,4 +218,20 @@ fn read_cost_is_the_reply_size() {
     }));
     // strip the length field, as the decoder does
     assert_eq!(cost(&f.slice(4..), 255 * 1024), 1064);
+}
+
+#[test]
+fn replies_on_a_handle_leave_in_request_order() {
+    let mut o = ReplyOrder::default();
+    let a = o.reserve("h");
+    let b = o.reserve("h");
+    let x = o.reserve("other");
+    assert!(o.complete("h", b, Bytes::from_static(b"b"), 1).is_empty());
+    assert_eq!(o.complete("other", x, Bytes::from_static(b"x"), 1).len(), 1);
+    let due = o.complete("h", a, Bytes::from_static(b"a"), 2);
+    assert_eq!(
+        due,
+        vec![(Bytes::from_static(b"a"), 2), (Bytes::from_static(b"b"), 1)]
+    );
+    assert!(o.lanes.is_empty());
 }
