@@ -114,8 +114,11 @@ struct Done {
 #[derive(Default)]
 struct ReplyOrder {
     next: u64,
-    lanes: HashMap<String, VecDeque<(u64, Option<(Bytes, usize)>)>>,
+    lanes: HashMap<String, VecDeque<Place>>,
 }
+
+/// A place in a handle's reply order: its number, and the reply with its cost once done.
+type Place = (u64, Option<(Bytes, usize)>);
 
 impl ReplyOrder {
     /// Reserves the next place on `handle`.
