@@ -8,12 +8,14 @@ cd "$(dirname "$0")/.."
 
 # Real clients the suite drives (independent implementations, not ours).
 # valgrind: the instruction-count gate; openssh-client (ssh, ssh-keygen): the OpenSSH
-# tests of alknet/ssh and of `alknet vault export-ssh`; tmux: their pty session; curl: the
-# SOCKS5 test of `alknet socks`; git: the clone/fetch/push tests of alknet/git (and its
-# git backend runs the installed git); bind9-dnsutils (dig): the classic DNS tests.
+# tests of alknet/ssh, of `alknet vault export-ssh` and (sftp) of SFTP both ways; tmux: their
+# pty session; curl: the SOCKS5 test of `alknet socks`; git: the clone/fetch/push tests of
+# alknet/git (and its git backend runs the installed git); bind9-dnsutils (dig): the classic
+# DNS tests.
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
-command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v ssh >/dev/null && command -v ssh-keygen >/dev/null && command -v sftp >/dev/null \
+    || missing+=(openssh-client)
 command -v tmux >/dev/null || missing+=(tmux)
 command -v curl >/dev/null || missing+=(curl)
 command -v git >/dev/null || missing+=(git)
@@ -24,8 +26,9 @@ command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q "${missing[@]}"
 fi
-# aioquic: raw QUIC and HTTP/3 interop; dnspython[doq]: the DoQ client of the DNS tests.
-if ! python3 -c 'import aioquic, dns.quic' 2>/dev/null; then
+# aioquic: raw QUIC and HTTP/3 interop; dnspython[doq]: the DoQ client of the DNS tests;
+# paramiko: the second SFTP client.
+if ! python3 -c 'import aioquic, dns.quic, paramiko' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
 

@@ -18,7 +18,10 @@ use alknet_runtime::{
     AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, EngineConfig, HandshakePolicy,
     IdentityEntry, IdentityProvider, Limits, ProtocolHandler, DEFAULT_LISTEN,
 };
+use alknet_sftp::SftpConfig;
 use alknet_ssh::{SshAdapter, SshConfig};
+
+use crate::sftp::{SftpAlpn, SftpService};
 use serde::Deserialize;
 
 use crate::vault::NodeKeys;
@@ -53,12 +56,13 @@ client_auth = "optional"
 [handlers]
 # ALPNs served. Available: "alknet/echo", "perf" (quinn's perf tool protocol),
 # "alknet/call" (JSON operations; see README), "alknet/ssh" (SSH sessions for OpenSSH
-# through `alknet connect`; see README), "alknet/git" (git clone/fetch/push through
+# through `alknet connect`; see README), "alknet/sftp" (raw SFTP sessions for OpenSSH's
+# sftp through `alknet connect`; see README), "alknet/git" (git clone/fetch/push through
 # git-remote-alknet; see README), "doq" (DNS over QUIC, RFC 9250) and "alknet/dns"
 # (pipelined DNS over QUIC), which answer for the [[dns.zones]] below (not on by default),
 # "hq-interop" (HTTP/0.9 file serving of the QUIC interop runner; off by default, needs
 # [hq] root).
-enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh", "alknet/git"]
+enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh", "alknet/sftp", "alknet/git"]
 
 [quic]
 # Retry (address validation before any state is kept): "never", "always", or "auto" =
@@ -197,6 +201,25 @@ pkarr_publish_self = true
 # origin = "example.com."
 # file = "/etc/alknet/example.com.zone"
 
+[sftp]
+# SFTP, both as alknet/sftp and as the sftp subsystem of alknet/ssh (gated there by the
+# ssh:sftp scope). Scopes sftp:read and sftp:write are checked on every request; an
+# identity with neither gets no session. Each identity works in ROOT/<identity name>/
+# (created on first use), which it sees as "/": every path is resolved beneath it by the
+# kernel (openat2 RESOLVE_IN_ROOT).
+# Default root: sftp/ in data_dir.
+# root = "/srv/alknet-sftp"
+# Open files and directories per session.
+max_handles = 256
+# Largest SFTP packet accepted (bigger ones end the session), and the largest read served.
+max_packet = 262144
+max_read = 261120
+# Requests served at once per session, and request/reply bytes held per session.
+max_outstanding = 128
+max_bytes_in_flight = 16777216
+# SFTP sessions (QUIC streams) open at once per alknet/sftp connection.
+max_sessions_per_connection = 16
+
 [vault]
 # A key vault (`alknet vault init|restore`): with `file` set, the TLS certificate (a
 # self-signed Ed25519 one, the same on every machine restored from the same words) and
@@ -287,6 +310,8 @@ pub struct FileConfig {
     pub identity: IdentitySection,
     #[serde(default)]
     pub ssh: SshConfig,
+    #[serde(default)]
+    pub sftp: SftpConfig,
     #[serde(default)]
     pub vault: VaultSection,
     #[serde(default)]
@@ -401,6 +426,9 @@ impl FileConfig {
         cfg.quic
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.sftp
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if cfg.vault.file.is_some() {
             if cfg.tls.cert.is_some() || cfg.tls.key.is_some() {
                 return Err(ConfigError::VaultConflict(
@@ -454,6 +482,7 @@ impl FileConfig {
                     alknet_hq::HqHandler::new(&self.hq)
                         .map_err(|e| ConfigError::Invalid(e.to_string()))?,
                 ),
+                crate::sftp::ALPN => Arc::new(SftpAlpn(self.sftp_service())),
                 _ => {
                     return Err(ConfigError::UnknownHandler {
                         name: name.clone(),
@@ -615,6 +644,20 @@ impl FileConfig {
             .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
+    /// SFTP (both fronts): `[sftp]`, its root in the data directory unless set.
+    pub fn sftp_service(&self) -> SftpService {
+        let threads = if self.ssh.bridge_threads == 0 {
+            resolve_workers(self.workers)
+        } else {
+            self.ssh.bridge_threads
+        };
+        SftpService::new(
+            self.sftp.root_in(&self.data_dir()),
+            self.sftp.clone(),
+            threads,
+        )
+    }
+
     /// With `[vault] file` set: unlocks the vault (asking for the password as
     /// [`crate::vault::read_vault_password`] does) and keeps the node's TLS identity and
     /// SSH host key for [`Self::tls_identity`] and [`Self::ssh_adapter`]. Without, nothing.
@@ -647,7 +690,7 @@ impl FileConfig {
                 "ssh host key fingerprint: {}",
                 adapter.host_key_fingerprint()
             );
-            return Ok(adapter);
+            return Ok(self.with_sftp_subsystem(adapter));
         }
         let (adapter, generated) = SshAdapter::load(
             self.ssh.clone(),
@@ -662,7 +705,16 @@ impl FileConfig {
             "ssh host key fingerprint: {}",
             adapter.host_key_fingerprint()
         );
-        Ok(adapter)
+        Ok(self.with_sftp_subsystem(adapter))
+    }
+
+    /// The `sftp` subsystem, gated by `ssh:sftp`.
+    fn with_sftp_subsystem(&self, adapter: SshAdapter) -> SshAdapter {
+        adapter.with_subsystem(
+            "sftp",
+            alknet_ssh::policy::SCOPE_SFTP,
+            Arc::new(self.sftp_service()),
+        )
     }
 
     /// The TLS identity: the configured PEM files, or the generated one in the data
@@ -739,6 +791,7 @@ pub fn available_handlers() -> Vec<String> {
         alknet_dns::DOQ_ALPN,
         alknet_dns::PIPELINE_ALPN,
         alknet_hq::ALPN,
+        crate::sftp::ALPN,
     ]
     .iter()
     .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -786,11 +839,12 @@ mod tests {
         let mut cfg = cfg;
         // the ssh handler keeps its host key in the data directory
         cfg.data_dir = Some(dir.path().to_path_buf());
-        assert_eq!(cfg.registry().expect("registry").len(), 5);
+        assert_eq!(cfg.registry().expect("registry").len(), 6);
         assert!(dir.path().join(alknet_ssh::HOST_KEY_FILE).exists());
         assert!(dir.path().join("git").is_dir(), "the git root is created");
         assert_eq!(cfg.git, GitConfig::default());
         assert_eq!(cfg.ssh, SshConfig::default());
+        assert_eq!(cfg.sftp, SftpConfig::default());
         assert_eq!(cfg.call, CallLimits::default());
         let empty = FileConfig::parse("", "<empty>").expect("empty config");
         assert_eq!(empty.limits, Limits::default());

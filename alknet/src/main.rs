@@ -6,6 +6,7 @@ mod connect;
 mod git;
 mod peer;
 mod reload;
+mod sftp;
 mod socks;
 mod systemd;
 mod vault;

@@ -125,14 +125,24 @@ impl SshTarget {
         self.ssh_checking_host(key, Some(known_hosts))
     }
 
+    /// OpenSSH's `sftp` through `alknet/ssh`'s `sftp` subsystem, with the same options as
+    /// [`Self::ssh`] (the host to name is `user@alknet`).
+    pub fn sftp(&self, key: &SshKey) -> Command {
+        self.client("sftp", key, None)
+    }
+
     fn ssh_checking_host(&self, key: &SshKey, known_hosts: Option<&Path>) -> Command {
+        self.client("ssh", key, known_hosts)
+    }
+
+    fn client(&self, program: &str, key: &SshKey, known_hosts: Option<&Path>) -> Command {
         let proxy = format!(
             "{} connect --alpn alknet/ssh --fingerprint {} {}",
             alknet_bin().display(),
             self.tls_fingerprint,
             self.addr
         );
-        let mut cmd = Command::new("ssh");
+        let mut cmd = Command::new(program);
         let (strict, known) = match known_hosts {
             Some(file) => ("yes", file.display().to_string()),
             None => ("no", "/dev/null".to_string()),

@@ -476,3 +476,30 @@ fn a_vanished_client_hangs_its_command_up() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A client that sends its banner and ends its side at once (a probe) still gets the
+/// server's banner: the session ends with FIN after what was written, not a reset (which
+/// would make QUIC discard the banner unread). Every time, not one in three.
+#[test]
+fn a_probe_that_ends_its_side_gets_the_banner() {
+    let server = BinServer::start();
+    let fingerprint = server.fingerprint();
+    for i in 0..10 {
+        let mut cmd = Command::new(alknet_bin());
+        cmd.args([
+            "connect",
+            "--alpn",
+            "alknet/ssh",
+            "--fingerprint",
+            &fingerprint,
+            &server.addr(),
+        ]);
+        let out = alknet_tests::ssh::run_with_input(cmd, b"SSH-2.0-probe\r\n");
+        let shown = text(&out.stdout);
+        assert!(
+            shown.starts_with("SSH-2.0-alknet"),
+            "run {i}: no banner: {shown:?}; stderr: {}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -19,6 +19,7 @@ use crate::bridge::{pump_quic_stream, ByteStream, TokioBridge, STREAM_ABORT_CODE
 use crate::config::{SshConfig, SshConfigError};
 use crate::hostkey::{load_host_key, load_or_generate_host_key, HostKeyError};
 use crate::session::SshSession;
+use crate::subsystem::{Registered, Subsystem, Subsystems};
 
 /// The ALPN this handler serves.
 pub const ALPN: &[u8] = b"alknet/ssh";
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     /// Asked after the engine's provider (the `authorized_keys` file).
     pub extra_provider: Option<Arc<dyn IdentityProvider>>,
     pub bridge_threads: usize,
+    /// Subsystems served, by name (`sftp`, plugged in by the binary).
+    pub subsystems: Subsystems,
 }
 
 /// The `alknet/ssh` handler.
@@ -100,6 +103,7 @@ impl SshAdapter {
                 russh: Arc::new(russh),
                 extra_provider: None,
                 bridge_threads,
+                subsystems: Subsystems::default(),
             }),
             host_fingerprint,
         })
@@ -147,6 +151,35 @@ impl SshAdapter {
             russh: self.shared.russh.clone(),
             extra_provider: Some(provider),
             bridge_threads: self.shared.bridge_threads,
+            subsystems: self.shared.subsystems.clone(),
+        };
+        self.shared = Arc::new(shared);
+        self
+    }
+
+    /// Serves `subsystem` for `subsystem` requests naming `name`, to identities holding
+    /// `scope` (e.g. `sftp` gated by [`crate::policy::SCOPE_SFTP`]). Unregistered names
+    /// are refused.
+    pub fn with_subsystem(
+        mut self,
+        name: &str,
+        scope: &str,
+        subsystem: Arc<dyn Subsystem>,
+    ) -> Self {
+        let mut subsystems = self.shared.subsystems.clone();
+        subsystems.0.insert(
+            name.to_string(),
+            Registered {
+                scope: scope.to_string(),
+                subsystem,
+            },
+        );
+        let shared = Shared {
+            config: self.shared.config.clone(),
+            russh: self.shared.russh.clone(),
+            extra_provider: self.shared.extra_provider.clone(),
+            bridge_threads: self.shared.bridge_threads,
+            subsystems,
         };
         self.shared = Arc::new(shared);
         self
@@ -210,10 +243,14 @@ impl ProtocolHandler for SshAdapter {
 /// `auth_timeout_ms` of its stream opening is disconnected, then reset.
 async fn serve_session(
     shared: Arc<Shared>,
-    stream: ByteStream,
+    mut stream: ByteStream,
     auth: AuthContext,
     _count: SessionCount,
 ) {
+    // a peer that ended its side cleanly (a probe that sent its banner, a client giving
+    // up) gets what was already written, then FIN: russh ends such a session with an
+    // error, and a reset would make QUIC discard our banner unread
+    stream.finish_after_peer_end();
     let deadline = tokio::time::Instant::now() + shared.config.auth_timeout();
     let closer = stream.closer();
     let authenticated = Arc::new(AtomicBool::new(false));

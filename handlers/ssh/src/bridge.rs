@@ -84,6 +84,9 @@ pub struct ByteStream {
     leftover: Bytes,
     /// The read side ended: cleanly (`None`) or abortively.
     read_end: Option<Option<StreamAborted>>,
+    /// Dropped without `shutdown()` after the peer ended its side cleanly: finish (FIN)
+    /// instead of resetting. See [`ByteStream::finish_after_peer_end`].
+    finish_after_peer_end: bool,
 }
 
 /// The other end of a [`ByteStream`], for whatever carries the bytes (a pump task).
@@ -115,6 +118,7 @@ impl ByteStream {
                 sending: None,
                 leftover: Bytes::new(),
                 read_end: None,
+                finish_after_peer_end: false,
             },
             StreamEnd {
                 to_stream,
@@ -134,8 +138,19 @@ impl ByteStream {
             sending: None,
             leftover: Bytes::new(),
             read_end: None,
+            finish_after_peer_end: false,
         };
         (make(a_tx, a_rx), make(b_tx, b_rx))
+    }
+
+    /// When the stream is dropped without `shutdown()` after the peer ended its side
+    /// cleanly (EOF was read), end ours cleanly too (FIN after the data already written)
+    /// instead of resetting: a QUIC receiver discards unread data on a reset, so a peer
+    /// that sent its part and finished (a probe sending a banner) would lose our answer.
+    /// A drop while panicking, or before the peer's end, still resets. For protocols that
+    /// detect truncation themselves (SSH's packets and close messages).
+    pub fn finish_after_peer_end(&mut self) {
+        self.finish_after_peer_end = true;
     }
 
     /// A handle that ends this stream abortively from outside (a watchdog), without owning
@@ -240,8 +255,14 @@ impl AsyncWrite for ByteStream {
 
 impl Drop for ByteStream {
     /// Without a `shutdown()` the stream did not end cleanly: say so, so the far side
-    /// resets instead of finishing.
+    /// resets instead of finishing (unless [`ByteStream::finish_after_peer_end`] applies).
     fn drop(&mut self) {
+        let peer_ended = matches!(self.read_end, Some(None));
+        if self.finish_after_peer_end && peer_ended && !std::thread::panicking() {
+            // dropping the sender closes the channel after the queued chunks: FIN
+            self.tx = None;
+            return;
+        }
         if let Some(tx) = self.tx.take() {
             // force_send makes room by dropping the oldest queued chunk: we abort anyway
             let _ = tx.force_send(Err(StreamAborted(u64::from(STREAM_ABORT_CODE))));
@@ -468,6 +489,55 @@ mod tests {
                 b.write_all(b"x").await.expect_err("peer gone").kind(),
                 io::ErrorKind::BrokenPipe
             );
+        });
+    }
+
+    #[test]
+    fn after_the_peer_ends_cleanly_a_drop_finishes() {
+        rt().block_on(async {
+            // the peer sent its part and finished; we answered, then failed on the EOF
+            let (mut stream, end) = ByteStream::pair(4);
+            stream.finish_after_peer_end();
+            end.to_stream
+                .send(Ok(Bytes::from_static(b"hello")))
+                .await
+                .expect("send");
+            drop(end.to_stream);
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.expect("clean EOF");
+            stream.write_all(b"banner").await.expect("write");
+            drop(stream);
+            assert_eq!(
+                end.from_stream.recv().await,
+                Ok(Ok(Bytes::from_static(b"banner")))
+            );
+            // closed without an abort: FIN
+            assert!(end.from_stream.recv().await.is_err());
+
+            // before the peer's end, a drop still resets
+            let (mut stream, end) = ByteStream::pair(4);
+            stream.finish_after_peer_end();
+            stream.write_all(b"x").await.expect("write");
+            drop(stream);
+            assert_eq!(
+                end.from_stream.recv().await,
+                Ok(Ok(Bytes::from_static(b"x")))
+            );
+            assert!(matches!(
+                end.from_stream.recv().await,
+                Ok(Err(StreamAborted(_)))
+            ));
+
+            // and without the opt-in, a drop after the peer's end resets too
+            let (mut stream, end) = ByteStream::pair(4);
+            drop(end.to_stream);
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.expect("clean EOF");
+            drop(stream);
+            assert!(matches!(
+                end.from_stream.recv().await,
+                Ok(Err(StreamAborted(_)))
+            ));
         });
     }
 

@@ -12,7 +12,8 @@
 //! * Inbound flow control that russh lacks: a channel whose consumer is slow throttles the
 //!   client's window instead of stalling the session ([`flow`]).
 //! * `exec`, `shell` (with or without a pty), `env` (allow-list), `signal`,
-//!   `window-change`, `direct-tcpip` (ssh -L) and `tcpip-forward` (ssh -R).
+//!   `window-change`, `direct-tcpip` (ssh -L), `tcpip-forward` (ssh -R), and subsystems
+//!   registered through [`subsystem`] (`sftp`, gated by `ssh:sftp`).
 
 mod adapter;
 mod auth;
@@ -26,6 +27,7 @@ mod process;
 mod pumps;
 mod session;
 mod signals;
+pub mod subsystem;
 
 pub use adapter::{SshAdapter, SshError, ALPN};
 pub use auth::{
@@ -40,3 +42,4 @@ pub use hostkey::{
 pub use process::HANGUP_GRACE;
 pub use pumps::OUTPUT_CHUNK;
 pub use russh;
+pub use subsystem::{Subsystem, SubsystemStream, SUBSYSTEM_PIPE};

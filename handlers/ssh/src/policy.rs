@@ -13,7 +13,8 @@ pub const SCOPE_FORWARD_LOCAL: &str = "ssh:forward-local";
 pub const SCOPE_FORWARD_REMOTE: &str = "ssh:forward-remote";
 /// SOCKS5 through `alknet socks`: `direct-tcpip` channels, like `ssh:forward-local`.
 pub const SCOPE_SOCKS: &str = "ssh:socks";
-/// The `sftp` subsystem (reserved; not served yet).
+/// The `sftp` subsystem (served when the binary registers it; then `sftp:read` /
+/// `sftp:write` per request).
 pub const SCOPE_SFTP: &str = "ssh:sftp";
 
 /// Something a session asks to do.

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use alknet_runtime::{Identity, IdentityProvider};
+use alknet_runtime::{AccessControl, Identity, IdentityProvider, Requirement};
 use futures_util::FutureExt;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf, Pty, Sig};
@@ -22,7 +22,7 @@ use crate::config::MAX_ENV_PER_CHANNEL;
 use crate::flow::SessionFlow;
 use crate::policy::{authorize, SshAction};
 use crate::process::{Launch, PtyRequest, Running};
-use crate::pumps::{splice_tcp, ChannelSlot, ChannelSlots};
+use crate::pumps::{pump_input, pump_output, splice_tcp, ChannelSlot, ChannelSlots, OnEof};
 
 /// A `session` channel: its settings until something runs in it, then the process.
 struct SessionChannel {
@@ -31,6 +31,8 @@ struct SessionChannel {
     env: Vec<(String, String)>,
     pty: Option<PtyRequest>,
     running: Option<Running>,
+    /// A subsystem serves the channel.
+    subsystem: bool,
     _slot: ChannelSlot,
 }
 
@@ -258,6 +260,7 @@ impl russh::server::Handler for SshSession {
                 env: Vec::new(),
                 pty: None,
                 running: None,
+                subsystem: false,
                 _slot: slot,
             },
         );
@@ -425,11 +428,64 @@ impl russh::server::Handler for SshSession {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(ch) = self.channels.get_mut(&channel) {
-            ch.drain();
+        let Some(registered) = self.shared.subsystems.0.get(name).cloned() else {
+            if let Some(ch) = self.channels.get_mut(&channel) {
+                ch.drain();
+            }
+            tracing::info!(identity = %self.who(), "ssh: subsystem {name:?} refused (not served)");
+            return session.channel_failure(channel);
+        };
+        let resource = format!("ssh subsystem {name}");
+        let checked = AccessControl::check(
+            self.identity.as_ref(),
+            &resource,
+            &Requirement::Scopes(vec![registered.scope.clone()]),
+        );
+        let identity = match (checked, self.identity.clone()) {
+            (Ok(()), Some(identity)) => identity,
+            (Err(denied), _) => {
+                tracing::warn!(remote = %self.remote, "ssh: denied: {denied}");
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.drain();
+                }
+                return session.channel_failure(channel);
+            }
+            (Ok(()), None) => return session.channel_failure(channel),
+        };
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return session.channel_failure(channel);
+        };
+        ch.drain();
+        if ch.running.is_some() || ch.subsystem {
+            return session.channel_failure(channel);
         }
-        tracing::info!(identity = %self.who(), "ssh: subsystem {name:?} refused (not served)");
-        session.channel_failure(channel)
+        let Some((read, write)) = ch.halves.take() else {
+            return session.channel_failure(channel);
+        };
+        let (ours, theirs) = tokio::io::duplex(crate::subsystem::SUBSYSTEM_PIPE);
+        let serving = match registered.subsystem.start(&identity, theirs) {
+            Ok(fut) => fut,
+            Err(why) => {
+                tracing::warn!(identity = %identity.name, "ssh: subsystem {name:?}: {why}");
+                return session.channel_failure(channel);
+            }
+        };
+        ch.subsystem = true;
+        tracing::info!(identity = %identity.name, remote = %self.remote, "ssh: subsystem {name:?} started");
+        let backlog = self.flow.backlog();
+        tokio::spawn(async move {
+            let (from_sub, to_sub) = tokio::io::split(ours);
+            let inbound = pump_input(read, Some(to_sub), OnEof::Close, backlog);
+            let outbound = async {
+                if let Err(e) = pump_output(from_sub, &write, None).await {
+                    tracing::debug!("ssh subsystem output: {e}");
+                }
+                let _ = write.eof().await;
+                let _ = write.close().await;
+            };
+            tokio::join!(inbound, outbound, serving);
+        });
+        session.channel_success(channel)
     }
 
     async fn x11_request(

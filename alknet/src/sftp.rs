@@ -1,0 +1,146 @@
+//! SFTP's two fronts, wired here because they join two handler crates (which never
+//! depend on each other): the `alknet/sftp` ALPN, whose QUIC streams reach the SFTP core
+//! through the SSH crate's monoio ⇄ tokio bridge, and the `sftp` subsystem plugged into
+//! `alknet/ssh` through its subsystem hook.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use alknet_runtime::{
+    AuthContext, Connection, HandlerError, Identity, LocalBoxFuture, ProtocolHandler, VarInt,
+};
+use alknet_sftp::SftpConfig;
+use alknet_ssh::bridge::{pump_quic_stream, TokioBridge, STREAM_ABORT_CODE};
+use alknet_ssh::{Subsystem, SubsystemStream};
+
+/// The ALPN of raw SFTP sessions.
+pub const ALPN: &[u8] = b"alknet/sftp";
+
+/// Application error code closing an `alknet/sftp` connection whose identity may not use
+/// SFTP (no client certificate known, or neither `sftp:read` nor `sftp:write`).
+pub const CLOSE_NOT_ALLOWED: u32 = 0x10;
+
+/// What both fronts share: the identities' parent directory and the limits.
+#[derive(Debug, Clone)]
+pub struct SftpService {
+    root: PathBuf,
+    config: SftpConfig,
+    bridge_threads: usize,
+}
+
+impl SftpService {
+    pub fn new(root: PathBuf, config: SftpConfig, bridge_threads: usize) -> Self {
+        Self {
+            root,
+            config,
+            bridge_threads,
+        }
+    }
+
+    /// One session for `identity` on `stream`, to its end. A clean end (the client ended
+    /// its side, every request answered) finishes the stream; anything else drops it,
+    /// which resets it.
+    async fn run<S>(&self, identity: Identity, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let server = match alknet_sftp::session_for(&identity, &self.root, &self.config) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("sftp: {e}");
+                return;
+            }
+        };
+        tracing::info!(identity = %identity.name, read = server.grants().read, write = server.grants().write, "sftp: session started");
+        match alknet_sftp::serve(stream, server, self.config.clone()).await {
+            Ok(()) => tracing::debug!(identity = %identity.name, "sftp: session ended"),
+            Err(e) => tracing::info!(identity = %identity.name, "sftp: session ended: {e}"),
+        }
+    }
+}
+
+impl Subsystem for SftpService {
+    fn start(
+        &self,
+        identity: &Identity,
+        stream: SubsystemStream,
+    ) -> Result<futures_util::future::BoxFuture<'static, ()>, String> {
+        if !alknet_sftp::Grants::of(identity).any() {
+            return Err(format!(
+                "identity {:?} has neither {} nor {}",
+                identity.name,
+                alknet_sftp::SCOPE_READ,
+                alknet_sftp::SCOPE_WRITE
+            ));
+        }
+        let this = self.clone();
+        let identity = identity.clone();
+        Ok(Box::pin(async move { this.run(identity, stream).await }))
+    }
+}
+
+/// Frees a connection's session slot when the session ends.
+struct SessionCount(Arc<AtomicUsize>);
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The `alknet/sftp` handler: each bidirectional stream is one raw SFTP session of the
+/// connection's identity (its client certificate).
+#[derive(Debug, Clone)]
+pub struct SftpAlpn(pub SftpService);
+
+impl ProtocolHandler for SftpAlpn {
+    fn alpn(&self) -> &[u8] {
+        ALPN
+    }
+
+    fn handle(
+        &self,
+        conn: Connection,
+        auth: AuthContext,
+    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let identity = match auth.identity.clone() {
+                Some(i) if alknet_sftp::Grants::of(&i).any() => i,
+                other => {
+                    tracing::warn!(
+                        remote = %auth.remote,
+                        identity = other.as_ref().map_or("-", |i| i.name.as_str()),
+                        "sftp: no session: needs a known client certificate with sftp:read or sftp:write"
+                    );
+                    conn.close(VarInt::from_u32(CLOSE_NOT_ALLOWED), b"sftp: not allowed");
+                    return Ok(());
+                }
+            };
+            let rt = TokioBridge::start(service.bridge_threads)
+                .map_err(|e| HandlerError::Other(Box::new(e)))?;
+            let sessions = Arc::new(AtomicUsize::new(0));
+            let max = service.config.max_sessions_per_connection;
+            while let Ok(stream) = conn.accept_bi().await {
+                if sessions.load(Ordering::Acquire) >= max {
+                    tracing::warn!(remote = %auth.remote, "sftp: session limit ({max}) reached; stream refused");
+                    let (mut send, mut recv) = stream.split();
+                    let _ = send.reset(VarInt::from_u32(STREAM_ABORT_CODE));
+                    let _ = recv.stop(VarInt::from_u32(STREAM_ABORT_CODE));
+                    continue;
+                }
+                sessions.fetch_add(1, Ordering::AcqRel);
+                let count = SessionCount(sessions.clone());
+                let bytes = pump_quic_stream(stream);
+                let service = service.clone();
+                let identity = identity.clone();
+                rt.spawn(async move {
+                    let _count = count;
+                    service.run(identity, bytes).await;
+                });
+            }
+            Ok(())
+        })
+    }
+}
