@@ -787,11 +787,11 @@ pub fn available_handlers() -> Vec<String> {
         alknet_perf::ALPN,
         alknet_call::ALPN,
         alknet_ssh::ALPN,
+        crate::sftp::ALPN,
         alknet_git::ALPN,
         alknet_dns::DOQ_ALPN,
         alknet_dns::PIPELINE_ALPN,
         alknet_hq::ALPN,
-        crate::sftp::ALPN,
     ]
     .iter()
     .map(|a| String::from_utf8_lossy(a).into_owned())
