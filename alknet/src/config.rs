@@ -79,6 +79,24 @@ zero_rtt = false
 # TLS13_CHACHA20_POLY1305_SHA256.
 cipher_suites = []
 
+[admission]
+# Who may start a connection; decided before any TLS work (a refused Initial costs no
+# handshake). Live: SIGHUP / `alknet reload`. 0 turns a cap off.
+# Open connections from one IP address, and from one prefix (/24 IPv4, /64 IPv6).
+max_connections_per_address = 16384
+max_connections_per_prefix = 65536
+ipv4_prefix_len = 24
+ipv6_prefix_len = 64
+# New connections per second from one prefix (token bucket of new_connection_burst);
+# Initials beyond it are dropped unanswered.
+new_connections_per_second = 20000
+new_connection_burst = 40000
+# Handshakes in flight on one worker; beyond it new connections are refused.
+max_handshakes_per_worker = 4096
+# Open connections per service, e.g. { "alknet/ssh" = 1000 }; checked when the handshake
+# completes (close code 0x5).
+max_connections_per_alpn = {}
+
 [hq]
 # Directory served by "hq-interop" (GET /path -> the file; nothing outside it).
 # root = "/srv/www"
@@ -331,6 +349,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub quic: HandshakePolicy,
     #[serde(default)]
+    pub admission: alknet_runtime::AdmissionLimits,
+    #[serde(default)]
     pub hq: alknet_hq::HqConfig,
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
@@ -424,6 +444,9 @@ impl FileConfig {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         cfg.quic
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.admission
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         cfg.sftp
@@ -750,6 +773,7 @@ impl FileConfig {
             client_auth: self.tls.client_auth,
             kernel_steering: self.kernel_steering,
             handshake: self.quic.clone(),
+            admission: self.admission.clone(),
             // a debugging switch, as in the QUIC interop runner's images
             qlog_dir: std::env::var_os("QLOGDIR").map(PathBuf::from),
         }

@@ -2,7 +2,8 @@
 //! node's own config file and apply what can change without a restart.
 //!
 //! Reloaded: the TLS certificate and key (`[tls]`, or the generated one in the data
-//! directory), the client-certificate policy, `[[identities]]` and `[identity]`. New
+//! directory), the client-certificate policy, `[[identities]]`, `[identity]` and
+//! `[admission]` (per-source, per-worker and per-ALPN connection limits). New
 //! handshakes get the new certificate; open connections keep theirs; token and fingerprint
 //! lookups see the new identities at once. A reload that changes any other section is
 //! refused as a whole, naming the sections: `listen` and `workers` always need a restart,
@@ -23,7 +24,7 @@ use serde_json::json;
 use crate::config::{FileConfig, DEFAULT_CONFIG};
 
 /// Top-level config keys a reload may change.
-const RELOADABLE: [&str; 3] = ["tls", "identities", "identity"];
+const RELOADABLE: [&str; 4] = ["tls", "identities", "identity", "admission"];
 
 /// What a reload did (one line per change), or why it did nothing.
 pub type ReloadOutcome = Result<Vec<String>, String>;
@@ -116,6 +117,12 @@ impl Reloader {
                     changes.push(format!("client_auth -> {:?}", cfg.tls.client_auth));
                 }
             }
+        }
+        if self.running.get("admission") != table.get("admission") {
+            self.handle
+                .set_admission(cfg.admission.clone())
+                .map_err(|e| e.to_string())?;
+            changes.push("admission limits".to_string());
         }
         self.handle.set_identity_provider(provider);
         if ["identities", "identity"]

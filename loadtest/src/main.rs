@@ -8,6 +8,7 @@ mod bulk;
 mod call;
 mod compare;
 mod cores;
+mod flood;
 mod handshake;
 mod harness;
 mod idle;
@@ -68,6 +69,10 @@ enum Command {
     Idle(RunArgs),
     /// Run a workload against alknet and the quinn baseline, alternating, and compare
     Compare(CompareArgs),
+    /// A handshake flood (real Initials from many source ports of one prefix, never
+    /// answered) beside a legitimate `rr` client: its p99 without and under the flood,
+    /// what the server did with the Initials, its memory, and when Retry disengaged
+    Flood(FloodArgs),
     /// Physical limits of this machine: loopback UDP and AES-128-GCM on one core
     Probe(ProbeArgs),
     /// (Child process) run a server until stdin closes
@@ -185,6 +190,22 @@ struct CompareArgs {
 }
 
 #[derive(Debug, Args)]
+struct FloodArgs {
+    /// Initials per second the flooder sends.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate: u32,
+    /// Source address of the flood: another prefix than the legitimate client's
+    /// 127.0.0.1 (all of 127/8 reaches the loopback interface).
+    #[arg(long, default_value = "127.0.3.1")]
+    source: std::net::IpAddr,
+    /// Source ports the flood comes from.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    ports: u16,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Args)]
 struct ProbeArgs {
     /// Datagram / packet size in bytes.
     #[arg(long, default_value_t = 1200)]
@@ -207,6 +228,7 @@ fn main() -> ExitCode {
         Command::Handshake(a) => run_one(WorkloadKind::Handshake, &a),
         Command::Idle(a) => run_one(WorkloadKind::Idle, &a),
         Command::Compare(c) => run_compare(&c),
+        Command::Flood(f) => run_flood(&f),
         Command::Probe(p) => run_probe(&p),
         Command::Serve {
             kind,
@@ -297,6 +319,87 @@ fn run_compare(c: &CompareArgs) -> Result<(), String> {
         "{}",
         compare::table(workload_name(c.workload), unit, &results)
     );
+    Ok(())
+}
+
+fn run_flood(f: &FloodArgs) -> Result<(), String> {
+    if f.run.server.is_some() {
+        return Err("flood starts its own server (it reads its counters)".into());
+    }
+    let mut proc = ServerProc::spawn(Kind::Alknet, usize::from(f.run.workers), f.run.tls_key)?;
+    let pid = proc.pid();
+    let mut legit = f.run.clone();
+    legit.server = Some(proc.addr.to_string());
+    legit.fingerprint = Some(proc.fingerprint);
+    legit.server_pid = Some(pid);
+    let rss_before = flood::rss_mib(pid);
+    let quiet = measure(WorkloadKind::Rr, &legit, Kind::Alknet)?;
+    let initials = flood::make_initials(proc.addr, proc.fingerprint, flood::INITIAL_POOL)?;
+    let before = flood::counters(&mut proc)?;
+    let flooder =
+        flood::Flooder::start(initials, proc.addr, f.source, usize::from(f.ports), f.rate)?;
+    let flood_started = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let loaded = measure(WorkloadKind::Rr, &legit, Kind::Alknet)?;
+    let rss_flood = flood::rss_mib(pid);
+    let sent = flooder.sent();
+    let flood_seconds = flood_started.elapsed().as_secs_f64();
+    drop(flooder);
+    let during = flood::counters(&mut proc)?.since(&before);
+    // Retry stays on while the flood's accepted, never-finished handshakes are in flight:
+    // probe with one legitimate connect loop per second until no Retry is sent
+    let stopped = Instant::now();
+    let mut probe = legit.clone();
+    probe.connections = 1;
+    probe.duration = 1;
+    probe.warmup = 0;
+    let mut disengaged = None;
+    while stopped.elapsed() < flood::DISENGAGE_TIMEOUT {
+        let a = flood::counters(&mut proc)?;
+        let m = measure(WorkloadKind::Handshake, &probe, Kind::Alknet)?;
+        let d = flood::counters(&mut proc)?.since(&a);
+        if m.tally.operations > 0 && d.retries_sent == 0 {
+            disengaged = Some(stopped.elapsed());
+            break;
+        }
+    }
+    let (q99, l99) = (quiet.p99_us(), loaded.p99_us());
+    println!(
+        "flood: {sent} Initials in {flood_seconds:.1} s ({:.0}/s) from {} ports of {}",
+        sent as f64 / flood_seconds,
+        f.ports,
+        f.source
+    );
+    println!("server under the flood: {}", flood::describe(&during));
+    println!(
+        "legitimate rr: {:.0} req/s, p99 {q99} µs without the flood; {:.0} req/s, p99 {l99} µs under it ({:.2}x)",
+        quiet.headline().0,
+        loaded.headline().0,
+        l99 as f64 / q99.max(1) as f64
+    );
+    println!(
+        "server RSS: {rss_before} before, {rss_flood} under the flood, {} after",
+        flood::rss_mib(pid)
+    );
+    match disengaged {
+        Some(t) => println!(
+            "Retry disengaged {:.1} s after the flood stopped",
+            t.as_secs_f64()
+        ),
+        None => println!(
+            "Retry still engaged {} s after the flood stopped",
+            flood::DISENGAGE_TIMEOUT.as_secs()
+        ),
+    }
+    for (name, m) in [("without the flood", &quiet), ("under the flood", &loaded)] {
+        if m.tally.operations == 0 || m.tally.errors_total() > 0 {
+            return Err(format!(
+                "legitimate client {name}: {} errors, {} requests",
+                m.tally.errors_total(),
+                m.tally.operations
+            ));
+        }
+    }
     Ok(())
 }
 

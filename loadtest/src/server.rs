@@ -78,50 +78,61 @@ pub struct ServerProc {
     pub fingerprint: Fingerprint,
 }
 
-/// The engine's own counters, summed over its workers (alknet only: the baseline has no
-/// equivalent). Read twice, at the start and the end of the measured window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EngineCounters {
-    pub datagrams_received: u64,
-    pub datagrams_sent: u64,
-    pub send_calls: u64,
-    /// Datagrams a worker received for a connection another worker owns.
-    pub forwarded: u64,
-}
+macro_rules! engine_counters {
+    ($($(#[$doc:meta])* $name:ident <- $field:ident),* $(,)?) => {
+        /// The engine's own counters, summed over its workers (alknet only: the baseline
+        /// has no equivalent). Read twice, at the start and the end of the measured window.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct EngineCounters {
+            $($(#[$doc])* pub $name: u64,)*
+        }
 
-impl EngineCounters {
-    /// The `stats …` line the alknet child prints.
-    fn line(&self) -> String {
-        format!(
-            "stats datagrams_received={} datagrams_sent={} send_calls={} forwarded={}",
-            self.datagrams_received, self.datagrams_sent, self.send_calls, self.forwarded
-        )
-    }
+        impl EngineCounters {
+            fn from_stats(t: &alknet_runtime::WorkerStatsSnapshot) -> Self {
+                Self { $($name: t.$field,)* }
+            }
 
-    fn parse(line: &str) -> Option<Self> {
-        let mut c = Self::default();
-        for pair in line.strip_prefix("stats ")?.split_whitespace() {
-            let (k, v) = pair.split_once('=')?;
-            let v: u64 = v.parse().ok()?;
-            match k {
-                "datagrams_received" => c.datagrams_received = v,
-                "datagrams_sent" => c.datagrams_sent = v,
-                "send_calls" => c.send_calls = v,
-                "forwarded" => c.forwarded = v,
-                _ => return None,
+            /// The `stats …` line the alknet child prints.
+            fn line(&self) -> String {
+                let mut line = String::from("stats");
+                $(line.push_str(&format!(" {}={}", stringify!($name), self.$name));)*
+                line
+            }
+
+            fn parse(line: &str) -> Option<Self> {
+                let mut c = Self::default();
+                for pair in line.strip_prefix("stats ")?.split_whitespace() {
+                    let (k, v) = pair.split_once('=')?;
+                    let v: u64 = v.parse().ok()?;
+                    match k {
+                        $(stringify!($name) => c.$name = v,)*
+                        _ => return None,
+                    }
+                }
+                Some(c)
+            }
+
+            pub fn since(&self, earlier: &Self) -> Self {
+                Self { $($name: self.$name.saturating_sub(earlier.$name),)* }
             }
         }
-        Some(c)
-    }
+    };
+}
 
-    pub fn since(&self, earlier: &Self) -> Self {
-        Self {
-            datagrams_received: self.datagrams_received - earlier.datagrams_received,
-            datagrams_sent: self.datagrams_sent - earlier.datagrams_sent,
-            send_calls: self.send_calls - earlier.send_calls,
-            forwarded: self.forwarded - earlier.forwarded,
-        }
-    }
+engine_counters! {
+    datagrams_received <- datagrams_received,
+    datagrams_sent <- datagrams_sent,
+    send_calls <- send_calls,
+    /// Datagrams a worker received for a connection another worker owns.
+    forwarded <- forwarded_out,
+    connections_accepted <- connections_accepted,
+    retries_sent <- retries_sent,
+    /// Initials dropped unanswered: their source prefix was over its rate.
+    refused_rate <- refused_rate,
+    refused_source <- refused_source,
+    refused_handshakes <- refused_handshakes,
+    /// `max_connections` or draining.
+    refused_capacity <- connections_refused,
 }
 
 impl ServerProc {
@@ -334,6 +345,7 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
                 // ALKNET_KERNEL_STEERING=0 measures the plain 4-tuple hash instead
                 kernel_steering: std::env::var("ALKNET_KERNEL_STEERING").map_or(true, |v| v != "0"),
                 handshake: alknet_runtime::HandshakePolicy::default(),
+                admission: alknet_runtime::AdmissionLimits::default(),
                 qlog_dir: None,
             };
             let server = alknet_runtime::start(config, registry, Arc::new(provider))
@@ -344,13 +356,7 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
             for line in std::io::stdin().lock().lines() {
                 let Ok(line) = line else { break };
                 if line.trim() == "stats" {
-                    let t = server.total_stats();
-                    let c = EngineCounters {
-                        datagrams_received: t.datagrams_received,
-                        datagrams_sent: t.datagrams_sent,
-                        send_calls: t.send_calls,
-                        forwarded: t.forwarded_out,
-                    };
+                    let c = EngineCounters::from_stats(&server.total_stats());
                     println!("{}", c.line());
                 }
             }
@@ -371,7 +377,8 @@ mod tests {
             datagrams_received: 1,
             datagrams_sent: 22,
             send_calls: 333,
-            forwarded: 0,
+            retries_sent: 7,
+            ..EngineCounters::default()
         };
         assert_eq!(EngineCounters::parse(&c.line()), Some(c));
         assert_eq!(EngineCounters::parse("stats bogus=1"), None);

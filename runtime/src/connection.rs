@@ -20,6 +20,7 @@ use quinn_proto::{
 };
 use rustc_hash::FxHashMap;
 
+use crate::admission::AdmissionGuard;
 use crate::streams::{BiStream, RecvStream, SendStream};
 
 /// Why a DATAGRAM could not be sent.
@@ -263,6 +264,11 @@ pub(crate) struct ConnInner {
     pub counted: bool,
     /// Counted in the worker's unvalidated handshakes in flight (the Retry policy's load).
     pub unvalidated: Cell<bool>,
+    /// Counted in the worker's handshakes in flight (`max_handshakes_per_worker`).
+    pub in_handshake: Cell<bool>,
+    /// Its places in the per-source and per-ALPN counts, given back when the worker
+    /// forgets the connection.
+    pub admission: RefCell<AdmissionGuard>,
 }
 
 impl ConnInner {
@@ -285,6 +291,8 @@ impl ConnInner {
             deadline: Cell::new(None),
             counted,
             unvalidated: Cell::new(false),
+            in_handshake: Cell::new(false),
+            admission: RefCell::new(AdmissionGuard::default()),
         })
     }
 

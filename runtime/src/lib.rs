@@ -11,6 +11,7 @@
 //! This is the only crate that touches sockets.
 
 mod acl;
+mod admission;
 mod cid;
 mod client;
 mod connection;
@@ -32,6 +33,12 @@ pub mod tls;
 mod worker;
 
 pub use acl::{AccessControl, AccessDenied, Requirement};
+pub use admission::{
+    AdmissionError, AdmissionLimits, Refusal, DEFAULT_IPV4_PREFIX_LEN, DEFAULT_IPV6_PREFIX_LEN,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_CONNECTIONS_PER_PREFIX,
+    DEFAULT_MAX_HANDSHAKES_PER_WORKER, DEFAULT_NEW_CONNECTIONS_PER_SECOND,
+    DEFAULT_NEW_CONNECTION_BURST, REFUSAL_LOG_INTERVAL, SOURCE_TABLE_CELLS,
+};
 pub use cid::WorkerCidGenerator;
 pub use client::{ClientEndpoint, ConnectError};
 pub use connection::{Connection, DatagramError};

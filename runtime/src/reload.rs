@@ -11,6 +11,7 @@ use std::sync::Arc;
 use alknet_proto::Fingerprint;
 use arc_swap::ArcSwap;
 
+use crate::admission::AdmissionLimits;
 use crate::identity::{Identity, IdentityProvider};
 use crate::server::build_server_config;
 use crate::tls::{ClientAuth, TlsError, TlsIdentity};
@@ -65,6 +66,18 @@ impl ConfigReloadHandle {
     /// The provider handlers are given: it always asks the provider published last.
     pub fn identity_provider(&self) -> Arc<dyn IdentityProvider> {
         self.0.provider.clone()
+    }
+
+    /// Applies `limits` to new connections from now on; open connections keep their
+    /// places (a lowered cap refuses newcomers until enough have closed, it closes no one).
+    pub fn set_admission(
+        &self,
+        limits: AdmissionLimits,
+    ) -> Result<(), crate::admission::AdmissionError> {
+        limits.validate()?;
+        self.0.admission.store(Arc::new(limits));
+        tracing::info!("admission limits reloaded");
+        Ok(())
     }
 
     /// Fingerprint of the certificate new handshakes get.

@@ -56,6 +56,8 @@ pub mod close_code {
     pub const SHUTDOWN: u32 = 0x3;
     /// No handler for the negotiated ALPN (cannot happen unless TLS was misconfigured).
     pub const NO_HANDLER: u32 = 0x4;
+    /// The service (ALPN) has `[admission] max_connections_per_alpn` open connections.
+    pub const ALPN_LIMIT: u32 = 0x5;
 }
 
 /// A protocol served under one ALPN.

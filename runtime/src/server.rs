@@ -12,6 +12,7 @@ use alknet_proto::cid::{CidLayout, CidLayoutError, MAX_WORKERS};
 use alknet_proto::Fingerprint;
 use quinn_proto::{Endpoint, EndpointConfig};
 
+use crate::admission::{AdmissionError, AdmissionLimits, AlpnCount, SourceTable};
 use crate::cid::WorkerCidGenerator;
 use crate::handshake::{HandshakePolicy, HandshakePolicyError};
 use crate::identity::IdentityProvider;
@@ -52,6 +53,9 @@ pub struct EngineConfig {
     pub kernel_steering: bool,
     /// Retry, resumption, 0-RTT and cipher suites (the `[quic]` section).
     pub handshake: HandshakePolicy,
+    /// Per-source, per-worker and per-ALPN admission limits (the `[admission]` section);
+    /// live-reloadable through [`crate::ConfigReloadHandle::set_admission`].
+    pub admission: AdmissionLimits,
     /// Write a qlog trace of every connection into this directory (debugging; see
     /// `qlog.rs`). `alknet serve` takes it from `$QLOGDIR`.
     pub qlog_dir: Option<std::path::PathBuf>,
@@ -66,6 +70,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Handshake(#[from] HandshakePolicyError),
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("endpoint configuration: {0}")]
@@ -138,6 +144,7 @@ pub fn start(
 ) -> Result<ServerHandle, StartError> {
     config.limits.validate()?;
     config.handshake.validate()?;
+    config.admission.validate()?;
     if registry.is_empty() {
         return Err(StartError::NoHandlers);
     }
@@ -174,6 +181,16 @@ pub fn start(
         source,
     })?;
 
+    let alpn_counts = registry
+        .alpns()
+        .into_iter()
+        .map(|alpn| {
+            Arc::new(AlpnCount {
+                alpn: alpn.into(),
+                open: AtomicUsize::new(0),
+            })
+        })
+        .collect();
     let shared = Arc::new(ServerShared {
         registry,
         provider: Arc::new(LiveIdentityProvider::new(provider)),
@@ -193,6 +210,9 @@ pub fn start(
         open_connections: AtomicUsize::new(0),
         limits: config.limits.clone(),
         handshake: config.handshake.clone(),
+        admission: ArcSwap::from_pointee(config.admission.clone()),
+        sources: SourceTable::new(),
+        alpn_counts,
         qlog: config
             .qlog_dir
             .clone()

@@ -54,8 +54,20 @@ worker_stats! {
     forwarded_in,
     /// Connections accepted.
     connections_accepted,
-    /// Connections refused (limit reached or shutting down).
+    /// Connections refused at the `Incoming` stage: `max_connections` reached or shutting
+    /// down.
     connections_refused,
+    /// New connections dropped unanswered: their source prefix exceeded
+    /// `[admission] new_connections_per_second`.
+    refused_rate,
+    /// New connections refused: `[admission] max_connections_per_address` or
+    /// `max_connections_per_prefix` reached.
+    refused_source,
+    /// New connections refused: `[admission] max_handshakes_per_worker` in flight.
+    refused_handshakes,
+    /// Connections closed right after their handshake: their ALPN's
+    /// `[admission] max_connections_per_alpn` was reached.
+    refused_alpn,
     /// Handlers that returned an error.
     handler_errors,
     /// Handlers that panicked.

@@ -26,6 +26,7 @@ use bytes::BytesMut;
 use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, Incoming, VarInt};
 use quinn_udp::RecvMeta;
 
+use crate::admission::{AdmissionLimits, AlpnCount, AlpnTicket, Refusal, RefusalLog, SourceTable};
 use crate::connection::{ConnInner, ConnState, Connection, DriverNotify};
 use crate::handshake::HandshakePolicy;
 use crate::identity::{AuthContext, IdentityProvider};
@@ -80,6 +81,12 @@ pub(crate) struct ServerShared {
     pub open_connections: AtomicUsize,
     pub limits: Limits,
     pub handshake: HandshakePolicy,
+    /// Live: `[admission]`, loaded once per new connection.
+    pub admission: ArcSwap<AdmissionLimits>,
+    /// Open connections and new-connection rates per source, shared by the workers.
+    pub sources: Arc<SourceTable>,
+    /// Open connections per registered ALPN, in registry order.
+    pub alpn_counts: Box<[Arc<AlpnCount>]>,
     /// Per-connection qlog traces, when a directory is configured.
     pub qlog: Option<QlogDir>,
 }
@@ -122,6 +129,8 @@ pub(crate) struct WorkerState {
     pub stats: Arc<WorkerStats>,
     /// Handshakes in flight from addresses not validated yet (the `retry = "auto"` load).
     unvalidated: Cell<usize>,
+    /// Handshakes in flight (`[admission] max_handshakes_per_worker`).
+    handshakes: Cell<usize>,
 }
 
 impl WorkerState {
@@ -145,6 +154,7 @@ impl WorkerState {
             idle_waiters: RefCell::new(Vec::new()),
             stats,
             unvalidated: Cell::new(0),
+            handshakes: Cell::new(0),
         })
     }
 
@@ -174,6 +184,8 @@ impl WorkerState {
             if slot.as_ref().is_some_and(|c| std::ptr::eq(&**c, inner)) {
                 *slot = None;
                 self.handshake_done(inner);
+                // give back its places in the source and ALPN counts
+                drop(std::mem::take(&mut *inner.admission.borrow_mut()));
                 self.live.set(self.live.get() - 1);
                 if inner.counted {
                     if let Role::Server(s) = &self.role {
@@ -194,6 +206,9 @@ impl WorkerState {
         if inner.unvalidated.replace(false) {
             self.unvalidated
                 .set(self.unvalidated.get().saturating_sub(1));
+        }
+        if inner.in_handshake.replace(false) {
+            self.handshakes.set(self.handshakes.get().saturating_sub(1));
         }
     }
 
@@ -245,6 +260,7 @@ pub(crate) struct Driver {
     /// Datagrams per GSO batch that keep the batch within [`MAX_GSO_BYTES`].
     segments_by_size: usize,
     response_buf: Vec<u8>,
+    refusal_log: RefusalLog,
     dirty: Vec<Rc<ConnInner>>,
     phase: Phase,
     /// The [`ServerShared::tls_generation`] this worker's endpoint has installed.
@@ -275,6 +291,7 @@ impl Driver {
             send_buf: Vec::with_capacity(MAX_GSO_BYTES),
             segments_by_size: (MAX_GSO_BYTES / usize::from(max_udp_payload.max(1))).max(1),
             response_buf: Vec::new(),
+            refusal_log: RefusalLog::new(),
             dirty: Vec::new(),
             phase: Phase::Running,
             tls_generation: 0,
@@ -494,6 +511,26 @@ impl Driver {
         self.response_buf = buf;
     }
 
+    /// Answers a new connection with CONNECTION_REFUSED (stateless), counts it in
+    /// `counter`, and logs why (rate-limited; not while draining, where it is expected).
+    fn refuse(&mut self, incoming: Incoming, counter: &AtomicU64, why: Option<&str>) {
+        WorkerStats::add(counter, 1);
+        if let Some(why) = why {
+            self.refusal_log
+                .refused(Instant::now(), self.w.index, incoming.remote_address(), why);
+        }
+        self.response_buf.clear();
+        let t = self
+            .w
+            .endpoint
+            .borrow_mut()
+            .refuse(incoming, &mut self.response_buf);
+        self.send_response(&t);
+    }
+
+    /// Decides, before any TLS work, what happens to a new connection: dropped unanswered
+    /// (its source exceeds its rate), sent a Retry (`[quic] retry`), refused
+    /// (CONNECTION_REFUSED: a cap is reached or the server is draining), or accepted.
     fn on_incoming(&mut self, now: Instant, incoming: Incoming) {
         let Role::Server(s) = &self.w.role else {
             self.w.endpoint.borrow_mut().ignore(incoming);
@@ -504,8 +541,28 @@ impl Driver {
         // pass began
         let accepting =
             matches!(self.phase, Phase::Running) && s.shutdown.load(Ordering::Acquire) == RUNNING;
-        if accepting
-            && !incoming.remote_address_validated()
+        if !accepting {
+            self.refuse(incoming, &s.stats[self.w.index].connections_refused, None);
+            return;
+        }
+        let admission = s.admission.load();
+        let remote = incoming.remote_address();
+        // a rate-limited source gets nothing back: a flood from it costs one hash and one
+        // atomic per Initial, and is not reflected
+        if admission.new_connections_per_second > 0
+            && !s.sources.rate_allows(&admission, remote.ip(), now)
+        {
+            WorkerStats::add(&self.w.stats.refused_rate, 1);
+            self.refusal_log.refused(
+                now,
+                self.w.index,
+                remote,
+                "new-connection rate of its prefix",
+            );
+            self.w.endpoint.borrow_mut().ignore(incoming);
+            return;
+        }
+        if !incoming.remote_address_validated()
             && s.handshake.should_retry(self.w.unvalidated.get())
         {
             self.response_buf.clear();
@@ -524,22 +581,37 @@ impl Driver {
             }
             return;
         }
-        let validated = incoming.remote_address_validated();
-        let below_limit = accepting
-            && s.open_connections.fetch_add(1, Ordering::Relaxed) < s.limits.max_connections;
-        if !below_limit {
-            if accepting {
-                s.open_connections.fetch_sub(1, Ordering::Relaxed);
+        let max_handshakes = admission.max_handshakes_per_worker as usize;
+        if max_handshakes > 0 && self.w.handshakes.get() >= max_handshakes {
+            let why = "handshakes in flight on this worker";
+            self.refuse(
+                incoming,
+                &s.stats[self.w.index].refused_handshakes,
+                Some(why),
+            );
+            return;
+        }
+        let ticket = match s.sources.admit(&admission, remote.ip()) {
+            Ok(t) => t,
+            Err(refusal) => {
+                let why = match refusal {
+                    Refusal::Address => "connections open from its address",
+                    _ => "connections open from its prefix",
+                };
+                self.refuse(incoming, &s.stats[self.w.index].refused_source, Some(why));
+                return;
             }
-            WorkerStats::add(&self.w.stats.connections_refused, 1);
-            tracing::debug!(remote = %incoming.remote_address(), accepting, "refusing connection");
-            self.response_buf.clear();
-            let t = self
-                .w
-                .endpoint
-                .borrow_mut()
-                .refuse(incoming, &mut self.response_buf);
-            self.send_response(&t);
+        };
+        drop(admission);
+        let validated = incoming.remote_address_validated();
+        if s.open_connections.fetch_add(1, Ordering::Relaxed) >= s.limits.max_connections {
+            s.open_connections.fetch_sub(1, Ordering::Relaxed);
+            let why = "max_connections reached";
+            self.refuse(
+                incoming,
+                &s.stats[self.w.index].connections_refused,
+                Some(why),
+            );
             return;
         }
         self.response_buf.clear();
@@ -560,6 +632,9 @@ impl Driver {
                     c.unvalidated.set(true);
                     self.w.unvalidated.set(self.w.unvalidated.get() + 1);
                 }
+                c.in_handshake.set(true);
+                self.w.handshakes.set(self.w.handshakes.get() + 1);
+                c.admission.borrow_mut().source = Some(ticket);
                 c.mark_dirty();
             }
             Err(e) => {
@@ -883,6 +958,21 @@ fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) 
         return;
     };
     let alpn = alpn.unwrap_or_default();
+    if let Some(count) = s.alpn_counts.iter().find(|n| *n.alpn == *alpn) {
+        let cap = s.admission.load().alpn_cap(&alpn);
+        match AlpnTicket::take(count, cap) {
+            Some(ticket) => c.admission.borrow_mut().alpn = Some(ticket),
+            None => {
+                WorkerStats::add(&w.stats.refused_alpn, 1);
+                tracing::debug!(%remote, alpn = %String::from_utf8_lossy(&alpn), "service connection cap reached");
+                c.close(
+                    VarInt::from_u32(close_code::ALPN_LIMIT),
+                    b"too many connections to this service",
+                );
+                return;
+            }
+        }
+    }
     let identity = peer_fingerprint.and_then(|fp| s.provider.resolve_from_fingerprint(&fp));
     let provider: Arc<dyn IdentityProvider> = s.provider.clone();
     let auth = AuthContext {

@@ -47,6 +47,7 @@ pub struct ServerOptions {
     pub client_auth: ClientAuth,
     pub kernel_steering: bool,
     pub handshake: alknet_runtime::HandshakePolicy,
+    pub admission: alknet_runtime::AdmissionLimits,
 }
 
 impl Default for ServerOptions {
@@ -59,6 +60,7 @@ impl Default for ServerOptions {
             client_auth: ClientAuth::Optional,
             kernel_steering: true,
             handshake: alknet_runtime::HandshakePolicy::default(),
+            admission: alknet_runtime::AdmissionLimits::default(),
         }
     }
 }
@@ -81,6 +83,7 @@ pub fn start_server(opts: ServerOptions) -> ServerHandle {
         client_auth: opts.client_auth,
         kernel_steering: opts.kernel_steering,
         handshake: opts.handshake,
+        admission: opts.admission,
         qlog_dir: None,
     };
     alknet_runtime::start(config, registry, opts.provider).expect("start server")

@@ -116,6 +116,33 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
         text(&out.stderr)
     );
 
+    // admission limits reload live; invalid ones are refused naming the key
+    let ci = "[[identities]]\nname = \"ci\"\ntokens = [\"ci-token\"]\nscopes = [\"node:admin\"]\n";
+    std::fs::write(
+        &config_path,
+        format!("{CONFIG}\n{ci}\n[admission]\nmax_connections_per_address = 100\n"),
+    )
+    .expect("config");
+    let out = reload(&server, &third, "admin-token");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("admission limits"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::write(
+        &config_path,
+        format!("{CONFIG}\n{ci}\n[admission]\nipv4_prefix_len = 0\n"),
+    )
+    .expect("config");
+    let out = reload(&server, &third, "admin-token");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("admission.ipv4_prefix_len"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // what needs a restart is refused as a whole, and says so
     std::fs::write(&config_path, format!("workers = 1\n{CONFIG}")).expect("config");
     let out = reload(&server, &third, "admin-token");

@@ -240,6 +240,7 @@ fn streams() {
         client_auth: ClientAuth::Optional,
         kernel_steering: false,
         handshake: alknet_runtime::HandshakePolicy::default(),
+        admission: alknet_runtime::AdmissionLimits::default(),
         qlog_dir: None,
     };
     let server = alknet_runtime::start(config, registry, Arc::new(NoIdentities)).expect("start");

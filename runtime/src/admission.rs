@@ -1,0 +1,509 @@
+//! Admission of new connections: per-source caps and rates, decided at quinn-proto's
+//! `Incoming` stage — before any TLS work, so a refused Initial costs a hash and a few
+//! atomics — and per-ALPN caps, decided when the handshake completes (the ALPN is known only
+//! then). The `[admission]` config section; live-reloadable
+//! ([`crate::ConfigReloadHandle::set_admission`]).
+//!
+//! Counts are kept in one table shared by all workers, made of atomics: no lock, and
+//! cross-core traffic only when a connection starts or ends, never per packet. A source's
+//! count is a count-min estimate over two rows of [`SOURCE_TABLE_CELLS`] cells indexed by a
+//! hash keyed at random per process (a peer cannot aim its addresses at a legitimate
+//! client's cells): it can only over-estimate, and only if another heavy source collides in
+//! both rows. Checks and increments are not one atomic step, so with N workers a cap can be
+//! overshot by at most N - 1 connections.
+
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+
+/// `max_connections_per_address` default: open connections from one IP address. Generous
+/// (a NAT gateway or a load test shows many clients behind one address); 0 = no cap.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u32 = 16_384;
+/// `max_connections_per_prefix` default: open connections from one /24 (IPv4) or /64
+/// (IPv6) — one site, one ISP customer, one host with many IPv6 addresses. 0 = no cap.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PREFIX: u32 = 65_536;
+/// `ipv4_prefix_len` default: the IPv4 prefix that counts as one source.
+pub const DEFAULT_IPV4_PREFIX_LEN: u8 = 24;
+/// `ipv6_prefix_len` default: the IPv6 prefix that counts as one source (a customer's
+/// subnet: one host can pick any address in it).
+pub const DEFAULT_IPV6_PREFIX_LEN: u8 = 64;
+/// `new_connections_per_second` default: sustained rate of new connections from one
+/// prefix (a token bucket per prefix, refilled at this rate); 0 = no rate limit. Above a
+/// full-speed handshake benchmark of one client (about 2 000/s per core).
+pub const DEFAULT_NEW_CONNECTIONS_PER_SECOND: u32 = 20_000;
+/// `new_connection_burst` default: the bucket's size, connections a prefix may open at
+/// once before the rate applies.
+pub const DEFAULT_NEW_CONNECTION_BURST: u32 = 40_000;
+/// `max_handshakes_per_worker` default: handshakes in flight on one worker. Each holds a
+/// connection's state and has cost a certificate signature; beyond this a worker refuses
+/// new ones until some finish. 0 = no cap.
+pub const DEFAULT_MAX_HANDSHAKES_PER_WORKER: u32 = 4_096;
+/// Cells per row of the source table (two rows for addresses, two for prefixes, one for
+/// rates): 4 × 4 KiB of counters + 32 KiB of token buckets per server, whatever the number
+/// of sources.
+pub const SOURCE_TABLE_CELLS: usize = 4_096;
+
+/// `[admission]`: who may start a connection. Every field has a default (the constants
+/// above); 0 turns a cap off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionLimits {
+    pub max_connections_per_address: u32,
+    pub max_connections_per_prefix: u32,
+    pub ipv4_prefix_len: u8,
+    pub ipv6_prefix_len: u8,
+    pub new_connections_per_second: u32,
+    pub new_connection_burst: u32,
+    pub max_handshakes_per_worker: u32,
+    /// `max_connections_per_alpn`: open connections per service, e.g.
+    /// `{ "alknet/ssh" = 1000 }`; services not named have no cap of their own. Checked
+    /// when the handshake completes; over the cap the connection is closed with
+    /// [`crate::close_code::ALPN_LIMIT`].
+    pub max_connections_per_alpn: BTreeMap<String, usize>,
+}
+
+impl Default for AdmissionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_connections_per_prefix: DEFAULT_MAX_CONNECTIONS_PER_PREFIX,
+            ipv4_prefix_len: DEFAULT_IPV4_PREFIX_LEN,
+            ipv6_prefix_len: DEFAULT_IPV6_PREFIX_LEN,
+            new_connections_per_second: DEFAULT_NEW_CONNECTIONS_PER_SECOND,
+            new_connection_burst: DEFAULT_NEW_CONNECTION_BURST,
+            max_handshakes_per_worker: DEFAULT_MAX_HANDSHAKES_PER_WORKER,
+            max_connections_per_alpn: BTreeMap::new(),
+        }
+    }
+}
+
+/// Errors in an [`AdmissionLimits`] value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AdmissionError {
+    #[error("admission.ipv4_prefix_len must be 1 to 32, got {0}")]
+    Ipv4Prefix(u8),
+    #[error("admission.ipv6_prefix_len must be 1 to 128, got {0}")]
+    Ipv6Prefix(u8),
+    #[error(
+        "admission.new_connection_burst must be at least 1 when new_connections_per_second is set"
+    )]
+    Burst,
+    #[error("admission.max_connections_per_alpn.{0:?} must be greater than zero (leave it out for no cap)")]
+    AlpnZero(String),
+}
+
+impl AdmissionLimits {
+    pub fn validate(&self) -> Result<(), AdmissionError> {
+        if !(1..=32).contains(&self.ipv4_prefix_len) {
+            return Err(AdmissionError::Ipv4Prefix(self.ipv4_prefix_len));
+        }
+        if !(1..=128).contains(&self.ipv6_prefix_len) {
+            return Err(AdmissionError::Ipv6Prefix(self.ipv6_prefix_len));
+        }
+        if self.new_connections_per_second > 0 && self.new_connection_burst == 0 {
+            return Err(AdmissionError::Burst);
+        }
+        if let Some((alpn, _)) = self.max_connections_per_alpn.iter().find(|(_, n)| **n == 0) {
+            return Err(AdmissionError::AlpnZero(alpn.clone()));
+        }
+        Ok(())
+    }
+
+    /// The cap of one ALPN, if it has one.
+    pub(crate) fn alpn_cap(&self, alpn: &[u8]) -> Option<usize> {
+        let alpn = std::str::from_utf8(alpn).ok()?;
+        self.max_connections_per_alpn.get(alpn).copied()
+    }
+}
+
+/// Why a new connection was not admitted. Each is counted in the worker's stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The source prefix opened connections faster than `new_connections_per_second`
+    /// allows: the Initial is dropped without an answer (a flood gets nothing back).
+    Rate,
+    /// `max_connections_per_address` open from this address: CONNECTION_REFUSED.
+    Address,
+    /// `max_connections_per_prefix` open from this prefix: CONNECTION_REFUSED.
+    Prefix,
+}
+
+/// The shared counts and token buckets of all sources.
+pub(crate) struct SourceTable {
+    hasher: std::collections::hash_map::RandomState,
+    /// rows 0 and 1: addresses; rows 2 and 3: prefixes
+    counts: [Box<[AtomicU32]>; 4],
+    /// GCRA "theoretical arrival time" per prefix, ns since `epoch` (a token bucket in one
+    /// word: admitted while it is at most the bucket's depth ahead of now)
+    buckets: Box<[AtomicU64]>,
+    epoch: Instant,
+}
+
+impl SourceTable {
+    pub fn new() -> Arc<Self> {
+        let row = || (0..SOURCE_TABLE_CELLS).map(|_| AtomicU32::new(0)).collect();
+        Arc::new(Self {
+            hasher: Default::default(),
+            counts: [row(), row(), row(), row()],
+            buckets: (0..SOURCE_TABLE_CELLS).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Two cell indices for one key (two independent halves of one keyed 64-bit hash).
+    fn cells(&self, key: (u8, u128)) -> [usize; 2] {
+        let h = self.hasher.hash_one(key);
+        let mask = SOURCE_TABLE_CELLS as u64 - 1;
+        [(h & mask) as usize, ((h >> 32) & mask) as usize]
+    }
+
+    /// Whether `remote`'s prefix may start another connection at `now` (takes a token
+    /// from its bucket if so).
+    pub fn rate_allows(&self, limits: &AdmissionLimits, remote: IpAddr, now: Instant) -> bool {
+        let prefix = self.cells(prefix_key(remote.to_canonical(), limits));
+        self.take_token(limits, prefix[0], now)
+    }
+
+    /// Counts a connection from `remote` until the ticket drops, unless its address or its
+    /// prefix has its cap of open connections.
+    pub fn admit(
+        self: &Arc<Self>,
+        limits: &AdmissionLimits,
+        remote: IpAddr,
+    ) -> Result<SourceTicket, Refusal> {
+        let remote = remote.to_canonical();
+        let address = self.cells(address_key(remote));
+        let prefix = self.cells(prefix_key(remote, limits));
+        if over(
+            &self.counts[0..2],
+            address,
+            limits.max_connections_per_address,
+        ) {
+            return Err(Refusal::Address);
+        }
+        if over(
+            &self.counts[2..4],
+            prefix,
+            limits.max_connections_per_prefix,
+        ) {
+            return Err(Refusal::Prefix);
+        }
+        let cells = [address[0], address[1], prefix[0], prefix[1]];
+        for (row, &cell) in self.counts.iter().zip(cells.iter()) {
+            row[cell].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(SourceTicket {
+            table: self.clone(),
+            cells: cells.map(|c| c as u16),
+        })
+    }
+
+    /// GCRA: one token per `1/rate` seconds, at most `burst` saved up.
+    fn take_token(&self, limits: &AdmissionLimits, cell: usize, now: Instant) -> bool {
+        if limits.new_connections_per_second == 0 {
+            return true;
+        }
+        let interval = 1_000_000_000 / u64::from(limits.new_connections_per_second);
+        let depth = interval * u64::from(limits.new_connection_burst);
+        let now = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let bucket = &self.buckets[cell];
+        let mut tat = bucket.load(Ordering::Relaxed);
+        loop {
+            let next = tat.max(now) + interval;
+            if next - now > depth {
+                return false;
+            }
+            match bucket.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => tat = seen,
+            }
+        }
+    }
+
+    /// Open connections counted for `remote` (the count-min estimate), for tests and stats.
+    #[cfg(test)]
+    fn open_from(&self, remote: IpAddr) -> u32 {
+        let address = self.cells(address_key(remote.to_canonical()));
+        estimate(&self.counts[0..2], address)
+    }
+}
+
+fn estimate(rows: &[Box<[AtomicU32]>], cells: [usize; 2]) -> u32 {
+    rows[0][cells[0]]
+        .load(Ordering::Relaxed)
+        .min(rows[1][cells[1]].load(Ordering::Relaxed))
+}
+
+fn over(rows: &[Box<[AtomicU32]>], cells: [usize; 2], cap: u32) -> bool {
+    cap > 0 && estimate(rows, cells) >= cap
+}
+
+/// An address as a table key, tagged with its family.
+fn address_key(ip: IpAddr) -> (u8, u128) {
+    match ip {
+        IpAddr::V4(v4) => (0, u128::from(u32::from(v4))),
+        IpAddr::V6(v6) => (1, u128::from(v6)),
+    }
+}
+
+/// The source prefix as a table key: the address with its host bits cleared, tagged with
+/// its family (an IPv4 /24 and an IPv6 /64 never share a key, nor with an address).
+fn prefix_key(ip: IpAddr, limits: &AdmissionLimits) -> (u8, u128) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let keep = u32::MAX
+                .checked_shl(32 - u32::from(limits.ipv4_prefix_len))
+                .unwrap_or(0);
+            (2, u128::from(u32::from(v4) & keep))
+        }
+        IpAddr::V6(v6) => {
+            let keep = u128::MAX
+                .checked_shl(128 - u32::from(limits.ipv6_prefix_len))
+                .unwrap_or(0);
+            (3, u128::from(v6) & keep)
+        }
+    }
+}
+
+/// One admitted connection's place in the source counts; dropping it (when the connection
+/// is gone) gives the place back.
+pub(crate) struct SourceTicket {
+    table: Arc<SourceTable>,
+    cells: [u16; 4],
+}
+
+impl Drop for SourceTicket {
+    fn drop(&mut self) {
+        for (row, &cell) in self.table.counts.iter().zip(self.cells.iter()) {
+            row[usize::from(cell)].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Open connections of one ALPN, shared by the workers.
+pub(crate) struct AlpnCount {
+    pub alpn: Box<[u8]>,
+    pub open: AtomicUsize,
+}
+
+/// One connection counted against its ALPN's cap until dropped.
+pub(crate) struct AlpnTicket(Arc<AlpnCount>);
+
+impl AlpnTicket {
+    /// Counts one more connection of `count`'s ALPN unless `cap` is reached.
+    pub fn take(count: &Arc<AlpnCount>, cap: Option<usize>) -> Option<Self> {
+        let before = count.open.fetch_add(1, Ordering::Relaxed);
+        if cap.is_some_and(|cap| before >= cap) {
+            count.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self(count.clone()))
+    }
+}
+
+impl Drop for AlpnTicket {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a connection holds from admission: given back when the worker forgets it.
+#[derive(Default)]
+pub(crate) struct AdmissionGuard {
+    pub source: Option<SourceTicket>,
+    pub alpn: Option<AlpnTicket>,
+}
+
+/// Logs refusals at most once per [`REFUSAL_LOG_INTERVAL`] per worker, with the count of
+/// those not logged: a flood must not turn into a flood of log lines.
+pub(crate) struct RefusalLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+/// How often a worker logs a refused connection at most.
+pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl RefusalLog {
+    pub fn new() -> Self {
+        Self {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Logs this refusal unless one was logged less than the interval ago.
+    pub fn refused(
+        &mut self,
+        now: Instant,
+        worker: usize,
+        remote: std::net::SocketAddr,
+        why: &str,
+    ) {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < REFUSAL_LOG_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            worker,
+            %remote,
+            also_refused_since_last_report = self.suppressed,
+            "new connection refused: {why}"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn caps_per_address_and_prefix_count_open_connections() {
+        let table = SourceTable::new();
+        let limits = AdmissionLimits {
+            max_connections_per_address: 2,
+            max_connections_per_prefix: 3,
+            new_connections_per_second: 0,
+            ..AdmissionLimits::default()
+        };
+        let a = table.admit(&limits, ip("10.0.0.1")).expect("1st");
+        let b = table.admit(&limits, ip("10.0.0.1")).expect("2nd");
+        assert_eq!(
+            table.admit(&limits, ip("10.0.0.1")).err(),
+            Some(Refusal::Address)
+        );
+        // the same /24: one more fits the prefix, then it is full
+        let c = table.admit(&limits, ip("10.0.0.2")).expect("3rd");
+        assert_eq!(
+            table.admit(&limits, ip("10.0.0.3")).err(),
+            Some(Refusal::Prefix)
+        );
+        // another /24 and IPv4-mapped IPv6 counted as IPv4
+        let d = table.admit(&limits, ip("10.0.1.1")).expect("other prefix");
+        assert_eq!(
+            table.admit(&limits, ip("::ffff:10.0.0.9")).err(),
+            Some(Refusal::Prefix)
+        );
+        drop(a);
+        assert_eq!(table.open_from(ip("10.0.0.1")), 1);
+        let e = table
+            .admit(&limits, ip("10.0.0.4"))
+            .expect("a place came back");
+        drop((b, c, d, e));
+        assert_eq!(table.open_from(ip("10.0.0.1")), 0);
+        assert!(table
+            .counts
+            .iter()
+            .all(|r| r.iter().all(|c| c.load(Ordering::Relaxed) == 0)));
+    }
+
+    #[test]
+    fn ipv6_sources_are_grouped_by_their_prefix() {
+        let table = SourceTable::new();
+        let limits = AdmissionLimits {
+            max_connections_per_prefix: 2,
+            new_connections_per_second: 0,
+            ..AdmissionLimits::default()
+        };
+        let _a = table.admit(&limits, ip("2001:db8:1:2::1")).expect("a");
+        let _b = table.admit(&limits, ip("2001:db8:1:2:ffff::9")).expect("b");
+        assert_eq!(
+            table.admit(&limits, ip("2001:db8:1:2::77")).err(),
+            Some(Refusal::Prefix)
+        );
+        assert!(table.admit(&limits, ip("2001:db8:1:3::1")).is_ok());
+        // IPv4 0.0.0.1/24 and the IPv6 ::1/64 are different prefixes
+        assert!(table.admit(&limits, ip("0.0.0.1")).is_ok());
+    }
+
+    #[test]
+    fn the_rate_is_a_token_bucket_per_prefix() {
+        let table = SourceTable::new();
+        let limits = AdmissionLimits {
+            new_connections_per_second: 10,
+            new_connection_burst: 5,
+            ..AdmissionLimits::default()
+        };
+        let allows = |addr: &str, at: Instant| table.rate_allows(&limits, ip(addr), at);
+        let t0 = Instant::now();
+        for i in 0..5 {
+            assert!(allows("192.0.2.1", t0), "burst token {i}");
+        }
+        assert!(
+            !allows("192.0.2.7", t0),
+            "the burst is spent for the whole /24"
+        );
+        assert!(
+            allows("198.51.100.1", t0),
+            "other prefixes are not affected"
+        );
+        // 100 ms later one token is back, and only one
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(allows("192.0.2.1", t1));
+        assert!(!allows("192.0.2.1", t1));
+        // after a long pause the bucket is full again, not fuller
+        let t2 = t1 + Duration::from_secs(60);
+        for _ in 0..5 {
+            assert!(allows("192.0.2.1", t2), "refilled");
+        }
+        assert!(!allows("192.0.2.1", t2));
+        let off = AdmissionLimits {
+            new_connections_per_second: 0,
+            ..limits.clone()
+        };
+        assert!(
+            table.rate_allows(&off, ip("192.0.2.1"), t2),
+            "0 turns the rate off"
+        );
+    }
+
+    #[test]
+    fn alpn_tickets_cap_and_give_back() {
+        let count = Arc::new(AlpnCount {
+            alpn: b"alknet/ssh".to_vec().into(),
+            open: AtomicUsize::new(0),
+        });
+        let a = AlpnTicket::take(&count, Some(2)).expect("1");
+        let _b = AlpnTicket::take(&count, Some(2)).expect("2");
+        assert!(AlpnTicket::take(&count, Some(2)).is_none());
+        assert_eq!(count.open.load(Ordering::Relaxed), 2);
+        drop(a);
+        assert!(AlpnTicket::take(&count, Some(2)).is_some());
+        assert!(AlpnTicket::take(&count, None).is_some());
+    }
+
+    #[test]
+    fn parses_and_validates() {
+        let l: AdmissionLimits = toml::from_str(
+            "max_connections_per_address = 8\nnew_connections_per_second = 0\n[max_connections_per_alpn]\n\"alknet/ssh\" = 100",
+        )
+        .expect("parses");
+        assert_eq!(l.max_connections_per_address, 8);
+        assert_eq!(l.alpn_cap(b"alknet/ssh"), Some(100));
+        assert_eq!(l.alpn_cap(b"h3"), None);
+        assert_eq!(l.validate(), Ok(()));
+        assert_eq!(AdmissionLimits::default().validate(), Ok(()));
+        let bad = AdmissionLimits {
+            ipv6_prefix_len: 129,
+            ..AdmissionLimits::default()
+        };
+        assert_eq!(bad.validate(), Err(AdmissionError::Ipv6Prefix(129)));
+        assert!(toml::from_str::<AdmissionLimits>("max_connections_per_adress = 1").is_err());
+    }
+}

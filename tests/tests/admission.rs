@@ -1,0 +1,181 @@
+//! `[admission]`: per-source caps and rates refuse a source before any TLS work and leave
+//! other sources alone; per-ALPN caps close connections over the cap; a reload changes the
+//! limits for the next connection.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use alknet_runtime::{
+    close_code, AdmissionLimits, ClientEndpoint, ConnectError, ConnectionError, Limits,
+    ServerHandle,
+};
+use alknet_tests::*;
+
+/// A client endpoint on another loopback address (all of 127/8 reaches `lo`).
+fn endpoint_on(ip: &str) -> ClientEndpoint {
+    let addr: SocketAddr = format!("{ip}:0").parse().expect("addr");
+    ClientEndpoint::bind(addr, &Limits::default()).expect("bind client")
+}
+
+fn refused(r: &Result<alknet_runtime::Connection, ConnectError>) -> bool {
+    match r {
+        Err(ConnectError::Handshake(ConnectionError::ConnectionClosed(c))) => {
+            c.error_code == quinn_proto::TransportErrorCode::CONNECTION_REFUSED
+        }
+        _ => false,
+    }
+}
+
+/// Waits (bounded) until the server has forgotten closed connections.
+async fn wait_open(server: &ServerHandle, n: usize) {
+    for _ in 0..200 {
+        if server.open_connections() == n {
+            return;
+        }
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("open connections stayed at {}", server.open_connections());
+}
+
+#[test]
+fn per_address_and_per_prefix_caps_refuse_only_that_source() {
+    let server = start_server(ServerOptions {
+        admission: AdmissionLimits {
+            max_connections_per_address: 2,
+            max_connections_per_prefix: 3,
+            ..AdmissionLimits::default()
+        },
+        ..Default::default()
+    });
+    run_client(|| async {
+        let a = endpoint_on("127.0.0.1");
+        let first = connect(&a, &server, alknet_echo::ALPN).await.expect("1st");
+        let _second = connect(&a, &server, alknet_echo::ALPN).await.expect("2nd");
+        let third = connect(&a, &server, alknet_echo::ALPN).await;
+        assert!(refused(&third), "address cap: {third:?}");
+        // another address of the same /24: one more place in the prefix, then full
+        let b = endpoint_on("127.0.0.2");
+        let _b1 = connect(&b, &server, alknet_echo::ALPN).await.expect("b1");
+        let b2 = connect(&b, &server, alknet_echo::ALPN).await;
+        assert!(refused(&b2), "prefix cap: {b2:?}");
+        // another /24 is not affected
+        let c = endpoint_on("127.0.1.1");
+        let c1 = connect(&c, &server, alknet_echo::ALPN)
+            .await
+            .expect("other prefix");
+        let data = payload(1, 1000);
+        assert_eq!(echo_roundtrip(&c1, data.clone()).await, sha256(&data));
+        // a closed connection gives its place back
+        first.close(0u32.into(), b"done");
+        wait_open(&server, 3).await;
+        let again = connect(&a, &server, alknet_echo::ALPN)
+            .await
+            .expect("place given back");
+        assert_eq!(echo_roundtrip(&again, data.clone()).await, sha256(&data));
+    });
+    let stats = server.total_stats();
+    assert_eq!(stats.refused_source, 2);
+    assert_eq!(stats.refused_rate, 0);
+}
+
+#[test]
+fn a_source_over_its_rate_gets_no_answer_and_others_go_on() {
+    let server = start_server(ServerOptions {
+        admission: AdmissionLimits {
+            new_connections_per_second: 1,
+            new_connection_burst: 2,
+            ..AdmissionLimits::default()
+        },
+        ..Default::default()
+    });
+    run_client(|| async {
+        let flooder = endpoint_on("127.0.2.1");
+        let _f1 = connect(&flooder, &server, alknet_echo::ALPN)
+            .await
+            .expect("burst 1");
+        let _f2 = connect(&flooder, &server, alknet_echo::ALPN)
+            .await
+            .expect("burst 2");
+        // the bucket is empty: the Initial is dropped, nothing comes back
+        let third = monoio::time::timeout(
+            Duration::from_millis(700),
+            connect(&flooder, &server, alknet_echo::ALPN),
+        )
+        .await;
+        assert!(third.is_err(), "an over-rate source must get no answer");
+        // a legitimate client on another prefix is served at once
+        let legit = endpoint_on("127.0.0.1");
+        let conn = connect(&legit, &server, alknet_echo::ALPN)
+            .await
+            .expect("legitimate client");
+        let data = payload(2, 5000);
+        assert_eq!(echo_roundtrip(&conn, data.clone()).await, sha256(&data));
+    });
+    let stats = server.total_stats();
+    assert!(stats.refused_rate >= 1, "{stats:?}");
+    // the dropped Initials cost no handshake: only the three that passed were accepted
+    assert_eq!(stats.connections_accepted, 3, "{stats:?}");
+}
+
+#[test]
+fn per_alpn_cap_closes_the_newcomer_and_a_reload_changes_it() {
+    let server = start_server(ServerOptions {
+        admission: AdmissionLimits {
+            max_connections_per_alpn: BTreeMap::from([(
+                String::from_utf8_lossy(alknet_echo::ALPN).into_owned(),
+                1,
+            )]),
+            ..AdmissionLimits::default()
+        },
+        ..Default::default()
+    });
+    let reload = server.reload_handle();
+    run_client(|| async {
+        let endpoint = client_endpoint();
+        let first = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("first");
+        let data = payload(3, 100);
+        assert_eq!(echo_roundtrip(&first, data.clone()).await, sha256(&data));
+        // the handshake completes, then the service's cap closes it with ALPN_LIMIT
+        let second = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("handshake");
+        match second.closed().await {
+            ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(c.error_code, close_code::ALPN_LIMIT.into());
+            }
+            other => panic!("expected ALPN_LIMIT, got {other:?}"),
+        }
+        // a reload lifts the cap for the next connection; the first one is untouched
+        reload
+            .set_admission(AdmissionLimits::default())
+            .expect("reload");
+        let third = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("third");
+        assert_eq!(echo_roundtrip(&third, data.clone()).await, sha256(&data));
+        assert_eq!(echo_roundtrip(&first, data.clone()).await, sha256(&data));
+        // and a reload that lowers the address cap refuses newcomers, closing no one
+        reload
+            .set_admission(AdmissionLimits {
+                max_connections_per_address: 1,
+                ..AdmissionLimits::default()
+            })
+            .expect("reload");
+        let fourth = connect(&endpoint, &server, alknet_echo::ALPN).await;
+        assert!(refused(&fourth), "{fourth:?}");
+        assert_eq!(echo_roundtrip(&third, data.clone()).await, sha256(&data));
+        // an invalid reload is refused and changes nothing
+        assert!(reload
+            .set_admission(AdmissionLimits {
+                ipv4_prefix_len: 0,
+                ..AdmissionLimits::default()
+            })
+            .is_err());
+        let fifth = connect(&endpoint, &server, alknet_echo::ALPN).await;
+        assert!(refused(&fifth), "the previous limits still hold: {fifth:?}");
+    });
+    assert_eq!(server.total_stats().refused_alpn, 1);
+}
