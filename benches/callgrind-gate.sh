@@ -6,7 +6,7 @@
 # What it does
 #   1. cargo build --release -p alknet-benches --bin alknet-workload
 #   2. runs each scenario of that fixed workload (handshake, datagrams, routing, framing,
-#      streams) under valgrind --tool=callgrind, counting only the measured part of the
+#      streams, initial-dropped, initial-refused, initial-retry) under valgrind --tool=callgrind, counting only the measured part of the
 #      scenario (--collect-atstart=no --toggle-collect=alknet_workload_measured; setup such
 #      as certificate loading and pre-generating client datagrams is not counted). `streams`
 #      runs a real server worker thread beside the client thread; collection toggles per
@@ -54,7 +54,7 @@ baseline="$here/callgrind-baseline.txt"
 threshold=2
 update=0
 out="${TMPDIR:-/tmp}/alknet-callgrind"
-all_scenarios=(handshake datagrams routing framing streams)
+all_scenarios=(handshake datagrams routing framing streams initial-dropped initial-refused initial-retry)
 scenarios=()
 
 usage() {

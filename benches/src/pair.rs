@@ -589,3 +589,41 @@ fn read_available(conn: &mut Connection, id: StreamId) -> (u64, bool) {
     let _ = chunks.finalize();
     (n, fin)
 }
+
+/// A server worker endpoint configured as every [`Pair`]'s, with no connection yet: for
+/// measuring what the worker does with a new connection's first datagram.
+pub fn server_endpoint(config: &PairConfig) -> Endpoint {
+    Endpoint::new(
+        config.server_endpoint.clone(),
+        Some(config.server.clone()),
+        true,
+        Some(SERVER_SEED),
+    )
+}
+
+/// `n` distinct client Initials (each a new connection: its own CIDs and ClientHello), as
+/// a client's first datagram arrives at the server.
+pub fn client_initials(config: &PairConfig, n: usize) -> Vec<BytesMut> {
+    let now = Instant::now();
+    let mut endpoint = Endpoint::new(
+        config.client_endpoint.clone(),
+        None,
+        true,
+        Some(CLIENT_SEED),
+    );
+    let mut buf = Vec::with_capacity(usize::from(Limits::default().max_udp_payload_size));
+    (0..n)
+        .map(|_| {
+            let mut client_config = ClientConfig::new(config.client_crypto.clone());
+            client_config.transport_config(config.client_transport.clone());
+            let (_, mut conn) = endpoint
+                .connect(now, client_config, SERVER_ADDR, "localhost")
+                .expect("client starts a connection");
+            buf.clear();
+            let t = conn
+                .poll_transmit(now, 1, &mut buf)
+                .expect("a client's first transmit");
+            BytesMut::from(&buf[..t.size])
+        })
+        .collect()
+}

@@ -135,6 +135,23 @@ engine_counters! {
     refused_capacity <- connections_refused,
 }
 
+/// `[admission]` of the harness's alknet server: the defaults, or with
+/// ALKNET_NEW_CONNECTIONS_PER_SECOND=N (flood runs) a per-prefix rate of N with a burst of
+/// one second's worth.
+fn flood_admission() -> alknet_runtime::AdmissionLimits {
+    let rate: Option<u32> = std::env::var("ALKNET_NEW_CONNECTIONS_PER_SECOND")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    match rate {
+        Some(n) => alknet_runtime::AdmissionLimits {
+            new_connections_per_second: n,
+            new_connection_burst: n.max(1),
+            ..alknet_runtime::AdmissionLimits::default()
+        },
+        None => alknet_runtime::AdmissionLimits::default(),
+    }
+}
+
 impl ServerProc {
     /// Starts `kind` with `workers` threads on 127.0.0.1 (ephemeral port).
     pub fn spawn(kind: Kind, workers: usize, key: KeyType) -> Result<Self, String> {
@@ -345,7 +362,7 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
                 // ALKNET_KERNEL_STEERING=0 measures the plain 4-tuple hash instead
                 kernel_steering: std::env::var("ALKNET_KERNEL_STEERING").map_or(true, |v| v != "0"),
                 handshake: alknet_runtime::HandshakePolicy::default(),
-                admission: alknet_runtime::AdmissionLimits::default(),
+                admission: flood_admission(),
                 qlog_dir: None,
             };
             let server = alknet_runtime::start(config, registry, Arc::new(provider))

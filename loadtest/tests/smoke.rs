@@ -245,3 +245,57 @@ fn ssh_workloads_move_exact_bytes_through_the_bridge() {
     assert!(ops > 0, "{json}");
     assert_eq!(field(&json, "bytes"), ops * 200, "{json}");
 }
+
+/// The number after `label` in `text`.
+fn count_after(text: &str, label: &str) -> u64 {
+    let start = text
+        .find(label)
+        .unwrap_or_else(|| panic!("{label:?} missing in {text}"))
+        + label.len();
+    text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("no count after {label:?} in {text}"))
+}
+
+#[test]
+fn flood_engages_retry_and_the_rate_limit_and_the_legitimate_client_is_served() {
+    let out = Command::new(env!("CARGO_BIN_EXE_alknet-loadtest"))
+        .args([
+            "flood",
+            "--rate",
+            "2000",
+            "--ports",
+            "64",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--connections",
+            "2",
+            "--streams",
+            "2",
+        ])
+        .env("ALKNET_NEW_CONNECTIONS_PER_SECOND", "500")
+        .output()
+        .expect("run alknet-loadtest flood");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "flood failed (the legitimate client had errors?):\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = count_after(&text, "flood: ");
+    assert!(sent > 1000, "{text}");
+    // each Initial met one fate: past the rate, then Retry once the worker's unvalidated
+    // handshakes reached the threshold (256 per worker), or accepted before that
+    let retries = count_after(&text, "Retry sent ");
+    let dropped = count_after(&text, "dropped over rate ");
+    let accepted = count_after(&text, "accepted ");
+    assert!(retries > 0 && dropped > 0, "{text}");
+    assert!(accepted <= 2 * 256 + 8, "accepted {accepted}: {text}");
+    assert!(retries + dropped + accepted <= sent + 8, "{text}");
+    assert!(text.contains("Retry disengaged"), "{text}");
+}

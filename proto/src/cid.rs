@@ -126,6 +126,12 @@ impl CidLayout {
     }
 }
 
+/// Whether `datagram` starts with a QUIC version 1 Initial packet (long header, fixed bit,
+/// type 0; RFC 9000, section 17.2.2). Read from the unprotected first byte and version only.
+pub fn is_initial(datagram: &[u8]) -> bool {
+    matches!(datagram, [first, 0, 0, 0, 1, ..] if first & 0xf0 == 0xc0)
+}
+
 /// The destination connection ID of the first QUIC packet in `datagram`.
 ///
 /// Long headers carry the DCID length; short headers do not, so for them this assumes the
@@ -145,6 +151,15 @@ pub fn destination_cid(datagram: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn initials_are_told_from_other_packets() {
+        assert!(is_initial(&[0xc3, 0, 0, 0, 1, 8]));
+        assert!(!is_initial(&[0xe3, 0, 0, 0, 1, 8]), "handshake packet");
+        assert!(!is_initial(&[0xc3, 0x6b, 0x33, 0x43, 0xcf, 8]), "QUIC v2");
+        assert!(!is_initial(&[0x43, 0, 0, 0, 1]), "short header");
+        assert!(!is_initial(&[0xc3, 0, 0]), "truncated");
+    }
 
     fn layout() -> CidLayout {
         CidLayout::new(0x1234, 4).expect("valid layout")

@@ -133,8 +133,9 @@ pub enum Refusal {
     Prefix,
 }
 
-/// The shared counts and token buckets of all sources.
-pub(crate) struct SourceTable {
+/// The shared counts and token buckets of all sources (one per server; public for the
+/// benchmarks that measure what a refused Initial costs).
+pub struct SourceTable {
     hasher: std::collections::hash_map::RandomState,
     /// rows 0 and 1: addresses; rows 2 and 3: prefixes
     counts: [Box<[AtomicU32]>; 4],
@@ -167,6 +168,23 @@ impl SourceTable {
     pub fn rate_allows(&self, limits: &AdmissionLimits, remote: IpAddr, now: Instant) -> bool {
         let prefix = self.cells(prefix_key(remote.to_canonical(), limits));
         self.take_token(limits, prefix[0], now)
+    }
+
+    /// Whether `remote`'s prefix is over its rate at `now`, without taking a token: lets the
+    /// worker drop a flooding prefix's Initials before decrypting them.
+    pub fn over_rate(&self, limits: &AdmissionLimits, remote: IpAddr, now: Instant) -> bool {
+        if limits.new_connections_per_second == 0 {
+            return false;
+        }
+        let (interval, depth) = gcra_params(limits);
+        let cell = self.cells(prefix_key(remote.to_canonical(), limits))[0];
+        let now = self.nanos(now);
+        let tat = self.buckets[cell].load(Ordering::Relaxed);
+        tat.max(now) + interval - now > depth
+    }
+
+    fn nanos(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
     /// Counts a connection from `remote` until the ticket drops, unless its address or its
@@ -208,9 +226,8 @@ impl SourceTable {
         if limits.new_connections_per_second == 0 {
             return true;
         }
-        let interval = 1_000_000_000 / u64::from(limits.new_connections_per_second);
-        let depth = interval * u64::from(limits.new_connection_burst);
-        let now = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let (interval, depth) = gcra_params(limits);
+        let now = self.nanos(now);
         let bucket = &self.buckets[cell];
         let mut tat = bucket.load(Ordering::Relaxed);
         loop {
@@ -231,6 +248,12 @@ impl SourceTable {
         let address = self.cells(address_key(remote.to_canonical()));
         estimate(&self.counts[0..2], address)
     }
+}
+
+/// The GCRA emission interval (ns per token) and bucket depth (ns) of `limits`' rate.
+fn gcra_params(limits: &AdmissionLimits) -> (u64, u64) {
+    let interval = 1_000_000_000 / u64::from(limits.new_connections_per_second.max(1));
+    (interval, interval * u64::from(limits.new_connection_burst))
 }
 
 fn estimate(rows: &[Box<[AtomicU32]>], cells: [usize; 2]) -> u32 {
@@ -272,7 +295,7 @@ fn prefix_key(ip: IpAddr, limits: &AdmissionLimits) -> (u8, u128) {
 
 /// One admitted connection's place in the source counts; dropping it (when the connection
 /// is gone) gives the place back.
-pub(crate) struct SourceTicket {
+pub struct SourceTicket {
     table: Arc<SourceTable>,
     cells: [u16; 4],
 }
@@ -446,6 +469,10 @@ mod tests {
             assert!(allows("192.0.2.1", t0), "burst token {i}");
         }
         assert!(
+            table.over_rate(&limits, ip("192.0.2.9"), t0),
+            "peeking says so"
+        );
+        assert!(
             !allows("192.0.2.7", t0),
             "the burst is spent for the whole /24"
         );
@@ -453,8 +480,10 @@ mod tests {
             allows("198.51.100.1", t0),
             "other prefixes are not affected"
         );
-        // 100 ms later one token is back, and only one
+        // 100 ms later one token is back, and only one (peeking takes none)
         let t1 = t0 + Duration::from_millis(100);
+        assert!(!table.over_rate(&limits, ip("192.0.2.1"), t1));
+        assert!(!table.over_rate(&limits, ip("192.0.2.1"), t1));
         assert!(allows("192.0.2.1", t1));
         assert!(!allows("192.0.2.1", t1));
         // after a long pause the bucket is full again, not fuller

@@ -433,23 +433,46 @@ impl Driver {
                 while !batch.is_empty() {
                     let seg = batch.split_to(stride.min(batch.len()));
                     WorkerStats::add(&self.w.stats.datagrams_received, 1);
-                    match self.foreign_owner(&seg) {
-                        Some(owner) => self.forward(owner, seg, meta.addr, meta.dst_ip, ecn),
-                        None => self.handle_datagram(now, meta.addr, meta.dst_ip, ecn, seg),
+                    match self.route(now, &seg, meta.addr) {
+                        Arrival::Forward(owner) => {
+                            self.forward(owner, seg, meta.addr, meta.dst_ip, ecn)
+                        }
+                        Arrival::Handle => {
+                            self.handle_datagram(now, meta.addr, meta.dst_ip, ecn, seg)
+                        }
+                        Arrival::Drop => {}
                     }
                 }
             }
         }
     }
 
-    /// The worker that owns `datagram`, when its CID names a worker other than this one.
-    fn foreign_owner(&self, datagram: &[u8]) -> Option<usize> {
+    /// Where a datagram from the socket goes: to the worker its CID names, to this worker's
+    /// endpoint, or nowhere — an Initial of a new connection (its DCID is not one of ours)
+    /// from a prefix that is over `[admission] new_connections_per_second`, dropped before
+    /// quinn-proto decrypts it (that decryption is most of what an Initial costs).
+    fn route(&mut self, now: Instant, datagram: &[u8], remote: std::net::SocketAddr) -> Arrival {
         let Role::Server(s) = &self.w.role else {
-            return None;
+            return Arrival::Handle;
         };
         match s.layout.route(datagram) {
-            Route::Worker(owner) if usize::from(owner) != self.w.index => Some(usize::from(owner)),
-            _ => None,
+            Route::Worker(owner) if usize::from(owner) != self.w.index => {
+                Arrival::Forward(usize::from(owner))
+            }
+            Route::Local
+                if alknet_proto::cid::is_initial(datagram)
+                    && s.sources.over_rate(&s.admission.load(), remote.ip(), now) =>
+            {
+                WorkerStats::add(&self.w.stats.refused_rate, 1);
+                self.refusal_log.refused(
+                    now,
+                    self.w.index,
+                    remote,
+                    "new-connection rate of its prefix",
+                );
+                Arrival::Drop
+            }
+            _ => Arrival::Handle,
         }
     }
 
@@ -937,6 +960,13 @@ fn count_ecn(stats: &WorkerStats, e: quinn_proto::EcnCodepoint, n: u64) {
         quinn_proto::EcnCodepoint::Ce => &stats.ecn_ce_received,
     };
     WorkerStats::add(counter, n);
+}
+
+/// What the receive path does with one datagram (see `Driver::route`).
+enum Arrival {
+    Forward(usize),
+    Handle,
+    Drop,
 }
 
 /// Runs the handler for a connection whose handshake just completed, on this worker.

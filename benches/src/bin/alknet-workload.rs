@@ -6,6 +6,9 @@
 //! alknet-workload routing          # CID routing/encoding/minting and ALPN lookups
 //! alknet-workload framing          # alknet/call frames: encode, split, decode
 //! alknet-workload streams          # perf requests through a real worker thread and runtime
+//! alknet-workload initial-dropped  # INITIALS new connections dropped over their source's rate
+//! alknet-workload initial-refused  # INITIALS new connections refused (CONNECTION_REFUSED)
+//! alknet-workload initial-retry    # INITIALS new connections answered with Retry
 //! alknet-workload write-identity DIR   # (re)generate the fixed certificate (see below)
 //! ```
 //!
@@ -37,8 +40,8 @@ use alknet_proto::cid::{CidLayout, Route};
 use alknet_runtime::rt::{run_local, DRIVER_ENV};
 use alknet_runtime::tls::{client_crypto, ClientAuth, ServerTrust, TlsIdentity};
 use alknet_runtime::{
-    AlpnRegistry, ClientEndpoint, Connection, EngineConfig, Limits, NoIdentities, PinWorkers,
-    VarInt, WorkerCidGenerator,
+    AdmissionLimits, AlpnRegistry, ClientEndpoint, Connection, EngineConfig, Limits, NoIdentities,
+    PinWorkers, SourceTable, VarInt, WorkerCidGenerator,
 };
 use bytes::{Bytes, BytesMut};
 use quinn_proto::ConnectionIdGenerator;
@@ -70,7 +73,19 @@ const STREAM_WARMUP_ROUNDS: usize = 20;
 /// Upload and download bytes of each request (perf-rr's 64 B).
 const STREAM_REQUEST_SIZE: usize = 64;
 
-const SCENARIOS: [&str; 5] = ["handshake", "datagrams", "routing", "framing", "streams"];
+/// New connections' first datagrams in each of the `initial-*` scenarios.
+const INITIALS: usize = 1000;
+
+const SCENARIOS: [&str; 8] = [
+    "handshake",
+    "datagrams",
+    "routing",
+    "framing",
+    "streams",
+    "initial-dropped",
+    "initial-refused",
+    "initial-retry",
+];
 
 /// Callgrind counts only what runs inside this function (`--toggle-collect`). Unmangled so
 /// the gate can name it; never inlined so it exists.
@@ -99,6 +114,75 @@ fn handshake() {
     assert!(pairs
         .iter()
         .all(|p| p.client.connected && p.server.connected));
+}
+
+/// What the worker does with a new connection's first datagram before any TLS work, as
+/// `Driver::route` and `on_incoming` in `runtime/src/worker.rs` do it. Dropped: the Initial
+/// comes from a prefix over its rate and is dropped before quinn-proto decrypts it.
+/// Refused and Retry: the endpoint decodes the Initial (derives the Initial keys from its
+/// DCID, removes header protection, decrypts the payload), then it is refused or sent a
+/// Retry. Compare with `handshake` (a full handshake, both sides) divided by HANDSHAKES.
+#[derive(Clone, Copy)]
+enum InitialFate {
+    Dropped,
+    Refused,
+    Retry,
+}
+
+fn initials(fate: InitialFate) {
+    let config = PairConfig::new(&identity());
+    let mut endpoint = alknet_benches::pair::server_endpoint(&config);
+    let mut batch = alknet_benches::pair::client_initials(&config, INITIALS);
+    let sources = SourceTable::new();
+    let layout = CidLayout::new(
+        alknet_benches::pair::SERVER_ID,
+        alknet_benches::pair::WORKERS,
+    )
+    .expect("valid layout");
+    // a rate limit the source is already over, for the dropped case
+    let limits = AdmissionLimits {
+        new_connections_per_second: 1,
+        new_connection_burst: 1,
+        ..AdmissionLimits::default()
+    };
+    let now = std::time::Instant::now();
+    let client = alknet_benches::pair::CLIENT_ADDR;
+    assert!(sources.rate_allows(&limits, client.ip(), now));
+    let mut response = Vec::with_capacity(1500);
+    let (mut dropped, mut answered) = (0usize, 0usize);
+    alknet_workload_measured(&mut || {
+        for d in batch.drain(..) {
+            if matches!(fate, InitialFate::Dropped) {
+                // Driver::route
+                assert!(
+                    matches!(layout.route(&d), Route::Local)
+                        && alknet_proto::cid::is_initial(&d)
+                        && sources.over_rate(&limits, client.ip(), now)
+                );
+                dropped += 1;
+                continue;
+            }
+            response.clear();
+            let event = endpoint.handle(now, client, None, None, d, &mut response);
+            let Some(quinn_proto::DatagramEvent::NewConnection(incoming)) = event else {
+                panic!("an Initial makes a new connection");
+            };
+            match fate {
+                InitialFate::Dropped => unreachable!("dropped before decoding"),
+                InitialFate::Refused => {
+                    let t = endpoint.refuse(incoming, &mut response);
+                    answered += usize::from(t.size > 0);
+                }
+                InitialFate::Retry => {
+                    let t = endpoint
+                        .retry(incoming, &mut response)
+                        .unwrap_or_else(|_| panic!("retry of an unvalidated address"));
+                    answered += usize::from(t.size > 0);
+                }
+            }
+        }
+    });
+    assert_eq!(dropped + answered, INITIALS);
 }
 
 fn datagrams() {
@@ -331,6 +415,9 @@ fn main() -> ExitCode {
         ["routing"] => routing(),
         ["framing"] => framing(),
         ["streams"] => streams(),
+        ["initial-dropped"] => initials(InitialFate::Dropped),
+        ["initial-refused"] => initials(InitialFate::Refused),
+        ["initial-retry"] => initials(InitialFate::Retry),
         ["write-identity", dir] => match TlsIdentity::load_or_generate(Path::new(dir)) {
             Ok((_, true)) => println!("wrote {dir}/cert.pem and {dir}/key.pem"),
             Ok((_, false)) => println!("{dir} already holds an identity; left as is"),
