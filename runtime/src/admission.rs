@@ -314,6 +314,29 @@ pub(crate) struct AlpnCount {
     pub open: AtomicUsize,
 }
 
+/// The counts for `registry`'s ALPNs: `old`'s where it has one (its connections are still
+/// counted), new ones for the rest; `old`'s other counts are kept while connections hold
+/// them.
+pub(crate) fn alpn_counts(
+    registry: &crate::router::AlpnRegistry,
+    old: &[Arc<AlpnCount>],
+) -> Vec<Arc<AlpnCount>> {
+    let mut counts: Vec<Arc<AlpnCount>> = old
+        .iter()
+        .filter(|c| c.open.load(Ordering::Relaxed) > 0 || registry.lookup(&c.alpn).is_some())
+        .cloned()
+        .collect();
+    for alpn in registry.alpns() {
+        if !counts.iter().any(|c| *c.alpn == *alpn) {
+            counts.push(Arc::new(AlpnCount {
+                alpn: alpn.into(),
+                open: AtomicUsize::new(0),
+            }));
+        }
+    }
+    counts
+}
+
 /// One connection counted against its ALPN's cap until dropped.
 pub(crate) struct AlpnTicket(Arc<AlpnCount>);
 

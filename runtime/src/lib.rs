@@ -53,7 +53,7 @@ pub use identity::{
 };
 pub use limits::*;
 pub use pinning::{others_runnable, PinDecision, PinWorkers};
-pub use reload::ConfigReloadHandle;
+pub use reload::{ConfigReloadHandle, HandlersError};
 pub use router::{
     close_code, AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError,
 };

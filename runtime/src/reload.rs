@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::admission::AdmissionLimits;
 use crate::identity::{Identity, IdentityProvider};
+use crate::router::AlpnRegistry;
 use crate::server::build_server_config;
 use crate::tls::{ClientAuth, TlsError, TlsIdentity};
 use crate::worker::{ServerShared, ServerTls};
@@ -34,27 +35,73 @@ impl ConfigReloadHandle {
         tls: &TlsIdentity,
         client_auth: ClientAuth,
     ) -> Result<Fingerprint, TlsError> {
-        let s = &self.0;
-        // the same [quic] policy: a reload changes the certificate, not Retry, 0-RTT or suites
-        let config = build_server_config(
-            tls,
-            s.registry.alpns(),
-            client_auth,
-            &s.limits,
-            &s.handshake,
-        )?;
+        let mut source = self.lock_tls_source();
+        let registry = self.0.registry.load();
+        self.publish(tls, client_auth, &registry)?;
+        *source = (tls.clone(), client_auth);
         let fingerprint = tls.fingerprint();
-        s.tls.store(Arc::new(ServerTls {
-            config,
-            fingerprint,
-        }));
-        s.tls_generation.fetch_add(1, Ordering::AcqRel);
-        // idle workers install it now rather than on their next datagram
-        for inbox in s.inboxes.iter() {
-            inbox.wake();
-        }
         tracing::info!(%fingerprint, "TLS certificate reloaded; new handshakes use it");
         Ok(fingerprint)
+    }
+
+    /// Serves exactly `registry`'s handlers from now on: new handshakes are offered its
+    /// ALPNs; connections of a handler no longer in it drain as at shutdown (they are
+    /// closed with [`crate::close_code::SHUTDOWN`] after `shutdown_timeout`); a handler
+    /// kept (the same `Arc`) keeps its connections. Nothing changes on an error.
+    pub fn set_handlers(&self, registry: AlpnRegistry) -> Result<(), HandlersError> {
+        if registry.is_empty() {
+            return Err(HandlersError::Empty);
+        }
+        let source = self.lock_tls_source();
+        self.publish(&source.0, source.1, &registry)?;
+        let counts = crate::admission::alpn_counts(&registry, &self.0.alpn_counts.load());
+        self.0.alpn_counts.store(Arc::new(counts));
+        tracing::info!(alpns = ?registry, "handlers reloaded");
+        self.0.registry.store(Arc::new(registry));
+        // workers look at the registry when they install the new config: after the store
+        self.0.tls_generation.fetch_add(1, Ordering::AcqRel);
+        self.wake_workers();
+        Ok(())
+    }
+
+    /// The handlers served now.
+    pub fn handlers(&self) -> AlpnRegistry {
+        (**self.0.registry.load()).clone()
+    }
+
+    fn lock_tls_source(&self) -> std::sync::MutexGuard<'_, (TlsIdentity, ClientAuth)> {
+        // a panic while holding it left a complete value behind: go on with it
+        self.0
+            .tls_source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Builds and publishes the QUIC server config for `tls` and `registry`'s ALPNs (the
+    /// same `[quic]` policy and limits as at start).
+    fn publish(
+        &self,
+        tls: &TlsIdentity,
+        client_auth: ClientAuth,
+        registry: &AlpnRegistry,
+    ) -> Result<(), TlsError> {
+        let s = &self.0;
+        let config =
+            build_server_config(tls, registry.alpns(), client_auth, &s.limits, &s.handshake)?;
+        s.tls.store(Arc::new(ServerTls {
+            config,
+            fingerprint: tls.fingerprint(),
+        }));
+        s.tls_generation.fetch_add(1, Ordering::AcqRel);
+        self.wake_workers();
+        Ok(())
+    }
+
+    /// Idle workers install a new config now rather than on their next datagram.
+    fn wake_workers(&self) {
+        for inbox in self.0.inboxes.iter() {
+            inbox.wake();
+        }
     }
 
     /// Resolves identities through `provider` from the next handshake and request on.
@@ -84,6 +131,15 @@ impl ConfigReloadHandle {
     pub fn fingerprint(&self) -> Fingerprint {
         self.0.tls.load().fingerprint
     }
+}
+
+/// Why [`ConfigReloadHandle::set_handlers`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlersError {
+    #[error("no protocol handlers would be left")]
+    Empty,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The provider handlers hold: it asks whichever provider was published last, so identity

@@ -12,7 +12,7 @@ use alknet_proto::cid::{CidLayout, CidLayoutError, MAX_WORKERS};
 use alknet_proto::Fingerprint;
 use quinn_proto::{Endpoint, EndpointConfig};
 
-use crate::admission::{AdmissionError, AdmissionLimits, AlpnCount, SourceTable};
+use crate::admission::{AdmissionError, AdmissionLimits, SourceTable};
 use crate::cid::WorkerCidGenerator;
 use crate::handshake::{HandshakePolicy, HandshakePolicyError};
 use crate::identity::IdentityProvider;
@@ -181,18 +181,10 @@ pub fn start(
         source,
     })?;
 
-    let alpn_counts = registry
-        .alpns()
-        .into_iter()
-        .map(|alpn| {
-            Arc::new(AlpnCount {
-                alpn: alpn.into(),
-                open: AtomicUsize::new(0),
-            })
-        })
-        .collect();
+    let alpn_counts = crate::admission::alpn_counts(&registry, &[]);
     let shared = Arc::new(ServerShared {
-        registry,
+        registry: ArcSwap::from_pointee(registry),
+        tls_source: std::sync::Mutex::new((config.tls.clone(), config.client_auth)),
         provider: Arc::new(LiveIdentityProvider::new(provider)),
         tls: ArcSwap::from_pointee(ServerTls {
             config: server_config.clone(),
@@ -212,7 +204,7 @@ pub fn start(
         handshake: config.handshake.clone(),
         admission: ArcSwap::from_pointee(config.admission.clone()),
         sources: SourceTable::new(),
-        alpn_counts,
+        alpn_counts: ArcSwap::from_pointee(alpn_counts),
         qlog: config
             .qlog_dir
             .clone()

@@ -38,6 +38,7 @@ use crate::router::{close_code, AlpnRegistry, LocalBoxFuture};
 use crate::rt::{catch_panic, panic_message};
 use crate::socket::UdpIo;
 use crate::stats::WorkerStats;
+use crate::tls::{ClientAuth, TlsIdentity};
 
 /// GRO batches read per readiness before the driver yields to handler tasks.
 pub const RECV_BATCHES_PER_POLL: usize = 16;
@@ -65,7 +66,12 @@ pub(crate) const CLOSE_NOW: u8 = 2;
 
 /// What all workers of one server share (read-mostly; atomics only off the packet path).
 pub(crate) struct ServerShared {
-    pub registry: AlpnRegistry,
+    /// Live: the handlers, by ALPN ([`crate::ConfigReloadHandle::set_handlers`]); read
+    /// once per completed handshake. The ALPNs the TLS config offers follow it.
+    pub registry: ArcSwap<AlpnRegistry>,
+    /// What the TLS config is built from, for rebuilding it when the handlers or the
+    /// certificate change (only the reload path takes this lock).
+    pub tls_source: std::sync::Mutex<(TlsIdentity, ClientAuth)>,
     /// Live: replaced by [`crate::ConfigReloadHandle::set_identity_provider`]; handlers get
     /// this one, so a token resolved on an open connection sees the new identities too.
     pub provider: Arc<LiveIdentityProvider>,
@@ -85,8 +91,9 @@ pub(crate) struct ServerShared {
     pub admission: ArcSwap<AdmissionLimits>,
     /// Open connections and new-connection rates per source, shared by the workers.
     pub sources: Arc<SourceTable>,
-    /// Open connections per registered ALPN, in registry order.
-    pub alpn_counts: Box<[Arc<AlpnCount>]>,
+    /// Open connections per ALPN ever registered (a removed ALPN keeps its count while
+    /// its connections drain).
+    pub alpn_counts: ArcSwap<Vec<Arc<AlpnCount>>>,
     /// Per-connection qlog traces, when a directory is configured.
     pub qlog: Option<QlogDir>,
 }
@@ -265,6 +272,8 @@ pub(crate) struct Driver {
     phase: Phase,
     /// The [`ServerShared::tls_generation`] this worker's endpoint has installed.
     tls_generation: u64,
+    /// Connections of removed handlers, and when their drain time ends.
+    service_drains: Vec<(Instant, Rc<ConnInner>)>,
 }
 
 impl Driver {
@@ -295,6 +304,7 @@ impl Driver {
             dirty: Vec::new(),
             phase: Phase::Running,
             tls_generation: 0,
+            service_drains: Vec::new(),
         }
     }
 
@@ -313,6 +323,55 @@ impl Driver {
                 generation,
                 "new TLS config installed"
             );
+            // connections of a handler removed meanwhile drain as at shutdown
+            let registry = s.registry.load();
+            let until = Instant::now() + s.limits.shutdown_timeout;
+            for c in self.w.all() {
+                let removed = c
+                    .state
+                    .borrow()
+                    .alpn
+                    .as_deref()
+                    .is_some_and(|a| registry.lookup(a).is_none());
+                if removed && !self.service_drains.iter().any(|(_, d)| Rc::ptr_eq(d, &c)) {
+                    self.service_drains.push((until, c));
+                }
+            }
+        }
+    }
+
+    /// Closes connections of removed handlers whose drain time is over (unless their ALPN
+    /// was registered again meanwhile).
+    fn close_drained_services(&mut self, now: Instant) {
+        let Role::Server(s) = &self.w.role else {
+            return;
+        };
+        if self.service_drains.is_empty() {
+            return;
+        }
+        let registry = s.registry.load();
+        let mut due = Vec::new();
+        self.service_drains.retain(|(until, c)| {
+            if c.state.borrow().conn.is_drained() {
+                return false;
+            }
+            if *until > now {
+                return true;
+            }
+            due.push(c.clone());
+            false
+        });
+        for c in due {
+            let still_removed = c
+                .state
+                .borrow()
+                .alpn
+                .as_deref()
+                .is_some_and(|a| registry.lookup(a).is_none());
+            if still_removed {
+                c.close(VarInt::from_u32(close_code::SHUTDOWN), b"service removed");
+                self.drive(now, &c);
+            }
         }
     }
 
@@ -848,6 +907,9 @@ impl Driver {
         if let Phase::Draining { until } | Phase::Closing { until } = self.phase {
             next = Some(next.map_or(until, |n| n.min(until)));
         }
+        if let Some(until) = self.service_drains.iter().map(|(u, _)| *u).min() {
+            next = Some(next.map_or(until, |n| n.min(until)));
+        }
         let Some(at) = next else {
             self.sleep = None;
             self.sleep_at = None;
@@ -897,6 +959,7 @@ impl Future for Driver {
         let mut more = this.drain_inbox(now);
         more |= this.receive(cx, now);
         this.expire_timers(now);
+        this.close_drained_services(now);
         if !socket_full {
             more |= this.drive_dirty(now);
         }
@@ -979,7 +1042,8 @@ fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) 
             st.conn.remote_address(),
         )
     };
-    let Some(handler) = alpn.as_deref().and_then(|a| s.registry.lookup(a)).cloned() else {
+    let registry = s.registry.load();
+    let Some(handler) = alpn.as_deref().and_then(|a| registry.lookup(a)).cloned() else {
         tracing::warn!(%remote, "no handler for negotiated ALPN {:?}", alpn);
         c.close(
             VarInt::from_u32(close_code::NO_HANDLER),
@@ -988,7 +1052,7 @@ fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) 
         return;
     };
     let alpn = alpn.unwrap_or_default();
-    if let Some(count) = s.alpn_counts.iter().find(|n| *n.alpn == *alpn) {
+    if let Some(count) = s.alpn_counts.load().iter().find(|n| *n.alpn == *alpn) {
         let cap = s.admission.load().alpn_cap(&alpn);
         match AlpnTicket::take(count, cap) {
             Some(ticket) => c.admission.borrow_mut().alpn = Some(ticket),

@@ -102,3 +102,64 @@ fn new_identities_reach_open_connections() {
         Some("ops".to_string())
     );
 }
+
+#[test]
+fn handlers_are_added_and_removed_while_serving_and_removed_ones_drain() {
+    let echo: Arc<dyn alknet_runtime::ProtocolHandler> = Arc::new(alknet_echo::EchoHandler);
+    let perf: Arc<dyn alknet_runtime::ProtocolHandler> = Arc::new(alknet_perf::PerfHandler);
+    let server = start_server(ServerOptions {
+        handlers: vec![echo.clone()],
+        limits: alknet_runtime::Limits {
+            shutdown_timeout: std::time::Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let reload = server.reload_handle();
+    run_client(|| async {
+        let endpoint = client_endpoint();
+        assert!(
+            connect(&endpoint, &server, alknet_perf::ALPN)
+                .await
+                .is_err(),
+            "perf is not offered yet"
+        );
+        let mut both = alknet_runtime::AlpnRegistry::new();
+        both.register(echo.clone()).expect("echo");
+        both.register(perf.clone()).expect("perf");
+        reload.set_handlers(both).expect("add perf");
+        let p = connect(&endpoint, &server, alknet_perf::ALPN)
+            .await
+            .expect("perf is offered now");
+        let e = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("echo still");
+        let data = payload(7, 3000);
+        assert_eq!(echo_roundtrip(&e, data.clone()).await, sha256(&data));
+
+        // echo removed: its open connection goes on until the drain time, new ones fail
+        let mut only_perf = alknet_runtime::AlpnRegistry::new();
+        only_perf.register(perf.clone()).expect("perf");
+        reload.set_handlers(only_perf).expect("remove echo");
+        assert_eq!(reload.handlers().alpns(), vec![alknet_perf::ALPN.to_vec()]);
+        assert_eq!(echo_roundtrip(&e, data.clone()).await, sha256(&data));
+        assert!(
+            connect(&endpoint, &server, alknet_echo::ALPN)
+                .await
+                .is_err(),
+            "echo is no longer offered"
+        );
+        match e.closed().await {
+            alknet_runtime::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(c.error_code, alknet_runtime::close_code::SHUTDOWN.into());
+            }
+            other => panic!("expected the drain to end with SHUTDOWN, got {other:?}"),
+        }
+        // the kept handler's connection is untouched
+        assert!(p.close_reason().is_none(), "perf connection kept");
+        assert!(reload
+            .set_handlers(alknet_runtime::AlpnRegistry::new())
+            .is_err());
+        assert!(connect(&endpoint, &server, alknet_perf::ALPN).await.is_ok());
+    });
+}
