@@ -490,28 +490,18 @@ impl FileConfig {
 
     /// The handlers named in `handlers.enabled`.
     pub fn registry(&self) -> Result<AlpnRegistry, ConfigError> {
+        self.registry_reusing(&AlpnRegistry::new())
+    }
+
+    /// The handlers named in `handlers.enabled`, taking the ones `running` already has
+    /// (the same instances, so their open connections and state go on) and building the
+    /// others (a reload that enables a handler).
+    pub fn registry_reusing(&self, running: &AlpnRegistry) -> Result<AlpnRegistry, ConfigError> {
         let mut registry = AlpnRegistry::new();
-        // one catalog for both DNS handlers, loaded only when one is enabled
         for name in &self.handlers.enabled {
-            let handler: Arc<dyn ProtocolHandler> = match name.as_bytes() {
-                alknet_echo::ALPN => Arc::new(alknet_echo::EchoHandler),
-                alknet_perf::ALPN => Arc::new(alknet_perf::PerfHandler),
-                alknet_call::ALPN => Arc::new(self.call_adapter()?),
-                alknet_ssh::ALPN => Arc::new(self.ssh_adapter()?),
-                alknet_git::ALPN => Arc::new(self.git_handler()?),
-                alknet_dns::DOQ_ALPN => Arc::new(DoqHandler::new(self.dns_state()?)),
-                alknet_dns::PIPELINE_ALPN => Arc::new(PipelineHandler::new(self.dns_state()?)),
-                alknet_hq::ALPN => Arc::new(
-                    alknet_hq::HqHandler::new(&self.hq)
-                        .map_err(|e| ConfigError::Invalid(e.to_string()))?,
-                ),
-                crate::sftp::ALPN => Arc::new(SftpAlpn(self.sftp_service())),
-                _ => {
-                    return Err(ConfigError::UnknownHandler {
-                        name: name.clone(),
-                        available: available_handlers().join(", "),
-                    })
-                }
+            let handler = match running.lookup(name.as_bytes()) {
+                Some(h) => h.clone(),
+                None => self.handler(name)?,
             };
             registry
                 .register(handler)
@@ -521,6 +511,31 @@ impl FileConfig {
             return Err(ConfigError::Invalid("handlers.enabled is empty".into()));
         }
         Ok(registry)
+    }
+
+    /// Builds the handler of one ALPN named in `handlers.enabled`.
+    fn handler(&self, name: &str) -> Result<Arc<dyn ProtocolHandler>, ConfigError> {
+        // one catalog for both DNS handlers, loaded only when one is enabled
+        Ok(match name.as_bytes() {
+            alknet_echo::ALPN => Arc::new(alknet_echo::EchoHandler),
+            alknet_perf::ALPN => Arc::new(alknet_perf::PerfHandler),
+            alknet_call::ALPN => Arc::new(self.call_adapter()?),
+            alknet_ssh::ALPN => Arc::new(self.ssh_adapter()?),
+            alknet_git::ALPN => Arc::new(self.git_handler()?),
+            alknet_dns::DOQ_ALPN => Arc::new(DoqHandler::new(self.dns_state()?)),
+            alknet_dns::PIPELINE_ALPN => Arc::new(PipelineHandler::new(self.dns_state()?)),
+            alknet_hq::ALPN => Arc::new(
+                alknet_hq::HqHandler::new(&self.hq)
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            ),
+            crate::sftp::ALPN => Arc::new(SftpAlpn(self.sftp_service())),
+            _ => {
+                return Err(ConfigError::UnknownHandler {
+                    name: name.to_string(),
+                    available: available_handlers().join(", "),
+                })
+            }
+        })
     }
 
     /// The pkarr store (`[dns] pkarr = true`): `dns.pkarr_db`, else `pkarr.db` in the data

@@ -252,7 +252,7 @@ fn serve(
         Err(e) => tracing::warn!("{e}"),
     }
 
-    match reload::Reloader::new(source, server.reload_handle()) {
+    match reload::Reloader::new(source, server.reload_handle(), reload_tx.clone()) {
         Ok(reloader) => reloader.spawn(reload_rx),
         Err(e) => tracing::warn!("live reload unavailable: {e}"),
     }

@@ -2,8 +2,13 @@
 //! node's own config file and apply what can change without a restart.
 //!
 //! Reloaded: the TLS certificate and key (`[tls]`, or the generated one in the data
-//! directory), the client-certificate policy, `[[identities]]`, `[identity]` and
-//! `[admission]` (per-source, per-worker and per-ALPN connection limits). New
+//! directory), the client-certificate policy, `[[identities]]`, `[identity]`,
+//! `[admission]` (per-source, per-worker and per-ALPN connection limits) and
+//! `[handlers] enabled`: a handler enabled by a reload is built from the reloaded config
+//! and offered to new handshakes; one disabled is no longer offered and its open
+//! connections drain as at shutdown (`limits.shutdown_timeout`); the others keep running
+//! as they are. (With `[vault]`, handlers take their keys from the vault, which a reload
+//! does not unlock: enabling one then needs a restart; disabling does not.) New
 //! handshakes get the new certificate; open connections keep theirs; token and fingerprint
 //! lookups see the new identities at once. A reload that changes any other section is
 //! refused as a whole, naming the sections: `listen` and `workers` always need a restart,
@@ -24,7 +29,7 @@ use serde_json::json;
 use crate::config::{FileConfig, DEFAULT_CONFIG};
 
 /// Top-level config keys a reload may change.
-const RELOADABLE: [&str; 4] = ["tls", "identities", "identity", "admission"];
+const RELOADABLE: [&str; 5] = ["tls", "identities", "identity", "admission", "handlers"];
 
 /// What a reload did (one line per change), or why it did nothing.
 pub type ReloadOutcome = Result<Vec<String>, String>;
@@ -65,22 +70,29 @@ pub struct Reloader {
     source: ConfigSource,
     running: toml::Table,
     handle: ConfigReloadHandle,
+    /// For a call handler enabled by a reload (its `node.reload` operation).
+    requests: ReloadSender,
 }
 
 impl Reloader {
     /// `running` is the config the server started with, as read from `source`.
-    pub fn new(source: ConfigSource, handle: ConfigReloadHandle) -> Result<Self, String> {
+    pub fn new(
+        source: ConfigSource,
+        handle: ConfigReloadHandle,
+        requests: ReloadSender,
+    ) -> Result<Self, String> {
         let (running, _) = source.read()?;
         Ok(Self {
             source,
             running,
             handle,
+            requests,
         })
     }
 
     /// Re-reads the config and applies it, or changes nothing and says why.
     pub fn reload(&mut self) -> ReloadOutcome {
-        let (table, cfg) = self.source.read()?;
+        let (table, mut cfg) = self.source.read()?;
         let fixed = changed_sections(&self.running, &table)
             .into_iter()
             .filter(|k| !RELOADABLE.contains(&k.as_str()))
@@ -100,6 +112,33 @@ impl Reloader {
             Some(cfg.tls_identity().map_err(|e| format!("TLS: {e}"))?.0)
         };
         let provider = cfg.identity_provider().map_err(|e| e.to_string())?;
+        let handlers = if self.running.get("handlers") != table.get("handlers") {
+            let running = self.handle.handlers();
+            let added: Vec<&String> = cfg
+                .handlers
+                .enabled
+                .iter()
+                .filter(|n| running.lookup(n.as_bytes()).is_none())
+                .collect();
+            if !added.is_empty() && cfg.vault.file.is_some() {
+                return Err(format!(
+                    "not reloaded: enabling {} needs a restart (handlers take their keys from \
+                     the vault); nothing was changed",
+                    added
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            cfg.reload_requests = Some(self.requests.clone());
+            let next = cfg
+                .registry_reusing(&running)
+                .map_err(|e| format!("handlers: {e}; nothing was changed"))?;
+            Some((alpn_change(&running, &next), next))
+        } else {
+            None
+        };
         let old_tls = self.running.get("tls");
         if let Some(tls) = tls {
             let before = self.handle.fingerprint();
@@ -117,6 +156,12 @@ impl Reloader {
                     changes.push(format!("client_auth -> {:?}", cfg.tls.client_auth));
                 }
             }
+        }
+        if let Some((change, registry)) = handlers {
+            self.handle
+                .set_handlers(registry)
+                .map_err(|e| format!("handlers: {e}"))?;
+            changes.push(change);
         }
         if self.running.get("admission") != table.get("admission") {
             self.handle
@@ -157,6 +202,25 @@ impl Reloader {
             .map(drop)
             .unwrap_or_else(|e| tracing::error!("cannot start the reload thread: {e}"));
     }
+}
+
+/// "handlers: +added -removed" between two registries.
+fn alpn_change(
+    before: &alknet_runtime::AlpnRegistry,
+    after: &alknet_runtime::AlpnRegistry,
+) -> String {
+    let name = |a: &Vec<u8>| String::from_utf8_lossy(a).into_owned();
+    let (after_alpns, before_alpns) = (after.alpns(), before.alpns());
+    let added = after_alpns
+        .iter()
+        .filter(|a| before.lookup(a).is_none())
+        .map(|a| format!("+{}", name(a)));
+    let removed = before_alpns
+        .iter()
+        .filter(|a| after.lookup(a).is_none())
+        .map(|a| format!("-{}", name(a)));
+    let all: Vec<String> = added.chain(removed).collect();
+    format!("handlers {}", all.join(" "))
 }
 
 /// Top-level keys whose values differ between `a` and `b`.

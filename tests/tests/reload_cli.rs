@@ -143,6 +143,58 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
         text(&out.stderr)
     );
 
+    // handlers disabled and enabled by a reload: no longer offered, then offered again
+    let server_addr: std::net::SocketAddr = addr.parse().expect("addr");
+    let pinned: alknet_runtime::Fingerprint = third.parse().expect("fingerprint");
+    let echo_connects = || {
+        run_client(|| async {
+            connect_addr(&client_endpoint(), server_addr, pinned, alknet_echo::ALPN)
+                .await
+                .is_ok()
+        })
+    };
+    assert!(echo_connects(), "echo is enabled by default");
+    std::fs::write(
+        &config_path,
+        format!("{CONFIG}\n{ci}\n[handlers]\nenabled = [\"alknet/call\", \"alknet/ssh\"]\n"),
+    )
+    .expect("config");
+    let out = reload(&server, &third, "admin-token");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("handlers -alknet/echo -perf -alknet/sftp -alknet/git"),
+        "{said}"
+    );
+    assert!(!echo_connects(), "echo is no longer offered");
+    std::fs::write(
+        &config_path,
+        format!(
+            "{CONFIG}\n{ci}\n[handlers]\nenabled = [\"alknet/call\", \"alknet/ssh\", \"alknet/echo\"]\n"
+        ),
+    )
+    .expect("config");
+    let out = reload(&server, &third, "admin-token");
+    assert!(
+        text(&out.stdout).contains("handlers +alknet/echo"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(echo_connects(), "echo is offered again");
+    std::fs::write(
+        &config_path,
+        format!("{CONFIG}\n{ci}\n[handlers]\nenabled = [\"alknet/call\", \"gopher\"]\n"),
+    )
+    .expect("config");
+    let out = reload(&server, &third, "admin-token");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("gopher"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(echo_connects(), "a refused reload changed nothing");
+
     // what needs a restart is refused as a whole, and says so
     std::fs::write(&config_path, format!("workers = 1\n{CONFIG}")).expect("config");
     let out = reload(&server, &third, "admin-token");
