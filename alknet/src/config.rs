@@ -97,6 +97,11 @@ max_handshakes_per_worker = 4096
 # completes (close code 0x5).
 max_connections_per_alpn = {}
 
+[log]
+# What `alknet serve` logs: tracing filter directives ("info", "warn",
+# "info,alknet_runtime=debug"); ALKNET_LOG overrides it. Live: SIGHUP / `alknet reload`.
+filter = "info"
+
 [hq]
 # Directory served by "hq-interop" (GET /path -> the file; nothing outside it).
 # root = "/srv/www"
@@ -351,10 +356,34 @@ pub struct FileConfig {
     #[serde(default)]
     pub admission: alknet_runtime::AdmissionLimits,
     #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
     pub hq: alknet_hq::HqConfig,
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
+}
+
+/// `[log]`: what `alknet serve` logs (to stderr).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `tracing` filter directives, e.g. `"info"` or `"info,alknet_runtime=debug"`;
+    /// `ALKNET_LOG` in the environment overrides it. Reloadable.
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+}
+
+fn default_log_filter() -> String {
+    "info".into()
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            filter: default_log_filter(),
+        }
+    }
 }
 
 /// `[vault]`: serve the node keys from a key vault.
@@ -449,6 +478,7 @@ impl FileConfig {
         cfg.admission
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        crate::logging::parse(&cfg.log.filter).map_err(ConfigError::Invalid)?;
         cfg.sftp
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

@@ -4,6 +4,7 @@ mod call;
 mod config;
 mod connect;
 mod git;
+mod logging;
 mod peer;
 mod reload;
 mod sftp;
@@ -15,7 +16,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 use crate::config::FileConfig;
 
@@ -83,13 +83,7 @@ enum Command {
 }
 
 fn init_logging(default: &str) {
-    let filter = EnvFilter::try_from_env("ALKNET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init(default);
 }
 
 fn main() -> ExitCode {
@@ -196,6 +190,10 @@ fn serve(
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Err(e) = logging::set_filter(&cfg.log.filter) {
+        eprintln!("alknet: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let (reload_tx, reload_rx) = std::sync::mpsc::channel();
     cfg.reload_requests = Some(reload_tx.clone());
     if let Some(l) = listen {

@@ -7,7 +7,7 @@
 //! `[handlers] enabled`: a handler enabled by a reload is built from the reloaded config
 //! and offered to new handshakes; one disabled is no longer offered and its open
 //! connections drain as at shutdown (`limits.shutdown_timeout`); the others keep running
-//! as they are. (With `[vault]`, handlers take their keys from the vault, which a reload
+//! as they are. `[log] filter` too. (With `[vault]`, handlers take their keys from the vault, which a reload
 //! does not unlock: enabling one then needs a restart; disabling does not.) New
 //! handshakes get the new certificate; open connections keep theirs; token and fingerprint
 //! lookups see the new identities at once. A reload that changes any other section is
@@ -29,7 +29,14 @@ use serde_json::json;
 use crate::config::{FileConfig, DEFAULT_CONFIG};
 
 /// Top-level config keys a reload may change.
-const RELOADABLE: [&str; 5] = ["tls", "identities", "identity", "admission", "handlers"];
+const RELOADABLE: [&str; 6] = [
+    "tls",
+    "identities",
+    "identity",
+    "admission",
+    "handlers",
+    "log",
+];
 
 /// What a reload did (one line per change), or why it did nothing.
 pub type ReloadOutcome = Result<Vec<String>, String>;
@@ -155,6 +162,12 @@ impl Reloader {
                 if policy_changed {
                     changes.push(format!("client_auth -> {:?}", cfg.tls.client_auth));
                 }
+            }
+        }
+        if self.running.get("log") != table.get("log") {
+            match crate::logging::set_filter(&cfg.log.filter)? {
+                true => changes.push(format!("log filter -> {}", cfg.log.filter)),
+                false => changes.push("log filter unchanged: ALKNET_LOG is set".into()),
             }
         }
         if let Some((change, registry)) = handlers {

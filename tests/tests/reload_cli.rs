@@ -195,6 +195,33 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
     );
     assert!(echo_connects(), "a refused reload changed nothing");
 
+    // the log filter: the test server runs with ALKNET_LOG, which wins over the config;
+    // an invalid filter is refused
+    let handlers = "[handlers]\nenabled = [\"alknet/call\", \"alknet/ssh\", \"alknet/echo\"]\n";
+    std::fs::write(
+        &config_path,
+        format!("{CONFIG}\n{ci}\n{handlers}\n[log]\nfilter = \"debug\"\n"),
+    )
+    .expect("config");
+    let out = reload(&server, &third, "admin-token");
+    assert!(
+        text(&out.stdout).contains("log filter unchanged: ALKNET_LOG is set"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::write(
+        &config_path,
+        format!("{CONFIG}\n{ci}\n{handlers}\n[log]\nfilter = \"alknet=loudest\"\n"),
+    )
+    .expect("config");
+    let out = reload(&server, &third, "admin-token");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("log.filter"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // what needs a restart is refused as a whole, and says so
     std::fs::write(&config_path, format!("workers = 1\n{CONFIG}")).expect("config");
     let out = reload(&server, &third, "admin-token");
