@@ -46,6 +46,9 @@ enum Command {
         /// Override `data_dir`
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Reload when the --config file changes (checked every second), as on SIGHUP
+        #[arg(long, requires = "config")]
+        watch_config: bool,
     },
     /// Open one bidirectional stream and pipe stdin/stdout through it (works as an OpenSSH
     /// ProxyCommand)
@@ -57,7 +60,8 @@ enum Command {
     /// alknet/ssh session (each CONNECT is a direct-tcpip channel, as with ssh -D)
     Socks(socks::SocksArgs),
     /// Ask a running node to re-read its config file and apply what can change live
-    /// (certificate, client-auth policy, identities); prints what changed (needs node:admin)
+    /// (certificate, client-auth policy, identities, admission limits, enabled handlers,
+    /// log filter); prints what changed (needs node:admin)
     Reload(call::ReloadArgs),
     /// Print the SHA-256 fingerprint of the server certificate (generating it if needed)
     Fingerprint {
@@ -94,9 +98,10 @@ fn main() -> ExitCode {
             listen,
             workers,
             data_dir,
+            watch_config,
         } => {
             init_logging("info");
-            serve(config, listen, workers, data_dir)
+            serve(config, listen, workers, data_dir, watch_config)
         }
         Command::Connect(args) => {
             init_logging("warn");
@@ -181,7 +186,13 @@ fn serve(
     listen: Option<std::net::SocketAddr>,
     workers: Option<usize>,
     data_dir: Option<PathBuf>,
+    watch_config: bool,
 ) -> ExitCode {
+    // the file as it is read now: a change made while the node starts is a change too
+    let watched = config
+        .as_ref()
+        .filter(|_| watch_config)
+        .map(|p| (p.clone(), reload::file_stamp(p)));
     let source = reload::ConfigSource {
         path: config.clone(),
         data_dir: data_dir.clone(),
@@ -253,6 +264,9 @@ fn serve(
     match reload::Reloader::new(source, server.reload_handle(), reload_tx.clone()) {
         Ok(reloader) => reloader.spawn(reload_rx),
         Err(e) => tracing::warn!("live reload unavailable: {e}"),
+    }
+    if let Some((path, stamp)) = watched {
+        reload::watch(path, stamp, reload_tx.clone());
     }
     match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
         Ok(mut signals) => {

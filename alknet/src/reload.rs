@@ -236,6 +236,45 @@ fn alpn_change(
     format!("handlers {}", all.join(" "))
 }
 
+/// How often `alknet serve --watch-config` looks at the config file.
+pub const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What `--watch-config` compares: the file's modification time and size.
+pub type FileStamp = Option<(Option<std::time::SystemTime>, u64)>;
+
+pub fn file_stamp(path: &std::path::Path) -> FileStamp {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
+}
+
+/// `--watch-config`: a thread that asks for a reload whenever the file's modification
+/// time or size differs from `seen` (its stamp when the running config was read; polled
+/// every [`WATCH_INTERVAL`]: no inotify dependency, and an editor's replace-by-rename is
+/// seen as well). Ends with the reload thread.
+pub fn watch(path: PathBuf, seen: FileStamp, requests: ReloadSender) {
+    let stamp = file_stamp;
+    let spawned = std::thread::Builder::new()
+        .name("alknet-watch-config".into())
+        .spawn(move || {
+            let mut seen = seen;
+            loop {
+                std::thread::sleep(WATCH_INTERVAL);
+                let now = stamp(&path);
+                if now != seen {
+                    seen = now;
+                    tracing::info!("{} changed: reloading", path.display());
+                    if requests.send(ReloadRequest { reply: None }).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot watch the config file: {e}");
+    }
+}
+
 /// Top-level keys whose values differ between `a` and `b`.
 fn changed_sections(a: &toml::Table, b: &toml::Table) -> Vec<String> {
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();

@@ -41,7 +41,16 @@ impl BinServer {
         Self::launch(Some(config))
     }
 
+    /// [`BinServer::start_with_config`] with more `alknet serve` arguments.
+    pub fn start_with_config_and_args(config: &str, args: &[&str]) -> Self {
+        Self::launch_with(Some(config), args)
+    }
+
     fn launch(config: Option<&str>) -> Self {
+        Self::launch_with(config, &[])
+    }
+
+    fn launch_with(config: Option<&str>, extra: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let port = free_udp_port();
         let mut cmd = Command::new(alknet_bin());
@@ -57,6 +66,7 @@ impl BinServer {
             std::fs::write(&path, text).expect("write config");
             cmd.arg("--config").arg(path);
         }
+        cmd.args(extra);
         let mut child = cmd
             .env("ALKNET_DATA_DIR", data_dir.path())
             .env("ALKNET_LOG", "info")

@@ -253,3 +253,29 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn watch_config_reloads_when_the_file_changes() {
+    let server = BinServer::start_with_config_and_args(CONFIG, &["--watch-config"]);
+    let config_path = server.data_dir.path().join("config.toml");
+    std::fs::write(
+        &config_path,
+        format!("{CONFIG}\n[[identities]]\nname = \"ci\"\ntokens = [\"ci-token\"]\nscopes = [\"node:admin\"]\n"),
+    )
+    .expect("config");
+    let log = server.wait_for_log("reloaded: identities (2 configured)");
+    assert!(
+        log.iter().any(|l| l.contains("changed: reloading")),
+        "{log:?}"
+    );
+    let out = alknet(&[
+        "call",
+        "--token",
+        "ci-token",
+        "--fingerprint",
+        &server.fingerprint(),
+        &server.addr(),
+        "node.stats",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
