@@ -4,14 +4,12 @@
 //! `alknet/ssh` through its subsystem hook.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use alknet_runtime::{
     AuthContext, Connection, HandlerError, Identity, LocalBoxFuture, ProtocolHandler, VarInt,
 };
 use alknet_sftp::SftpConfig;
-use alknet_ssh::bridge::{pump_quic_stream, TokioBridge, STREAM_ABORT_CODE};
+use alknet_ssh::bridge::{serve_bridged_sessions, TokioBridge};
 use alknet_ssh::{Subsystem, SubsystemStream};
 
 /// The ALPN of raw SFTP sessions.
@@ -80,15 +78,6 @@ impl Subsystem for SftpService {
     }
 }
 
-/// Frees a connection's session slot when the session ends.
-struct SessionCount(Arc<AtomicUsize>);
-
-impl Drop for SessionCount {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The `alknet/sftp` handler: each bidirectional stream is one raw SFTP session of the
 /// connection's identity (its client certificate).
 #[derive(Debug, Clone)]
@@ -120,26 +109,13 @@ impl ProtocolHandler for SftpAlpn {
             };
             let rt = TokioBridge::start(service.bridge_threads)
                 .map_err(|e| HandlerError::Other(Box::new(e)))?;
-            let sessions = Arc::new(AtomicUsize::new(0));
             let max = service.config.max_sessions_per_connection;
-            while let Ok(stream) = conn.accept_bi().await {
-                if sessions.load(Ordering::Acquire) >= max {
-                    tracing::warn!(remote = %auth.remote, "sftp: session limit ({max}) reached; stream refused");
-                    let (mut send, mut recv) = stream.split();
-                    let _ = send.reset(VarInt::from_u32(STREAM_ABORT_CODE));
-                    let _ = recv.stop(VarInt::from_u32(STREAM_ABORT_CODE));
-                    continue;
-                }
-                sessions.fetch_add(1, Ordering::AcqRel);
-                let count = SessionCount(sessions.clone());
-                let bytes = pump_quic_stream(stream);
+            serve_bridged_sessions(&conn, &rt, max, "sftp", |bytes| {
                 let service = service.clone();
                 let identity = identity.clone();
-                rt.spawn(async move {
-                    let _count = count;
-                    service.run(identity, bytes).await;
-                });
-            }
+                async move { service.run(identity, bytes).await }
+            })
+            .await;
             Ok(())
         })
     }

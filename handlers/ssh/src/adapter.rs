@@ -3,19 +3,18 @@
 //! served there by `russh::server::run_stream`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use alknet_runtime::{
     AuthContext, Connection, HandlerError, IdentityProvider, LocalBoxFuture, ProtocolHandler,
-    VarInt,
 };
 use russh::keys::PrivateKey;
 use russh::{MethodKind, MethodSet, SshId};
 
 use crate::auth::{openssh_fingerprint, AuthorizedKeysError, AuthorizedKeysProvider};
-use crate::bridge::{pump_quic_stream, ByteStream, TokioBridge, STREAM_ABORT_CODE};
+use crate::bridge::{serve_bridged_sessions, ByteStream, TokioBridge};
 use crate::config::{SshConfig, SshConfigError};
 use crate::hostkey::{load_host_key, load_or_generate_host_key, HostKeyError};
 use crate::session::SshSession;
@@ -195,15 +194,6 @@ impl SshAdapter {
     }
 }
 
-/// Frees a connection's session slot when the session ends.
-struct SessionCount(Arc<AtomicUsize>);
-
-impl Drop for SessionCount {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl ProtocolHandler for SshAdapter {
     fn alpn(&self) -> &[u8] {
         ALPN
@@ -218,21 +208,11 @@ impl ProtocolHandler for SshAdapter {
         Box::pin(async move {
             let rt = TokioBridge::start(shared.bridge_threads)
                 .map_err(|e| HandlerError::Other(Box::new(e)))?;
-            let sessions = Arc::new(AtomicUsize::new(0));
             let max = shared.config.max_sessions_per_connection;
-            while let Ok(stream) = conn.accept_bi().await {
-                if sessions.load(Ordering::Acquire) >= max {
-                    tracing::warn!(remote = %auth.remote, "ssh: session limit ({max}) reached; stream refused");
-                    let (mut send, mut recv) = stream.split();
-                    let _ = send.reset(VarInt::from_u32(STREAM_ABORT_CODE));
-                    let _ = recv.stop(VarInt::from_u32(STREAM_ABORT_CODE));
-                    continue;
-                }
-                sessions.fetch_add(1, Ordering::AcqRel);
-                let count = SessionCount(sessions.clone());
-                let bytes = pump_quic_stream(stream);
-                rt.spawn(serve_session(shared.clone(), bytes, auth.clone(), count));
-            }
+            serve_bridged_sessions(&conn, &rt, max, "ssh", |bytes| {
+                serve_session(shared.clone(), bytes, auth.clone())
+            })
+            .await;
             // the peer closing the connection is how SSH over QUIC normally ends
             Ok(())
         })
@@ -241,12 +221,7 @@ impl ProtocolHandler for SshAdapter {
 
 /// Runs one SSH session on the bridge runtime. A session not authenticated within
 /// `auth_timeout_ms` of its stream opening is disconnected, then reset.
-async fn serve_session(
-    shared: Arc<Shared>,
-    mut stream: ByteStream,
-    auth: AuthContext,
-    _count: SessionCount,
-) {
+async fn serve_session(shared: Arc<Shared>, mut stream: ByteStream, auth: AuthContext) {
     // a peer that ended its side cleanly (a probe that sent its banner, a client giving
     // up) gets what was already written, then FIN: russh ends such a session with an
     // error, and a reset would make QUIC discard our banner unread

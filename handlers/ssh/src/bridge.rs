@@ -38,7 +38,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use alknet_runtime::rt::spawn_guarded;
@@ -405,6 +405,52 @@ const DEFAULT_BRIDGE_THREADS: usize = 1;
 pub const MAX_BRIDGE_THREADS: usize = 256;
 
 static BRIDGE: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+/// Serves every bidirectional stream `conn` opens as one session on the tokio side: the
+/// stream is pumped to a [`ByteStream`] and `session` runs with it on `rt`. At most
+/// `max_sessions` at once per connection; a stream beyond that is reset and stopped with
+/// [`STREAM_ABORT_CODE`] (logged, naming `what`), and the connection goes on. Returns when
+/// the connection ends.
+pub async fn serve_bridged_sessions<F, Fut>(
+    conn: &Connection,
+    rt: &tokio::runtime::Handle,
+    max_sessions: usize,
+    what: &str,
+    mut session: F,
+) where
+    F: FnMut(ByteStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let open = Arc::new(AtomicUsize::new(0));
+    while let Ok(stream) = conn.accept_bi().await {
+        if open.load(Ordering::Acquire) >= max_sessions {
+            tracing::warn!(
+                remote = %conn.remote_address(),
+                "{what}: session limit ({max_sessions}) reached; stream refused"
+            );
+            let (mut send, mut recv) = stream.split();
+            let _ = send.reset(VarInt::from_u32(STREAM_ABORT_CODE));
+            let _ = recv.stop(VarInt::from_u32(STREAM_ABORT_CODE));
+            continue;
+        }
+        open.fetch_add(1, Ordering::AcqRel);
+        let slot = SessionSlot(open.clone());
+        let fut = session(pump_quic_stream(stream));
+        rt.spawn(async move {
+            let _slot = slot;
+            fut.await;
+        });
+    }
+}
+
+/// Frees a connection's session slot when the session ends.
+struct SessionSlot(Arc<AtomicUsize>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The process-wide tokio runtime for SSH sessions: multi-threaded, started on first use,
 /// never stopped (its tasks end with their sessions).
