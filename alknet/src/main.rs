@@ -4,6 +4,7 @@ mod call;
 mod config;
 mod connect;
 mod git;
+mod http;
 mod peer;
 mod reload;
 mod sftp;
