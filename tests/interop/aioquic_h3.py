@@ -5,7 +5,8 @@ H3Connection, QPACK and QUIC: no code shared with h3/quinn/rustls).
 Checks, all on one connection unless said: GET /health; POST 1 MiB to /echo and compare;
 GET /bytes/10000000 complete and exact; 50 concurrent requests; a header section over
 the server's limit refused with 431 (and the connection still serving); a declared body
-over the limit refused with 413. Exit status 0 only when every check passes.
+over the limit refused with 413; a body without content-length growing past the limit
+refused with 413. Exit status 0 only when every check passes.
 """
 
 import argparse
@@ -27,7 +28,7 @@ CHECK_TIMEOUT = 30.0  # seconds; bounds every network wait of one check
 # over the server's default max_header_bytes (16 KiB), in values pylsqpack can encode
 BIG_HEADER_FIELDS = 8
 BIG_HEADER_VALUE = 4000
-BIG_BODY = 64 * 1024 * 1024  # over the server's default max_body_bytes (16 MiB)
+DEFAULT_MAX_BODY = 16 * 1024 * 1024  # the server's default max_body_bytes
 
 
 class CheckFailed(Exception):
@@ -194,12 +195,13 @@ async def check_big_header(p: H3Client) -> str:
     return f"{size}-byte header section -> 431, connection still serving"
 
 
-async def check_big_body(p: H3Client) -> str:
+async def check_big_body(p: H3Client, max_body: int) -> str:
+    big = 4 * max_body
     sid = p._quic.get_next_available_stream_id()
     r = Response()
     p.pending[sid] = r
     headers = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
-               (b":path", b"/echo"), (b"content-length", str(BIG_BODY).encode())]
+               (b":path", b"/echo"), (b"content-length", str(big).encode())]
     # declare the big body but send only its start: the server must answer from the
     # declaration, without reading (or waiting for) the rest
     p.http.send_headers(sid, headers)
@@ -208,7 +210,27 @@ async def check_big_body(p: H3Client) -> str:
     await r.done
     del p.pending[sid]
     expect_status(r, 413, "declared body over the limit")
-    return f"declared {BIG_BODY}-byte body -> 413"
+    return f"declared {big}-byte body -> 413"
+
+
+async def check_streamed_body(p: H3Client, max_body: int) -> str:
+    """A body with no content-length that grows past the limit: refused with 413 once it
+    does, and the connection keeps serving."""
+    n = max_body + 256 * 1024
+    sid = p._quic.get_next_available_stream_id()
+    r = Response()
+    p.pending[sid] = r
+    headers = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
+               (b":path", b"/echo")]
+    p.http.send_headers(sid, headers)
+    p.http.send_data(sid, b"y" * n, end_stream=True)
+    p.transmit()
+    await r.done
+    del p.pending[sid]
+    expect_status(r, 413, "streamed body over the limit")
+    after = await p.request("GET", "/health")
+    expect_status(after, 200, "GET /health after the 413")
+    return f"streamed {n}-byte body (limit {max_body}) -> 413, connection still serving"
 
 
 async def step(name: str, coro) -> None:
@@ -223,12 +245,21 @@ async def run(args) -> int:
     async with connect(args.host, args.port, configuration=make_config(),
                        create_protocol=H3Client) as p:
         print(f"ok: {check_pin(p, args.fingerprint)}", flush=True)
-        checks = [("health", check_health), ("echo", check_echo), ("bytes", check_bytes),
-                  ("concurrent", check_concurrent), ("big header", check_big_header),
-                  ("big body", check_big_body)]
-        for name, check in checks:
-            await step(name, check(p))
-        return len(checks) + 1
+        checks = {
+            "health": lambda: check_health(p),
+            "echo": lambda: check_echo(p),
+            "bytes": lambda: check_bytes(p),
+            "concurrent": lambda: check_concurrent(p),
+            "big-header": lambda: check_big_header(p),
+            "big-body": lambda: check_big_body(p, args.max_body),
+            "streamed-body": lambda: check_streamed_body(p, args.max_body),
+        }
+        chosen = args.checks.split(",") if args.checks else list(checks)
+        for name in chosen:
+            if name not in checks:
+                raise CheckFailed(f"unknown check {name!r}; known: {', '.join(checks)}")
+            await step(name, checks[name]())
+        return len(chosen) + 1
 
 
 def main() -> int:
@@ -236,6 +267,9 @@ def main() -> int:
     ap.add_argument("--host", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--fingerprint", help="SHA-256 hex of the server's DER certificate")
+    ap.add_argument("--checks", help="comma-separated subset of the checks, in order")
+    ap.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY,
+                    help="the server's max_body_bytes")
     args = ap.parse_args()
     try:
         # Backstop only: each check and the handshake (idle_timeout) are bounded.
