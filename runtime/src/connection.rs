@@ -77,8 +77,16 @@ impl DriverNotify {
     }
 }
 
+/// Adds `waker` unless the same task is already listed. "Same task" is the same data
+/// pointer: `Waker::will_wake` also compares vtable addresses, which are not unique across
+/// codegen units, so in an optimized build it can say "different" for two wakers of the
+/// same task; a task that polls without being woken (h3 polls `accept_uni` on every
+/// request) then grew the list by one clone per poll, without bound.
 fn push_waker(list: &mut Vec<Waker>, waker: &Waker) {
-    if !list.iter().any(|w| w.will_wake(waker)) {
+    if !list
+        .iter()
+        .any(|w| w.data() == waker.data() || w.will_wake(waker))
+    {
         list.push(waker.clone());
     }
 }

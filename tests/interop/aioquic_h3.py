@@ -6,7 +6,8 @@ Checks, all on one connection unless said: GET /health; POST 1 MiB to /echo and 
 GET /bytes/10000000 complete and exact; 50 concurrent requests; a header section over
 the server's limit refused with 431 (and the connection still serving); a declared body
 over the limit refused with 413; a body without content-length growing past the limit
-refused with 413. Exit status 0 only when every check passes.
+refused with 413; a HEADERS frame that never completes reset after the server's header
+timeout. Exit status 0 only when every check passes.
 """
 
 import argparse
@@ -55,6 +56,7 @@ class H3Client(QuicConnectionProtocol):
         self.http = H3Connection(self._quic)
         self.pending: dict[int, Response] = {}
         self.terminated: events.ConnectionTerminated | None = None
+        self.resets: dict[int, asyncio.Future] = {}
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.ConnectionTerminated):
@@ -63,6 +65,11 @@ class H3Client(QuicConnectionProtocol):
                 if not r.done.done():
                     r.done.set_exception(CheckFailed(
                         f"connection terminated: 0x{event.error_code:x} {event.reason_phrase!r}"))
+        if isinstance(event, events.StreamReset) and event.stream_id in self.resets:
+            fut = self.resets.pop(event.stream_id)
+            if not fut.done():
+                fut.set_result(event.error_code)
+            return
         if isinstance(event, events.StreamReset) and event.stream_id in self.pending:
             r = self.pending[event.stream_id]
             if not r.done.done():
@@ -233,6 +240,23 @@ async def check_streamed_body(p: H3Client, max_body: int) -> str:
     return f"streamed {n}-byte body (limit {max_body}) -> 413, connection still serving"
 
 
+async def check_slow_headers(p: H3Client) -> str:
+    """A HEADERS frame that never completes (slowloris): the server must give up on it
+    after its header timeout, resetting the stream with H3_REQUEST_CANCELLED."""
+    sid = p._quic.get_next_available_stream_id()
+    fut = asyncio.get_running_loop().create_future()
+    p.resets[sid] = fut
+    # HEADERS (type 0x01), length 100 (varint 0x40 0x64), then only 10 of the 100 bytes
+    p._quic.send_stream_data(sid, bytes([0x01, 0x40, 0x64]) + bytes(10), end_stream=False)
+    p.transmit()
+    code = await fut
+    if code != 0x10C:
+        raise CheckFailed(f"incomplete headers: stream reset with 0x{code:x}, want 0x10c")
+    after = await p.request("GET", "/health")
+    expect_status(after, 200, "GET /health after the slow headers")
+    return "incomplete HEADERS frame -> stream reset with H3_REQUEST_CANCELLED, connection still serving"
+
+
 async def step(name: str, coro) -> None:
     try:
         msg = await asyncio.wait_for(coro, CHECK_TIMEOUT)
@@ -253,6 +277,7 @@ async def run(args) -> int:
             "big-header": lambda: check_big_header(p),
             "big-body": lambda: check_big_body(p, args.max_body),
             "streamed-body": lambda: check_streamed_body(p, args.max_body),
+            "slow-headers": lambda: check_slow_headers(p),
         }
         chosen = args.checks.split(",") if args.checks else list(checks)
         for name in chosen:

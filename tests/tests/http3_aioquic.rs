@@ -56,10 +56,12 @@ fn aioquic_h3_client_gets_every_route_and_the_limits() {
 fn aioquic_h3_limits_from_the_config_hold() {
     require_aioquic();
     // 4 requests at once: the 50 concurrent requests queue behind QUIC flow control and
-    // all complete; a 512 KiB body limit, below axum's own default, so the 413s are ours
+    // all complete; a 512 KiB body limit, below axum's own default, so the 413s are ours;
+    // a short header timeout for the slowloris check
     let server = BinServer::start_with_config(
         "[handlers]\nenabled = [\"h3\"]\n\
-         [http3]\nmax_concurrent_requests = 4\nmax_body_bytes = 524288\n",
+         [http3]\nmax_concurrent_requests = 4\nmax_body_bytes = 524288\n\
+         header_timeout_ms = 500\n",
     );
     run_checks(
         &server,
@@ -67,8 +69,8 @@ fn aioquic_h3_limits_from_the_config_hold() {
             "--max-body",
             "524288",
             "--checks",
-            "concurrent,big-body,streamed-body,health",
+            "concurrent,big-body,streamed-body,slow-headers,health",
         ],
-        5,
+        6,
     );
 }

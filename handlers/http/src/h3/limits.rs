@@ -18,9 +18,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// request stream is not accepted until one ends, so QUIC flow control (the peer's stream
 /// limit) holds the client back; nothing is queued here.
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 100;
-/// `header_timeout_ms`: time from a request stream's opening to its complete header
+/// `header_timeout_ms`: time from a request stream's acceptance to its complete header
 /// section; a client that is slower (slowloris) has the stream reset with
-/// H3_REQUEST_INCOMPLETE.
+/// H3_REQUEST_CANCELLED and its reading stopped.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// `request_timeout_ms`: time the router may take to produce a response's head (including
 /// reading the request body it asks for). Past it the client gets `504 Gateway Timeout`.

@@ -204,6 +204,8 @@ pub struct H3SendStream {
     stream: SendStream,
     /// The frame h3 gave last, not yet fully taken by the stream (header, payload).
     pending: Vec<Bytes>,
+    /// h3 has given this stream at least one frame.
+    sent: bool,
     finished: bool,
 }
 
@@ -212,12 +214,14 @@ impl H3SendStream {
         Self {
             stream,
             pending: Vec::with_capacity(2),
+            sent: false,
             finished: false,
         }
     }
 
     /// Queues what h3 wrote; see the module comment for when the payload is copied.
     fn queue(&mut self, mut buf: WriteBuf<Bytes>) {
+        self.sent = true;
         let offered = take_offer();
         while buf.has_remaining() {
             let chunk = buf.chunk();
@@ -287,6 +291,21 @@ impl quic::SendStream<Bytes> for H3SendStream {
         h3_stream_id(self.stream.id())
     }
 }
+
+impl Drop for H3SendStream {
+    /// A stream h3 drops before writing anything to it is a request abandoned without a
+    /// response (its headers never came in time, or its task ended): the client gets
+    /// H3_REQUEST_CANCELLED rather than an empty, seemingly complete response. Anything
+    /// else ends as the runtime's streams do (FIN, e.g. after h3's own 431 response).
+    fn drop(&mut self) {
+        if !self.sent && !self.finished {
+            let _ = self.stream.reset(varint(H3_REQUEST_CANCELLED));
+        }
+    }
+}
+
+/// RFC 9114 H3_REQUEST_CANCELLED.
+const H3_REQUEST_CANCELLED: u64 = 0x10c;
 
 /// The receiving half of a stream: chunks go to h3 as the runtime read them.
 pub struct H3RecvStream {
