@@ -61,7 +61,7 @@ client_auth = "optional"
 # git-remote-alknet; see README), "doq" (DNS over QUIC, RFC 9250) and "alknet/dns"
 # (pipelined DNS over QUIC), which answer for the [[dns.zones]] below (not on by default),
 # "hq-interop" (HTTP/0.9 file serving of the QUIC interop runner; off by default, needs
-# [hq] root).
+# [hq] root), "h3" (HTTP/3; off by default for now, see [http3]).
 enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh", "alknet/sftp", "alknet/git"]
 
 [quic]
@@ -108,6 +108,17 @@ filter = "info"
 # Bytes read from a file and queued per step; longest request line accepted.
 chunk_size = 262144
 max_request_bytes = 4096
+
+[http3]
+# Limits of the "h3" handler (HTTP/3): request header section and body bytes, requests
+# served at once per connection, and the header/request/body-idle timeouts.
+max_header_bytes = 16384
+max_body_bytes = 16777216
+max_concurrent_requests = 100
+header_timeout_ms = 10000
+request_timeout_ms = 30000
+body_idle_timeout_ms = 30000
+body_channel_chunks = 16
 
 [call]
 # Largest frame body in bytes; bigger frames get INVALID_ARGUMENT (or close the stream).
@@ -359,6 +370,8 @@ pub struct FileConfig {
     pub log: LogSection,
     #[serde(default)]
     pub hq: alknet_hq::HqConfig,
+    #[serde(default)]
+    pub http3: alknet_http::h3::H3Limits,
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
@@ -559,6 +572,15 @@ impl FileConfig {
                     .map_err(|e| ConfigError::Invalid(e.to_string()))?,
             ),
             crate::sftp::ALPN => Arc::new(SftpAlpn(self.sftp_service())),
+            alknet_http::h3::ALPN => {
+                self.http3
+                    .validate()
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                Arc::new(alknet_http::h3::H3Handler::new(
+                    crate::http::router(),
+                    self.http3.clone(),
+                ))
+            }
             _ => {
                 return Err(ConfigError::UnknownHandler {
                     name: name.to_string(),
@@ -861,6 +883,7 @@ pub fn available_handlers() -> Vec<String> {
         alknet_dns::DOQ_ALPN,
         alknet_dns::PIPELINE_ALPN,
         alknet_hq::ALPN,
+        alknet_http::h3::ALPN,
     ]
     .iter()
     .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -869,12 +892,14 @@ pub fn available_handlers() -> Vec<String> {
 
 /// The handlers served when `handlers.enabled` is not given: all but DNS, which answers
 /// only for configured zones and so is turned on with them, and `hq-interop`, which serves
-/// files to anyone and so only when asked for.
+/// files to anyone and so only when asked for, and `h3`, opt-in until the shared HTTP
+/// router lands (issue 14).
 pub fn default_handlers() -> Vec<String> {
     let opt_in = [
         alknet_dns::DOQ_ALPN,
         alknet_dns::PIPELINE_ALPN,
         alknet_hq::ALPN,
+        alknet_http::h3::ALPN,
     ];
     available_handlers()
         .into_iter()

@@ -4,6 +4,7 @@ mod call;
 mod config;
 mod connect;
 mod git;
+mod http;
 mod logging;
 mod peer;
 mod reload;

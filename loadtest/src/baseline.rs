@@ -1,5 +1,6 @@
 //! The baselines Alknet is compared against: quinn 0.11 on tokio, serving `alknet/echo` and
-//! `perf` exactly as Alknet's handlers (`handlers/echo`, `handlers/perf`) do.
+//! `perf` exactly as Alknet's handlers (`handlers/echo`, `handlers/perf`) do, and `h3`
+//! with h3-quinn (`baseline_h3.rs`).
 //!
 //! [`Flavor::PerfServer`] is the strongest configuration we know of, and the one every
 //! comparison uses: it is what quinn's own benchmark tool, `quinn-perf server` (`perf/` in
@@ -48,6 +49,8 @@ use tracing::debug;
 const ECHO_ALPN: &[u8] = b"alknet/echo";
 /// ALPN of quinn's perf protocol (as `alknet_perf::ALPN`).
 const PERF_ALPN: &[u8] = b"perf";
+/// ALPN of HTTP/3 (as `alknet_http::h3::ALPN`).
+const H3_ALPN: &[u8] = b"h3";
 /// Largest chunk the echo takes from a stream at once (as the Alknet echo handler).
 const MAX_CHUNK: usize = 64 * 1024;
 /// Perf responses are slices of this buffer, as in quinn-perf and the Alknet perf handler.
@@ -98,7 +101,7 @@ pub fn run(opts: BaselineOptions) -> Result<(), String> {
     let identity = opts.identity.clone();
     let crypto = server_crypto(
         &identity,
-        vec![ECHO_ALPN.to_vec(), PERF_ALPN.to_vec()],
+        vec![ECHO_ALPN.to_vec(), PERF_ALPN.to_vec(), H3_ALPN.to_vec()],
         ClientAuth::None,
     )
     .map_err(|e| e.to_string())?;
@@ -243,6 +246,7 @@ async fn handle_connection(incoming: Incoming) {
     match alpn.as_deref() {
         Some(ECHO_ALPN) => serve_echo(conn).await,
         Some(PERF_ALPN) => serve_perf(conn).await,
+        Some(H3_ALPN) => crate::baseline_h3::serve_h3(conn).await,
         // rustls refuses any other ALPN during the handshake; this cannot happen
         other => {
             debug!("{remote}: no handler for negotiated ALPN {other:?}");

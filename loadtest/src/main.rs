@@ -4,11 +4,13 @@
 //! baseline, so both are measured the same way; `compare` alternates them.
 
 mod baseline;
+mod baseline_h3;
 mod bulk;
 mod call;
 mod compare;
 mod cores;
 mod flood;
+mod h3;
 mod handshake;
 mod harness;
 mod idle;
@@ -63,6 +65,10 @@ enum Command {
     /// One-way transfers with the perf protocol: --connections x 1 stream x --bytes
     #[command(visible_alias = "perf-bulk")]
     Bulk(RunArgs),
+    /// HTTP/3 request/response: --streams closed loops of `GET /health` per connection,
+    /// each on its own request stream (h3 client on alknet's engine; the quinn baseline
+    /// serves the same axum router with h3-quinn)
+    H3(RunArgs),
     /// New connections per second: connect, one tiny exchange, close
     Handshake(RunArgs),
     /// Idle connections: server memory per connection
@@ -95,6 +101,7 @@ enum WorkloadKind {
     SshRr,
     #[value(alias = "perf-bulk")]
     Bulk,
+    H3,
     Handshake,
     Idle,
 }
@@ -225,6 +232,7 @@ fn main() -> ExitCode {
         Command::SshCat(a) => run_one(WorkloadKind::SshCat, &a),
         Command::SshRr(a) => run_one(WorkloadKind::SshRr, &a),
         Command::Bulk(a) => run_one(WorkloadKind::Bulk, &a),
+        Command::H3(a) => run_one(WorkloadKind::H3, &a),
         Command::Handshake(a) => run_one(WorkloadKind::Handshake, &a),
         Command::Idle(a) => run_one(WorkloadKind::Idle, &a),
         Command::Compare(c) => run_compare(&c),
@@ -411,6 +419,7 @@ fn workload_name(w: WorkloadKind) -> &'static str {
         WorkloadKind::SshCat => "ssh-cat",
         WorkloadKind::SshRr => "ssh-rr",
         WorkloadKind::Bulk => "bulk",
+        WorkloadKind::H3 => "h3",
         WorkloadKind::Handshake => "handshake",
         WorkloadKind::Idle => "idle",
     }
@@ -463,6 +472,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         WorkloadKind::Bulk | WorkloadKind::PerfRr => alknet_perf::ALPN.to_vec(),
         WorkloadKind::Call => alknet_call::ALPN.to_vec(),
         WorkloadKind::SshCat | WorkloadKind::SshRr => alknet_ssh::ALPN.to_vec(),
+        WorkloadKind::H3 => alknet_http::h3::ALPN.to_vec(),
         _ => alknet_echo::ALPN.to_vec(),
     };
     let plan = ClientPlan {
@@ -562,6 +572,11 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             bulk::Bulk::new(connections, threads, args.bytes, args.direction),
             sample,
         ),
+        WorkloadKind::H3 => harness::run(
+            &plan,
+            h3::H3Rr::new(connections, threads, args.streams as usize),
+            sample,
+        ),
         WorkloadKind::Handshake => harness::run(
             &plan,
             handshake::Handshake::new(connections, threads),
@@ -629,6 +644,10 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         WorkloadKind::Handshake => format!(
             "{label}: {threads} client threads, {connections} connect loops, resumption {}, {:?} certificate",
             args.resumption, args.tls_key
+        ),
+        WorkloadKind::H3 => format!(
+            "{label}: {threads} client threads, {connections} conns x {} requests in flight, GET /health over HTTP/3",
+            args.streams
         ),
         WorkloadKind::Idle => format!("{label}: {connections} idle connections"),
     };

@@ -78,8 +78,16 @@ impl DriverNotify {
     }
 }
 
+/// Adds `waker` unless the same task is already listed. "Same task" is the same data
+/// pointer: `Waker::will_wake` also compares vtable addresses, which are not unique across
+/// codegen units, so in an optimized build it can say "different" for two wakers of the
+/// same task; a task that polls without being woken (h3 polls `accept_uni` on every
+/// request) then grew the list by one clone per poll, without bound.
 fn push_waker(list: &mut Vec<Waker>, waker: &Waker) {
-    if !list.iter().any(|w| w.will_wake(waker)) {
+    if !list
+        .iter()
+        .any(|w| w.data() == waker.data() || w.will_wake(waker))
+    {
         list.push(waker.clone());
     }
 }
@@ -415,37 +423,74 @@ impl Connection {
         Ok(SendStream::new(self.inner.clone(), id))
     }
 
-    async fn accept(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
-        poll_fn(|cx| {
-            let mut st = self.inner.state.borrow_mut();
-            if let Some(id) = st.conn.streams().accept(dir) {
-                drop(st);
-                // accepting can let the connection raise the peer's stream limit
-                self.inner.0.wake_driver();
-                return Poll::Ready(Ok(id));
-            }
-            if let Some(e) = &st.error {
-                return Poll::Ready(Err(e.clone()));
-            }
-            push_waker(&mut st.accept[dir_index(dir)], cx.waker());
-            Poll::Pending
+    /// Poll form of [`Connection::accept_bi`], for poll-based adapters (HTTP/3).
+    pub fn poll_accept_bi(&self, cx: &mut Context<'_>) -> Poll<Result<BiStream, ConnectionError>> {
+        self.poll_accept(cx, Dir::Bi).map_ok(|id| BiStream {
+            send: SendStream::new(self.inner.clone(), id),
+            recv: RecvStream::new(self.inner.clone(), id),
         })
-        .await
+    }
+
+    /// Poll form of [`Connection::accept_uni`].
+    pub fn poll_accept_uni(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<RecvStream, ConnectionError>> {
+        self.poll_accept(cx, Dir::Uni)
+            .map_ok(|id| RecvStream::new(self.inner.clone(), id))
+    }
+
+    /// Poll form of [`Connection::open_bi`].
+    pub fn poll_open_bi(&self, cx: &mut Context<'_>) -> Poll<Result<BiStream, ConnectionError>> {
+        self.poll_open(cx, Dir::Bi).map_ok(|id| BiStream {
+            send: SendStream::new(self.inner.clone(), id),
+            recv: RecvStream::new(self.inner.clone(), id),
+        })
+    }
+
+    /// Poll form of [`Connection::open_uni`].
+    pub fn poll_open_uni(&self, cx: &mut Context<'_>) -> Poll<Result<SendStream, ConnectionError>> {
+        self.poll_open(cx, Dir::Uni)
+            .map_ok(|id| SendStream::new(self.inner.clone(), id))
+    }
+
+    async fn accept(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
+        poll_fn(|cx| self.poll_accept(cx, dir)).await
+    }
+
+    fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+    ) -> Poll<Result<StreamId, ConnectionError>> {
+        let mut st = self.inner.state.borrow_mut();
+        if let Some(id) = st.conn.streams().accept(dir) {
+            drop(st);
+            // accepting can let the connection raise the peer's stream limit
+            self.inner.0.wake_driver();
+            return Poll::Ready(Ok(id));
+        }
+        if let Some(e) = &st.error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        push_waker(&mut st.accept[dir_index(dir)], cx.waker());
+        Poll::Pending
     }
 
     async fn open(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
-        poll_fn(|cx| {
-            let mut st = self.inner.state.borrow_mut();
-            if let Some(e) = &st.error {
-                return Poll::Ready(Err(e.clone()));
-            }
-            if let Some(id) = st.conn.streams().open(dir) {
-                return Poll::Ready(Ok(id));
-            }
-            push_waker(&mut st.open[dir_index(dir)], cx.waker());
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.poll_open(cx, dir)).await
+    }
+
+    fn poll_open(&self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<StreamId, ConnectionError>> {
+        let mut st = self.inner.state.borrow_mut();
+        if let Some(e) = &st.error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if let Some(id) = st.conn.streams().open(dir) {
+            return Poll::Ready(Ok(id));
+        }
+        push_waker(&mut st.open[dir_index(dir)], cx.waker());
+        Poll::Pending
     }
 
     /// Sends an unreliable QUIC DATAGRAM. When the send buffer is full the oldest queued

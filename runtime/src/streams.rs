@@ -111,7 +111,16 @@ impl SendStream {
     /// Queues as many of `chunks` as flow control allows, without copying. Fully written
     /// chunks are emptied; a partly written one is advanced past what was taken.
     pub async fn write_chunks(&mut self, chunks: &mut [Bytes]) -> Result<Written, WriteError> {
-        poll_fn(|cx| self.poll_with(cx, |s| s.write_chunks(chunks))).await
+        poll_fn(|cx| self.poll_write_chunks(cx, chunks)).await
+    }
+
+    /// Poll form of [`SendStream::write_chunks`], for poll-based adapters (HTTP/3).
+    pub fn poll_write_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunks: &mut [Bytes],
+    ) -> Poll<Result<Written, WriteError>> {
+        self.poll_with(cx, |s| s.write_chunks(chunks))
     }
 
     /// Queues all of `chunks` without copying.
@@ -169,21 +178,26 @@ impl SendStream {
     /// Waits until the peer has acknowledged everything up to `finish` (`Ok(None)`) or
     /// stopped the stream (`Ok(Some(code))`).
     pub async fn stopped(&mut self) -> Result<Option<VarInt>, ConnectionError> {
-        poll_fn(|cx| {
-            let mut st = self.conn.state.borrow_mut();
-            match st.conn.send_stream(self.id).stopped() {
-                Err(_) => Poll::Ready(Ok(None)),
-                Ok(Some(code)) => Poll::Ready(Ok(Some(code))),
-                Ok(None) => {
-                    if let Some(e) = &st.error {
-                        return Poll::Ready(Err(e.clone()));
-                    }
-                    st.stopped.insert(self.id, cx.waker().clone());
-                    Poll::Pending
+        poll_fn(|cx| self.poll_stopped(cx)).await
+    }
+
+    /// Poll form of [`SendStream::stopped`].
+    pub fn poll_stopped(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<VarInt>, ConnectionError>> {
+        let mut st = self.conn.state.borrow_mut();
+        match st.conn.send_stream(self.id).stopped() {
+            Err(_) => Poll::Ready(Ok(None)),
+            Ok(Some(code)) => Poll::Ready(Ok(Some(code))),
+            Ok(None) => {
+                if let Some(e) = &st.error {
+                    return Poll::Ready(Err(e.clone()));
                 }
+                st.stopped.insert(self.id, cx.waker().clone());
+                Poll::Pending
             }
-        })
-        .await
+        }
     }
 
     /// Relative priority among this connection's streams (higher is sent first).
@@ -248,7 +262,8 @@ impl RecvStream {
         self.id
     }
 
-    fn poll_read_chunk(
+    /// Poll form of [`RecvStream::read_chunk`], for poll-based adapters (HTTP/3).
+    pub fn poll_read_chunk(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,

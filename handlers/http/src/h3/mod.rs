@@ -1,0 +1,70 @@
+//! HTTP/3 (ALPN `h3`): the `h3` crate's server over the runtime's QUIC connection, serving
+//! an axum `Router` (or any `tower::Service` with the same shape) on the worker that owns
+//! the connection. No tokio runtime: h3 uses only `tokio::sync`, and the router's futures
+//! are polled by the request task.
+//!
+//! - [`quic`]: the `h3::quic` traits over `alknet_runtime` connections and streams;
+//! - [`serve`]: one connection: accept requests, run the service, stream responses;
+//! - [`body`]: the bridge from the worker-local request stream to the router's `Send` body;
+//! - [`limits`]: what a client may ask, named and configurable.
+
+pub mod body;
+pub mod limits;
+pub mod quic;
+pub mod serve;
+
+use std::rc::Rc;
+
+use alknet_runtime::{
+    AuthContext, Connection, HandlerError, LocalBoxFuture, ProtocolHandler, VarInt,
+};
+
+pub use limits::H3Limits;
+pub use serve::{serve_connection, H3Request, ServeError};
+
+/// The ALPN of HTTP/3 (RFC 9114).
+pub const ALPN: &[u8] = b"h3";
+
+/// Serves HTTP/3 with one axum `Router`, shared by every worker (a `Router` is a cheap,
+/// `Send + Sync` handle; each request gets its own clone).
+#[derive(Clone)]
+pub struct H3Handler {
+    router: axum::Router,
+    limits: H3Limits,
+}
+
+impl H3Handler {
+    pub fn new(router: axum::Router, limits: H3Limits) -> Self {
+        Self { router, limits }
+    }
+}
+
+impl ProtocolHandler for H3Handler {
+    fn alpn(&self) -> &[u8] {
+        ALPN
+    }
+
+    fn handle(
+        &self,
+        conn: Connection,
+        _auth: AuthContext,
+    ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+        let router = self.router.clone();
+        let limits = Rc::new(self.limits.clone());
+        Box::pin(async move {
+            match serve_connection(conn, router, limits).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let code = match &e {
+                        ServeError::Setup(_) => h3::error::Code::H3_INTERNAL_ERROR,
+                        ServeError::Connection(_) => h3::error::Code::H3_GENERAL_PROTOCOL_ERROR,
+                    };
+                    Err(HandlerError::Protocol {
+                        code: VarInt::from_u64(code.value()).unwrap_or(VarInt::from_u32(0x101)),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        })
+    }
+}

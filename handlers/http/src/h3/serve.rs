@@ -1,0 +1,263 @@
+//! Serving one HTTP/3 connection: h3's server state machine over the [`super::quic`]
+//! adapter, each request a task on the worker, its response streamed from the service.
+
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use alknet_runtime::rt::spawn_guarded;
+use alknet_runtime::{Connection, ConnectionError};
+use bytes::Bytes;
+use h3::error::Code;
+use h3::server::{RequestResolver, RequestStream};
+use http::{header, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use tower_service::Service;
+
+use super::body::{self, PumpEnd};
+use super::limits::H3Limits;
+use super::quic::{offer_payload, H3Connection, H3SendStream};
+
+/// Why serving a connection stopped other than by the client's normal end.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("HTTP/3 connection setup failed: {0}")]
+    Setup(h3::error::ConnectionError),
+    #[error("HTTP/3 connection error: {0}")]
+    Connection(h3::error::ConnectionError),
+}
+
+/// The request type handed to the service: its body is the `Send` bridge of
+/// [`super::body`], capped at `max_body_bytes` (axum answers 413 past it).
+pub type H3Request = Request<axum::body::Body>;
+
+type Resolver = RequestResolver<H3Connection, Bytes>;
+
+/// Serves HTTP/3 on `conn` until the client closes it (or a connection-level protocol error).
+/// Every request runs `service` in its own task on this worker; at most
+/// `limits.max_concurrent_requests` at once.
+pub async fn serve_connection<S, ResBody>(
+    conn: Connection,
+    service: S,
+    limits: Rc<H3Limits>,
+) -> Result<(), ServeError>
+where
+    S: Service<H3Request, Response = Response<ResBody>, Error = Infallible> + Clone + 'static,
+    S::Future: 'static,
+    ResBody: Body<Data = Bytes> + 'static,
+    ResBody::Error: std::fmt::Display,
+{
+    let probe = conn.clone();
+    let mut h3_conn = h3::server::builder()
+        .max_field_section_size(limits.max_header_bytes)
+        .build::<_, Bytes>(H3Connection::new(conn))
+        .await
+        .map_err(ServeError::Setup)?;
+    let slots = Rc::new(RequestSlots::default());
+    loop {
+        poll_fn(|cx| slots.poll_free(cx, limits.max_concurrent_requests)).await;
+        match h3_conn.accept().await {
+            Ok(Some(resolver)) => {
+                let slot = RequestSlots::take(&slots);
+                let service = service.clone();
+                let limits = limits.clone();
+                spawn_guarded("h3 request", async move {
+                    serve_request(resolver, service, &limits).await;
+                    drop(slot);
+                });
+            }
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_h3_no_error() => return Ok(()),
+            Err(e) => {
+                // the client's close (with whatever code it chose), an idle timeout or a
+                // reset: nothing was wrong on our side
+                if let Some(
+                    ConnectionError::ApplicationClosed(_)
+                    | ConnectionError::ConnectionClosed(_)
+                    | ConnectionError::TimedOut
+                    | ConnectionError::Reset,
+                ) = probe.close_reason()
+                {
+                    tracing::debug!("h3 connection ended by the client: {e}");
+                    return Ok(());
+                }
+                // h3 has already closed the connection with the matching HTTP/3 code
+                return Err(ServeError::Connection(e));
+            }
+        }
+    }
+}
+
+async fn serve_request<S, ResBody>(resolver: Resolver, mut service: S, limits: &H3Limits)
+where
+    S: Service<H3Request, Response = Response<ResBody>, Error = Infallible>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: std::fmt::Display,
+{
+    let (req, stream) =
+        match monoio::time::timeout(limits.header_timeout, resolver.resolve_request()).await {
+            Err(_elapsed) => {
+                // the resolver (and its stream) is dropped with the timed-out future; the
+                // stream's drop stops reading and finishes, so tell the client why first
+                tracing::debug!(
+                    "h3 request headers not complete in {:?}",
+                    limits.header_timeout
+                );
+                return;
+            }
+            // 431 for oversized headers is sent by h3 itself before this error
+            Ok(Err(e)) => {
+                tracing::debug!("h3 request refused: {e}");
+                return;
+            }
+            Ok(Ok(r)) => r,
+        };
+    let (mut send, mut recv) = stream.split();
+
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        recv.stop_sending(Code::H3_NO_ERROR);
+        respond_status(&mut send, StatusCode::PAYLOAD_TOO_LARGE).await;
+        return;
+    }
+
+    let (body, tx) = body::channel(limits.body_channel_chunks, declared);
+    let (max, idle) = (limits.max_body_bytes, limits.body_idle_timeout);
+    spawn_guarded("h3 request body", async move {
+        match body::pump(&mut recv, tx, max, idle).await {
+            PumpEnd::Finished | PumpEnd::Failed => {}
+            PumpEnd::Abandoned | PumpEnd::TooLarge => recv.stop_sending(Code::H3_NO_ERROR),
+            PumpEnd::Idle => recv.stop_sending(Code::H3_REQUEST_CANCELLED),
+        }
+    });
+    let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+    let req = req.map(|()| axum::body::Body::new(limited));
+
+    let response = match monoio::time::timeout(limits.request_timeout, async {
+        poll_fn(|cx| service.poll_ready(cx)).await?;
+        service.call(req).await
+    })
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(never)) => match never {},
+        Err(_elapsed) => {
+            respond_status(&mut send, StatusCode::GATEWAY_TIMEOUT).await;
+            return;
+        }
+    };
+    let (parts, body) = response.into_parts();
+    if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
+        tracing::debug!("h3 response head not sent: {e}");
+        return;
+    }
+    if let Err(e) = stream_body(&mut send, body, limits).await {
+        tracing::debug!("h3 response body ended early: {e}");
+        send.stop_stream(Code::H3_REQUEST_CANCELLED);
+        return;
+    }
+    if let Err(e) = send.finish().await {
+        tracing::debug!("h3 response not finished: {e}");
+    }
+}
+
+/// Why a response body was cut short.
+#[derive(Debug, thiserror::Error)]
+enum BodyEnd {
+    #[error("the service's body failed: {0}")]
+    Service(String),
+    #[error("stream: {0}")]
+    Stream(#[from] h3::error::StreamError),
+    #[error("the client took nothing for {0:?}")]
+    Idle(std::time::Duration),
+}
+
+/// Streams `body` frame by frame; each DATA chunk goes out without a copy (see
+/// [`offer_payload`]). Only the client's reading is under the idle timeout: a service may
+/// take its time between chunks (server-sent events).
+async fn stream_body<ResBody>(
+    send: &mut RequestStream<H3SendStream, Bytes>,
+    body: ResBody,
+    limits: &H3Limits,
+) -> Result<(), BodyEnd>
+where
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let idle = limits.body_idle_timeout;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyEnd::Service(e.to_string()))?;
+        match frame.into_data() {
+            Ok(data) => {
+                if data.is_empty() {
+                    continue;
+                }
+                offer_payload(&data);
+                monoio::time::timeout(idle, send.send_data(data))
+                    .await
+                    .map_err(|_| BodyEnd::Idle(idle))??;
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    monoio::time::timeout(idle, send.send_trailers(trailers))
+                        .await
+                        .map_err(|_| BodyEnd::Idle(idle))??;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A bodiless response with `status`, finishing the stream.
+async fn respond_status(send: &mut RequestStream<H3SendStream, Bytes>, status: StatusCode) {
+    let head = Response::builder()
+        .status(status)
+        .body(())
+        .expect("a status-only response is valid");
+    if send.send_response(head).await.is_ok() {
+        let _ = send.finish().await;
+    }
+}
+
+/// Requests of one connection in flight, and the accept loop waiting for a free slot.
+#[derive(Default)]
+struct RequestSlots {
+    busy: Cell<usize>,
+    waiter: RefCell<Option<Waker>>,
+}
+
+impl RequestSlots {
+    fn poll_free(&self, cx: &mut Context<'_>, max: usize) -> Poll<()> {
+        if self.busy.get() < max {
+            return Poll::Ready(());
+        }
+        *self.waiter.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn take(this: &Rc<Self>) -> SlotGuard {
+        this.busy.set(this.busy.get() + 1);
+        SlotGuard(this.clone())
+    }
+}
+
+/// One request's slot, released when its task ends (normally or by a panic).
+struct SlotGuard(Rc<RequestSlots>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.busy.set(self.0.busy.get() - 1);
+        if let Some(w) = self.0.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! HTTP/3 with a client nobody here wrote: Python aioquic's `H3Connection` (its own QUIC,
+//! QPACK and HTTP/3) against the real `alknet serve` with the `h3` handler enabled.
+//! `tests/run-all.sh` installs aioquic (tests/interop/requirements.txt).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use alknet_tests::{require_aioquic, wait_output, BinServer};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/aioquic_h3.py");
+
+/// Runs the script against `server`, asserting it passed `expect_passed` checks.
+fn run_checks(server: &BinServer, extra: &[&str], expect_passed: usize) {
+    let child = Command::new("python3")
+        .arg(SCRIPT)
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(server.port.to_string())
+        .arg("--fingerprint")
+        .arg(server.fingerprint())
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    // the script bounds itself (240 s); this is the backstop
+    let out = wait_output(child, Duration::from_secs(300));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "aioquic HTTP/3 checks failed:\n{stdout}\n{stderr}"
+    );
+    let want = format!("aioquic h3: {expect_passed} passed, 0 failed");
+    assert!(
+        stdout.contains(&want),
+        "unexpected output:\n{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn aioquic_h3_client_gets_every_route_and_the_limits() {
+    require_aioquic();
+    let server = BinServer::start_with_config("[handlers]\nenabled = [\"h3\"]\n");
+    // health, 1 MiB echo, 10 MB stream, 50 concurrent, 431, 413 (+ the ALPN/pin check)
+    run_checks(
+        &server,
+        &[
+            "--checks",
+            "health,echo,bytes,concurrent,big-header,big-body",
+        ],
+        7,
+    );
+}
+
+#[test]
+fn aioquic_h3_limits_from_the_config_hold() {
+    require_aioquic();
+    // 4 requests at once: the 50 concurrent requests queue behind QUIC flow control and
+    // all complete; a 512 KiB body limit, below axum's own default, so the 413s are ours;
+    // a short header timeout for the slowloris check
+    let server = BinServer::start_with_config(
+        "[handlers]\nenabled = [\"h3\"]\n\
+         [http3]\nmax_concurrent_requests = 4\nmax_body_bytes = 524288\n\
+         header_timeout_ms = 500\n",
+    );
+    run_checks(
+        &server,
+        &[
+            "--max-body",
+            "524288",
+            "--checks",
+            "concurrent,big-body,streamed-body,slow-headers,health",
+        ],
+        6,
+    );
+}
