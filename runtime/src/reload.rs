@@ -42,9 +42,11 @@ impl ConfigReloadHandle {
             &s.limits,
             &s.handshake,
         )?;
+        let tcp = crate::server::build_tcp_config(s, tls, client_auth)?;
         let fingerprint = tls.fingerprint();
         s.tls.store(Arc::new(ServerTls {
             config,
+            tcp,
             fingerprint,
         }));
         s.tls_generation.fetch_add(1, Ordering::AcqRel);
