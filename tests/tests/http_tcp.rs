@@ -474,3 +474,26 @@ fn metrics_parse_as_openmetrics() {
     assert!(accepted >= 4, "{out}");
     assert!(out.contains("health_200 3"), "{out}");
 }
+
+#[test]
+fn new_tcp_handshakes_get_a_reloaded_certificate() {
+    let server = BinServer::start_with_config(&config(""));
+    let dir = server.data_dir.path();
+    let old_ca = dir.join("old-cert.pem");
+    std::fs::copy(dir.join("cert.pem"), &old_ca).expect("keep the old certificate");
+    let next = alknet_runtime::tls::TlsIdentity::generate_self_signed(&[]).expect("generate");
+    std::fs::write(dir.join("cert.pem"), next.chain_pem()).expect("cert");
+    std::fs::write(dir.join("key.pem"), next.key_pem()).expect("key");
+    // SAFETY: kill(2) on the child this test started
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    server.wait_for_log("reloaded: certificate");
+    // curl() trusts data_dir/cert.pem: now the new certificate
+    let r = curl(&server, &["--http2", &url(&server, "/health")]);
+    assert_eq!(r.status, 200, "the new certificate is served over TCP");
+    let old = old_ca.display().to_string();
+    let r = curl(
+        &server,
+        &["--http2", "--cacert", &old, &url(&server, "/health")],
+    );
+    assert_eq!(r.status, 0, "the old certificate is no longer served");
+}
