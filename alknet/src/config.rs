@@ -934,6 +934,14 @@ mod tests {
         assert_eq!(cfg.ssh, SshConfig::default());
         assert_eq!(cfg.sftp, SftpConfig::default());
         assert_eq!(cfg.call, CallLimits::default());
+        assert_eq!(cfg.tcp, TcpLimits::default());
+        assert!(cfg.tcp.enabled, "TLS over TCP is on by default");
+        assert_eq!(cfg.http, HttpConfig::default());
+        let (tcp, _) = cfg.tcp_setup();
+        assert_eq!(
+            tcp.registry.alpns(),
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         let empty = FileConfig::parse("", "<empty>").expect("empty config");
         assert_eq!(empty.limits, Limits::default());
         assert_eq!(empty.handlers.enabled, cfg.handlers.enabled);

@@ -497,3 +497,113 @@ fn new_tcp_handshakes_get_a_reloaded_certificate() {
     );
     assert_eq!(r.status, 0, "the old certificate is no longer served");
 }
+
+/// One JSON-RPC request to `/mcp` over HTTP/2, as an MCP Streamable HTTP client sends it.
+fn mcp(server: &BinServer, body: &str, token: Option<&str>) -> Reply {
+    let bearer = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut args = vec![
+        "--http2",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Accept: application/json, text/event-stream",
+        "--data",
+        body,
+    ];
+    if let Some(b) = &bearer {
+        args.extend(["-H", b.as_str()]);
+    }
+    let target = url(server, "/mcp");
+    args.push(&target);
+    curl(server, &args)
+}
+
+#[test]
+fn mcp_initialize_list_and_call_tools() {
+    let server = BinServer::start_with_config(&config(""));
+    let r = mcp(
+        &server,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = json(&r);
+    assert_eq!(v["id"], 1);
+    assert_eq!(v["result"]["protocolVersion"], "2025-06-18");
+    assert_eq!(v["result"]["serverInfo"]["name"], "alknet");
+    let r = mcp(
+        &server,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        None,
+    );
+    assert_eq!(r.status, 202);
+    let r = mcp(&server, r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#, None);
+    assert_eq!(json(&r)["result"], serde_json::json!({}));
+
+    // anonymous: public tools only; admin: node.stats too
+    let list = r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#;
+    let names = |r: &Reply| -> Vec<String> {
+        json(r)["result"]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .map(|t| t["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let anonymous = names(&mcp(&server, list, None));
+    assert!(anonymous.contains(&"echo".to_string()), "{anonymous:?}");
+    assert!(
+        !anonymous.contains(&"node.stats".to_string()),
+        "{anonymous:?}"
+    );
+    assert!(
+        !anonymous.contains(&"echo.stream".to_string()),
+        "streaming ops are not tools"
+    );
+    let admin = names(&mcp(&server, list, Some(TOKEN_ADMIN)));
+    assert!(admin.contains(&"node.stats".to_string()), "{admin:?}");
+
+    let r = mcp(
+        &server,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","arguments":{"say":"hi"}}}"#,
+        None,
+    );
+    let v = json(&r);
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    assert_eq!(
+        v["result"]["structuredContent"],
+        serde_json::json!({"say": "hi"})
+    );
+    // a denied tool: a tool error carrying the call error code
+    let call_stats = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"node.stats","arguments":{}}}"#;
+    let v = json(&mcp(&server, call_stats, None));
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.starts_with("UNAUTHENTICATED"), "{text}");
+    let v = json(&mcp(&server, call_stats, Some(TOKEN_METRICS)));
+    let text = v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.starts_with("FORBIDDEN"), "{text}");
+    let v = json(&mcp(&server, call_stats, Some(TOKEN_ADMIN)));
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    // unknown tool, unknown method, not JSON
+    let v = json(&mcp(
+        &server,
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"nope"}}"#,
+        None,
+    ));
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    let v = json(&mcp(
+        &server,
+        r#"{"jsonrpc":"2.0","id":7,"method":"nope"}"#,
+        None,
+    ));
+    assert_eq!(v["error"]["code"], -32601, "{v}");
+    let v = json(&mcp(&server, "{oops", None));
+    assert_eq!(v["error"]["code"], -32700, "{v}");
+}

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::ConnInfo;
-use crate::routes::{call, error_response, health, metrics, openapi};
+use crate::routes::{call, error_response, health, mcp, metrics, openapi};
 use crate::HttpState;
 
 /// Every route, with the body limit and request counting.
@@ -19,6 +19,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/api/call/{operationId}", post(call::call))
         .route("/openapi.json", get(openapi::openapi))
+        .route("/mcp", post(mcp::mcp).get(mcp::mcp_get))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
