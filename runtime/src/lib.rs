@@ -46,7 +46,7 @@ pub use identity::{
     IdentityEntry, IdentityProvider, NoIdentities,
 };
 pub use limits::*;
-pub use operations::{OperationFailure, OperationInfo, OperationInvoker};
+pub use operations::{OperationFailure, OperationInfo, OperationInvoker, OperationStats};
 pub use pinning::{others_runnable, PinDecision, PinWorkers};
 pub use reload::ConfigReloadHandle;
 pub use router::{

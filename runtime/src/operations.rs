@@ -31,6 +31,15 @@ pub struct OperationFailure {
     pub message: String,
 }
 
+/// Counters of the operations a node served, over every front end (wire and HTTP).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperationStats {
+    pub requests: u64,
+    pub responses: u64,
+    /// Failures by call error code.
+    pub errors: Vec<(ErrorCode, u64)>,
+}
+
 /// Runs operations with the same ACL, schemas and deadlines as the `alknet/call` handler.
 pub trait OperationInvoker: Send + Sync + 'static {
     /// The operations `caller` may call (public ones included), in registry order.
@@ -45,4 +54,9 @@ pub trait OperationInvoker: Send + Sync + 'static {
         operation: &str,
         input: Value,
     ) -> LocalBoxFuture<'static, Result<Value, OperationFailure>>;
+
+    /// The node's call counters, for `/metrics`.
+    fn stats(&self) -> OperationStats {
+        OperationStats::default()
+    }
 }

@@ -428,7 +428,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 text = sys.stdin.read() if False else open(sys.argv[1]).read()
 families = {f.name: f for f in text_string_to_metric_families(text)}
 for name in ("alknet_worker_tcp_accepted", "alknet_worker_datagrams_received",
-             "alknet_http_requests", "alknet_worker_tcp_open", "alknet_draining"):
+             "alknet_http_requests", "alknet_worker_tcp_open", "alknet_draining",
+             "alknet_call_requests", "alknet_call_errors"):
     fam = families[name]
     print(name, fam.type, len(fam.samples))
 accepted = sum(s.value for s in families["alknet_worker_tcp_accepted"].samples
@@ -437,6 +438,8 @@ print("tcp_accepted", int(accepted))
 ok = [s for s in families["alknet_http_requests"].samples
       if s.labels.get("route") == "/health" and s.labels.get("status") == "200"]
 print("health_200", int(sum(s.value for s in ok)))
+nf = [s for s in families["alknet_call_errors"].samples if s.labels.get("code") == "NOT_FOUND"]
+print("call_not_found", int(sum(s.value for s in nf)))
 "#;
 
 #[test]
@@ -448,6 +451,11 @@ fn metrics_parse_as_openmetrics() {
             200
         );
     }
+    let r = curl(
+        &server,
+        &["--http2", "-X", "POST", &url(&server, "/api/call/nope")],
+    );
+    assert_eq!(r.status, 404);
     // public: no token needed
     let r = curl(&server, &["--http1.1", &url(&server, "/metrics")]);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -465,14 +473,19 @@ fn metrics_parse_as_openmetrics() {
     );
     assert!(out.contains("alknet_worker_tcp_open gauge 2"), "{out}");
     assert!(out.contains("alknet_draining gauge 1"), "{out}");
-    // 3 health requests + this scrape's connection = 4 TCP connections at least
+    // 3 health requests, the call and this scrape: 5 TCP connections at least
     let accepted: u64 = out
         .lines()
         .find_map(|l| l.strip_prefix("tcp_accepted "))
         .and_then(|v| v.parse().ok())
         .expect("tcp_accepted line");
-    assert!(accepted >= 4, "{out}");
+    assert!(accepted >= 5, "{out}\n{}", r.body);
     assert!(out.contains("health_200 3"), "{out}");
+    assert!(out.contains("call_not_found 1"), "{out}");
+    assert!(
+        out.contains("alknet_call_errors counter 7"),
+        "one sample per code: {out}"
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::Instant;
 use alknet_runtime::rt::catch_panic;
 use alknet_runtime::{
     AccessControl, Identity, LocalBoxFuture, OperationFailure, OperationInfo, OperationInvoker,
-    Requirement,
+    OperationStats, Requirement,
 };
 use serde_json::Value;
 
@@ -49,6 +49,18 @@ impl OperationInvoker for NodeInvoker {
                 public: op.access == Requirement::Public,
             })
             .collect()
+    }
+
+    fn stats(&self) -> OperationStats {
+        let s = &self.0.stats;
+        OperationStats {
+            requests: s.requests.load(Ordering::Relaxed),
+            responses: s.responses.load(Ordering::Relaxed),
+            errors: alknet_proto::call::ErrorCode::ALL
+                .iter()
+                .map(|c| (*c, s.errors(*c)))
+                .collect(),
+        }
     }
 
     fn invoke(

@@ -2,7 +2,7 @@
 //! runtime's snapshots) and this front end's requests by route, status and protocol.
 //! Encoded by `prometheus-client` (OpenMetrics text, which Prometheus scrapes as is).
 
-use alknet_runtime::NodeStatus;
+use alknet_runtime::{NodeStatus, OperationStats};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -15,6 +15,11 @@ pub struct RequestLabels {
     pub route: String,
     pub status: u16,
     pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,8 +49,41 @@ impl HttpMetrics {
     }
 
     /// The exposition text for a scrape.
-    pub fn encode(&self, status: Option<&NodeStatus>) -> Result<String, std::fmt::Error> {
+    pub fn encode(
+        &self,
+        status: Option<&NodeStatus>,
+        calls: Option<OperationStats>,
+    ) -> Result<String, std::fmt::Error> {
         let mut registry = Registry::with_prefix("alknet");
+        if let Some(calls) = calls {
+            let requests = Counter::<u64>::default();
+            requests.inc_by(calls.requests);
+            registry.register(
+                "call_requests",
+                "call operations requested (alknet/call and HTTP)",
+                requests,
+            );
+            let responses = Counter::<u64>::default();
+            responses.inc_by(calls.responses);
+            registry.register(
+                "call_responses",
+                "call operations answered with a result",
+                responses,
+            );
+            let errors = Family::<CodeLabel, Counter>::default();
+            for (code, n) in calls.errors {
+                errors
+                    .get_or_create(&CodeLabel {
+                        code: code.as_str().to_string(),
+                    })
+                    .inc_by(n);
+            }
+            registry.register(
+                "call_errors",
+                "call operations failed, by call error code",
+                errors,
+            );
+        }
         registry.register(
             "http_requests",
             "HTTP requests answered, by route, status and protocol",

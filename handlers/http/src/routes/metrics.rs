@@ -35,7 +35,8 @@ pub async fn metrics(
             return error_response(code, denied.to_string());
         }
     }
-    match state.metrics.encode(state.status()) {
+    let calls = state.invoker.as_ref().map(|i| i.stats());
+    match state.metrics.encode(state.status(), calls) {
         Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Err(_) => error_response(ErrorCode::Internal, "encoding metrics failed"),
     }
