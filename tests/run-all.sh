@@ -30,8 +30,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q "${missing[@]}"
 fi
 # aioquic: raw QUIC and HTTP/3 interop; dnspython[doq]: the DoQ client of the DNS tests;
-# paramiko: the second SFTP client; prometheus-client: its OpenMetrics parser checks /metrics.
-if ! python3 -c 'import aioquic, dns.quic, paramiko, prometheus_client' 2>/dev/null; then
+# paramiko: the second SFTP client; prometheus-client: its OpenMetrics parser checks /metrics;
+# mcp: the official MCP SDK as the client of POST /mcp.
+if ! python3 -c 'import aioquic, dns.quic, paramiko, prometheus_client, mcp' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
 

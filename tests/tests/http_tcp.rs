@@ -620,3 +620,40 @@ fn mcp_initialize_list_and_call_tools() {
     let v = json(&mcp(&server, "{oops", None));
     assert_eq!(v["error"]["code"], -32700, "{v}");
 }
+
+/// The official MCP Python SDK (`mcp` on PyPI, pinned in tests/interop/requirements.txt)
+/// as the client: its Streamable HTTP transport over HTTPS with the server's certificate.
+const MCP_SDK_CLIENT: &str = r#"
+import asyncio, ssl, sys
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+async def main(url, cafile):
+    ctx = ssl.create_default_context(cafile=cafile)
+    async with httpx2.AsyncClient(verify=ctx) as http:
+        async with streamable_http_client(url, http_client=http) as streams:
+            async with ClientSession(streams[0], streams[1]) as s:
+                init = await s.initialize()
+                print("server", init.server_info.name)
+                names = [t.name for t in (await s.list_tools()).tools]
+                print("tools", "echo" in names, "node.stats" in names)
+                res = await s.call_tool("echo", {"say": "hi"})
+                print("echo", res.is_error, res.structured_content)
+                res = await s.call_tool("node.stats", {})
+                print("denied", res.is_error, res.content[0].text.split(":")[0])
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"#;
+
+#[test]
+fn the_official_mcp_sdk_initializes_lists_and_calls() {
+    let server = BinServer::start_with_config(&config(""));
+    let cert = server.data_dir.path().join("cert.pem");
+    let out = python(
+        MCP_SDK_CLIENT,
+        &[&url(&server, "/mcp"), &cert.display().to_string()],
+    );
+    assert!(out.contains("server alknet"), "{out}");
+    assert!(out.contains("tools True False"), "{out}");
+    assert!(out.contains("echo False {'say': 'hi'}"), "{out}");
+    assert!(out.contains("denied True UNAUTHENTICATED"), "{out}");
+}
