@@ -21,14 +21,18 @@ command -v curl >/dev/null || missing+=(curl)
 command -v git >/dev/null || missing+=(git)
 # dig: the classic DNS (UDP/TCP) tests.
 command -v dig >/dev/null || missing+=(bind9-dnsutils)
-# openssl: the big certificate of the QUIC interop case amplificationlimit
+# openssl: the big certificate of the QUIC interop case amplificationlimit (and the
+# public-key pin of the HTTP tests)
 command -v openssl >/dev/null || missing+=(openssl)
+# h2load: the HTTP/2 and HTTP/1.1 correctness run of the TLS-over-TCP listener (http_tcp).
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q "${missing[@]}"
 fi
 # aioquic: raw QUIC and HTTP/3 interop; dnspython[doq]: the DoQ client of the DNS tests;
-# paramiko: the second SFTP client.
-if ! python3 -c 'import aioquic, dns.quic, paramiko' 2>/dev/null; then
+# paramiko: the second SFTP client; prometheus-client: its OpenMetrics parser checks /metrics;
+# mcp: the official MCP SDK as the client of POST /mcp.
+if ! python3 -c 'import aioquic, dns.quic, paramiko, prometheus_client, mcp' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
 
@@ -41,7 +45,7 @@ else
     cargo test --workspace --no-fail-fast
 fi
 # The same engine on monoio's legacy (epoll) driver, used where io_uring is refused.
-ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle --test git_wire
+ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle --test git_wire --test http_tcp
 # The QUIC interop runner's server cases: aioquic through the seeded bad-network relay
 # alknet-netsim: every case with 2 workers (~2.5 minutes), then the cases where per-core
 # routing can go wrong with 1 worker and with userspace forwarding instead of kernel

@@ -11,12 +11,14 @@ use alknet_dns::{
     ZoneReloader,
 };
 use alknet_git::{GitConfig, GitHandler};
+use alknet_http::{HttpConfig, HttpState, HttpTcpHandler};
 use alknet_peers::SqlitePeerStore;
 use alknet_runtime::resolve_workers;
 use alknet_runtime::tls::{ClientAuth, TlsIdentity};
 use alknet_runtime::{
     AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, EngineConfig, HandshakePolicy,
-    IdentityEntry, IdentityProvider, Limits, ProtocolHandler, DEFAULT_LISTEN,
+    IdentityEntry, IdentityProvider, Limits, OperationInvoker, ProtocolHandler, TcpLimits,
+    TcpRegistry, TcpSetup, DEFAULT_LISTEN,
 };
 use alknet_sftp::SftpConfig;
 use alknet_ssh::{SshAdapter, SshConfig};
@@ -278,6 +280,44 @@ shutdown_timeout_ms = 10000
 inbox_capacity = 4096
 socket_buffer_size = 8388608
 
+[tcp]
+# TLS over TCP on the same address and port as QUIC, one SO_REUSEPORT listener per
+# worker, for clients whose UDP is blocked: HTTP/2 (ALPN "h2") and HTTP/1.1 ("http/1.1",
+# or no ALPN). Same certificate and client_auth as QUIC; other ALPNs are refused.
+enabled = true
+# A connection must finish its TLS handshake within this long.
+tls_handshake_timeout_ms = 10000
+# TCP connections open at once per worker, and per source IP address per worker.
+max_connections_per_worker = 10000
+max_connections_per_address = 256
+# Connections the kernel queues per listener before they are accepted.
+listen_backlog = 1024
+
+[http]
+# HTTP front end over TCP (and the h3 ALPN): GET /health, GET /metrics (Prometheus; needs
+# the scope "node:metrics" unless listed here), POST /api/call/{operationId} (the
+# alknet/call operations, same identities and ACL), GET /openapi.json.
+public = []
+# Request head bytes (HTTP/1.1; HTTP/2 header list size), header count: past them, 431.
+max_header_bytes = 16384
+max_headers = 100
+# Request body bytes: past it, 413.
+max_body_bytes = 1048576
+# HTTP/1.1: a request head must arrive within this long (also the keep-alive idle bound).
+header_read_timeout_ms = 10000
+# Request head to response head; past it, 503.
+request_timeout_ms = 60000
+# HTTP/2 connections idle this long get GOAWAY.
+keep_alive_idle_timeout_ms = 60000
+# HTTP/2: requests in flight per connection; client resets tolerated (rapid reset) and
+# protocol-error resets tolerated before GOAWAY.
+h2_max_concurrent_streams = 128
+h2_max_pending_accept_reset_streams = 20
+h2_max_local_error_reset_streams = 1024
+# Diagnostic routes POST /echo and GET /bytes/{n} (up to 1 GiB per request): for
+# checking an HTTP client end to end and for load tests; off on a public node.
+diagnostics = false
+
 [identity]
 # The SQLite peer store managed with `alknet peer add|list|remove`, asked after the
 # [[identities]] below. Created (mode 0600) at start if missing.
@@ -372,6 +412,17 @@ pub struct FileConfig {
     pub hq: alknet_hq::HqConfig,
     #[serde(default)]
     pub http3: alknet_http::h3::H3Limits,
+    #[serde(default)]
+    pub tcp: TcpLimits,
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// The call node the `alknet/call` handler serves, once [`FileConfig::registry`] built
+    /// it: the HTTP front end runs the same operations (and counts into the same stats).
+    #[serde(skip)]
+    call_node: std::cell::OnceCell<CallNodeSlot>,
+    /// The HTTP routes' shared state (one for TCP and HTTP/3: one set of metrics).
+    #[serde(skip)]
+    http_state: std::cell::OnceCell<HttpState>,
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
@@ -396,6 +447,15 @@ impl Default for LogSection {
         Self {
             filter: default_log_filter(),
         }
+    }
+}
+
+/// The shared call node (it has no `Debug` of its own).
+struct CallNodeSlot(Arc<alknet_call::CallNode>);
+
+impl std::fmt::Debug for CallNodeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallNode")
     }
 }
 
@@ -495,6 +555,12 @@ impl FileConfig {
         cfg.sftp
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.tcp
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.http
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if cfg.vault.file.is_some() {
             if cfg.tls.cert.is_some() || cfg.tls.key.is_some() {
                 return Err(ConfigError::VaultConflict(
@@ -541,11 +607,27 @@ impl FileConfig {
     /// others (a reload that enables a handler).
     pub fn registry_reusing(&self, running: &AlpnRegistry) -> Result<AlpnRegistry, ConfigError> {
         let mut registry = AlpnRegistry::new();
+        // h3 serves the HTTP router, which runs the call handler's operations: build it
+        // after the others (registration stays in the configured order)
+        let build = |name: &String| match running.lookup(name.as_bytes()) {
+            Some(h) => Ok(h.clone()),
+            None => self.handler(name),
+        };
+        let is_h3 = |name: &&String| name.as_bytes() == alknet_http::h3::ALPN;
+        let mut built: Vec<Option<Arc<dyn ProtocolHandler>>> = Vec::new();
         for name in &self.handlers.enabled {
-            let handler = match running.lookup(name.as_bytes()) {
-                Some(h) => h.clone(),
-                None => self.handler(name)?,
-            };
+            built.push(if is_h3(&name) {
+                None
+            } else {
+                Some(build(name)?)
+            });
+        }
+        for (slot, name) in built.iter_mut().zip(&self.handlers.enabled) {
+            if slot.is_none() {
+                *slot = Some(build(name)?);
+            }
+        }
+        for handler in built.into_iter().flatten() {
             registry
                 .register(handler)
                 .map_err(|e| ConfigError::Invalid(format!("handlers.enabled: {e}")))?;
@@ -562,7 +644,11 @@ impl FileConfig {
         Ok(match name.as_bytes() {
             alknet_echo::ALPN => Arc::new(alknet_echo::EchoHandler),
             alknet_perf::ALPN => Arc::new(alknet_perf::PerfHandler),
-            alknet_call::ALPN => Arc::new(self.call_adapter()?),
+            alknet_call::ALPN => {
+                let adapter = self.call_adapter()?;
+                let _ = self.call_node.set(CallNodeSlot(adapter.node()));
+                Arc::new(adapter)
+            }
             alknet_ssh::ALPN => Arc::new(self.ssh_adapter()?),
             alknet_git::ALPN => Arc::new(self.git_handler()?),
             alknet_dns::DOQ_ALPN => Arc::new(DoqHandler::new(self.dns_state()?)),
@@ -577,7 +663,7 @@ impl FileConfig {
                     .validate()
                     .map_err(|e| ConfigError::Invalid(e.to_string()))?;
                 Arc::new(alknet_http::h3::H3Handler::new(
-                    crate::http::router(),
+                    alknet_http::router(self.http_state()),
                     self.http3.clone(),
                 ))
             }
@@ -829,6 +915,40 @@ impl FileConfig {
         }
     }
 
+    /// The TLS-over-TCP side (`[tcp]`, `[http]`): the HTTP handler, serving the call
+    /// operations when `alknet/call` is enabled. Call after [`FileConfig::registry`].
+    /// Returns the HTTP state too, to be given the running server's status.
+    /// The state of the HTTP routes, made once (after the call handler, whose operations
+    /// it runs: [`FileConfig::registry`] builds `h3` last).
+    pub fn http_state(&self) -> HttpState {
+        self.http_state
+            .get_or_init(|| {
+                let invoker = self.call_node.get().map(|slot| {
+                    Arc::new(alknet_call::NodeInvoker(slot.0.clone())) as Arc<dyn OperationInvoker>
+                });
+                HttpState::new(self.http.clone(), invoker)
+            })
+            .clone()
+    }
+
+    pub fn tcp_setup(&self) -> (TcpSetup, HttpState) {
+        let state = self.http_state();
+        let mut registry = TcpRegistry::new();
+        if self.tcp.enabled {
+            // the only TCP handler, on fixed distinct ALPNs: registration cannot clash
+            if let Err(e) = registry.register(Arc::new(HttpTcpHandler::new(state.clone()))) {
+                tracing::error!("TCP handlers: {e}");
+            }
+        }
+        (
+            TcpSetup {
+                registry,
+                limits: self.tcp.clone(),
+            },
+            state,
+        )
+    }
+
     pub fn engine(&self, tls: TlsIdentity) -> EngineConfig {
         EngineConfig {
             listen: self.listen,
@@ -940,6 +1060,14 @@ mod tests {
         assert_eq!(cfg.ssh, SshConfig::default());
         assert_eq!(cfg.sftp, SftpConfig::default());
         assert_eq!(cfg.call, CallLimits::default());
+        assert_eq!(cfg.tcp, TcpLimits::default());
+        assert!(cfg.tcp.enabled, "TLS over TCP is on by default");
+        assert_eq!(cfg.http, HttpConfig::default());
+        let (tcp, _) = cfg.tcp_setup();
+        assert_eq!(
+            tcp.registry.alpns(),
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         let empty = FileConfig::parse("", "<empty>").expect("empty config");
         assert_eq!(empty.limits, Limits::default());
         assert_eq!(empty.handlers.enabled, cfg.handlers.enabled);

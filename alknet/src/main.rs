@@ -4,7 +4,6 @@ mod call;
 mod config;
 mod connect;
 mod git;
-mod http;
 mod logging;
 mod peer;
 mod reload;
@@ -223,9 +222,10 @@ fn serve(
         }
         let provider = cfg.identity_provider()?;
         let (tls, generated) = cfg.tls_identity()?;
-        Ok((registry, provider, tls, generated))
+        let (tcp, http) = cfg.tcp_setup();
+        Ok((registry, provider, tls, generated, tcp, http))
     })();
-    let (registry, provider, tls, generated) = match prepared {
+    let (registry, provider, tls, generated, tcp, http) = match prepared {
         Ok(p) => p,
         Err(e) => {
             eprintln!("alknet: {e}");
@@ -240,13 +240,22 @@ fn serve(
         .iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let server = match alknet_runtime::start(cfg.engine(tls), registry, provider) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("alknet: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let tcp_on = !tcp.registry.is_empty();
+    let server =
+        match alknet_runtime::start_with_tcp(cfg.engine(tls), registry, provider, Some(tcp)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("alknet: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    http.set_status(server.status());
+    if tcp_on {
+        tracing::info!(
+            listen = %server.local_addr(),
+            "TLS over TCP listening (h2, http/1.1)"
+        );
+    }
     let drivers: Vec<String> = server.drivers().iter().map(|d| d.to_string()).collect();
     tracing::info!(
         listen = %server.local_addr(),

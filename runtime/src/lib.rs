@@ -19,6 +19,7 @@ mod handshake;
 mod identity;
 mod inbox;
 mod limits;
+mod operations;
 mod pinning;
 mod qlog;
 pub use qlog::QLOG_SUPPORTED;
@@ -29,6 +30,7 @@ mod server;
 mod socket;
 mod stats;
 mod streams;
+mod tcp;
 pub mod tls;
 mod worker;
 
@@ -52,19 +54,22 @@ pub use identity::{
     IdentityEntry, IdentityProvider, NoIdentities,
 };
 pub use limits::*;
+pub use operations::{OperationFailure, OperationInfo, OperationInvoker, OperationStats};
 pub use pinning::{others_runnable, PinDecision, PinWorkers};
 pub use reload::{ConfigReloadHandle, HandlersError};
 pub use router::{
     close_code, AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError,
 };
 pub use server::{
-    resolve_workers, start, EngineConfig, ServerHandle, ShutdownTrigger, StartError, DEFAULT_LISTEN,
+    resolve_workers, start, start_with_tcp, EngineConfig, NodeStatus, ServerHandle,
+    ShutdownTrigger, StartError, DEFAULT_LISTEN,
 };
 pub use socket::BindError;
 pub use stats::WorkerStatsSnapshot;
 pub use streams::{
     BiStream, ReadError, ReadToEndError, RecvStream, SendStream, WriteError, STREAM_PANIC_CODE,
 };
+pub use tcp::{TcpHandler, TcpRegistry, TcpSetup, TlsTcpStream, TCP_DEFAULT_ALPN};
 pub use worker::{
     CLOSE_LINGER, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RECV_BATCHES_PER_POLL, TRANSMITS_PER_CONNECTION,
 };

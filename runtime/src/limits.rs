@@ -44,6 +44,64 @@ pub const DEFAULT_INBOX_CAPACITY: usize = 4096;
 /// caps it at net.core.rmem_max / wmem_max).
 pub const DEFAULT_SOCKET_BUFFER_SIZE: usize = 8 << 20;
 
+/// `[tcp] tls_handshake_timeout_ms`: a TCP connection must finish its TLS handshake within
+/// this long of being accepted, or it is closed (a client that connects and says nothing
+/// holds no slot past it).
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[tcp] max_connections_per_worker`: TLS-over-TCP connections one worker serves at once;
+/// past it new connections are closed right after accept (and counted as refused).
+pub const DEFAULT_TCP_CONNECTIONS_PER_WORKER: usize = 10_000;
+/// `[tcp] max_connections_per_address`: TCP connections one source IP address may have open
+/// on one worker at once (the kernel spreads a client's connections over workers by their
+/// 4-tuple, so the node-wide bound is this times the worker count).
+pub const DEFAULT_TCP_CONNECTIONS_PER_ADDRESS: usize = 256;
+/// `[tcp] listen_backlog`: connections the kernel queues per worker listener before accept.
+pub const DEFAULT_TCP_LISTEN_BACKLOG: u32 = 1024;
+
+/// `[tcp]`: the TLS-over-TCP listener on the QUIC port (HTTP/1.1 and HTTP/2), with its
+/// limits; see the constants above for each field.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpLimits {
+    /// `enabled`: listen on TCP at all.
+    pub enabled: bool,
+    #[serde(rename = "tls_handshake_timeout_ms", with = "millis")]
+    pub tls_handshake_timeout: Duration,
+    pub max_connections_per_worker: usize,
+    pub max_connections_per_address: usize,
+    pub listen_backlog: u32,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            max_connections_per_worker: DEFAULT_TCP_CONNECTIONS_PER_WORKER,
+            max_connections_per_address: DEFAULT_TCP_CONNECTIONS_PER_ADDRESS,
+            listen_backlog: DEFAULT_TCP_LISTEN_BACKLOG,
+        }
+    }
+}
+
+impl TcpLimits {
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if self.tls_handshake_timeout.is_zero() {
+            return Err(LimitsError::Zero("tcp.tls_handshake_timeout_ms"));
+        }
+        if self.max_connections_per_worker == 0 {
+            return Err(LimitsError::Zero("tcp.max_connections_per_worker"));
+        }
+        if self.max_connections_per_address == 0 {
+            return Err(LimitsError::Zero("tcp.max_connections_per_address"));
+        }
+        if self.listen_backlog == 0 {
+            return Err(LimitsError::Zero("tcp.listen_backlog"));
+        }
+        Ok(())
+    }
+}
+
 /// Limits of one server or client endpoint; see the constants above for each field.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -91,7 +149,7 @@ impl Default for Limits {
 /// Errors in a [`Limits`] value that TOML alone cannot rule out.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LimitsError {
-    #[error("limits.{0} must be greater than zero")]
+    #[error("{0} must be greater than zero")]
     Zero(&'static str),
     #[error("limits.max_udp_payload_size must be between 1200 and 65527, got {0}")]
     UdpPayload(u16),
@@ -103,19 +161,19 @@ impl Limits {
     /// Checks what would otherwise fail deep inside quinn-proto or silently do nothing.
     pub fn validate(&self) -> Result<(), LimitsError> {
         if self.max_connections == 0 {
-            return Err(LimitsError::Zero("max_connections"));
+            return Err(LimitsError::Zero("limits.max_connections"));
         }
         if self.stream_receive_window == 0 {
-            return Err(LimitsError::Zero("stream_receive_window"));
+            return Err(LimitsError::Zero("limits.stream_receive_window"));
         }
         if self.connection_receive_window == 0 {
-            return Err(LimitsError::Zero("connection_receive_window"));
+            return Err(LimitsError::Zero("limits.connection_receive_window"));
         }
         if self.send_window == 0 {
-            return Err(LimitsError::Zero("send_window"));
+            return Err(LimitsError::Zero("limits.send_window"));
         }
         if self.inbox_capacity == 0 {
-            return Err(LimitsError::Zero("inbox_capacity"));
+            return Err(LimitsError::Zero("limits.inbox_capacity"));
         }
         if !(1200..=65527).contains(&self.max_udp_payload_size) {
             return Err(LimitsError::UdpPayload(self.max_udp_payload_size));
@@ -177,7 +235,10 @@ mod tests {
             max_connections: 0,
             ..Limits::default()
         };
-        assert_eq!(l.validate(), Err(LimitsError::Zero("max_connections")));
+        assert_eq!(
+            l.validate(),
+            Err(LimitsError::Zero("limits.max_connections"))
+        );
         let l = Limits {
             max_udp_payload_size: 100,
             ..Limits::default()

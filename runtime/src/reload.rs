@@ -88,8 +88,10 @@ impl ConfigReloadHandle {
         let s = &self.0;
         let config =
             build_server_config(tls, registry.alpns(), client_auth, &s.limits, &s.handshake)?;
+        let tcp = crate::server::build_tcp_config(s, tls, client_auth)?;
         s.tls.store(Arc::new(ServerTls {
             config,
+            tcp,
             fingerprint: tls.fingerprint(),
         }));
         s.tls_generation.fetch_add(1, Ordering::AcqRel);

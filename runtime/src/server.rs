@@ -2,6 +2,7 @@
 //! monoio runtime and `quinn_proto::Endpoint`.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize};
 
 use arc_swap::ArcSwap;
@@ -23,9 +24,10 @@ use crate::qlog::QlogDir;
 use crate::reload::{ConfigReloadHandle, LiveIdentityProvider};
 use crate::router::AlpnRegistry;
 use crate::rt::{run_local, DriverKind};
-use crate::socket::{bind_reuseport_group, BindError, UdpIo};
+use crate::socket::{bind_reuseport_group, bind_tcp_reuseport_group, BindError, UdpIo};
 use crate::stats::{WorkerStats, WorkerStatsSnapshot};
-use crate::tls::{server_crypto_with_policy, ClientAuth, TlsError, TlsIdentity};
+use crate::tcp::{accept_loop, TcpSetup, WorkerTcp};
+use crate::tls::{server_crypto_with_policy, tcp_server_config, ClientAuth, TlsError, TlsIdentity};
 use crate::worker::{Driver, Role, ServerShared, ServerTls, WorkerState, CLOSE_NOW, DRAINING};
 
 /// Default listen address: loopback only, so a first `alknet serve` with a generated
@@ -120,6 +122,56 @@ pub struct ServerHandle {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// What handlers may read about the running server: whether it drains, its counters.
+#[derive(Clone)]
+pub struct NodeStatus(Arc<ServerShared>, SocketAddr);
+
+impl std::fmt::Debug for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeStatus").finish_non_exhaustive()
+    }
+}
+
+impl NodeStatus {
+    /// The address (UDP, and TCP when its listener is on) the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.1
+    }
+
+    /// True once graceful (or immediate) shutdown was requested.
+    pub fn draining(&self) -> bool {
+        self.0.shutdown.load(std::sync::atomic::Ordering::Acquire) != crate::worker::RUNNING
+    }
+
+    /// Counters of each worker, in worker order.
+    pub fn worker_stats(&self) -> Vec<WorkerStatsSnapshot> {
+        self.0
+            .stats
+            .iter()
+            .zip(self.0.inboxes.iter())
+            .map(|(s, i)| s.snapshot(i.dropped()))
+            .collect()
+    }
+
+    /// QUIC connections open across all workers.
+    pub fn open_connections(&self) -> usize {
+        self.0
+            .open_connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The QUIC ALPNs served.
+    pub fn alpns(&self) -> Vec<String> {
+        self.0
+            .registry
+            .load()
+            .alpns()
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+}
+
 /// Starts graceful shutdown from another thread (a signal handler, a test).
 #[derive(Clone)]
 pub struct ShutdownTrigger(Arc<ServerShared>);
@@ -136,13 +188,41 @@ impl ShutdownTrigger {
     }
 }
 
-/// Starts the workers and returns once every one of them is listening.
+/// The TLS-over-TCP config for the server's TCP handlers, if its TCP listener is on.
+pub(crate) fn build_tcp_config(
+    shared: &ServerShared,
+    tls: &TlsIdentity,
+    client_auth: ClientAuth,
+) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    shared
+        .tcp
+        .as_ref()
+        .map(|t| tcp_server_config(tls, t.registry.alpns(), client_auth, &shared.handshake))
+        .transpose()
+}
+
+/// Starts the workers and returns once every one of them is listening (QUIC only).
 pub fn start(
     config: EngineConfig,
     registry: AlpnRegistry,
     provider: Arc<dyn IdentityProvider>,
 ) -> Result<ServerHandle, StartError> {
+    start_with_tcp(config, registry, provider, None)
+}
+
+/// [`start`], with a TLS-over-TCP listener on the same address and port when `tcp` is given
+/// with handlers and `enabled` (see `tcp.rs`).
+pub fn start_with_tcp(
+    config: EngineConfig,
+    registry: AlpnRegistry,
+    provider: Arc<dyn IdentityProvider>,
+    tcp: Option<TcpSetup>,
+) -> Result<ServerHandle, StartError> {
     config.limits.validate()?;
+    let tcp = tcp.filter(|t| t.limits.enabled && !t.registry.is_empty());
+    if let Some(t) = &tcp {
+        t.limits.validate()?;
+    }
     config.handshake.validate()?;
     config.admission.validate()?;
     if registry.is_empty() {
@@ -180,6 +260,25 @@ pub fn start(
         addr: config.listen,
         source,
     })?;
+    // the TCP listeners take the port the UDP group got (it may have been 0)
+    let mut tcp_listeners: Vec<Option<std::net::TcpListener>> = match &tcp {
+        Some(t) => bind_tcp_reuseport_group(local_addr, workers, t.limits.listen_backlog)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => (0..workers).map(|_| None).collect(),
+    };
+    let tcp_config = tcp
+        .as_ref()
+        .map(|t| {
+            tcp_server_config(
+                &config.tls,
+                t.registry.alpns(),
+                config.client_auth,
+                &config.handshake,
+            )
+        })
+        .transpose()?;
 
     let alpn_counts = crate::admission::alpn_counts(&registry, &[]);
     let shared = Arc::new(ServerShared {
@@ -188,6 +287,7 @@ pub fn start(
         provider: Arc::new(LiveIdentityProvider::new(provider)),
         tls: ArcSwap::from_pointee(ServerTls {
             config: server_config.clone(),
+            tcp: tcp_config,
             fingerprint: config.tls.fingerprint(),
         }),
         tls_generation: AtomicU64::new(0),
@@ -214,6 +314,7 @@ pub fn start(
                 }
             })
             .map(|dir| QlogDir::new(dir, config.limits.clone())),
+        tcp: tcp.map(Arc::new),
     });
 
     let usable = core_affinity::get_core_ids().unwrap_or_default();
@@ -240,6 +341,8 @@ pub fn start(
         let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
         let ready_tx = ready_tx.clone();
         let max_udp = config.limits.max_udp_payload_size;
+        let tcp_listener = tcp_listeners[index].take();
+        let shutdown_timeout = config.limits.shutdown_timeout;
         let spawned = std::thread::Builder::new()
             .name(format!("alknet-w{index}"))
             .spawn(move || {
@@ -262,6 +365,22 @@ pub fn start(
                         !io.may_fragment(),
                         None,
                     );
+                    let tcp_state = Rc::new(WorkerTcp::default());
+                    if let Some(l) = tcp_listener {
+                        match monoio::net::TcpListener::from_std(l) {
+                            Ok(l) => monoio::spawn(accept_loop(
+                                index,
+                                l,
+                                worker_shared.clone(),
+                                tcp_state.clone(),
+                            )),
+                            Err(e) => {
+                                let _ = ready_tx.send((index, Err(format!("TCP listener: {e}"))));
+                                return;
+                            }
+                        };
+                    }
+                    let drain_shared = worker_shared.clone();
                     let stats = worker_shared.stats[index].clone();
                     let role = Role::Server(worker_shared);
                     let state = WorkerState::new(index, role, endpoint, io, stats);
@@ -276,6 +395,8 @@ pub fn start(
                     let _ = ready_tx.send((index, Ok(kind)));
                     drop(ready_tx);
                     Driver::new(state, max_udp).await;
+                    // QUIC is done; TCP connections get the same drain time
+                    tcp_state.drain(&drain_shared, shutdown_timeout).await;
                     tracing::debug!(worker = index, "worker stopped");
                 });
                 if let Err(e) = ran {
@@ -343,6 +464,11 @@ impl ServerHandle {
 
     pub fn workers(&self) -> usize {
         self.threads.len()
+    }
+
+    /// A view of the running server for handlers (health, metrics), `Send + Sync`.
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus(self.shared.clone(), self.local_addr)
     }
 
     pub fn shutdown_trigger(&self) -> ShutdownTrigger {

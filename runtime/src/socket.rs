@@ -23,6 +23,51 @@ pub enum BindError {
     InUse(SocketAddr),
     #[error("binding UDP {addr}: {source}")]
     Io { addr: SocketAddr, source: io::Error },
+    #[error(
+        "TCP {0} (the TLS-over-TCP listener on the QUIC port) is already in use by another \
+         process; free it or set [tcp] enabled = false"
+    )]
+    TcpInUse(SocketAddr),
+    #[error("binding TCP {addr}: {source}")]
+    TcpIo { addr: SocketAddr, source: io::Error },
+}
+
+fn new_tcp_listener(addr: SocketAddr, reuse_port: bool, backlog: u32) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        s.set_only_v6(false)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(reuse_port)?;
+    s.set_nonblocking(true)?;
+    s.set_nodelay(true)?;
+    s.bind(&addr.into())?;
+    if reuse_port {
+        s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    }
+    Ok(s)
+}
+
+/// Binds `count` TCP listeners with SO_REUSEPORT on `addr` (the QUIC endpoint's address,
+/// port included): one per worker, each accepting on its own worker. A non-reuseport probe
+/// first, as for UDP, so a second server does not silently share the port.
+pub fn bind_tcp_reuseport_group(
+    addr: SocketAddr,
+    count: usize,
+    backlog: u32,
+) -> Result<Vec<std::net::TcpListener>, BindError> {
+    match new_tcp_listener(addr, false, backlog) {
+        Ok(probe) => drop(probe),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(BindError::TcpInUse(addr)),
+        Err(source) => return Err(BindError::TcpIo { addr, source }),
+    }
+    (0..count)
+        .map(|_| {
+            new_tcp_listener(addr, true, backlog)
+                .map(std::net::TcpListener::from)
+                .map_err(|source| BindError::TcpIo { addr, source })
+        })
+        .collect()
 }
 
 fn new_socket(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<Socket> {

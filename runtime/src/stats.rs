@@ -29,6 +29,13 @@ macro_rules! worker_stats {
             }
         }
 
+        impl WorkerStatsSnapshot {
+            /// Every counter by its field name (`inbox_dropped` last), for exporters.
+            pub fn named(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)* ("inbox_dropped", self.inbox_dropped)]
+            }
+        }
+
         impl std::ops::Add for WorkerStatsSnapshot {
             type Output = Self;
             fn add(self, o: Self) -> Self {
@@ -82,6 +89,16 @@ worker_stats! {
     /// Datagrams sent with an ECN codepoint (quinn-proto marks ECT(0) while the path's ECN
     /// validation holds, and stops when the peer's ACKs show it being bleached).
     ecn_marked_sent,
+    /// TCP connections accepted by this worker's TLS-over-TCP listener.
+    tcp_accepted,
+    /// TCP connections closed at accept: per-worker or per-address limit, or draining.
+    tcp_refused,
+    /// TLS-over-TCP handshakes that failed or timed out (including ALPNs we do not serve,
+    /// answered with the no_application_protocol alert).
+    tls_handshake_failures,
+    /// TLS-over-TCP connections open now (a gauge: accepted and handed to a handler, not
+    /// yet closed).
+    tcp_open,
 }
 
 impl WorkerStats {

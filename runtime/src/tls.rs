@@ -321,6 +321,36 @@ pub fn server_crypto_with_policy(
     client_auth: ClientAuth,
     policy: &crate::handshake::HandshakePolicy,
 ) -> Result<Arc<QuicServerConfig>, TlsError> {
+    let cfg = server_rustls_config(identity, alpns, client_auth, policy)?;
+    // Initial packets use AES-128-GCM even when the handshake may not (chacha20-only)
+    let initial = crate::handshake::initial_suite()
+        .ok_or_else(|| TlsError::Quic("no AES-128-GCM suite for QUIC Initial packets".into()))?;
+    let quic = QuicServerConfig::with_initial(Arc::new(cfg), initial)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok(Arc::new(quic))
+}
+
+/// The TLS-over-TCP server config: the same certificate, client-certificate policy and
+/// cipher suites as QUIC ([`server_crypto_with_policy`]), advertising `alpns`. A client
+/// offering ALPNs of which none is served gets the `no_application_protocol` alert; one
+/// offering none is accepted (HTTP/1.1). No early data over TCP.
+pub fn tcp_server_config(
+    identity: &TlsIdentity,
+    alpns: Vec<Vec<u8>>,
+    client_auth: ClientAuth,
+    policy: &crate::handshake::HandshakePolicy,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut cfg = server_rustls_config(identity, alpns, client_auth, policy)?;
+    cfg.max_early_data_size = 0;
+    Ok(Arc::new(cfg))
+}
+
+fn server_rustls_config(
+    identity: &TlsIdentity,
+    alpns: Vec<Vec<u8>>,
+    client_auth: ClientAuth,
+    policy: &crate::handshake::HandshakePolicy,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = policy.provider(crypto_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -336,12 +366,7 @@ pub fn server_crypto_with_policy(
     let mut cfg = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     cfg.alpn_protocols = alpns;
     policy.apply(&mut cfg);
-    // Initial packets use AES-128-GCM even when the handshake may not (chacha20-only)
-    let initial = crate::handshake::initial_suite()
-        .ok_or_else(|| TlsError::Quic("no AES-128-GCM suite for QUIC Initial packets".into()))?;
-    let quic = QuicServerConfig::with_initial(Arc::new(cfg), initial)
-        .map_err(|e| TlsError::Quic(e.to_string()))?;
-    Ok(Arc::new(quic))
+    Ok(cfg)
 }
 
 /// How a client decides to trust the server it dials.

@@ -96,6 +96,8 @@ pub(crate) struct ServerShared {
     pub alpn_counts: ArcSwap<Vec<Arc<AlpnCount>>>,
     /// Per-connection qlog traces, when a directory is configured.
     pub qlog: Option<QlogDir>,
+    /// The TLS-over-TCP listener's handlers and limits, when it is on.
+    pub tcp: Option<Arc<crate::tcp::TcpSetup>>,
 }
 
 impl ServerShared {
@@ -110,6 +112,8 @@ impl ServerShared {
 /// The server config new handshakes use, and its certificate's fingerprint.
 pub(crate) struct ServerTls {
     pub config: Arc<quinn_proto::ServerConfig>,
+    /// The same certificate for TLS over TCP, when the TCP listener is on.
+    pub tcp: Option<Arc<rustls::ServerConfig>>,
     pub fingerprint: Fingerprint,
 }
 

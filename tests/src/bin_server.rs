@@ -52,7 +52,8 @@ impl BinServer {
 
     fn launch_with(config: Option<&str>, extra: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let port = free_udp_port();
+        // free for TCP too: the server's TLS-over-TCP listener takes the same port
+        let port = crate::dns::free_port_pair();
         let mut cmd = Command::new(alknet_bin());
         cmd.args([
             "serve",

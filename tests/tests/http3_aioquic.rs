@@ -40,7 +40,9 @@ fn run_checks(server: &BinServer, extra: &[&str], expect_passed: usize) {
 #[test]
 fn aioquic_h3_client_gets_every_route_and_the_limits() {
     require_aioquic();
-    let server = BinServer::start_with_config("[handlers]\nenabled = [\"h3\"]\n");
+    let server = BinServer::start_with_config(
+        "[handlers]\nenabled = [\"h3\"]\n[http]\ndiagnostics = true\n",
+    );
     // health, 1 MiB echo, 10 MB stream, 50 concurrent, 431, 413 (+ the ALPN/pin check)
     run_checks(
         &server,
@@ -59,7 +61,7 @@ fn aioquic_h3_limits_from_the_config_hold() {
     // all complete; a 512 KiB body limit, below axum's own default, so the 413s are ours;
     // a short header timeout for the slowloris check
     let server = BinServer::start_with_config(
-        "[handlers]\nenabled = [\"h3\"]\n\
+        "[handlers]\nenabled = [\"h3\"]\n[http]\ndiagnostics = true\n\
          [http3]\nmax_concurrent_requests = 4\nmax_body_bytes = 524288\n\
          header_timeout_ms = 500\n",
     );

@@ -15,6 +15,7 @@ mod client;
 mod context;
 mod env;
 mod error;
+mod invoke;
 mod limits;
 mod node;
 mod pubsub;
@@ -37,6 +38,7 @@ pub use client::{CallClient, CallOptions, ItemStream, SubscriptionStream, TopicM
 pub use context::{CallContext, ItemSink};
 pub use env::{CompositeOperationEnv, EnvLayer, OperationEnv, SessionOverlaySource};
 pub use error::CallError;
+pub use invoke::NodeInvoker;
 pub use limits::*;
 pub use node::{CallNode, CallStats, NodeInfo};
 pub use pubsub::{Delivery, Subscription, TopicBus, TopicEvent};

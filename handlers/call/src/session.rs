@@ -729,7 +729,7 @@ type Guarded<T> = Result<
 >;
 
 /// Folds the deadline and panic layers around an operation's result into one.
-fn settle<T>(op: &str, outcome: Guarded<T>) -> Result<T, CallError> {
+pub(crate) fn settle<T>(op: &str, outcome: Guarded<T>) -> Result<T, CallError> {
     match outcome {
         Err(_) => Err(CallError::deadline_exceeded(format!(
             "{op} did not finish before its deadline"

@@ -1,4 +1,89 @@
-//! HTTP for Alknet. [`h3`]: HTTP/3 on the QUIC port (ALPN `h3`), served on the worker
-//! that owns the connection.
+//! `alknet-http`: the node's HTTP front end. One axum [`router`] serves every route; this
+//! crate runs it over HTTP/1.1 and HTTP/2 on the runtime's TLS-over-TCP listener
+//! ([`HttpTcpHandler`], ALPNs `h2` and `http/1.1`) with hyper, on the worker that accepted
+//! the connection. The HTTP/3 adapter (`h3`) serves the same router over QUIC.
+//!
+//! Routes: `GET /health`, `GET /metrics` (Prometheus text), `POST /api/call/{operationId}`
+//! (the call operations, same identity, ACL and deadlines as `alknet/call`) and
+//! `GET /openapi.json`. Handlers need no tokio runtime: worker-local work (a call operation)
+//! runs as a worker task ([`rt::run_local`]), timers are monoio's.
 
+pub mod auth;
 pub mod h3;
+pub mod limits;
+mod metrics;
+pub mod router;
+pub mod routes;
+pub mod rt;
+mod tcp;
+
+use std::sync::{Arc, OnceLock};
+
+use alknet_runtime::{NodeStatus, OperationInvoker};
+
+pub use auth::ConnInfo;
+pub use limits::*;
+pub use metrics::HttpMetrics;
+pub use router::router;
+pub use tcp::HttpTcpHandler;
+
+/// The ALPNs served over TLS/TCP, in preference order.
+pub const TCP_ALPNS: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Scope that grants `GET /metrics` (unless `[http] public` lists it).
+pub const METRICS_SCOPE: &str = "node:metrics";
+
+/// What every route shares; cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct HttpState(Arc<HttpShared>);
+
+pub struct HttpShared {
+    pub config: HttpConfig,
+    /// Set once the server runs (the handlers are built before it starts).
+    status: OnceLock<NodeStatus>,
+    /// The call operations, when `alknet/call` is configured.
+    pub invoker: Option<Arc<dyn OperationInvoker>>,
+    pub metrics: HttpMetrics,
+    pub version: &'static str,
+}
+
+impl HttpState {
+    pub fn new(config: HttpConfig, invoker: Option<Arc<dyn OperationInvoker>>) -> Self {
+        Self(Arc::new(HttpShared {
+            config,
+            status: OnceLock::new(),
+            invoker,
+            metrics: HttpMetrics::default(),
+            version: env!("CARGO_PKG_VERSION"),
+        }))
+    }
+
+    /// Hands the running server's status to the routes (`/health`, `/metrics`).
+    pub fn set_status(&self, status: NodeStatus) {
+        let _ = self.0.status.set(status);
+    }
+
+    pub fn status(&self) -> Option<&NodeStatus> {
+        self.0.status.get()
+    }
+
+    /// Whether `path` is listed in `[http] public`.
+    pub fn is_public(&self, path: &str) -> bool {
+        self.0.config.public.iter().any(|p| p == path)
+    }
+}
+
+impl std::fmt::Debug for HttpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpState")
+            .field("config", &self.0.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for HttpState {
+    type Target = HttpShared;
+    fn deref(&self) -> &HttpShared {
+        &self.0
+    }
+}

@@ -47,9 +47,14 @@ impl ProtocolHandler for H3Handler {
     fn handle(
         &self,
         conn: Connection,
-        _auth: AuthContext,
+        auth: AuthContext,
     ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
-        let router = self.router.clone();
+        // who is asking, for the routes (identity, metrics), as the TCP side does
+        let info = crate::ConnInfo {
+            auth,
+            protocol: "HTTP/3",
+        };
+        let router = self.router.clone().layer(axum::Extension(info));
         let limits = Rc::new(self.limits.clone());
         Box::pin(async move {
             match serve_connection(conn, router, limits).await {

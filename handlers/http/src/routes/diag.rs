@@ -1,13 +1,14 @@
-//! The HTTP router served by the `h3` handler. A placeholder until the shared router of
-//! issue 14 (health, metrics, call API, ...) replaces [`router`]: enough to exercise
-//! HTTP/3 end to end (small JSON, request bodies both ways, long streamed responses).
+//! Diagnostic routes (`[http] diagnostics = true`, off by default): `POST /echo` and
+//! `GET /bytes/{n}`, for checking an HTTP stack end to end — request bodies both ways and
+//! long streamed responses whose every byte a client can verify — and for load tests.
+//! Off by default: `/bytes` lets anyone ask for up to 1 GiB.
 
 use axum::body::Body;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use bytes::Bytes;
 
 /// Largest `GET /bytes/{n}`.
@@ -29,14 +30,10 @@ const fn pattern() -> [u8; STREAM_CHUNK] {
     p
 }
 
-/// `GET /health` → `{"status":"serving"}`, `POST /echo` → the body, `GET /bytes/{n}` →
-/// `n` bytes, byte `i` being `i % 251`, streamed in 64 KiB chunks.
-pub fn router() -> Router {
+/// `POST /echo` → the body, `GET /bytes/{n}` → `n` bytes, byte `i` being `i % 251`,
+/// streamed in 64 KiB chunks.
+pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route(
-            "/health",
-            get(|| async { Json(serde_json::json!({"status": "serving"})) }),
-        )
         .route("/echo", post(|body: Bytes| async move { body }))
         .route("/bytes/{n}", get(bytes))
 }

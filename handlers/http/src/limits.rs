@@ -1,0 +1,152 @@
+//! Every limit of the HTTP front end: a named default, its key under `[http]` in the TOML
+//! config, and what it bounds. A client that breaks one gets the status named here or a
+//! closed connection, never unbounded memory.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `max_header_bytes`: bytes of an HTTP/1.1 request head (request line and headers) kept
+/// while parsing; past it the answer is 431 and the connection closes. For HTTP/2 the same
+/// number is the advertised SETTINGS_MAX_HEADER_LIST_SIZE. hyper's floor is 8192.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// `max_headers`: header fields in one HTTP/1.1 request; more get 431.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// `max_body_bytes`: largest request body read (a call's input); past it, 413.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// `header_read_timeout_ms`: an HTTP/1.1 client must send a whole request head within this
+/// long of starting it (or of its previous response: hyper runs this timer between
+/// keep-alive requests too); otherwise the connection is closed (slowloris).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// `request_timeout_ms`: time from a request's head to its response head; past it, 503.
+/// Call operations have their own deadline (`[call] default_timeout_ms`, answered 504),
+/// normally shorter.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// `keep_alive_idle_timeout_ms`: an HTTP/2 connection with no bytes either way for this
+/// long is shut down gracefully (GOAWAY). For HTTP/1.1 `header_read_timeout_ms` is the
+/// idle bound (see there).
+pub const DEFAULT_KEEP_ALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `h2_max_concurrent_streams`: HTTP/2 requests in flight at once per connection
+/// (SETTINGS_MAX_CONCURRENT_STREAMS).
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// `h2_max_pending_accept_reset_streams`: HTTP/2 streams a client opened and reset before
+/// the server accepted them, tolerated at once; past it the connection gets GOAWAY
+/// (the "rapid reset" attack, CVE-2023-44487).
+pub const DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// `h2_max_local_error_reset_streams`: streams the server had to reset because the client
+/// broke the protocol, tolerated per connection before GOAWAY.
+pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// `[http]`: paths served without authentication, and the limits above.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `public`: paths anyone may read without a scope (e.g. `["/metrics"]`; `/health`
+    /// and `/openapi.json` always are).
+    pub public: Vec<String>,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    #[serde(rename = "header_read_timeout_ms", with = "millis")]
+    pub header_read_timeout: Duration,
+    #[serde(rename = "request_timeout_ms", with = "millis")]
+    pub request_timeout: Duration,
+    #[serde(rename = "keep_alive_idle_timeout_ms", with = "millis")]
+    pub keep_alive_idle_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_accept_reset_streams: usize,
+    pub h2_max_local_error_reset_streams: usize,
+    /// `diagnostics`: serve `POST /echo` and `GET /bytes/{n}` (see `routes/diag.rs`).
+    pub diagnostics: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            public: Vec::new(),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            keep_alive_idle_timeout: DEFAULT_KEEP_ALIVE_IDLE_TIMEOUT,
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            h2_max_pending_accept_reset_streams: DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS,
+            h2_max_local_error_reset_streams: DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS,
+            diagnostics: false,
+        }
+    }
+}
+
+/// hyper refuses smaller HTTP/1.1 read buffers.
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+/// A value in `[http]` that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HttpConfigError {
+    #[error("http.{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("http.max_header_bytes must be at least {MIN_HEADER_BYTES}, got {0}")]
+    HeaderBytes(usize),
+    #[error("http.public: {0:?} is not a path (it must start with /)")]
+    PublicPath(String),
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Result<(), HttpConfigError> {
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(HttpConfigError::HeaderBytes(self.max_header_bytes));
+        }
+        let zero = [
+            ("max_headers", self.max_headers == 0),
+            ("max_body_bytes", self.max_body_bytes == 0),
+            ("header_read_timeout_ms", self.header_read_timeout.is_zero()),
+            ("request_timeout_ms", self.request_timeout.is_zero()),
+            (
+                "keep_alive_idle_timeout_ms",
+                self.keep_alive_idle_timeout.is_zero(),
+            ),
+            (
+                "h2_max_concurrent_streams",
+                self.h2_max_concurrent_streams == 0,
+            ),
+        ];
+        if let Some((name, _)) = zero.iter().find(|(_, z)| *z) {
+            return Err(HttpConfigError::Zero(name));
+        }
+        if let Some(p) = self.public.iter().find(|p| !p.starts_with('/')) {
+            return Err(HttpConfigError::PublicPath(p.clone()));
+        }
+        Ok(())
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_are_named() {
+        assert_eq!(HttpConfig::default().validate(), Ok(()));
+        let c: HttpConfig = toml::from_str("max_body_bytes = 0").expect("parses");
+        assert_eq!(c.validate(), Err(HttpConfigError::Zero("max_body_bytes")));
+        let c: HttpConfig = toml::from_str("max_header_bytes = 100").expect("parses");
+        assert_eq!(c.validate(), Err(HttpConfigError::HeaderBytes(100)));
+        let c: HttpConfig = toml::from_str("public = [\"metrics\"]").expect("parses");
+        assert_eq!(
+            c.validate(),
+            Err(HttpConfigError::PublicPath("metrics".into()))
+        );
+        assert!(toml::from_str::<HttpConfig>("nope = 1").is_err());
+    }
+}

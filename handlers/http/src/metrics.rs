@@ -1,0 +1,141 @@
+//! Prometheus metrics: the engine's per-worker counters (read at scrape time from the
+//! runtime's snapshots) and this front end's requests by route, status and protocol.
+//! Encoded by `prometheus-client` (OpenMetrics text, which Prometheus scrapes as is).
+
+use alknet_runtime::{NodeStatus, OperationStats};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The matched route pattern (`/api/call/{operationId}`), or "unmatched".
+    pub route: String,
+    pub status: u16,
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabel {
+    worker: String,
+}
+
+/// Live counters of the HTTP front end (shared by all workers: one relaxed atomic add per
+/// request, after the label lookup).
+#[derive(Default)]
+pub struct HttpMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+}
+
+/// Worker counters that are gauges (values that go down), by field name.
+const GAUGES: &[&str] = &["tcp_open"];
+
+impl HttpMetrics {
+    pub fn count(&self, route: &str, status: u16, protocol: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                status,
+                protocol: protocol.to_string(),
+            })
+            .inc();
+    }
+
+    /// The exposition text for a scrape.
+    pub fn encode(
+        &self,
+        status: Option<&NodeStatus>,
+        calls: Option<OperationStats>,
+    ) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::with_prefix("alknet");
+        if let Some(calls) = calls {
+            let requests = Counter::<u64>::default();
+            requests.inc_by(calls.requests);
+            registry.register(
+                "call_requests",
+                "call operations requested (alknet/call and HTTP)",
+                requests,
+            );
+            let responses = Counter::<u64>::default();
+            responses.inc_by(calls.responses);
+            registry.register(
+                "call_responses",
+                "call operations answered with a result",
+                responses,
+            );
+            let errors = Family::<CodeLabel, Counter>::default();
+            for (code, n) in calls.errors {
+                errors
+                    .get_or_create(&CodeLabel {
+                        code: code.as_str().to_string(),
+                    })
+                    .inc_by(n);
+            }
+            registry.register(
+                "call_errors",
+                "call operations failed, by call error code",
+                errors,
+            );
+        }
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, status and protocol",
+            self.requests.clone(),
+        );
+        if let Some(status) = status {
+            let per_worker = status.worker_stats();
+            if let Some(first) = per_worker.first() {
+                for (name, _) in first.named() {
+                    let help = format!("engine worker counter {name} (see runtime/src/stats.rs)");
+                    if GAUGES.contains(&name) {
+                        let family = Family::<WorkerLabel, Gauge>::default();
+                        for (i, s) in per_worker.iter().enumerate() {
+                            let v = s.named().into_iter().find(|(n, _)| *n == name);
+                            family
+                                .get_or_create(&WorkerLabel {
+                                    worker: i.to_string(),
+                                })
+                                .set(v.map_or(0, |(_, v)| i64::try_from(v).unwrap_or(i64::MAX)));
+                        }
+                        registry.register(format!("worker_{name}"), help, family);
+                    } else {
+                        let family = Family::<WorkerLabel, Counter>::default();
+                        for (i, s) in per_worker.iter().enumerate() {
+                            let v = s.named().into_iter().find(|(n, _)| *n == name);
+                            family
+                                .get_or_create(&WorkerLabel {
+                                    worker: i.to_string(),
+                                })
+                                .inc_by(v.map_or(0, |(_, v)| v));
+                        }
+                        registry.register(format!("worker_{name}"), help, family);
+                    }
+                }
+            }
+            let open = Gauge::<i64>::default();
+            open.set(i64::try_from(status.open_connections()).unwrap_or(i64::MAX));
+            registry.register(
+                "quic_connections_open",
+                "QUIC connections open across all workers",
+                open,
+            );
+            let draining = Gauge::<i64>::default();
+            draining.set(i64::from(status.draining()));
+            registry.register(
+                "draining",
+                "1 while the node drains for shutdown, else 0",
+                draining,
+            );
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}

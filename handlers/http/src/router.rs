@@ -1,0 +1,58 @@
+//! The one router every HTTP version serves (HTTP/1.1 and HTTP/2 here, HTTP/3 in `h3`).
+//! Transports insert a [`crate::ConnInfo`] into each request's extensions first.
+
+use alknet_proto::call::ErrorCode;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::auth::ConnInfo;
+use crate::routes::{call, error_response, health, mcp, metrics, openapi};
+use crate::HttpState;
+
+/// Every route, with the body limit and request counting.
+pub fn router(state: HttpState) -> Router {
+    let diagnostics = if state.config.diagnostics {
+        crate::routes::diag::routes()
+    } else {
+        Router::new()
+    };
+    Router::new()
+        .merge(diagnostics)
+        .route("/health", get(health::health))
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/call/{operationId}", post(call::call))
+        .route("/openapi.json", get(openapi::openapi))
+        .route("/mcp", post(mcp::mcp).get(mcp::mcp_get))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    error_response(ErrorCode::NotFound, "no such route")
+}
+
+/// Counts each answered request by its route pattern (not its path: a peer cannot grow
+/// the label set), status and protocol.
+async fn count_requests(State(state): State<HttpState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let protocol = req
+        .extensions()
+        .get::<ConnInfo>()
+        .map_or("unknown", |c| c.protocol);
+    let response = next.run(req).await;
+    state
+        .metrics
+        .count(&route, response.status().as_u16(), protocol);
+    response
+}

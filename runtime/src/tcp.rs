@@ -1,0 +1,372 @@
+//! TLS over TCP on the QUIC port, for clients whose UDP is blocked (HTTP/1.1, HTTP/2).
+//!
+//! Thread-per-core like the UDP side: every worker has its own SO_REUSEPORT listener on the
+//! QUIC endpoint's address and port, accepts with monoio (io_uring accept, or epoll with
+//! the legacy driver) and serves each connection on itself. The TLS handshake uses the
+//! certificate and client-certificate policy new QUIC handshakes get (reloads included),
+//! then the negotiated ALPN picks a [`TcpHandler`], as [`crate::AlpnRegistry`] does for
+//! QUIC; a client with no ALPN is HTTP/1.1. The QUIC packet path is not involved.
+//!
+//! The TLS stream: monoio's `TcpStreamPoll` (poll-io: readiness through the same ring)
+//! implements tokio's `AsyncRead`/`AsyncWrite` traits, so `tokio-rustls` (rustls's own
+//! async adapter, maintained with it) runs the record layer on it. No tokio runtime runs:
+//! only its IO traits are used.
+
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+use crate::identity::{AuthContext, IdentityProvider};
+use crate::limits::TcpLimits;
+use crate::router::{HandlerError, LocalBoxFuture, RegistryError};
+use crate::rt::{catch_panic, panic_message, spawn_guarded};
+use crate::stats::WorkerStats;
+use crate::tls::fingerprint_of;
+use crate::worker::{ServerShared, CLOSE_NOW, RUNNING};
+
+/// A server-side TLS stream over TCP, as handed to a [`TcpHandler`]. It implements tokio's
+/// `AsyncRead`/`AsyncWrite` (driven by the worker's monoio loop, not by tokio).
+pub type TlsTcpStream =
+    tokio_rustls::server::TlsStream<monoio::net::tcp::stream_poll::TcpStreamPoll>;
+
+/// The ALPN a TLS client that offers none is served as.
+pub const TCP_DEFAULT_ALPN: &[u8] = b"http/1.1";
+
+/// How often a worker whose QUIC side has drained checks whether its TCP connections have
+/// too (they end when their clients close or the handler's own timeouts close them).
+const TCP_DRAIN_POLL: Duration = Duration::from_millis(50);
+/// Pause after an accept error such as EMFILE, so a full fd table does not spin the worker.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
+
+/// A protocol served over TLS on TCP under one or more ALPNs.
+///
+/// Shared by all workers; each connection's `handle` future runs on the worker that
+/// accepted it and need not be `Send`. An error or a panic ends only that connection.
+pub trait TcpHandler: Send + Sync + 'static {
+    /// The ALPNs served, e.g. `[b"h2", b"http/1.1"]`.
+    fn alpns(&self) -> Vec<Vec<u8>>;
+    /// Serves one connection whose TLS handshake is complete.
+    fn handle(
+        &self,
+        stream: TlsTcpStream,
+        auth: AuthContext,
+    ) -> LocalBoxFuture<'_, Result<(), HandlerError>>;
+}
+
+/// The TCP handlers of one server, by ALPN, in preference order.
+#[derive(Clone, Default)]
+pub struct TcpRegistry {
+    handlers: Vec<(Vec<u8>, Arc<dyn TcpHandler>)>,
+}
+
+impl std::fmt::Debug for TcpRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.handlers
+                    .iter()
+                    .map(|(a, _)| String::from_utf8_lossy(a)),
+            )
+            .finish()
+    }
+}
+
+impl TcpRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&mut self, handler: Arc<dyn TcpHandler>) -> Result<(), RegistryError> {
+        for alpn in handler.alpns() {
+            if alpn.is_empty() || alpn.len() > 255 {
+                return Err(RegistryError::Length(alpn.len()));
+            }
+            if self.lookup(&alpn).is_some() {
+                return Err(RegistryError::Duplicate(
+                    String::from_utf8_lossy(&alpn).into_owned(),
+                ));
+            }
+            self.handlers.push((alpn, handler.clone()));
+        }
+        Ok(())
+    }
+
+    pub fn lookup(&self, alpn: &[u8]) -> Option<&Arc<dyn TcpHandler>> {
+        self.handlers
+            .iter()
+            .find(|(a, _)| a.as_slice() == alpn)
+            .map(|(_, h)| h)
+    }
+
+    /// The ALPNs to advertise, in preference order.
+    pub fn alpns(&self) -> Vec<Vec<u8>> {
+        self.handlers.iter().map(|(a, _)| a.clone()).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handlers.is_empty()
+    }
+}
+
+/// What a server's TCP side needs: its handlers and limits.
+#[derive(Debug, Clone, Default)]
+pub struct TcpSetup {
+    pub registry: TcpRegistry,
+    pub limits: TcpLimits,
+}
+
+/// Connections one worker's listener has open, for its limits and its drain.
+#[derive(Default)]
+pub(crate) struct WorkerTcp {
+    open: Cell<usize>,
+    per_address: RefCell<FxHashMap<IpAddr, usize>>,
+}
+
+/// Holds a connection's place in its worker's counts; dropping it frees the place.
+struct Slot {
+    worker: Rc<WorkerTcp>,
+    stats: Arc<WorkerStats>,
+    ip: IpAddr,
+    counted_open: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.worker
+            .open
+            .set(self.worker.open.get().saturating_sub(1));
+        let mut map = self.worker.per_address.borrow_mut();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+        if self.counted_open {
+            self.stats.tcp_open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl WorkerTcp {
+    /// A place for a connection from `ip`, unless a limit is reached.
+    fn admit(
+        self: &Rc<Self>,
+        ip: IpAddr,
+        limits: &TcpLimits,
+        stats: &Arc<WorkerStats>,
+    ) -> Option<Slot> {
+        if self.open.get() >= limits.max_connections_per_worker {
+            return None;
+        }
+        let mut map = self.per_address.borrow_mut();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limits.max_connections_per_address {
+            return None;
+        }
+        *n += 1;
+        self.open.set(self.open.get() + 1);
+        Some(Slot {
+            worker: self.clone(),
+            stats: stats.clone(),
+            ip,
+            counted_open: false,
+        })
+    }
+
+    /// Waits until this worker's TCP connections are gone, `timeout` passed, or the server
+    /// is told to close everything now. Bounded by `timeout`.
+    pub(crate) async fn drain(&self, shared: &ServerShared, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        while self.open.get() > 0
+            && Instant::now() < until
+            && shared.shutdown.load(Ordering::Acquire) != CLOSE_NOW
+        {
+            monoio::time::sleep(TCP_DRAIN_POLL).await;
+        }
+    }
+}
+
+/// Accepts on one worker's listener until the server shuts down. An accept that completes
+/// after shutdown was requested is closed at once; the task itself ends with the worker's
+/// runtime (the accept is never cancelled mid-flight, so no accepted fd can leak).
+pub(crate) async fn accept_loop(
+    worker: usize,
+    listener: monoio::net::TcpListener,
+    shared: Arc<ServerShared>,
+    state: Rc<WorkerTcp>,
+) {
+    let Some(setup) = shared.tcp.clone() else {
+        return;
+    };
+    let stats = shared.stats[worker].clone();
+    loop {
+        let accepted = listener.accept().await;
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(worker, "TCP accept failed: {e}");
+                monoio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        if shared.shutdown.load(Ordering::Acquire) != RUNNING {
+            WorkerStats::add(&stats.tcp_refused, 1);
+            drop(stream);
+            continue;
+        }
+        let Some(slot) = state.admit(remote.ip(), &setup.limits, &stats) else {
+            WorkerStats::add(&stats.tcp_refused, 1);
+            tracing::debug!(worker, %remote, "TCP connection refused: connection limit");
+            drop(stream);
+            continue;
+        };
+        let shared = shared.clone();
+        let setup = setup.clone();
+        let stats = stats.clone();
+        spawn_guarded("tcp connection", async move {
+            serve_connection(worker, stream, remote, shared, &setup, stats, slot).await;
+        });
+    }
+}
+
+async fn serve_connection(
+    worker: usize,
+    stream: monoio::net::TcpStream,
+    remote: SocketAddr,
+    shared: Arc<ServerShared>,
+    setup: &TcpSetup,
+    stats: Arc<WorkerStats>,
+    mut slot: Slot,
+) {
+    let _ = stream.set_nodelay(true);
+    let poll = match stream.try_into_poll_io() {
+        Ok(p) => p,
+        Err((e, _)) => {
+            tracing::warn!(worker, %remote, "TCP stream to poll mode: {e}");
+            return;
+        }
+    };
+    let Some(config) = shared.tls.load().tcp.clone() else {
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let handshake =
+        monoio::time::timeout(setup.limits.tls_handshake_timeout, acceptor.accept(poll)).await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            WorkerStats::add(&stats.tls_handshake_failures, 1);
+            tracing::debug!(worker, %remote, "TLS over TCP handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            WorkerStats::add(&stats.tls_handshake_failures, 1);
+            tracing::debug!(worker, %remote, "TLS over TCP handshake timed out");
+            return;
+        }
+    };
+    let (alpn, peer_fingerprint) = {
+        let (_, conn) = tls.get_ref();
+        (
+            conn.alpn_protocol()
+                .map_or_else(|| TCP_DEFAULT_ALPN.to_vec(), <[u8]>::to_vec),
+            conn.peer_certificates()
+                .and_then(|c| c.first())
+                .map(fingerprint_of),
+        )
+    };
+    let Some(handler) = setup.registry.lookup(&alpn).cloned() else {
+        // only without ALPN (rustls refuses ALPNs we do not advertise)
+        tracing::debug!(worker, %remote, "no TCP handler for ALPN {:?}", String::from_utf8_lossy(&alpn));
+        WorkerStats::add(&stats.tls_handshake_failures, 1);
+        return;
+    };
+    WorkerStats::add(&stats.tcp_accepted, 1);
+    WorkerStats::add(&stats.tcp_open, 1);
+    slot.counted_open = true;
+    let identity = peer_fingerprint.and_then(|fp| shared.provider.resolve_from_fingerprint(&fp));
+    let provider: Arc<dyn IdentityProvider> = shared.provider.clone();
+    let auth = AuthContext {
+        remote,
+        alpn,
+        peer_fingerprint,
+        identity,
+        provider,
+    };
+    match catch_panic(handler.handle(tls, auth)).await {
+        Ok(Ok(())) => tracing::trace!(worker, %remote, "TCP connection finished"),
+        Ok(Err(e)) => {
+            WorkerStats::add(&stats.handler_errors, 1);
+            tracing::debug!(worker, %remote, "TCP handler error: {e}");
+        }
+        Err(panic) => {
+            WorkerStats::add(&stats.handler_panics, 1);
+            tracing::error!(worker, %remote, panic = %panic_message(&*panic), "TCP handler panicked");
+        }
+    }
+    drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Named(Vec<Vec<u8>>);
+
+    impl TcpHandler for Named {
+        fn alpns(&self) -> Vec<Vec<u8>> {
+            self.0.clone()
+        }
+        fn handle(
+            &self,
+            _: TlsTcpStream,
+            _: AuthContext,
+        ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[test]
+    fn registry_maps_each_alpn_and_refuses_duplicates() {
+        let mut r = TcpRegistry::new();
+        r.register(Arc::new(Named(vec![b"h2".to_vec(), b"http/1.1".to_vec()])))
+            .expect("registers");
+        assert_eq!(r.alpns(), vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert!(r.lookup(TCP_DEFAULT_ALPN).is_some());
+        assert!(r.lookup(b"h3").is_none());
+        assert_eq!(
+            r.register(Arc::new(Named(vec![b"h2".to_vec()]))).err(),
+            Some(RegistryError::Duplicate("h2".into()))
+        );
+    }
+
+    #[test]
+    fn admission_counts_per_worker_and_per_address() {
+        let w = Rc::new(WorkerTcp::default());
+        let stats = Arc::new(WorkerStats::default());
+        let limits = TcpLimits {
+            max_connections_per_worker: 3,
+            max_connections_per_address: 2,
+            ..TcpLimits::default()
+        };
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let s1 = w.admit(a, &limits, &stats).expect("first");
+        let _s2 = w.admit(a, &limits, &stats).expect("second");
+        assert!(w.admit(a, &limits, &stats).is_none(), "per-address limit");
+        let _s3 = w.admit(b, &limits, &stats).expect("other address");
+        assert!(w.admit(b, &limits, &stats).is_none(), "per-worker limit");
+        drop(s1);
+        assert!(
+            w.admit(a, &limits, &stats).is_some(),
+            "a freed place is reused"
+        );
+        assert_eq!(w.open.get(), 2);
+    }
+}

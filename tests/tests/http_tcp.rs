@@ -1,0 +1,664 @@
+//! HTTP/1.1 and HTTP/2 over TLS/TCP on the QUIC port, driven by real clients against the
+//! real `alknet serve`: curl (certificate pinned), h2load (nghttp2) and Python's ssl
+//! module (slowloris, a refused ALPN), with `/metrics` checked by the `prometheus_client`
+//! OpenMetrics parser. `tests/run-all.sh` installs curl, nghttp2-client and
+//! prometheus-client.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use alknet_tests::*;
+
+/// Every client run ends within this, or the test fails.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+const TOKEN_METRICS: &str = "metrics-token-0123";
+const TOKEN_ADMIN: &str = "admin-token-4567";
+
+fn config(extra: &str) -> String {
+    format!(
+        r#"
+[handlers]
+enabled = ["alknet/echo", "alknet/call"]
+
+[[identities]]
+name = "scraper"
+tokens = ["{TOKEN_METRICS}"]
+scopes = ["node:metrics"]
+
+[[identities]]
+name = "admin"
+tokens = ["{TOKEN_ADMIN}"]
+scopes = ["node:admin"]
+{extra}
+"#
+    )
+}
+
+struct Reply {
+    status: u16,
+    version: String,
+    headers: String,
+    body: String,
+}
+
+/// `curl` with the server's certificate as the only CA, plus `args`.
+fn curl(server: &BinServer, args: &[&str]) -> Reply {
+    let cert = server.data_dir.path().join("cert.pem");
+    let headers = tempfile::NamedTempFile::new().expect("tempfile");
+    let child = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--cacert"])
+        .arg(&cert)
+        .arg("-D")
+        .arg(headers.path())
+        .args(["-w", "\n%{http_code} %{http_version}"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl (tests/run-all.sh installs it)");
+    let out = wait_output(child, CLIENT_TIMEOUT);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').expect("curl -w line");
+    let mut tail = tail.split(' ');
+    let status = tail.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    Reply {
+        status,
+        version: tail.next().unwrap_or_default().to_string(),
+        headers: std::fs::read_to_string(headers.path()).unwrap_or_default(),
+        body: body.to_string(),
+    }
+}
+
+fn url(server: &BinServer, path: &str) -> String {
+    format!("https://127.0.0.1:{}{path}", server.port)
+}
+
+fn json(r: &Reply) -> serde_json::Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body))
+}
+
+/// The base64 SHA-256 of the server's public key, as `curl --pinnedpubkey` wants it.
+fn pinned_pubkey(server: &BinServer) -> String {
+    let cert = server.data_dir.path().join("cert.pem");
+    let script = format!(
+        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der \
+         | openssl dgst -sha256 -binary | base64",
+        cert.display()
+    );
+    let child = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let out = wait_output(child, CLIENT_TIMEOUT);
+    assert!(out.status.success());
+    format!("sha256//{}", String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[test]
+fn health_metrics_and_calls_over_http1_and_http2() {
+    let server = BinServer::start_with_config(&config(""));
+    for version in ["--http1.1", "--http2"] {
+        let want = if version == "--http2" { "2" } else { "1.1" };
+        let r = curl(&server, &[version, &url(&server, "/health")]);
+        assert_eq!((r.status, r.version.as_str()), (200, want), "{}", r.body);
+        assert_eq!(json(&r)["status"], "serving");
+        assert!(
+            r.headers
+                .to_ascii_lowercase()
+                .contains(&format!("alt-svc: h3=\":{}\"", server.port)),
+            "{}",
+            r.headers
+        );
+
+        // a public operation, anonymous
+        let r = curl(
+            &server,
+            &[
+                version,
+                "-X",
+                "POST",
+                "--data",
+                r#"{"x":[1,2]}"#,
+                &url(&server, "/api/call/echo"),
+            ],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(json(&r), serde_json::json!({"x": [1, 2]}));
+
+        // node.stats needs node:admin: anonymous 401, a token without it 403, with it 200
+        let stats = url(&server, "/api/call/node.stats");
+        let r = curl(&server, &[version, "-X", "POST", &stats]);
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert_eq!(json(&r)["error"]["code"], "UNAUTHENTICATED");
+        let bearer = format!("Authorization: Bearer {TOKEN_METRICS}");
+        let r = curl(&server, &[version, "-X", "POST", "-H", &bearer, &stats]);
+        assert_eq!(r.status, 403, "{}", r.body);
+        assert_eq!(json(&r)["error"]["code"], "FORBIDDEN");
+        let bearer = format!("Authorization: Bearer {TOKEN_ADMIN}");
+        let r = curl(&server, &[version, "-X", "POST", "-H", &bearer, &stats]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(json(&r).is_object());
+        let r = curl(
+            &server,
+            &[
+                version,
+                "-X",
+                "POST",
+                "-H",
+                "Authorization: Bearer wrong",
+                &stats,
+            ],
+        );
+        assert_eq!(r.status, 401, "{}", r.body);
+
+        // unknown operation, bad JSON
+        let r = curl(
+            &server,
+            &[version, "-X", "POST", &url(&server, "/api/call/nope")],
+        );
+        assert_eq!(
+            (r.status, json(&r)["error"]["code"].as_str()),
+            (404, Some("NOT_FOUND"))
+        );
+        let r = curl(
+            &server,
+            &[
+                version,
+                "-X",
+                "POST",
+                "--data",
+                "{oops",
+                &url(&server, "/api/call/echo"),
+            ],
+        );
+        assert_eq!(
+            (r.status, json(&r)["error"]["code"].as_str()),
+            (400, Some("INVALID_ARGUMENT"))
+        );
+
+        // metrics: scope node:metrics
+        let r = curl(&server, &[version, &url(&server, "/metrics")]);
+        assert_eq!(r.status, 401, "{}", r.body);
+        let bearer = format!("Authorization: Bearer {TOKEN_METRICS}");
+        let r = curl(
+            &server,
+            &[version, "-H", &bearer, &url(&server, "/metrics")],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r
+            .body
+            .contains("alknet_worker_tcp_accepted_total{worker=\"0\"}"));
+
+        // OpenAPI lists the public operations for an anonymous caller, node.stats for admin
+        let r = curl(&server, &[version, &url(&server, "/openapi.json")]);
+        let doc = json(&r);
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert!(doc["paths"].get("/api/call/echo").is_some());
+        assert!(doc["paths"].get("/api/call/node.stats").is_none());
+        let bearer = format!("Authorization: Bearer {TOKEN_ADMIN}");
+        let r = curl(
+            &server,
+            &[version, "-H", &bearer, &url(&server, "/openapi.json")],
+        );
+        assert!(json(&r)["paths"].get("/api/call/node.stats").is_some());
+    }
+
+    // the certificate pinned by its public key instead of a CA file
+    let pin = pinned_pubkey(&server);
+    let r = curl(
+        &server,
+        &[
+            "--http2",
+            "--insecure",
+            "--pinnedpubkey",
+            &pin,
+            &url(&server, "/health"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let wrong = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let r = curl(
+        &server,
+        &[
+            "--http2",
+            "--insecure",
+            "--pinnedpubkey",
+            wrong,
+            &url(&server, "/health"),
+        ],
+    );
+    assert_eq!(r.status, 0, "a wrong pin must fail the connection");
+}
+
+#[test]
+fn oversized_bodies_and_headers_are_refused() {
+    let server = BinServer::start_with_config(&config(
+        "[http]\nmax_body_bytes = 1000\nmax_header_bytes = 8192\nmax_headers = 50\n",
+    ));
+    let big = server.data_dir.path().join("big.json");
+    std::fs::write(&big, format!("\"{}\"", "a".repeat(5000))).expect("write");
+    let small = format!("@{}", big.display());
+    let huge_header = format!("X-Big: {}", "b".repeat(20_000));
+    let many: Vec<String> = (0..60)
+        .flat_map(|i| ["-H".into(), format!("X-H{i}: v")])
+        .collect();
+    for version in ["--http1.1", "--http2"] {
+        let r = curl(
+            &server,
+            &[
+                version,
+                "-X",
+                "POST",
+                "--data-binary",
+                &small,
+                &url(&server, "/api/call/echo"),
+            ],
+        );
+        assert_eq!(r.status, 413, "{version}: {}", r.body);
+        let r = curl(
+            &server,
+            &[version, "-H", &huge_header, &url(&server, "/health")],
+        );
+        assert_eq!(r.status, 431, "{version}: {}", r.body);
+        // the server still serves
+        let r = curl(&server, &[version, &url(&server, "/health")]);
+        assert_eq!(r.status, 200);
+    }
+    let mut args: Vec<&str> = vec!["--http1.1"];
+    args.extend(many.iter().map(String::as_str));
+    let health = url(&server, "/health");
+    args.push(&health);
+    let r = curl(&server, &args);
+    assert_eq!(r.status, 431, "{}", r.body);
+}
+
+/// Runs a Python script with `args`; returns its stdout, failing on a non-zero exit.
+fn python(script: &str, args: &[&str]) -> String {
+    let mut child = Command::new("python3")
+        .arg("-")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("script");
+    let out = wait_output(child, CLIENT_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const SLOWLORIS: &str = r#"
+import socket, ssl, sys
+port, cafile = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=cafile)
+ctx.set_alpn_protocols(["http/1.1"])
+def connect():
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+    s.settimeout(30)
+    return s
+# a whole request is answered on the same connection
+s = connect()
+s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+print("complete:", s.recv(4096).split(b"\r\n")[0].decode())
+# a head that never ends: the server closes the connection (recv returns b"" or resets)
+s = connect()
+s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+try:
+    while True:
+        data = s.recv(4096)
+        if not data:
+            print("slow: closed")
+            break
+        if b"408" in data:
+            # hyper may answer 408 before closing
+            continue
+except (ConnectionResetError, ssl.SSLError, ssl.SSLEOFError):
+    print("slow: closed")
+except socket.timeout:
+    print("slow: still open")
+"#;
+
+#[test]
+fn a_slowloris_client_is_cut_off() {
+    let server = BinServer::start_with_config(&config("[http]\nheader_read_timeout_ms = 1000\n"));
+    let cert = server.data_dir.path().join("cert.pem");
+    let out = python(
+        SLOWLORIS,
+        &[&server.port.to_string(), &cert.display().to_string()],
+    );
+    assert!(out.contains("complete: HTTP/1.1 200 OK"), "{out}");
+    assert!(out.contains("slow: closed"), "{out}");
+}
+
+const ALPN_PROBE: &str = r#"
+import socket, ssl, sys
+port, cafile = int(sys.argv[1]), sys.argv[2]
+for offer in (["h2"], ["http/1.1"], None, ["alknet/echo"], ["h3"]):
+    ctx = ssl.create_default_context(cafile=cafile)
+    if offer:
+        ctx.set_alpn_protocols(offer)
+    try:
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+        print(offer, "->", s.selected_alpn_protocol())
+        s.close()
+    except ssl.SSLError as e:
+        print(offer, "-> refused", str(e))
+"#;
+
+#[test]
+fn tcp_alpn_routes_http_and_refuses_others() {
+    let server = BinServer::start_with_config(&config(""));
+    let cert = server.data_dir.path().join("cert.pem");
+    let out = python(
+        ALPN_PROBE,
+        &[&server.port.to_string(), &cert.display().to_string()],
+    );
+    assert!(out.contains("['h2'] -> h2"), "{out}");
+    assert!(out.contains("['http/1.1'] -> http/1.1"), "{out}");
+    assert!(out.contains("None -> None"), "{out}");
+    // QUIC-only ALPNs are not served over TCP
+    assert!(
+        out.contains("['alknet/echo'] -> refused [SSL] tlsv1 alert no application protocol"),
+        "{out}"
+    );
+    assert!(
+        out.contains("['h3'] -> refused [SSL] tlsv1 alert no application protocol"),
+        "{out}"
+    );
+}
+
+/// `h2load`'s summary: (requests done, succeeded, 2xx).
+fn h2load(server: &BinServer, args: &[&str]) -> String {
+    let child = Command::new("h2load")
+        .args(args)
+        .arg(url(server, "/health"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("h2load (nghttp2-client; tests/run-all.sh installs it)");
+    let out = wait_output(child, CLIENT_TIMEOUT);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn h2load_gets_every_request_answered_200() {
+    let server = BinServer::start_with_config(&config(""));
+    // HTTP/2: 4 connections, 10 streams each in flight
+    let out = h2load(&server, &["-n", "2000", "-c", "4", "-m", "10"]);
+    assert!(
+        out.contains(
+            "requests: 2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed, 0 errored"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("status codes: 2000 2xx, 0 3xx, 0 4xx, 0 5xx"),
+        "{out}"
+    );
+    // HTTP/1.1 keep-alive
+    let out = h2load(&server, &["--h1", "-n", "1000", "-c", "4"]);
+    assert!(
+        out.contains(
+            "requests: 1000 total, 1000 started, 1000 done, 1000 succeeded, 0 failed, 0 errored"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("status codes: 1000 2xx, 0 3xx, 0 4xx, 0 5xx"),
+        "{out}"
+    );
+}
+
+const PARSE_METRICS: &str = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+text = sys.stdin.read() if False else open(sys.argv[1]).read()
+families = {f.name: f for f in text_string_to_metric_families(text)}
+for name in ("alknet_worker_tcp_accepted", "alknet_worker_datagrams_received",
+             "alknet_http_requests", "alknet_worker_tcp_open", "alknet_draining",
+             "alknet_call_requests", "alknet_call_errors"):
+    fam = families[name]
+    print(name, fam.type, len(fam.samples))
+accepted = sum(s.value for s in families["alknet_worker_tcp_accepted"].samples
+               if s.name.endswith("_total"))
+print("tcp_accepted", int(accepted))
+ok = [s for s in families["alknet_http_requests"].samples
+      if s.labels.get("route") == "/health" and s.labels.get("status") == "200"]
+print("health_200", int(sum(s.value for s in ok)))
+nf = [s for s in families["alknet_call_errors"].samples if s.labels.get("code") == "NOT_FOUND"]
+print("call_not_found", int(sum(s.value for s in nf)))
+"#;
+
+#[test]
+fn metrics_parse_as_openmetrics() {
+    let server = BinServer::start_with_config(&config("[http]\npublic = [\"/metrics\"]\n"));
+    for _ in 0..3 {
+        assert_eq!(
+            curl(&server, &["--http2", &url(&server, "/health")]).status,
+            200
+        );
+    }
+    let r = curl(
+        &server,
+        &["--http2", "-X", "POST", &url(&server, "/api/call/nope")],
+    );
+    assert_eq!(r.status, 404);
+    // public: no token needed
+    let r = curl(&server, &["--http1.1", &url(&server, "/metrics")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.headers.contains("application/openmetrics-text"),
+        "{}",
+        r.headers
+    );
+    let file = server.data_dir.path().join("metrics.txt");
+    std::fs::write(&file, format!("{}\n", r.body.trim_end())).expect("write");
+    let out = python(PARSE_METRICS, &[&file.display().to_string()]);
+    assert!(
+        out.contains("alknet_worker_tcp_accepted counter 2"),
+        "{out}"
+    );
+    assert!(out.contains("alknet_worker_tcp_open gauge 2"), "{out}");
+    assert!(out.contains("alknet_draining gauge 1"), "{out}");
+    // 3 health requests, the call and this scrape: 5 TCP connections at least
+    let accepted: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tcp_accepted "))
+        .and_then(|v| v.parse().ok())
+        .expect("tcp_accepted line");
+    assert!(accepted >= 5, "{out}\n{}", r.body);
+    assert!(out.contains("health_200 3"), "{out}");
+    assert!(out.contains("call_not_found 1"), "{out}");
+    assert!(
+        out.contains("alknet_call_errors counter 7"),
+        "one sample per code: {out}"
+    );
+}
+
+#[test]
+fn new_tcp_handshakes_get_a_reloaded_certificate() {
+    let server = BinServer::start_with_config(&config(""));
+    // "alknet serving" is logged just before the SIGHUP handler is installed (as in
+    // reload_cli.rs): a round trip first, so the signal does not beat the handler
+    let r = curl(&server, &["--http2", &url(&server, "/health")]);
+    assert_eq!(r.status, 200);
+    server.wait_for_log("certificate fingerprint");
+    let dir = server.data_dir.path();
+    let old_ca = dir.join("old-cert.pem");
+    std::fs::copy(dir.join("cert.pem"), &old_ca).expect("keep the old certificate");
+    let next = alknet_runtime::tls::TlsIdentity::generate_self_signed(&[]).expect("generate");
+    std::fs::write(dir.join("cert.pem"), next.chain_pem()).expect("cert");
+    std::fs::write(dir.join("key.pem"), next.key_pem()).expect("key");
+    // SAFETY: kill(2) on the child this test started
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    server.wait_for_log("reloaded: certificate");
+    // curl() trusts data_dir/cert.pem: now the new certificate
+    let r = curl(&server, &["--http2", &url(&server, "/health")]);
+    assert_eq!(r.status, 200, "the new certificate is served over TCP");
+    let old = old_ca.display().to_string();
+    let r = curl(
+        &server,
+        &["--http2", "--cacert", &old, &url(&server, "/health")],
+    );
+    assert_eq!(r.status, 0, "the old certificate is no longer served");
+}
+
+/// One JSON-RPC request to `/mcp` over HTTP/2, as an MCP Streamable HTTP client sends it.
+fn mcp(server: &BinServer, body: &str, token: Option<&str>) -> Reply {
+    let bearer = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut args = vec![
+        "--http2",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Accept: application/json, text/event-stream",
+        "--data",
+        body,
+    ];
+    if let Some(b) = &bearer {
+        args.extend(["-H", b.as_str()]);
+    }
+    let target = url(server, "/mcp");
+    args.push(&target);
+    curl(server, &args)
+}
+
+#[test]
+fn mcp_initialize_list_and_call_tools() {
+    let server = BinServer::start_with_config(&config(""));
+    let r = mcp(
+        &server,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = json(&r);
+    assert_eq!(v["id"], 1);
+    assert_eq!(v["result"]["protocolVersion"], "2025-06-18");
+    assert_eq!(v["result"]["serverInfo"]["name"], "alknet");
+    let r = mcp(
+        &server,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        None,
+    );
+    assert_eq!(r.status, 202);
+    let r = mcp(&server, r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#, None);
+    assert_eq!(json(&r)["result"], serde_json::json!({}));
+
+    // anonymous: public tools only; admin: node.stats too
+    let list = r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#;
+    let names = |r: &Reply| -> Vec<String> {
+        json(r)["result"]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .map(|t| t["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let anonymous = names(&mcp(&server, list, None));
+    assert!(anonymous.contains(&"echo".to_string()), "{anonymous:?}");
+    assert!(
+        !anonymous.contains(&"node.stats".to_string()),
+        "{anonymous:?}"
+    );
+    assert!(
+        !anonymous.contains(&"echo.stream".to_string()),
+        "streaming ops are not tools"
+    );
+    let admin = names(&mcp(&server, list, Some(TOKEN_ADMIN)));
+    assert!(admin.contains(&"node.stats".to_string()), "{admin:?}");
+
+    let r = mcp(
+        &server,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","arguments":{"say":"hi"}}}"#,
+        None,
+    );
+    let v = json(&r);
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    assert_eq!(
+        v["result"]["structuredContent"],
+        serde_json::json!({"say": "hi"})
+    );
+    // a denied tool: a tool error carrying the call error code
+    let call_stats = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"node.stats","arguments":{}}}"#;
+    let v = json(&mcp(&server, call_stats, None));
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.starts_with("UNAUTHENTICATED"), "{text}");
+    let v = json(&mcp(&server, call_stats, Some(TOKEN_METRICS)));
+    let text = v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.starts_with("FORBIDDEN"), "{text}");
+    let v = json(&mcp(&server, call_stats, Some(TOKEN_ADMIN)));
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    // unknown tool, unknown method, not JSON
+    let v = json(&mcp(
+        &server,
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"nope"}}"#,
+        None,
+    ));
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    let v = json(&mcp(
+        &server,
+        r#"{"jsonrpc":"2.0","id":7,"method":"nope"}"#,
+        None,
+    ));
+    assert_eq!(v["error"]["code"], -32601, "{v}");
+    let v = json(&mcp(&server, "{oops", None));
+    assert_eq!(v["error"]["code"], -32700, "{v}");
+}
+
+/// The official MCP Python SDK (`mcp` on PyPI, pinned in tests/interop/requirements.txt)
+/// as the client: its Streamable HTTP transport over HTTPS with the server's certificate.
+const MCP_SDK_CLIENT: &str = r#"
+import asyncio, ssl, sys
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+async def main(url, cafile):
+    ctx = ssl.create_default_context(cafile=cafile)
+    async with httpx2.AsyncClient(verify=ctx) as http:
+        async with streamable_http_client(url, http_client=http) as streams:
+            async with ClientSession(streams[0], streams[1]) as s:
+                init = await s.initialize()
+                print("server", init.server_info.name)
+                names = [t.name for t in (await s.list_tools()).tools]
+                print("tools", "echo" in names, "node.stats" in names)
+                res = await s.call_tool("echo", {"say": "hi"})
+                print("echo", res.is_error, res.structured_content)
+                res = await s.call_tool("node.stats", {})
+                print("denied", res.is_error, res.content[0].text.split(":")[0])
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"#;
+
+#[test]
+fn the_official_mcp_sdk_initializes_lists_and_calls() {
+    let server = BinServer::start_with_config(&config(""));
+    let cert = server.data_dir.path().join("cert.pem");
+    let out = python(
+        MCP_SDK_CLIENT,
+        &[&url(&server, "/mcp"), &cert.display().to_string()],
+    );
+    assert!(out.contains("server alknet"), "{out}");
+    assert!(out.contains("tools True False"), "{out}");
+    assert!(out.contains("echo False {'say': 'hi'}"), "{out}");
+    assert!(out.contains("denied True UNAUTHENTICATED"), "{out}");
+}
