@@ -32,16 +32,22 @@ pub fn free_udp_port() -> u16 {
 impl BinServer {
     /// `alknet serve` with no config file and 2 workers, waiting until it serves.
     pub fn start() -> Self {
-        Self::launch(None)
+        Self::launch(None, &[])
     }
 
     /// `alknet serve --config FILE` with `config` as the file's text (written into the
     /// fresh data directory), 2 workers, waiting until it serves.
     pub fn start_with_config(config: &str) -> Self {
-        Self::launch(Some(config))
+        Self::launch(Some(config), &[])
     }
 
-    fn launch(config: Option<&str>) -> Self {
+    /// As [`Self::start_with_config`], with `env` set for the server process (e.g. a
+    /// `PATH` without `git`).
+    pub fn start_with_config_env(config: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(Some(config), env)
+    }
+
+    fn launch(config: Option<&str>, env: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let port = free_udp_port();
         let mut cmd = Command::new(alknet_bin());
@@ -57,6 +63,7 @@ impl BinServer {
             std::fs::write(&path, text).expect("write config");
             cmd.arg("--config").arg(path);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .env("ALKNET_DATA_DIR", data_dir.path())
             .env("ALKNET_LOG", "info")

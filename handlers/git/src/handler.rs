@@ -304,8 +304,12 @@ async fn serve_stream(shared: &Shared, stream: BiStream, auth: &AuthContext) {
         crate::native::bridge::finish(&mut send, delivered, shared.config.exit_grace()).await;
         let who = identity.as_ref().map(|i| &i.name);
         match verdict {
-            Ok(()) => tracing::info!(remote = %auth.remote, service = request.service.name(), repo = %repo.name, identity = ?who, elapsed_ms = started.elapsed().as_millis() as u64, "git: done"),
-            Err(e) => tracing::info!(remote = %auth.remote, service = request.service.name(), repo = %repo.name, identity = ?who, delivered, "git: command failed: {e}"),
+            Ok(()) => {
+                tracing::info!(remote = %auth.remote, service = request.service.name(), repo = %repo.name, identity = ?who, elapsed_ms = started.elapsed().as_millis() as u64, "git: done")
+            }
+            Err(e) => {
+                tracing::info!(remote = %auth.remote, service = request.service.name(), repo = %repo.name, identity = ?who, delivered, "git: command failed: {e}")
+            }
         }
         return;
     }

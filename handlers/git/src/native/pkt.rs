@@ -184,7 +184,10 @@ mod tests {
         let mut rest = Vec::new();
         r.inner_mut().read_to_end(&mut rest).expect("rest");
         assert_eq!(rest, b"PACKrest");
-        assert!(matches!(PktReader::new(&b""[..]).read(), Err(PktError::Eof)));
+        assert!(matches!(
+            PktReader::new(&b""[..]).read(),
+            Err(PktError::Eof)
+        ));
     }
 
     #[test]

@@ -137,7 +137,12 @@ fn connected(both: &Both<'_>, tip: ObjectId, limit: usize) -> Result<(), String>
 }
 
 /// Whether `old` is an ancestor of (or equal to) `new`.
-fn is_ancestor(both: &Both<'_>, old: ObjectId, new: ObjectId, limit: usize) -> Result<bool, String> {
+fn is_ancestor(
+    both: &Both<'_>,
+    old: ObjectId,
+    new: ObjectId,
+    limit: usize,
+) -> Result<bool, String> {
     let mut seen = HashSet::new();
     let mut queue = std::collections::VecDeque::from([new]);
     while let Some(id) = queue.pop_front() {
@@ -338,7 +343,8 @@ pub fn serve(
             if let Err(e) = migrate(q, out, &dir.join("objects/pack")) {
                 tracing::warn!("git: moving a pushed pack into place: {e}");
                 for c in &mut commands {
-                    c.refused.get_or_insert_with(|| "cannot store the objects".into());
+                    c.refused
+                        .get_or_insert_with(|| "cannot store the objects".into());
                 }
             }
         }

@@ -393,7 +393,10 @@ pub fn serve_v0(
         caps = format!("symref=HEAD:{t} {caps}");
     }
     if refs.is_empty() {
-        let line = format!("{} capabilities^{{}}\0{caps}", ObjectId::null(gix::hash::Kind::Sha1));
+        let line = format!(
+            "{} capabilities^{{}}\0{caps}",
+            ObjectId::null(gix::hash::Kind::Sha1)
+        );
         pkt::write_text(output, &line).map_err(io)?;
     }
     for (i, r) in refs.iter().enumerate() {
@@ -420,10 +423,9 @@ pub fn serve_v0(
             Ok(Pkt::Flush) => break,
             Ok(Pkt::Data(line)) => {
                 let Some(rest) = line.strip_prefix(b"want ") else {
-                    let word = String::from_utf8_lossy(
-                        line.split(|b| *b == b' ').next().unwrap_or(line),
-                    )
-                    .to_string();
+                    let word =
+                        String::from_utf8_lossy(line.split(|b| *b == b' ').next().unwrap_or(line))
+                            .to_string();
                     return refuse(output, &format!("{word} is not supported by this server"));
                 };
                 let (hex, caps) = match rest.iter().position(|b| *b == b' ') {
