@@ -109,7 +109,7 @@ pub fn write_line(out: &mut (impl Write + ?Sized), data: &[u8]) -> io::Result<()
 
 /// Writes `text` and a LF as one line.
 pub fn write_text(out: &mut (impl Write + ?Sized), text: &str) -> io::Result<()> {
-    write!(out, "{:04x}{text}\n", text.len() + 5)
+    writeln!(out, "{:04x}{text}", text.len() + 5)
 }
 
 pub fn write_flush(out: &mut (impl Write + ?Sized)) -> io::Result<()> {

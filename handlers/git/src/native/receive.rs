@@ -339,8 +339,8 @@ pub fn serve(
     // move the pack in only if some update goes ahead
     let updating = commands.iter().any(|c| c.refused.is_none());
     if updating {
-        if let (Some(q), Some(out)) = (&quarantine, &written) {
-            if let Err(e) = migrate(q, out, &dir.join("objects/pack")) {
+        if let Some(out) = &written {
+            if let Err(e) = migrate(out, &dir.join("objects/pack")) {
                 tracing::warn!("git: moving a pushed pack into place: {e}");
                 for c in &mut commands {
                     c.refused
@@ -349,7 +349,6 @@ pub fn serve(
             }
         }
     }
-    drop(both);
     drop(quarantine_odb);
     drop(quarantine);
     update_refs(&repo, &mut commands, atomic);
@@ -400,8 +399,7 @@ fn check(
     options: &ReceiveOptions,
     limits: &NativeLimits,
 ) -> Option<String> {
-    if let Err(e) = unpack {
-        let _ = e;
+    if unpack.is_err() {
         return Some("unpacker error".into());
     }
     if !c.name.starts_with("refs/") || FullName::try_from(c.name.as_str()).is_err() {
@@ -443,12 +441,7 @@ fn check(
 }
 
 /// Moves the indexed pack from the quarantine into `pack_dir`: pack first, index last.
-fn migrate(
-    q: &Quarantine,
-    outcome: &gix_pack::bundle::write::Outcome,
-    pack_dir: &Path,
-) -> std::io::Result<()> {
-    let _ = q;
+fn migrate(outcome: &gix_pack::bundle::write::Outcome, pack_dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(pack_dir)?;
     let (Some(data), Some(index)) = (&outcome.data_path, &outcome.index_path) else {
         return Ok(());

@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::sync::atomic::AtomicBool;
 
 use gix::hash::ObjectId;
-use gix::objs::Kind;
 
 use super::objects::{self, Db};
 use super::pkt::{self, Pkt, PktError, PktReader, SideBand};
@@ -497,6 +496,5 @@ pub fn serve_v0(
         objects::write_pack(&db, ids, output, interrupt)?;
     }
     output.flush().map_err(io)?;
-    let _ = Kind::Blob;
     Ok(())
 }
