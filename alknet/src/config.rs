@@ -177,8 +177,11 @@ connect_timeout_ms = 10000
 # Bare repositories served by alknet/git, addressed by their path below this directory.
 # Default: git/ in data_dir.
 # root = "/srv/git"
+# "gix" (default): upload-pack (protocol v2 and v0) and receive-pack served natively
+# with gitoxide, on a blocking thread per command; no git program needed.
 # "git": the installed `git upload-pack` / `git receive-pack`, one process per command.
-backend = "git"
+backend = "gix"
+# The git executable of the "git" backend.
 git_program = "git"
 # Access is by scope (git:read, git:write, git:read:<path>, git:write:<path>, with
 # <path>/* for a subtree, git:create); these repositories anyone may clone and fetch.
@@ -191,9 +194,15 @@ default_branch = "main"
 request_timeout_ms = 10000
 # Longest request line (bytes).
 max_request_line = 8192
-# git commands (streams) at once per connection, and git processes across the server.
+# git commands (streams) at once per connection, and git commands (processes, or the
+# gix backend's threads) across the server.
 max_commands_per_connection = 8
 max_processes = 64
+# gix backend: want/have/argument/ref-update lines in one request; the largest object a
+# pushed pack may inflate to (bytes); objects walked checking a push's connectivity.
+max_negotiation_lines = 100000
+max_object_bytes = 1073741824
+max_check_objects = 10000000
 # Bytes of a failed git process's stderr kept for the log.
 stderr_log_limit = 4096
 # After a stream ends, how long git has to exit before it is killed.

@@ -32,25 +32,27 @@ pub fn free_udp_port() -> u16 {
 impl BinServer {
     /// `alknet serve` with no config file and 2 workers, waiting until it serves.
     pub fn start() -> Self {
-        Self::launch(None)
+        Self::launch(None, &[], &[])
     }
 
     /// `alknet serve --config FILE` with `config` as the file's text (written into the
     /// fresh data directory), 2 workers, waiting until it serves.
     pub fn start_with_config(config: &str) -> Self {
-        Self::launch(Some(config))
+        Self::launch(Some(config), &[], &[])
     }
 
     /// [`BinServer::start_with_config`] with more `alknet serve` arguments.
     pub fn start_with_config_and_args(config: &str, args: &[&str]) -> Self {
-        Self::launch_with(Some(config), args)
+        Self::launch(Some(config), &[], args)
     }
 
-    fn launch(config: Option<&str>) -> Self {
-        Self::launch_with(config, &[])
+    /// As [`Self::start_with_config`], with `env` set for the server process (e.g. a
+    /// `PATH` without `git`).
+    pub fn start_with_config_env(config: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(Some(config), env, &[])
     }
 
-    fn launch_with(config: Option<&str>, extra: &[&str]) -> Self {
+    fn launch(config: Option<&str>, env: &[(&str, &str)], extra: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
         // free for TCP too: the server's TLS-over-TCP listener takes the same port
         let port = crate::dns::free_port_pair();
@@ -68,6 +70,7 @@ impl BinServer {
             cmd.arg("--config").arg(path);
         }
         cmd.args(extra);
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .env("ALKNET_DATA_DIR", data_dir.path())
             .env("ALKNET_LOG", "info")

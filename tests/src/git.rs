@@ -180,7 +180,12 @@ pub struct GitServer {
 
 impl GitServer {
     pub fn start(extra: &str) -> Self {
-        let server = BinServer::start_with_config(&git_server_config(extra));
+        Self::start_env(extra, &[])
+    }
+
+    /// As [`Self::start`], with `env` set for the server process.
+    pub fn start_env(extra: &str, env: &[(&str, &str)]) -> Self {
+        let server = BinServer::start_with_config_env(&git_server_config(extra), env);
         let fingerprint = server.fingerprint();
         Self {
             server,

@@ -20,8 +20,8 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// stream limit (`limits.max_concurrent_bidi_streams`) applies too.
 pub const DEFAULT_MAX_COMMANDS_PER_CONNECTION: usize = 8;
 
-/// `git` processes running at once across the whole server (`git` backend); more
-/// requests get `ERR` (git-daemon's `--max-connections`).
+/// git commands running at once across the whole server (`git` processes, or the gix
+/// backend's threads); more requests get `ERR` (git-daemon's `--max-connections`).
 pub const DEFAULT_MAX_PROCESSES: usize = 64;
 
 /// Bytes of a `git` process's stderr kept for the log when it fails.
@@ -34,9 +34,12 @@ pub const DEFAULT_EXIT_GRACE_MS: u64 = 5_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GitBackend {
-    /// The installed `git upload-pack` / `git receive-pack`, one process per command, as
-    /// git-daemon runs them. (A native gix backend is planned; it is not built yet.)
+    /// upload-pack and receive-pack written on gitoxide (`gix-pack`, `gix-ref`), run on a
+    /// blocking thread per command; no `git` program needed.
     #[default]
+    Gix,
+    /// The installed `git upload-pack` / `git receive-pack`, one process per command, as
+    /// git-daemon runs them.
     Git,
 }
 
@@ -63,13 +66,19 @@ pub struct GitConfig {
     pub max_processes: usize,
     pub stderr_log_limit: usize,
     pub exit_grace_ms: u64,
+    /// gix backend: want/have/argument/ref-update lines accepted in one request.
+    pub max_negotiation_lines: usize,
+    /// gix backend: largest object a pushed pack may inflate to, bytes.
+    pub max_object_bytes: usize,
+    /// gix backend: objects walked to check a push's connectivity and fast-forwards.
+    pub max_check_objects: usize,
 }
 
 impl Default for GitConfig {
     fn default() -> Self {
         Self {
             root: None,
-            backend: GitBackend::Git,
+            backend: GitBackend::Gix,
             git_program: PathBuf::from(DEFAULT_GIT_PROGRAM),
             public_read: Vec::new(),
             allow_force_push: false,
@@ -80,6 +89,9 @@ impl Default for GitConfig {
             max_processes: DEFAULT_MAX_PROCESSES,
             stderr_log_limit: DEFAULT_STDERR_LOG_LIMIT,
             exit_grace_ms: DEFAULT_EXIT_GRACE_MS,
+            max_negotiation_lines: crate::native::MAX_NEGOTIATION_LINES,
+            max_object_bytes: crate::native::MAX_OBJECT_BYTES,
+            max_check_objects: crate::native::MAX_CHECK_OBJECTS,
         }
     }
 }
@@ -101,6 +113,9 @@ impl GitConfig {
                 self.max_commands_per_connection,
             ),
             ("max_processes", self.max_processes),
+            ("max_negotiation_lines", self.max_negotiation_lines),
+            ("max_object_bytes", self.max_object_bytes),
+            ("max_check_objects", self.max_check_objects),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -137,6 +152,14 @@ impl GitConfig {
         Duration::from_millis(self.request_timeout_ms)
     }
 
+    pub fn native_limits(&self) -> crate::native::NativeLimits {
+        crate::native::NativeLimits {
+            max_negotiation_lines: self.max_negotiation_lines,
+            max_object_bytes: self.max_object_bytes,
+            max_check_objects: self.max_check_objects,
+        }
+    }
+
     pub fn exit_grace(&self) -> Duration {
         Duration::from_millis(self.exit_grace_ms)
     }
@@ -160,6 +183,8 @@ mod tests {
             toml::from_str("public_read = [\"pub/*\"]\nallow_force_push = true\nbackend = \"git\"")
                 .expect("parses");
         assert!(c.allow_force_push);
+        assert_eq!(c.backend, GitBackend::Git);
+        assert_eq!(GitConfig::default().backend, GitBackend::Gix);
         assert!(toml::from_str::<GitConfig>("rot = \"/x\"").is_err());
         assert!(toml::from_str::<GitConfig>("backend = \"cgit\"").is_err());
         let c: GitConfig = toml::from_str("max_processes = 0").expect("parses");

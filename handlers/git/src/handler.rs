@@ -12,7 +12,7 @@ use alknet_runtime::{
 };
 
 use crate::access::{authorize, GitAction};
-use crate::config::{GitConfig, GitConfigError};
+use crate::config::{GitBackend, GitConfig, GitConfigError};
 use crate::process::{describe, GitCommand};
 use crate::repo::{create_bare, normalize, resolve, RepoError, Repository};
 use crate::request::{error_line, GitRequest, Progress, RequestDecoder, Service};
@@ -63,18 +63,20 @@ impl GitHandler {
         let root = root
             .canonicalize()
             .map_err(|e| GitError::Root(root.to_path_buf(), e))?;
-        match std::process::Command::new(&config.git_program)
-            .arg("--version")
-            .output()
-        {
-            Ok(out) if out.status.success() => tracing::debug!(
-                "git backend: {}",
-                String::from_utf8_lossy(&out.stdout).trim()
-            ),
-            _ => tracing::warn!(
-                program = %config.git_program.display(),
-                "git backend: the git program does not run; alknet/git requests will fail"
-            ),
+        if config.backend == GitBackend::Git {
+            match std::process::Command::new(&config.git_program)
+                .arg("--version")
+                .output()
+            {
+                Ok(out) if out.status.success() => tracing::debug!(
+                    "git backend: {}",
+                    String::from_utf8_lossy(&out.stdout).trim()
+                ),
+                _ => tracing::warn!(
+                    program = %config.git_program.display(),
+                    "git backend: the git program does not run; alknet/git requests will fail"
+                ),
+            }
         }
         Ok(Self {
             shared: Arc::new(Shared {
@@ -282,6 +284,35 @@ async fn serve_stream(shared: &Shared, stream: BiStream, auth: &AuthContext) {
         refuse(send, recv, "server busy: too many git processes, try again").await;
         return;
     };
+    if shared.config.backend == GitBackend::Gix {
+        let command = crate::native::NativeCommand {
+            service: request.service,
+            dir: repo.dir.clone(),
+            version: request.version.unwrap_or(0),
+            allow_force_push: shared.config.allow_force_push,
+            limits: shared.config.native_limits(),
+        };
+        let (mut send, mut recv) = (send, recv);
+        let started = std::time::Instant::now();
+        let (delivered, verdict) = crate::native::bridge::run_blocking(
+            &mut send,
+            &mut recv,
+            leftover,
+            move |input, output, interrupt| command.run(input, output, interrupt),
+        )
+        .await;
+        crate::native::bridge::finish(&mut send, delivered, shared.config.exit_grace()).await;
+        let who = identity.as_ref().map(|i| &i.name);
+        match verdict {
+            Ok(()) => {
+                tracing::info!(remote = %auth.remote, service = request.service.name(), repo = %repo.name, identity = ?who, elapsed_ms = started.elapsed().as_millis() as u64, "git: done")
+            }
+            Err(e) => {
+                tracing::info!(remote = %auth.remote, service = request.service.name(), repo = %repo.name, identity = ?who, delivered, "git: command failed: {e}")
+            }
+        }
+        return;
+    }
     let cmd = GitCommand {
         program: shared.config.git_program.clone(),
         service: request.service,

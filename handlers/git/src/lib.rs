@@ -12,6 +12,8 @@
 //! * [`access`]: default-deny scopes (`git:read`, `git:write`, `git:read:<path>`,
 //!   `git:write:<path>` with a trailing `/*` for a subtree, `git:create`) and
 //!   `[git] public_read`.
+//! * [`native`]: the `gix` backend (the default): upload-pack (v2, v0) and receive-pack
+//!   written on gitoxide's pack and ref crates, on a blocking thread per command.
 //! * [`process`]: the `git` backend: the installed `git upload-pack` / `git receive-pack`
 //!   run on the stream, as git-daemon runs them.
 //! * [`GitHandler`]: the `ProtocolHandler` tying them together.
@@ -22,6 +24,7 @@
 pub mod access;
 mod config;
 mod handler;
+pub mod native;
 pub mod process;
 pub mod repo;
 pub use alknet_proto::git_request as request;

@@ -1,0 +1,49 @@
+//! The gix backend's conversation after the request line, for both services: upload-pack
+//! v2 (`command=ls-refs` / `command=fetch` and their arguments), upload-pack v0 (wants,
+//! haves, done) and receive-pack (ref updates, push options, the pack), fed arbitrary
+//! bytes against an empty bare repository. Nothing may panic; whatever is pushed must not
+//! leave a quarantine or change a ref when refused.
+#![no_main]
+
+use std::sync::atomic::AtomicBool;
+use std::sync::OnceLock;
+
+use alknet_git::native::{NativeCommand, NativeLimits};
+use alknet_git::Service;
+use libfuzzer_sys::fuzz_target;
+
+fn repo() -> &'static std::path::Path {
+    static DIR: OnceLock<(tempfile::TempDir, std::path::PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let repo =
+            alknet_git::repo::create_bare(tmp.path(), "fuzz.git", "main").expect("create");
+        (tmp, repo.dir)
+    })
+    .1
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, input)) = data.split_first() else {
+        return;
+    };
+    let (service, version) = match which % 3 {
+        0 => (Service::UploadPack, 2),
+        1 => (Service::UploadPack, 0),
+        _ => (Service::ReceivePack, 0),
+    };
+    let command = NativeCommand {
+        service,
+        dir: repo().to_path_buf(),
+        version,
+        allow_force_push: false,
+        limits: NativeLimits {
+            max_negotiation_lines: 64,
+            max_object_bytes: 1 << 20,
+            max_check_objects: 1024,
+        },
+    };
+    let mut output = Vec::new();
+    let mut input = input;
+    let _ = command.run(&mut input, &mut output, &AtomicBool::new(false));
+});

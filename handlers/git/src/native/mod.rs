@@ -1,0 +1,105 @@
+//! The `gix` backend: upload-pack and receive-pack written here on gitoxide's parts
+//! (`gix-pack` to build and index packs, `gix-ref` transactions, the object database),
+//! without running `git`.
+//!
+//! * [`bridge`]: the command runs on a blocking thread; bytes cross from and to the QUIC
+//!   worker over bounded channels.
+//! * [`pkt`]: pkt-lines and side-band, blocking, bounded.
+//! * [`upload`]: clone and fetch, protocol v2 and v0.
+//! * [`receive`]: push, protocol v0, quarantine and compare-and-swap ref updates.
+//! * [`objects`]: which objects a fetch sends, and the pack writer.
+
+pub mod bridge;
+pub mod objects;
+pub mod pkt;
+pub mod receive;
+pub mod upload;
+
+use gix::hash::ObjectId;
+
+/// Want, have, argument or ref-update lines accepted in one request (each costs a few
+/// dozen bytes of memory); more fail the command.
+pub const MAX_NEGOTIATION_LINES: usize = 100_000;
+
+/// Largest object a pushed pack may inflate to (`gix-pack`'s allocation limit), bytes.
+pub const MAX_OBJECT_BYTES: usize = 1 << 30;
+
+/// Objects walked when checking a push's connectivity or fast-forward.
+pub const MAX_CHECK_OBJECTS: usize = 10_000_000;
+
+/// The limits of the gix backend, from `[git]`.
+#[derive(Debug, Clone)]
+pub struct NativeLimits {
+    pub max_negotiation_lines: usize,
+    pub max_object_bytes: usize,
+    pub max_check_objects: usize,
+}
+
+impl Default for NativeLimits {
+    fn default() -> Self {
+        Self {
+            max_negotiation_lines: MAX_NEGOTIATION_LINES,
+            max_object_bytes: MAX_OBJECT_BYTES,
+            max_check_objects: MAX_CHECK_OBJECTS,
+        }
+    }
+}
+
+/// The `agent=` value.
+pub fn agent() -> String {
+    format!("alknet/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// A 40-hex-digit object id.
+pub fn parse_oid(hex: &[u8]) -> Option<ObjectId> {
+    if hex.len() != 40 {
+        return None;
+    }
+    ObjectId::from_hex(hex).ok()
+}
+
+/// The command a request runs on its thread.
+#[derive(Debug, Clone)]
+pub struct NativeCommand {
+    pub service: crate::request::Service,
+    pub dir: std::path::PathBuf,
+    /// Protocol version asked for (0, 1 or 2).
+    pub version: u8,
+    pub allow_force_push: bool,
+    pub limits: NativeLimits,
+}
+
+impl NativeCommand {
+    /// Runs the conversation (blocking).
+    pub fn run(
+        &self,
+        input: &mut dyn std::io::Read,
+        output: &mut dyn std::io::Write,
+        interrupt: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), String> {
+        use crate::request::Service;
+        match self.service {
+            Service::UploadPack if self.version == 2 => {
+                upload::serve_v2(&self.dir, input, output, interrupt, &self.limits)
+            }
+            Service::UploadPack => upload::serve_v0(
+                &self.dir,
+                self.version == 1,
+                input,
+                output,
+                interrupt,
+                &self.limits,
+            ),
+            Service::ReceivePack => receive::serve(
+                &self.dir,
+                input,
+                output,
+                interrupt,
+                &self.limits,
+                &receive::ReceiveOptions {
+                    allow_force_push: self.allow_force_push,
+                },
+            ),
+        }
+    }
+}

@@ -1,0 +1,500 @@
+//! upload-pack (clone, fetch, ls-remote), gix-native: protocol v2 (`ls-refs`, `fetch`)
+//! and v0 (ref advertisement, want/have/done), packs built by [`super::objects`].
+//!
+//! Negotiation is stateless in v2, as the protocol intends: every `fetch` round carries
+//! all wants and the haves the client wants considered; the server acknowledges those it
+//! has and says `ready` as soon as one is common, then sends the pack. v0 uses the plain
+//! (non-`multi_ack`) mode: `ACK` for the first common object, `NAK` on a flush before
+//! one is found, the pack after `done`. Shallow clones are not offered (`shallow`,
+//! `deepen` are not advertised, and refused if sent).
+
+use std::io::{Read, Write};
+use std::sync::atomic::AtomicBool;
+
+use gix::hash::ObjectId;
+
+use super::objects::{self, Db};
+use super::pkt::{self, Pkt, PktError, PktReader, SideBand};
+use super::{agent, parse_oid, NativeLimits};
+
+/// A reference as advertised.
+#[derive(Debug, Clone)]
+pub struct AdvertisedRef {
+    pub name: String,
+    pub id: ObjectId,
+    /// The object an annotated tag finally names.
+    pub peeled: Option<ObjectId>,
+    /// For `HEAD`: the branch it points at.
+    pub symref: Option<String>,
+}
+
+/// The repository's references, `HEAD` first (if it points at something), and the branch
+/// `HEAD` names even when that branch does not exist yet (an unborn `HEAD`).
+pub fn list_refs(
+    repo: &gix::Repository,
+    db: &Db,
+) -> Result<(Vec<AdvertisedRef>, Option<String>), String> {
+    use gix::refs::Target;
+    let mut out = Vec::new();
+    let advertised = |name: String, id: ObjectId, symref: Option<String>| {
+        let peeled = match objects::peel(db, id) {
+            Ok((p, _)) if p != id => Some(p),
+            _ => None,
+        };
+        AdvertisedRef {
+            name,
+            id,
+            peeled,
+            symref,
+        }
+    };
+    let head = repo
+        .refs
+        .try_find("HEAD")
+        .map_err(|e| format!("reading HEAD: {e}"))?;
+    let mut head_target = None;
+    if let Some(head) = head {
+        match head.target {
+            Target::Object(id) => out.push(advertised("HEAD".into(), id, None)),
+            Target::Symbolic(name) => {
+                let name = name.as_bstr().to_string();
+                let resolved = repo
+                    .refs
+                    .try_find(name.as_str())
+                    .map_err(|e| format!("reading {name}: {e}"))?;
+                if let Some(gix::refs::Reference {
+                    target: Target::Object(id),
+                    ..
+                }) = resolved
+                {
+                    out.push(advertised("HEAD".into(), id, Some(name.clone())));
+                }
+                head_target = Some(name);
+            }
+        }
+    }
+    let platform = repo
+        .refs
+        .iter()
+        .map_err(|e| format!("listing references: {e}"))?;
+    for r in platform
+        .all()
+        .map_err(|e| format!("listing references: {e}"))?
+    {
+        let r = r.map_err(|e| format!("listing references: {e}"))?;
+        if let Target::Object(id) = r.target {
+            out.push(advertised(r.name.as_bstr().to_string(), id, None));
+        }
+    }
+    Ok((out, head_target))
+}
+
+/// The annotated tags among `refs` (their tag objects), for `include-tag`.
+fn tag_objects(refs: &[AdvertisedRef]) -> Vec<ObjectId> {
+    refs.iter()
+        .filter(|r| r.name.starts_with("refs/tags/") && r.peeled.is_some())
+        .map(|r| r.id)
+        .collect()
+}
+
+/// What a `fetch` (either version) asked for.
+#[derive(Debug, Default)]
+struct FetchRequest {
+    wants: Vec<ObjectId>,
+    haves: Vec<ObjectId>,
+    done: bool,
+    no_progress: bool,
+    include_tag: bool,
+    side_band: bool,
+}
+
+impl FetchRequest {
+    fn push_bounded(
+        list: &mut Vec<ObjectId>,
+        id: ObjectId,
+        limits: &NativeLimits,
+    ) -> Result<(), String> {
+        if list.len() >= limits.max_negotiation_lines {
+            return Err(format!(
+                "more than {} want or have lines",
+                limits.max_negotiation_lines
+            ));
+        }
+        list.push(id);
+        Ok(())
+    }
+}
+
+/// The objects among `haves` that the repository has.
+fn common(db: &Db, haves: &[ObjectId]) -> Vec<ObjectId> {
+    use gix::objs::Exists;
+    haves.iter().copied().filter(|h| db.exists(h)).collect()
+}
+
+fn check_wants(db: &Db, wants: &[ObjectId]) -> Result<(), String> {
+    use gix::objs::Exists;
+    for w in wants {
+        if !db.exists(w) {
+            return Err(format!("upload-pack: not our ref {w}"));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the pack for `request` through side-band (progress on band 2 unless asked
+/// not to).
+fn send_pack(
+    db: &Db,
+    refs: &[AdvertisedRef],
+    request: &FetchRequest,
+    common: &[ObjectId],
+    out: &mut dyn Write,
+    interrupt: &AtomicBool,
+) -> Result<(), String> {
+    let tags = if request.include_tag {
+        tag_objects(refs)
+    } else {
+        Vec::new()
+    };
+    let mut band = SideBand::new(out, request.no_progress);
+    let ids = match objects::objects_to_send(db, &request.wants, common, &tags) {
+        Ok(ids) => ids,
+        Err(e) => {
+            let _ = band.fatal(&format!("upload-pack: {e}"));
+            return Err(e);
+        }
+    };
+    let io = |e: std::io::Error| e.to_string();
+    band.progress(&format!("Enumerating objects: {}, done.\n", ids.len()))
+        .map_err(io)?;
+    if let Err(e) = objects::write_pack(db, ids, &mut band, interrupt) {
+        let _ = band.fatal(&format!("upload-pack: {e}"));
+        return Err(e);
+    }
+    band.progress("Total sent by alknet (gix backend)\n")
+        .map_err(io)?;
+    Ok(())
+}
+
+/// Protocol v2.
+pub fn serve_v2(
+    dir: &std::path::Path,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+    interrupt: &AtomicBool,
+    limits: &NativeLimits,
+) -> Result<(), String> {
+    let io = |e: std::io::Error| e.to_string();
+    let (repo, db) = match objects::open(dir) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = pkt::write_text(output, &format!("ERR {e}"));
+            return Err(e);
+        }
+    };
+    for line in [
+        "version 2",
+        &format!("agent={}", agent()),
+        "ls-refs=unborn",
+        "fetch",
+        "server-option",
+        "object-format=sha1",
+    ] {
+        pkt::write_text(output, line).map_err(io)?;
+    }
+    pkt::write_flush(output).map_err(io)?;
+    output.flush().map_err(io)?;
+    let mut reader = PktReader::new(input);
+    loop {
+        let command = match reader.read() {
+            Err(PktError::Eof) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+            // a lone flush: the client is done
+            Ok(Pkt::Flush) => return Ok(()),
+            Ok(Pkt::Data(line)) => match line.strip_prefix(b"command=") {
+                Some(c) => c.to_vec(),
+                None => return refuse(output, "expected a command"),
+            },
+            Ok(_) => return refuse(output, "expected a command"),
+        };
+        // capabilities up to the delimiter (agent, object-format, server-option: noted
+        // and ignored), then arguments up to the flush
+        let mut args: Vec<Vec<u8>> = Vec::new();
+        let mut in_args = false;
+        loop {
+            match reader.read().map_err(|e| e.to_string())? {
+                Pkt::Flush => break,
+                Pkt::Delim if !in_args => in_args = true,
+                Pkt::Data(line) if in_args => {
+                    if args.len() >= limits.max_negotiation_lines {
+                        return refuse(output, "too many arguments");
+                    }
+                    args.push(line.to_vec());
+                }
+                Pkt::Data(line) => {
+                    if line.starts_with(b"object-format=") && line != b"object-format=sha1" {
+                        return refuse(output, "only sha1 repositories are served");
+                    }
+                }
+                _ => return refuse(output, "unexpected special packet"),
+            }
+        }
+        match command.as_slice() {
+            b"ls-refs" => ls_refs(&repo, &db, &args, output)?,
+            b"fetch" => {
+                let mut request = FetchRequest {
+                    side_band: true,
+                    ..Default::default()
+                };
+                for arg in &args {
+                    let arg = arg.as_slice();
+                    if let Some(hex) = arg.strip_prefix(b"want ") {
+                        let id = parse_oid(hex).ok_or("bad want")?;
+                        FetchRequest::push_bounded(&mut request.wants, id, limits)?;
+                    } else if let Some(hex) = arg.strip_prefix(b"have ") {
+                        let id = parse_oid(hex).ok_or("bad have")?;
+                        FetchRequest::push_bounded(&mut request.haves, id, limits)?;
+                    } else {
+                        match arg {
+                            b"done" => request.done = true,
+                            b"no-progress" => request.no_progress = true,
+                            b"include-tag" => request.include_tag = true,
+                            b"thin-pack" | b"ofs-delta" | b"sideband-all" => {}
+                            other => {
+                                let word = String::from_utf8_lossy(
+                                    other.split(|b| *b == b' ').next().unwrap_or(other),
+                                );
+                                return refuse(
+                                    output,
+                                    &format!("fetch: {word} is not supported by this server"),
+                                );
+                            }
+                        }
+                    }
+                }
+                if let Err(e) = check_wants(&db, &request.wants) {
+                    return refuse(output, &e);
+                }
+                let common = common(&db, &request.haves);
+                let (refs, _) = list_refs(&repo, &db)?;
+                if !request.done {
+                    pkt::write_text(output, "acknowledgments").map_err(io)?;
+                    if common.is_empty() {
+                        pkt::write_text(output, "NAK").map_err(io)?;
+                    }
+                    for c in &common {
+                        pkt::write_text(output, &format!("ACK {c}")).map_err(io)?;
+                    }
+                    if common.is_empty() {
+                        pkt::write_flush(output).map_err(io)?;
+                        output.flush().map_err(io)?;
+                        continue;
+                    }
+                    pkt::write_text(output, "ready").map_err(io)?;
+                    pkt::write_delim(output).map_err(io)?;
+                }
+                pkt::write_text(output, "packfile").map_err(io)?;
+                send_pack(&db, &refs, &request, &common, output, interrupt)?;
+                pkt::write_flush(output).map_err(io)?;
+                output.flush().map_err(io)?;
+            }
+            other => {
+                let name = String::from_utf8_lossy(other).to_string();
+                return refuse(output, &format!("unknown command {name:?}"));
+            }
+        }
+    }
+}
+
+/// Sends `ERR message` and fails the command.
+fn refuse(output: &mut dyn Write, message: &str) -> Result<(), String> {
+    let _ = pkt::write_text(output, &format!("ERR {message}"));
+    let _ = output.flush();
+    Err(message.to_string())
+}
+
+fn ls_refs(
+    repo: &gix::Repository,
+    db: &Db,
+    args: &[Vec<u8>],
+    output: &mut dyn Write,
+) -> Result<(), String> {
+    let (mut peel, mut symrefs, mut unborn) = (false, false, false);
+    let mut prefixes: Vec<String> = Vec::new();
+    for arg in args {
+        match arg.as_slice() {
+            b"peel" => peel = true,
+            b"symrefs" => symrefs = true,
+            b"unborn" => unborn = true,
+            a => {
+                if let Some(p) = a.strip_prefix(b"ref-prefix ") {
+                    prefixes.push(String::from_utf8_lossy(p).to_string());
+                }
+                // unknown arguments are ignored, as git does
+            }
+        }
+    }
+    let wanted = |name: &str| prefixes.is_empty() || prefixes.iter().any(|p| name.starts_with(p));
+    let (refs, head_target) = list_refs(repo, db)?;
+    let io = |e: std::io::Error| e.to_string();
+    let head_listed = refs.iter().any(|r| r.name == "HEAD");
+    if unborn && !head_listed && wanted("HEAD") {
+        if let Some(target) = &head_target {
+            let line = if symrefs {
+                format!("unborn HEAD symref-target:{target}")
+            } else {
+                "unborn HEAD".to_string()
+            };
+            pkt::write_text(output, &line).map_err(io)?;
+        }
+    }
+    for r in refs.iter().filter(|r| wanted(&r.name)) {
+        let mut line = format!("{} {}", r.id, r.name);
+        if symrefs {
+            if let Some(t) = &r.symref {
+                line.push_str(&format!(" symref-target:{t}"));
+            }
+        }
+        if peel {
+            if let Some(p) = r.peeled {
+                line.push_str(&format!(" peeled:{p}"));
+            }
+        }
+        pkt::write_text(output, &line).map_err(io)?;
+    }
+    pkt::write_flush(output).map_err(io)?;
+    output.flush().map_err(io)
+}
+
+/// Protocol v0 (and v1, which only adds a `version 1` line first).
+pub fn serve_v0(
+    dir: &std::path::Path,
+    version1: bool,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+    interrupt: &AtomicBool,
+    limits: &NativeLimits,
+) -> Result<(), String> {
+    let io = |e: std::io::Error| e.to_string();
+    let (repo, db) = match objects::open(dir) {
+        Ok(r) => r,
+        Err(e) => return refuse(output, &e),
+    };
+    let (refs, head_target) = list_refs(&repo, &db)?;
+    if version1 {
+        pkt::write_text(output, "version 1").map_err(io)?;
+    }
+    let mut caps = format!(
+        "side-band-64k ofs-delta thin-pack no-progress include-tag agent={} object-format=sha1",
+        agent()
+    );
+    if let Some(t) = &head_target {
+        caps = format!("symref=HEAD:{t} {caps}");
+    }
+    if refs.is_empty() {
+        let line = format!(
+            "{} capabilities^{{}}\0{caps}",
+            ObjectId::null(gix::hash::Kind::Sha1)
+        );
+        pkt::write_text(output, &line).map_err(io)?;
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let line = if i == 0 {
+            format!("{} {}\0{caps}", r.id, r.name)
+        } else {
+            format!("{} {}", r.id, r.name)
+        };
+        pkt::write_text(output, &line).map_err(io)?;
+        if let Some(p) = r.peeled {
+            pkt::write_text(output, &format!("{p} {}^{{}}", r.name)).map_err(io)?;
+        }
+    }
+    pkt::write_flush(output).map_err(io)?;
+    output.flush().map_err(io)?;
+
+    let mut reader = PktReader::new(input);
+    let mut request = FetchRequest::default();
+    // wants (the first carries the client's capabilities), up to a flush
+    loop {
+        match reader.read() {
+            // nothing wanted (ls-remote, an up-to-date fetch)
+            Err(PktError::Eof) | Ok(Pkt::Flush) if request.wants.is_empty() => return Ok(()),
+            Ok(Pkt::Flush) => break,
+            Ok(Pkt::Data(line)) => {
+                let Some(rest) = line.strip_prefix(b"want ") else {
+                    let word =
+                        String::from_utf8_lossy(line.split(|b| *b == b' ').next().unwrap_or(line))
+                            .to_string();
+                    return refuse(output, &format!("{word} is not supported by this server"));
+                };
+                let (hex, caps) = match rest.iter().position(|b| *b == b' ') {
+                    Some(sp) => (&rest[..sp], &rest[sp + 1..]),
+                    None => (rest, &b""[..]),
+                };
+                let id = parse_oid(hex).ok_or("bad want")?;
+                if request.wants.is_empty() {
+                    for cap in caps.split(|b| *b == b' ') {
+                        match cap {
+                            b"side-band-64k" => request.side_band = true,
+                            b"no-progress" => request.no_progress = true,
+                            b"include-tag" => request.include_tag = true,
+                            _ => {}
+                        }
+                    }
+                }
+                FetchRequest::push_bounded(&mut request.wants, id, limits)?;
+            }
+            Ok(_) => return refuse(output, "unexpected special packet"),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if let Err(e) = check_wants(&db, &request.wants) {
+        return refuse(output, &e);
+    }
+    // haves in flushed batches, until done
+    let mut common: Vec<ObjectId> = Vec::new();
+    loop {
+        match reader.read().map_err(|e| e.to_string())? {
+            Pkt::Flush => {
+                if common.is_empty() {
+                    pkt::write_text(output, "NAK").map_err(io)?;
+                }
+                output.flush().map_err(io)?;
+            }
+            Pkt::Data(b"done") => break,
+            Pkt::Data(line) => {
+                let hex = line.strip_prefix(b"have ").ok_or("expected have or done")?;
+                let id = parse_oid(hex).ok_or("bad have")?;
+                use gix::objs::Exists;
+                if db.exists(&id) {
+                    if common.is_empty() {
+                        pkt::write_text(output, &format!("ACK {id}")).map_err(io)?;
+                    }
+                    FetchRequest::push_bounded(&mut common, id, limits)?;
+                }
+                request.haves.push(id);
+                if request.haves.len() > limits.max_negotiation_lines {
+                    return refuse(output, "too many have lines");
+                }
+            }
+            _ => return refuse(output, "unexpected special packet"),
+        }
+    }
+    if common.is_empty() {
+        pkt::write_text(output, "NAK").map_err(io)?;
+    }
+    if request.side_band {
+        send_pack(&db, &refs, &request, &common, output, interrupt)?;
+        pkt::write_flush(output).map_err(io)?;
+    } else {
+        let tags = if request.include_tag {
+            tag_objects(&refs)
+        } else {
+            Vec::new()
+        };
+        let ids = objects::objects_to_send(&db, &request.wants, &common, &tags)?;
+        objects::write_pack(&db, ids, output, interrupt)?;
+    }
+    output.flush().map_err(io)?;
+    Ok(())
+}
