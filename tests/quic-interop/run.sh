@@ -110,7 +110,7 @@ run_case() {
     local quic='retry = "never"' tls="" mode=single client=() host=127.0.0.1 files=(1 1024)
     case "$case" in
     v2) verdict="unsupported (quinn-proto 0.11 implements QUIC v1 only)"; return ;;
-    http3) verdict="unsupported (no HTTP/3 handler in alknet yet)"; return ;;
+    http3) verdict="unsupported (the h3 handler exists; this case is not wired into run.sh yet)"; return ;;
     connectionmigration) verdict="unsupported (the runner's case migrates to the server's preferred_address, which alknet does not offer yet)"; return ;;
     handshake) client=(--probe-errors) ;;
     transfer) files=(2 1048576) ;;

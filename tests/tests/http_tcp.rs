@@ -20,7 +20,7 @@ fn config(extra: &str) -> String {
     format!(
         r#"
 [handlers]
-enabled = ["alknet/echo", "alknet/call"]
+enabled = ["alknet/echo", "alknet/call", "h3"]
 
 [[identities]]
 name = "scraper"

@@ -73,9 +73,14 @@ async fn serve(
         protocol: if h2 { "HTTP/2" } else { "HTTP/1.1" },
         auth,
     };
-    let alt_svc = state.status().and_then(|s| {
-        HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", s.local_addr().port())).ok()
-    });
+    // advertised only while the QUIC side serves h3: a browser would otherwise try it,
+    // fail the handshake and fall back
+    let alt_svc = state
+        .status()
+        .filter(|s| s.alpns().iter().any(|a| a.as_bytes() == crate::h3::ALPN))
+        .and_then(|s| {
+            HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", s.local_addr().port())).ok()
+        });
     let last_activity = Rc::new(Cell::new(Instant::now()));
     let io = TokioIo::new(Tracked {
         inner: stream,
