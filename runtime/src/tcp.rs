@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use crate::identity::{AuthContext, IdentityProvider};
+use crate::identity::AuthContext;
 use crate::limits::TcpLimits;
 use crate::router::{HandlerError, LocalBoxFuture, RegistryError};
 use crate::rt::{catch_panic, panic_message, spawn_guarded};
@@ -290,15 +290,7 @@ async fn serve_connection(
     WorkerStats::add(&stats.tcp_accepted, 1);
     WorkerStats::add(&stats.tcp_open, 1);
     slot.counted_open = true;
-    let identity = peer_fingerprint.and_then(|fp| shared.provider.resolve_from_fingerprint(&fp));
-    let provider: Arc<dyn IdentityProvider> = shared.provider.clone();
-    let auth = AuthContext {
-        remote,
-        alpn,
-        peer_fingerprint,
-        identity,
-        provider,
-    };
+    let auth = shared.auth_context(remote, alpn, peer_fingerprint);
     match catch_panic(handler.handle(tls, auth)).await {
         Ok(Ok(())) => tracing::trace!(worker, %remote, "TCP connection finished"),
         Ok(Err(e)) => {

@@ -101,6 +101,25 @@ pub(crate) struct ServerShared {
 }
 
 impl ServerShared {
+    /// What a handler learns about a connection that completed its handshake (QUIC or
+    /// TLS over TCP): the client certificate resolved through the live identity provider.
+    pub fn auth_context(
+        &self,
+        remote: std::net::SocketAddr,
+        alpn: Vec<u8>,
+        peer_fingerprint: Option<Fingerprint>,
+    ) -> AuthContext {
+        let identity = peer_fingerprint.and_then(|fp| self.provider.resolve_from_fingerprint(&fp));
+        let provider: Arc<dyn IdentityProvider> = self.provider.clone();
+        AuthContext {
+            remote,
+            alpn,
+            peer_fingerprint,
+            identity,
+            provider,
+        }
+    }
+
     pub fn request_shutdown(&self, phase: u8) {
         self.shutdown.fetch_max(phase, Ordering::AcqRel);
         for inbox in self.inboxes.iter() {
@@ -1071,15 +1090,7 @@ fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) 
             }
         }
     }
-    let identity = peer_fingerprint.and_then(|fp| s.provider.resolve_from_fingerprint(&fp));
-    let provider: Arc<dyn IdentityProvider> = s.provider.clone();
-    let auth = AuthContext {
-        remote,
-        alpn,
-        peer_fingerprint,
-        identity,
-        provider,
-    };
+    let auth = s.auth_context(remote, alpn, peer_fingerprint);
     let conn = Connection::new(c.clone());
     let stats = w.stats.clone();
     let worker = w.index;
