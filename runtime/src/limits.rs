@@ -185,7 +185,9 @@ impl Limits {
     }
 }
 
-mod millis {
+/// Serde `with` module for durations written as whole milliseconds (`*_ms` keys), shared
+/// by every config section.
+pub mod millis {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

@@ -79,16 +79,16 @@ pub struct ZoneConfig {
 pub struct DnsConfig {
     pub zones: Vec<ZoneConfig>,
     pub max_queries_per_connection: usize,
-    #[serde(rename = "query_timeout_ms", with = "millis")]
+    #[serde(rename = "query_timeout_ms", with = "alknet_runtime::millis")]
     pub query_timeout: Duration,
-    #[serde(rename = "reload_interval_ms", with = "millis")]
+    #[serde(rename = "reload_interval_ms", with = "alknet_runtime::millis")]
     pub reload_interval: Duration,
     /// Classic DNS over UDP on this address (off unless set), e.g. "127.0.0.1:5353".
     pub udp_listen: Option<SocketAddr>,
     /// Classic DNS over TCP (pipelined, RFC 7766) on this address (off unless set).
     pub tcp_listen: Option<SocketAddr>,
     pub udp_payload_size: u16,
-    #[serde(rename = "tcp_idle_timeout_ms", with = "millis")]
+    #[serde(rename = "tcp_idle_timeout_ms", with = "alknet_runtime::millis")]
     pub tcp_idle_timeout: Duration,
     pub max_tcp_connections: usize,
     /// Upstream resolvers for names outside the zones (UDP, TCP on truncation); empty =
@@ -96,7 +96,7 @@ pub struct DnsConfig {
     pub upstreams: Vec<SocketAddr>,
     /// Sources allowed to recurse without the `dns:recursion` scope ("127.0.0.0/8", "::1").
     pub recursion_allow: Vec<crate::forward::Network>,
-    #[serde(rename = "forward_timeout_ms", with = "millis")]
+    #[serde(rename = "forward_timeout_ms", with = "alknet_runtime::millis")]
     pub forward_timeout: Duration,
     pub cache_entries: usize,
     pub rrl_responses_per_second: u32,
@@ -179,16 +179,6 @@ impl DnsConfig {
             }
         }
         Ok(())
-    }
-}
-
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 

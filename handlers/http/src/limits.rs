@@ -47,11 +47,11 @@ pub struct HttpConfig {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: usize,
-    #[serde(rename = "header_read_timeout_ms", with = "millis")]
+    #[serde(rename = "header_read_timeout_ms", with = "alknet_runtime::millis")]
     pub header_read_timeout: Duration,
-    #[serde(rename = "request_timeout_ms", with = "millis")]
+    #[serde(rename = "request_timeout_ms", with = "alknet_runtime::millis")]
     pub request_timeout: Duration,
-    #[serde(rename = "keep_alive_idle_timeout_ms", with = "millis")]
+    #[serde(rename = "keep_alive_idle_timeout_ms", with = "alknet_runtime::millis")]
     pub keep_alive_idle_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_accept_reset_streams: usize,
@@ -118,16 +118,6 @@ impl HttpConfig {
             return Err(HttpConfigError::PublicPath(p.clone()));
         }
         Ok(())
-    }
-}
-
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 

@@ -42,11 +42,11 @@ pub struct H3Limits {
     pub max_header_bytes: u64,
     pub max_body_bytes: u64,
     pub max_concurrent_requests: usize,
-    #[serde(rename = "header_timeout_ms", with = "millis")]
+    #[serde(rename = "header_timeout_ms", with = "alknet_runtime::millis")]
     pub header_timeout: Duration,
-    #[serde(rename = "request_timeout_ms", with = "millis")]
+    #[serde(rename = "request_timeout_ms", with = "alknet_runtime::millis")]
     pub request_timeout: Duration,
-    #[serde(rename = "body_idle_timeout_ms", with = "millis")]
+    #[serde(rename = "body_idle_timeout_ms", with = "alknet_runtime::millis")]
     pub body_idle_timeout: Duration,
     pub body_channel_chunks: usize,
 }
@@ -87,16 +87,6 @@ impl H3Limits {
             Some((name, _)) => Err(H3LimitsError::Zero(name)),
             None => Ok(()),
         }
-    }
-}
-
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }
 
