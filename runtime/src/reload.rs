@@ -18,6 +18,9 @@ use crate::server::build_server_config;
 use crate::tls::{ClientAuth, TlsError, TlsIdentity};
 use crate::worker::{ServerShared, ServerTls};
 
+/// Longest a reload waits for the workers to install its config before returning.
+pub const RELOAD_INSTALL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Publishes new configuration to every worker of one server. Cheap to clone, `Send`.
 #[derive(Clone)]
 pub struct ConfigReloadHandle(Arc<ServerShared>);
@@ -39,6 +42,7 @@ impl ConfigReloadHandle {
         let registry = self.0.registry.load();
         self.publish(tls, client_auth, &registry)?;
         *source = (tls.clone(), client_auth);
+        self.wait_installed();
         let fingerprint = tls.fingerprint();
         tracing::info!(%fingerprint, "TLS certificate reloaded; new handshakes use it");
         Ok(fingerprint)
@@ -61,7 +65,26 @@ impl ConfigReloadHandle {
         // workers look at the registry when they install the new config: after the store
         self.0.tls_generation.fetch_add(1, Ordering::AcqRel);
         self.wake_workers();
+        self.wait_installed();
         Ok(())
+    }
+
+    /// Waits until every running worker has installed the config published last, so a
+    /// handshake that starts after a reload returns gets it (bounded by
+    /// [`RELOAD_INSTALL_WAIT`]: a worker that has stopped never answers). Call reloads from
+    /// a thread of their own, not from a worker (it would wait for itself).
+    fn wait_installed(&self) {
+        let s = &self.0;
+        let want = s.tls_generation.load(Ordering::Acquire);
+        let give_up = std::time::Instant::now() + RELOAD_INSTALL_WAIT;
+        while s
+            .tls_installed
+            .iter()
+            .any(|g| g.load(Ordering::Acquire) < want)
+            && std::time::Instant::now() < give_up
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// The handlers served now.

@@ -291,6 +291,7 @@ pub fn start_with_tcp(
             fingerprint: config.tls.fingerprint(),
         }),
         tls_generation: AtomicU64::new(0),
+        tls_installed: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         layout,
         inboxes: (0..workers)
             .map(|_| Inbox::new(config.limits.inbox_capacity))

@@ -80,6 +80,8 @@ pub(crate) struct ServerShared {
     /// their endpoint when it moved; open connections keep the config they started with.
     pub tls: ArcSwap<ServerTls>,
     pub tls_generation: AtomicU64,
+    /// Per worker, the `tls_generation` it has installed (a reload waits for them).
+    pub tls_installed: Box<[AtomicU64]>,
     pub layout: CidLayout,
     pub inboxes: Box<[Inbox]>,
     pub stats: Box<[Arc<WorkerStats>]>,
@@ -341,6 +343,7 @@ impl Driver {
             self.tls_generation = generation;
             let config = s.tls.load().config.clone();
             self.w.endpoint.borrow_mut().set_server_config(Some(config));
+            s.tls_installed[self.w.index].store(generation, Ordering::Release);
             tracing::debug!(
                 worker = self.w.index,
                 generation,
@@ -349,6 +352,13 @@ impl Driver {
             // connections of a handler removed meanwhile drain as at shutdown
             let registry = s.registry.load();
             let until = Instant::now() + s.limits.shutdown_timeout;
+            // already draining (an earlier reload): keep their deadline; a set, so a
+            // reload that removes a busy handler stays linear in its connections
+            let draining: std::collections::HashSet<*const ConnInner> = self
+                .service_drains
+                .iter()
+                .map(|(_, d)| Rc::as_ptr(d))
+                .collect();
             for c in self.w.all() {
                 let removed = c
                     .state
@@ -356,7 +366,7 @@ impl Driver {
                     .alpn
                     .as_deref()
                     .is_some_and(|a| registry.lookup(a).is_none());
-                if removed && !self.service_drains.iter().any(|(_, d)| Rc::ptr_eq(d, &c)) {
+                if removed && !draining.contains(&Rc::as_ptr(&c)) {
                     self.service_drains.push((until, c));
                 }
             }
@@ -618,11 +628,11 @@ impl Driver {
 
     /// Answers a new connection with CONNECTION_REFUSED (stateless), counts it in
     /// `counter`, and logs why (rate-limited; not while draining, where it is expected).
-    fn refuse(&mut self, incoming: Incoming, counter: &AtomicU64, why: Option<&str>) {
+    fn refuse(&mut self, now: Instant, incoming: Incoming, counter: &AtomicU64, why: Option<&str>) {
         WorkerStats::add(counter, 1);
         if let Some(why) = why {
             self.refusal_log
-                .refused(Instant::now(), self.w.index, incoming.remote_address(), why);
+                .refused(now, self.w.index, incoming.remote_address(), why);
         }
         self.response_buf.clear();
         let t = self
@@ -647,7 +657,12 @@ impl Driver {
         let accepting =
             matches!(self.phase, Phase::Running) && s.shutdown.load(Ordering::Acquire) == RUNNING;
         if !accepting {
-            self.refuse(incoming, &s.stats[self.w.index].connections_refused, None);
+            self.refuse(
+                now,
+                incoming,
+                &s.stats[self.w.index].connections_refused,
+                None,
+            );
             return;
         }
         let admission = s.admission.load();
@@ -690,6 +705,7 @@ impl Driver {
         if max_handshakes > 0 && self.w.handshakes.get() >= max_handshakes {
             let why = "handshakes in flight on this worker";
             self.refuse(
+                now,
                 incoming,
                 &s.stats[self.w.index].refused_handshakes,
                 Some(why),
@@ -703,7 +719,12 @@ impl Driver {
                     Refusal::Address => "connections open from its address",
                     _ => "connections open from its prefix",
                 };
-                self.refuse(incoming, &s.stats[self.w.index].refused_source, Some(why));
+                self.refuse(
+                    now,
+                    incoming,
+                    &s.stats[self.w.index].refused_source,
+                    Some(why),
+                );
                 return;
             }
         };
@@ -713,6 +734,7 @@ impl Driver {
             s.open_connections.fetch_sub(1, Ordering::Relaxed);
             let why = "max_connections reached";
             self.refuse(
+                now,
                 incoming,
                 &s.stats[self.w.index].connections_refused,
                 Some(why),
