@@ -4,6 +4,8 @@
 //! Reloaded: the TLS certificate and key (`[tls]`, or the generated one in the data
 //! directory), the client-certificate policy, `[[identities]]`, `[identity]`,
 //! `[admission]` (per-source, per-worker and per-ALPN connection limits) and
+//! `[limits]` and `[quic]` for new connections (except the keys that size sockets and
+//! the endpoint at start, `alknet_runtime::RESTART_LIMITS`, refused by name), and
 //! `[handlers] enabled`: a handler enabled by a reload is built from the reloaded config
 //! and offered to new handshakes; one disabled is no longer offered and its open
 //! connections drain as at shutdown (`limits.shutdown_timeout`); the others keep running
@@ -29,13 +31,15 @@ use serde_json::json;
 use crate::config::{FileConfig, DEFAULT_CONFIG};
 
 /// Top-level config keys a reload may change.
-const RELOADABLE: [&str; 6] = [
+const RELOADABLE: [&str; 8] = [
     "tls",
     "identities",
     "identity",
     "admission",
     "handlers",
     "log",
+    "limits",
+    "quic",
 ];
 
 /// What a reload did (one line per change), or why it did nothing.
@@ -107,7 +111,8 @@ impl Reloader {
         if !fixed.is_empty() {
             return Err(format!(
                 "not reloaded: {} changed, which needs a restart (listen and workers always \
-                 do; the other sections are not live-reloadable yet); nothing was changed",
+                 do; handler sections such as [call] or [ssh] are not live-reloadable yet); \
+                 nothing was changed",
                 fixed.join(", ")
             ));
         }
@@ -146,6 +151,14 @@ impl Reloader {
         } else {
             None
         };
+        let transport = ["limits", "quic"]
+            .iter()
+            .any(|k| self.running.get(*k) != table.get(*k));
+        if transport {
+            self.handle
+                .check_transport(&cfg.limits, &cfg.quic)
+                .map_err(|e| format!("not reloaded: {e}; nothing was changed"))?;
+        }
         let old_tls = self.running.get("tls");
         if let Some(tls) = tls {
             let before = self.handle.fingerprint();
@@ -175,6 +188,16 @@ impl Reloader {
                 .set_handlers(registry)
                 .map_err(|e| format!("handlers: {e}"))?;
             changes.push(change);
+        }
+        if transport {
+            self.handle
+                .set_transport(cfg.limits.clone(), cfg.quic.clone())
+                .map_err(|e| format!("[limits]/[quic]: {e}"))?;
+            for key in ["limits", "quic"] {
+                if self.running.get(key) != table.get(key) {
+                    changes.push(format!("[{key}] for new connections"));
+                }
+            }
         }
         if self.running.get("admission") != table.get("admission") {
             self.handle

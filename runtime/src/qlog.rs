@@ -24,18 +24,18 @@ const QLOG_BUFFER: usize = 64 * 1024;
 /// Whether this build can write qlog traces.
 pub const QLOG_SUPPORTED: bool = cfg!(feature = "qlog");
 
-/// Where traces go, and the limits each connection's transport is made from.
+/// Where traces go.
 pub(crate) struct QlogDir {
     dir: PathBuf,
-    limits: Limits,
 }
 
 impl QlogDir {
-    pub fn new(dir: PathBuf, limits: Limits) -> Self {
-        Self { dir, limits }
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
     }
 
-    /// `base` (the server config new handshakes use now) with a transport that writes
+    /// `base` (the server config new handshakes use now) with a transport made from `limits`
+    /// (the live ones) that writes
     /// `incoming`'s trace, or `None` (the shared config, no trace) if the file cannot be
     /// created; that is logged and the connection is served anyway.
     #[cfg(feature = "qlog")]
@@ -44,6 +44,7 @@ impl QlogDir {
         incoming: &Incoming,
         worker: usize,
         base: &ServerConfig,
+        limits: &Limits,
     ) -> Option<Arc<ServerConfig>> {
         use std::fs::File;
         use std::io::BufWriter;
@@ -63,7 +64,7 @@ impl QlogDir {
         let mut qlog = quinn_proto::QlogConfig::default();
         qlog.writer(Box::new(BufWriter::with_capacity(QLOG_BUFFER, file)))
             .title(Some(format!("alknet worker {worker}")));
-        let mut transport = self.limits.transport_config();
+        let mut transport = limits.transport_config();
         transport.qlog_stream(qlog.into_stream());
         let mut config = base.clone();
         config.transport_config(Arc::new(transport));
@@ -77,8 +78,9 @@ impl QlogDir {
         _: &Incoming,
         _: usize,
         _: &ServerConfig,
+        _: &Limits,
     ) -> Option<Arc<ServerConfig>> {
-        let _ = (&self.dir, &self.limits);
+        let _ = &self.dir;
         None
     }
 }

@@ -12,7 +12,9 @@ use alknet_proto::Fingerprint;
 use arc_swap::ArcSwap;
 
 use crate::admission::AdmissionLimits;
+use crate::handshake::{HandshakePolicy, HandshakePolicyError};
 use crate::identity::{Identity, IdentityProvider};
+use crate::limits::{Limits, LimitsError};
 use crate::router::AlpnRegistry;
 use crate::server::build_server_config;
 use crate::tls::{ClientAuth, TlsError, TlsIdentity};
@@ -69,6 +71,53 @@ impl ConfigReloadHandle {
         Ok(())
     }
 
+    /// Applies `limits` and `handshake` (`[limits]`, `[quic]`) to new connections from now
+    /// on: their transport parameters (stream counts, windows, idle timeout, keep-alive,
+    /// datagram buffers), `max_connections`, `shutdown_timeout` for drains that start
+    /// later, and the Retry, resumption, 0-RTT and cipher-suite policy. Open connections
+    /// keep the transport they negotiated (QUIC has no way to lower a peer's limits
+    /// afterwards). The fields in [`RESTART_LIMITS`] size sockets and the endpoint at
+    /// start: a change to one is refused, naming it, and nothing changes.
+    pub fn set_transport(
+        &self,
+        limits: Limits,
+        handshake: HandshakePolicy,
+    ) -> Result<(), TransportReloadError> {
+        self.check_transport(&limits, &handshake)?;
+        let source = self.lock_tls_source();
+        let registry = self.0.registry.load();
+        // built before anything is stored: a policy rustls refuses changes nothing
+        let next = self.build(&source.0, source.1, &registry, &limits, &handshake)?;
+        self.0.limits.store(Arc::new(limits));
+        self.0.handshake.store(Arc::new(handshake));
+        self.install(next);
+        drop(source);
+        self.wait_installed();
+        tracing::info!("[limits] and [quic] reloaded; new connections use them");
+        Ok(())
+    }
+
+    /// What [`Self::set_transport`] would refuse, without changing anything (a caller
+    /// that applies several sections checks them all first).
+    pub fn check_transport(
+        &self,
+        limits: &Limits,
+        handshake: &HandshakePolicy,
+    ) -> Result<(), TransportReloadError> {
+        limits.validate()?;
+        handshake.validate()?;
+        let running = self.0.limits.load();
+        let fixed: Vec<&'static str> = RESTART_LIMITS
+            .iter()
+            .filter(|(_, same)| !same(&running, limits))
+            .map(|(key, _)| *key)
+            .collect();
+        if !fixed.is_empty() {
+            return Err(TransportReloadError::NeedsRestart(fixed.join(", ")));
+        }
+        Ok(())
+    }
+
     /// Waits until every running worker has installed the config published last, so a
     /// handshake that starts after a reload returns gets it (bounded by
     /// [`RELOAD_INSTALL_WAIT`]: a worker that has stopped never answers). Call reloads from
@@ -100,8 +149,8 @@ impl ConfigReloadHandle {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Builds and publishes the QUIC server config for `tls` and `registry`'s ALPNs (the
-    /// same `[quic]` policy and limits as at start).
+    /// Builds and publishes the QUIC server config for `tls` and `registry`'s ALPNs with
+    /// the live `[limits]` and `[quic]`.
     fn publish(
         &self,
         tls: &TlsIdentity,
@@ -109,17 +158,40 @@ impl ConfigReloadHandle {
         registry: &AlpnRegistry,
     ) -> Result<(), TlsError> {
         let s = &self.0;
-        let config =
-            build_server_config(tls, registry.alpns(), client_auth, &s.limits, &s.handshake)?;
-        let tcp = crate::server::build_tcp_config(s, tls, client_auth)?;
-        s.tls.store(Arc::new(ServerTls {
+        let next = self.build(
+            tls,
+            client_auth,
+            registry,
+            &s.limits.load(),
+            &s.handshake.load(),
+        )?;
+        self.install(next);
+        Ok(())
+    }
+
+    /// The configs new handshakes would get; changes nothing.
+    fn build(
+        &self,
+        tls: &TlsIdentity,
+        client_auth: ClientAuth,
+        registry: &AlpnRegistry,
+        limits: &Limits,
+        handshake: &HandshakePolicy,
+    ) -> Result<ServerTls, TlsError> {
+        let config = build_server_config(tls, registry.alpns(), client_auth, limits, handshake)?;
+        let tcp = crate::server::build_tcp_config(&self.0, tls, client_auth, handshake)?;
+        Ok(ServerTls {
             config,
             tcp,
             fingerprint: tls.fingerprint(),
-        }));
-        s.tls_generation.fetch_add(1, Ordering::AcqRel);
+        })
+    }
+
+    /// Hands `next` to the workers (each installs it at its next poll).
+    fn install(&self, next: ServerTls) {
+        self.0.tls.store(Arc::new(next));
+        self.0.tls_generation.fetch_add(1, Ordering::AcqRel);
         self.wake_workers();
-        Ok(())
     }
 
     /// Idle workers install a new config now rather than on their next datagram.
@@ -156,6 +228,33 @@ impl ConfigReloadHandle {
     pub fn fingerprint(&self) -> Fingerprint {
         self.0.tls.load().fingerprint
     }
+}
+
+/// `[limits]` keys fixed at start (sockets, inboxes and the endpoint are sized by them),
+/// each with how to tell whether a reload keeps it.
+pub const RESTART_LIMITS: [(&str, fn(&Limits, &Limits) -> bool); 3] = [
+    ("limits.max_udp_payload_size", |a, b| {
+        a.max_udp_payload_size == b.max_udp_payload_size
+    }),
+    ("limits.inbox_capacity", |a, b| {
+        a.inbox_capacity == b.inbox_capacity
+    }),
+    ("limits.socket_buffer_size", |a, b| {
+        a.socket_buffer_size == b.socket_buffer_size
+    }),
+];
+
+/// Why [`ConfigReloadHandle::set_transport`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportReloadError {
+    #[error("{0} changed, which needs a restart")]
+    NeedsRestart(String),
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+    #[error(transparent)]
+    Policy(#[from] HandshakePolicyError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Why [`ConfigReloadHandle::set_handlers`] changed nothing.

@@ -193,11 +193,12 @@ pub(crate) fn build_tcp_config(
     shared: &ServerShared,
     tls: &TlsIdentity,
     client_auth: ClientAuth,
+    handshake: &HandshakePolicy,
 ) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
     shared
         .tcp
         .as_ref()
-        .map(|t| tcp_server_config(tls, t.registry.alpns(), client_auth, &shared.handshake))
+        .map(|t| tcp_server_config(tls, t.registry.alpns(), client_auth, handshake))
         .transpose()
 }
 
@@ -301,8 +302,8 @@ pub fn start_with_tcp(
             .collect(),
         shutdown: AtomicU8::new(0),
         open_connections: AtomicUsize::new(0),
-        limits: config.limits.clone(),
-        handshake: config.handshake.clone(),
+        limits: ArcSwap::from_pointee(config.limits.clone()),
+        handshake: ArcSwap::from_pointee(config.handshake.clone()),
         admission: ArcSwap::from_pointee(config.admission.clone()),
         sources: SourceTable::new(),
         alpn_counts: ArcSwap::from_pointee(alpn_counts),
@@ -314,7 +315,7 @@ pub fn start_with_tcp(
                     tracing::warn!("a qlog directory is set, but this build has no qlog support (cargo feature \"qlog\"): no traces");
                 }
             })
-            .map(|dir| QlogDir::new(dir, config.limits.clone())),
+            .map(QlogDir::new),
         tcp: tcp.map(Arc::new),
     });
 
@@ -343,7 +344,6 @@ pub fn start_with_tcp(
         let ready_tx = ready_tx.clone();
         let max_udp = config.limits.max_udp_payload_size;
         let tcp_listener = tcp_listeners[index].take();
-        let shutdown_timeout = config.limits.shutdown_timeout;
         let spawned = std::thread::Builder::new()
             .name(format!("alknet-w{index}"))
             .spawn(move || {
@@ -397,6 +397,7 @@ pub fn start_with_tcp(
                     drop(ready_tx);
                     Driver::new(state, max_udp).await;
                     // QUIC is done; TCP connections get the same drain time
+                    let shutdown_timeout = drain_shared.limits.load().shutdown_timeout;
                     tcp_state.drain(&drain_shared, shutdown_timeout).await;
                     tracing::debug!(worker = index, "worker stopped");
                 });

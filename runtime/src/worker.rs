@@ -87,8 +87,11 @@ pub(crate) struct ServerShared {
     pub stats: Box<[Arc<WorkerStats>]>,
     pub shutdown: AtomicU8,
     pub open_connections: AtomicUsize,
-    pub limits: Limits,
-    pub handshake: HandshakePolicy,
+    /// Live: `[limits]`, read when a connection is accepted or a drain starts (the
+    /// fields that need a restart are refused by the reload, see `reload.rs`).
+    pub limits: ArcSwap<Limits>,
+    /// Live: `[quic]`, read per Incoming (Retry) and when server configs are built.
+    pub handshake: ArcSwap<HandshakePolicy>,
     /// Live: `[admission]`, loaded once per new connection.
     pub admission: ArcSwap<AdmissionLimits>,
     /// Open connections and new-connection rates per source, shared by the workers.
@@ -351,7 +354,7 @@ impl Driver {
             );
             // connections of a handler removed meanwhile drain as at shutdown
             let registry = s.registry.load();
-            let until = Instant::now() + s.limits.shutdown_timeout;
+            let until = Instant::now() + s.limits.load().shutdown_timeout;
             // already draining (an earlier reload): keep their deadline; a set, so a
             // reload that removes a busy handler stays linear in its connections
             let draining: std::collections::HashSet<*const ConnInner> = self
@@ -683,7 +686,7 @@ impl Driver {
             return;
         }
         if !incoming.remote_address_validated()
-            && s.handshake.should_retry(self.w.unvalidated.get())
+            && s.handshake.load().should_retry(self.w.unvalidated.get())
         {
             self.response_buf.clear();
             let retried = self
@@ -730,7 +733,7 @@ impl Driver {
         };
         drop(admission);
         let validated = incoming.remote_address_validated();
-        if s.open_connections.fetch_add(1, Ordering::Relaxed) >= s.limits.max_connections {
+        if s.open_connections.fetch_add(1, Ordering::Relaxed) >= s.limits.load().max_connections {
             s.open_connections.fetch_sub(1, Ordering::Relaxed);
             let why = "max_connections reached";
             self.refuse(
@@ -742,10 +745,14 @@ impl Driver {
             return;
         }
         self.response_buf.clear();
-        let traced = s
-            .qlog
-            .as_ref()
-            .and_then(|q| q.server_config(&incoming, self.w.index, &s.tls.load().config));
+        let traced = s.qlog.as_ref().and_then(|q| {
+            q.server_config(
+                &incoming,
+                self.w.index,
+                &s.tls.load().config,
+                &s.limits.load(),
+            )
+        });
         let accepted =
             self.w
                 .endpoint
@@ -912,7 +919,7 @@ impl Driver {
                         "shutting down: no new connections, draining open ones"
                     );
                     self.phase = Phase::Draining {
-                        until: now + s.limits.shutdown_timeout,
+                        until: now + s.limits.load().shutdown_timeout,
                     };
                 }
                 if let Phase::Draining { until } = self.phase {

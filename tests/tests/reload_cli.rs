@@ -222,6 +222,56 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
         text(&out.stderr)
     );
 
+    // [limits] reload for new connections: one opened before keeps its transport and works
+    std::fs::write(
+        &config_path,
+        format!("{CONFIG}\n{ci}\n{handlers}\n[limits]\ndatagram_receive_buffer = 0\n"),
+    )
+    .expect("config");
+    run_client(|| async {
+        let endpoint = client_endpoint();
+        let before = connect_addr(&endpoint, server_addr, pinned, alknet_echo::ALPN)
+            .await
+            .expect("connect");
+        assert!(
+            before.max_datagram_size().is_some(),
+            "datagrams are on by default"
+        );
+        // blocks this client's loop for the reload's duration; the connection idles
+        let out = reload(&server, &third, "admin-token");
+        assert!(
+            text(&out.stdout).contains("[limits] for new connections"),
+            "{} {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let after = connect_addr(&endpoint, server_addr, pinned, alknet_echo::ALPN)
+            .await
+            .expect("connect");
+        assert!(
+            after.max_datagram_size().is_none(),
+            "a new connection gets the reloaded limits"
+        );
+        let (mut send, mut recv) = before.open_bi().await.expect("open").split();
+        send.write_all(b"still here").await.expect("write");
+        send.finish().expect("finish");
+        let echoed = recv.read_to_end(64).await.expect("read");
+        assert_eq!(&echoed[..], b"still here");
+    });
+    // a key that sizes sockets at start: refused by name, nothing changes
+    std::fs::write(
+        &config_path,
+        format!("{CONFIG}\n{ci}\n{handlers}\n[limits]\ndatagram_receive_buffer = 0\nsocket_buffer_size = 65536\n"),
+    )
+    .expect("config");
+    let out = reload(&server, &third, "admin-token");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("limits.socket_buffer_size") && err.contains("restart"),
+        "{err}"
+    );
+
     // what needs a restart is refused as a whole, and says so
     std::fs::write(&config_path, format!("workers = 1\n{CONFIG}")).expect("config");
     let out = reload(&server, &third, "admin-token");
@@ -278,4 +328,72 @@ fn watch_config_reloads_when_the_file_changes() {
         "node.stats",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn twenty_sighup_rotations_under_load_lose_no_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let server = BinServer::start_with_config(CONFIG);
+    let first: alknet_runtime::Fingerprint = server.fingerprint().parse().expect("fp");
+    let addr: std::net::SocketAddr = server.addr().parse().expect("addr");
+    let stop = Arc::new(AtomicBool::new(false));
+    // rr on two connections opened before the first rotation, until told to stop
+    let (connected_tx, connected) = std::sync::mpsc::channel::<()>();
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            run_client(|| async move {
+                let endpoint = client_endpoint();
+                let a = connect_addr(&endpoint, addr, first, alknet_echo::ALPN)
+                    .await
+                    .expect("connect");
+                let b = connect_addr(&endpoint, addr, first, alknet_echo::ALPN)
+                    .await
+                    .expect("connect");
+                let _ = connected_tx.send(());
+                let mut requests = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (x, y) = (payload(requests, 512), payload(requests + 1, 512));
+                    let (dx, dy) =
+                        join(echo_roundtrip(&a, x.clone()), echo_roundtrip(&b, y.clone())).await;
+                    assert_eq!((dx, dy), (sha256(&x), sha256(&y)), "request {requests}");
+                    requests += 2;
+                }
+                requests
+            })
+        })
+    };
+    connected
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the load connected before the first rotation");
+    let mut newest = first.to_string();
+    for round in 0..20 {
+        newest = replace_certificate(&server);
+        // SAFETY: kill(2) on the child this test started
+        unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+        let log = server.wait_for_log("reloaded: certificate");
+        assert!(
+            log.last().expect("line").contains(&newest),
+            "round {round}: {log:?}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let requests = load.join().expect("no request failed during the rotations");
+    assert!(requests > 0, "the load ran");
+    let newest: alknet_runtime::Fingerprint = newest.parse().expect("fp");
+    run_client(|| async move {
+        let endpoint = client_endpoint();
+        let fresh = connect_addr(&endpoint, addr, newest, alknet_echo::ALPN)
+            .await
+            .expect("a new handshake sees the newest certificate");
+        let data = payload(7, 1000);
+        assert_eq!(echo_roundtrip(&fresh, data.clone()).await, sha256(&data));
+        assert!(
+            connect_addr(&endpoint, addr, first, alknet_echo::ALPN)
+                .await
+                .is_err(),
+            "the first certificate is no longer served"
+        );
+    });
 }
