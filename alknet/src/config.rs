@@ -95,6 +95,9 @@ new_connections_per_second = 20000
 new_connection_burst = 40000
 # Handshakes in flight on one worker; beyond it new connections are refused.
 max_handshakes_per_worker = 4096
+# A QUIC handshake not complete this long after its Initial is closed (close code 0x6),
+# so half-open handshakes (a flood's) do not hold their places until idle_timeout. 0 = off.
+handshake_timeout_ms = 10000
 # Open connections per service, e.g. { "alknet/ssh" = 1000 }; checked when the handshake
 # completes (close code 0x5).
 max_connections_per_alpn = {}

@@ -23,7 +23,8 @@ pub const INITIAL_POOL: usize = 8192;
 /// Longest the flooder runs, whatever it is asked.
 pub const MAX_FLOOD: Duration = Duration::from_secs(120);
 /// How long to wait for Retry to disengage after the flood before giving up (the server's
-/// unanswered handshakes time out after its idle timeout, 30 s by default).
+/// unanswered handshakes are closed after `[admission] handshake_timeout_ms`, 10 s by
+/// default).
 pub const DISENGAGE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Makes `n` distinct client Initials for `target` (what a real client's first datagram is).

@@ -17,7 +17,7 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -43,6 +43,13 @@ pub const DEFAULT_NEW_CONNECTION_BURST: u32 = 40_000;
 /// connection's state and has cost a certificate signature; beyond this a worker refuses
 /// new ones until some finish. 0 = no cap.
 pub const DEFAULT_MAX_HANDSHAKES_PER_WORKER: u32 = 4_096;
+/// `handshake_timeout_ms` default: a QUIC handshake not complete this long after its
+/// Initial was accepted is closed with [`crate::close_code::HANDSHAKE_TIMEOUT`]. Without
+/// it a half-open handshake (a flood's, or a client that vanished) holds its place until
+/// `idle_timeout`, and keeps `retry = "auto"` engaged that long after a flood ends. 10 s
+/// leaves a handshake over a 750 ms path with heavy loss room for its retransmissions.
+/// 0 = no timeout of its own (the idle timeout applies).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Cells per row of the source table (two rows for addresses, two for prefixes, one for
 /// rates): 4 × 4 KiB of counters + 32 KiB of token buckets per server, whatever the number
 /// of sources.
@@ -60,6 +67,8 @@ pub struct AdmissionLimits {
     pub new_connections_per_second: u32,
     pub new_connection_burst: u32,
     pub max_handshakes_per_worker: u32,
+    #[serde(rename = "handshake_timeout_ms", with = "crate::limits::millis")]
+    pub handshake_timeout: Duration,
     /// `max_connections_per_alpn`: open connections per service, e.g.
     /// `{ "alknet/ssh" = 1000 }`; services not named have no cap of their own. Checked
     /// when the handshake completes; over the cap the connection is closed with
@@ -77,6 +86,7 @@ impl Default for AdmissionLimits {
             new_connections_per_second: DEFAULT_NEW_CONNECTIONS_PER_SECOND,
             new_connection_burst: DEFAULT_NEW_CONNECTION_BURST,
             max_handshakes_per_worker: DEFAULT_MAX_HANDSHAKES_PER_WORKER,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections_per_alpn: BTreeMap::new(),
         }
     }

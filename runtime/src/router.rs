@@ -58,6 +58,8 @@ pub mod close_code {
     pub const NO_HANDLER: u32 = 0x4;
     /// The service (ALPN) has `[admission] max_connections_per_alpn` open connections.
     pub const ALPN_LIMIT: u32 = 0x5;
+    /// The handshake did not complete within `[admission] handshake_timeout_ms`.
+    pub const HANDSHAKE_TIMEOUT: u32 = 0x6;
 }
 
 /// A protocol served under one ALPN.

@@ -75,6 +75,8 @@ worker_stats! {
     /// Connections closed right after their handshake: their ALPN's
     /// `[admission] max_connections_per_alpn` was reached.
     refused_alpn,
+    /// Handshakes closed for taking longer than `[admission] handshake_timeout_ms`.
+    handshakes_timed_out,
     /// Handlers that returned an error.
     handler_errors,
     /// Handlers that panicked.

@@ -302,6 +302,10 @@ pub(crate) struct Driver {
     tls_generation: u64,
     /// Connections of removed handlers, and when their drain time ends.
     service_drains: Vec<(Instant, Rc<ConnInner>)>,
+    /// Accepted connections in accept order with the end of their handshake time
+    /// (`[admission] handshake_timeout_ms`; nondecreasing but for a reload that shortens
+    /// it, which only delays the later ones). Weak: a connection gone is simply skipped.
+    handshake_deadlines: std::collections::VecDeque<(Instant, std::rc::Weak<ConnInner>)>,
 }
 
 impl Driver {
@@ -333,6 +337,7 @@ impl Driver {
             phase: Phase::Running,
             tls_generation: 0,
             service_drains: Vec::new(),
+            handshake_deadlines: std::collections::VecDeque::new(),
         }
     }
 
@@ -378,6 +383,30 @@ impl Driver {
 
     /// Closes connections of removed handlers whose drain time is over (unless their ALPN
     /// was registered again meanwhile).
+    /// Closes connections whose handshake outlived `handshake_timeout` (they give back
+    /// their handshake and unvalidated places as they drain).
+    fn expire_handshakes(&mut self, now: Instant) {
+        while let Some((at, weak)) = self.handshake_deadlines.front() {
+            if *at > now {
+                break;
+            }
+            let c = weak.upgrade();
+            self.handshake_deadlines.pop_front();
+            let Some(c) = c else { continue };
+            if !c.in_handshake.get() {
+                continue;
+            }
+            WorkerStats::add(&self.w.stats.handshakes_timed_out, 1);
+            c.close(
+                VarInt::from_u32(close_code::HANDSHAKE_TIMEOUT),
+                b"handshake timeout",
+            );
+            // it holds no handshake place from now on, whatever its close takes
+            self.w.handshake_done(&c);
+            self.drive(now, &c);
+        }
+    }
+
     fn close_drained_services(&mut self, now: Instant) {
         let Role::Server(s) = &self.w.role else {
             return;
@@ -731,6 +760,7 @@ impl Driver {
                 return;
             }
         };
+        let handshake_timeout = admission.handshake_timeout;
         drop(admission);
         let validated = incoming.remote_address_validated();
         if s.open_connections.fetch_add(1, Ordering::Relaxed) >= s.limits.load().max_connections {
@@ -768,6 +798,10 @@ impl Driver {
                 }
                 c.in_handshake.set(true);
                 self.w.handshakes.set(self.w.handshakes.get() + 1);
+                if !handshake_timeout.is_zero() {
+                    self.handshake_deadlines
+                        .push_back((now + handshake_timeout, Rc::downgrade(&c)));
+                }
                 c.admission.borrow_mut().source = Some(ticket);
                 c.mark_dirty();
             }
@@ -962,6 +996,9 @@ impl Driver {
         if let Some(until) = self.service_drains.iter().map(|(u, _)| *u).min() {
             next = Some(next.map_or(until, |n| n.min(until)));
         }
+        if let Some(&(until, _)) = self.handshake_deadlines.front() {
+            next = Some(next.map_or(until, |n| n.min(until)));
+        }
         let Some(at) = next else {
             self.sleep = None;
             self.sleep_at = None;
@@ -1011,6 +1048,7 @@ impl Future for Driver {
         let mut more = this.drain_inbox(now);
         more |= this.receive(cx, now);
         this.expire_timers(now);
+        this.expire_handshakes(now);
         this.close_drained_services(now);
         if !socket_full {
             more |= this.drive_dirty(now);

@@ -179,3 +179,79 @@ fn per_alpn_cap_closes_the_newcomer_and_a_reload_changes_it() {
     });
     assert_eq!(server.total_stats().refused_alpn, 1);
 }
+
+/// A client's first datagram (a real Initial with its ClientHello) for `server`; whoever
+/// sends it never goes on with the handshake.
+fn lone_initial(server: &ServerHandle) -> Vec<u8> {
+    let crypto = alknet_runtime::tls::client_crypto(
+        &alknet_runtime::tls::ServerTrust::Fingerprint(server.fingerprint()),
+        vec![alknet_echo::ALPN.to_vec()],
+        None,
+    )
+    .expect("crypto");
+    let mut endpoint = quinn_proto::Endpoint::new(
+        std::sync::Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        true,
+        None,
+    );
+    let now = std::time::Instant::now();
+    let (_, mut conn) = endpoint
+        .connect(
+            now,
+            quinn_proto::ClientConfig::new(crypto),
+            server.local_addr(),
+            "localhost",
+        )
+        .expect("connect");
+    let mut buf = Vec::new();
+    let t = conn.poll_transmit(now, 1, &mut buf).expect("an Initial");
+    buf.truncate(t.size);
+    buf
+}
+
+#[test]
+fn a_handshake_that_never_completes_is_closed_at_its_timeout_and_others_stay() {
+    let server = start_server(ServerOptions {
+        admission: AdmissionLimits {
+            handshake_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let timed_out = |s: &ServerHandle| {
+        s.stats()
+            .iter()
+            .map(|w| w.handshakes_timed_out)
+            .sum::<u64>()
+    };
+    run_client(|| async {
+        // a client that completes its handshake, then idles past the timeout
+        let endpoint = client_endpoint();
+        let conn = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("connect");
+        // one that sends its Initial and vanishes
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        silent
+            .send_to(&lone_initial(&server), server.local_addr())
+            .expect("send");
+        wait_open(&server, 2).await;
+        // bounded wait for the timeout to fire (it is 300 ms; idle_timeout is 30 s)
+        for _ in 0..500 {
+            if timed_out(&server) == 1 && server.open_connections() == 1 {
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(timed_out(&server), 1, "the half-open handshake was closed");
+        wait_open(&server, 1).await;
+        let data = payload(3, 2000);
+        assert_eq!(
+            echo_roundtrip(&conn, data.clone()).await,
+            sha256(&data),
+            "the completed connection outlives the handshake timeout"
+        );
+        assert_eq!(timed_out(&server), 1);
+    });
+}
