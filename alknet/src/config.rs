@@ -299,9 +299,9 @@ socket_buffer_size = 8388608
 enabled = true
 # A connection must finish its TLS handshake within this long.
 tls_handshake_timeout_ms = 10000
-# TCP connections open at once per worker, and per source IP address per worker.
+# TCP connections open at once per worker. Per source, TCP connections count with QUIC
+# ones under [admission] (per address, per prefix, new connections per second).
 max_connections_per_worker = 10000
-max_connections_per_address = 256
 # Connections the kernel queues per listener before they are accepted.
 listen_backlog = 1024
 

@@ -51,10 +51,6 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `[tcp] max_connections_per_worker`: TLS-over-TCP connections one worker serves at once;
 /// past it new connections are closed right after accept (and counted as refused).
 pub const DEFAULT_TCP_CONNECTIONS_PER_WORKER: usize = 10_000;
-/// `[tcp] max_connections_per_address`: TCP connections one source IP address may have open
-/// on one worker at once (the kernel spreads a client's connections over workers by their
-/// 4-tuple, so the node-wide bound is this times the worker count).
-pub const DEFAULT_TCP_CONNECTIONS_PER_ADDRESS: usize = 256;
 /// `[tcp] listen_backlog`: connections the kernel queues per worker listener before accept.
 pub const DEFAULT_TCP_LISTEN_BACKLOG: u32 = 1024;
 
@@ -68,7 +64,6 @@ pub struct TcpLimits {
     #[serde(rename = "tls_handshake_timeout_ms", with = "millis")]
     pub tls_handshake_timeout: Duration,
     pub max_connections_per_worker: usize,
-    pub max_connections_per_address: usize,
     pub listen_backlog: u32,
 }
 
@@ -78,7 +73,6 @@ impl Default for TcpLimits {
             enabled: true,
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             max_connections_per_worker: DEFAULT_TCP_CONNECTIONS_PER_WORKER,
-            max_connections_per_address: DEFAULT_TCP_CONNECTIONS_PER_ADDRESS,
             listen_backlog: DEFAULT_TCP_LISTEN_BACKLOG,
         }
     }
@@ -91,9 +85,6 @@ impl TcpLimits {
         }
         if self.max_connections_per_worker == 0 {
             return Err(LimitsError::Zero("tcp.max_connections_per_worker"));
-        }
-        if self.max_connections_per_address == 0 {
-            return Err(LimitsError::Zero("tcp.max_connections_per_address"));
         }
         if self.listen_backlog == 0 {
             return Err(LimitsError::Zero("tcp.listen_backlog"));

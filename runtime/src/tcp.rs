@@ -12,15 +12,14 @@
 //! async adapter, maintained with it) runs the record layer on it. No tokio runtime runs:
 //! only its IO traits are used.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashMap;
-
+use crate::admission::{AdmissionLimits, Refusal, SourceTable, SourceTicket};
 use crate::identity::AuthContext;
 use crate::limits::TcpLimits;
 use crate::router::{HandlerError, LocalBoxFuture, RegistryError};
@@ -120,18 +119,18 @@ pub struct TcpSetup {
     pub limits: TcpLimits,
 }
 
-/// Connections one worker's listener has open, for its limits and its drain.
+/// Connections one worker's listener has open, for its limit and its drain.
 #[derive(Default)]
 pub(crate) struct WorkerTcp {
     open: Cell<usize>,
-    per_address: RefCell<FxHashMap<IpAddr, usize>>,
 }
 
-/// Holds a connection's place in its worker's counts; dropping it frees the place.
+/// Holds a connection's place in its worker's count and, through its [`SourceTicket`], in
+/// the server's per-source counts (shared with QUIC); dropping it frees both.
 struct Slot {
     worker: Rc<WorkerTcp>,
     stats: Arc<WorkerStats>,
-    ip: IpAddr,
+    _source: SourceTicket,
     counted_open: bool,
 }
 
@@ -140,13 +139,6 @@ impl Drop for Slot {
         self.worker
             .open
             .set(self.worker.open.get().saturating_sub(1));
-        let mut map = self.worker.per_address.borrow_mut();
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
         if self.counted_open {
             self.stats.tcp_open.fetch_sub(1, Ordering::Relaxed);
         }
@@ -154,27 +146,33 @@ impl Drop for Slot {
 }
 
 impl WorkerTcp {
-    /// A place for a connection from `ip`, unless a limit is reached.
+    /// A place for a connection from `ip`, or why not: this worker's
+    /// `[tcp] max_connections_per_worker`, then `[admission]` exactly as for a QUIC
+    /// connection (the source's new-connection rate, its per-address and per-prefix caps,
+    /// counted in the one table QUIC uses, so a source's TCP and QUIC connections add up).
     fn admit(
         self: &Rc<Self>,
         ip: IpAddr,
         limits: &TcpLimits,
+        sources: &Arc<SourceTable>,
+        admission: &AdmissionLimits,
         stats: &Arc<WorkerStats>,
-    ) -> Option<Slot> {
+    ) -> Result<Slot, &'static str> {
         if self.open.get() >= limits.max_connections_per_worker {
-            return None;
+            return Err("tcp.max_connections_per_worker reached");
         }
-        let mut map = self.per_address.borrow_mut();
-        let n = map.entry(ip).or_insert(0);
-        if *n >= limits.max_connections_per_address {
-            return None;
+        if !sources.rate_allows(admission, ip, Instant::now()) {
+            return Err("new-connection rate of its prefix");
         }
-        *n += 1;
+        let ticket = sources.admit(admission, ip).map_err(|r| match r {
+            Refusal::Address => "connections open from its address",
+            _ => "connections open from its prefix",
+        })?;
         self.open.set(self.open.get() + 1);
-        Some(Slot {
+        Ok(Slot {
             worker: self.clone(),
             stats: stats.clone(),
-            ip,
+            _source: ticket,
             counted_open: false,
         })
     }
@@ -220,11 +218,21 @@ pub(crate) async fn accept_loop(
             drop(stream);
             continue;
         }
-        let Some(slot) = state.admit(remote.ip(), &setup.limits, &stats) else {
-            WorkerStats::add(&stats.tcp_refused, 1);
-            tracing::debug!(worker, %remote, "TCP connection refused: connection limit");
-            drop(stream);
-            continue;
+        let admitted = state.admit(
+            remote.ip(),
+            &setup.limits,
+            &shared.sources,
+            &shared.admission.load(),
+            &stats,
+        );
+        let slot = match admitted {
+            Ok(slot) => slot,
+            Err(why) => {
+                WorkerStats::add(&stats.tcp_refused, 1);
+                tracing::debug!(worker, %remote, "TCP connection refused: {why}");
+                drop(stream);
+                continue;
+            }
         };
         let shared = shared.clone();
         let setup = setup.clone();
@@ -339,26 +347,37 @@ mod tests {
     }
 
     #[test]
-    fn admission_counts_per_worker_and_per_address() {
-        let w = Rc::new(WorkerTcp::default());
+    fn admission_counts_per_worker_and_per_source_across_workers() {
+        let (w1, w2) = (Rc::new(WorkerTcp::default()), Rc::new(WorkerTcp::default()));
         let stats = Arc::new(WorkerStats::default());
+        let sources = Arc::new(SourceTable::new());
         let limits = TcpLimits {
             max_connections_per_worker: 3,
-            max_connections_per_address: 2,
             ..TcpLimits::default()
         };
+        let admission = AdmissionLimits {
+            max_connections_per_address: 2,
+            ..AdmissionLimits::default()
+        };
+        let admit =
+            |w: &Rc<WorkerTcp>, ip: IpAddr| w.admit(ip, &limits, &sources, &admission, &stats);
         let a: IpAddr = [127, 0, 0, 1].into();
         let b: IpAddr = [127, 0, 0, 2].into();
-        let s1 = w.admit(a, &limits, &stats).expect("first");
-        let _s2 = w.admit(a, &limits, &stats).expect("second");
-        assert!(w.admit(a, &limits, &stats).is_none(), "per-address limit");
-        let _s3 = w.admit(b, &limits, &stats).expect("other address");
-        assert!(w.admit(b, &limits, &stats).is_none(), "per-worker limit");
-        drop(s1);
-        assert!(
-            w.admit(a, &limits, &stats).is_some(),
-            "a freed place is reused"
+        let s1 = admit(&w1, a).expect("first");
+        let _s2 = admit(&w2, a).expect("second, on the other worker");
+        assert_eq!(
+            admit(&w1, a).err(),
+            Some("connections open from its address"),
+            "the per-address cap counts both workers"
         );
-        assert_eq!(w.open.get(), 2);
+        let _s3 = admit(&w1, b).expect("other address");
+        let _s4 = admit(&w1, b).expect("other address");
+        assert_eq!(
+            admit(&w1, [127, 0, 0, 3].into()).err(),
+            Some("tcp.max_connections_per_worker reached")
+        );
+        drop(s1);
+        assert!(admit(&w2, a).is_ok(), "a freed place is reused");
+        assert_eq!(w1.open.get(), 2);
     }
 }
