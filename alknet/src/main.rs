@@ -188,6 +188,10 @@ fn serve(
     data_dir: Option<PathBuf>,
     watch_config: bool,
 ) -> ExitCode {
+    // first of all: a SIGHUP that arrives while the node starts (a service manager
+    // reloading early) is held and applied once the reloader runs, instead of killing the
+    // process with SIGHUP's default action
+    let hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]);
     // the file as it is read now: a change made while the node starts is a change too
     let watched = config
         .as_ref()
@@ -278,7 +282,7 @@ fn serve(
     if let Some((path, stamp)) = watched {
         reload::watch(path, stamp, reload_tx.clone());
     }
-    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+    match hangups {
         Ok(mut signals) => {
             std::thread::spawn(move || {
                 for _ in signals.forever() {

@@ -397,3 +397,57 @@ fn twenty_sighup_rotations_under_load_lose_no_request() {
         );
     });
 }
+
+#[test]
+fn a_sighup_during_start_up_is_held_not_fatal() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut child = Command::new(alknet_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("ALKNET_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn alknet");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // at its first log line the node is still starting (it logs the certificate it
+    // generated before its workers and its reloader run): SIGHUP then
+    let first = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a first log line");
+    // SAFETY: kill(2) on the child this test started
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = vec![first];
+    while std::time::Instant::now() < deadline {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => {
+                let done = l.contains("reload: nothing changed");
+                seen.push(l);
+                if done {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+    }
+    let alive = child.try_wait().expect("wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(alive, "SIGHUP at start-up killed the node: {seen:?}");
+    assert!(
+        seen.iter().any(|l| l.contains("reload: nothing changed")),
+        "the early SIGHUP was applied once the node ran: {seen:?}"
+    );
+}
