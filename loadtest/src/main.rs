@@ -208,6 +208,11 @@ struct FloodArgs {
     /// Source ports the flood comes from.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     ports: u16,
+    /// Only the flood, for --duration seconds, no legitimate client: how many Initials the
+    /// server disposes of per second and per server CPU-second (with --rate above what it
+    /// can take, e.g. 1000000, the saturation rate).
+    #[arg(long)]
+    saturate: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -336,6 +341,9 @@ fn run_flood(f: &FloodArgs) -> Result<(), String> {
     }
     let mut proc = ServerProc::spawn(Kind::Alknet, usize::from(f.run.workers), f.run.tls_key)?;
     let pid = proc.pid();
+    if f.saturate {
+        return run_saturation(f, &mut proc);
+    }
     let mut legit = f.run.clone();
     legit.server = Some(proc.addr.to_string());
     legit.fingerprint = Some(proc.fingerprint);
@@ -408,6 +416,48 @@ fn run_flood(f: &FloodArgs) -> Result<(), String> {
             ));
         }
     }
+    Ok(())
+}
+
+/// `flood --saturate`: the flood alone; what the server disposed of, per second and per
+/// server CPU-second.
+fn run_saturation(f: &FloodArgs, proc: &mut ServerProc) -> Result<(), String> {
+    let pid = proc.pid();
+    let initials = flood::make_initials(proc.addr, proc.fingerprint, flood::INITIAL_POOL)?;
+    let flooder =
+        flood::Flooder::start(initials, proc.addr, f.source, usize::from(f.ports), f.rate)?;
+    // the first second fills the handshake places; measure after it
+    std::thread::sleep(Duration::from_secs(1));
+    let before = flood::counters(proc)?;
+    let cpu_before = server::cpu_seconds(pid).ok_or("reading the server's CPU time")?;
+    let (sent_before, started) = (flooder.sent(), Instant::now());
+    std::thread::sleep(Duration::from_secs(f.run.duration.max(1)));
+    let seconds = started.elapsed().as_secs_f64();
+    let sent = flooder.sent() - sent_before;
+    let cpu = server::cpu_seconds(pid).ok_or("reading the server's CPU time")? - cpu_before;
+    let during = flood::counters(proc)?.since(&before);
+    drop(flooder);
+    let handled = during.connections_accepted
+        + during.retries_sent
+        + during.refused_rate
+        + during.refused_source
+        + during.refused_handshakes
+        + during.refused_capacity;
+    let workers = f64::from(f.run.workers.max(1));
+    println!(
+        "saturation: {sent} Initials sent in {seconds:.1} s ({:.0}/s) from {} ports of {}",
+        sent as f64 / seconds,
+        f.ports,
+        f.source
+    );
+    println!("server: {}", flood::describe(&during));
+    println!(
+        "server disposed of {:.0} Initials/s ({:.0}/s per worker), server CPU {cpu:.2} s: {:.0} per server CPU-second ({:.2} µs each); the rest was lost in socket buffers",
+        handled as f64 / seconds,
+        handled as f64 / seconds / workers,
+        handled as f64 / cpu.max(1e-9),
+        cpu * 1e6 / handled.max(1) as f64
+    );
     Ok(())
 }
 
