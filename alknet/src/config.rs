@@ -80,6 +80,11 @@ zero_rtt = false
 # TLS 1.3 suites offered; empty = TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384,
 # TLS13_CHACHA20_POLY1305_SHA256.
 cipher_suites = []
+# A second address (and port) offered to clients as the server's preferred address
+# (RFC 9000, section 9.6): each worker listens there too, and a client may move its
+# connection there after the handshake. Unset: none offered.
+# preferred_address_v4 = "192.0.2.10:4433"
+# preferred_address_v6 = "[2001:db8::10]:4433"
 
 [admission]
 # Who may start a connection; decided before any TLS work (a refused Initial costs no

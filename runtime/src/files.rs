@@ -163,10 +163,7 @@ mod tests {
         assert_eq!(relative_path(b"abc"), Ok("abc".into()));
         assert_eq!(relative_path(b"a/b.txt"), Ok("a/b.txt".into()));
         assert_eq!(relative_path(b"./a"), Ok("a".into()));
-        assert_eq!(
-            relative_path(b"../etc/passwd"),
-            Err(PathError::LeavesRoot)
-        );
+        assert_eq!(relative_path(b"../etc/passwd"), Err(PathError::LeavesRoot));
         assert_eq!(relative_path(b"a/../../x"), Err(PathError::LeavesRoot));
         assert_eq!(relative_path(b"/etc/passwd"), Err(PathError::LeavesRoot));
         assert_eq!(relative_path(b""), Err(PathError::Forbidden));

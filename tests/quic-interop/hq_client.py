@@ -225,6 +225,8 @@ async def one_connection(args, files, out, logger, ticket=None, tickets=None, ea
                 "early_data_accepted": bool(tls.early_data_accepted),
                 "cipher_suite": int(tls.key_schedule.cipher_suite) if tls.key_schedule else None,
                 "alpn": tls.alpn_negotiated,
+                # the server address the connection ended on (aioquic's active path)
+                "final_port": client._quic._network_paths[0].addr[1],
             }
         )
         if tickets is not None:
@@ -238,7 +240,7 @@ async def one_connection(args, files, out, logger, ticket=None, tickets=None, ea
 async def fetch(args) -> dict:
     files = sorted(os.listdir(args.www))
     logger = QuicLogger()
-    out = {"files": {}, "connections": [], "error": None, "probes": []}
+    out = {"files": {}, "connections": [], "error": None, "probes": [], "preferred_port": args.preferred_port}
     start = time.monotonic()
     try:
         if args.mode == "multiconnect":
@@ -361,6 +363,17 @@ def check(case: str, c: dict, r: dict, sq: dict) -> str:
             return "failed (no 0-RTT packets on the wire)"
         if sq is not None and sq["received"].get("0RTT", 0) == 0:
             return "failed (the server's qlog shows no 0-RTT packet received)"
+    if case == "connectionmigration":
+        # aioquic probes the server's preferred address once the handshake is confirmed
+        # and moves there when its PATH_CHALLENGE is answered (RFC 9000, 9.6); the relay
+        # is on the original path only, so the new path is direct
+        want = c["preferred_port"]
+        if any(x["final_port"] != want for x in conns):
+            return f"failed (the client ended on port {[x['final_port'] for x in conns]}, not the preferred address's {want})"
+        if c["received_frames"].get("path_response", 0) == 0:
+            return "failed (no PATH_RESPONSE from the server: the preferred address was not validated)"
+        if c["received_frames"].get("path_challenge", 0) == 0:
+            return "failed (the server did not validate the client's new path: no PATH_CHALLENGE)"
     if case == "http3" and any(x["alpn"] != "h3" for x in conns):
         return f"failed (ALPN negotiated: {[x['alpn'] for x in conns]}, want h3)"
     if case == "chacha20":
@@ -431,6 +444,11 @@ def check_server(case: str, r: dict, counters: str, verdict: str) -> str:
     """Cross-checks the server's exit counters (`WorkerStatsSnapshot { name: n, ... }`)
     against the relay's record."""
     stats = {k: int(v) for k, v in re.findall(r"(\w+): (\d+)", counters)}
+    if case == "connectionmigration":
+        got, sent = stats.get("preferred_received", 0), stats.get("preferred_sent", 0)
+        if got == 0 or sent == 0:
+            return f"failed (the server's preferred-address sockets received {got} and sent {sent} datagrams)"
+        return f"{verdict} ({got} datagrams in and {sent} out on the preferred address)"
     if case == "retry" and stats.get("retries_sent", 0) == 0:
         return "failed (the server counted no Retry sent)"
     if case not in ("retry", "amplificationlimit") and stats.get("retries_sent", 0) != 0:
@@ -461,6 +479,7 @@ def main() -> int:
     f.add_argument("--mode", default="single", choices=["single", "multiconnect", "resumption", "zerortt"])
     f.add_argument("--chacha20", action="store_true")
     f.add_argument("--keyupdate", action="store_true")
+    f.add_argument("--preferred-port", type=int, help="the server's preferred address port (connectionmigration)")
     f.add_argument("--h3", action="store_true", help="HTTP/3 (ALPN h3) instead of hq-interop")
     f.add_argument("--probe-errors", action="store_true", help="also check the handler's resets")
     f.add_argument("--idle-timeout", type=float, default=20.0)

@@ -108,11 +108,12 @@ run_case() {
     local case=$1 dir="$work/$1"
     local net=(--rate-mbit 10 --queue 25 --delay-ms 15)
     local quic='retry = "never"' tls="" mode=single client=() host=127.0.0.1 files=(1 1024)
-    local handlers='"hq-interop"' sizes=()
+    local handlers='"hq-interop"' sizes=() pport=""
     case "$case" in
     v2) verdict="unsupported (quinn-proto 0.11 implements QUIC v1 only)"; return ;;
     http3) handlers='"h3"'; client=(--h3 --probe-errors); sizes=(5120 10240 512000) ;;
-    connectionmigration) verdict="unsupported (the runner's case migrates to the server's preferred_address, which alknet does not offer yet)"; return ;;
+    connectionmigration) files=(1 1048576); pport=$(free_port "$host"); client=(--preferred-port "$pport")
+        quic+=$'\npreferred_address_v4 = "'"$host:$pport"'"' ;;
     handshake) client=(--probe-errors) ;;
     transfer) files=(2 1048576) ;;
     multiplexing) files=(300 32) ;;

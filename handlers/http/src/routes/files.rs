@@ -56,9 +56,8 @@ pub async fn serve(state: &HttpState, method: &Method, path: &str) -> Response {
     if method == Method::HEAD {
         return (head, Body::empty()).into_response();
     }
-    let (tx, rx) = mpsc::channel::<std::io::Result<bytes::Bytes>>(
-        state.config.static_channel_chunks.max(1),
-    );
+    let (tx, rx) =
+        mpsc::channel::<std::io::Result<bytes::Bytes>>(state.config.static_channel_chunks.max(1));
     let chunk = state.config.static_chunk_bytes;
     // on the worker serving this request (the reads are worker-local io_uring operations)
     alknet_runtime::rt::spawn_guarded("http static file", async move {
