@@ -232,4 +232,36 @@ mod tests {
         assert_eq!(only.cipher_suites.len(), 1);
         assert!(initial_suite().is_some());
     }
+
+    #[test]
+    fn preferred_addresses_parse_and_must_be_reachable() {
+        let p: HandshakePolicy = toml::from_str(
+            "preferred_address_v4 = \"192.0.2.10:4434\"\npreferred_address_v6 = \"[2001:db8::1]:0\"",
+        )
+        .expect("parses");
+        assert_eq!(p.validate(), Ok(()));
+        let addrs = p.preferred_addresses();
+        assert_eq!(addrs.len(), 2);
+        assert_eq!(addrs[0], "192.0.2.10:4434".parse().expect("addr"));
+        let mut bound = p.clone();
+        bound.set_preferred_bound("[2001:db8::1]:5555".parse().expect("addr"));
+        assert_eq!(bound.preferred_address_v6.map(|a| a.port()), Some(5555));
+        assert_eq!(bound.preferred_address_v4, p.preferred_address_v4);
+        for bad in ["0.0.0.0:4434", "255.255.255.255:1", "224.0.0.1:1"] {
+            let p: HandshakePolicy =
+                toml::from_str(&format!("preferred_address_v4 = \"{bad}\"")).expect("parses");
+            assert!(
+                matches!(
+                    p.validate(),
+                    Err(HandshakePolicyError::PreferredAddress("v4", _))
+                ),
+                "{bad}"
+            );
+        }
+        let p: HandshakePolicy =
+            toml::from_str("preferred_address_v6 = \"[::]:1\"").expect("parses");
+        assert!(p.validate().is_err());
+        assert!(toml::from_str::<HandshakePolicy>("preferred_address_v4 = \"[::1]:1\"").is_err());
+        assert!(HandshakePolicy::default().preferred_addresses().is_empty());
+    }
 }
