@@ -51,8 +51,8 @@ ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migra
 # routing can go wrong with 1 worker and with userspace forwarding instead of kernel
 # steering (see README, "QUIC interop cases").
 bash tests/quic-interop/run.sh
-WORKERS=1 bash tests/quic-interop/run.sh handshake retry zerortt rebind-port rebind-addr
-STEERING=0 bash tests/quic-interop/run.sh retry resumption rebind-port rebind-addr
+WORKERS=1 bash tests/quic-interop/run.sh retry zerortt rebind-port rebind-addr connectionmigration
+STEERING=0 bash tests/quic-interop/run.sh retry resumption rebind-port rebind-addr connectionmigration
 cargo test --workspace --doc --quiet
 cargo bench --workspace --no-run --quiet
 # Instruction-count regression gate (enforced on the machine kind of the baseline).

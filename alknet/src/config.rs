@@ -80,6 +80,11 @@ zero_rtt = false
 # TLS 1.3 suites offered; empty = TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384,
 # TLS13_CHACHA20_POLY1305_SHA256.
 cipher_suites = []
+# A second address (and port) offered to clients as the server's preferred address
+# (RFC 9000, section 9.6): each worker listens there too, and a client may move its
+# connection there after the handshake. Unset: none offered.
+# preferred_address_v4 = "192.0.2.10:4433"
+# preferred_address_v6 = "[2001:db8::10]:4433"
 
 [admission]
 # Who may start a connection; decided before any TLS work (a refused Initial costs no
@@ -329,6 +334,11 @@ h2_max_local_error_reset_streams = 1024
 # Diagnostic routes POST /echo and GET /bytes/{n} (up to 1 GiB per request): for
 # checking an HTTP client end to end and for load tests; off on a public node.
 diagnostics = false
+# Serve the files of this directory at GET /{path} (to anyone, over HTTP/1.1, 2 and 3;
+# nothing outside it). Unset: no files. Bytes per read/body chunk, chunks read ahead.
+# static_root = "/srv/www"
+static_chunk_bytes = 65536
+static_channel_chunks = 4
 
 [identity]
 # The SQLite peer store managed with `alknet peer add|list|remove`, asked after the
@@ -675,7 +685,7 @@ impl FileConfig {
                     .validate()
                     .map_err(|e| ConfigError::Invalid(e.to_string()))?;
                 Arc::new(alknet_http::h3::H3Handler::new(
-                    alknet_http::router(self.http_state()),
+                    alknet_http::router(self.http_state()?),
                     self.http3.clone(),
                 ))
             }
@@ -932,19 +942,20 @@ impl FileConfig {
     /// Returns the HTTP state too, to be given the running server's status.
     /// The state of the HTTP routes, made once (after the call handler, whose operations
     /// it runs: [`FileConfig::registry`] builds `h3` last).
-    pub fn http_state(&self) -> HttpState {
-        self.http_state
-            .get_or_init(|| {
-                let invoker = self.call_node.get().map(|slot| {
-                    Arc::new(alknet_call::NodeInvoker(slot.0.clone())) as Arc<dyn OperationInvoker>
-                });
-                HttpState::new(self.http.clone(), invoker)
-            })
-            .clone()
+    pub fn http_state(&self) -> Result<HttpState, ConfigError> {
+        if let Some(state) = self.http_state.get() {
+            return Ok(state.clone());
+        }
+        let invoker = self.call_node.get().map(|slot| {
+            Arc::new(alknet_call::NodeInvoker(slot.0.clone())) as Arc<dyn OperationInvoker>
+        });
+        let state = HttpState::new(self.http.clone(), invoker)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(self.http_state.get_or_init(|| state).clone())
     }
 
-    pub fn tcp_setup(&self) -> (TcpSetup, HttpState) {
-        let state = self.http_state();
+    pub fn tcp_setup(&self) -> Result<(TcpSetup, HttpState), ConfigError> {
+        let state = self.http_state()?;
         let mut registry = TcpRegistry::new();
         if self.tcp.enabled {
             // the only TCP handler, on fixed distinct ALPNs: registration cannot clash
@@ -952,13 +963,13 @@ impl FileConfig {
                 tracing::error!("TCP handlers: {e}");
             }
         }
-        (
+        Ok((
             TcpSetup {
                 registry,
                 limits: self.tcp.clone(),
             },
             state,
-        )
+        ))
     }
 
     pub fn engine(&self, tls: TlsIdentity) -> EngineConfig {
@@ -1075,7 +1086,7 @@ mod tests {
         assert_eq!(cfg.tcp, TcpLimits::default());
         assert!(cfg.tcp.enabled, "TLS over TCP is on by default");
         assert_eq!(cfg.http, HttpConfig::default());
-        let (tcp, _) = cfg.tcp_setup();
+        let (tcp, _) = cfg.tcp_setup().expect("tcp setup");
         assert_eq!(
             tcp.registry.alpns(),
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]

@@ -226,7 +226,7 @@ fn serve(
         }
         let provider = cfg.identity_provider()?;
         let (tls, generated) = cfg.tls_identity()?;
-        let (tcp, http) = cfg.tcp_setup();
+        let (tcp, http) = cfg.tcp_setup()?;
         Ok((registry, provider, tls, generated, tcp, http))
     })();
     let (registry, provider, tls, generated, tcp, http) = match prepared {

@@ -277,6 +277,53 @@ pub(crate) struct ConnInner {
     /// Its places in the per-source and per-ALPN counts, given back when the worker
     /// forgets the connection.
     pub admission: RefCell<AdmissionGuard>,
+    /// Which of the worker's sockets its packets leave from.
+    pub sockets: RefCell<PathSockets>,
+}
+
+/// Client addresses per connection whose socket is remembered (see [`PathSockets`]): the
+/// current path, a probed one, and an old one still being answered. An address pushed out
+/// falls back to the latest socket.
+pub const PATH_SOCKETS: usize = 4;
+
+/// Which worker socket (0: the main address; then the preferred addresses) a connection's
+/// packets leave from. quinn-proto knows the client's address of each path but not our
+/// side's: a packet to a client address leaves from the socket that address's latest
+/// datagram arrived on, so a PATH_RESPONSE to a client probing the preferred address comes
+/// from the preferred address while the old path still hears from the main one, and once
+/// the client has moved, everything does. Sans-IO.
+#[derive(Debug, Default)]
+pub(crate) struct PathSockets {
+    /// The socket of the latest datagram, for addresses not in `by_remote`.
+    latest: u8,
+    /// Per client address, most recent last; at most [`PATH_SOCKETS`].
+    by_remote: Vec<(std::net::SocketAddr, u8)>,
+}
+
+impl PathSockets {
+    /// Notes that a datagram from `remote` arrived on `socket`.
+    pub fn arrived(&mut self, remote: std::net::SocketAddr, socket: u8) {
+        self.latest = socket;
+        let paths = &mut self.by_remote;
+        if let Some(i) = paths.iter().position(|(r, _)| *r == remote) {
+            if paths[i].1 == socket && i + 1 == paths.len() {
+                return;
+            }
+            paths.remove(i);
+        } else if paths.len() == PATH_SOCKETS {
+            paths.remove(0);
+        }
+        paths.push((remote, socket));
+    }
+
+    /// The socket a packet to `destination` leaves from.
+    pub fn socket_for(&self, destination: std::net::SocketAddr) -> u8 {
+        self.by_remote
+            .iter()
+            .rev()
+            .find(|(r, _)| *r == destination)
+            .map_or(self.latest, |(_, s)| *s)
+    }
 }
 
 impl ConnInner {
@@ -301,6 +348,7 @@ impl ConnInner {
             unvalidated: Cell::new(false),
             in_handshake: Cell::new(false),
             admission: RefCell::new(AdmissionGuard::default()),
+            sockets: RefCell::new(PathSockets::default()),
         })
     }
 
@@ -624,5 +672,50 @@ impl Connection {
 
     pub fn stats(&self) -> ConnectionStats {
         self.inner.state.borrow().conn.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    #[test]
+    fn packets_leave_from_where_their_address_was_heard() {
+        let mut p = PathSockets::default();
+        assert_eq!(
+            p.socket_for(addr(1)),
+            0,
+            "nothing heard yet: the main socket"
+        );
+        p.arrived(addr(1), 0);
+        // the client probes the preferred address (socket 1) from a new address, while
+        // its old path keeps sending to the main address
+        p.arrived(addr(2), 1);
+        p.arrived(addr(1), 0);
+        assert_eq!(
+            p.socket_for(addr(2)),
+            1,
+            "PATH_RESPONSE from the preferred address"
+        );
+        assert_eq!(
+            p.socket_for(addr(1)),
+            0,
+            "the old path still hears from the main one"
+        );
+        // the same client address on both (aioquic moves with its one socket)
+        p.arrived(addr(1), 1);
+        assert_eq!(p.socket_for(addr(1)), 1);
+        // an address never heard from gets the latest socket
+        assert_eq!(p.socket_for(addr(9)), 1);
+        // bounded: the oldest address is forgotten
+        for port in 10..10 + PATH_SOCKETS as u16 {
+            p.arrived(addr(port), 0);
+        }
+        assert_eq!(p.by_remote.len(), PATH_SOCKETS);
+        assert_eq!(p.socket_for(addr(2)), 0, "forgotten: the latest socket");
     }
 }

@@ -2,6 +2,7 @@
 //! resumption, 0-RTT, and which TLS cipher suites to offer. Read once at start; the packet
 //! path only consults [`HandshakePolicy::should_retry`] (two integer compares).
 
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -75,6 +76,14 @@ pub struct HandshakePolicy {
     /// AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305. (QUIC Initial packets always use
     /// AES-128-GCM, RFC 9001 section 5.2, whatever is chosen here.)
     pub cipher_suites: Vec<CipherSuiteName>,
+    /// `preferred_address_v4` / `preferred_address_v6`: a second address (and port) the
+    /// server offers clients in its transport parameters (RFC 9000, section 9.6) and
+    /// listens on with one socket per worker, like the main one. A client may move its
+    /// connection there after the handshake; the connection stays on its worker (its CIDs
+    /// name the worker, for the kernel's steering and for forwarding alike). Port 0 takes
+    /// a free port at start (tests). Unset (the default): none offered.
+    pub preferred_address_v4: Option<SocketAddrV4>,
+    pub preferred_address_v6: Option<SocketAddrV6>,
 }
 
 impl Default for HandshakePolicy {
@@ -85,6 +94,8 @@ impl Default for HandshakePolicy {
             session_cache: DEFAULT_SESSION_CACHE,
             zero_rtt: false,
             cipher_suites: Vec::new(),
+            preferred_address_v4: None,
+            preferred_address_v6: None,
         }
     }
 }
@@ -94,6 +105,8 @@ impl Default for HandshakePolicy {
 pub enum HandshakePolicyError {
     #[error("quic.zero_rtt needs session resumption (quic.session_cache > 0)")]
     ZeroRttWithoutResumption,
+    #[error("quic.preferred_address_{0}: {1} is not an address a client can reach (unspecified, broadcast or multicast)")]
+    PreferredAddress(&'static str, SocketAddr),
 }
 
 impl HandshakePolicy {
@@ -101,7 +114,36 @@ impl HandshakePolicy {
         if self.zero_rtt && self.session_cache == 0 {
             return Err(HandshakePolicyError::ZeroRttWithoutResumption);
         }
+        if let Some(a) = self.preferred_address_v4 {
+            let ip = a.ip();
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+                return Err(HandshakePolicyError::PreferredAddress("v4", a.into()));
+            }
+        }
+        if let Some(a) = self.preferred_address_v6 {
+            if a.ip().is_unspecified() || a.ip().is_multicast() {
+                return Err(HandshakePolicyError::PreferredAddress("v6", a.into()));
+            }
+        }
         Ok(())
+    }
+
+    /// The preferred addresses configured, IPv4 first.
+    pub fn preferred_addresses(&self) -> Vec<SocketAddr> {
+        self.preferred_address_v4
+            .map(SocketAddr::V4)
+            .into_iter()
+            .chain(self.preferred_address_v6.map(SocketAddr::V6))
+            .collect()
+    }
+
+    /// Records the address a preferred-address socket group was bound to (its port, when
+    /// 0 was configured).
+    pub(crate) fn set_preferred_bound(&mut self, bound: SocketAddr) {
+        match bound {
+            SocketAddr::V4(a) => self.preferred_address_v4 = Some(a),
+            SocketAddr::V6(a) => self.preferred_address_v6 = Some(a),
+        }
     }
 
     /// Whether a new connection from an address not yet validated gets a Retry, given how
@@ -189,5 +231,37 @@ mod tests {
         .provider(crate::tls::crypto_provider());
         assert_eq!(only.cipher_suites.len(), 1);
         assert!(initial_suite().is_some());
+    }
+
+    #[test]
+    fn preferred_addresses_parse_and_must_be_reachable() {
+        let p: HandshakePolicy = toml::from_str(
+            "preferred_address_v4 = \"192.0.2.10:4434\"\npreferred_address_v6 = \"[2001:db8::1]:0\"",
+        )
+        .expect("parses");
+        assert_eq!(p.validate(), Ok(()));
+        let addrs = p.preferred_addresses();
+        assert_eq!(addrs.len(), 2);
+        assert_eq!(addrs[0], "192.0.2.10:4434".parse().expect("addr"));
+        let mut bound = p.clone();
+        bound.set_preferred_bound("[2001:db8::1]:5555".parse().expect("addr"));
+        assert_eq!(bound.preferred_address_v6.map(|a| a.port()), Some(5555));
+        assert_eq!(bound.preferred_address_v4, p.preferred_address_v4);
+        for bad in ["0.0.0.0:4434", "255.255.255.255:1", "224.0.0.1:1"] {
+            let p: HandshakePolicy =
+                toml::from_str(&format!("preferred_address_v4 = \"{bad}\"")).expect("parses");
+            assert!(
+                matches!(
+                    p.validate(),
+                    Err(HandshakePolicyError::PreferredAddress("v4", _))
+                ),
+                "{bad}"
+            );
+        }
+        let p: HandshakePolicy =
+            toml::from_str("preferred_address_v6 = \"[::]:1\"").expect("parses");
+        assert!(p.validate().is_err());
+        assert!(toml::from_str::<HandshakePolicy>("preferred_address_v4 = \"[::1]:1\"").is_err());
+        assert!(HandshakePolicy::default().preferred_addresses().is_empty());
     }
 }

@@ -20,6 +20,9 @@ pub(crate) struct StrayDatagram {
     pub remote: SocketAddr,
     pub local_ip: Option<IpAddr>,
     pub ecn: Option<EcnCodepoint>,
+    /// Which of the worker's sockets received it (0: main address; then the preferred
+    /// addresses): the owner answers from the same one.
+    pub socket: u8,
 }
 
 pub(crate) struct Inbox {
@@ -76,6 +79,7 @@ mod tests {
             remote: "127.0.0.1:1".parse().expect("addr"),
             local_ip: None,
             ecn: None,
+            socket: 0,
         }
     }
 

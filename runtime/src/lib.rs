@@ -8,13 +8,15 @@
 //!            └▶ quinn_proto::Endpoint ─▶ Connection ─▶ handshake: ALPN ─▶ handler task
 //! ```
 //!
-//! This is the only crate that touches sockets.
+//! This is the only crate that touches sockets (and, in [`files`], the one place files are
+//! opened for serving).
 
 mod acl;
 mod admission;
 mod cid;
 mod client;
 mod connection;
+pub mod files;
 mod handshake;
 mod identity;
 mod inbox;

@@ -5,6 +5,7 @@
 //! moved. New handshakes use the new certificate; open connections keep the keys they
 //! negotiated. The identity provider is read once per handshake through an `ArcSwap`.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -83,7 +84,7 @@ impl ConfigReloadHandle {
         limits: Limits,
         handshake: HandshakePolicy,
     ) -> Result<(), TransportReloadError> {
-        self.check_transport(&limits, &handshake)?;
+        let handshake = self.check_transport(&limits, &handshake)?;
         let source = self.lock_tls_source();
         let registry = self.0.registry.load();
         // built before anything is stored: a policy rustls refuses changes nothing
@@ -98,24 +99,47 @@ impl ConfigReloadHandle {
     }
 
     /// What [`Self::set_transport`] would refuse, without changing anything (a caller
-    /// that applies several sections checks them all first).
+    /// that applies several sections checks them all first). On success, `handshake` as
+    /// it would be served: a preferred address given with port 0 gets the port its
+    /// sockets were bound to at start.
     pub fn check_transport(
         &self,
         limits: &Limits,
         handshake: &HandshakePolicy,
-    ) -> Result<(), TransportReloadError> {
+    ) -> Result<HandshakePolicy, TransportReloadError> {
         limits.validate()?;
         handshake.validate()?;
         let running = self.0.limits.load();
-        let fixed: Vec<&'static str> = RESTART_LIMITS
+        let mut fixed: Vec<&'static str> = RESTART_LIMITS
             .iter()
             .filter(|(_, same)| !same(&running, limits))
             .map(|(key, _)| *key)
             .collect();
+        // preferred addresses are sockets bound at start
+        let served = self.0.handshake.load();
+        let mut next = handshake.clone();
+        match keep_bound(
+            handshake.preferred_address_v4.map(SocketAddr::V4),
+            served.preferred_address_v4.map(SocketAddr::V4),
+        ) {
+            Ok(a) => {
+                next.preferred_address_v4 = served.preferred_address_v4.filter(|_| a.is_some())
+            }
+            Err(()) => fixed.push("quic.preferred_address_v4"),
+        }
+        match keep_bound(
+            handshake.preferred_address_v6.map(SocketAddr::V6),
+            served.preferred_address_v6.map(SocketAddr::V6),
+        ) {
+            Ok(a) => {
+                next.preferred_address_v6 = served.preferred_address_v6.filter(|_| a.is_some())
+            }
+            Err(()) => fixed.push("quic.preferred_address_v6"),
+        }
         if !fixed.is_empty() {
             return Err(TransportReloadError::NeedsRestart(fixed.join(", ")));
         }
-        Ok(())
+        Ok(next)
     }
 
     /// Waits until every running worker has installed the config published last, so a
@@ -230,8 +254,25 @@ impl ConfigReloadHandle {
     }
 }
 
+/// A reloaded preferred address against the one served: `Ok` with the address to serve
+/// when they are the same socket (both unset, equal, or the same IP with port 0 = "the one
+/// bound at start"), `Err` when the sockets bound at start would have to change.
+fn keep_bound(
+    wanted: Option<SocketAddr>,
+    served: Option<SocketAddr>,
+) -> Result<Option<SocketAddr>, ()> {
+    match (wanted, served) {
+        (None, None) => Ok(None),
+        (Some(w), Some(s)) if w.ip() == s.ip() && (w.port() == 0 || w.port() == s.port()) => {
+            Ok(Some(s))
+        }
+        _ => Err(()),
+    }
+}
+
 /// `[limits]` keys fixed at start (sockets, inboxes and the endpoint are sized by them),
 /// each with how to tell whether a reload keeps it.
+/// (`[quic] preferred_address_v4/v6` are fixed at start too: their sockets are bound then.)
 pub const RESTART_LIMITS: [(&str, fn(&Limits, &Limits) -> bool); 3] = [
     ("limits.max_udp_payload_size", |a, b| {
         a.max_udp_payload_size == b.max_udp_payload_size
@@ -294,5 +335,28 @@ impl IdentityProvider for LiveIdentityProvider {
 
     fn resolve_from_token(&self, token: &str) -> Option<Identity> {
         self.current.load().0.resolve_from_token(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_bound;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn a_reload_keeps_the_preferred_sockets_bound_at_start_or_needs_a_restart() {
+        let a = |s: &str| -> Option<SocketAddr> { Some(s.parse().expect("addr")) };
+        assert_eq!(keep_bound(None, None), Ok(None));
+        let bound = a("127.0.0.2:5555");
+        assert_eq!(
+            keep_bound(a("127.0.0.2:0"), bound),
+            Ok(bound),
+            "port 0 = the bound one"
+        );
+        assert_eq!(keep_bound(bound, bound), Ok(bound));
+        assert_eq!(keep_bound(a("127.0.0.2:6666"), bound), Err(()));
+        assert_eq!(keep_bound(a("127.0.0.3:0"), bound), Err(()));
+        assert_eq!(keep_bound(None, bound), Err(()));
+        assert_eq!(keep_bound(bound, None), Err(()));
     }
 }

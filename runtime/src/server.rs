@@ -99,7 +99,9 @@ pub(crate) fn build_server_config(
     let mut server_config = quinn_proto::ServerConfig::with_crypto(crypto);
     server_config
         .transport_config(Arc::new(limits.transport_config()))
-        .migration(true);
+        .migration(true)
+        .preferred_address_v4(handshake.preferred_address_v4)
+        .preferred_address_v6(handshake.preferred_address_v6);
     Ok(Arc::new(server_config))
 }
 
@@ -214,7 +216,7 @@ pub fn start(
 /// [`start`], with a TLS-over-TCP listener on the same address and port when `tcp` is given
 /// with handlers and `enabled` (see `tcp.rs`).
 pub fn start_with_tcp(
-    config: EngineConfig,
+    mut config: EngineConfig,
     registry: AlpnRegistry,
     provider: Arc<dyn IdentityProvider>,
     tcp: Option<TcpSetup>,
@@ -231,6 +233,18 @@ pub fn start_with_tcp(
     }
     let workers = resolve_workers(config.workers);
     let layout = CidLayout::new(config.server_id, workers)?;
+    // One more socket per worker for each preferred address, bound first so a port 0 in
+    // the config is known before the transport parameters that announce it are built.
+    let mut preferred_groups = Vec::new();
+    for addr in config.handshake.preferred_addresses() {
+        let group = bind_reuseport_group(addr, workers, config.limits.socket_buffer_size)?;
+        let bound = group[0]
+            .local_addr()
+            .map_err(|source| BindError::Io { addr, source })?;
+        config.handshake.set_preferred_bound(bound);
+        tracing::info!(%bound, "offering a preferred address");
+        preferred_groups.push(group);
+    }
     // One ServerConfig (and so one token key) and one reset key for all workers: a retry
     // token or reset token minted by one worker is valid on every other.
     let server_config = build_server_config(
@@ -249,12 +263,23 @@ pub fn start_with_tcp(
     let sockets = bind_reuseport_group(config.listen, workers, config.limits.socket_buffer_size)?;
     let steering = config.kernel_steering && workers > 1;
     if steering {
+        // every group gets the program: socket i of each group is worker i's
         let program = alknet_proto::steering::steering_program(&layout);
-        match crate::socket::attach_steering(&sockets[0], &program) {
+        let mut groups = std::iter::once(&sockets).chain(preferred_groups.iter());
+        let attached = groups.try_for_each(|g| crate::socket::attach_steering(&g[0], &program));
+        match attached {
             Ok(()) => tracing::info!(workers, "kernel steers packets to workers by connection ID"),
             Err(e) => tracing::warn!(
                 "kernel CID steering unavailable ({e}); using the 4-tuple hash and userspace forwarding"
             ),
+        }
+    }
+    // worker i's preferred-address sockets, in the order of `preferred_addresses()`
+    let mut extra_sockets: Vec<Vec<std::net::UdpSocket>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for group in preferred_groups {
+        for (i, s) in group.into_iter().enumerate() {
+            extra_sockets[i].push(s);
         }
     }
     let local_addr = sockets[0].local_addr().map_err(|source| BindError::Io {
@@ -344,6 +369,7 @@ pub fn start_with_tcp(
         let ready_tx = ready_tx.clone();
         let max_udp = config.limits.max_udp_payload_size;
         let tcp_listener = tcp_listeners[index].take();
+        let extra = std::mem::take(&mut extra_sockets[index]);
         let spawned = std::thread::Builder::new()
             .name(format!("alknet-w{index}"))
             .spawn(move || {
@@ -355,6 +381,17 @@ pub fn start_with_tcp(
                 let ran = run_local(|kind| async move {
                     let io = match UdpIo::new(socket) {
                         Ok(io) => io,
+                        Err(e) => {
+                            let _ = ready_tx.send((index, Err(e.to_string())));
+                            return;
+                        }
+                    };
+                    let extra: std::io::Result<Vec<_>> = extra
+                        .into_iter()
+                        .map(|s| UdpIo::new_preferred(s).map(Rc::new))
+                        .collect();
+                    let extra = match extra {
+                        Ok(e) => e,
                         Err(e) => {
                             let _ = ready_tx.send((index, Err(e.to_string())));
                             return;
@@ -385,6 +422,7 @@ pub fn start_with_tcp(
                     let stats = worker_shared.stats[index].clone();
                     let role = Role::Server(worker_shared);
                     let state = WorkerState::new(index, role, endpoint, io, stats);
+                    state.set_preferred_sockets(extra);
                     tracing::info!(
                         worker = index,
                         core = core.map(|c| c.id),

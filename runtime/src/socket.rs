@@ -191,6 +191,8 @@ pub(crate) struct UdpIo {
     socket: monoio::net::udp::UdpSocket,
     state: UdpSocketState,
     local: SocketAddr,
+    /// Bound to a preferred address (`[quic] preferred_address_v4/v6`).
+    preferred: bool,
 }
 
 impl UdpIo {
@@ -203,7 +205,20 @@ impl UdpIo {
             socket,
             state,
             local,
+            preferred: false,
         })
+    }
+
+    /// The same, for a socket of a preferred address.
+    pub fn new_preferred(std: StdUdpSocket) -> io::Result<Self> {
+        Self::new(std).map(|io| Self {
+            preferred: true,
+            ..io
+        })
+    }
+
+    pub fn is_preferred(&self) -> bool {
+        self.preferred
     }
 
     fn fd(&self) -> BorrowedFd<'_> {

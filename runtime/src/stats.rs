@@ -91,6 +91,11 @@ worker_stats! {
     /// Datagrams sent with an ECN codepoint (quinn-proto marks ECT(0) while the path's ECN
     /// validation holds, and stops when the peer's ACKs show it being bleached).
     ecn_marked_sent,
+    /// Datagrams received on this worker's socket of a preferred address
+    /// (`[quic] preferred_address_v4/v6`); also counted in `datagrams_received`.
+    preferred_received,
+    /// Datagrams sent from a preferred address (also in `datagrams_sent`).
+    preferred_sent,
     /// TCP connections accepted by this worker's TLS-over-TCP listener.
     tcp_accepted,
     /// TCP connections closed at accept: per-worker or per-address limit, or draining.

@@ -157,6 +157,9 @@ pub(crate) struct WorkerState {
     pub notify: Rc<DriverNotify>,
     pub io: RefCell<Rc<UdpIo>>,
     pub io_generation: Cell<u64>,
+    /// Sockets on the preferred addresses (`[quic] preferred_address_v4/v6`), socket 1, 2
+    /// after the main one (0). Set once, before the driver starts.
+    preferred: RefCell<Vec<Rc<UdpIo>>>,
     /// Client endpoint handles; the client driver ends when none are left and all
     /// connections have drained.
     pub handles: Cell<usize>,
@@ -185,12 +188,17 @@ impl WorkerState {
             notify: Rc::new(DriverNotify::default()),
             io: RefCell::new(Rc::new(io)),
             io_generation: Cell::new(0),
+            preferred: RefCell::new(Vec::new()),
             handles: Cell::new(0),
             idle_waiters: RefCell::new(Vec::new()),
             stats,
             unvalidated: Cell::new(0),
             handshakes: Cell::new(0),
         })
+    }
+
+    pub fn set_preferred_sockets(&self, sockets: Vec<Rc<UdpIo>>) {
+        *self.preferred.borrow_mut() = sockets;
     }
 
     pub fn insert(
@@ -274,13 +282,17 @@ enum Phase {
 /// The per-worker packet loop.
 pub(crate) struct Driver {
     w: Rc<WorkerState>,
-    io: Rc<UdpIo>,
+    /// The worker's sockets: 0 is the main address (replaced when a client endpoint
+    /// rebinds), then one per preferred address.
+    sockets: Vec<SocketSlot>,
     io_generation: u64,
-    readable: Option<LocalBoxFuture<'static, io::Result<()>>>,
-    recv_ready: bool,
     writable: Option<LocalBoxFuture<'static, io::Result<()>>>,
-    /// A transmit the socket refused with EAGAIN; nothing else is sent until it goes.
-    blocked: Option<(quinn_proto::Transmit, Vec<u8>)>,
+    /// A transmit a socket refused with EAGAIN, and which socket; nothing else is sent
+    /// until it goes.
+    blocked: Option<(quinn_proto::Transmit, Vec<u8>, u8)>,
+    /// The socket the datagram being handled arrived on (stateless answers and new
+    /// connections leave from it).
+    arrival: u8,
     sleep: Option<Pin<Box<monoio::time::Sleep>>>,
     sleep_at: Option<Instant>,
     /// Connection timers: (deadline, handle), lazily invalidated against
@@ -311,17 +323,25 @@ pub(crate) struct Driver {
 impl Driver {
     pub fn new(w: Rc<WorkerState>, max_udp_payload: u16) -> Self {
         let io = w.io.borrow().clone();
+        let sockets: Vec<SocketSlot> = std::iter::once(io)
+            .chain(w.preferred.borrow().iter().cloned())
+            .map(SocketSlot::new)
+            .collect();
         // Each recvmmsg slot holds one GRO batch of up to gro_segments datagrams.
-        let recv_slot = usize::from(max_udp_payload) * io.gro_segments().max(1);
+        let gro = sockets
+            .iter()
+            .map(|s| s.io.gro_segments())
+            .max()
+            .unwrap_or(1);
+        let recv_slot = usize::from(max_udp_payload) * gro.max(1);
         let recv_slot = recv_slot.min(u16::MAX as usize);
         Self {
             io_generation: w.io_generation.get(),
-            io,
+            sockets,
             w,
-            readable: None,
-            recv_ready: true,
             writable: None,
             blocked: None,
+            arrival: 0,
             sleep: None,
             sleep_at: None,
             timers: BinaryHeap::new(),
@@ -339,6 +359,15 @@ impl Driver {
             service_drains: Vec::new(),
             handshake_deadlines: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Socket `index` (an index that is not one falls back to the main socket).
+    fn socket(&self, index: u8) -> &Rc<UdpIo> {
+        &self
+            .sockets
+            .get(usize::from(index))
+            .unwrap_or(&self.sockets[0])
+            .io
     }
 
     /// Installs a server config published since the last poll (a certificate reload).
@@ -444,24 +473,22 @@ impl Driver {
         let generation = self.w.io_generation.get();
         if generation != self.io_generation {
             self.io_generation = generation;
-            self.io = self.w.io.borrow().clone();
-            self.readable = None;
+            self.sockets[0] = SocketSlot::new(self.w.io.borrow().clone());
             self.writable = None;
-            self.recv_ready = true;
         }
     }
 
     /// Retries a transmit the kernel refused. Returns true while the socket is still full.
     fn flush_blocked(&mut self, cx: &mut Context<'_>) -> bool {
-        while let Some((t, buf)) = self.blocked.take() {
-            match send(&self.io, &self.w.stats, &t, &buf) {
+        while let Some((t, buf, socket)) = self.blocked.take() {
+            match send(self.socket(socket), &self.w.stats, &t, &buf) {
                 Ok(()) => {
                     self.send_buf = buf;
                     self.writable = None;
                 }
                 Err(_) => {
-                    self.blocked = Some((t, buf));
-                    let io = self.io.clone();
+                    self.blocked = Some((t, buf, socket));
+                    let io = self.socket(socket).clone();
                     let fut = self
                         .writable
                         .get_or_insert_with(|| Box::pin(async move { io.writable().await }));
@@ -487,6 +514,7 @@ impl Driver {
         let mut n = 0;
         while let Some(d) = inbox.pop() {
             n += 1;
+            self.arrival = d.socket;
             self.handle_datagram(now, d.remote, d.local_ip, d.ecn, d.data);
             if n == quinn_udp::BATCH_SIZE * RECV_BATCHES_PER_POLL {
                 WorkerStats::add(&self.w.stats.forwarded_in, n as u64);
@@ -497,22 +525,35 @@ impl Driver {
         false
     }
 
-    /// Reads what the socket has, up to the per-poll budget. Returns true if more is left.
+    /// Reads what the sockets have, up to the per-poll budget of each. Returns true if
+    /// more is left.
     fn receive(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        let mut more = false;
+        for socket in 0..self.sockets.len() {
+            more |= self.receive_on(cx, now, socket);
+        }
+        more
+    }
+
+    /// Reads what one socket has, up to the per-poll budget.
+    fn receive_on(&mut self, cx: &mut Context<'_>, now: Instant, socket: usize) -> bool {
         let mut budget = RECV_BATCHES_PER_POLL;
+        // the index fits: at most three sockets (main, preferred v4 and v6)
+        let tag = socket as u8;
         loop {
-            if !self.recv_ready {
-                let io = self.io.clone();
-                let fut = self
+            let slot = &mut self.sockets[socket];
+            if !slot.recv_ready {
+                let io = slot.io.clone();
+                let fut = slot
                     .readable
                     .get_or_insert_with(|| Box::pin(async move { io.readable().await }));
                 match fut.as_mut().poll(cx) {
                     Poll::Ready(res) => {
-                        self.readable = None;
+                        slot.readable = None;
                         if let Err(e) = res {
                             tracing::warn!(worker = self.w.index, "waiting for readability: {e}");
                         }
-                        self.recv_ready = true;
+                        slot.recv_ready = true;
                     }
                     Poll::Pending => return false,
                 }
@@ -526,7 +567,7 @@ impl Driver {
                 let mut chunks = self.recv_buf.chunks_mut(self.recv_slot).take(slots);
                 let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
                     std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or(&mut [])));
-                match self
+                match self.sockets[socket]
                     .io
                     .recv(&mut slices[..slots], &mut self.recv_meta[..slots])
                 {
@@ -536,7 +577,7 @@ impl Driver {
                             tracing::debug!(worker = self.w.index, "recv: {e}");
                         }
                         // drained: wait for readiness again (registered at the loop top)
-                        self.recv_ready = false;
+                        self.sockets[socket].recv_ready = false;
                         continue;
                     }
                 }
@@ -557,11 +598,15 @@ impl Driver {
                 while !batch.is_empty() {
                     let seg = batch.split_to(stride.min(batch.len()));
                     WorkerStats::add(&self.w.stats.datagrams_received, 1);
+                    if tag != 0 {
+                        WorkerStats::add(&self.w.stats.preferred_received, 1);
+                    }
                     match self.route(now, &seg, meta.addr) {
                         Arrival::Forward(owner) => {
-                            self.forward(owner, seg, meta.addr, meta.dst_ip, ecn)
+                            self.forward(owner, seg, meta.addr, meta.dst_ip, ecn, tag)
                         }
                         Arrival::Handle => {
+                            self.arrival = tag;
                             self.handle_datagram(now, meta.addr, meta.dst_ip, ecn, seg)
                         }
                         Arrival::Drop => {}
@@ -608,6 +653,7 @@ impl Driver {
         remote: std::net::SocketAddr,
         local_ip: Option<std::net::IpAddr>,
         ecn: Option<quinn_proto::EcnCodepoint>,
+        socket: u8,
     ) {
         if let Role::Server(s) = &self.w.role {
             WorkerStats::add(&self.w.stats.forwarded_out, 1);
@@ -616,6 +662,7 @@ impl Driver {
                 remote,
                 local_ip,
                 ecn,
+                socket,
             });
         }
     }
@@ -641,6 +688,9 @@ impl Driver {
             None => {}
             Some(DatagramEvent::ConnectionEvent(handle, event)) => {
                 if let Some(c) = self.w.get(handle.0) {
+                    // its packets leave from where the client last sent to (a client
+                    // that moved to the preferred address hears from it)
+                    c.sockets.borrow_mut().arrived(remote, self.arrival);
                     c.state.borrow_mut().conn.handle_event(event);
                     c.mark_dirty();
                 }
@@ -654,7 +704,7 @@ impl Driver {
         // Stateless responses are not retried: if the socket is full they are lost, as
         // they could be on the wire.
         let buf = std::mem::take(&mut self.response_buf);
-        let _ = send(&self.io, &self.w.stats, t, &buf);
+        let _ = send(self.socket(self.arrival), &self.w.stats, t, &buf);
         self.response_buf = buf;
     }
 
@@ -792,6 +842,8 @@ impl Driver {
             Ok((handle, conn)) => {
                 WorkerStats::add(&self.w.stats.connections_accepted, 1);
                 let c = self.w.insert(handle, conn, true);
+                let remote = c.state.borrow().conn.remote_address();
+                c.sockets.borrow_mut().arrived(remote, self.arrival);
                 if !validated {
                     c.unvalidated.set(true);
                     self.w.unvalidated.set(self.w.unvalidated.get() + 1);
@@ -914,9 +966,13 @@ impl Driver {
 
     /// Sends what `c` has to send, up to [`TRANSMITS_PER_CONNECTION`] GSO batches.
     fn transmit(&mut self, now: Instant, c: &Rc<ConnInner>, st: &mut ConnState) {
+        // the batch may leave from any of the sockets (by destination, decided per transmit)
         let max_segments = self
-            .io
-            .max_gso_segments()
+            .sockets
+            .iter()
+            .map(|s| s.io.max_gso_segments())
+            .min()
+            .unwrap_or(1)
             .min(MAX_GSO_SEGMENTS)
             .min(self.segments_by_size)
             .max(1);
@@ -925,10 +981,11 @@ impl Driver {
             let Some(t) = st.conn.poll_transmit(now, max_segments, &mut self.send_buf) else {
                 return;
             };
-            if send(&self.io, &self.w.stats, &t, &self.send_buf).is_err() {
+            let socket = c.sockets.borrow().socket_for(t.destination);
+            if send(self.socket(socket), &self.w.stats, &t, &self.send_buf).is_err() {
                 let capacity = self.send_buf.capacity();
                 let buf = std::mem::replace(&mut self.send_buf, Vec::with_capacity(capacity));
-                self.blocked = Some((t, buf));
+                self.blocked = Some((t, buf, socket));
                 c.mark_dirty();
                 return;
             }
@@ -1065,6 +1122,23 @@ impl Future for Driver {
     }
 }
 
+/// One of a worker's sockets and its receive readiness.
+struct SocketSlot {
+    io: Rc<UdpIo>,
+    readable: Option<LocalBoxFuture<'static, io::Result<()>>>,
+    recv_ready: bool,
+}
+
+impl SocketSlot {
+    fn new(io: Rc<UdpIo>) -> Self {
+        Self {
+            io,
+            readable: None,
+            recv_ready: true,
+        }
+    }
+}
+
 /// The slot count for the next receive after one that offered `slots` and got `filled`.
 fn next_recv_slots(slots: usize, filled: usize) -> usize {
     if filled >= slots {
@@ -1086,6 +1160,9 @@ fn forward_endpoint_events(w: &WorkerState, c: &ConnInner, conn: &mut quinn_prot
 
 /// Sends one transmit. `Err` only for EAGAIN (the caller keeps the transmit).
 fn send(io: &UdpIo, stats: &WorkerStats, t: &quinn_proto::Transmit, buf: &[u8]) -> io::Result<()> {
+    // a preferred-address socket is bound to its one address: that is the source (the
+    // connection's local IP, which quinn-proto fixes at the handshake, is the main one's)
+    let preferred = io.is_preferred();
     let transmit = quinn_udp::Transmit {
         destination: t.destination,
         ecn: t
@@ -1093,11 +1170,14 @@ fn send(io: &UdpIo, stats: &WorkerStats, t: &quinn_proto::Transmit, buf: &[u8]) 
             .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
         contents: &buf[..t.size],
         segment_size: t.segment_size,
-        src_ip: t.src_ip,
+        src_ip: if preferred { None } else { t.src_ip },
     };
     io.send(&transmit)?;
     let segments = t.segment_size.map_or(1, |s| t.size.div_ceil(s));
     WorkerStats::add(&stats.datagrams_sent, segments as u64);
+    if preferred {
+        WorkerStats::add(&stats.preferred_sent, segments as u64);
+    }
     if t.ecn.is_some() {
         WorkerStats::add(&stats.ecn_marked_sent, segments as u64);
     }

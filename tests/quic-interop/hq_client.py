@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The client side of Alknet's QUIC interop cases: HTTP/0.9 over `hq-interop`, on
-aioquic (an independent QUIC stack), as the interop runner's clients do.
+"""The client side of Alknet's QUIC interop cases: HTTP/0.9 over `hq-interop` (or, with
+`--h3`, HTTP/3 over `h3` with aioquic's H3Connection, for the `http3` case), on aioquic
+(an independent QUIC stack), as the interop runner's clients do.
 
 `hq_client.py fetch ...` downloads files through the relay and writes what it observed
 (files compared byte for byte with the server's `www`, handshake facts from aioquic's TLS
@@ -21,6 +22,8 @@ import time
 
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic import crypto as quic_crypto
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -102,8 +105,67 @@ class HqClient(QuicConnectionProtocol):
         super().quic_event_received(event)
 
 
+class H3Client(QuicConnectionProtocol):
+    """GET requests over HTTP/3: each file on its own request stream, the body collected
+    until the stream ends; a status other than 200 or a reset fails that file."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._http = H3Connection(self._quic)
+        self._pending: dict[int, tuple[bytearray, asyncio.Future, list]] = {}
+
+    async def get(self, path: str) -> bytes:
+        stream_id = self._quic.get_next_available_stream_id()
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[stream_id] = (bytearray(), fut, [None])
+        self._http.send_headers(
+            stream_id,
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"https"),
+                (b":authority", b"localhost"),
+                (b":path", f"/{path}".encode()),
+            ],
+            end_stream=True,
+        )
+        self.transmit()
+        return await fut
+
+    def _finish(self, stream_id: int) -> None:
+        buf, fut, status = self._pending[stream_id]
+        if fut.done():
+            return
+        if status[0] != b"200":
+            fut.set_exception(RuntimeError(f"HTTP status {status[0]!r}"))
+        else:
+            fut.set_result(bytes(buf))
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamReset) and event.stream_id in self._pending:
+            _, fut, _ = self._pending[event.stream_id]
+            if not fut.done():
+                fut.set_exception(RuntimeError(f"stream reset, code 0x{event.error_code:x}"))
+        if isinstance(event, events.ConnectionTerminated):
+            for _, fut, _ in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(
+                        RuntimeError(f"connection closed: 0x{event.error_code:x} {event.reason_phrase}")
+                    )
+        for ev in self._http.handle_event(event):
+            if ev.stream_id not in self._pending:
+                continue
+            buf, _, status = self._pending[ev.stream_id]
+            if isinstance(ev, HeadersReceived):
+                status[0] = dict(ev.headers).get(b":status")
+            elif isinstance(ev, DataReceived):
+                buf.extend(ev.data)
+            if getattr(ev, "stream_ended", False):
+                self._finish(ev.stream_id)
+
+
 def config(args, logger, ticket=None) -> QuicConfiguration:
-    c = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], quic_logger=logger)
+    alpn = H3_ALPN[0] if args.h3 else ALPN
+    c = QuicConfiguration(is_client=True, alpn_protocols=[alpn], quic_logger=logger)
     c.verify_mode = ssl.CERT_NONE
     c.idle_timeout = args.idle_timeout
     if args.chacha20:
@@ -116,6 +178,8 @@ def config(args, logger, ticket=None) -> QuicConfiguration:
 # Requests the handler must refuse, and the reset code it documents for each
 # (handlers/hq: reset_code::NOT_FOUND, reset_code::BAD_REQUEST).
 ERROR_PROBES = (("no-such-file", 0x11), ("../../etc/passwd", 0x10), ("", 0x10))
+# The same over HTTP/3 ([http] static_root): the status each must get.
+ERROR_PROBES_H3 = (("no-such-file", 404), ("../../etc/passwd", 400), ("", 400))
 
 
 async def fetch_on(client: HqClient, files: list[str], out: dict, args) -> None:
@@ -125,7 +189,15 @@ async def fetch_on(client: HqClient, files: list[str], out: dict, args) -> None:
     bodies = await asyncio.gather(*(client.get(f) for f in files), return_exceptions=True)
     for name, body in zip(files, bodies):
         out["files"][name] = body
-    if args.probe_errors:
+    if args.probe_errors and args.h3:
+        for path, status in ERROR_PROBES_H3:
+            try:
+                await asyncio.wait_for(client.get(path), 5)
+                out["probes"].append(f"GET /{path} was served; want status {status}")
+            except RuntimeError as e:
+                if f"HTTP status b'{status}'" not in str(e):
+                    out["probes"].append(f"GET /{path}: {e}; want status {status}")
+    elif args.probe_errors:
         for path, code in ERROR_PROBES:
             try:
                 await asyncio.wait_for(client.get(path), 5)
@@ -141,7 +213,7 @@ async def one_connection(args, files, out, logger, ticket=None, tickets=None, ea
         args.host,
         args.port,
         configuration=config(args, logger, ticket),
-        create_protocol=HqClient,
+        create_protocol=H3Client if args.h3 else HqClient,
         session_ticket_handler=handler,
         wait_connected=not early,
     ) as client:
@@ -152,6 +224,9 @@ async def one_connection(args, files, out, logger, ticket=None, tickets=None, ea
                 "resumed": bool(tls.session_resumed),
                 "early_data_accepted": bool(tls.early_data_accepted),
                 "cipher_suite": int(tls.key_schedule.cipher_suite) if tls.key_schedule else None,
+                "alpn": tls.alpn_negotiated,
+                # the server address the connection ended on (aioquic's active path)
+                "final_port": client._quic._network_paths[0].addr[1],
             }
         )
         if tickets is not None:
@@ -165,7 +240,7 @@ async def one_connection(args, files, out, logger, ticket=None, tickets=None, ea
 async def fetch(args) -> dict:
     files = sorted(os.listdir(args.www))
     logger = QuicLogger()
-    out = {"files": {}, "connections": [], "error": None, "probes": []}
+    out = {"files": {}, "connections": [], "error": None, "probes": [], "preferred_port": args.preferred_port}
     start = time.monotonic()
     try:
         if args.mode == "multiconnect":
@@ -288,6 +363,19 @@ def check(case: str, c: dict, r: dict, sq: dict) -> str:
             return "failed (no 0-RTT packets on the wire)"
         if sq is not None and sq["received"].get("0RTT", 0) == 0:
             return "failed (the server's qlog shows no 0-RTT packet received)"
+    if case == "connectionmigration":
+        # aioquic probes the server's preferred address once the handshake is confirmed
+        # and moves there when its PATH_CHALLENGE is answered (RFC 9000, 9.6); the relay
+        # is on the original path only, so the new path is direct
+        want = c["preferred_port"]
+        if any(x["final_port"] != want for x in conns):
+            return f"failed (the client ended on port {[x['final_port'] for x in conns]}, not the preferred address's {want})"
+        if c["received_frames"].get("path_response", 0) == 0:
+            return "failed (no PATH_RESPONSE from the server: the preferred address was not validated)"
+        if c["received_frames"].get("path_challenge", 0) == 0:
+            return "failed (the server did not validate the client's new path: no PATH_CHALLENGE)"
+    if case == "http3" and any(x["alpn"] != "h3" for x in conns):
+        return f"failed (ALPN negotiated: {[x['alpn'] for x in conns]}, want h3)"
     if case == "chacha20":
         if any(x["cipher_suite"] != int(CipherSuite.CHACHA20_POLY1305_SHA256) for x in conns):
             return f"failed (cipher suites {[x['cipher_suite'] for x in conns]})"
@@ -356,6 +444,11 @@ def check_server(case: str, r: dict, counters: str, verdict: str) -> str:
     """Cross-checks the server's exit counters (`WorkerStatsSnapshot { name: n, ... }`)
     against the relay's record."""
     stats = {k: int(v) for k, v in re.findall(r"(\w+): (\d+)", counters)}
+    if case == "connectionmigration":
+        got, sent = stats.get("preferred_received", 0), stats.get("preferred_sent", 0)
+        if got == 0 or sent == 0:
+            return f"failed (the server's preferred-address sockets received {got} and sent {sent} datagrams)"
+        return f"{verdict} ({got} datagrams in and {sent} out on the preferred address)"
     if case == "retry" and stats.get("retries_sent", 0) == 0:
         return "failed (the server counted no Retry sent)"
     if case not in ("retry", "amplificationlimit") and stats.get("retries_sent", 0) != 0:
@@ -386,6 +479,8 @@ def main() -> int:
     f.add_argument("--mode", default="single", choices=["single", "multiconnect", "resumption", "zerortt"])
     f.add_argument("--chacha20", action="store_true")
     f.add_argument("--keyupdate", action="store_true")
+    f.add_argument("--preferred-port", type=int, help="the server's preferred address port (connectionmigration)")
+    f.add_argument("--h3", action="store_true", help="HTTP/3 (ALPN h3) instead of hq-interop")
     f.add_argument("--probe-errors", action="store_true", help="also check the handler's resets")
     f.add_argument("--idle-timeout", type=float, default=20.0)
     f.add_argument("--timeout", type=float, default=60.0)

@@ -108,10 +108,12 @@ run_case() {
     local case=$1 dir="$work/$1"
     local net=(--rate-mbit 10 --queue 25 --delay-ms 15)
     local quic='retry = "never"' tls="" mode=single client=() host=127.0.0.1 files=(1 1024)
+    local handlers='"hq-interop"' sizes=() pport=""
     case "$case" in
     v2) verdict="unsupported (quinn-proto 0.11 implements QUIC v1 only)"; return ;;
-    http3) verdict="unsupported (the h3 handler exists; this case is not wired into run.sh yet)"; return ;;
-    connectionmigration) verdict="unsupported (the runner's case migrates to the server's preferred_address, which alknet does not offer yet)"; return ;;
+    http3) handlers='"h3"'; client=(--h3 --probe-errors); sizes=(5120 10240 512000) ;;
+    connectionmigration) files=(1 1048576); pport=$(free_port "$host"); client=(--preferred-port "$pport")
+        quic+=$'\npreferred_address_v4 = "'"$host:$pport"'"' ;;
     handshake) client=(--probe-errors) ;;
     transfer) files=(2 1048576) ;;
     multiplexing) files=(300 32) ;;
@@ -135,7 +137,12 @@ run_case() {
     *) verdict="failed (unknown case)"; return ;;
     esac
     mkdir -p "$dir"
-    gen "$dir/www" "${files[0]}" "${files[1]}"
+    if [ ${#sizes[@]} -gt 0 ]; then
+        local i
+        for i in "${!sizes[@]}"; do gen "$dir/www/s$i" 1 "${sizes[$i]}" && mv "$dir/www/s$i/file0" "$dir/www/file$i" && rmdir "$dir/www/s$i"; done
+    else
+        gen "$dir/www" "${files[0]}" "${files[1]}"
+    fi
     if [ "$case" = amplificationlimit ]; then
         big_cert "$dir" || { verdict="failed (openssl could not make the big certificate)"; return; }
         tls=$'[tls]\ncert = "'"$dir/cert.pem"$'"\nkey = "'"$dir/key.pem"'"'
@@ -154,9 +161,11 @@ pin_workers = false
 kernel_steering = $steer
 data_dir = "$work/data"
 [handlers]
-enabled = ["hq-interop"]
+enabled = [$handlers]
 [hq]
 root = "$dir/www"
+[http]
+static_root = "$dir/www"
 [identity]
 sqlite = false
 [quic]

@@ -22,7 +22,7 @@ async fn health(state: &HttpState) -> (u16, serde_json::Value) {
 #[test]
 fn health_is_503_while_draining() {
     let server = start_server(ServerOptions::default());
-    let state = HttpState::new(HttpConfig::default(), None);
+    let state = HttpState::new(HttpConfig::default(), None).expect("no static root");
     run_client(|| async {
         let (status, body) = health(&state).await;
         assert_eq!((status, body["status"].as_str()), (503, Some("starting")));

@@ -662,3 +662,63 @@ fn the_official_mcp_sdk_initializes_lists_and_calls() {
     assert!(out.contains("echo False {'say': 'hi'}"), "{out}");
     assert!(out.contains("denied True UNAUTHENTICATED"), "{out}");
 }
+
+/// `[http] static_root`: files over HTTP/1.1 and HTTP/2 (HTTP/3 is the interop runner's
+/// `http3` case), byte for byte with the length announced, HEAD, and the refusals.
+#[test]
+fn static_files_are_served_from_the_root_only() {
+    let www = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    // larger than static_chunk_bytes * static_channel_chunks: the body is streamed
+    let data: Vec<u8> = (0..300_007u32).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(www.path().join("big.bin"), &data).expect("write");
+    std::fs::write(outside.path().join("secret"), b"secret").expect("write");
+    std::os::unix::fs::symlink(outside.path().join("secret"), www.path().join("out"))
+        .expect("symlink");
+    std::fs::create_dir(www.path().join("dir")).expect("mkdir");
+    let server = BinServer::start_with_config(&config(&format!(
+        "[http]\nstatic_root = \"{}\"\n",
+        www.path().display()
+    )));
+    let got = tempfile::NamedTempFile::new().expect("tempfile");
+    for version in ["--http1.1", "--http2"] {
+        let out = got.path().to_str().expect("utf-8 path");
+        let r = curl(&server, &[version, "-o", out, &url(&server, "/big.bin")]);
+        assert_eq!(r.status, 200, "{version}: {}", r.headers);
+        assert!(
+            r.headers
+                .to_ascii_lowercase()
+                .contains("content-length: 300007"),
+            "{}",
+            r.headers
+        );
+        assert!(
+            std::fs::read(got.path()).expect("read") == data,
+            "{version}: body differs"
+        );
+        let r = curl(&server, &[version, "-I", &url(&server, "/big.bin")]);
+        assert_eq!(r.status, 200);
+        assert!(r
+            .headers
+            .to_ascii_lowercase()
+            .contains("content-length: 300007"));
+        for (path, status) in [
+            ("/missing", 404),
+            ("/out", 404),
+            ("/dir", 404),
+            ("/a/../../etc/passwd", 400),
+            ("/", 400),
+        ] {
+            let r = curl(&server, &[version, "--path-as-is", &url(&server, path)]);
+            assert_eq!(r.status, status, "{version} {path}: {}", r.body);
+        }
+        let r = curl(
+            &server,
+            &[version, "-X", "DELETE", &url(&server, "/big.bin")],
+        );
+        assert_eq!(r.status, 405);
+        // routes of their own still win
+        let r = curl(&server, &[version, &url(&server, "/health")]);
+        assert_eq!(r.status, 200);
+    }
+}

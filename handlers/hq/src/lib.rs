@@ -4,7 +4,8 @@
 //!
 //! Files come from one directory (`[hq] root`) and never from outside it: the request path
 //! may not contain `..` or other non-plain components, and the file is opened with
-//! `openat2(RESOLVE_BENEATH)` relative to the root, so a symlink leading out of the root
+//! `openat2(RESOLVE_BENEATH)` relative to the root (`alknet_runtime::files`, shared with the
+//! HTTP static-file route), so a symlink leading out of the root
 //! is refused by the kernel (symlinks staying inside it are followed). Failures reset the
 //! stream with one of the [`reset_code`]s. Files are read with monoio (`read_at`: an
 //! io_uring read on the io_uring driver) one [`HqConfig::chunk_size`] chunk at a time, so a
@@ -14,19 +15,15 @@
 //! Off by default: it serves files to anyone who can connect. Enable it with
 //! `handlers.enabled = [..., "hq-interop"]` and `[hq] root = "/srv/www"`.
 
-use std::ffi::CString;
 use std::fs::File as StdFile;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
+use alknet_runtime::files::{relative_path, ChunkedFile, ConfinedDir};
 use alknet_runtime::rt::serve_streams;
 use alknet_runtime::{
     AuthContext, BiStream, Connection, HandlerError, LocalBoxFuture, ProtocolHandler, RecvStream,
     SendStream, VarInt,
 };
-use bytes::Bytes;
 use serde::Deserialize;
 
 /// The ALPN this handler serves.
@@ -110,22 +107,13 @@ pub fn parse_request(line: &[u8]) -> Request {
     let Some(path) = rest.strip_prefix(b"/") else {
         return Request::Bad("path must start with /");
     };
-    if path.is_empty() || path.contains(&0) || path.iter().any(|b| b.is_ascii_whitespace()) {
-        return Request::Bad("empty path or forbidden byte");
-    }
-    let path = Path::new(std::ffi::OsStr::from_bytes(path));
-    let mut clean = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(part) => clean.push(part),
-            Component::CurDir => {}
-            _ => return Request::Bad("path leaves the root"),
+    match relative_path(path) {
+        Ok(p) => Request::Get(p),
+        Err(alknet_runtime::files::PathError::Forbidden) => {
+            Request::Bad("empty path or forbidden byte")
         }
+        Err(alknet_runtime::files::PathError::LeavesRoot) => Request::Bad("path leaves the root"),
     }
-    if clean.as_os_str().is_empty() {
-        return Request::Bad("empty path");
-    }
-    Request::Get(clean)
 }
 
 /// Where a request line ends: its length without the line ending, once one was seen.
@@ -138,43 +126,10 @@ fn line_end(buf: &[u8]) -> Option<usize> {
     })
 }
 
-/// Opens `relative` inside the directory `root_fd` without leaving it (kernel-checked).
-fn open_beneath(root: &StdFile, relative: &Path) -> std::io::Result<StdFile> {
-    use std::os::fd::AsRawFd;
-    let c = CString::new(relative.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: open_how is plain integers; all-zero is its documented empty value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `c` is a valid NUL-terminated path and `how` a valid open_how of the size
-    // passed; the returned fd (if any) is owned by nothing else.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::Other))?;
-    // SAFETY: openat2 returned a new descriptor we now own.
-    let file = StdFile::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
-    }
-    Ok(file)
-}
-
 /// Serves `hq-interop` from one directory.
 #[derive(Debug)]
 pub struct HqHandler {
-    root: StdFile,
-    root_path: PathBuf,
+    root: ConfinedDir,
     chunk_size: usize,
     max_request_bytes: usize,
 }
@@ -188,24 +143,19 @@ impl HqHandler {
         if config.max_request_bytes == 0 {
             return Err(HqError::Zero("max_request_bytes"));
         }
-        let root = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY)
-            .open(&root_path)
-            .map_err(|source| HqError::Root {
-                path: root_path.clone(),
-                source,
-            })?;
+        let root = ConfinedDir::open(&root_path).map_err(|source| HqError::Root {
+            path: root_path.clone(),
+            source,
+        })?;
         Ok(Self {
             root,
-            root_path,
             chunk_size: config.chunk_size,
             max_request_bytes: config.max_request_bytes,
         })
     }
 
     pub fn root(&self) -> &Path {
-        &self.root_path
+        self.root.path()
     }
 
     /// Reads the request line: up to the first line ending, or FIN.
@@ -244,7 +194,7 @@ impl HqHandler {
                 return Ok(0);
             }
         };
-        let file = match open_beneath(&self.root, &path) {
+        let file = match self.root.open_file(&path) {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!("hq: {}: {e}", path.display());
@@ -256,7 +206,7 @@ impl HqHandler {
     }
 
     async fn send_file(&self, file: StdFile, send: &mut SendStream) -> Result<u64, HandlerError> {
-        let file = match monoio::fs::File::from_std(file) {
+        let mut file = match ChunkedFile::new(file, self.chunk_size) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!("hq: registering file: {e}");
@@ -264,25 +214,19 @@ impl HqHandler {
                 return Ok(0);
             }
         };
-        let mut pos = 0u64;
         loop {
-            let (res, mut buf) = file.read_at(Vec::with_capacity(self.chunk_size), pos).await;
-            match res {
-                Ok(0) => break,
-                Ok(n) => {
-                    buf.truncate(n);
-                    pos += n as u64;
-                    send.write_chunk(Bytes::from(buf)).await?;
-                }
+            match file.next_chunk().await {
+                Ok(Some(chunk)) => send.write_chunk(chunk).await?,
+                Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!("hq: reading at {pos}: {e}");
+                    tracing::warn!("hq: reading at {}: {e}", file.position());
                     let _ = send.reset(VarInt::from_u32(reset_code::READ_ERROR));
-                    return Ok(pos);
+                    return Ok(file.position());
                 }
             }
         }
         let _ = send.finish();
-        Ok(pos)
+        Ok(file.position())
     }
 }
 
@@ -329,7 +273,6 @@ impl HqHandler {
             .map_err(|e| HandlerError::Other(Box::new(e)))?;
         Ok(Self {
             root,
-            root_path: self.root_path.clone(),
             chunk_size: self.chunk_size,
             max_request_bytes: self.max_request_bytes,
         })
@@ -368,48 +311,19 @@ mod tests {
     }
 
     #[test]
-    fn opens_only_regular_files_beneath_the_root() {
+    fn needs_an_existing_root() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let outside = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("www");
-        std::fs::create_dir(&root).expect("mkdir");
-        std::fs::write(root.join("f"), b"inside").expect("write");
-        std::fs::create_dir(root.join("sub")).expect("mkdir");
-        std::fs::write(outside.path().join("secret"), b"outside").expect("write");
-        std::os::unix::fs::symlink(outside.path().join("secret"), root.join("out"))
-            .expect("symlink");
-        std::os::unix::fs::symlink("/etc", root.join("etc")).expect("symlink");
-        std::os::unix::fs::symlink("f", root.join("in")).expect("symlink");
-        let h = HqHandler::new(&HqConfig {
-            root: Some(root.clone()),
-            ..HqConfig::default()
-        })
-        .expect("handler");
-        let read = |p: &str| {
-            open_beneath(&h.root, Path::new(p)).map(|mut f| {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut f, &mut s).expect("read");
-                s
-            })
-        };
-        assert_eq!(read("f").expect("f"), "inside");
-        assert_eq!(read("in").expect("symlink inside"), "inside");
-        assert!(read("out").is_err(), "symlink out of the root");
-        assert!(
-            read("etc/passwd").is_err(),
-            "directory symlink out of the root"
-        );
-        assert!(read("sub").is_err(), "directory");
-        assert!(read("missing").is_err());
-        assert!(
-            read("../www/f").is_err(),
-            "dot-dot is refused by the kernel too"
-        );
         assert!(HqHandler::new(&HqConfig::default()).is_err());
         assert!(HqHandler::new(&HqConfig {
             root: Some(dir.path().join("nope")),
             ..HqConfig::default()
         })
         .is_err());
+        let h = HqHandler::new(&HqConfig {
+            root: Some(dir.path().to_path_buf()),
+            ..HqConfig::default()
+        })
+        .expect("handler");
+        assert_eq!(h.root(), dir.path());
     }
 }

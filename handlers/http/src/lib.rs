@@ -5,7 +5,7 @@
 //!
 //! Routes: `GET /health`, `GET /metrics` (Prometheus text), `POST /api/call/{operationId}`
 //! (the call operations, same identity, ACL and deadlines as `alknet/call`) and
-//! `GET /openapi.json`. Handlers need no tokio runtime: worker-local work (a call operation)
+//! `GET /openapi.json`, and the files of `[http] static_root` when set. Handlers need no tokio runtime: worker-local work (a call operation)
 //! runs as a worker task ([`rt::run_local`]), timers are monoio's.
 
 pub mod auth;
@@ -45,17 +45,46 @@ pub struct HttpShared {
     pub invoker: Option<Arc<dyn OperationInvoker>>,
     pub metrics: HttpMetrics,
     pub version: &'static str,
+    /// `[http] static_root`, opened once.
+    pub static_files: Option<alknet_runtime::files::ConfinedDir>,
+}
+
+/// Why the HTTP front end could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpStateError {
+    #[error("http.static_root {path}: {source}")]
+    StaticRoot {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl HttpState {
-    pub fn new(config: HttpConfig, invoker: Option<Arc<dyn OperationInvoker>>) -> Self {
-        Self(Arc::new(HttpShared {
+    /// Opens `[http] static_root` if it is set.
+    pub fn new(
+        config: HttpConfig,
+        invoker: Option<Arc<dyn OperationInvoker>>,
+    ) -> Result<Self, HttpStateError> {
+        let static_files = config
+            .static_root
+            .as_deref()
+            .map(|path| {
+                alknet_runtime::files::ConfinedDir::open(path).map_err(|source| {
+                    HttpStateError::StaticRoot {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                })
+            })
+            .transpose()?;
+        Ok(Self(Arc::new(HttpShared {
             config,
             status: OnceLock::new(),
             invoker,
             metrics: HttpMetrics::default(),
             version: env!("CARGO_PKG_VERSION"),
-        }))
+            static_files,
+        })))
     }
 
     /// Hands the running server's status to the routes (`/health`, `/metrics`).

@@ -37,6 +37,14 @@ pub const DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// broke the protocol, tolerated per connection before GOAWAY.
 pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
+/// `static_chunk_bytes`: bytes read from a file per read by the static-file route
+/// (`static_root`), and the size of each response body chunk.
+pub const DEFAULT_STATIC_CHUNK_BYTES: usize = 64 * 1024;
+/// `static_channel_chunks`: chunks of one file response read ahead of the client. With
+/// `static_chunk_bytes` this bounds a file response's memory (256 KiB by default) however
+/// large the file; reading stops while the client does not take them.
+pub const DEFAULT_STATIC_CHANNEL_CHUNKS: usize = 4;
+
 /// `[http]`: paths served without authentication, and the limits above.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -58,6 +66,12 @@ pub struct HttpConfig {
     pub h2_max_local_error_reset_streams: usize,
     /// `diagnostics`: serve `POST /echo` and `GET /bytes/{n}` (see `routes/diag.rs`).
     pub diagnostics: bool,
+    /// `static_root`: serve the files of this directory at `GET /{path}` (to anyone,
+    /// over every HTTP version; routes of their own come first). Unset (the default): no
+    /// files are served. See `routes/files.rs`.
+    pub static_root: Option<std::path::PathBuf>,
+    pub static_chunk_bytes: usize,
+    pub static_channel_chunks: usize,
 }
 
 impl Default for HttpConfig {
@@ -74,6 +88,9 @@ impl Default for HttpConfig {
             h2_max_pending_accept_reset_streams: DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS,
             h2_max_local_error_reset_streams: DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS,
             diagnostics: false,
+            static_root: None,
+            static_chunk_bytes: DEFAULT_STATIC_CHUNK_BYTES,
+            static_channel_chunks: DEFAULT_STATIC_CHANNEL_CHUNKS,
         }
     }
 }
@@ -110,6 +127,8 @@ impl HttpConfig {
                 "h2_max_concurrent_streams",
                 self.h2_max_concurrent_streams == 0,
             ),
+            ("static_chunk_bytes", self.static_chunk_bytes == 0),
+            ("static_channel_chunks", self.static_channel_chunks == 0),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, z)| *z) {
             return Err(HttpConfigError::Zero(name));

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::ConnInfo;
-use crate::routes::{call, error_response, health, mcp, metrics, openapi};
+use crate::routes::{call, error_response, files, health, mcp, metrics, openapi};
 use crate::HttpState;
 
 /// Every route, with the body limit and request counting.
@@ -26,7 +26,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/call/{operationId}", post(call::call))
         .route("/openapi.json", get(openapi::openapi))
         .route("/mcp", post(mcp::mcp).get(mcp::mcp_get))
-        .fallback(not_found)
+        .fallback(fallback)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -35,7 +35,12 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> Response {
+/// A path no route claims: a file of `[http] static_root` when that is set (GET, HEAD),
+/// else 404.
+async fn fallback(State(state): State<HttpState>, req: Request) -> Response {
+    if state.static_files.is_some() {
+        return files::serve(&state, req.method(), req.uri().path()).await;
+    }
     error_response(ErrorCode::NotFound, "no such route")
 }
 

@@ -2,6 +2,7 @@
 
 pub mod call;
 pub mod diag;
+pub mod files;
 pub mod health;
 pub mod mcp;
 pub mod metrics;

@@ -1,0 +1,92 @@
+//! `GET /{path}`: the files of `[http] static_root` (off unless that is set), over every
+//! HTTP version — what the QUIC interop runner's `http3` case downloads.
+//!
+//! The path is checked and the file opened by `alknet_runtime::files` (the same code as
+//! `hq-interop`: plain components only, `openat2(RESOLVE_BENEATH)`, regular files only).
+//! The path is taken as it is written in the request (no percent-decoding: a name with
+//! `%` in it is asked for literally). A worker task reads the file chunk by chunk with
+//! monoio (io_uring reads) into a channel of `static_channel_chunks` chunks, which the
+//! `Send` response body drains: memory per response is bounded, and reading stops while
+//! the client does not take the data. A read error part way fails the body, so the client
+//! sees a reset stream, never a short file passed off as whole.
+//!
+//! 400 for a path that is not plain, 404 for anything that is not a regular file inside
+//! the root, 405 for methods other than GET and HEAD.
+
+use alknet_proto::call::ErrorCode;
+use alknet_runtime::files::{relative_path, ChunkedFile};
+use axum::body::Body;
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+
+use crate::routes::error_response;
+use crate::HttpState;
+
+/// Answers a request for `path` from the static root (which the caller checked is set).
+pub async fn serve(state: &HttpState, method: &Method, path: &str) -> Response {
+    let Some(root) = state.static_files.as_ref() else {
+        return error_response(ErrorCode::NotFound, "no such route");
+    };
+    if method != Method::GET && method != Method::HEAD {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET, HEAD")],
+        )
+            .into_response();
+    }
+    let relative = match relative_path(path.trim_start_matches('/').as_bytes()) {
+        Ok(p) => p,
+        Err(e) => return error_response(ErrorCode::InvalidArgument, e.to_string()),
+    };
+    let (file, len) = match root
+        .open_file(&relative)
+        .and_then(|f| f.metadata().map(|m| (f, m.len())))
+    {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!("static file {}: {e}", relative.display());
+            return error_response(ErrorCode::NotFound, "no such file");
+        }
+    };
+    let head = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        (header::CONTENT_LENGTH, len.to_string()),
+    ];
+    if method == Method::HEAD {
+        return (head, Body::empty()).into_response();
+    }
+    let (tx, rx) =
+        mpsc::channel::<std::io::Result<bytes::Bytes>>(state.config.static_channel_chunks.max(1));
+    let chunk = state.config.static_chunk_bytes;
+    // on the worker serving this request (the reads are worker-local io_uring operations)
+    alknet_runtime::rt::spawn_guarded("http static file", async move {
+        let mut file = match ChunkedFile::new(file, chunk) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        loop {
+            let item = file.next_chunk().await;
+            let done = !matches!(item, Ok(Some(_)));
+            let item = match item {
+                Ok(Some(c)) => Ok(c),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("static file: reading at {}: {e}", file.position());
+                    Err(e)
+                }
+            };
+            // the client went away: stop reading
+            if tx.send(item).await.is_err() || done {
+                return;
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (head, Body::from_stream(body)).into_response()
+}
