@@ -267,9 +267,10 @@ max_handles = 256
 # Largest SFTP packet accepted (bigger ones end the session), and the largest read served.
 max_packet = 262144
 max_read = 261120
-# Requests served at once per session, and request/reply bytes held per session.
+# Requests served at once per session, and request/reply bytes held per session; a
+# request past either is answered SSH_FX_FAILURE with a message naming the limit.
 max_outstanding = 128
-max_bytes_in_flight = 16777216
+max_bytes_in_flight = 33554432
 # SFTP sessions (QUIC streams) open at once per alknet/sftp connection.
 max_sessions_per_connection = 16
 

@@ -6,7 +6,7 @@
 use std::future::poll_fn;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quinn_proto::{ClosedStream, ConnectionError, FinishError, StreamId, VarInt, Written};
 
 use crate::connection::ConnectionRef;
@@ -315,6 +315,77 @@ impl RecvStream {
         poll_fn(|cx| self.poll_read_chunk(cx, max)).await
     }
 
+    /// Poll form of [`RecvStream::read_available`].
+    pub fn poll_read_available(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, ReadError>> {
+        if let Some(code) = self.reset {
+            return Poll::Ready(Err(ReadError::Reset(code)));
+        }
+        if self.done {
+            return Poll::Ready(Ok(None));
+        }
+        let mut guard = self.conn.state.borrow_mut();
+        let st = &mut *guard;
+        let mut recv = st.conn.recv_stream(self.id);
+        let mut chunks = match recv.read(true) {
+            Ok(c) => c,
+            Err(_) => return Poll::Ready(Err(ReadError::ClosedStream)),
+        };
+        let mut batch = Batch::Empty;
+        // how the stream ended behind the data taken (None: it goes on, or is blocked)
+        let end = loop {
+            let room = max.saturating_sub(batch.len());
+            if room == 0 {
+                break None;
+            }
+            match chunks.next(room) {
+                Ok(Some(chunk)) => batch.push(chunk.bytes),
+                Ok(None) => break Some(Ok(())),
+                Err(quinn_proto::ReadError::Reset(code)) => break Some(Err(code)),
+                Err(quinn_proto::ReadError::Blocked) => break None,
+            }
+        };
+        let transmit = chunks.finalize().should_transmit();
+        match end {
+            Some(Ok(())) => self.done = true,
+            Some(Err(code)) => {
+                self.done = true;
+                self.reset = Some(code);
+            }
+            None => {}
+        }
+        let out = match (batch.into_bytes(), end) {
+            (Some(data), _) => Poll::Ready(Ok(Some(data))),
+            (None, Some(Ok(()))) => Poll::Ready(Ok(None)),
+            (None, Some(Err(code))) => Poll::Ready(Err(ReadError::Reset(code))),
+            (None, None) => match &st.error {
+                Some(e) => Poll::Ready(Err(ReadError::ConnectionLost(e.clone()))),
+                None => {
+                    st.readers.insert(self.id, cx.waker().clone());
+                    Poll::Pending
+                }
+            },
+        };
+        drop(guard);
+        if transmit {
+            self.conn.0.wake_driver();
+        }
+        out
+    }
+
+    /// Waits for data, then returns everything already received, up to `max` bytes, as
+    /// one `Bytes`; `None` at the end. Received chunks are one QUIC packet's payload each
+    /// (about 1.2 KB): a reader that hands data on to another thread or a pipe would pay a
+    /// hop or a system call per packet, so the chunks waiting are merged (one copy; a
+    /// single chunk is returned as it is). An end or reset behind the data is reported by
+    /// the next call.
+    pub async fn read_available(&mut self, max: usize) -> Result<Option<Bytes>, ReadError> {
+        poll_fn(|cx| self.poll_read_available(cx, max)).await
+    }
+
     /// Reads into `buf`; `None` at the end of the stream.
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
         if buf.is_empty() {
@@ -389,3 +460,49 @@ impl BiStream {
         (self.send, self.recv)
     }
 }
+
+/// The chunks taken by one [`RecvStream::read_available`]: the first is kept as it is,
+/// a second starts a copy.
+enum Batch {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Empty => 0,
+            Batch::One(b) => b.len(),
+            Batch::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        *self = match std::mem::replace(self, Batch::Empty) {
+            Batch::Empty => Batch::One(chunk),
+            Batch::One(first) => {
+                let mut buf =
+                    BytesMut::with_capacity(BATCH_CAPACITY.max(first.len() + chunk.len()));
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&chunk);
+                Batch::Many(buf)
+            }
+            Batch::Many(mut buf) => {
+                buf.extend_from_slice(&chunk);
+                Batch::Many(buf)
+            }
+        };
+    }
+
+    fn into_bytes(self) -> Option<Bytes> {
+        match self {
+            Batch::Empty => None,
+            Batch::One(b) => Some(b),
+            Batch::Many(b) => Some(b.freeze()),
+        }
+    }
+}
+
+/// First allocation of a merged batch (it grows past this when `max` allows).
+const BATCH_CAPACITY: usize = 64 * 1024;

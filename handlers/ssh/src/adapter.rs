@@ -65,6 +65,18 @@ impl std::fmt::Debug for SshAdapter {
     }
 }
 
+/// Ciphers offered, in order: russh's defaults plus `aes128-gcm@openssh.com`, which russh
+/// implements but does not offer (OpenSSH's client then fails with `-c aes128-gcm@…`).
+/// The client's order decides (OpenSSH prefers chacha20-poly1305, then the AES modes).
+pub const SSH_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_GCM,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
 impl SshAdapter {
     /// An adapter with this host key and `[ssh]` settings; `workers` (the QUIC worker
     /// count) sizes the bridge runtime when `bridge_threads` is 0.
@@ -89,6 +101,10 @@ impl SshAdapter {
             // the unauthenticated are bounded by auth_timeout_ms (see serve_session)
             inactivity_timeout: None,
             keepalive_interval: None,
+            preferred: russh::Preferred {
+                cipher: std::borrow::Cow::Borrowed(SSH_CIPHERS),
+                ..russh::Preferred::DEFAULT
+            },
             ..Default::default()
         };
         let bridge_threads = if config.bridge_threads == 0 {

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //!  monoio worker (owns the QUIC connection)        tokio bridge runtime (russh)
-//!  RecvStream ──read_chunk──▶ [bounded channel] ──▶ ByteStream: AsyncRead
+//!  RecvStream ──read_available─▶ [bounded channel] ──▶ ByteStream: AsyncRead
 //!  SendStream ◀─write_chunk── [bounded channel] ◀── ByteStream: AsyncWrite
 //! ```
 //!
@@ -20,9 +20,9 @@
 //!   one being handed over). A full channel stops the pump reading the QUIC stream, so QUIC
 //!   flow control reaches the peer; a full channel the other way makes russh's writes wait.
 //! * **Copies.** Chunks go to the `SendStream` as they came, without copying. Received
-//!   chunks are the `Bytes` slices of the decrypted packets; a large one travels as it is,
-//!   small ones (one QUIC packet each) are merged with those already waiting behind them
-//!   ([`BRIDGE_COALESCE_BELOW`]), one copy that saves a hop per packet. The tokio side
+//!   chunks are the `Bytes` slices of the decrypted packets, one QUIC packet each: those
+//!   already waiting are merged ([`alknet_runtime::RecvStream::read_available`]), one copy that saves a hop
+//!   per packet. The tokio side
 //!   copies once each way, because `AsyncRead`/`AsyncWrite` work on borrowed buffers.
 //! * **Ends.** FIN on the QUIC side is EOF on the tokio side, and `shutdown()` on the
 //!   tokio side finishes the QUIC stream. A reset arrives as a read error
@@ -42,10 +42,8 @@ use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use alknet_runtime::rt::spawn_guarded;
-use alknet_runtime::{BiStream, Bytes, Connection, ConnectionError, ReadError, RecvStream, VarInt};
+use alknet_runtime::{BiStream, Bytes, Connection, ConnectionError, ReadError, VarInt};
 use async_channel::{Receiver, Sender, TrySendError, WeakReceiver, WeakSender};
-use bytes::BytesMut;
-use futures_util::FutureExt;
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -53,7 +51,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// hand-over between the two runtimes; the windows that matter are QUIC's.
 pub const BRIDGE_CHANNEL_DEPTH: usize = 16;
 
-/// Largest chunk the QUIC pump takes from a stream at once.
+/// Most bytes the QUIC pump takes from a stream at once (what has arrived, merged: see
+/// [`alknet_runtime::RecvStream::read_available`]).
 pub const BRIDGE_READ_CHUNK: usize = 64 * 1024;
 
 /// Application error code of a QUIC stream reset because its tokio side was dropped
@@ -301,23 +300,18 @@ pub fn pump_quic_stream(stream: BiStream) -> ByteStream {
     let (mut send, mut recv) = stream.split();
     spawn_guarded("ssh bridge: quic to tokio", async move {
         loop {
-            let (batch, end) = match recv.read_chunk(BRIDGE_READ_CHUNK).await {
-                Ok(Some(chunk)) => coalesce(&mut recv, chunk),
-                Ok(None) => (None, Some(Ok(()))),
-                Err(e) => (None, Some(Err(e))),
-            };
-            if let Some(batch) = batch {
-                if to_stream.send(Ok(batch)).await.is_err() {
-                    // the session is gone: tell the peer to stop sending
-                    let _ = recv.stop(VarInt::from_u32(STREAM_ABORT_CODE));
-                    return;
+            // what has arrived, merged (one QUIC packet a chunk would be a hop a packet)
+            match recv.read_available(BRIDGE_READ_CHUNK).await {
+                Ok(Some(batch)) => {
+                    if to_stream.send(Ok(batch)).await.is_err() {
+                        // the session is gone: tell the peer to stop sending
+                        let _ = recv.stop(VarInt::from_u32(STREAM_ABORT_CODE));
+                        return;
+                    }
                 }
-            }
-            match end {
-                None => {}
                 // FIN: dropping the sender is EOF on the tokio side
-                Some(Ok(())) => return,
-                Some(Err(e)) => {
+                Ok(None) => return,
+                Err(e) => {
                     tracing::debug!("ssh bridge: stream read ended: {e}");
                     let code = match e {
                         ReadError::Reset(code) => code.into_inner(),
@@ -354,42 +348,6 @@ pub fn pump_quic_stream(stream: BiStream) -> ByteStream {
         }
     });
     bytes
-}
-
-/// Chunks smaller than this are merged with the ones already received behind them.
-pub const BRIDGE_COALESCE_BELOW: usize = 16 * 1024;
-
-/// Received QUIC chunks are one packet's payload each (about 1.2 KB): handing them over one
-/// by one would pay the channel hop and a cross-thread wake-up per packet. So a small
-/// chunk is merged (one copy) with whatever else has already arrived, up to
-/// [`BRIDGE_READ_CHUNK`]; a large one goes as it is. Also returns how the stream ended,
-/// if it did behind the merged data.
-fn coalesce(recv: &mut RecvStream, first: Bytes) -> (Option<Bytes>, Option<Result<(), ReadError>>) {
-    if first.len() >= BRIDGE_COALESCE_BELOW {
-        return (Some(first), None);
-    }
-    let mut buf = BytesMut::with_capacity(BRIDGE_READ_CHUNK);
-    buf.extend_from_slice(&first);
-    let mut end = None;
-    while buf.len() < BRIDGE_READ_CHUNK {
-        // only what is already there: a pending read ends the batch
-        match recv
-            .read_chunk(BRIDGE_READ_CHUNK - buf.len())
-            .now_or_never()
-        {
-            Some(Ok(Some(chunk))) => buf.extend_from_slice(&chunk),
-            Some(Ok(None)) => {
-                end = Some(Ok(()));
-                break;
-            }
-            Some(Err(e)) => {
-                end = Some(Err(e));
-                break;
-            }
-            None => break,
-        }
-    }
-    (Some(buf.freeze()), end)
 }
 
 /// Client side: opens a bidirectional stream on `conn` (a connection of this monoio

@@ -235,3 +235,106 @@ fn replies_on_a_handle_leave_in_request_order() {
     );
     assert!(o.lanes.is_empty());
 }
+
+/// Sends INIT and opens `/f` for writing; returns the handle.
+async fn open_for_writing(c: &mut DuplexStream) -> String {
+    c.write_all(&frame(Packet::Init(Init::new())))
+        .await
+        .unwrap();
+    let _ = reply(c).await;
+    c.write_all(&frame(Packet::Open(Open {
+        id: 1,
+        filename: "/f".into(),
+        pflags: OpenFlags::WRITE | OpenFlags::CREATE,
+        attrs: Default::default(),
+    })))
+    .await
+    .unwrap();
+    let Packet::Handle(h) = reply(c).await else {
+        panic!("no handle")
+    };
+    h.handle
+}
+
+/// Sends `count` writes of `size` bytes (ids from 10, byte `id` at offset `i * size`) in
+/// one piece, so the server reads them all at once; returns the statuses by id.
+async fn pipelined_writes(
+    c: &mut DuplexStream,
+    handle: &str,
+    count: u32,
+    size: usize,
+) -> HashMap<u32, (StatusCode, String)> {
+    let mut wire = BytesMut::new();
+    for i in 0..count {
+        wire.put(frame(Packet::Write(Write {
+            id: 10 + i,
+            handle: handle.to_string(),
+            offset: u64::from(i) * size as u64,
+            data: vec![10 + i as u8; size],
+        })));
+    }
+    c.write_all(&wire).await.unwrap();
+    let mut got = HashMap::new();
+    while got.len() < count as usize {
+        match reply(c).await {
+            Packet::Status(s) => {
+                assert!(got.insert(s.id, (s.status_code, s.error_message)).is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_a_limit_fail_with_a_message_and_the_session_goes_on() {
+    // two requests in flight at most: of four read at once, the last two are refused
+    let config = SftpConfig {
+        max_outstanding: 2,
+        ..SftpConfig::default()
+    };
+    let (dir, mut c, task) = start(config);
+    let h = open_for_writing(&mut c).await;
+    let got = pipelined_writes(&mut c, &h, 4, 100).await;
+    for id in [10, 11] {
+        assert_eq!(got[&id].0, StatusCode::Ok, "{id}: {:?}", got[&id]);
+    }
+    for id in [12, 13] {
+        assert_eq!(got[&id].0, StatusCode::Failure, "{id}");
+        assert!(
+            got[&id].1.contains("sftp.max_outstanding"),
+            "{:?}",
+            got[&id].1
+        );
+    }
+    // nothing of the refused writes reached the file; the session still serves
+    let got = pipelined_writes(&mut c, &h, 1, 100).await;
+    assert_eq!(got[&10].0, StatusCode::Ok);
+    drop(c);
+    task.await.unwrap().expect("clean end");
+    let mut want = vec![10u8; 100];
+    want.extend([11u8; 100]);
+    assert_eq!(std::fs::read(dir.path().join("alice/f")).unwrap(), want);
+
+    // bytes in flight: two 30 KiB writes fit in 68 KiB, a third does not
+    let max_packet = 34 * 1024;
+    let config = SftpConfig {
+        max_packet,
+        max_read: max_packet - 1024,
+        max_bytes_in_flight: 2 * max_packet as usize,
+        ..SftpConfig::default()
+    };
+    let (_dir, mut c, task) = start(config);
+    let h = open_for_writing(&mut c).await;
+    let got = pipelined_writes(&mut c, &h, 3, 30 * 1024).await;
+    assert_eq!(got[&10].0, StatusCode::Ok);
+    assert_eq!(got[&11].0, StatusCode::Ok);
+    assert_eq!(got[&12].0, StatusCode::Failure);
+    assert!(
+        got[&12].1.contains("sftp.max_bytes_in_flight"),
+        "{:?}",
+        got[&12].1
+    );
+    drop(c);
+    task.await.unwrap().expect("clean end");
+}

@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# SSH and SFTP throughput with the stock OpenSSH client, in one run, side by side:
+#
+#   ssh  : 1 GiB download (`head -c 1G /dev/zero` on the server) and upload (`cat > /dev/null`)
+#          through OpenSSH sshd on a loopback port vs through alknet/ssh (`alknet connect`
+#          as ProxyCommand), same client, same key, same cipher;
+#   sftp : 1 GiB get and put, and 10 000 files of 4 KiB (put -r / get -r), all on tmpfs, against
+#          (a) OpenSSH's sftp-server over a plain pipe (`sftp -D sftp-server`: no network, no
+#              crypto — the local limit),
+#          (b) sshd + sftp-server on a loopback port,
+#          (c) alknet/sftp (`sftp -D "alknet connect --alpn alknet/sftp …"`),
+#          (d) alknet/ssh's sftp subsystem (`sftp -o ProxyCommand="alknet connect …"`).
+#
+# For each: wall time, MB/s (10^6 bytes) or files/s, and server CPU seconds (utime + stime of
+# the server process and the children it reaped, from /proc: sshd's master, sftp-server's
+# wrapper shell, `alknet serve`). The throwaway sshd runs as the current user on
+# 127.0.0.1:$SSHD_PORT with its own generated host key, authorized key and config in a
+# temporary directory on /dev/shm; nothing of the system's configuration is used or changed.
+#
+#   loadtest/sftp-measure.sh            # ROUNDS=3 CIPHER=aes256-gcm@openssh.com by default
+#   ROUNDS=1 CIPHERS="aes128-gcm@openssh.com chacha20-poly1305@openssh.com" loadtest/sftp-measure.sh
+#   ONLY=ssh loadtest/sftp-measure.sh   # or ONLY=sftp
+#
+# Needs openssh-client, openssh-server (for sshd) and openssh-sftp-server: installed with
+# apt-get when missing. Uses about 2.1 GiB of /dev/shm while it runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+CIPHERS=${CIPHERS:-aes256-gcm@openssh.com}
+SSHD_PORT=${SSHD_PORT:-2222}
+ALKNET_PORT=${ALKNET_PORT:-4499}
+ONLY=${ONLY:-all}
+GIB=${BYTES:-1073741824}
+SIZE="$((GIB / 1048576)) MiB"
+SMALL_FILES=${SMALL_FILES:-10000}
+SFTP_SERVER=/usr/lib/openssh/sftp-server
+TCK=$(getconf CLK_TCK)
+
+need_apt=()
+command -v ssh >/dev/null || need_apt+=(openssh-client)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+[ -x "$SFTP_SERVER" ] || need_apt+=(openssh-sftp-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "== installing ${need_apt[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" >/dev/null
+fi
+
+ALKNET=${ALKNET:-}
+if [ -z "$ALKNET" ]; then
+    nice -n 19 cargo build --release -q -p alknet
+    ALKNET=$PWD/target/release/alknet
+fi
+
+W=$(mktemp -d /dev/shm/sftp-measure.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+# --- keys and the two servers --------------------------------------------------------------
+ssh-keygen -q -t ed25519 -N '' -C bench -f "$W/user_key"
+ssh-keygen -q -t ed25519 -N '' -C host -f "$W/host_key"
+cp "$W/user_key.pub" "$W/authorized_keys"
+chmod 600 "$W/authorized_keys"
+cat >"$W/sshd_config" <<EOF
+Port $SSHD_PORT
+ListenAddress 127.0.0.1
+HostKey $W/host_key
+AuthorizedKeysFile $W/authorized_keys
+PidFile $W/sshd.pid
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+Subsystem sftp $SFTP_SERVER
+EOF
+# sshd insists on its privilege separation directory when started as root
+if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then mkdir -m 755 /run/sshd; fi
+/usr/sbin/sshd -D -e -f "$W/sshd_config" 2>"$W/sshd.log" &
+SSHD_PID=$!
+PIDS+=("$SSHD_PID")
+
+mkdir -p "$W/alk"
+KEYFP=$(awk '{print $2}' "$W/user_key.pub" | base64 -d | sha256sum | cut -d' ' -f1)
+ALKNET_DATA_DIR=$W/alk "$ALKNET" peer add bench-ssh --fingerprint "$KEYFP" \
+    --scope ssh:exec --scope ssh:sftp --scope sftp:read --scope sftp:write >/dev/null 2>&1
+# the client certificate for alknet/sftp: `fingerprint` generates one in an empty directory
+CFP=$("$ALKNET" fingerprint --data-dir "$W/client")
+ALKNET_DATA_DIR=$W/alk "$ALKNET" peer add bench-sftp --fingerprint "$CFP" \
+    --scope sftp:read --scope sftp:write >/dev/null 2>&1
+ALKNET_DATA_DIR=$W/alk ALKNET_LOG=info "$ALKNET" serve --listen "127.0.0.1:$ALKNET_PORT" \
+    --workers 1 2>"$W/alknet.log" &
+ALKNET_PID=$!
+PIDS+=("$ALKNET_PID")
+FP=$(ALKNET_DATA_DIR=$W/alk "$ALKNET" fingerprint)
+for _ in $(seq 100); do
+    if grep -q "alknet serving" "$W/alknet.log" 2>/dev/null &&
+        (exec 3<>/dev/tcp/127.0.0.1/$SSHD_PORT) 2>/dev/null; then break; fi
+    sleep 0.1
+done
+
+for pid in "$SSHD_PID" "$ALKNET_PID"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+        echo "a server did not start (ports $SSHD_PORT, $ALKNET_PORT taken?):" >&2
+        cat "$W/sshd.log" "$W/alknet.log" >&2
+        exit 1
+    fi
+done
+
+CONNECT="$ALKNET connect --fingerprint $FP 127.0.0.1:$ALKNET_PORT"
+common_opts() { # $1 = cipher
+    echo -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
+        -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o IdentityAgent=none \
+        -o LogLevel=ERROR -i "$W/user_key" -c "$1"
+}
+
+# CPU seconds (utime + stime + reaped children) of a pid
+cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
+
+# Runs "$@" timed; prints "wall_seconds cpu_seconds" where cpu is what $SERVER_PID spent
+# (or, when SERVER_CPU_FILE is set, the ticks a pipe server wrote there when it ended).
+SERVER_PID=
+SERVER_CPU_FILE=
+timed() {
+    local c0=0 t0 t1 c1
+    [ -n "$SERVER_PID" ] && c0=$(cpu_ticks "$SERVER_PID")
+    t0=$(date +%s.%N)
+    "$@" >/dev/null
+    t1=$(date +%s.%N)
+    if [ -n "$SERVER_CPU_FILE" ]; then
+        c1=$(cat "$SERVER_CPU_FILE")
+        c0=0
+    else
+        # sshd reaps its session processes a moment after the client is gone
+        sleep 0.3
+        c1=$(cpu_ticks "$SERVER_PID")
+    fi
+    awk -v a="$t0" -v b="$t1" -v c="$c0" -v d="$c1" -v t="$TCK" \
+        'BEGIN { printf "%.2f %.2f\n", b - a, (d - c) / t }'
+}
+
+report() { # label bytes_or_files unit wall cpu
+    awk -v l="$1" -v n="$2" -v u="$3" -v w="$4" -v c="$5" 'BEGIN {
+        if (u == "MB/s") r = n / w / 1e6; else r = n / w;
+        printf "  %-44s %7.2f s  %9.1f %-7s server CPU %6.2f s\n", l, w, r, u, c }'
+}
+
+# --- ssh: 1 GiB each way ---------------------------------------------------------------
+ssh_rounds() {
+    local cipher=$1
+    for r in $(seq "$ROUNDS"); do
+        for via in sshd alknet; do
+            local opts
+            if [ $via = sshd ]; then
+                opts="$(common_opts "$cipher") -p $SSHD_PORT"
+                SERVER_PID=$SSHD_PID
+            else
+                opts="$(common_opts "$cipher") -o ProxyCommand=$(printf %q "$CONNECT --alpn alknet/ssh")"
+                SERVER_PID=$ALKNET_PID
+            fi
+            read -r w c < <(timed sh -c "ssh $opts $USER_AT 'head -c $GIB /dev/zero' > /dev/null")
+            report "ssh download $SIZE  $via  ($cipher)" $GIB MB/s "$w" "$c"
+            read -r w c < <(timed sh -c "head -c $GIB /dev/zero | ssh $opts $USER_AT 'cat > /dev/null'")
+            report "ssh upload   $SIZE  $via  ($cipher)" $GIB MB/s "$w" "$c"
+        done
+    done
+}
+USER_AT="$(id -un)@127.0.0.1"
+
+# --- sftp -------------------------------------------------------------------------------
+# Server-side trees: sshd and the pipe see absolute paths under $W/srv; alknet sees each
+# identity's root as / (sftp/<identity>/ in its data directory), hard links to the same files.
+mkdir -p "$W/srv/small" "$W/local" "$W/alk/sftp/bench-ssh" "$W/alk/sftp/bench-sftp"
+head -c $GIB /dev/zero >"$W/srv/big"
+for i in $(seq "$SMALL_FILES"); do head -c 4096 /dev/urandom >"$W/srv/small/f$i"; done 2>/dev/null
+mkdir -p "$W/localsmall"
+cp -r "$W/srv/small/." "$W/localsmall/"
+head -c $GIB /dev/zero >"$W/localbig"
+for id in bench-ssh bench-sftp; do
+    ln "$W/srv/big" "$W/alk/sftp/$id/big"
+    cp -al "$W/srv/small" "$W/alk/sftp/$id/small"
+done
+
+# the plain-pipe server: sftp-server under a shell that writes its CPU ticks when it ends
+cat >"$W/pipe-server" <<EOF
+#!/bin/sh
+$SFTP_SERVER "\$@"
+awk '{print \$16 + \$17}' /proc/\$\$/stat > $W/pipe-cpu
+EOF
+chmod +x "$W/pipe-server"
+
+sftp_batch() { # $1 = remote prefix ("" for alknet roots); prints the batch for $OP
+    local p=$1
+    case $OP in
+    get) echo "get ${p}big $W/local/big" ;;
+    put) echo "put $W/localbig ${p}upbig" ;;
+    getsmall) echo "get -r ${p}small $W/local/small" ;;
+    putsmall) echo "put -r $W/localsmall ${p}upsmall" ;;
+    esac
+}
+
+sftp_run() { # $1 = way (a b c d), $2 = cipher; runs one $OP
+    local way=$1 cipher=$2
+    case $way in
+    a)
+        SERVER_PID=
+        SERVER_CPU_FILE=$W/pipe-cpu
+        rm -f "$W/pipe-cpu"
+        sftp_batch "$W/srv/" >"$W/batch"
+        timed sftp -q -b "$W/batch" -D "$W/pipe-server"
+        ;;
+    b)
+        SERVER_PID=$SSHD_PID
+        SERVER_CPU_FILE=
+        sftp_batch "$W/srv/" >"$W/batch"
+        # shellcheck disable=SC2046
+        timed sftp -q -b "$W/batch" $(common_opts "$cipher") -P "$SSHD_PORT" "$USER_AT"
+        ;;
+    c)
+        SERVER_PID=$ALKNET_PID
+        SERVER_CPU_FILE=
+        sftp_batch "" >"$W/batch"
+        timed sftp -q -b "$W/batch" -D "$CONNECT --alpn alknet/sftp --cert $W/client/cert.pem --key $W/client/key.pem"
+        ;;
+    d)
+        SERVER_PID=$ALKNET_PID
+        SERVER_CPU_FILE=
+        sftp_batch "" >"$W/batch"
+        # shellcheck disable=SC2046
+        timed sftp -q -b "$W/batch" $(common_opts "$cipher") -o "ProxyCommand=$CONNECT --alpn alknet/ssh" "$USER_AT"
+        ;;
+    esac
+}
+
+sftp_clean() { # removes what the last $OP left on either side
+    rm -rf "$W/local/big" "$W/local/small" "$W/srv/upbig" "$W/srv/upsmall" \
+        "$W"/alk/sftp/*/upbig "$W"/alk/sftp/*/upsmall
+}
+
+sftp_rounds() {
+    local cipher=$1
+    declare -A name=([a]="(a) sftp-server, plain pipe" [b]="(b) sshd + sftp-server"
+        [c]="(c) alknet/sftp" [d]="(d) alknet/ssh subsystem")
+    for OP in get put getsmall putsmall; do
+        for r in $(seq "$ROUNDS"); do
+            for way in a b c d; do
+                read -r w c < <(sftp_run $way "$cipher")
+                sftp_clean
+                case $OP in
+                get | put) report "sftp $OP $SIZE  ${name[$way]}" $GIB MB/s "$w" "$c" ;;
+                *) report "sftp $OP $SMALL_FILES x 4 KiB  ${name[$way]}" "$SMALL_FILES" files/s "$w" "$c" ;;
+                esac
+            done
+        done
+    done
+}
+
+echo "== $(date -u) $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+echo "== $(ssh -V 2>&1); alknet serve --workers 1 (one bridge thread); sshd $SSHD_PORT; rounds $ROUNDS"
+echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+for cipher in $CIPHERS; do
+    if [ "$ONLY" = all ] || [ "$ONLY" = ssh ]; then
+        echo "== ssh, $cipher"
+        ssh_rounds "$cipher"
+    fi
+    if [ "$ONLY" = all ] || [ "$ONLY" = sftp ]; then
+        echo "== sftp, $cipher ((a) and (c) carry no SSH cipher)"
+        sftp_rounds "$cipher"
+    fi
+done
+echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
