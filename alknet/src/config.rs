@@ -267,10 +267,9 @@ max_handles = 256
 # Largest SFTP packet accepted (bigger ones end the session), and the largest read served.
 max_packet = 262144
 max_read = 261120
-# Requests served at once per session, and request/reply bytes held per session; a
-# request past either is answered SSH_FX_FAILURE with a message naming the limit.
+# Requests served at once per session, and request/reply bytes held per session.
 max_outstanding = 128
-max_bytes_in_flight = 33554432
+max_bytes_in_flight = 16777216
 # SFTP sessions (QUIC streams) open at once per alknet/sftp connection.
 max_sessions_per_connection = 16
 

@@ -23,18 +23,14 @@ pub const DEFAULT_MAX_PACKET: u32 = 256 * 1024;
 /// `DATA` header inside `max_packet`.
 pub const DEFAULT_MAX_READ: u32 = 255 * 1024;
 
-/// Requests of one session being served at once; a request beyond it is answered with
-/// `SSH_FX_FAILURE` ("too many requests in flight"). OpenSSH's client keeps up to 64 in
-/// flight (`-R`, default 64).
+/// Requests of one session being served at once; more wait in the stream (the session
+/// stops reading). OpenSSH's client keeps up to 64 in flight (`-R`).
 pub const DEFAULT_MAX_OUTSTANDING: usize = 128;
 
 /// Bytes of request and reply payload (write data taken, read data being answered) one
-/// session holds at once; a request that would go past it is answered with
-/// `SSH_FX_FAILURE` ("too many bytes in flight"). Bounds memory per session: about this
-/// plus one packet. OpenSSH's client, told by `limits@openssh.com` that it may read and
-/// write [`DEFAULT_MAX_READ`] at once, keeps 64 such requests (16 MiB) in flight; twice
-/// that leaves room for `-R 128`.
-pub const DEFAULT_MAX_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
+/// session holds at once; past it the session stops reading requests until replies
+/// drain. Bounds memory per session: about this plus one packet.
+pub const DEFAULT_MAX_BYTES_IN_FLIGHT: usize = 16 * 1024 * 1024;
 
 /// SFTP sessions (= QUIC streams) open at once on one `alknet/sftp` connection; more
 /// are reset. The QUIC stream limit applies too.

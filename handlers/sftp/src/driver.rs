@@ -7,10 +7,8 @@
 //! requests in flight) busy.
 //!
 //! Memory per session is bounded: the frame decoder holds at most one packet beyond what
-//! was read, and a request that would go past `max_outstanding` requests or
-//! `max_bytes_in_flight` bytes of request and reply data in flight is answered at once with
-//! `SSH_FX_FAILURE` and a message naming the limit (a client that pipelines deeper than
-//! the server allows learns why, instead of stalling).
+//! was read, and reading stops while `max_outstanding` requests or `max_bytes_in_flight`
+//! bytes of request and reply data are in flight.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -99,29 +97,6 @@ fn cost(frame: &Bytes, max_read: u32) -> usize {
         return max_read as usize;
     }
     frame.len() + 64
-}
-
-/// Why a request that would hold `cost` bytes cannot be taken now, if it cannot: the
-/// message of the `SSH_FX_FAILURE` it is answered with.
-fn over_limit(
-    config: &SftpConfig,
-    outstanding: usize,
-    in_flight: usize,
-    cost: usize,
-) -> Option<String> {
-    if outstanding >= config.max_outstanding {
-        return Some(format!(
-            "too many requests in flight: the limit is {} (sftp.max_outstanding)",
-            config.max_outstanding
-        ));
-    }
-    if in_flight.saturating_add(cost) > config.max_bytes_in_flight {
-        return Some(format!(
-            "too many bytes in flight: the limit is {} (sftp.max_bytes_in_flight)",
-            config.max_bytes_in_flight
-        ));
-    }
-    None
 }
 
 type Running = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -242,19 +217,15 @@ where
         })
     };
     loop {
-        // take every buffered request; those past a limit are refused at once
-        while let Some(frame) = decoder.next_packet()? {
+        // take buffered requests while the limits allow
+        while outstanding < config.max_outstanding && in_flight < config.max_bytes_in_flight {
+            let Some(frame) = decoder.next_packet()? else {
+                break;
+            };
             let c = cost(&frame, config.max_read);
             match decode_request(frame) {
                 Decoded::Reply(reply) => writer.write_all(&reply).await?,
                 Decoded::Request(packet) => {
-                    if let Some(why) = over_limit(&config, outstanding, in_flight, c) {
-                        let id = packet.get_request_id();
-                        tracing::debug!("sftp: request {id} refused: {why}");
-                        let status = Packet::status(id, StatusCode::Failure, &why, "en");
-                        writer.write_all(&encode(status)).await?;
-                        continue;
-                    }
                     outstanding += 1;
                     in_flight += c;
                     let plan = server.plan(&packet);
@@ -275,9 +246,8 @@ where
         if eof && outstanding == 0 {
             break;
         }
-        // reading never waits for the limits: memory stays bounded because every
-        // request read is either taken (within them) or answered at once
-        let may_read = !eof;
+        let may_read =
+            !eof && outstanding < config.max_outstanding && in_flight < config.max_bytes_in_flight;
         tokio::select! {
             biased;
             Some(done) = running.next(), if !running.is_empty() => {
