@@ -125,7 +125,7 @@ fn have_commits_near(
     let mut new_queued = 0usize;
     let mut info: HashMap<ObjectId, (i64, Vec<ObjectId>)> = HashMap::new();
     let time_of = |info: &mut HashMap<ObjectId, (i64, Vec<ObjectId>)>,
-                       id: &ObjectId|
+                   id: &ObjectId|
      -> Result<i64, String> {
         if let Some((t, _)) = info.get(id) {
             return Ok(*t);
@@ -403,14 +403,20 @@ pub fn objects_to_send(
     }
     let with_paths = !old_at_path.is_empty();
     for (_, tree) in &commits {
-        walk_tree(db, *tree, &mut seen, with_paths, &mut |id, path, is_tree| {
-            out.push(id);
-            if let Some((base, base_is_tree)) = old_at_path.get(path) {
-                if *base_is_tree == is_tree {
-                    selection.delta_bases.insert(id, *base);
+        walk_tree(
+            db,
+            *tree,
+            &mut seen,
+            with_paths,
+            &mut |id, path, is_tree| {
+                out.push(id);
+                if let Some((base, base_is_tree)) = old_at_path.get(path) {
+                    if *base_is_tree == is_tree {
+                        selection.delta_bases.insert(id, *base);
+                    }
                 }
-            }
-        })?;
+            },
+        )?;
     }
     for id in loose_ends {
         let (kind, _) = need(db, &id)?;
@@ -587,6 +593,6 @@ impl ThinEntries<'_> {
             &gix::objs::Data::new(data, kind, gix::hash::Kind::Sha1),
             compression,
         )
-            .map_err(|e| format!("compressing {id}: {e}"))
+        .map_err(|e| format!("compressing {id}: {e}"))
     }
 }

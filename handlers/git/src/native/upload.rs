@@ -16,8 +16,8 @@ use std::sync::atomic::AtomicBool;
 use gix::hash::ObjectId;
 
 use super::objects::{self, Db};
-use super::shallow::{DeepenRequest, ShallowPlan};
 use super::pkt::{self, Pkt, PktError, PktReader, SideBand};
+use super::shallow::{DeepenRequest, ShallowPlan};
 use super::{agent, parse_oid, NativeLimits};
 
 /// A reference as advertised.
@@ -178,7 +178,9 @@ impl FetchRequest {
         } else {
             return Ok(false);
         }
-        if self.deepen.depth.is_some() && (self.deepen.since.is_some() || !self.deepen.not.is_empty()) {
+        if self.deepen.depth.is_some()
+            && (self.deepen.since.is_some() || !self.deepen.not.is_empty())
+        {
             return Err("deepen and deepen-since (or deepen-not) cannot be used together".into());
         }
         Ok(true)
