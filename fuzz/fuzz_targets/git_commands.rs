@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
             max_negotiation_lines: 64,
             max_object_bytes: 1 << 20,
             max_check_objects: 1024,
+            ..NativeLimits::default()
         },
     };
     let mut output = Vec::new();

@@ -115,27 +115,54 @@ fn clone_and_fetch_over_v2_and_v0(backend: &str) {
             git_ok(&src, &["rev-parse", "v1"])
         );
     }
-    // shallow clone: served by git upload-pack's shallow/deepen; the gix backend does
-    // not offer it (yet), and says so
-    let shallow = tmp.path().join("shallow");
-    let shallow_args = [
-        "clone",
-        "--quiet",
-        "--depth",
-        "1",
-        &srv.url("app.git"),
-        s(&shallow),
-    ];
-    if backend == "git" {
-        srv.git_ok(tmp.path(), Some(READER_TOKEN), &shallow_args);
+    // shallow clone (v2 and v0), then deepened by one commit
+    for version in ["2", "0"] {
+        let shallow = tmp.path().join(format!("shallow-v{version}"));
+        srv.git_ok(
+            tmp.path(),
+            Some(READER_TOKEN),
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "clone",
+                "--quiet",
+                "--depth",
+                "1",
+                &srv.url("app.git"),
+                s(&shallow),
+            ],
+        );
         assert_eq!(
             git_ok(&shallow, &["rev-list", "--count", "HEAD"]).trim(),
             "1"
         );
+        assert_eq!(
+            std::fs::read_to_string(shallow.join(".git/shallow")).expect("shallow file"),
+            git_ok(&src, &["rev-parse", "main"])
+        );
         git_ok(&shallow, &["fsck", "--full"]);
-    } else {
-        let err = srv.git_err(tmp.path(), Some(READER_TOKEN), &shallow_args);
-        assert!(err.contains("does not support shallow"), "{err}");
+        srv.git_ok(
+            &shallow,
+            Some(READER_TOKEN),
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "fetch",
+                "--quiet",
+                "--deepen",
+                "1",
+            ],
+        );
+        assert_eq!(
+            git_ok(&shallow, &["rev-list", "--count", "HEAD"]).trim(),
+            "2",
+            "v{version}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(shallow.join(".git/shallow")).expect("shallow file"),
+            git_ok(&src, &["rev-parse", "main~1"])
+        );
+        git_ok(&shallow, &["fsck", "--full"]);
     }
 
     // the version really differs on the wire

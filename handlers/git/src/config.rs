@@ -72,6 +72,10 @@ pub struct GitConfig {
     pub max_object_bytes: usize,
     /// gix backend: objects walked to check a push's connectivity and fast-forwards.
     pub max_check_objects: usize,
+    /// gix backend: memory for decoded delta bases per command, bytes.
+    pub delta_base_cache_bytes: usize,
+    /// gix backend: largest object deltified anew for a thin pack, bytes.
+    pub max_delta_bytes: usize,
 }
 
 impl Default for GitConfig {
@@ -92,6 +96,8 @@ impl Default for GitConfig {
             max_negotiation_lines: crate::native::MAX_NEGOTIATION_LINES,
             max_object_bytes: crate::native::MAX_OBJECT_BYTES,
             max_check_objects: crate::native::MAX_CHECK_OBJECTS,
+            delta_base_cache_bytes: crate::native::DELTA_BASE_CACHE_BYTES,
+            max_delta_bytes: crate::native::MAX_DELTA_BYTES,
         }
     }
 }
@@ -157,6 +163,8 @@ impl GitConfig {
             max_negotiation_lines: self.max_negotiation_lines,
             max_object_bytes: self.max_object_bytes,
             max_check_objects: self.max_check_objects,
+            delta_base_cache_bytes: self.delta_base_cache_bytes,
+            max_delta_bytes: self.max_delta_bytes,
         }
     }
 

@@ -8,11 +8,15 @@
 //! * [`upload`]: clone and fetch, protocol v2 and v0.
 //! * [`receive`]: push, protocol v0, quarantine and compare-and-swap ref updates.
 //! * [`objects`]: which objects a fetch sends, and the pack writer.
+//! * [`delta`]: git's delta encoding, for new deltas in thin packs.
+//! * [`shallow`]: the boundary of shallow clones and fetches.
 
 pub mod bridge;
+pub mod delta;
 pub mod objects;
 pub mod pkt;
 pub mod receive;
+pub mod shallow;
 pub mod upload;
 
 use gix::hash::ObjectId;
@@ -27,12 +31,24 @@ pub const MAX_OBJECT_BYTES: usize = 1 << 30;
 /// Objects walked when checking a push's connectivity or fast-forward.
 pub const MAX_CHECK_OBJECTS: usize = 10_000_000;
 
+/// Memory for decoded delta bases while one command reads objects (a fetch walks trees
+/// stored as delta chains), bytes; git's `core.deltaBaseCacheLimit` is 96 MiB. 0 turns the
+/// cache off.
+pub const DELTA_BASE_CACHE_BYTES: usize = 32 << 20;
+
+/// Objects larger than this (bytes) are not deltified anew for a thin pack (the encoder's
+/// index and time grow with the base); their stored deltas are still reused. git's
+/// `core.bigFileThreshold` (512 MiB) plays the same role there.
+pub const MAX_DELTA_BYTES: usize = 16 << 20;
+
 /// The limits of the gix backend, from `[git]`.
 #[derive(Debug, Clone)]
 pub struct NativeLimits {
     pub max_negotiation_lines: usize,
     pub max_object_bytes: usize,
     pub max_check_objects: usize,
+    pub delta_base_cache_bytes: usize,
+    pub max_delta_bytes: usize,
 }
 
 impl Default for NativeLimits {
@@ -41,6 +57,8 @@ impl Default for NativeLimits {
             max_negotiation_lines: MAX_NEGOTIATION_LINES,
             max_object_bytes: MAX_OBJECT_BYTES,
             max_check_objects: MAX_CHECK_OBJECTS,
+            delta_base_cache_bytes: DELTA_BASE_CACHE_BYTES,
+            max_delta_bytes: MAX_DELTA_BYTES,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What a fetch sends, and how the pack is written: the object graph walked over gix's
 //! object database, packs built with `gix-pack` reusing the deltas already stored.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -10,13 +10,19 @@ use gix::hash::{oid, ObjectId};
 use gix::objs::{CommitRefIter, Find, Kind, TagRefIter, TreeRefIter};
 use gix_pack::data::output;
 
+use super::shallow::{DeepenRequest, ShallowPlan};
+
 /// The object database handle the backend works with: shareable across threads, as the
 /// pack entry generator wants.
 pub type Db = gix::odb::Cache<gix::odb::store::Handle<Arc<gix::odb::Store>>>;
 
 /// Opens `dir` (a bare repository) without reading anything but its own configuration
-/// (no environment, no user or system config).
-pub fn open(dir: &std::path::Path) -> Result<(gix::Repository, Db), String> {
+/// (no environment, no user or system config), with `delta_base_cache_bytes` for decoded
+/// delta bases (without it, every object read decodes its whole delta chain again).
+pub fn open(
+    dir: &std::path::Path,
+    delta_base_cache_bytes: usize,
+) -> Result<(gix::Repository, Db), String> {
     let repo = gix::open_opts(dir, gix::open::Options::isolated())
         .map_err(|e| format!("cannot open the repository: {e}"))?;
     let mut db = repo
@@ -27,6 +33,13 @@ pub fn open(dir: &std::path::Path) -> Result<(gix::Repository, Db), String> {
         .map_err(|e| format!("cannot open the object database: {e}"))?;
     // pack entries are copied by location: the packs must stay mapped meanwhile
     db.prevent_pack_unload();
+    if delta_base_cache_bytes > 0 {
+        db.set_pack_cache(move || {
+            Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(
+                delta_base_cache_bytes,
+            ))
+        });
+    }
     Ok((repo, db))
 }
 
@@ -77,42 +90,138 @@ pub fn peel(db: &dyn Find, id: ObjectId) -> Result<(ObjectId, Kind), String> {
     Err(format!("tag chain at {id} is too long"))
 }
 
-/// Every commit reachable from `tips` (tags peeled; other kinds skipped).
-fn reachable_commits(db: &dyn Find, tips: &[ObjectId]) -> Result<HashSet<ObjectId>, String> {
-    let mut seen = HashSet::new();
-    let mut queue: VecDeque<ObjectId> = VecDeque::new();
-    for tip in tips {
-        if let Ok((id, Kind::Commit)) = peel(db, *tip) {
-            queue.push_back(id);
-        }
-    }
-    while let Some(id) = queue.pop_front() {
-        if !seen.insert(id) {
-            continue;
-        }
-        let (_, data) = need(db, &id)?;
-        let (_, parents) = commit_links(&data)?;
-        queue.extend(parents.into_iter().filter(|p| !seen.contains(p)));
-    }
-    Ok(seen)
+/// A commit's committer time and parents.
+fn commit_time_and_parents(db: &dyn Find, id: &ObjectId) -> Result<(i64, Vec<ObjectId>), String> {
+    let (_, data) = need(db, id)?;
+    let (_, parents) = commit_links(&data)?;
+    let time = CommitRefIter::from_bytes(&data, gix::hash::Kind::Sha1)
+        .committer()
+        .map(|c| c.seconds())
+        .unwrap_or(0);
+    Ok((time, parents))
 }
 
-/// Marks `tree` and everything below it in `seen`; with `out`, also lists what was not
-/// seen before (trees before their contents).
+/// Commits popped after every queued one is known to the client, against clock skew
+/// (git's `limit_list` uses the same slop).
+const WALK_SLOP: usize = 5;
+
+/// The commits the client holds among those the wants reach: a walk of `wants` and
+/// `common` together, newest first, marking what `common` reaches, that stops as soon as
+/// nothing queued is new to the client (so a fetch costs what it sends, not the
+/// repository's history). Not looking behind `parentless` (a shallow client's
+/// boundary). A commit reachable from both that a skewed clock hides is taken as new:
+/// sent again, never missing.
+fn have_commits_near(
+    db: &dyn Find,
+    wants: &[ObjectId],
+    common: &[ObjectId],
+    parentless: &HashSet<ObjectId>,
+) -> Result<HashSet<ObjectId>, String> {
+    use std::collections::BinaryHeap;
+    /// known to the client, queued
+    type State = (bool, bool);
+    let mut state: HashMap<ObjectId, State> = HashMap::new();
+    let mut heap: BinaryHeap<(i64, ObjectId)> = BinaryHeap::new();
+    let mut new_queued = 0usize;
+    let mut info: HashMap<ObjectId, (i64, Vec<ObjectId>)> = HashMap::new();
+    let time_of = |info: &mut HashMap<ObjectId, (i64, Vec<ObjectId>)>,
+                   id: &ObjectId|
+     -> Result<i64, String> {
+        if let Some((t, _)) = info.get(id) {
+            return Ok(*t);
+        }
+        let ti = commit_time_and_parents(db, id)?;
+        let t = ti.0;
+        info.insert(*id, ti);
+        Ok(t)
+    };
+    for tip in common {
+        if let Ok((id, Kind::Commit)) = peel(db, *tip) {
+            if state.insert(id, (true, true)).is_none() {
+                heap.push((time_of(&mut info, &id)?, id));
+            }
+        }
+    }
+    if state.is_empty() {
+        return Ok(HashSet::new());
+    }
+    for id in wants {
+        if let std::collections::hash_map::Entry::Vacant(e) = state.entry(*id) {
+            e.insert((false, true));
+            new_queued += 1;
+            heap.push((time_of(&mut info, id)?, *id));
+        }
+    }
+    let mut slop = WALK_SLOP;
+    while let Some((_, id)) = heap.pop() {
+        if new_queued == 0 {
+            if slop == 0 {
+                break;
+            }
+            slop -= 1;
+        }
+        let Some(entry) = state.get_mut(&id) else {
+            continue;
+        };
+        if !entry.1 {
+            continue; // a stale duplicate
+        }
+        entry.1 = false;
+        let known = entry.0;
+        if !known {
+            new_queued -= 1;
+        }
+        if known && parentless.contains(&id) {
+            continue;
+        }
+        time_of(&mut info, &id)?;
+        let parents = info.get(&id).map(|(_, p)| p.clone()).unwrap_or_default();
+        for p in parents {
+            match state.get_mut(&p) {
+                None => {
+                    state.insert(p, (known, true));
+                    if !known {
+                        new_queued += 1;
+                    }
+                    heap.push((time_of(&mut info, &p)?, p));
+                }
+                Some(s) if known && !s.0 => {
+                    s.0 = true;
+                    if s.1 {
+                        new_queued -= 1;
+                    } else {
+                        // walked as new already: carry the mark to its parents too
+                        s.1 = true;
+                        heap.push((time_of(&mut info, &p)?, p));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(state
+        .into_iter()
+        .filter(|(_, (known, _))| *known)
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// Marks `tree` and everything below it in `seen`, calling `visit(id, path, is_tree)`
+/// for each object not seen before (trees before their contents; the root's path is
+/// empty). Paths are only built with `with_paths` (otherwise `visit` gets an empty one).
 fn walk_tree(
     db: &dyn Find,
     tree: ObjectId,
     seen: &mut HashSet<ObjectId>,
-    mut out: Option<&mut Vec<ObjectId>>,
+    with_paths: bool,
+    visit: &mut dyn FnMut(ObjectId, &[u8], bool),
 ) -> Result<(), String> {
     if !seen.insert(tree) {
         return Ok(());
     }
-    let mut stack = vec![tree];
-    if let Some(out) = out.as_deref_mut() {
-        out.push(tree);
-    }
-    while let Some(id) = stack.pop() {
+    visit(tree, b"", true);
+    let mut stack = vec![(tree, Vec::new())];
+    while let Some((id, dir)) = stack.pop() {
         let (_, data) = need(db, &id)?;
         for entry in TreeRefIter::from_bytes(&data, gix::hash::Kind::Sha1) {
             let entry = entry.map_err(|e| format!("bad tree {id}: {e}"))?;
@@ -124,29 +233,78 @@ fn walk_tree(
             if !seen.insert(child) {
                 continue;
             }
-            if let Some(out) = out.as_deref_mut() {
-                out.push(child);
-            }
-            if entry.mode.is_tree() {
-                stack.push(child);
+            let path = if with_paths {
+                let mut p = Vec::with_capacity(dir.len() + 1 + entry.filename.len());
+                p.extend_from_slice(&dir);
+                if !dir.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(entry.filename);
+                p
+            } else {
+                Vec::new()
+            };
+            let is_tree = entry.mode.is_tree();
+            visit(child, &path, is_tree);
+            if is_tree {
+                stack.push((child, path));
             }
         }
     }
     Ok(())
 }
 
+/// The shallow boundary for `wants` alone (protocol v0 draws it before the haves are
+/// known); at most `limit` commits walked.
+pub fn draw_shallow(
+    db: &dyn Find,
+    wants: &[ObjectId],
+    deepen: &DeepenRequest,
+    limit: usize,
+) -> Result<ShallowPlan, String> {
+    let want_commits: Vec<ObjectId> = wants
+        .iter()
+        .filter_map(|w| match peel(db, *w) {
+            Ok((id, Kind::Commit)) => Some(id),
+            _ => None,
+        })
+        .collect();
+    super::shallow::plan(db, &want_commits, &HashSet::new(), deepen, limit)
+}
+
+/// What a fetch sends: the objects, and for a thin pack what the client is known to hold.
+#[derive(Debug, Default)]
+pub struct Selection {
+    /// Objects to send, commits first, then trees before their contents.
+    pub ids: Vec<ObjectId>,
+    /// Objects the client holds (the trees, blobs and commits of its boundary commits):
+    /// the only bases a thin pack may refer to. Empty unless a thin pack was asked for.
+    pub client_has: HashSet<ObjectId>,
+    /// For a sent tree or blob, the object at the same path in a boundary commit (same
+    /// kind, held by the client): the base to compute a new delta against.
+    pub delta_bases: HashMap<ObjectId, ObjectId>,
+    /// The shallow boundary (empty unless the fetch is shallow).
+    pub shallow: ShallowPlan,
+}
+
 /// What to send a client that wants `wants` and has `common` (objects both sides have):
 /// the commits reachable from the wants but not from `common`, their trees and blobs
 /// except those the client's commits at the boundary already hold, and the wanted tags.
 /// With `include_tags`, annotated tags (from `tags`: tag object ids) pointing at a sent
-/// object come along.
+/// object come along. With `thin`, also what a thin pack may use as delta bases. A
+/// shallow `deepen` request (commits walked: at most `limit`) cuts the history sent,
+/// along `plan` if it was drawn already.
 pub fn objects_to_send(
     db: &dyn Find,
     wants: &[ObjectId],
     common: &[ObjectId],
     tags: &[ObjectId],
-) -> Result<Vec<ObjectId>, String> {
-    let have_commits = reachable_commits(db, common)?;
+    thin: bool,
+    deepen: &DeepenRequest,
+    plan: Option<ShallowPlan>,
+    limit: usize,
+) -> Result<Selection, String> {
+    let client_shallow: HashSet<ObjectId> = deepen.client_shallow.iter().copied().collect();
     let mut out = Vec::new();
     let mut seen: HashSet<ObjectId> = HashSet::new();
     // wanted tags and non-commits; commits to walk
@@ -174,10 +332,33 @@ pub fn objects_to_send(
             }
         }
     }
+    let want_commits: Vec<ObjectId> = queue.iter().copied().collect();
+    let have_commits = have_commits_near(db, &want_commits, common, &client_shallow)?;
+    let shallow = if let Some(plan) = plan {
+        plan
+    } else if deepen.is_shallow() {
+        super::shallow::plan(db, &want_commits, &have_commits, deepen, limit)?
+    } else {
+        ShallowPlan::default()
+    };
     // the commits to send, newest first
     let mut commits = Vec::new();
     let mut queued: HashSet<ObjectId> = queue.iter().copied().collect();
-    let mut boundary = HashSet::new();
+    let mut boundary = Vec::new();
+    let mut in_boundary = HashSet::new();
+    // the client's shallow commits deepened now: it has them (and their trees), not
+    // their parents
+    for id in &shallow.unshallow {
+        if in_boundary.insert(*id) {
+            boundary.push(*id);
+        }
+        let (_, data) = need(db, id)?;
+        for p in commit_links(&data)?.1 {
+            if !have_commits.contains(&p) && queued.insert(p) {
+                queue.push_back(p);
+            }
+        }
+    }
     while let Some(id) = queue.pop_front() {
         if have_commits.contains(&id) {
             continue;
@@ -185,31 +366,62 @@ pub fn objects_to_send(
         let (_, data) = need(db, &id)?;
         let (tree, parents) = commit_links(&data)?;
         commits.push((id, tree));
+        if shallow.cut.contains(&id) {
+            continue;
+        }
         for p in parents {
             if have_commits.contains(&p) {
-                boundary.insert(p);
+                if in_boundary.insert(p) {
+                    boundary.push(p);
+                }
             } else if queued.insert(p) {
                 queue.push_back(p);
             }
         }
     }
-    // what the client's boundary commits hold is not sent again
+    // what the client's boundary commits hold is not sent again; by path, it is what
+    // new trees and blobs are deltified against (the first boundary commit's, as git's
+    // pack-objects prefers the same path)
+    let mut old_at_path: HashMap<Vec<u8>, (ObjectId, bool)> = HashMap::new();
     for id in &boundary {
         let (_, data) = need(db, id)?;
         let (tree, _) = commit_links(&data)?;
-        walk_tree(db, tree, &mut seen, None)?;
+        walk_tree(db, tree, &mut seen, thin, &mut |id, path, is_tree| {
+            if thin {
+                old_at_path.entry(path.to_vec()).or_insert((id, is_tree));
+            }
+        })?;
+    }
+    let mut selection = Selection::default();
+    if thin {
+        selection.client_has = seen.clone();
+        selection.client_has.extend(boundary.iter().copied());
     }
     for (id, _) in &commits {
         seen.insert(*id);
         out.push(*id);
     }
+    let with_paths = !old_at_path.is_empty();
     for (_, tree) in &commits {
-        walk_tree(db, *tree, &mut seen, Some(&mut out))?;
+        walk_tree(
+            db,
+            *tree,
+            &mut seen,
+            with_paths,
+            &mut |id, path, is_tree| {
+                out.push(id);
+                if let Some((base, base_is_tree)) = old_at_path.get(path) {
+                    if *base_is_tree == is_tree {
+                        selection.delta_bases.insert(id, *base);
+                    }
+                }
+            },
+        )?;
     }
     for id in loose_ends {
         let (kind, _) = need(db, &id)?;
         if kind == Kind::Tree {
-            walk_tree(db, id, &mut seen, Some(&mut out))?;
+            walk_tree(db, id, &mut seen, false, &mut |id, _, _| out.push(id))?;
         } else if seen.insert(id) {
             out.push(id);
         }
@@ -225,18 +437,31 @@ pub fn objects_to_send(
             out.push(*tag);
         }
     }
-    Ok(out)
+    selection.ids = out;
+    selection.shallow = shallow;
+    Ok(selection)
 }
 
-/// Writes a pack of `ids` to `out`: deltas already stored in the repository's packs are
-/// copied as they are (never against a base the pack does not hold, so the pack is
-/// complete), every other object goes whole. Returns the objects written.
+/// Writes a pack of `selection` to `out`: deltas already stored in the repository's
+/// packs are copied as they are; with `thin`, a stored delta may keep a base the pack
+/// does not hold if the client has it (else that object goes whole), and a tree or blob
+/// with a base in `selection.delta_bases` goes as a delta computed here
+/// ([`super::delta`]) when that is smaller (objects up to `max_delta_bytes`). Without `thin` the pack is complete.
+/// Returns the objects written.
 pub fn write_pack(
     db: &Db,
-    ids: Vec<ObjectId>,
+    selection: Selection,
+    thin: bool,
+    max_delta_bytes: usize,
     out: &mut dyn Write,
     interrupt: &AtomicBool,
 ) -> Result<usize, String> {
+    let Selection {
+        ids,
+        client_has,
+        delta_bases,
+        shallow: _,
+    } = selection;
     let mut input = ids.into_iter().map(Ok);
     let (counts, _) = output::count::objects_unthreaded(
         db,
@@ -247,6 +472,7 @@ pub fn write_pack(
     )
     .map_err(|e| format!("counting objects: {e}"))?;
     let num_entries = counts.len();
+    let compression = output::entry::iter_from_counts::Options::default().compression;
     let entries = output::entry::iter_from_counts(
         counts,
         db.clone(),
@@ -254,14 +480,38 @@ pub fn write_pack(
         output::entry::iter_from_counts::Options {
             thread_limit: Some(1),
             mode: output::entry::iter_from_counts::Mode::PackCopyAndBaseObjects,
-            allow_thin_pack: false,
+            allow_thin_pack: thin,
             chunk_size: 64,
             version: gix_pack::data::Version::V2,
-            compression: Default::default(),
+            compression,
         },
     )
     .map_err(|e| format!("preparing the pack: {e}"))?;
-    let entries = gix::parallel::InOrderIter::from(entries);
+    let mut failure: Option<String> = None;
+    let mut thinned = ThinEntries {
+        db,
+        client_has: &client_has,
+        delta_bases: &delta_bases,
+        compression,
+        max_delta_bytes,
+    };
+    // after a failure the pack ends short (the client's index-pack refuses it) and the
+    // error is reported
+    let entries = gix::parallel::InOrderIter::from(entries).map_while(|chunk| {
+        if failure.is_some() {
+            return None;
+        }
+        Some(chunk.map(|mut entries| {
+            if thin {
+                for entry in &mut entries {
+                    if let Err(e) = thinned.rework(entry) {
+                        failure = Some(e);
+                    }
+                }
+            }
+            entries
+        }))
+    });
     let n = u32::try_from(num_entries).map_err(|_| "too many objects for one pack".to_string())?;
     let mut bytes = output::bytes::FromEntriesIter::new(
         entries,
@@ -273,5 +523,76 @@ pub fn write_pack(
     for written in &mut bytes {
         written.map_err(|e| format!("writing the pack: {e}"))?;
     }
+    drop(bytes);
+    if let Some(e) = failure {
+        return Err(e);
+    }
     Ok(num_entries)
+}
+
+/// Turns pack entries into a thin pack's: deltas only against what the client has, new
+/// deltas where a base is known.
+struct ThinEntries<'a> {
+    db: &'a Db,
+    client_has: &'a HashSet<ObjectId>,
+    delta_bases: &'a HashMap<ObjectId, ObjectId>,
+    compression: gix::zlib::Compression,
+    max_delta_bytes: usize,
+}
+
+impl ThinEntries<'_> {
+    fn rework(&mut self, entry: &mut output::Entry) -> Result<(), String> {
+        use output::entry::Kind as EntryKind;
+        if entry.is_invalid() {
+            return Ok(());
+        }
+        if let EntryKind::DeltaOid { id: base } = entry.kind {
+            if self.client_has.contains(&base) {
+                return Ok(());
+            }
+            // a stored delta against an object the client may lack: send it whole
+            let (kind, data) = need(self.db, &entry.id)?;
+            *entry = Self::entry_of(entry.id, kind, &data, self.compression)?;
+        }
+        let (EntryKind::Base(Kind::Blob | Kind::Tree), Some(base)) =
+            (entry.kind, self.delta_bases.get(&entry.id))
+        else {
+            return Ok(());
+        };
+        if entry.decompressed_size > self.max_delta_bytes {
+            return Ok(());
+        }
+        let (_, base_data) = need(self.db, base)?;
+        if base_data.len() > self.max_delta_bytes {
+            return Ok(());
+        }
+        let (kind, data) = need(self.db, &entry.id)?;
+        if let Some(delta) = super::delta::encode(&base_data, &data, entry.compressed_data.len()) {
+            let mut delta_entry = Self::entry_of(entry.id, kind, &delta, self.compression)?;
+            if delta_entry.compressed_data.len() < entry.compressed_data.len() {
+                delta_entry.kind = EntryKind::DeltaOid { id: *base };
+                *entry = delta_entry;
+            }
+        }
+        Ok(())
+    }
+
+    /// A base entry holding `data` (compressed as the pack's other entries are).
+    fn entry_of(
+        id: ObjectId,
+        kind: Kind,
+        data: &[u8],
+        compression: gix::zlib::Compression,
+    ) -> Result<output::Entry, String> {
+        let count = output::Count {
+            id,
+            entry_pack_location: output::count::PackLocation::LookedUp(None),
+        };
+        output::Entry::from_data(
+            &count,
+            &gix::objs::Data::new(data, kind, gix::hash::Kind::Sha1),
+            compression,
+        )
+        .map_err(|e| format!("compressing {id}: {e}"))
+    }
 }

@@ -177,7 +177,7 @@ pub fn serve(
     options: &ReceiveOptions,
 ) -> Result<(), String> {
     let io = |e: std::io::Error| e.to_string();
-    let (repo, db) = match objects::open(dir) {
+    let (repo, db) = match objects::open(dir, limits.delta_base_cache_bytes) {
         Ok(r) => r,
         Err(e) => {
             let _ = pkt::write_text(output, &format!("ERR {e}"));

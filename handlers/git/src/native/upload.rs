@@ -5,8 +5,10 @@
 //! all wants and the haves the client wants considered; the server acknowledges those it
 //! has and says `ready` as soon as one is common, then sends the pack. v0 uses the plain
 //! (non-`multi_ack`) mode: `ACK` for the first common object, `NAK` on a flush before
-//! one is found, the pack after `done`. Shallow clones are not offered (`shallow`,
-//! `deepen` are not advertised, and refused if sent).
+//! one is found, the pack after `done`. Shallow requests (`shallow`, `deepen`,
+//! `deepen-relative`, `deepen-since`, `deepen-not`) are served by [`super::shallow`]:
+//! v2 says the boundary in a `shallow-info` section before the pack, v0 right after the
+//! wants (drawn from the wants alone, as git does).
 
 use std::io::{Read, Write};
 use std::sync::atomic::AtomicBool;
@@ -15,6 +17,7 @@ use gix::hash::ObjectId;
 
 use super::objects::{self, Db};
 use super::pkt::{self, Pkt, PktError, PktReader, SideBand};
+use super::shallow::{DeepenRequest, ShallowPlan};
 use super::{agent, parse_oid, NativeLimits};
 
 /// A reference as advertised.
@@ -106,6 +109,9 @@ struct FetchRequest {
     no_progress: bool,
     include_tag: bool,
     side_band: bool,
+    /// The client takes a thin pack (deltas against objects it has).
+    thin_pack: bool,
+    deepen: DeepenRequest,
 }
 
 impl FetchRequest {
@@ -122,6 +128,62 @@ impl FetchRequest {
         }
         list.push(id);
         Ok(())
+    }
+
+    /// Takes a shallow-related argument (`shallow`, `deepen`, `deepen-since`,
+    /// `deepen-not`, `deepen-relative`); `Ok(false)` if `arg` is none of them.
+    fn shallow_arg(
+        &mut self,
+        repo: &gix::Repository,
+        db: &Db,
+        arg: &[u8],
+        limits: &NativeLimits,
+    ) -> Result<bool, String> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        if let Some(hex) = arg.strip_prefix(b"shallow ") {
+            let id = parse_oid(hex).ok_or("bad shallow")?;
+            Self::push_bounded(&mut self.deepen.client_shallow, id, limits)?;
+        } else if let Some(n) = arg.strip_prefix(b"deepen ") {
+            let depth = text(n)
+                .parse::<u32>()
+                .ok()
+                .filter(|d| *d > 0)
+                .ok_or_else(|| format!("invalid deepen: {}", text(n)))?;
+            self.deepen.depth = Some(depth);
+        } else if let Some(t) = arg.strip_prefix(b"deepen-since ") {
+            let since = text(t)
+                .parse::<i64>()
+                .map_err(|_| format!("invalid deepen-since: {}", text(t)))?;
+            self.deepen.since = Some(since);
+        } else if let Some(name) = arg.strip_prefix(b"deepen-not ") {
+            let name = text(name);
+            let found = repo
+                .refs
+                .try_find(name.as_str())
+                .map_err(|e| format!("deepen-not {name}: {e}"))?;
+            let Some(gix::refs::Reference {
+                target: gix::refs::Target::Object(id),
+                ..
+            }) = found
+            else {
+                return Err(format!("deepen-not: {name} is not a reference"));
+            };
+            let (id, _) = objects::peel(db, id)?;
+            if self.deepen.not.len() >= limits.max_negotiation_lines {
+                return Err("too many deepen-not lines".into());
+            }
+            self.deepen.not.push(id);
+        } else if arg == b"deepen-relative" {
+            self.deepen.relative = true;
+        } else {
+            return Ok(false);
+        }
+        if self.deepen.depth.is_some()
+            && (self.deepen.since.is_some() || !self.deepen.not.is_empty())
+        {
+            return Err("deepen and deepen-since (or deepen-not) cannot be used together".into());
+        }
+        Ok(true)
     }
 }
 
@@ -141,33 +203,81 @@ fn check_wants(db: &Db, wants: &[ObjectId]) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes the pack for `request` through side-band (progress on band 2 unless asked
-/// not to).
-fn send_pack(
+/// What to send for `request` (tags for `include-tag` from `refs`; a shallow boundary
+/// already drawn in `plan`, else drawn here).
+fn select(
     db: &Db,
     refs: &[AdvertisedRef],
     request: &FetchRequest,
     common: &[ObjectId],
-    out: &mut dyn Write,
-    interrupt: &AtomicBool,
-) -> Result<(), String> {
+    plan: Option<ShallowPlan>,
+    limits: &NativeLimits,
+) -> Result<objects::Selection, String> {
     let tags = if request.include_tag {
         tag_objects(refs)
     } else {
         Vec::new()
     };
+    objects::objects_to_send(
+        db,
+        &request.wants,
+        common,
+        &tags,
+        request.thin_pack,
+        &request.deepen,
+        plan,
+        limits.max_check_objects,
+    )
+}
+
+/// v2's `shallow-info` section (for a shallow request), up to its delimiter.
+fn write_shallow_info(out: &mut dyn Write, plan: &ShallowPlan) -> std::io::Result<()> {
+    pkt::write_text(out, "shallow-info")?;
+    write_shallow_lines(out, plan)?;
+    pkt::write_delim(out)
+}
+
+/// `shallow X` for the new boundary, `unshallow X` for the client's deepened commits.
+fn write_shallow_lines(out: &mut dyn Write, plan: &ShallowPlan) -> std::io::Result<()> {
+    for id in &plan.shallow {
+        pkt::write_text(out, &format!("shallow {id}"))?;
+    }
+    for id in &plan.unshallow {
+        pkt::write_text(out, &format!("unshallow {id}"))?;
+    }
+    Ok(())
+}
+
+/// Writes the pack of `selection` through side-band (progress on band 2 unless asked
+/// not to).
+fn send_pack(
+    db: &Db,
+    request: &FetchRequest,
+    selection: objects::Selection,
+    out: &mut dyn Write,
+    interrupt: &AtomicBool,
+    limits: &NativeLimits,
+) -> Result<(), String> {
     let mut band = SideBand::new(out, request.no_progress);
-    let ids = match objects::objects_to_send(db, &request.wants, common, &tags) {
-        Ok(ids) => ids,
-        Err(e) => {
-            let _ = band.fatal(&format!("upload-pack: {e}"));
-            return Err(e);
-        }
-    };
     let io = |e: std::io::Error| e.to_string();
-    band.progress(&format!("Enumerating objects: {}, done.\n", ids.len()))
-        .map_err(io)?;
-    if let Err(e) = objects::write_pack(db, ids, &mut band, interrupt) {
+    band.progress(&format!(
+        "Enumerating objects: {}, done.\n",
+        selection.ids.len()
+    ))
+    .map_err(io)?;
+    // whole side-band packets, not one per pack entry header
+    let mut buffered = std::io::BufWriter::with_capacity(pkt::MAX_BAND_PAYLOAD, &mut band);
+    let written = objects::write_pack(
+        db,
+        selection,
+        request.thin_pack,
+        limits.max_delta_bytes,
+        &mut buffered,
+        interrupt,
+    )
+    .and_then(|_| buffered.flush().map_err(io));
+    drop(buffered);
+    if let Err(e) = written {
         let _ = band.fatal(&format!("upload-pack: {e}"));
         return Err(e);
     }
@@ -185,7 +295,7 @@ pub fn serve_v2(
     limits: &NativeLimits,
 ) -> Result<(), String> {
     let io = |e: std::io::Error| e.to_string();
-    let (repo, db) = match objects::open(dir) {
+    let (repo, db) = match objects::open(dir, limits.delta_base_cache_bytes) {
         Ok(r) => r,
         Err(e) => {
             let _ = pkt::write_text(output, &format!("ERR {e}"));
@@ -196,7 +306,7 @@ pub fn serve_v2(
         "version 2",
         &format!("agent={}", agent()),
         "ls-refs=unborn",
-        "fetch",
+        "fetch=shallow",
         "server-option",
         "object-format=sha1",
     ] {
@@ -255,11 +365,17 @@ pub fn serve_v2(
                         let id = parse_oid(hex).ok_or("bad have")?;
                         FetchRequest::push_bounded(&mut request.haves, id, limits)?;
                     } else {
+                        match request.shallow_arg(&repo, &db, arg, limits) {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(e) => return refuse(output, &e),
+                        }
                         match arg {
                             b"done" => request.done = true,
                             b"no-progress" => request.no_progress = true,
                             b"include-tag" => request.include_tag = true,
-                            b"thin-pack" | b"ofs-delta" | b"sideband-all" => {}
+                            b"thin-pack" => request.thin_pack = true,
+                            b"ofs-delta" | b"sideband-all" => {}
                             other => {
                                 let word = String::from_utf8_lossy(
                                     other.split(|b| *b == b' ').next().unwrap_or(other),
@@ -293,8 +409,15 @@ pub fn serve_v2(
                     pkt::write_text(output, "ready").map_err(io)?;
                     pkt::write_delim(output).map_err(io)?;
                 }
+                let selection = match select(&db, &refs, &request, &common, None, limits) {
+                    Ok(s) => s,
+                    Err(e) => return refuse(output, &format!("upload-pack: {e}")),
+                };
+                if request.deepen.is_shallow() {
+                    write_shallow_info(output, &selection.shallow).map_err(io)?;
+                }
                 pkt::write_text(output, "packfile").map_err(io)?;
-                send_pack(&db, &refs, &request, &common, output, interrupt)?;
+                send_pack(&db, &request, selection, output, interrupt, limits)?;
                 pkt::write_flush(output).map_err(io)?;
                 output.flush().map_err(io)?;
             }
@@ -376,7 +499,7 @@ pub fn serve_v0(
     limits: &NativeLimits,
 ) -> Result<(), String> {
     let io = |e: std::io::Error| e.to_string();
-    let (repo, db) = match objects::open(dir) {
+    let (repo, db) = match objects::open(dir, limits.delta_base_cache_bytes) {
         Ok(r) => r,
         Err(e) => return refuse(output, &e),
     };
@@ -385,7 +508,7 @@ pub fn serve_v0(
         pkt::write_text(output, "version 1").map_err(io)?;
     }
     let mut caps = format!(
-        "side-band-64k ofs-delta thin-pack no-progress include-tag agent={} object-format=sha1",
+        "side-band-64k ofs-delta thin-pack no-progress include-tag shallow deepen-since deepen-not deepen-relative agent={} object-format=sha1",
         agent()
     );
     if let Some(t) = &head_target {
@@ -421,6 +544,13 @@ pub fn serve_v0(
             Err(PktError::Eof) | Ok(Pkt::Flush) if request.wants.is_empty() => return Ok(()),
             Ok(Pkt::Flush) => break,
             Ok(Pkt::Data(line)) => {
+                if !line.starts_with(b"want ") {
+                    match request.shallow_arg(&repo, &db, line, limits) {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => return refuse(output, &e),
+                    }
+                }
                 let Some(rest) = line.strip_prefix(b"want ") else {
                     let word =
                         String::from_utf8_lossy(line.split(|b| *b == b' ').next().unwrap_or(line))
@@ -438,6 +568,8 @@ pub fn serve_v0(
                             b"side-band-64k" => request.side_band = true,
                             b"no-progress" => request.no_progress = true,
                             b"include-tag" => request.include_tag = true,
+                            b"thin-pack" => request.thin_pack = true,
+                            b"deepen-relative" => request.deepen.relative = true,
                             _ => {}
                         }
                     }
@@ -450,6 +582,24 @@ pub fn serve_v0(
     }
     if let Err(e) = check_wants(&db, &request.wants) {
         return refuse(output, &e);
+    }
+    // v0 draws the shallow boundary from the wants alone, before negotiating (as git
+    // does), and says it right away
+    let mut plan = None;
+    if request.deepen.is_shallow() {
+        let drawn = match objects::draw_shallow(
+            &db,
+            &request.wants,
+            &request.deepen,
+            limits.max_check_objects,
+        ) {
+            Ok(p) => p,
+            Err(e) => return refuse(output, &format!("upload-pack: {e}")),
+        };
+        write_shallow_lines(output, &drawn).map_err(io)?;
+        pkt::write_flush(output).map_err(io)?;
+        output.flush().map_err(io)?;
+        plan = Some(drawn);
     }
     // haves in flushed batches, until done
     let mut common: Vec<ObjectId> = Vec::new();
@@ -483,17 +633,19 @@ pub fn serve_v0(
     if common.is_empty() {
         pkt::write_text(output, "NAK").map_err(io)?;
     }
+    let selection = select(&db, &refs, &request, &common, plan, limits)?;
     if request.side_band {
-        send_pack(&db, &refs, &request, &common, output, interrupt)?;
+        send_pack(&db, &request, selection, output, interrupt, limits)?;
         pkt::write_flush(output).map_err(io)?;
     } else {
-        let tags = if request.include_tag {
-            tag_objects(&refs)
-        } else {
-            Vec::new()
-        };
-        let ids = objects::objects_to_send(&db, &request.wants, &common, &tags)?;
-        objects::write_pack(&db, ids, output, interrupt)?;
+        objects::write_pack(
+            &db,
+            selection,
+            request.thin_pack,
+            limits.max_delta_bytes,
+            output,
+            interrupt,
+        )?;
     }
     output.flush().map_err(io)?;
     Ok(())
