@@ -254,6 +254,9 @@ impl ConfigReloadHandle {
     }
 }
 
+/// Whether a reload (second) keeps a restart-only `[limits]` key of the running config.
+pub type KeepsLimit = fn(&Limits, &Limits) -> bool;
+
 /// A reloaded preferred address against the one served: `Ok` with the address to serve
 /// when they are the same socket (both unset, equal, or the same IP with port 0 = "the one
 /// bound at start"), `Err` when the sockets bound at start would have to change.
@@ -273,7 +276,7 @@ fn keep_bound(
 /// `[limits]` keys fixed at start (sockets, inboxes and the endpoint are sized by them),
 /// each with how to tell whether a reload keeps it.
 /// (`[quic] preferred_address_v4/v6` are fixed at start too: their sockets are bound then.)
-pub const RESTART_LIMITS: [(&str, fn(&Limits, &Limits) -> bool); 3] = [
+pub const RESTART_LIMITS: [(&str, KeepsLimit); 3] = [
     ("limits.max_udp_payload_size", |a, b| {
         a.max_udp_payload_size == b.max_udp_payload_size
     }),

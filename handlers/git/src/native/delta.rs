@@ -139,7 +139,7 @@ mod tests {
     /// A straightforward decoder of the same format, to check the encoder against.
     fn apply(base: &[u8], delta: &[u8]) -> Vec<u8> {
         let mut d = delta;
-        let mut read_varint = |d: &mut &[u8]| {
+        let read_varint = |d: &mut &[u8]| {
             let (mut n, mut shift) = (0usize, 0);
             loop {
                 let b = d[0];

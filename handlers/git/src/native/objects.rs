@@ -287,6 +287,18 @@ pub struct Selection {
     pub shallow: ShallowPlan,
 }
 
+/// What a client asked for, as [`objects_to_send`] takes it.
+pub struct SendAsk<'a> {
+    pub wants: &'a [ObjectId],
+    /// Objects both sides have.
+    pub common: &'a [ObjectId],
+    /// Tag object ids that may come along (`include-tag`).
+    pub tags: &'a [ObjectId],
+    /// `thin-pack`.
+    pub thin: bool,
+    pub deepen: &'a DeepenRequest,
+}
+
 /// What to send a client that wants `wants` and has `common` (objects both sides have):
 /// the commits reachable from the wants but not from `common`, their trees and blobs
 /// except those the client's commits at the boundary already hold, and the wanted tags.
@@ -296,14 +308,17 @@ pub struct Selection {
 /// along `plan` if it was drawn already.
 pub fn objects_to_send(
     db: &dyn Find,
-    wants: &[ObjectId],
-    common: &[ObjectId],
-    tags: &[ObjectId],
-    thin: bool,
-    deepen: &DeepenRequest,
+    ask: SendAsk<'_>,
     plan: Option<ShallowPlan>,
     limit: usize,
 ) -> Result<Selection, String> {
+    let SendAsk {
+        wants,
+        common,
+        tags,
+        thin,
+        deepen,
+    } = ask;
     let client_shallow: HashSet<ObjectId> = deepen.client_shallow.iter().copied().collect();
     let mut out = Vec::new();
     let mut seen: HashSet<ObjectId> = HashSet::new();

@@ -220,11 +220,13 @@ fn select(
     };
     objects::objects_to_send(
         db,
-        &request.wants,
-        common,
-        &tags,
-        request.thin_pack,
-        &request.deepen,
+        objects::SendAsk {
+            wants: &request.wants,
+            common,
+            tags: &tags,
+            thin: request.thin_pack,
+            deepen: &request.deepen,
+        },
         plan,
         limits.max_check_objects,
     )
