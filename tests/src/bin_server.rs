@@ -23,6 +23,9 @@ impl Drop for BinServer {
     }
 }
 
+/// Starts [`BinServer::launch`] makes when its port was taken meanwhile.
+const BIND_RETRIES: usize = 5;
+
 /// A UDP port that was free a moment ago.
 pub fn free_udp_port() -> u16 {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -53,6 +56,46 @@ impl BinServer {
     }
 
     fn launch(config: Option<&str>, env: &[(&str, &str)], extra: &[&str]) -> Self {
+        // a port probed free can be taken by a parallel test before the server binds it:
+        // start again on another one
+        let mut last = String::new();
+        for _ in 0..BIND_RETRIES {
+            match Self::try_launch(config, env, extra) {
+                Ok(server) => return server,
+                Err(log) if log.contains("already in use") => last = log,
+                Err(log) => panic!("alknet serve did not start; its log:\n{log}"),
+            }
+        }
+        panic!("alknet serve found its port taken {BIND_RETRIES} times; last log:\n{last}");
+    }
+
+    /// [`Self::start_with_config`] with a config naming a port of its own (e.g. a classic
+    /// DNS listener's): `config(port)` for a port free for UDP and TCP, tried again on
+    /// another port if a parallel test took it before the server bound it.
+    pub fn start_with_port_config(config: impl Fn(u16) -> String) -> (Self, u16) {
+        let mut last = String::new();
+        for _ in 0..BIND_RETRIES {
+            let port = crate::dns::free_port_pair();
+            match Self::try_start_with_config(&config(port)) {
+                Ok(server) => return (server, port),
+                Err(log) if log.contains("already in use") => last = log,
+                Err(log) => panic!("alknet serve did not start; its log:\n{log}"),
+            }
+        }
+        panic!("alknet serve found its ports taken {BIND_RETRIES} times; last log:\n{last}");
+    }
+
+    /// `alknet serve` with `config` as [`Self::start_with_config`], or, if it exits before
+    /// serving, `Err` with its log (e.g. a port named in `config` was taken meanwhile).
+    pub fn try_start_with_config(config: &str) -> Result<Self, String> {
+        Self::try_launch(Some(config), &[], &[])
+    }
+
+    fn try_launch(
+        config: Option<&str>,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let data_dir = tempfile::tempdir().expect("tempdir");
         // free for TCP too: the server's TLS-over-TCP listener takes the same port
         let port = crate::dns::free_port_pair();
@@ -92,8 +135,10 @@ impl BinServer {
             data_dir,
             log,
         };
-        server.wait_for_log("alknet serving");
-        server
+        match server.log_until("alknet serving") {
+            Ok(_) => Ok(server),
+            Err(seen) => Err(seen.join("\n")),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -106,6 +151,17 @@ impl BinServer {
 
     /// Log lines up to and including the first containing `needle` (20 s at most).
     pub fn wait_for_log(&self, needle: &str) -> Vec<String> {
+        self.log_until(needle).unwrap_or_else(|seen| {
+            panic!(
+                "server never logged {needle:?}; log so far:\n{}",
+                seen.join("\n")
+            )
+        })
+    }
+
+    /// [`Self::wait_for_log`], or `Err` with the lines seen if the server exits or 20 s
+    /// pass first.
+    fn log_until(&self, needle: &str) -> Result<Vec<String>, Vec<String>> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut seen = Vec::new();
         while Instant::now() < deadline {
@@ -114,17 +170,14 @@ impl BinServer {
                     let found = line.contains(needle);
                     seen.push(line);
                     if found {
-                        return seen;
+                        return Ok(seen);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        panic!(
-            "server never logged {needle:?}; log so far:\n{}",
-            seen.join("\n")
-        );
+        Err(seen)
     }
 
     /// The server's certificate fingerprint, via `alknet fingerprint`.

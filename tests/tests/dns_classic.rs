@@ -5,20 +5,21 @@
 
 use std::time::Duration;
 
-use alknet_tests::dns::{dig, dig_short, free_port_pair};
+use alknet_tests::dns::{dig, dig_short};
 use alknet_tests::*;
 
 const ZONE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/example.com.zone");
 
 #[test]
 fn dig_over_udp_and_tcp() {
-    let port = free_port_pair();
     // "alknet serving" is logged after the classic listeners are bound
-    let _server = BinServer::start_with_config(&format!(
-        "[handlers]\nenabled = [\"doq\"]\n\
-         [dns]\nudp_listen = \"127.0.0.1:{port}\"\ntcp_listen = \"127.0.0.1:{port}\"\n\
-         [[dns.zones]]\norigin = \"example.com\"\nfile = {ZONE:?}\n"
-    ));
+    let (_server, port) = BinServer::start_with_port_config(|port| {
+        format!(
+            "[handlers]\nenabled = [\"doq\"]\n\
+             [dns]\nudp_listen = \"127.0.0.1:{port}\"\ntcp_listen = \"127.0.0.1:{port}\"\n\
+             [[dns.zones]]\norigin = \"example.com\"\nfile = {ZONE:?}\n"
+        )
+    });
 
     assert_eq!(dig_short(port, &["host.example.com", "A"]), ["192.0.2.80"]);
     assert_eq!(
@@ -105,12 +106,13 @@ fn udp_answers_are_rate_limited_per_source() {
     use hickory_proto::rr::{Name, RecordType};
     use std::str::FromStr;
 
-    let port = free_port_pair();
-    let _server = BinServer::start_with_config(&format!(
-        "workers = 1\n[handlers]\nenabled = [\"doq\"]\n\
-         [dns]\nudp_listen = \"127.0.0.1:{port}\"\nrrl_responses_per_second = 1\nrrl_slip = 2\n\
-         [[dns.zones]]\norigin = \"example.com\"\nfile = {ZONE:?}\n"
-    ));
+    let (_server, port) = BinServer::start_with_port_config(|port| {
+        format!(
+            "workers = 1\n[handlers]\nenabled = [\"doq\"]\n\
+             [dns]\nudp_listen = \"127.0.0.1:{port}\"\nrrl_responses_per_second = 1\nrrl_slip = 2\n\
+             [[dns.zones]]\norigin = \"example.com\"\nfile = {ZONE:?}\n"
+        )
+    });
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     sock.set_read_timeout(Some(Duration::from_millis(300)))
         .expect("timeout");

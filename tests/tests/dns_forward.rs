@@ -7,27 +7,27 @@
 
 use std::process::Command;
 
-use alknet_tests::dns::{dig, free_port_pair};
+use alknet_tests::dns::dig;
 use alknet_tests::*;
 
 const ZONE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/example.com.zone");
 
-fn serve_zone(origin: &str, port: u16, extra: &str) -> BinServer {
-    BinServer::start_with_config(&format!(
-        "[handlers]\nenabled = [\"doq\", \"alknet/dns\"]\n\
-         [dns]\nudp_listen = \"127.0.0.1:{port}\"\ntcp_listen = \"127.0.0.1:{port}\"\n{extra}\n\
-         [[dns.zones]]\norigin = \"{origin}\"\nfile = {ZONE:?}\n"
-    ))
+/// `alknet serve` with `origin`'s zone and classic DNS on a port of its own (returned).
+fn serve_zone(origin: &str, extra: &str) -> (BinServer, u16) {
+    BinServer::start_with_port_config(|port| {
+        format!(
+            "[handlers]\nenabled = [\"doq\", \"alknet/dns\"]\n\
+             [dns]\nudp_listen = \"127.0.0.1:{port}\"\ntcp_listen = \"127.0.0.1:{port}\"\n{extra}\n\
+             [[dns.zones]]\norigin = \"{origin}\"\nfile = {ZONE:?}\n"
+        )
+    })
 }
 
 #[test]
 fn forwarding_cache_through_the_binary() {
-    let up_port = free_port_pair();
-    let upstream = serve_zone("example.org", up_port, "");
-    let port = free_port_pair();
-    let front = serve_zone(
+    let (upstream, up_port) = serve_zone("example.org", "");
+    let (front, port) = serve_zone(
         "example.com",
-        port,
         &format!(
             "upstreams = [\"127.0.0.1:{up_port}\"]\nrecursion_allow = [\"127.0.0.0/8\"]\n\
              forward_timeout_ms = 300"
@@ -85,10 +85,8 @@ fn forwarding_cache_through_the_binary() {
     assert!(gone.contains("status: SERVFAIL"), "{gone}");
 
     // a source outside recursion_allow is refused
-    let closed_port = free_port_pair();
-    let _closed = serve_zone(
+    let (_closed, closed_port) = serve_zone(
         "example.com",
-        closed_port,
         &format!("upstreams = [\"127.0.0.1:{up_port}\"]\nrecursion_allow = [\"10.0.0.0/8\"]"),
     );
     let refused = dig(closed_port, &["host.example.org", "A"]);

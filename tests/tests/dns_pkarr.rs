@@ -6,7 +6,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use alknet_tests::dns::{dig, dig_short, free_port_pair};
+use alknet_tests::dns::{dig, dig_short};
 use alknet_tests::*;
 
 fn signed(kp: &pkarr::Keypair, ts: u64, addr: [u8; 4]) -> Vec<u8> {
@@ -46,11 +46,12 @@ fn dig_one(port: u16, name: &str, qtype: &str) -> String {
 
 #[test]
 fn pkarr_packets_publish_and_resolve() {
-    let port = free_port_pair();
-    let server = BinServer::start_with_config(&format!(
-        "[handlers]\nenabled = [\"alknet/call\", \"doq\"]\n\
-         [dns]\npkarr = true\nudp_listen = \"127.0.0.1:{port}\"\n"
-    ));
+    let (server, port) = BinServer::start_with_port_config(|port| {
+        format!(
+            "[handlers]\nenabled = [\"alknet/call\", \"doq\"]\n\
+             [dns]\npkarr = true\nudp_listen = \"127.0.0.1:{port}\"\n"
+        )
+    });
     let fp = server.fingerprint();
     // the node published itself under its own key at start
     let log = server.wait_for_log("pkarr node name: ");
