@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the fuzz targets (alknet-proto parsers incl. the git request line, the gix backend's git conversations, the vault file, DNS message handling, SFTP requests); with --smoke, also run each for 10 s.
+# Build the fuzz targets (alknet-proto parsers incl. the git request line, the gix backend's git conversations, the vault file, DNS message handling, SFTP requests); with --smoke, also run each for 5 s.
 #
 # Works on a stable toolchain: cargo-fuzz passes nightly-only -Z flags
 # (sanitizer, coverage), which RUSTC_BOOTSTRAP=1 unlocks on stable rustc.
@@ -20,6 +20,6 @@ cargo fuzz build
 if [[ "${1:-}" == "--smoke" ]]; then
     for target in $(cargo fuzz list); do
         echo "== fuzzing $target for 10 s"
-        cargo fuzz run "$target" -- -max_total_time=10
+        cargo fuzz run "$target" -- -max_total_time=5
     done
 fi
