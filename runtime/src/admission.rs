@@ -143,6 +143,17 @@ pub enum Refusal {
     Prefix,
 }
 
+impl Refusal {
+    /// Why, for logs (QUIC's refusal log and the TCP listener's alike).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Rate => "new-connection rate of its prefix",
+            Refusal::Address => "connections open from its address",
+            Refusal::Prefix => "connections open from its prefix",
+        }
+    }
+}
+
 /// The shared counts and token buckets of all sources (one per server; public for the
 /// benchmarks that measure what a refused Initial costs).
 pub struct SourceTable {

@@ -118,24 +118,21 @@ impl ConfigReloadHandle {
         // preferred addresses are sockets bound at start
         let served = self.0.handshake.load();
         let mut next = handshake.clone();
-        match keep_bound(
+        // kept as served (with the ports bound at start), or refused
+        if !same_socket(
             handshake.preferred_address_v4.map(SocketAddr::V4),
             served.preferred_address_v4.map(SocketAddr::V4),
         ) {
-            Ok(a) => {
-                next.preferred_address_v4 = served.preferred_address_v4.filter(|_| a.is_some())
-            }
-            Err(()) => fixed.push("quic.preferred_address_v4"),
+            fixed.push("quic.preferred_address_v4");
         }
-        match keep_bound(
+        if !same_socket(
             handshake.preferred_address_v6.map(SocketAddr::V6),
             served.preferred_address_v6.map(SocketAddr::V6),
         ) {
-            Ok(a) => {
-                next.preferred_address_v6 = served.preferred_address_v6.filter(|_| a.is_some())
-            }
-            Err(()) => fixed.push("quic.preferred_address_v6"),
+            fixed.push("quic.preferred_address_v6");
         }
+        next.preferred_address_v4 = served.preferred_address_v4;
+        next.preferred_address_v6 = served.preferred_address_v6;
         if !fixed.is_empty() {
             return Err(TransportReloadError::NeedsRestart(fixed.join(", ")));
         }
@@ -257,19 +254,13 @@ impl ConfigReloadHandle {
 /// Whether a reload (second) keeps a restart-only `[limits]` key of the running config.
 pub type KeepsLimit = fn(&Limits, &Limits) -> bool;
 
-/// A reloaded preferred address against the one served: `Ok` with the address to serve
-/// when they are the same socket (both unset, equal, or the same IP with port 0 = "the one
-/// bound at start"), `Err` when the sockets bound at start would have to change.
-fn keep_bound(
-    wanted: Option<SocketAddr>,
-    served: Option<SocketAddr>,
-) -> Result<Option<SocketAddr>, ()> {
+/// Whether a reloaded preferred address is the socket served now: both unset, equal, or
+/// the same IP with port 0 (= "the one bound at start"). Anything else needs a restart.
+fn same_socket(wanted: Option<SocketAddr>, served: Option<SocketAddr>) -> bool {
     match (wanted, served) {
-        (None, None) => Ok(None),
-        (Some(w), Some(s)) if w.ip() == s.ip() && (w.port() == 0 || w.port() == s.port()) => {
-            Ok(Some(s))
-        }
-        _ => Err(()),
+        (None, None) => true,
+        (Some(w), Some(s)) => w.ip() == s.ip() && (w.port() == 0 || w.port() == s.port()),
+        _ => false,
     }
 }
 
@@ -343,23 +334,22 @@ impl IdentityProvider for LiveIdentityProvider {
 
 #[cfg(test)]
 mod tests {
-    use super::keep_bound;
+    use super::same_socket;
     use std::net::SocketAddr;
 
     #[test]
     fn a_reload_keeps_the_preferred_sockets_bound_at_start_or_needs_a_restart() {
         let a = |s: &str| -> Option<SocketAddr> { Some(s.parse().expect("addr")) };
-        assert_eq!(keep_bound(None, None), Ok(None));
+        assert!(same_socket(None, None));
         let bound = a("127.0.0.2:5555");
-        assert_eq!(
-            keep_bound(a("127.0.0.2:0"), bound),
-            Ok(bound),
+        assert!(
+            same_socket(a("127.0.0.2:0"), bound),
             "port 0 = the bound one"
         );
-        assert_eq!(keep_bound(bound, bound), Ok(bound));
-        assert_eq!(keep_bound(a("127.0.0.2:6666"), bound), Err(()));
-        assert_eq!(keep_bound(a("127.0.0.3:0"), bound), Err(()));
-        assert_eq!(keep_bound(None, bound), Err(()));
-        assert_eq!(keep_bound(bound, None), Err(()));
+        assert!(same_socket(bound, bound));
+        assert!(!same_socket(a("127.0.0.2:6666"), bound));
+        assert!(!same_socket(a("127.0.0.3:0"), bound));
+        assert!(!same_socket(None, bound));
+        assert!(!same_socket(bound, None));
     }
 }

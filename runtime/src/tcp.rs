@@ -162,12 +162,9 @@ impl WorkerTcp {
             return Err("tcp.max_connections_per_worker reached");
         }
         if !sources.rate_allows(admission, ip, Instant::now()) {
-            return Err("new-connection rate of its prefix");
+            return Err(Refusal::Rate.reason());
         }
-        let ticket = sources.admit(admission, ip).map_err(|r| match r {
-            Refusal::Address => "connections open from its address",
-            _ => "connections open from its prefix",
-        })?;
+        let ticket = sources.admit(admission, ip).map_err(Refusal::reason)?;
         self.open.set(self.open.get() + 1);
         Ok(Slot {
             worker: self.clone(),

@@ -633,12 +633,8 @@ impl Driver {
                     && s.sources.over_rate(&s.admission.load(), remote.ip(), now) =>
             {
                 WorkerStats::add(&self.w.stats.refused_rate, 1);
-                self.refusal_log.refused(
-                    now,
-                    self.w.index,
-                    remote,
-                    "new-connection rate of its prefix",
-                );
+                self.refusal_log
+                    .refused(now, self.w.index, remote, Refusal::Rate.reason());
                 Arrival::Drop
             }
             _ => Arrival::Handle,
@@ -755,12 +751,8 @@ impl Driver {
             && !s.sources.rate_allows(&admission, remote.ip(), now)
         {
             WorkerStats::add(&self.w.stats.refused_rate, 1);
-            self.refusal_log.refused(
-                now,
-                self.w.index,
-                remote,
-                "new-connection rate of its prefix",
-            );
+            self.refusal_log
+                .refused(now, self.w.index, remote, Refusal::Rate.reason());
             self.w.endpoint.borrow_mut().ignore(incoming);
             return;
         }
@@ -797,10 +789,7 @@ impl Driver {
         let ticket = match s.sources.admit(&admission, remote.ip()) {
             Ok(t) => t,
             Err(refusal) => {
-                let why = match refusal {
-                    Refusal::Address => "connections open from its address",
-                    _ => "connections open from its prefix",
-                };
+                let why = refusal.reason();
                 self.refuse(
                     now,
                     incoming,
