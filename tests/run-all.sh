@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each section's start and the time taken so far, so a slow CI run shows where it went.
+step() { echo "== run-all +$((SECONDS / 60))m$((SECONDS % 60))s: $*"; }
+
 # Real clients the suite drives (independent implementations, not ours).
 # valgrind: the instruction-count gate; openssh-client (ssh, ssh-keygen): the OpenSSH
 # tests of alknet/ssh, of `alknet vault export-ssh` and (sftp) of SFTP both ways; tmux: their
@@ -36,29 +39,41 @@ if ! python3 -c 'import aioquic, dns.quic, paramiko, prometheus_client, mcp' 2>/
     python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
 
+step build
 # The CLI tests run the real `alknet` binary.
 cargo build --workspace --bins --quiet
 
+step tests
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast
 else
     cargo test --workspace --no-fail-fast
 fi
+step legacy driver
 # The same engine on monoio's legacy (epoll) driver, used where io_uring is refused.
 ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle --test git_wire --test http_tcp
 # The QUIC interop runner's server cases: aioquic through the seeded bad-network relay
 # alknet-netsim: every case with 2 workers (~2.5 minutes), then the cases where per-core
 # routing can go wrong with 1 worker and with userspace forwarding instead of kernel
 # steering (see README, "QUIC interop cases").
+step quic interop
 bash tests/quic-interop/run.sh
 WORKERS=1 bash tests/quic-interop/run.sh retry zerortt rebind-port rebind-addr connectionmigration
 STEERING=0 bash tests/quic-interop/run.sh retry resumption rebind-port rebind-addr connectionmigration
+step doc tests and benches
 cargo test --workspace --doc --quiet
-cargo bench --workspace --no-run --quiet
+# The criterion benches must keep compiling and linking; the dev profile reuses what the tests
+# built (an optimized build of them would add minutes and proves nothing more: the gate below
+# runs the optimized workload).
+cargo build --workspace --benches --quiet
+step callgrind gate
 # Instruction-count regression gate (enforced on the machine kind of the baseline).
 bash benches/callgrind-gate.sh
+step README quick start
 # The README's quick start, run as written (builds the release binary).
 bash tests/readme-quickstart.sh
+step fuzz
 if [ -f fuzz/build.sh ]; then
     bash fuzz/build.sh --smoke
 fi
+step done
