@@ -246,6 +246,9 @@ pub struct RecvStream {
     /// FIN seen, reset seen, or stop() called: nothing to do on drop.
     done: bool,
     reset: Option<VarInt>,
+    /// A chunk taken from quinn-proto ahead of the reader (see [`RecvStream::read_chunk`]),
+    /// returned by the next read before anything else. At most one.
+    stashed: Option<Bytes>,
 }
 
 impl RecvStream {
@@ -255,7 +258,19 @@ impl RecvStream {
             id,
             done: false,
             reset: None,
+            stashed: None,
         }
+    }
+
+    /// The stashed chunk, or its first `max` bytes.
+    fn take_stashed(&mut self, max: usize) -> Option<Bytes> {
+        let mut chunk = self.stashed.take()?;
+        if chunk.len() > max {
+            let head = chunk.split_to(max);
+            self.stashed = Some(chunk);
+            return Some(head);
+        }
+        Some(chunk)
     }
 
     pub fn id(&self) -> StreamId {
@@ -268,6 +283,9 @@ impl RecvStream {
         cx: &mut Context<'_>,
         max: usize,
     ) -> Poll<Result<Option<Bytes>, ReadError>> {
+        if let Some(chunk) = self.take_stashed(max) {
+            return Poll::Ready(Ok(Some(chunk)));
+        }
         if let Some(code) = self.reset {
             return Poll::Ready(Err(ReadError::Reset(code)));
         }
@@ -282,6 +300,22 @@ impl RecvStream {
             Err(_) => return Poll::Ready(Err(ReadError::ClosedStream)),
         };
         let res = chunks.next(max);
+        if res.as_ref().is_ok_and(Option::is_some) {
+            // Look one step further in the same pass. Each pass takes the stream's state
+            // out of quinn-proto's map and puts it back (and settles credit): a request
+            // that arrived whole, data and FIN in one packet, then costs one pass instead
+            // of two, and in a long stream every other read is served from the stash.
+            match chunks.next(usize::MAX) {
+                Ok(Some(more)) => self.stashed = Some(more.bytes),
+                Ok(None) => self.done = true,
+                // reported by the next call (quinn-proto resets only empty buffers)
+                Err(quinn_proto::ReadError::Reset(code)) => {
+                    self.done = true;
+                    self.reset = Some(code);
+                }
+                Err(quinn_proto::ReadError::Blocked) => {}
+            }
+        }
         let transmit = chunks.finalize().should_transmit();
         let out = match res {
             Ok(Some(chunk)) => Poll::Ready(Ok(Some(chunk.bytes))),
@@ -321,6 +355,10 @@ impl RecvStream {
         cx: &mut Context<'_>,
         max: usize,
     ) -> Poll<Result<Option<Bytes>, ReadError>> {
+        if let Some(chunk) = self.take_stashed(max) {
+            // left by a read_chunk before (this function never leaves one)
+            return Poll::Ready(Ok(Some(chunk)));
+        }
         if let Some(code) = self.reset {
             return Poll::Ready(Err(ReadError::Reset(code)));
         }
@@ -413,6 +451,7 @@ impl RecvStream {
     /// Tells the peer to stop sending; unread data is discarded.
     pub fn stop(&mut self, code: VarInt) -> Result<(), ClosedStream> {
         self.done = true;
+        self.stashed = None;
         let res = self
             .conn
             .state
