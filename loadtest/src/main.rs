@@ -3,6 +3,7 @@
 //! server worker does. Servers run as child processes (`serve`), alknet or the quinn
 //! baseline, so both are measured the same way; `compare` alternates them.
 
+mod alloc;
 mod baseline;
 mod baseline_h3;
 mod bulk;
@@ -33,6 +34,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::harness::{ClientPlan, Schedule, Target};
 use crate::report::Measurement;
 use crate::server::{Kind, ServerProc};
+
+#[global_allocator]
+static GLOBAL: alloc::SwitchedAllocator = alloc::SwitchedAllocator;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -510,7 +514,11 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             (
                 t,
                 Some(proc.pid()),
-                format!("{kind} ({} workers)", args.workers),
+                format!(
+                    "{kind} ({} workers, {})",
+                    args.workers,
+                    alloc::for_child(kind == Kind::Alknet)
+                ),
             )
         }
     };

@@ -166,6 +166,10 @@ impl ServerProc {
                 "--tls-key",
                 key.name(),
             ])
+            .env(
+                crate::alloc::CHILD_ALLOCATOR_ENV,
+                crate::alloc::for_child(kind == Kind::Alknet),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
