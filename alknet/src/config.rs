@@ -765,20 +765,48 @@ impl FileConfig {
         // zones, one catalog with doq and alknet/dns, follow a reload)
         if was.udp_listen.is_some() || was.tcp_listen.is_some() {
             const CLASSIC: &str = "read by the classic DNS listeners, which start with the node";
-            check(now.udp_payload_size != was.udp_payload_size, "dns.udp_payload_size", CLASSIC);
-            check(now.tcp_idle_timeout != was.tcp_idle_timeout, "dns.tcp_idle_timeout_ms", CLASSIC);
-            check(now.max_tcp_connections != was.max_tcp_connections, "dns.max_tcp_connections", CLASSIC);
+            check(
+                now.udp_payload_size != was.udp_payload_size,
+                "dns.udp_payload_size",
+                CLASSIC,
+            );
+            check(
+                now.tcp_idle_timeout != was.tcp_idle_timeout,
+                "dns.tcp_idle_timeout_ms",
+                CLASSIC,
+            );
+            check(
+                now.max_tcp_connections != was.max_tcp_connections,
+                "dns.max_tcp_connections",
+                CLASSIC,
+            );
             check(now.upstreams != was.upstreams, "dns.upstreams", CLASSIC);
-            check(now.recursion_allow != was.recursion_allow, "dns.recursion_allow", CLASSIC);
-            check(now.forward_timeout != was.forward_timeout, "dns.forward_timeout_ms", CLASSIC);
-            check(now.cache_entries != was.cache_entries, "dns.cache_entries", CLASSIC);
+            check(
+                now.recursion_allow != was.recursion_allow,
+                "dns.recursion_allow",
+                CLASSIC,
+            );
+            check(
+                now.forward_timeout != was.forward_timeout,
+                "dns.forward_timeout_ms",
+                CLASSIC,
+            );
+            check(
+                now.cache_entries != was.cache_entries,
+                "dns.cache_entries",
+                CLASSIC,
+            );
             check(
                 now.rrl_responses_per_second != was.rrl_responses_per_second,
                 "dns.rrl_responses_per_second",
                 CLASSIC,
             );
             check(now.rrl_slip != was.rrl_slip, "dns.rrl_slip", CLASSIC);
-            check(now.rrl_table_size != was.rrl_table_size, "dns.rrl_table_size", CLASSIC);
+            check(
+                now.rrl_table_size != was.rrl_table_size,
+                "dns.rrl_table_size",
+                CLASSIC,
+            );
         }
         check(
             self.ssh.bridge_threads != running.ssh.bridge_threads,
@@ -787,7 +815,11 @@ impl FileConfig {
         );
         const TCP: &str = "the TLS-over-TCP listeners are bound at start";
         check(self.tcp.enabled != running.tcp.enabled, "tcp.enabled", TCP);
-        check(self.tcp.listen_backlog != running.tcp.listen_backlog, "tcp.listen_backlog", TCP);
+        check(
+            self.tcp.listen_backlog != running.tcp.listen_backlog,
+            "tcp.listen_backlog",
+            TCP,
+        );
         fixed
     }
 
@@ -797,7 +829,11 @@ impl FileConfig {
     /// handlers built from this config share them, and says which handlers to rebuild.
     /// Zones whose configuration changed are loaded now (an error changes nothing) and
     /// stored into the running catalog by [`FileConfig::commit_reload`].
-    pub fn adopt(&mut self, running: &FileConfig, changed: &[String]) -> Result<Rebuild, ConfigError> {
+    pub fn adopt(
+        &mut self,
+        running: &FileConfig,
+        changed: &[String],
+    ) -> Result<Rebuild, ConfigError> {
         let changed = |section: &str| changed.iter().any(|c| c == section);
         let enabled = |alpn: &[u8]| self.handlers.enabled.iter().any(|a| a.as_bytes() == alpn);
         self.vault_keys = running.vault_keys.clone();
@@ -1303,7 +1339,8 @@ mod tests {
     #[test]
     fn a_reload_rebuilds_the_handlers_of_the_changed_sections_only() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let base = "[handlers]\nenabled = [\"alknet/echo\", \"alknet/call\", \"alknet/git\", \"h3\"]\n";
+        let base =
+            "[handlers]\nenabled = [\"alknet/echo\", \"alknet/call\", \"alknet/git\", \"h3\"]\n";
         let (live, registry) = running(base, dir.path());
         let same = |a: &AlpnRegistry, b: &AlpnRegistry, alpn: &[u8]| {
             Arc::ptr_eq(
@@ -1313,11 +1350,16 @@ mod tests {
         };
 
         // [git]: alknet/git only; the call node and the HTTP state go on
-        let mut next = reloaded(&format!("{base}[git]\nallow_force_push = true\n"), dir.path());
+        let mut next = reloaded(
+            &format!("{base}[git]\nallow_force_push = true\n"),
+            dir.path(),
+        );
         let rebuild = next.adopt(&live, &["git".into()]).expect("adopt");
         assert_eq!(rebuild.alpns, vec![alknet_git::ALPN]);
         assert!(!rebuild.http && !rebuild.tcp);
-        let r = next.registry_reusing(&registry, &rebuild.alpns).expect("registry");
+        let r = next
+            .registry_reusing(&registry, &rebuild.alpns)
+            .expect("registry");
         assert!(!same(&registry, &r, alknet_git::ALPN), "git rebuilt");
         for kept in [alknet_echo::ALPN, alknet_call::ALPN, alknet_http::h3::ALPN] {
             assert!(same(&registry, &r, kept), "{kept:?} kept");
@@ -1325,11 +1367,19 @@ mod tests {
 
         // [call]: a reconfigured node (same operations and counters), and the HTTP routes
         // that run its operations
-        let mut next = reloaded(&format!("{base}[call]\nmax_frame_size = 4096\n"), dir.path());
+        let mut next = reloaded(
+            &format!("{base}[call]\nmax_frame_size = 4096\n"),
+            dir.path(),
+        );
         let rebuild = next.adopt(&live, &["call".into()]).expect("adopt");
-        assert_eq!(rebuild.alpns, vec![alknet_call::ALPN, alknet_http::h3::ALPN]);
+        assert_eq!(
+            rebuild.alpns,
+            vec![alknet_call::ALPN, alknet_http::h3::ALPN]
+        );
         assert!(rebuild.http && rebuild.tcp);
-        let r = next.registry_reusing(&registry, &rebuild.alpns).expect("registry");
+        let r = next
+            .registry_reusing(&registry, &rebuild.alpns)
+            .expect("registry");
         assert!(!same(&registry, &r, alknet_call::ALPN));
         assert!(!same(&registry, &r, alknet_http::h3::ALPN));
         let (old, new) = (
@@ -1342,7 +1392,10 @@ mod tests {
         assert!(Arc::ptr_eq(&old.0.bus, &new.0.bus), "one topic bus");
 
         // [tcp] alone: the TCP listener's setup, no QUIC handler
-        let mut next = reloaded(&format!("{base}[tcp]\nmax_connections_per_worker = 3\n"), dir.path());
+        let mut next = reloaded(
+            &format!("{base}[tcp]\nmax_connections_per_worker = 3\n"),
+            dir.path(),
+        );
         let rebuild = next.adopt(&live, &["tcp".into()]).expect("adopt");
         assert!(rebuild.alpns.is_empty() && rebuild.tcp && !rebuild.http);
     }
@@ -1356,8 +1409,15 @@ mod tests {
              [tcp]\nlisten_backlog = 7\ntls_handshake_timeout_ms = 5\n",
             dir.path(),
         );
-        let keys: Vec<&str> = next.restart_only_changes(&live).iter().map(|(k, _)| *k).collect();
-        assert_eq!(keys, ["dns.udp_listen", "dns.upstreams", "tcp.listen_backlog"]);
+        let keys: Vec<&str> = next
+            .restart_only_changes(&live)
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(
+            keys,
+            ["dns.udp_listen", "dns.upstreams", "tcp.listen_backlog"]
+        );
         let (live, _) = running("", dir.path());
         let next = reloaded("[dns]\nupstreams = [\"127.0.0.1:53\"]\n", dir.path());
         assert!(

@@ -52,7 +52,10 @@ const RELOADABLE: [&str; 17] = [
 
 /// The per-handler sections, with the handlers (or the TCP listener) built from them.
 const HANDLER_SECTIONS: [(&str, &str); 9] = [
-    ("call", "alknet/call (and the HTTP routes running its operations)"),
+    (
+        "call",
+        "alknet/call (and the HTTP routes running its operations)",
+    ),
     ("ssh", "alknet/ssh"),
     ("sftp", "alknet/sftp and the sftp subsystem of alknet/ssh"),
     ("git", "alknet/git"),
@@ -171,17 +174,16 @@ impl Reloader {
             .map(|(s, _)| *s)
             .filter(|s| changed.iter().any(|c| c == s))
             .collect();
-        let handlers = if self.running.get("handlers") != table.get("handlers")
-            || !rebuild.alpns.is_empty()
-        {
-            let running = self.handle.handlers();
-            let next = cfg
-                .registry_reusing(&running, &rebuild.alpns)
-                .map_err(|e| format!("not reloaded: {e}; nothing was changed"))?;
-            Some((alpn_change(&running, &next), next))
-        } else {
-            None
-        };
+        let handlers =
+            if self.running.get("handlers") != table.get("handlers") || !rebuild.alpns.is_empty() {
+                let running = self.handle.handlers();
+                let next = cfg
+                    .registry_reusing(&running, &rebuild.alpns)
+                    .map_err(|e| format!("not reloaded: {e}; nothing was changed"))?;
+                Some((alpn_change(&running, &next), next))
+            } else {
+                None
+            };
         if rebuild.http {
             // made (and `[http]` checked) now even when no handler serves it yet, after the
             // call handler whose operations it runs

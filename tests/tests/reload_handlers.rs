@@ -82,7 +82,10 @@ fn a_reloaded_call_section_serves_new_connections_and_open_ones_keep_theirs() {
             .await
             .expect("connect");
         let old = CallClient::new(&open).await.expect("call client");
-        assert_eq!(old.call("echo", big.clone()).await.expect("1 MiB frames"), big);
+        assert_eq!(
+            old.call("echo", big.clone()).await.expect("1 MiB frames"),
+            big
+        );
 
         let changed = reload_ok(
             &server,
@@ -117,8 +120,14 @@ fn a_reloaded_call_section_serves_new_connections_and_open_ones_keep_theirs() {
             .await
             .expect("connect");
         let after = CallClient::new(&after).await.expect("call client");
-        assert!(after.call("echo", big.clone()).await.is_err(), "16 kB still");
-        assert_eq!(after.call("echo", small.clone()).await.expect("small"), small);
+        assert!(
+            after.call("echo", big.clone()).await.is_err(),
+            "16 kB still"
+        );
+        assert_eq!(
+            after.call("echo", small.clone()).await.expect("small"),
+            small
+        );
         assert_eq!(old.call("echo", small.clone()).await.expect("old"), small);
     });
 }
@@ -142,7 +151,8 @@ fn a_reloaded_git_section_serves_new_connections_and_open_ones_keep_theirs() {
     if git::require_git().is_none() {
         return;
     }
-    let base = "[handlers]\nenabled = [\"alknet/git\", \"alknet/call\"]\n[identity]\nsqlite = false\n";
+    let base =
+        "[handlers]\nenabled = [\"alknet/git\", \"alknet/call\"]\n[identity]\nsqlite = false\n";
     let config = |public: &str| format!("{base}{ADMIN}\n[git]\npublic_read = {public}\n");
     let server = BinServer::start_with_config(&config(r#"["pub"]"#));
     let root = server.data_dir.path().join("git");
@@ -162,7 +172,10 @@ fn a_reloaded_git_section_serves_new_connections_and_open_ones_keep_theirs() {
         git::run(cmd)
     };
     let work = tempfile::tempdir().expect("tempdir");
-    assert!(!clone(work.path()).status.success(), "open is not public yet");
+    assert!(
+        !clone(work.path()).status.success(),
+        "open is not public yet"
+    );
     let (server, clone) = (&server, &clone);
     run_client(|| async move {
         let ep = client_endpoint();
@@ -182,7 +195,9 @@ fn a_reloaded_git_section_serves_new_connections_and_open_ones_keep_theirs() {
         let fresh = connect_addr(&ep, addr, fp, alknet_git::ALPN)
             .await
             .expect("connect");
-        assert!(exchange(&fresh, &ls("/open.git")).await.contains("version 2"));
+        assert!(exchange(&fresh, &ls("/open.git"))
+            .await
+            .contains("version 2"));
         // the connection opened before keeps the handler it had: still served, as before
         assert!(exchange(&open, &ls("/pub.git")).await.contains("version 2"));
         assert!(exchange(&open, &ls("/open.git")).await.contains("ERR "));
@@ -202,7 +217,9 @@ fn a_reloaded_git_section_serves_new_connections_and_open_ones_keep_theirs() {
         let after = connect_addr(&ep, addr, fp, alknet_git::ALPN)
             .await
             .expect("connect");
-        assert!(exchange(&after, &ls("/open.git")).await.contains("version 2"));
+        assert!(exchange(&after, &ls("/open.git"))
+            .await
+            .contains("version 2"));
     });
 }
 
@@ -241,7 +258,15 @@ fn a_reloaded_http_section_serves_new_connections_and_open_ones_keep_theirs() {
     let cert = server.data_dir.path().join("cert.pem");
     let curl = |server: &BinServer| {
         let child = Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30"])
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "30",
+            ])
             .arg("--cacert")
             .arg(&cert)
             .arg(format!("https://127.0.0.1:{}/metrics", server.port))
@@ -275,7 +300,11 @@ fn a_reloaded_http_section_serves_new_connections_and_open_ones_keep_theirs() {
     // a new connection gets the new routes' state; the keep-alive one keeps its own
     assert_eq!(curl(&server), "200");
     writeln!(ask, "again").expect("ask");
-    assert_eq!(status(), "401", "the open connection keeps its handler and works");
+    assert_eq!(
+        status(),
+        "401",
+        "the open connection keeps its handler and works"
+    );
 
     // a static root that cannot be opened: refused with the reason, nothing changes
     let missing = server.data_dir.path().join("no-such-dir");
