@@ -377,7 +377,8 @@ fn a_reloaded_dns_section_serves_its_zones_everywhere_and_refuses_bad_ones() {
     let config = move |port: u16, zones: &str| {
         format!(
             "{ADMIN}\n[handlers]\nenabled = [\"doq\", \"alknet/call\"]\n\
-             [dns]\nudp_listen = \"127.0.0.1:{port}\"\ntcp_listen = \"127.0.0.1:{port}\"\n{zones}"
+             [dns]\nreload_interval_ms = 100\n\
+             udp_listen = \"127.0.0.1:{port}\"\ntcp_listen = \"127.0.0.1:{port}\"\n{zones}"
         )
     };
     let one = zone("example.com.", &com);
@@ -405,6 +406,12 @@ fn a_reloaded_dns_section_serves_its_zones_everywhere_and_refuses_bad_ones() {
         );
         assert_eq!(doq_a(&open, "www.example.org.").await, ["198.51.100.10"]);
         assert_eq!(doq_a(&open, "www.example.com.").await, ["192.0.2.10"]);
+        // the zone-file watcher follows the reloaded list: an edit of the new zone is served
+        let mut edited = std::fs::read_to_string(&org).expect("zone");
+        edited.push_str("new IN A 198.51.100.7\n");
+        std::fs::write(&org, edited).expect("edit zone");
+        server.wait_for_log("dns zone reloaded");
+        assert_eq!(doq_a(&open, "new.example.org.").await, ["198.51.100.7"]);
 
         // a zone that does not load: refused naming its line, the zones served stay
         let why = reload_refused(
