@@ -22,7 +22,7 @@ const ADMIN: &str = r#"
 [[identities]]
 name = "ops"
 tokens = ["admin-token"]
-scopes = ["node:admin"]
+scopes = ["node:admin", "subscribe:node.events"]
 "#;
 
 fn text(b: &[u8]) -> String {
@@ -86,6 +86,8 @@ fn a_reloaded_call_section_serves_new_connections_and_open_ones_keep_theirs() {
             old.call("echo", big.clone()).await.expect("1 MiB frames"),
             big
         );
+        old.set_default_token(Some("admin-token".into()));
+        let mut events = old.subscribe("node.events").await.expect("subscribe");
 
         let changed = reload_ok(
             &server,
@@ -106,6 +108,23 @@ fn a_reloaded_call_section_serves_new_connections_and_open_ones_keep_theirs() {
             "a 40 kB frame past the reloaded 16 kB limit: {refused:?}"
         );
         assert_eq!(new.call("echo", small.clone()).await.expect("small"), small);
+        // one topic bus across the reload: published through the new node, received by a
+        // subscriber on a connection served by the old one
+        let admin = alknet_call::CallOptions {
+            auth_token: Some("admin-token".into()),
+            ..Default::default()
+        };
+        let published = new
+            .call_with(
+                "node.publish",
+                json!({ "data": { "after": "reload" } }),
+                &admin,
+            )
+            .await
+            .expect("publish");
+        assert_eq!(published["delivered"], 1, "{published}");
+        let event = events.next().await.expect("an event").expect("event");
+        assert_eq!(event.data, json!({ "after": "reload" }));
         // the connection opened before the reload keeps the handler it was served by
         assert_eq!(
             old.call("echo", big.clone()).await.expect("old limit"),
