@@ -428,9 +428,21 @@ fn a_reloaded_dns_section_serves_its_zones_everywhere_and_refuses_bad_ones() {
         // the zone-file watcher follows the reloaded list: an edit of the new zone is served
         let mut edited = std::fs::read_to_string(&org).expect("zone");
         edited.push_str("new IN A 198.51.100.7\n");
-        std::fs::write(&org, edited).expect("edit zone");
+        // replaced by rename, as editors do: the watcher never sees a half-written file
+        let next = org.with_extension("next");
+        std::fs::write(&next, edited).expect("edit zone");
+        std::fs::rename(&next, &org).expect("replace zone");
         server.wait_for_log("dns zone reloaded");
-        assert_eq!(doq_a(&open, "new.example.org.").await, ["198.51.100.7"]);
+        // bounded: the watcher polls every 100 ms
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            seen = doq_a(&open, "new.example.org.").await;
+            if !seen.is_empty() {
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, ["198.51.100.7"], "the edited zone is served");
 
         // a zone that does not load: refused naming its line, the zones served stay
         let why = reload_refused(
