@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use alknet_call::{CallAdapter, CallLimits, NodeInfo};
+use alknet_call::{CallAdapter, CallLimits, CallNode, NodeInfo};
 use alknet_dns::{
-    ClassicAddrs, DnsConfig, DnsState, DoqHandler, PipelineHandler, PkarrStore, SharedCatalog,
-    ZoneReloader,
+    Catalog, ClassicAddrs, DnsConfig, DnsState, DoqHandler, PipelineHandler, PkarrStore,
+    SharedCatalog, ZoneReloader,
 };
 use alknet_git::{GitConfig, GitHandler};
 use alknet_http::{HttpConfig, HttpState, HttpTcpHandler};
@@ -448,6 +448,42 @@ pub struct FileConfig {
     /// The node keys from the vault, once [`FileConfig::unlock_vault`] has run.
     #[serde(skip)]
     pub vault_keys: Option<NodeKeys>,
+    /// The thread reloading the zone files into the DNS catalog; stopped when dropped, so
+    /// the config the node runs with is kept for as long as it runs.
+    #[serde(skip)]
+    zone_watch: std::cell::RefCell<Option<ZoneReloader>>,
+    /// What a live reload builds from the running node (see [`FileConfig::adopt`]).
+    #[serde(skip)]
+    reload_base: ReloadBase,
+}
+
+/// What a reload carries over from the running node into the handlers it rebuilds: the
+/// call node to reconfigure (its operations, topics and counters go on), the HTTP state
+/// (its counters and the server status), and zones loaded for the running catalog.
+#[derive(Default)]
+struct ReloadBase {
+    call: Option<Arc<CallNode>>,
+    http: Option<HttpState>,
+    zones: Option<Catalog>,
+}
+
+impl std::fmt::Debug for ReloadBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadBase").finish_non_exhaustive()
+    }
+}
+
+/// Which handlers a reload rebuilds, from the config sections that changed (see
+/// [`FileConfig::adopt`]): a handler listed is built anew for new connections, the others
+/// are kept as they run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rebuild {
+    pub alpns: Vec<&'static [u8]>,
+    /// The HTTP routes' state (`[http]`, or the call node they run, changed): the `h3`
+    /// handler and the TLS-over-TCP handler are rebuilt on a new one.
+    pub http: bool,
+    /// `[tcp]`, or the HTTP state, changed: the TCP listener gets a new setup.
+    pub tcp: bool,
 }
 
 /// `[log]`: what `alknet serve` logs (to stderr).
@@ -621,19 +657,24 @@ impl FileConfig {
 
     /// The handlers named in `handlers.enabled`.
     pub fn registry(&self) -> Result<AlpnRegistry, ConfigError> {
-        self.registry_reusing(&AlpnRegistry::new())
+        self.registry_reusing(&AlpnRegistry::new(), &[])
     }
 
     /// The handlers named in `handlers.enabled`, taking the ones `running` already has
-    /// (the same instances, so their open connections and state go on) and building the
-    /// others (a reload that enables a handler).
-    pub fn registry_reusing(&self, running: &AlpnRegistry) -> Result<AlpnRegistry, ConfigError> {
+    /// (the same instances, so their open connections and state go on) except those of
+    /// `rebuild`, and building the others (a reload that enables a handler, or changes its
+    /// section).
+    pub fn registry_reusing(
+        &self,
+        running: &AlpnRegistry,
+        rebuild: &[&[u8]],
+    ) -> Result<AlpnRegistry, ConfigError> {
         let mut registry = AlpnRegistry::new();
         // h3 serves the HTTP router, which runs the call handler's operations: build it
         // after the others (registration stays in the configured order)
         let build = |name: &String| match running.lookup(name.as_bytes()) {
-            Some(h) => Ok(h.clone()),
-            None => self.handler(name),
+            Some(h) if !rebuild.contains(&name.as_bytes()) => Ok(h.clone()),
+            _ => self.handler(name),
         };
         let is_h3 = |name: &&String| name.as_bytes() == alknet_http::h3::ALPN;
         let mut built: Vec<Option<Arc<dyn ProtocolHandler>>> = Vec::new();
@@ -696,6 +737,180 @@ impl FileConfig {
                 })
             }
         })
+    }
+
+    /// The keys of handler sections a reload cannot change, each with why, that differ
+    /// between `running` (the config the node serves) and this one.
+    pub fn restart_only_changes(&self, running: &FileConfig) -> Vec<(&'static str, &'static str)> {
+        let (now, was) = (&self.dns, &running.dns);
+        const SOCKETS: &str = "a socket bound at start";
+        const PKARR: &str = "the pkarr store is opened at start, for the DNS catalog and the \
+                             dns.publish operation";
+        let mut fixed = Vec::new();
+        let mut check = |differs: bool, key, why| {
+            if differs {
+                fixed.push((key, why));
+            }
+        };
+        check(now.udp_listen != was.udp_listen, "dns.udp_listen", SOCKETS);
+        check(now.tcp_listen != was.tcp_listen, "dns.tcp_listen", SOCKETS);
+        check(now.pkarr != was.pkarr, "dns.pkarr", PKARR);
+        check(now.pkarr_db != was.pkarr_db, "dns.pkarr_db", PKARR);
+        check(
+            now.pkarr_publish_self != was.pkarr_publish_self,
+            "dns.pkarr_publish_self",
+            "the node publishes itself once, at start",
+        );
+        // the classic listeners run with the [dns] settings they started with (only the
+        // zones, one catalog with doq and alknet/dns, follow a reload)
+        if was.udp_listen.is_some() || was.tcp_listen.is_some() {
+            const CLASSIC: &str = "read by the classic DNS listeners, which start with the node";
+            check(
+                now.udp_payload_size != was.udp_payload_size,
+                "dns.udp_payload_size",
+                CLASSIC,
+            );
+            check(
+                now.tcp_idle_timeout != was.tcp_idle_timeout,
+                "dns.tcp_idle_timeout_ms",
+                CLASSIC,
+            );
+            check(
+                now.max_tcp_connections != was.max_tcp_connections,
+                "dns.max_tcp_connections",
+                CLASSIC,
+            );
+            check(now.upstreams != was.upstreams, "dns.upstreams", CLASSIC);
+            check(
+                now.recursion_allow != was.recursion_allow,
+                "dns.recursion_allow",
+                CLASSIC,
+            );
+            check(
+                now.forward_timeout != was.forward_timeout,
+                "dns.forward_timeout_ms",
+                CLASSIC,
+            );
+            check(
+                now.cache_entries != was.cache_entries,
+                "dns.cache_entries",
+                CLASSIC,
+            );
+            check(
+                now.rrl_responses_per_second != was.rrl_responses_per_second,
+                "dns.rrl_responses_per_second",
+                CLASSIC,
+            );
+            check(now.rrl_slip != was.rrl_slip, "dns.rrl_slip", CLASSIC);
+            check(
+                now.rrl_table_size != was.rrl_table_size,
+                "dns.rrl_table_size",
+                CLASSIC,
+            );
+        }
+        check(
+            self.ssh.bridge_threads != running.ssh.bridge_threads,
+            "ssh.bridge_threads",
+            "the SSH bridge's tokio runtime starts once per process",
+        );
+        const TCP: &str = "the TLS-over-TCP listeners are bound at start";
+        check(self.tcp.enabled != running.tcp.enabled, "tcp.enabled", TCP);
+        check(
+            self.tcp.listen_backlog != running.tcp.listen_backlog,
+            "tcp.listen_backlog",
+            TCP,
+        );
+        fixed
+    }
+
+    /// For a live reload of `running` (the config the node serves now) with the top-level
+    /// sections `changed`: takes over the node-wide parts no changed section touches (the
+    /// vault keys, the pkarr store, the DNS catalog, the call node, the HTTP state), so the
+    /// handlers built from this config share them, and says which handlers to rebuild.
+    /// Zones whose configuration changed are loaded now (an error changes nothing) and
+    /// stored into the running catalog by [`FileConfig::commit_reload`].
+    pub fn adopt(
+        &mut self,
+        running: &FileConfig,
+        changed: &[String],
+    ) -> Result<Rebuild, ConfigError> {
+        let changed = |section: &str| changed.iter().any(|c| c == section);
+        let enabled = |alpn: &[u8]| self.handlers.enabled.iter().any(|a| a.as_bytes() == alpn);
+        self.vault_keys = running.vault_keys.clone();
+        if let Some(store) = running.pkarr.get() {
+            let _ = self.pkarr.set(store.clone());
+        }
+        let mut alpns: Vec<&'static [u8]> = Vec::new();
+        if changed("dns") {
+            alpns.extend([alknet_dns::DOQ_ALPN, alknet_dns::PIPELINE_ALPN]);
+        }
+        if let Some(state) = running.dns_state.get() {
+            if !changed("dns") {
+                let _ = self.dns_state.set(state.clone());
+            } else {
+                // one catalog for the node's life: the classic listeners and the open
+                // connections read it too
+                if self.dns.zones != running.dns.zones
+                    || self.dns.reload_interval != running.dns.reload_interval
+                {
+                    self.reload_base.zones = Some(self.load_zones()?);
+                }
+                let next = DnsState::new(state.catalog.clone(), self.dns.clone());
+                let _ = self.dns_state.set(next);
+            }
+        }
+        let call_now = enabled(alknet_call::ALPN);
+        let call_before = running.call_node.get();
+        let call_rebuilt = call_now != call_before.is_some() || (call_now && changed("call"));
+        if call_now && changed("call") {
+            alpns.push(alknet_call::ALPN);
+            self.reload_base.call = call_before.map(|slot| slot.0.clone());
+        } else if let Some(slot) = call_before.filter(|_| call_now) {
+            let _ = self.call_node.set(CallNodeSlot(slot.0.clone()));
+        }
+        let http = changed("http") || call_rebuilt;
+        match running.http_state.get() {
+            Some(state) if http => self.reload_base.http = Some(state.clone()),
+            Some(state) => {
+                let _ = self.http_state.set(state.clone());
+            }
+            None => {}
+        }
+        if http || changed("http3") {
+            alpns.push(alknet_http::h3::ALPN);
+        }
+        if changed("ssh") || changed("sftp") {
+            alpns.push(alknet_ssh::ALPN);
+        }
+        if changed("sftp") {
+            alpns.push(crate::sftp::ALPN);
+        }
+        if changed("git") {
+            alpns.push(alknet_git::ALPN);
+        }
+        if changed("hq") {
+            alpns.push(alknet_hq::ALPN);
+        }
+        Ok(Rebuild {
+            alpns,
+            http,
+            tcp: http || changed("tcp"),
+        })
+    }
+
+    /// Once a reload built on [`FileConfig::adopt`] is applied: zones loaded for it go into
+    /// the running catalog (and a watcher of the new zone files replaces the old one), and
+    /// the zone watcher of `running` moves here, as this config replaces it.
+    pub fn commit_reload(&mut self, running: &FileConfig) {
+        let zones = self.reload_base.zones.take();
+        if let (Some(zones), Some(state)) = (zones, self.dns_state.get()) {
+            state.catalog.store(Arc::new(zones));
+            *self.zone_watch.borrow_mut() = ZoneReloader::start(&self.dns, state.catalog.clone());
+            tracing::info!("dns zones reloaded from the config");
+        } else if self.zone_watch.borrow().is_none() {
+            *self.zone_watch.borrow_mut() = running.zone_watch.borrow_mut().take();
+        }
+        self.reload_base = ReloadBase::default();
     }
 
     /// The pkarr store (`[dns] pkarr = true`): `dns.pkarr_db`, else `pkarr.db` in the data
@@ -768,14 +983,17 @@ impl FileConfig {
     /// file and line), and a thread reloading them as their files change; it ends when
     /// the handlers holding the catalog are dropped.
     pub fn dns_catalog(&self) -> Result<SharedCatalog, ConfigError> {
+        let catalog = alknet_dns::shared(self.load_zones()?);
+        *self.zone_watch.borrow_mut() = ZoneReloader::start(&self.dns, catalog.clone());
+        Ok(catalog)
+    }
+
+    /// The `[[dns.zones]]` read from their files now, with the pkarr names.
+    fn load_zones(&self) -> Result<Catalog, ConfigError> {
         let mut catalog = alknet_dns::load_catalog(&self.dns)
             .map_err(|e| ConfigError::Invalid(format!("dns: {e}")))?;
         if let Some(store) = self.pkarr_store()? {
             catalog.set_pkarr(store);
-        }
-        let catalog = alknet_dns::shared(catalog);
-        if let Some(reloader) = ZoneReloader::start(&self.dns, catalog.clone()) {
-            reloader.detach();
         }
         Ok(catalog)
     }
@@ -823,6 +1041,10 @@ impl FileConfig {
             alpns: self.handlers.enabled.clone(),
             ..NodeInfo::default()
         };
+        if let Some(running) = &self.reload_base.call {
+            let node = running.reconfigured(self.call.clone(), info);
+            return Ok(CallAdapter::from_node(Arc::new(node)));
+        }
         Ok(CallAdapter::with_parts(
             registry,
             self.call.clone(),
@@ -949,8 +1171,11 @@ impl FileConfig {
         let invoker = self.call_node.get().map(|slot| {
             Arc::new(alknet_call::NodeInvoker(slot.0.clone())) as Arc<dyn OperationInvoker>
         });
-        let state = HttpState::new(self.http.clone(), invoker)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let state = match &self.reload_base.http {
+            Some(running) => running.reconfigured(self.http.clone(), invoker),
+            None => HttpState::new(self.http.clone(), invoker),
+        }
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(self.http_state.get_or_init(|| state).clone())
     }
 
@@ -1094,6 +1319,111 @@ mod tests {
         let empty = FileConfig::parse("", "<empty>").expect("empty config");
         assert_eq!(empty.limits, Limits::default());
         assert_eq!(empty.handlers.enabled, cfg.handlers.enabled);
+    }
+
+    /// A running config with its handlers built (the call node and the HTTP state made).
+    fn running(text: &str, dir: &Path) -> (FileConfig, AlpnRegistry) {
+        let mut cfg = FileConfig::parse(text, "running.toml").expect("running config");
+        cfg.data_dir = Some(dir.to_path_buf());
+        let registry = cfg.registry().expect("registry");
+        cfg.tcp_setup().expect("tcp setup");
+        (cfg, registry)
+    }
+
+    fn reloaded(text: &str, dir: &Path) -> FileConfig {
+        let mut cfg = FileConfig::parse(text, "reloaded.toml").expect("reloaded config");
+        cfg.data_dir = Some(dir.to_path_buf());
+        cfg
+    }
+
+    #[test]
+    fn a_reload_rebuilds_the_handlers_of_the_changed_sections_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base =
+            "[handlers]\nenabled = [\"alknet/echo\", \"alknet/call\", \"alknet/git\", \"h3\"]\n";
+        let (live, registry) = running(base, dir.path());
+        let same = |a: &AlpnRegistry, b: &AlpnRegistry, alpn: &[u8]| {
+            Arc::ptr_eq(
+                a.lookup(alpn).expect("running"),
+                b.lookup(alpn).expect("reloaded"),
+            )
+        };
+
+        // [git]: alknet/git only; the call node and the HTTP state go on
+        let mut next = reloaded(
+            &format!("{base}[git]\nallow_force_push = true\n"),
+            dir.path(),
+        );
+        let rebuild = next.adopt(&live, &["git".into()]).expect("adopt");
+        assert_eq!(rebuild.alpns, vec![alknet_git::ALPN]);
+        assert!(!rebuild.http && !rebuild.tcp);
+        let r = next
+            .registry_reusing(&registry, &rebuild.alpns)
+            .expect("registry");
+        assert!(!same(&registry, &r, alknet_git::ALPN), "git rebuilt");
+        for kept in [alknet_echo::ALPN, alknet_call::ALPN, alknet_http::h3::ALPN] {
+            assert!(same(&registry, &r, kept), "{kept:?} kept");
+        }
+
+        // [call]: a reconfigured node (same operations and counters), and the HTTP routes
+        // that run its operations
+        let mut next = reloaded(
+            &format!("{base}[call]\nmax_frame_size = 4096\n"),
+            dir.path(),
+        );
+        let rebuild = next.adopt(&live, &["call".into()]).expect("adopt");
+        assert_eq!(
+            rebuild.alpns,
+            vec![alknet_call::ALPN, alknet_http::h3::ALPN]
+        );
+        assert!(rebuild.http && rebuild.tcp);
+        let r = next
+            .registry_reusing(&registry, &rebuild.alpns)
+            .expect("registry");
+        assert!(!same(&registry, &r, alknet_call::ALPN));
+        assert!(!same(&registry, &r, alknet_http::h3::ALPN));
+        let (old, new) = (
+            live.call_node.get().expect("running node"),
+            next.call_node.get().expect("new node"),
+        );
+        assert!(!Arc::ptr_eq(&old.0, &new.0));
+        assert_eq!(new.0.limits.max_frame_size, 4096);
+        assert!(Arc::ptr_eq(&old.0.stats, &new.0.stats), "counters go on");
+        assert!(Arc::ptr_eq(&old.0.bus, &new.0.bus), "one topic bus");
+
+        // [tcp] alone: the TCP listener's setup, no QUIC handler
+        let mut next = reloaded(
+            &format!("{base}[tcp]\nmax_connections_per_worker = 3\n"),
+            dir.path(),
+        );
+        let rebuild = next.adopt(&live, &["tcp".into()]).expect("adopt");
+        assert!(rebuild.alpns.is_empty() && rebuild.tcp && !rebuild.http);
+    }
+
+    #[test]
+    fn keys_bound_at_start_are_named_as_needing_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (live, _) = running("[dns]\nudp_listen = \"127.0.0.1:5353\"\n", dir.path());
+        let next = reloaded(
+            "[dns]\nudp_listen = \"127.0.0.1:5354\"\nupstreams = [\"127.0.0.1:53\"]\nquery_timeout_ms = 5\n\
+             [tcp]\nlisten_backlog = 7\ntls_handshake_timeout_ms = 5\n",
+            dir.path(),
+        );
+        let keys: Vec<&str> = next
+            .restart_only_changes(&live)
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(
+            keys,
+            ["dns.udp_listen", "dns.upstreams", "tcp.listen_backlog"]
+        );
+        let (live, _) = running("", dir.path());
+        let next = reloaded("[dns]\nupstreams = [\"127.0.0.1:53\"]\n", dir.path());
+        assert!(
+            next.restart_only_changes(&live).is_empty(),
+            "no classic listener: the forwarder is rebuilt with doq"
+        );
     }
 
     #[test]

@@ -67,8 +67,9 @@ enum Command {
     /// alknet/ssh session (each CONNECT is a direct-tcpip channel, as with ssh -D)
     Socks(socks::SocksArgs),
     /// Ask a running node to re-read its config file and apply what can change live
-    /// (certificate, client-auth policy, identities, admission limits, enabled handlers,
-    /// log filter); prints what changed (needs node:admin)
+    /// (certificate, client-auth policy, identities, admission and transport limits,
+    /// enabled handlers and their sections, log filter); prints what changed (needs
+    /// node:admin)
     Reload(call::ReloadArgs),
     /// Print the SHA-256 fingerprint of the server certificate (generating it if needed)
     Fingerprint {
@@ -205,12 +206,16 @@ fn serve(
         .filter(|_| watch_config)
         .map(|p| (p.clone(), reload::file_stamp(p)));
     let source = reload::ConfigSource {
-        path: config.clone(),
-        data_dir: data_dir.clone(),
+        path: config,
+        data_dir,
     };
-    let mut cfg = match load_config(config, data_dir) {
-        Ok(c) => c,
-        Err(code) => return code,
+    // the text as a table too: a reload compares the file's sections with it
+    let (table, mut cfg) = match source.read() {
+        Ok(read) => read,
+        Err(e) => {
+            eprintln!("alknet: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     if let Err(e) = logging::set_filter(&cfg.log.filter) {
         eprintln!("alknet: {e}");
@@ -282,10 +287,16 @@ fn serve(
         Err(e) => tracing::warn!("{e}"),
     }
 
-    match reload::Reloader::new(source, server.reload_handle(), reload_tx.clone()) {
-        Ok(reloader) => reloader.spawn(reload_rx),
-        Err(e) => tracing::warn!("live reload unavailable: {e}"),
-    }
+    // the reloader keeps the config the handlers were built from (and so the DNS zone
+    // watcher) for as long as the node runs
+    reload::Reloader::new(
+        source,
+        table,
+        cfg,
+        server.reload_handle(),
+        reload_tx.clone(),
+    )
+    .spawn(reload_rx);
     if let Some((path, stamp)) = watched {
         reload::watch(path, stamp, reload_tx.clone());
     }

@@ -3,19 +3,18 @@
 //!
 //! Reloaded: the TLS certificate and key (`[tls]`, or the generated one in the data
 //! directory), the client-certificate policy, `[[identities]]`, `[identity]`,
-//! `[admission]` (per-source, per-worker and per-ALPN connection limits) and
-//! `[limits]` and `[quic]` for new connections (except the keys that size sockets and
-//! the endpoint at start, `alknet_runtime::RESTART_LIMITS`, refused by name), and
-//! `[handlers] enabled`: a handler enabled by a reload is built from the reloaded config
-//! and offered to new handshakes; one disabled is no longer offered and its open
-//! connections drain as at shutdown (`limits.shutdown_timeout`); the others keep running
-//! as they are. `[log] filter` too. (With `[vault]`, handlers take their keys from the vault, which a reload
-//! does not unlock: enabling one then needs a restart; disabling does not.) New
-//! handshakes get the new certificate; open connections keep theirs; token and fingerprint
-//! lookups see the new identities at once. A reload that changes any other section is
-//! refused as a whole, naming the sections: `listen` and `workers` always need a restart,
-//! the others are not live-reloadable yet. A reload that fails anywhere (syntax, an
-//! unreadable key, a certificate that does not match its key) changes nothing.
+//! `[admission]`, `[limits]` and `[quic]` for new connections (except the keys that size
+//! sockets and the endpoint at start, `alknet_runtime::RESTART_LIMITS`, refused by name),
+//! `[handlers] enabled` (a handler enabled is built from the reloaded config; one disabled
+//! drains as at shutdown), `[log] filter`, and the handler sections (`[call]`, `[ssh]`,
+//! `[sftp]`, `[git]`, `[dns]`, `[http]`, `[http3]`, `[tcp]`, `[hq]`): the handlers a changed
+//! section is read by are built anew ([`FileConfig::adopt`] says which, and carries over
+//! the node-wide parts they share) and serve new connections, while open connections keep
+//! the instance they were accepted with. Keys bound to sockets or run once at start are
+//! refused by name ([`FileConfig::restart_only_changes`]); so are `listen`, `workers` and
+//! the other top-level keys outside [`RELOADABLE`]. A reload that fails anywhere (syntax,
+//! an unreadable key, a certificate that does not match its key, a section that does not
+//! validate, a zone file that does not parse) changes nothing.
 //!
 //! One thread applies reloads one at a time, whoever asked. The operation takes no path: the
 //! node re-reads the file it was started with, so an admin token cannot make it read
@@ -31,7 +30,7 @@ use serde_json::json;
 use crate::config::{FileConfig, DEFAULT_CONFIG};
 
 /// Top-level config keys a reload may change.
-const RELOADABLE: [&str; 8] = [
+const RELOADABLE: [&str; 17] = [
     "tls",
     "identities",
     "identity",
@@ -40,6 +39,31 @@ const RELOADABLE: [&str; 8] = [
     "log",
     "limits",
     "quic",
+    "call",
+    "ssh",
+    "sftp",
+    "git",
+    "dns",
+    "http",
+    "http3",
+    "tcp",
+    "hq",
+];
+
+/// The per-handler sections, with the handlers (or the TCP listener) built from them.
+const HANDLER_SECTIONS: [(&str, &str); 9] = [
+    (
+        "call",
+        "alknet/call (and the HTTP routes running its operations)",
+    ),
+    ("ssh", "alknet/ssh"),
+    ("sftp", "alknet/sftp and the sftp subsystem of alknet/ssh"),
+    ("git", "alknet/git"),
+    ("dns", "doq and alknet/dns"),
+    ("http", "the HTTP routes (h3 and the TCP listener)"),
+    ("http3", "h3"),
+    ("tcp", "the TLS-over-TCP listener"),
+    ("hq", "hq-interop"),
 ];
 
 /// What a reload did (one line per change), or why it did nothing.
@@ -59,7 +83,7 @@ pub struct ConfigSource {
 }
 
 impl ConfigSource {
-    fn read(&self) -> Result<(toml::Table, FileConfig), String> {
+    pub fn read(&self) -> Result<(toml::Table, FileConfig), String> {
         let (text, origin) = match &self.path {
             Some(p) => (
                 std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?,
@@ -80,42 +104,63 @@ impl ConfigSource {
 pub struct Reloader {
     source: ConfigSource,
     running: toml::Table,
+    /// The config the node serves, with the node-wide parts built from it (call node,
+    /// HTTP state, DNS catalog and its zone watcher) that a reload carries over.
+    live: FileConfig,
     handle: ConfigReloadHandle,
     /// For a call handler enabled by a reload (its `node.reload` operation).
     requests: ReloadSender,
 }
 
 impl Reloader {
-    /// `running` is the config the server started with, as read from `source`.
+    /// `running` is the config the server started with, as read from `source` (its text
+    /// as a table, and `live`, the config its handlers were built from).
     pub fn new(
         source: ConfigSource,
+        running: toml::Table,
+        live: FileConfig,
         handle: ConfigReloadHandle,
         requests: ReloadSender,
-    ) -> Result<Self, String> {
-        let (running, _) = source.read()?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             source,
             running,
+            live,
             handle,
             requests,
-        })
+        }
     }
 
     /// Re-reads the config and applies it, or changes nothing and says why.
     pub fn reload(&mut self) -> ReloadOutcome {
         let (table, mut cfg) = self.source.read()?;
-        let fixed = changed_sections(&self.running, &table)
-            .into_iter()
+        // for a call handler built by this reload (its `node.reload` operation)
+        cfg.reload_requests = Some(self.requests.clone());
+        let changed = changed_sections(&self.running, &table);
+        let fixed = changed
+            .iter()
             .filter(|k| !RELOADABLE.contains(&k.as_str()))
+            .cloned()
             .collect::<Vec<_>>();
         if !fixed.is_empty() {
             return Err(format!(
-                "not reloaded: {} changed, which needs a restart (listen and workers always \
-                 do; handler sections such as [call] or [ssh] are not live-reloadable yet); \
-                 nothing was changed",
+                "not reloaded: {} changed, which needs a restart (the listen address, \
+                 workers, the vault and the data directory are fixed at start); nothing was \
+                 changed",
                 fixed.join(", ")
             ));
         }
+        let keys = cfg.restart_only_changes(&self.live);
+        if !keys.is_empty() {
+            let named: Vec<String> = keys.iter().map(|(k, why)| format!("{k} ({why})")).collect();
+            return Err(format!(
+                "not reloaded: {} changed, which needs a restart; nothing was changed",
+                named.join(", ")
+            ));
+        }
+        let rebuild = cfg
+            .adopt(&self.live, &changed)
+            .map_err(|e| format!("not reloaded: {e}; nothing was changed"))?;
         let mut changes = Vec::new();
         // Build everything before changing anything.
         let tls = if cfg.vault.file.is_some() {
@@ -124,30 +169,33 @@ impl Reloader {
             Some(cfg.tls_identity().map_err(|e| format!("TLS: {e}"))?.0)
         };
         let provider = cfg.identity_provider().map_err(|e| e.to_string())?;
-        let handlers = if self.running.get("handlers") != table.get("handlers") {
-            let running = self.handle.handlers();
-            let added: Vec<&String> = cfg
-                .handlers
-                .enabled
-                .iter()
-                .filter(|n| running.lookup(n.as_bytes()).is_none())
-                .collect();
-            if !added.is_empty() && cfg.vault.file.is_some() {
-                return Err(format!(
-                    "not reloaded: enabling {} needs a restart (handlers take their keys from \
-                     the vault); nothing was changed",
-                    added
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            cfg.reload_requests = Some(self.requests.clone());
-            let next = cfg
-                .registry_reusing(&running)
-                .map_err(|e| format!("handlers: {e}; nothing was changed"))?;
-            Some((alpn_change(&running, &next), next))
+        let sections: Vec<&str> = HANDLER_SECTIONS
+            .iter()
+            .map(|(s, _)| *s)
+            .filter(|s| changed.iter().any(|c| c == s))
+            .collect();
+        let handlers =
+            if self.running.get("handlers") != table.get("handlers") || !rebuild.alpns.is_empty() {
+                let running = self.handle.handlers();
+                let next = cfg
+                    .registry_reusing(&running, &rebuild.alpns)
+                    .map_err(|e| format!("not reloaded: {e}; nothing was changed"))?;
+                Some((alpn_change(&running, &next), next))
+            } else {
+                None
+            };
+        if rebuild.http {
+            // made (and `[http]` checked) now even when no handler serves it yet, after the
+            // call handler whose operations it runs
+            cfg.http_state()
+                .map_err(|e| format!("not reloaded: {e}; nothing was changed"))?;
+        }
+        // the TLS-over-TCP listener's handler (HTTP) and limits, when it runs
+        let tcp = if rebuild.tcp && self.handle.tcp_listening() {
+            let (setup, _) = cfg
+                .tcp_setup()
+                .map_err(|e| format!("not reloaded: {e}; nothing was changed"))?;
+            Some(setup)
         } else {
             None
         };
@@ -187,7 +235,22 @@ impl Reloader {
             self.handle
                 .set_handlers(registry)
                 .map_err(|e| format!("handlers: {e}"))?;
-            changes.push(change);
+            if self.running.get("handlers") != table.get("handlers") {
+                changes.push(change);
+            }
+        }
+        if let Some(setup) = tcp {
+            self.handle
+                .set_tcp(setup)
+                .map_err(|e| format!("[tcp]: {e}"))?;
+        }
+        cfg.commit_reload(&self.live);
+        for section in sections {
+            let built = HANDLER_SECTIONS
+                .iter()
+                .find(|(s, _)| *s == section)
+                .map_or("", |(_, h)| h);
+            changes.push(format!("[{section}] for new connections ({built})"));
         }
         if transport {
             self.handle
@@ -213,6 +276,7 @@ impl Reloader {
             changes.push(format!("identities ({} configured)", cfg.identities.len()));
         }
         self.running = table;
+        self.live = cfg;
         Ok(changes)
     }
 

@@ -237,6 +237,7 @@ pub fn ssh_key_of(key: &Ed25519Key, comment: &str) -> CliResult<PrivateKey> {
 }
 
 /// The node keys a server takes from its vault.
+#[derive(Clone)]
 pub struct NodeKeys {
     pub tls: TlsIdentity,
     pub ssh_host: PrivateKey,

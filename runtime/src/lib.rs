@@ -58,7 +58,9 @@ pub use identity::{
 pub use limits::*;
 pub use operations::{OperationFailure, OperationInfo, OperationInvoker, OperationStats};
 pub use pinning::{others_runnable, PinDecision, PinWorkers};
-pub use reload::{ConfigReloadHandle, HandlersError, TransportReloadError, RESTART_LIMITS};
+pub use reload::{
+    ConfigReloadHandle, HandlersError, TcpReloadError, TransportReloadError, RESTART_LIMITS,
+};
 pub use router::{
     close_code, AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError,
 };

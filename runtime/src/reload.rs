@@ -18,6 +18,7 @@ use crate::identity::{Identity, IdentityProvider};
 use crate::limits::{Limits, LimitsError};
 use crate::router::AlpnRegistry;
 use crate::server::build_server_config;
+use crate::tcp::TcpSetup;
 use crate::tls::{ClientAuth, TlsError, TlsIdentity};
 use crate::worker::{ServerShared, ServerTls};
 
@@ -137,6 +138,38 @@ impl ConfigReloadHandle {
             return Err(TransportReloadError::NeedsRestart(fixed.join(", ")));
         }
         Ok(next)
+    }
+
+    /// Whether the TLS-over-TCP listener runs (it is bound at start or never).
+    pub fn tcp_listening(&self) -> bool {
+        self.0.tcp.is_some()
+    }
+
+    /// Serves `setup`'s TCP handlers and `[tcp]` limits to connections accepted from now
+    /// on; open connections keep the handler and limits they were accepted with until they
+    /// end. The listeners are bound at start: `enabled` and `listen_backlog` cannot change,
+    /// nor the ALPNs the TCP side offers (its TLS config is built from them); a setup that
+    /// changes one is refused, naming it, and nothing changes.
+    pub fn set_tcp(&self, setup: TcpSetup) -> Result<(), TcpReloadError> {
+        let live = self.0.tcp.as_ref().ok_or(TcpReloadError::NotListening)?;
+        setup.limits.validate()?;
+        let running = live.load();
+        let mut fixed = Vec::new();
+        if setup.limits.enabled != running.limits.enabled {
+            fixed.push("tcp.enabled");
+        }
+        if setup.limits.listen_backlog != running.limits.listen_backlog {
+            fixed.push("tcp.listen_backlog");
+        }
+        if setup.registry.alpns() != running.registry.alpns() {
+            fixed.push("the TCP handlers' ALPNs");
+        }
+        if !fixed.is_empty() {
+            return Err(TcpReloadError::NeedsRestart(fixed.join(", ")));
+        }
+        live.store(Arc::new(setup));
+        tracing::info!("TCP handlers and [tcp] reloaded; new connections use them");
+        Ok(())
     }
 
     /// Waits until every running worker has installed the config published last, so a
@@ -290,6 +323,17 @@ pub enum TransportReloadError {
     Policy(#[from] HandshakePolicyError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+}
+
+/// Why [`ConfigReloadHandle::set_tcp`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpReloadError {
+    #[error("the TLS-over-TCP listener is not running (tcp.enabled was off at start)")]
+    NotListening,
+    #[error("{0} changed, which needs a restart (the TCP listeners are bound at start)")]
+    NeedsRestart(String),
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
 }
 
 /// Why [`ConfigReloadHandle::set_handlers`] changed nothing.

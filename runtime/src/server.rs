@@ -200,7 +200,7 @@ pub(crate) fn build_tcp_config(
     shared
         .tcp
         .as_ref()
-        .map(|t| tcp_server_config(tls, t.registry.alpns(), client_auth, handshake))
+        .map(|t| tcp_server_config(tls, t.load().registry.alpns(), client_auth, handshake))
         .transpose()
 }
 
@@ -341,7 +341,7 @@ pub fn start_with_tcp(
                 }
             })
             .map(QlogDir::new),
-        tcp: tcp.map(Arc::new),
+        tcp: tcp.map(ArcSwap::from_pointee),
     });
 
     let usable = core_affinity::get_core_ids().unwrap_or_default();

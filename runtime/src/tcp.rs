@@ -196,7 +196,7 @@ pub(crate) async fn accept_loop(
     shared: Arc<ServerShared>,
     state: Rc<WorkerTcp>,
 ) {
-    let Some(setup) = shared.tcp.clone() else {
+    let Some(live) = shared.tcp.as_ref() else {
         return;
     };
     let stats = shared.stats[worker].clone();
@@ -215,6 +215,9 @@ pub(crate) async fn accept_loop(
             drop(stream);
             continue;
         }
+        // one load per connection: a reload's handlers and limits apply from the next
+        // connection on; this one keeps the setup it was accepted with to its end
+        let setup = live.load_full();
         let admitted = state.admit(
             remote.ip(),
             &setup.limits,
@@ -232,7 +235,6 @@ pub(crate) async fn accept_loop(
             }
         };
         let shared = shared.clone();
-        let setup = setup.clone();
         let stats = stats.clone();
         spawn_guarded("tcp connection", async move {
             serve_connection(worker, stream, remote, shared, &setup, stats, slot).await;

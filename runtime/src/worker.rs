@@ -101,8 +101,9 @@ pub(crate) struct ServerShared {
     pub alpn_counts: ArcSwap<Vec<Arc<AlpnCount>>>,
     /// Per-connection qlog traces, when a directory is configured.
     pub qlog: Option<QlogDir>,
-    /// The TLS-over-TCP listener's handlers and limits, when it is on.
-    pub tcp: Option<Arc<crate::tcp::TcpSetup>>,
+    /// Live: the TLS-over-TCP listener's handlers and limits, when it is on
+    /// ([`crate::ConfigReloadHandle::set_tcp`]); loaded once per accepted connection.
+    pub tcp: Option<ArcSwap<crate::tcp::TcpSetup>>,
 }
 
 impl ServerShared {

@@ -79,10 +79,15 @@ impl CallAdapter {
                 info,
                 base_env: BTreeMap::new(),
                 session_source,
-                stats: CallStats::default(),
+                stats: Arc::default(),
                 base_layers: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// A handler serving `node` as it is (e.g. one made by [`CallNode::reconfigured`]).
+    pub fn from_node(node: Arc<CallNode>) -> Self {
+        Self { node }
     }
 
     /// Adds a session overlay source (layer 1 of every operation's environment).

@@ -90,7 +90,9 @@ pub struct CallNode {
     /// Layer 0 variables every operation sees.
     pub base_env: BTreeMap<String, String>,
     pub session_source: Option<Arc<dyn SessionOverlaySource>>,
-    pub stats: CallStats,
+    /// Shared with the nodes [`CallNode::reconfigured`] makes from this one, so a reload
+    /// does not reset the counters.
+    pub stats: Arc<CallStats>,
     /// Layer 0 of each operation (node base under its scoped env), built on first use:
     /// the builders that change `base_env` run before the node is shared.
     pub(crate) base_layers: OnceLock<FxHashMap<String, Arc<dyn OperationEnv>>>,
@@ -106,13 +108,30 @@ impl Clone for CallNode {
             info: self.info.clone(),
             base_env: self.base_env.clone(),
             session_source: self.session_source.clone(),
-            stats: CallStats::default(),
+            stats: Arc::default(),
             base_layers: OnceLock::new(),
         }
     }
 }
 
 impl CallNode {
+    /// The node a live reload serves new connections with: `limits` and `info` replace
+    /// this node's; the operations, the topic bus (subscribers on connections still served
+    /// by this node get events published through the new one, and the other way round),
+    /// the environment and the counters are shared.
+    pub fn reconfigured(&self, limits: CallLimits, info: NodeInfo) -> Self {
+        Self {
+            registry: self.registry.clone(),
+            bus: self.bus.clone(),
+            limits,
+            info,
+            base_env: self.base_env.clone(),
+            session_source: self.session_source.clone(),
+            stats: self.stats.clone(),
+            base_layers: OnceLock::new(),
+        }
+    }
+
     /// Layer 0 of the environment of `op`: the node's base variables under the
     /// operation's own scoped variables.
     pub(crate) fn base_layer(&self, op: &Operation) -> Arc<dyn OperationEnv> {

@@ -65,6 +65,31 @@ impl HttpState {
         config: HttpConfig,
         invoker: Option<Arc<dyn OperationInvoker>>,
     ) -> Result<Self, HttpStateError> {
+        Self::build(config, invoker, HttpMetrics::default(), OnceLock::new())
+    }
+
+    /// The state a live reload serves new connections with: `config` and `invoker`
+    /// replace this state's (`static_root` is opened again, and an error changes nothing);
+    /// the request counters and the server status are kept. Connections open on this
+    /// state keep it until they end.
+    pub fn reconfigured(
+        &self,
+        config: HttpConfig,
+        invoker: Option<Arc<dyn OperationInvoker>>,
+    ) -> Result<Self, HttpStateError> {
+        let status = OnceLock::new();
+        if let Some(s) = self.0.status.get() {
+            let _ = status.set(s.clone());
+        }
+        Self::build(config, invoker, self.0.metrics.clone(), status)
+    }
+
+    fn build(
+        config: HttpConfig,
+        invoker: Option<Arc<dyn OperationInvoker>>,
+        metrics: HttpMetrics,
+        status: OnceLock<NodeStatus>,
+    ) -> Result<Self, HttpStateError> {
         let static_files = config
             .static_root
             .as_deref()
@@ -79,9 +104,9 @@ impl HttpState {
             .transpose()?;
         Ok(Self(Arc::new(HttpShared {
             config,
-            status: OnceLock::new(),
+            status,
             invoker,
-            metrics: HttpMetrics::default(),
+            metrics,
             version: env!("CARGO_PKG_VERSION"),
             static_files,
         })))

@@ -28,8 +28,9 @@ struct WorkerLabel {
 }
 
 /// Live counters of the HTTP front end (shared by all workers: one relaxed atomic add per
-/// request, after the label lookup).
-#[derive(Default)]
+/// request, after the label lookup). A clone counts into the same family (a reloaded
+/// [`crate::HttpState`] keeps the counters).
+#[derive(Default, Clone)]
 pub struct HttpMetrics {
     pub requests: Family<RequestLabels, Counter>,
 }
