@@ -30,6 +30,8 @@ const PIPE_DEPTH: usize = 8;
 const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 /// After the session ends, how long to wait for the close to reach the server.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often to look whether the close has been sent.
+const CLOSE_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 #[derive(Args, Debug)]
 pub struct ConnectArgs {
@@ -131,13 +133,26 @@ impl Dial {
     }
 }
 
-/// After a session ends, waits (bounded) for the close to reach the server.
+/// After a session ends, closes the connection and waits (bounded) until the close has
+/// left in a datagram: the server learns of it at once. Not for the end of the draining
+/// period (three probe timeouts, ~80 ms on loopback), which only keeps this side
+/// answering late packets; git waits for its helper to exit, so every fetch paid it.
 pub async fn close_and_wait(endpoint: &ClientEndpoint, conn: Connection) {
+    let sent_before = endpoint.stats().datagrams_sent;
     conn.close(VarInt::from_u32(0), b"");
     drop(conn);
+    let close_sent = async {
+        // the driver sends the close on its next turn; checked every CLOSE_POLL
+        for _ in 0..CLOSE_WAIT.as_millis() / CLOSE_POLL.as_millis() {
+            if endpoint.stats().datagrams_sent > sent_before {
+                return;
+            }
+            monoio::time::sleep(CLOSE_POLL).await;
+        }
+    };
     monoio::select! {
         _ = endpoint.wait_idle() => {}
-        _ = monoio::time::sleep(CLOSE_WAIT) => {}
+        _ = close_sent => {}
     }
 }
 

@@ -87,25 +87,74 @@ pub fn parse_url(url: &str) -> Result<AlknetUrl, String> {
     })
 }
 
+/// git's configuration as `git config --list -z` prints it: `(key, value)` in order,
+/// `None` for a key written without `=` (a boolean true). Section and variable names
+/// come lowercased; a subsection (the remote's name) as written.
+type ConfigList = Vec<(String, Option<String>)>;
+
+/// Reads git's configuration (every file git would read, and `-c` options through
+/// `GIT_CONFIG_PARAMETERS`) with one `git config` run: a run per key cost a process start
+/// each, several per fetch.
+fn read_git_config() -> ConfigList {
+    let out = match std::process::Command::new("git")
+        .args(["config", "--list", "-z"])
+        .stderr(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => out.stdout,
+        _ => return Vec::new(),
+    };
+    parse_config_list(&out)
+}
+
+fn parse_config_list(out: &[u8]) -> ConfigList {
+    out.split(|b| *b == 0)
+        .filter(|record| !record.is_empty())
+        .map(|record| {
+            let text = String::from_utf8_lossy(record);
+            match text.split_once('\n') {
+                Some((key, value)) => (key.to_string(), Some(value.to_string())),
+                None => (text.to_string(), None),
+            }
+        })
+        .collect()
+}
+
+/// A git boolean as `git config --type=bool` canonicalizes it.
+fn git_bool(value: Option<&str>) -> Option<bool> {
+    let Some(value) = value else {
+        return Some(true);
+    };
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" => Some(true),
+        "false" | "no" | "off" | "" => Some(false),
+        n => n.parse::<i64>().ok().map(|n| n != 0),
+    }
+}
+
 /// One setting: the environment variable, else `remote.<remote>.alknet<Key>`, else
-/// `alknet.<key>`.
+/// `alknet.<key>` (the last value of a key, as `git config --get` takes it).
 struct Settings {
     remote: Option<String>,
+    config: std::cell::OnceCell<ConfigList>,
 }
 
 impl Settings {
-    fn git_config(key: &str, bool_type: bool) -> Option<String> {
-        let mut cmd = std::process::Command::new("git");
-        cmd.arg("config");
+    fn new(remote: Option<String>) -> Self {
+        Self {
+            remote,
+            config: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The last value of `key` (whose section and variable are lowercase already).
+    fn git_config(&self, key: &str, bool_type: bool) -> Option<String> {
+        let config = self.config.get_or_init(read_git_config);
+        let (_, value) = config.iter().rev().find(|(k, _)| k == key)?;
         if bool_type {
-            cmd.arg("--type=bool");
+            return git_bool(value.as_deref()).map(|b| b.to_string());
         }
-        let out = cmd.arg("--get").arg(key).output().ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        (!v.is_empty()).then_some(v)
+        value.clone().filter(|v| !v.is_empty())
     }
 
     fn get(&self, env: Option<&str>, key: &str, bool_type: bool) -> Option<String> {
@@ -115,18 +164,13 @@ impl Settings {
         {
             return Some(v);
         }
+        let key = key.to_ascii_lowercase();
         if let Some(remote) = &self.remote {
-            let mut camel = String::from("alknet");
-            let mut chars = key.chars();
-            if let Some(c) = chars.next() {
-                camel.push(c.to_ascii_uppercase());
-                camel.extend(chars);
-            }
-            if let Some(v) = Self::git_config(&format!("remote.{remote}.{camel}"), bool_type) {
+            if let Some(v) = self.git_config(&format!("remote.{remote}.alknet{key}"), bool_type) {
                 return Some(v);
             }
         }
-        Self::git_config(&format!("alknet.{key}"), bool_type)
+        self.git_config(&format!("alknet.{key}"), bool_type)
     }
 }
 
@@ -164,14 +208,14 @@ fn server_args(url: &AlknetUrl, settings: &Settings) -> Result<ServerArgs, Strin
 /// (no `GIT_PROTOCOL` for them), so the helper reads `protocol.version` as git does
 /// (`-c protocol.version=0` reaches it through the environment); unset means 2, git's
 /// default since 2.26.
-fn requested_version(service: Service) -> Option<u8> {
+fn requested_version(service: Service, settings: &Settings) -> Option<u8> {
     let configured = std::env::var("GIT_PROTOCOL")
         .ok()
         .and_then(|p| {
             p.split(':')
                 .find_map(|kv| kv.strip_prefix("version=").map(str::to_string))
         })
-        .or_else(|| Settings::git_config("protocol.version", false));
+        .or_else(|| settings.git_config("protocol.version", false));
     match (configured.as_deref().unwrap_or("2"), service) {
         // git pushes with v0/v1 only; v2 is for fetches
         ("2", Service::UploadPack) => Some(2),
@@ -198,9 +242,7 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     // git passes the URL as the remote's name when there is no named remote
-    let settings = Settings {
-        remote: (!remote.contains("://")).then_some(remote),
-    };
+    let settings = Settings::new((!remote.contains("://")).then_some(remote));
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     let mut line = String::new();
@@ -248,7 +290,7 @@ pub fn main() -> ExitCode {
             service,
             &url.path,
             Some(&url.host),
-            requested_version(service),
+            requested_version(service, &settings),
             token.as_deref(),
         );
         return match pipe_stdio(
@@ -280,5 +322,28 @@ mod tests {
         assert!(parse_url("alknet://h:1/").is_err());
         assert!(parse_url("alknet://u@h:1/a").is_err());
         assert!(parse_url("git://h/a").is_err());
+    }
+
+    #[test]
+    fn config_list() {
+        let list = parse_config_list(
+            b"alknet.token\nfirst\0remote.Up.alknetfingerprint\nab\0alknet.insecure\0alknet.token\nlast\0alknet.cert\n\0",
+        );
+        let settings = Settings::new(Some("Up".into()));
+        let _ = settings.config.set(list);
+        assert_eq!(settings.get(None, "token", false).as_deref(), Some("last"));
+        assert_eq!(
+            settings.get(None, "fingerprint", false).as_deref(),
+            Some("ab")
+        );
+        assert_eq!(
+            settings.get(None, "insecure", true).as_deref(),
+            Some("true")
+        );
+        assert_eq!(settings.get(None, "cert", false), None);
+        assert_eq!(settings.get(None, "ca", false), None);
+        assert_eq!(git_bool(Some("Off")), Some(false));
+        assert_eq!(git_bool(Some("2")), Some(true));
+        assert_eq!(git_bool(Some("maybe")), None);
     }
 }

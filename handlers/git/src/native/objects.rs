@@ -12,6 +12,10 @@ use gix_pack::data::output;
 
 use super::shallow::{DeepenRequest, ShallowPlan};
 
+/// A set of object ids, hashed by their first bytes (they are SHA-1 digests already:
+/// SipHash over them would be most of a clone's walk).
+pub type ObjectSet = gix::hashtable::HashSet<ObjectId>;
+
 /// The object database handle the backend works with: shareable across threads, as the
 /// pack entry generator wants.
 pub type Db = gix::odb::Cache<gix::odb::store::Handle<Arc<gix::odb::Store>>>;
@@ -209,10 +213,11 @@ fn have_commits_near(
 /// Marks `tree` and everything below it in `seen`, calling `visit(id, path, is_tree)`
 /// for each object not seen before (trees before their contents; the root's path is
 /// empty). Paths are only built with `with_paths` (otherwise `visit` gets an empty one).
+/// Every tree is read into one reused buffer: a clone walks every tree of the history.
 fn walk_tree(
     db: &dyn Find,
     tree: ObjectId,
-    seen: &mut HashSet<ObjectId>,
+    seen: &mut ObjectSet,
     with_paths: bool,
     visit: &mut dyn FnMut(ObjectId, &[u8], bool),
 ) -> Result<(), String> {
@@ -221,9 +226,14 @@ fn walk_tree(
     }
     visit(tree, b"", true);
     let mut stack = vec![(tree, Vec::new())];
+    let mut buf = Vec::new();
     while let Some((id, dir)) = stack.pop() {
-        let (_, data) = need(db, &id)?;
-        for entry in TreeRefIter::from_bytes(&data, gix::hash::Kind::Sha1) {
+        let data = match db.try_find(&id, &mut buf) {
+            Ok(Some(data)) => data.data,
+            Ok(None) => return Err(format!("object {id} is missing")),
+            Err(e) => return Err(format!("reading object {id}: {e}")),
+        };
+        for entry in TreeRefIter::from_bytes(data, gix::hash::Kind::Sha1) {
             let entry = entry.map_err(|e| format!("bad tree {id}: {e}"))?;
             // submodule commits live in other repositories
             if entry.mode.is_commit() {
@@ -279,7 +289,7 @@ pub struct Selection {
     pub ids: Vec<ObjectId>,
     /// Objects the client holds (the trees, blobs and commits of its boundary commits):
     /// the only bases a thin pack may refer to. Empty unless a thin pack was asked for.
-    pub client_has: HashSet<ObjectId>,
+    pub client_has: ObjectSet,
     /// For a sent tree or blob, the object at the same path in a boundary commit (same
     /// kind, held by the client): the base to compute a new delta against.
     pub delta_bases: HashMap<ObjectId, ObjectId>,
@@ -321,9 +331,10 @@ pub fn objects_to_send(
     } = ask;
     let client_shallow: HashSet<ObjectId> = deepen.client_shallow.iter().copied().collect();
     let mut out = Vec::new();
-    let mut seen: HashSet<ObjectId> = HashSet::new();
+    let mut seen = ObjectSet::default();
     // wanted tags and non-commits; commits to walk
     let mut queue: VecDeque<ObjectId> = VecDeque::new();
+    let mut queued = ObjectSet::default();
     let mut loose_ends = Vec::new();
     for want in wants {
         let mut id = *want;
@@ -337,7 +348,9 @@ pub fn objects_to_send(
                     id = tag_target(&data)?;
                 }
                 Kind::Commit => {
-                    queue.push_back(id);
+                    if queued.insert(id) {
+                        queue.push_back(id);
+                    }
                     break;
                 }
                 Kind::Tree | Kind::Blob => {
@@ -358,7 +371,6 @@ pub fn objects_to_send(
     };
     // the commits to send, newest first
     let mut commits = Vec::new();
-    let mut queued: HashSet<ObjectId> = queue.iter().copied().collect();
     let mut boundary = Vec::new();
     let mut in_boundary = HashSet::new();
     // the client's shallow commits deepened now: it has them (and their trees), not
@@ -374,12 +386,16 @@ pub fn objects_to_send(
             }
         }
     }
+    let mut buf = Vec::new();
     while let Some(id) = queue.pop_front() {
         if have_commits.contains(&id) {
             continue;
         }
-        let (_, data) = need(db, &id)?;
-        let (tree, parents) = commit_links(&data)?;
+        let (tree, parents) = match db.try_find(&id, &mut buf) {
+            Ok(Some(data)) => commit_links(data.data)?,
+            Ok(None) => return Err(format!("object {id} is missing")),
+            Err(e) => return Err(format!("reading object {id}: {e}")),
+        };
         commits.push((id, tree));
         if shallow.cut.contains(&id) {
             continue;
@@ -413,8 +429,10 @@ pub fn objects_to_send(
         selection.client_has.extend(boundary.iter().copied());
     }
     for (id, _) in &commits {
-        seen.insert(*id);
-        out.push(*id);
+        // two wants may name one commit
+        if seen.insert(*id) {
+            out.push(*id);
+        }
     }
     let with_paths = !old_at_path.is_empty();
     for (_, tree) in &commits {
@@ -477,15 +495,16 @@ pub fn write_pack(
         delta_bases,
         shallow: _,
     } = selection;
-    let mut input = ids.into_iter().map(Ok);
-    let (counts, _) = output::count::objects_unthreaded(
-        db,
-        &mut input,
-        &gix::progress::Discard,
-        interrupt,
-        output::count::objects::ObjectExpansion::AsIs,
-    )
-    .map_err(|e| format!("counting objects: {e}"))?;
+    // the walk found every object already: no second pass over the object database to
+    // count them (gix's `count::objects` would decode each one, every blob included);
+    // `iter_from_counts` looks up where each one is stored
+    let counts: Vec<output::Count> = ids
+        .into_iter()
+        .map(|id| output::Count {
+            id,
+            entry_pack_location: output::count::PackLocation::NotLookedUp,
+        })
+        .collect();
     let num_entries = counts.len();
     let compression = output::entry::iter_from_counts::Options::default().compression;
     let entries = output::entry::iter_from_counts(
@@ -516,9 +535,16 @@ pub fn write_pack(
         if failure.is_some() {
             return None;
         }
+        if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
+            failure = Some("interrupted".into());
+            return None;
+        }
         Some(chunk.map(|mut entries| {
-            if thin {
-                for entry in &mut entries {
+            for entry in &mut entries {
+                // an object the walk named but the database lacks (a corrupt repository)
+                if entry.is_invalid() {
+                    failure = Some("an object named by a tree or commit is missing".into());
+                } else if thin {
                     if let Err(e) = thinned.rework(entry) {
                         failure = Some(e);
                     }
@@ -549,7 +575,7 @@ pub fn write_pack(
 /// deltas where a base is known.
 struct ThinEntries<'a> {
     db: &'a Db,
-    client_has: &'a HashSet<ObjectId>,
+    client_has: &'a ObjectSet,
     delta_bases: &'a HashMap<ObjectId, ObjectId>,
     compression: gix::zlib::Compression,
     max_delta_bytes: usize,

@@ -213,12 +213,13 @@ fn select(
     plan: Option<ShallowPlan>,
     limits: &NativeLimits,
 ) -> Result<objects::Selection, String> {
+    let started = std::time::Instant::now();
     let tags = if request.include_tag {
         tag_objects(refs)
     } else {
         Vec::new()
     };
-    objects::objects_to_send(
+    let selection = objects::objects_to_send(
         db,
         objects::SendAsk {
             wants: &request.wants,
@@ -229,7 +230,13 @@ fn select(
         },
         plan,
         limits.max_check_objects,
-    )
+    )?;
+    tracing::debug!(
+        objects = selection.ids.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "upload-pack: objects selected"
+    );
+    Ok(selection)
 }
 
 /// v2's `shallow-info` section (for a shallow request), up to its delimiter.
@@ -260,6 +267,7 @@ fn send_pack(
     interrupt: &AtomicBool,
     limits: &NativeLimits,
 ) -> Result<(), String> {
+    let started = std::time::Instant::now();
     let mut band = SideBand::new(out, request.no_progress);
     let io = |e: std::io::Error| e.to_string();
     band.progress(&format!(
@@ -283,6 +291,10 @@ fn send_pack(
         let _ = band.fatal(&format!("upload-pack: {e}"));
         return Err(e);
     }
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "upload-pack: pack sent"
+    );
     band.progress("Total sent by alknet (gix backend)\n")
         .map_err(io)?;
     Ok(())
