@@ -103,7 +103,7 @@ ALKNET_PID=$!
 PIDS+=("$ALKNET_PID")
 BASE_PID=
 if [ -n "$BASELINE" ]; then
-    # the same keys and peers (copied before any file is in the trees), its own port
+    # the same peers (copied before any file is in the trees), its own port
     cp -a "$W/alk" "$W/alk0"
     ALKNET_DATA_DIR=$W/alk0 ALKNET_LOG=info "$BASELINE" serve \
         --listen "127.0.0.1:$((ALKNET_PORT + 1))" --workers 1 2>"$W/alknet0.log" &
@@ -127,8 +127,10 @@ for pid in "$SSHD_PID" "$ALKNET_PID" $BASE_PID; do
 done
 
 CONNECT="$ALKNET connect --fingerprint $FP 127.0.0.1:$ALKNET_PORT"
-# the baseline server is reached with the same client
-CONNECT0="$ALKNET connect --fingerprint $FP 127.0.0.1:$((ALKNET_PORT + 1))"
+# the baseline server is reached with the same client (its TLS key was made when it started)
+FP0=$FP
+[ -n "$BASELINE" ] && FP0=$(ALKNET_DATA_DIR=$W/alk0 "$ALKNET" fingerprint)
+CONNECT0="$ALKNET connect --fingerprint $FP0 127.0.0.1:$((ALKNET_PORT + 1))"
 common_opts() { # $1 = cipher
     echo -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
         -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o IdentityAgent=none \
