@@ -20,6 +20,8 @@
 #   loadtest/sftp-measure.sh            # ROUNDS=3 CIPHER=aes256-gcm@openssh.com by default
 #   ROUNDS=1 CIPHERS="aes128-gcm@openssh.com chacha20-poly1305@openssh.com" loadtest/sftp-measure.sh
 #   ONLY=ssh loadtest/sftp-measure.sh   # or ONLY=sftp
+#   BASELINE=/tmp/alknet-old loadtest/sftp-measure.sh   # also (c0)/(d0): another alknet
+#                                       # binary (before a change), same run, port +1
 #
 # Needs openssh-client, openssh-server (for sshd) and openssh-sftp-server: installed with
 # apt-get when missing. Uses about 2.1 GiB of /dev/shm while it runs.
@@ -31,6 +33,7 @@ CIPHERS=${CIPHERS:-aes256-gcm@openssh.com}
 SSHD_PORT=${SSHD_PORT:-2222}
 ALKNET_PORT=${ALKNET_PORT:-4499}
 ONLY=${ONLY:-all}
+BASELINE=${BASELINE:-}
 GIB=${BYTES:-1073741824}
 SIZE="$((GIB / 1048576)) MiB"
 SMALL_FILES=${SMALL_FILES:-10000}
@@ -98,14 +101,24 @@ ALKNET_DATA_DIR=$W/alk ALKNET_LOG=info "$ALKNET" serve --listen "127.0.0.1:$ALKN
     --workers 1 2>"$W/alknet.log" &
 ALKNET_PID=$!
 PIDS+=("$ALKNET_PID")
+BASE_PID=
+if [ -n "$BASELINE" ]; then
+    # the same peers (copied before any file is in the trees), its own port
+    cp -a "$W/alk" "$W/alk0"
+    ALKNET_DATA_DIR=$W/alk0 ALKNET_LOG=info "$BASELINE" serve \
+        --listen "127.0.0.1:$((ALKNET_PORT + 1))" --workers 1 2>"$W/alknet0.log" &
+    BASE_PID=$!
+    PIDS+=("$BASE_PID")
+fi
 FP=$(ALKNET_DATA_DIR=$W/alk "$ALKNET" fingerprint)
 for _ in $(seq 100); do
     if grep -q "alknet serving" "$W/alknet.log" 2>/dev/null &&
+        { [ -z "$BASELINE" ] || grep -q "alknet serving" "$W/alknet0.log" 2>/dev/null; } &&
         (exec 3<>/dev/tcp/127.0.0.1/$SSHD_PORT) 2>/dev/null; then break; fi
     sleep 0.1
 done
 
-for pid in "$SSHD_PID" "$ALKNET_PID"; do
+for pid in "$SSHD_PID" "$ALKNET_PID" $BASE_PID; do
     if ! kill -0 "$pid" 2>/dev/null; then
         echo "a server did not start (ports $SSHD_PORT, $ALKNET_PORT taken?):" >&2
         cat "$W/sshd.log" "$W/alknet.log" >&2
@@ -114,6 +127,10 @@ for pid in "$SSHD_PID" "$ALKNET_PID"; do
 done
 
 CONNECT="$ALKNET connect --fingerprint $FP 127.0.0.1:$ALKNET_PORT"
+# the baseline server is reached with the same client (its TLS key was made when it started)
+FP0=$FP
+[ -n "$BASELINE" ] && FP0=$(ALKNET_DATA_DIR=$W/alk0 "$ALKNET" fingerprint)
+CONNECT0="$ALKNET connect --fingerprint $FP0 127.0.0.1:$((ALKNET_PORT + 1))"
 common_opts() { # $1 = cipher
     echo -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
         -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o IdentityAgent=none \
@@ -148,7 +165,7 @@ timed() {
 report() { # label bytes_or_files unit wall cpu
     awk -v l="$1" -v n="$2" -v u="$3" -v w="$4" -v c="$5" 'BEGIN {
         if (u == "MB/s") r = n / w / 1e6; else r = n / w;
-        printf "  %-44s %7.2f s  %9.1f %-7s server CPU %6.2f s\n", l, w, r, u, c }'
+        printf "  %-62s %7.2f s  %9.1f %-7s server CPU %6.2f s\n", l, w, r, u, c }'
 }
 
 # --- ssh: 1 GiB each way ---------------------------------------------------------------
@@ -185,6 +202,11 @@ head -c $GIB /dev/zero >"$W/localbig"
 for id in bench-ssh bench-sftp; do
     ln "$W/srv/big" "$W/alk/sftp/$id/big"
     cp -al "$W/srv/small" "$W/alk/sftp/$id/small"
+    if [ -n "$BASELINE" ]; then
+        mkdir -p "$W/alk0/sftp/$id"
+        ln "$W/srv/big" "$W/alk0/sftp/$id/big"
+        cp -al "$W/srv/small" "$W/alk0/sftp/$id/small"
+    fi
 done
 
 # the plain-pipe server: sftp-server under a shell that writes its CPU ticks when it ends
@@ -205,7 +227,7 @@ sftp_batch() { # $1 = remote prefix ("" for alknet roots); prints the batch for 
     esac
 }
 
-sftp_run() { # $1 = way (a b c d), $2 = cipher; runs one $OP
+sftp_run() { # $1 = way (a b c d c0 d0), $2 = cipher; runs one $OP
     local way=$1 cipher=$2
     case $way in
     a)
@@ -235,21 +257,37 @@ sftp_run() { # $1 = way (a b c d), $2 = cipher; runs one $OP
         # shellcheck disable=SC2046
         timed sftp -q -b "$W/batch" $(common_opts "$cipher") -o "ProxyCommand=$CONNECT --alpn alknet/ssh" "$USER_AT"
         ;;
+    c0)
+        SERVER_PID=$BASE_PID
+        SERVER_CPU_FILE=
+        sftp_batch "" >"$W/batch"
+        timed sftp -q -b "$W/batch" -D "$CONNECT0 --alpn alknet/sftp --cert $W/client/cert.pem --key $W/client/key.pem"
+        ;;
+    d0)
+        SERVER_PID=$BASE_PID
+        SERVER_CPU_FILE=
+        sftp_batch "" >"$W/batch"
+        # shellcheck disable=SC2046
+        timed sftp -q -b "$W/batch" $(common_opts "$cipher") -o "ProxyCommand=$CONNECT0 --alpn alknet/ssh" "$USER_AT"
+        ;;
     esac
 }
 
 sftp_clean() { # removes what the last $OP left on either side
     rm -rf "$W/local/big" "$W/local/small" "$W/srv/upbig" "$W/srv/upsmall" \
-        "$W"/alk/sftp/*/upbig "$W"/alk/sftp/*/upsmall
+        "$W"/alk/sftp/*/upbig "$W"/alk/sftp/*/upsmall "$W"/alk0/sftp/*/upbig "$W"/alk0/sftp/*/upsmall
 }
 
 sftp_rounds() {
     local cipher=$1
     declare -A name=([a]="(a) sftp-server, plain pipe" [b]="(b) sshd + sftp-server"
-        [c]="(c) alknet/sftp" [d]="(d) alknet/ssh subsystem")
+        [c]="(c) alknet/sftp" [d]="(d) alknet/ssh subsystem"
+        [c0]="(c0) alknet/sftp, BASELINE" [d0]="(d0) alknet/ssh subsystem, BASELINE")
+    local ways="a b c d"
+    [ -n "$BASELINE" ] && ways="a b c0 c d0 d"
     for OP in get put getsmall putsmall; do
         for r in $(seq "$ROUNDS"); do
-            for way in a b c d; do
+            for way in $ways; do
                 read -r w c < <(sftp_run $way "$cipher")
                 sftp_clean
                 case $OP in
@@ -263,6 +301,7 @@ sftp_rounds() {
 
 echo "== $(date -u) $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
 echo "== $(ssh -V 2>&1); alknet serve --workers 1 (one bridge thread); sshd $SSHD_PORT; rounds $ROUNDS"
+[ -n "$BASELINE" ] && echo "== baseline (c0)/(d0): $BASELINE on port $((ALKNET_PORT + 1))"
 echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for cipher in $CIPHERS; do
     if [ "$ONLY" = all ] || [ "$ONLY" = ssh ]; then

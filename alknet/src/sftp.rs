@@ -1,15 +1,18 @@
 //! SFTP's two fronts, wired here because they join two handler crates (which never
-//! depend on each other): the `alknet/sftp` ALPN, whose QUIC streams reach the SFTP core
-//! through the SSH crate's monoio ⇄ tokio bridge, and the `sftp` subsystem plugged into
-//! `alknet/ssh` through its subsystem hook.
+//! depend on each other): the `alknet/sftp` ALPN, whose QUIC streams are served on the
+//! worker that owns the connection, and the `sftp` subsystem plugged into `alknet/ssh`
+//! through its subsystem hook (on the SSH bridge's tokio runtime, with russh).
 
+use std::cell::Cell;
 use std::path::PathBuf;
+use std::rc::Rc;
 
+use alknet_runtime::rt::spawn_guarded;
 use alknet_runtime::{
     AuthContext, Connection, HandlerError, Identity, LocalBoxFuture, ProtocolHandler, VarInt,
 };
 use alknet_sftp::SftpConfig;
-use alknet_ssh::bridge::{serve_bridged_sessions, TokioBridge};
+use alknet_ssh::bridge::TokioBridge;
 use alknet_ssh::{Subsystem, SubsystemStream};
 
 /// The ALPN of raw SFTP sessions.
@@ -79,7 +82,9 @@ impl Subsystem for SftpService {
 }
 
 /// The `alknet/sftp` handler: each bidirectional stream is one raw SFTP session of the
-/// connection's identity (its client certificate).
+/// connection's identity (its client certificate), served on the worker that owns the
+/// connection ([`alknet_sftp::serve_on_worker`]: file reads and writes through monoio).
+/// At most `sftp.max_sessions_per_connection` at once; a stream beyond is reset.
 #[derive(Debug, Clone)]
 pub struct SftpAlpn(pub SftpService);
 
@@ -107,16 +112,57 @@ impl ProtocolHandler for SftpAlpn {
                     return Ok(());
                 }
             };
-            let rt = TokioBridge::start(service.bridge_threads)
+            // requests that may take long (copy-data, fsync) leave the worker for the
+            // bridge runtime's blocking threads
+            let offload = TokioBridge::start(service.bridge_threads)
                 .map_err(|e| HandlerError::Other(Box::new(e)))?;
             let max = service.config.max_sessions_per_connection;
-            serve_bridged_sessions(&conn, &rt, max, "sftp", |bytes| {
-                let service = service.clone();
-                let identity = identity.clone();
-                async move { service.run(identity, bytes).await }
-            })
-            .await;
+            let open = Rc::new(Cell::new(0usize));
+            while let Ok(stream) = conn.accept_bi().await {
+                if open.get() >= max {
+                    tracing::warn!(
+                        remote = %conn.remote_address(),
+                        "sftp: session limit ({max}) reached; stream refused"
+                    );
+                    let (mut send, mut recv) = stream.split();
+                    let _ = send.reset(VarInt::from_u32(alknet_sftp::worker::SESSION_ABORT_CODE));
+                    let _ = recv.stop(VarInt::from_u32(alknet_sftp::worker::SESSION_ABORT_CODE));
+                    continue;
+                }
+                let server =
+                    match alknet_sftp::session_for(&identity, &service.root, &service.config) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!("sftp: {e}");
+                            continue;
+                        }
+                    };
+                open.set(open.get() + 1);
+                let slot = SessionSlot(open.clone());
+                let (config, offload, name) = (
+                    service.config.clone(),
+                    offload.clone(),
+                    identity.name.clone(),
+                );
+                tracing::info!(identity = %name, read = server.grants().read, write = server.grants().write, "sftp: session started");
+                spawn_guarded("sftp session", async move {
+                    let _slot = slot;
+                    match alknet_sftp::serve_on_worker(stream, server, config, offload).await {
+                        Ok(()) => tracing::debug!(identity = %name, "sftp: session ended"),
+                        Err(e) => tracing::info!(identity = %name, "sftp: session ended: {e}"),
+                    }
+                });
+            }
             Ok(())
         })
+    }
+}
+
+/// Frees a connection's session slot when the session ends.
+struct SessionSlot(Rc<Cell<usize>>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }

@@ -35,6 +35,13 @@ fuzz_target!(|data: &[u8]| {
     let mut decoder = FrameDecoder::new(64 * 1024);
     decoder.feed(data);
     while let Ok(Some(frame)) = decoder.next_packet() {
+        // the worker front's zero-copy READ/WRITE decoder sees every frame first; a
+        // WRITE's data is a slice of the frame behind its fields
+        if let Some(alknet_sftp::DataRequest::Write { data, handle, .. }) =
+            alknet_sftp::decode_data_request(&frame)
+        {
+            assert!(data.len() + handle.len() + 21 == frame.len());
+        }
         let reply = match decode_request(frame) {
             Decoded::Reply(r) => r,
             Decoded::Request(p) => {

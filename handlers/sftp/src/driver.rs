@@ -10,7 +10,6 @@
 //! was read, and reading stops while `max_outstanding` requests or `max_bytes_in_flight`
 //! bytes of request and reply data are in flight.
 
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,11 +21,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::SftpConfig;
 use crate::frame::{FrameDecoder, FrameError};
-use crate::sequencer::Sequencer;
+use crate::pipeline::{Job, Pipeline};
 use crate::server::{encode, version_reply, Server};
 
 const SSH_FXP_INIT: u8 = 1;
 const SSH_FXP_READ: u8 = 5;
+const SSH_FXP_WRITE: u8 = 6;
 
 /// Why a session ended other than by the client's clean end of stream.
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +82,80 @@ pub fn decode_request(frame: Bytes) -> Decoded {
     }
 }
 
+/// A `READ` or `WRITE`, decoded without copying its data: the requests a bulk transfer is
+/// made of, which a driver may serve itself (the worker front, through io_uring).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataRequest {
+    Read {
+        id: u32,
+        handle: String,
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        id: u32,
+        handle: String,
+        offset: u64,
+        /// A slice of the frame, not a copy.
+        data: Bytes,
+    },
+}
+
+impl DataRequest {
+    pub fn id(&self) -> u32 {
+        match self {
+            DataRequest::Read { id, .. } | DataRequest::Write { id, .. } => *id,
+        }
+    }
+
+    pub fn handle(&self) -> &str {
+        match self {
+            DataRequest::Read { handle, .. } | DataRequest::Write { handle, .. } => handle,
+        }
+    }
+}
+
+/// Decodes a `READ` or `WRITE` frame (type byte first); `None` for any other packet, or
+/// one that is malformed or carries trailing bytes (left to [`decode_request`], which
+/// answers it).
+pub fn decode_data_request(frame: &Bytes) -> Option<DataRequest> {
+    let kind = *frame.first()?;
+    if kind != SSH_FXP_READ && kind != SSH_FXP_WRITE {
+        return None;
+    }
+    let mut b = frame.slice(1..);
+    let id = b.try_get_u32().ok()?;
+    let hlen = b.try_get_u32().ok()? as usize;
+    if b.remaining() < hlen {
+        return None;
+    }
+    let handle = String::from_utf8(b.split_to(hlen).to_vec()).ok()?;
+    let offset = b.try_get_u64().ok()?;
+    let request = if kind == SSH_FXP_READ {
+        let len = b.try_get_u32().ok()?;
+        DataRequest::Read {
+            id,
+            handle,
+            offset,
+            len,
+        }
+    } else {
+        let dlen = b.try_get_u32().ok()? as usize;
+        if b.remaining() < dlen {
+            return None;
+        }
+        DataRequest::Write {
+            id,
+            handle,
+            offset,
+            data: b.split_to(dlen),
+        }
+    };
+    b.is_empty().then_some(request)
+}
+
 /// Bytes a request holds while in flight: its own data (WRITE) or its reply's (READ).
-fn cost(frame: &Bytes, max_read: u32) -> usize {
+pub fn cost(frame: &Bytes, max_read: u32) -> usize {
     if frame.first() == Some(&SSH_FXP_READ) && frame.len() >= 5 {
         // id, handle string, offset, then len
         let mut b = frame.slice(5..);
@@ -102,61 +174,9 @@ fn cost(frame: &Bytes, max_read: u32) -> usize {
 type Running = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 struct Done {
-    /// The handle and the request's place in its reply order.
-    handle: Option<(String, u64)>,
+    place: Option<(String, u64)>,
     cost: usize,
     reply: Bytes,
-}
-
-/// Replies on one handle go out in request order: the spec allows any order, but clients
-/// rely on it (paramiko's pipelined writes wait for each reply in turn and lose those
-/// that come early). Execution still overlaps; a reply that completes early waits here.
-#[derive(Default)]
-struct ReplyOrder {
-    next: u64,
-    lanes: HashMap<String, VecDeque<Place>>,
-}
-
-/// A place in a handle's reply order: its number, and the reply with its cost once done.
-type Place = (u64, Option<(Bytes, usize)>);
-
-impl ReplyOrder {
-    /// Reserves the next place on `handle`.
-    fn reserve(&mut self, handle: &str) -> u64 {
-        let seq = self.next;
-        self.next += 1;
-        self.lanes
-            .entry(handle.to_string())
-            .or_default()
-            .push_back((seq, None));
-        seq
-    }
-
-    /// Fills place `seq` on `handle`; returns the replies (and their costs) now due.
-    fn complete(
-        &mut self,
-        handle: &str,
-        seq: u64,
-        reply: Bytes,
-        cost: usize,
-    ) -> Vec<(Bytes, usize)> {
-        let mut due = Vec::new();
-        let Some(lane) = self.lanes.get_mut(handle) else {
-            return vec![(reply, cost)];
-        };
-        if let Some(slot) = lane.iter_mut().find(|(s, _)| *s == seq) {
-            slot.1 = Some((reply, cost));
-        }
-        while lane.front().is_some_and(|(_, r)| r.is_some()) {
-            if let Some((_, Some(r))) = lane.pop_front() {
-                due.push(r);
-            }
-        }
-        if lane.is_empty() {
-            self.lanes.remove(handle);
-        }
-        due
-    }
 }
 
 /// Serves one session until the client ends its side and every request is answered
@@ -188,17 +208,15 @@ where
     writer.write_all(&version_reply()).await?;
     writer.flush().await?;
 
-    let mut sequencer: Sequencer<(Packet, usize, u64)> = Sequencer::default();
-    let mut order = ReplyOrder::default();
+    let mut pipeline: Pipeline<Packet, Bytes> = Pipeline::new(&config);
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
-    let mut outstanding = 0usize;
-    let mut in_flight = 0usize;
     let mut eof = false;
-    let start = |packet: Packet, cost: usize, handle: Option<(String, u64)>| -> Running {
+    let start = |job: Job<Packet>| -> Running {
         let server = server.clone();
         Box::pin(async move {
-            let id = packet.get_request_id();
-            let reply = tokio::task::spawn_blocking(move || server.execute(packet))
+            let Job { req, cost, place } = job;
+            let id = req.get_request_id();
+            let reply = tokio::task::spawn_blocking(move || server.execute(req))
                 .await
                 .unwrap_or_else(|e| {
                     tracing::error!("sftp: request {id} failed: {e}");
@@ -209,16 +227,12 @@ where
                         "en",
                     ))
                 });
-            Done {
-                handle,
-                cost,
-                reply,
-            }
+            Done { place, cost, reply }
         })
     };
     loop {
         // take buffered requests while the limits allow
-        while outstanding < config.max_outstanding && in_flight < config.max_bytes_in_flight {
+        while pipeline.may_take() {
             let Some(frame) = decoder.next_packet()? else {
                 break;
             };
@@ -226,28 +240,17 @@ where
             match decode_request(frame) {
                 Decoded::Reply(reply) => writer.write_all(&reply).await?,
                 Decoded::Request(packet) => {
-                    outstanding += 1;
-                    in_flight += c;
-                    let plan = server.plan(&packet);
-                    match plan.handle {
-                        None => running.push(start(packet, c, None)),
-                        Some((h, access)) => {
-                            let seq = order.reserve(&h);
-                            if let Some((p, c, seq)) =
-                                sequencer.arrive(&h, access, (packet, c, seq))
-                            {
-                                running.push(start(p, c, Some((h, seq))));
-                            }
-                        }
+                    let handle = server.plan(&packet).handle;
+                    if let Some(job) = pipeline.admit(packet, c, handle) {
+                        running.push(start(job));
                     }
                 }
             }
         }
-        if eof && outstanding == 0 {
+        if eof && pipeline.outstanding() == 0 {
             break;
         }
-        let may_read =
-            !eof && outstanding < config.max_outstanding && in_flight < config.max_bytes_in_flight;
+        let may_read = !eof && pipeline.may_take();
         tokio::select! {
             biased;
             Some(done) = running.next(), if !running.is_empty() => {
@@ -256,19 +259,12 @@ where
                     batch.push(more);
                 }
                 for done in batch {
-                    let due = match done.handle {
-                        None => vec![(done.reply, done.cost)],
-                        Some((h, seq)) => {
-                            for (p, c, seq) in sequencer.finish(&h) {
-                                running.push(start(p, c, Some((h.clone(), seq))));
-                            }
-                            order.complete(&h, seq, done.reply, done.cost)
-                        }
-                    };
-                    for (reply, cost) in due {
+                    let (started, due) = pipeline.finish(done.place, done.cost, done.reply);
+                    for job in started {
+                        running.push(start(job));
+                    }
+                    for reply in due {
                         writer.write_all(&reply).await?;
-                        outstanding -= 1;
-                        in_flight -= cost;
                     }
                 }
                 writer.flush().await?;
@@ -283,10 +279,10 @@ where
             }
             else => {
                 // nothing running and nothing to read: only possible at eof
-                if eof && outstanding > 0 {
+                if eof && pipeline.outstanding() > 0 {
                     // requests queued behind handles that never finish cannot exist:
                     // every queued request waits on a running one
-                    tracing::error!("sftp: {outstanding} requests stranded");
+                    tracing::error!("sftp: {} requests stranded", pipeline.outstanding());
                     break;
                 }
             }

@@ -38,6 +38,20 @@ impl FrameDecoder {
         self.buf.extend_from_slice(data);
     }
 
+    /// Appends a received chunk; when nothing is buffered and the chunk is not shared
+    /// (a merged read), adopts it without copying, so the packets (and a `WRITE`'s data)
+    /// are slices of it.
+    pub fn feed_bytes(&mut self, data: Bytes) {
+        if self.buf.is_empty() {
+            match data.try_into_mut() {
+                Ok(owned) => self.buf = owned,
+                Err(shared) => self.buf.extend_from_slice(&shared),
+            }
+        } else {
+            self.buf.extend_from_slice(&data);
+        }
+    }
+
     /// Bytes buffered but not yet returned as packets.
     pub fn buffered(&self) -> usize {
         self.buf.len()
@@ -86,6 +100,29 @@ mod tests {
             vec![Bytes::from_static(&[1, 9]), Bytes::from_static(&[7])]
         );
         assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn an_unshared_chunk_is_adopted_without_a_copy() {
+        let mut d = FrameDecoder::new(1024);
+        let wire = Bytes::from(vec![0, 0, 0, 2, 1, 9, 0, 0, 0, 3, 7]);
+        let at = wire.as_ptr();
+        d.feed_bytes(wire);
+        let p = d.next_packet().unwrap().expect("a whole packet");
+        assert_eq!(&p[..], &[1, 9]);
+        assert_eq!(p.as_ptr(), at.wrapping_add(4));
+        assert_eq!(d.next_packet().unwrap(), None);
+        // the rest of a partial packet: appended
+        d.feed_bytes(Bytes::from_static(&[8, 9]));
+        assert_eq!(
+            d.next_packet().unwrap().expect("completed"),
+            vec![7u8, 8, 9]
+        );
+        // a shared chunk is copied
+        let shared = Bytes::from(vec![0, 0, 0, 1, 5]);
+        let keep = shared.clone();
+        d.feed_bytes(shared);
+        assert_eq!(d.next_packet().unwrap().expect("packet"), keep.slice(4..));
     }
 
     #[test]

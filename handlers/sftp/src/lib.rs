@@ -15,14 +15,17 @@ pub mod config;
 pub mod driver;
 pub mod frame;
 pub mod jail;
+pub mod pipeline;
 pub mod sequencer;
 pub mod server;
+pub mod worker;
 
 pub use config::*;
-pub use driver::{decode_request, serve, Decoded, SessionError};
+pub use driver::{decode_data_request, decode_request, serve, DataRequest, Decoded, SessionError};
 pub use jail::Jail;
 pub use russh_sftp;
 pub use server::{Grants, Server, SCOPE_READ, SCOPE_WRITE};
+pub use worker::{serve_on_worker, WorkerSessionError};
 
 use std::path::Path;
 use std::sync::Arc;

@@ -239,20 +239,7 @@ impl Server {
             ),
             Packet::Close(c) => (on(&c.handle, Exclusive), Need::Session),
             Packet::Read(r) => (on(&r.handle, Shared), Need::Read),
-            Packet::Write(w) => {
-                let append = matches!(
-                    self.handles
-                        .lock()
-                        .ok()
-                        .as_ref()
-                        .and_then(|h| h.get(&w.handle)),
-                    Some(Handle_::File { append: true, .. })
-                );
-                (
-                    on(&w.handle, if append { Exclusive } else { Shared }),
-                    Need::Write,
-                )
-            }
+            Packet::Write(w) => (on(&w.handle, self.write_access(&w.handle)), Need::Write),
             Packet::Fstat(f) => (on(&f.handle, Shared), Need::Read),
             Packet::FSetStat(f) => (on(&f.handle, Shared), Need::Write),
             Packet::ReadDir(r) => (on(&r.handle, Exclusive), Need::Read),
@@ -291,26 +278,60 @@ impl Server {
         Plan { handle, need }
     }
 
-    /// Serves one request (not `INIT`) and returns the encoded reply.
-    pub fn execute(&self, packet: Packet) -> Bytes {
-        let id = packet.get_request_id();
-        let need = self.plan(&packet).need;
+    /// How a `WRITE` uses `handle`: alone in append mode (each lands at the end, in
+    /// order), beside other requests otherwise.
+    pub fn write_access(&self, handle: &str) -> Access {
+        let append = matches!(
+            self.handles
+                .lock()
+                .ok()
+                .as_ref()
+                .and_then(|h| h.get(handle)),
+            Some(Handle_::File { append: true, .. })
+        );
+        if append {
+            Access::Exclusive
+        } else {
+            Access::Shared
+        }
+    }
+
+    /// `Ok` if the session's grants allow what request `id` needs, else its
+    /// `SSH_FX_PERMISSION_DENIED` reply.
+    pub fn check(&self, id: u32, need: Need) -> Result<(), Bytes> {
         let allowed = match need {
             Need::Read => self.grants.read,
             Need::Write => self.grants.write,
             Need::Session => true,
         };
-        if !allowed {
-            let scope = if need == Need::Read {
-                SCOPE_READ
-            } else {
-                SCOPE_WRITE
-            };
-            return status(
-                id,
-                StatusCode::PermissionDenied,
-                &format!("needs scope {scope}"),
-            );
+        if allowed {
+            return Ok(());
+        }
+        let scope = if need == Need::Read {
+            SCOPE_READ
+        } else {
+            SCOPE_WRITE
+        };
+        Err(status(
+            id,
+            StatusCode::PermissionDenied,
+            &format!("needs scope {scope}"),
+        ))
+    }
+
+    /// The open file behind `handle`, for a driver that reads and writes it itself (the
+    /// worker front, through io_uring), or the reply to request `id` when there is none.
+    pub fn file_of(&self, id: u32, handle: &str) -> Result<Arc<File>, Bytes> {
+        self.file(handle)
+            .map(|(file, _)| file)
+            .map_err(|Failed(code, msg)| status(id, code, &msg))
+    }
+
+    /// Serves one request (not `INIT`) and returns the encoded reply.
+    pub fn execute(&self, packet: Packet) -> Bytes {
+        let id = packet.get_request_id();
+        if let Err(denied) = self.check(id, self.plan(&packet).need) {
+            return denied;
         }
         match self.run(packet) {
             Ok(reply) => reply,
@@ -596,14 +617,10 @@ impl Server {
             }
         }
         if got == 0 && len > 0 {
-            return Ok(status(id, StatusCode::Eof, "end of file"));
+            return Ok(eof_reply(id));
         }
         buf.truncate(DATA_HEADER + got);
-        let mut header = &mut buf[..DATA_HEADER];
-        header.put_u32((DATA_HEADER - 4 + got) as u32);
-        header.put_u8(SSH_FXP_DATA);
-        header.put_u32(id);
-        header.put_u32(got as u32);
+        put_data_header(&mut &mut buf[..DATA_HEADER], id, got);
         Ok(buf.freeze())
     }
 
@@ -704,6 +721,39 @@ impl Server {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Writes the header of an `SSH_FXP_DATA` reply to request `id` carrying `len` bytes
+/// (length, type, id, data length: [`DATA_HEADER`] bytes).
+fn put_data_header(out: &mut impl BufMut, id: u32, len: usize) {
+    out.put_u32((DATA_HEADER - 4 + len) as u32);
+    out.put_u8(SSH_FXP_DATA);
+    out.put_u32(id);
+    out.put_u32(len as u32);
+}
+
+/// The header of an `SSH_FXP_DATA` reply whose `len` data bytes follow separately
+/// (a driver that sends the data as read, without copying it behind a header).
+pub fn data_header(id: u32, len: usize) -> Bytes {
+    let mut out = BytesMut::with_capacity(DATA_HEADER);
+    put_data_header(&mut out, id, len);
+    out.freeze()
+}
+
+/// `SSH_FX_EOF` for a `READ` at or past the end.
+pub fn eof_reply(id: u32) -> Bytes {
+    status(id, StatusCode::Eof, "end of file")
+}
+
+/// `SSH_FX_OK`.
+pub fn ok_reply(id: u32) -> Bytes {
+    status(id, StatusCode::Ok, "ok")
+}
+
+/// The status answering request `id` after an i/o error.
+pub fn io_error_reply(id: u32, e: io::Error) -> Bytes {
+    let Failed(code, msg) = e.into();
+    status(id, code, &msg)
 }
 
 fn poisoned() -> Failed {

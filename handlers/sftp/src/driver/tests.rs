@@ -221,17 +221,54 @@ fn read_cost_is_the_reply_size() {
 }
 
 #[test]
-fn replies_on_a_handle_leave_in_request_order() {
-    let mut o = ReplyOrder::default();
-    let a = o.reserve("h");
-    let b = o.reserve("h");
-    let x = o.reserve("other");
-    assert!(o.complete("h", b, Bytes::from_static(b"b"), 1).is_empty());
-    assert_eq!(o.complete("other", x, Bytes::from_static(b"x"), 1).len(), 1);
-    let due = o.complete("h", a, Bytes::from_static(b"a"), 2);
+fn data_requests_decode_like_russh_sftp_without_copying() {
+    let read = frame(Packet::Read(Read {
+        id: 7,
+        handle: "12".into(),
+        offset: 1 << 40,
+        len: 32768,
+    }))
+    .slice(4..);
     assert_eq!(
-        due,
-        vec![(Bytes::from_static(b"a"), 2), (Bytes::from_static(b"b"), 1)]
+        decode_data_request(&read),
+        Some(DataRequest::Read {
+            id: 7,
+            handle: "12".into(),
+            offset: 1 << 40,
+            len: 32768
+        })
     );
-    assert!(o.lanes.is_empty());
+    let write = frame(Packet::Write(Write {
+        id: 8,
+        handle: "3".into(),
+        offset: 5,
+        data: b"hello".to_vec(),
+    }))
+    .slice(4..);
+    match decode_data_request(&write) {
+        Some(DataRequest::Write {
+            id: 8,
+            handle,
+            offset: 5,
+            data,
+        }) => {
+            assert_eq!(handle, "3");
+            assert_eq!(&data[..], b"hello");
+            // a slice of the frame
+            assert_eq!(data.as_ptr(), write[write.len() - 5..].as_ptr());
+        }
+        other => panic!("{other:?}"),
+    }
+    // truncated, trailing bytes, other types: left to decode_request
+    assert_eq!(decode_data_request(&write.slice(..write.len() - 1)), None);
+    let mut long = BytesMut::from(&write[..]);
+    long.put_u8(0);
+    assert_eq!(decode_data_request(&long.freeze()), None);
+    let close = frame(Packet::Close(Close {
+        id: 1,
+        handle: "3".into(),
+    }))
+    .slice(4..);
+    assert_eq!(decode_data_request(&close), None);
+    assert_eq!(decode_data_request(&Bytes::new()), None);
 }
