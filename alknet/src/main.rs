@@ -17,13 +17,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc rather than glibc's malloc: the packet path allocates per datagram batch and
-/// per stream (quinn-proto's frames and stream state, task cells), and the callgrind
-/// workload spends ~6% of the server's instructions in glibc's malloc/free; see README,
-/// "Performance" (allocator) for the measured difference.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use crate::config::FileConfig;
 
 #[derive(Parser)]

@@ -1,9 +1,10 @@
 //! The heap allocator of each process the harness runs, chosen per process at start-up.
 //!
-//! The `alknet` binary ships with mimalloc, so the alknet server child runs on it;
-//! `quinn-perf server` uses the system allocator, so the quinn baselines run on that, as
-//! their users run them. The harness (the client) keeps the system allocator. For an A/B
-//! of the allocator alone, the harness reads [`SERVER_ALLOCATOR_ENV`] and
+//! By default every child runs on the system allocator: the `alknet` binary ships with it
+//! (mimalloc was measured faster but kept freed memory resident past the interop cases'
+//! memory check; see README, "Performance"), and `quinn-perf server` uses it. The harness
+//! (the client) keeps the system allocator. For an A/B of the allocator alone, the harness
+//! reads [`SERVER_ALLOCATOR_ENV`] and
 //! [`BASELINE_ALLOCATOR_ENV`] (`system` | `mimalloc`) and passes the choice to each child
 //! in [`CHILD_ALLOCATOR_ENV`], which this allocator reads at the process's first
 //! allocation (before `main`, when only one thread exists) and never changes afterwards,
@@ -13,7 +14,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// The allocator of the alknet server child (default `mimalloc`, as shipped).
+/// The allocator of the alknet server child (default `system`, as shipped).
 pub const SERVER_ALLOCATOR_ENV: &str = "ALKNET_ALLOCATOR";
 /// The allocator of the quinn baseline children (default `system`, as quinn-perf runs).
 pub const BASELINE_ALLOCATOR_ENV: &str = "ALKNET_BASELINE_ALLOCATOR";
@@ -26,17 +27,16 @@ const MIMALLOC: u8 = 2;
 
 static CHOICE: AtomicU8 = AtomicU8::new(UNDECIDED);
 
-/// Which allocator a child of `kind` gets: the operator's choice, else the default.
+/// Which allocator a child gets: the system's unless the operator asks for mimalloc.
 pub fn for_child(alknet: bool) -> &'static str {
-    let (var, default) = if alknet {
-        (SERVER_ALLOCATOR_ENV, "mimalloc")
+    let var = if alknet {
+        SERVER_ALLOCATOR_ENV
     } else {
-        (BASELINE_ALLOCATOR_ENV, "system")
+        BASELINE_ALLOCATOR_ENV
     };
     match std::env::var(var).as_deref() {
         Ok("mimalloc") => "mimalloc",
-        Ok("system") => "system",
-        _ => default,
+        _ => "system",
     }
 }
 
@@ -109,7 +109,7 @@ mod tests {
         // the test process itself was started without the child variable
         assert_eq!(current(), "system");
         if std::env::var_os(SERVER_ALLOCATOR_ENV).is_none() {
-            assert_eq!(for_child(true), "mimalloc");
+            assert_eq!(for_child(true), "system");
         }
         if std::env::var_os(BASELINE_ALLOCATOR_ENV).is_none() {
             assert_eq!(for_child(false), "system");

@@ -28,11 +28,6 @@
 //! `framing` is deterministic too (simd-json picks its SIMD code by CPU, like ring).
 
 use std::hint::black_box;
-
-/// The allocator the `alknet` binary ships with, so the counts are those of what ships.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
