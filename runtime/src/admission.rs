@@ -161,8 +161,9 @@ pub struct SourceTable {
     /// rows 0 and 1: addresses; rows 2 and 3: prefixes
     counts: [Box<[AtomicU32]>; 4],
     /// GCRA "theoretical arrival time" per prefix, ns since `epoch` (a token bucket in one
-    /// word: admitted while it is at most the bucket's depth ahead of now)
-    buckets: Box<[AtomicU64]>,
+    /// word: admitted while it is at most the bucket's depth ahead of now); two rows, one
+    /// cell of each per prefix (see [`SourceTable::rate_allows`])
+    buckets: [Box<[AtomicU64]>; 2],
     epoch: Instant,
 }
 
@@ -172,7 +173,7 @@ impl SourceTable {
         Arc::new(Self {
             hasher: Default::default(),
             counts: [row(), row(), row(), row()],
-            buckets: (0..SOURCE_TABLE_CELLS).map(|_| AtomicU64::new(0)).collect(),
+            buckets: [bucket_row(), bucket_row()],
             epoch: Instant::now(),
         })
     }
@@ -186,9 +187,16 @@ impl SourceTable {
 
     /// Whether `remote`'s prefix may start another connection at `now` (takes a token
     /// from its bucket if so).
+    ///
+    /// Each prefix has a cell in each of two rows, as the counts do: it is over its rate
+    /// only when both cells are, so a prefix that shares one cell with a flooding prefix
+    /// (the hash is random per table) still gets its rate from the other. A token is taken
+    /// from each cell that has one; a lone prefix's two cells move together.
     pub fn rate_allows(&self, limits: &AdmissionLimits, remote: IpAddr, now: Instant) -> bool {
-        let prefix = self.cells(prefix_key(remote.to_canonical(), limits));
-        self.take_token(limits, prefix[0], now)
+        let [a, b] = self.cells(prefix_key(remote.to_canonical(), limits));
+        let first = self.take_token(limits, &self.buckets[0][a], now);
+        let second = self.take_token(limits, &self.buckets[1][b], now);
+        first || second
     }
 
     /// Whether `remote`'s prefix is over its rate at `now`, without taking a token: lets the
@@ -198,10 +206,13 @@ impl SourceTable {
             return false;
         }
         let (interval, depth) = gcra_params(limits);
-        let cell = self.cells(prefix_key(remote.to_canonical(), limits))[0];
+        let [a, b] = self.cells(prefix_key(remote.to_canonical(), limits));
         let now = self.nanos(now);
-        let tat = self.buckets[cell].load(Ordering::Relaxed);
-        tat.max(now) + interval - now > depth
+        let over = |bucket: &AtomicU64| {
+            let tat = bucket.load(Ordering::Relaxed);
+            tat.max(now) + interval - now > depth
+        };
+        over(&self.buckets[0][a]) && over(&self.buckets[1][b])
     }
 
     fn nanos(&self, now: Instant) -> u64 {
@@ -243,13 +254,12 @@ impl SourceTable {
     }
 
     /// GCRA: one token per `1/rate` seconds, at most `burst` saved up.
-    fn take_token(&self, limits: &AdmissionLimits, cell: usize, now: Instant) -> bool {
+    fn take_token(&self, limits: &AdmissionLimits, bucket: &AtomicU64, now: Instant) -> bool {
         if limits.new_connections_per_second == 0 {
             return true;
         }
         let (interval, depth) = gcra_params(limits);
         let now = self.nanos(now);
-        let bucket = &self.buckets[cell];
         let mut tat = bucket.load(Ordering::Relaxed);
         loop {
             let next = tat.max(now) + interval;
@@ -269,6 +279,10 @@ impl SourceTable {
         let address = self.cells(address_key(remote.to_canonical()));
         estimate(&self.counts[0..2], address)
     }
+}
+
+fn bucket_row() -> Box<[AtomicU64]> {
+    (0..SOURCE_TABLE_CELLS).map(|_| AtomicU64::new(0)).collect()
 }
 
 /// The GCRA emission interval (ns per token) and bucket depth (ns) of `limits`' rate.
@@ -497,6 +511,37 @@ mod tests {
         assert!(table.admit(&limits, ip("2001:db8:1:3::1")).is_ok());
         // IPv4 0.0.0.1/24 and the IPv6 ::1/64 are different prefixes
         assert!(table.admit(&limits, ip("0.0.0.1")).is_ok());
+    }
+
+    #[test]
+    fn a_prefix_sharing_one_rate_cell_with_a_flooder_keeps_its_rate() {
+        let table = SourceTable::new();
+        let limits = AdmissionLimits {
+            new_connections_per_second: 10,
+            new_connection_burst: 2,
+            ..AdmissionLimits::default()
+        };
+        let t0 = Instant::now();
+        let innocent = ip("198.51.100.1");
+        let [a, b] = table.cells(prefix_key(innocent, &limits));
+        // a flooding prefix hashed to the same first cell has spent it far ahead
+        table.buckets[0][a].store(u64::MAX / 4, Ordering::Relaxed);
+        assert!(
+            !table.over_rate(&limits, innocent, t0),
+            "its other cell has tokens"
+        );
+        assert!(table.rate_allows(&limits, innocent, t0));
+        assert!(table.rate_allows(&limits, innocent, t0));
+        assert!(
+            !table.rate_allows(&limits, innocent, t0),
+            "its own burst, no more"
+        );
+        assert!(table.over_rate(&limits, innocent, t0));
+        // and the flooder's cell was not pushed further by the innocent's admissions
+        assert_eq!(table.buckets[0][a].load(Ordering::Relaxed), u64::MAX / 4);
+        // both cells spent: over, as a lone flooder is
+        table.buckets[1][b].store(u64::MAX / 4, Ordering::Relaxed);
+        assert!(table.over_rate(&limits, innocent, t0 + Duration::from_secs(1)));
     }
 
     #[test]
