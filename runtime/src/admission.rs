@@ -193,9 +193,13 @@ impl SourceTable {
     /// (the hash is random per table) still gets its rate from the other. A token is taken
     /// from each cell that has one; a lone prefix's two cells move together.
     pub fn rate_allows(&self, limits: &AdmissionLimits, remote: IpAddr, now: Instant) -> bool {
+        if limits.new_connections_per_second == 0 {
+            return true;
+        }
+        let rate = Gcra::new(limits, self.nanos(now));
         let [a, b] = self.cells(prefix_key(remote.to_canonical(), limits));
-        let first = self.take_token(limits, &self.buckets[0][a], now);
-        let second = self.take_token(limits, &self.buckets[1][b], now);
+        let first = rate.take_token(&self.buckets[0][a]);
+        let second = rate.take_token(&self.buckets[1][b]);
         first || second
     }
 
@@ -205,13 +209,9 @@ impl SourceTable {
         if limits.new_connections_per_second == 0 {
             return false;
         }
-        let (interval, depth) = gcra_params(limits);
+        let rate = Gcra::new(limits, self.nanos(now));
         let [a, b] = self.cells(prefix_key(remote.to_canonical(), limits));
-        let now = self.nanos(now);
-        let over = |bucket: &AtomicU64| {
-            let tat = bucket.load(Ordering::Relaxed);
-            tat.max(now) + interval - now > depth
-        };
+        let over = |bucket: &AtomicU64| rate.next(bucket.load(Ordering::Relaxed)).is_none();
         over(&self.buckets[0][a]) && over(&self.buckets[1][b])
     }
 
@@ -253,26 +253,6 @@ impl SourceTable {
         })
     }
 
-    /// GCRA: one token per `1/rate` seconds, at most `burst` saved up.
-    fn take_token(&self, limits: &AdmissionLimits, bucket: &AtomicU64, now: Instant) -> bool {
-        if limits.new_connections_per_second == 0 {
-            return true;
-        }
-        let (interval, depth) = gcra_params(limits);
-        let now = self.nanos(now);
-        let mut tat = bucket.load(Ordering::Relaxed);
-        loop {
-            let next = tat.max(now) + interval;
-            if next - now > depth {
-                return false;
-            }
-            match bucket.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return true,
-                Err(seen) => tat = seen,
-            }
-        }
-    }
-
     /// Open connections counted for `remote` (the count-min estimate), for tests and stats.
     #[cfg(test)]
     fn open_from(&self, remote: IpAddr) -> u32 {
@@ -285,10 +265,43 @@ fn bucket_row() -> Box<[AtomicU64]> {
     (0..SOURCE_TABLE_CELLS).map(|_| AtomicU64::new(0)).collect()
 }
 
-/// The GCRA emission interval (ns per token) and bucket depth (ns) of `limits`' rate.
-fn gcra_params(limits: &AdmissionLimits) -> (u64, u64) {
-    let interval = 1_000_000_000 / u64::from(limits.new_connections_per_second.max(1));
-    (interval, interval * u64::from(limits.new_connection_burst))
+/// GCRA at one instant: one token per `1/rate` seconds, at most `burst` saved up. A cell
+/// holds its "theoretical arrival time" (ns since the table's epoch).
+struct Gcra {
+    /// ns per token
+    interval: u64,
+    /// how far ahead of now a cell may run, ns
+    depth: u64,
+    now: u64,
+}
+
+impl Gcra {
+    fn new(limits: &AdmissionLimits, now: u64) -> Self {
+        let interval = 1_000_000_000 / u64::from(limits.new_connections_per_second.max(1));
+        Self {
+            interval,
+            depth: interval * u64::from(limits.new_connection_burst),
+            now,
+        }
+    }
+
+    /// The cell's time after taking a token, if it has one.
+    fn next(&self, tat: u64) -> Option<u64> {
+        let next = tat.max(self.now) + self.interval;
+        (next - self.now <= self.depth).then_some(next)
+    }
+
+    /// Takes a token from `bucket` if it has one.
+    fn take_token(&self, bucket: &AtomicU64) -> bool {
+        let mut tat = bucket.load(Ordering::Relaxed);
+        while let Some(next) = self.next(tat) {
+            match bucket.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => tat = seen,
+            }
+        }
+        false
+    }
 }
 
 fn estimate(rows: &[Box<[AtomicU32]>], cells: [usize; 2]) -> u32 {

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::SftpConfig;
 use crate::frame::{FrameDecoder, FrameError};
-use crate::pipeline::{Job, Pipeline};
+use crate::pipeline::{Done, Job, Pipeline};
 use crate::server::{encode, version_reply, Server};
 
 const SSH_FXP_INIT: u8 = 1;
@@ -171,13 +171,7 @@ pub fn cost(frame: &Bytes, max_read: u32) -> usize {
     frame.len() + 64
 }
 
-type Running = Pin<Box<dyn Future<Output = Done> + Send>>;
-
-struct Done {
-    place: Option<(String, u64)>,
-    cost: usize,
-    reply: Bytes,
-}
+type Running = Pin<Box<dyn Future<Output = Done<Bytes>> + Send>>;
 
 /// Serves one session until the client ends its side and every request is answered
 /// (then the stream is shut down: a clean end), or an error (the caller drops the stream,
@@ -258,14 +252,12 @@ where
                 while let Some(Some(more)) = futures_util::FutureExt::now_or_never(running.next()) {
                     batch.push(more);
                 }
-                for done in batch {
-                    let (started, due) = pipeline.finish(done.place, done.cost, done.reply);
-                    for job in started {
-                        running.push(start(job));
-                    }
-                    for reply in due {
-                        writer.write_all(&reply).await?;
-                    }
+                let (started, due) = pipeline.finish_all(batch);
+                for job in started {
+                    running.push(start(job));
+                }
+                for reply in due {
+                    writer.write_all(&reply).await?;
                 }
                 writer.flush().await?;
             }

@@ -22,6 +22,13 @@ pub struct Job<Q> {
     pub place: Option<(String, u64)>,
 }
 
+/// A job's outcome, as a driver hands it back: its [`Job`]'s place and cost, and its reply.
+pub struct Done<R> {
+    pub place: Option<(String, u64)>,
+    pub cost: usize,
+    pub reply: R,
+}
+
 /// Requests in flight on one session.
 pub struct Pipeline<Q, R> {
     sequencer: Sequencer<Job<Q>>,
@@ -104,6 +111,18 @@ impl<Q, R> Pipeline<Q, R> {
             replies.push(reply);
         }
         (started, replies)
+    }
+
+    /// [`Pipeline::finish`] for each of `batch` in turn (the jobs that completed together):
+    /// the jobs that may start now, and the replies due, in the order to write them.
+    pub fn finish_all(&mut self, batch: Vec<Done<R>>) -> (Vec<Job<Q>>, Vec<R>) {
+        let (mut started, mut due) = (Vec::new(), Vec::new());
+        for done in batch {
+            let (s, d) = self.finish(done.place, done.cost, done.reply);
+            started.extend(s);
+            due.extend(d);
+        }
+        (started, due)
     }
 }
 

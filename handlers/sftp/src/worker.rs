@@ -33,7 +33,7 @@ use russh_sftp::protocol::{Packet, StatusCode};
 use crate::config::SftpConfig;
 use crate::driver::{cost, decode_data_request, decode_request, DataRequest, Decoded};
 use crate::frame::{FrameDecoder, FrameError};
-use crate::pipeline::{Job, Pipeline};
+use crate::pipeline::{Done, Job, Pipeline};
 use crate::server::{
     data_header, encode, eof_reply, io_error_reply, ok_reply, version_reply, Need, Server,
 };
@@ -68,14 +68,8 @@ enum Req {
 }
 
 /// A request being served; it borrows the session it runs in.
-type Running<'s> = Pin<Box<dyn Future<Output = Done> + 's>>;
-
-struct Done {
-    place: Option<(String, u64)>,
-    cost: usize,
-    /// The encoded reply, in pieces sent as they are.
-    reply: Vec<Bytes>,
-}
+/// Its reply is encoded in pieces, sent as they are.
+type Running<'s> = Pin<Box<dyn Future<Output = Done<Vec<Bytes>>> + 's>>;
 
 /// What the requests of one session share while they run.
 struct Session {
@@ -287,7 +281,7 @@ async fn serve_session(
             return Ok(());
         }
         enum Event {
-            Done(Done),
+            Done(Done<Vec<Bytes>>),
             Read(Result<Option<Bytes>, ReadError>),
         }
         let event = poll_fn(|cx| {
@@ -308,14 +302,12 @@ async fn serve_session(
                 while let Some(Some(more)) = futures_util::FutureExt::now_or_never(running.next()) {
                     batch.push(more);
                 }
-                for done in batch {
-                    let (started, due) = pipeline.finish(done.place, done.cost, done.reply);
-                    for job in started {
-                        running.push(start(job));
-                    }
-                    for reply in due {
-                        out.extend(reply);
-                    }
+                let (started, due) = pipeline.finish_all(batch);
+                for job in started {
+                    running.push(start(job));
+                }
+                for reply in due {
+                    out.extend(reply);
                 }
             }
             Event::Read(read) => match read? {
