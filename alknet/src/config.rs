@@ -284,7 +284,7 @@ max_sessions_per_connection = 16
 [limits]
 max_connections = 100000
 max_concurrent_bidi_streams = 256
-max_concurrent_uni_streams = 256
+max_concurrent_uni_streams = 100
 idle_timeout_ms = 30000
 keep_alive_interval_ms = 0
 stream_receive_window = 1250000

@@ -19,6 +19,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::FileConfig;
 
+alknet_runtime::mimalloc_allocator!();
+
 #[derive(Parser)]
 #[command(
     name = "alknet",

@@ -1,10 +1,10 @@
 //! The heap allocator of each process the harness runs, chosen per process at start-up.
 //!
-//! By default every child runs on the system allocator: the `alknet` binary ships with it
-//! (mimalloc was measured faster but kept freed memory resident past the interop cases'
-//! memory check; see README, "Performance"), and `quinn-perf server` uses it. The harness
-//! (the client) keeps the system allocator. For an A/B of the allocator alone, the harness
-//! reads [`SERVER_ALLOCATOR_ENV`] and
+//! By default each server child runs on the allocator its binary ships with: alknet on
+//! mimalloc configured as the `alknet` binary configures it
+//! (`alknet_runtime::alloc`), the quinn baseline on the system allocator, as
+//! `quinn-perf server` runs. The harness (the client) keeps the system allocator. For an
+//! A/B of the allocator alone, the harness reads [`SERVER_ALLOCATOR_ENV`] and
 //! [`BASELINE_ALLOCATOR_ENV`] (`system` | `mimalloc`) and passes the choice to each child
 //! in [`CHILD_ALLOCATOR_ENV`], which this allocator reads at the process's first
 //! allocation (before `main`, when only one thread exists) and never changes afterwards,
@@ -14,7 +14,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// The allocator of the alknet server child (default `system`, as shipped).
+/// The allocator of the alknet server child (default `mimalloc`, as shipped).
 pub const SERVER_ALLOCATOR_ENV: &str = "ALKNET_ALLOCATOR";
 /// The allocator of the quinn baseline children (default `system`, as quinn-perf runs).
 pub const BASELINE_ALLOCATOR_ENV: &str = "ALKNET_BASELINE_ALLOCATOR";
@@ -27,16 +27,18 @@ const MIMALLOC: u8 = 2;
 
 static CHOICE: AtomicU8 = AtomicU8::new(UNDECIDED);
 
-/// Which allocator a child gets: the system's unless the operator asks for mimalloc.
+/// Which allocator a child gets: the one its server ships with unless the operator asks
+/// for the other.
 pub fn for_child(alknet: bool) -> &'static str {
-    let var = if alknet {
-        SERVER_ALLOCATOR_ENV
+    let (var, shipped) = if alknet {
+        (SERVER_ALLOCATOR_ENV, "mimalloc")
     } else {
-        BASELINE_ALLOCATOR_ENV
+        (BASELINE_ALLOCATOR_ENV, "system")
     };
     match std::env::var(var).as_deref() {
         Ok("mimalloc") => "mimalloc",
-        _ => "system",
+        Ok("system") => "system",
+        _ => shipped,
     }
 }
 
@@ -58,6 +60,8 @@ fn choice() -> u8 {
     // pointer is read at once, before anything could change the environment.
     let value = unsafe { libc::getenv(c"ALKNET_LOADTEST_ALLOCATOR".as_ptr()) };
     let c = if !value.is_null() && unsafe { CStr::from_ptr(value) }.to_bytes() == b"mimalloc" {
+        // the same options as the `alknet` binary's, before mimalloc's first arena
+        alknet_runtime::alloc::configure_mimalloc();
         MIMALLOC
     } else {
         SYSTEM
@@ -73,28 +77,28 @@ pub struct SwitchedAllocator;
 unsafe impl GlobalAlloc for SwitchedAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match choice() {
-            MIMALLOC => unsafe { mimalloc::MiMalloc.alloc(layout) },
+            MIMALLOC => unsafe { alknet_runtime::alloc::MiMalloc.alloc(layout) },
             _ => unsafe { System.alloc(layout) },
         }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match choice() {
-            MIMALLOC => unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) },
+            MIMALLOC => unsafe { alknet_runtime::alloc::MiMalloc.alloc_zeroed(layout) },
             _ => unsafe { System.alloc_zeroed(layout) },
         }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         match choice() {
-            MIMALLOC => unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) },
+            MIMALLOC => unsafe { alknet_runtime::alloc::MiMalloc.dealloc(ptr, layout) },
             _ => unsafe { System.dealloc(ptr, layout) },
         }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         match choice() {
-            MIMALLOC => unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) },
+            MIMALLOC => unsafe { alknet_runtime::alloc::MiMalloc.realloc(ptr, layout, new_size) },
             _ => unsafe { System.realloc(ptr, layout, new_size) },
         }
     }
@@ -109,7 +113,7 @@ mod tests {
         // the test process itself was started without the child variable
         assert_eq!(current(), "system");
         if std::env::var_os(SERVER_ALLOCATOR_ENV).is_none() {
-            assert_eq!(for_child(true), "system");
+            assert_eq!(for_child(true), "mimalloc");
         }
         if std::env::var_os(BASELINE_ALLOCATOR_ENV).is_none() {
             assert_eq!(for_child(false), "system");

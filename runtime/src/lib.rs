@@ -13,6 +13,8 @@
 
 mod acl;
 mod admission;
+#[cfg(feature = "mimalloc")]
+pub mod alloc;
 mod cid;
 mod client;
 mod connection;
