@@ -2,7 +2,7 @@
 # The QUIC interop runner's server test cases (github.com/quic-interop/quic-interop-runner,
 # testcases_quic.py), run here without Docker: `alknet serve` with the hq-interop handler,
 # our seeded bad-network relay `alknet-netsim` in front of it, and an aioquic client
-# (hq_client.py). Each case prints `CASE: passed | failed (why) | unsupported (why)`; the
+# (hq_client.py; for `ecn`, a quinn client, alknet-hq-quinn, since aioquic cannot mark ECN). Each case prints `CASE: passed | failed (why) | unsupported (why)`; the
 # last line is `N passed, M failed, K unsupported`. Exit status 1 if any case failed.
 #
 #   bash tests/quic-interop/run.sh [CASE...]        (default: every case)
@@ -18,6 +18,8 @@ root="$(cd "$here/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}/debug"
 ALKNET="${ALKNET_BIN:-$target/alknet}"
 NETSIM="${NETSIM_BIN:-$target/alknet-netsim}"
+# the ecn case's client: quinn marks ECT(0) and reports ECN counts, aioquic does neither
+HQ_QUINN="${HQ_QUINN_BIN:-$target/alknet-hq-quinn}"
 WORKERS="${WORKERS:-2}"
 STEERING="${STEERING:-1}"
 SEED="${SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"
@@ -27,7 +29,7 @@ ALL_CASES=(handshake transfer multiplexing longrtt chacha20 retry resumption zer
     keyupdate handshakeloss transferloss handshakecorruption transfercorruption blackhole
     amplificationlimit ipv6 rebind-port rebind-addr connectionmigration ecn goodput v2 http3)
 
-if [ ! -x "$ALKNET" ] || [ ! -x "$NETSIM" ]; then
+if [ ! -x "$ALKNET" ] || [ ! -x "$NETSIM" ] || [ ! -x "$HQ_QUINN" ]; then
     (cd "$root" && cargo build --quiet -p alknet -p alknet-tests --bins) || exit 2
 fi
 # INTEROP_QLOG=1: a server built with the qlog feature (in its own target directory, as
@@ -132,7 +134,7 @@ run_case() {
     ipv6) host=::1; files=(1 102400) ;;
     rebind-port) net+=(--rebind-port-every-ms 800); files=(1 2097152) ;;
     rebind-addr) net+=(--rebind-addr-at-ms 600); files=(1 2097152) ;;
-    ecn) files=(1 102400); net+=(--ect0-to-server) ;;
+    ecn) files=(1 1048576); mode=quinn ;;
     goodput) files=(1 5242880) ;;
     *) verdict="failed (unknown case)"; return ;;
     esac
@@ -193,9 +195,14 @@ EOF
         2>"$dir/relay.log" &
     relay_pid=$!
     sleep 0.1
-    python3 "$here/hq_client.py" fetch --host "$host" --port "$rport" --www "$dir/www" \
-        --out "$dir/client.json" --qlog "$dir/client.qlog" --mode "$mode" \
-        --timeout "$CASE_TIMEOUT" "${client[@]}" >"$dir/client.log" 2>&1
+    if [ "$mode" = quinn ]; then
+        "$HQ_QUINN" --host "$host" --port "$rport" --www "$dir/www" --out "$dir/client.json" \
+            --timeout "$CASE_TIMEOUT" >"$dir/client.log" 2>&1
+    else
+        python3 "$here/hq_client.py" fetch --host "$host" --port "$rport" --www "$dir/www" \
+            --out "$dir/client.json" --qlog "$dir/client.qlog" --mode "$mode" \
+            --timeout "$CASE_TIMEOUT" "${client[@]}" >"$dir/client.log" 2>&1
+    fi
     stop_relay
     # the connections drain (closed, then three PTOs) before the server's memory is read
     sleep "${RSS_SETTLE:-1}"

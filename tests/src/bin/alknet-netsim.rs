@@ -268,15 +268,14 @@ fn packets(d: &[u8]) -> Vec<PacketKind> {
     let mut at = 0;
     while at < d.len() && out.len() < 8 {
         let first = d[at];
-        if first & 0x40 == 0 {
-            // no fixed bit: padding after the last packet (or garbage), not a packet
-            if at == 0 {
-                out.push(PacketKind::Other);
-            }
-            break;
-        }
+        // The fixed bit (0x40) is not required: peers that both send `grease_quic_bit`
+        // (RFC 9287; quinn does, aioquic does not) clear it at random. A datagram starts
+        // with a packet, so its first byte is a long header (0x80) or a short one; after a
+        // coalesced packet, a byte with neither bit is the padding that ends the datagram.
         if first & 0x80 == 0 {
-            out.push(PacketKind::Short);
+            if at == 0 || first & 0x40 != 0 {
+                out.push(PacketKind::Short);
+            }
             break;
         }
         if d.get(at + 1..at + 5) != Some(&[0, 0, 0, 1]) {
@@ -754,6 +753,10 @@ mod tests {
         let mut padded = d[..14].to_vec();
         padded.extend_from_slice(&[0; 20]);
         assert_eq!(packets(&padded), vec![PacketKind::Initial { token: false }]);
+        // greased fixed bit (RFC 9287): a Handshake and a short header with 0x40 clear
+        let greased = [0xa0, 0, 0, 0, 1, 0, 0, 1, 0xcc, 0x01, 1, 2];
+        assert_eq!(packets(&greased), vec![PacketKind::Handshake]);
+        assert_eq!(packets(&[0x01, 1, 2]), vec![PacketKind::Short]);
         assert_eq!(varint(&[0x40, 0x25], 0), Some((0x25, 2)));
         let mut s = DirStats::default();
         classify(&mut s, &d);
