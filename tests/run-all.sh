@@ -52,7 +52,7 @@ fi
 step legacy driver
 # The same engine on monoio's legacy (epoll) driver, used where io_uring is refused.
 ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle --test git_wire --test http_tcp
-# The QUIC interop runner's server cases: aioquic through the seeded bad-network relay
+# The QUIC interop runner's server cases: aioquic (quinn for ecn) through the seeded bad-network relay
 # alknet-netsim: every case with 2 workers (~2.5 minutes), then the cases where per-core
 # routing can go wrong with 1 worker and with userspace forwarding instead of kernel
 # steering (see README, "QUIC interop cases").
