@@ -56,7 +56,10 @@ pub use identity::{
     IdentityEntry, IdentityProvider, NoIdentities,
 };
 pub use limits::*;
-pub use operations::{OperationFailure, OperationInfo, OperationInvoker, OperationStats};
+pub use operations::{
+    ItemOutlet, OperationFailure, OperationInfo, OperationInvoker, OperationStats, OutletClosed,
+    TopicDelivery, TopicSubscription,
+};
 pub use pinning::{others_runnable, PinDecision, PinWorkers};
 pub use reload::{
     ConfigReloadHandle, HandlersError, TcpReloadError, TransportReloadError, RESTART_LIMITS,

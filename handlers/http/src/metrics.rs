@@ -33,6 +33,10 @@ struct WorkerLabel {
 #[derive(Default, Clone)]
 pub struct HttpMetrics {
     pub requests: Family<RequestLabels, Counter>,
+    /// Server-Sent Event streams open now (bounded by `sse_max_streams`).
+    pub sse_open: Gauge,
+    /// SSE topic subscribers closed for falling `sse_queue_events` behind.
+    pub sse_lagged: Counter,
 }
 
 /// Worker counters that are gauges (values that go down), by field name.
@@ -89,6 +93,16 @@ impl HttpMetrics {
             "http_requests",
             "HTTP requests answered, by route, status and protocol",
             self.requests.clone(),
+        );
+        registry.register(
+            "http_sse_streams_open",
+            "Server-Sent Event streams open (topic subscriptions and streaming calls)",
+            self.sse_open.clone(),
+        );
+        registry.register(
+            "http_sse_lagged",
+            "SSE topic subscribers closed with event: lagged (fell sse_queue_events behind)",
+            self.sse_lagged.clone(),
         );
         if let Some(status) = status {
             let per_worker = status.worker_stats();
