@@ -63,6 +63,14 @@ pub const DEFAULT_SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// the node, over every HTTP version; past it, 503.
 pub const DEFAULT_SSE_MAX_STREAMS: usize = 1024;
 
+/// `mcp_max_sessions`: MCP Streamable HTTP sessions (`Mcp-Session-Id`) held at once;
+/// a new `initialize` beyond it drops expired sessions, then the least recently used
+/// (see `mcp_sessions.rs` for why not refuse).
+pub const DEFAULT_MCP_MAX_SESSIONS: usize = 1024;
+/// `mcp_session_idle_timeout_ms`: an MCP session unused this long is gone (its id then
+/// gets 404, and the client initializes again).
+pub const DEFAULT_MCP_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// `[http]`: paths served without authentication, and the limits above.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -95,6 +103,12 @@ pub struct HttpConfig {
     #[serde(rename = "sse_keep_alive_ms", with = "alknet_runtime::millis")]
     pub sse_keep_alive: Duration,
     pub sse_max_streams: usize,
+    pub mcp_max_sessions: usize,
+    #[serde(
+        rename = "mcp_session_idle_timeout_ms",
+        with = "alknet_runtime::millis"
+    )]
+    pub mcp_session_idle_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -118,6 +132,8 @@ impl Default for HttpConfig {
             sse_buffer_frames: DEFAULT_SSE_BUFFER_FRAMES,
             sse_keep_alive: DEFAULT_SSE_KEEP_ALIVE,
             sse_max_streams: DEFAULT_SSE_MAX_STREAMS,
+            mcp_max_sessions: DEFAULT_MCP_MAX_SESSIONS,
+            mcp_session_idle_timeout: DEFAULT_MCP_SESSION_IDLE_TIMEOUT,
         }
     }
 }
@@ -160,6 +176,11 @@ impl HttpConfig {
             ("sse_buffer_frames", self.sse_buffer_frames == 0),
             ("sse_keep_alive_ms", self.sse_keep_alive.is_zero()),
             ("sse_max_streams", self.sse_max_streams == 0),
+            ("mcp_max_sessions", self.mcp_max_sessions == 0),
+            (
+                "mcp_session_idle_timeout_ms",
+                self.mcp_session_idle_timeout.is_zero(),
+            ),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, z)| *z) {
             return Err(HttpConfigError::Zero(name));

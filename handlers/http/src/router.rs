@@ -26,7 +26,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/call/{operationId}", post(call::call))
         .route("/api/events/{topic}", get(sse::events))
         .route("/openapi.json", get(openapi::openapi))
-        .route("/mcp", post(mcp::mcp).get(mcp::mcp_get))
+        .route(
+            "/mcp",
+            post(mcp::mcp).get(mcp::mcp_get).delete(mcp::mcp_delete),
+        )
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
