@@ -68,8 +68,8 @@ pub use router::{
     close_code, AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError,
 };
 pub use server::{
-    resolve_workers, start, start_with_tcp, EngineConfig, NodeStatus, ServerHandle,
-    ShutdownTrigger, StartError, DEFAULT_LISTEN,
+    resolve_workers, start, start_with_tcp, AlpnConnections, EngineConfig, NodeStatus,
+    ServerHandle, ShutdownTrigger, StartError, DEFAULT_LISTEN,
 };
 pub use socket::BindError;
 pub use stats::WorkerStatsSnapshot;

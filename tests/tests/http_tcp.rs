@@ -440,6 +440,12 @@ ok = [s for s in families["alknet_http_requests"].samples
 print("health_200", int(sum(s.value for s in ok)))
 nf = [s for s in families["alknet_call_errors"].samples if s.labels.get("code") == "NOT_FOUND"]
 print("call_not_found", int(sum(s.value for s in nf)))
+for name in ("alknet_alpn_connections_open", "alknet_alpn_connections_accepted",
+             "alknet_http_sse_streams_open", "alknet_http_sse_lagged"):
+    print(name, families[name].type)
+for s in families["alknet_alpn_connections_accepted"].samples:
+    if s.name.endswith("_total"):
+        print("alpn_accepted", s.labels["alpn"], int(s.value))
 "#;
 
 #[test]
@@ -456,6 +462,26 @@ fn metrics_parse_as_openmetrics() {
         &["--http2", "-X", "POST", &url(&server, "/api/call/nope")],
     );
     assert_eq!(r.status, 404);
+    // one QUIC connection of ALPN alknet/call, by the alknet CLI
+    let child = Command::new(alknet_bin())
+        .args([
+            "call",
+            "--fingerprint",
+            &server.fingerprint(),
+            &server.addr(),
+            "node.info",
+        ])
+        .env_remove("ALKNET_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("alknet call");
+    let out = wait_output(child, CLIENT_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // public: no token needed
     let r = curl(&server, &["--http1.1", &url(&server, "/metrics")]);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -486,6 +512,11 @@ fn metrics_parse_as_openmetrics() {
         out.contains("alknet_call_errors counter 7"),
         "one sample per code: {out}"
     );
+    assert!(out.contains("alknet_alpn_connections_open gauge"), "{out}");
+    assert!(out.contains("alknet_http_sse_streams_open gauge"), "{out}");
+    assert!(out.contains("alknet_http_sse_lagged counter"), "{out}");
+    assert!(out.contains("alpn_accepted alknet/call 1"), "{out}");
+    assert!(out.contains("alpn_accepted h3 0"), "{out}");
 }
 
 #[test]

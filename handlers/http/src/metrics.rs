@@ -23,6 +23,11 @@ struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlpnLabel {
+    alpn: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabel {
     worker: String,
 }
@@ -134,6 +139,25 @@ impl HttpMetrics {
                     }
                 }
             }
+            let alpn_open = Family::<AlpnLabel, Gauge>::default();
+            let alpn_accepted = Family::<AlpnLabel, Counter>::default();
+            for c in status.alpn_connections() {
+                let label = AlpnLabel { alpn: c.alpn };
+                alpn_open
+                    .get_or_create(&label)
+                    .set(i64::try_from(c.open).unwrap_or(i64::MAX));
+                alpn_accepted.get_or_create(&label).inc_by(c.accepted);
+            }
+            registry.register(
+                "alpn_connections_open",
+                "QUIC connections open, by ALPN",
+                alpn_open,
+            );
+            registry.register(
+                "alpn_connections_accepted",
+                "QUIC connections handed to a handler since start, by ALPN",
+                alpn_accepted,
+            );
             let open = Gauge::<i64>::default();
             open.set(i64::try_from(status.open_connections()).unwrap_or(i64::MAX));
             registry.register(
