@@ -266,3 +266,102 @@ fn published_events_reach_subscribers_until_the_node_drains() {
     }
     server.wait_exit(CLIENT_TIMEOUT);
 }
+
+/// A subscriber that stops reading (a small receive buffer, nothing read) while events of
+/// 60 KB are published until none is delivered to it any more; then it reads what it has:
+/// the events up to where its queue overflowed, `event: lagged`, and the end of the body.
+const SLOW_SUBSCRIBER: &str = r#"
+import http.client, json, socket, ssl, sys
+port, cafile, watcher, admin = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=cafile)
+ctx.set_alpn_protocols(["http/1.1"])
+raw = socket.socket()
+raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+raw.settimeout(30)
+raw.connect(("127.0.0.1", port))
+sub = ctx.wrap_socket(raw, server_hostname="localhost")
+sub.sendall(("GET /api/events/node.events HTTP/1.1\r\nHost: x\r\n"
+             "Authorization: Bearer %s\r\n\r\n" % watcher).encode())
+got = b""
+while b": subscribed" not in got:
+    got += sub.recv(4096)
+pub = http.client.HTTPSConnection("127.0.0.1", port, context=ssl.create_default_context(cafile=cafile), timeout=30)
+body = json.dumps({"data": {"pad": "x" * 60000}})
+published = 0
+for i in range(1000):
+    pub.request("POST", "/api/call/node.publish", body=body,
+                headers={"Authorization": "Bearer " + admin, "Content-Type": "application/json"})
+    delivered = json.loads(pub.getresponse().read())["delivered"]
+    published += 1
+    if delivered == 0:
+        break
+print("published", published, "last_delivered", delivered)
+while not got.endswith(b"0\r\n\r\n"):
+    chunk = sub.recv(65536)
+    if not chunk:
+        break
+    got += chunk
+text = got.decode("latin-1")
+print("events", text.count("data: {\"pad\""))
+print("lagged", text.count("event: lagged"))
+print("ended", got.endswith(b"0\r\n\r\n"))
+"#;
+
+#[test]
+fn a_subscriber_that_stops_reading_is_closed_with_lagged() {
+    let server = BinServer::start_with_config(&format!(
+        "{}\n[http]\nsse_queue_events = 4\nsse_buffer_frames = 1\npublic = [\"/metrics\"]\n",
+        config()
+    ));
+    let cert = server.data_dir.path().join("cert.pem");
+    let mut child = Command::new("python3")
+        .arg("-")
+        .args([
+            &server.port.to_string(),
+            &cert.display().to_string(),
+            TOKEN_WATCHER,
+            TOKEN_ADMIN,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        SLOW_SUBSCRIBER.as_bytes(),
+    )
+    .expect("script");
+    let out = wait_output(child, CLIENT_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("last_delivered 0"), "{stdout}");
+    assert!(stdout.contains("lagged 1"), "{stdout}");
+    assert!(stdout.contains("ended True"), "{stdout}");
+    let published: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("published "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("published line");
+    let events: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("events "))
+        .and_then(|n| n.parse().ok())
+        .expect("events line");
+    // the last publish found it gone; every event before the overflow arrived
+    assert!(events < published, "{stdout}");
+    let (_, metrics) = curl(&server, &["--http2", &url(&server, "/metrics")]);
+    assert!(
+        metrics.contains("alknet_http_sse_lagged_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("alknet_http_sse_streams_open 0"),
+        "{metrics}"
+    );
+}
