@@ -365,3 +365,39 @@ fn a_subscriber_that_stops_reading_is_closed_with_lagged() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_draining_node_sends_goaway_over_http2() {
+    let mut server = BinServer::start_with_config(&config());
+    // nghttp (nghttp2-client) prints every frame; an open subscription keeps the
+    // connection busy until the drain
+    let mut child = Command::new("nghttp")
+        .args(["-v", "-H"])
+        .arg(format!("authorization: Bearer {TOKEN_WATCHER}"))
+        .arg(url(&server, "/api/events/node.events"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nghttp (tests/run-all.sh installs nghttp2-client)");
+    let lines = lines_of(&mut child);
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains(": subscribed")) {
+        assert!(Instant::now() < deadline, "no subscription: {seen:?}");
+        if let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
+            seen.push(l);
+        }
+    }
+    // SAFETY: plain kill(2) on our child process
+    unsafe { libc::kill(server.pid() as i32, libc::SIGTERM) };
+    let out = wait_output(child, CLIENT_TIMEOUT);
+    seen.extend(lines.try_iter());
+    let text = seen.join("\n");
+    assert!(text.contains("recv GOAWAY frame"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.wait_exit(CLIENT_TIMEOUT);
+}
