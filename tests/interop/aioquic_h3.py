@@ -280,6 +280,23 @@ async def check_slow_headers(p: H3Client) -> str:
     return "incomplete HEADERS frame -> stream reset with H3_REQUEST_CANCELLED, connection still serving"
 
 
+async def check_sse(p: H3Client) -> str:
+    """A streaming call operation (needs alknet/call) read to its end as Server-Sent Events."""
+    body = json.dumps({"count": 3, "item": {"n": 1}}).encode()
+    r = await p.request("POST", "/api/call/echo.stream", body,
+                        [(b"content-type", b"application/json")])
+    expect_status(r, 200, "POST /api/call/echo.stream")
+    ctype = dict(r.headers).get(b"content-type", b"")
+    if ctype != b"text/event-stream":
+        raise CheckFailed(f"content-type {ctype!r}, want text/event-stream")
+    text = r.body.decode()
+    want = "".join(f'event: item\nid: {i}\ndata: {{"n":1}}\n\n' for i in range(3))
+    want += "event: end\ndata: {}\n\n"
+    if text != want:
+        raise CheckFailed(f"event stream {text!r}, want {want!r}")
+    return "echo.stream over h3: 3 items and the end as text/event-stream"
+
+
 async def check_goaway(p: H3Client) -> str:
     """A request, then "drain-me" for the test to drain the server; the server's GOAWAY
     must name the stream after that request (it was served, later ones would not be)."""
@@ -315,6 +332,7 @@ async def run(args) -> int:
             "streamed-body": lambda: check_streamed_body(p, args.max_body),
             "slow-headers": lambda: check_slow_headers(p),
             "goaway": lambda: check_goaway(p),
+            "sse": lambda: check_sse(p),
         }
         chosen = args.checks.split(",") if args.checks else list(checks)
         for name in chosen:

@@ -79,6 +79,13 @@ fn aioquic_h3_limits_from_the_config_hold() {
 }
 
 #[test]
+fn aioquic_h3_client_reads_a_server_sent_event_stream() {
+    require_aioquic();
+    let server = BinServer::start_with_config("[handlers]\nenabled = [\"h3\", \"alknet/call\"]\n");
+    run_checks(&server, &["--checks", "health,sse"], 3);
+}
+
+#[test]
 fn a_draining_node_sends_goaway_over_h3() {
     require_aioquic();
     let mut server = BinServer::start_with_config("[handlers]\nenabled = [\"h3\"]\n");

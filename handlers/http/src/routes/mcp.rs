@@ -70,22 +70,22 @@ fn session_refusal(status: StatusCode, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// The request's session, live and `owner`'s; else the refusal to answer with.
-fn check_session(
+/// `None` when the request's session is live and `owner`'s; else the refusal to answer.
+fn session_refused(
     state: &HttpState,
     headers: &HeaderMap,
     owner: Option<&str>,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
-        return Err(session_refusal(
+        return Some(session_refusal(
             StatusCode::BAD_REQUEST,
             "Mcp-Session-Id header required (send initialize first)",
         ));
     };
     let idle = state.config.mcp_session_idle_timeout;
     match state.mcp_sessions.touch(id, owner, Instant::now(), idle) {
-        Lookup::Live => Ok(()),
-        Lookup::Unknown => Err(session_refusal(
+        Lookup::Live => None,
+        Lookup::Unknown => Some(session_refusal(
             StatusCode::NOT_FOUND,
             "unknown or expired MCP session: initialize again",
         )),
@@ -133,7 +133,7 @@ pub async fn mcp(
     let owner = identity.as_ref().map(|i| i.name.as_str());
     let initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
     if !initialize {
-        if let Err(refused) = check_session(&state, &headers, owner) {
+        if let Some(refused) = session_refused(&state, &headers, owner) {
             return refused;
         }
     }
