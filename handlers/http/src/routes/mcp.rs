@@ -10,12 +10,12 @@
 //! every later request must carry it (400 without, 404 for an unknown, expired or ended
 //! id, or one another identity opened); `DELETE /mcp` with it ends the session (204).
 
+use std::time::Instant;
+
 use alknet_proto::call::ErrorCode;
 use alknet_runtime::OperationInfo;
 use axum::body::Bytes;
 use axum::extract::State;
-use std::time::Instant;
-
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
