@@ -725,10 +725,14 @@ impl FileConfig {
                 self.http3
                     .validate()
                     .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-                Arc::new(alknet_http::h3::H3Handler::new(
-                    alknet_http::router(self.http_state()?),
-                    self.http3.clone(),
-                ))
+                let state = self.http_state()?;
+                Arc::new(
+                    alknet_http::h3::H3Handler::new(
+                        alknet_http::router(state.clone()),
+                        self.http3.clone(),
+                    )
+                    .with_drain_of(state),
+                )
             }
             _ => {
                 return Err(ConfigError::UnknownHandler {

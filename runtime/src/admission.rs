@@ -356,10 +356,13 @@ impl Drop for SourceTicket {
     }
 }
 
-/// Open connections of one ALPN, shared by the workers.
+/// Open connections of one ALPN, shared by the workers (one atomic add each way per
+/// connection, never per packet or stream).
 pub(crate) struct AlpnCount {
     pub alpn: Box<[u8]>,
     pub open: AtomicUsize,
+    /// Connections handed to the ALPN's handler since start (refused ones not counted).
+    pub accepted: AtomicU64,
 }
 
 /// The counts for `registry`'s ALPNs: `old`'s where it has one (its connections are still
@@ -379,6 +382,7 @@ pub(crate) fn alpn_counts(
             counts.push(Arc::new(AlpnCount {
                 alpn: alpn.into(),
                 open: AtomicUsize::new(0),
+                accepted: AtomicU64::new(0),
             }));
         }
     }
@@ -396,6 +400,7 @@ impl AlpnTicket {
             count.open.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
+        count.accepted.fetch_add(1, Ordering::Relaxed);
         Some(Self(count.clone()))
     }
 }
@@ -609,6 +614,7 @@ mod tests {
         let count = Arc::new(AlpnCount {
             alpn: b"alknet/ssh".to_vec().into(),
             open: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
         });
         let a = AlpnTicket::take(&count, Some(2)).expect("1");
         let _b = AlpnTicket::take(&count, Some(2)).expect("2");
@@ -617,6 +623,8 @@ mod tests {
         drop(a);
         assert!(AlpnTicket::take(&count, Some(2)).is_some());
         assert!(AlpnTicket::take(&count, None).is_some());
+        // the refused one is not counted as accepted
+        assert_eq!(count.accepted.load(Ordering::Relaxed), 4);
     }
 
     #[test]

@@ -58,7 +58,10 @@ pub use identity::{
     IdentityEntry, IdentityProvider, NoIdentities,
 };
 pub use limits::*;
-pub use operations::{OperationFailure, OperationInfo, OperationInvoker, OperationStats};
+pub use operations::{
+    ItemOutlet, OperationFailure, OperationInfo, OperationInvoker, OperationStats, OutletClosed,
+    TopicDelivery, TopicSubscription,
+};
 pub use pinning::{others_runnable, PinDecision, PinWorkers};
 pub use reload::{
     ConfigReloadHandle, HandlersError, TcpReloadError, TransportReloadError, RESTART_LIMITS,
@@ -67,8 +70,8 @@ pub use router::{
     close_code, AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError,
 };
 pub use server::{
-    resolve_workers, start, start_with_tcp, EngineConfig, NodeStatus, ServerHandle,
-    ShutdownTrigger, StartError, DEFAULT_LISTEN,
+    resolve_workers, start, start_with_tcp, AlpnConnections, EngineConfig, NodeStatus,
+    ServerHandle, ShutdownTrigger, StartError, DEFAULT_LISTEN,
 };
 pub use socket::BindError;
 pub use stats::WorkerStatsSnapshot;

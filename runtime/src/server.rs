@@ -162,6 +162,23 @@ impl NodeStatus {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// QUIC connections per ALPN: open now and accepted since start (the counts
+    /// `[admission] max_connections_per_alpn` is checked against). An ALPN a reload removed
+    /// stays listed while its connections are open.
+    pub fn alpn_connections(&self) -> Vec<AlpnConnections> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0
+            .alpn_counts
+            .load()
+            .iter()
+            .map(|c| AlpnConnections {
+                alpn: String::from_utf8_lossy(&c.alpn).into_owned(),
+                open: c.open.load(Relaxed) as u64,
+                accepted: c.accepted.load(Relaxed),
+            })
+            .collect()
+    }
+
     /// The QUIC ALPNs served.
     pub fn alpns(&self) -> Vec<String> {
         self.0
@@ -172,6 +189,14 @@ impl NodeStatus {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect()
     }
+}
+
+/// One ALPN's QUIC connections (see [`NodeStatus::alpn_connections`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlpnConnections {
+    pub alpn: String,
+    pub open: u64,
+    pub accepted: u64,
 }
 
 /// Starts graceful shutdown from another thread (a signal handler, a test).

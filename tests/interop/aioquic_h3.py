@@ -19,6 +19,7 @@ import ssl
 import sys
 
 from aioquic.asyncio import QuicConnectionProtocol, connect
+from aioquic.buffer import Buffer, BufferReadError
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic import events
@@ -57,8 +58,30 @@ class H3Client(QuicConnectionProtocol):
         self.pending: dict[int, Response] = {}
         self.terminated: events.ConnectionTerminated | None = None
         self.resets: dict[int, asyncio.Future] = {}
+        # bytes of the server's unidirectional streams (its control stream carries GOAWAY,
+        # which aioquic's H3Connection reads but does not report)
+        self.server_uni: dict[int, bytearray] = {}
+        self.goaway = asyncio.get_running_loop().create_future()
+
+    def _watch_goaway(self, event: events.QuicEvent) -> None:
+        if not isinstance(event, events.StreamDataReceived) or event.stream_id % 4 != 3:
+            return
+        data = self.server_uni.setdefault(event.stream_id, bytearray())
+        data.extend(event.data)
+        b = Buffer(data=bytes(data))
+        try:
+            if b.pull_uint_var() != 0:  # not the control stream
+                return
+            while not b.eof():
+                kind, length = b.pull_uint_var(), b.pull_uint_var()
+                payload = b.pull_bytes(length)
+                if kind == 0x7 and not self.goaway.done():
+                    self.goaway.set_result(Buffer(data=payload).pull_uint_var())
+        except BufferReadError:
+            return  # the rest is still to come
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
+        self._watch_goaway(event)
         if isinstance(event, events.ConnectionTerminated):
             self.terminated = event
             for r in self.pending.values():
@@ -257,6 +280,36 @@ async def check_slow_headers(p: H3Client) -> str:
     return "incomplete HEADERS frame -> stream reset with H3_REQUEST_CANCELLED, connection still serving"
 
 
+async def check_sse(p: H3Client) -> str:
+    """A streaming call operation (needs alknet/call) read to its end as Server-Sent Events."""
+    body = json.dumps({"count": 3, "item": {"n": 1}}).encode()
+    r = await p.request("POST", "/api/call/echo.stream", body,
+                        [(b"content-type", b"application/json")])
+    expect_status(r, 200, "POST /api/call/echo.stream")
+    ctype = dict(r.headers).get(b"content-type", b"")
+    if ctype != b"text/event-stream":
+        raise CheckFailed(f"content-type {ctype!r}, want text/event-stream")
+    text = r.body.decode()
+    want = "".join(f'event: item\nid: {i}\ndata: {{"n":1}}\n\n' for i in range(3))
+    want += "event: end\ndata: {}\n\n"
+    if text != want:
+        raise CheckFailed(f"event stream {text!r}, want {want!r}")
+    return "echo.stream over h3: 3 items and the end as text/event-stream"
+
+
+async def check_goaway(p: H3Client) -> str:
+    """A request, then "drain-me" for the test to drain the server; the server's GOAWAY
+    must name the stream after that request (it was served, later ones would not be)."""
+    sid = p._quic.get_next_available_stream_id()
+    r = await p.request("GET", "/health")
+    expect_status(r, 200, "GET /health before the drain")
+    print("drain-me", flush=True)
+    goaway = await p.goaway
+    if goaway != sid + 4:
+        raise CheckFailed(f"GOAWAY names stream {goaway}, want {sid + 4} (after {sid})")
+    return f"GOAWAY with stream id {goaway} after request stream {sid}"
+
+
 async def step(name: str, coro) -> None:
     try:
         msg = await asyncio.wait_for(coro, CHECK_TIMEOUT)
@@ -278,6 +331,8 @@ async def run(args) -> int:
             "big-body": lambda: check_big_body(p, args.max_body),
             "streamed-body": lambda: check_streamed_body(p, args.max_body),
             "slow-headers": lambda: check_slow_headers(p),
+            "goaway": lambda: check_goaway(p),
+            "sse": lambda: check_sse(p),
         }
         chosen = args.checks.split(",") if args.checks else list(checks)
         for name in chosen:

@@ -2,6 +2,7 @@
 //! QPACK and HTTP/3) against the real `alknet serve` with the `h3` handler enabled.
 //! `tests/run-all.sh` installs aioquic (tests/interop/requirements.txt).
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -75,4 +76,60 @@ fn aioquic_h3_limits_from_the_config_hold() {
         ],
         6,
     );
+}
+
+#[test]
+fn aioquic_h3_client_reads_a_server_sent_event_stream() {
+    require_aioquic();
+    let server = BinServer::start_with_config("[handlers]\nenabled = [\"h3\", \"alknet/call\"]\n");
+    run_checks(&server, &["--checks", "health,sse"], 3);
+}
+
+#[test]
+fn a_draining_node_sends_goaway_over_h3() {
+    require_aioquic();
+    let mut server = BinServer::start_with_config("[handlers]\nenabled = [\"h3\"]\n");
+    let mut child = Command::new("python3")
+        .arg(SCRIPT)
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(server.port.to_string())
+        .arg("--fingerprint")
+        .arg(server.fingerprint())
+        .args(["--checks", "health,goaway"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    // the script says when its request was answered; then the node drains
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no drain-me; output so far: {seen:?}"));
+        let ready = line == "drain-me";
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    // SAFETY: plain kill(2) on our child process
+    unsafe { libc::kill(server.pid() as i32, libc::SIGTERM) };
+    let out = wait_output(child, Duration::from_secs(120));
+    seen.extend(rx.try_iter());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{seen:?}\n{stderr}");
+    assert!(
+        seen.iter().any(|l| l == "aioquic h3: 3 passed, 0 failed"),
+        "{seen:?}\n{stderr}"
+    );
+    server.wait_exit(Duration::from_secs(60));
 }

@@ -440,6 +440,12 @@ ok = [s for s in families["alknet_http_requests"].samples
 print("health_200", int(sum(s.value for s in ok)))
 nf = [s for s in families["alknet_call_errors"].samples if s.labels.get("code") == "NOT_FOUND"]
 print("call_not_found", int(sum(s.value for s in nf)))
+for name in ("alknet_alpn_connections_open", "alknet_alpn_connections_accepted",
+             "alknet_http_sse_streams_open", "alknet_http_sse_lagged"):
+    print(name, families[name].type)
+for s in families["alknet_alpn_connections_accepted"].samples:
+    if s.name.endswith("_total"):
+        print("alpn_accepted", s.labels["alpn"], int(s.value))
 "#;
 
 #[test]
@@ -456,6 +462,26 @@ fn metrics_parse_as_openmetrics() {
         &["--http2", "-X", "POST", &url(&server, "/api/call/nope")],
     );
     assert_eq!(r.status, 404);
+    // one QUIC connection of ALPN alknet/call, by the alknet CLI
+    let child = Command::new(alknet_bin())
+        .args([
+            "call",
+            "--fingerprint",
+            &server.fingerprint(),
+            &server.addr(),
+            "node.info",
+        ])
+        .env_remove("ALKNET_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("alknet call");
+    let out = wait_output(child, CLIENT_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // public: no token needed
     let r = curl(&server, &["--http1.1", &url(&server, "/metrics")]);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -486,6 +512,11 @@ fn metrics_parse_as_openmetrics() {
         out.contains("alknet_call_errors counter 7"),
         "one sample per code: {out}"
     );
+    assert!(out.contains("alknet_alpn_connections_open gauge"), "{out}");
+    assert!(out.contains("alknet_http_sse_streams_open gauge"), "{out}");
+    assert!(out.contains("alknet_http_sse_lagged counter"), "{out}");
+    assert!(out.contains("alpn_accepted alknet/call 1"), "{out}");
+    assert!(out.contains("alpn_accepted h3 0"), "{out}");
 }
 
 #[test]
@@ -516,49 +547,97 @@ fn new_tcp_handshakes_get_a_reloaded_certificate() {
     assert_eq!(r.status, 0, "the old certificate is no longer served");
 }
 
-/// One JSON-RPC request to `/mcp` over HTTP/2, as an MCP Streamable HTTP client sends it.
-fn mcp(server: &BinServer, body: &str, token: Option<&str>) -> Reply {
+/// One JSON-RPC request to `/mcp` over HTTP/2, as an MCP Streamable HTTP client sends it
+/// (`method` POST, or DELETE to end a session).
+fn mcp_request(
+    server: &BinServer,
+    method: &str,
+    session: Option<&str>,
+    body: &str,
+    token: Option<&str>,
+) -> Reply {
     let bearer = token.map(|t| format!("Authorization: Bearer {t}"));
+    let session = session.map(|s| format!("Mcp-Session-Id: {s}"));
     let mut args = vec![
         "--http2",
         "-X",
-        "POST",
+        method,
         "-H",
         "Content-Type: application/json",
         "-H",
         "Accept: application/json, text/event-stream",
-        "--data",
-        body,
     ];
-    if let Some(b) = &bearer {
-        args.extend(["-H", b.as_str()]);
+    if method == "POST" {
+        args.extend(["--data", body]);
+    }
+    for h in [&bearer, &session].into_iter().flatten() {
+        args.extend(["-H", h.as_str()]);
     }
     let target = url(server, "/mcp");
     args.push(&target);
     curl(server, &args)
 }
 
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+
+/// `initialize` as `token`'s identity; the session id the server issued.
+fn mcp_session(server: &BinServer, token: Option<&str>) -> String {
+    let r = mcp_request(server, "POST", None, INITIALIZE, token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.headers
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no Mcp-Session-Id in {}", r.headers))
+}
+
 #[test]
 fn mcp_initialize_list_and_call_tools() {
     let server = BinServer::start_with_config(&config(""));
-    let r = mcp(
-        &server,
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#,
-        None,
-    );
+    let r = mcp_request(&server, "POST", None, INITIALIZE, None);
     assert_eq!(r.status, 200, "{}", r.body);
     let v = json(&r);
     assert_eq!(v["id"], 1);
     assert_eq!(v["result"]["protocolVersion"], "2025-06-18");
     assert_eq!(v["result"]["serverInfo"]["name"], "alknet");
+    let anon = mcp_session(&server, None);
+    let admin = mcp_session(&server, Some(TOKEN_ADMIN));
+    let scraper = mcp_session(&server, Some(TOKEN_METRICS));
+    assert_ne!(anon, admin);
+    let mcp = |body: &str, token: Option<&str>| {
+        let session = match token {
+            None => &anon,
+            Some(TOKEN_ADMIN) => &admin,
+            Some(_) => &scraper,
+        };
+        mcp_request(&server, "POST", Some(session), body, token)
+    };
     let r = mcp(
-        &server,
         r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
         None,
     );
     assert_eq!(r.status, 202);
-    let r = mcp(&server, r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#, None);
+    let r = mcp(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#, None);
     assert_eq!(json(&r)["result"], serde_json::json!({}));
+
+    // sessions: required after initialize, bound to the identity that opened them
+    let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    let r = mcp_request(&server, "POST", None, ping, None);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = mcp_request(&server, "POST", Some("0123abcd"), ping, None);
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = mcp_request(&server, "POST", Some(&admin), ping, None);
+    assert_eq!(r.status, 404, "another identity's session: {}", r.body);
+    let ended = mcp_session(&server, None);
+    let r = mcp_request(&server, "DELETE", Some(&ended), "", None);
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = mcp_request(&server, "POST", Some(&ended), ping, None);
+    assert_eq!(r.status, 404, "an ended session: {}", r.body);
+    let r = mcp_request(&server, "DELETE", Some(&ended), "", None);
+    assert_eq!(r.status, 404, "{}", r.body);
 
     // anonymous: public tools only; admin: node.stats too
     let list = r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#;
@@ -570,7 +649,7 @@ fn mcp_initialize_list_and_call_tools() {
             .map(|t| t["name"].as_str().unwrap_or_default().to_string())
             .collect()
     };
-    let anonymous = names(&mcp(&server, list, None));
+    let anonymous = names(&mcp(list, None));
     assert!(anonymous.contains(&"echo".to_string()), "{anonymous:?}");
     assert!(
         !anonymous.contains(&"node.stats".to_string()),
@@ -580,11 +659,13 @@ fn mcp_initialize_list_and_call_tools() {
         !anonymous.contains(&"echo.stream".to_string()),
         "streaming ops are not tools"
     );
-    let admin = names(&mcp(&server, list, Some(TOKEN_ADMIN)));
-    assert!(admin.contains(&"node.stats".to_string()), "{admin:?}");
+    let admin_tools = names(&mcp(list, Some(TOKEN_ADMIN)));
+    assert!(
+        admin_tools.contains(&"node.stats".to_string()),
+        "{admin_tools:?}"
+    );
 
     let r = mcp(
-        &server,
         r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","arguments":{"say":"hi"}}}"#,
         None,
     );
@@ -596,46 +677,69 @@ fn mcp_initialize_list_and_call_tools() {
     );
     // a denied tool: a tool error carrying the call error code
     let call_stats = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"node.stats","arguments":{}}}"#;
-    let v = json(&mcp(&server, call_stats, None));
+    let v = json(&mcp(call_stats, None));
     assert_eq!(v["result"]["isError"], true, "{v}");
     let text = v["result"]["content"][0]["text"]
         .as_str()
         .unwrap_or_default();
     assert!(text.starts_with("UNAUTHENTICATED"), "{text}");
-    let v = json(&mcp(&server, call_stats, Some(TOKEN_METRICS)));
+    let v = json(&mcp(call_stats, Some(TOKEN_METRICS)));
     let text = v["result"]["content"][0]["text"]
         .as_str()
         .unwrap_or_default();
     assert!(text.starts_with("FORBIDDEN"), "{text}");
-    let v = json(&mcp(&server, call_stats, Some(TOKEN_ADMIN)));
+    let v = json(&mcp(call_stats, Some(TOKEN_ADMIN)));
     assert_eq!(v["result"]["isError"], false, "{v}");
     // unknown tool, unknown method, not JSON
     let v = json(&mcp(
-        &server,
         r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"nope"}}"#,
         None,
     ));
     assert_eq!(v["error"]["code"], -32602, "{v}");
-    let v = json(&mcp(
-        &server,
-        r#"{"jsonrpc":"2.0","id":7,"method":"nope"}"#,
-        None,
-    ));
+    let v = json(&mcp(r#"{"jsonrpc":"2.0","id":7,"method":"nope"}"#, None));
     assert_eq!(v["error"]["code"], -32601, "{v}");
-    let v = json(&mcp(&server, "{oops", None));
+    let v = json(&mcp("{oops", None));
     assert_eq!(v["error"]["code"], -32700, "{v}");
+}
+
+#[test]
+fn the_mcp_session_table_is_bounded_and_sessions_expire() {
+    // two sessions at most; a session unused for 1.5 s is gone
+    let server = BinServer::start_with_config(&config(
+        "[http]\nmcp_max_sessions = 2\nmcp_session_idle_timeout_ms = 1500\n",
+    ));
+    let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    let live = |s: &str| mcp_request(&server, "POST", Some(s), ping, None).status;
+    let a = mcp_session(&server, None);
+    let b = mcp_session(&server, None);
+    assert_eq!((live(&a), live(&b)), (200, 200));
+    // `a` was used last when `c` comes: `b` (least recently used) makes room
+    assert_eq!(live(&a), 200);
+    let c = mcp_session(&server, None);
+    assert_eq!((live(&a), live(&b), live(&c)), (200, 404, 200));
+    // idle past the timeout (waiting is the point here, not a measured duration)
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    assert_eq!((live(&a), live(&c)), (404, 404));
 }
 
 /// The official MCP Python SDK (`mcp` on PyPI, pinned in tests/interop/requirements.txt)
 /// as the client: its Streamable HTTP transport over HTTPS with the server's certificate.
 const MCP_SDK_CLIENT: &str = r#"
-import asyncio, ssl, sys
+import asyncio, json, ssl, sys
 import httpx2
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 async def main(url, cafile):
     ctx = ssl.create_default_context(cafile=cafile)
-    async with httpx2.AsyncClient(verify=ctx) as http:
+    seen = []
+    async def on_response(response):
+        req = response.request
+        method = ""
+        if req.method == "POST":
+            await req.aread()
+            method = json.loads(req.content).get("method", "")
+        seen.append((req.method, method, req.headers.get("mcp-session-id"), response.status_code))
+    async with httpx2.AsyncClient(verify=ctx, event_hooks={"response": [on_response]}) as http:
         async with streamable_http_client(url, http_client=http) as streams:
             async with ClientSession(streams[0], streams[1]) as s:
                 init = await s.initialize()
@@ -646,6 +750,11 @@ async def main(url, cafile):
                 print("echo", res.is_error, res.structured_content)
                 res = await s.call_tool("node.stats", {})
                 print("denied", res.is_error, res.content[0].text.split(":")[0])
+    # what went over the wire: every request after initialize carried the session id,
+    # and closing the client ended the session (DELETE answered 204)
+    after = [r for r in seen if r[1] != "initialize"]
+    print("session", len(set(r[2] for r in after)) == 1 and all(r[2] for r in after))
+    print("delete", [r[3] for r in seen if r[0] == "DELETE"])
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 "#;
 
@@ -661,6 +770,8 @@ fn the_official_mcp_sdk_initializes_lists_and_calls() {
     assert!(out.contains("tools True False"), "{out}");
     assert!(out.contains("echo False {'say': 'hi'}"), "{out}");
     assert!(out.contains("denied True UNAUTHENTICATED"), "{out}");
+    assert!(out.contains("session True"), "{out}");
+    assert!(out.contains("delete [204]"), "{out}");
 }
 
 /// `[http] static_root`: files over HTTP/1.1 and HTTP/2 (HTTP/3 is the interop runner's

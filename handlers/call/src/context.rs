@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alknet_proto::call::{EventEnvelope, EventType};
-use alknet_runtime::Identity;
+use alknet_runtime::{Identity, ItemOutlet};
 use serde_json::{json, Value};
 
 use crate::env::{CompositeOperationEnv, OperationEnv};
@@ -163,27 +163,36 @@ impl CallContext {
     }
 }
 
-/// Where a streaming operation sends its items (`call.stream.item` frames). Sending waits
-/// while the peer is slow to read.
+/// Where a streaming operation sends its items: `call.stream.item` frames on the caller's
+/// stream, or another front end's outlet (HTTP's Server-Sent Events). Sending waits while
+/// the peer is slow to read.
 pub struct ItemSink {
-    pub(crate) writer: StreamWriter,
-    pub(crate) id: Arc<str>,
+    pub(crate) out: SinkOut,
     pub(crate) seq: u64,
+}
+
+pub(crate) enum SinkOut {
+    Wire { writer: StreamWriter, id: Arc<str> },
+    Outlet(Box<dyn ItemOutlet>),
 }
 
 impl ItemSink {
     /// Sends one item; fails with `UNAVAILABLE` once the caller's stream is gone.
     pub async fn send(&mut self, item: Value) -> Result<(), CallError> {
-        let env = EventEnvelope::new(
-            EventType::StreamItem,
-            Some(self.id.to_string()),
-            json!({ "seq": self.seq, "item": item }),
-        );
+        let seq = self.seq;
         self.seq += 1;
-        self.writer
-            .send_envelope(&env)
-            .await
-            .map_err(|_| CallError::unavailable("the caller's stream is closed"))
+        let closed = || CallError::unavailable("the caller's stream is closed");
+        match &mut self.out {
+            SinkOut::Wire { writer, id } => {
+                let env = EventEnvelope::new(
+                    EventType::StreamItem,
+                    Some(id.to_string()),
+                    json!({ "seq": seq, "item": item }),
+                );
+                writer.send_envelope(&env).await.map_err(|_| closed())
+            }
+            SinkOut::Outlet(outlet) => outlet.send(item).await.map_err(|_| closed()),
+        }
     }
 
     /// Items sent so far.

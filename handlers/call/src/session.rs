@@ -23,7 +23,7 @@ use futures_util::future::{AbortHandle, Abortable};
 use rustc_hash::FxHashMap;
 use serde_json::{json, Value};
 
-use crate::context::{build_root_context, ItemSink, RootRequest};
+use crate::context::{build_root_context, ItemSink, RootRequest, SinkOut};
 use crate::env::OperationEnv;
 use crate::error::CallError;
 use crate::node::CallNode;
@@ -694,8 +694,10 @@ async fn run_request(
         }
         OperationHandler::Stream(f) => {
             let sink = ItemSink {
-                writer: writer.clone(),
-                id: id.clone(),
+                out: SinkOut::Wire {
+                    writer: writer.clone(),
+                    id: id.clone(),
+                },
                 seq: 0,
             };
             let outcome = monoio::time::timeout(remaining, catch_panic(f(ctx, input, sink))).await;

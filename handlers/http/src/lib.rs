@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod h3;
 pub mod limits;
+pub mod mcp_sessions;
 mod metrics;
 pub mod router;
 pub mod routes;
@@ -47,6 +48,8 @@ pub struct HttpShared {
     pub version: &'static str,
     /// `[http] static_root`, opened once.
     pub static_files: Option<alknet_runtime::files::ConfinedDir>,
+    /// MCP sessions, kept across reloads.
+    pub mcp_sessions: Arc<mcp_sessions::McpSessions>,
 }
 
 /// Why the HTTP front end could not be set up.
@@ -65,12 +68,18 @@ impl HttpState {
         config: HttpConfig,
         invoker: Option<Arc<dyn OperationInvoker>>,
     ) -> Result<Self, HttpStateError> {
-        Self::build(config, invoker, HttpMetrics::default(), OnceLock::new())
+        Self::build(
+            config,
+            invoker,
+            HttpMetrics::default(),
+            OnceLock::new(),
+            Arc::default(),
+        )
     }
 
     /// The state a live reload serves new connections with: `config` and `invoker`
     /// replace this state's (`static_root` is opened again, and an error changes nothing);
-    /// the request counters and the server status are kept. Connections open on this
+    /// the request counters, the MCP sessions and the server status are kept. Connections open on this
     /// state keep it until they end.
     pub fn reconfigured(
         &self,
@@ -81,7 +90,13 @@ impl HttpState {
         if let Some(s) = self.0.status.get() {
             let _ = status.set(s.clone());
         }
-        Self::build(config, invoker, self.0.metrics.clone(), status)
+        Self::build(
+            config,
+            invoker,
+            self.0.metrics.clone(),
+            status,
+            self.0.mcp_sessions.clone(),
+        )
     }
 
     fn build(
@@ -89,6 +104,7 @@ impl HttpState {
         invoker: Option<Arc<dyn OperationInvoker>>,
         metrics: HttpMetrics,
         status: OnceLock<NodeStatus>,
+        mcp_sessions: Arc<mcp_sessions::McpSessions>,
     ) -> Result<Self, HttpStateError> {
         let static_files = config
             .static_root
@@ -109,6 +125,7 @@ impl HttpState {
             metrics,
             version: env!("CARGO_PKG_VERSION"),
             static_files,
+            mcp_sessions,
         })))
     }
 

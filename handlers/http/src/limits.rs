@@ -45,6 +45,32 @@ pub const DEFAULT_STATIC_CHUNK_BYTES: usize = 64 * 1024;
 /// large the file; reading stops while the client does not take them.
 pub const DEFAULT_STATIC_CHANNEL_CHUNKS: usize = 4;
 
+/// `sse_queue_events`: events of a topic queued for one `GET /api/events/{topic}`
+/// subscriber (the topic bus's per-subscriber queue). A reader that falls this far behind
+/// gets a final `event: lagged` and its stream is closed: dropping it (rather than
+/// skipping events) keeps the publisher's cost and the subscriber's memory bounded, and an
+/// `EventSource` reconnects by itself; the `id:` of each event (the topic's sequence
+/// number) shows the client what it missed.
+pub const DEFAULT_SSE_QUEUE_EVENTS: usize = 256;
+/// `sse_buffer_frames`: encoded SSE frames (events, items) of one stream waiting for the
+/// client to take them. A streaming operation waits here while its reader is slow; a
+/// topic subscription waits here and then in its `sse_queue_events` queue.
+pub const DEFAULT_SSE_BUFFER_FRAMES: usize = 16;
+/// `sse_keep_alive_ms`: an SSE stream with nothing to send for this long gets a comment
+/// line (`: keep-alive`), so proxies and clients do not take it for dead.
+pub const DEFAULT_SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// `sse_max_streams`: SSE streams (topic subscriptions and streaming calls) open at once on
+/// the node, over every HTTP version; past it, 503.
+pub const DEFAULT_SSE_MAX_STREAMS: usize = 1024;
+
+/// `mcp_max_sessions`: MCP Streamable HTTP sessions (`Mcp-Session-Id`) held at once;
+/// a new `initialize` beyond it drops expired sessions, then the least recently used
+/// (see `mcp_sessions.rs` for why not refuse).
+pub const DEFAULT_MCP_MAX_SESSIONS: usize = 1024;
+/// `mcp_session_idle_timeout_ms`: an MCP session unused this long is gone (its id then
+/// gets 404, and the client initializes again).
+pub const DEFAULT_MCP_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// `[http]`: paths served without authentication, and the limits above.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,6 +98,17 @@ pub struct HttpConfig {
     pub static_root: Option<std::path::PathBuf>,
     pub static_chunk_bytes: usize,
     pub static_channel_chunks: usize,
+    pub sse_queue_events: usize,
+    pub sse_buffer_frames: usize,
+    #[serde(rename = "sse_keep_alive_ms", with = "alknet_runtime::millis")]
+    pub sse_keep_alive: Duration,
+    pub sse_max_streams: usize,
+    pub mcp_max_sessions: usize,
+    #[serde(
+        rename = "mcp_session_idle_timeout_ms",
+        with = "alknet_runtime::millis"
+    )]
+    pub mcp_session_idle_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -91,6 +128,12 @@ impl Default for HttpConfig {
             static_root: None,
             static_chunk_bytes: DEFAULT_STATIC_CHUNK_BYTES,
             static_channel_chunks: DEFAULT_STATIC_CHANNEL_CHUNKS,
+            sse_queue_events: DEFAULT_SSE_QUEUE_EVENTS,
+            sse_buffer_frames: DEFAULT_SSE_BUFFER_FRAMES,
+            sse_keep_alive: DEFAULT_SSE_KEEP_ALIVE,
+            sse_max_streams: DEFAULT_SSE_MAX_STREAMS,
+            mcp_max_sessions: DEFAULT_MCP_MAX_SESSIONS,
+            mcp_session_idle_timeout: DEFAULT_MCP_SESSION_IDLE_TIMEOUT,
         }
     }
 }
@@ -129,6 +172,15 @@ impl HttpConfig {
             ),
             ("static_chunk_bytes", self.static_chunk_bytes == 0),
             ("static_channel_chunks", self.static_channel_chunks == 0),
+            ("sse_queue_events", self.sse_queue_events == 0),
+            ("sse_buffer_frames", self.sse_buffer_frames == 0),
+            ("sse_keep_alive_ms", self.sse_keep_alive.is_zero()),
+            ("sse_max_streams", self.sse_max_streams == 0),
+            ("mcp_max_sessions", self.mcp_max_sessions == 0),
+            (
+                "mcp_session_idle_timeout_ms",
+                self.mcp_session_idle_timeout.is_zero(),
+            ),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, z)| *z) {
             return Err(HttpConfigError::Zero(name));

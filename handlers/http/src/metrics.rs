@@ -23,6 +23,11 @@ struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlpnLabel {
+    alpn: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabel {
     worker: String,
 }
@@ -33,6 +38,10 @@ struct WorkerLabel {
 #[derive(Default, Clone)]
 pub struct HttpMetrics {
     pub requests: Family<RequestLabels, Counter>,
+    /// Server-Sent Event streams open now (bounded by `sse_max_streams`).
+    pub sse_open: Gauge,
+    /// SSE topic subscribers closed for falling `sse_queue_events` behind.
+    pub sse_lagged: Counter,
 }
 
 /// Worker counters that are gauges (values that go down), by field name.
@@ -90,6 +99,16 @@ impl HttpMetrics {
             "HTTP requests answered, by route, status and protocol",
             self.requests.clone(),
         );
+        registry.register(
+            "http_sse_streams_open",
+            "Server-Sent Event streams open (topic subscriptions and streaming calls)",
+            self.sse_open.clone(),
+        );
+        registry.register(
+            "http_sse_lagged",
+            "SSE topic subscribers closed with event: lagged (fell sse_queue_events behind)",
+            self.sse_lagged.clone(),
+        );
         if let Some(status) = status {
             let per_worker = status.worker_stats();
             if let Some(first) = per_worker.first() {
@@ -120,6 +139,25 @@ impl HttpMetrics {
                     }
                 }
             }
+            let alpn_open = Family::<AlpnLabel, Gauge>::default();
+            let alpn_accepted = Family::<AlpnLabel, Counter>::default();
+            for c in status.alpn_connections() {
+                let label = AlpnLabel { alpn: c.alpn };
+                alpn_open
+                    .get_or_create(&label)
+                    .set(i64::try_from(c.open).unwrap_or(i64::MAX));
+                alpn_accepted.get_or_create(&label).inc_by(c.accepted);
+            }
+            registry.register(
+                "alpn_connections_open",
+                "QUIC connections open, by ALPN",
+                alpn_open,
+            );
+            registry.register(
+                "alpn_connections_accepted",
+                "QUIC connections handed to a handler since start, by ALPN",
+                alpn_accepted,
+            );
             let open = Gauge::<i64>::default();
             open.set(i64::try_from(status.open_connections()).unwrap_or(i64::MAX));
             registry.register(

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::ConnInfo;
-use crate::routes::{call, error_response, files, health, mcp, metrics, openapi};
+use crate::routes::{call, error_response, files, health, mcp, metrics, openapi, sse};
 use crate::HttpState;
 
 /// Every route, with the body limit and request counting.
@@ -24,8 +24,12 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(health::health))
         .route("/metrics", get(metrics::metrics))
         .route("/api/call/{operationId}", post(call::call))
+        .route("/api/events/{topic}", get(sse::events))
         .route("/openapi.json", get(openapi::openapi))
-        .route("/mcp", post(mcp::mcp).get(mcp::mcp_get))
+        .route(
+            "/mcp",
+            post(mcp::mcp).get(mcp::mcp_get).delete(mcp::mcp_delete),
+        )
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(

@@ -56,12 +56,17 @@ pub struct WorkerSleep {
 }
 
 impl WorkerSleep {
-    fn until(deadline: Instant) -> Self {
+    pub(crate) fn until(deadline: Instant) -> Self {
         Self {
             deadline,
             armed: None,
             waker: Arc::default(),
         }
+    }
+
+    /// Moves the deadline (earlier or later); the next poll arms what is needed.
+    pub(crate) fn reset(&mut self, deadline: Instant) {
+        self.deadline = deadline;
     }
 }
 

@@ -20,7 +20,7 @@ use alknet_runtime::{
 };
 
 pub use limits::H3Limits;
-pub use serve::{serve_connection, H3Request, ServeError};
+pub use serve::{serve_connection, DrainProbe, H3Request, ServeError};
 
 /// The ALPN of HTTP/3 (RFC 9114).
 pub const ALPN: &[u8] = b"h3";
@@ -31,11 +31,24 @@ pub const ALPN: &[u8] = b"h3";
 pub struct H3Handler {
     router: axum::Router,
     limits: H3Limits,
+    draining: Option<DrainProbe>,
 }
 
 impl H3Handler {
     pub fn new(router: axum::Router, limits: H3Limits) -> Self {
-        Self { router, limits }
+        Self {
+            router,
+            limits,
+            draining: None,
+        }
+    }
+
+    /// Sends GOAWAY on every connection once the node of `state` drains.
+    pub fn with_drain_of(mut self, state: crate::HttpState) -> Self {
+        self.draining = Some(std::sync::Arc::new(move || {
+            state.status().is_some_and(|s| s.draining())
+        }));
+        self
     }
 }
 
@@ -56,8 +69,9 @@ impl ProtocolHandler for H3Handler {
         };
         let router = self.router.clone().layer(axum::Extension(info));
         let limits = Rc::new(self.limits.clone());
+        let draining = self.draining.clone();
         Box::pin(async move {
-            match serve_connection(conn, router, limits).await {
+            match serve_connection(conn, router, limits, draining).await {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     let code = match &e {

@@ -36,13 +36,22 @@ pub type H3Request = Request<axum::body::Body>;
 
 type Resolver = RequestResolver<H3Connection, Bytes>;
 
+/// Whether the node drains (then a connection sends GOAWAY).
+pub type DrainProbe = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How often a connection waiting for requests looks at its [`DrainProbe`].
+const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves HTTP/3 on `conn` until the client closes it (or a connection-level protocol error).
 /// Every request runs `service` in its own task on this worker; at most
-/// `limits.max_concurrent_requests` at once.
+/// `limits.max_concurrent_requests` at once. Once `draining` says so, the connection sends
+/// GOAWAY naming the requests it took (they complete; later ones are refused by h3) and the
+/// client is expected to go.
 pub async fn serve_connection<S, ResBody>(
     conn: Connection,
     service: S,
     limits: Rc<H3Limits>,
+    draining: Option<DrainProbe>,
 ) -> Result<(), ServeError>
 where
     S: Service<H3Request, Response = Response<ResBody>, Error = Infallible> + Clone + 'static,
@@ -57,9 +66,29 @@ where
         .await
         .map_err(ServeError::Setup)?;
     let slots = Rc::new(RequestSlots::default());
+    // the probe, until GOAWAY is sent
+    let mut draining = draining;
     loop {
         poll_fn(|cx| slots.poll_free(cx, limits.max_concurrent_requests)).await;
-        match h3_conn.accept().await {
+        let accepted = match &draining {
+            None => Some(h3_conn.accept().await),
+            // h3's accept polls for the next request stream: dropping it loses nothing
+            Some(_) => monoio::select! {
+                r = h3_conn.accept() => Some(r),
+                _ = monoio::time::sleep(DRAIN_CHECK) => None,
+            },
+        };
+        let Some(accepted) = accepted else {
+            if draining.as_ref().is_some_and(|d| d()) {
+                draining = None;
+                // GOAWAY with the id after the last request taken: all of those are served
+                if let Err(e) = h3_conn.shutdown(1).await {
+                    tracing::debug!("h3 GOAWAY not sent: {e}");
+                }
+            }
+            continue;
+        };
+        match accepted {
             Ok(Some(resolver)) => {
                 let slot = RequestSlots::take(&slots);
                 let service = service.clone();

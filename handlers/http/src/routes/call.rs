@@ -1,6 +1,7 @@
 //! `POST /api/call/{operationId}`: the body is the operation's input (JSON; empty = null),
 //! the answer its output, or `{"error": {"code", "message"}}` with the code's status.
-//! Identity, ACL, schemas and deadline are the `alknet/call` handler's.
+//! Identity, ACL, schemas and deadline are the `alknet/call` handler's. A streaming
+//! operation answers `text/event-stream` (see `sse.rs`).
 
 use alknet_proto::call::ErrorCode;
 use axum::body::Bytes;
@@ -46,6 +47,12 @@ pub async fn call(
         }
     };
     let remote = conn.remote();
+    if invoker.streams(&operation) == Some(true) {
+        return crate::routes::sse::call_stream(
+            &state, invoker, identity, remote, operation, input,
+        )
+        .await;
+    }
     let answer =
         run_local(async move { invoker.invoke(identity, remote, &operation, input).await });
     match answer.await {

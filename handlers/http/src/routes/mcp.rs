@@ -5,17 +5,24 @@
 //! caller; an unknown tool is JSON-RPC error -32602, any other failure, a denied call
 //! included, is a tool result with `isError` and the call error code, as MCP wants).
 //! Notifications are acknowledged with 202.
+//!
+//! Sessions (`mcp_sessions.rs`): `initialize` answers with an `Mcp-Session-Id` header;
+//! every later request must carry it (400 without, 404 for an unknown, expired or ended
+//! id, or one another identity opened); `DELETE /mcp` with it ends the session (204).
+
+use std::time::Instant;
 
 use alknet_proto::call::ErrorCode;
 use alknet_runtime::OperationInfo;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 
 use crate::auth::{request_identity, ConnInfo};
+use crate::mcp_sessions::{Lookup, SESSION_HEADER};
 use crate::routes::error_response;
 use crate::rt::run_local;
 use crate::HttpState;
@@ -56,6 +63,56 @@ pub async fn mcp_get() -> Response {
         .into_response()
 }
 
+/// A JSON-RPC error without an id, with an HTTP status (the Streamable HTTP transport's
+/// session refusals).
+fn session_refusal(status: StatusCode, message: &str) -> Response {
+    let body = json!({ "jsonrpc": "2.0", "id": null, "error": { "code": INVALID_REQUEST, "message": message } });
+    (status, Json(body)).into_response()
+}
+
+/// `None` when the request's session is live and `owner`'s; else the refusal to answer.
+fn session_refused(
+    state: &HttpState,
+    headers: &HeaderMap,
+    owner: Option<&str>,
+) -> Option<Response> {
+    let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return Some(session_refusal(
+            StatusCode::BAD_REQUEST,
+            "Mcp-Session-Id header required (send initialize first)",
+        ));
+    };
+    let idle = state.config.mcp_session_idle_timeout;
+    match state.mcp_sessions.touch(id, owner, Instant::now(), idle) {
+        Lookup::Live => None,
+        Lookup::Unknown => Some(session_refusal(
+            StatusCode::NOT_FOUND,
+            "unknown or expired MCP session: initialize again",
+        )),
+    }
+}
+
+/// `DELETE /mcp`: ends the session named by `Mcp-Session-Id`.
+pub async fn mcp_delete(
+    State(state): State<HttpState>,
+    conn: Option<Extension<ConnInfo>>,
+    headers: HeaderMap,
+) -> Response {
+    let identity = match request_identity(conn.as_deref(), &headers) {
+        Ok(i) => i,
+        Err(e) => return error_response(ErrorCode::Unauthenticated, e.to_string()),
+    };
+    let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return session_refusal(StatusCode::BAD_REQUEST, "Mcp-Session-Id header required");
+    };
+    let owner = identity.as_ref().map(|i| i.name.as_str());
+    if state.mcp_sessions.end(id, owner) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        session_refusal(StatusCode::NOT_FOUND, "unknown or expired MCP session")
+    }
+}
+
 pub async fn mcp(
     State(state): State<HttpState>,
     conn: Option<Extension<ConnInfo>>,
@@ -73,6 +130,13 @@ pub async fn mcp(
     let Value::Object(mut message) = message else {
         return rpc_error(Value::Null, INVALID_REQUEST, "expected one JSON-RPC object");
     };
+    let owner = identity.as_ref().map(|i| i.name.as_str());
+    let initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
+    if !initialize {
+        if let Some(refused) = session_refused(&state, &headers, owner) {
+            return refused;
+        }
+    }
     let method = match message.remove("method") {
         Some(Value::String(m)) => m,
         // a response or garbage from the client: nothing to answer
@@ -102,14 +166,31 @@ pub async fn mcp(
             let version = asked
                 .filter(|v| PROTOCOL_VERSIONS.contains(v))
                 .unwrap_or(PROTOCOL_VERSIONS[0]);
-            rpc_result(
+            let cfg = &state.config;
+            let (session, dropped) = state.mcp_sessions.open(
+                owner,
+                Instant::now(),
+                cfg.mcp_max_sessions,
+                cfg.mcp_session_idle_timeout,
+            );
+            if dropped > 0 {
+                tracing::debug!(
+                    dropped,
+                    "MCP session table full: dropped expired or least recently used sessions"
+                );
+            }
+            let mut response = rpc_result(
                 id,
                 json!({
                     "protocolVersion": version,
                     "capabilities": { "tools": { "listChanged": false } },
                     "serverInfo": { "name": "alknet", "version": state.version },
                 }),
-            )
+            );
+            if let Ok(v) = HeaderValue::from_str(&session) {
+                response.headers_mut().insert(SESSION_HEADER, v);
+            }
+            response
         }
         "ping" => rpc_result(id, json!({})),
         "tools/list" => {

@@ -7,6 +7,7 @@ pub mod health;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;
+pub mod sse;
 
 use alknet_proto::call::ErrorCode;
 use axum::http::StatusCode;
