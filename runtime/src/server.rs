@@ -145,6 +145,11 @@ impl NodeStatus {
         self.0.shutdown.load(std::sync::atomic::Ordering::Acquire) != crate::worker::RUNNING
     }
 
+    /// How many workers run.
+    pub fn workers(&self) -> usize {
+        self.0.stats.len()
+    }
+
     /// Counters of each worker, in worker order.
     pub fn worker_stats(&self) -> Vec<WorkerStatsSnapshot> {
         self.0

@@ -2,6 +2,7 @@
 //! token, both resolved by the node's `IdentityProvider` (the same as every handler's).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use alknet_runtime::{AuthContext, Identity};
 use axum::http::{header, HeaderMap};
@@ -10,7 +11,9 @@ use axum::http::{header, HeaderMap};
 /// it into every request's extensions before the router sees it.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
-    pub auth: AuthContext,
+    /// Shared by the connection's requests: each request's copy is a reference count, not
+    /// a copy of the context (its ALPN, identity).
+    pub auth: Arc<AuthContext>,
     /// "HTTP/1.1", "HTTP/2" or "HTTP/3", for logs and metrics.
     pub protocol: &'static str,
 }

@@ -14,7 +14,8 @@ pub struct RequestLabels {
     /// The matched route pattern (`/api/call/{operationId}`), or "unmatched".
     pub route: String,
     pub status: u16,
-    pub protocol: String,
+    /// "HTTP/1.1", "HTTP/2", "HTTP/3" (a constant: no allocation per request).
+    pub protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,12 +49,12 @@ pub struct HttpMetrics {
 const GAUGES: &[&str] = &["tcp_open"];
 
 impl HttpMetrics {
-    pub fn count(&self, route: &str, status: u16, protocol: &str) {
+    pub fn count(&self, route: &str, status: u16, protocol: &'static str) {
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_string(),
+                route: route.to_owned(),
                 status,
-                protocol: protocol.to_string(),
+                protocol,
             })
             .inc();
     }

@@ -51,17 +51,17 @@ async fn fallback(State(state): State<HttpState>, req: Request) -> Response {
 /// Counts each answered request by its route pattern (not its path: a peer cannot grow
 /// the label set), status and protocol.
 async fn count_requests(State(state): State<HttpState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    // a clone of the route's shared pattern (an `Arc`), not a copy of its text
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let protocol = req
         .extensions()
         .get::<ConnInfo>()
         .map_or("unknown", |c| c.protocol);
     let response = next.run(req).await;
-    state
-        .metrics
-        .count(&route, response.status().as_u16(), protocol);
+    state.metrics.count(
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        response.status().as_u16(),
+        protocol,
+    );
     response
 }

@@ -71,7 +71,7 @@ async fn serve(
     let h2 = auth.alpn == b"h2";
     let info = ConnInfo {
         protocol: if h2 { "HTTP/2" } else { "HTTP/1.1" },
-        auth,
+        auth: std::sync::Arc::new(auth),
     };
     // advertised only while the QUIC side serves h3: a browser would otherwise try it,
     // fail the handshake and fall back

@@ -15,8 +15,11 @@
 //!   the memory bound: when the router stops reading, the pump stops reading the stream and
 //!   the client's window closes.
 //!
-//! Requests without a body (no DATA before FIN, e.g. most GETs) still get the bridge, as
-//! the stream's FIN has to be observed anyway; the cost is one channel allocation.
+//! A request whose stream has already ended when its headers are parsed (no DATA before
+//! FIN, e.g. most GETs: the FIN travels with the HEADERS frame) gets an empty body and no
+//! bridge ([`super::serve`] polls the stream once): the channel (an aligned allocation of
+//! a block of slots) and the pump task were, before, an eighth of the server's CPU per
+//! `GET /health`. Only a request that may still send data pays for them.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -110,14 +113,28 @@ pub enum PumpEnd {
 /// idle timeout or the router's loss of interest. `max` is enforced here as well as by the
 /// router's `Limited` wrapper so a body nobody reads to the end cannot keep the stream busy
 /// past it.
+/// `first` is a chunk already taken from the stream (by the poll that found the body not
+/// empty); it goes first, under the same limit.
 pub async fn pump(
     stream: &mut RequestStream<H3RecvStream, Bytes>,
     tx: mpsc::Sender<Item>,
+    first: Option<Bytes>,
     max: u64,
     idle: std::time::Duration,
 ) -> PumpEnd {
     let mut total = 0u64;
+    let mut first = first;
     loop {
+        if let Some(chunk) = first.take() {
+            total += chunk.len() as u64;
+            if tx.send(Ok(chunk)).await.is_err() {
+                return PumpEnd::Abandoned;
+            }
+            if total > max {
+                return PumpEnd::TooLarge;
+            }
+            continue;
+        }
         let next = match monoio::time::timeout(idle, stream.recv_data()).await {
             Err(_elapsed) => {
                 let _ = tx.send(Err(BodyError::Idle(idle))).await;

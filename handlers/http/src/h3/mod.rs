@@ -64,10 +64,18 @@ impl ProtocolHandler for H3Handler {
     ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
         // who is asking, for the routes (identity, metrics), as the TCP side does
         let info = crate::ConnInfo {
-            auth,
+            auth: std::sync::Arc::new(auth),
             protocol: "HTTP/3",
         };
-        let router = self.router.clone().layer(axum::Extension(info));
+        // inserted into each request's extensions by a plain map, not by layering the
+        // router (which would rebuild every route's service stack per connection)
+        let router = tower::ServiceExt::map_request(
+            self.router.clone(),
+            move |mut req: serve::H3Request| {
+                req.extensions_mut().insert(info.clone());
+                req
+            },
+        );
         let limits = Rc::new(self.limits.clone());
         let draining = self.draining.clone();
         Box::pin(async move {

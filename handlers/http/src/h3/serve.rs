@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Waker};
 
 use alknet_runtime::rt::spawn_guarded;
 use alknet_runtime::{Connection, ConnectionError};
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use h3::error::Code;
 use h3::server::{RequestResolver, RequestStream};
 use http::{header, Request, Response, StatusCode};
@@ -157,17 +157,39 @@ where
         return;
     }
 
-    let (body, tx) = body::channel(limits.body_channel_chunks, declared);
+    // one look at the stream: a request whose FIN came with its headers (most GETs) has
+    // an empty body and needs no bridge (see `body`)
+    let first = poll_fn(|cx| Poll::Ready(recv.poll_recv_data(cx))).await;
     let (max, idle) = (limits.max_body_bytes, limits.body_idle_timeout);
-    spawn_guarded("h3 request body", async move {
-        match body::pump(&mut recv, tx, max, idle).await {
-            PumpEnd::Finished | PumpEnd::Failed => {}
-            PumpEnd::Abandoned | PumpEnd::TooLarge => recv.stop_sending(Code::H3_NO_ERROR),
-            PumpEnd::Idle => recv.stop_sending(Code::H3_REQUEST_CANCELLED),
+    let req = match first {
+        Poll::Ready(Ok(None)) => req.map(|()| axum::body::Body::empty()),
+        first => {
+            let (body, tx) = body::channel(limits.body_channel_chunks, declared);
+            match first {
+                Poll::Ready(Err(e)) => {
+                    // what the pump does with a failed stream: the router sees the error
+                    let _ = tx.try_send(Err(body::BodyError::Stream(e.to_string())));
+                }
+                first => {
+                    let first = match first {
+                        Poll::Ready(Ok(Some(mut buf))) => Some(buf.copy_to_bytes(buf.remaining())),
+                        _ => None,
+                    };
+                    spawn_guarded("h3 request body", async move {
+                        match body::pump(&mut recv, tx, first, max, idle).await {
+                            PumpEnd::Finished | PumpEnd::Failed => {}
+                            PumpEnd::Abandoned | PumpEnd::TooLarge => {
+                                recv.stop_sending(Code::H3_NO_ERROR)
+                            }
+                            PumpEnd::Idle => recv.stop_sending(Code::H3_REQUEST_CANCELLED),
+                        }
+                    });
+                }
+            }
+            let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+            req.map(|()| axum::body::Body::new(limited))
         }
-    });
-    let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
-    let req = req.map(|()| axum::body::Body::new(limited));
+    };
 
     let response = match monoio::time::timeout(limits.request_timeout, async {
         poll_fn(|cx| service.poll_ready(cx)).await?;
