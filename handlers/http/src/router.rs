@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::ConnInfo;
-use crate::routes::{call, error_response, files, health, mcp, metrics, openapi};
+use crate::routes::{call, doh, error_response, files, health, mcp, metrics, openapi, pkarr};
 use crate::HttpState;
 
 /// Every route, with the body limit and request counting.
@@ -26,6 +26,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/call/{operationId}", post(call::call))
         .route("/openapi.json", get(openapi::openapi))
         .route("/mcp", post(mcp::mcp).get(mcp::mcp_get))
+        .route("/dns-query", get(doh::get).post(doh::post))
+        .route(
+            "/pkarr/{key}",
+            get(pkarr::get).put(pkarr::put).options(pkarr::options),
+        )
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
