@@ -45,14 +45,16 @@ def texts(answer, rdtype):
     )
 
 
-def dot_connect(port):
+def dot_connect(port, alpn=True):
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["dot"])
+    if alpn:
+        ctx.set_alpn_protocols(["dot"])
     raw = socket.create_connection(("127.0.0.1", port), timeout=CHECK_TIMEOUT)
     s = ctx.wrap_socket(raw)
-    expect(s.selected_alpn_protocol() == "dot", f"ALPN {s.selected_alpn_protocol()!r}")
+    want = "dot" if alpn else None
+    expect(s.selected_alpn_protocol() == want, f"ALPN {s.selected_alpn_protocol()!r}")
     return s
 
 
@@ -140,7 +142,16 @@ def check_dot(port):
     s.sendall(struct.pack("!H", len(m)) + m)
     expect(closed_by_server(s, CHECK_TIMEOUT), "a response as a query closes the connection")
     s.close()
-    print("dot: pipelining and bad input ok")
+    # a DoT client that offers no ALPN (RFC 7858 has none) is told from HTTP/1.1 by its
+    # first byte
+    s = dot_connect(port, alpn=False)
+    for qid in (11, 12):
+        m = dns.message.make_query("host.example.com", "A", id=qid).to_wire()
+        s.sendall(struct.pack("!H", len(m)) + m)
+    got = sorted(recv_message(s).id for _ in range(2))
+    expect(got == [11, 12], f"DoT without ALPN: {got}")
+    s.close()
+    print("dot: pipelining, no ALPN and bad input ok")
 
 
 def check_dot_idle(port, idle_s):

@@ -79,6 +79,19 @@ fn dot_and_doh_with_real_clients() {
     assert!(ok, "dnspython DoT/DoH interop failed:\n{out}\n{err}");
     assert!(out.contains("all encrypted DNS checks passed"), "{out}");
 
+    // HTTP/1.1 without ALPN is still HTTP (DoT without ALPN is told apart by its first byte)
+    let (ok, out, err) = run(Command::new("curl").args([
+        "-sS",
+        "-k",
+        "--max-time",
+        "30",
+        "--no-alpn",
+        "-w",
+        "\n%{http_code} %{http_version}",
+        &format!("https://127.0.0.1:{port}/health"),
+    ]));
+    assert!(ok && out.ends_with("200 1.1"), "{out}\n{err}");
+
     // Knot's kdig: DoT (with its default EDNS padding), DoH POST and GET (HTTP/2)
     let dot = kdig(port, &["+tls", "host.example.com", "A"]);
     assert!(dot.contains("TLS session"), "{dot}");

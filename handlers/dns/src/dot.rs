@@ -1,5 +1,5 @@
 //! `dot`: DNS over TLS (RFC 7858) on the runtime's TLS-over-TCP listener (the QUIC port,
-//! ALPN `dot`). The same framing and pipelining as classic DNS over TCP and `alknet/dns`
+//! ALPN `dot`, or no ALPN and a first byte no HTTP request begins with). The same framing and pipelining as classic DNS over TCP and `alknet/dns`
 //! ([`crate::stream`]): any number of queries on one connection, answered in completion
 //! order (RFC 7766 §6.2.1.1), forwarded ones as they come back.
 //!
@@ -39,6 +39,14 @@ impl DotHandler {
 impl TcpHandler for DotHandler {
     fn alpns(&self) -> Vec<Vec<u8>> {
         vec![DOT_ALPN.to_vec()]
+    }
+
+    /// DoT clients that offer no ALPN (RFC 7858 predates the `dot` ALPN; dnsperf,
+    /// resolvers forwarding over TLS) begin with a message length. A query under 3 328
+    /// bytes (all real ones) has a first byte of 0x00–0x0C, and no HTTP/1.1 request begins
+    /// so (a method token, or the CR of a stray empty line, 0x0D).
+    fn claims_without_alpn(&self, first_byte: u8) -> bool {
+        first_byte < b'\r'
     }
 
     fn handle(
