@@ -165,13 +165,23 @@ for port in "$NSD_PORT" "$ALKNET_PORT"; do
 done
 
 # --- measuring -----------------------------------------------------------------------------
-# CPU ticks of a process and its direct children (NSD's servers are its children; their
-# time is not in the parent's cutime until they exit)
+# CPU ticks (utime + stime) of a process and all its descendants: NSD's server processes
+# are its grandchildren (nsd -d → main → servers), and a live child's time is not in its
+# parent's cutime until it exits
 tree_ticks() {
     local total=0 pid
-    for pid in "$1" $(ps -o pid= --ppid "$1"); do
+    for pid in $(ps -eo pid=,ppid= | awk -v root="$1" '
+        { parent[$1] = $2 }
+        END {
+            print root
+            do { grew = 0
+                for (p in parent) if (!(p in seen) && (parent[p] in seen || parent[p] == root)) { seen[p] = 1; print p; grew = 1 }
+            } while (grew)
+        }'); do
         [ -r "/proc/$pid/stat" ] || continue
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+        # utime and stime are fields 14 and 15; the name before them is in parentheses
+        # and may hold spaces (NSD retitles its processes "nsd: server 1")
+        total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')))
     done
     echo "$total"
 }

@@ -960,8 +960,12 @@ impl FileConfig {
             return Ok(None);
         }
         let invalid = |e: alknet_dns::PublishError| ConfigError::Invalid(format!("pkarr: {e}"));
-        let keypair = alknet_dns::pkarr::node_keypair(&self.data_dir().join("pkarr_node_key"))
-            .map_err(invalid)?;
+        // the vault's pkarr key when the node has a vault, else one kept in the data dir
+        let keypair = match &self.vault_keys {
+            Some(keys) => alknet_dns::pkarr::keypair_from_seed(&keys.pkarr_seed),
+            None => alknet_dns::pkarr::node_keypair(&self.data_dir().join("pkarr_node_key"))
+                .map_err(invalid)?,
+        };
         let name = store
             .publish_node(&keypair, addr, fingerprint)
             .map_err(invalid)?;

@@ -229,6 +229,11 @@ impl PkarrStore {
     }
 }
 
+/// The pkarr key of an Ed25519 seed (the vault's `pkarr` purpose).
+pub fn keypair_from_seed(seed: &[u8; 32]) -> pkarr::Keypair {
+    pkarr::Keypair::from_secret_key(seed)
+}
+
 /// The node's own pkarr key, kept as a hex secret in `path` (mode 0600), made on first use.
 /// (A key from the vault would make the name survive a reinstall; this one lives and dies
 /// with the data directory.)
