@@ -22,8 +22,9 @@ command -v ssh >/dev/null && command -v ssh-keygen >/dev/null && command -v sftp
 command -v tmux >/dev/null || missing+=(tmux)
 command -v curl >/dev/null || missing+=(curl)
 command -v git >/dev/null || missing+=(git)
-# dig: the classic DNS (UDP/TCP) tests.
+# dig: the classic DNS (UDP/TCP) tests; kdig (Knot): the DoT (+tls) and DoH (+https) tests.
 command -v dig >/dev/null || missing+=(bind9-dnsutils)
+command -v kdig >/dev/null || missing+=(knot-dnsutils)
 # openssl: the big certificate of the QUIC interop case amplificationlimit (and the
 # public-key pin of the HTTP tests)
 command -v openssl >/dev/null || missing+=(openssl)
@@ -34,8 +35,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # aioquic: raw QUIC and HTTP/3 interop; dnspython[doq]: the DoQ client of the DNS tests;
 # paramiko: the second SFTP client; prometheus-client: its OpenMetrics parser checks /metrics;
-# mcp: the official MCP SDK as the client of POST /mcp.
-if ! python3 -c 'import aioquic, dns.quic, paramiko, prometheus_client, mcp' 2>/dev/null; then
+# mcp: the official MCP SDK as the client of POST /mcp; httpx[http2]: dnspython's DoH client.
+if ! python3 -c 'import aioquic, dns.quic, paramiko, prometheus_client, mcp, httpx, h2' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
 

@@ -7,18 +7,18 @@ use std::sync::Arc;
 
 use alknet_call::{CallAdapter, CallLimits, CallNode, NodeInfo};
 use alknet_dns::{
-    Catalog, ClassicAddrs, DnsConfig, DnsState, DoqHandler, PipelineHandler, PkarrStore,
-    SharedCatalog, ZoneReloader,
+    Catalog, ClassicAddrs, DnsConfig, DnsState, DohResolver, DoqHandler, DotHandler,
+    PipelineHandler, PkarrStore, SharedCatalog, ZoneReloader,
 };
 use alknet_git::{GitConfig, GitHandler};
-use alknet_http::{HttpConfig, HttpState, HttpTcpHandler};
+use alknet_http::{DnsServices, HttpConfig, HttpState, HttpTcpHandler};
 use alknet_peers::SqlitePeerStore;
 use alknet_runtime::resolve_workers;
 use alknet_runtime::tls::{ClientAuth, TlsIdentity};
 use alknet_runtime::{
-    AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, EngineConfig, HandshakePolicy,
-    IdentityEntry, IdentityProvider, Limits, OperationInvoker, ProtocolHandler, TcpLimits,
-    TcpRegistry, TcpSetup, DEFAULT_LISTEN,
+    AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, DnsResolver, EngineConfig,
+    HandshakePolicy, IdentityEntry, IdentityProvider, Limits, OperationInvoker, PkarrRelay,
+    ProtocolHandler, TcpLimits, TcpRegistry, TcpSetup, DEFAULT_LISTEN,
 };
 use alknet_sftp::SftpConfig;
 use alknet_ssh::{SshAdapter, SshConfig};
@@ -232,6 +232,14 @@ udp_payload_size = 1232
 tcp_idle_timeout_ms = 10000
 # TCP connections open at once; past it new ones are closed.
 max_tcp_connections = 1024
+# DNS over TLS (RFC 7858, ALPN "dot") on the [tcp] listener (the QUIC port): pipelined,
+# answers in completion order. A connection with no query in progress for
+# dot_idle_timeout_ms is closed, and so is one that does not read its answers that long.
+dot = true
+dot_idle_timeout_ms = 30000
+# DNS over HTTPS (RFC 8484): GET /dns-query?dns=<base64url> and POST /dns-query
+# (application/dns-message) on the HTTP router, over HTTP/1.1, HTTP/2 and HTTP/3.
+doh = true
 # Forwarding cache for names outside the zones: upstream resolvers (UDP, TCP when
 # truncated). Empty = no forwarding. Recursion is only for identities with scope
 # "dns:recursion" or sources in recursion_allow (no open resolver by default).
@@ -242,7 +250,9 @@ forward_timeout_ms = 2000
 # Answers kept by the forwarding cache (by TTL; negative answers per RFC 2308).
 cache_entries = 10000
 # pkarr names: records published by Ed25519 keys under <z-base32 key>. with the
-# alknet/call operation dns.publish (signed packets; newest timestamp wins), kept in SQLite.
+# alknet/call operation dns.publish or the pkarr relay API (GET/PUT /pkarr/<key> on the
+# HTTP router; relay URL https://<node>/pkarr) (signed packets; newest timestamp wins),
+# kept in SQLite.
 pkarr = false
 # Default: pkarr.db in data_dir.
 # pkarr_db = "/var/lib/alknet/pkarr.db"
@@ -872,7 +882,8 @@ impl FileConfig {
         } else if let Some(slot) = call_before.filter(|_| call_now) {
             let _ = self.call_node.set(CallNodeSlot(slot.0.clone()));
         }
-        let http = changed("http") || call_rebuilt;
+        // the HTTP routes hold the DNS state (DoH) and the TCP listener DoT's
+        let http = changed("http") || call_rebuilt || changed("dns") || changed("handlers");
         match running.http_state.get() {
             Some(state) if http => self.reload_base.http = Some(state.clone()),
             Some(state) => {
@@ -953,8 +964,12 @@ impl FileConfig {
             return Ok(None);
         }
         let invalid = |e: alknet_dns::PublishError| ConfigError::Invalid(format!("pkarr: {e}"));
-        let keypair = alknet_dns::pkarr::node_keypair(&self.data_dir().join("pkarr_node_key"))
-            .map_err(invalid)?;
+        // the vault's pkarr key when the node has a vault, else one kept in the data dir
+        let keypair = match &self.vault_keys {
+            Some(keys) => alknet_dns::pkarr::keypair_from_seed(&keys.pkarr_seed),
+            None => alknet_dns::pkarr::node_keypair(&self.data_dir().join("pkarr_node_key"))
+                .map_err(invalid)?,
+        };
         let name = store
             .publish_node(&keypair, addr, fingerprint)
             .map_err(invalid)?;
@@ -1180,16 +1195,44 @@ impl FileConfig {
             None => HttpState::new(self.http.clone(), invoker),
         }
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        state.set_dns(self.dns_services()?);
         Ok(self.http_state.get_or_init(|| state).clone())
+    }
+
+    /// Whether a DNS handler (`doq`, `alknet/dns`) is enabled: DoT and DoH follow them.
+    fn serves_dns(&self) -> bool {
+        self.handlers.enabled.iter().any(|a| {
+            a.as_bytes() == alknet_dns::DOQ_ALPN || a.as_bytes() == alknet_dns::PIPELINE_ALPN
+        })
+    }
+
+    /// What the HTTP routes get from the DNS side: DoH's resolver (with a DNS handler and
+    /// `dns.doh`) and the pkarr relay (with `dns.pkarr`).
+    fn dns_services(&self) -> Result<DnsServices, ConfigError> {
+        let resolver = if self.dns.doh && self.serves_dns() {
+            Some(Arc::new(DohResolver::new(self.dns_state()?)) as Arc<dyn DnsResolver>)
+        } else {
+            None
+        };
+        let relay = self
+            .pkarr_store()?
+            .map(|store| store as Arc<dyn PkarrRelay>);
+        Ok(DnsServices { resolver, relay })
     }
 
     pub fn tcp_setup(&self) -> Result<(TcpSetup, HttpState), ConfigError> {
         let state = self.http_state()?;
         let mut registry = TcpRegistry::new();
         if self.tcp.enabled {
-            // the only TCP handler, on fixed distinct ALPNs: registration cannot clash
+            // fixed distinct ALPNs (h2, http/1.1; dot): registration cannot clash
             if let Err(e) = registry.register(Arc::new(HttpTcpHandler::new(state.clone()))) {
                 tracing::error!("TCP handlers: {e}");
+            }
+            if self.dns.dot && self.serves_dns() {
+                let dot = Arc::new(DotHandler::new(self.dns_state()?));
+                if let Err(e) = registry.register(dot) {
+                    tracing::error!("TCP handlers: {e}");
+                }
             }
         }
         Ok((

@@ -251,7 +251,12 @@ fn serve(
         .iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let tcp_on = !tcp.registry.is_empty();
+    let tcp_alpns: Vec<String> = tcp
+        .registry
+        .alpns()
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
     let server =
         match alknet_runtime::start_with_tcp(cfg.engine(tls), registry, provider, Some(tcp)) {
             Ok(s) => s,
@@ -261,10 +266,11 @@ fn serve(
             }
         };
     http.set_status(server.status());
-    if tcp_on {
+    if !tcp_alpns.is_empty() {
         tracing::info!(
             listen = %server.local_addr(),
-            "TLS over TCP listening (h2, http/1.1)"
+            alpns = %tcp_alpns.join(","),
+            "TLS over TCP listening"
         );
     }
     let drivers: Vec<String> = server.drivers().iter().map(|d| d.to_string()).collect();

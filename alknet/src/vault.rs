@@ -241,6 +241,9 @@ pub fn ssh_key_of(key: &Ed25519Key, comment: &str) -> CliResult<PrivateKey> {
 pub struct NodeKeys {
     pub tls: TlsIdentity,
     pub ssh_host: PrivateKey,
+    /// The Ed25519 seed of the key the node publishes its pkarr name under
+    /// (`m/6384747'/2'/0'`): the same words give the same name on any machine.
+    pub pkarr_seed: zeroize::Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for NodeKeys {
@@ -258,6 +261,7 @@ pub fn node_keys(path: &Path, password_file: Option<&Path>) -> CliResult<NodeKey
     Ok(NodeKeys {
         tls: tls_identity_of(&vault.derive(&KeyPurpose::NodeTls))?,
         ssh_host: ssh_key_of(&vault.derive(&KeyPurpose::SshHost), "alknet host key")?,
+        pkarr_seed: zeroize::Zeroizing::new(*vault.derive(&KeyPurpose::Pkarr).private_key()),
     })
 }
 

@@ -18,6 +18,7 @@ pub mod alloc;
 mod cid;
 mod client;
 mod connection;
+mod dns;
 pub mod files;
 mod handshake;
 mod identity;
@@ -49,6 +50,9 @@ pub use admission::{
 pub use cid::WorkerCidGenerator;
 pub use client::{ClientEndpoint, ConnectError};
 pub use connection::{Connection, DatagramError};
+pub use dns::{
+    DnsAnswer, DnsResolver, PkarrRelay, RelayError, RelayPacket, PKARR_MAX_RELAY_PAYLOAD,
+};
 pub use handshake::{
     CipherSuiteName, HandshakePolicy, HandshakePolicyError, RetryMode,
     DEFAULT_RETRY_AUTO_THRESHOLD, DEFAULT_SESSION_CACHE,

@@ -5,7 +5,9 @@
 //! the legacy driver) and serves each connection on itself. The TLS handshake uses the
 //! certificate and client-certificate policy new QUIC handshakes get (reloads included),
 //! then the negotiated ALPN picks a [`TcpHandler`], as [`crate::AlpnRegistry`] does for
-//! QUIC; a client with no ALPN is HTTP/1.1. The QUIC packet path is not involved.
+//! QUIC; a client with no ALPN is HTTP/1.1, unless a handler claims it by the first byte
+//! it sends ([`TcpHandler::claims_without_alpn`]: DNS over TLS clients that offer no
+//! ALPN). The QUIC packet path is not involved.
 //!
 //! The TLS stream: monoio's `TcpStreamPoll` (poll-io: readiness through the same ring)
 //! implements tokio's `AsyncRead`/`AsyncWrite` traits, so `tokio-rustls` (rustls's own
@@ -18,6 +20,8 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::io::AsyncBufRead;
 
 use crate::admission::{AdmissionLimits, Refusal, SourceTable, SourceTicket};
 use crate::identity::AuthContext;
@@ -49,6 +53,14 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 pub trait TcpHandler: Send + Sync + 'static {
     /// The ALPNs served, e.g. `[b"h2", b"http/1.1"]`.
     fn alpns(&self) -> Vec<Vec<u8>>;
+    /// Whether this handler takes a connection that negotiated no ALPN, judging by the
+    /// first byte the client sent after the handshake (e.g. DNS over TLS clients that
+    /// offer no ALPN, whose first bytes are a message length). Without a claim, such a
+    /// connection is [`TCP_DEFAULT_ALPN`]'s, and nothing is read before its handler runs.
+    fn claims_without_alpn(&self, _first_byte: u8) -> bool {
+        false
+    }
+
     /// Serves one connection whose TLS handshake is complete.
     fn handle(
         &self,
@@ -61,6 +73,8 @@ pub trait TcpHandler: Send + Sync + 'static {
 #[derive(Clone, Default)]
 pub struct TcpRegistry {
     handlers: Vec<(Vec<u8>, Arc<dyn TcpHandler>)>,
+    /// Some handler claims connections without ALPN by their first byte.
+    sniffing: bool,
 }
 
 impl std::fmt::Debug for TcpRegistry {
@@ -92,6 +106,7 @@ impl TcpRegistry {
             }
             self.handlers.push((alpn, handler.clone()));
         }
+        self.sniffing |= (0..=u8::MAX).any(|b| handler.claims_without_alpn(b));
         Ok(())
     }
 
@@ -100,6 +115,21 @@ impl TcpRegistry {
             .iter()
             .find(|(a, _)| a.as_slice() == alpn)
             .map(|(_, h)| h)
+    }
+
+    /// Whether any handler may claim a connection without ALPN by its first byte.
+    fn sniffs_without_alpn(&self) -> bool {
+        self.sniffing
+    }
+
+    /// The handler (and its ALPN) of a connection that negotiated none and sent
+    /// `first_byte` first: the first that claims it, else [`TCP_DEFAULT_ALPN`]'s.
+    fn without_alpn(&self, first_byte: u8) -> Option<(&[u8], &Arc<dyn TcpHandler>)> {
+        self.handlers
+            .iter()
+            .find(|(_, h)| h.claims_without_alpn(first_byte))
+            .or_else(|| self.handlers.iter().find(|(a, _)| a == TCP_DEFAULT_ALPN))
+            .map(|(a, h)| (a.as_slice(), h))
     }
 
     /// The ALPNs to advertise, in preference order.
@@ -278,15 +308,39 @@ async fn serve_connection(
             return;
         }
     };
-    let (alpn, peer_fingerprint) = {
+    let (negotiated, peer_fingerprint) = {
         let (_, conn) = tls.get_ref();
         (
-            conn.alpn_protocol()
-                .map_or_else(|| TCP_DEFAULT_ALPN.to_vec(), <[u8]>::to_vec),
+            conn.alpn_protocol().map(<[u8]>::to_vec),
             conn.peer_certificates()
                 .and_then(|c| c.first())
                 .map(fingerprint_of),
         )
+    };
+    let mut tls = tls;
+    let alpn = match negotiated {
+        Some(alpn) => alpn,
+        None if setup.registry.sniffs_without_alpn() => {
+            // the first byte decides (read, not consumed); bounded like the handshake
+            let first = monoio::time::timeout(
+                setup.limits.tls_handshake_timeout,
+                std::future::poll_fn(|cx| {
+                    std::pin::Pin::new(&mut tls)
+                        .poll_fill_buf(cx)
+                        .map_ok(|b| b.first().copied())
+                }),
+            )
+            .await;
+            let Ok(Ok(Some(first))) = first else {
+                tracing::debug!(worker, %remote, "TLS over TCP: no ALPN and no data");
+                return;
+            };
+            match setup.registry.without_alpn(first) {
+                Some((alpn, _)) => alpn.to_vec(),
+                None => TCP_DEFAULT_ALPN.to_vec(),
+            }
+        }
+        None => TCP_DEFAULT_ALPN.to_vec(),
     };
     let Some(handler) = setup.registry.lookup(&alpn).cloned() else {
         // only without ALPN (rustls refuses ALPNs we do not advertise)
@@ -329,6 +383,41 @@ mod tests {
         ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
             Box::pin(async { Ok(()) })
         }
+    }
+
+    struct Sniffer;
+
+    impl TcpHandler for Sniffer {
+        fn alpns(&self) -> Vec<Vec<u8>> {
+            vec![b"dot".to_vec()]
+        }
+        fn claims_without_alpn(&self, first_byte: u8) -> bool {
+            first_byte < b'\r'
+        }
+        fn handle(
+            &self,
+            _: TlsTcpStream,
+            _: AuthContext,
+        ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[test]
+    fn connections_without_alpn_go_to_a_claimant_or_the_default() {
+        let mut r = TcpRegistry::new();
+        r.register(Arc::new(Named(vec![b"h2".to_vec(), b"http/1.1".to_vec()])))
+            .expect("registers");
+        assert!(!r.sniffs_without_alpn(), "nothing to sniff for");
+        assert_eq!(r.without_alpn(0).map(|(a, _)| a), Some(TCP_DEFAULT_ALPN));
+        r.register(Arc::new(Sniffer)).expect("registers");
+        assert!(r.sniffs_without_alpn());
+        assert_eq!(r.without_alpn(0).map(|(a, _)| a), Some(&b"dot"[..]));
+        assert_eq!(r.without_alpn(b'G').map(|(a, _)| a), Some(TCP_DEFAULT_ALPN));
+        assert_eq!(
+            r.without_alpn(b'\r').map(|(a, _)| a),
+            Some(TCP_DEFAULT_ALPN)
+        );
     }
 
     #[test]

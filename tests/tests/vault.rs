@@ -415,10 +415,25 @@ fn node_served_from_a_restored_vault_keeps_its_identity() {
     let server = BinServer::start_with_config(&vault_config(
         &b.join("vault"),
         &password_file,
-        &format!("[ssh]\nauthorized_keys = {authorized:?}\n"),
+        &format!("[ssh]\nauthorized_keys = {authorized:?}\n[dns]\npkarr = true\n"),
     ));
     let log = server.wait_for_log("certificate fingerprint");
     assert!(log.last().is_some_and(|l| l.contains(&tls_fp)), "{log:?}");
+    // the node's pkarr name is the vault's pkarr key, the same on the restored machine
+    let pkarr_hex = derive(&b, "pkarr")["public_key"].clone();
+    let pkarr_key: [u8; 32] = data_encoding::HEXLOWER
+        .decode(pkarr_hex.as_bytes())
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    let z32 = pkarr::PublicKey::try_from(&pkarr_key)
+        .expect("an Ed25519 key")
+        .to_z32();
+    let log = server.wait_for_log("pkarr node name: ");
+    assert!(
+        log.last().is_some_and(|l| l.ends_with(&z32)),
+        "{z32}: {log:?}"
+    );
 
     // the pinned fingerprint still works
     let mut cmd = Command::new(alknet_bin());

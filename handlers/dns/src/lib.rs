@@ -1,6 +1,8 @@
 //! DNS for Alknet: authoritative zones from RFC 1035 zone files, answered over
 //! `doq` (DNS over QUIC, RFC 9250) and `alknet/dns` (many queries pipelined on one QUIC
-//! stream, DNS-over-TCP style) on the engine's workers.
+//! stream, DNS-over-TCP style) on the engine's workers, `dot` (DNS over TLS, RFC 7858) on
+//! the TLS-over-TCP listener, DoH (RFC 8484) through the HTTP router ([`doh`]), and
+//! classic UDP/TCP on listeners of its own ([`classic`]).
 //!
 //! ```text
 //! zone files ─▶ Zone ─▶ Catalog (ArcSwap, reloaded whole) ─┐
@@ -8,11 +10,13 @@
 //! ```
 //!
 //! Query handling ([`responder`]) is sans-IO and deterministic; the handlers ([`doq`],
-//! [`pipeline`]) only move framed messages between streams and it.
+//! [`pipeline`], [`dot`], [`classic`]) only move framed messages between streams and it.
 
 mod catalog;
 pub mod classic;
+pub mod doh;
 pub mod doq;
+pub mod dot;
 pub mod forward;
 pub mod framing;
 mod limits;
@@ -22,11 +26,14 @@ pub mod pkarr;
 mod reload;
 pub mod responder;
 pub mod rrl;
+mod stream;
 mod zone;
 
 pub use catalog::{shared, Catalog, SharedCatalog};
 pub use classic::{start_classic, ClassicAddrs};
+pub use doh::DohResolver;
 pub use doq::{DoqHandler, DOQ_ALPN};
+pub use dot::{DotHandler, DOT_ALPN};
 pub use forward::Forwarder;
 pub use limits::*;
 pub use pipeline::{PipelineHandler, PIPELINE_ALPN};

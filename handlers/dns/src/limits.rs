@@ -40,6 +40,16 @@ pub const DEFAULT_UDP_PAYLOAD_SIZE: u16 = 1232;
 /// is closed (RFC 7766 §6.2.3 suggests seconds, not minutes).
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `dot_idle_timeout_ms`: a DNS-over-TLS connection with no query in progress for this long
+/// is closed (RFC 7858 §3.4 leaves it to the server; RFC 7766 §6.2.3 suggests seconds); a
+/// batch of answers the client does not take within it closes the connection too.
+pub const DEFAULT_DOT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest DNS message a DoH `POST` body or `GET ?dns=` parameter may carry, and a
+/// pkarr relay `PUT` body past [`crate::pkarr::MAX_RELAY_PAYLOAD`] is refused (413) before
+/// it is read whole. DoH's limit is the DNS message's own ([`MAX_MESSAGE_SIZE`]).
+pub const DOH_MAX_MESSAGE: usize = MAX_MESSAGE_SIZE;
+
 /// `max_tcp_connections`: classic TCP connections open at once across the listener
 /// threads; past it new ones are closed at once.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 1024;
@@ -91,6 +101,14 @@ pub struct DnsConfig {
     #[serde(rename = "tcp_idle_timeout_ms", with = "alknet_runtime::millis")]
     pub tcp_idle_timeout: Duration,
     pub max_tcp_connections: usize,
+    /// DNS over TLS (RFC 7858, ALPN "dot") on the TLS-over-TCP listener (`[tcp]`), when a
+    /// DNS handler is enabled.
+    pub dot: bool,
+    #[serde(rename = "dot_idle_timeout_ms", with = "alknet_runtime::millis")]
+    pub dot_idle_timeout: Duration,
+    /// DNS over HTTPS (RFC 8484, `/dns-query`) on the HTTP router (HTTP/1.1, HTTP/2, HTTP/3),
+    /// when a DNS handler is enabled.
+    pub doh: bool,
     /// Upstream resolvers for names outside the zones (UDP, TCP on truncation); empty =
     /// no forwarding (REFUSED).
     pub upstreams: Vec<SocketAddr>,
@@ -123,6 +141,9 @@ impl Default for DnsConfig {
             udp_payload_size: DEFAULT_UDP_PAYLOAD_SIZE,
             tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
             max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
+            dot: true,
+            dot_idle_timeout: DEFAULT_DOT_IDLE_TIMEOUT,
+            doh: true,
             upstreams: Vec::new(),
             recursion_allow: Vec::new(),
             forward_timeout: DEFAULT_FORWARD_TIMEOUT,
@@ -161,6 +182,9 @@ impl DnsConfig {
         }
         if self.tcp_idle_timeout.is_zero() {
             return Err(DnsConfigError::Zero("tcp_idle_timeout_ms"));
+        }
+        if self.dot_idle_timeout.is_zero() {
+            return Err(DnsConfigError::Zero("dot_idle_timeout_ms"));
         }
         if self.forward_timeout.is_zero() {
             return Err(DnsConfigError::Zero("forward_timeout_ms"));

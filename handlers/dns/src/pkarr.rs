@@ -12,10 +12,12 @@ use arc_swap::ArcSwap;
 use hickory_proto::op::Message;
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 
+use alknet_runtime::{RelayError, RelayPacket};
+
 use crate::zone::{Outcome, ZoneAnswer};
 
 /// The relay payload's largest size: signature, timestamp and a 1000-byte packet.
-pub const MAX_RELAY_PAYLOAD: usize = 64 + 8 + 1000;
+pub const MAX_RELAY_PAYLOAD: usize = alknet_runtime::PKARR_MAX_RELAY_PAYLOAD;
 
 /// Why a packet was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,8 @@ pub enum PublishError {
     Invalid(String),
     #[error("stale: timestamp {got} is not newer than the stored {have}")]
     Stale { have: u64, got: u64 },
+    #[error("the stored packet's timestamp is not {0} (If-Match)")]
+    PreconditionFailed(u64),
     #[error("pkarr store: {0}")]
     Storage(String),
 }
@@ -38,6 +42,8 @@ pub enum PublishError {
 struct Stored {
     timestamp: u64,
     records: Vec<Record>,
+    /// The relay payload it came in, served as is by the relay API's `GET`.
+    payload: bytes::Bytes,
 }
 
 /// The signed packets this node serves, by key.
@@ -100,6 +106,18 @@ impl PkarrStore {
     /// Stores a relay payload for `key` (z-base32) if it verifies and is newer than what
     /// is stored; returns its timestamp. Republishing the same packet is accepted.
     pub fn publish(&self, key: &str, payload: &[u8]) -> Result<u64, PublishError> {
+        self.publish_if(key, payload, None)
+    }
+
+    /// [`Self::publish`], and with `if_match` only if the stored packet's timestamp is that
+    /// one (the relay API's `If-Match`, BEP44's compare-and-swap; no stored packet matches
+    /// any).
+    pub fn publish_if(
+        &self,
+        key: &str,
+        payload: &[u8],
+        if_match: Option<u64>,
+    ) -> Result<u64, PublishError> {
         let key = key.trim_end_matches('.').to_ascii_lowercase();
         let stored = verify(&key, payload)?;
         let timestamp = stored.timestamp;
@@ -118,6 +136,11 @@ impl PkarrStore {
                 rusqlite::Error::QueryReturnedNoRows => Ok(None),
                 e => Err(storage(e)),
             })?;
+        if let (Some(want), Some((have, _))) = (if_match, &have) {
+            if want != *have {
+                return Err(PublishError::PreconditionFailed(want));
+            }
+        }
         if let Some((have, bytes)) = have {
             if have == timestamp && bytes == payload {
                 return Ok(timestamp);
@@ -206,6 +229,11 @@ impl PkarrStore {
     }
 }
 
+/// The pkarr key of an Ed25519 seed (the vault's `pkarr` purpose).
+pub fn keypair_from_seed(seed: &[u8; 32]) -> pkarr::Keypair {
+    pkarr::Keypair::from_secret_key(seed)
+}
+
 /// The node's own pkarr key, kept as a hex secret in `path` (mode 0600), made on first use.
 /// (A key from the vault would make the name survive a reinstall; this one lives and dies
 /// with the data directory.)
@@ -263,6 +291,33 @@ impl PkarrStore {
     }
 }
 
+impl alknet_runtime::PkarrRelay for PkarrStore {
+    fn get(&self, key: &str) -> Result<Option<RelayPacket>, RelayError> {
+        let key = key.to_ascii_lowercase();
+        pkarr::PublicKey::try_from(key.as_str()).map_err(|_| RelayError::Key(key.clone()))?;
+        Ok(self.packets.load().get(&key).map(|s| RelayPacket {
+            payload: s.payload.clone(),
+            timestamp: s.timestamp,
+            min_ttl: s.records.iter().map(|r| r.ttl).min().unwrap_or(0),
+        }))
+    }
+
+    fn put(&self, key: &str, payload: &[u8], if_match: Option<u64>) -> Result<(), RelayError> {
+        self.publish_if(key, payload, if_match)
+            .map(drop)
+            .map_err(|e| match e {
+                PublishError::Key(k) => RelayError::Key(k),
+                PublishError::TooLarge(_) => RelayError::TooLarge(e.to_string()),
+                PublishError::Encoding | PublishError::Invalid(_) => {
+                    RelayError::Invalid(e.to_string())
+                }
+                PublishError::Stale { .. } => RelayError::Stale(e.to_string()),
+                PublishError::PreconditionFailed(_) => RelayError::PreconditionFailed,
+                PublishError::Storage(s) => RelayError::Storage(s),
+            })
+    }
+}
+
 /// TTL of the node's own records.
 const NODE_TTL: u32 = 300;
 
@@ -283,6 +338,7 @@ fn verify(key: &str, payload: &[u8]) -> Result<Stored, PublishError> {
     Ok(Stored {
         timestamp: signed.timestamp().as_u64(),
         records: packet.answers,
+        payload: bytes::Bytes::copy_from_slice(payload),
     })
 }
 

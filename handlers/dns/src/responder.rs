@@ -14,6 +14,7 @@
 //!   the name (see [`crate::forward`]).
 
 use hickory_proto::op::{Edns, Header, Message, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{DNSClass, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
@@ -65,7 +66,45 @@ pub fn answer(catalog: &Catalog, query: &Message, max_size: usize) -> Vec<u8> {
         edns.set_max_payload(max_size.clamp(512, usize::from(u16::MAX)) as u16);
         resp.set_edns(edns);
     }
-    encode(&resp, max_size)
+    let bytes = encode(&resp, max_size);
+    if wants_padding(query) {
+        if let Some(padded) = padded(&mut resp, bytes.len(), max_size) {
+            return padded;
+        }
+    }
+    bytes
+}
+
+/// Responses are padded to a multiple of this many bytes (RFC 8467 §4.1's recommended
+/// block length for responses), so their size says less about the name asked. A protocol
+/// constant.
+pub const PADDING_BLOCK: usize = 468;
+
+/// Whether the query carries the EDNS(0) Padding option: then the response must be padded
+/// too (RFC 7830 §4). Clients send it over encrypted transports (DoT, DoH, DoQ).
+fn wants_padding(query: &Message) -> bool {
+    query
+        .edns
+        .as_ref()
+        .is_some_and(|e| e.option(EdnsCode::Padding).is_some())
+}
+
+/// `resp` (encoded in `len` bytes) again with a Padding option bringing it to a multiple of
+/// [`PADDING_BLOCK`], if that fits in `max_size` (else it goes unpadded, as RFC 7830 §4
+/// allows past the size limit).
+fn padded(resp: &mut Message, len: usize, max_size: usize) -> Option<Vec<u8>> {
+    const OPTION_HEADER: usize = 4;
+    let pad = (PADDING_BLOCK - (len + OPTION_HEADER) % PADDING_BLOCK) % PADDING_BLOCK;
+    if len + OPTION_HEADER + pad > max_size {
+        return None;
+    }
+    let edns = resp.edns.as_mut()?;
+    edns.options_mut().insert(EdnsOption::Unknown(
+        u16::from(EdnsCode::Padding),
+        vec![0; pad],
+    ));
+    let bytes = resp.to_vec().ok()?;
+    (bytes.len() <= max_size).then_some(bytes)
 }
 
 /// Checks the query and fills the response sections; returns the RCODE.
@@ -351,6 +390,44 @@ mod tests {
         resp.metadata.message_type = MessageType::Response;
         let bytes = resp.to_vec().expect("encode");
         assert_eq!(respond(&c, &bytes, MAX_MESSAGE_SIZE), None);
+    }
+
+    #[test]
+    fn padded_queries_get_padded_answers() {
+        let mut q = query("ns.example.com.", RecordType::A);
+        let mut edns = Edns::new();
+        edns.options_mut().insert(EdnsOption::Unknown(
+            u16::from(EdnsCode::Padding),
+            vec![0; 40],
+        ));
+        q.set_edns(edns);
+        let bytes = q.to_vec().expect("encode");
+        let out = respond(&catalog(), &bytes, MAX_MESSAGE_SIZE).expect("answer");
+        assert_eq!(out.len(), PADDING_BLOCK, "one block");
+        let r = Message::from_vec(&out).expect("decode");
+        assert_eq!(r.answers.len(), 1);
+        assert!(r.edns.expect("OPT").option(EdnsCode::Padding).is_some());
+        // the 3-TXT answer (over one block) takes two; past the size limit, no padding
+        let mut big = q.clone();
+        big.queries[0] = Query::query(
+            Name::from_str("big.example.com.").expect("n"),
+            RecordType::TXT,
+        );
+        let out =
+            respond(&catalog(), &big.to_vec().expect("encode"), MAX_MESSAGE_SIZE).expect("answer");
+        assert_eq!(out.len(), 2 * PADDING_BLOCK);
+        let out = respond(&catalog(), &bytes, 400).expect("answer");
+        assert!(out.len() < PADDING_BLOCK);
+        // unpadded queries: unpadded answers
+        let plain = respond(
+            &catalog(),
+            &query("ns.example.com.", RecordType::A)
+                .to_vec()
+                .expect("encode"),
+            MAX_MESSAGE_SIZE,
+        )
+        .expect("answer");
+        assert!(plain.len() < 100);
     }
 
     #[test]

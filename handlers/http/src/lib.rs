@@ -5,7 +5,8 @@
 //!
 //! Routes: `GET /health`, `GET /metrics` (Prometheus text), `POST /api/call/{operationId}`
 //! (the call operations, same identity, ACL and deadlines as `alknet/call`) and
-//! `GET /openapi.json`, and the files of `[http] static_root` when set. Handlers need no tokio runtime: worker-local work (a call operation)
+//! `GET /openapi.json`, DNS over HTTPS (`GET`/`POST /dns-query`) and the pkarr relay API
+//! (`GET`/`PUT /pkarr/{key}`) when the node serves DNS, and the files of `[http] static_root` when set. Handlers need no tokio runtime: worker-local work (a call operation)
 //! runs as a worker task ([`rt::run_local`]), timers are monoio's.
 
 pub mod auth;
@@ -20,7 +21,7 @@ mod tcp;
 
 use std::sync::{Arc, OnceLock};
 
-use alknet_runtime::{NodeStatus, OperationInvoker};
+use alknet_runtime::{DnsResolver, NodeStatus, OperationInvoker, PkarrRelay};
 
 pub use auth::ConnInfo;
 pub use limits::*;
@@ -50,6 +51,17 @@ pub struct HttpShared {
     pub static_files: Option<alknet_runtime::files::ConfinedDir>,
     /// MCP sessions, kept across reloads.
     pub mcp_sessions: Arc<mcp_sessions::McpSessions>,
+    /// DoH and the pkarr relay API, when the node serves DNS (set once, by the binary).
+    dns: OnceLock<DnsServices>,
+}
+
+/// What the DNS handler lends the router: DoH's resolver and the pkarr relay's store.
+#[derive(Clone, Default)]
+pub struct DnsServices {
+    /// Answers `GET`/`POST /dns-query` (RFC 8484).
+    pub resolver: Option<Arc<dyn DnsResolver>>,
+    /// Serves `GET`/`PUT /pkarr/{key}` (the pkarr relay API).
+    pub relay: Option<Arc<dyn PkarrRelay>>,
 }
 
 /// Why the HTTP front end could not be set up.
@@ -126,12 +138,28 @@ impl HttpState {
             version: env!("CARGO_PKG_VERSION"),
             static_files,
             mcp_sessions,
+            dns: OnceLock::new(),
         })))
     }
 
     /// Hands the running server's status to the routes (`/health`, `/metrics`).
     pub fn set_status(&self, status: NodeStatus) {
         let _ = self.0.status.set(status);
+    }
+
+    /// Hands the router the DNS side (DoH, pkarr relay); the first call wins.
+    pub fn set_dns(&self, services: DnsServices) {
+        let _ = self.0.dns.set(services);
+    }
+
+    /// DoH's resolver, when DNS over HTTPS is on.
+    pub fn dns_resolver(&self) -> Option<Arc<dyn DnsResolver>> {
+        self.0.dns.get().and_then(|d| d.resolver.clone())
+    }
+
+    /// The pkarr relay's store, when pkarr names are on.
+    pub fn pkarr_relay(&self) -> Option<Arc<dyn PkarrRelay>> {
+        self.0.dns.get().and_then(|d| d.relay.clone())
     }
 
     pub fn status(&self) -> Option<&NodeStatus> {

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::ConnInfo;
-use crate::routes::{call, error_response, files, health, mcp, metrics, openapi, sse};
+use crate::routes::{call, doh, error_response, files, health, mcp, metrics, openapi, pkarr, sse};
 use crate::HttpState;
 
 /// Every route, with the body limit and request counting.
@@ -29,6 +29,11 @@ pub fn router(state: HttpState) -> Router {
         .route(
             "/mcp",
             post(mcp::mcp).get(mcp::mcp_get).delete(mcp::mcp_delete),
+        )
+        .route("/dns-query", get(doh::get).post(doh::post))
+        .route(
+            "/pkarr/{key}",
+            get(pkarr::get).put(pkarr::put).options(pkarr::options),
         )
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

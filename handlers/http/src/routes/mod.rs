@@ -2,11 +2,13 @@
 
 pub mod call;
 pub mod diag;
+pub mod doh;
 pub mod files;
 pub mod health;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;
+pub mod pkarr;
 pub mod sse;
 
 use alknet_proto::call::ErrorCode;

@@ -1,0 +1,130 @@
+//! The queries of one pipelined byte stream, whatever carries it: an `alknet/dns` QUIC
+//! stream ([`crate::pipeline`]) or a DNS-over-TLS connection ([`crate::dot`]). Messages
+//! behind 2-byte lengths, any IDs, answered in completion order (RFC 7766 §6.2.1.1).
+//!
+//! Every query complete in a pushed chunk is answered, and the zone answers leave as one
+//! batch for the transport's writer. A forwarded query (a name outside the zones, see
+//! [`crate::forward`]) runs as its own task, at most `max_queries_per_connection` at once
+//! per stream, and its answer joins the stream when it completes; past that many, the
+//! next one is answered in line, which holds the stream (back-pressure, not a refusal).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use alknet_runtime::rt::spawn_guarded;
+use bytes::Bytes;
+use hickory_proto::op::Message;
+
+use crate::forward::Forwarder;
+use crate::framing::{frame, FrameDecoder};
+use crate::limits::MAX_MESSAGE_SIZE;
+use crate::responder::{self, Asker, Parsed};
+use crate::DnsState;
+
+/// What the reading side hands the transport's writer.
+pub(crate) enum Out {
+    /// Framed answers (length prefixes and bodies), in order.
+    Answers(Vec<Bytes>),
+    /// End the stream with this error code (QUIC transports; TLS just closes).
+    Reset(u32),
+}
+
+/// Answer batches queued for the writer before the reader waits: what a client that does
+/// not read its answers can make the server hold, per stream.
+pub(crate) const WRITE_QUEUE: usize = 16;
+
+/// Why a stream cannot go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamEnd {
+    /// A message with no DNS header to answer (too short, or a response).
+    NotAQuery,
+    /// The writer is gone: the stream is lost.
+    WriterGone,
+}
+
+/// The sans-transport half of a pipelined stream: bytes in, answers to the writer.
+pub(crate) struct StreamAnswerer {
+    dns: DnsState,
+    asker: Asker,
+    decoder: FrameDecoder,
+    forwarding: Rc<Cell<usize>>,
+    tx: async_channel::Sender<Out>,
+}
+
+impl StreamAnswerer {
+    pub(crate) fn new(dns: DnsState, asker: Asker, tx: async_channel::Sender<Out>) -> Self {
+        Self {
+            dns,
+            asker,
+            decoder: FrameDecoder::new(),
+            forwarding: Rc::new(Cell::new(0)),
+            tx,
+        }
+    }
+
+    /// Whether a message has begun and not ended (its sender must finish it in time).
+    pub(crate) fn mid_message(&self) -> bool {
+        self.decoder.pending() > 0
+    }
+
+    /// Forwarded queries still being answered (a stream waiting for them is not idle).
+    pub(crate) fn forwarding(&self) -> usize {
+        self.forwarding.get()
+    }
+
+    /// Takes received bytes and answers every query they complete.
+    pub(crate) async fn push(&mut self, chunk: &[u8]) -> Result<(), StreamEnd> {
+        self.decoder.push(chunk);
+        let mut out: Vec<Bytes> = Vec::new();
+        while let Some(message) = self.decoder.next_message() {
+            let reply = match responder::parse(&message) {
+                Parsed::Query(q) => {
+                    if let Some(f) = self.forward_target(&q) {
+                        if self.forwarding.get() < self.dns.config.max_queries_per_connection {
+                            self.spawn_forward(f, q);
+                            continue;
+                        }
+                        // at the limit: this one waits, and so does the stream
+                        f.answer(&q, MAX_MESSAGE_SIZE).await
+                    } else {
+                        responder::answer(&self.dns.catalog.load(), &q, MAX_MESSAGE_SIZE)
+                    }
+                }
+                Parsed::Malformed(header) => responder::formerr(&header),
+                Parsed::Ignore => return Err(StreamEnd::NotAQuery),
+            };
+            if let Some(framed) = frame(Bytes::from(reply)) {
+                out.extend(framed);
+            }
+        }
+        if !out.is_empty() && self.tx.send(Out::Answers(out)).await.is_err() {
+            return Err(StreamEnd::WriterGone);
+        }
+        Ok(())
+    }
+
+    /// Tells the writer to end the stream with `code`.
+    pub(crate) async fn reset(&self, code: u32) {
+        let _ = self.tx.send(Out::Reset(code)).await;
+    }
+
+    fn forward_target(&self, q: &Message) -> Option<Arc<Forwarder>> {
+        let f = self.dns.forwarder.as_ref()?;
+        (f.allows(self.asker.source, self.asker.may_recurse)
+            && responder::forwardable(&self.dns.catalog.load(), q))
+        .then(|| f.clone())
+    }
+
+    fn spawn_forward(&self, f: Arc<Forwarder>, q: Box<Message>) {
+        let (tx, forwarding) = (self.tx.clone(), self.forwarding.clone());
+        forwarding.set(forwarding.get() + 1);
+        spawn_guarded("dns stream forward", async move {
+            let reply = f.answer(&q, MAX_MESSAGE_SIZE).await;
+            forwarding.set(forwarding.get() - 1);
+            if let Some(framed) = frame(Bytes::from(reply)) {
+                let _ = tx.send(Out::Answers(framed.to_vec())).await;
+            }
+        });
+    }
+}
