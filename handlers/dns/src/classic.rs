@@ -101,11 +101,22 @@ pub fn start_classic(dns: &DnsState, threads: usize) -> io::Result<ClassicAddrs>
     Ok(addrs)
 }
 
+/// Receive and send buffer asked for on each classic UDP socket. The kernel's default
+/// (~208 KiB) holds about 2 000 queries: a burst of queries from many clients, or a
+/// scheduling delay of the listener thread at 100 000 queries/s, overflows it and the kernel
+/// drops the queries unanswered (counted in `/proc/net/snmp`, `Udp: RcvbufErrors`). The
+/// kernel caps the request at `net.core.rmem_max` / `wmem_max`. A tuning constant.
+pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
 fn reuseport_socket(addr: SocketAddr, ty: socket2::Type) -> io::Result<socket2::Socket> {
     let s = socket2::Socket::new(socket2::Domain::for_address(addr), ty, None)?;
     s.set_reuse_port(true)?;
     if ty == socket2::Type::STREAM {
         s.set_reuse_address(true)?;
+    } else {
+        // best effort: capped by the kernel, never an error
+        let _ = s.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES);
+        let _ = s.set_send_buffer_size(UDP_SOCKET_BUFFER_BYTES);
     }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
