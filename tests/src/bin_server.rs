@@ -194,6 +194,26 @@ impl BinServer {
             .to_string()
     }
 
+    /// The base64 SHA-256 of the server's public key (SubjectPublicKeyInfo, DER), by
+    /// `openssl`: what `curl --pinnedpubkey sha256//…` and Chromium's
+    /// `--ignore-certificate-errors-spki-list` take.
+    pub fn spki_sha256_base64(&self) -> String {
+        let cert = self.data_dir.path().join("cert.pem");
+        let script = format!(
+            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der \
+             | openssl dgst -sha256 -binary | base64",
+            cert.display()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let out = wait_output(child, Duration::from_secs(60));
+        assert!(out.status.success(), "openssl failed");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Waits for the server to exit by itself (after a signal), up to `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + limit;

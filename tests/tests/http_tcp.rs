@@ -79,22 +79,9 @@ fn json(r: &Reply) -> serde_json::Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body))
 }
 
-/// The base64 SHA-256 of the server's public key, as `curl --pinnedpubkey` wants it.
+/// The server's public-key pin, as `curl --pinnedpubkey` wants it.
 fn pinned_pubkey(server: &BinServer) -> String {
-    let cert = server.data_dir.path().join("cert.pem");
-    let script = format!(
-        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der \
-         | openssl dgst -sha256 -binary | base64",
-        cert.display()
-    );
-    let child = Command::new("sh")
-        .args(["-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sh");
-    let out = wait_output(child, CLIENT_TIMEOUT);
-    assert!(out.status.success());
-    format!("sha256//{}", String::from_utf8_lossy(&out.stdout).trim())
+    format!("sha256//{}", server.spki_sha256_base64())
 }
 
 #[test]

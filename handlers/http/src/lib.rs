@@ -6,7 +6,8 @@
 //! Routes: `GET /health`, `GET /metrics` (Prometheus text), `POST /api/call/{operationId}`
 //! (the call operations, same identity, ACL and deadlines as `alknet/call`) and
 //! `GET /openapi.json`, DNS over HTTPS (`GET`/`POST /dns-query`) and the pkarr relay API
-//! (`GET`/`PUT /pkarr/{key}`) when the node serves DNS, and the files of `[http] static_root` when set. Handlers need no tokio runtime: worker-local work (a call operation)
+//! (`GET`/`PUT /pkarr/{key}`) when the node serves DNS, the live dashboard (`GET /`, fed by
+//! `GET /api/dashboard/stream`), and the files of `[http] static_root` when set. Handlers need no tokio runtime: worker-local work (a call operation)
 //! runs as a worker task ([`rt::run_local`]), timers are monoio's.
 
 pub mod auth;
@@ -47,6 +48,9 @@ pub struct HttpShared {
     pub invoker: Option<Arc<dyn OperationInvoker>>,
     pub metrics: HttpMetrics,
     pub version: &'static str,
+    /// When the HTTP front end was first built (the node's start; kept across reloads):
+    /// the dashboard's uptime.
+    pub started: std::time::Instant,
     /// `[http] static_root`, opened once.
     pub static_files: Option<alknet_runtime::files::ConfinedDir>,
     /// MCP sessions, kept across reloads.
@@ -86,6 +90,7 @@ impl HttpState {
             HttpMetrics::default(),
             OnceLock::new(),
             Arc::default(),
+            std::time::Instant::now(),
         )
     }
 
@@ -108,6 +113,7 @@ impl HttpState {
             self.0.metrics.clone(),
             status,
             self.0.mcp_sessions.clone(),
+            self.0.started,
         )
     }
 
@@ -117,6 +123,7 @@ impl HttpState {
         metrics: HttpMetrics,
         status: OnceLock<NodeStatus>,
         mcp_sessions: Arc<mcp_sessions::McpSessions>,
+        started: std::time::Instant,
     ) -> Result<Self, HttpStateError> {
         let static_files = config
             .static_root
@@ -136,6 +143,7 @@ impl HttpState {
             invoker,
             metrics,
             version: env!("CARGO_PKG_VERSION"),
+            started,
             static_files,
             mcp_sessions,
             dns: OnceLock::new(),

@@ -63,6 +63,14 @@ pub const DEFAULT_SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// the node, over every HTTP version; past it, 503.
 pub const DEFAULT_SSE_MAX_STREAMS: usize = 1024;
 
+/// `dashboard_interval_ms`: how often `GET /api/dashboard/stream` sends the dashboard a
+/// snapshot of the node's counters (one more at once on connect). Each snapshot reads every
+/// worker's counters, as a `/metrics` scrape does; streams count against `sse_max_streams`.
+pub const DEFAULT_DASHBOARD_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest `dashboard_interval_ms` accepted: faster would make each open dashboard a
+/// busy scraper of every worker's counters for no figure a person can read.
+pub const MIN_DASHBOARD_INTERVAL: Duration = Duration::from_millis(100);
+
 /// `mcp_max_sessions`: MCP Streamable HTTP sessions (`Mcp-Session-Id`) held at once;
 /// a new `initialize` beyond it drops expired sessions, then the least recently used
 /// (see `mcp_sessions.rs` for why not refuse).
@@ -103,6 +111,8 @@ pub struct HttpConfig {
     #[serde(rename = "sse_keep_alive_ms", with = "alknet_runtime::millis")]
     pub sse_keep_alive: Duration,
     pub sse_max_streams: usize,
+    #[serde(rename = "dashboard_interval_ms", with = "alknet_runtime::millis")]
+    pub dashboard_interval: Duration,
     pub mcp_max_sessions: usize,
     #[serde(
         rename = "mcp_session_idle_timeout_ms",
@@ -132,6 +142,7 @@ impl Default for HttpConfig {
             sse_buffer_frames: DEFAULT_SSE_BUFFER_FRAMES,
             sse_keep_alive: DEFAULT_SSE_KEEP_ALIVE,
             sse_max_streams: DEFAULT_SSE_MAX_STREAMS,
+            dashboard_interval: DEFAULT_DASHBOARD_INTERVAL,
             mcp_max_sessions: DEFAULT_MCP_MAX_SESSIONS,
             mcp_session_idle_timeout: DEFAULT_MCP_SESSION_IDLE_TIMEOUT,
         }
@@ -148,6 +159,8 @@ pub enum HttpConfigError {
     Zero(&'static str),
     #[error("http.max_header_bytes must be at least {MIN_HEADER_BYTES}, got {0}")]
     HeaderBytes(usize),
+    #[error("http.dashboard_interval_ms must be at least {min}, got {0}", min = MIN_DASHBOARD_INTERVAL.as_millis())]
+    DashboardInterval(u128),
     #[error("http.public: {0:?} is not a path (it must start with /)")]
     PublicPath(String),
 }
@@ -185,6 +198,11 @@ impl HttpConfig {
         if let Some((name, _)) = zero.iter().find(|(_, z)| *z) {
             return Err(HttpConfigError::Zero(name));
         }
+        if self.dashboard_interval < MIN_DASHBOARD_INTERVAL {
+            return Err(HttpConfigError::DashboardInterval(
+                self.dashboard_interval.as_millis(),
+            ));
+        }
         if let Some(p) = self.public.iter().find(|p| !p.starts_with('/')) {
             return Err(HttpConfigError::PublicPath(p.clone()));
         }
@@ -208,6 +226,8 @@ mod tests {
             c.validate(),
             Err(HttpConfigError::PublicPath("metrics".into()))
         );
+        let c: HttpConfig = toml::from_str("dashboard_interval_ms = 10").expect("parses");
+        assert_eq!(c.validate(), Err(HttpConfigError::DashboardInterval(10)));
         assert!(toml::from_str::<HttpConfig>("nope = 1").is_err());
     }
 }

@@ -39,6 +39,9 @@ struct WorkerLabel {
 #[derive(Default, Clone)]
 pub struct HttpMetrics {
     pub requests: Family<RequestLabels, Counter>,
+    /// Every request counted in `requests`, summed (the dashboard's request rate; not
+    /// exported, `requests` already is).
+    pub requests_total: Counter,
     /// Server-Sent Event streams open now (bounded by `sse_max_streams`).
     pub sse_open: Gauge,
     /// SSE topic subscribers closed for falling `sse_queue_events` behind.
@@ -57,6 +60,7 @@ impl HttpMetrics {
                 protocol,
             })
             .inc();
+        self.requests_total.inc();
     }
 
     /// The exposition text for a scrape.

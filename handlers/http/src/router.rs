@@ -9,7 +9,9 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::ConnInfo;
-use crate::routes::{call, doh, error_response, files, health, mcp, metrics, openapi, pkarr, sse};
+use crate::routes::{
+    call, dashboard, doh, error_response, files, health, mcp, metrics, openapi, pkarr, sse,
+};
 use crate::HttpState;
 
 /// Every route, with the body limit and request counting.
@@ -19,8 +21,16 @@ pub fn router(state: HttpState) -> Router {
     } else {
         Router::new()
     };
+    // with `static_root` set, `/` stays the files' (as the QUIC interop runner expects)
+    let dashboard = if state.static_files.is_none() {
+        Router::new().route("/", get(dashboard::page))
+    } else {
+        Router::new()
+    };
     Router::new()
         .merge(diagnostics)
+        .merge(dashboard)
+        .route("/api/dashboard/stream", get(dashboard::stream))
         .route("/health", get(health::health))
         .route("/metrics", get(metrics::metrics))
         .route("/api/call/{operationId}", post(call::call))

@@ -86,10 +86,10 @@ pub fn frame(event: Option<&str>, id: Option<u64>, data: &str) -> Bytes {
 }
 
 /// One of the node's `sse_max_streams`; released when dropped (with the response body).
-struct StreamSlot(HttpState);
+pub(crate) struct StreamSlot(HttpState);
 
 impl StreamSlot {
-    fn take(state: &HttpState) -> Option<Self> {
+    pub(crate) fn take(state: &HttpState) -> Option<Self> {
         let open = &state.metrics.sse_open;
         if open.inc() >= i64::try_from(state.config.sse_max_streams).unwrap_or(i64::MAX) {
             open.dec();
@@ -147,7 +147,11 @@ impl Stream for SseBody {
     }
 }
 
-fn sse_response(state: &HttpState, frames: mpsc::Receiver<Bytes>, slot: StreamSlot) -> Response {
+pub(crate) fn sse_response(
+    state: &HttpState,
+    frames: mpsc::Receiver<Bytes>,
+    slot: StreamSlot,
+) -> Response {
     let now = Instant::now();
     let body = SseBody {
         frames,
@@ -169,7 +173,7 @@ fn sse_response(state: &HttpState, frames: mpsc::Receiver<Bytes>, slot: StreamSl
         .into_response()
 }
 
-fn too_many(state: &HttpState) -> Response {
+pub(crate) fn too_many(state: &HttpState) -> Response {
     error_response(
         ErrorCode::Unavailable,
         format!(
