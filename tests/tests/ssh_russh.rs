@@ -139,7 +139,10 @@ fn signals_and_several_sessions_on_one_connection() {
         let mut usr1 = handles[1].channel_open_session().await.expect("channel");
         usr1.exec(
             true,
-            "trap 'echo got-usr1; exit 9' USR1; echo ready; sleep 30 & wait",
+            // `ready` only once the background sleep exists: a signal that beats the fork
+            // would leave it holding the channel's output for 30 s, longer than the
+            // connection's idle timeout (this client sends no keep-alives)
+            "trap 'echo got-usr1; exit 9' USR1; sleep 30 & echo ready; wait",
         )
         .await
         .expect("exec");
