@@ -24,6 +24,7 @@ mod handshake;
 mod identity;
 mod inbox;
 mod limits;
+mod metrics;
 mod operations;
 mod pinning;
 mod qlog;
@@ -62,6 +63,7 @@ pub use identity::{
     IdentityEntry, IdentityProvider, NoIdentities,
 };
 pub use limits::*;
+pub use metrics::{HandlerMetric, MetricKind};
 pub use operations::{
     ItemOutlet, OperationFailure, OperationInfo, OperationInvoker, OperationStats, OutletClosed,
     TopicDelivery, TopicSubscription,

@@ -77,6 +77,12 @@ pub trait ProtocolHandler: Send + Sync + 'static {
         conn: Connection,
         auth: AuthContext,
     ) -> LocalBoxFuture<'_, Result<(), HandlerError>>;
+
+    /// A snapshot of the handler's own counters for `/metrics` (sessions, channels,
+    /// refusals: whatever its operators watch). Called per scrape, never per connection.
+    fn metrics(&self) -> Vec<crate::metrics::HandlerMetric> {
+        Vec::new()
+    }
 }
 
 /// Errors building an [`AlpnRegistry`].
@@ -130,6 +136,11 @@ impl AlpnRegistry {
     /// entries and this runs once per connection.
     pub fn lookup(&self, alpn: &[u8]) -> Option<&Arc<dyn ProtocolHandler>> {
         self.handlers.iter().find(|h| h.alpn() == alpn)
+    }
+
+    /// The handlers, in preference order.
+    pub fn handlers(&self) -> impl Iterator<Item = &Arc<dyn ProtocolHandler>> {
+        self.handlers.iter()
     }
 
     /// The ALPNs to advertise, in preference order.

@@ -184,6 +184,16 @@ impl NodeStatus {
             .collect()
     }
 
+    /// Every registered handler's own counters ([`crate::ProtocolHandler::metrics`]).
+    pub fn handler_metrics(&self) -> Vec<crate::HandlerMetric> {
+        self.0
+            .registry
+            .load()
+            .handlers()
+            .flat_map(|h| h.metrics())
+            .collect()
+    }
+
     /// The QUIC ALPNs served.
     pub fn alpns(&self) -> Vec<String> {
         self.0

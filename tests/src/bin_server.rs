@@ -214,6 +214,47 @@ impl BinServer {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// `/metrics` over HTTP/2 (curl, the server's certificate as CA; the config must list
+    /// it in `[http] public`), parsed by `prometheus_client`'s OpenMetrics parser: one
+    /// `name{key=value,…} value` line per sample, labels sorted, integers printed as such.
+    pub fn metrics_samples(&self) -> Vec<String> {
+        let cert = self.data_dir.path().join("cert.pem");
+        let curl = Command::new("curl")
+            .args(["-sS", "--fail", "--http2", "--max-time", "30", "--cacert"])
+            .arg(&cert)
+            .arg(format!("https://127.0.0.1:{}/metrics", self.port))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("curl (tests/run-all.sh installs it)");
+        let out = wait_output(curl, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "scrape failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut parse = Command::new("python3")
+            .args(["-c", PARSE_SAMPLES])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        if let Some(mut stdin) = parse.stdin.take() {
+            std::io::Write::write_all(&mut stdin, &out.stdout).expect("write the scrape");
+        }
+        let parsed = wait_output(parse, Duration::from_secs(60));
+        assert!(
+            parsed.status.success(),
+            "not OpenMetrics: {}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+        String::from_utf8_lossy(&parsed.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Waits for the server to exit by itself (after a signal), up to `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + limit;
@@ -246,3 +287,14 @@ pub fn wait_output(child: Child, limit: Duration) -> std::process::Output {
         }
     }
 }
+
+/// Parses OpenMetrics text on stdin (tests/run-all.sh installs `prometheus-client`).
+const PARSE_SAMPLES: &str = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        v = int(s.value) if float(s.value).is_integer() else s.value
+        print(f"{s.name}{{{labels}}} {v}")
+"#;

@@ -122,8 +122,9 @@ fn unknown_keys_and_missing_scopes_are_refused() {
         ),
     )
     .expect("write authorized_keys");
-    let server =
-        BinServer::start_with_config(&format!("[ssh]\nauthorized_keys = {authorized:?}\n"));
+    let server = BinServer::start_with_config(&format!(
+        "[ssh]\nauthorized_keys = {authorized:?}\n[http]\npublic = [\"/metrics\"]\n"
+    ));
     peer_add(
         server.data_dir.path(),
         "peer-shell",
@@ -215,6 +216,31 @@ fn unknown_keys_and_missing_scopes_are_refused() {
         "{}",
         text(&out.stderr)
     );
+
+    // every refusal above is counted in /metrics, under its reason
+    drop(_forward);
+    let samples = server.metrics_samples();
+    let value = |sample: &str| -> u64 {
+        samples
+            .iter()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{}", samples.join("\n")))
+    };
+    assert_eq!(value("alknet_ssh_requests_total{kind=exec}"), 1);
+    assert_eq!(value("alknet_ssh_requests_refused_total{kind=exec}"), 2);
+    assert_eq!(
+        value("alknet_ssh_channels_refused_total{reason=denied,type=direct-tcpip}"),
+        1
+    );
+    assert_eq!(
+        value("alknet_ssh_requests_refused_total{kind=tcpip-forward}"),
+        2
+    );
+    assert!(value("alknet_ssh_auth_refusals_total{reason=unknown_key}") >= 1);
+    // the -L client's and the exec clients' sessions; the stranger never authenticated
+    assert!(value("alknet_ssh_sessions_authenticated_total{}") >= 6);
+    assert!(value("alknet_ssh_sessions_started_total{}") >= 7);
+    assert_eq!(value("alknet_ssh_channels_opened_total{type=session}"), 3);
 }
 
 /// `ssh -N FLAG 127.0.0.1:PORT:127.0.0.1:ECHO` (FLAG is -L or -R), killed when dropped.

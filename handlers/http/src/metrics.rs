@@ -2,7 +2,7 @@
 //! runtime's snapshots) and this front end's requests by route, status and protocol.
 //! Encoded by `prometheus-client` (OpenMetrics text, which Prometheus scrapes as is).
 
-use alknet_runtime::{NodeStatus, OperationStats};
+use alknet_runtime::{HandlerMetric, MetricKind, NodeStatus, OperationStats};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -163,6 +163,7 @@ impl HttpMetrics {
                 "QUIC connections handed to a handler since start, by ALPN",
                 alpn_accepted,
             );
+            register_handler_metrics(&mut registry, status.handler_metrics());
             let open = Gauge::<i64>::default();
             open.set(i64::try_from(status.open_connections()).unwrap_or(i64::MAX));
             registry.register(
@@ -181,5 +182,98 @@ impl HttpMetrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)?;
         Ok(out)
+    }
+}
+
+/// The handlers' own counters ([`alknet_runtime::ProtocolHandler::metrics`]): one family
+/// per name, one sample per label set, in the order the handlers reported them.
+fn register_handler_metrics(registry: &mut Registry, samples: Vec<HandlerMetric>) {
+    type Labels = Vec<(&'static str, &'static str)>;
+    let mut families: Vec<(&'static str, &'static str, MetricKind)> = Vec::new();
+    for m in &samples {
+        if !families.iter().any(|(name, _, _)| *name == m.name) {
+            families.push((m.name, m.help, m.kind));
+        }
+    }
+    for (name, help, kind) in families {
+        let of_family = samples.iter().filter(|m| m.name == name && m.kind == kind);
+        // a single unlabelled sample is a plain metric (a family would print `name{}`)
+        let mut plain = of_family.clone().filter(|m| m.labels.is_empty());
+        if let (Some(m), None) = (plain.next(), plain.next()) {
+            if of_family.clone().count() == 1 {
+                match kind {
+                    MetricKind::Counter => {
+                        let c = Counter::<u64>::default();
+                        c.inc_by(m.value);
+                        registry.register(name, help, c);
+                    }
+                    MetricKind::Gauge => {
+                        let g = Gauge::<i64>::default();
+                        g.set(i64::try_from(m.value).unwrap_or(i64::MAX));
+                        registry.register(name, help, g);
+                    }
+                }
+                continue;
+            }
+        }
+        match kind {
+            MetricKind::Counter => {
+                let family = Family::<Labels, Counter>::default();
+                for m in of_family {
+                    family.get_or_create(&m.labels).inc_by(m.value);
+                }
+                registry.register(name, help, family);
+            }
+            MetricKind::Gauge => {
+                let family = Family::<Labels, Gauge>::default();
+                for m in of_family {
+                    family
+                        .get_or_create(&m.labels)
+                        .set(i64::try_from(m.value).unwrap_or(i64::MAX));
+                }
+                registry.register(name, help, family);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_metrics_become_one_family_per_name_with_labelled_samples() {
+        let samples = vec![
+            HandlerMetric::counter("ssh_channels_opened", "opened", 3)
+                .with_label("type", "session"),
+            HandlerMetric::gauge("ssh_sessions_open", "open now", 2),
+            HandlerMetric::counter("ssh_channels_opened", "opened", 1)
+                .with_label("type", "direct-tcpip"),
+        ];
+        let mut registry = Registry::with_prefix("alknet");
+        register_handler_metrics(&mut registry, samples);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains("# TYPE alknet_ssh_channels_opened counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("alknet_ssh_channels_opened_total{type=\"session\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("alknet_ssh_channels_opened_total{type=\"direct-tcpip\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE alknet_ssh_sessions_open gauge"),
+            "{text}"
+        );
+        assert!(text.contains("alknet_ssh_sessions_open 2"), "{text}");
+        assert_eq!(
+            text.matches("# TYPE alknet_ssh_channels_opened ").count(),
+            1
+        );
     }
 }

@@ -17,6 +17,7 @@ use crate::auth::{openssh_fingerprint, AuthorizedKeysError, AuthorizedKeysProvid
 use crate::bridge::{serve_bridged_sessions, ByteStream, TokioBridge};
 use crate::config::{SshConfig, SshConfigError};
 use crate::hostkey::{load_host_key, load_or_generate_host_key, HostKeyError};
+use crate::metrics::{AuthRefusal, SshMetrics};
 use crate::session::SshSession;
 use crate::subsystem::{Registered, Subsystem, Subsystems};
 
@@ -47,6 +48,8 @@ pub(crate) struct Shared {
     pub bridge_threads: usize,
     /// Subsystems served, by name (`sftp`, plugged in by the binary).
     pub subsystems: Subsystems,
+    /// Sessions, channels, requests and refusals, for `/metrics`.
+    pub metrics: SshMetrics,
 }
 
 /// The `alknet/ssh` handler.
@@ -119,6 +122,7 @@ impl SshAdapter {
                 extra_provider: None,
                 bridge_threads,
                 subsystems: Subsystems::default(),
+                metrics: SshMetrics::default(),
             }),
             host_fingerprint,
         })
@@ -167,6 +171,8 @@ impl SshAdapter {
             extra_provider: Some(provider),
             bridge_threads: self.shared.bridge_threads,
             subsystems: self.shared.subsystems.clone(),
+            // builders run before the adapter serves: nothing counted yet
+            metrics: SshMetrics::default(),
         };
         self.shared = Arc::new(shared);
         self
@@ -195,6 +201,7 @@ impl SshAdapter {
             extra_provider: self.shared.extra_provider.clone(),
             bridge_threads: self.shared.bridge_threads,
             subsystems,
+            metrics: SshMetrics::default(),
         };
         self.shared = Arc::new(shared);
         self
@@ -213,6 +220,10 @@ impl SshAdapter {
 impl ProtocolHandler for SshAdapter {
     fn alpn(&self) -> &[u8] {
         ALPN
+    }
+
+    fn metrics(&self) -> Vec<alknet_runtime::HandlerMetric> {
+        self.shared.metrics.snapshot()
     }
 
     fn handle(
@@ -235,6 +246,15 @@ impl ProtocolHandler for SshAdapter {
     }
 }
 
+/// Counts the session closed however `serve_session` returns.
+struct SessionClosed<'a>(&'a SshMetrics);
+
+impl Drop for SessionClosed<'_> {
+    fn drop(&mut self) {
+        self.0.session_closed();
+    }
+}
+
 /// Runs one SSH session on the bridge runtime. A session not authenticated within
 /// `auth_timeout_ms` of its stream opening is disconnected, then reset.
 async fn serve_session(shared: Arc<Shared>, mut stream: ByteStream, auth: AuthContext) {
@@ -243,6 +263,8 @@ async fn serve_session(shared: Arc<Shared>, mut stream: ByteStream, auth: AuthCo
     // error, and a reset would make QUIC discard our banner unread
     stream.finish_after_peer_end();
     let deadline = tokio::time::Instant::now() + shared.config.auth_timeout();
+    shared.metrics.session_started();
+    let _closed = SessionClosed(&shared.metrics);
     let closer = stream.closer();
     let authenticated = Arc::new(AtomicBool::new(false));
     let handler = SshSession::new(
@@ -269,12 +291,14 @@ async fn serve_session(shared: Arc<Shared>, mut stream: ByteStream, auth: AuthCo
     };
     let handle = running.handle();
     let remote = auth.remote;
+    let watchdog_shared = shared.clone();
     let watchdog = tokio::spawn(async move {
         tokio::time::sleep_until(deadline).await;
         if authenticated.load(Ordering::Acquire) {
             return;
         }
         tracing::info!(remote = %remote, "ssh: not authenticated in time; disconnecting");
+        watchdog_shared.metrics.auth_refused(AuthRefusal::Timeout);
         let _ = handle
             .disconnect(
                 russh::Disconnect::ByApplication,

@@ -4,7 +4,11 @@
 use russh::server::Handle;
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
+use crate::adapter::Shared;
 use crate::flow::SessionFlow;
+use crate::metrics::{ChannelKind, ChannelRefusal};
 use crate::pumps::{splice_tcp, ChannelSlots};
 
 /// Binds a forward listener. `localhost` means the IPv4 loopback (one socket: a port-0
@@ -27,6 +31,7 @@ pub async fn accept_loop(
     handle: Handle,
     slots: ChannelSlots,
     flow: SessionFlow,
+    shared: Arc<Shared>,
 ) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -40,10 +45,14 @@ pub async fn accept_loop(
         };
         let Some(slot) = slots.try_acquire() else {
             tracing::warn!("ssh: channel limit reached; forwarded connection from {peer} dropped");
+            shared
+                .metrics
+                .channel_refused(ChannelKind::ForwardedTcpip, ChannelRefusal::Limit);
             continue;
         };
         let handle = handle.clone();
         let address = address.clone();
+        let shared = shared.clone();
         let backlog = flow.backlog();
         tokio::spawn(async move {
             let _slot = slot;
@@ -57,8 +66,17 @@ pub async fn accept_loop(
                 )
                 .await
             {
-                Ok(channel) => splice_tcp(channel, tcp, backlog).await,
-                Err(e) => tracing::info!("ssh: forwarded-tcpip for {address}:{port}: {e}"),
+                Ok(channel) => {
+                    shared.metrics.channel_opened(ChannelKind::ForwardedTcpip);
+                    splice_tcp(channel, tcp, backlog).await
+                }
+                Err(e) => {
+                    tracing::info!("ssh: forwarded-tcpip for {address}:{port}: {e}");
+                    shared.metrics.channel_refused(
+                        ChannelKind::ForwardedTcpip,
+                        ChannelRefusal::ConnectFailed,
+                    );
+                }
             }
         });
     }

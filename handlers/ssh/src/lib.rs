@@ -22,6 +22,7 @@ mod config;
 pub mod flow;
 mod forward;
 mod hostkey;
+mod metrics;
 pub mod policy;
 mod process;
 mod pumps;

@@ -20,6 +20,7 @@ use crate::adapter::Shared;
 use crate::auth::{key_fingerprint, openssh_fingerprint};
 use crate::config::MAX_ENV_PER_CHANNEL;
 use crate::flow::SessionFlow;
+use crate::metrics::{AuthRefusal, ChannelKind, ChannelRefusal, RequestKind};
 use crate::policy::{authorize, SshAction};
 use crate::process::{Launch, PtyRequest, Running};
 use crate::pumps::{pump_input, pump_output, splice_tcp, ChannelSlot, ChannelSlots, OnEof};
@@ -121,13 +122,8 @@ impl SshSession {
         }
     }
 
-    /// Starts a command (`Some`) or a shell (`None`) in channel `id`.
-    fn start(
-        &mut self,
-        id: ChannelId,
-        command: Option<&[u8]>,
-        session: &mut Session,
-    ) -> Result<(), russh::Error> {
+    /// Starts a command (`Some`) or a shell (`None`) in channel `id`; `false` when refused.
+    fn start(&mut self, id: ChannelId, command: Option<&[u8]>, session: &mut Session) -> bool {
         let action = if command.is_some() {
             SshAction::Exec
         } else {
@@ -137,14 +133,14 @@ impl SshSession {
         let identity = self.who().to_string();
         let shell = self.shared.config.shell.clone();
         let Some(ch) = self.channels.get_mut(&id) else {
-            return session.channel_failure(id);
+            return false;
         };
         ch.drain();
         if !allowed || ch.running.is_some() {
-            return session.channel_failure(id);
+            return false;
         }
         let Some((read, write)) = ch.halves.take() else {
-            return session.channel_failure(id);
+            return false;
         };
         let launch = Launch {
             shell,
@@ -164,13 +160,139 @@ impl SshSession {
                     "ssh: started"
                 );
                 ch.running = Some(running);
-                session.channel_success(id)
+                true
             }
             Err(e) => {
                 tracing::warn!(identity = %identity, "ssh: cannot start {:?}: {e}", self.shared.config.shell);
-                session.channel_failure(id)
+                false
             }
         }
+    }
+
+    /// Starts a `tcpip-forward` listener; `false` when refused.
+    async fn forward_remote(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> bool {
+        if !self.allowed(SshAction::ForwardRemote) {
+            return false;
+        }
+        if !self.shared.config.bind_allowed(address) {
+            tracing::warn!(identity = %self.who(), "ssh: tcpip-forward on {address:?} refused (not in ssh.forward_bind_allow)");
+            return false;
+        }
+        if self.forwards.len() >= self.shared.config.max_forwards_per_session {
+            tracing::warn!(identity = %self.who(), "ssh: tcpip-forward limit reached");
+            return false;
+        }
+        let Ok(requested) = u16::try_from(*port) else {
+            return false;
+        };
+        let listener = match crate::forward::bind(address, requested).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::info!(identity = %self.who(), "ssh: tcpip-forward {address}:{requested}: {e}");
+                return false;
+            }
+        };
+        let bound = match listener.local_addr() {
+            Ok(a) => a.port(),
+            Err(_) => return false,
+        };
+        if requested == 0 {
+            *port = u32::from(bound);
+        }
+        let task = tokio::spawn(crate::forward::accept_loop(
+            listener,
+            address.to_string(),
+            u32::from(bound),
+            session.handle(),
+            self.slots.clone(),
+            self.flow.clone(),
+            self.shared.clone(),
+        ));
+        tracing::info!(identity = %self.who(), "ssh: forwarding {address}:{bound} to the client");
+        // OpenSSH cancels a port-0 forward by the port it was given
+        if let Some(old) = self
+            .forwards
+            .insert((address.to_string(), u32::from(bound)), task.abort_handle())
+        {
+            old.abort();
+        }
+        true
+    }
+
+    /// Starts subsystem `name` in `channel`; `false` when refused.
+    fn start_subsystem(&mut self, channel: ChannelId, name: &str) -> bool {
+        let Some(registered) = self.shared.subsystems.0.get(name).cloned() else {
+            if let Some(ch) = self.channels.get_mut(&channel) {
+                ch.drain();
+            }
+            tracing::info!(identity = %self.who(), "ssh: subsystem {name:?} refused (not served)");
+            return false;
+        };
+        let resource = format!("ssh subsystem {name}");
+        let checked = AccessControl::check(
+            self.identity.as_ref(),
+            &resource,
+            &Requirement::Scopes(vec![registered.scope.clone()]),
+        );
+        let identity = match (checked, self.identity.clone()) {
+            (Ok(()), Some(identity)) => identity,
+            (Err(denied), _) => {
+                tracing::warn!(remote = %self.remote, "ssh: denied: {denied}");
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.drain();
+                }
+                return false;
+            }
+            (Ok(()), None) => return false,
+        };
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return false;
+        };
+        ch.drain();
+        if ch.running.is_some() || ch.subsystem {
+            return false;
+        }
+        let Some((read, write)) = ch.halves.take() else {
+            return false;
+        };
+        let (ours, theirs) = tokio::io::duplex(crate::subsystem::SUBSYSTEM_PIPE);
+        let serving = match registered.subsystem.start(&identity, theirs) {
+            Ok(fut) => fut,
+            Err(why) => {
+                tracing::warn!(identity = %identity.name, "ssh: subsystem {name:?}: {why}");
+                return false;
+            }
+        };
+        ch.subsystem = true;
+        tracing::info!(identity = %identity.name, remote = %self.remote, "ssh: subsystem {name:?} started");
+        let backlog = self.flow.backlog();
+        tokio::spawn(async move {
+            let (from_sub, to_sub) = tokio::io::split(ours);
+            let inbound = pump_input(read, Some(to_sub), OnEof::Close, backlog);
+            let outbound = async {
+                if let Err(e) = pump_output(from_sub, &write, None).await {
+                    tracing::debug!("ssh subsystem output: {e}");
+                }
+                let _ = write.eof().await;
+                let _ = write.close().await;
+            };
+            tokio::join!(inbound, outbound, serving);
+        });
+        true
+    }
+}
+
+/// `channel-success` or `channel-failure` for a request that wanted a reply.
+fn answer(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
+    if ok {
+        session.channel_success(channel)
+    } else {
+        session.channel_failure(channel)
     }
 }
 
@@ -191,6 +313,7 @@ impl russh::server::Handler for SshSession {
                     remote = %self.remote,
                     "ssh: unknown key refused"
                 );
+                self.shared.metrics.auth_refused(AuthRefusal::UnknownKey);
                 Auth::reject()
             }
         })
@@ -219,6 +342,7 @@ impl russh::server::Handler for SshSession {
                     remote = %self.remote,
                     "ssh: unknown key refused"
                 );
+                self.shared.metrics.auth_refused(AuthRefusal::UnknownKey);
                 Ok(Auth::reject())
             }
         }
@@ -232,6 +356,7 @@ impl russh::server::Handler for SshSession {
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
         self.authenticated.store(true, Ordering::Release);
+        self.shared.metrics.authenticated();
         Ok(())
     }
 
@@ -241,7 +366,9 @@ impl russh::server::Handler for SshSession {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let metrics = &self.shared.metrics;
         if !self.allowed(SshAction::OpenSession) {
+            metrics.channel_refused(ChannelKind::Session, ChannelRefusal::Denied);
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -249,9 +376,11 @@ impl russh::server::Handler for SshSession {
         }
         let Some(slot) = self.slots.try_acquire() else {
             tracing::warn!(identity = %self.who(), "ssh: channel limit reached");
+            metrics.channel_refused(ChannelKind::Session, ChannelRefusal::Limit);
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         };
+        metrics.channel_opened(ChannelKind::Session);
         let id = channel.id();
         self.channels.insert(
             id,
@@ -278,17 +407,26 @@ impl russh::server::Handler for SshSession {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let shared = self.shared.clone();
+        let refused = |why| {
+            shared
+                .metrics
+                .channel_refused(ChannelKind::DirectTcpip, why)
+        };
         if !self.allowed(SshAction::ForwardLocal) {
+            refused(ChannelRefusal::Denied);
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
             return Ok(());
         }
         let Some(slot) = self.slots.try_acquire() else {
+            refused(ChannelRefusal::Limit);
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         };
         let Ok(port) = u16::try_from(port) else {
+            refused(ChannelRefusal::ConnectFailed);
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
@@ -300,8 +438,10 @@ impl russh::server::Handler for SshSession {
             let _slot = slot;
             let connected =
                 tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await;
+            let metrics = &shared.metrics;
             match connected {
                 Ok(Ok(tcp)) => {
+                    metrics.channel_opened(ChannelKind::DirectTcpip);
                     tracing::debug!(identity = %identity, "ssh: direct-tcpip to {}:{}", target.0, target.1);
                     let _ = tcp.set_nodelay(true);
                     reply.accept().await;
@@ -309,10 +449,14 @@ impl russh::server::Handler for SshSession {
                 }
                 Ok(Err(e)) => {
                     tracing::info!(identity = %identity, "ssh: direct-tcpip to {}:{}: {e}", target.0, target.1);
+                    metrics
+                        .channel_refused(ChannelKind::DirectTcpip, ChannelRefusal::ConnectFailed);
                     reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 }
                 Err(_) => {
                     tracing::info!(identity = %identity, "ssh: direct-tcpip to {}:{} timed out", target.0, target.1);
+                    metrics
+                        .channel_refused(ChannelKind::DirectTcpip, ChannelRefusal::ConnectFailed);
                     reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 }
             }
@@ -411,7 +555,9 @@ impl russh::server::Handler for SshSession {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.start(channel, Some(data), session)
+        let started = self.start(channel, Some(data), session);
+        self.shared.metrics.request(RequestKind::Exec, started);
+        answer(session, channel, started)
     }
 
     async fn shell_request(
@@ -419,7 +565,9 @@ impl russh::server::Handler for SshSession {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.start(channel, None, session)
+        let started = self.start(channel, None, session);
+        self.shared.metrics.request(RequestKind::Shell, started);
+        answer(session, channel, started)
     }
 
     async fn subsystem_request(
@@ -428,64 +576,9 @@ impl russh::server::Handler for SshSession {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(registered) = self.shared.subsystems.0.get(name).cloned() else {
-            if let Some(ch) = self.channels.get_mut(&channel) {
-                ch.drain();
-            }
-            tracing::info!(identity = %self.who(), "ssh: subsystem {name:?} refused (not served)");
-            return session.channel_failure(channel);
-        };
-        let resource = format!("ssh subsystem {name}");
-        let checked = AccessControl::check(
-            self.identity.as_ref(),
-            &resource,
-            &Requirement::Scopes(vec![registered.scope.clone()]),
-        );
-        let identity = match (checked, self.identity.clone()) {
-            (Ok(()), Some(identity)) => identity,
-            (Err(denied), _) => {
-                tracing::warn!(remote = %self.remote, "ssh: denied: {denied}");
-                if let Some(ch) = self.channels.get_mut(&channel) {
-                    ch.drain();
-                }
-                return session.channel_failure(channel);
-            }
-            (Ok(()), None) => return session.channel_failure(channel),
-        };
-        let Some(ch) = self.channels.get_mut(&channel) else {
-            return session.channel_failure(channel);
-        };
-        ch.drain();
-        if ch.running.is_some() || ch.subsystem {
-            return session.channel_failure(channel);
-        }
-        let Some((read, write)) = ch.halves.take() else {
-            return session.channel_failure(channel);
-        };
-        let (ours, theirs) = tokio::io::duplex(crate::subsystem::SUBSYSTEM_PIPE);
-        let serving = match registered.subsystem.start(&identity, theirs) {
-            Ok(fut) => fut,
-            Err(why) => {
-                tracing::warn!(identity = %identity.name, "ssh: subsystem {name:?}: {why}");
-                return session.channel_failure(channel);
-            }
-        };
-        ch.subsystem = true;
-        tracing::info!(identity = %identity.name, remote = %self.remote, "ssh: subsystem {name:?} started");
-        let backlog = self.flow.backlog();
-        tokio::spawn(async move {
-            let (from_sub, to_sub) = tokio::io::split(ours);
-            let inbound = pump_input(read, Some(to_sub), OnEof::Close, backlog);
-            let outbound = async {
-                if let Err(e) = pump_output(from_sub, &write, None).await {
-                    tracing::debug!("ssh subsystem output: {e}");
-                }
-                let _ = write.eof().await;
-                let _ = write.close().await;
-            };
-            tokio::join!(inbound, outbound, serving);
-        });
-        session.channel_success(channel)
+        let started = self.start_subsystem(channel, name);
+        self.shared.metrics.request(RequestKind::Subsystem, started);
+        answer(session, channel, started)
     }
 
     async fn x11_request(
@@ -578,51 +671,11 @@ impl russh::server::Handler for SshSession {
         port: &mut u32,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        if !self.allowed(SshAction::ForwardRemote) {
-            return Ok(false);
-        }
-        if !self.shared.config.bind_allowed(address) {
-            tracing::warn!(identity = %self.who(), "ssh: tcpip-forward on {address:?} refused (not in ssh.forward_bind_allow)");
-            return Ok(false);
-        }
-        if self.forwards.len() >= self.shared.config.max_forwards_per_session {
-            tracing::warn!(identity = %self.who(), "ssh: tcpip-forward limit reached");
-            return Ok(false);
-        }
-        let Ok(requested) = u16::try_from(*port) else {
-            return Ok(false);
-        };
-        let listener = match crate::forward::bind(address, requested).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::info!(identity = %self.who(), "ssh: tcpip-forward {address}:{requested}: {e}");
-                return Ok(false);
-            }
-        };
-        let bound = match listener.local_addr() {
-            Ok(a) => a.port(),
-            Err(_) => return Ok(false),
-        };
-        if requested == 0 {
-            *port = u32::from(bound);
-        }
-        let task = tokio::spawn(crate::forward::accept_loop(
-            listener,
-            address.to_string(),
-            u32::from(bound),
-            session.handle(),
-            self.slots.clone(),
-            self.flow.clone(),
-        ));
-        tracing::info!(identity = %self.who(), "ssh: forwarding {address}:{bound} to the client");
-        // OpenSSH cancels a port-0 forward by the port it was given
-        if let Some(old) = self
-            .forwards
-            .insert((address.to_string(), u32::from(bound)), task.abort_handle())
-        {
-            old.abort();
-        }
-        Ok(true)
+        let served = self.forward_remote(address, port, session).await;
+        self.shared
+            .metrics
+            .request(RequestKind::TcpipForward, served);
+        Ok(served)
     }
 
     async fn cancel_tcpip_forward(
