@@ -61,8 +61,26 @@ pub const DEFAULT_TCP_CONNECTIONS_PER_WORKER: usize = 10_000;
 /// `[tcp] listen_backlog`: connections the kernel queues per worker listener before accept.
 pub const DEFAULT_TCP_LISTEN_BACKLOG: u32 = 1024;
 
-/// `[tcp]`: the TLS-over-TCP listener on the QUIC port (HTTP/1.1 and HTTP/2), with its
-/// limits; see the constants above for each field.
+/// `[tcp] stream_alpns`: the ALPNs of QUIC protocol handlers also served over TLS/TCP, for
+/// clients whose UDP is blocked (`alknet connect --transport tcp`). Each such connection is
+/// a one-stream [`crate::Connection`] run by the same handler with the same identity and
+/// client-certificate policy; an ALPN listed here but not enabled as a handler is not
+/// offered. Handlers that need more than one stream (`alknet/perf`, `doq`, `h3`) or
+/// datagrams do not belong here.
+pub const DEFAULT_TCP_STREAM_ALPNS: &[&str] = &[
+    "alknet/ssh",
+    "alknet/sftp",
+    "alknet/git",
+    "alknet/call",
+    "alknet/echo",
+];
+/// `[tcp] stream_buffer`: bytes a TLS/TCP stream buffers each way (read ahead of the
+/// handler; queued for the socket). Past it the handler's writes wait and the socket is
+/// not read, so TCP's window stops the peer.
+pub const DEFAULT_TCP_STREAM_BUFFER: usize = 1 << 20;
+
+/// `[tcp]`: the TLS-over-TCP listener on the QUIC port (HTTP/1.1, HTTP/2, DoT, and the
+/// `stream_alpns` services), with its limits; see the constants above for each field.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TcpLimits {
@@ -72,6 +90,8 @@ pub struct TcpLimits {
     pub tls_handshake_timeout: Duration,
     pub max_connections_per_worker: usize,
     pub listen_backlog: u32,
+    pub stream_alpns: Vec<String>,
+    pub stream_buffer: usize,
 }
 
 impl Default for TcpLimits {
@@ -81,6 +101,11 @@ impl Default for TcpLimits {
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             max_connections_per_worker: DEFAULT_TCP_CONNECTIONS_PER_WORKER,
             listen_backlog: DEFAULT_TCP_LISTEN_BACKLOG,
+            stream_alpns: DEFAULT_TCP_STREAM_ALPNS
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            stream_buffer: DEFAULT_TCP_STREAM_BUFFER,
         }
     }
 }
@@ -95,6 +120,9 @@ impl TcpLimits {
         }
         if self.listen_backlog == 0 {
             return Err(LimitsError::Zero("tcp.listen_backlog"));
+        }
+        if self.stream_buffer == 0 {
+            return Err(LimitsError::Zero("tcp.stream_buffer"));
         }
         Ok(())
     }

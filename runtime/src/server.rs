@@ -230,7 +230,10 @@ pub(crate) fn build_tcp_config(
     shared
         .tcp
         .as_ref()
-        .map(|t| tcp_server_config(tls, t.load().registry.alpns(), client_auth, handshake))
+        .map(|t| {
+            let alpns = t.load().offered_alpns(&shared.registry.load());
+            tcp_server_config(tls, alpns, client_auth, handshake)
+        })
         .transpose()
 }
 
@@ -252,7 +255,7 @@ pub fn start_with_tcp(
     tcp: Option<TcpSetup>,
 ) -> Result<ServerHandle, StartError> {
     config.limits.validate()?;
-    let tcp = tcp.filter(|t| t.limits.enabled && !t.registry.is_empty());
+    let tcp = tcp.filter(|t| t.limits.enabled && !t.offered_alpns(&registry).is_empty());
     if let Some(t) = &tcp {
         t.limits.validate()?;
     }
@@ -329,7 +332,7 @@ pub fn start_with_tcp(
         .map(|t| {
             tcp_server_config(
                 &config.tls,
-                t.registry.alpns(),
+                t.offered_alpns(&registry),
                 config.client_auth,
                 &config.handshake,
             )

@@ -408,6 +408,29 @@ pub fn client_crypto_with_resumption(
     identity: Option<&TlsIdentity>,
     resumption: bool,
 ) -> Result<Arc<QuicClientConfig>, TlsError> {
+    let cfg = client_rustls_config(trust, alpns, identity, resumption)?;
+    let quic = QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok(Arc::new(quic))
+}
+
+/// The client TLS configuration for TLS over TCP (`alknet connect --transport tcp`): the
+/// same trust, identity and TLS 1.3-only suites as [`client_crypto`], offering `alpns`.
+pub fn tcp_client_config(
+    trust: &ServerTrust,
+    alpns: Vec<Vec<u8>>,
+    identity: Option<&TlsIdentity>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    Ok(Arc::new(client_rustls_config(
+        trust, alpns, identity, true,
+    )?))
+}
+
+fn client_rustls_config(
+    trust: &ServerTrust,
+    alpns: Vec<Vec<u8>>,
+    identity: Option<&TlsIdentity>,
+    resumption: bool,
+) -> Result<rustls::ClientConfig, TlsError> {
     let provider = crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -448,8 +471,7 @@ pub fn client_crypto_with_resumption(
     if !resumption {
         cfg.resumption = rustls::client::Resumption::disabled();
     }
-    let quic = QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
-    Ok(Arc::new(quic))
+    Ok(cfg)
 }
 
 /// The handshake-signature methods both verifiers share: whatever we conclude about the
