@@ -14,7 +14,7 @@ use alknet_git::{GitConfig, GitHandler};
 use alknet_http::{DnsServices, HttpConfig, HttpState, HttpTcpHandler};
 use alknet_peers::SqlitePeerStore;
 use alknet_runtime::resolve_workers;
-use alknet_runtime::tls::{ClientAuth, TlsIdentity};
+use alknet_runtime::tls::{ClientAuth, TlsIdentity, WebTransportCert};
 use alknet_runtime::{
     AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, DnsResolver, EngineConfig,
     HandshakePolicy, IdentityEntry, IdentityProvider, Limits, OperationInvoker, PkarrRelay,
@@ -448,6 +448,8 @@ pub struct FileConfig {
     pub tcp: TcpLimits,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub webtransport: alknet_http::h3::WebTransportConfig,
     /// The call node the `alknet/call` handler serves, once [`FileConfig::registry`] built
     /// it: the HTTP front end runs the same operations (and counts into the same stats).
     #[serde(skip)]
@@ -565,6 +567,34 @@ pub struct TlsSection {
     pub key: Option<PathBuf>,
     #[serde(default)]
     pub client_auth: ClientAuth,
+    /// `"auto"`: keep a browser-valid certificate for WebTransport beside the main one
+    /// and present it to `h3` connections (see `alknet_runtime::tls::WebTransportCert`).
+    #[serde(default)]
+    pub webtransport_cert: WebTransportCertMode,
+}
+
+/// `tls.webtransport_cert`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebTransportCertMode {
+    /// `h3` connections get the main certificate (default: clients that pin it keep
+    /// working).
+    #[default]
+    Off,
+    /// A P-256 certificate valid 13 days, rotated before expiry, its hash published at
+    /// `GET /api/webtransport`.
+    Auto,
+}
+
+/// The node's WebTransport certificate: one per process, so a reload (which builds the
+/// TLS config and the HTTP state anew) keeps presenting and publishing the same one.
+fn webtransport_cert() -> Result<Arc<WebTransportCert>, alknet_runtime::tls::TlsError> {
+    static CERT: std::sync::OnceLock<Arc<WebTransportCert>> = std::sync::OnceLock::new();
+    if let Some(c) = CERT.get() {
+        return Ok(c.clone());
+    }
+    let made = WebTransportCert::generate(&[])?;
+    Ok(CERT.get_or_init(|| made).clone())
 }
 
 #[derive(Debug, Deserialize)]
@@ -627,6 +657,9 @@ impl FileConfig {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         cfg.http
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.webtransport
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if cfg.vault.file.is_some() {
@@ -741,7 +774,8 @@ impl FileConfig {
                         alknet_http::router(state.clone()),
                         self.http3.clone(),
                     )
-                    .with_drain_of(state),
+                    .with_drain_of(state)
+                    .with_webtransport(self.webtransport.clone()),
                 )
             }
             _ => {
@@ -1161,6 +1195,19 @@ impl FileConfig {
     pub fn tls_identity(
         &self,
     ) -> Result<(TlsIdentity, Option<PathBuf>), Box<dyn std::error::Error>> {
+        let (identity, generated) = self.main_tls_identity()?;
+        Ok(match self.tls.webtransport_cert {
+            WebTransportCertMode::Off => (identity, generated),
+            WebTransportCertMode::Auto => (
+                identity.with_webtransport_cert(webtransport_cert()?),
+                generated,
+            ),
+        })
+    }
+
+    fn main_tls_identity(
+        &self,
+    ) -> Result<(TlsIdentity, Option<PathBuf>), Box<dyn std::error::Error>> {
         if self.vault.file.is_some() {
             let keys = self.vault_keys.as_ref().ok_or(ConfigError::Vault(
                 "the vault was not unlocked before the TLS identity was asked for".into(),
@@ -1196,6 +1243,16 @@ impl FileConfig {
         }
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         state.set_dns(self.dns_services()?);
+        let cert = match self.tls.webtransport_cert {
+            WebTransportCertMode::Off => None,
+            WebTransportCertMode::Auto => {
+                Some(webtransport_cert().map_err(|e| ConfigError::Invalid(e.to_string()))?)
+            }
+        };
+        state.set_webtransport(alknet_http::WebTransportPublish {
+            cert,
+            config: self.webtransport.clone(),
+        });
         Ok(self.http_state.get_or_init(|| state).clone())
     }
 

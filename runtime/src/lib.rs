@@ -39,6 +39,7 @@ mod tcp;
 mod tcp_connection;
 pub mod tls;
 mod worker;
+mod wtcert;
 
 pub use acl::{AccessControl, AccessDenied, Requirement};
 pub use admission::{
@@ -88,7 +89,8 @@ pub use streams::{
 pub use tcp::{TcpHandler, TcpRegistry, TcpSetup, TlsTcpStream, TCP_DEFAULT_ALPN};
 pub use tcp_connection::{one_stream_error, TCP_CLOSE_LINGER};
 pub use worker::{
-    CLOSE_LINGER, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RECV_BATCHES_PER_POLL, TRANSMITS_PER_CONNECTION,
+    running_handlers, CLOSE_LINGER, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RECV_BATCHES_PER_POLL,
+    TRANSMITS_PER_CONNECTION,
 };
 
 pub use alknet_proto::Fingerprint;

@@ -453,6 +453,7 @@ pub fn start_with_tcp(
                     }
                     let drain_shared = worker_shared.clone();
                     let stats = worker_shared.stats[index].clone();
+                    crate::worker::set_running_server(&worker_shared);
                     let role = Role::Server(worker_shared);
                     let state = WorkerState::new(index, role, endpoint, io, stats);
                     state.set_preferred_sockets(extra);
