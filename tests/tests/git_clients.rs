@@ -62,8 +62,9 @@ fn clone_and_push_over_tls_tcp() {
     let src = seeded(&srv, tmp.path(), "team/tcp.git");
     let url = srv.url("team/tcp.git");
     let dst = tmp.path().join("dst");
-    let tcp = ["-c", "alknet.transport=tcp"];
-    let with = |args: &[&str]| [&tcp[..], args].concat();
+    fn with<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        [&["-c", "alknet.transport=tcp"][..], args].concat()
+    }
     srv.git_ok(
         tmp.path(),
         Some(READER_TOKEN),
