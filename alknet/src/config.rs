@@ -309,8 +309,9 @@ socket_buffer_size = 8388608
 
 [tcp]
 # TLS over TCP on the same address and port as QUIC, one SO_REUSEPORT listener per
-# worker, for clients whose UDP is blocked: HTTP/2 (ALPN "h2") and HTTP/1.1 ("http/1.1",
-# or no ALPN). Same certificate and client_auth as QUIC; other ALPNs are refused.
+# worker, for clients whose UDP is blocked: HTTP/2 (ALPN "h2"), HTTP/1.1 ("http/1.1",
+# or no ALPN), DoT, and the stream_alpns services. Same certificate and client_auth as
+# QUIC; other ALPNs are refused.
 enabled = true
 # A connection must finish its TLS handshake within this long.
 tls_handshake_timeout_ms = 10000
@@ -319,6 +320,14 @@ tls_handshake_timeout_ms = 10000
 max_connections_per_worker = 10000
 # Connections the kernel queues per listener before they are accepted.
 listen_backlog = 1024
+# QUIC services also served over TLS/TCP here, for networks that block UDP (`alknet
+# connect --transport tcp`, git's alknet.transport = tcp): each TCP connection carries
+# exactly one bidirectional stream, run by the same handler with the same identity and
+# client_auth; no datagrams. Listed ALPNs that are not enabled handlers are not offered.
+stream_alpns = ["alknet/ssh", "alknet/sftp", "alknet/git", "alknet/call", "alknet/echo"]
+# Bytes such a stream buffers each way; past it the handler waits and TCP's window stops
+# the peer.
+stream_buffer = 1048576
 
 [http]
 # HTTP front end over TCP (and the h3 ALPN): GET /health, GET /metrics (Prometheus; needs

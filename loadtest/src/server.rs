@@ -375,8 +375,12 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
                 admission: flood_admission(),
                 qlog_dir: None,
             };
-            let server = alknet_runtime::start(config, registry, Arc::new(provider))
-                .map_err(|e| e.to_string())?;
+            // TLS over TCP on the same port: `[tcp] stream_alpns`' defaults (alknet/echo
+            // among them) for `--transport tcp`
+            let tcp = alknet_runtime::TcpSetup::default();
+            let server =
+                alknet_runtime::start_with_tcp(config, registry, Arc::new(provider), Some(tcp))
+                    .map_err(|e| e.to_string())?;
             println!("listening {}", server.local_addr());
             println!("fingerprint {}", server.fingerprint());
             // the parent asks for counters with a `stats` line and stops us by closing stdin

@@ -234,7 +234,7 @@ impl ConfigReloadHandle {
         handshake: &HandshakePolicy,
     ) -> Result<ServerTls, TlsError> {
         let config = build_server_config(tls, registry.alpns(), client_auth, limits, handshake)?;
-        let tcp = crate::server::build_tcp_config(&self.0, tls, client_auth, handshake)?;
+        let tcp = crate::server::build_tcp_config(&self.0, tls, client_auth, handshake, registry)?;
         Ok(ServerTls {
             config,
             tcp,

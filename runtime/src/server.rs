@@ -226,12 +226,13 @@ pub(crate) fn build_tcp_config(
     tls: &TlsIdentity,
     client_auth: ClientAuth,
     handshake: &HandshakePolicy,
+    quic: &AlpnRegistry,
 ) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
     shared
         .tcp
         .as_ref()
         .map(|t| {
-            let alpns = t.load().offered_alpns(&shared.registry.load());
+            let alpns = t.load().offered_alpns(quic);
             tcp_server_config(tls, alpns, client_auth, handshake)
         })
         .transpose()

@@ -795,3 +795,141 @@ impl Drop for TcpRecv {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The connection over an in-memory byte stream (`tokio::io::duplex`, no TLS): the
+    //! stream rules, flow control through a small buffer, and how it ends. Deterministic:
+    //! no sockets, no timers.
+    use super::*;
+    use std::future::{poll_fn, Future};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn peer(side: Side) -> TcpPeer {
+        TcpPeer {
+            remote: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            alpn: b"alknet/echo".to_vec(),
+            peer_fingerprint: None,
+            worker: 0,
+            fd: -1,
+            side,
+        }
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        crate::rt::run_local(|_| f).expect("monoio runtime")
+    }
+
+    fn conn(side: Side, buffer: usize) -> (crate::Connection, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (c, driver) = tcp_connection(Box::new(ours), peer(side), buffer);
+        monoio::spawn(driver.run());
+        (crate::Connection::from_tcp(c), theirs)
+    }
+
+    #[test]
+    fn the_server_accepts_one_stream_and_refuses_every_other() {
+        run(async {
+            let (conn, mut other) = conn(Side::Server, 16);
+            let stream = conn.accept_bi().await.expect("the one stream");
+            assert_eq!(stream.id(), tcp_stream_id());
+            for e in [
+                conn.open_bi().await.err(),
+                conn.open_uni().await.err(),
+                conn.accept_uni().await.err(),
+            ] {
+                let e = e.expect("refused").to_string();
+                assert!(e.contains("exactly one bidirectional stream"), "{e}");
+            }
+            assert_eq!(
+                conn.send_datagram(Bytes::from_static(b"d")),
+                Err(crate::DatagramError::Unsupported)
+            );
+            // a second accept waits: it is still pending after the peer's data went by
+            let mut second = std::pin::pin!(conn.accept_bi());
+            assert!(poll_fn(|cx| Poll::Ready(second.as_mut().poll(cx).is_pending())).await);
+
+            // 1000 bytes through a 16-byte buffer, in order; then both ends finish
+            let (mut send, mut recv) = stream.split();
+            let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+            let writer = async {
+                other.write_all(&data).await.expect("peer writes");
+                other.shutdown().await.expect("peer finishes");
+                let mut back = Vec::new();
+                other.read_to_end(&mut back).await.expect("peer reads");
+                back
+            };
+            let echo = async {
+                let mut got = Vec::new();
+                while let Some(c) = recv.read_chunk(usize::MAX).await.expect("read") {
+                    got.extend_from_slice(&c);
+                    send.write_all(&c).await.expect("write");
+                }
+                send.finish().expect("finish");
+                assert_eq!(send.stopped().await, Ok(None));
+                got
+            };
+            let (back, got) = monoio::join!(writer, echo);
+            assert_eq!(got, data);
+            assert_eq!(back, data);
+            // both directions ended: the connection ends cleanly and the waiting accept
+            // returns why
+            let reason = second.await.err().expect("ended");
+            assert!(
+                matches!(reason, ConnectionError::ApplicationClosed(ref c) if c.error_code == VarInt::from_u32(0)),
+                "{reason}"
+            );
+            assert_eq!(conn.closed().await, reason);
+        });
+    }
+
+    #[test]
+    fn the_client_opens_the_one_stream() {
+        run(async {
+            let (conn, _other) = conn(Side::Client, 1024);
+            let _stream = conn.open_bi().await.expect("the one stream");
+            let e = conn.open_bi().await.err().expect("a second is refused");
+            assert!(e.to_string().contains("exactly one"), "{e}");
+        });
+    }
+
+    #[test]
+    fn close_cuts_the_connection_at_once() {
+        run(async {
+            let (conn, mut other) = conn(Side::Server, 1024);
+            let (mut send, _recv) = conn.accept_bi().await.expect("stream").split();
+            send.write_all(b"never sent").await.expect("queued");
+            conn.close(VarInt::from_u32(7), b"bye");
+            assert_eq!(conn.close_reason(), Some(ConnectionError::LocallyClosed));
+            assert!(matches!(
+                send.write(b"more").await,
+                Err(WriteError::ConnectionLost(ConnectionError::LocallyClosed))
+            ));
+            // the peer sees the byte stream end (the driver dropped it), without the
+            // queued bytes: close discards what is unsent
+            let mut rest = Vec::new();
+            other
+                .read_to_end(&mut rest)
+                .await
+                .expect("peer sees the end");
+            assert!(rest.is_empty(), "{rest:?}");
+        });
+    }
+
+    #[test]
+    fn reads_report_data_then_the_end_then_nothing_more() {
+        run(async {
+            let (conn, mut other) = conn(Side::Server, 1024);
+            let (_send, mut recv) = conn.accept_bi().await.expect("stream").split();
+            other.write_all(b"hello world").await.expect("write");
+            other.shutdown().await.expect("finish");
+            let mut got = Vec::new();
+            while let Some(c) = recv.read_available(4).await.expect("read") {
+                assert!(c.len() <= 4);
+                got.extend_from_slice(&c);
+            }
+            assert_eq!(got, b"hello world");
+            assert_eq!(recv.read_chunk(10).await, Ok(None));
+        });
+    }
+}
