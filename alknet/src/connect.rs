@@ -115,6 +115,8 @@ pub enum Carrier {
     Quic(ClientEndpoint),
     /// TLS over TCP: the connection's driver is a task of its own.
     Tcp,
+    /// A WebTransport session: the QUIC endpoint and the HTTP/3 connection carrying it.
+    WebTransport(ClientEndpoint, Connection),
 }
 
 impl ServerArgs {
@@ -169,10 +171,30 @@ impl Dial {
         match self.transport {
             Transport::Quic => self.connect_quic(limits).await,
             Transport::Tcp => self.connect_tcp().await,
-            Transport::Webtransport => {
-                Err("--transport webtransport is not available in this build".into())
-            }
+            Transport::Webtransport => self.connect_webtransport(limits).await,
         }
+    }
+
+    /// QUIC with ALPN `h3`, then a WebTransport session at `/<alpn>`: the session is the
+    /// connection handed back, the HTTP/3 connection its carrier.
+    async fn connect_webtransport(self, limits: &Limits) -> Result<(Carrier, Connection), String> {
+        let crypto = client_crypto(
+            &self.trust,
+            vec![alknet_http::h3::ALPN.to_vec()],
+            self.identity.as_ref(),
+        )
+        .map_err(|e| e.to_string())?;
+        let path = format!("/{}", String::from_utf8_lossy(&self.alpn));
+        let authority = format!("{}:{}", self.server_name, self.remote.port());
+        let (carrier, h3) = Dial { crypto, ..self }.connect_quic(limits).await?;
+        let Carrier::Quic(endpoint) = carrier else {
+            return Err("QUIC connect gave no endpoint".into());
+        };
+        let session =
+            alknet_http::h3::webtransport::client::open_session(h3.clone(), &authority, &path)
+                .await
+                .map_err(|e| format!("WebTransport session {path}: {e}"))?;
+        Ok((Carrier::WebTransport(endpoint, h3), session))
     }
 
     /// TLS over TCP to the same address and port: a one-stream connection.
@@ -215,11 +237,17 @@ impl Dial {
 /// Over TLS/TCP the connection is cut at once (the session is over: the server has
 /// finished its side).
 pub async fn close_and_wait(carrier: &Carrier, conn: Connection) {
-    let endpoint = match carrier {
-        Carrier::Quic(endpoint) => endpoint,
+    let (endpoint, conn) = match carrier {
+        Carrier::Quic(endpoint) => (endpoint, conn),
         Carrier::Tcp => {
             conn.close(VarInt::from_u32(0), b"");
             return;
+        }
+        // the session first (its CONNECT stream is finished), then the HTTP/3 connection
+        Carrier::WebTransport(endpoint, h3) => {
+            conn.close(VarInt::from_u32(0), b"");
+            drop(conn);
+            (endpoint, h3.clone())
         }
     };
     let sent_before = endpoint.stats().datagrams_sent;

@@ -17,6 +17,7 @@
 //! - [`session`]: one session, as its handler uses it;
 //! - [`connect`]: answering the CONNECT request: routing, authentication, the session's life.
 
+pub mod client;
 pub mod connect;
 pub mod session;
 pub mod sessions;
