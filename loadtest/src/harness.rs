@@ -150,6 +150,11 @@ pub struct ClientThread {
     /// `--transport tcp`: the TLS-over-TCP client config (connections are one-stream
     /// TLS/TCP connections to the server's `[tcp] stream_alpns`); `None` for QUIC.
     pub tcp: Option<Arc<rustls::ClientConfig>>,
+    /// `--transport webtransport`: each connection is a WebTransport session at this
+    /// path (`/alknet/echo`) on its own HTTP/3 connection; `None` otherwise.
+    pub webtransport: Option<String>,
+    /// The HTTP/3 connections carrying the sessions, closed with them.
+    pub carriers: std::cell::RefCell<Vec<Connection>>,
 }
 
 impl ClientThread {
@@ -165,11 +170,26 @@ impl ClientThread {
                 )
                 .await
                 .map_err(|e| e.to_string()),
-                None => self
-                    .endpoint
-                    .connect(self.target.addr, &self.target.host, self.crypto.clone())
+                None => {
+                    let conn = self
+                        .endpoint
+                        .connect(self.target.addr, &self.target.host, self.crypto.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let Some(path) = &self.webtransport else {
+                        return Ok(conn);
+                    };
+                    let authority = format!("{}:{}", self.target.host, self.target.addr.port());
+                    let session = alknet_http::h3::webtransport::client::open_session(
+                        conn.clone(),
+                        &authority,
+                        path,
+                    )
                     .await
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| e.to_string())?;
+                    self.carriers.borrow_mut().push(conn);
+                    Ok(session)
+                }
             }
         };
         match monoio::time::timeout(CONNECT_TIMEOUT, attempt).await {
@@ -222,7 +242,7 @@ impl ClientThread {
 
     /// Closes `conns` and waits (bounded) for the closes to reach the server.
     pub async fn close_all(&self, conns: Vec<Connection>) {
-        for c in &conns {
+        for c in conns.iter().chain(self.carriers.take().iter()) {
             c.close(VarInt::from_u32(0), b"load test done");
         }
         drop(conns);
@@ -244,6 +264,9 @@ pub struct ClientPlan {
     pub cpus: Option<Vec<usize>>,
     /// Connect over TLS/TCP instead of QUIC (`--transport tcp`).
     pub tcp: bool,
+    /// Each connection a WebTransport session to `/<alpn>` over HTTP/3
+    /// (`--transport webtransport`).
+    pub webtransport: bool,
 }
 
 /// A workload's per-thread body: prepare (connect), signal readiness through `ready`, wait
@@ -266,9 +289,18 @@ pub fn run<W: Workload, S>(
 ) -> (Tally, S) {
     let schedule = Arc::new(OnceLock::new());
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    // over WebTransport the QUIC connection is HTTP/3's; the ALPN is the session's path
+    let quic_alpn = if plan.webtransport {
+        alknet_http::h3::ALPN.to_vec()
+    } else {
+        plan.alpn.clone()
+    };
+    let webtransport = plan
+        .webtransport
+        .then(|| format!("/{}", String::from_utf8_lossy(&plan.alpn)));
     let crypto = client_crypto_with_resumption(
         &ServerTrust::Fingerprint(plan.target.fingerprint),
-        vec![plan.alpn.clone()],
+        vec![quic_alpn],
         None,
         plan.resumption,
     )
@@ -291,6 +323,7 @@ pub fn run<W: Workload, S>(
                 (workload.clone(), schedule.clone(), ready_tx.clone());
             let (target, crypto, limits) = (plan.target.clone(), crypto.clone(), limits.clone());
             let tcp = tcp.clone();
+            let webtransport = webtransport.clone();
             let cpus = plan.cpus.clone();
             std::thread::Builder::new()
                 .name(format!("loadtest-c{index}"))
@@ -314,6 +347,8 @@ pub fn run<W: Workload, S>(
                             target,
                             crypto,
                             tcp,
+                            webtransport,
+                            carriers: Default::default(),
                         };
                         workload.run_thread(thread, schedule, ready).await
                     })

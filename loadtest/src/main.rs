@@ -202,6 +202,8 @@ struct RunArgs {
 enum LoadTransport {
     Quic,
     Tcp,
+    /// a WebTransport session (at /alknet/echo) per HTTP/3 connection
+    Webtransport,
 }
 
 #[derive(Debug, Args)]
@@ -302,6 +304,17 @@ fn run_one(workload: WorkloadKind, args: &RunArgs) -> Result<(), String> {
         && !matches!(workload, WorkloadKind::StreamRr | WorkloadKind::StreamBulk)
     {
         return Err("--transport tcp drives stream-rr and stream-bulk only (TLS/TCP connections carry one stream)".into());
+    }
+    if args.transport == LoadTransport::Webtransport
+        && !matches!(
+            workload,
+            WorkloadKind::Rr
+                | WorkloadKind::Bulk
+                | WorkloadKind::StreamRr
+                | WorkloadKind::StreamBulk
+        )
+    {
+        return Err("--transport webtransport drives rr, stream-rr and stream-bulk (alknet/echo sessions; bulk is the perf ALPN, not offered over WebTransport)".into());
     }
     let m = measure(workload, args, args.target)?;
     if args.json {
@@ -575,6 +588,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         keep_alive: Duration::from_secs(5),
         cpus: split.as_ref().map(|(_, client)| client.clone()),
         tcp: args.transport == LoadTransport::Tcp,
+        webtransport: args.transport == LoadTransport::Webtransport,
     };
     let rss_before = pid.and_then(server::rss_bytes);
     let windowed = !is_transfer(workload);

@@ -327,10 +327,14 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
                 .register(Arc::new(alknet_perf::PerfHandler))
                 .map_err(|e| e.to_string())?;
             registry
-                .register(Arc::new(alknet_http::h3::H3Handler::new(
-                    crate::h3::router(),
-                    alknet_http::h3::H3Limits::default(),
-                )))
+                .register(Arc::new(
+                    alknet_http::h3::H3Handler::new(
+                        crate::h3::router(),
+                        alknet_http::h3::H3Limits::default(),
+                    )
+                    // as a node serves h3 by default: sessions reach alknet/echo
+                    .with_webtransport(alknet_http::h3::WebTransportConfig::default()),
+                ))
                 .map_err(|e| e.to_string())?;
             let host_key = alknet_ssh::generate_ed25519().map_err(|e| e.to_string())?;
             registry
