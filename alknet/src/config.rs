@@ -130,6 +130,20 @@ request_timeout_ms = 30000
 body_idle_timeout_ms = 30000
 body_channel_chunks = 16
 
+[webtransport]
+# WebTransport (draft-02, what Chromium speaks) on the "h3" handler: a session at
+# /alknet/call goes to the alknet/call handler, and so on. `allow` lists the ALPNs a
+# session may reach (unset: every registered handler but "perf"). Per HTTP/3 connection:
+# sessions at once; streams waiting for their session. Per session: streams and datagrams
+# its handler has not taken yet. tls.webtransport_cert = "auto" gives h3 a certificate
+# browsers accept by hash (GET /api/webtransport).
+enabled = true
+# allow = ["alknet/call", "alknet/echo", "alknet/ssh"]
+max_sessions_per_connection = 16
+max_buffered_streams = 16
+max_queued_streams = 256
+max_queued_datagrams = 256
+
 [call]
 # Largest frame body in bytes; bigger frames get INVALID_ARGUMENT (or close the stream).
 max_frame_size = 1048576
@@ -926,7 +940,13 @@ impl FileConfig {
             let _ = self.call_node.set(CallNodeSlot(slot.0.clone()));
         }
         // the HTTP routes hold the DNS state (DoH) and the TCP listener DoT's
-        let http = changed("http") || call_rebuilt || changed("dns") || changed("handlers");
+        // the routes publish [webtransport] and tls.webtransport_cert (GET /api/webtransport)
+        let http = changed("http")
+            || call_rebuilt
+            || changed("dns")
+            || changed("handlers")
+            || changed("webtransport")
+            || changed("tls");
         match running.http_state.get() {
             Some(state) if http => self.reload_base.http = Some(state.clone()),
             Some(state) => {

@@ -179,8 +179,20 @@ struct SessionsState {
     live: FxHashMap<u64, Rc<RefCell<SessionQueues>>>,
     /// Streams for sessions not established yet, oldest first.
     waiting: VecDeque<(u64, SessionStream)>,
+    /// Sessions that ended or were refused, newest last (at most
+    /// `max_buffered_streams`): a late stream of one is refused at once, not buffered.
+    ended: VecDeque<u64>,
     /// Datagrams for no known session, dropped.
     datagrams_unrouted: u64,
+}
+
+impl SessionsState {
+    fn remember_ended(&mut self, id: u64, max: usize) {
+        if self.ended.len() >= max.max(1) {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(id);
+    }
 }
 
 impl Sessions {
@@ -235,7 +247,14 @@ impl Sessions {
 
     /// Ends session `id` (its CONNECT stream is done): `why` for its tasks.
     pub fn close(&self, id: u64, why: ConnectionError) {
-        let queues = self.state.borrow_mut().live.remove(&id);
+        let queues = {
+            let mut st = self.state.borrow_mut();
+            let q = st.live.remove(&id);
+            if q.is_some() {
+                st.remember_ended(id, self.config.max_buffered_streams);
+            }
+            q
+        };
         if let Some(q) = queues {
             q.borrow_mut().close(why);
         }
@@ -244,6 +263,7 @@ impl Sessions {
     /// A refused CONNECT: streams that were waiting for it are refused too.
     pub fn refused(&self, id: u64) {
         let mut st = self.state.borrow_mut();
+        st.remember_ended(id, self.config.max_buffered_streams);
         let waiting = std::mem::take(&mut st.waiting);
         for (sid, s) in waiting {
             if sid == id {
@@ -263,7 +283,7 @@ impl Sessions {
         }
         // a session ID is a client-initiated bidirectional stream (request) ID; anything
         // else can never become a session
-        if !id.is_multiple_of(4) {
+        if !id.is_multiple_of(4) || st.ended.contains(&id) {
             drop(st);
             refuse(stream, H3_WEBTRANSPORT_BUFFERED_STREAM_REJECTED);
             return;

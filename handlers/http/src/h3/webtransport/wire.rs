@@ -30,6 +30,16 @@ pub fn decode_varint(buf: &[u8]) -> Option<(u64, usize)> {
     Some((v, len))
 }
 
+/// Bytes of the shortest varint encoding of `v`.
+pub fn encoded_len(v: u64) -> usize {
+    match v {
+        0..=63 => 1,
+        64..=16_383 => 2,
+        16_384..=1_073_741_823 => 4,
+        _ => 8,
+    }
+}
+
 /// Appends `v` as a varint (the shortest encoding). `v` above [`VARINT_MAX`] is a bug of
 /// the caller: stream IDs and signals always fit.
 pub fn encode_varint(v: u64, out: &mut BytesMut) {
@@ -83,10 +93,12 @@ impl StreamHeader {
         }
     }
 
-    /// Bytes still needed before [`StreamHeader::push`] can decide (at least 1).
+    /// Bytes still needed before [`StreamHeader::push`] can decide (at least 1). The
+    /// first read asks for the shortest session header (the signal, a one-byte session
+    /// ID): one read sorts most streams, and a session stream's payload is never touched.
     pub fn wanted(&self) -> usize {
         let Some(&first) = self.buf.first().filter(|_| self.len > 0) else {
-            return 1;
+            return encoded_len(self.signal) + 1;
         };
         let type_len = varint_len(first);
         if self.len < type_len {
@@ -216,22 +228,22 @@ mod tests {
     #[test]
     fn http3_streams_get_their_bytes_back() {
         // a request stream starts with HEADERS (type 1)
-        let (start, used) = classify(SIGNAL_BI, &[0x01, 0x10, 0xff]).unwrap();
+        let (start, used) = classify(SIGNAL_BI, &[0x01, 0x10, 0xff, 0x00]).unwrap();
         assert_eq!(
             start,
             StreamStart::Http3 {
-                prefix: Bytes::from_static(&[0x01])
+                prefix: Bytes::from_static(&[0x01, 0x10, 0xff])
             }
         );
-        assert_eq!(used, 1);
+        assert_eq!(used, 3, "one read of the shortest session header");
         // a control stream (type 0) on the uni side; a bi signal on a uni stream is not one
         assert!(matches!(
             classify(SIGNAL_UNI, &[0x00, 0x04]),
-            Some((StreamStart::Http3 { .. }, 1))
+            Some((StreamStart::Http3 { .. }, 2))
         ));
         assert!(matches!(
             classify(SIGNAL_UNI, &[0x40, 0x41, 0x00]),
-            Some((StreamStart::Http3 { .. }, 2))
+            Some((StreamStart::Http3 { .. }, 3))
         ));
         // FIN in the middle of the header
         let mut h = StreamHeader::new(SIGNAL_BI);
