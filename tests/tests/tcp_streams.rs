@@ -46,7 +46,7 @@ fn one_stream_echoes_exact_bytes_and_more_streams_are_refused() {
         );
         assert_one_stream_error(
             "open_uni",
-            conn.open_uni().await.err().expect("open_uni refused"),
+            conn.open_uni().await.expect_err("open_uni refused"),
         );
 
         // the one stream: 3 MiB + 7 both ways at once, past the 1 MiB stream buffer
@@ -101,8 +101,7 @@ fn a_service_not_in_stream_alpns_is_refused_at_the_handshake() {
         // perf is a handler, but not offered over TCP
         let err = connect_tcp(&server, alknet_perf::ALPN)
             .await
-            .err()
-            .expect("perf over TCP refused");
+            .expect_err("perf over TCP refused");
         assert!(
             err.to_string().to_lowercase().contains("application"),
             "{err}"
