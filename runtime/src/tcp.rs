@@ -309,6 +309,7 @@ async fn serve_connection(
     mut slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
+    set_keepalive(&stream, setup.limits.keepalive_idle);
     let poll = match stream.try_into_poll_io() {
         Ok(p) => p,
         Err((e, _)) => {
@@ -418,6 +419,21 @@ async fn serve_connection(
         }
     }
     drop(slot);
+}
+
+/// TCP keep-alive after `idle` without traffic (zero: off); see
+/// [`crate::DEFAULT_TCP_KEEPALIVE_IDLE`].
+pub(crate) fn set_keepalive(stream: &monoio::net::TcpStream, idle: Duration) {
+    if idle.is_zero() {
+        return;
+    }
+    if let Err(e) = stream.set_tcp_keepalive(
+        Some(idle),
+        Some(crate::limits::TCP_KEEPALIVE_INTERVAL),
+        Some(crate::limits::TCP_KEEPALIVE_PROBES),
+    ) {
+        tracing::debug!("TCP keep-alive not set: {e}");
+    }
 }
 
 /// Which handler a TLS/TCP connection gets.
