@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncBufRead;
 
-use crate::admission::{AdmissionLimits, Refusal, SourceTable, SourceTicket};
+use crate::admission::{AdmissionLimits, AlpnTicket, Refusal, SourceTable, SourceTicket};
 use crate::connection::Connection;
 use crate::identity::AuthContext;
 use crate::limits::TcpLimits;
@@ -394,6 +394,20 @@ async fn serve_connection(
     let handler = match handler {
         Served::Tcp(handler) => handler,
         Served::Stream(handler) => {
+            // `[admission] max_connections_per_alpn` counts a service's TLS/TCP
+            // connections with its QUIC ones
+            let mut ticket = None;
+            if let Some(count) = shared.alpn_counts.load().iter().find(|n| *n.alpn == *alpn) {
+                let cap = shared.admission.load().alpn_cap(&alpn);
+                match AlpnTicket::take(count, cap) {
+                    Some(t) => ticket = Some(t),
+                    None => {
+                        WorkerStats::add(&stats.refused_alpn, 1);
+                        tracing::debug!(worker, %remote, alpn = %String::from_utf8_lossy(&alpn), "service connection cap reached (TLS/TCP)");
+                        return;
+                    }
+                }
+            }
             let peer = TcpPeer {
                 remote,
                 alpn,
@@ -403,6 +417,7 @@ async fn serve_connection(
                 side: quinn_proto::Side::Server,
             };
             serve_stream(handler, tls, peer, auth, setup.limits.stream_buffer, stats).await;
+            drop(ticket);
             drop(slot);
             return;
         }
