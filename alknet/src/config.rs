@@ -342,6 +342,10 @@ stream_alpns = ["alknet/ssh", "alknet/sftp", "alknet/git", "alknet/call", "alkne
 # Bytes such a stream buffers each way; past it the handler waits and TCP's window stops
 # the peer.
 stream_buffer = 1048576
+# TCP keep-alive on every TCP connection after this long without traffic (0: off): probes
+# every 10 s, 3 unanswered end the connection, so a vanished client frees its slot while
+# an idle SSH shell over TLS/TCP stays up.
+keepalive_idle_ms = 30000
 
 [http]
 # HTTP front end over TCP (and the h3 ALPN): GET /health, GET /metrics (Prometheus; needs

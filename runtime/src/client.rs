@@ -160,6 +160,8 @@ pub async fn connect_tls_tcp(
                 source,
             })?;
         let _ = stream.set_nodelay(true);
+        // a server that vanished is noticed even while the session is idle
+        crate::tcp::set_keepalive(&stream, crate::limits::DEFAULT_TCP_KEEPALIVE_IDLE);
         let poll = stream
             .try_into_poll_io()
             .map_err(|(source, _)| TcpConnectError::Connect {

@@ -79,6 +79,17 @@ pub const DEFAULT_TCP_STREAM_ALPNS: &[&str] = &[
 /// not read, so TCP's window stops the peer.
 pub const DEFAULT_TCP_STREAM_BUFFER: usize = 1 << 20;
 
+/// `[tcp] keepalive_idle_ms`: TCP keep-alive on every accepted connection (0: off). After
+/// this long without traffic the kernel probes the peer every [`TCP_KEEPALIVE_INTERVAL`],
+/// and [`TCP_KEEPALIVE_PROBES`] unanswered probes end the connection: a client whose
+/// machine vanished stops holding its slot, while an idle interactive session (an SSH
+/// shell over TLS/TCP, which has no pings of its own) stays up.
+pub const DEFAULT_TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Interval of TCP keep-alive probes (see [`DEFAULT_TCP_KEEPALIVE_IDLE`]).
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered keep-alive probes before the kernel ends a TCP connection.
+pub const TCP_KEEPALIVE_PROBES: u32 = 3;
+
 /// `[tcp]`: the TLS-over-TCP listener on the QUIC port (HTTP/1.1, HTTP/2, DoT, and the
 /// `stream_alpns` services), with its limits; see the constants above for each field.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -92,6 +103,8 @@ pub struct TcpLimits {
     pub listen_backlog: u32,
     pub stream_alpns: Vec<String>,
     pub stream_buffer: usize,
+    #[serde(rename = "keepalive_idle_ms", with = "millis")]
+    pub keepalive_idle: Duration,
 }
 
 impl Default for TcpLimits {
@@ -106,6 +119,7 @@ impl Default for TcpLimits {
                 .map(|a| a.to_string())
                 .collect(),
             stream_buffer: DEFAULT_TCP_STREAM_BUFFER,
+            keepalive_idle: DEFAULT_TCP_KEEPALIVE_IDLE,
         }
     }
 }

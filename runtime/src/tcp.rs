@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncBufRead;
 
-use crate::admission::{AdmissionLimits, Refusal, SourceTable, SourceTicket};
+use crate::admission::{AdmissionLimits, AlpnTicket, Refusal, SourceTable, SourceTicket};
 use crate::connection::Connection;
 use crate::identity::AuthContext;
 use crate::limits::TcpLimits;
@@ -309,6 +309,7 @@ async fn serve_connection(
     mut slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
+    set_keepalive(&stream, setup.limits.keepalive_idle);
     let poll = match stream.try_into_poll_io() {
         Ok(p) => p,
         Err((e, _)) => {
@@ -393,6 +394,20 @@ async fn serve_connection(
     let handler = match handler {
         Served::Tcp(handler) => handler,
         Served::Stream(handler) => {
+            // `[admission] max_connections_per_alpn` counts a service's TLS/TCP
+            // connections with its QUIC ones
+            let mut ticket = None;
+            if let Some(count) = shared.alpn_counts.load().iter().find(|n| *n.alpn == *alpn) {
+                let cap = shared.admission.load().alpn_cap(&alpn);
+                match AlpnTicket::take(count, cap) {
+                    Some(t) => ticket = Some(t),
+                    None => {
+                        WorkerStats::add(&stats.refused_alpn, 1);
+                        tracing::debug!(worker, %remote, alpn = %String::from_utf8_lossy(&alpn), "service connection cap reached (TLS/TCP)");
+                        return;
+                    }
+                }
+            }
             let peer = TcpPeer {
                 remote,
                 alpn,
@@ -402,6 +417,7 @@ async fn serve_connection(
                 side: quinn_proto::Side::Server,
             };
             serve_stream(handler, tls, peer, auth, setup.limits.stream_buffer, stats).await;
+            drop(ticket);
             drop(slot);
             return;
         }
@@ -418,6 +434,21 @@ async fn serve_connection(
         }
     }
     drop(slot);
+}
+
+/// TCP keep-alive after `idle` without traffic (zero: off); see
+/// [`crate::DEFAULT_TCP_KEEPALIVE_IDLE`].
+pub(crate) fn set_keepalive(stream: &monoio::net::TcpStream, idle: Duration) {
+    if idle.is_zero() {
+        return;
+    }
+    if let Err(e) = stream.set_tcp_keepalive(
+        Some(idle),
+        Some(crate::limits::TCP_KEEPALIVE_INTERVAL),
+        Some(crate::limits::TCP_KEEPALIVE_PROBES),
+    ) {
+        tracing::debug!("TCP keep-alive not set: {e}");
+    }
 }
 
 /// Which handler a TLS/TCP connection gets.

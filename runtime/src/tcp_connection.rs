@@ -17,12 +17,13 @@
 //! once as it encrypts. Everything is on one worker: `Rc<RefCell<…>>`, no locks.
 //!
 //! Ends: the connection ends cleanly when both directions have ended (our `finish` is
-//! flushed with a TLS close_notify and the peer's close_notify arrived, or our reading
-//! was stopped); a TCP or TLS error (a peer that cuts the connection without close_notify
+//! flushed with a TLS close_notify and the peer's close_notify arrived; a stopped reader's
+//! data is discarded until then); a TCP or TLS error (a peer that cuts the connection without close_notify
 //! included: truncation is never mistaken for an end) ends it with [`ConnectionError::Reset`]
 //! or a transport error naming the cause. `close()`, a `reset()` of the send half, and
 //! the last handle dropped without finishing cut it at once. After the last handle is
-//! dropped a finished stream still gets [`TCP_CLOSE_LINGER`] to reach the kernel.
+//! dropped a finished stream still gets [`TCP_CLOSE_LINGER`] to reach the kernel and to
+//! see the peer's end.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -50,7 +51,8 @@ pub(crate) fn tcp_stream_id() -> StreamId {
 }
 
 /// How long a finished stream whose handles are all dropped may take to flush to the
-/// kernel (the peer must read it) before the connection is cut.
+/// kernel and to see the peer's end (the peer must read, then finish) before the
+/// connection is cut.
 pub const TCP_CLOSE_LINGER: Duration = Duration::from_secs(5);
 /// Bytes asked from the TLS stream per read (one allocation, split into chunks).
 const READ_CHUNK: usize = 64 * 1024;
@@ -150,9 +152,11 @@ impl State {
         }
     }
 
-    /// The clean end: both directions are done.
+    /// The clean end: both directions are done. A stopped receiving half still waits for
+    /// the peer's end (what arrives is discarded): closing a socket with unread data makes
+    /// the kernel send a reset, which can cost the peer the tail of what we sent.
     fn both_done(&self) -> bool {
-        self.fin_sent && (self.eof || self.recv_stopped)
+        self.fin_sent && self.eof
     }
 }
 
@@ -305,7 +309,7 @@ impl TcpDriver {
             st.end(io_error(e));
             return Poll::Ready(false);
         }
-        if st.both_done() || (lingering && st.fin_sent) {
+        if st.both_done() {
             st.end(clean_end());
             return Poll::Ready(false);
         }

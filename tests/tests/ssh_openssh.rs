@@ -39,6 +39,20 @@ fn hex(digest: [u8; 32]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// 10 MiB of stdin (payload `seed`), then EOF, through `sha256sum`; and back out again
+/// through `cat`: input and output at once (a command that must write before it reads
+/// more, the case russh's own back-pressure deadlocks on). Equal SHA-256 both times.
+fn ten_mebibytes_in_and_out(t: &SshTarget, key: &SshKey, seed: u64) {
+    let data = payload(seed, 10 << 20);
+    let out = t.run(key, "sha256sum", &data);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{}  -\n", hex(sha256(&data))));
+    let out = t.run(key, "cat", &data);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), data.len());
+    assert_eq!(sha256(&out.stdout), sha256(&data));
+}
+
 #[test]
 fn exec_exit_status_stderr_and_stdin_with_a_peer_key() {
     require_openssh();
@@ -56,18 +70,7 @@ fn exec_exit_status_stderr_and_stdin_with_a_peer_key() {
     assert_eq!(text(&out.stdout), "out\nalice\n");
     assert_eq!(text(&out.stderr), "oops\n");
 
-    // 10 MiB of stdin, then EOF, through sha256sum
-    let data = payload(7, 10 << 20);
-    let out = t.run(&key, "sha256sum", &data);
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), format!("{}  -\n", hex(sha256(&data))));
-
-    // and back out again through cat: input and output at once (a command that must
-    // write before it reads more, the case russh's own back-pressure deadlocks on)
-    let out = t.run(&key, "cat", &data);
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(out.stdout.len(), data.len());
-    assert_eq!(sha256(&out.stdout), sha256(&data));
+    ten_mebibytes_in_and_out(&t, &key, 7);
 
     // env requests: allowed names pass, others are refused
     let mut cmd = t.ssh(&key);
@@ -285,14 +288,7 @@ fn over_tls_tcp_a_command_ten_mebibytes_and_a_forward() {
     assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "tcp-user\n");
 
-    let data = payload(13, 10 << 20);
-    let out = t.run(&key, "sha256sum", &data);
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), format!("{}  -\n", hex(sha256(&data))));
-    let out = t.run(&key, "cat", &data);
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(out.stdout.len(), data.len());
-    assert_eq!(sha256(&out.stdout), sha256(&data));
+    ten_mebibytes_in_and_out(&t, &key, 13);
 
     let echo = tcp_echo_server();
     let local = free_tcp_port();

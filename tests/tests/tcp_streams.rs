@@ -46,7 +46,7 @@ fn one_stream_echoes_exact_bytes_and_more_streams_are_refused() {
         );
         assert_one_stream_error(
             "open_uni",
-            conn.open_uni().await.err().expect("open_uni refused"),
+            conn.open_uni().await.expect_err("open_uni refused"),
         );
 
         // the one stream: 3 MiB + 7 both ways at once, past the 1 MiB stream buffer
@@ -101,8 +101,7 @@ fn a_service_not_in_stream_alpns_is_refused_at_the_handshake() {
         // perf is a handler, but not offered over TCP
         let err = connect_tcp(&server, alknet_perf::ALPN)
             .await
-            .err()
-            .expect("perf over TCP refused");
+            .expect_err("perf over TCP refused");
         assert!(
             err.to_string().to_lowercase().contains("application"),
             "{err}"
@@ -113,5 +112,53 @@ fn a_service_not_in_stream_alpns_is_refused_at_the_handshake() {
             .expect("echo over TCP");
         let digest = echo_roundtrip(&conn, payload(9, 1000)).await;
         assert_eq!(digest, sha256(&payload(9, 1000)));
+    });
+}
+
+#[test]
+fn the_per_service_cap_counts_tcp_and_quic_connections_together() {
+    let mut setup = TcpSetup::default();
+    setup.limits.stream_alpns = vec!["alknet/echo".into()];
+    let mut admission = alknet_runtime::AdmissionLimits::default();
+    admission
+        .max_connections_per_alpn
+        .insert("alknet/echo".into(), 1);
+    let server = start_server(ServerOptions {
+        tcp: Some(setup),
+        admission,
+        ..Default::default()
+    });
+    run_client(|| async {
+        let first = connect_tcp(&server, alknet_echo::ALPN)
+            .await
+            .expect("first over TCP");
+        // one echo on its stream, which stays open (and the connection with it)
+        let (mut send, mut recv) = first.open_bi().await.expect("stream").split();
+        send.write_all(b"held").await.expect("write");
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            match recv.read_chunk(4).await.expect("read") {
+                Some(c) => got.extend_from_slice(&c),
+                None => break,
+            }
+        }
+        assert_eq!(got, b"held");
+        // the cap is reached: a second TLS/TCP connection is cut after its handshake, and
+        // a QUIC one is closed too
+        let second = connect_tcp(&server, alknet_echo::ALPN)
+            .await
+            .expect("handshake completes");
+        let reason = second.closed().await;
+        assert!(
+            !matches!(reason, alknet_runtime::ConnectionError::LocallyClosed),
+            "{reason}"
+        );
+        let endpoint = client_endpoint();
+        let quic = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("QUIC handshake");
+        let reason = quic.closed().await.to_string();
+        assert!(reason.contains("too many connections"), "{reason}");
+        drop((send, recv, first));
     });
 }
