@@ -14,7 +14,7 @@ use alknet_git::{GitConfig, GitHandler};
 use alknet_http::{DnsServices, HttpConfig, HttpState, HttpTcpHandler};
 use alknet_peers::SqlitePeerStore;
 use alknet_runtime::resolve_workers;
-use alknet_runtime::tls::{ClientAuth, TlsIdentity};
+use alknet_runtime::tls::{ClientAuth, TlsIdentity, WebTransportCert};
 use alknet_runtime::{
     AlpnRegistry, ChainedIdentityProvider, ConfigIdentityProvider, DnsResolver, EngineConfig,
     HandshakePolicy, IdentityEntry, IdentityProvider, Limits, OperationInvoker, PkarrRelay,
@@ -129,6 +129,20 @@ header_timeout_ms = 10000
 request_timeout_ms = 30000
 body_idle_timeout_ms = 30000
 body_channel_chunks = 16
+
+[webtransport]
+# WebTransport (draft-02, what Chromium speaks) on the "h3" handler: a session at
+# /alknet/call goes to the alknet/call handler, and so on. `allow` lists the ALPNs a
+# session may reach (unset: every registered handler but "perf"). Per HTTP/3 connection:
+# sessions at once; streams waiting for their session. Per session: streams and datagrams
+# its handler has not taken yet. tls.webtransport_cert = "auto" gives h3 a certificate
+# browsers accept by hash (GET /api/webtransport).
+enabled = true
+# allow = ["alknet/call", "alknet/echo", "alknet/ssh"]
+max_sessions_per_connection = 16
+max_buffered_streams = 16
+max_queued_streams = 256
+max_queued_datagrams = 256
 
 [call]
 # Largest frame body in bytes; bigger frames get INVALID_ARGUMENT (or close the stream).
@@ -309,8 +323,9 @@ socket_buffer_size = 8388608
 
 [tcp]
 # TLS over TCP on the same address and port as QUIC, one SO_REUSEPORT listener per
-# worker, for clients whose UDP is blocked: HTTP/2 (ALPN "h2") and HTTP/1.1 ("http/1.1",
-# or no ALPN). Same certificate and client_auth as QUIC; other ALPNs are refused.
+# worker, for clients whose UDP is blocked: HTTP/2 (ALPN "h2"), HTTP/1.1 ("http/1.1",
+# or no ALPN), DoT, and the stream_alpns services. Same certificate and client_auth as
+# QUIC; other ALPNs are refused.
 enabled = true
 # A connection must finish its TLS handshake within this long.
 tls_handshake_timeout_ms = 10000
@@ -319,6 +334,18 @@ tls_handshake_timeout_ms = 10000
 max_connections_per_worker = 10000
 # Connections the kernel queues per listener before they are accepted.
 listen_backlog = 1024
+# QUIC services also served over TLS/TCP here, for networks that block UDP (`alknet
+# connect --transport tcp`, git's alknet.transport = tcp): each TCP connection carries
+# exactly one bidirectional stream, run by the same handler with the same identity and
+# client_auth; no datagrams. Listed ALPNs that are not enabled handlers are not offered.
+stream_alpns = ["alknet/ssh", "alknet/sftp", "alknet/git", "alknet/call", "alknet/echo"]
+# Bytes such a stream buffers each way; past it the handler waits and TCP's window stops
+# the peer.
+stream_buffer = 1048576
+# TCP keep-alive on every TCP connection after this long without traffic (0: off): probes
+# every 10 s, 3 unanswered end the connection, so a vanished client frees its slot while
+# an idle SSH shell over TLS/TCP stays up.
+keepalive_idle_ms = 30000
 
 [http]
 # HTTP front end over TCP (and the h3 ALPN): GET /health, GET /metrics (Prometheus; needs
@@ -448,6 +475,8 @@ pub struct FileConfig {
     pub tcp: TcpLimits,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub webtransport: alknet_http::h3::WebTransportConfig,
     /// The call node the `alknet/call` handler serves, once [`FileConfig::registry`] built
     /// it: the HTTP front end runs the same operations (and counts into the same stats).
     #[serde(skip)]
@@ -565,6 +594,34 @@ pub struct TlsSection {
     pub key: Option<PathBuf>,
     #[serde(default)]
     pub client_auth: ClientAuth,
+    /// `"auto"`: keep a browser-valid certificate for WebTransport beside the main one
+    /// and present it to `h3` connections (see `alknet_runtime::tls::WebTransportCert`).
+    #[serde(default)]
+    pub webtransport_cert: WebTransportCertMode,
+}
+
+/// `tls.webtransport_cert`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebTransportCertMode {
+    /// `h3` connections get the main certificate (default: clients that pin it keep
+    /// working).
+    #[default]
+    Off,
+    /// A P-256 certificate valid 13 days, rotated before expiry, its hash published at
+    /// `GET /api/webtransport`.
+    Auto,
+}
+
+/// The node's WebTransport certificate: one per process, so a reload (which builds the
+/// TLS config and the HTTP state anew) keeps presenting and publishing the same one.
+fn webtransport_cert() -> Result<Arc<WebTransportCert>, alknet_runtime::tls::TlsError> {
+    static CERT: std::sync::OnceLock<Arc<WebTransportCert>> = std::sync::OnceLock::new();
+    if let Some(c) = CERT.get() {
+        return Ok(c.clone());
+    }
+    let made = WebTransportCert::generate(&[])?;
+    Ok(CERT.get_or_init(|| made).clone())
 }
 
 #[derive(Debug, Deserialize)]
@@ -627,6 +684,9 @@ impl FileConfig {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         cfg.http
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.webtransport
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if cfg.vault.file.is_some() {
@@ -741,7 +801,8 @@ impl FileConfig {
                         alknet_http::router(state.clone()),
                         self.http3.clone(),
                     )
-                    .with_drain_of(state),
+                    .with_drain_of(state)
+                    .with_webtransport(self.webtransport.clone()),
                 )
             }
             _ => {
@@ -883,7 +944,13 @@ impl FileConfig {
             let _ = self.call_node.set(CallNodeSlot(slot.0.clone()));
         }
         // the HTTP routes hold the DNS state (DoH) and the TCP listener DoT's
-        let http = changed("http") || call_rebuilt || changed("dns") || changed("handlers");
+        // the routes publish [webtransport] and tls.webtransport_cert (GET /api/webtransport)
+        let http = changed("http")
+            || call_rebuilt
+            || changed("dns")
+            || changed("handlers")
+            || changed("webtransport")
+            || changed("tls");
         match running.http_state.get() {
             Some(state) if http => self.reload_base.http = Some(state.clone()),
             Some(state) => {
@@ -1161,6 +1228,19 @@ impl FileConfig {
     pub fn tls_identity(
         &self,
     ) -> Result<(TlsIdentity, Option<PathBuf>), Box<dyn std::error::Error>> {
+        let (identity, generated) = self.main_tls_identity()?;
+        Ok(match self.tls.webtransport_cert {
+            WebTransportCertMode::Off => (identity, generated),
+            WebTransportCertMode::Auto => (
+                identity.with_webtransport_cert(webtransport_cert()?),
+                generated,
+            ),
+        })
+    }
+
+    fn main_tls_identity(
+        &self,
+    ) -> Result<(TlsIdentity, Option<PathBuf>), Box<dyn std::error::Error>> {
         if self.vault.file.is_some() {
             let keys = self.vault_keys.as_ref().ok_or(ConfigError::Vault(
                 "the vault was not unlocked before the TLS identity was asked for".into(),
@@ -1196,6 +1276,16 @@ impl FileConfig {
         }
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         state.set_dns(self.dns_services()?);
+        let cert = match self.tls.webtransport_cert {
+            WebTransportCertMode::Off => None,
+            WebTransportCertMode::Auto => {
+                Some(webtransport_cert().map_err(|e| ConfigError::Invalid(e.to_string()))?)
+            }
+        };
+        state.set_webtransport(alknet_http::WebTransportPublish {
+            cert,
+            config: self.webtransport.clone(),
+        });
         Ok(self.http_state.get_or_init(|| state).clone())
     }
 

@@ -11,8 +11,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use alknet_runtime::rt::run_local;
-use alknet_runtime::tls::{client_crypto, ServerTrust, TlsIdentity};
-use alknet_runtime::{Bytes, ClientEndpoint, Connection, Fingerprint, Limits, VarInt};
+use alknet_runtime::tls::{client_crypto, tcp_client_config, ServerTrust, TlsIdentity};
+use alknet_runtime::{
+    connect_tls_tcp, Bytes, ClientEndpoint, Connection, Fingerprint, Limits, VarInt,
+    DEFAULT_TCP_STREAM_BUFFER,
+};
 use clap::Args;
 
 /// Most bytes read from stdin at once.
@@ -63,16 +66,57 @@ pub struct ServerArgs {
     /// Name to verify in the server certificate (default: the host part of HOST:PORT)
     #[arg(long)]
     pub server_name: Option<String>,
+    /// How to reach the server: QUIC; WebTransport over HTTP/3; or TLS over TCP on the
+    /// same port, for networks that block UDP (one stream per connection)
+    #[arg(long, value_enum, default_value_t = Transport::Quic)]
+    pub transport: Transport,
     /// Server address
     #[arg(value_name = "HOST:PORT")]
     pub target: String,
 }
 
-/// A resolved server: address, name to verify and the client TLS config for one ALPN.
+/// How a client reaches the server (`--transport`, git's `alknet.transport`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// QUIC on UDP
+    #[default]
+    Quic,
+    /// a WebTransport session over HTTP/3, at https://HOST:PORT/<alpn>
+    Webtransport,
+    /// TLS over TCP on the same port (one stream per connection)
+    Tcp,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        <Self as clap::ValueEnum>::from_str(s, true)
+            .map_err(|_| format!("unknown transport {s:?} (quic, webtransport or tcp)"))
+    }
+}
+
+/// A resolved server: address, name to verify, transport, and the client TLS settings
+/// for one ALPN.
 pub struct Dial {
     pub remote: SocketAddr,
     pub server_name: String,
+    pub transport: Transport,
+    /// The service's ALPN (over WebTransport: the path it names).
+    pub alpn: Vec<u8>,
+    pub trust: ServerTrust,
+    pub identity: Option<TlsIdentity>,
+    /// The QUIC client config offering `alpn`.
     pub crypto: std::sync::Arc<alknet_runtime::tls::QuicClientConfig>,
+}
+
+/// What carries a client's connection; [`close_and_wait`] ends it.
+pub enum Carrier {
+    /// The QUIC endpoint, whose driver task sends the close.
+    Quic(ClientEndpoint),
+    /// TLS over TCP: the connection's driver is a task of its own.
+    Tcp,
+    /// A WebTransport session: the QUIC endpoint and the HTTP/3 connection carrying it.
+    WebTransport(ClientEndpoint, Connection),
 }
 
 impl ServerArgs {
@@ -111,14 +155,66 @@ impl ServerArgs {
         Ok(Dial {
             remote,
             server_name,
+            transport: self.transport,
+            alpn: alpn.to_vec(),
+            trust,
+            identity,
             crypto,
         })
     }
 }
 
 impl Dial {
-    /// Binds a client endpoint of the right address family and connects.
-    pub async fn connect(self, limits: &Limits) -> Result<(ClientEndpoint, Connection), String> {
+    /// Connects over the chosen transport. The one place a client picks its transport:
+    /// `alknet connect`, `socks`, `call` and git-remote-alknet all come through here.
+    pub async fn connect(self, limits: &Limits) -> Result<(Carrier, Connection), String> {
+        match self.transport {
+            Transport::Quic => self.connect_quic(limits).await,
+            Transport::Tcp => self.connect_tcp().await,
+            Transport::Webtransport => self.connect_webtransport(limits).await,
+        }
+    }
+
+    /// QUIC with ALPN `h3`, then a WebTransport session at `/<alpn>`: the session is the
+    /// connection handed back, the HTTP/3 connection its carrier.
+    async fn connect_webtransport(self, limits: &Limits) -> Result<(Carrier, Connection), String> {
+        let crypto = client_crypto(
+            &self.trust,
+            vec![alknet_http::h3::ALPN.to_vec()],
+            self.identity.as_ref(),
+        )
+        .map_err(|e| e.to_string())?;
+        let path = format!("/{}", String::from_utf8_lossy(&self.alpn));
+        let authority = format!("{}:{}", self.server_name, self.remote.port());
+        let (carrier, h3) = Dial { crypto, ..self }.connect_quic(limits).await?;
+        let Carrier::Quic(endpoint) = carrier else {
+            return Err("QUIC connect gave no endpoint".into());
+        };
+        let session =
+            alknet_http::h3::webtransport::client::open_session(h3.clone(), &authority, &path)
+                .await
+                .map_err(|e| format!("WebTransport session {path}: {e}"))?;
+        Ok((Carrier::WebTransport(endpoint, h3), session))
+    }
+
+    /// TLS over TCP to the same address and port: a one-stream connection.
+    async fn connect_tcp(self) -> Result<(Carrier, Connection), String> {
+        let config =
+            tcp_client_config(&self.trust, vec![self.alpn.clone()], self.identity.as_ref())
+                .map_err(|e| e.to_string())?;
+        let conn = connect_tls_tcp(
+            self.remote,
+            &self.server_name,
+            config,
+            DEFAULT_TCP_STREAM_BUFFER,
+        )
+        .await
+        .map_err(|e| format!("{}: {e}", self.remote))?;
+        Ok((Carrier::Tcp, conn))
+    }
+
+    /// Binds a client endpoint of the right address family and connects over QUIC.
+    async fn connect_quic(self, limits: &Limits) -> Result<(Carrier, Connection), String> {
         let local: SocketAddr = if self.remote.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
@@ -129,7 +225,7 @@ impl Dial {
             .connect(self.remote, &self.server_name, self.crypto)
             .await
             .map_err(|e| format!("{}: {e}", self.remote))?;
-        Ok((endpoint, conn))
+        Ok((Carrier::Quic(endpoint), conn))
     }
 }
 
@@ -137,7 +233,23 @@ impl Dial {
 /// left in a datagram: the server learns of it at once. Not for the end of the draining
 /// period (three probe timeouts, ~80 ms on loopback), which only keeps this side
 /// answering late packets; git waits for its helper to exit, so every fetch paid it.
-pub async fn close_and_wait(endpoint: &ClientEndpoint, conn: Connection) {
+///
+/// Over TLS/TCP the connection is cut at once (the session is over: the server has
+/// finished its side).
+pub async fn close_and_wait(carrier: &Carrier, conn: Connection) {
+    let (endpoint, conn) = match carrier {
+        Carrier::Quic(endpoint) => (endpoint, conn),
+        Carrier::Tcp => {
+            conn.close(VarInt::from_u32(0), b"");
+            return;
+        }
+        // the session first (its CONNECT stream is finished), then the HTTP/3 connection
+        Carrier::WebTransport(endpoint, h3) => {
+            conn.close(VarInt::from_u32(0), b"");
+            drop(conn);
+            (endpoint, h3.clone())
+        }
+    };
     let sent_before = endpoint.stats().datagrams_sent;
     conn.close(VarInt::from_u32(0), b"");
     drop(conn);

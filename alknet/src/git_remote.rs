@@ -16,6 +16,7 @@
 //! | | `alknet.ca` | PEM CA certificates to trust |
 //! | | `alknet.cert`, `alknet.key` | client certificate and key (PEM) |
 //! | `ALKNET_TOKEN` | `alknet.token` | bearer token, sent in the request line |
+//! | `ALKNET_TRANSPORT` | `alknet.transport` | `quic` (default), `tcp` or `webtransport` |
 //!
 //! With none of the trust settings, the server certificate must chain to the web PKI.
 
@@ -26,7 +27,7 @@ use std::process::ExitCode;
 use alknet_git::{encode_request, Service, ALPN};
 use alknet_runtime::{Bytes, Fingerprint};
 
-use crate::connect::{pipe_stdio, ServerArgs};
+use crate::connect::{pipe_stdio, ServerArgs, Transport};
 
 /// The URL scheme git maps to this helper.
 const SCHEME: &str = "alknet://";
@@ -200,6 +201,14 @@ fn server_args(url: &AlknetUrl, settings: &Settings) -> Result<ServerArgs, Strin
         cert,
         key,
         server_name: None,
+        transport: settings
+            .get(Some("ALKNET_TRANSPORT"), "transport", false)
+            .map(|t| {
+                t.parse::<Transport>()
+                    .map_err(|e| format!("alknet.transport: {e}"))
+            })
+            .transpose()?
+            .unwrap_or_default(),
         target: url.target.clone(),
     })
 }

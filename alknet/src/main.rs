@@ -252,8 +252,7 @@ fn serve(
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     let tcp_alpns: Vec<String> = tcp
-        .registry
-        .alpns()
+        .offered_alpns(&registry)
         .iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();

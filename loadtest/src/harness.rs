@@ -147,25 +147,66 @@ pub struct ClientThread {
     pub endpoint: ClientEndpoint,
     pub target: Target,
     pub crypto: Arc<QuicClientConfig>,
+    /// `--transport tcp`: the TLS-over-TCP client config (connections are one-stream
+    /// TLS/TCP connections to the server's `[tcp] stream_alpns`); `None` for QUIC.
+    pub tcp: Option<Arc<rustls::ClientConfig>>,
+    /// `--transport webtransport`: each connection is a WebTransport session at this
+    /// path (`/alknet/echo`) on its own HTTP/3 connection; `None` otherwise.
+    pub webtransport: Option<String>,
+    /// The HTTP/3 connections carrying the sessions, closed with them.
+    pub carriers: std::cell::RefCell<Vec<Connection>>,
 }
 
 impl ClientThread {
+    /// One connection attempt over the run's transport, bounded by [`CONNECT_TIMEOUT`].
+    async fn attempt(&self) -> Result<Connection, String> {
+        let attempt = async {
+            match &self.tcp {
+                Some(config) => alknet_runtime::connect_tls_tcp(
+                    self.target.addr,
+                    &self.target.host,
+                    config.clone(),
+                    alknet_runtime::DEFAULT_TCP_STREAM_BUFFER,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+                None => {
+                    let conn = self
+                        .endpoint
+                        .connect(self.target.addr, &self.target.host, self.crypto.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let Some(path) = &self.webtransport else {
+                        return Ok(conn);
+                    };
+                    let authority = format!("{}:{}", self.target.host, self.target.addr.port());
+                    let session = alknet_http::h3::webtransport::client::open_session(
+                        conn.clone(),
+                        &authority,
+                        path,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    self.carriers.borrow_mut().push(conn);
+                    Ok(session)
+                }
+            }
+        };
+        match monoio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err("handshake timed out".into()),
+        }
+    }
+
     /// Connects once; failures are tallied and return `None`.
     pub async fn connect(&self, tally: &mut Tally) -> Option<Connection> {
-        let attempt =
-            self.endpoint
-                .connect(self.target.addr, &self.target.host, self.crypto.clone());
-        match monoio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-            Ok(Ok(c)) => {
+        match self.attempt().await {
+            Ok(c) => {
                 tally.connected += 1;
                 Some(c)
             }
-            Ok(Err(e)) => {
-                tally.error("connect", || e.to_string());
-                None
-            }
-            Err(_) => {
-                tally.error("connect", || "handshake timed out".into());
+            Err(e) => {
+                tally.error("connect", || e);
                 None
             }
         }
@@ -173,20 +214,12 @@ impl ClientThread {
 
     /// Opens `n` connections concurrently (the endpoint's driver moves all handshakes).
     pub async fn connect_many(&self, n: usize, tally: &mut Tally) -> Vec<Connection> {
-        let attempts: Vec<_> = (0..n)
-            .map(|_| {
-                let attempt =
-                    self.endpoint
-                        .connect(self.target.addr, &self.target.host, self.crypto.clone());
-                monoio::time::timeout(CONNECT_TIMEOUT, attempt)
-            })
-            .collect();
+        let attempts: Vec<_> = (0..n).map(|_| self.attempt()).collect();
         let mut conns = Vec::with_capacity(n);
         for attempt in attempts {
             match attempt.await {
-                Ok(Ok(c)) => conns.push(c),
-                Ok(Err(e)) => tally.error("connect", || e.to_string()),
-                Err(_) => tally.error("connect", || "handshake timed out".into()),
+                Ok(c) => conns.push(c),
+                Err(e) => tally.error("connect", || e),
             }
         }
         tally.connected += conns.len() as u64;
@@ -209,7 +242,7 @@ impl ClientThread {
 
     /// Closes `conns` and waits (bounded) for the closes to reach the server.
     pub async fn close_all(&self, conns: Vec<Connection>) {
-        for c in &conns {
+        for c in conns.iter().chain(self.carriers.take().iter()) {
             c.close(VarInt::from_u32(0), b"load test done");
         }
         drop(conns);
@@ -229,6 +262,11 @@ pub struct ClientPlan {
     pub keep_alive: Duration,
     /// CPUs the client threads are restricted to (`--split-cores`), or anywhere.
     pub cpus: Option<Vec<usize>>,
+    /// Connect over TLS/TCP instead of QUIC (`--transport tcp`).
+    pub tcp: bool,
+    /// Each connection a WebTransport session to `/<alpn>` over HTTP/3
+    /// (`--transport webtransport`).
+    pub webtransport: bool,
 }
 
 /// A workload's per-thread body: prepare (connect), signal readiness through `ready`, wait
@@ -251,13 +289,30 @@ pub fn run<W: Workload, S>(
 ) -> (Tally, S) {
     let schedule = Arc::new(OnceLock::new());
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    // over WebTransport the QUIC connection is HTTP/3's; the ALPN is the session's path
+    let quic_alpn = if plan.webtransport {
+        alknet_http::h3::ALPN.to_vec()
+    } else {
+        plan.alpn.clone()
+    };
+    let webtransport = plan
+        .webtransport
+        .then(|| format!("/{}", String::from_utf8_lossy(&plan.alpn)));
     let crypto = client_crypto_with_resumption(
         &ServerTrust::Fingerprint(plan.target.fingerprint),
-        vec![plan.alpn.clone()],
+        vec![quic_alpn],
         None,
         plan.resumption,
     )
     .expect("client TLS configuration");
+    let tcp = plan.tcp.then(|| {
+        alknet_runtime::tls::tcp_client_config(
+            &ServerTrust::Fingerprint(plan.target.fingerprint),
+            vec![plan.alpn.clone()],
+            None,
+        )
+        .expect("client TLS-over-TCP configuration")
+    });
     let limits = Limits {
         keep_alive_interval: plan.keep_alive,
         ..Limits::default()
@@ -267,6 +322,8 @@ pub fn run<W: Workload, S>(
             let (workload, schedule, ready) =
                 (workload.clone(), schedule.clone(), ready_tx.clone());
             let (target, crypto, limits) = (plan.target.clone(), crypto.clone(), limits.clone());
+            let tcp = tcp.clone();
+            let webtransport = webtransport.clone();
             let cpus = plan.cpus.clone();
             std::thread::Builder::new()
                 .name(format!("loadtest-c{index}"))
@@ -289,6 +346,9 @@ pub fn run<W: Workload, S>(
                             endpoint,
                             target,
                             crypto,
+                            tcp,
+                            webtransport,
+                            carriers: Default::default(),
                         };
                         workload.run_thread(thread, schedule, ready).await
                     })

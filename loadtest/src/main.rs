@@ -22,6 +22,7 @@ mod report;
 mod rr;
 mod server;
 mod ssh;
+mod stream_echo;
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -69,6 +70,12 @@ enum Command {
     /// One-way transfers with the perf protocol: --connections x 1 stream x --bytes
     #[command(visible_alias = "perf-bulk")]
     Bulk(RunArgs),
+    /// alknet/echo on one stream per connection, over --transport quic or tcp: each
+    /// connection ping-pongs --size bytes in a closed loop
+    StreamRr(RunArgs),
+    /// alknet/echo on one stream per connection, over --transport quic or tcp: each
+    /// connection echoes --bytes (every byte in and out of the server)
+    StreamBulk(RunArgs),
     /// HTTP/3 request/response: --streams closed loops of `GET /health` per connection,
     /// each on its own request stream (h3 client on alknet's engine; the quinn baseline
     /// serves the same axum router with h3-quinn)
@@ -105,6 +112,8 @@ enum WorkloadKind {
     SshRr,
     #[value(alias = "perf-bulk")]
     Bulk,
+    StreamRr,
+    StreamBulk,
     H3,
     Handshake,
     Idle,
@@ -183,6 +192,18 @@ struct RunArgs {
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
+    /// How the client reaches the server: QUIC, or TLS over TCP on the same port (a
+    /// one-stream connection per --connections; stream-rr and stream-bulk only).
+    #[arg(long, value_enum, default_value_t = LoadTransport::Quic)]
+    transport: LoadTransport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LoadTransport {
+    Quic,
+    Tcp,
+    /// a WebTransport session (at /alknet/echo) per HTTP/3 connection
+    Webtransport,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +262,8 @@ fn main() -> ExitCode {
         Command::SshCat(a) => run_one(WorkloadKind::SshCat, &a),
         Command::SshRr(a) => run_one(WorkloadKind::SshRr, &a),
         Command::Bulk(a) => run_one(WorkloadKind::Bulk, &a),
+        Command::StreamRr(a) => run_one(WorkloadKind::StreamRr, &a),
+        Command::StreamBulk(a) => run_one(WorkloadKind::StreamBulk, &a),
         Command::H3(a) => run_one(WorkloadKind::H3, &a),
         Command::Handshake(a) => run_one(WorkloadKind::Handshake, &a),
         Command::Idle(a) => run_one(WorkloadKind::Idle, &a),
@@ -276,6 +299,22 @@ fn init_logging() {
 fn run_one(workload: WorkloadKind, args: &RunArgs) -> Result<(), String> {
     if args.client == ClientKind::Quinn && workload != WorkloadKind::PerfRr {
         return Err("--client quinn drives perf-rr only".into());
+    }
+    if args.transport == LoadTransport::Tcp
+        && !matches!(workload, WorkloadKind::StreamRr | WorkloadKind::StreamBulk)
+    {
+        return Err("--transport tcp drives stream-rr and stream-bulk only (TLS/TCP connections carry one stream)".into());
+    }
+    if args.transport == LoadTransport::Webtransport
+        && !matches!(
+            workload,
+            WorkloadKind::Rr
+                | WorkloadKind::Bulk
+                | WorkloadKind::StreamRr
+                | WorkloadKind::StreamBulk
+        )
+    {
+        return Err("--transport webtransport drives rr, stream-rr and stream-bulk (alknet/echo sessions; bulk is the perf ALPN, not offered over WebTransport)".into());
     }
     let m = measure(workload, args, args.target)?;
     if args.json {
@@ -473,6 +512,8 @@ fn workload_name(w: WorkloadKind) -> &'static str {
         WorkloadKind::SshCat => "ssh-cat",
         WorkloadKind::SshRr => "ssh-rr",
         WorkloadKind::Bulk => "bulk",
+        WorkloadKind::StreamRr => "stream-rr",
+        WorkloadKind::StreamBulk => "stream-bulk",
         WorkloadKind::H3 => "h3",
         WorkloadKind::Handshake => "handshake",
         WorkloadKind::Idle => "idle",
@@ -546,6 +587,8 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         resumption: args.resumption,
         keep_alive: Duration::from_secs(5),
         cpus: split.as_ref().map(|(_, client)| client.clone()),
+        tcp: args.transport == LoadTransport::Tcp,
+        webtransport: args.transport == LoadTransport::Webtransport,
     };
     let rss_before = pid.and_then(server::rss_bytes);
     let windowed = !is_transfer(workload);
@@ -635,6 +678,26 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             h3::H3Rr::new(connections, threads, args.streams as usize),
             sample,
         ),
+        WorkloadKind::StreamRr => harness::run(
+            &plan,
+            stream_echo::StreamEcho::new(
+                connections,
+                threads,
+                stream_echo::StreamMode::Rr {
+                    size: args.size as usize,
+                },
+            ),
+            sample,
+        ),
+        WorkloadKind::StreamBulk => harness::run(
+            &plan,
+            stream_echo::StreamEcho::new(
+                connections,
+                threads,
+                stream_echo::StreamMode::Bulk { bytes: args.bytes },
+            ),
+            sample,
+        ),
         WorkloadKind::Handshake => harness::run(
             &plan,
             handshake::Handshake::new(connections, threads),
@@ -649,7 +712,9 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
     }
     let seconds = match workload {
         // all transfers start together: the slowest one's time is the run's
-        WorkloadKind::Bulk | WorkloadKind::SshCat => tally.latency.max() as f64 / 1e6,
+        WorkloadKind::Bulk | WorkloadKind::SshCat | WorkloadKind::StreamBulk => {
+            tally.latency.max() as f64 / 1e6
+        }
         _ => plan.duration.as_secs_f64(),
     };
     // the samples' interval, scaled to the headline's (they differ by the sampling latency)
@@ -707,6 +772,14 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             "{label}: {threads} client threads, {connections} conns x {} requests in flight, GET /health over HTTP/3",
             args.streams
         ),
+        WorkloadKind::StreamRr => format!(
+            "{label}: {threads} client threads, {connections} {:?} conns x 1 stream ping-ponging {} B through alknet/echo",
+            args.transport, args.size
+        ),
+        WorkloadKind::StreamBulk => format!(
+            "{label}: {threads} client threads, {connections} {:?} conns x 1 stream echoing {} B (in and out)",
+            args.transport, args.bytes
+        ),
         WorkloadKind::Idle => format!("{label}: {connections} idle connections"),
     };
     Ok(Measurement {
@@ -745,7 +818,10 @@ impl ServerSample {
 /// Workloads that move a fixed amount once (measured until the last transfer ends)
 /// rather than loading for a fixed window.
 fn is_transfer(w: WorkloadKind) -> bool {
-    matches!(w, WorkloadKind::Bulk | WorkloadKind::SshCat)
+    matches!(
+        w,
+        WorkloadKind::Bulk | WorkloadKind::SshCat | WorkloadKind::StreamBulk
+    )
 }
 
 /// Sleeps until `until`, drawing a progress line on stderr when it is a terminal.

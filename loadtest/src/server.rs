@@ -327,10 +327,14 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
                 .register(Arc::new(alknet_perf::PerfHandler))
                 .map_err(|e| e.to_string())?;
             registry
-                .register(Arc::new(alknet_http::h3::H3Handler::new(
-                    crate::h3::router(),
-                    alknet_http::h3::H3Limits::default(),
-                )))
+                .register(Arc::new(
+                    alknet_http::h3::H3Handler::new(
+                        crate::h3::router(),
+                        alknet_http::h3::H3Limits::default(),
+                    )
+                    // as a node serves h3 by default: sessions reach alknet/echo
+                    .with_webtransport(alknet_http::h3::WebTransportConfig::default()),
+                ))
                 .map_err(|e| e.to_string())?;
             let host_key = alknet_ssh::generate_ed25519().map_err(|e| e.to_string())?;
             registry
@@ -375,8 +379,12 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
                 admission: flood_admission(),
                 qlog_dir: None,
             };
-            let server = alknet_runtime::start(config, registry, Arc::new(provider))
-                .map_err(|e| e.to_string())?;
+            // TLS over TCP on the same port: `[tcp] stream_alpns`' defaults (alknet/echo
+            // among them) for `--transport tcp`
+            let tcp = alknet_runtime::TcpSetup::default();
+            let server =
+                alknet_runtime::start_with_tcp(config, registry, Arc::new(provider), Some(tcp))
+                    .map_err(|e| e.to_string())?;
             println!("listening {}", server.local_addr());
             println!("fingerprint {}", server.fingerprint());
             // the parent asks for counters with a `stats` line and stops us by closing stdin

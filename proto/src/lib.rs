@@ -10,6 +10,7 @@ pub mod fingerprint;
 pub mod git_request;
 pub mod socks5;
 pub mod steering;
+pub mod webtransport;
 
 pub use cid::{CidLayout, CidLayoutError, WorkerId, CID_LEN};
 pub use fingerprint::{Fingerprint, FingerprintParseError};

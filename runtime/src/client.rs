@@ -117,3 +117,81 @@ impl Drop for ClientEndpoint {
         self.w.notify.wake();
     }
 }
+
+/// `alknet connect --transport tcp` and the other TLS/TCP clients: how long the TCP connect
+/// and the TLS handshake may take together.
+pub const TCP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a TLS/TCP connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpConnectError {
+    #[error("TCP connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+    #[error("TLS handshake over TCP: {0}")]
+    Handshake(#[source] io::Error),
+    #[error("TCP connect and TLS handshake took longer than {0:?}")]
+    TimedOut(std::time::Duration),
+}
+
+/// Connects over TLS/TCP to a server's `[tcp] stream_alpns` service: a one-stream
+/// [`Connection`] whose `open_bi` yields the stream (see `tcp_connection.rs`). `config`
+/// offers the service's ALPN (a server that does not serve it over TCP fails the
+/// handshake with `no_application_protocol`). Must be called inside a monoio runtime: the
+/// connection's driver is a task on it.
+pub async fn connect_tls_tcp(
+    remote: SocketAddr,
+    server_name: &str,
+    config: Arc<rustls::ClientConfig>,
+    stream_buffer: usize,
+) -> Result<Connection, TcpConnectError> {
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|_| TcpConnectError::ServerName(server_name.to_string()))?;
+    let attempt = async {
+        let stream = monoio::net::TcpStream::connect(remote)
+            .await
+            .map_err(|source| TcpConnectError::Connect {
+                addr: remote,
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        // a server that vanished is noticed even while the session is idle
+        crate::tcp::set_keepalive(&stream, crate::limits::DEFAULT_TCP_KEEPALIVE_IDLE);
+        let poll = stream
+            .try_into_poll_io()
+            .map_err(|(source, _)| TcpConnectError::Connect {
+                addr: remote,
+                source,
+            })?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, poll)
+            .await
+            .map_err(TcpConnectError::Handshake)
+    };
+    let tls = monoio::time::timeout(TCP_CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| TcpConnectError::TimedOut(TCP_CONNECT_TIMEOUT))??;
+    let (io, session) = tls.get_ref();
+    let peer = crate::tcp_connection::TcpPeer {
+        remote,
+        alpn: session
+            .alpn_protocol()
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default(),
+        peer_fingerprint: session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(crate::tls::fingerprint_of),
+        worker: 0,
+        fd: std::os::fd::AsRawFd::as_raw_fd(io),
+        side: quinn_proto::Side::Client,
+    };
+    let (conn, driver) = crate::tcp_connection::tcp_connection(Box::new(tls), peer, stream_buffer);
+    monoio::spawn(driver.run());
+    Ok(Connection::from_tcp(conn))
+}

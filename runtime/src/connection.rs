@@ -1,4 +1,5 @@
-//! The handler-facing `Connection` and the state it shares with the worker's driver.
+//! The handler-facing `Connection` (QUIC, TLS/TCP or virtual) and the state a QUIC
+//! connection shares with the worker's driver.
 //!
 //! Everything here is single-threaded: a connection lives on the worker that owns its CIDs,
 //! and its handler tasks run on that worker too, so state is `Rc<RefCell<…>>` and wakers,
@@ -21,7 +22,8 @@ use quinn_proto::{
 use rustc_hash::FxHashMap;
 
 use crate::admission::AdmissionGuard;
-use crate::streams::{BiStream, RecvStream, SendStream};
+use crate::streams::{BiStream, QuicRecv, QuicSend, RecvStream, SendStream};
+use crate::tcp_connection::TcpConnection;
 
 /// Why a DATAGRAM could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +36,9 @@ pub enum DatagramError {
     Disabled,
     #[error("datagram larger than the path allows (see max_datagram_size)")]
     TooLarge,
+    /// The connection's carrier has no datagrams (TLS/TCP).
+    #[error("datagrams are not supported on this transport (TLS/TCP carries one byte stream)")]
+    Unsupported,
 }
 
 impl From<SendDatagramError> for DatagramError {
@@ -418,65 +423,180 @@ impl std::ops::Deref for ConnectionRef {
     }
 }
 
-/// A QUIC connection, as a handler (or a client) uses it. Cheap to clone; it closes with
-/// application code 0 when the last clone and the last of its streams are dropped.
+/// A connection as a handler (or a client) uses it, whatever carries it. Cheap to clone; a
+/// QUIC connection closes with application code 0 when the last clone and the last of its
+/// streams are dropped (a TLS/TCP one likewise; a virtual one as its carrier decides).
+///
+/// Three carriers, dispatched by an enum so the QUIC path costs one branch per call and
+/// nothing is boxed:
+/// - **QUIC** (the engine's own connections);
+/// - **TLS/TCP** ([`crate::tcp_connection`]): exactly one bidirectional stream, taken by the
+///   client's first `open_bi` and the server's first `accept_bi`; a further `accept_bi`
+///   waits until the connection ends; opening more streams, and uni streams, fail with a
+///   clear error; no datagrams ([`DatagramError::Unsupported`]);
+/// - **virtual** ([`VirtualConnection`]): a session carried inside another connection,
+///   e.g. a WebTransport session inside an HTTP/3 connection, whose streams are QUIC
+///   streams of the carrying connection and whose datagrams its session code demultiplexes.
 #[derive(Clone)]
 pub struct Connection {
-    pub(crate) inner: ConnectionRef,
+    source: Source,
+}
+
+#[derive(Clone)]
+enum Source {
+    Quic(ConnectionRef),
+    Tcp(TcpConnection),
+    Virtual(Rc<dyn VirtualConnection>),
+}
+
+/// A connection carried inside another one (a WebTransport session inside an HTTP/3
+/// connection): what [`Connection`] needs of it. Implemented by the carrier's session code
+/// and wrapped with [`Connection::from_virtual`].
+///
+/// Streams are the runtime's own [`BiStream`]/[`SendStream`]/[`RecvStream`]: for
+/// WebTransport, QUIC streams of the HTTP/3 connection (taken from its [`Connection`]),
+/// with the session's stream header already read or written by the session code.
+/// Everything runs on the worker that owns the carrying connection (no `Send`).
+///
+/// The session's lifetime is the implementor's: [`Connection`] holds it in an `Rc`, so
+/// the implementor's `Drop` runs when the last `Connection` clone is dropped (its streams
+/// are the carrying connection's and do not keep the session alive).
+pub trait VirtualConnection: 'static {
+    /// The next bidirectional stream the peer opened in this session.
+    fn poll_accept_bi(&self, cx: &mut Context<'_>) -> Poll<Result<BiStream, ConnectionError>>;
+    /// The next unidirectional stream the peer opened in this session.
+    fn poll_accept_uni(&self, cx: &mut Context<'_>) -> Poll<Result<RecvStream, ConnectionError>>;
+    /// Opens a bidirectional stream in this session (its header written).
+    fn poll_open_bi(&self, cx: &mut Context<'_>) -> Poll<Result<BiStream, ConnectionError>>;
+    /// Opens a unidirectional stream in this session (its header written).
+    fn poll_open_uni(&self, cx: &mut Context<'_>) -> Poll<Result<SendStream, ConnectionError>>;
+    /// Sends one unreliable datagram of this session, dropping the oldest queued one when
+    /// the buffer is full.
+    fn send_datagram(&self, data: Bytes) -> Result<(), DatagramError>;
+    /// Sends a datagram, waiting for buffer space: takes `data` out of the option once it
+    /// is queued. The default treats it as [`VirtualConnection::send_datagram`].
+    fn poll_send_datagram_wait(
+        &self,
+        _cx: &mut Context<'_>,
+        data: &mut Option<Bytes>,
+    ) -> Poll<Result<(), DatagramError>> {
+        match data.take() {
+            Some(d) => Poll::Ready(self.send_datagram(d)),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+    /// The next datagram of this session from the peer.
+    fn poll_read_datagram(&self, cx: &mut Context<'_>) -> Poll<Result<Bytes, ConnectionError>>;
+    /// Largest datagram payload this session can send now (`None`: no datagrams).
+    fn max_datagram_size(&self) -> Option<usize>;
+    /// Closes the session with an application code and reason.
+    fn close(&self, code: VarInt, reason: &[u8]);
+    /// Resolves when the session has ended, saying why.
+    fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<ConnectionError>;
+    /// Why the session ended, if it has.
+    fn close_reason(&self) -> Option<ConnectionError>;
+    /// The peer's address (the carrying connection's).
+    fn remote_address(&self) -> SocketAddr;
+    /// The ALPN the session is served as (for WebTransport: the one its path names).
+    fn alpn(&self) -> Option<Vec<u8>>;
+    /// SHA-256 of the peer's TLS certificate, if it presented one.
+    fn peer_fingerprint(&self) -> Option<Fingerprint>;
+    /// Index of the worker that owns the carrying connection.
+    fn worker(&self) -> usize;
+    /// The carrying connection's round-trip time.
+    fn rtt(&self) -> std::time::Duration;
+    /// The carrying connection's statistics.
+    fn stats(&self) -> ConnectionStats;
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("handle", &self.inner.handle)
-            .field("worker", &self.inner.worker)
-            .finish()
+        match &self.source {
+            Source::Quic(inner) => f
+                .debug_struct("Connection")
+                .field("handle", &inner.handle)
+                .field("worker", &inner.worker)
+                .finish(),
+            Source::Tcp(t) => f
+                .debug_struct("Connection")
+                .field("tcp", &t.remote_address())
+                .field("worker", &t.worker())
+                .finish(),
+            Source::Virtual(v) => f
+                .debug_struct("Connection")
+                .field("virtual", &v.remote_address())
+                .field("worker", &v.worker())
+                .finish(),
+        }
+    }
+}
+
+fn quic_bi(inner: &ConnectionRef, id: StreamId) -> BiStream {
+    BiStream {
+        send: QuicSend::new(inner.clone(), id).into(),
+        recv: QuicRecv::new(inner.clone(), id).into(),
     }
 }
 
 impl Connection {
     pub(crate) fn new(inner: Rc<ConnInner>) -> Self {
         Self {
-            inner: ConnectionRef::new(inner),
+            source: Source::Quic(ConnectionRef::new(inner)),
+        }
+    }
+
+    pub(crate) fn from_tcp(conn: TcpConnection) -> Self {
+        Self {
+            source: Source::Tcp(conn),
+        }
+    }
+
+    /// A connection carried inside another (a WebTransport session): see
+    /// [`VirtualConnection`].
+    pub fn from_virtual(session: Rc<dyn VirtualConnection>) -> Self {
+        Self {
+            source: Source::Virtual(session),
+        }
+    }
+
+    /// What carries this connection: `"quic"`, `"tcp"` or `"virtual"` (for logs).
+    pub fn transport(&self) -> &'static str {
+        match &self.source {
+            Source::Quic(_) => "quic",
+            Source::Tcp(_) => "tcp",
+            Source::Virtual(_) => "virtual",
         }
     }
 
     /// Waits for the peer to open a bidirectional stream.
     pub async fn accept_bi(&self) -> Result<BiStream, ConnectionError> {
-        let id = self.accept(Dir::Bi).await?;
-        Ok(BiStream {
-            send: SendStream::new(self.inner.clone(), id),
-            recv: RecvStream::new(self.inner.clone(), id),
-        })
+        poll_fn(|cx| self.poll_accept_bi(cx)).await
     }
 
     /// Waits for the peer to open a unidirectional stream.
     pub async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
-        let id = self.accept(Dir::Uni).await?;
-        Ok(RecvStream::new(self.inner.clone(), id))
+        poll_fn(|cx| self.poll_accept_uni(cx)).await
     }
 
     /// Opens a bidirectional stream, waiting while the peer's stream limit is reached.
     pub async fn open_bi(&self) -> Result<BiStream, ConnectionError> {
-        let id = self.open(Dir::Bi).await?;
-        Ok(BiStream {
-            send: SendStream::new(self.inner.clone(), id),
-            recv: RecvStream::new(self.inner.clone(), id),
-        })
+        poll_fn(|cx| self.poll_open_bi(cx)).await
     }
 
     /// Opens a unidirectional stream, waiting while the peer's stream limit is reached.
     pub async fn open_uni(&self) -> Result<SendStream, ConnectionError> {
-        let id = self.open(Dir::Uni).await?;
-        Ok(SendStream::new(self.inner.clone(), id))
+        poll_fn(|cx| self.poll_open_uni(cx)).await
     }
 
     /// Poll form of [`Connection::accept_bi`], for poll-based adapters (HTTP/3).
     pub fn poll_accept_bi(&self, cx: &mut Context<'_>) -> Poll<Result<BiStream, ConnectionError>> {
-        self.poll_accept(cx, Dir::Bi).map_ok(|id| BiStream {
-            send: SendStream::new(self.inner.clone(), id),
-            recv: RecvStream::new(self.inner.clone(), id),
-        })
+        match &self.source {
+            Source::Quic(inner) => {
+                quic_poll_accept(inner, cx, Dir::Bi).map_ok(|id| quic_bi(inner, id))
+            }
+            Source::Tcp(t) => t.poll_accept_bi(cx),
+            Source::Virtual(v) => v.poll_accept_bi(cx),
+        }
     }
 
     /// Poll form of [`Connection::accept_uni`].
@@ -484,134 +604,130 @@ impl Connection {
         &self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<RecvStream, ConnectionError>> {
-        self.poll_accept(cx, Dir::Uni)
-            .map_ok(|id| RecvStream::new(self.inner.clone(), id))
+        match &self.source {
+            Source::Quic(inner) => quic_poll_accept(inner, cx, Dir::Uni)
+                .map_ok(|id| QuicRecv::new(inner.clone(), id).into()),
+            Source::Tcp(t) => t.poll_accept_uni(cx),
+            Source::Virtual(v) => v.poll_accept_uni(cx),
+        }
     }
 
     /// Poll form of [`Connection::open_bi`].
     pub fn poll_open_bi(&self, cx: &mut Context<'_>) -> Poll<Result<BiStream, ConnectionError>> {
-        self.poll_open(cx, Dir::Bi).map_ok(|id| BiStream {
-            send: SendStream::new(self.inner.clone(), id),
-            recv: RecvStream::new(self.inner.clone(), id),
-        })
+        match &self.source {
+            Source::Quic(inner) => {
+                quic_poll_open(inner, cx, Dir::Bi).map_ok(|id| quic_bi(inner, id))
+            }
+            Source::Tcp(t) => t.poll_open_bi(cx),
+            Source::Virtual(v) => v.poll_open_bi(cx),
+        }
     }
 
     /// Poll form of [`Connection::open_uni`].
     pub fn poll_open_uni(&self, cx: &mut Context<'_>) -> Poll<Result<SendStream, ConnectionError>> {
-        self.poll_open(cx, Dir::Uni)
-            .map_ok(|id| SendStream::new(self.inner.clone(), id))
-    }
-
-    async fn accept(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
-        poll_fn(|cx| self.poll_accept(cx, dir)).await
-    }
-
-    fn poll_accept(
-        &self,
-        cx: &mut Context<'_>,
-        dir: Dir,
-    ) -> Poll<Result<StreamId, ConnectionError>> {
-        let mut st = self.inner.state.borrow_mut();
-        if let Some(id) = st.conn.streams().accept(dir) {
-            drop(st);
-            // accepting can let the connection raise the peer's stream limit
-            self.inner.0.wake_driver();
-            return Poll::Ready(Ok(id));
+        match &self.source {
+            Source::Quic(inner) => quic_poll_open(inner, cx, Dir::Uni)
+                .map_ok(|id| QuicSend::new(inner.clone(), id).into()),
+            Source::Tcp(t) => t.poll_open_uni(cx),
+            Source::Virtual(v) => v.poll_open_uni(cx),
         }
-        if let Some(e) = &st.error {
-            return Poll::Ready(Err(e.clone()));
-        }
-        push_waker(&mut st.accept[dir_index(dir)], cx.waker());
-        Poll::Pending
     }
 
-    async fn open(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
-        poll_fn(|cx| self.poll_open(cx, dir)).await
-    }
-
-    fn poll_open(&self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<StreamId, ConnectionError>> {
-        let mut st = self.inner.state.borrow_mut();
-        if let Some(e) = &st.error {
-            return Poll::Ready(Err(e.clone()));
-        }
-        if let Some(id) = st.conn.streams().open(dir) {
-            return Poll::Ready(Ok(id));
-        }
-        push_waker(&mut st.open[dir_index(dir)], cx.waker());
-        Poll::Pending
-    }
-
-    /// Sends an unreliable QUIC DATAGRAM. When the send buffer is full the oldest queued
+    /// Sends an unreliable datagram. When the send buffer is full the oldest queued
     /// datagram is dropped, as unreliable delivery allows.
     pub fn send_datagram(&self, data: Bytes) -> Result<(), DatagramError> {
-        let res = {
-            let mut st = self.inner.state.borrow_mut();
-            if let Some(e) = &st.error {
-                return Err(DatagramError::ConnectionLost(e.clone()));
+        match &self.source {
+            Source::Quic(inner) => {
+                let res = {
+                    let mut st = inner.state.borrow_mut();
+                    if let Some(e) = &st.error {
+                        return Err(DatagramError::ConnectionLost(e.clone()));
+                    }
+                    st.conn.datagrams().send(data, true)
+                };
+                res?;
+                inner.0.wake_driver();
+                Ok(())
             }
-            st.conn.datagrams().send(data, true)
-        };
-        res?;
-        self.inner.0.wake_driver();
-        Ok(())
+            Source::Tcp(_) => Err(DatagramError::Unsupported),
+            Source::Virtual(v) => v.send_datagram(data),
+        }
     }
 
-    /// Sends a DATAGRAM, waiting for buffer space instead of dropping older ones.
+    /// Sends a datagram, waiting for buffer space instead of dropping older ones.
     pub async fn send_datagram_wait(&self, data: Bytes) -> Result<(), DatagramError> {
         let mut data = Some(data);
-        poll_fn(|cx| {
-            let mut st = self.inner.state.borrow_mut();
-            if let Some(e) = &st.error {
-                return Poll::Ready(Err(DatagramError::ConnectionLost(e.clone())));
-            }
-            let Some(d) = data.take() else {
-                return Poll::Ready(Ok(()));
-            };
-            match st.conn.datagrams().send(d, false) {
-                Ok(()) => {
-                    drop(st);
-                    self.inner.0.wake_driver();
-                    Poll::Ready(Ok(()))
+        poll_fn(|cx| match &self.source {
+            Source::Quic(inner) => {
+                let mut st = inner.state.borrow_mut();
+                if let Some(e) = &st.error {
+                    return Poll::Ready(Err(DatagramError::ConnectionLost(e.clone())));
                 }
-                Err(SendDatagramError::Blocked(d)) => {
-                    data = Some(d);
-                    push_waker(&mut st.datagram_send, cx.waker());
-                    Poll::Pending
+                let Some(d) = data.take() else {
+                    return Poll::Ready(Ok(()));
+                };
+                match st.conn.datagrams().send(d, false) {
+                    Ok(()) => {
+                        drop(st);
+                        inner.0.wake_driver();
+                        Poll::Ready(Ok(()))
+                    }
+                    Err(SendDatagramError::Blocked(d)) => {
+                        data = Some(d);
+                        push_waker(&mut st.datagram_send, cx.waker());
+                        Poll::Pending
+                    }
+                    Err(e) => Poll::Ready(Err(e.into())),
                 }
-                Err(e) => Poll::Ready(Err(e.into())),
             }
+            Source::Tcp(_) => Poll::Ready(Err(DatagramError::Unsupported)),
+            Source::Virtual(v) => v.poll_send_datagram_wait(cx, &mut data),
         })
         .await
     }
 
-    /// Waits for the next DATAGRAM from the peer.
+    /// Waits for the next datagram from the peer. On TLS/TCP (no datagrams) this waits
+    /// until the connection ends and returns why.
     pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
-        poll_fn(|cx| {
-            let mut st = self.inner.state.borrow_mut();
-            if let Some(d) = st.conn.datagrams().recv() {
-                return Poll::Ready(Ok(d));
+        poll_fn(|cx| match &self.source {
+            Source::Quic(inner) => {
+                let mut st = inner.state.borrow_mut();
+                if let Some(d) = st.conn.datagrams().recv() {
+                    return Poll::Ready(Ok(d));
+                }
+                if let Some(e) = &st.error {
+                    return Poll::Ready(Err(e.clone()));
+                }
+                push_waker(&mut st.datagram_recv, cx.waker());
+                Poll::Pending
             }
-            if let Some(e) = &st.error {
-                return Poll::Ready(Err(e.clone()));
-            }
-            push_waker(&mut st.datagram_recv, cx.waker());
-            Poll::Pending
+            Source::Tcp(t) => t.poll_closed(cx).map(Err),
+            Source::Virtual(v) => v.poll_read_datagram(cx),
         })
         .await
     }
 
-    /// Largest DATAGRAM payload the path allows now (`None` if the peer does not take them).
+    /// Largest datagram payload the path allows now (`None` if the peer does not take
+    /// them, or the carrier has none: TLS/TCP).
     pub fn max_datagram_size(&self) -> Option<usize> {
-        self.inner.state.borrow_mut().conn.datagrams().max_size()
+        match &self.source {
+            Source::Quic(inner) => inner.state.borrow_mut().conn.datagrams().max_size(),
+            Source::Tcp(_) => None,
+            Source::Virtual(v) => v.max_datagram_size(),
+        }
     }
 
-    /// Waits for the handshake to complete (clients; a handler's connection already has).
+    /// Waits for the handshake to complete (clients; a handler's connection already has,
+    /// and TLS/TCP and virtual connections are made complete).
     pub async fn connected(&self) -> Result<(), ConnectionError> {
         poll_fn(|cx| self.poll_connected(cx)).await
     }
 
     pub(crate) fn poll_connected(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
-        let mut st = self.inner.state.borrow_mut();
+        let Source::Quic(inner) = &self.source else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut st = inner.state.borrow_mut();
         if st.connected {
             return Poll::Ready(Ok(()));
         }
@@ -624,55 +740,130 @@ impl Connection {
 
     /// Closes the connection now with an application error code and reason. Unsent stream
     /// data is discarded: finish streams and wait for the peer first for a clean end.
+    /// (TLS/TCP cannot carry the code: the connection is cut.)
     pub fn close(&self, code: VarInt, reason: &[u8]) {
-        self.inner.0.close(code, reason);
+        match &self.source {
+            Source::Quic(inner) => inner.0.close(code, reason),
+            Source::Tcp(t) => t.close(code, reason),
+            Source::Virtual(v) => v.close(code, reason),
+        }
     }
 
     /// Waits until the connection is closed, by either side, and says why.
     pub async fn closed(&self) -> ConnectionError {
-        poll_fn(|cx| {
-            let mut st = self.inner.state.borrow_mut();
-            if let Some(e) = &st.error {
-                return Poll::Ready(e.clone());
+        poll_fn(|cx| match &self.source {
+            Source::Quic(inner) => {
+                let mut st = inner.state.borrow_mut();
+                if let Some(e) = &st.error {
+                    return Poll::Ready(e.clone());
+                }
+                push_waker(&mut st.on_closed, cx.waker());
+                Poll::Pending
             }
-            push_waker(&mut st.on_closed, cx.waker());
-            Poll::Pending
+            Source::Tcp(t) => t.poll_closed(cx),
+            Source::Virtual(v) => v.poll_closed(cx),
         })
         .await
     }
 
     /// Why the connection ended, if it has.
     pub fn close_reason(&self) -> Option<ConnectionError> {
-        self.inner.state.borrow().error.clone()
+        match &self.source {
+            Source::Quic(inner) => inner.state.borrow().error.clone(),
+            Source::Tcp(t) => t.close_reason(),
+            Source::Virtual(v) => v.close_reason(),
+        }
     }
 
-    /// The peer's current address (changes when the peer migrates).
+    /// The peer's current address (changes when a QUIC peer migrates).
     pub fn remote_address(&self) -> SocketAddr {
-        self.inner.state.borrow().conn.remote_address()
+        match &self.source {
+            Source::Quic(inner) => inner.state.borrow().conn.remote_address(),
+            Source::Tcp(t) => t.remote_address(),
+            Source::Virtual(v) => v.remote_address(),
+        }
     }
 
-    /// The negotiated ALPN.
+    /// The negotiated ALPN (for a virtual connection: the one it is served as).
     pub fn alpn(&self) -> Option<Vec<u8>> {
-        self.inner.state.borrow().alpn.clone()
+        match &self.source {
+            Source::Quic(inner) => inner.state.borrow().alpn.clone(),
+            Source::Tcp(t) => t.alpn(),
+            Source::Virtual(v) => v.alpn(),
+        }
     }
 
     /// SHA-256 of the peer's certificate, if it presented one.
     pub fn peer_fingerprint(&self) -> Option<Fingerprint> {
-        self.inner.state.borrow().peer_fingerprint
+        match &self.source {
+            Source::Quic(inner) => inner.state.borrow().peer_fingerprint,
+            Source::Tcp(t) => t.peer_fingerprint(),
+            Source::Virtual(v) => v.peer_fingerprint(),
+        }
     }
 
     /// Index of the worker that owns this connection.
     pub fn worker(&self) -> usize {
-        self.inner.worker
+        match &self.source {
+            Source::Quic(inner) => inner.worker,
+            Source::Tcp(t) => t.worker(),
+            Source::Virtual(v) => v.worker(),
+        }
     }
 
+    /// Round-trip time (TLS/TCP: the kernel's smoothed estimate).
     pub fn rtt(&self) -> std::time::Duration {
-        self.inner.state.borrow().conn.rtt()
+        match &self.source {
+            Source::Quic(inner) => inner.state.borrow().conn.rtt(),
+            Source::Tcp(t) => t.rtt(),
+            Source::Virtual(v) => v.rtt(),
+        }
     }
 
+    /// QUIC statistics (TLS/TCP: only the byte counts, in `udp_tx`/`udp_rx.bytes`, and
+    /// the path's RTT).
     pub fn stats(&self) -> ConnectionStats {
-        self.inner.state.borrow().conn.stats()
+        match &self.source {
+            Source::Quic(inner) => inner.state.borrow().conn.stats(),
+            Source::Tcp(t) => t.stats(),
+            Source::Virtual(v) => v.stats(),
+        }
     }
+}
+
+fn quic_poll_accept(
+    inner: &ConnectionRef,
+    cx: &mut Context<'_>,
+    dir: Dir,
+) -> Poll<Result<StreamId, ConnectionError>> {
+    let mut st = inner.state.borrow_mut();
+    if let Some(id) = st.conn.streams().accept(dir) {
+        drop(st);
+        // accepting can let the connection raise the peer's stream limit
+        inner.0.wake_driver();
+        return Poll::Ready(Ok(id));
+    }
+    if let Some(e) = &st.error {
+        return Poll::Ready(Err(e.clone()));
+    }
+    push_waker(&mut st.accept[dir_index(dir)], cx.waker());
+    Poll::Pending
+}
+
+fn quic_poll_open(
+    inner: &ConnectionRef,
+    cx: &mut Context<'_>,
+    dir: Dir,
+) -> Poll<Result<StreamId, ConnectionError>> {
+    let mut st = inner.state.borrow_mut();
+    if let Some(e) = &st.error {
+        return Poll::Ready(Err(e.clone()));
+    }
+    if let Some(id) = st.conn.streams().open(dir) {
+        return Poll::Ready(Ok(id));
+    }
+    push_waker(&mut st.open[dir_index(dir)], cx.waker());
+    Poll::Pending
 }
 
 #[cfg(test)]

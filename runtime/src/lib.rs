@@ -37,8 +37,10 @@ mod socket;
 mod stats;
 mod streams;
 mod tcp;
+mod tcp_connection;
 pub mod tls;
 mod worker;
+mod wtcert;
 
 pub use acl::{AccessControl, AccessDenied, Requirement};
 pub use admission::{
@@ -49,8 +51,10 @@ pub use admission::{
     SOURCE_TABLE_CELLS,
 };
 pub use cid::WorkerCidGenerator;
-pub use client::{ClientEndpoint, ConnectError};
-pub use connection::{Connection, DatagramError};
+pub use client::{
+    connect_tls_tcp, ClientEndpoint, ConnectError, TcpConnectError, TCP_CONNECT_TIMEOUT,
+};
+pub use connection::{Connection, DatagramError, VirtualConnection};
 pub use dns::{
     DnsAnswer, DnsResolver, PkarrRelay, RelayError, RelayPacket, PKARR_MAX_RELAY_PAYLOAD,
 };
@@ -85,8 +89,10 @@ pub use streams::{
     BiStream, ReadError, ReadToEndError, RecvStream, SendStream, WriteError, STREAM_PANIC_CODE,
 };
 pub use tcp::{TcpHandler, TcpRegistry, TcpSetup, TlsTcpStream, TCP_DEFAULT_ALPN};
+pub use tcp_connection::{one_stream_error, TCP_CLOSE_LINGER};
 pub use worker::{
-    CLOSE_LINGER, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RECV_BATCHES_PER_POLL, TRANSMITS_PER_CONNECTION,
+    running_handlers, CLOSE_LINGER, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RECV_BATCHES_PER_POLL,
+    TRANSMITS_PER_CONNECTION,
 };
 
 pub use alknet_proto::Fingerprint;

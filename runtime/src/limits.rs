@@ -61,8 +61,37 @@ pub const DEFAULT_TCP_CONNECTIONS_PER_WORKER: usize = 10_000;
 /// `[tcp] listen_backlog`: connections the kernel queues per worker listener before accept.
 pub const DEFAULT_TCP_LISTEN_BACKLOG: u32 = 1024;
 
-/// `[tcp]`: the TLS-over-TCP listener on the QUIC port (HTTP/1.1 and HTTP/2), with its
-/// limits; see the constants above for each field.
+/// `[tcp] stream_alpns`: the ALPNs of QUIC protocol handlers also served over TLS/TCP, for
+/// clients whose UDP is blocked (`alknet connect --transport tcp`). Each such connection is
+/// a one-stream [`crate::Connection`] run by the same handler with the same identity and
+/// client-certificate policy; an ALPN listed here but not enabled as a handler is not
+/// offered. Handlers that need more than one stream (`alknet/perf`, `doq`, `h3`) or
+/// datagrams do not belong here.
+pub const DEFAULT_TCP_STREAM_ALPNS: &[&str] = &[
+    "alknet/ssh",
+    "alknet/sftp",
+    "alknet/git",
+    "alknet/call",
+    "alknet/echo",
+];
+/// `[tcp] stream_buffer`: bytes a TLS/TCP stream buffers each way (read ahead of the
+/// handler; queued for the socket). Past it the handler's writes wait and the socket is
+/// not read, so TCP's window stops the peer.
+pub const DEFAULT_TCP_STREAM_BUFFER: usize = 1 << 20;
+
+/// `[tcp] keepalive_idle_ms`: TCP keep-alive on every accepted connection (0: off). After
+/// this long without traffic the kernel probes the peer every [`TCP_KEEPALIVE_INTERVAL`],
+/// and [`TCP_KEEPALIVE_PROBES`] unanswered probes end the connection: a client whose
+/// machine vanished stops holding its slot, while an idle interactive session (an SSH
+/// shell over TLS/TCP, which has no pings of its own) stays up.
+pub const DEFAULT_TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Interval of TCP keep-alive probes (see [`DEFAULT_TCP_KEEPALIVE_IDLE`]).
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered keep-alive probes before the kernel ends a TCP connection.
+pub const TCP_KEEPALIVE_PROBES: u32 = 3;
+
+/// `[tcp]`: the TLS-over-TCP listener on the QUIC port (HTTP/1.1, HTTP/2, DoT, and the
+/// `stream_alpns` services), with its limits; see the constants above for each field.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TcpLimits {
@@ -72,6 +101,10 @@ pub struct TcpLimits {
     pub tls_handshake_timeout: Duration,
     pub max_connections_per_worker: usize,
     pub listen_backlog: u32,
+    pub stream_alpns: Vec<String>,
+    pub stream_buffer: usize,
+    #[serde(rename = "keepalive_idle_ms", with = "millis")]
+    pub keepalive_idle: Duration,
 }
 
 impl Default for TcpLimits {
@@ -81,6 +114,12 @@ impl Default for TcpLimits {
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             max_connections_per_worker: DEFAULT_TCP_CONNECTIONS_PER_WORKER,
             listen_backlog: DEFAULT_TCP_LISTEN_BACKLOG,
+            stream_alpns: DEFAULT_TCP_STREAM_ALPNS
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            stream_buffer: DEFAULT_TCP_STREAM_BUFFER,
+            keepalive_idle: DEFAULT_TCP_KEEPALIVE_IDLE,
         }
     }
 }
@@ -95,6 +134,9 @@ impl TcpLimits {
         }
         if self.listen_backlog == 0 {
             return Err(LimitsError::Zero("tcp.listen_backlog"));
+        }
+        if self.stream_buffer == 0 {
+            return Err(LimitsError::Zero("tcp.stream_buffer"));
         }
         Ok(())
     }

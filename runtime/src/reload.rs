@@ -161,8 +161,9 @@ impl ConfigReloadHandle {
         if setup.limits.listen_backlog != running.limits.listen_backlog {
             fixed.push("tcp.listen_backlog");
         }
-        if setup.registry.alpns() != running.registry.alpns() {
-            fixed.push("the TCP handlers' ALPNs");
+        let quic = self.0.registry.load();
+        if setup.offered_alpns(&quic) != running.offered_alpns(&quic) {
+            fixed.push("the ALPNs the TCP side offers (its handlers', tcp.stream_alpns)");
         }
         if !fixed.is_empty() {
             return Err(TcpReloadError::NeedsRestart(fixed.join(", ")));
@@ -233,7 +234,7 @@ impl ConfigReloadHandle {
         handshake: &HandshakePolicy,
     ) -> Result<ServerTls, TlsError> {
         let config = build_server_config(tls, registry.alpns(), client_auth, limits, handshake)?;
-        let tcp = crate::server::build_tcp_config(&self.0, tls, client_auth, handshake)?;
+        let tcp = crate::server::build_tcp_config(&self.0, tls, client_auth, handshake, registry)?;
         Ok(ServerTls {
             config,
             tcp,

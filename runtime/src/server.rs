@@ -236,11 +236,15 @@ pub(crate) fn build_tcp_config(
     tls: &TlsIdentity,
     client_auth: ClientAuth,
     handshake: &HandshakePolicy,
+    quic: &AlpnRegistry,
 ) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
     shared
         .tcp
         .as_ref()
-        .map(|t| tcp_server_config(tls, t.load().registry.alpns(), client_auth, handshake))
+        .map(|t| {
+            let alpns = t.load().offered_alpns(quic);
+            tcp_server_config(tls, alpns, client_auth, handshake)
+        })
         .transpose()
 }
 
@@ -262,7 +266,7 @@ pub fn start_with_tcp(
     tcp: Option<TcpSetup>,
 ) -> Result<ServerHandle, StartError> {
     config.limits.validate()?;
-    let tcp = tcp.filter(|t| t.limits.enabled && !t.registry.is_empty());
+    let tcp = tcp.filter(|t| t.limits.enabled && !t.offered_alpns(&registry).is_empty());
     if let Some(t) = &tcp {
         t.limits.validate()?;
     }
@@ -339,7 +343,7 @@ pub fn start_with_tcp(
         .map(|t| {
             tcp_server_config(
                 &config.tls,
-                t.registry.alpns(),
+                t.offered_alpns(&registry),
                 config.client_auth,
                 &config.handshake,
             )
@@ -460,6 +464,7 @@ pub fn start_with_tcp(
                     }
                     let drain_shared = worker_shared.clone();
                     let stats = worker_shared.stats[index].clone();
+                    crate::worker::set_running_server(&worker_shared);
                     let role = Role::Server(worker_shared);
                     let state = WorkerState::new(index, role, endpoint, io, stats);
                     state.set_preferred_sockets(extra);

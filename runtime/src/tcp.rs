@@ -1,4 +1,6 @@
-//! TLS over TCP on the QUIC port, for clients whose UDP is blocked (HTTP/1.1, HTTP/2).
+//! TLS over TCP on the QUIC port, for clients whose UDP is blocked: HTTP/1.1, HTTP/2 and
+//! DoT ([`TcpHandler`]s), and the QUIC services of `[tcp] stream_alpns` as one-stream
+//! connections ([`crate::tcp_connection`]).
 //!
 //! Thread-per-core like the UDP side: every worker has its own SO_REUSEPORT listener on the
 //! QUIC endpoint's address and port, accepts with monoio (io_uring accept, or epoll with
@@ -23,12 +25,14 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncBufRead;
 
-use crate::admission::{AdmissionLimits, Refusal, SourceTable, SourceTicket};
+use crate::admission::{AdmissionLimits, AlpnTicket, Refusal, SourceTable, SourceTicket};
+use crate::connection::Connection;
 use crate::identity::AuthContext;
 use crate::limits::TcpLimits;
-use crate::router::{HandlerError, LocalBoxFuture, RegistryError};
+use crate::router::{AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError};
 use crate::rt::{catch_panic, panic_message, spawn_guarded};
 use crate::stats::WorkerStats;
+use crate::tcp_connection::{tcp_connection, TcpPeer};
 use crate::tls::fingerprint_of;
 use crate::worker::{ServerShared, CLOSE_NOW, RUNNING};
 
@@ -147,6 +151,29 @@ impl TcpRegistry {
 pub struct TcpSetup {
     pub registry: TcpRegistry,
     pub limits: TcpLimits,
+}
+
+impl TcpSetup {
+    /// The ALPNs the TCP side offers, in preference order: its own handlers', then the
+    /// `[tcp] stream_alpns` that `quic` serves (as one-stream connections).
+    pub fn offered_alpns(&self, quic: &AlpnRegistry) -> Vec<Vec<u8>> {
+        let mut alpns = self.registry.alpns();
+        for alpn in &self.limits.stream_alpns {
+            let alpn = alpn.as_bytes();
+            if quic.lookup(alpn).is_some() && !alpns.iter().any(|a| a == alpn) {
+                alpns.push(alpn.to_vec());
+            }
+        }
+        alpns
+    }
+
+    /// Whether `alpn` is served over TCP as a one-stream connection of its QUIC handler.
+    fn streams(&self, alpn: &[u8]) -> bool {
+        self.limits
+            .stream_alpns
+            .iter()
+            .any(|a| a.as_bytes() == alpn)
+    }
 }
 
 /// Connections one worker's listener has open, for its limit and its drain.
@@ -282,6 +309,7 @@ async fn serve_connection(
     mut slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
+    set_keepalive(&stream, setup.limits.keepalive_idle);
     let poll = match stream.try_into_poll_io() {
         Ok(p) => p,
         Err((e, _)) => {
@@ -342,16 +370,58 @@ async fn serve_connection(
         }
         None => TCP_DEFAULT_ALPN.to_vec(),
     };
-    let Some(handler) = setup.registry.lookup(&alpn).cloned() else {
-        // only without ALPN (rustls refuses ALPNs we do not advertise)
-        tracing::debug!(worker, %remote, "no TCP handler for ALPN {:?}", String::from_utf8_lossy(&alpn));
-        WorkerStats::add(&stats.tls_handshake_failures, 1);
-        return;
+    let handler = match setup.registry.lookup(&alpn) {
+        Some(h) => Served::Tcp(h.clone()),
+        None if setup.streams(&alpn) => match shared.registry.load().lookup(&alpn) {
+            Some(h) => Served::Stream(h.clone()),
+            None => {
+                // offered when the TLS config was built; a handler reload removed it since
+                tracing::debug!(worker, %remote, "ALPN {:?} is no longer served", String::from_utf8_lossy(&alpn));
+                return;
+            }
+        },
+        None => {
+            // only without ALPN (rustls refuses ALPNs we do not advertise)
+            tracing::debug!(worker, %remote, "no TCP handler for ALPN {:?}", String::from_utf8_lossy(&alpn));
+            WorkerStats::add(&stats.tls_handshake_failures, 1);
+            return;
+        }
     };
     WorkerStats::add(&stats.tcp_accepted, 1);
     WorkerStats::add(&stats.tcp_open, 1);
     slot.counted_open = true;
-    let auth = shared.auth_context(remote, alpn, peer_fingerprint);
+    let auth = shared.auth_context(remote, alpn.clone(), peer_fingerprint);
+    let handler = match handler {
+        Served::Tcp(handler) => handler,
+        Served::Stream(handler) => {
+            // `[admission] max_connections_per_alpn` counts a service's TLS/TCP
+            // connections with its QUIC ones
+            let mut ticket = None;
+            if let Some(count) = shared.alpn_counts.load().iter().find(|n| *n.alpn == *alpn) {
+                let cap = shared.admission.load().alpn_cap(&alpn);
+                match AlpnTicket::take(count, cap) {
+                    Some(t) => ticket = Some(t),
+                    None => {
+                        WorkerStats::add(&stats.refused_alpn, 1);
+                        tracing::debug!(worker, %remote, alpn = %String::from_utf8_lossy(&alpn), "service connection cap reached (TLS/TCP)");
+                        return;
+                    }
+                }
+            }
+            let peer = TcpPeer {
+                remote,
+                alpn,
+                peer_fingerprint,
+                worker,
+                fd: std::os::fd::AsRawFd::as_raw_fd(tls.get_ref().0),
+                side: quinn_proto::Side::Server,
+            };
+            serve_stream(handler, tls, peer, auth, setup.limits.stream_buffer, stats).await;
+            drop(ticket);
+            drop(slot);
+            return;
+        }
+    };
     match catch_panic(handler.handle(tls, auth)).await {
         Ok(Ok(())) => tracing::trace!(worker, %remote, "TCP connection finished"),
         Ok(Err(e)) => {
@@ -364,6 +434,71 @@ async fn serve_connection(
         }
     }
     drop(slot);
+}
+
+/// TCP keep-alive after `idle` without traffic (zero: off); see
+/// [`crate::DEFAULT_TCP_KEEPALIVE_IDLE`].
+pub(crate) fn set_keepalive(stream: &monoio::net::TcpStream, idle: Duration) {
+    if idle.is_zero() {
+        return;
+    }
+    if let Err(e) = stream.set_tcp_keepalive(
+        Some(idle),
+        Some(crate::limits::TCP_KEEPALIVE_INTERVAL),
+        Some(crate::limits::TCP_KEEPALIVE_PROBES),
+    ) {
+        tracing::debug!("TCP keep-alive not set: {e}");
+    }
+}
+
+/// Which handler a TLS/TCP connection gets.
+enum Served {
+    /// A [`TcpHandler`], given the TLS stream.
+    Tcp(Arc<dyn TcpHandler>),
+    /// A QUIC [`ProtocolHandler`] of `[tcp] stream_alpns`, given a one-stream
+    /// [`Connection`].
+    Stream(Arc<dyn ProtocolHandler>),
+}
+
+/// Runs a QUIC handler on a one-stream [`Connection`] over `tls`, as the worker runs it on
+/// a QUIC connection: an error or a panic ends only this connection. Returns when the
+/// handler has returned and the connection has ended (a finished stream gets
+/// [`crate::TCP_CLOSE_LINGER`] to flush).
+async fn serve_stream(
+    handler: Arc<dyn ProtocolHandler>,
+    tls: TlsTcpStream,
+    peer: TcpPeer,
+    auth: AuthContext,
+    buffer: usize,
+    stats: Arc<WorkerStats>,
+) {
+    let (worker, remote) = (peer.worker, peer.remote);
+    let (conn, driver) = tcp_connection(Box::new(tls), peer, buffer);
+    let conn = Connection::from_tcp(conn);
+    let watcher = conn.clone();
+    let handled = async move {
+        let outcome = catch_panic(handler.handle(conn, auth)).await;
+        match &outcome {
+            Ok(Ok(())) => tracing::trace!(worker, %remote, "TLS/TCP stream connection finished"),
+            Ok(Err(e)) => {
+                WorkerStats::add(&stats.handler_errors, 1);
+                tracing::debug!(worker, %remote, "handler error (TLS/TCP): {e}");
+                watcher.close(e.close_code(), e.to_string().as_bytes());
+            }
+            Err(panic) => {
+                WorkerStats::add(&stats.handler_panics, 1);
+                tracing::error!(worker, %remote, panic = %panic_message(&**panic), "handler panicked (TLS/TCP)");
+                watcher.close(
+                    quinn_proto::VarInt::from_u32(crate::close_code::HANDLER_PANIC),
+                    b"handler panicked",
+                );
+            }
+        }
+    };
+    // the driver runs beside the handler and outlives it by the close linger at most
+    let driving = monoio::spawn(driver.run());
+    handled.await;
+    driving.await;
 }
 
 #[cfg(test)]

@@ -16,6 +16,11 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+pub use crate::wtcert::{
+    WebTransportCert, WebTransportCertEntry, WebTransportCerts, WEBTRANSPORT_CERT_ANNOUNCE_BEFORE,
+    WEBTRANSPORT_CERT_BACKDATE, WEBTRANSPORT_CERT_ROTATE_BEFORE, WEBTRANSPORT_CERT_VALIDITY,
+};
+
 /// Errors building TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -65,6 +70,8 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 pub struct TlsIdentity {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+    /// The browser-valid certificate `h3` connections get instead (`tls.webtransport_cert`).
+    pub webtransport: Option<Arc<WebTransportCert>>,
 }
 
 impl Clone for TlsIdentity {
@@ -72,6 +79,7 @@ impl Clone for TlsIdentity {
         Self {
             chain: self.chain.clone(),
             key: self.key.clone_key(),
+            webtransport: self.webtransport.clone(),
         }
     }
 }
@@ -92,7 +100,11 @@ impl TlsIdentity {
             path: key.into(),
             message: format!("no usable private key: {e}"),
         })?;
-        Ok(Self { chain, key })
+        Ok(Self {
+            chain,
+            key,
+            webtransport: None,
+        })
     }
 
     /// A new self-signed certificate for `localhost`, 127.0.0.1 and ::1 (and `names`).
@@ -101,6 +113,7 @@ impl TlsIdentity {
         Ok(Self {
             chain: vec![ck.cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into()),
+            webtransport: None,
         })
     }
 
@@ -143,6 +156,7 @@ impl TlsIdentity {
         Ok(Self {
             chain: vec![cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(key_der),
+            webtransport: None,
         })
     }
 
@@ -200,6 +214,13 @@ impl TlsIdentity {
         pem_encode(label, self.key.secret_der())
     }
 
+    /// Presents `cert` to `h3` connections (WebTransport from browsers) instead of this
+    /// identity's certificate.
+    pub fn with_webtransport_cert(mut self, cert: Arc<WebTransportCert>) -> Self {
+        self.webtransport = Some(cert);
+        self
+    }
+
     /// SHA-256 of the leaf certificate: what clients pin with `--fingerprint`.
     pub fn fingerprint(&self) -> Fingerprint {
         fingerprint_of(&self.chain[0])
@@ -218,7 +239,7 @@ pub const ED25519_CERT_NOT_BEFORE: (i32, u8, u8) = (1975, 1, 1);
 pub const ED25519_CERT_NOT_AFTER: (i32, u8, u8) = (4096, 1, 1);
 
 /// The names of a generated certificate: loopback, then `extra`.
-fn default_names(extra: &[String]) -> Vec<String> {
+pub(crate) fn default_names(extra: &[String]) -> Vec<String> {
     let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
     sans.extend(extra.iter().cloned());
     sans
@@ -358,12 +379,25 @@ fn server_rustls_config(
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Optional | ClientAuth::Required => {
             builder.with_client_cert_verifier(Arc::new(AnyClientCert {
-                provider,
+                provider: provider.clone(),
                 mandatory: client_auth == ClientAuth::Required,
             }))
         }
     };
-    let mut cfg = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    let mut cfg = match &identity.webtransport {
+        None => builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?,
+        Some(webtransport) => {
+            let signer = provider
+                .key_provider
+                .load_private_key(identity.key.clone_key())?;
+            let main = rustls::sign::CertifiedKey::new(identity.chain.clone(), signer);
+            main.keys_match()?;
+            builder.with_cert_resolver(Arc::new(crate::wtcert::AlpnCertResolver {
+                main: Arc::new(main),
+                webtransport: webtransport.clone(),
+            }))
+        }
+    };
     cfg.alpn_protocols = alpns;
     policy.apply(&mut cfg);
     Ok(cfg)
@@ -408,6 +442,29 @@ pub fn client_crypto_with_resumption(
     identity: Option<&TlsIdentity>,
     resumption: bool,
 ) -> Result<Arc<QuicClientConfig>, TlsError> {
+    let cfg = client_rustls_config(trust, alpns, identity, resumption)?;
+    let quic = QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok(Arc::new(quic))
+}
+
+/// The client TLS configuration for TLS over TCP (`alknet connect --transport tcp`): the
+/// same trust, identity and TLS 1.3-only suites as [`client_crypto`], offering `alpns`.
+pub fn tcp_client_config(
+    trust: &ServerTrust,
+    alpns: Vec<Vec<u8>>,
+    identity: Option<&TlsIdentity>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    Ok(Arc::new(client_rustls_config(
+        trust, alpns, identity, true,
+    )?))
+}
+
+fn client_rustls_config(
+    trust: &ServerTrust,
+    alpns: Vec<Vec<u8>>,
+    identity: Option<&TlsIdentity>,
+    resumption: bool,
+) -> Result<rustls::ClientConfig, TlsError> {
     let provider = crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -448,8 +505,7 @@ pub fn client_crypto_with_resumption(
     if !resumption {
         cfg.resumption = rustls::client::Resumption::disabled();
     }
-    let quic = QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
-    Ok(Arc::new(quic))
+    Ok(cfg)
 }
 
 /// The handshake-signature methods both verifiers share: whatever we conclude about the

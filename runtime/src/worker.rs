@@ -134,6 +134,24 @@ impl ServerShared {
     }
 }
 
+thread_local! {
+    /// The server whose worker runs on this thread (see [`running_handlers`]).
+    static RUNNING_SERVER: RefCell<std::sync::Weak<ServerShared>> =
+        const { RefCell::new(std::sync::Weak::new()) };
+}
+
+/// Called once by a server worker thread before its driver starts.
+pub(crate) fn set_running_server(shared: &Arc<ServerShared>) {
+    RUNNING_SERVER.with(|s| *s.borrow_mut() = Arc::downgrade(shared));
+}
+
+/// The handlers the server running on this worker thread serves now (live: a reload's new
+/// registry shows at the next call), for a handler that hands a session on to another
+/// ALPN's handler (WebTransport). `None` off a server worker thread.
+pub fn running_handlers() -> Option<Arc<AlpnRegistry>> {
+    RUNNING_SERVER.with(|s| s.borrow().upgrade().map(|s| s.registry.load_full()))
+}
+
 /// The server config new handshakes use, and its certificate's fingerprint.
 pub(crate) struct ServerTls {
     pub config: Arc<quinn_proto::ServerConfig>,

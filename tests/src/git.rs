@@ -44,6 +44,7 @@ pub fn git_cmd(dir: &Path) -> Command {
         .env("GIT_TERMINAL_PROMPT", "0")
         .env_remove("ALKNET_TOKEN")
         .env_remove("ALKNET_FINGERPRINT")
+        .env_remove("ALKNET_TRANSPORT")
         .env_remove("GIT_DIR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -48,6 +48,8 @@ pub struct ServerOptions {
     pub kernel_steering: bool,
     pub handshake: alknet_runtime::HandshakePolicy,
     pub admission: alknet_runtime::AdmissionLimits,
+    /// A TLS-over-TCP listener on the same port (e.g. for `[tcp] stream_alpns`).
+    pub tcp: Option<alknet_runtime::TcpSetup>,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +63,7 @@ impl Default for ServerOptions {
             kernel_steering: true,
             handshake: alknet_runtime::HandshakePolicy::default(),
             admission: alknet_runtime::AdmissionLimits::default(),
+            tcp: None,
         }
     }
 }
@@ -86,7 +89,28 @@ pub fn start_server(opts: ServerOptions) -> ServerHandle {
         admission: opts.admission,
         qlog_dir: None,
     };
-    alknet_runtime::start(config, registry, opts.provider).expect("start server")
+    alknet_runtime::start_with_tcp(config, registry, opts.provider, opts.tcp).expect("start server")
+}
+
+/// Connects to `server` over TLS/TCP with `alpn` (a `[tcp] stream_alpns` service),
+/// pinning its certificate: a one-stream connection.
+pub async fn connect_tcp(
+    server: &ServerHandle,
+    alpn: &[u8],
+) -> Result<Connection, alknet_runtime::TcpConnectError> {
+    let config = alknet_runtime::tls::tcp_client_config(
+        &ServerTrust::Fingerprint(server.fingerprint()),
+        vec![alpn.to_vec()],
+        None,
+    )
+    .expect("client TLS config");
+    alknet_runtime::connect_tls_tcp(
+        server.local_addr(),
+        "localhost",
+        config,
+        alknet_runtime::DEFAULT_TCP_STREAM_BUFFER,
+    )
+    .await
 }
 
 /// Runs a client scenario on a fresh monoio runtime on this thread, failing the test if

@@ -110,9 +110,26 @@ pub struct SshTarget {
     pub addr: String,
     /// The server certificate's SHA-256, hex.
     pub tls_fingerprint: String,
+    /// `alknet connect --transport`: `quic`, `tcp` or `webtransport`.
+    pub transport: &'static str,
 }
 
 impl SshTarget {
+    /// The target reached over QUIC (use [`Self::over`] for another transport).
+    pub fn new(addr: String, tls_fingerprint: String) -> Self {
+        Self {
+            addr,
+            tls_fingerprint,
+            transport: "quic",
+        }
+    }
+
+    /// The same target through `alknet connect --transport TRANSPORT`.
+    pub fn over(mut self, transport: &'static str) -> Self {
+        self.transport = transport;
+        self
+    }
+
     /// `ssh` to the target with `key` and nothing from the user's configuration: no
     /// known_hosts, no agent, no other keys, batch mode (never a prompt).
     pub fn ssh(&self, key: &SshKey) -> Command {
@@ -137,8 +154,9 @@ impl SshTarget {
 
     fn client(&self, program: &str, key: &SshKey, known_hosts: Option<&Path>) -> Command {
         let proxy = format!(
-            "{} connect --alpn alknet/ssh --fingerprint {} {}",
+            "{} connect --transport {} --alpn alknet/ssh --fingerprint {} {}",
             alknet_bin().display(),
+            self.transport,
             self.tls_fingerprint,
             self.addr
         );

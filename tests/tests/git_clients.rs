@@ -49,6 +49,65 @@ fn gix_backend_killed_push_changes_nothing() {
     killed_push_changes_nothing("gix");
 }
 
+/// `git clone` and `git push` with `alknet.transport = tcp`: git-remote-alknet over
+/// TLS/TCP (`[tcp] stream_alpns` serves `alknet/git` there), gix backend, same tokens and
+/// access rules as over QUIC. An unknown transport is a clear error.
+#[test]
+fn clone_and_push_over_tls_tcp() {
+    if require_git().is_none() {
+        return;
+    }
+    let srv = start("gix", "");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = seeded(&srv, tmp.path(), "team/tcp.git");
+    let url = srv.url("team/tcp.git");
+    let dst = tmp.path().join("dst");
+    fn with<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        [&["-c", "alknet.transport=tcp"][..], args].concat()
+    }
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &with(&["clone", "--quiet", &url, s(&dst)]),
+    );
+    assert_eq!(
+        git_ok(&dst, &["rev-parse", "HEAD"]),
+        git_ok(&src, &["rev-parse", "main"])
+    );
+    assert_eq!(
+        git_ok(&dst, &["rev-list", "--count", "HEAD"]).trim(),
+        COMMITS.to_string()
+    );
+
+    std::fs::write(dst.join("over-tcp.txt"), "pushed over TLS/TCP\n").expect("write");
+    git_ok(&dst, &["add", "."]);
+    git_ok(&dst, &["commit", "--quiet", "-m", "over tcp"]);
+    srv.git_ok(
+        &dst,
+        Some(WRITER_TOKEN),
+        &with(&["push", "--quiet", &url, "main"]),
+    );
+    let server_repo = srv.root().join("team/tcp.git");
+    assert_eq!(
+        git_ok(&server_repo, &["rev-parse", "refs/heads/main"]),
+        git_ok(&dst, &["rev-parse", "HEAD"])
+    );
+    // the reader may not push, over TCP as over QUIC
+    let err = srv.git_err(
+        &dst,
+        Some(READER_TOKEN),
+        &with(&["push", &url, "main:other"]),
+    );
+    assert!(!err.is_empty());
+
+    let err = srv.git_err(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &["-c", "alknet.transport=carrier-pigeon", "clone", &url, "x"],
+    );
+    assert!(err.contains("alknet.transport"), "{err}");
+}
+
 /// A server with `backend` and `extra` in its `[git]` section.
 fn start(backend: &str, extra: &str) -> GitServer {
     GitServer::start(&format!("backend = \"{backend}\"\n{extra}"))

@@ -333,7 +333,7 @@ fn a_slowloris_client_is_cut_off() {
 const ALPN_PROBE: &str = r#"
 import socket, ssl, sys
 port, cafile = int(sys.argv[1]), sys.argv[2]
-for offer in (["h2"], ["http/1.1"], None, ["alknet/echo"], ["h3"]):
+for offer in (["h2"], ["http/1.1"], None, ["alknet/echo"], ["perf"], ["h3"]):
     ctx = ssl.create_default_context(cafile=cafile)
     if offer:
         ctx.set_alpn_protocols(offer)
@@ -356,9 +356,10 @@ fn tcp_alpn_routes_http_and_refuses_others() {
     assert!(out.contains("['h2'] -> h2"), "{out}");
     assert!(out.contains("['http/1.1'] -> http/1.1"), "{out}");
     assert!(out.contains("None -> None"), "{out}");
-    // QUIC-only ALPNs are not served over TCP
+    // `[tcp] stream_alpns` services are (alknet/echo by default); QUIC-only ALPNs are not
+    assert!(out.contains("['alknet/echo'] -> alknet/echo"), "{out}");
     assert!(
-        out.contains("['alknet/echo'] -> refused [SSL] tlsv1 alert no application protocol"),
+        out.contains("['perf'] -> refused [SSL] tlsv1 alert no application protocol"),
         "{out}"
     );
     assert!(

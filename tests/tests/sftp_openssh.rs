@@ -91,9 +91,14 @@ fn client_cert(server: &BinServer, dir: &Path, name: &str, scopes: &[&str]) -> C
 
 /// `sftp -D "alknet connect --alpn alknet/sftp …"` (OpenSSH ≥ 9.1 splits the command).
 fn sftp_direct(server: &BinServer, cert: &ClientCert) -> Command {
+    sftp_direct_over(server, cert, "quic")
+}
+
+/// [`sftp_direct`] through `alknet connect --transport TRANSPORT`.
+fn sftp_direct_over(server: &BinServer, cert: &ClientCert, transport: &str) -> Command {
     let mut cmd = Command::new("sftp");
     cmd.arg("-D").arg(format!(
-        "{} connect --alpn alknet/sftp --cert {} --key {} --fingerprint {} {}",
+        "{} connect --transport {transport} --alpn alknet/sftp --cert {} --key {} --fingerprint {} {}",
         alknet_bin().display(),
         cert.cert.display(),
         cert.key.display(),
@@ -295,10 +300,7 @@ fn sftp_subsystem_of_alknet_ssh() {
     let server = BinServer::start();
     let keys = tempfile::tempdir().expect("tempdir");
     let local = tempfile::tempdir().expect("tempdir");
-    let t = SshTarget {
-        addr: server.addr(),
-        tls_fingerprint: server.fingerprint(),
-    };
+    let t = SshTarget::new(server.addr(), server.fingerprint());
     let alice = ssh_keygen(keys.path(), "alice");
     peer_add(
         server.data_dir.path(),
@@ -373,6 +375,38 @@ fn sftp_straight_onto_alknet_sftp() {
         );
         assert!(!root.join(name).exists());
     }
+}
+
+/// The same straight `alknet/sftp` sessions over TLS/TCP (`--transport tcp`): transfers
+/// with equal SHA-256 both ways and the everyday commands; the client certificate is the
+/// identity, as over QUIC.
+#[test]
+fn sftp_straight_onto_alknet_sftp_over_tls_tcp() {
+    require_openssh();
+    let server = BinServer::start();
+    let certs = tempfile::tempdir().expect("tempdir");
+    let local = tempfile::tempdir().expect("tempdir");
+    let carol = client_cert(&server, certs.path(), "carol", &["sftp:read", "sftp:write"]);
+    let root = sftp_root(&server);
+    let run = |script: &str| {
+        batch(
+            sftp_direct_over(&server, &carol, "tcp"),
+            None,
+            local.path(),
+            script,
+        )
+    };
+    transfers_and_commands(&run, local.path(), &root.join("carol"));
+
+    let stranger = client_cert(&server, certs.path(), "stranger", &[]);
+    let out = batch(
+        sftp_direct_over(&server, &stranger, "tcp"),
+        None,
+        local.path(),
+        "ls /\n",
+    );
+    assert!(!out.status.success(), "stranger: {}", text(&out.stdout));
+    assert!(!root.join("stranger").exists());
 }
 
 /// paramiko's `SFTPClient`, a second independent client, through the subsystem

@@ -28,10 +28,7 @@ fn require_openssh() {
 }
 
 fn target(server: &BinServer) -> SshTarget {
-    SshTarget {
-        addr: server.addr(),
-        tls_fingerprint: server.fingerprint(),
-    }
+    SshTarget::new(server.addr(), server.fingerprint())
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -40,6 +37,20 @@ fn text(bytes: &[u8]) -> String {
 
 fn hex(digest: [u8; 32]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 10 MiB of stdin (payload `seed`), then EOF, through `sha256sum`; and back out again
+/// through `cat`: input and output at once (a command that must write before it reads
+/// more, the case russh's own back-pressure deadlocks on). Equal SHA-256 both times.
+fn ten_mebibytes_in_and_out(t: &SshTarget, key: &SshKey, seed: u64) {
+    let data = payload(seed, 10 << 20);
+    let out = t.run(key, "sha256sum", &data);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{}  -\n", hex(sha256(&data))));
+    let out = t.run(key, "cat", &data);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), data.len());
+    assert_eq!(sha256(&out.stdout), sha256(&data));
 }
 
 #[test]
@@ -59,18 +70,7 @@ fn exec_exit_status_stderr_and_stdin_with_a_peer_key() {
     assert_eq!(text(&out.stdout), "out\nalice\n");
     assert_eq!(text(&out.stderr), "oops\n");
 
-    // 10 MiB of stdin, then EOF, through sha256sum
-    let data = payload(7, 10 << 20);
-    let out = t.run(&key, "sha256sum", &data);
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), format!("{}  -\n", hex(sha256(&data))));
-
-    // and back out again through cat: input and output at once (a command that must
-    // write before it reads more, the case russh's own back-pressure deadlocks on)
-    let out = t.run(&key, "cat", &data);
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(out.stdout.len(), data.len());
-    assert_eq!(sha256(&out.stdout), sha256(&data));
+    ten_mebibytes_in_and_out(&t, &key, 7);
 
     // env requests: allowed names pass, others are refused
     let mut cmd = t.ssh(&key);
@@ -298,6 +298,51 @@ fn local_and_remote_forwarding_reach_a_loopback_echo_server() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The same sessions over TLS/TCP (`alknet connect --transport tcp`), for networks that
+/// block UDP: a command with its exit status, 10 MiB in and out with equal SHA-256, and a
+/// `-L` forward. A server that does not list `alknet/ssh` in `[tcp] stream_alpns` refuses
+/// the same command, so the session above cannot have gone over QUIC.
+#[test]
+fn over_tls_tcp_a_command_ten_mebibytes_and_a_forward() {
+    require_openssh();
+    let (server, _keys, key) = server_with_peer_key("tcp-user", &["ssh:exec", "ssh:forward-local"]);
+    let t = target(&server).over("tcp");
+
+    let out = t.run(&key, "echo $ALKNET_IDENTITY; exit 5", b"");
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "tcp-user\n");
+
+    ten_mebibytes_in_and_out(&t, &key, 13);
+
+    let echo = tcp_echo_server();
+    let local = free_tcp_port();
+    let _l = forward(&t, &key, "-L", local, echo);
+    echo_rounds(local, &payload(17, 1 << 20));
+
+    // not offered over TCP: the TLS handshake fails (no_application_protocol)
+    let quic_only = BinServer::start_with_config("[tcp]\nstream_alpns = [\"alknet/echo\"]\n");
+    peer_add(
+        quic_only.data_dir.path(),
+        "tcp-user",
+        &key.fingerprint_hex,
+        &["ssh:exec"],
+    );
+    let refused = target(&quic_only).over("tcp").run(&key, "echo hi", b"");
+    assert!(!refused.status.success(), "{}", text(&refused.stdout));
+    assert!(
+        text(&refused.stderr).contains("alknet connect"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let over_quic = target(&quic_only).run(&key, "echo hi", b"");
+    assert_eq!(
+        text(&over_quic.stdout),
+        "hi\n",
+        "{}",
+        text(&over_quic.stderr)
+    );
 }
 
 /// Quotes `arg` for /bin/sh.

@@ -22,9 +22,22 @@ impl Drop for Proc {
 
 /// Starts `alknet socks` and waits until it listens; `Err(stderr)` if it exits first.
 fn socks(server: &BinServer, fp: &str, key: &std::path::Path, port: u16) -> Result<Proc, String> {
+    socks_over(server, fp, key, port, "quic")
+}
+
+/// [`socks`] with `--transport TRANSPORT`.
+fn socks_over(
+    server: &BinServer,
+    fp: &str,
+    key: &std::path::Path,
+    port: u16,
+    transport: &str,
+) -> Result<Proc, String> {
     let mut proc = Proc(
         Command::new(alknet_bin())
-            .args(["socks", "--listen", &format!("127.0.0.1:{port}"), "-i"])
+            .args(["socks", "--transport", transport, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-i")
             .arg(key)
             .args(["--fingerprint", fp, &server.addr()])
             .stderr(Stdio::piped())
@@ -139,6 +152,18 @@ fn curl_through_alknet_socks_reaches_a_loopback_http_server() {
         );
         assert_eq!(sha256(&out.stdout), sha256(&big));
     }
+    // the same session over TLS/TCP (`--transport tcp`, for networks that block UDP)
+    let tcp_port = free_tcp_port();
+    let _tcp_proxy = socks_over(&server, &fp, &allowed.path, tcp_port, "tcp")
+        .expect("alknet socks over TLS/TCP starts");
+    let out = curl(tcp_port, &format!("http://localhost:{http_port}/big.bin"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&out.stdout), sha256(&big));
+
     // a closed port: the proxy answers with a SOCKS failure, curl reports it
     let out = curl(port, &format!("http://127.0.0.1:{}/", free_tcp_port()));
     assert!(!out.status.success());

@@ -444,10 +444,7 @@ fn node_served_from_a_restored_vault_keeps_its_identity() {
     assert_eq!(text(&out.stdout), "same node\n", "{}", text(&out.stderr));
 
     // the old host key and the old authorized_keys line
-    let target = SshTarget {
-        addr: server.addr(),
-        tls_fingerprint: tls_fp.clone(),
-    };
+    let target = SshTarget::new(server.addr(), tls_fp.clone());
     let mut cmd = target.ssh_with_known_hosts(&alice_key, &known_hosts);
     cmd.args(["user@alknet", "echo $ALKNET_IDENTITY"]);
     let out = run_with_input(cmd, b"");

@@ -57,6 +57,16 @@ pub struct HttpShared {
     pub mcp_sessions: Arc<mcp_sessions::McpSessions>,
     /// DoH and the pkarr relay API, when the node serves DNS (set once, by the binary).
     dns: OnceLock<DnsServices>,
+    /// What `GET /api/webtransport` publishes (set once, by the binary).
+    webtransport: OnceLock<WebTransportPublish>,
+}
+
+/// What a page needs to open a WebTransport session: the certificate hashes (when the
+/// node keeps a browser-valid certificate) and which paths are served.
+#[derive(Clone)]
+pub struct WebTransportPublish {
+    pub cert: Option<Arc<alknet_runtime::tls::WebTransportCert>>,
+    pub config: h3::WebTransportConfig,
 }
 
 /// What the DNS handler lends the router: DoH's resolver and the pkarr relay's store.
@@ -147,6 +157,7 @@ impl HttpState {
             static_files,
             mcp_sessions,
             dns: OnceLock::new(),
+            webtransport: OnceLock::new(),
         })))
     }
 
@@ -158,6 +169,15 @@ impl HttpState {
     /// Hands the router the DNS side (DoH, pkarr relay); the first call wins.
     pub fn set_dns(&self, services: DnsServices) {
         let _ = self.0.dns.set(services);
+    }
+
+    /// Hands the router what `GET /api/webtransport` publishes; the first call wins.
+    pub fn set_webtransport(&self, publish: WebTransportPublish) {
+        let _ = self.0.webtransport.set(publish);
+    }
+
+    pub fn webtransport(&self) -> Option<&WebTransportPublish> {
+        self.0.webtransport.get()
     }
 
     /// DoH's resolver, when DNS over HTTPS is on.

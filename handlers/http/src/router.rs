@@ -11,6 +11,7 @@ use axum::Router;
 use crate::auth::ConnInfo;
 use crate::routes::{
     call, dashboard, doh, error_response, files, health, mcp, metrics, openapi, pkarr, sse,
+    webtransport,
 };
 use crate::HttpState;
 
@@ -32,6 +33,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(dashboard)
         .route("/api/dashboard/stream", get(dashboard::stream))
         .route("/health", get(health::health))
+        .route("/api/webtransport", get(webtransport::info))
         .route("/metrics", get(metrics::metrics))
         .route("/api/call/{operationId}", post(call::call))
         .route("/api/events/{topic}", get(sse::events))

@@ -12,6 +12,7 @@ pub mod body;
 pub mod limits;
 pub mod quic;
 pub mod serve;
+pub mod webtransport;
 
 use std::rc::Rc;
 
@@ -20,7 +21,8 @@ use alknet_runtime::{
 };
 
 pub use limits::H3Limits;
-pub use serve::{serve_connection, DrainProbe, H3Request, ServeError};
+pub use serve::{serve_connection, DrainProbe, H3Request, ServeError, WebTransportSetup};
+pub use webtransport::WebTransportConfig;
 
 /// The ALPN of HTTP/3 (RFC 9114).
 pub const ALPN: &[u8] = b"h3";
@@ -32,6 +34,7 @@ pub struct H3Handler {
     router: axum::Router,
     limits: H3Limits,
     draining: Option<DrainProbe>,
+    webtransport: Option<WebTransportConfig>,
 }
 
 impl H3Handler {
@@ -40,7 +43,14 @@ impl H3Handler {
             router,
             limits,
             draining: None,
+            webtransport: None,
         }
+    }
+
+    /// Offers WebTransport sessions, routed to the node's other handlers by path.
+    pub fn with_webtransport(mut self, config: WebTransportConfig) -> Self {
+        self.webtransport = config.enabled.then_some(config);
+        self
     }
 
     /// Sends GOAWAY on every connection once the node of `state` drains.
@@ -63,8 +73,13 @@ impl ProtocolHandler for H3Handler {
         auth: AuthContext,
     ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
         // who is asking, for the routes (identity, metrics), as the TCP side does
+        let auth = std::sync::Arc::new(auth);
+        let webtransport = self.webtransport.as_ref().map(|c| WebTransportSetup {
+            config: Rc::new(c.clone()),
+            auth: auth.clone(),
+        });
         let info = crate::ConnInfo {
-            auth: std::sync::Arc::new(auth),
+            auth,
             protocol: "HTTP/3",
         };
         // inserted into each request's extensions by a plain map, not by layering the
@@ -79,7 +94,7 @@ impl ProtocolHandler for H3Handler {
         let limits = Rc::new(self.limits.clone());
         let draining = self.draining.clone();
         Box::pin(async move {
-            match serve_connection(conn, router, limits, draining).await {
+            match serve_connection(conn, router, limits, draining, webtransport).await {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     let code = match &e {

@@ -8,6 +8,8 @@
 //! it first with [`offer_payload`] (see there), else copied once into a `Bytes`.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -16,6 +18,10 @@ use alknet_runtime::{
 };
 use bytes::{Buf, Bytes};
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, WriteBuf};
+
+use super::webtransport::sessions::SessionStream;
+use super::webtransport::wire::{StreamHeader, StreamStart, SIGNAL_BI, SIGNAL_UNI};
+use super::webtransport::Sessions;
 
 thread_local! {
     /// The DATA payload about to be passed to h3 on this thread (see [`offer_payload`]).
@@ -87,13 +93,139 @@ fn h3_stream_id(id: StreamId) -> quic::StreamId {
 }
 
 /// A QUIC connection as h3 sees it: accepts the peer's streams and opens ours.
+///
+/// With WebTransport on, it reads the first bytes of every stream the peer opens: a
+/// WebTransport stream (signal 0x41 bidirectional, 0x54 unidirectional, then the session
+/// ID) goes to its session in [`Sessions`] with its payload untouched; any other stream
+/// goes to h3 with the bytes read in front of it.
 pub struct H3Connection {
     conn: Connection,
+    webtransport: Option<Rc<Sessions>>,
+    /// Incoming streams whose first bytes are still being read.
+    sorting_bi: Vec<(BiStream, StreamHeader)>,
+    sorting_uni: Vec<(RecvStream, StreamHeader)>,
+    /// Sorted streams for h3, not taken yet.
+    ready_bi: VecDeque<H3BidiStream>,
+    ready_uni: VecDeque<H3RecvStream>,
 }
 
 impl H3Connection {
     pub fn new(conn: Connection) -> Self {
-        Self { conn }
+        Self {
+            conn,
+            webtransport: None,
+            sorting_bi: Vec::new(),
+            sorting_uni: Vec::new(),
+            ready_bi: VecDeque::new(),
+            ready_uni: VecDeque::new(),
+        }
+    }
+
+    /// The runtime connection under h3.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Sorts WebTransport streams into `sessions`.
+    pub fn with_webtransport(mut self, sessions: Rc<Sessions>) -> Self {
+        self.webtransport = Some(sessions);
+        self
+    }
+
+    /// Takes every stream the peer opened and reads the first bytes of each (as far as
+    /// they have arrived). The connection's own stream limits bound both lists.
+    fn sort_bi(
+        &mut self,
+        cx: &mut Context<'_>,
+        sessions: &Sessions,
+    ) -> Result<(), ConnectionError> {
+        loop {
+            match self.conn.poll_accept_bi(cx) {
+                Poll::Ready(Ok(s)) => self.sorting_bi.push((s, StreamHeader::new(SIGNAL_BI))),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        let mut i = 0;
+        while i < self.sorting_bi.len() {
+            let (stream, header) = &mut self.sorting_bi[i];
+            match read_start(cx, &mut stream.recv, header) {
+                Poll::Pending => i += 1,
+                Poll::Ready(start) => {
+                    let (stream, _) = self.sorting_bi.swap_remove(i);
+                    match start {
+                        Some(StreamStart::Session { session_id }) => {
+                            sessions.deliver(session_id, SessionStream::Bi(stream))
+                        }
+                        Some(StreamStart::Http3 { prefix }) => {
+                            let mut s = H3BidiStream::new(stream);
+                            s.recv.prefix = Some(prefix).filter(|p| !p.is_empty());
+                            self.ready_bi.push_back(s);
+                        }
+                        // reset before it said what it is: nothing to serve
+                        None => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sort_uni(
+        &mut self,
+        cx: &mut Context<'_>,
+        sessions: &Sessions,
+    ) -> Result<(), ConnectionError> {
+        loop {
+            match self.conn.poll_accept_uni(cx) {
+                Poll::Ready(Ok(s)) => self.sorting_uni.push((s, StreamHeader::new(SIGNAL_UNI))),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        let mut i = 0;
+        while i < self.sorting_uni.len() {
+            let (stream, header) = &mut self.sorting_uni[i];
+            match read_start(cx, stream, header) {
+                Poll::Pending => i += 1,
+                Poll::Ready(start) => {
+                    let (stream, _) = self.sorting_uni.swap_remove(i);
+                    match start {
+                        Some(StreamStart::Session { session_id }) => {
+                            sessions.deliver(session_id, SessionStream::Uni(stream))
+                        }
+                        Some(StreamStart::Http3 { prefix }) => {
+                            let mut s = H3RecvStream::new(stream);
+                            s.prefix = Some(prefix).filter(|p| !p.is_empty());
+                            self.ready_uni.push_back(s);
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the start of `stream` byte-exactly until `header` knows what it is; `None` if
+/// the stream was reset first.
+fn read_start(
+    cx: &mut Context<'_>,
+    stream: &mut RecvStream,
+    header: &mut StreamHeader,
+) -> Poll<Option<StreamStart>> {
+    loop {
+        match stream.poll_read_chunk(cx, header.wanted()) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(Some(chunk))) => {
+                if let Some(start) = header.push(&chunk) {
+                    return Poll::Ready(Some(start));
+                }
+            }
+            Poll::Ready(Ok(None)) => return Poll::Ready(Some(header.ended())),
+            Poll::Ready(Err(_)) => return Poll::Ready(None),
+        }
     }
 }
 
@@ -105,20 +237,42 @@ impl quic::Connection<Bytes> for H3Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::RecvStream, ConnectionErrorIncoming>> {
-        self.conn
-            .poll_accept_uni(cx)
-            .map_ok(H3RecvStream::new)
-            .map_err(connection_error)
+        let Some(sessions) = self.webtransport.clone() else {
+            return self
+                .conn
+                .poll_accept_uni(cx)
+                .map_ok(H3RecvStream::new)
+                .map_err(connection_error);
+        };
+        let sorted = self.sort_uni(cx, &sessions);
+        if let Some(s) = self.ready_uni.pop_front() {
+            return Poll::Ready(Ok(s));
+        }
+        match sorted {
+            Err(e) => Poll::Ready(Err(connection_error(e))),
+            Ok(()) => Poll::Pending,
+        }
     }
 
     fn poll_accept_bidi(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, ConnectionErrorIncoming>> {
-        self.conn
-            .poll_accept_bi(cx)
-            .map_ok(H3BidiStream::new)
-            .map_err(connection_error)
+        let Some(sessions) = self.webtransport.clone() else {
+            return self
+                .conn
+                .poll_accept_bi(cx)
+                .map_ok(H3BidiStream::new)
+                .map_err(connection_error);
+        };
+        let sorted = self.sort_bi(cx, &sessions);
+        if let Some(s) = self.ready_bi.pop_front() {
+            return Poll::Ready(Ok(s));
+        }
+        match sorted {
+            Err(e) => Poll::Ready(Err(connection_error(e))),
+            Ok(()) => Poll::Pending,
+        }
     }
 
     fn opener(&self) -> Self::OpenStreams {
@@ -310,11 +464,16 @@ const H3_REQUEST_CANCELLED: u64 = 0x10c;
 /// The receiving half of a stream: chunks go to h3 as the runtime read them.
 pub struct H3RecvStream {
     stream: RecvStream,
+    /// Bytes read while sorting out WebTransport streams, given to h3 first.
+    prefix: Option<Bytes>,
 }
 
 impl H3RecvStream {
     fn new(stream: RecvStream) -> Self {
-        Self { stream }
+        Self {
+            stream,
+            prefix: None,
+        }
     }
 }
 
@@ -328,6 +487,9 @@ impl quic::RecvStream for H3RecvStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Self::Buf>, StreamErrorIncoming>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Ok(Some(prefix)));
+        }
         self.stream
             .poll_read_chunk(cx, MAX_READ_CHUNK)
             .map_err(read_error)

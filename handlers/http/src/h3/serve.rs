@@ -20,6 +20,8 @@ use tower_service::Service;
 use super::body::{self, PumpEnd};
 use super::limits::H3Limits;
 use super::quic::{offer_payload, H3Connection, H3SendStream};
+use super::webtransport::connect::{serve_session, WebTransportContext};
+use super::webtransport::{Sessions, WebTransportConfig};
 
 /// Why serving a connection stopped other than by the client's normal end.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,7 @@ pub async fn serve_connection<S, ResBody>(
     service: S,
     limits: Rc<H3Limits>,
     draining: Option<DrainProbe>,
+    webtransport: Option<WebTransportSetup>,
 ) -> Result<(), ServeError>
 where
     S: Service<H3Request, Response = Response<ResBody>, Error = Infallible> + Clone + 'static,
@@ -60,9 +63,67 @@ where
     ResBody::Error: std::fmt::Display,
 {
     let probe = conn.clone();
-    let mut h3_conn = h3::server::builder()
-        .max_field_section_size(limits.max_header_bytes)
-        .build::<_, Bytes>(H3Connection::new(conn))
+    let mut builder = h3::server::builder();
+    builder.max_field_section_size(limits.max_header_bytes);
+    let webtransport = webtransport.map(|setup| {
+        // SETTINGS_ENABLE_WEBTRANSPORT implies extended CONNECT in draft-02; both are sent
+        // (with H3_DATAGRAM) so later clients see what they look for too
+        builder
+            .enable_webtransport(true)
+            .enable_extended_connect(true)
+            .enable_datagram(true)
+            .max_webtransport_sessions(setup.config.max_sessions_per_connection);
+        Rc::new(WebTransportContext {
+            sessions: Sessions::new(conn.clone(), setup.config),
+            auth: setup.auth,
+        })
+    });
+    let adapter = match &webtransport {
+        Some(wt) => H3Connection::new(conn).with_webtransport(wt.sessions.clone()),
+        None => H3Connection::new(conn),
+    };
+    let served = serve_h3(
+        adapter,
+        &builder,
+        service,
+        limits,
+        draining,
+        webtransport.clone(),
+    )
+    .await;
+    if let Some(wt) = webtransport {
+        let why = probe
+            .close_reason()
+            .unwrap_or(ConnectionError::LocallyClosed);
+        wt.sessions.close_all(why);
+    }
+    served
+}
+
+/// What a connection needs to offer WebTransport.
+pub struct WebTransportSetup {
+    pub config: Rc<WebTransportConfig>,
+    /// The HTTP/3 connection's peer, from which each session's identity starts.
+    pub auth: std::sync::Arc<alknet_runtime::AuthContext>,
+}
+
+async fn serve_h3<S, ResBody>(
+    adapter: H3Connection,
+    builder: &h3::server::Builder,
+    service: S,
+    limits: Rc<H3Limits>,
+    draining: Option<DrainProbe>,
+    webtransport: Option<Rc<WebTransportContext>>,
+) -> Result<(), ServeError>
+where
+    S: Service<H3Request, Response = Response<ResBody>, Error = Infallible> + Clone + 'static,
+    S::Future: 'static,
+    ResBody: Body<Data = Bytes> + 'static,
+    ResBody::Error: std::fmt::Display,
+{
+    let probe = adapter.connection().clone();
+    let mut h3_conn = builder
+        .build::<_, Bytes>(adapter)
         .await
         .map_err(ServeError::Setup)?;
     let slots = Rc::new(RequestSlots::default());
@@ -93,9 +154,9 @@ where
                 let slot = RequestSlots::take(&slots);
                 let service = service.clone();
                 let limits = limits.clone();
+                let webtransport = webtransport.clone();
                 spawn_guarded("h3 request", async move {
-                    serve_request(resolver, service, &limits).await;
-                    drop(slot);
+                    serve_request(resolver, service, &limits, webtransport, slot).await;
                 });
             }
             Ok(None) => return Ok(()),
@@ -120,8 +181,13 @@ where
     }
 }
 
-async fn serve_request<S, ResBody>(resolver: Resolver, mut service: S, limits: &H3Limits)
-where
+async fn serve_request<S, ResBody>(
+    resolver: Resolver,
+    mut service: S,
+    limits: &H3Limits,
+    webtransport: Option<Rc<WebTransportContext>>,
+    slot: SlotGuard,
+) where
     S: Service<H3Request, Response = Response<ResBody>, Error = Infallible>,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: std::fmt::Display,
@@ -144,6 +210,24 @@ where
             }
             Ok(Ok(r)) => r,
         };
+    if req.method() == http::Method::CONNECT
+        && req.extensions().get::<h3::ext::Protocol>() == Some(&h3::ext::Protocol::WEB_TRANSPORT)
+    {
+        match webtransport {
+            // a session is not a request: it holds no request slot for its life (the
+            // sessions per connection have their own limit)
+            Some(ctx) => {
+                drop(slot);
+                serve_session(req, stream, ctx).await;
+            }
+            None => {
+                let mut stream = stream;
+                respond_status(&mut stream, StatusCode::NOT_IMPLEMENTED).await;
+            }
+        }
+        return;
+    }
+    let _slot = slot;
     let (mut send, mut recv) = stream.split();
 
     let declared = req
@@ -269,7 +353,10 @@ where
 }
 
 /// A bodiless response with `status`, finishing the stream.
-async fn respond_status(send: &mut RequestStream<H3SendStream, Bytes>, status: StatusCode) {
+async fn respond_status<T: h3::quic::SendStream<Bytes>>(
+    send: &mut RequestStream<T, Bytes>,
+    status: StatusCode,
+) {
     let head = Response::builder()
         .status(status)
         .body(())

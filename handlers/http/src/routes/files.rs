@@ -23,6 +23,23 @@ use tokio::sync::mpsc;
 use crate::routes::error_response;
 use crate::HttpState;
 
+/// The media type of a file by its extension: the few a browser must not download
+/// instead of showing (a page and what it loads), else `application/octet-stream`.
+pub fn content_type(path: &str) -> &'static str {
+    let ext = path.rsplit_once('.').map_or("", |(_, e)| e);
+    match ext.to_ascii_lowercase().as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "txt" => "text/plain; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "wasm" => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}
+
 /// Answers a request for `path` from the static root (which the caller checked is set).
 pub async fn serve(state: &HttpState, method: &Method, path: &str) -> Response {
     let Some(root) = state.static_files.as_ref() else {
@@ -50,7 +67,7 @@ pub async fn serve(state: &HttpState, method: &Method, path: &str) -> Response {
         }
     };
     let head = [
-        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        (header::CONTENT_TYPE, content_type(path).to_string()),
         (header::CONTENT_LENGTH, len.to_string()),
     ];
     if method == Method::HEAD {
@@ -89,4 +106,18 @@ pub async fn serve(state: &HttpState, method: &Method, path: &str) -> Response {
         rx.recv().await.map(|item| (item, rx))
     });
     (head, Body::from_stream(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pages_are_shown_and_the_rest_downloaded() {
+        assert_eq!(
+            super::content_type("/a/page.HTML"),
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(super::content_type("/x.wasm"), "application/wasm");
+        assert_eq!(super::content_type("/data.bin"), "application/octet-stream");
+        assert_eq!(super::content_type("/noext"), "application/octet-stream");
+    }
 }

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pkarr;
 pub mod sse;
+pub mod webtransport;
 
 use alknet_proto::call::ErrorCode;
 use axum::http::StatusCode;

@@ -1,59 +1,25 @@
-//! QUIC streams for handlers. Data moves as `bytes::Bytes`: received chunks are slices of
+//! QUIC streams (the [`super::SendStream`]/[`super::RecvStream`] QUIC variants). Data moves as `bytes::Bytes`: received chunks are slices of
 //! the decrypted packet buffers, and written `Bytes` are queued without copying. Flow
 //! control is quinn-proto's: nothing here buffers beyond its windows, so a reader that
 //! stops reading stops the peer.
 
-use std::future::poll_fn;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{ClosedStream, ConnectionError, FinishError, StreamId, VarInt, Written};
 
+use super::{ReadError, WriteError, STREAM_PANIC_CODE};
 use crate::connection::ConnectionRef;
 
-/// Errors writing to a stream.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WriteError {
-    #[error("the peer stopped the stream (error code {0})")]
-    Stopped(VarInt),
-    #[error("connection lost: {0}")]
-    ConnectionLost(#[from] ConnectionError),
-    #[error("the stream was already finished or reset")]
-    ClosedStream,
-}
-
-/// Errors reading from a stream.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReadError {
-    #[error("the peer reset the stream (error code {0})")]
-    Reset(VarInt),
-    #[error("connection lost: {0}")]
-    ConnectionLost(#[from] ConnectionError),
-    #[error("the stream was already stopped or fully read")]
-    ClosedStream,
-}
-
-/// Errors reading a whole stream into memory.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReadToEndError {
-    #[error(transparent)]
-    Read(#[from] ReadError),
-    #[error("the stream is longer than the {0}-byte limit")]
-    TooLong(usize),
-}
-
-/// Application error code used when a stream is dropped while its task panics.
-pub const STREAM_PANIC_CODE: u32 = 0x1;
-
-/// The sending half of a stream.
-pub struct SendStream {
+/// The sending half of a QUIC stream.
+pub(crate) struct QuicSend {
     conn: ConnectionRef,
     id: StreamId,
     /// finish() or reset() was called: nothing to do on drop.
     closed: bool,
 }
 
-impl SendStream {
+impl QuicSend {
     pub(crate) fn new(conn: ConnectionRef, id: StreamId) -> Self {
         Self {
             conn,
@@ -62,7 +28,7 @@ impl SendStream {
         }
     }
 
-    pub fn id(&self) -> StreamId {
+    pub(crate) fn id(&self) -> StreamId {
         self.id
     }
 
@@ -94,28 +60,17 @@ impl SendStream {
         }
     }
 
-    /// Writes some of `data`, waiting for flow-control credit; returns how much.
-    pub async fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
-        poll_fn(|cx| self.poll_with(cx, |s| s.write(data))).await
-    }
-
-    /// Writes all of `data` (copying it once into the send buffer).
-    pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), WriteError> {
-        while !data.is_empty() {
-            let n = self.write(data).await?;
-            data = &data[n..];
-        }
-        Ok(())
-    }
-
-    /// Queues as many of `chunks` as flow control allows, without copying. Fully written
-    /// chunks are emptied; a partly written one is advanced past what was taken.
-    pub async fn write_chunks(&mut self, chunks: &mut [Bytes]) -> Result<Written, WriteError> {
-        poll_fn(|cx| self.poll_write_chunks(cx, chunks)).await
+    /// Writes some of `data` (copied into the send buffer); returns how much.
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<Result<usize, WriteError>> {
+        self.poll_with(cx, |s| s.write(data))
     }
 
     /// Poll form of [`SendStream::write_chunks`], for poll-based adapters (HTTP/3).
-    pub fn poll_write_chunks(
+    pub(crate) fn poll_write_chunks(
         &mut self,
         cx: &mut Context<'_>,
         chunks: &mut [Bytes],
@@ -123,28 +78,9 @@ impl SendStream {
         self.poll_with(cx, |s| s.write_chunks(chunks))
     }
 
-    /// Queues all of `chunks` without copying.
-    pub async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), WriteError> {
-        let mut i = 0;
-        while i < chunks.len() {
-            if chunks[i].is_empty() {
-                i += 1;
-                continue;
-            }
-            let written = self.write_chunks(&mut chunks[i..]).await?;
-            i += written.chunks;
-        }
-        Ok(())
-    }
-
-    /// Queues one chunk without copying.
-    pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), WriteError> {
-        self.write_all_chunks(&mut [chunk]).await
-    }
-
     /// Ends the stream after what was written. Delivery is not awaited: see
     /// [`SendStream::stopped`].
-    pub fn finish(&mut self) -> Result<(), ClosedStream> {
+    pub(crate) fn finish(&mut self) -> Result<(), ClosedStream> {
         let res = self
             .conn
             .state
@@ -162,7 +98,7 @@ impl SendStream {
     }
 
     /// Abandons the stream: unsent data is discarded and the peer sees `code`.
-    pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
+    pub(crate) fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
         let res = self
             .conn
             .state
@@ -175,14 +111,8 @@ impl SendStream {
         res
     }
 
-    /// Waits until the peer has acknowledged everything up to `finish` (`Ok(None)`) or
-    /// stopped the stream (`Ok(Some(code))`).
-    pub async fn stopped(&mut self) -> Result<Option<VarInt>, ConnectionError> {
-        poll_fn(|cx| self.poll_stopped(cx)).await
-    }
-
     /// Poll form of [`SendStream::stopped`].
-    pub fn poll_stopped(
+    pub(crate) fn poll_stopped(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<VarInt>, ConnectionError>> {
@@ -201,7 +131,7 @@ impl SendStream {
     }
 
     /// Relative priority among this connection's streams (higher is sent first).
-    pub fn set_priority(&mut self, priority: i32) -> Result<(), ClosedStream> {
+    pub(crate) fn set_priority(&mut self, priority: i32) -> Result<(), ClosedStream> {
         self.conn
             .state
             .borrow_mut()
@@ -211,7 +141,7 @@ impl SendStream {
     }
 }
 
-impl Drop for SendStream {
+impl Drop for QuicSend {
     /// Finishes the stream, as quinn does; resets it instead when dropped by a panic, so
     /// the peer never mistakes a truncated stream for a complete one.
     fn drop(&mut self) {
@@ -239,8 +169,8 @@ impl Drop for SendStream {
     }
 }
 
-/// The receiving half of a stream.
-pub struct RecvStream {
+/// The receiving half of a QUIC stream.
+pub(crate) struct QuicRecv {
     conn: ConnectionRef,
     id: StreamId,
     /// FIN seen, reset seen, or stop() called: nothing to do on drop.
@@ -251,7 +181,7 @@ pub struct RecvStream {
     stashed: Option<Bytes>,
 }
 
-impl RecvStream {
+impl QuicRecv {
     pub(crate) fn new(conn: ConnectionRef, id: StreamId) -> Self {
         Self {
             conn,
@@ -273,12 +203,12 @@ impl RecvStream {
         Some(chunk)
     }
 
-    pub fn id(&self) -> StreamId {
+    pub(crate) fn id(&self) -> StreamId {
         self.id
     }
 
     /// Poll form of [`RecvStream::read_chunk`], for poll-based adapters (HTTP/3).
-    pub fn poll_read_chunk(
+    pub(crate) fn poll_read_chunk(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,
@@ -344,13 +274,8 @@ impl RecvStream {
         out
     }
 
-    /// The next chunk of at most `max` bytes, in order, without copying; `None` at the end.
-    pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, ReadError> {
-        poll_fn(|cx| self.poll_read_chunk(cx, max)).await
-    }
-
     /// Poll form of [`RecvStream::read_available`].
-    pub fn poll_read_available(
+    pub(crate) fn poll_read_available(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,
@@ -414,42 +339,8 @@ impl RecvStream {
         out
     }
 
-    /// Waits for data, then returns everything already received, up to `max` bytes, as
-    /// one `Bytes`; `None` at the end. Received chunks are one QUIC packet's payload each
-    /// (about 1.2 KB): a reader that hands data on to another thread or a pipe would pay a
-    /// hop or a system call per packet, so the chunks waiting are merged (one copy; a
-    /// single chunk is returned as it is). An end or reset behind the data is reported by
-    /// the next call.
-    pub async fn read_available(&mut self, max: usize) -> Result<Option<Bytes>, ReadError> {
-        poll_fn(|cx| self.poll_read_available(cx, max)).await
-    }
-
-    /// Reads into `buf`; `None` at the end of the stream.
-    pub async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
-        if buf.is_empty() {
-            return Ok(Some(0));
-        }
-        Ok(self.read_chunk(buf.len()).await?.map(|c| {
-            buf[..c.len()].copy_from_slice(&c);
-            c.len()
-        }))
-    }
-
-    /// Reads the whole stream, failing (and stopping the stream) past `limit` bytes.
-    pub async fn read_to_end(&mut self, limit: usize) -> Result<Vec<u8>, ReadToEndError> {
-        let mut out = Vec::new();
-        while let Some(chunk) = self.read_chunk(usize::MAX).await? {
-            if out.len() + chunk.len() > limit {
-                let _ = self.stop(VarInt::from_u32(0));
-                return Err(ReadToEndError::TooLong(limit));
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out)
-    }
-
     /// Tells the peer to stop sending; unread data is discarded.
-    pub fn stop(&mut self, code: VarInt) -> Result<(), ClosedStream> {
+    pub(crate) fn stop(&mut self, code: VarInt) -> Result<(), ClosedStream> {
         self.done = true;
         self.stashed = None;
         let res = self
@@ -464,7 +355,7 @@ impl RecvStream {
     }
 }
 
-impl Drop for RecvStream {
+impl Drop for QuicRecv {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -481,22 +372,6 @@ impl Drop for RecvStream {
         if stopped {
             self.conn.0.wake_driver();
         }
-    }
-}
-
-/// Both halves of a bidirectional stream.
-pub struct BiStream {
-    pub send: SendStream,
-    pub recv: RecvStream,
-}
-
-impl BiStream {
-    pub fn id(&self) -> StreamId {
-        self.send.id()
-    }
-
-    pub fn split(self) -> (SendStream, RecvStream) {
-        (self.send, self.recv)
     }
 }
 
