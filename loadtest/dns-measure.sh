@@ -44,6 +44,7 @@
 #   loadtest/dns-measure.sh                 # ROUNDS=3 SECONDS=10
 #   ROUNDS=1 SECONDS=5 DOT=0 DOQ=0 DOH=0 loadtest/dns-measure.sh   # classic UDP only
 #   UDP=0 DOT=0 loadtest/dns-measure.sh     # DoQ and DoH only
+#   NOCACHE=1 loadtest/dns-measure.sh       # also alknet with its answer cache off
 #   ALKNET=/path/to/alknet LOADTEST=/path/to/alknet-loadtest HICKORY=/path/to/hickory-dns \
 #       loadtest/dns-measure.sh             # skip the builds
 set -euo pipefail
@@ -63,6 +64,9 @@ HICKORY_QUIC_PORT=${HICKORY_QUIC_PORT:-5394}
 HICKORY_HTTPS_PORT=${HICKORY_HTTPS_PORT:-5395}
 UDP=${UDP:-1}
 DOT=${DOT:-1}
+NOCACHE=${NOCACHE:-0}
+NOCACHE_PORT=${NOCACHE_PORT:-5396}
+NOCACHE_QUIC_PORT=${NOCACHE_QUIC_PORT:-5397}
 DOQ=${DOQ:-1}
 DOH=${DOH:-1}
 DOQ_CONNECTIONS=${DOQ_CONNECTIONS:-32}
@@ -200,6 +204,19 @@ ALKNET_DATA_DIR="$W/alknet" ALKNET_LOG=warn "$ALKNET" serve --listen "127.0.0.1:
     --workers 2 --config "$W/alknet.toml" &
 ALKNET_PID=$!
 PIDS+=("$ALKNET_PID")
+# NOCACHE=1: a second alknet with the answer cache off (`answer_cache_bytes = 0`), measured
+# beside the first over UDP and DoQ: the cache's A/B in one run
+NOCACHE_PID=
+if [ "$NOCACHE" = 1 ]; then
+    mkdir -p "$W/alknet-nocache"
+    sed -e "s/127.0.0.1:$ALKNET_PORT/127.0.0.1:$NOCACHE_PORT/" \
+        -e 's/^rrl_responses_per_second = 0$/&\nanswer_cache_bytes = 0/' \
+        "$W/alknet.toml" >"$W/alknet-nocache.toml"
+    ALKNET_DATA_DIR="$W/alknet-nocache" ALKNET_LOG=warn "$ALKNET" serve \
+        --listen "127.0.0.1:$NOCACHE_QUIC_PORT" --workers 2 --config "$W/alknet-nocache.toml" &
+    NOCACHE_PID=$!
+    PIDS+=("$NOCACHE_PID")
+fi
 
 # --- hickory-dns ---------------------------------------------------------------------------
 HICKORY_PID=
@@ -233,7 +250,14 @@ for _ in $(seq 1 100); do
     fi
     sleep 0.2
 done
-for port in "$NSD_PORT" "$ALKNET_PORT"; do
+if [ -n "$NOCACHE_PID" ]; then
+    for _ in $(seq 1 100); do
+        dig +short +time=1 +tries=1 @127.0.0.1 -p "$NOCACHE_PORT" host1.bench.test A 2>/dev/null |
+            grep -q 10.0.0.1 && break
+        sleep 0.2
+    done
+fi
+for port in "$NSD_PORT" "$ALKNET_PORT" ${NOCACHE_PID:+"$NOCACHE_PORT"}; do
     dig +short +time=2 +tries=1 @127.0.0.1 -p "$port" host1.bench.test A | grep -q 10.0.0.1 ||
         { echo "server on port $port does not answer"; exit 1; }
 done
@@ -302,6 +326,9 @@ if [ "$UDP" = 1 ]; then
     for r in $(seq 1 "$ROUNDS"); do
         run "nsd udp #$r" "$NSD_PID" -s 127.0.0.1 -p "$NSD_PORT" -c 4 -q "$QUEUE"
         run "alknet udp #$r" "$ALKNET_PID" -s 127.0.0.1 -p "$ALKNET_PORT" -c 4 -q "$QUEUE"
+        if [ -n "$NOCACHE_PID" ]; then
+            run "alknet-nocache udp #$r" "$NOCACHE_PID" -s 127.0.0.1 -p "$NOCACHE_PORT" -c 4 -q "$QUEUE"
+        fi
     done
     echo "== UDP latency at $LAT_QPS q/s"
     latency "nsd udp" -s 127.0.0.1 -p "$NSD_PORT" -c 4
@@ -357,7 +384,7 @@ import json, sys
 label, m, path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 lat = m["latency_us"]
 errors = " ".join(f"{k} {v}" for k, v in m["errors"].items()) or "0"
-print(f"{label:<28} {m['result']:10.0f} q/s  {m['connections']:6d} connections  failed queries {errors}"
+print(f"{label:<28} {m['result']:10.0f} q/s  {m['connections']:6d} new connections  failed queries {errors}"
       f"  p50 {lat['p50']} us  p99 {lat['p99']} us  server cpu {m['server_cpu_percent']}%"
       f"  {m['server_us_per_op']:.2f} us/query  client cpu {m['client_cpu_percent']}%")
 with open(path, "a") as f:
@@ -416,6 +443,9 @@ if [ "$DOQ" = 1 ]; then
     echo "== DoQ, alknet alone, connections kept for the whole run (hickory-dns ends them after 100 queries)"
     for r in $(seq 1 "$ROUNDS"); do
         doq "alknet-kept doq #$r" "$ALKNET_PID" "$ALKNET_QUIC_PORT" 0
+        if [ -n "$NOCACHE_PID" ]; then
+            doq "alknet-nocache-kept doq #$r" "$NOCACHE_PID" "$NOCACHE_QUIC_PORT" 0
+        fi
     done
 fi
 if [ "$DOH" = 1 ]; then
