@@ -72,6 +72,10 @@ DOH=${DOH:-1}
 DOQ_CONNECTIONS=${DOQ_CONNECTIONS:-32}
 DOQ_STREAMS=${DOQ_STREAMS:-8}
 DOQ_PER_CONNECTION=${DOQ_PER_CONNECTION:-100}
+# DOQ_RESUMPTION=1: the DoQ client resumes TLS sessions (RFC 9250 §5.5 recommends it)
+DOQ_RESUMPTION=${DOQ_RESUMPTION:-0}
+DOQ_RESUME=()
+[ "$DOQ_RESUMPTION" = 1 ] && DOQ_RESUME=(--resumption)
 DOH_CLIENTS=${DOH_CLIENTS:-4}
 DOH_STREAMS=${DOH_STREAMS:-32}
 DOH_REQUESTS=${DOH_REQUESTS:-400000}
@@ -376,7 +380,7 @@ doq() {
     out=$("$LOADTEST" doq --server "127.0.0.1:$port" --fingerprint "$FP" --server-pid "$pid" \
         --connections "$DOQ_CONNECTIONS" --streams "$DOQ_STREAMS" --client-threads 2 \
         --queries-per-connection "$per" --dns-names "$ZONE_NAMES" --duration "$SECONDS_RUN" \
-        --warmup 1 --json 2>"$W/doq.err") || true
+        --warmup 1 --json "${DOQ_RESUME[@]}" 2>"$W/doq.err") || true
     # a run with failed queries still prints its JSON (and exits non-zero): report both
     [[ $out == "{"* ]] || { echo "$label: $(cat "$W/doq.err")"; return 0; }
     python3 - "$label" "$out" "$W/doq-${label%% *}" <<'PY'
@@ -434,7 +438,7 @@ summary() {
 
 if [ "$DOQ" = 1 ]; then
     FP=$(openssl x509 -in "$W/cert.pem" -noout -fingerprint -sha256 | cut -d= -f2)
-    echo "== DoQ: $DOQ_CONNECTIONS connections x $DOQ_STREAMS queries in flight, 2 client threads, $DOQ_PER_CONNECTION queries per connection"
+    echo "== DoQ: $DOQ_CONNECTIONS connections x $DOQ_STREAMS queries in flight, 2 client threads, $DOQ_PER_CONNECTION queries per connection, resumption $DOQ_RESUMPTION"
     for r in $(seq 1 "$ROUNDS"); do
         doq "alknet doq #$r" "$ALKNET_PID" "$ALKNET_QUIC_PORT" "$DOQ_PER_CONNECTION"
         doq "hickory doq #$r" "$HICKORY_PID" "$HICKORY_QUIC_PORT" "$DOQ_PER_CONNECTION"
@@ -453,6 +457,9 @@ if [ "$DOH" = 1 ]; then
     for r in $(seq 1 "$ROUNDS"); do
         doh "alknet doh #$r" "$ALKNET_PID" "$ALKNET_QUIC_PORT"
         doh "hickory doh #$r" "$HICKORY_PID" "$HICKORY_HTTPS_PORT"
+        if [ -n "$NOCACHE_PID" ]; then
+            doh "alknet-nocache doh #$r" "$NOCACHE_PID" "$NOCACHE_QUIC_PORT"
+        fi
     done
     summary doh alknet hickory
 fi

@@ -236,8 +236,8 @@ mod tests {
         let q = framed_query("host1.bench.test").expect("query");
         assert_eq!(usize::from(u16::from_be_bytes([q[0], q[1]])), q.len() - 2);
         let m = Message::from_vec(&q[2..]).expect("decodes");
-        assert_eq!(m.id(), 0);
-        assert_eq!(m.queries().len(), 1);
+        assert_eq!(m.id, 0);
+        assert_eq!(m.queries.len(), 1);
     }
 
     #[test]
