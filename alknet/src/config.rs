@@ -263,6 +263,9 @@ recursion_allow = []
 forward_timeout_ms = 2000
 # Answers kept by the forwarding cache (by TTL; negative answers per RFC 2308).
 cache_entries = 10000
+# Memory for encoded zone answers kept by the exact bytes of their query (per classic UDP
+# socket and per worker for DoQ): a name asked again skips lookup and encoding. 0 = off.
+answer_cache_bytes = 4194304
 # pkarr names: records published by Ed25519 keys under <z-base32 key>. with the
 # alknet/call operation dns.publish or the pkarr relay API (GET/PUT /pkarr/<key> on the
 # HTTP router; relay URL https://<node>/pkarr) (signed packets; newest timestamp wins),
@@ -870,6 +873,12 @@ impl FileConfig {
                 now.cache_entries != was.cache_entries,
                 "dns.cache_entries",
                 CLASSIC,
+            );
+            check(
+                now.answer_cache_bytes != was.answer_cache_bytes,
+                "dns.answer_cache_bytes",
+                "each answer cache is sized when it is made (a classic UDP socket's at start, \
+                 a worker's DoQ one at its first query)",
             );
             check(
                 now.rrl_responses_per_second != was.rrl_responses_per_second,

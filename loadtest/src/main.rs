@@ -10,6 +10,7 @@ mod bulk;
 mod call;
 mod compare;
 mod cores;
+mod doq;
 mod flood;
 mod h3;
 mod handshake;
@@ -84,6 +85,11 @@ enum Command {
     Handshake(RunArgs),
     /// Idle connections: server memory per connection
     Idle(RunArgs),
+    /// DNS over QUIC (RFC 9250) against a running DoQ server (--server): --streams queries
+    /// in flight per connection, one per stream, A queries for host<i>.--dns-zone, each
+    /// connection replaced after --queries-per-connection; `loadtest/dns-measure.sh` runs
+    /// it against alknet and hickory-dns
+    Doq(RunArgs),
     /// Run a workload against alknet and the quinn baseline, alternating, and compare
     Compare(CompareArgs),
     /// A handshake flood (real Initials from many source ports of one prefix, never
@@ -117,6 +123,7 @@ enum WorkloadKind {
     H3,
     Handshake,
     Idle,
+    Doq,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -175,6 +182,16 @@ struct RunArgs {
     /// bulk: which way the bytes go.
     #[arg(long, value_enum, default_value_t = bulk::Direction::Download)]
     direction: bulk::Direction,
+    /// doq: queries a connection carries before the client closes it and connects anew
+    /// (0: until the run ends). hickory-dns 0.26 ends every DoQ connection after 100.
+    #[arg(long, default_value_t = 0)]
+    queries_per_connection: u64,
+    /// doq: the zone whose host<i> names are asked for.
+    #[arg(long, default_value = "bench.test")]
+    dns_zone: String,
+    /// doq: how many host<i> names (host0 … host<n-1>) the queries cycle through.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    dns_names: u32,
     /// handshake: resume TLS sessions.
     #[arg(long)]
     resumption: bool,
@@ -267,6 +284,7 @@ fn main() -> ExitCode {
         Command::H3(a) => run_one(WorkloadKind::H3, &a),
         Command::Handshake(a) => run_one(WorkloadKind::Handshake, &a),
         Command::Idle(a) => run_one(WorkloadKind::Idle, &a),
+        Command::Doq(a) => run_one(WorkloadKind::Doq, &a),
         Command::Compare(c) => run_compare(&c),
         Command::Flood(f) => run_flood(&f),
         Command::Probe(p) => run_probe(&p),
@@ -340,6 +358,13 @@ fn run_compare(c: &CompareArgs) -> Result<(), String> {
         return Err(
             "the quinn baseline does not serve alknet/ssh; compare ssh-cat with bulk \
                     and ssh-rr with rr against alknet"
+                .into(),
+        );
+    }
+    if c.workload == WorkloadKind::Doq {
+        return Err(
+            "the harness's servers serve no DNS: `loadtest/dns-measure.sh` starts alknet and \
+                    hickory-dns on one zone and runs `doq --server` against each"
                 .into(),
         );
     }
@@ -517,6 +542,7 @@ fn workload_name(w: WorkloadKind) -> &'static str {
         WorkloadKind::H3 => "h3",
         WorkloadKind::Handshake => "handshake",
         WorkloadKind::Idle => "idle",
+        WorkloadKind::Doq => "doq",
     }
 }
 
@@ -531,6 +557,13 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
     let mut proc = None;
     let (target, pid, label) = match (&args.server, args.fingerprint) {
         (Some(s), Some(fp)) => (resolve(s, fp)?, args.server_pid, s.clone()),
+        _ if workload == WorkloadKind::Doq => {
+            return Err(
+                "doq loads a running DNS server: pass --server, --fingerprint and \
+                 --server-pid (loadtest/dns-measure.sh starts the servers)"
+                    .into(),
+            )
+        }
         _ => {
             let spawn = || ServerProc::spawn(kind, usize::from(args.workers), args.tls_key);
             let spawned = match &split {
@@ -572,6 +605,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         WorkloadKind::Call => alknet_call::ALPN.to_vec(),
         WorkloadKind::SshCat | WorkloadKind::SshRr => alknet_ssh::ALPN.to_vec(),
         WorkloadKind::H3 => alknet_http::h3::ALPN.to_vec(),
+        WorkloadKind::Doq => b"doq".to_vec(),
         _ => alknet_echo::ALPN.to_vec(),
     };
     let plan = ClientPlan {
@@ -704,6 +738,18 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             sample,
         ),
         WorkloadKind::Idle => harness::run(&plan, idle::Idle::new(connections, threads), sample),
+        WorkloadKind::Doq => harness::run(
+            &plan,
+            doq::Doq::new(
+                connections,
+                threads,
+                args.streams as usize,
+                args.queries_per_connection,
+                &args.dns_zone,
+                args.dns_names,
+            )?,
+            sample,
+        ),
     };
     // a transfer is sampled once its last byte has moved
     let end = end.unwrap_or_else(|| ServerSample::take(pid, proc.as_mut()));
@@ -781,6 +827,16 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             args.transport, args.bytes
         ),
         WorkloadKind::Idle => format!("{label}: {connections} idle connections"),
+        WorkloadKind::Doq => format!(
+            "{label}: {threads} client threads, {connections} conns x {} queries in flight, {} queries per connection, A for {} names of {}",
+            args.streams,
+            match args.queries_per_connection {
+                0 => "unlimited".to_string(),
+                n => n.to_string(),
+            },
+            args.dns_names,
+            args.dns_zone
+        ),
     };
     Ok(Measurement {
         workload: workload_name(workload),

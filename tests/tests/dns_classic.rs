@@ -39,6 +39,16 @@ fn dig_over_udp_and_tcp() {
         ["192.0.2.99"]
     );
 
+    // asked again in other letter cases (the second time from the answer cache, which is
+    // keyed by the query's exact bytes): the question comes back as it was asked
+    for _ in 0..2 {
+        for name in ["HoSt.ExAmple.com", "HOST.EXAMPLE.COM"] {
+            let mixed = dig(port, &["+noall", "+question", "+answer", name, "A"]);
+            assert!(mixed.contains(&format!(";{name}.")), "{mixed}");
+            assert!(mixed.contains("192.0.2.80"), "{mixed}");
+        }
+    }
+
     let nx = dig(port, &["nope.example.com", "A"]);
     assert!(
         nx.contains("status: NXDOMAIN") && nx.contains(" aa"),

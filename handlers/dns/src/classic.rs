@@ -18,6 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
+use crate::answer_cache::AnswerCache;
 use crate::catalog::SharedCatalog;
 use crate::forward::Forwarder;
 use crate::framing::{frame, FrameDecoder};
@@ -149,12 +150,14 @@ async fn serve_udp(
     )));
     let socket = Rc::new(socket);
     let payload = config.udp_payload_size;
+    let answers = AnswerCache::new(config.answer_cache_bytes).map(|c| Rc::new(RefCell::new(c)));
     for _ in 1..UDP_RECEIVES_IN_FLIGHT {
         let udp = Udp {
             socket: socket.clone(),
             catalog: catalog.clone(),
             forwarder: forwarder.clone(),
             rrl: rrl.clone(),
+            answers: answers.clone(),
             payload,
         };
         monoio::spawn(udp.serve());
@@ -164,6 +167,7 @@ async fn serve_udp(
         catalog,
         forwarder,
         rrl,
+        answers,
         payload,
     }
     .serve()
@@ -176,6 +180,8 @@ struct Udp {
     catalog: SharedCatalog,
     forwarder: Option<Arc<Forwarder>>,
     rrl: Rc<RefCell<RateLimiter>>,
+    /// This socket's answers by query bytes (its receive loops share it).
+    answers: Option<Rc<RefCell<AnswerCache>>>,
     payload: u16,
 }
 
@@ -192,7 +198,31 @@ impl Udp {
             let Ok((n, peer)) = res else {
                 continue;
             };
-            let reply = match responder::parse(&buf[..n]) {
+            let query = &buf[..n];
+            let catalog = self.catalog.load_full();
+            // a query answered before from this catalog (so a valid one): the same answer
+            let cached = self
+                .answers
+                .as_ref()
+                .and_then(|a| a.borrow_mut().get(&catalog, query));
+            if let Some(reply) = cached {
+                // the borrow must end before the send: the other receive loops check too
+                let verdict = self
+                    .rrl
+                    .borrow_mut()
+                    .check(peer.ip(), std::time::Instant::now());
+                match verdict {
+                    Verdict::Send => send_udp(socket, reply, peer).await,
+                    Verdict::Slip => {
+                        if let Parsed::Query(q) = responder::parse(query) {
+                            send_udp(socket, responder::truncated(&q), peer).await;
+                        }
+                    }
+                    Verdict::Drop => {}
+                }
+                continue;
+            }
+            let reply = match responder::parse(query) {
                 Parsed::Query(q) => {
                     let verdict = self
                         .rrl
@@ -207,7 +237,6 @@ impl Udp {
                         Verdict::Drop => continue,
                     }
                     let limit = responder::udp_limit(&q, self.payload);
-                    let catalog = self.catalog.load();
                     let forward = self.forwarder.as_ref().filter(|f| {
                         f.allows(peer.ip(), false) && responder::forwardable(&catalog, &q)
                     });
@@ -219,7 +248,13 @@ impl Udp {
                         });
                         continue;
                     }
-                    responder::answer(&catalog, &q, limit)
+                    let reply = responder::answer(&catalog, &q, limit);
+                    if let Some(a) = &self.answers {
+                        if responder::cacheable(&catalog, &q) {
+                            a.borrow_mut().insert(&catalog, query, &reply);
+                        }
+                    }
+                    reply
                 }
                 Parsed::Malformed(h) => responder::formerr(&h),
                 Parsed::Ignore => continue,

@@ -9,6 +9,8 @@ use alknet_runtime::{Bytes, DnsAnswer, DnsResolver, Identity, LocalBoxFuture};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RData;
 
+use crate::answer_cache::Lookup::{Hit, Parse};
+use crate::answer_cache::{stream_lookup, with_stream_answers};
 use crate::doq::RECURSION_SCOPE;
 use crate::limits::MAX_MESSAGE_SIZE;
 use crate::responder::{self, Asker, Parsed};
@@ -35,8 +37,16 @@ impl DnsResolver for DohResolver {
     ) -> LocalBoxFuture<'static, Option<DnsAnswer>> {
         let dns = self.dns.clone();
         Box::pin(async move {
-            let reply = match responder::parse(&message) {
-                Parsed::Query(q) => {
+            let catalog = dns.catalog.load_full();
+            let bytes = dns.config.answer_cache_bytes;
+            let reply = match stream_lookup(bytes, &catalog, &message) {
+                Hit(reply) => reply,
+                Parse(Parsed::Query(q)) if responder::cacheable(&catalog, &q) => {
+                    let reply = responder::answer(&catalog, &q, MAX_MESSAGE_SIZE);
+                    with_stream_answers(bytes, |a| a.insert(&catalog, &message, &reply));
+                    reply
+                }
+                Parse(Parsed::Query(q)) => {
                     let asker = Asker {
                         source,
                         may_recurse: caller.is_some_and(|i| i.has_scope(RECURSION_SCOPE)),
@@ -50,8 +60,8 @@ impl DnsResolver for DohResolver {
                     )
                     .await
                 }
-                Parsed::Malformed(header) => responder::formerr(&header),
-                Parsed::Ignore => return None,
+                Parse(Parsed::Malformed(header)) => responder::formerr(&header),
+                Parse(Parsed::Ignore) => return None,
             };
             let max_age = cache_lifetime(&reply);
             Some(DnsAnswer {

@@ -27,6 +27,8 @@ use alknet_runtime::{
 use hickory_proto::op::Message;
 use hickory_proto::rr::rdata::opt::EdnsCode;
 
+use crate::answer_cache::Lookup::{Hit, Parse};
+use crate::answer_cache::{stream_lookup, with_stream_answers};
 use crate::catalog::SharedCatalog;
 use crate::forward::Forwarder;
 use crate::framing::{frame, FrameDecoder, LENGTH_PREFIX};
@@ -117,6 +119,7 @@ impl ProtocolHandler for DoqHandler {
                     forwarder: this.dns.forwarder.clone(),
                     asker,
                     timeout: this.dns.config.query_timeout,
+                    answer_cache_bytes: this.dns.config.answer_cache_bytes,
                 };
                 spawn_guarded("doq query", async move {
                     query.serve(send, recv).await;
@@ -163,6 +166,7 @@ struct Query {
     forwarder: Option<Arc<Forwarder>>,
     asker: Asker,
     timeout: Duration,
+    answer_cache_bytes: usize,
 }
 
 impl Query {
@@ -193,11 +197,20 @@ impl Query {
 
     /// Answers one query (already checked for a zero ID) and finishes the stream.
     async fn answer(&self, message: &[u8], send: &mut SendStream) -> Result<(), QueryError> {
-        let reply = match responder::parse(message) {
-            Parsed::Query(q) => {
-                if has_tcp_keepalive(&q) {
-                    return Err(QueryError::Protocol("edns-tcp-keepalive in a DoQ query"));
-                }
+        let catalog = self.catalog.load_full();
+        let bytes = self.answer_cache_bytes;
+        // a hit is a query answered before from this catalog, so one that passed the checks
+        let reply = match stream_lookup(bytes, &catalog, message) {
+            Hit(reply) => reply,
+            Parse(Parsed::Query(q)) if has_tcp_keepalive(&q) => {
+                return Err(QueryError::Protocol("edns-tcp-keepalive in a DoQ query"));
+            }
+            Parse(Parsed::Query(q)) if responder::cacheable(&catalog, &q) => {
+                let reply = responder::answer(&catalog, &q, MAX_MESSAGE_SIZE);
+                with_stream_answers(bytes, |a| a.insert(&catalog, message, &reply));
+                reply
+            }
+            Parse(Parsed::Query(q)) => {
                 responder::answer_query(
                     &self.catalog,
                     self.forwarder.as_deref(),
@@ -207,8 +220,8 @@ impl Query {
                 )
                 .await
             }
-            Parsed::Malformed(header) => responder::formerr(&header),
-            Parsed::Ignore => return Err(QueryError::Protocol("not a DNS query")),
+            Parse(Parsed::Malformed(header)) => responder::formerr(&header),
+            Parse(Parsed::Ignore) => return Err(QueryError::Protocol("not a DNS query")),
         };
         let Some(mut chunks) = frame(Bytes::from(reply)) else {
             return Err(QueryError::Lost);

@@ -12,6 +12,7 @@
 //! Query handling ([`responder`]) is sans-IO and deterministic; the handlers ([`doq`],
 //! [`pipeline`], [`dot`], [`classic`]) only move framed messages between streams and it.
 
+pub mod answer_cache;
 mod catalog;
 pub mod classic;
 pub mod doh;

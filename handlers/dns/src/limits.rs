@@ -62,6 +62,11 @@ pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// threads); the least useful are evicted past it.
 pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 
+/// `answer_cache_bytes`: memory for encoded zone answers kept by the exact bytes of their
+/// query ([`crate::answer_cache`]), per classic UDP socket and per worker for DoQ; a name
+/// asked again is answered without decoding, looking up or encoding. 0 = off.
+pub const DEFAULT_ANSWER_CACHE_BYTES: usize = 4 << 20;
+
 /// `rrl_responses_per_second`: classic UDP answers a second to one source prefix (IPv4
 /// /24, IPv6 /56) before response rate limiting drops or slips them (0 = off).
 pub const DEFAULT_RRL_RESPONSES_PER_SECOND: u32 = 100;
@@ -117,6 +122,7 @@ pub struct DnsConfig {
     #[serde(rename = "forward_timeout_ms", with = "alknet_runtime::millis")]
     pub forward_timeout: Duration,
     pub cache_entries: usize,
+    pub answer_cache_bytes: usize,
     pub rrl_responses_per_second: u32,
     pub rrl_slip: u32,
     pub rrl_table_size: usize,
@@ -148,6 +154,7 @@ impl Default for DnsConfig {
             recursion_allow: Vec::new(),
             forward_timeout: DEFAULT_FORWARD_TIMEOUT,
             cache_entries: DEFAULT_CACHE_ENTRIES,
+            answer_cache_bytes: DEFAULT_ANSWER_CACHE_BYTES,
             rrl_responses_per_second: DEFAULT_RRL_RESPONSES_PER_SECOND,
             rrl_slip: DEFAULT_RRL_SLIP,
             rrl_table_size: DEFAULT_RRL_TABLE_SIZE,

@@ -213,6 +213,13 @@ pub fn respond_udp(catalog: &Catalog, bytes: &[u8], ours: u16) -> Option<Vec<u8>
 
 /// Whether `query` is a well-formed recursive question (RD, one IN question, no zone
 /// transfer) for a name outside every local zone: one the forwarding cache may take.
+/// Whether the answer to `query` may go in an [`crate::answer_cache::AnswerCache`]: it
+/// was looked up in a local zone (not a pkarr name, which changes without a catalog swap,
+/// nor a forwarded answer).
+pub fn cacheable(catalog: &Catalog, query: &Message) -> bool {
+    query.queries.len() == 1 && catalog.find(&query.queries[0].name).is_some()
+}
+
 pub fn forwardable(catalog: &Catalog, query: &Message) -> bool {
     query.op_code == OpCode::Query
         && query.recursion_desired

@@ -16,6 +16,8 @@ use alknet_runtime::rt::spawn_guarded;
 use bytes::Bytes;
 use hickory_proto::op::Message;
 
+use crate::answer_cache::Lookup::{Hit, Parse};
+use crate::answer_cache::{stream_lookup, with_stream_answers};
 use crate::forward::Forwarder;
 use crate::framing::{frame, FrameDecoder};
 use crate::limits::MAX_MESSAGE_SIZE;
@@ -77,9 +79,17 @@ impl StreamAnswerer {
     pub(crate) async fn push(&mut self, chunk: &[u8]) -> Result<(), StreamEnd> {
         self.decoder.push(chunk);
         let mut out: Vec<Bytes> = Vec::new();
+        let catalog = self.dns.catalog.load_full();
+        let bytes = self.dns.config.answer_cache_bytes;
         while let Some(message) = self.decoder.next_message() {
-            let reply = match responder::parse(&message) {
-                Parsed::Query(q) => {
+            let reply = match stream_lookup(bytes, &catalog, &message) {
+                Hit(reply) => reply,
+                Parse(Parsed::Query(q)) if responder::cacheable(&catalog, &q) => {
+                    let reply = responder::answer(&catalog, &q, MAX_MESSAGE_SIZE);
+                    with_stream_answers(bytes, |a| a.insert(&catalog, &message, &reply));
+                    reply
+                }
+                Parse(Parsed::Query(q)) => {
                     if let Some(f) = self.forward_target(&q) {
                         if self.forwarding.get() < self.dns.config.max_queries_per_connection {
                             self.spawn_forward(f, q);
@@ -88,11 +98,11 @@ impl StreamAnswerer {
                         // at the limit: this one waits, and so does the stream
                         f.answer(&q, MAX_MESSAGE_SIZE).await
                     } else {
-                        responder::answer(&self.dns.catalog.load(), &q, MAX_MESSAGE_SIZE)
+                        responder::answer(&catalog, &q, MAX_MESSAGE_SIZE)
                     }
                 }
-                Parsed::Malformed(header) => responder::formerr(&header),
-                Parsed::Ignore => return Err(StreamEnd::NotAQuery),
+                Parse(Parsed::Malformed(header)) => responder::formerr(&header),
+                Parse(Parsed::Ignore) => return Err(StreamEnd::NotAQuery),
             };
             if let Some(framed) = frame(Bytes::from(reply)) {
                 out.extend(framed);
