@@ -2,12 +2,14 @@
 //! with a hard timeout, deterministic payloads, and the path of the `alknet` binary.
 
 mod bin_server;
+mod chromium;
 pub mod dns;
 pub mod git;
 pub mod ssh;
 mod whoami;
 
 pub use bin_server::{free_udp_port, wait_output, BinServer};
+pub use chromium::{chromium_available, chromium_page};
 pub use whoami::{ask_whoami, require_aioquic, WhoAmI, WHOAMI_ALPN};
 
 use std::future::Future;

@@ -47,16 +47,6 @@ scopes = ["node:metrics"]
     )
 }
 
-fn chromium_available() -> bool {
-    ["chromium", "chromium-headless-shell"].iter().any(|c| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {c}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
 /// What the page showed: the text of its figure fields, as its script filled them in.
 #[derive(Debug)]
 struct Shown {
@@ -100,7 +90,6 @@ fn load_dashboard(
     also: &str,
     screenshot: &Path,
 ) -> Shown {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/chromium_page.py");
     let read = format!(
         "JSON.stringify(Object.fromEntries({ids}.map(id => [id, document.getElementById(id).textContent])))",
         ids = serde_json::to_string(&FIELDS).expect("json")
@@ -109,26 +98,19 @@ fn load_dashboard(
         "document.body.dataset.live === '1' && \
          Number(document.getElementById('snapshots').textContent) >= {snapshots} && ({also})"
     );
-    let child = Command::new("python3")
-        .arg(script)
-        .arg(format!("https://127.0.0.1:{}/", server.port))
-        .args(["--until", &until, "--read", &read])
-        .args(["--deadline", PAGE_DEADLINE_SECS])
-        .arg("--screenshot")
-        .arg(screenshot)
-        .args(flags.iter().map(|f| format!("--chromium-flag={f}")))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let out = wait_output(child, CLIENT_TIMEOUT);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "chromium_page.py printed no JSON ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let mut args = vec![
+        format!("https://127.0.0.1:{}/", server.port),
+        "--until".into(),
+        until,
+        "--read".into(),
+        read,
+        "--deadline".into(),
+        PAGE_DEADLINE_SECS.into(),
+        "--screenshot".into(),
+        screenshot.display().to_string(),
+    ];
+    args.extend(flags.iter().map(|f| format!("--chromium-flag={f}")));
+    let result = chromium_page(&args, CLIENT_TIMEOUT);
     assert_eq!(
         result["ok"], true,
         "the page never showed live figures: {result}"

@@ -11,7 +11,6 @@
 //! passes (`tests/run-all.sh` installs Debian's `chromium`).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use alknet_tests::*;
@@ -44,45 +43,26 @@ scopes = []
     )
 }
 
-fn chromium_available() -> bool {
-    ["chromium", "chromium-headless-shell"].iter().any(|c| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {c}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
 /// Loads the page with `query`, waits until its steps ran, returns its results.
 fn run_page(server: &BinServer, query: &str) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/chromium_page.py");
-    let child = Command::new("python3")
-        .arg(script)
-        .arg(format!(
+    let args = [
+        format!(
             "https://127.0.0.1:{}/webtransport_page.html?{query}",
             server.port
-        ))
-        .args(["--until", "document.body.dataset.done === '1'"])
-        .args(["--read", "document.body.dataset.results || '{}'"])
-        .args(["--deadline", PAGE_DEADLINE_SECS])
+        ),
+        "--until".into(),
+        "document.body.dataset.done === '1'".into(),
+        "--read".into(),
+        "document.body.dataset.results || '{}'".into(),
+        "--deadline".into(),
+        PAGE_DEADLINE_SECS.into(),
         // the page itself comes over HTTP/2 with the node's main certificate, pinned
-        .arg(format!(
+        format!(
             "--chromium-flag=--ignore-certificate-errors-spki-list={}",
             server.spki_sha256_base64()
-        ))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let out = wait_output(child, CLIENT_TIMEOUT);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "chromium_page.py printed no JSON ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+        ),
+    ];
+    let result = chromium_page(&args, CLIENT_TIMEOUT);
     assert_eq!(result["ok"], true, "the page never finished: {result}");
     assert_eq!(
         result["protocol"], "h2",
