@@ -196,11 +196,13 @@ fn register_handler_metrics(registry: &mut Registry, samples: Vec<HandlerMetric>
         }
     }
     for (name, help, kind) in families {
-        let of_family = samples.iter().filter(|m| m.name == name && m.kind == kind);
+        let of_family: Vec<&HandlerMetric> = samples
+            .iter()
+            .filter(|m| m.name == name && m.kind == kind)
+            .collect();
         // a single unlabelled sample is a plain metric (a family would print `name{}`)
-        let mut plain = of_family.clone().filter(|m| m.labels.is_empty());
-        if let (Some(m), None) = (plain.next(), plain.next()) {
-            if of_family.clone().count() == 1 {
+        if let [m] = of_family[..] {
+            if m.labels.is_empty() {
                 match kind {
                     MetricKind::Counter => {
                         let c = Counter::<u64>::default();
