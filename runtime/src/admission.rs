@@ -363,6 +363,56 @@ pub(crate) struct AlpnCount {
     pub open: AtomicUsize,
     /// Connections handed to the ALPN's handler since start (refused ones not counted).
     pub accepted: AtomicU64,
+    /// Streams of this ALPN's connections since start, one slot per worker.
+    pub streams: Box<[WorkerStreamCounts]>,
+}
+
+impl AlpnCount {
+    pub fn new(alpn: &[u8], workers: usize) -> Self {
+        Self {
+            alpn: alpn.into(),
+            open: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            streams: (0..workers.max(1))
+                .map(|_| WorkerStreamCounts::default())
+                .collect(),
+        }
+    }
+
+    /// Streams opened so far, summed over the workers.
+    pub fn stream_totals(&self) -> StreamTotals {
+        let mut t = StreamTotals::default();
+        for w in self.streams.iter() {
+            let [pb, pu, lb, lu] = &w.0;
+            t.peer_bidi += pb.load(Ordering::Relaxed);
+            t.peer_uni += pu.load(Ordering::Relaxed);
+            t.local_bidi += lb.load(Ordering::Relaxed);
+            t.local_uni += lu.load(Ordering::Relaxed);
+        }
+        t
+    }
+}
+
+/// One worker's stream counts of one ALPN: peer-opened bidi, peer-opened uni, locally
+/// opened bidi, locally opened uni. Written only by that worker's thread, so a count is
+/// a plain load and store (no locked read-modify-write on the stream path); aligned so two
+/// workers' slots never share a cache line.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct WorkerStreamCounts([AtomicU64; 4]);
+
+/// Streams opened on one ALPN's connections since start (see
+/// [`crate::NodeStatus::alpn_connections`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StreamTotals {
+    /// Bidirectional streams the peers opened.
+    pub peer_bidi: u64,
+    /// Unidirectional streams the peers opened.
+    pub peer_uni: u64,
+    /// Bidirectional streams the handler opened.
+    pub local_bidi: u64,
+    /// Unidirectional streams the handler opened.
+    pub local_uni: u64,
 }
 
 /// The counts for `registry`'s ALPNs: `old`'s where it has one (its connections are still
@@ -371,6 +421,7 @@ pub(crate) struct AlpnCount {
 pub(crate) fn alpn_counts(
     registry: &crate::router::AlpnRegistry,
     old: &[Arc<AlpnCount>],
+    workers: usize,
 ) -> Vec<Arc<AlpnCount>> {
     let mut counts: Vec<Arc<AlpnCount>> = old
         .iter()
@@ -379,11 +430,7 @@ pub(crate) fn alpn_counts(
         .collect();
     for alpn in registry.alpns() {
         if !counts.iter().any(|c| *c.alpn == *alpn) {
-            counts.push(Arc::new(AlpnCount {
-                alpn: alpn.into(),
-                open: AtomicUsize::new(0),
-                accepted: AtomicU64::new(0),
-            }));
+            counts.push(Arc::new(AlpnCount::new(&alpn, workers)));
         }
     }
     counts
@@ -402,6 +449,17 @@ impl AlpnTicket {
         }
         count.accepted.fetch_add(1, Ordering::Relaxed);
         Some(Self(count.clone()))
+    }
+
+    /// Counts a stream of this connection, on the worker that owns it (only that
+    /// worker's thread writes its slot: a load and a store, not an atomic add).
+    pub fn count_stream(&self, worker: usize, local: bool, dir: quinn_proto::Dir) {
+        let Some(slot) = self.0.streams.get(worker) else {
+            return;
+        };
+        let i = usize::from(local) * 2 + usize::from(dir == quinn_proto::Dir::Uni);
+        let c = &slot.0[i];
+        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 }
 
@@ -611,11 +669,7 @@ mod tests {
 
     #[test]
     fn alpn_tickets_cap_and_give_back() {
-        let count = Arc::new(AlpnCount {
-            alpn: b"alknet/ssh".to_vec().into(),
-            open: AtomicUsize::new(0),
-            accepted: AtomicU64::new(0),
-        });
+        let count = Arc::new(AlpnCount::new(b"alknet/ssh", 2));
         let a = AlpnTicket::take(&count, Some(2)).expect("1");
         let _b = AlpnTicket::take(&count, Some(2)).expect("2");
         assert!(AlpnTicket::take(&count, Some(2)).is_none());
@@ -625,6 +679,28 @@ mod tests {
         assert!(AlpnTicket::take(&count, None).is_some());
         // the refused one is not counted as accepted
         assert_eq!(count.accepted.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn streams_are_counted_per_worker_and_summed() {
+        let count = Arc::new(AlpnCount::new(b"perf", 2));
+        let t = AlpnTicket::take(&count, None).expect("ticket");
+        t.count_stream(0, false, quinn_proto::Dir::Bi);
+        t.count_stream(1, false, quinn_proto::Dir::Bi);
+        t.count_stream(1, false, quinn_proto::Dir::Uni);
+        t.count_stream(0, true, quinn_proto::Dir::Uni);
+        t.count_stream(1, true, quinn_proto::Dir::Bi);
+        t.count_stream(7, true, quinn_proto::Dir::Bi); // no such worker: ignored
+        assert_eq!(
+            count.stream_totals(),
+            StreamTotals {
+                peer_bidi: 2,
+                peer_uni: 1,
+                local_bidi: 1,
+                local_uni: 1
+            }
+        );
+        assert_eq!(std::mem::align_of::<WorkerStreamCounts>(), 128);
     }
 
     #[test]

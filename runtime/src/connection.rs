@@ -839,6 +839,7 @@ fn quic_poll_accept(
     let mut st = inner.state.borrow_mut();
     if let Some(id) = st.conn.streams().accept(dir) {
         drop(st);
+        count_stream(inner, false, dir);
         // accepting can let the connection raise the peer's stream limit
         inner.0.wake_driver();
         return Poll::Ready(Ok(id));
@@ -848,6 +849,14 @@ fn quic_poll_accept(
     }
     push_waker(&mut st.accept[dir_index(dir)], cx.waker());
     Poll::Pending
+}
+
+/// Counts a stream in its ALPN's figures (server connections only: a client's has no
+/// ALPN ticket).
+fn count_stream(inner: &ConnectionRef, local: bool, dir: Dir) {
+    if let Some(t) = &inner.admission.borrow().alpn {
+        t.count_stream(inner.worker, local, dir);
+    }
 }
 
 fn quic_poll_open(
@@ -860,6 +869,8 @@ fn quic_poll_open(
         return Poll::Ready(Err(e.clone()));
     }
     if let Some(id) = st.conn.streams().open(dir) {
+        drop(st);
+        count_stream(inner, true, dir);
         return Poll::Ready(Ok(id));
     }
     push_waker(&mut st.open[dir_index(dir)], cx.waker());

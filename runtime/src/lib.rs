@@ -83,6 +83,7 @@ pub use server::{
     resolve_workers, start, start_with_tcp, AlpnConnections, EngineConfig, NodeStatus,
     ServerHandle, ShutdownTrigger, StartError, DEFAULT_LISTEN,
 };
+pub use admission::StreamTotals;
 pub use socket::BindError;
 pub use stats::WorkerStatsSnapshot;
 pub use streams::{

@@ -62,7 +62,11 @@ impl ConfigReloadHandle {
         }
         let source = self.lock_tls_source();
         self.publish(&source.0, source.1, &registry)?;
-        let counts = crate::admission::alpn_counts(&registry, &self.0.alpn_counts.load());
+        let counts = crate::admission::alpn_counts(
+            &registry,
+            &self.0.alpn_counts.load(),
+            self.0.inboxes.len(),
+        );
         self.0.alpn_counts.store(Arc::new(counts));
         tracing::info!(alpns = ?registry, "handlers reloaded");
         self.0.registry.store(Arc::new(registry));

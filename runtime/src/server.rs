@@ -180,6 +180,7 @@ impl NodeStatus {
                 alpn: String::from_utf8_lossy(&c.alpn).into_owned(),
                 open: c.open.load(Relaxed) as u64,
                 accepted: c.accepted.load(Relaxed),
+                streams: c.stream_totals(),
             })
             .collect()
     }
@@ -212,6 +213,8 @@ pub struct AlpnConnections {
     pub alpn: String,
     pub open: u64,
     pub accepted: u64,
+    /// Streams opened on its connections (QUIC streams; a TLS/TCP connection's one stream).
+    pub streams: crate::StreamTotals,
 }
 
 /// Starts graceful shutdown from another thread (a signal handler, a test).
@@ -350,7 +353,7 @@ pub fn start_with_tcp(
         })
         .transpose()?;
 
-    let alpn_counts = crate::admission::alpn_counts(&registry, &[]);
+    let alpn_counts = crate::admission::alpn_counts(&registry, &[], workers);
     let shared = Arc::new(ServerShared {
         registry: ArcSwap::from_pointee(registry),
         tls_source: std::sync::Mutex::new((config.tls.clone(), config.client_auth)),

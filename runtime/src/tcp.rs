@@ -408,6 +408,10 @@ async fn serve_connection(
                     }
                 }
             }
+            if let Some(t) = &ticket {
+                // the connection's one stream
+                t.count_stream(worker, false, quinn_proto::Dir::Bi);
+            }
             let peer = TcpPeer {
                 remote,
                 alpn,

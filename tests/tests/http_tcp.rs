@@ -434,6 +434,10 @@ for name in ("alknet_alpn_connections_open", "alknet_alpn_connections_accepted",
 for s in families["alknet_alpn_connections_accepted"].samples:
     if s.name.endswith("_total"):
         print("alpn_accepted", s.labels["alpn"], int(s.value))
+for s in families["alknet_alpn_streams"].samples:
+    if s.name.endswith("_total"):
+        l = s.labels
+        print("alpn_streams", l["alpn"], l["dir"], l["initiator"], int(s.value))
 "#;
 
 #[test]
@@ -505,6 +509,11 @@ fn metrics_parse_as_openmetrics() {
     assert!(out.contains("alknet_http_sse_lagged counter"), "{out}");
     assert!(out.contains("alpn_accepted alknet/call 1"), "{out}");
     assert!(out.contains("alpn_accepted h3 0"), "{out}");
+    // `alknet call` asks one operation: one bidirectional stream it opened
+    assert!(out.contains("alpn_streams alknet/call bidi peer 1"), "{out}");
+    assert!(out.contains("alpn_streams alknet/call uni peer 0"), "{out}");
+    assert!(out.contains("alpn_streams alknet/call bidi local 0"), "{out}");
+    assert!(out.contains("alpn_streams h3 bidi peer 0"), "{out}");
 }
 
 #[test]

@@ -29,6 +29,15 @@ struct AlpnLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlpnStreamLabels {
+    alpn: String,
+    /// "bidi" or "uni".
+    dir: &'static str,
+    /// "peer" (the client opened it) or "local" (the handler did).
+    initiator: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabel {
     worker: String,
 }
@@ -146,7 +155,23 @@ impl HttpMetrics {
             }
             let alpn_open = Family::<AlpnLabel, Gauge>::default();
             let alpn_accepted = Family::<AlpnLabel, Counter>::default();
+            let alpn_streams = Family::<AlpnStreamLabels, Counter>::default();
             for c in status.alpn_connections() {
+                let s = c.streams;
+                for (dir, initiator, n) in [
+                    ("bidi", "peer", s.peer_bidi),
+                    ("uni", "peer", s.peer_uni),
+                    ("bidi", "local", s.local_bidi),
+                    ("uni", "local", s.local_uni),
+                ] {
+                    alpn_streams
+                        .get_or_create(&AlpnStreamLabels {
+                            alpn: c.alpn.clone(),
+                            dir,
+                            initiator,
+                        })
+                        .inc_by(n);
+                }
                 let label = AlpnLabel { alpn: c.alpn };
                 alpn_open
                     .get_or_create(&label)
@@ -162,6 +187,11 @@ impl HttpMetrics {
                 "alpn_connections_accepted",
                 "QUIC connections handed to a handler since start, by ALPN",
                 alpn_accepted,
+            );
+            registry.register(
+                "alpn_streams",
+                "Streams opened since start on each ALPN's connections (QUIC streams; a TLS/TCP connection's one stream), by direction and by who opened them",
+                alpn_streams,
             );
             register_handler_metrics(&mut registry, status.handler_metrics());
             let open = Gauge::<i64>::default();
