@@ -256,12 +256,14 @@ fn the_dashboard_needs_the_metrics_scope_unless_public() {
         let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
         (code.trim().to_string(), body.to_string())
     };
-    for path in ["/", "/api/dashboard/stream"] {
+    for path in ["/", "/dashboard", "/api/dashboard/stream"] {
         assert_eq!(curl(path, None).0, "401", "{path}");
     }
-    let (code, body) = curl("/", Some(TOKEN_METRICS));
-    assert_eq!(code, "200");
-    assert!(body.contains("/api/dashboard/stream"), "{body}");
+    for path in ["/", "/dashboard"] {
+        let (code, body) = curl(path, Some(TOKEN_METRICS));
+        assert_eq!(code, "200", "{path}");
+        assert!(body.contains("/api/dashboard/stream"), "{path}: {body}");
+    }
     let (code, body) = curl("/api/dashboard/stream", Some(TOKEN_METRICS));
     assert_eq!(code, "200");
     // the first snapshot at once, then one every 250 ms: within 5 s, several

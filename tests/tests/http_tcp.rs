@@ -785,7 +785,7 @@ fn static_files_are_served_from_the_root_only() {
         .expect("symlink");
     std::fs::create_dir(www.path().join("dir")).expect("mkdir");
     let server = BinServer::start_with_config(&config(&format!(
-        "[http]\nstatic_root = \"{}\"\n",
+        "[http]\nstatic_root = \"{}\"\npublic = [\"/dashboard\"]\n",
         www.path().display()
     )));
     let got = tempfile::NamedTempFile::new().expect("tempfile");
@@ -828,5 +828,9 @@ fn static_files_are_served_from_the_root_only() {
         // routes of their own still win
         let r = curl(&server, &[version, &url(&server, "/health")]);
         assert_eq!(r.status, 200);
+        // `/` is the files', the dashboard page stays at `/dashboard`
+        let r = curl(&server, &[version, &url(&server, "/dashboard")]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("/api/dashboard/stream"), "{}", r.body);
     }
 }

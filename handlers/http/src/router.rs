@@ -22,12 +22,14 @@ pub fn router(state: HttpState) -> Router {
     } else {
         Router::new()
     };
-    // with `static_root` set, `/` stays the files' (as the QUIC interop runner expects)
+    // with `static_root` set, `/` stays the files' (as the QUIC interop runner expects);
+    // the page is at `/dashboard` either way
     let dashboard = if state.static_files.is_none() {
         Router::new().route("/", get(dashboard::page))
     } else {
         Router::new()
-    };
+    }
+    .route(dashboard::DASHBOARD_PATH, get(dashboard::page_dashboard));
     Router::new()
         .merge(diagnostics)
         .merge(dashboard)

@@ -39,7 +39,29 @@ pub async fn page(
     conn: Option<Extension<ConnInfo>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = access_refusal(&state, "/", conn.as_deref(), &headers) {
+    page_at(&state, "/", conn.as_deref(), &headers)
+}
+
+/// The same page at `/dashboard`, served whether or not `static_root` owns `/`.
+pub async fn page_dashboard(
+    State(state): State<HttpState>,
+    conn: Option<Extension<ConnInfo>>,
+    headers: HeaderMap,
+) -> Response {
+    page_at(&state, DASHBOARD_PATH, conn.as_deref(), &headers)
+}
+
+/// Where the page is always served (also at `/` unless `[http] static_root` is set).
+pub const DASHBOARD_PATH: &str = "/dashboard";
+
+/// The page, if `path` (what `[http] public` is matched against) may be read.
+fn page_at(
+    state: &HttpState,
+    path: &str,
+    conn: Option<&ConnInfo>,
+    headers: &HeaderMap,
+) -> Response {
+    if let Some(refused) = access_refusal(state, path, conn, headers) {
         return refused;
     }
     (
