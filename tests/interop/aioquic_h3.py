@@ -7,7 +7,9 @@ GET /bytes/10000000 complete and exact; 50 concurrent requests; a header section
 the server's limit refused with 431 (and the connection still serving); a declared body
 over the limit refused with 413; a body without content-length growing past the limit
 refused with 413; a HEADERS frame that never completes reset after the server's header
-timeout. Exit status 0 only when every check passes.
+timeout; a streaming call read as Server-Sent Events; a topic subscription fed by
+node.publish calls on the same connection, then cancelled. Exit status 0 only when every
+check passes.
 """
 
 import argparse
@@ -42,6 +44,17 @@ class Response:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
         self.done = asyncio.get_running_loop().create_future()
+        # set whenever headers or body bytes arrive (for responses read as they stream)
+        self.progress = asyncio.Event()
+
+    async def wait_body(self, want: bytes, what: str) -> None:
+        """Waits (bounded by the caller's check timeout) until the body contains `want`."""
+        while want not in self.body:
+            if self.done.done():
+                self.done.result()  # raises if the stream failed
+                raise CheckFailed(f"{what}: stream ended without {want!r}: {bytes(self.body)!r}")
+            self.progress.clear()
+            await self.progress.wait()
 
     @property
     def status(self) -> int:
@@ -106,11 +119,20 @@ class H3Client(QuicConnectionProtocol):
                 r.headers.extend(ev.headers)
             elif isinstance(ev, DataReceived):
                 r.body.extend(ev.data)
+            r.progress.set()
             if ev.stream_ended and not r.done.done():
                 r.done.set_result(None)
 
     async def request(self, method: str, path: str, body: bytes | None = None,
                       extra: list[tuple[bytes, bytes]] = ()) -> Response:
+        sid, r = self.start_request(method, path, body, extra)
+        await r.done
+        del self.pending[sid]
+        return r
+
+    def start_request(self, method: str, path: str, body: bytes | None = None,
+                      extra: list[tuple[bytes, bytes]] = ()) -> tuple[int, Response]:
+        """Sends a request and returns its stream and response without waiting for it."""
         sid = self._quic.get_next_available_stream_id()
         r = Response()
         self.pending[sid] = r
@@ -123,9 +145,7 @@ class H3Client(QuicConnectionProtocol):
         if body is not None:
             self.http.send_data(sid, body, end_stream=True)
         self.transmit()
-        await r.done
-        del self.pending[sid]
-        return r
+        return sid, r
 
 
 def make_config() -> QuicConfiguration:
@@ -297,6 +317,45 @@ async def check_sse(p: H3Client) -> str:
     return "echo.stream over h3: 3 items and the end as text/event-stream"
 
 
+async def check_topic(p: H3Client, watcher: str, admin: str) -> str:
+    """GET /api/events/node.events as Server-Sent Events on one request stream while
+    node.publish calls on other streams of the same connection deliver three events to it;
+    then the client cancels the subscription, and the node stops delivering to it."""
+    if not watcher or not admin:
+        raise CheckFailed("the topic check needs --watcher-token and --admin-token")
+    sid, sub = p.start_request("GET", "/api/events/node.events",
+                               extra=[(b"authorization", b"Bearer " + watcher.encode())])
+    await sub.wait_body(b": subscribed", "subscription")
+    expect_status(sub, 200, "GET /api/events/node.events")
+    ctype = dict(sub.headers).get(b"content-type", b"")
+    if ctype != b"text/event-stream":
+        raise CheckFailed(f"content-type {ctype!r}, want text/event-stream")
+
+    async def publish(n: int) -> int:
+        r = await p.request("POST", "/api/call/node.publish",
+                            json.dumps({"data": {"n": n}}).encode(),
+                            [(b"content-type", b"application/json"),
+                             (b"authorization", b"Bearer " + admin.encode())])
+        expect_status(r, 200, "POST /api/call/node.publish")
+        return json.loads(r.body)["delivered"]
+
+    for n in range(3):
+        delivered = await publish(n)
+        if delivered != 1:
+            raise CheckFailed(f"publish {n}: delivered to {delivered}, want 1")
+        await sub.wait_body(f'id: {n}\ndata: {{"n":{n}}}\n\n'.encode(), f"event {n}")
+    # cancel the subscription: the server must let go of it (H3_REQUEST_CANCELLED)
+    p._quic.stop_stream(sid, 0x10C)
+    p._quic.reset_stream(sid, 0x10C)
+    p.transmit()
+    del p.pending[sid]
+    for _ in range(100):  # bounded: 100 x 50 ms
+        if await publish(99) == 0:
+            return "topic node.events over h3: 3 published events read as SSE, freed on cancel"
+        await asyncio.sleep(0.05)
+    raise CheckFailed("the cancelled subscriber still receives events after 5 s")
+
+
 async def check_goaway(p: H3Client) -> str:
     """A request, then "drain-me" for the test to drain the server; the server's GOAWAY
     must name the stream after that request (it was served, later ones would not be)."""
@@ -333,6 +392,7 @@ async def run(args) -> int:
             "slow-headers": lambda: check_slow_headers(p),
             "goaway": lambda: check_goaway(p),
             "sse": lambda: check_sse(p),
+            "topic": lambda: check_topic(p, args.watcher_token, args.admin_token),
         }
         chosen = args.checks.split(",") if args.checks else list(checks)
         for name in chosen:
@@ -350,6 +410,8 @@ def main() -> int:
     ap.add_argument("--checks", help="comma-separated subset of the checks, in order")
     ap.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY,
                     help="the server's max_body_bytes")
+    ap.add_argument("--watcher-token", help="bearer token with subscribe:node.events (topic)")
+    ap.add_argument("--admin-token", help="bearer token that may call node.publish (topic)")
     args = ap.parse_args()
     try:
         # Backstop only: each check and the handshake (idle_timeout) are bounded.

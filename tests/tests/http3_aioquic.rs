@@ -86,6 +86,39 @@ fn aioquic_h3_client_reads_a_server_sent_event_stream() {
 }
 
 #[test]
+fn aioquic_h3_client_subscribes_to_a_topic() {
+    require_aioquic();
+    let server = BinServer::start_with_config(
+        r#"
+[handlers]
+enabled = ["h3", "alknet/call"]
+
+[[identities]]
+name = "admin"
+tokens = ["admin-token-h3"]
+scopes = ["node:admin"]
+
+[[identities]]
+name = "watcher"
+tokens = ["watcher-token-h3"]
+scopes = ["subscribe:node.events"]
+"#,
+    );
+    run_checks(
+        &server,
+        &[
+            "--checks",
+            "health,topic",
+            "--watcher-token",
+            "watcher-token-h3",
+            "--admin-token",
+            "admin-token-h3",
+        ],
+        3,
+    );
+}
+
+#[test]
 fn a_draining_node_sends_goaway_over_h3() {
     require_aioquic();
     let mut server = BinServer::start_with_config("[handlers]\nenabled = [\"h3\"]\n");
