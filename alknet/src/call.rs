@@ -98,7 +98,11 @@ fn execute(args: CallArgs, show: impl Fn(&Value)) -> ExitCode {
         }
     };
     let dial = match args.server.resolve(alknet_call::ALPN) {
-        Ok(d) => d,
+        // over WebTransport the session runs as the token's identity too
+        Ok(d) => crate::connect::Dial {
+            token: args.token.clone(),
+            ..d
+        },
         Err(e) => {
             eprintln!("alknet call: {e}");
             return ExitCode::from(EXIT_FAILURE);

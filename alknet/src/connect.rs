@@ -41,6 +41,11 @@ pub struct ConnectArgs {
     /// ALPN of the service, e.g. alknet/echo or alknet/ssh
     #[arg(long)]
     alpn: String,
+    /// Over WebTransport: run the session as this token's identity (sent as `?token=` in
+    /// the session's URL; a client certificate takes precedence). QUIC and TCP
+    /// connections are named by the client certificate alone.
+    #[arg(long, env = "ALKNET_TOKEN")]
+    token: Option<String>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -107,6 +112,8 @@ pub struct Dial {
     pub identity: Option<TlsIdentity>,
     /// The QUIC client config offering `alpn`.
     pub crypto: std::sync::Arc<alknet_runtime::tls::QuicClientConfig>,
+    /// Over WebTransport, the token whose identity the session runs as (`?token=`).
+    pub token: Option<String>,
 }
 
 /// What carries a client's connection; [`close_and_wait`] ends it.
@@ -160,6 +167,7 @@ impl ServerArgs {
             trust,
             identity,
             crypto,
+            token: None,
         })
     }
 }
@@ -184,7 +192,10 @@ impl Dial {
             self.identity.as_ref(),
         )
         .map_err(|e| e.to_string())?;
-        let path = format!("/{}", String::from_utf8_lossy(&self.alpn));
+        let path = alknet_http::h3::webtransport::client::session_path(
+            &String::from_utf8_lossy(&self.alpn),
+            self.token.as_deref(),
+        );
         let authority = format!("{}:{}", self.server_name, self.remote.port());
         let (carrier, h3) = Dial { crypto, ..self }.connect_quic(limits).await?;
         let Carrier::Quic(endpoint) = carrier else {
@@ -275,7 +286,10 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 pub fn run(args: ConnectArgs) -> ExitCode {
     let dial = match args.server.resolve(args.alpn.as_bytes()) {
-        Ok(d) => d,
+        Ok(d) => Dial {
+            token: args.token,
+            ..d
+        },
         Err(e) => return fail(e),
     };
     match pipe_stdio(dial, None, None) {

@@ -290,11 +290,15 @@ pub fn main() -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
+        let token = settings.get(Some("ALKNET_TOKEN"), "token", false);
         let dial = match server.resolve(ALPN) {
-            Ok(d) => d,
+            // over WebTransport the session runs as the token's identity too
+            Ok(d) => crate::connect::Dial {
+                token: token.clone(),
+                ..d
+            },
             Err(e) => return fail(e),
         };
-        let token = settings.get(Some("ALKNET_TOKEN"), "token", false);
         let request = encode_request(
             service,
             &url.path,

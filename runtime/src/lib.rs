@@ -43,6 +43,7 @@ mod worker;
 mod wtcert;
 
 pub use acl::{AccessControl, AccessDenied, Requirement};
+pub use admission::StreamTotals;
 pub use admission::{
     AdmissionError, AdmissionLimits, Refusal, SourceTable, SourceTicket, DEFAULT_IPV4_PREFIX_LEN,
     DEFAULT_IPV6_PREFIX_LEN, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
@@ -83,7 +84,6 @@ pub use server::{
     resolve_workers, start, start_with_tcp, AlpnConnections, EngineConfig, NodeStatus,
     ServerHandle, ShutdownTrigger, StartError, DEFAULT_LISTEN,
 };
-pub use admission::StreamTotals;
 pub use socket::BindError;
 pub use stats::WorkerStatsSnapshot;
 pub use streams::{

@@ -510,9 +510,15 @@ fn metrics_parse_as_openmetrics() {
     assert!(out.contains("alpn_accepted alknet/call 1"), "{out}");
     assert!(out.contains("alpn_accepted h3 0"), "{out}");
     // `alknet call` asks one operation: one bidirectional stream it opened
-    assert!(out.contains("alpn_streams alknet/call bidi peer 1"), "{out}");
+    assert!(
+        out.contains("alpn_streams alknet/call bidi peer 1"),
+        "{out}"
+    );
     assert!(out.contains("alpn_streams alknet/call uni peer 0"), "{out}");
-    assert!(out.contains("alpn_streams alknet/call bidi local 0"), "{out}");
+    assert!(
+        out.contains("alpn_streams alknet/call bidi local 0"),
+        "{out}"
+    );
     assert!(out.contains("alpn_streams h3 bidi peer 0"), "{out}");
 }
 

@@ -409,6 +409,77 @@ fn sftp_straight_onto_alknet_sftp_over_tls_tcp() {
     assert!(!root.join("stranger").exists());
 }
 
+/// Straight `alknet/sftp` in a WebTransport session (`--transport webtransport`) with no
+/// client certificate: `--token` names the identity (sent as `?token=` in the session's
+/// URL), whose directory the files land in; without a token or with an unknown one there
+/// is no session.
+#[test]
+fn sftp_over_webtransport_runs_as_the_token_identity() {
+    require_openssh();
+    let server = BinServer::start_with_config(
+        r#"
+[handlers]
+enabled = ["h3", "alknet/sftp"]
+
+[[identities]]
+name = "tina"
+tokens = ["tina-token-wt"]
+scopes = ["sftp:read", "sftp:write"]
+"#,
+    );
+    let local = tempfile::tempdir().expect("tempdir");
+    let root = sftp_root(&server);
+    let sftp_wt = |token: Option<&str>| {
+        let mut cmd = Command::new("sftp");
+        let token = token.map(|t| format!("--token {t} ")).unwrap_or_default();
+        cmd.arg("-D").arg(format!(
+            "{} connect --transport webtransport --alpn alknet/sftp {token}--fingerprint {} {}",
+            alknet_bin().display(),
+            server.fingerprint(),
+            server.addr()
+        ));
+        cmd.env_remove("ALKNET_TOKEN");
+        cmd
+    };
+    let data = payload(21, 256 * 1024);
+    std::fs::write(local.path().join("up"), &data).expect("write");
+    ok(batch(
+        sftp_wt(Some("tina-token-wt")),
+        None,
+        local.path(),
+        "put up /up
+get /up up.back
+",
+    ));
+    assert_eq!(
+        std::fs::read(root.join("tina").join("up")).expect("uploaded to tina's directory"),
+        data
+    );
+    assert_eq!(
+        std::fs::read(local.path().join("up.back")).expect("downloaded"),
+        data
+    );
+    for token in [None, Some("not-a-token")] {
+        let out = batch(
+            sftp_wt(token),
+            None,
+            local.path(),
+            "ls /
+",
+        );
+        assert!(
+            !out.status.success(),
+            "{token:?} got a session: {}",
+            text(&out.stdout)
+        );
+    }
+    let dirs: Vec<_> = std::fs::read_dir(&root)
+        .expect("sftp root")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(dirs, vec![std::ffi::OsString::from("tina")]);
+}
+
 /// paramiko's `SFTPClient`, a second independent client, through the subsystem
 /// (`tests/interop/paramiko_sftp.py` does the calls; the disk is checked here).
 #[test]

@@ -36,6 +36,20 @@ pub enum WebTransportClientError {
     Url(String),
 }
 
+/// The CONNECT path of a session to `alpn`'s service, carrying `token` (the identity a
+/// client without a certificate runs as) as the `token=` query parameter the server reads
+/// ([`super::connect::token_of`]), form-encoded.
+pub fn session_path(alpn: &str, token: Option<&str>) -> String {
+    match token {
+        None => format!("/{alpn}"),
+        Some(t) => match serde_urlencoded::to_string([("token", t)]) {
+            Ok(q) => format!("/{alpn}?{q}"),
+            // a string pair always encodes; without the token the server says 401/403
+            Err(_) => format!("/{alpn}"),
+        },
+    }
+}
+
 /// Opens a session to `https://{authority}{path}` (path with any `?token=`) on `conn`,
 /// a QUIC connection that negotiated `h3`. The session lives while the returned
 /// connection (or a clone) does; the HTTP/3 connection's driver runs as a task of this
@@ -119,4 +133,21 @@ pub async fn open_session(
         }
     });
     Ok(session)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_paths_carry_the_token_form_encoded() {
+        assert_eq!(session_path("alknet/sftp", None), "/alknet/sftp");
+        let p = session_path("alknet/sftp", Some("s3cret/+ &x"));
+        assert_eq!(p, "/alknet/sftp?token=s3cret%2F%2B+%26x");
+        let query = p.split_once('?').map(|(_, q)| q);
+        assert_eq!(
+            crate::h3::webtransport::connect::token_of(query).as_deref(),
+            Some("s3cret/+ &x")
+        );
+    }
 }
