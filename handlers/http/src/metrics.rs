@@ -3,6 +3,8 @@
 //! Encoded by `prometheus-client` (OpenMetrics text, which Prometheus scrapes as is).
 
 use alknet_runtime::{HandlerMetric, MetricKind, NodeStatus, OperationStats};
+
+use crate::request_counts::RequestCounts;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -42,15 +44,13 @@ struct WorkerLabel {
     worker: String,
 }
 
-/// Live counters of the HTTP front end (shared by all workers: one relaxed atomic add per
-/// request, after the label lookup). A clone counts into the same family (a reloaded
-/// [`crate::HttpState`] keeps the counters).
+/// Live counters of the HTTP front end. A clone counts into the same counters (a reloaded
+/// [`crate::HttpState`] keeps them).
 #[derive(Default, Clone)]
 pub struct HttpMetrics {
-    pub requests: Family<RequestLabels, Counter>,
-    /// Every request counted in `requests`, summed (the dashboard's request rate; not
-    /// exported, `requests` already is).
-    pub requests_total: Counter,
+    /// Requests answered by route, status and protocol: counted per thread, summed at
+    /// scrape (see `request_counts.rs`).
+    pub requests: RequestCounts,
     /// Server-Sent Event streams open now (bounded by `sse_max_streams`).
     pub sse_open: Gauge,
     /// SSE topic subscribers closed for falling `sse_queue_events` behind.
@@ -62,14 +62,12 @@ const GAUGES: &[&str] = &["tcp_open"];
 
 impl HttpMetrics {
     pub fn count(&self, route: &str, status: u16, protocol: &'static str) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                status,
-                protocol,
-            })
-            .inc();
-        self.requests_total.inc();
+        self.requests.count(route, status, protocol);
+    }
+
+    /// Every request counted, summed (the dashboard's request rate).
+    pub fn requests_total(&self) -> u64 {
+        self.requests.total()
     }
 
     /// The exposition text for a scrape.
@@ -108,10 +106,20 @@ impl HttpMetrics {
                 errors,
             );
         }
+        let requests = Family::<RequestLabels, Counter>::default();
+        for (key, n) in self.requests.snapshot() {
+            requests
+                .get_or_create(&RequestLabels {
+                    route: key.route,
+                    status: key.status,
+                    protocol: key.protocol,
+                })
+                .inc_by(n);
+        }
         registry.register(
             "http_requests",
             "HTTP requests answered, by route, status and protocol",
-            self.requests.clone(),
+            requests,
         );
         registry.register(
             "http_sse_streams_open",

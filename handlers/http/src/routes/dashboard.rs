@@ -156,7 +156,7 @@ impl Snapshot {
             workers,
             quic_connections_open: status.map_or(0, |s| s.open_connections() as u64),
             alpns,
-            http_requests_total: state.metrics.requests_total.get(),
+            http_requests_total: state.metrics.requests_total(),
             call_requests_total: state.invoker.as_ref().map_or(0, |i| i.stats().requests),
             sse_streams_open: state.metrics.sse_open.get(),
         }
