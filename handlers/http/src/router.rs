@@ -3,16 +3,20 @@
 
 use alknet_proto::call::ErrorCode;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use crate::auth::ConnInfo;
 use crate::routes::{
     call, dashboard, doh, error_response, files, health, mcp, metrics, openapi, pkarr, sse,
     webtransport,
 };
+use crate::HttpMetrics;
 use crate::HttpState;
 
 /// Every route, with the body limit and request counting.
@@ -51,10 +55,7 @@ pub fn router(state: HttpState) -> Router {
         )
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
+        .layer(CountRequestsLayer(state.metrics.clone()))
         .with_state(state)
 }
 
@@ -68,19 +69,79 @@ async fn fallback(State(state): State<HttpState>, req: Request) -> Response {
 }
 
 /// Counts each answered request by its route pattern (not its path: a peer cannot grow
-/// the label set), status and protocol.
-async fn count_requests(State(state): State<HttpState>, req: Request, next: Next) -> Response {
-    // a clone of the route's shared pattern (an `Arc`), not a copy of its text
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let protocol = req
-        .extensions()
-        .get::<ConnInfo>()
-        .map_or("unknown", |c| c.protocol);
-    let response = next.run(req).await;
-    state.metrics.count(
-        route.as_ref().map_or("unmatched", MatchedPath::as_str),
-        response.status().as_u16(),
-        protocol,
-    );
-    response
+/// the label set), status and protocol. A tower layer of its own rather than
+/// `middleware::from_fn`, whose future is boxed per request: this one is a plain
+/// wrapper around the route's future.
+#[derive(Clone)]
+struct CountRequestsLayer(HttpMetrics);
+
+impl<S> tower::Layer<S> for CountRequestsLayer {
+    type Service = CountRequests<S>;
+    fn layer(&self, inner: S) -> CountRequests<S> {
+        CountRequests {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct CountRequests<S> {
+    inner: S,
+    metrics: HttpMetrics,
+}
+
+impl<S> tower_service::Service<Request> for CountRequests<S>
+where
+    S: tower_service::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = CountedResponse<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // a clone of the route's shared pattern (an `Arc`), not a copy of its text
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let protocol = req
+            .extensions()
+            .get::<ConnInfo>()
+            .map_or("unknown", |c| c.protocol);
+        CountedResponse {
+            inner: self.inner.call(req),
+            count: Some((self.metrics.clone(), route, protocol)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The route's response future; counts the response when it is ready.
+    struct CountedResponse<F> {
+        #[pin]
+        inner: F,
+        count: Option<(HttpMetrics, Option<MatchedPath>, &'static str)>,
+    }
+}
+
+impl<F, E> Future for CountedResponse<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some((metrics, route, protocol))) = (&result, this.count.take()) {
+            metrics.count(
+                route.as_ref().map_or("unmatched", MatchedPath::as_str),
+                response.status().as_u16(),
+                protocol,
+            );
+        }
+        Poll::Ready(result)
+    }
 }
