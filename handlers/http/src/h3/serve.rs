@@ -3,7 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
@@ -129,15 +129,30 @@ where
     let slots = Rc::new(RequestSlots::default());
     // the probe, until GOAWAY is sent
     let mut draining = draining;
+    // one timer for the connection's drain checks, re-armed when it fires: a fresh sleep
+    // per accepted request would insert into and remove from the timer wheel every time
+    let mut drain_tick = Box::pin(monoio::time::sleep(DRAIN_CHECK));
     loop {
         poll_fn(|cx| slots.poll_free(cx, limits.max_concurrent_requests)).await;
         let accepted = match &draining {
             None => Some(h3_conn.accept().await),
             // h3's accept polls for the next request stream: dropping it loses nothing
-            Some(_) => monoio::select! {
-                r = h3_conn.accept() => Some(r),
-                _ = monoio::time::sleep(DRAIN_CHECK) => None,
-            },
+            Some(_) => {
+                let mut accept = std::pin::pin!(h3_conn.accept());
+                poll_fn(|cx| {
+                    if let Poll::Ready(r) = accept.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    if drain_tick.as_mut().poll(cx).is_ready() {
+                        drain_tick
+                            .as_mut()
+                            .reset(monoio::time::Instant::now() + DRAIN_CHECK);
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                })
+                .await
+            }
         };
         let Some(accepted) = accepted else {
             if draining.as_ref().is_some_and(|d| d()) {
