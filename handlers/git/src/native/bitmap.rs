@@ -224,8 +224,8 @@ pub struct BitmappedPack {
 }
 
 impl BitmappedPack {
-    /// The first pack under `objects/pack` of the repository at `git_dir` that has a
-    /// usable bitmap, `Ok(None)` if none has one.
+    /// The pack under `objects/pack` of the repository at `git_dir` that has a bitmap
+    /// (git keeps one; the first by name if there are more), `Ok(None)` if none has one.
     pub fn find(git_dir: &Path) -> Result<Option<Self>, BitmapError> {
         let dir = git_dir.join("objects").join("pack");
         let Ok(read) = std::fs::read_dir(&dir) else {
@@ -234,7 +234,12 @@ impl BitmappedPack {
         let mut names: Vec<_> = read
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "bitmap"))
+            // a pack's own bitmap (`multi-pack-index-*.bitmap` spans packs: not read)
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "bitmap")
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("pack-"))
+            })
             .collect();
         names.sort();
         match names.first() {

@@ -206,7 +206,7 @@ fn check_wants(db: &Db, wants: &[ObjectId]) -> Result<(), String> {
 
 /// What a fetch sends: objects a walk selected, or a full clone answered from a bitmap.
 enum Outgoing {
-    Walked(objects::Selection),
+    Walked(Box<objects::Selection>),
     FullClone(full_clone::FullClone),
 }
 
@@ -278,7 +278,7 @@ fn select(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "upload-pack: objects walked"
     );
-    Ok(Outgoing::Walked(selection))
+    Ok(Outgoing::Walked(Box::new(selection)))
 }
 
 /// Writes the pack of `outgoing` to `out`.
@@ -293,7 +293,7 @@ fn write_outgoing(
     use full_clone::FullClone;
     match outgoing {
         Outgoing::Walked(selection) => {
-            objects::write_pack(db, selection, thin, limits.max_delta_bytes, out, interrupt)
+            objects::write_pack(db, *selection, thin, limits.max_delta_bytes, out, interrupt)
         }
         Outgoing::FullClone(FullClone::WholePack { pack, extra }) => {
             full_clone::write_whole_pack(db, &pack, &extra, out, interrupt)
