@@ -940,7 +940,8 @@ fn all_objects(dir: &Path) -> Vec<String> {
 /// the stored pack as it is plus the new objects (`pack-reused` in the progress), over v2
 /// and v0, `fsck`-clean, holding exactly what the refs reach. Then, with a branch deleted
 /// after the repack (its objects are in the pack but no longer reachable), a clone gets
-/// neither them nor the stored pack whole; with `use_bitmaps = false` every clone walks.
+/// neither them nor the stored pack whole; a damaged bitmap is not used; with
+/// `use_bitmaps = false` every clone walks.
 #[test]
 fn gix_backend_full_clone_from_the_bitmap() {
     if require_git().is_none() {
@@ -1022,6 +1023,19 @@ fn gix_backend_full_clone_from_the_bitmap() {
         });
         assert!(!out.status.success(), "the unreachable commit was sent");
     }
+
+    // a damaged bitmap (its entries cut off) is not used: the walk, same result
+    let bitmap = std::fs::read_dir(server_repo.join("objects/pack"))
+        .expect("packs")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "bitmap"))
+        .expect("the bitmap");
+    let bytes = std::fs::read(&bitmap).expect("read the bitmap");
+    std::fs::remove_file(&bitmap).expect("remove the bitmap");
+    std::fs::write(&bitmap, &bytes[..bytes.len() / 2]).expect("write the bitmap");
+    let (_, progress) = clone("damaged-bitmap", "2");
+    assert!(!progress.contains("pack-reused"), "{progress}");
 
     // with the bitmaps turned off: the walk, same result
     let walking = start("gix", "use_bitmaps = false");
