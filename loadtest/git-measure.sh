@@ -2,6 +2,8 @@
 # The alknet/git figures of the README: the same generated repositories cloned and fetched
 # with the stock git through
 #   gix     alknet serve, [git] backend = "gix" (git-remote-alknet, QUIC)
+#   gixwalk the same with use_bitmaps = false: every clone walks the history (what the gix
+#           backend did before answering full clones from git's reachability bitmaps)
 #   git     alknet serve, [git] backend = "git" (git upload-pack per stream, QUIC)
 #   daemon  git daemon --export-all --base-path on loopback TCP (git://), the anchor
 # all three serving the very same bare repositories, protocol v2 everywhere.
@@ -9,7 +11,7 @@
 # Per repository and server: `clone --bare` (seconds, pack bytes, server CPU), a one-commit
 # fetch (the server's newest commit arrived by a push, so it is loose there, as after a
 # real push), and a no-op fetch. Medians of ROUNDS rounds (default 3), servers interleaved
-# (gix git daemon gix git daemon …) so load drift hits all alike.
+# (gix gixwalk git daemon gix …) so load drift hits all alike.
 #
 # seconds     wall time of the git client command
 # pack bytes  the packfile as received (GIT_TRACE_PACKFILE), every server alike
@@ -105,9 +107,10 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# alknet serve with [git] backend = $1; sets SERVER_PID, URL_BASE, FP
+# alknet serve with [git] backend = $1 (and the [git] line $3, in $W/alknet-$2); sets
+# SERVER_PID, URL_BASE, FP
 start_alknet() {
-    local backend=$1 dir=$W/alknet-$1 port
+    local backend=$1 dir=$W/alknet-${2:-$1} port
     port=$(free_port)
     mkdir -p "$dir"
     cat >"$dir/config.toml" <<EOF
@@ -119,6 +122,7 @@ sqlite = false
 backend = "$backend"
 root = "$ROOT"
 public_read = ["bench/*"]
+${3:-}
 EOF
     ALKNET_DATA_DIR=$dir ALKNET_LOG=warn "$BIN/alknet" serve --listen "127.0.0.1:$port" \
         --workers 2 --config "$dir/config.toml" 2>"$dir/log" &
@@ -157,6 +161,8 @@ declare -A PID_OF URL_OF FP_OF
 start_servers() {
     start_alknet gix
     PID_OF[gix]=$SERVER_PID URL_OF[gix]=$URL_BASE FP_OF[gix]=$FP
+    start_alknet gix gixwalk "use_bitmaps = false"
+    PID_OF[gixwalk]=$SERVER_PID URL_OF[gixwalk]=$URL_BASE FP_OF[gixwalk]=$FP
     start_alknet git
     PID_OF[git]=$SERVER_PID URL_OF[git]=$URL_BASE FP_OF[git]=$FP
     start_daemon
@@ -206,7 +212,7 @@ echo "== generating (git fast-import, repack -adf)"
 make_repo medium "$MEDIUM_COMMITS" "$MEDIUM_FILES"
 make_repo large "$LARGE_COMMITS" "$LARGE_FILES"
 start_servers
-SERVERS=(gix git daemon)
+SERVERS=(gix gixwalk git daemon)
 for repo in medium large; do
     for op in clone fetch1 noop; do
         declare -A S=() B=() C=()

@@ -76,6 +76,9 @@ pub struct GitConfig {
     pub delta_base_cache_bytes: usize,
     /// gix backend: largest object deltified anew for a thin pack, bytes.
     pub max_delta_bytes: usize,
+    /// gix backend: answer full clones from git's reachability bitmaps (`pack-*.bitmap`)
+    /// when a pack has one, instead of walking the history.
+    pub use_bitmaps: bool,
 }
 
 impl Default for GitConfig {
@@ -98,6 +101,7 @@ impl Default for GitConfig {
             max_check_objects: crate::native::MAX_CHECK_OBJECTS,
             delta_base_cache_bytes: crate::native::DELTA_BASE_CACHE_BYTES,
             max_delta_bytes: crate::native::MAX_DELTA_BYTES,
+            use_bitmaps: crate::native::USE_BITMAPS,
         }
     }
 }
@@ -165,6 +169,7 @@ impl GitConfig {
             max_check_objects: self.max_check_objects,
             delta_base_cache_bytes: self.delta_base_cache_bytes,
             max_delta_bytes: self.max_delta_bytes,
+            use_bitmaps: self.use_bitmaps,
         }
     }
 

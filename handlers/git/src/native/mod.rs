@@ -8,11 +8,15 @@
 //! * [`upload`]: clone and fetch, protocol v2 and v0.
 //! * [`receive`]: push, protocol v0, quarantine and compare-and-swap ref updates.
 //! * [`objects`]: which objects a fetch sends, and the pack writer.
+//! * [`full_clone`], [`bitmap`]: a full clone from git's reachability bitmaps, the
+//!   stored pack sent as it is.
 //! * [`delta`]: git's delta encoding, for new deltas in thin packs.
 //! * [`shallow`]: the boundary of shallow clones and fetches.
 
+pub mod bitmap;
 pub mod bridge;
 pub mod delta;
+pub mod full_clone;
 pub mod objects;
 pub mod pkt;
 pub mod receive;
@@ -41,6 +45,11 @@ pub const DELTA_BASE_CACHE_BYTES: usize = 32 << 20;
 /// `core.bigFileThreshold` (512 MiB) plays the same role there.
 pub const MAX_DELTA_BYTES: usize = 16 << 20;
 
+/// Full clones are answered from git's reachability bitmaps when a pack has one
+/// ([`full_clone`]): no walk of the history, the stored pack sent as it is. Off, every
+/// clone walks (for comparison, or against a bitmap suspected wrong).
+pub const USE_BITMAPS: bool = true;
+
 /// The limits of the gix backend, from `[git]`.
 #[derive(Debug, Clone)]
 pub struct NativeLimits {
@@ -49,6 +58,7 @@ pub struct NativeLimits {
     pub max_check_objects: usize,
     pub delta_base_cache_bytes: usize,
     pub max_delta_bytes: usize,
+    pub use_bitmaps: bool,
 }
 
 impl Default for NativeLimits {
@@ -59,6 +69,7 @@ impl Default for NativeLimits {
             max_check_objects: MAX_CHECK_OBJECTS,
             delta_base_cache_bytes: DELTA_BASE_CACHE_BYTES,
             max_delta_bytes: MAX_DELTA_BYTES,
+            use_bitmaps: USE_BITMAPS,
         }
     }
 }

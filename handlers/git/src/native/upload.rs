@@ -15,6 +15,7 @@ use std::sync::atomic::AtomicBool;
 
 use gix::hash::ObjectId;
 
+use super::full_clone;
 use super::objects::{self, Db};
 use super::pkt::{self, Pkt, PktError, PktReader, SideBand};
 use super::shallow::{DeepenRequest, ShallowPlan};
@@ -203,22 +204,63 @@ fn check_wants(db: &Db, wants: &[ObjectId]) -> Result<(), String> {
     Ok(())
 }
 
+/// What a fetch sends: objects a walk selected, or a full clone answered from a bitmap.
+enum Outgoing {
+    Walked(Box<objects::Selection>),
+    FullClone(full_clone::FullClone),
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Walked(s) => s.ids.len(),
+            Outgoing::FullClone(c) => c.len(),
+        }
+    }
+
+    fn shallow(&self) -> Option<&ShallowPlan> {
+        match self {
+            Outgoing::Walked(s) => Some(&s.shallow),
+            Outgoing::FullClone(_) => None,
+        }
+    }
+}
+
 /// What to send for `request` (tags for `include-tag` from `refs`; a shallow boundary
-/// already drawn in `plan`, else drawn here).
+/// already drawn in `plan`, else drawn here). A full clone (no haves, not shallow) is
+/// answered from the repository's reachability bitmap when it has one.
 fn select(
+    repo: &gix::Repository,
     db: &Db,
     refs: &[AdvertisedRef],
     request: &FetchRequest,
     common: &[ObjectId],
     plan: Option<ShallowPlan>,
     limits: &NativeLimits,
-) -> Result<objects::Selection, String> {
+) -> Result<Outgoing, String> {
     let started = std::time::Instant::now();
     let tags = if request.include_tag {
         tag_objects(refs)
     } else {
         Vec::new()
     };
+    if limits.use_bitmaps && common.is_empty() && !request.deepen.is_shallow() && plan.is_none() {
+        if let Some(clone) = full_clone::select(
+            db,
+            repo.path(),
+            &request.wants,
+            &tags,
+            limits.max_check_objects,
+        )? {
+            tracing::debug!(
+                objects = clone.len(),
+                whole_pack = matches!(clone, full_clone::FullClone::WholePack { .. }),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "upload-pack: objects selected from the bitmap"
+            );
+            return Ok(Outgoing::FullClone(clone));
+        }
+    }
     let selection = objects::objects_to_send(
         db,
         objects::SendAsk {
@@ -234,9 +276,40 @@ fn select(
     tracing::debug!(
         objects = selection.ids.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
-        "upload-pack: objects selected"
+        "upload-pack: objects walked"
     );
-    Ok(selection)
+    Ok(Outgoing::Walked(Box::new(selection)))
+}
+
+/// Writes the pack of `outgoing` to `out`.
+fn write_outgoing(
+    db: &Db,
+    outgoing: Outgoing,
+    thin: bool,
+    limits: &NativeLimits,
+    out: &mut dyn Write,
+    interrupt: &AtomicBool,
+) -> Result<usize, String> {
+    use full_clone::FullClone;
+    match outgoing {
+        Outgoing::Walked(selection) => {
+            objects::write_pack(db, *selection, thin, limits.max_delta_bytes, out, interrupt)
+        }
+        Outgoing::FullClone(FullClone::WholePack { pack, extra }) => {
+            full_clone::write_whole_pack(db, &pack, &extra, out, interrupt)
+        }
+        Outgoing::FullClone(FullClone::Objects(ids)) => objects::write_pack(
+            db,
+            objects::Selection {
+                ids,
+                ..Default::default()
+            },
+            false,
+            limits.max_delta_bytes,
+            out,
+            interrupt,
+        ),
+    }
 }
 
 /// v2's `shallow-info` section (for a shallow request), up to its delimiter.
@@ -262,7 +335,7 @@ fn write_shallow_lines(out: &mut dyn Write, plan: &ShallowPlan) -> std::io::Resu
 fn send_pack(
     db: &Db,
     request: &FetchRequest,
-    selection: objects::Selection,
+    outgoing: Outgoing,
     out: &mut dyn Write,
     interrupt: &AtomicBool,
     limits: &NativeLimits,
@@ -270,33 +343,44 @@ fn send_pack(
     let started = std::time::Instant::now();
     let mut band = SideBand::new(out, request.no_progress);
     let io = |e: std::io::Error| e.to_string();
-    band.progress(&format!(
-        "Enumerating objects: {}, done.\n",
-        selection.ids.len()
-    ))
-    .map_err(io)?;
+    band.progress(&format!("Enumerating objects: {}, done.\n", outgoing.len()))
+        .map_err(io)?;
+    let reused = match &outgoing {
+        Outgoing::FullClone(full_clone::FullClone::WholePack { pack, .. }) => {
+            Some(pack.num_objects())
+        }
+        _ => None,
+    };
     // whole side-band packets, not one per pack entry header
     let mut buffered = std::io::BufWriter::with_capacity(pkt::MAX_BAND_PAYLOAD, &mut band);
-    let written = objects::write_pack(
+    let written = write_outgoing(
         db,
-        selection,
+        outgoing,
         request.thin_pack,
-        limits.max_delta_bytes,
+        limits,
         &mut buffered,
         interrupt,
     )
-    .and_then(|_| buffered.flush().map_err(io));
+    .and_then(|n| buffered.flush().map(|_| n).map_err(io));
     drop(buffered);
-    if let Err(e) = written {
-        let _ = band.fatal(&format!("upload-pack: {e}"));
-        return Err(e);
-    }
+    let total = match written {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = band.fatal(&format!("upload-pack: {e}"));
+            return Err(e);
+        }
+    };
     tracing::debug!(
+        objects = total,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "upload-pack: pack sent"
     );
-    band.progress("Total sent by alknet (gix backend)\n")
-        .map_err(io)?;
+    let summary = match reused {
+        // git's wording for stored pack data sent as it is
+        Some(reused) => format!("Total {total}, pack-reused {reused} (alknet, gix backend)\n"),
+        None => format!("Total {total} (alknet, gix backend)\n"),
+    };
+    band.progress(&summary).map_err(io)?;
     Ok(())
 }
 
@@ -423,15 +507,17 @@ pub fn serve_v2(
                     pkt::write_text(output, "ready").map_err(io)?;
                     pkt::write_delim(output).map_err(io)?;
                 }
-                let selection = match select(&db, &refs, &request, &common, None, limits) {
+                let outgoing = match select(&repo, &db, &refs, &request, &common, None, limits) {
                     Ok(s) => s,
                     Err(e) => return refuse(output, &format!("upload-pack: {e}")),
                 };
                 if request.deepen.is_shallow() {
-                    write_shallow_info(output, &selection.shallow).map_err(io)?;
+                    if let Some(plan) = outgoing.shallow() {
+                        write_shallow_info(output, plan).map_err(io)?;
+                    }
                 }
                 pkt::write_text(output, "packfile").map_err(io)?;
-                send_pack(&db, &request, selection, output, interrupt, limits)?;
+                send_pack(&db, &request, outgoing, output, interrupt, limits)?;
                 pkt::write_flush(output).map_err(io)?;
                 output.flush().map_err(io)?;
             }
@@ -647,19 +733,12 @@ pub fn serve_v0(
     if common.is_empty() {
         pkt::write_text(output, "NAK").map_err(io)?;
     }
-    let selection = select(&db, &refs, &request, &common, plan, limits)?;
+    let outgoing = select(&repo, &db, &refs, &request, &common, plan, limits)?;
     if request.side_band {
-        send_pack(&db, &request, selection, output, interrupt, limits)?;
+        send_pack(&db, &request, outgoing, output, interrupt, limits)?;
         pkt::write_flush(output).map_err(io)?;
     } else {
-        objects::write_pack(
-            &db,
-            selection,
-            request.thin_pack,
-            limits.max_delta_bytes,
-            output,
-            interrupt,
-        )?;
+        write_outgoing(&db, outgoing, request.thin_pack, limits, output, interrupt)?;
     }
     output.flush().map_err(io)?;
     Ok(())
