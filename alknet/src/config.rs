@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use alknet_call::{CallAdapter, CallLimits, CallNode, NodeInfo};
 use alknet_dns::{
-    Catalog, ClassicAddrs, DnsConfig, DnsState, DohResolver, DoqHandler, DotHandler,
+    Catalog, ClassicListeners, DnsConfig, DnsState, DohResolver, DoqHandler, DotHandler,
     PipelineHandler, PkarrStore, SharedCatalog, ZoneReloader,
 };
 use alknet_git::{GitConfig, GitHandler};
@@ -1062,16 +1062,17 @@ impl FileConfig {
         Ok(self.dns_state.get_or_init(|| state).clone())
     }
 
-    /// Classic DNS on `[dns] udp_listen` / `tcp_listen`, when set: bound now, served by
-    /// as many threads as workers, from the same catalog as `doq` and `alknet/dns`.
-    pub fn start_dns_classic(&self) -> Result<Option<ClassicAddrs>, ConfigError> {
+    /// Classic DNS on `[dns] udp_listen` / `tcp_listen`, when set: bound now, one socket
+    /// per worker, served on the workers (a [`alknet_runtime::WorkerHook`] for
+    /// `start_with_hooks`), from the same catalog as `doq` and `alknet/dns`.
+    pub fn bind_dns_classic(&self) -> Result<Option<Arc<ClassicListeners>>, ConfigError> {
         if self.dns.udp_listen.is_none() && self.dns.tcp_listen.is_none() {
             return Ok(None);
         }
-        let threads = resolve_workers(self.workers);
-        let addrs = alknet_dns::start_classic(&self.dns_state()?, threads)
+        let workers = resolve_workers(self.workers);
+        let listeners = ClassicListeners::bind(&self.dns_state()?, workers)
             .map_err(|e| ConfigError::Invalid(format!("dns classic listener: {e}")))?;
-        Ok(Some(addrs))
+        Ok(Some(Arc::new(listeners)))
     }
 
     /// The `[[dns.zones]]`, loaded now (a zone that fails refuses the start, naming its

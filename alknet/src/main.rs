@@ -228,15 +228,18 @@ fn serve(
         // first: the handlers and the TLS identity take their keys from it
         cfg.unlock_vault()?;
         let registry = cfg.registry()?;
-        if let Some(dns) = cfg.start_dns_classic()? {
-            tracing::info!(udp = ?dns.udp, tcp = ?dns.tcp, "classic dns listening");
+        let mut hooks = alknet_runtime::WorkerHooks::new();
+        if let Some(dns) = cfg.bind_dns_classic()? {
+            let addrs = dns.addrs();
+            tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, "classic dns bound, served on the workers");
+            hooks.push(dns);
         }
         let provider = cfg.identity_provider()?;
         let (tls, generated) = cfg.tls_identity()?;
         let (tcp, http) = cfg.tcp_setup()?;
-        Ok((registry, provider, tls, generated, tcp, http))
+        Ok((registry, provider, tls, generated, tcp, http, hooks))
     })();
-    let (registry, provider, tls, generated, tcp, http) = match prepared {
+    let (registry, provider, tls, generated, tcp, http, hooks) = match prepared {
         Ok(p) => p,
         Err(e) => {
             eprintln!("alknet: {e}");
@@ -256,14 +259,19 @@ fn serve(
         .iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let server =
-        match alknet_runtime::start_with_tcp(cfg.engine(tls), registry, provider, Some(tcp)) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("alknet: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let server = match alknet_runtime::start_with_hooks(
+        cfg.engine(tls),
+        registry,
+        provider,
+        Some(tcp),
+        hooks,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("alknet: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     http.set_status(server.status());
     if !tcp_alpns.is_empty() {
         tracing::info!(

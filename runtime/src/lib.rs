@@ -40,6 +40,7 @@ mod tcp;
 mod tcp_connection;
 pub mod tls;
 mod worker;
+mod worker_hook;
 mod wtcert;
 
 pub use acl::{AccessControl, AccessDenied, Requirement};
@@ -81,8 +82,8 @@ pub use router::{
     close_code, AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError,
 };
 pub use server::{
-    resolve_workers, start, start_with_tcp, AlpnConnections, EngineConfig, NodeStatus,
-    ServerHandle, ShutdownTrigger, StartError, DEFAULT_LISTEN,
+    resolve_workers, start, start_with_hooks, start_with_tcp, AlpnConnections, EngineConfig,
+    NodeStatus, ServerHandle, ShutdownTrigger, StartError, DEFAULT_LISTEN,
 };
 pub use socket::BindError;
 pub use stats::WorkerStatsSnapshot;
@@ -95,6 +96,7 @@ pub use worker::{
     running_handlers, CLOSE_LINGER, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RECV_BATCHES_PER_POLL,
     TRANSMITS_PER_CONNECTION,
 };
+pub use worker_hook::{WorkerHook, WorkerHooks, WorkerStart};
 
 pub use alknet_proto::Fingerprint;
 pub use bytes::Bytes;

@@ -29,6 +29,7 @@ use crate::stats::{WorkerStats, WorkerStatsSnapshot};
 use crate::tcp::{accept_loop, TcpSetup, WorkerTcp};
 use crate::tls::{server_crypto_with_policy, tcp_server_config, ClientAuth, TlsError, TlsIdentity};
 use crate::worker::{Driver, Role, ServerShared, ServerTls, WorkerState, CLOSE_NOW, DRAINING};
+use crate::worker_hook::{WorkerHooks, WorkerStart};
 
 /// Default listen address: loopback only, so a first `alknet serve` with a generated
 /// certificate is not exposed to the network until the config says so.
@@ -263,11 +264,24 @@ pub fn start(
 /// [`start`], with a TLS-over-TCP listener on the same address and port when `tcp` is given
 /// with handlers and `enabled` (see `tcp.rs`).
 pub fn start_with_tcp(
-    mut config: EngineConfig,
+    config: EngineConfig,
     registry: AlpnRegistry,
     provider: Arc<dyn IdentityProvider>,
     tcp: Option<TcpSetup>,
 ) -> Result<ServerHandle, StartError> {
+    start_with_hooks(config, registry, provider, tcp, WorkerHooks::new())
+}
+
+/// [`start_with_tcp`], running `hooks` on every worker as it starts (see
+/// [`crate::WorkerHook`]): components with sockets of their own serve them on the workers.
+pub fn start_with_hooks(
+    mut config: EngineConfig,
+    registry: AlpnRegistry,
+    provider: Arc<dyn IdentityProvider>,
+    tcp: Option<TcpSetup>,
+    hooks: WorkerHooks,
+) -> Result<ServerHandle, StartError> {
+    let hooks = Arc::new(hooks);
     config.limits.validate()?;
     let tcp = tcp.filter(|t| t.limits.enabled && !t.offered_alpns(&registry).is_empty());
     if let Some(t) = &tcp {
@@ -417,6 +431,7 @@ pub fn start_with_tcp(
         let max_udp = config.limits.max_udp_payload_size;
         let tcp_listener = tcp_listeners[index].take();
         let extra = std::mem::take(&mut extra_sockets[index]);
+        let hooks = hooks.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("alknet-w{index}"))
             .spawn(move || {
@@ -464,6 +479,11 @@ pub fn start_with_tcp(
                                 return;
                             }
                         };
+                    }
+                    let start = WorkerStart { index, workers };
+                    if let Err(e) = crate::worker_hook::run_hooks(&hooks, start) {
+                        let _ = ready_tx.send((index, Err(format!("worker start hook: {e}"))));
+                        return;
                     }
                     let drain_shared = worker_shared.clone();
                     let stats = worker_shared.stats[index].clone();

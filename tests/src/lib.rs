@@ -52,6 +52,8 @@ pub struct ServerOptions {
     pub admission: alknet_runtime::AdmissionLimits,
     /// A TLS-over-TCP listener on the same port (e.g. for `[tcp] stream_alpns`).
     pub tcp: Option<alknet_runtime::TcpSetup>,
+    /// Run on every worker as it starts (e.g. classic DNS listeners).
+    pub hooks: alknet_runtime::WorkerHooks,
 }
 
 impl Default for ServerOptions {
@@ -66,6 +68,7 @@ impl Default for ServerOptions {
             handshake: alknet_runtime::HandshakePolicy::default(),
             admission: alknet_runtime::AdmissionLimits::default(),
             tcp: None,
+            hooks: Vec::new(),
         }
     }
 }
@@ -91,7 +94,8 @@ pub fn start_server(opts: ServerOptions) -> ServerHandle {
         admission: opts.admission,
         qlog_dir: None,
     };
-    alknet_runtime::start_with_tcp(config, registry, opts.provider, opts.tcp).expect("start server")
+    alknet_runtime::start_with_hooks(config, registry, opts.provider, opts.tcp, opts.hooks)
+        .expect("start server")
 }
 
 /// Connects to `server` over TLS/TCP with `alpn` (a `[tcp] stream_alpns` service),

@@ -13,7 +13,7 @@ const ZONE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/example.com.zon
 #[test]
 fn dig_over_udp_and_tcp() {
     // "alknet serving" is logged after the classic listeners are bound
-    let (_server, port) = BinServer::start_with_port_config(|port| {
+    let (server, port) = BinServer::start_with_port_config(|port| {
         format!(
             "[handlers]\nenabled = [\"doq\"]\n\
              [dns]\nudp_listen = \"127.0.0.1:{port}\"\ntcp_listen = \"127.0.0.1:{port}\"\n\
@@ -22,6 +22,13 @@ fn dig_over_udp_and_tcp() {
     });
 
     assert_eq!(dig_short(port, &["host.example.com", "A"]), ["192.0.2.80"]);
+    // served on the engine's workers (thread-per-core): no listener threads of their own
+    let threads = thread_names(server.pid());
+    assert!(
+        threads.iter().any(|t| t.starts_with("alknet-w"))
+            && !threads.iter().any(|t| t.starts_with("dns-classic")),
+        "{threads:?}"
+    );
     assert_eq!(
         dig_short(port, &["+tcp", "host.example.com", "AAAA"]),
         ["2001:db8::80"]
@@ -153,4 +160,13 @@ fn udp_answers_are_rate_limited_per_source() {
         "{truncated} truncated answers"
     );
     assert!(full + truncated < 20, "the rest were dropped");
+}
+
+/// The names of a process's threads, from /proc.
+fn thread_names(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc task dir");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
 }

@@ -218,3 +218,53 @@ fn garbage_datagrams_are_dropped_and_service_continues() {
     assert!(stats.datagrams_received >= junk.len() as u64);
     assert_eq!(stats.connections_accepted, 1);
 }
+
+/// Records where it ran, and leaves a task on each worker that answers over a channel.
+struct RecordingHook {
+    ran: std::sync::Mutex<Vec<(alknet_runtime::WorkerStart, String)>>,
+    answers: std::sync::mpsc::Sender<String>,
+}
+
+impl alknet_runtime::WorkerHook for RecordingHook {
+    fn on_worker_start(&self, start: alknet_runtime::WorkerStart) -> std::io::Result<()> {
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        self.ran.lock().expect("lock").push((start, thread));
+        let answers = self.answers.clone();
+        // a task spawned here runs on this worker, after the hook returns
+        alknet_runtime::rt::spawn_guarded("test hook", async move {
+            let thread = std::thread::current().name().unwrap_or("").to_string();
+            let _ = answers.send(thread);
+        });
+        Ok(())
+    }
+}
+
+#[test]
+fn worker_hooks_run_once_on_each_worker_before_it_listens() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let hook = std::sync::Arc::new(RecordingHook {
+        ran: Default::default(),
+        answers: tx,
+    });
+    let server = start_server(ServerOptions {
+        workers: 2,
+        hooks: vec![hook.clone()],
+        ..ServerOptions::default()
+    });
+    // start_server returns once every worker listens, so every hook has run
+    let mut ran = hook.ran.lock().expect("lock").clone();
+    ran.sort_by_key(|(s, _)| s.index);
+    let want: Vec<_> = (0..2)
+        .map(|index| {
+            let start = alknet_runtime::WorkerStart { index, workers: 2 };
+            (start, format!("alknet-w{index}"))
+        })
+        .collect();
+    assert_eq!(ran, want);
+    let mut tasks: Vec<String> = (0..2)
+        .map(|_| rx.recv_timeout(Duration::from_secs(20)).expect("task ran"))
+        .collect();
+    tasks.sort();
+    assert_eq!(tasks, ["alknet-w0", "alknet-w1"]);
+    drop(server);
+}

@@ -2,19 +2,29 @@
 //! retries over TCP) and TCP (length-prefixed, pipelined, RFC 7766) on `[dns] udp_listen`
 //! and `tcp_listen`, both off by default.
 //!
-//! UDP answers pass response rate limiting ([`crate::rrl`]) against reflection. Like the
-//! QUIC side, each listener thread runs its own monoio loop with its own
-//! SO_REUSEPORT socket on the same address, so the kernel spreads clients over them with
-//! no shared queue. These threads are the DNS listener's own, started beside the engine's
-//! workers (the engine has no hook to run extra sockets on its workers).
+//! Thread-per-core like the QUIC side: [`ClassicListeners::bind`] binds one SO_REUSEPORT
+//! UDP socket and one TCP listener per worker on the configured addresses (so bind errors
+//! surface before the server starts), and as a [`WorkerHook`] it serves socket `i` on
+//! worker `i`, so the kernel spreads clients over the workers with no shared queue.
+//! [`start_classic`] serves the same sockets from threads of their own, for a process
+//! without an engine (tools, tests).
+//!
+//! UDP answers pass response rate limiting ([`crate::rrl`]) against reflection. A UDP
+//! socket is read in batches ([`crate::udp_batch`]: `recvmmsg`, then one `sendmmsg` for
+//! the batch's answers). A panic while answering one query is logged and drops that
+//! query only; the listener keeps serving.
 
-use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use alknet_runtime::rt::{panic_message, spawn_guarded};
+use alknet_runtime::{WorkerHook, WorkerStart};
 use bytes::Bytes;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
@@ -25,6 +35,7 @@ use crate::framing::{frame, FrameDecoder};
 use crate::limits::{DnsConfig, MAX_MESSAGE_SIZE};
 use crate::responder::{self, Asker, Parsed};
 use crate::rrl::{RateLimiter, Verdict};
+use crate::udp_batch::{RecvBatch, SendBatch};
 use crate::DnsState;
 
 /// Bytes read from a TCP connection at once.
@@ -37,61 +48,122 @@ pub struct ClassicAddrs {
     pub tcp: Option<SocketAddr>,
 }
 
-/// Binds `udp_listen`/`tcp_listen` now (errors surface at start) with `threads` sockets
-/// each, and serves them from as many threads, which run for the life of the process.
+/// One worker's share of the listeners.
+#[derive(Default)]
+struct WorkerSockets {
+    udp: Option<std::net::UdpSocket>,
+    tcp: Option<std::net::TcpListener>,
+}
+
+/// The classic listeners' sockets, bound, waiting to be served one set per worker.
+pub struct ClassicListeners {
+    dns: DnsState,
+    addrs: ClassicAddrs,
+    /// By worker index; a worker takes its own when it starts.
+    sockets: Mutex<Vec<WorkerSockets>>,
+    /// TCP connections open on all workers (`max_tcp_connections`).
+    open_tcp: Arc<AtomicUsize>,
+}
+
+impl ClassicListeners {
+    /// Binds `udp_listen`/`tcp_listen` now with `workers` sockets each (a port of 0 is
+    /// chosen by the first bind; the others join it).
+    pub fn bind(dns: &DnsState, workers: usize) -> io::Result<Self> {
+        let workers = workers.max(1);
+        let mut sockets: Vec<WorkerSockets> =
+            (0..workers).map(|_| WorkerSockets::default()).collect();
+        let mut addrs = ClassicAddrs::default();
+        if let Some(mut addr) = dns.config.udp_listen {
+            for w in &mut sockets {
+                let s = reuseport_socket(addr, socket2::Type::DGRAM)?;
+                addr = local(&s)?;
+                w.udp = Some(s.into());
+            }
+            addrs.udp = Some(addr);
+        }
+        if let Some(mut addr) = dns.config.tcp_listen {
+            for w in &mut sockets {
+                let s = reuseport_socket(addr, socket2::Type::STREAM)?;
+                s.listen(1024)?;
+                addr = local(&s)?;
+                w.tcp = Some(s.into());
+            }
+            addrs.tcp = Some(addr);
+        }
+        Ok(Self {
+            dns: dns.clone(),
+            addrs,
+            sockets: Mutex::new(sockets),
+            open_tcp: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    pub fn addrs(&self) -> ClassicAddrs {
+        self.addrs
+    }
+
+    /// Serves worker `index`'s sockets as tasks on the current monoio runtime.
+    fn serve(&self, index: usize) -> io::Result<()> {
+        let mine = {
+            let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+            match sockets.get_mut(index) {
+                Some(s) => std::mem::take(s),
+                None => return Ok(()),
+            }
+        };
+        let DnsState {
+            catalog,
+            config,
+            forwarder,
+        } = self.dns.clone();
+        if let Some(tcp) = mine.tcp {
+            let listener = monoio::net::TcpListener::from_std(tcp)?;
+            let open = self.open_tcp.clone();
+            let (catalog, forwarder, config) = (catalog.clone(), forwarder.clone(), config.clone());
+            spawn_guarded(
+                "dns tcp listener",
+                serve_tcp(listener, catalog, forwarder, config, open),
+            );
+        }
+        if let Some(udp) = mine.udp {
+            let socket = monoio::net::udp::UdpSocket::from_std(udp)?;
+            spawn_guarded(
+                "dns udp listener",
+                serve_udp(socket, catalog, forwarder, config),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl WorkerHook for ClassicListeners {
+    fn on_worker_start(&self, start: WorkerStart) -> io::Result<()> {
+        let bound = self.sockets.lock().map_or(0, |s| s.len());
+        if bound != start.workers {
+            // a socket no worker serves would still get its share of the queries
+            return Err(io::Error::other(format!(
+                "classic dns sockets were bound for {bound} workers, the server runs {}",
+                start.workers
+            )));
+        }
+        self.serve(start.index)
+    }
+}
+
+/// Binds the listeners with `threads` sockets each and serves them from as many threads
+/// of their own, which run for the life of the process: for a process without an engine
+/// (a server uses [`ClassicListeners`] as a [`WorkerHook`] instead).
 pub fn start_classic(dns: &DnsState, threads: usize) -> io::Result<ClassicAddrs> {
-    let (config, catalog, forwarder) = (&*dns.config, &dns.catalog, &dns.forwarder);
-    let threads = threads.max(1);
-    let mut addrs = ClassicAddrs::default();
-    let mut udp = Vec::new();
-    if let Some(mut addr) = config.udp_listen {
-        for _ in 0..threads {
-            let s = reuseport_socket(addr, socket2::Type::DGRAM)?;
-            // a port of 0 is chosen by the first bind; the others join it
-            addr = local(&s)?;
-            udp.push(std::net::UdpSocket::from(s));
-        }
-        addrs.udp = Some(addr);
-    }
-    let mut tcp = Vec::new();
-    if let Some(mut addr) = config.tcp_listen {
-        for _ in 0..threads {
-            let s = reuseport_socket(addr, socket2::Type::STREAM)?;
-            s.listen(1024)?;
-            addr = local(&s)?;
-            tcp.push(std::net::TcpListener::from(s));
-        }
-        addrs.tcp = Some(addr);
-    }
-    let open_tcp = Arc::new(AtomicUsize::new(0));
-    for i in 0..threads {
-        let udp = udp.pop();
-        let tcp = tcp.pop();
-        if udp.is_none() && tcp.is_none() {
-            break;
-        }
-        let catalog = catalog.clone();
-        let config = config.clone();
-        let open_tcp = open_tcp.clone();
-        let forwarder = forwarder.clone();
+    let listeners = Arc::new(ClassicListeners::bind(dns, threads)?);
+    for i in 0..threads.max(1) {
+        let listeners = listeners.clone();
         std::thread::Builder::new()
             .name(format!("dns-classic-{i}"))
             .spawn(move || {
                 let run = alknet_runtime::rt::run_local(|_| async move {
-                    if let Some(tcp) = tcp {
-                        match monoio::net::TcpListener::from_std(tcp) {
-                            Ok(l) => {
-                                let (catalog, config) = (catalog.clone(), config.clone());
-                                let forwarder = forwarder.clone();
-                                monoio::spawn(serve_tcp(l, catalog, forwarder, config, open_tcp));
-                            }
-                            Err(e) => tracing::error!("dns tcp listener: {e}"),
-                        }
-                    }
-                    match udp.map(monoio::net::udp::UdpSocket::from_std) {
-                        Some(Ok(s)) => serve_udp(s, catalog, forwarder, &config).await,
-                        Some(Err(e)) => tracing::error!("dns udp socket: {e}"),
-                        None => std::future::pending().await,
+                    match listeners.serve(i) {
+                        Ok(()) => std::future::pending().await,
+                        Err(e) => tracing::error!("dns listener: {e}"),
                     }
                 });
                 if let Err(e) = run {
@@ -99,12 +171,12 @@ pub fn start_classic(dns: &DnsState, threads: usize) -> io::Result<ClassicAddrs>
                 }
             })?;
     }
-    Ok(addrs)
+    Ok(listeners.addrs())
 }
 
 /// Receive and send buffer asked for on each classic UDP socket. The kernel's default
 /// (~208 KiB) holds about 2 000 queries: a burst of queries from many clients, or a
-/// scheduling delay of the listener thread at 100 000 queries/s, overflows it and the kernel
+/// scheduling delay of the worker at 100 000 queries/s, overflows it and the kernel
 /// drops the queries unanswered (counted in `/proc/net/snmp`, `Udp: RcvbufErrors`). The
 /// kernel caps the request at `net.core.rmem_max` / `wmem_max`. A tuning constant.
 pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 << 20;
@@ -130,144 +202,156 @@ fn local(s: &socket2::Socket) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("not an IP socket"))
 }
 
-/// Receives kept in flight on each UDP socket. With one, every query costs the loop a
-/// wait for its datagram and one for its answer's send; with many, one pass over the
-/// io_uring completion queue reaps several datagrams and sends (NSD batches with
-/// recvmmsg for the same reason). Each holds a 64 KiB buffer. A tuning constant.
-pub const UDP_RECEIVES_IN_FLIGHT: usize = 16;
+/// Datagrams taken from a UDP socket per `recvmmsg` (and answers sent per `sendmmsg`).
+/// NSD takes 100. Each holds a receive buffer of [`MAX_MESSAGE_SIZE`] bytes (only the
+/// datagram's own bytes are written). A tuning constant.
+pub const UDP_BATCH: usize = 32;
 
-/// [`UDP_RECEIVES_IN_FLIGHT`] receive loops on one socket, sharing its rate limiter.
+/// Serves one UDP socket: batches of queries answered from the catalog (through the
+/// socket's answer cache and rate limiter), forwarded ones as tasks of their own.
 async fn serve_udp(
     socket: monoio::net::udp::UdpSocket,
     catalog: SharedCatalog,
     forwarder: Option<Arc<Forwarder>>,
-    config: &DnsConfig,
+    config: Arc<DnsConfig>,
 ) {
-    let rrl = Rc::new(RefCell::new(RateLimiter::new(
-        config.rrl_responses_per_second,
-        config.rrl_slip,
-        config.rrl_table_size,
-    )));
     let socket = Rc::new(socket);
-    let payload = config.udp_payload_size;
-    let answers = AnswerCache::new(config.answer_cache_bytes).map(|c| Rc::new(RefCell::new(c)));
-    for _ in 1..UDP_RECEIVES_IN_FLIGHT {
-        let udp = Udp {
-            socket: socket.clone(),
-            catalog: catalog.clone(),
-            forwarder: forwarder.clone(),
-            rrl: rrl.clone(),
-            answers: answers.clone(),
-            payload,
-        };
-        monoio::spawn(udp.serve());
-    }
-    Udp {
-        socket,
+    let mut udp = Udp {
+        socket: socket.clone(),
         catalog,
         forwarder,
-        rrl,
-        answers,
-        payload,
-    }
-    .serve()
+        rrl: RateLimiter::new(
+            config.rrl_responses_per_second,
+            config.rrl_slip,
+            config.rrl_table_size,
+        ),
+        answers: AnswerCache::new(config.answer_cache_bytes),
+        payload: config.udp_payload_size,
+    };
+    serve_datagrams(&socket, UDP_BATCH, |query, peer, now| {
+        udp.respond(query, peer, now)
+    })
     .await;
 }
 
-/// One receive loop of a UDP socket.
-struct Udp {
-    socket: Rc<monoio::net::udp::UdpSocket>,
-    catalog: SharedCatalog,
-    forwarder: Option<Arc<Forwarder>>,
-    rrl: Rc<RefCell<RateLimiter>>,
-    /// This socket's answers by query bytes (its receive loops share it).
-    answers: Option<Rc<RefCell<AnswerCache>>>,
-    payload: u16,
-}
-
-impl Udp {
-    /// One datagram at a time: answer, send, next; a forwarded query runs as its own task
-    /// so the socket keeps being read. A query that cannot be answered (no header, or a
-    /// response) is dropped.
-    async fn serve(self) {
-        let socket = &self.socket;
-        let mut buf = vec![0u8; MAX_MESSAGE_SIZE];
-        loop {
-            let (res, b) = socket.recv_from(buf).await;
-            buf = b;
-            let Ok((n, peer)) = res else {
-                continue;
-            };
-            let query = &buf[..n];
-            let catalog = self.catalog.load_full();
-            // a query answered before from this catalog (so a valid one): the same answer
-            let cached = self
-                .answers
-                .as_ref()
-                .and_then(|a| a.borrow_mut().get(&catalog, query));
-            if let Some(reply) = cached {
-                // the borrow must end before the send: the other receive loops check too
-                let verdict = self
-                    .rrl
-                    .borrow_mut()
-                    .check(peer.ip(), std::time::Instant::now());
-                match verdict {
-                    Verdict::Send => send_udp(socket, reply, peer).await,
-                    Verdict::Slip => {
-                        if let Parsed::Query(q) = responder::parse(query) {
-                            send_udp(socket, responder::truncated(&q), peer).await;
-                        }
-                    }
-                    Verdict::Drop => {}
+/// The receive loop of a UDP socket: waits until it is readable, takes up to `batch`
+/// datagrams, asks `respond` for each one's answer and sends the answers together. A
+/// panic in `respond` is logged and loses only that datagram's answer. Returns only if
+/// the socket fails.
+async fn serve_datagrams<F>(socket: &monoio::net::udp::UdpSocket, batch: usize, mut respond: F)
+where
+    F: FnMut(&[u8], SocketAddr, Instant) -> Option<Vec<u8>>,
+{
+    let fd = socket.as_raw_fd();
+    let mut recv = RecvBatch::new(batch, MAX_MESSAGE_SIZE);
+    let mut send = SendBatch::default();
+    loop {
+        let n = match recv.recv(fd) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(e) = socket.readable(false).await {
+                    tracing::error!("dns udp socket: {e}");
+                    return;
                 }
                 continue;
             }
-            let reply = match responder::parse(query) {
-                Parsed::Query(q) => {
-                    let verdict = self
-                        .rrl
-                        .borrow_mut()
-                        .check(peer.ip(), std::time::Instant::now());
-                    match verdict {
-                        Verdict::Send => {}
-                        Verdict::Slip => {
-                            send_udp(socket, responder::truncated(&q), peer).await;
-                            continue;
-                        }
-                        Verdict::Drop => continue,
-                    }
-                    let limit = responder::udp_limit(&q, self.payload);
-                    let forward = self.forwarder.as_ref().filter(|f| {
-                        f.allows(peer.ip(), false) && responder::forwardable(&catalog, &q)
-                    });
-                    if let Some(f) = forward {
-                        let (f, socket) = (f.clone(), socket.clone());
-                        monoio::spawn(async move {
-                            let reply = f.answer(&q, limit).await;
-                            send_udp(&socket, reply, peer).await;
-                        });
-                        continue;
-                    }
-                    let reply = responder::answer(&catalog, &q, limit);
-                    if let Some(a) = &self.answers {
-                        if responder::cacheable(&catalog, &q) {
-                            a.borrow_mut().insert(&catalog, query, &reply);
-                        }
-                    }
-                    reply
-                }
-                Parsed::Malformed(h) => responder::formerr(&h),
-                Parsed::Ignore => continue,
+            Err(e) => {
+                // e.g. ECONNREFUSED queued by an earlier send's ICMP error: nothing lost
+                tracing::debug!("dns udp receive: {e}");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        for i in 0..n {
+            let Some((query, peer)) = recv.datagram(i) else {
+                continue;
             };
-            send_udp(socket, reply, peer).await;
+            match catch_unwind(AssertUnwindSafe(|| respond(query, peer, now))) {
+                Ok(Some(answer)) => send.push(answer, peer),
+                Ok(None) => {}
+                Err(p) => {
+                    tracing::error!(%peer, panic = %panic_message(&*p), "dns udp query panicked");
+                }
+            }
+        }
+        while !send.is_empty() {
+            match send.send(fd) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = socket.writable(false).await {
+                        tracing::error!("dns udp socket: {e}");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("dns udp send: {e}");
+                    send.skip();
+                }
+            }
         }
     }
 }
 
-async fn send_udp(socket: &monoio::net::udp::UdpSocket, reply: Vec<u8>, peer: SocketAddr) {
-    let (res, _) = socket.send_to(reply, peer).await;
-    if let Err(e) = res {
-        tracing::debug!(%peer, "dns udp send: {e}");
+/// One UDP socket's answering state.
+struct Udp {
+    socket: Rc<monoio::net::udp::UdpSocket>,
+    catalog: SharedCatalog,
+    forwarder: Option<Arc<Forwarder>>,
+    rrl: RateLimiter,
+    /// This socket's answers by query bytes.
+    answers: Option<AnswerCache>,
+    payload: u16,
+}
+
+impl Udp {
+    /// The answer to one datagram, to send now; `None` for one dropped (no header, a
+    /// response, rate limited) or forwarded (its task sends the answer when it comes).
+    fn respond(&mut self, query: &[u8], peer: SocketAddr, now: Instant) -> Option<Vec<u8>> {
+        let catalog = self.catalog.load_full();
+        // a query answered before from this catalog (so a valid one): the same answer
+        if let Some(reply) = self.answers.as_mut().and_then(|a| a.get(&catalog, query)) {
+            return match self.rrl.check(peer.ip(), now) {
+                Verdict::Send => Some(reply),
+                Verdict::Slip => match responder::parse(query) {
+                    Parsed::Query(q) => Some(responder::truncated(&q)),
+                    _ => None,
+                },
+                Verdict::Drop => None,
+            };
+        }
+        let q = match responder::parse(query) {
+            Parsed::Query(q) => q,
+            Parsed::Malformed(h) => return Some(responder::formerr(&h)),
+            Parsed::Ignore => return None,
+        };
+        match self.rrl.check(peer.ip(), now) {
+            Verdict::Send => {}
+            Verdict::Slip => return Some(responder::truncated(&q)),
+            Verdict::Drop => return None,
+        }
+        let limit = responder::udp_limit(&q, self.payload);
+        let forward = self
+            .forwarder
+            .as_ref()
+            .filter(|f| f.allows(peer.ip(), false) && responder::forwardable(&catalog, &q));
+        if let Some(f) = forward {
+            let (f, socket) = (f.clone(), self.socket.clone());
+            spawn_guarded("dns udp forward", async move {
+                let reply = f.answer(&q, limit).await;
+                let (res, _) = socket.send_to(reply, peer).await;
+                if let Err(e) = res {
+                    tracing::debug!(%peer, "dns udp send: {e}");
+                }
+            });
+            return None;
+        }
+        let reply = responder::answer(&catalog, &q, limit);
+        if let Some(a) = &mut self.answers {
+            if responder::cacheable(&catalog, &q) {
+                a.insert(&catalog, query, &reply);
+            }
+        }
+        Some(reply)
     }
 }
 
@@ -275,10 +359,9 @@ async fn serve_tcp(
     listener: monoio::net::TcpListener,
     catalog: SharedCatalog,
     forwarder: Option<Arc<Forwarder>>,
-    config: DnsConfig,
+    config: Arc<DnsConfig>,
     open: Arc<AtomicUsize>,
 ) {
-    let config = Rc::new(config);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
@@ -288,19 +371,30 @@ async fn serve_tcp(
             drop(stream);
             continue;
         }
-        let (catalog, config, open) = (catalog.clone(), config.clone(), open.clone());
+        let (catalog, config) = (catalog.clone(), config.clone());
+        // counted out when the task ends, a panicked one too
+        let counted = OpenConnection(open.clone());
         let forwarder = forwarder.clone();
         let asker = Asker {
             source: peer.ip(),
             may_recurse: false,
         };
-        monoio::spawn(async move {
+        spawn_guarded("dns tcp connection", async move {
             let fwd = forwarder.as_deref();
             if let Err(e) = serve_tcp_connection(stream, &catalog, fwd, asker, &config).await {
                 tracing::debug!(%peer, "dns tcp connection: {e}");
             }
-            open.fetch_sub(1, Ordering::Relaxed);
+            drop(counted);
         });
+    }
+}
+
+/// One TCP connection counted in the listeners' open total until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -346,5 +440,58 @@ async fn serve_tcp_connection(
             let (res, _) = stream.write_all(out).await;
             res?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Bounds each wait for an answer so a broken loop fails the test instead of hanging
+    /// it; the answers normally come at once.
+    const ANSWER_BOUND: Duration = Duration::from_secs(20);
+
+    #[test]
+    fn a_panic_answering_one_query_loses_only_that_answer() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        server.set_nonblocking(true).expect("nonblocking");
+        let addr = server.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            alknet_runtime::rt::run_local(|_| async move {
+                let socket = monoio::net::udp::UdpSocket::from_std(server).expect("socket");
+                // an echo that panics on "panic"
+                serve_datagrams(&socket, 4, |query, _, _| {
+                    assert!(query != b"panic", "answering this query panics");
+                    Some(query.to_vec())
+                })
+                .await;
+            })
+            .expect("runtime");
+        });
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        client
+            .set_read_timeout(Some(ANSWER_BOUND))
+            .expect("timeout");
+        let ask = |queries: &[&[u8]]| {
+            for q in queries {
+                client.send_to(q, addr).expect("send");
+            }
+        };
+        let answer = || {
+            let mut buf = [0u8; 64];
+            let (n, from) = client.recv_from(&mut buf).expect("an answer");
+            assert_eq!(from, addr);
+            buf[..n].to_vec()
+        };
+        // alone, then between two others (one batch or several: the order holds)
+        ask(&[b"panic", b"one"]);
+        assert_eq!(answer(), b"one");
+        ask(&[b"two", b"panic", b"three"]);
+        assert_eq!(answer(), b"two");
+        assert_eq!(answer(), b"three");
+        // and the loop still serves afterwards
+        ask(&[b"four"]);
+        assert_eq!(answer(), b"four");
     }
 }

@@ -2,7 +2,7 @@
 //! `doq` (DNS over QUIC, RFC 9250) and `alknet/dns` (many queries pipelined on one QUIC
 //! stream, DNS-over-TCP style) on the engine's workers, `dot` (DNS over TLS, RFC 7858) on
 //! the TLS-over-TCP listener, DoH (RFC 8484) through the HTTP router ([`doh`]), and
-//! classic UDP/TCP on listeners of its own ([`classic`]).
+//! classic UDP/TCP on sockets of its own served on the workers ([`classic`]).
 //!
 //! ```text
 //! zone files ─▶ Zone ─▶ Catalog (ArcSwap, reloaded whole) ─┐
@@ -28,10 +28,11 @@ mod reload;
 pub mod responder;
 pub mod rrl;
 mod stream;
+mod udp_batch;
 mod zone;
 
 pub use catalog::{shared, Catalog, SharedCatalog};
-pub use classic::{start_classic, ClassicAddrs};
+pub use classic::{start_classic, ClassicAddrs, ClassicListeners};
 pub use doh::DohResolver;
 pub use doq::{DoqHandler, DOQ_ALPN};
 pub use dot::{DotHandler, DOT_ALPN};
