@@ -183,3 +183,55 @@ pub async fn serve_streams<B, BF, U, UF>(
         spawn_guarded(what, on_bi(stream));
     }
 }
+
+/// A deadline that passed (see [`timeout_if_pending`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("deadline elapsed")]
+pub struct Elapsed;
+
+/// Like `monoio::time::timeout`, but the timer is armed only if `fut` is not ready at its
+/// first poll. Per-request timeouts (a DoQ query, an HTTP/3 request's headers) usually
+/// guard something that has already arrived: then no timer is inserted into the wheel and
+/// removed again. The deadline counts from that first poll.
+pub async fn timeout_if_pending<F: Future>(
+    after: std::time::Duration,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    let mut sleep: Option<Pin<Box<monoio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        let sleep = sleep.get_or_insert_with(|| Box::pin(monoio::time::sleep(after)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timeout_if_pending_passes_ready_and_late_results_and_ends_the_rest() {
+        let out = run_local(|_| async {
+            let ready = timeout_if_pending(Duration::from_millis(1), async { 7 }).await;
+            // ready later, well inside its deadline
+            let later = timeout_if_pending(Duration::from_secs(30), async {
+                monoio::time::sleep(Duration::from_millis(5)).await;
+                8
+            })
+            .await;
+            let never =
+                timeout_if_pending(Duration::from_millis(20), std::future::pending::<()>()).await;
+            (ready, later, never)
+        })
+        .expect("runtime");
+        assert_eq!(out, (Ok(7), Ok(8), Err(Elapsed)));
+    }
+}

@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alknet_runtime::rt::spawn_guarded;
+use alknet_runtime::rt::{spawn_guarded, timeout_if_pending};
 use alknet_runtime::{
     AuthContext, BiStream, Bytes, Connection, HandlerError, LocalBoxFuture, ProtocolHandler,
     ReadError, RecvStream, SendStream, VarInt,
@@ -171,7 +171,9 @@ struct Query {
 
 impl Query {
     async fn serve(self, mut send: SendStream, mut recv: RecvStream) {
-        let read = monoio::time::timeout(self.timeout, read_query(&mut recv)).await;
+        // a query usually arrives whole with its stream, and its FIN with it: the timers
+        // are armed only when they have something to wait for
+        let read = timeout_if_pending(self.timeout, read_query(&mut recv)).await;
         let result = match read {
             Ok(Ok(message)) => self.answer(&message, &mut send).await,
             Ok(Err(e)) => Err(e),
@@ -179,7 +181,7 @@ impl Query {
         };
         match result {
             // the client must finish its side; wait (bounded) to see that it sends nothing more
-            Ok(()) => match monoio::time::timeout(self.timeout, recv.read_chunk(1)).await {
+            Ok(()) => match timeout_if_pending(self.timeout, recv.read_chunk(1)).await {
                 Ok(Ok(Some(_))) => self.protocol_error("more than one query on a stream"),
                 Ok(_) => {}
                 Err(_) => {

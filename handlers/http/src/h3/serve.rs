@@ -7,7 +7,7 @@ use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use alknet_runtime::rt::spawn_guarded;
+use alknet_runtime::rt::{spawn_guarded, timeout_if_pending};
 use alknet_runtime::{Connection, ConnectionError};
 use bytes::{Buf, Bytes};
 use h3::error::Code;
@@ -208,7 +208,7 @@ async fn serve_request<S, ResBody>(
     ResBody::Error: std::fmt::Display,
 {
     let (req, stream) =
-        match monoio::time::timeout(limits.header_timeout, resolver.resolve_request()).await {
+        match timeout_if_pending(limits.header_timeout, resolver.resolve_request()).await {
             Err(_elapsed) => {
                 // the resolver (and its stream) is dropped with the timed-out future; the
                 // stream's drop stops reading and finishes, so tell the client why first
