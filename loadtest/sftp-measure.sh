@@ -20,8 +20,9 @@
 #   loadtest/sftp-measure.sh            # ROUNDS=3 CIPHER=aes256-gcm@openssh.com by default
 #   ROUNDS=1 CIPHERS="aes128-gcm@openssh.com chacha20-poly1305@openssh.com" loadtest/sftp-measure.sh
 #   ONLY=ssh loadtest/sftp-measure.sh   # or ONLY=sftp
-#   BASELINE=/tmp/alknet-old loadtest/sftp-measure.sh   # also (c0)/(d0): another alknet
-#                                       # binary (before a change), same run, port +1
+#   BASELINE=/tmp/alknet-old loadtest/sftp-measure.sh   # also (c0)/(d0) and ssh "alknet0":
+#                                       # another alknet binary (before a change) as server
+#                                       # and as `alknet connect`, same run, port +1
 #
 # Needs openssh-client, openssh-server (for sshd) and openssh-sftp-server: installed with
 # apt-get when missing. Uses about 2.1 GiB of /dev/shm while it runs.
@@ -127,10 +128,11 @@ for pid in "$SSHD_PID" "$ALKNET_PID" $BASE_PID; do
 done
 
 CONNECT="$ALKNET connect --fingerprint $FP 127.0.0.1:$ALKNET_PORT"
-# the baseline server is reached with the same client (its TLS key was made when it started)
+# the baseline server is reached with the baseline's own client (a change may be on either
+# side of the connection); its TLS key was made when it started
 FP0=$FP
-[ -n "$BASELINE" ] && FP0=$(ALKNET_DATA_DIR=$W/alk0 "$ALKNET" fingerprint)
-CONNECT0="$ALKNET connect --fingerprint $FP0 127.0.0.1:$((ALKNET_PORT + 1))"
+[ -n "$BASELINE" ] && FP0=$(ALKNET_DATA_DIR=$W/alk0 "$BASELINE" fingerprint)
+CONNECT0="${BASELINE:-$ALKNET} connect --fingerprint $FP0 127.0.0.1:$((ALKNET_PORT + 1))"
 common_opts() { # $1 = cipher
     echo -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
         -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o IdentityAgent=none \
@@ -171,12 +173,17 @@ report() { # label bytes_or_files unit wall cpu
 # --- ssh: 1 GiB each way ---------------------------------------------------------------
 ssh_rounds() {
     local cipher=$1
+    local vias="sshd alknet"
+    [ -n "$BASELINE" ] && vias="sshd alknet0 alknet"
     for r in $(seq "$ROUNDS"); do
-        for via in sshd alknet; do
+        for via in $vias; do
             local opts
             if [ $via = sshd ]; then
                 opts="$(common_opts "$cipher") -p $SSHD_PORT"
                 SERVER_PID=$SSHD_PID
+            elif [ $via = alknet0 ]; then
+                opts="$(common_opts "$cipher") -o ProxyCommand=$(printf %q "$CONNECT0 --alpn alknet/ssh")"
+                SERVER_PID=$BASE_PID
             else
                 opts="$(common_opts "$cipher") -o ProxyCommand=$(printf %q "$CONNECT --alpn alknet/ssh")"
                 SERVER_PID=$ALKNET_PID

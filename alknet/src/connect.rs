@@ -1,8 +1,15 @@
 //! `alknet connect`: one bidirectional stream piped to stdin/stdout.
 //!
-//! stdin and stdout are blocking, so each gets its own thread, joined to the monoio task
-//! by a bounded channel: a slow stdout stops reads from the stream (and so, by QUIC flow
-//! control, the server), and stdin is read no faster than the stream takes it.
+//! When stdin and stdout are pipes or sockets (how `ssh` runs a ProxyCommand and `sftp -D`
+//! its server) and the io_uring driver runs, the stream task reads and writes them itself
+//! with io_uring operations: the kernel waits for the pipe, no thread does. Otherwise
+//! (a terminal, a file, a descriptor in non-blocking mode, the legacy driver, or a caller
+//! that has read stdin through std's buffer already) each gets a thread doing blocking
+//! calls, joined to the task by a bounded channel. Either way a slow stdout stops reads
+//! from the stream (and so, by QUIC flow control, the server), and stdin is read no
+//! faster than the stream takes it. Why not threads always: every request/response
+//! round trip crossed both threads, two wake-ups more per round trip than the pipes
+//! themselves cost, and round trips are what `sftp`'s small-file transfers wait on.
 
 use std::io::{IoSlice, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -10,7 +17,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use alknet_runtime::rt::run_local;
+use alknet_runtime::rt::{run_local, DriverKind};
 use alknet_runtime::tls::{client_crypto, tcp_client_config, ServerTrust, TlsIdentity};
 use alknet_runtime::{
     connect_tls_tcp, Bytes, ClientEndpoint, Connection, Fingerprint, Limits, VarInt,
@@ -292,7 +299,7 @@ pub fn run(args: ConnectArgs) -> ExitCode {
         },
         Err(e) => return fail(e),
     };
-    match pipe_stdio(dial, None, None) {
+    match pipe_stdio(dial, None, None, false) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
@@ -301,16 +308,188 @@ pub fn run(args: ConnectArgs) -> ExitCode {
 /// Connects, opens one bidirectional stream and pipes stdin and stdout through it until
 /// both ends are done. `preamble` is written on the stream first; `greeting` goes to
 /// stdout once the stream is open, before anything read from it (what a git remote
-/// helper answers `connect` with).
+/// helper answers `connect` with). `stdin_read_before`: something read stdin through
+/// std's buffered `Stdin` before (the git helper's commands), so only the thread path,
+/// which reads on through that buffer, may take it.
 pub fn pipe_stdio(
     dial: Dial,
     preamble: Option<Bytes>,
     greeting: Option<Bytes>,
+    stdin_read_before: bool,
 ) -> Result<(), String> {
-    let (stdin_tx, stdin_rx) = async_channel::bounded::<Bytes>(PIPE_DEPTH);
-    let (stdout_tx, stdout_rx) = async_channel::bounded::<Bytes>(PIPE_DEPTH);
     enlarge_pipe(0);
     enlarge_pipe(1);
+    let mut stdout_thread = None;
+    let threads = &mut stdout_thread;
+    let outcome = run_local(|driver| async move {
+        let (mut stdin, mut stdout) = if driver == DriverKind::IoUring && !stdin_read_before {
+            match (RingStdio::open(0), RingStdio::open(1)) {
+                (Some(i), Some(o)) => (StdinSource::Ring(i, None), StdoutSink::Ring(o)),
+                _ => stdio_threads(threads),
+            }
+        } else {
+            stdio_threads(threads)
+        };
+        let limits = Limits {
+            keep_alive_interval: KEEP_ALIVE,
+            ..Limits::default()
+        };
+        let (endpoint, conn) = dial.connect(&limits).await?;
+        let stream = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = stream.split();
+        if let Some(p) = preamble {
+            send.write_chunk(p).await.map_err(|e| e.to_string())?;
+        }
+        if let Some(g) = greeting {
+            stdout.put(g).await.map_err(|e| format!("stdout: {e}"))?;
+        }
+        let upload = async move {
+            while let Some(chunk) = stdin.next().await {
+                if send.write_chunk(chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = send.finish();
+            // keep the stream open until the data is acknowledged or the peer stops it
+            let _ = send.stopped().await;
+        };
+        alknet_runtime::rt::spawn_guarded("connect stdin", upload);
+        let mut result = Ok(());
+        loop {
+            // what has arrived, merged: a write to stdout per QUIC packet would cost a
+            // system call (and on the thread path a wake-up) per 1.2 KB
+            match recv.read_available(STDOUT_CHUNK).await {
+                Ok(Some(chunk)) => {
+                    if stdout.put(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    result = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        drop(stdout);
+        drop(recv);
+        close_and_wait(&endpoint, conn).await;
+        result
+    });
+    if let Some(t) = stdout_thread {
+        let _ = t.join();
+    }
+    match outcome {
+        Ok(r) => r,
+        Err(e) => Err(format!("runtime: {e}")),
+    }
+}
+
+/// Where the stream task takes stdin's bytes from.
+enum StdinSource {
+    /// A thread doing blocking reads.
+    Thread(async_channel::Receiver<Bytes>),
+    /// io_uring reads on the task's thread, and the buffer kept between them.
+    Ring(monoio::fs::File, Option<Vec<u8>>),
+}
+
+impl StdinSource {
+    /// The next chunk of stdin, `None` at its end (or on an error reading it).
+    async fn next(&mut self) -> Option<Bytes> {
+        match self {
+            StdinSource::Thread(rx) => rx.recv().await.ok(),
+            StdinSource::Ring(file, spare) => {
+                let buf = spare
+                    .take()
+                    .unwrap_or_else(|| Vec::with_capacity(STDIN_CHUNK));
+                // offset 0: pipes and sockets have none (and refuse any other)
+                let (res, mut buf) = file.read_at(buf, 0).await;
+                match res {
+                    Ok(0) | Err(_) => None,
+                    // a big read goes on as it is; a small one is copied (the stream keeps
+                    // a chunk until it is acknowledged: not a whole buffer per few bytes)
+                    Ok(n) if n >= STDIN_CHUNK / 2 => Some(Bytes::from(buf)),
+                    Ok(_) => {
+                        let chunk = Bytes::copy_from_slice(&buf);
+                        buf.clear();
+                        *spare = Some(buf);
+                        Some(chunk)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where the stream task puts what arrives for stdout.
+enum StdoutSink {
+    /// A thread doing blocking writes.
+    Thread(async_channel::Sender<Bytes>),
+    /// io_uring writes on the task's thread.
+    Ring(monoio::fs::File),
+}
+
+impl StdoutSink {
+    async fn put(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        match self {
+            StdoutSink::Thread(tx) => tx
+                .send(chunk)
+                .await
+                .map_err(|_| std::io::ErrorKind::BrokenPipe.into()),
+            StdoutSink::Ring(file) => {
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    // offset 0: pipes and sockets have none, and refuse any other
+                    // (`ESPIPE`), so not `write_all_at`, which advances it
+                    let (res, buf) = file.write_at(rest, 0).await;
+                    match res? {
+                        0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                        n => rest = buf.slice(n..),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// stdin or stdout for io_uring operations on the stream task's thread.
+struct RingStdio;
+
+impl RingStdio {
+    /// A duplicate of `fd` for io_uring reads and writes, if it is a pipe or a socket in
+    /// blocking mode: io_uring then waits for it in the kernel without a thread, where a
+    /// terminal or a file would go to a kernel worker thread per operation, and a
+    /// non-blocking descriptor would answer `EAGAIN` instead of waiting.
+    fn open(fd: i32) -> Option<monoio::fs::File> {
+        use std::os::unix::fs::FileTypeExt;
+        let owned = if fd == 0 {
+            std::io::stdin().as_fd().try_clone_to_owned().ok()?
+        } else {
+            std::io::stdout().as_fd().try_clone_to_owned().ok()?
+        };
+        let file = std::fs::File::from(owned);
+        let kind = file.metadata().ok()?.file_type();
+        if !(kind.is_fifo() || kind.is_socket()) {
+            return None;
+        }
+        // SAFETY: F_GETFL reads the descriptor's flags and touches no memory.
+        #[allow(unsafe_code)]
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 || flags & libc::O_NONBLOCK != 0 {
+            return None;
+        }
+        monoio::fs::File::from_std(file).ok()
+    }
+}
+
+/// The thread path: a thread reading stdin and one writing stdout (its handle goes to
+/// `stdout_thread`, to be joined once the stream is done).
+fn stdio_threads(
+    stdout_thread: &mut Option<std::thread::JoinHandle<()>>,
+) -> (StdinSource, StdoutSink) {
+    let (stdin_tx, stdin_rx) = async_channel::bounded::<Bytes>(PIPE_DEPTH);
+    let (stdout_tx, stdout_rx) = async_channel::bounded::<Bytes>(PIPE_DEPTH);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; STDIN_CHUNK];
@@ -328,7 +507,7 @@ pub fn pipe_stdio(
             }
         }
     });
-    let stdout_thread = std::thread::spawn(move || {
+    *stdout_thread = Some(std::thread::spawn(move || {
         // the raw descriptor: std's stdout is line-buffered, and flushing after each chunk
         // would cost a second write per chunk that holds a newline
         let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() else {
@@ -348,60 +527,8 @@ pub fn pipe_stdio(
             }
             batch.clear();
         }
-    });
-
-    let outcome = run_local(|_| async move {
-        let limits = Limits {
-            keep_alive_interval: KEEP_ALIVE,
-            ..Limits::default()
-        };
-        let (endpoint, conn) = dial.connect(&limits).await?;
-        let stream = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let (mut send, mut recv) = stream.split();
-        if let Some(p) = preamble {
-            send.write_chunk(p).await.map_err(|e| e.to_string())?;
-        }
-        if let Some(g) = greeting {
-            stdout_tx.send(g).await.map_err(|e| e.to_string())?;
-        }
-        let upload = async move {
-            while let Ok(chunk) = stdin_rx.recv().await {
-                if send.write_chunk(chunk).await.is_err() {
-                    return;
-                }
-            }
-            let _ = send.finish();
-            // keep the stream open until the data is acknowledged or the peer stops it
-            let _ = send.stopped().await;
-        };
-        alknet_runtime::rt::spawn_guarded("connect stdin", upload);
-        let mut result = Ok(());
-        loop {
-            // what has arrived, merged: a write to stdout per QUIC packet would cost a
-            // system call and a wake-up of the stdout thread per 1.2 KB
-            match recv.read_available(STDOUT_CHUNK).await {
-                Ok(Some(chunk)) => {
-                    if stdout_tx.send(chunk).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    result = Err(e.to_string());
-                    break;
-                }
-            }
-        }
-        drop(stdout_tx);
-        drop(recv);
-        close_and_wait(&endpoint, conn).await;
-        result
-    });
-    let _ = stdout_thread.join();
-    match outcome {
-        Ok(r) => r,
-        Err(e) => Err(format!("runtime: {e}")),
-    }
+    }));
+    (StdinSource::Thread(stdin_rx), StdoutSink::Thread(stdout_tx))
 }
 
 /// Writes every chunk, in order, with as few `writev` calls as the pipe allows.

@@ -310,6 +310,7 @@ pub fn main() -> ExitCode {
             dial,
             Some(Bytes::from(request)),
             Some(Bytes::from_static(b"\n")),
+            true,
         ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),

@@ -1,9 +1,15 @@
 //! The IO driver of one `alknet/sftp` session on the monoio worker that owns its QUIC
 //! connection: no thread hop between the stream and the file system.
 //!
-//! * `READ` and `WRITE`, what bulk transfers are made of, go through monoio's file
-//!   operations (`pread`/`pwrite` as io_uring operations on the io_uring driver; plain
-//!   calls on the legacy driver). A `READ`'s data is sent as it was read, behind a
+//! * `READ` and `WRITE`, what bulk transfers are made of, are served without waiting
+//!   when they can be ([`OpenFile`]): a read the page cache holds is copied at once
+//!   (`preadv2` with `RWF_NOWAIT`), and files on a memory file system (tmpfs, ramfs: no
+//!   device to wait for) are read and written with plain `pread`/`pwrite`. What would
+//!   wait goes through monoio's file operations (io_uring operations on the io_uring
+//!   driver; plain calls on the legacy driver). Why: an answer ready in the same turn
+//!   leaves with the ACK of its request in one packet, and io_uring hands every
+//!   operation on a file without non-blocking support (tmpfs) to a kernel worker
+//!   thread, a thread hop per request. A `READ`'s data is sent as it was read, behind a
 //!   separate 13-byte header, and a `WRITE`'s data is written from a slice of the
 //!   received frame: no copy of the payload either way.
 //! * Other requests (open, stat, readdir, rename, ...) are a few system calls each on
@@ -18,7 +24,7 @@
 //! [`Pipeline`], replies as requests complete except in request order per handle, FIN on
 //! a clean end, a reset otherwise.
 
-use std::cell::RefCell;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -28,6 +34,7 @@ use std::task::Poll;
 
 use alknet_runtime::{BiStream, Bytes, ReadError, RecvStream, SendStream, VarInt, WriteError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use monoio::buf::IoBufMut;
 use russh_sftp::protocol::{Packet, StatusCode};
 
 use crate::config::SftpConfig;
@@ -76,19 +83,137 @@ struct Session {
     server: Arc<Server>,
     max_read: u32,
     offload: tokio::runtime::Handle,
-    /// monoio's view of the handles read or written so far (a duplicate of the server's
-    /// descriptor, made on first use, dropped at `CLOSE`).
-    files: RefCell<HashMap<String, Rc<monoio::fs::File>>>,
+    /// The handles read or written so far (made on first use, dropped at `CLOSE`).
+    files: RefCell<HashMap<String, Rc<OpenFile>>>,
+}
+
+/// `f_type` of tmpfs and ramfs (`statfs(2)`): file systems in memory.
+const MEMORY_FS_MAGIC: [rustix::fs::FsWord; 2] = [0x0102_1994, 0x8584_58f6];
+
+/// A file handle as this driver reads and writes it.
+struct OpenFile {
+    std: Arc<std::fs::File>,
+    /// On tmpfs or ramfs: reads and writes copy memory and never wait for a device, and
+    /// these file systems offer no non-blocking reads (`RWF_NOWAIT` fails with
+    /// `EOPNOTSUPP`; io_uring would pass each one to a kernel worker thread). Served
+    /// with plain calls on the worker.
+    in_memory: bool,
+    /// `RWF_NOWAIT` reads are refused on this file: straight to io_uring.
+    no_nowait: Cell<bool>,
+    /// monoio's view (a duplicate of the server's descriptor), made when an operation
+    /// first has to wait.
+    ring: OnceCell<Rc<monoio::fs::File>>,
+}
+
+impl OpenFile {
+    fn new(std: Arc<std::fs::File>) -> Self {
+        let in_memory =
+            rustix::fs::fstatfs(&*std).is_ok_and(|s| MEMORY_FS_MAGIC.contains(&s.f_type));
+        Self {
+            std,
+            in_memory,
+            no_nowait: Cell::new(false),
+            ring: OnceCell::new(),
+        }
+    }
+
+    fn ring(&self) -> std::io::Result<Rc<monoio::fs::File>> {
+        if let Some(f) = self.ring.get() {
+            return Ok(f.clone());
+        }
+        let file = Rc::new(monoio::fs::File::from_std(self.std.try_clone()?)?);
+        Ok(self.ring.get_or_init(|| file).clone())
+    }
+
+    /// Reads into `buf`'s spare capacity at `offset` what can be had without waiting for
+    /// a device. `Ok(true)` when done: `buf` is full, or holds everything up to the end of
+    /// the file; `Ok(false)` when the rest has to wait.
+    fn read_now(&self, buf: &mut Vec<u8>, offset: u64) -> std::io::Result<bool> {
+        loop {
+            if buf.len() == buf.capacity() {
+                return Ok(true);
+            }
+            let at = offset + buf.len() as u64;
+            let n = if self.in_memory {
+                match rustix::io::pread(&*self.std, rustix::buffer::spare_capacity(buf), at) {
+                    Ok(n) => n,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                if self.no_nowait.get() {
+                    return Ok(false);
+                }
+                match read_cached(&self.std, buf, at) {
+                    Ok(n) => n,
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(false),
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                        self.no_nowait.set(true);
+                        return Ok(false);
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Writes all of `data` at `offset`.
+    async fn write_all_at(&self, data: Bytes, offset: u64) -> std::io::Result<()> {
+        if !self.in_memory {
+            let (res, _) = self.ring()?.write_all_at(data, offset).await;
+            return res;
+        }
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(&*self.std, &data[done..], offset + done as u64) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `preadv2(RWF_NOWAIT)` into `buf`'s spare capacity: what the page cache holds, or
+/// `EAGAIN` at once. Returns the bytes read (appended to `buf`).
+fn read_cached(file: &std::fs::File, buf: &mut Vec<u8>, offset: u64) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let spare = buf.spare_capacity_mut();
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return Ok(0); // past any file's end
+    };
+    // SAFETY: the iovec covers `buf`'s spare capacity, which stays allocated and
+    // unaliased during the call; the kernel writes at most `iov_len` bytes into it.
+    #[allow(unsafe_code)]
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    #[allow(unsafe_code)]
+    unsafe {
+        buf.set_len(buf.len() + n)
+    };
+    Ok(n)
 }
 
 impl Session {
-    fn file(&self, id: u32, handle: &str) -> Result<Rc<monoio::fs::File>, Bytes> {
+    fn file(&self, id: u32, handle: &str) -> Result<Rc<OpenFile>, Bytes> {
         if let Some(f) = self.files.borrow().get(handle) {
             return Ok(f.clone());
         }
-        let std = self.server.file_of(id, handle)?;
-        let dup = std.try_clone().map_err(|e| io_error_reply(id, e))?;
-        let file = Rc::new(monoio::fs::File::from_std(dup).map_err(|e| io_error_reply(id, e))?);
+        let file = Rc::new(OpenFile::new(self.server.file_of(id, handle)?));
         self.files
             .borrow_mut()
             .insert(handle.to_string(), file.clone());
@@ -128,20 +253,32 @@ impl Session {
         self.server.check(id, Need::Read).map_err(|e| vec![e])?;
         let file = self.file(id, handle).map_err(|e| vec![e])?;
         let len = len.min(self.max_read) as usize;
-        // one read, as OpenSSH's sftp-server does: short only at the end of the file
-        let (res, buf) = file.read_at(Vec::with_capacity(len), offset).await;
-        match res {
-            Ok(0) if len > 0 => Ok(vec![eof_reply(id)]),
-            Ok(n) => Ok(vec![data_header(id, n), Bytes::from(buf)]),
-            Err(e) => Err(vec![io_error_reply(id, e)]),
+        let mut buf = Vec::with_capacity(len);
+        let done = file
+            .read_now(&mut buf, offset)
+            .map_err(|e| vec![io_error_reply(id, e)])?;
+        if !done {
+            // one read for the rest, as OpenSSH's sftp-server reads: short only at the
+            // end of the file
+            let ring = file.ring().map_err(|e| vec![io_error_reply(id, e)])?;
+            let at = offset + buf.len() as u64;
+            let start = buf.len();
+            let (res, rest) = ring.read_at(buf.slice_mut(start..), at).await;
+            buf = rest.into_inner();
+            res.map_err(|e| vec![io_error_reply(id, e)])?;
         }
+        if buf.is_empty() && len > 0 {
+            return Ok(vec![eof_reply(id)]);
+        }
+        Ok(vec![data_header(id, buf.len()), Bytes::from(buf)])
     }
 
     async fn write(&self, id: u32, handle: &str, offset: u64, data: Bytes) -> Result<Bytes, Bytes> {
         self.server.check(id, Need::Write)?;
         let file = self.file(id, handle)?;
-        let (res, _) = file.write_all_at(data, offset).await;
-        res.map_err(|e| io_error_reply(id, e))?;
+        file.write_all_at(data, offset)
+            .await
+            .map_err(|e| io_error_reply(id, e))?;
         Ok(ok_reply(id))
     }
 
