@@ -11,11 +11,11 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use gix::hash::{oid, ObjectId};
-use gix::objs::{Find, Kind, TreeRefIter};
+use gix::objs::{Find, Kind};
 use gix_pack::data::output;
 
 use super::bitmap::{BitmappedPack, Bits};
-use super::objects::{commit_links, need, tag_target, Db, ObjectSet};
+use super::objects::{commit_links, for_each_tree_entry, need, tag_target, Db, ObjectSet};
 
 /// Bytes of stored pack data handed to the writer at once (the interrupt flag is checked
 /// between pieces).
@@ -205,21 +205,11 @@ fn mark_tree(db: &dyn Find, marks: &mut Marks<'_>, tree: ObjectId) -> Result<(),
     let mut stack = vec![tree];
     let mut buf = Vec::new();
     while let Some(id) = stack.pop() {
-        let data = match db.try_find(&id, &mut buf) {
-            Ok(Some(data)) => data.data,
-            Ok(None) => return Err(format!("object {id} is missing")),
-            Err(e) => return Err(format!("reading object {id}: {e}")),
-        };
-        for entry in TreeRefIter::from_bytes(data, gix::hash::Kind::Sha1) {
-            let entry = entry.map_err(|e| format!("bad tree {id}: {e}"))?;
-            // submodule commits live in other repositories
-            if entry.mode.is_commit() {
-                continue;
-            }
+        for_each_tree_entry(db, &id, &mut buf, |entry| {
             if marks.mark(entry.oid) && entry.mode.is_tree() {
                 stack.push(entry.oid.to_owned());
             }
-        }
+        })?;
     }
     Ok(())
 }

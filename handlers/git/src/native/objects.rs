@@ -228,20 +228,10 @@ fn walk_tree(
     let mut stack = vec![(tree, Vec::new())];
     let mut buf = Vec::new();
     while let Some((id, dir)) = stack.pop() {
-        let data = match db.try_find(&id, &mut buf) {
-            Ok(Some(data)) => data.data,
-            Ok(None) => return Err(format!("object {id} is missing")),
-            Err(e) => return Err(format!("reading object {id}: {e}")),
-        };
-        for entry in TreeRefIter::from_bytes(data, gix::hash::Kind::Sha1) {
-            let entry = entry.map_err(|e| format!("bad tree {id}: {e}"))?;
-            // submodule commits live in other repositories
-            if entry.mode.is_commit() {
-                continue;
-            }
+        for_each_tree_entry(db, &id, &mut buf, |entry| {
             let child = entry.oid.to_owned();
             if !seen.insert(child) {
-                continue;
+                return;
             }
             let path = if with_paths {
                 let mut p = Vec::with_capacity(dir.len() + 1 + entry.filename.len());
@@ -259,6 +249,28 @@ fn walk_tree(
             if is_tree {
                 stack.push((child, path));
             }
+        })?;
+    }
+    Ok(())
+}
+
+/// Reads tree `id` into `buf` and calls `f` for each of its entries, submodule commits
+/// left out (they live in other repositories). The one tree reader of both walks.
+pub(super) fn for_each_tree_entry(
+    db: &dyn Find,
+    id: &oid,
+    buf: &mut Vec<u8>,
+    mut f: impl FnMut(gix::objs::tree::EntryRef<'_>),
+) -> Result<(), String> {
+    let data = match db.try_find(id, buf) {
+        Ok(Some(data)) => data.data,
+        Ok(None) => return Err(format!("object {id} is missing")),
+        Err(e) => return Err(format!("reading object {id}: {e}")),
+    };
+    for entry in TreeRefIter::from_bytes(data, gix::hash::Kind::Sha1) {
+        let entry = entry.map_err(|e| format!("bad tree {id}: {e}"))?;
+        if !entry.mode.is_commit() {
+            f(entry);
         }
     }
     Ok(())
