@@ -487,6 +487,46 @@ pub fn objects_to_send(
     Ok(selection)
 }
 
+/// The pack entries of `ids`, in their order, in chunks, as `gix-pack` prepares them: a
+/// delta stored in the repository's packs is copied when its base is among `ids` (or,
+/// with `thin`, anywhere: the caller then checks the client has it), else the object goes
+/// whole. The walk found every object already, so there is no second pass over the object
+/// database to count them (gix's `count::objects` would decode each one, every blob
+/// included); `iter_from_counts` only looks up where each one is stored. The one place
+/// both pack writers (the walked fetch's and the full clone's appended objects) get
+/// their entries from.
+pub(super) fn pack_entries(
+    db: &Db,
+    ids: Vec<ObjectId>,
+    thin: bool,
+) -> Result<impl Iterator<Item = Result<Vec<output::Entry>, gix::Error>>, String> {
+    let counts: Vec<output::Count> = ids
+        .into_iter()
+        .map(|id| output::Count {
+            id,
+            entry_pack_location: output::count::PackLocation::NotLookedUp,
+        })
+        .collect();
+    let entries = output::entry::iter_from_counts(
+        counts,
+        db.clone(),
+        Box::new(gix::progress::Discard),
+        output::entry::iter_from_counts::Options {
+            thread_limit: Some(1),
+            mode: output::entry::iter_from_counts::Mode::PackCopyAndBaseObjects,
+            allow_thin_pack: thin,
+            chunk_size: PACK_ENTRY_CHUNK,
+            version: gix_pack::data::Version::V2,
+            compression: output::entry::iter_from_counts::Options::default().compression,
+        },
+    )
+    .map_err(|e| format!("preparing the pack: {e}"))?;
+    Ok(gix::parallel::InOrderIter::from(entries))
+}
+
+/// Pack entries prepared (compressed) at once ahead of the writer.
+const PACK_ENTRY_CHUNK: usize = 64;
+
 /// Writes a pack of `selection` to `out`: deltas already stored in the repository's
 /// packs are copied as they are; with `thin`, a stored delta may keep a base the pack
 /// does not hold if the client has it (else that object goes whole), and a tree or blob
@@ -507,32 +547,9 @@ pub fn write_pack(
         delta_bases,
         shallow: _,
     } = selection;
-    // the walk found every object already: no second pass over the object database to
-    // count them (gix's `count::objects` would decode each one, every blob included);
-    // `iter_from_counts` looks up where each one is stored
-    let counts: Vec<output::Count> = ids
-        .into_iter()
-        .map(|id| output::Count {
-            id,
-            entry_pack_location: output::count::PackLocation::NotLookedUp,
-        })
-        .collect();
-    let num_entries = counts.len();
+    let num_entries = ids.len();
     let compression = output::entry::iter_from_counts::Options::default().compression;
-    let entries = output::entry::iter_from_counts(
-        counts,
-        db.clone(),
-        Box::new(gix::progress::Discard),
-        output::entry::iter_from_counts::Options {
-            thread_limit: Some(1),
-            mode: output::entry::iter_from_counts::Mode::PackCopyAndBaseObjects,
-            allow_thin_pack: thin,
-            chunk_size: 64,
-            version: gix_pack::data::Version::V2,
-            compression,
-        },
-    )
-    .map_err(|e| format!("preparing the pack: {e}"))?;
+    let entries = pack_entries(db, ids, thin)?;
     let mut failure: Option<String> = None;
     let mut thinned = ThinEntries {
         db,
@@ -543,7 +560,7 @@ pub fn write_pack(
     };
     // after a failure the pack ends short (the client's index-pack refuses it) and the
     // error is reported
-    let entries = gix::parallel::InOrderIter::from(entries).map_while(|chunk| {
+    let entries = entries.map_while(|chunk| {
         if failure.is_some() {
             return None;
         }
