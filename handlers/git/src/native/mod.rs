@@ -11,12 +11,14 @@
 //! * [`full_clone`], [`bitmap`]: a full clone from git's reachability bitmaps, the
 //!   stored pack sent as it is.
 //! * [`delta`]: git's delta encoding, for new deltas in thin packs.
+//! * [`negotiate`]: protocol v0's acknowledgments (`multi_ack_detailed`, `no-done`).
 //! * [`shallow`]: the boundary of shallow clones and fetches.
 
 pub mod bitmap;
 pub mod bridge;
 pub mod delta;
 pub mod full_clone;
+pub mod negotiate;
 pub mod objects;
 pub mod pkt;
 pub mod receive;

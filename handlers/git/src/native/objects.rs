@@ -95,10 +95,18 @@ pub fn peel(db: &dyn Find, id: ObjectId) -> Result<(ObjectId, Kind), String> {
 }
 
 /// A commit's committer time and parents.
-fn commit_time_and_parents(db: &dyn Find, id: &ObjectId) -> Result<(i64, Vec<ObjectId>), String> {
+pub(super) fn commit_time_and_parents(
+    db: &dyn Find,
+    id: &ObjectId,
+) -> Result<(i64, Vec<ObjectId>), String> {
     let (_, data) = need(db, id)?;
-    let (_, parents) = commit_links(&data)?;
-    let time = CommitRefIter::from_bytes(&data, gix::hash::Kind::Sha1)
+    commit_time_and_parents_of(&data)
+}
+
+/// The committer time and parents of a commit's bytes.
+pub(super) fn commit_time_and_parents_of(data: &[u8]) -> Result<(i64, Vec<ObjectId>), String> {
+    let (_, parents) = commit_links(data)?;
+    let time = CommitRefIter::from_bytes(data, gix::hash::Kind::Sha1)
         .committer()
         .map(|c| c.seconds())
         .unwrap_or(0);

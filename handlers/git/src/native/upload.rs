@@ -3,9 +3,10 @@
 //!
 //! Negotiation is stateless in v2, as the protocol intends: every `fetch` round carries
 //! all wants and the haves the client wants considered; the server acknowledges those it
-//! has and says `ready` as soon as one is common, then sends the pack. v0 uses the plain
-//! (non-`multi_ack`) mode: `ACK` for the first common object, `NAK` on a flush before
-//! one is found, the pack after `done`. Shallow requests (`shallow`, `deepen`,
+//! has and says `ready` as soon as one is common, then sends the pack. v0 acknowledges as
+//! the client asked (plain, `multi_ack`, `multi_ack_detailed` with `no-done`: see
+//! [`super::negotiate`]) and sends the pack after `done` or, with `no-done`, as soon as it
+//! said `ready`. Shallow requests (`shallow`, `deepen`,
 //! `deepen-relative`, `deepen-since`, `deepen-not`) are served by [`super::shallow`]:
 //! v2 says the boundary in a `shallow-info` section before the pack, v0 right after the
 //! wants (drawn from the wants alone, as git does).
@@ -16,6 +17,7 @@ use std::sync::atomic::AtomicBool;
 use gix::hash::ObjectId;
 
 use super::full_clone;
+use super::negotiate::{AckMode, AfterFlush, V0Negotiation};
 use super::objects::{self, Db};
 use super::pkt::{self, Pkt, PktError, PktReader, SideBand};
 use super::shallow::{DeepenRequest, ShallowPlan};
@@ -608,7 +610,7 @@ pub fn serve_v0(
         pkt::write_text(output, "version 1").map_err(io)?;
     }
     let mut caps = format!(
-        "side-band-64k ofs-delta thin-pack no-progress include-tag shallow deepen-since deepen-not deepen-relative agent={} object-format=sha1",
+        "multi_ack thin-pack side-band-64k ofs-delta shallow deepen-since deepen-not deepen-relative no-progress include-tag multi_ack_detailed no-done agent={} object-format=sha1",
         agent()
     );
     if let Some(t) = &head_target {
@@ -637,6 +639,7 @@ pub fn serve_v0(
 
     let mut reader = PktReader::new(input);
     let mut request = FetchRequest::default();
+    let (mut ack_mode, mut no_done) = (AckMode::Single, false);
     // wants (the first carries the client's capabilities), up to a flush
     loop {
         match reader.read() {
@@ -663,6 +666,7 @@ pub fn serve_v0(
                 };
                 let id = parse_oid(hex).ok_or("bad want")?;
                 if request.wants.is_empty() {
+                    ack_mode = AckMode::from_capabilities(caps.split(|b| *b == b' '));
                     for cap in caps.split(|b| *b == b' ') {
                         match cap {
                             b"side-band-64k" => request.side_band = true,
@@ -670,6 +674,7 @@ pub fn serve_v0(
                             b"include-tag" => request.include_tag = true,
                             b"thin-pack" => request.thin_pack = true,
                             b"deepen-relative" => request.deepen.relative = true,
+                            b"no-done" => no_done = true,
                             _ => {}
                         }
                     }
@@ -701,37 +706,63 @@ pub fn serve_v0(
         output.flush().map_err(io)?;
         plan = Some(drawn);
     }
-    // haves in flushed batches, until done
+    // haves in flushed batches, until done (or, with no-done, until the server is ready)
+    let mut negotiation = match V0Negotiation::new(
+        &db,
+        &request.wants,
+        ack_mode,
+        no_done,
+        limits.max_check_objects,
+    ) {
+        Ok(n) => n,
+        Err(e) => return refuse(output, &format!("upload-pack: {e}")),
+    };
     let mut common: Vec<ObjectId> = Vec::new();
+    let mut answer = Vec::new();
+    let write_lines = |output: &mut dyn Write, lines: &mut Vec<String>| {
+        for line in lines.drain(..) {
+            pkt::write_text(output, &line).map_err(io)?;
+        }
+        Ok::<(), String>(())
+    };
     loop {
         match reader.read().map_err(|e| e.to_string())? {
             Pkt::Flush => {
-                if common.is_empty() {
-                    pkt::write_text(output, "NAK").map_err(io)?;
-                }
+                let after = negotiation.flush(&db, &mut answer);
+                let after = match after {
+                    Ok(a) => a,
+                    Err(e) => return refuse(output, &format!("upload-pack: {e}")),
+                };
+                write_lines(output, &mut answer)?;
                 output.flush().map_err(io)?;
-            }
-            Pkt::Data(b"done") => break,
-            Pkt::Data(line) => {
-                let hex = line.strip_prefix(b"have ").ok_or("expected have or done")?;
-                let id = parse_oid(hex).ok_or("bad have")?;
-                use gix::objs::Exists;
-                if db.exists(&id) {
-                    if common.is_empty() {
-                        pkt::write_text(output, &format!("ACK {id}")).map_err(io)?;
-                    }
-                    FetchRequest::push_bounded(&mut common, id, limits)?;
+                if after == AfterFlush::SendPack {
+                    break;
                 }
-                request.haves.push(id);
-                if request.haves.len() > limits.max_negotiation_lines {
+            }
+            Pkt::Data(b"done") => {
+                negotiation.done(&mut answer);
+                write_lines(output, &mut answer)?;
+                break;
+            }
+            Pkt::Data(line) => {
+                let Some(id) = line.strip_prefix(b"have ").and_then(parse_oid) else {
+                    return refuse(output, "expected have or done");
+                };
+                if request.haves.len() >= limits.max_negotiation_lines {
                     return refuse(output, "too many have lines");
                 }
+                request.haves.push(id);
+                use gix::objs::Exists;
+                if db.exists(&id) {
+                    common.push(id);
+                }
+                if let Err(e) = negotiation.have(&db, id, &mut answer) {
+                    return refuse(output, &format!("upload-pack: {e}"));
+                }
+                write_lines(output, &mut answer)?;
             }
             _ => return refuse(output, "unexpected special packet"),
         }
-    }
-    if common.is_empty() {
-        pkt::write_text(output, "NAK").map_err(io)?;
     }
     let outgoing = select(&repo, &db, &refs, &request, &common, plan, limits)?;
     if request.side_band {
