@@ -79,6 +79,9 @@ pub struct GitConfig {
     /// gix backend: answer full clones from git's reachability bitmaps (`pack-*.bitmap`)
     /// when a pack has one, instead of walking the history.
     pub use_bitmaps: bool,
+    /// gix backend: serve partial clones (`git clone --filter=blob:none`, `blob:limit`,
+    /// `tree:<depth>`): `filter` advertised, the objects it names left out.
+    pub allow_filter: bool,
 }
 
 impl Default for GitConfig {
@@ -102,6 +105,7 @@ impl Default for GitConfig {
             delta_base_cache_bytes: crate::native::DELTA_BASE_CACHE_BYTES,
             max_delta_bytes: crate::native::MAX_DELTA_BYTES,
             use_bitmaps: crate::native::USE_BITMAPS,
+            allow_filter: crate::native::ALLOW_FILTER,
         }
     }
 }
@@ -170,6 +174,7 @@ impl GitConfig {
             delta_base_cache_bytes: self.delta_base_cache_bytes,
             max_delta_bytes: self.max_delta_bytes,
             use_bitmaps: self.use_bitmaps,
+            allow_filter: self.allow_filter,
         }
     }
 

@@ -16,6 +16,7 @@ use std::sync::atomic::AtomicBool;
 
 use gix::hash::ObjectId;
 
+use super::filter::ObjectFilter;
 use super::full_clone;
 use super::negotiate::{AckMode, AfterFlush, V0Negotiation};
 use super::objects::{self, Db};
@@ -115,6 +116,8 @@ struct FetchRequest {
     /// The client takes a thin pack (deltas against objects it has).
     thin_pack: bool,
     deepen: DeepenRequest,
+    /// Partial clone: what to leave out.
+    filter: Option<ObjectFilter>,
 }
 
 impl FetchRequest {
@@ -131,6 +134,21 @@ impl FetchRequest {
         }
         list.push(id);
         Ok(())
+    }
+
+    /// Takes a `filter <spec>` argument; `Ok(false)` if `arg` is not one.
+    fn filter_arg(&mut self, arg: &[u8], limits: &NativeLimits) -> Result<bool, String> {
+        let Some(spec) = arg.strip_prefix(b"filter ") else {
+            return Ok(false);
+        };
+        if !limits.allow_filter {
+            return Err("filter: partial clone is not allowed on this server".into());
+        }
+        if self.filter.is_some() {
+            return Err("filter: only one filter per request".into());
+        }
+        self.filter = Some(ObjectFilter::parse(spec).map_err(|e| format!("filter: {e}"))?);
+        Ok(true)
     }
 
     /// Takes a shallow-related argument (`shallow`, `deepen`, `deepen-since`,
@@ -246,7 +264,13 @@ fn select(
     } else {
         Vec::new()
     };
-    if limits.use_bitmaps && common.is_empty() && !request.deepen.is_shallow() && plan.is_none() {
+    // a filtered clone walks: the bitmap's object set is everything the wants reach
+    if limits.use_bitmaps
+        && common.is_empty()
+        && !request.deepen.is_shallow()
+        && plan.is_none()
+        && request.filter.is_none()
+    {
         if let Some(clone) = full_clone::select(
             db,
             repo.path(),
@@ -271,6 +295,7 @@ fn select(
             tags: &tags,
             thin: request.thin_pack,
             deepen: &request.deepen,
+            filter: request.filter.as_ref(),
         },
         plan,
         limits.max_check_objects,
@@ -402,11 +427,16 @@ pub fn serve_v2(
             return Err(e);
         }
     };
+    let fetch = if limits.allow_filter {
+        "fetch=shallow filter"
+    } else {
+        "fetch=shallow"
+    };
     for line in [
         "version 2",
         &format!("agent={}", agent()),
         "ls-refs=unborn",
-        "fetch=shallow",
+        fetch,
         "server-option",
         "object-format=sha1",
     ] {
@@ -466,6 +496,11 @@ pub fn serve_v2(
                         FetchRequest::push_bounded(&mut request.haves, id, limits)?;
                     } else {
                         match request.shallow_arg(&repo, &db, arg, limits) {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(e) => return refuse(output, &e),
+                        }
+                        match request.filter_arg(arg, limits) {
                             Ok(true) => continue,
                             Ok(false) => {}
                             Err(e) => return refuse(output, &e),
@@ -613,6 +648,12 @@ pub fn serve_v0(
         "multi_ack thin-pack side-band-64k ofs-delta shallow deepen-since deepen-not deepen-relative no-progress include-tag multi_ack_detailed no-done agent={} object-format=sha1",
         agent()
     );
+    if limits.allow_filter {
+        // a partial clone fetches missing objects by id later (git's v0 client asks only
+        // when these are advertised); wants are checked for existence, not reachability
+        // (as git's uploadpack.allowAnySHA1InWant, which advertises the same two)
+        caps.push_str(" filter allow-tip-sha1-in-want allow-reachable-sha1-in-want");
+    }
     if let Some(t) = &head_target {
         caps = format!("symref=HEAD:{t} {caps}");
     }
@@ -649,6 +690,11 @@ pub fn serve_v0(
             Ok(Pkt::Data(line)) => {
                 if !line.starts_with(b"want ") {
                     match request.shallow_arg(&repo, &db, line, limits) {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => return refuse(output, &e),
+                    }
+                    match request.filter_arg(line, limits) {
                         Ok(true) => continue,
                         Ok(false) => {}
                         Err(e) => return refuse(output, &e),
