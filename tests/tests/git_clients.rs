@@ -1435,3 +1435,59 @@ fn gix_backend_partial_clone() {
     );
     assert!(kinds(&dst).contains(&"blob".to_string()));
 }
+
+/// Protocol v2 `want-ref` (gix backend): the server advertises `ref-in-want`, so git's
+/// fetch of branches by name asks with `want-ref refs/heads/…` and takes the object ids
+/// from the `wanted-refs` section; the fetch gets the new commits.
+#[test]
+fn gix_backend_v2_want_ref() {
+    if require_git().is_none() {
+        return;
+    }
+    let srv = start("gix", "");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = seeded(&srv, tmp.path(), "wr.git");
+    let url = srv.url("wr.git");
+    let dst = tmp.path().join("wr-clone");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &["clone", "--quiet", &url, s(&dst)],
+    );
+    std::fs::write(src.join("wanted.txt"), "asked for by name\n").expect("write");
+    git_ok(&src, &["add", "."]);
+    git_ok(&src, &["commit", "--quiet", "-m", "wanted"]);
+    srv.git_ok(&src, Some(WRITER_TOKEN), &["push", "--quiet", &url, "main"]);
+    let trace = tmp.path().join("trace");
+    let out = run({
+        let mut c = srv.git(
+            &dst,
+            Some(READER_TOKEN),
+            &["-c", "protocol.version=2", "fetch", "origin", "main"],
+        );
+        c.env("GIT_TRACE_PACKET", s(&trace));
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(&trace).expect("trace");
+    let tip = git_ok(&src, &["rev-parse", "main"]).trim().to_string();
+    assert!(trace.contains("ref-in-want"), "advertised");
+    assert!(
+        trace.contains("fetch> want-ref refs/heads/main"),
+        "git used want-ref: {trace}"
+    );
+    assert!(trace.contains("fetch< wanted-refs"), "{trace}");
+    assert!(
+        trace.contains(&format!("fetch< {tip} refs/heads/main")),
+        "{trace}"
+    );
+    assert_eq!(
+        git_ok(&dst, &["rev-parse", "FETCH_HEAD"]).trim(),
+        tip.as_str()
+    );
+    git_ok(&dst, &["fsck", "--full"]);
+}

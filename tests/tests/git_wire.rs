@@ -233,7 +233,7 @@ fn s(p: &std::path::Path) -> &str {
 }
 
 /// The pkt-lines of `bytes` up to the first that is not text (the pack's side-band
-/// data), flushes as `0000`.
+/// data), flushes and delimiters as `0000` and `0001`.
 fn text_lines(bytes: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     let mut at = 0;
@@ -242,8 +242,9 @@ fn text_lines(bytes: &[u8]) -> Vec<String> {
         else {
             break;
         };
-        if len == 0 {
-            out.push("0000".to_string());
+        if len < 4 {
+            // flush, delimiter, response end
+            out.push(format!("{len:04}"));
             at += 4;
             continue;
         }
@@ -321,5 +322,74 @@ fn v0_no_done_sends_the_pack_after_ready() {
             "the pack follows the final ACK"
         );
         assert!(lines[0].contains("multi_ack_detailed") && lines[0].contains("no-done"));
+    });
+}
+
+/// Protocol v2 `want-ref` on the wire: a `wanted-refs` section before the pack; an
+/// unknown reference (or an abbreviated name) is an `ERR`, and so is an unsupported
+/// partial-clone filter.
+#[test]
+fn v2_want_ref_and_bad_arguments() {
+    if require_git().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (handler, src) = served_repo(dir.path(), "w.git", 10, GitConfig::default());
+    let server = start_server(ServerOptions {
+        handlers: vec![Arc::new(handler)],
+        ..ServerOptions::default()
+    });
+    let tip = alknet_tests::git::git_ok(&src, &["rev-parse", "main"])
+        .trim()
+        .to_string();
+    run_client(|| async move {
+        let endpoint = client_endpoint();
+        let conn = connect(&endpoint, &server, alknet_git::ALPN)
+            .await
+            .expect("connect");
+        let fetch = |args: &[&str]| {
+            let mut talk = encode_request(Service::UploadPack, "/w.git", None, Some(2), None);
+            talk.extend(encode_pkt_line(b"command=fetch\n"));
+            talk.extend_from_slice(b"0001");
+            for a in args {
+                talk.extend(encode_pkt_line(format!("{a}\n").as_bytes()));
+            }
+            talk.extend_from_slice(b"0000");
+            talk
+        };
+        let reply = exchange(
+            &conn,
+            &fetch(&["want-ref refs/heads/main", "no-progress", "done"]),
+            true,
+        )
+        .await;
+        let lines = text_lines(&reply);
+        let at = lines
+            .iter()
+            .position(|l| l == "wanted-refs")
+            .unwrap_or_else(|| panic!("no wanted-refs: {lines:#?}"));
+        assert_eq!(lines[at + 1], format!("{tip} refs/heads/main"));
+        assert_eq!(lines[at + 2], "0001");
+        assert_eq!(lines[at + 3], "packfile");
+        assert!(reply.windows(4).any(|w| w == b"PACK"));
+        for (args, needle) in [
+            (
+                &["want-ref refs/heads/nope", "done"][..],
+                "unknown ref refs/heads/nope",
+            ),
+            (&["want-ref main", "done"][..], "unknown ref main"),
+            (
+                &[&format!("want {tip}")[..], "filter sparse:oid=x", "done"][..],
+                "unsupported filter spec",
+            ),
+        ] {
+            let reply = exchange(&conn, &fetch(args), true).await;
+            let text = String::from_utf8_lossy(&reply);
+            let err = text
+                .find("ERR ")
+                .unwrap_or_else(|| panic!("no ERR: {text:?}"));
+            assert!(text[err..].contains(needle), "{needle:?} not in {text:?}");
+        }
+        assert!(conn.close_reason().is_none(), "the connection stays");
     });
 }

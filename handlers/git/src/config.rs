@@ -82,6 +82,9 @@ pub struct GitConfig {
     /// gix backend: serve partial clones (`git clone --filter=blob:none`, `blob:limit`,
     /// `tree:<depth>`): `filter` advertised, the objects it names left out.
     pub allow_filter: bool,
+    /// gix backend: protocol v2 `want-ref` (`ref-in-want` advertised; git's
+    /// `uploadpack.allowRefInWant`).
+    pub allow_want_ref: bool,
 }
 
 impl Default for GitConfig {
@@ -106,6 +109,7 @@ impl Default for GitConfig {
             max_delta_bytes: crate::native::MAX_DELTA_BYTES,
             use_bitmaps: crate::native::USE_BITMAPS,
             allow_filter: crate::native::ALLOW_FILTER,
+            allow_want_ref: crate::native::ALLOW_WANT_REF,
         }
     }
 }
@@ -175,6 +179,7 @@ impl GitConfig {
             max_delta_bytes: self.max_delta_bytes,
             use_bitmaps: self.use_bitmaps,
             allow_filter: self.allow_filter,
+            allow_want_ref: self.allow_want_ref,
         }
     }
 

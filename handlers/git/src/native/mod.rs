@@ -58,6 +58,11 @@ pub const USE_BITMAPS: bool = true;
 /// ([`filter`]). Off, a request with a filter is refused.
 pub const ALLOW_FILTER: bool = true;
 
+/// Protocol v2 `want-ref` (git's `uploadpack.allowRefInWant`): `ref-in-want` advertised,
+/// references asked for by name answered in a `wanted-refs` section. Off, `want-ref` is
+/// refused.
+pub const ALLOW_WANT_REF: bool = true;
+
 /// The limits of the gix backend, from `[git]`.
 #[derive(Debug, Clone)]
 pub struct NativeLimits {
@@ -68,6 +73,7 @@ pub struct NativeLimits {
     pub max_delta_bytes: usize,
     pub use_bitmaps: bool,
     pub allow_filter: bool,
+    pub allow_want_ref: bool,
 }
 
 impl Default for NativeLimits {
@@ -80,6 +86,7 @@ impl Default for NativeLimits {
             max_delta_bytes: MAX_DELTA_BYTES,
             use_bitmaps: USE_BITMAPS,
             allow_filter: ALLOW_FILTER,
+            allow_want_ref: ALLOW_WANT_REF,
         }
     }
 }

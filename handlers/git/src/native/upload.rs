@@ -118,6 +118,8 @@ struct FetchRequest {
     deepen: DeepenRequest,
     /// Partial clone: what to leave out.
     filter: Option<ObjectFilter>,
+    /// v2 `want-ref`: the references asked for by name and what they point at.
+    wanted_refs: Vec<(String, ObjectId)>,
 }
 
 impl FetchRequest {
@@ -134,6 +136,34 @@ impl FetchRequest {
         }
         list.push(id);
         Ok(())
+    }
+
+    /// Takes a `want-ref <name>` argument (v2): the reference, by its full name, must
+    /// exist; what it points at becomes a want. `Ok(false)` if `arg` is not one.
+    fn want_ref_arg(
+        &mut self,
+        repo: &gix::Repository,
+        arg: &[u8],
+        limits: &NativeLimits,
+    ) -> Result<bool, String> {
+        let Some(name) = arg.strip_prefix(b"want-ref ") else {
+            return Ok(false);
+        };
+        if !limits.allow_want_ref {
+            return Err("want-ref is not allowed on this server".into());
+        }
+        let name = std::str::from_utf8(name)
+            .map_err(|_| "want-ref: the reference name is not UTF-8".to_string())?;
+        let id = resolve_full_ref(repo, name)?.ok_or_else(|| format!("unknown ref {name}"))?;
+        if self.wanted_refs.len() >= limits.max_negotiation_lines {
+            return Err(format!(
+                "more than {} want-ref lines",
+                limits.max_negotiation_lines
+            ));
+        }
+        self.wanted_refs.push((name.to_string(), id));
+        Self::push_bounded(&mut self.wants, id, limits)?;
+        Ok(true)
     }
 
     /// Takes a `filter <spec>` argument; `Ok(false)` if `arg` is not one.
@@ -206,6 +236,35 @@ impl FetchRequest {
         }
         Ok(true)
     }
+}
+
+/// What the reference named exactly `name` (`HEAD` or `refs/…`, no abbreviation) points
+/// at, symbolic references followed; `None` if there is no such reference.
+fn resolve_full_ref(repo: &gix::Repository, name: &str) -> Result<Option<ObjectId>, String> {
+    use gix::refs::Target;
+    if name != "HEAD" && !name.starts_with("refs/") {
+        return Ok(None);
+    }
+    let mut name = name.to_string();
+    // bounded: a longer chain of symbolic references is not followed
+    for _ in 0..5 {
+        let found = match repo.refs.try_find(name.as_str()) {
+            Ok(f) => f,
+            // not a valid reference name: no such reference
+            Err(_) => return Ok(None),
+        };
+        let Some(r) = found else { return Ok(None) };
+        if r.name.as_bstr() != name.as_str() {
+            return Ok(None);
+        }
+        match r.target {
+            Target::Object(id) => return Ok(Some(id)),
+            Target::Symbolic(t) => name = t.as_bstr().to_string(),
+        }
+    }
+    Err(format!(
+        "want-ref: symbolic reference chain at {name} is too long"
+    ))
 }
 
 /// The objects among `haves` that the repository has.
@@ -427,16 +486,18 @@ pub fn serve_v2(
             return Err(e);
         }
     };
-    let fetch = if limits.allow_filter {
-        "fetch=shallow filter"
-    } else {
-        "fetch=shallow"
-    };
+    let mut fetch = "fetch=shallow".to_string();
+    if limits.allow_filter {
+        fetch.push_str(" filter");
+    }
+    if limits.allow_want_ref {
+        fetch.push_str(" ref-in-want");
+    }
     for line in [
         "version 2",
         &format!("agent={}", agent()),
         "ls-refs=unborn",
-        fetch,
+        &fetch,
         "server-option",
         "object-format=sha1",
     ] {
@@ -505,6 +566,11 @@ pub fn serve_v2(
                             Ok(false) => {}
                             Err(e) => return refuse(output, &e),
                         }
+                        match request.want_ref_arg(&repo, arg, limits) {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(e) => return refuse(output, &e),
+                        }
                         match arg {
                             b"done" => request.done = true,
                             b"no-progress" => request.no_progress = true,
@@ -552,6 +618,13 @@ pub fn serve_v2(
                     if let Some(plan) = outgoing.shallow() {
                         write_shallow_info(output, plan).map_err(io)?;
                     }
+                }
+                if !request.wanted_refs.is_empty() {
+                    pkt::write_text(output, "wanted-refs").map_err(io)?;
+                    for (name, id) in &request.wanted_refs {
+                        pkt::write_text(output, &format!("{id} {name}")).map_err(io)?;
+                    }
+                    pkt::write_delim(output).map_err(io)?;
                 }
                 pkt::write_text(output, "packfile").map_err(io)?;
                 send_pack(&db, &request, outgoing, output, interrupt, limits)?;
