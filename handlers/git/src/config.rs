@@ -207,6 +207,12 @@ mod tests {
                 .expect("parses");
         assert!(c.allow_force_push);
         assert_eq!(c.backend, GitBackend::Git);
+        let d = GitConfig::default().native_limits();
+        assert!(d.allow_filter && d.allow_want_ref);
+        let c: GitConfig =
+            toml::from_str("allow_filter = false\nallow_want_ref = false").expect("parses");
+        let l = c.native_limits();
+        assert!(!l.allow_filter && !l.allow_want_ref);
         assert_eq!(GitConfig::default().backend, GitBackend::Gix);
         assert!(toml::from_str::<GitConfig>("rot = \"/x\"").is_err());
         assert!(toml::from_str::<GitConfig>("backend = \"cgit\"").is_err());
