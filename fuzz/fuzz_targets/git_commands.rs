@@ -1,6 +1,7 @@
 //! The gix backend's conversation after the request line, for both services: upload-pack
 //! v2 (`command=ls-refs` / `command=fetch` and their arguments), upload-pack v0 (wants,
-//! haves, done) and receive-pack (ref updates, push options, the pack), fed arbitrary
+//! haves, done) and receive-pack (ref updates, push options, the pack), and the `filter`
+//! spec of partial clone on its own, fed arbitrary
 //! bytes against an empty bare repository. Nothing may panic; whatever is pushed must not
 //! leave a quarantine or change a ref when refused.
 #![no_main]
@@ -27,10 +28,15 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, input)) = data.split_first() else {
         return;
     };
-    let (service, version) = match which % 3 {
+    let (service, version) = match which % 4 {
         0 => (Service::UploadPack, 2),
         1 => (Service::UploadPack, 0),
-        _ => (Service::ReceivePack, 0),
+        2 => (Service::ReceivePack, 0),
+        _ => {
+            // a fetch's `filter <spec>` (partial clone) on its own
+            let _ = alknet_git::native::filter::ObjectFilter::parse(input);
+            return;
+        }
     };
     let command = NativeCommand {
         service,

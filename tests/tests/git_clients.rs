@@ -249,9 +249,7 @@ fn clone_and_fetch_over_v2_and_v0(backend: &str) {
         !trace.contains("version 2") && trace.contains("ofs-delta"),
         "{trace}"
     );
-    if backend == "git" {
-        assert!(trace.contains("multi_ack"));
-    }
+    assert!(trace.contains("multi_ack_detailed"), "{trace}");
 
     // new commits on the server side: a fetch transfers only those
     let clone = tmp.path().join("v2");
@@ -1058,4 +1056,438 @@ fn gix_backend_full_clone_from_the_bitmap() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("pack-reused"), "{stderr}");
     assert_eq!(all_objects(&dst), reachable_objects(&src2));
+}
+
+/// Object ids in the packs of repository `dir` (a work tree's `.git`), sorted.
+fn pack_objects(git_dir: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(git_dir.join("objects/pack"))
+        .expect("packs")
+        .filter_map(Result::ok)
+    {
+        if e.file_name().to_string_lossy().ends_with(".idx") {
+            let idx = s(&e.path()).to_string();
+            v.extend(
+                git_ok(git_dir, &["verify-pack", "-v", &idx])
+                    .lines()
+                    .filter(|l| l.len() > 41 && l.as_bytes()[40] == b' ')
+                    .map(|l| l[..40].to_string()),
+            );
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Protocol v0 negotiation over several rounds (gix backend): the clone has 200 commits
+/// the server lacks, newer than anything common, so git sends its haves in growing
+/// batches (16, 32, 64, …) that the server answers with `NAK` until the commit both have
+/// comes; then `ACK <id> common`, `ACK <id> ready` (for that batch's haves), the
+/// client's `done`, the final `ACK` and the pack. The fetch gets what it lacks and nothing else (a thin pack's
+/// bases, which the client's index-pack appends from its own objects, are not new).
+#[test]
+fn gix_backend_v0_multi_ack_detailed_negotiation() {
+    if require_git().is_none() {
+        return;
+    }
+    let srv = start("gix", "");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = seeded(&srv, tmp.path(), "nego.git");
+    let url = srv.url("nego.git");
+    let dst = tmp.path().join("nego-clone");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &["clone", "--quiet", &url, s(&dst)],
+    );
+    let old_tip = git_ok(&dst, &["rev-parse", "origin/main"])
+        .trim()
+        .to_string();
+    // 200 local commits the server never sees, newer than the common history, and 100
+    // older ones on unrelated history (so haves still follow the common one: the server
+    // ends the negotiation, not the client running out of haves); fast-import, one process
+    let mut stream = String::new();
+    for i in 0..100 {
+        stream.push_str(&format!(
+            "commit refs/heads/old\ncommitter T <t@e> {} +0000\ndata 7\nold {i:03}\nM 100644 inline old.txt\ndata 4\n{i:03}\n\n",
+            1_500_000_000 + i * 60,
+        ));
+    }
+    for i in 0..200 {
+        stream.push_str(&format!(
+            "commit refs/heads/local\ncommitter T <t@e> {} +0000\ndata 9\nlocal {i:03}\n{}M 100644 inline local.txt\ndata 4\n{i:03}\n\n",
+            2_000_000_000 + i * 60,
+            if i == 0 { format!("from {old_tip}\n") } else { String::new() },
+        ));
+    }
+    let mut cmd = alknet_tests::git::git_cmd(&dst);
+    cmd.args(["fast-import", "--quiet"])
+        .stdin(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("fast-import");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stream.as_bytes())
+            .expect("feed fast-import");
+    }
+    let out = alknet_tests::wait_output(child, alknet_tests::git::GIT_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // three new commits on the server
+    for i in 0..3 {
+        std::fs::write(src.join(format!("n{i}.txt")), format!("new {i}\n")).expect("write");
+        git_ok(&src, &["add", "."]);
+        git_ok(&src, &["commit", "--quiet", "-m", &format!("new {i}")]);
+    }
+    srv.git_ok(&src, Some(WRITER_TOKEN), &["push", "--quiet", &url, "main"]);
+    let new_tip = git_ok(&src, &["rev-parse", "main"]).trim().to_string();
+    let before = pack_objects(&dst.join(".git"));
+    let trace = tmp.path().join("trace");
+    let out = run({
+        let mut c = srv.git(
+            &dst,
+            Some(READER_TOKEN),
+            &[
+                "-c",
+                "protocol.version=0",
+                "-c",
+                "fetch.unpackLimit=1",
+                "-c",
+                "transfer.unpackLimit=1",
+                "fetch",
+                "origin",
+            ],
+        );
+        c.env("GIT_TRACE_PACKET", s(&trace));
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        git_ok(&dst, &["rev-parse", "origin/main"]).trim(),
+        new_tip.as_str()
+    );
+    git_ok(&dst, &["fsck", "--full", "--strict"]);
+    let trace = std::fs::read_to_string(&trace).expect("trace");
+    let lines: Vec<&str> = trace.lines().filter(|l| l.contains("fetch")).collect();
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    let answers: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("fetch< ") || l.contains("fetch> 0000") || l.contains("done"))
+        .collect();
+    assert!(count("fetch> have ") >= 200, "all local commits offered");
+    assert!(
+        count("fetch< NAK") >= 3,
+        "several rounds: {}",
+        count("fetch< NAK")
+    );
+    let common = format!("fetch< ACK {old_tip} common");
+    let ready = " ready";
+    assert!(count(&common) >= 1, "{common} missing: {answers:#?}");
+    assert!(count(ready) >= 1, "{ready} missing: {answers:#?}");
+    // the final ACK: a plain one, after the ready
+    let last_ack = answers
+        .iter()
+        .rev()
+        .find(|l| l.contains("fetch< ACK "))
+        .expect("an ACK");
+    assert!(
+        last_ack.len() >= 40
+            && last_ack.trim_end().split(' ').count() > 2
+            && !last_ack.ends_with("common")
+            && !last_ack.ends_with("ready"),
+        "the final ACK: {answers:#?}"
+    );
+    // git uses no-done only over stateless transports (HTTP): here the client stops
+    // sending haves at the ready and says done (git_wire tests no-done itself)
+    assert!(
+        count("multi_ack_detailed") >= 1,
+        "the client chose multi_ack_detailed"
+    );
+    let at = |needle: &str| answers.iter().position(|l| l.contains(needle));
+    assert!(
+        at(ready) < at("fetch> done"),
+        "ready before the client's done: {answers:#?}"
+    );
+    // exactly what the clone lacked (and thin-pack bases it already had)
+    let missing: Vec<String> = {
+        let mut v: Vec<String> = git_ok(
+            &src,
+            &["rev-list", "--objects", &new_tip, &format!("^{old_tip}")],
+        )
+        .lines()
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(missing.len(), 9, "3 commits, 3 trees, 3 blobs: {missing:?}");
+    let got: Vec<String> = pack_objects(&dst.join(".git"))
+        .into_iter()
+        .filter(|o| !before.contains(o))
+        .collect();
+    assert_eq!(
+        got, missing,
+        "the fetch's new objects are exactly the missing ones"
+    );
+}
+
+/// `(id, type)` of every object in the packs of `git_dir`.
+fn pack_types(git_dir: &Path) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(git_dir.join("objects/pack"))
+        .expect("packs")
+        .filter_map(Result::ok)
+    {
+        if e.file_name().to_string_lossy().ends_with(".idx") {
+            let idx = s(&e.path()).to_string();
+            for l in git_ok(git_dir, &["verify-pack", "-v", &idx]).lines() {
+                let mut words = l.split_whitespace();
+                if let (Some(id), Some(kind)) = (words.next(), words.next()) {
+                    if id.len() == 40 {
+                        v.push((id.to_string(), kind.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Partial clone (gix backend): `--filter=blob:none` over `alknet://` (v2) and `ext::`
+/// gets a pack without blobs; checking out and `git log -p` then fetch the blobs lazily
+/// through the same transport; `fsck` is clean. `tree:0` sends commits (and tags) only,
+/// `blob:limit=1k` leaves out the 32 KiB binary blobs. An unsupported spec is refused
+/// with a clear error; with `allow_filter = false` git is told nothing and clones whole.
+#[test]
+fn gix_backend_partial_clone() {
+    if require_git().is_none() {
+        return;
+    }
+    let srv = start("gix", "");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = seeded(&srv, tmp.path(), "pub/part.git");
+    let url = srv.url("pub/part.git");
+    let kinds = |dir: &Path| -> Vec<String> {
+        let mut k: Vec<String> = pack_types(&dir.join(".git"))
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    // blob:none, no checkout: the pack holds commits and trees only
+    let dst = tmp.path().join("blobless");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &[
+            "clone",
+            "--quiet",
+            "--no-checkout",
+            "--filter=blob:none",
+            &url,
+            s(&dst),
+        ],
+    );
+    assert_eq!(kinds(&dst), ["commit", "tree"].map(String::from).to_vec());
+    git_ok(&dst, &["fsck"]);
+    // the checkout fetches the blobs it needs through git-remote-alknet
+    srv.git_ok(&dst, Some(READER_TOKEN), &["checkout", "--quiet", "main"]);
+    assert_eq!(
+        std::fs::read(dst.join("src/f0.txt")).ok(),
+        std::fs::read(src.join("src/f0.txt")).ok()
+    );
+    let log = srv.git_ok(
+        &dst,
+        Some(READER_TOKEN),
+        &["log", "-p", "-5", "--format=%H"],
+    );
+    assert_eq!(log, git_ok(&src, &["log", "-p", "-5", "--format=%H"]));
+    git_ok(&dst, &["fsck"]);
+    assert_eq!(
+        git_ok(&dst, &["rev-parse", "HEAD"]),
+        git_ok(&src, &["rev-parse", "main"])
+    );
+
+    // through ext::, with the checkout in the clone itself (lazy fetch through ext:: too)
+    let alknet = alknet_tests::alknet_bin();
+    let ext = format!(
+        "ext::{} connect --alpn alknet/git --fingerprint {} {} %G/pub/part.git",
+        alknet.display(),
+        srv.fingerprint,
+        srv.server.addr()
+    );
+    let dst = tmp.path().join("blobless-ext");
+    srv.git_ok(
+        tmp.path(),
+        None,
+        &[
+            "-c",
+            "protocol.ext.allow=always",
+            "clone",
+            "--quiet",
+            "--filter=blob:none",
+            &ext,
+            s(&dst),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(dst.join("src/f1.txt")).ok(),
+        std::fs::read(src.join("src/f1.txt")).ok()
+    );
+    git_ok(&dst, &["fsck"]);
+
+    // tree:0: commits only (`v1` is a lightweight tag)
+    let dst = tmp.path().join("treeless");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &[
+            "clone",
+            "--quiet",
+            "--no-checkout",
+            "--filter=tree:0",
+            &url,
+            s(&dst),
+        ],
+    );
+    assert_eq!(kinds(&dst), ["commit"].map(String::from).to_vec());
+    assert_eq!(
+        git_ok(&dst, &["rev-list", "--count", "origin/main"]).trim(),
+        COMMITS.to_string()
+    );
+    git_ok(&dst, &["fsck"]);
+
+    // blob:limit=1k: the small text blobs, not the 32 KiB binary ones
+    let dst = tmp.path().join("limited");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &[
+            "clone",
+            "--quiet",
+            "--no-checkout",
+            "--filter=blob:limit=1k",
+            &url,
+            s(&dst),
+        ],
+    );
+    let blobs: Vec<String> = pack_types(&dst.join(".git"))
+        .into_iter()
+        .filter(|(_, k)| k == "blob")
+        .map(|(id, _)| id)
+        .collect();
+    assert!(!blobs.is_empty());
+    for id in &blobs {
+        let size: usize = git_ok(&dst, &["cat-file", "-s", id])
+            .trim()
+            .parse()
+            .expect("size");
+        assert!(size < 1024, "{id}: {size} bytes");
+    }
+    git_ok(&dst, &["fsck"]);
+
+    // an unsupported spec: refused, clearly
+    let err = srv.git_err(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &[
+            "clone",
+            "--filter=sparse:oid=main:x",
+            &url,
+            s(&tmp.path().join("sparse")),
+        ],
+    );
+    assert!(err.contains("unsupported filter spec"), "{err}");
+
+    // filters off: not advertised, git clones everything
+    let whole = start("gix", "allow_filter = false");
+    seeded(&whole, &tmp.path().join("w"), "pub/part.git");
+    let dst = tmp.path().join("unfiltered");
+    let out = run(whole.git(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &[
+            "clone",
+            "--no-checkout",
+            "--filter=blob:none",
+            &whole.url("pub/part.git"),
+            s(&dst),
+        ],
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("filtering not recognized by server"),
+        "{stderr}"
+    );
+    assert!(kinds(&dst).contains(&"blob".to_string()));
+}
+
+/// Protocol v2 `want-ref` (gix backend): the server advertises `ref-in-want`, so git's
+/// fetch of branches by name asks with `want-ref refs/heads/…` and takes the object ids
+/// from the `wanted-refs` section; the fetch gets the new commits.
+#[test]
+fn gix_backend_v2_want_ref() {
+    if require_git().is_none() {
+        return;
+    }
+    let srv = start("gix", "");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = seeded(&srv, tmp.path(), "wr.git");
+    let url = srv.url("wr.git");
+    let dst = tmp.path().join("wr-clone");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &["clone", "--quiet", &url, s(&dst)],
+    );
+    std::fs::write(src.join("wanted.txt"), "asked for by name\n").expect("write");
+    git_ok(&src, &["add", "."]);
+    git_ok(&src, &["commit", "--quiet", "-m", "wanted"]);
+    srv.git_ok(&src, Some(WRITER_TOKEN), &["push", "--quiet", &url, "main"]);
+    let trace = tmp.path().join("trace");
+    let out = run({
+        let mut c = srv.git(
+            &dst,
+            Some(READER_TOKEN),
+            &["-c", "protocol.version=2", "fetch", "origin", "main"],
+        );
+        c.env("GIT_TRACE_PACKET", s(&trace));
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(&trace).expect("trace");
+    let tip = git_ok(&src, &["rev-parse", "main"]).trim().to_string();
+    assert!(trace.contains("ref-in-want"), "advertised");
+    assert!(
+        trace.contains("fetch> want-ref refs/heads/main"),
+        "git used want-ref: {trace}"
+    );
+    assert!(trace.contains("fetch< wanted-refs"), "{trace}");
+    assert!(
+        trace.contains(&format!("fetch< {tip} refs/heads/main")),
+        "{trace}"
+    );
+    assert_eq!(
+        git_ok(&dst, &["rev-parse", "FETCH_HEAD"]).trim(),
+        tip.as_str()
+    );
+    git_ok(&dst, &["fsck", "--full"]);
 }

@@ -205,3 +205,191 @@ fn a_push_reset_mid_pack_leaves_the_repository_as_it_was() {
         .expect("git fsck");
     assert!(fsck.status.success());
 }
+
+/// A handler serving a copy of a generated repository (`commits` commits) at
+/// `root/name`, readable by anyone, as `config` says; and the source work tree.
+fn served_repo(
+    dir: &std::path::Path,
+    name: &str,
+    commits: usize,
+    config: GitConfig,
+) -> (GitHandler, std::path::PathBuf) {
+    let root = dir.join("git");
+    std::fs::create_dir_all(&root).expect("root");
+    let src = dir.join("src");
+    alknet_tests::git::generate_repo(&src, commits, 5, 11);
+    let mut clone = alknet_tests::git::git_cmd(dir);
+    clone.args(["clone", "--bare", "--quiet", s(&src), s(&root.join(name))]);
+    alknet_tests::git::run_ok(clone);
+    let config = GitConfig {
+        public_read: vec!["*".into()],
+        ..config
+    };
+    (GitHandler::new(config, &root).expect("handler"), src)
+}
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The pkt-lines of `bytes` up to the first that is not text (the pack's side-band
+/// data), flushes and delimiters as `0000` and `0001`.
+fn text_lines(bytes: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let Ok(len) = usize::from_str_radix(&String::from_utf8_lossy(&bytes[at..at + 4]), 16)
+        else {
+            break;
+        };
+        if len < 4 {
+            // flush, delimiter, response end
+            out.push(format!("{len:04}"));
+            at += 4;
+            continue;
+        }
+        if len < 4 || at + len > bytes.len() || bytes[at + 4] < 0x20 {
+            break;
+        }
+        out.push(
+            String::from_utf8_lossy(&bytes[at + 4..at + len])
+                .trim_end()
+                .to_string(),
+        );
+        at += len;
+    }
+    out
+}
+
+/// Protocol v0 `multi_ack_detailed` with `no-done`, which git uses only over stateless
+/// transports: unknown haves get `NAK`; the batch holding a common commit gets
+/// `ACK X common`, `ACK X ready`, `NAK`, the final `ACK X`, and then the pack, the
+/// client never sending `done`.
+#[test]
+fn v0_no_done_sends_the_pack_after_ready() {
+    if require_git().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (handler, src) = served_repo(dir.path(), "n.git", 20, GitConfig::default());
+    let server = start_server(ServerOptions {
+        handlers: vec![Arc::new(handler)],
+        ..ServerOptions::default()
+    });
+    let tip = alknet_tests::git::git_ok(&src, &["rev-parse", "main"]);
+    let base = alknet_tests::git::git_ok(&src, &["rev-parse", "main~5"]);
+    let (tip, base) = (tip.trim().to_string(), base.trim().to_string());
+    run_client(|| async move {
+        let endpoint = client_endpoint();
+        let conn = connect(&endpoint, &server, alknet_git::ALPN)
+            .await
+            .expect("connect");
+        let mut talk = encode_request(Service::UploadPack, "/n.git", None, None, None);
+        talk.extend(encode_pkt_line(
+            format!("want {tip} multi_ack_detailed no-done side-band-64k ofs-delta\n").as_bytes(),
+        ));
+        talk.extend_from_slice(b"0000");
+        for unknown in ["1", "2"] {
+            talk.extend(encode_pkt_line(
+                format!("have {}\n", unknown.repeat(40)).as_bytes(),
+            ));
+        }
+        talk.extend_from_slice(b"0000");
+        talk.extend(encode_pkt_line(format!("have {base}\n").as_bytes()));
+        talk.extend_from_slice(b"0000");
+        // no done: the stream's end would fail the command if the server waited for one
+        let reply = exchange(&conn, &talk, true).await;
+        let lines = text_lines(&reply);
+        let after_advert: Vec<&str> = lines
+            .iter()
+            .skip_while(|l| *l != "0000")
+            .skip(1)
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            after_advert,
+            [
+                "NAK".to_string(),
+                format!("ACK {base} common"),
+                format!("ACK {base} ready"),
+                "NAK".into(),
+                format!("ACK {base}"),
+            ],
+            "{lines:#?}"
+        );
+        assert!(
+            reply.windows(4).any(|w| w == b"PACK"),
+            "the pack follows the final ACK"
+        );
+        assert!(lines[0].contains("multi_ack_detailed") && lines[0].contains("no-done"));
+    });
+}
+
+/// Protocol v2 `want-ref` on the wire: a `wanted-refs` section before the pack; an
+/// unknown reference (or an abbreviated name) is an `ERR`, and so is an unsupported
+/// partial-clone filter.
+#[test]
+fn v2_want_ref_and_bad_arguments() {
+    if require_git().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (handler, src) = served_repo(dir.path(), "w.git", 10, GitConfig::default());
+    let server = start_server(ServerOptions {
+        handlers: vec![Arc::new(handler)],
+        ..ServerOptions::default()
+    });
+    let tip = alknet_tests::git::git_ok(&src, &["rev-parse", "main"])
+        .trim()
+        .to_string();
+    run_client(|| async move {
+        let endpoint = client_endpoint();
+        let conn = connect(&endpoint, &server, alknet_git::ALPN)
+            .await
+            .expect("connect");
+        let fetch = |args: &[&str]| {
+            let mut talk = encode_request(Service::UploadPack, "/w.git", None, Some(2), None);
+            talk.extend(encode_pkt_line(b"command=fetch\n"));
+            talk.extend_from_slice(b"0001");
+            for a in args {
+                talk.extend(encode_pkt_line(format!("{a}\n").as_bytes()));
+            }
+            talk.extend_from_slice(b"0000");
+            talk
+        };
+        let reply = exchange(
+            &conn,
+            &fetch(&["want-ref refs/heads/main", "no-progress", "done"]),
+            true,
+        )
+        .await;
+        let lines = text_lines(&reply);
+        let at = lines
+            .iter()
+            .position(|l| l == "wanted-refs")
+            .unwrap_or_else(|| panic!("no wanted-refs: {lines:#?}"));
+        assert_eq!(lines[at + 1], format!("{tip} refs/heads/main"));
+        assert_eq!(lines[at + 2], "0001");
+        assert_eq!(lines[at + 3], "packfile");
+        assert!(reply.windows(4).any(|w| w == b"PACK"));
+        for (args, needle) in [
+            (
+                &["want-ref refs/heads/nope", "done"][..],
+                "unknown ref refs/heads/nope",
+            ),
+            (&["want-ref main", "done"][..], "unknown ref main"),
+            (
+                &[&format!("want {tip}")[..], "filter sparse:oid=x", "done"][..],
+                "unsupported filter spec",
+            ),
+        ] {
+            let reply = exchange(&conn, &fetch(args), true).await;
+            let text = String::from_utf8_lossy(&reply);
+            let err = text
+                .find("ERR ")
+                .unwrap_or_else(|| panic!("no ERR: {text:?}"));
+            assert!(text[err..].contains(needle), "{needle:?} not in {text:?}");
+        }
+        assert!(conn.close_reason().is_none(), "the connection stays");
+    });
+}

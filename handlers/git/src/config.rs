@@ -79,6 +79,12 @@ pub struct GitConfig {
     /// gix backend: answer full clones from git's reachability bitmaps (`pack-*.bitmap`)
     /// when a pack has one, instead of walking the history.
     pub use_bitmaps: bool,
+    /// gix backend: serve partial clones (`git clone --filter=blob:none`, `blob:limit`,
+    /// `tree:<depth>`): `filter` advertised, the objects it names left out.
+    pub allow_filter: bool,
+    /// gix backend: protocol v2 `want-ref` (`ref-in-want` advertised; git's
+    /// `uploadpack.allowRefInWant`).
+    pub allow_want_ref: bool,
 }
 
 impl Default for GitConfig {
@@ -102,6 +108,8 @@ impl Default for GitConfig {
             delta_base_cache_bytes: crate::native::DELTA_BASE_CACHE_BYTES,
             max_delta_bytes: crate::native::MAX_DELTA_BYTES,
             use_bitmaps: crate::native::USE_BITMAPS,
+            allow_filter: crate::native::ALLOW_FILTER,
+            allow_want_ref: crate::native::ALLOW_WANT_REF,
         }
     }
 }
@@ -170,6 +178,8 @@ impl GitConfig {
             delta_base_cache_bytes: self.delta_base_cache_bytes,
             max_delta_bytes: self.max_delta_bytes,
             use_bitmaps: self.use_bitmaps,
+            allow_filter: self.allow_filter,
+            allow_want_ref: self.allow_want_ref,
         }
     }
 
@@ -197,6 +207,12 @@ mod tests {
                 .expect("parses");
         assert!(c.allow_force_push);
         assert_eq!(c.backend, GitBackend::Git);
+        let d = GitConfig::default().native_limits();
+        assert!(d.allow_filter && d.allow_want_ref);
+        let c: GitConfig =
+            toml::from_str("allow_filter = false\nallow_want_ref = false").expect("parses");
+        let l = c.native_limits();
+        assert!(!l.allow_filter && !l.allow_want_ref);
         assert_eq!(GitConfig::default().backend, GitBackend::Gix);
         assert!(toml::from_str::<GitConfig>("rot = \"/x\"").is_err());
         assert!(toml::from_str::<GitConfig>("backend = \"cgit\"").is_err());

@@ -15,7 +15,9 @@ use gix::objs::{Find, Kind};
 use gix_pack::data::output;
 
 use super::bitmap::{BitmappedPack, Bits};
-use super::objects::{commit_links, for_each_tree_entry, need, tag_target, Db, ObjectSet};
+use super::objects::{
+    commit_links, for_each_tree_entry, need, pack_entries, tag_target, Db, ObjectSet,
+};
 
 /// Bytes of stored pack data handed to the writer at once (the interrupt flag is checked
 /// between pieces).
@@ -253,31 +255,11 @@ pub fn write_whole_pack(
         .map_err(io)?;
     let pack_end = pack.pack.pack_end();
     copy(&mut hashed, &data[gix_pack::data::header::SIZE..pack_end])?;
-    let counts: Vec<output::Count> = extra
-        .iter()
-        .map(|id| output::Count {
-            id: *id,
-            entry_pack_location: output::count::PackLocation::NotLookedUp,
-        })
-        .collect();
-    let entries = output::entry::iter_from_counts(
-        counts,
-        db.clone(),
-        Box::new(gix::progress::Discard),
-        output::entry::iter_from_counts::Options {
-            thread_limit: Some(1),
-            mode: output::entry::iter_from_counts::Mode::PackCopyAndBaseObjects,
-            allow_thin_pack: false,
-            chunk_size: 64,
-            version: Version::V2,
-            compression: output::entry::iter_from_counts::Options::default().compression,
-        },
-    )
-    .map_err(|e| format!("preparing the pack: {e}"))?;
+    let entries = pack_entries(db, extra.to_vec(), false)?;
     // where each extra entry starts in the pack written, for its deltas' base distances
     let mut offsets: Vec<u64> = Vec::with_capacity(extra.len());
     let mut written = pack_end as u64;
-    for chunk in gix::parallel::InOrderIter::from(entries) {
+    for chunk in entries {
         let chunk = chunk.map_err(|e| format!("preparing the pack: {e}"))?;
         for entry in chunk {
             if entry.is_invalid() {

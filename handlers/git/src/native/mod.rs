@@ -11,12 +11,16 @@
 //! * [`full_clone`], [`bitmap`]: a full clone from git's reachability bitmaps, the
 //!   stored pack sent as it is.
 //! * [`delta`]: git's delta encoding, for new deltas in thin packs.
+//! * [`filter`]: partial clone's object filters (`blob:none`, `blob:limit`, `tree:`).
+//! * [`negotiate`]: protocol v0's acknowledgments (`multi_ack_detailed`, `no-done`).
 //! * [`shallow`]: the boundary of shallow clones and fetches.
 
 pub mod bitmap;
 pub mod bridge;
 pub mod delta;
+pub mod filter;
 pub mod full_clone;
+pub mod negotiate;
 pub mod objects;
 pub mod pkt;
 pub mod receive;
@@ -50,6 +54,15 @@ pub const MAX_DELTA_BYTES: usize = 16 << 20;
 /// clone walks (for comparison, or against a bitmap suspected wrong).
 pub const USE_BITMAPS: bool = true;
 
+/// Partial clone (`git clone --filter=…`): `filter` is advertised and honoured
+/// ([`filter`]). Off, a request with a filter is refused.
+pub const ALLOW_FILTER: bool = true;
+
+/// Protocol v2 `want-ref` (git's `uploadpack.allowRefInWant`): `ref-in-want` advertised,
+/// references asked for by name answered in a `wanted-refs` section. Off, `want-ref` is
+/// refused.
+pub const ALLOW_WANT_REF: bool = true;
+
 /// The limits of the gix backend, from `[git]`.
 #[derive(Debug, Clone)]
 pub struct NativeLimits {
@@ -59,6 +72,8 @@ pub struct NativeLimits {
     pub delta_base_cache_bytes: usize,
     pub max_delta_bytes: usize,
     pub use_bitmaps: bool,
+    pub allow_filter: bool,
+    pub allow_want_ref: bool,
 }
 
 impl Default for NativeLimits {
@@ -70,6 +85,8 @@ impl Default for NativeLimits {
             delta_base_cache_bytes: DELTA_BASE_CACHE_BYTES,
             max_delta_bytes: MAX_DELTA_BYTES,
             use_bitmaps: USE_BITMAPS,
+            allow_filter: ALLOW_FILTER,
+            allow_want_ref: ALLOW_WANT_REF,
         }
     }
 }

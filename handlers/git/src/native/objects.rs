@@ -10,6 +10,7 @@ use gix::hash::{oid, ObjectId};
 use gix::objs::{CommitRefIter, Find, Kind, TagRefIter, TreeRefIter};
 use gix_pack::data::output;
 
+use super::filter::ObjectFilter;
 use super::shallow::{DeepenRequest, ShallowPlan};
 
 /// A set of object ids, hashed by their first bytes (they are SHA-1 digests already:
@@ -95,10 +96,18 @@ pub fn peel(db: &dyn Find, id: ObjectId) -> Result<(ObjectId, Kind), String> {
 }
 
 /// A commit's committer time and parents.
-fn commit_time_and_parents(db: &dyn Find, id: &ObjectId) -> Result<(i64, Vec<ObjectId>), String> {
+pub(super) fn commit_time_and_parents(
+    db: &dyn Find,
+    id: &ObjectId,
+) -> Result<(i64, Vec<ObjectId>), String> {
     let (_, data) = need(db, id)?;
-    let (_, parents) = commit_links(&data)?;
-    let time = CommitRefIter::from_bytes(&data, gix::hash::Kind::Sha1)
+    commit_time_and_parents_of(&data)
+}
+
+/// The committer time and parents of a commit's bytes.
+pub(super) fn commit_time_and_parents_of(data: &[u8]) -> Result<(i64, Vec<ObjectId>), String> {
+    let (_, parents) = commit_links(data)?;
+    let time = CommitRefIter::from_bytes(data, gix::hash::Kind::Sha1)
         .committer()
         .map(|c| c.seconds())
         .unwrap_or(0);
@@ -214,25 +223,54 @@ fn have_commits_near(
 /// for each object not seen before (trees before their contents; the root's path is
 /// empty). Paths are only built with `with_paths` (otherwise `visit` gets an empty one).
 /// Every tree is read into one reused buffer: a clone walks every tree of the history.
+/// What `filter` omits is neither visited nor marked (nor, for a tree, descended into);
+/// the root itself is kept when `root_wanted` (a tree the client asked for by id).
 fn walk_tree(
     db: &dyn Find,
     tree: ObjectId,
     seen: &mut ObjectSet,
     with_paths: bool,
+    filter: Option<&ObjectFilter>,
+    root_wanted: bool,
     visit: &mut dyn FnMut(ObjectId, &[u8], bool),
 ) -> Result<(), String> {
+    if let Some(f) = filter {
+        if !root_wanted && !seen.contains(&tree) && f.omits(db, &tree, true, 0)? {
+            return Ok(());
+        }
+    }
     if !seen.insert(tree) {
         return Ok(());
     }
     visit(tree, b"", true);
-    let mut stack = vec![(tree, Vec::new())];
+    let mut stack = vec![(tree, Vec::new(), 0u64)];
     let mut buf = Vec::new();
-    while let Some((id, dir)) = stack.pop() {
+    // blobs left out by size (their size does not change with the path)
+    let mut omitted_blobs = ObjectSet::default();
+    let mut failure = None;
+    while let Some((id, dir, depth)) = stack.pop() {
         for_each_tree_entry(db, &id, &mut buf, |entry| {
             let child = entry.oid.to_owned();
-            if !seen.insert(child) {
+            if failure.is_some() || seen.contains(&child) || omitted_blobs.contains(&child) {
                 return;
             }
+            let is_tree = entry.mode.is_tree();
+            if let Some(f) = filter {
+                match f.omits(db, &child, is_tree, depth + 1) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        if !is_tree && matches!(f, ObjectFilter::BlobLimit(_)) {
+                            omitted_blobs.insert(child);
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        return;
+                    }
+                }
+            }
+            seen.insert(child);
             let path = if with_paths {
                 let mut p = Vec::with_capacity(dir.len() + 1 + entry.filename.len());
                 p.extend_from_slice(&dir);
@@ -244,12 +282,14 @@ fn walk_tree(
             } else {
                 Vec::new()
             };
-            let is_tree = entry.mode.is_tree();
             visit(child, &path, is_tree);
             if is_tree {
-                stack.push((child, path));
+                stack.push((child, path, depth + 1));
             }
         })?;
+        if let Some(e) = failure.take() {
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -319,6 +359,8 @@ pub struct SendAsk<'a> {
     /// `thin-pack`.
     pub thin: bool,
     pub deepen: &'a DeepenRequest,
+    /// Partial clone's filter: trees and blobs left out (those wanted by id are sent).
+    pub filter: Option<&'a ObjectFilter>,
 }
 
 /// What to send a client that wants `wants` and has `common` (objects both sides have):
@@ -340,6 +382,7 @@ pub fn objects_to_send(
         tags,
         thin,
         deepen,
+        filter,
     } = ask;
     let client_shallow: HashSet<ObjectId> = deepen.client_shallow.iter().copied().collect();
     let mut out = Vec::new();
@@ -429,11 +472,19 @@ pub fn objects_to_send(
     for id in &boundary {
         let (_, data) = need(db, id)?;
         let (tree, _) = commit_links(&data)?;
-        walk_tree(db, tree, &mut seen, thin, &mut |id, path, is_tree| {
-            if thin {
-                old_at_path.entry(path.to_vec()).or_insert((id, is_tree));
-            }
-        })?;
+        walk_tree(
+            db,
+            tree,
+            &mut seen,
+            thin,
+            None,
+            false,
+            &mut |id, path, is_tree| {
+                if thin {
+                    old_at_path.entry(path.to_vec()).or_insert((id, is_tree));
+                }
+            },
+        )?;
     }
     let mut selection = Selection::default();
     if thin {
@@ -453,6 +504,8 @@ pub fn objects_to_send(
             *tree,
             &mut seen,
             with_paths,
+            filter,
+            false,
             &mut |id, path, is_tree| {
                 out.push(id);
                 if let Some((base, base_is_tree)) = old_at_path.get(path) {
@@ -466,7 +519,9 @@ pub fn objects_to_send(
     for id in loose_ends {
         let (kind, _) = need(db, &id)?;
         if kind == Kind::Tree {
-            walk_tree(db, id, &mut seen, false, &mut |id, _, _| out.push(id))?;
+            walk_tree(db, id, &mut seen, false, filter, true, &mut |id, _, _| {
+                out.push(id)
+            })?;
         } else if seen.insert(id) {
             out.push(id);
         }
@@ -486,6 +541,46 @@ pub fn objects_to_send(
     selection.shallow = shallow;
     Ok(selection)
 }
+
+/// The pack entries of `ids`, in their order, in chunks, as `gix-pack` prepares them: a
+/// delta stored in the repository's packs is copied when its base is among `ids` (or,
+/// with `thin`, anywhere: the caller then checks the client has it), else the object goes
+/// whole. The walk found every object already, so there is no second pass over the object
+/// database to count them (gix's `count::objects` would decode each one, every blob
+/// included); `iter_from_counts` only looks up where each one is stored. The one place
+/// both pack writers (the walked fetch's and the full clone's appended objects) get
+/// their entries from.
+pub(super) fn pack_entries(
+    db: &Db,
+    ids: Vec<ObjectId>,
+    thin: bool,
+) -> Result<impl Iterator<Item = Result<Vec<output::Entry>, gix::Error>>, String> {
+    let counts: Vec<output::Count> = ids
+        .into_iter()
+        .map(|id| output::Count {
+            id,
+            entry_pack_location: output::count::PackLocation::NotLookedUp,
+        })
+        .collect();
+    let entries = output::entry::iter_from_counts(
+        counts,
+        db.clone(),
+        Box::new(gix::progress::Discard),
+        output::entry::iter_from_counts::Options {
+            thread_limit: Some(1),
+            mode: output::entry::iter_from_counts::Mode::PackCopyAndBaseObjects,
+            allow_thin_pack: thin,
+            chunk_size: PACK_ENTRY_CHUNK,
+            version: gix_pack::data::Version::V2,
+            compression: output::entry::iter_from_counts::Options::default().compression,
+        },
+    )
+    .map_err(|e| format!("preparing the pack: {e}"))?;
+    Ok(gix::parallel::InOrderIter::from(entries))
+}
+
+/// Pack entries prepared (compressed) at once ahead of the writer.
+const PACK_ENTRY_CHUNK: usize = 64;
 
 /// Writes a pack of `selection` to `out`: deltas already stored in the repository's
 /// packs are copied as they are; with `thin`, a stored delta may keep a base the pack
@@ -507,32 +602,9 @@ pub fn write_pack(
         delta_bases,
         shallow: _,
     } = selection;
-    // the walk found every object already: no second pass over the object database to
-    // count them (gix's `count::objects` would decode each one, every blob included);
-    // `iter_from_counts` looks up where each one is stored
-    let counts: Vec<output::Count> = ids
-        .into_iter()
-        .map(|id| output::Count {
-            id,
-            entry_pack_location: output::count::PackLocation::NotLookedUp,
-        })
-        .collect();
-    let num_entries = counts.len();
+    let num_entries = ids.len();
     let compression = output::entry::iter_from_counts::Options::default().compression;
-    let entries = output::entry::iter_from_counts(
-        counts,
-        db.clone(),
-        Box::new(gix::progress::Discard),
-        output::entry::iter_from_counts::Options {
-            thread_limit: Some(1),
-            mode: output::entry::iter_from_counts::Mode::PackCopyAndBaseObjects,
-            allow_thin_pack: thin,
-            chunk_size: 64,
-            version: gix_pack::data::Version::V2,
-            compression,
-        },
-    )
-    .map_err(|e| format!("preparing the pack: {e}"))?;
+    let entries = pack_entries(db, ids, thin)?;
     let mut failure: Option<String> = None;
     let mut thinned = ThinEntries {
         db,
@@ -543,7 +615,7 @@ pub fn write_pack(
     };
     // after a failure the pack ends short (the client's index-pack refuses it) and the
     // error is reported
-    let entries = gix::parallel::InOrderIter::from(entries).map_while(|chunk| {
+    let entries = entries.map_while(|chunk| {
         if failure.is_some() {
             return None;
         }

@@ -3,9 +3,10 @@
 //!
 //! Negotiation is stateless in v2, as the protocol intends: every `fetch` round carries
 //! all wants and the haves the client wants considered; the server acknowledges those it
-//! has and says `ready` as soon as one is common, then sends the pack. v0 uses the plain
-//! (non-`multi_ack`) mode: `ACK` for the first common object, `NAK` on a flush before
-//! one is found, the pack after `done`. Shallow requests (`shallow`, `deepen`,
+//! has and says `ready` as soon as one is common, then sends the pack. v0 acknowledges as
+//! the client asked (plain, `multi_ack`, `multi_ack_detailed` with `no-done`: see
+//! [`super::negotiate`]) and sends the pack after `done` or, with `no-done`, as soon as it
+//! said `ready`. Shallow requests (`shallow`, `deepen`,
 //! `deepen-relative`, `deepen-since`, `deepen-not`) are served by [`super::shallow`]:
 //! v2 says the boundary in a `shallow-info` section before the pack, v0 right after the
 //! wants (drawn from the wants alone, as git does).
@@ -15,7 +16,9 @@ use std::sync::atomic::AtomicBool;
 
 use gix::hash::ObjectId;
 
+use super::filter::ObjectFilter;
 use super::full_clone;
+use super::negotiate::{AckMode, AfterFlush, V0Negotiation};
 use super::objects::{self, Db};
 use super::pkt::{self, Pkt, PktError, PktReader, SideBand};
 use super::shallow::{DeepenRequest, ShallowPlan};
@@ -113,6 +116,10 @@ struct FetchRequest {
     /// The client takes a thin pack (deltas against objects it has).
     thin_pack: bool,
     deepen: DeepenRequest,
+    /// Partial clone: what to leave out.
+    filter: Option<ObjectFilter>,
+    /// v2 `want-ref`: the references asked for by name and what they point at.
+    wanted_refs: Vec<(String, ObjectId)>,
 }
 
 impl FetchRequest {
@@ -129,6 +136,49 @@ impl FetchRequest {
         }
         list.push(id);
         Ok(())
+    }
+
+    /// Takes a `want-ref <name>` argument (v2): the reference, by its full name, must
+    /// exist; what it points at becomes a want. `Ok(false)` if `arg` is not one.
+    fn want_ref_arg(
+        &mut self,
+        repo: &gix::Repository,
+        arg: &[u8],
+        limits: &NativeLimits,
+    ) -> Result<bool, String> {
+        let Some(name) = arg.strip_prefix(b"want-ref ") else {
+            return Ok(false);
+        };
+        if !limits.allow_want_ref {
+            return Err("want-ref is not allowed on this server".into());
+        }
+        let name = std::str::from_utf8(name)
+            .map_err(|_| "want-ref: the reference name is not UTF-8".to_string())?;
+        let id = resolve_full_ref(repo, name)?.ok_or_else(|| format!("unknown ref {name}"))?;
+        if self.wanted_refs.len() >= limits.max_negotiation_lines {
+            return Err(format!(
+                "more than {} want-ref lines",
+                limits.max_negotiation_lines
+            ));
+        }
+        self.wanted_refs.push((name.to_string(), id));
+        Self::push_bounded(&mut self.wants, id, limits)?;
+        Ok(true)
+    }
+
+    /// Takes a `filter <spec>` argument; `Ok(false)` if `arg` is not one.
+    fn filter_arg(&mut self, arg: &[u8], limits: &NativeLimits) -> Result<bool, String> {
+        let Some(spec) = arg.strip_prefix(b"filter ") else {
+            return Ok(false);
+        };
+        if !limits.allow_filter {
+            return Err("filter: partial clone is not allowed on this server".into());
+        }
+        if self.filter.is_some() {
+            return Err("filter: only one filter per request".into());
+        }
+        self.filter = Some(ObjectFilter::parse(spec).map_err(|e| format!("filter: {e}"))?);
+        Ok(true)
     }
 
     /// Takes a shallow-related argument (`shallow`, `deepen`, `deepen-since`,
@@ -188,6 +238,35 @@ impl FetchRequest {
     }
 }
 
+/// What the reference named exactly `name` (`HEAD` or `refs/…`, no abbreviation) points
+/// at, symbolic references followed; `None` if there is no such reference.
+fn resolve_full_ref(repo: &gix::Repository, name: &str) -> Result<Option<ObjectId>, String> {
+    use gix::refs::Target;
+    if name != "HEAD" && !name.starts_with("refs/") {
+        return Ok(None);
+    }
+    let mut name = name.to_string();
+    // bounded: a longer chain of symbolic references is not followed
+    for _ in 0..5 {
+        let found = match repo.refs.try_find(name.as_str()) {
+            Ok(f) => f,
+            // not a valid reference name: no such reference
+            Err(_) => return Ok(None),
+        };
+        let Some(r) = found else { return Ok(None) };
+        if r.name.as_bstr() != name.as_str() {
+            return Ok(None);
+        }
+        match r.target {
+            Target::Object(id) => return Ok(Some(id)),
+            Target::Symbolic(t) => name = t.as_bstr().to_string(),
+        }
+    }
+    Err(format!(
+        "want-ref: symbolic reference chain at {name} is too long"
+    ))
+}
+
 /// The objects among `haves` that the repository has.
 fn common(db: &Db, haves: &[ObjectId]) -> Vec<ObjectId> {
     use gix::objs::Exists;
@@ -244,7 +323,13 @@ fn select(
     } else {
         Vec::new()
     };
-    if limits.use_bitmaps && common.is_empty() && !request.deepen.is_shallow() && plan.is_none() {
+    // a filtered clone walks: the bitmap's object set is everything the wants reach
+    if limits.use_bitmaps
+        && common.is_empty()
+        && !request.deepen.is_shallow()
+        && plan.is_none()
+        && request.filter.is_none()
+    {
         if let Some(clone) = full_clone::select(
             db,
             repo.path(),
@@ -269,6 +354,7 @@ fn select(
             tags: &tags,
             thin: request.thin_pack,
             deepen: &request.deepen,
+            filter: request.filter.as_ref(),
         },
         plan,
         limits.max_check_objects,
@@ -400,11 +486,18 @@ pub fn serve_v2(
             return Err(e);
         }
     };
+    let mut fetch = "fetch=shallow".to_string();
+    if limits.allow_filter {
+        fetch.push_str(" filter");
+    }
+    if limits.allow_want_ref {
+        fetch.push_str(" ref-in-want");
+    }
     for line in [
         "version 2",
         &format!("agent={}", agent()),
         "ls-refs=unborn",
-        "fetch=shallow",
+        &fetch,
         "server-option",
         "object-format=sha1",
     ] {
@@ -468,6 +561,16 @@ pub fn serve_v2(
                             Ok(false) => {}
                             Err(e) => return refuse(output, &e),
                         }
+                        match request.filter_arg(arg, limits) {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(e) => return refuse(output, &e),
+                        }
+                        match request.want_ref_arg(&repo, arg, limits) {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(e) => return refuse(output, &e),
+                        }
                         match arg {
                             b"done" => request.done = true,
                             b"no-progress" => request.no_progress = true,
@@ -515,6 +618,13 @@ pub fn serve_v2(
                     if let Some(plan) = outgoing.shallow() {
                         write_shallow_info(output, plan).map_err(io)?;
                     }
+                }
+                if !request.wanted_refs.is_empty() {
+                    pkt::write_text(output, "wanted-refs").map_err(io)?;
+                    for (name, id) in &request.wanted_refs {
+                        pkt::write_text(output, &format!("{id} {name}")).map_err(io)?;
+                    }
+                    pkt::write_delim(output).map_err(io)?;
                 }
                 pkt::write_text(output, "packfile").map_err(io)?;
                 send_pack(&db, &request, outgoing, output, interrupt, limits)?;
@@ -608,9 +718,15 @@ pub fn serve_v0(
         pkt::write_text(output, "version 1").map_err(io)?;
     }
     let mut caps = format!(
-        "side-band-64k ofs-delta thin-pack no-progress include-tag shallow deepen-since deepen-not deepen-relative agent={} object-format=sha1",
+        "multi_ack thin-pack side-band-64k ofs-delta shallow deepen-since deepen-not deepen-relative no-progress include-tag multi_ack_detailed no-done agent={} object-format=sha1",
         agent()
     );
+    if limits.allow_filter {
+        // a partial clone fetches missing objects by id later (git's v0 client asks only
+        // when these are advertised); wants are checked for existence, not reachability
+        // (as git's uploadpack.allowAnySHA1InWant, which advertises the same two)
+        caps.push_str(" filter allow-tip-sha1-in-want allow-reachable-sha1-in-want");
+    }
     if let Some(t) = &head_target {
         caps = format!("symref=HEAD:{t} {caps}");
     }
@@ -637,6 +753,7 @@ pub fn serve_v0(
 
     let mut reader = PktReader::new(input);
     let mut request = FetchRequest::default();
+    let (mut ack_mode, mut no_done) = (AckMode::Single, false);
     // wants (the first carries the client's capabilities), up to a flush
     loop {
         match reader.read() {
@@ -646,6 +763,11 @@ pub fn serve_v0(
             Ok(Pkt::Data(line)) => {
                 if !line.starts_with(b"want ") {
                     match request.shallow_arg(&repo, &db, line, limits) {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => return refuse(output, &e),
+                    }
+                    match request.filter_arg(line, limits) {
                         Ok(true) => continue,
                         Ok(false) => {}
                         Err(e) => return refuse(output, &e),
@@ -663,6 +785,7 @@ pub fn serve_v0(
                 };
                 let id = parse_oid(hex).ok_or("bad want")?;
                 if request.wants.is_empty() {
+                    ack_mode = AckMode::from_capabilities(caps.split(|b| *b == b' '));
                     for cap in caps.split(|b| *b == b' ') {
                         match cap {
                             b"side-band-64k" => request.side_band = true,
@@ -670,6 +793,7 @@ pub fn serve_v0(
                             b"include-tag" => request.include_tag = true,
                             b"thin-pack" => request.thin_pack = true,
                             b"deepen-relative" => request.deepen.relative = true,
+                            b"no-done" => no_done = true,
                             _ => {}
                         }
                     }
@@ -701,37 +825,63 @@ pub fn serve_v0(
         output.flush().map_err(io)?;
         plan = Some(drawn);
     }
-    // haves in flushed batches, until done
+    // haves in flushed batches, until done (or, with no-done, until the server is ready)
+    let mut negotiation = match V0Negotiation::new(
+        &db,
+        &request.wants,
+        ack_mode,
+        no_done,
+        limits.max_check_objects,
+    ) {
+        Ok(n) => n,
+        Err(e) => return refuse(output, &format!("upload-pack: {e}")),
+    };
     let mut common: Vec<ObjectId> = Vec::new();
+    let mut answer = Vec::new();
+    let write_lines = |output: &mut dyn Write, lines: &mut Vec<String>| {
+        for line in lines.drain(..) {
+            pkt::write_text(output, &line).map_err(io)?;
+        }
+        Ok::<(), String>(())
+    };
     loop {
         match reader.read().map_err(|e| e.to_string())? {
             Pkt::Flush => {
-                if common.is_empty() {
-                    pkt::write_text(output, "NAK").map_err(io)?;
-                }
+                let after = negotiation.flush(&db, &mut answer);
+                let after = match after {
+                    Ok(a) => a,
+                    Err(e) => return refuse(output, &format!("upload-pack: {e}")),
+                };
+                write_lines(output, &mut answer)?;
                 output.flush().map_err(io)?;
-            }
-            Pkt::Data(b"done") => break,
-            Pkt::Data(line) => {
-                let hex = line.strip_prefix(b"have ").ok_or("expected have or done")?;
-                let id = parse_oid(hex).ok_or("bad have")?;
-                use gix::objs::Exists;
-                if db.exists(&id) {
-                    if common.is_empty() {
-                        pkt::write_text(output, &format!("ACK {id}")).map_err(io)?;
-                    }
-                    FetchRequest::push_bounded(&mut common, id, limits)?;
+                if after == AfterFlush::SendPack {
+                    break;
                 }
-                request.haves.push(id);
-                if request.haves.len() > limits.max_negotiation_lines {
+            }
+            Pkt::Data(b"done") => {
+                negotiation.done(&mut answer);
+                write_lines(output, &mut answer)?;
+                break;
+            }
+            Pkt::Data(line) => {
+                let Some(id) = line.strip_prefix(b"have ").and_then(parse_oid) else {
+                    return refuse(output, "expected have or done");
+                };
+                if request.haves.len() >= limits.max_negotiation_lines {
                     return refuse(output, "too many have lines");
                 }
+                request.haves.push(id);
+                use gix::objs::Exists;
+                if db.exists(&id) {
+                    common.push(id);
+                }
+                if let Err(e) = negotiation.have(&db, id, &mut answer) {
+                    return refuse(output, &format!("upload-pack: {e}"));
+                }
+                write_lines(output, &mut answer)?;
             }
             _ => return refuse(output, "unexpected special packet"),
         }
-    }
-    if common.is_empty() {
-        pkt::write_text(output, "NAK").map_err(io)?;
     }
     let outgoing = select(&repo, &db, &refs, &request, &common, plan, limits)?;
     if request.side_band {
