@@ -115,7 +115,7 @@ fn pkarr_crate_client_publishes_and_resolves_through_the_relay_api() {
 
         // the same name over DoQ and classic UDP
         assert_eq!(doq_first_answer(server.port, &name, "A"), addr);
-        assert_eq!(dig_short(udp, &[&name, "A"]), [addr.clone()]);
+        assert_eq!(dig_short(udp, &[&name, "A"]), std::slice::from_ref(&addr));
 
         // an older packet: 409, which pkarr reads as "the relay has a newer one"
         let older = packet(&kp, base - 1, [192, 0, 2, 99]);
