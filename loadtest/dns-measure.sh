@@ -45,6 +45,8 @@
 #   ROUNDS=1 SECONDS=5 DOT=0 DOQ=0 DOH=0 loadtest/dns-measure.sh   # classic UDP only
 #   UDP=0 DOT=0 loadtest/dns-measure.sh     # DoQ and DoH only
 #   NOCACHE=1 loadtest/dns-measure.sh       # also alknet with its answer cache off
+#   ALKNET_OLD=/path/to/old/alknet loadtest/dns-measure.sh   # a second alknet binary
+#       (e.g. before a change), same config, measured beside the first in every DoQ round
 #   ALKNET=/path/to/alknet LOADTEST=/path/to/alknet-loadtest HICKORY=/path/to/hickory-dns \
 #       loadtest/dns-measure.sh             # skip the builds
 set -euo pipefail
@@ -67,6 +69,9 @@ DOT=${DOT:-1}
 NOCACHE=${NOCACHE:-0}
 NOCACHE_PORT=${NOCACHE_PORT:-5396}
 NOCACHE_QUIC_PORT=${NOCACHE_QUIC_PORT:-5397}
+ALKNET_OLD=${ALKNET_OLD:-}
+OLD_PORT=${OLD_PORT:-5398}
+OLD_QUIC_PORT=${OLD_QUIC_PORT:-5399}
 DOQ=${DOQ:-1}
 DOH=${DOH:-1}
 DOQ_CONNECTIONS=${DOQ_CONNECTIONS:-32}
@@ -222,6 +227,17 @@ if [ "$NOCACHE" = 1 ]; then
     PIDS+=("$NOCACHE_PID")
 fi
 
+# ALKNET_OLD: another alknet binary with the same config, for a before/after in one run
+OLD_PID=
+if [ -n "$ALKNET_OLD" ]; then
+    mkdir -p "$W/alknet-old"
+    sed -e "s/127.0.0.1:$ALKNET_PORT/127.0.0.1:$OLD_PORT/" "$W/alknet.toml" >"$W/alknet-old.toml"
+    ALKNET_DATA_DIR="$W/alknet-old" ALKNET_LOG=warn "$ALKNET_OLD" serve \
+        --listen "127.0.0.1:$OLD_QUIC_PORT" --workers 2 --config "$W/alknet-old.toml" &
+    OLD_PID=$!
+    PIDS+=("$OLD_PID")
+fi
+
 # --- hickory-dns ---------------------------------------------------------------------------
 HICKORY_PID=
 if [ "$DOQ" = 1 ] || [ "$DOH" = 1 ]; then
@@ -354,7 +370,7 @@ if [ "$DOQ" = 1 ] || [ "$DOH" = 1 ]; then
             grep -q 10.0.0.1 && break
         sleep 0.2
     done
-    for port in "$HICKORY_QUIC_PORT" "$ALKNET_QUIC_PORT"; do
+    for port in "$HICKORY_QUIC_PORT" "$ALKNET_QUIC_PORT" ${OLD_PID:+"$OLD_QUIC_PORT"}; do
         kdig +short +quic +timeout=2 +retry=0 @127.0.0.1 -p "$port" host1.bench.test A 2>/dev/null | grep -q 10.0.0.1 ||
             { echo "no DoQ answer on port $port"; cat "$W/hickory.log"; exit 1; }
     done
@@ -389,7 +405,7 @@ label, m, path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 lat = m["latency_us"]
 errors = " ".join(f"{k} {v}" for k, v in m["errors"].items()) or "0"
 print(f"{label:<28} {m['result']:10.0f} q/s  {m['connections']:6d} new connections  failed queries {errors}"
-      f"  p50 {lat['p50']} us  p99 {lat['p99']} us  server cpu {m['server_cpu_percent']}%"
+      f"  p50 {lat['p50']} us  p99 {lat['p99']} us  p99.9 {lat['p999']} us  max {lat['max']} us  server cpu {m['server_cpu_percent']}%"
       f"  {m['server_us_per_op']:.2f} us/query  client cpu {m['client_cpu_percent']}%")
 with open(path, "a") as f:
     f.write(f"{m['result']} {m['server_us_per_op']} {lat['p50']} {lat['p99']}\n")
@@ -442,11 +458,21 @@ if [ "$DOQ" = 1 ]; then
     for r in $(seq 1 "$ROUNDS"); do
         doq "alknet doq #$r" "$ALKNET_PID" "$ALKNET_QUIC_PORT" "$DOQ_PER_CONNECTION"
         doq "hickory doq #$r" "$HICKORY_PID" "$HICKORY_QUIC_PORT" "$DOQ_PER_CONNECTION"
+        if [ -n "$OLD_PID" ]; then
+            doq "alknet-old doq #$r" "$OLD_PID" "$OLD_QUIC_PORT" "$DOQ_PER_CONNECTION"
+        fi
     done
     summary doq alknet hickory
+    if [ -n "$OLD_PID" ]; then
+        summary doq alknet-old hickory
+        summary doq alknet alknet-old
+    fi
     echo "== DoQ, alknet alone, connections kept for the whole run (hickory-dns ends them after 100 queries)"
     for r in $(seq 1 "$ROUNDS"); do
         doq "alknet-kept doq #$r" "$ALKNET_PID" "$ALKNET_QUIC_PORT" 0
+        if [ -n "$OLD_PID" ]; then
+            doq "alknet-old-kept doq #$r" "$OLD_PID" "$OLD_QUIC_PORT" 0
+        fi
         if [ -n "$NOCACHE_PID" ]; then
             doq "alknet-nocache-kept doq #$r" "$NOCACHE_PID" "$NOCACHE_QUIC_PORT" 0
         fi

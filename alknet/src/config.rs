@@ -318,6 +318,8 @@ stream_receive_window = 1250000
 connection_receive_window = 10000000
 send_window = 10000000
 max_udp_payload_size = 1472
+# Path MTU discovery stops refining below this step (bytes): 136 probes 1336, then 1472.
+mtu_probe_min_change = 136
 datagram_receive_buffer = 1048576
 datagram_send_buffer = 1048576
 shutdown_timeout_ms = 10000

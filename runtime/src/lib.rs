@@ -90,7 +90,10 @@ pub use stats::WorkerStatsSnapshot;
 pub use streams::{
     BiStream, ReadError, ReadToEndError, RecvStream, SendStream, WriteError, STREAM_PANIC_CODE,
 };
-pub use tcp::{TcpHandler, TcpRegistry, TcpSetup, TlsTcpStream, TCP_DEFAULT_ALPN};
+pub use tcp::{
+    accept_error_pause, accept_or_pause, TcpHandler, TcpRegistry, TcpSetup, TlsTcpStream,
+    ACCEPT_ERROR_PAUSE, TCP_DEFAULT_ALPN,
+};
 pub use tcp_connection::{one_stream_error, TCP_CLOSE_LINGER};
 pub use worker::{
     running_handlers, CLOSE_LINGER, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RECV_BATCHES_PER_POLL,

@@ -48,7 +48,8 @@ pub const TCP_DEFAULT_ALPN: &[u8] = b"http/1.1";
 /// too (they end when their clients close or the handler's own timeouts close them).
 const TCP_DRAIN_POLL: Duration = Duration::from_millis(50);
 /// Pause after an accept error such as EMFILE, so a full fd table does not spin the worker.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
+/// Every TCP accept loop on the workers pauses this long (see [`accept_error_pause`]).
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 
 /// A protocol served over TLS on TCP under one or more ALPNs.
 ///
@@ -244,6 +245,44 @@ impl WorkerTcp {
     }
 }
 
+/// How long a TCP accept loop waits before it accepts again after `error`: not at all when
+/// the failure belonged to one connection (the peer reset it before it was accepted, or
+/// the call was interrupted, or Linux passed on a pending protocol error, EPROTO, as
+/// `accept(2)` says it may), [`ACCEPT_ERROR_PAUSE`] for anything else. Those are the
+/// listener's own troubles (EMFILE, ENFILE, ENOBUFS, ENOMEM), which last until something
+/// closes; accepting again at once would spin the worker and starve its other tasks.
+pub fn accept_error_pause(error: &std::io::Error) -> Option<Duration> {
+    use std::io::ErrorKind;
+    if error.raw_os_error() == Some(libc::EPROTO) {
+        return None;
+    }
+    match error.kind() {
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted => None,
+        _ => Some(ACCEPT_ERROR_PAUSE),
+    }
+}
+
+/// One accept on a worker's TCP listener: the connection, or `None` after an error, which
+/// is logged (`what` names the listener) and waited out as [`accept_error_pause`] says, so
+/// the caller just loops. The one accept step of every TCP listener on the workers.
+pub async fn accept_or_pause(
+    listener: &monoio::net::TcpListener,
+    what: &str,
+) -> Option<(monoio::net::TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok(accepted) => Some(accepted),
+        Err(e) => {
+            let pause = accept_error_pause(&e);
+            let local = listener.local_addr().ok();
+            tracing::warn!(listener = what, ?local, ?pause, "accept failed: {e}");
+            if let Some(pause) = pause {
+                monoio::time::sleep(pause).await;
+            }
+            None
+        }
+    }
+}
+
 /// Accepts on one worker's listener until the server shuts down. An accept that completes
 /// after shutdown was requested is closed at once; the task itself ends with the worker's
 /// runtime (the accept is never cancelled mid-flight, so no accepted fd can leak).
@@ -258,14 +297,8 @@ pub(crate) async fn accept_loop(
     };
     let stats = shared.stats[worker].clone();
     loop {
-        let accepted = listener.accept().await;
-        let (stream, remote) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(worker, "TCP accept failed: {e}");
-                monoio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
+        let Some((stream, remote)) = accept_or_pause(&listener, "TCP").await else {
+            continue;
         };
         if shared.shutdown.load(Ordering::Acquire) != RUNNING {
             WorkerStats::add(&stats.tcp_refused, 1);
@@ -508,6 +541,26 @@ async fn serve_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_pauses_on_exhaustion_and_retries_a_lost_connection_at_once() {
+        let os = std::io::Error::from_raw_os_error;
+        // the fd table, the system's file table, socket buffers, memory: wait
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert_eq!(
+                accept_error_pause(&os(errno)),
+                Some(ACCEPT_ERROR_PAUSE),
+                "{errno}"
+            );
+        }
+        // one connection's trouble: the next one may be fine, accept again now
+        for errno in [libc::ECONNABORTED, libc::EINTR, libc::EPROTO] {
+            assert_eq!(accept_error_pause(&os(errno)), None, "{errno}");
+        }
+        // anything unknown is treated as lasting
+        let odd = std::io::Error::other("odd");
+        assert_eq!(accept_error_pause(&odd), Some(ACCEPT_ERROR_PAUSE));
+    }
 
     struct Named(Vec<Vec<u8>>);
 

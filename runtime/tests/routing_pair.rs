@@ -349,6 +349,16 @@ struct Sim {
 
 impl Sim {
     fn new(client_addr: SocketAddr, forwarding: Forwarding, validation: CidValidation) -> Self {
+        Self::with_limits(client_addr, forwarding, validation, &Limits::default())
+    }
+
+    /// [`Sim::new`] with the server's transport from `limits`.
+    fn with_limits(
+        client_addr: SocketAddr,
+        forwarding: Forwarding,
+        validation: CidValidation,
+        limits: &Limits,
+    ) -> Self {
         let layout = CidLayout::new(SERVER_ID, WORKERS).expect("valid CID layout");
         let identity = TlsIdentity::generate_self_signed(&[]).expect("self-signed certificate");
 
@@ -358,7 +368,7 @@ impl Sim {
             .expect("server TLS config");
         let mut server_config = ServerConfig::with_crypto(crypto);
         server_config
-            .transport_config(Arc::new(Limits::default().transport_config()))
+            .transport_config(Arc::new(limits.transport_config()))
             .migration(true);
         let server_config = Arc::new(server_config);
         let reset_key = Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 64]));
@@ -724,6 +734,43 @@ fn handshake_lands_on_kernel_chosen_worker_and_cids_name_it() {
         sim.forwarded, [[0; WORKERS]; WORKERS],
         "nothing needed forwarding"
     );
+}
+
+/// Path MTU probes the server sends on one connection (the search runs once the handshake
+/// is confirmed), and the MTU it settles on.
+fn server_mtu_search(limits: &Limits) -> (u64, u16) {
+    let mut sim = Sim::with_limits(
+        client_addr(40_003, 1),
+        Forwarding::On,
+        CidValidation::Runtime,
+        limits,
+    );
+    sim.handshake();
+    let request = b"probe me".to_vec();
+    assert_eq!(sim.exchange(request.clone()), reply_to(&request));
+    // well past every probe's loss timer; the next search is 600 s away
+    sim.run_for(Duration::from_secs(5));
+    let (_, sc) = sim.server_conn();
+    (
+        sc.conn.stats().path.sent_plpmtud_probes,
+        sc.conn.current_mtu(),
+    )
+}
+
+#[test]
+fn mtu_search_reaches_the_payload_limit_in_two_probes() {
+    // the default: 1336, then the limit
+    let defaults = Limits::default();
+    assert_eq!(
+        server_mtu_search(&defaults),
+        (2, defaults.max_udp_payload_size)
+    );
+    // quinn's own minimum change (20) gets there in four: 1336, 1404, 1438, 1472
+    let quinn = Limits {
+        mtu_probe_min_change: 20,
+        ..Limits::default()
+    };
+    assert_eq!(server_mtu_search(&quinn), (4, quinn.max_udp_payload_size));
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Helpers of the DNS tests: a port free for UDP and TCP alike, and BIND's `dig` (Debian
-//! `bind9-dnsutils`, installed by tests/run-all.sh) bounded in time.
+//! Helpers of the DNS tests: a port free for UDP and TCP alike, BIND's `dig` (Debian
+//! `bind9-dnsutils`) and a dnspython DoQ query (`dnspython[doq]`), bounded in time; both
+//! installed by tests/run-all.sh.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -39,4 +40,32 @@ pub fn dig_short(port: u16, args: &[&str]) -> Vec<String> {
     let mut a = vec!["+short"];
     a.extend_from_slice(args);
     dig(port, &a).lines().map(str::to_string).collect()
+}
+
+/// The first answer record's data (e.g. `192.0.2.1`) of a `qtype` query for `name`, asked
+/// by dnspython over DoQ (`dns.query.quic`, certificate not verified) of the server on
+/// QUIC port `port`.
+pub fn doq_first_answer(port: u16, name: &str, qtype: &str) -> String {
+    let child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, dns.message, dns.query\n\
+             r = dns.query.quic(dns.message.make_query(sys.argv[2], sys.argv[3]), '127.0.0.1',\n\
+                 port=int(sys.argv[1]), verify=False, timeout=10)\n\
+             print(r.answer[0][0].to_text())",
+            &port.to_string(),
+            name,
+            qtype,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3 (tests/run-all.sh installs dnspython[doq])");
+    let out = wait_output(child, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "dnspython DoQ {name} {qtype}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -6,7 +6,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use alknet_tests::dns::{dig, dig_short};
+use alknet_tests::dns::{dig, dig_short, doq_first_answer};
 use alknet_tests::*;
 
 fn signed(kp: &pkarr::Keypair, ts: u64, addr: [u8; 4]) -> Vec<u8> {
@@ -80,24 +80,7 @@ fn pkarr_packets_publish_and_resolve() {
 
     assert_eq!(dig_one(port, &name, "A"), "192.0.2.44");
     assert_eq!(dig_one(port, &key, "TXT"), "\"alknet\"");
-    let py = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, dns.message, dns.query\n\
-             r = dns.query.quic(dns.message.make_query(sys.argv[2], 'A'), '127.0.0.1',\n\
-                 port=int(sys.argv[1]), verify=False, timeout=10)\n\
-             print(r.answer[0][0].to_text())",
-            &server.port.to_string(),
-            &name,
-        ])
-        .output()
-        .expect("python3");
-    assert_eq!(
-        String::from_utf8_lossy(&py.stdout).trim(),
-        "192.0.2.44",
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
-    );
+    assert_eq!(doq_first_answer(server.port, &name, "A"), "192.0.2.44");
 
     // stale and forged packets are refused and change nothing
     let out = publish(&server, &fp, &key, &signed(&kp, 999_999, [192, 0, 2, 1]));

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use alknet_runtime::rt::{panic_message, spawn_guarded};
-use alknet_runtime::{WorkerHook, WorkerStart};
+use alknet_runtime::{accept_or_pause, WorkerHook, WorkerStart};
 use bytes::Bytes;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
@@ -363,7 +363,8 @@ async fn serve_tcp(
     open: Arc<AtomicUsize>,
 ) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
+        // an error (EMFILE, ...) pauses as the runtime's own TCP listener does
+        let Some((stream, peer)) = accept_or_pause(&listener, "dns tcp").await else {
             continue;
         };
         if open.fetch_add(1, Ordering::Relaxed) >= config.max_tcp_connections {

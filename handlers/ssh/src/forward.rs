@@ -37,9 +37,13 @@ pub async fn accept_loop(
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning
-                tracing::warn!("ssh: forward listener {address}:{port}: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                // EMFILE and friends: back off instead of spinning, as every accept loop
+                // does (the runtime's decision; this listener runs on the tokio bridge)
+                let pause = alknet_runtime::accept_error_pause(&e);
+                tracing::warn!(?pause, "ssh: forward listener {address}:{port}: {e}");
+                if let Some(pause) = pause {
+                    tokio::time::sleep(pause).await;
+                }
                 continue;
             }
         };
