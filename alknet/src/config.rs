@@ -318,6 +318,7 @@ stream_receive_window = 1250000
 connection_receive_window = 10000000
 send_window = 10000000
 max_udp_payload_size = 1472
+loopback_max_udp_payload_size = 65507
 datagram_receive_buffer = 1048576
 datagram_send_buffer = 1048576
 shutdown_timeout_ms = 10000

@@ -33,6 +33,12 @@ const STDIN_CHUNK: usize = 256 * 1024;
 const PIPE_CAPACITY: i32 = 1024 * 1024;
 /// Most bytes taken from the stream for one write to stdout.
 const STDOUT_CHUNK: usize = 256 * 1024;
+/// The stream receive window `alknet connect` offers the server (the engine's default is
+/// 1.25 MB): how far the server may send ahead of what has been written to stdout. A
+/// download is paced by this window over the round trip, and on a busy machine a round
+/// trip includes the wait for the client's turn on a core; one stream per process, so the
+/// memory it may hold is this once.
+const CONNECT_STREAM_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
 /// Chunks in flight between the stdio threads and the stream (each way).
 const PIPE_DEPTH: usize = 8;
 /// Keep-alive for connect sessions, so an idle interactive session outlives the idle
@@ -332,6 +338,7 @@ pub fn pipe_stdio(
         };
         let limits = Limits {
             keep_alive_interval: KEEP_ALIVE,
+            stream_receive_window: CONNECT_STREAM_RECEIVE_WINDOW,
             ..Limits::default()
         };
         let (endpoint, conn) = dial.connect(&limits).await?;

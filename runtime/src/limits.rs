@@ -36,6 +36,16 @@ pub const DEFAULT_SEND_WINDOW: u64 = 8 * 1_250_000;
 /// `max_udp_payload_size`: largest UDP payload we accept and advertise (1500-byte Ethernet
 /// MTU minus IPv4+UDP headers). Path MTU discovery never goes past it.
 pub const DEFAULT_MAX_UDP_PAYLOAD_SIZE: u16 = 1472;
+/// `loopback_max_udp_payload_size`: what path MTU discovery may reach on a connection whose
+/// peer is a loopback address (127.0.0.0/8, ::1), where the interface's MTU is 64 KiB
+/// instead of Ethernet's 1500 bytes. Also the largest UDP payload accepted and advertised
+/// (transport parameter `max_udp_payload_size`) when above `max_udp_payload_size`. Why:
+/// a local `alknet connect` (the stock `ssh`/`sftp` clients' way in) moved 1 GiB as about
+/// 750 000 packets of 1.4 KB, and per-packet work (building, sealing, acknowledging,
+/// tracking) on both ends cost more CPU than the bytes; on this path the packets grow to
+/// the 64 KiB a UDP datagram may carry over IPv4 (65 507 bytes). Set it equal to
+/// `max_udp_payload_size` to treat loopback like any other path.
+pub const DEFAULT_LOOPBACK_MAX_UDP_PAYLOAD_SIZE: u16 = 65_507;
 /// `datagram_receive_buffer`: bytes of unread QUIC DATAGRAM frames kept per connection;
 /// past it the oldest are dropped. 0 disables the DATAGRAM extension.
 pub const DEFAULT_DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;
@@ -157,6 +167,7 @@ pub struct Limits {
     pub connection_receive_window: u32,
     pub send_window: u64,
     pub max_udp_payload_size: u16,
+    pub loopback_max_udp_payload_size: u16,
     pub datagram_receive_buffer: usize,
     pub datagram_send_buffer: usize,
     #[serde(rename = "shutdown_timeout_ms", with = "millis")]
@@ -177,6 +188,7 @@ impl Default for Limits {
             connection_receive_window: DEFAULT_CONNECTION_RECEIVE_WINDOW,
             send_window: DEFAULT_SEND_WINDOW,
             max_udp_payload_size: DEFAULT_MAX_UDP_PAYLOAD_SIZE,
+            loopback_max_udp_payload_size: DEFAULT_LOOPBACK_MAX_UDP_PAYLOAD_SIZE,
             datagram_receive_buffer: DEFAULT_DATAGRAM_RECEIVE_BUFFER,
             datagram_send_buffer: DEFAULT_DATAGRAM_SEND_BUFFER,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -193,6 +205,8 @@ pub enum LimitsError {
     Zero(&'static str),
     #[error("limits.max_udp_payload_size must be between 1200 and 65527, got {0}")]
     UdpPayload(u16),
+    #[error("limits.loopback_max_udp_payload_size must be between 1200 and 65527, got {0}")]
+    LoopbackUdpPayload(u16),
     #[error("limits.idle_timeout_ms is too large for QUIC (max 2^62 ms)")]
     IdleTimeout,
 }
@@ -218,6 +232,11 @@ impl Limits {
         if !(1200..=65527).contains(&self.max_udp_payload_size) {
             return Err(LimitsError::UdpPayload(self.max_udp_payload_size));
         }
+        if !(1200..=65527).contains(&self.loopback_max_udp_payload_size) {
+            return Err(LimitsError::LoopbackUdpPayload(
+                self.loopback_max_udp_payload_size,
+            ));
+        }
         if quinn_proto::IdleTimeout::try_from(self.idle_timeout).is_err() {
             return Err(LimitsError::IdleTimeout);
         }
@@ -238,6 +257,28 @@ pub mod millis {
 }
 
 impl Limits {
+    /// The largest UDP payload an endpoint with these limits accepts and advertises: the
+    /// larger of `max_udp_payload_size` and `loopback_max_udp_payload_size` (a peer's
+    /// path MTU discovery stays within its own bound, so advertising more costs nothing on
+    /// other paths).
+    pub fn endpoint_max_udp_payload_size(&self) -> u16 {
+        self.max_udp_payload_size
+            .max(self.loopback_max_udp_payload_size)
+    }
+
+    /// The quinn-proto transport parameters these limits imply for a connection whose
+    /// peer is at `peer` (loopback peers get `loopback_max_udp_payload_size` as the path
+    /// MTU discovery bound).
+    pub fn transport_config_for(&self, peer: std::net::IpAddr) -> quinn_proto::TransportConfig {
+        let mut t = self.transport_config();
+        if is_loopback(peer) {
+            let mut mtud = quinn_proto::MtuDiscoveryConfig::default();
+            mtud.upper_bound(self.loopback_max_udp_payload_size);
+            t.mtu_discovery_config(Some(mtud));
+        }
+        t
+    }
+
     /// The quinn-proto transport parameters these limits imply.
     pub fn transport_config(&self) -> quinn_proto::TransportConfig {
         use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, VarInt};
@@ -259,6 +300,16 @@ impl Limits {
         mtud.upper_bound(self.max_udp_payload_size);
         t.mtu_discovery_config(Some(mtud));
         t
+    }
+}
+
+/// A loopback address, also as an IPv4-mapped IPv6 address (a dual-stack socket).
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -286,5 +337,31 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(l.validate(), Err(LimitsError::UdpPayload(100)));
+        let l = Limits {
+            loopback_max_udp_payload_size: 65528,
+            ..Limits::default()
+        };
+        assert_eq!(l.validate(), Err(LimitsError::LoopbackUdpPayload(65528)));
+    }
+
+    #[test]
+    fn loopback_peers_get_the_loopback_bound() {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        assert!(is_loopback(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
+        assert!(is_loopback(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert!(is_loopback(IpAddr::V6(
+            Ipv4Addr::LOCALHOST.to_ipv6_mapped()
+        )));
+        assert!(!is_loopback(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
+        let l = Limits::default();
+        assert_eq!(
+            l.endpoint_max_udp_payload_size(),
+            DEFAULT_LOOPBACK_MAX_UDP_PAYLOAD_SIZE
+        );
+        let same = Limits {
+            loopback_max_udp_payload_size: 1200,
+            ..Limits::default()
+        };
+        assert_eq!(same.endpoint_max_udp_payload_size(), 1472);
     }
 }
