@@ -985,8 +985,8 @@ impl Driver {
         // the batch may leave from any of the sockets (by destination, decided per transmit);
         // as many datagrams of this connection's current path MTU as fit in one UDP send
         // (a loopback path's MTU may reach 64 KiB: one datagram per send)
-        let by_size = (MAX_GSO_BYTES / usize::from(st.conn.current_mtu().max(1)))
-            .min(self.segments_by_size);
+        let by_size =
+            (MAX_GSO_BYTES / usize::from(st.conn.current_mtu().max(1))).min(self.segments_by_size);
         let max_segments = self
             .sockets
             .iter()
@@ -1295,6 +1295,25 @@ fn truncate_reason(reason: &str) -> &str {
     &reason[..end]
 }
 
+/// The server config for a connection from a loopback peer, when its path MTU discovery
+/// bound differs from other connections' (`limits.loopback_max_udp_payload_size`); `None`
+/// otherwise (the endpoint's own config serves it).
+fn loopback_server_config(
+    incoming: &quinn_proto::Incoming,
+    base: &quinn_proto::ServerConfig,
+    limits: &crate::Limits,
+) -> Option<Arc<quinn_proto::ServerConfig>> {
+    let peer = incoming.remote_address().ip();
+    if !crate::limits::is_loopback(peer)
+        || limits.loopback_max_udp_payload_size == limits.max_udp_payload_size
+    {
+        return None;
+    }
+    let mut config = base.clone();
+    config.transport_config(Arc::new(limits.transport_config_for(peer)));
+    Some(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1318,23 +1337,4 @@ mod tests {
         assert_eq!(next_recv_slots(16, 4), 16);
         assert_eq!(next_recv_slots(16, 3), 8);
     }
-}
-
-/// The server config for a connection from a loopback peer, when its path MTU discovery
-/// bound differs from other connections' (`limits.loopback_max_udp_payload_size`); `None`
-/// otherwise (the endpoint's own config serves it).
-fn loopback_server_config(
-    incoming: &quinn_proto::Incoming,
-    base: &quinn_proto::ServerConfig,
-    limits: &crate::Limits,
-) -> Option<Arc<quinn_proto::ServerConfig>> {
-    let peer = incoming.remote_address().ip();
-    if !crate::limits::is_loopback(peer)
-        || limits.loopback_max_udp_payload_size == limits.max_udp_payload_size
-    {
-        return None;
-    }
-    let mut config = base.clone();
-    config.transport_config(Arc::new(limits.transport_config_for(peer)));
-    Some(Arc::new(config))
 }
