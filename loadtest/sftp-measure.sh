@@ -20,9 +20,16 @@
 #   loadtest/sftp-measure.sh            # ROUNDS=3 CIPHER=aes256-gcm@openssh.com by default
 #   ROUNDS=1 CIPHERS="aes128-gcm@openssh.com chacha20-poly1305@openssh.com" loadtest/sftp-measure.sh
 #   ONLY=ssh loadtest/sftp-measure.sh   # or ONLY=sftp
+#   ONLY=sftp OPS="get put" WAYS="a c a c" SMALL_FILES=0 loadtest/sftp-measure.sh
+#                                       # only these sftp workloads and ways, in this order
+#                                       # per round (a way may repeat)
 #   BASELINE=/tmp/alknet-old loadtest/sftp-measure.sh   # also (c0)/(d0) and ssh "alknet0":
 #                                       # another alknet binary (before a change) as server
 #                                       # and as `alknet connect`, same run, port +1
+#   BASELINE=target/release/alknet BASELINE_ARGS="--config old.toml" loadtest/sftp-measure.sh
+#                                       # the same binary as baseline, its server started
+#                                       # with these extra arguments (a config that turns
+#                                       # a change off)
 #
 # Needs openssh-client, openssh-server (for sshd) and openssh-sftp-server: installed with
 # apt-get when missing. Uses about 2.1 GiB of /dev/shm while it runs.
@@ -35,9 +42,12 @@ SSHD_PORT=${SSHD_PORT:-2222}
 ALKNET_PORT=${ALKNET_PORT:-4499}
 ONLY=${ONLY:-all}
 BASELINE=${BASELINE:-}
+BASELINE_ARGS=${BASELINE_ARGS:-}
 GIB=${BYTES:-1073741824}
 SIZE="$((GIB / 1048576)) MiB"
 SMALL_FILES=${SMALL_FILES:-10000}
+OPS=${OPS:-get put getsmall putsmall}
+WAYS=${WAYS:-}
 SFTP_SERVER=/usr/lib/openssh/sftp-server
 TCK=$(getconf CLK_TCK)
 
@@ -106,7 +116,8 @@ BASE_PID=
 if [ -n "$BASELINE" ]; then
     # the same peers (copied before any file is in the trees), its own port
     cp -a "$W/alk" "$W/alk0"
-    ALKNET_DATA_DIR=$W/alk0 ALKNET_LOG=info "$BASELINE" serve \
+    # shellcheck disable=SC2086
+    ALKNET_DATA_DIR=$W/alk0 ALKNET_LOG=info "$BASELINE" serve $BASELINE_ARGS \
         --listen "127.0.0.1:$((ALKNET_PORT + 1))" --workers 1 2>"$W/alknet0.log" &
     BASE_PID=$!
     PIDS+=("$BASE_PID")
@@ -292,9 +303,17 @@ sftp_rounds() {
         [c0]="(c0) alknet/sftp, BASELINE" [d0]="(d0) alknet/ssh subsystem, BASELINE")
     local ways="a b c d"
     [ -n "$BASELINE" ] && ways="a b c0 c d0 d"
-    for OP in get put getsmall putsmall; do
+    [ -n "$WAYS" ] && ways=$WAYS
+    for OP in $OPS; do
         for r in $(seq "$ROUNDS"); do
-            for way in $ways; do
+            local order=$ways
+            # with a baseline, every other round runs the new server first: an effect of
+            # the order (none was found with two identical servers, README) cancels out in
+            # the per-round figures instead of always landing on the same side
+            if [ -n "$BASELINE" ] && [ -z "$WAYS" ] && [ $((r % 2)) = 0 ]; then
+                order="a b c c0 d d0"
+            fi
+            for way in $order; do
                 read -r w c < <(sftp_run $way "$cipher")
                 sftp_clean
                 case $OP in
@@ -308,7 +327,7 @@ sftp_rounds() {
 
 echo "== $(date -u) $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
 echo "== $(ssh -V 2>&1); alknet serve --workers 1 (one bridge thread); sshd $SSHD_PORT; rounds $ROUNDS"
-[ -n "$BASELINE" ] && echo "== baseline (c0)/(d0): $BASELINE on port $((ALKNET_PORT + 1))"
+[ -n "$BASELINE" ] && echo "== baseline (c0)/(d0): $BASELINE $BASELINE_ARGS on port $((ALKNET_PORT + 1))"
 echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for cipher in $CIPHERS; do
     if [ "$ONLY" = all ] || [ "$ONLY" = ssh ]; then

@@ -33,6 +33,12 @@ const STDIN_CHUNK: usize = 256 * 1024;
 const PIPE_CAPACITY: i32 = 1024 * 1024;
 /// Most bytes taken from the stream for one write to stdout.
 const STDOUT_CHUNK: usize = 256 * 1024;
+/// The stream receive window `alknet connect` offers the server (the engine's default is
+/// 1.25 MB): how far the server may send ahead of what has been written to stdout. A
+/// download is paced by this window over the round trip, and on a busy machine a round
+/// trip includes the wait for the client's turn on a core; one stream per process, so the
+/// memory it may hold is this once.
+const CONNECT_STREAM_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
 /// Chunks in flight between the stdio threads and the stream (each way).
 const PIPE_DEPTH: usize = 8;
 /// Keep-alive for connect sessions, so an idle interactive session outlives the idle
@@ -332,6 +338,7 @@ pub fn pipe_stdio(
         };
         let limits = Limits {
             keep_alive_interval: KEEP_ALIVE,
+            stream_receive_window: CONNECT_STREAM_RECEIVE_WINDOW,
             ..Limits::default()
         };
         let (endpoint, conn) = dial.connect(&limits).await?;
@@ -546,11 +553,30 @@ fn write_all_chunks(out: &mut std::fs::File, chunks: &[Bytes]) -> std::io::Resul
     Ok(())
 }
 
-/// Asks for a [`PIPE_CAPACITY`] buffer on `fd` if it is a pipe; anything else (a file, a
-/// terminal, a socket) or a refusal leaves it as it is.
+/// Asks for a [`PIPE_CAPACITY`] buffer on `fd` if it is a pipe, or a [`PIPE_CAPACITY`]
+/// send buffer if it is a socket (`sftp -D` and `ssh`'s ProxyCommand hand over one end of
+/// a Unix socket pair, whose default send buffer, about 208 KiB, is smaller than one
+/// 255 KiB SFTP read reply); anything else (a file, a terminal) or a refusal leaves it as
+/// it is.
 fn enlarge_pipe(fd: i32) {
     // SAFETY: F_SETPIPE_SZ takes an int and touches no memory; on a descriptor that is
     // not a pipe it fails with EBADF/EINVAL, which is ignored.
     #[allow(unsafe_code)]
-    let _ = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_CAPACITY) };
+    let piped = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_CAPACITY) } >= 0;
+    if !piped {
+        let size: libc::c_int = PIPE_CAPACITY;
+        // SAFETY: setsockopt reads `size` (an int, its length given) and nothing else; on
+        // a descriptor that is not a socket it fails with ENOTSOCK, which is ignored. The
+        // kernel caps the size at net.core.wmem_max.
+        #[allow(unsafe_code)]
+        let _ = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                std::ptr::addr_of!(size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
 }

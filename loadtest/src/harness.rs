@@ -315,7 +315,7 @@ pub fn run<W: Workload, S>(
     });
     let limits = Limits {
         keep_alive_interval: plan.keep_alive,
-        ..Limits::default()
+        ..crate::server::engine_limits()
     };
     let threads: Vec<_> = (0..plan.threads)
         .map(|index| {

@@ -298,6 +298,20 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The limits alknet's server and the load generator's client run with: the engine's
+/// defaults, except that loopback paths keep the 1472-byte packets of every other path
+/// (`loopback_max_udp_payload_size` = `max_udp_payload_size`). The comparisons are of
+/// engines at the same packet size: the quinn baseline, as `quinn-perf server` runs it, never
+/// probes past 1452 bytes, and 64 KiB loopback packets would measure the packet size, not
+/// the engine. `ALKNET_LOOPBACK_MTU=1` keeps the engine's default (64 KiB on loopback).
+pub fn engine_limits() -> Limits {
+    let mut limits = Limits::default();
+    if std::env::var("ALKNET_LOOPBACK_MTU").map_or(true, |v| v != "1") {
+        limits.loopback_max_udp_payload_size = limits.max_udp_payload_size;
+    }
+    limits
+}
+
 /// The child side: run a server until stdin closes, after printing `listening ADDR` and
 /// `fingerprint HEX` on stdout.
 pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
@@ -370,7 +384,7 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
                     .and_then(|v| alknet_runtime::PinWorkers::parse(&v))
                     .unwrap_or(alknet_runtime::PinWorkers::Always(false)),
                 server_id: 0,
-                limits: Limits::default(),
+                limits: engine_limits(),
                 tls: key.generate()?,
                 client_auth: ClientAuth::None,
                 // ALKNET_KERNEL_STEERING=0 measures the plain 4-tuple hash instead

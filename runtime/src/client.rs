@@ -29,6 +29,8 @@ pub enum ConnectError {
 pub struct ClientEndpoint {
     w: Rc<WorkerState>,
     transport: Arc<TransportConfig>,
+    /// For a server at a loopback address ([`crate::limits::is_loopback`]).
+    loopback_transport: Arc<TransportConfig>,
 }
 
 impl ClientEndpoint {
@@ -41,7 +43,7 @@ impl ClientEndpoint {
         let io = UdpIo::new(bind_client(local, limits.socket_buffer_size)?)?;
         let mut endpoint_config = EndpointConfig::default();
         endpoint_config
-            .max_udp_payload_size(limits.max_udp_payload_size)
+            .max_udp_payload_size(limits.endpoint_max_udp_payload_size())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let endpoint = Endpoint::new(Arc::new(endpoint_config), None, !io.may_fragment(), None);
         let w = WorkerState::new(
@@ -52,10 +54,16 @@ impl ClientEndpoint {
             Arc::new(WorkerStats::default()),
         );
         w.handles.set(1);
-        monoio::spawn(Driver::new(w.clone(), limits.max_udp_payload_size));
+        monoio::spawn(Driver::new(
+            w.clone(),
+            limits.endpoint_max_udp_payload_size(),
+        ));
         Ok(Self {
             w,
             transport: Arc::new(limits.transport_config()),
+            loopback_transport: Arc::new(
+                limits.transport_config_for(std::net::Ipv4Addr::LOCALHOST.into()),
+            ),
         })
     }
 
@@ -73,7 +81,12 @@ impl ClientEndpoint {
         crypto: Arc<QuicClientConfig>,
     ) -> Result<Connection, ConnectError> {
         let mut config = quinn_proto::ClientConfig::new(crypto);
-        config.transport_config(self.transport.clone());
+        let transport = if crate::limits::is_loopback(remote.ip()) {
+            &self.loopback_transport
+        } else {
+            &self.transport
+        };
+        config.transport_config(transport.clone());
         let (handle, conn) = self.w.endpoint.borrow_mut().connect(
             std::time::Instant::now(),
             config,

@@ -53,6 +53,16 @@ pub const MIN_UDP_PAYLOAD_SIZE: u16 = 1200;
 /// settles on 1336 instead of a few bytes under the path's limit until its next run.
 pub const DEFAULT_MTU_PROBE_MIN_CHANGE: u16 =
     (DEFAULT_MAX_UDP_PAYLOAD_SIZE - MIN_UDP_PAYLOAD_SIZE) / 2;
+/// `loopback_max_udp_payload_size`: what path MTU discovery may reach on a connection whose
+/// peer is a loopback address (127.0.0.0/8, ::1), where the interface's MTU is 64 KiB
+/// instead of Ethernet's 1500 bytes. Also the largest UDP payload accepted and advertised
+/// (transport parameter `max_udp_payload_size`) when above `max_udp_payload_size`. Why:
+/// a local `alknet connect` (the stock `ssh`/`sftp` clients' way in) moved 1 GiB as about
+/// 750 000 packets of 1.4 KB, and per-packet work (building, sealing, acknowledging,
+/// tracking) on both ends cost more CPU than the bytes; on this path the packets grow to
+/// the 64 KiB a UDP datagram may carry over IPv4 (65 507 bytes). Set it equal to
+/// `max_udp_payload_size` to treat loopback like any other path.
+pub const DEFAULT_LOOPBACK_MAX_UDP_PAYLOAD_SIZE: u16 = 65_507;
 /// `datagram_receive_buffer`: bytes of unread QUIC DATAGRAM frames kept per connection;
 /// past it the oldest are dropped. 0 disables the DATAGRAM extension.
 pub const DEFAULT_DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;
@@ -175,6 +185,7 @@ pub struct Limits {
     pub send_window: u64,
     pub max_udp_payload_size: u16,
     pub mtu_probe_min_change: u16,
+    pub loopback_max_udp_payload_size: u16,
     pub datagram_receive_buffer: usize,
     pub datagram_send_buffer: usize,
     #[serde(rename = "shutdown_timeout_ms", with = "millis")]
@@ -196,6 +207,7 @@ impl Default for Limits {
             send_window: DEFAULT_SEND_WINDOW,
             max_udp_payload_size: DEFAULT_MAX_UDP_PAYLOAD_SIZE,
             mtu_probe_min_change: DEFAULT_MTU_PROBE_MIN_CHANGE,
+            loopback_max_udp_payload_size: DEFAULT_LOOPBACK_MAX_UDP_PAYLOAD_SIZE,
             datagram_receive_buffer: DEFAULT_DATAGRAM_RECEIVE_BUFFER,
             datagram_send_buffer: DEFAULT_DATAGRAM_SEND_BUFFER,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -212,6 +224,8 @@ pub enum LimitsError {
     Zero(&'static str),
     #[error("limits.max_udp_payload_size must be between 1200 and 65527, got {0}")]
     UdpPayload(u16),
+    #[error("limits.loopback_max_udp_payload_size must be between 1200 and 65527, got {0}")]
+    LoopbackUdpPayload(u16),
     #[error("limits.idle_timeout_ms is too large for QUIC (max 2^62 ms)")]
     IdleTimeout,
 }
@@ -240,6 +254,11 @@ impl Limits {
         if !(MIN_UDP_PAYLOAD_SIZE..=65527).contains(&self.max_udp_payload_size) {
             return Err(LimitsError::UdpPayload(self.max_udp_payload_size));
         }
+        if !(1200..=65527).contains(&self.loopback_max_udp_payload_size) {
+            return Err(LimitsError::LoopbackUdpPayload(
+                self.loopback_max_udp_payload_size,
+            ));
+        }
         if quinn_proto::IdleTimeout::try_from(self.idle_timeout).is_err() {
             return Err(LimitsError::IdleTimeout);
         }
@@ -260,6 +279,29 @@ pub mod millis {
 }
 
 impl Limits {
+    /// The largest UDP payload an endpoint with these limits accepts and advertises: the
+    /// larger of `max_udp_payload_size` and `loopback_max_udp_payload_size` (a peer's
+    /// path MTU discovery stays within its own bound, so advertising more costs nothing on
+    /// other paths).
+    pub fn endpoint_max_udp_payload_size(&self) -> u16 {
+        self.max_udp_payload_size
+            .max(self.loopback_max_udp_payload_size)
+    }
+
+    /// The quinn-proto transport parameters these limits imply for a connection whose
+    /// peer is at `peer` (loopback peers get `loopback_max_udp_payload_size` as the path
+    /// MTU discovery bound).
+    pub fn transport_config_for(&self, peer: std::net::IpAddr) -> quinn_proto::TransportConfig {
+        let mut t = self.transport_config();
+        if is_loopback(peer) {
+            let mut mtud = quinn_proto::MtuDiscoveryConfig::default();
+            mtud.upper_bound(self.loopback_max_udp_payload_size)
+                .minimum_change(self.mtu_probe_min_change);
+            t.mtu_discovery_config(Some(mtud));
+        }
+        t
+    }
+
     /// The quinn-proto transport parameters these limits imply.
     pub fn transport_config(&self) -> quinn_proto::TransportConfig {
         use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, VarInt};
@@ -282,6 +324,16 @@ impl Limits {
             .minimum_change(self.mtu_probe_min_change);
         t.mtu_discovery_config(Some(mtud));
         t
+    }
+}
+
+/// A loopback address, also as an IPv4-mapped IPv6 address (a dual-stack socket).
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -309,5 +361,31 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(l.validate(), Err(LimitsError::UdpPayload(100)));
+        let l = Limits {
+            loopback_max_udp_payload_size: 65528,
+            ..Limits::default()
+        };
+        assert_eq!(l.validate(), Err(LimitsError::LoopbackUdpPayload(65528)));
+    }
+
+    #[test]
+    fn loopback_peers_get_the_loopback_bound() {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        assert!(is_loopback(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
+        assert!(is_loopback(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert!(is_loopback(IpAddr::V6(
+            Ipv4Addr::LOCALHOST.to_ipv6_mapped()
+        )));
+        assert!(!is_loopback(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
+        let l = Limits::default();
+        assert_eq!(
+            l.endpoint_max_udp_payload_size(),
+            DEFAULT_LOOPBACK_MAX_UDP_PAYLOAD_SIZE
+        );
+        let same = Limits {
+            loopback_max_udp_payload_size: 1200,
+            ..Limits::default()
+        };
+        assert_eq!(same.endpoint_max_udp_payload_size(), 1472);
     }
 }

@@ -64,7 +64,7 @@ impl QlogDir {
         let mut qlog = quinn_proto::QlogConfig::default();
         qlog.writer(Box::new(BufWriter::with_capacity(QLOG_BUFFER, file)))
             .title(Some(format!("alknet worker {worker}")));
-        let mut transport = limits.transport_config();
+        let mut transport = limits.transport_config_for(incoming.remote_address().ip());
         transport.qlog_stream(qlog.into_stream());
         let mut config = base.clone();
         config.transport_config(Arc::new(transport));

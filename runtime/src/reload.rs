@@ -305,9 +305,12 @@ fn same_socket(wanted: Option<SocketAddr>, served: Option<SocketAddr>) -> bool {
 /// `[limits]` keys fixed at start (sockets, inboxes and the endpoint are sized by them),
 /// each with how to tell whether a reload keeps it.
 /// (`[quic] preferred_address_v4/v6` are fixed at start too: their sockets are bound then.)
-pub const RESTART_LIMITS: [(&str, KeepsLimit); 3] = [
+pub const RESTART_LIMITS: [(&str, KeepsLimit); 4] = [
     ("limits.max_udp_payload_size", |a, b| {
         a.max_udp_payload_size == b.max_udp_payload_size
+    }),
+    ("limits.loopback_max_udp_payload_size", |a, b| {
+        a.loopback_max_udp_payload_size == b.loopback_max_udp_payload_size
     }),
     ("limits.inbox_capacity", |a, b| {
         a.inbox_capacity == b.inbox_capacity

@@ -319,7 +319,7 @@ pub fn start_with_hooks(
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut reset_key);
     let reset_key = Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key));
     let mut base_endpoint = EndpointConfig::new(reset_key);
-    base_endpoint.max_udp_payload_size(config.limits.max_udp_payload_size)?;
+    base_endpoint.max_udp_payload_size(config.limits.endpoint_max_udp_payload_size())?;
 
     let sockets = bind_reuseport_group(config.listen, workers, config.limits.socket_buffer_size)?;
     let steering = config.kernel_steering && workers > 1;
@@ -428,7 +428,7 @@ pub fn start_with_hooks(
         endpoint_config.cid_generator(move || Box::new(WorkerCidGenerator::new(layout, worker_id)));
         let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
         let ready_tx = ready_tx.clone();
-        let max_udp = config.limits.max_udp_payload_size;
+        let max_udp = config.limits.endpoint_max_udp_payload_size();
         let tcp_listener = tcp_listeners[index].take();
         let extra = std::mem::take(&mut extra_sockets[index]);
         let hooks = hooks.clone();

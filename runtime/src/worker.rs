@@ -56,6 +56,9 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 /// bytes including the 8-byte UDP and 20-byte IPv4 headers. A larger batch is refused with
 /// EMSGSIZE, which quinn-udp reports as success (it expects it only from MTU probes).
 pub const MAX_GSO_BYTES: usize = 65_535 - 8 - 20;
+/// The smallest path MTU QUIC allows (quinn's `initial_mtu`): what bounds the datagrams of
+/// one GSO batch before a connection's own MTU is known.
+const INITIAL_MTU: u16 = 1200;
 /// After the drain timeout, how long closed connections get to deliver CONNECTION_CLOSE.
 pub const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
@@ -369,7 +372,8 @@ impl Driver {
             recv_slots: quinn_udp::BATCH_SIZE,
             recv_meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE].into_boxed_slice(),
             send_buf: Vec::with_capacity(MAX_GSO_BYTES),
-            segments_by_size: (MAX_GSO_BYTES / usize::from(max_udp_payload.max(1))).max(1),
+            // datagrams of the smallest MTU a path may have (QUIC's 1200 bytes) per send
+            segments_by_size: MAX_GSO_BYTES / usize::from(INITIAL_MTU),
             response_buf: Vec::new(),
             refusal_log: RefusalLog::new(),
             dirty: Vec::new(),
@@ -833,14 +837,18 @@ impl Driver {
             return;
         }
         self.response_buf.clear();
-        let traced = s.qlog.as_ref().and_then(|q| {
-            q.server_config(
-                &incoming,
-                self.w.index,
-                &s.tls.load().config,
-                &s.limits.load(),
-            )
-        });
+        let traced = s
+            .qlog
+            .as_ref()
+            .and_then(|q| {
+                q.server_config(
+                    &incoming,
+                    self.w.index,
+                    &s.tls.load().config,
+                    &s.limits.load(),
+                )
+            })
+            .or_else(|| loopback_server_config(&incoming, &s.tls.load().config, &s.limits.load()));
         let accepted =
             self.w
                 .endpoint
@@ -974,7 +982,11 @@ impl Driver {
 
     /// Sends what `c` has to send, up to [`TRANSMITS_PER_CONNECTION`] GSO batches.
     fn transmit(&mut self, now: Instant, c: &Rc<ConnInner>, st: &mut ConnState) {
-        // the batch may leave from any of the sockets (by destination, decided per transmit)
+        // the batch may leave from any of the sockets (by destination, decided per transmit);
+        // as many datagrams of this connection's current path MTU as fit in one UDP send
+        // (a loopback path's MTU may reach 64 KiB: one datagram per send)
+        let by_size =
+            (MAX_GSO_BYTES / usize::from(st.conn.current_mtu().max(1))).min(self.segments_by_size);
         let max_segments = self
             .sockets
             .iter()
@@ -982,7 +994,7 @@ impl Driver {
             .min()
             .unwrap_or(1)
             .min(MAX_GSO_SEGMENTS)
-            .min(self.segments_by_size)
+            .min(by_size)
             .max(1);
         for _ in 0..TRANSMITS_PER_CONNECTION {
             self.send_buf.clear();
@@ -1281,6 +1293,25 @@ fn truncate_reason(reason: &str) -> &str {
         end -= 1;
     }
     &reason[..end]
+}
+
+/// The server config for a connection from a loopback peer, when its path MTU discovery
+/// bound differs from other connections' (`limits.loopback_max_udp_payload_size`); `None`
+/// otherwise (the endpoint's own config serves it).
+fn loopback_server_config(
+    incoming: &quinn_proto::Incoming,
+    base: &quinn_proto::ServerConfig,
+    limits: &crate::Limits,
+) -> Option<Arc<quinn_proto::ServerConfig>> {
+    let peer = incoming.remote_address().ip();
+    if !crate::limits::is_loopback(peer)
+        || limits.loopback_max_udp_payload_size == limits.max_udp_payload_size
+    {
+        return None;
+    }
+    let mut config = base.clone();
+    config.transport_config(Arc::new(limits.transport_config_for(peer)));
+    Some(Arc::new(config))
 }
 
 #[cfg(test)]

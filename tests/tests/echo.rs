@@ -101,6 +101,9 @@ fn uni_streams_and_datagrams_echo() {
             let echoed = conn.read_datagram().await.expect("datagram echo");
             assert_eq!(echoed, d);
         }
+        // read again with nothing awaited before the send: on loopback the path MTU (and
+        // with it the largest datagram) may have grown meanwhile
+        let max = conn.max_datagram_size().expect("datagrams negotiated");
         let too_big = Bytes::from(vec![0; max + 1]);
         assert!(matches!(
             conn.send_datagram(too_big),
@@ -165,4 +168,47 @@ fn bulk_transfer_over_loopback_loses_no_packets() {
             stats.path.lost_packets, stats.path.sent_packets
         );
     });
+}
+
+/// A loopback peer's path MTU grows past Ethernet's to `loopback_max_udp_payload_size`
+/// (64 KiB packets: far less per-packet work for a local `alknet connect`), both ways and
+/// without loss; a server that sets it to `max_udp_payload_size` keeps its connections at
+/// the ordinary bound (the endpoint advertises no more, so the client probes no higher).
+#[test]
+fn loopback_paths_probe_up_to_the_loopback_payload_limit() {
+    let limit = alknet_runtime::Limits::default().max_udp_payload_size;
+    for loopback in [
+        alknet_runtime::Limits::default().loopback_max_udp_payload_size,
+        limit,
+    ] {
+        let server = start_server(ServerOptions {
+            limits: alknet_runtime::Limits {
+                loopback_max_udp_payload_size: loopback,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        run_client(|| async {
+            let endpoint = client_endpoint();
+            let conn = connect(&endpoint, &server, alknet_echo::ALPN)
+                .await
+                .expect("connect");
+            // enough round trips for path MTU discovery's probes to finish
+            for seed in 0..4 {
+                let data = payload(seed, 2 << 20);
+                assert_eq!(echo_roundtrip(&conn, data.clone()).await, sha256(&data));
+            }
+            let path = conn.stats().path;
+            if loopback > limit {
+                assert!(
+                    path.current_mtu > limit,
+                    "MTU stayed at {} on loopback",
+                    path.current_mtu
+                );
+            } else {
+                assert!(path.current_mtu <= limit, "MTU {}", path.current_mtu);
+            }
+            assert_eq!(path.lost_packets, 0, "lost {} packets", path.lost_packets);
+        });
+    }
 }

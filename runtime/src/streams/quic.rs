@@ -301,7 +301,7 @@ impl QuicRecv {
         // how the stream ended behind the data taken (None: it goes on, or is blocked)
         let end = loop {
             let room = max.saturating_sub(batch.len());
-            if room == 0 {
+            if room == 0 || matches!(&batch, Batch::One(b) if b.len() >= UNMERGED_CHUNK) {
                 break None;
             }
             match chunks.next(room) {
@@ -417,6 +417,12 @@ impl Batch {
         }
     }
 }
+
+/// A chunk at least this large (a STREAM frame of a large packet, as on a loopback path
+/// with a 64 KiB MTU) is returned alone by `poll_read_available` rather than copied into a
+/// merged batch with the chunks behind it: merging exists to spare a system call per
+/// 1.2 KB packet, and a chunk this large costs more to copy than to pass on by itself.
+pub const UNMERGED_CHUNK: usize = 16 * 1024;
 
 /// First allocation of a merged batch (it grows past this when `max` allows).
 const BATCH_CAPACITY: usize = 64 * 1024;
