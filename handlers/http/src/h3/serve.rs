@@ -207,11 +207,8 @@ async fn serve_request<S, ResBody>(
     ResBody: Body<Data = Bytes>,
     ResBody::Error: std::fmt::Display,
 {
-    // h3's resolve future is 3.4 KB: boxed, it is written once to the heap instead of
-    // making this future (moved whole at every spawn and nested await) that much larger
     let (req, stream) =
-        match timeout_if_pending(limits.header_timeout, Box::pin(resolver.resolve_request())).await
-        {
+        match timeout_if_pending(limits.header_timeout, resolver.resolve_request()).await {
             Err(_elapsed) => {
                 // the resolver (and its stream) is dropped with the timed-out future; the
                 // stream's drop stops reading and finishes, so tell the client why first
@@ -236,9 +233,7 @@ async fn serve_request<S, ResBody>(
             // sessions per connection have their own limit)
             Some(ctx) => {
                 drop(slot);
-                // boxed: a session's future is kilobytes, and held inline it would make every
-                // request's future (moved at each spawn) that large too
-                Box::pin(serve_session(req, stream, ctx)).await;
+                serve_session(req, stream, ctx).await;
             }
             None => {
                 let mut stream = stream;
