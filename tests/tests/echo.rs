@@ -177,10 +177,8 @@ fn bulk_transfer_over_loopback_loses_no_packets() {
 #[test]
 fn loopback_paths_probe_up_to_the_loopback_payload_limit() {
     let limit = alknet_runtime::Limits::default().max_udp_payload_size;
-    for loopback in [
-        alknet_runtime::Limits::default().loopback_max_udp_payload_size,
-        limit,
-    ] {
+    // opt-in (see DEFAULT_LOOPBACK_MAX_UDP_PAYLOAD_SIZE), so both ends ask for it here
+    for loopback in [65_507, limit] {
         let server = start_server(ServerOptions {
             limits: alknet_runtime::Limits {
                 loopback_max_udp_payload_size: loopback,
@@ -189,7 +187,14 @@ fn loopback_paths_probe_up_to_the_loopback_payload_limit() {
             ..Default::default()
         });
         run_client(|| async {
-            let endpoint = client_endpoint();
+            let endpoint = alknet_runtime::ClientEndpoint::bind(
+                "127.0.0.1:0".parse().expect("addr"),
+                &alknet_runtime::Limits {
+                    loopback_max_udp_payload_size: loopback,
+                    ..Default::default()
+                },
+            )
+            .expect("bind client");
             let conn = connect(&endpoint, &server, alknet_echo::ALPN)
                 .await
                 .expect("connect");
