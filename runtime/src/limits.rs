@@ -260,7 +260,7 @@ impl Limits {
         if !(MIN_UDP_PAYLOAD_SIZE..=65527).contains(&self.max_udp_payload_size) {
             return Err(LimitsError::UdpPayload(self.max_udp_payload_size));
         }
-        if !(1200..=65527).contains(&self.loopback_max_udp_payload_size) {
+        if !(MIN_UDP_PAYLOAD_SIZE..=65527).contains(&self.loopback_max_udp_payload_size) {
             return Err(LimitsError::LoopbackUdpPayload(
                 self.loopback_max_udp_payload_size,
             ));
@@ -298,18 +298,20 @@ impl Limits {
     /// peer is at `peer` (loopback peers get `loopback_max_udp_payload_size` as the path
     /// MTU discovery bound).
     pub fn transport_config_for(&self, peer: std::net::IpAddr) -> quinn_proto::TransportConfig {
-        let mut t = self.transport_config();
-        if is_loopback(peer) {
-            let mut mtud = quinn_proto::MtuDiscoveryConfig::default();
-            mtud.upper_bound(self.loopback_max_udp_payload_size)
-                .minimum_change(self.mtu_probe_min_change);
-            t.mtu_discovery_config(Some(mtud));
-        }
-        t
+        self.transport_config_with_mtu_bound(if is_loopback(peer) {
+            self.loopback_max_udp_payload_size
+        } else {
+            self.max_udp_payload_size
+        })
     }
 
     /// The quinn-proto transport parameters these limits imply.
     pub fn transport_config(&self) -> quinn_proto::TransportConfig {
+        self.transport_config_with_mtu_bound(self.max_udp_payload_size)
+    }
+
+    /// The transport parameters, with path MTU discovery bounded by `mtu_bound`.
+    fn transport_config_with_mtu_bound(&self, mtu_bound: u16) -> quinn_proto::TransportConfig {
         use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, VarInt};
         let mut t = quinn_proto::TransportConfig::default();
         t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
@@ -326,7 +328,7 @@ impl Limits {
             )
             .datagram_send_buffer_size(self.datagram_send_buffer);
         let mut mtud = MtuDiscoveryConfig::default();
-        mtud.upper_bound(self.max_udp_payload_size)
+        mtud.upper_bound(mtu_bound)
             .minimum_change(self.mtu_probe_min_change);
         t.mtu_discovery_config(Some(mtud));
         t

@@ -56,9 +56,6 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 /// bytes including the 8-byte UDP and 20-byte IPv4 headers. A larger batch is refused with
 /// EMSGSIZE, which quinn-udp reports as success (it expects it only from MTU probes).
 pub const MAX_GSO_BYTES: usize = 65_535 - 8 - 20;
-/// The smallest path MTU QUIC allows (quinn's `initial_mtu`): what bounds the datagrams of
-/// one GSO batch before a connection's own MTU is known.
-const INITIAL_MTU: u16 = 1200;
 /// After the drain timeout, how long closed connections get to deliver CONNECTION_CLOSE.
 pub const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
@@ -327,7 +324,6 @@ pub(crate) struct Driver {
     recv_meta: Box<[RecvMeta]>,
     send_buf: Vec<u8>,
     /// Datagrams per GSO batch that keep the batch within [`MAX_GSO_BYTES`].
-    segments_by_size: usize,
     response_buf: Vec<u8>,
     refusal_log: RefusalLog,
     dirty: Vec<Rc<ConnInner>>,
@@ -372,8 +368,6 @@ impl Driver {
             recv_slots: quinn_udp::BATCH_SIZE,
             recv_meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE].into_boxed_slice(),
             send_buf: Vec::with_capacity(MAX_GSO_BYTES),
-            // datagrams of the smallest MTU a path may have (QUIC's 1200 bytes) per send
-            segments_by_size: MAX_GSO_BYTES / usize::from(INITIAL_MTU),
             response_buf: Vec::new(),
             refusal_log: RefusalLog::new(),
             dirty: Vec::new(),
@@ -985,8 +979,13 @@ impl Driver {
         // the batch may leave from any of the sockets (by destination, decided per transmit);
         // as many datagrams of this connection's current path MTU as fit in one UDP send
         // (a loopback path's MTU may reach 64 KiB: one datagram per send)
-        let by_size =
-            (MAX_GSO_BYTES / usize::from(st.conn.current_mtu().max(1))).min(self.segments_by_size);
+        // (never below QUIC's 1200-byte minimum path MTU, so at most 54 datagrams)
+        let by_size = MAX_GSO_BYTES
+            / usize::from(
+                st.conn
+                    .current_mtu()
+                    .max(crate::limits::MIN_UDP_PAYLOAD_SIZE),
+            );
         let max_segments = self
             .sockets
             .iter()
