@@ -63,12 +63,11 @@ pub const DEFAULT_MTU_PROBE_MIN_CHANGE: u16 =
 /// the 64 KiB a UDP datagram may carry over IPv4 (65 507 bytes). Set it equal to
 /// `max_udp_payload_size` to treat loopback like any other path.
 ///
-/// Off by default (equal to [`DEFAULT_MAX_UDP_PAYLOAD_SIZE`]) until a bug is fixed: with
-/// 64 KiB on both ends, a connection the server closes (a handler's error or panic, a DoQ
-/// protocol error) reaches the client as a stateless reset instead of its
-/// CONNECTION_CLOSE (`tests/tests/isolation.rs`, `dns_doq` with aioquic). Set it to 65507
-/// on both ends to opt in.
-pub const DEFAULT_LOOPBACK_MAX_UDP_PAYLOAD_SIZE: u16 = DEFAULT_MAX_UDP_PAYLOAD_SIZE;
+/// 64 KiB packets made one quinn-proto bug certain: a close packet was held back by a
+/// congestion window that, once closed, never reopens (one outstanding 64 KiB MTU probe
+/// filled it), so the peer saw a stateless reset instead of the close. The workspace
+/// patches in upstream's fix (runtime/vendor/quinn-proto/PATCHES.md).
+pub const DEFAULT_LOOPBACK_MAX_UDP_PAYLOAD_SIZE: u16 = 65_507;
 /// `datagram_receive_buffer`: bytes of unread QUIC DATAGRAM frames kept per connection;
 /// past it the oldest are dropped. 0 disables the DATAGRAM extension.
 pub const DEFAULT_DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;

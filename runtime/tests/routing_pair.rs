@@ -932,3 +932,57 @@ fn without_forwarding_the_runtime_generator_blackholes_the_migrated_client() {
     );
     assert_eq!(sc.requests.len(), 1, "the second request never arrived");
 }
+
+/// A connection closed while its congestion window is full still sends CONNECTION_CLOSE.
+/// Once closed, quinn-proto no longer processes ACKs and stops its loss timers, so nothing
+/// would ever reopen the window; quinn-proto 0.11.19 gated the close packet on it anyway
+/// and the peer only learned of the close from a stateless reset or its idle timeout
+/// (quinn-rs/quinn#2785; the workspace patches in the fix, runtime/vendor/quinn-proto).
+#[test]
+fn close_leaves_while_the_congestion_window_is_full() {
+    let mut sim = Sim::new(
+        client_addr(40_005, 1),
+        Forwarding::On,
+        CidValidation::Runtime,
+    );
+    sim.handshake();
+
+    // More queued than one window: the server sends until congestion control blocks it.
+    let (_, sc) = sim.server_conn();
+    let id = sc
+        .conn
+        .streams()
+        .open(Dir::Uni)
+        .expect("the client grants unidirectional stream credit");
+    let mut bulk = Outgoing::new(payload(4 << 20, 5));
+    bulk.flush(&mut sc.conn, id);
+    let window = sc.conn.stats().path.cwnd;
+    sim.drive_all();
+    let sent: usize = sim.to_client.iter().map(|d| d.data.len()).sum();
+    assert!(
+        sent as u64 + u64::from(sim.server_conn().1.conn.current_mtu()) >= window,
+        "the server filled its congestion window ({sent} of {window} bytes)"
+    );
+    // All of it is lost, so no ACK will come back, and the server closes.
+    sim.to_client.clear();
+    let now = sim.now;
+    sim.server_conn().1.conn.close(
+        now,
+        quinn_proto::VarInt::from_u32(0x42),
+        Bytes::from_static(b"bye"),
+    );
+    sim.settle();
+
+    match &sim.client.lost {
+        Some(ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(close.error_code, quinn_proto::VarInt::from_u32(0x42));
+            assert_eq!(&close.reason[..], b"bye");
+        }
+        other => panic!("the client should have the server's close at once, has {other:?}"),
+    }
+    assert_eq!(
+        sim.workers.iter().map(|w| w.responses).sum::<usize>(),
+        0,
+        "no stateless reset"
+    );
+}

@@ -177,7 +177,7 @@ fn bulk_transfer_over_loopback_loses_no_packets() {
 #[test]
 fn loopback_paths_probe_up_to_the_loopback_payload_limit() {
     let limit = alknet_runtime::Limits::default().max_udp_payload_size;
-    // opt-in (see DEFAULT_LOOPBACK_MAX_UDP_PAYLOAD_SIZE), so both ends ask for it here
+    // the default, and the ordinary bound; both ends ask for it explicitly
     for loopback in [65_507, limit] {
         let server = start_server(ServerOptions {
             limits: alknet_runtime::Limits {
