@@ -336,6 +336,7 @@ pub(crate) struct Driver {
     /// (`[admission] handshake_timeout_ms`; nondecreasing but for a reload that shortens
     /// it, which only delays the later ones). Weak: a connection gone is simply skipped.
     handshake_deadlines: std::collections::VecDeque<(Instant, std::rc::Weak<ConnInner>)>,
+    loopback_config: LoopbackServerConfig,
 }
 
 impl Driver {
@@ -375,6 +376,7 @@ impl Driver {
             tls_generation: 0,
             service_drains: Vec::new(),
             handshake_deadlines: std::collections::VecDeque::new(),
+            loopback_config: LoopbackServerConfig::default(),
         }
     }
 
@@ -842,7 +844,12 @@ impl Driver {
                     &s.limits.load(),
                 )
             })
-            .or_else(|| loopback_server_config(&incoming, &s.tls.load().config, &s.limits.load()));
+            .or_else(|| {
+                let peer = incoming.remote_address().ip();
+                crate::limits::is_loopback(peer).then_some(())?;
+                self.loopback_config
+                    .get(&s.tls.load().config, &s.limits.load_full(), peer)
+            });
         let accepted =
             self.w
                 .endpoint
@@ -1294,28 +1301,88 @@ fn truncate_reason(reason: &str) -> &str {
     &reason[..end]
 }
 
-/// The server config for a connection from a loopback peer, when its path MTU discovery
-/// bound differs from other connections' (`limits.loopback_max_udp_payload_size`); `None`
-/// otherwise (the endpoint's own config serves it).
-fn loopback_server_config(
-    incoming: &quinn_proto::Incoming,
-    base: &quinn_proto::ServerConfig,
-    limits: &crate::Limits,
-) -> Option<Arc<quinn_proto::ServerConfig>> {
-    let peer = incoming.remote_address().ip();
-    if !crate::limits::is_loopback(peer)
-        || limits.loopback_max_udp_payload_size == limits.max_udp_payload_size
-    {
-        return None;
+/// The server config for connections from loopback peers when their path MTU discovery
+/// bound differs from other connections' (`limits.loopback_max_udp_payload_size`), built
+/// once per TLS config and limits (a reload of either replaces it) instead of once per
+/// handshake.
+#[derive(Default)]
+struct LoopbackServerConfig {
+    built: Option<LoopbackBuilt>,
+}
+
+struct LoopbackBuilt {
+    /// The endpoint's config and the limits this was built from.
+    base: Arc<quinn_proto::ServerConfig>,
+    limits: Arc<Limits>,
+    /// `None` when the loopback bound equals the ordinary one (the endpoint's own config
+    /// serves loopback peers too).
+    config: Option<Arc<quinn_proto::ServerConfig>>,
+}
+
+impl LoopbackServerConfig {
+    fn get(
+        &mut self,
+        base: &Arc<quinn_proto::ServerConfig>,
+        limits: &Arc<Limits>,
+        loopback_peer: std::net::IpAddr,
+    ) -> Option<Arc<quinn_proto::ServerConfig>> {
+        let current = self
+            .built
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(&b.base, base) && Arc::ptr_eq(&b.limits, limits));
+        if !current {
+            let config = (limits.loopback_max_udp_payload_size != limits.max_udp_payload_size)
+                .then(|| {
+                    let mut config = (**base).clone();
+                    // the same for every loopback peer
+                    config.transport_config(Arc::new(limits.transport_config_for(loopback_peer)));
+                    Arc::new(config)
+                });
+            self.built = Some(LoopbackBuilt {
+                base: base.clone(),
+                limits: limits.clone(),
+                config,
+            });
+        }
+        self.built.as_ref().and_then(|b| b.config.clone())
     }
-    let mut config = base.clone();
-    config.transport_config(Arc::new(limits.transport_config_for(peer)));
-    Some(Arc::new(config))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_server_config_is_built_once_per_tls_config_and_limits() {
+        let identity = TlsIdentity::generate_self_signed(&[]).expect("certificate");
+        let crypto = crate::tls::server_crypto(&identity, vec![b"x".to_vec()], ClientAuth::None)
+            .expect("server crypto");
+        let base = Arc::new(quinn_proto::ServerConfig::with_crypto(crypto));
+        let peer = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        let limits = Arc::new(Limits {
+            loopback_max_udp_payload_size: 65_507,
+            ..Limits::default()
+        });
+        let mut cache = LoopbackServerConfig::default();
+        let first = cache.get(&base, &limits, peer).expect("a loopback config");
+        let again = cache.get(&base, &limits, peer).expect("a loopback config");
+        assert!(Arc::ptr_eq(&first, &again), "no rebuild per handshake");
+        // a reload publishes new limits (or a new TLS config): rebuilt from them
+        let reloaded = Arc::new(Limits {
+            loopback_max_udp_payload_size: 9_000,
+            ..Limits::default()
+        });
+        let rebuilt = cache
+            .get(&base, &reloaded, peer)
+            .expect("a loopback config");
+        assert!(!Arc::ptr_eq(&first, &rebuilt));
+        // the same bound as other paths: the endpoint's own config serves
+        let same = Arc::new(Limits {
+            loopback_max_udp_payload_size: Limits::default().max_udp_payload_size,
+            ..Limits::default()
+        });
+        assert!(cache.get(&base, &same, peer).is_none());
+    }
 
     #[test]
     fn receive_slots_grow_when_full_and_shrink_when_mostly_empty() {
