@@ -1,15 +1,16 @@
-//! The queries of one pipelined byte stream, whatever carries it: an `alknet/dns` QUIC
-//! stream ([`crate::pipeline`]) or a DNS-over-TLS connection ([`crate::dot`]). Messages
-//! behind 2-byte lengths, any IDs, answered in completion order (RFC 7766 §6.2.1.1).
+//! The queries of one pipelined byte stream, whatever carries it: a classic DNS-over-TCP
+//! connection ([`crate::classic`]), an `alknet/dns` QUIC stream ([`crate::pipeline`]) or a
+//! DNS-over-TLS connection ([`crate::dot`]). Messages behind 2-byte lengths, any IDs,
+//! answered in completion order (RFC 7766 §6.2.1.1).
 //!
 //! Every query complete in a pushed chunk is answered, and the zone answers leave as one
 //! batch for the transport's writer. A forwarded query (a name outside the zones, see
-//! [`crate::forward`]) runs as its own task, at most `max_queries_per_connection` at once
-//! per stream, and its answer joins the stream when it completes; past that many, the
-//! next one is answered in line, which holds the stream (back-pressure, not a refusal).
+//! [`crate::forward`]) runs as its own task and its answer joins the stream when it
+//! completes, so a slow upstream holds back none of the queries behind it. At most
+//! `max_pipelined_queries` are in flight per stream ([`InFlight`]); at the bound the
+//! answers made so far go out and the stream is not read until a place is free
+//! (back-pressure, not a refusal).
 
-use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use alknet_runtime::rt::spawn_guarded;
@@ -20,6 +21,7 @@ use crate::answer_cache::Lookup::{Hit, Parse};
 use crate::answer_cache::{stream_lookup, with_stream_answers};
 use crate::forward::Forwarder;
 use crate::framing::{frame, FrameDecoder};
+use crate::in_flight::{InFlight, Place};
 use crate::limits::MAX_MESSAGE_SIZE;
 use crate::responder::{self, Asker, Parsed};
 use crate::DnsState;
@@ -50,17 +52,17 @@ pub(crate) struct StreamAnswerer {
     dns: DnsState,
     asker: Asker,
     decoder: FrameDecoder,
-    forwarding: Rc<Cell<usize>>,
+    in_flight: InFlight,
     tx: async_channel::Sender<Out>,
 }
 
 impl StreamAnswerer {
     pub(crate) fn new(dns: DnsState, asker: Asker, tx: async_channel::Sender<Out>) -> Self {
         Self {
-            dns,
             asker,
+            in_flight: InFlight::new(dns.config.max_pipelined_queries),
             decoder: FrameDecoder::new(),
-            forwarding: Rc::new(Cell::new(0)),
+            dns,
             tx,
         }
     }
@@ -72,7 +74,7 @@ impl StreamAnswerer {
 
     /// Forwarded queries still being answered (a stream waiting for them is not idle).
     pub(crate) fn forwarding(&self) -> usize {
-        self.forwarding.get()
+        self.in_flight.taken()
     }
 
     /// Takes received bytes and answers every query they complete.
@@ -91,15 +93,16 @@ impl StreamAnswerer {
                 }
                 Parse(Parsed::Query(q)) => {
                     if let Some(f) = self.forward_target(&q) {
-                        if self.forwarding.get() < self.dns.config.max_queries_per_connection {
-                            self.spawn_forward(f, q);
-                            continue;
+                        if !self.in_flight.has_room() {
+                            // at the bound: what is answered leaves now, and the stream
+                            // waits (unread) for a forwarded query to be answered
+                            self.send(std::mem::take(&mut out)).await?;
                         }
-                        // at the limit: this one waits, and so does the stream
-                        f.answer(&q, MAX_MESSAGE_SIZE).await
-                    } else {
-                        responder::answer(&catalog, &q, MAX_MESSAGE_SIZE)
+                        let place = self.in_flight.take().await;
+                        spawn_forward(f, q, place, self.tx.clone());
+                        continue;
                     }
+                    responder::answer(&catalog, &q, MAX_MESSAGE_SIZE)
                 }
                 Parse(Parsed::Malformed(header)) => responder::formerr(&header),
                 Parse(Parsed::Ignore) => return Err(StreamEnd::NotAQuery),
@@ -108,6 +111,11 @@ impl StreamAnswerer {
                 out.extend(framed);
             }
         }
+        self.send(out).await
+    }
+
+    /// Queues a batch of framed answers (none: nothing) for the writer.
+    async fn send(&self, out: Vec<Bytes>) -> Result<(), StreamEnd> {
         if !out.is_empty() && self.tx.send(Out::Answers(out)).await.is_err() {
             return Err(StreamEnd::WriterGone);
         }
@@ -125,16 +133,16 @@ impl StreamAnswerer {
             && responder::forwardable(&self.dns.catalog.load(), q))
         .then(|| f.clone())
     }
+}
 
-    fn spawn_forward(&self, f: Arc<Forwarder>, q: Box<Message>) {
-        let (tx, forwarding) = (self.tx.clone(), self.forwarding.clone());
-        forwarding.set(forwarding.get() + 1);
-        spawn_guarded("dns stream forward", async move {
-            let reply = f.answer(&q, MAX_MESSAGE_SIZE).await;
-            forwarding.set(forwarding.get() - 1);
-            if let Some(framed) = frame(Bytes::from(reply)) {
-                let _ = tx.send(Out::Answers(framed.to_vec())).await;
-            }
-        });
-    }
+/// Answers a forwarded query as a task of its own, holding `place` until its answer is
+/// queued for the writer.
+fn spawn_forward(f: Arc<Forwarder>, q: Box<Message>, place: Place, tx: async_channel::Sender<Out>) {
+    spawn_guarded("dns stream forward", async move {
+        let reply = f.answer(&q, MAX_MESSAGE_SIZE).await;
+        if let Some(framed) = frame(Bytes::from(reply)) {
+            let _ = tx.send(Out::Answers(framed.to_vec())).await;
+        }
+        drop(place);
+    });
 }
