@@ -146,3 +146,113 @@ fn spawn_forward(f: Arc<Forwarder>, q: Box<Message>, place: Place, tx: async_cha
         drop(place);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::str::FromStr;
+
+    use hickory_proto::op::{MessageType, Metadata, OpCode, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    use super::*;
+    use crate::catalog::{shared, Catalog};
+    use crate::limits::DnsConfig;
+    use crate::zone::Zone;
+
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(
+            Name::from_str(name).expect("name"),
+            RecordType::A,
+        ));
+        let wire = m.to_vec().expect("encode");
+        let mut framed = (wire.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&wire);
+        framed
+    }
+
+    /// The IDs of a batch of framed answers, in order.
+    fn ids(out: Out) -> Vec<u16> {
+        let Out::Answers(chunks) = out else {
+            panic!("answers expected");
+        };
+        chunks
+            .chunks(2)
+            .map(|c| Message::from_vec(&c[1]).expect("an answer").id)
+            .collect()
+    }
+
+    /// Answers one forwarded query the upstream socket holds; the name it asked.
+    async fn upstream_answers(upstream: &monoio::net::udp::UdpSocket) -> String {
+        let (res, buf) = upstream.recv_from(vec![0u8; 4096]).await;
+        let (n, from): (usize, SocketAddr) = res.expect("a forwarded query");
+        let q = Message::from_vec(&buf[..n]).expect("a query");
+        let question = q.queries[0].clone();
+        let mut a = Message::response(q.id, q.op_code);
+        a.metadata = Metadata::response_from_request(&q.metadata);
+        a.add_answer(Record::from_rdata(
+            question.name.clone(),
+            60,
+            RData::A(A::new(192, 0, 2, 77)),
+        ));
+        a.add_query(question.clone());
+        let (res, _) = upstream.send_to(a.to_vec().expect("encode"), from).await;
+        res.expect("send");
+        question.name.to_string()
+    }
+
+    /// With one query in flight allowed: the local answer ahead of the second forwarded
+    /// query leaves at once, the stream waits (nothing past it is answered) until the
+    /// first forwarded query is, and the rest follows in completion order. The upstream
+    /// answers only when the test says, so the order is fixed, not timed.
+    #[test]
+    fn a_stream_waits_at_the_bound_and_answers_in_completion_order() {
+        alknet_runtime::rt::run_local(|_| async {
+            let upstream = monoio::net::udp::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let zone = Zone::parse(
+                "example.com.",
+                "$TTL 60\n@ IN SOA ns hm 1 2 3 4 5\n@ IN NS ns\nns IN A 192.0.2.53\n",
+                Path::new("z"),
+            )
+            .expect("zone");
+            let config = DnsConfig {
+                upstreams: vec![upstream.local_addr().expect("addr")],
+                recursion_allow: vec!["127.0.0.0/8".parse().expect("net")],
+                max_pipelined_queries: 1,
+                ..DnsConfig::default()
+            };
+            let dns = DnsState::new(shared(Catalog::new([Arc::new(zone)])), config);
+            let asker = Asker {
+                source: [127, 0, 0, 1].into(),
+                may_recurse: false,
+            };
+            let (tx, rx) = async_channel::bounded(WRITE_QUEUE);
+            let mut answerer = StreamAnswerer::new(dns, asker, tx);
+            let chunk = [
+                query(1, "one.example.org."),
+                query(2, "ns.example.com."),
+                query(3, "two.example.org."),
+                query(4, "ns.example.com."),
+            ]
+            .concat();
+            let script = async {
+                // 2 leaves before the stream waits for a place for 3
+                assert_eq!(ids(rx.recv().await.expect("a batch")), [2]);
+                assert_eq!(upstream_answers(&upstream).await, "one.example.org.");
+                assert_eq!(ids(rx.recv().await.expect("a batch")), [1]);
+                // a place is free: 3 goes to the upstream, and 4 is answered
+                assert_eq!(ids(rx.recv().await.expect("a batch")), [4]);
+                assert_eq!(upstream_answers(&upstream).await, "two.example.org.");
+                assert_eq!(ids(rx.recv().await.expect("a batch")), [3]);
+            };
+            let (pushed, ()) = monoio::join!(answerer.push(&chunk), script);
+            assert_eq!(pushed, Ok(()));
+            assert_eq!(answerer.forwarding(), 0);
+        })
+        .expect("runtime");
+    }
+}
