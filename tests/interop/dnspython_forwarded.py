@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Interop checks of Alknet's forwarded answers with dnspython, a client nobody here wrote
-(tests/tests/dns_forwarded.rs starts the servers and a fake upstream that answers names
+(tests/tests/dns_forward.rs starts the servers and a fake upstream that answers names
 beginning with "slow" late, every A question with 192.0.2.77, padded its own way).
 
 --mode out-of-order  classic DNS over TCP: a query to forward to the slow upstream and local

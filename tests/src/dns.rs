@@ -1,6 +1,7 @@
 //! Helpers of the DNS tests: a port free for UDP and TCP alike, BIND's `dig` (Debian
-//! `bind9-dnsutils`) and a dnspython DoQ query (`dnspython[doq]`), bounded in time; both
-//! installed by tests/run-all.sh.
+//! `bind9-dnsutils`), Knot's `kdig` (`knot-dnsutils`) and a dnspython DoQ query
+//! (`dnspython[doq]`), bounded in time, all installed by tests/run-all.sh; and a fake
+//! upstream resolver for the forwarding tests.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -40,6 +41,43 @@ pub fn dig_short(port: u16, args: &[&str]) -> Vec<String> {
     let mut a = vec!["+short"];
     a.extend_from_slice(args);
     dig(port, &a).lines().map(str::to_string).collect()
+}
+
+/// How long a DNS client run by [`run_client`] may take.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs a client to completion (at most [`CLIENT_TIMEOUT`]): whether it succeeded, its
+/// stdout and its stderr.
+pub fn run_client(cmd: &mut Command) -> (bool, String, String) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (tests/run-all.sh installs it)"));
+    let out = wait_output(child, CLIENT_TIMEOUT);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Knot's `kdig @127.0.0.1 -p PORT ARGS…` (Debian `knot-dnsutils`; 10 s, no retry); its
+/// output, after asserting it succeeded.
+pub fn kdig(port: u16, args: &[&str]) -> String {
+    let (ok, out, err) = run_client(
+        Command::new("kdig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "+time=10",
+                "+retry=0",
+            ])
+            .args(args),
+    );
+    assert!(ok, "kdig {args:?}:\n{out}\n{err}");
+    out
 }
 
 /// The first answer record's data (e.g. `192.0.2.1`) of a `qtype` query for `name`, asked
