@@ -246,7 +246,8 @@ reload_interval_ms = 2000
 # tcp_listen = "127.0.0.1:5353"
 # Largest UDP answer for EDNS0 clients (512 without EDNS0); bigger ones are truncated (TC).
 udp_payload_size = 1232
-# A TCP connection with no query for this long is closed.
+# A classic TCP connection that sends nothing for this long is closed (once the forwarded
+# answers still to come are sent), and so is one that does not take its answers that long.
 tcp_idle_timeout_ms = 10000
 # TCP connections open at once; past it new ones are closed.
 max_tcp_connections = 1024
