@@ -27,6 +27,7 @@ use std::time::Instant;
 use alknet_runtime::rt::{panic_message, spawn_guarded};
 use alknet_runtime::{accept_or_pause, WorkerHook, WorkerStart};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use tracing::Instrument;
 
 use crate::answer_cache::AnswerCache;
 use crate::catalog::SharedCatalog;
@@ -373,7 +374,11 @@ async fn serve_tcp(listener: monoio::net::TcpListener, dns: DnsState, open: Arc<
         };
         let dns = dns.clone();
         spawn_guarded("dns tcp connection", async move {
-            serve_tcp_connection(stream, dns, asker).await;
+            // the connection's log lines name the peer
+            let span = tracing::debug_span!("dns tcp connection", %peer);
+            serve_tcp_connection(stream, dns, asker)
+                .instrument(span)
+                .await;
             drop(counted);
         });
     }
