@@ -232,6 +232,10 @@ exit_grace_ms = 5000
 [dns]
 # DoQ queries (streams) in progress at once per connection; past it DOQ_EXCESSIVE_LOAD.
 max_queries_per_connection = 128
+# Queries in flight at once on one pipelined connection or stream (classic TCP, DoT,
+# alknet/dns): answers go out as they are ready, so a slow forwarded query holds back
+# none behind it; at the bound the connection is not read until one is answered.
+max_pipelined_queries = 128
 # A query (DoQ), or a message begun (alknet/dns), must arrive whole within this long.
 query_timeout_ms = 10000
 # How often zone files are checked for changes and reloaded (0 = never). A zone that
@@ -242,7 +246,8 @@ reload_interval_ms = 2000
 # tcp_listen = "127.0.0.1:5353"
 # Largest UDP answer for EDNS0 clients (512 without EDNS0); bigger ones are truncated (TC).
 udp_payload_size = 1232
-# A TCP connection with no query for this long is closed.
+# A classic TCP connection that sends nothing for this long is closed (once the forwarded
+# answers still to come are sent), and so is one that does not take its answers that long.
 tcp_idle_timeout_ms = 10000
 # TCP connections open at once; past it new ones are closed.
 max_tcp_connections = 1024
@@ -860,6 +865,11 @@ impl FileConfig {
             check(
                 now.max_tcp_connections != was.max_tcp_connections,
                 "dns.max_tcp_connections",
+                CLASSIC,
+            );
+            check(
+                now.max_pipelined_queries != was.max_pipelined_queries,
+                "dns.max_pipelined_queries",
                 CLASSIC,
             );
             check(now.upstreams != was.upstreams, "dns.upstreams", CLASSIC);

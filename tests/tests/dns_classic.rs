@@ -170,3 +170,101 @@ fn thread_names(pid: u32) -> Vec<String> {
         .map(|n| n.trim().to_string())
         .collect()
 }
+
+/// Slow and abandoned TCP peers cost a connection slot only for `tcp_idle_timeout_ms`: a
+/// client that sends nothing is closed, and so is one that sends queries but never reads
+/// its answers (the server stops reading it once its answers back up, then gives up on
+/// the write). With `max_tcp_connections = 1`, a new client is served only once the
+/// non-reading one is gone.
+#[test]
+fn tcp_closes_idle_and_non_reading_clients() {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use std::str::FromStr;
+
+    /// The configured idle (and write stall) timeout.
+    const IDLE: Duration = Duration::from_millis(500);
+    /// Bounds on the client's side: writing until the server stops reading, and waiting.
+    const MAX_QUERIES: usize = 200_000;
+    const WAIT: Duration = Duration::from_secs(20);
+
+    let (_server, port) = BinServer::start_with_port_config(|port| {
+        format!(
+            "workers = 1\n[handlers]\nenabled = [\"doq\"]\n\
+             [dns]\ntcp_listen = \"127.0.0.1:{port}\"\ntcp_idle_timeout_ms = {}\n\
+             max_tcp_connections = 1\n\
+             [[dns.zones]]\norigin = \"example.com\"\nfile = {ZONE:?}\n",
+            IDLE.as_millis()
+        )
+    });
+    let framed = |id: u16, name: &str, qtype| {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_str(name).expect("name"), qtype));
+        let wire = m.to_vec().expect("encode");
+        let mut out = (wire.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(&wire);
+        out
+    };
+
+    // idle: closed after the timeout, not before
+    let started = Instant::now();
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    idle.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut buf = [0u8; 64];
+    assert_eq!(idle.read(&mut buf).expect("closed, not timed out"), 0);
+    assert!(
+        started.elapsed() >= IDLE,
+        "closed after {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+
+    // a new client gets the one slot once the last one's is given back: asks until served
+    let host = framed(8, "host.example.com.", RecordType::A);
+    let served = || {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "no slot for a new client");
+            let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            c.set_read_timeout(Some(IDLE * 4)).expect("timeout");
+            let mut len = [0u8; 2];
+            // closed at once while the slot is still taken
+            if c.write_all(&host).is_err() || c.read_exact(&mut len).is_err() {
+                std::thread::sleep(IDLE / 5);
+                continue;
+            }
+            let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            c.read_exact(&mut body).expect("an answer");
+            break (c, Message::from_vec(&body).expect("decode"));
+        }
+    };
+
+    // a client that stops reading: it writes until the server stops reading it, or gives
+    // up on it (a reset: the server wrote nothing for the timeout and closed)
+    let (mut deaf, _) = served();
+    deaf.set_write_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let big = framed(7, "big.example.com.", RecordType::TXT);
+    let mut sent = 0;
+    while sent < MAX_QUERIES {
+        match deaf.write_all(&big) {
+            Ok(()) => sent += 1,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+                break
+            }
+            Err(e) => panic!("writing to the server: {e}"),
+        }
+    }
+    assert!(sent < MAX_QUERIES, "the server never stopped reading");
+
+    // it is dropped after the stall timeout: the one slot serves a new client
+    let (_c, answered) = served();
+    assert_eq!(answered.id, 8);
+    assert_eq!(answered.answers.len(), 1);
+    drop(deaf);
+}

@@ -10,43 +10,12 @@
 //!
 //! `tests/run-all.sh` installs knot-dnsutils, curl, dig, dnspython, httpx and aioquic.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use alknet_tests::dns::dig_short;
+use alknet_tests::dns::{dig_short, kdig, run_client as run};
 use alknet_tests::*;
 
 const ZONE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/example.com.zone");
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn run(cmd: &mut Command) -> (bool, String, String) {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (tests/run-all.sh installs it)"));
-    let out = wait_output(child, CLIENT_TIMEOUT);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn kdig(port: u16, args: &[&str]) -> String {
-    let (ok, out, err) = run(Command::new("kdig")
-        .args([
-            "@127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "+time=10",
-            "+retry=0",
-        ])
-        .args(args));
-    assert!(ok, "kdig {args:?}:\n{out}\n{err}");
-    out
-}
-
 #[test]
 fn dot_and_doh_with_real_clients() {
     let dir = tempfile::tempdir().expect("tempdir");

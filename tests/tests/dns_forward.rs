@@ -4,10 +4,21 @@
 //! (negative ones too, RFC 2308) are served from the cache once the upstream is gone; a
 //! name never seen then gets SERVFAIL; a truncated upstream answer is fetched again over
 //! TCP; a source outside `recursion_allow` is REFUSED.
+//!
+//! Against a fake upstream on loopback that answers names beginning with "slow" only after
+//! [`SLOW_UPSTREAM`] ([`FakeUpstream`]):
+//! - dnspython pipelining queries on one classic TCP connection: the local answers come
+//!   back before the slow forwarded one (RFC 7766 §6.2.1.1), each ID once, and with
+//!   `max_pipelined_queries = 1` the connection is not read past the bound
+//!   (tests/interop/dnspython_forwarded.py);
+//! - dnspython over DoQ and Knot's `kdig +tls`: a padded query for a forwarded name gets
+//!   an answer padded to a multiple of 468 bytes (RFC 8467), the upstream's own padding
+//!   not relayed.
 
 use std::process::Command;
+use std::time::Duration;
 
-use alknet_tests::dns::dig;
+use alknet_tests::dns::{dig, kdig, run_client, FakeUpstream, FAKE_UPSTREAM_A};
 use alknet_tests::*;
 
 const ZONE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/example.com.zone");
@@ -91,4 +102,74 @@ fn forwarding_cache_through_the_binary() {
     );
     let refused = dig(closed_port, &["host.example.org", "A"]);
     assert!(refused.contains("status: REFUSED"), "{refused}");
+}
+
+/// How long the fake upstream sits on a "slow" name; `forward_timeout_ms` is well above it.
+const SLOW_UPSTREAM: Duration = Duration::from_millis(1000);
+
+/// [`serve_zone`] for example.com forwarding everything else to `upstream`, recursion
+/// allowed from loopback.
+fn front(upstream: &FakeUpstream, extra: &str) -> (BinServer, u16) {
+    serve_zone(
+        "example.com",
+        &format!(
+            "upstreams = [\"{}\"]\nrecursion_allow = [\"127.0.0.0/8\"]\n\
+             forward_timeout_ms = 5000\n{extra}",
+            upstream.addr
+        ),
+    )
+}
+
+/// tests/interop/dnspython_forwarded.py in `mode` against `port`; its output.
+fn dnspython(port: u16, mode: &str) -> String {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/interop/dnspython_forwarded.py"
+    );
+    let (ok, out, err) = run_client(Command::new("python3").arg(script).args([
+        "--port",
+        &port.to_string(),
+        "--mode",
+        mode,
+    ]));
+    assert!(
+        ok && out.contains("forwarded checks passed"),
+        "{mode}:\n{out}\n{err}"
+    );
+    out
+}
+
+#[test]
+fn tcp_answers_pipelined_queries_as_they_are_ready() {
+    let upstream = FakeUpstream::start(SLOW_UPSTREAM);
+    let (_server, port) = front(&upstream, "");
+    dnspython(port, "out-of-order");
+    // one query in flight at most: the one behind the second slow query waits for the first
+    let (_bounded, port) = front(&upstream, "max_pipelined_queries = 1");
+    dnspython(port, "bound");
+}
+
+#[test]
+fn forwarded_answers_are_padded() {
+    let upstream = FakeUpstream::start(SLOW_UPSTREAM);
+    let (server, _) = front(&upstream, "");
+    dnspython(server.port, "doq-padding");
+
+    // kdig pads its DoT queries by default; it prints the answer's size on the wire
+    let dot = kdig(server.port, &["+tls", "kdig.example.org", "A"]);
+    assert!(
+        dot.contains("status: NOERROR") && dot.contains(&FAKE_UPSTREAM_A.to_string()),
+        "{dot}"
+    );
+    assert!(dot.contains("PADDING"), "a padded forwarded answer:\n{dot}");
+    let received: usize = dot
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(";; Received ")?
+                .strip_suffix(" B")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no answer size in:\n{dot}"));
+    assert_eq!(received % 468, 0, "{received} bytes:\n{dot}");
 }

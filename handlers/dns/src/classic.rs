@@ -1,5 +1,6 @@
 //! Classic DNS beside QUIC: UDP (answers truncated to the client's EDNS0 size, TC set so it
-//! retries over TCP) and TCP (length-prefixed, pipelined, RFC 7766) on `[dns] udp_listen`
+//! retries over TCP) and TCP (length-prefixed, pipelined and answered out of order as the
+//! answers are ready, RFC 7766 §6.2.1.1, through [`crate::stream`]) on `[dns] udp_listen`
 //! and `tcp_listen`, both off by default.
 //!
 //! Thread-per-core like the QUIC side: [`ClassicListeners::bind`] binds one SO_REUSEPORT
@@ -25,16 +26,16 @@ use std::time::Instant;
 
 use alknet_runtime::rt::{panic_message, spawn_guarded};
 use alknet_runtime::{accept_or_pause, WorkerHook, WorkerStart};
-use bytes::Bytes;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use tracing::Instrument;
 
 use crate::answer_cache::AnswerCache;
 use crate::catalog::SharedCatalog;
 use crate::forward::Forwarder;
-use crate::framing::{frame, FrameDecoder};
 use crate::limits::{DnsConfig, MAX_MESSAGE_SIZE};
 use crate::responder::{self, Asker, Parsed};
 use crate::rrl::{RateLimiter, Verdict};
+use crate::stream::{Out, StreamAnswerer, StreamEnd, WRITE_QUEUE};
 use crate::udp_batch::{RecvBatch, SendBatch};
 use crate::DnsState;
 
@@ -119,10 +120,9 @@ impl ClassicListeners {
         if let Some(tcp) = mine.tcp {
             let listener = monoio::net::TcpListener::from_std(tcp)?;
             let open = self.open_tcp.clone();
-            let (catalog, forwarder, config) = (catalog.clone(), forwarder.clone(), config.clone());
             spawn_guarded(
                 "dns tcp listener",
-                serve_tcp(listener, catalog, forwarder, config, open),
+                serve_tcp(listener, self.dns.clone(), open),
             );
         }
         if let Some(udp) = mine.udp {
@@ -355,36 +355,30 @@ impl Udp {
     }
 }
 
-async fn serve_tcp(
-    listener: monoio::net::TcpListener,
-    catalog: SharedCatalog,
-    forwarder: Option<Arc<Forwarder>>,
-    config: Arc<DnsConfig>,
-    open: Arc<AtomicUsize>,
-) {
+async fn serve_tcp(listener: monoio::net::TcpListener, dns: DnsState, open: Arc<AtomicUsize>) {
     loop {
         // an error (EMFILE, ...) pauses as the runtime's own TCP listener does
         let Some((stream, peer)) = accept_or_pause(&listener, "dns tcp").await else {
             continue;
         };
-        if open.fetch_add(1, Ordering::Relaxed) >= config.max_tcp_connections {
+        if open.fetch_add(1, Ordering::Relaxed) >= dns.config.max_tcp_connections {
             open.fetch_sub(1, Ordering::Relaxed);
             drop(stream);
             continue;
         }
-        let (catalog, config) = (catalog.clone(), config.clone());
         // counted out when the task ends, a panicked one too
         let counted = OpenConnection(open.clone());
-        let forwarder = forwarder.clone();
         let asker = Asker {
             source: peer.ip(),
             may_recurse: false,
         };
+        let dns = dns.clone();
         spawn_guarded("dns tcp connection", async move {
-            let fwd = forwarder.as_deref();
-            if let Err(e) = serve_tcp_connection(stream, &catalog, fwd, asker, &config).await {
-                tracing::debug!(%peer, "dns tcp connection: {e}");
-            }
+            // the connection's log lines name the peer
+            let span = tracing::debug_span!("dns tcp connection", %peer);
+            serve_tcp_connection(stream, dns, asker)
+                .instrument(span)
+                .await;
             drop(counted);
         });
     }
@@ -399,49 +393,90 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Pipelined queries on one TCP connection, answered in order (a forwarded query holds
-/// the ones behind it), until the client closes, sends something unanswerable, or idles
-/// past `tcp_idle_timeout_ms`.
-async fn serve_tcp_connection(
-    mut stream: monoio::net::TcpStream,
-    catalog: &SharedCatalog,
-    forwarder: Option<&Forwarder>,
-    asker: Asker,
-    config: &DnsConfig,
-) -> io::Result<()> {
-    let mut decoder = FrameDecoder::new();
+/// Pipelined queries on one TCP connection (RFC 7766 §6.2.1.1), answered as they are
+/// ready ([`StreamAnswerer`]: zone answers at once, forwarded ones when their upstream
+/// answers, at most `max_pipelined_queries` in flight), while the writer sends the answers;
+/// returns when both are done.
+async fn serve_tcp_connection(stream: monoio::net::TcpStream, dns: DnsState, asker: Asker) {
+    let (reader, writer) = stream.into_split();
+    let (tx, rx) = async_channel::bounded::<Out>(WRITE_QUEUE);
+    let idle = dns.config.tcp_idle_timeout;
+    let answerer = StreamAnswerer::new(dns, asker, tx);
+    monoio::join!(
+        read_tcp_queries(reader, answerer, idle),
+        write_tcp_answers(writer, rx, idle)
+    );
+}
+
+/// Reads queries until the client closes, sends something unanswerable, or sends nothing
+/// for `idle` (a read cut short is lost, so it is not retried: the connection ends, after
+/// the forwarded answers still to come). Dropping the answerer at the end lets the writer
+/// finish once those are sent.
+async fn read_tcp_queries(
+    mut reader: monoio::net::tcp::TcpOwnedReadHalf,
+    mut answerer: StreamAnswerer,
+    idle: std::time::Duration,
+) {
     let mut buf = vec![0u8; TCP_READ];
     loop {
-        let (res, b) = match monoio::time::timeout(config.tcp_idle_timeout, stream.read(buf)).await
-        {
+        let (res, b) = match monoio::time::timeout(idle, reader.read(buf)).await {
             Ok(r) => r,
-            Err(_) => return Ok(()), // idle
+            Err(_) => {
+                tracing::debug!(
+                    mid_message = answerer.mid_message(),
+                    forwarding = answerer.forwarding(),
+                    "dns tcp: idle; closing"
+                );
+                return;
+            }
         };
         buf = b;
-        let n = res?;
-        if n == 0 {
-            return Ok(());
-        }
-        decoder.push(&buf[..n]);
-        let mut out = Vec::new();
-        while let Some(message) = decoder.next_message() {
-            let reply = match responder::parse(&message) {
-                Parsed::Query(q) => {
-                    responder::answer_query(catalog, forwarder, &q, MAX_MESSAGE_SIZE, asker).await
+        match res {
+            Ok(0) => return,
+            Ok(n) => match answerer.push(&buf[..n]).await {
+                Ok(()) => {}
+                Err(StreamEnd::NotAQuery) => {
+                    tracing::debug!("dns tcp: a message that is not a query; closing");
+                    return;
                 }
-                Parsed::Malformed(h) => responder::formerr(&h),
-                Parsed::Ignore => return Err(io::Error::other("not a DNS query")),
-            };
-            if let Some([len, body]) = frame(Bytes::from(reply)) {
-                out.extend_from_slice(&len);
-                out.extend_from_slice(&body);
+                Err(StreamEnd::WriterGone) => return,
+            },
+            Err(e) => {
+                tracing::debug!("dns tcp read: {e}");
+                return;
             }
         }
-        if !out.is_empty() {
-            let (res, _) = stream.write_all(out).await;
-            res?;
+    }
+}
+
+/// Writes answer batches as they come; shuts the connection down once every sender is
+/// gone, or closes it at once when a write fails or the client takes no answers for
+/// `stall` (a client that does not read).
+async fn write_tcp_answers(
+    mut writer: monoio::net::tcp::TcpOwnedWriteHalf,
+    rx: async_channel::Receiver<Out>,
+    stall: std::time::Duration,
+) {
+    while let Ok(out) = rx.recv().await {
+        let Out::Answers(chunks) = out else {
+            break;
+        };
+        match monoio::time::timeout(stall, writer.write_all(chunks.concat())).await {
+            Ok((Ok(_), _)) => {}
+            Ok((Err(e), _)) => {
+                tracing::debug!("dns tcp write: {e}");
+                rx.close();
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("dns tcp: the client does not read its answers; closing");
+                rx.close();
+                return;
+            }
         }
     }
+    rx.close();
+    let _ = monoio::time::timeout(stall, writer.shutdown()).await;
 }
 
 #[cfg(test)]

@@ -188,7 +188,7 @@ impl Forwarder {
                 }
                 None => {
                     resp.metadata.response_code = ResponseCode::ServFail;
-                    return crate::responder::encode(&resp, max_size);
+                    return crate::responder::finish(&mut resp, query, max_size);
                 }
             },
         };
@@ -207,7 +207,7 @@ impl Forwarder {
         resp.insert_answers(aged(&entry.answers));
         resp.insert_authorities(aged(&entry.authorities));
         resp.insert_additionals(aged(&entry.additionals));
-        crate::responder::encode(&resp, max_size)
+        crate::responder::finish(&mut resp, query, max_size)
     }
 
     /// Tries each upstream in turn; the first usable answer, made cacheable.
@@ -371,5 +371,89 @@ mod tests {
         let mut long = Message::new(1, MessageType::Response, OpCode::Query);
         long.insert_answers(vec![a(u32::MAX)]);
         assert_eq!(cacheable(long).ttl, MAX_CACHE_TTL);
+    }
+
+    /// A forwarded answer is finished as a zone answer is: an upstream's OPT (and its
+    /// Padding option) is not relayed, and a padded query gets a padded answer within the
+    /// client's size limit.
+    #[test]
+    fn forwarded_answers_are_padded_like_zone_answers() {
+        use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+
+        use crate::responder::PADDING_BLOCK;
+
+        let padding = |len: usize| EdnsOption::Unknown(u16::from(EdnsCode::Padding), vec![0; len]);
+        let name = Name::from_str("x.example.org.").expect("name");
+        // the upstream's answer, padded its own way (an odd block of 100)
+        let mut upstream = Message::new(7, MessageType::Response, OpCode::Query);
+        upstream.add_query(Query::query(name.clone(), RecordType::A));
+        upstream.insert_answers(vec![Record::from_rdata(
+            name.clone(),
+            300,
+            RData::A(A::new(192, 0, 2, 1)),
+        )]);
+        let mut edns = Edns::new();
+        edns.options_mut().insert(padding(77));
+        upstream.set_edns(edns);
+        let upstream = Message::from_vec(&upstream.to_vec().expect("encode")).expect("decode");
+
+        let config = DnsConfig {
+            upstreams: vec!["127.0.0.1:9".parse().expect("addr")],
+            ..DnsConfig::default()
+        };
+        let f = Forwarder::from_config(&config).expect("forwarding on");
+        // cached, so answering asks no upstream
+        f.cache.insert(
+            CacheKey {
+                name: LowerName::new(&name),
+                qtype: RecordType::A,
+            },
+            Arc::new(cacheable(upstream)),
+        );
+        let ask = |pad: bool, max_size: usize| {
+            let mut q = Message::new(0x4242, MessageType::Query, OpCode::Query);
+            q.metadata.recursion_desired = true;
+            q.add_query(Query::query(name.clone(), RecordType::A));
+            let mut edns = Edns::new();
+            if pad {
+                edns.options_mut().insert(padding(20));
+            }
+            q.set_edns(edns);
+            let f = &f;
+            let mut out = Vec::new();
+            alknet_runtime::rt::run_local(|_| async {
+                out = f.answer(&q, max_size).await;
+            })
+            .expect("runtime");
+            out
+        };
+
+        let plain = ask(false, MAX_MESSAGE_SIZE);
+        let m = Message::from_vec(&plain).expect("decode");
+        assert_eq!(m.answers.len(), 1);
+        assert!(
+            m.edns.expect("OPT").option(EdnsCode::Padding).is_none(),
+            "the upstream's padding is not relayed"
+        );
+        assert_ne!(plain.len() % PADDING_BLOCK, 0);
+
+        let padded = ask(true, MAX_MESSAGE_SIZE);
+        assert_eq!(padded.len(), PADDING_BLOCK, "padded to one block");
+        let m = Message::from_vec(&padded).expect("decode");
+        assert_eq!(m.id, 0x4242);
+        assert_eq!(m.answers.len(), 1);
+        let opt = m.edns.expect("OPT");
+        assert_eq!(
+            opt.options().as_ref().len(),
+            1,
+            "one Padding option: {opt:?}"
+        );
+        assert!(opt.option(EdnsCode::Padding).is_some());
+
+        // a UDP client taking 400 bytes gets the answer unpadded (RFC 7830 §4), whole
+        let small = ask(true, 400);
+        assert!(small.len() < PADDING_BLOCK);
+        let m = Message::from_vec(&small).expect("decode");
+        assert!(!m.truncation && m.answers.len() == 1);
     }
 }

@@ -20,6 +20,7 @@ pub mod doq;
 pub mod dot;
 pub mod forward;
 pub mod framing;
+mod in_flight;
 mod limits;
 pub mod pipeline;
 #[cfg(feature = "pkarr")]

@@ -21,6 +21,14 @@ pub const MAX_CNAME_CHAIN: usize = 16;
 /// (`limits.max_concurrent_bidi_streams`) bounds it too.
 pub const DEFAULT_MAX_QUERIES_PER_CONNECTION: usize = 128;
 
+/// `max_pipelined_queries`: queries one pipelined connection or stream (classic DNS over
+/// TCP, DoT, an `alknet/dns` stream) may have in flight at once. A zone answer is made at
+/// once; a forwarded query waits for an upstream as a task of its own, so a slow one holds
+/// back none of the queries behind it (RFC 7766 §6.2.1.1: answers go out as they are
+/// ready, in any order). At the bound the connection is not read until one of them is
+/// answered (back-pressure: nothing is refused, nothing more is buffered).
+pub const DEFAULT_MAX_PIPELINED_QUERIES: usize = 128;
+
 /// `query_timeout_ms`: how long a client has, from opening a stream, to send a whole DoQ
 /// query; a stream past it is abandoned with DOQ_REQUEST_CANCELLED. On `alknet/dns`, a
 /// message started must be completed within it too (the stream may idle between messages).
@@ -36,8 +44,9 @@ pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// so the client retries over TCP. 1232 avoids IP fragmentation (DNS Flag Day 2020).
 pub const DEFAULT_UDP_PAYLOAD_SIZE: u16 = 1232;
 
-/// `tcp_idle_timeout_ms`: a classic TCP connection with no complete query for this long
-/// is closed (RFC 7766 §6.2.3 suggests seconds, not minutes).
+/// `tcp_idle_timeout_ms`: a classic TCP connection that sends nothing for this long is
+/// closed, once the forwarded answers still to come are sent (RFC 7766 §6.2.3 suggests
+/// seconds, not minutes); so is one that does not take a batch of answers within it.
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `dot_idle_timeout_ms`: a DNS-over-TLS connection with no query in progress for this long
@@ -94,6 +103,7 @@ pub struct ZoneConfig {
 pub struct DnsConfig {
     pub zones: Vec<ZoneConfig>,
     pub max_queries_per_connection: usize,
+    pub max_pipelined_queries: usize,
     #[serde(rename = "query_timeout_ms", with = "alknet_runtime::millis")]
     pub query_timeout: Duration,
     #[serde(rename = "reload_interval_ms", with = "alknet_runtime::millis")]
@@ -140,6 +150,7 @@ impl Default for DnsConfig {
         Self {
             zones: Vec::new(),
             max_queries_per_connection: DEFAULT_MAX_QUERIES_PER_CONNECTION,
+            max_pipelined_queries: DEFAULT_MAX_PIPELINED_QUERIES,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
             udp_listen: None,
@@ -180,6 +191,9 @@ impl DnsConfig {
     pub fn validate(&self) -> Result<(), DnsConfigError> {
         if self.max_queries_per_connection == 0 {
             return Err(DnsConfigError::Zero("max_queries_per_connection"));
+        }
+        if self.max_pipelined_queries == 0 {
+            return Err(DnsConfigError::Zero("max_pipelined_queries"));
         }
         if self.query_timeout.is_zero() {
             return Err(DnsConfigError::Zero("query_timeout_ms"));
@@ -227,6 +241,14 @@ mod tests {
         assert_eq!(
             c.validate(),
             Err(DnsConfigError::Zero("max_queries_per_connection"))
+        );
+        let c = DnsConfig {
+            max_pipelined_queries: 0,
+            ..DnsConfig::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(DnsConfigError::Zero("max_pipelined_queries"))
         );
         let zone = |o: &str| ZoneConfig {
             origin: o.into(),

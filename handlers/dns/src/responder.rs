@@ -66,9 +66,16 @@ pub fn answer(catalog: &Catalog, query: &Message, max_size: usize) -> Vec<u8> {
         edns.set_max_payload(max_size.clamp(512, usize::from(u16::MAX)) as u16);
         resp.set_edns(edns);
     }
-    let bytes = encode(&resp, max_size);
+    finish(&mut resp, query, max_size)
+}
+
+/// The bytes of `resp`, the response to `query`: at most `max_size` (else truncated, see
+/// [`encode`]) and padded when the query asks for it. The one place an answer is
+/// finished, whether it comes from a zone or from an upstream ([`crate::forward`]).
+pub(crate) fn finish(resp: &mut Message, query: &Message, max_size: usize) -> Vec<u8> {
+    let bytes = encode(resp, max_size);
     if wants_padding(query) {
-        if let Some(padded) = padded(&mut resp, bytes.len(), max_size) {
+        if let Some(padded) = padded(resp, bytes.len(), max_size) {
             return padded;
         }
     }
@@ -89,7 +96,8 @@ fn wants_padding(query: &Message) -> bool {
         .is_some_and(|e| e.option(EdnsCode::Padding).is_some())
 }
 
-/// `resp` (encoded in `len` bytes) again with a Padding option bringing it to a multiple of
+/// `resp` (encoded in `len` bytes, an OPT record and no Padding option in it: the
+/// responder makes its own OPT, an upstream's is never relayed) again with a Padding option bringing it to a multiple of
 /// [`PADDING_BLOCK`], if that fits in `max_size` (else it goes unpadded, as RFC 7830 §4
 /// allows past the size limit).
 fn padded(resp: &mut Message, len: usize, max_size: usize) -> Option<Vec<u8>> {
