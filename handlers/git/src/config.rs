@@ -79,11 +79,14 @@ pub struct GitConfig {
     /// gix backend: answer full clones from git's reachability bitmaps (`pack-*.bitmap`)
     /// when a pack has one, instead of walking the history.
     pub use_bitmaps: bool,
-    /// gix backend: serve partial clones (`git clone --filter=blob:none`, `blob:limit`,
-    /// `tree:<depth>`): `filter` advertised, the objects it names left out.
+    /// Serve partial clones (`git clone --filter=blob:none`, `blob:limit`, `tree:<depth>`,
+    /// `object:type`, `combine:`): `filter` advertised, the objects it names left out, and
+    /// objects wanted by id (a partial clone's later fetches). Both backends: the `git`
+    /// one runs upload-pack with `uploadpack.allowFilter` and
+    /// `uploadpack.allowAnySHA1InWant` set to this.
     pub allow_filter: bool,
-    /// gix backend: protocol v2 `want-ref` (`ref-in-want` advertised; git's
-    /// `uploadpack.allowRefInWant`).
+    /// Protocol v2 `want-ref` (`ref-in-want` advertised). Both backends: the `git` one
+    /// runs upload-pack with `uploadpack.allowRefInWant` set to this.
     pub allow_want_ref: bool,
 }
 
