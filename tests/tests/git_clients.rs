@@ -40,6 +40,9 @@ both_backends!(
     access_rules_unknown_repositories_and_escapes,
     ext_transport_with_alknet_connect,
     large_repository_and_small_incremental_fetch,
+    partial_clone,
+    object_type_and_combined_filters,
+    v2_want_ref,
 );
 
 /// A push killed mid-pack, gix backend. (With the `git` backend, git's receive-pack was
@@ -1264,17 +1267,19 @@ fn pack_types(git_dir: &Path) -> Vec<(String, String)> {
     v
 }
 
-/// Partial clone (gix backend): `--filter=blob:none` over `alknet://` (v2) and `ext::`
-/// gets a pack without blobs; checking out and `git log -p` then fetch the blobs lazily
-/// through the same transport; `fsck` is clean. `tree:0` sends commits (and tags) only,
-/// `blob:limit=1k` leaves out the 32 KiB binary blobs. An unsupported spec is refused
-/// with a clear error; with `allow_filter = false` git is told nothing and clones whole.
-#[test]
-fn gix_backend_partial_clone() {
+/// Partial clone, both backends: `--filter=blob:none` over `alknet://` (v2 and v0) and
+/// `ext::` gets a pack without blobs; checking out and `git log -p` then fetch the blobs
+/// lazily through the same transport; `fsck` is clean. `tree:0` sends commits (and
+/// tags) only, `blob:limit=1k` leaves out the 32 KiB binary blobs. An unsupported spec
+/// is refused with a clear error (gix backend; git's upload-pack knows `sparse:oid` but
+/// fails on a missing one); with `allow_filter = false` git is told nothing and clones
+/// whole, even when the served repository's own config allows filters (the `git`
+/// backend's switches are per invocation and win).
+fn partial_clone(backend: &str) {
     if require_git().is_none() {
         return;
     }
-    let srv = start("gix", "");
+    let srv = start(backend, "");
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = seeded(&srv, tmp.path(), "pub/part.git");
     let url = srv.url("pub/part.git");
@@ -1320,6 +1325,37 @@ fn gix_backend_partial_clone() {
         git_ok(&dst, &["rev-parse", "HEAD"]),
         git_ok(&src, &["rev-parse", "main"])
     );
+
+    // protocol v0: the lazy fetches want blobs by id (allow-*-sha1-in-want advertised)
+    let dst = tmp.path().join("blobless-v0");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &[
+            "-c",
+            "protocol.version=0",
+            "clone",
+            "--quiet",
+            "--no-checkout",
+            "--filter=blob:none",
+            &url,
+            s(&dst),
+        ],
+    );
+    assert_eq!(kinds(&dst), ["commit", "tree"].map(String::from).to_vec());
+    srv.git_ok(
+        &dst,
+        Some(READER_TOKEN),
+        &["-c", "protocol.version=0", "checkout", "--quiet", "main"],
+    );
+    assert_eq!(
+        std::fs::read(dst.join("src/f2.txt")).ok(),
+        std::fs::read(src.join("src/f2.txt")).ok()
+    );
+    git_ok(&dst, &["fsck"]);
+    // the served repository's config was not touched
+    let served = srv.root().join("pub/part.git");
+    assert!(!git_ok(&served, &["config", "--list", "--local"]).contains("uploadpack"));
 
     // through ext::, with the checkout in the clone itself (lazy fetch through ext:: too)
     let alknet = alknet_tests::alknet_bin();
@@ -1410,11 +1446,20 @@ fn gix_backend_partial_clone() {
             s(&tmp.path().join("sparse")),
         ],
     );
-    assert!(err.contains("unsupported filter spec"), "{err}");
+    if backend == "gix" {
+        assert!(err.contains("unsupported filter spec"), "{err}");
+    } else {
+        assert!(err.contains("sparse"), "{err}");
+    }
 
     // filters off: not advertised, git clones everything
-    let whole = start("gix", "allow_filter = false");
+    let whole = start(backend, "allow_filter = false");
     seeded(&whole, &tmp.path().join("w"), "pub/part.git");
+    // the repository's own config cannot turn on what the server turned off
+    git_ok(
+        &whole.root().join("pub/part.git"),
+        &["config", "uploadpack.allowFilter", "true"],
+    );
     let dst = tmp.path().join("unfiltered");
     let out = run(whole.git(
         tmp.path(),
@@ -1436,15 +1481,15 @@ fn gix_backend_partial_clone() {
     assert!(kinds(&dst).contains(&"blob".to_string()));
 }
 
-/// Protocol v2 `want-ref` (gix backend): the server advertises `ref-in-want`, so git's
+/// Protocol v2 `want-ref`, both backends: the server advertises `ref-in-want`, so git's
 /// fetch of branches by name asks with `want-ref refs/heads/…` and takes the object ids
-/// from the `wanted-refs` section; the fetch gets the new commits.
-#[test]
-fn gix_backend_v2_want_ref() {
+/// from the `wanted-refs` section; the fetch gets the new commits. With
+/// `allow_want_ref = false`, `ref-in-want` is not advertised and git wants by id.
+fn v2_want_ref(backend: &str) {
     if require_git().is_none() {
         return;
     }
-    let srv = start("gix", "");
+    let srv = start(backend, "");
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = seeded(&srv, tmp.path(), "wr.git");
     let url = srv.url("wr.git");
@@ -1490,4 +1535,145 @@ fn gix_backend_v2_want_ref() {
         tip.as_str()
     );
     git_ok(&dst, &["fsck", "--full"]);
+
+    // off: git is not offered want-ref and fetches by id
+    let off = start(backend, "allow_want_ref = false");
+    seeded(&off, &tmp.path().join("off"), "wr.git");
+    let trace = tmp.path().join("trace-off");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    git_ok(&empty, &["init", "--quiet"]);
+    let out = run({
+        let mut c = off.git(
+            &empty,
+            Some(READER_TOKEN),
+            &[
+                "-c",
+                "protocol.version=2",
+                "fetch",
+                &off.url("wr.git"),
+                "main",
+            ],
+        );
+        c.env("GIT_TRACE_PACKET", s(&trace));
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(&trace).expect("trace");
+    assert!(!trace.contains("ref-in-want"), "{trace}");
+    assert!(!trace.contains("want-ref"), "{trace}");
+    assert!(trace.contains("fetch> want "), "{trace}");
+}
+
+/// `object:type=` and `combine:` (several `--filter` options), both backends.
+/// `object:type=commit` sends the history without trees or blobs: `git log` works
+/// offline and `git cat-file -e` of a blob fetches it lazily through git-remote-alknet.
+/// `--filter=blob:none --filter=tree:1` (git sends `combine:blob:none+tree:1`) sends the
+/// commits and their root trees only; a checkout then fetches the rest. `fsck` is clean
+/// after each (a promisor pack's missing objects are not errors).
+fn object_type_and_combined_filters(backend: &str) {
+    if require_git().is_none() {
+        return;
+    }
+    let srv = start(backend, "");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = seeded(&srv, tmp.path(), "pub/types.git");
+    let url = srv.url("pub/types.git");
+    let kinds = |dir: &Path| -> Vec<(String, String)> { pack_types(&dir.join(".git")) };
+
+    let dst = tmp.path().join("commits-only");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &[
+            "clone",
+            "--quiet",
+            "--no-checkout",
+            "--filter=object:type=commit",
+            &url,
+            s(&dst),
+        ],
+    );
+    let got = kinds(&dst);
+    assert_eq!(got.len(), COMMITS, "{got:?}");
+    assert!(got.iter().all(|(_, k)| k == "commit"), "{got:?}");
+    assert_eq!(
+        git_ok(&dst, &["log", "--format=%H %s", "origin/main"]),
+        git_ok(&src, &["log", "--format=%H %s", "main"])
+    );
+    git_ok(&dst, &["fsck", "--connectivity-only"]);
+    git_ok(&dst, &["fsck"]);
+    let blob = git_ok(&src, &["rev-parse", "main:src/f3.txt"])
+        .trim()
+        .to_string();
+    let missing = run({
+        let mut c = alknet_tests::git::git_cmd(&dst);
+        c.args(["cat-file", "-e", &blob])
+            .env("GIT_NO_LAZY_FETCH", "1");
+        c
+    });
+    assert!(!missing.status.success(), "the blob was not in the pack");
+    srv.git_ok(&dst, Some(READER_TOKEN), &["cat-file", "-e", &blob]);
+    assert_eq!(
+        git_ok(&dst, &["cat-file", "blob", &blob]),
+        git_ok(&src, &["cat-file", "blob", &blob])
+    );
+    git_ok(&dst, &["fsck"]);
+
+    let dst = tmp.path().join("combined");
+    let trace = tmp.path().join("trace");
+    let out = run({
+        let mut c = srv.git(
+            tmp.path(),
+            Some(READER_TOKEN),
+            &[
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                "--filter=blob:none",
+                "--filter=tree:1",
+                &url,
+                s(&dst),
+            ],
+        );
+        c.env("GIT_TRACE_PACKET", s(&trace));
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(&trace).expect("trace");
+    assert!(
+        trace.contains("filter combine:blob:none+tree:1"),
+        "git sent a combine: spec"
+    );
+    let got = kinds(&dst);
+    let mut trees: Vec<String> = got
+        .iter()
+        .filter(|(_, k)| k == "tree")
+        .map(|(id, _)| id.clone())
+        .collect();
+    trees.sort();
+    let mut root_trees: Vec<String> = git_ok(&src, &["log", "--format=%T", "main"])
+        .lines()
+        .map(String::from)
+        .collect();
+    root_trees.sort();
+    root_trees.dedup();
+    assert_eq!(trees, root_trees, "root trees only");
+    assert_eq!(got.iter().filter(|(_, k)| k == "commit").count(), COMMITS);
+    assert!(!got.iter().any(|(_, k)| k == "blob"), "no blobs");
+    git_ok(&dst, &["fsck", "--connectivity-only"]);
+    srv.git_ok(&dst, Some(READER_TOKEN), &["checkout", "--quiet", "main"]);
+    assert_eq!(
+        std::fs::read(dst.join("src/f4.txt")).ok(),
+        std::fs::read(src.join("src/f4.txt")).ok()
+    );
+    git_ok(&dst, &["fsck"]);
 }
