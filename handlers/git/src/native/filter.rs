@@ -31,8 +31,8 @@ pub const MAX_FILTER_SPEC: usize = 512;
 /// Most sub-filters in one `combine:` (all levels together).
 pub const MAX_COMBINED_FILTERS: usize = 16;
 
-/// Deepest nesting of `combine:` inside `combine:` (git flattens what it sends, so 1 is
-/// what a git client uses).
+/// Most levels of `combine:` in one spec, the outermost included (git flattens what it
+/// sends: one level).
 pub const MAX_FILTER_DEPTH: usize = 4;
 
 /// Characters git requires a `combine:` sub-filter to encode (`%XX`), besides
@@ -48,7 +48,7 @@ pub enum FilterError {
     NotUtf8(String),
     #[error("invalid filter spec {spec:?}: {problem}")]
     Invalid { spec: String, problem: &'static str },
-    #[error("invalid filter spec {0:?}: combine: nested more than {MAX_FILTER_DEPTH} deep")]
+    #[error("invalid filter spec {0:?}: combine: more than {MAX_FILTER_DEPTH} levels")]
     TooDeep(String),
     #[error("invalid filter spec {0:?}: combine: more than {MAX_COMBINED_FILTERS} filters")]
     TooMany(String),
