@@ -1473,15 +1473,17 @@ fn partial_clone(backend: &str) {
     assert!(kinds(&dst).contains(&"blob".to_string()));
 }
 
-/// Protocol v2 `want-ref`, both backends: the server advertises `ref-in-want`, so git's
-/// fetch of branches by name asks with `want-ref refs/heads/…` and takes the object ids
-/// from the `wanted-refs` section; the fetch gets the new commits. With
-/// `allow_want_ref = false`, `ref-in-want` is not advertised and git wants by id.
+/// Protocol v2 `want-ref`, both backends (`allow_want_ref = true`; the git backend's
+/// default is off, see `GIT_BACKEND_ALLOW_WANT_REF`): the server advertises
+/// `ref-in-want`, so git's fetch of branches by name asks with `want-ref refs/heads/…`
+/// and takes the object ids from the `wanted-refs` section; the fetch gets the new
+/// commits. Off (`allow_want_ref = false`, or unset with the git backend), `ref-in-want`
+/// is not advertised and git wants by id.
 fn v2_want_ref(backend: &str) {
     if require_git().is_none() {
         return;
     }
-    let srv = start(backend, "");
+    let srv = start(backend, "allow_want_ref = true");
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = seeded(&srv, tmp.path(), "wr.git");
     let url = srv.url("wr.git");
@@ -1518,7 +1520,14 @@ fn v2_want_ref(backend: &str) {
     git_ok(&dst, &["fsck", "--full"]);
 
     // off: git is not offered want-ref and fetches by id
-    let off = start(backend, "allow_want_ref = false");
+    let off = start(
+        backend,
+        if backend == "git" {
+            ""
+        } else {
+            "allow_want_ref = false"
+        },
+    );
     seeded(&off, &tmp.path().join("off"), "wr.git");
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).expect("mkdir");

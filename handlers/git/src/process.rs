@@ -51,7 +51,8 @@ pub struct GitCommand {
     pub allow_force_push: bool,
     /// For upload-pack: serve partial clones (`[git] allow_filter`).
     pub allow_filter: bool,
-    /// For upload-pack: protocol v2 `want-ref` (`[git] allow_want_ref`).
+    /// For upload-pack: protocol v2 `want-ref` (`[git] allow_want_ref`, off unless set:
+    /// [`crate::GIT_BACKEND_ALLOW_WANT_REF`]).
     pub allow_want_ref: bool,
     /// For the hooks and the log: who runs it.
     pub identity: Option<String>,
