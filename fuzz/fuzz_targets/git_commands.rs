@@ -9,6 +9,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 
+use alknet_git::native::filter::{self, ObjectFilter};
 use alknet_git::native::{NativeCommand, NativeLimits};
 use alknet_git::Service;
 use libfuzzer_sys::fuzz_target;
@@ -24,6 +25,17 @@ fn repo() -> &'static std::path::Path {
     .1
 }
 
+/// Levels of `combine:` and sub-filters, all levels together.
+fn shape(filter: &ObjectFilter) -> (usize, usize) {
+    match filter {
+        ObjectFilter::Combine(subs) => subs.iter().fold((1, subs.len()), |(d, n), s| {
+            let (sd, sn) = shape(s);
+            (d.max(sd + 1), n + sn)
+        }),
+        _ => (0, 0),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&which, input)) = data.split_first() else {
         return;
@@ -33,8 +45,13 @@ fuzz_target!(|data: &[u8]| {
         1 => (Service::UploadPack, 0),
         2 => (Service::ReceivePack, 0),
         _ => {
-            // a fetch's `filter <spec>` (partial clone) on its own
-            let _ = alknet_git::native::filter::ObjectFilter::parse(input);
+            // a fetch's `filter <spec>` (partial clone) on its own: whatever parses stays
+            // within the stated bounds of `combine:` nesting and width
+            if let Ok(filter) = ObjectFilter::parse(input) {
+                let (depth, subs) = shape(&filter);
+                assert!(depth <= filter::MAX_FILTER_DEPTH, "{filter:?}");
+                assert!(subs <= filter::MAX_COMBINED_FILTERS, "{filter:?}");
+            }
             return;
         }
     };

@@ -218,6 +218,21 @@ impl GitServer {
         run_ok(self.git(dir, token, args))
     }
 
+    /// Runs a git command that must succeed with its packets traced
+    /// (`GIT_TRACE_PACKET`); returns the trace.
+    pub fn git_traced(&self, dir: &Path, token: Option<&str>, args: &[&str]) -> String {
+        let trace = tempfile::NamedTempFile::new().expect("trace file");
+        let mut cmd = self.git(dir, token, args);
+        cmd.env("GIT_TRACE_PACKET", trace.path());
+        let out = run(cmd);
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(trace.path()).expect("trace")
+    }
+
     /// Runs a git command that must fail; returns its stderr.
     pub fn git_err(&self, dir: &Path, token: Option<&str>, args: &[&str]) -> String {
         let out = run(self.git(dir, token, args));

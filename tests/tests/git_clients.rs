@@ -40,6 +40,9 @@ both_backends!(
     access_rules_unknown_repositories_and_escapes,
     ext_transport_with_alknet_connect,
     large_repository_and_small_incremental_fetch,
+    partial_clone,
+    object_type_and_combined_filters,
+    v2_want_ref,
 );
 
 /// A push killed mid-pack, gix backend. (With the `git` backend, git's receive-pack was
@@ -1148,36 +1151,25 @@ fn gix_backend_v0_multi_ack_detailed_negotiation() {
     srv.git_ok(&src, Some(WRITER_TOKEN), &["push", "--quiet", &url, "main"]);
     let new_tip = git_ok(&src, &["rev-parse", "main"]).trim().to_string();
     let before = pack_objects(&dst.join(".git"));
-    let trace = tmp.path().join("trace");
-    let out = run({
-        let mut c = srv.git(
-            &dst,
-            Some(READER_TOKEN),
-            &[
-                "-c",
-                "protocol.version=0",
-                "-c",
-                "fetch.unpackLimit=1",
-                "-c",
-                "transfer.unpackLimit=1",
-                "fetch",
-                "origin",
-            ],
-        );
-        c.env("GIT_TRACE_PACKET", s(&trace));
-        c
-    });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let trace = srv.git_traced(
+        &dst,
+        Some(READER_TOKEN),
+        &[
+            "-c",
+            "protocol.version=0",
+            "-c",
+            "fetch.unpackLimit=1",
+            "-c",
+            "transfer.unpackLimit=1",
+            "fetch",
+            "origin",
+        ],
     );
     assert_eq!(
         git_ok(&dst, &["rev-parse", "origin/main"]).trim(),
         new_tip.as_str()
     );
     git_ok(&dst, &["fsck", "--full", "--strict"]);
-    let trace = std::fs::read_to_string(&trace).expect("trace");
     let lines: Vec<&str> = trace.lines().filter(|l| l.contains("fetch")).collect();
     let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
     let answers: Vec<&&str> = lines
@@ -1264,17 +1256,19 @@ fn pack_types(git_dir: &Path) -> Vec<(String, String)> {
     v
 }
 
-/// Partial clone (gix backend): `--filter=blob:none` over `alknet://` (v2) and `ext::`
-/// gets a pack without blobs; checking out and `git log -p` then fetch the blobs lazily
-/// through the same transport; `fsck` is clean. `tree:0` sends commits (and tags) only,
-/// `blob:limit=1k` leaves out the 32 KiB binary blobs. An unsupported spec is refused
-/// with a clear error; with `allow_filter = false` git is told nothing and clones whole.
-#[test]
-fn gix_backend_partial_clone() {
+/// Partial clone, both backends: `--filter=blob:none` over `alknet://` (v2 and v0) and
+/// `ext::` gets a pack without blobs; checking out and `git log -p` then fetch the blobs
+/// lazily through the same transport; `fsck` is clean. `tree:0` sends commits (and
+/// tags) only, `blob:limit=1k` leaves out the 32 KiB binary blobs. An unsupported spec
+/// is refused with a clear error (gix backend; git's upload-pack knows `sparse:oid` but
+/// fails on a missing one); with `allow_filter = false` git is told nothing and clones
+/// whole, even when the served repository's own config allows filters (the `git`
+/// backend's switches are per invocation and win).
+fn partial_clone(backend: &str) {
     if require_git().is_none() {
         return;
     }
-    let srv = start("gix", "");
+    let srv = start(backend, "");
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = seeded(&srv, tmp.path(), "pub/part.git");
     let url = srv.url("pub/part.git");
@@ -1320,6 +1314,37 @@ fn gix_backend_partial_clone() {
         git_ok(&dst, &["rev-parse", "HEAD"]),
         git_ok(&src, &["rev-parse", "main"])
     );
+
+    // protocol v0: the lazy fetches want blobs by id (allow-*-sha1-in-want advertised)
+    let dst = tmp.path().join("blobless-v0");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &[
+            "-c",
+            "protocol.version=0",
+            "clone",
+            "--quiet",
+            "--no-checkout",
+            "--filter=blob:none",
+            &url,
+            s(&dst),
+        ],
+    );
+    assert_eq!(kinds(&dst), ["commit", "tree"].map(String::from).to_vec());
+    srv.git_ok(
+        &dst,
+        Some(READER_TOKEN),
+        &["-c", "protocol.version=0", "checkout", "--quiet", "main"],
+    );
+    assert_eq!(
+        std::fs::read(dst.join("src/f2.txt")).ok(),
+        std::fs::read(src.join("src/f2.txt")).ok()
+    );
+    git_ok(&dst, &["fsck"]);
+    // the served repository's config was not touched
+    let served = srv.root().join("pub/part.git");
+    assert!(!git_ok(&served, &["config", "--list", "--local"]).contains("uploadpack"));
 
     // through ext::, with the checkout in the clone itself (lazy fetch through ext:: too)
     let alknet = alknet_tests::alknet_bin();
@@ -1410,11 +1435,23 @@ fn gix_backend_partial_clone() {
             s(&tmp.path().join("sparse")),
         ],
     );
-    assert!(err.contains("unsupported filter spec"), "{err}");
+    if backend == "gix" {
+        assert!(
+            err.contains(r#"remote error: filter: unsupported filter spec "sparse:oid=main:x""#),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("sparse"), "{err}");
+    }
 
     // filters off: not advertised, git clones everything
-    let whole = start("gix", "allow_filter = false");
+    let whole = start(backend, "allow_filter = false");
     seeded(&whole, &tmp.path().join("w"), "pub/part.git");
+    // the repository's own config cannot turn on what the server turned off
+    git_ok(
+        &whole.root().join("pub/part.git"),
+        &["config", "uploadpack.allowFilter", "true"],
+    );
     let dst = tmp.path().join("unfiltered");
     let out = run(whole.git(
         tmp.path(),
@@ -1436,15 +1473,17 @@ fn gix_backend_partial_clone() {
     assert!(kinds(&dst).contains(&"blob".to_string()));
 }
 
-/// Protocol v2 `want-ref` (gix backend): the server advertises `ref-in-want`, so git's
-/// fetch of branches by name asks with `want-ref refs/heads/…` and takes the object ids
-/// from the `wanted-refs` section; the fetch gets the new commits.
-#[test]
-fn gix_backend_v2_want_ref() {
+/// Protocol v2 `want-ref`, both backends (`allow_want_ref = true`; the git backend's
+/// default is off, see `GIT_BACKEND_ALLOW_WANT_REF`): the server advertises
+/// `ref-in-want`, so git's fetch of branches by name asks with `want-ref refs/heads/…`
+/// and takes the object ids from the `wanted-refs` section; the fetch gets the new
+/// commits. Off (`allow_want_ref = false`, or unset with the git backend), `ref-in-want`
+/// is not advertised and git wants by id.
+fn v2_want_ref(backend: &str) {
     if require_git().is_none() {
         return;
     }
-    let srv = start("gix", "");
+    let srv = start(backend, "allow_want_ref = true");
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = seeded(&srv, tmp.path(), "wr.git");
     let url = srv.url("wr.git");
@@ -1458,22 +1497,11 @@ fn gix_backend_v2_want_ref() {
     git_ok(&src, &["add", "."]);
     git_ok(&src, &["commit", "--quiet", "-m", "wanted"]);
     srv.git_ok(&src, Some(WRITER_TOKEN), &["push", "--quiet", &url, "main"]);
-    let trace = tmp.path().join("trace");
-    let out = run({
-        let mut c = srv.git(
-            &dst,
-            Some(READER_TOKEN),
-            &["-c", "protocol.version=2", "fetch", "origin", "main"],
-        );
-        c.env("GIT_TRACE_PACKET", s(&trace));
-        c
-    });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let trace = srv.git_traced(
+        &dst,
+        Some(READER_TOKEN),
+        &["-c", "protocol.version=2", "fetch", "origin", "main"],
     );
-    let trace = std::fs::read_to_string(&trace).expect("trace");
     let tip = git_ok(&src, &["rev-parse", "main"]).trim().to_string();
     assert!(trace.contains("ref-in-want"), "advertised");
     assert!(
@@ -1490,4 +1518,187 @@ fn gix_backend_v2_want_ref() {
         tip.as_str()
     );
     git_ok(&dst, &["fsck", "--full"]);
+
+    // off: git is not offered want-ref and fetches by id
+    let off = start(
+        backend,
+        if backend == "git" {
+            ""
+        } else {
+            "allow_want_ref = false"
+        },
+    );
+    seeded(&off, &tmp.path().join("off"), "wr.git");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    git_ok(&empty, &["init", "--quiet"]);
+    let trace = off.git_traced(
+        &empty,
+        Some(READER_TOKEN),
+        &[
+            "-c",
+            "protocol.version=2",
+            "fetch",
+            &off.url("wr.git"),
+            "main",
+        ],
+    );
+    assert!(!trace.contains("ref-in-want"), "{trace}");
+    assert!(!trace.contains("want-ref"), "{trace}");
+    assert!(trace.contains("fetch> want "), "{trace}");
+}
+
+/// `object:type=` and `combine:` (several `--filter` options), both backends.
+/// `object:type=commit` sends the history without trees or blobs: `git log` works
+/// offline and `git cat-file -e` of a blob fetches it lazily through git-remote-alknet.
+/// `--filter=blob:none --filter=tree:1` (git sends `combine:blob:none+tree:1`) sends the
+/// commits and their root trees only; a checkout then fetches the rest. `fsck` is clean
+/// after each (a promisor pack's missing objects are not errors).
+fn object_type_and_combined_filters(backend: &str) {
+    if require_git().is_none() {
+        return;
+    }
+    let srv = start(backend, "");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = seeded(&srv, tmp.path(), "pub/types.git");
+    let url = srv.url("pub/types.git");
+    let kinds = |dir: &Path| -> Vec<(String, String)> { pack_types(&dir.join(".git")) };
+
+    let dst = tmp.path().join("commits-only");
+    srv.git_ok(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &[
+            "clone",
+            "--quiet",
+            "--no-checkout",
+            "--filter=object:type=commit",
+            &url,
+            s(&dst),
+        ],
+    );
+    let got = kinds(&dst);
+    assert!(got.iter().all(|(_, k)| k == "commit"), "not only commits");
+    assert_eq!(got.len(), COMMITS);
+    assert_eq!(
+        git_ok(&dst, &["log", "--format=%H %s", "origin/main"]),
+        git_ok(&src, &["log", "--format=%H %s", "main"])
+    );
+    git_ok(&dst, &["fsck", "--connectivity-only"]);
+    git_ok(&dst, &["fsck"]);
+    let blob = git_ok(&src, &["rev-parse", "main:src/f3.txt"])
+        .trim()
+        .to_string();
+    let missing = run({
+        let mut c = alknet_tests::git::git_cmd(&dst);
+        c.args(["cat-file", "-e", &blob])
+            .env("GIT_NO_LAZY_FETCH", "1");
+        c
+    });
+    assert!(!missing.status.success(), "the blob was not in the pack");
+    srv.git_ok(&dst, Some(READER_TOKEN), &["cat-file", "-e", &blob]);
+    assert_eq!(
+        git_ok(&dst, &["cat-file", "blob", &blob]),
+        git_ok(&src, &["cat-file", "blob", &blob])
+    );
+    git_ok(&dst, &["fsck"]);
+
+    let dst = tmp.path().join("combined");
+    let trace = srv.git_traced(
+        tmp.path(),
+        Some(READER_TOKEN),
+        &[
+            "clone",
+            "--quiet",
+            "--no-checkout",
+            "--filter=blob:none",
+            "--filter=tree:1",
+            &url,
+            s(&dst),
+        ],
+    );
+    assert!(
+        trace.contains("filter combine:blob:none+tree:1"),
+        "git sent a combine: spec"
+    );
+    let got = kinds(&dst);
+    let mut trees: Vec<String> = got
+        .iter()
+        .filter(|(_, k)| k == "tree")
+        .map(|(id, _)| id.clone())
+        .collect();
+    trees.sort();
+    let mut root_trees: Vec<String> = git_ok(&src, &["log", "--format=%T", "main"])
+        .lines()
+        .map(String::from)
+        .collect();
+    root_trees.sort();
+    root_trees.dedup();
+    assert_eq!(trees, root_trees, "root trees only");
+    assert_eq!(got.iter().filter(|(_, k)| k == "commit").count(), COMMITS);
+    assert!(!got.iter().any(|(_, k)| k == "blob"), "no blobs");
+    git_ok(&dst, &["fsck", "--connectivity-only"]);
+    srv.git_ok(&dst, Some(READER_TOKEN), &["checkout", "--quiet", "main"]);
+    assert_eq!(
+        std::fs::read(dst.join("src/f4.txt")).ok(),
+        std::fs::read(src.join("src/f4.txt")).ok()
+    );
+    git_ok(&dst, &["fsck"]);
+
+    // each filter sends exactly the objects git's own upload-pack sends (file://, the
+    // served repository); trivially so for the git backend, which is git's upload-pack
+    let served = srv.root().join("pub/types.git");
+    let reference_upload_pack = "git -c uploadpack.allowFilter=true upload-pack";
+    for (i, spec) in [
+        "object:type=blob",
+        "object:type=tree",
+        "object:type=commit",
+        "object:type=tag",
+        "combine:blob:none+tree:1",
+        "combine:blob:limit=1k+object:type=blob",
+        "tree:2",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let objects = |dir: &Path| {
+            let mut v = kinds(dir);
+            v.sort();
+            v
+        };
+        let ours = tmp.path().join(format!("ours-{i}"));
+        let filter = format!("--filter={spec}");
+        srv.git_ok(
+            tmp.path(),
+            Some(READER_TOKEN),
+            &["clone", "--quiet", "--no-checkout", &filter, &url, s(&ours)],
+        );
+        let theirs = tmp.path().join(format!("theirs-{i}"));
+        git_ok(
+            tmp.path(),
+            &[
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                "--upload-pack",
+                reference_upload_pack,
+                &filter,
+                &format!("file://{}", s(&served)),
+                s(&theirs),
+            ],
+        );
+        let sent = objects(&ours);
+        assert!(sent.iter().any(|(_, k)| k == "commit"), "{spec}: {sent:?}");
+        let reference = objects(&theirs);
+        let extra: Vec<_> = sent.iter().filter(|o| !reference.contains(o)).collect();
+        let lacking: Vec<_> = reference.iter().filter(|o| !sent.contains(o)).collect();
+        assert!(
+            extra.is_empty() && lacking.is_empty(),
+            "{spec}: {} objects git does not send (first {:?}), {} it sends missing (first {:?})",
+            extra.len(),
+            extra.first(),
+            lacking.len(),
+            lacking.first()
+        );
+    }
 }

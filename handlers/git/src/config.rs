@@ -30,6 +30,16 @@ pub const DEFAULT_STDERR_LOG_LIMIT: usize = 4096;
 /// After the stream is done, how long a `git` process has to exit before it is killed.
 pub const DEFAULT_EXIT_GRACE_MS: u64 = 5_000;
 
+/// Whether the `git` backend offers protocol v2 `want-ref` when `[git] allow_want_ref` is
+/// not set: no. git's own upload-pack (2.47 checked) answers a shallow fetch that used
+/// `want-ref` with its `wanted-refs` section before `shallow-info`, the reverse of the
+/// order in `gitprotocol-v2` that git's client insists on, so with `ref-in-want`
+/// advertised every `git clone --depth`/`fetch --depth` over v2 fails ("expected
+/// 'packfile', received 'shallow-info'"). Setting `allow_want_ref = true` turns it on
+/// anyway, as git's `uploadpack.allowRefInWant` does. The gix backend sends the sections
+/// in order and defaults to on ([`crate::native::ALLOW_WANT_REF`]).
+pub const GIT_BACKEND_ALLOW_WANT_REF: bool = false;
+
 /// What serves the git conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -79,12 +89,16 @@ pub struct GitConfig {
     /// gix backend: answer full clones from git's reachability bitmaps (`pack-*.bitmap`)
     /// when a pack has one, instead of walking the history.
     pub use_bitmaps: bool,
-    /// gix backend: serve partial clones (`git clone --filter=blob:none`, `blob:limit`,
-    /// `tree:<depth>`): `filter` advertised, the objects it names left out.
+    /// Serve partial clones (`git clone --filter=blob:none`, `blob:limit`, `tree:<depth>`,
+    /// `object:type`, `combine:`): `filter` advertised, the objects it names left out, and
+    /// objects wanted by id (a partial clone's later fetches). Both backends: the `git`
+    /// one runs upload-pack with `uploadpack.allowFilter` and
+    /// `uploadpack.allowAnySHA1InWant` set to this.
     pub allow_filter: bool,
-    /// gix backend: protocol v2 `want-ref` (`ref-in-want` advertised; git's
-    /// `uploadpack.allowRefInWant`).
-    pub allow_want_ref: bool,
+    /// Protocol v2 `want-ref` (`ref-in-want` advertised). Both backends: the `git` one
+    /// runs upload-pack with `uploadpack.allowRefInWant` set to this. Unset, each
+    /// backend's default: on for gix, off for git ([`GIT_BACKEND_ALLOW_WANT_REF`]).
+    pub allow_want_ref: Option<bool>,
 }
 
 impl Default for GitConfig {
@@ -109,7 +123,7 @@ impl Default for GitConfig {
             max_delta_bytes: crate::native::MAX_DELTA_BYTES,
             use_bitmaps: crate::native::USE_BITMAPS,
             allow_filter: crate::native::ALLOW_FILTER,
-            allow_want_ref: crate::native::ALLOW_WANT_REF,
+            allow_want_ref: None,
         }
     }
 }
@@ -179,8 +193,13 @@ impl GitConfig {
             max_delta_bytes: self.max_delta_bytes,
             use_bitmaps: self.use_bitmaps,
             allow_filter: self.allow_filter,
-            allow_want_ref: self.allow_want_ref,
+            allow_want_ref: self.allow_want_ref.unwrap_or(crate::native::ALLOW_WANT_REF),
         }
+    }
+
+    /// Whether the `git` backend's upload-pack gets `uploadpack.allowRefInWant`.
+    pub fn git_backend_want_ref(&self) -> bool {
+        self.allow_want_ref.unwrap_or(GIT_BACKEND_ALLOW_WANT_REF)
     }
 
     pub fn exit_grace(&self) -> Duration {
@@ -209,10 +228,13 @@ mod tests {
         assert_eq!(c.backend, GitBackend::Git);
         let d = GitConfig::default().native_limits();
         assert!(d.allow_filter && d.allow_want_ref);
+        assert!(!GitConfig::default().git_backend_want_ref());
+        let c: GitConfig = toml::from_str("allow_want_ref = true").expect("parses");
+        assert!(c.git_backend_want_ref() && c.native_limits().allow_want_ref);
         let c: GitConfig =
             toml::from_str("allow_filter = false\nallow_want_ref = false").expect("parses");
         let l = c.native_limits();
-        assert!(!l.allow_filter && !l.allow_want_ref);
+        assert!(!l.allow_filter && !l.allow_want_ref && !c.git_backend_want_ref());
         assert_eq!(GitConfig::default().backend, GitBackend::Gix);
         assert!(toml::from_str::<GitConfig>("rot = \"/x\"").is_err());
         assert!(toml::from_str::<GitConfig>("backend = \"cgit\"").is_err());

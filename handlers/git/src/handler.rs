@@ -319,6 +319,8 @@ async fn serve_stream(shared: &Shared, stream: BiStream, auth: &AuthContext) {
         dir: repo.dir.clone(),
         version: request.version,
         allow_force_push: shared.config.allow_force_push,
+        allow_filter: shared.config.allow_filter,
+        allow_want_ref: shared.config.git_backend_want_ref(),
         identity: identity.as_ref().map(|i| i.name.clone()),
         stderr_log_limit: shared.config.stderr_log_limit,
         exit_grace: shared.config.exit_grace(),

@@ -49,6 +49,11 @@ pub struct GitCommand {
     pub version: Option<u8>,
     /// For receive-pack: allow non-fast-forward updates.
     pub allow_force_push: bool,
+    /// For upload-pack: serve partial clones (`[git] allow_filter`).
+    pub allow_filter: bool,
+    /// For upload-pack: protocol v2 `want-ref` (`[git] allow_want_ref`, off unless set:
+    /// [`crate::GIT_BACKEND_ALLOW_WANT_REF`]).
+    pub allow_want_ref: bool,
     /// For the hooks and the log: who runs it.
     pub identity: Option<String>,
     pub stderr_log_limit: usize,
@@ -65,6 +70,20 @@ impl GitCommand {
                 "receive.denyNonFastForwards={}",
                 !self.allow_force_push
             ));
+        }
+        if self.service == Service::UploadPack {
+            // what `[git]` decides, per invocation (the served repository's config is
+            // never written), set both ways so that the repository's own config does not
+            // turn on what the server's operator turned off. As the gix backend: with
+            // filters on, a partial clone's later fetches of missing objects by id are
+            // allowed (v0 clients ask only when `allow-*-sha1-in-want` is advertised)
+            for (key, on) in [
+                ("uploadpack.allowFilter", self.allow_filter),
+                ("uploadpack.allowAnySHA1InWant", self.allow_filter),
+                ("uploadpack.allowRefInWant", self.allow_want_ref),
+            ] {
+                cmd.arg("-c").arg(format!("{key}={on}"));
+            }
         }
         cmd.arg(self.service.subcommand());
         if self.service == Service::UploadPack {
@@ -361,5 +380,59 @@ pub fn describe(status: &ExitStatus) -> String {
         (Some(c), _) => format!("exit {c}"),
         (None, Some(s)) => format!("signal {s}"),
         _ => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(service: Service, allow: bool) -> Vec<String> {
+        let cmd = GitCommand {
+            program: PathBuf::from("git"),
+            service,
+            dir: PathBuf::from("/srv/git/r.git"),
+            version: Some(2),
+            allow_force_push: false,
+            allow_filter: allow,
+            allow_want_ref: allow,
+            identity: None,
+            stderr_log_limit: 0,
+            exit_grace: Duration::ZERO,
+        };
+        cmd.command()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// `[git] allow_filter` / `allow_want_ref` reach upload-pack as `-c` options, both
+    /// ways, before the subcommand (where git reads them); receive-pack gets none.
+    #[test]
+    fn upload_pack_gets_the_filter_and_want_ref_switches() {
+        let on = command(Service::UploadPack, true);
+        assert_eq!(
+            on,
+            [
+                "-c",
+                "uploadpack.allowFilter=true",
+                "-c",
+                "uploadpack.allowAnySHA1InWant=true",
+                "-c",
+                "uploadpack.allowRefInWant=true",
+                "upload-pack",
+                "--strict",
+                "/srv/git/r.git"
+            ]
+        );
+        let off = command(Service::UploadPack, false);
+        assert!(off.contains(&"uploadpack.allowFilter=false".to_string()));
+        assert!(off.contains(&"uploadpack.allowAnySHA1InWant=false".to_string()));
+        assert!(off.contains(&"uploadpack.allowRefInWant=false".to_string()));
+        let push = command(Service::ReceivePack, true);
+        assert!(
+            !push.iter().any(|a| a.starts_with("uploadpack.")),
+            "{push:?}"
+        );
     }
 }

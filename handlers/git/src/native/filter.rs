@@ -1,21 +1,65 @@
-//! Object filters of partial clone (`filter <spec>` in a v2 fetch, git's
-//! `--filter=<spec>`): which trees and blobs a fetch leaves out. The client records the
-//! pack as a promisor's and fetches what it lacks later, by id; objects a fetch wants by
-//! id are always sent, whatever the filter.
+//! Object filters of partial clone (`filter <spec>` in a fetch, git's `--filter=<spec>`):
+//! which objects a fetch leaves out. The client records the pack as a promisor's and
+//! fetches what it lacks later, by id; objects a fetch wants by id are always sent,
+//! whatever the filter.
 //!
-//! Supported, as git's `list-objects-filter` reads them: `blob:none`,
-//! `blob:limit=<n>[kmg]` (blobs of at least n bytes left out) and `tree:<depth>` (trees
-//! and blobs at depth ≥ depth below the root tree left out; `tree:0` sends commits and
-//! tags only). Any other spec is refused with a clear error.
+//! Supported, as git's `list-objects-filter` reads them:
+//! - `blob:none`; `blob:limit=<n>[kmg]` (blobs of at least n bytes left out);
+//! - `tree:<depth>` (trees and blobs at depth ≥ depth below the root tree left out;
+//!   `tree:0` sends commits and tags only);
+//! - `object:type=<blob|tree|commit|tag>`: only objects of that type, besides what the
+//!   client asked for by id (git walks the history and the trees all the same: with
+//!   `blob` the trees are left out but the blobs beneath them are sent);
+//! - `combine:<f1>+<f2>+…`: an object is sent only if every sub-filter sends it (git
+//!   sends this when given several `--filter` options). Each sub-filter is URL-encoded
+//!   (`%XX`); git's reserved characters must be encoded, as git requires.
+//!
+//! Anything else (`sparse:oid=`, which needs a sparse-checkout file read from the
+//! repository, or a typo) is refused with an error the client shows. The parser is
+//! written for a hostile peer: the spec's length, the number of sub-filters and the
+//! nesting of `combine:` are bounded ([`MAX_FILTER_SPEC`], [`MAX_COMBINED_FILTERS`],
+//! [`MAX_FILTER_DEPTH`]), so a parse allocates at most a few times the spec's length.
 
 use gix::hash::oid;
 use gix::objs::Find;
+use gix::objs::Kind;
 
-/// Longest filter spec accepted, bytes (git's own specs are a few dozen).
-pub const MAX_FILTER_SPEC: usize = 256;
+/// Longest filter spec accepted, bytes (git's own specs are a few dozen; a `combine:` of
+/// several stays well under this).
+pub const MAX_FILTER_SPEC: usize = 512;
+
+/// Most sub-filters in one `combine:` (all levels together).
+pub const MAX_COMBINED_FILTERS: usize = 16;
+
+/// Most levels of `combine:` in one spec, the outermost included (git flattens what it
+/// sends: one level).
+pub const MAX_FILTER_DEPTH: usize = 4;
+
+/// Characters git requires a `combine:` sub-filter to encode (`%XX`), besides
+/// whitespace and control characters (git's `RESERVED_NON_WS`).
+const RESERVED: &[u8] = b"~`!@#$^&*()[]{}\\;'\",<>?";
+
+/// A filter spec that cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("filter spec longer than {MAX_FILTER_SPEC} bytes")]
+    TooLong,
+    #[error("invalid filter spec {0:?}: not UTF-8")]
+    NotUtf8(String),
+    #[error("invalid filter spec {spec:?}: {problem}")]
+    Invalid { spec: String, problem: &'static str },
+    #[error("invalid filter spec {0:?}: combine: more than {MAX_FILTER_DEPTH} levels")]
+    TooDeep(String),
+    #[error("invalid filter spec {0:?}: combine: more than {MAX_COMBINED_FILTERS} filters")]
+    TooMany(String),
+    #[error(
+        "unsupported filter spec {0:?} (this server knows blob:none, blob:limit=<n>, tree:<depth>, object:type=<type>, combine:<filter>+<filter>)"
+    )]
+    Unsupported(String),
+}
 
 /// A parsed filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectFilter {
     /// `blob:none`: no blobs.
     BlobNone,
@@ -23,56 +67,158 @@ pub enum ObjectFilter {
     BlobLimit(u64),
     /// `tree:<depth>`: trees and blobs less than depth below the root tree only.
     TreeDepth(u64),
+    /// `object:type=<type>`: objects of that type only.
+    ObjectType(Kind),
+    /// `combine:`: what every one of these sends.
+    Combine(Vec<ObjectFilter>),
+}
+
+/// What a filter does with a tree or blob met in the walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Sent.
+    Keep,
+    /// Left out; for a tree, with everything beneath it (unless met again elsewhere).
+    Omit,
+    /// A tree left out whose entries are still walked (`object:type=blob`).
+    OmitButWalk,
 }
 
 impl ObjectFilter {
     /// Parses a spec (the text after `filter `).
-    pub fn parse(spec: &[u8]) -> Result<Self, String> {
-        let shown =
-            || String::from_utf8_lossy(&spec[..spec.len().min(MAX_FILTER_SPEC)]).to_string();
+    pub fn parse(spec: &[u8]) -> Result<Self, FilterError> {
         if spec.len() > MAX_FILTER_SPEC {
-            return Err(format!("filter spec longer than {MAX_FILTER_SPEC} bytes"));
+            return Err(FilterError::TooLong);
         }
-        let text =
-            std::str::from_utf8(spec).map_err(|_| format!("invalid filter spec {:?}", shown()))?;
+        let mut budget = MAX_COMBINED_FILTERS;
+        Self::parse_at(spec, 0, &mut budget)
+    }
+
+    /// Parses `spec` nested `depth` deep in `combine:`; `budget` counts the sub-filters
+    /// still allowed.
+    fn parse_at(spec: &[u8], depth: usize, budget: &mut usize) -> Result<Self, FilterError> {
+        let text = std::str::from_utf8(spec)
+            .map_err(|_| FilterError::NotUtf8(String::from_utf8_lossy(spec).into_owned()))?;
+        let invalid = |problem| FilterError::Invalid {
+            spec: text.to_string(),
+            problem,
+        };
         if text == "blob:none" {
             return Ok(ObjectFilter::BlobNone);
         }
         if let Some(n) = text.strip_prefix("blob:limit=") {
             return parse_size(n)
                 .map(ObjectFilter::BlobLimit)
-                .ok_or_else(|| format!("invalid filter spec {text:?}: bad size"));
+                .ok_or_else(|| invalid("bad size"));
         }
         if let Some(d) = text.strip_prefix("tree:") {
-            return d
-                .parse::<u64>()
-                .ok()
-                .filter(|_| d.bytes().all(|b| b.is_ascii_digit()))
+            return parse_digits(d)
                 .map(ObjectFilter::TreeDepth)
-                .ok_or_else(|| format!("invalid filter spec {text:?}: bad depth"));
+                .ok_or_else(|| invalid("bad depth"));
         }
-        Err(format!(
-            "unsupported filter spec {text:?} (this server knows blob:none, blob:limit=<n>, tree:<depth>)"
-        ))
+        if let Some(t) = text.strip_prefix("object:type=") {
+            return match t {
+                "blob" => Ok(ObjectFilter::ObjectType(Kind::Blob)),
+                "tree" => Ok(ObjectFilter::ObjectType(Kind::Tree)),
+                "commit" => Ok(ObjectFilter::ObjectType(Kind::Commit)),
+                "tag" => Ok(ObjectFilter::ObjectType(Kind::Tag)),
+                _ => Err(invalid("unknown object type")),
+            };
+        }
+        if let Some(body) = text.strip_prefix("combine:") {
+            if depth >= MAX_FILTER_DEPTH {
+                return Err(FilterError::TooDeep(text.to_string()));
+            }
+            let mut subs = Vec::new();
+            for part in body.split('+') {
+                if part.is_empty() {
+                    return Err(invalid("combine: an empty sub-filter"));
+                }
+                if part
+                    .bytes()
+                    .any(|b| RESERVED.contains(&b) || b.is_ascii_whitespace() || b < 0x20)
+                {
+                    return Err(invalid("combine: a sub-filter with an unencoded character"));
+                }
+                *budget = budget
+                    .checked_sub(1)
+                    .ok_or_else(|| FilterError::TooMany(text.to_string()))?;
+                let decoded =
+                    percent_decode(part).ok_or_else(|| invalid("combine: bad %-encoding"))?;
+                subs.push(Self::parse_at(&decoded, depth + 1, budget)?);
+            }
+            if subs.len() == 1 {
+                // git sends `combine:` only for two or more, but one is unambiguous
+                return Ok(subs.remove(0));
+            }
+            return Ok(ObjectFilter::Combine(subs));
+        }
+        Err(FilterError::Unsupported(text.to_string()))
     }
 
-    /// Whether a tree or blob (`is_tree`) at `depth` below the root tree (the root is at
-    /// 0) is left out; a blob's size is read from `db` only for `blob:limit`.
-    pub fn omits(
+    /// What happens to a tree or blob (`is_tree`) at `depth` below the root tree (the
+    /// root is at 0); a blob's size is read from `db` only for `blob:limit`.
+    pub fn verdict(
         &self,
         db: &dyn Find,
         id: &oid,
         is_tree: bool,
         depth: u64,
-    ) -> Result<bool, String> {
-        Ok(match *self {
-            ObjectFilter::BlobNone => !is_tree,
+    ) -> Result<Verdict, String> {
+        let omit = |yes: bool| if yes { Verdict::Omit } else { Verdict::Keep };
+        Ok(match self {
+            ObjectFilter::BlobNone => omit(!is_tree),
             ObjectFilter::BlobLimit(limit) => {
-                !is_tree && super::objects::need(db, id)?.1.len() as u64 >= limit
+                omit(!is_tree && super::objects::need(db, id)?.1.len() as u64 >= *limit)
             }
-            ObjectFilter::TreeDepth(max) => depth >= max,
+            ObjectFilter::TreeDepth(max) => omit(depth >= *max),
+            ObjectFilter::ObjectType(kind) => match (kind, is_tree) {
+                (Kind::Tree, true) | (Kind::Blob, false) => Verdict::Keep,
+                // the blobs are beneath the trees
+                (Kind::Blob, true) => Verdict::OmitButWalk,
+                _ => Verdict::Omit,
+            },
+            ObjectFilter::Combine(subs) => {
+                let mut out = Verdict::Keep;
+                for sub in subs {
+                    match sub.verdict(db, id, is_tree, depth)? {
+                        Verdict::Omit => return Ok(Verdict::Omit),
+                        Verdict::OmitButWalk => out = Verdict::OmitButWalk,
+                        Verdict::Keep => {}
+                    }
+                }
+                out
+            }
         })
     }
+
+    /// Whether a commit or tag object (`kind`) the client did not ask for by id is left
+    /// out (`object:type=` of another type, as git's upload-pack does).
+    pub fn omits_unwanted(&self, kind: Kind) -> bool {
+        match self {
+            ObjectFilter::ObjectType(k) => *k != kind,
+            ObjectFilter::Combine(subs) => subs.iter().any(|s| s.omits_unwanted(kind)),
+            _ => false,
+        }
+    }
+
+    /// Whether a blob's verdict depends on where it is found (`tree:<depth>`), so that a
+    /// blob left out once may still be sent when met again higher up.
+    pub fn depends_on_depth(&self) -> bool {
+        match self {
+            ObjectFilter::TreeDepth(_) => true,
+            ObjectFilter::Combine(subs) => subs.iter().any(ObjectFilter::depends_on_depth),
+            _ => false,
+        }
+    }
+}
+
+/// Decimal digits only (no sign, no blank), as a u64.
+fn parse_digits(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u64>().ok()
 }
 
 /// `<n>[kmg]`, as git's `git_parse_ulong` reads it.
@@ -83,42 +229,81 @@ fn parse_size(text: &str) -> Option<u64> {
         b'g' | b'G' => (&text[..text.len() - 1], 1 << 30),
         _ => (text, 1),
     };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    parse_digits(digits)?.checked_mul(unit)
+}
+
+/// `%XX` decoding (two hex digits each); `None` on a stray or short `%`.
+fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
     }
-    digits.parse::<u64>().ok()?.checked_mul(unit)
+    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn verdict(f: &ObjectFilter, is_tree: bool, depth: u64) -> Verdict {
+        let id = gix::ObjectId::null(gix::hash::Kind::Sha1);
+        // the verdicts tested here read no object
+        f.verdict(
+            &gix::objs::find::Never::panic_on_access(),
+            &id,
+            is_tree,
+            depth,
+        )
+        .expect("no object read")
+    }
+
     #[test]
     fn specs_parse_and_unknown_ones_are_refused() {
-        assert_eq!(
-            ObjectFilter::parse(b"blob:none"),
-            Ok(ObjectFilter::BlobNone)
-        );
-        assert_eq!(
-            ObjectFilter::parse(b"blob:limit=1k"),
-            Ok(ObjectFilter::BlobLimit(1024))
-        );
-        assert_eq!(
-            ObjectFilter::parse(b"blob:limit=3"),
-            Ok(ObjectFilter::BlobLimit(3))
-        );
-        assert_eq!(
-            ObjectFilter::parse(b"blob:limit=2g"),
-            Ok(ObjectFilter::BlobLimit(2 << 30))
-        );
-        assert_eq!(
-            ObjectFilter::parse(b"tree:0"),
-            Ok(ObjectFilter::TreeDepth(0))
-        );
-        assert_eq!(
-            ObjectFilter::parse(b"tree:2"),
-            Ok(ObjectFilter::TreeDepth(2))
-        );
+        use ObjectFilter::*;
+        for (spec, want) in [
+            (&b"blob:none"[..], BlobNone),
+            (b"blob:limit=1k", BlobLimit(1024)),
+            (b"blob:limit=3", BlobLimit(3)),
+            (b"blob:limit=2g", BlobLimit(2 << 30)),
+            (b"tree:0", TreeDepth(0)),
+            (b"tree:2", TreeDepth(2)),
+            (b"object:type=blob", ObjectType(Kind::Blob)),
+            (b"object:type=tree", ObjectType(Kind::Tree)),
+            (b"object:type=commit", ObjectType(Kind::Commit)),
+            (b"object:type=tag", ObjectType(Kind::Tag)),
+            (
+                b"combine:blob:none+tree:1",
+                Combine(vec![BlobNone, TreeDepth(1)]),
+            ),
+            // git encodes what it must, and may encode more
+            (
+                b"combine:blob%3Alimit%3D1k+object:type=commit",
+                Combine(vec![BlobLimit(1024), ObjectType(Kind::Commit)]),
+            ),
+            (
+                b"combine:tree:3+combine%3Ablob%3Anone%2Bobject%3Atype%3Dtree",
+                Combine(vec![
+                    TreeDepth(3),
+                    Combine(vec![BlobNone, ObjectType(Kind::Tree)]),
+                ]),
+            ),
+            (b"combine:blob:none", BlobNone),
+        ] {
+            assert_eq!(ObjectFilter::parse(spec), Ok(want), "{spec:?}");
+        }
         for bad in [
             &b"blob:limit="[..],
             b"blob:limit=k",
@@ -128,11 +313,98 @@ mod tests {
             b"tree:+1",
             b"tree:x",
             b"\xff",
+            b"object:type=",
+            b"object:type=Blob",
+            b"object:type=blob ",
+            b"combine:",
+            b"combine:blob:none+",
+            b"combine:+tree:1",
+            b"combine:blob:none++tree:1",
+            b"combine:blob:none+tree:1%",
+            b"combine:blob:none+tree:1%4",
+            b"combine:blob:none+tree%zz1",
+            b"combine:blob:none+tree:1 ",
+            b"combine:blob:none+sparse:oid=main~1",
+            b"combine:blob:none+tree:x",
+            b"combine:blob:none+%ff",
         ] {
-            assert!(ObjectFilter::parse(bad).is_err(), "{bad:?}");
+            let e = ObjectFilter::parse(bad).expect_err(&format!("{bad:?}"));
+            assert!(
+                matches!(e, FilterError::Invalid { .. } | FilterError::NotUtf8(_)),
+                "{bad:?}: {e}"
+            );
         }
-        let e = ObjectFilter::parse(b"sparse:oid=main:x").expect_err("unsupported");
-        assert!(e.contains("unsupported filter spec"), "{e}");
-        assert!(ObjectFilter::parse(&[b'a'; MAX_FILTER_SPEC + 1]).is_err());
+        for unsupported in [&b"sparse:oid=main:x"[..], b"combine:blob:none+sparse:oid=x"] {
+            let e = ObjectFilter::parse(unsupported).expect_err("unsupported");
+            assert!(e.to_string().contains("unsupported filter spec"), "{e}");
+        }
+        assert_eq!(
+            ObjectFilter::parse(&[b'a'; MAX_FILTER_SPEC + 1]),
+            Err(FilterError::TooLong)
+        );
+    }
+
+    #[test]
+    fn combine_nesting_and_width_are_bounded() {
+        // each level encodes the one inside it once more (`%` → `%25`)
+        let mut spec = "blob:none".to_string();
+        for _ in 0..MAX_FILTER_DEPTH {
+            let inner: String = spec
+                .bytes()
+                .map(|b| match b {
+                    b'%' | b'+' | b':' | b'=' => format!("%{b:02X}"),
+                    _ => (b as char).to_string(),
+                })
+                .collect();
+            spec = format!("combine:tree:1+{inner}");
+        }
+        assert!(ObjectFilter::parse(spec.as_bytes()).is_ok(), "{spec}");
+        let inner: String = spec.bytes().map(|b| format!("%{b:02X}")).collect();
+        let deeper = format!("combine:tree:1+{inner}");
+        assert!(
+            deeper.len() <= MAX_FILTER_SPEC,
+            "the test needs a spec in bounds"
+        );
+        assert!(matches!(
+            ObjectFilter::parse(deeper.as_bytes()),
+            Err(FilterError::TooDeep(_))
+        ));
+        let wide = |n: usize| format!("combine:{}", vec!["blob:none"; n].join("+"));
+        assert!(ObjectFilter::parse(wide(MAX_COMBINED_FILTERS).as_bytes()).is_ok());
+        assert!(matches!(
+            ObjectFilter::parse(wide(MAX_COMBINED_FILTERS + 1).as_bytes()),
+            Err(FilterError::TooMany(_))
+        ));
+    }
+
+    #[test]
+    fn verdicts_follow_git() {
+        use ObjectFilter::*;
+        let blob_type = ObjectType(Kind::Blob);
+        assert_eq!(verdict(&blob_type, true, 0), Verdict::OmitButWalk);
+        assert_eq!(verdict(&blob_type, false, 3), Verdict::Keep);
+        let tree_type = ObjectType(Kind::Tree);
+        assert_eq!(verdict(&tree_type, true, 2), Verdict::Keep);
+        assert_eq!(verdict(&tree_type, false, 1), Verdict::Omit);
+        let commit_type = ObjectType(Kind::Commit);
+        assert_eq!(verdict(&commit_type, true, 0), Verdict::Omit);
+        assert_eq!(verdict(&commit_type, false, 1), Verdict::Omit);
+        // commits and tags not asked for by id
+        assert!(blob_type.omits_unwanted(Kind::Commit));
+        assert!(blob_type.omits_unwanted(Kind::Tag));
+        assert!(!commit_type.omits_unwanted(Kind::Commit));
+        assert!(commit_type.omits_unwanted(Kind::Tag));
+        assert!(!BlobNone.omits_unwanted(Kind::Commit));
+        // combine: sent only if every sub-filter sends it
+        let both = Combine(vec![BlobNone, TreeDepth(2)]);
+        assert_eq!(verdict(&both, true, 1), Verdict::Keep);
+        assert_eq!(verdict(&both, true, 2), Verdict::Omit);
+        assert_eq!(verdict(&both, false, 1), Verdict::Omit);
+        let walk = Combine(vec![TreeDepth(3), blob_type.clone()]);
+        assert_eq!(verdict(&walk, true, 1), Verdict::OmitButWalk);
+        assert_eq!(verdict(&walk, true, 3), Verdict::Omit);
+        assert_eq!(verdict(&walk, false, 2), Verdict::Keep);
+        assert!(both.depends_on_depth() && !blob_type.depends_on_depth());
+        assert!(!Combine(vec![BlobNone, commit_type]).omits_unwanted(Kind::Commit));
     }
 }

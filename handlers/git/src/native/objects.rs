@@ -10,7 +10,7 @@ use gix::hash::{oid, ObjectId};
 use gix::objs::{CommitRefIter, Find, Kind, TagRefIter, TreeRefIter};
 use gix_pack::data::output;
 
-use super::filter::ObjectFilter;
+use super::filter::{ObjectFilter, Verdict};
 use super::shallow::{DeepenRequest, ShallowPlan};
 
 /// A set of object ids, hashed by their first bytes (they are SHA-1 digests already:
@@ -223,8 +223,9 @@ fn have_commits_near(
 /// for each object not seen before (trees before their contents; the root's path is
 /// empty). Paths are only built with `with_paths` (otherwise `visit` gets an empty one).
 /// Every tree is read into one reused buffer: a clone walks every tree of the history.
-/// What `filter` omits is neither visited nor marked (nor, for a tree, descended into);
-/// the root itself is kept when `root_wanted` (a tree the client asked for by id).
+/// What `filter` omits is neither visited nor marked (nor, for a tree, descended into;
+/// a tree it omits but walks is marked and descended into, not visited); the root itself
+/// is kept when `root_wanted` (a tree the client asked for by id).
 fn walk_tree(
     db: &dyn Find,
     tree: ObjectId,
@@ -234,18 +235,24 @@ fn walk_tree(
     root_wanted: bool,
     visit: &mut dyn FnMut(ObjectId, &[u8], bool),
 ) -> Result<(), String> {
-    if let Some(f) = filter {
-        if !root_wanted && !seen.contains(&tree) && f.omits(db, &tree, true, 0)? {
-            return Ok(());
-        }
-    }
-    if !seen.insert(tree) {
+    if seen.contains(&tree) {
         return Ok(());
     }
-    visit(tree, b"", true);
+    let root_verdict = match filter {
+        Some(f) if !root_wanted => f.verdict(db, &tree, true, 0)?,
+        _ => Verdict::Keep,
+    };
+    if root_verdict == Verdict::Omit {
+        return Ok(());
+    }
+    seen.insert(tree);
+    if root_verdict == Verdict::Keep {
+        visit(tree, b"", true);
+    }
     let mut stack = vec![(tree, Vec::new(), 0u64)];
     let mut buf = Vec::new();
-    // blobs left out by size (their size does not change with the path)
+    // blobs left out wherever they are (by size or type): not looked at again
+    let cache_omitted_blobs = filter.is_some_and(|f| !f.depends_on_depth());
     let mut omitted_blobs = ObjectSet::default();
     let mut failure = None;
     while let Some((id, dir, depth)) = stack.pop() {
@@ -255,20 +262,19 @@ fn walk_tree(
                 return;
             }
             let is_tree = entry.mode.is_tree();
-            if let Some(f) = filter {
-                match f.omits(db, &child, is_tree, depth + 1) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        if !is_tree && matches!(f, ObjectFilter::BlobLimit(_)) {
-                            omitted_blobs.insert(child);
-                        }
-                        return;
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        return;
-                    }
+            let verdict = match filter.map(|f| f.verdict(db, &child, is_tree, depth + 1)) {
+                None => Verdict::Keep,
+                Some(Ok(v)) => v,
+                Some(Err(e)) => {
+                    failure = Some(e);
+                    return;
                 }
+            };
+            if verdict == Verdict::Omit {
+                if !is_tree && cache_omitted_blobs {
+                    omitted_blobs.insert(child);
+                }
+                return;
             }
             seen.insert(child);
             let path = if with_paths {
@@ -282,7 +288,9 @@ fn walk_tree(
             } else {
                 Vec::new()
             };
-            visit(child, &path, is_tree);
+            if verdict == Verdict::Keep {
+                visit(child, &path, is_tree);
+            }
             if is_tree {
                 stack.push((child, path, depth + 1));
             }
@@ -491,7 +499,18 @@ pub fn objects_to_send(
         selection.client_has = seen.clone();
         selection.client_has.extend(boundary.iter().copied());
     }
+    // `object:type=` of another type: only the commits asked for by id (or by a wanted
+    // tag) go, as git's upload-pack does; their trees are walked all the same
+    let only_wanted_commits: Option<HashSet<ObjectId>> = filter
+        .filter(|f| f.omits_unwanted(Kind::Commit))
+        .map(|_| want_commits.iter().copied().collect());
     for (id, _) in &commits {
+        if only_wanted_commits
+            .as_ref()
+            .is_some_and(|w| !w.contains(id))
+        {
+            continue;
+        }
         // two wants may name one commit
         if seen.insert(*id) {
             out.push(*id);
