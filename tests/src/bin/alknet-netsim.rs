@@ -1,7 +1,8 @@
 //! `alknet-netsim`: a user-space UDP relay that plays a bad network between a QUIC client
 //! and server on loopback (this kernel has no `netem`). Per direction, with a seed: a rate
 //! limit with a tail-drop queue, a fixed delay, random loss, random corruption (one byte
-//! flipped, the length kept), one blackhole window, and NAT rebinding (the client's
+//! flipped, the length kept), one blackhole window, a link MTU (larger datagrams are
+//! dropped, as a path with the don't-fragment bit set drops them), and NAT rebinding (the client's
 //! packets leave from a new source port, or from another loopback address, from some time
 //! on). ECN codepoints are carried across (read with IP_RECVTOS, set on the way out).
 //!
@@ -57,6 +58,12 @@ struct Args {
     /// Corruption per direction in percent: one random byte of the datagram is flipped.
     #[arg(long, default_value_t = 0.0)]
     corrupt: f64,
+    /// The link's MTU in bytes (IP packet): a datagram whose IP packet would be larger is
+    /// dropped, as on a real path (QUIC sets don't-fragment). Ethernet's 1500 by default,
+    /// so the server's path MTU discovery meets a real limit even though the relay sits on
+    /// loopback (whose own MTU is 64 KiB); 0 = none.
+    #[arg(long, default_value_t = 1500)]
+    mtu: usize,
     /// Drop everything in both directions from START ms (after the first packet) for
     /// DURATION ms: `START:DURATION`.
     #[arg(long)]
@@ -99,6 +106,8 @@ struct DirStats {
     dropped_loss: u64,
     dropped_queue: u64,
     dropped_blackhole: u64,
+    /// Larger than the link's MTU (path MTU probes, typically).
+    dropped_mtu: u64,
     corrupted: u64,
     bytes_received: u64,
     initial: u64,
@@ -402,6 +411,7 @@ impl Sim {
         let flip = self.rng.gen::<f64>() * 100.0 < corrupt;
         let at = self.rng.gen_range(0..data.len().max(1));
         let mask = self.rng.gen_range(1..=255u8);
+        let ip_udp_header = if self.args.listen.is_ipv6() { 48 } else { 28 };
         let link = if to_server {
             &mut self.to_server
         } else {
@@ -416,6 +426,10 @@ impl Sim {
         }
         if lose {
             link.stats.dropped_loss += 1;
+            return;
+        }
+        if self.args.mtu > 0 && data.len() + ip_udp_header > self.args.mtu {
+            link.stats.dropped_mtu += 1;
             return;
         }
         if flip && !data.is_empty() {
@@ -566,6 +580,7 @@ impl_json!(DirStats {
     dropped_loss,
     dropped_queue,
     dropped_blackhole,
+    dropped_mtu,
     corrupted,
     bytes_received,
     initial,
