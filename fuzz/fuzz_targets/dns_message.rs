@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use alknet_dns::answer_cache::AnswerCache;
 use alknet_dns::framing::{FrameDecoder, LENGTH_PREFIX};
-use alknet_dns::responder::Parsed;
+use alknet_dns::responder::{Channel, Parsed};
 use alknet_dns::{responder, Catalog, Zone, MAX_MESSAGE_SIZE};
 use hickory_proto::op::{Message, MessageType};
 use libfuzzer_sys::fuzz_target;
@@ -49,7 +49,7 @@ fn check_cache(message: &[u8], reply: &[u8], slot: usize) {
     }
     let mut again = message.to_vec();
     again[0] ^= 0xa5;
-    let fresh = responder::respond(catalog(), &again, LIMITS[slot]);
+    let fresh = responder::respond(catalog(), &again, LIMITS[slot], Channel::Encrypted);
     ANSWERS.with(|caches| {
         let mut cache = caches[slot].borrow_mut();
         cache.insert(catalog(), message, reply);
@@ -61,7 +61,7 @@ fn check_cache(message: &[u8], reply: &[u8], slot: usize) {
 
 fn check(message: &[u8], slot: usize) {
     let limit = LIMITS[slot];
-    let reply = responder::respond(catalog(), message, limit);
+    let reply = responder::respond(catalog(), message, limit, Channel::Encrypted);
     let Some(reply) = reply else {
         // dropped: too short for a header, or a response (QR set)
         assert!(message.len() < 12 || message[2] & 0x80 != 0);

@@ -107,6 +107,20 @@ fn dig_over_udp_and_tcp() {
     let lines: Vec<&str> = many.lines().collect();
     assert_eq!(lines, ["192.0.2.80", "192.0.2.25", "192.0.2.53"], "{many}");
 
+    // a query asking for EDNS(0) padding gets none over plaintext UDP or TCP (RFC 7830 §4
+    // forbids it there; padded, a 60-byte UDP query would draw a 468-byte answer)
+    for transport in ["+notcp", "+tcp"] {
+        let out = dig(port, &[transport, "+padding=128", "host.example.com", "A"]);
+        assert!(out.contains("192.0.2.80"), "{out}");
+        assert!(!out.contains("PAD:"), "padded over plaintext: {out}");
+        let size = out
+            .lines()
+            .find_map(|l| l.split(";; MSG SIZE  rcvd: ").nth(1))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("no MSG SIZE in {out}"));
+        assert!(size < 468, "{size}-byte answer");
+    }
+
     let refused = dig(port, &["example.org", "A"]);
     assert!(refused.contains("status: REFUSED"), "{refused}");
     let chaos = dig(port, &["version.bind", "CH", "TXT"]);

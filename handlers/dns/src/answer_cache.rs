@@ -12,9 +12,10 @@
 //! - only answers from local zones are put in (see [`crate::responder::cacheable`]): pkarr
 //!   names change without a catalog swap, forwarded answers age by TTL;
 //! - one cache per transport context, since the size an answer may take depends on the
-//!   transport too: each classic UDP socket has its own, and each thread (worker) one for
-//!   the stream transports (DoQ, `alknet/dns`, DoT, DoH), which all allow
-//!   [`crate::MAX_MESSAGE_SIZE`] ([`with_stream_answers`]).
+//!   transport too: each classic UDP socket has its own, and each thread (worker) two for
+//!   the stream transports, which all allow [`crate::MAX_MESSAGE_SIZE`]: one for the
+//!   encrypted ones (DoQ, `alknet/dns`, DoT, DoH), one for plaintext TCP, whose answers
+//!   are never padded ([`with_stream_answers`]).
 //!
 //! Memory is bounded by `answer_cache_bytes` (keys + answers + [`ENTRY_OVERHEAD`] each)
 //! per cache; entries are evicted by quick_cache's CLOCK-Pro.
@@ -26,6 +27,7 @@ use quick_cache::unsync::Cache;
 use quick_cache::Weighter;
 
 use crate::catalog::Catalog;
+use crate::responder::Channel;
 
 /// Bytes counted per entry beyond its key and answer (the boxes and the table slot). An
 /// estimate that keeps the bound honest for small entries.
@@ -130,24 +132,41 @@ pub enum Lookup {
 
 thread_local! {
     /// This thread's answers for the stream transports, made at its first query (`None`
-    /// inside when `answer_cache_bytes` is 0).
-    static STREAM_ANSWERS: RefCell<Option<Option<AnswerCache>>> = const { RefCell::new(None) };
+    /// inside when `answer_cache_bytes` is 0): one cache for the encrypted ones and one
+    /// for plaintext TCP, as the same query bytes get a padded answer on the first and an
+    /// unpadded one on the second ([`Channel`]).
+    static STREAM_ANSWERS: RefCell<[Option<Option<AnswerCache>>; 2]> =
+        const { RefCell::new([None, None]) };
 }
 
-/// `f` on this thread's cache of stream-transport answers (sized `bytes` when it is made
-/// here), if caching is on.
-pub fn with_stream_answers<R>(bytes: usize, f: impl FnOnce(&mut AnswerCache) -> R) -> Option<R> {
+/// `f` on this thread's cache of `channel`'s stream-transport answers (sized `bytes` when
+/// it is made here), if caching is on.
+pub fn with_stream_answers<R>(
+    bytes: usize,
+    channel: Channel,
+    f: impl FnOnce(&mut AnswerCache) -> R,
+) -> Option<R> {
+    let index = match channel {
+        Channel::Encrypted => 0,
+        Channel::Plaintext => 1,
+    };
     STREAM_ANSWERS.with(|a| {
-        a.borrow_mut()
+        a.borrow_mut()[index]
             .get_or_insert_with(|| AnswerCache::new(bytes))
             .as_mut()
             .map(f)
     })
 }
 
-/// `message`'s answer from this thread's stream cache for `catalog`, or `message` decoded.
-pub fn stream_lookup(bytes: usize, catalog: &Arc<Catalog>, message: &[u8]) -> Lookup {
-    match with_stream_answers(bytes, |a| a.get(catalog, message)).flatten() {
+/// `message`'s answer from this thread's `channel` stream cache for `catalog`, or
+/// `message` decoded.
+pub fn stream_lookup(
+    bytes: usize,
+    channel: Channel,
+    catalog: &Arc<Catalog>,
+    message: &[u8],
+) -> Lookup {
+    match with_stream_answers(bytes, channel, |a| a.get(catalog, message)).flatten() {
         Some(reply) => Lookup::Hit(reply),
         None => Lookup::Parse(crate::responder::parse(message)),
     }

@@ -33,7 +33,7 @@ use crate::answer_cache::AnswerCache;
 use crate::catalog::SharedCatalog;
 use crate::forward::Forwarder;
 use crate::limits::{DnsConfig, MAX_MESSAGE_SIZE};
-use crate::responder::{self, Asker, Parsed};
+use crate::responder::{self, Asker, Channel, Parsed};
 use crate::rrl::{RateLimiter, Verdict};
 use crate::stream::{Out, StreamAnswerer, StreamEnd, WRITE_QUEUE};
 use crate::udp_batch::{RecvBatch, SendBatch};
@@ -337,7 +337,7 @@ impl Udp {
         if let Some(f) = forward {
             let (f, socket) = (f.clone(), self.socket.clone());
             spawn_guarded("dns udp forward", async move {
-                let reply = f.answer(&q, limit).await;
+                let reply = f.answer(&q, limit, Channel::Plaintext).await;
                 let (res, _) = socket.send_to(reply, peer).await;
                 if let Err(e) = res {
                     tracing::debug!(%peer, "dns udp send: {e}");
@@ -345,7 +345,7 @@ impl Udp {
             });
             return None;
         }
-        let reply = responder::answer(&catalog, &q, limit);
+        let reply = responder::answer(&catalog, &q, limit, Channel::Plaintext);
         if let Some(a) = &mut self.answers {
             if responder::cacheable(&catalog, &q) {
                 a.insert(&catalog, query, &reply);
@@ -401,7 +401,7 @@ async fn serve_tcp_connection(stream: monoio::net::TcpStream, dns: DnsState, ask
     let (reader, writer) = stream.into_split();
     let (tx, rx) = async_channel::bounded::<Out>(WRITE_QUEUE);
     let idle = dns.config.tcp_idle_timeout;
-    let answerer = StreamAnswerer::new(dns, asker, tx);
+    let answerer = StreamAnswerer::new(dns, asker, Channel::Plaintext, tx);
     monoio::join!(
         read_tcp_queries(reader, answerer, idle),
         write_tcp_answers(writer, rx, idle)

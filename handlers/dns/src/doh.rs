@@ -13,7 +13,7 @@ use crate::answer_cache::Lookup::{Hit, Parse};
 use crate::answer_cache::{stream_lookup, with_stream_answers};
 use crate::doq::RECURSION_SCOPE;
 use crate::limits::MAX_MESSAGE_SIZE;
-use crate::responder::{self, Asker, Parsed};
+use crate::responder::{self, Asker, Channel, Parsed};
 use crate::DnsState;
 
 /// Answers DoH queries from the state every DNS transport shares.
@@ -39,11 +39,14 @@ impl DnsResolver for DohResolver {
         Box::pin(async move {
             let catalog = dns.catalog.load_full();
             let bytes = dns.config.answer_cache_bytes;
-            let reply = match stream_lookup(bytes, &catalog, &message) {
+            let reply = match stream_lookup(bytes, Channel::Encrypted, &catalog, &message) {
                 Hit(reply) => reply,
                 Parse(Parsed::Query(q)) if responder::cacheable(&catalog, &q) => {
-                    let reply = responder::answer(&catalog, &q, MAX_MESSAGE_SIZE);
-                    with_stream_answers(bytes, |a| a.insert(&catalog, &message, &reply));
+                    let reply =
+                        responder::answer(&catalog, &q, MAX_MESSAGE_SIZE, Channel::Encrypted);
+                    with_stream_answers(bytes, Channel::Encrypted, |a| {
+                        a.insert(&catalog, &message, &reply)
+                    });
                     reply
                 }
                 Parse(Parsed::Query(q)) => {
@@ -56,6 +59,7 @@ impl DnsResolver for DohResolver {
                         dns.forwarder.as_deref(),
                         &q,
                         MAX_MESSAGE_SIZE,
+                        Channel::Encrypted,
                         asker,
                     )
                     .await
@@ -115,7 +119,7 @@ mod tests {
         let catalog = Catalog::new([Arc::new(zone)]);
         let mut q = Message::new(0, MessageType::Query, OpCode::Query);
         q.add_query(Query::query(Name::from_str(name).expect("name"), qtype));
-        responder::answer(&catalog, &q, MAX_MESSAGE_SIZE)
+        responder::answer(&catalog, &q, MAX_MESSAGE_SIZE, Channel::Encrypted)
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::catalog::SharedCatalog;
 use crate::forward::Forwarder;
 use crate::framing::{frame, FrameDecoder, LENGTH_PREFIX};
 use crate::limits::MAX_MESSAGE_SIZE;
-use crate::responder::{self, Asker, Parsed};
+use crate::responder::{self, Asker, Channel, Parsed};
 use crate::DnsState;
 
 /// The ALPN of DNS over QUIC (RFC 9250 §4.1.1).
@@ -202,14 +202,16 @@ impl Query {
         let catalog = self.catalog.load_full();
         let bytes = self.answer_cache_bytes;
         // a hit is a query answered before from this catalog, so one that passed the checks
-        let reply = match stream_lookup(bytes, &catalog, message) {
+        let reply = match stream_lookup(bytes, Channel::Encrypted, &catalog, message) {
             Hit(reply) => reply,
             Parse(Parsed::Query(q)) if has_tcp_keepalive(&q) => {
                 return Err(QueryError::Protocol("edns-tcp-keepalive in a DoQ query"));
             }
             Parse(Parsed::Query(q)) if responder::cacheable(&catalog, &q) => {
-                let reply = responder::answer(&catalog, &q, MAX_MESSAGE_SIZE);
-                with_stream_answers(bytes, |a| a.insert(&catalog, message, &reply));
+                let reply = responder::answer(&catalog, &q, MAX_MESSAGE_SIZE, Channel::Encrypted);
+                with_stream_answers(bytes, Channel::Encrypted, |a| {
+                    a.insert(&catalog, message, &reply)
+                });
                 reply
             }
             Parse(Parsed::Query(q)) => {
@@ -218,6 +220,7 @@ impl Query {
                     self.forwarder.as_deref(),
                     &q,
                     MAX_MESSAGE_SIZE,
+                    Channel::Encrypted,
                     self.asker,
                 )
                 .await

@@ -14,7 +14,7 @@ use alknet_runtime::{AuthContext, HandlerError, LocalBoxFuture, TcpHandler, TlsT
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::doq::RECURSION_SCOPE;
-use crate::responder::Asker;
+use crate::responder::{Asker, Channel};
 use crate::stream::{Out, StreamAnswerer, StreamEnd, WRITE_QUEUE};
 use crate::DnsState;
 
@@ -75,7 +75,7 @@ async fn serve(dns: DnsState, stream: TlsTcpStream, asker: Asker) {
     let (reader, writer) = tokio::io::split(stream);
     let (tx, rx) = async_channel::bounded::<Out>(WRITE_QUEUE);
     let idle = dns.config.dot_idle_timeout;
-    let answerer = StreamAnswerer::new(dns.clone(), asker, tx);
+    let answerer = StreamAnswerer::new(dns.clone(), asker, Channel::Encrypted, tx);
     monoio::join!(
         read_queries(&dns, reader, answerer),
         write_answers(writer, rx, idle)

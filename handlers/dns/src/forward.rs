@@ -157,7 +157,12 @@ impl Forwarder {
 
     /// Answers `query` (one IN question, RD set, outside the zones) from the cache or the
     /// upstreams, within `max_size`.
-    pub async fn answer(&self, query: &Message, max_size: usize) -> Vec<u8> {
+    pub async fn answer(
+        &self,
+        query: &Message,
+        max_size: usize,
+        channel: crate::responder::Channel,
+    ) -> Vec<u8> {
         let q = &query.queries[0];
         let key = CacheKey {
             name: LowerName::new(&q.name),
@@ -188,7 +193,7 @@ impl Forwarder {
                 }
                 None => {
                     resp.metadata.response_code = ResponseCode::ServFail;
-                    return crate::responder::finish(&mut resp, query, max_size);
+                    return crate::responder::finish(&mut resp, query, max_size, channel);
                 }
             },
         };
@@ -207,7 +212,7 @@ impl Forwarder {
         resp.insert_answers(aged(&entry.answers));
         resp.insert_authorities(aged(&entry.authorities));
         resp.insert_additionals(aged(&entry.additionals));
-        crate::responder::finish(&mut resp, query, max_size)
+        crate::responder::finish(&mut resp, query, max_size, channel)
     }
 
     /// Tries each upstream in turn; the first usable answer, made cacheable.
@@ -330,6 +335,7 @@ mod tests {
     use hickory_proto::rr::Name;
 
     use super::*;
+    use crate::responder::Channel;
 
     #[test]
     fn networks_match_by_prefix() {
@@ -410,7 +416,7 @@ mod tests {
             },
             Arc::new(cacheable(upstream)),
         );
-        let ask = |pad: bool, max_size: usize| {
+        let ask = |pad: bool, max_size: usize, channel: Channel| {
             let mut q = Message::new(0x4242, MessageType::Query, OpCode::Query);
             q.metadata.recursion_desired = true;
             q.add_query(Query::query(name.clone(), RecordType::A));
@@ -422,13 +428,13 @@ mod tests {
             let f = &f;
             let mut out = Vec::new();
             alknet_runtime::rt::run_local(|_| async {
-                out = f.answer(&q, max_size).await;
+                out = f.answer(&q, max_size, channel).await;
             })
             .expect("runtime");
             out
         };
 
-        let plain = ask(false, MAX_MESSAGE_SIZE);
+        let plain = ask(false, MAX_MESSAGE_SIZE, Channel::Encrypted);
         let m = Message::from_vec(&plain).expect("decode");
         assert_eq!(m.answers.len(), 1);
         assert!(
@@ -437,7 +443,7 @@ mod tests {
         );
         assert_ne!(plain.len() % PADDING_BLOCK, 0);
 
-        let padded = ask(true, MAX_MESSAGE_SIZE);
+        let padded = ask(true, MAX_MESSAGE_SIZE, Channel::Encrypted);
         assert_eq!(padded.len(), PADDING_BLOCK, "padded to one block");
         let m = Message::from_vec(&padded).expect("decode");
         assert_eq!(m.id, 0x4242);
@@ -450,10 +456,17 @@ mod tests {
         );
         assert!(opt.option(EdnsCode::Padding).is_some());
 
-        // a UDP client taking 400 bytes gets the answer unpadded (RFC 7830 §4), whole
-        let small = ask(true, 400);
+        // a client taking 400 bytes gets the answer unpadded (RFC 7830 §4), whole
+        let small = ask(true, 400, Channel::Encrypted);
         assert!(small.len() < PADDING_BLOCK);
         let m = Message::from_vec(&small).expect("decode");
         assert!(!m.truncation && m.answers.len() == 1);
+
+        // over plaintext UDP or TCP the Padding option is never used (RFC 7830 §4)
+        let clear = ask(true, MAX_MESSAGE_SIZE, Channel::Plaintext);
+        assert_eq!(
+            clear, plain,
+            "the same bytes as an answer to an unpadded query"
+        );
     }
 }

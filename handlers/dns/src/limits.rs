@@ -72,7 +72,8 @@ pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 
 /// `answer_cache_bytes`: memory for encoded zone answers kept by the exact bytes of their
-/// query ([`crate::answer_cache`]), per classic UDP socket and per worker for DoQ; a name
+/// query ([`crate::answer_cache`]), per classic UDP socket, per worker for the encrypted
+/// transports (DoQ, `alknet/dns`, DoT, DoH) and per worker for classic TCP; a name
 /// asked again is answered without decoding, looking up or encoding. 0 = off.
 pub const DEFAULT_ANSWER_CACHE_BYTES: usize = 4 << 20;
 

@@ -16,7 +16,7 @@ use alknet_runtime::{
 };
 
 use crate::doq::error_code::{DOQ_PROTOCOL_ERROR, DOQ_REQUEST_CANCELLED};
-use crate::responder::Asker;
+use crate::responder::{Asker, Channel};
 use crate::stream::{Out, StreamAnswerer, StreamEnd, WRITE_QUEUE};
 use crate::DnsState;
 
@@ -72,7 +72,7 @@ impl PipelineHandler {
     async fn serve(&self, send: SendStream, mut recv: RecvStream, asker: Asker) {
         let (tx, rx) = async_channel::bounded::<Out>(WRITE_QUEUE);
         spawn_guarded("alknet/dns writer", write_answers(send, rx));
-        let mut answerer = StreamAnswerer::new(self.dns.clone(), asker, tx);
+        let mut answerer = StreamAnswerer::new(self.dns.clone(), asker, Channel::Encrypted, tx);
         if let Some(code) = self.read_queries(&mut recv, &mut answerer).await {
             let _ = recv.stop(VarInt::from_u32(code));
             answerer.reset(code).await;

@@ -56,7 +56,7 @@ pub fn formerr(header: &Header) -> Vec<u8> {
 
 /// The answer to `query`, at most `max_size` bytes (else truncated: TC set, question
 /// only). Streams pass [`crate::MAX_MESSAGE_SIZE`].
-pub fn answer(catalog: &Catalog, query: &Message, max_size: usize) -> Vec<u8> {
+pub fn answer(catalog: &Catalog, query: &Message, max_size: usize, channel: Channel) -> Vec<u8> {
     let mut resp = Message::response(query.id, query.op_code);
     resp.metadata = Metadata::response_from_request(&query.metadata);
     let rcode = fill(catalog, query, &mut resp);
@@ -66,20 +66,38 @@ pub fn answer(catalog: &Catalog, query: &Message, max_size: usize) -> Vec<u8> {
         edns.set_max_payload(max_size.clamp(512, usize::from(u16::MAX)) as u16);
         resp.set_edns(edns);
     }
-    finish(&mut resp, query, max_size)
+    finish(&mut resp, query, max_size, channel)
 }
 
 /// The bytes of `resp`, the response to `query`: at most `max_size` (else truncated, see
-/// [`encode`]) and padded when the query asks for it. The one place an answer is
-/// finished, whether it comes from a zone or from an upstream ([`crate::forward`]).
-pub(crate) fn finish(resp: &mut Message, query: &Message, max_size: usize) -> Vec<u8> {
+/// [`encode`]) and padded when the query asks for it on an encrypted `channel`. The one
+/// place an answer is finished, whether it comes from a zone or from an upstream
+/// ([`crate::forward`]).
+pub(crate) fn finish(
+    resp: &mut Message,
+    query: &Message,
+    max_size: usize,
+    channel: Channel,
+) -> Vec<u8> {
     let bytes = encode(resp, max_size);
-    if wants_padding(query) {
+    if channel == Channel::Encrypted && wants_padding(query) {
         if let Some(padded) = padded(resp, bytes.len(), max_size) {
             return padded;
         }
     }
     bytes
+}
+
+/// The transport an answer leaves by, as far as padding goes. RFC 7830 §4: the Padding
+/// option MUST NOT be used over an unencrypted transport, where it hides nothing and only
+/// makes answers bigger (a plaintext UDP answer padded to 468 bytes would amplify a
+/// 60-byte query almost eightfold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// DoQ, `alknet/dns`, DoT, DoH: answers padded when the query asks.
+    Encrypted,
+    /// Classic DNS over UDP and TCP: never padded.
+    Plaintext,
 }
 
 /// Responses are padded to a multiple of this many bytes (RFC 8467 §4.1's recommended
@@ -213,7 +231,7 @@ pub fn udp_limit(query: &Message, ours: u16) -> usize {
 /// Answers one UDP datagram, truncating to what the client can take over UDP.
 pub fn respond_udp(catalog: &Catalog, bytes: &[u8], ours: u16) -> Option<Vec<u8>> {
     match parse(bytes) {
-        Parsed::Query(q) => Some(answer(catalog, &q, udp_limit(&q, ours))),
+        Parsed::Query(q) => Some(answer(catalog, &q, udp_limit(&q, ours), Channel::Plaintext)),
         Parsed::Malformed(h) => Some(formerr(&h)),
         Parsed::Ignore => None,
     }
@@ -262,20 +280,26 @@ pub async fn answer_query(
     forwarder: Option<&crate::forward::Forwarder>,
     query: &Message,
     max_size: usize,
+    channel: Channel,
     asker: Asker,
 ) -> Vec<u8> {
     if let Some(f) = forwarder {
         if f.allows(asker.source, asker.may_recurse) && forwardable(&catalog.load(), query) {
-            return f.answer(query, max_size).await;
+            return f.answer(query, max_size, channel).await;
         }
     }
-    answer(&catalog.load(), query, max_size)
+    answer(&catalog.load(), query, max_size, channel)
 }
 
 /// Answers one message: `None` when there is nothing to send back.
-pub fn respond(catalog: &Catalog, bytes: &[u8], max_size: usize) -> Option<Vec<u8>> {
+pub fn respond(
+    catalog: &Catalog,
+    bytes: &[u8],
+    max_size: usize,
+    channel: Channel,
+) -> Option<Vec<u8>> {
     match parse(bytes) {
-        Parsed::Query(q) => Some(answer(catalog, &q, max_size)),
+        Parsed::Query(q) => Some(answer(catalog, &q, max_size, channel)),
         Parsed::Malformed(h) => Some(formerr(&h)),
         Parsed::Ignore => None,
     }
@@ -291,6 +315,11 @@ mod tests {
     use hickory_proto::rr::{Name, RData};
 
     use super::*;
+
+    /// [`respond`] on an encrypted transport (padding allowed).
+    fn respond_encrypted(catalog: &Catalog, bytes: &[u8], max_size: usize) -> Option<Vec<u8>> {
+        respond(catalog, bytes, max_size, Channel::Encrypted)
+    }
     use crate::zone::Zone;
     use crate::MAX_MESSAGE_SIZE;
 
@@ -313,7 +342,7 @@ mod tests {
 
     fn ask(m: &Message) -> Message {
         let bytes = m.to_vec().expect("encode");
-        let out = respond(&catalog(), &bytes, MAX_MESSAGE_SIZE).expect("an answer");
+        let out = respond_encrypted(&catalog(), &bytes, MAX_MESSAGE_SIZE).expect("an answer");
         Message::from_vec(&out).expect("decode answer")
     }
 
@@ -389,22 +418,23 @@ mod tests {
     #[test]
     fn malformed_and_ignored_input() {
         let c = catalog();
-        assert_eq!(respond(&c, &[], MAX_MESSAGE_SIZE), None);
-        assert_eq!(respond(&c, &[0; 11], MAX_MESSAGE_SIZE), None);
+        assert_eq!(respond_encrypted(&c, &[], MAX_MESSAGE_SIZE), None);
+        assert_eq!(respond_encrypted(&c, &[0; 11], MAX_MESSAGE_SIZE), None);
         // a header claiming one question and no question bytes
         let mut bytes = query("example.com.", RecordType::A)
             .to_vec()
             .expect("encode");
         bytes.truncate(14);
-        let r = Message::from_vec(&respond(&c, &bytes, MAX_MESSAGE_SIZE).expect("formerr"))
-            .expect("decode");
+        let r =
+            Message::from_vec(&respond_encrypted(&c, &bytes, MAX_MESSAGE_SIZE).expect("formerr"))
+                .expect("decode");
         assert_eq!(r.response_code, ResponseCode::FormErr);
         assert_eq!(r.id, 0x1234);
         // responses are never answered
         let mut resp = query("example.com.", RecordType::A);
         resp.metadata.message_type = MessageType::Response;
         let bytes = resp.to_vec().expect("encode");
-        assert_eq!(respond(&c, &bytes, MAX_MESSAGE_SIZE), None);
+        assert_eq!(respond_encrypted(&c, &bytes, MAX_MESSAGE_SIZE), None);
     }
 
     #[test]
@@ -417,7 +447,7 @@ mod tests {
         ));
         q.set_edns(edns);
         let bytes = q.to_vec().expect("encode");
-        let out = respond(&catalog(), &bytes, MAX_MESSAGE_SIZE).expect("answer");
+        let out = respond_encrypted(&catalog(), &bytes, MAX_MESSAGE_SIZE).expect("answer");
         assert_eq!(out.len(), PADDING_BLOCK, "one block");
         let r = Message::from_vec(&out).expect("decode");
         assert_eq!(r.answers.len(), 1);
@@ -428,13 +458,13 @@ mod tests {
             Name::from_str("big.example.com.").expect("n"),
             RecordType::TXT,
         );
-        let out =
-            respond(&catalog(), &big.to_vec().expect("encode"), MAX_MESSAGE_SIZE).expect("answer");
+        let out = respond_encrypted(&catalog(), &big.to_vec().expect("encode"), MAX_MESSAGE_SIZE)
+            .expect("answer");
         assert_eq!(out.len(), 2 * PADDING_BLOCK);
-        let out = respond(&catalog(), &bytes, 400).expect("answer");
+        let out = respond_encrypted(&catalog(), &bytes, 400).expect("answer");
         assert!(out.len() < PADDING_BLOCK);
         // unpadded queries: unpadded answers
-        let plain = respond(
+        let plain = respond_encrypted(
             &catalog(),
             &query("ns.example.com.", RecordType::A)
                 .to_vec()
@@ -443,15 +473,23 @@ mod tests {
         )
         .expect("answer");
         assert!(plain.len() < 100);
+        // over plaintext UDP or TCP, never padded (RFC 7830 §4)
+        let clear = respond(&catalog(), &bytes, MAX_MESSAGE_SIZE, Channel::Plaintext);
+        let udp = respond_udp(&catalog(), &bytes, 1232);
+        for out in [clear, udp] {
+            let r = Message::from_vec(&out.expect("answer")).expect("decode");
+            assert_eq!(r.answers.len(), 1);
+            assert!(r.edns.expect("OPT").option(EdnsCode::Padding).is_none());
+        }
     }
 
     #[test]
     fn oversized_answers_are_truncated() {
         let q = query("big.example.com.", RecordType::TXT);
         let bytes = q.to_vec().expect("encode");
-        let full = respond(&catalog(), &bytes, MAX_MESSAGE_SIZE).expect("answer");
+        let full = respond_encrypted(&catalog(), &bytes, MAX_MESSAGE_SIZE).expect("answer");
         assert!(full.len() > 512);
-        let short = respond(&catalog(), &bytes, 512).expect("answer");
+        let short = respond_encrypted(&catalog(), &bytes, 512).expect("answer");
         assert!(short.len() <= 512);
         let r = Message::from_vec(&short).expect("decode");
         assert!(r.truncation);

@@ -23,7 +23,7 @@ use crate::forward::Forwarder;
 use crate::framing::{frame, FrameDecoder};
 use crate::in_flight::{InFlight, Place};
 use crate::limits::MAX_MESSAGE_SIZE;
-use crate::responder::{self, Asker, Parsed};
+use crate::responder::{self, Asker, Channel, Parsed};
 use crate::DnsState;
 
 /// What the reading side hands the transport's writer.
@@ -51,15 +51,24 @@ pub(crate) enum StreamEnd {
 pub(crate) struct StreamAnswerer {
     dns: DnsState,
     asker: Asker,
+    /// Whether answers may be padded: encrypted for DoT and `alknet/dns`, plaintext for
+    /// classic TCP.
+    channel: Channel,
     decoder: FrameDecoder,
     in_flight: InFlight,
     tx: async_channel::Sender<Out>,
 }
 
 impl StreamAnswerer {
-    pub(crate) fn new(dns: DnsState, asker: Asker, tx: async_channel::Sender<Out>) -> Self {
+    pub(crate) fn new(
+        dns: DnsState,
+        asker: Asker,
+        channel: Channel,
+        tx: async_channel::Sender<Out>,
+    ) -> Self {
         Self {
             asker,
+            channel,
             in_flight: InFlight::new(dns.config.max_pipelined_queries),
             decoder: FrameDecoder::new(),
             dns,
@@ -84,11 +93,13 @@ impl StreamAnswerer {
         let catalog = self.dns.catalog.load_full();
         let bytes = self.dns.config.answer_cache_bytes;
         while let Some(message) = self.decoder.next_message() {
-            let reply = match stream_lookup(bytes, &catalog, &message) {
+            let reply = match stream_lookup(bytes, self.channel, &catalog, &message) {
                 Hit(reply) => reply,
                 Parse(Parsed::Query(q)) if responder::cacheable(&catalog, &q) => {
-                    let reply = responder::answer(&catalog, &q, MAX_MESSAGE_SIZE);
-                    with_stream_answers(bytes, |a| a.insert(&catalog, &message, &reply));
+                    let reply = responder::answer(&catalog, &q, MAX_MESSAGE_SIZE, self.channel);
+                    with_stream_answers(bytes, self.channel, |a| {
+                        a.insert(&catalog, &message, &reply)
+                    });
                     reply
                 }
                 Parse(Parsed::Query(q)) => {
@@ -99,10 +110,10 @@ impl StreamAnswerer {
                             self.send(std::mem::take(&mut out)).await?;
                         }
                         let place = self.in_flight.take().await;
-                        spawn_forward(f, q, place, self.tx.clone());
+                        spawn_forward(f, q, self.channel, place, self.tx.clone());
                         continue;
                     }
-                    responder::answer(&catalog, &q, MAX_MESSAGE_SIZE)
+                    responder::answer(&catalog, &q, MAX_MESSAGE_SIZE, self.channel)
                 }
                 Parse(Parsed::Malformed(header)) => responder::formerr(&header),
                 Parse(Parsed::Ignore) => return Err(StreamEnd::NotAQuery),
@@ -137,9 +148,15 @@ impl StreamAnswerer {
 
 /// Answers a forwarded query as a task of its own, holding `place` until its answer is
 /// queued for the writer.
-fn spawn_forward(f: Arc<Forwarder>, q: Box<Message>, place: Place, tx: async_channel::Sender<Out>) {
+fn spawn_forward(
+    f: Arc<Forwarder>,
+    q: Box<Message>,
+    channel: Channel,
+    place: Place,
+    tx: async_channel::Sender<Out>,
+) {
     spawn_guarded("dns stream forward", async move {
-        let reply = f.answer(&q, MAX_MESSAGE_SIZE).await;
+        let reply = f.answer(&q, MAX_MESSAGE_SIZE, channel).await;
         if let Some(framed) = frame(Bytes::from(reply)) {
             let _ = tx.send(Out::Answers(framed.to_vec())).await;
         }
@@ -231,7 +248,7 @@ mod tests {
                 may_recurse: false,
             };
             let (tx, rx) = async_channel::bounded(WRITE_QUEUE);
-            let mut answerer = StreamAnswerer::new(dns, asker, tx);
+            let mut answerer = StreamAnswerer::new(dns, asker, Channel::Encrypted, tx);
             let chunk = [
                 query(1, "one.example.org."),
                 query(2, "ns.example.com."),
