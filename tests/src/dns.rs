@@ -8,6 +8,20 @@ use std::time::Duration;
 
 use crate::wait_output;
 
+/// A query for `name` `qtype` with message ID `id`, framed with its two-byte length as on
+/// TCP, DoT, `alknet/dns` and DoQ (RFC 1035 §4.2.2, RFC 9250 §4.2).
+pub fn framed_query(name: &str, qtype: hickory_proto::rr::RecordType, id: u16) -> Vec<u8> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use std::str::FromStr;
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    let name = hickory_proto::rr::Name::from_str(name).expect("a valid name");
+    m.add_query(Query::query(name, qtype));
+    let wire = m.to_vec().expect("encode");
+    let mut out = (wire.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(&wire);
+    out
+}
+
 /// A loopback port free for both UDP and TCP, so a classic DNS listener can take both
 /// (and dig's retry over TCP after a truncated UDP answer finds it).
 pub fn free_port_pair() -> u16 {

@@ -196,9 +196,8 @@ fn tcp_closes_idle_and_non_reading_clients() {
     use std::net::TcpStream;
     use std::time::Instant;
 
-    use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::{Name, RecordType};
-    use std::str::FromStr;
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RecordType;
 
     /// The configured idle (and write stall) timeout.
     const IDLE: Duration = Duration::from_millis(500);
@@ -215,14 +214,7 @@ fn tcp_closes_idle_and_non_reading_clients() {
             IDLE.as_millis()
         )
     });
-    let framed = |id: u16, name: &str, qtype| {
-        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-        m.add_query(Query::query(Name::from_str(name).expect("name"), qtype));
-        let wire = m.to_vec().expect("encode");
-        let mut out = (wire.len() as u16).to_be_bytes().to_vec();
-        out.extend_from_slice(&wire);
-        out
-    };
+    let framed = |id: u16, name: &str, qtype| alknet_tests::dns::framed_query(name, qtype, id);
 
     // idle: closed after the timeout, not before
     let started = Instant::now();

@@ -28,12 +28,7 @@ const DOQ_REQUEST_CANCELLED: u32 = 0x3;
 const DOQ_EXCESSIVE_LOAD: u32 = 0x4;
 
 fn query(name: &str, qtype: RecordType, id: u16) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.add_query(Query::query(Name::from_str(name).expect("name"), qtype));
-    let wire = m.to_vec().expect("encode");
-    let mut out = (wire.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(&wire);
-    out
+    alknet_tests::dns::framed_query(name, qtype, id)
 }
 
 /// The messages of a whole stream of length-prefixed answers.
