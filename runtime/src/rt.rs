@@ -10,6 +10,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+mod inline;
+
 /// Which monoio driver a thread runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverKind {
@@ -160,7 +162,8 @@ impl<F: Future<Output = ()>> Future for Guarded<F> {
 }
 
 /// Accepts every stream the peer opens on `conn` until the connection ends, running
-/// `on_bi`/`on_uni` for each as its own guarded task (a panic resets only that stream).
+/// `on_bi`/`on_uni` for each, inline until it first waits and then as its own guarded task
+/// ([`run_or_spawn_guarded`]; a panic resets only that stream).
 /// Returns when the connection is closed, which is how most handlers end.
 pub async fn serve_streams<B, BF, U, UF>(
     conn: &crate::Connection,
@@ -176,11 +179,27 @@ pub async fn serve_streams<B, BF, U, UF>(
     let uni = conn.clone();
     spawn_guarded(what, async move {
         while let Ok(recv) = uni.accept_uni().await {
-            spawn_guarded(what, on_uni(recv));
+            run_or_spawn_guarded(what, on_uni(recv));
         }
     });
     while let Ok(stream) = conn.accept_bi().await {
-        spawn_guarded(what, on_bi(stream));
+        run_or_spawn_guarded(what, on_bi(stream));
+    }
+}
+
+/// Polls `fut` once right here and spawns it as its own guarded task only if it is not
+/// done (see [`inline`]): a small request is served in that one poll, with no task
+/// allocated, queued and polled for it. A panic is caught as in [`spawn_guarded`].
+pub fn run_or_spawn_guarded<F>(what: &'static str, fut: F)
+where
+    F: Future<Output = ()> + 'static,
+{
+    let task = Box::pin(Guarded {
+        inner: catch_panic(fut),
+        what,
+    });
+    if let inline::FirstOutcome::Waits(task) = inline::poll_first(task) {
+        monoio::spawn(task);
     }
 }
 
@@ -216,6 +235,47 @@ pub async fn timeout_if_pending<F: Future>(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn run_or_spawn_guarded_finishes_ready_work_inline_and_spawns_the_rest() {
+        use std::rc::Rc;
+        let out = run_local(|_| async {
+            let log = Rc::new(std::cell::RefCell::new(Vec::new()));
+            // ready at its first poll: done before run_or_spawn_guarded returns
+            let l = log.clone();
+            run_or_spawn_guarded("inline", async move { l.borrow_mut().push("inline") });
+            log.borrow_mut().push("after inline");
+            // waits: its first part runs inline, the rest on a task of its own
+            let l = log.clone();
+            run_or_spawn_guarded("spawned", async move {
+                l.borrow_mut().push("spawned: first poll");
+                monoio::time::sleep(Duration::from_millis(5)).await;
+                l.borrow_mut().push("spawned: done");
+            });
+            log.borrow_mut().push("after spawned");
+            // panics, at the first poll and after waiting: caught, the caller goes on
+            run_or_spawn_guarded("panics inline", async { panic!("inline panic") });
+            run_or_spawn_guarded("panics later", async {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+                panic!("later panic")
+            });
+            monoio::time::sleep(Duration::from_millis(30)).await;
+            log.borrow_mut().push("end");
+            Rc::try_unwrap(log).expect("tasks done").into_inner()
+        })
+        .expect("runtime");
+        assert_eq!(
+            out,
+            [
+                "inline",
+                "after inline",
+                "spawned: first poll",
+                "after spawned",
+                "spawned: done",
+                "end"
+            ]
+        );
+    }
 
     #[test]
     fn timeout_if_pending_passes_ready_and_late_results_and_ends_the_rest() {

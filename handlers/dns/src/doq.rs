@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alknet_runtime::rt::{spawn_guarded, timeout_if_pending};
+use alknet_runtime::rt::{run_or_spawn_guarded, spawn_guarded, timeout_if_pending};
 use alknet_runtime::{
     AuthContext, BiStream, Bytes, Connection, HandlerError, LocalBoxFuture, ProtocolHandler,
     ReadError, RecvStream, SendStream, VarInt,
@@ -121,7 +121,7 @@ impl ProtocolHandler for DoqHandler {
                     timeout: this.dns.config.query_timeout,
                     answer_cache_bytes: this.dns.config.answer_cache_bytes,
                 };
-                spawn_guarded("doq query", async move {
+                run_or_spawn_guarded("doq query", async move {
                     query.serve(send, recv).await;
                     drop(guard);
                 });

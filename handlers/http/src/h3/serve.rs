@@ -7,7 +7,7 @@ use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use alknet_runtime::rt::{spawn_guarded, timeout_if_pending};
+use alknet_runtime::rt::{run_or_spawn_guarded, spawn_guarded, timeout_if_pending};
 use alknet_runtime::{Connection, ConnectionError};
 use bytes::{Buf, Bytes};
 use h3::error::Code;
@@ -170,7 +170,7 @@ where
                 let service = service.clone();
                 let limits = limits.clone();
                 let webtransport = webtransport.clone();
-                spawn_guarded("h3 request", async move {
+                run_or_spawn_guarded("h3 request", async move {
                     serve_request(resolver, service, &limits, webtransport, slot).await;
                 });
             }
