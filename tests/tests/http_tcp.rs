@@ -536,21 +536,24 @@ fn metrics_parse_as_openmetrics() {
     assert!(out.contains("alknet_alpn_connections_open gauge"), "{out}");
     assert!(out.contains("alknet_http_sse_streams_open gauge"), "{out}");
     assert!(out.contains("alknet_http_sse_lagged counter"), "{out}");
-    assert!(out.contains("alpn_accepted alknet/call 1"), "{out}");
-    assert!(out.contains("alpn_accepted h3 0"), "{out}");
+    assert!(out.contains("alpn_accepted alknet/call 1\n"), "{out}");
+    assert!(out.contains("alpn_accepted h3 0\n"), "{out}");
     // `alknet call` asks one operation: one bidirectional stream it opened
     assert!(
-        out.contains("alpn_streams alknet/call bidi peer 1"),
+        out.contains("alpn_streams alknet/call bidi peer 1\n"),
         "{out}"
     );
-    assert!(out.contains("alpn_streams alknet/call uni peer 0"), "{out}");
     assert!(
-        out.contains("alpn_streams alknet/call bidi local 0"),
+        out.contains("alpn_streams alknet/call uni peer 0\n"),
         "{out}"
     );
-    assert!(out.contains("alpn_streams h3 bidi peer 0"), "{out}");
+    assert!(
+        out.contains("alpn_streams alknet/call bidi local 0\n"),
+        "{out}"
+    );
+    assert!(out.contains("alpn_streams h3 bidi peer 0\n"), "{out}");
     // exactly what aioquic opened on alknet/echo, and the one stream the server opened
-    assert!(out.contains("alpn_accepted alknet/echo 1"), "{out}");
+    assert!(out.contains("alpn_accepted alknet/echo 1\n"), "{out}");
     for (dir, initiator, n) in [
         ("bidi", "peer", ECHO_STREAMS),
         ("uni", "peer", 1),
