@@ -317,10 +317,23 @@ async def check_sse(p: H3Client) -> str:
     return "echo.stream over h3: 3 items and the end as text/event-stream"
 
 
+async def sse_streams_open(p: H3Client) -> int:
+    """The node's open SSE streams, as GET /metrics over h3 says (the topic check's
+    server makes /metrics public)."""
+    r = await p.request("GET", "/metrics")
+    expect_status(r, 200, "GET /metrics")
+    for line in r.body.decode().splitlines():
+        if line.startswith("alknet_http_sse_streams_open "):
+            return int(float(line.split()[1]))
+    raise CheckFailed("GET /metrics without alknet_http_sse_streams_open")
+
+
 async def check_topic(p: H3Client, watcher: str, admin: str) -> str:
     """GET /api/events/node.events as Server-Sent Events on one request stream while
     node.publish calls on other streams of the same connection deliver three events to it;
-    then the client cancels the subscription, and the node stops delivering to it."""
+    then the client cancels the subscription, and the node lets go of it: no subscriber left
+    on the topic (node.publish delivers to none) and no SSE stream open (/metrics, which
+    the server must make public)."""
     if not watcher or not admin:
         raise CheckFailed("the topic check needs --watcher-token and --admin-token")
     sid, sub = p.start_request("GET", "/api/events/node.events",
@@ -344,16 +357,28 @@ async def check_topic(p: H3Client, watcher: str, admin: str) -> str:
         if delivered != 1:
             raise CheckFailed(f"publish {n}: delivered to {delivered}, want 1")
         await sub.wait_body(f'id: {n}\ndata: {{"n":{n}}}\n\n'.encode(), f"event {n}")
+    # exactly those events, in publish order, after the subscription comment (keep-alive
+    # comments may fall anywhere between frames)
+    got = bytes(sub.body).replace(b": keep-alive\n\n", b"")
+    want = b": subscribed\n\n" + b"".join(
+        f'id: {n}\ndata: {{"n":{n}}}\n\n'.encode() for n in range(3))
+    if got != want:
+        raise CheckFailed(f"topic stream {got!r}, want {want!r}")
+    open_now = await sse_streams_open(p)
+    if open_now != 1:
+        raise CheckFailed(f"alknet_http_sse_streams_open {open_now} while subscribed, want 1")
     # cancel the subscription: the server must let go of it (H3_REQUEST_CANCELLED)
     p._quic.stop_stream(sid, 0x10C)
     p._quic.reset_stream(sid, 0x10C)
     p.transmit()
     del p.pending[sid]
     for _ in range(100):  # bounded: 100 x 50 ms
-        if await publish(99) == 0:
-            return "topic node.events over h3: 3 published events read as SSE, freed on cancel"
+        if await publish(99) == 0 and await sse_streams_open(p) == 0:
+            return ("topic node.events over h3: 3 published events read as SSE, "
+                    "subscriber and SSE stream freed on cancel")
         await asyncio.sleep(0.05)
-    raise CheckFailed("the cancelled subscriber still receives events after 5 s")
+    raise CheckFailed("the cancelled subscription is still held after 5 s "
+                      f"(SSE streams open: {await sse_streams_open(p)})")
 
 
 async def check_goaway(p: H3Client) -> str:

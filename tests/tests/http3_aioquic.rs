@@ -93,6 +93,10 @@ fn aioquic_h3_client_subscribes_to_a_topic() {
 [handlers]
 enabled = ["h3", "alknet/call"]
 
+# the check reads alknet_http_sse_streams_open to see the cancelled stream freed
+[http]
+public = ["/metrics"]
+
 [[identities]]
 name = "admin"
 tokens = ["admin-token-h3"]

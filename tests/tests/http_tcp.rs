@@ -1,8 +1,8 @@
 //! HTTP/1.1 and HTTP/2 over TLS/TCP on the QUIC port, driven by real clients against the
 //! real `alknet serve`: curl (certificate pinned), h2load (nghttp2) and Python's ssl
 //! module (slowloris, a refused ALPN), with `/metrics` checked by the `prometheus_client`
-//! OpenMetrics parser. `tests/run-all.sh` installs curl, nghttp2-client and
-//! prometheus-client.
+//! OpenMetrics parser after aioquic opened streams on `alknet/echo`. `tests/run-all.sh`
+//! installs curl, nghttp2-client, prometheus-client and aioquic.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -410,6 +410,9 @@ fn h2load_gets_every_request_answered_200() {
     );
 }
 
+/// Bidirectional streams the aioquic echo client opens before `/metrics` is scraped.
+const ECHO_STREAMS: u64 = 5;
+
 const PARSE_METRICS: &str = r#"
 import sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -474,6 +477,32 @@ fn metrics_parse_as_openmetrics() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // aioquic on alknet/echo: ECHO_STREAMS bidirectional streams and one unidirectional
+    // stream, which the server echoes on one unidirectional stream of its own; every echo
+    // is read back before the script ends, so the handler has accepted (and opened) them all
+    require_aioquic();
+    let child = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/interop/aioquic_echo.py"
+        ))
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(server.port.to_string())
+        .arg("--fingerprint")
+        .arg(server.fingerprint())
+        .args(["--streams", &ECHO_STREAMS.to_string(), "--max-size", "4096"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    // the script bounds itself (160 s); this is the backstop
+    let out = wait_output(child, Duration::from_secs(200));
+    assert!(
+        out.status.success(),
+        "aioquic echo failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // public: no token needed
     let r = curl(&server, &["--http1.1", &url(&server, "/metrics")]);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -507,19 +536,35 @@ fn metrics_parse_as_openmetrics() {
     assert!(out.contains("alknet_alpn_connections_open gauge"), "{out}");
     assert!(out.contains("alknet_http_sse_streams_open gauge"), "{out}");
     assert!(out.contains("alknet_http_sse_lagged counter"), "{out}");
-    assert!(out.contains("alpn_accepted alknet/call 1"), "{out}");
-    assert!(out.contains("alpn_accepted h3 0"), "{out}");
+    assert!(out.contains("alpn_accepted alknet/call 1\n"), "{out}");
+    assert!(out.contains("alpn_accepted h3 0\n"), "{out}");
     // `alknet call` asks one operation: one bidirectional stream it opened
     assert!(
-        out.contains("alpn_streams alknet/call bidi peer 1"),
+        out.contains("alpn_streams alknet/call bidi peer 1\n"),
         "{out}"
     );
-    assert!(out.contains("alpn_streams alknet/call uni peer 0"), "{out}");
     assert!(
-        out.contains("alpn_streams alknet/call bidi local 0"),
+        out.contains("alpn_streams alknet/call uni peer 0\n"),
         "{out}"
     );
-    assert!(out.contains("alpn_streams h3 bidi peer 0"), "{out}");
+    assert!(
+        out.contains("alpn_streams alknet/call bidi local 0\n"),
+        "{out}"
+    );
+    assert!(out.contains("alpn_streams h3 bidi peer 0\n"), "{out}");
+    // exactly what aioquic opened on alknet/echo, and the one stream the server opened
+    assert!(out.contains("alpn_accepted alknet/echo 1\n"), "{out}");
+    for (dir, initiator, n) in [
+        ("bidi", "peer", ECHO_STREAMS),
+        ("uni", "peer", 1),
+        ("bidi", "local", 0),
+        ("uni", "local", 1),
+    ] {
+        assert!(
+            out.contains(&format!("alpn_streams alknet/echo {dir} {initiator} {n}\n")),
+            "alknet/echo {dir} {initiator} should be {n}: {out}"
+        );
+    }
 }
 
 #[test]
