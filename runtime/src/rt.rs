@@ -194,10 +194,15 @@ pub fn run_or_spawn_guarded<F>(what: &'static str, fut: F)
 where
     F: Future<Output = ()> + 'static,
 {
-    let task = Box::pin(Guarded {
-        inner: catch_panic(fut),
-        what,
-    });
+    // written into its allocation, not built on the stack and then moved there: one copy
+    // of the (often large) future fewer
+    let task = Box::into_pin(Box::write(
+        Box::new_uninit(),
+        Guarded {
+            inner: catch_panic(fut),
+            what,
+        },
+    ));
     if let inline::FirstOutcome::Waits(task) = inline::poll_first(task) {
         monoio::spawn(task);
     }
