@@ -15,7 +15,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use alknet_proto::call::{DecodeError, EventEnvelope, EventType, Frame, FrameDecoder};
-use alknet_runtime::rt::{catch_panic, panic_message, spawn_guarded};
+use alknet_runtime::rt::{catch_panic, panic_message, run_or_spawn_guarded, spawn_guarded};
 use alknet_runtime::{
     AccessControl, AuthContext, BiStream, Connection, Identity, RecvStream, VarInt,
 };
@@ -234,7 +234,7 @@ impl Session {
         });
         while let Ok(stream) = self.conn.accept_bi().await {
             let session = self.clone();
-            spawn_guarded(
+            run_or_spawn_guarded(
                 "call stream",
                 async move { session.serve_stream(stream).await },
             );
