@@ -25,6 +25,7 @@ pub mod objects;
 pub mod pkt;
 pub mod receive;
 pub mod shallow;
+pub mod sparse;
 pub mod upload;
 
 use gix::hash::ObjectId;
