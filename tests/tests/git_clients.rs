@@ -1716,9 +1716,11 @@ copy/f2?.txt\n\
 /// v0) receives exactly the objects git's own upload-pack sends for the same spec from
 /// the served repository (`file://`). With `--filter=blob:limit=1k` besides (`combine:`)
 /// the gix backend sends what both filters send, as git sends each alone: a superset of
-/// git's combine, which depends on its walk's order (see the README). The last commit copies `src/` to `copy/` (the same tree at a second
-/// path: blobs out under `src/` are in under `copy/`). A spec naming no object, or a
-/// tree, is refused with git's words.
+/// git's combine, which depends on its walk's order (see the README). The last commit
+/// copies `src/` to `copy/` (the same tree at a second path: blobs out under `src/` are
+/// in under `copy/` and the other way round; a new `src/f12.txt` is reachable only
+/// through that tree, met first as `copy/`). A spec naming no object, or a tree, is
+/// refused with git's words.
 fn sparse_oid_filter(backend: &str) {
     if require_git().is_none() {
         return;
@@ -1738,7 +1740,11 @@ fn sparse_oid_filter(backend: &str) {
     }
     git_ok(&src, &["add", "."]);
     git_ok(&src, &["commit", "--quiet", "-m", "docs and a sparse spec"]);
-    git_ok(&src, &["read-tree", "--prefix=copy/", "main:src"]);
+    // a new src/f12.txt, reachable only through the tree `src/` and `copy/` share
+    std::fs::write(src.join("src/f12.txt"), "only in the copied tree\n").expect("write");
+    git_ok(&src, &["add", "src/f12.txt"]);
+    let src_tree = git_ok(&src, &["write-tree", "--prefix=src/"]);
+    git_ok(&src, &["read-tree", "--prefix=copy/", src_tree.trim()]);
     git_ok(&src, &["commit", "--quiet", "-m", "copy of src"]);
     git_ok(&src, &["checkout", "--quiet", "--", "."]);
     let url = srv.url("pub/sparse.git");
