@@ -568,7 +568,7 @@ mod tests {
     }
 
     fn sparse(text: &str) -> SparsePatterns {
-        SparsePatterns::parse(text.as_bytes()).expect("parses")
+        SparsePatterns::parse(text.as_bytes(), 1 << 10, 16).expect("parses")
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! "a file in an excluded directory stays excluded" is not what the filter does.
 //!
 //! The blob comes from the repository, but a peer names it and may have pushed it: its
-//! size and number of patterns are bounded ([`MAX_SPARSE_FILE_BYTES`],
+//! size and number of patterns are bounded (`[git] max_sparse_file_bytes` and
+//! `max_sparse_patterns`, by default [`MAX_SPARSE_FILE_BYTES`] and
 //! [`MAX_SPARSE_PATTERNS`]), and wildmatch bounds its own recursion.
 
 use gix::bstr::ByteSlice;
@@ -22,12 +23,12 @@ use gix::glob::wildmatch;
 use gix::hash::ObjectId;
 use gix::objs::{Find, Kind};
 
-/// Largest pattern blob read, bytes (git reads up to 100 MiB; a sparse-checkout file of
-/// a few thousand lines is a few dozen KiB).
+/// Largest pattern blob read by default (`[git] max_sparse_file_bytes`), bytes (git reads
+/// up to 100 MiB; a sparse-checkout file of a few thousand lines is a few dozen KiB).
 pub const MAX_SPARSE_FILE_BYTES: usize = 256 * 1024;
 
-/// Most patterns in one pattern blob: every blob a filtered fetch meets is matched
-/// against each of them.
+/// Most patterns in one pattern blob by default (`[git] max_sparse_patterns`): every blob
+/// a filtered fetch meets is matched against each of them.
 pub const MAX_SPARSE_PATTERNS: usize = 4096;
 
 /// Characters that end the literal prefix of a pattern (git's `is_glob_special`).
@@ -135,12 +136,10 @@ fn literal_len(text: &[u8]) -> usize {
 /// Why a pattern blob cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SparseError {
-    #[error(
-        "the pattern blob is {0} bytes, more than this server reads ({MAX_SPARSE_FILE_BYTES})"
-    )]
-    TooLarge(usize),
-    #[error("the pattern blob has more than {MAX_SPARSE_PATTERNS} patterns")]
-    TooManyPatterns,
+    #[error("the pattern blob is {size} bytes, more than this server reads ({limit})")]
+    TooLarge { size: usize, limit: usize },
+    #[error("the pattern blob has more patterns than this server reads ({0})")]
+    TooManyPatterns(usize),
 }
 
 /// A parsed pattern file.
@@ -154,9 +153,12 @@ impl SparsePatterns {
     /// mark skipped, lines split at `\n` (one `\r` before it dropped), empty lines and
     /// lines starting with `#` skipped, trailing blanks trimmed unless escaped with `\`,
     /// a line ending at a NUL byte.
-    pub fn parse(data: &[u8]) -> Result<Self, SparseError> {
-        if data.len() > MAX_SPARSE_FILE_BYTES {
-            return Err(SparseError::TooLarge(data.len()));
+    pub fn parse(data: &[u8], max_bytes: usize, max_patterns: usize) -> Result<Self, SparseError> {
+        if data.len() > max_bytes {
+            return Err(SparseError::TooLarge {
+                size: data.len(),
+                limit: max_bytes,
+            });
         }
         let data = data.strip_prefix(b"\xef\xbb\xbf").unwrap_or(data);
         let mut patterns = Vec::new();
@@ -174,8 +176,8 @@ impl SparsePatterns {
                 Some(nul) => &line[..nul],
                 None => line,
             };
-            if patterns.len() == MAX_SPARSE_PATTERNS {
-                return Err(SparseError::TooManyPatterns);
+            if patterns.len() == max_patterns {
+                return Err(SparseError::TooManyPatterns(max_patterns));
             }
             patterns.push(Pattern::parse(trim_trailing_blanks(line)));
         }
@@ -295,9 +297,13 @@ mod tests {
     use super::*;
 
     fn decide(patterns: &str, path: &str, is_dir: bool) -> Option<bool> {
-        SparsePatterns::parse(patterns.as_bytes())
-            .expect("parses")
-            .decide(path.as_bytes(), is_dir)
+        SparsePatterns::parse(
+            patterns.as_bytes(),
+            MAX_SPARSE_FILE_BYTES,
+            MAX_SPARSE_PATTERNS,
+        )
+        .expect("parses")
+        .decide(path.as_bytes(), is_dir)
     }
 
     #[test]
@@ -372,17 +378,30 @@ mod tests {
 
     #[test]
     fn pattern_files_are_bounded() {
+        let parse =
+            |data: &[u8]| SparsePatterns::parse(data, MAX_SPARSE_FILE_BYTES, MAX_SPARSE_PATTERNS);
         let many = "a\n".repeat(MAX_SPARSE_PATTERNS);
-        assert!(SparsePatterns::parse(many.as_bytes()).is_ok());
+        assert!(parse(many.as_bytes()).is_ok());
         let more = format!("{many}b\n");
         assert_eq!(
-            SparsePatterns::parse(more.as_bytes()),
-            Err(SparseError::TooManyPatterns)
+            parse(more.as_bytes()),
+            Err(SparseError::TooManyPatterns(MAX_SPARSE_PATTERNS))
         );
+        // comments and blank lines do not count
+        let padded = format!("{many}# note\n\n");
+        assert!(parse(padded.as_bytes()).is_ok());
         let huge = vec![b'#'; MAX_SPARSE_FILE_BYTES + 1];
         assert_eq!(
-            SparsePatterns::parse(&huge),
-            Err(SparseError::TooLarge(MAX_SPARSE_FILE_BYTES + 1))
+            parse(&huge),
+            Err(SparseError::TooLarge {
+                size: MAX_SPARSE_FILE_BYTES + 1,
+                limit: MAX_SPARSE_FILE_BYTES
+            })
+        );
+        // configured lower
+        assert_eq!(
+            SparsePatterns::parse(b"a\nb\n", 64, 1),
+            Err(SparseError::TooManyPatterns(1))
         );
         // a hostile pattern is bounded by wildmatch's recursion limit
         let nasty = format!("{}\n", "*a".repeat(100));

@@ -189,7 +189,12 @@ impl FetchRequest {
             let err = |e: String| format!("filter: sparse:oid={name}: {e}");
             let id = super::sparse::resolve_blob(repo, db, name).map_err(err)?;
             let (_, data) = objects::need(db, &id).map_err(err)?;
-            super::sparse::SparsePatterns::parse(&data).map_err(|e| err(e.to_string()))
+            super::sparse::SparsePatterns::parse(
+                &data,
+                limits.max_sparse_file_bytes,
+                limits.max_sparse_patterns,
+            )
+            .map_err(|e| err(e.to_string()))
         })?;
         self.filter = Some(filter);
         Ok(true)
