@@ -1720,7 +1720,7 @@ copy/f2?.txt\n\
 /// copies `src/` to `copy/` (the same tree at a second path: blobs out under `src/` are
 /// in under `copy/` and the other way round; a new `src/f12.txt` is reachable only
 /// through that tree, met first as `copy/`). A spec naming no object, or a tree, is
-/// refused with git's words.
+/// refused with git's words, a pattern blob over `[git] max_sparse_patterns` with ours.
 fn sparse_oid_filter(backend: &str) {
     if require_git().is_none() {
         return;
@@ -1865,5 +1865,27 @@ fn sparse_oid_filter(backend: &str) {
             &["clone", "--no-checkout", &filter, &url, s(&dst)],
         );
         assert!(err.contains(needle), "{spec}: {err}");
+    }
+
+    // the pattern blob's bounds, configured lower: refused, clearly (gix)
+    if backend == "gix" {
+        let small = start(backend, "max_sparse_patterns = 5");
+        let url = small.url("pub/sparse.git");
+        small.git_ok(&src, Some(WRITER_TOKEN), &["push", "--quiet", &url, "main"]);
+        let err = small.git_err(
+            tmp.path(),
+            Some(READER_TOKEN),
+            &[
+                "clone",
+                "--no-checkout",
+                "--filter=sparse:oid=main:sparse/spec",
+                &url,
+                s(&tmp.path().join("bounded")),
+            ],
+        );
+        assert!(
+            err.contains("sparse:oid=main:sparse/spec: the pattern blob has more patterns than this server reads (5)"),
+            "{err}"
+        );
     }
 }
