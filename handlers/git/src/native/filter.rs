@@ -19,10 +19,15 @@
 //!   trees, commits and tags are all sent.
 //!
 //! Anything else (git's dropped `sparse:path=`, a typo) is refused with an error the
-//! client shows. The parser is
-//! written for a hostile peer: the spec's length, the number of sub-filters and the
-//! nesting of `combine:` are bounded ([`MAX_FILTER_SPEC`], [`MAX_COMBINED_FILTERS`],
-//! [`MAX_FILTER_DEPTH`]), so a parse allocates at most a few times the spec's length.
+//! client shows. The parser is written for a hostile peer: the spec's length, the number
+//! of sub-filters and the nesting of `combine:` are bounded ([`MAX_FILTER_SPEC`],
+//! [`MAX_COMBINED_FILTERS`], [`MAX_FILTER_DEPTH`]), so a parse allocates at most a few
+//! times the spec's length.
+//!
+//! Where git differs: inside `combine:`, git's sub-filters each remember the objects
+//! they passed, so with `sparse:oid` a blob first met where the patterns leave it out is
+//! not sent where they put it in later (it depends on git's walk order); here a blob
+//! goes when, somewhere it is met, every sub-filter sends it.
 
 use std::sync::Arc;
 
