@@ -380,6 +380,10 @@ fn v2_want_ref_and_bad_arguments() {
             (&["want-ref main", "done"][..], "unknown ref main"),
             (
                 &[&format!("want {tip}")[..], "filter sparse:oid=x", "done"][..],
+                "unable to access sparse blob in 'x'",
+            ),
+            (
+                &[&format!("want {tip}")[..], "filter sparse:od=x", "done"][..],
                 "unsupported filter spec",
             ),
         ] {

@@ -90,7 +90,7 @@ pub struct GitConfig {
     /// when a pack has one, instead of walking the history.
     pub use_bitmaps: bool,
     /// Serve partial clones (`git clone --filter=blob:none`, `blob:limit`, `tree:<depth>`,
-    /// `object:type`, `combine:`): `filter` advertised, the objects it names left out, and
+    /// `object:type`, `sparse:oid`, `combine:`): `filter` advertised, the objects it names left out, and
     /// objects wanted by id (a partial clone's later fetches). Both backends: the `git`
     /// one runs upload-pack with `uploadpack.allowFilter` and
     /// `uploadpack.allowAnySHA1InWant` set to this.
@@ -99,6 +99,10 @@ pub struct GitConfig {
     /// runs upload-pack with `uploadpack.allowRefInWant` set to this. Unset, each
     /// backend's default: on for gix, off for git ([`GIT_BACKEND_ALLOW_WANT_REF`]).
     pub allow_want_ref: Option<bool>,
+    /// gix backend: largest `sparse:oid=` pattern blob read, bytes.
+    pub max_sparse_file_bytes: usize,
+    /// gix backend: most patterns in a `sparse:oid=` pattern blob.
+    pub max_sparse_patterns: usize,
 }
 
 impl Default for GitConfig {
@@ -124,6 +128,8 @@ impl Default for GitConfig {
             use_bitmaps: crate::native::USE_BITMAPS,
             allow_filter: crate::native::ALLOW_FILTER,
             allow_want_ref: None,
+            max_sparse_file_bytes: crate::native::sparse::MAX_SPARSE_FILE_BYTES,
+            max_sparse_patterns: crate::native::sparse::MAX_SPARSE_PATTERNS,
         }
     }
 }
@@ -194,6 +200,8 @@ impl GitConfig {
             use_bitmaps: self.use_bitmaps,
             allow_filter: self.allow_filter,
             allow_want_ref: self.allow_want_ref.unwrap_or(crate::native::ALLOW_WANT_REF),
+            max_sparse_file_bytes: self.max_sparse_file_bytes,
+            max_sparse_patterns: self.max_sparse_patterns,
         }
     }
 
@@ -235,6 +243,10 @@ mod tests {
             toml::from_str("allow_filter = false\nallow_want_ref = false").expect("parses");
         let l = c.native_limits();
         assert!(!l.allow_filter && !l.allow_want_ref && !c.git_backend_want_ref());
+        let c: GitConfig =
+            toml::from_str("max_sparse_file_bytes = 100\nmax_sparse_patterns = 3").expect("parses");
+        let l = c.native_limits();
+        assert_eq!((l.max_sparse_file_bytes, l.max_sparse_patterns), (100, 3));
         assert_eq!(GitConfig::default().backend, GitBackend::Gix);
         assert!(toml::from_str::<GitConfig>("rot = \"/x\"").is_err());
         assert!(toml::from_str::<GitConfig>("backend = \"cgit\"").is_err());

@@ -12,17 +12,30 @@
 //!   `blob` the trees are left out but the blobs beneath them are sent);
 //! - `combine:<f1>+<f2>+…`: an object is sent only if every sub-filter sends it (git
 //!   sends this when given several `--filter` options). Each sub-filter is URL-encoded
-//!   (`%XX`); git's reserved characters must be encoded, as git requires.
+//!   (`%XX`); git's reserved characters must be encoded, as git requires;
+//! - `sparse:oid=<blob>`: blobs only where a sparse checkout of the patterns in that
+//!   blob would put them (an object id or `<rev>:<path>` of the served repository, read
+//!   by [`ObjectFilter::load_sparse`] once the spec is parsed; see [`super::sparse`]);
+//!   trees, commits and tags are all sent.
 //!
-//! Anything else (`sparse:oid=`, which needs a sparse-checkout file read from the
-//! repository, or a typo) is refused with an error the client shows. The parser is
-//! written for a hostile peer: the spec's length, the number of sub-filters and the
-//! nesting of `combine:` are bounded ([`MAX_FILTER_SPEC`], [`MAX_COMBINED_FILTERS`],
-//! [`MAX_FILTER_DEPTH`]), so a parse allocates at most a few times the spec's length.
+//! Anything else (git's dropped `sparse:path=`, a typo) is refused with an error the
+//! client shows. The parser is written for a hostile peer: the spec's length, the number
+//! of sub-filters and the nesting of `combine:` are bounded ([`MAX_FILTER_SPEC`],
+//! [`MAX_COMBINED_FILTERS`], [`MAX_FILTER_DEPTH`]), so a parse allocates at most a few
+//! times the spec's length.
+//!
+//! Where git differs: inside `combine:`, git's sub-filters each remember the objects
+//! they passed, so with `sparse:oid` a blob first met where the patterns leave it out is
+//! not sent where they put it in later (it depends on git's walk order); here a blob
+//! goes when, somewhere it is met, every sub-filter sends it.
+
+use std::sync::Arc;
 
 use gix::hash::oid;
 use gix::objs::Find;
 use gix::objs::Kind;
+
+use super::sparse::SparsePatterns;
 
 /// Longest filter spec accepted, bytes (git's own specs are a few dozen; a `combine:` of
 /// several stays well under this).
@@ -53,7 +66,7 @@ pub enum FilterError {
     #[error("invalid filter spec {0:?}: combine: more than {MAX_COMBINED_FILTERS} filters")]
     TooMany(String),
     #[error(
-        "unsupported filter spec {0:?} (this server knows blob:none, blob:limit=<n>, tree:<depth>, object:type=<type>, combine:<filter>+<filter>)"
+        "unsupported filter spec {0:?} (this server knows blob:none, blob:limit=<n>, tree:<depth>, object:type=<type>, sparse:oid=<blob>, combine:<filter>+<filter>)"
     )]
     Unsupported(String),
 }
@@ -71,6 +84,40 @@ pub enum ObjectFilter {
     ObjectType(Kind),
     /// `combine:`: what every one of these sends.
     Combine(Vec<ObjectFilter>),
+    /// `sparse:oid=<name>` as the client sent it, its blob not read yet
+    /// ([`ObjectFilter::load_sparse`]).
+    SparseOid(String),
+    /// `sparse:oid=` with its patterns read: blobs only where they put them. `bit`
+    /// numbers it among the spec's sparse filters (its bit in [`SparseMarks`]).
+    Sparse {
+        patterns: Arc<SparsePatterns>,
+        bit: u32,
+    },
+}
+
+/// For each `sparse:oid=` filter of a spec (bit [`ObjectFilter::Sparse`]`::bit`), whether
+/// a directory is in: the decision its paths take when no pattern matches them.
+pub type SparseMarks = u32;
+
+/// Where a tree or blob is met in the walk.
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    /// Levels below the root tree (the root is at 0).
+    pub depth: u64,
+    /// Its path from the root tree (`""` for the root); filled only when the filter
+    /// [`ObjectFilter::needs_paths`].
+    pub path: &'a [u8],
+    /// The marks of the directory it is in ([`ObjectFilter::marks_of_dir`]).
+    pub marks: SparseMarks,
+}
+
+impl Place<'_> {
+    /// The root tree.
+    pub const ROOT: Place<'static> = Place {
+        depth: 0,
+        path: b"",
+        marks: 0,
+    };
 }
 
 /// What a filter does with a tree or blob met in the walk.
@@ -125,6 +172,15 @@ impl ObjectFilter {
                 _ => Err(invalid("unknown object type")),
             };
         }
+        if let Some(name) = text.strip_prefix("sparse:oid=") {
+            if name.is_empty() {
+                return Err(invalid("sparse:oid= names no object"));
+            }
+            return Ok(ObjectFilter::SparseOid(name.to_string()));
+        }
+        if text.starts_with("sparse:path=") {
+            return Err(invalid("sparse:path filters support has been dropped"));
+        }
         if let Some(body) = text.strip_prefix("combine:") {
             if depth >= MAX_FILTER_DEPTH {
                 return Err(FilterError::TooDeep(text.to_string()));
@@ -156,16 +212,93 @@ impl ObjectFilter {
         Err(FilterError::Unsupported(text.to_string()))
     }
 
-    /// What happens to a tree or blob (`is_tree`) at `depth` below the root tree (the
-    /// root is at 0); a blob's size is read from `db` only for `blob:limit`.
+    /// Reads the patterns of every `sparse:oid=` in the filter with `load` (given the
+    /// object name the client sent), numbering them for [`SparseMarks`].
+    pub fn load_sparse(
+        &mut self,
+        load: &mut dyn FnMut(&str) -> Result<SparsePatterns, String>,
+    ) -> Result<(), String> {
+        let mut next_bit = 0;
+        self.load_sparse_from(load, &mut next_bit)
+    }
+
+    fn load_sparse_from(
+        &mut self,
+        load: &mut dyn FnMut(&str) -> Result<SparsePatterns, String>,
+        next_bit: &mut u32,
+    ) -> Result<(), String> {
+        match self {
+            ObjectFilter::SparseOid(name) => {
+                // the parser's bound on sub-filters keeps this under 32
+                if *next_bit >= SparseMarks::BITS {
+                    return Err("too many sparse:oid filters".into());
+                }
+                let patterns = Arc::new(load(name)?);
+                *self = ObjectFilter::Sparse {
+                    patterns,
+                    bit: *next_bit,
+                };
+                *next_bit += 1;
+            }
+            ObjectFilter::Combine(subs) => {
+                for sub in subs {
+                    sub.load_sparse_from(load, next_bit)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The marks the entries of the tree at `place` inherit: for each sparse filter, the
+    /// decision of the last pattern matching the directory, else its parent's (git's
+    /// `list-objects-filter` keeps the same frames; the root's parent is out).
+    pub fn marks_of_dir(&self, place: &Place<'_>) -> SparseMarks {
+        match self {
+            ObjectFilter::Sparse { patterns, bit } => {
+                let mask = 1 << bit;
+                let in_ = patterns
+                    .decide(place.path, true)
+                    .unwrap_or(place.marks & mask != 0);
+                (place.marks & !mask) | if in_ { mask } else { 0 }
+            }
+            ObjectFilter::Combine(subs) => subs.iter().fold(place.marks, |marks, sub| {
+                let mask = sub.sparse_mask();
+                (marks & !mask) | (sub.marks_of_dir(place) & mask)
+            }),
+            _ => place.marks,
+        }
+    }
+
+    /// The bits of this filter's sparse filters.
+    fn sparse_mask(&self) -> SparseMarks {
+        match self {
+            ObjectFilter::Sparse { bit, .. } => 1 << bit,
+            ObjectFilter::Combine(subs) => subs.iter().fold(0, |m, s| m | s.sparse_mask()),
+            _ => 0,
+        }
+    }
+
+    /// Whether verdicts need the path of what is met (`sparse:oid`).
+    pub fn needs_paths(&self) -> bool {
+        match self {
+            ObjectFilter::Sparse { .. } | ObjectFilter::SparseOid(_) => true,
+            ObjectFilter::Combine(subs) => subs.iter().any(ObjectFilter::needs_paths),
+            _ => false,
+        }
+    }
+
+    /// What happens to a tree or blob (`is_tree`) met at `place`; a blob's size is read
+    /// from `db` only for `blob:limit`.
     pub fn verdict(
         &self,
         db: &dyn Find,
         id: &oid,
         is_tree: bool,
-        depth: u64,
+        place: &Place<'_>,
     ) -> Result<Verdict, String> {
         let omit = |yes: bool| if yes { Verdict::Omit } else { Verdict::Keep };
+        let depth = place.depth;
         Ok(match self {
             ObjectFilter::BlobNone => omit(!is_tree),
             ObjectFilter::BlobLimit(limit) => {
@@ -181,13 +314,23 @@ impl ObjectFilter {
             ObjectFilter::Combine(subs) => {
                 let mut out = Verdict::Keep;
                 for sub in subs {
-                    match sub.verdict(db, id, is_tree, depth)? {
+                    match sub.verdict(db, id, is_tree, place)? {
                         Verdict::Omit => return Ok(Verdict::Omit),
                         Verdict::OmitButWalk => out = Verdict::OmitButWalk,
                         Verdict::Keep => {}
                     }
                 }
                 out
+            }
+            // trees all go (git's `filter_sparse` shows every tree)
+            ObjectFilter::Sparse { patterns, bit } => omit(
+                !is_tree
+                    && !patterns
+                        .decide(place.path, false)
+                        .unwrap_or(place.marks & (1 << bit) != 0),
+            ),
+            ObjectFilter::SparseOid(name) => {
+                return Err(format!("sparse:oid={name}: the patterns were not read"))
             }
         })
     }
@@ -202,12 +345,14 @@ impl ObjectFilter {
         }
     }
 
-    /// Whether a blob's verdict depends on where it is found (`tree:<depth>`), so that a
-    /// blob left out once may still be sent when met again higher up.
-    pub fn depends_on_depth(&self) -> bool {
+    /// Whether a blob's verdict depends on where it is found (`tree:<depth>`,
+    /// `sparse:oid`), so that a blob left out once may still be sent when met again
+    /// elsewhere.
+    pub fn depends_on_place(&self) -> bool {
         match self {
             ObjectFilter::TreeDepth(_) => true,
-            ObjectFilter::Combine(subs) => subs.iter().any(ObjectFilter::depends_on_depth),
+            _ if self.needs_paths() => true,
+            ObjectFilter::Combine(subs) => subs.iter().any(ObjectFilter::depends_on_place),
             _ => false,
         }
     }
@@ -261,11 +406,15 @@ mod tests {
     fn verdict(f: &ObjectFilter, is_tree: bool, depth: u64) -> Verdict {
         let id = gix::ObjectId::null(gix::hash::Kind::Sha1);
         // the verdicts tested here read no object
+        let place = Place {
+            depth,
+            ..Place::ROOT
+        };
         f.verdict(
             &gix::objs::find::Never::panic_on_access(),
             &id,
             is_tree,
-            depth,
+            &place,
         )
         .expect("no object read")
     }
@@ -301,6 +450,18 @@ mod tests {
                 ]),
             ),
             (b"combine:blob:none", BlobNone),
+            (
+                b"sparse:oid=main:dir/sparse",
+                SparseOid("main:dir/sparse".into()),
+            ),
+            (
+                b"sparse:oid=0123456789012345678901234567890123456789",
+                SparseOid("0123456789012345678901234567890123456789".into()),
+            ),
+            (
+                b"combine:sparse%3Aoid%3Dmain%3Aspec+blob:limit=1k",
+                Combine(vec![SparseOid("main:spec".into()), BlobLimit(1024)]),
+            ),
         ] {
             assert_eq!(ObjectFilter::parse(spec), Ok(want), "{spec:?}");
         }
@@ -327,6 +488,9 @@ mod tests {
             b"combine:blob:none+sparse:oid=main~1",
             b"combine:blob:none+tree:x",
             b"combine:blob:none+%ff",
+            b"sparse:oid=",
+            b"sparse:path=/etc/passwd",
+            b"combine:blob:none+sparse:oid=",
         ] {
             let e = ObjectFilter::parse(bad).expect_err(&format!("{bad:?}"));
             assert!(
@@ -334,7 +498,7 @@ mod tests {
                 "{bad:?}: {e}"
             );
         }
-        for unsupported in [&b"sparse:oid=main:x"[..], b"combine:blob:none+sparse:oid=x"] {
+        for unsupported in [&b"sparse:od=main:x"[..], b"combine:blob:none+bloob:none"] {
             let e = ObjectFilter::parse(unsupported).expect_err("unsupported");
             assert!(e.to_string().contains("unsupported filter spec"), "{e}");
         }
@@ -404,7 +568,93 @@ mod tests {
         assert_eq!(verdict(&walk, true, 1), Verdict::OmitButWalk);
         assert_eq!(verdict(&walk, true, 3), Verdict::Omit);
         assert_eq!(verdict(&walk, false, 2), Verdict::Keep);
-        assert!(both.depends_on_depth() && !blob_type.depends_on_depth());
+        assert!(both.depends_on_place() && !blob_type.depends_on_place());
         assert!(!Combine(vec![BlobNone, commit_type]).omits_unwanted(Kind::Commit));
+    }
+
+    fn sparse(text: &str) -> SparsePatterns {
+        SparsePatterns::parse(text.as_bytes(), 1 << 10, 16).expect("parses")
+    }
+
+    #[test]
+    fn sparse_verdicts_take_the_directory_decision() {
+        let mut f = ObjectFilter::parse(b"sparse:oid=main:spec").expect("parses");
+        let mut asked = Vec::new();
+        f.load_sparse(&mut |name| {
+            asked.push(name.to_string());
+            Ok(sparse("/docs/\n!/docs/private/\n/top.txt\n"))
+        })
+        .expect("loads");
+        assert_eq!(asked, ["main:spec"]);
+        let at = |path: &'static str, marks| Place {
+            depth: 1,
+            path: path.as_bytes(),
+            marks,
+        };
+        let root = f.marks_of_dir(&Place::ROOT);
+        assert_eq!(root, 0);
+        let docs = f.marks_of_dir(&at("docs", root));
+        assert_eq!(docs, 1);
+        let private = f.marks_of_dir(&at("docs/private", docs));
+        assert_eq!(private, 0);
+        let docs_sub = f.marks_of_dir(&at("docs/sub", docs));
+        let v = |is_tree, place: Place<'_>| verdict_at(&f, is_tree, place);
+        assert_eq!(v(false, at("top.txt", root)), Verdict::Keep);
+        assert_eq!(v(false, at("other.txt", root)), Verdict::Omit);
+        assert_eq!(v(false, at("docs/a.md", docs)), Verdict::Keep);
+        assert_eq!(v(false, at("docs/sub/b.md", docs_sub)), Verdict::Keep);
+        assert_eq!(v(false, at("docs/private/c.md", private)), Verdict::Omit);
+        // trees always go
+        assert_eq!(v(true, at("src", root)), Verdict::Keep);
+        assert_eq!(v(true, at("docs/private", docs)), Verdict::Keep);
+        assert!(f.needs_paths() && f.depends_on_place());
+    }
+
+    #[test]
+    fn sparse_inside_combine_keeps_its_own_marks() {
+        let mut f =
+            ObjectFilter::parse(b"combine:sparse%3Aoid%3Da+sparse%3Aoid%3Db+blob%3Alimit%3D1g")
+                .expect("parses");
+        f.load_sparse(&mut |name| Ok(sparse(if name == "a" { "/x/\n" } else { "/x/\n/y/\n" })))
+            .expect("loads");
+        let at = |path: &'static str, marks| Place {
+            depth: 1,
+            path: path.as_bytes(),
+            marks,
+        };
+        assert_eq!(f.marks_of_dir(&at("x", 0)), 0b11);
+        assert_eq!(f.marks_of_dir(&at("y", 0)), 0b10);
+        // a blob goes only if every sub-filter sends it (its size is not read here: the
+        // sparse verdicts come first and omit it)
+        let y = f.marks_of_dir(&at("y", 0));
+        let only_sparse = ObjectFilter::Combine(match &f {
+            ObjectFilter::Combine(subs) => subs[..2].to_vec(),
+            _ => unreachable!(),
+        });
+        assert_eq!(verdict_at(&only_sparse, false, at("y/f", y)), Verdict::Omit);
+        let x = only_sparse.marks_of_dir(&at("x", 0));
+        assert_eq!(verdict_at(&only_sparse, false, at("x/f", x)), Verdict::Keep);
+        // an unread spec is an error, not a verdict
+        let unread = ObjectFilter::parse(b"sparse:oid=a").expect("parses");
+        let id = gix::ObjectId::null(gix::hash::Kind::Sha1);
+        assert!(unread
+            .verdict(
+                &gix::objs::find::Never::panic_on_access(),
+                &id,
+                false,
+                &Place::ROOT
+            )
+            .is_err());
+    }
+
+    fn verdict_at(f: &ObjectFilter, is_tree: bool, place: Place<'_>) -> Verdict {
+        let id = gix::ObjectId::null(gix::hash::Kind::Sha1);
+        f.verdict(
+            &gix::objs::find::Never::panic_on_access(),
+            &id,
+            is_tree,
+            &place,
+        )
+        .expect("no object read")
     }
 }

@@ -25,6 +25,7 @@ pub mod objects;
 pub mod pkt;
 pub mod receive;
 pub mod shallow;
+pub mod sparse;
 pub mod upload;
 
 use gix::hash::ObjectId;
@@ -74,6 +75,8 @@ pub struct NativeLimits {
     pub use_bitmaps: bool,
     pub allow_filter: bool,
     pub allow_want_ref: bool,
+    pub max_sparse_file_bytes: usize,
+    pub max_sparse_patterns: usize,
 }
 
 impl Default for NativeLimits {
@@ -87,6 +90,8 @@ impl Default for NativeLimits {
             use_bitmaps: USE_BITMAPS,
             allow_filter: ALLOW_FILTER,
             allow_want_ref: ALLOW_WANT_REF,
+            max_sparse_file_bytes: sparse::MAX_SPARSE_FILE_BYTES,
+            max_sparse_patterns: sparse::MAX_SPARSE_PATTERNS,
         }
     }
 }

@@ -10,7 +10,7 @@ use gix::hash::{oid, ObjectId};
 use gix::objs::{CommitRefIter, Find, Kind, TagRefIter, TreeRefIter};
 use gix_pack::data::output;
 
-use super::filter::{ObjectFilter, Verdict};
+use super::filter::{ObjectFilter, Place, Verdict};
 use super::shallow::{DeepenRequest, ShallowPlan};
 
 /// A set of object ids, hashed by their first bytes (they are SHA-1 digests already:
@@ -219,50 +219,108 @@ fn have_commits_near(
         .collect())
 }
 
+/// A filter as [`walk_tree`] applies it over the trees of one fetch. A filter whose
+/// verdicts depend on paths (`sparse:oid`) sends each tree once but walks it again
+/// wherever it is met at another path (its blobs may be in there and out here), as
+/// git's `list-objects-filter` does: such a walk remembers the trees it sent and the
+/// (tree, path) pairs it walked, and keeps trees out of `seen` (which then holds the
+/// blobs sent and what the client has).
+pub(super) struct FilterWalk<'a> {
+    filter: &'a ObjectFilter,
+    by_path: bool,
+    shown_trees: ObjectSet,
+    walked: HashSet<(ObjectId, Vec<u8>)>,
+}
+
+impl<'a> FilterWalk<'a> {
+    pub(super) fn new(filter: &'a ObjectFilter) -> Self {
+        FilterWalk {
+            filter,
+            by_path: filter.needs_paths(),
+            shown_trees: ObjectSet::default(),
+            walked: HashSet::new(),
+        }
+    }
+}
+
 /// Marks `tree` and everything below it in `seen`, calling `visit(id, path, is_tree)`
 /// for each object not seen before (trees before their contents; the root's path is
-/// empty). Paths are only built with `with_paths` (otherwise `visit` gets an empty one).
-/// Every tree is read into one reused buffer: a clone walks every tree of the history.
-/// What `filter` omits is neither visited nor marked (nor, for a tree, descended into;
-/// a tree it omits but walks is marked and descended into, not visited); the root itself
-/// is kept when `root_wanted` (a tree the client asked for by id).
+/// empty). Paths are only built with `with_paths` or a filter that needs them
+/// (otherwise `visit` gets an empty one). Every tree is read into one reused buffer: a
+/// clone walks every tree of the history. What `filter` omits is neither visited nor
+/// marked (nor, for a tree, descended into; a tree it omits but walks is marked and
+/// descended into, not visited); the root itself is kept when `root_wanted` (a tree the
+/// client asked for by id).
 fn walk_tree(
     db: &dyn Find,
     tree: ObjectId,
     seen: &mut ObjectSet,
     with_paths: bool,
-    filter: Option<&ObjectFilter>,
+    mut filter: Option<&mut FilterWalk<'_>>,
     root_wanted: bool,
     visit: &mut dyn FnMut(ObjectId, &[u8], bool),
 ) -> Result<(), String> {
+    let by_path = filter.as_ref().is_some_and(|f| f.by_path);
+    let with_paths = with_paths || by_path;
     if seen.contains(&tree) {
         return Ok(());
     }
-    let root_verdict = match filter {
-        Some(f) if !root_wanted => f.verdict(db, &tree, true, 0)?,
+    let root = Place::ROOT;
+    let root_verdict = match &filter {
+        Some(f) if !root_wanted => f.filter.verdict(db, &tree, true, &root)?,
         _ => Verdict::Keep,
     };
     if root_verdict == Verdict::Omit {
         return Ok(());
     }
-    seen.insert(tree);
-    if root_verdict == Verdict::Keep {
+    let first_show = match filter.as_mut() {
+        Some(f) if f.by_path => {
+            if !f.walked.insert((tree, Vec::new())) {
+                return Ok(());
+            }
+            f.shown_trees.insert(tree)
+        }
+        _ => seen.insert(tree),
+    };
+    if root_verdict == Verdict::Keep && first_show {
         visit(tree, b"", true);
     }
-    let mut stack = vec![(tree, Vec::new(), 0u64)];
+    let root_marks = filter.as_ref().map_or(0, |f| f.filter.marks_of_dir(&root));
+    let mut stack = vec![(tree, Vec::new(), 0u64, root_marks)];
     let mut buf = Vec::new();
     // blobs left out wherever they are (by size or type): not looked at again
-    let cache_omitted_blobs = filter.is_some_and(|f| !f.depends_on_depth());
+    let cache_omitted_blobs = filter
+        .as_ref()
+        .is_some_and(|f| !f.filter.depends_on_place());
     let mut omitted_blobs = ObjectSet::default();
     let mut failure = None;
-    while let Some((id, dir, depth)) = stack.pop() {
+    while let Some((id, dir, depth, marks)) = stack.pop() {
         for_each_tree_entry(db, &id, &mut buf, |entry| {
             let child = entry.oid.to_owned();
             if failure.is_some() || seen.contains(&child) || omitted_blobs.contains(&child) {
                 return;
             }
             let is_tree = entry.mode.is_tree();
-            let verdict = match filter.map(|f| f.verdict(db, &child, is_tree, depth + 1)) {
+            let path = if with_paths {
+                let mut p = Vec::with_capacity(dir.len() + 1 + entry.filename.len());
+                p.extend_from_slice(&dir);
+                if !dir.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(entry.filename);
+                p
+            } else {
+                Vec::new()
+            };
+            let place = Place {
+                depth: depth + 1,
+                path: &path,
+                marks,
+            };
+            let verdict = match filter
+                .as_ref()
+                .map(|f| f.filter.verdict(db, &child, is_tree, &place))
+            {
                 None => Verdict::Keep,
                 Some(Ok(v)) => v,
                 Some(Err(e)) => {
@@ -276,23 +334,33 @@ fn walk_tree(
                 }
                 return;
             }
-            seen.insert(child);
-            let path = if with_paths {
-                let mut p = Vec::with_capacity(dir.len() + 1 + entry.filename.len());
-                p.extend_from_slice(&dir);
-                if !dir.is_empty() {
-                    p.push(b'/');
+            let first_show = match filter.as_mut() {
+                Some(f) if f.by_path && is_tree => {
+                    let key = (child, path);
+                    if f.walked.contains(&key) {
+                        return;
+                    }
+                    f.walked.insert(key.clone());
+                    let path = key.1;
+                    let shown = f.shown_trees.insert(child);
+                    if verdict == Verdict::Keep && shown {
+                        visit(child, &path, true);
+                    }
+                    let marks = f.filter.marks_of_dir(&Place {
+                        depth: depth + 1,
+                        path: &path,
+                        marks,
+                    });
+                    stack.push((child, path, depth + 1, marks));
+                    return;
                 }
-                p.extend_from_slice(entry.filename);
-                p
-            } else {
-                Vec::new()
+                _ => seen.insert(child),
             };
-            if verdict == Verdict::Keep {
+            if verdict == Verdict::Keep && first_show {
                 visit(child, &path, is_tree);
             }
             if is_tree {
-                stack.push((child, path, depth + 1));
+                stack.push((child, path, depth + 1, marks));
             }
         })?;
         if let Some(e) = failure.take() {
@@ -517,13 +585,14 @@ pub fn objects_to_send(
         }
     }
     let with_paths = !old_at_path.is_empty();
+    let mut filter = filter.map(FilterWalk::new);
     for (_, tree) in &commits {
         walk_tree(
             db,
             *tree,
             &mut seen,
             with_paths,
-            filter,
+            filter.as_mut(),
             false,
             &mut |id, path, is_tree| {
                 out.push(id);
@@ -538,9 +607,15 @@ pub fn objects_to_send(
     for id in loose_ends {
         let (kind, _) = need(db, &id)?;
         if kind == Kind::Tree {
-            walk_tree(db, id, &mut seen, false, filter, true, &mut |id, _, _| {
-                out.push(id)
-            })?;
+            walk_tree(
+                db,
+                id,
+                &mut seen,
+                false,
+                filter.as_mut(),
+                true,
+                &mut |id, _, _| out.push(id),
+            )?;
         } else if seen.insert(id) {
             out.push(id);
         }

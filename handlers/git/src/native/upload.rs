@@ -166,8 +166,15 @@ impl FetchRequest {
         Ok(true)
     }
 
-    /// Takes a `filter <spec>` argument; `Ok(false)` if `arg` is not one.
-    fn filter_arg(&mut self, arg: &[u8], limits: &NativeLimits) -> Result<bool, String> {
+    /// Takes a `filter <spec>` argument, reading the pattern blobs of its `sparse:oid=`
+    /// filters from the repository; `Ok(false)` if `arg` is not one.
+    fn filter_arg(
+        &mut self,
+        repo: &gix::Repository,
+        db: &Db,
+        arg: &[u8],
+        limits: &NativeLimits,
+    ) -> Result<bool, String> {
         let Some(spec) = arg.strip_prefix(b"filter ") else {
             return Ok(false);
         };
@@ -177,7 +184,19 @@ impl FetchRequest {
         if self.filter.is_some() {
             return Err("filter: only one filter per request".into());
         }
-        self.filter = Some(ObjectFilter::parse(spec).map_err(|e| format!("filter: {e}"))?);
+        let mut filter = ObjectFilter::parse(spec).map_err(|e| format!("filter: {e}"))?;
+        filter.load_sparse(&mut |name| {
+            let err = |e: String| format!("filter: sparse:oid={name}: {e}");
+            let id = super::sparse::resolve_blob(repo, db, name).map_err(err)?;
+            let (_, data) = objects::need(db, &id).map_err(err)?;
+            super::sparse::SparsePatterns::parse(
+                &data,
+                limits.max_sparse_file_bytes,
+                limits.max_sparse_patterns,
+            )
+            .map_err(|e| err(e.to_string()))
+        })?;
+        self.filter = Some(filter);
         Ok(true)
     }
 
@@ -561,7 +580,7 @@ pub fn serve_v2(
                             Ok(false) => {}
                             Err(e) => return refuse(output, &e),
                         }
-                        match request.filter_arg(arg, limits) {
+                        match request.filter_arg(&repo, &db, arg, limits) {
                             Ok(true) => continue,
                             Ok(false) => {}
                             Err(e) => return refuse(output, &e),
@@ -767,7 +786,7 @@ pub fn serve_v0(
                         Ok(false) => {}
                         Err(e) => return refuse(output, &e),
                     }
-                    match request.filter_arg(line, limits) {
+                    match request.filter_arg(&repo, &db, line, limits) {
                         Ok(true) => continue,
                         Ok(false) => {}
                         Err(e) => return refuse(output, &e),
