@@ -32,6 +32,7 @@ pub use qlog::QLOG_SUPPORTED;
 mod reload;
 mod router;
 pub mod rt;
+pub mod secret_files;
 mod server;
 mod socket;
 mod stats;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use alknet_proto::Fingerprint;
+
+use crate::secret_files;
 pub use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -176,22 +178,31 @@ impl TlsIdentity {
 
     /// The identity kept in `dir`, generated and written there (key mode 0600) on first use.
     /// Returns whether it was generated now, so the caller can tell the user.
+    ///
+    /// Safe against another process doing the same at once ([`crate::secret_files`]): both
+    /// end with the one identity on disk. The key is written before the certificate, each
+    /// by rename, so a certificate file present means its key is complete.
     pub fn load_or_generate(dir: &Path) -> Result<(Self, bool), TlsError> {
         let cert = dir.join(GENERATED_CERT_FILE);
         let key = dir.join(GENERATED_KEY_FILE);
-        if cert.exists() && key.exists() {
+        let present = || cert.exists() && key.exists();
+        if present() {
             return Ok((Self::from_pem_files(&cert, &key)?, false));
         }
-        let generated = Self::generate_self_signed(&[])?;
         let write_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| TlsError::Write { path, source }
         };
-        create_private_dir(dir).map_err(write_err(dir))?;
-        let cert_pem = generated.chain_pem();
-        let key_pem = generated.key_pem();
-        write_private(&key, key_pem.as_bytes()).map_err(write_err(&key))?;
-        fs::write(&cert, cert_pem).map_err(write_err(&cert))?;
+        let _lock = secret_files::GenerationLock::acquire(dir).map_err(write_err(dir))?;
+        if present() {
+            // another process generated it while this one waited for the lock
+            return Ok((Self::from_pem_files(&cert, &key)?, false));
+        }
+        let generated = Self::generate_self_signed(&[])?;
+        secret_files::write_atomically(&key, generated.key_pem().as_bytes(), 0o600)
+            .map_err(write_err(&key))?;
+        secret_files::write_atomically(&cert, generated.chain_pem().as_bytes(), 0o644)
+            .map_err(write_err(&cert))?;
         Ok((generated, true))
     }
 
@@ -285,26 +296,6 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
-}
-
-fn create_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)
 }
 
 /// Whether the server asks clients for a certificate.
@@ -606,6 +597,36 @@ impl ServerCertVerifier for PinnedServerCert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_starting_at_once_end_with_one_identity() {
+        // threads open the lock file each for themselves, as processes would
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("data");
+        let starts = std::sync::Barrier::new(8);
+        let results: Vec<(Fingerprint, bool)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        starts.wait();
+                        let (id, generated) =
+                            TlsIdentity::load_or_generate(&sub).expect("load or generate");
+                        (id.fingerprint(), generated)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        let (on_disk, _) = TlsIdentity::load_or_generate(&sub).expect("reload");
+        assert_eq!(
+            results.iter().filter(|(_, generated)| *generated).count(),
+            1
+        );
+        assert!(results.iter().all(|(fp, _)| *fp == on_disk.fingerprint()));
+    }
 
     #[test]
     fn generated_identity_is_kept_and_reloaded() {

@@ -238,20 +238,23 @@ pub fn keypair_from_seed(seed: &[u8; 32]) -> pkarr::Keypair {
 /// (A key from the vault would make the name survive a reinstall; this one lives and dies
 /// with the data directory.)
 pub fn node_keypair(path: &Path) -> Result<pkarr::Keypair, PublishError> {
+    let storage = |e: std::io::Error| PublishError::Storage(format!("{}: {e}", path.display()));
+    let load = || {
+        pkarr::Keypair::from_secret_key_file(path)
+            .map_err(|e| PublishError::Storage(format!("{}: {e}", path.display())))
+    };
     if path.exists() {
-        return pkarr::Keypair::from_secret_key_file(path)
-            .map_err(|e| PublishError::Storage(format!("{}: {e}", path.display())));
+        return load();
+    }
+    // two servers starting at once must end with one key (secret_files says why)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let _lock = alknet_runtime::secret_files::GenerationLock::acquire(dir).map_err(storage)?;
+    if path.exists() {
+        return load();
     }
     let kp = pkarr::Keypair::random();
     let hex: String = kp.secret_key().iter().map(|b| format!("{b:02x}")).collect();
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let write = |mut f: std::fs::File| std::io::Write::write_all(&mut f, hex.as_bytes());
-    opts.open(path)
-        .and_then(write)
-        .map_err(|e| PublishError::Storage(format!("{}: {e}", path.display())))?;
+    alknet_runtime::secret_files::write_atomically(path, hex.as_bytes(), 0o600).map_err(storage)?;
     Ok(kp)
 }
 
@@ -361,6 +364,31 @@ mod tests {
             .expect("sign")
             .to_relay_payload()
             .to_vec()
+    }
+
+    #[test]
+    fn servers_starting_at_once_end_with_one_node_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("pkarr_node_key");
+        let starts = std::sync::Barrier::new(8);
+        let keys: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        starts.wait();
+                        node_keypair(&key_file)
+                            .expect("load or generate")
+                            .public_key()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        let on_disk = node_keypair(&key_file).expect("reload").public_key();
+        assert!(keys.iter().all(|k| *k == on_disk));
     }
 
     #[test]

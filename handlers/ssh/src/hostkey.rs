@@ -1,12 +1,13 @@
 //! The server's SSH host key: ed25519, generated on first start into the data directory in
 //! OpenSSH's private key format (mode 0600), and reused after.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::PrivateKey;
+
+use alknet_runtime::secret_files::{write_atomically, GenerationLock};
 
 /// File name of the generated host key in the data directory (OpenSSH's name for it).
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
@@ -55,7 +56,11 @@ pub fn load_or_generate_host_key(dir: &Path) -> Result<(PrivateKey, bool), HostK
         path: path.clone(),
         source,
     };
-    create_private_dir(dir).map_err(io)?;
+    // two servers starting at once must end with one key (secret_files says why)
+    let _lock = GenerationLock::acquire(dir).map_err(io)?;
+    if path.exists() {
+        return Ok((load_host_key(&path)?, false));
+    }
     let key = generate_ed25519()?;
     let text = key
         .to_openssh(LineEnding::LF)
@@ -63,36 +68,16 @@ pub fn load_or_generate_host_key(dir: &Path) -> Result<(PrivateKey, bool), HostK
             path: path.clone(),
             reason: e.to_string(),
         })?;
-    // create_new: two servers starting at once must not overwrite each other's key
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+    write_atomically(&path, text.as_bytes(), 0o600).map_err(io)?;
+    // the public half beside it, as OpenSSH does, for known_hosts entries
+    if let Ok(public) = key.public_key().to_openssh() {
+        let _ = write_atomically(
+            &path.with_extension("pub"),
+            format!("{public}\n").as_bytes(),
+            0o644,
+        );
     }
-    match options.open(&path) {
-        Ok(mut f) => {
-            f.write_all(text.as_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            // the public half beside it, as OpenSSH does, for known_hosts entries
-            if let Ok(public) = key.public_key().to_openssh() {
-                let _ = std::fs::write(path.with_extension("pub"), format!("{public}\n"));
-            }
-            Ok((key, true))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Ok((load_host_key(&path)?, false))
-        }
-        Err(e) => Err(io(e)),
-    }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    Ok((key, true))
 }
 
 /// A fresh ed25519 key from the system's CSPRNG.
@@ -129,6 +114,32 @@ mod tests {
         let public = std::fs::read_to_string(path.with_extension("pub")).expect("pub");
         assert!(public.starts_with("ssh-ed25519 "));
         assert!(crate::auth::openssh_fingerprint(key.public_key()).starts_with("SHA256:"));
+    }
+
+    #[test]
+    fn servers_starting_at_once_end_with_one_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let starts = std::sync::Barrier::new(8);
+        let keys: Vec<(PrivateKey, bool)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        starts.wait();
+                        load_or_generate_host_key(&data).expect("load or generate")
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        let on_disk = load_host_key(&data.join(HOST_KEY_FILE)).expect("reload");
+        assert_eq!(keys.iter().filter(|(_, generated)| *generated).count(), 1);
+        assert!(keys
+            .iter()
+            .all(|(k, _)| k.public_key() == on_disk.public_key()));
     }
 
     #[test]

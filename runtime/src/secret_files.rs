@@ -1,0 +1,125 @@
+//! Files a server generates into its data directory on first start (the TLS identity, the
+//! SSH host key): private modes, atomic appearance, and one generator at a time.
+//!
+//! Two processes may start on one data directory at once: `alknet serve` and
+//! `alknet fingerprint` in a set-up script, two servers by mistake, a service manager's
+//! restart racing the old process. Without care each finds no key, generates its own and
+//! writes it, and one of them then serves a certificate whose fingerprint is not the one on
+//! disk (a client pinning the file's fingerprint is refused for good), or reads a file the
+//! other is half-way through writing. So generation happens under an exclusive lock on a
+//! file in the directory ([`GenerationLock`]), rechecking under it whether another process
+//! got there first, and every file appears by `rename` from a complete temporary file
+//! ([`write_atomically`]): a reader that takes no lock sees the old state or the whole new
+//! file, never part of one.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Name of the lock file generation takes in the data directory.
+pub const GENERATION_LOCK_FILE: &str = ".generate.lock";
+
+/// Creates `dir` (and its parents) with mode 0700 if missing.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// An exclusive lock on `dir`'s [`GENERATION_LOCK_FILE`], held until dropped (`flock`: it
+/// ends with the process, so a crash leaves nothing to clean up).
+pub struct GenerationLock {
+    _file: File,
+}
+
+impl GenerationLock {
+    /// Creates `dir` (mode 0700) if needed and waits for the lock.
+    pub fn acquire(dir: &Path) -> io::Result<Self> {
+        create_private_dir(dir)?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(GENERATION_LOCK_FILE))?;
+        file.lock()?;
+        Ok(Self { _file: file })
+    }
+}
+
+/// Writes `data` to `path` with `mode`: into a temporary file beside it, synced, then
+/// renamed over `path`, so `path` is absent, old or complete, whoever looks.
+pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = temporary_name(path);
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// `path` with `.tmp.<pid>` appended: unique among processes, and one process writes a
+/// given file from one place at a time (under the generation lock).
+fn temporary_name(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".tmp.{}", std::process::id()));
+    PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn written_files_appear_whole_with_their_mode_and_leave_no_temporary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("data");
+        create_private_dir(&sub).expect("dir");
+        assert_eq!(
+            fs::metadata(&sub).expect("dir").permissions().mode() & 0o777,
+            0o700
+        );
+        let path = sub.join("secret");
+        write_atomically(&path, b"one", 0o600).expect("write");
+        write_atomically(&path, b"two", 0o600).expect("overwrite");
+        assert_eq!(fs::read(&path).expect("read"), b"two");
+        assert_eq!(
+            fs::metadata(&path).expect("file").permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = fs::read_dir(&sub)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("secret")]);
+    }
+
+    #[test]
+    fn the_generation_lock_excludes_other_holders() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = GenerationLock::acquire(dir.path()).expect("lock");
+        // another open file description of the lock file, as another process would have
+        let other = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(GENERATION_LOCK_FILE))
+            .expect("open");
+        assert!(matches!(
+            other.try_lock(),
+            Err(fs::TryLockError::WouldBlock)
+        ));
+        drop(held);
+        other.try_lock().expect("free once the holder is gone");
+    }
+}
