@@ -80,6 +80,9 @@ DOQ_PER_CONNECTION=${DOQ_PER_CONNECTION:-100}
 # DOQ_RESUMPTION=1: the DoQ client resumes TLS sessions (RFC 9250 §5.5 recommends it)
 DOQ_RESUMPTION=${DOQ_RESUMPTION:-0}
 DOQ_RESUME=()
+# DOQ_RATE=Q: offer Q queries/s in all to both servers (paced, latency from each query's
+# send time) instead of the closed loop, to compare p99 at the same load
+DOQ_RATE=${DOQ_RATE:-0}
 [ "$DOQ_RESUMPTION" = 1 ] && DOQ_RESUME=(--resumption)
 DOH_CLIENTS=${DOH_CLIENTS:-4}
 DOH_STREAMS=${DOH_STREAMS:-32}
@@ -396,7 +399,7 @@ doq() {
     out=$("$LOADTEST" doq --server "127.0.0.1:$port" --fingerprint "$FP" --server-pid "$pid" \
         --connections "$DOQ_CONNECTIONS" --streams "$DOQ_STREAMS" --client-threads 2 \
         --queries-per-connection "$per" --dns-names "$ZONE_NAMES" --duration "$SECONDS_RUN" \
-        --warmup 1 --json "${DOQ_RESUME[@]}" 2>"$W/doq.err") || true
+        --warmup 1 --json --rate "$DOQ_RATE" "${DOQ_RESUME[@]}" 2>"$W/doq.err") || true
     # a run with failed queries still prints its JSON (and exits non-zero): report both
     [[ $out == "{"* ]] || { echo "$label: $(cat "$W/doq.err")"; return 0; }
     python3 - "$label" "$out" "$W/doq-${label%% *}" <<'PY'
@@ -454,7 +457,7 @@ summary() {
 
 if [ "$DOQ" = 1 ]; then
     FP=$(openssl x509 -in "$W/cert.pem" -noout -fingerprint -sha256 | cut -d= -f2)
-    echo "== DoQ: $DOQ_CONNECTIONS connections x $DOQ_STREAMS queries in flight, 2 client threads, $DOQ_PER_CONNECTION queries per connection, resumption $DOQ_RESUMPTION"
+    echo "== DoQ: $DOQ_CONNECTIONS connections x $DOQ_STREAMS queries in flight, 2 client threads, $DOQ_PER_CONNECTION queries per connection, resumption $DOQ_RESUMPTION, offered rate $DOQ_RATE q/s (0: closed loop)"
     for r in $(seq 1 "$ROUNDS"); do
         doq "alknet doq #$r" "$ALKNET_PID" "$ALKNET_QUIC_PORT" "$DOQ_PER_CONNECTION"
         doq "hickory doq #$r" "$HICKORY_PID" "$HICKORY_QUIC_PORT" "$DOQ_PER_CONNECTION"

@@ -7,6 +7,15 @@
 //! carries at most `queries_per_connection` queries, then is closed and replaced by a new
 //! one (the handshake is part of the load), as a DoQ client must do against a server that
 //! ends connections after a fixed number of queries (hickory-dns ends each one after 100).
+//!
+//! With `rate` set the load is offered at that many queries per second instead (to compare
+//! latency at the same load, where a closed loop compares it at each server's own rate):
+//! each connection loop hands out send times `connections / rate` apart, a slot waits for
+//! its time before it asks, and a query whose slot was still busy at its send time counts
+//! its latency from that time, not from when the slot got to it, so a server that falls
+//! behind is charged for the queue it caused (no coordinated omission); a slot that waited
+//! counts from when the query left (the timer's lateness is the client's, not the server's). `streams` still bounds the queries in flight per connection;
+//! a run that cannot keep up shows it as queries/s below the rate.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -39,6 +48,9 @@ pub struct Doq {
     pub queries_per_connection: u64,
     /// Framed queries (length prefix included), sent round robin.
     pub queries: Arc<Vec<Bytes>>,
+    /// Paced mode: time between two send times of one connection loop (`None`: closed
+    /// loop).
+    pub pace: Option<Duration>,
 }
 
 impl Doq {
@@ -51,15 +63,20 @@ impl Doq {
         queries_per_connection: u64,
         zone: &str,
         names: u32,
+        rate: u64,
     ) -> Result<Self, String> {
         let queries = (0..names.max(1))
             .map(|i| framed_query(&format!("host{i}.{zone}")))
             .collect::<Result<Vec<_>, _>>()?;
+        // every connection loop offers rate / connections queries per second
+        let pace =
+            (rate > 0).then(|| Duration::from_secs_f64(connections.max(1) as f64 / rate as f64));
         Ok(Self {
             connections: split(connections, threads),
             streams,
             queries_per_connection,
             queries: Arc::new(queries),
+            pace,
         })
     }
 }
@@ -112,12 +129,17 @@ impl Workload for Doq {
         let loops: Vec<_> = (0..n)
             .map(|i| {
                 let start = (thread.index * 7919 + i * 104_729) % this.queries.len();
+                // paced loops start spread over one interval, not all at once
+                let offset = this.pace.map_or(Duration::ZERO, |p| {
+                    p.mul_f64((i * 2 + thread.index) as f64 / (n * 2).max(1) as f64)
+                });
                 monoio::spawn(connection_loop(
                     thread.clone(),
                     this.clone(),
                     sched,
                     tally.clone(),
                     start,
+                    offset,
                 ))
             })
             .collect();
@@ -141,7 +163,10 @@ async fn connection_loop(
     sched: Schedule,
     tally: Rc<RefCell<Tally>>,
     mut next: usize,
+    offset: Duration,
 ) {
+    // paced mode: the next send time, carried over to the replacement connection
+    let tickets = Rc::new(Cell::new(Instant::now() + offset));
     while Instant::now() < sched.end {
         let mut scratch = Tally::default();
         let Some(conn) = thread.connect(&mut scratch).await else {
@@ -171,6 +196,7 @@ async fn connection_loop(
                     issued.clone(),
                     budget,
                     first,
+                    tickets.clone(),
                 ))
             })
             .collect();
@@ -191,10 +217,30 @@ async fn slot(
     issued: Rc<Cell<u64>>,
     budget: u64,
     mut q: usize,
+    tickets: Rc<Cell<Instant>>,
 ) {
     while Instant::now() < sched.end && issued.get() < budget && conn.close_reason().is_none() {
         issued.set(issued.get() + 1);
-        let started = Instant::now();
+        let started = match doq.pace {
+            None => Instant::now(),
+            Some(pace) => {
+                let at = tickets.get();
+                tickets.set(at + pace);
+                if at >= sched.end {
+                    break;
+                }
+                if Instant::now() >= at {
+                    // late because this slot's previous query was still out: the server's
+                    // backlog, charged from the send time
+                    at
+                } else {
+                    // early: wait, and count from when it really leaves (monoio's timer
+                    // fires up to a millisecond late; that delay is the client's)
+                    monoio::time::sleep_until(monoio::time::Instant::from_std(at)).await;
+                    Instant::now()
+                }
+            }
+        };
         let deadline = (started + QUERY_TIMEOUT).min(sched.end);
         let query = doq.queries[q].clone();
         q = (q + doq.streams) % doq.queries.len();
@@ -230,6 +276,16 @@ async fn ask(conn: &Connection, query: Bytes) -> Result<u64, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_offered_rate_is_split_over_the_connections() {
+        let closed = Doq::new(32, 2, 8, 100, "bench.test", 10, 0).expect("closed loop");
+        assert_eq!(closed.pace, None);
+        assert_eq!(closed.connections, vec![16, 16]);
+        let paced = Doq::new(32, 2, 8, 100, "bench.test", 10, 64_000).expect("paced");
+        // 32 loops at 2 000 queries/s each
+        assert_eq!(paced.pace, Some(Duration::from_micros(500)));
+    }
 
     #[test]
     fn query_is_framed_with_id_zero() {

@@ -186,6 +186,11 @@ struct RunArgs {
     /// (0: until the run ends). hickory-dns 0.26 ends every DoQ connection after 100.
     #[arg(long, default_value_t = 0)]
     queries_per_connection: u64,
+    /// doq: offer this many queries per second in all (send times paced per connection,
+    /// latency counted from each query's send time); 0: closed loop, each slot asks again
+    /// as soon as it has its answer.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// doq: the zone whose host<i> names are asked for.
     #[arg(long, default_value = "bench.test")]
     dns_zone: String,
@@ -747,6 +752,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
                 args.queries_per_connection,
                 &args.dns_zone,
                 args.dns_names,
+                args.rate,
             )?,
             sample,
         ),
@@ -828,8 +834,12 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         ),
         WorkloadKind::Idle => format!("{label}: {connections} idle connections"),
         WorkloadKind::Doq => format!(
-            "{label}: {threads} client threads, {connections} conns x {} queries in flight, {} queries per connection, A for {} names of {}",
+            "{label}: {threads} client threads, {connections} conns x {} queries in flight{}, {} queries per connection, A for {} names of {}",
             args.streams,
+            match args.rate {
+                0 => String::new(),
+                r => format!(" (at most; paced at {r} queries/s in all)"),
+            },
             match args.queries_per_connection {
                 0 => "unlimited".to_string(),
                 n => n.to_string(),
