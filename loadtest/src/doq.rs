@@ -183,7 +183,11 @@ async fn connection_loop(
             0 => u64::MAX,
             n => n,
         };
-        let issued = Rc::new(Cell::new(0u64));
+        let quota = Rc::new(Quota {
+            issued: Cell::new(0),
+            budget,
+            tickets: tickets.clone(),
+        });
         let slots: Vec<_> = (0..doq.streams)
             .map(|_| {
                 let first = next;
@@ -193,33 +197,44 @@ async fn connection_loop(
                     doq.clone(),
                     sched,
                     tally.clone(),
-                    issued.clone(),
-                    budget,
+                    quota.clone(),
                     first,
-                    tickets.clone(),
                 ))
             })
             .collect();
         for s in slots {
             s.await;
         }
-        next = (next + issued.get() as usize) % doq.queries.len();
+        next = (next + quota.issued.get() as usize) % doq.queries.len();
         conn.close(VarInt::from_u32(0), b"");
     }
 }
 
-/// One closed-loop query slot on `conn`, while the connection's budget lasts.
+/// What the slots of one connection share.
+struct Quota {
+    /// Queries asked on this connection so far.
+    issued: Cell<u64>,
+    /// Queries the connection may carry.
+    budget: u64,
+    /// Paced mode: the connection loop's next send time.
+    tickets: Rc<Cell<Instant>>,
+}
+
+/// One query slot on `conn`, while the connection's budget lasts.
 async fn slot(
     conn: Connection,
     doq: Rc<Doq>,
     sched: Schedule,
     tally: Rc<RefCell<Tally>>,
-    issued: Rc<Cell<u64>>,
-    budget: u64,
+    quota: Rc<Quota>,
     mut q: usize,
-    tickets: Rc<Cell<Instant>>,
 ) {
-    while Instant::now() < sched.end && issued.get() < budget && conn.close_reason().is_none() {
+    let Quota {
+        issued,
+        budget,
+        tickets,
+    } = &*quota;
+    while Instant::now() < sched.end && issued.get() < *budget && conn.close_reason().is_none() {
         issued.set(issued.get() + 1);
         let started = match doq.pace {
             None => Instant::now(),
