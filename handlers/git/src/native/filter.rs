@@ -404,19 +404,14 @@ mod tests {
     use super::*;
 
     fn verdict(f: &ObjectFilter, is_tree: bool, depth: u64) -> Verdict {
-        let id = gix::ObjectId::null(gix::hash::Kind::Sha1);
-        // the verdicts tested here read no object
-        let place = Place {
-            depth,
-            ..Place::ROOT
-        };
-        f.verdict(
-            &gix::objs::find::Never::panic_on_access(),
-            &id,
+        verdict_at(
+            f,
             is_tree,
-            &place,
+            Place {
+                depth,
+                ..Place::ROOT
+            },
         )
-        .expect("no object read")
     }
 
     #[test]
@@ -649,6 +644,7 @@ mod tests {
 
     fn verdict_at(f: &ObjectFilter, is_tree: bool, place: Place<'_>) -> Verdict {
         let id = gix::ObjectId::null(gix::hash::Kind::Sha1);
+        // the verdicts tested here read no object
         f.verdict(
             &gix::objs::find::Never::panic_on_access(),
             &id,
