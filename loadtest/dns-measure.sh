@@ -399,7 +399,7 @@ doq() {
     out=$("$LOADTEST" doq --server "127.0.0.1:$port" --fingerprint "$FP" --server-pid "$pid" \
         --connections "$DOQ_CONNECTIONS" --streams "$DOQ_STREAMS" --client-threads 2 \
         --queries-per-connection "$per" --dns-names "$ZONE_NAMES" --duration "$SECONDS_RUN" \
-        --warmup 1 --json --rate "$DOQ_RATE" "${DOQ_RESUME[@]}" 2>"$W/doq.err") || true
+        --warmup 1 --json --doq-rate "$DOQ_RATE" "${DOQ_RESUME[@]}" 2>"$W/doq.err") || true
     # a run with failed queries still prints its JSON (and exits non-zero): report both
     [[ $out == "{"* ]] || { echo "$label: $(cat "$W/doq.err")"; return 0; }
     python3 - "$label" "$out" "$W/doq-${label%% *}" <<'PY'

@@ -8,7 +8,7 @@
 //! one (the handshake is part of the load), as a DoQ client must do against a server that
 //! ends connections after a fixed number of queries (hickory-dns ends each one after 100).
 //!
-//! With `rate` set the load is offered at that many queries per second instead (to compare
+//! With `--doq-rate` set the load is offered at that many queries per second instead (to compare
 //! latency at the same load, where a closed loop compares it at each server's own rate):
 //! each connection loop hands out send times `connections / rate` apart, a slot waits for
 //! its time before it asks, and a query whose slot was still busy at its send time counts

@@ -190,7 +190,7 @@ struct RunArgs {
     /// latency counted from each query's send time); 0: closed loop, each slot asks again
     /// as soon as it has its answer.
     #[arg(long, default_value_t = 0)]
-    rate: u64,
+    doq_rate: u64,
     /// doq: the zone whose host<i> names are asked for.
     #[arg(long, default_value = "bench.test")]
     dns_zone: String,
@@ -752,7 +752,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
                 args.queries_per_connection,
                 &args.dns_zone,
                 args.dns_names,
-                args.rate,
+                args.doq_rate,
             )?,
             sample,
         ),
@@ -836,7 +836,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         WorkloadKind::Doq => format!(
             "{label}: {threads} client threads, {connections} conns x {} queries in flight{}, {} queries per connection, A for {} names of {}",
             args.streams,
-            match args.rate {
+            match args.doq_rate {
                 0 => String::new(),
                 r => format!(" (at most; paced at {r} queries/s in all)"),
             },
@@ -944,4 +944,16 @@ fn run_probe(p: &ProbeArgs) -> Result<(), String> {
         seal.packet, seal.packets_per_sec, seal.gbit_per_sec
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_subcommand_s_arguments_are_consistent() {
+        // clap checks argument names only when a command is built, in debug builds: a
+        // workload flag that collides with another subcommand's (as --rate once did with
+        // flood's) would otherwise surface only when that subcommand runs
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }
