@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 pub const GENERATION_LOCK_FILE: &str = ".generate.lock";
 
 /// Creates `dir` (and its parents) with mode 0700 if missing.
-pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+fn create_private_dir(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -30,13 +30,13 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 
 /// An exclusive lock on `dir`'s [`GENERATION_LOCK_FILE`], held until dropped (`flock`: it
 /// ends with the process, so a crash leaves nothing to clean up).
-pub struct GenerationLock {
+struct GenerationLock {
     _file: File,
 }
 
 impl GenerationLock {
     /// Creates `dir` (mode 0700) if needed and waits for the lock.
-    pub fn acquire(dir: &Path) -> io::Result<Self> {
+    fn acquire(dir: &Path) -> io::Result<Self> {
         create_private_dir(dir)?;
         let file = fs::OpenOptions::new()
             .write(true)
@@ -47,6 +47,30 @@ impl GenerationLock {
         file.lock()?;
         Ok(Self { _file: file })
     }
+}
+
+/// What is kept at `files` in `dir`, read by `load`; or, when any of them is missing, made
+/// by `generate` (which writes them, with [`write_atomically`]) under `dir`'s
+/// [`GenerationLock`], after checking again under the lock that no other process made them
+/// meanwhile. Also whether it was generated now. `lock_error` turns a failure to create
+/// `dir` or take the lock into the caller's error.
+pub fn load_or_generate<T, E>(
+    dir: &Path,
+    files: &[&Path],
+    load: impl Fn() -> Result<T, E>,
+    generate: impl FnOnce() -> Result<T, E>,
+    lock_error: impl FnOnce(io::Error) -> E,
+) -> Result<(T, bool), E> {
+    let present = || files.iter().all(|f| f.exists());
+    if present() {
+        return load().map(|kept| (kept, false));
+    }
+    let _lock = GenerationLock::acquire(dir).map_err(lock_error)?;
+    if present() {
+        // another process generated them while this one waited for the lock
+        return load().map(|kept| (kept, false));
+    }
+    generate().map(|made| (made, true))
 }
 
 /// Writes `data` to `path` with `mode`: into a temporary file beside it, synced, then
@@ -104,6 +128,46 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("secret")]);
+    }
+
+    #[test]
+    fn one_of_many_generators_at_once_generates_and_the_others_load_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("data");
+        let path = sub.join("secret");
+        let starts = std::sync::Barrier::new(8);
+        let results: Vec<(Vec<u8>, bool)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let (path, sub, starts) = (&path, &sub, &starts);
+                    s.spawn(move || {
+                        starts.wait();
+                        load_or_generate(
+                            sub,
+                            &[path],
+                            || fs::read(path),
+                            || {
+                                // slow enough that the others reach the lock meanwhile
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                                write_atomically(path, &[i], 0o600).map(|()| vec![i])
+                            },
+                            |e| e,
+                        )
+                        .expect("load or generate")
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        let on_disk = fs::read(&path).expect("kept");
+        assert_eq!(
+            results.iter().filter(|(_, generated)| *generated).count(),
+            1
+        );
+        assert!(results.iter().all(|(kept, _)| *kept == on_disk));
     }
 
     #[test]

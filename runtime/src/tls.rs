@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use alknet_proto::Fingerprint;
-
-use crate::secret_files;
 pub use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -17,6 +15,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::secret_files;
 
 pub use crate::wtcert::{
     WebTransportCert, WebTransportCertEntry, WebTransportCerts, WEBTRANSPORT_CERT_ANNOUNCE_BEFORE,
@@ -185,25 +185,24 @@ impl TlsIdentity {
     pub fn load_or_generate(dir: &Path) -> Result<(Self, bool), TlsError> {
         let cert = dir.join(GENERATED_CERT_FILE);
         let key = dir.join(GENERATED_KEY_FILE);
-        let present = || cert.exists() && key.exists();
-        if present() {
-            return Ok((Self::from_pem_files(&cert, &key)?, false));
-        }
         let write_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| TlsError::Write { path, source }
         };
-        let _lock = secret_files::GenerationLock::acquire(dir).map_err(write_err(dir))?;
-        if present() {
-            // another process generated it while this one waited for the lock
-            return Ok((Self::from_pem_files(&cert, &key)?, false));
-        }
-        let generated = Self::generate_self_signed(&[])?;
-        secret_files::write_atomically(&key, generated.key_pem().as_bytes(), 0o600)
-            .map_err(write_err(&key))?;
-        secret_files::write_atomically(&cert, generated.chain_pem().as_bytes(), 0o644)
-            .map_err(write_err(&cert))?;
-        Ok((generated, true))
+        secret_files::load_or_generate(
+            dir,
+            &[&cert, &key],
+            || Self::from_pem_files(&cert, &key),
+            || {
+                let generated = Self::generate_self_signed(&[])?;
+                secret_files::write_atomically(&key, generated.key_pem().as_bytes(), 0o600)
+                    .map_err(write_err(&key))?;
+                secret_files::write_atomically(&cert, generated.chain_pem().as_bytes(), 0o644)
+                    .map_err(write_err(&cert))?;
+                Ok(generated)
+            },
+            write_err(dir),
+        )
     }
 
     /// The certificate chain as PEM.

@@ -238,24 +238,23 @@ pub fn keypair_from_seed(seed: &[u8; 32]) -> pkarr::Keypair {
 /// (A key from the vault would make the name survive a reinstall; this one lives and dies
 /// with the data directory.)
 pub fn node_keypair(path: &Path) -> Result<pkarr::Keypair, PublishError> {
-    let storage = |e: std::io::Error| PublishError::Storage(format!("{}: {e}", path.display()));
-    let load = || {
-        pkarr::Keypair::from_secret_key_file(path)
-            .map_err(|e| PublishError::Storage(format!("{}: {e}", path.display())))
-    };
-    if path.exists() {
-        return load();
-    }
+    use alknet_runtime::secret_files::{load_or_generate, write_atomically};
+    let storage =
+        |e: &dyn std::fmt::Display| PublishError::Storage(format!("{}: {e}", path.display()));
     // two servers starting at once must end with one key (secret_files says why)
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let _lock = alknet_runtime::secret_files::GenerationLock::acquire(dir).map_err(storage)?;
-    if path.exists() {
-        return load();
-    }
-    let kp = pkarr::Keypair::random();
-    let hex: String = kp.secret_key().iter().map(|b| format!("{b:02x}")).collect();
-    alknet_runtime::secret_files::write_atomically(path, hex.as_bytes(), 0o600).map_err(storage)?;
-    Ok(kp)
+    load_or_generate(
+        path.parent().unwrap_or(Path::new(".")),
+        &[path],
+        || pkarr::Keypair::from_secret_key_file(path).map_err(|e| storage(&e)),
+        || {
+            let kp = pkarr::Keypair::random();
+            let hex: String = kp.secret_key().iter().map(|b| format!("{b:02x}")).collect();
+            write_atomically(path, hex.as_bytes(), 0o600).map_err(|e| storage(&e))?;
+            Ok(kp)
+        },
+        |e| storage(&e),
+    )
+    .map(|(kp, _)| kp)
 }
 
 impl PkarrStore {

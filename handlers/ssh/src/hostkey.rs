@@ -7,7 +7,7 @@ use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::PrivateKey;
 
-use alknet_runtime::secret_files::{write_atomically, GenerationLock};
+use alknet_runtime::secret_files::{load_or_generate, write_atomically};
 
 /// File name of the generated host key in the data directory (OpenSSH's name for it).
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
@@ -49,35 +49,36 @@ pub fn load_host_key(path: &Path) -> Result<PrivateKey, HostKeyError> {
 /// generated now.
 pub fn load_or_generate_host_key(dir: &Path) -> Result<(PrivateKey, bool), HostKeyError> {
     let path = dir.join(HOST_KEY_FILE);
-    if path.exists() {
-        return Ok((load_host_key(&path)?, false));
-    }
     let io = |source| HostKeyError::Io {
         path: path.clone(),
         source,
     };
     // two servers starting at once must end with one key (secret_files says why)
-    let _lock = GenerationLock::acquire(dir).map_err(io)?;
-    if path.exists() {
-        return Ok((load_host_key(&path)?, false));
-    }
-    let key = generate_ed25519()?;
-    let text = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| HostKeyError::Key {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-    write_atomically(&path, text.as_bytes(), 0o600).map_err(io)?;
-    // the public half beside it, as OpenSSH does, for known_hosts entries
-    if let Ok(public) = key.public_key().to_openssh() {
-        let _ = write_atomically(
-            &path.with_extension("pub"),
-            format!("{public}\n").as_bytes(),
-            0o644,
-        );
-    }
-    Ok((key, true))
+    load_or_generate(
+        dir,
+        &[&path],
+        || load_host_key(&path),
+        || {
+            let key = generate_ed25519()?;
+            let text = key
+                .to_openssh(LineEnding::LF)
+                .map_err(|e| HostKeyError::Key {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            write_atomically(&path, text.as_bytes(), 0o600).map_err(io)?;
+            // the public half beside it, as OpenSSH does, for known_hosts entries
+            if let Ok(public) = key.public_key().to_openssh() {
+                let _ = write_atomically(
+                    &path.with_extension("pub"),
+                    format!("{public}\n").as_bytes(),
+                    0o644,
+                );
+            }
+            Ok(key)
+        },
+        io,
+    )
 }
 
 /// A fresh ed25519 key from the system's CSPRNG.
