@@ -8,14 +8,15 @@
 //! one (the handshake is part of the load), as a DoQ client must do against a server that
 //! ends connections after a fixed number of queries (hickory-dns ends each one after 100).
 //!
-//! With `--doq-rate` set the load is offered at that many queries per second instead (to compare
-//! latency at the same load, where a closed loop compares it at each server's own rate):
-//! each connection loop hands out send times `connections / rate` apart, a slot waits for
-//! its time before it asks, and a query whose slot was still busy at its send time counts
-//! its latency from that time, not from when the slot got to it, so a server that falls
-//! behind is charged for the queue it caused (no coordinated omission); a slot that waited
-//! counts from when the query left (the timer's lateness is the client's, not the server's). `streams` still bounds the queries in flight per connection;
-//! a run that cannot keep up shows it as queries/s below the rate.
+//! With `--doq-rate` set the load is offered at that many queries per second instead (to
+//! compare latency at the same load, where a closed loop compares it at each server's own
+//! rate): each connection loop hands out send times `connections / rate` apart, a slot
+//! waits for its time before it asks, and a query whose slot was still busy at its send
+//! time counts its latency from that time, not from when the slot got to it, so a server
+//! that falls behind is charged for the queue it caused (no coordinated omission); a slot
+//! that waited counts from when the query left (the timer's lateness is the client's, not
+//! the server's). `streams` still bounds the queries in flight per connection; a run that
+//! cannot keep up shows it as queries/s below the rate.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -124,14 +125,17 @@ impl Workload for Doq {
         let thread = Rc::new(thread);
         let tally = Rc::new(RefCell::new(Tally::default()));
         let n = self.connections.get(thread.index).copied().unwrap_or(0);
+        // this thread's loops in the run's numbering of all loops
+        let before: usize = self.connections.iter().take(thread.index).sum();
+        let all: usize = self.connections.iter().sum();
         let this = Rc::new(self);
         // each loop starts at a different query, so the threads do not ask in lock-step
         let loops: Vec<_> = (0..n)
             .map(|i| {
                 let start = (thread.index * 7919 + i * 104_729) % this.queries.len();
-                // paced loops start spread over one interval, not all at once
+                // paced loops start spread evenly over one interval, not all at once
                 let offset = this.pace.map_or(Duration::ZERO, |p| {
-                    p.mul_f64((i * 2 + thread.index) as f64 / (n * 2).max(1) as f64)
+                    p.mul_f64((before + i) as f64 / all.max(1) as f64)
                 });
                 monoio::spawn(connection_loop(
                     thread.clone(),
@@ -235,15 +239,16 @@ async fn slot(
         tickets,
     } = &*quota;
     while Instant::now() < sched.end && issued.get() < *budget && conn.close_reason().is_none() {
+        // counted before any wait, so the slots waiting together never pass the budget
         issued.set(issued.get() + 1);
         let started = match doq.pace {
             None => Instant::now(),
             Some(pace) => {
                 let at = tickets.get();
-                tickets.set(at + pace);
                 if at >= sched.end {
                     break;
                 }
+                tickets.set(at + pace);
                 if Instant::now() >= at {
                     // late because this slot's previous query was still out: the server's
                     // backlog, charged from the send time
