@@ -1,6 +1,8 @@
 //! The IO driver of one SFTP session over any tokio byte stream: reads requests, runs up
-//! to `max_outstanding` of them at once on blocking threads (ordered per handle by the
-//! [`Sequencer`]), and writes each reply as soon as it is ready (SFTP matches replies by
+//! to `max_outstanding` of them at once (ordered per handle by the [`Sequencer`]): on
+//! blocking threads those that may wait for a device or take long ([`Server::may_wait`]),
+//! the others (open, stat, close, reads and writes of files in memory, ...) at once on
+//! the session's task, and writes each reply as soon as it is ready (SFTP matches replies by
 //! id), except that replies on one handle keep their requests' order (see
 //! [`ReplyOrder`]). Unlike `russh_sftp::server::run`, which awaits each
 //! request before reading the next, this keeps a pipelining client (OpenSSH keeps 64
@@ -206,21 +208,29 @@ where
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     let mut eof = false;
     let start = |job: Job<Packet>| -> Running {
+        let Job { req, cost, place } = job;
+        let id = req.get_request_id();
+        let failed = move |why: &dyn std::fmt::Display| {
+            tracing::error!("sftp: request {id} failed: {why}");
+            encode(Packet::status(
+                id,
+                StatusCode::Failure,
+                "internal error",
+                "en",
+            ))
+        };
+        if !server.may_wait(&req) {
+            // a few system calls: cheaper here than a hop to a blocking thread and back;
+            // a panic fails the request, as on a blocking thread, not the session
+            let run = std::panic::AssertUnwindSafe(|| server.execute(req));
+            let reply = std::panic::catch_unwind(run).unwrap_or_else(|_| failed(&"panicked"));
+            return Box::pin(std::future::ready(Done { place, cost, reply }));
+        }
         let server = server.clone();
         Box::pin(async move {
-            let Job { req, cost, place } = job;
-            let id = req.get_request_id();
             let reply = tokio::task::spawn_blocking(move || server.execute(req))
                 .await
-                .unwrap_or_else(|e| {
-                    tracing::error!("sftp: request {id} failed: {e}");
-                    encode(Packet::status(
-                        id,
-                        StatusCode::Failure,
-                        "internal error",
-                        "en",
-                    ))
-                });
+                .unwrap_or_else(|e| failed(&e));
             Done { place, cost, reply }
         })
     };

@@ -84,7 +84,12 @@ pub struct Plan {
 }
 
 enum Handle_ {
-    File { file: Arc<File>, append: bool },
+    File {
+        file: Arc<File>,
+        append: bool,
+        /// On a file system in memory ([`in_memory`]), decided at open.
+        in_memory: bool,
+    },
     Dir(Arc<Mutex<DirState>>),
 }
 
@@ -136,6 +141,17 @@ impl From<rustix::io::Errno> for Failed {
 
 fn fail<T>(code: StatusCode, msg: impl Into<String>) -> Result<T, Failed> {
     Err(Failed(code, msg.into()))
+}
+
+/// `f_type` of tmpfs and ramfs (`statfs(2)`): file systems in memory.
+const MEMORY_FS_MAGIC: [rustix::fs::FsWord; 2] = [0x0102_1994, 0x8584_58f6];
+
+/// Whether `file` is on a file system in memory (tmpfs, ramfs): reading and writing it
+/// copies memory and never waits for a device. Such file systems offer no non-blocking
+/// reads (`RWF_NOWAIT` fails with `EOPNOTSUPP`), so a driver that avoids waiting on its
+/// own thread needs to know.
+fn in_memory(file: &File) -> bool {
+    rustix::fs::fstatfs(file).is_ok_and(|s| MEMORY_FS_MAGIC.contains(&s.f_type))
 }
 
 /// Encodes a reply; a packet that cannot be encoded (a name over 4 GiB) becomes a failure.
@@ -296,6 +312,29 @@ impl Server {
         }
     }
 
+    /// Whether running `packet` may wait for a device or take long, and so belongs on a
+    /// blocking thread: `READ` and `WRITE` of a file not in memory, `copy-data` (a whole
+    /// range) and `fsync@openssh.com`. Everything else (open, stat, close, readdir,
+    /// rename, ...) is a few system calls on a local file system, and a hop to another
+    /// thread and back costs more than the calls: drivers run those where they are.
+    pub fn may_wait(&self, packet: &Packet) -> bool {
+        let on_device = |h: &str| {
+            !matches!(
+                self.handles.lock().ok().as_ref().and_then(|t| t.get(h)),
+                Some(Handle_::File {
+                    in_memory: true,
+                    ..
+                })
+            )
+        };
+        match packet {
+            Packet::Read(r) => on_device(&r.handle),
+            Packet::Write(w) => on_device(&w.handle),
+            Packet::Extended(e) => e.request == "copy-data" || e.request == "fsync@openssh.com",
+            _ => false,
+        }
+    }
+
     /// `Ok` if the session's grants allow what request `id` needs, else its
     /// `SSH_FX_PERMISSION_DENIED` reply.
     pub fn check(&self, id: u32, need: Need) -> Result<(), Bytes> {
@@ -320,11 +359,16 @@ impl Server {
     }
 
     /// The open file behind `handle`, for a driver that reads and writes it itself (the
-    /// worker front, through io_uring), or the reply to request `id` when there is none.
-    pub fn file_of(&self, id: u32, handle: &str) -> Result<Arc<File>, Bytes> {
-        self.file(handle)
-            .map(|(file, _)| file)
-            .map_err(|Failed(code, msg)| status(id, code, &msg))
+    /// worker front, through io_uring), and whether it is on a file system in memory; or
+    /// the reply to request `id` when there is none.
+    pub fn file_of(&self, id: u32, handle: &str) -> Result<(Arc<File>, bool), Bytes> {
+        match self.handle(handle) {
+            Ok(Handle_::File {
+                file, in_memory, ..
+            }) => Ok((file, in_memory)),
+            Ok(Handle_::Dir(_)) => Err(status(id, StatusCode::Failure, "a directory handle")),
+            Err(Failed(code, msg)) => Err(status(id, code, &msg)),
+        }
     }
 
     /// Serves one request (not `INIT`) and returns the encoded reply.
@@ -519,9 +563,14 @@ impl Server {
     fn handle(&self, h: &str) -> Result<Handle_, Failed> {
         let table = self.handles.lock().map_err(|_| poisoned())?;
         match table.get(h) {
-            Some(Handle_::File { file, append }) => Ok(Handle_::File {
+            Some(Handle_::File {
+                file,
+                append,
+                in_memory,
+            }) => Ok(Handle_::File {
                 file: file.clone(),
                 append: *append,
+                in_memory: *in_memory,
             }),
             Some(Handle_::Dir(d)) => Ok(Handle_::Dir(d.clone())),
             None => fail(StatusCode::Failure, "no such handle"),
@@ -530,7 +579,7 @@ impl Server {
 
     fn file(&self, h: &str) -> Result<(Arc<File>, bool), Failed> {
         match self.handle(h)? {
-            Handle_::File { file, append } => Ok((file, append)),
+            Handle_::File { file, append, .. } => Ok((file, append)),
             Handle_::Dir(_) => fail(StatusCode::Failure, "a directory handle"),
         }
     }
@@ -594,10 +643,12 @@ impl Server {
         }
         // back to blocking for the reads and writes
         rustix::fs::fcntl_setfl(&fd, rustix::fs::fcntl_getfl(&fd)? - OFlags::NONBLOCK)?;
+        let file = File::from(fd);
         self.add_handle(
             id,
             Handle_::File {
-                file: Arc::new(File::from(fd)),
+                in_memory: in_memory(&file),
+                file: Arc::new(file),
                 append,
             },
         )

@@ -87,9 +87,6 @@ struct Session {
     files: RefCell<HashMap<String, Rc<OpenFile>>>,
 }
 
-/// `f_type` of tmpfs and ramfs (`statfs(2)`): file systems in memory.
-const MEMORY_FS_MAGIC: [rustix::fs::FsWord; 2] = [0x0102_1994, 0x8584_58f6];
-
 /// A file handle as this driver reads and writes it.
 struct OpenFile {
     std: Arc<std::fs::File>,
@@ -106,12 +103,10 @@ struct OpenFile {
 }
 
 impl OpenFile {
-    fn new(std: Arc<std::fs::File>) -> Self {
-        let in_memory =
-            rustix::fs::fstatfs(&*std).is_ok_and(|s| MEMORY_FS_MAGIC.contains(&s.f_type));
+    fn new((std, in_memory): (Arc<std::fs::File>, bool)) -> Self {
         Self {
-            std,
             in_memory,
+            std,
             no_nowait: Cell::new(false),
             ring: OnceCell::new(),
         }
@@ -287,9 +282,7 @@ impl Session {
             // CLOSE runs after every earlier request on its handle (sequencer)
             self.files.borrow_mut().remove(&c.handle);
         }
-        let slow = matches!(&packet, Packet::Extended(e)
-            if e.request == "copy-data" || e.request == "fsync@openssh.com");
-        if !slow {
+        if !self.server.may_wait(&packet) {
             return self.server.execute(packet);
         }
         let id = packet.get_request_id();
