@@ -12,7 +12,10 @@ struct Fixture {
 }
 
 fn fixture(read: bool, write: bool) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
+    fixture_in(tempfile::tempdir().unwrap(), read, write)
+}
+
+fn fixture_in(dir: tempfile::TempDir, read: bool, write: bool) -> Fixture {
     let base = dir.path().to_path_buf();
     std::fs::write(base.join("secret"), b"outside").unwrap();
     let jail = Jail::for_identity(&base, "alice").unwrap();
@@ -486,4 +489,50 @@ fn plans_name_handles_and_scopes() {
 fn ls_dates() {
     assert_eq!(ls_date(0), "Jan  1 00:00");
     assert_eq!(ls_date(1_700_000_000), "Nov 14 22:13");
+}
+
+#[test]
+fn only_device_io_and_long_extensions_may_wait() {
+    let mut dirs = vec![tempfile::tempdir().unwrap()];
+    // a file system in memory too, where there is one (reads and writes then run inline)
+    if let Ok(shm) = tempfile::tempdir_in("/dev/shm") {
+        dirs.push(shm);
+    }
+    for dir in dirs {
+        let on_memory_fs =
+            rustix::fs::statfs(dir.path()).is_ok_and(|s| MEMORY_FS_MAGIC.contains(&s.f_type));
+        let f = fixture_in(dir, true, true);
+        let h = f.open("f", W).unwrap();
+        let read = Packet::Read(Read {
+            id: 2,
+            handle: h.clone(),
+            offset: 0,
+            len: 10,
+        });
+        let write = Packet::Write(Write {
+            id: 3,
+            handle: h.clone(),
+            offset: 0,
+            data: b"x".to_vec(),
+        });
+        assert_eq!(f.server.may_wait(&read), !on_memory_fs);
+        assert_eq!(f.server.may_wait(&write), !on_memory_fs);
+        let ext = |request: &str| {
+            Packet::Extended(Extended {
+                id: 4,
+                request: request.into(),
+                data: Vec::new(),
+            })
+        };
+        assert!(f.server.may_wait(&ext("copy-data")));
+        assert!(f.server.may_wait(&ext("fsync@openssh.com")));
+        assert!(!f.server.may_wait(&ext("statvfs@openssh.com")));
+        let stat = Packet::Stat(Stat {
+            id: 5,
+            path: "f".into(),
+        });
+        assert!(!f.server.may_wait(&stat));
+        let close = Packet::Close(Close { id: 6, handle: h });
+        assert!(!f.server.may_wait(&close));
+    }
 }
