@@ -84,13 +84,17 @@ pub struct Plan {
 }
 
 enum Handle_ {
-    File {
-        file: Arc<File>,
-        append: bool,
-        /// On a file system in memory ([`in_memory`]), decided at open.
-        in_memory: bool,
-    },
+    File(OpenedFile),
     Dir(Arc<Mutex<DirState>>),
+}
+
+/// A file handle's entry.
+#[derive(Clone)]
+struct OpenedFile {
+    file: Arc<File>,
+    append: bool,
+    /// On a file system in memory ([`in_memory`]), decided at open.
+    in_memory: bool,
 }
 
 struct DirState {
@@ -303,7 +307,7 @@ impl Server {
                 .ok()
                 .as_ref()
                 .and_then(|h| h.get(handle)),
-            Some(Handle_::File { append: true, .. })
+            Some(Handle_::File(OpenedFile { append: true, .. }))
         );
         if append {
             Access::Exclusive
@@ -318,15 +322,7 @@ impl Server {
     /// rename, ...) is a few system calls on a local file system, and a hop to another
     /// thread and back costs more than the calls: drivers run those where they are.
     pub fn may_wait(&self, packet: &Packet) -> bool {
-        let on_device = |h: &str| {
-            !matches!(
-                self.handles.lock().ok().as_ref().and_then(|t| t.get(h)),
-                Some(Handle_::File {
-                    in_memory: true,
-                    ..
-                })
-            )
-        };
+        let on_device = |h: &str| self.file(h).map_or(true, |f| !f.in_memory);
         match packet {
             Packet::Read(r) => on_device(&r.handle),
             Packet::Write(w) => on_device(&w.handle),
@@ -362,13 +358,9 @@ impl Server {
     /// worker front, through io_uring), and whether it is on a file system in memory; or
     /// the reply to request `id` when there is none.
     pub fn file_of(&self, id: u32, handle: &str) -> Result<(Arc<File>, bool), Bytes> {
-        match self.handle(handle) {
-            Ok(Handle_::File {
-                file, in_memory, ..
-            }) => Ok((file, in_memory)),
-            Ok(Handle_::Dir(_)) => Err(status(id, StatusCode::Failure, "a directory handle")),
-            Err(Failed(code, msg)) => Err(status(id, code, &msg)),
-        }
+        self.file(handle)
+            .map(|f| (f.file, f.in_memory))
+            .map_err(|Failed(code, msg)| status(id, code, &msg))
     }
 
     /// Serves one request (not `INIT`) and returns the encoded reply.
@@ -400,7 +392,7 @@ impl Server {
             }
             Packet::Read(r) => self.read(r.id, &r.handle, r.offset, r.len),
             Packet::Write(w) => {
-                let (file, _) = self.file(&w.handle)?;
+                let file = self.file(&w.handle)?.file;
                 file.write_all_at(&w.data, w.offset)?;
                 ok(w.id)
             }
@@ -416,7 +408,7 @@ impl Server {
             }
             Packet::Fstat(f) => {
                 let st = match self.handle(&f.handle)? {
-                    Handle_::File { file, .. } => rustix::fs::fstat(&*file)?,
+                    Handle_::File(opened) => rustix::fs::fstat(&*opened.file)?,
                     Handle_::Dir(d) => {
                         let d = d.lock().map_err(|_| poisoned())?;
                         rustix::fs::fstat(d.dir.fd()?)?
@@ -429,7 +421,7 @@ impl Server {
                 ok(s.id)
             }
             Packet::FSetStat(s) => {
-                let (file, _) = self.file(&s.handle)?;
+                let file = self.file(&s.handle)?.file;
                 set_attrs_fd(&*file, &s.attrs)?;
                 ok(s.id)
             }
@@ -513,14 +505,14 @@ impl Server {
                 Ok(statvfs_reply(id, &fd)?)
             }
             "fstatvfs@openssh.com" => match self.handle(&f.string()?)? {
-                Handle_::File { file, .. } => Ok(statvfs_reply(id, &*file)?),
+                Handle_::File(opened) => Ok(statvfs_reply(id, &*opened.file)?),
                 Handle_::Dir(d) => {
                     let d = d.lock().map_err(|_| poisoned())?;
                     Ok(statvfs_reply(id, d.dir.fd()?)?)
                 }
             },
             "fsync@openssh.com" => {
-                let (file, _) = self.file(&f.string()?)?;
+                let file = self.file(&f.string()?)?.file;
                 file.sync_all()?;
                 ok
             }
@@ -548,8 +540,8 @@ impl Server {
             "copy-data" => {
                 let (rh, roff, rlen) = (f.string()?, f.u64()?, f.u64()?);
                 let (wh, woff) = (f.string()?, f.u64()?);
-                let (src, _) = self.file(&rh)?;
-                let (dst, _) = self.file(&wh)?;
+                let src = self.file(&rh)?.file;
+                let dst = self.file(&wh)?.file;
                 copy_range(&src, roff, rlen, &dst, woff)?;
                 ok
             }
@@ -563,23 +555,15 @@ impl Server {
     fn handle(&self, h: &str) -> Result<Handle_, Failed> {
         let table = self.handles.lock().map_err(|_| poisoned())?;
         match table.get(h) {
-            Some(Handle_::File {
-                file,
-                append,
-                in_memory,
-            }) => Ok(Handle_::File {
-                file: file.clone(),
-                append: *append,
-                in_memory: *in_memory,
-            }),
+            Some(Handle_::File(f)) => Ok(Handle_::File(f.clone())),
             Some(Handle_::Dir(d)) => Ok(Handle_::Dir(d.clone())),
             None => fail(StatusCode::Failure, "no such handle"),
         }
     }
 
-    fn file(&self, h: &str) -> Result<(Arc<File>, bool), Failed> {
+    fn file(&self, h: &str) -> Result<OpenedFile, Failed> {
         match self.handle(h)? {
-            Handle_::File { file, append, .. } => Ok((file, append)),
+            Handle_::File(f) => Ok(f),
             Handle_::Dir(_) => fail(StatusCode::Failure, "a directory handle"),
         }
     }
@@ -646,16 +630,16 @@ impl Server {
         let file = File::from(fd);
         self.add_handle(
             id,
-            Handle_::File {
+            Handle_::File(OpenedFile {
                 in_memory: in_memory(&file),
                 file: Arc::new(file),
                 append,
-            },
+            }),
         )
     }
 
     fn read(&self, id: u32, handle: &str, offset: u64, len: u32) -> Result<Bytes, Failed> {
-        let (file, _) = self.file(handle)?;
+        let file = self.file(handle)?.file;
         let len = len.min(self.config.max_read) as usize;
         // read into spare capacity: zeroing a buffer the file then overwrites (32 KiB or
         // more per request, most of it unused at a small file's end) cost more than the
