@@ -411,9 +411,12 @@ fn pty_shell_in_tmux_shows_a_prompt_runs_commands_and_resizes() {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\n{} -tt user@alknet\necho $? > {}\n",
+            // written aside and renamed: `echo > file` creates the file empty before it
+            // writes, and the test may read it in between
+            "#!/bin/sh\n{} -tt user@alknet\necho $? > {tmp} && mv {tmp} {status}\n",
             line.join(" "),
-            sh_quote(&status_file.to_string_lossy())
+            tmp = sh_quote(&dir.path().join("status.tmp").to_string_lossy()),
+            status = sh_quote(&status_file.to_string_lossy())
         ),
     )
     .expect("write script");
