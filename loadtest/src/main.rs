@@ -154,6 +154,11 @@ struct RunArgs {
     /// `quinn-perf client` runs, to check a ratio with the peer's kind of client.
     #[arg(long, value_enum, default_value_t = ClientKind::Alknet)]
     client: ClientKind,
+    /// HTTP/3 client of the `h3` workload: `wire` sends pre-encoded requests and parses the
+    /// responses by hand (the least client CPU, as h2load does for HTTP/2); `h3-crate` is
+    /// the `h3` crate's client.
+    #[arg(long, value_enum, default_value_t)]
+    h3_client: h3::H3Client,
     /// Server worker threads (alknet workers, or tokio threads for quinn-mt).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
@@ -714,7 +719,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         ),
         WorkloadKind::H3 => harness::run(
             &plan,
-            h3::H3Rr::new(connections, threads, args.streams as usize),
+            h3::H3Rr::new(connections, threads, args.streams as usize, args.h3_client),
             sample,
         ),
         WorkloadKind::StreamRr => harness::run(
@@ -821,8 +826,8 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             args.resumption, args.tls_key
         ),
         WorkloadKind::H3 => format!(
-            "{label}: {threads} client threads, {connections} conns x {} requests in flight, GET /health over HTTP/3",
-            args.streams
+            "{label}: {:?} client, {threads} client threads, {connections} conns x {} requests in flight, GET /health over HTTP/3",
+            args.h3_client, args.streams
         ),
         WorkloadKind::StreamRr => format!(
             "{label}: {threads} client threads, {connections} {:?} conns x 1 stream ping-ponging {} B through alknet/echo",

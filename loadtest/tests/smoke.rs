@@ -100,6 +100,31 @@ fn perf_rr_moves_exact_bytes_on_every_server_with_both_clients() {
 }
 
 #[test]
+fn h3_gets_exact_bodies_from_every_server_with_both_clients() {
+    for target in ["alknet", "quinn", "quinn-mt"] {
+        for client in ["wire", "h3-crate"] {
+            let json = run(
+                "h3",
+                target,
+                &[
+                    "--h3-client",
+                    client,
+                    "--connections",
+                    "2",
+                    "--streams",
+                    "4",
+                ],
+            );
+            let ops = field(&json, "operations");
+            assert!(ops > 0, "{target}/{client}: {json}");
+            // every answer is `{"status":"serving"}`, checked byte for byte by the client
+            assert_eq!(field(&json, "bytes"), ops * 20, "{target}/{client}: {json}");
+            assert_eq!(field(&json, "connections"), 2, "{target}/{client}: {json}");
+        }
+    }
+}
+
+#[test]
 fn split_cores_runs_both_servers_and_clients() {
     for target in ["alknet", "quinn"] {
         for client in ["alknet", "quinn"] {
