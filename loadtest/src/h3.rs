@@ -195,17 +195,19 @@ async fn get_health(send: &mut SendRequest) -> Result<u64, &'static str> {
     Ok(body.len() as u64)
 }
 
-/// `GET https://localhost/health` as one HEADERS frame: the field section prefix (required
-/// insert count 0, base 0: static table only, as the server's SETTINGS allow any client),
-/// `:method GET` (static 17), `:scheme https` (static 23), `:authority localhost` and
-/// `:path /health` (literals with the static names 0 and 1, no Huffman), RFC 9204 §4.5.
+/// `GET https://localhost/health` as one HEADERS frame, encoded as the `h3` crate's client
+/// (and browsers) encode it, so the servers decode what they would from a real client: the
+/// field section prefix (required insert count 0, base 0: static table only, which the
+/// server's SETTINGS allow any client), `:method GET` (static 17), `:scheme https` (static
+/// 23), then `:authority localhost` and `:path /health` as literals with the static names
+/// 0 and 1 and Huffman-coded values (RFC 9204 §4.5, RFC 7541 Appendix B).
 const GET_HEALTH: &[u8] = &[
-    0x01, 0x18, // HEADERS, 24 bytes
+    0x01, 0x13, // HEADERS, 19 bytes
     0x00, 0x00, // required insert count 0, delta base 0
     0xd1, // indexed, static 17: :method GET
     0xd7, // indexed, static 23: :scheme https
-    0x50, 0x09, b'l', b'o', b'c', b'a', b'l', b'h', b'o', b's', b't', // :authority
-    0x51, 0x07, b'/', b'h', b'e', b'a', b'l', b't', b'h', // :path
+    0x50, 0x86, 0xa0, 0xe4, 0x1d, 0x13, 0x9d, 0x09, // :authority, Huffman "localhost"
+    0x51, 0x85, 0x62, 0x72, 0x8e, 0x84, 0xcf, // :path, Huffman "/health"
 ];
 
 /// The client's control stream (RFC 9114 §6.2.1): its type and an empty SETTINGS frame
