@@ -9,7 +9,10 @@
 # alknet's one process with all its threads) as requests per server CPU-second and µs of
 # server CPU per request. Median of $ROUNDS rounds, servers interleaved (A B A B ...) so
 # drift hits both alike. Then the h3 workload of alknet-loadtest against its quinn +
-# h3-quinn baseline (same router), unless H3=0.
+# h3-quinn baseline (same router), unless H3=0: with its wire client (pre-encoded
+# requests, the least client CPU, as h2load is for HTTP/2) on 1 and on 2 client threads,
+# both baselines (`quinn`, quinn-perf server's single-thread configuration, and
+# `quinn-mt`, tokio's multi-thread runtime), then with the `h3` crate's client.
 #
 # nginx's settings: its defaults except
 #   worker_processes 2            the benchmark: 2 workers each side
@@ -211,6 +214,13 @@ for p in "$A_PID" "$N_PID"; do kill "$p" 2>/dev/null || true; done
 
 if [[ $H3 == 1 ]]; then
     echo "== HTTP/3: alknet-loadtest compare --workload h3 (GET /health closed loops; baseline quinn + h3-quinn, same router)"
-    "$LOADTEST_BIN" compare --workload h3 --rounds "$ROUNDS" --duration 5 --connections 16 --streams 32 2>/dev/null
+    for threads in 1 2; do
+        echo "-- wire client, $threads client thread(s)"
+        "$LOADTEST_BIN" compare --workload h3 --baseline quinn --baseline quinn-mt --h3-client wire \
+            --client-threads "$threads" --rounds "$ROUNDS" --duration 5 --connections 16 --streams 32 2>/dev/null
+    done
+    echo "-- the h3 crate's client, 2 client threads"
+    "$LOADTEST_BIN" compare --workload h3 --h3-client h3-crate --client-threads 2 \
+        --rounds "$ROUNDS" --duration 5 --connections 16 --streams 32 2>/dev/null
     echo "   load $(cut -d' ' -f1-3 /proc/loadavg)"
 fi
