@@ -18,6 +18,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use alknet_http::h3::quic::{H3Connection, H3Opener};
+use alknet_proto::webtransport::decode_varint;
+use alknet_runtime::ReadToEndError;
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::{Buf, Bytes};
@@ -231,25 +233,11 @@ async fn wire_get_health(conn: &alknet_runtime::Connection) -> Result<u64, &'sta
         .await
         .map_err(|_| "send")?;
     send.finish().map_err(|_| "send")?;
-    // the answer is ~80 bytes: one chunk, checked without a copy, unless it came in pieces
-    let mut single: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
-    while let Some(chunk) = recv.read_chunk(usize::MAX).await.map_err(|_| "read")? {
-        let had = joined.len() + single.as_ref().map_or(0, Bytes::len);
-        if had + chunk.len() > MAX_RESPONSE {
-            return Err("mismatch");
-        }
-        if had == 0 {
-            single = Some(chunk);
-            continue;
-        }
-        if let Some(first) = single.take() {
-            joined.extend_from_slice(&first);
-        }
-        joined.extend_from_slice(&chunk);
-    }
-    let response = single.as_deref().unwrap_or(&joined);
-    check_health_response(response)
+    let response = recv.read_to_end(MAX_RESPONSE).await.map_err(|e| match e {
+        ReadToEndError::TooLong(_) => "mismatch",
+        ReadToEndError::Read(_) => "read",
+    })?;
+    check_health_response(&response)
 }
 
 /// A response longer than this is wrong (`/health` answers ~80 bytes with its headers).
@@ -301,17 +289,10 @@ fn check_health_response(mut wire: &[u8]) -> Result<u64, &'static str> {
     Ok(body as u64)
 }
 
-/// A QUIC variable-length integer (RFC 9000 §16) from the front of `buf`.
+/// A QUIC variable-length integer (RFC 9000 §16) from the front of `buf`, which it leaves
+/// past it.
 fn take_varint(buf: &mut &[u8]) -> Option<u64> {
-    let first = *buf.first()?;
-    let len = 1usize << (first >> 6);
-    if buf.len() < len {
-        return None;
-    }
-    let mut v = u64::from(first & 0x3f);
-    for b in &buf[1..len] {
-        v = (v << 8) | u64::from(*b);
-    }
+    let (v, len) = decode_varint(buf)?;
     *buf = &buf[len..];
     Some(v)
 }

@@ -197,7 +197,7 @@ where
 }
 
 async fn serve_request<S, ResBody>(
-    resolver: Resolver,
+    mut resolver: Resolver,
     mut service: S,
     limits: &H3Limits,
     webtransport: Option<Rc<WebTransportContext>>,
@@ -212,7 +212,6 @@ async fn serve_request<S, ResBody>(
     // the request is spawned, and memmove was ~10 % of the server's samples): here the
     // HEADERS frame is awaited by a poll of the frame stream, decoded without awaiting
     // (`accept_with_frame`), and `resolve`, which awaits only to send a 431, is boxed
-    let mut resolver = resolver;
     let frame = match timeout_if_pending(
         limits.header_timeout,
         poll_fn(|cx| resolver.frame_stream.poll_next(cx)),
