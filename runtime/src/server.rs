@@ -417,6 +417,7 @@ pub fn start_with_hooks(
         "worker pinning: {}",
         pinning.reason()
     );
+    let watch_contention = pinning.pins() && config.pin_workers.unpins_when_contended();
     let cores = if pinning.pins() { usable } else { Vec::new() };
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<DriverKind, String>)>();
     let mut threads = Vec::with_capacity(workers);
@@ -432,6 +433,7 @@ pub fn start_with_hooks(
         let tcp_listener = tcp_listeners[index].take();
         let extra = std::mem::take(&mut extra_sockets[index]);
         let hooks = hooks.clone();
+        let all_cores = cores.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("alknet-w{index}"))
             .spawn(move || {
@@ -479,6 +481,9 @@ pub fn start_with_hooks(
                                 return;
                             }
                         };
+                    }
+                    if core.is_some() && watch_contention {
+                        monoio::spawn(unpin_when_contended(index, all_cores));
                     }
                     let start = WorkerStart { index, workers };
                     if let Err(e) = crate::worker_hook::run_hooks(&hooks, start) {
@@ -547,6 +552,43 @@ pub fn start_with_hooks(
         shared,
         threads,
     })
+}
+
+/// Under `pin_workers = "auto"`, a pinned worker's watch: when it keeps waiting for its
+/// core (another busy thread shares it), it lets itself run on every core. One way: a
+/// worker that unpinned stays unpinned.
+async fn unpin_when_contended(worker: usize, cores: Vec<core_affinity::CoreId>) {
+    use crate::pinning::{thread_run_wait_ns, unpin_current, ContentionWatch, PIN_CHECK_INTERVAL};
+    let Some(wait) = thread_run_wait_ns() else {
+        tracing::debug!(
+            worker,
+            "no /proc/thread-self/schedstat: pinned workers stay pinned"
+        );
+        return;
+    };
+    let mut watch = ContentionWatch::new(wait, std::time::Instant::now());
+    loop {
+        monoio::time::sleep(PIN_CHECK_INTERVAL).await;
+        let Some(wait) = thread_run_wait_ns() else {
+            return;
+        };
+        if let Some(percent) = watch.sample(wait, std::time::Instant::now()) {
+            if unpin_current(&cores) {
+                tracing::info!(
+                    worker,
+                    waited_percent = percent,
+                    "worker unpinned: it kept waiting for its core, which another busy thread shares (pin_workers = \"auto\")"
+                );
+            } else {
+                tracing::warn!(
+                    worker,
+                    "could not unpin: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            return;
+        }
+    }
 }
 
 impl ServerHandle {
