@@ -330,6 +330,80 @@ fn a_slowloris_client_is_cut_off() {
     assert!(out.contains("slow: closed"), "{out}");
 }
 
+const H2_IDLE: &str = r#"
+import socket, ssl, struct, sys, time
+port, cafile = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=cafile)
+ctx.set_alpn_protocols(["h2"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+assert s.selected_alpn_protocol() == "h2", s.selected_alpn_protocol()
+def frame(kind, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0))
+buf = b""
+def frames(until):
+    """Frame types read until `until` (monotonic) or the connection closes (None last)."""
+    global buf
+    kinds = []
+    while time.monotonic() < until:
+        s.settimeout(max(0.01, until - time.monotonic()))
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            break
+        except (ConnectionResetError, ssl.SSLError):
+            data = b""
+        if not data:
+            kinds.append(None)
+            return kinds
+        buf += data
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+            # as a client must: acknowledge SETTINGS and PINGs (a graceful shutdown
+            # waits for the PING it sends with its first GOAWAY)
+            if kind == 4 and not flags & 1:
+                s.sendall(frame(4, 1, 0))
+            if kind == 6 and not flags & 1:
+                s.sendall(frame(6, 1, 0, buf[9:9 + n]))
+            kinds.append(kind if kind != 6 or flags & 1 else "server-ping")
+            buf = buf[9 + n:]
+    return kinds
+# busy: a PING every 0.4 s for 3 s, twice the idle timeout: no GOAWAY
+seen = []
+start = time.monotonic()
+while time.monotonic() - start < 3.0:
+    s.sendall(frame(6, 0, 0, b"12345678"))
+    seen += frames(time.monotonic() + 0.4)
+print("busy: pings acked", seen.count(6) >= 5, "goaway", 7 in seen, "closed", None in seen)
+# idle: GOAWAY and close within the timeout plus the watch interval
+last = time.monotonic()
+seen = frames(last + 10)
+print("idle: goaway", 7 in seen, "closed", None in seen, "after %.1f s" % (time.monotonic() - last))
+"#;
+
+#[test]
+fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
+    let server =
+        BinServer::start_with_config(&config("[http]\nkeep_alive_idle_timeout_ms = 1500\n"));
+    let cert = server.data_dir.path().join("cert.pem");
+    let out = python(
+        H2_IDLE,
+        &[&server.port.to_string(), &cert.display().to_string()],
+    );
+    assert!(
+        out.contains("busy: pings acked True goaway False closed False"),
+        "{out}"
+    );
+    assert!(out.contains("idle: goaway True closed True"), "{out}");
+    // the watch runs once a second: closed between 1.5 s and 1.5 s + 1 s (+ slack)
+    let after: f64 = out
+        .rsplit("after ")
+        .next()
+        .and_then(|t| t.trim().trim_end_matches(" s").parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!((1.4..5.0).contains(&after), "{out}");
+}
+
 const ALPN_PROBE: &str = r#"
 import socket, ssl, sys
 port, cafile = int(sys.argv[1]), sys.argv[2]

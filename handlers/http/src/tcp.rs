@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use alknet_proto::call::ErrorCode;
+use alknet_runtime::rt::timeout_if_pending;
 use alknet_runtime::{AuthContext, HandlerError, LocalBoxFuture, TcpHandler, TlsTcpStream};
 use axum::http::{header, HeaderValue, Request};
 use axum::Router;
@@ -81,10 +82,10 @@ async fn serve(
         .and_then(|s| {
             HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", s.local_addr().port())).ok()
         });
-    let last_activity = Rc::new(Cell::new(Instant::now()));
+    let active = Rc::new(Cell::new(false));
     let io = TokioIo::new(Tracked {
         inner: stream,
-        last: last_activity.clone(),
+        active: active.clone(),
     });
     let request_timeout = state.config.request_timeout;
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -92,7 +93,8 @@ async fn serve(
         let answer = router.clone().oneshot(req.map(axum::body::Body::new));
         let alt_svc = alt_svc.clone();
         async move {
-            let mut response = match monoio::time::timeout(request_timeout, answer).await {
+            // most answers are ready at their first poll: no timer armed for them
+            let mut response = match timeout_if_pending(request_timeout, answer).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(never)) => match never {},
                 Err(_) => error_response(ErrorCode::Unavailable, "request timeout"),
@@ -112,7 +114,7 @@ async fn serve(
             .max_pending_accept_reset_streams(cfg.h2_max_pending_accept_reset_streams)
             .max_local_error_reset_streams(cfg.h2_max_local_error_reset_streams);
         let conn = b.serve_connection(io, service);
-        watch(&state, conn, Some(last_activity), |c| c.graceful_shutdown()).await
+        watch(&state, conn, Some(active), |c| c.graceful_shutdown()).await
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(WorkerTimer)
@@ -131,11 +133,12 @@ async fn serve(
 }
 
 /// Serves `conn` to its end, shutting it down gracefully when the node drains or (with
-/// `idle`) when no byte moved for `keep_alive_idle_timeout_ms`.
+/// `active`, set by [`Tracked`] whenever bytes move) when no byte moved for
+/// `keep_alive_idle_timeout_ms`, to within [`WATCH_INTERVAL`].
 async fn watch<C, E>(
     state: &HttpState,
     conn: C,
-    idle: Option<Rc<Cell<Instant>>>,
+    active: Option<Rc<Cell<bool>>>,
     shutdown: impl Fn(Pin<&mut C>),
 ) -> Result<(), E>
 where
@@ -143,6 +146,7 @@ where
 {
     let mut conn = std::pin::pin!(conn);
     let mut shutting_down = false;
+    let mut last_active = Instant::now();
     loop {
         monoio::select! {
             r = conn.as_mut() => return r,
@@ -151,8 +155,11 @@ where
                     continue;
                 }
                 let draining = state.status().is_some_and(|s| s.draining());
-                let idle_past = idle.as_ref().is_some_and(|last| {
-                    last.get().elapsed() >= state.config.keep_alive_idle_timeout
+                let idle_past = active.as_ref().is_some_and(|active| {
+                    if active.replace(false) {
+                        last_active = Instant::now();
+                    }
+                    last_active.elapsed() >= state.config.keep_alive_idle_timeout
                 });
                 if draining || idle_past {
                     shutdown(conn.as_mut());
@@ -164,11 +171,12 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The TLS stream, noting when bytes last moved (the HTTP/2 idle timeout).
+    /// The TLS stream, noting that bytes moved (the HTTP/2 idle timeout). A flag, not a
+    /// clock read per read and write: [`watch`] reads the clock once per interval.
     struct Tracked {
         #[pin]
         inner: TlsTcpStream,
-        last: Rc<Cell<Instant>>,
+        active: Rc<Cell<bool>>,
     }
 }
 
@@ -182,7 +190,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.last.set(Instant::now());
+            this.active.set(true);
         }
         r
     }
@@ -197,7 +205,7 @@ impl AsyncWrite for Tracked {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.last.set(Instant::now());
+            this.active.set(true);
         }
         r
     }
@@ -210,7 +218,7 @@ impl AsyncWrite for Tracked {
         let this = self.project();
         let r = this.inner.poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.last.set(Instant::now());
+            this.active.set(true);
         }
         r
     }
