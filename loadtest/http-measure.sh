@@ -222,5 +222,8 @@ if [[ $H3 == 1 ]]; then
     echo "-- the h3 crate's client, 2 client threads"
     "$LOADTEST_BIN" compare --workload h3 --h3-client h3-crate --client-threads 2 \
         --rounds "$ROUNDS" --duration 5 --connections 16 --streams 32 2>/dev/null
+    echo "-- the baseline's own client stack: h3 over quinn + h3-quinn, one tokio thread"
+    "$LOADTEST_BIN" compare --workload h3 --h3-client quinn \
+        --rounds "$ROUNDS" --duration 5 --connections 16 --streams 32 2>/dev/null
     echo "   load $(cut -d' ' -f1-3 /proc/loadavg)"
 fi

@@ -50,6 +50,9 @@ pub enum H3Client {
     Wire,
     /// The `h3` crate's client.
     H3Crate,
+    /// The `h3` crate's client over quinn 0.11 + `h3-quinn` on a tokio current-thread
+    /// runtime (one client thread): the client side of the baseline's own stack.
+    Quinn,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +118,9 @@ impl Workload for H3Rr {
                     }
                     Err(e) => tally.error("h3 setup", || e.to_string()),
                 },
+                H3Client::Quinn => tally.error("h3 setup", || {
+                    "the quinn client runs on a thread of its own (quinn_client)".into()
+                }),
                 H3Client::H3Crate => match h3::client::new(H3Connection::new(conn.clone())).await {
                     Ok((mut driver, send)) => {
                         monoio::spawn(async move {
@@ -168,8 +174,11 @@ impl Workload for H3Rr {
     }
 }
 
-/// One `GET /health`, its answer checked; `Ok(bytes received)`.
-async fn get_health(send: &mut SendRequest) -> Result<u64, &'static str> {
+/// One `GET /health` by the `h3` crate's client (over alknet's adapter or h3-quinn), its
+/// answer checked; `Ok(bytes received)`.
+pub(crate) async fn get_health<O: h3::quic::OpenStreams<Bytes>>(
+    send: &mut h3::client::SendRequest<O, Bytes>,
+) -> Result<u64, &'static str> {
     let req = http::Request::get("https://localhost/health")
         .body(())
         .map_err(|_| "request")?;

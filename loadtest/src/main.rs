@@ -663,8 +663,10 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
                 target: plan.target.clone(),
                 connections,
                 streams: args.streams as usize,
-                upload: args.upload_size,
-                download: args.download_size,
+                request: quinn_client::QuinnRequest::Perf {
+                    upload: args.upload_size,
+                    download: args.download_size,
+                },
                 warmup: plan.warmup,
                 duration: plan.duration,
                 cpus: plan.cpus.clone(),
@@ -715,6 +717,18 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         WorkloadKind::Bulk => harness::run(
             &plan,
             bulk::Bulk::new(connections, threads, args.bytes, args.direction),
+            sample,
+        ),
+        WorkloadKind::H3 if args.h3_client == h3::H3Client::Quinn => quinn_client::run(
+            quinn_client::QuinnPerfClient {
+                target: plan.target.clone(),
+                connections,
+                streams: args.streams as usize,
+                request: quinn_client::QuinnRequest::H3Health,
+                warmup: plan.warmup,
+                duration: plan.duration,
+                cpus: plan.cpus.clone(),
+            },
             sample,
         ),
         WorkloadKind::H3 => harness::run(

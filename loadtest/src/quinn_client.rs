@@ -7,6 +7,11 @@
 //! static chunks, finishes, waits for `stopped()` when it uploaded, and reads the response
 //! to FIN. It exists so that a ratio measured with our own client can be checked with the
 //! peer's kind of client: a server that only wins against a friendly client has not won.
+//!
+//! `h3 --h3-client quinn` uses the same endpoint and task structure for HTTP/3: per
+//! connection the `h3` crate's client over `h3-quinn` (the client side of the stack the
+//! quinn + h3-quinn baseline serves with), and per request a task that sends `GET /health`
+//! and reads the answer ([`crate::h3::get_health`]).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -25,14 +30,22 @@ use crate::harness::{
 /// A request slower than this counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What each request of the quinn client is.
+#[derive(Debug, Clone, Copy)]
+pub enum QuinnRequest {
+    /// quinn-perf's request on the `perf` ALPN.
+    Perf { upload: u64, download: u64 },
+    /// `GET /health` over HTTP/3 (`h3` crate + `h3-quinn`).
+    H3Health,
+}
+
 /// What the quinn client runs.
 #[derive(Debug, Clone)]
 pub struct QuinnPerfClient {
     pub target: Target,
     pub connections: usize,
     pub streams: usize,
-    pub upload: u64,
-    pub download: u64,
+    pub request: QuinnRequest,
     pub warmup: Duration,
     pub duration: Duration,
     /// CPUs the client thread is restricted to (`--split-cores`), or anywhere.
@@ -89,7 +102,11 @@ async fn drive(
     sched: mpsc::Receiver<Schedule>,
 ) -> Tally {
     let mut tally = Tally::default();
-    let endpoint = match endpoint(&client.target) {
+    let alpn = match client.request {
+        QuinnRequest::Perf { .. } => alknet_perf::ALPN,
+        QuinnRequest::H3Health => alknet_http::h3::ALPN,
+    };
+    let endpoint = match endpoint(&client.target, alpn) {
         Ok(e) => e,
         Err(e) => {
             tally.error("connect", || e);
@@ -123,14 +140,26 @@ async fn drive(
     let tally = Rc::new(RefCell::new(tally));
     let mut drivers = Vec::new();
     for conn in &conns {
-        drivers.push(tokio::task::spawn_local(drive_bi(
-            conn.clone(),
-            client.streams,
-            client.upload,
-            client.download,
-            sched,
-            tally.clone(),
-        )));
+        match client.request {
+            QuinnRequest::Perf { upload, download } => {
+                drivers.push(tokio::task::spawn_local(drive_bi(
+                    conn.clone(),
+                    client.streams,
+                    upload,
+                    download,
+                    sched,
+                    tally.clone(),
+                )));
+            }
+            QuinnRequest::H3Health => {
+                drivers.push(tokio::task::spawn_local(drive_h3(
+                    conn.clone(),
+                    client.streams,
+                    sched,
+                    tally.clone(),
+                )));
+            }
+        }
     }
     let end = tokio::time::Instant::from_std(sched.end);
     tokio::time::sleep_until(tokio::time::Instant::from_std(sched.measure_from)).await;
@@ -150,7 +179,7 @@ async fn drive(
 }
 
 /// quinn-perf client's endpoint: its socket, transport and crypto settings.
-fn endpoint(target: &Target) -> Result<Endpoint, String> {
+fn endpoint(target: &Target, alpn: &[u8]) -> Result<Endpoint, String> {
     let socket = std::net::UdpSocket::bind(unspecified_like(target.addr))
         .map_err(|e| format!("bind: {e}"))?;
     let state = quinn_udp::UdpSocketState::new((&socket).into()).map_err(|e| e.to_string())?;
@@ -164,7 +193,7 @@ fn endpoint(target: &Target) -> Result<Endpoint, String> {
         .map_err(|e| format!("endpoint: {e}"))?;
     let crypto = alknet_runtime::tls::client_crypto(
         &alknet_runtime::tls::ServerTrust::Fingerprint(target.fingerprint),
-        vec![alknet_perf::ALPN.to_vec()],
+        vec![alpn.to_vec()],
         None,
     )
     .map_err(|e| e.to_string())?;
@@ -204,6 +233,51 @@ async fn drive_bi(
                 match res {
                     Ok(Ok(())) => t.record(done - started, upload + download),
                     Ok(Err(kind)) => t.error(kind, || "quinn perf request".into()),
+                    Err(_) => t.error("timeout", || "timed out".into()),
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// HTTP/3 on one connection as an h3-quinn client does it: h3's connection driver on a
+/// task of its own, and `streams` requests in flight, a task each (as [`drive_bi`]).
+async fn drive_h3(
+    conn: quinn::Connection,
+    streams: usize,
+    sched: Schedule,
+    tally: Rc<RefCell<Tally>>,
+) {
+    let (mut driver, send) = match h3::client::new(h3_quinn::Connection::new(conn)).await {
+        Ok(c) => c,
+        Err(e) => {
+            tally.borrow_mut().error("h3 setup", || e.to_string());
+            return;
+        }
+    };
+    let closed = tokio::task::spawn_local(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    let sem = Arc::new(tokio::sync::Semaphore::new(streams));
+    loop {
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            break;
+        };
+        if closed.is_finished() {
+            break;
+        }
+        let mut send = send.clone();
+        let tally = tally.clone();
+        tokio::task::spawn_local(async move {
+            let started = Instant::now();
+            let res = tokio::time::timeout(REQUEST_TIMEOUT, crate::h3::get_health(&mut send)).await;
+            let done = Instant::now();
+            if sched.measuring(done) {
+                let mut t = tally.borrow_mut();
+                match res {
+                    Ok(Ok(bytes)) => t.record(done - started, bytes),
+                    Ok(Err(kind)) => t.error(kind, || "GET /health".into()),
                     Err(_) => t.error("timeout", || "timed out".into()),
                 }
             }
