@@ -22,7 +22,10 @@ pub const PIN_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// Share of a check interval (in percent) a worker pinned by `auto` may spend runnable but
 /// waiting for its core. On a machine of its own a worker waits for nothing but the
 /// kernel's own short work; 5 % of every 250 ms for a whole second means another busy
-/// thread holds the core, and a pinned worker cannot move to a core that is idle.
+/// thread holds the core, and a pinned worker cannot move to a core that is idle. The
+/// wait does not say whose thread it was: `ksoftirqd` on the worker's core (softirq work
+/// that spilled over under a packet flood) counts too, which is why `pin_workers = true`
+/// exists for machines that must keep their pins.
 pub const PIN_MAX_WAIT_PERCENT: u64 = 5;
 
 /// Consecutive intervals above [`PIN_MAX_WAIT_PERCENT`] before a worker unpins: one burst
