@@ -188,6 +188,16 @@ impl StreamsState {
             data_blocked_limit: None,
         };
 
+        // alknet patch: size both maps for the entries inserted below at once, instead of
+        // growing them (and rehashing every entry) seven or eight times per connection
+        let (bi, uni) = (
+            this.max_remote[Dir::Bi as usize],
+            this.max_remote[Dir::Uni as usize],
+        );
+        // (capped: a configuration of millions of streams grows as before)
+        let cap = |n: u64| usize::try_from(n.min(1 << 16)).unwrap_or(0);
+        this.send.reserve(cap(bi));
+        this.recv.reserve(cap(bi.saturating_add(uni)));
         for dir in Dir::iter() {
             for i in 0..this.max_remote[dir as usize] {
                 this.insert(true, StreamId::new(!side, dir, i));
