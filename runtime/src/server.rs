@@ -321,7 +321,13 @@ pub fn start_with_hooks(
     let mut base_endpoint = EndpointConfig::new(reset_key);
     base_endpoint.max_udp_payload_size(config.limits.endpoint_max_udp_payload_size())?;
 
-    let sockets = bind_reuseport_group(config.listen, workers, config.limits.socket_buffer_size)?;
+    // the TCP listeners take the port the UDP group got (it may have been 0)
+    let (sockets, mut tcp_listeners) = bind_udp_and_tcp(
+        config.listen,
+        workers,
+        config.limits.socket_buffer_size,
+        tcp.as_ref().map(|t| t.limits.listen_backlog),
+    )?;
     let steering = config.kernel_steering && workers > 1;
     if steering {
         // every group gets the program: socket i of each group is worker i's
@@ -347,14 +353,6 @@ pub fn start_with_hooks(
         addr: config.listen,
         source,
     })?;
-    // the TCP listeners take the port the UDP group got (it may have been 0)
-    let mut tcp_listeners: Vec<Option<std::net::TcpListener>> = match &tcp {
-        Some(t) => bind_tcp_reuseport_group(local_addr, workers, t.limits.listen_backlog)?
-            .into_iter()
-            .map(Some)
-            .collect(),
-        None => (0..workers).map(|_| None).collect(),
-    };
     let tcp_config = tcp
         .as_ref()
         .map(|t| {
@@ -552,6 +550,42 @@ pub fn start_with_hooks(
         shared,
         threads,
     })
+}
+
+/// How many ports a server asked for port 0 tries: the kernel picks a free UDP port, and
+/// the same number may be taken on the TCP side (the two port spaces are separate).
+const PORT_ZERO_ATTEMPTS: usize = 16;
+
+/// Binds the workers' UDP sockets and, with `tcp_backlog`, their TCP listeners on the same
+/// port. For port 0, a TCP port that is taken means another port is tried.
+#[allow(clippy::type_complexity)]
+fn bind_udp_and_tcp(
+    listen: SocketAddr,
+    workers: usize,
+    buffer: usize,
+    tcp_backlog: Option<u32>,
+) -> Result<(Vec<std::net::UdpSocket>, Vec<Option<std::net::TcpListener>>), BindError> {
+    let mut attempt = 1;
+    loop {
+        let sockets = bind_reuseport_group(listen, workers, buffer)?;
+        let Some(backlog) = tcp_backlog else {
+            return Ok((sockets, (0..workers).map(|_| None).collect()));
+        };
+        let local = sockets[0].local_addr().map_err(|source| BindError::Io {
+            addr: listen,
+            source,
+        })?;
+        match bind_tcp_reuseport_group(local, workers, backlog) {
+            Ok(l) => return Ok((sockets, l.into_iter().map(Some).collect())),
+            Err(BindError::TcpInUse(taken))
+                if listen.port() == 0 && attempt < PORT_ZERO_ATTEMPTS =>
+            {
+                tracing::debug!(%taken, attempt, "TCP side of the UDP port is taken; another port");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Under `pin_workers = "auto"`, a pinned worker's watch: when it keeps waiting for its
