@@ -14,6 +14,7 @@
 //! and reads the answer ([`crate::h3::get_health`]).
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -140,26 +141,22 @@ async fn drive(
     let tally = Rc::new(RefCell::new(tally));
     let mut drivers = Vec::new();
     for conn in &conns {
-        match client.request {
-            QuinnRequest::Perf { upload, download } => {
-                drivers.push(tokio::task::spawn_local(drive_bi(
-                    conn.clone(),
-                    client.streams,
-                    upload,
-                    download,
-                    sched,
-                    tally.clone(),
-                )));
-            }
-            QuinnRequest::H3Health => {
-                drivers.push(tokio::task::spawn_local(drive_h3(
-                    conn.clone(),
-                    client.streams,
-                    sched,
-                    tally.clone(),
-                )));
-            }
-        }
+        drivers.push(match client.request {
+            QuinnRequest::Perf { upload, download } => tokio::task::spawn_local(drive_bi(
+                conn.clone(),
+                client.streams,
+                upload,
+                download,
+                sched,
+                tally.clone(),
+            )),
+            QuinnRequest::H3Health => tokio::task::spawn_local(drive_h3(
+                conn.clone(),
+                client.streams,
+                sched,
+                tally.clone(),
+            )),
+        });
     }
     let end = tokio::time::Instant::from_std(sched.end);
     tokio::time::sleep_until(tokio::time::Instant::from_std(sched.measure_from)).await;
@@ -214,31 +211,17 @@ async fn drive_bi(
     sched: Schedule,
     tally: Rc<RefCell<Tally>>,
 ) {
-    let sem = Arc::new(tokio::sync::Semaphore::new(streams));
-    loop {
-        let Ok(permit) = sem.clone().acquire_owned().await else {
-            return;
-        };
-        let Ok((send, recv)) = conn.open_bi().await else {
-            return;
-        };
-        let tally = tally.clone();
-        tokio::task::spawn_local(async move {
-            let started = Instant::now();
-            let res =
-                tokio::time::timeout(REQUEST_TIMEOUT, request(send, recv, upload, download)).await;
-            let done = Instant::now();
-            if sched.measuring(done) {
-                let mut t = tally.borrow_mut();
-                match res {
-                    Ok(Ok(())) => t.record(done - started, upload + download),
-                    Ok(Err(kind)) => t.error(kind, || "quinn perf request".into()),
-                    Err(_) => t.error("timeout", || "timed out".into()),
-                }
-            }
-            drop(permit);
-        });
-    }
+    let next = || {
+        let conn = conn.clone();
+        async move {
+            let (send, recv) = conn.open_bi().await.ok()?;
+            Some(async move {
+                request(send, recv, upload, download).await?;
+                Ok(upload + download)
+            })
+        }
+    };
+    keep_in_flight(streams, sched, &tally, "quinn perf request", next).await;
 }
 
 /// HTTP/3 on one connection as an h3-quinn client does it: h3's connection driver on a
@@ -259,25 +242,46 @@ async fn drive_h3(
     let closed = tokio::task::spawn_local(async move {
         let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
     });
+    let next = || {
+        let mut send = send.clone();
+        let open = !closed.is_finished();
+        async move { open.then_some(async move { crate::h3::get_health(&mut send).await }) }
+    };
+    keep_in_flight(streams, sched, &tally, "GET /health", next).await;
+}
+
+/// quinn-perf's task structure: `streams` requests in flight, each on a task of its own,
+/// and those that end inside the measured window recorded in `tally`. `next` starts the
+/// next request (`None`: the connection is gone, stop); a request yields the bytes it moved.
+async fn keep_in_flight<Next, Starting, Request>(
+    streams: usize,
+    sched: Schedule,
+    tally: &Rc<RefCell<Tally>>,
+    what: &'static str,
+    mut next: Next,
+) where
+    Next: FnMut() -> Starting,
+    Starting: Future<Output = Option<Request>>,
+    Request: Future<Output = Result<u64, &'static str>> + 'static,
+{
     let sem = Arc::new(tokio::sync::Semaphore::new(streams));
     loop {
         let Ok(permit) = sem.clone().acquire_owned().await else {
-            break;
+            return;
         };
-        if closed.is_finished() {
-            break;
-        }
-        let mut send = send.clone();
+        let Some(request) = next().await else {
+            return;
+        };
         let tally = tally.clone();
         tokio::task::spawn_local(async move {
             let started = Instant::now();
-            let res = tokio::time::timeout(REQUEST_TIMEOUT, crate::h3::get_health(&mut send)).await;
+            let res = tokio::time::timeout(REQUEST_TIMEOUT, request).await;
             let done = Instant::now();
             if sched.measuring(done) {
                 let mut t = tally.borrow_mut();
                 match res {
                     Ok(Ok(bytes)) => t.record(done - started, bytes),
-                    Ok(Err(kind)) => t.error(kind, || "GET /health".into()),
+                    Ok(Err(kind)) => t.error(kind, || what.into()),
                     Err(_) => t.error("timeout", || "timed out".into()),
                 }
             }

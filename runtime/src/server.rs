@@ -431,7 +431,8 @@ pub fn start_with_hooks(
         let tcp_listener = tcp_listeners[index].take();
         let extra = std::mem::take(&mut extra_sockets[index]);
         let hooks = hooks.clone();
-        let all_cores = cores.clone();
+        // a pinned worker that watches for contention unpins to every usable core
+        let unpin_to = watch_contention.then(|| cores.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("alknet-w{index}"))
             .spawn(move || {
@@ -480,7 +481,7 @@ pub fn start_with_hooks(
                             }
                         };
                     }
-                    if core.is_some() && watch_contention {
+                    if let Some(all_cores) = unpin_to {
                         monoio::spawn(unpin_when_contended(index, all_cores));
                     }
                     let start = WorkerStart { index, workers };
