@@ -325,6 +325,8 @@ send_window = 10000000
 max_udp_payload_size = 1472
 # Path MTU discovery stops refining below this step (bytes): 136 probes 1336, then 1472.
 mtu_probe_min_change = 136
+# ... and starts only once a connection has sent this many packets (short ones never probe).
+mtu_probe_after_packets = 100
 # Path MTU discovery's bound for loopback peers (64 KiB packets; README's limits table).
 loopback_max_udp_payload_size = 65507
 datagram_receive_buffer = 1048576

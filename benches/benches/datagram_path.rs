@@ -71,7 +71,7 @@ fn check(config: &PairConfig, name: &str, load: Load) {
 
 fn bench_datagram_path(c: &mut Criterion) {
     let identity = TlsIdentity::generate_self_signed(&[]).expect("self-signed certificate");
-    let config = PairConfig::new(&identity);
+    let config = PairConfig::steady(&identity);
 
     let mut g = c.benchmark_group("server_datagram_path");
     g.throughput(Throughput::Elements(N as u64));

@@ -87,8 +87,24 @@ impl PairConfig {
     ///
     /// Also installs [`quiet_tracing`], as every user of a pair should measure with it.
     pub fn new(identity: &TlsIdentity) -> Self {
+        Self::with_limits(identity, &Limits::default())
+    }
+
+    /// As [`PairConfig::new`], for a connection in its steady state: path MTU discovery
+    /// searches right after the handshake (`mtu_probe_after_packets` 0), so the search is
+    /// over once [`Pair::connected`] returns, as it is on a production connection past its
+    /// first `mtu_probe_after_packets` packets. Without it the search would start in the
+    /// middle of what a scenario measures.
+    pub fn steady(identity: &TlsIdentity) -> Self {
+        let limits = Limits {
+            mtu_probe_after_packets: 0,
+            ..Limits::default()
+        };
+        Self::with_limits(identity, &limits)
+    }
+
+    fn with_limits(identity: &TlsIdentity, limits: &Limits) -> Self {
         quiet_tracing();
-        let limits = Limits::default();
         let layout = CidLayout::new(SERVER_ID, WORKERS).expect("valid CID layout");
 
         // As in `alknet_runtime::start`.

@@ -304,10 +304,18 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 /// engines at the same packet size: the quinn baseline, as `quinn-perf server` runs it, never
 /// probes past 1452 bytes, and 64 KiB loopback packets would measure the packet size, not
 /// the engine. `ALKNET_LOOPBACK_MTU=1` keeps the engine's default (64 KiB on loopback).
+/// `ALKNET_MTU_PROBE_AFTER_PACKETS=N` sets `mtu_probe_after_packets` (0: path MTU discovery
+/// right after the handshake, as before that limit existed), for an A/B of one build.
 pub fn engine_limits() -> Limits {
     let mut limits = Limits::default();
     if std::env::var("ALKNET_LOOPBACK_MTU").map_or(true, |v| v != "1") {
         limits.loopback_max_udp_payload_size = limits.max_udp_payload_size;
+    }
+    if let Some(n) = std::env::var("ALKNET_MTU_PROBE_AFTER_PACKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        limits.mtu_probe_after_packets = n;
     }
     limits
 }

@@ -736,9 +736,9 @@ fn handshake_lands_on_kernel_chosen_worker_and_cids_name_it() {
     );
 }
 
-/// Path MTU probes the server sends on one connection (the search runs once the handshake
-/// is confirmed), and the MTU it settles on.
-fn server_mtu_search(limits: &Limits) -> (u64, u16) {
+/// Path MTU probes the server sends on one connection that carries one request of
+/// `request_len` bytes (the reply is as long), and the MTU it settles on.
+fn server_mtu_search(limits: &Limits, request_len: usize) -> (u64, u16) {
     let mut sim = Sim::with_limits(
         client_addr(40_003, 1),
         Forwarding::On,
@@ -746,7 +746,7 @@ fn server_mtu_search(limits: &Limits) -> (u64, u16) {
         limits,
     );
     sim.handshake();
-    let request = b"probe me".to_vec();
+    let request = payload(request_len, 3);
     assert_eq!(sim.exchange(request.clone()), reply_to(&request));
     // well past every probe's loss timer; the next search is 600 s away
     sim.run_for(Duration::from_secs(5));
@@ -759,18 +759,39 @@ fn server_mtu_search(limits: &Limits) -> (u64, u16) {
 
 #[test]
 fn mtu_search_reaches_the_payload_limit_in_two_probes() {
-    // the default: 1336, then the limit
-    let defaults = Limits::default();
+    // searching as soon as the handshake is confirmed, as quinn does: 1336, then the limit
+    let at_once = Limits {
+        mtu_probe_after_packets: 0,
+        ..Limits::default()
+    };
     assert_eq!(
-        server_mtu_search(&defaults),
-        (2, defaults.max_udp_payload_size)
+        server_mtu_search(&at_once, 8),
+        (2, at_once.max_udp_payload_size)
     );
     // quinn's own minimum change (20) gets there in four: 1336, 1404, 1438, 1472
     let quinn = Limits {
         mtu_probe_min_change: 20,
-        ..Limits::default()
+        ..at_once
     };
-    assert_eq!(server_mtu_search(&quinn), (4, quinn.max_udp_payload_size));
+    assert_eq!(
+        server_mtu_search(&quinn, 8),
+        (4, quinn.max_udp_payload_size)
+    );
+}
+
+#[test]
+fn a_short_connection_sends_no_mtu_probe_and_a_busy_one_searches() {
+    let defaults = Limits::default();
+    // a handshake and a small exchange: a few packets, no probe, QUIC's minimum MTU
+    assert_eq!(
+        server_mtu_search(&defaults, 8),
+        (0, alknet_runtime::MIN_UDP_PAYLOAD_SIZE)
+    );
+    // a 300 KB reply (~250 packets at 1200 bytes): the search starts once 100 are sent
+    assert_eq!(
+        server_mtu_search(&defaults, 300_000),
+        (2, defaults.max_udp_payload_size)
+    );
 }
 
 #[test]

@@ -187,6 +187,11 @@ impl EnabledMtuDiscovery {
     /// Returns the amount of bytes that should be sent as an MTU probe, if any
     fn poll_transmit(&mut self, now: Instant, current_mtu: u16, next_pn: u64) -> Option<u16> {
         if let Phase::Initial = &self.phase {
+            // alknet: a connection that has sent fewer packets than this may be short-lived,
+            // and then the search is all cost (see `first_search_after_packets`)
+            if next_pn < self.config.first_search_after_packets {
+                return None;
+            }
             // Start the first search
             self.phase = Phase::Searching(SearchState::new(
                 current_mtu,
@@ -604,6 +609,21 @@ mod tests {
         let mut mtud = default_mtud();
         assert!(!mtud.black_hole_detected(Instant::now()));
         assert_eq!(mtud.black_hole_detector.suspicious_loss_burst_count(), 0);
+    }
+
+    #[test]
+    fn first_search_waits_for_the_packet_threshold() {
+        let mut config = MtuDiscoveryConfig::default();
+        config.first_search_after_packets(100);
+        let mut mtud = MtuDiscovery::new(1_200, 1_200, None, config);
+        let now = Instant::now();
+        for pn in 0..100 {
+            assert_eq!(mtud.poll_transmit(now, pn), None);
+        }
+        // the 100th packet sent: the search starts with its first probe
+        assert_eq!(mtud.poll_transmit(now, 100), Some(1_326));
+        mtud.on_acked(SpaceId::Data, 100, 1_326);
+        assert_eq!(mtud.current_mtu(), 1_326);
     }
 
     #[test]
