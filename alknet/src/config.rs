@@ -377,6 +377,9 @@ header_read_timeout_ms = 10000
 request_timeout_ms = 60000
 # HTTP/2 connections idle this long get GOAWAY.
 keep_alive_idle_timeout_ms = 60000
+# A connection still open this long after its graceful shutdown began (GOAWAY, draining)
+# is closed outright.
+graceful_close_timeout_ms = 10000
 # HTTP/2: requests in flight per connection; client resets tolerated (rapid reset) and
 # protocol-error resets tolerated before GOAWAY.
 h2_max_concurrent_streams = 128

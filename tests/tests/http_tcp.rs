@@ -333,6 +333,8 @@ fn a_slowloris_client_is_cut_off() {
 const H2_IDLE: &str = r#"
 import socket, ssl, struct, sys, time
 port, cafile = int(sys.argv[1]), sys.argv[2]
+# "ack": acknowledge the server's PINGs, as a client must; "ignore": never do
+ack_server_pings = sys.argv[3] == "ack"
 ctx = ssl.create_default_context(cafile=cafile)
 ctx.set_alpn_protocols(["h2"])
 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
@@ -363,7 +365,7 @@ def frames(until):
             # waits for the PING it sends with its first GOAWAY)
             if kind == 4 and not flags & 1:
                 s.sendall(frame(4, 1, 0))
-            if kind == 6 and not flags & 1:
+            if kind == 6 and not flags & 1 and ack_server_pings:
                 s.sendall(frame(6, 1, 0, buf[9:9 + n]))
             kinds.append(kind if kind != 6 or flags & 1 else "server-ping")
             buf = buf[9 + n:]
@@ -381,6 +383,14 @@ seen = frames(last + 10)
 print("idle: goaway", 7 in seen, "closed", None in seen, "after %.1f s" % (time.monotonic() - last))
 "#;
 
+/// How long after the client went quiet [`H2_IDLE`] saw the connection closed.
+fn closed_after(out: &str) -> f64 {
+    out.rsplit("after ")
+        .next()
+        .and_then(|t| t.trim().trim_end_matches(" s").parse().ok())
+        .unwrap_or_else(|| panic!("{out}"))
+}
+
 #[test]
 fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
     let server =
@@ -388,7 +398,7 @@ fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
     let cert = server.data_dir.path().join("cert.pem");
     let out = python(
         H2_IDLE,
-        &[&server.port.to_string(), &cert.display().to_string()],
+        &[&server.port.to_string(), &cert.display().to_string(), "ack"],
     );
     assert!(
         out.contains("busy: pings acked True goaway False closed False"),
@@ -396,12 +406,31 @@ fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
     );
     assert!(out.contains("idle: goaway True closed True"), "{out}");
     // the watch runs once a second: closed between 1.5 s and 1.5 s + 1 s (+ slack)
-    let after: f64 = out
-        .rsplit("after ")
-        .next()
-        .and_then(|t| t.trim().trim_end_matches(" s").parse().ok())
-        .unwrap_or_else(|| panic!("{out}"));
+    let after = closed_after(&out);
     assert!((1.4..5.0).contains(&after), "{out}");
+}
+
+/// hyper's graceful HTTP/2 shutdown waits for the client to acknowledge the PING it sends
+/// with its GOAWAY; a client that never does is closed `graceful_close_timeout_ms` later.
+#[test]
+fn an_idle_http2_client_that_ignores_the_goaway_ping_is_closed_after_the_grace() {
+    let server = BinServer::start_with_config(&config(
+        "[http]\nkeep_alive_idle_timeout_ms = 1500\ngraceful_close_timeout_ms = 2000\n",
+    ));
+    let cert = server.data_dir.path().join("cert.pem");
+    let out = python(
+        H2_IDLE,
+        &[
+            &server.port.to_string(),
+            &cert.display().to_string(),
+            "ignore",
+        ],
+    );
+    assert!(out.contains("idle: goaway True closed True"), "{out}");
+    // GOAWAY 1.5-2.5 s after the last byte, the close 2-3 s after that (the watch runs once
+    // a second), plus slack; without the grace the connection stays open past the 10 s
+    let after = closed_after(&out);
+    assert!((3.4..8.0).contains(&after), "{out}");
 }
 
 const ALPN_PROBE: &str = r#"

@@ -26,6 +26,13 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// long is shut down gracefully (GOAWAY). For HTTP/1.1 `header_read_timeout_ms` is the
 /// idle bound (see there).
 pub const DEFAULT_KEEP_ALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `graceful_close_timeout_ms`: once a TCP connection's graceful shutdown has begun (the
+/// HTTP/2 idle timeout, or the node draining), it is closed outright if it has not ended
+/// this long after (to within a second). Why: hyper's HTTP/2 shutdown sends GOAWAY with a
+/// PING and waits for the PING's acknowledgement, so a client that never acknowledges it
+/// (or an HTTP/1.1 request that never completes) would otherwise hold its connection, and
+/// its place under `[tcp] max_connections_per_worker`, for ever.
+pub const DEFAULT_GRACEFUL_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `h2_max_concurrent_streams`: HTTP/2 requests in flight at once per connection
 /// (SETTINGS_MAX_CONCURRENT_STREAMS).
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 128;
@@ -95,6 +102,8 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     #[serde(rename = "keep_alive_idle_timeout_ms", with = "alknet_runtime::millis")]
     pub keep_alive_idle_timeout: Duration,
+    #[serde(rename = "graceful_close_timeout_ms", with = "alknet_runtime::millis")]
+    pub graceful_close_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_accept_reset_streams: usize,
     pub h2_max_local_error_reset_streams: usize,
@@ -131,6 +140,7 @@ impl Default for HttpConfig {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             keep_alive_idle_timeout: DEFAULT_KEEP_ALIVE_IDLE_TIMEOUT,
+            graceful_close_timeout: DEFAULT_GRACEFUL_CLOSE_TIMEOUT,
             h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
             h2_max_pending_accept_reset_streams: DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS,
             h2_max_local_error_reset_streams: DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS,
@@ -178,6 +188,10 @@ impl HttpConfig {
             (
                 "keep_alive_idle_timeout_ms",
                 self.keep_alive_idle_timeout.is_zero(),
+            ),
+            (
+                "graceful_close_timeout_ms",
+                self.graceful_close_timeout.is_zero(),
             ),
             (
                 "h2_max_concurrent_streams",

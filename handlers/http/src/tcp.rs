@@ -134,7 +134,8 @@ async fn serve(
 
 /// Serves `conn` to its end, shutting it down gracefully when the node drains or (with
 /// `active`, set by [`Tracked`] whenever bytes move) when no byte moved for
-/// `keep_alive_idle_timeout_ms`, to within [`WATCH_INTERVAL`].
+/// `keep_alive_idle_timeout_ms`, to within [`WATCH_INTERVAL`]; a shutdown that has not
+/// ended `graceful_close_timeout_ms` later ends here, and dropping `conn` closes the socket.
 async fn watch<C, E>(
     state: &HttpState,
     conn: C,
@@ -145,13 +146,20 @@ where
     C: std::future::Future<Output = Result<(), E>>,
 {
     let mut conn = std::pin::pin!(conn);
-    let mut shutting_down = false;
+    let mut shutdown_since: Option<Instant> = None;
     let mut last_active = Instant::now();
     loop {
         monoio::select! {
             r = conn.as_mut() => return r,
             _ = monoio::time::sleep(WATCH_INTERVAL) => {
-                if shutting_down {
+                if let Some(since) = shutdown_since {
+                    if since.elapsed() >= state.config.graceful_close_timeout {
+                        tracing::debug!(
+                            "HTTP connection closed: its graceful shutdown did not end within \
+                             graceful_close_timeout_ms"
+                        );
+                        return Ok(());
+                    }
                     continue;
                 }
                 let draining = state.status().is_some_and(|s| s.draining());
@@ -163,7 +171,7 @@ where
                 });
                 if draining || idle_past {
                     shutdown(conn.as_mut());
-                    shutting_down = true;
+                    shutdown_since = Some(Instant::now());
                 }
             }
         }
