@@ -375,7 +375,7 @@ max_body_bytes = 1048576
 header_read_timeout_ms = 10000
 # Request head to response head; past it, 503.
 request_timeout_ms = 60000
-# HTTP/2 connections idle this long get GOAWAY.
+# Connections with no byte moving this long are shut down gracefully (HTTP/2: GOAWAY).
 keep_alive_idle_timeout_ms = 60000
 # A connection still open this long after its graceful shutdown began (GOAWAY, draining)
 # is closed outright.

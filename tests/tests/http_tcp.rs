@@ -433,6 +433,56 @@ fn an_idle_http2_client_that_ignores_the_goaway_ping_is_closed_after_the_grace()
     assert!((3.4..8.0).contains(&after), "{out}");
 }
 
+const H1_STALLED_READER: &str = r#"
+import socket, ssl, sys, time
+port, cafile = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=cafile)
+ctx.set_alpn_protocols(["http/1.1"])
+raw = socket.socket()
+raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+raw.connect(("127.0.0.1", port))
+s = ctx.wrap_socket(raw, server_hostname="localhost")
+# ask for 1 GiB and take none of it: the server's writes stall once the buffers are full
+s.sendall(b"GET /bytes/1073741824 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+time.sleep(7)
+# then read: a closed connection gives what the buffers held and its end, at once
+got, end = 0, "none"
+deadline = time.monotonic() + 3
+try:
+    while time.monotonic() < deadline:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        data = s.recv(1 << 20)
+        if not data:
+            end = "eof"
+            break
+        got += len(data)
+except (ConnectionResetError, ssl.SSLError, ssl.SSLEOFError):
+    end = "reset"
+except socket.timeout:
+    end = "timeout"
+print("stalled: end", end, "closed", end in ("eof", "reset") and got < (64 << 20), "bytes", got)
+"#;
+
+/// An HTTP/1.1 client that asks for a large body and never reads it: no byte moves, so
+/// after `keep_alive_idle_timeout_ms` the connection is shut down gracefully, and as the
+/// response in flight can never end, `graceful_close_timeout_ms` later it is closed.
+#[test]
+fn an_http1_client_that_stops_reading_is_closed() {
+    let server = BinServer::start_with_config(&config(
+        "[http]\ndiagnostics = true\nkeep_alive_idle_timeout_ms = 1500\ngraceful_close_timeout_ms = 2000\n",
+    ));
+    let cert = server.data_dir.path().join("cert.pem");
+    let out = python(
+        H1_STALLED_READER,
+        &[&server.port.to_string(), &cert.display().to_string()],
+    );
+    assert!(
+        out.contains("stalled: end eof closed True")
+            || out.contains("stalled: end reset closed True"),
+        "{out}"
+    );
+}
+
 const ALPN_PROBE: &str = r#"
 import socket, ssl, sys
 port, cafile = int(sys.argv[1]), sys.argv[2]

@@ -22,9 +22,10 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Call operations have their own deadline (`[call] default_timeout_ms`, answered 504),
 /// normally shorter.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// `keep_alive_idle_timeout_ms`: an HTTP/2 connection with no bytes either way for this
-/// long is shut down gracefully (GOAWAY). For HTTP/1.1 `header_read_timeout_ms` is the
-/// idle bound (see there).
+/// `keep_alive_idle_timeout_ms`: a connection with no bytes either way for this long is
+/// shut down gracefully (HTTP/2: GOAWAY; HTTP/1.1: no further request). Between HTTP/1.1
+/// requests `header_read_timeout_ms` closes first; this one catches a response stalled on
+/// a client that stopped reading.
 pub const DEFAULT_KEEP_ALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `graceful_close_timeout_ms`: once a TCP connection's graceful shutdown has begun (the
 /// HTTP/2 idle timeout, or the node draining), it is closed outright if it has not ended

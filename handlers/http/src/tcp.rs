@@ -30,8 +30,8 @@ use crate::rt::{LocalExecutor, WorkerTimer};
 use crate::{HttpState, TCP_ALPNS};
 
 /// How often a connection checks whether the node drains (then it shuts down gracefully:
-/// GOAWAY, or `Connection: close` after the request in flight) and, for HTTP/2, whether it
-/// has been idle past `keep_alive_idle_timeout_ms`.
+/// GOAWAY, or `Connection: close` after the request in flight) and whether it has been
+/// idle past `keep_alive_idle_timeout_ms`.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The HTTP handler of the TLS-over-TCP listener (ALPNs `h2`, `http/1.1`).
@@ -123,7 +123,9 @@ async fn serve(
             .max_headers(cfg.max_headers)
             .keep_alive(true);
         let conn = b.serve_connection(io, service);
-        watch(&state, conn, None, |c| c.graceful_shutdown()).await
+        // idle here means a response stalled on a client that does not read (between
+        // requests `header_read_timeout_ms` closes first)
+        watch(&state, conn, Some(active), |c| c.graceful_shutdown()).await
     };
     if let Err(e) = outcome {
         // a peer that breaks HTTP or goes away; nothing for the node's error counters
