@@ -70,6 +70,18 @@ pub fn quiet_tracing() {
     let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
 }
 
+/// The default limits for a scenario that measures a connection in its steady state: path
+/// MTU discovery searches right after the handshake (`mtu_probe_after_packets` 0), so the
+/// search is over before the measured part, as it is on a production connection past its
+/// first `mtu_probe_after_packets` packets. With the default the search would start in the
+/// middle of what the scenario measures.
+pub fn steady_limits() -> Limits {
+    Limits {
+        mtu_probe_after_packets: 0,
+        ..Limits::default()
+    }
+}
+
 /// Everything needed to build pairs, made once: certificate parsing and rustls setup are
 /// not part of a connection's cost.
 pub struct PairConfig {
@@ -90,17 +102,10 @@ impl PairConfig {
         Self::with_limits(identity, &Limits::default())
     }
 
-    /// As [`PairConfig::new`], for a connection in its steady state: path MTU discovery
-    /// searches right after the handshake (`mtu_probe_after_packets` 0), so the search is
-    /// over once [`Pair::connected`] returns, as it is on a production connection past its
-    /// first `mtu_probe_after_packets` packets. Without it the search would start in the
-    /// middle of what a scenario measures.
+    /// As [`PairConfig::new`], with [`steady_limits`]: the search is over once
+    /// [`Pair::connected`] returns.
     pub fn steady(identity: &TlsIdentity) -> Self {
-        let limits = Limits {
-            mtu_probe_after_packets: 0,
-            ..Limits::default()
-        };
-        Self::with_limits(identity, &limits)
+        Self::with_limits(identity, &steady_limits())
     }
 
     fn with_limits(identity: &TlsIdentity, limits: &Limits) -> Self {

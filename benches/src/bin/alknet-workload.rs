@@ -33,14 +33,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use alknet_benches::alpn::{self, ALPNS};
-use alknet_benches::pair::{Load, Pair, PairConfig, WORKER};
+use alknet_benches::pair::{steady_limits, Load, Pair, PairConfig, WORKER};
 use alknet_benches::valgrind;
 use alknet_proto::call::{EventEnvelope, EventType, Frame, FrameDecoder, DEFAULT_MAX_FRAME_SIZE};
 use alknet_proto::cid::{CidLayout, Route};
 use alknet_runtime::rt::{run_local, DRIVER_ENV};
 use alknet_runtime::tls::{client_crypto, ClientAuth, ServerTrust, TlsIdentity};
 use alknet_runtime::{
-    AdmissionLimits, AlpnRegistry, ClientEndpoint, Connection, EngineConfig, Limits, NoIdentities,
+    AdmissionLimits, AlpnRegistry, ClientEndpoint, Connection, EngineConfig, NoIdentities,
     PinWorkers, SourceTable, VarInt, WorkerCidGenerator,
 };
 use bytes::{Bytes, BytesMut};
@@ -69,11 +69,7 @@ const FRAMING_CHUNK: usize = 1200;
 /// once and then reading every answer; warm-up rounds first, not counted.
 const STREAM_ROUNDS: usize = 1000;
 const STREAMS_PER_ROUND: usize = 4;
-/// Warm-up: enough rounds (about one datagram each way per round) for both sides to pass
-/// `mtu_probe_after_packets` (100) and finish the path MTU search that then starts (on
-/// loopback up to 64 KiB: about nine probes), so that the counted rounds see a connection
-/// in its steady state, as the 20 rounds did when the search ran right after the handshake.
-const STREAM_WARMUP_ROUNDS: usize = 250;
+const STREAM_WARMUP_ROUNDS: usize = 20;
 /// Upload and download bytes of each request (perf-rr's 64 B).
 const STREAM_REQUEST_SIZE: usize = 64;
 
@@ -323,7 +319,8 @@ fn streams() {
         workers: 1,
         pin_workers: PinWorkers::Always(false),
         server_id: 0,
-        limits: Limits::default(),
+        // steady: the path MTU search (on loopback up to 64 KiB) ends in the warm-up
+        limits: steady_limits(),
         tls,
         client_auth: ClientAuth::Optional,
         kernel_steering: false,
@@ -335,9 +332,8 @@ fn streams() {
     let addr = server.local_addr();
     let handle = &server;
     let received = run_local(|_| async move {
-        let endpoint =
-            ClientEndpoint::bind("127.0.0.1:0".parse().expect("addr"), &Limits::default())
-                .expect("bind client");
+        let endpoint = ClientEndpoint::bind("127.0.0.1:0".parse().expect("addr"), &steady_limits())
+            .expect("bind client");
         let crypto = client_crypto(
             &ServerTrust::Fingerprint(fingerprint),
             vec![alknet_perf::ALPN.to_vec()],
