@@ -2,6 +2,7 @@
 //! with a hard timeout, deterministic payloads, and the path of the `alknet` binary.
 
 mod bin_server;
+mod child_lines;
 mod chromium;
 pub mod dns;
 pub mod git;
@@ -9,6 +10,7 @@ pub mod ssh;
 mod whoami;
 
 pub use bin_server::{free_udp_port, wait_output, BinServer};
+pub use child_lines::ChildLines;
 pub use chromium::{chromium_available, chromium_page};
 pub use whoami::{ask_whoami, require_aioquic, WhoAmI, WHOAMI_ALPN};
 

@@ -2,11 +2,10 @@
 //! QPACK and HTTP/3) against the real `alknet serve` with the `h3` handler enabled.
 //! `tests/run-all.sh` installs aioquic (tests/interop/requirements.txt).
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use alknet_tests::{require_aioquic, wait_output, BinServer};
+use alknet_tests::{require_aioquic, wait_output, BinServer, ChildLines};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/aioquic_h3.py");
 
@@ -138,30 +137,12 @@ fn a_draining_node_sends_goaway_over_h3() {
         .spawn()
         .expect("run python3");
     // the script says when its request was answered; then the node drains
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no drain-me; output so far: {seen:?}"));
-        let ready = line == "drain-me";
-        seen.push(line);
-        if ready {
-            break;
-        }
-    }
+    let lines = ChildLines::of(&mut child);
+    let mut seen = lines.until(Duration::from_secs(60), |l| l == "drain-me");
     // SAFETY: plain kill(2) on our child process
     unsafe { libc::kill(server.pid() as i32, libc::SIGTERM) };
     let out = wait_output(child, Duration::from_secs(120));
-    seen.extend(rx.try_iter());
+    seen.extend(lines.to_end(Duration::from_secs(60)));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{seen:?}\n{stderr}");
     assert!(

@@ -2,10 +2,8 @@
 //! `alknet serve`: a streaming call operation read to its end, a topic subscription that
 //! gets what `node.publish` publishes and ends when the node drains, and the ACL of both.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alknet_tests::*;
 
@@ -178,38 +176,9 @@ fn topic_subscriptions_need_the_subscribe_scope() {
 }
 
 /// Lines of a running child's stdout, as they come.
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 /// Reads lines until one equals `want`; returns the lines read.
-fn read_until(lines: &mpsc::Receiver<String>, want: &str) -> Vec<String> {
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        match lines.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                let found = line == want;
-                seen.push(line);
-                if found {
-                    return seen;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    panic!("never read {want:?}; read:\n{}", seen.join("\n"));
+fn read_until(lines: &ChildLines, want: &str) -> Vec<String> {
+    lines.until(CLIENT_TIMEOUT, |l| l == want)
 }
 
 #[test]
@@ -217,13 +186,13 @@ fn published_events_reach_subscribers_until_the_node_drains() {
     let mut server = BinServer::start_with_config(&config());
     let topic = url(&server, "/api/events/node.events");
     let bearer = format!("Authorization: Bearer {TOKEN_WATCHER}");
-    let mut subscribers: Vec<(Child, mpsc::Receiver<String>)> = ["--http2", "--http1.1"]
+    let mut subscribers: Vec<(Child, ChildLines)> = ["--http2", "--http1.1"]
         .iter()
         .map(|version| {
             let mut child = curl_cmd(&server, &[version, "-H", &bearer, &topic])
                 .spawn()
                 .expect("curl");
-            let lines = lines_of(&mut child);
+            let lines = ChildLines::of(&mut child);
             read_until(&lines, ": subscribed");
             (child, lines)
         })
@@ -379,19 +348,12 @@ fn a_draining_node_sends_goaway_over_http2() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("nghttp (tests/run-all.sh installs nghttp2-client)");
-    let lines = lines_of(&mut child);
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains(": subscribed")) {
-        assert!(Instant::now() < deadline, "no subscription: {seen:?}");
-        if let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
-            seen.push(l);
-        }
-    }
+    let lines = ChildLines::of(&mut child);
+    let mut seen = lines.until(CLIENT_TIMEOUT, |l| l.contains(": subscribed"));
     // SAFETY: plain kill(2) on our child process
     unsafe { libc::kill(server.pid() as i32, libc::SIGTERM) };
     let out = wait_output(child, CLIENT_TIMEOUT);
-    seen.extend(lines.try_iter());
+    seen.extend(lines.to_end(CLIENT_TIMEOUT));
     let text = seen.join("\n");
     assert!(text.contains("recv GOAWAY frame"), "{text}");
     assert!(
