@@ -319,6 +319,9 @@ max_concurrent_bidi_streams = 256
 max_concurrent_uni_streams = 100
 idle_timeout_ms = 30000
 keep_alive_interval_ms = 0
+# A write that the peer lets make no progress this long (it keeps the connection alive but
+# reads nothing) fails and its stream is reset with code 0x2 (0: wait for ever).
+send_stall_timeout_ms = 60000
 stream_receive_window = 1250000
 connection_receive_window = 10000000
 send_window = 10000000
@@ -360,6 +363,9 @@ stream_buffer = 1048576
 # every 10 s, 3 unanswered end the connection, so a vanished client frees its slot while
 # an idle SSH shell over TLS/TCP stays up.
 keepalive_idle_ms = 30000
+# A write on such a stream that the peer lets make no progress this long (it reads
+# nothing: our buffer and the kernel's are full) fails and cuts the connection (0: never).
+send_stall_timeout_ms = 60000
 
 [http]
 # HTTP front end over TCP (and the h3 ALPN): GET /health, GET /metrics (Prometheus; needs

@@ -344,6 +344,9 @@ pub fn pipe_stdio(
         let (endpoint, conn) = dial.connect(&limits).await?;
         let stream = conn.open_bi().await.map_err(|e| e.to_string())?;
         let (mut send, mut recv) = stream.split();
+        // a tunnel: whatever is behind the server end may pause as long as it likes
+        // (keep-alives and the idle timeout watch the server)
+        send.set_stall_timeout(std::time::Duration::ZERO);
         if let Some(p) = preamble {
             send.write_chunk(p).await.map_err(|e| e.to_string())?;
         }

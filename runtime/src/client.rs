@@ -31,6 +31,8 @@ pub struct ClientEndpoint {
     transport: Arc<TransportConfig>,
     /// For a server at a loopback address ([`crate::limits::is_loopback`]).
     loopback_transport: Arc<TransportConfig>,
+    /// `send_stall_timeout` of the limits it was bound with, for its connections' streams.
+    send_stall_timeout: std::time::Duration,
 }
 
 impl ClientEndpoint {
@@ -64,6 +66,7 @@ impl ClientEndpoint {
             loopback_transport: Arc::new(
                 limits.transport_config_for(std::net::Ipv4Addr::LOCALHOST.into()),
             ),
+            send_stall_timeout: limits.send_stall_timeout,
         })
     }
 
@@ -93,7 +96,7 @@ impl ClientEndpoint {
             remote,
             server_name,
         )?;
-        let inner = self.w.insert(handle, conn, false);
+        let inner = self.w.insert(handle, conn, false, self.send_stall_timeout);
         inner.wake_driver();
         let conn = Connection::new(inner);
         poll_fn(|cx| conn.poll_connected(cx)).await?;
@@ -204,7 +207,12 @@ pub async fn connect_tls_tcp(
         fd: std::os::fd::AsRawFd::as_raw_fd(io),
         side: quinn_proto::Side::Client,
     };
-    let (conn, driver) = crate::tcp_connection::tcp_connection(Box::new(tls), peer, stream_buffer);
+    let (conn, driver) = crate::tcp_connection::tcp_connection(
+        Box::new(tls),
+        peer,
+        stream_buffer,
+        crate::limits::DEFAULT_SEND_STALL_TIMEOUT,
+    );
     monoio::spawn(driver.run());
     Ok(Connection::from_tcp(conn))
 }

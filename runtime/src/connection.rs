@@ -284,6 +284,8 @@ pub(crate) struct ConnInner {
     pub admission: RefCell<AdmissionGuard>,
     /// Which of the worker's sockets its packets leave from.
     pub sockets: RefCell<PathSockets>,
+    /// `[limits] send_stall_timeout_ms` when the connection was made, for its streams.
+    pub send_stall_timeout: std::time::Duration,
 }
 
 /// Client addresses per connection whose socket is remembered (see [`PathSockets`]): the
@@ -338,6 +340,7 @@ impl ConnInner {
         conn: quinn_proto::Connection,
         notify: Rc<DriverNotify>,
         counted: bool,
+        send_stall_timeout: std::time::Duration,
     ) -> Rc<Self> {
         Rc::new(Self {
             handle,
@@ -354,6 +357,7 @@ impl ConnInner {
             in_handshake: Cell::new(false),
             admission: RefCell::new(AdmissionGuard::default()),
             sockets: RefCell::new(PathSockets::default()),
+            send_stall_timeout,
         })
     }
 

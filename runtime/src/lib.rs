@@ -90,6 +90,7 @@ pub use socket::BindError;
 pub use stats::WorkerStatsSnapshot;
 pub use streams::{
     BiStream, ReadError, ReadToEndError, RecvStream, SendStream, WriteError, STREAM_PANIC_CODE,
+    STREAM_STALLED_CODE,
 };
 pub use tcp::{
     accept_error_pause, accept_or_pause, TcpHandler, TcpRegistry, TcpSetup, TlsTcpStream,

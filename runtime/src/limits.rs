@@ -25,6 +25,17 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// `keep_alive_interval_ms`: send a PING when nothing was sent for this long (0 = never).
 /// Off on servers by default: keeping a connection alive is the client's choice.
 pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::ZERO;
+/// `send_stall_timeout_ms`: a write that the peer has let make no progress for this long
+/// (its flow-control credit stays at zero, or nothing we sent is acknowledged) fails with
+/// [`crate::WriteError::Stalled`], and the stream is reset with
+/// [`crate::STREAM_STALLED_CODE`] (0 = wait for ever). A peer that keeps a connection alive
+/// (it acknowledges, it pings) but never reads a response would otherwise hold the handler,
+/// its buffers and its connection slot for as long as it likes: QUIC's idle timeout sees
+/// traffic. The clock runs only while a write waits and restarts with every write that
+/// moves data, so a slow reader is never cut; only one that reads nothing at all for the
+/// whole interval. 60 s, as nginx's `send_timeout`. `[tcp] send_stall_timeout_ms` is the
+/// same for the streams of TLS/TCP connections.
+pub const DEFAULT_SEND_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// `stream_receive_window`: bytes a peer may send on one stream before the reader consumes
 /// them. This is what makes a slow reader back-pressure its sender.
 pub const DEFAULT_STREAM_RECEIVE_WINDOW: u32 = 1_250_000;
@@ -150,6 +161,11 @@ pub struct TcpLimits {
     pub stream_buffer: usize,
     #[serde(rename = "keepalive_idle_ms", with = "millis")]
     pub keepalive_idle: Duration,
+    /// See [`DEFAULT_SEND_STALL_TIMEOUT`]: a handler's write on a TLS/TCP stream whose
+    /// peer stopped reading (our buffer and the kernel's are full) fails after this long,
+    /// and the connection is cut.
+    #[serde(rename = "send_stall_timeout_ms", with = "millis")]
+    pub send_stall_timeout: Duration,
 }
 
 impl Default for TcpLimits {
@@ -165,6 +181,7 @@ impl Default for TcpLimits {
                 .collect(),
             stream_buffer: DEFAULT_TCP_STREAM_BUFFER,
             keepalive_idle: DEFAULT_TCP_KEEPALIVE_IDLE,
+            send_stall_timeout: DEFAULT_SEND_STALL_TIMEOUT,
         }
     }
 }
@@ -198,6 +215,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     #[serde(rename = "keep_alive_interval_ms", with = "millis")]
     pub keep_alive_interval: Duration,
+    #[serde(rename = "send_stall_timeout_ms", with = "millis")]
+    pub send_stall_timeout: Duration,
     pub stream_receive_window: u32,
     pub connection_receive_window: u32,
     pub send_window: u64,
@@ -221,6 +240,7 @@ impl Default for Limits {
             max_concurrent_uni_streams: DEFAULT_MAX_CONCURRENT_UNI_STREAMS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             keep_alive_interval: DEFAULT_KEEP_ALIVE_INTERVAL,
+            send_stall_timeout: DEFAULT_SEND_STALL_TIMEOUT,
             stream_receive_window: DEFAULT_STREAM_RECEIVE_WINDOW,
             connection_receive_window: DEFAULT_CONNECTION_RECEIVE_WINDOW,
             send_window: DEFAULT_SEND_WINDOW,

@@ -453,7 +453,7 @@ async fn serve_connection(
                 fd: std::os::fd::AsRawFd::as_raw_fd(tls.get_ref().0),
                 side: quinn_proto::Side::Server,
             };
-            serve_stream(handler, tls, peer, auth, setup.limits.stream_buffer, stats).await;
+            serve_stream(handler, tls, peer, auth, &setup.limits, stats).await;
             drop(ticket);
             drop(slot);
             return;
@@ -506,11 +506,16 @@ async fn serve_stream(
     tls: TlsTcpStream,
     peer: TcpPeer,
     auth: AuthContext,
-    buffer: usize,
+    limits: &TcpLimits,
     stats: Arc<WorkerStats>,
 ) {
     let (worker, remote) = (peer.worker, peer.remote);
-    let (conn, driver) = tcp_connection(Box::new(tls), peer, buffer);
+    let (conn, driver) = tcp_connection(
+        Box::new(tls),
+        peer,
+        limits.stream_buffer,
+        limits.send_stall_timeout,
+    );
     let conn = Connection::from_tcp(conn);
     let watcher = conn.clone();
     let handled = async move {

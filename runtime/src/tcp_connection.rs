@@ -165,6 +165,8 @@ struct Shared {
     peer: TcpPeer,
     /// Bytes buffered at most each way.
     buffer: usize,
+    /// How long a write may wait for room (`[tcp] send_stall_timeout_ms`).
+    send_stall_timeout: Duration,
     st: RefCell<State>,
     /// Live handles (connection clones, stream halves); at zero the connection winds up.
     handles: Cell<usize>,
@@ -222,10 +224,12 @@ pub(crate) fn tcp_connection(
     io: Box<dyn ByteIo>,
     peer: TcpPeer,
     buffer: usize,
+    send_stall_timeout: Duration,
 ) -> (TcpConnection, TcpDriver) {
     let shared = Rc::new(Shared {
         peer,
         buffer: buffer.max(1),
+        send_stall_timeout,
         st: RefCell::new(State::default()),
         handles: Cell::new(0),
     });
@@ -551,6 +555,10 @@ pub(crate) struct TcpSend {
 }
 
 impl TcpSend {
+    pub(crate) fn stall_timeout(&self) -> Duration {
+        self.shared.send_stall_timeout
+    }
+
     /// Room in the send buffer, or why there is none (Pending: the waker is registered).
     fn room(&self, cx: &mut Context<'_>, st: &mut State) -> Poll<Result<usize, WriteError>> {
         if let Some(e) = &st.error {
@@ -825,8 +833,16 @@ mod tests {
     }
 
     fn conn(side: Side, buffer: usize) -> (crate::Connection, tokio::io::DuplexStream) {
+        conn_stalling_after(side, buffer, crate::limits::DEFAULT_SEND_STALL_TIMEOUT)
+    }
+
+    fn conn_stalling_after(
+        side: Side,
+        buffer: usize,
+        send_stall_timeout: Duration,
+    ) -> (crate::Connection, tokio::io::DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        let (c, driver) = tcp_connection(Box::new(ours), peer(side), buffer);
+        let (c, driver) = tcp_connection(Box::new(ours), peer(side), buffer, send_stall_timeout);
         monoio::spawn(driver.run());
         (crate::Connection::from_tcp(c), theirs)
     }
@@ -917,6 +933,47 @@ mod tests {
                 .await
                 .expect("peer sees the end");
             assert!(rest.is_empty(), "{rest:?}");
+        });
+    }
+
+    #[test]
+    fn a_peer_that_reads_nothing_is_cut_after_the_stall_timeout_and_a_slow_one_is_served() {
+        run(async {
+            let stall = Duration::from_millis(300);
+            let data = vec![7u8; 512 * 1024];
+
+            // 16 KiB at most every 30 ms: slow, but never still for the whole timeout
+            let (conn, mut other) = conn_stalling_after(Side::Server, 16 * 1024, stall);
+            let (mut send, _recv) = conn.accept_bi().await.expect("stream").split();
+            let writer = async {
+                send.write_all(&data)
+                    .await
+                    .expect("a slow reader is served");
+                send.finish().expect("finish");
+            };
+            let reader = async {
+                let (mut got, mut buf) = (0, vec![0u8; 16 * 1024]);
+                while got < data.len() {
+                    monoio::time::sleep(Duration::from_millis(30)).await;
+                    got += other.read(&mut buf).await.expect("read");
+                }
+                got
+            };
+            let ((), got) = monoio::join!(writer, reader);
+            assert_eq!(got, data.len());
+
+            // a peer that takes nothing: the pipe, the kernel-side buffer and ours fill,
+            // then the write waits the whole timeout, fails and cuts the connection
+            let (conn, _other) = conn_stalling_after(Side::Server, 16 * 1024, stall);
+            let (mut send, _recv) = conn.accept_bi().await.expect("stream").split();
+            let started = std::time::Instant::now();
+            assert_eq!(send.write_all(&data).await, Err(WriteError::Stalled(stall)));
+            assert!(started.elapsed() >= stall, "{:?}", started.elapsed());
+            assert_eq!(conn.closed().await, ConnectionError::LocallyClosed);
+            assert_eq!(
+                send.write(b"more").await.err(),
+                Some(WriteError::ConnectionLost(ConnectionError::LocallyClosed))
+            );
         });
     }
 

@@ -225,8 +225,16 @@ impl WorkerState {
         handle: ConnectionHandle,
         conn: quinn_proto::Connection,
         counted: bool,
+        send_stall_timeout: std::time::Duration,
     ) -> Rc<ConnInner> {
-        let inner = ConnInner::new(handle, self.index, conn, self.notify.clone(), counted);
+        let inner = ConnInner::new(
+            handle,
+            self.index,
+            conn,
+            self.notify.clone(),
+            counted,
+            send_stall_timeout,
+        );
         let mut conns = self.conns.borrow_mut();
         if conns.len() <= handle.0 {
             conns.resize(handle.0 + 1, None);
@@ -858,7 +866,8 @@ impl Driver {
         match accepted {
             Ok((handle, conn)) => {
                 WorkerStats::add(&self.w.stats.connections_accepted, 1);
-                let c = self.w.insert(handle, conn, true);
+                let stall = s.limits.load().send_stall_timeout;
+                let c = self.w.insert(handle, conn, true, stall);
                 let remote = c.state.borrow().conn.remote_address();
                 c.sockets.borrow_mut().arrived(remote, self.arrival);
                 if !validated {

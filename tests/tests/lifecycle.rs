@@ -4,7 +4,10 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use alknet_runtime::{close_code, ConnectError, ConnectionError, Limits};
+use alknet_runtime::{
+    close_code, ConnectError, ConnectionError, Limits, ReadError, ReadToEndError, VarInt,
+    STREAM_STALLED_CODE,
+};
 use alknet_tests::*;
 
 /// Polls `cond` every 20 ms for at most `limit`.
@@ -267,4 +270,69 @@ fn worker_hooks_run_once_on_each_worker_before_it_listens() {
     tasks.sort();
     assert_eq!(tasks, ["alknet-w0", "alknet-w1"]);
     drop(server);
+}
+
+#[test]
+fn a_peer_that_never_reads_has_its_stream_reset_after_the_send_stall_timeout() {
+    let stall = Duration::from_secs(1);
+    let server = start_server(ServerOptions {
+        limits: Limits {
+            send_stall_timeout: stall,
+            ..Limits::default()
+        },
+        ..Default::default()
+    });
+    run_client(|| async {
+        let endpoint = client_endpoint();
+        let conn = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("connect");
+        let data = payload(9, 3 << 19);
+
+        // a slow reader (64 KiB every 20 ms) is served to the end: every credit it gives
+        // restarts the echo's clock
+        let (mut send, mut recv) = conn.open_bi().await.expect("open").split();
+        let writer = async {
+            send.write_all(&data).await.expect("upload");
+            send.finish().expect("finish");
+        };
+        let reader = async {
+            let mut got = Vec::new();
+            loop {
+                monoio::time::sleep(Duration::from_millis(20)).await;
+                match recv.read_available(64 * 1024).await.expect("read") {
+                    Some(chunk) => got.extend_from_slice(&chunk),
+                    None => return got,
+                }
+            }
+        };
+        let ((), echoed) = join(writer, reader).await;
+        assert_eq!(sha256(&echoed), sha256(&data));
+
+        // a peer that acknowledges everything and reads nothing: the echo fills this
+        // client's stream window (1.25 MB), waits the whole timeout, and resets the stream
+        let (mut send, mut recv) = conn.open_bi().await.expect("open").split();
+        send.write_all(&data)
+            .await
+            .expect("upload (the server buffers it)");
+        send.finish().expect("finish");
+        monoio::time::sleep(stall + Duration::from_millis(500)).await;
+        let end = recv.read_to_end(8 << 20).await;
+        assert_eq!(
+            end,
+            Err(ReadToEndError::Read(ReadError::Reset(VarInt::from_u32(
+                STREAM_STALLED_CODE
+            )))),
+        );
+
+        // only that stream: the connection goes on
+        let (mut send, mut recv) = conn.open_bi().await.expect("open").split();
+        send.write_all(b"still here").await.expect("write");
+        send.finish().expect("finish");
+        assert_eq!(recv.read_to_end(64).await.expect("echo"), b"still here");
+        conn.close(0u32.into(), b"done");
+        drop(conn);
+        endpoint.wait_idle().await;
+    });
+    server.shutdown();
 }

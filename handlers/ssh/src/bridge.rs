@@ -298,6 +298,10 @@ pub fn pump_quic_stream(stream: BiStream) -> ByteStream {
         from_stream,
     } = end;
     let (mut send, mut recv) = stream.split();
+    // An SSH transport is not a request with a response: SSH's channel windows pace its
+    // data, and its keep-alives and QUIC's idle timeout watch the peer. A QUIC-level
+    // stall cut would end every channel of the session at once for one slow consumer.
+    send.set_stall_timeout(std::time::Duration::ZERO);
     spawn_guarded("ssh bridge: quic to tokio", async move {
         loop {
             // what has arrived, merged (one QUIC packet a chunk would be a hop a packet)

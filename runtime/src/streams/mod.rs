@@ -10,15 +10,18 @@
 
 use std::future::poll_fn;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use quinn_proto::{ClosedStream, ConnectionError, StreamId, VarInt, Written};
 
 mod quic;
+mod stall;
 
 pub(crate) use quic::{QuicRecv, QuicSend};
 
 use crate::tcp_connection::{TcpRecv, TcpSend};
+use stall::StallWatch;
 
 /// Errors writing to a stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +32,10 @@ pub enum WriteError {
     ConnectionLost(#[from] ConnectionError),
     #[error("the stream was already finished or reset")]
     ClosedStream,
+    /// The peer took nothing for the send stall timeout (`[limits] send_stall_timeout_ms`);
+    /// the stream was reset with [`STREAM_STALLED_CODE`].
+    #[error("the peer took no data for {0:?}; the stream was reset")]
+    Stalled(Duration),
 }
 
 /// Errors reading from a stream.
@@ -53,6 +60,9 @@ pub enum ReadToEndError {
 
 /// Application error code used when a stream is dropped while its task panics.
 pub const STREAM_PANIC_CODE: u32 = 0x1;
+/// Application error code of a stream reset because its peer took no data for the send
+/// stall timeout (see [`WriteError::Stalled`]).
+pub const STREAM_STALLED_CODE: u32 = 0x2;
 
 /// What carries a sending half.
 enum SendKind {
@@ -62,23 +72,34 @@ enum SendKind {
 
 /// The sending half of a stream. Dropping it finishes the stream (resets it when dropped
 /// by a panicking task, so the peer never mistakes a truncated stream for a complete one).
-pub struct SendStream(SendKind);
+/// A write the peer lets wait longer than the connection's send stall timeout fails with
+/// [`WriteError::Stalled`] and resets the stream.
+pub struct SendStream {
+    kind: SendKind,
+    stall: StallWatch,
+}
 
 impl From<QuicSend> for SendStream {
     fn from(s: QuicSend) -> Self {
-        Self(SendKind::Quic(s))
+        Self {
+            stall: StallWatch::new(s.stall_timeout()),
+            kind: SendKind::Quic(s),
+        }
     }
 }
 
 impl From<TcpSend> for SendStream {
     fn from(s: TcpSend) -> Self {
-        Self(SendKind::Tcp(s))
+        Self {
+            stall: StallWatch::new(s.stall_timeout()),
+            kind: SendKind::Tcp(s),
+        }
     }
 }
 
 impl std::fmt::Debug for SendStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
+        match &self.kind {
             SendKind::Quic(s) => write!(f, "SendStream(quic {})", s.id()),
             SendKind::Tcp(_) => f.write_str("SendStream(tcp)"),
         }
@@ -88,7 +109,7 @@ impl std::fmt::Debug for SendStream {
 impl SendStream {
     /// The stream's ID (a TLS/TCP connection's one stream is client bidirectional 0).
     pub fn id(&self) -> StreamId {
-        match &self.0 {
+        match &self.kind {
             SendKind::Quic(s) => s.id(),
             SendKind::Tcp(_) => crate::tcp_connection::tcp_stream_id(),
         }
@@ -96,7 +117,17 @@ impl SendStream {
 
     /// Whether this is the byte stream of a TLS/TCP connection.
     pub fn is_tcp(&self) -> bool {
-        matches!(self.0, SendKind::Tcp(_))
+        matches!(self.kind, SendKind::Tcp(_))
+    }
+
+    /// How long a write may wait for a peer that takes no data before it fails with
+    /// [`WriteError::Stalled`] (zero: for ever); the connection's `send_stall_timeout`
+    /// until set. Zero is for a stream that carries a tunnel or an interactive session:
+    /// its reader may rightly pause as long as it likes (a consumer that waits, a
+    /// suspended terminal), and its liveness is watched by other means (QUIC's idle
+    /// timeout and keep-alives, SSH's own).
+    pub fn set_stall_timeout(&mut self, after: Duration) {
+        self.stall.set(after);
     }
 
     /// Poll form of [`SendStream::write`].
@@ -105,10 +136,11 @@ impl SendStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<Result<usize, WriteError>> {
-        match &mut self.0 {
+        let res = match &mut self.kind {
             SendKind::Quic(s) => s.poll_write(cx, data),
             SendKind::Tcp(s) => s.poll_write(cx, data),
-        }
+        };
+        self.watch(cx, res)
     }
 
     /// Writes some of `data`, waiting for flow-control credit; returns how much.
@@ -137,10 +169,30 @@ impl SendStream {
         cx: &mut Context<'_>,
         chunks: &mut [Bytes],
     ) -> Poll<Result<Written, WriteError>> {
-        match &mut self.0 {
+        let res = match &mut self.kind {
             SendKind::Quic(s) => s.poll_write_chunks(cx, chunks),
             SendKind::Tcp(s) => s.poll_write_chunks(cx, chunks),
+        };
+        self.watch(cx, res)
+    }
+
+    /// A write's outcome through the stall watch: a ready write restarts the clock; a
+    /// waiting one fails, and resets the stream, once it has waited the whole timeout.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        res: Poll<Result<T, WriteError>>,
+    ) -> Poll<Result<T, WriteError>> {
+        if res.is_ready() {
+            self.stall.progressed();
+            return res;
         }
+        let Poll::Ready(waited) = self.stall.poll_stalled(cx) else {
+            return Poll::Pending;
+        };
+        tracing::debug!(stream = %self.id(), ?waited, "the peer took no data: stream reset");
+        let _ = self.reset(VarInt::from_u32(STREAM_STALLED_CODE));
+        Poll::Ready(Err(WriteError::Stalled(waited)))
     }
 
     /// Queues all of `chunks` without copying.
@@ -165,7 +217,7 @@ impl SendStream {
     /// Ends the stream after what was written. Delivery is not awaited: see
     /// [`SendStream::stopped`].
     pub fn finish(&mut self) -> Result<(), ClosedStream> {
-        match &mut self.0 {
+        match &mut self.kind {
             SendKind::Quic(s) => s.finish(),
             SendKind::Tcp(s) => s.finish(),
         }
@@ -175,7 +227,7 @@ impl SendStream {
     /// the connection is cut without a TLS close_notify, which the peer sees as an error:
     /// TCP has no way to carry the code).
     pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
-        match &mut self.0 {
+        match &mut self.kind {
             SendKind::Quic(s) => s.reset(code),
             SendKind::Tcp(s) => s.reset(code),
         }
@@ -193,7 +245,7 @@ impl SendStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<VarInt>, ConnectionError>> {
-        match &mut self.0 {
+        match &mut self.kind {
             SendKind::Quic(s) => s.poll_stopped(cx),
             SendKind::Tcp(s) => s.poll_stopped(cx),
         }
@@ -202,7 +254,7 @@ impl SendStream {
     /// Relative priority among this connection's streams (higher is sent first). A
     /// TLS/TCP connection has one stream: nothing to order, accepted and ignored.
     pub fn set_priority(&mut self, priority: i32) -> Result<(), ClosedStream> {
-        match &mut self.0 {
+        match &mut self.kind {
             SendKind::Quic(s) => s.set_priority(priority),
             SendKind::Tcp(_) => Ok(()),
         }

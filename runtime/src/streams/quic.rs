@@ -32,6 +32,10 @@ impl QuicSend {
         self.id
     }
 
+    pub(crate) fn stall_timeout(&self) -> std::time::Duration {
+        self.conn.0.send_stall_timeout
+    }
+
     fn poll_with<R>(
         &mut self,
         cx: &mut Context<'_>,

@@ -65,7 +65,9 @@ fn write_error(e: WriteError) -> StreamErrorIncoming {
             error_code: code.into_inner(),
         },
         WriteError::ConnectionLost(e) => stream_error_from_conn(e),
-        WriteError::ClosedStream => StreamErrorIncoming::Unknown(Box::new(e)),
+        WriteError::ClosedStream | WriteError::Stalled(_) => {
+            StreamErrorIncoming::Unknown(Box::new(e))
+        }
     }
 }
 
