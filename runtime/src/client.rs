@@ -212,6 +212,7 @@ pub async fn connect_tls_tcp(
         peer,
         stream_buffer,
         crate::limits::DEFAULT_SEND_STALL_TIMEOUT,
+        None,
     );
     monoio::spawn(driver.run());
     Ok(Connection::from_tcp(conn))

@@ -286,6 +286,8 @@ pub(crate) struct ConnInner {
     pub sockets: RefCell<PathSockets>,
     /// `[limits] send_stall_timeout_ms` when the connection was made, for its streams.
     pub send_stall_timeout: std::time::Duration,
+    /// Its worker's counters (for what its streams count: stalls).
+    pub stats: std::sync::Arc<crate::stats::WorkerStats>,
 }
 
 /// Client addresses per connection whose socket is remembered (see [`PathSockets`]): the
@@ -341,6 +343,7 @@ impl ConnInner {
         notify: Rc<DriverNotify>,
         counted: bool,
         send_stall_timeout: std::time::Duration,
+        stats: std::sync::Arc<crate::stats::WorkerStats>,
     ) -> Rc<Self> {
         Rc::new(Self {
             handle,
@@ -358,6 +361,7 @@ impl ConnInner {
             admission: RefCell::new(AdmissionGuard::default()),
             sockets: RefCell::new(PathSockets::default()),
             send_stall_timeout,
+            stats,
         })
     }
 

@@ -81,6 +81,9 @@ worker_stats! {
     handler_errors,
     /// Handlers that panicked.
     handler_panics,
+    /// Streams reset because their peer took no data for `send_stall_timeout_ms` (a write
+    /// failed with `WriteError::Stalled`; on TLS/TCP the connection was cut).
+    streams_stalled,
     /// Retry packets sent (`[quic] retry`).
     retries_sent,
     /// Datagrams received with the ECN codepoint ECT(0), ECT(1) or CE (from the IP

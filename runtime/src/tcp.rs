@@ -515,6 +515,7 @@ async fn serve_stream(
         peer,
         limits.stream_buffer,
         limits.send_stall_timeout,
+        Some(stats.clone()),
     );
     let conn = Connection::from_tcp(conn);
     let watcher = conn.clone();

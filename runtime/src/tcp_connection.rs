@@ -31,6 +31,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -42,6 +43,7 @@ use quinn_proto::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::stats::WorkerStats;
 use crate::streams::{BiStream, ReadError, RecvStream, SendStream, WriteError};
 
 /// The stream ID a TLS/TCP connection's one stream reports: client bidirectional 0, as the
@@ -167,6 +169,8 @@ struct Shared {
     buffer: usize,
     /// How long a write may wait for room (`[tcp] send_stall_timeout_ms`).
     send_stall_timeout: Duration,
+    /// The accepting worker's counters (none on a client).
+    stats: Option<Arc<WorkerStats>>,
     st: RefCell<State>,
     /// Live handles (connection clones, stream halves); at zero the connection winds up.
     handles: Cell<usize>,
@@ -225,11 +229,13 @@ pub(crate) fn tcp_connection(
     peer: TcpPeer,
     buffer: usize,
     send_stall_timeout: Duration,
+    stats: Option<Arc<WorkerStats>>,
 ) -> (TcpConnection, TcpDriver) {
     let shared = Rc::new(Shared {
         peer,
         buffer: buffer.max(1),
         send_stall_timeout,
+        stats,
         st: RefCell::new(State::default()),
         handles: Cell::new(0),
     });
@@ -559,6 +565,12 @@ impl TcpSend {
         self.shared.send_stall_timeout
     }
 
+    pub(crate) fn count_stall(&self) {
+        if let Some(stats) = &self.shared.stats {
+            WorkerStats::add(&stats.streams_stalled, 1);
+        }
+    }
+
     /// Room in the send buffer, or why there is none (Pending: the waker is registered).
     fn room(&self, cx: &mut Context<'_>, st: &mut State) -> Poll<Result<usize, WriteError>> {
         if let Some(e) = &st.error {
@@ -842,7 +854,8 @@ mod tests {
         send_stall_timeout: Duration,
     ) -> (crate::Connection, tokio::io::DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        let (c, driver) = tcp_connection(Box::new(ours), peer(side), buffer, send_stall_timeout);
+        let (c, driver) =
+            tcp_connection(Box::new(ours), peer(side), buffer, send_stall_timeout, None);
         monoio::spawn(driver.run());
         (crate::Connection::from_tcp(c), theirs)
     }

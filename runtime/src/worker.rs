@@ -234,6 +234,7 @@ impl WorkerState {
             self.notify.clone(),
             counted,
             send_stall_timeout,
+            self.stats.clone(),
         );
         let mut conns = self.conns.borrow_mut();
         if conns.len() <= handle.0 {

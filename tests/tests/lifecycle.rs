@@ -324,6 +324,8 @@ fn a_peer_that_never_reads_has_its_stream_reset_after_the_send_stall_timeout() {
                 STREAM_STALLED_CODE
             )))),
         );
+        let stalled: u64 = server.stats().iter().map(|w| w.streams_stalled).sum();
+        assert_eq!(stalled, 1, "counted once, the slow reader not at all");
 
         // only that stream: the connection goes on
         let (mut send, mut recv) = conn.open_bi().await.expect("open").split();

@@ -191,6 +191,10 @@ impl SendStream {
             return Poll::Pending;
         };
         tracing::debug!(stream = %self.id(), ?waited, "the peer took no data: stream reset");
+        match &self.kind {
+            SendKind::Quic(s) => s.count_stall(),
+            SendKind::Tcp(s) => s.count_stall(),
+        }
         let _ = self.reset(VarInt::from_u32(STREAM_STALLED_CODE));
         Poll::Ready(Err(WriteError::Stalled(waited)))
     }

@@ -36,6 +36,10 @@ impl QuicSend {
         self.conn.0.send_stall_timeout
     }
 
+    pub(crate) fn count_stall(&self) {
+        crate::stats::WorkerStats::add(&self.conn.0.stats.streams_stalled, 1);
+    }
+
     fn poll_with<R>(
         &mut self,
         cx: &mut Context<'_>,
