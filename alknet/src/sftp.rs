@@ -41,8 +41,9 @@ impl SftpService {
 
     /// One session for `identity` on `stream`, to its end. A clean end (the client ended
     /// its side, every request answered) finishes the stream; anything else drops it,
-    /// which resets it.
-    async fn run<S>(&self, identity: Identity, stream: S)
+    /// which resets it. Returns the exit status of the session, as OpenSSH's
+    /// `sftp-server` exits: 0 for a clean end, 1 otherwise.
+    async fn run<S>(&self, identity: Identity, stream: S) -> u32
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -50,13 +51,19 @@ impl SftpService {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("sftp: {e}");
-                return;
+                return 1;
             }
         };
         tracing::info!(identity = %identity.name, read = server.grants().read, write = server.grants().write, "sftp: session started");
         match alknet_sftp::serve(stream, server, self.config.clone()).await {
-            Ok(()) => tracing::debug!(identity = %identity.name, "sftp: session ended"),
-            Err(e) => tracing::info!(identity = %identity.name, "sftp: session ended: {e}"),
+            Ok(()) => {
+                tracing::debug!(identity = %identity.name, "sftp: session ended");
+                0
+            }
+            Err(e) => {
+                tracing::info!(identity = %identity.name, "sftp: session ended: {e}");
+                1
+            }
         }
     }
 }
@@ -66,7 +73,7 @@ impl Subsystem for SftpService {
         &self,
         identity: &Identity,
         stream: SubsystemStream,
-    ) -> Result<futures_util::future::BoxFuture<'static, ()>, String> {
+    ) -> Result<futures_util::future::BoxFuture<'static, u32>, String> {
         if !alknet_sftp::Grants::of(identity).any() {
             return Err(format!(
                 "identity {:?} has neither {} nor {}",

@@ -148,6 +148,13 @@ impl SshTarget {
         self.client("sftp", key, None)
     }
 
+    /// OpenSSH's `scp`, with the same options as [`Self::ssh`] (remote paths are
+    /// `user@alknet:PATH`): over the `sftp` subsystem by default (OpenSSH ≥ 9.0), as
+    /// `scp -t`/`-f` run by `exec` with `-O`.
+    pub fn scp(&self, key: &SshKey) -> Command {
+        self.client("scp", key, None)
+    }
+
     fn ssh_checking_host(&self, key: &SshKey, known_hosts: Option<&Path>) -> Command {
         self.client("ssh", key, known_hosts)
     }

@@ -536,3 +536,118 @@ fn paramiko_through_the_sftp_subsystem() {
         .expect("link")
         .is_symlink());
 }
+
+/// Runs `scp ARGS…` in `local`, bounded by [`SFTP_TIMEOUT`].
+fn scp(t: &SshTarget, key: &SshKey, local: &Path, args: &[&str]) -> Output {
+    let mut cmd = t.scp(key);
+    cmd.args(args).current_dir(local);
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn scp");
+    wait_output(child, SFTP_TIMEOUT)
+}
+
+#[test]
+fn scp_both_ways_over_the_sftp_subsystem_and_the_legacy_protocol() {
+    require_openssh();
+    let server = BinServer::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let local = tempfile::tempdir().expect("tempdir");
+    let t = SshTarget::new(server.addr(), server.fingerprint());
+    let alice = ssh_keygen(keys.path(), "alice");
+    peer_add(
+        server.data_dir.path(),
+        "alice",
+        &alice.fingerprint_hex,
+        &["ssh:sftp", "sftp:read", "sftp:write"],
+    );
+    let home = sftp_root(&server).join("alice");
+    let data = payload(31, 3 << 20);
+    std::fs::write(local.path().join("up.bin"), &data).expect("write");
+    std::fs::create_dir_all(local.path().join("tree/sub")).expect("mkdir");
+    for (name, n) in [("tree/a.txt", 1u64), ("tree/sub/b.txt", 2)] {
+        std::fs::write(local.path().join(name), payload(n, 5_000)).expect("write");
+    }
+
+    // scp's default since OpenSSH 9.0: SFTP underneath, confined to alice's directory
+    ok(scp(
+        &t,
+        &alice,
+        local.path(),
+        &["up.bin", "user@alknet:/copy.bin"],
+    ));
+    assert_eq!(
+        sha256(&std::fs::read(home.join("copy.bin")).expect("on disk")),
+        sha256(&data)
+    );
+    ok(scp(
+        &t,
+        &alice,
+        local.path(),
+        &["user@alknet:copy.bin", "down.bin"],
+    ));
+    let down = std::fs::read(local.path().join("down.bin")).expect("downloaded");
+    assert_eq!(sha256(&down), sha256(&data));
+    ok(scp(
+        &t,
+        &alice,
+        local.path(),
+        &["-r", "tree", "user@alknet:tree"],
+    ));
+    ok(scp(
+        &t,
+        &alice,
+        local.path(),
+        &["-r", "user@alknet:tree", "back"],
+    ));
+    for name in ["a.txt", "sub/b.txt"] {
+        let sent = std::fs::read(local.path().join("tree").join(name)).expect("sent");
+        assert_eq!(
+            std::fs::read(home.join("tree").join(name)).expect("there"),
+            sent
+        );
+        assert_eq!(
+            std::fs::read(local.path().join("back").join(name)).expect("back"),
+            sent
+        );
+    }
+    // `..` from the top stays at the top (the kernel resolves in the root, as in a
+    // chroot): contained, nothing written outside
+    ok(scp(
+        &t,
+        &alice,
+        local.path(),
+        &["up.bin", "user@alknet:../escaped.bin"],
+    ));
+    assert!(!sftp_root(&server).join("escaped.bin").exists());
+    assert!(home.join("escaped.bin").exists());
+
+    // the legacy protocol (`scp -O`) is a command on the server: it needs ssh:exec,
+    // and works on the server's filesystem as the server's user
+    let remote = tempfile::tempdir().expect("tempdir");
+    let target = format!("user@alknet:{}/legacy.bin", remote.path().display());
+    let out = scp(&t, &alice, local.path(), &["-O", "up.bin", &target]);
+    assert!(!out.status.success(), "scp -O without ssh:exec");
+    assert!(!remote.path().join("legacy.bin").exists());
+    let bob = ssh_keygen(keys.path(), "bob");
+    peer_add(
+        server.data_dir.path(),
+        "bob",
+        &bob.fingerprint_hex,
+        &["ssh:exec"],
+    );
+    ok(scp(&t, &bob, local.path(), &["-O", "up.bin", &target]));
+    let there = std::fs::read(remote.path().join("legacy.bin")).expect("on disk");
+    assert_eq!(sha256(&there), sha256(&data));
+    ok(scp(
+        &t,
+        &bob,
+        local.path(),
+        &["-O", &target, "legacy-down.bin"],
+    ));
+    let back = std::fs::read(local.path().join("legacy-down.bin")).expect("downloaded");
+    assert_eq!(sha256(&back), sha256(&data));
+}

@@ -273,11 +273,18 @@ impl SshSession {
         let backlog = self.flow.backlog();
         tokio::spawn(async move {
             let (from_sub, to_sub) = tokio::io::split(ours);
+            let (status_tx, status_rx) = tokio::sync::oneshot::channel();
             let inbound = pump_input(read, Some(to_sub), OnEof::Close, backlog);
+            let serving = async move {
+                let _ = status_tx.send(serving.await);
+            };
             let outbound = async {
                 if let Err(e) = pump_output(from_sub, &write, None).await {
                     tracing::debug!("ssh subsystem output: {e}");
                 }
+                // all it wrote is out; then its exit status, EOF and close, as sshd ends
+                // a subsystem channel (a subsystem task that panicked reports failure)
+                let _ = write.exit_status(status_rx.await.unwrap_or(1)).await;
                 let _ = write.eof().await;
                 let _ = write.close().await;
             };

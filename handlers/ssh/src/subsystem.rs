@@ -22,12 +22,15 @@ pub const SUBSYSTEM_PIPE: usize = 512 * 1024;
 /// Something served as a subsystem.
 pub trait Subsystem: Send + Sync + 'static {
     /// Starts serving `identity` on `stream`: the future runs on the bridge runtime until
-    /// the session is over. `Err` refuses the request (the reason is logged).
+    /// the session is over, and gives the exit status the channel reports then (0: a
+    /// clean end), as sshd reports its subsystem process's. `scp` (SFTP mode) and other
+    /// clients take a channel closed without one for a failure. `Err` refuses the request
+    /// (the reason is logged).
     fn start(
         &self,
         identity: &Identity,
         stream: SubsystemStream,
-    ) -> Result<BoxFuture<'static, ()>, String>;
+    ) -> Result<BoxFuture<'static, u32>, String>;
 }
 
 /// A registered subsystem and the scope that gates it.
