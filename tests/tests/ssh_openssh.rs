@@ -577,3 +577,25 @@ fn a_probe_that_ends_its_side_gets_the_banner() {
         );
     }
 }
+
+#[test]
+fn server_alive_probes_are_answered() {
+    require_openssh();
+    let (server, _keys, key) = server_with_peer_key("alice", &["ssh:exec"]);
+    let t = target(&server);
+    // OpenSSH's ServerAliveInterval: a keepalive@openssh.com global request every second
+    // while the command is quiet; two unanswered in a row and ssh gives up ("Timeout,
+    // server not responding"). A server must answer them (a failure reply will do).
+    let mut cmd = t.ssh(&key);
+    cmd.args([
+        "-o",
+        "ServerAliveInterval=1",
+        "-o",
+        "ServerAliveCountMax=2",
+        "user@alknet",
+        "sleep 4; echo alive",
+    ]);
+    let out = run_with_input(cmd, b"");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "alive\n");
+}
