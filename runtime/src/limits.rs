@@ -85,7 +85,10 @@ pub const DEFAULT_MTU_PROBE_AFTER_PACKETS: u64 = 100;
 /// 750 000 packets of 1.4 KB, and per-packet work (building, sealing, acknowledging,
 /// tracking) on both ends cost more CPU than the bytes; on this path the packets grow to
 /// the 64 KiB a UDP datagram may carry over IPv4 (65 507 bytes). Set it equal to
-/// `max_udp_payload_size` to treat loopback like any other path.
+/// `max_udp_payload_size` to treat loopback like any other path. A loopback path's search
+/// probes this bound first (the vendored quinn-proto's `upper_bound_first`): one probe
+/// instead of a binary search of nine padded packets of up to 64 KiB; if the probe is lost
+/// (a `lo` with a smaller MTU) the binary search runs below it as before.
 ///
 /// 64 KiB packets made one quinn-proto bug certain: a close packet was held back by a
 /// congestion window that, once closed, never reopens (one outstanding 64 KiB MTU probe
@@ -332,20 +335,27 @@ impl Limits {
     /// peer is at `peer` (loopback peers get `loopback_max_udp_payload_size` as the path
     /// MTU discovery bound).
     pub fn transport_config_for(&self, peer: std::net::IpAddr) -> quinn_proto::TransportConfig {
-        self.transport_config_with_mtu_bound(if is_loopback(peer) {
-            self.loopback_max_udp_payload_size
+        if is_loopback(peer) {
+            // loopback carries 64 KiB: probe the bound first, one probe instead of a
+            // binary search of nine (which still runs below it if the probe is lost)
+            self.transport_config_with_mtu_bound(self.loopback_max_udp_payload_size, true)
         } else {
-            self.max_udp_payload_size
-        })
+            self.transport_config_with_mtu_bound(self.max_udp_payload_size, false)
+        }
     }
 
     /// The quinn-proto transport parameters these limits imply.
     pub fn transport_config(&self) -> quinn_proto::TransportConfig {
-        self.transport_config_with_mtu_bound(self.max_udp_payload_size)
+        self.transport_config_with_mtu_bound(self.max_udp_payload_size, false)
     }
 
-    /// The transport parameters, with path MTU discovery bounded by `mtu_bound`.
-    fn transport_config_with_mtu_bound(&self, mtu_bound: u16) -> quinn_proto::TransportConfig {
+    /// The transport parameters, with path MTU discovery bounded by `mtu_bound` (and
+    /// probing it first when `bound_first`).
+    fn transport_config_with_mtu_bound(
+        &self,
+        mtu_bound: u16,
+        bound_first: bool,
+    ) -> quinn_proto::TransportConfig {
         use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, VarInt};
         let mut t = quinn_proto::TransportConfig::default();
         t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
@@ -364,7 +374,8 @@ impl Limits {
         let mut mtud = MtuDiscoveryConfig::default();
         mtud.upper_bound(mtu_bound)
             .minimum_change(self.mtu_probe_min_change)
-            .first_search_after_packets(self.mtu_probe_after_packets);
+            .first_search_after_packets(self.mtu_probe_after_packets)
+            .upper_bound_first(bound_first);
         t.mtu_discovery_config(Some(mtud));
         t
     }

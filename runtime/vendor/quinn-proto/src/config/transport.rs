@@ -701,6 +701,7 @@ pub struct MtuDiscoveryConfig {
     pub(crate) minimum_change: u16,
     pub(crate) black_hole_cooldown: Duration,
     pub(crate) first_search_after_packets: u64,
+    pub(crate) upper_bound_first: bool,
 }
 
 impl MtuDiscoveryConfig {
@@ -757,6 +758,19 @@ impl MtuDiscoveryConfig {
         self.first_search_after_packets = value;
         self
     }
+
+    /// Whether each MTU discovery run probes the upper bound first, before any binary
+    /// search. Defaults to false: upstream's binary search from the current MTU.
+    ///
+    /// (alknet's change.) For a path whose MTU is known to reach the upper bound (loopback,
+    /// whose MTU is 64 KiB, with an upper bound near it) the binary search costs about
+    /// nine probes of up to 64 KiB to reach what one probe finds. If that probe is lost
+    /// (after the usual retransmissions) the run goes on as a binary search below it, so a
+    /// path with a smaller MTU still finds it, a few lost probes later.
+    pub fn upper_bound_first(&mut self, value: bool) -> &mut Self {
+        self.upper_bound_first = value;
+        self
+    }
 }
 
 impl Default for MtuDiscoveryConfig {
@@ -767,6 +781,7 @@ impl Default for MtuDiscoveryConfig {
             black_hole_cooldown: Duration::from_secs(60),
             minimum_change: 20,
             first_search_after_packets: 0,
+            upper_bound_first: false,
         }
     }
 }

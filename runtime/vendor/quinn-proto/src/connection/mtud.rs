@@ -298,6 +298,9 @@ struct SearchState {
     last_probed_mtu: u16,
     /// Packet number of an in-flight probe (if any)
     in_flight_probe: Option<u64>,
+    /// alknet: the upper bound is still to be probed before the binary search starts
+    /// (`MtuDiscoveryConfig::upper_bound_first`)
+    upper_bound_next: bool,
     /// Lost probes at the current probe size
     lost_probe_count: usize,
 }
@@ -317,6 +320,7 @@ impl SearchState {
 
         Self {
             in_flight_probe: None,
+            upper_bound_next: config.upper_bound_first,
             lost_probe_count: 0,
             lower_bound,
             upper_bound,
@@ -335,6 +339,14 @@ impl SearchState {
             self.lower_bound = self.last_probed_mtu;
         } else {
             self.upper_bound = self.last_probed_mtu - 1;
+        }
+
+        // alknet: the upper bound first, once; if it is lost, the binary search goes on
+        // below it
+        if std::mem::take(&mut self.upper_bound_next)
+            && self.upper_bound.saturating_sub(self.last_probed_mtu) >= self.minimum_change
+        {
+            return Some(self.upper_bound);
         }
 
         let next_mtu = (self.lower_bound as i32 + self.upper_bound as i32) / 2;
@@ -624,6 +636,37 @@ mod tests {
         assert_eq!(mtud.poll_transmit(now, 100), Some(1_326));
         mtud.on_acked(SpaceId::Data, 100, 1_326);
         assert_eq!(mtud.current_mtu(), 1_326);
+    }
+
+    #[test]
+    fn upper_bound_first_takes_one_probe_and_falls_back_to_the_search() {
+        let mut config = MtuDiscoveryConfig::default();
+        config
+            .upper_bound(65_507)
+            .minimum_change(136)
+            .upper_bound_first(true);
+        // a path that carries the bound (loopback): one probe
+        let mut mtud = MtuDiscovery::new(1_200, 1_200, None, config.clone());
+        assert_eq!(
+            drive_to_completion(&mut mtud, Instant::now(), u16::MAX),
+            [65_507]
+        );
+        assert_eq!(mtud.current_mtu, 65_507);
+        // without the option the same search takes nine
+        let mut plain = config.clone();
+        plain.upper_bound_first(false);
+        let mut mtud = MtuDiscovery::new(1_200, 1_200, None, plain);
+        assert_eq!(
+            drive_to_completion(&mut mtud, Instant::now(), u16::MAX).len(),
+            9
+        );
+        // a path that does not: the bound is lost three times, then the binary search
+        // below it finds the path's limit as it would have
+        let mut mtud = MtuDiscovery::new(1_200, 1_200, None, config);
+        let probed = drive_to_completion(&mut mtud, Instant::now(), 16_384);
+        assert_eq!(probed[..3], [65_507; 3]);
+        assert!(mtud.current_mtu <= 16_384 && mtud.current_mtu > 16_384 - 136);
+        assert!(completed(&mtud));
     }
 
     #[test]
