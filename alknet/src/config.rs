@@ -168,7 +168,7 @@ shell = "/bin/sh"
 # Keys are otherwise resolved by SHA-256 fingerprint through [[identities]] and the peers.
 # authorized_keys = "/etc/alknet/authorized_keys"
 # Environment variables clients may set: exact names, or a prefix ending in *.
-env_allow = ["LANG", "LC_*"]
+env_allow = ["LANG", "LC_*", "GIT_PROTOCOL"]
 # Addresses ssh -R (tcpip-forward) may bind, as the client names them.
 forward_bind_allow = ["127.0.0.1", "::1", "localhost"]
 # Threads of the tokio runtime running SSH sessions; 0 = as many as workers.

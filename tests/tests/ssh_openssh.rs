@@ -599,3 +599,67 @@ fn server_alive_probes_are_answered() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "alive\n");
 }
+
+#[test]
+fn git_clone_and_push_over_ssh_exec() {
+    require_openssh();
+    let (server, _keys, key) = server_with_peer_key("alice", &["ssh:exec"]);
+    let t = target(&server);
+    // git's ssh transport: `ssh user@alknet "git-upload-pack '/path'"` (and receive-pack),
+    // run by exec on the server's filesystem, as with any sshd. Its GIT_PROTOCOL env
+    // request passes (`ssh.env_allow`), so the clone speaks protocol v2: the empty
+    // repository's unborn HEAD reaches the clone, whose branch is then `main` (over v0 it
+    // would be the client's default, and the push of `main` below would fail)
+    let work = tempfile::tempdir().expect("tempdir");
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let ssh = t.ssh(&key);
+        let ssh_command = std::iter::once(ssh.get_program())
+            .chain(ssh.get_args())
+            .map(|a| sh_quote(&a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_SSH_COMMAND", ssh_command)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let origin = work.path().join("origin.git");
+    git(
+        work.path(),
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            &origin.display().to_string(),
+        ],
+    );
+    let url = format!("user@alknet:{}", origin.display());
+    let one = work.path().join("one");
+    git(work.path(), &["clone", "-q", &url, "one"]);
+    std::fs::write(one.join("a.txt"), "hello over alknet/ssh\n").expect("write");
+    git(&one, &["add", "a.txt"]);
+    git(
+        &one,
+        &[
+            "-c",
+            "user.name=A",
+            "-c",
+            "user.email=a@x",
+            "commit",
+            "-qm",
+            "one",
+        ],
+    );
+    git(&one, &["push", "-q", "origin", "main"]);
+    git(work.path(), &["clone", "-q", &url, "two"]);
+    let got = std::fs::read_to_string(work.path().join("two/a.txt")).expect("cloned file");
+    assert_eq!(got, "hello over alknet/ssh\n");
+}

@@ -45,7 +45,10 @@ pub const DEFAULT_CHANNEL_BUFFER: usize = 1024 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 
 /// Environment variables a client may set (`env` requests; `SendEnv` in OpenSSH).
-pub const DEFAULT_ENV_ALLOW: &[&str] = &["LANG", "LC_*"];
+/// `GIT_PROTOCOL` is how git's ssh transport asks the remote `git-upload-pack` for
+/// protocol v2 (`ssh -o SendEnv=GIT_PROTOCOL`), as GitHub and GitLab accept it; without it
+/// git over SSH falls back to protocol v0 (no `ls-refs` ref prefixes, no unborn HEAD).
+pub const DEFAULT_ENV_ALLOW: &[&str] = &["LANG", "LC_*", "GIT_PROTOCOL"];
 
 /// `env` requests honoured per channel; more are refused.
 pub const MAX_ENV_PER_CHANNEL: usize = 64;
