@@ -107,13 +107,12 @@ impl QuicSend {
 
     /// Abandons the stream: unsent data is discarded and the peer sees `code`.
     pub(crate) fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
-        let res = self
-            .conn
-            .state
-            .borrow_mut()
-            .conn
-            .send_stream(self.id)
-            .reset(code);
+        let res = {
+            let mut st = self.conn.state.borrow_mut();
+            // a write that waited (a stall) left its waker; nothing waits on a reset stream
+            st.writers.remove(&self.id);
+            st.conn.send_stream(self.id).reset(code)
+        };
         self.closed = true;
         self.conn.0.wake_driver();
         res
