@@ -20,6 +20,8 @@ command -v valgrind >/dev/null || missing+=(valgrind)
 command -v ssh >/dev/null && command -v ssh-keygen >/dev/null && command -v sftp >/dev/null \
     || missing+=(openssh-client)
 command -v tmux >/dev/null || missing+=(tmux)
+# rsync: `rsync -e ssh` through alknet/ssh (ssh_openssh)
+command -v rsync >/dev/null || missing+=(rsync)
 command -v curl >/dev/null || missing+=(curl)
 command -v git >/dev/null || missing+=(git)
 # dig: the classic DNS (UDP/TCP) tests; kdig (Knot): the DoT (+tls) and DoH (+https) tests.

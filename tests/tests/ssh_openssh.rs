@@ -663,3 +663,64 @@ fn git_clone_and_push_over_ssh_exec() {
     let got = std::fs::read_to_string(work.path().join("two/a.txt")).expect("cloned file");
     assert_eq!(got, "hello over alknet/ssh\n");
 }
+
+#[test]
+fn rsync_both_ways_over_ssh_exec() {
+    require_openssh();
+    let (server, _keys, key) = server_with_peer_key("alice", &["ssh:exec"]);
+    let t = target(&server);
+    // rsync's remote shell: `ssh user@alknet rsync --server …`, run by exec, its protocol
+    // on the channel's stdin/stdout both ways at once
+    let ssh = t.ssh(&key);
+    let rsh = std::iter::once(ssh.get_program())
+        .chain(ssh.get_args())
+        .map(|a| sh_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let rsync = |args: &[&str]| {
+        let out = Command::new("rsync")
+            .arg("-e")
+            .arg(&rsh)
+            .args(args)
+            .output()
+            .expect("rsync (tests/run-all.sh installs it)");
+        assert!(
+            out.status.success(),
+            "rsync {args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    let local = tempfile::tempdir().expect("tempdir");
+    let remote = tempfile::tempdir().expect("tempdir");
+    let src = local.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+    let big = payload(41, 4 << 20);
+    std::fs::write(src.join("big.bin"), &big).expect("write");
+    std::fs::write(src.join("sub/small.txt"), "small\n").expect("write");
+    let there = format!("user@alknet:{}/", remote.path().display());
+    rsync(&["-a", &format!("{}/", src.display()), &there]);
+    assert_eq!(
+        sha256(&std::fs::read(remote.path().join("big.bin")).expect("sent")),
+        sha256(&big)
+    );
+    // a change in the middle of the big file: rsync's delta transfer (`--checksum`: the
+    // size is the same and the mtime may be too, within a second), then back again
+    let mut changed = big.clone();
+    changed[2 << 20..(2 << 20) + 10].copy_from_slice(b"0123456789");
+    std::fs::write(src.join("big.bin"), &changed).expect("write");
+    rsync(&["-a", "--checksum", &format!("{}/", src.display()), &there]);
+    assert_eq!(
+        sha256(&std::fs::read(remote.path().join("big.bin")).expect("updated")),
+        sha256(&changed)
+    );
+    let back = local.path().join("back");
+    rsync(&["-a", &there, &format!("{}/", back.display())]);
+    assert_eq!(
+        sha256(&std::fs::read(back.join("big.bin")).expect("back")),
+        sha256(&changed)
+    );
+    assert_eq!(
+        std::fs::read_to_string(back.join("sub/small.txt")).expect("back"),
+        "small\n"
+    );
+}
