@@ -155,6 +155,17 @@ impl SshTarget {
         self.client("scp", key, None)
     }
 
+    /// [`Self::ssh`] as one shell command line, for what runs ssh through a shell: git's
+    /// `GIT_SSH_COMMAND`, `rsync -e`, a tmux pane.
+    pub fn ssh_command_line(&self, key: &SshKey) -> String {
+        let ssh = self.ssh(key);
+        std::iter::once(ssh.get_program())
+            .chain(ssh.get_args())
+            .map(|a| sh_quote(&a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     fn ssh_checking_host(&self, key: &SshKey, known_hosts: Option<&Path>) -> Command {
         self.client("ssh", key, known_hosts)
     }
@@ -198,6 +209,11 @@ impl SshTarget {
         cmd.args(["user@alknet", command]);
         run_with_input(cmd, input)
     }
+}
+
+/// Quotes `arg` for /bin/sh.
+pub fn sh_quote(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', r"'\''"))
 }
 
 /// Runs `cmd` feeding `input` from a thread (so a big input cannot deadlock against the

@@ -296,8 +296,19 @@ fn read_only(run: &dyn Fn(&str) -> Output, local: &Path, home: &Path) {
     assert_eq!(names, ["given"]);
 }
 
-#[test]
-fn sftp_subsystem_of_alknet_ssh() {
+/// The real server on its embedded default, reached through `alknet/ssh`, and the key of
+/// "alice", a peer with the subsystem's scopes (`ssh:sftp`, `sftp:read`, `sftp:write`).
+struct Subsystem {
+    server: BinServer,
+    /// Holds the keys (more can be made here).
+    keys: tempfile::TempDir,
+    /// The client's working directory.
+    local: tempfile::TempDir,
+    t: SshTarget,
+    alice: SshKey,
+}
+
+fn subsystem_with_alice() -> Subsystem {
     require_openssh();
     let server = BinServer::start();
     let keys = tempfile::tempdir().expect("tempdir");
@@ -310,6 +321,24 @@ fn sftp_subsystem_of_alknet_ssh() {
         &alice.fingerprint_hex,
         &["ssh:sftp", "sftp:read", "sftp:write"],
     );
+    Subsystem {
+        server,
+        keys,
+        local,
+        t,
+        alice,
+    }
+}
+
+#[test]
+fn sftp_subsystem_of_alknet_ssh() {
+    let Subsystem {
+        server,
+        keys,
+        local,
+        t,
+        alice,
+    } = subsystem_with_alice();
     let root = sftp_root(&server);
     let run = |script: &str| batch(t.sftp(&alice), Some("user@alknet"), local.path(), script);
     transfers_and_commands(&run, local.path(), &root.join("alice"));
@@ -552,18 +581,13 @@ fn scp(t: &SshTarget, key: &SshKey, local: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn scp_both_ways_over_the_sftp_subsystem_and_the_legacy_protocol() {
-    require_openssh();
-    let server = BinServer::start();
-    let keys = tempfile::tempdir().expect("tempdir");
-    let local = tempfile::tempdir().expect("tempdir");
-    let t = SshTarget::new(server.addr(), server.fingerprint());
-    let alice = ssh_keygen(keys.path(), "alice");
-    peer_add(
-        server.data_dir.path(),
-        "alice",
-        &alice.fingerprint_hex,
-        &["ssh:sftp", "sftp:read", "sftp:write"],
-    );
+    let Subsystem {
+        server,
+        keys,
+        local,
+        t,
+        alice,
+    } = subsystem_with_alice();
     let home = sftp_root(&server).join("alice");
     let data = payload(31, 3 << 20);
     std::fs::write(local.path().join("up.bin"), &data).expect("write");

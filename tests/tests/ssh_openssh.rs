@@ -345,11 +345,6 @@ fn over_tls_tcp_a_command_ten_mebibytes_and_a_forward() {
     );
 }
 
-/// Quotes `arg` for /bin/sh.
-fn sh_quote(arg: &str) -> String {
-    format!("'{}'", arg.replace('\'', r"'\''"))
-}
-
 /// The screen of a tmux pane.
 fn capture(socket: &Path) -> String {
     let out = Command::new("tmux")
@@ -403,9 +398,7 @@ fn pty_shell_in_tmux_shows_a_prompt_runs_commands_and_resizes() {
     assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "from-stdin\n");
     // tmux runs a shell command line: a script holding the exact ssh invocation
-    let cmd = t.ssh(&key);
-    let mut line = vec![sh_quote(&cmd.get_program().to_string_lossy())];
-    line.extend(cmd.get_args().map(|a| sh_quote(&a.to_string_lossy())));
+    let line = t.ssh_command_line(&key);
     let status_file = dir.path().join("status");
     let script = dir.path().join("session.sh");
     std::fs::write(
@@ -413,8 +406,7 @@ fn pty_shell_in_tmux_shows_a_prompt_runs_commands_and_resizes() {
         format!(
             // written aside and renamed: `echo > file` creates the file empty before it
             // writes, and the test may read it in between
-            "#!/bin/sh\n{} -tt user@alknet\necho $? > {tmp} && mv {tmp} {status}\n",
-            line.join(" "),
+            "#!/bin/sh\n{line} -tt user@alknet\necho $? > {tmp} && mv {tmp} {status}\n",
             tmp = sh_quote(&dir.path().join("status.tmp").to_string_lossy()),
             status = sh_quote(&status_file.to_string_lossy())
         ),
@@ -611,17 +603,12 @@ fn git_clone_and_push_over_ssh_exec() {
     // repository's unborn HEAD reaches the clone, whose branch is then `main` (over v0 it
     // would be the client's default, and the push of `main` below would fail)
     let work = tempfile::tempdir().expect("tempdir");
+    let ssh_command = t.ssh_command_line(&key);
     let git = |dir: &std::path::Path, args: &[&str]| {
-        let ssh = t.ssh(&key);
-        let ssh_command = std::iter::once(ssh.get_program())
-            .chain(ssh.get_args())
-            .map(|a| sh_quote(&a.to_string_lossy()))
-            .collect::<Vec<_>>()
-            .join(" ");
         let out = Command::new("git")
             .args(args)
             .current_dir(dir)
-            .env("GIT_SSH_COMMAND", ssh_command)
+            .env("GIT_SSH_COMMAND", &ssh_command)
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("HOME", dir)
             .output()
@@ -671,12 +658,7 @@ fn rsync_both_ways_over_ssh_exec() {
     let t = target(&server);
     // rsync's remote shell: `ssh user@alknet rsync --server …`, run by exec, its protocol
     // on the channel's stdin/stdout both ways at once
-    let ssh = t.ssh(&key);
-    let rsh = std::iter::once(ssh.get_program())
-        .chain(ssh.get_args())
-        .map(|a| sh_quote(&a.to_string_lossy()))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let rsh = t.ssh_command_line(&key);
     let rsync = |args: &[&str]| {
         let out = Command::new("rsync")
             .arg("-e")
