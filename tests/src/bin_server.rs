@@ -1,19 +1,18 @@
 //! The real `alknet serve` binary as a child process: embedded default config, a fresh
 //! data directory, a free loopback port, its log lines on a channel.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::alknet_bin;
+use crate::{alknet_bin, ChildLines};
 
 /// A running `alknet serve`; killed when dropped.
 pub struct BinServer {
     child: Child,
     pub port: u16,
     pub data_dir: tempfile::TempDir,
-    log: mpsc::Receiver<String>,
+    log: ChildLines,
 }
 
 impl Drop for BinServer {
@@ -120,15 +119,7 @@ impl BinServer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn alknet serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let log = ChildLines::read(child.stderr.take().expect("stderr"));
         let server = Self {
             child,
             port,
@@ -162,22 +153,9 @@ impl BinServer {
     /// [`Self::wait_for_log`], or `Err` with the lines seen if the server exits or 20 s
     /// pass first.
     fn log_until(&self, needle: &str) -> Result<Vec<String>, Vec<String>> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            match self.log.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) => {
-                    let found = line.contains(needle);
-                    seen.push(line);
-                    if found {
-                        return Ok(seen);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        Err(seen)
+        self.log
+            .try_until(Duration::from_secs(20), |line| line.contains(needle))
+            .map_err(|(_, seen)| seen)
     }
 
     /// The server's certificate fingerprint, via `alknet fingerprint`.

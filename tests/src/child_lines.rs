@@ -1,12 +1,12 @@
-//! A child process's stdout as lines on a channel, read by a thread of its own so a
+//! A child process's output as lines on a channel, read by a thread of its own so a
 //! test can wait for a line with a deadline and then read everything up to the end.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::Child;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-/// The lines a child writes to its (piped) stdout, in order.
+/// The lines a child writes to one of its (piped) outputs, in order.
 pub struct ChildLines {
     rx: mpsc::Receiver<String>,
 }
@@ -14,10 +14,14 @@ pub struct ChildLines {
 impl ChildLines {
     /// Takes the child's piped stdout; panics if it was not piped.
     pub fn of(child: &mut Child) -> Self {
-        let stdout = child.stdout.take().expect("piped stdout");
+        Self::read(child.stdout.take().expect("piped stdout"))
+    }
+
+    /// The lines of `output` (a child's piped stdout or stderr).
+    pub fn read(output: impl Read + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in BufReader::new(output).lines().map_while(Result::ok) {
                 if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
                     break;
                 }
@@ -29,6 +33,18 @@ impl ChildLines {
     /// Reads lines until one satisfies `want`; returns the lines read, that one last.
     /// Panics with what it read if none does within `limit` or the output ends first.
     pub fn until(&self, limit: Duration, want: impl Fn(&str) -> bool) -> Vec<String> {
+        self.try_until(limit, want).unwrap_or_else(|(why, seen)| {
+            panic!("no wanted line ({why}); read:\n{}", seen.join("\n"))
+        })
+    }
+
+    /// [`Self::until`], or `Err` with why and the lines read if no line satisfies `want`
+    /// within `limit` or the output ends first.
+    pub fn try_until(
+        &self,
+        limit: Duration,
+        want: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, (String, Vec<String>)> {
         let deadline = Instant::now() + limit;
         let mut seen = Vec::new();
         loop {
@@ -38,17 +54,15 @@ impl ChildLines {
                     let found = want(&line);
                     seen.push(line);
                     if found {
-                        return seen;
+                        return Ok(seen);
                     }
                 }
-                Err(e) => panic!(
-                    "no wanted line ({}); read:\n{}",
-                    match e {
-                        RecvTimeoutError::Timeout => format!("not within {limit:?}"),
-                        RecvTimeoutError::Disconnected => "the output ended".to_string(),
-                    },
-                    seen.join("\n")
-                ),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err((format!("not within {limit:?}"), seen))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(("the output ended".to_string(), seen))
+                }
             }
         }
     }
