@@ -11,7 +11,7 @@ use alknet_runtime::{ConfigIdentityProvider, IdentityEntry, ServerHandle};
 use alknet_ssh::russh::client::{self, Handle, Msg};
 use alknet_ssh::russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use alknet_ssh::russh::{self, Channel, ChannelMsg, ChannelOpenFailure, Sig};
-use alknet_ssh::{ByteStream, SshAdapter, SshConfig, TokioBridge};
+use alknet_ssh::{ByteStream, SessionPlacement, SshAdapter, SshConfig, TokioBridge};
 use alknet_tests::*;
 
 struct Client;
@@ -121,8 +121,22 @@ async fn wait_for(channel: &mut Channel<Msg>, marker: &str) {
 
 #[test]
 fn signals_and_several_sessions_on_one_connection() {
+    signals_and_several_sessions(SessionPlacement::Worker);
+}
+
+/// The same with the sessions on the bridge runtime (`ssh.session_placement = "bridge"`).
+#[test]
+fn signals_and_several_sessions_on_the_bridge_runtime() {
+    signals_and_several_sessions(SessionPlacement::Bridge);
+}
+
+fn signals_and_several_sessions(session_placement: SessionPlacement) {
     let key = Arc::new(alknet_ssh::generate_ed25519().expect("client key"));
-    let server = ssh_server(SshConfig::default(), &key, &["ssh:exec"]);
+    let config = SshConfig {
+        session_placement,
+        ..SshConfig::default()
+    };
+    let server = ssh_server(config, &key, &["ssh:exec"]);
     let results = on_one_connection(&server, 3, move |streams| async move {
         let mut handles = Vec::new();
         for s in streams {

@@ -236,7 +236,8 @@ impl ProtocolHandler for SshAdapter {
             let rt = TokioBridge::start(shared.bridge_threads)
                 .map_err(|e| HandlerError::Other(Box::new(e)))?;
             let max = shared.config.max_sessions_per_connection;
-            serve_bridged_sessions(&conn, &rt, max, "ssh", |bytes| {
+            let placement = shared.config.session_placement;
+            serve_bridged_sessions(&conn, &rt, placement, max, "ssh", |bytes| {
                 serve_session(shared.clone(), bytes, auth.clone())
             })
             .await;

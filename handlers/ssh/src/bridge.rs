@@ -1,19 +1,29 @@
 //! The bridge between the monoio workers (QUIC) and a tokio runtime (russh).
 //!
-//! russh is written for tokio: it spawns with `tokio::spawn`, sleeps with `tokio::time`
-//! and reads and writes through `tokio::io::{AsyncRead, AsyncWrite}`. The engine's packet
-//! path runs on monoio workers and must never wait on tokio. So SSH sessions run on one
-//! shared, small tokio runtime ([`TokioBridge`], threads `alknet-ssh-N`), and bytes cross
-//! between the two through a [`ByteStream`]: a pair of bounded `async_channel`s of
-//! [`Bytes`], which wake tasks of either runtime (their wakers are thread-safe).
+//! russh is written for tokio: it spawns with `tokio::spawn` (through `russh_util`), sleeps
+//! with `tokio::time` and reads and writes through `tokio::io::{AsyncRead, AsyncWrite}`.
+//! The engine's packet path runs on monoio workers and must never wait on tokio. So there
+//! is one shared, small tokio runtime ([`TokioBridge`], threads `alknet-ssh-N`) for what
+//! needs one, and bytes cross between a QUIC stream and russh through a [`ByteStream`]: a
+//! pair of bounded `async_channel`s of [`Bytes`], which wake tasks of either runtime
+//! (their wakers are thread-safe).
 //!
 //! ```text
-//!  monoio worker (owns the QUIC connection)        tokio bridge runtime (russh)
+//!  monoio worker (owns the QUIC connection)        russh session loop
 //!  RecvStream ──read_available─▶ [bounded channel] ──▶ ByteStream: AsyncRead
 //!  SendStream ◀─write_chunk── [bounded channel] ◀── ByteStream: AsyncWrite
 //! ```
 //!
-//! * **Source-agnostic.** The tokio side sees only a [`ByteStream`]; what fills its other
+//! * **Where the session runs** ([`SessionPlacement`], `ssh.session_placement`). By
+//!   default on the same worker: the worker sets a `russh_util` local spawner (a patched
+//!   `russh-util`, `handlers/ssh/vendor/russh-util/PATCHES.md`), so russh's session loop
+//!   and the session's own tasks ([`spawn_session_task`]) are monoio tasks, polled
+//!   [`InTokioContext`] so that their timers, `spawn_blocking` and the helpers that need
+//!   tokio's IO (child processes, forwarded TCP) live on the bridge runtime. The channels
+//!   are then same-thread hand-overs: a request and its answer cross no thread. With
+//!   `"bridge"` the session runs on the bridge runtime instead, one cross-thread wake-up
+//!   each way per round trip, with SSH's ciphers beside the worker rather than on it.
+//! * **Source-agnostic.** The session sees only a [`ByteStream`]; what fills its other
 //!   end ([`StreamEnd`]) is the caller's business. [`pump_quic_stream`] does it for a QUIC
 //!   stream; a WebTransport stream or a TCP socket needs only another pump.
 //! * **Back-pressure.** Each direction holds at most [`BRIDGE_CHANNEL_DEPTH`] chunks (plus
@@ -22,17 +32,16 @@
 //! * **Copies.** Chunks go to the `SendStream` as they came, without copying. Received
 //!   chunks are the `Bytes` slices of the decrypted packets, one QUIC packet each: those
 //!   already waiting are merged ([`alknet_runtime::RecvStream::read_available`]), one copy that saves a hop
-//!   per packet. The tokio side
+//!   per packet. The session's side
 //!   copies once each way, because `AsyncRead`/`AsyncWrite` work on borrowed buffers.
 //! * **Ends.** FIN on the QUIC side is EOF on the tokio side, and `shutdown()` on the
 //!   tokio side finishes the QUIC stream. A reset arrives as a read error
 //!   (`ConnectionReset`); a `ByteStream` dropped without `shutdown()` resets the stream
 //!   (code [`STREAM_ABORT_CODE`]), so a peer never takes a truncated session for a whole
 //!   one.
-//! * **Cost.** One channel hop and, when the other side sleeps, one cross-thread wake-up
-//!   per chunk each way. The QUIC packet path itself never touches tokio. Measured on
-//!   loopback (README, alknet/ssh): the worker spends about 10-20% more per byte than on
-//!   `alknet/echo`; russh's own work (ciphers, packets) runs on the bridge threads.
+//! * **Cost.** Measured with the stock `sftp` and `ssh` (README, SFTP): on the worker a
+//!   small-file `get -r` through the `sftp` subsystem runs at sshd's rate with 0.4× the
+//!   server CPU per file of the bridge placement; 1 GiB transfers are equal either way.
 
 use std::future::Future;
 use std::io;
@@ -368,14 +377,16 @@ pub const MAX_BRIDGE_THREADS: usize = 256;
 
 static BRIDGE: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
-/// Serves every bidirectional stream `conn` opens as one session on the tokio side: the
-/// stream is pumped to a [`ByteStream`] and `session` runs with it on `rt`. At most
+/// Serves every bidirectional stream `conn` opens as one session: the stream is pumped to
+/// a [`ByteStream`] and `session` runs with it where `placement` says (this worker, in
+/// `rt`'s context, or on `rt`). At most
 /// `max_sessions` at once per connection; a stream beyond that is reset and stopped with
 /// [`STREAM_ABORT_CODE`] (logged, naming `what`), and the connection goes on. Returns when
 /// the connection ends.
 pub async fn serve_bridged_sessions<F, Fut>(
     conn: &Connection,
     rt: &tokio::runtime::Handle,
+    placement: SessionPlacement,
     max_sessions: usize,
     what: &str,
     mut session: F,
@@ -398,11 +409,88 @@ pub async fn serve_bridged_sessions<F, Fut>(
         open.fetch_add(1, Ordering::AcqRel);
         let slot = SessionSlot(open.clone());
         let fut = session(pump_quic_stream(stream));
-        rt.spawn(async move {
+        let fut = async move {
             let _slot = slot;
             fut.await;
-        });
+        };
+        match placement {
+            SessionPlacement::Worker => {
+                // russh starts the session's loop with its own spawn: make that local too
+                russh_util::runtime::set_local_spawner(Some(spawn_on_worker));
+                spawn_guarded("ssh session", InTokioContext::new(rt.clone(), fut));
+            }
+            SessionPlacement::Bridge => {
+                rt.spawn(fut);
+            }
+        }
     }
+}
+
+/// Where an SSH session's own work (russh's loop: ciphers, packets, the handler's
+/// callbacks, subsystems such as `sftp`) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionPlacement {
+    /// On the monoio worker that owns the session's QUIC connection, with the bridge
+    /// runtime's handle entered while it is polled (for `tokio::time`, and for the
+    /// helpers that stay on the bridge: child processes, TCP forwarding). A round trip then
+    /// costs no cross-thread wake-up between the QUIC stream and russh. The worker also
+    /// does the SSH ciphers and whatever a subsystem does inline.
+    #[default]
+    Worker,
+    /// On the bridge runtime's threads: every chunk crosses between the worker and a
+    /// tokio thread (a wake-up each way when the other side sleeps), but SSH's own CPU
+    /// work runs beside the worker instead of on it.
+    Bridge,
+}
+
+/// A future polled with a tokio runtime's handle entered: what `tokio::time`,
+/// `tokio::spawn` and `spawn_blocking` need to find a runtime when the future itself runs
+/// on a monoio worker. Timers and spawned helpers live on that runtime; their wake-ups
+/// reach the worker through its (thread-safe) waker.
+pub struct InTokioContext {
+    handle: tokio::runtime::Handle,
+    fut: Pin<Box<dyn Future<Output = ()> + 'static>>,
+}
+
+impl InTokioContext {
+    pub fn new(handle: tokio::runtime::Handle, fut: impl Future<Output = ()> + 'static) -> Self {
+        InTokioContext {
+            handle,
+            fut: Box::pin(fut),
+        }
+    }
+}
+
+impl Future for InTokioContext {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let _entered = this.handle.enter();
+        this.fut.as_mut().poll(cx)
+    }
+}
+
+/// The [`russh_util::runtime::LocalSpawner`] of a worker serving SSH sessions: russh's
+/// tasks (a session's loop) and the session's own (`spawn_session_task`) run on this
+/// worker, in the bridge runtime's context.
+fn spawn_on_worker(task: russh_util::runtime::LocalTask) {
+    match TokioBridge::handle() {
+        Some(handle) => spawn_guarded("ssh session task", InTokioContext::new(handle, task)),
+        // the spawner is set only after the runtime started; without it the task would
+        // panic on its first timer, which the guard would catch and log
+        None => spawn_guarded("ssh session task", task),
+    }
+}
+
+/// Spawns a task that belongs to an SSH session where the session itself runs: on the
+/// worker ([`SessionPlacement::Worker`]) or on the bridge runtime.
+pub fn spawn_session_task<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    drop(russh_util::runtime::spawn(fut));
 }
 
 /// Frees a connection's session slot when the session ends.
@@ -617,6 +705,38 @@ mod tests {
                 "reader gone"
             );
         });
+    }
+
+    #[test]
+    fn with_the_worker_spawner_russh_tasks_run_on_the_worker_with_tokio_timers() {
+        let handle = TokioBridge::start(1).expect("start");
+        let worker = std::thread::current().id();
+        let (ran_on, slept) = alknet_runtime::rt::run_local(|_| async move {
+            let before = russh_util::runtime::set_local_spawner(Some(spawn_on_worker));
+            // what russh's `run_stream` does with a session's loop
+            let task = russh_util::runtime::spawn(async {
+                let started = std::time::Instant::now();
+                // a tokio timer, as russh's keep-alive and inactivity timers are
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                (std::thread::current().id(), started.elapsed())
+            });
+            let out = task.await.expect("task");
+            russh_util::runtime::set_local_spawner(before);
+            out
+        })
+        .expect("monoio runtime");
+        assert_eq!(ran_on, worker, "the task ran on the worker's own thread");
+        assert!(slept >= std::time::Duration::from_millis(20));
+        // without a spawner it is tokio::spawn, onto the bridge runtime's threads
+        let name = handle
+            .block_on(async {
+                russh_util::runtime::spawn(async {
+                    std::thread::current().name().map(str::to_owned)
+                })
+                .await
+            })
+            .expect("task");
+        assert!(name.is_some_and(|n| n.starts_with("alknet-ssh-")));
     }
 
     #[test]

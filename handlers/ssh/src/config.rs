@@ -75,8 +75,13 @@ pub struct SshConfig {
     pub env_allow: Vec<String>,
     /// Addresses `tcpip-forward` (ssh -R) may bind: exact strings as the client sends them.
     pub forward_bind_allow: Vec<String>,
-    /// Threads of the tokio runtime running SSH sessions; 0 = as many as QUIC workers.
+    /// Threads of the tokio runtime behind SSH sessions (their timers, child processes,
+    /// forwarded TCP connections, and the sessions themselves with `session_placement =
+    /// "bridge"`); 0 = as many as QUIC workers.
     pub bridge_threads: usize,
+    /// Where a session's loop runs: `"worker"` (default; on the QUIC worker owning its
+    /// connection, no thread hop per round trip) or `"bridge"` (on the bridge runtime).
+    pub session_placement: crate::bridge::SessionPlacement,
     pub max_sessions_per_connection: usize,
     pub max_channels_per_session: usize,
     pub max_forwards_per_session: usize,
@@ -102,6 +107,7 @@ impl Default for SshConfig {
                 .map(|s| s.to_string())
                 .collect(),
             bridge_threads: 0,
+            session_placement: crate::bridge::SessionPlacement::default(),
             max_sessions_per_connection: DEFAULT_MAX_SESSIONS_PER_CONNECTION,
             max_channels_per_session: DEFAULT_MAX_CHANNELS_PER_SESSION,
             max_forwards_per_session: DEFAULT_MAX_FORWARDS_PER_SESSION,

@@ -35,7 +35,9 @@ pub use auth::{
     key_fingerprint, openssh_fingerprint, parse_authorized_keys, AuthorizedKeysError,
     AuthorizedKeysProvider,
 };
-pub use bridge::{open_bridged_stream, pump_quic_stream, ByteStream, StreamCloser, TokioBridge};
+pub use bridge::{
+    open_bridged_stream, pump_quic_stream, ByteStream, SessionPlacement, StreamCloser, TokioBridge,
+};
 pub use config::*;
 pub use hostkey::{
     generate_ed25519, load_host_key, load_or_generate_host_key, HostKeyError, HOST_KEY_FILE,

@@ -271,7 +271,8 @@ impl SshSession {
         ch.subsystem = true;
         tracing::info!(identity = %identity.name, remote = %self.remote, "ssh: subsystem {name:?} started");
         let backlog = self.flow.backlog();
-        tokio::spawn(async move {
+        // beside the session (on its worker): each request and answer is a round trip
+        crate::bridge::spawn_session_task(async move {
             let (from_sub, to_sub) = tokio::io::split(ours);
             let (status_tx, status_rx) = tokio::sync::oneshot::channel();
             let inbound = pump_input(read, Some(to_sub), OnEof::Close, backlog);

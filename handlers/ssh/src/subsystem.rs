@@ -2,8 +2,9 @@
 //! crate implements without depending on it (a handler crate never depends on another;
 //! the `alknet` binary plugs the SFTP server in as the `sftp` subsystem).
 //!
-//! A subsystem gets the channel as a plain tokio byte stream ([`SubsystemStream`]) on the
-//! bridge runtime. The session pumps the channel to and from it with the same flow control
+//! A subsystem gets the channel as a plain tokio byte stream ([`SubsystemStream`]), where
+//! its session runs (`ssh.session_placement`: the worker by default, in the bridge
+//! runtime's context). The session pumps the channel to and from it with the same flow control
 //! as commands: the client's EOF is the stream's EOF; the subsystem shutting down its
 //! write side (or dropping the stream) sends EOF and closes the channel.
 
@@ -21,8 +22,9 @@ pub const SUBSYSTEM_PIPE: usize = 512 * 1024;
 
 /// Something served as a subsystem.
 pub trait Subsystem: Send + Sync + 'static {
-    /// Starts serving `identity` on `stream`: the future runs on the bridge runtime until
-    /// the session is over, and gives the exit status the channel reports then (0: a
+    /// Starts serving `identity` on `stream`: the future runs beside its session (see
+    /// [`crate::bridge::SessionPlacement`]; `tokio::time` and `spawn_blocking` work there)
+    /// until the session is over, and gives the exit status the channel reports then (0: a
     /// clean end), as sshd reports its subsystem process's. `scp` (SFTP mode) and other
     /// clients take a channel closed without one for a failure. `Err` refuses the request
     /// (the reason is logged).
