@@ -7,7 +7,8 @@
 
 use std::sync::OnceLock;
 
-use alknet_sftp::frame::FrameDecoder;
+use alknet_sftp::frame::{FrameDecoder, FrameError};
+use bytes::Bytes;
 use alknet_sftp::{decode_request, Decoded, Grants, Jail, Server, SftpConfig};
 use libfuzzer_sys::fuzz_target;
 
@@ -30,11 +31,48 @@ fn server() -> &'static Server {
         .1
 }
 
-fuzz_target!(|data: &[u8]| {
+/// Every packet (and the error that ends the stream, if any) from `decoder` once `feed`
+/// has given it bytes, draining after each call.
+fn drain(decoder: &mut FrameDecoder, out: &mut Vec<Result<Bytes, FrameError>>) -> bool {
+    loop {
+        match decoder.next_packet() {
+            Ok(Some(p)) => out.push(Ok(p)),
+            Ok(None) => return true,
+            Err(e) => {
+                out.push(Err(e));
+                return false;
+            }
+        }
+    }
+}
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&seed, data)) = input.split_first() else {
+        return;
+    };
     let server = server();
-    let mut decoder = FrameDecoder::new(64 * 1024);
-    decoder.feed(data);
-    while let Ok(Some(frame)) = decoder.next_packet() {
+    // The same stream, fed whole and cut into chunks (queued from 8 bytes, so the
+    // fuzzer's short inputs reach the chunk queue), must give the same packets and error.
+    let mut whole = FrameDecoder::new(64 * 1024);
+    whole.feed(data);
+    let mut expected = Vec::new();
+    drain(&mut whole, &mut expected);
+    let mut chunked = FrameDecoder::with_chunk_threshold(64 * 1024, 8);
+    let stream = Bytes::copy_from_slice(data);
+    let (mut at, mut cut) = (0, usize::from(seed));
+    let mut got = Vec::new();
+    while at < stream.len() {
+        cut = cut.wrapping_mul(31).wrapping_add(7);
+        let n = (1 + cut % 40).min(stream.len() - at);
+        chunked.feed_bytes(stream.slice(at..at + n));
+        at += n;
+        if !drain(&mut chunked, &mut got) {
+            break;
+        }
+    }
+    assert_eq!(got, expected);
+
+    for frame in expected.into_iter().filter_map(Result::ok) {
         // the worker front's zero-copy READ/WRITE decoder sees every frame first; a
         // WRITE's data is a slice of the frame behind its fields
         if let Some(alknet_sftp::DataRequest::Write { data, handle, .. }) =

@@ -41,15 +41,24 @@ pub struct FrameDecoder {
     /// The tail: what `feed`, `buffer()` readers and small chunks appended.
     buf: BytesMut,
     max: u32,
+    /// Chunks this long or longer are queued ([`ADOPT_MIN_CHUNK`]).
+    adopt_min: usize,
 }
 
 impl FrameDecoder {
     pub fn new(max: u32) -> Self {
+        Self::with_chunk_threshold(max, ADOPT_MIN_CHUNK)
+    }
+
+    /// A decoder that queues chunks of `adopt_min` bytes or more instead of
+    /// [`ADOPT_MIN_CHUNK`]: for the fuzzer, whose inputs are a few KiB.
+    pub fn with_chunk_threshold(max: u32, adopt_min: usize) -> Self {
         Self {
             queued: VecDeque::new(),
             queued_len: 0,
             buf: BytesMut::new(),
             max,
+            adopt_min: adopt_min.max(1),
         }
     }
 
@@ -67,7 +76,7 @@ impl FrameDecoder {
     /// a `WRITE`'s data, are slices of it); a small one is adopted as the buffer when
     /// nothing is buffered and it is not shared (a merged read), else copied.
     pub fn feed_bytes(&mut self, data: Bytes) {
-        if data.len() >= ADOPT_MIN_CHUNK {
+        if data.len() >= self.adopt_min {
             if !self.buf.is_empty() {
                 let tail = self.buf.split().freeze();
                 self.queue(tail);
