@@ -1,7 +1,8 @@
 //! SFTP's two fronts, wired here because they join two handler crates (which never
 //! depend on each other): the `alknet/sftp` ALPN, whose QUIC streams are served on the
 //! worker that owns the connection, and the `sftp` subsystem plugged into `alknet/ssh`
-//! through its subsystem hook (on the SSH bridge's tokio runtime, with russh).
+//! through its subsystem hook (where its SSH session runs: on the worker by default, in
+//! the SSH bridge runtime's context; see `alknet_ssh::bridge::SessionPlacement`).
 
 use std::cell::Cell;
 use std::path::PathBuf;

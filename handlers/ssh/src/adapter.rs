@@ -256,7 +256,7 @@ impl Drop for SessionClosed<'_> {
     }
 }
 
-/// Runs one SSH session on the bridge runtime. A session not authenticated within
+/// Runs one SSH session (where `ssh.session_placement` puts it). A session not authenticated within
 /// `auth_timeout_ms` of its stream opening is disconnected, then reset.
 async fn serve_session(shared: Arc<Shared>, mut stream: ByteStream, auth: AuthContext) {
     // a peer that ended its side cleanly (a probe that sent its banner, a client giving
