@@ -162,7 +162,8 @@ pub fn start(
             let stdin = child.stdin.take();
             let stdout = child.stdout.take();
             let stderr = child.stderr.take();
-            tokio::spawn(pump_input(read, stdin, OnEof::Close, backlog));
+            // beside the session: its input reaches the pipe without a thread hop
+            crate::bridge::spawn_session_task(pump_input(read, stdin, OnEof::Close, backlog));
             let out_write = write.clone();
             let outputs = async move {
                 let out = async {
@@ -210,7 +211,12 @@ pub fn start(
             let pid = child.id().and_then(|p| Pid::from_raw(p as i32));
             let resizer = std::os::fd::AsFd::as_fd(&pty).try_clone_to_owned()?;
             let (pty_read, pty_write) = pty.into_split();
-            tokio::spawn(pump_input(read, Some(pty_write), OnEof::Keep, backlog));
+            crate::bridge::spawn_session_task(pump_input(
+                read,
+                Some(pty_write),
+                OnEof::Keep,
+                backlog,
+            ));
             let out_write = write.clone();
             let outputs = async move {
                 let _ = pump_output(pty_read, &out_write, None).await;
