@@ -477,7 +477,8 @@ impl Future for InTokioContext {
 /// worker, in the bridge runtime's context.
 fn spawn_on_worker(task: russh_util::runtime::LocalTask) {
     match TokioBridge::handle() {
-        Some(handle) => spawn_guarded("ssh session task", InTokioContext::new(handle, task)),
+        // the task is boxed already: wrap it as it is rather than box it again
+        Some(handle) => spawn_guarded("ssh session task", InTokioContext { handle, fut: task }),
         // the spawner is set only after the runtime started; without it the task would
         // panic on its first timer, which the guard would catch and log
         None => spawn_guarded("ssh session task", task),
