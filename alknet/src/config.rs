@@ -23,7 +23,7 @@ use alknet_runtime::{
 use alknet_sftp::SftpConfig;
 use alknet_ssh::{SshAdapter, SshConfig};
 
-use crate::sftp::{SftpAlpn, SftpService};
+use crate::sftp::SftpService;
 use serde::Deserialize;
 
 use crate::vault::NodeKeys;
@@ -813,7 +813,7 @@ impl FileConfig {
                 alknet_hq::HqHandler::new(&self.hq)
                     .map_err(|e| ConfigError::Invalid(e.to_string()))?,
             ),
-            crate::sftp::ALPN => Arc::new(SftpAlpn(self.sftp_service())),
+            crate::sftp::ALPN => Arc::new(self.sftp_service().alpn()),
             alknet_http::h3::ALPN => {
                 self.http3
                     .validate()

@@ -11,6 +11,7 @@
 //! * [`sequencer`] + [`driver`]: many requests in flight, answered in completion order,
 //!   per-handle order kept where the protocol needs it.
 
+pub mod alpn;
 pub mod config;
 pub mod driver;
 pub mod frame;
@@ -20,6 +21,7 @@ pub mod sequencer;
 pub mod server;
 pub mod worker;
 
+pub use alpn::{OffloadStarter, SftpAlpn, ALPN};
 pub use config::*;
 pub use driver::{decode_data_request, decode_request, serve, DataRequest, Decoded, SessionError};
 pub use jail::Jail;
