@@ -63,6 +63,9 @@ pub struct Tally {
     pub first_error: Option<String>,
     /// CPU seconds the client threads spent inside the window.
     pub cpu_s: f64,
+    /// Seconds from the window's start until the last operation ended (transfers of many
+    /// files, whose run time is not any one file's latency).
+    pub span_s: f64,
     pub client: WorkerStatsSnapshot,
 }
 
@@ -77,6 +80,7 @@ impl Default for Tally {
             connected: 0,
             first_error: None,
             cpu_s: 0.0,
+            span_s: 0.0,
             client: WorkerStatsSnapshot::default(),
         }
     }
@@ -115,6 +119,7 @@ impl Tally {
             self.first_error = o.first_error;
         }
         self.cpu_s += o.cpu_s;
+        self.span_s = self.span_s.max(o.span_s);
         self.client = self.client + o.client;
     }
 }
@@ -267,6 +272,8 @@ pub struct ClientPlan {
     /// Each connection a WebTransport session to `/<alpn>` over HTTP/3
     /// (`--transport webtransport`).
     pub webtransport: bool,
+    /// The client certificate presented (sftp: the identity allowed SFTP), or none.
+    pub identity: Option<Arc<alknet_runtime::tls::TlsIdentity>>,
 }
 
 /// A workload's per-thread body: prepare (connect), signal readiness through `ready`, wait
@@ -301,7 +308,7 @@ pub fn run<W: Workload, S>(
     let crypto = client_crypto_with_resumption(
         &ServerTrust::Fingerprint(plan.target.fingerprint),
         vec![quic_alpn],
-        None,
+        plan.identity.as_deref(),
         plan.resumption,
     )
     .expect("client TLS configuration");

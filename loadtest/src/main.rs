@@ -22,12 +22,14 @@ mod quinn_client;
 mod report;
 mod rr;
 mod server;
+mod sftp;
 mod ssh;
 mod stream_echo;
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alknet_runtime::Fingerprint;
@@ -63,6 +65,13 @@ enum Command {
     /// SSH over alknet/ssh: each connection ping-pongs --size bytes through `cat` in one
     /// session, for --duration
     SshRr(RunArgs),
+    /// SFTP downloads on alknet/sftp (raw SFTP v3, one session per connection, a pipelined
+    /// client as OpenSSH's): each session reads one file of --bytes, or --sftp-files files
+    /// of --size bytes, with --streams READs in flight per file; what it reads is uploaded
+    /// first, outside the window, and every file is removed after the run
+    SftpGet(RunArgs),
+    /// SFTP uploads on alknet/sftp: as sftp-get, with WRITEs
+    SftpPut(RunArgs),
     /// Request/response with quinn-perf client's requests on the `perf` ALPN: per request a
     /// new bidirectional stream carrying the 8-byte download size and --upload-size bytes,
     /// then FIN; the response (--download-size bytes) is read to FIN. --streams requests in
@@ -124,6 +133,8 @@ enum WorkloadKind {
     Handshake,
     Idle,
     Doq,
+    SftpGet,
+    SftpPut,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -171,7 +182,8 @@ struct RunArgs {
     /// rr: requests in flight per connection (the server allows 256 streams at once).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     streams: u32,
-    /// rr: request and response size in bytes.
+    /// rr: request and response size in bytes (sftp-get/sftp-put with --sftp-files: each
+    /// file's size).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=16 << 20))]
     size: u32,
     /// perf-rr: bytes each request uploads after its 8-byte header (quinn-perf's
@@ -216,6 +228,26 @@ struct RunArgs {
     /// them does not decide the result.
     #[arg(long)]
     split_cores: bool,
+    /// sftp-get/sftp-put: transfer this many files of --size bytes per session instead of
+    /// one file of --bytes (0).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    sftp_files: u32,
+    /// sftp-get/sftp-put with --sftp-files: files in flight per session (OpenSSH's `get -r`
+    /// and `put -r` move one at a time).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    sftp_files_in_flight: u32,
+    /// sftp-get/sftp-put: READ/WRITE length instead of the server's `limits@openssh.com`
+    /// (capped at 255 KiB, as OpenSSH's client does; 32 KiB without the extension).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=261_120))]
+    sftp_chunk: Option<u32>,
+    /// sftp-get/sftp-put against --server: the client certificate (PEM) of an identity
+    /// with sftp:read and sftp:write. The harness's own server trusts a certificate it
+    /// generates for the run.
+    #[arg(long, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
@@ -295,6 +327,8 @@ fn main() -> ExitCode {
         Command::Handshake(a) => run_one(WorkloadKind::Handshake, &a),
         Command::Idle(a) => run_one(WorkloadKind::Idle, &a),
         Command::Doq(a) => run_one(WorkloadKind::Doq, &a),
+        Command::SftpGet(a) => run_one(WorkloadKind::SftpGet, &a),
+        Command::SftpPut(a) => run_one(WorkloadKind::SftpPut, &a),
         Command::Compare(c) => run_compare(&c),
         Command::Flood(f) => run_flood(&f),
         Command::Probe(p) => run_probe(&p),
@@ -375,6 +409,13 @@ fn run_compare(c: &CompareArgs) -> Result<(), String> {
         return Err(
             "the harness's servers serve no DNS: `loadtest/dns-measure.sh` starts alknet and \
                     hickory-dns on one zone and runs `doq --server` against each"
+                .into(),
+        );
+    }
+    if matches!(c.workload, WorkloadKind::SftpGet | WorkloadKind::SftpPut) {
+        return Err(
+            "the quinn baseline does not serve SFTP: `loadtest/sftp-measure.sh` compares \
+                    alknet/sftp with OpenSSH (sftp-server over a pipe, and sshd)"
                 .into(),
         );
     }
@@ -553,7 +594,13 @@ fn workload_name(w: WorkloadKind) -> &'static str {
         WorkloadKind::Handshake => "handshake",
         WorkloadKind::Idle => "idle",
         WorkloadKind::Doq => "doq",
+        WorkloadKind::SftpGet => "sftp-get",
+        WorkloadKind::SftpPut => "sftp-put",
     }
+}
+
+fn is_sftp(w: WorkloadKind) -> bool {
+    matches!(w, WorkloadKind::SftpGet | WorkloadKind::SftpPut)
 }
 
 /// Starts (or finds) the server, runs `workload` against it, and measures.
@@ -565,6 +612,22 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         None
     };
     let mut proc = None;
+    // sftp: the client certificate of an identity allowed SFTP (the harness's server is
+    // told to trust a generated one)
+    let client_identity = match (is_sftp(workload), &args.cert, &args.key) {
+        (false, _, _) => None,
+        (true, Some(c), Some(k)) => Some(Arc::new(
+            alknet_runtime::tls::TlsIdentity::from_pem_files(c, k)
+                .map_err(|e| format!("--cert/--key: {e}"))?,
+        )),
+        (true, _, _) if args.server.is_some() => {
+            return Err("sftp-get/sftp-put against --server need --cert and --key".into())
+        }
+        (true, _, _) => Some(Arc::new(
+            alknet_runtime::tls::TlsIdentity::generate_self_signed(&[])
+                .map_err(|e| e.to_string())?,
+        )),
+    };
     let (target, pid, label) = match (&args.server, args.fingerprint) {
         (Some(s), Some(fp)) => (resolve(s, fp)?, args.server_pid, s.clone()),
         _ if workload == WorkloadKind::Doq => {
@@ -575,7 +638,10 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             )
         }
         _ => {
-            let spawn = || ServerProc::spawn(kind, usize::from(args.workers), args.tls_key);
+            let sftp_client = client_identity.as_ref().map(|i| i.fingerprint());
+            let spawn = || {
+                ServerProc::spawn_with(kind, usize::from(args.workers), args.tls_key, sftp_client)
+            };
             let spawned = match &split {
                 // a child inherits the affinity of the thread that forks it
                 Some((server_cpus, _)) => std::thread::scope(|s| {
@@ -616,6 +682,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         WorkloadKind::SshCat | WorkloadKind::SshRr => alknet_ssh::ALPN.to_vec(),
         WorkloadKind::H3 => alknet_http::h3::ALPN.to_vec(),
         WorkloadKind::Doq => b"doq".to_vec(),
+        WorkloadKind::SftpGet | WorkloadKind::SftpPut => alknet_sftp::ALPN.to_vec(),
         _ => alknet_echo::ALPN.to_vec(),
     };
     let plan = ClientPlan {
@@ -633,6 +700,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         cpus: split.as_ref().map(|(_, client)| client.clone()),
         tcp: args.transport == LoadTransport::Tcp,
         webtransport: args.transport == LoadTransport::Webtransport,
+        identity: client_identity.clone(),
     };
     let rss_before = pid.and_then(server::rss_bytes);
     let windowed = !is_transfer(workload);
@@ -762,6 +830,22 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             sample,
         ),
         WorkloadKind::Idle => harness::run(&plan, idle::Idle::new(connections, threads), sample),
+        WorkloadKind::SftpGet | WorkloadKind::SftpPut => harness::run(
+            &plan,
+            sftp::Sftp::new(
+                connections,
+                threads,
+                if workload == WorkloadKind::SftpGet {
+                    sftp::SftpOp::Get
+                } else {
+                    sftp::SftpOp::Put
+                },
+                sftp_shape(args),
+                args.streams as usize,
+                args.sftp_chunk,
+            ),
+            sample,
+        ),
         WorkloadKind::Doq => harness::run(
             &plan,
             doq::Doq::new(
@@ -786,6 +870,8 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         WorkloadKind::Bulk | WorkloadKind::SshCat | WorkloadKind::StreamBulk => {
             tally.latency.max() as f64 / 1e6
         }
+        // many files per session: until the last one ended
+        WorkloadKind::SftpGet | WorkloadKind::SftpPut => tally.span_s,
         _ => plan.duration.as_secs_f64(),
     };
     // the samples' interval, scaled to the headline's (they differ by the sampling latency)
@@ -852,6 +938,16 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             args.transport, args.bytes
         ),
         WorkloadKind::Idle => format!("{label}: {connections} idle connections"),
+        WorkloadKind::SftpGet | WorkloadKind::SftpPut => format!(
+            "{label}: {threads} client threads, {connections} alknet/sftp sessions x {}, {} requests in flight per file{}",
+            match sftp_shape(args) {
+                sftp::SftpShape::OneFile { bytes } => format!("1 file of {bytes} B"),
+                sftp::SftpShape::Files { count, size, in_flight } =>
+                    format!("{count} files of {size} B ({in_flight} at a time)"),
+            },
+            args.streams,
+            args.sftp_chunk.map_or(String::new(), |c| format!(", {c} B per request")),
+        ),
         WorkloadKind::Doq => format!(
             "{label}: {threads} client threads, {connections} conns x {} queries in flight{}, {} queries per connection, A for {} names of {}",
             args.streams,
@@ -867,8 +963,13 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             args.dns_zone
         ),
     };
+    let name = match (workload, args.sftp_files) {
+        (WorkloadKind::SftpGet, 1..) => "sftp-get-files",
+        (WorkloadKind::SftpPut, 1..) => "sftp-put-files",
+        _ => workload_name(workload),
+    };
     Ok(Measurement {
-        workload: workload_name(workload),
+        workload: name,
         description,
         seconds,
         tally,
@@ -905,8 +1006,24 @@ impl ServerSample {
 fn is_transfer(w: WorkloadKind) -> bool {
     matches!(
         w,
-        WorkloadKind::Bulk | WorkloadKind::SshCat | WorkloadKind::StreamBulk
+        WorkloadKind::Bulk
+            | WorkloadKind::SshCat
+            | WorkloadKind::StreamBulk
+            | WorkloadKind::SftpGet
+            | WorkloadKind::SftpPut
     )
+}
+
+/// What each sftp-get/sftp-put session transfers.
+fn sftp_shape(args: &RunArgs) -> sftp::SftpShape {
+    match args.sftp_files {
+        0 => sftp::SftpShape::OneFile { bytes: args.bytes },
+        count => sftp::SftpShape::Files {
+            count,
+            size: u64::from(args.size),
+            in_flight: args.sftp_files_in_flight as usize,
+        },
+    }
 }
 
 /// Sleeps until `until`, drawing a progress line on stderr when it is a terminal.

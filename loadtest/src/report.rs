@@ -36,6 +36,10 @@ impl Measurement {
                 "Gbit/s",
             ),
             "handshake" => (t.operations as f64 / self.seconds, "handshakes/s"),
+            "sftp-get" | "sftp-put" => (t.bytes as f64 / self.seconds.max(1e-9) / 1e6, "MB/s"),
+            "sftp-get-files" | "sftp-put-files" => {
+                (t.operations as f64 / self.seconds.max(1e-9), "files/s")
+            }
             "idle" => (self.rss_per_connection.unwrap_or(f64::NAN), "bytes/conn"),
             _ => (t.operations as f64 / self.seconds, "req/s"),
         }
@@ -56,6 +60,8 @@ impl Measurement {
         match self.workload {
             "bulk" | "ssh-cat" => "Gbit per server CPU-s",
             "handshake" => "handshakes per server CPU-s",
+            "sftp-get" | "sftp-put" => "MB per server CPU-s",
+            "sftp-get-files" | "sftp-put-files" => "files per server CPU-s",
             _ => "req per server CPU-s",
         }
     }

@@ -39,6 +39,24 @@ impl std::fmt::Display for Kind {
     }
 }
 
+/// Set by the parent for sftp workloads: the fingerprint of the client certificate the
+/// alknet child serves `alknet/sftp` to.
+const SFTP_CLIENT_ENV: &str = "ALKNET_LOADTEST_SFTP_CLIENT";
+/// The identity that certificate names (its files are under `<root>/loadtest-sftp/`).
+const SFTP_IDENTITY: &str = "loadtest-sftp";
+
+/// The alknet child's SFTP root: on tmpfs (`/dev/shm`) where there is one, as the
+/// measure script's files are, so the disk is not what is measured.
+fn sftp_root() -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    let parent = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    parent.join(format!("alknet-loadtest-sftp-{}", std::process::id()))
+}
+
 /// How long the parent waits for a `stats` answer.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -155,8 +173,24 @@ fn flood_admission() -> alknet_runtime::AdmissionLimits {
 impl ServerProc {
     /// Starts `kind` with `workers` threads on 127.0.0.1 (ephemeral port).
     pub fn spawn(kind: Kind, workers: usize, key: KeyType) -> Result<Self, String> {
+        Self::spawn_with(kind, workers, key, None)
+    }
+
+    /// [`Self::spawn`]; alknet with `sftp_client` also serves `alknet/sftp` (files on
+    /// tmpfs, in a directory of its own removed when it stops) to the client certificate
+    /// with that fingerprint.
+    pub fn spawn_with(
+        kind: Kind,
+        workers: usize,
+        key: KeyType,
+        sftp_client: Option<Fingerprint>,
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        if let Some(fp) = sftp_client {
+            command.env(SFTP_CLIENT_ENV, fp.to_string());
+        }
+        let mut child = command
             .args([
                 "serve",
                 "--kind",
@@ -371,15 +405,38 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             // the ssh workloads' fixed key may run commands (see ssh.rs)
             let loadtest_key = crate::ssh::loadtest_key();
-            let provider =
-                alknet_runtime::ConfigIdentityProvider::new(&[alknet_runtime::IdentityEntry {
-                    name: "loadtest".into(),
-                    fingerprints: vec![
-                        alknet_ssh::key_fingerprint(loadtest_key.public_key()).to_string()
-                    ],
+            let mut identities = vec![alknet_runtime::IdentityEntry {
+                name: "loadtest".into(),
+                fingerprints: vec![
+                    alknet_ssh::key_fingerprint(loadtest_key.public_key()).to_string()
+                ],
+                tokens: vec![],
+                scopes: vec!["ssh:exec".into()],
+            }];
+            // sftp workloads: their client certificate may read and write
+            let sftp_client = std::env::var(SFTP_CLIENT_ENV).ok();
+            let sftp_root = sftp_root();
+            if let Some(fp) = &sftp_client {
+                identities.push(alknet_runtime::IdentityEntry {
+                    name: SFTP_IDENTITY.into(),
+                    fingerprints: vec![fp.clone()],
                     tokens: vec![],
-                    scopes: vec!["ssh:exec".into()],
-                }])
+                    scopes: vec![
+                        alknet_sftp::SCOPE_READ.into(),
+                        alknet_sftp::SCOPE_WRITE.into(),
+                    ],
+                });
+                std::fs::create_dir_all(&sftp_root)
+                    .map_err(|e| format!("sftp root {}: {e}", sftp_root.display()))?;
+                registry
+                    .register(Arc::new(alknet_sftp::SftpAlpn::new(
+                        sftp_root.clone(),
+                        alknet_sftp::SftpConfig::default(),
+                        Arc::new(move || alknet_ssh::bridge::TokioBridge::start(workers)),
+                    )))
+                    .map_err(|e| e.to_string())?;
+            }
+            let provider = alknet_runtime::ConfigIdentityProvider::new(&identities)
                 .map_err(|e| e.to_string())?;
             let config = EngineConfig {
                 listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
@@ -394,7 +451,13 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
                 server_id: 0,
                 limits: engine_limits(),
                 tls: key.generate()?,
-                client_auth: ClientAuth::None,
+                // a certificate is asked for only when one is expected: the request is
+                // part of every handshake the other workloads measure
+                client_auth: if sftp_client.is_some() {
+                    ClientAuth::Optional
+                } else {
+                    ClientAuth::None
+                },
                 // ALKNET_KERNEL_STEERING=0 measures the plain 4-tuple hash instead
                 kernel_steering: std::env::var("ALKNET_KERNEL_STEERING").map_or(true, |v| v != "0"),
                 handshake: alknet_runtime::HandshakePolicy::default(),
@@ -419,6 +482,9 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
             }
             server.shutdown_trigger().immediate();
             server.join();
+            if sftp_client.is_some() {
+                let _ = std::fs::remove_dir_all(&sftp_root);
+            }
             Ok(())
         }
     }

@@ -272,6 +272,54 @@ fn ssh_workloads_move_exact_bytes_through_the_bridge() {
 }
 
 /// The number after `label` in `text`.
+#[test]
+fn sftp_workloads_move_exact_bytes_and_files_both_ways() {
+    // one file per session, read with requests smaller than the file (a short last one)
+    for workload in ["sftp-get", "sftp-put"] {
+        let json = run(
+            workload,
+            "alknet",
+            &[
+                "--connections",
+                "2",
+                "--bytes",
+                "3000001",
+                "--sftp-chunk",
+                "65536",
+                "--duration",
+                "30",
+            ],
+        );
+        assert_eq!(field(&json, "operations"), 2, "{json}");
+        assert_eq!(field(&json, "bytes"), 6_000_002, "{json}");
+        assert!(json.contains("\"unit\":\"MB/s\""), "{json}");
+    }
+    // many small files, several at a time, on two client threads
+    for workload in ["sftp-get", "sftp-put"] {
+        let json = run(
+            workload,
+            "alknet",
+            &[
+                "--connections",
+                "3",
+                "--client-threads",
+                "2",
+                "--sftp-files",
+                "50",
+                "--sftp-files-in-flight",
+                "4",
+                "--size",
+                "4097",
+                "--duration",
+                "30",
+            ],
+        );
+        assert_eq!(field(&json, "operations"), 150, "{json}");
+        assert_eq!(field(&json, "bytes"), 150 * 4097, "{json}");
+        assert!(json.contains("\"unit\":\"files/s\""), "{json}");
+    }
+}
+
 fn count_after(text: &str, label: &str) -> u64 {
     let start = text
         .find(label)
