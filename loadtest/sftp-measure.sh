@@ -19,7 +19,7 @@
 #
 #   loadtest/sftp-measure.sh            # ROUNDS=3 CIPHER=aes256-gcm@openssh.com by default
 #   ROUNDS=1 CIPHERS="aes128-gcm@openssh.com chacha20-poly1305@openssh.com" loadtest/sftp-measure.sh
-#   ONLY=ssh loadtest/sftp-measure.sh   # or ONLY=sftp
+#   ONLY=ssh loadtest/sftp-measure.sh   # or ONLY=sftp, or ONLY=harness
 #   ONLY=sftp OPS="get put" WAYS="a c a c" SMALL_FILES=0 loadtest/sftp-measure.sh
 #                                       # only these sftp workloads and ways, in this order
 #                                       # per round (a way may repeat)
@@ -30,6 +30,12 @@
 #                                       # the same binary as baseline, its server started
 #                                       # with these extra arguments (a config that turns
 #                                       # a change off)
+#
+# harness: the load-test harness's own pipelined SFTP client (`alknet-loadtest sftp-get` /
+#          `sftp-put`, no SSH and no `alknet connect` in between) against the same
+#          alknet/sftp server (c): 1 GiB on one session, 4 sessions of 256 MiB at once, and
+#          10 000 files of 4 KiB (one at a time, and 16 at a time); the harness reports the
+#          server's CPU per MB or per file from /proc. LOADTEST=path picks its binary.
 #
 # Needs openssh-client, openssh-server (for sshd) and openssh-sftp-server: installed with
 # apt-get when missing. Uses about 2.1 GiB of /dev/shm while it runs.
@@ -64,6 +70,11 @@ ALKNET=${ALKNET:-}
 if [ -z "$ALKNET" ]; then
     nice -n 19 cargo build --release -q -p alknet
     ALKNET=$PWD/target/release/alknet
+fi
+LOADTEST=${LOADTEST:-}
+if [ -z "$LOADTEST" ] && { [ "$ONLY" = all ] || [ "$ONLY" = harness ]; }; then
+    nice -n 19 cargo build --release -q -p alknet-loadtest
+    LOADTEST=$PWD/target/release/alknet-loadtest
 fi
 
 W=$(mktemp -d /dev/shm/sftp-measure.XXXXXX)
@@ -339,4 +350,35 @@ for cipher in $CIPHERS; do
         sftp_rounds "$cipher"
     fi
 done
+if [ "$ONLY" = all ] || [ "$ONLY" = harness ]; then
+    echo "== harness: alknet-loadtest's SFTP client on alknet/sftp (c), server CPU from /proc"
+    harness() { # label workload args…
+        local label=$1
+        shift
+        "$LOADTEST" "$@" --server "127.0.0.1:$ALKNET_PORT" --fingerprint "$FP" \
+            --server-pid "$ALKNET_PID" --cert "$W/client/cert.pem" --key "$W/client/key.pem" \
+            --warmup 0 --duration 600 --json |
+            awk -v l="$label" '{
+                match($0, /"result":[0-9.]+/); r = substr($0, RSTART + 9, RLENGTH - 9)
+                match($0, /"unit":"[^"]+"/); u = substr($0, RSTART + 8, RLENGTH - 9)
+                match($0, /"seconds":[0-9.]+/); s = substr($0, RSTART + 10, RLENGTH - 10)
+                match($0, /"per_server_cpu_s":[0-9.]+/); e = substr($0, RSTART + 19, RLENGTH - 19)
+                match($0, /"server_cpu_percent":[0-9.]+/); c = substr($0, RSTART + 21, RLENGTH - 21)
+                printf "  %-44s %7.2f s %9.1f %-7s server CPU %5.1f %% of a core, %9.1f per CPU-s\n", l, s, r, u, c, e }'
+    }
+    for r in $(seq "$ROUNDS"); do
+        harness "get 1 GiB, 1 session" sftp-get --bytes "$GIB"
+        harness "put 1 GiB, 1 session" sftp-put --bytes "$GIB"
+        harness "get 4 x 256 MiB, 4 sessions" sftp-get --bytes $((GIB / 4)) --connections 4
+        harness "put 4 x 256 MiB, 4 sessions" sftp-put --bytes $((GIB / 4)) --connections 4
+        if [ "$SMALL_FILES" -gt 0 ]; then
+            for k in 1 16; do
+                harness "get $SMALL_FILES x 4 KiB, $k at a time" sftp-get \
+                    --sftp-files "$SMALL_FILES" --size 4096 --sftp-files-in-flight $k
+                harness "put $SMALL_FILES x 4 KiB, $k at a time" sftp-put \
+                    --sftp-files "$SMALL_FILES" --size 4096 --sftp-files-in-flight $k
+            done
+        fi
+    done
+fi
 echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
