@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use alknet_sftp::frame::{FrameDecoder, FrameError};
+use alknet_sftp::frame::{Frame, FrameDecoder, FrameError};
 use bytes::Bytes;
 use alknet_sftp::{decode_request, Decoded, Grants, Jail, Server, SftpConfig};
 use libfuzzer_sys::fuzz_target;
@@ -46,6 +46,55 @@ fn drain(decoder: &mut FrameDecoder, out: &mut Vec<Result<Bytes, FrameError>>) -
     }
 }
 
+/// As [`drain`], through `next_frame`: a frame in parts must join to the packet, and a
+/// WRITE decoded from its parts must be the one decoded from the joined packet.
+fn drain_frames(decoder: &mut FrameDecoder, out: &mut Vec<Result<Bytes, FrameError>>) -> bool {
+    loop {
+        match decoder.next_frame() {
+            Ok(Some(frame)) => {
+                let parts = match &frame {
+                    Frame::Parts(parts) => {
+                        assert!(parts.len() > 1 && parts.iter().all(|p| !p.is_empty()));
+                        Some(parts.clone())
+                    }
+                    Frame::One(_) => None,
+                };
+                let joined = frame.into_bytes();
+                if let Some(from_parts) = parts.as_deref().and_then(alknet_sftp::decode_data_parts) {
+                    assert_eq!(
+                        flatten(Some(from_parts)),
+                        flatten(alknet_sftp::decode_data_request(&joined))
+                    );
+                }
+                out.push(Ok(joined));
+            }
+            Ok(None) => return true,
+            Err(e) => {
+                out.push(Err(e));
+                return false;
+            }
+        }
+    }
+}
+
+/// A decoded READ/WRITE with a WRITE's data in one piece, to compare decodings.
+fn flatten(r: Option<alknet_sftp::DataRequest>) -> Option<(u32, String, u64, Vec<u8>)> {
+    match r? {
+        alknet_sftp::DataRequest::Write {
+            id,
+            handle,
+            offset,
+            data,
+        } => Some((id, handle, offset, data.concat())),
+        alknet_sftp::DataRequest::Read {
+            id,
+            handle,
+            offset,
+            len,
+        } => Some((id, handle, offset, len.to_be_bytes().to_vec())),
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     let Some((&seed, data)) = input.split_first() else {
         return;
@@ -66,7 +115,7 @@ fuzz_target!(|input: &[u8]| {
         let n = (1 + cut % 40).min(stream.len() - at);
         chunked.feed_bytes(stream.slice(at..at + n));
         at += n;
-        if !drain(&mut chunked, &mut got) {
+        if !drain_frames(&mut chunked, &mut got) {
             break;
         }
     }
@@ -78,7 +127,7 @@ fuzz_target!(|input: &[u8]| {
         if let Some(alknet_sftp::DataRequest::Write { data, handle, .. }) =
             alknet_sftp::decode_data_request(&frame)
         {
-            assert!(data.len() + handle.len() + 21 == frame.len());
+            assert!(data.iter().map(|d| d.len()).sum::<usize>() + handle.len() + 21 == frame.len());
         }
         let reply = match decode_request(frame) {
             Decoded::Reply(r) => r,

@@ -98,8 +98,9 @@ pub enum DataRequest {
         id: u32,
         handle: String,
         offset: u64,
-        /// A slice of the frame, not a copy.
-        data: Bytes,
+        /// Slices of the frame (one, or the parts of a frame that spanned received
+        /// chunks), in order, not copied.
+        data: Vec<Bytes>,
     },
 }
 
@@ -121,11 +122,20 @@ impl DataRequest {
 /// one that is malformed or carries trailing bytes (left to [`decode_request`], which
 /// answers it).
 pub fn decode_data_request(frame: &Bytes) -> Option<DataRequest> {
-    let kind = *frame.first()?;
+    decode_data_parts(std::slice::from_ref(frame))
+}
+
+/// [`decode_data_request`] on a frame in parts ([`crate::frame::Frame::Parts`]), without
+/// joining them: the fields must lie in the first part (a `WRITE`'s data may start there
+/// and go on through the others). `None` also when they do not (join the parts and try
+/// [`decode_data_request`]).
+pub fn decode_data_parts(parts: &[Bytes]) -> Option<DataRequest> {
+    let (first, rest) = parts.split_first()?;
+    let kind = *first.first()?;
     if kind != SSH_FXP_READ && kind != SSH_FXP_WRITE {
         return None;
     }
-    let mut b = frame.slice(1..);
+    let mut b = first.slice(1..);
     let id = b.try_get_u32().ok()?;
     let hlen = b.try_get_u32().ok()? as usize;
     if b.remaining() < hlen {
@@ -133,27 +143,28 @@ pub fn decode_data_request(frame: &Bytes) -> Option<DataRequest> {
     }
     let handle = String::from_utf8(b.split_to(hlen).to_vec()).ok()?;
     let offset = b.try_get_u64().ok()?;
-    let request = if kind == SSH_FXP_READ {
+    if kind == SSH_FXP_READ {
         let len = b.try_get_u32().ok()?;
-        DataRequest::Read {
+        return (b.is_empty() && rest.is_empty()).then_some(DataRequest::Read {
             id,
             handle,
             offset,
             len,
-        }
-    } else {
-        let dlen = b.try_get_u32().ok()? as usize;
-        if b.remaining() < dlen {
-            return None;
-        }
-        DataRequest::Write {
-            id,
-            handle,
-            offset,
-            data: b.split_to(dlen),
-        }
-    };
-    b.is_empty().then_some(request)
+        });
+    }
+    let dlen = b.try_get_u32().ok()? as usize;
+    let mut data = Vec::with_capacity(1 + rest.len());
+    if !b.is_empty() {
+        data.push(b);
+    }
+    data.extend(rest.iter().filter(|p| !p.is_empty()).cloned());
+    // exactly the data, no trailing bytes
+    (data.iter().map(Bytes::len).sum::<usize>() == dlen).then_some(DataRequest::Write {
+        id,
+        handle,
+        offset,
+        data,
+    })
 }
 
 /// Bytes a request holds while in flight: its own data (WRITE) or its reply's (READ).

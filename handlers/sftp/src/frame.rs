@@ -3,11 +3,13 @@
 //! length over the configured maximum before buffering any of it.
 //!
 //! Received chunks of [`ADOPT_MIN_CHUNK`] bytes or more are kept as they came (a queue of
-//! `Bytes`), so a packet inside one chunk is a slice of it, and only a packet that spans
-//! chunks is copied, once, into a buffer of its own size. OpenSSH writes 32 KiB per
-//! `WRITE`; with 64 KiB QUIC packets about half of them span two chunks, so a `put`
-//! copies about half its bytes here, where appending every chunk to one buffer copied
-//! all of them once, and often twice (the buffer growing). Smaller chunks are appended to
+//! `Bytes`), so a packet inside one chunk is a slice of it. A packet that spans chunks is
+//! handed on as its parts ([`Frame::Parts`], slices of the chunks, in order) by
+//! [`FrameDecoder::next_frame`], or joined by one copy into a buffer of its own size by
+//! [`FrameDecoder::next_packet`]. OpenSSH's client writes what `limits@openssh.com`
+//! allows, 255 KiB per `WRITE` here, so with 64 KiB QUIC packets every `WRITE` spans four
+//! or five chunks: the worker front writes their parts to the file as they are (one
+//! `pwritev`) instead of copying every byte of a `put` once more. Smaller chunks are appended to
 //! a tail buffer, so a peer that sends a byte at a time cannot make the queue long: every
 //! queued chunk holds at least [`ADOPT_MIN_CHUNK`] bytes or ended a run of small ones.
 //! Memory: the buffered bytes, plus whatever larger buffer a kept chunk is a slice of (a
@@ -29,6 +31,43 @@ pub enum FrameError {
     TooLong { len: u32, max: u32 },
     #[error("empty packet (no type byte)")]
     Empty,
+}
+
+/// One whole packet (type byte and body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// In one piece: a slice of a received chunk, or of the tail buffer.
+    One(Bytes),
+    /// Spanning received chunks: its parts in order, none empty, not joined.
+    Parts(Vec<Bytes>),
+}
+
+impl Frame {
+    /// The packet's length (type byte and body).
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::One(b) => b.len(),
+            Frame::Parts(parts) => parts.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The packet in one piece: parts are joined by one copy.
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Frame::One(b) => b,
+            Frame::Parts(parts) => {
+                let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                for p in &parts {
+                    joined.put_slice(p);
+                }
+                joined.freeze()
+            }
+        }
+    }
 }
 
 /// Splits a byte stream into packets.
@@ -117,8 +156,15 @@ impl FrameDecoder {
         out
     }
 
-    /// The next whole packet (type byte and body), if one is buffered.
+    /// The next whole packet (type byte and body) in one piece, if one is buffered: a
+    /// packet that spans received chunks is joined (one copy).
     pub fn next_packet(&mut self) -> Result<Option<Bytes>, FrameError> {
+        Ok(self.next_frame()?.map(Frame::into_bytes))
+    }
+
+    /// The next whole packet, if one is buffered, without copying: one slice, or the
+    /// slices of the chunks it spans.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         if self.buffered() < 4 {
             return Ok(None);
         }
@@ -139,7 +185,7 @@ impl FrameDecoder {
         }
         let Some(first) = self.queued.front_mut() else {
             self.buf.advance(4);
-            return Ok(Some(self.buf.split_to(len as usize).freeze()));
+            return Ok(Some(Frame::One(self.buf.split_to(len as usize).freeze())));
         };
         if first.len() >= total {
             // inside one chunk: a slice of it
@@ -149,18 +195,17 @@ impl FrameDecoder {
                 self.queued.pop_front();
             }
             self.queued_len -= total;
-            return Ok(Some(packet));
+            return Ok(Some(Frame::One(packet)));
         }
-        // spans chunks: one copy, into a buffer of its own size
-        let mut packet = BytesMut::with_capacity(len as usize);
+        // spans chunks: its parts, slices of them
+        let mut parts = Vec::with_capacity(4);
         let mut skip = 4;
         let mut want = len as usize;
         while want > 0 {
             let Some(chunk) = self.queued.front_mut() else {
                 // the rest is in the tail (buffered() said it is all there)
                 self.buf.advance(skip);
-                packet.put_slice(&self.buf[..want]);
-                self.buf.advance(want);
+                parts.push(self.buf.split_to(want).freeze());
                 break;
             };
             let n = skip.min(chunk.len());
@@ -168,15 +213,20 @@ impl FrameDecoder {
             skip -= n;
             self.queued_len -= n;
             let n = want.min(chunk.len());
-            packet.put_slice(&chunk[..n]);
-            chunk.advance(n);
+            if n > 0 {
+                parts.push(chunk.split_to(n));
+            }
             want -= n;
             self.queued_len -= n;
             if chunk.is_empty() {
                 self.queued.pop_front();
             }
         }
-        Ok(Some(packet.freeze()))
+        Ok(Some(match parts.len() {
+            // the length prefix spanned chunks, the packet did not
+            1 => Frame::One(parts.swap_remove(0)),
+            _ => Frame::Parts(parts),
+        }))
     }
 }
 
@@ -259,6 +309,35 @@ mod tests {
             (p1, p2),
             (Bytes::from(body(1, 20_000)), Bytes::from(body(2, 20_000)))
         );
+    }
+
+    #[test]
+    fn a_spanning_packet_comes_as_slices_of_its_chunks() {
+        // a 100 000-byte packet across three large chunks and a small tail
+        let mut wire = 100_000u32.to_be_bytes().to_vec();
+        wire.extend((0..100_000u32).map(|i| i as u8));
+        let wire = Bytes::from(wire);
+        let cuts = [0, 2, 40_000, 80_000, 99_990, wire.len()];
+        let mut d = FrameDecoder::new(1 << 20);
+        for w in cuts.windows(2) {
+            assert_eq!(d.next_frame().unwrap(), None);
+            d.feed_bytes(wire.slice(w[0]..w[1]));
+        }
+        let Some(Frame::Parts(parts)) = d.next_frame().unwrap() else {
+            panic!("expected parts");
+        };
+        assert_eq!(d.buffered(), 0);
+        // the 2-byte chunk went to the tail buffer, the 4-byte length straddles it
+        let lens: Vec<usize> = parts.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [39_996, 40_000, 19_990, 14]);
+        assert_eq!(
+            parts[1].as_ptr(),
+            wire[40_000..].as_ptr(),
+            "a slice, not a copy"
+        );
+        let frame = Frame::Parts(parts);
+        assert_eq!(frame.len(), 100_000);
+        assert_eq!(frame.into_bytes(), wire.slice(4..));
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub mod worker;
 
 pub use alpn::{OffloadStarter, SftpAlpn, ALPN};
 pub use config::*;
-pub use driver::{decode_data_request, decode_request, serve, DataRequest, Decoded, SessionError};
+pub use driver::{
+    decode_data_parts, decode_data_request, decode_request, serve, DataRequest, Decoded,
+    SessionError,
+};
 pub use jail::Jail;
 pub use russh_sftp;
 pub use server::{Grants, Server, SCOPE_READ, SCOPE_WRITE};

@@ -38,8 +38,10 @@ use monoio::buf::IoBufMut;
 use russh_sftp::protocol::{Packet, StatusCode};
 
 use crate::config::SftpConfig;
-use crate::driver::{cost, decode_data_request, decode_request, DataRequest, Decoded};
-use crate::frame::{FrameDecoder, FrameError};
+use crate::driver::{
+    cost, decode_data_parts, decode_data_request, decode_request, DataRequest, Decoded,
+};
+use crate::frame::{Frame, FrameDecoder, FrameError};
 use crate::pipeline::{Done, Job, Pipeline};
 use crate::server::{
     data_header, encode, eof_reply, io_error_reply, ok_reply, version_reply, Need, Server,
@@ -156,19 +158,47 @@ impl OpenFile {
         }
     }
 
-    /// Writes all of `data` at `offset`.
-    async fn write_all_at(&self, data: Bytes, offset: u64) -> std::io::Result<()> {
+    /// Writes all of `data` (its pieces one after another) at `offset`.
+    async fn write_all_at(&self, data: Vec<Bytes>, mut offset: u64) -> std::io::Result<()> {
         if !self.in_memory {
-            let (res, _) = self.ring()?.write_all_at(data, offset).await;
-            return res;
+            let ring = self.ring()?;
+            for piece in data {
+                let n = piece.len() as u64;
+                let (res, _) = ring.write_all_at(piece, offset).await;
+                res?;
+                offset += n;
+            }
+            return Ok(());
         }
-        let mut done = 0;
-        while done < data.len() {
-            match rustix::io::pwrite(&*self.std, &data[done..], offset + done as u64) {
+        // one pwritev for all pieces (a WRITE that spanned received chunks)
+        let (mut piece, mut skip) = (0, 0);
+        while piece < data.len() {
+            let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&data[piece][skip..])
+                .chain(data[piece + 1..].iter().map(|d| &d[..]))
+                .map(std::io::IoSlice::new)
+                .collect();
+            let mut n = match rustix::io::pwritev(&*self.std, &slices, offset) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
-                Err(rustix::io::Errno::INTR) => {}
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
+            };
+            offset += n as u64;
+            // advance past what was written
+            while n > 0 {
+                let left = data[piece].len() - skip;
+                if n < left {
+                    skip += n;
+                    n = 0;
+                } else {
+                    n -= left;
+                    piece += 1;
+                    skip = 0;
+                }
+            }
+            while piece < data.len() && data[piece].len() == skip {
+                piece += 1;
+                skip = 0;
             }
         }
         Ok(())
@@ -268,7 +298,13 @@ impl Session {
         Ok(vec![data_header(id, buf.len()), Bytes::from(buf)])
     }
 
-    async fn write(&self, id: u32, handle: &str, offset: u64, data: Bytes) -> Result<Bytes, Bytes> {
+    async fn write(
+        &self,
+        id: u32,
+        handle: &str,
+        offset: u64,
+        data: Vec<Bytes>,
+    ) -> Result<Bytes, Bytes> {
         self.server.check(id, Need::Write)?;
         let file = self.file(id, handle)?;
         file.write_all_at(data, offset)
@@ -369,12 +405,27 @@ async fn serve_session(
     };
     loop {
         while pipeline.may_take() {
-            let Some(frame) = decoder.next_packet()? else {
+            let Some(frame) = decoder.next_frame()? else {
                 break;
             };
-            let c = cost(&frame, config.max_read);
-            let (req, handle) = match decode_data_request(&frame) {
-                Some(data) => {
+            // a WRITE that spanned received chunks is served from its parts; any other
+            // packet in parts is joined (one copy)
+            let whole = match frame {
+                Frame::Parts(parts) => match decode_data_parts(&parts) {
+                    Some(write) => Ok((write, parts.iter().map(Bytes::len).sum::<usize>() + 64)),
+                    None => Err(Frame::Parts(parts).into_bytes()),
+                },
+                Frame::One(frame) => Err(frame),
+            };
+            let (data, c) = match whole {
+                Ok((write, c)) => (Ok(write), c),
+                Err(frame) => {
+                    let c = cost(&frame, config.max_read);
+                    (decode_data_request(&frame).ok_or(frame), c)
+                }
+            };
+            let (req, handle) = match data {
+                Ok(data) => {
                     let access = match &data {
                         DataRequest::Read { .. } => crate::sequencer::Access::Shared,
                         DataRequest::Write { handle, .. } => session.server.write_access(handle),
@@ -382,7 +433,7 @@ async fn serve_session(
                     let handle = data.handle().to_string();
                     (Req::Data(data), Some((handle, access)))
                 }
-                None => match decode_request(frame) {
+                Err(frame) => match decode_request(frame) {
                     Decoded::Reply(reply) => {
                         out.push(reply);
                         continue;
@@ -449,6 +500,34 @@ async fn serve_session(
                     }
                 }
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WRITE's data in pieces lands in the file in order, by one `pwritev` (files in
+    /// memory) or one io_uring write per piece (the others).
+    #[test]
+    fn pieces_are_written_in_order_both_ways() {
+        let pieces: Vec<Bytes> = [&b"abc"[..], b"", b"defghij", b"k"]
+            .iter()
+            .map(|p| Bytes::copy_from_slice(p))
+            .collect();
+        for in_memory in [true, false] {
+            let file = tempfile::tempfile().expect("temp file");
+            let open = OpenFile::new((Arc::new(file.try_clone().expect("dup")), in_memory));
+            let data = pieces.clone();
+            alknet_runtime::rt::run_local(|_| async move {
+                open.write_all_at(data, 5).await.expect("write");
+                open.write_all_at(Vec::new(), 100).await.expect("nothing to write");
+            })
+            .expect("runtime");
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut got).expect("read back");
+            assert_eq!(got, b"\0\0\0\0\0abcdefghijk", "in_memory {in_memory}");
         }
     }
 }

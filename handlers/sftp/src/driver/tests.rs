@@ -1,4 +1,5 @@
 use super::*;
+use crate::frame::Frame;
 use bytes::{BufMut, BytesMut};
 use russh_sftp::protocol::{Close, Init, Open, OpenFlags, Read, Write};
 use std::collections::HashMap;
@@ -253,9 +254,9 @@ fn data_requests_decode_like_russh_sftp_without_copying() {
             data,
         }) => {
             assert_eq!(handle, "3");
-            assert_eq!(&data[..], b"hello");
+            assert_eq!(data, [Bytes::from_static(b"hello")]);
             // a slice of the frame
-            assert_eq!(data.as_ptr(), write[write.len() - 5..].as_ptr());
+            assert_eq!(data[0].as_ptr(), write[write.len() - 5..].as_ptr());
         }
         other => panic!("{other:?}"),
     }
@@ -271,4 +272,63 @@ fn data_requests_decode_like_russh_sftp_without_copying() {
     .slice(4..);
     assert_eq!(decode_data_request(&close), None);
     assert_eq!(decode_data_request(&Bytes::new()), None);
+}
+
+#[test]
+fn a_write_in_parts_is_decoded_without_joining_them() {
+    let write = frame(Packet::Write(Write {
+        id: 9,
+        handle: "7".into(),
+        offset: 1 << 33,
+        data: (0..=255u8).cycle().take(1000).collect(),
+    }))
+    .slice(4..);
+    let header = write.len() - 1000;
+    // cut inside the data, and right after the fields
+    for cuts in [vec![header + 10, header + 600], vec![header, header + 999]] {
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for c in cuts.iter().copied().chain([write.len()]) {
+            parts.push(write.slice(at..c));
+            at = c;
+        }
+        match decode_data_parts(&parts) {
+            Some(DataRequest::Write {
+                id: 9,
+                offset,
+                data,
+                ..
+            }) => {
+                assert_eq!(offset, 1 << 33);
+                let joined: Vec<u8> = data.iter().flat_map(|d| d.iter().copied()).collect();
+                assert_eq!(joined, write[header..]);
+                assert_eq!(data.last().unwrap().as_ptr(), write[cuts[1]..].as_ptr());
+            }
+            other => panic!("{cuts:?}: {other:?}"),
+        }
+    }
+    // the fields cut: not decoded here (the caller joins the parts)
+    let parts = [write.slice(..header - 3), write.slice(header - 3..)];
+    assert_eq!(decode_data_parts(&parts), None);
+    assert!(decode_data_request(&Frame::Parts(parts.to_vec()).into_bytes()).is_some());
+    // a byte too many or too few: not a WRITE this decoder serves
+    let mut long = BytesMut::from(&write[header..]);
+    long.put_u8(0);
+    assert_eq!(
+        decode_data_parts(&[write.slice(..header), long.freeze()]),
+        None
+    );
+    assert_eq!(
+        decode_data_parts(&[write.slice(..header), write.slice(header..write.len() - 1)]),
+        None
+    );
+    // a READ in parts is left to the caller
+    let read = frame(Packet::Read(Read {
+        id: 1,
+        handle: "7".into(),
+        offset: 0,
+        len: 10,
+    }))
+    .slice(4..);
+    assert_eq!(decode_data_parts(&[read.slice(..5), read.slice(5..)]), None);
 }
