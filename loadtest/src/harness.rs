@@ -274,6 +274,10 @@ pub struct ClientPlan {
     pub webtransport: bool,
     /// The client certificate presented (sftp: the identity allowed SFTP), or none.
     pub identity: Option<Arc<alknet_runtime::tls::TlsIdentity>>,
+    /// Keep the engine's own loopback packet size (64 KiB) instead of the comparisons'
+    /// 1472 bytes ([`crate::server::engine_limits`]): for workloads with no quinn
+    /// baseline, measured as `alknet connect` would load the server.
+    pub engine_loopback_mtu: bool,
 }
 
 /// A workload's per-thread body: prepare (connect), signal readiness through `ready`, wait
@@ -320,10 +324,13 @@ pub fn run<W: Workload, S>(
         )
         .expect("client TLS-over-TCP configuration")
     });
-    let limits = Limits {
+    let mut limits = Limits {
         keep_alive_interval: plan.keep_alive,
         ..crate::server::engine_limits()
     };
+    if plan.engine_loopback_mtu {
+        limits.loopback_max_udp_payload_size = Limits::default().loopback_max_udp_payload_size;
+    }
     let threads: Vec<_> = (0..plan.threads)
         .map(|index| {
             let (workload, schedule, ready) =

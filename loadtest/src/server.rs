@@ -178,7 +178,7 @@ impl ServerProc {
 
     /// [`Self::spawn`]; alknet with `sftp_client` also serves `alknet/sftp` (files on
     /// tmpfs, in a directory of its own removed when it stops) to the client certificate
-    /// with that fingerprint.
+    /// with that fingerprint, with the engine's own loopback packet size.
     pub fn spawn_with(
         kind: Kind,
         workers: usize,
@@ -188,7 +188,11 @@ impl ServerProc {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
         let mut command = Command::new(exe);
         if let Some(fp) = sftp_client {
-            command.env(SFTP_CLIENT_ENV, fp.to_string());
+            // no quinn baseline to match: the engine's own loopback packets, as a node
+            // serves `alknet connect` (see `engine_limits`)
+            command
+                .env(SFTP_CLIENT_ENV, fp.to_string())
+                .env("ALKNET_LOOPBACK_MTU", "1");
         }
         let mut child = command
             .args([
