@@ -522,7 +522,9 @@ mod tests {
             let data = pieces.clone();
             alknet_runtime::rt::run_local(|_| async move {
                 open.write_all_at(data, 5).await.expect("write");
-                open.write_all_at(Vec::new(), 100).await.expect("nothing to write");
+                open.write_all_at(Vec::new(), 100)
+                    .await
+                    .expect("nothing to write");
             })
             .expect("runtime");
             let mut got = Vec::new();
