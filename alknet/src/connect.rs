@@ -23,10 +23,14 @@ use alknet_runtime::{
     connect_tls_tcp, Bytes, ClientEndpoint, Connection, Fingerprint, Limits, VarInt,
     DEFAULT_TCP_STREAM_BUFFER,
 };
+use bytes::BytesMut;
 use clap::Args;
 
-/// Most bytes read from stdin at once.
+/// Most bytes read from stdin at once, and the size of the buffers stdin is read into.
 const STDIN_CHUNK: usize = 256 * 1024;
+/// A stdin buffer with less room than this left is replaced by a new one: what was read
+/// into it goes on as slices of it, and it is freed once the stream let go of them all.
+const STDIN_MIN_ROOM: usize = 64 * 1024;
 /// Capacity asked for the stdin and stdout pipes (Linux's default is 64 KiB; 1 MiB is the
 /// default `/proc/sys/fs/pipe-max-size`): a bigger pipe lets each side move more per
 /// wake-up of the other (ssh reads its ProxyCommand's output in big gulps).
@@ -399,8 +403,8 @@ pub fn pipe_stdio(
 enum StdinSource {
     /// A thread doing blocking reads.
     Thread(async_channel::Receiver<Bytes>),
-    /// io_uring reads on the task's thread, and the buffer kept between them.
-    Ring(monoio::fs::File, Option<Vec<u8>>),
+    /// io_uring reads on the task's thread, and the room left in the buffer they read into.
+    Ring(monoio::fs::File, Option<BytesMut>),
 }
 
 impl StdinSource {
@@ -408,21 +412,24 @@ impl StdinSource {
     async fn next(&mut self) -> Option<Bytes> {
         match self {
             StdinSource::Thread(rx) => rx.recv().await.ok(),
-            StdinSource::Ring(file, spare) => {
-                let buf = spare
-                    .take()
-                    .unwrap_or_else(|| Vec::with_capacity(STDIN_CHUNK));
+            StdinSource::Ring(file, room) => {
+                // each read goes on as a slice of the buffer, not a copy, and the next one
+                // reads into the room behind it: a buffer is shared by the chunks read into
+                // it (at most STDIN_CHUNK held per buffer while the stream keeps them), and
+                // one that has less than STDIN_MIN_ROOM left is replaced. A Unix socket pair
+                // (`sftp -D`, ssh's ProxyCommand) hands over at most the writer's send
+                // buffer (about 208 KiB) per read, so most reads are partial.
+                let buf = match room.take() {
+                    Some(b) if b.capacity() >= STDIN_MIN_ROOM => b,
+                    _ => BytesMut::with_capacity(STDIN_CHUNK),
+                };
                 // offset 0: pipes and sockets have none (and refuse any other)
                 let (res, mut buf) = file.read_at(buf, 0).await;
                 match res {
                     Ok(0) | Err(_) => None,
-                    // a big read goes on as it is; a small one is copied (the stream keeps
-                    // a chunk until it is acknowledged: not a whole buffer per few bytes)
-                    Ok(n) if n >= STDIN_CHUNK / 2 => Some(Bytes::from(buf)),
-                    Ok(_) => {
-                        let chunk = Bytes::copy_from_slice(&buf);
-                        buf.clear();
-                        *spare = Some(buf);
+                    Ok(n) => {
+                        let chunk = buf.split_to(n).freeze();
+                        *room = Some(buf);
                         Some(chunk)
                     }
                 }
