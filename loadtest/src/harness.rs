@@ -274,10 +274,10 @@ pub struct ClientPlan {
     pub webtransport: bool,
     /// The client certificate presented (sftp: the identity allowed SFTP), or none.
     pub identity: Option<Arc<alknet_runtime::tls::TlsIdentity>>,
-    /// Keep the engine's own loopback packet size (64 KiB) instead of the comparisons'
-    /// 1472 bytes ([`crate::server::engine_limits`]): for workloads with no quinn
-    /// baseline, measured as `alknet connect` would load the server.
-    pub engine_loopback_mtu: bool,
+    /// Load the server as `alknet connect` would, for workloads with no quinn baseline:
+    /// the engine's own loopback packet size (64 KiB) instead of the comparisons' 1472
+    /// bytes ([`crate::server::engine_limits`]), and connect's stream receive window.
+    pub as_connect: bool,
 }
 
 /// A workload's per-thread body: prepare (connect), signal readiness through `ready`, wait
@@ -328,8 +328,9 @@ pub fn run<W: Workload, S>(
         keep_alive_interval: plan.keep_alive,
         ..crate::server::engine_limits()
     };
-    if plan.engine_loopback_mtu {
+    if plan.as_connect {
         limits.loopback_max_udp_payload_size = Limits::default().loopback_max_udp_payload_size;
+        limits.stream_receive_window = alknet_runtime::CONNECT_STREAM_RECEIVE_WINDOW;
     }
     let threads: Vec<_> = (0..plan.threads)
         .map(|index| {

@@ -701,7 +701,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         tcp: args.transport == LoadTransport::Tcp,
         webtransport: args.transport == LoadTransport::Webtransport,
         identity: client_identity.clone(),
-        engine_loopback_mtu: is_sftp(workload),
+        as_connect: is_sftp(workload),
     };
     let rss_before = pid.and_then(server::rss_bytes);
     let windowed = !is_transfer(workload);

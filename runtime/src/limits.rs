@@ -77,6 +77,13 @@ pub const DEFAULT_MTU_PROBE_MIN_CHANGE: u16 =
 /// 10 minutes, after a black hole) are not delayed. Cost: a bulk transfer's first 100
 /// packets go at 1200 bytes.
 pub const DEFAULT_MTU_PROBE_AFTER_PACKETS: u64 = 100;
+/// The stream receive window `alknet connect` offers the server (the engine's default is
+/// [`DEFAULT_STREAM_RECEIVE_WINDOW`]): how far the server may send ahead of what has been
+/// written to stdout. A download is paced by this window over the round trip, and on a
+/// busy machine a round trip includes the wait for the client's turn on a core; one
+/// stream per process, so the memory it may hold is this once. Here rather than in the
+/// binary so the load-test harness's SFTP client offers the same.
+pub const CONNECT_STREAM_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
 /// `loopback_max_udp_payload_size`: what path MTU discovery may reach on a connection whose
 /// peer is a loopback address (127.0.0.0/8, ::1), where the interface's MTU is 64 KiB
 /// instead of Ethernet's 1500 bytes. Also the largest UDP payload accepted and advertised
