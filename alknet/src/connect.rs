@@ -17,13 +17,13 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use alknet_runtime::pipe::RingPipe;
 use alknet_runtime::rt::{run_local, DriverKind};
 use alknet_runtime::tls::{client_crypto, tcp_client_config, ServerTrust, TlsIdentity};
 use alknet_runtime::{
     connect_tls_tcp, Bytes, ClientEndpoint, Connection, Fingerprint, Limits, VarInt,
     DEFAULT_TCP_STREAM_BUFFER,
 };
-use bytes::BytesMut;
 use clap::Args;
 
 /// Most bytes read from stdin at once, and the size of the buffers stdin is read into.
@@ -37,12 +37,6 @@ const STDIN_MIN_ROOM: usize = 64 * 1024;
 const PIPE_CAPACITY: i32 = 1024 * 1024;
 /// Most bytes taken from the stream for one write to stdout.
 const STDOUT_CHUNK: usize = 256 * 1024;
-/// The stream receive window `alknet connect` offers the server (the engine's default is
-/// 1.25 MB): how far the server may send ahead of what has been written to stdout. A
-/// download is paced by this window over the round trip, and on a busy machine a round
-/// trip includes the wait for the client's turn on a core; one stream per process, so the
-/// memory it may hold is this once.
-const CONNECT_STREAM_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
 /// Chunks in flight between the stdio threads and the stream (each way).
 const PIPE_DEPTH: usize = 8;
 /// Keep-alive for connect sessions, so an idle interactive session outlives the idle
@@ -333,8 +327,8 @@ pub fn pipe_stdio(
     let threads = &mut stdout_thread;
     let outcome = run_local(|driver| async move {
         let (mut stdin, mut stdout) = if driver == DriverKind::IoUring && !stdin_read_before {
-            match (RingStdio::open(0), RingStdio::open(1)) {
-                (Some(i), Some(o)) => (StdinSource::Ring(i, None), StdoutSink::Ring(o)),
+            match (ring_stdio(0), ring_stdio(1)) {
+                (Some(i), Some(o)) => (StdinSource::Ring(i), StdoutSink::Ring(o)),
                 _ => stdio_threads(threads),
             }
         } else {
@@ -342,7 +336,7 @@ pub fn pipe_stdio(
         };
         let limits = Limits {
             keep_alive_interval: KEEP_ALIVE,
-            stream_receive_window: CONNECT_STREAM_RECEIVE_WINDOW,
+            stream_receive_window: alknet_runtime::CONNECT_STREAM_RECEIVE_WINDOW,
             ..Limits::default()
         };
         let (endpoint, conn) = dial.connect(&limits).await?;
@@ -403,8 +397,8 @@ pub fn pipe_stdio(
 enum StdinSource {
     /// A thread doing blocking reads.
     Thread(async_channel::Receiver<Bytes>),
-    /// io_uring reads on the task's thread, and the room left in the buffer they read into.
-    Ring(monoio::fs::File, Option<BytesMut>),
+    /// io_uring reads on the task's thread.
+    Ring(RingPipe),
 }
 
 impl StdinSource {
@@ -412,28 +406,7 @@ impl StdinSource {
     async fn next(&mut self) -> Option<Bytes> {
         match self {
             StdinSource::Thread(rx) => rx.recv().await.ok(),
-            StdinSource::Ring(file, room) => {
-                // each read goes on as a slice of the buffer, not a copy, and the next one
-                // reads into the room behind it: a buffer is shared by the chunks read into
-                // it (at most STDIN_CHUNK held per buffer while the stream keeps them), and
-                // one that has less than STDIN_MIN_ROOM left is replaced. A Unix socket pair
-                // (`sftp -D`, ssh's ProxyCommand) hands over at most the writer's send
-                // buffer (about 208 KiB) per read, so most reads are partial.
-                let buf = match room.take() {
-                    Some(b) if b.capacity() >= STDIN_MIN_ROOM => b,
-                    _ => BytesMut::with_capacity(STDIN_CHUNK),
-                };
-                // offset 0: pipes and sockets have none (and refuse any other)
-                let (res, mut buf) = file.read_at(buf, 0).await;
-                match res {
-                    Ok(0) | Err(_) => None,
-                    Ok(n) => {
-                        let chunk = buf.split_to(n).freeze();
-                        *room = Some(buf);
-                        Some(chunk)
-                    }
-                }
-            }
+            StdinSource::Ring(pipe) => pipe.read_chunk().await.ok().flatten(),
         }
     }
 }
@@ -443,7 +416,7 @@ enum StdoutSink {
     /// A thread doing blocking writes.
     Thread(async_channel::Sender<Bytes>),
     /// io_uring writes on the task's thread.
-    Ring(monoio::fs::File),
+    Ring(RingPipe),
 }
 
 impl StdoutSink {
@@ -453,51 +426,21 @@ impl StdoutSink {
                 .send(chunk)
                 .await
                 .map_err(|_| std::io::ErrorKind::BrokenPipe.into()),
-            StdoutSink::Ring(file) => {
-                let mut rest = chunk;
-                while !rest.is_empty() {
-                    // offset 0: pipes and sockets have none, and refuse any other
-                    // (`ESPIPE`), so not `write_all_at`, which advances it
-                    let (res, buf) = file.write_at(rest, 0).await;
-                    match res? {
-                        0 => return Err(std::io::ErrorKind::WriteZero.into()),
-                        n => rest = buf.slice(n..),
-                    }
-                }
-                Ok(())
-            }
+            StdoutSink::Ring(pipe) => pipe.write_all(chunk).await,
         }
     }
 }
 
-/// stdin or stdout for io_uring operations on the stream task's thread.
-struct RingStdio;
-
-impl RingStdio {
-    /// A duplicate of `fd` for io_uring reads and writes, if it is a pipe or a socket in
-    /// blocking mode: io_uring then waits for it in the kernel without a thread, where a
-    /// terminal or a file would go to a kernel worker thread per operation, and a
-    /// non-blocking descriptor would answer `EAGAIN` instead of waiting.
-    fn open(fd: i32) -> Option<monoio::fs::File> {
-        use std::os::unix::fs::FileTypeExt;
-        let owned = if fd == 0 {
-            std::io::stdin().as_fd().try_clone_to_owned().ok()?
-        } else {
-            std::io::stdout().as_fd().try_clone_to_owned().ok()?
-        };
-        let file = std::fs::File::from(owned);
-        let kind = file.metadata().ok()?.file_type();
-        if !(kind.is_fifo() || kind.is_socket()) {
-            return None;
-        }
-        // SAFETY: F_GETFL reads the descriptor's flags and touches no memory.
-        #[allow(unsafe_code)]
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if flags < 0 || flags & libc::O_NONBLOCK != 0 {
-            return None;
-        }
-        monoio::fs::File::from_std(file).ok()
-    }
+/// stdin (`fd` 0) or stdout (1) for io_uring operations on the stream task's thread, if
+/// it is a pipe or a socket in blocking mode ([`RingPipe::new`]; its flags are shared with
+/// whoever else holds it, so they are not changed).
+fn ring_stdio(fd: i32) -> Option<RingPipe> {
+    let owned = if fd == 0 {
+        std::io::stdin().as_fd().try_clone_to_owned().ok()?
+    } else {
+        std::io::stdout().as_fd().try_clone_to_owned().ok()?
+    };
+    RingPipe::new(owned, STDIN_CHUNK, STDIN_MIN_ROOM).ok()
 }
 
 /// The thread path: a thread reading stdin and one writing stdout (its handle goes to

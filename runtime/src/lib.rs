@@ -29,6 +29,7 @@ mod operations;
 mod pinning;
 mod qlog;
 pub use qlog::QLOG_SUPPORTED;
+pub mod pipe;
 mod reload;
 mod router;
 pub mod rt;

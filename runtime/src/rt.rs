@@ -35,6 +35,33 @@ pub const DRIVER_ENV: &str = "ALKNET_DRIVER";
 /// Size of each thread's io_uring submission queue.
 pub const URING_ENTRIES: u32 = 1024;
 
+thread_local! {
+    static CURRENT_DRIVER: Cell<Option<DriverKind>> = const { Cell::new(None) };
+}
+
+/// The driver of the monoio runtime [`run_local`] runs on this thread, `None` on a thread
+/// without one (a tokio thread, say). Code that may run on either asks before it uses
+/// monoio's IO: a task polled on a worker (an SSH session's, inside the bridge runtime's
+/// context) may use io_uring operations; the same code on a tokio thread may not.
+pub fn current_driver() -> Option<DriverKind> {
+    CURRENT_DRIVER.with(Cell::get)
+}
+
+/// Sets [`current_driver`] for the life of a runtime, and clears it after, unwinding too.
+struct DriverMark(Option<DriverKind>);
+
+impl DriverMark {
+    fn set(kind: DriverKind) -> Self {
+        DriverMark(CURRENT_DRIVER.with(|c| c.replace(Some(kind))))
+    }
+}
+
+impl Drop for DriverMark {
+    fn drop(&mut self) {
+        CURRENT_DRIVER.with(|c| c.set(self.0));
+    }
+}
+
 /// Runs the future made by `make` to completion on a new monoio runtime on this thread.
 pub fn run_local<Fut, F>(make: F) -> io::Result<Fut::Output>
 where
@@ -48,13 +75,17 @@ where
             .enable_timer()
             .build()
         {
-            Ok(mut rt) => return Ok(rt.block_on(make(DriverKind::IoUring))),
+            Ok(mut rt) => {
+                let _mark = DriverMark::set(DriverKind::IoUring);
+                return Ok(rt.block_on(make(DriverKind::IoUring)));
+            }
             Err(e) => tracing::warn!("io_uring runtime refused ({e}); using the legacy driver"),
         }
     }
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()?;
+    let _mark = DriverMark::set(DriverKind::Legacy);
     Ok(rt.block_on(make(DriverKind::Legacy)))
 }
 
@@ -240,6 +271,14 @@ pub async fn timeout_if_pending<F: Future>(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_current_driver_is_known_inside_a_runtime_only() {
+        assert_eq!(current_driver(), None);
+        let inside = run_local(|kind| async move { (kind, current_driver()) }).expect("runtime");
+        assert_eq!(Some(inside.0), inside.1);
+        assert_eq!(current_driver(), None);
+    }
 
     #[test]
     fn run_or_spawn_guarded_finishes_ready_work_inline_and_spawns_the_rest() {
