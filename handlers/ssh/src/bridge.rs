@@ -19,7 +19,9 @@
 //!   `russh-util`, `handlers/ssh/vendor/russh-util/PATCHES.md`), so russh's session loop
 //!   and the session's own tasks ([`spawn_session_task`]) are monoio tasks, polled
 //!   [`InTokioContext`] so that their timers, `spawn_blocking` and the helpers that need
-//!   tokio's IO (child processes, forwarded TCP) live on the bridge runtime. The channels
+//!   tokio's IO (a child's exit, a pty, forwarded TCP) live on the bridge runtime. A
+//!   command's pipes are the worker's own: written and read with io_uring by tasks beside
+//!   the session ([`spawn_worker_task`], `process.rs`). The channels
 //!   are then same-thread hand-overs: a request and its answer cross no thread. With
 //!   `"bridge"` the session runs on the bridge runtime instead, one cross-thread wake-up
 //!   each way per round trip, with SSH's ciphers beside the worker rather than on it.
@@ -492,6 +494,20 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     drop(russh_util::runtime::spawn(fut));
+}
+
+/// Spawns a task that must stay on this worker thread (it holds io_uring operations, see
+/// [`alknet_runtime::pipe`]), in the bridge runtime's context like the session's own
+/// tasks. Only for code that found itself on a worker
+/// ([`alknet_runtime::rt::current_driver`]).
+pub fn spawn_worker_task<F>(fut: F)
+where
+    F: Future<Output = ()> + 'static,
+{
+    match TokioBridge::handle() {
+        Some(handle) => spawn_guarded("ssh session task", InTokioContext::new(handle, fut)),
+        None => spawn_guarded("ssh session task", fut),
+    }
 }
 
 /// Frees a connection's session slot when the session ends.

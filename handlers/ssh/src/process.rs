@@ -2,6 +2,7 @@
 //! stderr as extended data 1) or on a pty, as the server's own user.
 
 use std::ffi::{OsStr, OsString};
+use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
@@ -10,6 +11,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alknet_runtime::pipe::RingPipe;
+use alknet_runtime::rt::DriverKind;
+use futures_util::future::{AbortHandle, Abortable};
 use russh::server::{Handle, Msg};
 use russh::{ChannelId, ChannelReadHalf, ChannelWriteHalf};
 use rustix::process::{Pid, Signal};
@@ -17,11 +21,20 @@ use tokio::process::Child;
 use tokio::sync::oneshot;
 
 use crate::flow::Backlog;
-use crate::pumps::{pump_input, pump_output, OnEof};
+use crate::pumps::{pump_input, pump_output, pump_output_ring, OnEof, RingSink, OUTPUT_CHUNK};
 
 /// After a hang-up (the channel or the session went away while the process ran), how long
 /// it has to exit after SIGHUP before it is killed.
 pub const HANGUP_GRACE: Duration = Duration::from_secs(2);
+
+/// Size of the buffers a command's output is read into on a worker's ring (each read
+/// takes what the pipe holds, at most its 64 KiB; a buffer is shared by the reads that fit
+/// and replaced when less than [`OUTPUT_CHUNK`] is left).
+const OUTPUT_RING_BUFFER: usize = 128 * 1024;
+
+/// `ALKNET_SSH_RING_PIPES=0` leaves commands' pipes to the tokio reactor on workers too
+/// (for A/B runs, as `ALKNET_DRIVER=legacy` does for the driver).
+pub const RING_PIPES_ENV: &str = "ALKNET_SSH_RING_PIPES";
 
 /// `PATH` for sessions when the server has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -151,34 +164,76 @@ pub fn start(
             cmd.env_clear()
                 .envs(env)
                 .current_dir(working_dir())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
                 // its own process group, so signals and hang-ups reach what it starts
                 .process_group(0)
                 .kill_on_drop(true);
+            // on a worker, the command's pipes are read and written by its ring; elsewhere
+            // (the bridge placement, the legacy driver) through the tokio reactor's thread
+            let ring = pipes_for_the_ring();
+            match &ring {
+                Some(pipes) => {
+                    cmd.stdin(pipes.stdin_end.try_clone()?)
+                        .stdout(pipes.stdout_end.try_clone()?)
+                        .stderr(pipes.stderr_end.try_clone()?);
+                }
+                None => {
+                    cmd.stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped());
+                }
+            }
             let mut child = cmd.spawn()?;
+            // the Command holds the child's ends of the pipes; they must close here, or
+            // the pumps would never see EOF (nor the command, on its stdin)
+            drop(cmd);
             let pid = child.id().and_then(|p| Pid::from_raw(p as i32));
-            let stdin = child.stdin.take();
-            let stdout = child.stdout.take();
-            let stderr = child.stderr.take();
-            // beside the session: its input reaches the pipe without a thread hop
-            crate::bridge::spawn_session_task(pump_input(read, stdin, OnEof::Close, backlog));
             let out_write = write.clone();
-            let outputs = async move {
-                let out = async {
-                    if let Some(s) = stdout {
-                        let _ = pump_output(s, &out_write, None).await;
-                    }
-                };
-                let err = async {
-                    if let Some(s) = stderr {
-                        let _ = pump_output(s, &out_write, Some(1)).await;
-                    }
-                };
-                tokio::join!(out, err);
+            let outputs = match ring {
+                Some(RingPipes {
+                    stdin,
+                    stdout,
+                    stderr,
+                    ..
+                }) => {
+                    let input = pump_input(read, Some(RingSink(stdin)), OnEof::Close, backlog);
+                    crate::bridge::spawn_worker_task(input);
+                    let (task, outputs) = Outputs::watch(async move {
+                        let out = pump_output_ring(stdout, &out_write, None);
+                        let err = pump_output_ring(stderr, &out_write, Some(1));
+                        let _ = futures_util::future::join(out, err).await;
+                    });
+                    crate::bridge::spawn_worker_task(task);
+                    outputs
+                }
+                None => {
+                    let stdin = child.stdin.take();
+                    // beside the session: its input reaches the pipe without a thread hop
+                    // while the pipe has room
+                    crate::bridge::spawn_session_task(pump_input(
+                        read,
+                        stdin,
+                        OnEof::Close,
+                        backlog,
+                    ));
+                    let stdout = child.stdout.take();
+                    let stderr = child.stderr.take();
+                    let (task, outputs) = Outputs::watch(async move {
+                        let out = async {
+                            if let Some(s) = stdout {
+                                let _ = pump_output(s, &out_write, None).await;
+                            }
+                        };
+                        let err = async {
+                            if let Some(s) = stderr {
+                                let _ = pump_output(s, &out_write, Some(1)).await;
+                            }
+                        };
+                        tokio::join!(out, err);
+                    });
+                    tokio::spawn(task);
+                    outputs
+                }
             };
-            let outputs = tokio::spawn(outputs);
             tokio::spawn(supervise(
                 child, pid, outputs, write, handle, id, hangup_rx, label,
             ));
@@ -218,10 +273,12 @@ pub fn start(
                 backlog,
             ));
             let out_write = write.clone();
-            let outputs = async move {
+            // a terminal stays with the reactor: io_uring would read it on a kernel
+            // worker thread per read
+            let (task, outputs) = Outputs::watch(async move {
                 let _ = pump_output(pty_read, &out_write, None).await;
-            };
-            let outputs = tokio::spawn(outputs);
+            });
+            tokio::spawn(task);
             tokio::spawn(supervise(
                 child, pid, outputs, write, handle, id, hangup_rx, label,
             ));
@@ -234,13 +291,70 @@ pub fn start(
     }
 }
 
+/// A command's pipes for the worker's ring (our ends), and the ends the command gets.
+struct RingPipes {
+    stdin: RingPipe,
+    stdout: RingPipe,
+    stderr: RingPipe,
+    stdin_end: std::io::PipeReader,
+    stdout_end: std::io::PipeWriter,
+    stderr_end: std::io::PipeWriter,
+}
+
+/// Fresh pipes for a command's stdin, stdout and stderr, written and read with io_uring
+/// on this thread, if this is a worker on the io_uring driver ([`RingPipe::new`]); `None`
+/// elsewhere, and the command then gets tokio's pipes.
+fn pipes_for_the_ring() -> Option<RingPipes> {
+    static SWITCHED_OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *SWITCHED_OFF.get_or_init(|| std::env::var(RING_PIPES_ENV).is_ok_and(|v| v == "0"));
+    if off || alknet_runtime::rt::current_driver() != Some(DriverKind::IoUring) {
+        return None;
+    }
+    let ring = |r: std::io::PipeReader| {
+        RingPipe::new(OwnedFd::from(r), OUTPUT_RING_BUFFER, OUTPUT_CHUNK).ok()
+    };
+    let (stdin_end, in_w) = std::io::pipe().ok()?;
+    let (out_r, stdout_end) = std::io::pipe().ok()?;
+    let (err_r, stderr_end) = std::io::pipe().ok()?;
+    let stdin = RingPipe::new(OwnedFd::from(in_w), OUTPUT_RING_BUFFER, OUTPUT_CHUNK).ok()?;
+    Some(RingPipes {
+        stdin,
+        stdout: ring(out_r)?,
+        stderr: ring(err_r)?,
+        stdin_end,
+        stdout_end,
+        stderr_end,
+    })
+}
+
+/// The pumps copying a process's output to its channel, wherever they run: the
+/// supervisor waits for them to finish (`done`) before it reports the exit, and stops them
+/// (`abort`) on a hang-up.
+struct Outputs {
+    done: oneshot::Receiver<()>,
+    abort: AbortHandle,
+}
+
+impl Outputs {
+    /// The task to spawn for `pumps`, and its [`Outputs`].
+    fn watch(pumps: impl Future<Output = ()>) -> (impl Future<Output = ()>, Outputs) {
+        let (done_tx, done) = oneshot::channel();
+        let (abort, registration) = AbortHandle::new_pair();
+        let task = async move {
+            let _ = Abortable::new(pumps, registration).await;
+            let _ = done_tx.send(());
+        };
+        (task, Outputs { done, abort })
+    }
+}
+
 /// Waits for the child and its output, then sends `exit-status` (or `exit-signal`), EOF
 /// and close. A hang-up instead sends SIGHUP, then SIGKILL after [`HANGUP_GRACE`].
 #[allow(clippy::too_many_arguments)]
 async fn supervise(
     mut child: Child,
     pid: Option<Pid>,
-    mut outputs: tokio::task::JoinHandle<()>,
+    mut outputs: Outputs,
     write: Arc<ChannelWriteHalf<Msg>>,
     handle: Handle,
     id: ChannelId,
@@ -252,14 +366,14 @@ async fn supervise(
         _ = &mut hangup => None,
     };
     let Some(status) = status else {
-        outputs.abort();
+        outputs.abort.abort();
         return hang_up(child, pid, &label).await;
     };
     // everything the process wrote goes out before its exit status
     tokio::select! {
-        _ = &mut outputs => {}
+        _ = &mut outputs.done => {}
         _ = &mut hangup => {
-            outputs.abort();
+            outputs.abort.abort();
             return;
         }
     }

@@ -9,6 +9,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use alknet_runtime::pipe::RingPipe;
 use bytes::{Bytes, BytesMut};
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
@@ -35,13 +36,13 @@ pub enum OnEof {
 /// second half writes the backlog to the sink, so a slow sink throttles the client's
 /// window instead of stalling the session. A sink that fails (the child stopped reading)
 /// is dropped and the rest of the data discarded; a close without EOF discards the rest.
-pub async fn pump_input<W>(
+pub async fn pump_input<S>(
     mut read: ChannelReadHalf,
-    sink: Option<W>,
+    sink: Option<S>,
     on_eof: OnEof,
     backlog: Backlog,
 ) where
-    W: AsyncWrite + Unpin,
+    S: InputSink,
 {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<Bytes>>();
     let aborted = AtomicBool::new(false);
@@ -75,20 +76,21 @@ pub async fn pump_input<W>(
         while let Some(item) = rx.recv().await {
             match item {
                 Some(data) => {
+                    let len = data.len();
                     if let Some(w) = sink.as_mut() {
                         if aborted.load(Ordering::Acquire) {
                             sink = None;
-                        } else if let Err(e) = w.write_all(&data).await {
+                        } else if let Err(e) = w.write_chunk(data).await {
                             tracing::debug!("ssh channel input: sink closed: {e}");
                             sink = None;
                         }
                     }
-                    backlog.sub(data.len());
+                    backlog.sub(len);
                 }
                 None => {
                     if on_eof == OnEof::Close {
-                        if let Some(mut w) = sink.take() {
-                            let _ = w.shutdown().await;
+                        if let Some(w) = sink.take() {
+                            w.close().await;
                         }
                     }
                 }
@@ -96,6 +98,41 @@ pub async fn pump_input<W>(
         }
     };
     tokio::join!(reader, writer);
+}
+
+/// Where [`pump_input`] writes a channel's data: a tokio writer (a child's stdin on the
+/// bridge placement, a pty, a TCP socket, a subsystem's pipe) or a pipe written with
+/// io_uring on the worker ([`RingSink`]).
+pub trait InputSink {
+    /// Writes all of `data`.
+    fn write_chunk(&mut self, data: Bytes) -> impl std::future::Future<Output = io::Result<()>>;
+    /// The client's EOF: closes the pipe or half-closes the socket.
+    fn close(self) -> impl std::future::Future<Output = ()>;
+}
+
+impl<W: AsyncWrite + Unpin> InputSink for W {
+    async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
+        self.write_all(&data).await
+    }
+
+    async fn close(mut self) {
+        let _ = self.shutdown().await;
+    }
+}
+
+/// A pipe written with io_uring on the worker: a chunk goes to the kernel as it came from
+/// russh, without the copy into a tokio writer's borrowed buffer.
+#[derive(Debug)]
+pub struct RingSink(pub RingPipe);
+
+impl InputSink for RingSink {
+    async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
+        self.0.write_all(data).await
+    }
+
+    async fn close(self) {
+        // dropping the descriptor closes the pipe: the reader sees EOF
+    }
 }
 
 /// Copies `source` to the channel (as extended data `ext` when given) until EOF; returns
@@ -121,13 +158,38 @@ where
             return Ok(total);
         }
         total += n as u64;
-        let chunk = buf.split().freeze();
-        let sent = match ext {
-            None => write.data_bytes(chunk).await,
-            Some(code) => write.extended_data_bytes(code, chunk).await,
-        };
-        sent.map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+        send_output(write, ext, buf.split().freeze()).await?;
     }
+}
+
+/// [`pump_output`] for a pipe read with io_uring on the worker ([`RingPipe`]): the
+/// command's output wakes the session's own thread, where the tokio reactor's thread
+/// would have woken it from another.
+pub async fn pump_output_ring(
+    mut source: RingPipe,
+    write: &ChannelWriteHalf<Msg>,
+    ext: Option<u32>,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    while let Some(chunk) = source.read_chunk().await? {
+        total += chunk.len() as u64;
+        send_output(write, ext, chunk).await?;
+    }
+    Ok(total)
+}
+
+/// Sends one chunk of output as channel data (extended data `ext` when given), as the
+/// peer's window allows.
+async fn send_output(
+    write: &ChannelWriteHalf<Msg>,
+    ext: Option<u32>,
+    chunk: Bytes,
+) -> io::Result<()> {
+    let sent = match ext {
+        None => write.data_bytes(chunk).await,
+        Some(code) => write.extended_data_bytes(code, chunk).await,
+    };
+    sent.map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
 }
 
 /// Joins a channel and a TCP connection both ways (ssh -L and ssh -R): EOF travels as
