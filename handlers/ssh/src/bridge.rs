@@ -20,7 +20,7 @@
 //!   and the session's own tasks ([`spawn_session_task`]) are monoio tasks, polled
 //!   [`InTokioContext`] so that their timers, `spawn_blocking` and the helpers that need
 //!   tokio's IO (a child's exit, a pty, forwarded TCP) live on the bridge runtime. A
-//!   command's pipes are the worker's own: written and read with io_uring by tasks beside
+//!   command's output pipes are the worker's own: read with io_uring by a task beside
 //!   the session ([`spawn_worker_task`], `process.rs`). The channels
 //!   are then same-thread hand-overs: a request and its answer cross no thread. With
 //!   `"bridge"` the session runs on the bridge runtime instead, one cross-thread wake-up

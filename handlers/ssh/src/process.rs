@@ -21,7 +21,7 @@ use tokio::process::Child;
 use tokio::sync::oneshot;
 
 use crate::flow::Backlog;
-use crate::pumps::{pump_input, pump_output, pump_output_ring, OnEof, RingSink, OUTPUT_CHUNK};
+use crate::pumps::{pump_input, pump_output, pump_output_ring, OnEof, OUTPUT_CHUNK};
 
 /// After a hang-up (the channel or the session went away while the process ran), how long
 /// it has to exit after SIGHUP before it is killed.
@@ -32,7 +32,7 @@ pub const HANGUP_GRACE: Duration = Duration::from_secs(2);
 /// and replaced when less than [`OUTPUT_CHUNK`] is left).
 const OUTPUT_RING_BUFFER: usize = 128 * 1024;
 
-/// `ALKNET_SSH_RING_PIPES=0` leaves commands' pipes to the tokio reactor on workers too
+/// `ALKNET_SSH_RING_PIPES=0` leaves commands' output to the tokio reactor on workers too
 /// (for A/B runs, as `ALKNET_DRIVER=legacy` does for the driver).
 pub const RING_PIPES_ENV: &str = "ALKNET_SSH_RING_PIPES";
 
@@ -164,6 +164,10 @@ pub fn start(
             cmd.env_clear()
                 .envs(env)
                 .current_dir(working_dir())
+                // tokio's pipe: a write goes to the kernel at once while the pipe has room
+                // (an io_uring write would wait for the worker's next turn of the ring,
+                // one chunk per turn), and only a full pipe waits for the reactor
+                .stdin(Stdio::piped())
                 // its own process group, so signals and hang-ups reach what it starts
                 .process_group(0)
                 .kill_on_drop(true);
@@ -172,14 +176,11 @@ pub fn start(
             let ring = pipes_for_the_ring();
             match &ring {
                 Some(pipes) => {
-                    cmd.stdin(pipes.stdin_end.try_clone()?)
-                        .stdout(pipes.stdout_end.try_clone()?)
+                    cmd.stdout(pipes.stdout_end.try_clone()?)
                         .stderr(pipes.stderr_end.try_clone()?);
                 }
                 None => {
-                    cmd.stdin(Stdio::piped())
-                        .stdout(Stdio::piped())
-                        .stderr(Stdio::piped());
+                    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
                 }
             }
             let mut child = cmd.spawn()?;
@@ -187,16 +188,13 @@ pub fn start(
             // the pumps would never see EOF (nor the command, on its stdin)
             drop(cmd);
             let pid = child.id().and_then(|p| Pid::from_raw(p as i32));
+            let stdin = child.stdin.take();
+            // beside the session: its input reaches the pipe without a thread hop while
+            // the pipe has room
+            crate::bridge::spawn_session_task(pump_input(read, stdin, OnEof::Close, backlog));
             let out_write = write.clone();
             let outputs = match ring {
-                Some(RingPipes {
-                    stdin,
-                    stdout,
-                    stderr,
-                    ..
-                }) => {
-                    let input = pump_input(read, Some(RingSink(stdin)), OnEof::Close, backlog);
-                    crate::bridge::spawn_worker_task(input);
+                Some(RingPipes { stdout, stderr, .. }) => {
                     let (task, outputs) = Outputs::watch(async move {
                         let out = pump_output_ring(stdout, &out_write, None);
                         let err = pump_output_ring(stderr, &out_write, Some(1));
@@ -206,15 +204,6 @@ pub fn start(
                     outputs
                 }
                 None => {
-                    let stdin = child.stdin.take();
-                    // beside the session: its input reaches the pipe without a thread hop
-                    // while the pipe has room
-                    crate::bridge::spawn_session_task(pump_input(
-                        read,
-                        stdin,
-                        OnEof::Close,
-                        backlog,
-                    ));
                     let stdout = child.stdout.take();
                     let stderr = child.stderr.take();
                     let (task, outputs) = Outputs::watch(async move {
@@ -291,19 +280,17 @@ pub fn start(
     }
 }
 
-/// A command's pipes for the worker's ring (our ends), and the ends the command gets.
+/// A command's output pipes for the worker's ring (our ends), and the ends it gets.
 struct RingPipes {
-    stdin: RingPipe,
     stdout: RingPipe,
     stderr: RingPipe,
-    stdin_end: std::io::PipeReader,
     stdout_end: std::io::PipeWriter,
     stderr_end: std::io::PipeWriter,
 }
 
-/// Fresh pipes for a command's stdin, stdout and stderr, written and read with io_uring
-/// on this thread, if this is a worker on the io_uring driver ([`RingPipe::new`]); `None`
-/// elsewhere, and the command then gets tokio's pipes.
+/// Fresh pipes for a command's stdout and stderr, read with io_uring on this thread, if
+/// this is a worker on the io_uring driver ([`RingPipe::new`]); `None` elsewhere, and the
+/// command then gets tokio's pipes.
 fn pipes_for_the_ring() -> Option<RingPipes> {
     static SWITCHED_OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *SWITCHED_OFF.get_or_init(|| std::env::var(RING_PIPES_ENV).is_ok_and(|v| v == "0"));
@@ -313,15 +300,11 @@ fn pipes_for_the_ring() -> Option<RingPipes> {
     let ring = |r: std::io::PipeReader| {
         RingPipe::new(OwnedFd::from(r), OUTPUT_RING_BUFFER, OUTPUT_CHUNK).ok()
     };
-    let (stdin_end, in_w) = std::io::pipe().ok()?;
     let (out_r, stdout_end) = std::io::pipe().ok()?;
     let (err_r, stderr_end) = std::io::pipe().ok()?;
-    let stdin = RingPipe::new(OwnedFd::from(in_w), OUTPUT_RING_BUFFER, OUTPUT_CHUNK).ok()?;
     Some(RingPipes {
-        stdin,
         stdout: ring(out_r)?,
         stderr: ring(err_r)?,
-        stdin_end,
         stdout_end,
         stderr_end,
     })

@@ -36,13 +36,13 @@ pub enum OnEof {
 /// second half writes the backlog to the sink, so a slow sink throttles the client's
 /// window instead of stalling the session. A sink that fails (the child stopped reading)
 /// is dropped and the rest of the data discarded; a close without EOF discards the rest.
-pub async fn pump_input<S>(
+pub async fn pump_input<W>(
     mut read: ChannelReadHalf,
-    sink: Option<S>,
+    sink: Option<W>,
     on_eof: OnEof,
     backlog: Backlog,
 ) where
-    S: InputSink,
+    W: AsyncWrite + Unpin,
 {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<Bytes>>();
     let aborted = AtomicBool::new(false);
@@ -76,21 +76,20 @@ pub async fn pump_input<S>(
         while let Some(item) = rx.recv().await {
             match item {
                 Some(data) => {
-                    let len = data.len();
                     if let Some(w) = sink.as_mut() {
                         if aborted.load(Ordering::Acquire) {
                             sink = None;
-                        } else if let Err(e) = w.write_chunk(data).await {
+                        } else if let Err(e) = w.write_all(&data).await {
                             tracing::debug!("ssh channel input: sink closed: {e}");
                             sink = None;
                         }
                     }
-                    backlog.sub(len);
+                    backlog.sub(data.len());
                 }
                 None => {
                     if on_eof == OnEof::Close {
-                        if let Some(w) = sink.take() {
-                            w.close().await;
+                        if let Some(mut w) = sink.take() {
+                            let _ = w.shutdown().await;
                         }
                     }
                 }
@@ -98,41 +97,6 @@ pub async fn pump_input<S>(
         }
     };
     tokio::join!(reader, writer);
-}
-
-/// Where [`pump_input`] writes a channel's data: a tokio writer (a child's stdin on the
-/// bridge placement, a pty, a TCP socket, a subsystem's pipe) or a pipe written with
-/// io_uring on the worker ([`RingSink`]).
-pub trait InputSink {
-    /// Writes all of `data`.
-    fn write_chunk(&mut self, data: Bytes) -> impl std::future::Future<Output = io::Result<()>>;
-    /// The client's EOF: closes the pipe or half-closes the socket.
-    fn close(self) -> impl std::future::Future<Output = ()>;
-}
-
-impl<W: AsyncWrite + Unpin> InputSink for W {
-    async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
-        self.write_all(&data).await
-    }
-
-    async fn close(mut self) {
-        let _ = self.shutdown().await;
-    }
-}
-
-/// A pipe written with io_uring on the worker: a chunk goes to the kernel as it came from
-/// russh, without the copy into a tokio writer's borrowed buffer.
-#[derive(Debug)]
-pub struct RingSink(pub RingPipe);
-
-impl InputSink for RingSink {
-    async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
-        self.0.write_all(data).await
-    }
-
-    async fn close(self) {
-        // dropping the descriptor closes the pipe: the reader sees EOF
-    }
 }
 
 /// Copies `source` to the channel (as extended data `ext` when given) until EOF; returns
