@@ -173,19 +173,13 @@ pub fn start(
                 .kill_on_drop(true);
             // on a worker, the command's pipes are read and written by its ring; elsewhere
             // (the bridge placement, the legacy driver) through the tokio reactor's thread
-            let ring = pipes_for_the_ring();
-            match &ring {
-                Some(pipes) => {
-                    cmd.stdout(pipes.stdout_end.try_clone()?)
-                        .stderr(pipes.stderr_end.try_clone()?);
-                }
-                None => {
-                    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-                }
+            let ring = pipes_for_the_ring(&mut cmd);
+            if ring.is_none() {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             }
             let mut child = cmd.spawn()?;
-            // the Command holds the child's ends of the pipes; they must close here, or
-            // the pumps would never see EOF (nor the command, on its stdin)
+            // the Command holds the child's ends of the ring's pipes; they must close here,
+            // or the pumps would never see EOF
             drop(cmd);
             let pid = child.id().and_then(|p| Pid::from_raw(p as i32));
             let stdin = child.stdin.take();
@@ -194,7 +188,7 @@ pub fn start(
             crate::bridge::spawn_session_task(pump_input(read, stdin, OnEof::Close, backlog));
             let out_write = write.clone();
             let outputs = match ring {
-                Some(RingPipes { stdout, stderr, .. }) => {
+                Some(RingPipes { stdout, stderr }) => {
                     let (task, outputs) = Outputs::watch(async move {
                         let out = pump_output_ring(stdout, &out_write, None);
                         let err = pump_output_ring(stderr, &out_write, Some(1));
@@ -280,18 +274,16 @@ pub fn start(
     }
 }
 
-/// A command's output pipes for the worker's ring (our ends), and the ends it gets.
+/// Our ends of a command's output pipes, read by the worker's ring.
 struct RingPipes {
     stdout: RingPipe,
     stderr: RingPipe,
-    stdout_end: std::io::PipeWriter,
-    stderr_end: std::io::PipeWriter,
 }
 
 /// Fresh pipes for a command's stdout and stderr, read with io_uring on this thread, if
-/// this is a worker on the io_uring driver ([`RingPipe::new`]); `None` elsewhere, and the
-/// command then gets tokio's pipes.
-fn pipes_for_the_ring() -> Option<RingPipes> {
+/// this is a worker on the io_uring driver ([`RingPipe::new`]): their write ends go to
+/// `cmd`. `None` elsewhere, with `cmd` untouched: the command then gets tokio's pipes.
+fn pipes_for_the_ring(cmd: &mut tokio::process::Command) -> Option<RingPipes> {
     static SWITCHED_OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *SWITCHED_OFF.get_or_init(|| std::env::var(RING_PIPES_ENV).is_ok_and(|v| v == "0"));
     if off || alknet_runtime::rt::current_driver() != Some(DriverKind::IoUring) {
@@ -302,12 +294,12 @@ fn pipes_for_the_ring() -> Option<RingPipes> {
     };
     let (out_r, stdout_end) = std::io::pipe().ok()?;
     let (err_r, stderr_end) = std::io::pipe().ok()?;
-    Some(RingPipes {
+    let pipes = RingPipes {
         stdout: ring(out_r)?,
         stderr: ring(err_r)?,
-        stdout_end,
-        stderr_end,
-    })
+    };
+    cmd.stdout(stdout_end).stderr(stderr_end);
+    Some(pipes)
 }
 
 /// The pumps copying a process's output to its channel, wherever they run: the
