@@ -48,6 +48,14 @@ pub const RECV_BATCHES_PER_POLL: usize = 16;
 /// header prepared in user space whether the kernel fills it or not; at request/response
 /// rates one or two datagrams wait per wake-up, while a busy hub fills all of them.
 pub const MIN_RECV_SLOTS: usize = 4;
+/// A received datagram (or GRO batch) that fills at least this share of its `recvmmsg` slot
+/// (1/`ADOPT_SLOT_DIVISOR`) keeps the slot's buffer, which a fresh one replaces; a smaller
+/// one is copied out. Why: a 64 KiB loopback datagram copied out of the slot was a third of
+/// `alknet connect`'s CPU in an sftp get (the copy writes memory that is no longer in cache,
+/// since up to a receive window of such buffers wait in the stream). Adopting costs a fresh
+/// zeroed slot instead, and holds at most twice the datagram's bytes while its data waits;
+/// a small datagram copied keeps what a waiting byte holds down to itself.
+pub const ADOPT_SLOT_DIVISOR: usize = 2;
 /// GSO batches one connection may send per driver pass before others get a turn.
 pub const TRANSMITS_PER_CONNECTION: usize = 8;
 /// Most datagrams in one GSO batch (the kernel's limit is 64).
@@ -326,7 +334,8 @@ pub(crate) struct Driver {
     /// Connection timers: (deadline, handle), lazily invalidated against
     /// `ConnInner::scheduled`.
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    recv_buf: Box<[u8]>,
+    /// One buffer per `recvmmsg` slot, each `recv_slot` bytes (see [`ADOPT_SLOT_DIVISOR`]).
+    recv_bufs: Box<[BytesMut]>,
     recv_slot: usize,
     /// Slots offered to the next receive (see [`MIN_RECV_SLOTS`]).
     recv_slots: usize,
@@ -373,7 +382,9 @@ impl Driver {
             sleep: None,
             sleep_at: None,
             timers: BinaryHeap::new(),
-            recv_buf: vec![0u8; recv_slot * quinn_udp::BATCH_SIZE].into_boxed_slice(),
+            recv_bufs: (0..quinn_udp::BATCH_SIZE)
+                .map(|_| BytesMut::zeroed(recv_slot))
+                .collect(),
             recv_slot,
             recv_slots: quinn_udp::BATCH_SIZE,
             recv_meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE].into_boxed_slice(),
@@ -592,9 +603,11 @@ impl Driver {
             budget -= 1;
             let slots = self.recv_slots;
             let n = {
-                let mut chunks = self.recv_buf.chunks_mut(self.recv_slot).take(slots);
+                let mut bufs = self.recv_bufs.iter_mut().take(slots);
                 let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
-                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or(&mut [])));
+                    std::array::from_fn(|_| {
+                        IoSliceMut::new(bufs.next().map_or(&mut [][..], |b| &mut b[..]))
+                    });
                 match self.sockets[socket]
                     .io
                     .recv(&mut slices[..slots], &mut self.recv_meta[..slots])
@@ -613,9 +626,8 @@ impl Driver {
             self.recv_slots = next_recv_slots(slots, n);
             for i in 0..n {
                 let meta = self.recv_meta[i];
-                let start = i * self.recv_slot;
                 // one allocation per GRO batch; each datagram is a zero-copy split of it
-                let mut batch = BytesMut::from(&self.recv_buf[start..start + meta.len]);
+                let mut batch = take_received(&mut self.recv_bufs[i], meta.len);
                 let stride = meta.stride.max(1);
                 let ecn = meta
                     .ecn
@@ -1175,6 +1187,20 @@ impl SocketSlot {
     }
 }
 
+/// The first `len` bytes received into `slot`: the slot's own buffer when they fill at
+/// least 1/[`ADOPT_SLOT_DIVISOR`] of it (a fresh zeroed buffer of the same size takes its
+/// place), else a copy.
+fn take_received(slot: &mut BytesMut, len: usize) -> BytesMut {
+    let size = slot.len();
+    if len * ADOPT_SLOT_DIVISOR >= size {
+        let mut taken = std::mem::replace(slot, BytesMut::zeroed(size));
+        taken.truncate(len);
+        taken
+    } else {
+        BytesMut::from(&slot[..len])
+    }
+}
+
 /// The slot count for the next receive after one that offered `slots` and got `filled`.
 fn next_recv_slots(slots: usize, filled: usize) -> usize {
     if filled >= slots {
@@ -1412,5 +1438,31 @@ mod tests {
         assert_eq!(next_recv_slots(16, 8), 16);
         assert_eq!(next_recv_slots(16, 4), 16);
         assert_eq!(next_recv_slots(16, 3), 8);
+    }
+
+    #[test]
+    fn a_large_datagram_keeps_its_slot_buffer_and_a_small_one_is_copied() {
+        let size = 65_535;
+        let mut slot = BytesMut::zeroed(size);
+        slot[..3].copy_from_slice(b"abc");
+        let before = slot.as_ptr();
+        // under half the slot: copied, the slot keeps its buffer
+        let small = take_received(&mut slot, 3);
+        assert_eq!(&small[..], b"abc");
+        assert_ne!(small.as_ptr(), before);
+        assert_eq!(slot.as_ptr(), before);
+        // half the slot or more: the slot's buffer itself, a fresh zeroed one in its place
+        slot[..4].copy_from_slice(b"wxyz");
+        let large = take_received(&mut slot, size / 2 + 1);
+        assert_eq!(large.as_ptr(), before, "no copy");
+        assert_eq!(large.len(), size / 2 + 1);
+        assert_eq!(&large[..4], b"wxyz");
+        assert_ne!(slot.as_ptr(), before);
+        assert_eq!(slot.len(), size);
+        assert!(slot.iter().all(|&b| b == 0));
+        // a full slot is taken whole
+        let full = take_received(&mut slot, size);
+        assert_eq!(full.len(), size);
+        assert_eq!(slot.len(), size);
     }
 }

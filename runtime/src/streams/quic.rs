@@ -288,7 +288,7 @@ impl QuicRecv {
         max: usize,
     ) -> Poll<Result<Option<Bytes>, ReadError>> {
         if let Some(chunk) = self.take_stashed(max) {
-            // left by a read_chunk before (this function never leaves one)
+            // left by a read_chunk, or by a call of this function that met a large chunk
             return Poll::Ready(Ok(Some(chunk)));
         }
         if let Some(code) = self.reset {
@@ -312,6 +312,12 @@ impl QuicRecv {
                 break None;
             }
             match chunks.next(room) {
+                // a large chunk behind data already taken is not copied into a merged batch:
+                // it waits in the stash for the next call, which returns it as it is
+                Ok(Some(chunk)) if chunk.bytes.len() >= UNMERGED_CHUNK && batch.len() > 0 => {
+                    self.stashed = Some(chunk.bytes);
+                    break None;
+                }
                 Ok(Some(chunk)) => batch.push(chunk.bytes),
                 Ok(None) => break Some(Ok(())),
                 Err(quinn_proto::ReadError::Reset(code)) => break Some(Err(code)),
@@ -383,7 +389,7 @@ impl Drop for QuicRecv {
 }
 
 /// The chunks taken by one [`RecvStream::read_available`]: the first is kept as it is,
-/// a second starts a copy.
+/// a second starts a copy (only chunks under [`UNMERGED_CHUNK`] are merged).
 enum Batch {
     Empty,
     One(Bytes),
@@ -427,7 +433,7 @@ impl Batch {
 
 /// A chunk at least this large (a STREAM frame of a large packet, as on a loopback path
 /// with a 64 KiB MTU) is returned alone by `poll_read_available` rather than copied into a
-/// merged batch with the chunks behind it: merging exists to spare a system call per
+/// merged batch with the chunks before or behind it: merging exists to spare a system call per
 /// 1.2 KB packet, and a chunk this large costs more to copy than to pass on by itself.
 pub const UNMERGED_CHUNK: usize = 16 * 1024;
 
