@@ -334,9 +334,8 @@ pub(crate) struct Driver {
     /// Connection timers: (deadline, handle), lazily invalidated against
     /// `ConnInner::scheduled`.
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    /// One buffer per `recvmmsg` slot, each `recv_slot` bytes (see [`ADOPT_SLOT_DIVISOR`]).
+    /// One buffer per `recvmmsg` slot, each one GRO batch long (see [`ADOPT_SLOT_DIVISOR`]).
     recv_bufs: Box<[BytesMut]>,
-    recv_slot: usize,
     /// Slots offered to the next receive (see [`MIN_RECV_SLOTS`]).
     recv_slots: usize,
     recv_meta: Box<[RecvMeta]>,
@@ -385,7 +384,6 @@ impl Driver {
             recv_bufs: (0..quinn_udp::BATCH_SIZE)
                 .map(|_| BytesMut::zeroed(recv_slot))
                 .collect(),
-            recv_slot,
             recv_slots: quinn_udp::BATCH_SIZE,
             recv_meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE].into_boxed_slice(),
             send_buf: Vec::with_capacity(MAX_GSO_BYTES),
