@@ -10,8 +10,7 @@
 //! legacy driver would run the read in place and block the whole worker).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use bytes::{Bytes, BytesMut};
 
@@ -27,6 +26,11 @@ pub struct RingPipe {
     chunk: usize,
     /// A buffer with less room than this left is replaced by a new one.
     min_room: usize,
+    /// A socket (written with `send`), not a pipe (written with `pwritev2`).
+    socket: bool,
+    /// The kernel refused a write that must not wait (`EOPNOTSUPP`, `EINVAL`): every
+    /// write goes through the ring.
+    no_nowait: bool,
 }
 
 impl RingPipe {
@@ -35,9 +39,12 @@ impl RingPipe {
     /// buffers of `chunk` bytes, each shared by the chunks read into it until less than
     /// `min_room` is left.
     pub fn new(fd: OwnedFd, chunk: usize, min_room: usize) -> Result<Self, OwnedFd> {
-        if current_driver() != Some(DriverKind::IoUring) || !is_blocking_pipe(&fd) {
+        if current_driver() != Some(DriverKind::IoUring) {
             return Err(fd);
         }
+        let Some(socket) = blocking_pipe_kind(&fd) else {
+            return Err(fd);
+        };
         // from_std consumes what it is given and fails only without a runtime (ruled out
         // above): give it a duplicate, so a refusal still hands `fd` back
         let Ok(dup) = fd.try_clone() else {
@@ -49,6 +56,8 @@ impl RingPipe {
                 room: None,
                 chunk: chunk.max(1),
                 min_room: min_room.clamp(1, chunk.max(1)),
+                socket,
+                no_nowait: false,
             }),
             Err(e) => {
                 tracing::debug!("io_uring pipe refused: {e}");
@@ -79,9 +88,17 @@ impl RingPipe {
         }
     }
 
-    /// Writes all of `chunk`, without copying it.
+    /// Writes all of `chunk`, without copying it. What the pipe has room for goes at
+    /// once, by a write that must not wait (`RWF_NOWAIT`, `MSG_DONTWAIT`); only the rest
+    /// waits in the ring. Why: an io_uring write is issued when the thread next enters
+    /// the ring, so a chunk that could go at once (the common case: the reader keeps up)
+    /// cost a turn of the event loop and one more `io_uring_enter` before the thread
+    /// could sleep: one per answer through `alknet connect`.
     pub async fn write_all(&mut self, chunk: Bytes) -> io::Result<()> {
         let mut rest = chunk;
+        if let Some(n) = self.write_now(&rest)? {
+            rest = rest.slice(n..);
+        }
         while !rest.is_empty() {
             // offset 0: pipes and sockets have none, and refuse any other (`ESPIPE`), so
             // not `write_all_at`, which advances it
@@ -93,24 +110,73 @@ impl RingPipe {
         }
         Ok(())
     }
+
+    /// Writes what the pipe takes without waiting: `Some(bytes written)`, `None` when it
+    /// has no room (or the kernel offers no such write for it).
+    fn write_now(&mut self, buf: &[u8]) -> io::Result<Option<usize>> {
+        if self.no_nowait || buf.is_empty() {
+            return Ok(None);
+        }
+        let fd = self.file.as_raw_fd();
+        // SAFETY: `buf` is a live slice for the duration of the call; the kernel only
+        // reads `buf.len()` bytes from it.
+        #[allow(unsafe_code)]
+        let n = unsafe {
+            if self.socket {
+                libc::send(
+                    fd,
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            } else {
+                let iov = libc::iovec {
+                    iov_base: buf.as_ptr().cast_mut().cast(),
+                    iov_len: buf.len(),
+                };
+                // offset -1: the pipe's own (it has none to move)
+                libc::pwritev2(fd, &iov, 1, -1, libc::RWF_NOWAIT)
+            }
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => {
+                tracing::debug!("writes that must not wait refused ({e}): the ring only");
+                self.no_nowait = true;
+                Ok(None)
+            }
+            _ => Err(e),
+        }
+    }
 }
 
-/// A pipe or socket whose descriptor is in blocking mode.
-fn is_blocking_pipe(fd: &OwnedFd) -> bool {
-    let Ok(file) = fd.as_fd().try_clone_to_owned().map(std::fs::File::from) else {
-        return false;
-    };
-    let Ok(meta) = file.metadata() else {
-        return false;
-    };
-    let kind = meta.file_type();
-    if !(kind.is_fifo() || kind.is_socket()) {
-        return false;
-    }
-    // SAFETY: F_GETFL reads the descriptor's flags and touches no memory.
+/// What [`RingPipe::new`] takes: a pipe (`Some(false)`) or a socket (`Some(true)`) whose
+/// descriptor is in blocking mode.
+fn blocking_pipe_kind(fd: &OwnedFd) -> Option<bool> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: fstat writes only into `st`, a local of the right type; F_GETFL reads the
+    // descriptor's flags and touches no memory.
     #[allow(unsafe_code)]
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    flags >= 0 && flags & libc::O_NONBLOCK == 0
+    let (st, flags) = unsafe {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        if libc::fstat(raw, st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        (st.assume_init(), libc::fcntl(raw, libc::F_GETFL))
+    };
+    let kind = st.st_mode & libc::S_IFMT;
+    if flags < 0 || flags & libc::O_NONBLOCK != 0 {
+        return None;
+    }
+    match kind {
+        libc::S_IFIFO => Some(false),
+        libc::S_IFSOCK => Some(true),
+        _ => None,
+    }
 }
 
 /// Puts `fd` in blocking mode (a descriptor this process owns alone: a command's pipe, not
@@ -221,6 +287,64 @@ mod tests {
             writer.join().expect("writer");
             assert_eq!(got.len(), TOTAL);
             assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        })
+        .expect("runtime");
+    }
+
+    #[test]
+    fn a_write_with_room_goes_at_once_and_the_rest_through_the_ring() {
+        run_local(|kind| async move {
+            if kind != DriverKind::IoUring {
+                return;
+            }
+            for socket in [false, true] {
+                let (r, w) = if socket {
+                    let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+                    (OwnedFd::from(a), OwnedFd::from(b))
+                } else {
+                    pipe()
+                };
+                let mut out = RingPipe::new(w, 4096, 1024).expect("ring");
+                assert_eq!(out.socket, socket);
+                // room: taken whole without the ring, readable before any ring turn
+                assert_eq!(out.write_now(b"hello").expect("write"), Some(5));
+                assert!(
+                    !out.no_nowait,
+                    "socket {socket}: the kernel refused RWF_NOWAIT"
+                );
+                let mut got = [0u8; 5];
+                let mut reader = std::fs::File::from(r);
+                reader.read_exact(&mut got).expect("read");
+                assert_eq!(&got, b"hello");
+                // full: a write that must not wait takes what fits, then nothing
+                let big = vec![7u8; 4 << 20];
+                let first = out.write_now(&big).expect("write").unwrap_or(0);
+                assert!(first > 0 && first < big.len(), "socket {socket}: {first}");
+                let mut more = 0;
+                while let Some(n) = out.write_now(&big).expect("write") {
+                    more += n;
+                    assert!(more < big.len(), "socket {socket}: never full");
+                }
+                // write_all waits in the ring for the rest while a thread drains
+                let total = first + more + big.len();
+                let drain = std::thread::spawn(move || {
+                    let mut n = 0;
+                    let mut buf = vec![0u8; 65536];
+                    while n < total {
+                        n += reader.read(&mut buf).expect("drain");
+                    }
+                    n
+                });
+                out.write_all(Bytes::from(big)).await.expect("write_all");
+                for _ in 0..1000 {
+                    if drain.is_finished() {
+                        break;
+                    }
+                    monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                assert!(drain.is_finished(), "socket {socket}: not drained in 5 s");
+                assert_eq!(drain.join().expect("drain"), total);
+            }
         })
         .expect("runtime");
     }

@@ -622,6 +622,13 @@ impl Driver {
                 }
             };
             self.recv_slots = next_recv_slots(slots, n);
+            if n < slots {
+                // recvmmsg on a non-blocking socket stops short only when the queue ran
+                // dry: wait for readiness (a poll armed on a socket that has data again
+                // completes at once) instead of confirming with a read that fails. That
+                // read was a system call per request-sized wake-up.
+                self.sockets[socket].recv_ready = false;
+            }
             for i in 0..n {
                 let meta = self.recv_meta[i];
                 // one allocation per GRO batch; each datagram is a zero-copy split of it
