@@ -107,38 +107,67 @@ fn warn_if_buffers_capped(s: &Socket, requested: usize) {
     }
 }
 
-/// Binds `count` sockets with SO_REUSEPORT on `addr` (all on the port the first one got, if
+/// Times [`bind_reuseport_group`] picks a port again for `addr` with port 0 when another
+/// process took the one it picked before the group was bound.
+const PORT_0_ATTEMPTS: usize = 8;
+
+/// Binds `count` sockets with SO_REUSEPORT on `addr` (on a free port the kernel picks, if
 /// `addr` has port 0).
 ///
 /// A restarted process could silently join a reuseport group left by an older one (same
 /// user) and receive only part of the traffic. To catch that, a non-reuseport probe is
 /// bound first: it fails when anything already holds the port.
+///
+/// Port 0 is resolved by that probe too, not by binding the group itself to port 0: for a
+/// reuseport socket the kernel's choice counts ports held by other reuseport groups of the
+/// same user as free, so two servers started at once (tests in parallel) could share a
+/// port and take each other's datagrams. A non-reuseport bind gets a port nobody holds.
 pub fn bind_reuseport_group(
     addr: SocketAddr,
     count: usize,
     buffer: usize,
 ) -> Result<Vec<StdUdpSocket>, BindError> {
-    let io_err = |addr| move |source| BindError::Io { addr, source };
     if addr.port() != 0 {
-        match new_socket(addr, false, 0) {
-            Ok(probe) => drop(probe),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(BindError::InUse(addr)),
-            Err(e) => return Err(BindError::Io { addr, source: e }),
+        return bind_group_on(addr, count, buffer);
+    }
+    let mut result = Err(BindError::InUse(addr));
+    for _ in 0..PORT_0_ATTEMPTS {
+        let probe = new_socket(addr, false, 0).map_err(|source| BindError::Io { addr, source })?;
+        let picked = probe
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| BindError::Io {
+                addr,
+                source: io::Error::other("bound socket has no address"),
+            })?;
+        drop(probe);
+        result = bind_group_on(picked, count, buffer);
+        // InUse: another process bound the port between the probe and the group
+        if !matches!(result, Err(BindError::InUse(_))) {
+            break;
         }
     }
-    let first = new_socket(addr, true, buffer).map_err(io_err(addr))?;
+    result
+}
+
+/// [`bind_reuseport_group`] on a port that is not 0.
+fn bind_group_on(
+    addr: SocketAddr,
+    count: usize,
+    buffer: usize,
+) -> Result<Vec<StdUdpSocket>, BindError> {
+    let io_err = |source| BindError::Io { addr, source };
+    match new_socket(addr, false, 0) {
+        Ok(probe) => drop(probe),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(BindError::InUse(addr)),
+        Err(e) => return Err(BindError::Io { addr, source: e }),
+    }
+    let first = new_socket(addr, true, buffer).map_err(io_err)?;
     warn_if_buffers_capped(&first, buffer);
-    let bound = first
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .ok_or_else(|| BindError::Io {
-            addr,
-            source: io::Error::other("bound socket has no address"),
-        })?;
     let mut out = vec![StdUdpSocket::from(first)];
     for _ in 1..count {
-        let s = new_socket(bound, true, buffer).map_err(io_err(bound))?;
+        let s = new_socket(addr, true, buffer).map_err(io_err)?;
         out.push(s.into());
     }
     Ok(out)
@@ -282,5 +311,24 @@ mod tests {
             .all(|s| s.local_addr().expect("addr").port() == port));
         let again = bind_reuseport_group(SocketAddr::from(([127, 0, 0, 1], port)), 1, 0);
         assert!(matches!(again, Err(BindError::InUse(_))), "{again:?}");
+    }
+
+    #[test]
+    fn groups_bound_to_port_0_never_share_a_port() {
+        // 400 groups held at once: were the kernel's choice of port made among ports other
+        // reuseport groups hold, two of them would meet (a birthday draw over ~28 000
+        // ephemeral ports) and one server would take the other's datagrams
+        let groups: Vec<_> = (0..400)
+            .map(|_| bind_reuseport_group("127.0.0.1:0".parse().expect("addr"), 1, 0))
+            .collect::<Result<_, _>>()
+            .expect("bind groups");
+        let mut ports: Vec<u16> = groups
+            .iter()
+            .map(|g| g[0].local_addr().expect("addr").port())
+            .collect();
+        ports.sort_unstable();
+        let before = ports.len();
+        ports.dedup();
+        assert_eq!(ports.len(), before, "two groups got the same port");
     }
 }
