@@ -67,24 +67,29 @@ pub struct ClassicListeners {
 }
 
 impl ClassicListeners {
-    /// Binds `udp_listen`/`tcp_listen` now with `workers` sockets each (a port of 0 is
-    /// chosen by the first bind; the others join it).
+    /// Binds `udp_listen`/`tcp_listen` now with `workers` sockets each (UDP: the engine's
+    /// [`alknet_runtime::bind_reuseport_group`]; TCP: a port of 0 is chosen by the first
+    /// bind, the others join it).
     pub fn bind(dns: &DnsState, workers: usize) -> io::Result<Self> {
         let workers = workers.max(1);
         let mut sockets: Vec<WorkerSockets> =
             (0..workers).map(|_| WorkerSockets::default()).collect();
         let mut addrs = ClassicAddrs::default();
-        if let Some(mut addr) = dns.config.udp_listen {
-            for w in &mut sockets {
-                let s = reuseport_socket(addr, socket2::Type::DGRAM)?;
-                addr = local(&s)?;
-                w.udp = Some(s.into());
+        if let Some(addr) = dns.config.udp_listen {
+            // the engine's group bind: a probe refuses a port another process holds, and
+            // port 0 is picked by a plain bind (a reuseport bind to port 0 may land on
+            // another reuseport group's port of the same user and share its datagrams)
+            let group =
+                alknet_runtime::bind_reuseport_group(addr, workers, UDP_SOCKET_BUFFER_BYTES)
+                    .map_err(io::Error::other)?;
+            addrs.udp = Some(group[0].local_addr()?);
+            for (w, s) in sockets.iter_mut().zip(group) {
+                w.udp = Some(s);
             }
-            addrs.udp = Some(addr);
         }
         if let Some(mut addr) = dns.config.tcp_listen {
             for w in &mut sockets {
-                let s = reuseport_socket(addr, socket2::Type::STREAM)?;
+                let s = reuseport_listener(addr)?;
                 s.listen(1024)?;
                 addr = local(&s)?;
                 w.tcp = Some(s.into());
@@ -181,16 +186,14 @@ pub fn start_classic(dns: &DnsState, threads: usize) -> io::Result<ClassicAddrs>
 /// kernel caps the request at `net.core.rmem_max` / `wmem_max`. A tuning constant.
 pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
-fn reuseport_socket(addr: SocketAddr, ty: socket2::Type) -> io::Result<socket2::Socket> {
-    let s = socket2::Socket::new(socket2::Domain::for_address(addr), ty, None)?;
+fn reuseport_listener(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     s.set_reuse_port(true)?;
-    if ty == socket2::Type::STREAM {
-        s.set_reuse_address(true)?;
-    } else {
-        // best effort: capped by the kernel, never an error
-        let _ = s.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES);
-        let _ = s.set_send_buffer_size(UDP_SOCKET_BUFFER_BYTES);
-    }
+    s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s)
