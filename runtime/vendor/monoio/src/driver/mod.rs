@@ -156,6 +156,25 @@ impl Inner {
         }
     }
 
+    /// See `Poll::clear_readable`: forget the read readiness of a registered fd after a
+    /// read that drained its receive queue.
+    #[cfg(feature = "poll-io")]
+    pub(crate) fn clear_readable(&self, index: usize) {
+        match self {
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            Inner::Uring(this) => UringInner::clear_readable(this, index),
+            #[cfg(feature = "legacy")]
+            Inner::Legacy(this) => LegacyInner::clear_readable(this, index),
+            #[cfg(all(
+                not(feature = "legacy"),
+                not(all(target_os = "linux", feature = "iouring"))
+            ))]
+            _ => {
+                util::feature_panic();
+            }
+        }
+    }
+
     #[allow(unused)]
     fn drop_op<T: 'static>(&self, index: usize, data: &mut Option<T>) {
         match self {

@@ -71,6 +71,17 @@ impl Poll {
         }
     }
 
+    /// Forgets the read readiness of `token` (keeps `READ_CLOSED`): the caller has seen the
+    /// socket's receive queue drained, so the next read waits for the next edge instead of
+    /// trying a read that would return `EAGAIN`.
+    #[inline]
+    pub(crate) fn clear_readable(&mut self, token: usize) {
+        if let Some(mut sio) = self.io_dispatch.get(token) {
+            sio.as_mut()
+                .clear_readiness(super::ready::Ready::READABLE);
+        }
+    }
+
     #[inline]
     pub(crate) fn poll_syscall(
         &mut self,

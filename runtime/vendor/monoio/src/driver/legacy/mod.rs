@@ -314,6 +314,13 @@ impl LegacyInner {
         }
     }
 
+    pub(crate) fn clear_readable(this: &Rc<UnsafeCell<LegacyInner>>, index: usize) {
+        let inner = unsafe { &mut *this.get() };
+        if let Some(mut sio) = inner.io_dispatch.get(index) {
+            sio.as_mut().clear_readiness(Ready::READABLE);
+        }
+    }
+
     pub(crate) fn cancel_op(
         this: &Rc<UnsafeCell<LegacyInner>>,
         index: usize,

@@ -513,6 +513,12 @@ impl UringInner {
             .poll_syscall(cx, index, direction, || OpAble::legacy_call(data))
     }
 
+    #[cfg(feature = "poll-io")]
+    pub(crate) fn clear_readable(this: &Rc<UnsafeCell<Self>>, index: usize) {
+        let inner = unsafe { &mut *this.get() };
+        inner.poll.clear_readable(index);
+    }
+
     pub(crate) fn drop_op<T: 'static>(
         this: &Rc<UnsafeCell<UringInner>>,
         index: usize,

@@ -74,8 +74,18 @@ impl tokio::io::AsyncRead for TcpStreamPoll {
             let raw_buf = crate::buf::RawBuf::new(slice.as_ptr() as *const u8, slice.len());
             let mut recv = Op::recv_raw(&self.0.fd, raw_buf);
             let ret = ready!(crate::driver::op::PollLegacy::poll_io(&mut recv, cx));
+            let want = slice.len();
 
             std::task::Poll::Ready(ret.result.map(|n| {
+                // Alknet patch (PATCHES.md): a read shorter than the buffer drained the
+                // receive queue; the fd is edge-triggered, so forget its readiness and let
+                // the next read wait for the next edge instead of spending a `recv` that
+                // returns EAGAIN. tokio's `PollEvented::poll_read` does the same.
+                if n > 0 && (n as usize) < want {
+                    if let Some(index) = self.0.fd.registered_index() {
+                        crate::driver::CURRENT.with(|inner| inner.clear_readable(index));
+                    }
+                }
                 buf.assume_init(n as usize);
                 buf.advance(n as usize);
             }))
