@@ -150,6 +150,8 @@ impl<D> Runtime<D> {
 
                 let mut join = std::pin::pin!(join);
                 set_poll();
+                // Alknet patch (PATCHES.md): whether the last cold-path turn only reaped.
+                let mut reaped_only = false;
                 loop {
                     loop {
                         // Consume all tasks(with max round to prevent io starvation)
@@ -178,9 +180,21 @@ impl<D> Runtime<D> {
                             break;
                         }
 
-                        // Cold path
-                        let _ = self.driver.submit();
+                        // Cold path. Alknet patch (PATCHES.md): every other turn takes only
+                        // the completions already posted and leaves what the tasks queued
+                        // for the next turn, or for the park, which submits it in the same
+                        // system call as its wait. A short chain of tasks (a datagram read,
+                        // the handler it woke, the send) then costs one `io_uring_enter`
+                        // instead of two; a task that keeps looping still has its IO
+                        // submitted at least every second turn.
+                        if reaped_only {
+                            let _ = self.driver.submit();
+                        } else {
+                            let _ = self.driver.reap();
+                        }
+                        reaped_only = !reaped_only;
                     }
+                    reaped_only = false;
 
                     // Wait and Process CQ(the error is ignored for not debug mode)
                     #[cfg(not(all(debug_assertions, feature = "debug")))]

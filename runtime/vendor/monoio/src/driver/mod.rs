@@ -76,6 +76,12 @@ pub trait Driver {
     fn park(&self) -> io::Result<()>;
     /// Wait with timeout and process returned events.
     fn park_timeout(&self, duration: Duration) -> io::Result<()>;
+    /// Process what has already completed without entering the kernel, where the driver
+    /// can see it (io_uring: its completion queue in shared memory); nothing otherwise.
+    /// Alknet patch (PATCHES.md): the runtime's cold path alternates this with `submit`.
+    fn reap(&self) -> io::Result<()> {
+        Ok(())
+    }
 
     /// The struct to wake thread from another.
     #[cfg(feature = "sync")]

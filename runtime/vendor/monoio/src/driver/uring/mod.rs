@@ -367,6 +367,11 @@ impl Driver for IoUringDriver {
         Ok(())
     }
 
+    fn reap(&self) -> io::Result<()> {
+        let inner = unsafe { &mut *self.inner.get() };
+        inner.tick()
+    }
+
     fn park(&self) -> io::Result<()> {
         self.inner_park(None)
     }

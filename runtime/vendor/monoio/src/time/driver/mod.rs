@@ -319,6 +319,10 @@ where
         self.park.submit()
     }
 
+    fn reap(&self) -> io::Result<()> {
+        self.park.reap()
+    }
+
     fn park(&self) -> io::Result<()> {
         self.park_internal(None)
     }
