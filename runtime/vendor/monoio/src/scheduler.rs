@@ -10,7 +10,10 @@ impl Schedule for LocalScheduler {
     }
 
     fn yield_now(&self, task: Task<Self>) {
-        crate::runtime::CURRENT.with(|cx| cx.tasks.push_front(task));
+        // Alknet patch (PATCHES.md): a task woken while it ran goes to the back of the
+        // queue, behind the tasks it woke, as tokio schedules it; at the front it ran
+        // again before any of them.
+        crate::runtime::CURRENT.with(|cx| cx.tasks.push(task));
     }
 }
 

@@ -1,7 +1,9 @@
-//! The vendored monoio's runtime loop takes only the posted completions on every other
-//! "cold" turn (tasks still queued after a round) and submits on the others (PATCHES.md).
-//! This holds the guarantee the submit was there for: a task that never stops being
-//! runnable cannot starve another task's IO, on either driver.
+//! Two scheduling changes in the vendored monoio (PATCHES.md), held on both drivers:
+//! - the runtime loop takes only the posted completions on every other "cold" turn
+//!   (tasks still queued after a round) and submits on the others: a chain of tasks that
+//!   never lets the queue empty must still get its IO submitted;
+//! - a task woken while it runs goes to the back of the run queue, behind the tasks it
+//!   woke (upstream put it at the front, so it ran again before any of them).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -14,8 +16,7 @@ use std::task::{Context, Poll, Waker};
 const MAX_SPINS: u64 = 100_000;
 
 /// Two tasks handing a baton back and forth keep the run queue non-empty for as long as
-/// they run, so the loop never parks. (A task that wakes itself while running does not
-/// do it: monoio puts it back at the front of the queue and nothing else runs at all.)
+/// they run, so the loop never parks.
 struct Baton {
     turn: Cell<usize>,
     wakers: [Cell<Option<Waker>>; 2],
@@ -116,4 +117,101 @@ fn a_looping_task_does_not_starve_io() {
         spins < 16,
         "legacy: {spins} turns before the receive completed"
     );
+}
+
+/// Wakes `other` and itself, then on its second poll reports whether `other` ran in
+/// between.
+struct WakeBoth {
+    other: Rc<Cell<Option<Waker>>>,
+    other_ran: Rc<Cell<bool>>,
+    polled: bool,
+}
+
+impl Future for WakeBoth {
+    type Output = bool;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.polled {
+            return Poll::Ready(self.other_ran.get());
+        }
+        self.polled = true;
+        if let Some(w) = self.other.take() {
+            w.wake();
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Parks until woken once, then records that it ran.
+struct WaitOnce {
+    slot: Rc<Cell<Option<Waker>>>,
+    ran: Rc<Cell<bool>>,
+    registered: bool,
+}
+
+impl Future for WaitOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.registered {
+            self.ran.set(true);
+            return Poll::Ready(());
+        }
+        self.registered = true;
+        self.slot.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+async fn woken_task_runs_before_the_waker_again() -> bool {
+    let slot = Rc::new(Cell::new(None));
+    let ran = Rc::new(Cell::new(false));
+    let waiter = monoio::spawn(WaitOnce {
+        slot: slot.clone(),
+        ran: ran.clone(),
+        registered: false,
+    });
+    // one turn of the queue: the waiter registers its waker
+    YieldBack(false).await;
+    let registered = slot.take().expect("the waiter ran and registered");
+    slot.set(Some(registered));
+    let other_ran = WakeBoth {
+        other: slot,
+        other_ran: ran,
+        polled: false,
+    }
+    .await;
+    waiter.await;
+    other_ran
+}
+
+/// Pending once, woken by the next task's turn (a fresh spawn), so the caller waits one
+/// turn of the queue whatever the order of self-wakes.
+struct YieldBack(bool);
+
+impl Future for YieldBack {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        let waker = cx.waker().clone();
+        drop(monoio::spawn(async move { waker.wake() }));
+        Poll::Pending
+    }
+}
+
+#[test]
+fn a_task_woken_while_it_runs_goes_behind_the_tasks_it_woke() {
+    let mut uring = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .enable_timer()
+        .build();
+    if let Ok(rt) = uring.as_mut() {
+        assert!(rt.block_on(woken_task_runs_before_the_waker_again()), "io_uring");
+    }
+    let mut legacy = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("legacy runtime");
+    assert!(legacy.block_on(woken_task_runs_before_the_waker_again()), "legacy");
 }
