@@ -207,11 +207,17 @@ fn a_task_woken_while_it_runs_goes_behind_the_tasks_it_woke() {
         .enable_timer()
         .build();
     if let Ok(rt) = uring.as_mut() {
-        assert!(rt.block_on(woken_task_runs_before_the_waker_again()), "io_uring");
+        assert!(
+            rt.block_on(woken_task_runs_before_the_waker_again()),
+            "io_uring"
+        );
     }
     let mut legacy = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()
         .expect("legacy runtime");
-    assert!(legacy.block_on(woken_task_runs_before_the_waker_again()), "legacy");
+    assert!(
+        legacy.block_on(woken_task_runs_before_the_waker_again()),
+        "legacy"
+    );
 }

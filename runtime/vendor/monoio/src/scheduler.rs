@@ -65,6 +65,8 @@ impl TaskQueue {
         }
     }
 
+    // unused since the alknet patch to `yield_now` (PATCHES.md)
+    #[allow(dead_code)]
     pub(crate) fn push_front(&self, runnable: Task<LocalScheduler>) {
         unsafe {
             (*self.queue.get()).push_front(runnable);
