@@ -95,28 +95,32 @@ async fn spins_until_received() -> u64 {
     spins
 }
 
-#[test]
-fn a_looping_task_does_not_starve_io() {
+/// Runs `f` on an io_uring runtime, when this machine allows one (seccomp or an old
+/// kernel may refuse it), and on the legacy one; each result comes with its driver's name.
+fn on_both_drivers<T, Fut: Future<Output = T>>(f: impl Fn() -> Fut) -> Vec<(&'static str, T)> {
+    let mut results = Vec::new();
     let mut uring = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .enable_timer()
         .build();
-    // io_uring may be refused here; the legacy driver is tested either way.
     if let Ok(rt) = uring.as_mut() {
-        let spins = rt.block_on(spins_until_received());
-        assert!(
-            spins < 16,
-            "io_uring: {spins} turns before the receive completed"
-        );
+        results.push(("io_uring", rt.block_on(f())));
     }
     let mut legacy = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()
         .expect("legacy runtime");
-    let spins = legacy.block_on(spins_until_received());
-    assert!(
-        spins < 16,
-        "legacy: {spins} turns before the receive completed"
-    );
+    results.push(("legacy", legacy.block_on(f())));
+    results
+}
+
+#[test]
+fn a_looping_task_does_not_starve_io() {
+    for (driver, spins) in on_both_drivers(spins_until_received) {
+        assert!(
+            spins < 16,
+            "{driver}: {spins} turns before the receive completed"
+        );
+    }
 }
 
 /// Wakes `other` and itself, then on its second poll reports whether `other` ran in
@@ -203,21 +207,10 @@ impl Future for YieldBack {
 
 #[test]
 fn a_task_woken_while_it_runs_goes_behind_the_tasks_it_woke() {
-    let mut uring = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .enable_timer()
-        .build();
-    if let Ok(rt) = uring.as_mut() {
+    for (driver, other_ran) in on_both_drivers(woken_task_runs_before_the_waker_again) {
         assert!(
-            rt.block_on(woken_task_runs_before_the_waker_again()),
-            "io_uring"
+            other_ran,
+            "{driver}: the waker ran again before the task it woke"
         );
     }
-    let mut legacy = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("legacy runtime");
-    assert!(
-        legacy.block_on(woken_task_runs_before_the_waker_again()),
-        "legacy"
-    );
 }
