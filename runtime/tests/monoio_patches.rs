@@ -1,15 +1,23 @@
-//! Two scheduling changes in the vendored monoio (PATCHES.md), held on both drivers:
+//! The vendored monoio's changes (PATCHES.md), each held on both drivers:
 //! - the runtime loop takes only the posted completions on every other "cold" turn
 //!   (tasks still queued after a round) and submits on the others: a chain of tasks that
 //!   never lets the queue empty must still get its IO submitted;
 //! - a task woken while it runs goes to the back of the run queue, behind the tasks it
-//!   woke (upstream put it at the front, so it ran again before any of them).
+//!   woke (upstream put it at the front, so it ran again before any of them);
+//! - `TcpStreamPoll::poll_read` forgets read readiness after a read shorter than its
+//!   buffer: bytes that arrive after the short read must wake the reader, and a FIN that
+//!   arrived with the drained bytes must still read as end of stream.
 
 use std::cell::Cell;
 use std::future::Future;
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
 
 /// Turns of the looping task allowed before the receive must have completed. With the
 /// submission every other turn it completes within a few; without any, never.
@@ -212,5 +220,76 @@ fn a_task_woken_while_it_runs_goes_behind_the_tasks_it_woke() {
             other_ran,
             "{driver}: the waker ran again before the task it woke"
         );
+    }
+}
+
+/// Upper bound for every read in these tests: a lost wake-up fails the test instead of
+/// hanging CI.
+const READ_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The peer writes `pieces` with a pause between them, then closes its side.
+fn peer(addr: std::net::SocketAddr, pieces: &'static [&'static [u8]], pause: Duration) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    for p in pieces {
+        s.write_all(p).expect("write");
+        std::thread::sleep(pause);
+    }
+    s.shutdown(Shutdown::Write).expect("shutdown");
+    // Hold the socket open until the reader has seen the end of stream.
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+}
+
+/// Accepts one connection, optionally waits before the first read (so data and FIN are
+/// both queued), and reads it to the end with a 64-byte buffer.
+async fn read_all(
+    pieces: &'static [&'static [u8]],
+    pause: Duration,
+    first_wait: Duration,
+) -> Vec<u8> {
+    let listener = monoio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let writer = std::thread::spawn(move || peer(addr, pieces, pause));
+    let (stream, _) = listener.accept().await.expect("accept");
+    let mut stream = stream
+        .try_into_poll_io()
+        .map_err(|(e, _)| e)
+        .expect("poll io");
+    monoio::time::sleep(first_wait).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        let n = monoio::time::timeout(READ_DEADLINE, stream.read(&mut buf))
+            .await
+            .expect("read timed out: a wake-up was lost")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(stream);
+    writer.join().expect("peer thread");
+    got
+}
+
+const PIECES: &[&[u8]] = &[b"abc", b"defgh", b"ij"];
+
+#[test]
+fn bytes_after_a_short_read_wake_the_reader() {
+    for (driver, got) in
+        on_both_drivers(|| read_all(PIECES, Duration::from_millis(30), Duration::ZERO))
+    {
+        assert_eq!(got, b"abcdefghij", "{driver} driver");
+    }
+}
+
+#[test]
+fn fin_queued_with_the_drained_bytes_still_ends_the_stream() {
+    for (driver, got) in
+        on_both_drivers(|| read_all(&[b"xyz"], Duration::ZERO, Duration::from_millis(100)))
+    {
+        assert_eq!(got, b"xyz", "{driver} driver");
     }
 }
