@@ -33,10 +33,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
-use alknet_runtime::tls::{server_crypto, ClientAuth, TlsIdentity};
+use alknet_runtime::tls::{initial_suite, server_rustls_config, ClientAuth, TlsIdentity};
+use alknet_runtime::HandshakePolicy;
 use alknet_runtime::{close_code, Limits, CLOSE_LINGER};
 use bytes::Bytes;
-use quinn::crypto::rustls::HandshakeData;
+use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use quinn::{
     Connection, ConnectionError, Endpoint, EndpointConfig, Incoming, ReadError, RecvStream,
     SendStream, ServerConfig, TokioRuntime, TransportConfig, VarInt, WriteError,
@@ -86,6 +87,33 @@ pub struct BaselineOptions {
     pub identity: TlsIdentity,
 }
 
+/// [`Limits::transport_config`] in stock quinn's types, for [`Flavor::MultiThread`]: the
+/// same transport parameters and path-MTU bound. The engine's two additions to path MTU
+/// discovery (`first_search_after_packets`, `upper_bound_first`) exist only in its
+/// vendored quinn-proto; stock quinn probes right after the handshake and searches from
+/// the bottom, as every quinn user's server does.
+fn stock_transport_config(limits: &Limits) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_concurrent_bidi_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(limits.max_concurrent_uni_streams))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok())
+        .keep_alive_interval(
+            (!limits.keep_alive_interval.is_zero()).then_some(limits.keep_alive_interval),
+        )
+        .stream_receive_window(VarInt::from_u32(limits.stream_receive_window))
+        .receive_window(VarInt::from_u32(limits.connection_receive_window))
+        .send_window(limits.send_window)
+        .datagram_receive_buffer_size(
+            (limits.datagram_receive_buffer > 0).then_some(limits.datagram_receive_buffer),
+        )
+        .datagram_send_buffer_size(limits.datagram_send_buffer);
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(limits.max_udp_payload_size)
+        .minimum_change(limits.mtu_probe_min_change);
+    t.mtu_discovery_config(Some(mtud));
+    t
+}
+
 /// Runs until SIGINT/SIGTERM or until stdin is closed (so a parent process can stop it by
 /// dropping the pipe); prints to stdout, one per line, flushed: `listening <addr>` and
 /// `fingerprint <64 hex>` once ready.
@@ -99,10 +127,16 @@ pub fn run(opts: BaselineOptions) -> Result<(), String> {
         return Err("the baseline needs at least one worker thread".into());
     }
     let identity = opts.identity.clone();
-    let crypto = server_crypto(
+    let rustls_config = server_rustls_config(
         &identity,
         vec![ECHO_ALPN.to_vec(), PERF_ALPN.to_vec(), H3_ALPN.to_vec()],
         ClientAuth::None,
+        &HandshakePolicy::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let crypto = QuicServerConfig::with_initial(
+        Arc::new(rustls_config),
+        initial_suite().map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
     let (transport, max_udp_payload, socket_buffer) = match opts.flavor {
@@ -112,12 +146,12 @@ pub fn run(opts: BaselineOptions) -> Result<(), String> {
             (t, PERF_MAX_UDP_PAYLOAD_SIZE, PERF_SOCKET_BUFFER_SIZE)
         }
         Flavor::MultiThread => (
-            opts.limits.transport_config(),
+            stock_transport_config(&opts.limits),
             opts.limits.max_udp_payload_size,
             opts.limits.socket_buffer_size,
         ),
     };
-    let mut server_config = ServerConfig::with_crypto(crypto);
+    let mut server_config = ServerConfig::with_crypto(Arc::new(crypto));
     server_config
         .transport_config(Arc::new(transport))
         .migration(true);

@@ -188,12 +188,18 @@ fn endpoint(target: &Target, alpn: &[u8]) -> Result<Endpoint, String> {
         .map_err(|e| e.to_string())?;
     let mut endpoint = Endpoint::new(endpoint_config, None, socket, Arc::new(TokioRuntime))
         .map_err(|e| format!("endpoint: {e}"))?;
-    let crypto = alknet_runtime::tls::client_crypto(
+    // the engine's client TLS settings (resumption on), wrapped in stock quinn's type
+    let rustls_config = alknet_runtime::tls::client_rustls_config(
         &alknet_runtime::tls::ServerTrust::Fingerprint(target.fingerprint),
         vec![alpn.to_vec()],
         None,
+        true,
     )
     .map_err(|e| e.to_string())?;
+    let crypto = Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(rustls_config)
+            .map_err(|e| e.to_string())?,
+    );
     let mut transport = TransportConfig::default();
     transport.initial_mtu(PERF_INITIAL_MTU);
     let mut config = ClientConfig::new(crypto);

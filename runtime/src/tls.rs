@@ -333,10 +333,7 @@ pub fn server_crypto_with_policy(
     policy: &crate::handshake::HandshakePolicy,
 ) -> Result<Arc<QuicServerConfig>, TlsError> {
     let cfg = server_rustls_config(identity, alpns, client_auth, policy)?;
-    // Initial packets use AES-128-GCM even when the handshake may not (chacha20-only)
-    let initial = crate::handshake::initial_suite()
-        .ok_or_else(|| TlsError::Quic("no AES-128-GCM suite for QUIC Initial packets".into()))?;
-    let quic = QuicServerConfig::with_initial(Arc::new(cfg), initial)
+    let quic = QuicServerConfig::with_initial(Arc::new(cfg), initial_suite()?)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     Ok(Arc::new(quic))
 }
@@ -356,7 +353,18 @@ pub fn tcp_server_config(
     Ok(Arc::new(cfg))
 }
 
-fn server_rustls_config(
+/// The suite of QUIC Initial packets: AES-128-GCM, even when the handshake may not use it
+/// (a chacha20-only policy).
+pub fn initial_suite() -> Result<rustls::quic::Suite, TlsError> {
+    crate::handshake::initial_suite()
+        .ok_or_else(|| TlsError::Quic("no AES-128-GCM suite for QUIC Initial packets".into()))
+}
+
+/// The rustls configuration under [`server_crypto_with_policy`], for a QUIC stack other
+/// than the engine's: `alknet-loadtest`'s baseline runs stock quinn, whose `quinn-proto`
+/// is a different crate from the engine's vendored copy (so it cannot take
+/// [`QuicServerConfig`]), and wraps this in its own.
+pub fn server_rustls_config(
     identity: &TlsIdentity,
     alpns: Vec<Vec<u8>>,
     client_auth: ClientAuth,
@@ -449,7 +457,9 @@ pub fn tcp_client_config(
     )?))
 }
 
-fn client_rustls_config(
+/// The rustls configuration under [`client_crypto_with_resumption`], for a QUIC stack
+/// other than the engine's (see [`server_rustls_config`]).
+pub fn client_rustls_config(
     trust: &ServerTrust,
     alpns: Vec<Vec<u8>>,
     identity: Option<&TlsIdentity>,

@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use alknet_runtime::tls::{client_crypto_with_resumption, ServerTrust};
+use alknet_runtime::tls::{client_rustls_config, ServerTrust};
 use clap::Parser;
 use serde_json::json;
 
@@ -87,14 +87,18 @@ async fn fetch_all(args: &Args) -> Result<serde_json::Value, String> {
     .map_err(|e| format!("{e}"))?;
     let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| format!("endpoint: {e}"))?;
     // the server's certificate is the throwaway one the case generated
-    let crypto = client_crypto_with_resumption(
+    // (stock quinn: its quinn-proto is not the engine's vendored copy, so it takes the
+    // rustls config, not the engine's QUIC wrapper)
+    let rustls_config = client_rustls_config(
         &ServerTrust::Insecure,
         vec![b"hq-interop".to_vec()],
         None,
         false,
     )
     .map_err(|e| e.to_string())?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(crypto));
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_config)
+        .map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
     let server = SocketAddr::new(args.host, args.port);
     let conn = endpoint
         .connect(server, "localhost")
