@@ -428,6 +428,8 @@ impl Connection {
     #[must_use]
     pub fn recv_stream(&mut self, id: StreamId) -> RecvStream<'_> {
         assert!(id.dir() == Dir::Bi || id.initiator() != self.side.side());
+        // (alknet: a stream the peer may open but has not named yet still has its entries)
+        self.streams.materialize_remote(id);
         RecvStream {
             id,
             state: &mut self.streams,
@@ -439,6 +441,7 @@ impl Connection {
     #[must_use]
     pub fn send_stream(&mut self, id: StreamId) -> SendStream<'_> {
         assert!(id.dir() == Dir::Bi || id.initiator() == self.side.side());
+        self.streams.materialize_remote(id);
         SendStream {
             id,
             state: &mut self.streams,

@@ -4,6 +4,10 @@ use bytes::{Buf, Bytes};
 
 use crate::{VarInt, range_set::RangeSet};
 
+/// alknet: the ring capacity an emptied buffer keeps (`VecDeque`'s smallest allocation for
+/// 32-byte elements), so a reused stream does not allocate it again.
+const MIN_SEGMENTS_KEPT: usize = 4;
+
 /// Buffer of outgoing retransmittable stream data
 #[derive(Default, Debug)]
 pub(super) struct SendBuffer {
@@ -33,6 +37,17 @@ impl SendBuffer {
         Self::default()
     }
 
+    /// alknet: the state of [`SendBuffer::new`], keeping the ring's allocation (a reused
+    /// stream's send half, see `StreamsState::free_send`).
+    pub(super) fn reinit(&mut self) {
+        let mut unacked_segments = std::mem::take(&mut self.unacked_segments);
+        unacked_segments.clear();
+        *self = Self {
+            unacked_segments,
+            ..Self::default()
+        };
+    }
+
     /// Append application data to the end of the stream
     pub(super) fn write(&mut self, data: Bytes) {
         self.unacked_len += data.len();
@@ -47,32 +62,48 @@ impl SendBuffer {
         range.start = base_offset.max(range.start);
         range.end = base_offset.max(range.end);
 
+        // alknet: an in-order acknowledgement (the range starts at the first unacknowledged
+        // byte, and nothing later was acknowledged before it) discards its bytes at once,
+        // without a round trip through `acks`. Through `acks` it cost a B-tree node
+        // allocated and freed per stream: most streams are acknowledged in order, once.
+        if range.start == base_offset && self.acks.is_empty() {
+            self.discard_acked((range.end - range.start) as usize);
+            return;
+        }
+
         self.acks.insert(range);
 
         while self.acks.min() == Some(self.offset - self.unacked_len as u64) {
             let prefix = self.acks.pop_min().unwrap();
-            let mut to_advance = (prefix.end - prefix.start) as usize;
+            self.discard_acked((prefix.end - prefix.start) as usize);
+        }
+    }
 
-            self.unacked_len -= to_advance;
-            while to_advance > 0 {
-                let front = self
-                    .unacked_segments
-                    .front_mut()
-                    .expect("Expected buffered data");
+    /// Drops `to_advance` acknowledged bytes from the front of `unacked_segments`.
+    fn discard_acked(&mut self, mut to_advance: usize) {
+        self.unacked_len -= to_advance;
+        while to_advance > 0 {
+            let front = self
+                .unacked_segments
+                .front_mut()
+                .expect("Expected buffered data");
 
-                if front.len() <= to_advance {
-                    to_advance -= front.len();
-                    self.unacked_segments.pop_front();
-                    self.front_trimmed = 0;
+            if front.len() <= to_advance {
+                to_advance -= front.len();
+                self.unacked_segments.pop_front();
+                self.front_trimmed = 0;
 
-                    if self.unacked_segments.len() * 4 < self.unacked_segments.capacity() {
-                        self.unacked_segments.shrink_to_fit();
-                    }
-                } else {
-                    front.advance(to_advance);
-                    self.front_trimmed += to_advance;
-                    to_advance = 0;
+                // (alknet: not below the ring's smallest allocation, which a reused send
+                // half keeps; upstream shrank an emptied ring to nothing)
+                if self.unacked_segments.len() * 4 < self.unacked_segments.capacity()
+                    && self.unacked_segments.capacity() > MIN_SEGMENTS_KEPT
+                {
+                    self.unacked_segments.shrink_to_fit();
                 }
+            } else {
+                front.advance(to_advance);
+                self.front_trimmed += to_advance;
+                to_advance = 0;
             }
         }
     }
@@ -395,6 +426,33 @@ mod tests {
         buf.ack(0..16);
         assert_eq!(aggregate_unacked(&buf), &MSG[23..]);
         assert!(buf.acks.is_empty());
+    }
+
+    /// alknet: in-order acknowledgements skip `acks`; one that overlaps the front, a
+    /// duplicate, and an out-of-order one followed by the front still end where the
+    /// general path ends.
+    #[test]
+    fn in_order_acks_skip_the_range_set() {
+        let mut buf = SendBuffer::new();
+        const MSG: &[u8] = b"Hello, world with extra data!";
+        buf.write(MSG[..10].to_vec().into());
+        buf.write(MSG[10..].to_vec().into());
+        assert_eq!(buf.poll_transmit(100), (0..29, true));
+        buf.ack(0..4);
+        assert!(buf.acks.is_empty());
+        assert_eq!(aggregate_unacked(&buf), &MSG[4..]);
+        buf.ack(2..12); // overlaps what is gone: clamped to 4..12, in order
+        assert!(buf.acks.is_empty());
+        assert_eq!(aggregate_unacked(&buf), &MSG[12..]);
+        buf.ack(0..12); // duplicate
+        assert_eq!(aggregate_unacked(&buf), &MSG[12..]);
+        buf.ack(20..29); // out of order: kept
+        assert!(!buf.acks.is_empty());
+        assert_eq!(aggregate_unacked(&buf), &MSG[12..]);
+        buf.ack(12..20); // the front, with a later range pending: the general path
+        assert!(buf.acks.is_empty());
+        assert!(buf.is_fully_acked());
+        assert_eq!(buf.unacked_len, 0);
     }
 
     fn aggregate_unacked(buf: &SendBuffer) -> Vec<u8> {

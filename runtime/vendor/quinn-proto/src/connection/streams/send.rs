@@ -35,6 +35,23 @@ impl Send {
         })
     }
 
+    /// alknet: the state of [`Send::new`] for a reused box, keeping the buffer's ring.
+    /// Every field is set (a struct literal: a new field will not compile until it is).
+    pub(super) fn reinit(&mut self, max_data: VarInt) {
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.reinit();
+        *self = Self {
+            max_data: max_data.into(),
+            state: SendState::Ready,
+            pending,
+            priority: 0,
+            fin_pending: false,
+            connection_blocked: false,
+            data_blocked_limit: None,
+            stop_reason: None,
+        };
+    }
+
     /// Whether the stream has been reset
     pub(super) fn is_reset(&self) -> bool {
         matches!(self.state, SendState::ResetSent)

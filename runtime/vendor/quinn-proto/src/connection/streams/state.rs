@@ -69,9 +69,15 @@ impl StreamRecv {
 pub struct StreamsState {
     pub(super) side: Side,
     // Set of streams that are currently open, or could be immediately opened by the peer
+    // (alknet: a remotely initiated stream the peer may open gets its entries only when it is
+    // first named, by a frame or by a lower stream's frame; see `materialized_remote`)
     pub(super) send: FxHashMap<StreamId, Option<Box<Send>>>,
     pub(super) recv: FxHashMap<StreamId, Option<StreamRecv>>,
     pub(super) free_recv: Vec<StreamRecv>,
+    /// alknet: send halves of streams whose data was all acknowledged, kept for the next
+    /// streams to reuse (last in, first out: the box is still in cache). At most
+    /// [`FREE_SEND_MAX`].
+    pub(super) free_send: Vec<Box<Send>>,
     pub(super) next: [u64; 2],
     /// Maximum number of locally-initiated streams that may be opened over the lifetime of the
     /// connection so far, per direction
@@ -90,6 +96,14 @@ pub struct StreamsState {
     flow_control_adjusted: bool,
     /// Lowest remotely-initiated stream index that haven't actually been opened by the peer
     pub(super) next_remote: [u64; 2],
+    /// alknet: remotely initiated stream indices below this have had their `send`/`recv`
+    /// entries inserted (and may since have been freed); the ones from here up to
+    /// `max_remote` are inserted when a frame first names one of them or a higher one
+    /// ([`StreamsState::materialize_remote`]). Upstream inserted every stream the peer may
+    /// open up front: a connection with 256 bidirectional and 100 unidirectional streams
+    /// allowed made 612 map insertions in its constructor and held the maps' memory
+    /// (some 20 KB) for its whole life, however few streams it used.
+    materialized_remote: [u64; 2],
     /// Whether the remote endpoint has opened any streams the application doesn't know about yet,
     /// per directionality
     opened: [bool; 2],
@@ -153,11 +167,13 @@ impl StreamsState {
         receive_window: VarInt,
         stream_receive_window: VarInt,
     ) -> Self {
-        let mut this = Self {
+        // (alknet: no entries for the streams the peer may open yet; `materialize_remote`)
+        Self {
             side,
             send: FxHashMap::default(),
             recv: FxHashMap::default(),
             free_recv: Vec::new(),
+            free_send: Vec::new(),
             next: [0, 0],
             max: [0, 0],
             max_remote: [max_remote_bi.into(), max_remote_uni.into()],
@@ -166,6 +182,7 @@ impl StreamsState {
             max_concurrent_remote_count: [max_remote_bi.into(), max_remote_uni.into()],
             flow_control_adjusted: false,
             next_remote: [0, 0],
+            materialized_remote: [0, 0],
             opened: [false, false],
             next_reported_remote: [0, 0],
             send_streams: 0,
@@ -186,25 +203,30 @@ impl StreamsState {
             initial_max_stream_data_bidi_remote: 0u32.into(),
             receive_window_shrink_debt: 0,
             data_blocked_limit: None,
-        };
-
-        // alknet patch: size both maps for the entries inserted below at once, instead of
-        // growing them (and rehashing every entry) seven or eight times per connection
-        let (bi, uni) = (
-            this.max_remote[Dir::Bi as usize],
-            this.max_remote[Dir::Uni as usize],
-        );
-        // (capped: a configuration of millions of streams grows as before)
-        let cap = |n: u64| usize::try_from(n.min(1 << 16)).unwrap_or(0);
-        this.send.reserve(cap(bi));
-        this.recv.reserve(cap(bi.saturating_add(uni)));
-        for dir in Dir::iter() {
-            for i in 0..this.max_remote[dir as usize] {
-                this.insert(true, StreamId::new(!side, dir, i));
-            }
         }
+    }
 
-        this
+    /// alknet: inserts the `send`/`recv` entries of the remotely initiated streams up to and
+    /// including `id`, as far as the peer may open them (`max_remote`), where they were not
+    /// inserted yet. Called wherever a frame from the peer names a remote stream, after the
+    /// frame's stream limit was checked, so that every lookup sees what upstream's eager
+    /// insertion would have left in the maps. Also where the application names a stream
+    /// (`Connection::recv_stream`/`send_stream`), which may be one the peer has not opened.
+    #[inline]
+    pub(crate) fn materialize_remote(&mut self, id: StreamId) {
+        if id.initiator() == self.side || id.index() < self.materialized_remote[id.dir() as usize] {
+            return;
+        }
+        let dir = id.dir();
+        let end = id
+            .index()
+            .saturating_add(1)
+            .min(self.max_remote[dir as usize]);
+        while self.materialized_remote[dir as usize] < end {
+            let index = self.materialized_remote[dir as usize];
+            self.insert(true, StreamId::new(!self.side, dir, index));
+            self.materialized_remote[dir as usize] = index + 1;
+        }
     }
 
     pub(crate) fn set_params(&mut self, params: &TransportParameters) {
@@ -227,10 +249,7 @@ impl StreamsState {
     fn ensure_remote_streams(&mut self, dir: Dir) {
         let new_count = self.max_concurrent_remote_count[dir as usize]
             .saturating_sub(self.allocated_remote_count[dir as usize]);
-        for i in 0..new_count {
-            let id = StreamId::new(!self.side, dir, self.max_remote[dir as usize] + i);
-            self.insert(true, id);
-        }
+        // (alknet: their entries are inserted when first named, `materialize_remote`)
         self.allocated_remote_count[dir as usize] += new_count;
         self.max_remote[dir as usize] += new_count;
     }
@@ -379,11 +398,12 @@ impl StreamsState {
     /// Process incoming `STOP_SENDING` frame
     #[allow(unreachable_pub)] // fuzzing only
     pub fn received_stop_sending(&mut self, id: StreamId, error_code: VarInt) {
+        self.materialize_remote(id);
         let max_send_data = self.max_send_data(id);
         let stream = match self
             .send
             .get_mut(&id)
-            .map(get_or_insert_send(max_send_data))
+            .map(get_or_insert_send(max_send_data, &mut self.free_send))
         {
             Some(ss) => ss,
             None => return,
@@ -734,7 +754,11 @@ impl StreamsState {
             return;
         }
 
-        entry.remove_entry();
+        if let (_, Some(send)) = entry.remove_entry() {
+            if self.free_send.len() < FREE_SEND_MAX {
+                self.free_send.push(send);
+            }
+        }
         self.stream_freed(id, StreamHalf::Send);
         self.events.push_back(StreamEvent::Finished { id });
     }
@@ -824,7 +848,7 @@ impl StreamsState {
         if let Some(ss) = self
             .send
             .get_mut(&id)
-            .map(get_or_insert_send(max_send_data))
+            .map(get_or_insert_send(max_send_data, &mut self.free_send))
         {
             if ss.increase_max_data(offset) {
                 if write_limit > 0 {
@@ -921,6 +945,7 @@ impl StreamsState {
             if id.index() >= limit {
                 return Err(TransportError::STREAM_LIMIT_ERROR(""));
             }
+            self.materialize_remote(id);
         }
         Ok(())
     }
@@ -1040,11 +1065,28 @@ impl StreamsState {
     }
 }
 
+/// alknet: how many finished send halves a connection keeps for reuse. A request/response
+/// load opens and finishes a stream per request; reusing the box saves its allocation and
+/// its free, and the reused box is warm in cache where a new one is not. The bound keeps
+/// an idle connection's memory small (a `Send` with its buffer's ring is some 300 bytes).
+pub(super) const FREE_SEND_MAX: usize = 32;
+
+/// The send half of a stream, created on first use: a reused one from `free` if there is
+/// one (alknet), else a new one.
 #[inline]
 pub(super) fn get_or_insert_send(
     max_data: VarInt,
-) -> impl Fn(&mut Option<Box<Send>>) -> &mut Box<Send> {
-    move |opt| opt.get_or_insert_with(|| Send::new(max_data))
+    free: &mut Vec<Box<Send>>,
+) -> impl FnOnce(&mut Option<Box<Send>>) -> &mut Box<Send> + '_ {
+    move |opt| {
+        opt.get_or_insert_with(|| match free.pop() {
+            Some(mut send) => {
+                send.reinit(max_data);
+                send
+            }
+            None => Send::new(max_data),
+        })
+    }
 }
 
 #[inline]
@@ -1080,6 +1122,64 @@ mod tests {
             (1024 * 1024u32).into(),
             (1024 * 1024u32).into(),
         )
+    }
+
+    /// alknet: a finished, fully acknowledged send half is kept and the next stream's send
+    /// half reuses it, starting from a fresh state.
+    #[test]
+    fn finished_send_half_is_reused_fresh() {
+        let mut server = make(Side::Server);
+        server.set_params(&TransportParameters {
+            initial_max_streams_uni: 2u32.into(),
+            initial_max_data: 1000u32.into(),
+            initial_max_stream_data_uni: 1000u32.into(),
+            ..TransportParameters::default()
+        });
+        let (mut pending, state) = (Retransmits::default(), ConnState::Established);
+        let open = |server: &mut StreamsState| {
+            Streams {
+                state: server,
+                conn_state: &state,
+            }
+            .open(Dir::Uni)
+            .unwrap()
+        };
+        let first = open(&mut server);
+        let mut stream = SendStream {
+            id: first,
+            state: &mut server,
+            pending: &mut pending,
+            conn_state: &state,
+        };
+        assert_eq!(stream.write(&[42; 24]), Ok(24));
+        stream.set_priority(5).unwrap();
+        stream.finish().unwrap();
+        let send = server.send.get_mut(&first).unwrap().as_mut().unwrap();
+        assert_eq!(send.pending.poll_transmit(100).0, 0..24);
+        assert!(server.free_send.is_empty());
+        server.received_ack_of(frame::StreamMeta {
+            id: first,
+            offsets: 0..24,
+            fin: true,
+        });
+        assert!(!server.send.contains_key(&first));
+        assert_eq!(server.free_send.len(), 1);
+
+        let second = open(&mut server);
+        let mut stream = SendStream {
+            id: second,
+            state: &mut server,
+            pending: &mut pending,
+            conn_state: &state,
+        };
+        assert_eq!(stream.write(&[7; 10]), Ok(10));
+        assert!(server.free_send.is_empty(), "the kept half was taken");
+        let send = server.send.get_mut(&second).unwrap().as_mut().unwrap();
+        assert_eq!(send.state, SendState::Ready);
+        assert_eq!(send.priority, 0);
+        assert!(!send.fin_pending);
+        assert_eq!(send.pending.offset(), 10);
+        assert_eq!(send.pending.poll_transmit(100).0, 0..10);
     }
 
     #[test]
@@ -2093,10 +2193,25 @@ mod tests {
         for _ in 0..2 {
             client.set_max_concurrent(Dir::Uni, 200u32.into());
             client.set_max_concurrent(Dir::Bi, 201u32.into());
-            assert_eq!(client.recv.len(), 200 + 201);
+            // alknet: no entries until the peer names a stream (upstream: 200 + 201 here)
+            assert_eq!(client.recv.len(), 0);
             assert_eq!(client.max_remote[Dir::Uni as usize], 200);
             assert_eq!(client.max_remote[Dir::Bi as usize], 201);
         }
+        // the highest stream the peer may open brings every one below it, as upstream's
+        // eager insertion had them; one above the limit is refused and inserts nothing
+        for (dir, count) in [(Dir::Uni, 200), (Dir::Bi, 201)] {
+            let frame = |index| frame::Stream {
+                id: StreamId::new(Side::Server, dir, index),
+                offset: 0,
+                fin: false,
+                data: Bytes::from_static(&[0]),
+            };
+            assert!(client.received(frame(count), 1).is_err());
+            assert!(client.received(frame(count - 1), 1).is_ok());
+        }
+        assert_eq!(client.recv.len(), 200 + 201);
+        assert_eq!(client.send.len(), 201);
     }
 
     #[test]
