@@ -5,8 +5,12 @@
 # Medians of 3 rounds, A B C A B C so drift hits all alike. Run it on an otherwise idle
 # machine: every figure is read from this one run.
 cd "$(dirname "$0")/.."
-cargo build --release -q -p alknet-loadtest
-L=target/release/alknet-loadtest
+# L=<path to a prebuilt alknet-loadtest> skips the build (which, built alone, recompiles
+# much of the tree: the loadtest's features differ from the `alknet` binary's)
+if [[ -z ${L:-} ]]; then
+    cargo build --release -q -p alknet-loadtest
+    L=target/release/alknet-loadtest
+fi
 R=${ROUNDS:-3}
 echo "== $(date -u) $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
 echo "== probe"; $L probe --seconds 2
