@@ -180,14 +180,6 @@ impl HandshakePolicy {
     }
 }
 
-/// The Initial-packet suite QUIC requires (AES-128-GCM), from ring, whatever the
-/// negotiated suites are.
-pub(crate) fn initial_suite() -> Option<rustls::quic::Suite> {
-    rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
-        .tls13()
-        .and_then(|s| s.quic_suite())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +222,7 @@ mod tests {
         }
         .provider(crate::tls::crypto_provider());
         assert_eq!(only.cipher_suites.len(), 1);
-        assert!(initial_suite().is_some());
+        assert!(crate::tls::initial_suite().is_ok());
     }
 
     #[test]

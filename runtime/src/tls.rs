@@ -353,10 +353,12 @@ pub fn tcp_server_config(
     Ok(Arc::new(cfg))
 }
 
-/// The suite of QUIC Initial packets: AES-128-GCM, even when the handshake may not use it
-/// (a chacha20-only policy).
+/// The suite of QUIC Initial packets (AES-128-GCM, from ring), whatever the negotiated
+/// suites are: a chacha20-only policy still protects its Initials with it.
 pub fn initial_suite() -> Result<rustls::quic::Suite, TlsError> {
-    crate::handshake::initial_suite()
+    rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .and_then(|s| s.quic_suite())
         .ok_or_else(|| TlsError::Quic("no AES-128-GCM suite for QUIC Initial packets".into()))
 }
 
