@@ -33,7 +33,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
-use alknet_runtime::tls::{initial_suite, server_rustls_config, ClientAuth, TlsIdentity};
+use alknet_runtime::tls::{
+    initial_suite, server_rustls_config, ClientAuth, ServerRandom, TlsIdentity,
+};
 use alknet_runtime::HandshakePolicy;
 use alknet_runtime::{close_code, Limits, CLOSE_LINGER};
 use bytes::Bytes;
@@ -132,6 +134,8 @@ pub fn run(opts: BaselineOptions) -> Result<(), String> {
         vec![ECHO_ALPN.to_vec(), PERF_ALPN.to_vec(), H3_ALPN.to_vec()],
         ClientAuth::None,
         &HandshakePolicy::default(),
+        // rustls' default with ring: a getrandom(2) per random piece, as quinn-perf runs
+        ServerRandom::Kernel,
     )
     .map_err(|e| e.to_string())?;
     let crypto = QuicServerConfig::with_initial(

@@ -67,6 +67,41 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
+/// Where a server's rustls takes the random bytes it asks for itself.
+///
+/// A TLS 1.3 server handshake asks rustls' provider for seven such pieces: the ServerHello
+/// random, and for each of its two session tickets a nonce, an age offset and a cache id.
+/// None of them is key material: the ServerHello random and the ticket nonce go to the
+/// peer, the age offset only obscures the ticket's age, and the id names a cache entry
+/// whose use still needs the resumption secret (the PSK binder). The key share and the
+/// signature nonce are drawn by *ring* itself, from the kernel, whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerRandom {
+    /// The calling thread's CSPRNG ([`rand::thread_rng`]: ChaCha12, seeded from the kernel
+    /// and reseeded every 64 KiB it gives and in a forked child), the one that already
+    /// draws the engine's connection IDs. The engine's choice: seven `getrandom(2)` calls
+    /// per handshake are seven system calls on the worker's thread, and on a VM a system
+    /// call is dear.
+    Thread,
+    /// One `getrandom(2)` per piece: rustls' default with *ring*, what `quinn-perf server`
+    /// runs (the loadtest's quinn baseline keeps it).
+    Kernel,
+}
+
+/// rustls' [`SecureRandom`](rustls::crypto::SecureRandom) over [`rand::thread_rng`] (see
+/// [`ServerRandom::Thread`]).
+#[derive(Debug)]
+struct ThreadRandom;
+
+impl rustls::crypto::SecureRandom for ThreadRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+        rand::RngCore::try_fill_bytes(&mut rand::thread_rng(), buf)
+            .map_err(|_| rustls::crypto::GetRandomFailed)
+    }
+}
+
+static THREAD_RANDOM: ThreadRandom = ThreadRandom;
+
 /// A certificate chain and its private key.
 #[derive(Debug)]
 pub struct TlsIdentity {
@@ -332,7 +367,7 @@ pub fn server_crypto_with_policy(
     client_auth: ClientAuth,
     policy: &crate::handshake::HandshakePolicy,
 ) -> Result<Arc<QuicServerConfig>, TlsError> {
-    let cfg = server_rustls_config(identity, alpns, client_auth, policy)?;
+    let cfg = server_rustls_config(identity, alpns, client_auth, policy, ServerRandom::Thread)?;
     let quic = QuicServerConfig::with_initial(Arc::new(cfg), initial_suite()?)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     Ok(Arc::new(quic))
@@ -348,7 +383,7 @@ pub fn tcp_server_config(
     client_auth: ClientAuth,
     policy: &crate::handshake::HandshakePolicy,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut cfg = server_rustls_config(identity, alpns, client_auth, policy)?;
+    let mut cfg = server_rustls_config(identity, alpns, client_auth, policy, ServerRandom::Thread)?;
     cfg.max_early_data_size = 0;
     Ok(Arc::new(cfg))
 }
@@ -365,14 +400,24 @@ pub fn initial_suite() -> Result<rustls::quic::Suite, TlsError> {
 /// The rustls configuration under [`server_crypto_with_policy`], for a QUIC stack other
 /// than the engine's: `alknet-loadtest`'s baseline runs stock quinn, whose `quinn-proto`
 /// is a different crate from the engine's vendored copy (so it cannot take
-/// [`QuicServerConfig`]), and wraps this in its own.
+/// [`QuicServerConfig`]), and wraps this in its own, with `random` =
+/// [`ServerRandom::Kernel`] as quinn-perf runs.
 pub fn server_rustls_config(
     identity: &TlsIdentity,
     alpns: Vec<Vec<u8>>,
     client_auth: ClientAuth,
     policy: &crate::handshake::HandshakePolicy,
+    random: ServerRandom,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = policy.provider(crypto_provider());
+    let base = match random {
+        ServerRandom::Kernel => crypto_provider(),
+        ServerRandom::Thread => {
+            let mut p = (*crypto_provider()).clone();
+            p.secure_random = &THREAD_RANDOM;
+            Arc::new(p)
+        }
+    };
+    let provider = policy.provider(base);
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = match client_auth {
@@ -666,6 +711,29 @@ mod tests {
         let err =
             TlsIdentity::from_pem_files(&dir.path().join("missing"), &cert).expect_err("must fail");
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn server_random_is_the_one_asked_for() {
+        let id = TlsIdentity::generate_self_signed(&[]).expect("generate");
+        let policy = crate::handshake::HandshakePolicy::default();
+        let source = |random| {
+            let cfg = server_rustls_config(&id, vec![], ClientAuth::None, &policy, random)
+                .expect("config");
+            cfg.crypto_provider().secure_random as *const dyn rustls::crypto::SecureRandom
+        };
+        let ring = rustls::crypto::ring::default_provider().secure_random;
+        assert!(std::ptr::addr_eq(source(ServerRandom::Kernel), ring));
+        assert!(std::ptr::addr_eq(
+            source(ServerRandom::Thread),
+            &THREAD_RANDOM as &dyn rustls::crypto::SecureRandom
+        ));
+        // two fills of 32 bytes: equal (or all zero) only if the source is broken
+        let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+        rustls::crypto::SecureRandom::fill(&THREAD_RANDOM, &mut a).expect("fill");
+        rustls::crypto::SecureRandom::fill(&THREAD_RANDOM, &mut b).expect("fill");
+        assert_ne!(a, b);
+        assert_ne!(a, [0u8; 32]);
     }
 
     #[test]
