@@ -418,6 +418,8 @@ PY
 # doh LABEL PID PORT: one h2load run; one result line, "rps us_per_query p50 p99" appended
 doh() {
     local label=$1 pid=$2 port=$3 c0 c1 out
+    # h2load appends to an existing --log-file: the percentiles must be this run's alone
+    rm -f "$W/h2load.log"
     c0=$(tree_ticks "$pid")
     out=$(h2load -n "$DOH_REQUESTS" -c "$DOH_CLIENTS" -m "$DOH_STREAMS" -t 2 -d "$W/query.bin" \
         -H 'content-type: application/dns-message' -H 'accept: application/dns-message' \

@@ -7,7 +7,7 @@
 # (from its --log-file: one line per request, its elapsed µs), and the server's CPU (utime
 # + stime from /proc/PID/stat of every server process: nginx's master and workers,
 # alknet's one process with all its threads) as requests per server CPU-second and µs of
-# server CPU per request. Median of $ROUNDS rounds, servers interleaved (A B A B ...) so
+# server CPU per request. Median of $ROUNDS rounds, servers interleaved (A B B A A B ...) so
 # drift hits both alike. Then the h3 workload of alknet-loadtest against its quinn +
 # h3-quinn baseline (same router), unless H3=0: with its wire client (pre-encoded
 # requests, the least client CPU, as h2load is for HTTP/2) on 1 and on 2 client threads,
@@ -158,6 +158,9 @@ run() {
     local pid=$1 port=$2 proto=$3 n client log=$W/h2load.log
     if [[ $proto == h2 ]]; then n=$N2 client=$H2_CLIENT; else n=$N1 client="--h1 $H1_CLIENT"; fi
     local c0 c1 out
+    # h2load appends to an existing --log-file: without this every run's percentiles were
+    # those of all the runs before it, both servers and both protocols mixed
+    rm -f "$log"
     c0=$(cpu_ticks "$pid")
     # shellcheck disable=SC2086
     out=$(h2load -n "$n" $client --log-file="$log" "https://127.0.0.1:$port/health")
@@ -188,7 +191,12 @@ for proto in h2 h1; do
         echo "== HTTP/1.1: h2load -n $N1 --h1 $H1_CLIENT"
     fi
     for r in $(seq "$ROUNDS"); do
-        for s in alknet nginx; do
+        # A B, then B A: a drift that moves both servers' figures along the run (h2load's
+        # p99 falls ~20 us per run in a 5-round run on the 2-core VM) then lands on each
+        # server as often early as late, instead of always on the one that goes first
+        order="alknet nginx"
+        if ((r % 2 == 0)); then order="nginx alknet"; fi
+        for s in $order; do
             if [[ $s == alknet ]]; then pid=$A_PID port=$A_PORT; else pid=$N_PID port=$N_PORT; fi
             SHOW_TLS=$([[ $r == 1 ]] && echo 1 || echo 0)
             read -r rps p50 p99 cpu done failed < <(run "$pid" "$port" "$proto")
