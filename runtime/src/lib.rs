@@ -87,7 +87,7 @@ pub use server::{
     resolve_workers, start, start_with_hooks, start_with_tcp, AlpnConnections, EngineConfig,
     NodeStatus, ServerHandle, ShutdownTrigger, StartError, DEFAULT_LISTEN,
 };
-pub use socket::{bind_reuseport_group, BindError};
+pub use socket::{bind_reuseport_group, bind_tcp_reuseport_group, BindError};
 pub use stats::WorkerStatsSnapshot;
 pub use streams::{
     BiStream, ReadError, ReadToEndError, RecvStream, SendStream, WriteError, STREAM_PANIC_CODE,

@@ -24,8 +24,9 @@ pub enum BindError {
     #[error("binding UDP {addr}: {source}")]
     Io { addr: SocketAddr, source: io::Error },
     #[error(
-        "TCP {0} (the TLS-over-TCP listener on the QUIC port) is already in use by another \
-         process; free it or set [tcp] enabled = false"
+        "TCP {0} is already in use by another process (an older alknet still running would \
+         silently share it through SO_REUSEPORT, so we refuse); free it, or for the QUIC \
+         port's TLS-over-TCP listener set [tcp] enabled = false"
     )]
     TcpInUse(SocketAddr),
     #[error("binding TCP {addr}: {source}")]
@@ -48,10 +49,26 @@ fn new_tcp_listener(addr: SocketAddr, reuse_port: bool, backlog: u32) -> io::Res
     Ok(s)
 }
 
-/// Binds `count` TCP listeners with SO_REUSEPORT on `addr` (the QUIC endpoint's address,
-/// port included): one per worker, each accepting on its own worker. A non-reuseport probe
-/// first, as for UDP, so a second server does not silently share the port.
+/// Binds `count` TCP listeners with SO_REUSEPORT on `addr`: one per worker, each accepting
+/// on its own worker (the QUIC endpoint's TLS-over-TCP listeners, on its port; DNS's
+/// classic TCP listeners). As for UDP ([`bind_reuseport_group`]): a non-reuseport probe
+/// first, so a second server does not silently share the port, and port 0 resolved by that
+/// probe, not by the group.
 pub fn bind_tcp_reuseport_group(
+    addr: SocketAddr,
+    count: usize,
+    backlog: u32,
+) -> Result<Vec<std::net::TcpListener>, BindError> {
+    on_free_port(
+        addr,
+        |a| new_tcp_listener(a, false, backlog),
+        |source| BindError::TcpIo { addr, source },
+        |a| bind_tcp_group_on(a, count, backlog),
+    )
+}
+
+/// [`bind_tcp_reuseport_group`] on a port that is not 0.
+fn bind_tcp_group_on(
     addr: SocketAddr,
     count: usize,
     backlog: u32,
@@ -107,8 +124,9 @@ fn warn_if_buffers_capped(s: &Socket, requested: usize) {
     }
 }
 
-/// Times [`bind_reuseport_group`] picks a port again for `addr` with port 0 when another
-/// process took the one it picked before the group was bound.
+/// Times [`bind_reuseport_group`] and [`bind_tcp_reuseport_group`] pick a port again for
+/// `addr` with port 0 when another process took the one they picked before the group was
+/// bound.
 const PORT_0_ATTEMPTS: usize = 8;
 
 /// Binds `count` sockets with SO_REUSEPORT on `addr` (on a free port the kernel picks, if
@@ -127,24 +145,38 @@ pub fn bind_reuseport_group(
     count: usize,
     buffer: usize,
 ) -> Result<Vec<StdUdpSocket>, BindError> {
+    on_free_port(
+        addr,
+        |a| new_socket(a, false, 0),
+        |source| BindError::Io { addr, source },
+        |a| bind_group_on(a, count, buffer),
+    )
+}
+
+/// Runs `bind_group` on `addr`, or, if its port is 0, on a port that a plain bind
+/// (`probe`, closed again before the group binds) got from the kernel; picks again, up to
+/// [`PORT_0_ATTEMPTS`] times, when another process took that port in between.
+fn on_free_port<T>(
+    addr: SocketAddr,
+    probe: impl Fn(SocketAddr) -> io::Result<Socket>,
+    probe_error: impl Fn(io::Error) -> BindError,
+    bind_group: impl Fn(SocketAddr) -> Result<T, BindError>,
+) -> Result<T, BindError> {
     if addr.port() != 0 {
-        return bind_group_on(addr, count, buffer);
+        return bind_group(addr);
     }
     let mut result = Err(BindError::InUse(addr));
     for _ in 0..PORT_0_ATTEMPTS {
-        let probe = new_socket(addr, false, 0).map_err(|source| BindError::Io { addr, source })?;
-        let picked = probe
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .ok_or_else(|| BindError::Io {
-                addr,
-                source: io::Error::other("bound socket has no address"),
-            })?;
-        drop(probe);
-        result = bind_group_on(picked, count, buffer);
-        // InUse: another process bound the port between the probe and the group
-        if !matches!(result, Err(BindError::InUse(_))) {
+        let picked = probe(addr)
+            .and_then(|p| {
+                p.local_addr()?
+                    .as_socket()
+                    .ok_or_else(|| io::Error::other("bound socket has no address"))
+            })
+            .map_err(&probe_error)?;
+        result = bind_group(picked);
+        // in use: another process bound the port between the probe and the group
+        if !matches!(result, Err(BindError::InUse(_) | BindError::TcpInUse(_))) {
             break;
         }
     }
@@ -311,6 +343,26 @@ mod tests {
             .all(|s| s.local_addr().expect("addr").port() == port));
         let again = bind_reuseport_group(SocketAddr::from(([127, 0, 0, 1], port)), 1, 0);
         assert!(matches!(again, Err(BindError::InUse(_))), "{again:?}");
+    }
+
+    #[test]
+    fn tcp_group_shares_one_port_and_refuses_a_foreign_holder() {
+        // port 0: every listener on the port the probe got (before, each bound port 0
+        // itself and got a port of its own)
+        let group = bind_tcp_reuseport_group("127.0.0.1:0".parse().expect("addr"), 3, 16)
+            .expect("bind group");
+        let at = group[0].local_addr().expect("addr");
+        assert_ne!(at.port(), 0);
+        assert!(group.iter().all(|l| l.local_addr().expect("addr") == at));
+        // all of them accept: a connection lands on one of the group
+        let _client = std::net::TcpStream::connect(at).expect("connect");
+        let again = bind_tcp_reuseport_group(at, 1, 16);
+        assert!(matches!(again, Err(BindError::TcpInUse(_))), "{again:?}");
+        // a port held by a plain listener of another process is refused, not shared
+        let foreign = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let held = foreign.local_addr().expect("addr");
+        let shared = bind_tcp_reuseport_group(held, 2, 16);
+        assert!(matches!(shared, Err(BindError::TcpInUse(_))), "{shared:?}");
     }
 
     #[test]

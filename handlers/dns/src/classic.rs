@@ -68,8 +68,8 @@ pub struct ClassicListeners {
 
 impl ClassicListeners {
     /// Binds `udp_listen`/`tcp_listen` now with `workers` sockets each (UDP: the engine's
-    /// [`alknet_runtime::bind_reuseport_group`]; TCP: a port of 0 is chosen by the first
-    /// bind, the others join it).
+    /// [`alknet_runtime::bind_reuseport_group`]; TCP: its
+    /// [`alknet_runtime::bind_tcp_reuseport_group`]).
     pub fn bind(dns: &DnsState, workers: usize) -> io::Result<Self> {
         let workers = workers.max(1);
         let mut sockets: Vec<WorkerSockets> =
@@ -87,14 +87,14 @@ impl ClassicListeners {
                 w.udp = Some(s);
             }
         }
-        if let Some(mut addr) = dns.config.tcp_listen {
-            for w in &mut sockets {
-                let s = reuseport_listener(addr)?;
-                s.listen(1024)?;
-                addr = local(&s)?;
-                w.tcp = Some(s.into());
+        if let Some(addr) = dns.config.tcp_listen {
+            // the same group bind as the QUIC port's TCP listeners
+            let group = alknet_runtime::bind_tcp_reuseport_group(addr, workers, TCP_BACKLOG)
+                .map_err(io::Error::other)?;
+            addrs.tcp = Some(group[0].local_addr()?);
+            for (w, l) in sockets.iter_mut().zip(group) {
+                w.tcp = Some(l);
             }
-            addrs.tcp = Some(addr);
         }
         Ok(Self {
             dns: dns.clone(),
@@ -186,24 +186,10 @@ pub fn start_classic(dns: &DnsState, threads: usize) -> io::Result<ClassicAddrs>
 /// kernel caps the request at `net.core.rmem_max` / `wmem_max`. A tuning constant.
 pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
-fn reuseport_listener(addr: SocketAddr) -> io::Result<socket2::Socket> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    s.set_reuse_port(true)?;
-    s.set_reuse_address(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    Ok(s)
-}
-
-fn local(s: &socket2::Socket) -> io::Result<SocketAddr> {
-    s.local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("not an IP socket"))
-}
+/// Connections each classic TCP listener's accept queue holds before the kernel refuses
+/// more (`listen(2)`'s backlog; the kernel caps it at `net.core.somaxconn`). A tuning
+/// constant.
+pub const TCP_BACKLOG: u32 = 1024;
 
 /// Datagrams taken from a UDP socket per `recvmmsg` (and answers sent per `sendmmsg`).
 /// NSD takes 100. Each holds a receive buffer of [`MAX_MESSAGE_SIZE`] bytes (only the
