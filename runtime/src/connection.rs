@@ -260,6 +260,9 @@ impl ConnState {
 /// One connection as the worker sees it.
 pub(crate) struct ConnInner {
     pub handle: ConnectionHandle,
+    /// Tells this connection apart from a later one with the same `handle` (quinn-proto
+    /// reuses handles) where a queue refers to it by handle (the handshake deadlines).
+    pub serial: u64,
     pub worker: usize,
     pub state: RefCell<ConnState>,
     notify: Rc<DriverNotify>,
@@ -337,19 +340,19 @@ impl PathSockets {
 
 impl ConnInner {
     pub fn new(
+        w: &crate::worker::WorkerState,
         handle: ConnectionHandle,
-        worker: usize,
+        serial: u64,
         conn: quinn_proto::Connection,
-        notify: Rc<DriverNotify>,
         counted: bool,
         send_stall_timeout: std::time::Duration,
-        stats: std::sync::Arc<crate::stats::WorkerStats>,
     ) -> Rc<Self> {
         Rc::new(Self {
             handle,
-            worker,
+            serial,
+            worker: w.index,
             state: RefCell::new(ConnState::new(conn)),
-            notify,
+            notify: w.notify.clone(),
             dirty: Cell::new(false),
             deferred: Cell::new(false),
             handles: Cell::new(0),
@@ -361,7 +364,7 @@ impl ConnInner {
             admission: RefCell::new(AdmissionGuard::default()),
             sockets: RefCell::new(PathSockets::default()),
             send_stall_timeout,
-            stats,
+            stats: w.stats.clone(),
         })
     }
 

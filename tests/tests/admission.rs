@@ -255,3 +255,116 @@ fn a_handshake_that_never_completes_is_closed_at_its_timeout_and_others_stay() {
         assert_eq!(timed_out(&server), 1);
     });
 }
+
+/// The handshake deadlines name connections by handle and serial number, not by `Weak`
+/// (which kept every accepted connection's ~7 KB for the whole timeout): a deadline left
+/// behind by a connection that completed and went away must not close a later half-open
+/// handshake that quinn-proto gave the freed handle (its slab hands out the last freed
+/// key, and this server has one worker), only that handshake's own deadline may.
+#[test]
+fn an_old_handshake_deadline_does_not_close_a_later_connection_on_its_handle() {
+    let timeout = Duration::from_millis(2000);
+    let server = start_server(ServerOptions {
+        admission: AdmissionLimits {
+            handshake_timeout: timeout,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let timed_out = |s: &ServerHandle| {
+        s.stats()
+            .iter()
+            .map(|w| w.handshakes_timed_out)
+            .sum::<u64>()
+    };
+    run_client(|| async {
+        let started = std::time::Instant::now();
+        let endpoint = client_endpoint();
+        let conn = connect(&endpoint, &server, alknet_echo::ALPN)
+            .await
+            .expect("connect");
+        conn.close(0u32.into(), b"done");
+        drop(conn);
+        // drained and forgotten: its handle is free, its deadline still queued
+        wait_open(&server, 0).await;
+        monoio::time::sleep(
+            (started + timeout / 2).saturating_duration_since(std::time::Instant::now()),
+        )
+        .await;
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        silent
+            .send_to(&lone_initial(&server), server.local_addr())
+            .expect("send");
+        let second_sent = std::time::Instant::now();
+        wait_open(&server, 1).await;
+        // past the first connection's deadline, 0.6 s before the second's
+        let check = started + timeout + Duration::from_millis(400);
+        assert!(
+            check + Duration::from_millis(200) < second_sent + timeout,
+            "the test's own timing"
+        );
+        monoio::time::sleep(check.saturating_duration_since(std::time::Instant::now())).await;
+        assert_eq!(
+            timed_out(&server),
+            0,
+            "the first connection's deadline closed the half-open handshake after it"
+        );
+        assert_eq!(server.open_connections(), 1);
+        // its own deadline closes it (bounded wait)
+        for _ in 0..500 {
+            if timed_out(&server) == 1 {
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            timed_out(&server),
+            1,
+            "the half-open handshake timed out at its own deadline"
+        );
+    });
+}
+
+/// Resident memory of this process (nextest runs each test in a process of its own).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+/// Handshakes that complete and close leave nothing behind on the server: its memory stays
+/// flat over hundreds of short connections. The handshake deadlines once held every
+/// accepted connection (~7 KB each) for `handshake_timeout_ms` (10 s by default), so 800
+/// of them grew it by ~5.5 MB.
+#[test]
+fn completed_handshakes_leave_no_memory_behind() {
+    let server = start_server(ServerOptions::default());
+    run_client(|| async {
+        let endpoint = client_endpoint();
+        let handshakes = |n: usize| {
+            let (endpoint, server) = (&endpoint, &server);
+            async move {
+                for _ in 0..n {
+                    let conn = connect(endpoint, server, alknet_echo::ALPN)
+                        .await
+                        .expect("connect");
+                    conn.close(0u32.into(), b"done");
+                }
+                wait_open(server, 0).await;
+            }
+        };
+        // warm up the allocator's free lists and the session cache
+        handshakes(150).await;
+        let before = rss_bytes();
+        handshakes(800).await;
+        let grown = rss_bytes().saturating_sub(before);
+        assert!(
+            grown < 2 << 20,
+            "800 closed connections grew the process by {grown} bytes"
+        );
+    });
+}
