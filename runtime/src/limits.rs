@@ -377,7 +377,10 @@ impl Limits {
             .datagram_receive_buffer_size(
                 (self.datagram_receive_buffer > 0).then_some(self.datagram_receive_buffer),
             )
-            .datagram_send_buffer_size(self.datagram_send_buffer);
+            .datagram_send_buffer_size(self.datagram_send_buffer)
+            // a peer's CONNECTION_CLOSE goes unanswered (RFC 9000 10.2.2 makes the answer
+            // optional): one packet less per connection a client closes
+            .answer_peer_close(false);
         let mut mtud = MtuDiscoveryConfig::default();
         mtud.upper_bound(mtu_bound)
             .minimum_change(self.mtu_probe_min_change)

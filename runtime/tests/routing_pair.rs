@@ -1007,3 +1007,42 @@ fn close_leaves_while_the_congestion_window_is_full() {
         "no stateless reset"
     );
 }
+
+/// A client's CONNECTION_CLOSE goes unanswered (the engine's transport sets
+/// `answer_peer_close(false)`; RFC 9000, section 10.2.2, makes the answer optional): the
+/// server learns the client's code and drains without sending another packet, where stock
+/// quinn-proto answers with a CONNECTION_CLOSE of its own.
+#[test]
+fn a_peer_close_is_not_answered() {
+    let mut sim = Sim::new(
+        client_addr(40_006, 0),
+        Forwarding::On,
+        CidValidation::Runtime,
+    );
+    sim.handshake();
+    let request = payload(300, 6);
+    assert_eq!(sim.exchange(request.clone()), reply_to(&request));
+    let now = sim.now;
+    sim.client.conn.close(
+        now,
+        quinn_proto::VarInt::from_u32(7),
+        Bytes::from_static(b"done"),
+    );
+    sim.drive_all();
+    assert!(!sim.to_server.is_empty(), "the client sends its close");
+    while let Some(d) = sim.to_server.pop_front() {
+        sim.deliver_to_server(d);
+    }
+    sim.drive_all();
+    match &sim.server_conn().1.lost {
+        Some(ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(close.error_code, quinn_proto::VarInt::from_u32(7));
+        }
+        other => panic!("the server should have the client's close, has {other:?}"),
+    }
+    assert!(
+        sim.to_client.is_empty(),
+        "the server answered the close with {} datagram(s)",
+        sim.to_client.len()
+    );
+}

@@ -3043,7 +3043,8 @@ impl Connection {
         if let Some(reason) = close {
             self.error = Some(reason.into());
             self.state = State::Draining;
-            self.close = true;
+            // (alknet's change) the answer is optional, see `TransportConfig::answer_peer_close`
+            self.close = self.config.answer_peer_close;
         }
 
         if remote != self.path.remote
