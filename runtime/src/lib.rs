@@ -28,6 +28,7 @@ mod metrics;
 mod operations;
 mod pinning;
 mod qlog;
+mod recv_slots;
 pub use qlog::QLOG_SUPPORTED;
 pub mod pipe;
 mod reload;

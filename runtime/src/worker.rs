@@ -33,6 +33,7 @@ use crate::identity::{AuthContext, IdentityProvider};
 use crate::inbox::{Inbox, StrayDatagram};
 use crate::limits::Limits;
 use crate::qlog::QlogDir;
+use crate::recv_slots::SlotRecycler;
 use crate::reload::LiveIdentityProvider;
 use crate::router::{close_code, AlpnRegistry, LocalBoxFuture};
 use crate::rt::{catch_panic, panic_message};
@@ -48,14 +49,6 @@ pub const RECV_BATCHES_PER_POLL: usize = 16;
 /// header prepared in user space whether the kernel fills it or not; at request/response
 /// rates one or two datagrams wait per wake-up, while a busy hub fills all of them.
 pub const MIN_RECV_SLOTS: usize = 4;
-/// A received datagram (or GRO batch) that fills at least this share of its `recvmmsg` slot
-/// (1/`ADOPT_SLOT_DIVISOR`) keeps the slot's buffer, which a fresh one replaces; a smaller
-/// one is copied out. Why: a 64 KiB loopback datagram copied out of the slot was a third of
-/// `alknet connect`'s CPU in an sftp get (the copy writes memory that is no longer in cache,
-/// since up to a receive window of such buffers wait in the stream). Adopting costs a fresh
-/// zeroed slot instead, and holds at most twice the datagram's bytes while its data waits;
-/// a small datagram copied keeps what a waiting byte holds down to itself.
-pub const ADOPT_SLOT_DIVISOR: usize = 2;
 /// GSO batches one connection may send per driver pass before others get a turn.
 pub const TRANSMITS_PER_CONNECTION: usize = 8;
 /// Most datagrams in one GSO batch (the kernel's limit is 64).
@@ -331,8 +324,11 @@ pub(crate) struct Driver {
     /// Connection timers: (deadline, handle), lazily invalidated against
     /// `ConnInner::scheduled`.
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    /// One buffer per `recvmmsg` slot, each one GRO batch long (see [`ADOPT_SLOT_DIVISOR`]).
+    /// One buffer per `recvmmsg` slot, each one GRO batch long (see
+    /// [`crate::recv_slots::ADOPT_SLOT_DIVISOR`]).
     recv_bufs: Box<[BytesMut]>,
+    /// Refills the slots whose buffers received datagrams took.
+    recycler: SlotRecycler,
     /// Slots offered to the next receive (see [`MIN_RECV_SLOTS`]).
     recv_slots: usize,
     recv_meta: Box<[RecvMeta]>,
@@ -385,6 +381,7 @@ impl Driver {
             recv_bufs: (0..quinn_udp::BATCH_SIZE)
                 .map(|_| BytesMut::zeroed(recv_slot))
                 .collect(),
+            recycler: SlotRecycler::new(),
             recv_slots: quinn_udp::BATCH_SIZE,
             recv_meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE].into_boxed_slice(),
             send_buf: Vec::with_capacity(MAX_GSO_BYTES),
@@ -634,7 +631,7 @@ impl Driver {
             for i in 0..n {
                 let meta = self.recv_meta[i];
                 // one allocation per GRO batch; each datagram is a zero-copy split of it
-                let mut batch = take_received(&mut self.recv_bufs[i], meta.len);
+                let mut batch = self.recycler.take(&mut self.recv_bufs[i], meta.len);
                 let stride = meta.stride.max(1);
                 let ecn = meta
                     .ecn
@@ -1194,20 +1191,6 @@ impl SocketSlot {
     }
 }
 
-/// The first `len` bytes received into `slot`: the slot's own buffer when they fill at
-/// least 1/[`ADOPT_SLOT_DIVISOR`] of it (a fresh zeroed buffer of the same size takes its
-/// place), else a copy.
-fn take_received(slot: &mut BytesMut, len: usize) -> BytesMut {
-    let size = slot.len();
-    if len * ADOPT_SLOT_DIVISOR >= size {
-        let mut taken = std::mem::replace(slot, BytesMut::zeroed(size));
-        taken.truncate(len);
-        taken
-    } else {
-        BytesMut::from(&slot[..len])
-    }
-}
-
 /// The slot count for the next receive after one that offered `slots` and got `filled`.
 fn next_recv_slots(slots: usize, filled: usize) -> usize {
     if filled >= slots {
@@ -1445,31 +1428,5 @@ mod tests {
         assert_eq!(next_recv_slots(16, 8), 16);
         assert_eq!(next_recv_slots(16, 4), 16);
         assert_eq!(next_recv_slots(16, 3), 8);
-    }
-
-    #[test]
-    fn a_large_datagram_keeps_its_slot_buffer_and_a_small_one_is_copied() {
-        let size = 65_535;
-        let mut slot = BytesMut::zeroed(size);
-        slot[..3].copy_from_slice(b"abc");
-        let before = slot.as_ptr();
-        // under half the slot: copied, the slot keeps its buffer
-        let small = take_received(&mut slot, 3);
-        assert_eq!(&small[..], b"abc");
-        assert_ne!(small.as_ptr(), before);
-        assert_eq!(slot.as_ptr(), before);
-        // half the slot or more: the slot's buffer itself, a fresh zeroed one in its place
-        slot[..4].copy_from_slice(b"wxyz");
-        let large = take_received(&mut slot, size / 2 + 1);
-        assert_eq!(large.as_ptr(), before, "no copy");
-        assert_eq!(large.len(), size / 2 + 1);
-        assert_eq!(&large[..4], b"wxyz");
-        assert_ne!(slot.as_ptr(), before);
-        assert_eq!(slot.len(), size);
-        assert!(slot.iter().all(|&b| b == 0));
-        // a full slot is taken whole
-        let full = take_received(&mut slot, size);
-        assert_eq!(full.len(), size);
-        assert_eq!(slot.len(), size);
     }
 }
