@@ -210,21 +210,25 @@ fn lone_initial(server: &ServerHandle) -> Vec<u8> {
     buf
 }
 
-#[test]
-fn a_handshake_that_never_completes_is_closed_at_its_timeout_and_others_stay() {
-    let server = start_server(ServerOptions {
+/// A one-worker server whose handshakes time out after `timeout`.
+fn server_with_handshake_timeout(timeout: Duration) -> ServerHandle {
+    start_server(ServerOptions {
         admission: AdmissionLimits {
-            handshake_timeout: Duration::from_millis(300),
+            handshake_timeout: timeout,
             ..Default::default()
         },
         ..Default::default()
-    });
-    let timed_out = |s: &ServerHandle| {
-        s.stats()
-            .iter()
-            .map(|w| w.handshakes_timed_out)
-            .sum::<u64>()
-    };
+    })
+}
+
+/// Handshakes the server closed at their timeout, over all workers.
+fn timed_out(s: &ServerHandle) -> u64 {
+    s.stats().iter().map(|w| w.handshakes_timed_out).sum()
+}
+
+#[test]
+fn a_handshake_that_never_completes_is_closed_at_its_timeout_and_others_stay() {
+    let server = server_with_handshake_timeout(Duration::from_millis(300));
     run_client(|| async {
         // a client that completes its handshake, then idles past the timeout
         let endpoint = client_endpoint();
@@ -264,19 +268,7 @@ fn a_handshake_that_never_completes_is_closed_at_its_timeout_and_others_stay() {
 #[test]
 fn an_old_handshake_deadline_does_not_close_a_later_connection_on_its_handle() {
     let timeout = Duration::from_millis(2000);
-    let server = start_server(ServerOptions {
-        admission: AdmissionLimits {
-            handshake_timeout: timeout,
-            ..Default::default()
-        },
-        ..Default::default()
-    });
-    let timed_out = |s: &ServerHandle| {
-        s.stats()
-            .iter()
-            .map(|w| w.handshakes_timed_out)
-            .sum::<u64>()
-    };
+    let server = server_with_handshake_timeout(timeout);
     run_client(|| async {
         let started = std::time::Instant::now();
         let endpoint = client_endpoint();
@@ -325,7 +317,7 @@ fn an_old_handshake_deadline_does_not_close_a_later_connection_on_its_handle() {
     });
 }
 
-/// Resident memory of this process (nextest runs each test in a process of its own).
+/// Resident memory of this process.
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
     let pages: u64 = statm
@@ -342,6 +334,23 @@ fn rss_bytes() -> u64 {
 /// of them grew it by ~5.5 MB.
 #[test]
 fn completed_handshakes_leave_no_memory_behind() {
+    // in a process of its own: what it measures is the process's resident memory, which
+    // the other tests `cargo test` runs in threads beside it would move
+    const CHILD: &str = "ALKNET_TEST_MEMORY_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "completed_handshakes_leave_no_memory_behind",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .status()
+            .expect("run the test in its own process");
+        assert!(status.success(), "the measuring process failed: {status}");
+        return;
+    }
     let server = start_server(ServerOptions::default());
     run_client(|| async {
         let endpoint = client_endpoint();
