@@ -24,7 +24,7 @@ use crate::qlog::QlogDir;
 use crate::reload::{ConfigReloadHandle, LiveIdentityProvider};
 use crate::router::AlpnRegistry;
 use crate::rt::{run_local, DriverKind};
-use crate::socket::{bind_reuseport_group, bind_tcp_reuseport_group, BindError, UdpIo};
+use crate::socket::{bind_reuseport_group, bind_udp_and_tcp_groups, BindError, UdpIo};
 use crate::stats::{WorkerStats, WorkerStatsSnapshot};
 use crate::tcp::{accept_loop, TcpSetup, WorkerTcp};
 use crate::tls::{server_crypto_with_policy, tcp_server_config, ClientAuth, TlsError, TlsIdentity};
@@ -553,12 +553,8 @@ pub fn start_with_hooks(
     })
 }
 
-/// How many ports a server asked for port 0 tries: the kernel picks a free UDP port, and
-/// the same number may be taken on the TCP side (the two port spaces are separate).
-const PORT_ZERO_ATTEMPTS: usize = 16;
-
 /// Binds the workers' UDP sockets and, with `tcp_backlog`, their TCP listeners on the same
-/// port. For port 0, a TCP port that is taken means another port is tried.
+/// port.
 #[allow(clippy::type_complexity)]
 fn bind_udp_and_tcp(
     listen: SocketAddr,
@@ -566,25 +562,14 @@ fn bind_udp_and_tcp(
     buffer: usize,
     tcp_backlog: Option<u32>,
 ) -> Result<(Vec<std::net::UdpSocket>, Vec<Option<std::net::TcpListener>>), BindError> {
-    let mut attempt = 1;
-    loop {
-        let sockets = bind_reuseport_group(listen, workers, buffer)?;
-        let Some(backlog) = tcp_backlog else {
-            return Ok((sockets, (0..workers).map(|_| None).collect()));
-        };
-        let local = sockets[0].local_addr().map_err(|source| BindError::Io {
-            addr: listen,
-            source,
-        })?;
-        match bind_tcp_reuseport_group(local, workers, backlog) {
-            Ok(l) => return Ok((sockets, l.into_iter().map(Some).collect())),
-            Err(BindError::TcpInUse(taken))
-                if listen.port() == 0 && attempt < PORT_ZERO_ATTEMPTS =>
-            {
-                tracing::debug!(%taken, attempt, "TCP side of the UDP port is taken; another port");
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
+    match tcp_backlog {
+        None => Ok((
+            bind_reuseport_group(listen, workers, buffer)?,
+            (0..workers).map(|_| None).collect(),
+        )),
+        Some(backlog) => {
+            let (udp, tcp) = bind_udp_and_tcp_groups(listen, workers, buffer, backlog)?;
+            Ok((udp, tcp.into_iter().map(Some).collect()))
         }
     }
 }

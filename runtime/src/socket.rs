@@ -67,6 +67,28 @@ pub fn bind_tcp_reuseport_group(
     )
 }
 
+/// A UDP group ([`bind_reuseport_group`]) and a TCP group ([`bind_tcp_reuseport_group`])
+/// on one port: `addr`'s, or, when that is 0, a port the kernel picked for UDP whose TCP
+/// side is free too. The two port spaces are separate, so a picked port whose TCP side
+/// another process holds means another pick (the same retries as a port 0 of one group).
+pub fn bind_udp_and_tcp_groups(
+    addr: SocketAddr,
+    count: usize,
+    buffer: usize,
+    backlog: u32,
+) -> Result<(Vec<StdUdpSocket>, Vec<std::net::TcpListener>), BindError> {
+    on_free_port(
+        addr,
+        |a| new_socket(a, false, 0),
+        |source| BindError::Io { addr, source },
+        |a| {
+            let udp = bind_group_on(a, count, buffer)?;
+            let tcp = bind_tcp_group_on(a, count, backlog)?;
+            Ok((udp, tcp))
+        },
+    )
+}
+
 /// [`bind_tcp_reuseport_group`] on a port that is not 0.
 fn bind_tcp_group_on(
     addr: SocketAddr,
@@ -363,6 +385,24 @@ mod tests {
         let held = foreign.local_addr().expect("addr");
         let shared = bind_tcp_reuseport_group(held, 2, 16);
         assert!(matches!(shared, Err(BindError::TcpInUse(_))), "{shared:?}");
+    }
+
+    #[test]
+    fn udp_and_tcp_groups_take_one_port_and_refuse_a_held_tcp_side() {
+        let (udp, tcp) =
+            bind_udp_and_tcp_groups("127.0.0.1:0".parse().expect("addr"), 2, 0, 16).expect("bind");
+        let at = udp[0].local_addr().expect("addr");
+        assert_ne!(at.port(), 0);
+        assert!(udp.iter().all(|s| s.local_addr().expect("addr") == at));
+        assert!(tcp.iter().all(|l| l.local_addr().expect("addr") == at));
+        // a fixed port whose TCP side another listener holds is refused
+        let foreign = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let held = foreign.local_addr().expect("addr");
+        let refused = bind_udp_and_tcp_groups(held, 1, 0, 16);
+        assert!(
+            matches!(refused, Err(BindError::TcpInUse(_))),
+            "{refused:?}"
+        );
     }
 
     #[test]
