@@ -129,9 +129,8 @@ mod tests {
         let mut slot = BytesMut::zeroed(SIZE);
         let first = slot.as_ptr();
         slot[..5].copy_from_slice(b"hello");
-        let taken = slots.take(&mut slot, SIZE);
+        let mut taken = slots.take(&mut slot, SIZE);
         // what quinn-proto does with it: packets split off, stream data frozen
-        let mut taken = taken;
         let packet = taken.split_to(1200).freeze();
         let data = packet.slice(0..5);
         drop(packet);

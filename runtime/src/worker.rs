@@ -630,7 +630,8 @@ impl Driver {
             }
             for i in 0..n {
                 let meta = self.recv_meta[i];
-                // one allocation per GRO batch; each datagram is a zero-copy split of it
+                // one buffer per GRO batch (the slot's own, or a copy of a small batch);
+                // each datagram is a zero-copy split of it
                 let mut batch = self.recycler.take(&mut self.recv_bufs[i], meta.len);
                 let stride = meta.stride.max(1);
                 let ecn = meta
