@@ -71,15 +71,10 @@ impl Poll {
         }
     }
 
-    /// Forgets the read readiness of `token` (keeps `READ_CLOSED`): the caller has seen the
-    /// socket's receive queue drained, so the next read waits for the next edge instead of
-    /// trying a read that would return `EAGAIN`.
+    /// See [`super::scheduled_io::clear_readable`].
     #[inline]
     pub(crate) fn clear_readable(&mut self, token: usize) {
-        if let Some(mut sio) = self.io_dispatch.get(token) {
-            sio.as_mut()
-                .clear_readiness(super::ready::Ready::READABLE);
-        }
+        super::scheduled_io::clear_readable(&mut self.io_dispatch, token);
     }
 
     #[inline]

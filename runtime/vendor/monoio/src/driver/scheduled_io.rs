@@ -1,6 +1,18 @@
 use std::task::{Context, Poll, Waker};
 
 use super::ready::{Direction, Ready};
+use crate::utils::slab::Slab;
+
+/// Forgets the read readiness of `token` in a driver's dispatch table (keeps
+/// `READ_CLOSED`): the caller has seen the socket's receive queue drained, so the next read
+/// waits for the next edge instead of trying a read that would return `EAGAIN`. The one
+/// implementation behind both drivers' `clear_readable`.
+#[inline]
+pub(crate) fn clear_readable(io_dispatch: &mut Slab<ScheduledIo>, token: usize) {
+    if let Some(mut sio) = io_dispatch.get(token) {
+        sio.as_mut().clear_readiness(Ready::READABLE);
+    }
+}
 
 pub(crate) struct ScheduledIo {
     readiness: Ready,

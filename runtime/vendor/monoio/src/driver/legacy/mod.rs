@@ -316,9 +316,7 @@ impl LegacyInner {
 
     pub(crate) fn clear_readable(this: &Rc<UnsafeCell<LegacyInner>>, index: usize) {
         let inner = unsafe { &mut *this.get() };
-        if let Some(mut sio) = inner.io_dispatch.get(index) {
-            sio.as_mut().clear_readiness(Ready::READABLE);
-        }
+        super::scheduled_io::clear_readable(&mut inner.io_dispatch, index);
     }
 
     pub(crate) fn cancel_op(
