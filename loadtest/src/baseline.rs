@@ -95,23 +95,8 @@ pub struct BaselineOptions {
 /// vendored quinn-proto; stock quinn probes right after the handshake and searches from
 /// the bottom, as every quinn user's server does.
 fn stock_transport_config(limits: &Limits) -> TransportConfig {
-    let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_concurrent_bidi_streams))
-        .max_concurrent_uni_streams(VarInt::from_u32(limits.max_concurrent_uni_streams))
-        .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok())
-        .keep_alive_interval(
-            (!limits.keep_alive_interval.is_zero()).then_some(limits.keep_alive_interval),
-        )
-        .stream_receive_window(VarInt::from_u32(limits.stream_receive_window))
-        .receive_window(VarInt::from_u32(limits.connection_receive_window))
-        .send_window(limits.send_window)
-        .datagram_receive_buffer_size(
-            (limits.datagram_receive_buffer > 0).then_some(limits.datagram_receive_buffer),
-        )
-        .datagram_send_buffer_size(limits.datagram_send_buffer);
-    let mut mtud = quinn::MtuDiscoveryConfig::default();
-    mtud.upper_bound(limits.max_udp_payload_size)
-        .minimum_change(limits.mtu_probe_min_change);
+    let (mut t, mtud) =
+        alknet_runtime::limits_transport_config!(quinn, limits, limits.max_udp_payload_size);
     t.mtu_discovery_config(Some(mtud));
     t
 }

@@ -363,32 +363,46 @@ impl Limits {
         mtu_bound: u16,
         bound_first: bool,
     ) -> quinn_proto::TransportConfig {
-        use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, VarInt};
-        let mut t = quinn_proto::TransportConfig::default();
-        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
-            .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
-            .max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok())
-            .keep_alive_interval(
-                (!self.keep_alive_interval.is_zero()).then_some(self.keep_alive_interval),
-            )
-            .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
-            .receive_window(VarInt::from_u32(self.connection_receive_window))
-            .send_window(self.send_window)
-            .datagram_receive_buffer_size(
-                (self.datagram_receive_buffer > 0).then_some(self.datagram_receive_buffer),
-            )
-            .datagram_send_buffer_size(self.datagram_send_buffer)
-            // a peer's CONNECTION_CLOSE goes unanswered (RFC 9000 10.2.2 makes the answer
-            // optional): one packet less per connection a client closes
-            .answer_peer_close(false);
-        let mut mtud = MtuDiscoveryConfig::default();
-        mtud.upper_bound(mtu_bound)
-            .minimum_change(self.mtu_probe_min_change)
-            .first_search_after_packets(self.mtu_probe_after_packets)
+        let (mut t, mut mtud) = crate::limits_transport_config!(quinn_proto, self, mtu_bound);
+        // a peer's CONNECTION_CLOSE goes unanswered (RFC 9000 10.2.2 makes the answer
+        // optional): one packet less per connection a client closes
+        t.answer_peer_close(false);
+        mtud.first_search_after_packets(self.mtu_probe_after_packets)
             .upper_bound_first(bound_first);
         t.mtu_discovery_config(Some(mtud));
         t
     }
+}
+
+/// The transport parameters and path-MTU discovery settings a [`Limits`] implies, written
+/// once for any quinn-proto: `$quinn` names the crate whose types to build (the engine's
+/// vendored `quinn_proto`, or stock `quinn` for the load test's baseline server, which
+/// must get the same parameters). Evaluates to `(TransportConfig, MtuDiscoveryConfig)`
+/// with path MTU discovery bounded by `$mtu_bound`; the caller adds what only its
+/// quinn-proto has and installs the MTU settings (`mtu_discovery_config`).
+#[macro_export]
+macro_rules! limits_transport_config {
+    ($quinn:ident, $limits:expr, $mtu_bound:expr) => {{
+        let limits: &$crate::Limits = $limits;
+        let mut t = $quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams($quinn::VarInt::from_u32(limits.max_concurrent_bidi_streams))
+            .max_concurrent_uni_streams($quinn::VarInt::from_u32(limits.max_concurrent_uni_streams))
+            .max_idle_timeout($quinn::IdleTimeout::try_from(limits.idle_timeout).ok())
+            .keep_alive_interval(
+                (!limits.keep_alive_interval.is_zero()).then_some(limits.keep_alive_interval),
+            )
+            .stream_receive_window($quinn::VarInt::from_u32(limits.stream_receive_window))
+            .receive_window($quinn::VarInt::from_u32(limits.connection_receive_window))
+            .send_window(limits.send_window)
+            .datagram_receive_buffer_size(
+                (limits.datagram_receive_buffer > 0).then_some(limits.datagram_receive_buffer),
+            )
+            .datagram_send_buffer_size(limits.datagram_send_buffer);
+        let mut mtud = $quinn::MtuDiscoveryConfig::default();
+        mtud.upper_bound($mtu_bound)
+            .minimum_change(limits.mtu_probe_min_change);
+        (t, mtud)
+    }};
 }
 
 /// A loopback address, also as an IPv4-mapped IPv6 address (a dual-stack socket).
