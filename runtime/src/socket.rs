@@ -77,16 +77,11 @@ pub fn bind_udp_and_tcp_groups(
     buffer: usize,
     backlog: u32,
 ) -> Result<(Vec<StdUdpSocket>, Vec<std::net::TcpListener>), BindError> {
-    on_free_port(
-        addr,
-        |a| new_socket(a, false, 0),
-        |source| BindError::Io { addr, source },
-        |a| {
-            let udp = bind_group_on(a, count, buffer)?;
-            let tcp = bind_tcp_group_on(a, count, backlog)?;
-            Ok((udp, tcp))
-        },
-    )
+    on_free_udp_port(addr, |a| {
+        let udp = bind_group_on(a, count, buffer)?;
+        let tcp = bind_tcp_group_on(a, count, backlog)?;
+        Ok((udp, tcp))
+    })
 }
 
 /// [`bind_tcp_reuseport_group`] on a port that is not 0.
@@ -167,11 +162,19 @@ pub fn bind_reuseport_group(
     count: usize,
     buffer: usize,
 ) -> Result<Vec<StdUdpSocket>, BindError> {
+    on_free_udp_port(addr, |a| bind_group_on(a, count, buffer))
+}
+
+/// [`on_free_port`] with a port picked by a plain UDP bind.
+fn on_free_udp_port<T>(
+    addr: SocketAddr,
+    bind_group: impl Fn(SocketAddr) -> Result<T, BindError>,
+) -> Result<T, BindError> {
     on_free_port(
         addr,
         |a| new_socket(a, false, 0),
         |source| BindError::Io { addr, source },
-        |a| bind_group_on(a, count, buffer),
+        bind_group,
     )
 }
 
