@@ -33,6 +33,8 @@ echo "== perf-bulk 1 GiB upload, 1 stream"
 $L compare --workload perf-bulk --rounds $R --bytes 1073741824 --direction upload 2>/dev/null
 echo "== handshake, 16 loops, 1 client thread"
 $L compare --workload handshake --rounds $R --duration 3 --connections 16 2>/dev/null
+echo "== handshake, 16 loops, quinn's kind of client (quinn + tokio current-thread, one thread)"
+$L compare --workload handshake --client quinn --rounds $R --duration 3 --connections 16 2>/dev/null
 echo "== handshake, 16 loops, 1 client thread, --split-cores"
 $L compare --workload handshake --split-cores --rounds $R --duration 3 --connections 16 2>/dev/null
 echo "== handshake, 16 loops, 2 client threads"

@@ -161,8 +161,9 @@ struct RunArgs {
     /// Key type of the server certificate the harness generates (both servers).
     #[arg(long, value_enum, default_value_t)]
     tls_key: server::KeyType,
-    /// Client implementation: alknet's engine (monoio), or (perf-rr only) quinn + tokio as
-    /// `quinn-perf client` runs, to check a ratio with the peer's kind of client.
+    /// Client implementation: alknet's engine (monoio), or (perf-rr and handshake) quinn +
+    /// tokio as `quinn-perf client` runs, one thread, to check a ratio with the peer's kind
+    /// of client.
     #[arg(long, value_enum, default_value_t = ClientKind::Alknet)]
     client: ClientKind,
     /// HTTP/3 client of the `h3` workload: `wire` sends pre-encoded requests and parses the
@@ -359,8 +360,13 @@ fn init_logging() {
 }
 
 fn run_one(workload: WorkloadKind, args: &RunArgs) -> Result<(), String> {
-    if args.client == ClientKind::Quinn && workload != WorkloadKind::PerfRr {
-        return Err("--client quinn drives perf-rr only".into());
+    if args.client == ClientKind::Quinn
+        && !matches!(workload, WorkloadKind::PerfRr | WorkloadKind::Handshake)
+    {
+        return Err("--client quinn drives perf-rr and handshake only".into());
+    }
+    if args.client == ClientKind::Quinn && args.client_threads > 1 {
+        return Err("--client quinn runs one client thread (as quinn-perf client)".into());
     }
     if args.transport == LoadTransport::Tcp
         && !matches!(workload, WorkloadKind::StreamRr | WorkloadKind::StreamBulk)
@@ -825,6 +831,20 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             ),
             sample,
         ),
+        WorkloadKind::Handshake if args.client == ClientKind::Quinn => quinn_client::run(
+            quinn_client::QuinnPerfClient {
+                target: plan.target.clone(),
+                connections,
+                streams: 1,
+                request: quinn_client::QuinnRequest::Handshake {
+                    resumption: args.resumption,
+                },
+                warmup: plan.warmup,
+                duration: plan.duration,
+                cpus: plan.cpus.clone(),
+            },
+            sample,
+        ),
         WorkloadKind::Handshake => harness::run(
             &plan,
             handshake::Handshake::new(connections, threads),
@@ -923,7 +943,8 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             args.bytes, args.direction
         ),
         WorkloadKind::Handshake => format!(
-            "{label}: {threads} client threads, {connections} connect loops, resumption {}, {:?} certificate",
+            "{label}: {} client, {threads} client threads, {connections} connect loops, resumption {}, {:?} certificate",
+            if args.client == ClientKind::Quinn { "quinn (tokio current-thread)" } else { "alknet" },
             args.resumption, args.tls_key
         ),
         WorkloadKind::H3 => format!(

@@ -38,6 +38,10 @@ pub enum QuinnRequest {
     Perf { upload: u64, download: u64 },
     /// `GET /health` over HTTP/3 (`h3` crate + `h3-quinn`).
     H3Health,
+    /// The `handshake` workload's loop with a quinn client: each of `connections` loops
+    /// connects (resuming a TLS session when `resumption`), echoes one byte on
+    /// `alknet/echo` so the handler really ran, closes, and starts again.
+    Handshake { resumption: bool },
 }
 
 /// What the quinn client runs.
@@ -103,17 +107,21 @@ async fn drive(
     sched: mpsc::Receiver<Schedule>,
 ) -> Tally {
     let mut tally = Tally::default();
-    let alpn = match client.request {
-        QuinnRequest::Perf { .. } => alknet_perf::ALPN,
-        QuinnRequest::H3Health => alknet_http::h3::ALPN,
+    let (alpn, resumption) = match client.request {
+        QuinnRequest::Perf { .. } => (alknet_perf::ALPN, true),
+        QuinnRequest::H3Health => (alknet_http::h3::ALPN, true),
+        QuinnRequest::Handshake { resumption } => (alknet_echo::ALPN, resumption),
     };
-    let endpoint = match endpoint(&client.target, alpn) {
+    let endpoint = match endpoint(&client.target, alpn, resumption) {
         Ok(e) => e,
         Err(e) => {
             tally.error("connect", || e);
             return tally;
         }
     };
+    if matches!(client.request, QuinnRequest::Handshake { .. }) {
+        return drive_handshakes(&client, endpoint, tally, ready, sched).await;
+    }
     let mut conns = Vec::new();
     for _ in 0..client.connections {
         let attempt = async {
@@ -156,6 +164,8 @@ async fn drive(
                 sched,
                 tally.clone(),
             )),
+            // driven by `drive_handshakes` above
+            QuinnRequest::Handshake { .. } => continue,
         });
     }
     let end = tokio::time::Instant::from_std(sched.end);
@@ -175,8 +185,92 @@ async fn drive(
     t
 }
 
-/// quinn-perf client's endpoint: its socket, transport and crypto settings.
-fn endpoint(target: &Target, alpn: &[u8]) -> Result<Endpoint, String> {
+/// [`QuinnRequest::Handshake`]: `client.connections` connect loops on the one endpoint
+/// until the schedule's end, each handshake that ends inside the window recorded.
+async fn drive_handshakes(
+    client: &QuinnPerfClient,
+    endpoint: Endpoint,
+    tally: Tally,
+    ready: mpsc::Sender<()>,
+    sched: mpsc::Receiver<Schedule>,
+) -> Tally {
+    let _ = ready.send(());
+    let Ok(Ok(sched)) = tokio::task::spawn_blocking(move || sched.recv()).await else {
+        return tally;
+    };
+    let tally = Rc::new(RefCell::new(tally));
+    let loops: Vec<_> = (0..client.connections)
+        .map(|_| {
+            tokio::task::spawn_local(handshake_loop(
+                endpoint.clone(),
+                client.target.clone(),
+                sched,
+                tally.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep_until(tokio::time::Instant::from_std(sched.measure_from)).await;
+    let cpu_start = thread_cpu();
+    tokio::time::sleep_until(tokio::time::Instant::from_std(sched.end)).await;
+    let cpu_s = (thread_cpu() - cpu_start).as_secs_f64();
+    for l in loops {
+        let _ = l.await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let mut t = tally.replace(Tally::default());
+    t.cpu_s = cpu_s;
+    t
+}
+
+/// One connect loop of [`drive_handshakes`]: connect, one echoed byte, close, again.
+async fn handshake_loop(
+    endpoint: Endpoint,
+    target: Target,
+    sched: Schedule,
+    tally: Rc<RefCell<Tally>>,
+) {
+    while Instant::now() < sched.end {
+        let started = Instant::now();
+        let attempt = async {
+            let conn = endpoint
+                .connect(target.addr, &target.host)
+                .map_err(|_| "connect")?
+                .await
+                .map_err(|_| "connect")?;
+            let exchange = async {
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|_| "open")?;
+                send.write_all(b"!").await.map_err(|_| "write")?;
+                send.finish().map_err(|_| "write")?;
+                match recv.read_to_end(1).await {
+                    Ok(b) if b == b"!" => Ok(()),
+                    Ok(_) => Err("mismatch"),
+                    Err(_) => Err("read"),
+                }
+            };
+            let r = exchange.await;
+            conn.close(0u32.into(), b"");
+            r
+        };
+        let result = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .unwrap_or(Err("timeout"));
+        let done = Instant::now();
+        if sched.measuring(done) {
+            let mut t = tally.borrow_mut();
+            match result {
+                Ok(()) => {
+                    t.connected += 1;
+                    t.record(done - started, 1);
+                }
+                Err(kind) => t.error(kind, || format!("quinn client handshake: {kind}")),
+            }
+        }
+    }
+}
+
+/// quinn-perf client's endpoint: its socket, transport and crypto settings (TLS session
+/// resumption as `resumption` says).
+fn endpoint(target: &Target, alpn: &[u8], resumption: bool) -> Result<Endpoint, String> {
     let socket = std::net::UdpSocket::bind(unspecified_like(target.addr))
         .map_err(|e| format!("bind: {e}"))?;
     let state = quinn_udp::UdpSocketState::new((&socket).into()).map_err(|e| e.to_string())?;
@@ -193,7 +287,7 @@ fn endpoint(target: &Target, alpn: &[u8]) -> Result<Endpoint, String> {
         &alknet_runtime::tls::ServerTrust::Fingerprint(target.fingerprint),
         vec![alpn.to_vec()],
         None,
-        true,
+        resumption,
     )
     .map_err(|e| e.to_string())?;
     let crypto = Arc::new(

@@ -197,6 +197,23 @@ fn handshake_and_idle_complete_on_both_servers() {
         );
         assert!(field(&json, "operations") > 0, "{json}");
         assert!(json.contains("Ed25519 certificate"), "{json}");
+        // quinn's kind of client: the same loop, the same exchange
+        for resumption in [false, true] {
+            let mut args = vec!["--client", "quinn", "--connections", "2"];
+            if resumption {
+                args.push("--resumption");
+            }
+            let json = run("handshake", target, &args);
+            let ops = field(&json, "operations");
+            assert!(ops > 0, "{json}");
+            assert_eq!(field(&json, "bytes"), ops, "{json}");
+            assert_eq!(field(&json, "connections"), ops, "{json}");
+            assert!(
+                json.contains("quinn (tokio current-thread) client"),
+                "{json}"
+            );
+            assert!(json.contains(&format!("resumption {resumption}")), "{json}");
+        }
 
         let json = run("idle", target, &["--connections", "50"]);
         assert_eq!(field(&json, "operations"), 50, "{json}");
