@@ -65,13 +65,9 @@ async fn connect_loop(thread: Rc<ClientThread>, sched: Schedule, tally: Rc<RefCe
             Some(conn) => {
                 let exchange = async {
                     let (mut send, mut recv) = conn.open_bi().await.map_err(|_| "open")?.split();
-                    send.write_all(b"!").await.map_err(|_| "write")?;
+                    send.write_all(PROBE).await.map_err(|_| "write")?;
                     send.finish().map_err(|_| "write")?;
-                    match recv.read_to_end(1).await {
-                        Ok(b) if b == b"!" => Ok(()),
-                        Ok(_) => Err("mismatch"),
-                        Err(_) => Err("read"),
-                    }
+                    echoed(recv.read_to_end(PROBE.len()).await.ok())
                 };
                 let r = exchange.await;
                 conn.close(VarInt::from_u32(0), b"");
@@ -79,22 +75,47 @@ async fn connect_loop(thread: Rc<ClientThread>, sched: Schedule, tally: Rc<RefCe
             }
             None => Err("connect"),
         };
-        let done = Instant::now();
-        if sched.measuring(done) {
-            let mut t = tally.borrow_mut();
-            match result {
-                Ok(()) => {
-                    t.connected += 1;
-                    t.record(done - started, 1);
-                }
-                Err(kind) => {
-                    let why = scratch
-                        .first_error
-                        .take()
-                        .unwrap_or_else(|| kind.to_string());
-                    t.error(kind, || why);
-                }
-            }
+        record(&tally, sched, started, result, |kind| {
+            scratch
+                .first_error
+                .take()
+                .unwrap_or_else(|| kind.to_string())
+        });
+    }
+}
+
+/// The byte each handshake's exchange sends on `alknet/echo` and expects back.
+pub(crate) const PROBE: &[u8] = b"!";
+
+/// Whether the exchange read back exactly [`PROBE`] (`None`: the read failed).
+pub(crate) fn echoed(read: Option<Vec<u8>>) -> Result<(), &'static str> {
+    match read {
+        Some(b) if b == PROBE => Ok(()),
+        Some(_) => Err("mismatch"),
+        None => Err("read"),
+    }
+}
+
+/// Records one connect loop's iteration that began at `started` if it ended inside the
+/// measured window: a handshake and its exchange, or an error of kind `kind` that `why`
+/// explains.
+pub(crate) fn record(
+    tally: &RefCell<Tally>,
+    sched: Schedule,
+    started: Instant,
+    result: Result<(), &'static str>,
+    why: impl FnOnce(&'static str) -> String,
+) {
+    let done = Instant::now();
+    if !sched.measuring(done) {
+        return;
+    }
+    let mut t = tally.borrow_mut();
+    match result {
+        Ok(()) => {
+            t.connected += 1;
+            t.record(done - started, PROBE.len() as u64);
         }
+        Err(kind) => t.error(kind, || why(kind)),
     }
 }

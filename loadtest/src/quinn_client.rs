@@ -23,6 +23,7 @@ use bytes::Bytes;
 use quinn::{ClientConfig, Endpoint, EndpointConfig, TokioRuntime, TransportConfig};
 
 use crate::baseline::{PERF_INITIAL_MTU, PERF_MAX_UDP_PAYLOAD_SIZE, PERF_SOCKET_BUFFER_SIZE};
+use crate::handshake::{echoed, record, PROBE};
 use crate::harness::{
     restrict_client_thread, thread_cpu, unspecified_like, upload_chunks, Schedule, Tally, Target,
     CONNECT_TIMEOUT,
@@ -239,13 +240,9 @@ async fn handshake_loop(
                 .map_err(|_| "connect")?;
             let exchange = async {
                 let (mut send, mut recv) = conn.open_bi().await.map_err(|_| "open")?;
-                send.write_all(b"!").await.map_err(|_| "write")?;
+                send.write_all(PROBE).await.map_err(|_| "write")?;
                 send.finish().map_err(|_| "write")?;
-                match recv.read_to_end(1).await {
-                    Ok(b) if b == b"!" => Ok(()),
-                    Ok(_) => Err("mismatch"),
-                    Err(_) => Err("read"),
-                }
+                echoed(recv.read_to_end(PROBE.len()).await.ok())
             };
             let r = exchange.await;
             conn.close(0u32.into(), b"");
@@ -254,17 +251,9 @@ async fn handshake_loop(
         let result = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
             .unwrap_or(Err("timeout"));
-        let done = Instant::now();
-        if sched.measuring(done) {
-            let mut t = tally.borrow_mut();
-            match result {
-                Ok(()) => {
-                    t.connected += 1;
-                    t.record(done - started, 1);
-                }
-                Err(kind) => t.error(kind, || format!("quinn client handshake: {kind}")),
-            }
-        }
+        record(&tally, sched, started, result, |kind| {
+            format!("quinn client handshake: {kind}")
+        });
     }
 }
 
