@@ -162,8 +162,8 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t)]
     tls_key: server::KeyType,
     /// Client implementation: alknet's engine (monoio), or (perf-rr and handshake) quinn +
-    /// tokio as `quinn-perf client` runs, one thread, to check a ratio with the peer's kind
-    /// of client.
+    /// tokio as `quinn-perf client` runs (a current-thread runtime and an endpoint per
+    /// client thread), to check a ratio with the peer's kind of client.
     #[arg(long, value_enum, default_value_t = ClientKind::Alknet)]
     client: ClientKind,
     /// HTTP/3 client of the `h3` workload: `wire` sends pre-encoded requests and parses the
@@ -364,9 +364,6 @@ fn run_one(workload: WorkloadKind, args: &RunArgs) -> Result<(), String> {
         && !matches!(workload, WorkloadKind::PerfRr | WorkloadKind::Handshake)
     {
         return Err("--client quinn drives perf-rr and handshake only".into());
-    }
-    if args.client == ClientKind::Quinn && args.client_threads > 1 {
-        return Err("--client quinn runs one client thread (as quinn-perf client)".into());
     }
     if args.transport == LoadTransport::Tcp
         && !matches!(workload, WorkloadKind::StreamRr | WorkloadKind::StreamBulk)
@@ -737,6 +734,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             quinn_client::QuinnPerfClient {
                 target: plan.target.clone(),
                 connections,
+                threads,
                 streams: args.streams as usize,
                 request: quinn_client::QuinnRequest::Perf {
                     upload: args.upload_size,
@@ -798,6 +796,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             quinn_client::QuinnPerfClient {
                 target: plan.target.clone(),
                 connections,
+                threads,
                 streams: args.streams as usize,
                 request: quinn_client::QuinnRequest::H3Health,
                 warmup: plan.warmup,
@@ -835,6 +834,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             quinn_client::QuinnPerfClient {
                 target: plan.target.clone(),
                 connections,
+                threads,
                 streams: 1,
                 request: quinn_client::QuinnRequest::Handshake {
                     resumption: args.resumption,

@@ -50,6 +50,8 @@ pub enum QuinnRequest {
 pub struct QuinnPerfClient {
     pub target: Target,
     pub connections: usize,
+    /// Client threads, each with its own runtime and endpoint.
+    pub threads: usize,
     pub streams: usize,
     pub request: QuinnRequest,
     pub warmup: Duration,
@@ -58,46 +60,70 @@ pub struct QuinnPerfClient {
     pub cpus: Option<Vec<usize>>,
 }
 
-/// Runs the client on its own thread; `on_window` runs on this thread once the schedule is
-/// set (as in [`crate::harness::run`]).
+/// Runs the client on `client.threads` threads of its own (each a tokio current-thread
+/// runtime and an endpoint, as a quinn-perf client each, the connections split between
+/// them); `on_window` runs on this thread once the schedule is set (as in
+/// [`crate::harness::run`]).
 pub fn run<S>(client: QuinnPerfClient, on_window: impl FnOnce(Schedule) -> S) -> (Tally, S) {
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
-    let (sched_tx, sched_rx) = mpsc::channel::<Schedule>();
     let (warmup, duration) = (client.warmup, client.duration);
-    let thread = std::thread::Builder::new()
-        .name("loadtest-quinn".into())
-        .spawn(move || {
-            if let Some(t) = restrict_client_thread(client.cpus.as_deref()) {
-                return t;
-            }
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let mut t = Tally::default();
-                    t.error("runtime", || e.to_string());
+    let parts = crate::rr::split(client.connections, client.threads.max(1));
+    let mut threads = Vec::new();
+    for (i, connections) in parts.into_iter().enumerate() {
+        let (sched_tx, sched_rx) = mpsc::channel::<Schedule>();
+        let mine = QuinnPerfClient {
+            connections,
+            ..client.clone()
+        };
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("loadtest-quinn-{i}"))
+            .spawn(move || {
+                if let Some(t) = restrict_client_thread(mine.cpus.as_deref()) {
                     return t;
                 }
-            };
-            tokio::task::LocalSet::new().block_on(&rt, drive(client, ready_tx, sched_rx))
-        })
-        .expect("spawn the quinn client thread");
-    // connected (or given up): start the clock
-    let _ = ready_rx.recv_timeout(CONNECT_TIMEOUT * 2);
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let mut t = Tally::default();
+                        t.error("runtime", || e.to_string());
+                        return t;
+                    }
+                };
+                tokio::task::LocalSet::new().block_on(&rt, drive(mine, ready, sched_rx))
+            })
+            .expect("spawn a quinn client thread");
+        threads.push((thread, sched_tx));
+    }
+    drop(ready_tx);
+    // every thread connected (or given up): start the clock
+    let give_up = Instant::now() + CONNECT_TIMEOUT * 2;
+    for _ in 0..threads.len() {
+        let left = give_up.saturating_duration_since(Instant::now());
+        if ready_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
     let measure_from = Instant::now() + warmup;
     let sched = Schedule {
         measure_from,
         end: measure_from + duration,
     };
-    let _ = sched_tx.send(sched);
+    for (_, tx) in &threads {
+        let _ = tx.send(sched);
+    }
     let sampled = on_window(sched);
-    let tally = thread.join().unwrap_or_else(|_| {
-        let mut t = Tally::default();
-        t.error("thread", || "the quinn client thread panicked".into());
-        t
-    });
+    let mut tally = Tally::default();
+    for (thread, _) in threads {
+        tally.merge(thread.join().unwrap_or_else(|_| {
+            let mut t = Tally::default();
+            t.error("thread", || "a quinn client thread panicked".into());
+            t
+        }));
+    }
     (tally, sampled)
 }
 

@@ -199,9 +199,10 @@ fn handshake_and_idle_complete_on_both_servers() {
         assert!(json.contains("Ed25519 certificate"), "{json}");
         // quinn's kind of client: the same loop, the same exchange
         for resumption in [false, true] {
+            // with resumption, on two client threads (an endpoint and a loop each)
             let mut args = vec!["--client", "quinn", "--connections", "2"];
             if resumption {
-                args.push("--resumption");
+                args.extend(["--resumption", "--client-threads", "2"]);
             }
             let json = run("handshake", target, &args);
             let ops = field(&json, "operations");
@@ -213,6 +214,11 @@ fn handshake_and_idle_complete_on_both_servers() {
                 "{json}"
             );
             assert!(json.contains(&format!("resumption {resumption}")), "{json}");
+            let threads = if resumption { 2 } else { 1 };
+            assert!(
+                json.contains(&format!("{threads} client threads")),
+                "{json}"
+            );
         }
 
         let json = run("idle", target, &["--connections", "50"]);
