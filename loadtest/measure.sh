@@ -33,8 +33,9 @@ echo "== perf-bulk 1 GiB upload, 1 stream"
 $L compare --workload perf-bulk --rounds $R --bytes 1073741824 --direction upload 2>/dev/null
 echo "== handshake, 16 loops, 1 client thread"
 $L compare --workload handshake --rounds $R --duration 3 --connections 16 2>/dev/null
-echo "== handshake, 16 loops, quinn's kind of client (quinn + tokio current-thread, one thread)"
+echo "== handshake, 16 loops, quinn's kind of client (quinn + tokio current-thread), 1 and 2 client threads"
 $L compare --workload handshake --client quinn --rounds $R --duration 3 --connections 16 2>/dev/null
+$L compare --workload handshake --client quinn --rounds $R --duration 3 --connections 16 --client-threads 2 2>/dev/null
 echo "== handshake, 16 loops, 1 client thread, --split-cores"
 $L compare --workload handshake --split-cores --rounds $R --duration 3 --connections 16 2>/dev/null
 echo "== handshake, 16 loops, 2 client threads"
