@@ -165,12 +165,7 @@ async fn drive(
         }
     }
     tally.connected = conns.len() as u64;
-    let _ = ready.send(());
-    // the main thread answers at once after `ready`; it is gone only if it gave up
-    let Ok(sched) = tokio::task::spawn_blocking(move || sched.recv()).await else {
-        return tally;
-    };
-    let Ok(sched) = sched else {
+    let Some(sched) = ready_for_schedule(ready, sched).await else {
         return tally;
     };
     let tally = Rc::new(RefCell::new(tally));
@@ -195,17 +190,41 @@ async fn drive(
             QuinnRequest::Handshake { .. } => continue,
         });
     }
-    let end = tokio::time::Instant::from_std(sched.end);
-    tokio::time::sleep_until(tokio::time::Instant::from_std(sched.measure_from)).await;
-    let cpu_start = thread_cpu();
-    tokio::time::sleep_until(end).await;
-    let cpu_s = (thread_cpu() - cpu_start).as_secs_f64();
+    let cpu_s = cpu_over_window(sched).await;
     for d in drivers {
         d.abort();
     }
     for c in &conns {
         c.close(0u32.into(), b"done");
     }
+    settle(&endpoint, &tally, cpu_s).await
+}
+
+/// Reports this thread ready and waits for the schedule (`None`: the main thread gave up;
+/// it answers at once after the last `ready` otherwise).
+async fn ready_for_schedule(
+    ready: mpsc::Sender<()>,
+    sched: mpsc::Receiver<Schedule>,
+) -> Option<Schedule> {
+    let _ = ready.send(());
+    tokio::task::spawn_blocking(move || sched.recv())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// This thread's CPU time over the measured window, on tokio's clock (the monoio clients'
+/// is [`crate::harness::cpu_over_window`]).
+async fn cpu_over_window(sched: Schedule) -> f64 {
+    tokio::time::sleep_until(tokio::time::Instant::from_std(sched.measure_from)).await;
+    let start = thread_cpu();
+    tokio::time::sleep_until(tokio::time::Instant::from_std(sched.end)).await;
+    (thread_cpu() - start).as_secs_f64()
+}
+
+/// Lets the endpoint deliver its closes (2 s at most) and hands over the tally with the
+/// thread's CPU time over the window.
+async fn settle(endpoint: &Endpoint, tally: &RefCell<Tally>, cpu_s: f64) -> Tally {
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     let mut t = tally.replace(Tally::default());
     t.cpu_s = cpu_s;
@@ -221,8 +240,7 @@ async fn drive_handshakes(
     ready: mpsc::Sender<()>,
     sched: mpsc::Receiver<Schedule>,
 ) -> Tally {
-    let _ = ready.send(());
-    let Ok(Ok(sched)) = tokio::task::spawn_blocking(move || sched.recv()).await else {
+    let Some(sched) = ready_for_schedule(ready, sched).await else {
         return tally;
     };
     let tally = Rc::new(RefCell::new(tally));
@@ -236,17 +254,11 @@ async fn drive_handshakes(
             ))
         })
         .collect();
-    tokio::time::sleep_until(tokio::time::Instant::from_std(sched.measure_from)).await;
-    let cpu_start = thread_cpu();
-    tokio::time::sleep_until(tokio::time::Instant::from_std(sched.end)).await;
-    let cpu_s = (thread_cpu() - cpu_start).as_secs_f64();
+    let cpu_s = cpu_over_window(sched).await;
     for l in loops {
         let _ = l.await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-    let mut t = tally.replace(Tally::default());
-    t.cpu_s = cpu_s;
-    t
+    settle(&endpoint, &tally, cpu_s).await
 }
 
 /// One connect loop of [`drive_handshakes`]: connect, one echoed byte, close, again.
