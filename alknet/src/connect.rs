@@ -1,15 +1,15 @@
 //! `alknet connect`: one bidirectional stream piped to stdin/stdout.
 //!
-//! When stdin and stdout are pipes or sockets (how `ssh` runs a ProxyCommand and `sftp -D`
-//! its server) and the io_uring driver runs, the stream task reads and writes them itself
-//! with io_uring operations: the kernel waits for the pipe, no thread does. Otherwise
-//! (a terminal, a file, a descriptor in non-blocking mode, the legacy driver, or a caller
-//! that has read stdin through std's buffer already) each gets a thread doing blocking
-//! calls, joined to the task by a bounded channel. Either way a slow stdout stops reads
-//! from the stream (and so, by QUIC flow control, the server), and stdin is read no
-//! faster than the stream takes it. Why not threads always: every request/response
-//! round trip crossed both threads, two wake-ups more per round trip than the pipes
-//! themselves cost, and round trips are what `sftp`'s small-file transfers wait on.
+//! When stdin and stdout are pipes or sockets (how `ssh` runs a ProxyCommand, `sftp -D`
+//! its server and git its remote helper) and the io_uring driver runs, the stream task
+//! reads and writes them itself with io_uring operations: the kernel waits for the pipe,
+//! no thread does. Otherwise (a terminal, a file, a descriptor in non-blocking mode, the
+//! legacy driver) each gets a thread doing blocking calls, joined to the task by a bounded
+//! channel. Either way a slow stdout stops reads from the stream (and so, by QUIC flow
+//! control, the server), and stdin is read no faster than the stream takes it. Why not
+//! threads always: every request/response round trip crossed both threads, two wake-ups
+//! more per round trip than the pipes themselves cost, and round trips are what `sftp`'s
+//! small-file transfers wait on.
 
 use std::io::{IoSlice, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -303,7 +303,7 @@ pub fn run(args: ConnectArgs) -> ExitCode {
         },
         Err(e) => return fail(e),
     };
-    match pipe_stdio(dial, None, None, false) {
+    match pipe_stdio(dial, None, None) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
@@ -312,21 +312,19 @@ pub fn run(args: ConnectArgs) -> ExitCode {
 /// Connects, opens one bidirectional stream and pipes stdin and stdout through it until
 /// both ends are done. `preamble` is written on the stream first; `greeting` goes to
 /// stdout once the stream is open, before anything read from it (what a git remote
-/// helper answers `connect` with). `stdin_read_before`: something read stdin through
-/// std's buffered `Stdin` before (the git helper's commands), so only the thread path,
-/// which reads on through that buffer, may take it.
+/// helper answers `connect` with). Whoever read stdin before must have left nothing
+/// of it in a buffer of its own: the io_uring path reads the descriptor itself.
 pub fn pipe_stdio(
     dial: Dial,
     preamble: Option<Bytes>,
     greeting: Option<Bytes>,
-    stdin_read_before: bool,
 ) -> Result<(), String> {
     enlarge_pipe(0);
     enlarge_pipe(1);
     let mut stdout_thread = None;
     let threads = &mut stdout_thread;
     let outcome = run_local(|driver| async move {
-        let (mut stdin, mut stdout) = if driver == DriverKind::IoUring && !stdin_read_before {
+        let (mut stdin, mut stdout) = if driver == DriverKind::IoUring {
             match (ring_stdio(0), ring_stdio(1)) {
                 (Some(i), Some(o)) => (StdinSource::Ring(i), StdoutSink::Ring(o)),
                 _ => stdio_threads(threads),

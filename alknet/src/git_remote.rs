@@ -20,7 +20,8 @@
 //!
 //! With none of the trust settings, the server certificate must chain to the web PKI.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -239,6 +240,30 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 /// The helper's `main`: `git-remote-alknet REMOTE [URL]`.
+/// Reads one command line from git into `line` (cleared first), byte by byte: nothing
+/// past its newline is taken from stdin, which after `connect` carries the git protocol
+/// and is read by the stream task's own io_uring reads (a buffered reader would keep
+/// what it read ahead to itself). Commands are a few dozen bytes, two of them per run.
+/// Returns the bytes read, 0 at the end of stdin.
+fn read_command(stdin: &mut impl Read, line: &mut Vec<u8>) -> std::io::Result<usize> {
+    line.clear();
+    let mut byte = [0u8; 1];
+    while line.len() < MAX_COMMAND_LINE {
+        match stdin.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => {
+                line.push(byte[0]);
+                if byte[0] == b'\n' {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(line.len())
+}
+
 pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (remote, url) = match args.as_slice() {
@@ -252,20 +277,21 @@ pub fn main() -> ExitCode {
     };
     // git passes the URL as the remote's name when there is no named remote
     let settings = Settings::new((!remote.contains("://")).then_some(remote));
-    let stdin = std::io::stdin();
+    let mut stdin = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => return fail(format!("stdin: {e}")),
+    };
     let mut stdout = std::io::stdout();
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
-        line.clear();
-        match stdin
-            .lock()
-            .take(MAX_COMMAND_LINE as u64)
-            .read_line(&mut line)
-        {
+        match read_command(&mut stdin, &mut line) {
             Ok(0) => return ExitCode::SUCCESS,
             Ok(_) => {}
             Err(e) => return fail(format!("reading commands: {e}")),
         }
+        let Ok(line) = std::str::from_utf8(&line) else {
+            return fail("a command that is not UTF-8");
+        };
         let command = line.trim_end_matches('\n');
         if command.is_empty() {
             return ExitCode::SUCCESS;
@@ -310,7 +336,6 @@ pub fn main() -> ExitCode {
             dial,
             Some(Bytes::from(request)),
             Some(Bytes::from_static(b"\n")),
-            true,
         ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
@@ -336,6 +361,31 @@ mod tests {
         assert!(parse_url("alknet://h:1/").is_err());
         assert!(parse_url("alknet://u@h:1/a").is_err());
         assert!(parse_url("git://h/a").is_err());
+    }
+
+    #[test]
+    fn commands_are_read_to_their_newline_and_no_further() {
+        let mut input =
+            std::io::Cursor::new(b"capabilities\nconnect git-upload-pack\n\x00PACK".to_vec());
+        let mut line = Vec::new();
+        assert_eq!(read_command(&mut input, &mut line).expect("read"), 13);
+        assert_eq!(line, b"capabilities\n");
+        read_command(&mut input, &mut line).expect("read");
+        assert_eq!(line, b"connect git-upload-pack\n");
+        // what follows belongs to the stream, untouched
+        let mut rest = Vec::new();
+        input.read_to_end(&mut rest).expect("rest");
+        assert_eq!(rest, b"\x00PACK");
+        // a line without its end is given as it is; then the end of input
+        let mut input = std::io::Cursor::new(b"connect".to_vec());
+        assert_eq!(read_command(&mut input, &mut line).expect("read"), 7);
+        assert_eq!(read_command(&mut input, &mut line).expect("read"), 0);
+        // no line longer than MAX_COMMAND_LINE is taken
+        let mut input = std::io::Cursor::new(vec![b'a'; MAX_COMMAND_LINE + 10]);
+        assert_eq!(
+            read_command(&mut input, &mut line).expect("read"),
+            MAX_COMMAND_LINE
+        );
     }
 
     #[test]
