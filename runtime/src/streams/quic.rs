@@ -220,65 +220,24 @@ impl QuicRecv {
         cx: &mut Context<'_>,
         max: usize,
     ) -> Poll<Result<Option<Bytes>, ReadError>> {
-        if let Some(chunk) = self.take_stashed(max) {
-            return Poll::Ready(Ok(Some(chunk)));
-        }
-        if let Some(code) = self.reset {
-            return Poll::Ready(Err(ReadError::Reset(code)));
-        }
-        if self.done {
-            return Poll::Ready(Ok(None));
-        }
-        let mut guard = self.conn.state.borrow_mut();
-        let st = &mut *guard;
-        let mut recv = st.conn.recv_stream(self.id);
-        let mut chunks = match recv.read(true) {
-            Ok(c) => c,
-            Err(_) => return Poll::Ready(Err(ReadError::ClosedStream)),
-        };
-        let res = chunks.next(max);
-        if res.as_ref().is_ok_and(Option::is_some) {
-            // Look one step further in the same pass. Each pass takes the stream's state
-            // out of quinn-proto's map and puts it back (and settles credit): a request
-            // that arrived whole, data and FIN in one packet, then costs one pass instead
-            // of two, and in a long stream every other read is served from the stash.
-            match chunks.next(usize::MAX) {
-                Ok(Some(more)) => self.stashed = Some(more.bytes),
-                Ok(None) => self.done = true,
-                // reported by the next call (quinn-proto resets only empty buffers)
-                Err(quinn_proto::ReadError::Reset(code)) => {
-                    self.done = true;
-                    self.reset = Some(code);
-                }
-                Err(quinn_proto::ReadError::Blocked) => {}
+        self.poll_read_with(cx, max, |chunks, stashed| match chunks.next(max) {
+            Ok(Some(chunk)) => {
+                // Look one step further in the same pass. Each pass takes the stream's
+                // state out of quinn-proto's map and puts it back (and settles credit): a
+                // request that arrived whole, data and FIN in one packet, then costs one
+                // pass instead of two, and in a long stream every other read is served
+                // from the stash.
+                let end = match chunks.next(usize::MAX) {
+                    Ok(Some(more)) => {
+                        *stashed = Some(more.bytes);
+                        None
+                    }
+                    other => end_of(other),
+                };
+                (Some(chunk.bytes), end)
             }
-        }
-        let transmit = chunks.finalize().should_transmit();
-        let out = match res {
-            Ok(Some(chunk)) => Poll::Ready(Ok(Some(chunk.bytes))),
-            Ok(None) => {
-                self.done = true;
-                Poll::Ready(Ok(None))
-            }
-            Err(quinn_proto::ReadError::Reset(code)) => {
-                self.done = true;
-                self.reset = Some(code);
-                Poll::Ready(Err(ReadError::Reset(code)))
-            }
-            Err(quinn_proto::ReadError::Blocked) => match &st.error {
-                Some(e) => Poll::Ready(Err(ReadError::ConnectionLost(e.clone()))),
-                None => {
-                    st.readers.insert(self.id, cx.waker().clone());
-                    Poll::Pending
-                }
-            },
-        };
-        drop(guard);
-        if transmit {
-            // flow-control credit (MAX_STREAM_DATA) is due
-            self.conn.0.wake_driver();
-        }
-        out
+            other => (None, end_of(other)),
+        })
     }
 
     /// Poll form of [`RecvStream::read_available`].
@@ -287,8 +246,45 @@ impl QuicRecv {
         cx: &mut Context<'_>,
         max: usize,
     ) -> Poll<Result<Option<Bytes>, ReadError>> {
+        self.poll_read_with(cx, max, |chunks, stashed| {
+            let mut batch = Batch::Empty;
+            let end = loop {
+                let room = max.saturating_sub(batch.len());
+                if room == 0 || matches!(&batch, Batch::One(b) if b.len() >= UNMERGED_CHUNK) {
+                    break None;
+                }
+                match chunks.next(room) {
+                    // a large chunk behind data already taken is not copied into a merged
+                    // batch: it waits in the stash for the next call, which returns it as
+                    // it is
+                    Ok(Some(chunk)) if chunk.bytes.len() >= UNMERGED_CHUNK && batch.len() > 0 => {
+                        *stashed = Some(chunk.bytes);
+                        break None;
+                    }
+                    Ok(Some(chunk)) => batch.push(chunk.bytes),
+                    other => break end_of(other),
+                }
+            };
+            (batch.into_bytes(), end)
+        })
+    }
+
+    /// What both reads share: the stash first (left by a read that looked ahead or met a
+    /// large chunk), then an end already seen; else one pass over quinn-proto's stream, in
+    /// which `take` returns the data it took (or none) and how the stream ends behind it
+    /// (`None`: it goes on, or is blocked; `Some(Err(code))`: reset), and may stash one
+    /// chunk for the next call. With no data and no end the reader waits for the driver.
+    #[inline(always)]
+    fn poll_read_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        take: impl FnOnce(
+            &mut quinn_proto::Chunks<'_>,
+            &mut Option<Bytes>,
+        ) -> (Option<Bytes>, StreamEnd),
+    ) -> Poll<Result<Option<Bytes>, ReadError>> {
         if let Some(chunk) = self.take_stashed(max) {
-            // left by a read_chunk, or by a call of this function that met a large chunk
             return Poll::Ready(Ok(Some(chunk)));
         }
         if let Some(code) = self.reset {
@@ -304,36 +300,14 @@ impl QuicRecv {
             Ok(c) => c,
             Err(_) => return Poll::Ready(Err(ReadError::ClosedStream)),
         };
-        let mut batch = Batch::Empty;
-        // how the stream ended behind the data taken (None: it goes on, or is blocked)
-        let end = loop {
-            let room = max.saturating_sub(batch.len());
-            if room == 0 || matches!(&batch, Batch::One(b) if b.len() >= UNMERGED_CHUNK) {
-                break None;
-            }
-            match chunks.next(room) {
-                // a large chunk behind data already taken is not copied into a merged batch:
-                // it waits in the stash for the next call, which returns it as it is
-                Ok(Some(chunk)) if chunk.bytes.len() >= UNMERGED_CHUNK && batch.len() > 0 => {
-                    self.stashed = Some(chunk.bytes);
-                    break None;
-                }
-                Ok(Some(chunk)) => batch.push(chunk.bytes),
-                Ok(None) => break Some(Ok(())),
-                Err(quinn_proto::ReadError::Reset(code)) => break Some(Err(code)),
-                Err(quinn_proto::ReadError::Blocked) => break None,
-            }
-        };
+        let (data, end) = take(&mut chunks, &mut self.stashed);
         let transmit = chunks.finalize().should_transmit();
-        match end {
-            Some(Ok(())) => self.done = true,
-            Some(Err(code)) => {
-                self.done = true;
-                self.reset = Some(code);
-            }
-            None => {}
+        if let Some(how) = end {
+            // reported by the next call when data comes first
+            self.done = true;
+            self.reset = how.err();
         }
-        let out = match (batch.into_bytes(), end) {
+        let out = match (data, end) {
             (Some(data), _) => Poll::Ready(Ok(Some(data))),
             (None, Some(Ok(()))) => Poll::Ready(Ok(None)),
             (None, Some(Err(code))) => Poll::Ready(Err(ReadError::Reset(code))),
@@ -347,6 +321,7 @@ impl QuicRecv {
         };
         drop(guard);
         if transmit {
+            // flow-control credit (MAX_STREAM_DATA) is due
             self.conn.0.wake_driver();
         }
         out
@@ -385,6 +360,21 @@ impl Drop for QuicRecv {
         if stopped {
             self.conn.0.wake_driver();
         }
+    }
+}
+
+/// How a stream ends behind the data a read took: `None`, it goes on (or is blocked);
+/// `Some(Ok(()))`, FIN; `Some(Err(code))`, reset by the peer.
+type StreamEnd = Option<Result<(), VarInt>>;
+
+/// The end a quinn-proto read result stands for. Callers take data (`Ok(Some(_))`)
+/// before they ask, so a chunk here stands for no end. quinn-proto resets only empty
+/// buffers: a reset is never behind data still unread.
+fn end_of(r: Result<Option<quinn_proto::Chunk>, quinn_proto::ReadError>) -> StreamEnd {
+    match r {
+        Ok(Some(_)) | Err(quinn_proto::ReadError::Blocked) => None,
+        Ok(None) => Some(Ok(())),
+        Err(quinn_proto::ReadError::Reset(code)) => Some(Err(code)),
     }
 }
 
