@@ -146,9 +146,14 @@ async fn drive(
             return tally;
         }
     };
-    if matches!(client.request, QuinnRequest::Handshake { .. }) {
-        return drive_handshakes(&client, endpoint, tally, ready, sched).await;
-    }
+    // what each connection's stream loops send: quinn-perf's request, or h3's
+    let perf = match client.request {
+        QuinnRequest::Perf { upload, download } => Some((upload, download)),
+        QuinnRequest::H3Health => None,
+        QuinnRequest::Handshake { .. } => {
+            return drive_handshakes(&client, endpoint, tally, ready, sched).await;
+        }
+    };
     let mut conns = Vec::new();
     for _ in 0..client.connections {
         let attempt = async {
@@ -171,8 +176,8 @@ async fn drive(
     let tally = Rc::new(RefCell::new(tally));
     let mut drivers = Vec::new();
     for conn in &conns {
-        drivers.push(match client.request {
-            QuinnRequest::Perf { upload, download } => tokio::task::spawn_local(drive_bi(
+        drivers.push(match perf {
+            Some((upload, download)) => tokio::task::spawn_local(drive_bi(
                 conn.clone(),
                 client.streams,
                 upload,
@@ -180,14 +185,12 @@ async fn drive(
                 sched,
                 tally.clone(),
             )),
-            QuinnRequest::H3Health => tokio::task::spawn_local(drive_h3(
+            None => tokio::task::spawn_local(drive_h3(
                 conn.clone(),
                 client.streams,
                 sched,
                 tally.clone(),
             )),
-            // driven by `drive_handshakes` above
-            QuinnRequest::Handshake { .. } => continue,
         });
     }
     let cpu_s = cpu_over_window(sched).await;
