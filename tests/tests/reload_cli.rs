@@ -1,6 +1,7 @@
 //! Live reload of the real `alknet serve`: SIGHUP and `alknet reload` rotate the
 //! certificate, add identities, and refuse what they cannot apply, changing nothing.
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -38,6 +39,24 @@ fn reload(server: &BinServer, fp: &str, token: &str) -> Output {
         fp,
         &server.addr(),
     ])
+}
+
+/// Writes `config` where the server reads it, then asks for a reload as the admin.
+fn reload_with(server: &BinServer, config_path: &Path, fp: &str, config: &str) -> Output {
+    std::fs::write(config_path, config).expect("config");
+    reload(server, fp, "admin-token")
+}
+
+/// The reload was applied (exit code 0) and said `what`.
+fn assert_applied(out: &Output, what: &str) {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(what), "{}", text(&out.stdout));
+}
+
+/// The reload was refused (exit code 2) with a message that names `what`.
+fn assert_refused(out: &Output, what: &str) {
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains(what), "{}", text(&out.stderr));
 }
 
 /// Writes a new generated certificate where the server keeps its own; returns its
@@ -88,12 +107,7 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
 
     // a certificate and a new identity in one reload
     let third = replace_certificate(&server);
-    std::fs::write(
-        &config_path,
-        format!("{CONFIG}\n[[identities]]\nname = \"ci\"\ntokens = [\"ci-token\"]\nscopes = [\"node:admin\"]\n"),
-    )
-    .expect("config");
-    let out = reload(&server, &second, "admin-token");
+    let out = reload_with(&server, &config_path, &second, &format!("{CONFIG}\n[[identities]]\nname = \"ci\"\ntokens = [\"ci-token\"]\nscopes = [\"node:admin\"]\n"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let said = text(&out.stdout);
     assert!(
@@ -118,30 +132,20 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
 
     // admission limits reload live; invalid ones are refused naming the key
     let ci = "[[identities]]\nname = \"ci\"\ntokens = [\"ci-token\"]\nscopes = [\"node:admin\"]\n";
-    std::fs::write(
+    let out = reload_with(
+        &server,
         &config_path,
-        format!("{CONFIG}\n{ci}\n[admission]\nmax_connections_per_address = 100\n"),
-    )
-    .expect("config");
-    let out = reload(&server, &third, "admin-token");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("admission limits"),
-        "{}",
-        text(&out.stdout)
+        &third,
+        &format!("{CONFIG}\n{ci}\n[admission]\nmax_connections_per_address = 100\n"),
     );
-    std::fs::write(
+    assert_applied(&out, "admission limits");
+    let out = reload_with(
+        &server,
         &config_path,
-        format!("{CONFIG}\n{ci}\n[admission]\nipv4_prefix_len = 0\n"),
-    )
-    .expect("config");
-    let out = reload(&server, &third, "admin-token");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("admission.ipv4_prefix_len"),
-        "{}",
-        text(&out.stderr)
+        &third,
+        &format!("{CONFIG}\n{ci}\n[admission]\nipv4_prefix_len = 0\n"),
     );
+    assert_refused(&out, "admission.ipv4_prefix_len");
 
     // handlers disabled and enabled by a reload: no longer offered, then offered again
     let server_addr: std::net::SocketAddr = addr.parse().expect("addr");
@@ -154,12 +158,12 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
         })
     };
     assert!(echo_connects(), "echo is enabled by default");
-    std::fs::write(
+    let out = reload_with(
+        &server,
         &config_path,
-        format!("{CONFIG}\n{ci}\n[handlers]\nenabled = [\"alknet/call\", \"alknet/ssh\"]\n"),
-    )
-    .expect("config");
-    let out = reload(&server, &third, "admin-token");
+        &third,
+        &format!("{CONFIG}\n{ci}\n[handlers]\nenabled = [\"alknet/call\", \"alknet/ssh\"]\n"),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let said = text(&out.stdout);
     assert!(
@@ -167,60 +171,37 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
         "{said}"
     );
     assert!(!echo_connects(), "echo is no longer offered");
-    std::fs::write(
-        &config_path,
-        format!(
+    let out = reload_with(&server, &config_path, &third, &format!(
             "{CONFIG}\n{ci}\n[handlers]\nenabled = [\"alknet/call\", \"alknet/ssh\", \"alknet/echo\"]\n"
-        ),
-    )
-    .expect("config");
-    let out = reload(&server, &third, "admin-token");
-    assert!(
-        text(&out.stdout).contains("handlers +alknet/echo"),
-        "{}",
-        text(&out.stdout)
-    );
+        ));
+    assert_applied(&out, "handlers +alknet/echo");
     assert!(echo_connects(), "echo is offered again");
-    std::fs::write(
+    let out = reload_with(
+        &server,
         &config_path,
-        format!("{CONFIG}\n{ci}\n[handlers]\nenabled = [\"alknet/call\", \"gopher\"]\n"),
-    )
-    .expect("config");
-    let out = reload(&server, &third, "admin-token");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("gopher"),
-        "{}",
-        text(&out.stderr)
+        &third,
+        &format!("{CONFIG}\n{ci}\n[handlers]\nenabled = [\"alknet/call\", \"gopher\"]\n"),
     );
+    assert_refused(&out, "gopher");
     assert!(echo_connects(), "a refused reload changed nothing");
 
     // the log filter: the test server runs with ALKNET_LOG, which wins over the config;
     // an invalid filter is refused
     let handlers = "[handlers]\nenabled = [\"alknet/call\", \"alknet/ssh\", \"alknet/echo\"]\n";
-    std::fs::write(
+    let out = reload_with(
+        &server,
         &config_path,
-        format!("{CONFIG}\n{ci}\n{handlers}\n[log]\nfilter = \"debug\"\n"),
-    )
-    .expect("config");
-    let out = reload(&server, &third, "admin-token");
-    assert!(
-        text(&out.stdout).contains("log filter unchanged: ALKNET_LOG is set"),
-        "{}",
-        text(&out.stdout)
+        &third,
+        &format!("{CONFIG}\n{ci}\n{handlers}\n[log]\nfilter = \"debug\"\n"),
     );
-    std::fs::write(
+    assert_applied(&out, "log filter unchanged: ALKNET_LOG is set");
+    let out = reload_with(
+        &server,
         &config_path,
-        format!("{CONFIG}\n{ci}\n{handlers}\n[log]\nfilter = \"alknet=loudest\"\n"),
-    )
-    .expect("config");
-    let out = reload(&server, &third, "admin-token");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("log.filter"),
-        "{}",
-        text(&out.stderr)
+        &third,
+        &format!("{CONFIG}\n{ci}\n{handlers}\n[log]\nfilter = \"alknet=loudest\"\n"),
     );
+    assert_refused(&out, "log.filter");
 
     // [limits] reload for new connections: one opened before keeps its transport and works
     std::fs::write(
@@ -259,12 +240,7 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
         assert_eq!(&echoed[..], b"still here");
     });
     // a key that sizes sockets at start: refused by name, nothing changes
-    std::fs::write(
-        &config_path,
-        format!("{CONFIG}\n{ci}\n{handlers}\n[limits]\ndatagram_receive_buffer = 0\nsocket_buffer_size = 65536\n"),
-    )
-    .expect("config");
-    let out = reload(&server, &third, "admin-token");
+    let out = reload_with(&server, &config_path, &third, &format!("{CONFIG}\n{ci}\n{handlers}\n[limits]\ndatagram_receive_buffer = 0\nsocket_buffer_size = 65536\n"));
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
@@ -273,8 +249,12 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
     );
 
     // what needs a restart is refused as a whole, and says so
-    std::fs::write(&config_path, format!("workers = 1\n{CONFIG}")).expect("config");
-    let out = reload(&server, &third, "admin-token");
+    let out = reload_with(
+        &server,
+        &config_path,
+        &third,
+        &format!("workers = 1\n{CONFIG}"),
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("workers") && err.contains("restart"), "{err}");
@@ -294,14 +274,8 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
     );
 
     // a config that does not parse: refused with the parser's message
-    std::fs::write(&config_path, "this is = = not toml").expect("config");
-    let out = reload(&server, &third, "admin-token");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("config.toml"),
-        "{}",
-        text(&out.stderr)
-    );
+    let out = reload_with(&server, &config_path, &third, "this is = = not toml");
+    assert_refused(&out, "config.toml");
 }
 
 #[test]
