@@ -239,7 +239,6 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// The helper's `main`: `git-remote-alknet REMOTE [URL]`.
 /// Reads one command line from git into `line` (cleared first), byte by byte: nothing
 /// past its newline is taken from stdin, which after `connect` carries the git protocol
 /// and is read by the stream task's own io_uring reads (a buffered reader would keep
@@ -264,6 +263,7 @@ fn read_command(stdin: &mut impl Read, line: &mut Vec<u8>) -> std::io::Result<us
     Ok(line.len())
 }
 
+/// The helper's `main`: `git-remote-alknet REMOTE [URL]`.
 pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (remote, url) = match args.as_slice() {
