@@ -3,7 +3,9 @@
 # testcases_quic.py), run here without Docker: `alknet serve` with the hq-interop handler,
 # our seeded bad-network relay `alknet-netsim` in front of it, and an aioquic client
 # (hq_client.py; for `ecn`, a quinn client, alknet-hq-quinn, since aioquic cannot mark ECN). Each case prints `CASE: passed | failed (why) | unsupported (why)`; the
-# last line is `N passed, M failed, K unsupported`. Exit status 1 if any case failed.
+# last line is `N passed, M failed, K unsupported`. Exit status 1 if any case failed; a
+# failed case also prints its client's last lines, the server's warnings and the relay's
+# report, and the work directory (named on the first line) is kept.
 #
 #   bash tests/quic-interop/run.sh [CASE...]        (default: every case)
 #   SEED=1234 bash tests/quic-interop/run.sh retry  (rerun with the seed a run printed)
@@ -264,7 +266,20 @@ for c in "${cases[@]}"; do
     case "$verdict" in
     passed*) passed=$((passed + 1)) ;;
     unsupported*) unsupported=$((unsupported + 1)) ;;
-    *) failed=$((failed + 1)) ;;
+    *)
+        failed=$((failed + 1))
+        # what a CI log needs to tell bad luck on the simulated network from a stall: the
+        # client's last words, the server's warnings, what the relay did (the work
+        # directory is kept too)
+        KEEP=1
+        echo "--- $c: client.log (last 20 lines)"
+        tail -n 20 "$work/$c/client.log" 2>/dev/null
+        echo "--- $c: server.log (warnings and errors, last 20)"
+        grep -E "WARN|ERROR" "$work/$c/server.log" 2>/dev/null | tail -n 20
+        echo "--- $c: relay.json"
+        head -c 2000 "$work/$c/relay.json" 2>/dev/null
+        echo
+        ;;
     esac
 done
 echo "$passed passed, $failed failed, $unsupported unsupported (seed $SEED, ${WORKERS} workers, $((SECONDS - started))s)"
