@@ -107,7 +107,14 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
 
     // a certificate and a new identity in one reload
     let third = replace_certificate(&server);
-    let out = reload_with(&server, &config_path, &second, &format!("{CONFIG}\n[[identities]]\nname = \"ci\"\ntokens = [\"ci-token\"]\nscopes = [\"node:admin\"]\n"));
+    let out = reload_with(
+        &server,
+        &config_path,
+        &second,
+        &format!(
+            "{CONFIG}\n[[identities]]\nname = \"ci\"\ntokens = [\"ci-token\"]\nscopes = [\"node:admin\"]\n"
+        ),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let said = text(&out.stdout);
     assert!(
@@ -171,9 +178,14 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
         "{said}"
     );
     assert!(!echo_connects(), "echo is no longer offered");
-    let out = reload_with(&server, &config_path, &third, &format!(
+    let out = reload_with(
+        &server,
+        &config_path,
+        &third,
+        &format!(
             "{CONFIG}\n{ci}\n[handlers]\nenabled = [\"alknet/call\", \"alknet/ssh\", \"alknet/echo\"]\n"
-        ));
+        ),
+    );
     assert_applied(&out, "handlers +alknet/echo");
     assert!(echo_connects(), "echo is offered again");
     let out = reload_with(
@@ -240,7 +252,14 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
         assert_eq!(&echoed[..], b"still here");
     });
     // a key that sizes sockets at start: refused by name, nothing changes
-    let out = reload_with(&server, &config_path, &third, &format!("{CONFIG}\n{ci}\n{handlers}\n[limits]\ndatagram_receive_buffer = 0\nsocket_buffer_size = 65536\n"));
+    let out = reload_with(
+        &server,
+        &config_path,
+        &third,
+        &format!(
+            "{CONFIG}\n{ci}\n{handlers}\n[limits]\ndatagram_receive_buffer = 0\nsocket_buffer_size = 65536\n"
+        ),
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
