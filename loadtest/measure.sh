@@ -27,6 +27,8 @@ for i in $(seq $R); do
 done
 echo "== rr 32 conns x 8 streams, 2 client threads"
 $L compare --workload rr --rounds $R --duration 5 --connections 32 --streams 8 --client-threads 2 --baseline quinn --baseline quinn-mt 2>/dev/null
+echo "== rr 32 conns x 8 streams, 2 client threads (quinn-perf-like client: quinn + tokio current-thread)"
+$L compare --workload rr --client quinn --rounds $R --duration 5 --connections 32 --streams 8 --client-threads 2 2>/dev/null
 echo "== perf-bulk 1 GiB download, 1 stream"
 $L compare --workload perf-bulk --rounds $R --bytes 1073741824 2>/dev/null
 echo "== perf-bulk 1 GiB upload, 1 stream"

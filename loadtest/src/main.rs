@@ -161,7 +161,7 @@ struct RunArgs {
     /// Key type of the server certificate the harness generates (both servers).
     #[arg(long, value_enum, default_value_t)]
     tls_key: server::KeyType,
-    /// Client implementation: alknet's engine (monoio), or (perf-rr and handshake) quinn +
+    /// Client implementation: alknet's engine (monoio), or (perf-rr, rr and handshake) quinn +
     /// tokio as `quinn-perf client` runs (a current-thread runtime and an endpoint per
     /// client thread), to check a ratio with the peer's kind of client.
     #[arg(long, value_enum, default_value_t = ClientKind::Alknet)]
@@ -361,9 +361,12 @@ fn init_logging() {
 
 fn run_one(workload: WorkloadKind, args: &RunArgs) -> Result<(), String> {
     if args.client == ClientKind::Quinn
-        && !matches!(workload, WorkloadKind::PerfRr | WorkloadKind::Handshake)
+        && !matches!(
+            workload,
+            WorkloadKind::PerfRr | WorkloadKind::Rr | WorkloadKind::Handshake
+        )
     {
-        return Err("--client quinn drives perf-rr and handshake only".into());
+        return Err("--client quinn drives perf-rr, rr and handshake only".into());
     }
     if args.transport == LoadTransport::Tcp
         && !matches!(workload, WorkloadKind::StreamRr | WorkloadKind::StreamBulk)
@@ -720,6 +723,21 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         (at_start, at_end)
     };
     let (tally, (start, end)) = match workload {
+        WorkloadKind::Rr if args.client == ClientKind::Quinn => quinn_client::run(
+            quinn_client::QuinnPerfClient {
+                target: plan.target.clone(),
+                connections,
+                threads,
+                streams: args.streams as usize,
+                request: quinn_client::QuinnRequest::Echo {
+                    payload: rr::payload(args.size as usize),
+                },
+                warmup: plan.warmup,
+                duration: plan.duration,
+                cpus: plan.cpus.clone(),
+            },
+            sample,
+        ),
         WorkloadKind::Rr => harness::run(
             &plan,
             rr::Rr::new(
@@ -918,7 +936,8 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
     };
     let description = match workload {
         WorkloadKind::Rr => format!(
-            "{label}: {threads} client threads, {connections} conns x {} streams, {} B each way",
+            "{label}: {} client, {threads} client threads, {connections} conns x {} streams, {} B each way",
+            if args.client == ClientKind::Quinn { "quinn-perf-like" } else { "alknet" },
             args.streams, args.size
         ),
         WorkloadKind::PerfRr => format!(

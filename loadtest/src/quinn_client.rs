@@ -8,6 +8,11 @@
 //! to FIN. It exists so that a ratio measured with our own client can be checked with the
 //! peer's kind of client: a server that only wins against a friendly client has not won.
 //!
+//! `rr --client quinn` runs the `rr` workload's request (a new stream carrying `--size`
+//! bytes to `alknet/echo`, finished, the echo read back whole and compared) in the same
+//! endpoint and task structure, so that rr's ratio too can be checked with quinn's kind of
+//! client.
+//!
 //! `h3 --h3-client quinn` uses the same endpoint and task structure for HTTP/3: per
 //! connection the `h3` crate's client over `h3-quinn` (the client side of the stack the
 //! quinn + h3-quinn baseline serves with), and per request a task that sends `GET /health`
@@ -33,10 +38,12 @@ use crate::harness::{
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What each request of the quinn client is.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum QuinnRequest {
     /// quinn-perf's request on the `perf` ALPN.
     Perf { upload: u64, download: u64 },
+    /// The `rr` workload's request on `alknet/echo`: this payload, echoed back whole.
+    Echo { payload: Bytes },
     /// `GET /health` over HTTP/3 (`h3` crate + `h3-quinn`).
     H3Health,
     /// The `handshake` workload's loop with a quinn client: each of `connections` loops
@@ -136,6 +143,7 @@ async fn drive(
     let mut tally = Tally::default();
     let (alpn, resumption) = match client.request {
         QuinnRequest::Perf { .. } => (alknet_perf::ALPN, true),
+        QuinnRequest::Echo { .. } => (alknet_echo::ALPN, true),
         QuinnRequest::H3Health => (alknet_http::h3::ALPN, true),
         QuinnRequest::Handshake { resumption } => (alknet_echo::ALPN, resumption),
     };
@@ -146,14 +154,9 @@ async fn drive(
             return tally;
         }
     };
-    // what each connection's stream loops send: quinn-perf's request, or h3's
-    let perf = match client.request {
-        QuinnRequest::Perf { upload, download } => Some((upload, download)),
-        QuinnRequest::H3Health => None,
-        QuinnRequest::Handshake { .. } => {
-            return drive_handshakes(&client, endpoint, tally, ready, sched).await;
-        }
-    };
+    if let QuinnRequest::Handshake { .. } = client.request {
+        return drive_handshakes(&client, endpoint, tally, ready, sched).await;
+    }
     let mut conns = Vec::new();
     for _ in 0..client.connections {
         let attempt = async {
@@ -176,21 +179,31 @@ async fn drive(
     let tally = Rc::new(RefCell::new(tally));
     let mut drivers = Vec::new();
     for conn in &conns {
-        drivers.push(match perf {
-            Some((upload, download)) => tokio::task::spawn_local(drive_bi(
+        // what each connection's stream loops send: quinn-perf's request, rr's, or h3's
+        drivers.push(match &client.request {
+            QuinnRequest::Perf { upload, download } => tokio::task::spawn_local(drive_bi(
                 conn.clone(),
                 client.streams,
-                upload,
-                download,
+                *upload,
+                *download,
                 sched,
                 tally.clone(),
             )),
-            None => tokio::task::spawn_local(drive_h3(
+            QuinnRequest::Echo { payload } => tokio::task::spawn_local(drive_echo(
+                conn.clone(),
+                client.streams,
+                payload.clone(),
+                sched,
+                tally.clone(),
+            )),
+            QuinnRequest::H3Health => tokio::task::spawn_local(drive_h3(
                 conn.clone(),
                 client.streams,
                 sched,
                 tally.clone(),
             )),
+            // connect loops, driven by `drive_handshakes` (returned above)
+            QuinnRequest::Handshake { .. } => continue,
         });
     }
     let cpu_s = cpu_over_window(sched).await;
@@ -352,6 +365,54 @@ async fn drive_bi(
         }
     };
     keep_in_flight(streams, sched, &tally, "quinn perf request", next).await;
+}
+
+/// `rr`'s request in quinn-perf's task structure: `streams` in flight, a task each.
+async fn drive_echo(
+    conn: quinn::Connection,
+    streams: usize,
+    payload: Bytes,
+    sched: Schedule,
+    tally: Rc<RefCell<Tally>>,
+) {
+    let bytes = 2 * payload.len() as u64;
+    let next = || {
+        let conn = conn.clone();
+        let payload = payload.clone();
+        async move {
+            let (send, recv) = conn.open_bi().await.ok()?;
+            Some(async move {
+                echo(send, recv, payload).await?;
+                Ok(bytes)
+            })
+        }
+    };
+    keep_in_flight(streams, sched, &tally, "quinn echo request", next).await;
+}
+
+/// One `rr` request ([`crate::rr`]'s, on quinn): the payload out, finished, and the echo
+/// read back whole and compared. Writing and reading run together so a payload larger
+/// than the windows cannot deadlock against the echo.
+async fn echo(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    payload: Bytes,
+) -> Result<(), &'static str> {
+    let writer = async {
+        send.write_chunk(payload.clone())
+            .await
+            .map_err(|_| "write")?;
+        send.finish().map_err(|_| "write")
+    };
+    let reader = async {
+        match recv.read_to_end(payload.len()).await {
+            Ok(echo) if echo == payload[..] => Ok(()),
+            Ok(_) | Err(quinn::ReadToEndError::TooLong) => Err("mismatch"),
+            Err(quinn::ReadToEndError::Read(_)) => Err("read"),
+        }
+    };
+    let (wrote, read) = tokio::join!(writer, reader);
+    wrote.and(read)
 }
 
 /// HTTP/3 on one connection as an h3-quinn client does it: h3's connection driver on a

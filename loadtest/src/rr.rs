@@ -27,13 +27,18 @@ impl Rr {
         Self {
             connections: split(connections, threads),
             streams,
-            // recognisable and non-constant, so a misplaced chunk shows up as a mismatch
-            payload: (0..size)
-                .map(|i| (i % 251) as u8)
-                .collect::<Vec<u8>>()
-                .into(),
+            payload: payload(size),
         }
     }
+}
+
+/// `size` bytes of request: recognisable and non-constant, so a misplaced chunk shows up
+/// as a mismatch in the echo.
+pub fn payload(size: usize) -> Bytes {
+    (0..size)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 /// An even split of `n` over `parts`, the remainder to the first parts.

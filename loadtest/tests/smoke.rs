@@ -46,17 +46,33 @@ fn run(workload: &str, target: &str, extra: &[&str]) -> String {
 }
 
 #[test]
-fn rr_moves_exact_bytes_on_both_servers() {
+fn rr_moves_exact_bytes_on_both_servers_with_both_clients() {
     for target in ["alknet", "quinn"] {
-        let json = run(
-            "rr",
-            target,
-            &["--connections", "2", "--streams", "4", "--size", "100"],
-        );
-        let ops = field(&json, "operations");
-        assert!(ops > 0, "{json}");
-        assert_eq!(field(&json, "bytes"), ops * 200, "{json}");
-        assert_eq!(field(&json, "connections"), 2);
+        for client in ["alknet", "quinn"] {
+            let json = run(
+                "rr",
+                target,
+                &[
+                    "--client",
+                    client,
+                    "--connections",
+                    "2",
+                    "--streams",
+                    "4",
+                    "--size",
+                    "100",
+                ],
+            );
+            let ops = field(&json, "operations");
+            assert!(ops > 0, "{target}/{client}: {json}");
+            // each echo is compared byte for byte by the client: a wrong one is an error
+            assert_eq!(
+                field(&json, "bytes"),
+                ops * 200,
+                "{target}/{client}: {json}"
+            );
+            assert_eq!(field(&json, "connections"), 2, "{target}/{client}: {json}");
+        }
     }
 }
 
