@@ -45,6 +45,14 @@ const SSH_FXP_DATA: u8 = 103;
 const DATA_HEADER: usize = 13;
 /// Buffer of `copy-data`.
 const COPY_CHUNK: usize = 256 * 1024;
+/// The largest regular file a request may truncate, remove or replace where the driver
+/// runs (the worker's thread for `alknet/sftp`); a larger one goes to a blocking thread
+/// ([`Server::may_wait`]). Why: the kernel frees a file's blocks inside the call, in
+/// time proportional to the size. An `OPEN` with `SSH_FXF_TRUNC` of an existing 1 GiB
+/// file on tmpfs (what `put` over a file does) held the worker, and every connection it
+/// serves, for about 110 ms here; at 1 MiB the call costs about 0.1 ms, on the order of
+/// the hop to a blocking thread and back that it would otherwise pay.
+pub const INLINE_FREE_MAX_BYTES: u64 = 1024 * 1024;
 
 /// What a session's identity may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,15 +326,65 @@ impl Server {
 
     /// Whether running `packet` may wait for a device or take long, and so belongs on a
     /// blocking thread: `READ` and `WRITE` of a file not in memory, `copy-data` (a whole
-    /// range) and `fsync@openssh.com`. Everything else (open, stat, close, readdir,
-    /// rename, ...) is a few system calls on a local file system, and a hop to another
-    /// thread and back costs more than the calls: drivers run those where they are.
+    /// range), `fsync@openssh.com`, and requests that free more than
+    /// [`INLINE_FREE_MAX_BYTES`] of a file ([`Server::frees_large_file`]). Everything
+    /// else (open, stat, close, readdir, rename, ...) is a few system calls on a local
+    /// file system, and a hop to another thread and back costs more than the calls:
+    /// drivers run those where they are.
     pub fn may_wait(&self, packet: &Packet) -> bool {
         let on_device = |h: &str| self.file(h).map_or(true, |f| !f.in_memory);
         match packet {
             Packet::Read(r) => on_device(&r.handle),
             Packet::Write(w) => on_device(&w.handle),
-            Packet::Extended(e) => e.request == "copy-data" || e.request == "fsync@openssh.com",
+            Packet::Extended(e) if e.request == "copy-data" || e.request == "fsync@openssh.com" => {
+                true
+            }
+            _ => self.frees_large_file(packet),
+        }
+    }
+
+    /// Whether `packet` truncates, removes or replaces a regular file of more than
+    /// [`INLINE_FREE_MAX_BYTES`]: `OPEN` with `SSH_FXF_TRUNC`, `SETSTAT`/`FSETSTAT` with a
+    /// size, `REMOVE`, and `posix-rename@openssh.com` onto an existing file (v3 `RENAME`
+    /// never replaces). One `openat2(O_PATH)` and `fstat` decide; a path that does not
+    /// resolve frees nothing.
+    fn frees_large_file(&self, packet: &Packet) -> bool {
+        let large = |st: Stat| {
+            FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                && u64::try_from(st.st_size).unwrap_or(0) > INLINE_FREE_MAX_BYTES
+        };
+        // `follow`: the request acts on what a symlink names (open, setstat), or on the
+        // directory entry itself (remove, rename)
+        let large_at = |path: &str, follow: bool| {
+            let flags = if follow {
+                OFlags::PATH
+            } else {
+                OFlags::PATH | OFlags::NOFOLLOW
+            };
+            self.jail
+                .open_at(path, flags, Mode::empty())
+                .and_then(|fd| Ok(rustix::fs::fstat(&fd)?))
+                .is_ok_and(large)
+        };
+        match packet {
+            Packet::Open(o) => {
+                o.pflags.contains(OpenFlags::TRUNCATE) && large_at(&o.filename, true)
+            }
+            Packet::SetStat(s) => s.attrs.size.is_some() && large_at(&s.path, true),
+            Packet::FSetStat(s) => {
+                s.attrs.size.is_some()
+                    && self
+                        .file(&s.handle)
+                        .ok()
+                        .and_then(|f| rustix::fs::fstat(&*f.file).ok())
+                        .is_some_and(large)
+            }
+            Packet::Remove(r) => large_at(&r.filename, false),
+            Packet::Extended(e) if e.request == "posix-rename@openssh.com" => {
+                let mut f = Fields(Bytes::copy_from_slice(&e.data));
+                let target = f.string().and_then(|_| f.string());
+                target.is_ok_and(|new| large_at(&new, false))
+            }
             _ => false,
         }
     }

@@ -16,9 +16,11 @@
 //!   local file systems; they run inline on the worker through [`Server::execute`], as
 //!   the blocking driver runs them on a thread: `openat2` and the others have no io_uring
 //!   form in monoio. A hop to another thread would cost more than the call.
-//! * Requests that may take long (`copy-data`, which copies a whole range, and
-//!   `fsync@openssh.com`) run on the `offload` runtime's blocking threads, so the worker's
-//!   other connections are not held up.
+//! * Requests that may take long (`copy-data`, which copies a whole range,
+//!   `fsync@openssh.com`, and those that truncate, remove or replace a file larger than
+//!   [`crate::server::INLINE_FREE_MAX_BYTES`], whose blocks the kernel frees inside the
+//!   call) run on the `offload` runtime's blocking threads, so the worker's other
+//!   connections are not held up.
 //!
 //! Ordering, limits and ends are the blocking driver's ([`crate::driver`]): the same
 //! [`Pipeline`], replies as requests complete except in request order per handle, FIN on

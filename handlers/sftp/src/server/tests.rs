@@ -536,3 +536,97 @@ fn only_device_io_and_long_extensions_may_wait() {
         assert!(!f.server.may_wait(&close));
     }
 }
+
+#[test]
+fn freeing_a_large_file_may_wait_and_a_small_one_runs_inline() {
+    let f = fixture(true, true);
+    let big = INLINE_FREE_MAX_BYTES + 1;
+    // sparse: the size decides, as it bounds what the kernel may have to free
+    std::fs::File::create(f.home().join("big"))
+        .unwrap()
+        .set_len(big)
+        .unwrap();
+    std::fs::write(f.home().join("small"), vec![7u8; 4096]).unwrap();
+    std::os::unix::fs::symlink("big", f.home().join("to-big")).unwrap();
+    std::fs::create_dir(f.home().join("dir")).unwrap();
+    let open = |path: &str, pflags: OpenFlags| {
+        Packet::Open(Open {
+            id: 1,
+            filename: path.into(),
+            pflags,
+            attrs: FileAttributes::default(),
+        })
+    };
+    let sized = || FileAttributes {
+        size: Some(0),
+        ..FileAttributes::default()
+    };
+    let setstat = |path: &str, attrs: FileAttributes| {
+        Packet::SetStat(SetStat {
+            id: 2,
+            path: path.into(),
+            attrs,
+        })
+    };
+    let remove = |path: &str| {
+        Packet::Remove(Remove {
+            id: 3,
+            filename: path.into(),
+        })
+    };
+    let posix_rename = |old: &str, new: &str| {
+        let mut data = BytesMut::new();
+        for s in [old, new] {
+            data.put_u32(s.len() as u32);
+            data.put_slice(s.as_bytes());
+        }
+        Packet::Extended(Extended {
+            id: 4,
+            request: "posix-rename@openssh.com".into(),
+            data: data.to_vec(),
+        })
+    };
+    let s = &f.server;
+    // truncating opens: by the size of what the path names (a symlink followed)
+    assert!(s.may_wait(&open("big", W)));
+    assert!(s.may_wait(&open("/to-big", W)));
+    assert!(!s.may_wait(&open("small", W)));
+    assert!(!s.may_wait(&open("new-file", W)));
+    assert!(!s.may_wait(&open("big", OpenFlags::WRITE)));
+    assert!(!s.may_wait(&open("big", OpenFlags::READ)));
+    // a setstat that sets a size
+    assert!(s.may_wait(&setstat("big", sized())));
+    assert!(!s.may_wait(&setstat("big", FileAttributes::default())));
+    assert!(!s.may_wait(&setstat("small", sized())));
+    // remove and posix-rename act on the entry: a symlink is small whatever it names
+    assert!(s.may_wait(&remove("big")));
+    assert!(!s.may_wait(&remove("to-big")));
+    assert!(!s.may_wait(&remove("small")));
+    assert!(!s.may_wait(&remove("dir")));
+    assert!(s.may_wait(&posix_rename("small", "big")));
+    assert!(!s.may_wait(&posix_rename("big", "small")));
+    assert!(!s.may_wait(&posix_rename("big", "absent")));
+    // v3 RENAME never replaces its target
+    let rename = Packet::Rename(Rename {
+        id: 5,
+        oldpath: "small".into(),
+        newpath: "big".into(),
+    });
+    assert!(!s.may_wait(&rename));
+    // paths outside the jail resolve inside it (or not at all): nothing outside is looked at
+    assert!(!s.may_wait(&remove("../secret")));
+    // fsetstat by the handle's file
+    let h = f.open("big", OpenFlags::WRITE).unwrap();
+    let fsetstat = Packet::FSetStat(russh_sftp::protocol::FSetStat {
+        id: 6,
+        handle: h,
+        attrs: sized(),
+    });
+    assert!(s.may_wait(&fsetstat));
+    // deciding looked and changed nothing; running the requests does what they ask
+    assert_eq!(std::fs::metadata(f.home().join("big")).unwrap().len(), big);
+    f.open("big", W).unwrap();
+    assert_eq!(std::fs::metadata(f.home().join("big")).unwrap().len(), 0);
+    assert_eq!(f.code(remove("big")), StatusCode::Ok);
+    assert!(!f.home().join("big").exists());
+}
