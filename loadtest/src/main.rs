@@ -722,20 +722,25 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         });
         (at_start, at_end)
     };
+    // the quinn client (`--client quinn`, `--h3-client quinn`) with this run's plan
+    let quinn = |streams, request| quinn_client::QuinnPerfClient {
+        target: plan.target.clone(),
+        connections,
+        threads,
+        streams,
+        request,
+        warmup: plan.warmup,
+        duration: plan.duration,
+        cpus: plan.cpus.clone(),
+    };
     let (tally, (start, end)) = match workload {
         WorkloadKind::Rr if args.client == ClientKind::Quinn => quinn_client::run(
-            quinn_client::QuinnPerfClient {
-                target: plan.target.clone(),
-                connections,
-                threads,
-                streams: args.streams as usize,
-                request: quinn_client::QuinnRequest::Echo {
+            quinn(
+                args.streams as usize,
+                quinn_client::QuinnRequest::Echo {
                     payload: rr::payload(args.size as usize),
                 },
-                warmup: plan.warmup,
-                duration: plan.duration,
-                cpus: plan.cpus.clone(),
-            },
+            ),
             sample,
         ),
         WorkloadKind::Rr => harness::run(
@@ -749,19 +754,13 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             sample,
         ),
         WorkloadKind::PerfRr if args.client == ClientKind::Quinn => quinn_client::run(
-            quinn_client::QuinnPerfClient {
-                target: plan.target.clone(),
-                connections,
-                threads,
-                streams: args.streams as usize,
-                request: quinn_client::QuinnRequest::Perf {
+            quinn(
+                args.streams as usize,
+                quinn_client::QuinnRequest::Perf {
                     upload: args.upload_size,
                     download: args.download_size,
                 },
-                warmup: plan.warmup,
-                duration: plan.duration,
-                cpus: plan.cpus.clone(),
-            },
+            ),
             sample,
         ),
         WorkloadKind::PerfRr => harness::run(
@@ -811,16 +810,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             sample,
         ),
         WorkloadKind::H3 if args.h3_client == h3::H3Client::Quinn => quinn_client::run(
-            quinn_client::QuinnPerfClient {
-                target: plan.target.clone(),
-                connections,
-                threads,
-                streams: args.streams as usize,
-                request: quinn_client::QuinnRequest::H3Health,
-                warmup: plan.warmup,
-                duration: plan.duration,
-                cpus: plan.cpus.clone(),
-            },
+            quinn(args.streams as usize, quinn_client::QuinnRequest::H3Health),
             sample,
         ),
         WorkloadKind::H3 => harness::run(
@@ -849,18 +839,12 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
             sample,
         ),
         WorkloadKind::Handshake if args.client == ClientKind::Quinn => quinn_client::run(
-            quinn_client::QuinnPerfClient {
-                target: plan.target.clone(),
-                connections,
-                threads,
-                streams: 1,
-                request: quinn_client::QuinnRequest::Handshake {
+            quinn(
+                1,
+                quinn_client::QuinnRequest::Handshake {
                     resumption: args.resumption,
                 },
-                warmup: plan.warmup,
-                duration: plan.duration,
-                cpus: plan.cpus.clone(),
-            },
+            ),
             sample,
         ),
         WorkloadKind::Handshake => harness::run(
