@@ -345,9 +345,10 @@ impl Server {
 
     /// Whether `packet` truncates, removes or replaces a regular file of more than
     /// [`INLINE_FREE_MAX_BYTES`]: `OPEN` with `SSH_FXF_TRUNC`, `SETSTAT`/`FSETSTAT` with a
-    /// size, `REMOVE`, and `posix-rename@openssh.com` onto an existing file (v3 `RENAME`
-    /// never replaces). One `openat2(O_PATH)` and `fstat` decide; a path that does not
-    /// resolve frees nothing.
+    /// size, `REMOVE`, `posix-rename@openssh.com` onto an existing file (v3 `RENAME`
+    /// never replaces), and the `CLOSE` of a handle whose file was removed meanwhile (the
+    /// last descriptor's close frees it). One `openat2(O_PATH)` or `fstat` decides; a
+    /// path that does not resolve frees nothing.
     fn frees_large_file(&self, packet: &Packet) -> bool {
         let large = |st: Stat| {
             FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
@@ -380,6 +381,11 @@ impl Server {
                         .is_some_and(large)
             }
             Packet::Remove(r) => large_at(&r.filename, false),
+            Packet::Close(c) => self
+                .file(&c.handle)
+                .ok()
+                .and_then(|f| rustix::fs::fstat(&*f.file).ok())
+                .is_some_and(|st| st.st_nlink == 0 && large(st)),
             Packet::Extended(e) if e.request == "posix-rename@openssh.com" => {
                 let mut f = Fields(Bytes::copy_from_slice(&e.data));
                 let target = f.string().and_then(|_| f.string());

@@ -623,6 +623,20 @@ fn freeing_a_large_file_may_wait_and_a_small_one_runs_inline() {
         attrs: sized(),
     });
     assert!(s.may_wait(&fsetstat));
+    // closing the last descriptor of a removed file frees it; of a file still linked, not
+    let close = |handle: &str| {
+        Packet::Close(Close {
+            id: 7,
+            handle: handle.into(),
+        })
+    };
+    let kept = f.open("big", OpenFlags::READ).unwrap();
+    assert!(!s.may_wait(&close(&kept)));
+    std::fs::copy(f.home().join("big"), f.home().join("doomed")).unwrap();
+    let doomed = f.open("doomed", OpenFlags::READ).unwrap();
+    std::fs::remove_file(f.home().join("doomed")).unwrap();
+    assert!(s.may_wait(&close(&doomed)));
+    assert_eq!(f.code(close(&doomed)), StatusCode::Ok);
     // deciding looked and changed nothing; running the requests does what they ask
     assert_eq!(std::fs::metadata(f.home().join("big")).unwrap().len(), big);
     f.open("big", W).unwrap();
