@@ -367,25 +367,23 @@ impl Server {
                 .and_then(|fd| Ok(rustix::fs::fstat(&fd)?))
                 .is_ok_and(large)
         };
+        let handle_stat = |handle: &str| {
+            self.file(handle)
+                .ok()
+                .and_then(|f| rustix::fs::fstat(&*f.file).ok())
+        };
         match packet {
             Packet::Open(o) => {
                 o.pflags.contains(OpenFlags::TRUNCATE) && large_at(&o.filename, true)
             }
             Packet::SetStat(s) => s.attrs.size.is_some() && large_at(&s.path, true),
             Packet::FSetStat(s) => {
-                s.attrs.size.is_some()
-                    && self
-                        .file(&s.handle)
-                        .ok()
-                        .and_then(|f| rustix::fs::fstat(&*f.file).ok())
-                        .is_some_and(large)
+                s.attrs.size.is_some() && handle_stat(&s.handle).is_some_and(large)
             }
             Packet::Remove(r) => large_at(&r.filename, false),
-            Packet::Close(c) => self
-                .file(&c.handle)
-                .ok()
-                .and_then(|f| rustix::fs::fstat(&*f.file).ok())
-                .is_some_and(|st| st.st_nlink == 0 && large(st)),
+            Packet::Close(c) => {
+                handle_stat(&c.handle).is_some_and(|st| st.st_nlink == 0 && large(st))
+            }
             Packet::Extended(e) if e.request == "posix-rename@openssh.com" => {
                 let mut f = Fields(Bytes::copy_from_slice(&e.data));
                 let target = f.string().and_then(|_| f.string());
