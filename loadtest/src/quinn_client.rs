@@ -181,21 +181,35 @@ async fn drive(
     for conn in &conns {
         // what each connection's stream loops send: quinn-perf's request, rr's, or h3's
         drivers.push(match &client.request {
-            QuinnRequest::Perf { upload, download } => tokio::task::spawn_local(drive_bi(
+            &QuinnRequest::Perf { upload, download } => tokio::task::spawn_local(drive_bi(
                 conn.clone(),
                 client.streams,
-                *upload,
-                *download,
                 sched,
                 tally.clone(),
+                "quinn perf request",
+                move |send, recv| async move {
+                    request(send, recv, upload, download).await?;
+                    Ok(upload + download)
+                },
             )),
-            QuinnRequest::Echo { payload } => tokio::task::spawn_local(drive_echo(
-                conn.clone(),
-                client.streams,
-                payload.clone(),
-                sched,
-                tally.clone(),
-            )),
+            QuinnRequest::Echo { payload } => {
+                let payload = payload.clone();
+                tokio::task::spawn_local(drive_bi(
+                    conn.clone(),
+                    client.streams,
+                    sched,
+                    tally.clone(),
+                    "quinn echo request",
+                    move |send, recv| {
+                        let payload = payload.clone();
+                        async move {
+                            let bytes = 2 * payload.len() as u64;
+                            echo(send, recv, payload).await?;
+                            Ok(bytes)
+                        }
+                    },
+                ))
+            }
             QuinnRequest::H3Health => tokio::task::spawn_local(drive_h3(
                 conn.clone(),
                 client.streams,
@@ -345,49 +359,29 @@ fn endpoint(target: &Target, alpn: &[u8], resumption: bool) -> Result<Endpoint, 
     Ok(endpoint)
 }
 
-/// quinn-perf's `drive_bi`: keep `streams` requests in flight, a task each.
-async fn drive_bi(
+/// quinn-perf's `drive_bi`: keep `streams` requests in flight, each on a new
+/// bidirectional stream and a task of its own; `request` runs one on its stream and
+/// yields the bytes it moved.
+async fn drive_bi<Request, Running>(
     conn: quinn::Connection,
     streams: usize,
-    upload: u64,
-    download: u64,
     sched: Schedule,
     tally: Rc<RefCell<Tally>>,
-) {
+    what: &'static str,
+    request: Request,
+) where
+    Request: Fn(quinn::SendStream, quinn::RecvStream) -> Running,
+    Running: Future<Output = Result<u64, &'static str>> + 'static,
+{
     let next = || {
         let conn = conn.clone();
+        let request = &request;
         async move {
             let (send, recv) = conn.open_bi().await.ok()?;
-            Some(async move {
-                request(send, recv, upload, download).await?;
-                Ok(upload + download)
-            })
+            Some(request(send, recv))
         }
     };
-    keep_in_flight(streams, sched, &tally, "quinn perf request", next).await;
-}
-
-/// `rr`'s request in quinn-perf's task structure: `streams` in flight, a task each.
-async fn drive_echo(
-    conn: quinn::Connection,
-    streams: usize,
-    payload: Bytes,
-    sched: Schedule,
-    tally: Rc<RefCell<Tally>>,
-) {
-    let bytes = 2 * payload.len() as u64;
-    let next = || {
-        let conn = conn.clone();
-        let payload = payload.clone();
-        async move {
-            let (send, recv) = conn.open_bi().await.ok()?;
-            Some(async move {
-                echo(send, recv, payload).await?;
-                Ok(bytes)
-            })
-        }
-    };
-    keep_in_flight(streams, sched, &tally, "quinn echo request", next).await;
+    keep_in_flight(streams, sched, &tally, what, next).await;
 }
 
 /// One `rr` request ([`crate::rr`]'s, on quinn): the payload out, finished, and the echo
