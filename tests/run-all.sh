@@ -23,6 +23,8 @@ command -v tmux >/dev/null || missing+=(tmux)
 # rsync: `rsync -e ssh` through alknet/ssh (ssh_openssh)
 command -v rsync >/dev/null || missing+=(rsync)
 command -v curl >/dev/null || missing+=(curl)
+# ip (iproute2): small_mtu gives its network namespace's loopback a 1400-byte MTU
+command -v ip >/dev/null || missing+=(iproute2)
 command -v git >/dev/null || missing+=(git)
 # dig: the classic DNS (UDP/TCP) tests; kdig (Knot): the DoT (+tls) and DoH (+https) tests.
 command -v dig >/dev/null || missing+=(bind9-dnsutils)
@@ -57,7 +59,7 @@ else
 fi
 step legacy driver
 # The same engine on monoio's legacy (epoll) driver, used where io_uring is refused.
-ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle --test git_wire --test http_tcp
+ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migration --test lifecycle --test git_wire --test http_tcp --test small_mtu
 # The QUIC interop runner's server cases: aioquic (quinn for ecn) through the seeded bad-network relay
 # alknet-netsim: every case with 2 workers (~2.5 minutes), then the cases where per-core
 # routing can go wrong with 1 worker and with userspace forwarding instead of kernel

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::log_throttle::LogThrottle;
+
 /// `max_connections_per_address` default: open connections from one IP address. Generous
 /// (a NAT gateway or a load test shows many clients behind one address); 0 = no cap.
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u32 = 16_384;
@@ -476,22 +478,13 @@ pub(crate) struct AdmissionGuard {
     pub alpn: Option<AlpnTicket>,
 }
 
-/// Logs refusals at most once per [`REFUSAL_LOG_INTERVAL`] per worker, with the count of
-/// those not logged: a flood must not turn into a flood of log lines.
-pub(crate) struct RefusalLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-/// How often a worker logs a refused connection at most.
-pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Logs refusals at most once per [`crate::log_throttle::LOG_INTERVAL`] per worker, with
+/// the count of those not logged.
+pub(crate) struct RefusalLog(LogThrottle);
 
 impl RefusalLog {
     pub fn new() -> Self {
-        Self {
-            last: None,
-            suppressed: 0,
-        }
+        Self(LogThrottle::new())
     }
 
     /// Logs this refusal unless one was logged less than the interval ago.
@@ -502,21 +495,14 @@ impl RefusalLog {
         remote: std::net::SocketAddr,
         why: &str,
     ) {
-        if self
-            .last
-            .is_some_and(|t| now.saturating_duration_since(t) < REFUSAL_LOG_INTERVAL)
-        {
-            self.suppressed += 1;
-            return;
+        if let Some(suppressed) = self.0.admit(now) {
+            tracing::warn!(
+                worker,
+                %remote,
+                also_refused_since_last_report = suppressed,
+                "new connection refused: {why}"
+            );
         }
-        tracing::warn!(
-            worker,
-            %remote,
-            also_refused_since_last_report = self.suppressed,
-            "new connection refused: {why}"
-        );
-        self.last = Some(now);
-        self.suppressed = 0;
     }
 }
 

@@ -24,6 +24,7 @@ mod handshake;
 mod identity;
 mod inbox;
 mod limits;
+mod log_throttle;
 mod metrics;
 mod operations;
 mod pinning;
@@ -52,8 +53,7 @@ pub use admission::{
     AdmissionError, AdmissionLimits, Refusal, SourceTable, SourceTicket, DEFAULT_IPV4_PREFIX_LEN,
     DEFAULT_IPV6_PREFIX_LEN, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_MAX_CONNECTIONS_PER_PREFIX, DEFAULT_MAX_HANDSHAKES_PER_WORKER,
-    DEFAULT_NEW_CONNECTIONS_PER_SECOND, DEFAULT_NEW_CONNECTION_BURST, REFUSAL_LOG_INTERVAL,
-    SOURCE_TABLE_CELLS,
+    DEFAULT_NEW_CONNECTIONS_PER_SECOND, DEFAULT_NEW_CONNECTION_BURST, SOURCE_TABLE_CELLS,
 };
 pub use cid::WorkerCidGenerator;
 pub use client::{
@@ -72,6 +72,7 @@ pub use identity::{
     IdentityEntry, IdentityProvider, NoIdentities,
 };
 pub use limits::*;
+pub use log_throttle::LOG_INTERVAL;
 pub use metrics::{HandlerMetric, MetricKind};
 pub use operations::{
     ItemOutlet, OperationFailure, OperationInfo, OperationInvoker, OperationStats, OutletClosed,

@@ -32,6 +32,7 @@ use crate::handshake::HandshakePolicy;
 use crate::identity::{AuthContext, IdentityProvider};
 use crate::inbox::{Inbox, StrayDatagram};
 use crate::limits::Limits;
+use crate::log_throttle::LogThrottle;
 use crate::qlog::QlogDir;
 use crate::recv_slots::SlotRecycler;
 use crate::reload::LiveIdentityProvider;
@@ -333,9 +334,10 @@ pub(crate) struct Driver {
     recv_slots: usize,
     recv_meta: Box<[RecvMeta]>,
     send_buf: Vec<u8>,
-    /// Datagrams per GSO batch that keep the batch within [`MAX_GSO_BYTES`].
     response_buf: Vec<u8>,
     refusal_log: RefusalLog,
+    /// Sends the kernel refused (see [`send`]).
+    send_error_log: LogThrottle,
     dirty: Vec<Rc<ConnInner>>,
     phase: Phase,
     /// The [`ServerShared::tls_generation`] this worker's endpoint has installed.
@@ -387,6 +389,7 @@ impl Driver {
             send_buf: Vec::with_capacity(MAX_GSO_BYTES),
             response_buf: Vec::new(),
             refusal_log: RefusalLog::new(),
+            send_error_log: LogThrottle::new(),
             dirty: Vec::new(),
             phase: Phase::Running,
             tls_generation: 0,
@@ -517,7 +520,13 @@ impl Driver {
     /// Retries a transmit the kernel refused. Returns true while the socket is still full.
     fn flush_blocked(&mut self, cx: &mut Context<'_>) -> bool {
         while let Some((t, buf, socket)) = self.blocked.take() {
-            match send(self.socket(socket), &self.w.stats, &t, &buf) {
+            match send(
+                self.socket(socket),
+                &self.w.stats,
+                &self.send_error_log,
+                &t,
+                &buf,
+            ) {
                 Ok(()) => {
                     self.send_buf = buf;
                     self.writable = None;
@@ -745,7 +754,13 @@ impl Driver {
         // Stateless responses are not retried: if the socket is full they are lost, as
         // they could be on the wire.
         let buf = std::mem::take(&mut self.response_buf);
-        let _ = send(self.socket(self.arrival), &self.w.stats, t, &buf);
+        let _ = send(
+            self.socket(self.arrival),
+            &self.w.stats,
+            &self.send_error_log,
+            t,
+            &buf,
+        );
         self.response_buf = buf;
     }
 
@@ -1035,7 +1050,15 @@ impl Driver {
                 return;
             };
             let socket = c.sockets.borrow().socket_for(t.destination);
-            if send(self.socket(socket), &self.w.stats, &t, &self.send_buf).is_err() {
+            if send(
+                self.socket(socket),
+                &self.w.stats,
+                &self.send_error_log,
+                &t,
+                &self.send_buf,
+            )
+            .is_err()
+            {
                 let capacity = self.send_buf.capacity();
                 let buf = std::mem::replace(&mut self.send_buf, Vec::with_capacity(capacity));
                 self.blocked = Some((t, buf, socket));
@@ -1211,8 +1234,19 @@ fn forward_endpoint_events(w: &WorkerState, c: &ConnInner, conn: &mut quinn_prot
     }
 }
 
-/// Sends one transmit. `Err` only for EAGAIN (the caller keeps the transmit).
-fn send(io: &UdpIo, stats: &WorkerStats, t: &quinn_proto::Transmit, buf: &[u8]) -> io::Result<()> {
+/// Sends one transmit. `Err` only for EAGAIN: the caller keeps the transmit and waits for
+/// the socket. Any other refusal drops the transmit's datagrams, as a lossy path would
+/// (QUIC's loss recovery resends what they carried; a refused path-MTU probe counts as a
+/// lost one, and the search settles below it), counts in `send_errors` and is logged.
+/// Waiting for the socket would not change the kernel's answer: a refusal kept as
+/// "blocked" stopped every connection of the worker.
+fn send(
+    io: &UdpIo,
+    stats: &WorkerStats,
+    log: &LogThrottle,
+    t: &quinn_proto::Transmit,
+    buf: &[u8],
+) -> io::Result<()> {
     // a preferred-address socket is bound to its one address: that is the source (the
     // connection's local IP, which quinn-proto fixes at the handshake, is the main one's)
     let preferred = io.is_preferred();
@@ -1225,7 +1259,14 @@ fn send(io: &UdpIo, stats: &WorkerStats, t: &quinn_proto::Transmit, buf: &[u8]) 
         segment_size: t.segment_size,
         src_ip: if preferred { None } else { t.src_ip },
     };
-    io.send(&transmit)?;
+    if let Err(e) = io.send(&transmit) {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Err(e);
+        }
+        WorkerStats::add(&stats.send_errors, 1);
+        log_send_error(log, &e, t);
+        return Ok(());
+    }
     let segments = t.segment_size.map_or(1, |s| t.size.div_ceil(s));
     WorkerStats::add(&stats.datagrams_sent, segments as u64);
     if preferred {
@@ -1236,6 +1277,31 @@ fn send(io: &UdpIo, stats: &WorkerStats, t: &quinn_proto::Transmit, buf: &[u8]) 
     }
     WorkerStats::add(&stats.send_calls, 1);
     Ok(())
+}
+
+/// EMSGSIZE is what a path-MTU probe larger than the interface's MTU gets (quinn-udp sets
+/// `IP_PMTUDISC_PROBE`): expected, so `debug`. Anything else (no route, a firewall's EPERM,
+/// a source address gone, GSO refused by the device, after which quinn-udp sends without
+/// it) is worth a `warn`, at most once per [`crate::log_throttle::LOG_INTERVAL`].
+fn log_send_error(log: &LogThrottle, e: &io::Error, t: &quinn_proto::Transmit) {
+    if e.raw_os_error() == Some(libc::EMSGSIZE) {
+        tracing::debug!(
+            destination = %t.destination,
+            bytes = t.size,
+            segment = ?t.segment_size,
+            "datagram larger than the interface allows, dropped: {e}"
+        );
+        return;
+    }
+    if let Some(suppressed) = log.admit(Instant::now()) {
+        tracing::warn!(
+            destination = %t.destination,
+            bytes = t.size,
+            segment = ?t.segment_size,
+            also_refused_since_last_report = suppressed,
+            "send refused by the kernel, datagrams dropped: {e}"
+        );
+    }
 }
 
 /// Counts `n` datagrams received with ECN codepoint `e`.
