@@ -145,10 +145,11 @@ impl Measurement {
         if let Some(io) = &self.server_io {
             let _ = writeln!(
                 s,
-                "  server io   per operation: datagrams received {:.3} sent {:.3}, send calls {:.3}; forwarded between workers {}",
+                "  server io   per operation: datagrams received {:.3} sent {:.3}, send calls {:.3} in {:.3} system calls; forwarded between workers {}",
                 self.per_op(io.datagrams_received),
                 self.per_op(io.datagrams_sent),
                 self.per_op(io.send_calls),
+                self.per_op(io.send_syscalls),
                 io.forwarded
             );
         }
@@ -157,8 +158,8 @@ impl Measurement {
         if c.datagrams_sent + c.datagrams_received + c.send_calls > 0 {
             let _ = writeln!(
                 s,
-                "  client io   datagrams sent {} received {}, send calls {}",
-                c.datagrams_sent, c.datagrams_received, c.send_calls
+                "  client io   datagrams sent {} received {}, send calls {} in {} system calls",
+                c.datagrams_sent, c.datagrams_received, c.send_calls, c.send_syscalls
             );
         }
         s

@@ -141,6 +141,8 @@ engine_counters! {
     datagrams_received <- datagrams_received,
     datagrams_sent <- datagrams_sent,
     send_calls <- send_calls,
+    /// `sendmsg` and `sendmmsg` calls (a pass's transmits for one socket share one).
+    send_syscalls <- send_syscalls,
     /// Datagrams a worker received for a connection another worker owns.
     forwarded <- forwarded_out,
     connections_accepted <- connections_accepted,

@@ -36,6 +36,7 @@ mod reload;
 mod router;
 pub mod rt;
 pub mod secret_files;
+mod send_batch;
 mod server;
 mod socket;
 mod stats;

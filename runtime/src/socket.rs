@@ -303,6 +303,10 @@ impl UdpIo {
         })
     }
 
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+
     pub fn is_preferred(&self) -> bool {
         self.preferred
     }

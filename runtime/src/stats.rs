@@ -50,8 +50,11 @@ worker_stats! {
     datagrams_received,
     /// UDP datagrams sent (GSO segments counted singly).
     datagrams_sent,
-    /// GSO batches handed to the kernel (send syscalls).
+    /// Transmits (GSO batches, or single datagrams) the kernel took.
     send_calls,
+    /// Send system calls made (refused ones too): `sendmmsg` carries a pass's transmits
+    /// for one socket together, `sendmsg` a lone one.
+    send_syscalls,
     /// Sends the kernel refused (other than EAGAIN): EMSGSIZE from MTU probes is expected,
     /// anything else is worth a look. Their packets count as lost.
     send_errors,

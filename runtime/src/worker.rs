@@ -38,6 +38,7 @@ use crate::recv_slots::SlotRecycler;
 use crate::reload::LiveIdentityProvider;
 use crate::router::{close_code, AlpnRegistry, LocalBoxFuture};
 use crate::rt::{catch_panic, panic_message};
+use crate::send_batch::{send_one, SendBatch};
 use crate::socket::UdpIo;
 use crate::stats::WorkerStats;
 use crate::tls::{ClientAuth, TlsIdentity};
@@ -314,9 +315,11 @@ pub(crate) struct Driver {
     sockets: Vec<SocketSlot>,
     io_generation: u64,
     writable: Option<LocalBoxFuture<'static, io::Result<()>>>,
-    /// A transmit a socket refused with EAGAIN, and which socket; nothing else is sent
-    /// until it goes.
-    blocked: Option<(quinn_proto::Transmit, Vec<u8>, u8)>,
+    /// This pass's transmits, sent together (see [`SendBatch`]).
+    batch: SendBatch,
+    /// A socket refused the batch's head with EAGAIN: nothing more is produced until the
+    /// batch is out.
+    send_blocked: bool,
     /// The socket the datagram being handled arrived on (stateless answers and new
     /// connections leave from it).
     arrival: u8,
@@ -333,7 +336,6 @@ pub(crate) struct Driver {
     /// Slots offered to the next receive (see [`MIN_RECV_SLOTS`]).
     recv_slots: usize,
     recv_meta: Box<[RecvMeta]>,
-    send_buf: Vec<u8>,
     response_buf: Vec<u8>,
     refusal_log: RefusalLog,
     /// Sends the kernel refused (see [`send`]).
@@ -375,7 +377,8 @@ impl Driver {
             sockets,
             w,
             writable: None,
-            blocked: None,
+            batch: SendBatch::new(),
+            send_blocked: false,
             arrival: 0,
             sleep: None,
             sleep_at: None,
@@ -386,7 +389,6 @@ impl Driver {
             recycler: SlotRecycler::new(),
             recv_slots: quinn_udp::BATCH_SIZE,
             recv_meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE].into_boxed_slice(),
-            send_buf: Vec::with_capacity(MAX_GSO_BYTES),
             response_buf: Vec::new(),
             refusal_log: RefusalLog::new(),
             send_error_log: LogThrottle::new(),
@@ -517,37 +519,38 @@ impl Driver {
         }
     }
 
-    /// Retries a transmit the kernel refused. Returns true while the socket is still full.
-    fn flush_blocked(&mut self, cx: &mut Context<'_>) -> bool {
-        while let Some((t, buf, socket)) = self.blocked.take() {
-            match send(
-                self.socket(socket),
-                &self.w.stats,
-                &self.send_error_log,
-                &t,
-                &buf,
-            ) {
-                Ok(()) => {
-                    self.send_buf = buf;
-                    self.writable = None;
-                }
-                Err(_) => {
-                    self.blocked = Some((t, buf, socket));
-                    let io = self.socket(socket).clone();
-                    let fut = self
-                        .writable
-                        .get_or_insert_with(|| Box::pin(async move { io.writable().await }));
-                    match fut.as_mut().poll(cx) {
-                        Poll::Ready(_) => {
-                            self.writable = None;
-                            continue;
-                        }
-                        Poll::Pending => return true,
-                    }
-                }
+    /// Sends the batch. Returns true while a socket is full: the rest waits, and the
+    /// driver is woken when the socket at the head drains.
+    fn flush_sends(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.try_flush() {
+                self.writable = None;
+                return false;
+            }
+            let io = self.socket(self.batch.head_socket()).clone();
+            let fut = self
+                .writable
+                .get_or_insert_with(|| Box::pin(async move { io.writable().await }));
+            match fut.as_mut().poll(cx) {
+                Poll::Ready(_) => self.writable = None,
+                Poll::Pending => return true,
             }
         }
-        false
+    }
+
+    /// Sends the batch without waiting; false if a socket refused the head with EAGAIN.
+    fn try_flush(&mut self) -> bool {
+        if self.batch.is_empty() {
+            self.send_blocked = false;
+            return true;
+        }
+        let sockets = &self.sockets;
+        let socket = |i: u8| -> &UdpIo { &sockets.get(usize::from(i)).unwrap_or(&sockets[0]).io };
+        self.send_blocked = self
+            .batch
+            .flush(socket, &self.w.stats, &self.send_error_log)
+            .is_err();
+        !self.send_blocked
     }
 
     fn drain_inbox(&mut self, now: Instant) -> bool {
@@ -754,7 +757,7 @@ impl Driver {
         // Stateless responses are not retried: if the socket is full they are lost, as
         // they could be on the wire.
         let buf = std::mem::take(&mut self.response_buf);
-        let _ = send(
+        let _ = send_one(
             self.socket(self.arrival),
             &self.w.stats,
             &self.send_error_log,
@@ -963,8 +966,8 @@ impl Driver {
         self.w.notify.take_dirty(&mut dirty);
         for c in dirty.drain(..) {
             c.clear_dirty();
-            if self.blocked.is_some() {
-                // the socket is full: keep it queued until it drains
+            if self.send_blocked {
+                // a socket is full: keep it queued until the batch is out
                 c.mark_dirty();
                 continue;
             }
@@ -1045,26 +1048,19 @@ impl Driver {
             .min(by_size)
             .max(1);
         for _ in 0..TRANSMITS_PER_CONNECTION {
-            self.send_buf.clear();
-            let Some(t) = st.conn.poll_transmit(now, max_segments, &mut self.send_buf) else {
-                return;
-            };
-            let socket = c.sockets.borrow().socket_for(t.destination);
-            if send(
-                self.socket(socket),
-                &self.w.stats,
-                &self.send_error_log,
-                &t,
-                &self.send_buf,
-            )
-            .is_err()
-            {
-                let capacity = self.send_buf.capacity();
-                let buf = std::mem::replace(&mut self.send_buf, Vec::with_capacity(capacity));
-                self.blocked = Some((t, buf, socket));
+            if self.send_blocked || (self.batch.is_full() && !self.try_flush()) {
+                // a socket is full: the rest waits in quinn-proto
                 c.mark_dirty();
                 return;
             }
+            let Some(t) = st
+                .conn
+                .poll_transmit(now, max_segments, self.batch.next_buf())
+            else {
+                return;
+            };
+            let socket = c.sockets.borrow().socket_for(t.destination);
+            self.batch.push(t, socket);
         }
         // more may be left: another turn after the other connections
         c.mark_dirty();
@@ -1177,7 +1173,7 @@ impl Future for Driver {
         this.refresh_socket();
         this.refresh_tls();
         let now = Instant::now();
-        let socket_full = this.flush_blocked(cx);
+        let socket_full = this.flush_sends(cx);
         let mut more = this.drain_inbox(now);
         more |= this.receive(cx, now);
         this.expire_timers(now);
@@ -1186,7 +1182,10 @@ impl Future for Driver {
         if !socket_full {
             more |= this.drive_dirty(now);
         }
-        if this.lifecycle(now) {
+        let done = this.lifecycle(now);
+        // what this pass produced leaves now, in as few system calls as the sockets allow
+        this.flush_sends(cx);
+        if done {
             this.finish();
             return Poll::Ready(());
         }
@@ -1231,76 +1230,6 @@ fn forward_endpoint_events(w: &WorkerState, c: &ConnInner, conn: &mut quinn_prot
         if let Some(reply) = w.endpoint.borrow_mut().handle_event(c.handle, event) {
             conn.handle_event(reply);
         }
-    }
-}
-
-/// Sends one transmit. `Err` only for EAGAIN: the caller keeps the transmit and waits for
-/// the socket. Any other refusal drops the transmit's datagrams, as a lossy path would
-/// (QUIC's loss recovery resends what they carried; a refused path-MTU probe counts as a
-/// lost one, and the search settles below it), counts in `send_errors` and is logged.
-/// Waiting for the socket would not change the kernel's answer: a refusal kept as
-/// "blocked" stopped every connection of the worker.
-fn send(
-    io: &UdpIo,
-    stats: &WorkerStats,
-    log: &LogThrottle,
-    t: &quinn_proto::Transmit,
-    buf: &[u8],
-) -> io::Result<()> {
-    // a preferred-address socket is bound to its one address: that is the source (the
-    // connection's local IP, which quinn-proto fixes at the handshake, is the main one's)
-    let preferred = io.is_preferred();
-    let transmit = quinn_udp::Transmit {
-        destination: t.destination,
-        ecn: t
-            .ecn
-            .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
-        contents: &buf[..t.size],
-        segment_size: t.segment_size,
-        src_ip: if preferred { None } else { t.src_ip },
-    };
-    if let Err(e) = io.send(&transmit) {
-        if e.kind() == io::ErrorKind::WouldBlock {
-            return Err(e);
-        }
-        WorkerStats::add(&stats.send_errors, 1);
-        log_send_error(log, &e, t);
-        return Ok(());
-    }
-    let segments = t.segment_size.map_or(1, |s| t.size.div_ceil(s));
-    WorkerStats::add(&stats.datagrams_sent, segments as u64);
-    if preferred {
-        WorkerStats::add(&stats.preferred_sent, segments as u64);
-    }
-    if t.ecn.is_some() {
-        WorkerStats::add(&stats.ecn_marked_sent, segments as u64);
-    }
-    WorkerStats::add(&stats.send_calls, 1);
-    Ok(())
-}
-
-/// EMSGSIZE is what a path-MTU probe larger than the interface's MTU gets (quinn-udp sets
-/// `IP_PMTUDISC_PROBE`): expected, so `debug`. Anything else (no route, a firewall's EPERM,
-/// a source address gone, GSO refused by the device, after which quinn-udp sends without
-/// it) is worth a `warn`, at most once per [`crate::log_throttle::LOG_INTERVAL`].
-fn log_send_error(log: &LogThrottle, e: &io::Error, t: &quinn_proto::Transmit) {
-    if e.raw_os_error() == Some(libc::EMSGSIZE) {
-        tracing::debug!(
-            destination = %t.destination,
-            bytes = t.size,
-            segment = ?t.segment_size,
-            "datagram larger than the interface allows, dropped: {e}"
-        );
-        return;
-    }
-    if let Some(suppressed) = log.admit(Instant::now()) {
-        tracing::warn!(
-            destination = %t.destination,
-            bytes = t.size,
-            segment = ?t.segment_size,
-            also_refused_since_last_report = suppressed,
-            "send refused by the kernel, datagrams dropped: {e}"
-        );
     }
 }
 
