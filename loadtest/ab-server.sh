@@ -7,7 +7,8 @@
 #
 # Environment: OLD (required: the other build's alknet-loadtest), NEW (default
 # target/release/alknet-loadtest), WORKLOAD (h3), ROUNDS (3), ARGS (the workload's options;
-# default "--duration 5 --connections 16 --streams 32 --client-threads 2").
+# default "--duration 5 --connections 16 --streams 32 --client-threads 2"), SERVE_ARGS
+# (options of `serve`, e.g. "--workers 1"; default none).
 # Example: OLD=/tmp/lt-old bash loadtest/ab-server.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,11 +17,13 @@ NEW=${NEW:-target/release/alknet-loadtest}
 WORKLOAD=${WORKLOAD:-h3}
 ROUNDS=${ROUNDS:-3}
 ARGS=${ARGS:---duration 5 --connections 16 --streams 32 --client-threads 2}
+SERVE_ARGS=${SERVE_ARGS:-}
 for r in $(seq "$ROUNDS"); do
     for which in old new; do
         bin=$NEW
         [[ $which == old ]] && bin=$OLD
-        coproc SRV { exec "$bin" serve --kind alknet; }
+        # shellcheck disable=SC2086 # SERVE_ARGS is a list of options
+        coproc SRV { exec "$bin" serve --kind alknet $SERVE_ARGS; }
         pid=$SRV_PID
         read -r listening <&"${SRV[0]}"
         read -r fingerprint <&"${SRV[0]}"
