@@ -86,6 +86,7 @@ pub use reload::{
 pub use router::{
     close_code, AlpnRegistry, HandlerError, LocalBoxFuture, ProtocolHandler, RegistryError,
 };
+pub use send_batch::{send_mmsg, MAX_SEND_BATCH};
 pub use server::{
     resolve_workers, start, start_with_hooks, start_with_tcp, AlpnConnections, EngineConfig,
     NodeStatus, ServerHandle, ShutdownTrigger, StartError, DEFAULT_LISTEN,

@@ -186,32 +186,44 @@ impl SendBatch {
             }
             self.msgs.push(msg);
         }
-        let fd = io.as_raw_fd();
-        let result = loop {
-            // SAFETY: every header points at a live address, a live buffer of at least
-            // `iov_len` bytes and a live control buffer of `msg_controllen` bytes, all
-            // owned by `self` and unchanged during the call; the kernel only reads them
-            // (and writes each `msg_len`, inside `self.msgs`).
-            let n = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.msgs.as_mut_ptr(),
-                    self.msgs.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n > 0 {
-                break Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                break Err(e);
-            }
-        };
+        // SAFETY: every header points at a live address, a live buffer of at least
+        // `iov_len` bytes and a live control buffer of `msg_controllen` bytes, all owned by
+        // `self` and unchanged during the call.
+        let result = unsafe { send_mmsg(io.as_raw_fd(), &mut self.msgs) };
         // the headers point into buffers that may move before the next call
         self.msgs.clear();
         self.iovecs.clear();
         result
+    }
+}
+
+/// `sendmmsg` without blocking (`MSG_DONTWAIT`), retried when a signal interrupts it: how
+/// many of `msgs` the kernel took (at least one unless `msgs` is empty), or its error for
+/// the first (`WouldBlock` when the socket's buffer is full).
+///
+/// # Safety
+/// Every header in `msgs` must point at a live destination address, live iovecs and live
+/// buffers of their stated lengths, and a live control buffer of `msg_controllen` bytes
+/// (or none), none of which change during the call. The kernel only reads them, and writes
+/// each header's `msg_len`.
+pub unsafe fn send_mmsg(fd: std::os::fd::RawFd, msgs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    loop {
+        // SAFETY: the caller vouches for the headers (see above).
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                msgs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 

@@ -144,25 +144,9 @@ impl SendBatch {
             msg.msg_hdr.msg_iovlen = 1;
             self.msgs.push(msg);
         }
-        let n = loop {
-            // SAFETY: every header points at a live address and a live answer buffer;
-            // the kernel only reads them.
-            let n = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.msgs.as_mut_ptr(),
-                    self.msgs.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 0 {
-                break n as usize;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        };
+        // SAFETY: every header points at a live address and a live answer buffer, owned
+        // by `self` and unchanged during the call.
+        let n = unsafe { alknet_runtime::send_mmsg(fd, &mut self.msgs) }?;
         self.sent += n;
         if self.is_empty() {
             self.clear();
