@@ -338,7 +338,7 @@ pub(crate) struct Driver {
     recv_meta: Box<[RecvMeta]>,
     response_buf: Vec<u8>,
     refusal_log: RefusalLog,
-    /// Sends the kernel refused (see [`send`]).
+    /// Sends the kernel refused (see [`send_one`]).
     send_error_log: LogThrottle,
     dirty: Vec<Rc<ConnInner>>,
     phase: Phase,
