@@ -9,7 +9,9 @@
 #
 # Environment: LISTEN (the server's --listen, default [::]:4433), TARGET (what the client
 # dials, default [fd00::1]:4433), MTU (1500), DURATION (5), ALKNET (target/release/alknet),
-# L (target/release/alknet-loadtest). Needs root (ip netns).
+# L (target/release/alknet-loadtest), WORKLOAD (rr; bulk, perf-rr, handshake ...), ARGS (the
+# workload's options, default "--connections 4 --streams 4"), GRO (on/off: the veth's GRO,
+# which needs ethtool; unset leaves the kernel's default). Needs root (ip netns).
 # Example: TARGET=10.9.0.3:4433 MTU=1280 bash loadtest/netns-path.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +45,10 @@ ip -n alknetB addr add fd00::2/64 dev alknetvB nodad
 ip -n alknetB addr add 10.9.0.2/24 dev alknetvB
 ip -n alknetA link set alknetvA mtu "$MTU" up
 ip -n alknetB link set alknetvB mtu "$MTU" up
+if [[ -n ${GRO:-} ]]; then
+    ip netns exec alknetA ethtool -K alknetvA gro "$GRO"
+    ip netns exec alknetB ethtool -K alknetvB gro "$GRO"
+fi
 ip netns exec alknetA env ALKNET_DATA_DIR="$D" ALKNET_LOG=warn "$ALKNET" serve \
     --listen "$LISTEN" --workers 2 >"$D/log" 2>&1 &
 SP=$!
@@ -54,8 +60,9 @@ for _ in $(seq 100); do
 done
 # the certificate is written before the workers bind; give them a moment
 sleep 1
-echo "== $LISTEN reached at $TARGET over a veth pair of MTU $MTU"
-ip netns exec alknetB timeout 60 "$L" rr --server "$TARGET" --fingerprint "$FP" \
-    --server-pid "$SP" --connections 4 --streams 4 --duration "${DURATION:-5}" 2>&1 |
+echo "== ${WORKLOAD:-rr}: $LISTEN reached at $TARGET over a veth pair of MTU $MTU"
+# shellcheck disable=SC2086 # ARGS is a list of options
+ip netns exec alknetB timeout 60 "$L" "${WORKLOAD:-rr}" --server "$TARGET" --fingerprint "$FP" \
+    --server-pid "$SP" ${ARGS:---connections 4 --streams 4} --duration "${DURATION:-5}" 2>&1 |
     grep -E "result|operations|errors|cpu"
 grep -iE "warn|error" "$D/log" | head -5 || true
