@@ -97,7 +97,7 @@ pub enum Transport {
     /// QUIC on UDP
     #[default]
     Quic,
-    /// a WebTransport session over HTTP/3, at https://HOST:PORT/<alpn>
+    /// a WebTransport session over HTTP/3, at `https://HOST:PORT/<alpn>`
     Webtransport,
     /// TLS over TCP on the same port (one stream per connection)
     Tcp,

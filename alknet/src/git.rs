@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 pub struct GitArgs {
     #[command(subcommand)]
     command: GitCommand,
-    /// TOML config file (for [git] root and default_branch)
+    /// TOML config file (for `[git]` root and default_branch)
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Override `data_dir` (the default root is git/ in it)
@@ -19,7 +19,7 @@ pub struct GitArgs {
 
 #[derive(Subcommand, Debug)]
 enum GitCommand {
-    /// Create a bare repository at PATH (relative to [git] root; must end in .git)
+    /// Create a bare repository at PATH (relative to `[git]` root; must end in .git)
     Init {
         /// e.g. team/app.git
         path: String,

@@ -95,7 +95,7 @@ enum Command {
     /// Idle connections: server memory per connection
     Idle(RunArgs),
     /// DNS over QUIC (RFC 9250) against a running DoQ server (--server): --streams queries
-    /// in flight per connection, one per stream, A queries for host<i>.--dns-zone, each
+    /// in flight per connection, one per stream, A queries for `host<i>.--dns-zone`, each
     /// connection replaced after --queries-per-connection; `loadtest/dns-measure.sh` runs
     /// it against alknet and hickory-dns
     Doq(RunArgs),
@@ -209,10 +209,10 @@ struct RunArgs {
     /// as soon as it has its answer.
     #[arg(long, default_value_t = 0)]
     doq_rate: u64,
-    /// doq: the zone whose host<i> names are asked for.
+    /// doq: the zone whose `host<i>` names are asked for.
     #[arg(long, default_value = "bench.test")]
     dns_zone: String,
-    /// doq: how many host<i> names (host0 … host<n-1>) the queries cycle through.
+    /// doq: how many `host<i>` names (`host0` … `host<n-1>`) the queries cycle through.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     dns_names: u32,
     /// handshake: resume TLS sessions.

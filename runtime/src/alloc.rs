@@ -14,8 +14,9 @@
 //! server starts smaller than on glibc's malloc.
 //!
 //! The option has to be set before the first arena exists, i.e. before the process's first
-//! allocation (Rust's runtime allocates before `main`). [`mimalloc_allocator!`] declares the
-//! global allocator together with a constructor in `.init_array` that sets it first.
+//! allocation (Rust's runtime allocates before `main`).
+//! [`mimalloc_allocator!`](crate::mimalloc_allocator!) declares the global allocator
+//! together with a constructor in `.init_array` that sets it first.
 
 use std::ffi::c_int;
 
@@ -26,7 +27,7 @@ pub use mimalloc::MiMalloc;
 const MI_OPTION_ARENA_EAGER_COMMIT: c_int = 4;
 
 /// Sets the options above; runs from `.init_array` before anything allocates (see
-/// [`mimalloc_allocator!`]). Safe to call more than once.
+/// [`mimalloc_allocator!`](crate::mimalloc_allocator!)). Safe to call more than once.
 pub extern "C" fn configure_mimalloc() {
     // SAFETY: mi_option_set only stores an integer in mimalloc's option table; it does not
     // allocate and may be called before mimalloc is initialised.

@@ -441,7 +441,7 @@ impl std::ops::Deref for ConnectionRef {
 /// Three carriers, dispatched by an enum so the QUIC path costs one branch per call and
 /// nothing is boxed:
 /// - **QUIC** (the engine's own connections);
-/// - **TLS/TCP** ([`crate::tcp_connection`]): exactly one bidirectional stream, taken by the
+/// - **TLS/TCP** (`crate::tcp_connection`): exactly one bidirectional stream, taken by the
 ///   client's first `open_bi` and the server's first `accept_bi`; a further `accept_bi`
 ///   waits until the connection ends; opening more streams, and uni streams, fail with a
 ///   clear error; no datagrams ([`DatagramError::Unsupported`]);

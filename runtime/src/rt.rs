@@ -219,7 +219,7 @@ pub async fn serve_streams<B, BF, U, UF>(
 }
 
 /// Polls `fut` once right here and spawns it as its own guarded task only if it is not
-/// done (see [`inline`]): a small request is served in that one poll, with no task
+/// done (see `inline`): a small request is served in that one poll, with no task
 /// allocated, queued and polled for it. A panic is caught as in [`spawn_guarded`].
 pub fn run_or_spawn_guarded<F>(what: &'static str, fut: F)
 where

@@ -7,7 +7,7 @@
 //! writes it, and one of them then serves a certificate whose fingerprint is not the one on
 //! disk (a client pinning the file's fingerprint is refused for good), or reads a file the
 //! other is half-way through writing. So generation happens under an exclusive lock on a
-//! file in the directory ([`GenerationLock`]), rechecking under it whether another process
+//! file in the directory (`GenerationLock`), rechecking under it whether another process
 //! got there first, and every file appears by `rename` from a complete temporary file
 //! ([`write_atomically`]): a reader that takes no lock sees the old state or the whole new
 //! file, never part of one.
@@ -51,7 +51,7 @@ impl GenerationLock {
 
 /// What is kept at `files` in `dir`, read by `load`; or, when any of them is missing, made
 /// by `generate` (which writes them, with [`write_atomically`]) under `dir`'s
-/// [`GenerationLock`], after checking again under the lock that no other process made them
+/// `GenerationLock`, after checking again under the lock that no other process made them
 /// meanwhile. Also whether it was generated now. `lock_error` turns a failure to create
 /// `dir` or take the lock into the caller's error.
 pub fn load_or_generate<T, E>(

@@ -11,7 +11,7 @@ use crate::client_endpoint;
 
 pub const WHOAMI_ALPN: &[u8] = b"test/whoami";
 
-/// Answers each stream with "<fingerprint or -> <identity name or -> <scopes>".
+/// Answers each stream with "`<fingerprint or -> <identity name or -> <scopes>`".
 pub struct WhoAmI;
 
 impl ProtocolHandler for WhoAmI {

@@ -1,6 +1,6 @@
 //! Classic DNS beside QUIC: UDP (answers truncated to the client's EDNS0 size, TC set so it
 //! retries over TCP) and TCP (length-prefixed, pipelined and answered out of order as the
-//! answers are ready, RFC 7766 §6.2.1.1, through [`crate::stream`]) on `[dns] udp_listen`
+//! answers are ready, RFC 7766 §6.2.1.1, through `crate::stream`) on `[dns] udp_listen`
 //! and `tcp_listen`, both off by default.
 //!
 //! Thread-per-core like the QUIC side: [`ClassicListeners::bind`] binds one SO_REUSEPORT
@@ -11,7 +11,7 @@
 //! without an engine (tools, tests).
 //!
 //! UDP answers pass response rate limiting ([`crate::rrl`]) against reflection. A UDP
-//! socket is read in batches ([`crate::udp_batch`]: `recvmmsg`, then one `sendmmsg` for
+//! socket is read in batches (`crate::udp_batch`: `recvmmsg`, then one `sendmmsg` for
 //! the batch's answers). A panic while answering one query is logged and drops that
 //! query only; the listener keeps serving.
 

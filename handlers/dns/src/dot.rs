@@ -1,6 +1,6 @@
 //! `dot`: DNS over TLS (RFC 7858) on the runtime's TLS-over-TCP listener (the QUIC port,
 //! ALPN `dot`, or no ALPN and a first byte no HTTP request begins with). The same framing and pipelining as classic DNS over TCP and `alknet/dns`
-//! ([`crate::stream`]): any number of queries on one connection, answered in completion
+//! (`crate::stream`): any number of queries on one connection, answered in completion
 //! order (RFC 7766 §6.2.1.1), forwarded ones as they come back.
 //!
 //! A connection ends when the client closes it, when it sends a message with no DNS header

@@ -1,7 +1,7 @@
 //! `alknet/dns`: DoQ's framing, but any number of queries pipelined on each client
 //! bidirectional stream, with any message IDs, as on DNS over TCP (RFC 7766 §6.2.1.1), for
 //! resolvers that send thousands of queries a second to one node. Answers go back in
-//! completion order, matched by ID ([`crate::stream`] answers; this module moves bytes).
+//! completion order, matched by ID (`crate::stream` answers; this module moves bytes).
 //!
 //! Back-pressure: the next chunk is read only after the previous answers were queued, so a
 //! client that does not read its answers stops being read. Errors end only their stream

@@ -1,5 +1,5 @@
-//! `alknet-http`: the node's HTTP front end. One axum [`router`] serves every route; this
-//! crate runs it over HTTP/1.1 and HTTP/2 on the runtime's TLS-over-TCP listener
+//! `alknet-http`: the node's HTTP front end. One axum [`router`](fn@router) serves every
+//! route; this crate runs it over HTTP/1.1 and HTTP/2 on the runtime's TLS-over-TCP listener
 //! ([`HttpTcpHandler`], ALPNs `h2` and `http/1.1`) with hyper, on the worker that accepted
 //! the connection. The HTTP/3 adapter (`h3`) serves the same router over QUIC.
 //!

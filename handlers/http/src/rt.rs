@@ -26,7 +26,7 @@ where
 
 /// hyper's timer over monoio's. hyper asks for `Send + Sync` sleeps, and monoio's timer
 /// entries are thread-local; so a [`WorkerSleep`] holds only its deadline and its key in
-/// the worker's table of armed sleeps ([`ArmedSleeps`]), and one task per worker sleeps
+/// the worker's table of armed sleeps (`ArmedSleeps`), and one task per worker sleeps
 /// on monoio's timer until the earliest deadline and wakes what is due. A dropped sleep
 /// leaves the table at once: hyper drops an HTTP/1.1 connection's header-read sleep
 /// after every request head and arms a new one for the next, so arming and dropping must

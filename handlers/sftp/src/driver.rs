@@ -1,10 +1,11 @@
 //! The IO driver of one SFTP session over any tokio byte stream: reads requests, runs up
-//! to `max_outstanding` of them at once (ordered per handle by the [`Sequencer`]): on
-//! blocking threads those that may wait for a device or take long ([`Server::may_wait`]),
+//! to `max_outstanding` of them at once (ordered per handle by the
+//! [`Sequencer`](crate::sequencer::Sequencer)): on blocking threads those that may wait for
+//! a device or take long ([`Server::may_wait`]),
 //! the others (open, stat, close, reads and writes of files in memory, ...) at once on
 //! the session's task, and writes each reply as soon as it is ready (SFTP matches replies by
 //! id), except that replies on one handle keep their requests' order (see
-//! [`ReplyOrder`]). Unlike `russh_sftp::server::run`, which awaits each
+//! `ReplyOrder`). Unlike `russh_sftp::server::run`, which awaits each
 //! request before reading the next, this keeps a pipelining client (OpenSSH keeps 64
 //! requests in flight) busy.
 //!

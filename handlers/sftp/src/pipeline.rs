@@ -1,6 +1,6 @@
 //! The bookkeeping of one session with many requests in flight, sans-IO, shared by both
 //! drivers ([`crate::driver`] on tokio, [`crate::worker`] on the monoio worker): which
-//! requests may start now ([`Sequencer`]), which replies may leave now ([`ReplyOrder`]),
+//! requests may start now ([`Sequencer`]), which replies may leave now (`ReplyOrder`),
 //! and the two limits that stop the session reading (`max_outstanding` requests,
 //! `max_bytes_in_flight` bytes).
 //!

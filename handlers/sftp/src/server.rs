@@ -327,7 +327,7 @@ impl Server {
     /// Whether running `packet` may wait for a device or take long, and so belongs on a
     /// blocking thread: `READ` and `WRITE` of a file not in memory, `copy-data` (a whole
     /// range), `fsync@openssh.com`, and requests that free more than
-    /// [`INLINE_FREE_MAX_BYTES`] of a file ([`Server::frees_large_file`]). Everything
+    /// [`INLINE_FREE_MAX_BYTES`] of a file (`Server::frees_large_file`). Everything
     /// else (open, stat, close, readdir, rename, ...) is a few system calls on a local
     /// file system, and a hop to another thread and back costs more than the calls:
     /// drivers run those where they are.

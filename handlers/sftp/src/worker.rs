@@ -2,7 +2,7 @@
 //! connection: no thread hop between the stream and the file system.
 //!
 //! * `READ` and `WRITE`, what bulk transfers are made of, are served without waiting
-//!   when they can be ([`OpenFile`]): a read the page cache holds is copied at once
+//!   when they can be (`OpenFile`): a read the page cache holds is copied at once
 //!   (`preadv2` with `RWF_NOWAIT`), and files on a memory file system (tmpfs, ramfs: no
 //!   device to wait for) are read and written with plain `pread`/`pwrite`. What would
 //!   wait goes through monoio's file operations (io_uring operations on the io_uring

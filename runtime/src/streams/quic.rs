@@ -77,7 +77,8 @@ impl QuicSend {
         self.poll_with(cx, |s| s.write(data))
     }
 
-    /// Poll form of [`SendStream::write_chunks`], for poll-based adapters (HTTP/3).
+    /// Poll form of [`SendStream::write_chunks`](super::SendStream::write_chunks), for
+    /// poll-based adapters (HTTP/3).
     pub(crate) fn poll_write_chunks(
         &mut self,
         cx: &mut Context<'_>,
@@ -87,7 +88,7 @@ impl QuicSend {
     }
 
     /// Ends the stream after what was written. Delivery is not awaited: see
-    /// [`SendStream::stopped`].
+    /// [`SendStream::stopped`](super::SendStream::stopped).
     pub(crate) fn finish(&mut self) -> Result<(), ClosedStream> {
         let res = self
             .conn
@@ -118,7 +119,7 @@ impl QuicSend {
         res
     }
 
-    /// Poll form of [`SendStream::stopped`].
+    /// Poll form of [`SendStream::stopped`](super::SendStream::stopped).
     pub(crate) fn poll_stopped(
         &mut self,
         cx: &mut Context<'_>,
@@ -183,8 +184,9 @@ pub(crate) struct QuicRecv {
     /// FIN seen, reset seen, or stop() called: nothing to do on drop.
     done: bool,
     reset: Option<VarInt>,
-    /// A chunk taken from quinn-proto ahead of the reader (see [`RecvStream::read_chunk`]),
-    /// returned by the next read before anything else. At most one.
+    /// A chunk taken from quinn-proto ahead of the reader (see
+    /// [`RecvStream::read_chunk`](super::RecvStream::read_chunk)), returned by the next read
+    /// before anything else. At most one.
     stashed: Option<Bytes>,
 }
 
@@ -214,7 +216,8 @@ impl QuicRecv {
         self.id
     }
 
-    /// Poll form of [`RecvStream::read_chunk`], for poll-based adapters (HTTP/3).
+    /// Poll form of [`RecvStream::read_chunk`](super::RecvStream::read_chunk), for
+    /// poll-based adapters (HTTP/3).
     pub(crate) fn poll_read_chunk(
         &mut self,
         cx: &mut Context<'_>,
@@ -240,7 +243,7 @@ impl QuicRecv {
         })
     }
 
-    /// Poll form of [`RecvStream::read_available`].
+    /// Poll form of [`RecvStream::read_available`](super::RecvStream::read_available).
     pub(crate) fn poll_read_available(
         &mut self,
         cx: &mut Context<'_>,
@@ -378,8 +381,9 @@ fn end_of(r: Result<Option<quinn_proto::Chunk>, quinn_proto::ReadError>) -> Stre
     }
 }
 
-/// The chunks taken by one [`RecvStream::read_available`]: the first is kept as it is,
-/// a second starts a copy (only chunks under [`UNMERGED_CHUNK`] are merged).
+/// The chunks taken by one [`RecvStream::read_available`](super::RecvStream::read_available):
+/// the first is kept as it is, a second starts a copy (only chunks under
+/// [`UNMERGED_CHUNK`] are merged).
 enum Batch {
     Empty,
     One(Bytes),

@@ -8,7 +8,7 @@
 //! - **At rest**: the entropy, the seed and the metadata (names, paths, creation times)
 //!   are encrypted with AES-256-GCM under a key stretched from the vault password by
 //!   Argon2id, whose parameters are in the versioned header, which is authenticated as
-//!   associated data ([`file`]). Files are written atomically with mode 0600.
+//!   associated data ([`file`](mod@file)). Files are written atomically with mode 0600.
 //!
 //! This crate depends on no other alknet crate: turning keys into TLS certificates or
 //! OpenSSH keys is the binary's job. Secrets are zeroized when dropped and never appear

@@ -2,10 +2,10 @@
 //! `gix-pack` copies the deltas stored in packs but does not compute new ones, so a fetch
 //! of freshly pushed (loose) objects would otherwise send every changed file whole.
 //!
-//! The encoder indexes the base in [`BLOCK`]-byte blocks and walks the target, extending
+//! The encoder indexes the base in `BLOCK`-byte blocks and walks the target, extending
 //! every block hit forward (and backward over pending literals), as git's `diff-delta.c`
 //! does with its Rabin windows; what no block covers goes as literals. Linear in the sizes
-//! (plus the bucket chains, capped at [`MAX_CHAIN`]). Memory: one `u32` per base block.
+//! (plus the bucket chains, capped at `MAX_CHAIN`). Memory: one `u32` per base block.
 //!
 //! Format (git's `Documentation/gitformat-pack.adoc`, "Deltified representation"): the
 //! base size and the result size as little-endian base-128 varints, then instructions:
