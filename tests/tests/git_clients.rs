@@ -53,6 +53,100 @@ fn gix_backend_killed_push_changes_nothing() {
     killed_push_changes_nothing("gix");
 }
 
+/// A push onto a full disk, gix backend: the repositories live on a 16 MiB tmpfs (mounted
+/// for the test: needs root, as CI runs), and a 24 MiB incompressible blob does not fit.
+/// git prints the cause (`No space left on device`, the path inside the repository, not
+/// the server's), the quarantine is gone, no ref moved, `fsck` is clean; once there is
+/// room again the same push lands.
+#[test]
+fn gix_backend_push_onto_a_full_disk() {
+    if require_git().is_none() {
+        return;
+    }
+    let disk = TmpfsMount::new("16m");
+    let srv = start("gix", &format!("root = \"{}\"", disk.dir.path().display()));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = seeded(&srv, tmp.path(), "full.git");
+    let server_repo = disk.dir.path().join("full.git");
+    let before = refs(&server_repo);
+    let listing = |dir: &Path| {
+        let mut names = walk(dir);
+        names.sort();
+        names
+    };
+    let objects_before = listing(&server_repo.join("objects"));
+    std::fs::write(src.join("big.bin"), alknet_tests::payload(12, 24 << 20)).expect("write");
+    git_ok(&src, &["add", "."]);
+    git_ok(&src, &["commit", "--quiet", "-m", "big"]);
+    let err = srv.git_err(
+        &src,
+        Some(WRITER_TOKEN),
+        &["push", &srv.url("full.git"), "main"],
+    );
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("\"objects/tmp_objdir-incoming"), "{err}");
+    assert!(
+        !err.contains(&disk.dir.path().display().to_string()),
+        "{err}"
+    );
+    assert_eq!(listing(&server_repo.join("objects")), objects_before);
+    assert_eq!(refs(&server_repo), before);
+    git_ok(&server_repo, &["fsck", "--full", "--strict"]);
+    // room again: the same push lands
+    disk.resize("64m");
+    srv.git_ok(
+        &src,
+        Some(WRITER_TOKEN),
+        &["push", "--quiet", &srv.url("full.git"), "main"],
+    );
+    assert_ne!(refs(&server_repo), before);
+    git_ok(&server_repo, &["fsck", "--full", "--strict"]);
+}
+
+/// A tmpfs of a given size on a temporary directory, unmounted when dropped.
+struct TmpfsMount {
+    dir: tempfile::TempDir,
+}
+
+impl TmpfsMount {
+    fn new(size: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    fn resize(&self, size: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
 /// `git clone` and `git push` with `alknet.transport = tcp`: git-remote-alknet over
 /// TLS/TCP (`[tcp] stream_alpns` serves `alknet/git` there), gix backend, same tokens and
 /// access rules as over QUIC. An unknown transport is a clear error.

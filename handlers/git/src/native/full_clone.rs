@@ -18,6 +18,7 @@ use super::bitmap::{BitmappedPack, Bits};
 use super::objects::{
     commit_links, for_each_tree_entry, need, pack_entries, tag_target, Db, ObjectSet,
 };
+use super::ErrorChain;
 
 /// Bytes of stored pack data handed to the writer at once (the interrupt flag is checked
 /// between pieces).
@@ -162,7 +163,7 @@ pub fn select(
         let (tree, parents) = match db.try_find(&id, &mut buf) {
             Ok(Some(data)) => commit_links(data.data)?,
             Ok(None) => return Err(format!("object {id} is missing")),
-            Err(e) => return Err(format!("reading object {id}: {e}")),
+            Err(e) => return Err(format!("reading object {id}: {}", ErrorChain(&e))),
         };
         trees.push(tree);
         commits.extend(parents);
@@ -260,7 +261,7 @@ pub fn write_whole_pack(
     let mut offsets: Vec<u64> = Vec::with_capacity(extra.len());
     let mut written = pack_end as u64;
     for chunk in entries {
-        let chunk = chunk.map_err(|e| format!("preparing the pack: {e}"))?;
+        let chunk = chunk.map_err(|e| format!("preparing the pack: {}", ErrorChain(&e)))?;
         for entry in chunk {
             if entry.is_invalid() {
                 return Err("an object named by a tree or commit is missing".into());

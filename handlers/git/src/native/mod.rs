@@ -28,7 +28,32 @@ pub mod shallow;
 pub mod sparse;
 pub mod upload;
 
+use std::fmt;
+
 use gix::hash::ObjectId;
+
+/// Shows an error with its causes: `outer: cause: root cause`. gitoxide's errors (and
+/// `thiserror`'s convention) leave the cause out of `Display`, so "An IO operation failed
+/// while streaming an entry" alone would hide "No space left on device", the one part an
+/// operator or a pushing user can act on. A cause whose text the line already ends with
+/// (an error that prints its own source) is not repeated.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut line = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !text.is_empty() && !line.ends_with(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            cause = c.source();
+        }
+        f.write_str(&line)
+    }
+}
 
 /// Want, have, argument or ref-update lines accepted in one request (each costs a few
 /// dozen bytes of memory); more fail the command.
@@ -152,5 +177,38 @@ impl NativeCommand {
                 },
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorChain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("An IO operation failed while streaming an entry")]
+    struct Streaming(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("writing: {0}")]
+    struct SaysItsSource(#[source] std::io::Error);
+
+    #[test]
+    fn shows_every_cause_once() {
+        let full = std::io::Error::from_raw_os_error(28);
+        let e = Streaming(full);
+        let shown = ErrorChain(&e).to_string();
+        assert!(
+            shown.starts_with(
+                "An IO operation failed while streaming an entry: No space left on device"
+            ),
+            "{shown}"
+        );
+        let e = SaysItsSource(std::io::Error::from_raw_os_error(28));
+        let shown = ErrorChain(&e).to_string();
+        assert_eq!(
+            shown.matches("No space left on device").count(),
+            1,
+            "{shown}"
+        );
     }
 }

@@ -12,6 +12,7 @@ use gix_pack::data::output;
 
 use super::filter::{ObjectFilter, Place, Verdict};
 use super::shallow::{DeepenRequest, ShallowPlan};
+use super::ErrorChain;
 
 /// A set of object ids, hashed by their first bytes (they are SHA-1 digests already:
 /// SipHash over them would be most of a clone's walk).
@@ -29,13 +30,13 @@ pub fn open(
     delta_base_cache_bytes: usize,
 ) -> Result<(gix::Repository, Db), String> {
     let repo = gix::open_opts(dir, gix::open::Options::isolated())
-        .map_err(|e| format!("cannot open the repository: {e}"))?;
+        .map_err(|e| format!("cannot open the repository: {}", ErrorChain(&e)))?;
     let mut db = repo
         .objects
         .clone()
         .into_inner()
         .into_arc()
-        .map_err(|e| format!("cannot open the object database: {e}"))?;
+        .map_err(|e| format!("cannot open the object database: {}", ErrorChain(&e)))?;
     // pack entries are copied by location: the packs must stay mapped meanwhile
     db.prevent_pack_unload();
     if delta_base_cache_bytes > 0 {
@@ -57,7 +58,7 @@ pub fn lookup(db: &dyn Find, id: &oid) -> Result<Option<(Kind, Vec<u8>)>, String
             Ok(Some((kind, buf)))
         }
         Ok(None) => Ok(None),
-        Err(e) => Err(format!("reading object {id}: {e}")),
+        Err(e) => Err(format!("reading object {id}: {}", ErrorChain(&e))),
     }
 }
 
@@ -381,7 +382,7 @@ pub(super) fn for_each_tree_entry(
     let data = match db.try_find(id, buf) {
         Ok(Some(data)) => data.data,
         Ok(None) => return Err(format!("object {id} is missing")),
-        Err(e) => return Err(format!("reading object {id}: {e}")),
+        Err(e) => return Err(format!("reading object {id}: {}", ErrorChain(&e))),
     };
     for entry in TreeRefIter::from_bytes(data, gix::hash::Kind::Sha1) {
         let entry = entry.map_err(|e| format!("bad tree {id}: {e}"))?;
@@ -525,7 +526,7 @@ pub fn objects_to_send(
         let (tree, parents) = match db.try_find(&id, &mut buf) {
             Ok(Some(data)) => commit_links(data.data)?,
             Ok(None) => return Err(format!("object {id} is missing")),
-            Err(e) => return Err(format!("reading object {id}: {e}")),
+            Err(e) => return Err(format!("reading object {id}: {}", ErrorChain(&e))),
         };
         commits.push((id, tree));
         if shallow.cut.contains(&id) {
@@ -669,7 +670,7 @@ pub(super) fn pack_entries(
             compression: output::entry::iter_from_counts::Options::default().compression,
         },
     )
-    .map_err(|e| format!("preparing the pack: {e}"))?;
+    .map_err(|e| format!("preparing the pack: {}", ErrorChain(&e)))?;
     Ok(gix::parallel::InOrderIter::from(entries))
 }
 
@@ -740,7 +741,7 @@ pub fn write_pack(
         gix::hash::Kind::Sha1,
     );
     for written in &mut bytes {
-        written.map_err(|e| format!("writing the pack: {e}"))?;
+        written.map_err(|e| format!("writing the pack: {}", ErrorChain(&e)))?;
     }
     drop(bytes);
     if let Some(e) = failure {

@@ -26,6 +26,7 @@ use gix::refs::{FullName, Target};
 use super::objects::{self, commit_links, tag_target};
 use super::pkt::{self, Pkt, PktError, PktReader, SideBand};
 use super::upload::list_refs;
+use super::ErrorChain;
 use super::{agent, parse_oid, NativeLimits};
 
 /// One `old new ref` line.
@@ -305,10 +306,12 @@ pub fn serve(
                         written = Some(o);
                         match gix::odb::at(&q.dir, gix::hash::Kind::Sha1) {
                             Ok(h) => quarantine_odb = Some(h),
-                            Err(e) => unpack = Err(format!("reading the quarantine: {e}")),
+                            Err(e) => {
+                                unpack = Err(format!("reading the quarantine: {}", ErrorChain(&e)))
+                            }
                         }
                     }
-                    Err(e) => unpack = Err(format!("unpacking: {e}")),
+                    Err(e) => unpack = Err(format!("unpacking: {}", ErrorChain(&e))),
                 }
                 quarantine = Some(q);
             }
@@ -316,6 +319,10 @@ pub fn serve(
     }
     if interrupt.load(Ordering::Acquire) {
         return Err("interrupted".into());
+    }
+    if let Err(e) = &unpack {
+        // the operator's side of "remote unpack failed": a full disk, a quota, a bad pack
+        tracing::warn!(dir = %dir.display(), "git: a pushed pack was not stored: {e}");
     }
 
     let both = Both {
@@ -353,15 +360,20 @@ pub fn serve(
     drop(quarantine);
     update_refs(&repo, &mut commands, atomic);
 
-    // the report
+    // the report; the pusher sees paths inside the repository as git shows them
+    // (`objects/…`), not where the server keeps it
+    let for_pusher = |why: &str| {
+        why.replace(&format!("{}/", dir.display()), "")
+            .replace('\n', " ")
+    };
     let mut lines = vec![match &unpack {
         Ok(()) => "unpack ok".to_string(),
-        Err(e) => format!("unpack {}", e.replace('\n', " ")),
+        Err(e) => format!("unpack {}", for_pusher(e)),
     }];
     for c in &commands {
         lines.push(match &c.refused {
             None => format!("ok {}", c.name),
-            Some(why) => format!("ng {} {}", c.name, why.replace('\n', " ")),
+            Some(why) => format!("ng {} {}", c.name, for_pusher(why)),
         });
     }
     for c in commands.iter().filter(|c| c.refused.is_some()) {
@@ -499,9 +511,9 @@ fn update_refs(repo: &gix::Repository, commands: &mut [Command], atomic: bool) {
         repo.refs
             .transaction()
             .prepare(edits, lock, lock)
-            .map_err(|e| format!("failed to lock: {e}"))?
+            .map_err(|e| format!("failed to lock: {}", ErrorChain(&e)))?
             .commit(None)
-            .map_err(|e| format!("failed to update ref: {e}"))?;
+            .map_err(|e| format!("failed to update ref: {}", ErrorChain(&e)))?;
         Ok(())
     };
     if atomic {

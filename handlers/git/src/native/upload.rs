@@ -22,6 +22,7 @@ use super::negotiate::{AckMode, AfterFlush, V0Negotiation};
 use super::objects::{self, Db};
 use super::pkt::{self, Pkt, PktError, PktReader, SideBand};
 use super::shallow::{DeepenRequest, ShallowPlan};
+use super::ErrorChain;
 use super::{agent, parse_oid, NativeLimits};
 
 /// A reference as advertised.
@@ -58,7 +59,7 @@ pub fn list_refs(
     let head = repo
         .refs
         .try_find("HEAD")
-        .map_err(|e| format!("reading HEAD: {e}"))?;
+        .map_err(|e| format!("reading HEAD: {}", ErrorChain(&e)))?;
     let mut head_target = None;
     if let Some(head) = head {
         match head.target {
@@ -68,7 +69,7 @@ pub fn list_refs(
                 let resolved = repo
                     .refs
                     .try_find(name.as_str())
-                    .map_err(|e| format!("reading {name}: {e}"))?;
+                    .map_err(|e| format!("reading {name}: {}", ErrorChain(&e)))?;
                 if let Some(gix::refs::Reference {
                     target: Target::Object(id),
                     ..
@@ -83,12 +84,12 @@ pub fn list_refs(
     let platform = repo
         .refs
         .iter()
-        .map_err(|e| format!("listing references: {e}"))?;
+        .map_err(|e| format!("listing references: {}", ErrorChain(&e)))?;
     for r in platform
         .all()
-        .map_err(|e| format!("listing references: {e}"))?
+        .map_err(|e| format!("listing references: {}", ErrorChain(&e)))?
     {
-        let r = r.map_err(|e| format!("listing references: {e}"))?;
+        let r = r.map_err(|e| format!("listing references: {}", ErrorChain(&e)))?;
         if let Target::Object(id) = r.target {
             out.push(advertised(r.name.as_bstr().to_string(), id, None));
         }
