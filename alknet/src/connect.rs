@@ -52,9 +52,11 @@ pub struct ConnectArgs {
     /// ALPN of the service, e.g. alknet/echo or alknet/ssh
     #[arg(long)]
     alpn: String,
-    /// Over WebTransport: run the session as this token's identity (sent as `?token=` in
-    /// the session's URL; a client certificate takes precedence). QUIC and TCP
-    /// connections are named by the client certificate alone.
+    /// Run the session as this token's identity (a client certificate takes precedence).
+    /// Over WebTransport it is sent as `?token=` in the session's URL; with `--alpn
+    /// alknet/sftp` over QUIC or TCP, in the session's `SSH_FXP_INIT` (the `token@alknet`
+    /// extension). Other QUIC and TCP connections are named by the client certificate
+    /// alone.
     #[arg(long, env = "ALKNET_TOKEN")]
     token: Option<String>,
     #[command(flatten)]
@@ -297,13 +299,16 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 pub fn run(args: ConnectArgs) -> ExitCode {
     let dial = match args.server.resolve(args.alpn.as_bytes()) {
-        Ok(d) => Dial {
-            token: args.token,
-            ..d
-        },
+        Ok(d) => d,
         Err(e) => return fail(e),
     };
-    match pipe_stdio(dial, None, None) {
+    // where the token travels: the WebTransport session's URL, or the SFTP session's INIT
+    let (dial, sftp_token) = match (dial.transport, args.token) {
+        (Transport::Webtransport, token) => (Dial { token, ..dial }, None),
+        (_, Some(token)) if dial.alpn == alknet_sftp::ALPN => (dial, Some(token)),
+        (_, _) => (dial, None),
+    };
+    match pipe_stdio(dial, None, None, sftp_token) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
@@ -312,12 +317,14 @@ pub fn run(args: ConnectArgs) -> ExitCode {
 /// Connects, opens one bidirectional stream and pipes stdin and stdout through it until
 /// both ends are done. `preamble` is written on the stream first; `greeting` goes to
 /// stdout once the stream is open, before anything read from it (what a git remote
-/// helper answers `connect` with). Whoever read stdin before must have left nothing
-/// of it in a buffer of its own: the io_uring path reads the descriptor itself.
+/// helper answers `connect` with). `sftp_token` goes into the first packet stdin sends,
+/// an SFTP `INIT` ([`alknet_sftp::init`]). Whoever read stdin before must have left
+/// nothing of it in a buffer of its own: the io_uring path reads the descriptor itself.
 pub fn pipe_stdio(
     dial: Dial,
     preamble: Option<Bytes>,
     greeting: Option<Bytes>,
+    sftp_token: Option<String>,
 ) -> Result<(), String> {
     enlarge_pipe(0);
     enlarge_pipe(1);
@@ -350,6 +357,12 @@ pub fn pipe_stdio(
             stdout.put(g).await.map_err(|e| format!("stdout: {e}"))?;
         }
         let upload = async move {
+            if let Some(token) = sftp_token {
+                let head = sftp_init_with_token(&mut stdin, &token).await;
+                if send.write_chunk(head).await.is_err() {
+                    return;
+                }
+            }
             while let Some(chunk) = stdin.next().await {
                 if send.write_chunk(chunk).await.is_err() {
                     return;
@@ -388,6 +401,34 @@ pub fn pipe_stdio(
     match outcome {
         Ok(r) => r,
         Err(e) => Err(format!("runtime: {e}")),
+    }
+}
+
+/// The start of stdin up to and including its first packet, an SFTP `INIT`, with the
+/// token added. Anything that is not one whole `INIT` goes as it came, with a warning:
+/// the server then refuses the session and says why.
+async fn sftp_init_with_token(stdin: &mut StdinSource, token: &str) -> Bytes {
+    use alknet_sftp::init::{first_packet_len, with_token, MAX_INIT};
+    let mut head = Vec::new();
+    while first_packet_len(&head).is_none() && head.len() <= MAX_INIT {
+        match stdin.next().await {
+            Some(chunk) => head.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    let Some(n) = first_packet_len(&head) else {
+        eprintln!("alknet connect: stdin did not start with an SFTP packet; the token is not sent");
+        return Bytes::from(head);
+    };
+    match with_token(&head[..n], token) {
+        Ok(mut init) => {
+            init.extend_from_slice(&head[n..]);
+            Bytes::from(init)
+        }
+        Err(e) => {
+            eprintln!("alknet connect: {e}; the token is not sent");
+            Bytes::from(head)
+        }
     }
 }
 

@@ -336,6 +336,7 @@ pub fn main() -> ExitCode {
             dial,
             Some(Bytes::from(request)),
             Some(Bytes::from_static(b"\n")),
+            None,
         ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),

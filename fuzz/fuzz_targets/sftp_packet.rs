@@ -1,7 +1,8 @@
 //! SFTP requests from a hostile client: framing, decoding (russh-sftp's types) and
 //! dispatch through the server core, against a jail in a temporary directory with a
 //! read-only identity (so the fuzzer reads and lists but cannot fill the disk).
-//! Every frame must yield one well-formed reply or a clean framing error, never a panic.
+//! Every frame must yield one well-formed reply or a clean framing error, never a panic;
+//! every frame also goes through the `SSH_FXP_INIT` token reader (`alknet_sftp::init`).
 
 #![no_main]
 
@@ -122,6 +123,19 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(got, expected);
 
     for frame in expected.into_iter().filter_map(Result::ok) {
+        // an `alknet/sftp` session's first packet: its token, if it is an INIT (the
+        // token is a slice of the packet); put back by the client side's rewrite, the
+        // same token comes out again
+        if let Ok(token) = alknet_sftp::init::token_of(&frame) {
+            if let Some(t) = token {
+                assert!(t.len() < frame.len());
+            }
+            let mut packet = (frame.len() as u32).to_be_bytes().to_vec();
+            packet.extend_from_slice(&frame);
+            if let (None, Ok(with)) = (token, alknet_sftp::init::with_token(&packet, "t")) {
+                assert_eq!(alknet_sftp::init::token_of(&with[4..]), Ok(Some("t")));
+            }
+        }
         // the worker front's zero-copy READ/WRITE decoder sees every frame first; a
         // WRITE's data is a slice of the frame behind its fields
         if let Some(alknet_sftp::DataRequest::Write { data, handle, .. }) =

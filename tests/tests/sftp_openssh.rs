@@ -511,6 +511,114 @@ get /up up.back
     assert_eq!(dirs, vec![std::ffi::OsString::from("tina")]);
 }
 
+/// Straight `alknet/sftp` over QUIC and over TLS/TCP with no client certificate:
+/// `alknet connect --token` puts the token in the session's `SSH_FXP_INIT` (the
+/// `token@alknet` extension), and the session runs as its identity. An unknown token, a
+/// token whose identity has no SFTP scope, or none at all gets no session (over QUIC,
+/// with the reason in the close); a client certificate with an SFTP scope takes
+/// precedence.
+#[test]
+fn sftp_straight_onto_alknet_sftp_runs_as_the_token_identity() {
+    require_openssh();
+    let server = BinServer::start_with_config(
+        r#"
+[[identities]]
+name = "tina"
+tokens = ["tina-token"]
+scopes = ["sftp:read", "sftp:write"]
+
+[[identities]]
+name = "ursula"
+tokens = ["ursula-token"]
+scopes = ["ssh:exec"]
+"#,
+    );
+    let certs = tempfile::tempdir().expect("tempdir");
+    let local = tempfile::tempdir().expect("tempdir");
+    let root = sftp_root(&server);
+    let carol = client_cert(&server, certs.path(), "carol", &["sftp:read", "sftp:write"]);
+    let sftp_token = |transport: &str, token: Option<&str>, cert: Option<&ClientCert>| {
+        let token = token.map(|t| format!("--token {t} ")).unwrap_or_default();
+        let cert = cert
+            .map(|c| format!("--cert {} --key {} ", c.cert.display(), c.key.display()))
+            .unwrap_or_default();
+        let mut cmd = Command::new("sftp");
+        cmd.arg("-D").arg(format!(
+            "{} connect --transport {transport} --alpn alknet/sftp {token}{cert}--fingerprint {} {}",
+            alknet_bin().display(),
+            server.fingerprint(),
+            server.addr()
+        ));
+        cmd.env_remove("ALKNET_TOKEN");
+        cmd
+    };
+    for (i, transport) in ["quic", "tcp"].into_iter().enumerate() {
+        let data = payload(31 + i as u64, 3 << 20);
+        std::fs::write(local.path().join("up"), &data).expect("write");
+        let name = format!("up-{transport}");
+        ok(batch(
+            sftp_token(transport, Some("tina-token"), None),
+            None,
+            local.path(),
+            &format!("put up /{name}\nget /{name} back\n"),
+        ));
+        assert_eq!(
+            std::fs::read(root.join("tina").join(&name)).expect("uploaded to tina's directory"),
+            data,
+            "{transport}"
+        );
+        assert_eq!(
+            std::fs::read(local.path().join("back")).expect("downloaded"),
+            data,
+            "{transport}"
+        );
+        for (token, why) in [
+            (Some("not-a-token"), "the token is not known"),
+            (Some("ursula-token"), "neither sftp:read nor sftp:write"),
+            (None, "needs a known client certificate, or a token"),
+        ] {
+            let out = batch(
+                sftp_token(transport, token, None),
+                None,
+                local.path(),
+                "ls /\n",
+            );
+            assert!(
+                !out.status.success(),
+                "{transport} {token:?} got a session: {}",
+                text(&out.stdout)
+            );
+            // QUIC's CONNECTION_CLOSE carries the reason; a TLS/TCP connection just ends
+            // (the server logs why)
+            assert!(
+                transport == "tcp" || text(&out.stderr).contains(why),
+                "{transport} {token:?}: {}",
+                text(&out.stderr)
+            );
+        }
+        // the certificate's identity wins over the token's
+        let name = format!("cert-{transport}");
+        ok(batch(
+            sftp_token(transport, Some("tina-token"), Some(&carol)),
+            None,
+            local.path(),
+            &format!("put up /{name}\n"),
+        ));
+        assert!(root.join("carol").join(&name).exists(), "{transport}");
+        assert!(!root.join("tina").join(&name).exists(), "{transport}");
+    }
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .expect("sftp root")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    dirs.sort();
+    assert_eq!(
+        dirs,
+        vec![std::ffi::OsString::from("carol"), "tina".into()],
+        "no directory for refused sessions"
+    );
+}
+
 /// paramiko's `SFTPClient`, a second independent client, through the subsystem
 /// (`tests/interop/paramiko_sftp.py` does the calls; the disk is checked here).
 #[test]

@@ -1,5 +1,6 @@
 //! The `alknet/sftp` ALPN: each bidirectional stream of a connection is one raw SFTP v3
-//! session of the connection's identity (its client certificate), served on the worker
+//! session of the connection's identity (its client certificate, else the token its
+//! `SSH_FXP_INIT` carries: [`crate::init`]), served on the worker
 //! that owns the connection ([`crate::serve_on_worker`]: file reads and writes through
 //! monoio). Here rather than in the binary so that every server that registers it (the
 //! node, the load-test harness's server) registers the same handler.
@@ -16,13 +17,13 @@ use alknet_runtime::{
     AuthContext, Connection, HandlerError, LocalBoxFuture, ProtocolHandler, VarInt,
 };
 
-use crate::{Grants, SftpConfig};
+use crate::{Grants, SftpConfig, WorkerSessionError, SCOPE_READ, SCOPE_WRITE};
 
 /// The ALPN of raw SFTP sessions.
 pub const ALPN: &[u8] = b"alknet/sftp";
 
-/// Application error code closing an `alknet/sftp` connection whose identity may not use
-/// SFTP (no client certificate known, or neither `sftp:read` nor `sftp:write`).
+/// Application error code closing an `alknet/sftp` connection whose session may not use
+/// SFTP (no client certificate or token known, or neither `sftp:read` nor `sftp:write`).
 pub const CLOSE_NOT_ALLOWED: u32 = 0x10;
 
 /// Starts (or returns) the tokio runtime whose blocking threads take the requests that
@@ -69,18 +70,9 @@ impl ProtocolHandler for SftpAlpn {
         auth: AuthContext,
     ) -> LocalBoxFuture<'_, Result<(), HandlerError>> {
         Box::pin(async move {
-            let identity = match auth.identity.clone() {
-                Some(i) if Grants::of(&i).any() => i,
-                other => {
-                    tracing::warn!(
-                        remote = %auth.remote,
-                        identity = other.as_ref().map_or("-", |i| i.name.as_str()),
-                        "sftp: no session: needs a known client certificate with sftp:read or sftp:write"
-                    );
-                    conn.close(VarInt::from_u32(CLOSE_NOT_ALLOWED), b"sftp: not allowed");
-                    return Ok(());
-                }
-            };
+            // a client certificate with an SFTP scope names every session; without one,
+            // each session's INIT must carry a token that does ([`crate::init`])
+            let certified = auth.identity.clone().filter(|i| Grants::of(i).any());
             let offload = (self.offload)().map_err(|e| HandlerError::Other(Box::new(e)))?;
             let max = self.config.max_sessions_per_connection;
             let open = Rc::new(Cell::new(0usize));
@@ -95,23 +87,49 @@ impl ProtocolHandler for SftpAlpn {
                     let _ = recv.stop(VarInt::from_u32(crate::worker::SESSION_ABORT_CODE));
                     continue;
                 }
-                let server = match crate::session_for(&identity, &self.root, &self.config) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!("sftp: {e}");
-                        continue;
-                    }
-                };
                 open.set(open.get() + 1);
                 let slot = SessionSlot(open.clone());
-                let (config, offload, name) =
-                    (self.config.clone(), offload.clone(), identity.name.clone());
-                tracing::info!(identity = %name, read = server.grants().read, write = server.grants().write, "sftp: session started");
+                let (certified, provider) = (certified.clone(), auth.provider.clone());
+                let (root, config, offload) =
+                    (self.root.clone(), self.config.clone(), offload.clone());
+                let (conn, remote) = (conn.clone(), auth.remote);
+                let name = Rc::new(Cell::new(None::<String>));
+                let named = name.clone();
+                let session_of = move |token: Option<&str>| {
+                    let identity = match (certified, token) {
+                        (Some(i), _) => i,
+                        (None, Some(t)) => provider
+                            .resolve_from_token(t)
+                            .ok_or_else(|| "the token is not known".to_string())?,
+                        (None, None) => {
+                            return Err(format!(
+                                "needs a known client certificate, or a token (alknet connect \
+                                 --token), with {SCOPE_READ} or {SCOPE_WRITE}"
+                            ))
+                        }
+                    };
+                    let server =
+                        crate::session_for(&identity, &root, &config).map_err(|e| e.to_string())?;
+                    tracing::info!(identity = %identity.name, read = server.grants().read, write = server.grants().write, "sftp: session started");
+                    named.set(Some(identity.name));
+                    Ok(server)
+                };
+                let config = self.config.clone();
                 spawn_guarded("sftp session", async move {
                     let _slot = slot;
-                    match crate::serve_on_worker(stream, server, config, offload).await {
-                        Ok(()) => tracing::debug!(identity = %name, "sftp: session ended"),
-                        Err(e) => tracing::info!(identity = %name, "sftp: session ended: {e}"),
+                    let result = crate::serve_on_worker(stream, session_of, config, offload).await;
+                    let who = name.take();
+                    let who = who.as_deref().unwrap_or("-");
+                    match result {
+                        Ok(()) => tracing::debug!(identity = %who, "sftp: session ended"),
+                        Err(WorkerSessionError::NotAllowed(why)) => {
+                            tracing::warn!(%remote, "sftp: no session: {why}");
+                            conn.close(
+                                VarInt::from_u32(CLOSE_NOT_ALLOWED),
+                                format!("sftp: not allowed: {why}").as_bytes(),
+                            );
+                        }
+                        Err(e) => tracing::info!(identity = %who, "sftp: session ended: {e}"),
                     }
                 });
             }

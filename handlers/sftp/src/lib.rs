@@ -4,6 +4,7 @@
 //!
 //! * Packets, attributes, encode/decode: `russh-sftp`'s protocol types.
 //! * [`frame`]: sans-IO framing with a packet-size bound.
+//! * [`init`]: the token an `alknet/sftp` session may carry in `SSH_FXP_INIT`.
 //! * [`server`]: a request in, filesystem calls, the encoded reply out; scopes
 //!   `sftp:read` / `sftp:write` checked per request.
 //! * [`jail`]: every path resolved by the kernel beneath the identity's directory
@@ -15,6 +16,7 @@ pub mod alpn;
 pub mod config;
 pub mod driver;
 pub mod frame;
+pub mod init;
 pub mod jail;
 pub mod pipeline;
 pub mod sequencer;

@@ -44,6 +44,7 @@ use crate::driver::{
     cost, decode_data_parts, decode_data_request, decode_request, DataRequest, Decoded,
 };
 use crate::frame::{Frame, FrameDecoder, FrameError};
+use crate::init::{token_of, InitError};
 use crate::pipeline::{Done, Job, Pipeline};
 use crate::server::{
     data_header, encode, eof_reply, io_error_reply, ok_reply, version_reply, Need, Server,
@@ -70,6 +71,11 @@ pub enum WorkerSessionError {
     NoInit,
     #[error("the stream ended before SSH_FXP_INIT")]
     EndedBeforeInit,
+    #[error(transparent)]
+    Init(#[from] InitError),
+    /// `session_of` refused the session (the reason it gave).
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
 }
 
 /// A request as this driver runs it.
@@ -344,20 +350,41 @@ impl Session {
 /// answered (then the stream is finished: FIN), or an error (then it is reset and
 /// stopped). Must run on the worker that owns the stream's connection. `offload` runs the
 /// requests that may take long ([`crate::worker`]).
+///
+/// `session_of` decides whose session it is once `SSH_FXP_INIT` has arrived, from the
+/// token that `INIT` carries, if any ([`crate::init`]); its refusal ends the stream
+/// before `SSH_FXP_VERSION` as [`WorkerSessionError::NotAllowed`].
 pub async fn serve_on_worker(
     stream: BiStream,
-    server: Arc<Server>,
+    session_of: impl FnOnce(Option<&str>) -> Result<Arc<Server>, String>,
     config: SftpConfig,
     offload: tokio::runtime::Handle,
 ) -> Result<(), WorkerSessionError> {
     let BiStream { mut send, mut recv } = stream;
-    let session = Session {
-        server,
-        max_read: config.max_read,
-        offload,
-        files: RefCell::new(HashMap::new()),
-    };
-    let res = serve_session(&session, &config, &mut send, &mut recv).await;
+    let res = async {
+        let mut decoder = FrameDecoder::new(config.max_packet);
+        let init = loop {
+            if let Some(frame) = decoder.next_packet()? {
+                break frame;
+            }
+            match recv.read_available(WORKER_READ_CHUNK).await? {
+                Some(data) => decoder.feed_bytes(data),
+                None => return Err(WorkerSessionError::EndedBeforeInit),
+            }
+        };
+        if init.first() != Some(&SSH_FXP_INIT) {
+            return Err(WorkerSessionError::NoInit);
+        }
+        let server = session_of(token_of(&init)?).map_err(WorkerSessionError::NotAllowed)?;
+        let session = Session {
+            server,
+            max_read: config.max_read,
+            offload,
+            files: RefCell::new(HashMap::new()),
+        };
+        serve_session(&session, &config, decoder, &mut send, &mut recv).await
+    }
+    .await;
     match &res {
         Ok(()) => {
             let _ = send.finish();
@@ -372,25 +399,14 @@ pub async fn serve_on_worker(
     res
 }
 
+/// The session after its `INIT`: `decoder` holds whatever arrived behind it.
 async fn serve_session(
     session: &Session,
     config: &SftpConfig,
+    mut decoder: FrameDecoder,
     send: &mut SendStream,
     recv: &mut RecvStream,
 ) -> Result<(), WorkerSessionError> {
-    let mut decoder = FrameDecoder::new(config.max_packet);
-    let init = loop {
-        if let Some(frame) = decoder.next_packet()? {
-            break frame;
-        }
-        match recv.read_available(WORKER_READ_CHUNK).await? {
-            Some(data) => decoder.feed_bytes(data),
-            None => return Err(WorkerSessionError::EndedBeforeInit),
-        }
-    };
-    if init.first() != Some(&SSH_FXP_INIT) {
-        return Err(WorkerSessionError::NoInit);
-    }
     send.write_chunk(version_reply()).await?;
 
     let mut pipeline: Pipeline<Req, Vec<Bytes>> = Pipeline::new(config);
