@@ -304,6 +304,9 @@ max_outstanding = 128
 max_bytes_in_flight = 16777216
 # SFTP sessions (QUIC streams) open at once per alknet/sftp connection.
 max_sessions_per_connection = 16
+# How long a new alknet/sftp session may take to send its SSH_FXP_INIT (which carries the
+# token of a connection without a client certificate) before its stream is reset.
+init_timeout_ms = 10000
 
 [vault]
 # A key vault (`alknet vault init|restore`): with `file` set, the TLS certificate (a

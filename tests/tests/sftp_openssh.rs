@@ -619,6 +619,65 @@ scopes = ["ssh:exec"]
     );
 }
 
+/// A session that opens its stream and never finishes its `SSH_FXP_INIT` holds its place
+/// for `sftp.init_timeout_ms`, then its stream is reset (`SESSION_ABORT_CODE`); the
+/// connection stays, and a session that sends its `INIT` with a token still runs on it.
+#[test]
+fn sftp_session_without_init_is_reset_after_init_timeout() {
+    let server = BinServer::start_with_config(
+        r#"
+[sftp]
+init_timeout_ms = 300
+
+[[identities]]
+name = "tina"
+tokens = ["tina-token"]
+scopes = ["sftp:read"]
+"#,
+    );
+    let addr = server.addr().parse().expect("addr");
+    let fingerprint = server.fingerprint().parse().expect("fingerprint");
+    run_client(|| async move {
+        let endpoint = client_endpoint();
+        let conn = connect_addr(&endpoint, addr, fingerprint, alknet_sftp::ALPN)
+            .await
+            .expect("connect");
+        // half a length prefix: the stream exists on the server, its INIT never comes
+        let (mut send, mut recv) = conn.open_bi().await.expect("open").split();
+        send.write_chunk(bytes::Bytes::from_static(&[0, 0]))
+            .await
+            .expect("write");
+        let started = std::time::Instant::now();
+        let got = recv.read_chunk(usize::MAX).await;
+        assert_eq!(
+            got.err(),
+            Some(alknet_runtime::ReadError::Reset(
+                alknet_runtime::VarInt::from_u32(alknet_sftp::worker::SESSION_ABORT_CODE)
+            ))
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(10),
+            "reset after {waited:?}"
+        );
+        // the connection is still there: a session with its INIT and a token runs
+        let (mut send, mut recv) = conn.open_bi().await.expect("open").split();
+        let init = alknet_sftp::init::with_token(&[0, 0, 0, 5, 1, 0, 0, 0, 3], "tina-token")
+            .expect("init");
+        send.write_chunk(bytes::Bytes::from(init))
+            .await
+            .expect("write");
+        let version = recv
+            .read_chunk(usize::MAX)
+            .await
+            .expect("read")
+            .expect("SSH_FXP_VERSION");
+        assert_eq!(version.get(4), Some(&2u8), "SSH_FXP_VERSION: {version:?}");
+        conn.close(alknet_runtime::VarInt::from_u32(0), b"done");
+        endpoint.wait_idle().await;
+    });
+}
+
 /// paramiko's `SFTPClient`, a second independent client, through the subsystem
 /// (`tests/interop/paramiko_sftp.py` does the calls; the disk is checked here).
 #[test]

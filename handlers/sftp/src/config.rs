@@ -36,6 +36,12 @@ pub const DEFAULT_MAX_BYTES_IN_FLIGHT: usize = 16 * 1024 * 1024;
 /// are reset. The QUIC stream limit applies too.
 pub const DEFAULT_MAX_SESSIONS_PER_CONNECTION: usize = 16;
 
+/// How long an `alknet/sftp` session may take to send its `SSH_FXP_INIT` after opening
+/// its stream, in ms; then the stream is reset. The `INIT` carries the token of a
+/// connection without a client certificate, so until it arrives nobody is known: this
+/// bounds how long an anonymous peer holds a session place for nothing.
+pub const DEFAULT_INIT_TIMEOUT_MS: u64 = 10_000;
+
 /// Entries per `SSH_FXP_NAME` reply to `READDIR`.
 pub const READDIR_BATCH: usize = 128;
 
@@ -52,6 +58,7 @@ pub struct SftpConfig {
     pub max_outstanding: usize,
     pub max_bytes_in_flight: usize,
     pub max_sessions_per_connection: usize,
+    pub init_timeout_ms: u64,
 }
 
 impl Default for SftpConfig {
@@ -64,6 +71,7 @@ impl Default for SftpConfig {
             max_outstanding: DEFAULT_MAX_OUTSTANDING,
             max_bytes_in_flight: DEFAULT_MAX_BYTES_IN_FLIGHT,
             max_sessions_per_connection: DEFAULT_MAX_SESSIONS_PER_CONNECTION,
+            init_timeout_ms: DEFAULT_INIT_TIMEOUT_MS,
         }
     }
 }
@@ -85,6 +93,9 @@ impl SftpConfig {
         if self.max_sessions_per_connection == 0 {
             return err("max_sessions_per_connection", "must be at least 1");
         }
+        if self.init_timeout_ms == 0 {
+            return err("init_timeout_ms", "must be at least 1");
+        }
         if self.max_outstanding == 0 {
             return err("max_outstanding", "must be at least 1");
         }
@@ -98,6 +109,11 @@ impl SftpConfig {
             return err("max_bytes_in_flight", "must be at least twice max_packet");
         }
         Ok(())
+    }
+
+    /// `init_timeout_ms` as a duration.
+    pub fn init_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.init_timeout_ms)
     }
 
     /// `sftp.root`, or `sftp/` in `data_dir`.

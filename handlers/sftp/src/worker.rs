@@ -71,6 +71,8 @@ pub enum WorkerSessionError {
     NoInit,
     #[error("the stream ended before SSH_FXP_INIT")]
     EndedBeforeInit,
+    #[error("no SSH_FXP_INIT within {0} ms (sftp.init_timeout_ms)")]
+    InitTimeout(u64),
     #[error(transparent)]
     Init(#[from] InitError),
     /// `session_of` refused the session (the reason it gave).
@@ -363,15 +365,20 @@ pub async fn serve_on_worker(
     let BiStream { mut send, mut recv } = stream;
     let res = async {
         let mut decoder = FrameDecoder::new(config.max_packet);
-        let init = loop {
-            if let Some(frame) = decoder.next_packet()? {
-                break frame;
-            }
-            match recv.read_available(WORKER_READ_CHUNK).await? {
-                Some(data) => decoder.feed_bytes(data),
-                None => return Err(WorkerSessionError::EndedBeforeInit),
+        let read_init = async {
+            loop {
+                if let Some(frame) = decoder.next_packet()? {
+                    return Ok(frame);
+                }
+                match recv.read_available(WORKER_READ_CHUNK).await? {
+                    Some(data) => decoder.feed_bytes(data),
+                    None => return Err(WorkerSessionError::EndedBeforeInit),
+                }
             }
         };
+        let init = monoio::time::timeout(config.init_timeout(), read_init)
+            .await
+            .map_err(|_| WorkerSessionError::InitTimeout(config.init_timeout_ms))??;
         if init.first() != Some(&SSH_FXP_INIT) {
             return Err(WorkerSessionError::NoInit);
         }
