@@ -111,31 +111,30 @@ struct TmpfsMount {
 impl TmpfsMount {
     fn new(size: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("mount");
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs needs root (CI runs as root): {}",
-            String::from_utf8_lossy(&out.stderr)
+        mount(
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+            dir.path(),
         );
         Self { dir }
     }
 
     fn resize(&self, size: &str) {
-        let out = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(self.dir.path())
-            .output()
-            .expect("mount");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        mount(&["-o", &format!("remount,size={size}")], self.dir.path());
     }
+}
+
+/// `mount ARGS… DIR`, which must succeed.
+fn mount(args: &[&str], dir: &Path) {
+    let out = std::process::Command::new("mount")
+        .args(args)
+        .arg(dir)
+        .output()
+        .expect("mount");
+    assert!(
+        out.status.success(),
+        "mount {args:?} (needs root, as CI runs): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for TmpfsMount {
