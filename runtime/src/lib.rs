@@ -73,7 +73,7 @@ pub use identity::{
     IdentityEntry, IdentityProvider, NoIdentities,
 };
 pub use limits::*;
-pub use log_throttle::LOG_INTERVAL;
+pub use log_throttle::{LogThrottle, LOG_INTERVAL};
 pub use metrics::{HandlerMetric, MetricKind};
 pub use operations::{
     ItemOutlet, OperationFailure, OperationInfo, OperationInvoker, OperationStats, OutletClosed,

@@ -123,8 +123,27 @@ pub struct Server {
 #[derive(Debug)]
 struct Failed(StatusCode, String);
 
+/// Log budget of [`storage_refused`]: one line per second for the whole process.
+static STORAGE_LOG: alknet_runtime::LogThrottle = alknet_runtime::LogThrottle::new();
+
+/// Tells the operator when the file system itself refuses a request: full, over quota,
+/// read-only or failing. The client gets the status either way (OpenSSH prints only
+/// "Failure"); without this line nobody on the server side would know why uploads fail.
+fn storage_refused(e: &io::Error) {
+    use rustix::io::Errno;
+    let storage = [Errno::NOSPC, Errno::DQUOT, Errno::IO, Errno::ROFS];
+    if e.raw_os_error()
+        .is_some_and(|n| storage.iter().any(|s| s.raw_os_error() == n))
+    {
+        if let Some(held_back) = STORAGE_LOG.admit(std::time::Instant::now()) {
+            tracing::warn!(held_back, "sftp: the file system refused a request: {e}");
+        }
+    }
+}
+
 impl From<io::Error> for Failed {
     fn from(e: io::Error) -> Self {
+        storage_refused(&e);
         let code = match e.kind() {
             io::ErrorKind::NotFound => StatusCode::NoSuchFile,
             io::ErrorKind::PermissionDenied => StatusCode::PermissionDenied,
