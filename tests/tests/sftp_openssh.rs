@@ -397,12 +397,29 @@ fn sftp_straight_onto_alknet_sftp() {
     // known but without an sftp scope, and unknown: no session, no directory
     let erin = client_cert(&server, certs.path(), "erin", &["ssh:exec"]);
     let stranger = client_cert(&server, certs.path(), "stranger", &[]);
-    for (name, cert) in [("erin", &erin), ("stranger", &stranger)] {
+    for (name, cert, why) in [
+        (
+            "erin",
+            &erin,
+            "identity \"erin\" has neither sftp:read nor sftp:write",
+        ),
+        (
+            "stranger",
+            &stranger,
+            "needs a known client certificate, or a token",
+        ),
+    ] {
         let out = batch(sftp_direct(&server, cert), None, local.path(), "ls /\n");
         assert!(
             !out.status.success(),
             "{name} got a session: {}",
             text(&out.stdout)
+        );
+        // the reason travels in the QUIC close
+        assert!(
+            text(&out.stderr).contains(why),
+            "{name}: {}",
+            text(&out.stderr)
         );
         assert!(!root.join(name).exists());
     }

@@ -73,6 +73,9 @@ impl ProtocolHandler for SftpAlpn {
             // a client certificate with an SFTP scope names every session; without one,
             // each session's INIT must carry a token that does ([`crate::init`])
             let certified = auth.identity.clone().filter(|i| Grants::of(i).any());
+            // a known certificate without an SFTP scope is refused by name, unless a token
+            // names someone else
+            let known = auth.identity.clone();
             let offload = (self.offload)().map_err(|e| HandlerError::Other(Box::new(e)))?;
             let max = self.config.max_sessions_per_connection;
             let open = Rc::new(Cell::new(0usize));
@@ -89,19 +92,22 @@ impl ProtocolHandler for SftpAlpn {
                 }
                 open.set(open.get() + 1);
                 let slot = SessionSlot(open.clone());
-                let (certified, provider) = (certified.clone(), auth.provider.clone());
+                let (certified, known, provider) =
+                    (certified.clone(), known.clone(), auth.provider.clone());
                 let (root, config, offload) =
                     (self.root.clone(), self.config.clone(), offload.clone());
                 let (conn, remote) = (conn.clone(), auth.remote);
                 let name = Rc::new(Cell::new(None::<String>));
                 let named = name.clone();
                 let session_of = move |token: Option<&str>| {
-                    let identity = match (certified, token) {
-                        (Some(i), _) => i,
-                        (None, Some(t)) => provider
+                    let identity = match (certified, token, known) {
+                        (Some(i), _, _) => i,
+                        (None, Some(t), _) => provider
                             .resolve_from_token(t)
                             .ok_or_else(|| "the token is not known".to_string())?,
-                        (None, None) => {
+                        // session_for refuses it by name: it has no SFTP scope
+                        (None, None, Some(k)) => k,
+                        (None, None, None) => {
                             return Err(format!(
                                 "needs a known client certificate, or a token (alknet connect \
                                  --token), with {SCOPE_READ} or {SCOPE_WRITE}"
