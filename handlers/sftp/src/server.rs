@@ -135,8 +135,11 @@ fn storage_refused(e: &io::Error) {
     if e.raw_os_error()
         .is_some_and(|n| storage.iter().any(|s| s.raw_os_error() == n))
     {
-        if let Some(held_back) = STORAGE_LOG.admit(std::time::Instant::now()) {
-            tracing::warn!(held_back, "sftp: the file system refused a request: {e}");
+        if let Some(suppressed) = STORAGE_LOG.admit(std::time::Instant::now()) {
+            tracing::warn!(
+                also_refused_since_last_report = suppressed,
+                "sftp: the file system refused a request: {e}"
+            );
         }
     }
 }
