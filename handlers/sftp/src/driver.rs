@@ -24,10 +24,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::SftpConfig;
 use crate::frame::{FrameDecoder, FrameError};
+use crate::init::SSH_FXP_INIT;
 use crate::pipeline::{Done, Job, Pipeline};
 use crate::server::{encode, version_reply, Server};
 
-const SSH_FXP_INIT: u8 = 1;
 const SSH_FXP_READ: u8 = 5;
 const SSH_FXP_WRITE: u8 = 6;
 

@@ -20,7 +20,8 @@ pub const TOKEN_EXTENSION: &str = "token@alknet";
 /// bytes; anything this long is not an `INIT` to rewrite.
 pub const MAX_INIT: usize = 64 * 1024;
 
-const SSH_FXP_INIT: u8 = 1;
+/// The packet type of `SSH_FXP_INIT`, the first packet of every session.
+pub const SSH_FXP_INIT: u8 = 1;
 
 /// An `INIT` that cannot carry or give a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -44,7 +44,7 @@ use crate::driver::{
     cost, decode_data_parts, decode_data_request, decode_request, DataRequest, Decoded,
 };
 use crate::frame::{Frame, FrameDecoder, FrameError};
-use crate::init::{token_of, InitError};
+use crate::init::{token_of, InitError, SSH_FXP_INIT};
 use crate::pipeline::{Done, Job, Pipeline};
 use crate::server::{
     data_header, encode, eof_reply, io_error_reply, ok_reply, version_reply, Need, Server,
@@ -55,8 +55,6 @@ pub const WORKER_READ_CHUNK: usize = 256 * 1024;
 
 /// Application error code of a stream reset because its session failed.
 pub const SESSION_ABORT_CODE: u32 = 0x1;
-
-const SSH_FXP_INIT: u8 = 1;
 
 /// Why a session on the worker ended other than by the client's clean end of stream.
 #[derive(Debug, thiserror::Error)]
