@@ -184,6 +184,35 @@ fn load_config(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<FileC
     }
 }
 
+/// Says at start-up that `SSLKEYLOGFILE` is in effect (the secrets of every connection go
+/// to that file: whoever reads it decrypts the node's traffic), or that it names a file
+/// the process cannot open, which rustls would otherwise only note in a log this binary
+/// does not collect.
+fn warn_of_key_log() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = alknet_runtime::tls::key_log_path() else {
+        return;
+    };
+    let opened = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&path);
+    match opened {
+        Ok(_) => tracing::warn!(
+            path = %path.display(),
+            "{} is set: the TLS secrets of every connection are written to this file \
+             (whoever reads it can decrypt this node's traffic)",
+            alknet_runtime::tls::KEY_LOG_ENV
+        ),
+        Err(e) => tracing::warn!(
+            path = %path.display(),
+            "{} is set but its file cannot be opened ({e}): no secrets are logged",
+            alknet_runtime::tls::KEY_LOG_ENV
+        ),
+    }
+}
+
 fn serve(
     config: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
@@ -289,6 +318,7 @@ fn serve(
         "alknet serving"
     );
     tracing::info!("certificate fingerprint (sha256): {}", server.fingerprint());
+    warn_of_key_log();
     match cfg.publish_node_name(server.local_addr(), &server.fingerprint().to_string()) {
         Ok(Some(name)) => tracing::info!("pkarr node name: {name}"),
         Ok(None) => {}

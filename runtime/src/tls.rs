@@ -5,7 +5,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use alknet_proto::Fingerprint;
 pub use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -65,6 +65,33 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
         TLS13_CHACHA20_POLY1305_SHA256,
     ];
     Arc::new(provider)
+}
+
+/// The environment variable naming the key log file ([`key_log`]), as curl, browsers,
+/// quinn's examples and the QUIC interop runner use it.
+pub const KEY_LOG_ENV: &str = "SSLKEYLOGFILE";
+
+/// Where every TLS configuration built here (server and client, QUIC and TLS over TCP)
+/// writes its connections' secrets: the file named by [`KEY_LOG_ENV`], in the NSS key log
+/// format that Wireshark and tshark read to decrypt a capture, or nowhere when it is unset.
+/// One file per process, opened (append, mode 0600) once at the first configuration and
+/// shared by all later ones, so lines of concurrent handshakes never interleave. Only
+/// handshakes write to it: the packet path never reaches it.
+pub fn key_log() -> Arc<dyn rustls::KeyLog> {
+    static KEY_LOG: OnceLock<Arc<dyn rustls::KeyLog>> = OnceLock::new();
+    KEY_LOG
+        .get_or_init(|| match key_log_path() {
+            Some(_) => Arc::new(rustls::KeyLogFile::new()),
+            None => Arc::new(rustls::NoKeyLog),
+        })
+        .clone()
+}
+
+/// The key log file [`key_log`] writes to, if [`KEY_LOG_ENV`] names one.
+pub fn key_log_path() -> Option<PathBuf> {
+    std::env::var_os(KEY_LOG_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
 }
 
 /// Where a server's rustls takes the random bytes it asks for itself.
@@ -444,6 +471,7 @@ pub fn server_rustls_config(
         }
     };
     cfg.alpn_protocols = alpns;
+    cfg.key_log = key_log();
     policy.apply(&mut cfg);
     Ok(cfg)
 }
@@ -549,6 +577,7 @@ pub fn client_rustls_config(
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = alpns;
+    cfg.key_log = key_log();
     if !resumption {
         cfg.resumption = rustls::client::Resumption::disabled();
     }

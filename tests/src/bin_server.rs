@@ -48,6 +48,11 @@ impl BinServer {
         Self::launch(Some(config), &[], args)
     }
 
+    /// [`Self::start`] (the embedded default config) with `env` set for the server process.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        Self::launch(None, env, &[])
+    }
+
     /// As [`Self::start_with_config`], with `env` set for the server process (e.g. a
     /// `PATH` without `git`).
     pub fn start_with_config_env(config: &str, env: &[(&str, &str)]) -> Self {
