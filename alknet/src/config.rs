@@ -63,8 +63,9 @@ client_auth = "optional"
 # git-remote-alknet; see README), "doq" (DNS over QUIC, RFC 9250) and "alknet/dns"
 # (pipelined DNS over QUIC), which answer for the [[dns.zones]] below (not on by default),
 # "hq-interop" (HTTP/0.9 file serving of the QUIC interop runner; off by default, needs
-# [hq] root), "h3" (HTTP/3; off by default for now, see [http3]).
-enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh", "alknet/sftp", "alknet/git"]
+# [hq] root), "h3" (HTTP/3: the routes HTTP/1.1 and HTTP/2 serve over TLS/TCP, and
+# WebTransport; see [http3]).
+enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh", "alknet/sftp", "alknet/git", "h3"]
 
 [quic]
 # Retry (address validation before any state is kept): "never", "always", or "auto" =
@@ -1435,14 +1436,13 @@ pub fn available_handlers() -> Vec<String> {
 
 /// The handlers served when `handlers.enabled` is not given: all but DNS, which answers
 /// only for configured zones and so is turned on with them, and `hq-interop`, which serves
-/// files to anyone and so only when asked for, and `h3`, opt-in until the shared HTTP
-/// router lands (issue 14).
+/// files to anyone and so only when asked for. `h3` is served: the same router as HTTP/1.1
+/// and HTTP/2 over TLS/TCP, which are on by default too (`[tcp]`).
 pub fn default_handlers() -> Vec<String> {
     let opt_in = [
         alknet_dns::DOQ_ALPN,
         alknet_dns::PIPELINE_ALPN,
         alknet_hq::ALPN,
-        alknet_http::h3::ALPN,
     ];
     available_handlers()
         .into_iter()
@@ -1476,7 +1476,12 @@ mod tests {
         let mut cfg = cfg;
         // the ssh handler keeps its host key in the data directory
         cfg.data_dir = Some(dir.path().to_path_buf());
-        assert_eq!(cfg.registry().expect("registry").len(), 6);
+        let registry = cfg.registry().expect("registry");
+        assert_eq!(registry.len(), 7);
+        assert!(
+            registry.alpns().contains(&alknet_http::h3::ALPN.to_vec()),
+            "HTTP/3 is served by default, as HTTP/1.1 and HTTP/2 are over TLS/TCP"
+        );
         assert!(dir.path().join(alknet_ssh::HOST_KEY_FILE).exists());
         assert!(dir.path().join("git").is_dir(), "the git root is created");
         assert_eq!(cfg.git, GitConfig::default());

@@ -55,6 +55,30 @@ fn aioquic_h3_client_gets_every_route_and_the_limits() {
 }
 
 #[test]
+fn the_embedded_default_serves_http3_and_advertises_it_over_tcp() {
+    require_aioquic();
+    // no config file at all: what `alknet serve` runs on a fresh machine
+    let server = BinServer::start();
+    run_checks(&server, &["--checks", "health"], 2);
+    let out = wait_output(
+        Command::new("curl")
+            .args(["-sk", "--http1.1", "-o", "/dev/null", "-D", "-"])
+            .arg(format!("https://127.0.0.1:{}/health", server.port))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("curl (tests/run-all.sh installs it)"),
+        Duration::from_secs(30),
+    );
+    let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        headers.starts_with("http/1.1 200")
+            && headers.contains(&format!("alt-svc: h3=\":{}\"", server.port)),
+        "{headers}"
+    );
+}
+
+#[test]
 fn aioquic_h3_limits_from_the_config_hold() {
     require_aioquic();
     // 4 requests at once: the 50 concurrent requests queue behind QUIC flow control and

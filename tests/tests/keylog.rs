@@ -31,7 +31,8 @@ fn key_log(path: &Path) -> BTreeSet<(String, String, String)> {
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             assert_eq!(f.len(), 3, "not a key log line: {l:?}");
-            let hex = |s: &str| s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit());
+            let hex =
+                |s: &str| s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit());
             assert!(
                 f[1].len() == 64 && hex(f[1]) && hex(f[2]) && f[2].len() >= 64,
                 "not a key log line: {l:?}"
