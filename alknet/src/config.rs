@@ -13,6 +13,7 @@ use alknet_dns::{
 use alknet_git::{GitConfig, GitHandler};
 use alknet_http::{DnsServices, HttpConfig, HttpState, HttpTcpHandler};
 use alknet_peers::SqlitePeerStore;
+use alknet_runtime::host_key::{HostKeyError, QuicHostKey};
 use alknet_runtime::resolve_workers;
 use alknet_runtime::tls::{ClientAuth, TlsIdentity, WebTransportCert};
 use alknet_runtime::{
@@ -439,6 +440,8 @@ pub enum ConfigError {
     Vault(String),
     #[error("config: {0}")]
     Invalid(String),
+    #[error("QUIC host key: {0}")]
+    HostKey(#[from] HostKeyError),
 }
 
 #[derive(Debug, Deserialize)]
@@ -1387,7 +1390,24 @@ impl FileConfig {
             admission: self.admission.clone(),
             // a debugging switch, as in the QUIC interop runner's images
             qlog_dir: std::env::var_os("QLOGDIR").map(PathBuf::from),
+            quic_host_key: None,
         }
+    }
+
+    /// The QUIC host key (the stateless-reset and address-token keys come from it, so a
+    /// restarted node's resets are accepted by the old process's clients): from the
+    /// vault when the node has one, else kept in the data directory (generated on first
+    /// start); and whether it was generated now.
+    pub fn quic_host_key(&self) -> Result<(QuicHostKey, bool), ConfigError> {
+        if let Some(keys) = &self.vault_keys {
+            return Ok((keys.quic_host.clone(), false));
+        }
+        if self.vault.file.is_some() {
+            return Err(ConfigError::Vault(
+                "the vault was not unlocked before the QUIC host key was asked for".into(),
+            ));
+        }
+        Ok(QuicHostKey::load_or_generate(&self.data_dir())?)
     }
 }
 

@@ -265,19 +265,31 @@ fn serve(
         }
         let provider = cfg.identity_provider()?;
         let (tls, generated) = cfg.tls_identity()?;
+        let host_key = cfg.quic_host_key()?;
         let (tcp, http) = cfg.tcp_setup()?;
-        Ok((registry, provider, tls, generated, tcp, http, hooks))
+        Ok((
+            registry, provider, tls, generated, host_key, tcp, http, hooks,
+        ))
     })();
-    let (registry, provider, tls, generated, tcp, http, hooks) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("alknet: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let (registry, provider, tls, generated, (host_key, host_key_made), tcp, http, hooks) =
+        match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("alknet: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
     if let Some(dir) = generated {
         tracing::info!("generated a self-signed certificate in {}", dir.display());
     }
+    if host_key_made {
+        tracing::info!(
+            "generated a QUIC host key (stateless-reset and address-token keys) in {}",
+            cfg.data_dir().display()
+        );
+    }
+    let mut engine = cfg.engine(tls);
+    engine.quic_host_key = Some(host_key);
     let alpns: Vec<String> = registry
         .alpns()
         .iter()
@@ -288,19 +300,14 @@ fn serve(
         .iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let server = match alknet_runtime::start_with_hooks(
-        cfg.engine(tls),
-        registry,
-        provider,
-        Some(tcp),
-        hooks,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("alknet: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let server =
+        match alknet_runtime::start_with_hooks(engine, registry, provider, Some(tcp), hooks) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("alknet: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     http.set_status(server.status());
     if !tcp_alpns.is_empty() {
         tracing::info!(

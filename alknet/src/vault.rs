@@ -90,7 +90,7 @@ enum VaultCommand {
     /// List the node keys and the recorded client identities with their fingerprints
     List,
     /// Print a key's public forms: hex, OpenSSH line, SSH and TLS fingerprints. NAME is
-    /// node-tls, ssh-host, pkarr or a client identity (recorded in the vault)
+    /// node-tls, ssh-host, pkarr, quic-host or a client identity (recorded in the vault)
     Derive {
         #[arg(required_unless_present = "path", conflicts_with = "path")]
         name: Option<String>,
@@ -244,6 +244,9 @@ pub struct NodeKeys {
     /// The Ed25519 seed of the key the node publishes its pkarr name under
     /// (`m/6384747'/2'/0'`): the same words give the same name on any machine.
     pub pkarr_seed: zeroize::Zeroizing<[u8; 32]>,
+    /// The QUIC host key (`m/6384747'/4'/0'`): a node restored from the same words on
+    /// another machine answers the old one's clients with resets they accept.
+    pub quic_host: alknet_runtime::host_key::QuicHostKey,
 }
 
 impl std::fmt::Debug for NodeKeys {
@@ -262,6 +265,9 @@ pub fn node_keys(path: &Path, password_file: Option<&Path>) -> CliResult<NodeKey
         tls: tls_identity_of(&vault.derive(&KeyPurpose::NodeTls))?,
         ssh_host: ssh_key_of(&vault.derive(&KeyPurpose::SshHost), "alknet host key")?,
         pkarr_seed: zeroize::Zeroizing::new(*vault.derive(&KeyPurpose::Pkarr).private_key()),
+        quic_host: alknet_runtime::host_key::QuicHostKey::from_bytes(
+            *vault.derive(&KeyPurpose::QuicHost).private_key(),
+        ),
     })
 }
 

@@ -469,6 +469,7 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
                 handshake: alknet_runtime::HandshakePolicy::default(),
                 admission: flood_admission(),
                 qlog_dir: None,
+                quic_host_key: None,
             };
             // TLS over TCP on the same port: `[tcp] stream_alpns`' defaults (alknet/echo
             // among them) for `--transport tcp`

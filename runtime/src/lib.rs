@@ -21,6 +21,7 @@ mod connection;
 mod dns;
 pub mod files;
 mod handshake;
+pub mod host_key;
 mod identity;
 mod inbox;
 mod limits;

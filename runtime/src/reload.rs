@@ -237,7 +237,14 @@ impl ConfigReloadHandle {
         limits: &Limits,
         handshake: &HandshakePolicy,
     ) -> Result<ServerTls, TlsError> {
-        let config = build_server_config(tls, registry.alpns(), client_auth, limits, handshake)?;
+        let config = build_server_config(
+            tls,
+            registry.alpns(),
+            client_auth,
+            limits,
+            handshake,
+            self.0.keys.token.clone(),
+        )?;
         let tcp = crate::server::build_tcp_config(&self.0, tls, client_auth, handshake, registry)?;
         Ok(ServerTls {
             config,

@@ -16,6 +16,7 @@ use quinn_proto::{Endpoint, EndpointConfig};
 use crate::admission::{AdmissionError, AdmissionLimits, SourceTable};
 use crate::cid::WorkerCidGenerator;
 use crate::handshake::{HandshakePolicy, HandshakePolicyError};
+use crate::host_key::EndpointKeys;
 use crate::identity::IdentityProvider;
 use crate::inbox::Inbox;
 use crate::limits::{Limits, LimitsError};
@@ -62,6 +63,11 @@ pub struct EngineConfig {
     /// Write a qlog trace of every connection into this directory (debugging; see
     /// `qlog.rs`). `alknet serve` takes it from `$QLOGDIR`.
     pub qlog_dir: Option<std::path::PathBuf>,
+    /// The secret the stateless-reset and address-token keys are derived from; `None`: a
+    /// random one per process, so a restarted server's resets are ignored by the old
+    /// process's clients (see `host_key.rs`). `alknet serve` keeps one in the data
+    /// directory, or derives it from the vault.
+    pub quic_host_key: Option<crate::host_key::QuicHostKey>,
 }
 
 /// Why a server could not start.
@@ -95,9 +101,10 @@ pub(crate) fn build_server_config(
     client_auth: ClientAuth,
     limits: &Limits,
     handshake: &HandshakePolicy,
+    token_key: Arc<ring::hkdf::Prk>,
 ) -> Result<Arc<quinn_proto::ServerConfig>, TlsError> {
     let crypto = server_crypto_with_policy(tls, alpns, client_auth, handshake)?;
-    let mut server_config = quinn_proto::ServerConfig::with_crypto(crypto);
+    let mut server_config = quinn_proto::ServerConfig::new(crypto, token_key);
     server_config
         .transport_config(Arc::new(limits.transport_config()))
         .migration(true)
@@ -306,19 +313,19 @@ pub fn start_with_hooks(
         tracing::info!(%bound, "offering a preferred address");
         preferred_groups.push(group);
     }
-    // One ServerConfig (and so one token key) and one reset key for all workers: a retry
-    // token or reset token minted by one worker is valid on every other.
+    // One token key and one reset key for all workers (and, from a kept host key, for
+    // every process on this data directory): a retry token or reset token minted by one
+    // worker is valid on every other.
+    let keys = EndpointKeys::new(config.quic_host_key.as_ref());
     let server_config = build_server_config(
         &config.tls,
         registry.alpns(),
         config.client_auth,
         &config.limits,
         &config.handshake,
+        keys.token.clone(),
     )?;
-    let mut reset_key = [0u8; 64];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut reset_key);
-    let reset_key = Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key));
-    let mut base_endpoint = EndpointConfig::new(reset_key);
+    let mut base_endpoint = EndpointConfig::new(keys.reset.clone());
     base_endpoint.max_udp_payload_size(config.limits.endpoint_max_udp_payload_size())?;
 
     // the TCP listeners take the port the UDP group got (it may have been 0)
@@ -369,6 +376,7 @@ pub fn start_with_hooks(
     let shared = Arc::new(ServerShared {
         registry: ArcSwap::from_pointee(registry),
         tls_source: std::sync::Mutex::new((config.tls.clone(), config.client_auth)),
+        keys,
         provider: Arc::new(LiveIdentityProvider::new(provider)),
         tls: ArcSwap::from_pointee(ServerTls {
             config: server_config.clone(),

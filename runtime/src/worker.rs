@@ -75,6 +75,9 @@ pub(crate) struct ServerShared {
     /// What the TLS config is built from, for rebuilding it when the handlers or the
     /// certificate change (only the reload path takes this lock).
     pub tls_source: std::sync::Mutex<(TlsIdentity, ClientAuth)>,
+    /// The reset and token keys, for the process's life: a rebuilt server config keeps
+    /// the token key, so Retry tokens minted before a reload still validate.
+    pub keys: crate::host_key::EndpointKeys,
     /// Live: replaced by [`crate::ConfigReloadHandle::set_identity_provider`]; handlers get
     /// this one, so a token resolved on an open connection sees the new identities too.
     pub provider: Arc<LiveIdentityProvider>,

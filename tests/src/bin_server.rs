@@ -13,6 +13,8 @@ pub struct BinServer {
     pub port: u16,
     pub data_dir: tempfile::TempDir,
     log: ChildLines,
+    /// How it was started, for [`Self::crash_and_restart`].
+    command: Command,
 }
 
 impl Drop for BinServer {
@@ -103,8 +105,8 @@ impl BinServer {
         let data_dir = tempfile::tempdir().expect("tempdir");
         // free for TCP too: the server's TLS-over-TCP listener takes the same port
         let port = crate::dns::free_port_pair();
-        let mut cmd = Command::new(alknet_bin());
-        cmd.args([
+        let mut command = Command::new(alknet_bin());
+        command.args([
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -114,26 +116,48 @@ impl BinServer {
         if let Some(text) = config {
             let path = data_dir.path().join("config.toml");
             std::fs::write(&path, text).expect("write config");
-            cmd.arg("--config").arg(path);
+            command.arg("--config").arg(path);
         }
-        cmd.args(extra);
-        cmd.envs(env.iter().copied());
-        let mut child = cmd
+        command.args(extra);
+        command.envs(env.iter().copied());
+        command
             .env("ALKNET_DATA_DIR", data_dir.path())
             .env("ALKNET_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn alknet serve");
-        let log = ChildLines::read(child.stderr.take().expect("stderr"));
+            .stderr(Stdio::piped());
+        let (child, log) = Self::spawn(&mut command);
         let server = Self {
             child,
             port,
             data_dir,
             log,
+            command,
         };
         match server.log_until("alknet serving") {
             Ok(_) => Ok(server),
             Err(seen) => Err(seen.join("\n")),
+        }
+    }
+
+    fn spawn(command: &mut Command) -> (Child, ChildLines) {
+        let mut child = command.spawn().expect("spawn alknet serve");
+        let log = ChildLines::read(child.stderr.take().expect("stderr"));
+        (child, log)
+    }
+
+    /// Kills the server with SIGKILL (a crash: nothing is drained or closed) and starts
+    /// the same command again, on the same port and data directory, waiting until it
+    /// serves.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, log) = Self::spawn(&mut self.command);
+        self.child = child;
+        self.log = log;
+        if let Err(seen) = self.log_until("alknet serving") {
+            panic!(
+                "alknet serve did not start again; its log:\n{}",
+                seen.join("\n")
+            );
         }
     }
 

@@ -95,6 +95,7 @@ pub fn start_server(opts: ServerOptions) -> ServerHandle {
         handshake: opts.handshake,
         admission: opts.admission,
         qlog_dir: None,
+        quic_host_key: None,
     };
     alknet_runtime::start_with_hooks(config, registry, opts.provider, opts.tcp, opts.hooks)
         .expect("start server")

@@ -327,6 +327,7 @@ fn streams() {
         handshake: alknet_runtime::HandshakePolicy::default(),
         admission: alknet_runtime::AdmissionLimits::default(),
         qlog_dir: None,
+        quic_host_key: None,
     };
     let server = alknet_runtime::start(config, registry, Arc::new(NoIdentities)).expect("start");
     let addr = server.local_addr();

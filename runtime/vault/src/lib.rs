@@ -76,12 +76,14 @@ pub const BRANCH_NODE_TLS: u32 = 0;
 pub const BRANCH_SSH_HOST: u32 = 1;
 pub const BRANCH_PKARR: u32 = 2;
 pub const BRANCH_CLIENT: u32 = 3;
+pub const BRANCH_QUIC_HOST: u32 = 4;
 
 /// Names that select a node purpose in `derive NAME`; no client identity may take them.
 pub const NAME_NODE_TLS: &str = "node-tls";
 pub const NAME_SSH_HOST: &str = "ssh-host";
 pub const NAME_PKARR: &str = "pkarr";
-pub const RESERVED_NAMES: [&str; 3] = [NAME_NODE_TLS, NAME_SSH_HOST, NAME_PKARR];
+pub const NAME_QUIC_HOST: &str = "quic-host";
+pub const RESERVED_NAMES: [&str; 4] = [NAME_NODE_TLS, NAME_SSH_HOST, NAME_PKARR, NAME_QUIC_HOST];
 
 /// Longest identity name (as peer names).
 pub const MAX_NAME_LEN: usize = 64;
@@ -95,6 +97,9 @@ pub enum KeyPurpose {
     SshHost,
     /// The key that signs the node's pkarr / DNS records: `m/6384747'/2'/0'`.
     Pkarr,
+    /// The node's QUIC host key (its private key's 32 bytes are the secret the stateless
+    /// reset and address-token keys are derived from): `m/6384747'/4'/0'`.
+    QuicHost,
     /// A named client identity (SSH user key, TLS client certificate):
     /// `m/6384747'/3'/N'` with N the first four bytes of SHA-256("alknet client
     /// identity\0" || name), big-endian, top bit cleared.
@@ -108,6 +113,7 @@ impl KeyPurpose {
             NAME_NODE_TLS => Self::NodeTls,
             NAME_SSH_HOST => Self::SshHost,
             NAME_PKARR => Self::Pkarr,
+            NAME_QUIC_HOST => Self::QuicHost,
             _ if valid_identity_name(name) => Self::Client(name.to_string()),
             _ => return Err(VaultError::InvalidName(name.to_string())),
         })
@@ -119,6 +125,7 @@ impl KeyPurpose {
             Self::NodeTls => NAME_NODE_TLS,
             Self::SshHost => NAME_SSH_HOST,
             Self::Pkarr => NAME_PKARR,
+            Self::QuicHost => NAME_QUIC_HOST,
             Self::Client(n) => n,
         }
     }
@@ -129,6 +136,7 @@ impl KeyPurpose {
             Self::NodeTls => (BRANCH_NODE_TLS, 0),
             Self::SshHost => (BRANCH_SSH_HOST, 0),
             Self::Pkarr => (BRANCH_PKARR, 0),
+            Self::QuicHost => (BRANCH_QUIC_HOST, 0),
             Self::Client(name) => (BRANCH_CLIENT, client_index(name)),
         };
         DerivationPath::new(vec![ALKNET_PURPOSE, branch, index])
@@ -570,6 +578,7 @@ mod tests {
             KeyPurpose::NodeTls,
             KeyPurpose::SshHost,
             KeyPurpose::Pkarr,
+            KeyPurpose::QuicHost,
             KeyPurpose::Client("alice".into()),
             KeyPurpose::Client("bob".into()),
         ];
@@ -690,6 +699,7 @@ mod tests {
             "node-tls",
             "ssh-host",
             "pkarr",
+            "quic-host",
             &"x".repeat(65),
         ] {
             assert!(!valid_identity_name(bad), "{bad:?}");
