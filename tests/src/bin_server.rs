@@ -61,12 +61,22 @@ impl BinServer {
         Self::launch(Some(config), env, &[])
     }
 
+    /// [`Self::start`] listening on `[::]` (IPv6 and, through mapped addresses, IPv4);
+    /// [`Self::addr`] stays `127.0.0.1:PORT`.
+    pub fn start_dual_stack() -> Self {
+        Self::launch_on("[::]", None, &[], &[])
+    }
+
     fn launch(config: Option<&str>, env: &[(&str, &str)], extra: &[&str]) -> Self {
+        Self::launch_on("127.0.0.1", config, env, extra)
+    }
+
+    fn launch_on(host: &str, config: Option<&str>, env: &[(&str, &str)], extra: &[&str]) -> Self {
         // a port probed free can be taken by a parallel test before the server binds it:
         // start again on another one
         let mut last = String::new();
         for _ in 0..BIND_RETRIES {
-            match Self::try_launch(config, env, extra) {
+            match Self::try_launch(host, config, env, extra) {
                 Ok(server) => return server,
                 Err(log) if log.contains("already in use") => last = log,
                 Err(log) => panic!("alknet serve did not start; its log:\n{log}"),
@@ -94,10 +104,11 @@ impl BinServer {
     /// `alknet serve` with `config` as [`Self::start_with_config`], or, if it exits before
     /// serving, `Err` with its log (e.g. a port named in `config` was taken meanwhile).
     pub fn try_start_with_config(config: &str) -> Result<Self, String> {
-        Self::try_launch(Some(config), &[], &[])
+        Self::try_launch("127.0.0.1", Some(config), &[], &[])
     }
 
     fn try_launch(
+        host: &str,
         config: Option<&str>,
         env: &[(&str, &str)],
         extra: &[&str],
@@ -109,7 +120,7 @@ impl BinServer {
         command.args([
             "serve",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            &format!("{host}:{port}"),
             "--workers",
             "2",
         ]);
