@@ -241,3 +241,49 @@ pub fn alknet_bin() -> PathBuf {
     );
     bin
 }
+
+/// `alknet connect --alpn alknet/echo --fingerprint FP --transport TRANSPORT ADDR`: the
+/// stock client of the echo service, over `quic` or `tcp`; stdio is the caller's to set.
+pub fn echo_connect(addr: &str, fingerprint: &str, transport: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(alknet_bin());
+    cmd.args([
+        "connect",
+        "--alpn",
+        "alknet/echo",
+        "--fingerprint",
+        fingerprint,
+    ])
+    .args(["--transport", transport])
+    .arg(addr);
+    cmd
+}
+
+/// Runs `tests/interop/SCRIPT` (a Python client nobody here wrote) against `host:port`
+/// pinning `fingerprint`, with `extra` arguments, for at most 300 s (the scripts bound
+/// their own waits; this is the backstop); asserts it succeeded and returns its stdout.
+pub fn interop_script(
+    script: &str,
+    host: &str,
+    port: u16,
+    fingerprint: &str,
+    extra: &[&str],
+) -> String {
+    let path = format!("{}/interop/{script}", env!("CARGO_MANIFEST_DIR"));
+    let child = std::process::Command::new("python3")
+        .arg(path)
+        .args(["--host", host, "--port", &port.to_string()])
+        .args(["--fingerprint", fingerprint])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let out = wait_output(child, std::time::Duration::from_secs(300));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} against {host} port {port} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

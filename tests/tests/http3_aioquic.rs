@@ -5,36 +5,22 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use alknet_tests::{require_aioquic, wait_output, BinServer, ChildLines};
+use alknet_tests::{interop_script, require_aioquic, wait_output, BinServer, ChildLines};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/aioquic_h3.py");
 
 /// Runs the script against `server`, asserting it passed `expect_passed` checks.
 fn run_checks(server: &BinServer, extra: &[&str], expect_passed: usize) {
-    let child = Command::new("python3")
-        .arg(SCRIPT)
-        .args(["--host", "127.0.0.1", "--port"])
-        .arg(server.port.to_string())
-        .arg("--fingerprint")
-        .arg(server.fingerprint())
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python3");
-    // the script bounds itself (240 s); this is the backstop
-    let out = wait_output(child, Duration::from_secs(300));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "aioquic HTTP/3 checks failed:\n{stdout}\n{stderr}"
+    let fingerprint = server.fingerprint();
+    let stdout = interop_script(
+        "aioquic_h3.py",
+        "127.0.0.1",
+        server.port,
+        &fingerprint,
+        extra,
     );
     let want = format!("aioquic h3: {expect_passed} passed, 0 failed");
-    assert!(
-        stdout.contains(&want),
-        "unexpected output:\n{stdout}\n{stderr}"
-    );
+    assert!(stdout.contains(&want), "unexpected output:\n{stdout}");
 }
 
 #[test]

@@ -20,27 +20,6 @@ fn bracketed(host: &str) -> String {
     }
 }
 
-fn python(script: &str, server: &BinServer, host: &str, extra: &[&str]) -> String {
-    let path = format!("{}/interop/{script}", env!("CARGO_MANIFEST_DIR"));
-    let child = Command::new("python3")
-        .arg(path)
-        .args(["--host", host, "--port", &server.port.to_string()])
-        .args(["--fingerprint", &server.fingerprint()])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python3");
-    let out = wait_output(child, Duration::from_secs(300));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{script} to {host} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 #[test]
 fn a_dual_stack_listener_serves_ipv6_and_ipv4_clients() {
     require_aioquic();
@@ -50,10 +29,11 @@ fn a_dual_stack_listener_serves_ipv6_and_ipv4_clients() {
         let addr = format!("{}:{}", bracketed(host), server.port);
 
         // raw QUIC: streams both ways, datagrams, a refused ALPN
-        let out = python("aioquic_echo.py", &server, host, &[]);
+        let out = interop_script("aioquic_echo.py", host, server.port, &fingerprint, &[]);
         assert!(out.contains("aioquic interop: 5 passed, 0 failed"), "{out}");
         // HTTP/3 (on by default)
-        let out = python("aioquic_h3.py", &server, host, &["--checks", "health"]);
+        let checks = ["--checks", "health"];
+        let out = interop_script("aioquic_h3.py", host, server.port, &fingerprint, &checks);
         assert!(out.contains("aioquic h3: 2 passed, 0 failed"), "{out}");
 
         // HTTP/1.1 and HTTP/2 over TLS/TCP on the same port
@@ -87,16 +67,7 @@ fn a_dual_stack_listener_serves_ipv6_and_ipv4_clients() {
 
         // alknet connect, QUIC and TLS/TCP
         for transport in ["quic", "tcp"] {
-            let mut cmd = Command::new(alknet_bin());
-            cmd.args([
-                "connect",
-                "--alpn",
-                "alknet/echo",
-                "--fingerprint",
-                &fingerprint,
-            ])
-            .args(["--transport", transport])
-            .arg(&addr);
+            let cmd = echo_connect(&addr, &fingerprint, transport);
             let line = format!("{host} over {transport}\n");
             let out = run_with_input(cmd, line.as_bytes());
             assert_eq!(

@@ -107,17 +107,8 @@ fn key_log_holds_the_secrets_each_client_negotiated() {
     let mut connect_logs = Vec::new();
     for transport in ["quic", "tcp"] {
         let log = file(&format!("connect-{transport}.keys"));
-        let mut cmd = Command::new(alknet_bin());
-        cmd.args([
-            "connect",
-            "--alpn",
-            "alknet/echo",
-            "--fingerprint",
-            &fingerprint,
-        ])
-        .args(["--transport", transport])
-        .arg(server.addr())
-        .env("SSLKEYLOGFILE", &log);
+        let mut cmd = echo_connect(&server.addr(), &fingerprint, transport);
+        cmd.env("SSLKEYLOGFILE", &log);
         let out = run_with_input(cmd, b"logged\n");
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),

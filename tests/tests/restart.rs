@@ -7,7 +7,7 @@
 //! resets carry a token the client does not know, and it must keep waiting.
 
 use std::io::Write;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
 use alknet_runtime::host_key::QUIC_HOST_KEY_FILE;
@@ -22,10 +22,7 @@ struct EchoClient {
 
 impl EchoClient {
     fn connect(server: &BinServer) -> Self {
-        let mut child = Command::new(alknet_bin())
-            .args(["connect", "--alpn", "alknet/echo", "--fingerprint"])
-            .arg(server.fingerprint())
-            .arg(server.addr())
+        let mut child = echo_connect(&server.addr(), &server.fingerprint(), "quic")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
