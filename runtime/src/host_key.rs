@@ -55,7 +55,7 @@ impl QuicHostKey {
         Self(bytes)
     }
 
-    /// A new random key (from the kernel's CSPRNG, through ring).
+    /// A new random key, from the kernel (`getrandom`).
     pub fn generate() -> Self {
         let mut bytes = [0u8; QUIC_HOST_KEY_LEN];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
