@@ -42,6 +42,11 @@ const PIPE_DEPTH: usize = 8;
 /// Keep-alive for connect sessions, so an idle interactive session outlives the idle
 /// timeout.
 const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+/// `--transport auto`: how long QUIC has alone before TLS over TCP races it. Long enough
+/// for a QUIC handshake on any path a person would call working (one round trip plus the
+/// server's certificate), short enough that a network dropping UDP costs a person little;
+/// browsers give QUIC a head start of the same order before they race TCP.
+pub const FALLBACK_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
 /// After the session ends, how long to wait for the close to reach the server.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often to look whether the close has been sent.
@@ -84,8 +89,9 @@ pub struct ServerArgs {
     /// Name to verify in the server certificate (default: the host part of HOST:PORT)
     #[arg(long)]
     pub server_name: Option<String>,
-    /// How to reach the server: QUIC; WebTransport over HTTP/3; or TLS over TCP on the
-    /// same port, for networks that block UDP (one stream per connection)
+    /// How to reach the server: QUIC; WebTransport over HTTP/3; TLS over TCP on the same
+    /// port, for networks that block UDP (one stream per connection); or auto, QUIC with
+    /// TLS/TCP racing it when QUIC has not connected within 300 ms
     #[arg(long, value_enum, default_value_t = Transport::Quic)]
     pub transport: Transport,
     /// Server address
@@ -103,13 +109,16 @@ pub enum Transport {
     Webtransport,
     /// TLS over TCP on the same port (one stream per connection)
     Tcp,
+    /// QUIC first; TLS over TCP too if QUIC has not connected within 300 ms; the first
+    /// to connect is used (for ProxyCommand lines that must work where UDP is blocked)
+    Auto,
 }
 
 impl std::str::FromStr for Transport {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         <Self as clap::ValueEnum>::from_str(s, true)
-            .map_err(|_| format!("unknown transport {s:?} (quic, webtransport or tcp)"))
+            .map_err(|_| format!("unknown transport {s:?} (quic, webtransport, tcp or auto)"))
     }
 }
 
@@ -193,7 +202,45 @@ impl Dial {
             Transport::Quic => self.connect_quic(limits).await,
             Transport::Tcp => self.connect_tcp().await,
             Transport::Webtransport => self.connect_webtransport(limits).await,
+            Transport::Auto => self.connect_auto(limits).await,
         }
+    }
+
+    /// QUIC alone for [`FALLBACK_DELAY`], then QUIC and TLS/TCP racing; the first to
+    /// connect wins and the other attempt is dropped (Happy Eyeballs, RFC 8305, with UDP
+    /// and TCP in place of two address families). An answer within the delay ends it
+    /// either way: a server that refuses the QUIC connection (an ALPN it does not serve,
+    /// a client it does not admit) is not asked again over TCP; only silence falls back.
+    /// If both fail, both errors are reported.
+    async fn connect_auto(self, limits: &Limits) -> Result<(Carrier, Connection), String> {
+        let mut quic = std::pin::pin!(self.connect_quic(limits));
+        monoio::select! {
+            r = &mut quic => {
+                if r.is_ok() {
+                    tracing::debug!(remote = %self.remote, "connected over QUIC");
+                }
+                return r;
+            }
+            _ = monoio::time::sleep(FALLBACK_DELAY) => {}
+        }
+        tracing::debug!(
+            remote = %self.remote,
+            "no QUIC connection within {FALLBACK_DELAY:?}; racing TLS over TCP"
+        );
+        let mut tcp = std::pin::pin!(self.connect_tcp());
+        let both = |q: String, t: String| format!("over QUIC: {q}; over TLS/TCP: {t}");
+        let (won, over) = monoio::select! {
+            r = &mut quic => match r {
+                Ok(c) => (c, "QUIC"),
+                Err(q) => (tcp.await.map_err(|t| both(q, t))?, "TLS/TCP"),
+            },
+            r = &mut tcp => match r {
+                Ok(c) => (c, "TLS/TCP"),
+                Err(t) => (quic.await.map_err(|q| both(q, t))?, "QUIC"),
+            },
+        };
+        tracing::debug!(remote = %self.remote, "connected over {over}");
+        Ok(won)
     }
 
     /// QUIC with ALPN `h3`, then a WebTransport session at `/<alpn>`: the session is the
@@ -222,7 +269,7 @@ impl Dial {
     }
 
     /// TLS over TCP to the same address and port: a one-stream connection.
-    async fn connect_tcp(self) -> Result<(Carrier, Connection), String> {
+    async fn connect_tcp(&self) -> Result<(Carrier, Connection), String> {
         let config =
             tcp_client_config(&self.trust, vec![self.alpn.clone()], self.identity.as_ref())
                 .map_err(|e| e.to_string())?;
@@ -238,7 +285,7 @@ impl Dial {
     }
 
     /// Binds a client endpoint of the right address family and connects over QUIC.
-    async fn connect_quic(self, limits: &Limits) -> Result<(Carrier, Connection), String> {
+    async fn connect_quic(&self, limits: &Limits) -> Result<(Carrier, Connection), String> {
         let local: SocketAddr = if self.remote.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
@@ -246,7 +293,7 @@ impl Dial {
         };
         let endpoint = ClientEndpoint::bind(local, limits).map_err(|e| format!("bind: {e}"))?;
         let conn = endpoint
-            .connect(self.remote, &self.server_name, self.crypto)
+            .connect(self.remote, &self.server_name, self.crypto.clone())
             .await
             .map_err(|e| format!("{}: {e}", self.remote))?;
         Ok((Carrier::Quic(endpoint), conn))

@@ -242,20 +242,24 @@ pub fn alknet_bin() -> PathBuf {
     bin
 }
 
-/// `alknet connect --alpn alknet/echo --fingerprint FP --transport TRANSPORT ADDR`: the
-/// stock client of the echo service, over `quic` or `tcp`; stdio is the caller's to set.
-pub fn echo_connect(addr: &str, fingerprint: &str, transport: &str) -> std::process::Command {
+/// `alknet connect --alpn ALPN --fingerprint FP --transport TRANSPORT ADDR`; stdio is the
+/// caller's to set.
+pub fn alknet_connect(
+    alpn: &str,
+    addr: &str,
+    fingerprint: &str,
+    transport: &str,
+) -> std::process::Command {
     let mut cmd = std::process::Command::new(alknet_bin());
-    cmd.args([
-        "connect",
-        "--alpn",
-        "alknet/echo",
-        "--fingerprint",
-        fingerprint,
-    ])
-    .args(["--transport", transport])
-    .arg(addr);
+    cmd.args(["connect", "--alpn", alpn, "--fingerprint", fingerprint])
+        .args(["--transport", transport])
+        .arg(addr);
     cmd
+}
+
+/// [`alknet_connect`] to the echo service.
+pub fn echo_connect(addr: &str, fingerprint: &str, transport: &str) -> std::process::Command {
+    alknet_connect("alknet/echo", addr, fingerprint, transport)
 }
 
 /// Runs `tests/interop/SCRIPT` (a Python client nobody here wrote) against `host:port`

@@ -1,0 +1,99 @@
+//! `alknet connect --transport auto`: QUIC when it connects, TLS over TCP on the same port
+//! when UDP is dropped on the way (here: a path whose TCP port forwards to the server and
+//! whose UDP port swallows every datagram, as a firewall that drops UDP does), and a QUIC
+//! refusal reported as it is, not retried over TCP.
+
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use alknet_tests::ssh::run_with_input;
+use alknet_tests::*;
+
+/// A loopback port that forwards TCP to the server's port and silently drops UDP.
+struct UdpBlockedPath {
+    port: u16,
+    _udp: UdpSocket,
+}
+
+impl UdpBlockedPath {
+    fn to(server_port: u16) -> Self {
+        for _ in 0..20 {
+            let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+            let port = tcp.local_addr().expect("addr").port();
+            // the same port for UDP, bound and never read: datagrams vanish, no ICMP
+            let Ok(udp) = UdpSocket::bind(("127.0.0.1", port)) else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                for client in tcp.incoming().flatten() {
+                    if let Ok(server) = TcpStream::connect(("127.0.0.1", server_port)) {
+                        splice(client, server);
+                    }
+                }
+            });
+            return Self { port, _udp: udp };
+        }
+        panic!("no port free for both TCP and UDP");
+    }
+}
+
+/// Copies both ways between `a` and `b` until each side ends (threads, bounded by the
+/// peers: the test's client exits, the server closes).
+fn splice(a: TcpStream, b: TcpStream) {
+    for (mut from, mut to) in [
+        (a.try_clone().expect("clone"), b.try_clone().expect("clone")),
+        (b, a),
+    ] {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    }
+}
+
+fn connect_auto(addr: &str, fingerprint: &str, alpn: &str, input: &[u8]) -> (Output, Duration) {
+    let mut cmd = alknet_connect(alpn, addr, fingerprint, "auto");
+    cmd.env("ALKNET_LOG", "alknet=debug");
+    let started = Instant::now();
+    let out = run_with_input(cmd, input);
+    (out, started.elapsed())
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn auto_uses_quic_and_falls_back_to_tls_over_tcp_when_udp_is_dropped() {
+    let server = BinServer::start();
+    let fp = server.fingerprint();
+
+    // a clear path: QUIC, no TCP attempt
+    let (out, _) = connect_auto(&server.addr(), &fp, "alknet/echo", b"direct\n");
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout), "direct\n", "{err}");
+    assert!(
+        err.contains("connected over QUIC") && !err.contains("racing"),
+        "{err}"
+    );
+
+    // UDP dropped: TLS/TCP after the head start, the session as usual
+    let path = UdpBlockedPath::to(server.port);
+    let addr = format!("127.0.0.1:{}", path.port);
+    let (out, took) = connect_auto(&addr, &fp, "alknet/echo", b"through tcp\n");
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout), "through tcp\n", "{err}");
+    assert!(
+        err.contains("racing TLS over TCP") && err.contains("connected over TLS/TCP"),
+        "{err}"
+    );
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+
+    // a QUIC refusal is the answer: an ALPN the server does not serve is not tried over TCP
+    let (out, took) = connect_auto(&server.addr(), &fp, "alknet/no-such-service", b"");
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(!err.contains("racing"), "{err}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
