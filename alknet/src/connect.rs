@@ -42,7 +42,8 @@ const PIPE_DEPTH: usize = 8;
 /// Keep-alive for connect sessions, so an idle interactive session outlives the idle
 /// timeout.
 const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
-/// `--transport auto`: how long QUIC has alone before TLS over TCP races it. Long enough
+/// `--transport auto`: how long QUIC has alone before TLS over TCP races it, unless
+/// `--fallback-delay-ms` says otherwise. Long enough
 /// for a QUIC handshake on any path a person would call working (one round trip plus the
 /// server's certificate), short enough that a network dropping UDP costs a person little;
 /// browsers give QUIC a head start of the same order before they race TCP.
@@ -94,6 +95,9 @@ pub struct ServerArgs {
     /// TLS/TCP racing it when QUIC has not connected within 300 ms
     #[arg(long, value_enum, default_value_t = Transport::Quic)]
     pub transport: Transport,
+    /// With --transport auto: milliseconds QUIC has alone before TLS over TCP races it
+    #[arg(long, value_name = "MS", default_value_t = FALLBACK_DELAY.as_millis() as u64)]
+    pub fallback_delay_ms: u64,
     /// Server address
     #[arg(value_name = "HOST:PORT")]
     pub target: String,
@@ -136,6 +140,8 @@ pub struct Dial {
     pub crypto: std::sync::Arc<alknet_runtime::tls::QuicClientConfig>,
     /// Over WebTransport, the token whose identity the session runs as (`?token=`).
     pub token: Option<String>,
+    /// With [`Transport::Auto`], QUIC's head start over TLS/TCP.
+    pub fallback_delay: std::time::Duration,
 }
 
 /// What carries a client's connection; [`close_and_wait`] ends it.
@@ -190,6 +196,7 @@ impl ServerArgs {
             identity,
             crypto,
             token: None,
+            fallback_delay: std::time::Duration::from_millis(self.fallback_delay_ms),
         })
     }
 }
@@ -206,7 +213,8 @@ impl Dial {
         }
     }
 
-    /// QUIC alone for [`FALLBACK_DELAY`], then QUIC and TLS/TCP racing; the first to
+    /// QUIC alone for the fallback delay ([`FALLBACK_DELAY`] unless set), then QUIC and
+    /// TLS/TCP racing; the first to
     /// connect wins and the other attempt is dropped (Happy Eyeballs, RFC 8305, with UDP
     /// and TCP in place of two address families). An answer within the delay ends it
     /// either way: a server that refuses the QUIC connection (an ALPN it does not serve,
@@ -221,11 +229,12 @@ impl Dial {
                 }
                 return r;
             }
-            _ = monoio::time::sleep(FALLBACK_DELAY) => {}
+            _ = monoio::time::sleep(self.fallback_delay) => {}
         }
         tracing::debug!(
             remote = %self.remote,
-            "no QUIC connection within {FALLBACK_DELAY:?}; racing TLS over TCP"
+            "no QUIC connection within {:?}; racing TLS over TCP",
+            self.fallback_delay
         );
         let mut tcp = std::pin::pin!(self.connect_tcp());
         let both = |q: String, t: String| format!("over QUIC: {q}; over TLS/TCP: {t}");
