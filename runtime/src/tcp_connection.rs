@@ -258,7 +258,12 @@ fn io_error(e: std::io::Error) -> ConnectionError {
         UnexpectedEof => ConnectionError::TransportError(TransportError {
             code: TransportErrorCode::PROTOCOL_VIOLATION,
             frame: None,
-            reason: "TLS/TCP: the peer closed the connection without a TLS close_notify (data may be truncated)".into(),
+            // what a refused or failed session looks like from the other end: say so,
+            // since TLS/TCP has no room for the reason QUIC's CONNECTION_CLOSE carries
+            reason: "TLS/TCP: the peer cut the connection without a TLS close_notify: it \
+                     aborted the session (a refusal or an error; unlike QUIC, TLS/TCP carries \
+                     no reason: the peer's log has it), and data may be truncated"
+                .into(),
         }),
         _ => ConnectionError::TransportError(TransportError {
             code: TransportErrorCode::INTERNAL_ERROR,
