@@ -1107,6 +1107,15 @@ impl FileConfig {
         Ok(Some(Arc::new(listeners)))
     }
 
+    /// What [`Self::bind_dns_classic`] checks before it binds (`alknet serve --check`):
+    /// with classic DNS listeners configured, the catalog they serve loads.
+    pub fn check_dns_classic(&self) -> Result<(), ConfigError> {
+        if self.dns.udp_listen.is_none() && self.dns.tcp_listen.is_none() {
+            return Ok(());
+        }
+        self.dns_state().map(|_| ())
+    }
+
     /// The `[[dns.zones]]`, loaded now (a zone that fails refuses the start, naming its
     /// file and line), and a thread reloading them as their files change; it ends when
     /// the handlers holding the catalog are dropped.

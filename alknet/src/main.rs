@@ -51,6 +51,12 @@ enum Command {
         /// Reload when the --config file changes (checked every second), as on SIGHUP
         #[arg(long, requires = "config")]
         watch_config: bool,
+        /// Check the configuration and exit (0: it would start; 78 and the error: it would
+        /// not), binding nothing: parse and limits, handlers and their sections (DNS zones
+        /// included), the vault, the TLS certificate and key, the identity store. Keys a
+        /// first start generates are generated into the data directory, as `serve` would.
+        #[arg(long, conflicts_with = "watch_config")]
+        check: bool,
     },
     /// Open one bidirectional stream and pipe stdin/stdout through it (works as an OpenSSH
     /// ProxyCommand)
@@ -102,9 +108,15 @@ fn main() -> ExitCode {
             workers,
             data_dir,
             watch_config,
+            check,
         } => {
-            init_logging("info");
-            serve(config, listen, workers, data_dir, watch_config)
+            init_logging(if check { "warn" } else { "info" });
+            let mode = match (check, watch_config) {
+                (true, _) => ServeMode::Check,
+                (false, true) => ServeMode::WatchConfig,
+                (false, false) => ServeMode::Serve,
+            };
+            serve(config, listen, workers, data_dir, mode)
         }
         Command::Connect(args) => {
             init_logging("warn");
@@ -213,13 +225,24 @@ fn warn_of_key_log() {
     }
 }
 
+/// What `alknet serve` is asked to do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ServeMode {
+    Serve,
+    /// Serve, reloading when the config file changes.
+    WatchConfig,
+    /// `--check`: build what serving needs without binding anything, then exit.
+    Check,
+}
+
 fn serve(
     config: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
     workers: Option<usize>,
     data_dir: Option<PathBuf>,
-    watch_config: bool,
+    mode: ServeMode,
 ) -> ExitCode {
+    let watch_config = mode == ServeMode::WatchConfig;
     // first of all: a SIGHUP that arrives while the node starts (a service manager
     // reloading early) is held and applied once the reloader runs, instead of killing the
     // process with SIGHUP's default action
@@ -241,7 +264,9 @@ fn serve(
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = logging::set_filter(&cfg.log.filter) {
+    // --check reports on stdout and keeps the log to warnings
+    if mode == ServeMode::Check {
+    } else if let Err(e) = logging::set_filter(&cfg.log.filter) {
         eprintln!("alknet: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -258,7 +283,9 @@ fn serve(
         cfg.unlock_vault()?;
         let registry = cfg.registry()?;
         let mut hooks = alknet_runtime::WorkerHooks::new();
-        if let Some(dns) = cfg.bind_dns_classic()? {
+        if mode == ServeMode::Check {
+            cfg.check_dns_classic()?;
+        } else if let Some(dns) = cfg.bind_dns_classic()? {
             let addrs = dns.addrs();
             tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, "classic dns bound, served on the workers");
             hooks.push(dns);
@@ -279,6 +306,38 @@ fn serve(
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
+    if mode == ServeMode::Check {
+        let alpns: Vec<String> = registry
+            .alpns()
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        println!(
+            "alknet: config OK ({}): listen {}, handlers {}, certificate fingerprint (sha256) {}",
+            source
+                .path
+                .as_ref()
+                .map_or("the embedded default".to_string(), |p| p
+                    .display()
+                    .to_string()),
+            cfg.listen,
+            alpns.join(","),
+            tls.fingerprint()
+        );
+        if let Some(dir) = &generated {
+            println!(
+                "alknet: generated a self-signed certificate in {}",
+                dir.display()
+            );
+        }
+        if host_key_made {
+            println!(
+                "alknet: generated a QUIC host key in {}",
+                cfg.data_dir().display()
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
     if let Some(dir) = generated {
         tracing::info!("generated a self-signed certificate in {}", dir.display());
     }

@@ -122,3 +122,75 @@ fn bad_config_exits_with_a_clear_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn serve_check_reports_what_serve_would_refuse_and_binds_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let zone = dir.path().join("broken.zone");
+    std::fs::write(&zone, "not a zone file\n").expect("write zone");
+    let cases = [
+        // refused by the parser
+        ("workers = 2\nworkrs = 3".to_string(), "workrs"),
+        (
+            "[handlers]\nenabled = [\"alknet/nope\"]".to_string(),
+            "alknet/nope",
+        ),
+        // refused only when serving is prepared
+        (
+            "[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"".to_string(),
+            "/nonexistent/c.pem",
+        ),
+        (
+            format!(
+                "[handlers]\nenabled = [\"doq\"]\n[[dns.zones]]\norigin = \"example.com.\"\n\
+                 file = \"{}\"",
+                zone.display()
+            ),
+            "broken.zone",
+        ),
+    ];
+    let check = |config: &std::path::Path, extra: &[&str]| {
+        Command::new(alknet_bin())
+            .args(["serve", "--check", "--config"])
+            .arg(config)
+            .args(extra)
+            .env("ALKNET_DATA_DIR", dir.path())
+            .output()
+            .expect("run alknet")
+    };
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).expect("write config");
+        let out = check(&path, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "case {i}: {err}");
+        assert!(err.contains(needle), "case {i}: {err}");
+    }
+
+    // a good config passes even where serving could not bind: the port is held, UDP and TCP
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let port = udp.local_addr().expect("addr").port();
+    let _tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+    let path = dir.path().join("good.toml");
+    std::fs::write(&path, "workers = 1\n").expect("write config");
+    let listen = format!("127.0.0.1:{port}");
+    let out = check(&path, &["--listen", &listen]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fingerprint = Command::new(alknet_bin())
+        .arg("fingerprint")
+        .env("ALKNET_DATA_DIR", dir.path())
+        .output()
+        .expect("alknet fingerprint");
+    let fingerprint = String::from_utf8_lossy(&fingerprint.stdout)
+        .trim()
+        .to_string();
+    assert!(
+        said.contains("config OK") && said.contains(&listen) && said.contains(&fingerprint),
+        "{said}"
+    );
+}
