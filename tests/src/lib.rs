@@ -56,6 +56,8 @@ pub struct ServerOptions {
     pub tcp: Option<alknet_runtime::TcpSetup>,
     /// Run on every worker as it starts (e.g. classic DNS listeners).
     pub hooks: alknet_runtime::WorkerHooks,
+    /// Where to listen (port 0: any free one); `127.0.0.1:0` by default.
+    pub listen: std::net::SocketAddr,
 }
 
 impl Default for ServerOptions {
@@ -71,11 +73,12 @@ impl Default for ServerOptions {
             admission: alknet_runtime::AdmissionLimits::default(),
             tcp: None,
             hooks: Vec::new(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
         }
     }
 }
 
-/// Starts an in-process server on 127.0.0.1 with an ephemeral port.
+/// Starts an in-process server on `opts.listen` (127.0.0.1, an ephemeral port, by default).
 pub fn start_server(opts: ServerOptions) -> ServerHandle {
     init_logging();
     let mut registry = AlpnRegistry::new();
@@ -84,7 +87,7 @@ pub fn start_server(opts: ServerOptions) -> ServerHandle {
     }
     let tls = TlsIdentity::generate_self_signed(&[]).expect("generate certificate");
     let config = EngineConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
+        listen: opts.listen,
         workers: opts.workers,
         pin_workers: alknet_runtime::PinWorkers::Always(false),
         server_id: 0,
@@ -140,8 +143,12 @@ where
 
 /// A client endpoint on 127.0.0.1 with default limits.
 pub fn client_endpoint() -> ClientEndpoint {
-    ClientEndpoint::bind("127.0.0.1:0".parse().expect("addr"), &Limits::default())
-        .expect("bind client")
+    client_endpoint_on("127.0.0.1:0".parse().expect("addr"))
+}
+
+/// A client endpoint bound to `local` (e.g. `[::1]:0` for an IPv6 server).
+pub fn client_endpoint_on(local: std::net::SocketAddr) -> ClientEndpoint {
+    ClientEndpoint::bind(local, &Limits::default()).expect("bind client")
 }
 
 /// Connects to `server` with `alpn`, pinning its certificate.

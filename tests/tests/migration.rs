@@ -5,14 +5,25 @@
 
 use alknet_tests::*;
 
+/// The loopback address of each family: the server listens there and the client
+/// rebinds to new ports on it.
+const V4: &str = "127.0.0.1:0";
+const V6: &str = "[::1]:0";
+
 fn rebind_and_echo(workers: usize, kernel_steering: bool) -> u64 {
+    rebind_and_echo_on(V4, workers, kernel_steering)
+}
+
+fn rebind_and_echo_on(family: &str, workers: usize, kernel_steering: bool) -> u64 {
+    let local: std::net::SocketAddr = family.parse().expect("addr");
     let server = start_server(ServerOptions {
         workers,
         kernel_steering,
+        listen: local,
         ..Default::default()
     });
     run_client(|| async {
-        let endpoint = client_endpoint();
+        let endpoint = client_endpoint_on(local);
         let conn = connect(&endpoint, &server, alknet_echo::ALPN)
             .await
             .expect("connect");
@@ -23,9 +34,7 @@ fn rebind_and_echo(workers: usize, kernel_steering: bool) -> u64 {
         // rebinding was forwarded (bounded: 24 tries miss with probability 2^-24).
         for i in 0..24u64 {
             let before = endpoint.local_addr();
-            endpoint
-                .rebind("127.0.0.1:0".parse().expect("addr"))
-                .expect("rebind");
+            endpoint.rebind(local).expect("rebind");
             assert_ne!(before, endpoint.local_addr());
             rebinds += 1;
             let data = payload(100 + i, 100_000);
@@ -72,6 +81,20 @@ fn rebinding_client_survives_by_kernel_steering_without_forwarding() {
         rebind_and_echo(2, true),
         0,
         "the kernel should deliver to the owner"
+    );
+}
+
+#[test]
+fn over_ipv6_rebinding_survives_by_forwarding_and_by_kernel_steering() {
+    // the steering program reads the UDP payload, the same offset in both families
+    assert!(
+        rebind_and_echo_on(V6, 2, false) > 0,
+        "no rebinding crossed workers"
+    );
+    assert_eq!(
+        rebind_and_echo_on(V6, 2, true),
+        0,
+        "the kernel should deliver IPv6 datagrams to the owner too"
     );
 }
 
