@@ -43,10 +43,10 @@ const PIPE_DEPTH: usize = 8;
 /// timeout.
 const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 /// `--transport auto`: how long QUIC has alone before TLS over TCP races it, unless
-/// `--fallback-delay-ms` says otherwise. Long enough
-/// for a QUIC handshake on any path a person would call working (one round trip plus the
-/// server's certificate), short enough that a network dropping UDP costs a person little;
-/// browsers give QUIC a head start of the same order before they race TCP.
+/// `--fallback-delay-ms` says otherwise. Long enough for a QUIC handshake on any path a
+/// person would call working (one round trip plus the server's certificate), short enough
+/// that a network dropping UDP costs a person little; browsers give QUIC a head start of
+/// the same order before they race TCP.
 pub const FALLBACK_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
 /// After the session ends, how long to wait for the close to reach the server.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -214,9 +214,8 @@ impl Dial {
     }
 
     /// QUIC alone for the fallback delay ([`FALLBACK_DELAY`] unless set), then QUIC and
-    /// TLS/TCP racing; the first to
-    /// connect wins and the other attempt is dropped (Happy Eyeballs, RFC 8305, with UDP
-    /// and TCP in place of two address families). An answer within the delay ends it
+    /// TLS/TCP racing; the first to connect wins and the other attempt is dropped (Happy
+    /// Eyeballs, RFC 8305, with UDP and TCP in place of two address families). An answer within the delay ends it
     /// either way: a server that refuses the QUIC connection (an ALPN it does not serve,
     /// a client it does not admit) is not asked again over TCP; only silence falls back.
     /// If both fail, both errors are reported.

@@ -264,11 +264,13 @@ fn serve(
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    // --check reports on stdout and keeps the log to warnings
-    if mode == ServeMode::Check {
-    } else if let Err(e) = logging::set_filter(&cfg.log.filter) {
-        eprintln!("alknet: {e}");
-        return ExitCode::from(EXIT_CONFIG);
+    // --check reports on stdout and keeps the log to warnings (the filter was validated
+    // with the rest of the config)
+    if mode != ServeMode::Check {
+        if let Err(e) = logging::set_filter(&cfg.log.filter) {
+            eprintln!("alknet: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     }
     let (reload_tx, reload_rx) = std::sync::mpsc::channel();
     cfg.reload_requests = Some(reload_tx.clone());
