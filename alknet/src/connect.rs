@@ -21,7 +21,7 @@ use alknet_runtime::pipe::RingPipe;
 use alknet_runtime::rt::{run_local, DriverKind};
 use alknet_runtime::tls::{client_crypto, tcp_client_config, ServerTrust, TlsIdentity};
 use alknet_runtime::{
-    connect_tls_tcp, Bytes, ClientEndpoint, Connection, Fingerprint, Limits, VarInt,
+    connect_tls_tcp, Bytes, ClientEndpoint, ConnectError, Connection, Fingerprint, Limits, VarInt,
     DEFAULT_TCP_STREAM_BUFFER,
 };
 use clap::Args;
@@ -215,19 +215,29 @@ impl Dial {
 
     /// QUIC alone for the fallback delay ([`FALLBACK_DELAY`] unless set), then QUIC and
     /// TLS/TCP racing; the first to connect wins and the other attempt is dropped (Happy
-    /// Eyeballs, RFC 8305, with UDP and TCP in place of two address families). An answer within the delay ends it
-    /// either way: a server that refuses the QUIC connection (an ALPN it does not serve,
-    /// a client it does not admit) is not asked again over TCP; only silence falls back.
-    /// If both fail, both errors are reported.
+    /// Eyeballs, RFC 8305, with UDP and TCP in place of two address families). An answer
+    /// within the delay ends it either way: a server that refuses the QUIC connection (an
+    /// ALPN it does not serve, a client it does not admit) is not asked again over TCP;
+    /// only silence falls back, and a host that answers that nothing listens on the UDP
+    /// port (ICMP port unreachable: UDP off, or a firewall that rejects it) falls back at
+    /// once. If both fail, both errors are reported.
     async fn connect_auto(self, limits: &Limits) -> Result<(Carrier, Connection), String> {
-        let mut quic = std::pin::pin!(self.connect_quic(limits));
+        let both = |q: String, t: String| format!("over QUIC: {q}; over TLS/TCP: {t}");
+        let mut quic = std::pin::pin!(self.dial_quic(limits));
         monoio::select! {
-            r = &mut quic => {
-                if r.is_ok() {
+            r = &mut quic => match r {
+                Ok(c) => {
                     tracing::debug!(remote = %self.remote, "connected over QUIC");
+                    return Ok(c);
                 }
-                return r;
-            }
+                Err(QuicDialError::Unreachable(q)) => {
+                    tracing::debug!(remote = %self.remote, "{q}; trying TLS over TCP");
+                    let c = self.connect_tcp().await.map_err(|t| both(q, t))?;
+                    tracing::debug!(remote = %self.remote, "connected over TLS/TCP");
+                    return Ok(c);
+                }
+                Err(QuicDialError::Other(q)) => return Err(q),
+            },
             _ = monoio::time::sleep(self.fallback_delay) => {}
         }
         tracing::debug!(
@@ -236,15 +246,14 @@ impl Dial {
             self.fallback_delay
         );
         let mut tcp = std::pin::pin!(self.connect_tcp());
-        let both = |q: String, t: String| format!("over QUIC: {q}; over TLS/TCP: {t}");
         let (won, over) = monoio::select! {
             r = &mut quic => match r {
                 Ok(c) => (c, "QUIC"),
-                Err(q) => (tcp.await.map_err(|t| both(q, t))?, "TLS/TCP"),
+                Err(q) => (tcp.await.map_err(|t| both(q.into(), t))?, "TLS/TCP"),
             },
             r = &mut tcp => match r {
                 Ok(c) => (c, "TLS/TCP"),
-                Err(t) => (quic.await.map_err(|q| both(q, t))?, "QUIC"),
+                Err(t) => (quic.await.map_err(|q| both(q.into(), t))?, "QUIC"),
             },
         };
         tracing::debug!(remote = %self.remote, "connected over {over}");
@@ -294,17 +303,44 @@ impl Dial {
 
     /// Binds a client endpoint of the right address family and connects over QUIC.
     async fn connect_quic(&self, limits: &Limits) -> Result<(Carrier, Connection), String> {
+        self.dial_quic(limits).await.map_err(String::from)
+    }
+
+    /// [`Self::connect_quic`], saying whether the host answered that nothing listens.
+    async fn dial_quic(&self, limits: &Limits) -> Result<(Carrier, Connection), QuicDialError> {
         let local: SocketAddr = if self.remote.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = ClientEndpoint::bind(local, limits).map_err(|e| format!("bind: {e}"))?;
+        let endpoint = ClientEndpoint::bind(local, limits)
+            .map_err(|e| QuicDialError::Other(format!("bind: {e}")))?;
         let conn = endpoint
             .connect(self.remote, &self.server_name, self.crypto.clone())
             .await
-            .map_err(|e| format!("{}: {e}", self.remote))?;
+            .map_err(|e| {
+                let said = format!("{}: {e}", self.remote);
+                match e {
+                    ConnectError::Unreachable(_) => QuicDialError::Unreachable(said),
+                    _ => QuicDialError::Other(said),
+                }
+            })?;
         Ok((Carrier::Quic(endpoint), conn))
+    }
+}
+
+/// Why a QUIC dial failed: the host answered that nothing listens on its UDP port (ICMP
+/// port unreachable; the server may still be there over TLS/TCP), or anything else.
+enum QuicDialError {
+    Unreachable(String),
+    Other(String),
+}
+
+impl From<QuicDialError> for String {
+    fn from(e: QuicDialError) -> String {
+        match e {
+            QuicDialError::Unreachable(s) | QuicDialError::Other(s) => s,
+        }
     }
 }
 

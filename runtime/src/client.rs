@@ -23,6 +23,10 @@ pub enum ConnectError {
     Start(#[from] quinn_proto::ConnectError),
     #[error("handshake failed: {0}")]
     Handshake(#[from] ConnectionError),
+    /// The server's host answered the handshake with an ICMP error: "port unreachable"
+    /// (`ECONNREFUSED`) says no server listens on that UDP port.
+    #[error("no QUIC server there: {0} (ICMP port unreachable)")]
+    Unreachable(io::Error),
 }
 
 /// A client endpoint bound to one local UDP socket, driven by a task on this thread.
@@ -99,7 +103,12 @@ impl ClientEndpoint {
         let inner = self.w.insert(handle, conn, false, self.send_stall_timeout);
         inner.wake_driver();
         let conn = Connection::new(inner);
-        poll_fn(|cx| conn.poll_connected(cx)).await?;
+        if let Err(e) = poll_fn(|cx| conn.poll_connected(cx)).await {
+            return Err(match conn.unreachable() {
+                Some(errno) => ConnectError::Unreachable(io::Error::from_raw_os_error(errno)),
+                None => e.into(),
+            });
+        }
         Ok(conn)
     }
 

@@ -122,6 +122,9 @@ pub(crate) struct ConnState {
     pub conn: quinn_proto::Connection,
     pub error: Option<ConnectionError>,
     pub connected: bool,
+    /// Why the handshake was given up on an ICMP error ("port unreachable": nothing
+    /// listens there), as an errno; the error a client's connect reports.
+    pub unreachable: Option<i32>,
     pub alpn: Option<Vec<u8>>,
     pub peer_fingerprint: Option<Fingerprint>,
     pub readers: FxHashMap<StreamId, Waker>,
@@ -141,6 +144,7 @@ impl ConnState {
             conn,
             error: None,
             connected: false,
+            unreachable: None,
             alpn: None,
             peer_fingerprint: None,
             readers: FxHashMap::default(),
@@ -383,6 +387,25 @@ impl ConnInner {
 
     pub fn clear_dirty(&self) {
         self.dirty.set(false);
+    }
+
+    /// Gives up a client's handshake that drew an ICMP error (see
+    /// [`crate::socket::bind_client`]) when nothing has come from the server yet: a
+    /// server that has answered is reachable, and a forged or stale ICMP message must not
+    /// end it. Says whether it gave up.
+    pub fn give_up_unreachable(self: &Rc<Self>, errno: i32) -> bool {
+        {
+            let mut st = self.state.borrow_mut();
+            if st.connected || st.conn.is_closed() || st.conn.stats().udp_rx.datagrams > 0 {
+                return false;
+            }
+            st.unreachable = Some(errno);
+            st.conn
+                .close(Instant::now(), VarInt::from_u32(0), Bytes::new());
+            st.terminate(ConnectionError::LocallyClosed);
+        }
+        self.wake_driver();
+        true
     }
 
     /// Closes the connection (if it is not closed yet) and wakes everyone.
@@ -732,6 +755,15 @@ impl Connection {
     /// and TLS/TCP and virtual connections are made complete).
     pub async fn connected(&self) -> Result<(), ConnectionError> {
         poll_fn(|cx| self.poll_connected(cx)).await
+    }
+
+    /// The ICMP error its handshake was given up on, as an errno (see
+    /// [`ConnInner::give_up_unreachable`]).
+    pub(crate) fn unreachable(&self) -> Option<i32> {
+        match &self.source {
+            Source::Quic(inner) => inner.state.borrow().unreachable,
+            _ => None,
+        }
     }
 
     pub(crate) fn poll_connected(&self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {

@@ -365,9 +365,10 @@ fn count_sent(io: &UdpIo, stats: &WorkerStats, t: &quinn_proto::Transmit) {
 }
 
 /// EMSGSIZE is what a path-MTU probe larger than the interface's MTU gets (quinn-udp sets
-/// `IP_PMTUDISC_PROBE`): expected, so `debug`. Anything else (no route, a firewall's EPERM,
-/// a source address gone, GSO refused by the device, after which quinn-udp sends without
-/// it) is worth a `warn`, at most once per [`crate::log_throttle::LOG_INTERVAL`].
+/// `IP_PMTUDISC_PROBE`): expected, so `debug`, as is ECONNREFUSED (only a client socket's
+/// queued ICMP error gives it). Anything else (no route, a firewall's EPERM, a source
+/// address gone, GSO refused by the device, after which quinn-udp sends without it) is
+/// worth a `warn`, at most once per [`crate::log_throttle::LOG_INTERVAL`].
 fn log_send_error(log: &LogThrottle, e: &io::Error, t: &quinn_proto::Transmit) {
     if e.raw_os_error() == Some(libc::EMSGSIZE) {
         tracing::debug!(
@@ -375,6 +376,16 @@ fn log_send_error(log: &LogThrottle, e: &io::Error, t: &quinn_proto::Transmit) {
             bytes = t.size,
             segment = ?t.segment_size,
             "datagram larger than the interface allows, dropped: {e}"
+        );
+        return;
+    }
+    if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+        // a client socket's pending "port unreachable" (`socket::bind_client` sets
+        // IP_RECVERR), drawn by an earlier datagram, perhaps to another peer: the kernel
+        // reports it on this send instead; the driver reads the error queue for whom
+        tracing::debug!(
+            destination = %t.destination,
+            "datagram dropped on an ICMP error an earlier one drew: {e}"
         );
         return;
     }

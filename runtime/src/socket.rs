@@ -267,10 +267,60 @@ pub fn attach_steering(
     }
 }
 
-/// A plain socket for a client endpoint (no reuseport group).
+/// A plain socket for a client endpoint (no reuseport group), with ICMP errors queued
+/// for it ([`UdpIo::drain_icmp_errors`]).
 pub fn bind_client(addr: SocketAddr, buffer: usize) -> io::Result<StdUdpSocket> {
-    new_socket(addr, false, buffer).map(Into::into)
+    let s = new_socket(addr, false, buffer)?;
+    enable_recverr(&s, addr.is_ipv6())?;
+    Ok(s.into())
 }
+
+/// `IP_RECVERR` (and `IPV6_RECVERR` on an IPv6 socket, which may carry IPv4 too): the
+/// kernel queues the ICMP errors a datagram draws ("port unreachable": nothing listens
+/// there) with the datagram's destination. An unconnected UDP socket otherwise drops
+/// them, and a client dialling a host where no server runs would wait out its idle
+/// timeout where TCP gets a reset at once. Client sockets only: a server must not let a
+/// forged ICMP message end connections.
+fn enable_recverr(s: &Socket, v6: bool) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let set = |level, name| {
+        // SAFETY: a valid fd and a c_int option value of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                name,
+                std::ptr::addr_of!(on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    if v6 {
+        set(libc::IPPROTO_IPV6, libc::IPV6_RECVERR)?;
+        // for IPv4 peers of a dual-stack socket; an IPv6-only one may refuse it
+        let _ = set(libc::IPPROTO_IP, libc::IP_RECVERR);
+        Ok(())
+    } else {
+        set(libc::IPPROTO_IP, libc::IP_RECVERR)
+    }
+}
+
+/// An ICMP error queued for a client socket: the destination of the datagram that drew
+/// it, and the error the kernel made of it (`ECONNREFUSED` for "port unreachable").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IcmpError {
+    pub destination: SocketAddr,
+    pub errno: i32,
+}
+
+/// Queued errors read per [`UdpIo::drain_icmp_errors`] call; the kernel bounds the queue
+/// by the socket's receive buffer, and what is left is read at the next wake-up.
+pub(crate) const MAX_ICMP_ERRORS_PER_DRAIN: usize = 64;
 
 /// One worker's socket: monoio for readiness, quinn-udp for batched syscalls.
 pub(crate) struct UdpIo {
@@ -349,6 +399,15 @@ impl UdpIo {
         self.state.may_fragment()
     }
 
+    /// Reads the socket's error queue (`MSG_ERRQUEUE`, see [`bind_client`]) and returns
+    /// the ICMP errors in it; other entries (local errors such as a refused path-MTU
+    /// probe, which `sendmsg` reports itself) are dropped. A queue left unread keeps the
+    /// socket polling as ready (`POLLERR`), so a client driver drains it whenever a
+    /// receive finds no datagram.
+    pub fn drain_icmp_errors(&self) -> Vec<IcmpError> {
+        drain_icmp_errors(self.fd())
+    }
+
     pub async fn readable(&self) -> io::Result<()> {
         self.socket.readable(false).await
     }
@@ -358,9 +417,116 @@ impl UdpIo {
     }
 }
 
+/// See [`UdpIo::drain_icmp_errors`].
+fn drain_icmp_errors(fd: BorrowedFd<'_>) -> Vec<IcmpError> {
+    let mut found = Vec::new();
+    for _ in 0..MAX_ICMP_ERRORS_PER_DRAIN {
+        match recv_queued_error(fd) {
+            Ok(Some(e)) => found.push(e),
+            Ok(None) => {}
+            Err(_) => break,
+        }
+    }
+    found
+}
+
+/// One entry of the error queue: `Ok(None)` for one that is not an ICMP error, `Err`
+/// when the queue is empty.
+fn recv_queued_error(fd: BorrowedFd<'_>) -> io::Result<Option<IcmpError>> {
+    // SAFETY: zeroed plain C structs; the msghdr points at buffers that outlive the
+    // call, with their true lengths; cmsgs are walked with the libc macros within
+    // `msg_controllen` and read unaligned.
+    unsafe {
+        let mut name: libc::sockaddr_storage = std::mem::zeroed();
+        let mut control = [0u64; 32];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = std::ptr::addr_of_mut!(name).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // no iovec: the original datagram's payload is not wanted (MSG_TRUNC)
+        let n = libc::recvmsg(
+            fd.as_raw_fd(),
+            &mut msg,
+            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+        );
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let destination = match socket2::SockAddr::new(name, msg.msg_namelen).as_socket() {
+            Some(a) => a,
+            None => return Ok(None),
+        };
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let c = std::ptr::read_unaligned(cmsg);
+            let is_err = (c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_RECVERR)
+                || (c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_RECVERR);
+            if is_err {
+                let ee: libc::sock_extended_err =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                if ee.ee_origin == libc::SO_EE_ORIGIN_ICMP
+                    || ee.ee_origin == libc::SO_EE_ORIGIN_ICMP6
+                {
+                    return Ok(Some(IcmpError {
+                        destination,
+                        errno: ee.ee_errno as i32,
+                    }));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_socket_learns_that_nothing_listens_where_it_sent() {
+        for (local, peer) in [
+            ("127.0.0.1:0", "127.0.0.1"),
+            ("[::]:0", "::1"),
+            ("[::]:0", "::ffff:127.0.0.1"),
+        ] {
+            let closed = {
+                let s = StdUdpSocket::bind((
+                    peer.parse::<std::net::IpAddr>().expect("ip").to_canonical(),
+                    0,
+                ))
+                .expect("bind");
+                SocketAddr::new(
+                    peer.parse().expect("ip"),
+                    s.local_addr().expect("addr").port(),
+                )
+            };
+            let client = bind_client(local.parse().expect("addr"), 0).expect("bind client");
+            let fd = unsafe { BorrowedFd::borrow_raw(client.as_raw_fd()) };
+            assert!(drain_icmp_errors(fd).is_empty());
+            client.send_to(b"hello", closed).expect("send");
+            // loopback answers within the send (and is exempt from ICMP rate limits);
+            // bounded wait all the same
+            let mut errors = Vec::new();
+            for _ in 0..200 {
+                errors = drain_icmp_errors(fd);
+                if !errors.is_empty() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(
+                errors,
+                vec![IcmpError {
+                    destination: closed,
+                    errno: libc::ECONNREFUSED
+                }],
+                "{local} -> {closed}"
+            );
+            assert!(drain_icmp_errors(fd).is_empty(), "the queue is drained");
+        }
+    }
 
     #[test]
     fn group_shares_one_port_and_refuses_a_foreign_holder() {

@@ -286,6 +286,26 @@ impl WorkerState {
         }
     }
 
+    /// Gives up the handshakes to `e.destination` that have heard nothing from it (see
+    /// [`ConnInner::give_up_unreachable`]). Only "port unreachable" (`ECONNREFUSED`), the
+    /// ICMP counterpart of a TCP reset: host and network unreachable may pass (a route
+    /// that comes back, a neighbour not resolved yet), and TCP too keeps trying on them.
+    pub fn icmp_error(&self, e: crate::socket::IcmpError) {
+        if e.errno != libc::ECONNREFUSED {
+            tracing::debug!(destination = %e.destination, "ICMP error: {}", io::Error::from_raw_os_error(e.errno));
+            return;
+        }
+        let dest = (e.destination.ip().to_canonical(), e.destination.port());
+        for inner in self.all() {
+            let remote = inner.state.borrow().conn.remote_address();
+            if (remote.ip().to_canonical(), remote.port()) == dest
+                && inner.give_up_unreachable(e.errno)
+            {
+                tracing::debug!(destination = %e.destination, "handshake given up: port unreachable");
+            }
+        }
+    }
+
     fn all(&self) -> Vec<Rc<ConnInner>> {
         self.conns.borrow().iter().flatten().cloned().collect()
     }
@@ -628,6 +648,14 @@ impl Driver {
                     Err(e) => {
                         if e.kind() != io::ErrorKind::WouldBlock {
                             tracing::debug!(worker = self.w.index, "recv: {e}");
+                        }
+                        if matches!(self.w.role, Role::Client) {
+                            // a client socket queues ICMP errors (`bind_client`): an
+                            // unread queue would keep it polling ready
+                            let io = self.sockets[socket].io.clone();
+                            for icmp in io.drain_icmp_errors() {
+                                self.w.icmp_error(icmp);
+                            }
                         }
                         // drained: wait for readiness again (registered at the loop top)
                         self.sockets[socket].recv_ready = false;

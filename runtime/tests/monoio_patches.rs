@@ -6,7 +6,9 @@
 //!   woke (upstream put it at the front, so it ran again before any of them);
 //! - `TcpStreamPoll::poll_read` forgets read readiness after a read shorter than its
 //!   buffer: bytes that arrive after the short read must wake the reader, and a FIN that
-//!   arrived with the drained bytes must still read as end of stream.
+//!   arrived with the drained bytes must still read as end of stream;
+//! - the legacy driver wakes a reader on an error event (EPOLLERR), as io_uring's PollAdd
+//!   does: an ICMP error queued on a client's UDP socket must wake its receive loop.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -291,5 +293,45 @@ fn fin_queued_with_the_drained_bytes_still_ends_the_stream() {
         on_both_drivers(|| read_all(&[b"xyz"], Duration::ZERO, Duration::from_millis(100)))
     {
         assert_eq!(got, b"xyz", "{driver} driver");
+    }
+}
+
+/// A UDP socket with `IP_RECVERR` sends to a port where nothing listens; the kernel
+/// queues the ICMP "port unreachable" on it (POLLERR). Says whether a reader waiting for
+/// readability was woken (within [`READ_DEADLINE`]).
+async fn error_queue_wakes_reader() -> bool {
+    use std::os::fd::AsRawFd;
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let socket = monoio::net::udp::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let on: libc::c_int = 1;
+    // SAFETY: a valid fd and a c_int option of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_RECVERR,
+            std::ptr::addr_of!(on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "IP_RECVERR");
+    // register the fd with the driver first: the error must raise a new event
+    let early = monoio::time::timeout(Duration::from_millis(20), socket.readable(false)).await;
+    assert!(early.is_err(), "readable before anything was sent");
+    let (sent, _) = socket.send_to(b"hello".to_vec(), closed).await;
+    // the send itself may already report the error (it does not consume the queue)
+    let _ = sent;
+    monoio::time::timeout(READ_DEADLINE, socket.readable(false))
+        .await
+        .is_ok()
+}
+
+#[test]
+fn an_icmp_error_queued_on_a_udp_socket_wakes_its_reader() {
+    for (driver, woke) in on_both_drivers(error_queue_wakes_reader) {
+        assert!(woke, "{driver} driver: POLLERR did not wake the reader");
     }
 }

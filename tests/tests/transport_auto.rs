@@ -1,7 +1,9 @@
 //! `alknet connect --transport auto`: QUIC when it connects, TLS over TCP on the same port
 //! when UDP is dropped on the way (here: a path whose TCP port forwards to the server and
 //! whose UDP port swallows every datagram, as a firewall that drops UDP does), and a QUIC
-//! refusal reported as it is, not retried over TCP.
+//! refusal reported as it is, not retried over TCP; a host where nothing listens on the
+//! UDP port (it answers ICMP "port unreachable") fails QUIC at once and `auto` goes to
+//! TCP without waiting.
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::Output;
@@ -13,7 +15,7 @@ use alknet_tests::*;
 /// A loopback port that forwards TCP to the server's port and silently drops UDP.
 struct UdpBlockedPath {
     port: u16,
-    _udp: UdpSocket,
+    udp: Option<UdpSocket>,
 }
 
 impl UdpBlockedPath {
@@ -32,9 +34,19 @@ impl UdpBlockedPath {
                     }
                 }
             });
-            return Self { port, _udp: udp };
+            return Self {
+                port,
+                udp: Some(udp),
+            };
         }
         panic!("no port free for both TCP and UDP");
+    }
+
+    /// The same path with nothing bound on its UDP port: the kernel answers datagrams
+    /// with ICMP port unreachable, as a host with UDP off or a rejecting firewall does.
+    fn without_udp(mut self) -> Self {
+        self.udp = None;
+        self
     }
 }
 
@@ -96,4 +108,57 @@ fn auto_uses_quic_and_falls_back_to_tls_over_tcp_when_udp_is_dropped() {
     assert!(!out.status.success(), "{err}");
     assert!(!err.contains("racing"), "{err}");
     assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn nothing_on_the_udp_port_fails_quic_at_once_and_auto_takes_tcp_at_once() {
+    let server = BinServer::start();
+    let fp = server.fingerprint();
+    let path = UdpBlockedPath::to(server.port).without_udp();
+    let addr = format!("127.0.0.1:{}", path.port);
+
+    // QUIC alone: the ICMP answer ends the handshake (the idle timeout is 30 s)
+    let started = Instant::now();
+    let out = run_with_input(alknet_connect("alknet/echo", &addr, &fp, "quic"), b"");
+    let took = started.elapsed();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("no QUIC server there") && err.contains("ICMP port unreachable"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}: {err}");
+
+    // auto with a fallback delay longer than the test may take: TLS/TCP at once
+    let mut cmd = alknet_connect("alknet/echo", &addr, &fp, "auto");
+    cmd.args(["--fallback-delay-ms", "60000"])
+        .env("ALKNET_LOG", "alknet=debug");
+    let started = Instant::now();
+    let out = run_with_input(cmd, b"no udp here\n");
+    let took = started.elapsed();
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout), "no udp here\n", "{err}");
+    assert!(
+        err.contains("(ICMP port unreachable); trying TLS over TCP")
+            && err.contains("connected over TLS/TCP")
+            && !err.contains("racing"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+
+    // neither: both errors, at once
+    drop(path);
+    drop(server);
+    let started = Instant::now();
+    let out = run_with_input(alknet_connect("alknet/echo", &addr, &fp, "auto"), b"");
+    let took = started.elapsed();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("over QUIC:")
+            && err.contains("ICMP port unreachable")
+            && err.contains("over TLS/TCP:"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}: {err}");
 }

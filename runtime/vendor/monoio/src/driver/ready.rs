@@ -100,6 +100,14 @@ impl Ready {
             ready |= Ready::WRITE_CLOSED;
         }
 
+        // alknet patch: an error (EPOLLERR: a socket error, or an entry in a UDP socket's
+        // error queue under IP_RECVERR) wakes readers and writers, as poll(2) and
+        // io_uring's PollAdd report POLLERR whatever was asked for; mio reports it apart
+        // from readability, and a reader waiting on it was never woken
+        if event.is_error() {
+            ready |= Ready::READABLE | Ready::WRITABLE;
+        }
+
         ready
     }
 
