@@ -37,6 +37,9 @@ command -v h2load >/dev/null || missing+=(nghttp2-client)
 # chromium: the dashboard test (http_dashboard) loads `GET /` over HTTP/2 and HTTP/3.
 command -v chromium >/dev/null || command -v chromium-headless-shell >/dev/null \
     || missing+=(chromium)
+# nss_wrapper: happy_eyeballs resolves a name of its own (IPv6 and IPv4) with the system's
+# resolver, from a hosts file of the test's, without touching /etc/hosts.
+dpkg -s libnss-wrapper >/dev/null 2>&1 || missing+=(libnss-wrapper)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q "${missing[@]}"
 fi

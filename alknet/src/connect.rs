@@ -21,10 +21,12 @@ use alknet_runtime::pipe::RingPipe;
 use alknet_runtime::rt::{run_local, DriverKind};
 use alknet_runtime::tls::{client_crypto, tcp_client_config, ServerTrust, TlsIdentity};
 use alknet_runtime::{
-    connect_tls_tcp, Bytes, ClientEndpoint, ConnectError, Connection, Fingerprint, Limits, VarInt,
-    DEFAULT_TCP_STREAM_BUFFER,
+    connect_tls_tcp, Bytes, ClientEndpoint, ConnectError, Connection, ConnectionError, Fingerprint,
+    Limits, TcpConnectError, VarInt, DEFAULT_TCP_STREAM_BUFFER,
 };
 use clap::Args;
+
+use crate::eyeballs;
 
 /// Most bytes read from stdin at once, and the size of the buffers stdin is read into.
 const STDIN_CHUNK: usize = 256 * 1024;
@@ -126,10 +128,12 @@ impl std::str::FromStr for Transport {
     }
 }
 
-/// A resolved server: address, name to verify, transport, and the client TLS settings
+/// A resolved server: addresses, name to verify, transport, and the client TLS settings
 /// for one ALPN.
 pub struct Dial {
-    pub remote: SocketAddr,
+    /// Every address the server's name resolved to, in the order they are tried
+    /// ([`eyeballs::interleave`]); never empty, one port.
+    pub remotes: Vec<SocketAddr>,
     pub server_name: String,
     pub transport: Transport,
     /// The service's ALPN (over WebTransport: the path it names).
@@ -157,11 +161,13 @@ pub enum Carrier {
 impl ServerArgs {
     /// Resolves the address and builds the TLS client config for `alpn`.
     pub fn resolve(&self, alpn: &[u8]) -> Result<Dial, String> {
-        let remote: SocketAddr = match self.target.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(a)) => a,
-            Ok(None) => return Err(format!("{} resolves to no address", self.target)),
+        let remotes = match self.target.to_socket_addrs() {
+            Ok(a) => eyeballs::interleave(a),
             Err(e) => return Err(format!("{}: {e}", self.target)),
         };
+        if remotes.is_empty() {
+            return Err(format!("{} resolves to no address", self.target));
+        }
         let host = self
             .target
             .rsplit_once(':')
@@ -188,7 +194,7 @@ impl ServerArgs {
         let crypto = client_crypto(&trust, vec![alpn.to_vec()], identity.as_ref())
             .map_err(|e| e.to_string())?;
         Ok(Dial {
-            remote,
+            remotes,
             server_name,
             transport: self.transport,
             alpn: alpn.to_vec(),
@@ -227,21 +233,21 @@ impl Dial {
         monoio::select! {
             r = &mut quic => match r {
                 Ok(c) => {
-                    tracing::debug!(remote = %self.remote, "connected over QUIC");
+                    tracing::debug!(remote = %c.1.remote_address(), "connected over QUIC");
                     return Ok(c);
                 }
-                Err(QuicDialError::Unreachable(q)) => {
-                    tracing::debug!(remote = %self.remote, "{q}; trying TLS over TCP");
+                Err(QuicDialError::Unreachable(q) | QuicDialError::Silent(q)) => {
+                    tracing::debug!(server = %self.server_name, "{q}; trying TLS over TCP");
                     let c = self.connect_tcp().await.map_err(|t| both(q, t))?;
-                    tracing::debug!(remote = %self.remote, "connected over TLS/TCP");
+                    tracing::debug!(remote = %c.1.remote_address(), "connected over TLS/TCP");
                     return Ok(c);
                 }
-                Err(QuicDialError::Other(q)) => return Err(q),
+                Err(q) => return Err(q.into()),
             },
             _ = monoio::time::sleep(self.fallback_delay) => {}
         }
         tracing::debug!(
-            remote = %self.remote,
+            server = %self.server_name,
             "no QUIC connection within {:?}; racing TLS over TCP",
             self.fallback_delay
         );
@@ -256,7 +262,7 @@ impl Dial {
                 Err(t) => (quic.await.map_err(|q| both(q.into(), t))?, "QUIC"),
             },
         };
-        tracing::debug!(remote = %self.remote, "connected over {over}");
+        tracing::debug!(remote = %won.1.remote_address(), "connected over {over}");
         Ok(won)
     }
 
@@ -273,7 +279,7 @@ impl Dial {
             &String::from_utf8_lossy(&self.alpn),
             self.token.as_deref(),
         );
-        let authority = format!("{}:{}", self.server_name, self.remote.port());
+        let authority = format!("{}:{}", self.server_name, self.remotes[0].port());
         let (carrier, h3) = Dial { crypto, ..self }.connect_quic(limits).await?;
         let Carrier::Quic(endpoint) = carrier else {
             return Err("QUIC connect gave no endpoint".into());
@@ -285,61 +291,132 @@ impl Dial {
         Ok((Carrier::WebTransport(endpoint, h3), session))
     }
 
-    /// TLS over TCP to the same address and port: a one-stream connection.
+    /// TLS over TCP to the same address and port: a one-stream connection. Every address
+    /// of the name is tried ([`eyeballs::race`]); a TLS handshake that fails is the
+    /// server's answer and ends it.
     async fn connect_tcp(&self) -> Result<(Carrier, Connection), String> {
         let config =
             tcp_client_config(&self.trust, vec![self.alpn.clone()], self.identity.as_ref())
                 .map_err(|e| e.to_string())?;
-        let conn = connect_tls_tcp(
-            self.remote,
-            &self.server_name,
-            config,
-            DEFAULT_TCP_STREAM_BUFFER,
+        let attempt = |remote: SocketAddr| {
+            let config = config.clone();
+            async move {
+                connect_tls_tcp(remote, &self.server_name, config, DEFAULT_TCP_STREAM_BUFFER)
+                    .await
+                    .map_err(|e| (remote, e))
+            }
+        };
+        let answered = |(_, e): &(SocketAddr, TcpConnectError)| {
+            matches!(
+                e,
+                TcpConnectError::Handshake(_) | TcpConnectError::ServerName(_)
+            )
+        };
+        let conn = eyeballs::race(
+            &self.remotes,
+            eyeballs::ADDRESS_ATTEMPT_DELAY,
+            monoio::time::sleep,
+            attempt,
+            answered,
         )
         .await
-        .map_err(|e| format!("{}: {e}", self.remote))?;
+        .map_err(|errors| {
+            join_errors(
+                errors
+                    .into_iter()
+                    .map(|(remote, e)| format!("{remote}: {e}")),
+            )
+        })?;
         Ok((Carrier::Tcp, conn))
     }
 
-    /// Binds a client endpoint of the right address family and connects over QUIC.
+    /// Connects over QUIC to one of the name's addresses ([`eyeballs::race`]).
     async fn connect_quic(&self, limits: &Limits) -> Result<(Carrier, Connection), String> {
         self.dial_quic(limits).await.map_err(String::from)
     }
 
-    /// [`Self::connect_quic`], saying whether the host answered that nothing listens.
+    /// [`Self::connect_quic`], saying whether every address answered that nothing
+    /// listens. A server that answers and refuses (CONNECTION_CLOSE, a TLS alert) ends
+    /// the race: the other addresses are the same server.
     async fn dial_quic(&self, limits: &Limits) -> Result<(Carrier, Connection), QuicDialError> {
-        let local: SocketAddr = if self.remote.is_ipv6() {
+        let answered = |e: &QuicDialError| matches!(e, QuicDialError::Answered(_));
+        let errors = match eyeballs::race(
+            &self.remotes,
+            eyeballs::ADDRESS_ATTEMPT_DELAY,
+            monoio::time::sleep,
+            |remote| self.dial_quic_to(remote, limits),
+            answered,
+        )
+        .await
+        {
+            Ok(won) => return Ok(won),
+            Err(errors) => errors,
+        };
+        let unreachable = errors
+            .iter()
+            .all(|e| matches!(e, QuicDialError::Unreachable(_)));
+        let said = join_errors(errors.into_iter().map(String::from));
+        Err(if unreachable {
+            QuicDialError::Unreachable(said)
+        } else {
+            QuicDialError::Silent(said)
+        })
+    }
+
+    /// Binds a client endpoint of `remote`'s address family and connects over QUIC.
+    async fn dial_quic_to(
+        &self,
+        remote: SocketAddr,
+        limits: &Limits,
+    ) -> Result<(Carrier, Connection), QuicDialError> {
+        let local: SocketAddr = if remote.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
         let endpoint = ClientEndpoint::bind(local, limits)
-            .map_err(|e| QuicDialError::Other(format!("bind: {e}")))?;
+            .map_err(|e| QuicDialError::Silent(format!("{remote}: bind: {e}")))?;
         let conn = endpoint
-            .connect(self.remote, &self.server_name, self.crypto.clone())
+            .connect(remote, &self.server_name, self.crypto.clone())
             .await
             .map_err(|e| {
-                let said = format!("{}: {e}", self.remote);
+                let said = format!("{remote}: {e}");
                 match e {
                     ConnectError::Unreachable(_) => QuicDialError::Unreachable(said),
-                    _ => QuicDialError::Other(said),
+                    ConnectError::Handshake(
+                        ConnectionError::TimedOut | ConnectionError::LocallyClosed,
+                    ) => QuicDialError::Silent(said),
+                    _ => QuicDialError::Answered(said),
                 }
             })?;
         Ok((Carrier::Quic(endpoint), conn))
     }
 }
 
-/// Why a QUIC dial failed: the host answered that nothing listens on its UDP port (ICMP
-/// port unreachable; the server may still be there over TLS/TCP), or anything else.
+/// The errors of the addresses tried, in the order they failed.
+fn join_errors(errors: impl Iterator<Item = String>) -> String {
+    errors.collect::<Vec<_>>().join(" | ")
+}
+
+/// Why a QUIC dial failed.
 enum QuicDialError {
+    /// The host answered that nothing listens on its UDP port (ICMP port unreachable;
+    /// the server may still be there over TLS/TCP).
     Unreachable(String),
-    Other(String),
+    /// No answer: the handshake timed out (a path that drops UDP), or the endpoint could
+    /// not be bound.
+    Silent(String),
+    /// The server answered and refused: an ALPN it does not serve, a client it does not
+    /// admit, a certificate that does not verify.
+    Answered(String),
 }
 
 impl From<QuicDialError> for String {
     fn from(e: QuicDialError) -> String {
         match e {
-            QuicDialError::Unreachable(s) | QuicDialError::Other(s) => s,
+            QuicDialError::Unreachable(s)
+            | QuicDialError::Silent(s)
+            | QuicDialError::Answered(s) => s,
         }
     }
 }

@@ -3,6 +3,7 @@
 mod call;
 mod config;
 mod connect;
+mod eyeballs;
 mod git;
 mod logging;
 mod peer;

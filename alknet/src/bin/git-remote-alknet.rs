@@ -5,6 +5,8 @@
 #[allow(dead_code)]
 #[path = "../connect.rs"]
 mod connect;
+#[path = "../eyeballs.rs"]
+mod eyeballs;
 #[path = "../git_remote.rs"]
 mod git_remote;
 
