@@ -250,16 +250,36 @@ pub fn attach_steering(
         len: u16::try_from(filters.len()).map_err(|_| io::Error::other("BPF program too long"))?,
         filter: filters.as_mut_ptr(),
     };
-    // SAFETY: `prog` points at `filters`, alive for the call; the kernel copies it.
-    let rc = unsafe {
-        libc::setsockopt(
+    // SAFETY: the option takes a `sock_fprog`; `prog` points at `filters`, alive for the
+    // call (the kernel copies it).
+    unsafe {
+        setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_ATTACH_REUSEPORT_CBPF,
-            std::ptr::addr_of!(prog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            &prog,
         )
-    };
+    }
+}
+
+/// `setsockopt(2)` with `value` as the option's value, its size as the length.
+///
+/// # Safety
+/// `T` must be the type the option takes, and any pointer inside `value` valid for the
+/// call.
+unsafe fn setsockopt<T>(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    let rc = libc::setsockopt(
+        fd,
+        level,
+        name,
+        std::ptr::from_ref(value).cast(),
+        std::mem::size_of::<T>() as libc::socklen_t,
+    );
     if rc == 0 {
         Ok(())
     } else {
@@ -283,23 +303,8 @@ pub fn bind_client(addr: SocketAddr, buffer: usize) -> io::Result<StdUdpSocket> 
 /// forged ICMP message end connections.
 fn enable_recverr(s: &Socket, v6: bool) -> io::Result<()> {
     let on: libc::c_int = 1;
-    let set = |level, name| {
-        // SAFETY: a valid fd and a c_int option value of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                level,
-                name,
-                std::ptr::addr_of!(on).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
+    // SAFETY: both options take a c_int.
+    let set = |level, name| unsafe { setsockopt(s.as_raw_fd(), level, name, &on) };
     if v6 {
         set(libc::IPPROTO_IPV6, libc::IPV6_RECVERR)?;
         // for IPv4 peers of a dual-stack socket; an IPv6-only one may refuse it

@@ -67,6 +67,11 @@ fn splice(a: TcpStream, b: TcpStream) {
 fn connect_auto(addr: &str, fingerprint: &str, alpn: &str, input: &[u8]) -> (Output, Duration) {
     let mut cmd = alknet_connect(alpn, addr, fingerprint, "auto");
     cmd.env("ALKNET_LOG", "alknet=debug");
+    run_timed(cmd, input)
+}
+
+/// Runs `cmd` with `input` on its stdin; its output and how long it took.
+fn run_timed(cmd: std::process::Command, input: &[u8]) -> (Output, Duration) {
     let started = Instant::now();
     let out = run_with_input(cmd, input);
     (out, started.elapsed())
@@ -118,9 +123,7 @@ fn nothing_on_the_udp_port_fails_quic_at_once_and_auto_takes_tcp_at_once() {
     let addr = format!("127.0.0.1:{}", path.port);
 
     // QUIC alone: the ICMP answer ends the handshake (the idle timeout is 30 s)
-    let started = Instant::now();
-    let out = run_with_input(alknet_connect("alknet/echo", &addr, &fp, "quic"), b"");
-    let took = started.elapsed();
+    let (out, took) = run_timed(alknet_connect("alknet/echo", &addr, &fp, "quic"), b"");
     let err = text(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
@@ -133,9 +136,7 @@ fn nothing_on_the_udp_port_fails_quic_at_once_and_auto_takes_tcp_at_once() {
     let mut cmd = alknet_connect("alknet/echo", &addr, &fp, "auto");
     cmd.args(["--fallback-delay-ms", "60000"])
         .env("ALKNET_LOG", "alknet=debug");
-    let started = Instant::now();
-    let out = run_with_input(cmd, b"no udp here\n");
-    let took = started.elapsed();
+    let (out, took) = run_timed(cmd, b"no udp here\n");
     let err = text(&out.stderr);
     assert_eq!(text(&out.stdout), "no udp here\n", "{err}");
     assert!(
@@ -149,9 +150,7 @@ fn nothing_on_the_udp_port_fails_quic_at_once_and_auto_takes_tcp_at_once() {
     // neither: both errors, at once
     drop(path);
     drop(server);
-    let started = Instant::now();
-    let out = run_with_input(alknet_connect("alknet/echo", &addr, &fp, "auto"), b"");
-    let took = started.elapsed();
+    let (out, took) = run_timed(alknet_connect("alknet/echo", &addr, &fp, "auto"), b"");
     let err = text(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
