@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub russh: Arc<russh::server::Config>,
     /// Asked after the engine's provider (the `authorized_keys` file).
     pub extra_provider: Option<Arc<dyn IdentityProvider>>,
+    /// The `authorized_keys` file, for its `cert-authority` lines (user certificates).
+    pub authorities: Option<Arc<AuthorizedKeysProvider>>,
     pub bridge_threads: usize,
     /// Subsystems served, by name (`sftp`, plugged in by the binary).
     pub subsystems: Subsystems,
@@ -120,6 +122,7 @@ impl SshAdapter {
                 config,
                 russh: Arc::new(russh),
                 extra_provider: None,
+                authorities: None,
                 bridge_threads,
                 subsystems: Subsystems::default(),
                 metrics: SshMetrics::default(),
@@ -157,9 +160,26 @@ impl SshAdapter {
         };
         let mut adapter = Self::new(host_key, config, workers)?;
         if let Some(p) = extra {
-            adapter = adapter.with_extra_provider(p);
+            adapter = adapter.with_authorized_keys(p);
         }
         Ok(adapter)
+    }
+
+    /// Resolves keys through an `authorized_keys` file after the engine's provider, and
+    /// trusts the user certificates its `cert-authority` lines sign.
+    pub fn with_authorized_keys(self, file: Arc<AuthorizedKeysProvider>) -> Self {
+        let mut adapter = self.with_extra_provider(file.clone());
+        let shared = Shared {
+            config: adapter.shared.config.clone(),
+            russh: adapter.shared.russh.clone(),
+            extra_provider: adapter.shared.extra_provider.clone(),
+            authorities: Some(file),
+            bridge_threads: adapter.shared.bridge_threads,
+            subsystems: adapter.shared.subsystems.clone(),
+            metrics: SshMetrics::default(),
+        };
+        adapter.shared = Arc::new(shared);
+        adapter
     }
 
     /// Also resolves keys through `provider`, after the engine's (e.g. an
@@ -169,6 +189,7 @@ impl SshAdapter {
             config: self.shared.config.clone(),
             russh: self.shared.russh.clone(),
             extra_provider: Some(provider),
+            authorities: self.shared.authorities.clone(),
             bridge_threads: self.shared.bridge_threads,
             subsystems: self.shared.subsystems.clone(),
             // builders run before the adapter serves: nothing counted yet
@@ -199,6 +220,7 @@ impl SshAdapter {
             config: self.shared.config.clone(),
             russh: self.shared.russh.clone(),
             extra_provider: self.shared.extra_provider.clone(),
+            authorities: self.shared.authorities.clone(),
             bridge_threads: self.shared.bridge_threads,
             subsystems,
             metrics: SshMetrics::default(),

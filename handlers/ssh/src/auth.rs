@@ -11,10 +11,16 @@ use std::time::SystemTime;
 use alknet_runtime::{Fingerprint, Identity, IdentityProvider};
 use russh::keys::{HashAlg, PublicKey};
 
+use crate::certificate::CertAuthority;
+
 /// The SHA-256 of a public key's wire encoding: the digest OpenSSH shows, base64-encoded,
 /// as `SHA256:…` (`ssh-keygen -lf KEY`).
 pub fn key_fingerprint(key: &PublicKey) -> Fingerprint {
-    let fp = key.fingerprint(HashAlg::Sha256);
+    sha256_fingerprint(&key.fingerprint(HashAlg::Sha256))
+}
+
+/// An ssh-key SHA-256 fingerprint as ours (the same 32 bytes).
+pub(crate) fn sha256_fingerprint(fp: &russh::keys::ssh_key::Fingerprint) -> Fingerprint {
     let mut out = [0u8; 32];
     // a SHA-256 fingerprint is always 32 bytes; copy defensively all the same
     let bytes = fp.as_bytes();
@@ -53,10 +59,22 @@ pub enum AuthorizedKeysError {
 /// ```
 ///
 /// The trailing comment names the identity (the key's `SHA256:…` fingerprint when there is
-/// none). `scopes="…"` is the only option understood: any other (`command=`, `from=`,
-/// `no-pty`, …) is an error rather than a restriction silently ignored. The file is read
-/// at start and again whenever its modification time or size changes; a file that no
-/// longer parses keeps the previous keys (and says so in the log).
+/// none). A line with `cert-authority` lists a certificate authority instead of a key
+/// that logs in: OpenSSH user certificates it signs are trusted (see
+/// [`crate::certificate`]), their sessions run as `PRINCIPAL@NAME` with the line's scopes,
+/// and `principals="a,b"` names the principals it may vouch for (without it the user
+/// name logged in as must be a principal of the certificate), as sshd's own
+/// `cert-authority` and `principals=` options do:
+///
+/// ```text
+/// cert-authority,scopes="ssh:exec,ssh:sftp,sftp:read" ssh-ed25519 AAAAC3Nza… ops-ca
+/// ```
+///
+/// `scopes=`, `cert-authority` and `principals=` are the only options understood: any
+/// other (`command=`, `from=`, `no-pty`, …) is an error rather than a restriction
+/// silently ignored. The file is read at start and again whenever its modification time
+/// or size changes; a file that no longer parses keeps the previous keys (and says so in
+/// the log).
 pub struct AuthorizedKeysProvider {
     path: PathBuf,
     state: Mutex<Loaded>,
@@ -65,12 +83,18 @@ pub struct AuthorizedKeysProvider {
 /// What identifies a version of the file: its modification time and size.
 type Stamp = (SystemTime, u64);
 
-/// Keys by fingerprint.
-type Keys = HashMap<Fingerprint, Identity>;
+/// What an `authorized_keys` file lists, by key fingerprint.
+#[derive(Debug, Default)]
+pub struct AuthorizedKeys {
+    /// Keys that log in, and their identities.
+    pub keys: HashMap<Fingerprint, Identity>,
+    /// `cert-authority` lines: keys that sign the user certificates that log in.
+    pub authorities: HashMap<Fingerprint, CertAuthority>,
+}
 
 struct Loaded {
     stamp: Option<Stamp>,
-    keys: Keys,
+    keys: AuthorizedKeys,
 }
 
 impl std::fmt::Debug for AuthorizedKeysProvider {
@@ -100,7 +124,7 @@ impl AuthorizedKeysProvider {
         })
     }
 
-    fn read(path: &Path) -> Result<(Keys, Stamp), AuthorizedKeysError> {
+    fn read(path: &Path) -> Result<(AuthorizedKeys, Stamp), AuthorizedKeysError> {
         let read_err = |source| AuthorizedKeysError::Read {
             path: path.to_path_buf(),
             source,
@@ -113,18 +137,28 @@ impl AuthorizedKeysProvider {
         ))
     }
 
-    /// Number of keys currently known.
+    /// Number of keys currently known (certificate authorities not counted).
     pub fn len(&self) -> usize {
-        self.state.lock().map(|s| s.keys.len()).unwrap_or(0)
+        self.state.lock().map(|s| s.keys.keys.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
 
-impl IdentityProvider for AuthorizedKeysProvider {
-    fn resolve_from_fingerprint(&self, fingerprint: &Fingerprint) -> Option<Identity> {
+    /// The `cert-authority` line of a CA key, if the file (as it is now) lists it.
+    pub fn authority(&self, fingerprint: &Fingerprint) -> Option<CertAuthority> {
+        self.current(|k| k.authorities.get(fingerprint).cloned())
+            .flatten()
+    }
+
+    /// Whether the file (as it is now) lists any certificate authority.
+    pub fn has_authorities(&self) -> bool {
+        self.current(|k| !k.authorities.is_empty()).unwrap_or(false)
+    }
+
+    /// Runs `f` on the file's current contents, read again first if it changed.
+    fn current<R>(&self, f: impl FnOnce(&AuthorizedKeys) -> R) -> Option<R> {
         let Ok(mut state) = self.state.lock() else {
             return None;
         };
@@ -132,7 +166,12 @@ impl IdentityProvider for AuthorizedKeysProvider {
         if current != state.stamp {
             match Self::read(&self.path) {
                 Ok((keys, st)) => {
-                    tracing::info!(path = %self.path.display(), keys = keys.len(), "authorized keys reloaded");
+                    tracing::info!(
+                        path = %self.path.display(),
+                        keys = keys.keys.len(),
+                        authorities = keys.authorities.len(),
+                        "authorized keys reloaded"
+                    );
                     state.keys = keys;
                     state.stamp = Some(st);
                 }
@@ -143,7 +182,13 @@ impl IdentityProvider for AuthorizedKeysProvider {
                 }
             }
         }
-        state.keys.get(fingerprint).cloned()
+        Some(f(&state.keys))
+    }
+}
+
+impl IdentityProvider for AuthorizedKeysProvider {
+    fn resolve_from_fingerprint(&self, fingerprint: &Fingerprint) -> Option<Identity> {
+        self.current(|k| k.keys.get(fingerprint).cloned()).flatten()
     }
 
     fn resolve_from_token(&self, _token: &str) -> Option<Identity> {
@@ -152,8 +197,11 @@ impl IdentityProvider for AuthorizedKeysProvider {
 }
 
 /// Parses `authorized_keys` text; `origin` names it in errors.
-pub fn parse_authorized_keys(text: &str, origin: &str) -> Result<Keys, AuthorizedKeysError> {
-    let mut keys = HashMap::new();
+pub fn parse_authorized_keys(
+    text: &str,
+    origin: &str,
+) -> Result<AuthorizedKeys, AuthorizedKeysError> {
+    let mut parsed = AuthorizedKeys::default();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -165,9 +213,9 @@ pub fn parse_authorized_keys(text: &str, origin: &str) -> Result<Keys, Authorize
             reason,
         };
         let (options, key_text) = split_options(line).map_err(err)?;
-        let scopes = match options {
-            None => Vec::new(),
-            Some(opts) => parse_scopes(opts).map_err(err)?,
+        let options = match options {
+            None => LineOptions::default(),
+            Some(opts) => parse_options(opts).map_err(err)?,
         };
         let key = PublicKey::from_openssh(key_text).map_err(|e| err(format!("bad key: {e}")))?;
         let fp = key_fingerprint(&key);
@@ -177,14 +225,40 @@ pub fn parse_authorized_keys(text: &str, origin: &str) -> Result<Keys, Authorize
         } else {
             comment
         };
-        if keys.insert(fp, Identity { name, scopes }).is_some() {
+        if parsed.keys.contains_key(&fp) || parsed.authorities.contains_key(&fp) {
             return Err(err(format!(
                 "key {} is listed twice",
                 openssh_fingerprint(&key)
             )));
         }
+        let identity = Identity {
+            name,
+            scopes: options.scopes,
+        };
+        if options.cert_authority {
+            let principals = options.principals;
+            parsed.authorities.insert(
+                fp,
+                CertAuthority {
+                    identity,
+                    principals,
+                },
+            );
+        } else if options.principals.is_some() {
+            return Err(err("principals= is only for cert-authority lines".into()));
+        } else {
+            parsed.keys.insert(fp, identity);
+        }
     }
-    Ok(keys)
+    Ok(parsed)
+}
+
+/// The options field of a line.
+#[derive(Debug, Default)]
+struct LineOptions {
+    scopes: Vec<String>,
+    cert_authority: bool,
+    principals: Option<Vec<String>>,
 }
 
 /// Whether `word` is a key type rather than an options field.
@@ -221,22 +295,35 @@ fn split_options(line: &str) -> Result<(Option<&str>, &str), String> {
     })
 }
 
-/// Parses an options field, of which only `scopes="a,b"` is understood.
-fn parse_scopes(options: &str) -> Result<Vec<String>, String> {
+/// Parses an options field: `scopes="a,b"`, `cert-authority`, `principals="a,b"`.
+fn parse_options(options: &str) -> Result<LineOptions, String> {
+    let mut parsed = LineOptions::default();
     let mut scopes = None;
     for opt in split_top_level_commas(options) {
-        let Some(value) = opt.strip_prefix("scopes=") else {
+        if opt == "cert-authority" {
+            if parsed.cert_authority {
+                return Err("cert-authority is given twice".into());
+            }
+            parsed.cert_authority = true;
+            continue;
+        }
+        let (name, value, slot) = if let Some(value) = opt.strip_prefix("scopes=") {
+            ("scopes", value, &mut scopes)
+        } else if let Some(value) = opt.strip_prefix("principals=") {
+            ("principals", value, &mut parsed.principals)
+        } else {
             let name = opt.split('=').next().unwrap_or(opt);
             return Err(format!(
-                "unsupported option {name:?} (only scopes=\"…\" is understood)"
+                "unsupported option {name:?} (only scopes=\"…\", cert-authority and \
+                 principals=\"…\" are understood)"
             ));
         };
         let inner = value
             .strip_prefix('"')
             .and_then(|v| v.strip_suffix('"'))
-            .ok_or_else(|| "scopes must be double-quoted".to_string())?;
-        if scopes.is_some() {
-            return Err("scopes is given twice".into());
+            .ok_or_else(|| format!("{name} must be double-quoted"))?;
+        if slot.is_some() {
+            return Err(format!("{name} is given twice"));
         }
         let list: Vec<String> = inner
             .split(',')
@@ -248,11 +335,12 @@ fn parse_scopes(options: &str) -> Result<Vec<String>, String> {
             .iter()
             .find(|s| s.chars().any(|c| c.is_whitespace() || c == '"'))
         {
-            return Err(format!("bad scope {bad:?}"));
+            return Err(format!("bad {name} entry {bad:?}"));
         }
-        scopes = Some(list);
+        *slot = Some(list);
     }
-    Ok(scopes.unwrap_or_default())
+    parsed.scopes = scopes.unwrap_or_default();
+    Ok(parsed)
 }
 
 fn split_top_level_commas(s: &str) -> Vec<&str> {
@@ -313,7 +401,7 @@ mod tests {
         let text = format!(
             "# team keys\n\n scopes=\"ssh:exec, ssh:shell\" {ALICE} alice@laptop \n{BOB}\n"
         );
-        let keys = parse_authorized_keys(&text, "ak").expect("parses");
+        let keys = parse_authorized_keys(&text, "ak").expect("parses").keys;
         assert_eq!(keys.len(), 2);
         let alice = &keys[&fp_of(ALICE)];
         assert_eq!(alice.name, "alice@laptop");
@@ -321,6 +409,26 @@ mod tests {
         let bob = &keys[&fp_of(BOB)];
         assert!(bob.name.starts_with("SHA256:"), "{}", bob.name);
         assert!(bob.scopes.is_empty(), "no scopes: default deny");
+    }
+
+    #[test]
+    fn cert_authority_lines_list_authorities_not_keys() {
+        let text = format!(
+            "cert-authority,scopes=\"ssh:exec\" {ALICE} ops-ca\n\
+             principals=\"admins, root\",cert-authority {BOB} root-ca\n"
+        );
+        let parsed = parse_authorized_keys(&text, "ak").expect("parses");
+        assert!(parsed.keys.is_empty(), "a CA key does not log in itself");
+        let ops = &parsed.authorities[&fp_of(ALICE)];
+        assert_eq!(ops.identity.name, "ops-ca");
+        assert_eq!(ops.identity.scopes, ["ssh:exec"]);
+        assert_eq!(ops.principals, None);
+        let root = &parsed.authorities[&fp_of(BOB)];
+        assert_eq!(
+            root.principals,
+            Some(vec!["admins".to_string(), "root".to_string()])
+        );
+        assert!(root.identity.scopes.is_empty());
     }
 
     #[test]
@@ -333,6 +441,18 @@ mod tests {
             ("ssh-ed25519 AAAAnotbase64!!".to_string(), 1, "bad key"),
             (format!("{ALICE} a\n#\n{ALICE} b"), 3, "twice"),
             (format!("scopes=\"a\",scopes=\"b\" {ALICE}"), 1, "twice"),
+            (
+                format!("principals=\"a\" {ALICE}"),
+                1,
+                "only for cert-authority",
+            ),
+            (format!("cert-authority,cert-authority {ALICE}"), 1, "twice"),
+            (
+                format!("cert-authority,principals=a {ALICE}"),
+                1,
+                "double-quoted",
+            ),
+            (format!("{ALICE} a\ncert-authority {ALICE} b"), 2, "twice"),
         ];
         for (text, line, needle) in cases {
             let e = parse_authorized_keys(&text, "keys.txt").expect_err(&text);

@@ -18,6 +18,7 @@
 mod adapter;
 mod auth;
 pub mod bridge;
+mod certificate;
 mod config;
 pub mod flow;
 mod forward;

@@ -79,6 +79,8 @@ pub(crate) enum AuthRefusal {
     UnknownKey,
     /// `auth_timeout_ms` passed before the session authenticated.
     Timeout,
+    /// A user certificate that is not trusted (see `crate::certificate`).
+    Certificate,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +90,7 @@ pub(crate) struct SshMetrics {
     sessions_authenticated: AtomicU64,
     auth_unknown_key: AtomicU64,
     auth_timeout: AtomicU64,
+    auth_certificate: AtomicU64,
     channels_opened: [AtomicU64; 3],
     /// By channel kind × refusal.
     channels_refused: [[AtomicU64; 3]; 3],
@@ -112,6 +115,7 @@ impl SshMetrics {
         match why {
             AuthRefusal::UnknownKey => &self.auth_unknown_key,
             AuthRefusal::Timeout => &self.auth_timeout,
+            AuthRefusal::Certificate => &self.auth_certificate,
         }
         .fetch_add(1, Relaxed);
     }
@@ -158,6 +162,7 @@ impl SshMetrics {
         for (reason, n) in [
             ("unknown_key", &self.auth_unknown_key),
             ("timeout", &self.auth_timeout),
+            ("certificate", &self.auth_certificate),
         ] {
             out.push(
                 HandlerMetric::counter(

@@ -12,12 +12,14 @@ use std::sync::Arc;
 
 use alknet_runtime::{AccessControl, Identity, IdentityProvider, Requirement};
 use futures_util::FutureExt;
+use russh::keys::{Certificate, HashAlg};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf, Pty, Sig};
 use tokio::task::AbortHandle;
 
 use crate::adapter::Shared;
 use crate::auth::{key_fingerprint, openssh_fingerprint};
+use crate::certificate::check_certificate;
 use crate::config::MAX_ENV_PER_CHANNEL;
 use crate::flow::SessionFlow;
 use crate::metrics::{AuthRefusal, ChannelKind, ChannelRefusal, RequestKind};
@@ -54,6 +56,9 @@ pub(crate) struct SshSession {
     remote: SocketAddr,
     provider: Arc<dyn IdentityProvider>,
     identity: Option<Identity>,
+    /// Whether `pty-req` may be granted: false for a user certificate without the
+    /// `permit-pty` extension (`ssh-keygen -O no-pty`).
+    pty_allowed: bool,
     /// Set once authenticated; the adapter's watchdog reads it.
     authenticated: Arc<AtomicBool>,
     slots: ChannelSlots,
@@ -88,6 +93,7 @@ impl SshSession {
             remote,
             provider,
             identity: None,
+            pty_allowed: true,
             authenticated,
             slots,
             flow,
@@ -312,9 +318,18 @@ impl russh::server::Handler for SshSession {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        // spare the signature when the key is unknown anyway
+        // spare the signature when the key is unknown anyway; but a certificate's key is
+        // offered as the bare key (russh does not say which it was), so with a
+        // certificate authority listed every key goes on to its signature, and
+        // `auth_publickey` or `auth_openssh_certificate` decides
+        let authorities = self
+            .shared
+            .authorities
+            .as_ref()
+            .is_some_and(|a| a.has_authorities());
         Ok(match self.resolve(offer.public_key) {
             Some(_) => Auth::Accept,
+            None if authorities => Auth::Accept,
             None => {
                 tracing::info!(
                     key = %openssh_fingerprint(offer.public_key),
@@ -351,6 +366,45 @@ impl russh::server::Handler for SshSession {
                     "ssh: unknown key refused"
                 );
                 self.shared.metrics.auth_refused(AuthRefusal::UnknownKey);
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let authority =
+            |fp: &alknet_runtime::Fingerprint| self.shared.authorities.as_ref()?.authority(fp);
+        match check_certificate(certificate, user, self.remote.ip(), unix_now, authority) {
+            Ok(grant) => {
+                tracing::info!(
+                    identity = %grant.identity.name,
+                    user,
+                    key_id = certificate.key_id(),
+                    serial = certificate.serial(),
+                    ca = %certificate.signature_key().fingerprint(HashAlg::Sha256),
+                    remote = %self.remote,
+                    "ssh: authenticated with a certificate"
+                );
+                self.pty_allowed = grant.pty;
+                self.identity = Some(grant.identity);
+                Ok(Auth::Accept)
+            }
+            Err(refusal) => {
+                tracing::info!(
+                    user,
+                    key_id = certificate.key_id(),
+                    serial = certificate.serial(),
+                    remote = %self.remote,
+                    "ssh: certificate refused: {refusal}"
+                );
+                self.shared.metrics.auth_refused(AuthRefusal::Certificate);
                 Ok(Auth::reject())
             }
         }
@@ -522,6 +576,10 @@ impl russh::server::Handler for SshSession {
         };
         ch.drain();
         if ch.running.is_some() || ch.pty.is_some() {
+            return session.channel_failure(channel);
+        }
+        if !self.pty_allowed {
+            tracing::warn!(identity = %self.who(), "ssh: pty refused: the certificate has no permit-pty");
             return session.channel_failure(channel);
         }
         let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
