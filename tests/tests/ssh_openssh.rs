@@ -803,7 +803,7 @@ fn user_certificates_signed_by_a_cert_authority_line() {
     denied(run_as(&t, &host, "alice", &[], "echo no"));
 
     // critical options: a source-address that holds the client is enforced and passes,
-    // one that does not is refused, and force-command (not enforced here) refuses it
+    // one that does not is refused
     let near = key("near");
     sign_user_key(
         &ca,
@@ -821,14 +821,39 @@ fn user_certificates_signed_by_a_cert_authority_line() {
         &["-n", "alice", "-O", "source-address=192.0.2.0/24"],
     );
     denied(run_as(&t, &far, "alice", &[], "echo no"));
+    // force-command runs in place of what is asked, which it finds in
+    // SSH_ORIGINAL_COMMAND (a shell too runs it)
     let forced = key("forced");
     sign_user_key(
         &ca,
         &forced,
         "forced",
-        &["-n", "alice", "-O", "force-command=/bin/true"],
+        &[
+            "-n",
+            "alice",
+            "-O",
+            "force-command=echo forced: $SSH_ORIGINAL_COMMAND",
+        ],
     );
-    denied(run_as(&t, &forced, "alice", &[], "echo no"));
+    let (code, out, err) = run_as(&t, &forced, "alice", &[], "rm -rf /tmp/nothing");
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "forced: rm -rf /tmp/nothing\n"),
+        "{err}"
+    );
+    let mut shell = t.ssh(&forced);
+    shell.args(["-T", "alice@alknet"]);
+    let out = run_with_input(shell, b"echo from-stdin\n");
+    assert_eq!(text(&out.stdout), "forced:\n", "{}", text(&out.stderr));
+    // an option nobody enforces refuses the certificate
+    let strict = key("strict");
+    sign_user_key(
+        &ca,
+        &strict,
+        "strict",
+        &["-n", "alice", "-O", "verify-required"],
+    );
+    denied(run_as(&t, &strict, "alice", &[], "echo no"));
 
     // without permit-pty the pty is refused (ssh -tt then gives up, as it must when a
     // pty it insisted on is refused); a command without one runs
@@ -845,7 +870,7 @@ fn user_certificates_signed_by_a_cert_authority_line() {
         .iter()
         .find_map(|l| l.strip_prefix("alknet_ssh_auth_refusals_total{reason=certificate} "))
         .unwrap_or_else(|| panic!("no certificate refusals in:\n{}", samples.join("\n")));
-    // root, foreign, far and forced. The expired and the host certificate never reach
+    // root, foreign, far and strict. The expired and the host certificate never reach
     // the check (OpenSSH's client does not offer a host certificate, russh refuses an
     // expired one first; both are in `certificate.rs`'s unit tests), and the CA's bare
     // key is an unknown key

@@ -4,7 +4,8 @@
 //! certificate's validity window and that its signature matches the key it names; what
 //! makes it trusted is decided here, without IO: the signing key is a listed authority,
 //! the certificate is a user certificate valid now, the user name (or the line's
-//! `principals=`) is among its principals, and every critical option is one we enforce.
+//! `principals=`) is among its principals, and every critical option is one we enforce
+//! (`source-address`, `force-command`).
 
 use std::net::IpAddr;
 
@@ -24,12 +25,15 @@ pub struct CertAuthority {
 }
 
 /// What a trusted certificate grants: the identity its session runs as (`PRINCIPAL@CA`,
-/// the CA's scopes less those the certificate's extensions withhold) and whether it may
-/// have a pty.
+/// the CA's scopes less those the certificate's extensions withhold), whether it may
+/// have a pty, and the command it is bound to (`force-command`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateGrant {
     pub identity: Identity,
     pub pty: bool,
+    /// Runs in place of whatever `exec` or `shell` asks for, which it finds in
+    /// `SSH_ORIGINAL_COMMAND`, as sshd runs it.
+    pub force_command: Option<String>,
 }
 
 /// Scopes a certificate without the `permit-port-forwarding` extension does not get
@@ -56,7 +60,7 @@ pub enum CertificateRefusal {
     SourceAddress { list: String, remote: IpAddr },
     #[error("source-address {0:?} does not parse")]
     BadSourceAddress(String),
-    #[error("critical option {0:?} is not enforced here, so the certificate is refused")]
+    #[error("critical option {0:?} is not understood, so the certificate is refused")]
     UnsupportedCriticalOption(String),
 }
 
@@ -93,9 +97,11 @@ pub fn check_certificate(
             .find(|p| allowed.contains(p))
             .ok_or(CertificateRefusal::NoListedPrincipal)?,
     };
+    let mut force_command = None;
     for (name, value) in cert.critical_options().iter() {
         match name.as_str() {
             "source-address" => check_source_address(value, remote)?,
+            "force-command" => force_command = Some(value.clone()),
             other => {
                 return Err(CertificateRefusal::UnsupportedCriticalOption(
                     other.to_string(),
@@ -118,6 +124,7 @@ pub fn check_certificate(
             scopes,
         },
         pty: extensions.contains_key("permit-pty"),
+        force_command,
     })
 }
 
@@ -312,7 +319,20 @@ mod tests {
             check_with(&c, "alice", "192.0.2.1", NOW, None),
             Err(CertificateRefusal::SourceAddress { .. })
         ));
-        for option in ["force-command", "verify-required", "no-such-option"] {
+        let c = cert(&key(9), |b| {
+            alice(b);
+            b.critical_option("force-command", "/usr/bin/backup --to tape")
+                .expect("opt");
+        });
+        assert_eq!(
+            check(&c, "alice").map(|g| g.force_command),
+            Ok(Some("/usr/bin/backup --to tape".to_string()))
+        );
+        assert_eq!(
+            check(&cert(&key(9), alice), "alice").map(|g| g.force_command),
+            Ok(None)
+        );
+        for option in ["verify-required", "no-such-option"] {
             let c = cert(&key(9), |b| {
                 alice(b);
                 b.critical_option(option, "x").expect("opt");

@@ -59,6 +59,8 @@ pub(crate) struct SshSession {
     /// Whether `pty-req` may be granted: false for a user certificate without the
     /// `permit-pty` extension (`ssh-keygen -O no-pty`).
     pty_allowed: bool,
+    /// A user certificate's `force-command`: what every `exec` and `shell` runs instead.
+    forced_command: Option<String>,
     /// Set once authenticated; the adapter's watchdog reads it.
     authenticated: Arc<AtomicBool>,
     slots: ChannelSlots,
@@ -94,6 +96,7 @@ impl SshSession {
             provider,
             identity: None,
             pty_allowed: true,
+            forced_command: None,
             authenticated,
             slots,
             flow,
@@ -148,10 +151,23 @@ impl SshSession {
         let Some((read, write)) = ch.halves.take() else {
             return false;
         };
+        let mut env = std::mem::take(&mut ch.env);
+        let command = match &self.forced_command {
+            // as sshd: the forced command runs, and finds what was asked in the environment
+            Some(forced) => {
+                env.retain(|(k, _)| k != "SSH_ORIGINAL_COMMAND");
+                if let Some(asked) = command {
+                    let asked = String::from_utf8_lossy(asked).into_owned();
+                    env.push(("SSH_ORIGINAL_COMMAND".into(), asked));
+                }
+                Some(forced.as_bytes())
+            }
+            None => command,
+        };
         let launch = Launch {
             shell,
             command: command.map(<[u8]>::to_vec),
-            env: std::mem::take(&mut ch.env),
+            env,
             pty: ch.pty.clone(),
             identity: identity.clone(),
         };
@@ -232,6 +248,13 @@ impl SshSession {
 
     /// Starts subsystem `name` in `channel`; `false` when refused.
     fn start_subsystem(&mut self, channel: ChannelId, name: &str) -> bool {
+        if self.forced_command.is_some() {
+            if let Some(ch) = self.channels.get_mut(&channel) {
+                ch.drain();
+            }
+            tracing::warn!(identity = %self.who(), "ssh: subsystem {name:?} refused: the certificate forces a command");
+            return false;
+        }
         let Some(registered) = self.shared.subsystems.0.get(name).cloned() else {
             if let Some(ch) = self.channels.get_mut(&channel) {
                 ch.drain();
@@ -393,6 +416,7 @@ impl russh::server::Handler for SshSession {
                     "ssh: authenticated with a certificate"
                 );
                 self.pty_allowed = grant.pty;
+                self.forced_command = grant.force_command;
                 self.identity = Some(grant.identity);
                 Ok(Auth::Accept)
             }
