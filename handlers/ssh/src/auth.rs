@@ -4,14 +4,13 @@
 //! one more provider.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::path::PathBuf;
 
 use alknet_runtime::{Fingerprint, Identity, IdentityProvider};
 use russh::keys::{HashAlg, PublicKey};
 
 use crate::certificate::CertAuthority;
+use crate::watched::{WatchedFile, WatchedFileError};
 
 /// The SHA-256 of a public key's wire encoding: the digest OpenSSH shows, base64-encoded,
 /// as `SHA256:…` (`ssh-keygen -lf KEY`).
@@ -76,12 +75,8 @@ pub enum AuthorizedKeysError {
 /// or size changes; a file that no longer parses keeps the previous keys (and says so in
 /// the log).
 pub struct AuthorizedKeysProvider {
-    path: PathBuf,
-    state: Mutex<Loaded>,
+    file: WatchedFile<AuthorizedKeys, AuthorizedKeysError>,
 }
-
-/// What identifies a version of the file: its modification time and size.
-type Stamp = (SystemTime, u64);
 
 /// What an `authorized_keys` file lists, by key fingerprint.
 #[derive(Debug, Default)]
@@ -92,54 +87,31 @@ pub struct AuthorizedKeys {
     pub authorities: HashMap<Fingerprint, CertAuthority>,
 }
 
-struct Loaded {
-    stamp: Option<Stamp>,
-    keys: AuthorizedKeys,
-}
-
 impl std::fmt::Debug for AuthorizedKeysProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthorizedKeysProvider")
-            .field("path", &self.path)
+            .field("path", &self.file.path())
             .finish()
     }
-}
-
-fn stamp(path: &Path) -> Result<Stamp, std::io::Error> {
-    let meta = std::fs::metadata(path)?;
-    Ok((meta.modified()?, meta.len()))
 }
 
 impl AuthorizedKeysProvider {
     /// Loads `path`; errors name the file and, for syntax, the line.
     pub fn load(path: impl Into<PathBuf>) -> Result<Self, AuthorizedKeysError> {
-        let path = path.into();
-        let (keys, st) = Self::read(&path)?;
-        Ok(Self {
-            path,
-            state: Mutex::new(Loaded {
-                stamp: Some(st),
-                keys,
-            }),
-        })
-    }
-
-    fn read(path: &Path) -> Result<(AuthorizedKeys, Stamp), AuthorizedKeysError> {
-        let read_err = |source| AuthorizedKeysError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let st = stamp(path).map_err(read_err)?;
-        let text = std::fs::read_to_string(path).map_err(read_err)?;
-        Ok((
-            parse_authorized_keys(&text, &path.display().to_string())?,
-            st,
-        ))
+        let file = WatchedFile::load(path, "authorized keys", parse_authorized_keys_file).map_err(
+            |e| match e {
+                WatchedFileError::Read { path, source } => {
+                    AuthorizedKeysError::Read { path, source }
+                }
+                WatchedFileError::Parse(e) => e,
+            },
+        )?;
+        Ok(Self { file })
     }
 
     /// Number of keys currently known (certificate authorities not counted).
     pub fn len(&self) -> usize {
-        self.state.lock().map(|s| s.keys.keys.len()).unwrap_or(0)
+        self.current(|k| k.keys.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -159,30 +131,7 @@ impl AuthorizedKeysProvider {
 
     /// Runs `f` on the file's current contents, read again first if it changed.
     fn current<R>(&self, f: impl FnOnce(&AuthorizedKeys) -> R) -> Option<R> {
-        let Ok(mut state) = self.state.lock() else {
-            return None;
-        };
-        let current = stamp(&self.path).ok();
-        if current != state.stamp {
-            match Self::read(&self.path) {
-                Ok((keys, st)) => {
-                    tracing::info!(
-                        path = %self.path.display(),
-                        keys = keys.keys.len(),
-                        authorities = keys.authorities.len(),
-                        "authorized keys reloaded"
-                    );
-                    state.keys = keys;
-                    state.stamp = Some(st);
-                }
-                Err(e) => {
-                    tracing::warn!("{e}; keeping the previous authorized keys");
-                    // do not retry on every lookup until the file changes again
-                    state.stamp = current;
-                }
-            }
-        }
-        Some(f(&state.keys))
+        self.file.current().map(|k| f(&k))
     }
 }
 
@@ -194,6 +143,23 @@ impl IdentityProvider for AuthorizedKeysProvider {
     fn resolve_from_token(&self, _token: &str) -> Option<Identity> {
         None
     }
+}
+
+/// [`parse_authorized_keys`] on a file's bytes, which must be UTF-8.
+fn parse_authorized_keys_file(
+    bytes: &[u8],
+    origin: &str,
+) -> Result<AuthorizedKeys, AuthorizedKeysError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| AuthorizedKeysError::Line {
+        origin: origin.to_string(),
+        line: bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1,
+        reason: "not UTF-8".into(),
+    })?;
+    parse_authorized_keys(text, origin)
 }
 
 /// Parses `authorized_keys` text; `origin` names it in errors.

@@ -30,6 +30,7 @@ mod pumps;
 mod session;
 mod signals;
 pub mod subsystem;
+mod watched;
 
 pub use adapter::{SshAdapter, SshError, ALPN};
 pub use auth::{
