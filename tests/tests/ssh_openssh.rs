@@ -876,3 +876,85 @@ fn user_certificates_signed_by_a_cert_authority_line() {
     // key is an unknown key
     assert_eq!(refusals, "4");
 }
+
+/// `ssh-keygen -k -f KRL [-s CA.pub] SPEC…`: an OpenSSH Key Revocation List.
+fn make_krl(krl: &Path, ca: Option<&SshKey>, specs: &[&Path]) {
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-k", "-f"]).arg(krl);
+    if let Some(ca) = ca {
+        cmd.arg("-s").arg(ca.path.with_extension("pub"));
+    }
+    let out = cmd.args(specs).output().expect("ssh-keygen -k");
+    assert!(out.status.success(), "ssh-keygen -k: {out:?}");
+}
+
+#[test]
+fn revoked_keys_and_certificates_are_refused() {
+    require_openssh();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let ca = ssh_keygen(keys.path(), "ops-ca");
+    let gone = ssh_keygen(keys.path(), "gone");
+    let kept = ssh_keygen(keys.path(), "kept");
+    let laptop = ssh_keygen(keys.path(), "laptop");
+    let phone = ssh_keygen(keys.path(), "phone");
+    sign_user_key(&ca, &laptop, "alice-laptop", &["-n", "alice", "-z", "7"]);
+    sign_user_key(&ca, &phone, "alice-phone", &["-n", "alice", "-z", "8"]);
+    let authorized = keys.path().join("authorized_keys");
+    std::fs::write(
+        &authorized,
+        format!(
+            "scopes=\"ssh:exec\" {}\nscopes=\"ssh:exec\" {}\ncert-authority,scopes=\"ssh:exec\" {}\n",
+            gone.public, kept.public, ca.public
+        ),
+    )
+    .expect("write authorized_keys");
+    // a text list first: one public key per line
+    let revoked = keys.path().join("revoked");
+    std::fs::write(&revoked, format!("# lost\n{}\n", gone.public)).expect("write revoked");
+    let server = BinServer::start_with_config(&format!(
+        "[ssh]\nauthorized_keys = {authorized:?}\nrevoked_keys = {revoked:?}\n"
+    ));
+    let t = target(&server);
+    let ok = |key: &SshKey, user: &str| {
+        let (code, out, err) = run_as(&t, key, user, &[], "echo in");
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(0), "in\n"),
+            "{}: {err}",
+            key.path.display()
+        );
+    };
+    let denied = |key: &SshKey, user: &str| {
+        let (code, out, err) = run_as(&t, key, user, &[], "echo in");
+        assert_eq!(code, Some(255), "{}: {out} {err}", key.path.display());
+        assert!(err.contains("Permission denied (publickey)"), "{err}");
+    };
+    denied(&gone, "user");
+    server.wait_for_log("ssh: revoked key refused");
+    ok(&kept, "user");
+    ok(&laptop, "alice");
+    ok(&phone, "alice");
+
+    // a KRL in its place (read again because it changed): serial 7 under the CA, and
+    // the key id of the phone's certificate
+    let spec = keys.path().join("spec");
+    std::fs::write(&spec, "serial: 7\nid: alice-phone\n").expect("spec");
+    let krl = keys.path().join("krl");
+    make_krl(&krl, Some(&ca), &[&spec]);
+    std::fs::copy(&krl, &revoked).expect("install krl");
+    denied(&laptop, "alice");
+    denied(&phone, "alice");
+    server.wait_for_log("ssh: revoked certificate refused");
+    // the text list's key is no longer listed; a certificate with another serial is
+    ok(&gone, "user");
+    let tablet = ssh_keygen(keys.path(), "tablet");
+    sign_user_key(&ca, &tablet, "alice-tablet", &["-n", "alice", "-z", "9"]);
+    ok(&tablet, "alice");
+
+    // revoking the CA's key revokes every certificate it signed
+    let krl = keys.path().join("krl-ca");
+    make_krl(&krl, None, &[&ca.path.with_extension("pub")]);
+    std::fs::copy(&krl, &revoked).expect("install krl");
+    denied(&tablet, "alice");
+    ok(&kept, "user");
+}

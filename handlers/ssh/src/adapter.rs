@@ -18,8 +18,10 @@ use crate::bridge::{serve_bridged_sessions, ByteStream, TokioBridge};
 use crate::config::{SshConfig, SshConfigError};
 use crate::hostkey::{load_host_key, load_or_generate_host_key, HostKeyError};
 use crate::metrics::{AuthRefusal, SshMetrics};
+use crate::revoked::{RevokedKeys, RevokedKeysError};
 use crate::session::SshSession;
 use crate::subsystem::{Registered, Subsystem, Subsystems};
+use crate::watched::{WatchedFile, WatchedFileError};
 
 /// The ALPN this handler serves.
 pub const ALPN: &[u8] = b"alknet/ssh";
@@ -37,7 +39,12 @@ pub enum SshError {
     HostKey(#[from] HostKeyError),
     #[error("ssh.authorized_keys: {0}")]
     AuthorizedKeys(#[from] AuthorizedKeysError),
+    #[error("ssh.revoked_keys: {0}")]
+    RevokedKeys(#[from] WatchedFileError<RevokedKeysError>),
 }
+
+/// The `[ssh] revoked_keys` file, kept parsed.
+pub(crate) type RevokedKeysFile = WatchedFile<RevokedKeys, RevokedKeysError>;
 
 /// What every session of the adapter shares.
 pub(crate) struct Shared {
@@ -47,6 +54,8 @@ pub(crate) struct Shared {
     pub extra_provider: Option<Arc<dyn IdentityProvider>>,
     /// The `authorized_keys` file, for its `cert-authority` lines (user certificates).
     pub authorities: Option<Arc<AuthorizedKeysProvider>>,
+    /// `[ssh] revoked_keys`.
+    pub revoked: Option<Arc<RevokedKeysFile>>,
     pub bridge_threads: usize,
     /// Subsystems served, by name (`sftp`, plugged in by the binary).
     pub subsystems: Subsystems,
@@ -87,6 +96,15 @@ impl SshAdapter {
     /// count) sizes the bridge runtime when `bridge_threads` is 0.
     pub fn new(host_key: PrivateKey, config: SshConfig, workers: usize) -> Result<Self, SshError> {
         config.validate()?;
+        let revoked = match &config.revoked_keys {
+            Some(path) => {
+                let file = WatchedFile::load(path, "revoked keys", RevokedKeys::parse)?;
+                let entries = file.current().map_or(0, |r| r.len());
+                tracing::info!(path = %path.display(), entries, "ssh: revoked keys loaded");
+                Some(Arc::new(file))
+            }
+            None => None,
+        };
         let host_fingerprint = openssh_fingerprint(host_key.public_key());
         let russh = russh::server::Config {
             server_id: SshId::Standard(
@@ -123,6 +141,7 @@ impl SshAdapter {
                 russh: Arc::new(russh),
                 extra_provider: None,
                 authorities: None,
+                revoked,
                 bridge_threads,
                 subsystems: Subsystems::default(),
                 metrics: SshMetrics::default(),
@@ -174,6 +193,7 @@ impl SshAdapter {
             russh: adapter.shared.russh.clone(),
             extra_provider: adapter.shared.extra_provider.clone(),
             authorities: Some(file),
+            revoked: adapter.shared.revoked.clone(),
             bridge_threads: adapter.shared.bridge_threads,
             subsystems: adapter.shared.subsystems.clone(),
             metrics: SshMetrics::default(),
@@ -190,6 +210,7 @@ impl SshAdapter {
             russh: self.shared.russh.clone(),
             extra_provider: Some(provider),
             authorities: self.shared.authorities.clone(),
+            revoked: self.shared.revoked.clone(),
             bridge_threads: self.shared.bridge_threads,
             subsystems: self.shared.subsystems.clone(),
             // builders run before the adapter serves: nothing counted yet
@@ -221,6 +242,7 @@ impl SshAdapter {
             russh: self.shared.russh.clone(),
             extra_provider: self.shared.extra_provider.clone(),
             authorities: self.shared.authorities.clone(),
+            revoked: self.shared.revoked.clone(),
             bridge_threads: self.shared.bridge_threads,
             subsystems,
             metrics: SshMetrics::default(),

@@ -71,6 +71,10 @@ pub struct SshConfig {
     /// An OpenSSH `authorized_keys`-style file of extra identities (see
     /// [`crate::AuthorizedKeysProvider`]), asked after the server's identity providers.
     pub authorized_keys: Option<PathBuf>,
+    /// Keys and certificates refused whatever else grants them, as sshd's `RevokedKeys`:
+    /// an OpenSSH KRL (`ssh-keygen -k`) or a text file of public keys (see
+    /// `crate::revoked`). Read again when it changes.
+    pub revoked_keys: Option<PathBuf>,
     /// Names a client may set with `env` requests: exact names, or a prefix ending in `*`.
     pub env_allow: Vec<String>,
     /// Addresses `tcpip-forward` (ssh -R) may bind: exact strings as the client sends them.
@@ -101,6 +105,7 @@ impl Default for SshConfig {
             shell: PathBuf::from(DEFAULT_SHELL),
             host_key: None,
             authorized_keys: None,
+            revoked_keys: None,
             env_allow: DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect(),
             forward_bind_allow: DEFAULT_FORWARD_BIND_ALLOW
                 .iter()

@@ -81,6 +81,8 @@ pub(crate) enum AuthRefusal {
     Timeout,
     /// A user certificate that is not trusted (see `crate::certificate`).
     Certificate,
+    /// A key or certificate that `[ssh] revoked_keys` revokes.
+    Revoked,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +93,7 @@ pub(crate) struct SshMetrics {
     auth_unknown_key: AtomicU64,
     auth_timeout: AtomicU64,
     auth_certificate: AtomicU64,
+    auth_revoked: AtomicU64,
     channels_opened: [AtomicU64; 3],
     /// By channel kind × refusal.
     channels_refused: [[AtomicU64; 3]; 3],
@@ -116,6 +119,7 @@ impl SshMetrics {
             AuthRefusal::UnknownKey => &self.auth_unknown_key,
             AuthRefusal::Timeout => &self.auth_timeout,
             AuthRefusal::Certificate => &self.auth_certificate,
+            AuthRefusal::Revoked => &self.auth_revoked,
         }
         .fetch_add(1, Relaxed);
     }
@@ -163,6 +167,7 @@ impl SshMetrics {
             ("unknown_key", &self.auth_unknown_key),
             ("timeout", &self.auth_timeout),
             ("certificate", &self.auth_certificate),
+            ("revoked", &self.auth_revoked),
         ] {
             out.push(
                 HandlerMetric::counter(

@@ -120,6 +120,21 @@ impl SshSession {
         })
     }
 
+    /// Whether `[ssh] revoked_keys` revokes `key` (logged and counted when it does).
+    fn revoked_key(&self, key: &russh::keys::PublicKey) -> bool {
+        let revoked = self
+            .shared
+            .revoked
+            .as_ref()
+            .and_then(|f| f.current())
+            .is_some_and(|r| r.key_revoked(key));
+        if revoked {
+            tracing::warn!(key = %openssh_fingerprint(key), remote = %self.remote, "ssh: revoked key refused");
+            self.shared.metrics.auth_refused(AuthRefusal::Revoked);
+        }
+        revoked
+    }
+
     /// The ACL check, logged when it denies.
     fn allowed(&self, action: SshAction) -> bool {
         match authorize(self.identity.as_ref(), action) {
@@ -341,6 +356,9 @@ impl russh::server::Handler for SshSession {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        if self.revoked_key(offer.public_key) {
+            return Ok(Auth::reject());
+        }
         // spare the signature when the key is unknown anyway; but a certificate's key is
         // offered as the bare key (russh does not say which it was), so with a
         // certificate authority listed every key goes on to its signature, and
@@ -370,6 +388,9 @@ impl russh::server::Handler for SshSession {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        if self.revoked_key(key.public_key) {
+            return Ok(Auth::reject());
+        }
         match self.resolve(key.public_key) {
             Some(identity) => {
                 tracing::info!(
@@ -399,6 +420,23 @@ impl russh::server::Handler for SshSession {
         user: &str,
         certificate: &Certificate,
     ) -> Result<Auth, Self::Error> {
+        let revoked = self
+            .shared
+            .revoked
+            .as_ref()
+            .and_then(|f| f.current())
+            .is_some_and(|r| r.certificate_revoked(certificate));
+        if revoked {
+            tracing::warn!(
+                user,
+                key_id = certificate.key_id(),
+                serial = certificate.serial(),
+                remote = %self.remote,
+                "ssh: revoked certificate refused"
+            );
+            self.shared.metrics.auth_refused(AuthRefusal::Revoked);
+            return Ok(Auth::reject());
+        }
         let unix_now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
