@@ -100,6 +100,11 @@ pub struct ServerArgs {
     /// With --transport auto: milliseconds QUIC has alone before TLS over TCP races it
     #[arg(long, value_name = "MS", default_value_t = FALLBACK_DELAY.as_millis() as u64)]
     pub fallback_delay_ms: u64,
+    /// Give up when no connection is made within this many milliseconds, every address
+    /// and transport tried (0: each transport's own bound, QUIC's idle timeout of 30 s
+    /// and TCP's 10 s), as curl's --connect-timeout
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub connect_timeout_ms: u64,
     /// Server address
     #[arg(value_name = "HOST:PORT")]
     pub target: String,
@@ -146,6 +151,8 @@ pub struct Dial {
     pub token: Option<String>,
     /// With [`Transport::Auto`], QUIC's head start over TLS/TCP.
     pub fallback_delay: std::time::Duration,
+    /// The bound on making the connection (`--connect-timeout-ms`), if any.
+    pub connect_timeout: Option<std::time::Duration>,
 }
 
 /// What carries a client's connection; [`close_and_wait`] ends it.
@@ -203,6 +210,8 @@ impl ServerArgs {
             crypto,
             token: None,
             fallback_delay: std::time::Duration::from_millis(self.fallback_delay_ms),
+            connect_timeout: (self.connect_timeout_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.connect_timeout_ms)),
         })
     }
 }
@@ -211,6 +220,16 @@ impl Dial {
     /// Connects over the chosen transport. The one place a client picks its transport:
     /// `alknet connect`, `socks`, `call` and git-remote-alknet all come through here.
     pub async fn connect(self, limits: &Limits) -> Result<(Carrier, Connection), String> {
+        let Some(bound) = self.connect_timeout else {
+            return self.connect_unbounded(limits).await;
+        };
+        let what = format!("{} ({})", self.server_name, self.remotes[0]);
+        monoio::time::timeout(bound, self.connect_unbounded(limits))
+            .await
+            .unwrap_or_else(|_| Err(format!("{what}: no connection within {bound:?}")))
+    }
+
+    async fn connect_unbounded(self, limits: &Limits) -> Result<(Carrier, Connection), String> {
         match self.transport {
             Transport::Quic => self.connect_quic(limits).await,
             Transport::Tcp => self.connect_tcp().await,

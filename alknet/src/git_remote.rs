@@ -211,6 +211,7 @@ fn server_args(url: &AlknetUrl, settings: &Settings) -> Result<ServerArgs, Strin
             .transpose()?
             .unwrap_or_default(),
         fallback_delay_ms: crate::connect::FALLBACK_DELAY.as_millis() as u64,
+        connect_timeout_ms: 0,
         target: url.target.clone(),
     })
 }

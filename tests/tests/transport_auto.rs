@@ -161,3 +161,20 @@ fn nothing_on_the_udp_port_fails_quic_at_once_and_auto_takes_tcp_at_once() {
     );
     assert!(took < Duration::from_secs(10), "{took:?}: {err}");
 }
+
+#[test]
+fn a_connect_timeout_bounds_a_path_that_drops_everything() {
+    // UDP swallowed, TCP forwarded to a port where nothing listens: no server at all,
+    // so the pin is never checked
+    let path = UdpBlockedPath::to(alknet_tests::ssh::free_tcp_port());
+    let addr = format!("127.0.0.1:{}", path.port);
+    let mut cmd = alknet_connect("alknet/echo", &addr, &"00".repeat(32), "quic");
+    cmd.args(["--connect-timeout-ms", "1500"]);
+    let (out, took) = run_timed(cmd, b"");
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no connection within 1.5s"), "{err}");
+    // the bound, not QUIC's idle timeout (30 s)
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
