@@ -958,3 +958,71 @@ fn revoked_keys_and_certificates_are_refused() {
     denied(&tablet, "alice");
     ok(&kept, "user");
 }
+
+#[test]
+fn a_host_certificate_is_trusted_through_cert_authority_in_known_hosts() {
+    require_openssh();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let host_ca = ssh_keygen(keys.path(), "host-ca");
+    let other_ca = ssh_keygen(keys.path(), "other-ca");
+    let host_key = ssh_keygen(keys.path(), "ssh_host_ed25519_key");
+    let user = ssh_keygen(keys.path(), "user");
+    // the host name ssh checks is the label on its command line: alknet
+    sign_user_key(
+        &host_ca,
+        &host_key,
+        "node-1",
+        &["-h", "-n", "alknet,node-1"],
+    );
+    let host_cert = keys.path().join("ssh_host_ed25519_key-cert.pub");
+    let authorized = keys.path().join("authorized_keys");
+    std::fs::write(
+        &authorized,
+        format!("scopes=\"ssh:exec\" {}\n", user.public),
+    )
+    .expect("write authorized_keys");
+    let server = BinServer::start_with_config(&format!(
+        "[ssh]\nhost_key = {:?}\nhost_certificate = {host_cert:?}\nauthorized_keys = {authorized:?}\n",
+        host_key.path
+    ));
+    let t = target(&server);
+    let run = |known_hosts: &str| {
+        let file = keys.path().join("known_hosts");
+        std::fs::write(&file, known_hosts).expect("known_hosts");
+        let mut cmd = t.ssh_with_known_hosts(&user, &file);
+        cmd.args(["user@alknet", "echo trusted"]);
+        let out = run_with_input(cmd, b"");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    // no host key in known_hosts, only the CA: strict checking passes
+    let (code, out, err) = run(&format!("@cert-authority alknet {}\n", host_ca.public));
+    assert_eq!((code, out.as_str()), (Some(0), "trusted\n"), "{err}");
+    // another CA: the host is not verified
+    let (code, out, err) = run(&format!("@cert-authority alknet {}\n", other_ca.public));
+    assert_eq!((code, out.as_str()), (Some(255), ""), "{err}");
+    assert!(err.contains("Host key verification failed"), "{err}");
+    drop(server);
+
+    // a certificate of another key, or a user certificate, stops the server at start
+    let stranger = ssh_keygen(keys.path(), "stranger");
+    sign_user_key(&host_ca, &stranger, "wrong", &["-h", "-n", "alknet"]);
+    let user_cert = ssh_keygen(keys.path(), "user-signed");
+    sign_user_key(&host_ca, &user_cert, "user", &["-n", "alknet"]);
+    for (cert, why) in [
+        (
+            keys.path().join("stranger-cert.pub"),
+            "certifies another key",
+        ),
+        (
+            keys.path().join("user-signed-cert.pub"),
+            "not a host certificate",
+        ),
+    ] {
+        let refused = BinServer::try_start_with_config(&format!(
+            "[ssh]\nhost_key = {:?}\nhost_certificate = {cert:?}\n",
+            host_key.path
+        ));
+        let log = refused.err().expect("the server must not start");
+        assert!(log.contains(why), "{log}");
+    }
+}

@@ -39,6 +39,8 @@ pub enum SshError {
     HostKey(#[from] HostKeyError),
     #[error("ssh.authorized_keys: {0}")]
     AuthorizedKeys(#[from] AuthorizedKeysError),
+    #[error("ssh.host_certificate: {0}")]
+    HostCertificate(String),
     #[error("ssh.revoked_keys: {0}")]
     RevokedKeys(#[from] WatchedFileError<RevokedKeysError>),
 }
@@ -91,6 +93,44 @@ pub const SSH_CIPHERS: &[russh::cipher::Name] = &[
     russh::cipher::AES_128_CTR,
 ];
 
+/// Reads `[ssh] host_certificate` and checks it can be presented: an OpenSSH host
+/// certificate of `host_key`. One outside its validity window is loaded all the same
+/// (the clock may be what is wrong) and said so in the log, since clients will refuse it.
+fn load_host_certificate(
+    path: &std::path::Path,
+    host_key: &PrivateKey,
+) -> Result<russh::keys::Certificate, SshError> {
+    use russh::keys::ssh_key::certificate::CertType;
+    let bad = |reason: String| SshError::HostCertificate(format!("{}: {reason}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let cert = russh::keys::Certificate::from_openssh(text.trim())
+        .map_err(|e| bad(format!("not an OpenSSH certificate: {e}")))?;
+    if cert.cert_type() != CertType::Host {
+        return Err(bad(
+            "a user certificate, not a host certificate (ssh-keygen -h)".into(),
+        ));
+    }
+    if cert.public_key() != host_key.public_key().key_data() {
+        return Err(bad(format!(
+            "certifies another key, not the host key {}",
+            openssh_fingerprint(host_key.public_key())
+        )));
+    }
+    let now = std::time::SystemTime::now();
+    let valid = cert.valid_after_time().is_none_or(|t| t <= now)
+        && cert.valid_before_time().is_none_or(|t| now < t);
+    if !valid {
+        tracing::warn!(path = %path.display(), "ssh host certificate is outside its validity window: clients will refuse it");
+    }
+    tracing::info!(
+        key_id = cert.key_id(),
+        principals = ?cert.valid_principals(),
+        ca = %cert.signature_key().fingerprint(russh::keys::HashAlg::Sha256),
+        "ssh host certificate loaded"
+    );
+    Ok(cert)
+}
+
 impl SshAdapter {
     /// An adapter with this host key and `[ssh]` settings; `workers` (the QUIC worker
     /// count) sizes the bridge runtime when `bridge_threads` is 0.
@@ -105,6 +145,10 @@ impl SshAdapter {
             }
             None => None,
         };
+        let certificates = match &config.host_certificate {
+            Some(path) => vec![load_host_certificate(path, &host_key)?],
+            None => Vec::new(),
+        };
         let host_fingerprint = openssh_fingerprint(host_key.public_key());
         let russh = russh::server::Config {
             server_id: SshId::Standard(
@@ -116,6 +160,7 @@ impl SshAdapter {
             // the first "none" probe reveals nothing; answer it at once
             auth_rejection_time_initial: Some(Duration::ZERO),
             keys: vec![host_key],
+            certificates,
             window_size: config.window_size,
             maximum_packet_size: config.max_packet_size,
             channel_buffer_size: config.channel_queue,

@@ -68,6 +68,10 @@ pub struct SshConfig {
     /// Host key (OpenSSH private key file). Default: `ssh_host_ed25519_key` in the data
     /// directory, generated on first start.
     pub host_key: Option<PathBuf>,
+    /// An OpenSSH host certificate of the host key (`ssh-keygen -s CA -h -n NAMES
+    /// key.pub` makes `key-cert.pub`), presented to clients that trust its CA
+    /// (`@cert-authority` in `known_hosts`), as sshd's `HostCertificate`.
+    pub host_certificate: Option<PathBuf>,
     /// An OpenSSH `authorized_keys`-style file of extra identities (see
     /// [`crate::AuthorizedKeysProvider`]), asked after the server's identity providers.
     pub authorized_keys: Option<PathBuf>,
@@ -104,6 +108,7 @@ impl Default for SshConfig {
         Self {
             shell: PathBuf::from(DEFAULT_SHELL),
             host_key: None,
+            host_certificate: None,
             authorized_keys: None,
             revoked_keys: None,
             env_allow: DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect(),
