@@ -742,7 +742,12 @@ fn user_certificates_signed_by_a_cert_authority_line() {
     let keys = tempfile::tempdir().expect("tempdir");
     let ca = ssh_keygen(keys.path(), "ops-ca");
     let other_ca = ssh_keygen(keys.path(), "other-ca");
-    let key = |name: &str| ssh_keygen(keys.path(), name);
+    // a key NAME with a certificate (key id NAME) signed by CA with ARGS
+    let signed = |ca: &SshKey, name: &str, args: &[&str]| {
+        let key = ssh_keygen(keys.path(), name);
+        sign_user_key(ca, &key, name, args);
+        key
+    };
     let authorized = keys.path().join("authorized_keys");
     std::fs::write(
         &authorized,
@@ -765,13 +770,7 @@ fn user_certificates_signed_by_a_cert_authority_line() {
 
     // a certificate for principal alice, logging in as alice: the CA's scopes, as
     // alice@ops-ca; OpenSSH's default certificate permits a pty
-    let alice = key("alice");
-    sign_user_key(
-        &ca,
-        &alice,
-        "alice-laptop",
-        &["-n", "alice,deploy", "-V", "-5m:+1h"],
-    );
+    let alice = signed(&ca, "alice", &["-n", "alice,deploy", "-V", "-5m:+1h"]);
     let (code, out, err) = run_as(&t, &alice, "alice", &[], "echo $ALKNET_IDENTITY");
     assert_eq!((code, out.as_str()), (Some(0), "alice@ops-ca\n"), "{err}");
     let (code, out, err) = run_as(&t, &alice, "deploy", &[], "echo $ALKNET_IDENTITY");
@@ -787,46 +786,32 @@ fn user_certificates_signed_by_a_cert_authority_line() {
     denied(run_as(&t, &ca, "alice", &[], "echo no"));
 
     // expired; signed by a CA no line lists; a host certificate
-    let expired = key("expired");
-    sign_user_key(
-        &ca,
-        &expired,
-        "old",
-        &["-n", "alice", "-V", "20200101:20200102"],
-    );
+    let expired = signed(&ca, "expired", &["-n", "alice", "-V", "20200101:20200102"]);
     denied(run_as(&t, &expired, "alice", &[], "echo no"));
-    let foreign = key("foreign");
-    sign_user_key(&other_ca, &foreign, "foreign", &["-n", "alice"]);
+    let foreign = signed(&other_ca, "foreign", &["-n", "alice"]);
     denied(run_as(&t, &foreign, "alice", &[], "echo no"));
-    let host = key("host");
-    sign_user_key(&ca, &host, "host", &["-h", "-n", "alice"]);
+    let host = signed(&ca, "host", &["-h", "-n", "alice"]);
     denied(run_as(&t, &host, "alice", &[], "echo no"));
 
     // critical options: a source-address that holds the client is enforced and passes,
     // one that does not is refused
-    let near = key("near");
-    sign_user_key(
+    let near = signed(
         &ca,
-        &near,
         "near",
         &["-n", "alice", "-O", "source-address=10.0.0.0/8,127.0.0.1"],
     );
     let (code, out, err) = run_as(&t, &near, "alice", &[], "echo near");
     assert_eq!((code, out.as_str()), (Some(0), "near\n"), "{err}");
-    let far = key("far");
-    sign_user_key(
+    let far = signed(
         &ca,
-        &far,
         "far",
         &["-n", "alice", "-O", "source-address=192.0.2.0/24"],
     );
     denied(run_as(&t, &far, "alice", &[], "echo no"));
     // force-command runs in place of what is asked, which it finds in
     // SSH_ORIGINAL_COMMAND (a shell too runs it)
-    let forced = key("forced");
-    sign_user_key(
+    let forced = signed(
         &ca,
-        &forced,
         "forced",
         &[
             "-n",
@@ -846,19 +831,12 @@ fn user_certificates_signed_by_a_cert_authority_line() {
     let out = run_with_input(shell, b"echo from-stdin\n");
     assert_eq!(text(&out.stdout), "forced:\n", "{}", text(&out.stderr));
     // an option nobody enforces refuses the certificate
-    let strict = key("strict");
-    sign_user_key(
-        &ca,
-        &strict,
-        "strict",
-        &["-n", "alice", "-O", "verify-required"],
-    );
+    let strict = signed(&ca, "strict", &["-n", "alice", "-O", "verify-required"]);
     denied(run_as(&t, &strict, "alice", &[], "echo no"));
 
     // without permit-pty the pty is refused (ssh -tt then gives up, as it must when a
     // pty it insisted on is refused); a command without one runs
-    let no_pty = key("no-pty");
-    sign_user_key(&ca, &no_pty, "no-pty", &["-n", "alice", "-O", "no-pty"]);
+    let no_pty = signed(&ca, "no-pty", &["-n", "alice", "-O", "no-pty"]);
     let (code, out, err) = run_as(&t, &no_pty, "alice", &["-tt"], "tty");
     assert!(err.contains("PTY allocation request failed"), "{err}");
     assert_eq!((code, out.as_str()), (Some(255), ""), "{err}");
@@ -944,7 +922,7 @@ fn revoked_keys_and_certificates_are_refused() {
     std::fs::copy(&krl, &revoked).expect("install krl");
     denied(&laptop, "alice");
     denied(&phone, "alice");
-    server.wait_for_log("ssh: revoked certificate refused");
+    server.wait_for_log("ssh: certificate refused: revoked");
     // the text list's key is no longer listed; a certificate with another serial is
     ok(&gone, "user");
     let tablet = ssh_keygen(keys.path(), "tablet");

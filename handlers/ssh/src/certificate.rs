@@ -44,6 +44,8 @@ const FORWARDING_SCOPES: &[&str] = &["ssh:forward-local", "ssh:forward-remote", 
 /// authentication failed, as with sshd).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CertificateRefusal {
+    #[error("revoked ([ssh] revoked_keys)")]
+    Revoked,
     #[error("a host certificate, not a user certificate")]
     NotUserCertificate,
     #[error("signed by {0}, which no cert-authority line lists")]

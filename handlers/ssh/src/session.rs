@@ -19,7 +19,7 @@ use tokio::task::AbortHandle;
 
 use crate::adapter::Shared;
 use crate::auth::{key_fingerprint, openssh_fingerprint};
-use crate::certificate::check_certificate;
+use crate::certificate::{check_certificate, CertificateRefusal};
 use crate::config::MAX_ENV_PER_CHANNEL;
 use crate::flow::SessionFlow;
 use crate::metrics::{AuthRefusal, ChannelKind, ChannelRefusal, RequestKind};
@@ -426,23 +426,17 @@ impl russh::server::Handler for SshSession {
             .as_ref()
             .and_then(|f| f.current())
             .is_some_and(|r| r.certificate_revoked(certificate));
-        if revoked {
-            tracing::warn!(
-                user,
-                key_id = certificate.key_id(),
-                serial = certificate.serial(),
-                remote = %self.remote,
-                "ssh: revoked certificate refused"
-            );
-            self.shared.metrics.auth_refused(AuthRefusal::Revoked);
-            return Ok(Auth::reject());
-        }
         let unix_now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let authority =
             |fp: &alknet_runtime::Fingerprint| self.shared.authorities.as_ref()?.authority(fp);
-        match check_certificate(certificate, user, self.remote.ip(), unix_now, authority) {
+        let checked = if revoked {
+            Err(CertificateRefusal::Revoked)
+        } else {
+            check_certificate(certificate, user, self.remote.ip(), unix_now, authority)
+        };
+        match checked {
             Ok(grant) => {
                 tracing::info!(
                     identity = %grant.identity.name,
@@ -466,7 +460,10 @@ impl russh::server::Handler for SshSession {
                     remote = %self.remote,
                     "ssh: certificate refused: {refusal}"
                 );
-                self.shared.metrics.auth_refused(AuthRefusal::Certificate);
+                self.shared.metrics.auth_refused(match refusal {
+                    CertificateRefusal::Revoked => AuthRefusal::Revoked,
+                    _ => AuthRefusal::Certificate,
+                });
                 Ok(Auth::reject())
             }
         }
