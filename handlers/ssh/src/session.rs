@@ -120,14 +120,18 @@ impl SshSession {
         })
     }
 
-    /// Whether `[ssh] revoked_keys` revokes `key` (logged and counted when it does).
-    fn revoked_key(&self, key: &russh::keys::PublicKey) -> bool {
-        let revoked = self
-            .shared
+    /// Whether `[ssh] revoked_keys`, as the file is now, says `revoked` of it.
+    fn revokes(&self, revoked: impl FnOnce(&crate::revoked::RevokedKeys) -> bool) -> bool {
+        self.shared
             .revoked
             .as_ref()
             .and_then(|f| f.current())
-            .is_some_and(|r| r.key_revoked(key));
+            .is_some_and(|r| revoked(&r))
+    }
+
+    /// Whether `[ssh] revoked_keys` revokes `key` (logged and counted when it does).
+    fn revoked_key(&self, key: &russh::keys::PublicKey) -> bool {
+        let revoked = self.revokes(|r| r.key_revoked(key));
         if revoked {
             tracing::warn!(key = %openssh_fingerprint(key), remote = %self.remote, "ssh: revoked key refused");
             self.shared.metrics.auth_refused(AuthRefusal::Revoked);
@@ -420,12 +424,7 @@ impl russh::server::Handler for SshSession {
         user: &str,
         certificate: &Certificate,
     ) -> Result<Auth, Self::Error> {
-        let revoked = self
-            .shared
-            .revoked
-            .as_ref()
-            .and_then(|f| f.current())
-            .is_some_and(|r| r.certificate_revoked(certificate));
+        let revoked = self.revokes(|r| r.certificate_revoked(certificate));
         let unix_now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
