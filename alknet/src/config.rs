@@ -185,8 +185,8 @@ max_forwards_per_session = 16
 max_auth_attempts = 6
 # A session must authenticate within this long of opening.
 auth_timeout_ms = 60000
-# Every failed authentication takes at least this long.
-auth_rejection_delay_ms = 1000
+# Every failed authentication takes at least this long (about sshd's floor).
+auth_rejection_delay_ms = 10
 # SSH channel window granted to clients, and the largest packet accepted.
 window_size = 2097152
 max_packet_size = 32768
