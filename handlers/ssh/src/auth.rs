@@ -60,7 +60,7 @@ pub enum AuthorizedKeysError {
 /// The trailing comment names the identity (the key's `SHA256:…` fingerprint when there is
 /// none). A line with `cert-authority` lists a certificate authority instead of a key
 /// that logs in: OpenSSH user certificates it signs are trusted (see
-/// [`crate::certificate`]), their sessions run as `PRINCIPAL@NAME` with the line's scopes,
+/// `certificate.rs`), their sessions run as `PRINCIPAL@NAME` with the line's scopes,
 /// and `principals="a,b"` names the principals it may vouch for (without it the user
 /// name logged in as must be a principal of the certificate), as sshd's own
 /// `cert-authority` and `principals=` options do:
