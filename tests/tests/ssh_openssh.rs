@@ -1004,3 +1004,64 @@ fn a_host_certificate_is_trusted_through_cert_authority_in_known_hosts() {
         assert!(log.contains(why), "{log}");
     }
 }
+
+#[test]
+fn authorized_keys_options_restrict_as_sshd_does() {
+    require_openssh();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let forced = ssh_keygen(keys.path(), "forced");
+    let near = ssh_keygen(keys.path(), "near");
+    let far = ssh_keygen(keys.path(), "far");
+    let no_pty = ssh_keygen(keys.path(), "no-pty");
+    let authorized = keys.path().join("authorized_keys");
+    std::fs::write(
+        &authorized,
+        format!(
+            "restrict,command=\"echo \\\"forced:\\\" $SSH_ORIGINAL_COMMAND\",scopes=\"ssh:exec\" {}\n\
+             from=\"10.*,127.0.0.0/8,::1\",scopes=\"ssh:exec\" {}\n\
+             from=\"192.0.2.0/24\",scopes=\"ssh:exec\" {}\n\
+             no-pty,scopes=\"ssh:exec\" {}\n",
+            forced.public, near.public, far.public, no_pty.public
+        ),
+    )
+    .expect("write authorized_keys");
+    let server = BinServer::start_with_config(&format!(
+        "[ssh]\nauthorized_keys = {authorized:?}\n[http]\npublic = [\"/metrics\"]\n"
+    ));
+    let t = target(&server);
+
+    // command= runs in place of what was asked, which it finds in SSH_ORIGINAL_COMMAND
+    let (code, out, err) = run_as(&t, &forced, "user", &[], "rm -rf /tmp/nothing");
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "forced: rm -rf /tmp/nothing\n"),
+        "{err}"
+    );
+    // restrict took the pty
+    let (code, _, err) = run_as(&t, &forced, "user", &["-tt"], "tty");
+    assert_eq!(code, Some(255), "{err}");
+    assert!(err.contains("PTY allocation request failed"), "{err}");
+
+    // from= holds the client's address (127.0.0.1) or not
+    let (code, out, err) = run_as(&t, &near, "user", &[], "echo near");
+    assert_eq!((code, out.as_str()), (Some(0), "near\n"), "{err}");
+    let (code, out, err) = run_as(&t, &far, "user", &[], "echo far");
+    assert_eq!((code, out.as_str()), (Some(255), ""), "{err}");
+    assert!(err.contains("Permission denied (publickey)"), "{err}");
+    server.wait_for_log("ssh: key refused by its authorized_keys options: from=");
+
+    // no-pty: no pty, the command runs without one
+    let (code, _, err) = run_as(&t, &no_pty, "user", &["-tt"], "tty");
+    assert_eq!(code, Some(255), "{err}");
+    let (code, out, err) = run_as(&t, &no_pty, "user", &[], "tty");
+    assert_eq!((code, out.trim()), (Some(1), "not a tty"), "{err}");
+
+    let samples = server.metrics_samples();
+    assert!(
+        samples
+            .iter()
+            .any(|l| l == "alknet_ssh_auth_refusals_total{reason=restricted} 1"),
+        "{}",
+        samples.join("\n")
+    );
+}

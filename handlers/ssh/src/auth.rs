@@ -10,6 +10,7 @@ use alknet_runtime::{Fingerprint, Identity, IdentityProvider};
 use russh::keys::{HashAlg, PublicKey};
 
 use crate::certificate::CertAuthority;
+use crate::restrictions::KeyRestrictions;
 use crate::watched::{WatchedFile, WatchedFileError};
 
 /// The SHA-256 of a public key's wire encoding: the digest OpenSSH shows, base64-encoded,
@@ -69,8 +70,9 @@ pub enum AuthorizedKeysError {
 /// cert-authority,scopes="ssh:exec,ssh:sftp,sftp:read" ssh-ed25519 AAAAC3Nza… ops-ca
 /// ```
 ///
-/// `scopes=`, `cert-authority` and `principals=` are the only options understood: any
-/// other (`command=`, `from=`, `no-pty`, …) is an error rather than a restriction
+/// sshd's own restricting options (`restrict`, `no-pty`, `no-port-forwarding`,
+/// `command="…"`, `from="…"`, see `restrictions.rs`) apply as sshd applies them; any
+/// other (`environment=`, `permitopen=`, …) is an error rather than a restriction
 /// silently ignored. The file is read at start and again whenever its modification time
 /// or size changes; a file that no longer parses keeps the previous keys (and says so in
 /// the log).
@@ -85,6 +87,8 @@ pub struct AuthorizedKeys {
     pub keys: HashMap<Fingerprint, Identity>,
     /// `cert-authority` lines: keys that sign the user certificates that log in.
     pub authorities: HashMap<Fingerprint, CertAuthority>,
+    /// The sshd options of key lines that have any.
+    pub restrictions: HashMap<Fingerprint, KeyRestrictions>,
 }
 
 impl std::fmt::Debug for AuthorizedKeysProvider {
@@ -122,6 +126,16 @@ impl AuthorizedKeysProvider {
     pub fn authority(&self, fingerprint: &Fingerprint) -> Option<CertAuthority> {
         self.current(|k| k.authorities.get(fingerprint).cloned())
             .flatten()
+    }
+
+    /// A key line's identity and sshd options, as the file is now.
+    pub fn key_entry(&self, fingerprint: &Fingerprint) -> Option<(Identity, KeyRestrictions)> {
+        self.current(|k| {
+            let identity = k.keys.get(fingerprint)?.clone();
+            let restrictions = k.restrictions.get(fingerprint).cloned().unwrap_or_default();
+            Some((identity, restrictions))
+        })
+        .flatten()
     }
 
     /// Whether the file (as it is now) lists any certificate authority.
@@ -202,17 +216,20 @@ pub fn parse_authorized_keys(
             scopes: options.scopes,
         };
         if options.cert_authority {
-            let principals = options.principals;
             parsed.authorities.insert(
                 fp,
                 CertAuthority {
                     identity,
-                    principals,
+                    principals: options.principals,
+                    restrictions: options.restrictions,
                 },
             );
         } else if options.principals.is_some() {
             return Err(err("principals= is only for cert-authority lines".into()));
         } else {
+            if options.restrictions != KeyRestrictions::default() {
+                parsed.restrictions.insert(fp, options.restrictions);
+            }
             parsed.keys.insert(fp, identity);
         }
     }
@@ -225,6 +242,7 @@ struct LineOptions {
     scopes: Vec<String>,
     cert_authority: bool,
     principals: Option<Vec<String>>,
+    restrictions: KeyRestrictions,
 }
 
 /// Whether `word` is a key type rather than an options field.
@@ -261,60 +279,104 @@ fn split_options(line: &str) -> Result<(Option<&str>, &str), String> {
     })
 }
 
-/// Parses an options field: `scopes="a,b"`, `cert-authority`, `principals="a,b"`.
+/// Parses an options field: ours (`scopes="a,b"`, `cert-authority`, `principals="a,b"`)
+/// and sshd's restrictions (`restrict`, `no-pty`/`pty`, `no-port-forwarding`/
+/// `port-forwarding`, `command="…"`, `from="…"`; the agent, X11 and user-rc flags are
+/// accepted and change nothing, since those are never granted). Anything else is an
+/// error, not a restriction silently dropped.
 fn parse_options(options: &str) -> Result<LineOptions, String> {
     let mut parsed = LineOptions::default();
     let mut scopes = None;
+    let (mut restrict, mut pty, mut forwarding) = (false, None, None);
+    let mut seen = std::collections::HashSet::new();
     for opt in split_top_level_commas(options) {
-        if opt == "cert-authority" {
-            if parsed.cert_authority {
-                return Err("cert-authority is given twice".into());
-            }
-            parsed.cert_authority = true;
-            continue;
-        }
-        let (name, value, slot) = if let Some(value) = opt.strip_prefix("scopes=") {
-            ("scopes", value, &mut scopes)
-        } else if let Some(value) = opt.strip_prefix("principals=") {
-            ("principals", value, &mut parsed.principals)
-        } else {
-            let name = opt.split('=').next().unwrap_or(opt);
-            return Err(format!(
-                "unsupported option {name:?} (only scopes=\"…\", cert-authority and \
-                 principals=\"…\" are understood)"
-            ));
-        };
-        let inner = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .ok_or_else(|| format!("{name} must be double-quoted"))?;
-        if slot.is_some() {
+        let name = opt.split('=').next().unwrap_or(opt);
+        if !seen.insert(name.to_ascii_lowercase()) {
             return Err(format!("{name} is given twice"));
         }
-        let list: Vec<String> = inner
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        if let Some(bad) = list
-            .iter()
-            .find(|s| s.chars().any(|c| c.is_whitespace() || c == '"'))
-        {
-            return Err(format!("bad {name} entry {bad:?}"));
+        let flag = opt.to_ascii_lowercase();
+        match flag.as_str() {
+            "cert-authority" => parsed.cert_authority = true,
+            "restrict" => restrict = true,
+            "no-pty" | "pty" => pty = Some(flag == "pty"),
+            "no-port-forwarding" | "port-forwarding" => {
+                forwarding = Some(flag == "port-forwarding")
+            }
+            "no-agent-forwarding"
+            | "agent-forwarding"
+            | "no-x11-forwarding"
+            | "x11-forwarding"
+            | "no-user-rc"
+            | "user-rc" => {}
+            _ => parse_valued_option(opt, &name.to_ascii_lowercase(), &mut parsed, &mut scopes)?,
         }
-        *slot = Some(list);
     }
     parsed.scopes = scopes.unwrap_or_default();
+    // restrict first, whatever its place; an explicit pty or port-forwarding wins
+    parsed.restrictions.pty = pty.unwrap_or(!restrict);
+    parsed.restrictions.port_forwarding = forwarding.unwrap_or(!restrict);
     Ok(parsed)
 }
 
+/// One `name="value"` option of a line into `parsed` (`scopes=` into `scopes`).
+fn parse_valued_option(
+    opt: &str,
+    name: &str,
+    parsed: &mut LineOptions,
+    scopes: &mut Option<Vec<String>>,
+) -> Result<(), String> {
+    let Some((_, value)) = opt.split_once('=') else {
+        return Err(unsupported(name));
+    };
+    let inner = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .ok_or_else(|| format!("{name} must be double-quoted"))?;
+    match name {
+        "command" => parsed.restrictions.command = Some(inner.replace("\\\"", "\"")),
+        "from" => parsed.restrictions.from = Some(inner.to_string()),
+        "scopes" | "principals" => {
+            let list: Vec<String> = inner
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            if let Some(bad) = list
+                .iter()
+                .find(|s| s.chars().any(|c| c.is_whitespace() || c == '"'))
+            {
+                return Err(format!("bad {name} entry {bad:?}"));
+            }
+            if name == "scopes" {
+                *scopes = Some(list);
+            } else {
+                parsed.principals = Some(list);
+            }
+        }
+        _ => return Err(unsupported(name)),
+    }
+    Ok(())
+}
+
+fn unsupported(name: &str) -> String {
+    format!(
+        "unsupported option {name:?} (understood: scopes=, cert-authority, principals=, \
+         restrict, no-pty, pty, no-port-forwarding, port-forwarding, command=, from=, and \
+         the agent, X11 and user-rc flags)"
+    )
+}
+
+/// Splits at commas outside double quotes (a `\"` inside quotes does not end them).
 fn split_top_level_commas(s: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut quoted = false;
+    let mut escaped = false;
     let mut start = 0;
     for (i, c) in s.char_indices() {
         match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
             ',' if !quoted => {
                 out.push(&s[start..i]);
@@ -398,10 +460,56 @@ mod tests {
     }
 
     #[test]
+    fn sshd_restrictions_are_read_and_kept_per_key() {
+        let text = format!(
+            "restrict,pty,command=\"echo \\\"a,b\\\" $SSH_ORIGINAL_COMMAND\",scopes=\"ssh:exec\" {ALICE} alice\n\
+             from=\"10.0.0.0/8,!10.0.0.1\",no-port-forwarding,no-agent-forwarding,no-X11-forwarding {BOB} bob\n"
+        );
+        let parsed = parse_authorized_keys(&text, "ak").expect("parses");
+        assert_eq!(parsed.keys[&fp_of(ALICE)].scopes, ["ssh:exec"]);
+        assert_eq!(
+            parsed.restrictions[&fp_of(ALICE)],
+            KeyRestrictions {
+                pty: true,
+                port_forwarding: false,
+                command: Some("echo \"a,b\" $SSH_ORIGINAL_COMMAND".into()),
+                from: None,
+            }
+        );
+        assert_eq!(
+            parsed.restrictions[&fp_of(BOB)],
+            KeyRestrictions {
+                pty: true,
+                port_forwarding: false,
+                command: None,
+                from: Some("10.0.0.0/8,!10.0.0.1".into()),
+            }
+        );
+        // a line without options has no entry: it restricts nothing
+        let plain = parse_authorized_keys(&format!("{ALICE}\n"), "ak").expect("parses");
+        assert!(plain.restrictions.is_empty());
+        // restrict alone takes the pty and forwarding
+        let r = parse_authorized_keys(&format!("restrict {ALICE}\n"), "ak").expect("parses");
+        assert_eq!(
+            r.restrictions[&fp_of(ALICE)],
+            KeyRestrictions {
+                pty: false,
+                port_forwarding: false,
+                command: None,
+                from: None,
+            }
+        );
+        // and a cert-authority line keeps its restrictions for the certificates
+        let ca = parse_authorized_keys(&format!("cert-authority,no-pty {BOB} ca\n"), "ak")
+            .expect("parses");
+        assert!(!ca.authorities[&fp_of(BOB)].restrictions.pty);
+    }
+
+    #[test]
     fn errors_name_the_line() {
         let cases = [
             (format!("{ALICE}\nnot-a-key AAAA\n"), 2, "option"),
-            (format!("command=\"ls\" {ALICE}"), 1, "command"),
+            (format!("environment=\"A=b\" {ALICE}"), 1, "environment"),
             (format!("scopes=ssh:exec {ALICE}"), 1, "double-quoted"),
             (format!("scopes=\"ssh:exec {ALICE}"), 1, "quote"),
             ("ssh-ed25519 AAAAnotbase64!!".to_string(), 1, "bad key"),
@@ -413,6 +521,9 @@ mod tests {
                 "only for cert-authority",
             ),
             (format!("cert-authority,cert-authority {ALICE}"), 1, "twice"),
+            (format!("no-pty,no-pty {ALICE}"), 1, "twice"),
+            (format!("permitopen=\"x:1\" {ALICE}"), 1, "permitopen"),
+            (format!("command=ls {ALICE}"), 1, "double-quoted"),
             (
                 format!("cert-authority,principals=a {ALICE}"),
                 1,

@@ -10,6 +10,8 @@
 use std::net::IpAddr;
 
 use alknet_runtime::{Fingerprint, Identity};
+
+use crate::restrictions::{cidr_contains, grant, Grant, KeyRestrictions, RestrictionRefusal};
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::{Certificate, HashAlg};
 
@@ -22,23 +24,9 @@ pub struct CertAuthority {
     /// At least one of these must be a principal of the certificate; without the
     /// option, the user name the client logs in as must be.
     pub principals: Option<Vec<String>>,
+    /// The line's other sshd options, which apply to the certificates' sessions too.
+    pub restrictions: KeyRestrictions,
 }
-
-/// What a trusted certificate grants: the identity its session runs as (`PRINCIPAL@CA`,
-/// the CA's scopes less those the certificate's extensions withhold), whether it may
-/// have a pty, and the command it is bound to (`force-command`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateGrant {
-    pub identity: Identity,
-    pub pty: bool,
-    /// Runs in place of whatever `exec` or `shell` asks for, which it finds in
-    /// `SSH_ORIGINAL_COMMAND`, as sshd runs it.
-    pub force_command: Option<String>,
-}
-
-/// Scopes a certificate without the `permit-port-forwarding` extension does not get
-/// (`ssh-keygen -O no-port-forwarding`).
-const FORWARDING_SCOPES: &[&str] = &["ssh:forward-local", "ssh:forward-remote", "ssh:socks"];
 
 /// Why a certificate was refused (logged with the key id; the client only learns that
 /// authentication failed, as with sshd).
@@ -64,6 +52,8 @@ pub enum CertificateRefusal {
     BadSourceAddress(String),
     #[error("critical option {0:?} is not understood, so the certificate is refused")]
     UnsupportedCriticalOption(String),
+    #[error(transparent)]
+    Restricted(#[from] RestrictionRefusal),
 }
 
 /// Decides whether `cert`, presented by a client at `remote` logging in as `user` at
@@ -75,7 +65,7 @@ pub fn check_certificate(
     remote: IpAddr,
     unix_now: u64,
     authority: impl Fn(&Fingerprint) -> Option<CertAuthority>,
-) -> Result<CertificateGrant, CertificateRefusal> {
+) -> Result<Grant, CertificateRefusal> {
     if cert.cert_type() != CertType::User {
         return Err(CertificateRefusal::NotUserCertificate);
     }
@@ -112,71 +102,39 @@ pub fn check_certificate(
         }
     }
     let extensions = cert.extensions();
-    let forwarding = extensions.contains_key("permit-port-forwarding");
-    let scopes = ca
-        .identity
-        .scopes
-        .iter()
-        .filter(|s| forwarding || !FORWARDING_SCOPES.contains(&s.as_str()))
-        .cloned()
-        .collect();
-    Ok(CertificateGrant {
-        identity: Identity {
-            name: format!("{principal}@{}", ca.identity.name),
-            scopes,
-        },
-        pty: extensions.contains_key("permit-pty"),
+    let identity = Identity {
+        name: format!("{principal}@{}", ca.identity.name),
+        scopes: ca.identity.scopes.clone(),
+    };
+    Ok(grant(
+        identity,
+        &ca.restrictions,
+        remote,
+        extensions.contains_key("permit-pty"),
+        extensions.contains_key("permit-port-forwarding"),
         force_command,
-    })
+    )?)
 }
 
 /// `source-address`: a comma-separated list of addresses and CIDR blocks, one of which
 /// must hold the client's address (an IPv4 client on a dual-stack socket is compared as
 /// IPv4).
 fn check_source_address(list: &str, remote: IpAddr) -> Result<(), CertificateRefusal> {
-    let remote = remote.to_canonical();
     let bad = || CertificateRefusal::BadSourceAddress(list.to_string());
     for entry in list.split(',').map(str::trim) {
-        let (addr, prefix) = match entry.split_once('/') {
-            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
-            None => (entry, None),
+        let block = match entry.parse::<IpAddr>() {
+            Ok(IpAddr::V4(_)) => format!("{entry}/32"),
+            Ok(IpAddr::V6(_)) => format!("{entry}/128"),
+            Err(_) => entry.to_string(),
         };
-        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-        let bits = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(bits);
-        if prefix > bits {
-            return Err(bad());
-        }
-        if in_block(remote, addr, prefix) {
+        if cidr_contains(&block, remote).ok_or_else(bad)? {
             return Ok(());
         }
     }
     Err(CertificateRefusal::SourceAddress {
         list: list.to_string(),
-        remote,
+        remote: remote.to_canonical(),
     })
-}
-
-/// Whether `ip` lies in `net/prefix` (different families never match).
-fn in_block(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
-    let mask = |bits: u32| {
-        if prefix == 0 {
-            0
-        } else {
-            u128::MAX << (bits - u32::from(prefix))
-        }
-    };
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let m = mask(32);
-            (u128::from(u32::from(a)) & m) == (u128::from(u32::from(n)) & m)
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let m = mask(128);
-            (u128::from(a) & m) == (u128::from(n) & m)
-        }
-        _ => false,
-    }
 }
 
 #[cfg(test)]
@@ -217,6 +175,7 @@ mod tests {
                     .to_vec(),
             },
             principals: principals.map(|p| p.iter().map(|s| s.to_string()).collect()),
+            restrictions: KeyRestrictions::default(),
         }
     }
 
@@ -227,14 +186,14 @@ mod tests {
         remote: &str,
         now: u64,
         principals: Option<&[&str]>,
-    ) -> Result<CertificateGrant, CertificateRefusal> {
+    ) -> Result<Grant, CertificateRefusal> {
         let ca_fp = crate::auth::key_fingerprint(key(9).public_key());
         check_certificate(cert, user, remote.parse().expect("ip"), now, |fp| {
             (*fp == ca_fp).then(|| ops(principals))
         })
     }
 
-    fn check(cert: &Certificate, user: &str) -> Result<CertificateGrant, CertificateRefusal> {
+    fn check(cert: &Certificate, user: &str) -> Result<Grant, CertificateRefusal> {
         check_with(cert, user, "127.0.0.1", NOW, None)
     }
 

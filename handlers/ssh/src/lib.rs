@@ -27,6 +27,7 @@ mod metrics;
 pub mod policy;
 mod process;
 mod pumps;
+mod restrictions;
 mod revoked;
 mod session;
 mod signals;

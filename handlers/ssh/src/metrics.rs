@@ -83,6 +83,8 @@ pub(crate) enum AuthRefusal {
     Certificate,
     /// A key or certificate that `[ssh] revoked_keys` revokes.
     Revoked,
+    /// A known key whose `authorized_keys` options refuse the session (`from=`).
+    Restricted,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +96,7 @@ pub(crate) struct SshMetrics {
     auth_timeout: AtomicU64,
     auth_certificate: AtomicU64,
     auth_revoked: AtomicU64,
+    auth_restricted: AtomicU64,
     channels_opened: [AtomicU64; 3],
     /// By channel kind × refusal.
     channels_refused: [[AtomicU64; 3]; 3],
@@ -120,6 +123,7 @@ impl SshMetrics {
             AuthRefusal::Timeout => &self.auth_timeout,
             AuthRefusal::Certificate => &self.auth_certificate,
             AuthRefusal::Revoked => &self.auth_revoked,
+            AuthRefusal::Restricted => &self.auth_restricted,
         }
         .fetch_add(1, Relaxed);
     }
@@ -168,6 +172,7 @@ impl SshMetrics {
             ("timeout", &self.auth_timeout),
             ("certificate", &self.auth_certificate),
             ("revoked", &self.auth_revoked),
+            ("restricted", &self.auth_restricted),
         ] {
             out.push(
                 HandlerMetric::counter(

@@ -26,6 +26,7 @@ use crate::metrics::{AuthRefusal, ChannelKind, ChannelRefusal, RequestKind};
 use crate::policy::{authorize, SshAction};
 use crate::process::{Launch, PtyRequest, Running};
 use crate::pumps::{pump_input, pump_output, splice_tcp, ChannelSlot, ChannelSlots, OnEof};
+use crate::restrictions::{grant, Grant, KeyRestrictions};
 
 /// A `session` channel: its settings until something runs in it, then the process.
 struct SessionChannel {
@@ -109,15 +110,34 @@ impl SshSession {
         self.identity.as_ref().map_or("-", |i| i.name.as_str())
     }
 
-    /// The identity of a key: the engine's providers first, then `authorized_keys`.
-    fn resolve(&self, key: &russh::keys::PublicKey) -> Option<Identity> {
+    /// The identity of a key: the engine's providers first, then `authorized_keys` (with
+    /// its line's sshd options), then any other extra provider.
+    fn resolve(&self, key: &russh::keys::PublicKey) -> Option<(Identity, KeyRestrictions)> {
         let fp = key_fingerprint(key);
-        self.provider.resolve_from_fingerprint(&fp).or_else(|| {
-            self.shared
-                .extra_provider
-                .as_ref()?
-                .resolve_from_fingerprint(&fp)
-        })
+        if let Some(identity) = self.provider.resolve_from_fingerprint(&fp) {
+            return Some((identity, KeyRestrictions::default()));
+        }
+        if let Some(entry) = self
+            .shared
+            .authorities
+            .as_ref()
+            .and_then(|f| f.key_entry(&fp))
+        {
+            return Some(entry);
+        }
+        let identity = self
+            .shared
+            .extra_provider
+            .as_ref()?
+            .resolve_from_fingerprint(&fp)?;
+        Some((identity, KeyRestrictions::default()))
+    }
+
+    /// Takes what authentication granted for the rest of the session.
+    fn take_grant(&mut self, grant: Grant) {
+        self.pty_allowed = grant.pty;
+        self.forced_command = grant.force_command;
+        self.identity = Some(grant.identity);
     }
 
     /// Whether `[ssh] revoked_keys`, as the file is now, says `revoked` of it.
@@ -396,16 +416,31 @@ impl russh::server::Handler for SshSession {
             return Ok(Auth::reject());
         }
         match self.resolve(key.public_key) {
-            Some(identity) => {
-                tracing::info!(
-                    identity = %identity.name,
-                    user,
-                    key = %openssh_fingerprint(key.public_key),
-                    remote = %self.remote,
-                    "ssh: authenticated"
-                );
-                self.identity = Some(identity);
-                Ok(Auth::Accept)
+            Some((identity, line)) => {
+                let name = identity.name.clone();
+                match grant(identity, &line, self.remote.ip(), true, true, None) {
+                    Ok(granted) => {
+                        tracing::info!(
+                            identity = %name,
+                            user,
+                            key = %openssh_fingerprint(key.public_key),
+                            remote = %self.remote,
+                            "ssh: authenticated"
+                        );
+                        self.take_grant(granted);
+                        Ok(Auth::Accept)
+                    }
+                    Err(refusal) => {
+                        tracing::info!(
+                            identity = %name,
+                            key = %openssh_fingerprint(key.public_key),
+                            remote = %self.remote,
+                            "ssh: key refused by its authorized_keys options: {refusal}"
+                        );
+                        self.shared.metrics.auth_refused(AuthRefusal::Restricted);
+                        Ok(Auth::reject())
+                    }
+                }
             }
             None => {
                 tracing::info!(
@@ -436,9 +471,9 @@ impl russh::server::Handler for SshSession {
             check_certificate(certificate, user, self.remote.ip(), unix_now, authority)
         };
         match checked {
-            Ok(grant) => {
+            Ok(granted) => {
                 tracing::info!(
-                    identity = %grant.identity.name,
+                    identity = %granted.identity.name,
                     user,
                     key_id = certificate.key_id(),
                     serial = certificate.serial(),
@@ -446,9 +481,7 @@ impl russh::server::Handler for SshSession {
                     remote = %self.remote,
                     "ssh: authenticated with a certificate"
                 );
-                self.pty_allowed = grant.pty;
-                self.forced_command = grant.force_command;
-                self.identity = Some(grant.identity);
+                self.take_grant(granted);
                 Ok(Auth::Accept)
             }
             Err(refusal) => {
