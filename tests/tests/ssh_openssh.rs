@@ -1013,6 +1013,7 @@ fn authorized_keys_options_restrict_as_sshd_does() {
     let near = ssh_keygen(keys.path(), "near");
     let far = ssh_keygen(keys.path(), "far");
     let no_pty = ssh_keygen(keys.path(), "no-pty");
+    let sftp_only = ssh_keygen(keys.path(), "sftp-only");
     let authorized = keys.path().join("authorized_keys");
     std::fs::write(
         &authorized,
@@ -1020,8 +1021,9 @@ fn authorized_keys_options_restrict_as_sshd_does() {
             "restrict,command=\"echo \\\"forced:\\\" $SSH_ORIGINAL_COMMAND\",scopes=\"ssh:exec\" {}\n\
              from=\"10.*,127.0.0.0/8,::1\",scopes=\"ssh:exec\" {}\n\
              from=\"192.0.2.0/24\",scopes=\"ssh:exec\" {}\n\
-             no-pty,scopes=\"ssh:exec\" {}\n",
-            forced.public, near.public, far.public, no_pty.public
+             no-pty,scopes=\"ssh:exec\" {}\n\
+             restrict,command=\"internal-sftp\",scopes=\"ssh:exec,ssh:sftp,sftp:read,sftp:write\" {}\n",
+            forced.public, near.public, far.public, no_pty.public, sftp_only.public
         ),
     )
     .expect("write authorized_keys");
@@ -1055,6 +1057,27 @@ fn authorized_keys_options_restrict_as_sshd_does() {
     assert_eq!(code, Some(255), "{err}");
     let (code, out, err) = run_as(&t, &no_pty, "user", &[], "tty");
     assert_eq!((code, out.trim()), (Some(1), "not a tty"), "{err}");
+
+    // sshd's SFTP-only idiom: command="internal-sftp" runs the sftp subsystem and nothing
+    // else (the scopes would allow exec)
+    let local = tempfile::tempdir().expect("tempdir");
+    std::fs::write(local.path().join("up.txt"), b"sftp only\n").expect("write");
+    let batch = local.path().join("batch");
+    std::fs::write(&batch, "put up.txt\nget up.txt down.txt\nls -l\n").expect("batch");
+    let mut sftp = t.sftp(&sftp_only);
+    sftp.arg("-b")
+        .arg(&batch)
+        .arg("user@alknet")
+        .current_dir(local.path());
+    let out = run_with_input(sftp, b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(local.path().join("down.txt")).expect("down.txt"),
+        b"sftp only\n"
+    );
+    let (code, out, err) = run_as(&t, &sftp_only, "user", &[], "echo no");
+    assert_eq!((code, out.as_str()), (Some(255), ""), "{err}");
+    assert!(err.contains("exec request failed"), "{err}");
 
     let samples = server.metrics_samples();
     assert!(

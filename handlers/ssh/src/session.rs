@@ -82,6 +82,15 @@ impl Drop for SshSession {
     }
 }
 
+/// Whether a forced command is sshd's `internal-sftp` (with or without its arguments): a
+/// key or certificate bound to it may run the `sftp` subsystem and nothing else, as
+/// `command="internal-sftp"` and `ForceCommand internal-sftp` make sshd do. Its
+/// arguments (`-d`, `-R`, …) are not honoured: the SFTP root and scopes say where and
+/// what (`sftp:read` alone is read-only).
+fn is_internal_sftp(command: &str) -> bool {
+    command.split_whitespace().next() == Some("internal-sftp")
+}
+
 impl SshSession {
     pub(crate) fn new(
         shared: Arc<Shared>,
@@ -178,13 +187,17 @@ impl SshSession {
             SshAction::Shell
         };
         let allowed = self.allowed(action);
+        let sftp_only = self.forced_command.as_deref().is_some_and(is_internal_sftp);
+        if sftp_only {
+            tracing::warn!(identity = %self.who(), "ssh: exec/shell refused: the key is bound to internal-sftp");
+        }
         let identity = self.who().to_string();
         let shell = self.shared.config.shell.clone();
         let Some(ch) = self.channels.get_mut(&id) else {
             return false;
         };
         ch.drain();
-        if !allowed || ch.running.is_some() {
+        if !allowed || sftp_only || ch.running.is_some() {
             return false;
         }
         let Some((read, write)) = ch.halves.take() else {
@@ -287,12 +300,15 @@ impl SshSession {
 
     /// Starts subsystem `name` in `channel`; `false` when refused.
     fn start_subsystem(&mut self, channel: ChannelId, name: &str) -> bool {
-        if self.forced_command.is_some() {
-            if let Some(ch) = self.channels.get_mut(&channel) {
-                ch.drain();
+        // a forced command leaves no subsystem, except sshd's idiom for SFTP-only keys
+        if let Some(forced) = self.forced_command.as_deref() {
+            if !(name == "sftp" && is_internal_sftp(forced)) {
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.drain();
+                }
+                tracing::warn!(identity = %self.who(), "ssh: subsystem {name:?} refused: the key forces a command");
+                return false;
             }
-            tracing::warn!(identity = %self.who(), "ssh: subsystem {name:?} refused: the certificate forces a command");
-            return false;
         }
         let Some(registered) = self.shared.subsystems.0.get(name).cloned() else {
             if let Some(ch) = self.channels.get_mut(&channel) {
