@@ -264,6 +264,11 @@ pub fn alknet_connect(
     cmd
 }
 
+/// A process's output as text (lossy UTF-8), for assertions and their messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// [`alknet_connect`] to the echo service.
 pub fn echo_connect(addr: &str, fingerprint: &str, transport: &str) -> std::process::Command {
     alknet_connect("alknet/echo", addr, fingerprint, transport)

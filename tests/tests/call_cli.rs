@@ -20,10 +20,6 @@ fn call(fp: &str, args: &[&str]) -> Output {
     wait_output(child, Duration::from_secs(30))
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 #[test]
 fn alknet_call_prints_results_and_error_codes() {
     let server = BinServer::start();

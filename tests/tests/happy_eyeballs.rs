@@ -32,10 +32,6 @@ fn connect_dual(
     (out, started.elapsed())
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 #[test]
 fn a_name_whose_ipv6_address_is_broken_connects_over_ipv4() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -26,10 +26,6 @@ fn alknet(args: &[&str]) -> Output {
     wait_output(child, Duration::from_secs(30))
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 fn reload(server: &BinServer, fp: &str, token: &str) -> Output {
     alknet(&[
         "reload",

@@ -25,10 +25,6 @@ tokens = ["admin-token"]
 scopes = ["node:admin", "subscribe:node.events"]
 "#;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// `alknet reload` against `server` as the admin identity of [`ADMIN`].
 fn reload(server: &BinServer) -> Output {
     let child = Command::new(alknet_bin())

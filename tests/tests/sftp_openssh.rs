@@ -24,10 +24,6 @@ const BIG: usize = 100 << 20;
 /// costing a few round trips).
 const TREE_FILES: usize = 1_000;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn require_openssh() {
     assert!(
         openssh_available(),

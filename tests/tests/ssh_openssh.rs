@@ -31,10 +31,6 @@ fn target(server: &BinServer) -> SshTarget {
     SshTarget::new(server.addr(), server.fingerprint())
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn hex(digest: [u8; 32]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }

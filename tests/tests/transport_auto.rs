@@ -77,10 +77,6 @@ fn run_timed(cmd: std::process::Command, input: &[u8]) -> (Output, Duration) {
     (out, started.elapsed())
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 #[test]
 fn auto_uses_quic_and_falls_back_to_tls_over_tcp_when_udp_is_dropped() {
     let server = BinServer::start();

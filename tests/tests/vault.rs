@@ -40,10 +40,6 @@ fn vault(data_dir: &Path, args: &[&str]) -> Output {
     alknet_with(data_dir, &all, b"", &[])
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn ok(o: Output) -> Output {
     assert!(o.status.success(), "{:?}: {}", o.status, text(&o.stderr));
     o
