@@ -153,10 +153,15 @@ fn signals_and_several_sessions(session_placement: SessionPlacement) {
         let mut usr1 = handles[1].channel_open_session().await.expect("channel");
         usr1.exec(
             true,
-            // `ready` only once the background sleep exists: a signal that beats the fork
-            // would leave it holding the channel's output for 30 s, longer than the
-            // connection's idle timeout (this client sends no keep-alives)
-            "trap 'echo got-usr1; exit 9' USR1; sleep 30 & echo ready; wait",
+            // `ready` only once the background child has become `sleep`: a signal that
+            // beats its exec finds it still a copy of the shell, running the inherited
+            // trap instead of dying, and the sleep then holds the channel's output for
+            // 30 s, longer than the connection's idle timeout (this client sends no
+            // keep-alives). Waiting for the fork alone left that window open (a CI run
+            // on 2026-12-06 hit it).
+            "trap 'echo got-usr1; exit 9' USR1; sleep 30 & \
+             while [ \"$(cat /proc/$!/comm 2>/dev/null)\" != sleep ]; do :; done; \
+             echo ready; wait",
         )
         .await
         .expect("exec");
