@@ -74,7 +74,14 @@ enabled = ["alknet/echo", "perf", "alknet/call", "alknet/ssh", "alknet/sftp", "a
 # addresses.
 retry = "auto"
 retry_auto_threshold = 256
-# Resumable TLS sessions kept (single-use tickets); 0 = no resumption.
+# How resumable TLS sessions are kept: "host-key" = stateless tickets sealed under keys
+# derived from the QUIC host key (valid on every worker, after reloads and restarts, and
+# on every node sharing the key); "single-use" = an in-memory cache of session_cache
+# sessions, each ticket usable once; "auto" = host-key unless zero_rtt needs single-use.
+session_tickets = "auto"
+# How long a host-key ticket resumes its session (6 h; at most 7 days).
+session_ticket_lifetime_ms = 21600000
+# Sessions kept by single-use tickets; 0 = no resumption at all.
 session_cache = 4096
 # Accept 0-RTT data from resuming clients. Handlers still see it only once the handshake
 # has completed, so a replayed 0-RTT flight never reaches one (see README).

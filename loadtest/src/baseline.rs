@@ -121,6 +121,8 @@ pub fn run(opts: BaselineOptions) -> Result<(), String> {
         &HandshakePolicy::default(),
         // rustls' default with ring: a getrandom(2) per random piece, as quinn-perf runs
         ServerRandom::Kernel,
+        // rustls' single-use session cache, as quinn-perf's default rustls config keeps
+        None,
     )
     .map_err(|e| e.to_string())?;
     let crypto = QuicServerConfig::with_initial(

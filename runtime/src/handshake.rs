@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use serde::Deserialize;
@@ -13,10 +14,31 @@ use serde::Deserialize;
 /// validated. A flood of spoofed Initials then costs the server one stateless packet each
 /// instead of a connection's state and a certificate flight (amplification).
 pub const DEFAULT_RETRY_AUTO_THRESHOLD: usize = 256;
-/// `session_cache` default: resumable TLS sessions kept (shared by all workers). Tickets
-/// are single-use entries of this cache (stateful), so a 0-RTT flight cannot be accepted
-/// twice by this server.
+/// `session_cache` default: resumable TLS sessions kept (shared by all workers) when
+/// tickets are single-use (see [`SessionTickets::SingleUse`]). Single-use tickets are
+/// entries of this cache, so a 0-RTT flight cannot be accepted twice by this server.
 pub const DEFAULT_SESSION_CACHE: usize = 4096;
+/// `session_ticket_lifetime_ms` default: how long a host-key ticket resumes its session
+/// (the lifetime told to clients, and the period of the ticket keys, `tickets.rs`). Six
+/// hours, rustls' own ticketer's; at most seven days (RFC 8446, section 4.6.1).
+pub const DEFAULT_SESSION_TICKET_LIFETIME: Duration = Duration::from_secs(6 * 3600);
+
+/// How the server keeps the sessions that clients resume (`session_tickets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionTickets {
+    /// `host-key` unless `zero_rtt` is on, then `single-use` (rustls accepts 0-RTT only
+    /// from a ticket it can take once).
+    #[default]
+    Auto,
+    /// Stateless tickets sealed under keys derived from the QUIC host key: no memory per
+    /// session and no lock, valid on every worker, after a TLS reload, after a restart and
+    /// on every node sharing the host key, for `session_ticket_lifetime_ms`.
+    HostKey,
+    /// rustls' in-memory cache of `session_cache` sessions, each ticket usable once; one
+    /// cache per server config (a reload or a restart empties it), behind a mutex.
+    SingleUse,
+}
 
 /// When the server asks a client to prove its address with a Retry before keeping any
 /// state for it (RFC 9000, section 8.1.2).
@@ -63,8 +85,14 @@ pub struct HandshakePolicy {
     /// `retry_auto_threshold`: unvalidated handshakes in flight per worker before "auto"
     /// sends Retry.
     pub retry_auto_threshold: usize,
-    /// `session_cache`: resumable sessions kept; 0 turns resumption (and 0-RTT) off.
+    /// `session_cache`: resumable sessions kept by single-use tickets; 0 turns resumption
+    /// (and 0-RTT) off, whatever `session_tickets` says.
     pub session_cache: usize,
+    /// `session_tickets`: "auto", "host-key" or "single-use" (see [`SessionTickets`]).
+    pub session_tickets: SessionTickets,
+    /// `session_ticket_lifetime_ms`: how long a host-key ticket resumes its session.
+    #[serde(rename = "session_ticket_lifetime_ms", with = "crate::limits::millis")]
+    pub session_ticket_lifetime: Duration,
     /// `zero_rtt`: accept 0-RTT data from resuming clients. Off by default. The engine
     /// starts a connection's handler only when the handshake is complete (the client's
     /// Finished verified), so 0-RTT data reaches no handler before the client is proven
@@ -92,6 +120,8 @@ impl Default for HandshakePolicy {
             retry: RetryMode::default(),
             retry_auto_threshold: DEFAULT_RETRY_AUTO_THRESHOLD,
             session_cache: DEFAULT_SESSION_CACHE,
+            session_tickets: SessionTickets::default(),
+            session_ticket_lifetime: DEFAULT_SESSION_TICKET_LIFETIME,
             zero_rtt: false,
             cipher_suites: Vec::new(),
             preferred_address_v4: None,
@@ -105,6 +135,10 @@ impl Default for HandshakePolicy {
 pub enum HandshakePolicyError {
     #[error("quic.zero_rtt needs session resumption (quic.session_cache > 0)")]
     ZeroRttWithoutResumption,
+    #[error("quic.zero_rtt needs quic.session_tickets = \"single-use\" (or \"auto\"): rustls accepts 0-RTT only from a ticket it can take once")]
+    ZeroRttWithHostKeyTickets,
+    #[error("quic.session_ticket_lifetime_ms must be from 1000 (one second) to 604800000 (seven days, RFC 8446), not {0}")]
+    TicketLifetime(u128),
     #[error("quic.preferred_address_{0}: {1} is not an address a client can reach (unspecified, broadcast or multicast)")]
     PreferredAddress(&'static str, SocketAddr),
 }
@@ -113,6 +147,13 @@ impl HandshakePolicy {
     pub fn validate(&self) -> Result<(), HandshakePolicyError> {
         if self.zero_rtt && self.session_cache == 0 {
             return Err(HandshakePolicyError::ZeroRttWithoutResumption);
+        }
+        if self.zero_rtt && self.session_tickets == SessionTickets::HostKey {
+            return Err(HandshakePolicyError::ZeroRttWithHostKeyTickets);
+        }
+        let lifetime = self.session_ticket_lifetime;
+        if lifetime < Duration::from_secs(1) || lifetime > crate::tickets::MAX_TICKET_LIFETIME {
+            return Err(HandshakePolicyError::TicketLifetime(lifetime.as_millis()));
         }
         if let Some(a) = self.preferred_address_v4 {
             let ip = a.ip();
@@ -167,13 +208,36 @@ impl HandshakePolicy {
         Arc::new(p)
     }
 
-    /// Applies resumption and 0-RTT to a server config.
-    pub(crate) fn apply(&self, cfg: &mut rustls::ServerConfig) {
-        if self.session_cache == 0 {
-            cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-            cfg.send_tls13_tickets = 0;
-        } else {
-            cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(self.session_cache);
+    /// Whether sessions are kept as single-use cache entries rather than host-key tickets.
+    fn single_use_tickets(&self) -> bool {
+        match self.session_tickets {
+            SessionTickets::Auto => self.zero_rtt,
+            SessionTickets::HostKey => false,
+            SessionTickets::SingleUse => true,
+        }
+    }
+
+    /// Applies resumption and 0-RTT to a server config. `ticket_key` is the host key's
+    /// ticket derivation (`host_key.rs`); without one (a server config outside the
+    /// engine) sessions are single-use cache entries.
+    pub(crate) fn apply(
+        &self,
+        cfg: &mut rustls::ServerConfig,
+        ticket_key: Option<&ring::hkdf::Prk>,
+    ) {
+        // the ticketer is unused while it is not enabled; storage is unused under one
+        // (TLS 1.2, which would look there, is not offered)
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        match ticket_key {
+            _ if self.session_cache == 0 => cfg.send_tls13_tickets = 0,
+            Some(key) if !self.single_use_tickets() => {
+                cfg.ticketer =
+                    crate::tickets::HostKeyTicketer::new(key.clone(), self.session_ticket_lifetime);
+            }
+            _ => {
+                cfg.session_storage =
+                    rustls::server::ServerSessionMemoryCache::new(self.session_cache)
+            }
         }
         // QUIC allows only 0 or u32::MAX (RFC 9001, section 4.6.1)
         cfg.max_early_data_size = if self.zero_rtt { u32::MAX } else { 0 };
@@ -223,6 +287,69 @@ mod tests {
         .provider(crate::tls::crypto_provider());
         assert_eq!(only.cipher_suites.len(), 1);
         assert!(crate::tls::initial_suite().is_ok());
+    }
+
+    #[test]
+    fn session_tickets_are_host_key_tickets_unless_zero_rtt_needs_single_use() {
+        let id = crate::tls::TlsIdentity::generate_self_signed(&[]).expect("identity");
+        let key = crate::host_key::QuicHostKey::generate().ticket_key();
+        let config = |p: &HandshakePolicy, key| {
+            crate::tls::server_rustls_config(
+                &id,
+                vec![],
+                crate::tls::ClientAuth::None,
+                p,
+                crate::tls::ServerRandom::Thread,
+                key,
+            )
+            .expect("config")
+        };
+        let p = HandshakePolicy::default();
+        let c = config(&p, Some(&key));
+        assert!(c.ticketer.enabled());
+        assert_eq!(c.ticketer.lifetime(), 6 * 3600);
+        assert!(c.send_tls13_tickets > 0);
+        // outside the engine (no host key): the single-use cache
+        assert!(!config(&p, None).ticketer.enabled());
+        let zero_rtt = HandshakePolicy {
+            zero_rtt: true,
+            ..HandshakePolicy::default()
+        };
+        let c = config(&zero_rtt, Some(&key));
+        assert!(
+            !c.ticketer.enabled(),
+            "auto: 0-RTT takes single-use tickets"
+        );
+        assert_eq!(c.max_early_data_size, u32::MAX);
+        let off = HandshakePolicy {
+            session_cache: 0,
+            ..HandshakePolicy::default()
+        };
+        let c = config(&off, Some(&key));
+        assert!(!c.ticketer.enabled());
+        assert_eq!(c.send_tls13_tickets, 0);
+
+        let p: HandshakePolicy =
+            toml::from_str("session_tickets = \"single-use\"\nsession_ticket_lifetime_ms = 60000")
+                .expect("parses");
+        assert_eq!(p.session_tickets, SessionTickets::SingleUse);
+        assert_eq!(p.validate(), Ok(()));
+        assert!(!config(&p, Some(&key)).ticketer.enabled());
+        let p: HandshakePolicy =
+            toml::from_str("session_tickets = \"host-key\"\nzero_rtt = true").expect("parses");
+        assert_eq!(
+            p.validate(),
+            Err(HandshakePolicyError::ZeroRttWithHostKeyTickets)
+        );
+        for bad in [0u64, 999, 7 * 24 * 3600 * 1000 + 1] {
+            let p: HandshakePolicy =
+                toml::from_str(&format!("session_ticket_lifetime_ms = {bad}")).expect("parses");
+            assert_eq!(
+                p.validate(),
+                Err(HandshakePolicyError::TicketLifetime(bad.into()))
+            );
+        }
+        assert!(toml::from_str::<HandshakePolicy>("session_tickets = \"stateless\"").is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The QUIC host key: one secret that the stateless-reset key and the address-token key
-//! (Retry tokens) are derived from, so that both outlive the process.
+//! The QUIC host key: one secret that the stateless-reset key, the address-token key
+//! (Retry tokens) and the session-ticket keys (`tickets.rs`) are derived from, so that all
+//! three outlive the process.
 //!
 //! quinn-proto takes the reset key when an endpoint is made and the token key with each
 //! server config, and by default both are random. A server restarted with fresh random keys
@@ -18,6 +19,8 @@ use std::sync::Arc;
 use ring::{hkdf, hmac};
 
 use crate::secret_files;
+#[cfg(test)]
+use crate::tickets::HostKeyTicketer;
 
 /// The file the host key is kept in, in the data directory (32 bytes, mode 0600).
 pub const QUIC_HOST_KEY_FILE: &str = "quic_host_key";
@@ -30,6 +33,7 @@ pub const QUIC_HOST_KEY_LEN: usize = 32;
 const SALT: &[u8] = b"alknet quic host key v1";
 const RESET_INFO: &[u8] = b"stateless reset";
 const TOKEN_INFO: &[u8] = b"address token";
+const TICKET_INFO: &[u8] = b"session tickets";
 
 /// A QUIC host key (see the module documentation).
 #[derive(Clone)]
@@ -108,6 +112,17 @@ impl QuicHostKey {
     pub(crate) fn token_key(&self) -> Arc<hkdf::Prk> {
         Arc::new(expand(&self.prk(), TOKEN_INFO, hkdf::HKDF_SHA256))
     }
+
+    /// The key that session tickets' period keys derive from (see `tickets.rs`).
+    pub(crate) fn ticket_key(&self) -> hkdf::Prk {
+        expand(&self.prk(), TICKET_INFO, hkdf::HKDF_SHA256)
+    }
+
+    /// The session-ticket sealer for tickets that live `lifetime`, under this key.
+    #[cfg(test)]
+    pub(crate) fn ticketer(&self, lifetime: std::time::Duration) -> Arc<HostKeyTicketer> {
+        HostKeyTicketer::new(self.ticket_key(), lifetime)
+    }
 }
 
 /// `prk`'s HKDF-Expand output for `info`, as a key of type `K`. The lengths asked for
@@ -131,6 +146,7 @@ where
 pub(crate) struct EndpointKeys {
     pub reset: Arc<hmac::Key>,
     pub token: Arc<hkdf::Prk>,
+    pub tickets: hkdf::Prk,
 }
 
 impl EndpointKeys {
@@ -146,6 +162,7 @@ impl EndpointKeys {
         Self {
             reset: key.reset_key(),
             token: key.token_key(),
+            tickets: key.ticket_key(),
         }
     }
 }

@@ -44,6 +44,7 @@ mod stats;
 mod streams;
 mod tcp;
 mod tcp_connection;
+mod tickets;
 pub mod tls;
 mod worker;
 mod worker_hook;
@@ -66,8 +67,8 @@ pub use dns::{
     DnsAnswer, DnsResolver, PkarrRelay, RelayError, RelayPacket, PKARR_MAX_RELAY_PAYLOAD,
 };
 pub use handshake::{
-    CipherSuiteName, HandshakePolicy, HandshakePolicyError, RetryMode,
-    DEFAULT_RETRY_AUTO_THRESHOLD, DEFAULT_SESSION_CACHE,
+    CipherSuiteName, HandshakePolicy, HandshakePolicyError, RetryMode, SessionTickets,
+    DEFAULT_RETRY_AUTO_THRESHOLD, DEFAULT_SESSION_CACHE, DEFAULT_SESSION_TICKET_LIFETIME,
 };
 pub use identity::{
     AuthContext, ChainedIdentityProvider, ConfigIdentityProvider, Identity, IdentityConfigError,

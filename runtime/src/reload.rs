@@ -243,7 +243,7 @@ impl ConfigReloadHandle {
             client_auth,
             limits,
             handshake,
-            self.0.keys.token.clone(),
+            &self.0.keys,
         )?;
         let tcp = crate::server::build_tcp_config(&self.0, tls, client_auth, handshake, registry)?;
         Ok(ServerTls {

@@ -101,10 +101,11 @@ pub(crate) fn build_server_config(
     client_auth: ClientAuth,
     limits: &Limits,
     handshake: &HandshakePolicy,
-    token_key: Arc<ring::hkdf::Prk>,
+    keys: &EndpointKeys,
 ) -> Result<Arc<quinn_proto::ServerConfig>, TlsError> {
-    let crypto = server_crypto_with_policy(tls, alpns, client_auth, handshake)?;
-    let mut server_config = quinn_proto::ServerConfig::new(crypto, token_key);
+    let crypto =
+        server_crypto_with_policy(tls, alpns, client_auth, handshake, Some(&keys.tickets))?;
+    let mut server_config = quinn_proto::ServerConfig::new(crypto, keys.token.clone());
     server_config
         .transport_config(Arc::new(limits.transport_config()))
         .migration(true)
@@ -254,7 +255,13 @@ pub(crate) fn build_tcp_config(
         .as_ref()
         .map(|t| {
             let alpns = t.load().offered_alpns(quic);
-            tcp_server_config(tls, alpns, client_auth, handshake)
+            tcp_server_config(
+                tls,
+                alpns,
+                client_auth,
+                handshake,
+                Some(&shared.keys.tickets),
+            )
         })
         .transpose()
 }
@@ -323,7 +330,7 @@ pub fn start_with_hooks(
         config.client_auth,
         &config.limits,
         &config.handshake,
-        keys.token.clone(),
+        &keys,
     )?;
     let mut base_endpoint = EndpointConfig::new(keys.reset.clone());
     base_endpoint.max_udp_payload_size(config.limits.endpoint_max_udp_payload_size())?;
@@ -368,6 +375,7 @@ pub fn start_with_hooks(
                 t.offered_alpns(&registry),
                 config.client_auth,
                 &config.handshake,
+                Some(&keys.tickets),
             )
         })
         .transpose()?;

@@ -384,17 +384,27 @@ pub fn server_crypto(
         alpns,
         client_auth,
         &crate::handshake::HandshakePolicy::default(),
+        None,
     )
 }
 
-/// [`server_crypto`] with the cipher suites, session resumption and 0-RTT of `policy`.
+/// [`server_crypto`] with the cipher suites, session resumption and 0-RTT of `policy`;
+/// `ticket_key` seals host-key session tickets (see [`server_rustls_config`]).
 pub fn server_crypto_with_policy(
     identity: &TlsIdentity,
     alpns: Vec<Vec<u8>>,
     client_auth: ClientAuth,
     policy: &crate::handshake::HandshakePolicy,
+    ticket_key: Option<&ring::hkdf::Prk>,
 ) -> Result<Arc<QuicServerConfig>, TlsError> {
-    let cfg = server_rustls_config(identity, alpns, client_auth, policy, ServerRandom::Thread)?;
+    let cfg = server_rustls_config(
+        identity,
+        alpns,
+        client_auth,
+        policy,
+        ServerRandom::Thread,
+        ticket_key,
+    )?;
     let quic = QuicServerConfig::with_initial(Arc::new(cfg), initial_suite()?)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     Ok(Arc::new(quic))
@@ -409,8 +419,16 @@ pub fn tcp_server_config(
     alpns: Vec<Vec<u8>>,
     client_auth: ClientAuth,
     policy: &crate::handshake::HandshakePolicy,
+    ticket_key: Option<&ring::hkdf::Prk>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut cfg = server_rustls_config(identity, alpns, client_auth, policy, ServerRandom::Thread)?;
+    let mut cfg = server_rustls_config(
+        identity,
+        alpns,
+        client_auth,
+        policy,
+        ServerRandom::Thread,
+        ticket_key,
+    )?;
     cfg.max_early_data_size = 0;
     Ok(Arc::new(cfg))
 }
@@ -428,13 +446,16 @@ pub fn initial_suite() -> Result<rustls::quic::Suite, TlsError> {
 /// than the engine's: `alknet-loadtest`'s baseline runs stock quinn, whose `quinn-proto`
 /// is a different crate from the engine's vendored copy (so it cannot take
 /// [`QuicServerConfig`]), and wraps this in its own, with `random` =
-/// [`ServerRandom::Kernel`] as quinn-perf runs.
+/// [`ServerRandom::Kernel`] as quinn-perf runs. With `ticket_key` (the QUIC host key's
+/// ticket derivation), sessions resume by host-key tickets as `policy` allows; without
+/// one, by rustls' single-use cache.
 pub fn server_rustls_config(
     identity: &TlsIdentity,
     alpns: Vec<Vec<u8>>,
     client_auth: ClientAuth,
     policy: &crate::handshake::HandshakePolicy,
     random: ServerRandom,
+    ticket_key: Option<&ring::hkdf::Prk>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let base = match random {
         ServerRandom::Kernel => crypto_provider(),
@@ -472,7 +493,7 @@ pub fn server_rustls_config(
     };
     cfg.alpn_protocols = alpns;
     cfg.key_log = key_log();
-    policy.apply(&mut cfg);
+    policy.apply(&mut cfg, ticket_key);
     Ok(cfg)
 }
 
@@ -748,7 +769,7 @@ mod tests {
         let policy = crate::handshake::HandshakePolicy::default();
         // by type name: both sources are zero-sized, so their addresses tell nothing apart
         let source = |random| {
-            let cfg = server_rustls_config(&id, vec![], ClientAuth::None, &policy, random)
+            let cfg = server_rustls_config(&id, vec![], ClientAuth::None, &policy, random, None)
                 .expect("config");
             format!("{:?}", cfg.crypto_provider().secure_random)
         };

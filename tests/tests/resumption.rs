@@ -1,0 +1,125 @@
+//! Session resumption as clients nobody here wrote see it: aioquic over QUIC and Python's
+//! `ssl` (OpenSSL) over TLS/TCP keep the tickets the server sent and offer them on their
+//! next connection (`tests/interop/resumption_clients.py`). With host-key tickets (the
+//! default) a ticket resumes on any worker, after a certificate reload and after a crash
+//! and restart; a new host key ends that. With `session_tickets = "single-use"`, rustls'
+//! cache in the process, a restart forgets every session.
+
+use std::io::Write;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+use alknet_runtime::host_key::QUIC_HOST_KEY_FILE;
+use alknet_runtime::tls::TlsIdentity;
+use alknet_tests::*;
+
+/// The resuming clients, one process for the whole test, so their tickets outlive the
+/// server processes.
+struct ResumingClients {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildLines,
+}
+
+impl ResumingClients {
+    /// Starts the clients; their first round runs at once (see [`Self::round`]).
+    fn start(server: &BinServer) -> Self {
+        let mut child = Command::new("python3")
+            .arg(format!(
+                "{}/interop/resumption_clients.py",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .args(["--port", &server.port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = ChildLines::of(&mut child);
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The outcome of the round under way: whether the QUIC and the TLS/TCP connection
+    /// resumed their sessions.
+    fn outcome(&self) -> (bool, bool) {
+        let lines = self
+            .stdout
+            .until(Duration::from_secs(60), |l| l == "round done");
+        let resumed = |transport: &str| {
+            let line = lines
+                .iter()
+                .find(|l| l.starts_with(transport))
+                .unwrap_or_else(|| panic!("no {transport} line in {lines:?}"));
+            line.ends_with("resumed=True")
+        };
+        (resumed("quic "), resumed("tcp "))
+    }
+
+    /// Runs another round (both clients connect again, offering their newest tickets).
+    fn round(&mut self) -> (bool, bool) {
+        writeln!(self.stdin, "again").expect("write to the clients");
+        self.stdin.flush().expect("flush");
+        self.outcome()
+    }
+}
+
+impl Drop for ResumingClients {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Rotates the server's certificate and reloads it with SIGHUP.
+fn rotate_certificate(server: &BinServer) {
+    let next = TlsIdentity::generate_self_signed(&[]).expect("generate");
+    let dir = server.data_dir.path();
+    std::fs::write(dir.join("cert.pem"), next.chain_pem()).expect("cert");
+    std::fs::write(dir.join("key.pem"), next.key_pem()).expect("key");
+    // SAFETY: kill(2) on the child this test started
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    server.wait_for_log("reloaded: certificate");
+}
+
+#[test]
+fn host_key_tickets_resume_after_a_reload_and_a_restart() {
+    let mut server = BinServer::start();
+    let mut clients = ResumingClients::start(&server);
+    assert_eq!(
+        clients.outcome(),
+        (false, false),
+        "first contact: full handshakes"
+    );
+    // a new connection, from a new port, on whichever worker the kernel picks
+    for _ in 0..3 {
+        assert_eq!(clients.round(), (true, true), "the same process");
+    }
+    rotate_certificate(&server);
+    assert_eq!(clients.round(), (true, true), "after a certificate reload");
+    server.crash_and_restart();
+    assert_eq!(clients.round(), (true, true), "after a crash and restart");
+
+    // the control: another host key makes every ticket unreadable
+    std::fs::remove_file(server.data_dir.path().join(QUIC_HOST_KEY_FILE)).expect("remove");
+    server.crash_and_restart();
+    assert_eq!(clients.round(), (false, false), "a new host key");
+    assert_eq!(clients.round(), (true, true), "its own tickets resume");
+}
+
+#[test]
+fn single_use_tickets_live_and_die_with_the_process() {
+    let mut server = BinServer::start_with_config("[quic]\nsession_tickets = \"single-use\"\n");
+    let mut clients = ResumingClients::start(&server);
+    assert_eq!(clients.outcome(), (false, false), "first contact");
+    assert_eq!(clients.round(), (true, true), "the same process");
+    server.crash_and_restart();
+    assert_eq!(
+        clients.round(),
+        (false, false),
+        "a restart empties the cache"
+    );
+}
