@@ -152,6 +152,13 @@ impl Measurement {
                 self.per_op(io.send_syscalls),
                 io.forwarded
             );
+            if io.handshakes_resumed > 0 {
+                let _ = writeln!(
+                    s,
+                    "  server tls  handshakes resumed {} of {} accepted",
+                    io.handshakes_resumed, io.connections_accepted
+                );
+            }
         }
         let c = &t.client;
         // all zero only where nothing counted them (`--client quinn`: quinn's endpoint)

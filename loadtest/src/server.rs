@@ -146,6 +146,8 @@ engine_counters! {
     /// Datagrams a worker received for a connection another worker owns.
     forwarded <- forwarded_out,
     connections_accepted <- connections_accepted,
+    /// Handshakes that resumed a TLS session (`handshake --resumption`).
+    handshakes_resumed <- handshakes_resumed,
     retries_sent <- retries_sent,
     /// Initials dropped unanswered: their source prefix was over its rate.
     refused_rate <- refused_rate,
@@ -466,7 +468,15 @@ pub fn serve(kind: Kind, workers: usize, key: KeyType) -> Result<(), String> {
                 },
                 // ALKNET_KERNEL_STEERING=0 measures the plain 4-tuple hash instead
                 kernel_steering: std::env::var("ALKNET_KERNEL_STEERING").map_or(true, |v| v != "0"),
-                handshake: alknet_runtime::HandshakePolicy::default(),
+                // ALKNET_SESSION_TICKETS=single-use measures rustls' session cache instead
+                // of host-key tickets
+                handshake: alknet_runtime::HandshakePolicy {
+                    session_tickets: match std::env::var("ALKNET_SESSION_TICKETS").as_deref() {
+                        Ok("single-use") => alknet_runtime::SessionTickets::SingleUse,
+                        _ => alknet_runtime::SessionTickets::Auto,
+                    },
+                    ..alknet_runtime::HandshakePolicy::default()
+                },
                 admission: flood_admission(),
                 qlog_dir: None,
                 quic_host_key: None,

@@ -126,6 +126,8 @@ pub(crate) struct ConnState {
     /// listens there), as an errno; the error a client's connect reports.
     pub unreachable: Option<i32>,
     pub alpn: Option<Vec<u8>>,
+    /// Whether the completed handshake resumed a TLS session (a ticket was accepted).
+    pub resumed: bool,
     pub peer_fingerprint: Option<Fingerprint>,
     pub readers: FxHashMap<StreamId, Waker>,
     pub writers: FxHashMap<StreamId, Waker>,
@@ -146,6 +148,7 @@ impl ConnState {
             connected: false,
             unreachable: None,
             alpn: None,
+            resumed: false,
             peer_fingerprint: None,
             readers: FxHashMap::default(),
             writers: FxHashMap::default(),
@@ -221,13 +224,12 @@ impl ConnState {
 
     fn read_handshake(&mut self) {
         let session = self.conn.crypto_session();
-        self.alpn = session
-            .handshake_data()
-            .and_then(|d| {
-                d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
-                    .ok()
-            })
-            .and_then(|d| d.protocol);
+        let data = session.handshake_data().and_then(|d| {
+            d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                .ok()
+        });
+        self.resumed = data.as_ref().is_some_and(|d| d.resumed);
+        self.alpn = data.and_then(|d| d.protocol);
         self.peer_fingerprint = session
             .peer_identity()
             .and_then(|p| {

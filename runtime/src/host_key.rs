@@ -19,7 +19,6 @@ use std::sync::Arc;
 use ring::{hkdf, hmac};
 
 use crate::secret_files;
-#[cfg(test)]
 use crate::tickets::HostKeyTicketer;
 
 /// The file the host key is kept in, in the data directory (32 bytes, mode 0600).
@@ -119,8 +118,7 @@ impl QuicHostKey {
     }
 
     /// The session-ticket sealer for tickets that live `lifetime`, under this key.
-    #[cfg(test)]
-    pub(crate) fn ticketer(&self, lifetime: std::time::Duration) -> Arc<HostKeyTicketer> {
+    pub fn ticketer(&self, lifetime: std::time::Duration) -> Arc<HostKeyTicketer> {
         HostKeyTicketer::new(self.ticket_key(), lifetime)
     }
 }

@@ -44,7 +44,7 @@ mod stats;
 mod streams;
 mod tcp;
 mod tcp_connection;
-mod tickets;
+pub mod tickets;
 pub mod tls;
 mod worker;
 mod worker_hook;

@@ -80,6 +80,9 @@ worker_stats! {
     refused_alpn,
     /// Handshakes closed for taking longer than `[admission] handshake_timeout_ms`.
     handshakes_timed_out,
+    /// QUIC handshakes completed that resumed a TLS session (the client's ticket was
+    /// accepted: `[quic] session_tickets`); the rest of `connections_accepted` were full.
+    handshakes_resumed,
     /// Handlers that returned an error.
     handler_errors,
     /// Handlers that panicked.
@@ -106,6 +109,9 @@ worker_stats! {
     tcp_accepted,
     /// TCP connections closed at accept: per-worker or per-address limit, or draining.
     tcp_refused,
+    /// TLS-over-TCP handshakes that resumed a TLS session (also in `tcp_accepted` once
+    /// served).
+    tls_resumed,
     /// TLS-over-TCP handshakes that failed or timed out (including ALPNs we do not serve,
     /// answered with the no_application_protocol alert).
     tls_handshake_failures,

@@ -371,6 +371,9 @@ async fn serve_connection(
     };
     let (negotiated, peer_fingerprint) = {
         let (_, conn) = tls.get_ref();
+        if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            WorkerStats::add(&stats.tls_resumed, 1);
+        }
         (
             conn.alpn_protocol().map(<[u8]>::to_vec),
             conn.peer_certificates()

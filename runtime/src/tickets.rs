@@ -102,7 +102,9 @@ impl HostKeyTicketer {
         fresh
     }
 
-    fn seal_at(&self, now: SystemTime, plain: &[u8]) -> Option<Vec<u8>> {
+    /// `plain` sealed as a ticket of the period `now` is in (`None` only if the random
+    /// source fails).
+    pub fn seal_at(&self, now: SystemTime, plain: &[u8]) -> Option<Vec<u8>> {
         let period = period_at(now, self.lifetime_secs);
         let keys = self.keys_for(period);
         let mut nonce = [0u8; NONCE_LEN];
@@ -124,7 +126,9 @@ impl HostKeyTicketer {
         Some(out)
     }
 
-    fn open_at(&self, now: SystemTime, ticket: &[u8]) -> Option<Vec<u8>> {
+    /// What `ticket` (bytes a client sent: anything) seals, if it is a ticket of this key
+    /// from the period `now` is in or the one before, untouched.
+    pub fn open_at(&self, now: SystemTime, ticket: &[u8]) -> Option<Vec<u8>> {
         if ticket.len() < PERIOD_LEN + NONCE_LEN + TAG_LEN {
             return None;
         }

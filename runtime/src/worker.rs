@@ -1285,6 +1285,9 @@ enum Arrival {
 fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) {
     let (alpn, peer_fingerprint, remote) = {
         let st = c.state.borrow();
+        if st.resumed {
+            WorkerStats::add(&w.stats.handshakes_resumed, 1);
+        }
         (
             st.alpn.clone(),
             st.peer_fingerprint,

@@ -85,9 +85,37 @@ fn rotate_certificate(server: &BinServer) {
     server.wait_for_log("reloaded: certificate");
 }
 
+/// `/metrics` open to anyone, to read the resumption counters.
+const PUBLIC_METRICS: &str = "[http]\npublic = [\"/metrics\"]\n";
+
+/// The resumed handshakes the server counted, summed over its workers: (QUIC, TLS/TCP).
+fn resumed_counts(server: &BinServer) -> (u64, u64) {
+    let out = Command::new("curl")
+        .args(["-sSk", "--max-time", "10"])
+        .arg(format!("https://{}/metrics", server.addr()))
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let metrics = text(&out.stdout);
+    let sum = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(|l| {
+                let v = l.rsplit(' ').next().expect("a value");
+                v.parse::<u64>().unwrap_or_else(|_| panic!("{l}"))
+            })
+            .sum()
+    };
+    (
+        sum("alknet_worker_handshakes_resumed_total"),
+        sum("alknet_worker_tls_resumed_total"),
+    )
+}
+
 #[test]
 fn host_key_tickets_resume_after_a_reload_and_a_restart() {
-    let mut server = BinServer::start();
+    let mut server = BinServer::start_with_config(PUBLIC_METRICS);
     let mut clients = ResumingClients::start(&server);
     assert_eq!(
         clients.outcome(),
@@ -100,8 +128,14 @@ fn host_key_tickets_resume_after_a_reload_and_a_restart() {
     }
     rotate_certificate(&server);
     assert_eq!(clients.round(), (true, true), "after a certificate reload");
+    assert_eq!(resumed_counts(&server), (4, 4), "counted per transport");
     server.crash_and_restart();
     assert_eq!(clients.round(), (true, true), "after a crash and restart");
+    assert_eq!(
+        resumed_counts(&server),
+        (1, 1),
+        "the new process counts from zero"
+    );
 
     // the control: another host key makes every ticket unreadable
     std::fs::remove_file(server.data_dir.path().join(QUIC_HOST_KEY_FILE)).expect("remove");

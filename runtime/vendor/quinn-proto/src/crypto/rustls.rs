@@ -67,6 +67,7 @@ impl crypto::Session for TlsSession {
                 Connection::Client(_) => None,
                 Connection::Server(ref session) => session.server_name().map(|x| x.into()),
             },
+            resumed: self.inner.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             #[cfg(feature = "__rustls-post-quantum-test")]
             negotiated_key_exchange_group: self
                 .inner
@@ -265,6 +266,9 @@ pub struct HandshakeData {
     ///
     /// Always `None` for outgoing connections
     pub server_name: Option<String>,
+    /// Whether the handshake resumed a session (a ticket was accepted); false while it is
+    /// not yet known (alknet's own: see PATCHES.md)
+    pub resumed: bool,
     /// The key exchange group negotiated with the peer
     #[cfg(feature = "__rustls-post-quantum-test")]
     pub negotiated_key_exchange_group: NamedGroup,
