@@ -219,11 +219,13 @@ impl HandshakePolicy {
 
     /// Applies resumption and 0-RTT to a server config. `ticket_key` is the host key's
     /// ticket derivation (`host_key.rs`); without one (a server config outside the
-    /// engine) sessions are single-use cache entries.
+    /// engine) sessions are single-use cache entries. Host-key tickets are bound to
+    /// `client_auth` (see `ClientAuth::ticket_scope`).
     pub(crate) fn apply(
         &self,
         cfg: &mut rustls::ServerConfig,
         ticket_key: Option<&ring::hkdf::Prk>,
+        client_auth: crate::tls::ClientAuth,
     ) {
         // the ticketer is unused while it is not enabled; storage is unused under one
         // (TLS 1.2, which would look there, is not offered)
@@ -231,8 +233,11 @@ impl HandshakePolicy {
         match ticket_key {
             _ if self.session_cache == 0 => cfg.send_tls13_tickets = 0,
             Some(key) if !self.single_use_tickets() => {
-                cfg.ticketer =
-                    crate::tickets::HostKeyTicketer::new(key.clone(), self.session_ticket_lifetime);
+                cfg.ticketer = crate::tickets::HostKeyTicketer::new(
+                    key.clone(),
+                    self.session_ticket_lifetime,
+                    client_auth.ticket_scope(),
+                );
             }
             _ => {
                 cfg.session_storage =

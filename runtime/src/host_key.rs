@@ -117,9 +117,11 @@ impl QuicHostKey {
         expand(&self.prk(), TICKET_INFO, hkdf::HKDF_SHA256)
     }
 
-    /// The session-ticket sealer for tickets that live `lifetime`, under this key.
+    /// The session-ticket sealer for tickets that live `lifetime`, under this key, as a
+    /// server with the default client-certificate policy seals them.
     pub fn ticketer(&self, lifetime: std::time::Duration) -> Arc<HostKeyTicketer> {
-        HostKeyTicketer::new(self.ticket_key(), lifetime)
+        let scope = crate::tls::ClientAuth::default().ticket_scope();
+        HostKeyTicketer::new(self.ticket_key(), lifetime, scope)
     }
 }
 

@@ -38,7 +38,8 @@ use ring::hkdf;
 
 const PERIOD_LEN: usize = 4;
 const TAG_LEN: usize = 16;
-/// HKDF info prefix of a period's ticket key (the lifetime and the period follow).
+/// HKDF info prefix of a period's ticket key (the lifetime, the scope and the period
+/// follow).
 const TICKET_INFO: &[u8] = b"session ticket key";
 
 /// The longest ticket lifetime TLS 1.3 allows (RFC 8446, section 4.6.1): seven days.
@@ -50,6 +51,7 @@ pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct HostKeyTicketer {
     prk: hkdf::Prk,
     lifetime_secs: u32,
+    scope: &'static [u8],
     /// The keys of the current period and the one before, derived when the period turns.
     keys: ArcSwap<PeriodKeys>,
 }
@@ -78,14 +80,17 @@ impl hkdf::KeyType for KeyLen {
 
 impl HostKeyTicketer {
     /// A ticketer whose keys come from `prk` (the host key's ticket derivation) and whose
-    /// tickets live `lifetime`, clamped to 1 s ..= [`MAX_TICKET_LIFETIME`].
-    pub(crate) fn new(prk: hkdf::Prk, lifetime: Duration) -> Arc<Self> {
+    /// tickets live `lifetime`, clamped to 1 s ..= [`MAX_TICKET_LIFETIME`]. `scope` names
+    /// what a resumed session skips checking again (the client-certificate policy): its
+    /// keys differ from those of any other scope, so tickets do not cross it.
+    pub(crate) fn new(prk: hkdf::Prk, lifetime: Duration, scope: &'static [u8]) -> Arc<Self> {
         let lifetime_secs = lifetime.as_secs().clamp(1, MAX_TICKET_LIFETIME.as_secs()) as u32;
         let period = period_at(SystemTime::now(), lifetime_secs);
-        let keys = ArcSwap::from_pointee(derive_period_keys(&prk, lifetime_secs, period));
+        let keys = ArcSwap::from_pointee(derive_period_keys(&prk, lifetime_secs, scope, period));
         Arc::new(Self {
             prk,
             lifetime_secs,
+            scope,
             keys,
         })
     }
@@ -97,7 +102,12 @@ impl HostKeyTicketer {
             return keys;
         }
         // two workers may derive the same keys at the turn of a period; both are the same
-        let fresh = Arc::new(derive_period_keys(&self.prk, self.lifetime_secs, period));
+        let fresh = Arc::new(derive_period_keys(
+            &self.prk,
+            self.lifetime_secs,
+            self.scope,
+            period,
+        ));
         self.keys.store(fresh.clone());
         fresh
     }
@@ -180,21 +190,35 @@ fn period_at(now: SystemTime, lifetime_secs: u32) -> u32 {
     (secs / u64::from(lifetime_secs.max(1))) as u32
 }
 
-fn derive_period_keys(prk: &hkdf::Prk, lifetime_secs: u32, period: u32) -> PeriodKeys {
+fn derive_period_keys(
+    prk: &hkdf::Prk,
+    lifetime_secs: u32,
+    scope: &[u8],
+    period: u32,
+) -> PeriodKeys {
     PeriodKeys {
         period,
-        current: period_key(prk, lifetime_secs, period),
-        previous: period_key(prk, lifetime_secs, period.wrapping_sub(1)),
+        current: period_key(prk, lifetime_secs, scope, period),
+        previous: period_key(prk, lifetime_secs, scope, period.wrapping_sub(1)),
     }
 }
 
 /// Period `period`'s AES-256-GCM key. The lifetime is part of the derivation: nodes that
 /// share a host key but not a lifetime number their periods differently, and their
-/// tickets fail to open instead of opening under a confused schedule.
-fn period_key(prk: &hkdf::Prk, lifetime_secs: u32, period: u32) -> LessSafeKey {
+/// tickets fail to open instead of opening under a confused schedule. So is the scope
+/// (see [`HostKeyTicketer::new`]); its length goes first, so no two (scope, period) pairs
+/// give the same info.
+fn period_key(prk: &hkdf::Prk, lifetime_secs: u32, scope: &[u8], period: u32) -> LessSafeKey {
     let lifetime = lifetime_secs.to_be_bytes();
+    let scope_len = (scope.len() as u32).to_be_bytes();
     let period = period.to_be_bytes();
-    let info = [TICKET_INFO, &lifetime[..], &period[..]];
+    let info = [
+        TICKET_INFO,
+        &lifetime[..],
+        &scope_len[..],
+        scope,
+        &period[..],
+    ];
     let mut bytes = [0u8; 32];
     prk.expand(&info, KeyLen)
         .and_then(|okm| okm.fill(&mut bytes))
@@ -212,6 +236,20 @@ mod tests {
 
     fn ticketer(key: u8, lifetime: Duration) -> Arc<HostKeyTicketer> {
         QuicHostKey::from_bytes([key; QUIC_HOST_KEY_LEN]).ticketer(lifetime)
+    }
+
+    #[test]
+    fn tickets_do_not_cross_client_certificate_policies() {
+        use crate::tls::ClientAuth;
+        let key = QuicHostKey::from_bytes([9; QUIC_HOST_KEY_LEN]).ticket_key();
+        let under = |auth: ClientAuth| HostKeyTicketer::new(key.clone(), HOUR, auth.ticket_scope());
+        let now = at(3_000_000);
+        let t = under(ClientAuth::Optional)
+            .seal_at(now, b"no certificate shown")
+            .expect("sealed");
+        assert!(under(ClientAuth::Optional).open_at(now, &t).is_some());
+        assert_eq!(under(ClientAuth::Required).open_at(now, &t), None);
+        assert_eq!(under(ClientAuth::None).open_at(now, &t), None);
     }
 
     fn at(secs: u64) -> SystemTime {

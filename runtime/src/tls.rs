@@ -372,6 +372,20 @@ pub enum ClientAuth {
     Required,
 }
 
+impl ClientAuth {
+    /// Names this policy in the derivation of session-ticket keys (`tickets.rs`): a
+    /// resumed handshake is not asked for a certificate again, so a ticket issued under
+    /// one policy must not resume under another (a node restarted with `required` would
+    /// otherwise resume sessions that never showed a certificate).
+    pub(crate) fn ticket_scope(self) -> &'static [u8] {
+        match self {
+            Self::None => b"client auth none",
+            Self::Optional => b"client auth optional",
+            Self::Required => b"client auth required",
+        }
+    }
+}
+
 /// Server TLS configuration advertising exactly `alpns`. A client offering none of them
 /// fails the handshake with `no_application_protocol`.
 pub fn server_crypto(
@@ -493,7 +507,7 @@ pub fn server_rustls_config(
     };
     cfg.alpn_protocols = alpns;
     cfg.key_log = key_log();
-    policy.apply(&mut cfg, ticket_key);
+    policy.apply(&mut cfg, ticket_key, client_auth);
     Ok(cfg)
 }
 

@@ -43,26 +43,36 @@ impl ResumingClients {
         }
     }
 
+    /// The lines of the round under way: `quic …` and `tcp …` (see the script).
+    fn lines(&self) -> Vec<String> {
+        self.stdout
+            .until(Duration::from_secs(60), |l| l == "round done")
+    }
+
     /// The outcome of the round under way: whether the QUIC and the TLS/TCP connection
-    /// resumed their sessions.
+    /// resumed their sessions (both must have connected).
     fn outcome(&self) -> (bool, bool) {
-        let lines = self
-            .stdout
-            .until(Duration::from_secs(60), |l| l == "round done");
+        let lines = self.lines();
         let resumed = |transport: &str| {
             let line = lines
                 .iter()
                 .find(|l| l.starts_with(transport))
                 .unwrap_or_else(|| panic!("no {transport} line in {lines:?}"));
+            assert!(line.contains(" resumed="), "{line}");
             line.ends_with("resumed=True")
         };
         (resumed("quic "), resumed("tcp "))
     }
 
-    /// Runs another round (both clients connect again, offering their newest tickets).
-    fn round(&mut self) -> (bool, bool) {
+    /// Asks for another round (both clients connect again, offering their newest tickets).
+    fn again(&mut self) {
         writeln!(self.stdin, "again").expect("write to the clients");
         self.stdin.flush().expect("flush");
+    }
+
+    /// Runs another round; its [`Self::outcome`].
+    fn round(&mut self) -> (bool, bool) {
+        self.again();
         self.outcome()
     }
 }
@@ -142,6 +152,25 @@ fn host_key_tickets_resume_after_a_reload_and_a_restart() {
     server.crash_and_restart();
     assert_eq!(clients.round(), (false, false), "a new host key");
     assert_eq!(clients.round(), (true, true), "its own tickets resume");
+
+    // client certificates required from now on: a session that never showed one must not
+    // slip past the new policy by resuming (these clients have no certificate)
+    let config = server.data_dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("{PUBLIC_METRICS}[tls]\nclient_auth = \"required\"\n"),
+    )
+    .expect("config");
+    // SAFETY: kill(2) on the child this test started
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    server.wait_for_log("reloaded: ");
+    clients.again();
+    let lines = clients.lines();
+    assert!(
+        lines.iter().any(|l| l.starts_with("quic failed="))
+            && lines.iter().any(|l| l.starts_with("tcp failed=")),
+        "both refused, neither resumed: {lines:?}"
+    );
 }
 
 #[test]
