@@ -78,6 +78,7 @@ impl QuicHostKey {
             dir,
             &[&path],
             || {
+                secret_files::warn_if_open_to_others(&path, "QUIC host key");
                 let bytes = std::fs::read(&path).map_err(io_error)?;
                 let key: [u8; QUIC_HOST_KEY_LEN] =
                     bytes

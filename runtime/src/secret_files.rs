@@ -101,10 +101,58 @@ fn temporary_name(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Permission bits that let users other than a file's owner and group at it.
+const OTHERS: u32 = 0o007;
+
+/// `path`'s permission bits when users other than its owner and group may read or write it
+/// (a secret anyone on the machine can copy); `None` when they may not, or when it cannot
+/// be looked at (reading it reports that). Others reach a file only through directories
+/// they may search, so one without `o+x` on the way (the data directory is made 0700)
+/// closes it whatever its own mode. A group-readable key (`0640` with a group such as
+/// Debian's `ssl-cert`) is an administrator's deliberate choice, not flagged.
+pub fn open_to_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = fs::canonicalize(path).ok()?;
+    let mode = fs::metadata(&path).ok()?.permissions().mode() & 0o7777;
+    let searchable =
+        |dir: &Path| fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    (mode & OTHERS != 0 && path.ancestors().skip(1).all(searchable)).then_some(mode)
+}
+
+/// Warns (once per load) that `path`, a secret (`what` says which), is open to every user
+/// on the machine. sshd refuses such host keys; this server serves with them and says so,
+/// so that a key copied with the wrong mode (to share it between nodes, say) is noticed.
+pub fn warn_if_open_to_others(path: &Path, what: &str) {
+    if let Some(mode) = open_to_others(path) {
+        tracing::warn!(
+            "{}: the {what} is open to every user on this machine (mode {mode:04o}); `chmod 600` it",
+            path.display()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn secrets_open_to_others_are_flagged_and_group_readable_ones_are_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod dir");
+        let path = dir.path().join("secret");
+        write_atomically(&path, b"x", 0o600).expect("write");
+        assert_eq!(open_to_others(&path), None);
+        for (mode, flagged) in [(0o640, false), (0o644, true), (0o602, true), (0o601, true)] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+            assert_eq!(open_to_others(&path), flagged.then_some(mode), "{mode:o}");
+        }
+        // a directory others may not search closes what is inside it
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).expect("chmod dir");
+        assert_eq!(open_to_others(&path), None);
+        assert_eq!(open_to_others(&dir.path().join("missing")), None);
+    }
 
     #[test]
     fn written_files_appear_whole_with_their_mode_and_leave_no_temporary() {

@@ -156,6 +156,7 @@ impl TlsIdentity {
     /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let chain = read_certs(cert)?;
+        secret_files::warn_if_open_to_others(key, "TLS private key");
         let key_pem = fs::read(key).map_err(|source| TlsError::Read {
             path: key.into(),
             source,

@@ -157,19 +157,19 @@ impl BinServer {
 
     /// Kills the server with SIGKILL (a crash: nothing is drained or closed) and starts
     /// the same command again, on the same port and data directory, waiting until it
-    /// serves.
-    pub fn crash_and_restart(&mut self) {
+    /// serves; returns what the new process logged until then.
+    pub fn crash_and_restart(&mut self) -> Vec<String> {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let (child, log) = Self::spawn(&mut self.command);
         self.child = child;
         self.log = log;
-        if let Err(seen) = self.log_until("alknet serving") {
+        self.log_until("alknet serving").unwrap_or_else(|seen| {
             panic!(
                 "alknet serve did not start again; its log:\n{}",
                 seen.join("\n")
-            );
-        }
+            )
+        })
     }
 
     pub fn pid(&self) -> u32 {

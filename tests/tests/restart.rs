@@ -4,7 +4,8 @@
 //! gave the client. The client learns at once that its connection is gone, instead of
 //! retransmitting into the void until its idle timeout (30 s by default). The second
 //! half is the control: with the key file removed before the restart, the new process's
-//! resets carry a token the client does not know, and it must keep waiting.
+//! resets carry a token the client does not know, and it must keep waiting. A host key
+//! left readable by every user is reported when the node starts.
 
 use std::io::Write;
 use std::process::{Child, ChildStdin, Stdio};
@@ -104,5 +105,25 @@ fn a_restarted_node_resets_the_old_processs_connections_at_once() {
     assert!(
         client.exit_within(Duration::from_secs(3)).is_none(),
         "a reset under another key must be ignored (RFC 9000, 10.3.1)"
+    );
+}
+
+#[test]
+fn a_secret_copied_with_an_open_mode_is_reported_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut server = BinServer::start();
+    let dir = server.data_dir.path();
+    let key_file = dir.join(QUIC_HOST_KEY_FILE);
+    // as an administrator copying the key to another node might leave it
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let log = server.crash_and_restart();
+    let line = log
+        .iter()
+        .find(|l| l.contains("open to every user"))
+        .unwrap_or_else(|| panic!("no warning in {log:?}"));
+    assert!(
+        line.contains("QUIC host key") && line.contains("0644"),
+        "{line}"
     );
 }

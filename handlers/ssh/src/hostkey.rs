@@ -28,6 +28,7 @@ pub enum HostKeyError {
 
 /// Reads an OpenSSH private key file (unencrypted).
 pub fn load_host_key(path: &Path) -> Result<PrivateKey, HostKeyError> {
+    alknet_runtime::secret_files::warn_if_open_to_others(path, "SSH host key");
     let text = std::fs::read_to_string(path).map_err(|source| HostKeyError::Io {
         path: path.to_path_buf(),
         source,
