@@ -114,7 +114,7 @@ pub fn run(opts: BaselineOptions) -> Result<(), String> {
         return Err("the baseline needs at least one worker thread".into());
     }
     let identity = opts.identity.clone();
-    let rustls_config = server_rustls_config(
+    let mut rustls_config = server_rustls_config(
         &identity,
         vec![ECHO_ALPN.to_vec(), PERF_ALPN.to_vec(), H3_ALPN.to_vec()],
         ClientAuth::None,
@@ -125,6 +125,12 @@ pub fn run(opts: BaselineOptions) -> Result<(), String> {
         None,
     )
     .map_err(|e| e.to_string())?;
+    // ALKNET_BASELINE_TICKETS=stateless: rustls' own stateless ticketer (random keys,
+    // rotated every 6 h) instead of its cache, the stronger choice for resumption load
+    if std::env::var("ALKNET_BASELINE_TICKETS").as_deref() == Ok("stateless") {
+        rustls_config.ticketer =
+            rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    }
     let crypto = QuicServerConfig::with_initial(
         Arc::new(rustls_config),
         initial_suite().map_err(|e| e.to_string())?,
