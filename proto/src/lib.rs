@@ -8,6 +8,7 @@ pub mod call;
 pub mod cid;
 pub mod fingerprint;
 pub mod git_request;
+pub mod hex;
 pub mod socks5;
 pub mod steering;
 pub mod webtransport;

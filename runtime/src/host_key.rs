@@ -105,17 +105,17 @@ impl QuicHostKey {
 
     /// The stateless-reset key (an HMAC-SHA256 key), for `EndpointConfig::new`.
     pub(crate) fn reset_key(&self) -> Arc<hmac::Key> {
-        Arc::new(expand(&self.prk(), RESET_INFO, hmac::HMAC_SHA256))
+        Arc::new(expand(&self.prk(), &[RESET_INFO], hmac::HMAC_SHA256))
     }
 
     /// The address-token key (an HKDF pseudo-random key), for `ServerConfig::new`.
     pub(crate) fn token_key(&self) -> Arc<hkdf::Prk> {
-        Arc::new(expand(&self.prk(), TOKEN_INFO, hkdf::HKDF_SHA256))
+        Arc::new(expand(&self.prk(), &[TOKEN_INFO], hkdf::HKDF_SHA256))
     }
 
     /// The key that session tickets' period keys derive from (see `tickets.rs`).
     pub(crate) fn ticket_key(&self) -> hkdf::Prk {
-        expand(&self.prk(), TICKET_INFO, hkdf::HKDF_SHA256)
+        expand(&self.prk(), &[TICKET_INFO], hkdf::HKDF_SHA256)
     }
 
     /// The session-ticket sealer for tickets that live `lifetime`, under this key, as a
@@ -126,16 +126,16 @@ impl QuicHostKey {
     }
 }
 
-/// `prk`'s HKDF-Expand output for `info`, as a key of type `K`. The lengths asked for
-/// (32 bytes, SHA-256's) are far below HKDF's limit of 255 × 32, its only way to fail.
-fn expand<L, K>(prk: &hkdf::Prk, info: &[u8], len: L) -> K
+/// `prk`'s HKDF-Expand output for `info` (the concatenation of its pieces), as a key of
+/// type `K`. The lengths asked for (32 bytes: SHA-256's, AES-256's) are far below HKDF's
+/// limit of 255 × 32, its only way to fail.
+pub(crate) fn expand<L, K>(prk: &hkdf::Prk, info: &[&[u8]], len: L) -> K
 where
     L: hkdf::KeyType,
     K: for<'a> From<hkdf::Okm<'a, L>>,
 {
-    let info = [info];
     K::from(
-        prk.expand(&info, len)
+        prk.expand(info, len)
             .expect("HKDF-Expand of 32 bytes is within its limit"),
     )
 }
@@ -191,8 +191,26 @@ mod tests {
     fn reset_and_token_keys_are_separate_derivations() {
         let k = QuicHostKey::from_bytes([1; QUIC_HOST_KEY_LEN]);
         // the token key, used as an HMAC key the same way, must not equal the reset key
-        let token_as_mac: hmac::Key = expand(&k.prk(), TOKEN_INFO, hmac::HMAC_SHA256);
+        let token_as_mac: hmac::Key = expand(&k.prk(), &[TOKEN_INFO], hmac::HMAC_SHA256);
         assert_ne!(tag(&k.reset_key()), tag(&token_as_mac));
+    }
+
+    /// Keys derived from a host key must not change between releases: a node upgraded in
+    /// place would otherwise send stateless resets its clients cannot recognise and refuse
+    /// the address tokens it issued before. Values computed by the first release with the
+    /// derivation (2026-12-06).
+    #[test]
+    fn derivations_are_the_same_in_every_release() {
+        let k = QuicHostKey::from_bytes([0x42; QUIC_HOST_KEY_LEN]);
+        assert_eq!(
+            alknet_proto::hex::encode(&tag(&k.reset_key())),
+            "9944058281093a2785c8630f3e91abdbba346540458a10a92c34a1a734f6822d"
+        );
+        let token: hmac::Key = expand(&k.token_key(), &[b"probe"], hmac::HMAC_SHA256);
+        assert_eq!(
+            alknet_proto::hex::encode(&tag(&token)),
+            "f49eb7394623cb5ce00ebc258dfe9a4fe9268bdf7f7ac1b2062e22b6504f9905"
+        );
     }
 
     #[test]

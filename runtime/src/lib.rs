@@ -110,6 +110,6 @@ pub use worker::{
 };
 pub use worker_hook::{WorkerHook, WorkerHooks, WorkerStart};
 
-pub use alknet_proto::Fingerprint;
+pub use alknet_proto::{hex, Fingerprint};
 pub use bytes::Bytes;
 pub use quinn_proto::{ConnectionError, ConnectionStats, StreamId, VarInt};

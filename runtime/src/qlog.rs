@@ -48,11 +48,7 @@ impl QlogDir {
     ) -> Option<Arc<ServerConfig>> {
         use std::fs::File;
         use std::io::BufWriter;
-        let cid: String = incoming
-            .orig_dst_cid()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let cid = alknet_proto::hex::encode(&incoming.orig_dst_cid());
         let path = self.dir.join(format!("server-{cid}.sqlog"));
         let file = match File::create(&path) {
             Ok(f) => f,

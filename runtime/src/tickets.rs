@@ -46,8 +46,8 @@ const TICKET_INFO: &[u8] = b"session ticket key";
 pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Seals and opens session tickets under keys derived from a host key (see the module
-/// documentation). One per server, shared by every worker and every server config it
-/// builds.
+/// documentation). One per server config (the QUIC one and the TLS/TCP one, rebuilt at a
+/// reload), shared by every worker that serves it; all of them derive the same keys.
 pub struct HostKeyTicketer {
     prk: hkdf::Prk,
     lifetime_secs: u32,
@@ -67,14 +67,6 @@ impl std::fmt::Debug for HostKeyTicketer {
         f.debug_struct("HostKeyTicketer")
             .field("lifetime_secs", &self.lifetime_secs)
             .finish_non_exhaustive()
-    }
-}
-
-struct KeyLen;
-
-impl hkdf::KeyType for KeyLen {
-    fn len(&self) -> usize {
-        AES_256_GCM.key_len()
     }
 }
 
@@ -219,11 +211,7 @@ fn period_key(prk: &hkdf::Prk, lifetime_secs: u32, scope: &[u8], period: u32) ->
         scope,
         &period[..],
     ];
-    let mut bytes = [0u8; 32];
-    prk.expand(&info, KeyLen)
-        .and_then(|okm| okm.fill(&mut bytes))
-        .expect("HKDF-Expand of 32 bytes is within its limit");
-    let key = UnboundKey::new(&AES_256_GCM, &bytes).expect("32 bytes is an AES-256 key");
+    let key: UnboundKey = crate::host_key::expand(prk, &info, &AES_256_GCM);
     LessSafeKey::new(key)
 }
 
@@ -302,6 +290,20 @@ mod tests {
             assert_eq!(k.open_at(now, &t[..len]), None, "truncated to {len}");
         }
         assert!(k.open_at(now, &[0xff; 200]).is_none());
+    }
+
+    /// A ticket sealed by the first release with host-key tickets (2026-12-06): an upgrade
+    /// in place must keep resuming its clients, so the derivation must not drift.
+    #[test]
+    fn a_ticket_sealed_by_an_earlier_release_still_opens() {
+        const SEALED: &str = "000144e8c1378202f74b07454bbe039aaca2c0c1d2863a5aaef4ba9c39e599a6\
+                              ee4f1f8f80f9637652973a854857306bc88c5fa4";
+        let bytes = alknet_proto::hex::decode(SEALED).expect("hex");
+        let k = ticketer(0x42, 6 * HOUR);
+        assert_eq!(
+            k.open_at(at(1_796_601_600), &bytes).as_deref(),
+            Some(&b"alknet session state"[..])
+        );
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl SshKey {
             .unwrap_or_else(|| panic!("ssh-keygen -l printed {listing:?}"));
         let digest = base64_decode(b64);
         assert_eq!(digest.len(), 32, "{listing}");
-        let fingerprint_hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let fingerprint_hex = alknet_proto::hex::encode(&digest);
         SshKey {
             path: path.to_path_buf(),
             public,

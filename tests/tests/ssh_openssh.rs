@@ -31,10 +31,6 @@ fn target(server: &BinServer) -> SshTarget {
     SshTarget::new(server.addr(), server.fingerprint())
 }
 
-fn hex(digest: [u8; 32]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// 10 MiB of stdin (payload `seed`), then EOF, through `sha256sum`; and back out again
 /// through `cat`: input and output at once (a command that must write before it reads
 /// more, the case russh's own back-pressure deadlocks on). Equal SHA-256 both times.
@@ -42,7 +38,10 @@ fn ten_mebibytes_in_and_out(t: &SshTarget, key: &SshKey, seed: u64) {
     let data = payload(seed, 10 << 20);
     let out = t.run(key, "sha256sum", &data);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), format!("{}  -\n", hex(sha256(&data))));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}  -\n", alknet_proto::hex::encode(&sha256(&data)))
+    );
     let out = t.run(key, "cat", &data);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert_eq!(out.stdout.len(), data.len());
@@ -502,7 +501,10 @@ fn ten_parallel_sessions_do_not_interfere() {
         );
         assert_eq!(
             text(&out.stdout),
-            format!("session-{i}\n{}  -\n", hex(sha256(&data))),
+            format!(
+                "session-{i}\n{}  -\n",
+                alknet_proto::hex::encode(&sha256(&data))
+            ),
             "session {i}"
         );
     }

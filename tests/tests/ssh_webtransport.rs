@@ -20,10 +20,6 @@ impl Drop for Proc {
     }
 }
 
-fn hex(digest: [u8; 32]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn start(allow: &str) -> BinServer {
     BinServer::start_with_config(&format!(
         "[handlers]\nenabled = [\"alknet/ssh\", \"alknet/echo\", \"h3\"]\n{allow}"
@@ -54,7 +50,10 @@ fn over_webtransport_a_command_ten_mebibytes_and_a_forward() {
     let data = payload(23, 10 << 20);
     let out = t.run(&key, "sha256sum", &data);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), format!("{}  -\n", hex(sha256(&data))));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}  -\n", alknet_proto::hex::encode(&sha256(&data)))
+    );
     let out = t.run(&key, "cat", &data);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert_eq!(out.stdout.len(), data.len());

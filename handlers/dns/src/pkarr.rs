@@ -248,7 +248,7 @@ pub fn node_keypair(path: &Path) -> Result<pkarr::Keypair, PublishError> {
         || pkarr::Keypair::from_secret_key_file(path).map_err(|e| storage(&e)),
         || {
             let kp = pkarr::Keypair::random();
-            let hex: String = kp.secret_key().iter().map(|b| format!("{b:02x}")).collect();
+            let hex = alknet_runtime::hex::encode(&kp.secret_key());
             write_atomically(path, hex.as_bytes(), 0o600).map_err(|e| storage(&e))?;
             Ok(kp)
         },

@@ -470,7 +470,9 @@ pub fn validate_scope(scope: &str) -> Result<(), PeerStoreError> {
 
 /// The stored form of a token: lowercase hex SHA-256 of its bytes.
 pub fn token_hash(token: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+    alknet_runtime::hex::encode(
+        ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
+    )
 }
 
 /// A new random bearer token: 32 bytes from the system CSPRNG as 64 lowercase hex digits.
@@ -480,17 +482,7 @@ pub fn generate_token() -> String {
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .expect("the system random number generator failed");
-    hex(&bytes)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    alknet_runtime::hex::encode(&bytes)
 }
 
 /// `items` without repeats, first occurrence kept.

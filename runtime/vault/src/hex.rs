@@ -1,4 +1,6 @@
-//! Lowercase hex, for keys and signatures on the command line.
+//! Lowercase hex, for keys and signatures on the command line. (The same as
+//! `alknet_proto::hex`: this crate depends on no other alknet crate, so it can be audited
+//! alone.)
 
 /// Lowercase hex of `bytes`.
 pub fn encode(bytes: &[u8]) -> String {
