@@ -27,6 +27,7 @@ use alknet_runtime::{
 use clap::Args;
 
 use crate::eyeballs;
+use crate::hangup::Hangup;
 
 /// Most bytes read from stdin at once, and the size of the buffers stdin is read into.
 const STDIN_CHUNK: usize = 256 * 1024;
@@ -532,6 +533,8 @@ pub fn pipe_stdio(
             ..Limits::default()
         };
         let (endpoint, conn) = dial.connect(&limits).await?;
+        // from here a SIGHUP (ssh's, when its session ends) closes the connection
+        let mut hangup = Hangup::install();
         let stream = conn.open_bi().await.map_err(|e| e.to_string())?;
         let (mut send, mut recv) = stream.split();
         // a tunnel: whatever is behind the server end may pause as long as it likes
@@ -561,10 +564,18 @@ pub fn pipe_stdio(
         };
         alknet_runtime::rt::spawn_guarded("connect stdin", upload);
         let mut result = Ok(());
+        let mut hung_up = std::pin::pin!(hangup.caught());
         loop {
             // what has arrived, merged: a write to stdout per QUIC packet would cost a
             // system call (and on the thread path a wake-up) per 1.2 KB
-            match recv.read_available(STDOUT_CHUNK).await {
+            let read = monoio::select! {
+                read = recv.read_available(STDOUT_CHUNK) => read,
+                () = &mut hung_up => {
+                    tracing::debug!("hung up: closing the connection");
+                    break;
+                }
+            };
+            match read {
                 Ok(Some(chunk)) => {
                     if stdout.put(chunk).await.is_err() {
                         break;

@@ -5,6 +5,7 @@ mod config;
 mod connect;
 mod eyeballs;
 mod git;
+mod hangup;
 mod logging;
 mod peer;
 mod reload;

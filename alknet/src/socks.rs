@@ -106,11 +106,17 @@ pub fn run(args: SocksArgs) -> ExitCode {
                     return;
                 }
             }
-            monoio::select! {
-                _ = stop_rx.recv() => {}
-                _ = conn.closed() => {}
-            }
+            // Ctrl-C, SIGTERM or SIGHUP: the server hears the close (see `hangup.rs`)
+            let mut hangup = crate::hangup::Hangup::install();
+            let signalled = monoio::select! {
+                _ = stop_rx.recv() => false,
+                _ = conn.closed() => false,
+                () = hangup.caught() => true,
+            };
             close_and_wait(&endpoint, conn).await;
+            if signalled {
+                std::process::exit(0);
+            }
         })
     });
     let stream = match stream_rx.recv() {

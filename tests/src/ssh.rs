@@ -170,7 +170,24 @@ impl SshTarget {
         self.client("ssh", key, known_hosts)
     }
 
+    /// As [`Self::ssh`], with the agent listening on `agent` forwarded (`ForwardAgent`;
+    /// OpenSSH forwards only an agent it can reach as its `IdentityAgent`). Only `key`
+    /// logs in (`IdentitiesOnly`), whatever the agent holds.
+    pub fn ssh_forwarding_agent(&self, key: &SshKey, agent: &Path) -> Command {
+        self.client_with_agent("ssh", key, None, Some(agent))
+    }
+
     fn client(&self, program: &str, key: &SshKey, known_hosts: Option<&Path>) -> Command {
+        self.client_with_agent(program, key, known_hosts, None)
+    }
+
+    fn client_with_agent(
+        &self,
+        program: &str,
+        key: &SshKey,
+        known_hosts: Option<&Path>,
+        agent: Option<&Path>,
+    ) -> Command {
         let proxy = format!(
             "{} connect --transport {} --alpn alknet/ssh --fingerprint {} {}",
             alknet_bin().display(),
@@ -188,18 +205,17 @@ impl SshTarget {
             .arg(format!("StrictHostKeyChecking={strict}"))
             .arg("-o")
             .arg(format!("UserKnownHostsFile={known}"));
-        cmd.args([
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg("-o")
-        .arg(format!("ProxyCommand={proxy}"))
-        .arg("-i")
-        .arg(&key.path);
+        let identity_agent = agent.map_or("none".into(), |p| p.display().to_string());
+        cmd.args(["-o", "IdentitiesOnly=yes", "-o"])
+            .arg(format!("IdentityAgent={identity_agent}"))
+            .args(["-o", "LogLevel=ERROR"]);
+        if agent.is_some() {
+            cmd.args(["-o", "ForwardAgent=yes"]);
+        }
+        cmd.arg("-o")
+            .arg(format!("ProxyCommand={proxy}"))
+            .arg("-i")
+            .arg(&key.path);
         cmd
     }
 

@@ -295,6 +295,47 @@ fn local_and_remote_forwarding_reach_a_loopback_echo_server() {
     }
 }
 
+/// OpenSSH ends its ProxyCommand with SIGHUP when the session is over. `alknet connect`
+/// catches it and closes the QUIC connection, so the server ends the session at once:
+/// the same `ssh -R` port can be asked for again by the next session straight away
+/// (before, the server held the dead session, and its listener, until the 30 s idle
+/// timeout, and the next `ssh -R` failed).
+#[test]
+fn a_finished_session_lets_go_of_its_remote_forward_at_once() {
+    require_openssh();
+    let (server, _keys, key) =
+        server_with_peer_key("forwarder", &["ssh:exec", "ssh:forward-remote"]);
+    let t = target(&server);
+    let echo = tcp_echo_server();
+    let port = free_tcp_port();
+    for round in 0..3 {
+        let mut cmd = t.ssh(&key);
+        cmd.args([
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &format!("127.0.0.1:{port}:127.0.0.1:{echo}"),
+            "user@alknet",
+            "sleep 0.3; echo up",
+        ]);
+        let out = run_with_input(cmd, b"");
+        assert_eq!(
+            (out.status.code(), text(&out.stdout).as_str()),
+            (Some(0), "up\n"),
+            "round {round}: {}",
+            text(&out.stderr)
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the -R listener outlived its session by 3 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The same sessions over TLS/TCP (`alknet connect --transport tcp`), for networks that
 /// block UDP: a command with its exit status, 10 MiB in and out with equal SHA-256, and a
 /// `-L` forward. A server that does not list `alknet/ssh` in `[tcp] stream_alpns` refuses
@@ -1085,4 +1126,144 @@ fn authorized_keys_options_restrict_as_sshd_does() {
         "{}",
         samples.join("\n")
     );
+}
+
+/// `ssh-agent -D -a SOCKET` holding `key`: the user's own agent on the client side.
+fn start_agent(dir: &Path, key: &SshKey) -> (Proc, std::path::PathBuf) {
+    let socket = dir.join("client-agent.sock");
+    let agent = Proc(
+        Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh-agent (openssh-client)"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent made no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new("ssh-add")
+        .arg("-q")
+        .arg(&key.path)
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .expect("ssh-add");
+    assert!(out.status.success(), "ssh-add: {out:?}");
+    (agent, socket)
+}
+
+#[test]
+fn agent_forwarding_signs_with_the_clients_agent_and_only_where_granted() {
+    require_openssh();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let in_agent = ssh_keygen(keys.path(), "in-agent");
+    let alice = ssh_keygen(keys.path(), "alice");
+    let bob = ssh_keygen(keys.path(), "bob");
+    let carol = ssh_keygen(keys.path(), "carol");
+    let ca = ssh_keygen(keys.path(), "ca");
+    let dan = ssh_keygen(keys.path(), "dan");
+    let erin = ssh_keygen(keys.path(), "erin");
+    sign_user_key(&ca, &dan, "dan", &["-n", "user"]);
+    sign_user_key(
+        &ca,
+        &erin,
+        "erin",
+        &["-n", "user", "-O", "no-agent-forwarding"],
+    );
+    let authorized = keys.path().join("authorized_keys");
+    std::fs::write(
+        &authorized,
+        format!(
+            "scopes=\"ssh:exec,ssh:forward-agent\" {}\n\
+             no-agent-forwarding,scopes=\"ssh:exec,ssh:forward-agent\" {}\n\
+             scopes=\"ssh:exec\" {}\n\
+             cert-authority,scopes=\"ssh:exec,ssh:forward-agent\" {}\n",
+            alice.public, bob.public, carol.public, ca.public
+        ),
+    )
+    .expect("write authorized_keys");
+    let server = BinServer::start_with_config(&format!(
+        "[ssh]\nauthorized_keys = {authorized:?}\n[http]\npublic = [\"/metrics\"]\n"
+    ));
+    let t = target(&server);
+    let (_agent, socket) = start_agent(keys.path(), &in_agent);
+    let run = |key: &SshKey, command: &str| {
+        let mut cmd = t.ssh_forwarding_agent(key, &socket);
+        cmd.args(["user@alknet", command]);
+        let out = run_with_input(cmd, b"");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let in_agent_pub = in_agent.path.with_extension("pub");
+
+    // granted: the command finds the agent in SSH_AUTH_SOCK, lists the client's key and
+    // has it sign (ssh-add -T: a signature made by the client's agent and verified)
+    let listed = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&in_agent_pub)
+        .output()
+        .expect("ssh-keygen -l");
+    let fingerprint = text(&listed.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("fingerprint")
+        .to_string();
+    for key in [&alice, &dan] {
+        let (code, out, err) = run(
+            key,
+            &format!(
+                "echo \"$SSH_AUTH_SOCK\"; ssh-add -l && ssh-add -T {}",
+                in_agent_pub.display()
+            ),
+        );
+        assert_eq!(code, Some(0), "{}: {out} {err}", key.path.display());
+        let mut lines = out.lines();
+        let sock = std::path::PathBuf::from(lines.next().expect("SSH_AUTH_SOCK"));
+        assert!(out.contains(&fingerprint), "{out}");
+        // the socket's directory is private and goes with the session
+        let dir = sock.parent().expect("dir").to_path_buf();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dir.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} outlived its session",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // the socket is mode 0700 and the agent works for a process that is still running
+    let (code, out, err) = run(&alice, "stat -c %a \"$(dirname \"$SSH_AUTH_SOCK\")\"");
+    assert_eq!((code, out.trim()), (Some(0), "700"), "{err}");
+
+    // not granted: no-agent-forwarding on the line, no scope, a certificate without
+    // permit-agent-forwarding; the command runs, with no agent
+    for key in [&bob, &carol, &erin] {
+        let (code, out, err) = run(key, "echo \"${SSH_AUTH_SOCK-unset}\"");
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(0), "unset\n"),
+            "{}: {err}",
+            key.path.display()
+        );
+    }
+
+    let samples = server.metrics_samples();
+    let value = |sample: &str| -> u64 {
+        samples
+            .iter()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{}", samples.join("\n")))
+    };
+    assert_eq!(value("alknet_ssh_requests_total{kind=auth-agent-req}"), 3);
+    assert_eq!(
+        value("alknet_ssh_requests_refused_total{kind=auth-agent-req}"),
+        3
+    );
+    // ssh-add -l and -T in two sessions: one agent connection each at least
+    assert!(value("alknet_ssh_channels_opened_total{type=auth-agent}") >= 4);
 }

@@ -9,6 +9,8 @@ mod connect;
 mod eyeballs;
 #[path = "../git_remote.rs"]
 mod git_remote;
+#[path = "../hangup.rs"]
+mod hangup;
 
 fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ALKNET_LOG")

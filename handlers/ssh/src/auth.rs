@@ -281,13 +281,13 @@ fn split_options(line: &str) -> Result<(Option<&str>, &str), String> {
 
 /// Parses an options field: ours (`scopes="a,b"`, `cert-authority`, `principals="a,b"`)
 /// and sshd's restrictions (`restrict`, `no-pty`/`pty`, `no-port-forwarding`/
-/// `port-forwarding`, `command="…"`, `from="…"`; the agent, X11 and user-rc flags are
-/// accepted and change nothing, since those are never granted). Anything else is an
-/// error, not a restriction silently dropped.
+/// `port-forwarding`, `no-agent-forwarding`/`agent-forwarding`, `command="…"`,
+/// `from="…"`; the X11 and user-rc flags are accepted and change nothing, since those are
+/// never granted). Anything else is an error, not a restriction silently dropped.
 fn parse_options(options: &str) -> Result<LineOptions, String> {
     let mut parsed = LineOptions::default();
     let mut scopes = None;
-    let (mut restrict, mut pty, mut forwarding) = (false, None, None);
+    let (mut restrict, mut pty, mut forwarding, mut agent) = (false, None, None, None);
     let mut seen = std::collections::HashSet::new();
     for opt in split_top_level_commas(options) {
         let name = opt.split('=').next().unwrap_or(opt);
@@ -302,12 +302,8 @@ fn parse_options(options: &str) -> Result<LineOptions, String> {
             "no-port-forwarding" | "port-forwarding" => {
                 forwarding = Some(flag == "port-forwarding")
             }
-            "no-agent-forwarding"
-            | "agent-forwarding"
-            | "no-x11-forwarding"
-            | "x11-forwarding"
-            | "no-user-rc"
-            | "user-rc" => {}
+            "no-agent-forwarding" | "agent-forwarding" => agent = Some(flag == "agent-forwarding"),
+            "no-x11-forwarding" | "x11-forwarding" | "no-user-rc" | "user-rc" => {}
             _ => parse_valued_option(opt, &name.to_ascii_lowercase(), &mut parsed, &mut scopes)?,
         }
     }
@@ -315,6 +311,7 @@ fn parse_options(options: &str) -> Result<LineOptions, String> {
     // restrict first, whatever its place; an explicit pty or port-forwarding wins
     parsed.restrictions.pty = pty.unwrap_or(!restrict);
     parsed.restrictions.port_forwarding = forwarding.unwrap_or(!restrict);
+    parsed.restrictions.agent_forwarding = agent.unwrap_or(!restrict);
     Ok(parsed)
 }
 
@@ -472,6 +469,7 @@ mod tests {
             KeyRestrictions {
                 pty: true,
                 port_forwarding: false,
+                agent_forwarding: false,
                 command: Some("echo \"a,b\" $SSH_ORIGINAL_COMMAND".into()),
                 from: None,
             }
@@ -481,6 +479,7 @@ mod tests {
             KeyRestrictions {
                 pty: true,
                 port_forwarding: false,
+                agent_forwarding: false,
                 command: None,
                 from: Some("10.0.0.0/8,!10.0.0.1".into()),
             }
@@ -495,10 +494,16 @@ mod tests {
             KeyRestrictions {
                 pty: false,
                 port_forwarding: false,
+                agent_forwarding: false,
                 command: None,
                 from: None,
             }
         );
+        // restrict, then agent-forwarding, gives the agent back and nothing else
+        let r = parse_authorized_keys(&format!("restrict,agent-forwarding {ALICE}\n"), "ak")
+            .expect("parses");
+        let line = &r.restrictions[&fp_of(ALICE)];
+        assert!(line.agent_forwarding && !line.port_forwarding && !line.pty);
         // and a cert-authority line keeps its restrictions for the certificates
         let ca = parse_authorized_keys(&format!("cert-authority,no-pty {BOB} ca\n"), "ak")
             .expect("parses");

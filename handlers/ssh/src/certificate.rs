@@ -11,7 +11,9 @@ use std::net::IpAddr;
 
 use alknet_runtime::{Fingerprint, Identity};
 
-use crate::restrictions::{cidr_contains, grant, Grant, KeyRestrictions, RestrictionRefusal};
+use crate::restrictions::{
+    cidr_contains, grant, Grant, KeyRestrictions, Permits, RestrictionRefusal,
+};
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::{Certificate, HashAlg};
 
@@ -110,8 +112,11 @@ pub fn check_certificate(
         identity,
         &ca.restrictions,
         remote,
-        extensions.contains_key("permit-pty"),
-        extensions.contains_key("permit-port-forwarding"),
+        Permits {
+            pty: extensions.contains_key("permit-pty"),
+            port_forwarding: extensions.contains_key("permit-port-forwarding"),
+            agent_forwarding: extensions.contains_key("permit-agent-forwarding"),
+        },
         force_command,
     )?)
 }

@@ -12,10 +12,12 @@
 //! * Inbound flow control that russh lacks: a channel whose consumer is slow throttles the
 //!   client's window instead of stalling the session ([`flow`]).
 //! * `exec`, `shell` (with or without a pty), `env` (allow-list), `signal`,
-//!   `window-change`, `direct-tcpip` (ssh -L), `tcpip-forward` (ssh -R), and subsystems
-//!   registered through [`subsystem`] (`sftp`, gated by `ssh:sftp`).
+//!   `window-change`, `direct-tcpip` (ssh -L), `tcpip-forward` (ssh -R), agent forwarding
+//!   (ssh -A, `ssh:forward-agent`), and subsystems registered through [`subsystem`]
+//!   (`sftp`, gated by `ssh:sftp`).
 
 mod adapter;
+mod agent;
 mod auth;
 pub mod bridge;
 mod certificate;

@@ -13,16 +13,24 @@ pub(crate) enum ChannelKind {
     Session,
     DirectTcpip,
     ForwardedTcpip,
+    /// `auth-agent@openssh.com`, opened towards the client for a forwarded agent.
+    AuthAgent,
 }
 
 impl ChannelKind {
-    const ALL: [ChannelKind; 3] = [Self::Session, Self::DirectTcpip, Self::ForwardedTcpip];
+    const ALL: [ChannelKind; 4] = [
+        Self::Session,
+        Self::DirectTcpip,
+        Self::ForwardedTcpip,
+        Self::AuthAgent,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Self::Session => "session",
             Self::DirectTcpip => "direct-tcpip",
             Self::ForwardedTcpip => "forwarded-tcpip",
+            Self::AuthAgent => "auth-agent",
         }
     }
 }
@@ -57,10 +65,18 @@ pub(crate) enum RequestKind {
     Shell,
     Subsystem,
     TcpipForward,
+    /// `auth-agent-req@openssh.com`.
+    AgentForward,
 }
 
 impl RequestKind {
-    const ALL: [RequestKind; 4] = [Self::Exec, Self::Shell, Self::Subsystem, Self::TcpipForward];
+    const ALL: [RequestKind; 5] = [
+        Self::Exec,
+        Self::Shell,
+        Self::Subsystem,
+        Self::TcpipForward,
+        Self::AgentForward,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
@@ -68,6 +84,7 @@ impl RequestKind {
             Self::Shell => "shell",
             Self::Subsystem => "subsystem",
             Self::TcpipForward => "tcpip-forward",
+            Self::AgentForward => "auth-agent-req",
         }
     }
 }
@@ -97,11 +114,11 @@ pub(crate) struct SshMetrics {
     auth_certificate: AtomicU64,
     auth_revoked: AtomicU64,
     auth_restricted: AtomicU64,
-    channels_opened: [AtomicU64; 3],
+    channels_opened: [AtomicU64; ChannelKind::ALL.len()],
     /// By channel kind × refusal.
-    channels_refused: [[AtomicU64; 3]; 3],
-    requests: [AtomicU64; 4],
-    requests_refused: [AtomicU64; 4],
+    channels_refused: [[AtomicU64; ChannelRefusal::ALL.len()]; ChannelKind::ALL.len()],
+    requests: [AtomicU64; RequestKind::ALL.len()],
+    requests_refused: [AtomicU64; RequestKind::ALL.len()],
 }
 
 impl SshMetrics {

@@ -13,6 +13,9 @@ pub const SCOPE_FORWARD_LOCAL: &str = "ssh:forward-local";
 pub const SCOPE_FORWARD_REMOTE: &str = "ssh:forward-remote";
 /// SOCKS5 through `alknet socks`: `direct-tcpip` channels, like `ssh:forward-local`.
 pub const SCOPE_SOCKS: &str = "ssh:socks";
+/// Agent forwarding (`ssh -A`): a socket in the session's `SSH_AUTH_SOCK` whose
+/// connections go back to the client's agent as `auth-agent@openssh.com` channels.
+pub const SCOPE_FORWARD_AGENT: &str = "ssh:forward-agent";
 /// The `sftp` subsystem (served when the binary registers it; then `sftp:read` /
 /// `sftp:write` per request).
 pub const SCOPE_SFTP: &str = "ssh:sftp";
@@ -27,6 +30,7 @@ pub enum SshAction {
     Shell,
     ForwardLocal,
     ForwardRemote,
+    ForwardAgent,
 }
 
 impl SshAction {
@@ -38,6 +42,7 @@ impl SshAction {
             SshAction::Shell => "ssh shell",
             SshAction::ForwardLocal => "ssh direct-tcpip",
             SshAction::ForwardRemote => "ssh tcpip-forward",
+            SshAction::ForwardAgent => "ssh agent forwarding",
         }
     }
 
@@ -49,6 +54,7 @@ impl SshAction {
             SshAction::Shell => Some(SCOPE_SHELL),
             SshAction::ForwardLocal => Some(SCOPE_FORWARD_LOCAL),
             SshAction::ForwardRemote => Some(SCOPE_FORWARD_REMOTE),
+            SshAction::ForwardAgent => Some(SCOPE_FORWARD_AGENT),
         }
     }
 }

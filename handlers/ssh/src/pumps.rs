@@ -159,11 +159,20 @@ async fn send_output(
 /// Joins a channel and a TCP connection both ways (ssh -L and ssh -R): EOF travels as
 /// EOF, and the channel is closed once both directions are done.
 pub async fn splice_tcp(channel: Channel<Msg>, tcp: TcpStream, backlog: Backlog) {
-    let (read, write) = channel.split();
     let (tcp_read, tcp_write) = tcp.into_split();
-    let inbound = pump_input(read, Some(tcp_write), OnEof::Close, backlog);
+    splice(channel, tcp_read, tcp_write, backlog).await
+}
+
+/// [`splice_tcp`] for any stream's two halves (a forwarded agent's Unix socket).
+pub async fn splice<R, W>(channel: Channel<Msg>, source: R, sink: W, backlog: Backlog)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (read, write) = channel.split();
+    let inbound = pump_input(read, Some(sink), OnEof::Close, backlog);
     let outbound = async {
-        match pump_output(tcp_read, &write, None).await {
+        match pump_output(source, &write, None).await {
             Ok(n) => tracing::trace!(bytes = n, "forwarded connection: remote end done"),
             Err(e) => tracing::debug!("forwarded connection: {e}"),
         }

@@ -1,6 +1,7 @@
 //! What an `authorized_keys` line's sshd options (`restrict`, `no-pty`,
-//! `no-port-forwarding`, `command="…"`, `from="…"`) and a user certificate's critical
-//! options and extensions leave a session: one [`Grant`], decided without IO.
+//! `no-port-forwarding`, `no-agent-forwarding`, `command="…"`, `from="…"`) and a user
+//! certificate's critical options and extensions leave a session: one [`Grant`], decided
+//! without IO.
 
 use std::net::IpAddr;
 
@@ -10,6 +11,10 @@ use alknet_runtime::Identity;
 /// `restrict`, a certificate without `permit-port-forwarding`).
 const FORWARDING_SCOPES: &[&str] = &["ssh:forward-local", "ssh:forward-remote", "ssh:socks"];
 
+/// The scope a session without agent forwarding does not get (`no-agent-forwarding`,
+/// `restrict`, a certificate without `permit-agent-forwarding`).
+const AGENT_SCOPE: &str = crate::policy::SCOPE_FORWARD_AGENT;
+
 /// The sshd options of one `authorized_keys` line. The default restricts nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRestrictions {
@@ -17,6 +22,9 @@ pub struct KeyRestrictions {
     pub pty: bool,
     /// Forwarding scopes are kept (`no-port-forwarding`, `restrict`; `port-forwarding`).
     pub port_forwarding: bool,
+    /// `ssh:forward-agent` is kept (`no-agent-forwarding`, `restrict`;
+    /// `agent-forwarding`).
+    pub agent_forwarding: bool,
     /// `command="…"`: runs in place of every `exec` and `shell`.
     pub command: Option<String>,
     /// `from="…"`: patterns the client's address must match (see [`from_matches`]).
@@ -28,6 +36,7 @@ impl Default for KeyRestrictions {
         Self {
             pty: true,
             port_forwarding: true,
+            agent_forwarding: true,
             command: None,
             from: None,
         }
@@ -54,16 +63,33 @@ pub enum RestrictionRefusal {
     ConflictingCommands,
 }
 
-/// The grant of `identity` under `line`'s options and, for a certificate, what it allows
-/// itself (`cert_pty`, `cert_forwarding`, `cert_command`: pass `true, true, None` for a
-/// plain key). Both must allow a pty or forwarding for the session to have it; two
-/// different forced commands refuse it, as sshd does.
+/// What a user certificate's extensions permit (`permit-pty`, `permit-port-forwarding`,
+/// `permit-agent-forwarding`); a plain key is [`Permits::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permits {
+    pub pty: bool,
+    pub port_forwarding: bool,
+    pub agent_forwarding: bool,
+}
+
+impl Permits {
+    /// A plain key: only its `authorized_keys` line restricts it.
+    pub const ALL: Permits = Permits {
+        pty: true,
+        port_forwarding: true,
+        agent_forwarding: true,
+    };
+}
+
+/// The grant of `identity` under `line`'s options and, for a certificate, what it permits
+/// itself (`cert`, `cert_command`: pass [`Permits::ALL`], `None` for a plain key). Both
+/// must allow a pty or a kind of forwarding for the session to have it; two different
+/// forced commands refuse it, as sshd does.
 pub fn grant(
     identity: Identity,
     line: &KeyRestrictions,
     remote: IpAddr,
-    cert_pty: bool,
-    cert_forwarding: bool,
+    cert: Permits,
     cert_command: Option<String>,
 ) -> Result<Grant, RestrictionRefusal> {
     if let Some(list) = &line.from {
@@ -79,18 +105,20 @@ pub fn grant(
         (Some(a), _) => Some(a),
         (None, b) => b.clone(),
     };
-    let forwarding = cert_forwarding && line.port_forwarding;
+    let forwarding = cert.port_forwarding && line.port_forwarding;
+    let agent = cert.agent_forwarding && line.agent_forwarding;
     let scopes = identity
         .scopes
         .into_iter()
         .filter(|s| forwarding || !FORWARDING_SCOPES.contains(&s.as_str()))
+        .filter(|s| agent || s != AGENT_SCOPE)
         .collect();
     Ok(Grant {
         identity: Identity {
             name: identity.name,
             scopes,
         },
-        pty: cert_pty && line.pty,
+        pty: cert.pty && line.pty,
         force_command,
     })
 }
@@ -183,6 +211,7 @@ mod tests {
                 "ssh:shell",
                 "ssh:forward-local",
                 "ssh:forward-remote",
+                "ssh:forward-agent",
             ]
             .map(String::from)
             .to_vec(),
@@ -231,28 +260,28 @@ mod tests {
             alice(),
             &KeyRestrictions::default(),
             ip("127.0.0.1"),
-            true,
-            true,
+            Permits::ALL,
             None,
         )
         .expect("granted");
         assert_eq!(
             (open.identity.scopes.len(), open.pty, open.force_command),
-            (4, true, None)
+            (5, true, None)
         );
 
         let restrict = KeyRestrictions {
             pty: false,
             port_forwarding: false,
+            agent_forwarding: false,
             command: Some("backup".into()),
             from: Some("127.0.0.0/8".into()),
         };
-        let g = grant(alice(), &restrict, ip("127.0.0.1"), true, true, None).expect("granted");
+        let g = grant(alice(), &restrict, ip("127.0.0.1"), Permits::ALL, None).expect("granted");
         assert_eq!(g.identity.scopes, ["ssh:exec", "ssh:shell"]);
         assert!(!g.pty);
         assert_eq!(g.force_command.as_deref(), Some("backup"));
         assert_eq!(
-            grant(alice(), &restrict, ip("192.0.2.1"), true, true, None),
+            grant(alice(), &restrict, ip("192.0.2.1"), Permits::ALL, None),
             Err(RestrictionRefusal::From {
                 list: "127.0.0.0/8".into(),
                 remote: ip("192.0.2.1")
@@ -263,22 +292,55 @@ mod tests {
             alice(),
             &KeyRestrictions::default(),
             ip("::1"),
-            false,
-            false,
+            Permits {
+                pty: false,
+                port_forwarding: false,
+                agent_forwarding: true,
+            },
             Some("x".into()),
         )
         .expect("granted");
         assert_eq!(
-            (g.identity.scopes.len(), g.pty, g.force_command.as_deref()),
-            (2, false, Some("x"))
+            (g.identity.scopes, g.pty, g.force_command.as_deref()),
+            (
+                vec![
+                    "ssh:exec".into(),
+                    "ssh:shell".into(),
+                    "ssh:forward-agent".into()
+                ],
+                false,
+                Some("x")
+            )
         );
+        // agent forwarding withheld alone, by the line or by the certificate
+        let no_agent = KeyRestrictions {
+            agent_forwarding: false,
+            ..KeyRestrictions::default()
+        };
+        let cert_no_agent = Permits {
+            agent_forwarding: false,
+            ..Permits::ALL
+        };
+        for (line, cert) in [
+            (&no_agent, Permits::ALL),
+            (&KeyRestrictions::default(), cert_no_agent),
+        ] {
+            let g = grant(alice(), line, ip("::1"), cert, None).expect("granted");
+            assert!(
+                !g.identity.has_scope("ssh:forward-agent"),
+                "{line:?} {cert:?}"
+            );
+            assert!(
+                g.identity.has_scope("ssh:forward-remote"),
+                "{line:?} {cert:?}"
+            );
+        }
         assert_eq!(
             grant(
                 alice(),
                 &restrict,
                 ip("127.0.0.1"),
-                true,
-                true,
+                Permits::ALL,
                 Some("other".into())
             ),
             Err(RestrictionRefusal::ConflictingCommands)
@@ -287,8 +349,7 @@ mod tests {
             alice(),
             &restrict,
             ip("127.0.0.1"),
-            true,
-            true,
+            Permits::ALL,
             Some("backup".into())
         )
         .is_ok());

@@ -18,6 +18,7 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelReadHalf, ChannelWrit
 use tokio::task::AbortHandle;
 
 use crate::adapter::Shared;
+use crate::agent::AgentSocket;
 use crate::auth::{key_fingerprint, openssh_fingerprint};
 use crate::certificate::{check_certificate, CertificateRefusal};
 use crate::config::MAX_ENV_PER_CHANNEL;
@@ -26,7 +27,7 @@ use crate::metrics::{AuthRefusal, ChannelKind, ChannelRefusal, RequestKind};
 use crate::policy::{authorize, SshAction};
 use crate::process::{Launch, PtyRequest, Running};
 use crate::pumps::{pump_input, pump_output, splice_tcp, ChannelSlot, ChannelSlots, OnEof};
-use crate::restrictions::{grant, Grant, KeyRestrictions};
+use crate::restrictions::{grant, Grant, KeyRestrictions, Permits};
 
 /// A `session` channel: its settings until something runs in it, then the process.
 struct SessionChannel {
@@ -70,6 +71,8 @@ pub(crate) struct SshSession {
     channels: HashMap<ChannelId, SessionChannel>,
     /// `tcpip-forward` listeners by (address as the client named it, bound port).
     forwards: HashMap<(String, u32), AbortHandle>,
+    /// The forwarded agent's socket, once `auth-agent-req@openssh.com` was granted.
+    agent: Option<AgentSocket>,
 }
 
 impl Drop for SshSession {
@@ -112,6 +115,7 @@ impl SshSession {
             flow,
             channels: HashMap::new(),
             forwards: HashMap::new(),
+            agent: None,
         }
     }
 
@@ -204,6 +208,14 @@ impl SshSession {
             return false;
         };
         let mut env = std::mem::take(&mut ch.env);
+        if let Some(agent) = &self.agent {
+            // ours, whatever the client's `env` requests said
+            env.retain(|(k, _)| k != "SSH_AUTH_SOCK");
+            env.push((
+                "SSH_AUTH_SOCK".into(),
+                agent.path().to_string_lossy().into_owned(),
+            ));
+        }
         let command = match &self.forced_command {
             // as sshd: the forced command runs, and finds what was asked in the environment
             Some(forced) => {
@@ -238,6 +250,45 @@ impl SshSession {
             }
             Err(e) => {
                 tracing::warn!(identity = %identity, "ssh: cannot start {:?}: {e}", self.shared.config.shell);
+                false
+            }
+        }
+    }
+
+    /// Grants `auth-agent-req@openssh.com` on session channel `channel`: the session's
+    /// agent socket (one per session, as sshd's), named in `SSH_AUTH_SOCK` to what runs
+    /// from now on; `false` when refused.
+    fn forward_agent(&mut self, channel: ChannelId, session: &mut Session) -> bool {
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return false;
+        };
+        ch.drain();
+        if ch.subsystem || ch.running.is_some() {
+            return false;
+        }
+        if self.forced_command.as_deref().is_some_and(is_internal_sftp) {
+            return false;
+        }
+        if !self.allowed(SshAction::ForwardAgent) {
+            return false;
+        }
+        if self.agent.is_some() {
+            return true;
+        }
+        match AgentSocket::bind(
+            &std::env::temp_dir(),
+            session.handle(),
+            self.slots.clone(),
+            self.flow.clone(),
+            self.shared.clone(),
+        ) {
+            Ok(agent) => {
+                tracing::info!(identity = %self.who(), socket = %agent.path().display(), "ssh: agent forwarded");
+                self.agent = Some(agent);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(identity = %self.who(), "ssh: agent forwarding: {e}");
                 false
             }
         }
@@ -434,7 +485,7 @@ impl russh::server::Handler for SshSession {
         match self.resolve(key.public_key) {
             Some((identity, line)) => {
                 let name = identity.name.clone();
-                match grant(identity, &line, self.remote.ip(), true, true, None) {
+                match grant(identity, &line, self.remote.ip(), Permits::ALL, None) {
                     Ok(granted) => {
                         tracing::info!(
                             identity = %name,
@@ -772,12 +823,13 @@ impl russh::server::Handler for SshSession {
     async fn agent_request(
         &mut self,
         channel: ChannelId,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        if let Some(ch) = self.channels.get_mut(&channel) {
-            ch.drain();
-        }
-        Ok(false)
+        let granted = self.forward_agent(channel, session);
+        self.shared
+            .metrics
+            .request(RequestKind::AgentForward, granted);
+        Ok(granted)
     }
 
     async fn window_change_request(
