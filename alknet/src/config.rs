@@ -180,13 +180,16 @@ shell = "/bin/sh"
 env_allow = ["LANG", "LC_*", "GIT_PROTOCOL"]
 # Addresses ssh -R (tcpip-forward) may bind, as the client names them.
 forward_bind_allow = ["127.0.0.1", "::1", "localhost"]
+# Directories beneath which Unix sockets may be forwarded (ssh -L PORT:/path, ssh -R /path:…);
+# empty refuses both.
+forward_socket_allow = []
 # Threads of the tokio runtime running SSH sessions; 0 = as many as workers.
 bridge_threads = 0
 # SSH sessions (QUIC streams) open at once per connection.
 max_sessions_per_connection = 32
 # Channels (commands, shells, forwarded connections) open at once per session.
 max_channels_per_session = 64
-# ssh -R listeners per session.
+# ssh -R listeners (TCP and Unix sockets) per session.
 max_forwards_per_session = 16
 # Failed authentications before a session is disconnected.
 max_auth_attempts = 6

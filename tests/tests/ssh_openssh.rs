@@ -1267,3 +1267,199 @@ fn agent_forwarding_signs_with_the_clients_agent_and_only_where_granted() {
     // ssh-add -l and -T in two sessions: one agent connection each at least
     assert!(value("alknet_ssh_channels_opened_total{type=auth-agent}") >= 4);
 }
+
+/// A Unix-socket echo server at `path`, one thread per connection.
+fn unix_echo_server(path: &Path) {
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind unix echo");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let Ok(mut reader) = conn.try_clone() else {
+                    return;
+                };
+                let mut writer = conn;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
+/// `data` through a Unix socket whose far end echoes, back until EOF.
+fn unix_echo_through(path: &Path, data: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + SSH_TIMEOUT;
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => panic!("{}: {e}", path.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    stream
+        .set_read_timeout(Some(SSH_TIMEOUT))
+        .expect("read timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let data = data.to_vec();
+    let sender = std::thread::spawn(move || {
+        writer.write_all(&data).expect("write through the forward");
+        writer
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+    });
+    let mut got = Vec::new();
+    let mut stream = stream;
+    stream.read_to_end(&mut got).expect("read back");
+    sender.join().expect("sender");
+    got
+}
+
+/// `ssh -N -o ExitOnForwardFailure=yes FLAG SPEC user@alknet`, in the background.
+fn forward_spec(t: &SshTarget, key: &SshKey, flag: &str, spec: &str) -> Proc {
+    let mut cmd = t.ssh(key);
+    cmd.args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        flag,
+        spec,
+        "user@alknet",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    Proc(cmd.spawn().expect("ssh forwarding"))
+}
+
+/// Ends ssh as a user does (SIGTERM: it closes its session and hangs up its
+/// ProxyCommand), and waits for it.
+fn end_ssh(mut p: Proc) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &p.0.id().to_string()])
+        .status();
+    let _ = p.0.wait();
+}
+
+#[test]
+fn unix_socket_forwarding_both_ways_beneath_the_allowed_directory() {
+    require_openssh();
+    let allowed = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let server = BinServer::start_with_config(&format!(
+        "[ssh]\nforward_socket_allow = [{:?}]\n[http]\npublic = [\"/metrics\"]\n",
+        allowed.path()
+    ));
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(keys.path(), "sockets");
+    peer_add(
+        server.data_dir.path(),
+        "sockets",
+        &key.fingerprint_hex,
+        &["ssh:forward-local", "ssh:forward-remote"],
+    );
+    let t = target(&server);
+    let data = payload(13, 1 << 20);
+
+    // ssh -L PORT:/path: the server connects to a Unix socket beneath the directory
+    let served = allowed.path().join("service.sock");
+    unix_echo_server(&served);
+    let local = free_tcp_port();
+    let l = forward_spec(
+        &t,
+        &key,
+        "-L",
+        &format!("127.0.0.1:{local}:{}", served.display()),
+    );
+    echo_rounds(local, &data);
+    end_ssh(l);
+
+    // ssh -R /path:HOST:PORT: the server listens on a Unix socket (mode 0600), its
+    // connections reach the client's side
+    let echo = tcp_echo_server();
+    let bound = allowed.path().join("forwarded.sock");
+    let r = forward_spec(
+        &t,
+        &key,
+        "-R",
+        &format!("{}:127.0.0.1:{echo}", bound.display()),
+    );
+    for round in 0..3 {
+        let got = unix_echo_through(&bound, &data);
+        assert_eq!(sha256(&got), sha256(&data), "round {round}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&bound)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // the session's end removes the socket
+    end_ssh(r);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bound.exists() {
+        assert!(Instant::now() < deadline, "the socket outlived its session");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // outside the directory: -R refused (ssh exits 255), -L's channel refused (the
+    // local connection is closed with nothing echoed)
+    let stray = outside.path().join("stray.sock");
+    let mut refused = forward_spec(
+        &t,
+        &key,
+        "-R",
+        &format!("{}:127.0.0.1:{echo}", stray.display()),
+    );
+    let status = refused.0.wait().expect("ssh exits");
+    assert_eq!(status.code(), Some(255));
+    assert!(!stray.exists());
+    let outside_service = outside.path().join("service.sock");
+    unix_echo_server(&outside_service);
+    let local = free_tcp_port();
+    let _l = forward_spec(
+        &t,
+        &key,
+        "-L",
+        &format!("127.0.0.1:{local}:{}", outside_service.display()),
+    );
+    {
+        use std::io::{Read, Write};
+        let mut conn = connect_retry(local, SSH_TIMEOUT);
+        conn.set_read_timeout(Some(SSH_TIMEOUT)).expect("timeout");
+        let _ = conn.write_all(b"not echoed");
+        let mut got = Vec::new();
+        // ssh closes the local connection when the server refuses its channel
+        match conn.read_to_end(&mut got) {
+            Ok(_) => assert!(got.is_empty(), "{got:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+
+    let samples = server.metrics_samples();
+    let value = |sample: &str| -> u64 {
+        samples
+            .iter()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{}", samples.join("\n")))
+    };
+    assert_eq!(
+        value("alknet_ssh_requests_total{kind=streamlocal-forward}"),
+        1
+    );
+    assert_eq!(
+        value("alknet_ssh_requests_refused_total{kind=streamlocal-forward}"),
+        1
+    );
+    assert_eq!(
+        value("alknet_ssh_channels_opened_total{type=direct-streamlocal}"),
+        3
+    );
+    assert_eq!(
+        value("alknet_ssh_channels_opened_total{type=forwarded-streamlocal}"),
+        3
+    );
+    assert_eq!(
+        value("alknet_ssh_channels_refused_total{reason=denied,type=direct-streamlocal}"),
+        1
+    );
+}

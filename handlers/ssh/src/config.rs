@@ -1,7 +1,7 @@
 //! The `[ssh]` section of the config file: every limit is a named constant here with a key
 //! there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -61,7 +61,10 @@ pub const MAX_ENV_PER_CHANNEL: usize = 64;
 /// Addresses `tcpip-forward` (ssh -R) may bind.
 pub const DEFAULT_FORWARD_BIND_ALLOW: &[&str] = &["127.0.0.1", "::1", "localhost"];
 
-/// `tcpip-forward` listeners one session may hold.
+/// Directories beneath which Unix sockets may be forwarded (none: refused).
+pub const DEFAULT_FORWARD_SOCKET_ALLOW: &[&str] = &[];
+
+/// `tcpip-forward` and `streamlocal-forward` listeners one session may hold.
 pub const DEFAULT_MAX_FORWARDS_PER_SESSION: usize = 16;
 
 /// The `[ssh]` section.
@@ -88,6 +91,12 @@ pub struct SshConfig {
     pub env_allow: Vec<String>,
     /// Addresses `tcpip-forward` (ssh -R) may bind: exact strings as the client sends them.
     pub forward_bind_allow: Vec<String>,
+    /// Directories beneath which Unix sockets may be forwarded: connected to by
+    /// `direct-streamlocal@openssh.com` (`ssh -L PORT:/path`) and bound by
+    /// `streamlocal-forward@openssh.com` (`ssh -R /path:…`). Absolute paths; empty (the
+    /// default) refuses both, since a local socket (a container engine's, an agent's) is
+    /// often worth more than what the forwarding scopes were meant to grant.
+    pub forward_socket_allow: Vec<PathBuf>,
     /// Threads of the tokio runtime behind SSH sessions (their timers, child processes,
     /// forwarded TCP connections, and the sessions themselves with `session_placement =
     /// "bridge"`); 0 = as many as QUIC workers.
@@ -120,6 +129,10 @@ impl Default for SshConfig {
             forward_bind_allow: DEFAULT_FORWARD_BIND_ALLOW
                 .iter()
                 .map(|s| s.to_string())
+                .collect(),
+            forward_socket_allow: DEFAULT_FORWARD_SOCKET_ALLOW
+                .iter()
+                .map(PathBuf::from)
                 .collect(),
             bridge_threads: 0,
             session_placement: crate::bridge::SessionPlacement::default(),
@@ -192,6 +205,16 @@ impl SshConfig {
                 reason: "must be an absolute path",
             });
         }
+        if self
+            .forward_socket_allow
+            .iter()
+            .any(|d| !d.is_absolute() || !is_plain_path(d))
+        {
+            return Err(SshConfigError {
+                key: "forward_socket_allow",
+                reason: "must be absolute directories without . or .. components",
+            });
+        }
         if self.env_allow.iter().any(|p| p.is_empty() || p == "*") {
             return Err(SshConfigError {
                 key: "env_allow",
@@ -218,6 +241,34 @@ impl SshConfig {
     pub fn bind_allowed(&self, address: &str) -> bool {
         self.forward_bind_allow.iter().any(|a| a == address)
     }
+
+    /// Whether a Unix socket at `path` (as the client sent it) may be forwarded: an
+    /// absolute path without `.` or `..` components, strictly beneath a directory of
+    /// `forward_socket_allow`. The check is on the path as written; a symlink inside an
+    /// allowed directory is followed by the kernel, which only the server's own user can
+    /// place there, and that user's sessions can reach the target anyway.
+    pub fn socket_allowed(&self, path: &str) -> bool {
+        let path = Path::new(path);
+        path.is_absolute()
+            && is_plain_path(path)
+            && self
+                .forward_socket_allow
+                .iter()
+                .any(|dir| path.starts_with(dir) && path != dir)
+    }
+}
+
+/// No `.` or `..` component (which `Path::starts_with` would take literally).
+fn is_plain_path(path: &Path) -> bool {
+    use std::path::Component;
+    let text = path.as_os_str().as_encoded_bytes();
+    // `Path::components` drops interior `.`, so look at the text as well
+    !text
+        .split(|b| *b == b'/')
+        .any(|part| part == b"." || part == b"..")
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
 /// Matches `name` against allow-list patterns: an exact name, or a prefix followed by `*`.
@@ -258,6 +309,25 @@ mod tests {
         .expect("parses");
         assert!(cfg.env_allowed("FOO") && !cfg.env_allowed("LANG"));
         assert!(cfg.bind_allowed("127.0.0.1") && !cfg.bind_allowed("0.0.0.0"));
+        // Unix sockets: refused by default; beneath a listed directory only
+        assert!(!SshConfig::default().socket_allowed("/tmp/x.sock"));
+        let cfg: SshConfig =
+            toml::from_str("forward_socket_allow = [\"/run/fwd\"]\n").expect("parses");
+        cfg.validate().expect("valid");
+        assert!(cfg.socket_allowed("/run/fwd/a.sock"));
+        assert!(cfg.socket_allowed("/run/fwd/sub/a.sock"));
+        for refused in [
+            "/run/fwd",
+            "/run/fwd/",
+            "/run/fwdx/a.sock",
+            "/run/fwd/../x.sock",
+            "/run/fwd/./a.sock",
+            "run/fwd/a.sock",
+            "/tmp/a.sock",
+            "",
+        ] {
+            assert!(!cfg.socket_allowed(refused), "{refused}");
+        }
         assert!(toml::from_str::<SshConfig>("shel = \"/bin/sh\"").is_err());
         let bad = |text: &str, key: &str| {
             let cfg: SshConfig = toml::from_str(text).expect("parses");
@@ -265,6 +335,11 @@ mod tests {
             assert_eq!(e.key, key, "{e}");
         };
         bad("max_channels_per_session = 0", "max_channels_per_session");
+        bad("forward_socket_allow = [\"run\"]", "forward_socket_allow");
+        bad(
+            "forward_socket_allow = [\"/run/../etc\"]",
+            "forward_socket_allow",
+        );
         bad("max_packet_size = 10", "max_packet_size");
         bad("shell = \"sh\"", "shell");
         bad("env_allow = [\"*\"]", "env_allow");

@@ -15,14 +15,20 @@ pub(crate) enum ChannelKind {
     ForwardedTcpip,
     /// `auth-agent@openssh.com`, opened towards the client for a forwarded agent.
     AuthAgent,
+    /// `direct-streamlocal@openssh.com` (ssh -L to a Unix socket).
+    DirectStreamlocal,
+    /// `forwarded-streamlocal@openssh.com` (a connection to an ssh -R Unix socket).
+    ForwardedStreamlocal,
 }
 
 impl ChannelKind {
-    const ALL: [ChannelKind; 4] = [
+    const ALL: [ChannelKind; 6] = [
         Self::Session,
         Self::DirectTcpip,
         Self::ForwardedTcpip,
         Self::AuthAgent,
+        Self::DirectStreamlocal,
+        Self::ForwardedStreamlocal,
     ];
 
     fn as_str(self) -> &'static str {
@@ -31,6 +37,8 @@ impl ChannelKind {
             Self::DirectTcpip => "direct-tcpip",
             Self::ForwardedTcpip => "forwarded-tcpip",
             Self::AuthAgent => "auth-agent",
+            Self::DirectStreamlocal => "direct-streamlocal",
+            Self::ForwardedStreamlocal => "forwarded-streamlocal",
         }
     }
 }
@@ -67,15 +75,18 @@ pub(crate) enum RequestKind {
     TcpipForward,
     /// `auth-agent-req@openssh.com`.
     AgentForward,
+    /// `streamlocal-forward@openssh.com`.
+    StreamlocalForward,
 }
 
 impl RequestKind {
-    const ALL: [RequestKind; 5] = [
+    const ALL: [RequestKind; 6] = [
         Self::Exec,
         Self::Shell,
         Self::Subsystem,
         Self::TcpipForward,
         Self::AgentForward,
+        Self::StreamlocalForward,
     ];
 
     fn as_str(self) -> &'static str {
@@ -85,6 +96,7 @@ impl RequestKind {
             Self::Subsystem => "subsystem",
             Self::TcpipForward => "tcpip-forward",
             Self::AgentForward => "auth-agent-req",
+            Self::StreamlocalForward => "streamlocal-forward",
         }
     }
 }

@@ -23,10 +23,11 @@ use crate::auth::{key_fingerprint, openssh_fingerprint};
 use crate::certificate::{check_certificate, CertificateRefusal};
 use crate::config::MAX_ENV_PER_CHANNEL;
 use crate::flow::SessionFlow;
+use crate::forward::SocketForward;
 use crate::metrics::{AuthRefusal, ChannelKind, ChannelRefusal, RequestKind};
 use crate::policy::{authorize, SshAction};
 use crate::process::{Launch, PtyRequest, Running};
-use crate::pumps::{pump_input, pump_output, splice_tcp, ChannelSlot, ChannelSlots, OnEof};
+use crate::pumps::{pump_input, pump_output, splice, splice_tcp, ChannelSlot, ChannelSlots, OnEof};
 use crate::restrictions::{grant, Grant, KeyRestrictions, Permits};
 
 /// A `session` channel: its settings until something runs in it, then the process.
@@ -71,6 +72,9 @@ pub(crate) struct SshSession {
     channels: HashMap<ChannelId, SessionChannel>,
     /// `tcpip-forward` listeners by (address as the client named it, bound port).
     forwards: HashMap<(String, u32), AbortHandle>,
+    /// `streamlocal-forward@openssh.com` listeners by socket path (dropping one removes
+    /// its socket).
+    socket_forwards: HashMap<String, SocketForward>,
     /// The forwarded agent's socket, once `auth-agent-req@openssh.com` was granted.
     agent: Option<AgentSocket>,
 }
@@ -115,6 +119,7 @@ impl SshSession {
             flow,
             channels: HashMap::new(),
             forwards: HashMap::new(),
+            socket_forwards: HashMap::new(),
             agent: None,
         }
     }
@@ -294,6 +299,47 @@ impl SshSession {
         }
     }
 
+    /// Whether the session holds `max_forwards_per_session` listeners (TCP and Unix).
+    fn forwards_full(&self) -> bool {
+        self.forwards.len() + self.socket_forwards.len()
+            >= self.shared.config.max_forwards_per_session
+    }
+
+    /// Starts a `streamlocal-forward@openssh.com` listener; `false` when refused.
+    fn forward_remote_socket(&mut self, path: &str, session: &mut Session) -> bool {
+        if !self.allowed(SshAction::ForwardRemote) {
+            return false;
+        }
+        if !self.shared.config.socket_allowed(path) {
+            tracing::warn!(identity = %self.who(), "ssh: streamlocal-forward on {path:?} refused (not beneath ssh.forward_socket_allow)");
+            return false;
+        }
+        if self.forwards_full() {
+            tracing::warn!(identity = %self.who(), "ssh: streamlocal-forward limit reached");
+            return false;
+        }
+        if self.socket_forwards.contains_key(path) {
+            return false;
+        }
+        match SocketForward::bind(
+            path,
+            session.handle(),
+            self.slots.clone(),
+            self.flow.clone(),
+            self.shared.clone(),
+        ) {
+            Ok(forward) => {
+                tracing::info!(identity = %self.who(), "ssh: forwarding {path} to the client");
+                self.socket_forwards.insert(path.to_string(), forward);
+                true
+            }
+            Err(e) => {
+                tracing::info!(identity = %self.who(), "ssh: streamlocal-forward {path}: {e}");
+                false
+            }
+        }
+    }
+
     /// Starts a `tcpip-forward` listener; `false` when refused.
     async fn forward_remote(
         &mut self,
@@ -308,7 +354,7 @@ impl SshSession {
             tracing::warn!(identity = %self.who(), "ssh: tcpip-forward on {address:?} refused (not in ssh.forward_bind_allow)");
             return false;
         }
-        if self.forwards.len() >= self.shared.config.max_forwards_per_session {
+        if self.forwards_full() {
             tracing::warn!(identity = %self.who(), "ssh: tcpip-forward limit reached");
             return false;
         }
@@ -684,6 +730,73 @@ impl russh::server::Handler for SshSession {
         Ok(())
     }
 
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let shared = self.shared.clone();
+        let refused = |why| {
+            shared
+                .metrics
+                .channel_refused(ChannelKind::DirectStreamlocal, why)
+        };
+        let permitted = self.shared.config.socket_allowed(socket_path);
+        if !permitted {
+            tracing::warn!(identity = %self.who(), "ssh: direct-streamlocal to {socket_path:?} refused (not beneath ssh.forward_socket_allow)");
+        }
+        if !permitted || !self.allowed(SshAction::ForwardLocal) {
+            refused(ChannelRefusal::Denied);
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        let Some(slot) = self.slots.try_acquire() else {
+            refused(ChannelRefusal::Limit);
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
+        let path = socket_path.to_string();
+        let backlog = self.flow.backlog();
+        let timeout = self.shared.config.connect_timeout();
+        let identity = self.who().to_string();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let connected =
+                tokio::time::timeout(timeout, tokio::net::UnixStream::connect(&path)).await;
+            let metrics = &shared.metrics;
+            match connected {
+                Ok(Ok(stream)) => {
+                    metrics.channel_opened(ChannelKind::DirectStreamlocal);
+                    tracing::debug!(identity = %identity, "ssh: direct-streamlocal to {path}");
+                    reply.accept().await;
+                    let (read, write) = stream.into_split();
+                    splice(channel, read, write, backlog).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(identity = %identity, "ssh: direct-streamlocal to {path}: {e}");
+                    metrics.channel_refused(
+                        ChannelKind::DirectStreamlocal,
+                        ChannelRefusal::ConnectFailed,
+                    );
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+                Err(_) => {
+                    tracing::info!(identity = %identity, "ssh: direct-streamlocal to {path} timed out");
+                    metrics.channel_refused(
+                        ChannelKind::DirectStreamlocal,
+                        ChannelRefusal::ConnectFailed,
+                    );
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+            }
+        });
+        Ok(())
+    }
+
     async fn channel_eof(
         &mut self,
         channel: ChannelId,
@@ -916,5 +1029,25 @@ impl russh::server::Handler for SshSession {
             }
             None => Ok(false),
         }
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let served = self.forward_remote_socket(socket_path, session);
+        self.shared
+            .metrics
+            .request(RequestKind::StreamlocalForward, served);
+        Ok(served)
+    }
+
+    async fn cancel_streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self.socket_forwards.remove(socket_path).is_some())
     }
 }
