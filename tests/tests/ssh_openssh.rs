@@ -442,7 +442,8 @@ fn pty_shell_in_tmux_shows_a_prompt_runs_commands_and_resizes() {
         format!(
             // written aside and renamed: `echo > file` creates the file empty before it
             // writes, and the test may read it in between
-            "#!/bin/sh\n{line} -tt user@alknet\necho $? > {tmp} && mv {tmp} {status}\n",
+            // the client's terminal modes (erase ^H, no XON/XOFF) travel in its pty-req
+            "#!/bin/sh\nstty erase '^H' -ixon\n{line} -tt user@alknet\necho $? > {tmp} && mv {tmp} {status}\n",
             tmp = sh_quote(&dir.path().join("status.tmp").to_string_lossy()),
             status = sh_quote(&status_file.to_string_lossy())
         ),
@@ -483,6 +484,21 @@ fn pty_shell_in_tmux_shows_a_prompt_runs_commands_and_resizes() {
             s.contains("pty-42") && s.contains("/dev/pts/")
         });
         assert!(screen.contains("30 100"), "pty-req size:\n{screen}");
+        // the server's pty took the client's modes (the patterns are spelled apart in the
+        // command so that its echo on the screen cannot match them)
+        tmux(
+            &socket,
+            &[
+                "send-keys",
+                "-t",
+                "t",
+                "E=era X=ix; stty -a | grep -o -e \"${E}se = ^H\" -e \"-${X}on\" | tr '\\n' ' '",
+                "Enter",
+            ],
+        );
+        wait_screen(&socket, "the client's terminal modes", |s| {
+            s.contains("erase = ^H -ixon")
+        });
         // window-change reaches the pty
         tmux(
             &socket,

@@ -58,6 +58,10 @@ pub const DEFAULT_ENV_ALLOW: &[&str] = &["LANG", "LC_*", "GIT_PROTOCOL"];
 /// `env` requests honoured per channel; more are refused.
 pub const MAX_ENV_PER_CHANNEL: usize = 64;
 
+/// Terminal modes of a `pty-req` applied; the rest are ignored (RFC 4254 defines about
+/// 60 opcodes, OpenSSH sends about 55).
+pub const MAX_TERMINAL_MODES: usize = 128;
+
 /// Addresses `tcpip-forward` (ssh -R) may bind.
 pub const DEFAULT_FORWARD_BIND_ALLOW: &[&str] = &["127.0.0.1", "::1", "localhost"];
 

@@ -34,6 +34,7 @@ mod revoked;
 mod session;
 mod signals;
 pub mod subsystem;
+mod termmodes;
 mod watched;
 
 pub use adapter::{SshAdapter, SshError, ALPN};

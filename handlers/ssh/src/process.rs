@@ -39,7 +39,7 @@ pub const RING_PIPES_ENV: &str = "ALKNET_SSH_RING_PIPES";
 /// `PATH` for sessions when the server has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-/// A `pty-req`: terminal type and size.
+/// A `pty-req`: terminal type, size and the client's terminal modes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PtyRequest {
     pub term: String,
@@ -47,6 +47,8 @@ pub struct PtyRequest {
     pub rows: u16,
     pub pix_width: u16,
     pub pix_height: u16,
+    /// Applied to the pty before the command starts (see `crate::termmodes`).
+    pub modes: Vec<(russh::Pty, u32)>,
 }
 
 /// What to run and how.
@@ -235,6 +237,16 @@ pub fn start(
                 req.pix_height,
             ))
             .map_err(std::io::Error::other)?;
+            if !req.modes.is_empty() {
+                let set = rustix::termios::tcgetattr(&pts).and_then(|mut t| {
+                    crate::termmodes::apply(&mut t, &req.modes);
+                    rustix::termios::tcsetattr(&pts, rustix::termios::OptionalActions::Now, &t)
+                });
+                if let Err(e) = set {
+                    // as sshd: the session goes on with the pty's own modes
+                    tracing::warn!("ssh: setting the client's terminal modes: {e}");
+                }
+            }
             let mut cmd = pty_process::Command::new(&launch.shell)
                 .env_clear()
                 .envs(env)
@@ -416,6 +428,7 @@ mod tests {
                 rows: 24,
                 pix_width: 0,
                 pix_height: 0,
+                modes: Vec::new(),
             }),
             identity: "alice".into(),
         };

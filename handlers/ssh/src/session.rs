@@ -21,7 +21,7 @@ use crate::adapter::Shared;
 use crate::agent::AgentSocket;
 use crate::auth::{key_fingerprint, openssh_fingerprint};
 use crate::certificate::{check_certificate, CertificateRefusal};
-use crate::config::MAX_ENV_PER_CHANNEL;
+use crate::config::{MAX_ENV_PER_CHANNEL, MAX_TERMINAL_MODES};
 use crate::flow::SessionFlow;
 use crate::forward::SocketForward;
 use crate::metrics::{AuthRefusal, ChannelKind, ChannelRefusal, RequestKind};
@@ -839,7 +839,7 @@ impl russh::server::Handler for SshSession {
         row_height: u32,
         pix_width: u32,
         pix_height: u32,
-        _modes: &[(Pty, u32)],
+        modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(ch) = self.channels.get_mut(&channel) else {
@@ -861,6 +861,8 @@ impl russh::server::Handler for SshSession {
             rows: clamp(row_height),
             pix_width: clamp(pix_width),
             pix_height: clamp(pix_height),
+            // RFC 4254 knows about 60 opcodes; more is a client repeating itself
+            modes: modes.iter().take(MAX_TERMINAL_MODES).copied().collect(),
         });
         session.channel_success(channel)
     }
