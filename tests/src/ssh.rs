@@ -1,8 +1,9 @@
 //! Helpers for driving the real OpenSSH client against `alknet/ssh`: keys from
 //! `ssh-keygen`, and `ssh` commands whose ProxyCommand is `alknet connect`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -280,24 +281,64 @@ pub fn peer_add(data_dir: &Path, name: &str, fingerprint_hex: &str, scopes: &[&s
     );
 }
 
-/// A loopback TCP echo server on a thread per connection; lives as long as the process.
-pub fn tcp_echo_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
-    let port = listener.local_addr().expect("addr").port();
+/// A byte stream the echo helpers drive: TCP or Unix.
+pub trait EchoStream: Read + Write + Send + Sized + 'static {
+    fn duplicate(&self) -> std::io::Result<Self>;
+    fn end_writing(&self) -> std::io::Result<()>;
+    fn read_timeout(&self, timeout: Duration) -> std::io::Result<()>;
+}
+
+macro_rules! echo_stream {
+    ($ty:ty) => {
+        impl EchoStream for $ty {
+            fn duplicate(&self) -> std::io::Result<Self> {
+                self.try_clone()
+            }
+            fn end_writing(&self) -> std::io::Result<()> {
+                self.shutdown(std::net::Shutdown::Write)
+            }
+            fn read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+                self.set_read_timeout(Some(timeout))
+            }
+        }
+    };
+}
+echo_stream!(TcpStream);
+echo_stream!(UnixStream);
+
+/// Echoes every connection `incoming` yields, a thread each, as long as the process lives.
+fn serve_echo<S: EchoStream>(incoming: impl Iterator<Item = std::io::Result<S>> + Send + 'static) {
     std::thread::spawn(move || {
-        for conn in listener.incoming() {
+        for conn in incoming {
             let Ok(conn) = conn else { continue };
             std::thread::spawn(move || {
-                let Ok(mut reader) = conn.try_clone() else {
+                let Ok(mut reader) = conn.duplicate() else {
                     return;
                 };
                 let mut writer = conn;
                 let _ = std::io::copy(&mut reader, &mut writer);
-                let _ = writer.shutdown(std::net::Shutdown::Write);
+                let _ = writer.end_writing();
             });
         }
     });
+}
+
+/// A loopback TCP echo server on a thread per connection; lives as long as the process.
+pub fn tcp_echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+    let port = listener.local_addr().expect("addr").port();
+    serve_echo(std::iter::from_fn(move || {
+        Some(listener.accept().map(|(s, _)| s))
+    }));
     port
+}
+
+/// A Unix-socket echo server at `path`, as [`tcp_echo_server`].
+pub fn unix_echo_server(path: &Path) {
+    let listener = UnixListener::bind(path).expect("bind unix echo");
+    serve_echo(std::iter::from_fn(move || {
+        Some(listener.accept().map(|(s, _)| s))
+    }));
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
@@ -320,23 +361,33 @@ pub fn connect_retry(port: u16, limit: Duration) -> TcpStream {
     }
 }
 
+/// Connects to the Unix socket at `path`, retrying until `limit` (a forward being set up).
+pub fn connect_unix_retry(path: &Path, limit: Duration) -> UnixStream {
+    let deadline = Instant::now() + limit;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("{}: {e}", path.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// Sends `data` through `stream` and returns what comes back until EOF (the far end is an
 /// echo server): writes from a thread, reads here.
-pub fn echo_through(stream: TcpStream, data: &[u8]) -> Vec<u8> {
-    stream
-        .set_read_timeout(Some(SSH_TIMEOUT))
-        .expect("read timeout");
-    let mut writer = stream.try_clone().expect("clone");
+pub fn echo_through<S: EchoStream>(stream: S, data: &[u8]) -> Vec<u8> {
+    stream.read_timeout(SSH_TIMEOUT).expect("read timeout");
+    let mut writer = stream.duplicate().expect("clone");
     let data = data.to_vec();
     let sender = std::thread::spawn(move || {
         writer.write_all(&data).expect("write through the forward");
-        writer
-            .shutdown(std::net::Shutdown::Write)
-            .expect("half-close");
+        writer.end_writing().expect("half-close");
     });
     let mut got = Vec::new();
     let mut reader = stream;
-    std::io::Read::read_to_end(&mut reader, &mut got).expect("read through the forward");
+    reader
+        .read_to_end(&mut got)
+        .expect("read through the forward");
     sender.join().expect("sender");
     got
 }

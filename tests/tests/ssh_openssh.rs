@@ -1284,53 +1284,6 @@ fn agent_forwarding_signs_with_the_clients_agent_and_only_where_granted() {
     assert!(value("alknet_ssh_channels_opened_total{type=auth-agent}") >= 4);
 }
 
-/// A Unix-socket echo server at `path`, one thread per connection.
-fn unix_echo_server(path: &Path) {
-    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind unix echo");
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let Ok(mut reader) = conn.try_clone() else {
-                    return;
-                };
-                let mut writer = conn;
-                let _ = std::io::copy(&mut reader, &mut writer);
-                let _ = writer.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-}
-
-/// `data` through a Unix socket whose far end echoes, back until EOF.
-fn unix_echo_through(path: &Path, data: &[u8]) -> Vec<u8> {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + SSH_TIMEOUT;
-    let stream = loop {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() > deadline => panic!("{}: {e}", path.display()),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
-    stream
-        .set_read_timeout(Some(SSH_TIMEOUT))
-        .expect("read timeout");
-    let mut writer = stream.try_clone().expect("clone");
-    let data = data.to_vec();
-    let sender = std::thread::spawn(move || {
-        writer.write_all(&data).expect("write through the forward");
-        writer
-            .shutdown(std::net::Shutdown::Write)
-            .expect("half-close");
-    });
-    let mut got = Vec::new();
-    let mut stream = stream;
-    stream.read_to_end(&mut got).expect("read back");
-    sender.join().expect("sender");
-    got
-}
-
 /// `ssh -N -o ExitOnForwardFailure=yes FLAG SPEC user@alknet`, in the background.
 fn forward_spec(t: &SshTarget, key: &SshKey, flag: &str, spec: &str) -> Proc {
     let mut cmd = t.ssh(key);
@@ -1400,7 +1353,7 @@ fn unix_socket_forwarding_both_ways_beneath_the_allowed_directory() {
         &format!("{}:127.0.0.1:{echo}", bound.display()),
     );
     for round in 0..3 {
-        let got = unix_echo_through(&bound, &data);
+        let got = echo_through(connect_unix_retry(&bound, SSH_TIMEOUT), &data);
         assert_eq!(sha256(&got), sha256(&data), "round {round}");
     }
     use std::os::unix::fs::PermissionsExt;

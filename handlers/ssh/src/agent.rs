@@ -12,16 +12,12 @@
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use russh::server::Handle;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::AbortHandle;
 
-use crate::adapter::Shared;
-use crate::flow::SessionFlow;
+use crate::forward::ForwardContext;
 use crate::metrics::{ChannelKind, ChannelRefusal};
-use crate::pumps::{splice, ChannelSlots};
 
 /// One session's forwarded-agent socket.
 pub(crate) struct AgentSocket {
@@ -33,13 +29,7 @@ pub(crate) struct AgentSocket {
 impl AgentSocket {
     /// Creates the directory (`alknet-agent-XXXXXXXX` in `parent`) and the socket, and
     /// starts accepting on it.
-    pub fn bind(
-        parent: &Path,
-        handle: Handle,
-        slots: ChannelSlots,
-        flow: SessionFlow,
-        shared: Arc<Shared>,
-    ) -> io::Result<Self> {
+    pub fn bind(parent: &Path, cx: ForwardContext) -> io::Result<Self> {
         let dir = private_dir(parent)?;
         let path = dir.join(format!("agent.{}", std::process::id()));
         let listener = match UnixListener::bind(&path) {
@@ -49,7 +39,7 @@ impl AgentSocket {
                 return Err(e);
             }
         };
-        let task = tokio::spawn(accept_loop(listener, handle, slots, flow, shared));
+        let task = tokio::spawn(accept_loop(listener, cx));
         Ok(Self {
             dir,
             path,
@@ -106,58 +96,27 @@ fn same_user(stream: &UnixStream) -> bool {
 
 /// Accepts until aborted (the session's end), each connection an `auth-agent@openssh.com`
 /// channel to the client.
-async fn accept_loop(
-    listener: UnixListener,
-    handle: Handle,
-    slots: ChannelSlots,
-    flow: SessionFlow,
-    shared: Arc<Shared>,
-) {
+async fn accept_loop(listener: UnixListener, cx: ForwardContext) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                let pause = alknet_runtime::accept_error_pause(&e);
-                tracing::warn!(?pause, "ssh: agent socket: {e}");
-                if let Some(pause) = pause {
-                    tokio::time::sleep(pause).await;
-                }
+                cx.accept_failed("agent socket", &e).await;
                 continue;
             }
         };
         if !same_user(&stream) {
             tracing::warn!("ssh: agent socket: a process of another user connected; closed");
-            shared
+            cx.shared
                 .metrics
                 .channel_refused(ChannelKind::AuthAgent, ChannelRefusal::Denied);
             continue;
         }
-        let Some(slot) = slots.try_acquire() else {
-            tracing::warn!("ssh: channel limit reached; agent connection dropped");
-            shared
-                .metrics
-                .channel_refused(ChannelKind::AuthAgent, ChannelRefusal::Limit);
-            continue;
-        };
-        let handle = handle.clone();
-        let shared = shared.clone();
-        let backlog = flow.backlog();
-        tokio::spawn(async move {
-            let _slot = slot;
-            match handle.channel_open_agent().await {
-                Ok(channel) => {
-                    shared.metrics.channel_opened(ChannelKind::AuthAgent);
-                    let (read, write) = stream.into_split();
-                    splice(channel, read, write, backlog).await
-                }
-                Err(e) => {
-                    // the client said no (it has no agent, or forwarding is off there)
-                    tracing::info!("ssh: auth-agent channel: {e}");
-                    shared
-                        .metrics
-                        .channel_refused(ChannelKind::AuthAgent, ChannelRefusal::ConnectFailed);
-                }
-            }
-        });
+        cx.forward(
+            ChannelKind::AuthAgent,
+            "agent connection".into(),
+            stream.into_split(),
+            |handle| async move { handle.channel_open_agent().await },
+        );
     }
 }

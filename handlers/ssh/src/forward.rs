@@ -2,7 +2,11 @@
 //! addresses and Unix socket paths whose connections go back to the client as
 //! `forwarded-tcpip` and `forwarded-streamlocal@openssh.com` channels.
 
-use russh::server::Handle;
+use std::future::Future;
+
+use russh::server::{Handle, Msg};
+use russh::Channel;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::AbortHandle;
 
@@ -13,7 +17,7 @@ use std::sync::Arc;
 use crate::adapter::Shared;
 use crate::flow::SessionFlow;
 use crate::metrics::{ChannelKind, ChannelRefusal};
-use crate::pumps::{splice, splice_tcp, ChannelSlots};
+use crate::pumps::{splice, ChannelSlots};
 
 /// Mode of a forwarded Unix socket: the server's user only (sshd's default
 /// `StreamLocalBindMask 0177`).
@@ -29,68 +33,96 @@ pub async fn bind(address: &str, port: u16) -> std::io::Result<TcpListener> {
     TcpListener::bind((host, port)).await
 }
 
+/// What a session's forwarding listeners (`ssh -R` TCP and Unix, the forwarded agent)
+/// share: the session's handle, channel slots, flow control and counters.
+#[derive(Clone)]
+pub(crate) struct ForwardContext {
+    pub handle: Handle,
+    pub slots: ChannelSlots,
+    pub flow: SessionFlow,
+    pub shared: Arc<Shared>,
+}
+
+impl ForwardContext {
+    /// After a failed `accept` on the listener `what`: logged, and for EMFILE and friends
+    /// a pause instead of a spin, as every accept loop does (the runtime's decision; these
+    /// listeners run on the tokio bridge).
+    pub async fn accept_failed(&self, what: &str, e: &std::io::Error) {
+        let pause = alknet_runtime::accept_error_pause(e);
+        tracing::warn!(?pause, "ssh: {what}: {e}");
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// A connection accepted on a forwarding listener goes to the client: a channel slot
+    /// (or the connection is dropped), a channel opened by `open` (a task, so the
+    /// listener keeps accepting), then the connection spliced to it both ways. Counted
+    /// under `kind`; `what` names it in the logs.
+    pub fn forward<R, W, F, Fut>(&self, kind: ChannelKind, what: String, conn: (R, W), open: F)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+        F: FnOnce(Handle) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Channel<Msg>, russh::Error>> + Send,
+    {
+        let metrics = &self.shared.metrics;
+        let Some(slot) = self.slots.try_acquire() else {
+            tracing::warn!("ssh: channel limit reached; {what} dropped");
+            metrics.channel_refused(kind, ChannelRefusal::Limit);
+            return;
+        };
+        let handle = self.handle.clone();
+        let shared = self.shared.clone();
+        let backlog = self.flow.backlog();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match open(handle).await {
+                Ok(channel) => {
+                    shared.metrics.channel_opened(kind);
+                    splice(channel, conn.0, conn.1, backlog).await
+                }
+                Err(e) => {
+                    tracing::info!("ssh: {what}: the client refused the channel: {e}");
+                    shared
+                        .metrics
+                        .channel_refused(kind, ChannelRefusal::ConnectFailed);
+                }
+            }
+        });
+    }
+}
+
 /// Accepts connections until aborted (cancel-tcpip-forward, or the session's end), each
 /// opening a `forwarded-tcpip` channel to the client named by the address and port the
 /// client asked for.
-pub async fn accept_loop(
-    listener: TcpListener,
-    address: String,
-    port: u32,
-    handle: Handle,
-    slots: ChannelSlots,
-    flow: SessionFlow,
-    shared: Arc<Shared>,
-) {
+pub async fn accept_loop(listener: TcpListener, address: String, port: u32, cx: ForwardContext) {
+    let what = format!("forward listener {address}:{port}");
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning, as every accept loop
-                // does (the runtime's decision; this listener runs on the tokio bridge)
-                let pause = alknet_runtime::accept_error_pause(&e);
-                tracing::warn!(?pause, "ssh: forward listener {address}:{port}: {e}");
-                if let Some(pause) = pause {
-                    tokio::time::sleep(pause).await;
-                }
+                cx.accept_failed(&what, &e).await;
                 continue;
             }
         };
-        let Some(slot) = slots.try_acquire() else {
-            tracing::warn!("ssh: channel limit reached; forwarded connection from {peer} dropped");
-            shared
-                .metrics
-                .channel_refused(ChannelKind::ForwardedTcpip, ChannelRefusal::Limit);
-            continue;
-        };
-        let handle = handle.clone();
+        let _ = tcp.set_nodelay(true);
         let address = address.clone();
-        let shared = shared.clone();
-        let backlog = flow.backlog();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _ = tcp.set_nodelay(true);
-            match handle
-                .channel_open_forwarded_tcpip(
-                    address.clone(),
-                    port,
-                    peer.ip().to_string(),
-                    u32::from(peer.port()),
-                )
-                .await
-            {
-                Ok(channel) => {
-                    shared.metrics.channel_opened(ChannelKind::ForwardedTcpip);
-                    splice_tcp(channel, tcp, backlog).await
-                }
-                Err(e) => {
-                    tracing::info!("ssh: forwarded-tcpip for {address}:{port}: {e}");
-                    shared.metrics.channel_refused(
-                        ChannelKind::ForwardedTcpip,
-                        ChannelRefusal::ConnectFailed,
-                    );
-                }
-            }
-        });
+        cx.forward(
+            ChannelKind::ForwardedTcpip,
+            format!("forwarded-tcpip from {peer} to {address}:{port}"),
+            tcp.into_split(),
+            move |handle| async move {
+                handle
+                    .channel_open_forwarded_tcpip(
+                        address,
+                        port,
+                        peer.ip().to_string(),
+                        u32::from(peer.port()),
+                    )
+                    .await
+            },
+        );
     }
 }
 
@@ -114,13 +146,7 @@ impl SocketForward {
     /// Binds `path` (mode 0600) and accepts on it until dropped, each connection a
     /// `forwarded-streamlocal@openssh.com` channel to the client. A file already at
     /// `path` is an error, not replaced (sshd's default `StreamLocalBindUnlink no`).
-    pub fn bind(
-        path: &str,
-        handle: Handle,
-        slots: ChannelSlots,
-        flow: SessionFlow,
-        shared: Arc<Shared>,
-    ) -> std::io::Result<Self> {
+    pub fn bind(path: &str, cx: ForwardContext) -> std::io::Result<Self> {
         let listener = UnixListener::bind(path)?;
         // connecting needs write permission on the socket: under the usual umask (022)
         // nobody else could connect before this either
@@ -129,14 +155,7 @@ impl SocketForward {
             let _ = std::fs::remove_file(path);
             return Err(e);
         }
-        let task = tokio::spawn(socket_accept_loop(
-            listener,
-            path.to_string(),
-            handle,
-            slots,
-            flow,
-            shared,
-        ));
+        let task = tokio::spawn(socket_accept_loop(listener, path.to_string(), cx));
         Ok(Self {
             path: PathBuf::from(path),
             listener: task.abort_handle(),
@@ -144,58 +163,22 @@ impl SocketForward {
     }
 }
 
-async fn socket_accept_loop(
-    listener: UnixListener,
-    path: String,
-    handle: Handle,
-    slots: ChannelSlots,
-    flow: SessionFlow,
-    shared: Arc<Shared>,
-) {
+async fn socket_accept_loop(listener: UnixListener, path: String, cx: ForwardContext) {
+    let what = format!("forward socket {path}");
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                let pause = alknet_runtime::accept_error_pause(&e);
-                tracing::warn!(?pause, "ssh: forward socket {path}: {e}");
-                if let Some(pause) = pause {
-                    tokio::time::sleep(pause).await;
-                }
+                cx.accept_failed(&what, &e).await;
                 continue;
             }
         };
-        let Some(slot) = slots.try_acquire() else {
-            tracing::warn!("ssh: channel limit reached; connection to {path} dropped");
-            shared
-                .metrics
-                .channel_refused(ChannelKind::ForwardedStreamlocal, ChannelRefusal::Limit);
-            continue;
-        };
-        let handle = handle.clone();
         let path = path.clone();
-        let shared = shared.clone();
-        let backlog = flow.backlog();
-        tokio::spawn(async move {
-            let _slot = slot;
-            match handle
-                .channel_open_forwarded_streamlocal(path.clone())
-                .await
-            {
-                Ok(channel) => {
-                    shared
-                        .metrics
-                        .channel_opened(ChannelKind::ForwardedStreamlocal);
-                    let (read, write) = stream.into_split();
-                    splice(channel, read, write, backlog).await
-                }
-                Err(e) => {
-                    tracing::info!("ssh: forwarded-streamlocal for {path}: {e}");
-                    shared.metrics.channel_refused(
-                        ChannelKind::ForwardedStreamlocal,
-                        ChannelRefusal::ConnectFailed,
-                    );
-                }
-            }
-        });
+        cx.forward(
+            ChannelKind::ForwardedStreamlocal,
+            format!("forwarded-streamlocal to {path}"),
+            stream.into_split(),
+            move |handle| async move { handle.channel_open_forwarded_streamlocal(path).await },
+        );
     }
 }

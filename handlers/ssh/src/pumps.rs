@@ -14,7 +14,6 @@ use bytes::{Bytes, BytesMut};
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::flow::Backlog;
 
@@ -156,14 +155,9 @@ async fn send_output(
     sent.map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
 }
 
-/// Joins a channel and a TCP connection both ways (ssh -L and ssh -R): EOF travels as
-/// EOF, and the channel is closed once both directions are done.
-pub async fn splice_tcp(channel: Channel<Msg>, tcp: TcpStream, backlog: Backlog) {
-    let (tcp_read, tcp_write) = tcp.into_split();
-    splice(channel, tcp_read, tcp_write, backlog).await
-}
-
-/// [`splice_tcp`] for any stream's two halves (a forwarded agent's Unix socket).
+/// Joins a channel and a connection (TCP or Unix: ssh -L, ssh -R, a forwarded agent)
+/// both ways, given the connection's two halves: EOF travels as EOF, and the channel is
+/// closed once both directions are done.
 pub async fn splice<R, W>(channel: Channel<Msg>, source: R, sink: W, backlog: Backlog)
 where
     R: AsyncRead + Unpin,

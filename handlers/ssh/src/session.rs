@@ -23,11 +23,11 @@ use crate::auth::{key_fingerprint, openssh_fingerprint};
 use crate::certificate::{check_certificate, CertificateRefusal};
 use crate::config::{MAX_ENV_PER_CHANNEL, MAX_TERMINAL_MODES};
 use crate::flow::SessionFlow;
-use crate::forward::SocketForward;
+use crate::forward::{ForwardContext, SocketForward};
 use crate::metrics::{AuthRefusal, ChannelKind, ChannelRefusal, RequestKind};
 use crate::policy::{authorize, SshAction};
 use crate::process::{Launch, PtyRequest, Running};
-use crate::pumps::{pump_input, pump_output, splice, splice_tcp, ChannelSlot, ChannelSlots, OnEof};
+use crate::pumps::{pump_input, pump_output, splice, ChannelSlot, ChannelSlots, OnEof};
 use crate::restrictions::{grant, Grant, KeyRestrictions, Permits};
 
 /// A `session` channel: its settings until something runs in it, then the process.
@@ -280,13 +280,7 @@ impl SshSession {
         if self.agent.is_some() {
             return true;
         }
-        match AgentSocket::bind(
-            &std::env::temp_dir(),
-            session.handle(),
-            self.slots.clone(),
-            self.flow.clone(),
-            self.shared.clone(),
-        ) {
+        match AgentSocket::bind(&std::env::temp_dir(), self.forward_context(session)) {
             Ok(agent) => {
                 tracing::info!(identity = %self.who(), socket = %agent.path().display(), "ssh: agent forwarded");
                 self.agent = Some(agent);
@@ -296,6 +290,69 @@ impl SshSession {
                 tracing::warn!(identity = %self.who(), "ssh: agent forwarding: {e}");
                 false
             }
+        }
+    }
+
+    /// A channel the client opens to something the server connects to (`direct-tcpip`,
+    /// `direct-streamlocal`): refused unless `allowed`, then a channel slot, then `connect`
+    /// (bounded by `connect_timeout_ms`, in a task) and the channel spliced to what it
+    /// gave. Counted under `kind`; `what` names it in the logs.
+    async fn connect_for_client<R, W, Fut>(
+        &self,
+        kind: ChannelKind,
+        allowed: bool,
+        what: String,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        connect: Fut,
+    ) where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+        Fut: std::future::Future<Output = std::io::Result<(R, W)>> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        if !allowed {
+            shared.metrics.channel_refused(kind, ChannelRefusal::Denied);
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return;
+        }
+        let Some(slot) = self.slots.try_acquire() else {
+            shared.metrics.channel_refused(kind, ChannelRefusal::Limit);
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return;
+        };
+        let backlog = self.flow.backlog();
+        let timeout = self.shared.config.connect_timeout();
+        let identity = self.who().to_string();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let metrics = &shared.metrics;
+            let failed = match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok((read, write))) => {
+                    metrics.channel_opened(kind);
+                    tracing::debug!(identity = %identity, "ssh: {what}");
+                    reply.accept().await;
+                    splice(channel, read, write, backlog).await;
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+            tracing::info!(identity = %identity, "ssh: {what}: {failed}");
+            metrics.channel_refused(kind, ChannelRefusal::ConnectFailed);
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+        });
+    }
+
+    /// What a forwarding listener of this session needs to hand connections to the client.
+    fn forward_context(&self, session: &Session) -> ForwardContext {
+        ForwardContext {
+            handle: session.handle(),
+            slots: self.slots.clone(),
+            flow: self.flow.clone(),
+            shared: self.shared.clone(),
         }
     }
 
@@ -321,13 +378,7 @@ impl SshSession {
         if self.socket_forwards.contains_key(path) {
             return false;
         }
-        match SocketForward::bind(
-            path,
-            session.handle(),
-            self.slots.clone(),
-            self.flow.clone(),
-            self.shared.clone(),
-        ) {
+        match SocketForward::bind(path, self.forward_context(session)) {
             Ok(forward) => {
                 tracing::info!(identity = %self.who(), "ssh: forwarding {path} to the client");
                 self.socket_forwards.insert(path.to_string(), forward);
@@ -379,10 +430,7 @@ impl SshSession {
             listener,
             address.to_string(),
             u32::from(bound),
-            session.handle(),
-            self.slots.clone(),
-            self.flow.clone(),
-            self.shared.clone(),
+            self.forward_context(session),
         ));
         tracing::info!(identity = %self.who(), "ssh: forwarding {address}:{bound} to the client");
         // OpenSSH cancels a port-0 forward by the port it was given
@@ -673,60 +721,25 @@ impl russh::server::Handler for SshSession {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let shared = self.shared.clone();
-        let refused = |why| {
-            shared
-                .metrics
-                .channel_refused(ChannelKind::DirectTcpip, why)
-        };
-        if !self.allowed(SshAction::ForwardLocal) {
-            refused(ChannelRefusal::Denied);
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        }
-        let Some(slot) = self.slots.try_acquire() else {
-            refused(ChannelRefusal::Limit);
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return Ok(());
-        };
-        let Ok(port) = u16::try_from(port) else {
-            refused(ChannelRefusal::ConnectFailed);
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            return Ok(());
-        };
-        let target = (host.to_string(), port);
-        let backlog = self.flow.backlog();
-        let timeout = self.shared.config.connect_timeout();
-        let identity = self.who().to_string();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let connected =
-                tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await;
-            let metrics = &shared.metrics;
-            match connected {
-                Ok(Ok(tcp)) => {
-                    metrics.channel_opened(ChannelKind::DirectTcpip);
-                    tracing::debug!(identity = %identity, "ssh: direct-tcpip to {}:{}", target.0, target.1);
-                    let _ = tcp.set_nodelay(true);
-                    reply.accept().await;
-                    splice_tcp(channel, tcp, backlog).await;
-                }
-                Ok(Err(e)) => {
-                    tracing::info!(identity = %identity, "ssh: direct-tcpip to {}:{}: {e}", target.0, target.1);
-                    metrics
-                        .channel_refused(ChannelKind::DirectTcpip, ChannelRefusal::ConnectFailed);
-                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
-                }
-                Err(_) => {
-                    tracing::info!(identity = %identity, "ssh: direct-tcpip to {}:{} timed out", target.0, target.1);
-                    metrics
-                        .channel_refused(ChannelKind::DirectTcpip, ChannelRefusal::ConnectFailed);
-                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
-                }
-            }
-        });
+        let allowed = self.allowed(SshAction::ForwardLocal);
+        let target = (host.to_string(), u16::try_from(port).ok());
+        let what = format!("direct-tcpip to {host}:{port}");
+        self.connect_for_client(
+            ChannelKind::DirectTcpip,
+            allowed,
+            what,
+            channel,
+            reply,
+            async move {
+                let (host, Some(port)) = target else {
+                    return Err(std::io::Error::other("port out of range"));
+                };
+                let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+                let _ = tcp.set_nodelay(true);
+                Ok(tcp.into_split())
+            },
+        )
+        .await;
         Ok(())
     }
 
@@ -737,63 +750,22 @@ impl russh::server::Handler for SshSession {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let shared = self.shared.clone();
-        let refused = |why| {
-            shared
-                .metrics
-                .channel_refused(ChannelKind::DirectStreamlocal, why)
-        };
         let permitted = self.shared.config.socket_allowed(socket_path);
         if !permitted {
             tracing::warn!(identity = %self.who(), "ssh: direct-streamlocal to {socket_path:?} refused (not beneath ssh.forward_socket_allow)");
         }
-        if !permitted || !self.allowed(SshAction::ForwardLocal) {
-            refused(ChannelRefusal::Denied);
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        }
-        let Some(slot) = self.slots.try_acquire() else {
-            refused(ChannelRefusal::Limit);
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return Ok(());
-        };
+        let allowed = permitted && self.allowed(SshAction::ForwardLocal);
         let path = socket_path.to_string();
-        let backlog = self.flow.backlog();
-        let timeout = self.shared.config.connect_timeout();
-        let identity = self.who().to_string();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let connected =
-                tokio::time::timeout(timeout, tokio::net::UnixStream::connect(&path)).await;
-            let metrics = &shared.metrics;
-            match connected {
-                Ok(Ok(stream)) => {
-                    metrics.channel_opened(ChannelKind::DirectStreamlocal);
-                    tracing::debug!(identity = %identity, "ssh: direct-streamlocal to {path}");
-                    reply.accept().await;
-                    let (read, write) = stream.into_split();
-                    splice(channel, read, write, backlog).await;
-                }
-                Ok(Err(e)) => {
-                    tracing::info!(identity = %identity, "ssh: direct-streamlocal to {path}: {e}");
-                    metrics.channel_refused(
-                        ChannelKind::DirectStreamlocal,
-                        ChannelRefusal::ConnectFailed,
-                    );
-                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
-                }
-                Err(_) => {
-                    tracing::info!(identity = %identity, "ssh: direct-streamlocal to {path} timed out");
-                    metrics.channel_refused(
-                        ChannelKind::DirectStreamlocal,
-                        ChannelRefusal::ConnectFailed,
-                    );
-                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
-                }
-            }
-        });
+        let what = format!("direct-streamlocal to {socket_path}");
+        self.connect_for_client(
+            ChannelKind::DirectStreamlocal,
+            allowed,
+            what,
+            channel,
+            reply,
+            async move { Ok(tokio::net::UnixStream::connect(path).await?.into_split()) },
+        )
+        .await;
         Ok(())
     }
 
