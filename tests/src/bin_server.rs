@@ -289,6 +289,15 @@ impl BinServer {
     }
 }
 
+/// The value of `sample` (`name{labels}` as [`BinServer::metrics_samples`] prints it) in
+/// `samples`; fails the test, listing them, when it is not there.
+pub fn sample_value(samples: &[String], sample: &str) -> u64 {
+    samples
+        .iter()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in:\n{}", samples.join("\n")))
+}
+
 /// Waits for a child's output, killing it and failing the test after `limit`.
 pub fn wait_output(child: Child, limit: Duration) -> std::process::Output {
     let pid = child.id();

@@ -9,7 +9,7 @@ pub mod git;
 pub mod ssh;
 mod whoami;
 
-pub use bin_server::{free_udp_port, wait_output, BinServer};
+pub use bin_server::{free_udp_port, sample_value, wait_output, BinServer};
 pub use child_lines::ChildLines;
 pub use chromium::{chromium_available, chromium_page};
 pub use whoami::{ask_whoami, require_aioquic, WhoAmI, WHOAMI_ALPN};

@@ -215,12 +215,7 @@ fn unknown_keys_and_missing_scopes_are_refused() {
     // every refusal above is counted in /metrics, under its reason
     drop(_forward);
     let samples = server.metrics_samples();
-    let value = |sample: &str| -> u64 {
-        samples
-            .iter()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no sample {sample} in:\n{}", samples.join("\n")))
-    };
+    let value = |sample: &str| sample_value(&samples, sample);
     assert_eq!(value("alknet_ssh_requests_total{kind=exec}"), 1);
     assert_eq!(value("alknet_ssh_requests_refused_total{kind=exec}"), 2);
     assert_eq!(
@@ -899,15 +894,15 @@ fn user_certificates_signed_by_a_cert_authority_line() {
     assert_eq!((code, out.trim()), (Some(1), "not a tty"), "{err}");
 
     let samples = server.metrics_samples();
-    let refusals = samples
-        .iter()
-        .find_map(|l| l.strip_prefix("alknet_ssh_auth_refusals_total{reason=certificate} "))
-        .unwrap_or_else(|| panic!("no certificate refusals in:\n{}", samples.join("\n")));
+    let refusals = sample_value(
+        &samples,
+        "alknet_ssh_auth_refusals_total{reason=certificate}",
+    );
     // root, foreign, far and strict. The expired and the host certificate never reach
     // the check (OpenSSH's client does not offer a host certificate, russh refuses an
     // expired one first; both are in `certificate.rs`'s unit tests), and the CA's bare
     // key is an unknown key
-    assert_eq!(refusals, "4");
+    assert_eq!(refusals, 4);
 }
 
 /// `ssh-keygen -k -f KRL [-s CA.pub] SPEC…`: an OpenSSH Key Revocation List.
@@ -1269,12 +1264,7 @@ fn agent_forwarding_signs_with_the_clients_agent_and_only_where_granted() {
     }
 
     let samples = server.metrics_samples();
-    let value = |sample: &str| -> u64 {
-        samples
-            .iter()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no sample {sample} in:\n{}", samples.join("\n")))
-    };
+    let value = |sample: &str| sample_value(&samples, sample);
     assert_eq!(value("alknet_ssh_requests_total{kind=auth-agent-req}"), 3);
     assert_eq!(
         value("alknet_ssh_requests_refused_total{kind=auth-agent-req}"),
@@ -1405,12 +1395,7 @@ fn unix_socket_forwarding_both_ways_beneath_the_allowed_directory() {
     }
 
     let samples = server.metrics_samples();
-    let value = |sample: &str| -> u64 {
-        samples
-            .iter()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no sample {sample} in:\n{}", samples.join("\n")))
-    };
+    let value = |sample: &str| sample_value(&samples, sample);
     assert_eq!(
         value("alknet_ssh_requests_total{kind=streamlocal-forward}"),
         1
