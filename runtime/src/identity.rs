@@ -126,6 +126,9 @@ impl IdentityProvider for ConfigIdentityProvider {
 pub struct AuthContext {
     /// The peer's address when the handshake completed.
     pub remote: SocketAddr,
+    /// The server's address the peer reached (the destination of its packets, or the TCP
+    /// connection's local end), when known.
+    pub local: Option<SocketAddr>,
     /// The negotiated ALPN.
     pub alpn: Vec<u8>,
     /// SHA-256 of the client certificate, if the client presented one.
@@ -140,6 +143,7 @@ impl std::fmt::Debug for AuthContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthContext")
             .field("remote", &self.remote)
+            .field("local", &self.local)
             .field("alpn", &String::from_utf8_lossy(&self.alpn))
             .field("peer_fingerprint", &self.peer_fingerprint)
             .field("identity", &self.identity)

@@ -343,6 +343,7 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     set_keepalive(&stream, setup.limits.keepalive_idle);
+    let local = stream.local_addr().ok();
     let poll = match stream.try_into_poll_io() {
         Ok(p) => p,
         Err((e, _)) => {
@@ -426,7 +427,7 @@ async fn serve_connection(
     WorkerStats::add(&stats.tcp_accepted, 1);
     WorkerStats::add(&stats.tcp_open, 1);
     slot.counted_open = true;
-    let auth = shared.auth_context(remote, alpn.clone(), peer_fingerprint);
+    let auth = shared.auth_context(remote, local, alpn.clone(), peer_fingerprint);
     let handler = match handler {
         Served::Tcp(handler) => handler,
         Served::Stream(handler) => {

@@ -118,6 +118,7 @@ impl ServerShared {
     pub fn auth_context(
         &self,
         remote: std::net::SocketAddr,
+        local: Option<std::net::SocketAddr>,
         alpn: Vec<u8>,
         peer_fingerprint: Option<Fingerprint>,
     ) -> AuthContext {
@@ -125,6 +126,7 @@ impl ServerShared {
         let provider: Arc<dyn IdentityProvider> = self.provider.clone();
         AuthContext {
             remote,
+            local,
             alpn,
             peer_fingerprint,
             identity,
@@ -1283,7 +1285,7 @@ enum Arrival {
 
 /// Runs the handler for a connection whose handshake just completed, on this worker.
 fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) {
-    let (alpn, peer_fingerprint, remote) = {
+    let (alpn, peer_fingerprint, remote, local_ip) = {
         let st = c.state.borrow();
         if st.resumed {
             WorkerStats::add(&w.stats.handshakes_resumed, 1);
@@ -1292,7 +1294,14 @@ fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) 
             st.alpn.clone(),
             st.peer_fingerprint,
             st.conn.remote_address(),
+            st.conn.local_ip(),
         )
+    };
+    // the socket's port, and the packets' destination address where the socket is bound
+    // to a wildcard (the kernel reports it per datagram)
+    let local = {
+        let bound = w.io.borrow().local_addr();
+        std::net::SocketAddr::new(local_ip.unwrap_or(bound.ip()), bound.port())
     };
     let registry = s.registry.load();
     let Some(handler) = alpn.as_deref().and_then(|a| registry.lookup(a)).cloned() else {
@@ -1319,7 +1328,7 @@ fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) 
             }
         }
     }
-    let auth = s.auth_context(remote, alpn, peer_fingerprint);
+    let auth = s.auth_context(remote, Some(local), alpn, peer_fingerprint);
     let conn = Connection::new(c.clone());
     let stats = w.stats.clone();
     let worker = w.index;

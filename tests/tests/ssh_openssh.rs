@@ -79,15 +79,34 @@ fn exec_exit_status_stderr_and_stdin_with_a_peer_key() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "C.UTF-8 unset\n");
 
-    // exec with a pty (ssh -tt): the command sees a terminal
+    // exec with a pty (ssh -tt): the command sees a terminal, named in SSH_TTY
     let mut cmd = t.ssh(&key);
-    cmd.args(["-tt", "user@alknet", "tty; exit 4"]);
+    cmd.args(["-tt", "user@alknet", "tty; echo \"$SSH_TTY\"; exit 4"]);
     let out = run_with_input(cmd, b"");
     assert_eq!(out.status.code(), Some(4), "stderr: {}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).starts_with("/dev/pts/"),
-        "{}",
-        text(&out.stdout)
+    let printed = text(&out.stdout);
+    let lines: Vec<&str> = printed.lines().map(str::trim_end).collect();
+    assert!(lines[0].starts_with("/dev/pts/"), "{printed}");
+    assert_eq!(lines.get(1), Some(&lines[0]), "SSH_TTY: {printed}");
+
+    // SSH_CONNECTION and SSH_CLIENT, as sshd sets them: the client (alknet connect's
+    // address) and the server's address and port it reached
+    let out = t.run(&key, "echo \"$SSH_CONNECTION|$SSH_CLIENT\"", b"");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    let (connection, client) = printed.trim_end().split_once('|').expect("two values");
+    let fields: Vec<&str> = connection.split(' ').collect();
+    let port = server.port.to_string();
+    assert_eq!(fields.len(), 4, "{printed}");
+    assert_eq!(
+        (fields[0], fields[2], fields[3]),
+        ("127.0.0.1", "127.0.0.1", port.as_str()),
+        "{printed}"
+    );
+    assert_eq!(
+        client,
+        format!("127.0.0.1 {} {port}", fields[1]),
+        "{printed}"
     );
 
     // a command killed by a signal ends the session too (exit-signal), without hanging

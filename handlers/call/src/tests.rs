@@ -29,6 +29,7 @@ fn provider() -> Arc<ConfigIdentityProvider> {
 fn auth(identity: Option<Identity>) -> AuthContext {
     AuthContext {
         remote: "127.0.0.1:9".parse().expect("addr"),
+        local: None,
         alpn: ALPN.to_vec(),
         peer_fingerprint: None,
         identity,

@@ -360,6 +360,7 @@ async fn serve_session(shared: Arc<Shared>, mut stream: ByteStream, auth: AuthCo
     let handler = SshSession::new(
         shared.clone(),
         auth.remote,
+        auth.local,
         auth.provider.clone(),
         authenticated.clone(),
     );

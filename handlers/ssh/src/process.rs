@@ -3,8 +3,9 @@
 
 use std::ffi::{OsStr, OsString};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -61,6 +62,10 @@ pub struct Launch {
     pub pty: Option<PtyRequest>,
     /// Who asked, for the child's environment (`ALKNET_IDENTITY`) and the logs.
     pub identity: String,
+    /// The client's address and the server's it reached, for `SSH_CLIENT` and
+    /// `SSH_CONNECTION`.
+    pub remote: SocketAddr,
+    pub local: Option<SocketAddr>,
 }
 
 /// A started process: what the session handler keeps to signal and resize it. Dropping it
@@ -119,6 +124,22 @@ fn environment(launch: &Launch) -> Vec<(OsString, OsString)> {
     // client-requested names were checked against [ssh].env_allow
     for (k, v) in &launch.env {
         env.push((k.into(), v.into()));
+    }
+    // last, so that no env request replaces them (as sshd sets them after the client's);
+    // scripts and shells read them to tell a remote session
+    let (client, port) = (launch.remote.ip().to_canonical(), launch.remote.port());
+    let (server, server_port) = launch
+        .local
+        .map_or((None, 0), |l| (Some(l.ip().to_canonical()), l.port()));
+    env.push((
+        "SSH_CLIENT".into(),
+        format!("{client} {port} {server_port}").into(),
+    ));
+    if let Some(server) = server {
+        env.push((
+            "SSH_CONNECTION".into(),
+            format!("{client} {port} {server} {server_port}").into(),
+        ));
     }
     env
 }
@@ -247,11 +268,16 @@ pub fn start(
                     tracing::warn!("ssh: setting the client's terminal modes: {e}");
                 }
             }
+            let tty = rustix::termios::ttyname(&pts, Vec::new())
+                .map(|name| OsString::from_vec(name.into_bytes()));
             let mut cmd = pty_process::Command::new(&launch.shell)
                 .env_clear()
                 .envs(env)
                 .current_dir(working_dir())
                 .kill_on_drop(true);
+            if let Ok(tty) = tty {
+                cmd = cmd.env("SSH_TTY", tty);
+            }
             cmd = match &launch.command {
                 Some(c) => cmd.arg("-c").arg(OsStr::from_bytes(c)),
                 None => cmd.arg0(login_name(&launch.shell)),
@@ -431,6 +457,8 @@ mod tests {
                 modes: Vec::new(),
             }),
             identity: "alice".into(),
+            remote: "[::ffff:192.0.2.7]:50000".parse().expect("addr"),
+            local: Some("[::1]:4433".parse().expect("addr")),
         };
         let env = environment(&launch);
         let get = |k: &str| {
@@ -443,6 +471,12 @@ mod tests {
         assert_eq!(get("SHELL").as_deref(), Some("/bin/sh"));
         assert_eq!(get("ALKNET_IDENTITY").as_deref(), Some("alice"));
         assert!(get("PATH").is_some());
+        // the client as IPv4 (a dual-stack socket's mapped form undone), as sshd shows it
+        assert_eq!(get("SSH_CLIENT").as_deref(), Some("192.0.2.7 50000 4433"));
+        assert_eq!(
+            get("SSH_CONNECTION").as_deref(),
+            Some("192.0.2.7 50000 ::1 4433")
+        );
         assert!(
             get("CARGO").is_none(),
             "the server's own environment stays out"

@@ -57,6 +57,8 @@ impl SessionChannel {
 pub(crate) struct SshSession {
     shared: Arc<Shared>,
     remote: SocketAddr,
+    /// The server's address the client reached, when known.
+    local: Option<SocketAddr>,
     provider: Arc<dyn IdentityProvider>,
     identity: Option<Identity>,
     /// Whether `pty-req` may be granted: false for a user certificate without the
@@ -102,6 +104,7 @@ impl SshSession {
     pub(crate) fn new(
         shared: Arc<Shared>,
         remote: SocketAddr,
+        local: Option<SocketAddr>,
         provider: Arc<dyn IdentityProvider>,
         authenticated: Arc<AtomicBool>,
     ) -> Self {
@@ -110,6 +113,7 @@ impl SshSession {
         Self {
             shared,
             remote,
+            local,
             provider,
             identity: None,
             pty_allowed: true,
@@ -239,6 +243,8 @@ impl SshSession {
             env,
             pty: ch.pty.clone(),
             identity: identity.clone(),
+            remote: self.remote,
+            local: self.local,
         };
         let backlog = self.flow.backlog();
         match crate::process::start(launch, id, read, write, session.handle(), backlog) {

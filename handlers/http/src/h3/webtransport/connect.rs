@@ -84,6 +84,7 @@ pub fn route(
     };
     let session_auth = AuthContext {
         remote: auth.remote,
+        local: auth.local,
         alpn: alpn.as_bytes().to_vec(),
         peer_fingerprint: auth.peer_fingerprint,
         identity,
@@ -239,6 +240,7 @@ mod tests {
         .expect("valid");
         AuthContext {
             remote: "127.0.0.1:9".parse().expect("addr"),
+            local: None,
             alpn: b"h3".to_vec(),
             peer_fingerprint: None,
             identity: None,
