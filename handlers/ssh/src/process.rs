@@ -66,6 +66,8 @@ pub struct Launch {
     /// `SSH_CONNECTION`.
     pub remote: SocketAddr,
     pub local: Option<SocketAddr>,
+    /// The forwarded agent's socket, for `SSH_AUTH_SOCK`.
+    pub agent: Option<PathBuf>,
 }
 
 /// A started process: what the session handler keeps to signal and resize it. Dropping it
@@ -140,6 +142,9 @@ fn environment(launch: &Launch) -> Vec<(OsString, OsString)> {
             "SSH_CONNECTION".into(),
             format!("{client} {port} {server} {server_port}").into(),
         ));
+    }
+    if let Some(agent) = &launch.agent {
+        env.push(("SSH_AUTH_SOCK".into(), agent.clone().into_os_string()));
     }
     env
 }
@@ -459,6 +464,7 @@ mod tests {
             identity: "alice".into(),
             remote: "[::ffff:192.0.2.7]:50000".parse().expect("addr"),
             local: Some("[::1]:4433".parse().expect("addr")),
+            agent: None,
         };
         let env = environment(&launch);
         let get = |k: &str| {

@@ -217,14 +217,6 @@ impl SshSession {
             return false;
         };
         let mut env = std::mem::take(&mut ch.env);
-        if let Some(agent) = &self.agent {
-            // ours, whatever the client's `env` requests said
-            env.retain(|(k, _)| k != "SSH_AUTH_SOCK");
-            env.push((
-                "SSH_AUTH_SOCK".into(),
-                agent.path().to_string_lossy().into_owned(),
-            ));
-        }
         let command = match &self.forced_command {
             // as sshd: the forced command runs, and finds what was asked in the environment
             Some(forced) => {
@@ -245,6 +237,7 @@ impl SshSession {
             identity: identity.clone(),
             remote: self.remote,
             local: self.local,
+            agent: self.agent.as_ref().map(|a| a.path().to_path_buf()),
         };
         let backlog = self.flow.backlog();
         match crate::process::start(launch, id, read, write, session.handle(), backlog) {
