@@ -178,6 +178,8 @@ shell = "/bin/sh"
 # authorized_keys = "/etc/alknet/authorized_keys"
 # Environment variables clients may set: exact names, or a prefix ending in *.
 env_allow = ["LANG", "LC_*", "GIT_PROTOCOL"]
+# Subsystems served by a command (sshd's Subsystem), run as exec runs it; needs ssh:exec.
+# subsystems = { netconf = "/usr/sbin/netconf-subsystem" }
 # Addresses ssh -R (tcpip-forward) may bind, as the client names them.
 forward_bind_allow = ["127.0.0.1", "::1", "localhost"]
 # Directories beneath which Unix sockets may be forwarded (ssh -L PORT:/path, ssh -R /path:…);

@@ -1436,3 +1436,41 @@ fn unix_socket_forwarding_both_ways_beneath_the_allowed_directory() {
         1
     );
 }
+
+/// `[ssh] subsystems`, sshd's `Subsystem NAME COMMAND`: `ssh -s NAME` runs the command as
+/// an `exec` would, for an identity with `ssh:exec`.
+#[test]
+fn a_configured_subsystem_runs_its_command() {
+    require_openssh();
+    let server = BinServer::start_with_config("[ssh]\nsubsystems = { upper = \"tr a-z A-Z\" }\n");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let runner = ssh_keygen(keys.path(), "runner");
+    let shell_only = ssh_keygen(keys.path(), "shell-only");
+    let dir = server.data_dir.path();
+    peer_add(dir, "runner", &runner.fingerprint_hex, &["ssh:exec"]);
+    peer_add(
+        dir,
+        "shell-only",
+        &shell_only.fingerprint_hex,
+        &["ssh:shell"],
+    );
+    let t = target(&server);
+    let subsystem = |key: &SshKey, name: &str| {
+        let mut cmd = t.ssh(key);
+        cmd.args(["-s", "user@alknet", name]);
+        run_with_input(cmd, b"quic all the way\n")
+    };
+    let out = subsystem(&runner, "upper");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "QUIC ALL THE WAY\n");
+    // without ssh:exec, and a name nobody configured: refused
+    for (key, name) in [(&shell_only, "upper"), (&runner, "lower")] {
+        let out = subsystem(key, name);
+        assert_eq!(out.status.code(), Some(255), "{name}");
+        assert!(
+            text(&out.stderr).contains("subsystem request failed"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! The `[ssh]` section of the config file: every limit is a named constant here with a key
 //! there.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -93,6 +94,10 @@ pub struct SshConfig {
     pub revoked_keys: Option<PathBuf>,
     /// Names a client may set with `env` requests: exact names, or a prefix ending in `*`.
     pub env_allow: Vec<String>,
+    /// Subsystems served by a command, as sshd's `Subsystem NAME COMMAND`: the command
+    /// runs as an `exec` would (`SHELL -c COMMAND`, needs `ssh:exec`). One named like a
+    /// built-in subsystem (`sftp`) replaces it.
+    pub subsystems: BTreeMap<String, String>,
     /// Addresses `tcpip-forward` (ssh -R) may bind: exact strings as the client sends them.
     pub forward_bind_allow: Vec<String>,
     /// Directories beneath which Unix sockets may be forwarded: connected to by
@@ -130,6 +135,7 @@ impl Default for SshConfig {
             authorized_keys: None,
             revoked_keys: None,
             env_allow: DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect(),
+            subsystems: BTreeMap::new(),
             forward_bind_allow: DEFAULT_FORWARD_BIND_ALLOW
                 .iter()
                 .map(|s| s.to_string())
@@ -217,6 +223,16 @@ impl SshConfig {
             return Err(SshConfigError {
                 key: "forward_socket_allow",
                 reason: "must be absolute directories without . or .. components",
+            });
+        }
+        if self
+            .subsystems
+            .iter()
+            .any(|(name, command)| name.is_empty() || command.trim().is_empty())
+        {
+            return Err(SshConfigError {
+                key: "subsystems",
+                reason: "every entry needs a name and a command",
             });
         }
         if self.env_allow.iter().any(|p| p.is_empty() || p == "*") {
@@ -340,6 +356,7 @@ mod tests {
         };
         bad("max_channels_per_session = 0", "max_channels_per_session");
         bad("forward_socket_allow = [\"run\"]", "forward_socket_allow");
+        bad("subsystems = { netconf = \" \" }", "subsystems");
         bad(
             "forward_socket_allow = [\"/run/../etc\"]",
             "forward_socket_allow",

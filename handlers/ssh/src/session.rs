@@ -443,7 +443,7 @@ impl SshSession {
     }
 
     /// Starts subsystem `name` in `channel`; `false` when refused.
-    fn start_subsystem(&mut self, channel: ChannelId, name: &str) -> bool {
+    fn start_subsystem(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> bool {
         // a forced command leaves no subsystem, except sshd's idiom for SFTP-only keys
         if let Some(forced) = self.forced_command.as_deref() {
             if !(name == "sftp" && is_internal_sftp(forced)) {
@@ -453,6 +453,15 @@ impl SshSession {
                 tracing::warn!(identity = %self.who(), "ssh: subsystem {name:?} refused: the key forces a command");
                 return false;
             }
+        }
+        let configured = match self.forced_command {
+            // an internal-sftp key gets the built-in sftp, whatever `subsystems` says
+            Some(_) => None,
+            None => self.shared.config.subsystems.get(name).cloned(),
+        };
+        if let Some(command) = configured {
+            tracing::info!(identity = %self.who(), "ssh: subsystem {name:?}: {command}");
+            return self.start(channel, Some(command.as_bytes()), session);
         }
         let Some(registered) = self.shared.subsystems.0.get(name).cloned() else {
             if let Some(ch) = self.channels.get_mut(&channel) {
@@ -886,7 +895,7 @@ impl russh::server::Handler for SshSession {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let started = self.start_subsystem(channel, name);
+        let started = self.start_subsystem(channel, name, session);
         self.shared.metrics.request(RequestKind::Subsystem, started);
         answer(session, channel, started)
     }
