@@ -100,7 +100,7 @@ fn curl_through_alknet_socks_reaches_a_loopback_http_server() {
     let denied = ssh_keygen(dir.path(), "denied");
     let stranger = ssh_keygen(dir.path(), "stranger");
 
-    let server = BinServer::start();
+    let server = BinServer::start_with_config("[http]\npublic = [\"/metrics\"]\n");
     let fp = server.fingerprint();
     let data = server.data_dir.path();
     peer_add(data, "proxy-user", &allowed.fingerprint_hex, &["ssh:socks"]);
@@ -114,7 +114,7 @@ fn curl_through_alknet_socks_reaches_a_loopback_http_server() {
     }
 
     let port = free_tcp_port();
-    let _proxy = socks(&server, &fp, &allowed.path, port).expect("alknet socks starts");
+    let mut proxy = socks(&server, &fp, &allowed.path, port).expect("alknet socks starts");
     let out = curl(port, &format!("http://127.0.0.1:{http_port}/hello.txt"));
     assert!(
         out.status.success(),
@@ -180,4 +180,31 @@ fn curl_through_alknet_socks_reaches_a_loopback_http_server() {
         .err()
         .expect("stranger refused");
     assert!(err.contains("refused"), "{err}");
+
+    // Ctrl-C: the proxy closes its QUIC connection and exits, and the server ends the
+    // session at once (killed outright, it would hold it until the idle timeout)
+    let open = || sample_value(&server.metrics_samples(), "alknet_ssh_sessions_open{}");
+    let before = open();
+    let status = Command::new("kill")
+        .args(["-INT", &proxy.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exited = loop {
+        if let Some(status) = proxy.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "alknet socks ignored SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exited.success(), "{exited:?}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while open() >= before {
+        assert!(
+            Instant::now() < deadline,
+            "the server still holds the proxy's session"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
