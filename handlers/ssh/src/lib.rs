@@ -50,7 +50,7 @@ pub use hostkey::{
     generate_ed25519, load_host_key, load_or_generate_host_key, HostKeyError, HOST_KEY_FILE,
 };
 pub use process::HANGUP_GRACE;
-pub use revoked::{RevokedKeys, RevokedKeysError};
 pub use pumps::OUTPUT_CHUNK;
+pub use revoked::{RevokedKeys, RevokedKeysError};
 pub use russh;
 pub use subsystem::{Subsystem, SubsystemStream, SUBSYSTEM_PIPE};

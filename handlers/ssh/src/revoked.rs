@@ -120,6 +120,11 @@ impl RevokedKeys {
         })
     }
 
+    /// Whether it revokes nothing (an empty file, a KRL without sections).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// How many keys, fingerprints and certificate rules it holds, for the log.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -460,7 +465,7 @@ mod tests {
         for cut in (KRL_MAGIC.len()..good.len()).filter(|&c| c != header) {
             assert!(RevokedKeys::parse(&good[..cut], "k").is_err(), "{cut}");
         }
-        assert!(RevokedKeys::parse(&good[..header], "k").is_ok_and(|r| r.len() == 0));
+        assert!(RevokedKeys::parse(&good[..header], "k").is_ok_and(|r| r.is_empty()));
         let mut v2 = good.clone();
         v2[KRL_MAGIC.len() + 3] = 2;
         assert!(RevokedKeys::parse(&v2, "k").is_err());
