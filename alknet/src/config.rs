@@ -89,6 +89,9 @@ zero_rtt = false
 # TLS 1.3 suites offered; empty = TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384,
 # TLS13_CHACHA20_POLY1305_SHA256.
 cipher_suites = []
+# QUIC versions served, preferred first: a client starting in v1 that offers v2 is
+# switched to v2 during its handshake (compatible version negotiation, RFC 9368).
+versions = ["v2", "v1"]
 # A second address (and port) offered to clients as the server's preferred address
 # (RFC 9000, section 9.6): each worker listens there too, and a client may move its
 # connection there after the handshake. Unset: none offered.

@@ -126,10 +126,15 @@ impl CidLayout {
     }
 }
 
-/// Whether `datagram` starts with a QUIC version 1 Initial packet (long header, fixed bit,
-/// type 0; RFC 9000, section 17.2.2). Read from the unprotected first byte and version only.
+/// Whether `datagram` starts with a QUIC Initial packet: long header, fixed bit, and type 0
+/// in version 1 (RFC 9000, section 17.2.2) or type 1 in version 2 (RFC 9369, section 3.2).
+/// Read from the unprotected first byte and version only.
 pub fn is_initial(datagram: &[u8]) -> bool {
-    matches!(datagram, [first, 0, 0, 0, 1, ..] if first & 0xf0 == 0xc0)
+    match datagram {
+        [first, 0, 0, 0, 1, ..] => first & 0xf0 == 0xc0,
+        [first, 0x6b, 0x33, 0x43, 0xcf, ..] => first & 0xf0 == 0xd0,
+        _ => false,
+    }
 }
 
 /// The destination connection ID of the first QUIC packet in `datagram`.
@@ -156,7 +161,18 @@ mod tests {
     fn initials_are_told_from_other_packets() {
         assert!(is_initial(&[0xc3, 0, 0, 0, 1, 8]));
         assert!(!is_initial(&[0xe3, 0, 0, 0, 1, 8]), "handshake packet");
-        assert!(!is_initial(&[0xc3, 0x6b, 0x33, 0x43, 0xcf, 8]), "QUIC v2");
+        assert!(
+            is_initial(&[0xd3, 0x6b, 0x33, 0x43, 0xcf, 8]),
+            "QUIC v2 Initial"
+        );
+        assert!(
+            !is_initial(&[0xc3, 0x6b, 0x33, 0x43, 0xcf, 8]),
+            "QUIC v2 Retry (type 0)"
+        );
+        assert!(
+            !is_initial(&[0xd3, 0, 0, 0, 1, 8]),
+            "QUIC v1 0-RTT (type 1)"
+        );
         assert!(!is_initial(&[0x43, 0, 0, 0, 1]), "short header");
         assert!(!is_initial(&[0xc3, 0, 0]), "truncated");
     }

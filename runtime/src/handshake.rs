@@ -54,6 +54,32 @@ pub enum RetryMode {
     Auto,
 }
 
+/// A QUIC version the server speaks (`versions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuicVersion {
+    /// QUIC version 1 (RFC 9000), what nearly every client speaks.
+    V1,
+    /// QUIC version 2 (RFC 9369): v1 with other packet-protection salts and labels and
+    /// permuted long-header type bits, so middleboxes cannot ossify on v1's wire image.
+    V2,
+}
+
+impl QuicVersion {
+    /// The version number on the wire.
+    pub fn wire(self) -> u32 {
+        match self {
+            Self::V1 => 1,
+            Self::V2 => quinn_proto::QUIC_V2,
+        }
+    }
+}
+
+/// `versions` default: both, v2 first. A client that starts in v1 and lists v2 in its
+/// Version Information is switched to v2 by compatible version negotiation (RFC 9368, no
+/// extra round trip); every other client stays in the version it started with.
+pub const DEFAULT_QUIC_VERSIONS: [QuicVersion; 2] = [QuicVersion::V2, QuicVersion::V1];
+
 /// A TLS 1.3 cipher suite by its IANA name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum CipherSuiteName {
@@ -112,6 +138,12 @@ pub struct HandshakePolicy {
     /// a free port at start (tests). Unset (the default): none offered.
     pub preferred_address_v4: Option<SocketAddrV4>,
     pub preferred_address_v6: Option<SocketAddrV6>,
+    /// `versions`: the QUIC versions served, in the server's order of preference. A client
+    /// starting in one of them that also offers one listed before it (in its Version
+    /// Information transport parameter) is switched to that one during its handshake:
+    /// compatible version negotiation, RFC 9368. A client starting in a version not listed
+    /// gets a Version Negotiation packet naming these.
+    pub versions: Vec<QuicVersion>,
 }
 
 impl Default for HandshakePolicy {
@@ -126,6 +158,7 @@ impl Default for HandshakePolicy {
             cipher_suites: Vec::new(),
             preferred_address_v4: None,
             preferred_address_v6: None,
+            versions: DEFAULT_QUIC_VERSIONS.to_vec(),
         }
     }
 }
@@ -141,10 +174,16 @@ pub enum HandshakePolicyError {
     TicketLifetime(u128),
     #[error("quic.preferred_address_{0}: {1} is not an address a client can reach (unspecified, broadcast or multicast)")]
     PreferredAddress(&'static str, SocketAddr),
+    #[error("quic.versions must name at least one version (\"v1\", \"v2\"), each once")]
+    Versions,
 }
 
 impl HandshakePolicy {
     pub fn validate(&self) -> Result<(), HandshakePolicyError> {
+        let v = &self.versions;
+        if v.is_empty() || (1..v.len()).any(|i| v[..i].contains(&v[i])) {
+            return Err(HandshakePolicyError::Versions);
+        }
         if self.zero_rtt && self.session_cache == 0 {
             return Err(HandshakePolicyError::ZeroRttWithoutResumption);
         }
@@ -167,6 +206,11 @@ impl HandshakePolicy {
             }
         }
         Ok(())
+    }
+
+    /// `versions` as wire numbers, in order (quinn-proto's `supported_versions`).
+    pub fn wire_versions(&self) -> Vec<u32> {
+        self.versions.iter().map(|v| v.wire()).collect()
     }
 
     /// The preferred addresses configured, IPv4 first.
@@ -263,6 +307,20 @@ mod tests {
         assert!(p.should_retry(0));
         p.retry = RetryMode::Never;
         assert!(!p.should_retry(usize::MAX));
+    }
+
+    #[test]
+    fn versions_parse_in_order_and_are_validated() {
+        let p = HandshakePolicy::default();
+        assert_eq!(p.wire_versions(), vec![quinn_proto::QUIC_V2, 1]);
+        let p: HandshakePolicy = toml::from_str("versions = [\"v1\"]").expect("parses");
+        assert_eq!(p.wire_versions(), vec![1]);
+        assert_eq!(p.validate(), Ok(()));
+        for bad in ["versions = []", "versions = [\"v1\", \"v2\", \"v1\"]"] {
+            let p: HandshakePolicy = toml::from_str(bad).expect("parses");
+            assert_eq!(p.validate(), Err(HandshakePolicyError::Versions), "{bad}");
+        }
+        assert!(toml::from_str::<HandshakePolicy>("versions = [\"draft-29\"]").is_err());
     }
 
     #[test]

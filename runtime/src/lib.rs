@@ -67,7 +67,7 @@ pub use dns::{
     DnsAnswer, DnsResolver, PkarrRelay, RelayError, RelayPacket, PKARR_MAX_RELAY_PAYLOAD,
 };
 pub use handshake::{
-    CipherSuiteName, HandshakePolicy, HandshakePolicyError, RetryMode, SessionTickets,
+    CipherSuiteName, HandshakePolicy, HandshakePolicyError, QuicVersion, RetryMode, SessionTickets,
     DEFAULT_RETRY_AUTO_THRESHOLD, DEFAULT_SESSION_CACHE, DEFAULT_SESSION_TICKET_LIFETIME,
 };
 pub use identity::{

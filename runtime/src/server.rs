@@ -334,6 +334,7 @@ pub fn start_with_hooks(
     )?;
     let mut base_endpoint = EndpointConfig::new(keys.reset.clone());
     base_endpoint.max_udp_payload_size(config.limits.endpoint_max_udp_payload_size())?;
+    base_endpoint.supported_versions(config.handshake.wire_versions());
 
     // the TCP listeners take the port the UDP group got (it may have been 0)
     let (sockets, mut tcp_listeners) = bind_udp_and_tcp(

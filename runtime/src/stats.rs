@@ -83,6 +83,9 @@ worker_stats! {
     /// QUIC handshakes completed that resumed a TLS session (the client's ticket was
     /// accepted: `[quic] session_tickets`); the rest of `connections_accepted` were full.
     handshakes_resumed,
+    /// QUIC handshakes completed in QUIC v2 (`[quic] versions`), whether the client started
+    /// in v2 or was switched to it from v1 (compatible version negotiation).
+    handshakes_v2,
     /// Handlers that returned an error.
     handler_errors,
     /// Handlers that panicked.

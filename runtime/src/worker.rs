@@ -1290,6 +1290,9 @@ fn start_handler(w: &Rc<WorkerState>, s: &Arc<ServerShared>, c: &Rc<ConnInner>) 
         if st.resumed {
             WorkerStats::add(&w.stats.handshakes_resumed, 1);
         }
+        if st.conn.version() == quinn_proto::QUIC_V2 {
+            WorkerStats::add(&w.stats.handshakes_v2, 1);
+        }
         (
             st.alpn.clone(),
             st.peer_fingerprint,

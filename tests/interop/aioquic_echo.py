@@ -17,6 +17,7 @@ import sys
 from aioquic.asyncio import QuicConnectionProtocol, connect
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.packet import QuicProtocolVersion
 from aioquic.quic.logger import QuicLogger
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -24,6 +25,11 @@ ECHO_ALPN = "alknet/echo"
 UNKNOWN_ALPN = "alknet/no-such-service"
 NO_APPLICATION_PROTOCOL = 0x100 + 120  # QUIC CRYPTO_ERROR carrying TLS alert 120
 CHECK_TIMEOUT = 20.0  # seconds; bounds every network wait of one check
+VERSIONS = {"v1": QuicProtocolVersion.VERSION_1, "v2": QuicProtocolVersion.VERSION_2}
+VERSION_NAMES = {v: k for k, v in VERSIONS.items()}
+# --versions: the versions aioquic supports, the one it starts in first (None: aioquic's
+# default, v1 first with v2 also offered)
+CLIENT_VERSIONS: list[int] | None = None
 
 
 class CheckFailed(Exception):
@@ -84,6 +90,9 @@ def make_config(alpn: str, logger: QuicLogger | None = None) -> QuicConfiguratio
     cfg = QuicConfiguration(is_client=True, alpn_protocols=[alpn],
                             max_datagram_frame_size=65536, quic_logger=logger)
     cfg.verify_mode = ssl.CERT_NONE
+    if CLIENT_VERSIONS is not None:
+        cfg.supported_versions = list(CLIENT_VERSIONS)
+        cfg.original_version = CLIENT_VERSIONS[0]
     # Also bounds the handshake, which no asyncio.wait_for of ours covers.
     cfg.idle_timeout = CHECK_TIMEOUT
     return cfg
@@ -241,9 +250,21 @@ async def step(name: str, coro) -> None:
     print(f"ok: {msg}", flush=True)
 
 
+def check_version(proto: EchoProtocol, expect: str | None) -> None:
+    """Prints the version the connection runs in and the one it started in (aioquic's
+    first Initial); with --expect-version, fails unless the former is that one."""
+    quic = proto._quic
+    started = quic._configuration.original_version or quic._configuration.supported_versions[0]
+    got = VERSION_NAMES.get(quic._version, hex(quic._version))
+    print(f"version: {got} (started in {VERSION_NAMES.get(started, hex(started))})", flush=True)
+    if expect is not None and got != expect:
+        raise CheckFailed(f"connection runs QUIC {got}, want {expect}")
+
+
 async def run(args) -> int:
     # Checks 1-4 share one connection, so the first failure ends the run.
     async with echo_connect(args, ECHO_ALPN) as proto:
+        check_version(proto, args.expect_version)
         pin = check_pin(proto, args.fingerprint)
         await step("bidi echo", check_bidi(proto, args, pin))
         await step("uni echo", check_uni(proto))
@@ -260,7 +281,17 @@ def main() -> int:
     ap.add_argument("--fingerprint", help="SHA-256 hex of the server's DER certificate")
     ap.add_argument("--streams", type=int, default=8, help="concurrent bidi streams")
     ap.add_argument("--max-size", type=int, default=1 << 20, help="largest stream payload")
+    ap.add_argument("--versions", help="QUIC versions aioquic supports, comma-separated "
+                    "(v1, v2), the first the one it starts in; default: aioquic's (v1, v2)")
+    ap.add_argument("--expect-version", choices=sorted(VERSIONS),
+                    help="fail unless the connection runs in this version")
     args = ap.parse_args()
+    if args.versions is not None:
+        global CLIENT_VERSIONS
+        try:
+            CLIENT_VERSIONS = [VERSIONS[v] for v in args.versions.split(",")]
+        except KeyError as e:
+            ap.error(f"--versions: unknown version {e}")
     if args.streams < 1 or args.max_size < 1:
         ap.error("--streams and --max-size must be positive")
     try:

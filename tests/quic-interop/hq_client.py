@@ -28,6 +28,7 @@ from aioquic.quic import crypto as quic_crypto
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.logger import QuicLogger
+from aioquic.quic.packet import QuicProtocolVersion
 from aioquic.tls import CipherSuite
 
 ALPN = "hq-interop"
@@ -168,6 +169,12 @@ def config(args, logger, ticket=None) -> QuicConfiguration:
     c = QuicConfiguration(is_client=True, alpn_protocols=[alpn], quic_logger=logger)
     c.verify_mode = ssl.CERT_NONE
     c.idle_timeout = args.idle_timeout
+    # The runner wants exactly QUIC v1 on the wire in every case but v2, where the client
+    # starts in v1 and offers v2 (Version Information) for the server to switch to.
+    c.supported_versions = [QuicProtocolVersion.VERSION_1]
+    if args.v2:
+        c.supported_versions.append(QuicProtocolVersion.VERSION_2)
+    c.original_version = QuicProtocolVersion.VERSION_1
     if args.chacha20:
         c.cipher_suites = [CipherSuite.CHACHA20_POLY1305_SHA256]
     if ticket is not None:
@@ -225,6 +232,7 @@ async def one_connection(args, files, out, logger, ticket=None, tickets=None, ea
                 "early_data_accepted": bool(tls.early_data_accepted),
                 "cipher_suite": int(tls.key_schedule.cipher_suite) if tls.key_schedule else None,
                 "alpn": tls.alpn_negotiated,
+                "version": client._quic._version,
                 # the server address the connection ended on (aioquic's active path)
                 "final_port": client._quic._network_paths[0].addr[1],
             }
@@ -342,6 +350,24 @@ def check(case: str, c: dict, r: dict, sq: dict) -> str:
     if sq is not None and sq["traces"] < len(conns):
         return f"failed ({sq['traces']} server qlog traces for {len(conns)} connections)"
     n = len(c["files"])
+    if case == "v2":
+        if ts["initial"] - ts["initial_v2"] == 0:
+            return "failed (no client Initial in QUIC v1)"
+        if tc["initial_v2"] == 0:
+            return f"failed (no server Initial in QUIC v2: {tc['initial']} Initials, all v1)"
+        for side, d in (("client", ts), ("server", tc)):
+            if d["handshake"] == 0 or d["handshake_v2"] != d["handshake"]:
+                return (
+                    f"failed ({side} Handshake packets: {d['handshake_v2']} in v2 of "
+                    f"{d['handshake']}; want all in v2)"
+                )
+        if any(x["version"] != QuicProtocolVersion.VERSION_2 for x in conns):
+            return f"failed (the client's connection runs version {conns[0]['version']:#x})"
+    elif ts["long_v2"] + tc["long_v2"] != 0:
+        return (
+            f"failed (QUIC v2 packets in a v1 case: {ts['long_v2']} to the server, "
+            f"{tc['long_v2']} to the client)"
+        )
     if case == "handshake" and tc["retry"] != 0:
         return "failed (server sent Retry)"
     if case == "retry":
@@ -464,6 +490,11 @@ def check_server(case: str, r: dict, counters: str, verdict: str) -> str:
         return "failed (the server counted no Retry sent)"
     if case not in ("retry", "amplificationlimit") and stats.get("retries_sent", 0) != 0:
         return f"failed (the server sent {stats['retries_sent']} Retry with retry = \"never\")"
+    v2 = stats.get("handshakes_v2", 0)
+    if case == "v2" and v2 == 0:
+        return "failed (the server counted no handshake in QUIC v2)"
+    if case != "v2" and v2 != 0:
+        return f"failed (the server counted {v2} handshakes in QUIC v2 in a v1 case)"
     if case == "ecn":
         marked = r["to_client"]["ecn_ect0"] + r["to_client"]["ecn_ect1"]
         if stats.get("ecn_marked_sent", 0) < marked:
@@ -489,6 +520,7 @@ def main() -> int:
     f.add_argument("--qlog", required=True)
     f.add_argument("--mode", default="single", choices=["single", "multiconnect", "resumption", "zerortt"])
     f.add_argument("--chacha20", action="store_true")
+    f.add_argument("--v2", action="store_true", help="offer QUIC v2 (starting in v1)")
     f.add_argument("--keyupdate", action="store_true")
     f.add_argument("--preferred-port", type=int, help="the server's preferred address port (connectionmigration)")
     f.add_argument("--h3", action="store_true", help="HTTP/3 (ALPN h3) instead of hq-interop")

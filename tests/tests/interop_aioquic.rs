@@ -48,3 +48,88 @@ fn aioquic_client_interoperates_with_echo() {
     let stats: alknet_runtime::WorkerStatsSnapshot = server.total_stats();
     assert_eq!(stats.handler_panics + stats.handler_errors, 0);
 }
+
+/// QUIC v2 (RFC 9369) with aioquic, which implements both versions and compatible version
+/// negotiation (RFC 9368) as a client: the server's `[quic] versions` decides.
+#[test]
+fn aioquic_client_gets_quic_v2_by_compatible_version_negotiation() {
+    require_aioquic();
+    // small transfers: the echo checks are the point elsewhere, here it is the version
+    let run = |server: &alknet_runtime::ServerHandle, versions: Option<&str>, expect: &str| {
+        let mut extra = vec!["--streams", "2", "--max-size", "65536"];
+        extra.extend(["--expect-version", expect]);
+        if let Some(v) = versions {
+            extra.extend(["--versions", v]);
+        }
+        let port = server.local_addr().port();
+        let fingerprint = server.fingerprint().to_string();
+        let out = interop_script("aioquic_echo.py", "127.0.0.1", port, &fingerprint, &extra);
+        assert!(out.contains("aioquic interop: 5 passed"), "{out}");
+        out
+    };
+
+    // the default, v2 preferred: a client that starts in v1 and offers v2 is switched,
+    // one that starts in v2 stays, one that offers only v1 stays in v1
+    let server = start_server(ServerOptions {
+        workers: 2,
+        ..Default::default()
+    });
+    let out = run(&server, None, "v2");
+    assert!(out.contains("version: v2 (started in v1)"), "{out}");
+    let v2_before = server.total_stats().handshakes_v2;
+    assert!(v2_before >= 1, "no v2 handshake counted");
+    let out = run(&server, Some("v2,v1"), "v2");
+    assert!(out.contains("version: v2 (started in v2)"), "{out}");
+    let out = run(&server, Some("v1"), "v1");
+    assert!(out.contains("version: v1 (started in v1)"), "{out}");
+    // each run makes two connections (the echo one and the refused ALPN), both counted
+    // only once their handshake completes: the refused one never does
+    assert_eq!(server.total_stats().handshakes_v2, v2_before + 1);
+    drop(server);
+
+    // a server that prefers v1 keeps v1 clients where they are and switches v2 ones to v1
+    let mut handshake = alknet_runtime::HandshakePolicy::default();
+    handshake.versions = vec![
+        alknet_runtime::QuicVersion::V1,
+        alknet_runtime::QuicVersion::V2,
+    ];
+    let server = start_server(ServerOptions {
+        handshake,
+        ..Default::default()
+    });
+    run(&server, None, "v1");
+    let out = run(&server, Some("v2,v1"), "v1");
+    assert!(out.contains("version: v1 (started in v2)"), "{out}");
+    assert_eq!(server.total_stats().handshakes_v2, 0);
+    drop(server);
+
+    // a v1-only server answers a v2 Initial with Version Negotiation: aioquic retries in
+    // v1 if it can, and gives up if it cannot
+    let mut handshake = alknet_runtime::HandshakePolicy::default();
+    handshake.versions = vec![alknet_runtime::QuicVersion::V1];
+    let server = start_server(ServerOptions {
+        handshake,
+        ..Default::default()
+    });
+    run(&server, None, "v1");
+    let out = run(&server, Some("v2,v1"), "v1");
+    assert!(out.contains("version: v1 (started in v2)"), "{out}");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/aioquic_echo.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(server.local_addr().port().to_string())
+        .args(["--versions", "v2", "--max-size", "1024"])
+        .output()
+        .expect("run python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a v2-only client connected to a v1-only server"
+    );
+    assert!(
+        stderr.contains("Could not find a common protocol version"),
+        "{stderr}"
+    );
+    assert_eq!(server.total_stats().handshakes_v2, 0);
+}

@@ -116,6 +116,12 @@ struct DirStats {
     retry: u64,
     short: u64,
     initial_with_token: u64,
+    /// Long-header packets of QUIC v1 and of QUIC v2 (RFC 9369); `initial` and `handshake`
+    /// count both versions, `initial_v2` and `handshake_v2` the v2 ones among them.
+    long_v1: u64,
+    long_v2: u64,
+    initial_v2: u64,
+    handshake_v2: u64,
     ecn_ect0: u64,
     ecn_ect1: u64,
     ecn_ce: u64,
@@ -244,19 +250,28 @@ impl Sock {
     }
 }
 
-/// What the unprotected headers of one QUIC v1 packet say.
+/// What the unprotected headers of one QUIC v1 or v2 packet say (`v2`: of QUIC v2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PacketKind {
     Initial {
         token: bool,
+        v2: bool,
     },
-    ZeroRtt,
-    Handshake,
-    Retry,
+    ZeroRtt {
+        v2: bool,
+    },
+    Handshake {
+        v2: bool,
+    },
+    Retry {
+        v2: bool,
+    },
     Short,
-    /// Not v1 (version negotiation, another version) or unparsable.
+    /// Neither v1 nor v2 (version negotiation, another version) or unparsable.
     Other,
 }
+
+const QUIC_V2: [u8; 4] = [0x6b, 0x33, 0x43, 0xcf];
 
 /// A QUIC variable-length integer at `d[at..]`: (value, encoded length).
 fn varint(d: &[u8], at: usize) -> Option<(u64, usize)> {
@@ -287,13 +302,18 @@ fn packets(d: &[u8]) -> Vec<PacketKind> {
             }
             break;
         }
-        if d.get(at + 1..at + 5) != Some(&[0, 0, 0, 1]) {
-            out.push(PacketKind::Other);
-            break;
-        }
-        let kind = (first >> 4) & 0x3;
+        let v2 = match d.get(at + 1..at + 5) {
+            Some([0, 0, 0, 1]) => false,
+            Some(v) if v == QUIC_V2 => true,
+            _ => {
+                out.push(PacketKind::Other);
+                break;
+            }
+        };
+        // as v1's type bits: 0 Initial, 1 0-RTT, 2 Handshake, 3 Retry (v2 turns them by one)
+        let kind = ((first >> 4) + if v2 { 3 } else { 0 }) & 0x3;
         if kind == 3 {
-            out.push(PacketKind::Retry);
+            out.push(PacketKind::Retry { v2 });
             break;
         }
         let Some(&dcid_len) = d.get(at + 5) else {
@@ -311,9 +331,9 @@ fn packets(d: &[u8]) -> Vec<PacketKind> {
             p += n + usize::try_from(len).unwrap_or(usize::MAX / 2);
         }
         out.push(match kind {
-            0 => PacketKind::Initial { token },
-            1 => PacketKind::ZeroRtt,
-            _ => PacketKind::Handshake,
+            0 => PacketKind::Initial { token, v2 },
+            1 => PacketKind::ZeroRtt { v2 },
+            _ => PacketKind::Handshake { v2 },
         });
         let Some((len, n)) = varint(d, p) else { break };
         at = p
@@ -325,18 +345,38 @@ fn packets(d: &[u8]) -> Vec<PacketKind> {
 
 fn classify(stats: &mut DirStats, d: &[u8]) {
     for kind in packets(d) {
-        match kind {
-            PacketKind::Initial { token } => {
+        let v2 = match kind {
+            PacketKind::Initial { token, v2 } => {
                 stats.initial += 1;
+                stats.initial_v2 += u64::from(v2);
                 if token {
                     stats.initial_with_token += 1;
                 }
+                Some(v2)
             }
-            PacketKind::ZeroRtt => stats.zero_rtt += 1,
-            PacketKind::Handshake => stats.handshake += 1,
-            PacketKind::Retry => stats.retry += 1,
-            PacketKind::Short => stats.short += 1,
-            PacketKind::Other => {}
+            PacketKind::ZeroRtt { v2 } => {
+                stats.zero_rtt += 1;
+                Some(v2)
+            }
+            PacketKind::Handshake { v2 } => {
+                stats.handshake += 1;
+                stats.handshake_v2 += u64::from(v2);
+                Some(v2)
+            }
+            PacketKind::Retry { v2 } => {
+                stats.retry += 1;
+                Some(v2)
+            }
+            PacketKind::Short => {
+                stats.short += 1;
+                None
+            }
+            PacketKind::Other => None,
+        };
+        match v2 {
+            Some(true) => stats.long_v2 += 1,
+            Some(false) => stats.long_v1 += 1,
+            None => {}
         }
     }
 }
@@ -472,7 +512,8 @@ impl Sim {
             if !amp.validated {
                 amp.client_bytes += p.data.len() as u64;
                 // a Handshake packet validates the address (RFC 9000, section 8.1)
-                if packets(&p.data).contains(&PacketKind::Handshake) {
+                let handshake = |k: &PacketKind| matches!(k, PacketKind::Handshake { .. });
+                if packets(&p.data).iter().any(handshake) {
                     amp.validated = true;
                 }
             }
@@ -589,6 +630,10 @@ impl_json!(DirStats {
     retry,
     short,
     initial_with_token,
+    long_v1,
+    long_v2,
+    initial_v2,
+    handshake_v2,
     ecn_ect0,
     ecn_ect1,
     ecn_ce
@@ -753,32 +798,71 @@ mod tests {
         assert_eq!(
             packets(&d),
             vec![
-                PacketKind::Initial { token: false },
-                PacketKind::Handshake,
+                PacketKind::Initial {
+                    token: false,
+                    v2: false
+                },
+                PacketKind::Handshake { v2: false },
                 PacketKind::Short
             ]
         );
         let with_token = [0xc0, 0, 0, 0, 1, 2, 9, 9, 1, 7, 3, 1, 2, 3, 0];
         assert_eq!(
             packets(&with_token),
-            vec![PacketKind::Initial { token: true }]
+            vec![PacketKind::Initial {
+                token: true,
+                v2: false
+            }]
         );
-        assert_eq!(packets(&[0xf0, 0, 0, 0, 1, 0]), vec![PacketKind::Retry]);
+        assert_eq!(
+            packets(&[0xf0, 0, 0, 0, 1, 0]),
+            vec![PacketKind::Retry { v2: false }]
+        );
+        // QUIC v2 (RFC 9369): Initial 0b01, Handshake 0b11, Retry 0b00
+        let v2 = [
+            0xd0, 0x6b, 0x33, 0x43, 0xcf, 2, 9, 9, 1, 7, 0, 2, 0xaa, 0xbb, // Initial
+            0xf0, 0x6b, 0x33, 0x43, 0xcf, 0, 0, 1, 0xcc, // Handshake
+        ];
+        assert_eq!(
+            packets(&v2),
+            vec![
+                PacketKind::Initial {
+                    token: false,
+                    v2: true
+                },
+                PacketKind::Handshake { v2: true }
+            ]
+        );
+        assert_eq!(
+            packets(&[0xc0, 0x6b, 0x33, 0x43, 0xcf, 0]),
+            vec![PacketKind::Retry { v2: true }]
+        );
         assert_eq!(packets(&[0xc0, 0xff, 0, 0, 1]), vec![PacketKind::Other]);
         let mut padded = d[..14].to_vec();
         padded.extend_from_slice(&[0; 20]);
-        assert_eq!(packets(&padded), vec![PacketKind::Initial { token: false }]);
+        assert_eq!(
+            packets(&padded),
+            vec![PacketKind::Initial {
+                token: false,
+                v2: false
+            }]
+        );
         // greased fixed bit (RFC 9287): a Handshake and a short header with 0x40 clear
         let greased = [0xa0, 0, 0, 0, 1, 0, 0, 1, 0xcc, 0x01, 1, 2];
-        assert_eq!(packets(&greased), vec![PacketKind::Handshake]);
+        assert_eq!(packets(&greased), vec![PacketKind::Handshake { v2: false }]);
         assert_eq!(packets(&[0x01, 1, 2]), vec![PacketKind::Short]);
         assert_eq!(varint(&[0x40, 0x25], 0), Some((0x25, 2)));
         let mut s = DirStats::default();
         classify(&mut s, &d);
         classify(&mut s, &with_token);
+        classify(&mut s, &v2);
         assert_eq!(
             (s.initial, s.initial_with_token, s.handshake, s.short),
-            (2, 1, 1, 1)
+            (3, 1, 2, 1)
+        );
+        assert_eq!(
+            (s.long_v1, s.long_v2, s.initial_v2, s.handshake_v2),
+            (3, 2, 1, 1)
         );
         assert!(s.to_json().contains("\"initial_with_token\":1"));
         // truncated headers end the walk, never panic

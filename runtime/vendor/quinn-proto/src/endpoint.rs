@@ -35,7 +35,8 @@ use crate::{
         EndpointEvent, EndpointEventInner, IssuedCid,
     },
     token::{IncomingToken, InvalidRetryTokenError, Token, TokenPayload},
-    transport_parameters::{PreferredAddress, TransportParameters},
+    transport_parameters::{PreferredAddress, TransportParameters, VersionInformation},
+    version_negotiation, QUIC_V2,
 };
 
 /// The main entry point to the library
@@ -646,6 +647,29 @@ impl Endpoint {
             });
         }
 
+        // alknet patch: compatible version negotiation (RFC 9368), see `version_negotiation`
+        let orig_version = version;
+        let version = match self.config.supported_versions.contains(&QUIC_V2) {
+            true => version_negotiation::choose(
+                version,
+                &incoming.packet.payload,
+                &self.config.supported_versions,
+            ),
+            false => version,
+        };
+        if version != orig_version {
+            debug!(
+                from = orig_version,
+                to = version,
+                "compatible version negotiation"
+            );
+        }
+        if self.config.supported_versions.contains(&QUIC_V2) {
+            params.version_information = Some(VersionInformation::new(
+                version,
+                &self.config.supported_versions,
+            ));
+        }
         let tls = server_config.crypto.clone().start_session(version, &params);
         let transport_config = server_config.transport.clone();
         let mut conn = self.add_connection(
@@ -665,6 +689,7 @@ impl Endpoint {
             },
         );
         self.index.insert_initial(dst_cid, ch);
+        conn.set_original_version(orig_version);
 
         match conn.handle_first_packet(
             incoming.received_at,
@@ -688,7 +713,7 @@ impl Endpoint {
                 self.handle_event(ch, EndpointEvent(EndpointEventInner::Drained));
                 let response = match e {
                     ConnectionError::TransportError(ref e) => Some(self.initial_close(
-                        version,
+                        orig_version,
                         incoming.addresses,
                         &incoming.crypto,
                         &src_cid,

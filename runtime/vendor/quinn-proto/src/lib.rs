@@ -70,6 +70,7 @@ use crate::frame::Frame;
 pub use crate::frame::{ApplicationClose, ConnectionClose, Datagram, FrameType};
 
 mod endpoint;
+mod version_negotiation;
 pub use crate::endpoint::{
     AcceptError, ConnectError, ConnectionHandle, DatagramEvent, Endpoint, Incoming, RetryError,
 };
@@ -166,6 +167,11 @@ pub const DEFAULT_SUPPORTED_VERSIONS: &[u32] = &[
     0xff00_0021,
     0xff00_0022,
 ];
+
+/// QUIC version 2 (RFC 9369). Not in [`DEFAULT_SUPPORTED_VERSIONS`]: an endpoint opts in
+/// by listing it in `EndpointConfig::supported_versions`, whose order is then also the
+/// server's preference for compatible version negotiation (RFC 9368).
+pub const QUIC_V2: u32 = 0x6b33_43cf;
 
 /// Whether an endpoint was the initiator of a connection
 #[cfg_attr(feature = "arbitrary", derive(Arbitrary))]

@@ -66,6 +66,17 @@ impl PartialDecode {
         self.plain_header.as_initial()
     }
 
+    /// The version of a long-header packet (`None` for short headers and Version
+    /// Negotiation, which carry none of their own)
+    pub(crate) fn version(&self) -> Option<u32> {
+        match self.plain_header {
+            ProtectedHeader::Initial(ProtectedInitialHeader { version, .. })
+            | ProtectedHeader::Long { version, .. }
+            | ProtectedHeader::Retry { version, .. } => Some(version),
+            ProtectedHeader::Short { .. } | ProtectedHeader::VersionNegotiate { .. } => None,
+        }
+    }
+
     pub(crate) fn has_long_header(&self) -> bool {
         !matches!(self.plain_header, ProtectedHeader::Short { .. })
     }
@@ -292,7 +303,7 @@ impl Header {
                 number,
                 version,
             }) => {
-                w.write(u8::from(LongHeaderType::Initial) | number.tag());
+                w.write(LongHeaderType::Initial.to_byte(version) | number.tag());
                 w.write(version);
                 dst_cid.encode_long(w);
                 src_cid.encode_long(w);
@@ -313,7 +324,7 @@ impl Header {
                 number,
                 version,
             } => {
-                w.write(u8::from(LongHeaderType::Standard(ty)) | number.tag());
+                w.write(LongHeaderType::Standard(ty).to_byte(version) | number.tag());
                 w.write(version);
                 dst_cid.encode_long(w);
                 src_cid.encode_long(w);
@@ -330,7 +341,7 @@ impl Header {
                 ref src_cid,
                 version,
             } => {
-                w.write(u8::from(LongHeaderType::Retry));
+                w.write(LongHeaderType::Retry.to_byte(version));
                 w.write(version);
                 dst_cid.encode_long(w);
                 src_cid.encode_long(w);
@@ -618,7 +629,7 @@ impl ProtectedHeader {
                 });
             }
 
-            match LongHeaderType::from_byte(first)? {
+            match LongHeaderType::from_byte(first, version)? {
                 LongHeaderType::Initial => {
                     let token_len = buf.get_var()? as usize;
                     let token_start = buf.position() as usize;
@@ -815,28 +826,35 @@ pub(crate) enum LongHeaderType {
 }
 
 impl LongHeaderType {
-    fn from_byte(b: u8) -> Result<Self, PacketDecodeError> {
+    /// The type bits of a long header: QUIC v2 (RFC 9369 §3.2) permutes v1's.
+    fn bits(self, version: u32) -> u8 {
+        use {LongHeaderType::*, LongType::*};
+        let v1 = match self {
+            Initial => 0x0,
+            Standard(ZeroRtt) => 0x1,
+            Standard(Handshake) => 0x2,
+            Retry => 0x3,
+        };
+        match version {
+            crate::QUIC_V2 => (v1 + 1) & 0x3,
+            _ => v1,
+        }
+    }
+
+    fn from_byte(b: u8, version: u32) -> Result<Self, PacketDecodeError> {
         use {LongHeaderType::*, LongType::*};
         debug_assert!(b & LONG_HEADER_FORM != 0, "not a long packet");
-        Ok(match (b & 0x30) >> 4 {
-            0x0 => Initial,
-            0x1 => Standard(ZeroRtt),
-            0x2 => Standard(Handshake),
-            0x3 => Retry,
-            _ => unreachable!(),
-        })
+        let bits = (b & 0x30) >> 4;
+        Ok(
+            [Initial, Standard(ZeroRtt), Standard(Handshake), Retry]
+                .into_iter()
+                .find(|ty| ty.bits(version) == bits)
+                .expect("every two-bit value names a type"),
+        )
     }
-}
 
-impl From<LongHeaderType> for u8 {
-    fn from(ty: LongHeaderType) -> Self {
-        use {LongHeaderType::*, LongType::*};
-        match ty {
-            Initial => LONG_HEADER_FORM | FIXED_BIT,
-            Standard(ZeroRtt) => LONG_HEADER_FORM | FIXED_BIT | (0x1 << 4),
-            Standard(Handshake) => LONG_HEADER_FORM | FIXED_BIT | (0x2 << 4),
-            Retry => LONG_HEADER_FORM | FIXED_BIT | (0x3 << 4),
-        }
+    pub(crate) fn to_byte(self, version: u32) -> u8 {
+        LONG_HEADER_FORM | FIXED_BIT | (self.bits(version) << 4)
     }
 }
 
@@ -898,6 +916,22 @@ impl SpaceId {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn v2_long_header_types_are_v1s_permuted() {
+        // RFC 9369 §3.2: Initial 0b01, 0-RTT 0b10, Handshake 0b11, Retry 0b00
+        use {LongHeaderType::*, LongType::*};
+        let types = [Initial, Standard(ZeroRtt), Standard(Handshake), Retry];
+        for (ty, v1, v2) in types.into_iter().zip([0, 1, 2, 3]).zip([1, 2, 3, 0]).map(|((t, a), b)| (t, a, b)) {
+            assert_eq!(ty.to_byte(1), 0xc0 | (v1 << 4));
+            assert_eq!(ty.to_byte(crate::QUIC_V2), 0xc0 | (v2 << 4));
+            assert_eq!(LongHeaderType::from_byte(ty.to_byte(1), 1).unwrap(), ty);
+            assert_eq!(
+                LongHeaderType::from_byte(ty.to_byte(crate::QUIC_V2), crate::QUIC_V2).unwrap(),
+                ty
+            );
+        }
+    }
+
     use super::*;
     use hex_literal::hex;
     use std::io;

@@ -82,6 +82,10 @@ macro_rules! make_struct {
             /// bit
             pub(crate) grease_quic_bit: bool,
 
+            /// Version Information (RFC 9368 §5): the version the endpoint chose and the
+            /// versions it supports
+            pub(crate) version_information: Option<VersionInformation>,
+
             /// Minimum amount of time in microseconds by which the endpoint is able to delay
             /// sending acknowledgments
             ///
@@ -125,6 +129,7 @@ macro_rules! make_struct {
                     max_datagram_frame_size: None,
                     initial_src_cid: None,
                     grease_quic_bit: false,
+                    version_information: None,
                     min_ack_delay: None,
 
                     original_dst_cid: None,
@@ -278,6 +283,79 @@ impl PreferredAddress {
     }
 }
 
+/// Version Information (RFC 9368 §3): the version an endpoint chose for the connection and
+/// the versions it supports.
+///
+/// Fixed-size so that `TransportParameters` stays `Copy`: at most [`Self::MAX_AVAILABLE`]
+/// available versions are kept from a peer's list (the rest are read, checked and dropped;
+/// only a server's choice of a version consults the list, and no server offers that many).
+#[derive(Debug, Copy, Clone, Eq, PartialEq)]
+pub(crate) struct VersionInformation {
+    pub(crate) chosen: u32,
+    available: [u32; Self::MAX_AVAILABLE],
+    available_len: u8,
+}
+
+impl VersionInformation {
+    pub(crate) const MAX_AVAILABLE: usize = 16;
+
+    /// Ours: `chosen`, and `supported` (at most [`Self::MAX_AVAILABLE`] of them) as available
+    pub(crate) fn new(chosen: u32, supported: &[u32]) -> Self {
+        let mut available = [0; Self::MAX_AVAILABLE];
+        let n = supported.len().min(Self::MAX_AVAILABLE);
+        available[..n].copy_from_slice(&supported[..n]);
+        Self {
+            chosen,
+            available,
+            available_len: n as u8,
+        }
+    }
+
+    pub(crate) fn available(&self) -> &[u32] {
+        &self.available[..self.available_len as usize]
+    }
+
+    fn wire_size(&self) -> usize {
+        4 * (1 + self.available().len())
+    }
+
+    fn write<W: BufMut>(&self, w: &mut W) {
+        w.write(self.chosen);
+        for &version in self.available() {
+            w.write(version);
+        }
+    }
+
+    /// `side` is the reader's: a server reading a client's list requires the chosen version
+    /// among the available ones (RFC 9368 §4). A zero version is a parsing failure (§3).
+    fn read<R: Buf>(side: Side, r: &mut R) -> Result<Self, Error> {
+        if r.remaining() % 4 != 0 {
+            return Err(Error::Malformed);
+        }
+        let chosen = r.get::<u32>()?;
+        if chosen == 0 {
+            return Err(Error::Malformed);
+        }
+        let mut info = Self::new(chosen, &[]);
+        let mut chosen_listed = false;
+        while r.has_remaining() {
+            let version = r.get::<u32>()?;
+            if version == 0 {
+                return Err(Error::Malformed);
+            }
+            chosen_listed |= version == chosen;
+            if usize::from(info.available_len) < Self::MAX_AVAILABLE {
+                info.available[usize::from(info.available_len)] = version;
+                info.available_len += 1;
+            }
+        }
+        if side.is_server() && !chosen_listed {
+            return Err(Error::IllegalValue);
+        }
+        Ok(info)
+    }
+}
+
 /// Errors encountered while decoding `TransportParameters`
 #[derive(Debug, Copy, Clone, Eq, PartialEq, Error)]
 pub enum Error {
@@ -371,6 +449,13 @@ impl TransportParameters {
                     if self.grease_quic_bit {
                         w.write_var(id as u64);
                         w.write_var(0);
+                    }
+                }
+                TransportParameterId::VersionInformation => {
+                    if let Some(ref x) = self.version_information {
+                        w.write_var(id as u64);
+                        w.write_var(x.wire_size() as u64);
+                        x.write(w);
                     }
                 }
                 TransportParameterId::MinAckDelayDraft07 => {
@@ -477,6 +562,13 @@ impl TransportParameters {
                     0 => params.grease_quic_bit = true,
                     _ => return Err(Error::Malformed),
                 },
+                TransportParameterId::VersionInformation => {
+                    if params.version_information.is_some() {
+                        return Err(Error::Malformed);
+                    }
+                    params.version_information =
+                        Some(VersionInformation::read(side, &mut r.take(len))?);
+                }
                 TransportParameterId::MinAckDelayDraft07 => params.min_ack_delay = Some(r.get()?),
                 _ => {
                     macro_rules! parse {
@@ -633,6 +725,9 @@ pub(crate) enum TransportParameterId {
     InitialSourceConnectionId = 0x0F,
     RetrySourceConnectionId = 0x10,
 
+    // https://www.rfc-editor.org/rfc/rfc9368.html#section-3
+    VersionInformation = 0x11,
+
     // Smallest possible ID of reserved transport parameter https://datatracker.ietf.org/doc/html/rfc9000#section-22.3
     ReservedTransportParameter = 0x1B,
 
@@ -648,7 +743,7 @@ pub(crate) enum TransportParameterId {
 
 impl TransportParameterId {
     /// Array with all supported transport parameter IDs
-    const SUPPORTED: [Self; 21] = [
+    const SUPPORTED: [Self; 22] = [
         Self::MaxIdleTimeout,
         Self::MaxUdpPayloadSize,
         Self::InitialMaxData,
@@ -669,6 +764,7 @@ impl TransportParameterId {
         Self::InitialSourceConnectionId,
         Self::RetrySourceConnectionId,
         Self::GreaseQuicBit,
+        Self::VersionInformation,
         Self::MinAckDelayDraft07,
     ];
 }
@@ -708,6 +804,7 @@ impl TryFrom<u64> for TransportParameterId {
             id if Self::InitialSourceConnectionId == id => Self::InitialSourceConnectionId,
             id if Self::RetrySourceConnectionId == id => Self::RetrySourceConnectionId,
             id if Self::GreaseQuicBit == id => Self::GreaseQuicBit,
+            id if Self::VersionInformation == id => Self::VersionInformation,
             id if Self::MinAckDelayDraft07 == id => Self::MinAckDelayDraft07,
             _ => return Err(()),
         };
@@ -731,6 +828,45 @@ mod test {
     use rand::TryRng;
 
     use super::*;
+
+    #[test]
+    fn version_information_coding_and_validation() {
+        let info = VersionInformation::new(1, &[1, crate::QUIC_V2]);
+        let params = TransportParameters {
+            version_information: Some(info),
+            ..TransportParameters::default()
+        };
+        let mut buf = Vec::new();
+        params.write(&mut buf);
+        let read = TransportParameters::read(Side::Server, &mut buf.as_slice()).unwrap();
+        assert_eq!(read.version_information, Some(info));
+        assert_eq!(info.available(), &[1, crate::QUIC_V2]);
+
+        let raw = |words: &[u32], extra: &[u8]| {
+            let mut b = Vec::new();
+            b.write_var(0x11);
+            b.write_var((words.len() * 4 + extra.len()) as u64);
+            for w in words {
+                b.put_u32(*w);
+            }
+            b.extend_from_slice(extra);
+            b
+        };
+        // a client's chosen version must be among its available ones; a server's need not
+        let unlisted = raw(&[1, crate::QUIC_V2], &[]);
+        assert!(TransportParameters::read(Side::Server, &mut unlisted.as_slice()).is_err());
+        assert!(TransportParameters::read(Side::Client, &mut unlisted.as_slice()).is_ok());
+        for bad in [raw(&[0, 0], &[]), raw(&[1, 0, 1], &[]), raw(&[1, 1], &[9]), raw(&[], &[])] {
+            assert!(TransportParameters::read(Side::Client, &mut bad.as_slice()).is_err());
+        }
+        // a long list is read whole and kept in part
+        let many: Vec<u32> = std::iter::once(7).chain(1..=40).collect();
+        let long = raw(&many, &[]);
+        let read = TransportParameters::read(Side::Server, &mut long.as_slice()).unwrap();
+        let info = read.version_information.unwrap();
+        assert_eq!(info.chosen, 7);
+        assert_eq!(info.available().len(), VersionInformation::MAX_AVAILABLE);
+    }
 
     #[test]
     fn coding() {

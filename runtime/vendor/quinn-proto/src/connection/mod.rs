@@ -245,6 +245,10 @@ pub struct Connection {
     stats: ConnectionStats,
     /// QUIC version used for the connection.
     version: u32,
+    /// The version of the client's first Initial: `version` unless the server switched by
+    /// compatible version negotiation (RFC 9368), after which packets of this version are
+    /// dropped and the client's Version Information must name it as its chosen version.
+    orig_version: u32,
 }
 
 impl Connection {
@@ -363,6 +367,7 @@ impl Connection {
             rng,
             stats: ConnectionStats::default(),
             version,
+            orig_version: version,
         };
         if path_validated {
             this.on_path_validated();
@@ -2016,6 +2021,18 @@ impl Connection {
     ///
     /// Decrypting the first packet in the `Endpoint` allows stateless packet handling to be more
     /// efficient.
+    /// Records that the server answers in another version than the client's first Initial
+    /// (compatible version negotiation, RFC 9368); called by the endpoint before the first
+    /// packet is handled.
+    pub(crate) fn set_original_version(&mut self, orig_version: u32) {
+        self.orig_version = orig_version;
+    }
+
+    /// The QUIC version in use
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
     pub(crate) fn handle_first_packet(
         &mut self,
         now: Instant,
@@ -2268,6 +2285,16 @@ impl Connection {
         ecn: Option<EcnCodepoint>,
         partial_decode: PartialDecode,
     ) {
+        if partial_decode.version().is_some_and(|v| v != self.version) {
+            // After a compatible version negotiation the client may still send a few packets
+            // of the original version (ACKs, retransmissions of its first flight) until it
+            // sees ours; they hold nothing the server still needs (RFC 9368 §2.3).
+            trace!(
+                version = partial_decode.version(),
+                "dropping a packet of a version other than the connection's"
+            );
+            return;
+        }
         if let Some(decoded) = packet_crypto::unprotect_header(
             partial_decode,
             &self.spaces,
@@ -3505,6 +3532,19 @@ impl Connection {
 
     /// Handle transport parameters received from the peer
     fn handle_peer_params(&mut self, params: TransportParameters) -> Result<(), TransportError> {
+        // RFC 9368 §4: a client's Chosen Version is the version of its first Initial; a
+        // server's is the version in use. Either differing means a downgrade or a bug.
+        if let Some(info) = params.version_information {
+            let expected = match self.side.is_server() {
+                true => self.orig_version,
+                false => self.version,
+            };
+            if info.chosen != expected {
+                return Err(TransportError::VERSION_NEGOTIATION_ERROR(
+                    "chosen version in version_information differs from the version used",
+                ));
+            }
+        }
         if Some(self.orig_rem_cid) != params.initial_src_cid
             || (self.side.is_client()
                 && (Some(self.initial_dst_cid) != params.original_dst_cid
