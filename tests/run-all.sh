@@ -70,7 +70,7 @@ ALKNET_DRIVER=legacy cargo test --quiet -p alknet-tests --test echo --test migra
 step quic interop
 bash tests/quic-interop/run.sh
 WORKERS=1 bash tests/quic-interop/run.sh retry zerortt rebind-port rebind-addr connectionmigration
-STEERING=0 bash tests/quic-interop/run.sh retry resumption rebind-port rebind-addr connectionmigration
+STEERING=0 bash tests/quic-interop/run.sh retry resumption rebind-port rebind-addr connectionmigration v2
 step doc tests and benches
 cargo test --workspace --doc --quiet
 # The criterion benches must keep compiling and linking; the dev profile reuses what the tests

@@ -88,13 +88,12 @@ fn aioquic_client_gets_quic_v2_by_compatible_version_negotiation() {
     drop(server);
 
     // a server that prefers v1 keeps v1 clients where they are and switches v2 ones to v1
-    let mut handshake = alknet_runtime::HandshakePolicy::default();
-    handshake.versions = vec![
-        alknet_runtime::QuicVersion::V1,
-        alknet_runtime::QuicVersion::V2,
-    ];
+    use alknet_runtime::{HandshakePolicy, QuicVersion};
     let server = start_server(ServerOptions {
-        handshake,
+        handshake: HandshakePolicy {
+            versions: vec![QuicVersion::V1, QuicVersion::V2],
+            ..Default::default()
+        },
         ..Default::default()
     });
     run(&server, None, "v1");
@@ -105,10 +104,11 @@ fn aioquic_client_gets_quic_v2_by_compatible_version_negotiation() {
 
     // a v1-only server answers a v2 Initial with Version Negotiation: aioquic retries in
     // v1 if it can, and gives up if it cannot
-    let mut handshake = alknet_runtime::HandshakePolicy::default();
-    handshake.versions = vec![alknet_runtime::QuicVersion::V1];
     let server = start_server(ServerOptions {
-        handshake,
+        handshake: HandshakePolicy {
+            versions: vec![QuicVersion::V1],
+            ..Default::default()
+        },
         ..Default::default()
     });
     run(&server, None, "v1");

@@ -118,6 +118,12 @@ pub mod fuzzing {
     pub use crate::transport_parameters::TransportParameters;
     pub use bytes::{BufMut, BytesMut};
 
+    /// alknet patch: the server's compatible-version-negotiation decision on a decrypted
+    /// first Initial's payload (a peer's bytes), for fuzzing
+    pub fn choose_version(packet_version: u32, payload: &[u8], preference: &[u32]) -> u32 {
+        crate::version_negotiation::choose(packet_version, payload, preference)
+    }
+
     #[cfg(feature = "arbitrary")]
     use arbitrary::{Arbitrary, Result, Unstructured};
 

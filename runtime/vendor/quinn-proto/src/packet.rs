@@ -826,7 +826,8 @@ pub(crate) enum LongHeaderType {
 }
 
 impl LongHeaderType {
-    /// The type bits of a long header: QUIC v2 (RFC 9369 §3.2) permutes v1's.
+    /// The type bits of a long header: QUIC v2 (RFC 9369 §3.2) turns v1's by one
+    /// (Initial 0b01, 0-RTT 0b10, Handshake 0b11, Retry 0b00).
     fn bits(self, version: u32) -> u8 {
         use {LongHeaderType::*, LongType::*};
         let v1 = match self {
@@ -845,12 +846,16 @@ impl LongHeaderType {
         use {LongHeaderType::*, LongType::*};
         debug_assert!(b & LONG_HEADER_FORM != 0, "not a long packet");
         let bits = (b & 0x30) >> 4;
-        Ok(
-            [Initial, Standard(ZeroRtt), Standard(Handshake), Retry]
-                .into_iter()
-                .find(|ty| ty.bits(version) == bits)
-                .expect("every two-bit value names a type"),
-        )
+        let v1 = match version {
+            crate::QUIC_V2 => (bits + 3) & 0x3,
+            _ => bits,
+        };
+        Ok(match v1 {
+            0x0 => Initial,
+            0x1 => Standard(ZeroRtt),
+            0x2 => Standard(Handshake),
+            _ => Retry,
+        })
     }
 
     pub(crate) fn to_byte(self, version: u32) -> u8 {
@@ -921,7 +926,12 @@ mod tests {
         // RFC 9369 §3.2: Initial 0b01, 0-RTT 0b10, Handshake 0b11, Retry 0b00
         use {LongHeaderType::*, LongType::*};
         let types = [Initial, Standard(ZeroRtt), Standard(Handshake), Retry];
-        for (ty, v1, v2) in types.into_iter().zip([0, 1, 2, 3]).zip([1, 2, 3, 0]).map(|((t, a), b)| (t, a, b)) {
+        for (ty, v1, v2) in types
+            .into_iter()
+            .zip([0, 1, 2, 3])
+            .zip([1, 2, 3, 0])
+            .map(|((t, a), b)| (t, a, b))
+        {
             assert_eq!(ty.to_byte(1), 0xc0 | (v1 << 4));
             assert_eq!(ty.to_byte(crate::QUIC_V2), 0xc0 | (v2 << 4));
             assert_eq!(LongHeaderType::from_byte(ty.to_byte(1), 1).unwrap(), ty);

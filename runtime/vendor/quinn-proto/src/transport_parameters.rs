@@ -856,7 +856,12 @@ mod test {
         let unlisted = raw(&[1, crate::QUIC_V2], &[]);
         assert!(TransportParameters::read(Side::Server, &mut unlisted.as_slice()).is_err());
         assert!(TransportParameters::read(Side::Client, &mut unlisted.as_slice()).is_ok());
-        for bad in [raw(&[0, 0], &[]), raw(&[1, 0, 1], &[]), raw(&[1, 1], &[9]), raw(&[], &[])] {
+        for bad in [
+            raw(&[0, 0], &[]),
+            raw(&[1, 0, 1], &[]),
+            raw(&[1, 1], &[9]),
+            raw(&[], &[]),
+        ] {
             assert!(TransportParameters::read(Side::Client, &mut bad.as_slice()).is_err());
         }
         // a long list is read whole and kept in part

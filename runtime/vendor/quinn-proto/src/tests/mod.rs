@@ -4453,7 +4453,12 @@ fn v2_client_meets_a_v1_only_server_and_gives_up() {
     let _guard = subscribe();
     let mut server = EndpointConfig::default();
     server.supported_versions(vec![1]);
-    let server = Endpoint::new(Arc::new(server), Some(Arc::new(server_config())), true, None);
+    let server = Endpoint::new(
+        Arc::new(server),
+        Some(Arc::new(server_config())),
+        true,
+        None,
+    );
     let mut client = EndpointConfig::default();
     client.supported_versions(vec![crate::QUIC_V2, 1]);
     let client = Endpoint::new(Arc::new(client), None, true, None);
