@@ -174,8 +174,10 @@ write_queue_bytes = 4194304
 [ssh]
 # Shell running exec commands (SHELL -c CMD) and interactive sessions, as the server's user.
 shell = "/bin/sh"
-# OpenSSH private key; default: ssh_host_ed25519_key in data_dir, generated on first start.
-# host_key = "/etc/alknet/ssh_host_ed25519_key"
+# Host keys (OpenSSH private key files, one per algorithm), as sshd's HostKey lines;
+# default: ssh_host_ed25519_key and ssh_host_ecdsa_key in data_dir, generated on first
+# start (ECDSA for clients that cannot use ed25519, e.g. OpenSSH in FIPS mode).
+# host_keys = ["/etc/alknet/ssh_host_ed25519_key", "/etc/alknet/ssh_host_rsa_key"]
 # Extra keys, OpenSSH authorized_keys format: [scopes="ssh:exec,ssh:shell"] KEY NAME.
 # Keys are otherwise resolved by SHA-256 fingerprint through [[identities]] and the peers.
 # authorized_keys = "/etc/alknet/authorized_keys"
@@ -744,6 +746,9 @@ impl FileConfig {
             if cfg.ssh.host_key.is_some() {
                 return Err(ConfigError::VaultConflict("SSH host key", "ssh.host_key"));
             }
+            if !cfg.ssh.host_keys.is_empty() {
+                return Err(ConfigError::VaultConflict("SSH host key", "ssh.host_keys"));
+            }
         }
         Ok(cfg)
     }
@@ -1271,12 +1276,11 @@ impl FileConfig {
         )
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if generated {
-            tracing::info!("generated an SSH host key in {}", self.data_dir().display());
+            tracing::info!("generated SSH host keys in {}", self.data_dir().display());
         }
-        tracing::info!(
-            "ssh host key fingerprint: {}",
-            adapter.host_key_fingerprint()
-        );
+        for (algorithm, fingerprint) in adapter.host_key_fingerprints() {
+            tracing::info!("ssh host key fingerprint: {fingerprint} ({algorithm})");
+        }
         Ok(self.with_sftp_subsystem(adapter))
     }
 

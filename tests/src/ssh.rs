@@ -25,22 +25,29 @@ pub fn openssh_available() -> bool {
     })
 }
 
-/// An ed25519 key pair made by `ssh-keygen`.
+/// A key pair made by `ssh-keygen`.
 pub struct SshKey {
     /// The private key file (mode 0600, as ssh requires).
     pub path: PathBuf,
-    /// The `ssh-ed25519 AAAA… comment` line.
+    /// The `ssh-ed25519 AAAA… comment` line (or another type's).
     pub public: String,
     /// SHA-256 of the key as 64 hex digits: what `alknet peer add --fingerprint` takes.
     pub fingerprint_hex: String,
 }
 
-/// Generates a key named `name` in `dir` (see [`SshKey::from_private_key_file`] for how
-/// its public line and fingerprint are obtained).
+/// Generates an ed25519 key named `name` in `dir` (see [`SshKey::from_private_key_file`]
+/// for how its public line and fingerprint are obtained).
 pub fn ssh_keygen(dir: &Path, name: &str) -> SshKey {
+    ssh_keygen_typed(dir, name, &["-t", "ed25519"])
+}
+
+/// As [`ssh_keygen`], of the type `ssh-keygen` makes with `type_args` (e.g. `["-t",
+/// "ecdsa", "-b", "256"]`).
+pub fn ssh_keygen_typed(dir: &Path, name: &str, type_args: &[&str]) -> SshKey {
     let path = dir.join(name);
     let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .args(type_args)
+        .args(["-q", "-N", "", "-C", name, "-f"])
         .arg(&path)
         .output()
         .expect("run ssh-keygen");

@@ -1006,6 +1006,138 @@ fn revoked_keys_and_certificates_are_refused() {
     ok(&kept, "user");
 }
 
+/// The host keys a server makes for itself (ed25519 and ECDSA P-256), and an RSA key an
+/// operator adds: each algorithm verified by a client that will take only that one, with
+/// the key in `known_hosts`; and a client held to what RHEL's FIPS policy allows (no
+/// ed25519 or curve25519 anywhere) logs in with an ECDSA key.
+#[test]
+fn every_host_key_algorithm_is_served_and_a_fips_policy_client_gets_in() {
+    require_openssh();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let user = ssh_keygen(keys.path(), "user");
+    let user_ecdsa = ssh_keygen_typed(keys.path(), "user-ecdsa", &["-t", "ecdsa", "-b", "256"]);
+    let authorized = keys.path().join("authorized_keys");
+    std::fs::write(
+        &authorized,
+        format!(
+            "scopes=\"ssh:exec\" {}\nscopes=\"ssh:exec\" {}\n",
+            user.public, user_ecdsa.public
+        ),
+    )
+    .expect("write authorized_keys");
+    let run = |t: &SshTarget, key: &SshKey, known: &str, options: &[&str]| {
+        let file = keys.path().join("known_hosts");
+        std::fs::write(&file, known).expect("known_hosts");
+        let mut cmd = t.ssh_with_known_hosts(key, &file);
+        for o in options {
+            cmd.args(["-o", o]);
+        }
+        cmd.args(["user@alknet", "echo verified"]);
+        let out = run_with_input(cmd, b"");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let public = |path: std::path::PathBuf| {
+        let line = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        format!("alknet {}", line.trim())
+    };
+
+    // the defaults, generated on first start
+    let server =
+        BinServer::start_with_config(&format!("[ssh]\nauthorized_keys = {authorized:?}\n"));
+    let t = target(&server);
+    let data = server.data_dir.path();
+    let ed25519 = public(data.join("ssh_host_ed25519_key.pub"));
+    let ecdsa = public(data.join("ssh_host_ecdsa_key.pub"));
+    assert!(ecdsa.starts_with("alknet ecdsa-sha2-nistp256 "), "{ecdsa}");
+    for (algorithm, known, other) in [
+        ("ssh-ed25519", &ed25519, &ecdsa),
+        ("ecdsa-sha2-nistp256", &ecdsa, &ed25519),
+    ] {
+        let only = format!("HostKeyAlgorithms={algorithm}");
+        let (code, out, err) = run(&t, &user, known, &[&only]);
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(0), "verified\n"),
+            "{algorithm}: {err}"
+        );
+        // the other key in known_hosts does not verify this one
+        let (code, _, err) = run(&t, &user, other, &[&only]);
+        assert_eq!(
+            code,
+            Some(255),
+            "{algorithm} verified by the other key: {err}"
+        );
+    }
+    // RHEL's FIPS crypto policy, as OpenSSH options: no ed25519, no curve25519, no
+    // chacha20; ECDSA user key
+    let fips = [
+        "KexAlgorithms=ecdh-sha2-nistp256,diffie-hellman-group14-sha256,diffie-hellman-group16-sha512",
+        "HostKeyAlgorithms=ecdsa-sha2-nistp256,rsa-sha2-256,rsa-sha2-512",
+        "PubkeyAcceptedAlgorithms=ecdsa-sha2-nistp256,rsa-sha2-256,rsa-sha2-512",
+        "Ciphers=aes256-gcm@openssh.com,aes128-gcm@openssh.com,aes256-ctr,aes128-ctr",
+        "MACs=hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,hmac-sha2-256",
+    ];
+    let (code, out, err) = run(&t, &user_ecdsa, &ecdsa, &fips);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "verified\n"),
+        "FIPS policy: {err}"
+    );
+    drop(server);
+
+    // an operator's list: ed25519 and RSA (no ECDSA then)
+    let ed_key = ssh_keygen(keys.path(), "host-ed25519");
+    let rsa_key = ssh_keygen_typed(keys.path(), "host-rsa", &["-t", "rsa", "-b", "3072"]);
+    let server = BinServer::start_with_config(&format!(
+        "[ssh]\nhost_keys = [{:?}, {:?}]\nauthorized_keys = {authorized:?}\n",
+        ed_key.path, rsa_key.path
+    ));
+    let t = target(&server);
+    let rsa = format!("alknet {}", rsa_key.public);
+    for algorithm in ["rsa-sha2-512", "rsa-sha2-256"] {
+        let only = format!("HostKeyAlgorithms={algorithm}");
+        let (code, out, err) = run(&t, &user, &rsa, &[&only]);
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(0), "verified\n"),
+            "{algorithm}: {err}"
+        );
+    }
+    let (code, out, err) = run(&t, &user, &format!("alknet {}", ed_key.public), &[]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "verified\n"),
+        "ed25519: {err}"
+    );
+    let (code, _, err) = run(&t, &user, &rsa, &["HostKeyAlgorithms=ecdsa-sha2-nistp256"]);
+    assert_eq!(code, Some(255), "no ECDSA key listed, yet: {err}");
+    drop(server);
+
+    // two keys of one algorithm, or host_key beside host_keys, stop the server at start
+    let second = ssh_keygen(keys.path(), "host-ed25519-b");
+    for (config, why) in [
+        (
+            format!(
+                "[ssh]\nhost_keys = [{:?}, {:?}]\n",
+                ed_key.path, second.path
+            ),
+            "two ssh-ed25519 keys",
+        ),
+        (
+            format!(
+                "[ssh]\nhost_key = {:?}\nhost_keys = [{:?}]\n",
+                ed_key.path, rsa_key.path
+            ),
+            "not both",
+        ),
+    ] {
+        let log = BinServer::try_start_with_config(&config)
+            .err()
+            .expect("the server must not start");
+        assert!(log.contains(why), "{log}");
+    }
+}
+
 #[test]
 fn a_host_certificate_is_trusted_through_cert_authority_in_known_hosts() {
     require_openssh();

@@ -16,7 +16,7 @@ use russh::{MethodKind, MethodSet, SshId};
 use crate::auth::{openssh_fingerprint, AuthorizedKeysError, AuthorizedKeysProvider};
 use crate::bridge::{serve_bridged_sessions, ByteStream, TokioBridge};
 use crate::config::{SshConfig, SshConfigError};
-use crate::hostkey::{load_host_key, load_or_generate_host_key, HostKeyError};
+use crate::hostkey::{load_host_key, load_or_generate_host_keys, HostKeyError};
 use crate::metrics::{AuthRefusal, SshMetrics};
 use crate::revoked::{RevokedKeys, RevokedKeysError};
 use crate::session::SshSession;
@@ -41,6 +41,8 @@ pub enum SshError {
     AuthorizedKeys(#[from] AuthorizedKeysError),
     #[error("ssh.host_certificate: {0}")]
     HostCertificate(String),
+    #[error("ssh.host_keys: {0}")]
+    HostKeys(String),
     #[error("ssh.revoked_keys: {0}")]
     RevokedKeys(#[from] WatchedFileError<RevokedKeysError>),
 }
@@ -69,13 +71,14 @@ pub(crate) struct Shared {
 #[derive(Clone)]
 pub struct SshAdapter {
     shared: Arc<Shared>,
-    host_fingerprint: String,
+    /// The host keys' algorithms and fingerprints, in the order served.
+    host_fingerprints: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for SshAdapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SshAdapter")
-            .field("host_key", &self.host_fingerprint)
+            .field("host_keys", &self.host_fingerprints)
             .field("config", &self.shared.config)
             .finish()
     }
@@ -94,11 +97,12 @@ pub const SSH_CIPHERS: &[russh::cipher::Name] = &[
 ];
 
 /// Reads `[ssh] host_certificate` and checks it can be presented: an OpenSSH host
-/// certificate of `host_key`. One outside its validity window is loaded all the same
-/// (the clock may be what is wrong) and said so in the log, since clients will refuse it.
+/// certificate of one of `host_keys`. One outside its validity window is loaded all the
+/// same (the clock may be what is wrong) and said so in the log, since clients will refuse
+/// it.
 fn load_host_certificate(
     path: &std::path::Path,
-    host_key: &PrivateKey,
+    host_keys: &[PrivateKey],
 ) -> Result<russh::keys::Certificate, SshError> {
     use russh::keys::ssh_key::certificate::CertType;
     let bad = |reason: String| SshError::HostCertificate(format!("{}: {reason}", path.display()));
@@ -110,10 +114,17 @@ fn load_host_certificate(
             "a user certificate, not a host certificate (ssh-keygen -h)".into(),
         ));
     }
-    if cert.public_key() != host_key.public_key().key_data() {
+    if !host_keys
+        .iter()
+        .any(|k| cert.public_key() == k.public_key().key_data())
+    {
+        let ours: Vec<String> = host_keys
+            .iter()
+            .map(|k| openssh_fingerprint(k.public_key()))
+            .collect();
         return Err(bad(format!(
-            "certifies another key, not the host key {}",
-            openssh_fingerprint(host_key.public_key())
+            "certifies another key, not a host key ({})",
+            ours.join(", ")
         )));
     }
     let now = std::time::SystemTime::now();
@@ -135,7 +146,31 @@ impl SshAdapter {
     /// An adapter with this host key and `[ssh]` settings; `workers` (the QUIC worker
     /// count) sizes the bridge runtime when `bridge_threads` is 0.
     pub fn new(host_key: PrivateKey, config: SshConfig, workers: usize) -> Result<Self, SshError> {
+        Self::with_host_keys(vec![host_key], config, workers)
+    }
+
+    /// As [`Self::new`] with several host keys, at most one per algorithm, in the order
+    /// a client's host key algorithms are matched against.
+    pub fn with_host_keys(
+        host_keys: Vec<PrivateKey>,
+        config: SshConfig,
+        workers: usize,
+    ) -> Result<Self, SshError> {
         config.validate()?;
+        if host_keys.is_empty() {
+            return Err(SshError::HostKeys("no host key".into()));
+        }
+        for (i, k) in host_keys.iter().enumerate() {
+            if host_keys[..i]
+                .iter()
+                .any(|o| o.algorithm() == k.algorithm())
+            {
+                return Err(SshError::HostKeys(format!(
+                    "two {} keys: a client could be shown either",
+                    k.algorithm()
+                )));
+            }
+        }
         let revoked = match &config.revoked_keys {
             Some(path) => {
                 let file = WatchedFile::load(path, "revoked keys", RevokedKeys::parse)?;
@@ -146,10 +181,16 @@ impl SshAdapter {
             None => None,
         };
         let certificates = match &config.host_certificate {
-            Some(path) => vec![load_host_certificate(path, &host_key)?],
+            Some(path) => vec![load_host_certificate(path, &host_keys)?],
             None => Vec::new(),
         };
-        let host_fingerprint = openssh_fingerprint(host_key.public_key());
+        let host_fingerprints = host_keys
+            .iter()
+            .map(|k| {
+                let algorithm = k.algorithm().to_string();
+                (algorithm, openssh_fingerprint(k.public_key()))
+            })
+            .collect();
         let russh = russh::server::Config {
             server_id: SshId::Standard(
                 format!("SSH-2.0-alknet_{}", env!("CARGO_PKG_VERSION")).into(),
@@ -159,7 +200,7 @@ impl SshAdapter {
             auth_rejection_time: Duration::from_millis(config.auth_rejection_delay_ms),
             // the first "none" probe reveals nothing; answer it at once
             auth_rejection_time_initial: Some(Duration::ZERO),
-            keys: vec![host_key],
+            keys: host_keys,
             certificates,
             window_size: config.window_size,
             maximum_packet_size: config.max_packet_size,
@@ -191,24 +232,31 @@ impl SshAdapter {
                 subsystems: Subsystems::default(),
                 metrics: SshMetrics::default(),
             }),
-            host_fingerprint,
+            host_fingerprints,
         })
     }
 
-    /// As the binary builds it: the host key from `ssh.host_key`, else generated in
-    /// `data_dir` on first start; `ssh.authorized_keys` loaded. Also returns whether the
-    /// host key was generated now.
+    /// As the binary builds it: the host keys of `ssh.host_keys` or `ssh.host_key`, else
+    /// the data directory's ed25519 and ECDSA keys, generated on first start;
+    /// `ssh.authorized_keys` loaded. Also returns whether a host key was generated now.
     pub fn load(
         config: SshConfig,
         data_dir: &Path,
         workers: usize,
     ) -> Result<(Self, bool), SshError> {
         config.validate()?;
-        let (key, generated) = match &config.host_key {
-            Some(path) => (load_host_key(path)?, false),
-            None => load_or_generate_host_key(data_dir)?,
+        let (keys, generated) = match (&config.host_key, config.host_keys.as_slice()) {
+            (Some(path), _) => (vec![load_host_key(path)?], false),
+            (None, []) => load_or_generate_host_keys(data_dir)?,
+            (None, paths) => (
+                paths
+                    .iter()
+                    .map(|p| load_host_key(p))
+                    .collect::<Result<_, _>>()?,
+                false,
+            ),
         };
-        Ok((Self::load_with_host_key(config, key, workers)?, generated))
+        Ok((Self::load_with_host_keys(config, keys, workers)?, generated))
     }
 
     /// As [`Self::load`], with a host key the caller already holds (e.g. derived from
@@ -218,11 +266,19 @@ impl SshAdapter {
         host_key: PrivateKey,
         workers: usize,
     ) -> Result<Self, SshError> {
+        Self::load_with_host_keys(config, vec![host_key], workers)
+    }
+
+    fn load_with_host_keys(
+        config: SshConfig,
+        host_keys: Vec<PrivateKey>,
+        workers: usize,
+    ) -> Result<Self, SshError> {
         let extra = match &config.authorized_keys {
             Some(path) => Some(Arc::new(AuthorizedKeysProvider::load(path)?)),
             None => None,
         };
-        let mut adapter = Self::new(host_key, config, workers)?;
+        let mut adapter = Self::with_host_keys(host_keys, config, workers)?;
         if let Some(p) = extra {
             adapter = adapter.with_authorized_keys(p);
         }
@@ -296,9 +352,14 @@ impl SshAdapter {
         self
     }
 
-    /// The host key's OpenSSH fingerprint (`SHA256:…`), as `ssh` shows it.
+    /// The first host key's OpenSSH fingerprint (`SHA256:…`), as `ssh` shows it.
     pub fn host_key_fingerprint(&self) -> &str {
-        &self.host_fingerprint
+        &self.host_fingerprints[0].1
+    }
+
+    /// Every host key's algorithm and OpenSSH fingerprint, in the order served.
+    pub fn host_key_fingerprints(&self) -> &[(String, String)] {
+        &self.host_fingerprints
     }
 
     pub fn config(&self) -> &SshConfig {

@@ -78,9 +78,14 @@ pub const DEFAULT_MAX_FORWARDS_PER_SESSION: usize = 16;
 pub struct SshConfig {
     /// Shell for `exec` (`SHELL -c CMD`) and `shell` requests.
     pub shell: PathBuf,
-    /// Host key (OpenSSH private key file). Default: `ssh_host_ed25519_key` in the data
+    /// Host key (OpenSSH private key file), the only one served. Default (with
+    /// `host_keys` empty too): `ssh_host_ed25519_key` and `ssh_host_ecdsa_key` in the data
     /// directory, generated on first start.
     pub host_key: Option<PathBuf>,
+    /// Host keys (OpenSSH private key files), as sshd's `HostKey` lines: each client gets
+    /// the first of its host key algorithms that one of these serves. At most one key per
+    /// algorithm. Not with `host_key`.
+    pub host_keys: Vec<PathBuf>,
     /// An OpenSSH host certificate of the host key (`ssh-keygen -s CA -h -n NAMES
     /// key.pub` makes `key-cert.pub`), presented to clients that trust its CA
     /// (`@cert-authority` in `known_hosts`), as sshd's `HostCertificate`.
@@ -131,6 +136,7 @@ impl Default for SshConfig {
         Self {
             shell: PathBuf::from(DEFAULT_SHELL),
             host_key: None,
+            host_keys: Vec::new(),
             host_certificate: None,
             authorized_keys: None,
             revoked_keys: None,
@@ -194,6 +200,12 @@ impl SshConfig {
                     reason: "must be greater than 0",
                 });
             }
+        }
+        if self.host_key.is_some() && !self.host_keys.is_empty() {
+            return Err(SshConfigError {
+                key: "host_keys",
+                reason: "give host_key or host_keys, not both",
+            });
         }
         // RFC 4253 §6.1: implementations must handle packets of 32768 bytes; much smaller
         // ones make OpenSSH fail, much bigger ones only cost memory.

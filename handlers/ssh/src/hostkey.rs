@@ -1,16 +1,22 @@
-//! The server's SSH host key: ed25519, generated on first start into the data directory in
-//! OpenSSH's private key format (mode 0600), and reused after.
+//! The server's SSH host keys: by default an ed25519 key and an ECDSA P-256 key, generated
+//! on first start into the data directory in OpenSSH's private key format (mode 0600), and
+//! reused after — as `ssh-keygen -A` prepares sshd, less RSA (slow to generate, and only
+//! clients older than OpenSSH 5.7 lack ECDSA; an operator who needs it lists an RSA key in
+//! `[ssh] host_keys`). ECDSA is what clients get that cannot use ed25519: OpenSSH in FIPS
+//! mode (RHEL's), and SSH libraries without ed25519.
 
 use std::path::{Path, PathBuf};
 
-use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::ssh_key::private::{EcdsaKeypair, Ed25519Keypair};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::PrivateKey;
 
 use alknet_runtime::secret_files::{load_or_generate, write_atomically};
 
-/// File name of the generated host key in the data directory (OpenSSH's name for it).
+/// File name of the generated ed25519 host key in the data directory (OpenSSH's name).
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
+/// File name of the generated ECDSA P-256 host key in the data directory (OpenSSH's name).
+pub const ECDSA_HOST_KEY_FILE: &str = "ssh_host_ecdsa_key";
 
 /// Errors loading or creating the host key.
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +52,28 @@ pub fn load_host_key(path: &Path) -> Result<PrivateKey, HostKeyError> {
     Ok(key)
 }
 
-/// The host key in `dir` ([`HOST_KEY_FILE`]), generated if missing; also whether it was
-/// generated now.
+/// The ed25519 host key in `dir` ([`HOST_KEY_FILE`]), generated if missing; also whether
+/// it was generated now.
 pub fn load_or_generate_host_key(dir: &Path) -> Result<(PrivateKey, bool), HostKeyError> {
-    let path = dir.join(HOST_KEY_FILE);
+    load_or_generate_key(dir, HOST_KEY_FILE, generate_ed25519)
+}
+
+/// The default host keys in `dir`, ed25519 ([`HOST_KEY_FILE`]) then ECDSA P-256
+/// ([`ECDSA_HOST_KEY_FILE`]), each generated if missing; also whether any was generated now.
+pub fn load_or_generate_host_keys(dir: &Path) -> Result<(Vec<PrivateKey>, bool), HostKeyError> {
+    let (ed25519, a) = load_or_generate_key(dir, HOST_KEY_FILE, generate_ed25519)?;
+    let (ecdsa, b) = load_or_generate_key(dir, ECDSA_HOST_KEY_FILE, generate_ecdsa_p256)?;
+    Ok((vec![ed25519, ecdsa], a || b))
+}
+
+/// The key in `dir`'s `file`, made by `generate` and written there (with its `.pub` beside
+/// it) if missing; also whether it was generated now.
+fn load_or_generate_key(
+    dir: &Path,
+    file: &str,
+    generate: fn() -> Result<PrivateKey, HostKeyError>,
+) -> Result<(PrivateKey, bool), HostKeyError> {
+    let path = dir.join(file);
     let io = |source| HostKeyError::Io {
         path: path.clone(),
         source,
@@ -60,7 +84,7 @@ pub fn load_or_generate_host_key(dir: &Path) -> Result<(PrivateKey, bool), HostK
         &[&path],
         || load_host_key(&path),
         || {
-            let key = generate_ed25519()?;
+            let key = generate()?;
             let text = key
                 .to_openssh(LineEnding::LF)
                 .map_err(|e| HostKeyError::Key {
@@ -94,9 +118,62 @@ pub fn generate_ed25519() -> Result<PrivateKey, HostKeyError> {
     Ok(key)
 }
 
+/// A fresh ECDSA P-256 key from the system's CSPRNG.
+pub fn generate_ecdsa_p256() -> Result<PrivateKey, HostKeyError> {
+    use ring::rand::SecureRandom;
+    let rng = ring::rand::SystemRandom::new();
+    let mut scalar = [0u8; 32];
+    // a uniformly random 32-byte string is a valid scalar (in 1..n) but for about 2^-32
+    // of them; draw again then, as the curve crates' own generation does
+    for _ in 0..16 {
+        rng.fill(&mut scalar)
+            .map_err(|_| HostKeyError::Random("the system random source failed".into()))?;
+        let secret = p256::SecretKey::from_slice(&scalar);
+        scalar.fill(0);
+        if let Ok(private) = secret {
+            let public = private.public_key();
+            return Ok(PrivateKey::from(EcdsaKeypair::NistP256 {
+                public: public.into(),
+                private: private.into(),
+            }));
+        }
+    }
+    Err(HostKeyError::Random(
+        "no valid P-256 scalar in 16 draws".into(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_keys_are_ed25519_and_ecdsa_made_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (keys, generated) = load_or_generate_host_keys(dir.path()).expect("generate");
+        assert!(generated);
+        let algorithms: Vec<String> = keys.iter().map(|k| k.algorithm().to_string()).collect();
+        assert_eq!(algorithms, ["ssh-ed25519", "ecdsa-sha2-nistp256"]);
+        let public =
+            std::fs::read_to_string(dir.path().join("ssh_host_ecdsa_key.pub")).expect("ecdsa .pub");
+        assert!(public.starts_with("ecdsa-sha2-nistp256 "), "{public}");
+        let (again, generated) = load_or_generate_host_keys(dir.path()).expect("reuse");
+        assert!(!generated);
+        let pk = |k: &Vec<PrivateKey>| k.iter().map(|k| k.public_key().clone()).collect::<Vec<_>>();
+        assert_eq!(pk(&again), pk(&keys));
+        // an ECDSA key signs and its signature verifies (what a client checks)
+        use russh::keys::ssh_key::{HashAlg, SshSig};
+        let sig =
+            SshSig::sign(&keys[1], "alknet-test", HashAlg::Sha256, b"exchange hash").expect("sign");
+        keys[1]
+            .public_key()
+            .verify("alknet-test", b"exchange hash", &sig)
+            .expect("verify");
+        // two fresh keys differ
+        let a = generate_ecdsa_p256().expect("a");
+        let b = generate_ecdsa_p256().expect("b");
+        assert_ne!(a.public_key(), b.public_key());
+    }
 
     #[test]
     fn generated_once_then_reused_with_private_mode() {

@@ -47,7 +47,8 @@ pub use bridge::{
 };
 pub use config::*;
 pub use hostkey::{
-    generate_ed25519, load_host_key, load_or_generate_host_key, HostKeyError, HOST_KEY_FILE,
+    generate_ecdsa_p256, generate_ed25519, load_host_key, load_or_generate_host_key,
+    load_or_generate_host_keys, HostKeyError, ECDSA_HOST_KEY_FILE, HOST_KEY_FILE,
 };
 pub use process::HANGUP_GRACE;
 pub use pumps::OUTPUT_CHUNK;
