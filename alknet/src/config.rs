@@ -183,6 +183,10 @@ shell = "/bin/sh"
 # authorized_keys = "/etc/alknet/authorized_keys"
 # Environment variables clients may set: exact names, or a prefix ending in *.
 env_allow = ["LANG", "LC_*", "GIT_PROTOCOL"]
+# X11 forwarding (ssh -X/-Y, scope ssh:forward-x11): first display number (port 6000+N on
+# the loopback) and the xauth program that writes each session's cookie.
+x11_display_offset = 10
+xauth = "/usr/bin/xauth"
 # Subsystems served by a command (sshd's Subsystem), run as exec runs it; needs ssh:exec.
 # subsystems = { netconf = "/usr/sbin/netconf-subsystem" }
 # Addresses ssh -R (tcpip-forward) may bind, as the client names them.

@@ -1425,6 +1425,144 @@ fn agent_forwarding_signs_with_the_clients_agent_and_only_where_granted() {
     assert!(value("alknet_ssh_channels_opened_total{type=auth-agent}") >= 4);
 }
 
+/// An X server for the client side: Xvfb on a free display, with a screen of `size`,
+/// taking only clients that present the cookie in the returned authority file.
+fn start_xvfb(dir: &Path, size: &str) -> (Proc, String, std::path::PathBuf) {
+    let authority = dir.join("client.xauth");
+    let number = (90..190)
+        .find(|n| {
+            !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        })
+        .expect("a free X display number");
+    let display = format!(":{number}");
+    let cookie: String = (0..16)
+        .map(|i| format!("{:02x}", (std::process::id() as usize * 31 + i * 97) % 256))
+        .collect();
+    let out = Command::new("xauth")
+        .arg("-f")
+        .arg(&authority)
+        .args(["add", &display, ".", &cookie])
+        .output()
+        .expect("xauth (package xauth)");
+    assert!(out.status.success(), "xauth add: {out:?}");
+    let xvfb = Proc(
+        Command::new("Xvfb")
+            .arg(&display)
+            .arg("-auth")
+            .arg(&authority)
+            .args(["-nolisten", "tcp", "-screen", "0", size])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb (package xvfb)"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = Command::new("xdpyinfo")
+            .env("DISPLAY", &display)
+            .env("XAUTHORITY", &authority)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Xvfb {display} did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (xvfb, display, authority)
+}
+
+/// `ssh -X` and `ssh -Y` against an X server on the client side (Xvfb): the remote
+/// command's X client reaches it through the forwarded display, sees its screen, and the
+/// session's authority file goes with the session; refused (no DISPLAY, the command still
+/// runs) for a `no-x11-forwarding` line, an identity without `ssh:forward-x11`, and a
+/// certificate without `permit-X11-forwarding`.
+#[test]
+fn x11_forwarding_reaches_the_clients_x_server_and_only_where_granted() {
+    require_openssh();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (_xvfb, display, authority) = start_xvfb(keys.path(), "1234x567x24");
+    let alice = ssh_keygen(keys.path(), "alice");
+    let bob = ssh_keygen(keys.path(), "bob");
+    let carol = ssh_keygen(keys.path(), "carol");
+    let ca = ssh_keygen(keys.path(), "ca");
+    let dan = ssh_keygen(keys.path(), "dan");
+    let erin = ssh_keygen(keys.path(), "erin");
+    sign_user_key(&ca, &dan, "dan", &["-n", "user"]);
+    sign_user_key(
+        &ca,
+        &erin,
+        "erin",
+        &["-n", "user", "-O", "no-x11-forwarding"],
+    );
+    let authorized = keys.path().join("authorized_keys");
+    std::fs::write(
+        &authorized,
+        format!(
+            "scopes=\"ssh:exec,ssh:forward-x11\" {}\n\
+             no-x11-forwarding,scopes=\"ssh:exec,ssh:forward-x11\" {}\n\
+             scopes=\"ssh:exec\" {}\n\
+             cert-authority,scopes=\"ssh:exec,ssh:forward-x11\" {}\n",
+            alice.public, bob.public, carol.public, ca.public
+        ),
+    )
+    .expect("write authorized_keys");
+    let server = BinServer::start_with_config(&format!(
+        "[ssh]\nauthorized_keys = {authorized:?}\n[http]\npublic = [\"/metrics\"]\n"
+    ));
+    let t = target(&server);
+    let run = |key: &SshKey, flag: &str, command: &str| {
+        let mut cmd = t.ssh(key);
+        cmd.env("DISPLAY", &display).env("XAUTHORITY", &authority);
+        cmd.args([flag, "user@alknet", command]);
+        let out = run_with_input(cmd, b"");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let probe = "echo \"$DISPLAY\"; echo \"$XAUTHORITY\"; xdpyinfo | grep dimensions; \
+                 stat -c %a \"$(dirname \"$XAUTHORITY\")\"";
+    // -Y (trusted) and -X (untrusted: the client makes a cookie the X server limits)
+    for (key, flag) in [(&alice, "-Y"), (&alice, "-X"), (&dan, "-Y")] {
+        let (code, out, err) = run(key, flag, probe);
+        assert_eq!(code, Some(0), "{flag}: {out} {err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].starts_with("localhost:1") && lines[0].ends_with(".0"),
+            "DISPLAY {out}"
+        );
+        assert!(lines[2].contains("1234x567 pixels"), "{flag}: {out}");
+        assert_eq!(lines[3], "700", "{out}");
+        // the authority file's directory goes with the session
+        let dir = Path::new(lines[1]).parent().expect("dir").to_path_buf();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dir.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} outlived its session",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // not granted: the command runs without a display
+    for key in [&bob, &carol, &erin] {
+        let (code, out, err) = run(key, "-Y", "echo \"${DISPLAY-unset}\"");
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(0), "unset\n"),
+            "{}: {err}",
+            key.path.display()
+        );
+    }
+    let samples = server.metrics_samples();
+    let value = |sample: &str| sample_value(&samples, sample);
+    assert_eq!(value("alknet_ssh_requests_total{kind=x11-req}"), 3);
+    assert_eq!(value("alknet_ssh_requests_refused_total{kind=x11-req}"), 3);
+    assert!(value("alknet_ssh_channels_opened_total{type=x11}") >= 3);
+}
+
 /// `ssh -N -o ExitOnForwardFailure=yes FLAG SPEC user@alknet`, in the background.
 fn forward_spec(t: &SshTarget, key: &SshKey, flag: &str, spec: &str) -> Proc {
     let mut cmd = t.ssh(key);

@@ -30,7 +30,7 @@ impl AgentSocket {
     /// Creates the directory (`alknet-agent-XXXXXXXX` in `parent`) and the socket, and
     /// starts accepting on it.
     pub fn bind(parent: &Path, cx: ForwardContext) -> io::Result<Self> {
-        let dir = private_dir(parent)?;
+        let dir = private_dir(parent, "alknet-agent")?;
         let path = dir.join(format!("agent.{}", std::process::id()));
         let listener = match UnixListener::bind(&path) {
             Ok(l) => l,
@@ -62,17 +62,15 @@ impl Drop for AgentSocket {
     }
 }
 
-/// A new directory of mode 0700 with a random name in `parent`.
-fn private_dir(parent: &Path) -> io::Result<PathBuf> {
+/// A new directory of mode 0700 named `PREFIX-<random>` in `parent` (the forwarded
+/// agent's socket, a session's X11 authority file).
+pub(crate) fn private_dir(parent: &Path, prefix: &str) -> io::Result<PathBuf> {
     let mut last = None;
     for _ in 0..8 {
         let mut bytes = [0u8; 6];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
             .map_err(|_| io::Error::other("the system random number generator failed"))?;
-        let dir = parent.join(format!(
-            "alknet-agent-{}",
-            alknet_runtime::hex::encode(&bytes)
-        ));
+        let dir = parent.join(format!("{prefix}-{}", alknet_runtime::hex::encode(&bytes)));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),

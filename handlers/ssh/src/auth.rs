@@ -281,13 +281,15 @@ fn split_options(line: &str) -> Result<(Option<&str>, &str), String> {
 
 /// Parses an options field: ours (`scopes="a,b"`, `cert-authority`, `principals="a,b"`)
 /// and sshd's restrictions (`restrict`, `no-pty`/`pty`, `no-port-forwarding`/
-/// `port-forwarding`, `no-agent-forwarding`/`agent-forwarding`, `command="…"`,
-/// `from="…"`; the X11 and user-rc flags are accepted and change nothing, since those are
-/// never granted). Anything else is an error, not a restriction silently dropped.
+/// `port-forwarding`, `no-agent-forwarding`/`agent-forwarding`,
+/// `no-x11-forwarding`/`x11-forwarding`, `command="…"`, `from="…"`; the user-rc flags are
+/// accepted and change nothing, since `~/.ssh/rc` is never run). Anything else is an
+/// error, not a restriction silently dropped.
 fn parse_options(options: &str) -> Result<LineOptions, String> {
     let mut parsed = LineOptions::default();
     let mut scopes = None;
-    let (mut restrict, mut pty, mut forwarding, mut agent) = (false, None, None, None);
+    let (mut restrict, mut pty, mut forwarding, mut agent, mut x11) =
+        (false, None, None, None, None);
     let mut seen = std::collections::HashSet::new();
     for opt in split_top_level_commas(options) {
         let name = opt.split('=').next().unwrap_or(opt);
@@ -303,7 +305,8 @@ fn parse_options(options: &str) -> Result<LineOptions, String> {
                 forwarding = Some(flag == "port-forwarding")
             }
             "no-agent-forwarding" | "agent-forwarding" => agent = Some(flag == "agent-forwarding"),
-            "no-x11-forwarding" | "x11-forwarding" | "no-user-rc" | "user-rc" => {}
+            "no-x11-forwarding" | "x11-forwarding" => x11 = Some(flag == "x11-forwarding"),
+            "no-user-rc" | "user-rc" => {}
             _ => parse_valued_option(opt, &name.to_ascii_lowercase(), &mut parsed, &mut scopes)?,
         }
     }
@@ -312,6 +315,7 @@ fn parse_options(options: &str) -> Result<LineOptions, String> {
     parsed.restrictions.pty = pty.unwrap_or(!restrict);
     parsed.restrictions.port_forwarding = forwarding.unwrap_or(!restrict);
     parsed.restrictions.agent_forwarding = agent.unwrap_or(!restrict);
+    parsed.restrictions.x11_forwarding = x11.unwrap_or(!restrict);
     Ok(parsed)
 }
 
@@ -470,6 +474,7 @@ mod tests {
                 pty: true,
                 port_forwarding: false,
                 agent_forwarding: false,
+                x11_forwarding: false,
                 command: Some("echo \"a,b\" $SSH_ORIGINAL_COMMAND".into()),
                 from: None,
             }
@@ -480,6 +485,7 @@ mod tests {
                 pty: true,
                 port_forwarding: false,
                 agent_forwarding: false,
+                x11_forwarding: false,
                 command: None,
                 from: Some("10.0.0.0/8,!10.0.0.1".into()),
             }
@@ -495,6 +501,7 @@ mod tests {
                 pty: false,
                 port_forwarding: false,
                 agent_forwarding: false,
+                x11_forwarding: false,
                 command: None,
                 from: None,
             }
@@ -504,6 +511,12 @@ mod tests {
             .expect("parses");
         let line = &r.restrictions[&fp_of(ALICE)];
         assert!(line.agent_forwarding && !line.port_forwarding && !line.pty);
+        assert!(!line.x11_forwarding);
+        // and x11-forwarding gives X11 back alone
+        let r = parse_authorized_keys(&format!("restrict,x11-forwarding {ALICE}\n"), "ak")
+            .expect("parses");
+        let line = &r.restrictions[&fp_of(ALICE)];
+        assert!(line.x11_forwarding && !line.agent_forwarding && !line.port_forwarding);
         // and a cert-authority line keeps its restrictions for the certificates
         let ca = parse_authorized_keys(&format!("cert-authority,no-pty {BOB} ca\n"), "ak")
             .expect("parses");

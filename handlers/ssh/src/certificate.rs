@@ -116,6 +116,7 @@ pub fn check_certificate(
             pty: extensions.contains_key("permit-pty"),
             port_forwarding: extensions.contains_key("permit-port-forwarding"),
             agent_forwarding: extensions.contains_key("permit-agent-forwarding"),
+            x11_forwarding: extensions.contains_key("permit-X11-forwarding"),
         },
         force_command,
     )?)

@@ -72,6 +72,14 @@ pub const DEFAULT_FORWARD_SOCKET_ALLOW: &[&str] = &[];
 /// `tcpip-forward` and `streamlocal-forward` listeners one session may hold.
 pub const DEFAULT_MAX_FORWARDS_PER_SESSION: usize = 16;
 
+/// First X display number a forwarded X11 session gets (sshd's `X11DisplayOffset`): 10,
+/// so that the displays of real X servers on the host (0, 1, …) stay clear.
+pub const DEFAULT_X11_DISPLAY_OFFSET: u32 = 10;
+
+/// The `xauth` program that writes a forwarded X11 session's cookie (sshd's
+/// `XAuthLocation`).
+pub const DEFAULT_XAUTH: &str = "/usr/bin/xauth";
+
 /// The `[ssh]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -111,6 +119,11 @@ pub struct SshConfig {
     /// default) refuses both, since a local socket (a container engine's, an agent's) is
     /// often worth more than what the forwarding scopes were meant to grant.
     pub forward_socket_allow: Vec<PathBuf>,
+    /// First X display number tried for X11 forwarding (display N listens on the
+    /// loopback's TCP port 6000 + N); up to `MAX_X11_DISPLAYS` are tried.
+    pub x11_display_offset: u32,
+    /// The `xauth` program (X11 forwarding is refused when it cannot run).
+    pub xauth: PathBuf,
     /// Threads of the tokio runtime behind SSH sessions (their timers, child processes,
     /// forwarded TCP connections, and the sessions themselves with `session_placement =
     /// "bridge"`); 0 = as many as QUIC workers.
@@ -150,6 +163,8 @@ impl Default for SshConfig {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            x11_display_offset: DEFAULT_X11_DISPLAY_OFFSET,
+            xauth: PathBuf::from(DEFAULT_XAUTH),
             bridge_threads: 0,
             session_placement: crate::bridge::SessionPlacement::default(),
             max_sessions_per_connection: DEFAULT_MAX_SESSIONS_PER_CONNECTION,
@@ -200,6 +215,12 @@ impl SshConfig {
                     reason: "must be greater than 0",
                 });
             }
+        }
+        if u64::from(self.x11_display_offset) + 6000 > u64::from(u16::MAX) {
+            return Err(SshConfigError {
+                key: "x11_display_offset",
+                reason: "must leave a TCP port: at most 59535",
+            });
         }
         if self.host_key.is_some() && !self.host_keys.is_empty() {
             return Err(SshConfigError {

@@ -36,6 +36,7 @@ mod signals;
 pub mod subsystem;
 mod termmodes;
 mod watched;
+mod x11;
 
 pub use adapter::{SshAdapter, SshError, ALPN};
 pub use auth::{

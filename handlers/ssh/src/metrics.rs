@@ -19,16 +19,19 @@ pub(crate) enum ChannelKind {
     DirectStreamlocal,
     /// `forwarded-streamlocal@openssh.com` (a connection to an ssh -R Unix socket).
     ForwardedStreamlocal,
+    /// `x11`, opened towards the client for a connection to a forwarded X display.
+    X11,
 }
 
 impl ChannelKind {
-    const ALL: [ChannelKind; 6] = [
+    const ALL: [ChannelKind; 7] = [
         Self::Session,
         Self::DirectTcpip,
         Self::ForwardedTcpip,
         Self::AuthAgent,
         Self::DirectStreamlocal,
         Self::ForwardedStreamlocal,
+        Self::X11,
     ];
 
     fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl ChannelKind {
             Self::AuthAgent => "auth-agent",
             Self::DirectStreamlocal => "direct-streamlocal",
             Self::ForwardedStreamlocal => "forwarded-streamlocal",
+            Self::X11 => "x11",
         }
     }
 }
@@ -77,16 +81,19 @@ pub(crate) enum RequestKind {
     AgentForward,
     /// `streamlocal-forward@openssh.com`.
     StreamlocalForward,
+    /// `x11-req`.
+    X11Forward,
 }
 
 impl RequestKind {
-    const ALL: [RequestKind; 6] = [
+    const ALL: [RequestKind; 7] = [
         Self::Exec,
         Self::Shell,
         Self::Subsystem,
         Self::TcpipForward,
         Self::AgentForward,
         Self::StreamlocalForward,
+        Self::X11Forward,
     ];
 
     fn as_str(self) -> &'static str {
@@ -97,6 +104,7 @@ impl RequestKind {
             Self::TcpipForward => "tcpip-forward",
             Self::AgentForward => "auth-agent-req",
             Self::StreamlocalForward => "streamlocal-forward",
+            Self::X11Forward => "x11-req",
         }
     }
 }

@@ -16,6 +16,9 @@ pub const SCOPE_SOCKS: &str = "ssh:socks";
 /// Agent forwarding (`ssh -A`): a socket in the session's `SSH_AUTH_SOCK` whose
 /// connections go back to the client's agent as `auth-agent@openssh.com` channels.
 pub const SCOPE_FORWARD_AGENT: &str = "ssh:forward-agent";
+/// X11 forwarding (`ssh -X`): a display on this host whose connections go back to the
+/// client's X server as `x11` channels.
+pub const SCOPE_FORWARD_X11: &str = "ssh:forward-x11";
 /// The `sftp` subsystem (served when the binary registers it; then `sftp:read` /
 /// `sftp:write` per request).
 pub const SCOPE_SFTP: &str = "ssh:sftp";
@@ -31,6 +34,7 @@ pub enum SshAction {
     ForwardLocal,
     ForwardRemote,
     ForwardAgent,
+    ForwardX11,
 }
 
 impl SshAction {
@@ -43,6 +47,7 @@ impl SshAction {
             SshAction::ForwardLocal => "ssh direct-tcpip",
             SshAction::ForwardRemote => "ssh tcpip-forward",
             SshAction::ForwardAgent => "ssh agent forwarding",
+            SshAction::ForwardX11 => "ssh X11 forwarding",
         }
     }
 
@@ -55,6 +60,7 @@ impl SshAction {
             SshAction::ForwardLocal => Some(SCOPE_FORWARD_LOCAL),
             SshAction::ForwardRemote => Some(SCOPE_FORWARD_REMOTE),
             SshAction::ForwardAgent => Some(SCOPE_FORWARD_AGENT),
+            SshAction::ForwardX11 => Some(SCOPE_FORWARD_X11),
         }
     }
 }

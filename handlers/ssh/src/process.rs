@@ -68,6 +68,8 @@ pub struct Launch {
     pub local: Option<SocketAddr>,
     /// The forwarded agent's socket, for `SSH_AUTH_SOCK`.
     pub agent: Option<PathBuf>,
+    /// The forwarded X display and its authority file, for `DISPLAY` and `XAUTHORITY`.
+    pub x11: Option<(String, PathBuf)>,
 }
 
 /// A started process: what the session handler keeps to signal and resize it. Dropping it
@@ -145,6 +147,10 @@ fn environment(launch: &Launch) -> Vec<(OsString, OsString)> {
     }
     if let Some(agent) = &launch.agent {
         env.push(("SSH_AUTH_SOCK".into(), agent.clone().into_os_string()));
+    }
+    if let Some((display, authority)) = &launch.x11 {
+        env.push(("DISPLAY".into(), display.into()));
+        env.push(("XAUTHORITY".into(), authority.clone().into_os_string()));
     }
     env
 }
@@ -465,6 +471,7 @@ mod tests {
             remote: "[::ffff:192.0.2.7]:50000".parse().expect("addr"),
             local: Some("[::1]:4433".parse().expect("addr")),
             agent: None,
+            x11: Some(("localhost:10.0".into(), "/tmp/x/Xauthority".into())),
         };
         let env = environment(&launch);
         let get = |k: &str| {
@@ -483,6 +490,8 @@ mod tests {
             get("SSH_CONNECTION").as_deref(),
             Some("192.0.2.7 50000 ::1 4433")
         );
+        assert_eq!(get("DISPLAY").as_deref(), Some("localhost:10.0"));
+        assert_eq!(get("XAUTHORITY").as_deref(), Some("/tmp/x/Xauthority"));
         assert!(
             get("CARGO").is_none(),
             "the server's own environment stays out"

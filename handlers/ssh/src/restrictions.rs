@@ -1,5 +1,6 @@
 //! What an `authorized_keys` line's sshd options (`restrict`, `no-pty`,
-//! `no-port-forwarding`, `no-agent-forwarding`, `command="…"`, `from="…"`) and a user
+//! `no-port-forwarding`, `no-agent-forwarding`, `no-x11-forwarding`, `command="…"`,
+//! `from="…"`) and a user
 //! certificate's critical options and extensions leave a session: one [`Grant`], decided
 //! without IO.
 
@@ -15,6 +16,10 @@ const FORWARDING_SCOPES: &[&str] = &["ssh:forward-local", "ssh:forward-remote", 
 /// `restrict`, a certificate without `permit-agent-forwarding`).
 const AGENT_SCOPE: &str = crate::policy::SCOPE_FORWARD_AGENT;
 
+/// The scope a session without X11 forwarding does not get (`no-x11-forwarding`,
+/// `restrict`, a certificate without `permit-X11-forwarding`).
+const X11_SCOPE: &str = crate::policy::SCOPE_FORWARD_X11;
+
 /// The sshd options of one `authorized_keys` line. The default restricts nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRestrictions {
@@ -25,6 +30,8 @@ pub struct KeyRestrictions {
     /// `ssh:forward-agent` is kept (`no-agent-forwarding`, `restrict`;
     /// `agent-forwarding`).
     pub agent_forwarding: bool,
+    /// `ssh:forward-x11` is kept (`no-x11-forwarding`, `restrict`; `x11-forwarding`).
+    pub x11_forwarding: bool,
     /// `command="…"`: runs in place of every `exec` and `shell`.
     pub command: Option<String>,
     /// `from="…"`: patterns the client's address must match (see [`from_matches`]).
@@ -37,6 +44,7 @@ impl Default for KeyRestrictions {
             pty: true,
             port_forwarding: true,
             agent_forwarding: true,
+            x11_forwarding: true,
             command: None,
             from: None,
         }
@@ -64,12 +72,13 @@ pub enum RestrictionRefusal {
 }
 
 /// What a user certificate's extensions permit (`permit-pty`, `permit-port-forwarding`,
-/// `permit-agent-forwarding`); a plain key is [`Permits::ALL`].
+/// `permit-agent-forwarding`, `permit-X11-forwarding`); a plain key is [`Permits::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Permits {
     pub pty: bool,
     pub port_forwarding: bool,
     pub agent_forwarding: bool,
+    pub x11_forwarding: bool,
 }
 
 impl Permits {
@@ -78,6 +87,7 @@ impl Permits {
         pty: true,
         port_forwarding: true,
         agent_forwarding: true,
+        x11_forwarding: true,
     };
 }
 
@@ -107,11 +117,13 @@ pub fn grant(
     };
     let forwarding = cert.port_forwarding && line.port_forwarding;
     let agent = cert.agent_forwarding && line.agent_forwarding;
+    let x11 = cert.x11_forwarding && line.x11_forwarding;
     let scopes = identity
         .scopes
         .into_iter()
         .filter(|s| forwarding || !FORWARDING_SCOPES.contains(&s.as_str()))
         .filter(|s| agent || s != AGENT_SCOPE)
+        .filter(|s| x11 || s != X11_SCOPE)
         .collect();
     Ok(Grant {
         identity: Identity {
@@ -212,6 +224,7 @@ mod tests {
                 "ssh:forward-local",
                 "ssh:forward-remote",
                 "ssh:forward-agent",
+                "ssh:forward-x11",
             ]
             .map(String::from)
             .to_vec(),
@@ -266,13 +279,14 @@ mod tests {
         .expect("granted");
         assert_eq!(
             (open.identity.scopes.len(), open.pty, open.force_command),
-            (5, true, None)
+            (6, true, None)
         );
 
         let restrict = KeyRestrictions {
             pty: false,
             port_forwarding: false,
             agent_forwarding: false,
+            x11_forwarding: false,
             command: Some("backup".into()),
             from: Some("127.0.0.0/8".into()),
         };
@@ -296,6 +310,7 @@ mod tests {
                 pty: false,
                 port_forwarding: false,
                 agent_forwarding: true,
+                x11_forwarding: false,
             },
             Some("x".into()),
         )
@@ -332,6 +347,29 @@ mod tests {
             );
             assert!(
                 g.identity.has_scope("ssh:forward-remote"),
+                "{line:?} {cert:?}"
+            );
+        }
+        // X11 forwarding likewise, by the line or by the certificate
+        let no_x11 = KeyRestrictions {
+            x11_forwarding: false,
+            ..KeyRestrictions::default()
+        };
+        let cert_no_x11 = Permits {
+            x11_forwarding: false,
+            ..Permits::ALL
+        };
+        for (line, cert) in [
+            (&no_x11, Permits::ALL),
+            (&KeyRestrictions::default(), cert_no_x11),
+        ] {
+            let g = grant(alice(), line, ip("::1"), cert, None).expect("granted");
+            assert!(
+                !g.identity.has_scope("ssh:forward-x11"),
+                "{line:?} {cert:?}"
+            );
+            assert!(
+                g.identity.has_scope("ssh:forward-agent"),
                 "{line:?} {cert:?}"
             );
         }

@@ -29,6 +29,7 @@ use crate::policy::{authorize, SshAction};
 use crate::process::{Launch, PtyRequest, Running};
 use crate::pumps::{pump_input, pump_output, splice, ChannelSlot, ChannelSlots, OnEof};
 use crate::restrictions::{grant, Grant, KeyRestrictions, Permits};
+use crate::x11::{X11Display, X11Request};
 
 /// A `session` channel: its settings until something runs in it, then the process.
 struct SessionChannel {
@@ -79,6 +80,8 @@ pub(crate) struct SshSession {
     socket_forwards: HashMap<String, SocketForward>,
     /// The forwarded agent's socket, once `auth-agent-req@openssh.com` was granted.
     agent: Option<AgentSocket>,
+    /// The forwarded X display, once `x11-req` was granted.
+    x11: Option<X11Display>,
 }
 
 impl Drop for SshSession {
@@ -125,6 +128,7 @@ impl SshSession {
             forwards: HashMap::new(),
             socket_forwards: HashMap::new(),
             agent: None,
+            x11: None,
         }
     }
 
@@ -238,6 +242,10 @@ impl SshSession {
             remote: self.remote,
             local: self.local,
             agent: self.agent.as_ref().map(|a| a.path().to_path_buf()),
+            x11: self
+                .x11
+                .as_ref()
+                .map(|x| (x.display().to_string(), x.authority().to_path_buf())),
         };
         let backlog = self.flow.backlog();
         match crate::process::start(launch, id, read, write, session.handle(), backlog) {
@@ -287,6 +295,54 @@ impl SshSession {
             }
             Err(e) => {
                 tracing::warn!(identity = %self.who(), "ssh: agent forwarding: {e}");
+                false
+            }
+        }
+    }
+
+    /// Grants `x11-req` on session channel `channel`: the session's forwarded X display
+    /// (one per session, as sshd's), named in `DISPLAY` (with its cookie's file in
+    /// `XAUTHORITY`) to what runs from now on; `false` when refused.
+    async fn forward_x11(
+        &mut self,
+        channel: ChannelId,
+        request: X11Request,
+        session: &mut Session,
+    ) -> bool {
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return false;
+        };
+        ch.drain();
+        if ch.subsystem || ch.running.is_some() {
+            return false;
+        }
+        if self.forced_command.as_deref().is_some_and(is_internal_sftp) {
+            return false;
+        }
+        if !self.allowed(SshAction::ForwardX11) {
+            return false;
+        }
+        if self.x11.is_some() {
+            // sshd: "X11 forwarding is already active"
+            return false;
+        }
+        let config = &self.shared.config;
+        let bound = X11Display::bind(
+            &request,
+            config.x11_display_offset,
+            &config.xauth,
+            &std::env::temp_dir(),
+            self.forward_context(session),
+        )
+        .await;
+        match bound {
+            Ok(x11) => {
+                tracing::info!(identity = %self.who(), display = x11.display(), "ssh: X11 forwarded");
+                self.x11 = Some(x11);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(identity = %self.who(), "ssh: X11 forwarding: {e}");
                 false
             }
         }
@@ -903,16 +959,23 @@ impl russh::server::Handler for SshSession {
     async fn x11_request(
         &mut self,
         channel: ChannelId,
-        _single_connection: bool,
-        _x11_auth_protocol: &str,
-        _x11_auth_cookie: &str,
-        _x11_screen_number: u32,
+        single_connection: bool,
+        x11_auth_protocol: &str,
+        x11_auth_cookie: &str,
+        x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(ch) = self.channels.get_mut(&channel) {
-            ch.drain();
-        }
-        session.channel_failure(channel)
+        let request = X11Request {
+            single_connection,
+            protocol: x11_auth_protocol.to_string(),
+            cookie: x11_auth_cookie.to_string(),
+            screen: x11_screen_number,
+        };
+        let granted = self.forward_x11(channel, request, session).await;
+        self.shared
+            .metrics
+            .request(RequestKind::X11Forward, granted);
+        answer(session, channel, granted)
     }
 
     async fn agent_request(
