@@ -106,9 +106,32 @@ pub struct ServerArgs {
     /// and TCP's 10 s), as curl's --connect-timeout
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub connect_timeout_ms: u64,
+    /// QUIC version to start in: v1 (RFC 9000) or v2 (RFC 9369); a server that does not
+    /// speak it refuses the connection with Version Negotiation
+    #[arg(long, value_enum, default_value_t = QuicVersionArg::V1)]
+    pub quic_version: QuicVersionArg,
     /// Server address
     #[arg(value_name = "HOST:PORT")]
     pub target: String,
+}
+
+/// `--quic-version`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuicVersionArg {
+    /// QUIC version 1
+    #[default]
+    V1,
+    /// QUIC version 2
+    V2,
+}
+
+impl From<QuicVersionArg> for alknet_runtime::QuicVersion {
+    fn from(v: QuicVersionArg) -> Self {
+        match v {
+            QuicVersionArg::V1 => Self::V1,
+            QuicVersionArg::V2 => Self::V2,
+        }
+    }
 }
 
 /// How a client reaches the server (`--transport`, git's `alknet.transport`).
@@ -154,6 +177,8 @@ pub struct Dial {
     pub fallback_delay: std::time::Duration,
     /// The bound on making the connection (`--connect-timeout-ms`), if any.
     pub connect_timeout: Option<std::time::Duration>,
+    /// The QUIC version QUIC connections start in (`--quic-version`).
+    pub quic_version: alknet_runtime::QuicVersion,
 }
 
 /// What carries a client's connection; [`close_and_wait`] ends it.
@@ -213,6 +238,7 @@ impl ServerArgs {
             fallback_delay: std::time::Duration::from_millis(self.fallback_delay_ms),
             connect_timeout: (self.connect_timeout_ms > 0)
                 .then(|| std::time::Duration::from_millis(self.connect_timeout_ms)),
+            quic_version: self.quic_version.into(),
         })
     }
 }
@@ -396,6 +422,7 @@ impl Dial {
         };
         let endpoint = ClientEndpoint::bind(local, limits)
             .map_err(|e| QuicDialError::Silent(format!("{remote}: bind: {e}")))?;
+        endpoint.set_quic_version(self.quic_version);
         let conn = endpoint
             .connect(remote, &self.server_name, self.crypto.clone())
             .await

@@ -17,6 +17,7 @@
 //! | | `alknet.cert`, `alknet.key` | client certificate and key (PEM) |
 //! | `ALKNET_TOKEN` | `alknet.token` | bearer token, sent in the request line |
 //! | `ALKNET_TRANSPORT` | `alknet.transport` | `quic` (default), `tcp` or `webtransport` |
+//! | `ALKNET_QUIC_VERSION` | `alknet.quicVersion` | `v1` (default) or `v2` |
 //!
 //! With none of the trust settings, the server certificate must chain to the web PKI.
 
@@ -28,7 +29,7 @@ use std::process::ExitCode;
 use alknet_git::{encode_request, Service, ALPN};
 use alknet_runtime::{Bytes, Fingerprint};
 
-use crate::connect::{pipe_stdio, ServerArgs, Transport};
+use crate::connect::{pipe_stdio, QuicVersionArg, ServerArgs, Transport};
 
 /// The URL scheme git maps to this helper.
 const SCHEME: &str = "alknet://";
@@ -212,6 +213,14 @@ fn server_args(url: &AlknetUrl, settings: &Settings) -> Result<ServerArgs, Strin
             .unwrap_or_default(),
         fallback_delay_ms: crate::connect::FALLBACK_DELAY.as_millis() as u64,
         connect_timeout_ms: 0,
+        quic_version: settings
+            .get(Some("ALKNET_QUIC_VERSION"), "quicVersion", false)
+            .map(|v| {
+                <QuicVersionArg as clap::ValueEnum>::from_str(&v, true)
+                    .map_err(|_| format!("alknet.quicVersion: {v:?} is not v1 or v2"))
+            })
+            .transpose()?
+            .unwrap_or_default(),
         target: url.target.clone(),
     })
 }

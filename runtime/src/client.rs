@@ -37,6 +37,8 @@ pub struct ClientEndpoint {
     loopback_transport: Arc<TransportConfig>,
     /// `send_stall_timeout` of the limits it was bound with, for its connections' streams.
     send_stall_timeout: std::time::Duration,
+    /// The QUIC version new connections start in (v1 unless [`Self::set_quic_version`]).
+    version: std::cell::Cell<u32>,
 }
 
 impl ClientEndpoint {
@@ -51,6 +53,8 @@ impl ClientEndpoint {
         endpoint_config
             .max_udp_payload_size(limits.endpoint_max_udp_payload_size())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        // v2 as well, so that a connection started in v2 can read the server's packets
+        endpoint_config.supported_versions(vec![1, quinn_proto::QUIC_V2]);
         let endpoint = Endpoint::new(Arc::new(endpoint_config), None, !io.may_fragment(), None);
         let w = WorkerState::new(
             0,
@@ -71,7 +75,15 @@ impl ClientEndpoint {
                 limits.transport_config_for(std::net::Ipv4Addr::LOCALHOST.into()),
             ),
             send_stall_timeout: limits.send_stall_timeout,
+            version: std::cell::Cell::new(1),
         })
+    }
+
+    /// The QUIC version the next connections start in. A server that does not speak it
+    /// answers with Version Negotiation, and the connection fails with
+    /// `ConnectionError::VersionMismatch` (quinn-proto starts no second attempt).
+    pub fn set_quic_version(&self, version: crate::QuicVersion) {
+        self.version.set(version.wire());
     }
 
     /// The local address of the current socket.
@@ -88,6 +100,7 @@ impl ClientEndpoint {
         crypto: Arc<QuicClientConfig>,
     ) -> Result<Connection, ConnectError> {
         let mut config = quinn_proto::ClientConfig::new(crypto);
+        config.version(self.version.get());
         let transport = if crate::limits::is_loopback(remote.ip()) {
             &self.loopback_transport
         } else {

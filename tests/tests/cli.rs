@@ -73,6 +73,62 @@ fn default_server_echoes_through_connect_and_stops_on_sigterm() {
     server.wait_for_log("alknet stopped");
 }
 
+/// `alknet connect --quic-version v2`: a connection that starts in QUIC v2 (RFC 9369)
+/// carries the echo and is counted as a v2 handshake; a server serving v1 only answers
+/// with Version Negotiation, which ends the attempt with a clear message.
+#[test]
+fn connect_in_quic_v2_and_a_v1_only_server_refuses_it() {
+    let server = BinServer::start_with_config("[http]\npublic = [\"/metrics\"]\n");
+    let fp = server.fingerprint();
+    let data = payload(7, 1 << 20);
+    for version in ["v2", "v1"] {
+        let out = connect_pipe(
+            &server,
+            &[
+                "--alpn",
+                "alknet/echo",
+                "--fingerprint",
+                &fp,
+                "--quic-version",
+                version,
+            ],
+            &data,
+        );
+        assert!(
+            out.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(sha256(&out.stdout), sha256(&data), "{version}");
+    }
+    let samples = server.metrics_samples();
+    let v2: u64 = samples
+        .iter()
+        .filter(|l| l.starts_with("alknet_worker_handshakes_v2_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(v2, 1, "one v2 handshake of two");
+    drop(server);
+
+    let server = BinServer::start_with_config("[quic]\nversions = [\"v1\"]\n");
+    let fp = server.fingerprint();
+    let out = connect_pipe(
+        &server,
+        &[
+            "--alpn",
+            "alknet/echo",
+            "--fingerprint",
+            &fp,
+            "--quic-version",
+            "v2",
+        ],
+        b"x",
+    );
+    assert!(!out.status.success(), "v2 accepted by a v1-only server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("supported version"), "{err}");
+}
+
 #[test]
 fn certificate_is_generated_once_and_reused() {
     let server = BinServer::start();
