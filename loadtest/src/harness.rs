@@ -33,6 +33,8 @@ pub struct Target {
     /// TLS server name (the fingerprint is pinned, so it is not checked).
     pub host: String,
     pub fingerprint: Fingerprint,
+    /// The QUIC version alknet's client starts its connections in (`--quic-version`).
+    pub quic_version: alknet_runtime::QuicVersion,
 }
 
 /// When measuring starts and when everything stops. Set once by the main thread after
@@ -356,6 +358,7 @@ pub fn run<W: Workload, S>(
                                     return t;
                                 }
                             };
+                        endpoint.set_quic_version(target.quic_version);
                         let thread = ClientThread {
                             index,
                             endpoint,

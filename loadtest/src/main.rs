@@ -256,6 +256,25 @@ struct RunArgs {
     /// one-stream connection per --connections; stream-rr and stream-bulk only).
     #[arg(long, value_enum, default_value_t = LoadTransport::Quic)]
     transport: LoadTransport,
+    /// QUIC version alknet's client starts in: v1, or v2 (RFC 9369; alknet's server only:
+    /// quinn serves v1 alone, and its client speaks v1).
+    #[arg(long, value_enum, default_value_t = QuicVersionArg::V1)]
+    quic_version: QuicVersionArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum QuicVersionArg {
+    V1,
+    V2,
+}
+
+impl From<QuicVersionArg> for alknet_runtime::QuicVersion {
+    fn from(v: QuicVersionArg) -> Self {
+        match v {
+            QuicVersionArg::V1 => Self::V1,
+            QuicVersionArg::V2 => Self::V2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -360,6 +379,16 @@ fn init_logging() {
 }
 
 fn run_one(workload: WorkloadKind, args: &RunArgs) -> Result<(), String> {
+    if args.quic_version == QuicVersionArg::V2
+        && (args.client == ClientKind::Quinn
+            || (args.server.is_none() && args.target != Kind::Alknet))
+    {
+        return Err(
+            "--quic-version v2 needs alknet's client and alknet's server (quinn serves and \
+             speaks QUIC v1 only)"
+                .into(),
+        );
+    }
     if args.client == ClientKind::Quinn
         && !matches!(
             workload,
@@ -401,6 +430,13 @@ fn run_one(workload: WorkloadKind, args: &RunArgs) -> Result<(), String> {
 }
 
 fn run_compare(c: &CompareArgs) -> Result<(), String> {
+    if c.run.quic_version == QuicVersionArg::V2 {
+        return Err(
+            "compare runs quinn, which serves QUIC v1 only: run the workload against alknet \
+             with --quic-version v2, then with v1"
+                .into(),
+        );
+    }
     if c.run.server.is_some() {
         return Err("compare starts both servers itself; --server does not apply".into());
     }
@@ -635,7 +671,14 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
         )),
     };
     let (target, pid, label) = match (&args.server, args.fingerprint) {
-        (Some(s), Some(fp)) => (resolve(s, fp)?, args.server_pid, s.clone()),
+        (Some(s), Some(fp)) => (
+            Target {
+                quic_version: args.quic_version.into(),
+                ..resolve(s, fp)?
+            },
+            args.server_pid,
+            s.clone(),
+        ),
         _ if workload == WorkloadKind::Doq => {
             return Err(
                 "doq loads a running DNS server: pass --server, --fingerprint and \
@@ -666,6 +709,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
                 addr: proc.addr,
                 host: "localhost".into(),
                 fingerprint: proc.fingerprint,
+                quic_version: args.quic_version.into(),
             };
             (
                 t,
@@ -1084,6 +1128,7 @@ fn resolve(s: &str, fingerprint: Fingerprint) -> Result<Target, String> {
             .trim_end_matches(']')
             .to_string(),
         fingerprint,
+        quic_version: alknet_runtime::QuicVersion::V1,
     })
 }
 

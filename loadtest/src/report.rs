@@ -152,6 +152,13 @@ impl Measurement {
                 self.per_op(io.send_syscalls),
                 io.forwarded
             );
+            if io.handshakes_v2 > 0 {
+                let _ = writeln!(
+                    s,
+                    "  server quic handshakes in QUIC v2: {} of {} accepted",
+                    io.handshakes_v2, io.connections_accepted
+                );
+            }
             if io.handshakes_resumed > 0 {
                 let _ = writeln!(
                     s,

@@ -148,6 +148,8 @@ engine_counters! {
     connections_accepted <- connections_accepted,
     /// Handshakes that resumed a TLS session (`handshake --resumption`).
     handshakes_resumed <- handshakes_resumed,
+    /// Handshakes completed in QUIC v2 (`--quic-version v2`).
+    handshakes_v2 <- handshakes_v2,
     retries_sent <- retries_sent,
     /// Initials dropped unanswered: their source prefix was over its rate.
     refused_rate <- refused_rate,
