@@ -264,12 +264,13 @@ impl HandshakePolicy {
     /// Applies resumption and 0-RTT to a server config. `ticket_key` is the host key's
     /// ticket derivation (`host_key.rs`); without one (a server config outside the
     /// engine) sessions are single-use cache entries. Host-key tickets are bound to
-    /// `client_auth` (see `ClientAuth::ticket_scope`).
+    /// `scope` (the client-certificate policy, and for QUIC v2 the version: see
+    /// `ClientAuth::ticket_scope`); single-use entries to this config's own cache.
     pub(crate) fn apply(
         &self,
         cfg: &mut rustls::ServerConfig,
         ticket_key: Option<&ring::hkdf::Prk>,
-        client_auth: crate::tls::ClientAuth,
+        scope: &'static [u8],
     ) {
         // the ticketer is unused while it is not enabled; storage is unused under one
         // (TLS 1.2, which would look there, is not offered)
@@ -280,7 +281,7 @@ impl HandshakePolicy {
                 cfg.ticketer = crate::tickets::HostKeyTicketer::new(
                     key.clone(),
                     self.session_ticket_lifetime,
-                    client_auth.ticket_scope(),
+                    scope,
                 );
             }
             _ => {

@@ -385,6 +385,18 @@ impl ClientAuth {
             Self::Required => b"client auth required",
         }
     }
+
+    /// [`Self::ticket_scope`] for sessions in QUIC v2: a session ticket belongs to the
+    /// QUIC version of the connection that issued it, and a server must not accept it in
+    /// another (RFC 9369, "TLS Resumption and NEW_TOKEN Tokens"). v1's scope (and TLS over
+    /// TCP's) stays what it was, so tickets issued before v2 existed still resume.
+    pub(crate) fn ticket_scope_quic_v2(self) -> &'static [u8] {
+        match self {
+            Self::None => b"client auth none; quic v2",
+            Self::Optional => b"client auth optional; quic v2",
+            Self::Required => b"client auth required; quic v2",
+        }
+    }
 }
 
 /// Server TLS configuration advertising exactly `alpns`. A client offering none of them
@@ -420,8 +432,21 @@ pub fn server_crypto_with_policy(
         ServerRandom::Thread,
         ticket_key,
     )?;
-    let quic = QuicServerConfig::with_initial(Arc::new(cfg), initial_suite()?)
+    // QUIC v2 sessions: the same config but for their tickets, which only v2 takes back
+    // (host-key tickets under a v2 scope; single-use ones in a cache of their own)
+    let v2 = policy
+        .versions
+        .contains(&crate::handshake::QuicVersion::V2)
+        .then(|| {
+            let mut v2 = cfg.clone();
+            policy.apply(&mut v2, ticket_key, client_auth.ticket_scope_quic_v2());
+            Arc::new(v2)
+        });
+    let mut quic = QuicServerConfig::with_initial(Arc::new(cfg), initial_suite()?)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
+    if let Some(v2) = v2 {
+        quic = quic.with_v2_config(v2);
+    }
     Ok(Arc::new(quic))
 }
 
@@ -508,7 +533,7 @@ pub fn server_rustls_config(
     };
     cfg.alpn_protocols = alpns;
     cfg.key_log = key_log();
-    policy.apply(&mut cfg, ticket_key, client_auth);
+    policy.apply(&mut cfg, ticket_key, client_auth.ticket_scope());
     Ok(cfg)
 }
 

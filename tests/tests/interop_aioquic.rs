@@ -133,3 +133,68 @@ fn aioquic_client_gets_quic_v2_by_compatible_version_negotiation() {
     );
     assert_eq!(server.total_stats().handshakes_v2, 0);
 }
+
+/// A session ticket belongs to the QUIC version of the connection that issued it (RFC
+/// 9369, "TLS Resumption and NEW_TOKEN Tokens"): aioquic's tickets resume in their own
+/// version, a switched connection's in v2, and never in the other version; with
+/// host-key tickets (the default) and with single-use ones (`zero_rtt`).
+#[test]
+fn session_tickets_resume_only_in_the_version_that_issued_them() {
+    require_aioquic();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/version_tickets.py");
+    let check = |server: &alknet_runtime::ServerHandle, want: &[(&str, &str)]| {
+        let out = Command::new("python3")
+            .arg(script)
+            .arg("127.0.0.1")
+            .arg(server.local_addr().port().to_string())
+            .args(want.iter().map(|(pair, _)| *pair))
+            .output()
+            .expect("run python3");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (pair, result) in want {
+            let line = format!("{pair} {result}\n");
+            assert!(stdout.contains(&line), "want {line:?} in:\n{stdout}");
+        }
+    };
+    let host_key = start_server(ServerOptions {
+        handshake: alknet_runtime::HandshakePolicy {
+            session_tickets: alknet_runtime::SessionTickets::HostKey,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    check(
+        &host_key,
+        &[
+            // aioquic's default, switched to v2 each time: v2's ticket, resumed in v2
+            ("v1+v2:v1+v2", "version=v2 resumed=True"),
+            ("v1:v1", "version=v1 resumed=True"),
+            ("v2:v2", "version=v2 resumed=True"),
+            // across versions: refused, a full handshake
+            ("v1+v2:v1", "version=v1 resumed=False"),
+            ("v1:v2", "version=v2 resumed=False"),
+        ],
+    );
+    drop(host_key);
+    let single_use = start_server(ServerOptions {
+        handshake: alknet_runtime::HandshakePolicy {
+            zero_rtt: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    check(
+        &single_use,
+        &[
+            ("v1:v1", "version=v1 resumed=True"),
+            ("v2:v2", "version=v2 resumed=True"),
+            ("v1+v2:v1", "version=v1 resumed=False"),
+            ("v1:v2", "version=v2 resumed=False"),
+        ],
+    );
+}

@@ -322,6 +322,7 @@ impl QuicClientConfig {
             initial: initial_suite_from_provider(inner.crypto_provider())
                 .expect("no initial cipher suite found"),
             inner: Arc::new(inner),
+            inner_v2: None,
         })
     }
 
@@ -452,6 +453,10 @@ impl std::error::Error for NoInitialCipherSuite {}
 /// [single]: crate::config::ServerConfig::with_single_cert()
 pub struct QuicServerConfig {
     inner: Arc<rustls::ServerConfig>,
+    /// alknet patch: the configuration of QUIC v2 sessions, if it differs (its session
+    /// tickets must not resume v1 sessions nor v1's v2 ones: RFC 9369, "TLS Resumption and
+    /// NEW_TOKEN Tokens")
+    inner_v2: Option<Arc<rustls::ServerConfig>>,
     initial: Suite,
 }
 
@@ -466,6 +471,7 @@ impl QuicServerConfig {
             initial: initial_suite_from_provider(inner.crypto_provider())
                 .expect("no initial cipher suite found"),
             inner: Arc::new(inner),
+            inner_v2: None,
         })
     }
 
@@ -477,9 +483,24 @@ impl QuicServerConfig {
         initial: Suite,
     ) -> Result<Self, NoInitialCipherSuite> {
         match initial.suite.common.suite {
-            CipherSuite::TLS13_AES_128_GCM_SHA256 => Ok(Self { inner, initial }),
+            CipherSuite::TLS13_AES_128_GCM_SHA256 => Ok(Self {
+                inner,
+                inner_v2: None,
+                initial,
+            }),
             _ => Err(NoInitialCipherSuite { specific: true }),
         }
+    }
+
+    /// alknet patch: sessions in QUIC v2 (RFC 9369) use `inner` instead, e.g. one whose
+    /// session tickets are bound to v2: "servers MUST validate the originating version of
+    /// any session ticket or token and not accept one issued from a different version"
+    /// (RFC 9369, "TLS Resumption and NEW_TOKEN Tokens"). A connection
+    /// switched to v2 by compatible version negotiation starts its session in v2, so its
+    /// tickets are v2's.
+    pub fn with_v2_config(mut self, inner: Arc<rustls::ServerConfig>) -> Self {
+        self.inner_v2 = Some(inner);
+        self
     }
 
     /// Initialize a sane QUIC-compatible TLS server configuration
@@ -518,6 +539,7 @@ impl TryFrom<Arc<rustls::ServerConfig>> for QuicServerConfig {
             initial: initial_suite_from_provider(inner.crypto_provider())
                 .ok_or(NoInitialCipherSuite { specific: false })?,
             inner,
+            inner_v2: None,
         })
     }
 }
@@ -530,13 +552,16 @@ impl crypto::ServerConfig for QuicServerConfig {
     ) -> Box<dyn crypto::Session> {
         // Safe: `start_session()` is never called if `initial_keys()` rejected `version`
         let version = interpret_version(version).unwrap();
+        let config = match (version, &self.inner_v2) {
+            (Version::V2, Some(v2)) => v2.clone(),
+            _ => self.inner.clone(),
+        };
         Box::new(TlsSession {
             version,
             got_handshake_data: false,
             next_secrets: None,
             inner: rustls::quic::Connection::Server(
-                rustls::quic::ServerConnection::new(self.inner.clone(), version, to_vec(params))
-                    .unwrap(),
+                rustls::quic::ServerConnection::new(config, version, to_vec(params)).unwrap(),
             ),
             suite: self.initial,
         })
