@@ -32,7 +32,7 @@ use crate::{HttpState, TCP_ALPNS};
 /// How often a connection checks whether the node drains (then it shuts down gracefully:
 /// GOAWAY, or `Connection: close` after the request in flight) and whether it has been
 /// idle past `keep_alive_idle_timeout_ms`.
-const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The HTTP handler of the TLS-over-TCP listener (ALPNs `h2`, `http/1.1`).
 pub struct HttpTcpHandler {

@@ -42,7 +42,7 @@ type Resolver = RequestResolver<H3Connection, Bytes>;
 pub type DrainProbe = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// How often a connection waiting for requests looks at its [`DrainProbe`].
-const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Serves HTTP/3 on `conn` until the client closes it (or a connection-level protocol error).
 /// Every request runs `service` in its own task on this worker; at most

@@ -62,6 +62,21 @@ pub const SUBSCRIBED: &[u8] = b": subscribed\n\n";
 /// How often an idle stream looks whether the node drains.
 const DRAIN_CHECK: Duration = Duration::from_secs(1);
 
+/// Once a stream sees the node draining, it ends this much later: by then its connection's
+/// own drain check (`tcp.rs`'s `WATCH_INTERVAL` for HTTP/1.1 and HTTP/2, `h3::serve`'s
+/// `DRAIN_CHECK` for HTTP/3, whichever is longer) has sent GOAWAY, so a client learns that
+/// the node is going before its event stream ends, and reconnects elsewhere rather than
+/// here. Without it the two checks raced, and a stream could end first (a CI run saw
+/// `nghttp` close the connection before the server's GOAWAY).
+const DRAIN_END_DELAY: Duration = {
+    let (tcp, h3) = (crate::tcp::WATCH_INTERVAL, crate::h3::serve::DRAIN_CHECK);
+    if tcp.as_nanos() > h3.as_nanos() {
+        tcp
+    } else {
+        h3
+    }
+};
+
 /// One SSE frame. `data` must be one line (compact JSON is).
 pub fn frame(event: Option<&str>, id: Option<u64>, data: &str) -> Bytes {
     let mut out = String::with_capacity(data.len() + 32);
@@ -111,6 +126,8 @@ struct SseBody {
     frames: mpsc::Receiver<Bytes>,
     sleep: WorkerSleep,
     last_sent: Instant,
+    /// When this stream first saw the node draining (it ends [`DRAIN_END_DELAY`] later).
+    drain_seen: Option<Instant>,
     state: HttpState,
     _slot: StreamSlot,
 }
@@ -129,16 +146,21 @@ impl Stream for SseBody {
             Poll::Pending => {}
         }
         loop {
-            if this.state.status().is_some_and(|s| s.draining()) {
+            let now = Instant::now();
+            if this.drain_seen.is_none() && this.state.status().is_some_and(|s| s.draining()) {
+                this.drain_seen = Some(now);
+            }
+            let end_at = this.drain_seen.map(|seen| seen + DRAIN_END_DELAY);
+            if end_at.is_some_and(|end| now >= end) {
                 return Poll::Ready(None);
             }
-            let now = Instant::now();
             let keep_alive_at = this.last_sent + this.state.config.sse_keep_alive;
             if now >= keep_alive_at {
                 this.last_sent = now;
                 return Poll::Ready(Some(Ok(Bytes::from_static(KEEP_ALIVE))));
             }
-            this.sleep.reset(keep_alive_at.min(now + DRAIN_CHECK));
+            let wake = keep_alive_at.min(end_at.unwrap_or(now + DRAIN_CHECK));
+            this.sleep.reset(wake);
             match Pin::new(&mut this.sleep).poll(cx) {
                 Poll::Ready(()) => continue,
                 Poll::Pending => return Poll::Pending,
@@ -157,6 +179,7 @@ pub(crate) fn sse_response(
         frames,
         sleep: WorkerSleep::until(now),
         last_sent: now,
+        drain_seen: None,
         state: state.clone(),
         _slot: slot,
     };
