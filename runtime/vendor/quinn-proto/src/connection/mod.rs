@@ -2017,10 +2017,6 @@ impl Connection {
         }
     }
 
-    /// Handle the already-decrypted first packet from the client
-    ///
-    /// Decrypting the first packet in the `Endpoint` allows stateless packet handling to be more
-    /// efficient.
     /// Records that the server answers in another version than the client's first Initial
     /// (compatible version negotiation, RFC 9368); called by the endpoint before the first
     /// packet is handled.
@@ -2033,6 +2029,10 @@ impl Connection {
         self.version
     }
 
+    /// Handle the already-decrypted first packet from the client
+    ///
+    /// Decrypting the first packet in the `Endpoint` allows stateless packet handling to be more
+    /// efficient.
     pub(crate) fn handle_first_packet(
         &mut self,
         now: Instant,
@@ -2288,7 +2288,7 @@ impl Connection {
         if partial_decode.version().is_some_and(|v| v != self.version) {
             // After a compatible version negotiation the client may still send a few packets
             // of the original version (ACKs, retransmissions of its first flight) until it
-            // sees ours; they hold nothing the server still needs (RFC 9368 §2.3).
+            // sees ours; they hold nothing the server still needs (`version_negotiation.rs`).
             trace!(
                 version = partial_decode.version(),
                 "dropping a packet of a version other than the connection's"
