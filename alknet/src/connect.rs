@@ -22,7 +22,7 @@ use alknet_runtime::rt::{run_local, DriverKind};
 use alknet_runtime::tls::{client_crypto, tcp_client_config, ServerTrust, TlsIdentity};
 use alknet_runtime::{
     connect_tls_tcp, Bytes, ClientEndpoint, ConnectError, Connection, ConnectionError, Fingerprint,
-    Limits, TcpConnectError, VarInt, DEFAULT_TCP_STREAM_BUFFER,
+    Limits, QuicVersion, TcpConnectError, VarInt, DEFAULT_TCP_STREAM_BUFFER,
 };
 use clap::Args;
 
@@ -108,30 +108,11 @@ pub struct ServerArgs {
     pub connect_timeout_ms: u64,
     /// QUIC version to start in: v1 (RFC 9000) or v2 (RFC 9369); a server that does not
     /// speak it refuses the connection with Version Negotiation
-    #[arg(long, value_enum, default_value_t = QuicVersionArg::V1)]
-    pub quic_version: QuicVersionArg,
+    #[arg(long, value_name = "v1|v2", default_value_t = QuicVersion::V1)]
+    pub quic_version: QuicVersion,
     /// Server address
     #[arg(value_name = "HOST:PORT")]
     pub target: String,
-}
-
-/// `--quic-version`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum QuicVersionArg {
-    /// QUIC version 1
-    #[default]
-    V1,
-    /// QUIC version 2
-    V2,
-}
-
-impl From<QuicVersionArg> for alknet_runtime::QuicVersion {
-    fn from(v: QuicVersionArg) -> Self {
-        match v {
-            QuicVersionArg::V1 => Self::V1,
-            QuicVersionArg::V2 => Self::V2,
-        }
-    }
 }
 
 /// How a client reaches the server (`--transport`, git's `alknet.transport`).
@@ -178,7 +159,7 @@ pub struct Dial {
     /// The bound on making the connection (`--connect-timeout-ms`), if any.
     pub connect_timeout: Option<std::time::Duration>,
     /// The QUIC version QUIC connections start in (`--quic-version`).
-    pub quic_version: alknet_runtime::QuicVersion,
+    pub quic_version: QuicVersion,
 }
 
 /// What carries a client's connection; [`close_and_wait`] ends it.
@@ -238,7 +219,7 @@ impl ServerArgs {
             fallback_delay: std::time::Duration::from_millis(self.fallback_delay_ms),
             connect_timeout: (self.connect_timeout_ms > 0)
                 .then(|| std::time::Duration::from_millis(self.connect_timeout_ms)),
-            quic_version: self.quic_version.into(),
+            quic_version: self.quic_version,
         })
     }
 }

@@ -29,7 +29,7 @@ use std::process::ExitCode;
 use alknet_git::{encode_request, Service, ALPN};
 use alknet_runtime::{Bytes, Fingerprint};
 
-use crate::connect::{pipe_stdio, QuicVersionArg, ServerArgs, Transport};
+use crate::connect::{pipe_stdio, ServerArgs, Transport};
 
 /// The URL scheme git maps to this helper.
 const SCHEME: &str = "alknet://";
@@ -216,11 +216,11 @@ fn server_args(url: &AlknetUrl, settings: &Settings) -> Result<ServerArgs, Strin
         quic_version: settings
             .get(Some("ALKNET_QUIC_VERSION"), "quicVersion", false)
             .map(|v| {
-                <QuicVersionArg as clap::ValueEnum>::from_str(&v, true)
-                    .map_err(|_| format!("alknet.quicVersion: {v:?} is not v1 or v2"))
+                v.parse::<alknet_runtime::QuicVersion>()
+                    .map_err(|e| format!("alknet.quicVersion: {e}"))
             })
             .transpose()?
-            .unwrap_or_default(),
+            .unwrap_or(alknet_runtime::QuicVersion::V1),
         target: url.target.clone(),
     })
 }

@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alknet_runtime::Fingerprint;
+use alknet_runtime::{Fingerprint, QuicVersion};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::harness::{ClientPlan, Schedule, Target};
@@ -258,23 +258,8 @@ struct RunArgs {
     transport: LoadTransport,
     /// QUIC version alknet's client starts in: v1, or v2 (RFC 9369; alknet's server only:
     /// quinn serves v1 alone, and its client speaks v1).
-    #[arg(long, value_enum, default_value_t = QuicVersionArg::V1)]
-    quic_version: QuicVersionArg,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum QuicVersionArg {
-    V1,
-    V2,
-}
-
-impl From<QuicVersionArg> for alknet_runtime::QuicVersion {
-    fn from(v: QuicVersionArg) -> Self {
-        match v {
-            QuicVersionArg::V1 => Self::V1,
-            QuicVersionArg::V2 => Self::V2,
-        }
-    }
+    #[arg(long, value_name = "v1|v2", default_value_t = QuicVersion::V1)]
+    quic_version: QuicVersion,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -379,7 +364,7 @@ fn init_logging() {
 }
 
 fn run_one(workload: WorkloadKind, args: &RunArgs) -> Result<(), String> {
-    if args.quic_version == QuicVersionArg::V2
+    if args.quic_version == QuicVersion::V2
         && (args.client == ClientKind::Quinn
             || (args.server.is_none() && args.target != Kind::Alknet))
     {
@@ -430,7 +415,7 @@ fn run_one(workload: WorkloadKind, args: &RunArgs) -> Result<(), String> {
 }
 
 fn run_compare(c: &CompareArgs) -> Result<(), String> {
-    if c.run.quic_version == QuicVersionArg::V2 {
+    if c.run.quic_version == QuicVersion::V2 {
         return Err(
             "compare runs quinn, which serves QUIC v1 only: run the workload against alknet \
              with --quic-version v2, then with v1"
@@ -673,7 +658,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
     let (target, pid, label) = match (&args.server, args.fingerprint) {
         (Some(s), Some(fp)) => (
             Target {
-                quic_version: args.quic_version.into(),
+                quic_version: args.quic_version,
                 ..resolve(s, fp)?
             },
             args.server_pid,
@@ -709,7 +694,7 @@ fn measure(workload: WorkloadKind, args: &RunArgs, kind: Kind) -> Result<Measure
                 addr: proc.addr,
                 host: "localhost".into(),
                 fingerprint: proc.fingerprint,
-                quic_version: args.quic_version.into(),
+                quic_version: args.quic_version,
             };
             (
                 t,

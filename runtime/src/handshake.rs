@@ -65,6 +65,28 @@ pub enum QuicVersion {
     V2,
 }
 
+impl std::str::FromStr for QuicVersion {
+    type Err = String;
+
+    /// `v1` or `v2`, as in `[quic] versions` (command lines take the same).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "v1" => Ok(Self::V1),
+            "v2" => Ok(Self::V2),
+            other => Err(format!("unknown QUIC version {other:?} (v1 or v2)")),
+        }
+    }
+}
+
+impl std::fmt::Display for QuicVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::V1 => "v1",
+            Self::V2 => "v2",
+        })
+    }
+}
+
 impl QuicVersion {
     /// The version number on the wire.
     pub fn wire(self) -> u32 {

@@ -78,22 +78,19 @@ fn default_server_echoes_through_connect_and_stops_on_sigterm() {
 /// with Version Negotiation, which ends the attempt with a clear message.
 #[test]
 fn connect_in_quic_v2_and_a_v1_only_server_refuses_it() {
+    let echo = |server: &BinServer, version: &str, input: &[u8]| {
+        let fp = server.fingerprint();
+        let args = ["--alpn", "alknet/echo", "--fingerprint", &fp];
+        connect_pipe(
+            server,
+            &[&args[..], &["--quic-version", version]].concat(),
+            input,
+        )
+    };
     let server = BinServer::start_with_config("[http]\npublic = [\"/metrics\"]\n");
-    let fp = server.fingerprint();
     let data = payload(7, 1 << 20);
     for version in ["v2", "v1"] {
-        let out = connect_pipe(
-            &server,
-            &[
-                "--alpn",
-                "alknet/echo",
-                "--fingerprint",
-                &fp,
-                "--quic-version",
-                version,
-            ],
-            &data,
-        );
+        let out = echo(&server, version, &data);
         assert!(
             out.status.success(),
             "{version}: {}",
@@ -111,19 +108,7 @@ fn connect_in_quic_v2_and_a_v1_only_server_refuses_it() {
     drop(server);
 
     let server = BinServer::start_with_config("[quic]\nversions = [\"v1\"]\n");
-    let fp = server.fingerprint();
-    let out = connect_pipe(
-        &server,
-        &[
-            "--alpn",
-            "alknet/echo",
-            "--fingerprint",
-            &fp,
-            "--quic-version",
-            "v2",
-        ],
-        b"x",
-    );
+    let out = echo(&server, "v2", b"x");
     assert!(!out.status.success(), "v2 accepted by a v1-only server");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("supported version"), "{err}");

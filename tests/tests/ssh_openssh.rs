@@ -1318,36 +1318,64 @@ fn start_agent(dir: &Path, key: &SshKey) -> (Proc, std::path::PathBuf) {
     (agent, socket)
 }
 
+/// Keys for a forwarding that `scope` grants and that both an `authorized_keys` option
+/// and a certificate option (`withhold`, e.g. `no-agent-forwarding`) withhold: `alice`
+/// has the scope; `bob` too, on a line with `withhold`; `carol` lacks it; `dan` and `erin`
+/// log in by certificates of a CA whose line grants it, `erin`'s signed with `-O
+/// withhold`. All may `exec`.
+struct GrantKeys {
+    alice: SshKey,
+    bob: SshKey,
+    carol: SshKey,
+    dan: SshKey,
+    erin: SshKey,
+    authorized: std::path::PathBuf,
+}
+
+fn grant_keys(dir: &Path, scope: &str, withhold: &str) -> GrantKeys {
+    let alice = ssh_keygen(dir, "alice");
+    let bob = ssh_keygen(dir, "bob");
+    let carol = ssh_keygen(dir, "carol");
+    let ca = ssh_keygen(dir, "ca");
+    let dan = ssh_keygen(dir, "dan");
+    let erin = ssh_keygen(dir, "erin");
+    sign_user_key(&ca, &dan, "dan", &["-n", "user"]);
+    sign_user_key(&ca, &erin, "erin", &["-n", "user", "-O", withhold]);
+    let authorized = dir.join("authorized_keys");
+    std::fs::write(
+        &authorized,
+        format!(
+            "scopes=\"ssh:exec,{scope}\" {}\n\
+             {withhold},scopes=\"ssh:exec,{scope}\" {}\n\
+             scopes=\"ssh:exec\" {}\n\
+             cert-authority,scopes=\"ssh:exec,{scope}\" {}\n",
+            alice.public, bob.public, carol.public, ca.public
+        ),
+    )
+    .expect("write authorized_keys");
+    GrantKeys {
+        alice,
+        bob,
+        carol,
+        dan,
+        erin,
+        authorized,
+    }
+}
+
 #[test]
 fn agent_forwarding_signs_with_the_clients_agent_and_only_where_granted() {
     require_openssh();
     let keys = tempfile::tempdir().expect("tempdir");
     let in_agent = ssh_keygen(keys.path(), "in-agent");
-    let alice = ssh_keygen(keys.path(), "alice");
-    let bob = ssh_keygen(keys.path(), "bob");
-    let carol = ssh_keygen(keys.path(), "carol");
-    let ca = ssh_keygen(keys.path(), "ca");
-    let dan = ssh_keygen(keys.path(), "dan");
-    let erin = ssh_keygen(keys.path(), "erin");
-    sign_user_key(&ca, &dan, "dan", &["-n", "user"]);
-    sign_user_key(
-        &ca,
-        &erin,
-        "erin",
-        &["-n", "user", "-O", "no-agent-forwarding"],
-    );
-    let authorized = keys.path().join("authorized_keys");
-    std::fs::write(
-        &authorized,
-        format!(
-            "scopes=\"ssh:exec,ssh:forward-agent\" {}\n\
-             no-agent-forwarding,scopes=\"ssh:exec,ssh:forward-agent\" {}\n\
-             scopes=\"ssh:exec\" {}\n\
-             cert-authority,scopes=\"ssh:exec,ssh:forward-agent\" {}\n",
-            alice.public, bob.public, carol.public, ca.public
-        ),
-    )
-    .expect("write authorized_keys");
+    let GrantKeys {
+        alice,
+        bob,
+        carol,
+        dan,
+        erin,
+        authorized,
+    } = grant_keys(keys.path(), "ssh:forward-agent", "no-agent-forwarding");
     let server = BinServer::start_with_config(&format!(
         "[ssh]\nauthorized_keys = {authorized:?}\n[http]\npublic = [\"/metrics\"]\n"
     ));
@@ -1485,31 +1513,14 @@ fn x11_forwarding_reaches_the_clients_x_server_and_only_where_granted() {
     require_openssh();
     let keys = tempfile::tempdir().expect("tempdir");
     let (_xvfb, display, authority) = start_xvfb(keys.path(), "1234x567x24");
-    let alice = ssh_keygen(keys.path(), "alice");
-    let bob = ssh_keygen(keys.path(), "bob");
-    let carol = ssh_keygen(keys.path(), "carol");
-    let ca = ssh_keygen(keys.path(), "ca");
-    let dan = ssh_keygen(keys.path(), "dan");
-    let erin = ssh_keygen(keys.path(), "erin");
-    sign_user_key(&ca, &dan, "dan", &["-n", "user"]);
-    sign_user_key(
-        &ca,
-        &erin,
-        "erin",
-        &["-n", "user", "-O", "no-x11-forwarding"],
-    );
-    let authorized = keys.path().join("authorized_keys");
-    std::fs::write(
-        &authorized,
-        format!(
-            "scopes=\"ssh:exec,ssh:forward-x11\" {}\n\
-             no-x11-forwarding,scopes=\"ssh:exec,ssh:forward-x11\" {}\n\
-             scopes=\"ssh:exec\" {}\n\
-             cert-authority,scopes=\"ssh:exec,ssh:forward-x11\" {}\n",
-            alice.public, bob.public, carol.public, ca.public
-        ),
-    )
-    .expect("write authorized_keys");
+    let GrantKeys {
+        alice,
+        bob,
+        carol,
+        dan,
+        erin,
+        authorized,
+    } = grant_keys(keys.path(), "ssh:forward-x11", "no-x11-forwarding");
     let server = BinServer::start_with_config(&format!(
         "[ssh]\nauthorized_keys = {authorized:?}\n[http]\npublic = [\"/metrics\"]\n"
     ));

@@ -267,10 +267,10 @@ impl SshSession {
         }
     }
 
-    /// Grants `auth-agent-req@openssh.com` on session channel `channel`: the session's
-    /// agent socket (one per session, as sshd's), named in `SSH_AUTH_SOCK` to what runs
-    /// from now on; `false` when refused.
-    fn forward_agent(&mut self, channel: ChannelId, session: &mut Session) -> bool {
+    /// Whether a request on session channel `channel` may set up `action` (agent or X11
+    /// forwarding) for what the session runs next: the channel exists and runs nothing yet
+    /// (nor a subsystem), the key is not bound to `internal-sftp`, and the scope allows it.
+    fn may_forward_into(&mut self, channel: ChannelId, action: SshAction) -> bool {
         let Some(ch) = self.channels.get_mut(&channel) else {
             return false;
         };
@@ -281,7 +281,14 @@ impl SshSession {
         if self.forced_command.as_deref().is_some_and(is_internal_sftp) {
             return false;
         }
-        if !self.allowed(SshAction::ForwardAgent) {
+        self.allowed(action)
+    }
+
+    /// Grants `auth-agent-req@openssh.com` on session channel `channel`: the session's
+    /// agent socket (one per session, as sshd's), named in `SSH_AUTH_SOCK` to what runs
+    /// from now on; `false` when refused.
+    fn forward_agent(&mut self, channel: ChannelId, session: &mut Session) -> bool {
+        if !self.may_forward_into(channel, SshAction::ForwardAgent) {
             return false;
         }
         if self.agent.is_some() {
@@ -309,17 +316,7 @@ impl SshSession {
         request: X11Request,
         session: &mut Session,
     ) -> bool {
-        let Some(ch) = self.channels.get_mut(&channel) else {
-            return false;
-        };
-        ch.drain();
-        if ch.subsystem || ch.running.is_some() {
-            return false;
-        }
-        if self.forced_command.as_deref().is_some_and(is_internal_sftp) {
-            return false;
-        }
-        if !self.allowed(SshAction::ForwardX11) {
+        if !self.may_forward_into(channel, SshAction::ForwardX11) {
             return false;
         }
         if self.x11.is_some() {
