@@ -183,6 +183,9 @@ shell = "/bin/sh"
 # authorized_keys = "/etc/alknet/authorized_keys"
 # Environment variables clients may set: exact names, or a prefix ending in *.
 env_allow = ["LANG", "LC_*", "GIT_PROTOCOL"]
+# A socket already at an ssh -R socket path (a dropped session's S.gpg-agent) is replaced
+# rather than the request refused (sshd's StreamLocalBindUnlink); only sockets.
+stream_local_bind_unlink = false
 # X11 forwarding (ssh -X/-Y, scope ssh:forward-x11): first display number (port 6000+N on
 # the loopback) and the xauth program that writes each session's cookie.
 x11_display_offset = 10

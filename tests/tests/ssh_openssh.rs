@@ -1599,6 +1599,82 @@ fn end_ssh(mut p: Proc) {
     let _ = p.0.wait();
 }
 
+/// A socket left at an `ssh -R` socket path (a dropped session's forwarded GnuPG agent):
+/// refused by default, replaced with `stream_local_bind_unlink` (sshd's
+/// `StreamLocalBindUnlink yes`); a file that is not a socket is never removed; and the
+/// session whose socket was replaced leaves the new one in place when it ends.
+#[test]
+fn a_stale_forwarded_socket_is_replaced_only_with_stream_local_bind_unlink() {
+    require_openssh();
+    let allowed = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(keys.path(), "gpg");
+    let echo = tcp_echo_server();
+    let data = payload(21, 64 << 10);
+    let stale = allowed.path().join("S.gpg-agent");
+    let plain = allowed.path().join("plain-file");
+    std::fs::write(&plain, b"keep me").expect("plain file");
+    let remote = |t: &SshTarget, path: &Path| {
+        forward_spec(
+            t,
+            &key,
+            "-R",
+            &format!("{}:127.0.0.1:{echo}", path.display()),
+        )
+    };
+    for unlink in [false, true] {
+        let server = BinServer::start_with_config(&format!(
+            "[ssh]\nforward_socket_allow = [{:?}]\nstream_local_bind_unlink = {unlink}\n",
+            allowed.path()
+        ));
+        peer_add(
+            server.data_dir.path(),
+            "gpg",
+            &key.fingerprint_hex,
+            &["ssh:forward-remote"],
+        );
+        let t = target(&server);
+        // a socket nobody listens on any more
+        drop(std::os::unix::net::UnixListener::bind(&stale).expect("stale socket"));
+        let mut first = remote(&t, &stale);
+        if !unlink {
+            let status = first.0.wait().expect("ssh exits");
+            assert_eq!(
+                status.code(),
+                Some(255),
+                "a stale socket replaced by default"
+            );
+            assert!(stale.exists());
+        } else {
+            let got = echo_through(connect_unix_retry(&stale, SSH_TIMEOUT), &data);
+            assert_eq!(sha256(&got), sha256(&data));
+            // a second session takes the path over; the first, ending, leaves it alone
+            use std::os::unix::fs::MetadataExt;
+            let original = std::fs::metadata(&stale).expect("socket").ino();
+            let second = remote(&t, &stale);
+            let deadline = Instant::now() + SSH_TIMEOUT;
+            while std::fs::metadata(&stale).is_ok_and(|m| m.ino() == original) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the second session did not rebind"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            end_ssh(first);
+            std::thread::sleep(Duration::from_millis(500));
+            let got = echo_through(connect_unix_retry(&stale, SSH_TIMEOUT), &data);
+            assert_eq!(sha256(&got), sha256(&data), "the second session's socket");
+            end_ssh(second);
+        }
+        // not a socket: refused either way, the file untouched
+        let mut refused = remote(&t, &plain);
+        let status = refused.0.wait().expect("ssh exits");
+        assert_eq!(status.code(), Some(255));
+        assert_eq!(std::fs::read(&plain).expect("plain file"), b"keep me");
+        let _ = std::fs::remove_file(&stale);
+    }
+}
+
 #[test]
 fn unix_socket_forwarding_both_ways_beneath_the_allowed_directory() {
     require_openssh();

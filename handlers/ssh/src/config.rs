@@ -119,6 +119,10 @@ pub struct SshConfig {
     /// default) refuses both, since a local socket (a container engine's, an agent's) is
     /// often worth more than what the forwarding scopes were meant to grant.
     pub forward_socket_allow: Vec<PathBuf>,
+    /// A socket already at an `ssh -R /path:…` path is removed and bound anew (sshd's
+    /// `StreamLocalBindUnlink`, off by default: the request fails): for a forwarded GnuPG
+    /// agent, whose socket a dropped session leaves behind. Only sockets are removed.
+    pub stream_local_bind_unlink: bool,
     /// First X display number tried for X11 forwarding (display N listens on the
     /// loopback's TCP port 6000 + N); up to `MAX_X11_DISPLAYS` are tried.
     pub x11_display_offset: u32,
@@ -163,6 +167,7 @@ impl Default for SshConfig {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            stream_local_bind_unlink: false,
             x11_display_offset: DEFAULT_X11_DISPLAY_OFFSET,
             xauth: PathBuf::from(DEFAULT_XAUTH),
             bridge_threads: 0,

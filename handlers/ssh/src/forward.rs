@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::AbortHandle;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -130,14 +130,26 @@ pub async fn accept_loop(listener: TcpListener, address: String, port: u32, cx: 
 /// session's end).
 pub struct SocketForward {
     path: PathBuf,
+    /// The socket file's (device, inode): removed at the end only while it is still ours
+    /// (another session with `stream_local_bind_unlink` may have replaced it).
+    file: (u64, u64),
     listener: AbortHandle,
 }
 
 impl Drop for SocketForward {
     fn drop(&mut self) {
         self.listener.abort();
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            tracing::debug!("ssh: removing {}: {e}", self.path.display());
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.file => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    tracing::debug!("ssh: removing {}: {e}", self.path.display());
+                }
+            }
+            Ok(_) => tracing::debug!(
+                "ssh: {} was replaced by another forward; left in place",
+                self.path.display()
+            ),
+            Err(e) => tracing::debug!("ssh: {}: {e}", self.path.display()),
         }
     }
 }
@@ -145,8 +157,27 @@ impl Drop for SocketForward {
 impl SocketForward {
     /// Binds `path` (mode 0600) and accepts on it until dropped, each connection a
     /// `forwarded-streamlocal@openssh.com` channel to the client. A file already at
-    /// `path` is an error, not replaced (sshd's default `StreamLocalBindUnlink no`).
-    pub fn bind(path: &str, cx: ForwardContext) -> std::io::Result<Self> {
+    /// `path` is an error (sshd's default `StreamLocalBindUnlink no`), unless
+    /// `unlink_stale` and it is a socket, which is then removed first, as a GnuPG agent's
+    /// forwarded socket left by an earlier session is (`StreamLocalBindUnlink yes`); any
+    /// other kind of file is never removed.
+    pub fn bind(path: &str, unlink_stale: bool, cx: ForwardContext) -> std::io::Result<Self> {
+        if unlink_stale {
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.file_type().is_socket() => match std::fs::remove_file(path) {
+                    Ok(()) => tracing::info!("ssh: replacing the socket {path}"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                },
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "a file that is not a socket is there; not replaced",
+                    ))
+                }
+                Err(_) => {}
+            }
+        }
         let listener = UnixListener::bind(path)?;
         // connecting needs write permission on the socket: under the usual umask (022)
         // nobody else could connect before this either
@@ -155,9 +186,17 @@ impl SocketForward {
             let _ = std::fs::remove_file(path);
             return Err(e);
         }
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
         let task = tokio::spawn(socket_accept_loop(listener, path.to_string(), cx));
         Ok(Self {
             path: PathBuf::from(path),
+            file: (meta.dev(), meta.ino()),
             listener: task.abort_handle(),
         })
     }

@@ -430,7 +430,8 @@ impl SshSession {
         if self.socket_forwards.contains_key(path) {
             return false;
         }
-        match SocketForward::bind(path, self.forward_context(session)) {
+        let unlink_stale = self.shared.config.stream_local_bind_unlink;
+        match SocketForward::bind(path, unlink_stale, self.forward_context(session)) {
             Ok(forward) => {
                 tracing::info!(identity = %self.who(), "ssh: forwarding {path} to the client");
                 self.socket_forwards.insert(path.to_string(), forward);
