@@ -138,6 +138,11 @@ impl ConfigReloadHandle {
         }
         next.preferred_address_v4 = served.preferred_address_v4;
         next.preferred_address_v6 = served.preferred_address_v6;
+        // the versions are the endpoints' (set at start); a TLS config for v2 alone would
+        // not change what the endpoints accept
+        if handshake.versions != served.versions {
+            fixed.push("quic.versions");
+        }
         if !fixed.is_empty() {
             return Err(TransportReloadError::NeedsRestart(fixed.join(", ")));
         }
@@ -311,7 +316,8 @@ fn same_socket(wanted: Option<SocketAddr>, served: Option<SocketAddr>) -> bool {
 
 /// `[limits]` keys fixed at start (sockets, inboxes and the endpoint are sized by them),
 /// each with how to tell whether a reload keeps it.
-/// (`[quic] preferred_address_v4/v6` are fixed at start too: their sockets are bound then.)
+/// (`[quic] preferred_address_v4/v6` are fixed at start too: their sockets are bound then;
+/// and `[quic] versions`: the endpoints' supported versions are set then.)
 pub const RESTART_LIMITS: [(&str, KeepsLimit); 4] = [
     ("limits.max_udp_payload_size", |a, b| {
         a.max_udp_payload_size == b.max_udp_payload_size

@@ -262,6 +262,19 @@ fn sighup_and_alknet_reload_apply_what_changed_and_refuse_the_rest() {
         err.contains("limits.socket_buffer_size") && err.contains("restart"),
         "{err}"
     );
+    // the QUIC versions are the endpoints', set at start: the same
+    let out = reload_with(
+        &server,
+        &config_path,
+        &third,
+        &format!("{CONFIG}\n{ci}\n{handlers}\n[limits]\ndatagram_receive_buffer = 0\n[quic]\nversions = [\"v1\"]\n"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("quic.versions") && err.contains("restart"),
+        "{err}"
+    );
 
     // what needs a restart is refused as a whole, and says so
     let out = reload_with(
