@@ -59,8 +59,28 @@ qlog_checks=off
 [ -n "${INTEROP_QLOG:-}" ] && qlog_checks=on
 echo "quic-interop: seed $SEED, workers $WORKERS, kernel steering $STEERING, server qlog checks $qlog_checks, logs in $work"
 
-free_port() { # a UDP port free on $1
-    python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"
+free_port() { # a port free on $1 for UDP and for TCP (the server's TLS-over-TCP listener shares it)
+    python3 - "$1" <<'PY'
+import socket, sys
+host = sys.argv[1]
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+for _ in range(50):
+    u = socket.socket(family, socket.SOCK_DGRAM)
+    u.bind((host, 0))
+    port = u.getsockname()[1]
+    t = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        t.bind((host, port))
+    except OSError:
+        continue
+    finally:
+        t.close()
+        u.close()
+    print(port)
+    break
+else:
+    sys.exit("no port free for UDP and TCP")
+PY
 }
 
 # random files: gen DIR COUNT SIZE
@@ -175,14 +195,17 @@ run_case() {
         big_cert "$dir" || { verdict="failed (openssl could not make the big certificate)"; return; }
         tls=$'[tls]\ncert = "'"$dir/cert.pem"$'"\nkey = "'"$dir/key.pem"'"'
     fi
-    local sport rport
-    sport=$(free_port "$host")
+    local sport rport attempt up=""
     rport=$(free_port "$host")
     local steer=true
     [ "$STEERING" = 0 ] && steer=false
     local lhost=$host
     [ "$host" = ::1 ] && lhost="[::1]"
-    cat >"$dir/server.toml" <<EOF
+    # a port probed free can be taken (by any process on the box) before the server binds
+    # it; the server then refuses to start, naming the port: probe again, as BinServer does
+    for attempt in 1 2 3 4 5; do
+        sport=$(free_port "$host")
+        cat >"$dir/server.toml" <<EOF
 listen = "$lhost:$sport"
 workers = $WORKERS
 pin_workers = false
@@ -201,14 +224,18 @@ $quic
 $tls
 $admission
 EOF
-    mkdir -p "$dir/qlog"
-    QLOGDIR="$dir/qlog" ALKNET_LOG="${ALKNET_LOG:-info}" "$ALKNET" serve --config "$dir/server.toml" >"$dir/server.log" 2>&1 &
-    server_pid=$!
-    local up=""
-    for _ in $(seq 100); do
-        grep -q "alknet serving" "$dir/server.log" 2>/dev/null && { up=1; break; }
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.05
+        mkdir -p "$dir/qlog"
+        QLOGDIR="$dir/qlog" ALKNET_LOG="${ALKNET_LOG:-info}" "$ALKNET" serve --config "$dir/server.toml" >"$dir/server.log" 2>&1 &
+        server_pid=$!
+        for _ in $(seq 100); do
+            grep -q "alknet serving" "$dir/server.log" 2>/dev/null && { up=1; break; }
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        [ -n "$up" ] && break
+        grep -q "already in use by another process" "$dir/server.log" || break
+        echo "$case: port $sport taken before the server bound it (attempt $attempt); another" >&2
+        stop_server
     done
     if [ -z "$up" ]; then
         verdict="failed (server did not start: $(tail -n1 "$dir/server.log"))"
