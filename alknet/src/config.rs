@@ -174,9 +174,11 @@ write_queue_bytes = 4194304
 [ssh]
 # Shell running exec commands (SHELL -c CMD) and interactive sessions, as the server's user.
 shell = "/bin/sh"
-# Host keys (OpenSSH private key files, one per algorithm), as sshd's HostKey lines;
-# default: ssh_host_ed25519_key and ssh_host_ecdsa_key in data_dir, generated on first
-# start (ECDSA for clients that cannot use ed25519, e.g. OpenSSH in FIPS mode).
+# Host keys (OpenSSH private key files), as sshd's HostKey lines: the first of each
+# algorithm serves key exchange; every key is announced after authentication, so OpenSSH
+# clients (UpdateHostKeys) learn a key added for a rotation. Default: ssh_host_ed25519_key
+# and ssh_host_ecdsa_key in data_dir, generated on first start (ECDSA for clients that
+# cannot use ed25519, e.g. OpenSSH in FIPS mode).
 # host_keys = ["/etc/alknet/ssh_host_ed25519_key", "/etc/alknet/ssh_host_rsa_key"]
 # Extra keys, OpenSSH authorized_keys format: [scopes="ssh:exec,ssh:shell"] KEY NAME.
 # Keys are otherwise resolved by SHA-256 fingerprint through [[identities]] and the peers.
@@ -1285,8 +1287,16 @@ impl FileConfig {
         if generated {
             tracing::info!("generated SSH host keys in {}", self.data_dir().display());
         }
-        for (algorithm, fingerprint) in adapter.host_key_fingerprints() {
-            tracing::info!("ssh host key fingerprint: {fingerprint} ({algorithm})");
+        let fingerprints = adapter.host_key_fingerprints();
+        for (i, (algorithm, fingerprint)) in fingerprints.iter().enumerate() {
+            if fingerprints[..i].iter().any(|(a, _)| a == algorithm) {
+                tracing::info!(
+                    "ssh host key fingerprint: {fingerprint} ({algorithm}; announced only, \
+                     the first {algorithm} key listed serves key exchange)"
+                );
+            } else {
+                tracing::info!("ssh host key fingerprint: {fingerprint} ({algorithm})");
+            }
         }
         Ok(self.with_sftp_subsystem(adapter))
     }

@@ -1113,15 +1113,14 @@ fn every_host_key_algorithm_is_served_and_a_fips_policy_client_gets_in() {
     assert_eq!(code, Some(255), "no ECDSA key listed, yet: {err}");
     drop(server);
 
-    // two keys of one algorithm, or host_key beside host_keys, stop the server at start
-    let second = ssh_keygen(keys.path(), "host-ed25519-b");
+    // one key listed twice, or host_key beside host_keys, stop the server at start
     for (config, why) in [
         (
             format!(
-                "[ssh]\nhost_keys = [{:?}, {:?}]\n",
-                ed_key.path, second.path
+                "[ssh]\nhost_keys = [{:?}, {:?}, {:?}]\n",
+                ed_key.path, rsa_key.path, ed_key.path
             ),
-            "two ssh-ed25519 keys",
+            "listed twice",
         ),
         (
             format!(
@@ -1136,6 +1135,97 @@ fn every_host_key_algorithm_is_served_and_a_fips_policy_client_gets_in() {
             .expect("the server must not start");
         assert!(log.contains(why), "{log}");
     }
+}
+
+/// Host key rotation as OpenSSH does it (`UpdateHostKeys`, OpenSSH's `PROTOCOL` 2.5): the
+/// server announces every key after authentication, the client asks for proof of the
+/// ones it does not know, and records them, then forgets the host's keys no longer
+/// announced. A server listing the old key first and the new one after it teaches the
+/// client the new key; once only the new one is served, the old one is dropped. OpenSSH
+/// checks every proof's signature, so a wrong one (a wrong session id, or an RSA key's
+/// hash other than the key exchange's) would leave `known_hosts` as it was.
+#[test]
+fn update_host_keys_teaches_a_rotated_key_and_forgets_the_retired_one() {
+    require_openssh();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let user = ssh_keygen(keys.path(), "user");
+    let authorized = keys.path().join("authorized_keys");
+    std::fs::write(
+        &authorized,
+        format!("scopes=\"ssh:exec\" {}\n", user.public),
+    )
+    .expect("write authorized_keys");
+    let old = ssh_keygen(keys.path(), "host-old");
+    let new = ssh_keygen(keys.path(), "host-new");
+    let rsa_old = ssh_keygen_typed(keys.path(), "host-rsa-old", &["-t", "rsa", "-b", "2048"]);
+    let rsa_new = ssh_keygen_typed(keys.path(), "host-rsa-new", &["-t", "rsa", "-b", "2048"]);
+    // "TYPE BASE64" of a public key line
+    let blob = |k: &SshKey| k.public.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    let file = keys.path().join("known_hosts");
+    // the keys known_hosts holds for the host, as "TYPE BASE64", sorted
+    let known = || {
+        let text = std::fs::read_to_string(&file).expect("read known_hosts");
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                assert_eq!(f.first(), Some(&"alknet"), "a line for another host: {l}");
+                f[1..3].join(" ")
+            })
+            .collect();
+        lines.sort();
+        lines
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let serve = |host_keys: &[&SshKey]| {
+        let list: Vec<String> = host_keys.iter().map(|k| format!("{:?}", k.path)).collect();
+        BinServer::start_with_config(&format!(
+            "[ssh]\nhost_keys = [{}]\nauthorized_keys = {authorized:?}\n",
+            list.join(", ")
+        ))
+    };
+    let login = |server: &BinServer, options: &[&str]| {
+        let mut cmd = target(server).ssh_with_known_hosts(&user, &file);
+        for o in options {
+            cmd.args(["-o", o]);
+        }
+        cmd.args(["user@alknet", "echo verified"]);
+        let out = run_with_input(cmd, b"");
+        assert_eq!(
+            (out.status.code(), text(&out.stdout).as_str()),
+            (Some(0), "verified\n"),
+            "{}",
+            text(&out.stderr)
+        );
+    };
+    let update = "UpdateHostKeys=yes";
+
+    // the old key serves, the new one is announced: learned with UpdateHostKeys only
+    let server = serve(&[&old, &new]);
+    std::fs::write(&file, format!("alknet {}\n", blob(&old))).expect("known_hosts");
+    login(&server, &["UpdateHostKeys=no"]);
+    assert_eq!(known(), vec![blob(&old)], "updated without UpdateHostKeys");
+    login(&server, &[update]);
+    assert_eq!(known(), sorted(vec![blob(&old), blob(&new)]));
+    drop(server);
+
+    // the old key retired: the client, knowing the new one, forgets the old one
+    let server = serve(&[&new]);
+    login(&server, &[update]);
+    assert_eq!(known(), vec![blob(&new)]);
+    drop(server);
+
+    // an RSA key exchange: the proof of the new RSA key is signed with the hash the key
+    // exchange used (rsa-sha2-256 here), which is the one OpenSSH verifies it with; the
+    // ed25519 key announced beside them is not taken by a client that allows RSA only
+    let server = serve(&[&rsa_old, &new, &rsa_new]);
+    std::fs::write(&file, format!("alknet {}\n", blob(&rsa_old))).expect("known_hosts");
+    login(&server, &[update, "HostKeyAlgorithms=rsa-sha2-256"]);
+    assert_eq!(known(), sorted(vec![blob(&rsa_old), blob(&rsa_new)]));
 }
 
 #[test]

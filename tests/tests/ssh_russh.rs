@@ -9,12 +9,18 @@ use std::time::{Duration, Instant};
 
 use alknet_runtime::{ConfigIdentityProvider, IdentityEntry, ServerHandle};
 use alknet_ssh::russh::client::{self, Handle, Msg};
-use alknet_ssh::russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use alknet_ssh::russh::keys::{
+    PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate,
+};
 use alknet_ssh::russh::{self, Channel, ChannelMsg, ChannelOpenFailure, Sig};
 use alknet_ssh::{ByteStream, SessionPlacement, SshAdapter, SshConfig, TokioBridge};
 use alknet_tests::*;
 
-struct Client;
+#[derive(Default)]
+struct Client {
+    /// Where the host keys the server announces (`hostkeys-00@openssh.com`) go.
+    announced: Option<tokio::sync::mpsc::UnboundedSender<Vec<PublicKey>>>,
+}
 
 impl client::Handler for Client {
     type Error = russh::Error;
@@ -23,10 +29,32 @@ impl client::Handler for Client {
         // the QUIC handshake pinned the server's certificate
         Ok(true)
     }
+
+    async fn openssh_ext_host_keys_announced(
+        &mut self,
+        keys: Vec<PublicKey>,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(tx) = &self.announced {
+            let _ = tx.send(keys);
+        }
+        Ok(())
+    }
 }
 
 /// An in-process server with `alknet/ssh` only, knowing `key` as "robot" with `scopes`.
 fn ssh_server(config: SshConfig, key: &PrivateKey, scopes: &[&str]) -> ServerHandle {
+    let host_key = alknet_ssh::generate_ed25519().expect("host key");
+    ssh_server_with_host_keys(config, vec![host_key], key, scopes)
+}
+
+/// [`ssh_server`] with these host keys.
+fn ssh_server_with_host_keys(
+    config: SshConfig,
+    host_keys: Vec<PrivateKey>,
+    key: &PrivateKey,
+    scopes: &[&str],
+) -> ServerHandle {
     let provider = ConfigIdentityProvider::new(&[IdentityEntry {
         name: "robot".into(),
         fingerprints: vec![alknet_ssh::key_fingerprint(key.public_key()).to_string()],
@@ -34,8 +62,7 @@ fn ssh_server(config: SshConfig, key: &PrivateKey, scopes: &[&str]) -> ServerHan
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
     }])
     .expect("identities");
-    let host_key = alknet_ssh::generate_ed25519().expect("host key");
-    let adapter = SshAdapter::new(host_key, config, 1).expect("adapter");
+    let adapter = SshAdapter::with_host_keys(host_keys, config, 1).expect("adapter");
     start_server(ServerOptions {
         handlers: vec![Arc::new(adapter)],
         provider: Arc::new(provider),
@@ -78,7 +105,16 @@ where
 
 /// The SSH handshake and public-key authentication on `stream`.
 async fn session(stream: ByteStream, key: &Arc<PrivateKey>) -> Result<Handle<Client>, String> {
-    let mut handle = client::connect_stream(Arc::new(client::Config::default()), stream, Client)
+    session_with(stream, key, Client::default()).await
+}
+
+/// [`session`] with this client handler.
+async fn session_with(
+    stream: ByteStream,
+    key: &Arc<PrivateKey>,
+    client: Client,
+) -> Result<Handle<Client>, String> {
+    let mut handle = client::connect_stream(Arc::new(client::Config::default()), stream, client)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let auth = handle
@@ -254,10 +290,13 @@ fn passwords_are_refused_and_unauthenticated_sessions_time_out() {
     let server = ssh_server(config, &key, &["ssh:exec"]);
     let (password, closed_after) = on_one_connection(&server, 1, move |mut streams| async move {
         let stream = streams.pop().expect("stream");
-        let mut handle =
-            client::connect_stream(Arc::new(client::Config::default()), stream, Client)
-                .await
-                .expect("handshake");
+        let mut handle = client::connect_stream(
+            Arc::new(client::Config::default()),
+            stream,
+            Client::default(),
+        )
+        .await
+        .expect("handshake");
         let password = handle
             .authenticate_password("robot", "hunter2")
             .await
@@ -275,4 +314,60 @@ fn passwords_are_refused_and_unauthenticated_sessions_time_out() {
     );
     let closed_after = closed_after.expect("the unauthenticated session was not closed");
     assert!(closed_after < Duration::from_secs(10), "{closed_after:?}");
+}
+
+/// Host key rotation's protocol, from the client side OpenSSH cannot show: after
+/// authentication the server announces every host key, in the order listed (a second
+/// ed25519 key, announced only, included); it proves each of them in one
+/// `hostkeys-prove-00@openssh.com` (russh's client checks every signature over this
+/// session's identifier); a key it does not hold, alone or among its own, is refused
+/// (`RequestDenied`) and the session goes on.
+#[test]
+fn host_keys_are_announced_after_login_and_proved_on_request() {
+    let key = Arc::new(alknet_ssh::generate_ed25519().expect("client key"));
+    let host_keys = vec![
+        alknet_ssh::generate_ed25519().expect("host key"),
+        alknet_ssh::generate_ecdsa_p256().expect("host key"),
+        alknet_ssh::generate_ed25519().expect("host key"),
+    ];
+    let expected: Vec<PublicKey> = host_keys.iter().map(|k| k.public_key().clone()).collect();
+    let stranger = alknet_ssh::generate_ed25519()
+        .expect("key")
+        .public_key()
+        .clone();
+    let server = ssh_server_with_host_keys(SshConfig::default(), host_keys, &key, &["ssh:exec"]);
+    let (announced, own, strangers, mixed, after) =
+        on_one_connection(&server, 1, move |mut streams| async move {
+            let stream = streams.pop().expect("stream");
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let client = Client {
+                announced: Some(tx),
+            };
+            let handle = session_with(stream, &key, client).await.expect("session");
+            let announced = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("no hostkeys-00 within 10 s")
+                .expect("announcement");
+            let own = handle.hostkeys_prove(announced.clone()).await;
+            let strangers = handle.hostkeys_prove(vec![stranger.clone()]).await;
+            let mixed = handle
+                .hostkeys_prove(vec![announced[0].clone(), stranger])
+                .await;
+            // the session still works
+            let channel = handle.channel_open_session().await.expect("channel");
+            channel.exec(true, "echo after").await.expect("exec");
+            let (out, status, _) = finish(channel).await;
+            (announced, own, strangers, mixed, (out, status))
+        });
+    assert_eq!(announced, expected, "announced keys and their order");
+    assert!(own.is_ok(), "proof of the server's own keys: {own:?}");
+    assert!(
+        matches!(strangers, Err(russh::Error::RequestDenied)),
+        "{strangers:?}"
+    );
+    assert!(
+        matches!(mixed, Err(russh::Error::RequestDenied)),
+        "{mixed:?}"
+    );
+    assert_eq!(after, ("after\n".to_string(), Some(0)));
 }

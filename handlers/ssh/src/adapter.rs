@@ -149,8 +149,10 @@ impl SshAdapter {
         Self::with_host_keys(vec![host_key], config, workers)
     }
 
-    /// As [`Self::new`] with several host keys, at most one per algorithm, in the order
-    /// a client's host key algorithms are matched against.
+    /// As [`Self::new`] with several host keys, in the order a client's host key
+    /// algorithms are matched against: the first key of each algorithm serves key
+    /// exchange, later ones of the same algorithm are only announced to the client after
+    /// authentication (as sshd does with all of its keys), which is how a key is rotated.
     pub fn with_host_keys(
         host_keys: Vec<PrivateKey>,
         config: SshConfig,
@@ -163,11 +165,12 @@ impl SshAdapter {
         for (i, k) in host_keys.iter().enumerate() {
             if host_keys[..i]
                 .iter()
-                .any(|o| o.algorithm() == k.algorithm())
+                .any(|o| o.public_key().key_data() == k.public_key().key_data())
             {
                 return Err(SshError::HostKeys(format!(
-                    "two {} keys: a client could be shown either",
-                    k.algorithm()
+                    "the {} key {} is listed twice",
+                    k.algorithm(),
+                    openssh_fingerprint(k.public_key())
                 )));
             }
         }

@@ -91,8 +91,10 @@ pub struct SshConfig {
     /// directory, generated on first start.
     pub host_key: Option<PathBuf>,
     /// Host keys (OpenSSH private key files), as sshd's `HostKey` lines: each client gets
-    /// the first of its host key algorithms that one of these serves. At most one key per
-    /// algorithm. Not with `host_key`.
+    /// the first of its host key algorithms that one of these serves, with the first key
+    /// listed of that algorithm; all of them are announced after authentication
+    /// (`hostkeys-00@openssh.com`), so a later key of an algorithm is how one is rotated.
+    /// Not with `host_key`.
     pub host_keys: Vec<PathBuf>,
     /// An OpenSSH host certificate of the host key (`ssh-keygen -s CA -h -n NAMES
     /// key.pub` makes `key-cert.pub`), presented to clients that trust its CA

@@ -730,9 +730,13 @@ impl russh::server::Handler for SshSession {
         self.flow.target_window()
     }
 
-    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         self.authenticated.store(true, Ordering::Release);
         self.shared.metrics.authenticated();
+        // as sshd does after authentication: every host key, so that an OpenSSH client
+        // with UpdateHostKeys learns keys added for a rotation (it asks for proof, which
+        // the vendored russh answers) and forgets retired ones
+        session.announce_host_keys()?;
         Ok(())
     }
 
