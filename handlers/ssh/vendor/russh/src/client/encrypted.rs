@@ -1145,6 +1145,7 @@ mod tests {
             client_mac: crate::mac::NONE,
             server_mac: crate::mac::NONE,
             session_id: CryptoVec::from(&b"session-id"[..]),
+            host_key_algorithm: ssh_key::Algorithm::Ed25519,
             channels: HashMap::new(),
             last_channel_id: Wrapping(0),
             write: Vec::new(),
