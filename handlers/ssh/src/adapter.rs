@@ -365,6 +365,12 @@ impl SshAdapter {
         &self.host_fingerprints
     }
 
+    /// The russh server configuration every session runs with (host keys, algorithms,
+    /// limits): what the `ssh_server_preauth` fuzz target puts russh's server under.
+    pub fn russh_config(&self) -> Arc<russh::server::Config> {
+        self.shared.russh.clone()
+    }
+
     pub fn config(&self) -> &SshConfig {
         &self.shared.config
     }
