@@ -119,31 +119,49 @@ impl ConfinedDir {
 pub struct ChunkedFile {
     file: monoio::fs::File,
     pos: u64,
+    /// Where reading stops: the end of the span asked for, or `u64::MAX` for the file's
+    /// end whenever that is.
+    end: u64,
     chunk: usize,
 }
 
 impl ChunkedFile {
-    /// Must be called on a worker (inside its monoio runtime). `chunk` must be > 0.
+    /// The whole file, to its end whenever that is. Must be called on a worker (inside its
+    /// monoio runtime). `chunk` must be > 0.
     pub fn new(file: StdFile, chunk: usize) -> io::Result<Self> {
+        Self::span(file, chunk, 0, u64::MAX)
+    }
+
+    /// `len` bytes from `start` (an HTTP range, or a whole file whose length was
+    /// announced): a file that ends before them is an error (`UnexpectedEof`), so a
+    /// response never ends short of the length it announced. As [`Self::new`] otherwise.
+    pub fn span(file: StdFile, chunk: usize, start: u64, len: u64) -> io::Result<Self> {
         Ok(Self {
             file: monoio::fs::File::from_std(file)?,
-            pos: 0,
+            pos: start,
+            end: start.saturating_add(len),
             chunk: chunk.max(1),
         })
     }
 
-    /// Bytes read so far.
+    /// Where the next read starts (the bytes read so far, for a whole file).
     pub fn position(&self) -> u64 {
         self.pos
     }
 
-    /// The next chunk, or `None` at the end of the file.
+    /// The next chunk, or `None` at the end of the file or span.
     pub async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        let (res, mut buf) = self
-            .file
-            .read_at(Vec::with_capacity(self.chunk), self.pos)
-            .await;
+        let left = self.end - self.pos;
+        if left == 0 {
+            return Ok(None);
+        }
+        let want = usize::try_from(left).map_or(self.chunk, |l| l.min(self.chunk));
+        let (res, mut buf) = self.file.read_at(Vec::with_capacity(want), self.pos).await;
         match res? {
+            0 if self.end != u64::MAX => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ends at {}, before {}", self.pos, self.end),
+            )),
             0 => Ok(None),
             n => {
                 buf.truncate(n);
@@ -229,5 +247,40 @@ mod tests {
         .expect("runtime");
         assert_eq!(got.0, data);
         assert_eq!(got.1, vec![4096, 4096, 1808]);
+    }
+
+    #[test]
+    fn reads_a_span_and_a_file_shorter_than_its_span_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("f"), &data).expect("write");
+        let d = ConfinedDir::open(dir.path()).expect("open");
+        let open = || d.open_file(Path::new("f")).expect("file");
+        let (a, b) = (open(), open());
+        let (span, short) = crate::rt::run_local(|_| async move {
+            let read = |mut f: ChunkedFile| async move {
+                let mut out = Vec::new();
+                let mut sizes = Vec::new();
+                loop {
+                    match f.next_chunk().await {
+                        Ok(Some(c)) => {
+                            sizes.push(c.len());
+                            out.extend_from_slice(&c);
+                        }
+                        Ok(None) => return Ok((out, sizes)),
+                        Err(e) => return Err((out.len(), e.kind())),
+                    }
+                }
+            };
+            let span = read(ChunkedFile::span(a, 4096, 1000, 5000).expect("span")).await;
+            // the span runs past the file's 10 000 bytes
+            let short = read(ChunkedFile::span(b, 4096, 9000, 2000).expect("span")).await;
+            (span, short)
+        })
+        .expect("runtime");
+        let (out, sizes) = span.expect("span read");
+        assert_eq!(out, &data[1000..6000]);
+        assert_eq!(sizes, vec![4096, 904]);
+        assert_eq!(short.err(), Some((1000, io::ErrorKind::UnexpectedEof)));
     }
 }

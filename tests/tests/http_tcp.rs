@@ -1038,3 +1038,122 @@ fn static_files_are_served_from_the_root_only() {
         assert!(r.body.contains("/api/dashboard/stream"), "{}", r.body);
     }
 }
+
+/// The static files answer what a download manager, a video player seeking, `curl -C -`
+/// and a browser's cache revalidation send, over HTTP/1.1 and HTTP/2, with curl's own
+/// options where it has them: one byte range (206, `Content-Range`), a resumed download,
+/// a range past the end (416), `ETag` revalidation (`--etag-save` / `--etag-compare`:
+/// 304), `If-Modified-Since` (304), and `If-Range` with a stale tag (the whole file).
+#[test]
+fn static_files_answer_ranges_resumes_and_revalidation() {
+    let www = tempfile::tempdir().expect("tempdir");
+    let data: Vec<u8> = (0..300_007u32).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(www.path().join("big.bin"), &data).expect("write");
+    let server = BinServer::start_with_config(&config(&format!(
+        "[http]\nstatic_root = \"{}\"\n",
+        www.path().display()
+    )));
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = work.path().join("out");
+    let out_s = out.to_str().expect("utf-8 path");
+    let big = url(&server, "/big.bin");
+    let header = |r: &Reply, name: &str| -> Option<String> {
+        r.headers.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    for version in ["--http1.1", "--http2"] {
+        // one range, in the middle, and the last bytes
+        for (range, from, to) in [("1000-1999", 1000, 2000), ("-7", 300_000, 300_007)] {
+            let r = curl(&server, &[version, "-r", range, "-o", out_s, &big]);
+            assert_eq!(r.status, 206, "{version} {range}: {}", r.headers);
+            assert_eq!(
+                header(&r, "content-range").as_deref(),
+                Some(format!("bytes {from}-{}/300007", to - 1).as_str()),
+                "{version} {range}"
+            );
+            assert_eq!(header(&r, "accept-ranges").as_deref(), Some("bytes"));
+            assert!(
+                std::fs::read(&out).expect("read") == data[from..to],
+                "{version} {range}: body differs"
+            );
+        }
+        // a download cut at 100 000 bytes, resumed by curl
+        std::fs::write(&out, &data[..100_000]).expect("write");
+        let r = curl(&server, &[version, "-C", "-", "-o", out_s, &big]);
+        assert_eq!(r.status, 206, "{version} resume: {}", r.headers);
+        assert!(
+            std::fs::read(&out).expect("read") == data,
+            "{version}: the resumed file differs"
+        );
+        // past the end
+        let r = curl(&server, &[version, "-r", "400000-", &big]);
+        assert_eq!(r.status, 416, "{version}: {}", r.headers);
+        assert_eq!(
+            header(&r, "content-range").as_deref(),
+            Some("bytes */300007")
+        );
+        // revalidation by entity tag, as curl keeps it
+        let etag_file = work.path().join("etag");
+        let etag_s = etag_file.to_str().expect("utf-8 path");
+        let first = curl(
+            &server,
+            &[version, "--etag-save", etag_s, "-o", out_s, &big],
+        );
+        assert_eq!(first.status, 200);
+        let etag = header(&first, "etag").expect("an ETag");
+        let r = curl(
+            &server,
+            &[version, "--etag-compare", etag_s, "-o", out_s, &big],
+        );
+        assert_eq!(r.status, 304, "{version} If-None-Match: {}", r.headers);
+        // and by date
+        let modified = header(&first, "last-modified").expect("Last-Modified");
+        let since = format!("If-Modified-Since: {modified}");
+        let r = curl(&server, &[version, "-H", &since, &big]);
+        assert_eq!(r.status, 304, "{version} If-Modified-Since: {}", r.headers);
+        // a range of a copy that is not this one: the whole file
+        let r = curl(
+            &server,
+            &[
+                version,
+                "-r",
+                "0-9",
+                "-H",
+                "If-Range: \"stale\"",
+                "-o",
+                out_s,
+                &big,
+            ],
+        );
+        assert_eq!(r.status, 200, "{version} If-Range stale");
+        assert!(std::fs::read(&out).expect("read") == data);
+        let if_range = format!("If-Range: {etag}");
+        let r = curl(
+            &server,
+            &[version, "-r", "0-9", "-H", &if_range, "-o", out_s, &big],
+        );
+        assert_eq!(r.status, 206, "{version} If-Range current");
+        assert!(std::fs::read(&out).expect("read") == data[..10]);
+    }
+    // the file rewritten: the old tag no longer matches
+    let mut changed = data.clone();
+    changed[0] ^= 1;
+    std::fs::write(www.path().join("big.bin"), &changed).expect("rewrite");
+    let etag_s = work.path().join("etag");
+    let r = curl(
+        &server,
+        &[
+            "--etag-compare",
+            etag_s.to_str().expect("utf-8 path"),
+            "-o",
+            out_s,
+            &big,
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.headers);
+    assert!(std::fs::read(&out).expect("read") == changed);
+}

@@ -63,7 +63,7 @@ pub fn router(state: HttpState) -> Router {
 /// else 404.
 async fn fallback(State(state): State<HttpState>, req: Request) -> Response {
     if state.static_files.is_some() {
-        return files::serve(&state, req.method(), req.uri().path()).await;
+        return files::serve(&state, req.method(), req.uri().path(), req.headers()).await;
     }
     error_response(ErrorCode::NotFound, "no such route")
 }

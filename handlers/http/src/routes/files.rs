@@ -10,17 +10,21 @@
 //! the client does not take the data. A read error part way fails the body, so the client
 //! sees a reset stream, never a short file passed off as whole.
 //!
+//! Conditional and range requests (`ETag`, `Last-Modified`, 304, one byte range with
+//! 206, 416) are decided by [`super::ranges`].
+//!
 //! 400 for a path that is not plain, 404 for anything that is not a regular file inside
 //! the root, 405 for methods other than GET and HEAD.
 
 use alknet_proto::call::ErrorCode;
 use alknet_runtime::files::{relative_path, ChunkedFile};
 use axum::body::Body;
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
 use crate::routes::error_response;
+use crate::routes::ranges::{self, Answer, Validators};
 use crate::HttpState;
 
 /// The media type of a file by its extension: the few a browser must not download
@@ -40,8 +44,24 @@ pub fn content_type(path: &str) -> &'static str {
     }
 }
 
+/// Response headers from names and values (ours: always valid header text).
+fn header_map(pairs: Vec<(header::HeaderName, String)>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        if let Ok(value) = value.parse() {
+            headers.insert(name, value);
+        }
+    }
+    headers
+}
+
 /// Answers a request for `path` from the static root (which the caller checked is set).
-pub async fn serve(state: &HttpState, method: &Method, path: &str) -> Response {
+pub async fn serve(
+    state: &HttpState,
+    method: &Method,
+    path: &str,
+    request_headers: &HeaderMap,
+) -> Response {
     let Some(root) = state.static_files.as_ref() else {
         return error_response(ErrorCode::NotFound, "no such route");
     };
@@ -56,9 +76,9 @@ pub async fn serve(state: &HttpState, method: &Method, path: &str) -> Response {
         Ok(p) => p,
         Err(e) => return error_response(ErrorCode::InvalidArgument, e.to_string()),
     };
-    let (file, len) = match root
+    let (file, len, modified) = match root
         .open_file(&relative)
-        .and_then(|f| f.metadata().map(|m| (f, m.len())))
+        .and_then(|f| f.metadata().and_then(|m| Ok((f, m.len(), m.modified()?))))
     {
         Ok(x) => x,
         Err(e) => {
@@ -66,19 +86,38 @@ pub async fn serve(state: &HttpState, method: &Method, path: &str) -> Response {
             return error_response(ErrorCode::NotFound, "no such file");
         }
     };
-    let head = [
-        (header::CONTENT_TYPE, content_type(path).to_string()),
-        (header::CONTENT_LENGTH, len.to_string()),
+    let validators = Validators::of(len, modified);
+    let mut head = vec![
+        (header::ETAG, validators.etag.clone()),
+        (header::LAST_MODIFIED, validators.last_modified()),
+        (header::ACCEPT_RANGES, "bytes".to_string()),
     ];
+    let (status, start, count) = match ranges::decide(request_headers, len, &validators) {
+        Answer::NotModified => return (StatusCode::NOT_MODIFIED, header_map(head)).into_response(),
+        Answer::Unsatisfiable => {
+            head.push((header::CONTENT_RANGE, format!("bytes */{len}")));
+            return (StatusCode::RANGE_NOT_SATISFIABLE, header_map(head)).into_response();
+        }
+        Answer::Whole => (StatusCode::OK, 0, len),
+        Answer::Part { start, end } => {
+            head.push((header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}")));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+    };
+    head.push((header::CONTENT_TYPE, content_type(path).to_string()));
+    head.push((header::CONTENT_LENGTH, count.to_string()));
+    let headers = header_map(head);
     if method == Method::HEAD {
-        return (head, Body::empty()).into_response();
+        return (status, headers, Body::empty()).into_response();
     }
     let (tx, rx) =
         mpsc::channel::<std::io::Result<bytes::Bytes>>(state.config.static_channel_chunks.max(1));
     let chunk = state.config.static_chunk_bytes;
     // on the worker serving this request (the reads are worker-local io_uring operations)
     alknet_runtime::rt::spawn_guarded("http static file", async move {
-        let mut file = match ChunkedFile::new(file, chunk) {
+        // the length announced: a file cut short meanwhile fails the body (a reset
+        // stream), one grown meanwhile is sent as it was
+        let mut file = match ChunkedFile::span(file, chunk, start, count) {
             Ok(f) => f,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
@@ -105,7 +144,7 @@ pub async fn serve(state: &HttpState, method: &Method, path: &str) -> Response {
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    (head, Body::from_stream(body)).into_response()
+    (status, headers, Body::from_stream(body)).into_response()
 }
 
 #[cfg(test)]

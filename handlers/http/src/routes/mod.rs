@@ -10,6 +10,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod pkarr;
+pub mod ranges;
 pub mod sse;
 pub mod webtransport;
 
