@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the fuzz targets (alknet-proto parsers incl. the git request line and WebTransport stream headers, the gix backend's git conversations, the vault file, session tickets, DNS message handling, SFTP requests, file request paths, the SSH handler's KRL and authorized_keys parsers, russh's server before a key is agreed, the QUIC server's version-negotiation read of a first Initial); with --smoke, also run each for 5 s.
+# Build the fuzz targets (alknet-proto parsers incl. the git request line and WebTransport stream headers, the gix backend's git conversations, the vault file, session tickets, DNS message handling, SFTP requests, file request paths, the SSH handler's KRL and authorized_keys parsers, russh's server before a key is agreed, the static files' Range and validator headers, the QUIC server's version-negotiation read of a first Initial); with --smoke, also run each for 5 s.
 #
 # Works on a stable toolchain: cargo-fuzz passes nightly-only -Z flags
 # (sanitizer, coverage), which RUSTC_BOOTSTRAP=1 unlocks on stable rustc.
