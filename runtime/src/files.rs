@@ -83,7 +83,8 @@ impl ConfinedDir {
     }
 
     /// Opens the regular file at `relative` inside the directory without leaving it
-    /// (kernel-checked). A directory or other non-regular file is `NotFound`.
+    /// (kernel-checked). A directory is `IsADirectory`, any other non-regular file
+    /// `NotFound`.
     pub fn open_file(&self, relative: &Path) -> io::Result<StdFile> {
         let c = CString::new(relative.as_os_str().as_bytes())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -108,7 +109,12 @@ impl ConfinedDir {
         let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::Other))?;
         // SAFETY: openat2 returned a new descriptor we now own.
         let file = StdFile::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        if !file.metadata()?.is_file() {
+        let meta = file.metadata()?;
+        if meta.is_dir() {
+            // the HTTP front end redirects `dir` to `dir/` (its index page)
+            return Err(io::Error::from(io::ErrorKind::IsADirectory));
+        }
+        if !meta.is_file() {
             return Err(io::Error::from(io::ErrorKind::NotFound));
         }
         Ok(file)
@@ -218,7 +224,11 @@ mod tests {
             read("etc/passwd").is_err(),
             "directory symlink out of the root"
         );
-        assert!(read("sub").is_err(), "directory");
+        assert_eq!(
+            read("sub").map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::IsADirectory),
+            "directory"
+        );
         assert!(read("missing").is_err());
         assert!(
             read("../www/f").is_err(),

@@ -185,8 +185,9 @@ def config(args, logger, ticket=None) -> QuicConfiguration:
 # Requests the handler must refuse, and the reset code it documents for each
 # (handlers/hq: reset_code::NOT_FOUND, reset_code::BAD_REQUEST).
 ERROR_PROBES = (("no-such-file", 0x11), ("../../etc/passwd", 0x10), ("", 0x10))
-# The same over HTTP/3 ([http] static_root): the status each must get.
-ERROR_PROBES_H3 = (("no-such-file", 404), ("../../etc/passwd", 400), ("", 400))
+# The same over HTTP/3 ([http] static_root): the status each must get ("" is the root's
+# index.html, which the case's files do not include).
+ERROR_PROBES_H3 = (("no-such-file", 404), ("../../etc/passwd", 400), ("", 404))
 
 
 async def fetch_on(client: HqClient, files: list[str], out: dict, args) -> None:

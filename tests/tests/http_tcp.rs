@@ -1017,9 +1017,11 @@ fn static_files_are_served_from_the_root_only() {
         for (path, status) in [
             ("/missing", 404),
             ("/out", 404),
-            ("/dir", 404),
+            // a directory: redirected to its index page, which is missing here
+            ("/dir", 301),
+            ("/dir/", 404),
+            ("/", 404),
             ("/a/../../etc/passwd", 400),
-            ("/", 400),
         ] {
             let r = curl(&server, &[version, "--path-as-is", &url(&server, path)]);
             assert_eq!(r.status, status, "{version} {path}: {}", r.body);
@@ -1029,6 +1031,12 @@ fn static_files_are_served_from_the_root_only() {
             &[version, "-X", "DELETE", &url(&server, "/big.bin")],
         );
         assert_eq!(r.status, 405);
+        let r = curl(&server, &[version, &url(&server, "/dir")]);
+        assert!(
+            r.headers.to_ascii_lowercase().contains("location: /dir/"),
+            "{}",
+            r.headers
+        );
         // routes of their own still win
         let r = curl(&server, &[version, &url(&server, "/health")]);
         assert_eq!(r.status, 200);
@@ -1036,6 +1044,26 @@ fn static_files_are_served_from_the_root_only() {
         let r = curl(&server, &[version, &url(&server, "/dashboard")]);
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(r.body.contains("/api/dashboard/stream"), "{}", r.body);
+    }
+    // index pages: the root's and a directory's, followed from the redirect by curl
+    std::fs::write(www.path().join("index.html"), "<p>root</p>").expect("write");
+    std::fs::write(www.path().join("dir/index.html"), "<p>dir</p>").expect("write");
+    for version in ["--http1.1", "--http2"] {
+        for (path, body) in [
+            ("/", "<p>root</p>"),
+            ("/dir/", "<p>dir</p>"),
+            ("/dir", "<p>dir</p>"),
+        ] {
+            let r = curl(&server, &[version, "-L", &url(&server, path)]);
+            assert_eq!((r.status, r.body.as_str()), (200, body), "{version} {path}");
+            assert!(
+                r.headers
+                    .to_ascii_lowercase()
+                    .contains("content-type: text/html"),
+                "{version} {path}: {}",
+                r.headers
+            );
+        }
     }
 }
 

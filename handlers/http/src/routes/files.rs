@@ -13,6 +13,10 @@
 //! Conditional and range requests (`ETag`, `Last-Modified`, 304, one byte range with
 //! 206, 416) are decided by [`super::ranges`].
 //!
+//! A path ending in `/` (the root included) is its directory's [`INDEX_FILE`]; a
+//! directory asked for without the `/` is redirected to it (301), as nginx and Apache do,
+//! so the page's relative links resolve inside the directory.
+//!
 //! 400 for a path that is not plain, 404 for anything that is not a regular file inside
 //! the root, 405 for methods other than GET and HEAD.
 
@@ -44,6 +48,9 @@ pub fn content_type(path: &str) -> &'static str {
     }
 }
 
+/// The file a directory's path (`/`, `/docs/`) serves.
+pub const INDEX_FILE: &str = "index.html";
+
 /// Response headers from names and values (ours: always valid header text).
 fn header_map(pairs: Vec<(header::HeaderName, String)>) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -72,7 +79,11 @@ pub async fn serve(
         )
             .into_response();
     }
-    let relative = match relative_path(path.trim_start_matches('/').as_bytes()) {
+    let mut name = path.trim_start_matches('/').to_string();
+    if name.is_empty() || name.ends_with('/') {
+        name.push_str(INDEX_FILE);
+    }
+    let relative = match relative_path(name.as_bytes()) {
         Ok(p) => p,
         Err(e) => return error_response(ErrorCode::InvalidArgument, e.to_string()),
     };
@@ -81,6 +92,13 @@ pub async fn serve(
         .and_then(|f| f.metadata().and_then(|m| Ok((f, m.len(), m.modified()?))))
     {
         Ok(x) => x,
+        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
+            return (
+                StatusCode::MOVED_PERMANENTLY,
+                [(header::LOCATION, format!("{path}/"))],
+            )
+                .into_response();
+        }
         Err(e) => {
             tracing::debug!("static file {}: {e}", relative.display());
             return error_response(ErrorCode::NotFound, "no such file");
@@ -104,7 +122,7 @@ pub async fn serve(
             (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
         }
     };
-    head.push((header::CONTENT_TYPE, content_type(path).to_string()));
+    head.push((header::CONTENT_TYPE, content_type(&name).to_string()));
     head.push((header::CONTENT_LENGTH, count.to_string()));
     let headers = header_map(head);
     if method == Method::HEAD {
