@@ -237,60 +237,55 @@ mod tests {
         assert!(ConfinedDir::open(&dir.path().join("nope")).is_err());
     }
 
-    #[test]
-    fn reads_a_file_in_chunks() {
+    /// Everything `f` yields and the chunk sizes, or how many bytes came before the error.
+    async fn read_all(mut f: ChunkedFile) -> Result<(Vec<u8>, Vec<usize>), (usize, io::ErrorKind)> {
+        let mut out = Vec::new();
+        let mut sizes = Vec::new();
+        loop {
+            match f.next_chunk().await {
+                Ok(Some(c)) => {
+                    sizes.push(c.len());
+                    out.extend_from_slice(&c);
+                }
+                Ok(None) => return Ok((out, sizes)),
+                Err(e) => return Err((out.len(), e.kind())),
+            }
+        }
+    }
+
+    /// A 10 000-byte file "f" in a confined directory, and its bytes.
+    fn ten_thousand_bytes() -> (tempfile::TempDir, ConfinedDir, Vec<u8>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.path().join("f"), &data).expect("write");
         let d = ConfinedDir::open(dir.path()).expect("open");
+        (dir, d, data)
+    }
+
+    #[test]
+    fn reads_a_file_in_chunks() {
+        let (_dir, d, data) = ten_thousand_bytes();
         let file = d.open_file(Path::new("f")).expect("file");
         let got = crate::rt::run_local(|_| async move {
-            let mut f = ChunkedFile::new(file, 4096).expect("register");
-            let mut out = Vec::new();
-            let mut sizes = Vec::new();
-            while let Some(c) = f.next_chunk().await.expect("read") {
-                sizes.push(c.len());
-                out.extend_from_slice(&c);
-            }
-            (out, sizes)
+            read_all(ChunkedFile::new(file, 4096).expect("register")).await
         })
         .expect("runtime");
-        assert_eq!(got.0, data);
-        assert_eq!(got.1, vec![4096, 4096, 1808]);
+        assert_eq!(got, Ok((data, vec![4096, 4096, 1808])));
     }
 
     #[test]
     fn reads_a_span_and_a_file_shorter_than_its_span_is_an_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(dir.path().join("f"), &data).expect("write");
-        let d = ConfinedDir::open(dir.path()).expect("open");
+        let (_dir, d, data) = ten_thousand_bytes();
         let open = || d.open_file(Path::new("f")).expect("file");
         let (a, b) = (open(), open());
         let (span, short) = crate::rt::run_local(|_| async move {
-            let read = |mut f: ChunkedFile| async move {
-                let mut out = Vec::new();
-                let mut sizes = Vec::new();
-                loop {
-                    match f.next_chunk().await {
-                        Ok(Some(c)) => {
-                            sizes.push(c.len());
-                            out.extend_from_slice(&c);
-                        }
-                        Ok(None) => return Ok((out, sizes)),
-                        Err(e) => return Err((out.len(), e.kind())),
-                    }
-                }
-            };
-            let span = read(ChunkedFile::span(a, 4096, 1000, 5000).expect("span")).await;
+            let span = read_all(ChunkedFile::span(a, 4096, 1000, 5000).expect("span")).await;
             // the span runs past the file's 10 000 bytes
-            let short = read(ChunkedFile::span(b, 4096, 9000, 2000).expect("span")).await;
+            let short = read_all(ChunkedFile::span(b, 4096, 9000, 2000).expect("span")).await;
             (span, short)
         })
         .expect("runtime");
-        let (out, sizes) = span.expect("span read");
-        assert_eq!(out, &data[1000..6000]);
-        assert_eq!(sizes, vec![4096, 904]);
-        assert_eq!(short.err(), Some((1000, io::ErrorKind::UnexpectedEof)));
+        assert_eq!(span, Ok((data[1000..6000].to_vec(), vec![4096, 904])));
+        assert_eq!(short, Err((1000, io::ErrorKind::UnexpectedEof)));
     }
 }
