@@ -113,12 +113,19 @@ class H3Client(QuicConnectionProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._http = H3Connection(self._quic)
+        # per stream: body, future, [status, response headers, the status wanted]
         self._pending: dict[int, tuple[bytearray, asyncio.Future, list]] = {}
 
     async def get(self, path: str) -> bytes:
+        body, _ = await self.request(path)
+        return body
+
+    async def request(self, path: str, extra=(), want: bytes = b"200") -> tuple[bytes, dict]:
+        """GET /path with `extra` request headers; the body and the response headers if
+        the status is `want`, else a RuntimeError naming the status."""
         stream_id = self._quic.get_next_available_stream_id()
         fut = asyncio.get_running_loop().create_future()
-        self._pending[stream_id] = (bytearray(), fut, [None])
+        self._pending[stream_id] = (bytearray(), fut, [None, {}, want])
         self._http.send_headers(
             stream_id,
             [
@@ -126,6 +133,7 @@ class H3Client(QuicConnectionProtocol):
                 (b":scheme", b"https"),
                 (b":authority", b"localhost"),
                 (b":path", f"/{path}".encode()),
+                *extra,
             ],
             end_stream=True,
         )
@@ -136,10 +144,10 @@ class H3Client(QuicConnectionProtocol):
         buf, fut, status = self._pending[stream_id]
         if fut.done():
             return
-        if status[0] != b"200":
+        if status[0] != status[2]:
             fut.set_exception(RuntimeError(f"HTTP status {status[0]!r}"))
         else:
-            fut.set_result(bytes(buf))
+            fut.set_result((bytes(buf), status[1]))
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamReset) and event.stream_id in self._pending:
@@ -157,7 +165,8 @@ class H3Client(QuicConnectionProtocol):
                 continue
             buf, _, status = self._pending[ev.stream_id]
             if isinstance(ev, HeadersReceived):
-                status[0] = dict(ev.headers).get(b":status")
+                status[1] = dict(ev.headers)
+                status[0] = status[1].get(b":status")
             elif isinstance(ev, DataReceived):
                 buf.extend(ev.data)
             if getattr(ev, "stream_ended", False):
@@ -190,6 +199,26 @@ ERROR_PROBES = (("no-such-file", 0x11), ("../../etc/passwd", 0x10), ("", 0x10))
 ERROR_PROBES_H3 = (("no-such-file", 404), ("../../etc/passwd", 400), ("", 404))
 
 
+async def probe_ranges(client, files: list[str], out: dict) -> None:
+    """A byte range of the first file that has 20 bytes (206, `content-range`, the bytes)
+    and a revalidation with its entity tag (304), over HTTP/3."""
+    name = next((f for f in files if isinstance(out["files"].get(f), bytes) and len(out["files"][f]) >= 20), None)
+    if name is None:
+        return
+    whole = out["files"][name]
+    try:
+        body, headers = await asyncio.wait_for(
+            client.request(name, [(b"range", b"bytes=10-19")], want=b"206"), 5
+        )
+        want_range = f"bytes 10-19/{len(whole)}".encode()
+        if body != whole[10:20] or headers.get(b"content-range") != want_range:
+            out["probes"].append(f"range of /{name}: {body!r}, {headers.get(b'content-range')!r}")
+        etag = headers.get(b"etag", b"")
+        await asyncio.wait_for(client.request(name, [(b"if-none-match", etag)], want=b"304"), 5)
+    except (RuntimeError, asyncio.TimeoutError) as e:
+        out["probes"].append(f"range or revalidation of /{name}: {e!r}")
+
+
 async def fetch_on(client: HqClient, files: list[str], out: dict, args) -> None:
     if args.keyupdate:
         client._quic.request_key_update()
@@ -205,6 +234,7 @@ async def fetch_on(client: HqClient, files: list[str], out: dict, args) -> None:
             except RuntimeError as e:
                 if f"HTTP status b'{status}'" not in str(e):
                     out["probes"].append(f"GET /{path}: {e}; want status {status}")
+        await probe_ranges(client, files, out)
     elif args.probe_errors:
         for path, code in ERROR_PROBES:
             try:
