@@ -1,11 +1,12 @@
-//! The static files' conditional and range headers (`alknet_http::routes::ranges`), as a
-//! peer sends them: any bytes as `Range`, `If-Range`, `If-None-Match` and
-//! `If-Modified-Since` against a file of any length. Nothing panics, and a range served is
-//! always inside the file: `start <= end < len`.
+//! The static files' request headers (`alknet_http::routes::ranges` and `encoding`), as a
+//! peer sends them: any bytes as `Range`, `If-Range`, `If-None-Match`, `If-Modified-Since`
+//! and `Accept-Encoding` against a file of any length. Nothing panics, a range served is
+//! always inside the file (`start <= end < len`), and a coding is offered at most once.
 #![no_main]
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use alknet_http::routes::encoding::acceptable;
 use alknet_http::routes::ranges::{decide, parse_range, Answer, Validators};
 use axum::http::{header, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
@@ -40,4 +41,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let v = Validators::of(len, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
     check(decide(&headers, len, &v), len);
+    if let Ok(accept) = std::str::from_utf8(parts.next().unwrap_or_default()) {
+        let codings = acceptable(accept);
+        assert!(codings.len() <= 2 && (codings.len() < 2 || codings[0] != codings[1]));
+    }
 });

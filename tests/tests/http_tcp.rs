@@ -1067,6 +1067,111 @@ fn static_files_are_served_from_the_root_only() {
     }
 }
 
+/// A precompressed copy beside a static file (`app.js.gz`, made here by `gzip -k`) goes to
+/// a client that takes gzip, with `Content-Encoding: gzip` and its own tag, and ranges
+/// over its own bytes; a client that does not (no `Accept-Encoding`, or `gzip;q=0`) gets
+/// the file. curl's `--compressed` decodes it back to the file.
+#[test]
+fn static_files_send_a_precompressed_copy_to_clients_that_take_it() {
+    let www = tempfile::tempdir().expect("tempdir");
+    let js: String = (0..3000)
+        .map(|i| format!("console.log('line {i}');\n"))
+        .collect();
+    std::fs::write(www.path().join("app.js"), &js).expect("write");
+    let gzip = Command::new("gzip")
+        .args(["-k", "-9"])
+        .arg(www.path().join("app.js"))
+        .status()
+        .expect("gzip");
+    assert!(gzip.success());
+    let gz = std::fs::read(www.path().join("app.js.gz")).expect("app.js.gz");
+    assert!(gz.len() < js.len() / 4, "{} bytes compressed", gz.len());
+    let server = BinServer::start_with_config(&config(&format!(
+        "[http]\nstatic_root = \"{}\"\n",
+        www.path().display()
+    )));
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = work.path().join("out");
+    let out_s = out.to_str().expect("utf-8 path");
+    let app = url(&server, "/app.js");
+    let lower = |r: &Reply| r.headers.to_ascii_lowercase();
+    let etag = |r: &Reply| {
+        lower(r)
+            .lines()
+            .find_map(|l| l.strip_prefix("etag:").map(|v| v.trim().to_string()))
+            .expect("an ETag")
+    };
+    for version in ["--http1.1", "--http2"] {
+        let r = curl(&server, &[version, "--compressed", "-o", out_s, &app]);
+        assert_eq!(r.status, 200);
+        assert!(
+            lower(&r).contains("content-encoding: gzip"),
+            "{}",
+            r.headers
+        );
+        assert!(lower(&r).contains("vary: accept-encoding"), "{}", r.headers);
+        assert!(
+            lower(&r).contains("content-type: text/javascript"),
+            "{}",
+            r.headers
+        );
+        assert!(
+            std::fs::read(&out).expect("read") == js.as_bytes(),
+            "{version}: decoded"
+        );
+        let gz_tag = etag(&r);
+        // the stored bytes themselves, and a range of them
+        let r = curl(
+            &server,
+            &[version, "-H", "Accept-Encoding: gzip", "-o", out_s, &app],
+        );
+        assert_eq!(r.status, 200);
+        assert!(
+            std::fs::read(&out).expect("read") == gz,
+            "{version}: the .gz bytes"
+        );
+        let r = curl(
+            &server,
+            &[
+                version,
+                "-H",
+                "Accept-Encoding: gzip",
+                "-r",
+                "0-9",
+                "-o",
+                out_s,
+                &app,
+            ],
+        );
+        assert_eq!(r.status, 206);
+        assert!(std::fs::read(&out).expect("read") == gz[..10]);
+        // clients that do not take gzip get the file
+        for accept in [
+            None,
+            Some("Accept-Encoding: gzip;q=0, br;q=0"),
+            Some("Accept-Encoding: identity"),
+        ] {
+            let mut args = vec![version, "-o", out_s];
+            if let Some(h) = accept {
+                args.extend(["-H", h]);
+            }
+            args.push(&app);
+            let r = curl(&server, &args);
+            assert_eq!(r.status, 200);
+            assert!(
+                !lower(&r).contains("content-encoding"),
+                "{accept:?}: {}",
+                r.headers
+            );
+            assert!(
+                std::fs::read(&out).expect("read") == js.as_bytes(),
+                "{accept:?}"
+            );
+            assert_ne!(etag(&r), gz_tag, "the two representations share a tag");
+        }
+    }
+}
+
 /// The static files answer what a download manager, a video player seeking, `curl -C -`
 /// and a browser's cache revalidation send, over HTTP/1.1 and HTTP/2, with curl's own
 /// options where it has them: one byte range (206, `Content-Range`), a resumed download,

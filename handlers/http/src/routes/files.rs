@@ -11,7 +11,9 @@
 //! sees a reset stream, never a short file passed off as whole.
 //!
 //! Conditional and range requests (`ETag`, `Last-Modified`, 304, one byte range with
-//! 206, 416) are decided by [`super::ranges`].
+//! 206, 416) are decided by [`super::ranges`]; a precompressed copy (`FILE.br`,
+//! `FILE.gz`) is sent instead of the file to a client that takes its coding
+//! ([`super::encoding`]), with its own validators and ranges over its own bytes.
 //!
 //! A path ending in `/` (the root included) is its directory's [`INDEX_FILE`]; a
 //! directory asked for without the `/` is redirected to it (301), as nginx and Apache do,
@@ -27,6 +29,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
+use crate::routes::encoding;
 use crate::routes::error_response;
 use crate::routes::ranges::{self, Answer, Validators};
 use crate::HttpState;
@@ -87,10 +90,11 @@ pub async fn serve(
         Ok(p) => p,
         Err(e) => return error_response(ErrorCode::InvalidArgument, e.to_string()),
     };
-    let (file, len, modified) = match root
-        .open_file(&relative)
-        .and_then(|f| f.metadata().and_then(|m| Ok((f, m.len(), m.modified()?))))
-    {
+    let open = |relative: &std::path::Path| {
+        root.open_file(relative)
+            .and_then(|f| f.metadata().and_then(|m| Ok((f, m.len(), m.modified()?))))
+    };
+    let (mut file, mut len, mut modified) = match open(&relative) {
         Ok(x) => x,
         Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
             return (
@@ -104,12 +108,31 @@ pub async fn serve(
             return error_response(ErrorCode::NotFound, "no such file");
         }
     };
+    // a precompressed copy beside the file, when the client takes its coding
+    let mut coding = None;
+    let accept = request_headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    for candidate in accept.map(encoding::acceptable).unwrap_or_default() {
+        let mut stored = relative.clone().into_os_string();
+        stored.push(candidate.suffix());
+        if let Ok(found) = open(std::path::Path::new(&stored)) {
+            (file, len, modified) = found;
+            coding = Some(candidate);
+            break;
+        }
+    }
     let validators = Validators::of(len, modified);
     let mut head = vec![
         (header::ETAG, validators.etag.clone()),
         (header::LAST_MODIFIED, validators.last_modified()),
         (header::ACCEPT_RANGES, "bytes".to_string()),
+        // the answer depends on Accept-Encoding wherever a precompressed copy may exist
+        (header::VARY, "accept-encoding".to_string()),
     ];
+    if let Some(coding) = coding {
+        head.push((header::CONTENT_ENCODING, coding.name().to_string()));
+    }
     let (status, start, count) = match ranges::decide(request_headers, len, &validators) {
         Answer::NotModified => return (StatusCode::NOT_MODIFIED, header_map(head)).into_response(),
         Answer::Unsatisfiable => {

@@ -4,6 +4,7 @@ pub mod call;
 pub mod dashboard;
 pub mod diag;
 pub mod doh;
+pub mod encoding;
 pub mod files;
 pub mod health;
 pub mod mcp;
