@@ -1067,6 +1067,24 @@ fn static_files_are_served_from_the_root_only() {
     }
 }
 
+/// A server with `[http] static_root = www`.
+fn static_server(www: &std::path::Path) -> BinServer {
+    BinServer::start_with_config(&config(&format!(
+        "[http]\nstatic_root = \"{}\"\n",
+        www.display()
+    )))
+}
+
+/// A response header's value (the first of that name).
+fn header_value(r: &Reply, name: &str) -> Option<String> {
+    r.headers.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
 /// A precompressed copy beside a static file (`app.js.gz`, made here by `gzip -k`) goes to
 /// a client that takes gzip, with `Content-Encoding: gzip` and its own tag, and ranges
 /// over its own bytes; a client that does not (no `Accept-Encoding`, or `gzip;q=0`) gets
@@ -1086,21 +1104,13 @@ fn static_files_send_a_precompressed_copy_to_clients_that_take_it() {
     assert!(gzip.success());
     let gz = std::fs::read(www.path().join("app.js.gz")).expect("app.js.gz");
     assert!(gz.len() < js.len() / 4, "{} bytes compressed", gz.len());
-    let server = BinServer::start_with_config(&config(&format!(
-        "[http]\nstatic_root = \"{}\"\n",
-        www.path().display()
-    )));
+    let server = static_server(www.path());
     let work = tempfile::tempdir().expect("tempdir");
     let out = work.path().join("out");
     let out_s = out.to_str().expect("utf-8 path");
     let app = url(&server, "/app.js");
     let lower = |r: &Reply| r.headers.to_ascii_lowercase();
-    let etag = |r: &Reply| {
-        lower(r)
-            .lines()
-            .find_map(|l| l.strip_prefix("etag:").map(|v| v.trim().to_string()))
-            .expect("an ETag")
-    };
+    let etag = |r: &Reply| header_value(r, "etag").expect("an ETag");
     for version in ["--http1.1", "--http2"] {
         let r = curl(&server, &[version, "--compressed", "-o", out_s, &app]);
         assert_eq!(r.status, 200);
@@ -1182,22 +1192,12 @@ fn static_files_answer_ranges_resumes_and_revalidation() {
     let www = tempfile::tempdir().expect("tempdir");
     let data: Vec<u8> = (0..300_007u32).map(|i| (i * 7 % 253) as u8).collect();
     std::fs::write(www.path().join("big.bin"), &data).expect("write");
-    let server = BinServer::start_with_config(&config(&format!(
-        "[http]\nstatic_root = \"{}\"\n",
-        www.path().display()
-    )));
+    let server = static_server(www.path());
     let work = tempfile::tempdir().expect("tempdir");
     let out = work.path().join("out");
     let out_s = out.to_str().expect("utf-8 path");
     let big = url(&server, "/big.bin");
-    let header = |r: &Reply, name: &str| -> Option<String> {
-        r.headers.lines().find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-    };
+    let header = header_value;
     for version in ["--http1.1", "--http2"] {
         // one range, in the middle, and the last bytes
         for (range, from, to) in [("1000-1999", 1000, 2000), ("-7", 300_000, 300_007)] {
