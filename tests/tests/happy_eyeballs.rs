@@ -32,6 +32,31 @@ fn connect_dual(
     (out, started.elapsed())
 }
 
+/// A TCP port bound on 127.0.0.1 and on ::1 and not listening: a connection to either is
+/// refused, and no other process can bind it while the sockets are held.
+fn refusing_tcp_port() -> ([socket2::Socket; 2], u16) {
+    use socket2::{Domain, Socket, Type};
+    for _ in 0..50 {
+        let v4 = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        v4.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind 127.0.0.1");
+        let port = v4
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("bound address")
+            .port();
+        let v6 = Socket::new(Domain::IPV6, Type::STREAM, None).expect("socket");
+        if v6
+            .bind(&std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)).into())
+            .is_ok()
+        {
+            return ([v4, v6], port);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and ::1");
+}
+
 #[test]
 fn a_name_whose_ipv6_address_is_broken_connects_over_ipv4() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -72,8 +97,11 @@ fn a_name_whose_ipv6_address_is_broken_connects_over_ipv4() {
     assert_eq!(text(&out.stdout), "which address?\n", "{err}");
     assert!(took < Duration::from_secs(8), "{took:?}: {err}");
 
-    // a name none of whose addresses serves: every error, at once
+    // a name none of whose addresses serves: every error, at once. Not the server's old
+    // port: a parallel test's server may take it once it is free (CI saw one answer
+    // there); a port held bound, never listening, refuses every connection
     drop(server);
+    let (_held, port) = refusing_tcp_port();
     let (out, took) = connect_dual(&hosts, port, &fp, "tcp");
     let err = text(&out.stderr);
     assert!(!out.status.success(), "{err}");
