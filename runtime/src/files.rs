@@ -150,6 +150,13 @@ impl ChunkedFile {
         })
     }
 
+    /// Goes on with `len` bytes from `start` of the same file, as [`Self::span`] would
+    /// (the next part of a response of several ranges).
+    pub fn seek_span(&mut self, start: u64, len: u64) {
+        self.pos = start;
+        self.end = start.saturating_add(len);
+    }
+
     /// Where the next read starts (the bytes read so far, for a whole file).
     pub fn position(&self) -> u64 {
         self.pos

@@ -200,8 +200,9 @@ ERROR_PROBES_H3 = (("no-such-file", 404), ("../../etc/passwd", 400), ("", 404))
 
 
 async def probe_ranges(client, files: list[str], out: dict) -> None:
-    """A byte range of the first file that has 20 bytes (206, `content-range`, the bytes)
-    and a revalidation with its entity tag (304), over HTTP/3."""
+    """A byte range of the first file that has 20 bytes (206, `content-range`, the bytes),
+    two ranges in one request (206, a `multipart/byteranges` body with both parts) and a
+    revalidation with its entity tag (304), over HTTP/3."""
     name = next((f for f in files if isinstance(out["files"].get(f), bytes) and len(out["files"][f]) >= 20), None)
     if name is None:
         return
@@ -213,6 +214,22 @@ async def probe_ranges(client, files: list[str], out: dict) -> None:
         want_range = f"bytes 10-19/{len(whole)}".encode()
         if body != whole[10:20] or headers.get(b"content-range") != want_range:
             out["probes"].append(f"range of /{name}: {body!r}, {headers.get(b'content-range')!r}")
+        body, headers = await asyncio.wait_for(
+            client.request(name, [(b"range", b"bytes=10-19,0-4")], want=b"206"), 5
+        )
+        ctype = headers.get(b"content-type", b"")
+        prefix = b"multipart/byteranges; boundary="
+        if not ctype.startswith(prefix):
+            out["probes"].append(f"two ranges of /{name}: content-type {ctype!r}")
+        else:
+            boundary = ctype[len(prefix):]
+            parts = b"".join(
+                b"\r\n--" + boundary + b"\r\ncontent-type: application/octet-stream\r\n"
+                + f"content-range: bytes {a}-{b - 1}/{len(whole)}".encode() + b"\r\n\r\n" + whole[a:b]
+                for a, b in ((10, 20), (0, 5))
+            )
+            if body != parts + b"\r\n--" + boundary + b"--\r\n":
+                out["probes"].append(f"two ranges of /{name}: {body[:200]!r}")
         etag = headers.get(b"etag", b"")
         await asyncio.wait_for(client.request(name, [(b"if-none-match", etag)], want=b"304"), 5)
     except (RuntimeError, asyncio.TimeoutError) as e:

@@ -1290,3 +1290,115 @@ fn static_files_answer_ranges_resumes_and_revalidation() {
     assert_eq!(r.status, 200, "{}", r.headers);
     assert!(std::fs::read(&out).expect("read") == changed);
 }
+
+/// Python's MIME parser (the standard library's `email`) splits a `multipart/byteranges`
+/// body: one line per part, its `Content-Range`, media type and bytes.
+const MULTIPART_PARTS_PY: &str = r#"
+import sys, email
+from email import policy
+ctype, path = sys.argv[1], sys.argv[2]
+raw = b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + open(path, "rb").read()
+msg = email.message_from_bytes(raw, policy=policy.HTTP)
+assert msg.is_multipart(), "not multipart"
+assert not msg.defects, msg.defects
+for part in msg.iter_parts():
+    print(part["Content-Range"], part.get_content_type(), part.get_payload(decode=True).decode())
+"#;
+
+/// Several ranges in one request (RFC 9110, section 14.6): a `multipart/byteranges` body
+/// whose parts are the ranges asked for, in that order, each with its `Content-Range`,
+/// byte for byte as expected and as Python's MIME parser reads it; the part past the end
+/// left out; `HEAD` announces the same length. Ranges adding up to more than the file, or
+/// more of them than `static_max_ranges`, get the whole file.
+#[test]
+fn static_files_answer_several_ranges_with_a_multipart_body() {
+    let www = tempfile::tempdir().expect("tempdir");
+    // printable bytes with no line breaks, so that a MIME parser may read the parts
+    let data: Vec<u8> = (0..200_003u32).map(|i| b'!' + (i * 7 % 90) as u8).collect();
+    std::fs::write(www.path().join("page.txt"), &data).expect("write");
+    let server = BinServer::start_with_config(&config(&format!(
+        "[http]\nstatic_root = \"{}\"\nstatic_max_ranges = 4\n",
+        www.path().display()
+    )));
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = work.path().join("out");
+    let out_s = out.to_str().expect("utf-8 path");
+    let page = url(&server, "/page.txt");
+    let asked = "150000-150099,-7,0-0,300000-";
+    let spans = [(150_000usize, 150_100usize), (199_996, 200_003), (0, 1)];
+    for version in ["--http1.1", "--http2"] {
+        let r = curl(&server, &[version, "-r", asked, "-o", out_s, &page]);
+        assert_eq!(r.status, 206, "{version}: {}", r.headers);
+        assert!(header_value(&r, "content-range").is_none(), "{}", r.headers);
+        let ctype = header_value(&r, "content-type").expect("content-type");
+        let boundary = ctype
+            .strip_prefix("multipart/byteranges; boundary=")
+            .unwrap_or_else(|| panic!("{version}: {ctype}"));
+        let mut expected = Vec::new();
+        for (from, to) in spans {
+            expected.extend_from_slice(
+                format!(
+                    "\r\n--{boundary}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+                     content-range: bytes {from}-{}/200003\r\n\r\n",
+                    to - 1
+                )
+                .as_bytes(),
+            );
+            expected.extend_from_slice(&data[from..to]);
+        }
+        expected.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let body = std::fs::read(&out).expect("read");
+        assert!(
+            body == expected,
+            "{version}: the multipart body differs ({} bytes, {} expected)",
+            body.len(),
+            expected.len()
+        );
+        assert_eq!(
+            header_value(&r, "content-length"),
+            Some(expected.len().to_string())
+        );
+        let parsed = Command::new("python3")
+            .args(["-c", MULTIPART_PARTS_PY, &ctype, out_s])
+            .output()
+            .expect("python3");
+        assert!(
+            parsed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+        let lines: Vec<String> = String::from_utf8_lossy(&parsed.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let want: Vec<String> = spans
+            .iter()
+            .map(|&(from, to)| {
+                format!(
+                    "bytes {from}-{}/200003 text/plain {}",
+                    to - 1,
+                    String::from_utf8_lossy(&data[from..to])
+                )
+            })
+            .collect();
+        assert!(lines == want, "{version}: Python read other parts");
+        let head = curl(&server, &[version, "-I", "-r", asked, &page]);
+        assert_eq!(head.status, 206);
+        assert_eq!(
+            header_value(&head, "content-length"),
+            Some(expected.len().to_string())
+        );
+        // more than the file in all (overlapping), and more ranges than allowed: whole
+        for whole in ["0-,0-", "0-0,2-2,4-4,6-6,8-8"] {
+            let r = curl(&server, &[version, "-r", whole, "-o", out_s, &page]);
+            assert_eq!(r.status, 200, "{version} {whole}: {}", r.headers);
+            assert!(
+                std::fs::read(&out).expect("read") == data,
+                "{version} {whole}"
+            );
+        }
+        // every range past the end
+        let r = curl(&server, &[version, "-r", "300000-,400000-", &page]);
+        assert_eq!(r.status, 416, "{version}: {}", r.headers);
+    }
+}

@@ -52,6 +52,13 @@ pub const DEFAULT_STATIC_CHUNK_BYTES: usize = 64 * 1024;
 /// `static_chunk_bytes` this bounds a file response's memory (256 KiB by default) however
 /// large the file; reading stops while the client does not take them.
 pub const DEFAULT_STATIC_CHANNEL_CHUNKS: usize = 4;
+/// `static_max_ranges`: byte ranges one static-file request may ask for and get as a
+/// `multipart/byteranges` response; a request with more gets the whole file (RFC 9110
+/// lets a server ignore `Range`). Each part costs the server a read and a part header,
+/// so a request of many tiny ranges is cheap to send and dear to serve (Apache's
+/// `MaxRanges` defaults to 200); viewers and download tools ask for one range or a few.
+/// 1 serves single ranges only.
+pub const DEFAULT_STATIC_MAX_RANGES: usize = 16;
 
 /// `sse_queue_events`: events of a topic queued for one `GET /api/events/{topic}`
 /// subscriber (the topic bus's per-subscriber queue). A reader that falls this far behind
@@ -116,6 +123,7 @@ pub struct HttpConfig {
     pub static_root: Option<std::path::PathBuf>,
     pub static_chunk_bytes: usize,
     pub static_channel_chunks: usize,
+    pub static_max_ranges: usize,
     pub sse_queue_events: usize,
     pub sse_buffer_frames: usize,
     #[serde(rename = "sse_keep_alive_ms", with = "alknet_runtime::millis")]
@@ -149,6 +157,7 @@ impl Default for HttpConfig {
             static_root: None,
             static_chunk_bytes: DEFAULT_STATIC_CHUNK_BYTES,
             static_channel_chunks: DEFAULT_STATIC_CHANNEL_CHUNKS,
+            static_max_ranges: DEFAULT_STATIC_MAX_RANGES,
             sse_queue_events: DEFAULT_SSE_QUEUE_EVENTS,
             sse_buffer_frames: DEFAULT_SSE_BUFFER_FRAMES,
             sse_keep_alive: DEFAULT_SSE_KEEP_ALIVE,
@@ -200,6 +209,7 @@ impl HttpConfig {
             ),
             ("static_chunk_bytes", self.static_chunk_bytes == 0),
             ("static_channel_chunks", self.static_channel_chunks == 0),
+            ("static_max_ranges", self.static_max_ranges == 0),
             ("sse_queue_events", self.sse_queue_events == 0),
             ("sse_buffer_frames", self.sse_buffer_frames == 0),
             ("sse_keep_alive_ms", self.sse_keep_alive.is_zero()),

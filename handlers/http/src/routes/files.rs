@@ -10,8 +10,9 @@
 //! the client does not take the data. A read error part way fails the body, so the client
 //! sees a reset stream, never a short file passed off as whole.
 //!
-//! Conditional and range requests (`ETag`, `Last-Modified`, 304, one byte range with
-//! 206, 416) are decided by [`super::ranges`]; a precompressed copy (`FILE.br`,
+//! Conditional and range requests (`ETag`, `Last-Modified`, 304, byte ranges with 206 and
+//! `Content-Range`, several as `multipart/byteranges`, 416) are decided by
+//! [`super::ranges`]; a precompressed copy (`FILE.br`,
 //! `FILE.gz`) is sent instead of the file to a client that takes its coding
 //! ([`super::encoding`]), with its own validators and ranges over its own bytes.
 //!
@@ -27,11 +28,12 @@ use alknet_runtime::files::{relative_path, ChunkedFile};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::routes::encoding;
 use crate::routes::error_response;
-use crate::routes::ranges::{self, Answer, Validators};
+use crate::routes::ranges::{self, Answer, Span, Validators};
 use crate::HttpState;
 
 /// The media type of a file by its extension: the few a browser must not download
@@ -133,53 +135,106 @@ pub async fn serve(
     if let Some(coding) = coding {
         head.push((header::CONTENT_ENCODING, coding.name().to_string()));
     }
-    let (status, start, count) = match ranges::decide(request_headers, len, &validators) {
+    let content_type = content_type(&name);
+    // what the body is: the spans of the file to send, each after its part header (empty
+    // for a response of one span), then a closing delimiter (empty unless multipart)
+    let mut spans: Vec<(Bytes, Span)> = Vec::new();
+    let mut closing = Bytes::new();
+    let status = match ranges::decide(
+        request_headers,
+        len,
+        &validators,
+        state.config.static_max_ranges,
+    ) {
         Answer::NotModified => return (StatusCode::NOT_MODIFIED, header_map(head)).into_response(),
         Answer::Unsatisfiable => {
             head.push((header::CONTENT_RANGE, format!("bytes */{len}")));
             return (StatusCode::RANGE_NOT_SATISFIABLE, header_map(head)).into_response();
         }
-        Answer::Whole => (StatusCode::OK, 0, len),
-        Answer::Part { start, end } => {
-            head.push((header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}")));
-            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        Answer::Whole => {
+            if len > 0 {
+                spans.push((
+                    Bytes::new(),
+                    Span {
+                        start: 0,
+                        end: len - 1,
+                    },
+                ));
+            }
+            head.push((header::CONTENT_TYPE, content_type.to_string()));
+            StatusCode::OK
+        }
+        Answer::Part(span) => {
+            head.push((header::CONTENT_RANGE, span.content_range(len)));
+            head.push((header::CONTENT_TYPE, content_type.to_string()));
+            spans.push((Bytes::new(), span));
+            StatusCode::PARTIAL_CONTENT
+        }
+        Answer::Parts(parts) => {
+            // RFC 9110, section 14.6 (as nginx writes it: every delimiter after a CRLF)
+            let boundary = format!("{:020}", rand::random::<u64>());
+            for span in parts {
+                let part_head = format!(
+                    "\r\n--{boundary}\r\ncontent-type: {content_type}\r\ncontent-range: {}\r\n\r\n",
+                    span.content_range(len)
+                );
+                spans.push((Bytes::from(part_head), span));
+            }
+            closing = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+            head.push((
+                header::CONTENT_TYPE,
+                format!("multipart/byteranges; boundary={boundary}"),
+            ));
+            StatusCode::PARTIAL_CONTENT
         }
     };
-    head.push((header::CONTENT_TYPE, content_type(&name).to_string()));
+    let count = spans
+        .iter()
+        .map(|(part_head, span)| part_head.len() as u64 + span.byte_count())
+        .sum::<u64>()
+        + closing.len() as u64;
     head.push((header::CONTENT_LENGTH, count.to_string()));
     let headers = header_map(head);
-    if method == Method::HEAD {
+    if method == Method::HEAD || count == 0 {
         return (status, headers, Body::empty()).into_response();
     }
     let (tx, rx) =
-        mpsc::channel::<std::io::Result<bytes::Bytes>>(state.config.static_channel_chunks.max(1));
+        mpsc::channel::<std::io::Result<Bytes>>(state.config.static_channel_chunks.max(1));
     let chunk = state.config.static_chunk_bytes;
     // on the worker serving this request (the reads are worker-local io_uring operations)
     alknet_runtime::rt::spawn_guarded("http static file", async move {
         // the length announced: a file cut short meanwhile fails the body (a reset
         // stream), one grown meanwhile is sent as it was
-        let mut file = match ChunkedFile::span(file, chunk, start, count) {
+        let mut file = match ChunkedFile::span(file, chunk, 0, 0) {
             Ok(f) => f,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
                 return;
             }
         };
-        loop {
-            let item = file.next_chunk().await;
-            let done = !matches!(item, Ok(Some(_)));
-            let item = match item {
-                Ok(Some(c)) => Ok(c),
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!("static file: reading at {}: {e}", file.position());
-                    Err(e)
-                }
-            };
-            // the client went away: stop reading
-            if tx.send(item).await.is_err() || done {
+        for (part_head, span) in spans {
+            if !part_head.is_empty() && tx.send(Ok(part_head)).await.is_err() {
                 return;
             }
+            file.seek_span(span.start, span.byte_count());
+            loop {
+                let item = match file.next_chunk().await {
+                    Ok(Some(c)) => Ok(c),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("static file: reading at {}: {e}", file.position());
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                // the client went away: stop reading
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if !closing.is_empty() {
+            let _ = tx.send(Ok(closing)).await;
         }
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
