@@ -33,25 +33,9 @@ use tokio::sync::mpsc;
 
 use crate::routes::encoding;
 use crate::routes::error_response;
+use crate::routes::media_types;
 use crate::routes::ranges::{self, Answer, Span, Validators};
 use crate::HttpState;
-
-/// The media type of a file by its extension: the few a browser must not download
-/// instead of showing (a page and what it loads), else `application/octet-stream`.
-pub fn content_type(path: &str) -> &'static str {
-    let ext = path.rsplit_once('.').map_or("", |(_, e)| e);
-    match ext.to_ascii_lowercase().as_str() {
-        "html" | "htm" => "text/html; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "css" => "text/css; charset=utf-8",
-        "json" => "application/json",
-        "txt" => "text/plain; charset=utf-8",
-        "svg" => "image/svg+xml",
-        "png" => "image/png",
-        "wasm" => "application/wasm",
-        _ => "application/octet-stream",
-    }
-}
 
 /// The file a directory's path (`/`, `/docs/`) serves.
 pub const INDEX_FILE: &str = "index.html";
@@ -135,7 +119,7 @@ pub async fn serve(
     if let Some(coding) = coding {
         head.push((header::CONTENT_ENCODING, coding.name().to_string()));
     }
-    let content_type = content_type(&name);
+    let content_type = media_types::of_path(&name);
     // what the body is: the spans of the file to send, each after its part header (empty
     // for a response of one span), then a closing delimiter (empty unless multipart)
     let mut spans: Vec<(Bytes, Span)> = Vec::new();
@@ -241,18 +225,4 @@ pub async fn serve(
         rx.recv().await.map(|item| (item, rx))
     });
     (status, headers, Body::from_stream(body)).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn pages_are_shown_and_the_rest_downloaded() {
-        assert_eq!(
-            super::content_type("/a/page.HTML"),
-            "text/html; charset=utf-8"
-        );
-        assert_eq!(super::content_type("/x.wasm"), "application/wasm");
-        assert_eq!(super::content_type("/data.bin"), "application/octet-stream");
-        assert_eq!(super::content_type("/noext"), "application/octet-stream");
-    }
 }

@@ -8,6 +8,7 @@ pub mod encoding;
 pub mod files;
 pub mod health;
 pub mod mcp;
+pub mod media_types;
 pub mod metrics;
 pub mod openapi;
 pub mod pkarr;

@@ -154,7 +154,9 @@ pub fn parse_range(value: &str, len: u64, max_ranges: usize) -> Answer {
         0 => Answer::Unsatisfiable,
         1 => Answer::Part(spans[0]),
         _ => {
-            let total = spans.iter().fold(0u64, |t, s| t.saturating_add(s.byte_count()));
+            let total = spans
+                .iter()
+                .fold(0u64, |t, s| t.saturating_add(s.byte_count()));
             if total > len {
                 Answer::Whole
             } else {
