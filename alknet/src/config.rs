@@ -427,11 +427,13 @@ h2_max_local_error_reset_streams = 1024
 diagnostics = false
 # Serve the files of this directory at GET /{path} (to anyone, over HTTP/1.1, 2 and 3;
 # nothing outside it). Unset: no files. Bytes per read/body chunk, chunks read ahead,
-# byte ranges served in one response (multipart/byteranges; more: the whole file).
+# byte ranges served in one response (multipart/byteranges; more: the whole file), and
+# the files a directory's path serves (the first that exists, as nginx's `index`).
 # static_root = "/srv/www"
 static_chunk_bytes = 65536
 static_channel_chunks = 4
 static_max_ranges = 16
+static_index = ["index.html"]
 
 [identity]
 # The SQLite peer store managed with `alknet peer add|list|remove`, asked after the

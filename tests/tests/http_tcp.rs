@@ -1067,6 +1067,51 @@ fn static_files_are_served_from_the_root_only() {
     }
 }
 
+/// `[http] static_index`: a directory's path serves the first of its index files that
+/// exists (nginx's `index`), a directory named like one is passed over, a directory with
+/// none is 404; and files carry their media types (`.jpg`: `image/jpeg`).
+#[test]
+fn static_index_files_are_tried_in_order() {
+    let www = tempfile::tempdir().expect("tempdir");
+    let root = www.path();
+    std::fs::write(root.join("home.htm"), "root home").expect("write");
+    std::fs::write(root.join("index.html"), "root index").expect("write");
+    for dir in ["a", "b", "b/home.htm", "c"] {
+        std::fs::create_dir(root.join(dir)).expect("mkdir");
+    }
+    std::fs::write(root.join("a/index.html"), "a index").expect("write");
+    std::fs::write(root.join("b/index.html"), "b index").expect("write");
+    std::fs::write(root.join("photo.jpg"), [0xff, 0xd8, 0xff]).expect("write");
+    let server = BinServer::start_with_config(&config(&format!(
+        "[http]\nstatic_root = \"{}\"\nstatic_index = [\"home.htm\", \"index.html\"]\n",
+        root.display()
+    )));
+    for version in ["--http1.1", "--http2"] {
+        for (path, status, body) in [
+            ("/", 200, "root home"),
+            ("/a/", 200, "a index"),
+            ("/b/", 200, "b index"),
+            ("/c/", 404, ""),
+        ] {
+            let r = curl(&server, &[version, &url(&server, path)]);
+            assert_eq!(r.status, status, "{version} {path}: {}", r.body);
+            if status == 200 {
+                assert_eq!(r.body, body, "{version} {path}");
+                assert_eq!(
+                    header_value(&r, "content-type").as_deref(),
+                    Some("text/html; charset=utf-8")
+                );
+            }
+        }
+        let r = curl(&server, &[version, "-I", &url(&server, "/photo.jpg")]);
+        assert_eq!(
+            header_value(&r, "content-type").as_deref(),
+            Some("image/jpeg"),
+            "{version}"
+        );
+    }
+}
+
 /// A server with `[http] static_root = www`.
 fn static_server(www: &std::path::Path) -> BinServer {
     BinServer::start_with_config(&config(&format!(

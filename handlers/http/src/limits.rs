@@ -59,6 +59,8 @@ pub const DEFAULT_STATIC_CHANNEL_CHUNKS: usize = 4;
 /// `MaxRanges` defaults to 200); viewers and download tools ask for one range or a few.
 /// 1 serves single ranges only.
 pub const DEFAULT_STATIC_MAX_RANGES: usize = 16;
+/// `static_index`'s default: nginx's.
+pub const DEFAULT_STATIC_INDEX: &str = "index.html";
 
 /// `sse_queue_events`: events of a topic queued for one `GET /api/events/{topic}`
 /// subscriber (the topic bus's per-subscriber queue). A reader that falls this far behind
@@ -124,6 +126,10 @@ pub struct HttpConfig {
     pub static_chunk_bytes: usize,
     pub static_channel_chunks: usize,
     pub static_max_ranges: usize,
+    /// `static_index`: the files a directory's path (`/`, `/docs/`) serves, the first
+    /// that exists, as nginx's `index` directive; each a plain file name. Empty: a
+    /// directory serves nothing (404).
+    pub static_index: Vec<String>,
     pub sse_queue_events: usize,
     pub sse_buffer_frames: usize,
     #[serde(rename = "sse_keep_alive_ms", with = "alknet_runtime::millis")]
@@ -158,6 +164,7 @@ impl Default for HttpConfig {
             static_chunk_bytes: DEFAULT_STATIC_CHUNK_BYTES,
             static_channel_chunks: DEFAULT_STATIC_CHANNEL_CHUNKS,
             static_max_ranges: DEFAULT_STATIC_MAX_RANGES,
+            static_index: vec![DEFAULT_STATIC_INDEX.to_string()],
             sse_queue_events: DEFAULT_SSE_QUEUE_EVENTS,
             sse_buffer_frames: DEFAULT_SSE_BUFFER_FRAMES,
             sse_keep_alive: DEFAULT_SSE_KEEP_ALIVE,
@@ -183,6 +190,8 @@ pub enum HttpConfigError {
     DashboardInterval(u128),
     #[error("http.public: {0:?} is not a path (it must start with /)")]
     PublicPath(String),
+    #[error("http.static_index: {0:?} is not a plain file name")]
+    StaticIndex(String),
 }
 
 impl HttpConfig {
@@ -231,6 +240,16 @@ impl HttpConfig {
         if let Some(p) = self.public.iter().find(|p| !p.starts_with('/')) {
             return Err(HttpConfigError::PublicPath(p.clone()));
         }
+        let plain = |n: &str| {
+            alknet_runtime::files::relative_path(n.as_bytes()).is_ok_and(|p| p.as_os_str() == n)
+        };
+        if let Some(n) = self
+            .static_index
+            .iter()
+            .find(|n| !plain(n) || n.contains('/'))
+        {
+            return Err(HttpConfigError::StaticIndex(n.clone()));
+        }
         Ok(())
     }
 }
@@ -251,6 +270,21 @@ mod tests {
             c.validate(),
             Err(HttpConfigError::PublicPath("metrics".into()))
         );
+        for bad in ["../x", "a/b", "", ".", "/index.html", "a b"] {
+            let c: HttpConfig =
+                toml::from_str(&format!("static_index = [\"index.html\", {bad:?}]"))
+                    .expect("parses");
+            assert_eq!(
+                c.validate(),
+                Err(HttpConfigError::StaticIndex(bad.into())),
+                "{bad:?}"
+            );
+        }
+        let c: HttpConfig =
+            toml::from_str("static_index = [\"home.htm\", \"index.html\"]").expect("parses");
+        assert_eq!(c.validate(), Ok(()));
+        let c: HttpConfig = toml::from_str("static_index = []").expect("parses");
+        assert_eq!(c.validate(), Ok(()));
         let c: HttpConfig = toml::from_str("dashboard_interval_ms = 10").expect("parses");
         assert_eq!(c.validate(), Err(HttpConfigError::DashboardInterval(10)));
         assert!(toml::from_str::<HttpConfig>("nope = 1").is_err());

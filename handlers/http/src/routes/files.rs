@@ -16,7 +16,8 @@
 //! `FILE.gz`) is sent instead of the file to a client that takes its coding
 //! ([`super::encoding`]), with its own validators and ranges over its own bytes.
 //!
-//! A path ending in `/` (the root included) is its directory's [`INDEX_FILE`]; a
+//! A path ending in `/` (the root included) is the first of `[http] static_index` (default
+//! `index.html`) that exists in that directory, as nginx's `index`; a
 //! directory asked for without the `/` is redirected to it (301), as nginx and Apache do,
 //! so the page's relative links resolve inside the directory.
 //!
@@ -36,9 +37,6 @@ use crate::routes::error_response;
 use crate::routes::media_types;
 use crate::routes::ranges::{self, Answer, Span, Validators};
 use crate::HttpState;
-
-/// The file a directory's path (`/`, `/docs/`) serves.
-pub const INDEX_FILE: &str = "index.html";
 
 /// Response headers from names and values (ours: always valid header text).
 fn header_map(pairs: Vec<(header::HeaderName, String)>) -> HeaderMap {
@@ -68,31 +66,42 @@ pub async fn serve(
         )
             .into_response();
     }
-    let mut name = path.trim_start_matches('/').to_string();
-    if name.is_empty() || name.ends_with('/') {
-        name.push_str(INDEX_FILE);
-    }
-    let relative = match relative_path(name.as_bytes()) {
-        Ok(p) => p,
-        Err(e) => return error_response(ErrorCode::InvalidArgument, e.to_string()),
+    let asked = path.trim_start_matches('/');
+    let directory = asked.is_empty() || asked.ends_with('/');
+    // a directory's path is its first index file that exists (nginx's `index`)
+    let candidates: Vec<String> = if directory {
+        let index = &state.config.static_index;
+        index.iter().map(|i| format!("{asked}{i}")).collect()
+    } else {
+        vec![asked.to_string()]
     };
     let open = |relative: &std::path::Path| {
         root.open_file(relative)
             .and_then(|f| f.metadata().and_then(|m| Ok((f, m.len(), m.modified()?))))
     };
-    let (mut file, mut len, mut modified) = match open(&relative) {
-        Ok(x) => x,
-        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
-            return (
-                StatusCode::MOVED_PERMANENTLY,
-                [(header::LOCATION, format!("{path}/"))],
-            )
-                .into_response();
+    let mut found = None;
+    for name in candidates {
+        let relative = match relative_path(name.as_bytes()) {
+            Ok(p) => p,
+            Err(e) => return error_response(ErrorCode::InvalidArgument, e.to_string()),
+        };
+        match open(&relative) {
+            Ok(x) => {
+                found = Some((name, relative, x));
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::IsADirectory && !directory => {
+                return (
+                    StatusCode::MOVED_PERMANENTLY,
+                    [(header::LOCATION, format!("{path}/"))],
+                )
+                    .into_response();
+            }
+            Err(e) => tracing::debug!("static file {}: {e}", relative.display()),
         }
-        Err(e) => {
-            tracing::debug!("static file {}: {e}", relative.display());
-            return error_response(ErrorCode::NotFound, "no such file");
-        }
+    }
+    let Some((name, relative, (mut file, mut len, mut modified))) = found else {
+        return error_response(ErrorCode::NotFound, "no such file");
     };
     // a precompressed copy beside the file, when the client takes its coding
     let mut coding = None;
