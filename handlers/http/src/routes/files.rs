@@ -211,18 +211,19 @@ pub async fn serve(
             }
             file.seek_span(span.start, span.byte_count());
             loop {
-                let item = match file.next_chunk().await {
-                    Ok(Some(c)) => Ok(c),
+                match file.next_chunk().await {
+                    Ok(Some(c)) => {
+                        // the client went away: stop reading
+                        if tx.send(Ok(c)).await.is_err() {
+                            return;
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!("static file: reading at {}: {e}", file.position());
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
-                };
-                // the client went away: stop reading
-                if tx.send(item).await.is_err() {
-                    return;
                 }
             }
         }
