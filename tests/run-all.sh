@@ -38,6 +38,8 @@ command -v kdig >/dev/null || missing+=(knot-dnsutils)
 command -v openssl >/dev/null || missing+=(openssl)
 # h2load: the HTTP/2 and HTTP/1.1 correctness run of the TLS-over-TCP listener (http_tcp).
 command -v h2load >/dev/null || missing+=(nghttp2-client)
+# prometheus: the real scraper of /metrics (http_tcp: HTTPS, a bearer token, gzip)
+command -v prometheus >/dev/null || missing+=(prometheus)
 # chromium: the dashboard test (http_dashboard) loads `GET /` over HTTP/2 and HTTP/3.
 command -v chromium >/dev/null || command -v chromium-headless-shell >/dev/null \
     || missing+=(chromium)

@@ -1,8 +1,9 @@
 //! HTTP/1.1 and HTTP/2 over TLS/TCP on the QUIC port, driven by real clients against the
 //! real `alknet serve`: curl (certificate pinned), h2load (nghttp2) and Python's ssl
 //! module (slowloris, a refused ALPN), with `/metrics` checked by the `prometheus_client`
-//! OpenMetrics parser after aioquic opened streams on `alknet/echo`. `tests/run-all.sh`
-//! installs curl, nghttp2-client, prometheus-client and aioquic.
+//! OpenMetrics parser after aioquic opened streams on `alknet/echo`, and scraped by the real
+//! Prometheus. `tests/run-all.sh` installs curl, nghttp2-client, prometheus,
+//! prometheus-client and aioquic.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -718,6 +719,51 @@ fn metrics_parse_as_openmetrics() {
             "alknet/echo {dir} {initiator} should be {n}: {out}"
         );
     }
+    // asked for gzip (as every Prometheus scrape asks), over both protocols: a gzip body
+    // that curl inflates into the same families; a plain answer says it varies too
+    assert!(r
+        .headers
+        .to_ascii_lowercase()
+        .contains("vary: accept-encoding"));
+    assert!(!r.headers.to_ascii_lowercase().contains("content-encoding"));
+    for proto in ["--http1.1", "--http2"] {
+        let z = curl(&server, &[proto, "--compressed", &url(&server, "/metrics")]);
+        assert_eq!(z.status, 200, "{}", z.body);
+        let headers = z.headers.to_ascii_lowercase();
+        assert!(headers.contains("content-encoding: gzip"), "{headers}");
+        assert!(headers.contains("vary: accept-encoding"), "{headers}");
+        std::fs::write(&file, format!("{}\n", z.body.trim_end())).expect("write");
+        let inflated = python(PARSE_METRICS, &[&file.display().to_string()]);
+        assert!(inflated.contains("alknet_draining gauge 1"), "{inflated}");
+        assert!(
+            inflated.contains("alpn_accepted alknet/echo 1\n"),
+            "{inflated}"
+        );
+    }
+    // the wire size, read by curl without inflating: well under the text's
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--cacert"])
+        .arg(server.data_dir.path().join("cert.pem"))
+        .args([
+            "-H",
+            "Accept-Encoding: gzip",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+        ])
+        .arg(url(&server, "/metrics"))
+        .output()
+        .expect("curl");
+    let wire: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("size_download");
+    assert!(
+        wire > 0 && wire * 3 < r.body.len(),
+        "gzip body {wire} bytes against {} of text",
+        r.body.len()
+    );
 }
 
 #[test]
@@ -1452,4 +1498,112 @@ fn static_files_answer_several_ranges_with_a_multipart_body() {
         let r = curl(&server, &[version, "-r", "300000-,400000-", &page]);
         assert_eq!(r.status, 416, "{version}: {}", r.headers);
     }
+}
+
+/// The real Prometheus (Debian's `prometheus`, installed by `tests/run-all.sh`) kills on drop.
+struct Prometheus(std::process::Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One instant query against Prometheus' HTTP API: the first sample's value, if any.
+fn prometheus_query(port: u16, query: &str) -> Option<f64> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-G", "--data-urlencode"])
+        .arg(format!("query={query}"))
+        .arg(format!("http://127.0.0.1:{port}/api/v1/query"))
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Prometheus itself scrapes `/metrics` as operators run it: HTTPS with the node's
+/// certificate as its CA, the `node:metrics` token as `authorization`, every second, asking
+/// for gzip as every scrape does. Its own view must then hold the node's series.
+#[test]
+fn prometheus_scrapes_the_node_over_https_with_a_token() {
+    let bin = ["prometheus", "/usr/bin/prometheus"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("prometheus is not installed (tests/run-all.sh installs Debian's package)");
+    let server = BinServer::start_with_config(&config(""));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN_METRICS).expect("token file");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: alknet
+    scheme: https
+    tls_config:
+      ca_file: {ca}
+    authorization:
+      credentials_file: {token}
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+"#,
+            ca = server.data_dir.path().join("cert.pem").display(),
+            token = token.display(),
+            port = server.port,
+        ),
+    )
+    .expect("prometheus.yml");
+    let web = alknet_tests::ssh::free_tcp_port();
+    let _prometheus = Prometheus(
+        Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    // a scrape that parsed: up == 1, and the node's series in Prometheus' store
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut up = None;
+    while std::time::Instant::now() < deadline {
+        up = prometheus_query(web, r#"up{job="alknet"}"#);
+        if up == Some(1.0) && prometheus_query(web, "alknet_draining").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(up, Some(1.0), "Prometheus never scraped the node");
+    let samples = prometheus_query(web, r#"scrape_samples_scraped{job="alknet"}"#);
+    assert!(samples.is_some_and(|n| n >= 50.0), "{samples:?}");
+    assert_eq!(prometheus_query(web, "alknet_draining"), Some(0.0));
+    // Prometheus' own connection (and any before it) accepted over TLS/TCP
+    let accepted = prometheus_query(web, "sum(alknet_worker_tcp_accepted_total)");
+    assert!(accepted.is_some_and(|n| n >= 1.0), "{accepted:?}");
+    // its scrapes, counted by route (a scrape is counted once answered, so the second
+    // scrape carries the first): the token was taken, a 401/403 would not be up
+    let query = r#"sum(alknet_http_requests_total{route="/metrics",status="200"})"#;
+    let mut scrapes = None;
+    while std::time::Instant::now() < deadline {
+        scrapes = prometheus_query(web, query);
+        if scrapes.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(scrapes.is_some_and(|n| n >= 1.0), "{scrapes:?}");
 }
