@@ -25,6 +25,8 @@ mod limits;
 pub mod pipeline;
 #[cfg(feature = "pkarr")]
 pub mod pkarr;
+#[cfg(feature = "pkarr-packets")]
+pub mod pkarr_packet;
 mod reload;
 pub mod responder;
 pub mod rrl;

@@ -1,55 +1,26 @@
 //! pkarr names: DNS records published by an Ed25519 key under `<z-base32 key>.`, in
 //! pkarr's signed-packet format (64-byte signature ‖ 8-byte big-endian µs timestamp ‖ DNS
 //! packet ≤ 1000 bytes, signed over the BEP44 encoding; verified with the `pkarr` crate's
-//! `SignedPacket`). Kept in SQLite (the newest timestamp wins; an older one is refused, as a
-//! relay answers 409) and in memory for lookups, which never touch the database.
+//! `SignedPacket`; see [`crate::pkarr_packet`]). Kept in SQLite (the newest timestamp wins;
+//! an older one is refused, as a relay answers 409) and in memory for lookups, which never
+//! touch the database.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::Message;
-use hickory_proto::rr::{LowerName, Name, Record, RecordType};
+use hickory_proto::rr::{Name, RecordType};
 
 use alknet_runtime::{RelayError, RelayPacket};
 
-use crate::zone::{Outcome, ZoneAnswer};
-
-/// The relay payload's largest size: signature, timestamp and a 1000-byte packet.
-pub const MAX_RELAY_PAYLOAD: usize = alknet_runtime::PKARR_MAX_RELAY_PAYLOAD;
-
-/// Why a packet was not stored.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("not a pkarr public key (52 z-base32 characters): {0}")]
-    Key(String),
-    #[error("payload of {0} bytes is over the {MAX_RELAY_PAYLOAD}-byte limit")]
-    TooLarge(usize),
-    #[error("payload is not base64")]
-    Encoding,
-    #[error("invalid signed packet: {0}")]
-    Invalid(String),
-    #[error("stale: timestamp {got} is not newer than the stored {have}")]
-    Stale { have: u64, got: u64 },
-    #[error("the stored packet's timestamp is not {0} (If-Match)")]
-    PreconditionFailed(u64),
-    #[error("pkarr store: {0}")]
-    Storage(String),
-}
-
-#[derive(Debug)]
-struct Stored {
-    timestamp: u64,
-    records: Vec<Record>,
-    /// The relay payload it came in, served as is by the relay API's `GET`.
-    payload: bytes::Bytes,
-}
+pub use crate::pkarr_packet::{PublishError, SignedRecords, MAX_RELAY_PAYLOAD};
+use crate::zone::ZoneAnswer;
 
 /// The signed packets this node serves, by key.
 pub struct PkarrStore {
     db: Mutex<rusqlite::Connection>,
-    packets: ArcSwap<HashMap<String, Arc<Stored>>>,
+    packets: ArcSwap<HashMap<String, Arc<SignedRecords>>>,
 }
 
 impl std::fmt::Debug for PkarrStore {
@@ -89,7 +60,7 @@ impl PkarrStore {
                 .map_err(storage)?;
             for row in rows {
                 let (key, payload) = row.map_err(storage)?;
-                match verify(&key, &payload) {
+                match SignedRecords::verify(&key, &payload) {
                     Ok(stored) => {
                         packets.insert(key, Arc::new(stored));
                     }
@@ -119,8 +90,8 @@ impl PkarrStore {
         if_match: Option<u64>,
     ) -> Result<u64, PublishError> {
         let key = key.trim_end_matches('.').to_ascii_lowercase();
-        let stored = verify(&key, payload)?;
-        let timestamp = stored.timestamp;
+        let stored = SignedRecords::verify(&key, payload)?;
+        let timestamp = stored.timestamp();
         let db = self
             .db
             .lock()
@@ -189,43 +160,7 @@ impl PkarrStore {
     pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Option<ZoneAnswer> {
         let key = Self::key_of(qname)?;
         let packets = self.packets.load();
-        let stored = packets.get(&key)?;
-        let lower = LowerName::new(qname);
-        let mut out = ZoneAnswer {
-            outcome: Outcome::Answer,
-            answers: Vec::new(),
-            authorities: Vec::new(),
-            additionals: Vec::new(),
-        };
-        let at_name: Vec<&Record> = stored
-            .records
-            .iter()
-            .filter(|r| LowerName::new(&r.name) == lower)
-            .collect();
-        out.answers = at_name
-            .iter()
-            .filter(|r| qtype == RecordType::ANY || r.record_type() == qtype)
-            .map(|r| (*r).clone())
-            .collect();
-        if out.answers.is_empty() {
-            out.answers = at_name
-                .iter()
-                .filter(|r| r.record_type() == RecordType::CNAME)
-                .map(|r| (*r).clone())
-                .collect();
-        }
-        if out.answers.is_empty() {
-            let below = stored
-                .records
-                .iter()
-                .any(|r| lower.zone_of(&LowerName::new(&r.name)));
-            out.outcome = if below {
-                Outcome::NoData
-            } else {
-                Outcome::NxDomain
-            };
-        }
-        Some(out)
+        Some(packets.get(&key)?.lookup(qname, qtype))
     }
 }
 
@@ -298,9 +233,9 @@ impl alknet_runtime::PkarrRelay for PkarrStore {
         let key = key.to_ascii_lowercase();
         pkarr::PublicKey::try_from(key.as_str()).map_err(|_| RelayError::Key(key.clone()))?;
         Ok(self.packets.load().get(&key).map(|s| RelayPacket {
-            payload: s.payload.clone(),
-            timestamp: s.timestamp,
-            min_ttl: s.records.iter().map(|r| r.ttl).min().unwrap_or(0),
+            payload: s.payload().clone(),
+            timestamp: s.timestamp(),
+            min_ttl: s.min_ttl(),
         }))
     }
 
@@ -323,32 +258,12 @@ impl alknet_runtime::PkarrRelay for PkarrStore {
 /// TTL of the node's own records.
 const NODE_TTL: u32 = 300;
 
-/// Checks a relay payload against `key` and reads its records.
-fn verify(key: &str, payload: &[u8]) -> Result<Stored, PublishError> {
-    if payload.len() > MAX_RELAY_PAYLOAD {
-        return Err(PublishError::TooLarge(payload.len()));
-    }
-    let public_key =
-        pkarr::PublicKey::try_from(key).map_err(|_| PublishError::Key(key.to_string()))?;
-    let signed = pkarr::SignedPacket::from_relay_payload(
-        &public_key,
-        &bytes::Bytes::copy_from_slice(payload),
-    )
-    .map_err(|e| PublishError::Invalid(e.to_string()))?;
-    let packet = Message::from_vec(&signed.encoded_packet())
-        .map_err(|e| PublishError::Invalid(format!("DNS packet: {e}")))?;
-    Ok(Stored {
-        timestamp: signed.timestamp().as_u64(),
-        records: packet.answers,
-        payload: bytes::Bytes::copy_from_slice(payload),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::str::FromStr;
 
     use super::*;
+    use crate::zone::Outcome;
 
     fn packet(keypair: &pkarr::Keypair, ts: u64, addr: [u8; 4]) -> Vec<u8> {
         pkarr::SignedPacket::builder()
