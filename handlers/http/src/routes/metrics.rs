@@ -64,8 +64,8 @@ pub async fn metrics(
 }
 
 /// `text` gzip-compressed at the fastest level: the scrape is answered on a worker, between
-/// its packets, and the fastest level already takes the text to a seventh (Prometheus' Go
-/// exporters use the default level and a pool of compressors, off any packet path).
+/// its packets, and the fastest level already takes the text to about a sixth (16.6 KB to
+/// 2.5 KB for a 2-worker node, ~50 µs) against a seventh at the default level.
 fn gzip(text: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(text.len() / 4),
