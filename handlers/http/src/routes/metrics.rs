@@ -1,7 +1,7 @@
 //! `GET /metrics`: Prometheus text. Needs the scope `node:metrics`, unless `[http] public`
 //! lists `/metrics`. Gzip-compressed for a client that accepts it, as Prometheus' own
 //! exporters answer (every Prometheus scrape asks with `Accept-Encoding: gzip`): the text
-//! grows with workers and ALPNs and compresses six- to sevenfold.
+//! grows with workers and ALPNs and compresses about fivefold.
 
 use std::io::Write;
 
@@ -64,8 +64,8 @@ pub async fn metrics(
 }
 
 /// `text` gzip-compressed at the fastest level: the scrape is answered on a worker, between
-/// its packets, and the fastest level already takes the text to about a sixth (16.6 KB to
-/// 2.5 KB for a 2-worker node, ~50 µs) against a seventh at the default level.
+/// its packets, and the fastest level already takes the text to about a fifth (16.6 KB to
+/// 3.0 KB for a 2-worker node, ~35 µs) where the default level gets a seventh for 3× the CPU.
 fn gzip(text: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(text.len() / 4),
