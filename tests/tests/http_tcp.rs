@@ -1606,4 +1606,25 @@ scrape_configs:
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(scrapes.is_some_and(|n| n >= 1.0), "{scrapes:?}");
+    // the standard process metrics, unprefixed, as every client library exports them
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let started = prometheus_query(web, r#"process_start_time_seconds{job="alknet"}"#);
+    assert!(
+        started.is_some_and(|t| t <= now + 1.0 && t > now - 600.0),
+        "{started:?} against {now}"
+    );
+    for (query, at_least) in [
+        ("process_cpu_seconds_total", 0.0),
+        ("process_resident_memory_bytes", 1e6),
+        ("process_virtual_memory_bytes", 1e6),
+        // the listening sockets, the peer database, Prometheus' TCP connection
+        ("process_open_fds", 4.0),
+        ("process_max_fds", 64.0),
+    ] {
+        let v = prometheus_query(web, &format!(r#"{query}{{job="alknet"}}"#));
+        assert!(v.is_some_and(|v| v > at_least), "{query}: {v:?}");
+    }
 }

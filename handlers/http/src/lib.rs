@@ -15,6 +15,7 @@ pub mod h3;
 pub mod limits;
 pub mod mcp_sessions;
 mod metrics;
+mod process_metrics;
 mod request_counts;
 pub mod router;
 pub mod routes;

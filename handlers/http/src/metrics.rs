@@ -1,9 +1,12 @@
 //! Prometheus metrics: the engine's per-worker counters (read at scrape time from the
-//! runtime's snapshots) and this front end's requests by route, status and protocol.
-//! Encoded by `prometheus-client` (OpenMetrics text, which Prometheus scrapes as is).
+//! runtime's snapshots), this front end's requests by route, status and protocol, and the
+//! standard `process_*` metrics (see `process_metrics.rs`). Encoded by `prometheus-client` (OpenMetrics text, which Prometheus scrapes as is).
+
+use std::sync::atomic::AtomicU64;
 
 use alknet_runtime::{HandlerMetric, MetricKind, NodeStatus, OperationStats};
 
+use crate::process_metrics::ProcessStats;
 use crate::request_counts::RequestCounts;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -218,9 +221,64 @@ impl HttpMetrics {
             );
         }
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        prometheus_client::encoding::text::encode_registry(&mut out, &registry)?;
+        if let Some(process) = ProcessStats::read() {
+            // unprefixed: the names every client library exports, which dashboards expect
+            prometheus_client::encoding::text::encode_registry(
+                &mut out,
+                &process_registry(&process),
+            )?;
+        }
+        prometheus_client::encoding::text::encode_eof(&mut out)?;
         Ok(out)
     }
+}
+
+/// The standard `process_*` metrics of one reading.
+fn process_registry(p: &ProcessStats) -> Registry {
+    let mut registry = Registry::default();
+    let cpu = Counter::<f64, AtomicU64>::default();
+    cpu.inc_by(p.cpu_seconds);
+    registry.register(
+        "process_cpu_seconds",
+        "Total user and system CPU time spent in seconds",
+        cpu,
+    );
+    let gauges: [(&str, &str, Option<f64>); 5] = [
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            Some(p.resident_bytes as f64),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            Some(p.virtual_bytes as f64),
+        ),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            Some(p.start_time_seconds),
+        ),
+        (
+            "process_open_fds",
+            "Number of open file descriptors",
+            p.open_fds.map(|n| n as f64),
+        ),
+        (
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+            p.max_fds.map(|n| n as f64),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        if let Some(v) = value {
+            let g = Gauge::<f64, AtomicU64>::default();
+            g.set(v);
+            registry.register(name, help, g);
+        }
+    }
+    registry
 }
 
 /// The handlers' own counters ([`alknet_runtime::ProtocolHandler::metrics`]): one family
