@@ -1627,4 +1627,9 @@ scrape_configs:
         let v = prometheus_query(web, &format!(r#"{query}{{job="alknet"}}"#));
         assert!(v.is_some_and(|v| v > at_least), "{query}: {v:?}");
     }
+    let build = format!(
+        r#"alknet_build_info{{job="alknet",version="{}"}}"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(prometheus_query(web, &build), Some(1.0), "{build}");
 }

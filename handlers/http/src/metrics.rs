@@ -12,6 +12,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,6 +81,13 @@ impl HttpMetrics {
         calls: Option<OperationStats>,
     ) -> Result<String, std::fmt::Error> {
         let mut registry = Registry::with_prefix("alknet");
+        // `alknet_build_info{version} 1`, as Prometheus' own `*_build_info`: which version
+        // each node of a fleet runs, and when it changed
+        registry.register(
+            "build",
+            "the alknet version this node runs",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
         if let Some(calls) = calls {
             let requests = Counter::<u64>::default();
             requests.inc_by(calls.requests);
