@@ -3,10 +3,11 @@
 //! standard `process_*` metrics (see `process_metrics.rs`). Encoded by `prometheus-client` (OpenMetrics text, which Prometheus scrapes as is).
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use alknet_runtime::{HandlerMetric, MetricKind, NodeStatus, OperationStats};
 
-use crate::process_metrics::ProcessStats;
+use crate::process_metrics::{OpenFds, ProcessStats};
 use crate::request_counts::RequestCounts;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -59,6 +60,8 @@ pub struct HttpMetrics {
     pub sse_open: Gauge,
     /// SSE topic subscribers closed for falling `sse_queue_events` behind.
     pub sse_lagged: Counter,
+    /// `process_open_fds`, counted off the worker.
+    pub open_fds: Arc<OpenFds>,
 }
 
 /// Worker counters that are gauges (values that go down), by field name.
@@ -79,6 +82,7 @@ impl HttpMetrics {
         &self,
         status: Option<&NodeStatus>,
         calls: Option<OperationStats>,
+        open_fds: Option<u64>,
     ) -> Result<String, std::fmt::Error> {
         let mut registry = Registry::with_prefix("alknet");
         // `alknet_build_info{version} 1`, as Prometheus' own `*_build_info`: which version
@@ -230,7 +234,8 @@ impl HttpMetrics {
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode_registry(&mut out, &registry)?;
-        if let Some(process) = ProcessStats::read() {
+        if let Some(mut process) = ProcessStats::read() {
+            process.open_fds = open_fds;
             // unprefixed: the names every client library exports, which dashboards expect
             prometheus_client::encoding::text::encode_registry(
                 &mut out,

@@ -4,9 +4,89 @@
 //! time, open and maximum file descriptors. Read from `/proc` at scrape time; the parsing is
 //! sans-IO and unit-tested.
 //!
-//! Cost: two small files and `getrlimit` per scrape, plus one directory entry per open file
-//! descriptor for `process_open_fds` (as Go's and Python's collectors read it): each TCP
-//! connection is a descriptor, QUIC connections are not (one UDP socket per worker).
+//! Cost on the worker that answers the scrape: two small files and `getrlimit`. The count
+//! of open descriptors reads one directory entry per descriptor (as Go's and Python's
+//! collectors do): each TCP connection is one (QUIC connections are not; one UDP socket per
+//! worker), and 19 000 of them took 22–30 ms to list here, which no worker may spend between
+//! its packets. [`OpenFds`] counts on a thread of its own, at most once per
+//! [`OPEN_FDS_MAX_AGE`] however often `/metrics` is asked, and the scrape awaits it.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+
+/// How long one count of open descriptors answers scrapes: a count is a thread and a
+/// directory listing, and a public `/metrics` may be asked by anyone, as often as they like.
+pub const OPEN_FDS_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// This process's open descriptors, counted off the worker (see the module's text).
+#[derive(Default)]
+pub struct OpenFds {
+    state: Mutex<OpenFdsState>,
+}
+
+#[derive(Default)]
+struct OpenFdsState {
+    last: Option<(Instant, Option<u64>)>,
+    /// Scrapes waiting for the count being taken (one at a time).
+    waiting: Option<Vec<oneshot::Sender<Option<u64>>>>,
+}
+
+impl std::fmt::Debug for OpenFds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenFds").finish_non_exhaustive()
+    }
+}
+
+impl OpenFds {
+    /// The count: the last one if younger than [`OPEN_FDS_MAX_AGE`], else a new one taken on
+    /// a thread (joined if one is being taken). `None` where it cannot be counted.
+    pub async fn count(self: &std::sync::Arc<Self>) -> Option<u64> {
+        let rx = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, n)) = state.last {
+                if at.elapsed() < OPEN_FDS_MAX_AGE {
+                    return n;
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            match &mut state.waiting {
+                Some(waiting) => waiting.push(tx),
+                None => {
+                    state.waiting = Some(vec![tx]);
+                    let this = self.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("alknet-open-fds".into())
+                        .spawn(move || this.finish(count_open_fds()));
+                    if spawned.is_err() {
+                        state.waiting = None;
+                        return state.last.and_then(|(_, n)| n);
+                    }
+                }
+            }
+            rx
+        };
+        rx.await.ok().flatten()
+    }
+
+    fn finish(&self, n: Option<u64>) {
+        let waiting = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.last = Some((Instant::now(), n));
+            state.waiting.take().unwrap_or_default()
+        };
+        for tx in waiting {
+            let _ = tx.send(n);
+        }
+    }
+}
+
+/// Entries of `/proc/self/fd`, less the listing's own descriptor.
+fn count_open_fds() -> Option<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+    Some((entries.count() as u64).saturating_sub(1))
+}
 
 /// One reading of the process.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +155,8 @@ impl ProcessStats {
         })
     }
 
-    /// This process now; `None` where `/proc` cannot be read.
+    /// This process now, but for `open_fds` (see [`OpenFds`]); `None` where `/proc` cannot be
+    /// read.
     pub fn read() -> Option<Self> {
         let stat = parse_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
         let boot_time = parse_boot_time(&std::fs::read_to_string("/proc/stat").ok()?)?;
@@ -92,10 +173,6 @@ impl ProcessStats {
             u64::try_from(page).ok()?,
             boot_time,
         )?;
-        // the directory's own descriptor, open while it is read, is one of the entries
-        stats.open_fds = std::fs::read_dir("/proc/self/fd")
-            .ok()
-            .map(|d| (d.count() as u64).saturating_sub(1));
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -152,8 +229,29 @@ mod tests {
             .expect("clock")
             .as_secs_f64();
         assert!(s.start_time_seconds <= now + 1.0 && s.start_time_seconds > now - 86_400.0);
-        // stdin, stdout and stderr at least
-        assert!(s.open_fds.is_some_and(|n| n >= 3), "{:?}", s.open_fds);
         assert!(s.max_fds.is_some_and(|n| n >= 3));
+        // stdin, stdout and stderr at least
+        assert!(count_open_fds().is_some_and(|n| n >= 3));
+    }
+
+    #[test]
+    fn open_fds_are_counted_off_the_caller_and_reused_for_a_while() {
+        let fds = std::sync::Arc::new(OpenFds::default());
+        let (a, b) = count_twice(&fds);
+        assert!(a.is_some_and(|n| n >= 3), "{a:?}");
+        // within OPEN_FDS_MAX_AGE: the same count, no new thread
+        assert_eq!(a, b);
+        let last = fds.state.lock().expect("lock").last.expect("a count");
+        assert!(last.0.elapsed() < OPEN_FDS_MAX_AGE);
+        assert!(fds.state.lock().expect("lock").waiting.is_none());
+    }
+
+    /// Two counts in a row, awaited on this thread.
+    fn count_twice(fds: &std::sync::Arc<OpenFds>) -> (Option<u64>, Option<u64>) {
+        let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .expect("runtime");
+        let mut rt = rt;
+        rt.block_on(async { (fds.count().await, fds.count().await) })
     }
 }

@@ -29,7 +29,8 @@ pub async fn metrics(
         return refused;
     }
     let calls = state.invoker.as_ref().map(|i| i.stats());
-    let Ok(text) = state.metrics.encode(state.status(), calls) else {
+    let open_fds = state.metrics.open_fds.count().await;
+    let Ok(text) = state.metrics.encode(state.status(), calls, open_fds) else {
         return error_response(ErrorCode::Internal, "encoding metrics failed");
     };
     let gzip_accepted = headers
