@@ -58,7 +58,11 @@ impl OpenFds {
                     let this = self.clone();
                     let spawned = std::thread::Builder::new()
                         .name("alknet-open-fds".into())
-                        .spawn(move || this.finish(count_open_fds()));
+                        // finish whatever happens: a scrape waiting on a count that
+                        // never comes would wait for ever
+                        .spawn(move || {
+                            this.finish(std::panic::catch_unwind(count_open_fds).ok().flatten())
+                        });
                     if spawned.is_err() {
                         state.waiting = None;
                         return state.last.and_then(|(_, n)| n);
