@@ -1,6 +1,7 @@
 //! Prometheus metrics: the engine's per-worker counters (read at scrape time from the
 //! runtime's snapshots), this front end's requests by route, status and protocol, and the
-//! standard `process_*` metrics (see `process_metrics.rs`). Encoded by `prometheus-client` (OpenMetrics text, which Prometheus scrapes as is).
+//! standard `process_*` metrics (see `process_metrics.rs`). Encoded by `prometheus-client`
+//! (OpenMetrics text, which Prometheus scrapes as is).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -234,12 +235,11 @@ impl HttpMetrics {
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode_registry(&mut out, &registry)?;
-        if let Some(mut process) = ProcessStats::read() {
-            process.open_fds = open_fds;
+        if let Some(process) = ProcessStats::read() {
             // unprefixed: the names every client library exports, which dashboards expect
             prometheus_client::encoding::text::encode_registry(
                 &mut out,
-                &process_registry(&process),
+                &process_registry(&process, open_fds),
             )?;
         }
         prometheus_client::encoding::text::encode_eof(&mut out)?;
@@ -247,8 +247,9 @@ impl HttpMetrics {
     }
 }
 
-/// The standard `process_*` metrics of one reading.
-fn process_registry(p: &ProcessStats) -> Registry {
+/// The standard `process_*` metrics of one reading, and the count of open descriptors
+/// ([`OpenFds`]).
+fn process_registry(p: &ProcessStats, open_fds: Option<u64>) -> Registry {
     let mut registry = Registry::default();
     let cpu = Counter::<f64, AtomicU64>::default();
     cpu.inc_by(p.cpu_seconds);
@@ -276,7 +277,7 @@ fn process_registry(p: &ProcessStats) -> Registry {
         (
             "process_open_fds",
             "Number of open file descriptors",
-            p.open_fds.map(|n| n as f64),
+            open_fds.map(|n| n as f64),
         ),
         (
             "process_max_fds",

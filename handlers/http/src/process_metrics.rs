@@ -101,7 +101,6 @@ pub struct ProcessStats {
     pub virtual_bytes: u64,
     /// Seconds since the Unix epoch.
     pub start_time_seconds: f64,
-    pub open_fds: Option<u64>,
     /// The soft `RLIMIT_NOFILE`: where `accept` starts failing.
     pub max_fds: Option<u64>,
 }
@@ -154,13 +153,12 @@ impl ProcessStats {
             resident_bytes: stat.rss_pages.checked_mul(page_size)?,
             virtual_bytes: stat.vsize,
             start_time_seconds: boot_time as f64 + stat.starttime as f64 / ticks,
-            open_fds: None,
             max_fds: None,
         })
     }
 
-    /// This process now, but for `open_fds` (see [`OpenFds`]); `None` where `/proc` cannot be
-    /// read.
+    /// This process now (its open descriptors are [`OpenFds`]' to count); `None` where
+    /// `/proc` cannot be read.
     pub fn read() -> Option<Self> {
         let stat = parse_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
         let boot_time = parse_boot_time(&std::fs::read_to_string("/proc/stat").ok()?)?;
