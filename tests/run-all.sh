@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Each section's start and the time taken so far, so a slow CI run shows where it went.
-step() { echo "== run-all +$((SECONDS / 60))m$((SECONDS % 60))s: $*"; }
+# The free disk beside it: a CI machine short of disk fails to link, and this shows where.
+step() {
+    echo "== run-all +$((SECONDS / 60))m$((SECONDS % 60))s: $* ($(df -h --output=avail . | tail -1 | tr -d ' ') free)"
+}
 
 # Real clients the suite drives (independent implementations, not ours).
 # valgrind: the instruction-count gate; openssh-client (ssh, ssh-keygen): the OpenSSH
@@ -83,6 +86,13 @@ cargo test --workspace --doc --quiet
 # built (an optimized build of them would add minutes and proves nothing more: the gate below
 # runs the optimized workload).
 cargo build --workspace --benches --quiet
+if [ "${CI:-}" = true ]; then
+    # Nothing after this point uses the dev profile (the gate and the quick start build
+    # release, the fuzz targets their own directory): on a fresh CI checkout its several GB
+    # go before the release builds add theirs, so the run's peak disk is the larger of the
+    # two, not their sum. A CI run out of disk on 2026-12-07 failed linking the release build.
+    rm -rf target/debug
+fi
 step callgrind gate
 # Instruction-count regression gate (enforced on the machine kind of the baseline).
 bash benches/callgrind-gate.sh
