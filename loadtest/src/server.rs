@@ -302,15 +302,7 @@ impl Drop for ServerProc {
 
 /// CPU seconds (user + system) a process has used, from /proc/PID/stat.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // the command name may contain spaces: fields start after the last ')'
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks > 0.0).then(|| (utime + stime) / ticks)
+    Some(alknet_runtime::proc_stat::ProcStat::read(pid)?.cpu_seconds())
 }
 
 /// Context switches (voluntary + involuntary) of all of a process's threads, from

@@ -29,6 +29,7 @@ mod log_throttle;
 mod metrics;
 mod operations;
 mod pinning;
+pub mod proc_stat;
 mod qlog;
 mod recv_slots;
 pub use qlog::QLOG_SUPPORTED;

@@ -1,8 +1,8 @@
 //! The standard process metrics every Prometheus client library exports (the
 //! `process_*` names of Prometheus' "Writing client libraries" guide, unprefixed, so that
 //! stock dashboards and alerts find them): CPU seconds, resident and virtual memory, start
-//! time, open and maximum file descriptors. Read from `/proc` at scrape time; the parsing is
-//! sans-IO and unit-tested.
+//! time, open and maximum file descriptors. Read from `/proc` at scrape time, through the
+//! runtime's one `/proc/PID/stat` parser ([`alknet_runtime::proc_stat`]).
 //!
 //! Cost on the worker that answers the scrape: two small files and `getrlimit`. The count
 //! of open descriptors reads one directory entry per descriptor (as Go's and Python's
@@ -14,6 +14,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use alknet_runtime::proc_stat::{parse_boot_time, ticks_per_second, ProcStat};
 use futures_channel::oneshot;
 
 /// How long one count of open descriptors answers scrapes: a count is a thread and a
@@ -105,51 +106,16 @@ pub struct ProcessStats {
     pub max_fds: Option<u64>,
 }
 
-/// What `/proc/self/stat` gives, in the units the kernel writes (ticks, pages).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct StatFields {
-    utime: u64,
-    stime: u64,
-    starttime: u64,
-    vsize: u64,
-    rss_pages: u64,
-}
-
-/// Fields 14, 15, 22, 23 and 24 of `/proc/PID/stat` (proc(5)); the command name (field 2)
-/// may hold spaces and parentheses, so fields are counted after its last `)`.
-fn parse_stat(text: &str) -> Option<StatFields> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state)
-    let field = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
-    Some(StatFields {
-        utime: field(14)?,
-        stime: field(15)?,
-        starttime: field(22)?,
-        vsize: field(23)?,
-        rss_pages: field(24)?,
-    })
-}
-
-/// `btime` of `/proc/stat`: the boot time, seconds since the Unix epoch.
-fn parse_boot_time(text: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()
-}
-
 impl ProcessStats {
     fn from_fields(
-        stat: StatFields,
+        stat: ProcStat,
         ticks_per_second: u64,
         page_size: u64,
         boot_time: u64,
     ) -> Option<Self> {
         let ticks = ticks_per_second.max(1) as f64;
         Some(Self {
-            cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
+            cpu_seconds: stat.cpu_seconds_at(ticks_per_second),
             resident_bytes: stat.rss_pages.checked_mul(page_size)?,
             virtual_bytes: stat.vsize,
             start_time_seconds: boot_time as f64 + stat.starttime as f64 / ticks,
@@ -160,18 +126,13 @@ impl ProcessStats {
     /// This process now (its open descriptors are [`OpenFds`]' to count); `None` where
     /// `/proc` cannot be read.
     pub fn read() -> Option<Self> {
-        let stat = parse_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+        let stat = ProcStat::read_self()?;
         let boot_time = parse_boot_time(&std::fs::read_to_string("/proc/stat").ok()?)?;
-        // SAFETY: sysconf reads configuration values; no memory is passed
-        let (ticks, page) = unsafe {
-            (
-                libc::sysconf(libc::_SC_CLK_TCK),
-                libc::sysconf(libc::_SC_PAGESIZE),
-            )
-        };
+        // SAFETY: sysconf reads a configuration value; no memory is passed
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         let mut stats = Self::from_fields(
             stat,
-            u64::try_from(ticks).ok()?,
+            ticks_per_second(),
             u64::try_from(page).ok()?,
             boot_time,
         )?;
@@ -192,34 +153,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_fields_after_the_command_name() {
-        // a command name with spaces and a parenthesis, as a thread may set it
-        let stat = "4242 (alk net) (w0)) S 1 4242 4242 0 -1 4194560 1 0 0 0 \
-                    250 125 0 0 20 0 3 0 1000 123456789 2048 18446744073709551615";
-        let f = parse_stat(stat).expect("parses");
-        assert_eq!(
-            f,
-            StatFields {
-                utime: 250,
-                stime: 125,
-                starttime: 1000,
-                vsize: 123_456_789,
-                rss_pages: 2048
-            }
-        );
-        let s = ProcessStats::from_fields(f, 100, 4096, 1_700_000_000).expect("stats");
+    fn converts_ticks_and_pages() {
+        let stat = ProcStat {
+            utime: 250,
+            stime: 125,
+            starttime: 1000,
+            vsize: 123_456_789,
+            rss_pages: 2048,
+        };
+        let s = ProcessStats::from_fields(stat, 100, 4096, 1_700_000_000).expect("stats");
         assert_eq!(s.cpu_seconds, 3.75);
         assert_eq!(s.resident_bytes, 2048 * 4096);
+        assert_eq!(s.virtual_bytes, 123_456_789);
         assert_eq!(s.start_time_seconds, 1_700_000_010.0);
-        assert_eq!(parse_stat("12 (x) S 1 2"), None);
-        assert_eq!(parse_stat("no parenthesis"), None);
-    }
-
-    #[test]
-    fn reads_boot_time() {
-        let text = "cpu  1 2 3\nintr 5\nbtime 1700000000\nprocesses 9\n";
-        assert_eq!(parse_boot_time(text), Some(1_700_000_000));
-        assert_eq!(parse_boot_time("cpu 1\n"), None);
+        let huge = ProcStat {
+            rss_pages: u64::MAX,
+            ..stat
+        };
+        assert_eq!(ProcessStats::from_fields(huge, 100, 4096, 0), None);
     }
 
     #[test]
