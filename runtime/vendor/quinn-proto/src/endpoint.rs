@@ -386,6 +386,7 @@ impl Endpoint {
             },
             now,
             tls,
+            None,
             config.transport,
             SideArgs::Client {
                 token_store: config.token_store,
@@ -672,6 +673,16 @@ impl Endpoint {
         }
         let tls = server_config.crypto.clone().start_session(version, &params);
         let transport_config = server_config.transport.clone();
+        // alknet patch: the Initial keys that opened the client's first packet are the
+        // connection's own unless compatible version negotiation switched versions (the
+        // new version has its own salt): hand them over rather than derive them again (an
+        // HKDF extract, six expansions and two AES key schedules per accepted handshake).
+        // A failed first packet derives them once more for its CONNECTION_CLOSE.
+        let crypto_config = server_config.crypto.clone();
+        let (initial_keys, close_keys) = match version == orig_version {
+            true => (Some(incoming.crypto), None),
+            false => (None, Some(incoming.crypto)),
+        };
         let mut conn = self.add_connection(
             ch,
             version,
@@ -681,6 +692,7 @@ impl Endpoint {
             incoming.addresses,
             incoming.received_at,
             tls,
+            initial_keys,
             transport_config,
             SideArgs::Server {
                 server_config,
@@ -711,11 +723,13 @@ impl Endpoint {
             Err(e) => {
                 debug!("handshake failed: {}", e);
                 self.handle_event(ch, EndpointEvent(EndpointEventInner::Drained));
-                let response = match e {
-                    ConnectionError::TransportError(ref e) => Some(self.initial_close(
+                let close_keys =
+                    close_keys.or_else(|| crypto_config.initial_keys(orig_version, &dst_cid).ok());
+                let response = match (&e, close_keys) {
+                    (ConnectionError::TransportError(e), Some(keys)) => Some(self.initial_close(
                         orig_version,
                         incoming.addresses,
-                        &incoming.crypto,
+                        &keys,
                         &src_cid,
                         e.clone(),
                         buf,
@@ -846,6 +860,7 @@ impl Endpoint {
         addresses: FourTuple,
         now: Instant,
         tls: Box<dyn crypto::Session>,
+        initial_keys: Option<Keys>,
         transport_config: Arc<TransportConfig>,
         side_args: SideArgs,
     ) -> Connection {
@@ -862,6 +877,7 @@ impl Endpoint {
             addresses.remote,
             addresses.local_ip,
             tls,
+            initial_keys,
             self.local_cid_generator.as_ref(),
             now,
             version,

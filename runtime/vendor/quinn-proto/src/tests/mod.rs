@@ -958,6 +958,142 @@ fn alpn_mismatch() {
     );
 }
 
+/// A server's crypto configuration counting the Initial keys derived by it and by the
+/// sessions it starts.
+struct CountingServerCrypto {
+    inner: Arc<QuicServerConfig>,
+    derived: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingServerCrypto {
+    fn count(&self) {
+        self.derived
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl crypto::ServerConfig for CountingServerCrypto {
+    fn initial_keys(
+        &self,
+        version: u32,
+        dst_cid: &ConnectionId,
+    ) -> Result<crypto::Keys, crypto::UnsupportedVersion> {
+        self.count();
+        self.inner.initial_keys(version, dst_cid)
+    }
+
+    fn retry_tag(&self, version: u32, orig_dst_cid: &ConnectionId, packet: &[u8]) -> [u8; 16] {
+        self.inner.retry_tag(version, orig_dst_cid, packet)
+    }
+
+    fn start_session(
+        self: Arc<Self>,
+        version: u32,
+        params: &TransportParameters,
+    ) -> Box<dyn crypto::Session> {
+        Box::new(CountingSession {
+            inner: self.inner.clone().start_session(version, params),
+            derived: self.derived.clone(),
+        })
+    }
+}
+
+struct CountingSession {
+    inner: Box<dyn crypto::Session>,
+    derived: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl crypto::Session for CountingSession {
+    fn initial_keys(&self, dst_cid: &ConnectionId, side: Side) -> crypto::Keys {
+        self.derived
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.initial_keys(dst_cid, side)
+    }
+    fn handshake_data(&self) -> Option<Box<dyn std::any::Any>> {
+        self.inner.handshake_data()
+    }
+    fn peer_identity(&self) -> Option<Box<dyn std::any::Any>> {
+        self.inner.peer_identity()
+    }
+    fn early_crypto(&self) -> Option<(Box<dyn crypto::HeaderKey>, Box<dyn crypto::PacketKey>)> {
+        self.inner.early_crypto()
+    }
+    fn early_data_accepted(&self) -> Option<bool> {
+        self.inner.early_data_accepted()
+    }
+    fn is_handshaking(&self) -> bool {
+        self.inner.is_handshaking()
+    }
+    fn read_handshake(&mut self, buf: &[u8]) -> Result<bool, TransportError> {
+        self.inner.read_handshake(buf)
+    }
+    fn transport_parameters(&self) -> Result<Option<TransportParameters>, TransportError> {
+        self.inner.transport_parameters()
+    }
+    fn write_handshake(&mut self, buf: &mut Vec<u8>) -> Option<crypto::Keys> {
+        self.inner.write_handshake(buf)
+    }
+    fn next_1rtt_keys(&mut self) -> Option<crypto::KeyPair<Box<dyn crypto::PacketKey>>> {
+        self.inner.next_1rtt_keys()
+    }
+    fn is_valid_retry(&self, orig_dst_cid: &ConnectionId, header: &[u8], payload: &[u8]) -> bool {
+        self.inner.is_valid_retry(orig_dst_cid, header, payload)
+    }
+    fn export_keying_material(
+        &self,
+        output: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), crypto::ExportKeyingMaterialError> {
+        self.inner.export_keying_material(output, label, context)
+    }
+}
+
+/// alknet patch (`Endpoint::accept`): the Initial keys that opened a client's first packet
+/// become the connection's own, so a server derives them once per accepted connection; a
+/// first packet that fails the handshake derives them again for its CONNECTION_CLOSE,
+/// which the client still reads.
+#[test]
+fn server_derives_initial_keys_once_per_connection() {
+    let _guard = subscribe();
+    let counting = |alpn: Option<Vec<Vec<u8>>>| {
+        let derived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let inner = match alpn {
+            Some(alpn) => server_crypto_with_alpn(alpn),
+            None => server_crypto(),
+        };
+        let crypto = CountingServerCrypto {
+            inner: Arc::new(inner),
+            derived: derived.clone(),
+        };
+        (ServerConfig::with_crypto(Arc::new(crypto)), derived)
+    };
+    let derived_now =
+        |d: &Arc<std::sync::atomic::AtomicUsize>| d.load(std::sync::atomic::Ordering::Relaxed);
+
+    let (server, derived) = counting(None);
+    let mut pair = Pair::new(Default::default(), server);
+    let (client_ch, _) = pair.connect();
+    assert_eq!(derived_now(&derived), 1);
+    // and the connection works on those keys: a stream's bytes arrive
+    let s = pair.client_streams(client_ch).open(Dir::Uni).unwrap();
+    pair.client_send(client_ch, s).write(b"hello").unwrap();
+    pair.drive();
+    assert_eq!(derived_now(&derived), 1);
+
+    let (server, derived) = counting(Some(vec!["foo".into()]));
+    let mut pair = Pair::new(Default::default(), server);
+    let client_ch = pair.begin_connect(ClientConfig::new(Arc::new(client_crypto_with_alpn(vec![
+        "quux".into(),
+    ]))));
+    pair.drive();
+    assert_matches!(
+        pair.client_conn_mut(client_ch).poll(),
+        Some(Event::ConnectionLost { reason: ConnectionError::ConnectionClosed(err) }) if err.error_code == TransportErrorCode::crypto(0x78)
+    );
+    assert_eq!(derived_now(&derived), 2);
+}
+
 #[test]
 fn stream_id_limit() {
     let _guard = subscribe();
