@@ -2214,14 +2214,9 @@ impl Connection {
             "already reached packet space {space:?}"
         );
         trace!("{:?} keys ready", space);
-        if space == SpaceId::Data {
-            // Precompute the first key update
-            self.next_crypto = Some(
-                self.crypto
-                    .next_1rtt_keys()
-                    .expect("handshake should be complete"),
-            );
-        }
+        // alknet patch: the first key update's keys are no longer precomputed here but
+        // derived when first needed (`ensure_next_crypto`): most connections never update
+        // their keys, and the derivation is ~27 000 instructions per side.
 
         self.spaces[space].crypto = Some(crypto);
         debug_assert!(space as usize > self.highest_space as usize);
@@ -3582,11 +3577,31 @@ impl Connection {
         );
     }
 
+    /// alknet patch: derives the next key phase's packet keys the first time they are needed:
+    /// a 1-RTT packet in the other key phase, or a key update of our own. Upstream derives
+    /// them as soon as the 1-RTT keys are ready; after the first update `update_keys` keeps
+    /// them ready as upstream does.
+    fn ensure_next_crypto(&mut self) {
+        if self.next_crypto.is_none() && self.spaces[SpaceId::Data].crypto.is_some() {
+            self.next_crypto = self.crypto.next_1rtt_keys();
+        }
+    }
+
     fn decrypt_packet(
         &mut self,
         now: Instant,
         packet: &mut Packet,
     ) -> Result<Option<u64>, Option<TransportError>> {
+        // the key phase first: it differs only for a key update (or, after an odd number of
+        // them, for long-header packets, when `next_crypto` is already there)
+        if packet.header.key_phase() != self.key_phase
+            && self.next_crypto.is_none()
+            && packet.header.is_protected()
+            && !packet.header.is_0rtt()
+            && packet.header.space() == SpaceId::Data
+        {
+            self.ensure_next_crypto();
+        }
         let result = packet_crypto::decrypt_packet_body(
             packet,
             &self.spaces,
@@ -3619,6 +3634,8 @@ impl Connection {
 
     fn update_keys(&mut self, end_packet: Option<(u64, Instant)>, remote: bool) {
         trace!("executing key update");
+        // alknet patch: the keys we switch to may not be derived yet (`ensure_next_crypto`)
+        self.ensure_next_crypto();
         // Generate keys for the key phase after the one we're switching to, store them in
         // `next_crypto`, make the contents of `next_crypto` current, and move the current keys into
         // `prev_crypto`.

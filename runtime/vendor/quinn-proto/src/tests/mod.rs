@@ -963,6 +963,8 @@ fn alpn_mismatch() {
 struct CountingServerCrypto {
     inner: Arc<QuicServerConfig>,
     derived: Arc<std::sync::atomic::AtomicUsize>,
+    /// next 1-RTT keys derived by its sessions
+    next_derived: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl CountingServerCrypto {
@@ -994,6 +996,7 @@ impl crypto::ServerConfig for CountingServerCrypto {
         Box::new(CountingSession {
             inner: self.inner.clone().start_session(version, params),
             derived: self.derived.clone(),
+            next_derived: self.next_derived.clone(),
         })
     }
 }
@@ -1001,6 +1004,7 @@ impl crypto::ServerConfig for CountingServerCrypto {
 struct CountingSession {
     inner: Box<dyn crypto::Session>,
     derived: Arc<std::sync::atomic::AtomicUsize>,
+    next_derived: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl crypto::Session for CountingSession {
@@ -1034,6 +1038,8 @@ impl crypto::Session for CountingSession {
         self.inner.write_handshake(buf)
     }
     fn next_1rtt_keys(&mut self) -> Option<crypto::KeyPair<Box<dyn crypto::PacketKey>>> {
+        self.next_derived
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.next_1rtt_keys()
     }
     fn is_valid_retry(&self, orig_dst_cid: &ConnectionId, header: &[u8], payload: &[u8]) -> bool {
@@ -1065,6 +1071,7 @@ fn server_derives_initial_keys_once_per_connection() {
         let crypto = CountingServerCrypto {
             inner: Arc::new(inner),
             derived: derived.clone(),
+            next_derived: Arc::default(),
         };
         (ServerConfig::with_crypto(Arc::new(crypto)), derived)
     };
@@ -1092,6 +1099,73 @@ fn server_derives_initial_keys_once_per_connection() {
         Some(Event::ConnectionLost { reason: ConnectionError::ConnectionClosed(err) }) if err.error_code == TransportErrorCode::crypto(0x78)
     );
     assert_eq!(derived_now(&derived), 2);
+}
+
+/// alknet patch (`Connection::ensure_next_crypto`): the next key phase's keys are derived
+/// when first needed, not when the 1-RTT keys arrive; key updates from either side, in
+/// turn, still carry the data, and a connection that never updates never derives them.
+#[test]
+fn next_key_phase_is_derived_on_first_use() {
+    let _guard = subscribe();
+    let next_derived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let crypto = CountingServerCrypto {
+        inner: Arc::new(server_crypto()),
+        derived: Arc::default(),
+        next_derived: next_derived.clone(),
+    };
+    let mut pair = Pair::new(
+        Default::default(),
+        ServerConfig::with_crypto(Arc::new(crypto)),
+    );
+    let (client_ch, server_ch) = pair.connect();
+    let s = pair.client_streams(client_ch).open(Dir::Bi).unwrap();
+    pair.client_send(client_ch, s).write(b"0").unwrap();
+    pair.drive();
+    assert_eq!(next_derived.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_matches!(
+        pair.server_conn_mut(server_ch).poll(),
+        Some(Event::Stream(StreamEvent::Opened { dir: Dir::Bi }))
+    );
+    assert_matches!(pair.server_streams(server_ch).accept(Dir::Bi), Some(stream) if stream == s);
+
+    let mut expected = b"0".to_vec();
+    for (round, server_updates) in [false, true, false, true].into_iter().enumerate() {
+        // the previous update's old keys are discarded after three PTOs
+        pair.time += Duration::from_secs(2);
+        pair.drive();
+        match server_updates {
+            true => pair.server_conn_mut(server_ch).force_key_update(),
+            false => pair.client_conn_mut(client_ch).force_key_update(),
+        }
+        let msg = [b'1' + round as u8];
+        pair.client_send(client_ch, s).write(&msg).unwrap();
+        pair.server_send(server_ch, s).write(&msg).unwrap();
+        expected.extend_from_slice(&msg);
+        pair.drive();
+    }
+    let mut received = Vec::new();
+    let mut recv = pair.server_recv(server_ch, s);
+    let mut chunks = recv.read(true).unwrap();
+    while let Ok(Some(chunk)) = chunks.next(usize::MAX) {
+        received.extend_from_slice(&chunk.bytes);
+    }
+    let _ = chunks.finalize();
+    assert_eq!(received, expected);
+    let mut received = Vec::new();
+    let mut recv = pair.client_recv(client_ch, s);
+    let mut chunks = recv.read(true).unwrap();
+    while let Ok(Some(chunk)) = chunks.next(usize::MAX) {
+        received.extend_from_slice(&chunk.bytes);
+    }
+    let _ = chunks.finalize();
+    assert_eq!(received, expected[1..]);
+    // the server: the first phase's next keys once, then one more per update
+    assert_eq!(
+        next_derived.load(std::sync::atomic::Ordering::Relaxed),
+        1 + 4
+    );
+    assert_eq!(pair.client_conn_mut(client_ch).stats().path.lost_packets, 0);
+    assert_eq!(pair.server_conn_mut(server_ch).stats().path.lost_packets, 0);
 }
 
 #[test]
