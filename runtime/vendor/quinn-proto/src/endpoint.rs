@@ -723,17 +723,19 @@ impl Endpoint {
             Err(e) => {
                 debug!("handshake failed: {}", e);
                 self.handle_event(ch, EndpointEvent(EndpointEventInner::Drained));
-                let close_keys =
-                    close_keys.or_else(|| crypto_config.initial_keys(orig_version, &dst_cid).ok());
-                let response = match (&e, close_keys) {
-                    (ConnectionError::TransportError(e), Some(keys)) => Some(self.initial_close(
-                        orig_version,
-                        incoming.addresses,
-                        &keys,
-                        &src_cid,
-                        e.clone(),
-                        buf,
-                    )),
+                let response = match e {
+                    ConnectionError::TransportError(ref e) => close_keys
+                        .or_else(|| crypto_config.initial_keys(orig_version, &dst_cid).ok())
+                        .map(|keys| {
+                            self.initial_close(
+                                orig_version,
+                                incoming.addresses,
+                                &keys,
+                                &src_cid,
+                                e.clone(),
+                                buf,
+                            )
+                        }),
                     _ => None,
                 };
                 Err(AcceptError { cause: e, response })
