@@ -3592,10 +3592,9 @@ impl Connection {
         now: Instant,
         packet: &mut Packet,
     ) -> Result<Option<u64>, Option<TransportError>> {
-        // the key phase first: it differs only for a key update (or, after an odd number of
-        // them, for long-header packets, when `next_crypto` is already there)
+        // the key phase first: it differs only around a key update (or, after an odd number
+        // of them, for long-header packets); `ensure_next_crypto` derives only if none are there
         if packet.header.key_phase() != self.key_phase
-            && self.next_crypto.is_none()
             && packet.header.is_protected()
             && !packet.header.is_0rtt()
             && packet.header.space() == SpaceId::Data
