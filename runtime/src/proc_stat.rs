@@ -55,6 +55,12 @@ impl ProcStat {
     pub fn cpu_seconds(&self) -> f64 {
         self.cpu_seconds_at(ticks_per_second())
     }
+
+    /// When the process started, in seconds after the system booted, at a clock of
+    /// `ticks_per_second` (the unit of `starttime`).
+    pub fn started_after_boot_at(&self, ticks_per_second: u64) -> f64 {
+        self.starttime as f64 / ticks_per_second.max(1) as f64
+    }
 }
 
 /// `_SC_CLK_TCK`: the unit of `/proc`'s times (100 on Linux, whatever `HZ` is).
@@ -94,6 +100,8 @@ mod tests {
             }
         );
         assert_eq!(f.cpu_seconds_at(100), 3.75);
+        assert_eq!(f.started_after_boot_at(100), f.starttime as f64 / 100.0);
+        assert_eq!(f.started_after_boot_at(0), f.starttime as f64);
         assert_eq!(ProcStat::parse("12 (x) S 1 2"), None);
         assert_eq!(ProcStat::parse("no parenthesis"), None);
         assert_eq!(ProcStat::parse(""), None);

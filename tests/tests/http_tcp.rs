@@ -44,6 +44,11 @@ struct Reply {
     body: String,
 }
 
+/// The reply's headers in lower case, to look for a header line whatever its case.
+fn lower(r: &Reply) -> String {
+    r.headers.to_ascii_lowercase()
+}
+
 /// `curl` with the server's certificate as the only CA, plus `args`.
 fn curl(server: &BinServer, args: &[&str]) -> Reply {
     let cert = server.data_dir.path().join("cert.pem");
@@ -192,6 +197,24 @@ fn health_metrics_and_calls_over_http1_and_http2() {
             &[version, "-H", &bearer, &url(&server, "/openapi.json")],
         );
         assert!(json(&r)["paths"].get("/api/call/node.stats").is_some());
+        // gzip for a client that takes it: curl inflates the same document
+        let plain = curl(&server, &[version, &url(&server, "/openapi.json")]);
+        assert!(
+            !lower(&plain).contains("content-encoding"),
+            "{}",
+            plain.headers
+        );
+        let z = curl(
+            &server,
+            &[version, "--compressed", &url(&server, "/openapi.json")],
+        );
+        assert!(
+            lower(&z).contains("content-encoding: gzip"),
+            "{}",
+            z.headers
+        );
+        assert!(lower(&z).contains("vary: accept-encoding"), "{}", z.headers);
+        assert_eq!(json(&z), json(&plain));
     }
 
     // the certificate pinned by its public key instead of a CA file
@@ -1090,6 +1113,17 @@ fn static_files_are_served_from_the_root_only() {
         let r = curl(&server, &[version, &url(&server, "/dashboard")]);
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(r.body.contains("/api/dashboard/stream"), "{}", r.body);
+        // the page gzipped for a client that takes it, inflated by curl to the same page
+        let z = curl(
+            &server,
+            &[version, "--compressed", &url(&server, "/dashboard")],
+        );
+        assert!(
+            lower(&z).contains("content-encoding: gzip"),
+            "{}",
+            z.headers
+        );
+        assert_eq!(z.body, r.body);
     }
     // index pages: the root's and a directory's, followed from the redirect by curl
     std::fs::write(www.path().join("index.html"), "<p>root</p>").expect("write");
@@ -1200,7 +1234,6 @@ fn static_files_send_a_precompressed_copy_to_clients_that_take_it() {
     let out = work.path().join("out");
     let out_s = out.to_str().expect("utf-8 path");
     let app = url(&server, "/app.js");
-    let lower = |r: &Reply| r.headers.to_ascii_lowercase();
     let etag = |r: &Reply| header_value(r, "etag").expect("an ETag");
     for version in ["--http1.1", "--http2"] {
         let r = curl(&server, &[version, "--compressed", "-o", out_s, &app]);

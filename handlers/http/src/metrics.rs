@@ -78,12 +78,13 @@ impl HttpMetrics {
         self.requests.total()
     }
 
-    /// The exposition text for a scrape.
+    /// The exposition text for a scrape, from what the caller read: the node's status,
+    /// the call node's stats and the process (no IO here).
     pub fn encode(
         &self,
         status: Option<&NodeStatus>,
         calls: Option<OperationStats>,
-        open_fds: Option<u64>,
+        process: Option<&ProcessStats>,
     ) -> Result<String, std::fmt::Error> {
         let mut registry = Registry::with_prefix("alknet");
         // `alknet_build_info{version} 1`, as Prometheus' own `*_build_info`: which version
@@ -235,11 +236,11 @@ impl HttpMetrics {
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode_registry(&mut out, &registry)?;
-        if let Some(process) = ProcessStats::read() {
+        if let Some(process) = process {
             // unprefixed: the names every client library exports, which dashboards expect
             prometheus_client::encoding::text::encode_registry(
                 &mut out,
-                &process_registry(&process, open_fds),
+                &process_registry(process),
             )?;
         }
         prometheus_client::encoding::text::encode_eof(&mut out)?;
@@ -247,9 +248,8 @@ impl HttpMetrics {
     }
 }
 
-/// The standard `process_*` metrics of one reading, and the count of open descriptors
-/// ([`OpenFds`]).
-fn process_registry(p: &ProcessStats, open_fds: Option<u64>) -> Registry {
+/// The standard `process_*` metrics of one reading.
+fn process_registry(p: &ProcessStats) -> Registry {
     let mut registry = Registry::default();
     let cpu = Counter::<f64, AtomicU64>::default();
     cpu.inc_by(p.cpu_seconds);
@@ -277,7 +277,7 @@ fn process_registry(p: &ProcessStats, open_fds: Option<u64>) -> Registry {
         (
             "process_open_fds",
             "Number of open file descriptors",
-            open_fds.map(|n| n as f64),
+            p.open_fds.map(|n| n as f64),
         ),
         (
             "process_max_fds",

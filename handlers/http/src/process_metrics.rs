@@ -4,14 +4,17 @@
 //! time, open and maximum file descriptors. Read from `/proc` at scrape time, through the
 //! runtime's one `/proc/PID/stat` parser ([`alknet_runtime::proc_stat`]).
 //!
-//! Cost on the worker that answers the scrape: two small files and `getrlimit`. The count
+//! Cost on the worker that answers the scrape: one small file (`/proc/self/stat`) and
+//! `getrlimit`; the boot time (`/proc/stat`, whose size grows with the CPUs and interrupt
+//! lines of the machine, a few KB on a big server) and the page size and clock tick are
+//! read once per process, as they never change. The count
 //! of open descriptors reads one directory entry per descriptor (as Go's and Python's
 //! collectors do): each TCP connection is one (QUIC connections are not; one UDP socket per
 //! worker), and 19 000 of them took 22–30 ms to list here, which no worker may spend between
 //! its packets. [`OpenFds`] counts on a thread of its own, at most once per
 //! [`OPEN_FDS_MAX_AGE`] however often `/metrics` is asked, and the scrape awaits it.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use alknet_runtime::proc_stat::{parse_boot_time, ticks_per_second, ProcStat};
@@ -104,38 +107,53 @@ pub struct ProcessStats {
     pub start_time_seconds: f64,
     /// The soft `RLIMIT_NOFILE`: where `accept` starts failing.
     pub max_fds: Option<u64>,
+    /// Open descriptors, as [`OpenFds`] counted them (`None` until the caller sets it).
+    pub open_fds: Option<u64>,
+}
+
+/// What a reading needs of the system and never changes while the process runs.
+#[derive(Debug, Clone, Copy)]
+struct SystemConstants {
+    ticks_per_second: u64,
+    page_size: u64,
+    /// Seconds since the Unix epoch.
+    boot_time: u64,
+}
+
+impl SystemConstants {
+    /// Read on first use; `None` (and never retried) where `/proc/stat` cannot be read.
+    fn get() -> Option<Self> {
+        static CONSTANTS: OnceLock<Option<SystemConstants>> = OnceLock::new();
+        *CONSTANTS.get_or_init(|| {
+            let boot_time = parse_boot_time(&std::fs::read_to_string("/proc/stat").ok()?)?;
+            // SAFETY: sysconf reads a configuration value; no memory is passed
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            Some(Self {
+                ticks_per_second: ticks_per_second(),
+                page_size: u64::try_from(page).ok()?,
+                boot_time,
+            })
+        })
+    }
 }
 
 impl ProcessStats {
-    fn from_fields(
-        stat: ProcStat,
-        ticks_per_second: u64,
-        page_size: u64,
-        boot_time: u64,
-    ) -> Option<Self> {
-        let ticks = ticks_per_second.max(1) as f64;
+    fn from_fields(stat: ProcStat, system: SystemConstants) -> Option<Self> {
         Some(Self {
-            cpu_seconds: stat.cpu_seconds_at(ticks_per_second),
-            resident_bytes: stat.rss_pages.checked_mul(page_size)?,
+            cpu_seconds: stat.cpu_seconds_at(system.ticks_per_second),
+            resident_bytes: stat.rss_pages.checked_mul(system.page_size)?,
             virtual_bytes: stat.vsize,
-            start_time_seconds: boot_time as f64 + stat.starttime as f64 / ticks,
+            start_time_seconds: system.boot_time as f64
+                + stat.started_after_boot_at(system.ticks_per_second),
             max_fds: None,
+            open_fds: None,
         })
     }
 
-    /// This process now (its open descriptors are [`OpenFds`]' to count); `None` where
-    /// `/proc` cannot be read.
+    /// This process now, less its open descriptors (the caller awaits [`OpenFds`] for
+    /// those); `None` where `/proc` cannot be read.
     pub fn read() -> Option<Self> {
-        let stat = ProcStat::read_self()?;
-        let boot_time = parse_boot_time(&std::fs::read_to_string("/proc/stat").ok()?)?;
-        // SAFETY: sysconf reads a configuration value; no memory is passed
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        let mut stats = Self::from_fields(
-            stat,
-            ticks_per_second(),
-            u64::try_from(page).ok()?,
-            boot_time,
-        )?;
+        let mut stats = Self::from_fields(ProcStat::read_self()?, SystemConstants::get()?)?;
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -161,7 +179,12 @@ mod tests {
             vsize: 123_456_789,
             rss_pages: 2048,
         };
-        let s = ProcessStats::from_fields(stat, 100, 4096, 1_700_000_000).expect("stats");
+        let system = SystemConstants {
+            ticks_per_second: 100,
+            page_size: 4096,
+            boot_time: 1_700_000_000,
+        };
+        let s = ProcessStats::from_fields(stat, system).expect("stats");
         assert_eq!(s.cpu_seconds, 3.75);
         assert_eq!(s.resident_bytes, 2048 * 4096);
         assert_eq!(s.virtual_bytes, 123_456_789);
@@ -170,7 +193,7 @@ mod tests {
             rss_pages: u64::MAX,
             ..stat
         };
-        assert_eq!(ProcessStats::from_fields(huge, 100, 4096, 0), None);
+        assert_eq!(ProcessStats::from_fields(huge, system), None);
     }
 
     #[test]
@@ -183,6 +206,10 @@ mod tests {
             .as_secs_f64();
         assert!(s.start_time_seconds <= now + 1.0 && s.start_time_seconds > now - 86_400.0);
         assert!(s.max_fds.is_some_and(|n| n >= 3));
+        assert_eq!(s.open_fds, None, "counted by OpenFds, off the reader");
+        // the constants are read once: a second reading starts at the same second
+        let again = ProcessStats::read().expect("/proc is there");
+        assert_eq!(again.start_time_seconds, s.start_time_seconds);
         // stdin, stdout and stderr at least
         assert!(count_open_fds().is_some_and(|n| n >= 3));
     }

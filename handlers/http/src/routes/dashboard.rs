@@ -12,19 +12,21 @@
 //! page turns successive snapshots into rates. Each stream is one of `sse_max_streams`
 //! and ends when the node drains, as every SSE stream does (see `sse.rs`).
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use alknet_runtime::rt::spawn_guarded;
 use alknet_runtime::NodeStatus;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
 use axum::Extension;
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::auth::ConnInfo;
+use crate::routes::compress;
 use crate::routes::metrics::access_refusal;
 use crate::routes::sse::{frame, sse_response, too_many, StreamSlot};
 use crate::rt::WorkerSleep;
@@ -64,9 +66,10 @@ fn page_at(
     if let Some(refused) = access_refusal(state, path, conn, headers) {
         return refused;
     }
-    (
-        StatusCode::OK,
-        [
+    compress::respond(
+        headers,
+        "the dashboard page",
+        &[
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
             // everything is inline and the feed is same-origin: forbid anything else
@@ -76,9 +79,22 @@ fn page_at(
                  connect-src 'self'; img-src 'self' data:",
             ),
         ],
-        PAGE,
+        Bytes::from_static(PAGE.as_bytes()),
+        page_gzipped,
     )
-        .into_response()
+}
+
+/// The page gzipped, at the best level, once per process (it never changes).
+fn page_gzipped() -> std::io::Result<Bytes> {
+    static GZIPPED: OnceLock<Option<Bytes>> = OnceLock::new();
+    GZIPPED
+        .get_or_init(|| {
+            compress::gzip(PAGE.as_bytes(), flate2::Compression::best())
+                .map(Bytes::from)
+                .ok()
+        })
+        .clone()
+        .ok_or_else(|| std::io::Error::other("the page did not compress"))
 }
 
 /// One worker's figures in a [`Snapshot`].

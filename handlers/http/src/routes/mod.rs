@@ -1,6 +1,7 @@
 //! The routes, one module each, and the JSON error body they share.
 
 pub mod call;
+pub mod compress;
 pub mod dashboard;
 pub mod diag;
 pub mod doh;

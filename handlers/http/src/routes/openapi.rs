@@ -1,17 +1,19 @@
 //! `GET /openapi.json`: an OpenAPI 3.1 document of the call operations the caller may call
 //! (the public ones for an anonymous caller), from their JSON Schemas (OpenAPI 3.1 schemas
-//! are JSON Schema 2020-12, so they are used as registered).
+//! are JSON Schema 2020-12, so they are used as registered). Gzip-compressed for a client
+//! that accepts it (`compress.rs`).
 
 use alknet_proto::call::ErrorCode;
 use alknet_runtime::OperationInfo;
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use axum::Extension;
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use crate::auth::{request_identity, ConnInfo};
-use crate::routes::error_response;
+use crate::routes::{compress, error_response};
 use crate::HttpState;
 
 pub async fn openapi(
@@ -28,7 +30,17 @@ pub async fn openapi(
         .as_ref()
         .map(|i| i.operations(identity.as_ref()))
         .unwrap_or_default();
-    Json(document(state.version, &ops)).into_response()
+    let Ok(json) = serde_json::to_vec(&document(state.version, &ops)) else {
+        return error_response(ErrorCode::Internal, "encoding the OpenAPI document failed");
+    };
+    let json = Bytes::from(json);
+    compress::respond(
+        &headers,
+        "/openapi.json",
+        &[(header::CONTENT_TYPE, "application/json")],
+        json.clone(),
+        || compress::gzip(&json, flate2::Compression::fast()).map(Bytes::from),
+    )
 }
 
 /// An empty schema means "anything" in the registry; OpenAPI wants an object for that too.
