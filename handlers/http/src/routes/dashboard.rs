@@ -80,7 +80,7 @@ fn page_at(
             ),
         ],
         Bytes::from_static(PAGE.as_bytes()),
-        page_gzipped,
+        |_| page_gzipped(),
     )
 }
 

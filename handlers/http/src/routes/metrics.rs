@@ -39,13 +39,12 @@ pub async fn metrics(
     else {
         return error_response(ErrorCode::Internal, "encoding metrics failed");
     };
-    let text = Bytes::from(text);
     compress::respond(
         &headers,
         "/metrics",
         &[(header::CONTENT_TYPE, CONTENT_TYPE)],
-        text.clone(),
-        || compress::gzip(&text, GZIP_LEVEL).map(Bytes::from),
+        Bytes::from(text),
+        |text| compress::gzip(text, GZIP_LEVEL).map(Bytes::from),
     )
 }
 

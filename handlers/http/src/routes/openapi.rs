@@ -33,13 +33,12 @@ pub async fn openapi(
     let Ok(json) = serde_json::to_vec(&document(state.version, &ops)) else {
         return error_response(ErrorCode::Internal, "encoding the OpenAPI document failed");
     };
-    let json = Bytes::from(json);
     compress::respond(
         &headers,
         "/openapi.json",
         &[(header::CONTENT_TYPE, "application/json")],
-        json.clone(),
-        || compress::gzip(&json, flate2::Compression::fast()).map(Bytes::from),
+        Bytes::from(json),
+        |json| compress::gzip(json, flate2::Compression::fast()).map(Bytes::from),
     )
 }
 
