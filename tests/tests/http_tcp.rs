@@ -99,9 +99,7 @@ fn health_metrics_and_calls_over_http1_and_http2() {
         assert_eq!((r.status, r.version.as_str()), (200, want), "{}", r.body);
         assert_eq!(json(&r)["status"], "serving");
         assert!(
-            r.headers
-                .to_ascii_lowercase()
-                .contains(&format!("alt-svc: h3=\":{}\"", server.port)),
+            lower(&r).contains(&format!("alt-svc: h3=\":{}\"", server.port)),
             "{}",
             r.headers
         );
@@ -744,15 +742,12 @@ fn metrics_parse_as_openmetrics() {
     }
     // asked for gzip (as every Prometheus scrape asks), over both protocols: a gzip body
     // that curl inflates into the same families; a plain answer says it varies too
-    assert!(r
-        .headers
-        .to_ascii_lowercase()
-        .contains("vary: accept-encoding"));
-    assert!(!r.headers.to_ascii_lowercase().contains("content-encoding"));
+    assert!(lower(&r).contains("vary: accept-encoding"));
+    assert!(!lower(&r).contains("content-encoding"));
     for proto in ["--http1.1", "--http2"] {
         let z = curl(&server, &[proto, "--compressed", &url(&server, "/metrics")]);
         assert_eq!(z.status, 200, "{}", z.body);
-        let headers = z.headers.to_ascii_lowercase();
+        let headers = lower(&z);
         assert!(headers.contains("content-encoding: gzip"), "{headers}");
         assert!(headers.contains("vary: accept-encoding"), "{headers}");
         std::fs::write(&file, format!("{}\n", z.body.trim_end())).expect("write");
@@ -1067,9 +1062,7 @@ fn static_files_are_served_from_the_root_only() {
         let r = curl(&server, &[version, "-o", out, &url(&server, "/big.bin")]);
         assert_eq!(r.status, 200, "{version}: {}", r.headers);
         assert!(
-            r.headers
-                .to_ascii_lowercase()
-                .contains("content-length: 300007"),
+            lower(&r).contains("content-length: 300007"),
             "{}",
             r.headers
         );
@@ -1079,10 +1072,7 @@ fn static_files_are_served_from_the_root_only() {
         );
         let r = curl(&server, &[version, "-I", &url(&server, "/big.bin")]);
         assert_eq!(r.status, 200);
-        assert!(r
-            .headers
-            .to_ascii_lowercase()
-            .contains("content-length: 300007"));
+        assert!(lower(&r).contains("content-length: 300007"));
         for (path, status) in [
             ("/missing", 404),
             ("/out", 404),
@@ -1101,11 +1091,7 @@ fn static_files_are_served_from_the_root_only() {
         );
         assert_eq!(r.status, 405);
         let r = curl(&server, &[version, &url(&server, "/dir")]);
-        assert!(
-            r.headers.to_ascii_lowercase().contains("location: /dir/"),
-            "{}",
-            r.headers
-        );
+        assert!(lower(&r).contains("location: /dir/"), "{}", r.headers);
         // routes of their own still win
         let r = curl(&server, &[version, &url(&server, "/health")]);
         assert_eq!(r.status, 200);
@@ -1137,9 +1123,7 @@ fn static_files_are_served_from_the_root_only() {
             let r = curl(&server, &[version, "-L", &url(&server, path)]);
             assert_eq!((r.status, r.body.as_str()), (200, body), "{version} {path}");
             assert!(
-                r.headers
-                    .to_ascii_lowercase()
-                    .contains("content-type: text/html"),
+                lower(&r).contains("content-type: text/html"),
                 "{version} {path}: {}",
                 r.headers
             );
