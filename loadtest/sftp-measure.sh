@@ -38,7 +38,7 @@
 #          server's CPU per MB or per file from /proc. LOADTEST=path picks its binary.
 #
 # Needs openssh-client, openssh-server (for sshd) and openssh-sftp-server: installed with
-# apt-get when missing. Uses about 2.1 GiB of /dev/shm while it runs.
+# apt-get when missing. Uses about 3.1 GiB of /dev/shm at most while it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -186,6 +186,18 @@ timed() {
         'BEGIN { printf "%.2f %.2f\n", b - a, (d - c) / t }'
 }
 
+# Memory this VM's kernel has freed goes back to the hypervisor after a few tens of seconds
+# (free page reporting), and the first writer of fresh tmpfs pages then pays for every page
+# coming back: a 1 GiB `dd` into /dev/shm took 2.4-3.0 s after a minute's rest and 0.5 s
+# right after 1 GiB had been freed (2026-12-07, AMD host), and the plain pipe's 1 GiB get
+# took 4.03 s in one round and 1.26 s in the next. So every timed 1 GiB get or put (the
+# client writes a fresh local file, or the server a fresh upload) starts on pages that are
+# in memory: a file of that size written and removed just before.
+warm_memory() {
+    dd if=/dev/zero of="$W/warm" bs=1M count=$((GIB / 1048576 + 64)) status=none
+    rm -f "$W/warm"
+}
+
 report() { # label bytes_or_files unit wall cpu
     awk -v l="$1" -v n="$2" -v u="$3" -v w="$4" -v c="$5" 'BEGIN {
         if (u == "MB/s") r = n / w / 1e6; else r = n / w;
@@ -325,6 +337,7 @@ sftp_rounds() {
                 order="a b c c0 d d0"
             fi
             for way in $order; do
+                case $OP in get | put) warm_memory ;; esac
                 read -r w c < <(sftp_run $way "$cipher")
                 sftp_clean
                 case $OP in
