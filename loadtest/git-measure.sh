@@ -170,6 +170,20 @@ start_servers() {
     PID_OF[daemon]=$SERVER_PID URL_OF[daemon]=$URL_BASE FP_OF[daemon]=
 }
 
+# Memory this VM's kernel has freed goes back to the hypervisor after a few tens of seconds
+# (free page reporting), and whoever next writes fresh pages pays for their return: 1 GiB
+# written into /dev/shm took 2.4-3.0 s after a minute's rest, 0.5 s right after 1 GiB had
+# been freed (2026-12-07, AMD host). A large clone writes ~60 MB of fresh pages (the pack and
+# its index in the page cache, index-pack's heap), up to ~0.15 s of a 1.2 s clone on cold
+# memory. So each timed operation starts right after WARM_MIB of memory was written and freed.
+WARM_MIB=${WARM_MIB:-256}
+warm_memory() {
+    local f
+    f=$(mktemp -p /dev/shm git-measure-warm.XXXXXX)
+    dd if=/dev/zero of="$f" bs=1M count="$WARM_MIB" status=none
+    rm -f "$f"
+}
+
 TICK=$(getconf CLK_TCK)
 # measure SERVER OP REPO: runs OP (clone | fetch1 | noop) against SERVER; prints
 # "seconds bytes cpu_seconds"
@@ -184,6 +198,7 @@ measure() {
               ALKNET_FINGERPRINT=${FP_OF[$server]} git -C "$dst" fetch -q --no-tags "$url" +main:refs/remotes/o/main ;;
     esac
     sleep 0.3
+    warm_memory
     local c0 t0 t1 c1
     c0=$(cpu_ticks "$pid")
     t0=$EPOCHREALTIME
