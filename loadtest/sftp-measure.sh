@@ -190,9 +190,9 @@ timed() {
 # (free page reporting), and the first writer of fresh tmpfs pages then pays for every page
 # coming back: a 1 GiB `dd` into /dev/shm took 2.4-3.0 s after a minute's rest and 0.5 s
 # right after 1 GiB had been freed (2026-12-07, AMD host), and the plain pipe's 1 GiB get
-# took 4.03 s in one round and 1.26 s in the next. So every timed 1 GiB get or put (the
-# client writes a fresh local file, or the server a fresh upload) starts on pages that are
-# in memory: a file of that size written and removed just before.
+# took 4.03 s in one round and 1.26 s in the next. So every timed sftp run (a get writes a
+# fresh local file, a put a fresh upload; 10 000 small files are 40 MB of fresh pages)
+# starts on pages that are in memory: a file of 1 GiB written and removed just before.
 warm_memory() {
     dd if=/dev/zero of="$W/warm" bs=1M count=$((GIB / 1048576 + 64)) status=none
     rm -f "$W/warm"
@@ -337,7 +337,7 @@ sftp_rounds() {
                 order="a b c c0 d d0"
             fi
             for way in $order; do
-                case $OP in get | put) warm_memory ;; esac
+                warm_memory
                 read -r w c < <(sftp_run $way "$cipher")
                 sftp_clean
                 case $OP in
