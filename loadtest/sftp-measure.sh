@@ -187,7 +187,7 @@ timed() {
 }
 
 # Memory this VM's kernel has freed goes back to the hypervisor after a few tens of seconds
-# (free page reporting), and the first writer of fresh tmpfs pages then pays for every page
+# (as with free page reporting, on in its kernel's command line), and the first writer of fresh tmpfs pages then pays for every page
 # coming back: a 1 GiB `dd` into /dev/shm took 2.4-3.0 s after a minute's rest and 0.5 s
 # right after 1 GiB had been freed (2026-12-07, AMD host), and the plain pipe's 1 GiB get
 # took 4.03 s in one round and 1.26 s in the next. So every timed sftp run (a get writes a
