@@ -215,14 +215,11 @@ measure() {
     c1=$(cpu_ticks "$pid")
     local bytes=0
     if [[ $op == clone ]]; then
-        bytes=$(cat "$dst"/objects/pack/*.pack | wc -c)
-    elif [[ -f $trace ]]; then
-        bytes=$(stat -c %s "$trace")
-    fi
-    if [[ $op == clone ]]; then
+        bytes=$(stat -c %s "$dst"/objects/pack/*.pack | awk '{n += $1} END {print n}')
         [[ $(git -C "$dst" rev-parse main) == $(git -C "$ROOT/bench/$repo.git" rev-parse main) ]] ||
             { echo "clone from $server: wrong main" >&2; exit 1; }
     else
+        [[ -f $trace ]] && bytes=$(stat -c %s "$trace")
         [[ $(git -C "$dst" rev-parse o/main) == $(git -C "$ROOT/bench/$repo.git" rev-parse main) ]] ||
             { echo "fetch from $server: wrong main" >&2; exit 1; }
     fi
