@@ -170,13 +170,13 @@ start_servers() {
     PID_OF[daemon]=$SERVER_PID URL_OF[daemon]=$URL_BASE FP_OF[daemon]=
 }
 
-# Memory this VM's kernel has freed goes back to the hypervisor after a few tens of
-# seconds (as with free page reporting, on in its kernel's command line), and whoever next
-# writes fresh pages pays for their return: 1 GiB written into /dev/shm took 2.4-3.0 s
-# after a minute's rest, 0.5 s right after 1 GiB had been freed (2026-12-07, AMD host). A
-# large clone writes ~60 MB of fresh pages (the pack and its index in the page cache,
-# index-pack's heap), up to ~0.15 s of a 1.2 s clone on cold memory. So each timed
-# operation starts right after WARM_MIB of memory was written and freed.
+# Memory this VM has left free for a few tens of seconds is slow to write again, as if the
+# hypervisor had taken it back (free page reporting is on in its kernel's command line;
+# not proven to be the cause): 1 GiB written into /dev/shm took 2.4-3.0 s after a minute's
+# rest, 0.5 s right after 1 GiB had been freed (2026-12-07, AMD host). A large clone
+# writes ~60 MB of fresh pages (the pack and its index in the page cache, index-pack's
+# heap), up to ~0.15 s of a 1.2 s clone on cold memory. So each timed operation starts
+# right after WARM_MIB of memory was written and freed.
 WARM_MIB=${WARM_MIB:-256}
 warm_memory() {
     local f

@@ -186,15 +186,15 @@ timed() {
         'BEGIN { printf "%.2f %.2f\n", b - a, (d - c) / t }'
 }
 
-# Memory this VM's kernel has freed goes back to the hypervisor after a few tens of
-# seconds (as with free page reporting, on in its kernel's command line), and the first
-# writer of fresh tmpfs pages then pays for every page coming back: a 1 GiB `dd` into
-# /dev/shm took 2.4-3.0 s after a minute's rest and 0.5 s right after 1 GiB had been freed
-# (2026-12-07, AMD host). So every timed sftp run (a get writes a fresh local file, a put a
-# fresh upload; 10 000 small files are 40 MB of fresh pages) starts on pages that are in
-# memory: a file of 1 GiB written and removed just before. (On that host the plain pipe's
-# 1 GiB get still took 0.9 s in one round and 3 s in the next with this in place: another
-# spread, its cause not found, for which only medians of several rounds help.)
+# Memory this VM has left free for a few tens of seconds is slow to write again, as if the
+# hypervisor had taken it back (free page reporting is on in its kernel's command line;
+# not proven to be the cause): a 1 GiB `dd` into /dev/shm took 2.4-3.0 s after a minute's
+# rest and 0.5 s right after 1 GiB had been freed (2026-12-07, AMD host). So every timed
+# sftp run (a get writes a fresh local file, a put a fresh upload; 10 000 small files are
+# 40 MB of fresh pages) starts on pages that are in memory: a file of 1 GiB written and
+# removed just before. (On that host the plain pipe's 1 GiB get still took 0.9 s in one
+# round and 3 s in the next with this in place: another spread, its cause not found, for
+# which only medians of several rounds help.)
 warm_memory() {
     dd if=/dev/zero of="$W/warm" bs=1M count=$((GIB / 1048576 + 64)) status=none
     rm -f "$W/warm"
