@@ -13,7 +13,8 @@
 #
 # For each: wall time, MB/s (10^6 bytes) or files/s, and server CPU seconds (utime + stime of
 # the server process and the children it reaped, from /proc: sshd's master, sftp-server's
-# wrapper shell, `alknet serve`). The throwaway sshd runs as the current user on
+# wrapper shell, `alknet serve`), and client CPU seconds (the client and the processes it
+# reaped: `alknet connect` for (c); see `timed`). The throwaway sshd runs as the current user on
 # 127.0.0.1:$SSHD_PORT with its own generated host key, authorized key and config in a
 # temporary directory on /dev/shm; nothing of the system's configuration is used or changed.
 #
@@ -61,6 +62,7 @@ need_apt=()
 command -v ssh >/dev/null || need_apt+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 [ -x "$SFTP_SERVER" ] || need_apt+=(openssh-sftp-server)
+[ -x /usr/bin/time ] || need_apt+=(time)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" >/dev/null
@@ -164,15 +166,20 @@ common_opts() { # $1 = cipher
 # CPU seconds (utime + stime + reaped children) of a pid
 cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
 
-# Runs "$@" timed; prints "wall_seconds cpu_seconds" where cpu is what $SERVER_PID spent
-# (or, when SERVER_CPU_FILE is set, the ticks a pipe server wrote there when it ended).
+# Runs "$@" timed; prints "wall_seconds cpu_seconds client_cpu_seconds" where cpu is what
+# $SERVER_PID spent (or, when SERVER_CPU_FILE is set, the ticks a pipe server wrote there
+# when it ended) and client cpu what "$@" and the processes it reaped spent (`sftp` with its
+# `-D` command: `alknet connect` for (c); `ssh` for (b) and (d), whose ProxyCommand ssh
+# may leave unreaped; for (a) the pipe's `sftp-server` is taken out again). Why both: on
+# two shared cores a way's wall time cannot go below its server and client CPU together
+# divided by two, which is what bounds alknet/sftp against the plain pipe (README).
 SERVER_PID=
 SERVER_CPU_FILE=
 timed() {
     local c0=0 t0 t1 c1
     [ -n "$SERVER_PID" ] && c0=$(cpu_ticks "$SERVER_PID")
     t0=$(date +%s.%N)
-    "$@" >/dev/null
+    /usr/bin/time -f "%U %S" -o "$W/client-cpu" "$@" >/dev/null
     t1=$(date +%s.%N)
     if [ -n "$SERVER_CPU_FILE" ]; then
         c1=$(cat "$SERVER_CPU_FILE")
@@ -182,8 +189,11 @@ timed() {
         sleep 0.3
         c1=$(cpu_ticks "$SERVER_PID")
     fi
-    awk -v a="$t0" -v b="$t1" -v c="$c0" -v d="$c1" -v t="$TCK" \
-        'BEGIN { printf "%.2f %.2f\n", b - a, (d - c) / t }'
+    awk -v a="$t0" -v b="$t1" -v c="$c0" -v d="$c1" -v t="$TCK" -v pipe="$SERVER_CPU_FILE" \
+        -v f="$W/client-cpu" 'BEGIN {
+            getline line < f; split(line, u, " "); s = (d - c) / t; k = u[1] + u[2]
+            if (pipe != "") k -= s
+            printf "%.2f %.2f %.2f\n", b - a, s, k }'
 }
 
 # Memory this VM has left free for a few tens of seconds is slow to write again, as if the
@@ -200,10 +210,10 @@ warm_memory() {
     rm -f "$W/warm"
 }
 
-report() { # label bytes_or_files unit wall cpu
-    awk -v l="$1" -v n="$2" -v u="$3" -v w="$4" -v c="$5" 'BEGIN {
+report() { # label bytes_or_files unit wall cpu client_cpu
+    awk -v l="$1" -v n="$2" -v u="$3" -v w="$4" -v c="$5" -v k="$6" 'BEGIN {
         if (u == "MB/s") r = n / w / 1e6; else r = n / w;
-        printf "  %-62s %7.2f s  %9.1f %-7s server CPU %6.2f s\n", l, w, r, u, c }'
+        printf "  %-62s %7.2f s  %9.1f %-7s server CPU %6.2f s  client CPU %6.2f s\n", l, w, r, u, c, k }'
 }
 
 # --- ssh: 1 GiB each way ---------------------------------------------------------------
@@ -224,10 +234,10 @@ ssh_rounds() {
                 opts="$(common_opts "$cipher") -o ProxyCommand=$(printf %q "$CONNECT --alpn alknet/ssh")"
                 SERVER_PID=$ALKNET_PID
             fi
-            read -r w c < <(timed sh -c "ssh $opts $USER_AT 'head -c $GIB /dev/zero' > /dev/null")
-            report "ssh download $SIZE  $via  ($cipher)" $GIB MB/s "$w" "$c"
-            read -r w c < <(timed sh -c "head -c $GIB /dev/zero | ssh $opts $USER_AT 'cat > /dev/null'")
-            report "ssh upload   $SIZE  $via  ($cipher)" $GIB MB/s "$w" "$c"
+            read -r w c k < <(timed sh -c "ssh $opts $USER_AT 'head -c $GIB /dev/zero' > /dev/null")
+            report "ssh download $SIZE  $via  ($cipher)" $GIB MB/s "$w" "$c" "$k"
+            read -r w c k < <(timed sh -c "head -c $GIB /dev/zero | ssh $opts $USER_AT 'cat > /dev/null'")
+            report "ssh upload   $SIZE  $via  ($cipher)" $GIB MB/s "$w" "$c" "$k"
         done
     done
 }
@@ -340,11 +350,11 @@ sftp_rounds() {
             fi
             for way in $order; do
                 warm_memory
-                read -r w c < <(sftp_run $way "$cipher")
+                read -r w c k < <(sftp_run $way "$cipher")
                 sftp_clean
                 case $OP in
-                get | put) report "sftp $OP $SIZE  ${name[$way]}" $GIB MB/s "$w" "$c" ;;
-                *) report "sftp $OP $SMALL_FILES x 4 KiB  ${name[$way]}" "$SMALL_FILES" files/s "$w" "$c" ;;
+                get | put) report "sftp $OP $SIZE  ${name[$way]}" $GIB MB/s "$w" "$c" "$k" ;;
+                *) report "sftp $OP $SMALL_FILES x 4 KiB  ${name[$way]}" "$SMALL_FILES" files/s "$w" "$c" "$k" ;;
                 esac
             done
         done
