@@ -14,12 +14,24 @@ use bytes::BytesMut;
 /// waiting byte holds down to itself.
 pub const ADOPT_SLOT_DIVISOR: usize = 2;
 
-/// Slot buffers a datagram took that are remembered for reuse (see [`SlotRecycler`]).
-/// Their storage outlives its last user by at most this many adoptions: at most this many
-/// slots (64 KiB each on loopback) per worker beyond what the data waiting in streams
-/// holds, 2 MiB. A bulk receive keeps a few dozen slots' worth waiting in its stream or in
-/// file writes (an sftp put), and their storage comes back in the order it was taken.
+/// Slot buffers a datagram took that a server worker remembers for reuse (see
+/// [`SlotRecycler`]). Their storage outlives its last user by at most this many adoptions:
+/// at most this many slots (64 KiB each on loopback) per worker beyond what the data
+/// waiting in streams holds, 2 MiB. A bulk receive keeps a few dozen slots' worth waiting
+/// in its stream or in file writes (an sftp put: the server's stream window,
+/// `DEFAULT_STREAM_RECEIVE_WINDOW`, is 19 such slots), and their storage comes back in the
+/// order it was taken.
 pub const RECYCLED_SLOTS: usize = 32;
+
+/// The same for a client endpoint (`alknet connect`, `git-remote-alknet`, the load-test
+/// harness). A download through `alknet connect` keeps up to its stream window
+/// ([`crate::limits::CONNECT_STREAM_RECEIVE_WINDOW`], 4 MiB: 64 full loopback slots, up to
+/// 128 half-full ones) waiting while `sftp` or `git` falls behind; with only
+/// [`RECYCLED_SLOTS`] remembered, every slot taken beyond them was refilled with a fresh
+/// zeroed 64 KiB (6 % of `alknet connect`'s CPU in a 1 GiB sftp get, 2026-12-08). A client
+/// process is one user's, so holding up to 8 MiB of free slots after a transfer is the
+/// price.
+pub const CLIENT_RECYCLED_SLOTS: usize = 128;
 
 /// Hands out what a receive put into a slot and refills the slot, reusing the storage of
 /// earlier adopted slot buffers once every user of it has dropped its share.
@@ -35,12 +47,17 @@ pub(crate) struct SlotRecycler {
     /// Empty tails of adopted slot buffers, oldest first, each with the start of its
     /// storage (every byte of which was initialised when the buffer was made).
     retired: VecDeque<(BytesMut, *const u8)>,
+    /// How many tails are remembered ([`RECYCLED_SLOTS`] or [`CLIENT_RECYCLED_SLOTS`]).
+    capacity: usize,
 }
 
 impl SlotRecycler {
-    pub fn new() -> Self {
+    /// A recycler that remembers up to `capacity` slot buffers (at least one).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            retired: VecDeque::with_capacity(RECYCLED_SLOTS),
+            retired: VecDeque::with_capacity(capacity),
+            capacity,
         }
     }
 
@@ -56,7 +73,7 @@ impl SlotRecycler {
         let mut taken = std::mem::replace(slot, refill);
         let start = taken.as_ptr();
         let tail = taken.split_off(len);
-        if self.retired.len() == RECYCLED_SLOTS {
+        if self.retired.len() == self.capacity {
             self.retired.pop_front();
         }
         self.retired.push_back((tail, start));
@@ -97,7 +114,7 @@ mod tests {
 
     #[test]
     fn a_large_datagram_keeps_its_slot_buffer_and_a_small_one_is_copied() {
-        let mut slots = SlotRecycler::new();
+        let mut slots = SlotRecycler::new(RECYCLED_SLOTS);
         let mut slot = BytesMut::zeroed(SIZE);
         slot[..3].copy_from_slice(b"abc");
         let before = slot.as_ptr();
@@ -125,7 +142,7 @@ mod tests {
 
     #[test]
     fn a_slot_buffer_comes_back_once_its_data_is_dropped() {
-        let mut slots = SlotRecycler::new();
+        let mut slots = SlotRecycler::new(RECYCLED_SLOTS);
         let mut slot = BytesMut::zeroed(SIZE);
         let first = slot.as_ptr();
         slot[..5].copy_from_slice(b"hello");
@@ -156,7 +173,7 @@ mod tests {
 
     #[test]
     fn a_later_storage_freed_first_is_reused_first() {
-        let mut slots = SlotRecycler::new();
+        let mut slots = SlotRecycler::new(RECYCLED_SLOTS);
         let mut slot = BytesMut::zeroed(SIZE);
         let older = slots.take(&mut slot, SIZE);
         let newer_ptr = slot.as_ptr();
@@ -174,23 +191,24 @@ mod tests {
     }
 
     #[test]
-    fn at_most_recycled_slots_are_remembered() {
-        let mut slots = SlotRecycler::new();
-        let mut slot = BytesMut::zeroed(SIZE);
-        let mut held = Vec::new();
-        for _ in 0..RECYCLED_SLOTS * 2 {
-            held.push(slots.take(&mut slot, SIZE));
-            assert!(slots.retired() <= RECYCLED_SLOTS);
-        }
-        assert_eq!(slots.retired(), RECYCLED_SLOTS);
-        // the storages forgotten are freed with their last user; the remembered ones come
-        // back in order once free
-        let remembered: Vec<*const u8> =
-            held[RECYCLED_SLOTS..].iter().map(|b| b.as_ptr()).collect();
-        held.clear();
-        for want in remembered {
-            let _ = slots.take(&mut slot, SIZE);
-            assert_eq!(slot.as_ptr(), want);
+    fn at_most_capacity_slots_are_remembered() {
+        for capacity in [RECYCLED_SLOTS, CLIENT_RECYCLED_SLOTS] {
+            let mut slots = SlotRecycler::new(capacity);
+            let mut slot = BytesMut::zeroed(SIZE);
+            let mut held = Vec::new();
+            for _ in 0..capacity * 2 {
+                held.push(slots.take(&mut slot, SIZE));
+                assert!(slots.retired() <= capacity);
+            }
+            assert_eq!(slots.retired(), capacity);
+            // the storages forgotten are freed with their last user; the remembered ones
+            // come back in order once free
+            let remembered: Vec<*const u8> = held[capacity..].iter().map(|b| b.as_ptr()).collect();
+            held.clear();
+            for want in remembered {
+                let _ = slots.take(&mut slot, SIZE);
+                assert_eq!(slot.as_ptr(), want);
+            }
         }
     }
 }

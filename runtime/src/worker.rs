@@ -397,6 +397,10 @@ impl Driver {
             .unwrap_or(1);
         let recv_slot = usize::from(max_udp_payload) * gro.max(1);
         let recv_slot = recv_slot.min(u16::MAX as usize);
+        let recycled = match w.role {
+            Role::Server(_) => crate::recv_slots::RECYCLED_SLOTS,
+            Role::Client => crate::recv_slots::CLIENT_RECYCLED_SLOTS,
+        };
         Self {
             io_generation: w.io_generation.get(),
             sockets,
@@ -411,7 +415,7 @@ impl Driver {
             recv_bufs: (0..quinn_udp::BATCH_SIZE)
                 .map(|_| BytesMut::zeroed(recv_slot))
                 .collect(),
-            recycler: SlotRecycler::new(),
+            recycler: SlotRecycler::new(recycled),
             recv_slots: quinn_udp::BATCH_SIZE,
             recv_meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE].into_boxed_slice(),
             response_buf: Vec::new(),
