@@ -191,7 +191,10 @@ timed() {
     fi
     awk -v a="$t0" -v b="$t1" -v c="$c0" -v d="$c1" -v t="$TCK" -v pipe="$SERVER_CPU_FILE" \
         -v f="$W/client-cpu" 'BEGIN {
-            getline line < f; split(line, u, " "); s = (d - c) / t; k = u[1] + u[2]
+            # the last line: time writes "Command exited with non-zero status N" first
+            # when the client failed
+            while ((getline l < f) > 0) line = l
+            split(line, u, " "); s = (d - c) / t; k = u[1] + u[2]
             if (pipe != "") k -= s
             printf "%.2f %.2f %.2f\n", b - a, s, k }'
 }
